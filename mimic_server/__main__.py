@@ -1,0 +1,3 @@
+from mimic_server.cli import main
+
+main()

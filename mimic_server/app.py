@@ -1,0 +1,265 @@
+"""The composition root: builds a running archive from :class:`~mimic_server.config.Settings`.
+
+This is the only module that knows every concrete class (which store, which index, which
+certificate source) and the only one that touches pynetdicom's process-wide ``_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import Engine
+
+from mimic_server.certs import CertBundle, devpki
+from mimic_server.certs.directory import DirectorySource
+from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
+from mimic_server.config import Settings
+from mimic_server.dimse import association, echo, store
+from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from mimic_server.errors import ConfigurationError
+from mimic_server.index import schema
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from mimic_server.net.identity import TrustIndex
+from mimic_server.net.server import MimicAssociationServer
+from mimic_server.net.tls import server_context
+from mimic_server.security import audit
+from mimic_server.security.audit import AuditLog
+from mimic_server.security.policy import Policy
+from mimic_server.storage.filesystem import FilesystemStore
+
+log = logging.getLogger(__name__)
+
+
+def _configure_pynetdicom() -> None:
+    # Process-wide switches; one archive per process, so they are set here once.
+    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
+    _config.LOG_REQUEST_IDENTIFIERS = False  # they print patient data
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """What a first start created, so the CLI can tell the operator how to connect."""
+
+    pki: devpki.DevPki
+
+
+class Archive:
+    """A running MIMIC server: listener, index, object store and certificate watcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.first_start: FirstStart | None = None
+        self.engine: Engine | None = None
+        self.server: MimicAssociationServer | None = None
+        self.watcher: CertificateWatcher | None = None
+        self.audit = AuditLog(None)
+        self._thread: threading.Thread | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def _certificates(self) -> tuple[DirectorySource, CertBundle] | None:
+        s = self.settings
+        if not s.tls:
+            log.warning("TLS is OFF: plain TCP, peers are not authenticated (lab use only)")
+            return None
+        directory = s.certificate_dir
+        if not (directory / "server" / "server.pem").exists():
+            if s.cert_dir is not None:
+                raise ConfigurationError(
+                    f"no server certificate in {directory / 'server'}: run 'mimic certs init'"
+                )
+            pki = devpki.init(directory)
+            if pki.created:
+                self.first_start = FirstStart(pki)
+        source = DirectorySource(directory)
+        return source, source.load()
+
+    def _index(self) -> SqlIndex:
+        s = self.settings
+        self.engine = create_index_engine(s.index_url)
+        try:
+            if self.engine.dialect.name == "sqlite":
+                schema.upgrade(self.engine)  # embedded mode: zero configuration
+            else:
+                schema.require_current(self.engine)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(f"index database unusable: {exc}") from exc
+        return SqlIndex(self.engine)
+
+    def _ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        # Our own limit counts open sockets (see net/server.py); pynetdicom's counts threads.
+        ae.maximum_associations = max(1000, s.max_associations * 10)
+        ae.require_called_aet = False  # the policy decides, with a logged reason
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+        return ae
+
+    def start(self) -> None:
+        """Build everything and start listening; raise ConfigurationError on bad settings."""
+        _configure_pynetdicom()
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        certificates = self._certificates()
+        index = self._index()
+        try:
+            object_store = FilesystemStore(s.objects_dir)
+        except OSError as exc:
+            raise ConfigurationError(f"object directory {s.objects_dir} unusable: {exc}") from exc
+        self.audit = AuditLog(s.audit_path)
+        policy = Policy(s.ae_title, s.require_called_ae_title)
+        ae = self._ae()
+
+        context, trust, source, version = None, None, None, None
+        if certificates is not None:
+            source, bundle = certificates
+            version = source.version()
+            context, trust = server_context(bundle), TrustIndex(bundle)
+            warn_expiring(bundle)
+
+        try:
+            server = MimicAssociationServer(
+                ae,
+                (s.host, s.port),
+                s.ae_title,
+                ae.supported_contexts,
+                ssl_context=context,
+                trust=trust,
+                handshake_timeout=s.handshake_timeout,
+                network_timeout=s.network_timeout,
+                max_pdu_read=max(s.max_pdu_size + 4096, 1 << 20),
+                max_pending_handshakes=s.max_associations * 4,
+                on_refused=self._audit_refusal,
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}"
+            ) from exc
+        server.bind(
+            evt.EVT_REQUESTED,
+            association.handle_requested,
+            [policy, server.live_associations, s.max_associations, self.audit],
+        )
+        server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
+        server.bind(evt.EVT_C_ECHO, echo.handle_echo, [policy])
+        server.bind(evt.EVT_C_STORE, store.handle_store, [object_store, index, policy])
+        ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work
+        self.server = server
+
+        if source is not None:
+            self.watcher = CertificateWatcher(
+                source, s.cert_refresh_seconds, self._apply_bundle, version
+            )
+            self.watcher.start()
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="mimic-listener", daemon=True,
+        )
+        self._thread.start()
+        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        log.info(
+            "listening",
+            extra={
+                "address": f"{self.address[0]}:{self.address[1]}", "ae_title": s.ae_title,
+                "tls": s.tls, "index": self.engine.dialect.name if self.engine else "",
+                "objects": str(s.objects_dir),
+            },
+        )
+
+    def _apply_bundle(self, bundle: CertBundle) -> None:
+        assert self.server is not None
+        context, trust = server_context(bundle), TrustIndex(bundle)
+        aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
+        log.info(
+            "trust set updated",
+            extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
+        )
+
+    def _audit_refusal(self, peer: str, reason: str) -> None:
+        self.audit.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=peer, reason=reason)
+
+    # -- running ----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def refresh_certificates(self) -> None:
+        if self.watcher is not None:
+            self.watcher.refresh_now()
+
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Stop accepting, let open associations finish up to the drain time, then abort."""
+        drain = self.settings.drain_seconds if drain_seconds is None else drain_seconds
+        server = self.server
+        if server is not None:
+            server.shutdown()  # stops the accept loop and closes the listening socket
+            deadline = time.monotonic() + drain
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.1)
+            remaining = server.active_associations
+            for assoc in remaining:
+                assoc.abort()
+            log.info("stopped", extra={"aborted_associations": len(remaining)})
+            self.server = None
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.engine is not None:
+            self.engine.dispose()
+        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
+        self.audit.close()
+
+
+def describe_first_start(pki: devpki.DevPki, port: int, ae_title: str) -> str:
+    """The operator's first view: where the PKI is and dcmtk commands that work."""
+    client = pki.first_client
+    lines = [
+        f"Development PKI created in {pki.directory}",
+        f"  CA certificate (give to clients): {pki.ca_cert}",
+        f"  server certificate:               {pki.server_cert}",
+    ]
+    if client is not None:
+        lines += [
+            f"  first client certificate:         {client.cert}",
+            f"  first client key:                 {client.key}",
+            "",
+            "Try it with dcmtk:",
+            "  " + dcmtk_command("echoscu", client.cert, client.key, pki.ca_cert, port, ae_title),
+            "  " + dcmtk_command(
+                "storescu", client.cert, client.key, pki.ca_cert, port, ae_title, "FILE.dcm"
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def dcmtk_command(
+    tool: str, cert: Path, key: Path, ca: Path, port: int, ae_title: str, *extra: str
+) -> str:
+    parts = [
+        tool, "+tls", str(key), str(cert), "+cf", str(ca),
+        "-aet", "MODALITY1", "-aec", ae_title, "localhost", str(port), *extra,
+    ]
+    return " ".join(parts)

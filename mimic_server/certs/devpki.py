@@ -1,0 +1,294 @@
+"""A development PKI in the certificate directory: a CA, the server's certificate, clients.
+
+Layout of the directory (``MIMIC_CERT_DIR``, default ``DATA_DIR/certs``)::
+
+    ca/ca.pem, ca/ca.key              the development CA (never trusted as a whole by default)
+    server/server.pem, server.key     the server certificate (chain: server, CA) and key
+    clients/NAME/client.pem, .key     credentials issued to a modality; hand them over
+    trusted/NAME.pem [+ NAME.json]    one trusted client certificate [AE title binding]
+    trusted-ca/NAME.pem [+ .json]     a CA whose every certificate is trusted (explicit choice)
+    revoked/                          trust entries taken out by ``mimic certs revoke``
+
+Trust is per client certificate: issuing from the CA and trusting are two steps, and
+revoking removes the trust entry, so other clients of the same CA keep working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mimic_server.errors import ConfigurationError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FIRST_CLIENT = "modality1"
+
+
+@dataclass(frozen=True)
+class IssuedClient:
+    name: str
+    cert: Path
+    key: Path
+    ae_titles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DevPki:
+    directory: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    first_client: IssuedClient | None
+    created: bool
+
+
+def _key() -> rsa.RSAPrivateKey:
+    # RSA 2048: the BCP 195 minimum, and what dcmtk's non-downgrading profile negotiates.
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _write_certs(path: Path, *certs: x509.Certificate) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: object, days: int
+) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MIMIC development PKI"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    ca_pem = directory / "ca" / "ca.pem"
+    ca_key = directory / "ca" / "ca.key"
+    try:
+        cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"no usable development CA in {directory / 'ca'}: run 'mimic certs init'"
+        ) from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigurationError(f"{ca_key} is not an RSA key")
+    return cert, key
+
+
+def _create_ca(directory: Path) -> None:
+    key = _key()
+    name = _name("MIMIC development CA")
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        _builder(name, name, key.public_key(), 3650)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(directory / "ca" / "ca.key", key)
+    _write_certs(directory / "ca" / "ca.pem", cert)
+
+
+def _leaf(
+    ca: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    cn: str,
+    usage: x509.ObjectIdentifier,
+    days: int,
+    sans: list[x509.GeneralName] | None = None,
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = _key()
+    builder = (
+        _builder(_name(cn), ca.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=True,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def server_names(extra: list[str] | None = None) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    for host in [socket.gethostname(), *(extra or [])]:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    unique: list[x509.GeneralName] = []
+    for name in names:
+        if name not in unique:
+            unique.append(name)
+    return unique
+
+
+def init(directory: Path, *, first_client: bool = True) -> DevPki:
+    """Create whatever of the development PKI is missing; never overwrite what exists."""
+    created = False
+    if not (directory / "ca" / "ca.pem").exists():
+        _create_ca(directory)
+        created = True
+    ca, ca_key = _load_ca(directory)
+    server_cert = directory / "server" / "server.pem"
+    server_key = directory / "server" / "server.key"
+    if not server_cert.exists() or not server_key.exists():
+        cert, key = _leaf(
+            ca, ca_key, "MIMIC server", ExtendedKeyUsageOID.SERVER_AUTH, 825, server_names()
+        )
+        _write_key(server_key, key)
+        _write_certs(server_cert, cert, ca)
+        created = True
+    client = None
+    if first_client:
+        existing = directory / "clients" / FIRST_CLIENT
+        if not existing.exists():
+            client = issue_client(directory, FIRST_CLIENT)
+            created = True
+        else:
+            client = IssuedClient(
+                FIRST_CLIENT, existing / "client.pem", existing / "client.key",
+                tuple(read_binding(directory / "trusted" / f"{FIRST_CLIENT}.json")),
+            )
+    return DevPki(directory, directory / "ca" / "ca.pem", server_cert, server_key, client, created)
+
+
+def issue_client(
+    directory: Path, name: str, ae_titles: list[str] | None = None, days: int = 730
+) -> IssuedClient:
+    """Issue a client certificate from the development CA and trust it."""
+    _check_name(name)
+    titles = tuple(_check_ae_title(t) for t in (ae_titles or []))
+    target = directory / "clients" / name
+    if target.exists() or (directory / "trusted" / f"{name}.pem").exists():
+        raise ConfigurationError(f"a client named {name!r} already exists in {directory}")
+    ca, ca_key = _load_ca(directory)
+    cert, key = _leaf(ca, ca_key, name, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    _write_key(target / "client.key", key)
+    _write_certs(target / "client.pem", cert)
+    trust(directory, name, cert, titles)
+    return IssuedClient(name, target / "client.pem", target / "client.key", titles)
+
+
+def trust(
+    directory: Path, name: str, cert: x509.Certificate, ae_titles: tuple[str, ...] = ()
+) -> Path:
+    """Add one client certificate to the trusted set (write the entry, then its binding)."""
+    _check_name(name)
+    trusted = directory / "trusted"
+    trusted.mkdir(parents=True, exist_ok=True)
+    if ae_titles:
+        (trusted / f"{name}.json").write_text(json.dumps({"ae_titles": list(ae_titles)}))
+    path = trusted / f"{name}.pem"
+    tmp = trusted / f".{name}.pem.tmp"
+    _write_certs(tmp, cert)
+    os.replace(tmp, path)  # the watcher never sees half a file
+    return path
+
+
+def revoke(directory: Path, name: str) -> list[Path]:
+    """Take a trust entry (client or CA) out of the trusted set; keep it under revoked/."""
+    _check_name(name)
+    moved = []
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for folder in ("trusted", "trusted-ca"):
+        for suffix in (".pem", ".json"):
+            source = directory / folder / f"{name}{suffix}"
+            if source.exists():
+                target = directory / "revoked" / f"{name}.{stamp}{suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, target)
+                moved.append(target)
+    if not moved:
+        raise ConfigurationError(f"no trusted certificate named {name!r} in {directory}")
+    return moved
+
+
+def read_binding(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        return [_check_ae_title(t) for t in data.get("ae_titles", [])]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ConfigurationError(f"{path} is not a valid AE title binding") from exc
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ConfigurationError(
+            f"{name!r} is not a usable name: letters, digits, '.', '_' and '-', up to 64"
+        )
+
+
+def _check_ae_title(title: str) -> str:
+    title = str(title).strip()
+    if not title or len(title) > 16 or "\\" in title or not title.isprintable():
+        raise ConfigurationError(f"{title!r} is not a valid AE title")
+    return title
+
+

@@ -1,0 +1,66 @@
+"""The PEM directory certificate source (embedded mode); layout in :mod:`.devpki`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cryptography import x509
+
+from mimic_server.certs import CertBundle, TrustedCertificate
+from mimic_server.certs.devpki import read_binding
+from mimic_server.errors import ConfigurationError
+
+
+class DirectorySource:
+    """Reads ``server/`` for the server identity and ``trusted/``, ``trusted-ca/`` for trust."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self) -> str:
+        return f"directory {self.directory}"
+
+    def _files(self) -> list[Path]:
+        files = [self.directory / "server" / "server.pem", self.directory / "server" / "server.key"]
+        for folder in ("trusted", "trusted-ca"):
+            path = self.directory / folder
+            if path.is_dir():
+                files.extend(sorted(p for p in path.iterdir() if p.suffix in (".pem", ".json")))
+        return files
+
+    def version(self) -> str:
+        digest = hashlib.sha256()
+        for path in self._files():
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}\n".encode())
+        return digest.hexdigest()
+
+    def load(self) -> CertBundle:
+        server = self.directory / "server"
+        try:
+            chain = (server / "server.pem").read_bytes()
+            key = (server / "server.key").read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the server certificate in {server}: {exc.strerror}"
+            ) from exc
+        trusted: list[TrustedCertificate] = []
+        for folder, kind in (("trusted", "client"), ("trusted-ca", "ca")):
+            path = self.directory / folder
+            if not path.is_dir():
+                continue
+            for pem in sorted(path.glob("*.pem")):
+                try:
+                    certs = x509.load_pem_x509_certificates(pem.read_bytes())
+                except (OSError, ValueError) as exc:
+                    raise ConfigurationError(f"{pem} is not a PEM certificate") from exc
+                titles = frozenset(read_binding(pem.with_suffix(".json")))
+                trusted.extend(
+                    TrustedCertificate(pem.stem, kind, cert, titles)  # type: ignore[arg-type]
+                    for cert in certs
+                )
+        return CertBundle(chain, key, tuple(trusted))

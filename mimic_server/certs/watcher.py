@@ -1,0 +1,90 @@
+"""Polls a certificate source and hands every new bundle to the listener.
+
+Polling is cheap (``source.version()``); a full load happens only when the version changed or
+when asked (SIGHUP). A failed load keeps the last good trust set in force and is retried on
+the next period: an outage of the source never takes the archive down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from mimic_server.certs import CertBundle, CertificateSource
+
+log = logging.getLogger(__name__)
+
+EXPIRY_WARNING = timedelta(days=30)
+
+
+class CertificateWatcher:
+    def __init__(
+        self,
+        source: CertificateSource,
+        period: float,
+        apply: Callable[[CertBundle], None],
+        version: str | None = None,
+    ) -> None:
+        self.source = source
+        self.period = period
+        self.apply = apply
+        self.failures = 0
+        self._version = version
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mimic-cert-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def refresh_now(self) -> None:
+        """Ask for a reload at once (SIGHUP); safe to call from a signal handler."""
+        self._version = None
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.poll()
+
+    def poll(self) -> bool:
+        """Reload if the source changed; return True if a new bundle was applied."""
+        try:
+            version = self.source.version()
+            if version == self._version:
+                return False
+            bundle = self.source.load()
+            self.apply(bundle)
+        except Exception as exc:
+            self.failures += 1
+            log.error(
+                "certificate refresh failed; the last good trust set stays in force",
+                extra={"source": self.source.describe(), "error": str(exc)},
+            )
+            return False
+        self._version = version
+        warn_expiring(bundle)
+        return True
+
+
+def warn_expiring(bundle: CertBundle) -> None:
+    horizon = datetime.now(UTC) + EXPIRY_WARNING
+    for entry in bundle.currently_valid():
+        if entry.certificate.not_valid_after_utc < horizon:
+            log.warning(
+                "trusted certificate expires soon",
+                extra={
+                    "name": entry.name,
+                    "not_after": entry.certificate.not_valid_after_utc.isoformat(),
+                },
+            )

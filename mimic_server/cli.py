@@ -1,0 +1,214 @@
+"""The ``mimic`` command: ``serve``, ``certs init|issue-client|revoke``, ``db upgrade``.
+
+``mimic serve`` has one ``--flag`` per setting, generated from :class:`Settings`, so a flag
+and its ``MIMIC_*`` variable can never drift apart. Exit codes: 0 clean stop, 2 bad
+configuration (with a one-line reason on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+
+from mimic_server import __version__
+from mimic_server.certs import devpki
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
+
+EXIT_CONFIG = 2
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"mimic: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        _fail(f"invalid setting {where}: {first['msg']}")
+
+
+def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per Settings field; unset options fall back to MIMIC_* and the default."""
+    for name, field in reversed(list(Settings.model_fields.items())):
+        flag = "--" + name.replace("_", "-")
+        env = f"MIMIC_{name.upper()}"
+        default = field.default
+        help_text = f"{field.description} [env {env}; default {default}]"
+        if field.annotation is bool:
+            func = click.option(
+                f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text
+            )(func)
+        else:
+            func = click.option(flag, name, default=None, help=help_text)(func)
+    return func
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mimic")
+def main() -> None:
+    """MIMIC, a DICOM archive reached over mutual TLS."""
+
+
+@main.command()
+@settings_options
+def serve(**options: Any) -> None:
+    """Run the archive until SIGTERM or SIGINT (open associations drain first)."""
+    from mimic_server import logs
+    from mimic_server.app import Archive, describe_first_start
+
+    settings = _settings(**options)
+    logs.configure(settings.log_level, settings.log_format)
+    archive = Archive(settings)
+    try:
+        archive.start()
+    except ConfigurationError as exc:
+        archive.stop(0)
+        _fail(str(exc))
+    if archive.first_start is not None:
+        click.echo(
+            describe_first_start(archive.first_start.pki, archive.address[1], settings.ae_title),
+            err=True,
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())
+    while not stop.wait(1.0):
+        pass
+    archive.stop()
+
+
+def _cert_dir(data_dir: str | None, cert_dir: str | None) -> Path:
+    return _settings(data_dir=data_dir, cert_dir=cert_dir).certificate_dir
+
+
+_dir_options = [
+    click.option("--data-dir", default=None, help="MIMIC_DATA_DIR (default ./mimic-data)."),
+    click.option("--cert-dir", default=None, help="MIMIC_CERT_DIR (default DATA_DIR/certs)."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts."),
+]
+
+
+def _with_dir_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_dir_options):
+        func = option(func)
+    return func
+
+
+@main.group()
+def certs() -> None:
+    """The development PKI and the trusted client certificates (directory source)."""
+
+
+@certs.command("init")
+@_with_dir_options
+def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> None:
+    """Create the development CA, server certificate and a first client, if missing."""
+    directory = _cert_dir(data_dir, cert_dir)
+    try:
+        pki = devpki.init(directory)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    client = pki.first_client
+    result = {
+        "cert_dir": str(directory),
+        "ca_cert": str(pki.ca_cert.resolve()),
+        "server_cert": str(pki.server_cert.resolve()),
+        "client_name": client.name if client else None,
+        "client_cert": str(client.cert.resolve()) if client else None,
+        "client_key": str(client.key.resolve()) if client else None,
+        "created": pki.created,
+    }
+    _report(result, as_json, "created" if pki.created else "already present")
+
+
+@certs.command("issue-client")
+@click.argument("name")
+@click.option("--ae-title", "ae_titles", multiple=True, help="Bind to this calling AE title.")
+@click.option("--days", default=730, show_default=True, help="Validity in days.")
+@_with_dir_options
+def certs_issue_client(
+    name: str,
+    ae_titles: tuple[str, ...],
+    days: int,
+    data_dir: str | None,
+    cert_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Issue a client certificate from the development CA and trust it.
+
+    A running server trusts it within MIMIC_CERT_REFRESH_SECONDS (or at once on SIGHUP).
+    """
+    directory = _cert_dir(data_dir, cert_dir)
+    try:
+        issued = devpki.issue_client(directory, name, list(ae_titles), days)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    result = {
+        "name": issued.name,
+        "ca_cert": str((directory / "ca" / "ca.pem").resolve()),
+        "client_cert": str(issued.cert.resolve()),
+        "client_key": str(issued.key.resolve()),
+        "ae_titles": list(issued.ae_titles),
+    }
+    _report(result, as_json, f"issued and trusted {name}")
+
+
+@certs.command("revoke")
+@click.argument("name")
+@_with_dir_options
+def certs_revoke(name: str, data_dir: str | None, cert_dir: str | None, as_json: bool) -> None:
+    """Take a client (or CA) out of the trusted set; a running server follows."""
+    directory = _cert_dir(data_dir, cert_dir)
+    try:
+        moved = devpki.revoke(directory, name)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    _report({"name": name, "moved_to": [str(p) for p in moved]}, as_json, f"revoked {name}")
+
+
+@main.group()
+def db() -> None:
+    """The index database."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", default=None, help="MIMIC_DATABASE_URL.")
+@click.option("--data-dir", default=None, help="MIMIC_DATA_DIR.")
+def db_upgrade(database_url: str | None, data_dir: str | None) -> None:
+    """Apply the index schema migrations (Alembic) up to this version's head."""
+    from mimic_server.index import schema
+    from mimic_server.index.engine import create_index_engine
+
+    settings = _settings(database_url=database_url, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_index_engine(settings.index_url)
+    try:
+        schema.upgrade(engine)
+        click.echo(f"index schema at {schema.current_revision(engine)}")
+    except Exception as exc:
+        _fail(f"migration failed: {exc}")
+    finally:
+        engine.dispose()
+
+
+def _report(result: dict[str, Any], as_json: bool, headline: str) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(headline)
+    for key, value in result.items():
+        click.echo(f"  {key}: {value}")

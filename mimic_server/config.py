@@ -1,0 +1,87 @@
+"""The one place that reads configuration: ``MIMIC_*`` environment variables and CLI flags.
+
+Every default is the embedded mode, so ``mimic serve`` with nothing set runs a complete
+archive on one machine. Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All settings of a MIMIC server; each field is ``MIMIC_<NAME>`` and ``--<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MIMIC_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
+    port: int = Field(11112, ge=0, le=65535, description="DICOM listener port (0 = any free).")
+    ae_title: str = Field("MIMIC", description="The archive's own AE title.")
+    data_dir: Path = Field(
+        Path("./mimic-data"), description="Where the embedded index, objects and PKI live."
+    )
+    tls: bool = Field(
+        True, description="Require mutual TLS. 'off' opens a plain-TCP listener (lab only)."
+    )
+    cert_dir: Path | None = Field(
+        None, description="PEM certificate directory (default: DATA_DIR/certs)."
+    )
+    cert_refresh_seconds: float = Field(
+        30.0, gt=0, description="How often the trusted certificate set is re-read."
+    )
+    abort_revoked: bool = Field(
+        True, description="Abort open associations whose certificate was revoked."
+    )
+    require_called_ae_title: bool = Field(
+        True, description="Reject associations addressed to another AE title."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the index (default: SQLite in DATA_DIR)."
+    )
+    max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
+    max_pdu_size: int = Field(
+        262144, ge=131072, description="Maximum PDU length we receive, in bytes."
+    )
+    handshake_timeout: float = Field(10.0, gt=0, description="Seconds for a TLS handshake.")
+    network_timeout: float = Field(
+        60.0, gt=0, description="Seconds a connection may stay silent before it is dropped."
+    )
+    acse_timeout: float = Field(30.0, gt=0, description="Seconds to wait for association PDUs.")
+    dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long open associations may finish."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level; patient data appears only at DEBUG."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+        return value
+
+    @property
+    def certificate_dir(self) -> Path:
+        return (self.cert_dir or self.data_dir / "certs").resolve()
+
+    @property
+    def index_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return (self.data_dir / "objects").resolve()
+
+    @property
+    def audit_path(self) -> Path:
+        return (self.data_dir / "audit.jsonl").resolve()

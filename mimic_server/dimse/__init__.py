@@ -1,0 +1,1 @@
+"""DIMSE service handlers: one module per DICOM service, each a pynetdicom event handler."""

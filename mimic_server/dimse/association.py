@@ -1,0 +1,110 @@
+"""Association admission and the per-association log line (PS3.8 A-ASSOCIATE, PS3.7 D.3).
+
+``handle_requested`` runs when the A-ASSOCIATE-RQ arrives, after the TLS layer has verified
+the peer: it applies the policy and the association limit and answers A-ASSOCIATE-RJ with the
+DICOM reason. ``handle_conn_close`` writes one log line and one audit record per association.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mimic_server.dimse.session import Session, attach_session, session_of
+from mimic_server.net.identity import peer_identity
+from mimic_server.security import audit
+from mimic_server.security.policy import Policy, Refusal
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event
+
+    from mimic_server.security.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+#: A-ASSOCIATE-RJ (result, source, reason/diagnostic), PS3.8 Table 9-21.
+REJECT: dict[Refusal, tuple[int, int, int]] = {
+    Refusal.CALLING_AE_TITLE_NOT_RECOGNIZED: (0x01, 0x01, 0x03),
+    Refusal.CALLED_AE_TITLE_NOT_RECOGNIZED: (0x01, 0x01, 0x07),
+    Refusal.LOCAL_LIMIT_EXCEEDED: (0x02, 0x03, 0x02),
+}
+
+
+def handle_requested(
+    event: Event,
+    policy: Policy,
+    live_associations: Callable[[], int],
+    max_associations: int,
+    audit_log: AuditLog,
+) -> None:
+    """Handle ``evt.EVT_REQUESTED``: accept (return) or send A-ASSOCIATE-RJ."""
+    assoc = event.assoc
+    primitive = assoc.requestor.primitive
+    calling = str(primitive.calling_ae_title).strip()
+    called = str(primitive.called_ae_title).strip()
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    identity = peer_identity(assoc)
+    if identity is None:  # the connection was admitted without identity: never accept
+        assoc.abort()
+        return
+    refusal = policy.refuse_association(identity, calling, called)
+    if refusal is None and live_associations() > max_associations:
+        refusal = Refusal.LOCAL_LIMIT_EXCEEDED
+    if refusal is not None:
+        result, source, reason = REJECT[refusal]
+        log.warning(
+            "association rejected",
+            extra={
+                "peer": address, "identity": identity.label, "calling_ae": calling,
+                "called_ae": called, "reason": refusal.value,
+                "reject": f"{result}/{source}/{reason}",
+            },
+        )
+        audit_log.record(
+            audit.USER_AUTHENTICATION, audit.MINOR_FAILURE, peer=address,
+            identity=identity.label, calling_ae=calling, called_ae=called, reason=refusal.value,
+        )
+        assoc.acse.send_reject(result, source, reason)
+        _wait_until_sent(assoc)
+        return
+    attach_session(assoc, Session(identity, calling, address))
+
+
+def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
+    """Handle ``evt.EVT_CONN_CLOSE``: one line per association that was accepted."""
+    assoc = event.assoc
+    session = session_of(assoc)
+    if session is None:
+        return
+    outcome = "aborted" if assoc.is_aborted else "released"
+    log.info(
+        "association closed",
+        extra={
+            "peer": session.peer_address, "identity": session.identity.label,
+            "calling_ae": session.calling_ae_title, "outcome": outcome,
+            "stored": session.stored, "failed": session.failed, "bytes": session.bytes_stored,
+            "seconds": round(time.monotonic() - session.started, 3),
+        },
+    )
+    if session.stored or session.failed:
+        audit_log.record(
+            audit.INSTANCES_TRANSFERRED,
+            audit.SUCCESS if not session.failed else audit.MINOR_FAILURE,
+            peer=session.peer_address, identity=session.identity.label,
+            calling_ae=session.calling_ae_title, action="C-STORE received",
+            instances=session.stored, failed=session.failed, studies=sorted(session.studies),
+        )
+
+
+def _wait_until_sent(assoc: Association, limit: float = 1.0) -> None:
+    # The association thread closes the socket as soon as this handler returns; give the
+    # DUL thread the moment it needs to put the A-ASSOCIATE-RJ on the wire (Sta13).
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if assoc.dul.state_machine.current_state in ("Sta13", "Sta1"):
+            time.sleep(0.05)
+            return
+        time.sleep(0.005)

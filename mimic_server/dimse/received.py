@@ -1,0 +1,147 @@
+"""One received C-STORE object: the bytes as sent, a File Meta header, the parsed header.
+
+The dataset bytes come straight from pynetdicom's receive buffer (``event.request.DataSet``)
+and are never decoded or re-encoded: what we store is a Part 10 preamble and File Meta
+Information that we write, followed by the dataset exactly as it arrived. Only the header is
+parsed, stopping before Pixel Data, so pixel data is never decoded nor even copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from mimic_server.dimse.status import Status
+from mimic_server.errors import CannotUnderstand
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+#: MIMIC's Implementation Class UID (a UUID-derived OID, PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.166831424185209478937263318385113413712"
+IMPLEMENTATION_VERSION_NAME = "MIMIC_010"
+
+_PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+
+
+def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedObject:
+    """A received object ready to be stored: ``chunks`` are its Part 10 bytes."""
+
+    file_meta: bytes
+    dataset: memoryview
+    transfer_syntax_uid: str
+    header: Dataset
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.file_meta) + self.dataset.nbytes
+
+    @property
+    def chunks(self) -> tuple[bytes | memoryview, ...]:
+        return (self.file_meta, self.dataset)
+
+    @classmethod
+    def from_event(cls, event: Event, calling_ae_title: str) -> ReceivedObject:
+        request = event.request
+        dataset = request.DataSet.getbuffer()  # type: ignore[union-attr]
+        transfer_syntax = UID(str(event.context.transfer_syntax))
+        file_meta = encode_file_meta(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            transfer_syntax,
+            calling_ae_title,
+        )
+        header = parse_header(dataset, transfer_syntax)
+        digest = hashlib.sha256(file_meta)
+        digest.update(dataset)
+        return cls(file_meta, dataset, str(transfer_syntax), header, digest.hexdigest())
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae_title: str
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae_title:
+        meta.SourceApplicationEntityTitle = source_ae_title
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
+    """Parse the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM."""
+    if not transfer_syntax.is_transfer_syntax:
+        raise CannotUnderstand("unknown transfer syntax")
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            source: io.RawIOBase | io.BytesIO = io.BytesIO(
+                zlib.decompress(dataset, -zlib.MAX_WBITS)
+            )
+        else:
+            source = _MemoryReader(dataset)
+        header = read_dataset(
+            source,  # type: ignore[arg-type]
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            stop_when=_at_pixel_data,
+        )
+        # Values are converted lazily: touch every element now so a malformed one is
+        # refused here, not later inside the index code.
+        for _ in header.iterall():
+            pass
+    except CannotUnderstand:
+        raise
+    except Exception as exc:  # pydicom raises many kinds for malformed input
+        raise CannotUnderstand("dataset cannot be parsed", Status.CANNOT_UNDERSTAND) from exc
+    if len(header) == 0:
+        raise CannotUnderstand("dataset is empty")
+    return header
+
+
+class _MemoryReader(io.RawIOBase):
+    """A seekable reader over a memoryview that copies only what is read."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = max(0, min(len(buffer), self._view.nbytes - self._pos))
+        buffer[:count] = self._view[self._pos : self._pos + count]
+        self._pos += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._view.nbytes}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos

@@ -1,0 +1,46 @@
+"""What we know about one association while it lasts: its peer and what it did."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mimic_server.net.identity import Identity
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+_ATTRIBUTE = "_mimic_session"
+
+
+@dataclass
+class Session:
+    identity: Identity
+    calling_ae_title: str
+    peer_address: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    failed: int = 0
+    bytes_stored: int = 0
+    studies: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_stored(self, size: int, study_uid: str) -> None:
+        with self.lock:
+            self.stored += 1
+            self.bytes_stored += size
+            self.studies.add(study_uid)
+
+    def count_failed(self) -> None:
+        with self.lock:
+            self.failed += 1
+
+
+def attach_session(assoc: Association, session: Session) -> None:
+    setattr(assoc, _ATTRIBUTE, session)
+
+
+def session_of(assoc: Association) -> Session | None:
+    return getattr(assoc, _ATTRIBUTE, None)

@@ -1,0 +1,21 @@
+"""The DIMSE status codes MIMIC sends (PS3.4 Annex B, PS3.7 Annex C)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """Every status value MIMIC answers with; the conformance statement lists the same."""
+
+    SUCCESS = 0x0000
+    NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: The dataset could not be parsed (truncated, malformed, unknown encoding).
+    CANNOT_UNDERSTAND = 0xC000
+    #: SOP Instance UID or SOP Class UID in the dataset differs from the command.
+    UID_MISMATCH = 0xC001
+    #: A required attribute (Study / Series / SOP Instance UID) is missing or invalid.
+    MISSING_ATTRIBUTE = 0xC002

@@ -1,0 +1,157 @@
+"""What the index keeps of one received object, taken from its header.
+
+The header is parsed with ``stop_before_pixels``; text values arrive decoded with the
+object's own Specific Character Set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from mimic_server.dimse.status import Status
+from mimic_server.errors import CannotUnderstand
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceAttributes:
+    """The typed index columns of one instance and its header as DICOM JSON."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician_name: str
+    series_instance_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    series_date: str
+    series_time: str
+    body_part_examined: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    specific_character_set: str
+    header: dict[str, Any]
+
+    @property
+    def patient_key(self) -> str:
+        if self.patient_id:
+            return f"{self.issuer_of_patient_id}\\{self.patient_id}"
+        return f"study:{self.study_instance_uid}"
+
+    @classmethod
+    def from_header(cls, ds: Dataset) -> InstanceAttributes:
+        """Read the index keys; raise ``CannotUnderstand`` when a required UID is unusable."""
+        return cls(
+            patient_id=_text(ds, "PatientID", 64),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+            patient_name=_text(ds, "PatientName", 324),
+            patient_birth_date=_date(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex", 16),
+            study_instance_uid=_uid(ds, "StudyInstanceUID"),
+            study_date=_date(ds, "StudyDate"),
+            study_time=_time(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber", 64),
+            study_id=_text(ds, "StudyID", 16),
+            study_description=_text(ds, "StudyDescription", 64),
+            referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
+            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+            modality=_text(ds, "Modality", 16),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription", 64),
+            series_date=_date(ds, "SeriesDate"),
+            series_time=_time(ds, "SeriesTime"),
+            body_part_examined=_text(ds, "BodyPartExamined", 16),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            specific_character_set=_text(ds, "SpecificCharacterSet", 200),
+            header=header_json(ds),
+        )
+
+
+def valid_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+def header_json(ds: Dataset) -> dict[str, Any]:
+    """The header as DICOM JSON, without bulk data (binary values over 1 KiB)."""
+    try:
+        document = ds.to_json_dict(
+            bulk_data_threshold=1024,
+            bulk_data_element_handler=lambda _elem: "",
+            suppress_invalid_tags=True,
+        )
+    except Exception as exc:  # pydicom raises many kinds for malformed values
+        raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
+    return _without_bulk_data(document)
+
+
+def _without_bulk_data(document: dict[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for tag, element in document.items():
+        if "BulkDataURI" in element:
+            continue
+        if element.get("vr") == "SQ" and "Value" in element:
+            element = dict(element)
+            element["Value"] = [_without_bulk_data(item) for item in element["Value"]]
+        kept[tag] = element
+    return kept
+
+
+def _raw(ds: Dataset, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception as exc:
+        raise CannotUnderstand(f"{keyword} cannot be decoded") from exc
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = _raw(ds, keyword)
+    if value is None:
+        return ""
+    multiple = isinstance(value, MultiValue | list)
+    text = "\\".join(str(v) for v in value) if multiple else str(value)
+    return text.strip()[:limit]
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword, 1000).rstrip("\x00")
+    if not value:
+        raise CannotUnderstand(f"{keyword} is missing", Status.MISSING_ATTRIBUTE)
+    if not valid_uid(value):
+        raise CannotUnderstand(f"{keyword} is not a valid UID", Status.MISSING_ATTRIBUTE)
+    return value
+
+
+def _date(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword, 64).replace(".", "")
+    return value if re.fullmatch(r"\d{8}", value) else ""
+
+
+def _time(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword, 64).replace(":", "")
+    return value[:16] if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", value) else ""
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = _raw(ds, keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, CannotUnderstand):
+        return None

@@ -1,0 +1,187 @@
+"""The index repository: one transaction per method, one lock order (patient, study, series,
+instance), upserts that let concurrent senders of one study meet without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+
+from mimic_server.errors import OutOfResources
+from mimic_server.index import StoredInstance
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.engine import WRITE
+from mimic_server.index.models import Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+_ATTEMPTS = 4
+
+
+class SqlIndex:
+    """An :class:`~mimic_server.index.Index` on SQLAlchemy Core."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def upsert_instance(
+        self,
+        attrs: InstanceAttributes,
+        *,
+        transfer_syntax_uid: str,
+        object_key: str,
+        sha256: str,
+        size: int,
+        received_from: str,
+    ) -> str | None:
+        row = {
+            "sop_class_uid": attrs.sop_class_uid,
+            "instance_number": attrs.instance_number,
+            "transfer_syntax_uid": transfer_syntax_uid,
+            "specific_character_set": attrs.specific_character_set,
+            "size": size,
+            "sha256": sha256,
+            "object_key": object_key,
+            "header": attrs.header,
+            "received_from": received_from[:200],
+            "received_at": datetime.now(UTC),
+        }
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                    return self._upsert(conn, attrs, row)
+            except (OperationalError, IntegrityError) as exc:
+                # Lock timeouts, serialization failures and a lost insert race are transient.
+                if attempt == _ATTEMPTS or not _transient(exc):
+                    raise OutOfResources("index unavailable") from exc
+                time.sleep(0.05 * attempt + random.random() * 0.05)
+            except SQLAlchemyError as exc:
+                raise OutOfResources("index unavailable") from exc
+        raise AssertionError("unreachable")
+
+    def _upsert(
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+    ) -> str | None:
+        now = row["received_at"]
+        patient_fk = self._get_or_create(
+            conn,
+            Patient,
+            "patient_key",
+            {
+                "patient_key": attrs.patient_key,
+                "patient_id": attrs.patient_id,
+                "issuer_of_patient_id": attrs.issuer_of_patient_id,
+                "patient_name": attrs.patient_name,
+                "patient_birth_date": attrs.patient_birth_date,
+                "patient_sex": attrs.patient_sex,
+                "created_at": now,
+            },
+        )
+        study_fk = self._get_or_create(
+            conn,
+            Study,
+            "study_instance_uid",
+            {
+                "patient_fk": patient_fk,
+                "study_instance_uid": attrs.study_instance_uid,
+                "study_date": attrs.study_date,
+                "study_time": attrs.study_time,
+                "accession_number": attrs.accession_number,
+                "study_id": attrs.study_id,
+                "study_description": attrs.study_description,
+                "referring_physician_name": attrs.referring_physician_name,
+                "created_at": now,
+            },
+        )
+        series_fk = self._get_or_create(
+            conn,
+            Series,
+            "series_instance_uid",
+            {
+                "study_fk": study_fk,
+                "series_instance_uid": attrs.series_instance_uid,
+                "modality": attrs.modality,
+                "series_number": attrs.series_number,
+                "series_description": attrs.series_description,
+                "series_date": attrs.series_date,
+                "series_time": attrs.series_time,
+                "body_part_examined": attrs.body_part_examined,
+                "created_at": now,
+            },
+        )
+        row = {**row, "series_fk": series_fk}
+        existing = select(Instance.id, Instance.object_key).where(
+            Instance.sop_instance_uid == attrs.sop_instance_uid
+        )
+        if conn.dialect.name == "postgresql":
+            existing = existing.with_for_update()
+        found = conn.execute(existing).first()
+        if found is None:
+            conn.execute(
+                self._insert(Instance).values(sop_instance_uid=attrs.sop_instance_uid, **row)
+            )
+            return None
+        conn.execute(update(Instance).where(Instance.id == found.id).values(**row))
+        return str(found.object_key)
+
+    def _get_or_create(
+        self, conn: Connection, model: Any, unique: str, values: dict[str, Any]
+    ) -> int:
+        column = getattr(model, unique)
+        found = conn.execute(select(model.id).where(column == values[unique])).scalar()
+        if found is not None:
+            return int(found)
+        stmt = self._insert(model).values(**values).on_conflict_do_nothing(index_elements=[unique])
+        inserted = conn.execute(stmt.returning(model.id)).scalar()
+        if inserted is not None:
+            return int(inserted)
+        # Another writer inserted it between our select and insert: it is visible now.
+        return int(conn.execute(select(model.id).where(column == values[unique])).scalar_one())
+
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        query = select(
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Instance.transfer_syntax_uid,
+            Instance.object_key,
+            Instance.sha256,
+            Instance.size,
+        ).where(Instance.sop_instance_uid == sop_instance_uid)
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(query).first()
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+        return StoredInstance(*found) if found else None
+
+    def count_instances(self) -> int:
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(select(func.count(Instance.id))).scalar_one())
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+
+
+def _transient(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent insert of the same SOP Instance: the retry sees it
+    message = str(exc.orig).lower()
+    return any(
+        marker in message
+        for marker in ("locked", "busy", "deadlock", "could not serialize", "serialization")
+    )

@@ -1,0 +1,53 @@
+"""Structured logging: one JSON (or text) line per event, fields passed with ``extra``.
+
+Log lines carry no patient data at INFO and above: no names, IDs or UIDs of patients' objects.
+Those belong to the audit trail (:mod:`mimic_server.security.audit`). pynetdicom's own
+loggers are silenced below DEBUG, because they print identifiers and full PDUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(
+            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD
+        )
+        line = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{line} {fields}" if fields else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "CRITICAL")
+    for noisy in ("alembic", "azure", "urllib3"):
+        logging.getLogger(noisy).setLevel("WARNING")

@@ -1,0 +1,198 @@
+"""The association server: pynetdicom's threaded server with the handshake off the accept loop.
+
+What this adds to ``ThreadedAssociationServer``, each for a trap seen in practice:
+
+* the TLS handshake runs in the connection's own thread with a deadline, so a client that
+  never sends a ClientHello delays nobody (pynetdicom wraps in the accept loop);
+* every accepted socket gets TCP_NODELAY and a read timeout, so a peer that stalls mid-PDU is
+  dropped instead of holding two threads forever;
+* the PDU length a peer announces is checked before anything is allocated for it;
+* the peer certificate becomes an :class:`~.identity.Identity` before an association exists;
+* associations are counted by their open sockets, so TCP probes and port scans that close
+  without an A-ASSOCIATE-RQ do not use up the association limit;
+* a new trust set swaps the ``SSLContext`` atomically and aborts associations whose
+  certificate is no longer trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from mimic_server.net.identity import (
+    ANONYMOUS,
+    Identity,
+    TrustIndex,
+    attach_identity,
+    peer_identity,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _GuardedAssociationSocket(AssociationSocket):
+    """Refuses a read longer than any PDU we accept (the DUL reads a PDU in one call)."""
+
+    max_read: int
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.max_read:
+            raise OSError(f"peer announced a {nr_bytes}-byte PDU, over {self.max_read}")
+        return super().recv(nr_bytes)
+
+
+class _RequestHandler(RequestHandler):
+    server: MimicAssociationServer
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        sock.__class__ = _GuardedAssociationSocket
+        sock.max_read = self.server.max_pdu_read
+        identity = self.server.admitted_identity(self.request)
+        if identity is not None:
+            attach_identity(assoc, identity)
+        return assoc
+
+
+class MimicAssociationServer(ThreadedAssociationServer):
+    """A TLS (or, for labs, plain) DICOM listener; see the module docstring."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        ae: Any,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[Any],
+        *,
+        ssl_context: ssl.SSLContext | None,
+        trust: TrustIndex | None,
+        handshake_timeout: float,
+        network_timeout: float,
+        max_pdu_read: int,
+        max_pending_handshakes: int,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.trust = trust
+        self.handshake_timeout = handshake_timeout
+        self.network_timeout = network_timeout
+        self.max_pdu_read = max_pdu_read
+        self.max_pending_handshakes = max_pending_handshakes
+        self.on_refused = on_refused
+        self._identities: weakref.WeakKeyDictionary[socket.socket, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._pending = 0
+        self._lock = threading.Lock()
+        super().__init__(
+            ae, address, ae_title, contexts, ssl_context, request_handler=_RequestHandler
+        )
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT"):
+            # Several worker processes may share one port (the hot path scales by processes).
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.settimeout(self.handshake_timeout)
+        context = self.ssl_context  # read once: a concurrent swap affects the next connection
+        if context is not None:
+            client = context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._lock:
+            if self._pending >= self.max_pending_handshakes:
+                refused = True
+            else:
+                self._pending += 1
+                refused = False
+        if refused:
+            self._refuse(client_address, "too many connections waiting for their handshake")
+        return not refused
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            identity = self._admit(request, client_address)
+        finally:
+            with self._lock:
+                self._pending -= 1
+        if identity is None:
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _admit(self, request: socket.socket, client_address: Any) -> Identity | None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except ssl.SSLError as exc:
+                self._refuse(client_address, f"TLS handshake failed: {exc.reason or exc}")
+                return None
+            except (OSError, TimeoutError) as exc:
+                self._refuse(client_address, f"TLS handshake failed: {type(exc).__name__}")
+                return None
+            der = request.getpeercert(binary_form=True)
+            trust = self.trust
+            identity = trust.identify(der) if (der and trust is not None) else None
+            if identity is None:
+                self._refuse(client_address, "client certificate is not trusted")
+                return None
+        else:
+            identity = ANONYMOUS
+        request.settimeout(self.network_timeout)
+        with self._lock:
+            self._identities[request] = identity
+            self._live.add(request)
+        return identity
+
+    def _refuse(self, client_address: Any, reason: str) -> None:
+        peer = f"{client_address[0]}:{client_address[1]}"
+        log.warning("connection refused", extra={"peer": peer, "reason": reason})
+        if self.on_refused is not None:
+            self.on_refused(peer, reason)
+
+    def admitted_identity(self, request: socket.socket) -> Identity | None:
+        with self._lock:
+            return self._identities.get(request)
+
+    def live_associations(self) -> int:
+        """Connections past their handshake whose socket is still open."""
+        with self._lock:
+            return sum(1 for s in list(self._live) if s.fileno() != -1)
+
+    def apply_trust(
+        self, context: ssl.SSLContext, trust: TrustIndex, abort_revoked: bool
+    ) -> int:
+        """Swap in a new trust set; return how many revoked associations were aborted."""
+        self.trust = trust  # first: a handshake done on the old context is re-checked
+        self.ssl_context = context
+        aborted = 0
+        if not abort_revoked:
+            return 0
+        for assoc in self.active_associations:
+            identity = peer_identity(assoc)
+            if identity is None or identity is ANONYMOUS or trust.still_trusts(identity):
+                continue
+            log.warning(
+                "aborting association of a revoked certificate",
+                extra={"identity": identity.label},
+            )
+            assoc.abort(block=False)
+            aborted += 1
+        return aborted

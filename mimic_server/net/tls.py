@@ -1,0 +1,61 @@
+"""``SSLContext`` construction for the Basic TLS Secure Transport Connection Profile.
+
+PS3.15 B.1 with the BCP 195 profiles (B.9 / B.11): TLS 1.2 at least, TLS 1.3 allowed, forward
+secret AEAD cipher suites only, and a client certificate that is REQUIRED. Trust anchors are the
+trusted client certificates themselves (``VERIFY_X509_PARTIAL_CHAIN`` lets a pinned leaf stand
+as its own anchor) plus any CA trusted as a whole: a certificate merely issued by our CA is not
+enough. Each trust change builds a new context; open connections keep the one they began with.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+
+from mimic_server.certs import CertBundle
+from mimic_server.errors import ConfigurationError
+
+#: TLS 1.2 suites of BCP 195 (RFC 9325 4.2); TLS 1.3 suites are OpenSSL's defaults (all AEAD).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!SHA1"
+
+
+def _base(purpose: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx
+
+
+def _load_identity(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    # load_cert_chain wants a path: a private temporary file, removed as soon as it is read.
+    fd, path = tempfile.mkstemp(prefix="mimic-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key_pem + b"\n" + chain_pem)
+        ctx.load_cert_chain(path)
+    except ssl.SSLError as exc:
+        raise ConfigurationError(f"server certificate or key unusable: {exc.reason}") from exc
+    finally:
+        os.unlink(path)
+
+
+def server_context(bundle: CertBundle) -> ssl.SSLContext:
+    """The listener's context: our chain and key, the currently valid trusted certificates."""
+    ctx = _base(ssl.PROTOCOL_TLS_SERVER)
+    _load_identity(ctx, bundle.server_chain_pem, bundle.server_key_pem)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    anchors = "".join(t.pem for t in bundle.currently_valid())
+    if anchors:
+        ctx.load_verify_locations(cadata=anchors)
+    return ctx
+
+
+def client_context(bundle: CertBundle, ca_pem: str) -> ssl.SSLContext:
+    """A context for the server as a TLS client (C-MOVE sub-associations)."""
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT)
+    _load_identity(ctx, bundle.server_chain_pem, bundle.server_key_pem)
+    ctx.load_verify_locations(cadata=ca_pem)
+    return ctx

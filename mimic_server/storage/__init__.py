@@ -1,0 +1,40 @@
+"""The object store: bytes under opaque keys, nothing else.
+
+A store knows nothing of DICOM. Keys are chosen by the caller and never reused, so a ``put``
+never overwrites the bytes an index row points at (see :mod:`mimic_server.storage.keys`).
+Backends raise :class:`~mimic_server.errors.OutOfResources` for any failure to keep or read
+bytes, and ``KeyError`` for a key that is not there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, Protocol
+
+__all__ = ["ObjectStore"]
+
+
+class ObjectStore(Protocol):
+    """Where archived objects live; filesystem in embedded mode, Azure Blob Storage in Azure."""
+
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+        """Store the concatenated chunks durably under ``key``; return the byte count.
+
+        Returns only once the bytes would survive a crash. ``sha256`` (hex) is recorded by
+        backends that can keep metadata next to the object.
+        """
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object; ``KeyError`` if it is absent."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing key is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every key in the store, for reconciliation with the index."""
+        ...
