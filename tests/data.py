@@ -1,0 +1,79 @@
+"""The real DICOM files that ship with pydicom, chosen for what a test needs."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.data import DATA_ROOT
+from pydicom.data.data_manager import external_data_sources
+from pydicom.filereader import read_preamble
+from pydicom.uid import UID
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Storable:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int  # where the dataset starts, after the File Meta Information
+
+    def dataset_bytes(self) -> bytes:
+        return self.path.read_bytes()[self.dataset_offset :]
+
+
+def _ok(uid: object) -> bool:
+    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(_UID.match(uid))
+
+
+@functools.cache
+def storable_files() -> tuple[Storable, ...]:
+    """Every shipped Part 10 file a modality could legitimately send us."""
+    found: dict[str, Storable] = {}
+    for name in local_files("*.dcm"):
+        path = Path(name)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with open(path, "rb") as fh:
+                if read_preamble(fh, False) is None:
+                    continue
+            meta = ds.file_meta
+            ts = UID(str(meta.TransferSyntaxUID))
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            sop_instance = str(meta.MediaStorageSOPInstanceUID)
+            if not (ts.is_transfer_syntax and _ok(sop_class) and _ok(sop_instance)):
+                continue
+            if str(ds.get("SOPInstanceUID", "")) != sop_instance:
+                continue
+            if str(ds.get("SOPClassUID", "")) != sop_class:
+                continue
+            study, series = ds.get("StudyInstanceUID", ""), ds.get("SeriesInstanceUID", "")
+            if not (_ok(str(study)) and _ok(str(series))):
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(132)
+                pydicom.filereader._read_file_meta_info(fh)
+                offset = fh.tell()
+        except Exception:
+            continue
+        found.setdefault(sop_instance, Storable(path, sop_class, sop_instance, str(ts), offset))
+    return tuple(found.values())
+
+
+def local_files(pattern: str) -> list[str]:
+    """Files of pydicom and of the pydicom-data package; never downloads anything."""
+    names = [str(p) for p in Path(DATA_ROOT, "test_files").rglob(pattern)]
+    source = external_data_sources().get("pydicom-data")
+    if source is not None:
+        names += [str(p) for p in source.get_paths(pattern, 0)]
+    return sorted(set(names))
+
+
+def ct_small() -> Path:
+    return Path(DATA_ROOT, "test_files", "CT_small.dcm")

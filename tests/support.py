@@ -1,0 +1,256 @@
+"""Test support: a real ``mimic serve`` process, certificates, DICOM peers (pynetdicom, dcmtk).
+
+Every network address here is loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class MimicProcess:
+    """``python -m mimic_server serve`` on a loopback port with its own data directory."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.settings = settings
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def certs(self) -> Path:
+        return self.data_dir / "certs"
+
+    def start(self, timeout: float = 30.0) -> MimicProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        env.update({f"MIMIC_{k.upper()}": str(v) for k, v in self.settings.items()})
+        env.update(
+            MIMIC_HOST=HOST,
+            MIMIC_PORT=str(self.port),
+            MIMIC_DATA_DIR=str(self.data_dir),
+            MIMIC_LOG_FORMAT="json",
+        )
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mimic_server", "serve"],
+            env=env, stdout=self._log, stderr=self._log, cwd=self.data_dir.parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mimic serve exited {self.proc.returncode}:\n{self.log()}")
+            if any(e.get("message") == "listening" for e in self.log_entries()):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"mimic serve did not start:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def hup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_entries(self) -> list[dict]:
+        entries = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    pass
+        return entries
+
+    # -- what the archive holds ------------------------------------------------------------
+
+    def instance_count(self) -> int:
+        with sqlite3.connect(self.data_dir / "index.sqlite3") as db:
+            return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+    def stored_objects(self) -> list[Path]:
+        root = self.data_dir / "objects"
+        return sorted(p for p in root.rglob("*") if p.is_file())
+
+    def object_for(self, sop_instance_uid: str) -> Path:
+        with sqlite3.connect(self.data_dir / "index.sqlite3") as db:
+            row = db.execute(
+                "SELECT object_key FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            ).fetchone()
+        assert row, f"{sop_instance_uid} is not indexed"
+        return self.data_dir / "objects" / row[0]
+
+    # -- the first client made by the development PKI ----------------------------------------
+
+    @property
+    def client_cert(self) -> Path:
+        return self.certs / "clients" / "modality1" / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.certs / "clients" / "modality1" / "client.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "ca" / "ca.pem"
+
+
+# -- TLS clients ------------------------------------------------------------------------------
+
+
+def client_context(
+    cert: Path | None, key: Path | None, ca: Path, *, max_version: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    if max_version is not None:
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        ctx.maximum_version = max_version
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def associate(
+    port: int,
+    ctx: ssl.SSLContext | None,
+    *,
+    calling: str = "MODALITY1",
+    called: str = "MIMIC",
+    contexts: list[str] | None = None,
+    transfer_syntaxes: list[str] | None = None,
+) -> Association:
+    from pynetdicom import _config
+    from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send files' bytes as they are
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    ae.maximum_pdu_size = 131072
+    for uid in contexts or [Verification, CTImageStorage]:
+        if transfer_syntaxes:
+            ae.add_requested_context(uid, transfer_syntaxes)
+        else:
+            ae.add_requested_context(uid)
+    tls = (ctx, "localhost") if ctx is not None else None
+    return ae.associate(HOST, port, ae_title=called, tls_args=tls)
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert shutil.which(tool), f"{tool} (dcmtk) is not installed"
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(
+        [tool, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def dcmtk_tls(server: MimicProcess, cert: Path | None = None, key: Path | None = None) -> list[str]:
+    return [
+        "+tls", str(key or server.client_key), str(cert or server.client_cert),
+        "+cf", str(server.ca_cert),
+    ]
+
+
+# -- certificates for refusals ----------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def write_cert(
+    directory: Path,
+    name: str,
+    *,
+    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    ca: bool = False,
+) -> tuple[Path, Path, x509.Certificate, rsa.RSAPrivateKey]:
+    """A key and certificate; self-signed unless ``issuer`` is given."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(UTC)
+    issuer_name = issuer[0].subject if issuer else _name(name)
+    signer = issuer[1] if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - timedelta(minutes=5))
+        .not_valid_after(not_after or now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    cert = builder.sign(signer, hashes.SHA256())
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, cert, key
+
+
+def dev_ca(certs: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    cert = x509.load_pem_x509_certificate((certs / "ca" / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((certs / "ca" / "ca.key").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return cert, key
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
