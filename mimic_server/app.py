@@ -25,7 +25,7 @@ from mimic_server.config import Settings
 from mimic_server.dimse import association, echo, store
 from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.errors import ConfigurationError
-from mimic_server.index import schema
+from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.identity import TrustIndex
@@ -34,6 +34,7 @@ from mimic_server.net.tls import server_context
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
+from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,17 @@ class FirstStart:
 class Archive:
     """A running MIMIC server: listener, index, object store and certificate watcher."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        object_store: ObjectStore | None = None,
+        index: Index | None = None,
+    ) -> None:
+        """``object_store`` and ``index`` replace the configured backends (tests, tools)."""
         self.settings = settings
+        self._object_store = object_store
+        self._index_override = index
         self.first_start: FirstStart | None = None
         self.engine: Engine | None = None
         self.server: MimicAssociationServer | None = None
@@ -99,6 +109,14 @@ class Archive:
             raise ConfigurationError(f"index database unusable: {exc}") from exc
         return SqlIndex(self.engine)
 
+    def _filesystem_store(self) -> FilesystemStore:
+        try:
+            return FilesystemStore(self.settings.objects_dir)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"object directory {self.settings.objects_dir} unusable: {exc}"
+            ) from exc
+
     def _ae(self) -> AE:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
@@ -122,11 +140,8 @@ class Archive:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         certificates = self._certificates()
-        index = self._index()
-        try:
-            object_store = FilesystemStore(s.objects_dir)
-        except OSError as exc:
-            raise ConfigurationError(f"object directory {s.objects_dir} unusable: {exc}") from exc
+        index = self._index_override or self._index()
+        object_store = self._object_store or self._filesystem_store()
         self.audit = AuditLog(s.audit_path)
         policy = Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()

@@ -68,7 +68,7 @@ def storable_files() -> tuple[Storable, ...]:
 
 def local_files(pattern: str) -> list[str]:
     """Files of pydicom and of the pydicom-data package; never downloads anything."""
-    names = [str(p) for p in Path(DATA_ROOT, "test_files").rglob(pattern)]
+    names = [str(p) for p in Path(DATA_ROOT).rglob(pattern)]
     source = external_data_sources().get("pydicom-data")
     if source is not None:
         names += [str(p) for p in source.get_paths(pattern, 0)]

@@ -1,0 +1,112 @@
+"""Certificates change while the archive runs: add, revoke, rotate (directory source).
+
+The server polls its certificate directory every second here; every step must take effect
+within a few refresh periods, without a restart, and without disturbing other clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from mimic_server.certs import devpki
+from tests.data import ct_small
+from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
+
+
+@pytest.fixture
+def live(tmp_path: Path):  # type: ignore[no-untyped-def]
+    process = MimicProcess(tmp_path / "data", cert_refresh_seconds="1").start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def _ctx(server: MimicProcess, name: str):  # type: ignore[no-untyped-def]
+    client = server.certs / "clients" / name
+    return client_context(client / "client.pem", client / "client.key", server.ca_cert)
+
+
+def _echo_ok(server: MimicProcess, name: str) -> bool:
+    assoc = associate(server.port, _ctx(server, name))
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
+
+
+def _copy_of_ct(tmp_path: Path, n: int) -> Path:
+    ds = pydicom.dcmread(ct_small())
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.50.{n}"
+    path = tmp_path / f"ct{n}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> None:
+    assert _echo_ok(live, "modality1")
+    # An operator issues a second modality's certificate: trusted within a refresh period.
+    devpki.issue_client(live.certs, "modalityb")
+    assert wait_for(lambda: _echo_ok(live, "modalityb"), timeout=10)
+
+    # modality1 has an association open while it is revoked: it is aborted...
+    syntax = "1.2.840.10008.1.2.1"
+    open_assoc = associate(live.port, _ctx(live, "modality1"), transfer_syntaxes=[syntax])
+    assert open_assoc.is_established
+    assert open_assoc.send_c_store(_copy_of_ct(tmp_path, 1)).Status == 0
+    devpki.revoke(live.certs, "modality1")
+    assert wait_for(lambda: open_assoc.is_aborted, timeout=10)
+    # ...its next association is refused at the TLS handshake...
+    assert not associate(live.port, _ctx(live, "modality1")).is_established
+    refused = dcmtk("echoscu", *dcmtk_tls(live), "-aec", "MIMIC", "localhost", str(live.port))
+    assert refused.returncode != 0
+    # ...and modalityb, issued by the same CA, is not affected.
+    assert _echo_ok(live, "modalityb")
+    assert any(e.get("message") == "trust set updated" for e in live.log_entries())
+
+
+def test_removing_the_trusted_file_revokes(live: MimicProcess) -> None:
+    devpki.issue_client(live.certs, "modalityc")
+    assert wait_for(lambda: _echo_ok(live, "modalityc"), timeout=10)
+    (live.certs / "trusted" / "modalityc.pem").unlink()
+    assert wait_for(lambda: not _echo_ok(live, "modalityc"), timeout=10)
+    assert _echo_ok(live, "modality1")
+
+
+def test_sighup_refreshes_at_once(tmp_path: Path) -> None:
+    server = MimicProcess(tmp_path / "data", cert_refresh_seconds="3600").start()
+    try:
+        devpki.issue_client(server.certs, "modalityd")
+        server.hup()
+        assert wait_for(lambda: _echo_ok(server, "modalityd"), timeout=10)
+    finally:
+        assert server.stop() == 0
+
+
+def test_server_certificate_rotation(live: MimicProcess, tmp_path: Path) -> None:
+    syntax = "1.2.840.10008.1.2.1"
+    before = associate(live.port, _ctx(live, "modality1"), transfer_syntaxes=[syntax])
+    assert before.is_established
+    old = hashlib.sha256(before.dul.socket.socket.getpeercert(binary_form=True)).hexdigest()  # type: ignore[union-attr]
+
+    # Rotate: a new server key and certificate from the same CA.
+    (live.certs / "server" / "server.pem").unlink()
+    (live.certs / "server" / "server.key").unlink()
+    devpki.init(live.certs, first_client=False)
+
+    def new_fingerprint() -> str | None:
+        assoc = associate(live.port, _ctx(live, "modality1"))
+        if not assoc.is_established:
+            return None
+        der = assoc.dul.socket.socket.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        assoc.release()
+        return hashlib.sha256(der).hexdigest()
+
+    assert wait_for(lambda: new_fingerprint() not in (None, old), timeout=10)
+    # The association opened before the rotation keeps working on its own session.
+    assert before.is_established
+    assert before.send_c_store(_copy_of_ct(tmp_path, 2)).Status == 0
+    before.release()

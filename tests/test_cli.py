@@ -1,0 +1,85 @@
+"""The ``mimic`` command as scripts and operators use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import HOST, MimicProcess, free_port
+
+
+def mimic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "mimic_server", *args],
+        capture_output=True, text=True, timeout=60, env={**clean, **(env or {})},
+    )
+
+
+def test_certs_init_issue_revoke_json(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    init = mimic("certs", "init", "--json", "--data-dir", data)
+    assert init.returncode == 0, init.stderr
+    made = json.loads(init.stdout)
+    for key in ("ca_cert", "client_cert", "client_key"):
+        assert Path(made[key]).is_absolute() and Path(made[key]).exists()
+    assert oct(Path(made["client_key"]).stat().st_mode & 0o777) == "0o600"
+
+    issued = mimic("certs", "issue-client", "ct01", "--ae-title", "CT01", "--json",
+                   "--data-dir", data)
+    assert issued.returncode == 0, issued.stderr
+    out = json.loads(issued.stdout)
+    assert out["ae_titles"] == ["CT01"] and Path(out["client_cert"]).exists()
+    assert (tmp_path / "data" / "certs" / "trusted" / "ct01.pem").exists()
+
+    again = mimic("certs", "issue-client", "ct01", "--data-dir", data)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+    revoked = mimic("certs", "revoke", "ct01", "--json", "--data-dir", data)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["moved_to"]
+    assert not (tmp_path / "data" / "certs" / "trusted" / "ct01.pem").exists()
+    assert mimic("certs", "revoke", "ct01", "--data-dir", data).returncode == 2
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = mimic("serve", "--host", HOST, "--port", str(port),
+                       "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mimic:")]
+    assert len(lines) == 1 and "cannot listen" in lines[0], result.stderr
+
+
+def test_invalid_setting_is_refused(tmp_path: Path) -> None:
+    result = mimic("serve", "--data-dir", str(tmp_path), env={"MIMIC_AE_TITLE": "A" * 17})
+    assert result.returncode == 2 and "ae_title" in result.stderr
+
+
+def test_unreadable_server_key_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert mimic("certs", "init", "--data-dir", str(data)).returncode == 0
+    (data / "certs" / "server" / "server.key").write_text("not a key")
+    result = mimic("serve", "--host", HOST, "--port", str(free_port()), "--data-dir", str(data))
+    assert result.returncode == 2 and "server certificate or key unusable" in result.stderr
+
+
+def test_sigterm_is_a_clean_stop(tmp_path: Path) -> None:
+    server = MimicProcess(tmp_path / "data").start()
+    assert server.stop() == 0
+    assert any(e.get("message") == "stopped" for e in server.log_entries())
+
+
+def test_every_setting_has_a_flag() -> None:
+    from mimic_server.config import Settings
+
+    help_text = mimic("serve", "--help").stdout
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
+        assert f"MIMIC_{name.upper()}" in help_text.replace("\n", "").replace(" ", "")

@@ -1,0 +1,110 @@
+"""The index: upserts from concurrent senders, re-sends, decoded character sets."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+
+from mimic_server.index import schema
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.index.repository import SqlIndex
+from tests.data import ct_small, local_files
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> SqlIndex:
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    schema.upgrade(engine)
+    return SqlIndex(engine)
+
+
+def _attrs(ds: Dataset) -> InstanceAttributes:
+    return InstanceAttributes.from_header(ds)
+
+
+def _counts(index: SqlIndex) -> tuple[int, ...]:
+    with index.engine.connect() as conn:
+        return tuple(
+            conn.execute(select(func.count()).select_from(m)).scalar_one()
+            for m in (Patient, Study, Series, Instance)
+        )
+
+
+def test_eight_concurrent_senders_into_one_study(index: SqlIndex) -> None:
+    base = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    errors: list[BaseException] = []
+
+    def sender(n: int) -> None:
+        try:
+            for i in range(25):
+                ds = base.copy()
+                ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.7.{n % 2}"
+                ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.9.{n}.{i}"
+                index.upsert_instance(
+                    _attrs(ds), transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    object_key=f"k/{n}/{i}", sha256="0" * 64, size=1, received_from="t",
+                )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _counts(index) == (1, 1, 2, 200)
+
+
+def test_resend_replaces_and_returns_the_old_key(index: SqlIndex) -> None:
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    common = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1}
+    assert index.upsert_instance(_attrs(ds), object_key="a", received_from="t", **common) is None
+    assert index.upsert_instance(_attrs(ds), object_key="b", received_from="t", **common) == "a"
+    stored = index.get_instance(ds.SOPInstanceUID)
+    assert stored is not None and stored.object_key == "b"
+    assert _counts(index) == (1, 1, 1, 1)
+
+
+def test_objects_without_patient_id_are_not_merged(index: SqlIndex) -> None:
+    for n in range(2):
+        ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+        ds.PatientID = ""
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.11.{n}"
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.12.{n}"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.13.{n}"
+        index.upsert_instance(
+            _attrs(ds), transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=f"k{n}",
+            sha256="0" * 64, size=1, received_from="t",
+        )
+    assert _counts(index)[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("chrH31.dcm", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("chrGreek.dcm", "Διονυσιος"),
+        ("chrFren.dcm", "Buc^Jérôme"),
+        ("chrRuss.dcm", "Люкceмбypг"),
+    ],
+)
+def test_character_sets_are_decoded_at_ingest(name: str, expected: str) -> None:
+    path = next(p for p in local_files(name))
+    attrs = _attrs(pydicom.dcmread(path, stop_before_pixels=True))
+    assert attrs.patient_name == expected
+    assert attrs.header["00100010"]["Value"][0]["Alphabetic"] == expected.split("=")[0]
+
+
+def test_header_json_leaves_bulk_data_out() -> None:
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.add_new(0x00091010, "OB", b"\x00" * 5000)
+    header = _attrs(ds).header
+    assert "00091010" not in header and "00100010" in header
