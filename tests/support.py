@@ -5,6 +5,7 @@ Every network address here is loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,10 +96,8 @@ class MimicProcess:
         entries = []
         for line in self.log().splitlines():
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     entries.append(json.loads(line))
-                except ValueError:
-                    pass
         return entries
 
     # -- what the archive holds ------------------------------------------------------------

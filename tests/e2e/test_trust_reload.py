@@ -40,7 +40,8 @@ def _echo_ok(server: MimicProcess, name: str) -> bool:
 
 def _copy_of_ct(tmp_path: Path, n: int) -> Path:
     ds = pydicom.dcmread(ct_small())
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.50.{n}"
+    uid = f"1.2.826.0.1.3680043.8.498.50.{n}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
     path = tmp_path / f"ct{n}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path

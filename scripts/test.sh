@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it: ruff, then pytest.
+#   system: dcmtk (DICOM peers), socat (TLS tunnel for dcmtk tools without TLS)
+#   python: the project with its [test] extra, in ./.venv
+# Extra arguments go to pytest (e.g. scripts/test.sh -k store -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+
+need=()
+for tool in storescu:dcmtk socat:socat; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+
+.venv/bin/ruff check mimic_server tests bench
+exec .venv/bin/python -m pytest "$@"
