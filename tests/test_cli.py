@@ -83,3 +83,27 @@ def test_every_setting_has_a_flag() -> None:
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in help_text
         assert f"MIMIC_{name.upper()}" in help_text.replace("\n", "").replace(" ", "")
+
+
+def test_sigterm_drains_an_open_association(tmp_path: Path) -> None:
+    from tests.data import ct_small
+    from tests.support import associate, client_context
+
+    server = MimicProcess(tmp_path / "data", drain_seconds="20").start()
+    ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
+    assert assoc.is_established
+    assert server.proc is not None
+    server.proc.send_signal(15)
+    # The listener closes, but the open association may finish its work.
+    from tests.support import wait_for
+
+    def listener_closed() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex((HOST, server.port)) != 0
+
+    assert wait_for(listener_closed, timeout=10)
+    assert assoc.send_c_store(ct_small()).Status == 0
+    assoc.release()
+    assert server.stop() == 0
+    assert server.instance_count() == 1

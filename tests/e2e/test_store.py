@@ -187,3 +187,14 @@ def test_peer_abort_mid_transfer_leaves_nothing(server: MimicProcess) -> None:
     assert len(server.stored_objects()) == objects_before
     assert not list((server.data_dir / "objects" / ".incoming").iterdir())
     _ = socket  # imported for the type of the raw socket above
+
+
+def test_no_patient_data_in_the_log(server: MimicProcess) -> None:
+    """After everything above was stored, the log names no patient, study or instance."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    log = server.log()
+    assert "association closed" in log
+    for value in (str(ds.PatientName), str(ds.PatientID), ds.StudyInstanceUID, ds.SOPInstanceUID):
+        assert value and value not in log, value
+    audit = (server.data_dir / "audit.jsonl").read_text()
+    assert ds.StudyInstanceUID in audit  # the audit trail is where they belong
