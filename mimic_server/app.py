@@ -7,6 +7,7 @@ certificate source) and the only one that touches pynetdicom's process-wide ``_c
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from sqlalchemy import Engine
 from mimic_server.certs import CertBundle, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
-from mimic_server.config import Settings
-from mimic_server.dimse import association, echo, store
+from mimic_server.config import MoveDestination, Settings
+from mimic_server.dimse import association, echo, find, get, move, store
 from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index, schema
@@ -30,7 +31,8 @@ from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.identity import TrustIndex
 from mimic_server.net.server import MimicAssociationServer
-from mimic_server.net.tls import server_context
+from mimic_server.net.tls import destination_context, server_context
+from mimic_server.query.finder import Finder
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
@@ -38,6 +40,10 @@ from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
+
+UNCOMPRESSED = [
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
+]
 
 
 def _configure_pynetdicom() -> None:
@@ -74,6 +80,7 @@ class Archive:
         self.server: MimicAssociationServer | None = None
         self.watcher: CertificateWatcher | None = None
         self.audit = AuditLog(None)
+        self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
 
     # -- building -------------------------------------------------------------------------
@@ -132,6 +139,8 @@ class Archive:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+        for sop_class in find.MODELS:
+            ae.add_supported_context(sop_class, UNCOMPRESSED)
         return ae
 
     def start(self) -> None:
@@ -149,6 +158,7 @@ class Archive:
         context, trust, source, version = None, None, None, None
         if certificates is not None:
             source, bundle = certificates
+            self.bundle = bundle
             version = source.version()
             context, trust = server_context(bundle), TrustIndex(bundle)
             warn_expiring(bundle)
@@ -179,6 +189,18 @@ class Archive:
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
         server.bind(evt.EVT_C_ECHO, echo.handle_echo, [policy])
         server.bind(evt.EVT_C_STORE, store.handle_store, [object_store, index, policy])
+        server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
+        if self.engine is not None:
+            finder = Finder(
+                self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results
+            )
+            server.bind(evt.EVT_C_FIND, find.handle_find, [finder, policy])
+            server.bind(evt.EVT_C_GET, get.handle_get, [finder, object_store, policy])
+            server.bind(
+                evt.EVT_C_MOVE,
+                move.handle_move,
+                [finder, object_store, policy, s.move_destinations, self._destination_tls],
+            )
         ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
 
@@ -202,8 +224,15 @@ class Archive:
             },
         )
 
+    def _destination_tls(self, destination: MoveDestination) -> ssl.SSLContext:
+        if self.bundle is None:
+            raise ConfigurationError("a TLS move destination needs the server's certificate")
+        extra = destination.ca_file.read_text() if destination.ca_file else ""
+        return destination_context(self.bundle, extra)
+
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
+        self.bundle = bundle
         context, trust = server_context(bundle), TrustIndex(bundle)
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
         log.info(

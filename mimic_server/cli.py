@@ -24,6 +24,7 @@ from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 
 EXIT_CONFIG = 2
+_JSON_FIELDS = {"move_destinations"}
 
 
 def _fail(message: str) -> NoReturn:
@@ -32,8 +33,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def _settings(**overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    for name in _JSON_FIELDS & values.keys():
+        try:
+            values[name] = json.loads(values[name])
+        except ValueError:
+            _fail(f"--{name.replace('_', '-')} takes JSON")
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
@@ -45,7 +52,8 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for name, field in reversed(list(Settings.model_fields.items())):
         flag = "--" + name.replace("_", "-")
         env = f"MIMIC_{name.upper()}"
-        default = field.default
+        factory = field.default_factory
+        default = field.default if factory is None else factory()  # type: ignore[call-arg]
         help_text = f"{field.description} [env {env}; default {default}]"
         if field.annotation is bool:
             func = click.option(

@@ -9,8 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MoveDestination(BaseModel):
+    """Where a C-MOVE destination AE title is reached."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = True
+    #: The name to check the destination's certificate against (default: host).
+    server_name: str | None = None
+    #: PEM file of extra CAs to trust for this destination's certificate.
+    ca_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -54,6 +66,13 @@ class Settings(BaseSettings):
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
     drain_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long open associations may finish."
+    )
+    max_find_results: int = Field(
+        10000, ge=1, description="Matches a C-FIND may return before it is refused."
+    )
+    move_destinations: dict[str, MoveDestination] = Field(
+        default_factory=dict,
+        description='C-MOVE destinations as JSON: {"AE": {"host": h, "port": p, "tls": true}}.',
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; patient data appears only at DEBUG."

@@ -141,7 +141,7 @@ def _leaf(
     ca: x509.Certificate,
     ca_key: rsa.RSAPrivateKey,
     cn: str,
-    usage: x509.ObjectIdentifier,
+    usages: list[x509.ObjectIdentifier],
     days: int,
     sans: list[x509.GeneralName] | None = None,
 ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
@@ -157,7 +157,7 @@ def _leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -198,7 +198,13 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
     server_key = directory / "server" / "server.key"
     if not server_cert.exists() or not server_key.exists():
         cert, key = _leaf(
-            ca, ca_key, "MIMIC server", ExtendedKeyUsageOID.SERVER_AUTH, 825, server_names()
+            ca,
+            ca_key,
+            "MIMIC server",
+            # clientAuth too: the server is a TLS client toward C-MOVE destinations.
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            825,
+            server_names(),
         )
         _write_key(server_key, key)
         _write_certs(server_cert, cert, ca)
@@ -227,7 +233,7 @@ def issue_client(
     if target.exists() or (directory / "trusted" / f"{name}.pem").exists():
         raise ConfigurationError(f"a client named {name!r} already exists in {directory}")
     ca, ca_key = _load_ca(directory)
-    cert, key = _leaf(ca, ca_key, name, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    cert, key = _leaf(ca, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
     _write_key(target / "client.key", key)
     _write_certs(target / "client.pem", cert)
     trust(directory, name, cert, titles)

@@ -73,6 +73,29 @@ def handle_requested(
     attach_session(assoc, Session(identity, calling, address))
 
 
+#: Query/Retrieve SOP Classes for which we accept relational queries (PS3.4 C.5.1).
+RELATIONAL_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1",
+        "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2",
+        "1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3",
+    }
+)
+
+
+def handle_sop_extended(event: Event) -> dict[str, bytes]:
+    """Handle ``evt.EVT_SOP_EXTENDED``: accept relational queries where they are asked for."""
+    session = session_of(event.assoc)
+    accepted: dict[str, bytes] = {}
+    for sop_class, info in (event.app_info or {}).items():
+        uid = str(sop_class)
+        if uid in RELATIONAL_CLASSES and info and info[0] == 1:
+            accepted[uid] = b"\x01"
+            if session is not None:
+                session.relational_classes.add(uid)
+    return accepted
+
+
 def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     """Handle ``evt.EVT_CONN_CLOSE``: one line per association that was accepted."""
     assoc = event.assoc

@@ -25,6 +25,8 @@ class Session:
     failed: int = 0
     bytes_stored: int = 0
     studies: set[str] = field(default_factory=set)
+    #: Query/Retrieve SOP Classes for which relational queries were negotiated.
+    relational_classes: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_stored(self, size: int, study_uid: str) -> None:
@@ -32,6 +34,9 @@ class Session:
             self.stored += 1
             self.bytes_stored += size
             self.studies.add(study_uid)
+
+    def relational(self, sop_class_uid: str) -> bool:
+        return sop_class_uid in self.relational_classes
 
     def count_failed(self) -> None:
         with self.lock:

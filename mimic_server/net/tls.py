@@ -13,6 +13,9 @@ import os
 import ssl
 import tempfile
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from mimic_server.certs import CertBundle
 from mimic_server.errors import ConfigurationError
 
@@ -53,9 +56,20 @@ def server_context(bundle: CertBundle) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(bundle: CertBundle, ca_pem: str) -> ssl.SSLContext:
-    """A context for the server as a TLS client (C-MOVE sub-associations)."""
+def destination_context(bundle: CertBundle, extra_ca_pem: str = "") -> ssl.SSLContext:
+    """The server as a TLS client (C-MOVE sub-associations), presenting its own certificate.
+
+    The destination's certificate is verified against the CAs in our own chain, the CAs
+    trusted as a whole, and any extra CA configured for that destination.
+    """
     ctx = _base(ssl.PROTOCOL_TLS_CLIENT)
     _load_identity(ctx, bundle.server_chain_pem, bundle.server_key_pem)
-    ctx.load_verify_locations(cadata=ca_pem)
+    chain = x509.load_pem_x509_certificates(bundle.server_chain_pem)
+    anchors = [c.public_bytes(Encoding.PEM).decode("ascii") for c in chain[1:]]
+    anchors += [t.pem for t in bundle.currently_valid() if t.kind == "ca"]
+    anchors.append(extra_ca_pem)
+    cadata = "".join(anchors).strip()
+    if not cadata:
+        raise ConfigurationError("no CA to verify a move destination's certificate")
+    ctx.load_verify_locations(cadata=cadata)
     return ctx

@@ -23,6 +23,9 @@ class Refusal(Enum):
 class Service(Enum):
     ECHO = "C-ECHO"
     STORE = "C-STORE"
+    FIND = "C-FIND"
+    MOVE = "C-MOVE"
+    GET = "C-GET"
 
 
 class Policy:

@@ -142,9 +142,11 @@ def test_missing_study_or_series_uid(ct: Dataset, index: SqlIndex, keyword: str)
 
 
 def test_uid_with_path_characters_is_refused(ct: Dataset, index: SqlIndex) -> None:
-    ct.StudyInstanceUID = "../../etc"
+    with pydicom.config.disable_value_validation():
+        ct.StudyInstanceUID = "../../etc"
     store = MemoryStore()
-    assert _status(handle_store(_event(ct), store, index, Policy("MIMIC"))) == 0xC002
+    # 0xC002 (invalid UID) or 0xC000 (pydicom refuses the value while parsing): never stored.
+    assert _status(handle_store(_event(ct), store, index, Policy("MIMIC"))) in (0xC000, 0xC002)
     assert not store.objects
 
 

@@ -1,0 +1,48 @@
+"""What C-MOVE and C-GET share: the match list, and objects read back with their hash checked.
+
+A sub-operation whose object is missing or whose bytes no longer hash to the SHA-256 in the
+index fails; it is never sent. pynetdicom counts a yielded dataset that cannot be sent as a
+failed sub-operation and lists its SOP Instance UID, which is how such a failure is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Iterator
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from mimic_server.errors import OutOfResources
+from mimic_server.query.finder import InstanceRef
+from mimic_server.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
+    """The stored object as a Dataset, or None (logged) if it is missing or corrupted."""
+    try:
+        with store.open(ref.object_key) as fh:
+            data = fh.read()
+    except (KeyError, OutOfResources) as exc:
+        log.error("stored object unreadable", extra={"key": ref.object_key, "error": repr(exc)})
+        return None
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        log.error("stored object fails its SHA-256 check", extra={"key": ref.object_key})
+        return None
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def failed_suboperation(ref: InstanceRef) -> Dataset:
+    """A stand-in that pynetdicom cannot send: counted as failed, its UID listed."""
+    stand_in = Dataset()
+    stand_in.SOPInstanceUID = ref.sop_instance_uid
+    return stand_in
+
+
+def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
+    for ref in refs:
+        yield read_verified(store, ref) or failed_suboperation(ref)

@@ -1,0 +1,326 @@
+"""Answers a :class:`Query` from the index, streaming: one SQL pass, matched row by row.
+
+SQL narrows the candidates with predicates on typed, indexed columns that never exclude a
+true match (a superset); :meth:`Constraint.matches` then decides. Values for keys without a
+typed column come from the stored header (DICOM JSON) of one instance of the entity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine, Select, and_, distinct, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mimic_server.errors import OutOfResources
+from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.query.identifier import Query
+from mimic_server.query.keys import COLUMNS, COMPUTED, Level
+from mimic_server.query.matching import Constraint, Kind
+
+_TABLES = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
+_TEXT_COLUMNS = {k for k, c in COLUMNS.items() if k not in ("SeriesNumber", "InstanceNumber")}
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance to retrieve."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    sha256: str
+
+
+class ResultLimitReached(Exception):
+    """More entities match than the configured limit; the answers so far were sent."""
+
+
+class RowRecord:
+    """One candidate entity's values: typed columns, computed attributes, stored header."""
+
+    def __init__(
+        self, typed: dict[str, Any], header: dict[str, Any] | None, computed: dict[str, Any]
+    ) -> None:
+        self.typed = typed
+        self.header = header or {}
+        self.computed = computed
+
+    def values(self, keyword: str, tag: int) -> list[Any] | None:
+        if keyword in self.computed:
+            return list(self.computed[keyword])
+        if keyword in self.typed:
+            value = self.typed[keyword]
+            return [] if value in (None, "") else [value]
+        return json_values(self.header.get(f"{tag:08X}"))
+
+
+class JsonItem:
+    """A sequence item of a stored header, for sequence matching."""
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.item = item
+
+    def values(self, keyword: str, tag: int) -> list[Any] | None:
+        return json_values(self.item.get(f"{tag:08X}"))
+
+
+def json_values(element: dict[str, Any] | None) -> list[Any] | None:
+    if not element:
+        return None
+    values = element.get("Value")
+    if values is None:
+        return []
+    if element.get("vr") == "PN":
+        groups = ("Alphabetic", "Ideographic", "Phonetic")
+        return ["=".join(v.get(g, "") for g in groups).rstrip("=") for v in values]
+    if element.get("vr") == "SQ":
+        return [JsonItem(item) for item in values]
+    return values
+
+
+class Finder:
+    def __init__(self, engine: Engine, *, retrieve_ae_title: str, max_results: int) -> None:
+        self.engine = engine
+        self.retrieve_ae_title = retrieve_ae_title
+        self.max_results = max_results
+
+    # -- C-FIND ------------------------------------------------------------------------------
+
+    def find(self, query: Query) -> Iterator[Dataset]:
+        """Yield one answer Identifier per match; raise ResultLimitReached past the limit."""
+        needed = {c.keyword for c in query.constraints} | {e.keyword for e in query.requested}
+        computed_keys = needed & COMPUTED
+        need_header = any(
+            (k not in COLUMNS and k not in COMPUTED) for k in needed
+        ) or any(e.VR == "SQ" for e in query.requested)
+        statement = self._select(query, need_header)
+        sent = 0
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execution_options(stream_results=True, yield_per=200).execute(
+                    statement
+                )
+                for row in rows:
+                    mapping = row._mapping
+                    typed = {k: mapping[k] for k in COLUMNS if k in mapping}
+                    header = mapping["header"] if need_header else None
+                    computed = self._computed(conn, query.level, mapping, computed_keys)
+                    record = RowRecord(typed, header, computed)
+                    if not all(c.matches(record) for c in query.constraints):
+                        continue
+                    if sent >= self.max_results:
+                        raise ResultLimitReached(self.max_results)
+                    sent += 1
+                    yield self._answer(query, record)
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+
+    def _select(self, query: Query, need_header: bool) -> Select[Any]:
+        level = query.level
+        tables = [Patient, Study, Series, Instance][: level.depth + 1]
+        columns: list[Any] = [_TABLES[level].id.label("entity_id")]
+        columns += [
+            col.label(k) for k, col in COLUMNS.items() if col.class_ in tables
+        ]
+        if need_header:
+            columns.append(_header_of(level).label("header"))
+        statement = select(*columns).select_from(Patient)
+        if Study in tables:
+            statement = statement.join(Study, Study.patient_fk == Patient.id)
+        if Series in tables:
+            statement = statement.join(Series, Series.study_fk == Study.id)
+        if Instance in tables:
+            statement = statement.join(Instance, Instance.series_fk == Series.id)
+        for constraint in query.constraints:
+            predicate = _prefilter(constraint)
+            if predicate is not None and COLUMNS[constraint.keyword].class_ in tables:
+                statement = statement.where(predicate)
+        return statement.order_by(_TABLES[level].id)
+
+    def _computed(
+        self, conn: Any, level: Level, row: Any, keys: set[str]
+    ) -> dict[str, list[Any]]:
+        if not keys:
+            return {}
+        entity = row["entity_id"]
+        out: dict[str, list[Any]] = {}
+        for key in keys:
+            statement = _computed_statement(key, level, entity)
+            if statement is None:
+                continue
+            if key in ("ModalitiesInStudy", "SOPClassesInStudy"):
+                out[key] = sorted(v for v in conn.execute(statement).scalars() if v)
+            else:
+                out[key] = [str(conn.execute(statement).scalar_one())]
+        return out
+
+    def _answer(self, query: Query, record: RowRecord) -> Dataset:
+        answer = Dataset()
+        answer.SpecificCharacterSet = "ISO_IR 192"
+        answer.QueryRetrieveLevel = query.level.value
+        answer.RetrieveAETitle = self.retrieve_ae_title
+        for element in query.requested:
+            answer.add(self._value(element, record))
+        if "InstanceAvailability" in _requested_keywords(query):
+            answer.InstanceAvailability = "ONLINE"
+        return answer
+
+    def _value(self, element: DataElement, record: RowRecord) -> DataElement:
+        tag, keyword = element.tag, element.keyword
+        stored = record.header.get(f"{int(tag):08X}")
+        if keyword in record.computed:
+            return DataElement(tag, element.VR, record.computed[keyword] or None)
+        if stored and keyword not in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            try:
+                return Dataset.from_json({f"{int(tag):08X}": stored})[tag]
+            except Exception:
+                pass  # fall back to the typed value
+        if keyword in record.typed and record.typed[keyword] not in (None, ""):
+            value = record.typed[keyword]
+            return DataElement(tag, element.VR, str(value) if element.VR != "SQ" else [])
+        vr = element.VR if element.VR not in ("UN", None) else _dictionary_vr(int(tag))
+        return DataElement(tag, vr, [] if vr == "SQ" else None)
+
+    # -- C-MOVE / C-GET -----------------------------------------------------------------------
+
+    def instances(self, query: Query) -> list[InstanceRef]:
+        """Every instance under the entities a retrieve Identifier names."""
+        statement = (
+            select(
+                Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
+                Instance.object_key, Instance.sha256,
+                *[col.label(k) for k, col in COLUMNS.items()],
+            )
+            .select_from(Patient)
+            .join(Study, Study.patient_fk == Patient.id)
+            .join(Series, Series.study_fk == Study.id)
+            .join(Instance, Instance.series_fk == Series.id)
+            .order_by(Study.id, Series.id, Instance.id)
+        )
+        for constraint in query.constraints:
+            predicate = _prefilter(constraint)
+            if predicate is not None:
+                statement = statement.where(predicate)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(statement).all()
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+        found = []
+        for row in rows:
+            mapping = row._mapping
+            record = RowRecord({k: mapping[k] for k in COLUMNS}, None, {})
+            if all(c.matches(record) for c in query.constraints if c.keyword in COLUMNS):
+                found.append(InstanceRef(*row[:5]))
+        return found
+
+
+def _requested_keywords(query: Query) -> set[str]:
+    return {e.keyword for e in query.requested}
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag)).split(" ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _header_of(level: Level) -> Any:
+    """The stored header of the first instance under the current row's entity."""
+    if level is Level.IMAGE:
+        return Instance.header
+    first = select(Instance.header)
+    if level is Level.SERIES:
+        first = first.where(Instance.series_fk == Series.id).correlate(Series)
+    elif level is Level.STUDY:
+        first = (
+            first.join(Series, Instance.series_fk == Series.id)
+            .where(Series.study_fk == Study.id)
+            .correlate(Study)
+        )
+    else:
+        first = (
+            first.join(Series, Instance.series_fk == Series.id)
+            .join(Study, Series.study_fk == Study.id)
+            .where(Study.patient_fk == Patient.id)
+            .correlate(Patient)
+        )
+    return first.order_by(Instance.id).limit(1).scalar_subquery()
+
+
+def _computed_statement(key: str, level: Level, entity: int) -> Any:
+    series_of_study = select(Series.id).where(Series.study_fk == entity)
+    if key == "NumberOfPatientRelatedStudies" and level is Level.PATIENT:
+        return select(func.count(Study.id)).where(Study.patient_fk == entity)
+    if key == "NumberOfPatientRelatedSeries" and level is Level.PATIENT:
+        return (
+            select(func.count(Series.id)).join(Study, Series.study_fk == Study.id)
+            .where(Study.patient_fk == entity)
+        )
+    if key == "NumberOfPatientRelatedInstances" and level is Level.PATIENT:
+        return (
+            select(func.count(Instance.id)).join(Series, Instance.series_fk == Series.id)
+            .join(Study, Series.study_fk == Study.id).where(Study.patient_fk == entity)
+        )
+    if key == "NumberOfStudyRelatedSeries" and level is Level.STUDY:
+        return select(func.count(Series.id)).where(Series.study_fk == entity)
+    if key == "NumberOfStudyRelatedInstances" and level is Level.STUDY:
+        return select(func.count(Instance.id)).where(Instance.series_fk.in_(series_of_study))
+    if key == "NumberOfSeriesRelatedInstances" and level is Level.SERIES:
+        return select(func.count(Instance.id)).where(Instance.series_fk == entity)
+    if key == "ModalitiesInStudy" and level is Level.STUDY:
+        return select(distinct(Series.modality)).where(Series.study_fk == entity)
+    if key == "SOPClassesInStudy" and level is Level.STUDY:
+        return select(distinct(Instance.sop_class_uid)).where(
+            Instance.series_fk.in_(series_of_study)
+        )
+    return None
+
+
+def _like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _prefilter(constraint: Constraint) -> Any:
+    """An indexable predicate selecting a superset of the matches, or None."""
+    if constraint.keyword not in _TEXT_COLUMNS:
+        return None
+    column = COLUMNS[constraint.keyword]
+    kind, vr = constraint.kind, constraint.vr
+    if kind is Kind.LIST:
+        parts = [_prefilter(alt) for alt in constraint.alternatives]
+        if any(p is None for p in parts):
+            return None
+        if vr == "UI":
+            return column.in_(constraint.values)
+        return or_(*parts)
+    if kind is Kind.EMPTY:
+        return column == ""
+    if kind is Kind.RANGE:
+        if vr != "DA":
+            return None
+        return and_(column != "", column >= constraint.low, column <= constraint.high)
+    if kind not in (Kind.SINGLE, Kind.WILDCARD):
+        return None
+    value = constraint.values[0]
+    if vr == "PN":
+        # Any component group may match, case-insensitively: a contains-search on the
+        # literal text, only where the database folds case the way Python does (ASCII).
+        literal = value.replace("*", "%").replace("?", "_").rstrip("^ ")
+        if not literal.isascii() or not literal.strip("%_"):
+            return None
+        return column.ilike(f"%{_like(value.rstrip('^ '))}%", escape="\\")
+    if kind is Kind.WILDCARD:
+        return column.like(_like(value), escape="\\")
+    if vr in ("TM", "DT"):
+        return None
+    return column == value

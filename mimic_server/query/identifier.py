@@ -1,0 +1,97 @@
+"""A C-FIND / C-MOVE / C-GET Identifier read into a :class:`Query`, or refused.
+
+Hierarchical queries (PS3.4 C.4.1.3.1) must carry a single-value unique key for every level
+above the query level, and may match only on those there; relational queries (accepted when
+the peer asks for them in SOP Class Extended Negotiation) may match on any key at or above
+the query level. Keys below the query level are not matched and are answered empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from mimic_server.query.keys import CONTROL, UNIQUE_KEY, Level, Model, level_of
+from mimic_server.query.matching import Constraint, Kind, QueryError, element_constraint
+
+
+@dataclass(frozen=True)
+class Query:
+    model: Model
+    level: Level
+    constraints: tuple[Constraint, ...]
+    #: The Identifier's keys to answer (control keys excepted), in order.
+    requested: tuple[DataElement, ...]
+
+
+def _level(identifier: Dataset, model: Model) -> Level:
+    raw = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if not raw:
+        raise QueryError("Query/Retrieve Level is missing")
+    try:
+        level = Level(raw)
+    except ValueError:
+        raise QueryError(f"unknown Query/Retrieve Level {raw!r}") from None
+    if level not in model.levels():
+        raise QueryError(f"level {raw} does not exist in the {model.value} model")
+    return level
+
+
+def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool = False) -> Query:
+    """Read an Identifier; raise :class:`QueryError` for anything we would have to guess at."""
+    try:
+        level = _level(identifier, model)
+        constraints: list[Constraint] = []
+        requested: list[DataElement] = []
+        for element in identifier:
+            keyword = element.keyword
+            if keyword in CONTROL or element.tag.group in (0x0000, 0x0002):
+                continue
+            requested.append(element)
+            key_level = level_of(keyword or "", model, level)
+            if key_level.depth > level.depth:
+                continue  # below the query level: answered empty, never matched
+            constraint = element_constraint(element)
+            if constraint is None:
+                continue
+            above = key_level.depth < level.depth and not relational
+            if above and (keyword != UNIQUE_KEY[key_level] or constraint.kind is not Kind.SINGLE):
+                raise QueryError(
+                    f"{keyword or element.tag} above the {level.value} level needs a "
+                    "relational query (not negotiated)"
+                )
+            constraints.append(constraint)
+    except QueryError:
+        raise
+    except Exception as exc:  # an element pydicom cannot decode
+        raise QueryError(f"Identifier cannot be decoded: {exc}") from exc
+    _require_unique_keys(model, level, constraints, relational, retrieve)
+    return Query(model, level, tuple(constraints), tuple(requested))
+
+
+def _require_unique_keys(
+    model: Model,
+    level: Level,
+    constraints: list[Constraint],
+    relational: bool,
+    retrieve: bool,
+) -> None:
+    by_keyword = {c.keyword: c for c in constraints}
+    for above in model.levels():
+        if above.depth >= level.depth and not (retrieve and above is level):
+            continue
+        if above.depth > level.depth:
+            continue
+        key = UNIQUE_KEY[above]
+        found = by_keyword.get(key)
+        if above is level:
+            # Retrieve: the unique key of the retrieve level, one value or a list of them.
+            if found is None or found.kind not in (Kind.SINGLE, Kind.LIST):
+                raise QueryError(f"a retrieve at {level.value} level needs {key}")
+            continue
+        if relational:
+            continue
+        if found is None or found.kind is not Kind.SINGLE:
+            raise QueryError(f"{key} (one value) is required above the {level.value} level")

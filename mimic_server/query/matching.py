@@ -1,0 +1,237 @@
+"""The attribute matching rules of PS3.4 C.2.2.2, as neutral constraints.
+
+An Identifier becomes a list of :class:`Constraint` (single value, list of values, universal,
+wildcard, range, empty value, sequence). :meth:`Constraint.matches` is the definitive rule;
+:mod:`mimic_server.query.sql` only narrows the candidates with indexable predicates that never
+exclude a true match.
+
+Declared behaviour (see docs/conformance.md): PN matching is case-insensitive and matches any
+component group; all other text is case-sensitive; ``*`` alone is universal matching; an empty
+stored value never matches a range; a key whose value is ``""`` matches empty or absent values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+
+from mimic_server.dimse.status import Status
+
+WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
+RANGE_VRS = {"DA", "TM", "DT"}
+NUMERIC_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
+
+
+class QueryError(Exception):
+    """An Identifier we refuse to guess at; answered with ``status`` and the message."""
+
+    def __init__(self, message: str, status: int = Status.IDENTIFIER_DOES_NOT_MATCH) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Kind(Enum):
+    SINGLE = "single value"
+    LIST = "list of values"
+    WILDCARD = "wildcard"
+    RANGE = "range"
+    EMPTY = "empty value"
+    SEQUENCE = "sequence"
+
+
+class Record(Protocol):
+    """What a constraint is matched against: the stored values of one entity."""
+
+    def values(self, keyword: str, tag: int) -> list[Any] | None: ...
+
+
+@dataclass(frozen=True)
+class Constraint:
+    keyword: str
+    tag: int
+    vr: str
+    kind: Kind
+    values: tuple[str, ...] = ()
+    low: str = ""
+    high: str = ""
+    alternatives: tuple[Constraint, ...] = ()
+    items: tuple[Constraint, ...] = ()
+    _pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def matches(self, record: Record) -> bool:
+        return self.matches_values(record.values(self.keyword, self.tag))
+
+    def matches_values(self, stored: list[Any] | None) -> bool:
+        present = [v for v in (stored or []) if v not in (None, "")]
+        if self.kind is Kind.EMPTY:
+            return not present
+        if self.kind is Kind.LIST:
+            return any(alt.matches_values(stored) for alt in self.alternatives)
+        if self.kind is Kind.SEQUENCE:
+            return any(all(c.matches(item) for c in self.items) for item in present)
+        if self.kind is Kind.RANGE:
+            return any(self._in_range(str(v)) for v in present)
+        if self.kind is Kind.WILDCARD:
+            assert self._pattern is not None
+            return any(self._pattern.fullmatch(s) for v in present for s in _forms(self.vr, v))
+        return any(self._equal(v) for v in present)
+
+    def _equal(self, stored: Any) -> bool:
+        wanted = self.values[0]
+        if self.vr == "PN":
+            return any(_pn_key(s) == _pn_key(wanted) for s in _forms("PN", stored))
+        if self.vr in NUMERIC_VRS:
+            try:
+                return float(stored) == float(wanted)
+            except (TypeError, ValueError):
+                return False
+        if self.vr == "DA":
+            return _da(str(stored)) == wanted
+        return str(stored).strip() == wanted
+
+    def _in_range(self, stored: str) -> bool:
+        if self.vr == "TM":
+            value = _tm(stored, high=False)
+            return bool(value) and self.low <= value <= self.high
+        if self.vr == "DA":
+            value = _da(stored)
+            return bool(value) and self.low <= value <= self.high
+        value = re.sub(r"[^0-9]", "", stored.split("+")[0].split("-")[0])
+        return bool(value) and self.low <= value.ljust(len(self.low), "0") <= self.high
+
+
+def _forms(vr: str, stored: Any) -> list[str]:
+    """The strings a stored value may match as: PN matches whole or by component group."""
+    text = str(stored).strip()
+    if vr != "PN":
+        return [text]
+    groups = [g for g in text.split("=") if g]
+    return [_pn_text(text), *(_pn_text(g) for g in groups)]
+
+
+def _pn_text(text: str) -> str:
+    return text.rstrip("^ =").upper()
+
+
+def _pn_key(text: str) -> str:
+    return _pn_text(text)
+
+
+def _da(text: str) -> str:
+    value = text.strip().replace(".", "")
+    return value if re.fullmatch(r"\d{8}", value) else ""
+
+
+def _tm(text: str, *, high: bool) -> str:
+    """A TM value as ``HHMMSS.FFFFFF``; a bound of lower precision covers its whole span."""
+    value = text.strip().replace(":", "")
+    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", value)
+    if not match:
+        return ""
+    hh, mm, ss, frac = match.groups()
+    fill = "59" if high else "00"
+    mm = mm or fill
+    ss = ss or fill
+    pad = "9" if high else "0"
+    frac = (frac or "").ljust(6, pad)
+    return f"{hh}{mm}{ss}.{frac}"
+
+
+def _wildcard_regex(pattern: str, vr: str) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(body, re.IGNORECASE | re.DOTALL if vr == "PN" else re.DOTALL)
+
+
+def element_constraint(element: DataElement) -> Constraint | None:
+    """The constraint of one Identifier element, or None for universal matching."""
+    keyword = element.keyword or keyword_for_tag(element.tag) or f"{element.tag:08X}"
+    tag, vr = int(element.tag), str(element.VR)
+    if vr == "SQ":
+        items = list(element.value or [])
+        if not items:
+            return None
+        inner = [c for c in (element_constraint(e) for e in items[0]) if c is not None]
+        return Constraint(keyword, tag, vr, Kind.SEQUENCE, items=tuple(inner)) if inner else None
+    raw = element.value
+    if raw is None or raw == "" or raw == b"":
+        return None
+    values = [str(v).strip() for v in raw] if isinstance(raw, MultiValue | list) else [
+        str(raw).strip()
+    ]
+    if values == ['""']:
+        return Constraint(keyword, tag, vr, Kind.EMPTY)
+    if values == ["*"]:
+        return None
+    if len(values) > 1:
+        alternatives = tuple(_single(keyword, tag, vr, v) for v in values)
+        return Constraint(keyword, tag, vr, Kind.LIST, values=tuple(values),
+                          alternatives=alternatives)
+    return _single(keyword, tag, vr, values[0])
+
+
+def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
+    wild = "*" in value or "?" in value
+    if vr == "UI":
+        if wild or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", value):
+            raise QueryError(f"{keyword}: UID matching takes UIDs, not {value!r}",
+                             Status.UNABLE_TO_PROCESS)
+        return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
+    if vr in RANGE_VRS:
+        return _date_time(keyword, tag, vr, value)
+    if wild:
+        if vr not in WILDCARD_VRS:
+            raise QueryError(f"{keyword}: no wildcard matching on {vr}", Status.UNABLE_TO_PROCESS)
+        return Constraint(keyword, tag, vr, Kind.WILDCARD, values=(value,),
+                          _pattern=_wildcard_regex(value, vr))
+    return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
+
+
+def _date_time(keyword: str, tag: int, vr: str, value: str) -> Constraint:
+    bad = QueryError(f"{keyword}: malformed {vr} value or range", Status.UNABLE_TO_PROCESS)
+    if "*" in value or "?" in value:
+        raise bad
+    if vr == "DT":
+        low, sep, high = value.partition("-") if value.count("-") == 1 else (value, "", "")
+        low_d, high_d = re.sub(r"\D", "", low), re.sub(r"\D", "", high)
+        if (low and not low_d) or (high and not high_d):
+            raise bad
+        if not sep:
+            return Constraint(keyword, tag, vr, Kind.RANGE, low=low_d.ljust(14, "0"),
+                              high=low_d.ljust(20, "9"))
+        return Constraint(keyword, tag, vr, Kind.RANGE, low=low_d.ljust(14, "0"),
+                          high=(high_d or "9" * 20).ljust(20, "9"))
+    if "-" in value:
+        low, _, high = value.partition("-")
+        if "-" in high or not (low or high):
+            raise bad
+    else:
+        low, high = value, value
+        if vr == "DA":
+            if not _da(value):
+                raise bad
+            return Constraint(keyword, tag, vr, Kind.SINGLE, values=(_da(value),))
+    if vr == "DA":
+        lo, hi = (_da(low) if low else "00000000"), (_da(high) if high else "99999999")
+        if (low and not lo) or (high and not hi) or lo > hi:
+            raise bad
+        return Constraint(keyword, tag, vr, Kind.RANGE, low=lo, high=hi)
+    lo = _tm(low, high=False) if low else "000000.000000"
+    hi = _tm(high, high=True) if high else "235959.999999"
+    if (low and not lo) or (high and not hi) or lo > hi:
+        raise bad
+    return Constraint(keyword, tag, vr, Kind.RANGE, low=lo, high=hi)
+
+
+def stored_tm(text: str) -> str:
+    return _tm(text, high=False)
+
+
+def pn_forms(stored: str) -> Sequence[str]:
+    return _forms("PN", stored)
