@@ -23,7 +23,7 @@ from mimic_server.certs import CertBundle, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
 from mimic_server.config import MoveDestination, Settings
-from mimic_server.dimse import association, echo, find, get, move, store
+from mimic_server.dimse import association, echo, find, get, move, raw_send, store
 from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index, schema
@@ -52,6 +52,7 @@ def _configure_pynetdicom() -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False  # they print patient data
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
+    raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
 
 
 @dataclass(frozen=True)

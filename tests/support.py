@@ -6,6 +6,7 @@ Every network address here is loopback.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -205,6 +206,7 @@ def write_cert(
     not_before: datetime | None = None,
     not_after: datetime | None = None,
     ca: bool = False,
+    server: bool = False,
 ) -> tuple[Path, Path, x509.Certificate, rsa.RSAPrivateKey]:
     """A key and certificate; self-signed unless ``issuer`` is given."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -221,7 +223,16 @@ def write_cert(
         .not_valid_after(not_after or now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if not ca:
+    if server:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        ).add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+    elif not ca:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )

@@ -89,18 +89,20 @@ def handle_move(
 
 
 def _contexts(refs: list[InstanceRef]) -> list[Any]:
-    """One presentation context per SOP Class, proposing the stored transfer syntaxes."""
-    by_class: dict[str, list[str]] = {}
+    """Presentation contexts for the stored objects: per SOP Class, one context for each
+    compressed transfer syntax held and one offering the uncompressed ones."""
+    wanted: dict[tuple[str, str], list[str]] = {}
     for ref in refs:
-        syntaxes = by_class.setdefault(ref.sop_class_uid, [])
-        if ref.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(ref.transfer_syntax_uid)
+        syntax = ref.transfer_syntax_uid
+        group = syntax if UID(syntax).is_compressed else "uncompressed"
+        syntaxes = wanted.setdefault((ref.sop_class_uid, group), [])
+        if syntax not in syntaxes:
+            syntaxes.append(syntax)
     contexts = []
-    for sop_class, syntaxes in list(by_class.items())[:MAX_CONTEXTS]:
-        if any(not UID(s).is_compressed for s in syntaxes):
-            for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-                if fallback not in syntaxes:
-                    syntaxes.append(fallback)
+    for (sop_class, _), syntaxes in list(wanted.items())[:MAX_CONTEXTS]:
+        if not UID(syntaxes[0]).is_compressed:
+            syntaxes += [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+                         if s not in syntaxes]
         contexts.append(build_context(sop_class, syntaxes))
     if not contexts:  # an association still needs one context
         contexts.append(build_context("1.2.840.10008.1.1"))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pydicom
 from pydicom.dataset import Dataset
 
+from mimic_server.dimse.raw_send import StoredDataset
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
@@ -33,7 +34,9 @@ def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         log.error("stored object fails its SHA-256 check", extra={"key": ref.object_key})
         return None
-    return pydicom.dcmread(io.BytesIO(data))
+    # Our Part 10 files start with (0002,0000) File Meta Information Group Length.
+    dataset_offset = 144 + int.from_bytes(data[140:144], "little")
+    return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[dataset_offset:])
 
 
 def failed_suboperation(ref: InstanceRef) -> Dataset:

@@ -1,0 +1,53 @@
+"""Sending stored objects byte for byte through pynetdicom's C-MOVE / C-GET sub-operations.
+
+pynetdicom's retrieve service takes a ``Dataset`` and re-encodes it for every C-STORE
+sub-operation, which drops group lengths and alters other details of the bytes we promised
+to keep as received. A :class:`StoredDataset` carries the stored dataset bytes; the encoder
+installed here sends them unchanged when the sub-association's transfer syntax encodes the
+same way as the stored one, and falls back to pynetdicom's own encoder otherwise (a
+conversion between uncompressed transfer syntaxes that the destination asked for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynetdicom.association
+from pydicom.dataset import Dataset
+
+
+class StoredDataset(Dataset):
+    """A dataset read from the store, with its encoded bytes as they were received."""
+
+    _mimic_raw: bytes
+    _mimic_encoding: tuple[bool, bool, bool]
+
+    @classmethod
+    def wrap(cls, dataset: Dataset, raw: bytes) -> StoredDataset:
+        stored = cls(dataset)
+        stored.file_meta = dataset.file_meta
+        syntax = dataset.file_meta.TransferSyntaxUID
+        stored._mimic_raw = raw
+        stored._mimic_encoding = (
+            syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        return stored
+
+
+def install() -> None:
+    """Wrap pynetdicom's dataset encoder once per process."""
+    original = pynetdicom.association.encode
+    if getattr(original, "_mimic_raw_send", False):
+        return
+
+    def encode(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> Any:
+        if isinstance(ds, StoredDataset) and ds._mimic_encoding == (
+            is_implicit_vr, is_little_endian, deflated
+        ):
+            return ds._mimic_raw
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode._mimic_raw_send = True  # type: ignore[attr-defined]
+    pynetdicom.association.encode = encode  # type: ignore[assignment]
