@@ -167,7 +167,7 @@ class KeyVaultSource:
         self._server = (entry.change_key, chain, key)
         log.info(
             "server certificate loaded",
-            extra={"name": name, "version": certificate.properties.version},
+            extra={"certificate": name, "version": certificate.properties.version},
         )
         return chain, key
 
@@ -184,7 +184,7 @@ class KeyVaultSource:
         except ValueError as exc:
             log.warning(
                 "trusted entry ignored: no usable certificate",
-                extra={"kind": entry.kind, "name": entry.name, "error": str(exc)},
+                extra={"kind": entry.kind, "entry": entry.name, "error": str(exc)},
             )
             return None
 

@@ -90,7 +90,7 @@ def warn_expiring(bundle: CertBundle) -> None:
         log.warning(
             "server certificate expires soon",
             extra={
-                "name": common_name(server),
+                "certificate": common_name(server),
                 "not_after": server.not_valid_after_utc.isoformat(),
             },
         )
@@ -99,7 +99,7 @@ def warn_expiring(bundle: CertBundle) -> None:
             log.warning(
                 "trusted certificate expires soon",
                 extra={
-                    "name": entry.name,
+                    "certificate": entry.name,
                     "not_after": entry.certificate.not_valid_after_utc.isoformat(),
                 },
             )
