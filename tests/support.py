@@ -6,6 +6,7 @@ Every network address here is loopback.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -38,10 +39,19 @@ def free_port() -> int:
 class MimicProcess:
     """``python -m mimic_server serve`` on a loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
+        """``settings`` become ``MIMIC_*`` variables; ``env`` adds others (Azure, TLS trust)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.settings = settings
+        self.extra_env = env or {}
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -51,6 +61,7 @@ class MimicProcess:
 
     def start(self, timeout: float = 30.0) -> MimicProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        env.update(self.extra_env)
         env.update({f"MIMIC_{k.upper()}": str(v) for k, v in self.settings.items()})
         env.update(
             MIMIC_HOST=HOST,
@@ -205,8 +216,12 @@ def write_cert(
     not_before: datetime | None = None,
     not_after: datetime | None = None,
     ca: bool = False,
+    server: bool = False,
 ) -> tuple[Path, Path, x509.Certificate, rsa.RSAPrivateKey]:
-    """A key and certificate; self-signed unless ``issuer`` is given."""
+    """A key and certificate; self-signed unless ``issuer`` is given.
+
+    ``server=True`` makes a TLS server certificate for localhost/127.0.0.1 (serverAuth, SAN).
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = datetime.now(UTC)
     issuer_name = issuer[0].subject if issuer else _name(name)
@@ -221,7 +236,16 @@ def write_cert(
         .not_valid_after(not_after or now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if not ca:
+    if server:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        ).add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+    elif not ca:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
