@@ -39,6 +39,6 @@ def client_options(verify_challenge_resource: bool = True) -> dict[str, Any]:
             retry_total=2, retry_backoff_factor=0.5, retry_backoff_max=4, timeout=30
         ),
         "connection_timeout": 5,
-        "read_timeout": 15,
+        "read_timeout": 10,
         "verify_challenge_resource": verify_challenge_resource,
     }
