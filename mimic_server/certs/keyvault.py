@@ -163,7 +163,10 @@ class KeyVaultSource:
             return self._server[1], self._server[2]
         certificate = self._certificates.get_certificate(name)
         secret = self._secrets.get_secret(name, certificate.properties.version)
-        chain, key = items.server_identity(secret.value or "", secret.properties.content_type)
+        try:
+            chain, key = items.server_identity(secret.value or "", secret.properties.content_type)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{self.describe()}: {name!r}: {exc}") from exc
         self._server = (entry.change_key, chain, key)
         log.info(
             "server certificate loaded",

@@ -225,3 +225,13 @@ def test_an_unusable_trusted_entry_is_skipped_not_fatal(vault: KeyVaultDouble, p
     vault.set_secret("good", pem(pki.issue("good")[2]), tags=CLIENT)
     vault.set_secret("garbage", "-----BEGIN NONSENSE-----", tags=CLIENT)
     assert _names(_source(vault).load()) == {"good"}
+
+
+def test_a_server_secret_without_a_key_names_vault_and_certificate(
+    vault: KeyVaultDouble, pki: Pki
+) -> None:
+    version = _with_server(vault, pki, content_type=PEM)
+    backing = next(v for v in vault.secrets["mimic-server"] if v.version == version)
+    backing.value = pem(pki.ca)  # a chain but no private key
+    with pytest.raises(ConfigurationError, match=r"Key Vault https://.*'mimic-server'.*not PEM"):
+        _source(vault).load()
