@@ -19,7 +19,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 
-from mimic_server.certs import CertBundle, devpki
+from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
 from mimic_server.config import MoveDestination, Settings
@@ -86,11 +86,18 @@ class Archive:
 
     # -- building -------------------------------------------------------------------------
 
-    def _certificates(self) -> tuple[DirectorySource, CertBundle] | None:
+    def _certificates(self) -> tuple[CertificateSource, str, CertBundle] | None:
+        """The certificate source, its version and first bundle; None when TLS is off."""
         s = self.settings
         if not s.tls:
             log.warning("TLS is OFF: plain TCP, peers are not authenticated (lab use only)")
             return None
+        source = self._keyvault_source() if s.keyvault_url else self._directory_source()
+        version = source.version()  # before load(): a change in between shows up next poll
+        return source, version, source.load()
+
+    def _directory_source(self) -> DirectorySource:
+        s = self.settings
         directory = s.certificate_dir
         if not (directory / "server" / "server.pem").exists():
             if s.cert_dir is not None:
@@ -100,8 +107,29 @@ class Archive:
             pki = devpki.init(directory)
             if pki.created:
                 self.first_start = FirstStart(pki)
-        source = DirectorySource(directory)
-        return source, source.load()
+        return DirectorySource(directory)
+
+    def _keyvault_source(self) -> CertificateSource:
+        # Imported here: the Azure SDK is only loaded (and the credential only made) when used.
+        from azure.identity import DefaultAzureCredential
+
+        from mimic_server.certs.keyvault import KeyVaultSource
+
+        s = self.settings
+        assert s.keyvault_url is not None
+        if not s.keyvault_verify_challenge_resource:
+            log.warning(
+                "Key Vault challenge-resource check is OFF: for an emulator on loopback only"
+            )
+        try:
+            return KeyVaultSource(
+                s.keyvault_url,
+                DefaultAzureCredential(),
+                s.keyvault_server_cert,
+                verify_challenge_resource=s.keyvault_verify_challenge_resource,
+            )
+        except (ValueError, NotImplementedError) as exc:
+            raise ConfigurationError(f"Key Vault {s.keyvault_url}: {exc}") from exc
 
     def _index(self) -> SqlIndex:
         s = self.settings
@@ -158,9 +186,8 @@ class Archive:
 
         context, trust, source, version = None, None, None, None
         if certificates is not None:
-            source, bundle = certificates
+            source, version, bundle = certificates
             self.bundle = bundle
-            version = source.version()
             context, trust = server_context(bundle), TrustIndex(bundle)
             warn_expiring(bundle)
 

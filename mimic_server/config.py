@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     cert_refresh_seconds: float = Field(
         30.0, gt=0, description="How often the trusted certificate set is re-read."
     )
+    keyvault_url: str | None = Field(
+        None,
+        description="Azure Key Vault URL (https://NAME.vault.azure.net); set = certificates"
+        " come from the vault instead of CERT_DIR.",
+    )
+    keyvault_server_cert: str = Field(
+        "mimic-server", description="Name of the Key Vault certificate the server presents."
+    )
+    keyvault_verify_challenge_resource: bool = Field(
+        True,
+        description="Check that Key Vault's auth challenge names the vault's own domain."
+        " Turn off ONLY for a Key Vault emulator or test double on loopback.",
+    )
     abort_revoked: bool = Field(
         True, description="Abort open associations whose certificate was revoked."
     )
@@ -86,6 +99,13 @@ class Settings(BaseSettings):
         if not value or len(value) > 16 or "\\" in value or not value.isprintable():
             raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
         return value
+
+    @field_validator("keyvault_url")
+    @classmethod
+    def _https_vault(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith("https://"):
+            raise ValueError("the Key Vault URL must start with https://")
+        return value or None
 
     @property
     def certificate_dir(self) -> Path:

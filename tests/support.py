@@ -39,10 +39,19 @@ def free_port() -> int:
 class MimicProcess:
     """``python -m mimic_server serve`` on a loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
+        """``settings`` become ``MIMIC_*`` variables; ``env`` adds others (Azure, TLS trust)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.settings = settings
+        self.extra_env = env or {}
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,6 +61,7 @@ class MimicProcess:
 
     def start(self, timeout: float = 30.0) -> MimicProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        env.update(self.extra_env)
         env.update({f"MIMIC_{k.upper()}": str(v) for k, v in self.settings.items()})
         env.update(
             MIMIC_HOST=HOST,
@@ -208,7 +218,10 @@ def write_cert(
     ca: bool = False,
     server: bool = False,
 ) -> tuple[Path, Path, x509.Certificate, rsa.RSAPrivateKey]:
-    """A key and certificate; self-signed unless ``issuer`` is given."""
+    """A key and certificate; self-signed unless ``issuer`` is given.
+
+    ``server=True`` makes a TLS server certificate for localhost/127.0.0.1 (serverAuth, SAN).
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = datetime.now(UTC)
     issuer_name = issuer[0].subject if issuer else _name(name)

@@ -12,7 +12,9 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from mimic_server.certs import CertBundle, CertificateSource
+from cryptography import x509
+
+from mimic_server.certs import CertBundle, CertificateSource, common_name
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,26 @@ class CertificateWatcher:
 
 
 def warn_expiring(bundle: CertBundle) -> None:
+    """Log a warning for the server certificate and each trusted one that expires soon."""
     horizon = datetime.now(UTC) + EXPIRY_WARNING
+    try:
+        server = x509.load_pem_x509_certificate(bundle.server_chain_pem)
+    except ValueError:
+        server = None  # server_context() reports an unusable chain
+    if server is not None and server.not_valid_after_utc < horizon:
+        log.warning(
+            "server certificate expires soon",
+            extra={
+                "certificate": common_name(server),
+                "not_after": server.not_valid_after_utc.isoformat(),
+            },
+        )
     for entry in bundle.currently_valid():
         if entry.certificate.not_valid_after_utc < horizon:
             log.warning(
                 "trusted certificate expires soon",
                 extra={
-                    "name": entry.name,
+                    "certificate": entry.name,
                     "not_after": entry.certificate.not_valid_after_utc.isoformat(),
                 },
             )
