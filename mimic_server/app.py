@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
@@ -83,6 +84,7 @@ class Archive:
         self.audit = AuditLog(None)
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
+        self._credential: Any = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -109,10 +111,16 @@ class Archive:
                 self.first_start = FirstStart(pki)
         return DirectorySource(directory)
 
-    def _keyvault_source(self) -> CertificateSource:
-        # Imported here: the Azure SDK is only loaded (and the credential only made) when used.
-        from azure.identity import DefaultAzureCredential
+    def _azure_credential(self) -> Any:
+        """One DefaultAzureCredential per process, made only when something Azure needs it."""
+        if self._credential is None:
+            # Imported here: the Azure SDK is only loaded when used.
+            from azure.identity import DefaultAzureCredential
 
+            self._credential = DefaultAzureCredential()
+        return self._credential
+
+    def _keyvault_source(self) -> CertificateSource:
         from mimic_server.certs.keyvault import KeyVaultSource
 
         s = self.settings
@@ -124,7 +132,7 @@ class Archive:
         try:
             return KeyVaultSource(
                 s.keyvault_url,
-                DefaultAzureCredential(),
+                self._azure_credential(),
                 s.keyvault_server_cert,
                 verify_challenge_resource=s.keyvault_verify_challenge_resource,
             )
@@ -133,7 +141,8 @@ class Archive:
 
     def _index(self) -> SqlIndex:
         s = self.settings
-        self.engine = create_index_engine(s.index_url)
+        credential = self._azure_credential() if s.database_auth == "entra" else None
+        self.engine = create_index_engine(s.index_url, credential)
         try:
             if self.engine.dialect.name == "sqlite":
                 schema.upgrade(self.engine)  # embedded mode: zero configuration

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the index (default: SQLite in DATA_DIR)."
     )
+    database_auth: Literal["password", "entra"] = Field(
+        "password",
+        description="PostgreSQL login: the URL's password, or a Microsoft Entra token.",
+    )
     max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."

@@ -1,17 +1,55 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import database
 from tests.support import MimicProcess
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    with database.server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """An empty, migrated index database: SQLite, then PostgreSQL (every module runs on both)."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "index.sqlite3"
+        url = f"sqlite:///{path}"
+        migrate(url)
+        yield url
+        return
+    server = request.getfixturevalue("postgres_server")
+    with database.fresh_database(server) as url:
+        migrate(url)
+        yield url
+
+
+def migrate(url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mimic_server", "db", "upgrade", "--database-url", url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[MimicProcess]:
     """A real ``mimic serve`` process, zero-config (dev PKI on first start), for one module."""
     root: Path = tmp_path_factory.mktemp("mimic")
-    process = MimicProcess(root / "data", cert_refresh_seconds="1").start()
+    process = MimicProcess(
+        root / "data", cert_refresh_seconds="1", database_url=database_url
+    ).start()
     yield process
     assert process.stop() == 0, process.log()

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pynetdicom import AE
 from pynetdicom.association import Association
+from sqlalchemy import create_engine, text
 
 HOST = "127.0.0.1"
 
@@ -113,22 +113,31 @@ class MimicProcess:
 
     # -- what the archive holds ------------------------------------------------------------
 
+    @property
+    def database_url(self) -> str:
+        return self.settings.get("database_url") or f"sqlite:///{self.data_dir / 'index.sqlite3'}"
+
+    def _query(self, sql: str, **params: object) -> list[tuple]:
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
     def instance_count(self) -> int:
-        with sqlite3.connect(self.data_dir / "index.sqlite3") as db:
-            return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
+        return int(self._query("SELECT count(*) FROM instances")[0][0])
 
     def stored_objects(self) -> list[Path]:
         root = self.data_dir / "objects"
         return sorted(p for p in root.rglob("*") if p.is_file())
 
     def object_for(self, sop_instance_uid: str) -> Path:
-        with sqlite3.connect(self.data_dir / "index.sqlite3") as db:
-            row = db.execute(
-                "SELECT object_key FROM instances WHERE sop_instance_uid = ?",
-                (sop_instance_uid,),
-            ).fetchone()
-        assert row, f"{sop_instance_uid} is not indexed"
-        return self.data_dir / "objects" / row[0]
+        rows = self._query(
+            "SELECT object_key FROM instances WHERE sop_instance_uid = :uid", uid=sop_instance_uid
+        )
+        assert rows, f"{sop_instance_uid} is not indexed"
+        return self.data_dir / "objects" / rows[0][0]
 
     # -- the first client made by the development PKI ----------------------------------------
 

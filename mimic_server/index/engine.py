@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 WRITE = {"mimic_write": True}
 
+#: The token scope of Azure Database for PostgreSQL (Microsoft Entra authentication).
+ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 
-def create_index_engine(url: str) -> Engine:
+
+def create_index_engine(url: str, credential: Any = None) -> Engine:
+    """The index engine; with ``credential`` (a TokenCredential) PostgreSQL logs in with a
+    fresh Microsoft Entra token for every new pooled connection, over TLS."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -25,7 +30,23 @@ def create_index_engine(url: str) -> Engine:
         )
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=24)
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if credential is not None and "sslmode" not in make_url(url).query:
+        connect_args["sslmode"] = "require"
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=8, max_overflow=24, connect_args=connect_args,
+        pool_recycle=1800,
+    )
+    if credential is not None:
+        _use_entra_tokens(engine, credential)
+    return engine
+
+
+def _use_entra_tokens(engine: Engine, credential: Any) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _token_as_password(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
+        # Tokens live about an hour: each new connection asks (the credential caches).
+        cparams["password"] = credential.get_token(ENTRA_SCOPE).token
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -116,7 +116,7 @@ def _send_all(server: MimicProcess, files: tuple[Storable, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+def archive(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Archive]:
     root = tmp_path_factory.mktemp("qr")
     destination_port = free_port()
     destinations = {
@@ -125,7 +125,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
     }
     server = MimicProcess(
-        root / "data", move_destinations=json.dumps(destinations), max_find_results="40"
+        root / "data", move_destinations=json.dumps(destinations), max_find_results="40",
+        database_url=database_url,
     ).start()
     # The C-MOVE destination: dcmtk storescp over TLS with a certificate from our dev CA.
     cert, key, _, _ = write_cert(root / "scp", "storescp", issuer=dev_ca(server.certs),

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
-from mimic_server.index import schema
 from mimic_server.index.attributes import InstanceAttributes
-from mimic_server.index.engine import create_index_engine
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.index.repository import SqlIndex
 from tests.data import ct_small, local_files
-
-
-@pytest.fixture
-def index(tmp_path: Path) -> SqlIndex:
-    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    schema.upgrade(engine)
-    return SqlIndex(engine)
 
 
 def _attrs(ds: Dataset) -> InstanceAttributes:

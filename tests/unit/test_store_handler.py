@@ -8,7 +8,6 @@ covered by tests/e2e.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from types import SimpleNamespace
 
 import pydicom
@@ -20,7 +19,6 @@ from pydicom.filewriter import write_dataset
 from mimic_server.dimse.session import Session, attach_session
 from mimic_server.dimse.store import handle_store
 from mimic_server.errors import OutOfResources
-from mimic_server.index import schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.identity import Identity
@@ -51,13 +49,6 @@ def _event(ds: Dataset | bytes, *, sop_instance: str | None = None, sop_class: s
     return SimpleNamespace(
         assoc=assoc, request=request, context=SimpleNamespace(transfer_syntax=EXPLICIT_LE)
     )
-
-
-@pytest.fixture
-def index(tmp_path: Path) -> SqlIndex:
-    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    schema.upgrade(engine)
-    return SqlIndex(engine)
 
 
 @pytest.fixture

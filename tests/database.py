@@ -1,0 +1,98 @@
+"""PostgreSQL for the tests: the server on 127.0.0.1:5432 when one answers, else our own.
+
+Each test module gets a fresh, uniquely named database that is dropped afterwards. A private
+cluster (initdb + pg_ctl from the installed PostgreSQL binaries, on a free loopback port) is
+also what the outage tests stop and restart: the shared server on 5432 is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+from tests.support import HOST, free_port, wait_for
+
+SHARED = f"postgresql://postgres@{HOST}:5432/postgres"
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (scripts/test.sh installs it)")
+    return found
+
+
+def reachable(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster owned by the test run."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mimic-pg-"))
+        self.port = free_port()
+        self.data = self.dir / "data"
+        user = ["-U", "postgres"]
+        subprocess.run([_bin("initdb"), "-D", str(self.data), *user, "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses={HOST} -c fsync=off"
+        subprocess.run([_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w",
+                        "-l", str(self.dir / "log"), "start"], check=True, capture_output=True)
+        assert wait_for(lambda: reachable(self.url), timeout=30)
+
+    def stop(self) -> None:
+        subprocess.run([_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """A PostgreSQL server URL (maintenance database) for the session."""
+    if reachable(SHARED):
+        yield SHARED
+        return
+    cluster = PrivateCluster()
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.remove()
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new database on ``server_url``; yields its SQLAlchemy URL; dropped afterwards."""
+    name = f"mimic_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = server_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

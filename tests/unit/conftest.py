@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mimic_server.index import schema
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from tests import database
+from tests.conftest import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlIndex]:
+    """An empty, migrated index for one test: SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+        schema.upgrade(engine)
+        yield SqlIndex(engine)
+        engine.dispose()
+        return
+    with database.fresh_database(request.getfixturevalue("postgres_server")) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        yield SqlIndex(engine)
+        engine.dispose()
