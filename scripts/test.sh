@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it: ruff, then pytest.
-#   system: dcmtk (DICOM peers), socat (TLS tunnel for dcmtk tools without TLS)
+#   system: dcmtk (DICOM peers), socat (TLS tunnel for dcmtk tools without TLS),
+#           PostgreSQL (the index tests run on SQLite and PostgreSQL)
 #   python: the project with its [test] extra, in ./.venv
 # Extra arguments go to pytest (e.g. scripts/test.sh -k store -x).
 set -euo pipefail
@@ -11,6 +12,11 @@ need=()
 for tool in storescu:dcmtk socat:socat; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
+# PostgreSQL: the tests use the server on 127.0.0.1:5432 when one answers, otherwise they
+# start their own cluster from the installed binaries.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import shutil
 import subprocess
 import tempfile
@@ -40,16 +41,25 @@ def reachable(url: str) -> bool:
         return False
 
 
+def _as_owner(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the 'postgres' system user then."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
 class PrivateCluster:
     """A throwaway PostgreSQL cluster owned by the test run."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mimic-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
         self.port = free_port()
         self.data = self.dir / "data"
         user = ["-U", "postgres"]
-        subprocess.run([_bin("initdb"), "-D", str(self.data), *user, "--auth=trust",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        subprocess.run(_as_owner([_bin("initdb"), "-D", str(self.data), *user, "--auth=trust",
+                                  "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
 
     @property
     def url(self) -> str:
@@ -57,13 +67,14 @@ class PrivateCluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses={HOST} -c fsync=off"
-        subprocess.run([_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w",
-                        "-l", str(self.dir / "log"), "start"], check=True, capture_output=True)
+        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w",
+                                  "-l", str(self.dir / "log"), "start"]),
+                       check=True, capture_output=True)
         assert wait_for(lambda: reachable(self.url), timeout=30)
 
     def stop(self) -> None:
-        subprocess.run([_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                                  "stop"]), capture_output=True)
 
     def remove(self) -> None:
         self.stop()

@@ -1,0 +1,138 @@
+"""PostgreSQL as the index of several server processes; outages of the database itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests import database
+from tests.conftest import migrate
+from tests.data import ct_small
+from tests.support import MimicProcess, associate, client_context
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+def _copy(tmp: Path, n: int, series: int) -> Path:
+    ds = pydicom.dcmread(ct_small())
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.300.{series}"
+    uid = f"1.2.826.0.1.3680043.8.498.301.{series}.{n}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    path = tmp / f"{series}-{n}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _counts(url: str) -> tuple[int, ...]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        counts = tuple(
+            int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
+            for t in ("patients", "studies", "series", "instances")
+        )
+    engine.dispose()
+    return counts
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> Iterator[str]:
+    with database.fresh_database(postgres_server) as url:
+        migrate(url)
+        yield url
+
+
+def test_two_processes_eight_senders_one_study(pg_url: str, tmp_path: Path) -> None:
+    first = MimicProcess(tmp_path / "a", database_url=pg_url).start()
+    second = MimicProcess(tmp_path / "b", database_url=pg_url).start()
+    files = tmp_path / "files"
+    files.mkdir()
+    per_sender = 15
+    paths = {s: [_copy(files, n, s) for n in range(per_sender)] for s in range(8)}
+    errors: list[str] = []
+
+    def sender(index: int) -> None:
+        target = first if index % 2 == 0 else second
+        ctx = client_context(target.client_cert, target.client_key, target.ca_cert)
+        assoc = associate(target.port, ctx, transfer_syntaxes=[EXPLICIT])
+        for path in paths[index]:
+            status = assoc.send_c_store(path)
+            if status.Status != 0:
+                errors.append(hex(status.Status))
+        assoc.release()
+
+    try:
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
+    assert not errors
+    # One patient, one study, eight series, every instance: no duplicates, nothing lost.
+    assert _counts(pg_url) == (1, 1, 8, 8 * per_sender)
+
+
+def test_server_refuses_an_outdated_schema(postgres_server: str, tmp_path: Path) -> None:
+    with database.fresh_database(postgres_server) as url:
+        from mimic_server.index import schema
+        from mimic_server.index.engine import create_index_engine
+
+        engine = create_index_engine(url)
+        from alembic import command
+
+        config = schema._config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+        engine.dispose()
+        result = subprocess.run(
+            [sys.executable, "-m", "mimic_server", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(tmp_path / "data"), "--database-url", url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2
+        assert "mimic db upgrade" in result.stderr and "0001" in result.stderr
+
+
+def test_database_down_during_store_then_back(tmp_path: Path) -> None:
+    """A private cluster that this test stops and restarts (never the shared one)."""
+    cluster = database.PrivateCluster()
+    cluster.start()
+    try:
+        with database.fresh_database(cluster.url) as url:
+            migrate(url)
+            server = MimicProcess(tmp_path / "data", database_url=url).start()
+            try:
+                ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+                files = tmp_path / "files"
+                files.mkdir()
+                first, second = _copy(files, 1, 1), _copy(files, 2, 1)
+                assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+                assert assoc.send_c_store(first).Status == 0
+                assoc.release()
+
+                cluster.stop()
+                assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+                failed = assoc.send_c_store(second)
+                assoc.release()
+                assert failed.Status == 0xA700 and failed.ErrorComment
+                assert len(server.stored_objects()) == 1  # no orphan object
+
+                cluster.start()
+                assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+                assert assoc.send_c_store(second).Status == 0  # recovered by itself
+                assoc.release()
+                assert server.instance_count() == 2
+                assert len(server.stored_objects()) == 2
+            finally:
+                assert server.stop() == 0, server.log()
+    finally:
+        cluster.remove()
