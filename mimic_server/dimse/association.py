@@ -40,7 +40,26 @@ def handle_requested(
     max_associations: int,
     audit_log: AuditLog,
 ) -> None:
-    """Handle ``evt.EVT_REQUESTED``: accept (return) or send A-ASSOCIATE-RJ."""
+    """Handle ``evt.EVT_REQUESTED``: accept (return) or send A-ASSOCIATE-RJ.
+
+    pynetdicom swallows a notification handler's exceptions, which here would accept an
+    association without a session: any error rejects instead (transient, no reason given).
+    """
+    try:
+        _admit(event, policy, live_associations, max_associations, audit_log)
+    except Exception:
+        log.exception("association admission failed; rejecting")
+        event.assoc.acse.send_reject(0x02, 0x01, 0x01)
+        _wait_until_sent(event.assoc)
+
+
+def _admit(
+    event: Event,
+    policy: Policy,
+    live_associations: Callable[[], int],
+    max_associations: int,
+    audit_log: AuditLog,
+) -> None:
     assoc = event.assoc
     primitive = assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip()

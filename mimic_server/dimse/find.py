@@ -64,6 +64,9 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     """
     session = session_of(event.assoc)
     sop_class = str(event.request.AffectedSOPClassUID)
+    if sop_class not in MODELS:  # e.g. Modality Worklist, accepted as a storage-like class
+        yield failure(Status.SOP_CLASS_NOT_SUPPORTED, "SOP Class not supported"), None
+        return
     if session is None or not policy.may(session.identity, Service.FIND):
         yield failure(Status.NOT_AUTHORIZED, "C-FIND is not granted"), None
         return

@@ -89,21 +89,32 @@ def encode_file_meta(
     return out.getvalue()
 
 
+#: How much of a deflated dataset is inflated to read its header: enough for any header,
+#: and a bound on what a small, highly compressed upload can make us allocate.
+MAX_INFLATED_HEADER = 64 << 20
+
+
 def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
-    """Parse the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM."""
-    if not transfer_syntax.is_transfer_syntax:
-        raise CannotUnderstand("unknown transfer syntax")
+    """Parse the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM.
+
+    A transfer syntax pydicom does not know is read as explicit VR little endian, the
+    encoding of every encapsulated (compressed) syntax defined since.
+    """
+    known = transfer_syntax.is_transfer_syntax
+    implicit = transfer_syntax.is_implicit_VR if known else False
+    little = transfer_syntax.is_little_endian if known else True
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             source: io.RawIOBase | io.BytesIO = io.BytesIO(
-                zlib.decompress(dataset, -zlib.MAX_WBITS)
+                inflater.decompress(dataset, MAX_INFLATED_HEADER)
             )
         else:
             source = _MemoryReader(dataset)
         header = read_dataset(
             source,  # type: ignore[arg-type]
-            transfer_syntax.is_implicit_VR,
-            transfer_syntax.is_little_endian,
+            implicit,
+            little,
             stop_when=_at_pixel_data,
         )
         # Values are converted lazily: touch every element now so a malformed one is

@@ -99,7 +99,18 @@ def header_json(ds: Dataset) -> dict[str, Any]:
         )
     except Exception as exc:  # pydicom raises many kinds for malformed values
         raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
-    return _without_bulk_data(document)
+    return _without_nul(_without_bulk_data(document))
+
+
+def _without_nul(value: Any) -> Any:
+    """JSON strings without NUL characters (PostgreSQL's jsonb refuses \\u0000)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _without_bulk_data(document: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +138,8 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
         return ""
     multiple = isinstance(value, MultiValue | list)
     text = "\\".join(str(v) for v in value) if multiple else str(value)
-    return text.strip()[:limit]
+    # NUL is padding to DICOM and forbidden in PostgreSQL text: never keep it.
+    return text.replace("\x00", "").strip()[:limit]
 
 
 def _uid(ds: Dataset, keyword: str) -> str:

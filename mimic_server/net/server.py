@@ -10,6 +10,8 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
 * the peer certificate becomes an :class:`~.identity.Identity` before an association exists;
 * associations are counted by their open sockets, so TCP probes and port scans that close
   without an A-ASSOCIATE-RQ do not use up the association limit;
+* no SO_REUSEPORT: a second archive started on the same port by mistake must fail, not
+  silently take half of the connections;
 * a new trust set swaps the ``SSLContext`` atomically and aborts associations whose
   certificate is no longer trusted.
 """
@@ -97,12 +99,6 @@ class MimicAssociationServer(ThreadedAssociationServer):
         super().__init__(
             ae, address, ae_title, contexts, ssl_context, request_handler=_RequestHandler
         )
-
-    def server_bind(self) -> None:
-        if hasattr(socket, "SO_REUSEPORT"):
-            # Several worker processes may share one port (the hot path scales by processes).
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()

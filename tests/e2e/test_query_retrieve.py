@@ -538,3 +538,14 @@ def test_move_identifier_without_unique_key_is_refused(archive: Archive) -> None
     assoc.release()
     final = responses[-1][0]
     assert final.Status in (0xA900, 0xC000) and final.ErrorComment
+
+
+def test_worklist_find_is_not_supported(archive: Archive) -> None:
+    """Modality Worklist is not a service of the archive: 0x0122, not a crash."""
+    worklist = "1.2.840.10008.5.1.4.31"
+    assoc = archive.associate([worklist])
+    ds = Dataset()
+    ds.PatientName = "*"
+    results = list(assoc.send_c_find(ds, worklist))
+    assoc.release()
+    assert results[-1][0].Status == 0x0122

@@ -162,3 +162,22 @@ def test_store_not_granted_is_not_authorized(ct: Dataset, index: SqlIndex) -> No
     policy = Policy("MIMIC", granted=frozenset({Service.ECHO}))
     assert _status(handle_store(_event(ct), store, index, policy)) == 0x0124
     assert not store.objects
+
+
+def test_nul_characters_are_not_kept(ct: Dataset, index: SqlIndex) -> None:
+    """NUL is padding in DICOM text but refused by PostgreSQL: stored without it."""
+    with pydicom.config.disable_value_validation():
+        ct.InstitutionName = "GENERAL\x00"
+        ct.PatientID = "1CT1\x00"
+    store = MemoryStore()
+    assert _status(handle_store(_event(ct), store, index, Policy("MIMIC"))) == 0x0000
+    assert index.count_instances() == 1
+
+
+def test_unknown_transfer_syntax_is_read_as_explicit_little_endian(
+    ct: Dataset, index: SqlIndex
+) -> None:
+    event = _event(ct)
+    event.context.transfer_syntax = "1.2.840.10008.1.2.4.999"  # a future encapsulated syntax
+    store = MemoryStore()
+    assert _status(handle_store(event, store, index, Policy("MIMIC"))) == 0x0000
