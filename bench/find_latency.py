@@ -119,7 +119,7 @@ def run(instances: int, queries: int) -> dict[str, dict[str, float]]:
         samples = load(url, instances)
         load_seconds = time.monotonic() - t0
         print(f"loaded {instances} instances in {load_seconds:.0f} s", flush=True)
-        samples["PatientName"] = ["SMITH*", "CARDO*", "VANEL*", "MARINJO*", "ZETO*"]
+        samples["PatientName"] = ["SMITH*", "VANELJO*", "CARDOMAR*", "ZETOKA*", "MARINJO*"]
         samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
         with tempfile.TemporaryDirectory() as tmp:
             mimic = MimicProcess(Path(tmp) / "data", database_url=url)

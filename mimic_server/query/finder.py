@@ -14,7 +14,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, Select, and_, distinct, func, or_, select
+from sqlalchemy import Engine, Select, and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
@@ -100,7 +100,7 @@ class Finder:
         need_header = any(
             (k not in COLUMNS and k not in COMPUTED) for k in needed
         ) or any(e.VR == "SQ" for e in query.requested)
-        statement = self._select(query, need_header)
+        statement = self._select(query, need_header, computed_keys)
         sent = 0
         try:
             with self.engine.connect() as conn:
@@ -111,7 +111,7 @@ class Finder:
                     mapping = row._mapping
                     typed = {k: mapping[k] for k in COLUMNS if k in mapping}
                     header = mapping["header"] if need_header else None
-                    computed = self._computed(conn, query.level, mapping, computed_keys)
+                    computed = _computed_values(mapping, computed_keys)
                     record = RowRecord(typed, header, computed)
                     if not all(c.matches(record) for c in query.constraints):
                         continue
@@ -122,7 +122,7 @@ class Finder:
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 
-    def _select(self, query: Query, need_header: bool) -> Select[Any]:
+    def _select(self, query: Query, need_header: bool, computed: set[str]) -> Select[Any]:
         level = query.level
         tables = [Patient, Study, Series, Instance][: level.depth + 1]
         columns: list[Any] = [_TABLES[level].id.label("entity_id")]
@@ -131,6 +131,11 @@ class Finder:
         ]
         if need_header:
             columns.append(_header_of(level).label("header"))
+        dialect = self.engine.dialect.name
+        for key in sorted(computed):
+            column = _computed_column(key, level, dialect)
+            if column is not None:
+                columns.append(column.label(key))
         statement = select(*columns).select_from(Patient)
         if Study in tables:
             statement = statement.join(Study, Study.patient_fk == Patient.id)
@@ -143,23 +148,6 @@ class Finder:
             if predicate is not None and COLUMNS[constraint.keyword].class_ in tables:
                 statement = statement.where(predicate)
         return statement.order_by(_TABLES[level].id)
-
-    def _computed(
-        self, conn: Any, level: Level, row: Any, keys: set[str]
-    ) -> dict[str, list[Any]]:
-        if not keys:
-            return {}
-        entity = row["entity_id"]
-        out: dict[str, list[Any]] = {}
-        for key in keys:
-            statement = _computed_statement(key, level, entity)
-            if statement is None:
-                continue
-            if key in ("ModalitiesInStudy", "SOPClassesInStudy"):
-                out[key] = sorted(v for v in conn.execute(statement).scalars() if v)
-            else:
-                out[key] = [str(conn.execute(statement).scalar_one())]
-        return out
 
     def _answer(self, query: Query, record: RowRecord) -> Dataset:
         answer = Dataset()
@@ -256,33 +244,64 @@ def _header_of(level: Level) -> Any:
     return first.order_by(Instance.id).limit(1).scalar_subquery()
 
 
-def _computed_statement(key: str, level: Level, entity: int) -> Any:
-    series_of_study = select(Series.id).where(Series.study_fk == entity)
-    if key == "NumberOfPatientRelatedStudies" and level is Level.PATIENT:
-        return select(func.count(Study.id)).where(Study.patient_fk == entity)
-    if key == "NumberOfPatientRelatedSeries" and level is Level.PATIENT:
-        return (
-            select(func.count(Series.id)).join(Study, Series.study_fk == Study.id)
-            .where(Study.patient_fk == entity)
-        )
-    if key == "NumberOfPatientRelatedInstances" and level is Level.PATIENT:
-        return (
-            select(func.count(Instance.id)).join(Series, Instance.series_fk == Series.id)
-            .join(Study, Series.study_fk == Study.id).where(Study.patient_fk == entity)
-        )
-    if key == "NumberOfStudyRelatedSeries" and level is Level.STUDY:
-        return select(func.count(Series.id)).where(Series.study_fk == entity)
-    if key == "NumberOfStudyRelatedInstances" and level is Level.STUDY:
-        return select(func.count(Instance.id)).where(Instance.series_fk.in_(series_of_study))
-    if key == "NumberOfSeriesRelatedInstances" and level is Level.SERIES:
-        return select(func.count(Instance.id)).where(Instance.series_fk == entity)
-    if key == "ModalitiesInStudy" and level is Level.STUDY:
-        return select(distinct(Series.modality)).where(Series.study_fk == entity)
-    if key == "SOPClassesInStudy" and level is Level.STUDY:
-        return select(distinct(Instance.sop_class_uid)).where(
-            Instance.series_fk.in_(series_of_study)
-        )
+#: Separator of the aggregated multi-valued computed attributes (never inside a CS or UI).
+_SEPARATOR = ","
+
+
+def _computed_column(key: str, level: Level, dialect: str) -> Any:
+    """A correlated subquery computing ``key`` for the current row's entity, or None when
+    the attribute does not exist at ``level`` (it is then answered empty)."""
+    instances_of_series = select(func.count(Instance.id)).join(
+        Series, Instance.series_fk == Series.id
+    )
+    if level is Level.PATIENT and key.startswith("NumberOfPatientRelated"):
+        if key == "NumberOfPatientRelatedStudies":
+            counted = select(func.count(Study.id))
+        elif key == "NumberOfPatientRelatedSeries":
+            counted = select(func.count(Series.id)).join(Study, Series.study_fk == Study.id)
+        else:
+            counted = instances_of_series.join(Study, Series.study_fk == Study.id)
+        return counted.where(Study.patient_fk == Patient.id).correlate(Patient).scalar_subquery()
+    if level is Level.STUDY:
+        if key == "NumberOfStudyRelatedSeries":
+            counted = select(func.count(Series.id)).where(Series.study_fk == Study.id)
+            return counted.correlate(Study).scalar_subquery()
+        if key == "NumberOfStudyRelatedInstances":
+            counted = instances_of_series.where(Series.study_fk == Study.id)
+            return counted.correlate(Study).scalar_subquery()
+        if key in ("ModalitiesInStudy", "SOPClassesInStudy"):
+            if key == "ModalitiesInStudy":
+                source = select(Series.modality.label("v")).where(Series.study_fk == Study.id)
+            else:
+                source = (
+                    select(Instance.sop_class_uid.label("v"))
+                    .join(Series, Instance.series_fk == Series.id)
+                    .where(Series.study_fk == Study.id)
+                )
+            distinct_values = source.distinct().correlate(Study).subquery()
+            aggregate = (
+                func.string_agg(distinct_values.c.v, _SEPARATOR)
+                if dialect == "postgresql"
+                else func.group_concat(distinct_values.c.v, _SEPARATOR)
+            )
+            return select(aggregate).select_from(distinct_values).scalar_subquery()
+    if level is Level.SERIES and key == "NumberOfSeriesRelatedInstances":
+        counted = select(func.count(Instance.id)).where(Instance.series_fk == Series.id)
+        return counted.correlate(Series).scalar_subquery()
     return None
+
+
+def _computed_values(row: Any, keys: set[str]) -> dict[str, list[Any]]:
+    values: dict[str, list[Any]] = {}
+    for key in keys:
+        if key not in row:
+            continue
+        value = row[key]
+        if key in ("ModalitiesInStudy", "SOPClassesInStudy"):
+            values[key] = sorted(v for v in (value or "").split(_SEPARATOR) if v)
+        else:
+            values[key] = [str(value or 0)]
+    return values
 
 
 def _like(pattern: str) -> str:
