@@ -154,6 +154,16 @@ def run(instances: int, queries: int) -> dict[str, dict[str, float]]:
                           f"p95 {results[kind]['p95_ms']:7.1f} ms   "
                           f"matches {results[kind]['mean_matches']}", flush=True)
                 assoc.release()
+                server_side = [e["seconds"] * 1000 for e in mimic.log_entries()
+                               if e.get("message") == "C-FIND"]
+                if server_side:
+                    server_side.sort()
+                    results["_server_side_all"] = {
+                        "p50_ms": round(statistics.median(server_side), 1),
+                        "p95_ms": round(server_side[int(len(server_side) * 0.95) - 1], 1),
+                    }
+                    print(f"server side, all queries: p50 {results['_server_side_all']}",
+                          flush=True)
             finally:
                 mimic.stop()
         results["_load"] = {"instances": instances, "seconds": round(load_seconds, 1)}

@@ -8,6 +8,7 @@ says so, after the matches already sent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,7 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
         log.warning("C-FIND refused", extra={"status": f"0x{exc.status:04X}", "reason": str(exc)})
         yield failure(exc.status, str(exc)), None
         return
-    matches = 0
+    matches, started = 0, time.monotonic()
     try:
         for answer in finder.find(query):
             if event.is_cancelled:
@@ -93,4 +94,10 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     except DicomStatusError as exc:
         yield failure(exc.status, str(exc)), None
         return
-    log.info("C-FIND", extra={"level": query.level.value, "matches": matches})
+    log.info(
+        "C-FIND",
+        extra={
+            "level": query.level.value, "matches": matches,
+            "seconds": round(time.monotonic() - started, 4),
+        },
+    )
