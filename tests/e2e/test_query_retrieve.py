@@ -334,20 +334,47 @@ def test_result_limit_is_a_clear_failure(archive: Archive) -> None:
     assert final.Status == 0xA700 and "40" in final.ErrorComment
 
 
-def test_cancel_stops_the_stream(archive: Archive) -> None:
-    assoc = archive.associate([SR_FIND], relational=True)
-    seen, final = 0, None
-    for status, _ in assoc.send_c_find(
-        _id("IMAGE", SOPInstanceUID=""), SR_FIND, msg_id=9
-    ):
-        if status.Status == 0xFF00:
-            seen += 1
-            if seen == 2:
-                assoc.send_c_cancel(9, query_model=SR_FIND)
-        else:
-            final = status.Status
-    assoc.release()
-    assert final == 0xFE00 and seen < 40
+def test_cancel_stops_the_stream(tmp_path: Path) -> None:
+    """C-CANCEL after the first match of a long answer ends the stream with Cancel.
+
+    Its own server holds 300 instances, so the answer is still streaming when the cancel
+    arrives (the shared fixture's result limit of 40 would end it first).
+    """
+    from tests.support import associate
+
+    server = MimicProcess(tmp_path / "data").start()
+    try:
+        base = pydicom.dcmread(ct_small())
+        files = []
+        for n in range(300):
+            base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = (
+                f"1.2.826.0.1.3680043.8.498.400.{n}"
+            )
+            path = tmp_path / f"{n}.dcm"
+            base.save_as(path, enforce_file_format=True)
+            files.append(path)
+        ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+        store = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+        assert all(store.send_c_store(p).Status == 0 for p in files)
+        store.release()
+
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(SR_FIND)
+        assoc = ae.associate(HOST, server.port, ae_title="MIMIC", tls_args=(ctx, "localhost"))
+        identifier = _id("IMAGE", StudyInstanceUID=base.StudyInstanceUID,
+                         SeriesInstanceUID=base.SeriesInstanceUID, SOPInstanceUID="")
+        seen, final = 0, None
+        for status, _ in assoc.send_c_find(identifier, SR_FIND, msg_id=9):
+            if status.Status == 0xFF00:
+                seen += 1
+                if seen == 1:
+                    assoc.send_c_cancel(9, query_model=SR_FIND)
+            else:
+                final = status.Status
+        assoc.release()
+        assert final == 0xFE00 and seen < 300
+    finally:
+        assert server.stop() == 0
 
 
 def test_findscu_over_tls(archive: Archive) -> None:
