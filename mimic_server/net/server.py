@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from mimic_server.net.identity import (
@@ -61,7 +62,24 @@ class _RequestHandler(RequestHandler):
         identity = self.server.admitted_identity(self.request)
         if identity is not None:
             attach_identity(assoc, identity)
+        assoc.bind(evt.EVT_CONN_CLOSE, _end_wait_for_request)
         return assoc
+
+
+def _end_wait_for_request(event: Any) -> None:
+    """A peer that closes before its A-ASSOCIATE-RQ (a probe) ends its thread now.
+
+    pynetdicom's acceptor thread waits for the A-ASSOCIATE-RQ until the ACSE timeout even
+    after the DUL saw the connection close (Sta2 + Evt17, AA-5). Meanwhile a TLS probe that
+    reset the connection (closing with our session tickets unread) kept its socket open,
+    hence its slot of the association limit, because pynetdicom skips close() when
+    shutdown() fails; and ``stop()`` drained it as an open association. In Sta2 no request
+    was received and none can come: an empty item ends the wait as a timeout would, and the
+    thread then closes the socket.
+    """
+    dul = event.assoc.dul
+    if dul.state_machine.current_state == "Sta2":
+        dul.to_user_queue.put(None)
 
 
 class MimicAssociationServer(ThreadedAssociationServer):

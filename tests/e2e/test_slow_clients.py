@@ -1,0 +1,272 @@
+"""One slow or hostile client cannot hurt the others (DESIGN.md, invariant 7).
+
+Each test drives a real ``mimic serve`` process on loopback with short deadlines, so that the
+deadlines themselves can be watched expire: raw sockets play the clients that stall (no
+ClientHello, half a PDU), probe (connect and close) or lie (a 2 GiB PDU length); pynetdicom
+plays the real modality that must still be served. The time limits asserted are generous
+functional deadlines ("it happens at all, well before the default 60 s / 30 s timeouts"),
+never performance thresholds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
+
+from tests.support import HOST, MimicProcess, associate, client_context, wait_for
+
+VERIFICATION = "1.2.840.10008.1.1"
+A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x02, 0x03, 0x04
+
+#: A deadline for "the server does it eventually": far above the 2 s timeouts configured here
+#: and far below the defaults (60 s network, 30 s ACSE) it would take if they were ignored.
+EVENTUALLY = 15.0
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    """Three associations at most, 2 s for a TLS handshake; network timeout left at 60 s."""
+    process = MimicProcess(
+        tmp_path_factory.mktemp("limited") / "data",
+        handshake_timeout="2", max_associations="3",
+    ).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    """A connection that is silent for 2 s is dropped."""
+    process = MimicProcess(
+        tmp_path_factory.mktemp("impatient") / "data", network_timeout="2"
+    ).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def tls(server: MimicProcess) -> ssl.SSLContext:
+    return client_context(server.client_cert, server.client_key, server.ca_cert)
+
+
+def reject_of(assoc: Association) -> tuple[int | None, int | None, int | None]:
+    """(result, source, reason) of the A-ASSOCIATE-RJ that pynetdicom received."""
+    assert assoc.is_rejected, "no A-ASSOCIATE-RJ"
+    reject = assoc.acceptor.primitive
+    assert reject is not None
+    return reject.result, reject.result_source, reject.diagnostic
+
+
+def echo_ok(server: MimicProcess) -> bool:
+    assoc = associate(server.port, tls(server))
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0x0000
+
+
+def closed_by_peer(sock: socket.socket, deadline: float = EVENTUALLY) -> bool:
+    """Read (and discard) until the server closes the connection or ``deadline`` passes."""
+    sock.settimeout(deadline)
+    end = time.monotonic() + deadline
+    try:
+        while time.monotonic() < end:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, ssl.SSLEOFError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    except ssl.SSLError:
+        return True  # a TLS alert, then the close
+    return False
+
+
+def associate_rq(calling: str = "MODALITY1", called: str = "MIMIC") -> bytes:
+    """An A-ASSOCIATE-RQ PDU for Verification, encoded by pynetdicom's own PDU classes."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    context = build_context(VERIFICATION)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16382
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.0.1"
+    primitive.user_information = [max_length, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def read_pdu(sock: ssl.SSLSocket) -> tuple[int, bytes]:
+    header = recv_exactly(sock, 6)
+    pdu_type, _, length = struct.unpack(">BBL", header)
+    return pdu_type, recv_exactly(sock, length)
+
+
+def recv_exactly(sock: ssl.SSLSocket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        data += chunk
+    return data
+
+
+@contextlib.contextmanager
+def raw_tls(server: MimicProcess) -> Iterator[ssl.SSLSocket]:
+    """A trusted TLS connection on which we write PDUs by hand."""
+    raw = socket.create_connection((HOST, server.port), timeout=10)
+    with tls(server).wrap_socket(raw, server_hostname="localhost") as sock:
+        yield sock
+
+
+@contextlib.contextmanager
+def raw_association(server: MimicProcess) -> Iterator[ssl.SSLSocket]:
+    """TLS + an accepted association, written by hand so that we can misbehave after it."""
+    with raw_tls(server) as sock:
+        sock.sendall(associate_rq())
+        pdu_type, _ = read_pdu(sock)
+        assert pdu_type == A_ASSOCIATE_AC, f"PDU type 0x{pdu_type:02X}, not A-ASSOCIATE-AC"
+        yield sock
+
+
+def peak_rss_kib(server: MimicProcess) -> int:
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+# -- the TLS handshake ----------------------------------------------------------------------
+
+
+def test_clients_that_never_send_a_client_hello(limited: MimicProcess) -> None:
+    """Five connections that never start TLS do not delay a modality, and are closed by the
+    handshake deadline (2 s here) instead of holding a thread each forever."""
+    stalled = [socket.create_connection((HOST, limited.port), timeout=10) for _ in range(5)]
+    try:
+        started = time.monotonic()
+        assoc = associate(limited.port, tls(limited))
+        assert assoc.is_established
+        status = assoc.send_c_echo()
+        assoc.release()
+        assert status.Status == 0x0000
+        assert time.monotonic() - started < 5.0, "the echo waited for the stalled handshakes"
+        for sock in stalled:
+            assert closed_by_peer(sock), "a silent TLS client outlived the handshake deadline"
+    finally:
+        for sock in stalled:
+            sock.close()
+    reasons = [
+        str(e.get("reason", "")) for e in limited.log_entries()
+        if e.get("message") == "connection refused"
+    ]
+    assert sum("TimeoutError" in r for r in reasons) >= 5, reasons
+
+
+# -- the association limit ------------------------------------------------------------------
+
+
+def test_probes_do_not_use_up_the_association_limit(limited: MimicProcess) -> None:
+    """Health probes and port scans connect and close without an A-ASSOCIATE-RQ. Ten of each
+    kind (more than the limit of 3) leave every slot free for the next modality: plain TCP,
+    TLS without a certificate, and TLS with a trusted certificate (a client that only looks
+    at the server's certificate)."""
+    anonymous = client_context(None, None, limited.ca_cert)
+    for _ in range(10):
+        socket.create_connection((HOST, limited.port), timeout=10).close()
+        for ctx in (anonymous, tls(limited)):
+            raw = socket.create_connection((HOST, limited.port), timeout=10)
+            with contextlib.suppress(ssl.SSLError, OSError):
+                ctx.wrap_socket(raw, server_hostname="localhost").close()
+            raw.close()
+    # A modality arriving after the probes have gone; had they kept their slots, they would
+    # keep them for the ACSE timeout (30 s), far longer than this test.
+    time.sleep(0.5)
+    held = [associate(limited.port, tls(limited)) for _ in range(3)]
+    try:
+        assert all(a.is_established for a in held), "probes used up the association limit"
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+
+
+def test_one_association_over_the_limit_is_rejected(limited: MimicProcess) -> None:
+    """With 3 associations open, a 4th gets A-ASSOCIATE-RJ transient, service provider
+    (presentation), local limit exceeded: result 2, source 3, reason 2 (PS3.8 Table 9-21).
+    When one of the three is released, the next modality is accepted again."""
+    held = [associate(limited.port, tls(limited)) for _ in range(3)]
+    try:
+        assert all(a.is_established for a in held)
+        extra = associate(limited.port, tls(limited))
+        assert extra.is_rejected
+        assert reject_of(extra) == (2, 3, 2)
+        held.pop().release()
+        assert wait_for(lambda: echo_ok(limited), timeout=EVENTUALLY)
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+
+
+# -- PDUs -----------------------------------------------------------------------------------
+
+
+def test_a_client_that_stalls_mid_pdu_is_dropped(impatient: MimicProcess) -> None:
+    """A P-DATA-TF header announcing 1000 bytes, then silence: the server drops the
+    connection after its network timeout (2 s here), and keeps serving others meanwhile."""
+    with raw_association(impatient) as sock:
+        started = time.monotonic()
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, 1000) + b"\x00" * 10)
+        assert echo_ok(impatient), "a stalled association blocked another one"
+        assert closed_by_peer(sock), "the stalled connection was never dropped"
+        waited = time.monotonic() - started
+    # The server cannot have heard from us later than we sent: a drop sooner than its 2 s
+    # would be a refusal of the (valid) PDU header, not the network timeout at work.
+    assert waited >= 1.5, f"dropped after {waited:.2f} s: not by the network timeout"
+    assert echo_ok(impatient)
+
+
+@pytest.mark.parametrize(
+    ("pdu_type", "after_association"),
+    [
+        pytest.param(0x01, False, id="A-ASSOCIATE-RQ"),
+        pytest.param(P_DATA_TF, True, id="P-DATA-TF"),
+    ],
+)
+def test_a_huge_pdu_length_is_refused_without_allocation(
+    limited: MimicProcess, pdu_type: int, after_association: bool
+) -> None:
+    """A PDU header announcing 0x7FFFFFFF bytes: the connection is closed at once, long
+    before any timeout (60 s network timeout here), without the server growing by the
+    announced 2 GiB, and the server goes on serving."""
+    before = peak_rss_kib(limited)
+    opened = raw_association if after_association else raw_tls
+    with opened(limited) as sock:
+        sock.sendall(struct.pack(">BBL", pdu_type, 0, 0x7FFFFFFF) + b"\x00" * 64)
+        assert closed_by_peer(sock, deadline=10.0), "the huge PDU was not refused"
+    assert limited.proc is not None and limited.proc.poll() is None
+    assert peak_rss_kib(limited) - before < 512 * 1024, "the server allocated the huge PDU"
+    assert echo_ok(limited)
