@@ -195,15 +195,21 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--database-url", default=None, help="MIMIC_DATABASE_URL.")
+@click.option("--database-auth", default=None, help="MIMIC_DATABASE_AUTH (password, entra).")
 @click.option("--data-dir", default=None, help="MIMIC_DATA_DIR.")
-def db_upgrade(database_url: str | None, data_dir: str | None) -> None:
+def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: str | None) -> None:
     """Apply the index schema migrations (Alembic) up to this version's head."""
     from mimic_server.index import schema
     from mimic_server.index.engine import create_index_engine
 
-    settings = _settings(database_url=database_url, data_dir=data_dir)
+    settings = _settings(database_url=database_url, database_auth=database_auth, data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_index_engine(settings.index_url)
+    credential = None
+    if settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    engine = create_index_engine(settings.index_url, credential)
     try:
         schema.upgrade(engine)
         click.echo(f"index schema at {schema.current_revision(engine)}")

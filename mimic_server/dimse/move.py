@@ -88,19 +88,25 @@ def handle_move(
         yield Status.PENDING, dataset
 
 
+def _uncompressed(syntax: str) -> bool:
+    """Native (uncompressed) encoding; a syntax pydicom does not know counts as compressed."""
+    uid = UID(syntax)
+    return uid.is_transfer_syntax and not uid.is_compressed
+
+
 def _contexts(refs: list[InstanceRef]) -> list[Any]:
     """Presentation contexts for the stored objects: per SOP Class, one context for each
     compressed transfer syntax held and one offering the uncompressed ones."""
     wanted: dict[tuple[str, str], list[str]] = {}
     for ref in refs:
         syntax = ref.transfer_syntax_uid
-        group = syntax if UID(syntax).is_compressed else "uncompressed"
+        group = "uncompressed" if _uncompressed(syntax) else syntax
         syntaxes = wanted.setdefault((ref.sop_class_uid, group), [])
         if syntax not in syntaxes:
             syntaxes.append(syntax)
     contexts = []
     for (sop_class, _), syntaxes in list(wanted.items())[:MAX_CONTEXTS]:
-        if not UID(syntaxes[0]).is_compressed:
+        if _uncompressed(syntaxes[0]):
             syntaxes += [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
                          if s not in syntaxes]
         contexts.append(build_context(sop_class, syntaxes))

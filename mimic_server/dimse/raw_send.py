@@ -28,8 +28,12 @@ class StoredDataset(Dataset):
         stored.file_meta = dataset.file_meta
         syntax = dataset.file_meta.TransferSyntaxUID
         stored._mimic_raw = raw
+        # A syntax pydicom does not know is encapsulated: explicit VR little endian.
+        known = syntax.is_transfer_syntax
         stored._mimic_encoding = (
-            syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            syntax.is_implicit_VR if known else False,
+            syntax.is_little_endian if known else True,
+            syntax.is_deflated if known else False,
         )
         return stored
 

@@ -117,10 +117,8 @@ def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
             little,
             stop_when=_at_pixel_data,
         )
-        # Values are converted lazily: touch every element now so a malformed one is
-        # refused here, not later inside the index code.
-        for _ in header.iterall():
-            pass
+        # Values are converted lazily; every element is converted once, by the DICOM JSON
+        # of the index (index/attributes.py), which refuses a malformed one as 0xC000.
     except CannotUnderstand:
         raise
     except Exception as exc:  # pydicom raises many kinds for malformed input

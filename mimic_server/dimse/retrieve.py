@@ -29,14 +29,24 @@ def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
         with store.open(ref.object_key) as fh:
             data = fh.read()
     except (KeyError, OutOfResources) as exc:
-        log.error("stored object unreadable", extra={"key": ref.object_key, "error": repr(exc)})
+        log.error(
+            "stored object unreadable",
+            extra={"object": _reference(ref), "error": type(exc).__name__},
+        )
+        log.debug("unreadable object key", extra={"key": ref.object_key})
         return None
     if hashlib.sha256(data).hexdigest() != ref.sha256:
-        log.error("stored object fails its SHA-256 check", extra={"key": ref.object_key})
+        log.error("stored object fails its SHA-256 check", extra={"object": _reference(ref)})
+        log.debug("corrupted object key", extra={"key": ref.object_key})
         return None
     # Our Part 10 files start with (0002,0000) File Meta Information Group Length.
     dataset_offset = 144 + int.from_bytes(data[140:144], "little")
     return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[dataset_offset:])
+
+
+def _reference(ref: InstanceRef) -> str:
+    """How an object is named in the log: its expected hash, never its UIDs (patient data)."""
+    return f"sha256:{ref.sha256[:16]}"
 
 
 def failed_suboperation(ref: InstanceRef) -> Dataset:

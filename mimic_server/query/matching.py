@@ -2,7 +2,7 @@
 
 An Identifier becomes a list of :class:`Constraint` (single value, list of values, universal,
 wildcard, range, empty value, sequence). :meth:`Constraint.matches` is the definitive rule;
-:mod:`mimic_server.query.sql` only narrows the candidates with indexable predicates that never
+:mod:`mimic_server.query.finder` only narrows the candidates with indexable predicates that never
 exclude a true match.
 
 Declared behaviour (see docs/conformance.md): PN matching is case-insensitive and matches any
@@ -180,7 +180,7 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
     wild = "*" in value or "?" in value
     if vr == "UI":
         if wild or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", value):
-            raise QueryError(f"{keyword}: UID matching takes UIDs, not {value!r}",
+            raise QueryError(f"{keyword}: UID matching takes whole UIDs",
                              Status.UNABLE_TO_PROCESS)
         return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
     if vr in RANGE_VRS:
