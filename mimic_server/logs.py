@@ -49,5 +49,5 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "CRITICAL")
-    for noisy in ("alembic", "azure", "urllib3"):
+    for noisy in ("alembic", "azure", "urllib3", "pydicom"):
         logging.getLogger(noisy).setLevel("WARNING")

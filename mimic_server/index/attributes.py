@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from mimic_server.dimse.status import Status
 from mimic_server.errors import CannotUnderstand
+from mimic_server.index.dicom_json import header_to_json
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -92,37 +94,45 @@ def valid_uid(value: str) -> bool:
 def header_json(ds: Dataset) -> dict[str, Any]:
     """The header as DICOM JSON, without bulk data (binary values over 1 KiB)."""
     try:
-        document = ds.to_json_dict(
-            bulk_data_threshold=1024,
-            bulk_data_element_handler=lambda _elem: "",
-            suppress_invalid_tags=True,
-        )
+        document = header_to_json(ds, _element_json)
     except Exception as exc:  # pydicom raises many kinds for malformed values
         raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
-    return _without_nul(_without_bulk_data(document))
+    return _without_bulk_data(document)
 
 
-def _without_nul(value: Any) -> Any:
-    """JSON strings without NUL characters (PostgreSQL's jsonb refuses \\u0000)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {k: _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    return value
+def _element_json(element: DataElement) -> dict[str, Any] | None:
+    """pydicom's DICOM JSON of one element; an element it cannot convert is left out."""
+    try:
+        return element.to_json_dict(
+            bulk_data_element_handler=lambda _elem: "", bulk_data_threshold=1024
+        )
+    except Exception:
+        return None
 
 
 def _without_bulk_data(document: dict[str, Any]) -> dict[str, Any]:
+    """Drop bulk data references; remove NUL from text (PostgreSQL's jsonb refuses \\u0000)."""
     kept: dict[str, Any] = {}
     for tag, element in document.items():
         if "BulkDataURI" in element:
             continue
-        if element.get("vr") == "SQ" and "Value" in element:
-            element = dict(element)
-            element["Value"] = [_without_bulk_data(item) for item in element["Value"]]
+        values = element.get("Value")
+        if values:
+            if element.get("vr") == "SQ":
+                element = {**element, "Value": [_without_bulk_data(i) for i in values]}
+            elif any(isinstance(v, str) and "\x00" in v for v in values):
+                element = {**element, "Value": [_no_nul(v) for v in values]}
+            elif element.get("vr") == "PN":
+                element = {**element, "Value": [
+                    {k: _no_nul(g) for k, g in v.items()} if isinstance(v, dict) else v
+                    for v in values
+                ]}
         kept[tag] = element
     return kept
+
+
+def _no_nul(value: Any) -> Any:
+    return value.replace("\x00", "") if isinstance(value, str) else value
 
 
 def _raw(ds: Dataset, keyword: str) -> Any:

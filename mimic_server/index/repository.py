@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +25,7 @@ from mimic_server.index.models import Instance, Patient, Series, Study
 log = logging.getLogger(__name__)
 
 _ATTEMPTS = 4
+_CACHED_SERIES = 10000
 
 
 class SqlIndex:
@@ -31,6 +34,12 @@ class SqlIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # Series Instance UID -> series row id, filled after a commit: the instances of a
+        # series then skip the three patient / study / series look-ups. Rows above the
+        # instance are never deleted; a stale entry would fail its foreign key (an
+        # IntegrityError), which empties the cache before the retry.
+        self._series_ids: OrderedDict[str, int] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def upsert_instance(
         self,
@@ -57,8 +66,13 @@ class SqlIndex:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                    return self._upsert(conn, attrs, row)
+                    replaced, series_fk = self._upsert(conn, attrs, row)
+                self._remember(attrs.series_instance_uid, series_fk)
+                return replaced
             except (OperationalError, IntegrityError) as exc:
+                if isinstance(exc, IntegrityError):
+                    with self._cache_lock:
+                        self._series_ids.clear()
                 # Lock timeouts, serialization failures and a lost insert race are transient.
                 if attempt == _ATTEMPTS or not _transient(exc):
                     raise OutOfResources("index unavailable") from exc
@@ -67,9 +81,23 @@ class SqlIndex:
                 raise OutOfResources("index unavailable") from exc
         raise AssertionError("unreachable")
 
+    def _remember(self, series_uid: str, series_fk: int) -> None:
+        with self._cache_lock:
+            self._series_ids[series_uid] = series_fk
+            self._series_ids.move_to_end(series_uid)
+            while len(self._series_ids) > _CACHED_SERIES:
+                self._series_ids.popitem(last=False)
+
     def _upsert(
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
-    ) -> str | None:
+    ) -> tuple[str | None, int]:
+        with self._cache_lock:
+            cached = self._series_ids.get(attrs.series_instance_uid)
+        series_fk = cached if cached is not None else self._hierarchy(conn, attrs, row)
+        return self._upsert_instance(conn, attrs, {**row, "series_fk": series_fk}), series_fk
+
+    def _hierarchy(self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]) -> int:
+        """Patient, study and series rows, in this lock order; the series row id."""
         now = row["received_at"]
         patient_fk = self._get_or_create(
             conn,
@@ -117,7 +145,11 @@ class SqlIndex:
                 "created_at": now,
             },
         )
-        row = {**row, "series_fk": series_fk}
+        return series_fk
+
+    def _upsert_instance(
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+    ) -> str | None:
         existing = select(Instance.id, Instance.object_key).where(
             Instance.sop_instance_uid == attrs.sop_instance_uid
         )
