@@ -54,6 +54,26 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the index (default: SQLite in DATA_DIR)."
     )
+    blob_account_url: str | None = Field(
+        None,
+        description="Blob Storage account URL (https://<account>.blob.core.windows.net); "
+        "objects go to Blob Storage with DefaultAzureCredential (managed identity).",
+    )
+    blob_connection_string: str | None = Field(
+        None, description="Blob Storage connection string (Azurite, development); "
+        "selects Blob Storage like BLOB_ACCOUNT_URL.",
+        repr=False,
+    )
+    blob_container: str = Field("dicom", description="Blob container that holds the objects.")
+    blob_create_container: bool = Field(
+        True, description="Create the blob container on start if it is missing."
+    )
+    blob_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a failed Blob Storage request (exponential)."
+    )
+    blob_timeout: float = Field(
+        20.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
+    )
     max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
@@ -96,6 +116,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def uses_blob_storage(self) -> bool:
+        return bool(self.blob_account_url or self.blob_connection_string)
 
     @property
     def objects_dir(self) -> Path:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.azurite import AZURITE_BLOB, Azurite
 from tests.support import MimicProcess
 
 
@@ -15,3 +16,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
     process = MimicProcess(root / "data", cert_refresh_seconds="1").start()
     yield process
     assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite blob service for the session (loopback, its own directory)."""
+    if not AZURITE_BLOB.exists():
+        pytest.skip("Azurite is not installed: run scripts/test.sh (npm install)")
+    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield service
+    service.stop()
