@@ -69,10 +69,10 @@ class Settings(BaseSettings):
         True, description="Create the blob container on start if it is missing."
     )
     blob_retries: int = Field(
-        3, ge=0, le=10, description="Retries of a failed Blob Storage request (exponential)."
+        2, ge=0, le=10, description="Retries of a failed Blob Storage request (exponential)."
     )
     blob_timeout: float = Field(
-        20.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
+        10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
     )
     max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
     max_pdu_size: int = Field(
