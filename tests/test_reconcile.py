@@ -112,3 +112,19 @@ def test_unusable_store_is_a_configuration_error(tmp_path: Path) -> None:
                  "BlobEndpoint=http://127.0.0.1:9/x;", "--blob-retries", "0",
                  "--blob-timeout", "2")
     assert done.returncode == 2 and "unusable" in done.stderr
+
+
+def test_a_row_switched_to_new_bytes_is_not_removed(tmp_path: Path) -> None:
+    """The fix removes a row only if it still points at the object that was checked."""
+    from mimic_server.index import maintenance
+
+    data = tmp_path / "data"
+    [(uid, key)] = _archive(data, 1)
+    engine, _ = open_index(Settings(data_dir=data))
+    try:
+        assert not maintenance.remove_instance(engine, uid, key + ".older")
+        assert maintenance.refers_to(engine, key)
+        assert maintenance.remove_instance(engine, uid, key)
+        assert not maintenance.refers_to(engine, key)
+    finally:
+        engine.dispose()
