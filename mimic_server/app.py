@@ -142,25 +142,8 @@ class Archive:
     def _index(self) -> SqlIndex:
         s = self.settings
         credential = self._azure_credential() if s.database_auth == "entra" else None
-        self.engine = create_index_engine(s.index_url, credential)
-        try:
-            if self.engine.dialect.name == "sqlite":
-                schema.upgrade(self.engine)  # embedded mode: zero configuration
-            else:
-                schema.require_current(self.engine)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(f"index database unusable: {exc}") from exc
-        return SqlIndex(self.engine)
-
-    def _filesystem_store(self) -> FilesystemStore:
-        try:
-            return FilesystemStore(self.settings.objects_dir)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"object directory {self.settings.objects_dir} unusable: {exc}"
-            ) from exc
+        self.engine, index = open_index(s, credential)
+        return index
 
     def _ae(self) -> AE:
         s = self.settings
@@ -188,7 +171,7 @@ class Archive:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         certificates = self._certificates()
         index = self._index_override or self._index()
-        object_store = self._object_store or self._filesystem_store()
+        object_store = self._object_store or open_object_store(s)
         self.audit = AuditLog(s.audit_path)
         policy = Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()
@@ -257,7 +240,7 @@ class Archive:
             extra={
                 "address": f"{self.address[0]}:{self.address[1]}", "ae_title": s.ae_title,
                 "tls": s.tls, "index": self.engine.dialect.name if self.engine else "",
-                "objects": str(s.objects_dir),
+                "objects": s.blob_container if s.uses_blob_storage else str(s.objects_dir),
             },
         )
 
@@ -312,6 +295,65 @@ class Archive:
             self.engine.dispose()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
+
+
+def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:
+    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current.
+
+    Shared by the server and by maintenance commands (``mimic reconcile``). ``credential``
+    logs in to PostgreSQL with Microsoft Entra tokens (``MIMIC_DATABASE_AUTH=entra``); when
+    it is needed and not given, a DefaultAzureCredential is made here.
+    """
+    if credential is None and settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    engine = create_index_engine(settings.index_url, credential)
+    try:
+        if engine.dialect.name == "sqlite":
+            schema.upgrade(engine)  # embedded mode: zero configuration
+        else:
+            schema.require_current(engine)
+    except ConfigurationError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise ConfigurationError(f"index database unusable: {exc}") from exc
+    return engine, SqlIndex(engine)
+
+
+def open_object_store(settings: Settings) -> ObjectStore:
+    """Blob Storage when an account URL or connection string is set, else files."""
+    if settings.uses_blob_storage:
+        return _blob_store(settings)
+    try:
+        return FilesystemStore(settings.objects_dir)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"object directory {settings.objects_dir} unusable: {exc}"
+        ) from exc
+
+
+def _blob_store(settings: Settings) -> ObjectStore:
+    # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
+    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
+
+    credential = None
+    if not settings.blob_connection_string:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    service = blob_service_client(
+        account_url=settings.blob_account_url,
+        credential=credential,
+        connection_string=settings.blob_connection_string,
+        retries=settings.blob_retries,
+        timeout=settings.blob_timeout,
+    )
+    return AzureBlobStore(
+        service, settings.blob_container, create_container=settings.blob_create_container
+    )
 
 
 def describe_first_start(pki: devpki.DevPki, port: int, ae_title: str) -> str:

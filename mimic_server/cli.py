@@ -1,8 +1,9 @@
-"""The ``mimic`` command: ``serve``, ``certs init|issue-client|revoke``, ``db upgrade``.
+"""The ``mimic`` command: ``serve``, ``certs init|issue-client|revoke``, ``db upgrade``,
+``reconcile``.
 
 ``mimic serve`` has one ``--flag`` per setting, generated from :class:`Settings`, so a flag
 and its ``MIMIC_*`` variable can never drift apart. Exit codes: 0 clean stop, 2 bad
-configuration (with a one-line reason on stderr).
+configuration (with a one-line reason on stderr); ``reconcile`` exits 1 while drift remains.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 
+EXIT_DRIFT = 1
 EXIT_CONFIG = 2
 _JSON_FIELDS = {"move_destinations"}
 
@@ -217,6 +219,48 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
         _fail(f"migration failed: {exc}")
     finally:
         engine.dispose()
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="Delete orphan objects; remove broken index rows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the keys found.")
+@click.option(
+    "--settle-seconds", type=float, default=60.0, show_default=True,
+    help="With --fix: wait this long, then re-check orphans before deleting them "
+    "(a C-STORE in flight commits meanwhile).",
+)
+@settings_options
+def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -> None:
+    """Compare the object store with the index; exit 1 while drift remains.
+
+    Uses the same store and index as 'mimic serve' with the same settings. Reads (and hashes)
+    every indexed object.
+    """
+    from mimic_server import logs
+    from mimic_server.app import open_index, open_object_store
+    from mimic_server.errors import OutOfResources
+    from mimic_server.reconcile import reconcile as run
+    from mimic_server.security.audit import AuditLog
+
+    settings = _settings(**options)
+    logs.configure(settings.log_level, settings.log_format)
+    engine, audit_log = None, AuditLog(settings.audit_path if fix else None)
+    try:
+        store = open_object_store(settings)
+        engine, _ = open_index(settings)
+        report = run(
+            store, engine, fix=fix, settle_seconds=settle_seconds, audit_log=audit_log
+        )
+    except (ConfigurationError, OutOfResources) as exc:
+        _fail(str(exc))
+    finally:
+        audit_log.close()
+        if engine is not None:
+            engine.dispose()
+    result = report.as_dict(with_keys=as_json)
+    _report(result, as_json, "no drift" if report.drift == 0 else f"drift: {report.drift}")
+    if report.remaining:
+        sys.exit(EXIT_DRIFT)
 
 
 def _report(result: dict[str, Any], as_json: bool, headline: str) -> None:

@@ -71,6 +71,26 @@ class Settings(BaseSettings):
         "password",
         description="PostgreSQL login: the URL's password, or a Microsoft Entra token.",
     )
+    blob_account_url: str | None = Field(
+        None,
+        description="Blob Storage account URL (https://<account>.blob.core.windows.net); "
+        "objects go to Blob Storage with DefaultAzureCredential (managed identity).",
+    )
+    blob_connection_string: str | None = Field(
+        None, description="Blob Storage connection string (Azurite, development); "
+        "selects Blob Storage like BLOB_ACCOUNT_URL.",
+        repr=False,
+    )
+    blob_container: str = Field("dicom", description="Blob container that holds the objects.")
+    blob_create_container: bool = Field(
+        True, description="Create the blob container on start if it is missing."
+    )
+    blob_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed Blob Storage request (exponential)."
+    )
+    blob_timeout: float = Field(
+        10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
+    )
     max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
@@ -120,6 +140,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def uses_blob_storage(self) -> bool:
+        return bool(self.blob_account_url or self.blob_connection_string)
 
     @property
     def objects_dir(self) -> Path:

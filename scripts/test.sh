@@ -3,13 +3,14 @@
 #   system: dcmtk (DICOM peers), socat (TLS tunnel for dcmtk tools without TLS),
 #           PostgreSQL (the index tests run on SQLite and PostgreSQL)
 #   python: the project with its [test] extra, in ./.venv
+#   node:   Azurite (Azure Storage emulator), pinned in package-lock.json, in ./node_modules
 # Extra arguments go to pytest (e.g. scripts/test.sh -k store -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 
 need=()
-for tool in storescu:dcmtk socat:socat; do
+for tool in storescu:dcmtk socat:socat npm:npm runuser:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # PostgreSQL: the tests use the server on 127.0.0.1:5432 when one answers, otherwise they
@@ -27,6 +28,10 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+
+if [ ! -x node_modules/.bin/azurite-blob ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
 
 .venv/bin/ruff check mimic_server tests bench
 exec .venv/bin/python -m pytest "$@"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import database
+from tests.azurite import AZURITE_BLOB, Azurite
 from tests.support import MimicProcess
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -53,3 +54,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
     ).start()
     yield process
     assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite blob service for the session (loopback, its own directory)."""
+    if not AZURITE_BLOB.exists():
+        pytest.skip("Azurite is not installed: run scripts/test.sh (npm install)")
+    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield service
+    service.stop()

@@ -18,6 +18,7 @@ INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")
 APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")
+STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 

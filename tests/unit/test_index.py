@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pydicom
@@ -34,7 +35,7 @@ def test_eight_concurrent_senders_into_one_study(index: SqlIndex) -> None:
     def sender(n: int) -> None:
         try:
             for i in range(25):
-                ds = base.copy()
+                ds = copy.deepcopy(base)  # Dataset.copy() shares the elements
                 ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.7.{n % 2}"
                 ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.9.{n}.{i}"
                 index.upsert_instance(

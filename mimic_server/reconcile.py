@@ -1,0 +1,176 @@
+"""``mimic reconcile``: find (and with ``fix``, repair) drift between object store and index.
+
+Two kinds of drift exist by design of the write path (put, then index, then delete-on-failure):
+
+* **orphan objects**: in the store, no index row points at them (a crash or a failed delete
+  between put and commit). Nothing was acknowledged for them. *Fix*: delete the object.
+* **broken rows**: an index row whose object is missing or no longer hashes to the row's
+  SHA-256. The archive acknowledged that instance but can no longer deliver it (C-MOVE/C-GET
+  fail that sub-operation). *Fix*: remove the instance row (and parents left empty) and the
+  bad object, recorded in the audit trail with its SOP Instance UID so the sender can be
+  asked to send it again (the operational log gets counts only: no patient data). Restore the object
+  from a blob version or backup *before* fixing, if one exists.
+
+Races with a running server are handled, not excluded: the store is listed before the index
+is read; an orphan is deleted only if, ``settle_seconds`` after it was seen, still no row
+points at it (a C-STORE between put and commit has finished by then); a row is removed only
+if it still points at the object that was checked (a re-sent instance may have switched it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mimic_server.errors import OutOfResources
+from mimic_server.index import maintenance
+from mimic_server.index.maintenance import ObjectRef
+from mimic_server.security import audit
+from mimic_server.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+_READ = 1024 * 1024
+
+
+@dataclass
+class Report:
+    """What reconcile found and what it repaired; ``remaining`` decides the exit status."""
+
+    objects: int = 0
+    instances: int = 0
+    orphans: list[str] = field(default_factory=list)
+    missing: list[ObjectRef] = field(default_factory=list)
+    corrupt: list[ObjectRef] = field(default_factory=list)
+    deleted_orphans: list[str] = field(default_factory=list)
+    removed_instances: list[str] = field(default_factory=list)
+    #: Drift that went away by itself before it was fixed (a concurrent C-STORE, a restore).
+    resolved: int = 0
+
+    @property
+    def drift(self) -> int:
+        return len(self.orphans) + len(self.missing) + len(self.corrupt)
+
+    @property
+    def remaining(self) -> int:
+        fixed = len(self.deleted_orphans) + len(self.removed_instances) + self.resolved
+        return self.drift - fixed
+
+    def as_dict(self, with_keys: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "objects": self.objects,
+            "instances": self.instances,
+            "orphan_objects": len(self.orphans),
+            "missing_objects": len(self.missing),
+            "corrupt_objects": len(self.corrupt),
+            "deleted_orphans": len(self.deleted_orphans),
+            "removed_instances": len(self.removed_instances),
+            "remaining": self.remaining,
+        }
+        if with_keys:
+            result["orphans"] = self.orphans
+            result["missing"] = [_ref(r) for r in self.missing]
+            result["corrupt"] = [_ref(r) for r in self.corrupt]
+            result["removed"] = self.removed_instances
+        return result
+
+
+def reconcile(
+    store: ObjectStore,
+    engine: Engine,
+    *,
+    fix: bool = False,
+    settle_seconds: float = 60.0,
+    audit_log: audit.AuditLog | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Report:
+    """Compare every object with every index row; hash every indexed object.
+
+    Raises ``OutOfResources`` if the store or the index cannot be read at all.
+    """
+    report = Report()
+    stored = set(store.iter_keys())  # before the index: see the module docstring
+    report.objects = len(stored)
+    indexed: set[str] = set()
+    for ref in maintenance.object_refs(engine):
+        report.instances += 1
+        indexed.add(ref.object_key)
+        state = _check(store, ref) if ref.object_key in stored else _check_absent(store, ref)
+        if state == "missing":
+            report.missing.append(ref)
+        elif state == "corrupt":
+            report.corrupt.append(ref)
+    report.orphans = sorted(stored - indexed)
+    log.info("reconcile found", extra=report.as_dict(with_keys=False))
+    if fix:
+        _fix(store, engine, report, settle_seconds, sleep, audit_log or audit.AuditLog(None))
+    return report
+
+
+def _check_absent(store: ObjectStore, ref: ObjectRef) -> str:
+    # Not in the listing; it may have been put after the listing (a new C-STORE).
+    return _check(store, ref) if store.exists(ref.object_key) else "missing"
+
+
+def _check(store: ObjectStore, ref: ObjectRef) -> str:
+    digest = hashlib.sha256()
+    try:
+        with store.open(ref.object_key) as fh:
+            while block := fh.read(_READ):
+                digest.update(block)
+    except KeyError:
+        return "missing"
+    except OutOfResources as exc:
+        # A read that fails after the object was listed: counted as corrupt, never fixed
+        # blindly - the fix re-checks before removing anything.
+        log.warning("object unreadable", extra={"key": ref.object_key, "error": str(exc)})
+        return "corrupt"
+    return "ok" if digest.hexdigest() == ref.sha256 else "corrupt"
+
+
+def _fix(
+    store: ObjectStore,
+    engine: Engine,
+    report: Report,
+    settle_seconds: float,
+    sleep: Callable[[float], None],
+    audit_log: audit.AuditLog,
+) -> None:
+    for ref in report.missing + report.corrupt:
+        if _check(store, ref) == "ok":
+            report.resolved += 1  # restored meanwhile (from a blob version, a backup)
+            continue
+        if maintenance.remove_instance(engine, ref.sop_instance_uid, ref.object_key):
+            report.removed_instances.append(ref.sop_instance_uid)
+            # The UIDs name a patient's instance: audit trail, not the operational log.
+            audit_log.record(
+                audit.STUDY_DELETED, audit.MINOR_FAILURE, action="reconcile removed instance",
+                SOPInstanceUID=ref.sop_instance_uid, object_key=ref.object_key,
+                reason="missing" if ref in report.missing else "corrupt",
+            )
+            log.warning("instance removed from the index: its object is missing or corrupt")
+            store.delete(ref.object_key)  # corrupt bytes serve nobody; versions keep them
+        else:
+            report.resolved += 1  # the row was switched to new bytes meanwhile
+    if report.orphans and settle_seconds > 0:
+        sleep(settle_seconds)
+    for key in report.orphans:
+        if maintenance.refers_to(engine, key):
+            report.resolved += 1  # its C-STORE committed after all
+            continue
+        store.delete(key)
+        report.deleted_orphans.append(key)
+        audit_log.record(
+            audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="reconcile deleted orphan object",
+            object_key=key,
+        )
+
+
+def _ref(ref: ObjectRef) -> dict[str, str]:
+    return {"sop_instance_uid": ref.sop_instance_uid, "key": ref.object_key}

@@ -1,0 +1,130 @@
+"""``mimic reconcile``: orphans, missing and corrupt objects found, fixed, and the exit status.
+
+Embedded mode (files + SQLite) through the real command; the Blob Storage + PostgreSQL run is
+in tests/e2e/test_azure.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import func, select
+
+from mimic_server.app import open_index, open_object_store
+from mimic_server.config import Settings
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.models import Instance, Series
+from mimic_server.storage.keys import new_object_key
+from tests.data import ct_small
+from tests.test_cli import mimic
+
+
+def _archive(data_dir: Path, count: int) -> list[tuple[str, str]]:
+    """``count`` instances of one series stored and indexed; returns (uid, key) pairs."""
+    settings = Settings(data_dir=data_dir)
+    store = open_object_store(settings)
+    engine, index = open_index(settings)
+    base = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    stored = []
+    for n in range(count):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = f"{base.SOPInstanceUID}.{n}"
+        attrs = InstanceAttributes.from_header(ds)
+        data = f"object {n}".encode()
+        sha = hashlib.sha256(data).hexdigest()
+        key = new_object_key(attrs.study_instance_uid, attrs.series_instance_uid,
+                             attrs.sop_instance_uid)
+        store.put(key, [data], sha)
+        index.upsert_instance(attrs, transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=key,
+                              sha256=sha, size=len(data), received_from="test")
+        stored.append((attrs.sop_instance_uid, key))
+    engine.dispose()
+    return stored
+
+
+def _reconcile(data_dir: Path, *args: str) -> tuple[int, dict]:
+    done = mimic("reconcile", "--json", "--data-dir", str(data_dir), "--log-format", "text",
+                 *args)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_no_drift_exits_zero(tmp_path: Path) -> None:
+    _archive(tmp_path / "data", 2)
+    code, report = _reconcile(tmp_path / "data")
+    assert code == 0
+    assert report["objects"] == 2 and report["instances"] == 2 and report["remaining"] == 0
+
+
+def test_drift_found_then_fixed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (uid_missing, key_missing), (uid_corrupt, key_corrupt), (uid_ok, _) = _archive(data, 3)
+    objects = data / "objects"
+    (objects / key_missing).unlink()
+    (objects / key_corrupt).write_bytes(b"bit rot")
+    orphan = "ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm"
+    (objects / orphan).parent.mkdir(parents=True)
+    (objects / orphan).write_bytes(b"put, never indexed")
+
+    code, report = _reconcile(data)
+    assert code == 1
+    assert report["orphans"] == [orphan]
+    assert report["missing"] == [{"sop_instance_uid": uid_missing, "key": key_missing}]
+    assert report["corrupt"] == [{"sop_instance_uid": uid_corrupt, "key": key_corrupt}]
+    assert report["remaining"] == 3
+
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+    assert code == 0, fixed
+    assert fixed["deleted_orphans"] == 1 and fixed["removed_instances"] == 2
+    assert sorted(fixed["removed"]) == sorted([uid_missing, uid_corrupt])
+    assert not (objects / orphan).exists() and not (objects / key_corrupt).exists()
+    audit = (data / "audit.jsonl").read_text()
+    assert uid_missing in audit and uid_corrupt in audit
+
+    engine, _ = open_index(Settings(data_dir=data))
+    with engine.connect() as conn:
+        uids = set(conn.execute(select(Instance.sop_instance_uid)).scalars())
+        assert conn.execute(select(func.count()).select_from(Series)).scalar_one() == 1
+    engine.dispose()
+    assert uids == {uid_ok}
+    assert _reconcile(data)[0] == 0
+
+
+def test_fix_prunes_parents_left_empty(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    [(_, key)] = _archive(data, 1)
+    (data / "objects" / key).unlink()
+    code, _ = _reconcile(data, "--fix")
+    assert code == 0
+    engine, _ = open_index(Settings(data_dir=data))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Series)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_unusable_store_is_a_configuration_error(tmp_path: Path) -> None:
+    done = mimic("reconcile", "--data-dir", str(tmp_path), "--blob-connection-string",
+                 "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;"
+                 "BlobEndpoint=http://127.0.0.1:9/x;", "--blob-retries", "0",
+                 "--blob-timeout", "2")
+    assert done.returncode == 2 and "unusable" in done.stderr
+
+
+def test_a_row_switched_to_new_bytes_is_not_removed(tmp_path: Path) -> None:
+    """The fix removes a row only if it still points at the object that was checked."""
+    from mimic_server.index import maintenance
+
+    data = tmp_path / "data"
+    [(uid, key)] = _archive(data, 1)
+    engine, _ = open_index(Settings(data_dir=data))
+    try:
+        assert not maintenance.remove_instance(engine, uid, key + ".older")
+        assert maintenance.refers_to(engine, key)
+        assert maintenance.remove_instance(engine, uid, key)
+        assert not maintenance.refers_to(engine, key)
+    finally:
+        engine.dispose()
