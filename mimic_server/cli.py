@@ -47,6 +47,8 @@ def _settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         _fail(f"invalid setting {where}: {first['msg']}")
+    except (ValueError, OSError) as exc:  # the settings file: missing or not TOML
+        _fail(str(exc))
 
 
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:

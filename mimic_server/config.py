@@ -6,11 +6,17 @@ archive on one machine. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 class MoveDestination(BaseModel):
@@ -29,6 +35,12 @@ class Settings(BaseSettings):
     """All settings of a MIMIC server; each field is ``MIMIC_<NAME>`` and ``--<name>``."""
 
     model_config = SettingsConfigDict(env_prefix="MIMIC_", extra="ignore")
+
+    config_file: Path | None = Field(
+        None,
+        description="A TOML file of settings (same names, lower case); flags and MIMIC_* "
+        "variables override it.",
+    )
 
     host: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
     port: int = Field(11112, ge=0, le=65535, description="DICOM listener port (0 = any free).")
@@ -115,6 +127,25 @@ class Settings(BaseSettings):
         "INFO", description="Log level; patient data appears only at DEBUG."
     )
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then ``MIMIC_*`` variables, then the settings file, then the defaults."""
+        path = getattr(init_settings, "init_kwargs", {}).get("config_file") or os.environ.get(
+            "MIMIC_CONFIG_FILE"
+        )
+        if not path:
+            return init_settings, env_settings
+        if not Path(path).is_file():
+            raise ValueError(f"settings file {path} does not exist")
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, Path(path))
 
     @field_validator("ae_title")
     @classmethod

@@ -36,7 +36,7 @@ def _ok(uid: object) -> bool:
 def storable_files() -> tuple[Storable, ...]:
     """Every shipped Part 10 file a modality could legitimately send us."""
     found: dict[str, Storable] = {}
-    for name in local_files("*.dcm"):
+    for name in local_files("*.dcm") + dicomdir_files():
         path = Path(name)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -73,6 +73,12 @@ def local_files(pattern: str) -> list[str]:
     if source is not None:
         names += [str(p) for p in source.get_paths(pattern, 0)]
     return sorted(set(names))
+
+
+def dicomdir_files() -> list[str]:
+    """The ``dicomdirtests`` set: a File-set's objects, named without extension."""
+    root = Path(DATA_ROOT, "test_files", "dicomdirtests")
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and "DICOMDIR" not in p.name)
 
 
 def ct_small() -> Path:

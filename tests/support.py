@@ -286,3 +286,21 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def start_storescp(
+    root: Path, server: MimicProcess, port: int
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """dcmtk ``storescp +tls`` as a C-MOVE destination (AE STORESCP), bit-preserving (+B),
+    accepting every transfer syntax (+xa), with a certificate from the archive's dev CA."""
+    cert, key, _, _ = write_cert(root / "scp", "storescp", issuer=dev_ca(server.certs),
+                                 server=True)
+    out = root / "received"
+    out.mkdir()
+    process = subprocess.Popen(
+        ["storescp", "+tls", str(key), str(cert), "+cf", str(server.ca_cert), "-aet", "STORESCP",
+         "+xa", "+B", "-od", str(out), "-uf", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+    )
+    return process, out

@@ -107,3 +107,33 @@ def test_sigterm_drains_an_open_association(tmp_path: Path) -> None:
     assoc.release()
     assert server.stop() == 0
     assert server.instance_count() == 1
+
+
+def test_settings_file_with_move_destinations(tmp_path: Path) -> None:
+    """A TOML settings file; MIMIC_* variables override it, flags override both."""
+    from mimic_server.config import Settings
+
+    path = tmp_path / "mimic.toml"
+    path.write_text(
+        'ae_title = "ARCHIVE1"\n'
+        "port = 11200\n"
+        "[move_destinations.WORKSTATION]\n"
+        'host = "10.1.2.3"\n'
+        "port = 104\n"
+        "tls = true\n"
+        'server_name = "ws.example"\n'
+    )
+    settings = Settings(config_file=path)
+    assert settings.ae_title == "ARCHIVE1" and settings.port == 11200
+    destination = settings.move_destinations["WORKSTATION"]
+    assert (destination.host, destination.port, destination.tls) == ("10.1.2.3", 104, True)
+    assert Settings(config_file=path, port=11300).port == 11300
+
+    missing = mimic("serve", "--config-file", str(tmp_path / "absent.toml"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    env_wins = subprocess.run(
+        [sys.executable, "-c", "from mimic_server.config import Settings; print(Settings().port)"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MIMIC_CONFIG_FILE": str(path), "MIMIC_PORT": "11400"},
+    )
+    assert env_wins.stdout.strip() == "11400", env_wins.stderr

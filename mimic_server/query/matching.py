@@ -198,11 +198,9 @@ def _date_time(keyword: str, tag: int, vr: str, value: str) -> Constraint:
     if "*" in value or "?" in value:
         raise bad
     if vr == "DT":
-        low, sep, high = value.partition("-") if value.count("-") == 1 else (value, "", "")
-        low_d, high_d = re.sub(r"\D", "", low), re.sub(r"\D", "", high)
-        if (low and not low_d) or (high and not high_d):
-            raise bad
-        if not sep:
+        low, high, is_range = _split_dt(value, bad)
+        low_d, high_d = _dt_digits(low), _dt_digits(high)
+        if not is_range:
             return Constraint(keyword, tag, vr, Kind.RANGE, low=low_d.ljust(14, "0"),
                               high=low_d.ljust(20, "9"))
         return Constraint(keyword, tag, vr, Kind.RANGE, low=low_d.ljust(14, "0"),
@@ -227,6 +225,28 @@ def _date_time(keyword: str, tag: int, vr: str, value: str) -> Constraint:
     if (low and not lo) or (high and not hi) or lo > hi:
         raise bad
     return Constraint(keyword, tag, vr, Kind.RANGE, low=lo, high=hi)
+
+
+_DT = re.compile(r"(\d{4,14}(?:\.\d{1,6})?)([+-]\d{4})?")
+
+
+def _split_dt(value: str, bad: QueryError) -> tuple[str, str, bool]:
+    """A DT key as (low, high, is_range); a UTC offset ('+0100', '-0500') is not a range."""
+    if _DT.fullmatch(value):
+        return value, value, False
+    for position, char in enumerate(value):
+        if char != "-":
+            continue
+        low, high = value[:position], value[position + 1 :]
+        if (low or high) and all(not part or _DT.fullmatch(part) for part in (low, high)):
+            return low, high, True
+    raise bad
+
+
+def _dt_digits(value: str) -> str:
+    """The date and time digits of a DT value; its UTC offset is not compared."""
+    match = _DT.fullmatch(value)
+    return match.group(1).replace(".", "") if match else ""
 
 
 def stored_tm(text: str) -> str:

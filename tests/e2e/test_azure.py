@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,10 +38,9 @@ from tests.support import (
     MimicProcess,
     associate,
     client_context,
-    dev_ca,
     free_port,
+    start_storescp,
     wait_for,
-    write_cert,
 )
 from tests.test_cli import mimic
 
@@ -95,16 +93,7 @@ def archive(
         database_url=database, blob_connection_string=blob.connection_string,
         blob_container=CONTAINER, blob_retries="1", blob_timeout="3",
     ).start()
-    cert, key, _, _ = write_cert(root / "scp", "storescp", issuer=dev_ca(server.certs),
-                                 server=True)
-    out = root / "received"
-    out.mkdir()
-    scp = subprocess.Popen(
-        ["storescp", "+tls", str(key), str(cert), "+cf", str(server.ca_cert), "-aet", "STORESCP",
-         "+xa", "+B", "-od", str(out), "-uf", str(destination_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-    )
+    scp, out = start_storescp(root, server, destination_port)
     try:
         _send_all(server, storable_files())
         yield Archive(server, out, destination_port)

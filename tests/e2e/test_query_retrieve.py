@@ -34,10 +34,9 @@ from tests.support import (
     client_context,
     dcmtk,
     dcmtk_tls,
-    dev_ca,
     free_port,
+    start_storescp,
     wait_for,
-    write_cert,
 )
 
 PR_FIND = PatientRootQueryRetrieveInformationModelFind
@@ -128,17 +127,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
         root / "data", move_destinations=json.dumps(destinations), max_find_results="40",
         database_url=database_url,
     ).start()
-    # The C-MOVE destination: dcmtk storescp over TLS with a certificate from our dev CA.
-    cert, key, _, _ = write_cert(root / "scp", "storescp", issuer=dev_ca(server.certs),
-                                 server=True)
-    out = root / "received"
-    out.mkdir()
-    scp = subprocess.Popen(
-        ["storescp", "+tls", str(key), str(cert), "+cf", str(server.ca_cert), "-aet", "STORESCP",
-         "+xa", "+B", "-od", str(out), "-uf", str(destination_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-    )
+    scp, out = start_storescp(root, server, destination_port)
     try:
         _send_all(server, storable_files())
         yield Archive(server, out, destination_port)

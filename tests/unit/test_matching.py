@@ -1,0 +1,61 @@
+"""PS3.4 C.2.2.2 matching rules, case by case, without a database."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataelem import DataElement
+
+from mimic_server.query.matching import QueryError, element_constraint
+
+
+def _matches(vr: str, key: str, stored: list[str] | None, tag: int = 0x0008002A) -> bool:
+    constraint = element_constraint(DataElement(tag, vr, key))
+    assert constraint is not None
+    return constraint.matches_values(stored)
+
+
+@pytest.mark.parametrize(
+    ("key", "stored", "expected"),
+    [
+        ("20200101120000", ["20200101120000"], True),
+        ("20200101120000+0100", ["20200101120000+0100"], True),  # offset is not a range
+        ("20200101120000-0500", ["20200101120000-0500"], True),
+        ("20200101-20200102", ["20200101235959"], True),
+        ("20200101-20200102", ["20200103000000"], False),
+        ("20200101000000-0500-20200102000000-0500", ["20200101120000"], True),
+        ("-20191231", ["20200101"], False),
+        ("20200101-", [""], False),  # an empty stored value never matches a range
+    ],
+)
+def test_datetime(key: str, stored: list[str], expected: bool) -> None:
+    assert _matches("DT", key, stored) is expected
+
+
+@pytest.mark.parametrize(
+    ("vr", "key", "stored", "expected"),
+    [
+        ("DA", "20040101-20041231", ["20040826"], True),
+        ("DA", "20040101-20041231", ["2004.08.26"], True),  # ACR-NEMA style stored value
+        ("DA", "-20031231", ["20040826"], False),
+        ("TM", "0700-0800", ["072730"], True),
+        ("TM", "0730", ["073059.99"], True),  # a key of lower precision covers its span
+        ("TM", "0730", ["073100"], False),
+        ("PN", "smith*", ["SMITH^JOHN"], True),
+        ("PN", "山田*", ["Yamada^Tarou=山田^太郎=やまだ^たろう"], True),
+        ("LO", "abc", ["ABC"], False),  # only PN is case-insensitive
+        ("LO", "1_T1", ["1CT1"], False),  # SQL specials are literal
+        ("CS", '""', [""], True),  # empty value matching
+        ("CS", '""', ["CT"], False),
+    ],
+)
+def test_rules(vr: str, key: str, stored: list[str], expected: bool) -> None:
+    tags = {"DA": 0x00080020, "TM": 0x00080030, "PN": 0x00100010, "LO": 0x00100020,
+            "CS": 0x00080060}
+    assert _matches(vr, key, stored, tags[vr]) is expected
+
+
+@pytest.mark.parametrize(("vr", "key"), [("DA", "2004-01-01-2005"), ("DT", "2020--"),
+                                         ("UI", "1.2.*"), ("DA", "2004*")])
+def test_malformed_keys_are_refused(vr: str, key: str) -> None:
+    with pytest.raises(QueryError):
+        element_constraint(DataElement(0x0008002A, vr, key))
