@@ -91,6 +91,12 @@ class Archive:
     def _certificates(self) -> tuple[CertificateSource, str, CertBundle] | None:
         """The certificate source, its version and first bundle; None when TLS is off."""
         s = self.settings
+        tls_destinations = sorted(ae for ae, d in s.move_destinations.items() if d.tls)
+        if not s.tls and tls_destinations:
+            raise ConfigurationError(
+                f"move destinations {', '.join(tls_destinations)} use TLS, which needs the "
+                "server certificate: MIMIC_TLS is off"
+            )
         if not s.tls:
             log.warning("TLS is OFF: plain TCP, peers are not authenticated (lab use only)")
             return None

@@ -30,6 +30,13 @@ class MoveDestination(BaseModel):
     #: PEM file of extra CAs to trust for this destination's certificate.
     ca_file: Path | None = None
 
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"CA file {value} does not exist")
+        return value
+
 
 class Settings(BaseSettings):
     """All settings of a MIMIC server; each field is ``MIMIC_<NAME>`` and ``--<name>``."""

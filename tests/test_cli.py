@@ -137,3 +137,13 @@ def test_settings_file_with_move_destinations(tmp_path: Path) -> None:
         env={**os.environ, "MIMIC_CONFIG_FILE": str(path), "MIMIC_PORT": "11400"},
     )
     assert env_wins.stdout.strip() == "11400", env_wins.stderr
+
+
+def test_move_destination_settings_are_checked_at_start(tmp_path: Path) -> None:
+    missing_ca = json.dumps({"PACS": {"host": HOST, "port": 104, "ca_file": "/nonexistent.pem"}})
+    result = mimic("serve", "--data-dir", str(tmp_path / "a"), "--move-destinations", missing_ca)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    tls_without_tls = json.dumps({"PACS": {"host": HOST, "port": 104}})
+    result = mimic("serve", "--data-dir", str(tmp_path / "b"), "--port", str(free_port()),
+                   "--host", HOST, "--no-tls", "--move-destinations", tls_without_tls)
+    assert result.returncode == 2 and "TLS" in result.stderr

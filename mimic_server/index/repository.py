@@ -215,5 +215,8 @@ def _transient(exc: DBAPIError) -> bool:
     message = str(exc.orig).lower()
     return any(
         marker in message
-        for marker in ("locked", "busy", "deadlock", "could not serialize", "serialization")
+        for marker in (
+            "locked", "busy", "deadlock", "could not serialize", "serialization",
+            "lock timeout",
+        )
     )
