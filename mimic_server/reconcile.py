@@ -129,7 +129,9 @@ def _check(store: ObjectStore, ref: ObjectRef) -> str:
     except OutOfResources as exc:
         # A read that fails after the object was listed: counted as corrupt, never fixed
         # blindly - the fix re-checks before removing anything.
-        log.warning("object unreadable", extra={"key": ref.object_key, "error": str(exc)})
+        # The key holds UIDs (patient data): named at DEBUG only; --json reports it.
+        log.warning("object unreadable", extra={"error": type(exc).__name__})
+        log.debug("unreadable object key", extra={"key": ref.object_key})
         return "corrupt"
     return "ok" if digest.hexdigest() == ref.sha256 else "corrupt"
 
