@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
+from mimic_server.dimse.pacing import let_the_reactor_breathe
 from mimic_server.dimse.session import session_of
 from mimic_server.dimse.status import Status
 from mimic_server.errors import DicomStatusError
@@ -82,6 +83,7 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     matches, started = 0, time.monotonic()
     try:
         for answer in finder.find(query):
+            let_the_reactor_breathe(event.assoc)
             if event.is_cancelled:
                 yield Status.CANCEL, None
                 return
