@@ -34,6 +34,11 @@ class SqlIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert_instance = (
+            self._insert(Instance)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(Instance.id)
+        )
         # Series Instance UID -> series row id, filled after a commit: the instances of a
         # series then skip the three patient / study / series look-ups. Rows above the
         # instance are never deleted; a stale entry would fail its foreign key (an
@@ -150,17 +155,24 @@ class SqlIndex:
     def _upsert_instance(
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
     ) -> str | None:
+        """Insert the instance, or switch its row to the new object: the replaced key.
+
+        One statement for a new instance (the common case): the insert that does nothing on
+        a known SOP Instance UID. Only then is the existing row read (locked on PostgreSQL)
+        and updated. On PostgreSQL a concurrent insert of the same UID makes this insert
+        wait for that transaction, then find its row.
+        """
+        inserted = conn.execute(
+            self._insert_instance, {"sop_instance_uid": attrs.sop_instance_uid, **row}
+        ).first()
+        if inserted is not None:
+            return None
         existing = select(Instance.id, Instance.object_key).where(
             Instance.sop_instance_uid == attrs.sop_instance_uid
         )
         if conn.dialect.name == "postgresql":
             existing = existing.with_for_update()
-        found = conn.execute(existing).first()
-        if found is None:
-            conn.execute(
-                self._insert(Instance).values(sop_instance_uid=attrs.sop_instance_uid, **row)
-            )
-            return None
+        found = conn.execute(existing).one()
         conn.execute(update(Instance).where(Instance.id == found.id).values(**row))
         return str(found.object_key)
 
