@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -58,33 +59,77 @@ class InstanceAttributes:
 
     @classmethod
     def from_header(cls, ds: Dataset) -> InstanceAttributes:
-        """Read the index keys; raise ``CannotUnderstand`` when a required UID is unusable."""
+        """Read the index keys; raise ``CannotUnderstand`` when a required UID is unusable.
+
+        Values come from the header's DICOM JSON, made first, where it holds them as text;
+        person names and anything it could not hold are read through pydicom.
+        """
+        header = header_json(ds)
+        keys = _Keys(ds, header)
         return cls(
-            patient_id=_text(ds, "PatientID", 64),
-            issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
-            patient_name=_text(ds, "PatientName", 324),
-            patient_birth_date=_date(ds, "PatientBirthDate"),
-            patient_sex=_text(ds, "PatientSex", 16),
-            study_instance_uid=_uid(ds, "StudyInstanceUID"),
-            study_date=_date(ds, "StudyDate"),
-            study_time=_time(ds, "StudyTime"),
-            accession_number=_text(ds, "AccessionNumber", 64),
-            study_id=_text(ds, "StudyID", 16),
-            study_description=_text(ds, "StudyDescription", 64),
-            referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
-            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-            modality=_text(ds, "Modality", 16),
-            series_number=_int(ds, "SeriesNumber"),
-            series_description=_text(ds, "SeriesDescription", 64),
-            series_date=_date(ds, "SeriesDate"),
-            series_time=_time(ds, "SeriesTime"),
-            body_part_examined=_text(ds, "BodyPartExamined", 16),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-            sop_class_uid=_uid(ds, "SOPClassUID"),
-            instance_number=_int(ds, "InstanceNumber"),
-            specific_character_set=_text(ds, "SpecificCharacterSet", 200),
-            header=header_json(ds),
+            patient_id=keys.text("PatientID", 64),
+            issuer_of_patient_id=keys.text("IssuerOfPatientID", 64),
+            patient_name=keys.text("PatientName", 324),
+            patient_birth_date=_date(keys.text("PatientBirthDate", 64)),
+            patient_sex=keys.text("PatientSex", 16),
+            study_instance_uid=keys.uid("StudyInstanceUID"),
+            study_date=_date(keys.text("StudyDate", 64)),
+            study_time=_time(keys.text("StudyTime", 64)),
+            accession_number=keys.text("AccessionNumber", 64),
+            study_id=keys.text("StudyID", 16),
+            study_description=keys.text("StudyDescription", 64),
+            referring_physician_name=keys.text("ReferringPhysicianName", 324),
+            series_instance_uid=keys.uid("SeriesInstanceUID"),
+            modality=keys.text("Modality", 16),
+            series_number=keys.integer("SeriesNumber"),
+            series_description=keys.text("SeriesDescription", 64),
+            series_date=_date(keys.text("SeriesDate", 64)),
+            series_time=_time(keys.text("SeriesTime", 64)),
+            body_part_examined=keys.text("BodyPartExamined", 16),
+            sop_instance_uid=keys.uid("SOPInstanceUID"),
+            sop_class_uid=keys.uid("SOPClassUID"),
+            instance_number=keys.integer("InstanceNumber"),
+            specific_character_set=keys.text("SpecificCharacterSet", 200),
+            header=header,
         )
+
+
+#: VRs whose JSON values are the element's text values, one string each.
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "SH", "LT", "ST",
+                       "UC", "UT", "UR"})
+
+
+class _Keys:
+    """The index keys of one header: from its DICOM JSON, else from pydicom."""
+
+    def __init__(self, ds: Dataset, header: dict[str, Any]) -> None:
+        self.ds = ds
+        self.header = header
+
+    def _json(self, keyword: str) -> dict[str, Any] | None:
+        tag = tag_for_keyword(keyword)
+        entry = self.header.get(f"{tag:08X}") if tag is not None else None
+        if entry is None and tag is not None and tag not in self.ds._dict:
+            return {}  # absent
+        return entry
+
+    def text(self, keyword: str, limit: int) -> str:
+        entry = self._json(keyword)
+        if entry is not None and (not entry or entry["vr"] in _TEXT_VRS):
+            values = entry.get("Value", ())
+            text = "\\".join(v if isinstance(v, str) else "" for v in values)
+            return text.replace("\x00", "").strip()[:limit]
+        return _text(self.ds, keyword, limit)
+
+    def uid(self, keyword: str) -> str:
+        return _checked_uid(keyword, self.text(keyword, 1000).rstrip("\x00"))
+
+    def integer(self, keyword: str) -> int | None:
+        entry = self._json(keyword)
+        if entry is not None and (not entry or entry["vr"] == "IS"):
+            values = entry.get("Value", ())
+            return values[0] if len(values) == 1 and isinstance(values[0], int) else None
+        return _int(self.ds, keyword)
 
 
 def valid_uid(value: str) -> bool:
@@ -94,10 +139,15 @@ def valid_uid(value: str) -> bool:
 def header_json(ds: Dataset) -> dict[str, Any]:
     """The header as DICOM JSON, without bulk data (binary values over 1 KiB)."""
     try:
-        document = header_to_json(ds, _element_json)
+        document, converted = header_to_json(ds, _element_json)
     except Exception as exc:  # pydicom raises many kinds for malformed values
         raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
-    return _without_bulk_data(document)
+    if converted:
+        kept = _without_bulk_data({key: document[key] for key in converted})
+        document = {key: entry for key, entry in document.items()
+                    if key not in converted or key in kept}
+        document.update(kept)
+    return document
 
 
 def _element_json(element: DataElement) -> dict[str, Any] | None:
@@ -152,8 +202,7 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return text.replace("\x00", "").strip()[:limit]
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    value = _text(ds, keyword, 1000).rstrip("\x00")
+def _checked_uid(keyword: str, value: str) -> str:
     if not value:
         raise CannotUnderstand(f"{keyword} is missing", Status.MISSING_ATTRIBUTE)
     if not valid_uid(value):
@@ -161,13 +210,13 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
-def _date(ds: Dataset, keyword: str) -> str:
-    value = _text(ds, keyword, 64).replace(".", "")
+def _date(text: str) -> str:
+    value = text.replace(".", "")
     return value if re.fullmatch(r"\d{8}", value) else ""
 
 
-def _time(ds: Dataset, keyword: str) -> str:
-    value = _text(ds, keyword, 64).replace(":", "")
+def _time(text: str) -> str:
+    value = text.replace(":", "")
     return value[:16] if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", value) else ""
 
 

@@ -3,15 +3,17 @@
 Converting every raw element into a pydicom ``DataElement`` first costs about 35 µs an
 element (some 9 ms for a CT header of 256 elements), the largest share of a C-STORE. Most
 header elements are short text or binary numbers whose JSON form is plain: those are read
-here directly from their bytes. Anything else (person names, sequences, inline binary, text
-in a character set other than ASCII / Latin-1 / UTF-8, values pydicom would have to correct)
-is handed to pydicom element by element, so the result equals pydicom's own
-``to_json_dict`` (tests/unit/test_dicom_json.py checks that on every test file).
+here directly from their bytes, by one small reader per VR. Anything else (person names,
+sequences, inline binary, text in a character set other than ASCII / Latin-1 / UTF-8, values
+pydicom would have to correct) is handed to pydicom element by element, so the result equals
+pydicom's own ``to_json_dict`` (tests/unit/test_dicom_json.py checks that on every test file).
 """
 
 from __future__ import annotations
 
-import struct
+import math
+import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -19,76 +21,119 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-#: VRs whose values are ASCII text, one or more backslash-separated values.
-_ASCII = {"AE", "AS", "CS", "DA", "DT", "TM", "UI"}
-#: VRs decoded with the Specific Character Set; multi-valued unless single below.
-_CHARSET = {"LO", "SH", "LT", "ST", "UC", "UT"}
-_SINGLE_VALUED = {"LT", "ST", "UT", "UR"}
-_BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d",
-           "UV": "Q", "SV": "q"}
 #: Character sets whose Python codec is exact for single-byte values.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+_SINGLE_VALUED = {"LT", "ST", "UT", "UR"}
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+#: One JSON document entry, or None for "let pydicom do it".
+Entry = dict[str, Any] | None
+Reader = Callable[[str, bytes, bool, "str | None"], Entry]
 
 
-def header_to_json(ds: Dataset, element_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """DICOM JSON of ``ds``; ``element_json(element)`` converts what is not read here."""
-    charset = ds.get("SpecificCharacterSet", "") if 0x00080005 in ds._dict else ""
+def header_to_json(
+    ds: Dataset, element_json: Callable[[Any], dict[str, Any] | None]
+) -> tuple[dict[str, Any], set[str]]:
+    """DICOM JSON of ``ds`` and the keys ``element_json(element)`` had to convert.
+
+    The entries read here hold no bulk data and no NUL; those from ``element_json`` may.
+    """
+    raw_elements = ds._dict
+    charset = ds.get("SpecificCharacterSet", "") if 0x00080005 in raw_elements else ""
     codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
     out: dict[str, Any] = {}
-    for tag, value in ds._dict.items():
-        entry = _fast(value, codec) if isinstance(value, RawDataElement) else None
+    converted: set[str] = set()
+    for tag, value in raw_elements.items():
+        key = f"{tag:08X}"
+        entry = _fast(value, codec) if type(value) is RawDataElement else None
         if entry is None:
             entry = element_json(ds[tag])
-        if entry is not None:
-            out[f"{int(tag):08X}"] = entry
-    return out
+            if entry is None:
+                continue
+            converted.add(key)
+        out[key] = entry
+    return out, converted
 
 
-def _fast(raw: RawDataElement, codec: str | None) -> dict[str, Any] | None:
-    vr = raw.VR
-    if raw.tag & 0xFFFF == 0:
+def _fast(raw: RawDataElement, codec: str | None) -> Entry:
+    tag = raw.tag
+    if not tag & 0xFFFF:
         return None  # group lengths: pydicom's rules
+    vr = raw.VR
     if vr is None:
-        if (raw.tag >> 16) % 2 == 1:
+        if (tag >> 16) % 2 == 1:
             return None  # implicit VR private element: pydicom makes it UN
         try:
-            vr = dictionary_VR(raw.tag)
+            vr = dictionary_VR(tag)
         except KeyError:
             return None
+    reader = _READERS.get(vr)
+    if reader is None:
+        return None
     data = raw.value
-    if data is None or len(data) == 0:
-        return {"vr": vr} if vr in _ASCII or vr in _CHARSET or vr in _BINARY else None
-    if vr in _BINARY:
-        fmt = _BINARY[vr]
-        order = "<" if raw.is_little_endian else ">"
-        size = struct.calcsize(order + fmt)
+    if not data:
+        return {"vr": vr} if vr not in ("IS", "DS") else None
+    return reader(vr, data, raw.is_little_endian, codec)
+
+
+def _ascii(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
+    try:
+        return _text_entry(vr, data.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _coded(vr: str, data: bytes, _little: bool, codec: str | None) -> Entry:
+    if codec is None:
+        return None
+    try:
+        return _text_entry(vr, data.decode(codec))
+    except UnicodeDecodeError:
+        return None
+
+
+def _text_entry(vr: str, text: str) -> Entry:
+    if "\x1b" in text:
+        return None
+    if vr == "UI":
+        text = text.rstrip("\x00 ").lstrip(" ")
+    elif vr in _SINGLE_VALUED:
+        text = text.rstrip(" \x00")
+    else:
+        text = text.strip(" \x00")
+    if "\x00" in text:
+        return None  # NUL inside a value: pydicom's rules, then the index removes it
+    if vr in _SINGLE_VALUED:
+        if not text:
+            return {"vr": vr}
+        return {"vr": vr, "Value": [text]}
+    if not text.replace("\\", ""):
+        return {"vr": vr}
+    values = text.split("\\")
+    if vr == "UI" and any(not v.replace(".", "").isdigit() for v in values if v):
+        return None  # pydicom's validation decides about malformed UIDs
+    return {"vr": vr, "Value": values}
+
+
+def _binary_reader(typecode: str, size: int, floating: bool) -> Reader:
+    if array(typecode).itemsize != size:  # pragma: no cover - exotic platforms
+        raise RuntimeError(f"array typecode {typecode} is not {size} bytes here")
+
+    def read(vr: str, data: bytes, little: bool, _codec: str | None) -> Entry:
         if len(data) % size:
             return None
-        values = list(struct.unpack(f"{order}{len(data) // size}{fmt}", data))
-        if vr in ("FL", "FD") and any(v != v or v in (float("inf"), float("-inf"))
-                                      for v in values):
+        values = array(typecode, data)
+        if little != _LITTLE_ENDIAN_HOST:
+            values.byteswap()
+        numbers = values.tolist()
+        if floating and not all(map(math.isfinite, numbers)):
             return None
-        return {"vr": vr, "Value": values}
-    if vr in ("IS", "DS"):
-        return _number_strings(vr, bytes(data))
-    if vr in _ASCII or (vr in _CHARSET and codec is not None):
-        try:
-            text = bytes(data).decode("ascii" if vr in _ASCII else codec)  # type: ignore[arg-type]
-        except UnicodeDecodeError:
-            return None
-        if "\x1b" in text:
-            return None
-        text = _strip(vr, text)
-        values = [text] if vr in _SINGLE_VALUED else text.split("\\")
-        if vr == "UI" and any(not v.replace(".", "").isdigit() for v in values if v):
-            return None  # pydicom's validation decides about malformed UIDs
-        if all(v == "" for v in values):
-            return {"vr": vr}
-        return {"vr": vr, "Value": values}
-    return None
+        return {"vr": vr, "Value": numbers}
+
+    return read
 
 
-def _number_strings(vr: str, data: bytes) -> dict[str, Any] | None:
+def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
     """IS and DS: numbers in JSON, as pydicom's IS / DSfloat values serialize."""
     try:
         parts = [p.strip(" \x00") for p in data.decode("ascii").split("\\")]
@@ -98,17 +143,24 @@ def _number_strings(vr: str, data: bytes) -> dict[str, Any] | None:
             values = [float(p) if p else None for p in parts]
     except (UnicodeDecodeError, ValueError):
         return None
-    if any(isinstance(v, float) and (v != v or v in (float("inf"), float("-inf")))
-           for v in values):
+    if vr == "DS" and not all(math.isfinite(v) for v in values if v is not None):
         return None
     if all(v is None for v in values):
         return {"vr": vr}
     return {"vr": vr, "Value": values}
 
 
-def _strip(vr: str, value: str) -> str:
-    if vr == "UI":
-        return value.rstrip("\x00 ").lstrip(" ")
-    if vr in ("LT", "ST", "UT"):
-        return value.rstrip(" \x00")
-    return value.strip(" \x00")
+_READERS: dict[str, Reader] = {
+    **dict.fromkeys(("AE", "AS", "CS", "DA", "DT", "TM", "UI"), _ascii),
+    **dict.fromkeys(("LO", "SH", "LT", "ST", "UC", "UT"), _coded),
+    "IS": _number_strings,
+    "DS": _number_strings,
+    "US": _binary_reader("H", 2, False),
+    "SS": _binary_reader("h", 2, False),
+    "UL": _binary_reader("I", 4, False),
+    "SL": _binary_reader("i", 4, False),
+    "FL": _binary_reader("f", 4, True),
+    "FD": _binary_reader("d", 8, True),
+    "UV": _binary_reader("Q", 8, False),
+    "SV": _binary_reader("q", 8, False),
+}

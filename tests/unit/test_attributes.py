@@ -1,0 +1,67 @@
+"""The index keys read from the DICOM JSON equal those read through pydicom, on every file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pydicom
+import pytest
+
+from mimic_server.dimse.received import parse_header
+from mimic_server.errors import CannotUnderstand
+from mimic_server.index.attributes import (
+    InstanceAttributes,
+    _checked_uid,
+    _date,
+    _int,
+    _text,
+    _time,
+)
+from tests.data import Storable, storable_files
+
+LIMITS = {
+    "patient_id": ("PatientID", 64), "issuer_of_patient_id": ("IssuerOfPatientID", 64),
+    "patient_name": ("PatientName", 324), "patient_sex": ("PatientSex", 16),
+    "accession_number": ("AccessionNumber", 64), "study_id": ("StudyID", 16),
+    "study_description": ("StudyDescription", 64),
+    "referring_physician_name": ("ReferringPhysicianName", 324), "modality": ("Modality", 16),
+    "series_description": ("SeriesDescription", 64),
+    "body_part_examined": ("BodyPartExamined", 16),
+    "specific_character_set": ("SpecificCharacterSet", 200),
+}
+DATES = {"patient_birth_date": "PatientBirthDate", "study_date": "StudyDate",
+         "series_date": "SeriesDate"}
+TIMES = {"study_time": "StudyTime", "series_time": "SeriesTime"}
+UIDS = {"study_instance_uid": "StudyInstanceUID", "series_instance_uid": "SeriesInstanceUID",
+        "sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID"}
+INTEGERS = {"series_number": "SeriesNumber", "instance_number": "InstanceNumber"}
+
+
+def _through_pydicom(ds: pydicom.Dataset) -> dict[str, object]:
+    expected: dict[str, object] = {}
+    for field, (keyword, limit) in LIMITS.items():
+        expected[field] = _text(ds, keyword, limit)
+    for field, keyword in DATES.items():
+        expected[field] = _date(_text(ds, keyword, 64))
+    for field, keyword in TIMES.items():
+        expected[field] = _time(_text(ds, keyword, 64))
+    for field, keyword in UIDS.items():
+        expected[field] = _checked_uid(keyword, _text(ds, keyword, 1000).rstrip("\x00"))
+    for field, keyword in INTEGERS.items():
+        expected[field] = _int(ds, keyword)
+    return expected
+
+
+@pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
+def test_same_keys_as_through_pydicom(item: Storable) -> None:
+    data = memoryview(item.path.read_bytes()[item.dataset_offset :])
+    syntax = pydicom.uid.UID(item.transfer_syntax_uid)
+    try:
+        expected = _through_pydicom(parse_header(data, syntax))
+    except CannotUnderstand:
+        with pytest.raises(CannotUnderstand):
+            InstanceAttributes.from_header(parse_header(data, syntax))
+        return
+    ours = dataclasses.asdict(InstanceAttributes.from_header(parse_header(data, syntax)))
+    ours.pop("header")
+    assert ours == expected
