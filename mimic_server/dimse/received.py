@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from mimic_server.dimse.header_scan import read_little_endian_header
 from mimic_server.dimse.status import Status
 from mimic_server.errors import CannotUnderstand
+from mimic_server.index.header_scan import read_little_endian_header
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event

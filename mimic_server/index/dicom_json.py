@@ -11,7 +11,9 @@ pydicom's own ``to_json_dict`` (tests/unit/test_dicom_json.py checks that on eve
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+
+from mimic_server.index.header_scan import raw_elements
 
 #: Character sets whose Python codec is exact for single-byte values.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
@@ -46,6 +50,8 @@ def header_to_json(
     for tag, value in raw_elements.items():
         key = f"{tag:08X}"
         entry = _fast(value, codec) if type(value) is RawDataElement else None
+        if entry is _BULK_DATA:
+            continue
         if entry is None:
             entry = element_json(ds[tag])
             if entry is None:
@@ -67,6 +73,8 @@ def _fast(raw: RawDataElement, codec: str | None) -> Entry:
             vr = dictionary_VR(tag)
         except KeyError:
             return None
+    if vr == "SQ":
+        return _sequence(raw, codec)
     reader = _READERS.get(vr)
     if reader is None:
         return None
@@ -74,6 +82,66 @@ def _fast(raw: RawDataElement, codec: str | None) -> Entry:
     if not data:
         return {"vr": vr} if vr not in ("IS", "DS") else None
     return reader(vr, data, raw.is_little_endian, codec)
+
+
+def _sequence(raw: RawDataElement, codec: str | None) -> Entry:
+    """A sequence of defined-length items whose every element is read here, else None.
+
+    Items inherit the character set of the header; one with its own is left to pydicom.
+    """
+    data = raw.value
+    if not data:
+        return {"vr": "SQ", "Value": []}
+    if not raw.is_little_endian:
+        return None
+    view = memoryview(data)
+    size, pos = len(data), 0
+    items: list[dict[str, Any]] = []
+    while pos < size:
+        if pos + 8 > size:
+            return None
+        group, number, length = _ITEM_HEADER.unpack_from(view, pos)
+        end = pos + 8 + length
+        if (group, number) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or end > size:
+            return None
+        elements = raw_elements(view[pos + 8 : end], raw.is_implicit_VR, False)
+        if elements is None or 0x00080005 in elements:
+            return None
+        item: dict[str, Any] = {}
+        for tag, element in elements.items():
+            entry = _fast(element, codec)
+            if entry is None:
+                return None
+            if entry is not _BULK_DATA:
+                item[f"{tag:08X}"] = entry
+        items.append(item)
+        pos = end
+    return {"vr": "SQ", "Value": items}
+
+
+def _inline_binary(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
+    """OB, OW, ...: pydicom keeps their bytes as they are; the index leaves bulk data out."""
+    if len(data) > _INLINE_BINARY_LIMIT:
+        return _BULK_DATA
+    return {"vr": vr, "InlineBinary": base64.b64encode(data).decode("ascii")}
+
+
+def _person_name(vr: str, data: bytes, _little: bool, codec: str | None) -> Entry:
+    """Person names of one component group (no ``=``); others are pydicom's business."""
+    if codec is None:
+        return None
+    try:
+        text = data.decode(codec).rstrip(" \x00")
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return {"vr": vr}
+    if "=" in text or "\x1b" in text or "\x00" in text:
+        return None
+    values = text.split("\\")
+    if not all(values):
+        return None
+    return {"vr": vr, "Value": [{"Alphabetic": value} for value in values]}
 
 
 def _ascii(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
@@ -150,7 +218,15 @@ def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> 
     return {"vr": vr, "Value": values}
 
 
+_ITEM_HEADER = struct.Struct("<HHL")
+#: pydicom's rule for a 1 KiB bulk data threshold: base64 of more than 768 bytes.
+_INLINE_BINARY_LIMIT = (1024 // 4) * 3
+#: The entry of an element the index leaves out (bulk data).
+_BULK_DATA: dict[str, Any] = {}
+
 _READERS: dict[str, Reader] = {
+    **dict.fromkeys(("OB", "OW", "OD", "OF", "OL", "OV"), _inline_binary),
+    "PN": _person_name,
     **dict.fromkeys(("AE", "AS", "CS", "DA", "DT", "TM", "UI"), _ascii),
     **dict.fromkeys(("LO", "SH", "LT", "ST", "UC", "UT"), _coded),
     "IS": _number_strings,

@@ -32,6 +32,22 @@ _LENGTH_32 = struct.Struct("<L")
 
 def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | None:
     """The header up to Pixel Data as pydicom's ``read_dataset`` reads it, or ``None``."""
+    elements = raw_elements(data, implicit, stop_at_pixel_data=True)
+    if elements is None:
+        return None
+    dataset = Dataset(elements)
+    encoding: str | list[str] = default_encoding
+    if _SPECIFIC_CHARACTER_SET in elements:
+        charset = convert_raw_data_element(elements[BaseTag(_SPECIFIC_CHARACTER_SET)]).value
+        encoding = convert_encodings(charset)  # type: ignore[arg-type]
+    dataset.set_original_encoding(implicit, True, encoding)
+    return dataset
+
+
+def raw_elements(
+    data: memoryview, implicit: bool, stop_at_pixel_data: bool
+) -> dict[BaseTag, RawDataElement] | None:
+    """The raw elements of a little endian dataset (a header, or a sequence item's)."""
     size = data.nbytes
     if size >= 6:
         # pydicom looks at the first element to tell explicit from implicit VR: so do we,
@@ -58,7 +74,7 @@ def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | Non
                 length = _LENGTH_32.unpack_from(data, pos + 8)[0]
                 start = pos + 12
         tag = group << 16 | number
-        if tag in _PIXEL_DATA_TAGS:
+        if stop_at_pixel_data and tag in _PIXEL_DATA_TAGS:
             break
         end = start + length
         if length == _UNDEFINED or end > size or group == 0xFFFE:
@@ -69,10 +85,6 @@ def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | Non
             base_tag, vr, length, value, start, implicit, True  # type: ignore[arg-type]
         )
         pos = end
-    dataset = Dataset(elements)
-    encoding: str | list[str] = default_encoding
-    if _SPECIFIC_CHARACTER_SET in elements:
-        charset = convert_raw_data_element(elements[BaseTag(_SPECIFIC_CHARACTER_SET)]).value
-        encoding = convert_encodings(charset)  # type: ignore[arg-type]
-    dataset.set_original_encoding(implicit, True, encoding)
-    return dataset
+    if not stop_at_pixel_data and pos != size:
+        return None  # trailing bytes in an item: pydicom's rules
+    return elements
