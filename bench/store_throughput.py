@@ -14,7 +14,7 @@ with the development PKI) and plain (``mimic serve --no-tls`` vs plain ``storesc
 scenario gets a fresh MIMIC data directory and a fresh ``storescp`` output directory, on
 loopback, on a free port.
 
-    .venv/bin/python bench/store_throughput.py [--quick] [--repeat N]
+    .venv/bin/python bench/store_throughput.py [--quick] [--repeat N] [--target-only]
 
 ``--repeat N`` runs each server N times per scenario (fresh receiver each time) and keeps the
 fastest run, for a shared or noisy machine.
@@ -520,6 +520,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per server and scenario; the best is kept (default 1)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--target-only", action="store_true",
+                        help="only the issue's target scenario: small objects, TLS, 1 assoc")
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -540,9 +542,9 @@ def main() -> int:
         before = machine()
         scenarios: list[Scenario] = []
         try:
-            for tls in (True, False):
-                for data in sets:
-                    for associations in (1, PARALLEL):
+            for tls in (True,) if args.target_only else (True, False):
+                for data in sets[:1] if args.target_only else sets:
+                    for associations in (1,) if args.target_only else (1, PARALLEL):
                         s = run_scenario(data, associations, pki if tls else None, work,
                                      max(1, args.repeat))
                         scenarios.append(s)

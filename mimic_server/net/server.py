@@ -36,6 +36,7 @@ from mimic_server.net.identity import (
     attach_identity,
     peer_identity,
 )
+from mimic_server.net.prompt import make_prompt
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class _RequestHandler(RequestHandler):
         sock = assoc.dul.socket
         sock.__class__ = _GuardedAssociationSocket
         sock.max_read = self.server.max_pdu_read
+        make_prompt(assoc)
         identity = self.server.admitted_identity(self.request)
         if identity is not None:
             attach_identity(assoc, identity)
