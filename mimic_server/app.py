@@ -24,7 +24,16 @@ from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
 from mimic_server.config import MoveDestination, Settings
-from mimic_server.dimse import association, echo, find, get, move, raw_send, store
+from mimic_server.dimse import (
+    association,
+    command_encoding,
+    echo,
+    find,
+    get,
+    move,
+    raw_send,
+    store,
+)
 from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index, schema
@@ -54,6 +63,7 @@ def _configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
     raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
+    command_encoding.install()  # command sets without pydicom's dataset writer
 
 
 @dataclass(frozen=True)

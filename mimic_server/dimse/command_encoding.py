@@ -1,0 +1,195 @@
+"""DIMSE command sets encoded without pydicom's dataset writer.
+
+pynetdicom builds every response as a pydicom ``Dataset`` of command elements and encodes it
+twice with pydicom (once to learn the Command Group Length, once to send it): about half a
+millisecond on every C-STORE response and every C-FIND match, for a handful of elements. A
+command set is always implicit VR little endian and holds only group 0000 elements of a few
+VRs. Installed here, process-wide:
+
+* the encoder of pynetdicom's DIMSE messages writes such command sets directly and gives
+  anything else (another VR, a value it does not expect, a non-ASCII text) to pydicom;
+* the C-STORE and C-FIND responses MIMIC sends most (no Error Comment, no Offending
+  Element) skip the ``Dataset`` altogether: their P-DATA primitives are built straight
+  from the response primitive.
+
+tests/unit/test_command_encoding.py checks both give the same bytes and P-DATA as
+pynetdicom, for the command sets it builds and at several maximum PDU lengths.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pynetdicom.dimse_messages
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+_HEADER = struct.Struct("<HHL")
+
+
+def _numbers(code: str) -> Callable[[Any], bytes | None]:
+    def encode(value: Any) -> bytes | None:
+        if value is None:
+            return b""
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        if not all(type(v) is int for v in values):
+            return None
+        try:
+            return struct.pack(f"<{len(values)}{code}", *values)
+        except struct.error:
+            return None
+
+    return encode
+
+
+def _text(padding: bytes) -> Callable[[Any], bytes | None]:
+    def encode(value: Any) -> bytes | None:
+        if value is None:
+            return b""
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        if not all(isinstance(v, str) for v in values):
+            return None
+        try:
+            data = "\\".join(values).encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        return data + padding if len(data) % 2 else data
+
+    return encode
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes | None]] = {
+    "US": _numbers("H"),
+    "UL": _numbers("I"),
+    "UI": _text(b"\x00"),
+    "AE": _text(b" "),
+    "CS": _text(b" "),
+    "LO": _text(b" "),
+    "SH": _text(b" "),
+}
+
+
+def encode_command_set(command_set: Dataset) -> bytes | None:
+    """The implicit VR little endian bytes of a command set, or None for pydicom to do."""
+    parts: list[bytes] = []
+    for element in command_set:
+        if element.tag >> 16:
+            return None  # not a command set
+        encoder = _ENCODERS.get(element.VR)
+        value = encoder(element.value) if encoder is not None else None
+        if value is None:
+            return None
+        parts.append(_HEADER.pack(0, element.tag & 0xFFFF, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+#: (0000,0100) Command Field of the responses built directly.
+_STORE_RSP, _FIND_RSP = 0x8001, 0x8020
+_NO_DATA_SET, _DATA_SET = 0x0101, 0x0001
+
+
+def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list[P_DATA] | None:
+    """The P-DATA of a plain C-STORE or C-FIND response, as pynetdicom would send them.
+
+    ``None`` for any other message, or a response with an Error Comment or Offending
+    Element: pynetdicom builds those itself.
+    """
+    if primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if type(primitive) is C_STORE:
+        field, data = _STORE_RSP, None
+    elif type(primitive) is C_FIND:
+        field, data = _FIND_RSP, primitive.Identifier
+    else:
+        return None
+    if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
+        return None
+    status = primitive.Status
+    if not isinstance(status, int) or not 0 <= status <= 0xFFFF:
+        return None
+    elements = [
+        (0x0002, _text_value(primitive.AffectedSOPClassUID, b"\x00")),
+        (0x0100, struct.pack("<H", field)),
+        (0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+        (0x0800, struct.pack("<H", _NO_DATA_SET if data is None else _DATA_SET)),
+        (0x0900, struct.pack("<H", int(status))),
+    ]
+    if field == _STORE_RSP:
+        elements.append((0x1000, _text_value(primitive.AffectedSOPInstanceUID, b"\x00")))
+    body = b"".join(
+        _HEADER.pack(0, number, len(value)) + value
+        for number, value in elements
+        if value is not None
+    )
+    command = _HEADER.pack(0, 0x0000, 4) + struct.pack("<I", len(body)) + body
+    return _fragments(command, data.getvalue() if data is not None else b"", context_id,
+                      max_pdu_length)
+
+
+def _text_value(value: str | None, padding: bytes) -> bytes | None:
+    if value is None:
+        return None
+    data = str(value).encode("ascii")
+    return data + padding if len(data) % 2 else data
+
+
+def _fragments(
+    command: bytes, data_set: bytes, context_id: int, max_pdu_length: int
+) -> list[P_DATA] | None:
+    if 0 < max_pdu_length < 7:
+        return None  # pynetdicom refuses such a length itself
+    size = max_pdu_length - 6 if max_pdu_length else 0
+    out: list[P_DATA] = []
+    for stream, more, last in ((command, 0x01, 0x03), (data_set, 0x00, 0x02)):
+        if not stream:
+            continue
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)] if size else [
+            stream
+        ]
+        for n, piece in enumerate(pieces):
+            pdata = P_DATA()
+            header = last if n == len(pieces) - 1 else more
+            pdata.presentation_data_value_list.append((context_id, bytes([header]) + piece))
+            out.append(pdata)
+    return out
+
+
+def install() -> None:
+    """Wrap pynetdicom's command set encoder and response sending, once per process."""
+    original = pynetdicom.dimse_messages.encode
+    if getattr(original, "_mimic_command_sets", False):
+        return
+    send_msg = DIMSEServiceProvider.send_msg
+
+    def send_response_directly(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+        if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            try:
+                pdatas = response_pdata(primitive, context_id, self.maximum_pdu_size)
+            except (UnicodeEncodeError, struct.error):
+                pdatas = None
+            if pdatas is not None:
+                for pdata in pdatas:
+                    self.dul.send_pdu(pdata)
+                return
+        send_msg(self, primitive, context_id)
+
+    DIMSEServiceProvider.send_msg = send_response_directly  # type: ignore[method-assign]
+
+    def encode(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> Any:
+        if is_implicit_vr and is_little_endian and not deflated:
+            fast = encode_command_set(ds)
+            if fast is not None:
+                return fast
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode._mimic_command_sets = True  # type: ignore[attr-defined]
+    pynetdicom.dimse_messages.encode = encode  # type: ignore[assignment]
