@@ -2,6 +2,12 @@
 
 A put writes to a temporary file in the same file system, fsyncs it, renames it into place
 and fsyncs the directory, so an object either exists whole and durable or not at all.
+
+Creating a file right after an fsync waits for the file system's journal: about 0.9 ms on
+the benchmark machine, half of a put. The temporary files are therefore created ahead, a few
+at a time, by a short-lived background thread; a put takes a spare one (or creates its own
+when none is left). Spares are empty files in ``.incoming``, removed at start like any
+leftover there.
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -23,12 +31,16 @@ _TMP = ".incoming"
 class FilesystemStore:
     """An :class:`~mimic_server.storage.ObjectStore` on a local directory."""
 
-    def __init__(self, root: Path, fsync: bool = True) -> None:
+    def __init__(self, root: Path, fsync: bool = True, spare_files: int = 16) -> None:
         self.root = root
         self.fsync = fsync
         self._tmp = root / _TMP
         self._tmp.mkdir(parents=True, exist_ok=True)
         self.sweep_incoming()
+        self._spare_target = spare_files
+        self._spares: deque[Path] = deque()
+        self._spares_lock = threading.Lock()
+        self._refilling = False
 
     def sweep_incoming(self) -> int:
         """Remove temporary files a crash left behind; they were never acknowledged."""
@@ -44,12 +56,42 @@ class FilesystemStore:
             raise KeyError(key)
         return self.root / key
 
+    def _temporary_file(self) -> tuple[Path, str]:
+        """A spare temporary file (opened for writing as is), else a new one."""
+        with self._spares_lock:
+            spare = self._spares.popleft() if self._spares else None
+            if len(self._spares) <= self._spare_target // 2 and not self._refilling:
+                self._refilling = True
+                threading.Thread(
+                    target=self._refill, name="mimic-spare-files", daemon=True
+                ).start()
+        if spare is not None:
+            return spare, "r+b"
+        return self._tmp / uuid.uuid4().hex, "xb"
+
+    def _refill(self) -> None:
+        try:
+            while True:
+                with self._spares_lock:
+                    if len(self._spares) >= self._spare_target:
+                        return
+                spare = self._tmp / uuid.uuid4().hex
+                try:
+                    open(spare, "xb").close()
+                except OSError:
+                    return  # the put that needs one creates its own, and reports the error
+                with self._spares_lock:
+                    self._spares.append(spare)
+        finally:
+            with self._spares_lock:
+                self._refilling = False
+
     def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
         path = self._path(key)
-        tmp = self._tmp / uuid.uuid4().hex
+        tmp, mode = self._temporary_file()
         size = 0
         try:
-            with open(tmp, "xb") as fh:
+            with open(tmp, mode) as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)
