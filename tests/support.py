@@ -129,8 +129,10 @@ class MimicProcess:
         return int(self._query("SELECT count(*) FROM instances")[0][0])
 
     def stored_objects(self) -> list[Path]:
+        """Object files; not the store's empty spare temporary files in ``.incoming``."""
         root = self.data_dir / "objects"
-        return sorted(p for p in root.rglob("*") if p.is_file())
+        incoming = root / ".incoming"
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.parent != incoming)
 
     def object_for(self, sop_instance_uid: str) -> Path:
         rows = self._query(

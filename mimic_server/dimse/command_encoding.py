@@ -10,7 +10,9 @@ VRs. Installed here, process-wide:
   anything else (another VR, a value it does not expect, a non-ASCII text) to pydicom;
 * the C-STORE and C-FIND responses MIMIC sends most (no Error Comment, no Offending
   Element) skip the ``Dataset`` altogether: their P-DATA primitives are built straight
-  from the response primitive.
+  from the response primitive;
+* a C-FIND answer built as a plain :class:`~mimic_server.query.answer.Answer` is encoded by
+  itself, not by pydicom.
 
 tests/unit/test_command_encoding.py checks both give the same bytes and P-DATA as
 pynetdicom, for the command sets it builds and at several maximum PDU lengths.
@@ -23,12 +25,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pynetdicom.dimse_messages
+import pynetdicom.service_class
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+
+from mimic_server.query.answer import Answer
 
 _HEADER = struct.Struct("<HHL")
 
@@ -162,10 +167,24 @@ def _fragments(
 
 
 def install() -> None:
-    """Wrap pynetdicom's command set encoder and response sending, once per process."""
+    """Wrap pynetdicom's command set encoder, response sending and C-FIND answer encoder,
+    once per process."""
     original = pynetdicom.dimse_messages.encode
     if getattr(original, "_mimic_command_sets", False):
         return
+    encode_identifier = pynetdicom.service_class.encode
+
+    def encode_answer(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> Any:
+        if isinstance(ds, Answer):
+            fast = None if deflated else ds.encode(is_implicit_vr, is_little_endian)
+            if fast is not None:
+                return fast
+            ds = ds.to_dataset()
+        return encode_identifier(ds, is_implicit_vr, is_little_endian, deflated)
+
+    pynetdicom.service_class.encode = encode_answer  # type: ignore[assignment]
     send_msg = DIMSEServiceProvider.send_msg
 
     def send_response_directly(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:

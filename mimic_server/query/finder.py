@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
 from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.query.answer import PLAIN_VRS, UTF8, Answer
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
 from mimic_server.query.matching import Constraint, Kind
@@ -150,8 +151,24 @@ class Finder:
         return statement.order_by(_TABLES[level].id)
 
     def _answer(self, query: Query, record: RowRecord) -> Dataset:
+        plain: dict[int, tuple[str, Any]] = {
+            0x00080005: ("CS", UTF8),  # Specific Character Set
+            0x00080052: ("CS", query.level.value),  # Query/Retrieve Level
+            0x00080054: ("AE", self.retrieve_ae_title),  # Retrieve AE Title
+        }
+        for element in query.requested:
+            value = _plain_value(element, record)
+            if value is None:
+                return self._answer_dataset(query, record)
+            plain[int(element.tag)] = value
+        if "InstanceAvailability" in _requested_keywords(query):
+            plain[0x00080056] = ("CS", "ONLINE")
+        return Answer.of(plain)
+
+    def _answer_dataset(self, query: Query, record: RowRecord) -> Dataset:
+        """The answer built with pydicom: for values that are not plain text or numbers."""
         answer = Dataset()
-        answer.SpecificCharacterSet = "ISO_IR 192"
+        answer.SpecificCharacterSet = UTF8
         answer.QueryRetrieveLevel = query.level.value
         answer.RetrieveAETitle = self.retrieve_ae_title
         for element in query.requested:
@@ -208,6 +225,43 @@ class Finder:
             if all(c.matches(record) for c in query.constraints if c.keyword in COLUMNS):
                 found.append(InstanceRef(*row[:5]))
         return found
+
+
+_UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def _plain_value(element: DataElement, record: RowRecord) -> tuple[str, Any] | None:
+    """``(VR, value)`` of one requested key as :meth:`Finder._value` would answer it, when
+    that value is plain; None when only pydicom can build it."""
+    keyword, vr = element.keyword, element.VR
+    if vr not in PLAIN_VRS:
+        return None
+    if keyword in record.computed:
+        return vr, record.computed[keyword] or None
+    stored = record.header.get(f"{int(element.tag):08X}")
+    if stored and keyword not in _UNIQUE_UIDS:
+        if stored.get("vr") != vr or set(stored) - {"vr", "Value"}:
+            return None
+        values = stored.get("Value")
+        if values is None:
+            return vr, None
+        if vr == "PN":
+            if not all(isinstance(v, dict) and set(v) == {"Alphabetic"} for v in values):
+                return None
+            values = [v["Alphabetic"] for v in values]
+        elif vr == "IS":
+            if not all(type(v) is int for v in values):
+                return None
+            values = [str(v) for v in values]
+        elif vr in ("US", "UL", "SS", "SL"):
+            if not all(type(v) is int for v in values):
+                return None
+        elif not all(isinstance(v, str) for v in values):
+            return None
+        return vr, values
+    if keyword in record.typed and record.typed[keyword] not in (None, ""):
+        return vr, str(record.typed[keyword])
+    return vr, None
 
 
 def _requested_keywords(query: Query) -> set[str]:
