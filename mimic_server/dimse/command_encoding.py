@@ -148,16 +148,24 @@ def _text_value(value: str | None, padding: bytes) -> bytes | None:
 def _fragments(
     command: bytes, data_set: bytes, context_id: int, max_pdu_length: int
 ) -> list[P_DATA] | None:
+    """P-DATA for a command and its data set, as pynetdicom fragments them, except that a
+    message that fits in one P-DATA-TF PDU goes in one, as two PDVs (PS3.8 9.3.5 allows any
+    number): for a C-FIND match that halves the PDUs both sides handle."""
     if 0 < max_pdu_length < 7:
         return None  # pynetdicom refuses such a length itself
-    size = max_pdu_length - 6 if max_pdu_length else 0
+    pdvs = 6 + len(command) + (6 + len(data_set) if data_set else 0)
+    if not max_pdu_length or pdvs <= max_pdu_length:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        if data_set:
+            pdata.presentation_data_value_list.append((context_id, b"\x02" + data_set))
+        return [pdata]
+    size = max_pdu_length - 6
     out: list[P_DATA] = []
     for stream, more, last in ((command, 0x01, 0x03), (data_set, 0x00, 0x02)):
         if not stream:
             continue
-        pieces = [stream[i : i + size] for i in range(0, len(stream), size)] if size else [
-            stream
-        ]
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
         for n, piece in enumerate(pieces):
             pdata = P_DATA()
             header = last if n == len(pieces) - 1 else more

@@ -102,6 +102,9 @@ class Finder:
             (k not in COLUMNS and k not in COMPUTED) for k in needed
         ) or any(e.VR == "SQ" for e in query.requested)
         statement = self._select(query, need_header, computed_keys)
+        # Looked up once per query, not once per match.
+        requested = [(int(e.tag), e.keyword, e.VR) for e in query.requested]
+        availability = "InstanceAvailability" in _requested_keywords(query)
         sent = 0
         try:
             with self.engine.connect() as conn:
@@ -119,7 +122,7 @@ class Finder:
                     if sent >= self.max_results:
                         raise ResultLimitReached(self.max_results)
                     sent += 1
-                    yield self._answer(query, record)
+                    yield self._answer(query, record, requested, availability)
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 
@@ -150,18 +153,24 @@ class Finder:
                 statement = statement.where(predicate)
         return statement.order_by(_TABLES[level].id)
 
-    def _answer(self, query: Query, record: RowRecord) -> Dataset:
+    def _answer(
+        self,
+        query: Query,
+        record: RowRecord,
+        requested: list[tuple[int, str, str]],
+        availability: bool,
+    ) -> Dataset:
         plain: dict[int, tuple[str, Any]] = {
             0x00080005: ("CS", UTF8),  # Specific Character Set
             0x00080052: ("CS", query.level.value),  # Query/Retrieve Level
             0x00080054: ("AE", self.retrieve_ae_title),  # Retrieve AE Title
         }
-        for element in query.requested:
-            value = _plain_value(element, record)
+        for tag, keyword, vr in requested:
+            value = _plain_value(tag, keyword, vr, record)
             if value is None:
                 return self._answer_dataset(query, record)
-            plain[int(element.tag)] = value
-        if "InstanceAvailability" in _requested_keywords(query):
+            plain[tag] = value
+        if availability:
             plain[0x00080056] = ("CS", "ONLINE")
         return Answer.of(plain)
 
@@ -230,15 +239,14 @@ class Finder:
 _UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-def _plain_value(element: DataElement, record: RowRecord) -> tuple[str, Any] | None:
+def _plain_value(tag: int, keyword: str, vr: str, record: RowRecord) -> tuple[str, Any] | None:
     """``(VR, value)`` of one requested key as :meth:`Finder._value` would answer it, when
     that value is plain; None when only pydicom can build it."""
-    keyword, vr = element.keyword, element.VR
     if vr not in PLAIN_VRS:
         return None
     if keyword in record.computed:
         return vr, record.computed[keyword] or None
-    stored = record.header.get(f"{int(element.tag):08X}")
+    stored = record.header.get(f"{tag:08X}")
     if stored and keyword not in _UNIQUE_UIDS:
         if stored.get("vr") != vr or set(stored) - {"vr", "Value"}:
             return None

@@ -126,12 +126,20 @@ def _with_identifier(primitive: C_FIND, size: int) -> C_FIND:
 @pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 80])
 @pytest.mark.parametrize("name", RESPONSES)
 def test_responses_sent_as_pynetdicom_sends_them(name: str, max_pdu: int) -> None:
+    """The same PDVs in the same order; a message that fits one PDU is sent in one."""
     make, message_class = RESPONSES[name]
     ours = response_pdata(make(), 5, max_pdu)
     assert ours is not None
-    assert [p.presentation_data_value_list for p in ours] == _pynetdicom_pdata(
-        make(), message_class, max_pdu
-    )
+    reference = _pynetdicom_pdata(make(), message_class, max_pdu)
+    assert [pdv for p in ours for pdv in p.presentation_data_value_list] == [
+        pdv for pdvs in reference for pdv in pdvs
+    ]
+    for pdata in ours:  # every PDU within the peer's maximum length
+        size = sum(6 + len(value) - 1 for _, value in pdata.presentation_data_value_list)
+        assert max_pdu == 0 or size <= max_pdu
+    total = sum(6 + len(value) - 1 for pdvs in reference for _, value in pdvs)
+    if max_pdu == 0 or total <= max_pdu:
+        assert len(ours) == 1
 
 
 def test_other_messages_are_left_to_pynetdicom() -> None:
