@@ -136,20 +136,28 @@ def run(instances: int, queries: int) -> dict[str, dict[str, float]]:
                 results: dict[str, dict[str, float]] = {}
                 for kind, values in samples.items():
                     times, matches = [], []
+                    by_value: dict[str, list[float]] = {}
                     for n in range(queries):
-                        query = identifier(kind, values[n % len(values)])
+                        value = values[n % len(values)]
+                        query = identifier(kind, value)
                         begin = time.perf_counter()
                         answers = list(assoc.send_c_find(
                             query, StudyRootQueryRetrieveInformationModelFind))
                         times.append((time.perf_counter() - begin) * 1000)
                         assert answers[-1][0].Status == 0, answers[-1][0]
                         matches.append(len(answers) - 1)
+                        by_value.setdefault(f"{value} ({len(answers) - 1})", []).append(
+                            times[-1])
                     times.sort()
                     results[kind] = {
                         "p50_ms": round(statistics.median(times), 1),
                         "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
                         "mean_matches": round(statistics.mean(matches), 1),
                     }
+                    if kind == "PatientName":  # few values: each one's median
+                        results[kind]["median_ms_by_value"] = {
+                            v: round(statistics.median(t), 1) for v, t in by_value.items()
+                        }
                     print(f"{kind:16} p50 {results[kind]['p50_ms']:7.1f} ms   "
                           f"p95 {results[kind]['p95_ms']:7.1f} ms   "
                           f"matches {results[kind]['mean_matches']}", flush=True)
