@@ -161,23 +161,23 @@ def _coded(vr: str, data: bytes, _little: bool, codec: str | None) -> Entry:
 
 
 def _text_entry(vr: str, text: str) -> Entry:
+    """Plain text values; spaces around a value or NUL inside go to pydicom, whose
+    trimming differs by VR."""
     if "\x1b" in text:
         return None
     if vr == "UI":
         text = text.rstrip("\x00 ").lstrip(" ")
-    elif vr in _SINGLE_VALUED:
-        text = text.rstrip(" \x00")
+    elif "\x00" in text:
+        return None
     else:
-        text = text.strip(" \x00")
-    if "\x00" in text:
-        return None  # NUL inside a value: pydicom's rules, then the index removes it
+        text = text.rstrip(" ")
     if vr in _SINGLE_VALUED:
-        if not text:
-            return {"vr": vr}
-        return {"vr": vr, "Value": [text]}
-    if not text.replace("\\", ""):
-        return {"vr": vr}
+        return {"vr": vr, "Value": [text]} if text else {"vr": vr}
     values = text.split("\\")
+    if len(values) == 1 and not values[0]:
+        return {"vr": vr}
+    if any(value != value.strip(" ") for value in values):
+        return None
     if vr == "UI" and any(not v.replace(".", "").isdigit() for v in values if v):
         return None  # pydicom's validation decides about malformed UIDs
     return {"vr": vr, "Value": values}
@@ -211,6 +211,8 @@ def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> 
             values = [float(p) if p else None for p in parts]
     except (UnicodeDecodeError, ValueError):
         return None
+    if len(values) > 1 and None in values:
+        return None  # an empty value among others: pydicom's rules (it refuses some)
     if vr == "DS" and not all(math.isfinite(v) for v in values if v is not None):
         return None
     if all(v is None for v in values):

@@ -91,7 +91,16 @@ class FilesystemStore:
         tmp, mode = self._temporary_file()
         size = 0
         try:
-            with open(tmp, mode) as fh:
+            try:
+                handle = open(tmp, mode)  # noqa: SIM115 - closed by the `with` below
+            except FileNotFoundError:
+                if mode == "xb":
+                    raise
+                # A spare removed under us (another store opened on this directory sweeps
+                # .incoming at its start, e.g. `mimic reconcile`): make a file of our own.
+                tmp = self._tmp / uuid.uuid4().hex
+                handle = open(tmp, "xb")  # noqa: SIM115 - closed by the `with` below
+            with handle as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)

@@ -58,3 +58,17 @@ def test_without_spares_puts_create_their_own(tmp_path: Path) -> None:
     with store.open("a/1.dcm") as fh:
         assert fh.read() == b"data"
     assert not _incoming(root)
+
+
+def test_spares_swept_by_another_store_do_not_fail_puts(tmp_path: Path) -> None:
+    """`mimic reconcile` opens the same directory (and sweeps .incoming) while the server
+    runs: the server's spares vanish, and its puts must still succeed."""
+    root = tmp_path / "objects"
+    server = FilesystemStore(root, spare_files=4)
+    server.put("a/0.dcm", [b"first"], "0" * 64)
+    _settled(server)
+    assert server._spares
+    FilesystemStore(root, spare_files=0)  # sweeps the server's spares away
+    for n in range(1, 8):
+        server.put(f"a/{n}.dcm", [b"data"], "0" * 64)
+    assert sorted(server.iter_keys()) == sorted(f"a/{n}.dcm" for n in range(8))

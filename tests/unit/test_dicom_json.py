@@ -35,3 +35,29 @@ def test_same_as_pydicom(item: Storable) -> None:
     # And as stored: the same JSON text (pydicom's DSfloat / IS serialize as float / int).
     assert json.dumps(common, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
+
+
+ODD_TEXT = [b" CT ", b"A \\ B ", b"\\ ", b"\\", b"  ", b"1\\ ", b" 12", b"1.2.3\x00", b"X\x00",
+            b"1.2 \\3.4", b" ", b"A\\\\B", b"ab \x00", b"ORIGINAL\\PRIMARY\\AXIAL", b"x y ",
+            b"12\\34", b"A\\B\\", b"\\A"]
+TEXT_TAGS = [(0x00080060, "CS"), (0x00100020, "LO"), (0x00080020, "DA"), (0x00080030, "TM"),
+             (0x00080054, "AE"), (0x00101010, "AS"), (0x00080050, "SH"), (0x0020000D, "UI"),
+             (0x00200013, "IS"), (0x00280030, "DS"), (0x00324000, "LT"), (0x00400280, "ST"),
+             (0x0040A160, "UT")]
+
+
+@pytest.mark.parametrize(("tag", "vr"), TEXT_TAGS, ids=[vr for _, vr in TEXT_TAGS])
+def test_odd_spacing_and_padding_as_pydicom(tag: int, vr: str) -> None:
+    """Where the fast reader answers, it answers as pydicom; pydicom trims differently per
+    VR (leading spaces kept, per-value or whole-string trimming), so odd values go to it."""
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import BaseTag
+
+    from mimic_server.index.dicom_json import _fast
+
+    for data in ODD_TEXT:
+        raw = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+        ours = _fast(raw, "latin_1")
+        if ours is None:
+            continue
+        assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024), data
