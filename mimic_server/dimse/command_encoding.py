@@ -33,7 +33,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.query.answer import Answer
+from mimic_server.query.answer import Answer, pack_numbers
 
 _HEADER = struct.Struct("<HHL")
 
@@ -43,12 +43,7 @@ def _numbers(code: str) -> Callable[[Any], bytes | None]:
         if value is None:
             return b""
         values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-        if not all(type(v) is int for v in values):
-            return None
-        try:
-            return struct.pack(f"<{len(values)}{code}", *values)
-        except struct.error:
-            return None
+        return pack_numbers(values, code)
 
     return encode
 

@@ -73,17 +73,23 @@ class Answer(Dataset):
         return b"".join(parts)
 
 
+def pack_numbers(values: list[Any], code: str) -> bytes | None:
+    """Ints as little endian binary numbers (``struct`` code); None if one is not an int
+    or does not fit."""
+    if not all(type(v) is int for v in values):
+        return None
+    try:
+        return struct.pack(f"<{len(values)}{code}", *values)
+    except struct.error:
+        return None
+
+
 def _value_bytes(vr: str, value: Any) -> bytes | None:
     if value is None or value == "" or value == []:
         return b""
     values = value if isinstance(value, list) else [value]
     if vr in _NUMBERS:
-        if not all(type(v) is int for v in values):
-            return None
-        try:
-            return struct.pack(f"<{len(values)}{_NUMBERS[vr]}", *values)
-        except struct.error:
-            return None
+        return pack_numbers(values, _NUMBERS[vr])
     if not all(isinstance(v, str) for v in values):
         return None
     text = "\\".join(values)
