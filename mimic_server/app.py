@@ -63,7 +63,7 @@ def _configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
     raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
-    command_encoding.install()  # command sets without pydicom's dataset writer
+    command_encoding.install()  # responses and C-FIND answers without pydicom's writer
 
 
 @dataclass(frozen=True)
