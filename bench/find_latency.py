@@ -2,8 +2,11 @@
 
 Bulk-loads synthetic index rows (100,000 studies, 50,000 patients, 2 series of 5 instances per
 study) with COPY into a fresh database, starts ``mimic serve`` on it, and times C-FIND
-requests from a pynetdicom SCU over TLS, from request to final response, for four query
-kinds: PatientID, PatientName=<prefix>*, a one-day StudyDate range, AccessionNumber.
+requests over TLS, from request to final response, for four query kinds: PatientID,
+PatientName=<prefix>*, a one-day StudyDate range, AccessionNumber. Two clients ask the same
+queries, each over one association: dcmtk ``findscu`` (C++, like the workstations that query
+an archive; its log timestamps each request and final response) and a pynetdicom SCU (whose
+own receiving and decoding costs ~0.8 ms per match, so it shows less of the archive).
 
     .venv/bin/python bench/find_latency.py [--instances N] [--queries Q]
 
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,7 +117,101 @@ def identifier(kind: str, value: str) -> Dataset:
     return ds
 
 
-def run(instances: int, queries: int) -> dict[str, dict[str, float]]:
+def summarise(kind: str, measured: list[tuple[str, float, int]]) -> dict:
+    """p50 / p95 of one query kind; for PatientName (few values) each value's median too."""
+    times = sorted(ms for _, ms, _ in measured)
+    result: dict = {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
+        "mean_matches": round(statistics.mean(n for _, _, n in measured), 1),
+    }
+    if kind == "PatientName":
+        by_value: dict[str, list[float]] = {}
+        for value, ms, n in measured:
+            by_value.setdefault(f"{value} ({n})", []).append(ms)
+        result["median_ms_by_value"] = {
+            v: round(statistics.median(t), 1) for v, t in by_value.items()
+        }
+    return result
+
+
+def time_pynetdicom(mimic: MimicProcess, plan: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """(milliseconds, matches) per query, over one association of a pynetdicom SCU."""
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ctx = client_context(mimic.client_cert, mimic.client_key, mimic.ca_cert)
+    assoc = ae.associate(HOST, mimic.port, ae_title="MIMIC", tls_args=(ctx, "localhost"))
+    assert assoc.is_established
+    # Like TCP_NODELAY=1 for dcmtk: without it, Nagle + delayed ACK add ~40 ms.
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    measured = []
+    try:
+        for kind, value in plan:
+            query = identifier(kind, value)
+            begin = time.perf_counter()
+            answers = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+            measured.append(((time.perf_counter() - begin) * 1000, len(answers) - 1))
+            assert answers[-1][0].Status == 0, answers[-1][0]
+    finally:
+        assoc.release()
+    return measured
+
+
+LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, file
+log4cplus.appender.file = log4cplus::FileAppender
+log4cplus.appender.file.File = {log}
+log4cplus.appender.file.layout = log4cplus::PatternLayout
+log4cplus.appender.file.layout.ConversionPattern = %D{{%H:%M:%S.%Q}} %m%n
+"""
+
+
+def time_findscu(
+    mimic: MimicProcess, plan: list[tuple[str, str]], work: Path
+) -> list[tuple[float, int]]:
+    """(milliseconds, matches) per query, from one dcmtk ``findscu`` over one TLS association.
+
+    findscu sends every query file given to it on the same association; its log, with
+    microsecond timestamps, says when each C-FIND-RQ went out and its final response came in.
+    """
+    files = []
+    for n, (kind, value) in enumerate(plan):
+        path = work / f"q{n:04d}.dcm"
+        identifier(kind, value).save_as(path, implicit_vr=False, little_endian=True)
+        files.append(str(path))
+    log = work / "findscu.log"
+    config = work / "findscu-log.cfg"
+    config.write_text(LOG_CONFIG.format(log=log))
+    subprocess.run(
+        ["findscu", "-lc", str(config), "-S", "+tls", str(mimic.client_key),
+         str(mimic.client_cert), "+cf", str(mimic.ca_cert), "-aet", "BENCH", "-aec", "MIMIC",
+         HOST, str(mimic.port), *files],
+        check=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600,
+    )
+    measured: list[tuple[float, int]] = []
+    sent = matches = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        stamp, _, message = line.partition(" ")
+        if message.startswith("Sending Find Request"):
+            sent, matches = _seconds(stamp), 0
+        elif message.startswith("Find Response:"):
+            matches += 1
+        elif message.startswith("Received Final Find Response"):
+            assert message.endswith("(Success)"), message
+            elapsed = (_seconds(stamp) - sent) % 86400
+            measured.append((elapsed * 1000, int(matches)))
+    assert len(measured) == len(plan), f"{len(measured)} of {len(plan)} queries answered"
+    return measured
+
+
+def _seconds(stamp: str) -> float:
+    """``HH:MM:SS.mmm.uuu`` (log4cplus ``%Q``) as seconds since midnight."""
+    clock, _, fraction = stamp.partition(".")
+    hours, minutes, seconds = (int(x) for x in clock.split(":"))
+    return hours * 3600 + minutes * 60 + seconds + float(fraction.replace(".", "")) / 1e6
+
+
+def run(instances: int, queries: int) -> dict[str, dict]:
     with database.server() as server_url, database.fresh_database(server_url) as url:
         t0 = time.monotonic()
         migrate(url)
@@ -121,60 +220,38 @@ def run(instances: int, queries: int) -> dict[str, dict[str, float]]:
         print(f"loaded {instances} instances in {load_seconds:.0f} s", flush=True)
         samples["PatientName"] = ["SMITH*", "VANELJO*", "CARDOMAR*", "ZETOKA*", "MARINJO*"]
         samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
+        plan = [(kind, values[n % len(values)])
+                for kind, values in samples.items() for n in range(queries)]
+        results: dict[str, dict] = {}
         with tempfile.TemporaryDirectory() as tmp:
             mimic = MimicProcess(Path(tmp) / "data", database_url=url)
             mimic.start()
             try:
-                ae = AE(ae_title="BENCH")
-                ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-                ctx = client_context(mimic.client_cert, mimic.client_key, mimic.ca_cert)
-                assoc = ae.associate(HOST, mimic.port, ae_title="MIMIC",
-                                     tls_args=(ctx, "localhost"))
-                assert assoc.is_established
-                # Like TCP_NODELAY=1 for dcmtk: without it, Nagle + delayed ACK add ~40 ms.
-                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                results: dict[str, dict[str, float]] = {}
-                for kind, values in samples.items():
-                    times, matches = [], []
-                    by_value: dict[str, list[float]] = {}
-                    for n in range(queries):
-                        value = values[n % len(values)]
-                        query = identifier(kind, value)
-                        begin = time.perf_counter()
-                        answers = list(assoc.send_c_find(
-                            query, StudyRootQueryRetrieveInformationModelFind))
-                        times.append((time.perf_counter() - begin) * 1000)
-                        assert answers[-1][0].Status == 0, answers[-1][0]
-                        matches.append(len(answers) - 1)
-                        by_value.setdefault(f"{value} ({len(answers) - 1})", []).append(
-                            times[-1])
-                    times.sort()
-                    results[kind] = {
-                        "p50_ms": round(statistics.median(times), 1),
-                        "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
-                        "mean_matches": round(statistics.mean(matches), 1),
-                    }
-                    if kind == "PatientName":  # few values: each one's median
-                        results[kind]["median_ms_by_value"] = {
-                            v: round(statistics.median(t), 1) for v, t in by_value.items()
-                        }
-                    print(f"{kind:16} p50 {results[kind]['p50_ms']:7.1f} ms   "
-                          f"p95 {results[kind]['p95_ms']:7.1f} ms   "
-                          f"matches {results[kind]['mean_matches']}", flush=True)
-                assoc.release()
-                server_side = [e["seconds"] * 1000 for e in mimic.log_entries()
-                               if e.get("message") == "C-FIND"]
+                for client, timer in (("findscu", lambda: time_findscu(mimic, plan, Path(tmp))),
+                                      ("pynetdicom", lambda: time_pynetdicom(mimic, plan))):
+                    timed = timer()
+                    results[client] = {}
+                    for kind in samples:
+                        measured = [(value, ms, n) for (k, value), (ms, n) in zip(plan, timed)
+                                    if k == kind]
+                        results[client][kind] = summary = summarise(kind, measured)
+                        print(f"{client:10} {kind:16} p50 {summary['p50_ms']:7.1f} ms   "
+                              f"p95 {summary['p95_ms']:7.1f} ms   "
+                              f"matches {summary['mean_matches']}", flush=True)
+                    if "median_ms_by_value" in results[client].get("PatientName", {}):
+                        print(f"{client:10} PatientName by value (median ms): "
+                              f"{results[client]['PatientName']['median_ms_by_value']}")
+                server_side = sorted(e["seconds"] * 1000 for e in mimic.log_entries()
+                                     if e.get("message") == "C-FIND")
                 if server_side:
-                    server_side.sort()
-                    results["_server_side_all"] = {
+                    results["server_side_all"] = {
                         "p50_ms": round(statistics.median(server_side), 1),
                         "p95_ms": round(server_side[int(len(server_side) * 0.95) - 1], 1),
                     }
-                    print(f"server side, all queries: p50 {results['_server_side_all']}",
-                          flush=True)
+                    print(f"server side, all queries: {results['server_side_all']}", flush=True)
             finally:
                 mimic.stop()
-        results["_load"] = {"instances": instances, "seconds": round(load_seconds, 1)}
+        results["load"] = {"instances": instances, "seconds": round(load_seconds, 1)}
         return results
 
 
