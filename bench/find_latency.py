@@ -16,6 +16,7 @@ Prints p50 / p95 per query kind; writes bench/results/find_latency.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -305,62 +306,69 @@ def _seconds(stamp: str) -> float:
     return hours * 3600 + minutes * 60 + seconds + float(fraction.replace(".", "")) / 1e6
 
 
-def run(instances: int, queries: int) -> dict[str, dict]:
-    with database.server() as server_url, database.fresh_database(server_url) as url:
-        t0 = time.monotonic()
-        migrate(url)
-        samples = load(url, instances)
-        load_seconds = time.monotonic() - t0
-        print(f"loaded {instances} instances in {load_seconds:.0f} s", flush=True)
-        samples["PatientName"] = ["SMITH*", "VANELJO*", "CARDOMAR*", "ZETOKA*", "MARINJO*"]
-        samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
-        plan = [
-            (kind, values[n % len(values)])
-            for kind, values in samples.items()
-            for n in range(queries)
-        ]
-        results: dict[str, dict] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            mimic = MimicProcess(Path(tmp) / "data", database_url=url)
-            mimic.start()
-            try:
-                for client, timer in (
-                    ("findscu", lambda: time_findscu(mimic, plan, Path(tmp))),
-                    ("pynetdicom", lambda: time_pynetdicom(mimic, plan)),
-                ):
-                    timed = timer()
-                    results[client] = {}
-                    for kind in samples:
-                        measured = [
-                            (value, ms, n)
-                            for (k, value), (ms, n) in zip(plan, timed, strict=True)
-                            if k == kind
-                        ]
-                        results[client][kind] = summary = summarise(kind, measured)
-                        print(
-                            f"{client:10} {kind:16} p50 {summary['p50_ms']:7.1f} ms   "
-                            f"p95 {summary['p95_ms']:7.1f} ms   "
-                            f"matches {summary['mean_matches']}",
-                            flush=True,
-                        )
-                    if "median_ms_by_value" in results[client].get("PatientName", {}):
-                        print(
-                            f"{client:10} PatientName by value (median ms): "
-                            f"{results[client]['PatientName']['median_ms_by_value']}"
-                        )
-                server_side = sorted(
-                    e["seconds"] * 1000 for e in mimic.log_entries() if e.get("message") == "C-FIND"
-                )
-                if server_side:
-                    results["server_side_all"] = {
-                        "p50_ms": round(statistics.median(server_side), 1),
-                        "p95_ms": round(server_side[int(len(server_side) * 0.95) - 1], 1),
-                    }
-                    print(f"server side, all queries: {results['server_side_all']}", flush=True)
-            finally:
-                mimic.stop()
-        results["load"] = {"instances": instances, "seconds": round(load_seconds, 1)}
-        return results
+def run(instances: int, queries: int, server_url: str | None = None) -> dict[str, dict]:
+    """Load, serve, time both clients; ``server_url`` is a PostgreSQL server to create the
+    database on (default: 127.0.0.1:5432 when reachable, else one started for the run)."""
+    with contextlib.ExitStack() as stack:
+        if server_url is None:
+            server_url = stack.enter_context(database.server())
+        url = stack.enter_context(database.fresh_database(server_url))
+        return _run_on(url, instances, queries)
+
+
+def _run_on(url: str, instances: int, queries: int) -> dict[str, dict]:
+    t0 = time.monotonic()
+    migrate(url)
+    samples = load(url, instances)
+    load_seconds = time.monotonic() - t0
+    print(f"loaded {instances} instances in {load_seconds:.0f} s", flush=True)
+    samples["PatientName"] = ["SMITH*", "VANELJO*", "CARDOMAR*", "ZETOKA*", "MARINJO*"]
+    samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
+    plan = [
+        (kind, values[n % len(values)]) for kind, values in samples.items() for n in range(queries)
+    ]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mimic = MimicProcess(Path(tmp) / "data", database_url=url)
+        mimic.start()
+        try:
+            for client, timer in (
+                ("findscu", lambda: time_findscu(mimic, plan, Path(tmp))),
+                ("pynetdicom", lambda: time_pynetdicom(mimic, plan)),
+            ):
+                timed = timer()
+                results[client] = {}
+                for kind in samples:
+                    measured = [
+                        (value, ms, n)
+                        for (k, value), (ms, n) in zip(plan, timed, strict=True)
+                        if k == kind
+                    ]
+                    results[client][kind] = summary = summarise(kind, measured)
+                    print(
+                        f"{client:10} {kind:16} p50 {summary['p50_ms']:7.1f} ms   "
+                        f"p95 {summary['p95_ms']:7.1f} ms   "
+                        f"matches {summary['mean_matches']}",
+                        flush=True,
+                    )
+                if "median_ms_by_value" in results[client].get("PatientName", {}):
+                    print(
+                        f"{client:10} PatientName by value (median ms): "
+                        f"{results[client]['PatientName']['median_ms_by_value']}"
+                    )
+            server_side = sorted(
+                e["seconds"] * 1000 for e in mimic.log_entries() if e.get("message") == "C-FIND"
+            )
+            if server_side:
+                results["server_side_all"] = {
+                    "p50_ms": round(statistics.median(server_side), 1),
+                    "p95_ms": round(server_side[int(len(server_side) * 0.95) - 1], 1),
+                }
+                print(f"server side, all queries: {results['server_side_all']}", flush=True)
+        finally:
+            mimic.stop()
+    results["load"] = {"instances": instances, "seconds": round(load_seconds, 1)}
+    return results
 
 
 def main() -> None:
