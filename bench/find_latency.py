@@ -41,30 +41,8 @@ from tests.conftest import migrate
 from tests.support import HOST, MimicProcess, client_context
 
 ROOT = "1.2.826.0.1.3680043.8.498"
-SYLLABLES = [
-    "AN",
-    "BER",
-    "CAR",
-    "DO",
-    "EL",
-    "FI",
-    "GAR",
-    "HO",
-    "IN",
-    "JO",
-    "KA",
-    "LO",
-    "MAR",
-    "NO",
-    "OS",
-    "PE",
-    "RI",
-    "SA",
-    "TO",
-    "VAN",
-    "WI",
-    "ZE",
-]
+SYLLABLES = ["AN", "BER", "CAR", "DO", "EL", "FI", "GAR", "HO", "IN", "JO", "KA", "LO", "MAR",
+             "NO", "OS", "PE", "RI", "SA", "TO", "VAN", "WI", "ZE"]
 FIRST = ["JOHN", "MARY", "ALEX", "EVA", "JAN", "ANNA", "OMAR", "LI", "SARA", "PAUL"]
 MODALITIES = ["CT", "MR", "CR", "US", "DX", "MG", "NM", "PT"]
 
@@ -85,91 +63,43 @@ def load(url: str, instances: int) -> dict[str, list[str]]:
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     now = "2026-01-01 00:00:00+00"
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        with cur.copy(
-            "COPY patients (id, patient_key, patient_id, issuer_of_patient_id, "
-            "patient_name, patient_birth_date, patient_sex, created_at) "
-            "FROM STDIN"
-        ) as cp:
+        with cur.copy("COPY patients (id, patient_key, patient_id, issuer_of_patient_id, "
+                      "patient_name, patient_birth_date, patient_sex, created_at) "
+                      "FROM STDIN") as cp:
             for p in range(1, patients + 1):
                 pid = f"P{p:08d}"
                 name = f"{surname(rng)}^{rng.choice(FIRST)}"
                 cp.write_row((p, f"\\{pid}", pid, "", name, "19700101", "O", now))
                 if p % 997 == 0:
                     samples["PatientID"].append(pid)
-        with cur.copy(
-            "COPY studies (id, patient_fk, study_instance_uid, study_date, study_time, "
-            "accession_number, study_id, study_description, referring_physician_name, "
-            "created_at) FROM STDIN"
-        ) as cp:
+        with cur.copy("COPY studies (id, patient_fk, study_instance_uid, study_date, study_time, "
+                      "accession_number, study_id, study_description, referring_physician_name, "
+                      "created_at) FROM STDIN") as cp:
             for s in range(1, studies + 1):
                 day = (start + timedelta(days=rng.randrange(3650))).strftime("%Y%m%d")
                 acc = f"A{s:09d}"
-                cp.write_row(
-                    (
-                        s,
-                        (s - 1) % patients + 1,
-                        f"{ROOT}.1.{s}",
-                        day,
-                        "120000",
-                        acc,
-                        str(s % 10000),
-                        "BENCH STUDY",
-                        "",
-                        now,
-                    )
-                )
+                cp.write_row((s, (s - 1) % patients + 1, f"{ROOT}.1.{s}", day, "120000", acc,
+                              str(s % 10000), "BENCH STUDY", "", now))
                 if s % 1999 == 0:
                     samples["AccessionNumber"].append(acc)
                     samples["StudyDate"].append(day)
-        with cur.copy(
-            "COPY series (id, study_fk, series_instance_uid, modality, series_number, "
-            "series_description, series_date, series_time, body_part_examined, "
-            "created_at) FROM STDIN"
-        ) as cp:
+        with cur.copy("COPY series (id, study_fk, series_instance_uid, modality, series_number, "
+                      "series_description, series_date, series_time, body_part_examined, "
+                      "created_at) FROM STDIN") as cp:
             for s in range(1, studies * 2 + 1):
-                cp.write_row(
-                    (
-                        s,
-                        (s + 1) // 2,
-                        f"{ROOT}.2.{s}",
-                        MODALITIES[s % 8],
-                        s % 2 + 1,
-                        "",
-                        "",
-                        "",
-                        "",
-                        now,
-                    )
-                )
-        with cur.copy(
-            "COPY instances (id, series_fk, sop_instance_uid, sop_class_uid, "
-            "instance_number, transfer_syntax_uid, specific_character_set, size, "
-            "sha256, object_key, header, received_from, received_at) FROM STDIN"
-        ) as cp:
+                cp.write_row((s, (s + 1) // 2, f"{ROOT}.2.{s}", MODALITIES[s % 8], s % 2 + 1,
+                              "", "", "", "", now))
+        with cur.copy("COPY instances (id, series_fk, sop_instance_uid, sop_class_uid, "
+                      "instance_number, transfer_syntax_uid, specific_character_set, size, "
+                      "sha256, object_key, header, received_from, received_at) FROM STDIN") as cp:
             for i in range(1, instances + 1):
                 series = (i - 1) // 5 + 1
-                cp.write_row(
-                    (
-                        i,
-                        series,
-                        f"{ROOT}.3.{i}",
-                        "1.2.840.10008.5.1.4.1.1.2",
-                        i % 5 + 1,
-                        "1.2.840.10008.1.2.1",
-                        "",
-                        40000,
-                        "0" * 64,
-                        f"bench/{i}.dcm",
-                        "{}",
-                        "bench",
-                        now,
-                    )
-                )
+                cp.write_row((i, series, f"{ROOT}.3.{i}", "1.2.840.10008.5.1.4.1.1.2", i % 5 + 1,
+                              "1.2.840.10008.1.2.1", "", 40000, "0" * 64, f"bench/{i}.dcm",
+                              "{}", "bench", now))
         for table in ("patients", "studies", "series", "instances"):
-            cur.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT max(id) FROM {table}))"
-            )
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))")
         conn.commit()
         conn.autocommit = True
         cur.execute("VACUUM ANALYZE")
@@ -180,16 +110,9 @@ def identifier(kind: str, value: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "StudyInstanceUID",
-        "StudyDate",
-        "AccessionNumber",
-        "StudyDescription",
-        "ModalitiesInStudy",
-        "NumberOfStudyRelatedInstances",
-    ):
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate",
+                    "AccessionNumber", "StudyDescription", "ModalitiesInStudy",
+                    "NumberOfStudyRelatedInstances"):
         setattr(ds, keyword, "")
     setattr(ds, kind, value)
     return ds
@@ -260,31 +183,12 @@ def time_findscu(
     log = work / "findscu.log"
     config = work / "findscu-log.cfg"
     config.write_text(LOG_CONFIG.format(log=log))
-    subprocess.run(
-        [
-            "findscu",
-            "-lc",
-            str(config),
-            "-S",
-            "+tls",
-            str(mimic.client_key),
-            str(mimic.client_cert),
-            "+cf",
-            str(mimic.ca_cert),
-            "-aet",
-            "BENCH",
-            "-aec",
-            "MIMIC",
-            HOST,
-            str(mimic.port),
-            *files,
-        ],
-        check=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        timeout=600,
-    )
+    command = ["findscu", "-lc", str(config), "-S", "-aet", "BENCH", "-aec", "MIMIC",
+               "+tls", str(mimic.client_key), str(mimic.client_cert), "+cf", str(mimic.ca_cert),
+               HOST, str(mimic.port), *files]
+    subprocess.run(command, check=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600)
     measured: list[tuple[float, int]] = []
-    sent = matches = 0.0
+    sent, matches = 0.0, 0
     for line in log.read_text(errors="replace").splitlines():
         stamp, _, message = line.partition(" ")
         if message.startswith("Sending Find Request"):
@@ -294,7 +198,7 @@ def time_findscu(
         elif message.startswith("Received Final Find Response"):
             assert message.endswith("(Success)"), message
             elapsed = (_seconds(stamp) - sent) % 86400
-            measured.append((elapsed * 1000, int(matches)))
+            measured.append((elapsed * 1000, matches))
     assert len(measured) == len(plan), f"{len(measured)} of {len(plan)} queries answered"
     return measured
 
@@ -324,9 +228,8 @@ def _run_on(url: str, instances: int, queries: int) -> dict[str, dict]:
     print(f"loaded {instances} instances in {load_seconds:.0f} s", flush=True)
     samples["PatientName"] = ["SMITH*", "VANELJO*", "CARDOMAR*", "ZETOKA*", "MARINJO*"]
     samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
-    plan = [
-        (kind, values[n % len(values)]) for kind, values in samples.items() for n in range(queries)
-    ]
+    plan = [(kind, values[n % len(values)])
+            for kind, values in samples.items() for n in range(queries)]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         mimic = MimicProcess(Path(tmp) / "data", database_url=url)
