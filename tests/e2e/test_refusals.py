@@ -104,6 +104,18 @@ def assert_never_associated(assoc: Association) -> None:
     assert not assoc.is_rejected, "a refused certificate must not reach the DICOM layer"
 
 
+def assert_refused_in_handshake(
+    server: MimicProcess, ctx: ssl.SSLContext, alerts: tuple[str, ...], logged: str
+) -> None:
+    """The TLS layer refuses ``ctx``: one of ``alerts`` to the client, ``logged`` in the
+    server's reason, no association for a DICOM client, and nothing stored."""
+    with nothing_stored(server):
+        error, port = tls_refusal(server.port, ctx)
+        assert error.reason in alerts, error
+        assert logged in refused_in_log(server, port)
+        assert_never_associated(associate(server.port, ctx))
+
+
 def reject_of(assoc: Association) -> tuple[int | None, int | None, int | None]:
     """(result, source, reason) of the A-ASSOCIATE-RJ that pynetdicom received."""
     assert assoc.is_rejected, "no A-ASSOCIATE-RJ"
@@ -207,32 +219,22 @@ def test_client_certificate_from_unknown_ca(server: MimicProcess, tmp_path: Path
     _, _, ca_cert, ca_key = write_cert(tmp_path, "foreign-ca", ca=True)
     cert, key, _, _ = write_cert(tmp_path, "foreign-client", issuer=(ca_cert, ca_key))
     ctx = client_context(cert, key, server.ca_cert)
-    with nothing_stored(server):
-        error, port = tls_refusal(server.port, ctx)
-        assert error.reason == UNKNOWN_CA, error
-        assert "CERTIFICATE_VERIFY_FAILED" in refused_in_log(server, port)
-        assert_never_associated(associate(server.port, ctx))
+    assert_refused_in_handshake(server, ctx, (UNKNOWN_CA,), "CERTIFICATE_VERIFY_FAILED")
 
 
 def test_self_signed_client_certificate(server: MimicProcess, tmp_path: Path) -> None:
     """Anyone can make a self-signed certificate: it is not trusted unless pinned."""
     cert, key, _, _ = write_cert(tmp_path, "self-signed")
     ctx = client_context(cert, key, server.ca_cert)
-    with nothing_stored(server):
-        error, port = tls_refusal(server.port, ctx)
-        assert error.reason == UNKNOWN_CA, error
-        assert "CERTIFICATE_VERIFY_FAILED" in refused_in_log(server, port)
-        assert_never_associated(associate(server.port, ctx))
+    assert_refused_in_handshake(server, ctx, (UNKNOWN_CA,), "CERTIFICATE_VERIFY_FAILED")
 
 
 def test_no_client_certificate(server: MimicProcess) -> None:
     """Mutual TLS: a client that presents no certificate at all is refused in the handshake."""
     ctx = client_context(None, None, server.ca_cert)
-    with nothing_stored(server):
-        error, port = tls_refusal(server.port, ctx)
-        assert error.reason == CERTIFICATE_REQUIRED, error
-        assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in refused_in_log(server, port)
-        assert_never_associated(associate(server.port, ctx))
+    assert_refused_in_handshake(
+        server, ctx, (CERTIFICATE_REQUIRED,), "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+    )
 
 
 def test_expired_certificate_in_the_trusted_set(server: MimicProcess, tmp_path: Path) -> None:
@@ -253,11 +255,9 @@ def test_expired_certificate_in_the_trusted_set(server: MimicProcess, tmp_path: 
     assert wait_for(lambda: echo_ok(server, fresh, fresh_key), timeout=15)
 
     ctx = client_context(expired, expired_key, server.ca_cert)
-    with nothing_stored(server):
-        error, port = tls_refusal(server.port, ctx)
-        assert error.reason in (UNKNOWN_CA, CERTIFICATE_EXPIRED), error
-        assert "TLS handshake failed" in refused_in_log(server, port)
-        assert_never_associated(associate(server.port, ctx))
+    assert_refused_in_handshake(
+        server, ctx, (UNKNOWN_CA, CERTIFICATE_EXPIRED), "TLS handshake failed"
+    )
 
 
 def test_certificate_of_our_ca_that_is_not_trusted(server: MimicProcess, tmp_path: Path) -> None:
@@ -265,11 +265,7 @@ def test_certificate_of_our_ca_that_is_not_trusted(server: MimicProcess, tmp_pat
     cert, key, _, _ = write_cert(tmp_path, "issued-not-trusted", issuer=dev_ca(server.certs))
     assert echo_ok(server, server.client_cert, server.client_key)  # same CA, trusted: works
     ctx = client_context(cert, key, server.ca_cert)
-    with nothing_stored(server):
-        error, port = tls_refusal(server.port, ctx)
-        assert error.reason == UNKNOWN_CA, error
-        assert "CERTIFICATE_VERIFY_FAILED" in refused_in_log(server, port)
-        assert_never_associated(associate(server.port, ctx))
+    assert_refused_in_handshake(server, ctx, (UNKNOWN_CA,), "CERTIFICATE_VERIFY_FAILED")
 
 
 # -- transport ----------------------------------------------------------------------------
