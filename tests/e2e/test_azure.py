@@ -31,15 +31,11 @@ from tests.e2e.test_query_retrieve import (
     _get,
     _id,
     _received_files,
-    _send_all,
+    running_archive,
 )
 from tests.support import (
-    HOST,
-    MimicProcess,
     associate,
     client_context,
-    free_port,
-    start_storescp,
     wait_for,
 )
 from tests.test_cli import mimic
@@ -84,23 +80,12 @@ def blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 def archive(
     tmp_path_factory: pytest.TempPathFactory, database: str, blob: Azurite
 ) -> Iterator[Archive]:
-    root = tmp_path_factory.mktemp("azure")
-    destination_port = free_port()
-    destinations = {"STORESCP": {"host": HOST, "port": destination_port, "tls": True,
-                                 "server_name": "localhost"}}
-    server = MimicProcess(
-        root / "data", move_destinations=json.dumps(destinations),
-        database_url=database, blob_connection_string=blob.connection_string,
-        blob_container=CONTAINER, blob_retries="1", blob_timeout="3",
-    ).start()
-    scp, out = start_storescp(root, server, destination_port)
-    try:
-        _send_all(server, storable_files())
-        yield Archive(server, out, destination_port)
-    finally:
-        scp.terminate()
-        scp.wait(10)
-        assert server.stop() == 0, server.log()
+    with running_archive(
+        tmp_path_factory.mktemp("azure"), database_url=database,
+        blob_connection_string=blob.connection_string, blob_container=CONTAINER,
+        blob_retries="1", blob_timeout="3",
+    ) as archive:
+        yield archive
 
 
 def _reconcile(archive: Archive, database: str, blob: Azurite, *args: str) -> tuple[int, dict]:

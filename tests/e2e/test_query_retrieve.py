@@ -7,6 +7,7 @@ tunnel. What is retrieved must be byte-identical to what was stored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -114,19 +115,21 @@ def _send_all(server: MimicProcess, files: tuple[Storable, ...]) -> None:
         assoc.release()
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Archive]:
-    root = tmp_path_factory.mktemp("qr")
+@contextlib.contextmanager
+def running_archive(
+    root: Path, destinations: dict[str, dict[str, Any]] | None = None, **settings: str
+) -> Iterator[Archive]:
+    """MIMIC holding every storable test file, with a dcmtk ``storescp +tls`` registered as
+    C-MOVE destination ``STORESCP`` (plus ``destinations``); ``settings`` as for
+    :class:`MimicProcess`."""
     destination_port = free_port()
-    destinations = {
+    registry = {
         "STORESCP": {"host": HOST, "port": destination_port, "tls": True,
                      "server_name": "localhost"},
-        "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
+        **(destinations or {}),
     }
-    server = MimicProcess(
-        root / "data", move_destinations=json.dumps(destinations), max_find_results="40",
-        database_url=database_url,
-    ).start()
+    server = MimicProcess(root / "data", move_destinations=json.dumps(registry), **settings)
+    server.start()
     scp, out = start_storescp(root, server, destination_port)
     try:
         _send_all(server, storable_files())
@@ -135,6 +138,15 @@ def archive(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
         scp.terminate()
         scp.wait(10)
         assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Archive]:
+    nowhere = {"NOWHERE": {"host": HOST, "port": free_port(), "tls": False}}
+    with running_archive(
+        tmp_path_factory.mktemp("qr"), nowhere, max_find_results="40", database_url=database_url
+    ) as archive:
+        yield archive
 
 
 def _uids(answers: list[Dataset], keyword: str) -> set[str]:
