@@ -83,3 +83,15 @@ def dicomdir_files() -> list[str]:
 
 def ct_small() -> Path:
     return Path(DATA_ROOT, "test_files", "CT_small.dcm")
+
+
+def ct_copy(directory: Path, sop_instance_uid: str, series_instance_uid: str | None = None) -> Path:
+    """CT_small.dcm as a new instance (and, if given, in another series), written to
+    ``directory``: for tests that need objects the archive has not seen."""
+    ds = pydicom.dcmread(ct_small())
+    if series_instance_uid is not None:
+        ds.SeriesInstanceUID = series_instance_uid
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    path = directory / f"{sop_instance_uid}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -8,26 +8,20 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests import database
 from tests.conftest import migrate
-from tests.data import ct_small
+from tests.data import ct_copy
 from tests.support import MimicProcess, associate, client_context
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 def _copy(tmp: Path, n: int, series: int) -> Path:
-    ds = pydicom.dcmread(ct_small())
-    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.300.{series}"
-    uid = f"1.2.826.0.1.3680043.8.498.301.{series}.{n}"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-    path = tmp / f"{series}-{n}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return ct_copy(tmp, f"1.2.826.0.1.3680043.8.498.301.{series}.{n}",
+                   f"1.2.826.0.1.3680043.8.498.300.{series}")
 
 
 def _counts(url: str) -> tuple[int, ...]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from mimic_server.certs import devpki
-from tests.data import ct_small
+from tests.data import ct_copy
 from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
 
 
@@ -38,15 +37,6 @@ def _echo_ok(server: MimicProcess, name: str) -> bool:
     return bool(status) and status.Status == 0
 
 
-def _copy_of_ct(tmp_path: Path, n: int) -> Path:
-    ds = pydicom.dcmread(ct_small())
-    uid = f"1.2.826.0.1.3680043.8.498.50.{n}"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-    path = tmp_path / f"ct{n}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> None:
     assert _echo_ok(live, "modality1")
     # An operator issues a second modality's certificate: trusted within a refresh period.
@@ -57,7 +47,7 @@ def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> N
     syntax = "1.2.840.10008.1.2.1"
     open_assoc = associate(live.port, _ctx(live, "modality1"), transfer_syntaxes=[syntax])
     assert open_assoc.is_established
-    assert open_assoc.send_c_store(_copy_of_ct(tmp_path, 1)).Status == 0
+    assert open_assoc.send_c_store(ct_copy(tmp_path, "1.2.826.0.1.3680043.8.498.50.1")).Status == 0
     devpki.revoke(live.certs, "modality1")
     assert wait_for(lambda: open_assoc.is_aborted, timeout=10)
     # ...its next association is refused at the TLS handshake...
@@ -109,5 +99,5 @@ def test_server_certificate_rotation(live: MimicProcess, tmp_path: Path) -> None
     assert wait_for(lambda: new_fingerprint() not in (None, old), timeout=10)
     # The association opened before the rotation keeps working on its own session.
     assert before.is_established
-    assert before.send_c_store(_copy_of_ct(tmp_path, 2)).Status == 0
+    assert before.send_c_store(ct_copy(tmp_path, "1.2.826.0.1.3680043.8.498.50.2")).Status == 0
     before.release()

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 import pytest
 
-from tests.data import ct_small
+from tests.data import ct_copy
 from tests.identity_double import IdentityDouble
 from tests.keyvault.conftest import Pki, pem
 from tests.keyvault_double import KeyVaultDouble
@@ -81,12 +80,7 @@ def _server_fingerprint(server: MimicProcess, who: Modality) -> str | None:
 
 
 def _ct(tmp_path: Path, n: int) -> Path:
-    ds = pydicom.dcmread(ct_small())
-    uid = f"1.2.826.0.1.3680043.8.498.51.{n}"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-    path = tmp_path / f"kvct{n}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return ct_copy(tmp_path, f"1.2.826.0.1.3680043.8.498.51.{n}")
 
 
 def _env(vault: KeyVaultDouble, identity: IdentityDouble) -> dict[str, str]:
