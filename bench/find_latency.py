@@ -118,12 +118,18 @@ def identifier(kind: str, value: str) -> Dataset:
     return ds
 
 
-def summarise(kind: str, measured: list[tuple[str, float, int]]) -> dict:
-    """p50 / p95 of one query kind; for PatientName (few values) each value's median too."""
-    times = sorted(ms for _, ms, _ in measured)
-    result: dict = {
+def percentiles(milliseconds: list[float]) -> dict[str, float]:
+    times = sorted(milliseconds)
+    return {
         "p50_ms": round(statistics.median(times), 1),
         "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
+    }
+
+
+def summarise(kind: str, measured: list[tuple[str, float, int]]) -> dict:
+    """p50 / p95 of one query kind; for PatientName (few values) each value's median too."""
+    result: dict = {
+        **percentiles([ms for _, ms, _ in measured]),
         "mean_matches": round(statistics.mean(n for _, _, n in measured), 1),
     }
     if kind == "PatientName":
@@ -259,14 +265,11 @@ def _run_on(url: str, instances: int, queries: int) -> dict[str, dict]:
                         f"{client:10} PatientName by value (median ms): "
                         f"{results[client]['PatientName']['median_ms_by_value']}"
                     )
-            server_side = sorted(
+            server_side = [
                 e["seconds"] * 1000 for e in mimic.log_entries() if e.get("message") == "C-FIND"
-            )
+            ]
             if server_side:
-                results["server_side_all"] = {
-                    "p50_ms": round(statistics.median(server_side), 1),
-                    "p95_ms": round(server_side[int(len(server_side) * 0.95) - 1], 1),
-                }
+                results["server_side_all"] = percentiles(server_side)
                 print(f"server side, all queries: {results['server_side_all']}", flush=True)
         finally:
             mimic.stop()
