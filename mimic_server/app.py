@@ -22,11 +22,13 @@ from sqlalchemy import Engine
 
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
+from mimic_server.certs.trust import TrustIndex
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
+from mimic_server.codec import command_set
+from mimic_server.codec.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.config import MoveDestination, Settings
 from mimic_server.dimse import (
     association,
-    command_encoding,
     echo,
     find,
     get,
@@ -34,12 +36,10 @@ from mimic_server.dimse import (
     raw_send,
     store,
 )
-from mimic_server.dimse.received import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
-from mimic_server.net.identity import TrustIndex
 from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
@@ -63,7 +63,7 @@ def _configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
     raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
-    command_encoding.install()  # responses and C-FIND answers without pydicom's writer
+    command_set.install()  # responses and C-FIND answers without pydicom's writer
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class Archive:
             server.bind(
                 evt.EVT_C_MOVE,
                 move.handle_move,
-                [finder, object_store, policy, s.move_destinations, self._destination_tls],
+                [finder, object_store, policy, self._move_target],
             )
         ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
@@ -260,11 +260,20 @@ class Archive:
             },
         )
 
-    def _destination_tls(self, destination: MoveDestination) -> ssl.SSLContext:
+    def _move_target(self, ae_title: str) -> move.MoveTarget | None:
+        """The C-MOVE destination registry (``MIMIC_MOVE_DESTINATIONS``) as the handler sees it."""
+        destination = self.settings.move_destinations.get(ae_title)
+        if destination is None:
+            return None
+        tls = (lambda: self._destination_tls(destination)) if destination.tls else None
+        return move.MoveTarget(destination.host, destination.port, tls)
+
+    def _destination_tls(self, destination: MoveDestination) -> tuple[ssl.SSLContext, str]:
         if self.bundle is None:
             raise ConfigurationError("a TLS move destination needs the server's certificate")
         extra = destination.ca_file.read_text() if destination.ca_file else ""
-        return destination_context(self.bundle, extra)
+        context = destination_context(self.bundle, extra)
+        return context, destination.server_name or destination.host
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None

@@ -1,4 +1,4 @@
-"""Errors that carry the DICOM status they are answered with.
+"""DICOM statuses, and the errors that carry them: the bottom layer every room may use.
 
 ::
 
@@ -8,7 +8,8 @@
         ├── NotAuthorized             0x0124 Refused: Not Authorized
         ├── OutOfResources            0xA700 Refused: Out of Resources (store, index)
         ├── DataSetMismatch           0xA900 Error: Data Set does not match SOP Class
-        └── CannotUnderstand          0xC000 family: a dataset we cannot parse or trust
+        ├── CannotUnderstand          0xC000 family: a dataset we cannot parse or trust
+        └── QueryError                0xA900 / 0xC000: an Identifier we refuse to guess at
 
 Backends translate their own failures (``OSError``, ``SQLAlchemyError`` ...) with
 ``raise OutOfResources(...) from exc`` so that the DIMSE layer needs to know only this tree.
@@ -16,7 +17,33 @@ Backends translate their own failures (``OSError``, ``SQLAlchemyError`` ...) wit
 
 from __future__ import annotations
 
-from mimic_server.dimse.status import Status
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """Every status value MIMIC answers with; the conformance statement lists the same."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
+    SUB_OPERATIONS_WARNING = 0xB000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
+    OUT_OF_RESOURCES = 0xA700
+    #: Refused: Move Destination unknown (C-MOVE).
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: The same code for C-FIND / C-MOVE / C-GET: Identifier does not match SOP Class.
+    IDENTIFIER_DOES_NOT_MATCH = 0xA900
+    #: The dataset could not be parsed (truncated, malformed, unknown encoding).
+    CANNOT_UNDERSTAND = 0xC000
+    #: Query/Retrieve: Unable to process (a key value we cannot match on).
+    UNABLE_TO_PROCESS = 0xC000
+    #: SOP Instance UID or SOP Class UID in the dataset differs from the command.
+    UID_MISMATCH = 0xC001
+    #: A required attribute (Study / Series / SOP Instance UID) is missing or invalid.
+    MISSING_ATTRIBUTE = 0xC002
 
 
 class MimicError(Exception):
@@ -52,3 +79,9 @@ class DataSetMismatch(DicomStatusError):
 
 class CannotUnderstand(DicomStatusError):
     status = Status.CANNOT_UNDERSTAND
+
+
+class QueryError(DicomStatusError):
+    """An Identifier we refuse to guess at; answered with ``status`` and the message."""
+
+    status = Status.IDENTIFIER_DOES_NOT_MATCH

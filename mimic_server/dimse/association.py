@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mimic_server.dimse.session import Session, attach_session, session_of
-from mimic_server.net.identity import peer_identity
 from mimic_server.security import audit
+from mimic_server.security.identity import peer_identity
 from mimic_server.security.policy import Policy, Refusal
 
 if TYPE_CHECKING:

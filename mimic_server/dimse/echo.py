@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.status import Status
+from mimic_server.errors import Status
 from mimic_server.security.policy import Policy, Service
 
 if TYPE_CHECKING:

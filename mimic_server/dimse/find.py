@@ -16,12 +16,10 @@ from pydicom.dataset import Dataset
 
 from mimic_server.dimse.pacing import let_the_reactor_breathe
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.status import Status
-from mimic_server.errors import DicomStatusError
+from mimic_server.errors import DicomStatusError, QueryError, Status
 from mimic_server.query.finder import Finder, ResultLimitReached
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
-from mimic_server.query.matching import QueryError
 from mimic_server.security.policy import Policy, Service
 
 if TYPE_CHECKING:

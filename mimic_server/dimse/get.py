@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING, Any
 from mimic_server.dimse.find import MODELS, failure
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.status import Status
-from mimic_server.errors import DicomStatusError
+from mimic_server.errors import DicomStatusError, QueryError, Status
 from mimic_server.query.finder import Finder
 from mimic_server.query.identifier import parse
-from mimic_server.query.matching import QueryError
 from mimic_server.security.policy import Policy, Service
 from mimic_server.storage import ObjectStore
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from mimic_server.config import MoveDestination
 from mimic_server.dimse.find import MODELS, failure
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.status import Status
-from mimic_server.errors import DicomStatusError
+from mimic_server.errors import DicomStatusError, QueryError, Status
 from mimic_server.query.finder import Finder, InstanceRef
 from mimic_server.query.identifier import parse
-from mimic_server.query.matching import QueryError
 from mimic_server.security.policy import Policy, Service
 from mimic_server.storage import ObjectStore
 
@@ -36,13 +34,26 @@ log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
 
 
+@dataclass(frozen=True, slots=True)
+class MoveTarget:
+    """Where a Move Destination AE title is reached; ``tls`` builds its TLS arguments."""
+
+    host: str
+    port: int
+    #: ``(client context, server name)`` for a TLS destination, made when it is used.
+    tls: Callable[[], tuple[ssl.SSLContext, str]] | None = None
+
+
+#: The registry of Move Destinations: AE title -> target, or None for an unknown one.
+MoveResolver = Callable[[str], MoveTarget | None]
+
+
 def handle_move(
     event: Event,
     finder: Finder,
     store: ObjectStore,
     policy: Policy,
-    destinations: dict[str, MoveDestination],
-    tls_context: Callable[[MoveDestination], ssl.SSLContext],
+    resolve: MoveResolver,
 ) -> Iterator[Any]:
     """Handle ``evt.EVT_C_MOVE``.
 
@@ -54,7 +65,7 @@ def handle_move(
     """
     session = session_of(event.assoc)
     target = str(event.move_destination or "").strip()
-    destination = destinations.get(target)
+    destination = resolve(target)
     allowed = session is not None and policy.may(session.identity, Service.MOVE)
     if destination is None or not allowed:
         reason = "unknown move destination" if destination is None else "C-MOVE not granted"
@@ -63,8 +74,8 @@ def handle_move(
         return
     assert session is not None
     kwargs: dict[str, Any] = {}
-    if destination.tls:
-        kwargs["tls_args"] = (tls_context(destination), destination.server_name or destination.host)
+    if destination.tls is not None:
+        kwargs["tls_args"] = destination.tls()
     sop_class = str(event.request.AffectedSOPClassUID)
     try:
         query = parse(

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mimic_server.net.identity import Identity
+from mimic_server.security.identity import Identity
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association

@@ -14,12 +14,12 @@ from pydicom.dataset import Dataset
 
 from mimic_server.dimse.received import ReceivedObject
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.status import Status
 from mimic_server.errors import (
     CannotUnderstand,
     DataSetMismatch,
     DicomStatusError,
     NotAuthorized,
+    Status,
 )
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.security.policy import Policy, Service

@@ -15,9 +15,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from mimic_server.dimse.status import Status
-from mimic_server.errors import CannotUnderstand
-from mimic_server.index.dicom_json import header_to_json
+from mimic_server.codec.dicom_json import header_to_json
+from mimic_server.errors import CannotUnderstand, Status
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 

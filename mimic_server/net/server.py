@@ -29,14 +29,14 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from mimic_server.net.identity import (
+from mimic_server.certs.trust import TrustIndex
+from mimic_server.net.prompt import make_prompt
+from mimic_server.security.identity import (
     ANONYMOUS,
     Identity,
-    TrustIndex,
     attach_identity,
     peer_identity,
 )
-from mimic_server.net.prompt import make_prompt
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Select, and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from mimic_server.codec.answer import PLAIN_VRS, UTF8, Answer
 from mimic_server.errors import OutOfResources
 from mimic_server.index.models import Instance, Patient, Series, Study
-from mimic_server.query.answer import PLAIN_VRS, UTF8, Answer
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
 from mimic_server.query.matching import Constraint, Kind

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from mimic_server.errors import QueryError
 from mimic_server.query.keys import CONTROL, UNIQUE_KEY, Level, Model, level_of
-from mimic_server.query.matching import Constraint, Kind, QueryError, element_constraint
+from mimic_server.query.matching import Constraint, Kind, element_constraint
 
 
 @dataclass(frozen=True)

@@ -22,19 +22,11 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
-from mimic_server.dimse.status import Status
+from mimic_server.errors import QueryError, Status
 
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 RANGE_VRS = {"DA", "TM", "DT"}
 NUMERIC_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
-
-
-class QueryError(Exception):
-    """An Identifier we refuse to guess at; answered with ``status`` and the message."""
-
-    def __init__(self, message: str, status: int = Status.IDENTIFIER_DOES_NOT_MATCH) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Kind(Enum):

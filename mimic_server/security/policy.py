@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from mimic_server.net.identity import Identity
+from mimic_server.security.identity import Identity
 
 
 class Refusal(Enum):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pynetdicom.dsutils import encode
 
-from mimic_server.query.answer import UTF8, Answer
+from mimic_server.codec.answer import UTF8, Answer
 
 BASE: dict[int, tuple[str, Any]] = {
     0x00080005: ("CS", UTF8),

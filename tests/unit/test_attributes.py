@@ -7,7 +7,7 @@ import dataclasses
 import pydicom
 import pytest
 
-from mimic_server.dimse.received import parse_header
+from mimic_server.codec.header import parse_header
 from mimic_server.errors import CannotUnderstand
 from mimic_server.index.attributes import (
     InstanceAttributes,

@@ -7,7 +7,7 @@ import json
 import pydicom
 import pytest
 
-from mimic_server.dimse.received import parse_header
+from mimic_server.codec.header import parse_header
 from mimic_server.index.attributes import _without_bulk_data, header_json
 from tests.data import Storable, storable_files
 
@@ -53,7 +53,7 @@ def test_odd_spacing_and_padding_as_pydicom(tag: int, vr: str) -> None:
     from pydicom.dataelem import RawDataElement, convert_raw_data_element
     from pydicom.tag import BaseTag
 
-    from mimic_server.index.dicom_json import _fast
+    from mimic_server.codec.dicom_json import _fast
 
     for data in ODD_TEXT:
         raw = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)

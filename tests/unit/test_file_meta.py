@@ -9,7 +9,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
-from mimic_server.dimse.received import (
+from mimic_server.codec.file_meta import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     encode_file_meta,

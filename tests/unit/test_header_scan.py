@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 
-from mimic_server.dimse.received import _at_pixel_data
-from mimic_server.index.header_scan import read_little_endian_header
+from mimic_server.codec.header import _at_pixel_data
+from mimic_server.codec.header_scan import read_little_endian_header
 from tests.data import Storable, storable_files
 
 LITTLE_ENDIAN = [

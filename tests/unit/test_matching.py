@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydicom.dataelem import DataElement
 
-from mimic_server.query.matching import QueryError, element_constraint
+from mimic_server.errors import QueryError
+from mimic_server.query.matching import element_constraint
 
 
 def _matches(vr: str, key: str, stored: list[str] | None, tag: int = 0x0008002A) -> bool:

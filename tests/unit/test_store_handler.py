@@ -21,7 +21,7 @@ from mimic_server.dimse.store import handle_store
 from mimic_server.errors import OutOfResources
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
-from mimic_server.net.identity import Identity
+from mimic_server.security.identity import Identity
 from mimic_server.security.policy import Policy, Service
 from mimic_server.storage.memory import MemoryStore
 from tests.data import ct_small

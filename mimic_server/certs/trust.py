@@ -1,33 +1,15 @@
-"""Who is on the other end: a verified client certificate turned into an :class:`Identity`."""
+"""Certificate evaluation: a certificate the TLS layer verified, turned into an Identity."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from mimic_server.certs import CertBundle, TrustedCertificate, common_name
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """A peer as the policy sees it. ``ae_titles`` empty means no AE title binding."""
-
-    common_name: str
-    fingerprint: str
-    trust_name: str
-    ae_titles: frozenset[str] = frozenset()
-
-    @property
-    def label(self) -> str:
-        return f"{self.common_name} ({self.fingerprint[:16]})"
-
-
-#: The peer of a plain-TCP lab listener (``MIMIC_TLS=off``): nobody is proven.
-ANONYMOUS = Identity("anonymous", "", "tls-off")
+from mimic_server.security.identity import Identity
 
 
 class TrustIndex:
@@ -65,16 +47,3 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
-
-
-_ATTRIBUTE = "_mimic_identity"
-
-
-def attach_identity(assoc: object, identity: Identity) -> None:
-    """Record the verified peer on the association the listener creates for it."""
-    setattr(assoc, _ATTRIBUTE, identity)
-
-
-def peer_identity(assoc: object) -> Identity | None:
-    """The verified peer of an association, as the listener established it at TLS time."""
-    return getattr(assoc, _ATTRIBUTE, None)

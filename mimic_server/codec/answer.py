@@ -4,7 +4,7 @@ Building a pydicom ``Dataset`` for every match and encoding it with pydicom took
 a C-FIND's time per match. Most answers hold only text (the typed index columns, computed
 attributes, plain values of the stored header): an :class:`Answer` keeps those as ``(VR,
 value)`` and writes its own bytes for the negotiated little endian transfer syntax; pynetdicom
-is handed those bytes by the encoder ``dimse.command_encoding`` installs. Anything else (big
+is handed those bytes by the encoder ``codec.command_set`` installs. Anything else (big
 endian, a value that is not plain) goes through :meth:`Answer.to_dataset` and pydicom, as
 before. tests/unit/test_answer.py checks both give the same bytes.
 """

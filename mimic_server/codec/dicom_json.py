@@ -23,7 +23,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from mimic_server.index.header_scan import raw_elements
+from mimic_server.codec.header_scan import raw_elements
 
 #: Character sets whose Python codec is exact for single-byte values.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}

@@ -10,7 +10,7 @@ from pynetdicom import dimse_messages
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as pydicom_encode
 
-from mimic_server.dimse.command_encoding import encode_command_set, response_pdata
+from mimic_server.codec.command_set import encode_command_set, response_pdata
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -151,7 +151,7 @@ def test_other_messages_are_left_to_pynetdicom() -> None:
 
 def test_status_as_the_handlers_return_it() -> None:
     """Handlers return MIMIC's Status (an IntEnum): the direct path must take it."""
-    from mimic_server.dimse.status import Status
+    from mimic_server.errors import Status
 
     primitive = _store_rsp(0x0000)
     primitive.Status = Status.SUCCESS

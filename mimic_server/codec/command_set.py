@@ -11,10 +11,10 @@ VRs. Installed here, process-wide:
 * the C-STORE and C-FIND responses MIMIC sends most (no Error Comment, no Offending
   Element) skip the ``Dataset`` altogether: their P-DATA primitives are built straight
   from the response primitive;
-* a C-FIND answer built as a plain :class:`~mimic_server.query.answer.Answer` is encoded by
+* a C-FIND answer built as a plain :class:`~mimic_server.codec.answer.Answer` is encoded by
   itself, not by pydicom.
 
-tests/unit/test_command_encoding.py checks both give the same bytes and P-DATA as
+tests/unit/test_command_set.py checks both give the same bytes and P-DATA as
 pynetdicom, for the command sets it builds and at several maximum PDU lengths.
 """
 
@@ -33,7 +33,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.query.answer import Answer, pack_numbers
+from mimic_server.codec.answer import Answer, pack_numbers
 
 _HEADER = struct.Struct("<HHL")
 

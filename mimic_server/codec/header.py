@@ -1,0 +1,92 @@
+"""A received data set's header, parsed up to Pixel Data without copying the data set."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from mimic_server.codec.header_scan import read_little_endian_header
+from mimic_server.errors import CannotUnderstand, Status
+
+_PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+
+
+def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+#: How much of a deflated dataset is inflated to read its header: enough for any header,
+#: and a bound on what a small, highly compressed upload can make us allocate.
+MAX_INFLATED_HEADER = 64 << 20
+
+
+def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
+    """Parse the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM.
+
+    A transfer syntax pydicom does not know is read as explicit VR little endian, the
+    encoding of every encapsulated (compressed) syntax defined since.
+    """
+    known = transfer_syntax.is_transfer_syntax
+    implicit = transfer_syntax.is_implicit_VR if known else False
+    little = transfer_syntax.is_little_endian if known else True
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            source: io.RawIOBase | io.BytesIO = io.BytesIO(
+                inflater.decompress(dataset, MAX_INFLATED_HEADER)
+            )
+        else:
+            source = _MemoryReader(dataset)
+        header = None
+        if little:
+            view = source.getbuffer() if isinstance(source, io.BytesIO) else dataset
+            header = read_little_endian_header(view, implicit)
+        if header is None:
+            source.seek(0)
+            header = read_dataset(
+                source,  # type: ignore[arg-type]
+                implicit,
+                little,
+                stop_when=_at_pixel_data,
+            )
+        # Values are converted lazily; every element is converted once, by the DICOM JSON
+        # of the index (index/attributes.py), which refuses a malformed one as 0xC000.
+    except CannotUnderstand:
+        raise
+    except Exception as exc:  # pydicom raises many kinds for malformed input
+        raise CannotUnderstand("dataset cannot be parsed", Status.CANNOT_UNDERSTAND) from exc
+    if len(header) == 0:
+        raise CannotUnderstand("dataset is empty")
+    return header
+
+
+class _MemoryReader(io.RawIOBase):
+    """A seekable reader over a memoryview that copies only what is read."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = max(0, min(len(buffer), self._view.nbytes - self._pos))
+        buffer[:count] = self._view[self._pos : self._pos + count]
+        self._pos += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._view.nbytes}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos

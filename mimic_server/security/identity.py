@@ -1,0 +1,39 @@
+"""Who is on the other end, as the policy sees it: certificate x AE titles (x user, later).
+
+The listener attaches the verified identity to the association it creates; the DIMSE
+handlers read it back. Neither needs to know how the certificate was checked (``certs.trust``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A peer as the policy sees it. ``ae_titles`` empty means no AE title binding."""
+
+    common_name: str
+    fingerprint: str
+    trust_name: str
+    ae_titles: frozenset[str] = frozenset()
+
+    @property
+    def label(self) -> str:
+        return f"{self.common_name} ({self.fingerprint[:16]})"
+
+
+#: The peer of a plain-TCP lab listener (``MIMIC_TLS=off``): nobody is proven.
+ANONYMOUS = Identity("anonymous", "", "tls-off")
+
+_ATTRIBUTE = "_mimic_identity"
+
+
+def attach_identity(assoc: object, identity: Identity) -> None:
+    """Record the verified peer on the association the listener creates for it."""
+    setattr(assoc, _ATTRIBUTE, identity)
+
+
+def peer_identity(assoc: object) -> Identity | None:
+    """The verified peer of an association, as the listener established it at TLS time."""
+    return getattr(assoc, _ATTRIBUTE, None)

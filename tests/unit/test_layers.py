@@ -1,0 +1,54 @@
+"""The rooms' dependency direction (docs/architecture.md section 1): nothing reaches up."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mimic_server"
+
+#: room -> the project rooms it must never import (the front doors, the composition root).
+FORBIDDEN = {
+    "errors.py": {"*"},
+    "config.py": {"*"},
+    "codec": {"dimse", "net", "app", "cli", "index", "query", "storage", "certs", "security"},
+    "index": {"dimse", "net", "app", "cli", "query", "storage", "certs", "security"},
+    "query": {"dimse", "net", "app", "cli", "storage", "certs", "security"},
+    "storage": {"dimse", "net", "app", "cli", "index", "query", "certs", "security"},
+    "security": {"dimse", "net", "app", "cli", "index", "query", "storage", "certs"},
+    "certs": {"dimse", "net", "app", "cli", "index", "query", "storage"},
+    "dimse": {"net", "app", "cli", "config"},
+    "net": {"dimse", "app", "cli", "index", "query", "storage"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """The project rooms a module imports (``mimic_server.X...`` -> ``X``)."""
+    rooms: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mimic_server" and len(parts) > 1:
+                rooms.add(parts[1])
+    return rooms
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
+def test_room_does_not_reach_up(room: str) -> None:
+    target = PACKAGE / room
+    files = [target] if target.suffix == ".py" else sorted(target.rglob("*.py"))
+    own = room.removesuffix(".py")
+    for path in files:
+        if "migrations" in path.parts:
+            continue
+        reached = _imports(path) - {own}
+        forbidden = FORBIDDEN[room]
+        bad = reached if "*" in forbidden else reached & forbidden
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
