@@ -4,6 +4,8 @@
 #           PostgreSQL (the index tests run on SQLite and PostgreSQL)
 #   python: the project with its [test] extra, in ./.venv
 #   node:   Azurite (Azure Storage emulator), pinned in package-lock.json, in ./node_modules
+#   tools:  checkov, hadolint, pycep-parser (Dockerfile and infra/ checks), pinned in
+#           scripts/infra-tools.txt, in ./.venv-tools (checkov pins packages of its own)
 # Extra arguments go to pytest (e.g. scripts/test.sh -k store -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,13 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+
+if ! cmp -s scripts/infra-tools.txt .venv-tools/infra-tools.txt; then
+  rm -rf .venv-tools
+  "$PYTHON" -m venv .venv-tools
+  .venv-tools/bin/python -m pip install --quiet -r scripts/infra-tools.txt
+  cp scripts/infra-tools.txt .venv-tools/infra-tools.txt
+fi
 
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm ci --no-audit --no-fund --loglevel=error

@@ -1,0 +1,199 @@
+// MIMIC on Azure Container Apps: everything the archive needs except the container app
+// itself, which azd deploys from mimic.bicep with each new image (docs/deploy.md).
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; names and tags every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region of every resource.')
+param location string
+
+@description('Object id of the deploying user or service principal (azd sets it): it may push images, onboard modalities and manage the server certificate.')
+param principalId string = ''
+
+@allowed(['User', 'ServicePrincipal', 'Group'])
+@description('Kind of principal principalId names.')
+param principalType string = 'User'
+
+@description('Key Vault certificate the archive presents (MIMIC_KEYVAULT_SERVER_CERT).')
+param serverCertificateName string = 'mimic-server'
+
+@description('Create the first server certificate in Key Vault (issued by the vault itself).')
+param createServerCertificate bool = true
+
+@description('PostgreSQL compute: Burstable B1ms is the smallest that suits a small site.')
+param postgresSkuName string = 'Standard_B1ms'
+@allowed(['Burstable', 'GeneralPurpose', 'MemoryOptimized'])
+param postgresSkuTier string = 'Burstable'
+
+@description('Blob Storage redundancy.')
+@allowed(['Standard_ZRS', 'Standard_GZRS', 'Standard_RAGZRS', 'Standard_LRS'])
+param storageSkuName string = 'Standard_ZRS'
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var appName = 'ca-mimic-${resourceToken}'
+var dicomPort = 11112
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module network 'modules/network.bicep' = {
+  name: 'network'
+  scope: rg
+  params: {
+    name: 'vnet-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module blobDns 'modules/private-dns-zone.bicep' = {
+  name: 'blob-dns'
+  scope: rg
+  params: {
+    #disable-next-line no-hardcoded-env-urls
+    name: 'privatelink.blob.${environment().suffixes.storage}'
+    vnetId: network.outputs.id
+    tags: tags
+  }
+}
+
+module postgresDns 'modules/private-dns-zone.bicep' = {
+  name: 'postgres-dns'
+  scope: rg
+  params: {
+    name: 'psql-${resourceToken}.private.postgres.database.azure.com'
+    vnetId: network.outputs.id
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    name: 'log-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-mimic-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module registry 'modules/registry.bicep' = {
+  name: 'registry'
+  scope: rg
+  params: {
+    name: 'cr${resourceToken}'
+    location: location
+    tags: tags
+    pullPrincipalId: identity.outputs.principalId
+    pushPrincipalId: principalId
+    pushPrincipalType: principalType
+  }
+}
+
+module containerAppsEnvironment 'modules/container-apps-environment.bicep' = {
+  name: 'container-apps-environment'
+  scope: rg
+  params: {
+    name: 'cae-${resourceToken}'
+    location: location
+    tags: tags
+    infrastructureSubnetId: network.outputs.containerAppsSubnetId
+    logAnalyticsWorkspaceName: monitoring.outputs.name
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    privateEndpointSubnetId: network.outputs.privateEndpointsSubnetId
+    privateDnsZoneId: blobDns.outputs.id
+    skuName: storageSkuName
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    appPrincipalId: identity.outputs.principalId
+    operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
+  }
+}
+
+module postgres 'modules/postgres.bicep' = {
+  name: 'postgres'
+  scope: rg
+  params: {
+    name: 'psql-${resourceToken}'
+    location: location
+    tags: tags
+    delegatedSubnetId: network.outputs.postgresSubnetId
+    privateDnsZoneId: postgresDns.outputs.id
+    adminName: identity.outputs.name
+    adminPrincipalId: identity.outputs.principalId
+    skuName: postgresSkuName
+    skuTier: postgresSkuTier
+  }
+}
+
+var archiveHostName = '${appName}.${containerAppsEnvironment.outputs.defaultDomain}'
+
+module serverCertificate 'modules/server-certificate.bicep' = if (createServerCertificate) {
+  name: 'server-certificate'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    vaultName: keyVault.outputs.name
+    certificateName: serverCertificateName
+    hostName: archiveHostName
+    resourceToken: resourceToken
+  }
+}
+
+// Read by azd (and by infra/mimic.parameters.json when azd deploys the app).
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_CONTAINER_REGISTRY_ENDPOINT string = registry.outputs.loginServer
+output AZURE_CONTAINER_REGISTRY_NAME string = registry.outputs.name
+output AZURE_CONTAINER_APPS_ENVIRONMENT_NAME string = containerAppsEnvironment.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
+output AZURE_KEY_VAULT_SERVER_CERT string = serverCertificateName
+output AZURE_POSTGRES_HOST string = postgres.outputs.fqdn
+output AZURE_POSTGRES_DATABASE string = postgres.outputs.databaseName
+output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
+output AZURE_STORAGE_CONTAINER string = storage.outputs.containerName
+output SERVICE_MIMIC_NAME string = appName
+output SERVICE_MIMIC_IDENTITY_ID string = identity.outputs.id
+output SERVICE_MIMIC_IDENTITY_NAME string = identity.outputs.name
+output SERVICE_MIMIC_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+// What a modality is configured with.
+output ARCHIVE_HOST_NAME string = archiveHostName
+output ARCHIVE_PORT int = dicomPort

@@ -1,0 +1,135 @@
+"""The deployment pieces agree: azure.yaml is valid for azd, every MIMIC_* variable the image
+and infra set is a real setting, ports agree everywhere, names and parameters match up."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mimic_server.config import Settings
+from tests.infra.deployment import (
+    INFRA,
+    ROOT,
+    TOOLS,
+    bicep_int_var,
+    bicep_mimic_variables,
+    bicep_params,
+    dockerfile_stages,
+    needs_tools,
+)
+
+SCHEMA = Path(__file__).with_name("azure.yaml.schema.json")
+APP = INFRA / "mimic.bicep"
+MAIN = INFRA / "main.bicep"
+
+
+def _setting_names() -> set[str]:
+    return {f"MIMIC_{name.upper()}" for name in Settings.model_fields}
+
+
+def _runtime_env() -> dict[str, str]:
+    return dockerfile_stages()[-1].env
+
+
+@pytest.fixture(scope="module")
+def azure_yaml() -> dict:
+    """azure.yaml as JSON, validated against the azd v1.0 rules in azure.yaml.schema.json."""
+    script = (
+        "import json, sys, yaml, jsonschema\n"
+        "doc = yaml.safe_load(open(sys.argv[1]))\n"
+        "jsonschema.Draft201909Validator(json.load(open(sys.argv[2]))).validate(doc)\n"
+        "print(json.dumps(doc))\n"
+    )
+    result = subprocess.run(
+        [str(TOOLS / "python"), "-c", script, str(ROOT / "azure.yaml"), str(SCHEMA)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@needs_tools
+def test_azure_yaml_builds_the_dockerfile_into_a_container_app(azure_yaml: dict) -> None:
+    service = azure_yaml["services"]["mimic"]
+    assert service["host"] == "containerapp"
+    assert (ROOT / service["project"] / service["docker"]["path"]).resolve() == ROOT / "Dockerfile"
+    infra = ROOT / azure_yaml["infra"]["path"]
+    assert (infra / f"{azure_yaml['infra']['module']}.bicep").is_file()
+    assert (infra / f"{service['module']}.bicep").is_file()
+    assert (infra / f"{service['module']}.parameters.json").is_file()
+    for hook in azure_yaml["hooks"].values():
+        for platform in hook.values():
+            assert (ROOT / platform["run"]).is_file(), platform["run"]
+
+
+@needs_tools
+def test_the_azd_service_tag_names_the_azure_yaml_service(azure_yaml: dict) -> None:
+    tags = re.findall(r"'azd-service-name':\s*'([^']+)'", APP.read_text())
+    assert tags == list(azure_yaml["services"])
+
+
+def test_every_mimic_variable_the_image_sets_is_a_setting() -> None:
+    names = {k for k in _runtime_env() if k.startswith("MIMIC_")}
+    assert {"MIMIC_HOST", "MIMIC_OPS_HOST", "MIMIC_DATA_DIR"} <= names
+    assert names - _setting_names() == set()
+
+
+def test_every_mimic_variable_infra_sets_is_a_setting() -> None:
+    names = set().union(*(bicep_mimic_variables(p) for p in INFRA.rglob("*.bicep")))
+    assert {"MIMIC_DATABASE_URL", "MIMIC_DATABASE_AUTH", "MIMIC_BLOB_ACCOUNT_URL",
+            "MIMIC_KEYVAULT_URL"} <= names
+    assert names - _setting_names() == set()
+    # No azd output or parameter value is named MIMIC_*: it would land in the azd
+    # environment, where nothing checks it against the settings.
+    for path in INFRA.rglob("*"):
+        if path.suffix in {".bicep", ".json"}:
+            assert not re.search(r"(output\s+|\$\{)MIMIC_", path.read_text()), path
+
+
+def test_ports_agree_in_settings_dockerfile_and_bicep() -> None:
+    fields = Settings.model_fields
+    dicom, ops = fields["port"].default, fields["ops_port"].default
+    env = _runtime_env()
+    exposed = {int(p) for p in dockerfile_stages()[-1].all("EXPOSE")[0].split()}
+    assert (int(env["MIMIC_PORT"]), int(env["MIMIC_OPS_PORT"])) == (dicom, ops)
+    assert exposed == {dicom, ops}
+    assert bicep_int_var(APP, "dicomPort") == bicep_int_var(MAIN, "dicomPort") == dicom
+    assert bicep_int_var(APP, "opsPort") == ops
+    text = APP.read_text()
+    assert "targetPort: dicomPort" in text and "exposedPort: dicomPort" in text
+    assert re.findall(r"port:\s*(\w+)", text) == ["opsPort"] * 3  # the three probes
+
+
+def test_the_grace_period_outlasts_the_drain() -> None:
+    text = APP.read_text()
+    assert "terminationGracePeriodSeconds: drainSeconds + " in text
+    assert "{ name: 'MIMIC_DRAIN_SECONDS', value: string(drainSeconds) }" in text
+
+
+@pytest.mark.parametrize("name", ["main", "mimic"])
+def test_every_parameter_in_the_parameters_file_is_declared(name: str) -> None:
+    given = json.loads((INFRA / f"{name}.parameters.json").read_text())["parameters"]
+    assert set(given) <= bicep_params(INFRA / f"{name}.bicep")
+
+
+def test_main_parameters_come_from_azd() -> None:
+    given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    values = {k: v["value"] for k, v in given.items()}
+    assert values["environmentName"] == "${AZURE_ENV_NAME}"
+    assert values["location"] == "${AZURE_LOCATION}"
+    assert values["principalId"] == "${AZURE_PRINCIPAL_ID}"
+
+
+def test_the_app_parameters_are_main_outputs_or_azd_variables() -> None:
+    outputs = set(re.findall(r"^output\s+(\w+)\s", MAIN.read_text(), re.MULTILINE))
+    azd = {"AZURE_ENV_NAME", "AZURE_LOCATION", "SERVICE_MIMIC_IMAGE_NAME"}
+    given = json.loads((INFRA / "mimic.parameters.json").read_text())["parameters"]
+    for param in given.values():
+        for variable, default in re.findall(r"\$\{(\w+)(=[^}]*)?\}", param["value"]):
+            assert variable in outputs | azd or default, variable
+    assert {"ARCHIVE_HOST_NAME", "ARCHIVE_PORT", "AZURE_KEY_VAULT_NAME",
+            "AZURE_CONTAINER_REGISTRY_ENDPOINT"} <= outputs
