@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from mimic_server.security.grants import Service
 from mimic_server.security.identity import Identity
+
+__all__ = ["Policy", "Refusal", "Service"]
 
 
 class Refusal(Enum):
@@ -18,14 +21,6 @@ class Refusal(Enum):
     CALLING_AE_TITLE_NOT_RECOGNIZED = "calling AE title not bound to the certificate"
     CALLED_AE_TITLE_NOT_RECOGNIZED = "called AE title is not this archive's"
     LOCAL_LIMIT_EXCEEDED = "too many simultaneous associations"
-
-
-class Service(Enum):
-    ECHO = "C-ECHO"
-    STORE = "C-STORE"
-    FIND = "C-FIND"
-    MOVE = "C-MOVE"
-    GET = "C-GET"
 
 
 class Policy:

@@ -1,0 +1,143 @@
+"""Audit messages to an audit repository over syslog/TLS (IHE ATNA: RFC 5424 messages,
+RFC 5425 transport with octet-counting framing, ``MSGID`` ``IHE+RFC-3881``).
+
+DICOM traffic never waits for the audit repository: ``send`` only puts the message on a
+bounded queue; one thread keeps a TLS connection (client certificate, verified server) and
+sends, reconnecting with backoff. When the queue is full the oldest message is dropped and
+counted (the durable trail, the file or the database table, still has it).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+#: RFC 5424 facility 10 (security/authorization), severity 5 (notice) / 4 (warning).
+_FACILITY = 10
+NOTICE, WARNING = 5, 4
+MSGID = "IHE+RFC-3881"
+
+
+def frame(xml: str, *, severity: int = NOTICE, hostname: str = "-", app: str = "MIMIC",
+          procid: str | None = None, when: datetime | None = None) -> bytes:
+    """One RFC 5424 message carrying ``xml``, with RFC 5425's ``MSG-LEN SP`` in front."""
+    stamp = (when or datetime.now(UTC)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    header = (f"<{_FACILITY * 8 + severity}>1 {stamp} {_field(hostname, 255)} {_field(app, 48)} "
+              f"{_field(procid or str(os.getpid()), 128)} {MSGID} - ")
+    message = header.encode("ascii") + b"\xef\xbb\xbf" + xml.encode("utf-8")
+    return str(len(message)).encode("ascii") + b" " + message
+
+
+def _field(value: str, limit: int) -> str:
+    cleaned = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]
+    return cleaned or "-"
+
+
+class SyslogTlsSink:
+    """Sends audit messages to ``host:port`` over TLS from a bounded in-memory queue."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        server_name: str | None = None,
+        queue_size: int = 10_000,
+        connect_timeout: float = 5.0,
+        max_backoff: float = 30.0,
+        hostname: str | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self._context = context
+        self._server_name = server_name or host
+        self._queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
+        self._ready = threading.Condition()
+        self._stop = False
+        self._timeout = connect_timeout
+        self._max_backoff = max_backoff
+        self._hostname = hostname or socket.gethostname()
+        self.sent = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="mimic-audit-syslog", daemon=True)
+
+    def start(self) -> SyslogTlsSink:
+        self._thread.start()
+        return self
+
+    def send(self, xml: str, failure: bool = False) -> None:
+        """Queue one message; never blocks, drops the oldest queued one when full."""
+        data = frame(xml, severity=WARNING if failure else NOTICE, hostname=self._hostname)
+        with self._ready:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped += 1
+            self._queue.append(data)
+            self._ready.notify()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def close(self, flush_seconds: float = 2.0) -> None:
+        """Stop after trying to send what is queued for up to ``flush_seconds``."""
+        deadline = time.monotonic() + flush_seconds
+        while self._queue and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.02)
+        with self._ready:
+            self._stop = True
+            self._ready.notify()
+        if self._thread.is_alive():
+            self._thread.join(self._timeout + 1)
+        if self._queue or self.dropped:
+            log.warning("audit repository: messages not delivered",
+                        extra={"queued": len(self._queue), "dropped": self.dropped})
+
+    # -- the sender thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.5
+        connection: ssl.SSLSocket | None = None
+        while True:
+            with self._ready:
+                while not self._queue and not self._stop:
+                    self._ready.wait()
+                if self._stop:
+                    break
+                data = self._queue[0]
+            try:
+                if connection is None:
+                    connection = self._connect()
+                    backoff = 0.5
+                connection.sendall(data)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("audit repository unreachable; retrying",
+                            extra={"repository": f"{self.host}:{self.port}",
+                                   "error": type(exc).__name__, "queued": len(self._queue)})
+                if connection is not None:
+                    connection.close()
+                    connection = None
+                with self._ready:
+                    self._ready.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            with self._ready:
+                if self._queue and self._queue[0] is data:
+                    self._queue.popleft()
+                self.sent += 1
+        if connection is not None:
+            connection.close()
+
+    def _connect(self) -> ssl.SSLSocket:
+        raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
+        try:
+            return self._context.wrap_socket(raw, server_hostname=self._server_name)
+        except BaseException:
+            raw.close()
+            raise

@@ -1,0 +1,171 @@
+"""Bearer tokens (JWT) from an OpenID Connect issuer: User Identity Negotiation type 5
+(PS3.7 D.3.3.7) today, the DICOMweb front door tomorrow: one validator for both.
+
+The issuer's discovery document names its JWKS; keys are cached and fetched again only for a
+key id not seen yet, at most once per ``refetch_seconds`` (a peer sending tokens with random
+key ids must not make the archive hammer the issuer). Microsoft Entra ID is the issuer in
+Azure: ``https://login.microsoftonline.com/<tenant>/v2.0``, roles in the ``roles`` claim.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+#: Asymmetric algorithms only: an HMAC "signature" would be checked with a public key as the
+#: shared secret (algorithm confusion), and ``none`` is no signature at all.
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+_FORBIDDEN = frozenset({"none", "HS256", "HS384", "HS512"})
+
+
+class InvalidToken(Exception):
+    """A token we do not accept; the message is safe to log (it holds no claim values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUser:
+    """Who a valid token names, as the policy and the audit trail see it."""
+
+    subject: str
+    #: A readable name when the token has one (``preferred_username``, ``upn``, ``name``).
+    name: str
+    roles: frozenset[str] = frozenset()
+    issuer: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class TokenValidator:
+    """Validates JWTs of one issuer for one audience."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | Sequence[str],
+        *,
+        algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+        leeway_seconds: float = 60,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout_seconds: float = 5,
+        keys_cache_seconds: float = 3600,
+        refetch_seconds: float = 30,
+        roles_claim: str = "roles",
+    ) -> None:
+        bad = _FORBIDDEN.intersection(algorithms)
+        if bad:
+            raise ValueError(f"algorithms not allowed for tokens: {sorted(bad)}")
+        self.issuer = issuer.rstrip("/")
+        self.audience = [audience] if isinstance(audience, str) else list(audience)
+        self.algorithms = list(algorithms)
+        self.leeway = leeway_seconds
+        self.roles_claim = roles_claim
+        self._ssl = ssl_context
+        self._timeout = timeout_seconds
+        self._keys_ttl = keys_cache_seconds
+        self._refetch = refetch_seconds
+        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys_at = float("-inf")
+        self._jwks_uri: str | None = None
+
+    # -- validation --------------------------------------------------------------------------
+
+    def validate(self, token: str) -> TokenUser:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("not a JWT") from exc
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise InvalidToken(f"signature algorithm {algorithm!r} is not allowed")
+        key = self._key(str(header.get("kid") or ""))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidToken("token has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise InvalidToken("token is not valid yet") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidToken("token is for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise InvalidToken("token is from another issuer") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidToken("token signature does not verify") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"token is invalid ({type(exc).__name__})") from exc
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise InvalidToken("token lacks the 'sub' claim")
+        roles = claims.get(self.roles_claim) or []
+        if isinstance(roles, str):
+            roles = roles.split()
+        name = next(
+            (str(claims[c]) for c in ("preferred_username", "upn", "name") if claims.get(c)),
+            str(claims["sub"]),
+        )
+        return TokenUser(
+            subject=str(claims["sub"]),
+            name=name,
+            roles=frozenset(str(r) for r in roles),
+            issuer=self.issuer,
+            claims=claims,
+        )
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _key(self, kid: str) -> Any:
+        with self._lock:
+            now = time.monotonic()
+            stale = now - self._keys_at > self._keys_ttl
+            if stale or (kid not in self._keys and now - self._keys_at > self._refetch):
+                self._load_keys()
+            if kid in self._keys:
+                return self._keys[kid].key
+            if not kid and len(self._keys) == 1:
+                return next(iter(self._keys.values())).key
+        raise InvalidToken("token is signed with an unknown key")
+
+    def _load_keys(self) -> None:
+        try:
+            if self._jwks_uri is None:
+                discovery = self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+                if str(discovery.get("issuer", "")).rstrip("/") != self.issuer:
+                    raise InvalidToken("the issuer's discovery document names another issuer")
+                self._jwks_uri = str(discovery["jwks_uri"])
+            keys = jwt.PyJWKSet.from_dict(self._get_json(self._jwks_uri)).keys
+        except InvalidToken:
+            raise
+        except (OSError, ValueError, KeyError, jwt.PyJWTError) as exc:
+            # Keep the keys we have; the next unknown key id tries again after refetch_seconds.
+            self._keys_at = time.monotonic() - self._keys_ttl + self._refetch
+            if not self._keys:
+                raise InvalidToken("the token issuer cannot be reached") from exc
+            return
+        self._keys = {str(k.key_id or ""): k for k in keys}
+        self._keys_at = time.monotonic()
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        if not url.startswith("https://"):
+            raise InvalidToken("the token issuer must be reached over HTTPS")
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=self._timeout, context=self._ssl) as response:
+            document = json.load(response)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document

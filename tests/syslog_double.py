@@ -1,0 +1,85 @@
+"""A syslog-over-TLS receiver (RFC 5425) on loopback, as an audit repository: it requires a
+client certificate and collects the RFC 5424 messages it is sent."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+from tests.support import HOST, free_port, write_cert
+
+
+class SyslogTlsReceiver:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.ca = write_cert(directory, "audit-ca", ca=True)
+        self.server_cert = write_cert(directory, "audit-repository", server=True,
+                                      issuer=(self.ca[2], self.ca[3]))
+        self.client_cert = write_cert(directory, "mimic-audit-client",
+                                      issuer=(self.ca[2], self.ca[3]))
+        self.port = port or free_port()
+        self.messages: list[bytes] = []
+        self.peers: list[str] = []
+        self._server: socket.socket | None = None
+        self._stop = threading.Event()
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca[0]))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+        return context
+
+    def start(self) -> SyslogTlsReceiver:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.server_cert[0]), str(self.server_cert[1]))
+        context.load_verify_locations(cafile=str(self.ca[0]))
+        context.verify_mode = ssl.CERT_REQUIRED
+        self._stop.clear()
+        server = socket.create_server((HOST, self.port))
+        server.settimeout(0.2)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server, context), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _accept(self, server: socket.socket, context: ssl.SSLContext) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = server.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._read, args=(raw, context), daemon=True).start()
+
+    def _read(self, raw: socket.socket, context: ssl.SSLContext) -> None:
+        try:
+            conn = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        cert = conn.getpeercert() or {}
+        self.peers.append(str(dict(x[0] for x in cert.get("subject", ())).get("commonName")))
+        buffer = b""
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                while b" " in buffer:
+                    length, _, rest = buffer.partition(b" ")
+                    if len(rest) < int(length):
+                        break
+                    self.messages.append(rest[: int(length)])
+                    buffer = rest[int(length):]

@@ -1,0 +1,56 @@
+"""Audit messages to an audit repository over syslog/TLS: framing, client certificate, a
+repository that is down never blocks the sender and gets the queue when it comes back."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mimic_server.security import audit_message as am
+from mimic_server.security.syslog_tls import SyslogTlsSink, frame
+from tests.support import HOST, wait_for
+from tests.syslog_double import SyslogTlsReceiver
+
+XML = am.application_activity(am.Participant("MIMIC", False, (am.APPLICATION,)), True,
+                              "MIMIC").to_xml()
+
+
+def test_frame_is_rfc5424_with_octet_count() -> None:
+    data = frame(XML, hostname="archive-1", procid="42")
+    length, _, message = data.partition(b" ")
+    assert int(length) == len(message)
+    assert re.match(rb"<85>1 \d{4}-\d\d-\d\dT[\d:.]+Z archive-1 MIMIC 42 IHE\+RFC-3881 - "
+                    rb"\xef\xbb\xbf<AuditMessage", message)
+    am.validate(message.split(b"\xef\xbb\xbf", 1)[1])
+    assert frame(XML, severity=4).split(b" ", 2)[1].startswith(b"<84>")
+
+
+def test_messages_reach_the_repository_with_the_client_certificate(tmp_path: Path) -> None:
+    receiver = SyslogTlsReceiver(tmp_path).start()
+    sink = SyslogTlsSink(HOST, receiver.port, receiver.client_context(),
+                         server_name="localhost").start()
+    try:
+        for _ in range(5):
+            sink.send(XML)
+        assert wait_for(lambda: len(receiver.messages) == 5)
+        assert receiver.peers == ["mimic-audit-client"]
+        assert all(b"IHE+RFC-3881" in m for m in receiver.messages)
+    finally:
+        sink.close()
+        receiver.stop()
+
+
+def test_repository_down_never_blocks_and_catches_up(tmp_path: Path) -> None:
+    receiver = SyslogTlsReceiver(tmp_path)  # not started yet
+    sink = SyslogTlsSink(HOST, receiver.port, receiver.client_context(),
+                         server_name="localhost", queue_size=50, max_backoff=0.5).start()
+    try:
+        for _ in range(80):  # a blocking send would hang here (pytest-timeout)
+            sink.send(XML)
+        assert sink.dropped == 30 and sink.pending() == 50
+        receiver.start()
+        assert wait_for(lambda: len(receiver.messages) == 50, 15)
+        assert sink.pending() == 0
+    finally:
+        sink.close()
+        receiver.stop()

@@ -1,0 +1,122 @@
+"""The JWT validator against a loopback OIDC issuer: every refusal, and what a valid token gives."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mimic_server.security.tokens import InvalidToken, TokenValidator
+from tests.oidc_double import OidcIssuerDouble
+
+AUDIENCE = "api://mimic"
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
+    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture()
+def validator(issuer: OidcIssuerDouble) -> TokenValidator:
+    return TokenValidator(issuer.issuer, AUDIENCE, ssl_context=issuer.client_context(),
+                          leeway_seconds=30)
+
+
+def test_valid_rsa_and_ec_tokens(issuer: OidcIssuerDouble, validator: TokenValidator) -> None:
+    user = validator.validate(issuer.mint(roles=["Radiologist", "Archive.Query"]))
+    assert user.subject == "user-1" and user.name == "user-1@example.org"
+    assert user.roles == {"Radiologist", "Archive.Query"}
+    ec = validator.validate(issuer.mint(kid="ec-1", algorithm="ES256", subject="user-2"))
+    assert ec.subject == "user-2" and ec.roles == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("mint", "reason"),
+    [
+        ({"lifetime": -120}, "expired"),
+        ({"not_before": time.time() + 600}, "not valid yet"),
+        ({"audience": "api://other"}, "another audience"),
+        ({"issuer": "https://127.0.0.1:1/other/v2.0"}, "another issuer"),
+        ({"kid": "rsa-9"}, "unknown key"),
+        ({"algorithm": "none"}, "not allowed"),
+        ({"algorithm": "HS256", "key": b"k" * 32}, "not allowed"),
+    ],
+    ids=["expired", "not-before", "audience", "issuer", "unknown-key", "alg-none", "alg-hs256"],
+)
+def test_refusals(issuer: OidcIssuerDouble, validator: TokenValidator, mint: dict,
+                  reason: str) -> None:
+    with pytest.raises(InvalidToken, match=reason):
+        validator.validate(issuer.mint(**mint))
+
+
+def test_small_clock_skew_is_tolerated(issuer: OidcIssuerDouble,
+                                       validator: TokenValidator) -> None:
+    assert validator.validate(issuer.mint(lifetime=-10)).subject == "user-1"
+    assert validator.validate(issuer.mint(not_before=time.time() + 10)).subject == "user-1"
+
+
+def test_tampered_signature_and_claims(issuer: OidcIssuerDouble,
+                                       validator: TokenValidator) -> None:
+    header, payload, signature = issuer.mint().split(".")
+    flipped = signature[:-4] + ("AAAA" if not signature.endswith("AAAA") else "BBBB")
+    with pytest.raises(InvalidToken, match="signature"):
+        validator.validate(f"{header}.{payload}.{flipped}")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["roles"] = ["Archive.Admin"]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    with pytest.raises(InvalidToken, match="signature"):
+        validator.validate(f"{header}.{forged}.{signature}")
+
+
+def test_signed_with_an_unpublished_key_under_a_known_key_id(
+    issuer: OidcIssuerDouble, validator: TokenValidator
+) -> None:
+    with pytest.raises(InvalidToken, match="signature"):
+        validator.validate(issuer.mint(key=issuer.unpublished_key))
+
+
+def test_garbage_and_missing_claims(issuer: OidcIssuerDouble, validator: TokenValidator) -> None:
+    with pytest.raises(InvalidToken, match="not a JWT"):
+        validator.validate("not-a-token")
+    with pytest.raises(InvalidToken, match="'sub'"):
+        validator.validate(issuer.mint(subject=""))
+
+
+def test_unknown_key_ids_do_not_hammer_the_issuer(issuer: OidcIssuerDouble,
+                                                  validator: TokenValidator) -> None:
+    validator.validate(issuer.mint())
+    before = issuer.jwks_requests
+    for n in range(20):
+        with pytest.raises(InvalidToken, match="unknown key"):
+            validator.validate(issuer.mint(kid=f"random-{n}"))
+    assert issuer.jwks_requests - before <= 1
+
+
+def test_issuer_that_cannot_be_reached_refuses(tmp_path: Path) -> None:
+    validator = TokenValidator("https://127.0.0.1:9/tenant/v2.0", AUDIENCE, timeout_seconds=1)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    import jwt
+
+    token = jwt.encode({"sub": "x", "aud": AUDIENCE, "iss": "https://127.0.0.1:9/tenant/v2.0",
+                        "exp": int(time.time()) + 60}, key, algorithm="RS256",
+                       headers={"kid": "k"})
+    with pytest.raises(InvalidToken, match="cannot be reached"):
+        validator.validate(token)
+
+
+def test_issuer_over_plain_http_is_refused() -> None:
+    with pytest.raises(InvalidToken, match="HTTPS"):
+        TokenValidator("http://127.0.0.1:9/t", AUDIENCE)._load_keys()
+
+
+def test_symmetric_algorithms_cannot_be_configured() -> None:
+    with pytest.raises(ValueError, match="not allowed"):
+        TokenValidator("https://issuer.example/v2.0", AUDIENCE, algorithms=["HS256"])
