@@ -179,3 +179,29 @@ def test_get_with_default_contexts_sends_the_stored_explicit_bytes(
     assert raw == _dataset_bytes(path)
     back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(raw), force=True)
     assert back[0x00091001].VR == ds[0x00091001].VR != "UN"
+
+
+def test_a_suboperation_that_cannot_be_sent_is_logged(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """An RLE object asked for over uncompressed contexts only: pynetdicom counts the
+    sub-operation failed; the archive says so in its log (no patient data)."""
+    rle = "1.2.840.10008.1.2.5"
+    path = _object(tmp_path, rle, 950)
+    ds = pydicom.dcmread(path)
+    study = "1.2.826.0.1.3680043.8.498.790"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.1"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(ds.SOPClassUID, [rle])
+    assoc = _associate(server, ae)
+    assert assoc.send_c_store(path).Status == 0
+    assoc.release()
+
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(ds.SOPClassUID, [EXPLICIT])
+    received, final = _get(server, ae, _study(study))
+    assert final.Status == 0xA702 and not received
+    entries = [e for e in server.log_entries() if "not sent" in e.get("message", "")]
+    assert entries and entries[-1]["transfer_syntax"] == rle
+    assert str(ds.PatientID) not in server.log()
