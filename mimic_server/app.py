@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -35,7 +34,10 @@ from mimic_server.dimse import (
     move,
     raw_send,
     store,
+    syntax_refusal,
+    syntaxes,
 )
+from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
@@ -63,6 +65,7 @@ def _configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
     raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
+    syntax_refusal.install()  # storage contexts: only syntaxes the archive can send back
     command_set.install()  # responses and C-FIND answers without pydicom's writer
 
 
@@ -175,7 +178,9 @@ class Archive:
         ae.require_called_aet = False  # the policy decides, with a logged reason
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+            ae.add_supported_context(
+                context.abstract_syntax, syntaxes.ARCHIVE_TRANSFER_SYNTAXES
+            )
         for sop_class in find.MODELS:
             ae.add_supported_context(sop_class, UNCOMPRESSED)
         return ae
@@ -222,19 +227,33 @@ class Archive:
             association.handle_requested,
             [policy, server.live_associations, s.max_associations, self.audit],
         )
+        server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
-        server.bind(evt.EVT_C_ECHO, echo.handle_echo, [policy])
-        server.bind(evt.EVT_C_STORE, store.handle_store, [object_store, index, policy])
+        # Every DIMSE handler: an unexpected exception is logged and answered (unexpected.py).
+        server.bind(evt.EVT_C_ECHO, guarded(echo.handle_echo, "C-ECHO", STATUS["C-ECHO"]),
+                    [policy])
+        server.bind(
+            evt.EVT_C_STORE, guarded(store.handle_store, "C-STORE", STATUS["C-STORE"]),
+            [object_store, index, policy],
+        )
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
         if self.engine is not None:
             finder = Finder(
                 self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results
             )
-            server.bind(evt.EVT_C_FIND, find.handle_find, [finder, policy])
-            server.bind(evt.EVT_C_GET, get.handle_get, [finder, object_store, policy])
+            server.bind(
+                evt.EVT_C_FIND,
+                guarded_stream(find.handle_find, "C-FIND", STATUS["C-FIND"], 0),
+                [finder, policy],
+            )
+            server.bind(
+                evt.EVT_C_GET,
+                guarded_stream(get.handle_get, "C-GET", STATUS["C-GET"], 1),
+                [finder, object_store, policy],
+            )
             server.bind(
                 evt.EVT_C_MOVE,
-                move.handle_move,
+                guarded_stream(move.handle_move, "C-MOVE", STATUS["C-MOVE"], 2),
                 [finder, object_store, policy, self._move_target],
             )
         ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work

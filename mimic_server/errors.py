@@ -44,6 +44,12 @@ class Status(IntEnum):
     UID_MISMATCH = 0xC001
     #: A required attribute (Study / Series / SOP Instance UID) is missing or invalid.
     MISSING_ATTRIBUTE = 0xC002
+    #: An unexpected exception in the handler (a bug; logged), per service: the codes
+    #: pynetdicom used, in the 0xCxxx "Cannot understand / Unable to process" range.
+    STORE_UNEXPECTED = 0xC211
+    FIND_UNEXPECTED = 0xC311
+    GET_UNEXPECTED = 0xC411
+    MOVE_UNEXPECTED = 0xC511
 
 
 class MimicError(Exception):

@@ -7,6 +7,13 @@ here directly from their bytes, by one small reader per VR. Anything else (perso
 sequences, inline binary, text in a character set other than ASCII / Latin-1 / UTF-8, values
 pydicom would have to correct) is handed to pydicom element by element, so the result equals
 pydicom's own ``to_json_dict`` (tests/unit/test_dicom_json.py checks that on every test file).
+
+NaN and infinity: FL and FD map to a JSON Number (PS3.18 Table F.2.3-1; only IS, DS, SV and
+UV may fall back to a JSON String), and a JSON Number cannot be NaN or infinite (RFC 8259
+section 6), so DICOM JSON has no encoding for such a value. An element holding one is left
+out of the document, wherever it is (also inside a sequence item), as an element that
+cannot be converted is; the stored bytes keep it. pydicom would write a bare ``NaN`` token,
+which is not JSON and which PostgreSQL's ``jsonb`` refuses.
 """
 
 from __future__ import annotations
@@ -53,12 +60,38 @@ def header_to_json(
         if entry is _BULK_DATA:
             continue
         if entry is None:
-            entry = element_json(ds[tag])
+            entry = finite_only(element_json(ds[tag]))
             if entry is None:
                 continue
             converted.add(key)
         out[key] = entry
     return out, converted
+
+
+def finite_only(entry: Entry) -> Entry:
+    """``entry`` without what DICOM JSON cannot hold: None if a value of its own is NaN or
+    infinite, else the entry with every such element left out of its sequence items."""
+    if entry is None:
+        return None
+    values = entry.get("Value")
+    if not values:
+        return entry
+    if entry.get("vr") == "SQ":
+        return {**entry, "Value": [_finite_item(item) for item in values]}
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return None
+    return entry
+
+
+def _finite_item(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    kept = {}
+    for key, element in item.items():
+        entry = finite_only(element) if isinstance(element, dict) else element
+        if entry is not None:
+            kept[key] = entry
+    return kept
 
 
 def _fast(raw: RawDataElement, codec: str | None) -> Entry:

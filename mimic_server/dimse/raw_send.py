@@ -21,6 +21,8 @@ class StoredDataset(Dataset):
 
     _mimic_raw: bytes
     _mimic_encoding: tuple[bool, bool, bool]
+    #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
+    _mimic_encoded: bool = False
 
     @classmethod
     def wrap(cls, dataset: Dataset, raw: bytes) -> StoredDataset:
@@ -47,10 +49,10 @@ def install() -> None:
     def encode(
         ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
     ) -> Any:
-        if isinstance(ds, StoredDataset) and ds._mimic_encoding == (
-            is_implicit_vr, is_little_endian, deflated
-        ):
-            return ds._mimic_raw
+        if isinstance(ds, StoredDataset):
+            ds._mimic_encoded = True
+            if ds._mimic_encoding == (is_implicit_vr, is_little_endian, deflated):
+                return ds._mimic_raw
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
     encode._mimic_raw_send = True  # type: ignore[attr-defined]

@@ -57,5 +57,15 @@ def failed_suboperation(ref: InstanceRef) -> Dataset:
 
 
 def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
+    """The objects to send; one pynetdicom could not send (it found no presentation context
+    for its SOP Class and transfer syntax, and counts it failed without a word) is logged
+    when the next is asked for, i.e. after pynetdicom's sub-operation."""
     for ref in refs:
-        yield read_verified(store, ref) or failed_suboperation(ref)
+        dataset = read_verified(store, ref)
+        yield dataset or failed_suboperation(ref)
+        if isinstance(dataset, StoredDataset) and not dataset._mimic_encoded:
+            log.warning(
+                "C-STORE sub-operation not sent: no presentation context for it",
+                extra={"object": _reference(ref), "sop_class": ref.sop_class_uid,
+                       "transfer_syntax": ref.transfer_syntax_uid},
+            )

@@ -19,6 +19,10 @@ from mimic_server.codec.dicom_json import header_to_json
 from mimic_server.errors import CannotUnderstand, Status
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: The range of the Integer index columns (32-bit on PostgreSQL). An IS value may hold
+#: twelve characters ("-99999999999"): one outside this range is not indexed (NULL), and the
+#: header JSON keeps it.
+_INTEGER_MIN, _INTEGER_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,7 @@ class _Keys:
         entry = self._json(keyword)
         if entry is not None and (not entry or entry["vr"] == "IS"):
             values = entry.get("Value", ())
-            return values[0] if len(values) == 1 and isinstance(values[0], int) else None
+            return _column_int(values[0]) if len(values) == 1 else None
         return _int(self.ds, keyword)
 
 
@@ -219,9 +223,16 @@ def _time(text: str) -> str:
     return value[:16] if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", value) else ""
 
 
+def _column_int(value: Any) -> int | None:
+    """``value`` if an Integer index column can hold it, else None (not indexed)."""
+    if isinstance(value, int) and _INTEGER_MIN <= value <= _INTEGER_MAX:
+        return value
+    return None
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = _raw(ds, keyword)
-        return int(value) if value not in (None, "") else None
+        return _column_int(int(value)) if value not in (None, "") else None
     except (TypeError, ValueError, CannotUnderstand):
         return None

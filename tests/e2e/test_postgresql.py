@@ -130,3 +130,39 @@ def test_database_down_during_store_then_back(tmp_path: Path) -> None:
                 assert server.stop() == 0, server.log()
     finally:
         cluster.remove()
+
+
+def test_nan_and_long_integers_stored_through_the_network(pg_url: str, tmp_path: Path) -> None:
+    """These valid objects were answered 0xA700 ("try again later") on every retry."""
+    import pydicom
+
+    server = MimicProcess(tmp_path / "data", database_url=pg_url).start()
+    try:
+        files = tmp_path / "files"
+        files.mkdir()
+        paths = []
+        for n, change in enumerate((_nan, _long_integers)):
+            path = _copy(files, n, 9)
+            ds = pydicom.dcmread(path)
+            change(ds)
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+        assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+        statuses = [assoc.send_c_store(path).Status for path in paths]
+        assoc.release()
+    finally:
+        assert server.stop() == 0
+    assert statuses == [0, 0]
+    assert _counts(pg_url)[3] == 2
+
+
+def _nan(ds: object) -> None:
+    ds.add_new(0x00189089, "FD", [float("nan"), 0.0, 1.0])  # type: ignore[attr-defined]
+    ds.add_new(0x00189328, "FD", float("inf"))  # type: ignore[attr-defined]
+    ds.add_new(0x00189087, "FD", -float("inf"))  # type: ignore[attr-defined]
+
+
+def _long_integers(ds: object) -> None:
+    ds.SeriesNumber = "99999999999"  # type: ignore[attr-defined]
+    ds.InstanceNumber = "-9999999999"  # type: ignore[attr-defined]

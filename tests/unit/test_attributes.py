@@ -17,7 +17,7 @@ from mimic_server.index.attributes import (
     _text,
     _time,
 )
-from tests.data import Storable, storable_files
+from tests.data import Storable, ct_small, storable_files
 
 LIMITS = {
     "patient_id": ("PatientID", 64), "issuer_of_patient_id": ("IssuerOfPatientID", 64),
@@ -65,3 +65,30 @@ def test_same_keys_as_through_pydicom(item: Storable) -> None:
     ours = dataclasses.asdict(InstanceAttributes.from_header(parse_header(data, syntax)))
     ours.pop("header")
     assert ours == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "indexed"),
+    [("99999999999", None), ("-9999999999", None), ("2147483647", 2147483647),
+     ("-2147483648", -2147483648), ("2147483648", None), ("12", 12)],
+)
+def test_integer_keys_beyond_the_column_are_not_indexed(value: str, indexed: int | None) -> None:
+    """IS holds up to twelve characters; the Integer columns 32 bits: NULL, not a failure.
+    The header JSON keeps the value as received."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.SeriesNumber = value
+    ds.InstanceNumber = value
+    for header in (ds, _reparsed(ds)):  # pydicom values, and raw elements (the fast path)
+        attrs = InstanceAttributes.from_header(header)
+        assert attrs.series_number == indexed and attrs.instance_number == indexed
+        assert attrs.header["00200011"] == {"vr": "IS", "Value": [int(value)]}
+
+
+def _reparsed(ds: pydicom.Dataset) -> pydicom.Dataset:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = False, True
+    write_dataset(buffer, ds)
+    return parse_header(memoryview(buffer.getvalue()), pydicom.uid.ExplicitVRLittleEndian)

@@ -7,6 +7,7 @@ import json
 import pydicom
 import pytest
 
+from mimic_server.codec.dicom_json import finite_only
 from mimic_server.codec.header import parse_header
 from mimic_server.index.attributes import _without_bulk_data, header_json
 from tests.data import Storable, storable_files
@@ -25,7 +26,11 @@ def test_same_as_pydicom(item: Storable) -> None:
         bulk_data_element_handler=lambda _elem: "",
         suppress_invalid_tags=True,
     )
-    expected = _without_bulk_data(reference)
+    # PS3.18 F.2.3 has no JSON for NaN / infinity in FL / FD, which pydicom writes as a bare
+    # NaN token: both sides follow the same rule (codec.dicom_json.finite_only).
+    expected = _without_bulk_data(
+        {tag: kept for tag, entry in reference.items() if (kept := finite_only(entry))}
+    )
     # pydicom's dataset-level conversion drops an element it fails on (suppress_invalid_tags,
     # e.g. one sequence of rtdose_rle.dcm) that converts fine element by element: ours may
     # keep such an element; everything pydicom produces must be identical.
@@ -61,3 +66,67 @@ def test_odd_spacing_and_padding_as_pydicom(tag: int, vr: str) -> None:
         if ours is None:
             continue
         assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024), data
+
+
+def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1") -> pydicom.Dataset:
+    """``ds`` written in ``syntax`` and read back as a received header is."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    uid = pydicom.uid.UID(syntax)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
+    write_dataset(buffer, ds)
+    return parse_header(memoryview(buffer.getvalue()), uid)
+
+
+def _non_finite_header() -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.Modality = "MR"
+    ds.add_new(0x00189089, "FD", [float("nan"), 0.0, 1.0])  # Diffusion Gradient Orientation
+    ds.add_new(0x00189328, "FD", float("inf"))  # Exposure Time in ms
+    ds.add_new(0x00189087, "FD", -float("inf"))  # Diffusion b-value
+    ds.add_new(0x00181320, "FL", float("nan"))  # B1rms
+    ds.add_new(0x00180088, "DS", "1.5")
+    item = pydicom.Dataset()
+    item.add_new(0x00189087, "FD", float("nan"))
+    item.add_new(0x00189089, "FD", [1.0, 0.0, 0.0])
+    ds.add_new(0x00189117, "SQ", [item])  # MR Diffusion Sequence
+    return ds
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_nan_and_infinity_are_left_out(syntax: str) -> None:
+    """PS3.18 F.2.3: FL / FD are JSON Numbers, which cannot be NaN or infinite: such an
+    element is left out (inside sequence items too); finite neighbours stay."""
+    document = header_json(_encoded(_non_finite_header(), syntax))
+    assert "00189089" not in document and "00189328" not in document
+    assert "00189087" not in document and "00181320" not in document
+    assert document["00180088"] == {"vr": "DS", "Value": [1.5]}
+    assert document["00189117"] == {
+        "vr": "SQ", "Value": [{"00189089": {"vr": "FD", "Value": [1.0, 0.0, 0.0]}}]
+    }
+    json.dumps(document, allow_nan=False)  # strict JSON: what PostgreSQL's jsonb accepts
+
+
+def test_nan_rule_same_on_the_fast_path_and_through_pydicom() -> None:
+    """The fast reader hands a non-finite FL / FD to pydicom, whose answer goes through the
+    same rule: the result equals pydicom's own to_json_dict after that rule."""
+    header = _encoded(_non_finite_header())
+    ours = header_json(header)
+    reference = _encoded(_non_finite_header()).to_json_dict(1024, lambda _e: "")
+    assert any("NaN" in json.dumps(entry) for entry in reference.values())  # pydicom's
+    expected = {tag: kept for tag, entry in reference.items() if (kept := finite_only(entry))}
+    assert ours == expected
+
+
+def test_finite_only() -> None:
+    assert finite_only({"vr": "FL", "Value": [float("nan")]}) is None
+    assert finite_only({"vr": "FD", "Value": [1.0, float("inf")]}) is None
+    assert finite_only({"vr": "FD", "Value": [1.0, 2.5]}) == {"vr": "FD", "Value": [1.0, 2.5]}
+    assert finite_only({"vr": "FD"}) == {"vr": "FD"}
+    assert finite_only({"vr": "US", "Value": [1]}) == {"vr": "US", "Value": [1]}
+    nested = {"vr": "SQ", "Value": [{"00189087": {"vr": "FD", "Value": [float("-inf")]},
+                                      "00080060": {"vr": "CS", "Value": ["MR"]}}, {}]}
+    assert finite_only(nested) == {"vr": "SQ", "Value": [
+        {"00080060": {"vr": "CS", "Value": ["MR"]}}, {}]}

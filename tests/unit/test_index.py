@@ -99,3 +99,25 @@ def test_header_json_leaves_bulk_data_out() -> None:
     ds.add_new(0x00091010, "OB", b"\x00" * 5000)
     header = _attrs(ds).header
     assert "00091010" not in header and "00100010" in header
+
+
+def test_nan_infinity_and_long_integers_are_indexed(index: SqlIndex) -> None:
+    """Valid objects that PostgreSQL once refused with 0xA700 on every retry: NaN / infinity
+    in FD (jsonb has no NaN) and IS values beyond 32 bits (the Integer columns)."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.add_new(0x00189089, "FD", [float("nan"), 0.0, 1.0])
+    ds.add_new(0x00189328, "FD", float("inf"))
+    ds.add_new(0x00189087, "FD", -float("inf"))
+    ds.SeriesNumber = "99999999999"
+    ds.InstanceNumber = "-9999999999"
+    attrs = _attrs(ds)
+    index.upsert_instance(
+        attrs, transfer_syntax_uid="1.2.840.10008.1.2.1", object_key="k", sha256="0" * 64,
+        size=1, received_from="t",
+    )
+    with index.engine.connect() as conn:
+        series = conn.execute(select(Series.series_number)).scalar_one()
+        instance = conn.execute(select(Instance.instance_number, Instance.header)).one()
+    assert series is None and instance.instance_number is None
+    assert instance.header["00200011"] == {"vr": "IS", "Value": [99999999999]}
+    assert "00189089" not in instance.header and "00189328" not in instance.header

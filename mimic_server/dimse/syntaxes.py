@@ -1,0 +1,62 @@
+"""The transfer syntaxes the archive accepts, and which one it takes of several proposed.
+
+Accepted are the syntaxes the archive can keep *and give back*: it stores the bytes as
+received, reads the header to index it (codec/header.py: native little or big endian,
+implicit or explicit VR, deflated; every encapsulated syntax is explicit VR little endian),
+and sends the stored bytes out again through pynetdicom, which must know the syntax
+(pydicom's ``AllTransferSyntaxes``). A syntax outside this set (a private one, or one newer
+than pydicom 3.0) would be stored and then fail every C-GET / C-MOVE, so it is refused at
+presentation-context negotiation (``syntax_refusal.py``).
+
+Preference: pynetdicom's unrestricted storage negotiation accepts the *requestor's* first
+transfer syntax. Many requestors (pynetdicom's own SCU among them) list Implicit VR Little
+Endian first, which for a C-GET means re-encoding every stored Explicit VR object (private
+elements lose their VR). :func:`prefer_stored_encoding` therefore reorders each proposed
+context before negotiation: Explicit VR Little Endian, the encoding of almost everything
+stored, goes first when the requestor's first choice is a native (uncompressed) syntax; an
+encapsulated first choice is kept (MIMIC never transcodes pixel data).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+#: JPIP HTJ2K Referenced Deflate: a deflated data set that pydicom 3.0 does not flag as
+#: deflated, so its header could not be read for the index.
+_UNREADABLE = frozenset({"1.2.840.10008.1.2.4.205"})
+
+#: Every transfer syntax a C-STORE may use, in pydicom's order.
+ARCHIVE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    str(uid) for uid in AllTransferSyntaxes if uid not in _UNREADABLE
+)
+_ACCEPTED = frozenset(ARCHIVE_TRANSFER_SYNTAXES)
+
+
+def acceptable(syntaxes: list[str]) -> list[str]:
+    """The proposed syntaxes the archive accepts, in the requestor's order."""
+    return [s for s in syntaxes if s in _ACCEPTED]
+
+
+def preferred(syntaxes: list[str]) -> list[str]:
+    """The acceptable syntaxes in the archive's order of preference (see module doc);
+    an empty list when none is acceptable."""
+    usable = acceptable(syntaxes)
+    if usable and not UID(usable[0]).is_encapsulated and ExplicitVRLittleEndian in usable:
+        usable.remove(ExplicitVRLittleEndian)
+        usable.insert(0, ExplicitVRLittleEndian)
+    return usable
+
+
+def prefer_stored_encoding(event: Event) -> None:
+    """Handle ``evt.EVT_REQUESTED``: reorder the proposed transfer syntaxes, before
+    pynetdicom negotiates (it does so right after this event, pynetdicom 3.0.4
+    ``Association._run``); a context with none acceptable is left for the refusal."""
+    for context in event.assoc.requestor.primitive.presentation_context_definition_list:
+        syntaxes = preferred([str(s) for s in context.transfer_syntax])
+        if syntaxes and syntaxes != context.transfer_syntax:
+            context.transfer_syntax = syntaxes
