@@ -98,8 +98,7 @@ class StructureWalk:
         if not chunk:
             return
         if self._tail:
-            chunk = self._tail + bytes(chunk)
-            self._offset -= len(self._tail)
+            chunk = self._tail + bytes(chunk)  # self._offset is where the tail starts
         pos = self._run(chunk, final=False)
         self._tail = bytes(chunk[pos:])
         self._offset += len(chunk) - len(self._tail)
@@ -217,7 +216,7 @@ def _walk_deflated(dataset: memoryview) -> None:
             pending = inflater.unconsumed_tail
             inflated += len(chunk)
             if inflated > MAX_INFLATED:
-                _refuse("the deflated data set inflates beyond 1 GiB", inflated)
+                raise CannotUnderstand("the deflated data set inflates beyond the bound")
             walk.feed(chunk)
     except zlib.error as exc:
         raise CannotUnderstand("the deflated data set cannot be inflated") from exc
