@@ -27,23 +27,23 @@ def parses_to_end(data: bytes) -> str | None:
     top-level values and the end of the last one are checked as well; every value is
     converted (sequences included).
     """
-    source = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(source)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        read = list(ds._dict.values())  # before conversion replaces the raw elements
         for element in ds.iterall():
             _ = element.value
     except Exception as exc:
         return f"pydicom cannot read it: {exc!r}"
     if ds.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian:
         return None  # positions are in the inflated stream; pydicom read it whole
-    raws = [e for e in ds._dict.values() if isinstance(e, RawDataElement)]
+    raws = [e for e in read if isinstance(e, RawDataElement)]
     for raw in raws:
         if raw.length != 0xFFFFFFFF and raw.value is not None and len(raw.value) != raw.length:
             return f"{raw.tag} is {len(raw.value)} bytes, not {raw.length}"
-    if raws and len(raws) == len(ds._dict):  # no sequence read: the last value ends the file
-        last = max(raws, key=lambda e: e.value_tell)
-        if last.length != 0xFFFFFFFF and last.value_tell + last.length != len(data):
-            return f"the last element ends at {last.value_tell + last.length} of {len(data)}"
+    last = max(read, key=lambda e: getattr(e, "value_tell", None) or e.file_tell or 0)
+    defined = isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF
+    if defined and last.value_tell + last.length != len(data):  # nothing may follow it
+        return f"the last element ends at {last.value_tell + last.length} of {len(data)}"
     return None
 
 
