@@ -131,7 +131,7 @@ bodies = st.binary(max_size=300)
 
 
 def test_random_pdus_with_lying_lengths(fuzzed: Fuzzed) -> None:
-    @_settings(40)
+    @_settings(30)
     @given(pdu_type=pdu_types, body=bodies, declared=st.none() | st.integers(0, 2**32 - 1),
            reserved=st.integers(0, 255))
     def example(pdu_type: int, body: bytes, declared: int | None, reserved: int) -> None:
@@ -146,7 +146,7 @@ def test_random_pdus_with_lying_lengths(fuzzed: Fuzzed) -> None:
 def test_damaged_associate_requests(fuzzed: Fuzzed) -> None:
     valid = associate_rq()
 
-    @_settings(40)
+    @_settings(30)
     @given(cut=st.integers(1, len(valid)), fix_length=st.booleans(),
            flips=st.lists(st.tuples(st.integers(6, len(valid) - 1), st.integers(0, 255)),
                           max_size=4))
@@ -171,7 +171,7 @@ def test_garbage_after_association(fuzzed: Fuzzed) -> None:
         min_size=1, max_size=4,
     )
 
-    @_settings(40)
+    @_settings(30)
     @given(pdvs=pdvs, tail=st.binary(max_size=64), pdu_type=st.sampled_from([0x04, 0x04, 0x05,
            0x06, 0x07, 0x09, 0x01]))
     def example(pdvs: list[tuple[int, int, bytes, int | None]], tail: bytes,
@@ -229,7 +229,7 @@ def test_damaged_data_sets_in_c_store(fuzzed: Fuzzed) -> None:
     seeds = _seeds()
     statuses: dict[int, int] = {}
 
-    @_settings(80)
+    @_settings(60)
     @given(case=damaged_data_sets(seeds))
     def example(case: tuple[Storable, bytes]) -> None:
         seed, data = case
