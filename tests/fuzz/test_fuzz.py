@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
+from pynetdicom.association import Association
 
 from tests.data import Storable, storable_files
 from tests.e2e.test_slow_clients import associate_rq, read_pdu
@@ -114,6 +115,23 @@ def _trusted_tls(target: Fuzzed) -> Iterator[ssl.SSLSocket]:
         yield sock
 
 
+@contextlib.contextmanager
+def _raw_association(target: Fuzzed) -> Iterator[ssl.SSLSocket]:
+    """An accepted association written by hand; while earlier examples' connections still
+    hold every slot (until the server's timeouts end them) the server rejects, so retry."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        with _trusted_tls(target) as sock:
+            sock.sendall(associate_rq())
+            answer, _ = read_pdu(sock)
+            if answer == 0x02:
+                yield sock
+                return
+        assert answer == 0x03, f"A-ASSOCIATE-AC or -RJ expected, got PDU type 0x{answer:02X}"
+        assert time.monotonic() < deadline, "every association slot stayed taken"
+        time.sleep(0.5)
+
+
 def _send_and_hang_up(sock: ssl.SSLSocket, data: bytes) -> None:
     """Send, read what the server answers for a moment, and close (as a broken peer would)."""
     with contextlib.suppress(OSError):
@@ -181,10 +199,7 @@ def test_garbage_after_association(fuzzed: Fuzzed) -> None:
             + payload
             for context, control, payload, lie in pdvs
         )
-        with _trusted_tls(fuzzed) as sock:
-            sock.sendall(associate_rq())
-            answer, _ = read_pdu(sock)
-            assert answer == 0x02, f"A-ASSOCIATE-AC expected, got PDU type 0x{answer:02X}"
+        with _raw_association(fuzzed) as sock:
             _send_and_hang_up(sock, struct.pack(">BBL", pdu_type, 0, len(items)) + items + tail)
 
     example()
@@ -234,8 +249,15 @@ def test_damaged_data_sets_in_c_store(fuzzed: Fuzzed) -> None:
     def example(case: tuple[Storable, bytes]) -> None:
         seed, data = case
         path = part10(seed, data, fuzzed.scratch, "damaged")
-        assoc = associate(fuzzed.server.port, fuzzed.tls(), contexts=[seed.sop_class_uid],
-                          transfer_syntaxes=[seed.transfer_syntax_uid])
+        def opened() -> Association:
+            return associate(fuzzed.server.port, fuzzed.tls(), contexts=[seed.sop_class_uid],
+                             transfer_syntaxes=[seed.transfer_syntax_uid])
+
+        assoc = opened()
+        deadline = time.monotonic() + SETTLE
+        while assoc.is_rejected and time.monotonic() < deadline:  # slots still held, as above
+            time.sleep(0.5)
+            assoc = opened()
         assert assoc.is_established
         try:
             answer = assoc.send_c_store(path)
