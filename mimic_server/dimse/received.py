@@ -2,8 +2,10 @@
 
 The dataset bytes come straight from pynetdicom's receive buffer (``event.request.DataSet``)
 and are never decoded or re-encoded: what we store is a Part 10 preamble and File Meta
-Information that we write, followed by the dataset exactly as it arrived. Only the header is
-parsed, stopping before Pixel Data, so pixel data is never decoded nor even copied.
+Information that we write, followed by the dataset exactly as it arrived. The whole dataset's
+structure is walked (element headers only, ``codec/structure.py``) so that a damaged one is
+refused; only the header is parsed, stopping before Pixel Data, so pixel data is never
+decoded nor even copied.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydicom.uid import UID
 
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.header import parse_header
+from mimic_server.codec.structure import check_structure
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -51,6 +54,7 @@ class ReceivedObject:
             transfer_syntax,
             calling_ae_title,
         )
+        check_structure(dataset, transfer_syntax)  # its elements parse to its exact end
         header = parse_header(dataset, transfer_syntax)
         digest = hashlib.sha256(file_meta)
         digest.update(dataset)

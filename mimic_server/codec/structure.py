@@ -1,0 +1,240 @@
+"""A structural walk of a whole received data set: do its elements parse to its exact end?
+
+The header parse stops before Pixel Data, and pydicom's reader forgives a lot (it stops
+quietly at fewer than 8 trailing bytes, reads a value that overruns the end as a shorter one,
+stops at a stray Item Delimitation Item). A data set whose top-level elements do not parse to
+its exact end is not an object the archive can ever serve, so it is refused before anything
+is stored (``0xC000``).
+
+The walk reads element headers only. A value of defined length is skipped without being
+read or copied (a defined-length sequence or item too: its content was framed by its
+sender and its length is checked against the end of what contains it), so the cost is
+O(elements), not O(bytes): Pixel Data of any size is one header. Only values of undefined
+length are walked, item by item (sequences of undefined length, items of undefined length
+and the fragments of encapsulated Pixel Data) to their delimiters. The nesting is an explicit
+stack, so a deeply nested data set cannot exhaust Python's recursion limit.
+
+Encodings follow pydicom's reader, which the rest of the archive uses: explicit or implicit
+VR, little or big endian as the transfer syntax says; Item and delimiter tags always have a
+4-byte length and no VR; a data set or item of undefined length whose first element has
+no upper-case letters where an explicit VR belongs is read as implicit VR (as pydicom does,
+e.g. for the content of an undefined-length UN, which PS3.5 6.2.2 encodes implicit VR).
+An explicit VR that is not a DICOM VR is refused: its length field's size is unknown.
+
+A Deflated data set is inflated in chunks as it is walked (``feed``), so memory stays at
+one chunk whatever the object's size, and inflating stops with a refusal past
+``MAX_INFLATED`` bytes (a small upload cannot make the server inflate without end). The
+deflate stream must end exactly at the end of the data set (one pad byte and a gzip
+trailer allowed).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+from mimic_server.errors import CannotUnderstand
+
+#: A bound on what a Deflated data set may inflate to: no real object comes near it.
+MAX_INFLATED = 1 << 30
+_INFLATE_CHUNK = 1 << 20
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_VR_LONG = frozenset(str(vr).encode() for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
+_VR_SHORT = frozenset(str(vr).encode() for vr in VR if vr not in EXPLICIT_VR_LENGTH_32)
+
+#: Element headers, by endianness: tag and 4-byte length; explicit VR; a 32-bit length.
+_STRUCTS = {
+    little: tuple(struct.Struct(("<" if little else ">") + f) for f in ("HHL", "HH2sH", "L"))
+    for little in (True, False)
+}
+
+# Frames of the walk: the elements of a data set (top level or an undefined-length item),
+# or the items (or fragments) of an undefined-length value.
+_ELEMENTS_EXPLICIT, _ELEMENTS_IMPLICIT, _ITEMS_EXPLICIT, _ITEMS_IMPLICIT = range(4)
+
+
+def check_structure(dataset: memoryview, transfer_syntax: UID) -> None:
+    """Raise ``CannotUnderstand`` unless the data set's elements parse to its exact end.
+
+    A transfer syntax pydicom does not know is walked as explicit VR little endian, the
+    encoding of every encapsulated syntax (as ``parse_header`` reads it).
+    """
+    known = transfer_syntax.is_transfer_syntax
+    implicit = transfer_syntax.is_implicit_VR if known else False
+    little = transfer_syntax.is_little_endian if known else True
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        _walk_deflated(dataset)
+        return
+    walk = StructureWalk(implicit, little)
+    walk.feed(dataset)
+    walk.close()
+
+
+class StructureWalk:
+    """The walk of one data set, fed in one piece or in chunks (``feed`` then ``close``)."""
+
+    def __init__(self, implicit: bool, little: bool) -> None:
+        self._tag_length, self._explicit, self._length = _STRUCTS[little]
+        self._implicit = implicit
+        self._stack: list[int] = []
+        self._skip = 0  # bytes of a defined-length value still to come in later chunks
+        self._tail = b""  # an element header split between two chunks
+        self._offset = 0  # of the current chunk in the data set, for error messages
+
+    def feed(self, chunk: memoryview | bytes) -> None:
+        """Walk the next bytes of the data set."""
+        if self._skip:
+            skipped = min(self._skip, len(chunk))
+            self._skip -= skipped
+            self._offset += skipped
+            chunk = chunk[skipped:]
+        if not chunk:
+            return
+        if self._tail:
+            chunk = self._tail + bytes(chunk)  # self._offset is where the tail starts
+        pos = self._run(chunk, final=False)
+        self._tail = bytes(chunk[pos:])
+        self._offset += len(chunk) - len(self._tail)
+
+    def close(self) -> None:
+        """The data set ended: raise ``CannotUnderstand`` unless it ended where it must."""
+        if self._skip:
+            _refuse("a value overruns the data set", self._offset)
+        if self._tail or not self._stack:
+            self._run(self._tail, final=True)
+        if len(self._stack) > 1:
+            _refuse("an undefined-length value is not closed", self._offset)
+
+    def _run(self, data: memoryview | bytes, final: bool) -> int:
+        """Walk ``data`` as far as whole element headers go; the position reached."""
+        stack = self._stack
+        if not stack:
+            if len(data) < 6 and not final:
+                return 0
+            stack.append(_elements_frame(data, 0, self._implicit, in_item=False))
+        tag_length = self._tag_length.unpack_from
+        explicit_header = self._explicit.unpack_from
+        long_length = self._length.unpack_from
+        size = len(data)
+        pos = 0
+        frame = stack[-1]
+        while True:
+            left = size - pos
+            if left < 8:
+                if left and final:
+                    _refuse("a truncated element at the end", self._offset + pos)
+                return pos
+            if frame == _ELEMENTS_EXPLICIT:
+                group, element, vr, length = explicit_header(data, pos)
+                if group == 0xFFFE:
+                    frame = self._item_end(group, element, pos)
+                    pos += 8
+                    continue
+                if vr in _VR_SHORT:
+                    pos += 8
+                elif vr in _VR_LONG:
+                    if left < 12:
+                        if final:
+                            _refuse("a truncated element at the end", self._offset + pos)
+                        return pos
+                    length = long_length(data, pos + 8)[0]
+                    pos += 12
+                else:
+                    _refuse(f"({group:04X},{element:04X}) has an unknown VR", self._offset + pos)
+            elif frame == _ELEMENTS_IMPLICIT:
+                group, element, length = tag_length(data, pos)
+                if group == 0xFFFE:
+                    frame = self._item_end(group, element, pos)
+                    pos += 8
+                    continue
+                pos += 8
+            else:  # the items of an undefined-length value
+                group, element, length = tag_length(data, pos)
+                tag = group << 16 | element
+                if tag == _SEQUENCE_END:
+                    stack.pop()
+                    frame = stack[-1]
+                    pos += 8
+                    continue
+                if tag != _ITEM:
+                    _refuse(f"({group:04X},{element:04X}) where an item belongs",
+                            self._offset + pos)
+                if length == _UNDEFINED:
+                    if left < 14 and not final:
+                        return pos
+                    frame = _elements_frame(data, pos + 8, frame == _ITEMS_IMPLICIT, in_item=True)
+                    stack.append(frame)
+                    pos += 8
+                    continue
+                pos += 8
+            if length == _UNDEFINED:
+                frame = _ITEMS_IMPLICIT if frame == _ELEMENTS_IMPLICIT else _ITEMS_EXPLICIT
+                stack.append(frame)
+                continue
+            pos += length
+            if pos > size:
+                if final:
+                    _refuse(f"({group:04X},{element:04X}) overruns the data set",
+                            self._offset + size)
+                self._skip = pos - size
+                return size
+
+    def _item_end(self, group: int, element: int, pos: int) -> int:
+        """An Item Delimitation Item ends an undefined-length item; nothing else of group
+        FFFE may stand among elements."""
+        if element != 0xE00D or len(self._stack) < 2:
+            _refuse(f"({group:04X},{element:04X}) among the elements", self._offset + pos)
+        self._stack.pop()
+        return self._stack[-1]
+
+
+def _elements_frame(data: memoryview | bytes, pos: int, implicit: bool, in_item: bool) -> int:
+    """How a data set starting at ``pos`` is encoded, decided as pydicom decides it."""
+    if implicit and in_item:  # pydicom reads every item of an implicit VR data set implicit
+        return _ELEMENTS_IMPLICIT
+    if len(data) < pos + 6:
+        return _ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT
+    looks_explicit = 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B
+    return _ELEMENTS_EXPLICIT if looks_explicit else _ELEMENTS_IMPLICIT
+
+
+def _walk_deflated(dataset: memoryview) -> None:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    walk = StructureWalk(implicit=False, little=True)
+    inflated = 0
+    pending: memoryview | bytes = dataset
+    try:
+        while pending and not inflater.eof:
+            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            pending = inflater.unconsumed_tail
+            inflated += len(chunk)
+            if inflated > MAX_INFLATED:
+                raise CannotUnderstand("the deflated data set inflates beyond the bound")
+            walk.feed(chunk)
+    except zlib.error as exc:
+        raise CannotUnderstand("the deflated data set cannot be inflated") from exc
+    if not inflater.eof:
+        raise CannotUnderstand("the deflated data set is truncated")
+    if not _pad_or_gzip_trailer(inflater.unused_data, inflated):
+        raise CannotUnderstand("bytes follow the deflated data set")
+    walk.close()
+
+
+def _pad_or_gzip_trailer(extra: bytes, inflated: int) -> bool:
+    """What may follow the deflate stream: one pad byte to an even length, or a gzip
+    trailer (CRC-32 and size, as some writers leave it; pydicom's ``image_dfl.dcm``)."""
+    if len(extra) >= 8 and extra[4:8] == struct.pack("<L", inflated & 0xFFFFFFFF):
+        extra = extra[8:]
+    return extra in (b"", b"\x00")
+
+
+def _refuse(why: str, offset: int) -> None:
+    # The Error Comment holds 64 characters; offsets and tags are no patient data.
+    raise CannotUnderstand(f"malformed: {why} at byte {offset}")

@@ -1,0 +1,109 @@
+"""The structural walk: every shipped file walks to its end; damaged data sets are refused."""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+
+import pytest
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from mimic_server.codec import structure
+from mimic_server.codec.structure import StructureWalk, check_structure
+from mimic_server.errors import CannotUnderstand, Status
+from tests.data import Storable, ct_small, storable_files
+from tests.malformed import DAMAGES, damaged, element_headers
+
+EXPLICIT_LE = UID(ExplicitVRLittleEndian)
+
+
+def _ct_small_dataset() -> bytes:
+    return next(f for f in storable_files() if f.path == ct_small()).dataset_bytes()
+
+
+@pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
+def test_every_shipped_file_walks_to_its_end(item: Storable) -> None:
+    check_structure(memoryview(item.dataset_bytes()), UID(item.transfer_syntax_uid))
+
+
+@pytest.mark.parametrize("name", DAMAGES)
+def test_damage_after_pixel_data_is_refused(name: str) -> None:
+    data = damaged(_ct_small_dataset())[name]
+    with pytest.raises(CannotUnderstand) as refused:
+        check_structure(memoryview(data), EXPLICIT_LE)
+    assert refused.value.status == Status.CANNOT_UNDERSTAND
+    assert len(str(refused.value)) <= 64  # it is the Error Comment
+
+
+def test_a_cut_inside_any_element_is_refused_and_between_elements_is_not() -> None:
+    data = _ct_small_dataset()
+    for header in element_headers(data):
+        end = header.value_start + header.length
+        check_structure(memoryview(data[:end]), EXPLICIT_LE)  # a shorter, whole data set
+        for cut in {header.start + 3, header.value_start - 1, end - 1} - {header.start}:
+            if cut > header.start:
+                with pytest.raises(CannotUnderstand):
+                    check_structure(memoryview(data[:cut]), EXPLICIT_LE)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 13, 4096])
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "explicit_VR-UN.dcm", "ExplVR_BigEnd.dcm", "rtdose_rle.dcm"]
+)
+def test_chunks_walk_as_one_piece(name: str, chunk: int) -> None:
+    """The Deflated path feeds the walk in chunks: any split gives the same verdict."""
+    item = next(f for f in storable_files() if f.path.name == name)
+    data, syntax = item.dataset_bytes(), UID(item.transfer_syntax_uid)
+    for sample in (data, data[:-1]):
+        walk = StructureWalk(syntax.is_implicit_VR, syntax.is_little_endian)
+        try:
+            for start in range(0, len(sample), chunk):
+                walk.feed(sample[start : start + chunk])
+            walk.close()
+            chunked = None
+        except CannotUnderstand as exc:
+            chunked = str(exc)
+        try:
+            check_structure(memoryview(sample), syntax)
+            whole = None
+        except CannotUnderstand as exc:
+            whole = str(exc)
+        assert chunked == whole
+    assert whole is not None  # the cut one
+
+
+def test_deep_nesting_needs_no_recursion() -> None:
+    depth = sys.getrecursionlimit() * 5
+    open_ = b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    close = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    check_structure(memoryview(open_ * depth + close * depth), EXPLICIT_LE)
+    with pytest.raises(CannotUnderstand, match="not closed"):
+        check_structure(memoryview(open_ * depth + close * (depth - 1)), EXPLICIT_LE)
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def test_deflated_data_set_walks_inflated() -> None:
+    deflated = UID(DeflatedExplicitVRLittleEndian)
+    data = _ct_small_dataset()
+    check_structure(memoryview(_deflate(data)), deflated)
+    check_structure(memoryview(_deflate(data) + b"\x00"), deflated)  # even length pad
+    for broken in (
+        _deflate(data)[:-20],  # the stream is cut
+        _deflate(data) + b"garbage!!",  # bytes after it
+        _deflate(data[:-3]),  # a whole stream of a damaged data set
+        b"\xff" * 64,  # not deflate at all
+    ):
+        with pytest.raises(CannotUnderstand):
+            check_structure(memoryview(broken), deflated)
+
+
+def test_deflated_data_set_is_inflated_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(structure, "MAX_INFLATED", 1 << 20)
+    bomb = _deflate(b"\xfc\xff\xfc\xffOB\x00\x00" + struct.pack("<L", 8 << 20) + bytes(8 << 20))
+    with pytest.raises(CannotUnderstand, match="inflates beyond"):
+        check_structure(memoryview(bomb), UID(DeflatedExplicitVRLittleEndian))
