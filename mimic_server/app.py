@@ -21,6 +21,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
@@ -38,7 +39,7 @@ from mimic_server.dimse import (
     raw_send,
     store,
 )
-from mimic_server.errors import ConfigurationError
+from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
@@ -300,8 +301,12 @@ class Archive:
     def _index_answers(self) -> str:
         if self.engine is None:
             return "not an SQL index"
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            raise OutOfResources(f"index does not answer ({cause})") from exc
         return f"{self.engine.dialect.name} answers"
 
     def _certificate_valid(self) -> str:

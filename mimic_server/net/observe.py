@@ -2,7 +2,11 @@
 
 Fed by pynetdicom's notification events, so no DIMSE handler knows it is measured:
 
-* ``EVT_ESTABLISHED`` / ``EVT_REJECTED`` / ``EVT_ABORTED`` / ``EVT_RELEASED``: outcomes;
+* ``EVT_ESTABLISHED`` / ``EVT_ABORTED`` / ``EVT_RELEASED``: outcomes, each association's
+  end counted once (a local abort fires ``EVT_ABORTED`` from two places);
+* ``EVT_ACSE_SENT`` with an A-ASSOCIATE-RJ: rejections. Not ``EVT_REJECTED``: the policy
+  rejects in ``EVT_REQUESTED`` by sending the A-ASSOCIATE-RJ itself, which pynetdicom does not
+  report as an event; every rejection, pynetdicom's own included, passes through the DUL;
 * ``EVT_DIMSE_RECV``: a request arrived (its service, Message ID and, for a C-STORE, its
   data set length), the start of its duration;
 * the final response: NOT through ``EVT_DIMSE_SENT``. Binding that event turns off the
@@ -30,6 +34,7 @@ from pynetdicom.dimse_messages import (
     C_STORE_RQ,
 )
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 _SERVICES: dict[type, str] = {
     C_ECHO_RQ: "C-ECHO",
@@ -41,6 +46,7 @@ _SERVICES: dict[type, str] = {
 _WARNINGS = frozenset({0x0001, 0x0107, 0x0116})
 _PENDING = frozenset({0xFF00, 0xFF01})
 _REQUESTS = "_mimic_requests"
+_ENDED = "_mimic_ended"
 
 
 class Sink(Protocol):
@@ -69,13 +75,23 @@ def status_category(status: int) -> str | None:
 def bind(server: Any, sink: Sink) -> None:
     """Count what ``server``'s associations do into ``sink``."""
     server.bind(evt.EVT_ESTABLISHED, _established, [sink])
-    server.bind(evt.EVT_REJECTED, _outcome, [sink, "rejected"])
-    server.bind(evt.EVT_ABORTED, _outcome, [sink, "aborted"])
-    server.bind(evt.EVT_RELEASED, _outcome, [sink, "released"])
+    server.bind(evt.EVT_ACSE_SENT, _acse_sent, [sink])
+    server.bind(evt.EVT_ABORTED, _ended, [sink, "aborted"])
+    server.bind(evt.EVT_RELEASED, _ended, [sink, "released"])
     server.bind(evt.EVT_DIMSE_RECV, _received)
 
 
-def _outcome(event: Any, sink: Sink, outcome: str) -> None:
+def _acse_sent(event: Any, sink: Sink) -> None:
+    primitive = event.primitive
+    if type(primitive) is A_ASSOCIATE and primitive.result in (0x01, 0x02):
+        sink.association("rejected")
+
+
+def _ended(event: Any, sink: Sink, outcome: str) -> None:
+    assoc = event.assoc
+    if getattr(assoc, _ENDED, False):
+        return
+    setattr(assoc, _ENDED, True)
     sink.association(outcome)
 
 

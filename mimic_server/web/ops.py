@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mimic_server.errors import MimicError
 from mimic_server.web.metrics import ArchiveMetrics
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,16 @@ class OpsState:
 
 
 def _describe(exc: BaseException) -> str:
-    """A check's failure as one short line: the exception type and the first line of its text.
+    """A check's failure as one short line that is safe to show any prober.
 
-    Check functions raise our own errors (``OutOfResources``) or library errors; neither
-    carries credentials here (SQLAlchemy hides URL passwords, the Azure SDK redacts keys), and
-    the text is cut short so nothing long (a query, a URL with parameters) gets through.
+    MIMIC's own errors say what is wrong in words written for operators, without secrets.
+    Anything else (a driver's error names hosts, ports, users, SQL) is named by its type
+    only; the log has the rest.
     """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+    if isinstance(exc, MimicError):
+        text = str(exc).strip().splitlines()
+        return text[0][:200] if text else type(exc).__name__
+    return type(exc).__name__
 
 
 async def _run_check(state: OpsState, name: str, check: Check) -> tuple[bool, str]:
@@ -78,6 +81,7 @@ async def _run_check(state: OpsState, name: str, check: Check) -> tuple[bool, st
         try:
             result = True, await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
         except Exception as exc:
+            log.debug("readiness check failed", extra={"check": name, "error": str(exc)})
             result = False, _describe(exc)
     return result
 
