@@ -11,13 +11,16 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
@@ -38,10 +41,11 @@ from mimic_server.dimse import (
     syntaxes,
 )
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
-from mimic_server.errors import ConfigurationError
+from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
+from mimic_server.net import observe
 from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
@@ -50,6 +54,9 @@ from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
+from mimic_server.web.metrics import ArchiveMetrics
+from mimic_server.web.ops import OpsState, build_app
+from mimic_server.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,13 @@ class Archive:
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
+        self.metrics = ArchiveMetrics()
+        self.metrics.trust_refresh_failures_from(
+            lambda: self.watcher.failures if self.watcher is not None else 0
+        )
+        self.ops: HttpServer | None = None
+        self._draining = threading.Event()
+        self._server_not_after: datetime | None = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -203,6 +217,7 @@ class Archive:
             self.bundle = bundle
             context, trust = server_context(bundle), TrustIndex(bundle)
             warn_expiring(bundle)
+            self._observe_bundle(bundle)
 
         try:
             server = MimicAssociationServer(
@@ -256,6 +271,10 @@ class Archive:
                 guarded_stream(move.handle_move, "C-MOVE", STATUS["C-MOVE"], 2),
                 [finder, object_store, policy, self._move_target],
             )
+        observe.bind(server, self.metrics)
+        self.metrics.active_associations_from(
+            lambda: sum(1 for a in server.active_associations if a.is_established)
+        )
         ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
 
@@ -269,6 +288,8 @@ class Archive:
             name="mimic-listener", daemon=True,
         )
         self._thread.start()
+        if s.ops_port:
+            self._start_ops(object_store)
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
         log.info(
             "listening",
@@ -276,7 +297,56 @@ class Archive:
                 "address": f"{self.address[0]}:{self.address[1]}", "ae_title": s.ae_title,
                 "tls": s.tls, "index": self.engine.dialect.name if self.engine else "",
                 "objects": s.blob_container if s.uses_blob_storage else str(s.objects_dir),
+                "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
             },
+        )
+
+    def _start_ops(self, object_store: ObjectStore) -> None:
+        """The operations HTTP listener: health, readiness, metrics (``web/``)."""
+        s = self.settings
+        state = OpsState(
+            alive=self.listener_alive,
+            draining=self._draining.is_set,
+            checks={
+                "index": self._index_answers,
+                "object_store": lambda: _store_answers(object_store),
+                "certificate": self._certificate_valid,
+            },
+            metrics=self.metrics,
+        )
+        self.ops = HttpServer(build_app(state), s.ops_host, s.ops_port)
+        self.ops.start()
+
+    def _index_answers(self) -> str:
+        if self.engine is None:
+            return "not an SQL index"
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            raise OutOfResources(f"index does not answer ({cause})") from exc
+        return f"{self.engine.dialect.name} answers"
+
+    def _certificate_valid(self) -> str:
+        if not self.settings.tls:
+            return "TLS off"
+        not_after = self._server_not_after
+        if not_after is None:
+            raise ConfigurationError("no server certificate loaded")
+        if not_after <= datetime.now(UTC):
+            raise ConfigurationError(f"server certificate expired {not_after.isoformat()}")
+        return f"server certificate valid until {not_after.isoformat()}"
+
+    def _observe_bundle(self, bundle: CertBundle) -> None:
+        try:
+            server = x509.load_pem_x509_certificate(bundle.server_chain_pem)
+        except ValueError:
+            server = None  # server_context() has refused such a bundle already
+        self._server_not_after = server.not_valid_after_utc if server is not None else None
+        self.metrics.certificates(
+            self._server_not_after,
+            [t.certificate.not_valid_after_utc for t in bundle.currently_valid()],
         )
 
     def _move_target(self, ae_title: str) -> move.MoveTarget | None:
@@ -299,12 +369,14 @@ class Archive:
         self.bundle = bundle
         context, trust = server_context(bundle), TrustIndex(bundle)
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
+        self._observe_bundle(bundle)
         log.info(
             "trust set updated",
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
 
     def _audit_refusal(self, peer: str, reason: str) -> None:
+        self.metrics.handshake_failed(observe.handshake_failure_reason(reason))
         self.audit.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=peer, reason=reason)
 
     # -- running ----------------------------------------------------------------------------
@@ -315,6 +387,18 @@ class Archive:
         host, port = self.server.server_address[:2]
         return str(host), int(port)
 
+    def listener_alive(self) -> bool:
+        """The DICOM listener's accept loop is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def begin_drain(self) -> None:
+        """Not ready from now on (``/readyz`` 503); safe to call from a signal handler."""
+        self._draining.set()
+
     def refresh_certificates(self) -> None:
         if self.watcher is not None:
             self.watcher.refresh_now()
@@ -322,6 +406,7 @@ class Archive:
     def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, let open associations finish up to the drain time, then abort."""
         drain = self.settings.drain_seconds if drain_seconds is None else drain_seconds
+        self.begin_drain()
         server = self.server
         if server is not None:
             server.shutdown()  # stops the accept loop and closes the listening socket
@@ -333,12 +418,20 @@ class Archive:
                 assoc.abort()
             log.info("stopped", extra={"aborted_associations": len(remaining)})
             self.server = None
+        if self.ops is not None:
+            self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
+            self.ops = None
         if self.watcher is not None:
             self.watcher.stop()
         if self.engine is not None:
             self.engine.dispose()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
+
+
+def _store_answers(store: ObjectStore) -> str:
+    store.check()
+    return "answers"
 
 
 def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:

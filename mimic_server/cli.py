@@ -95,8 +95,13 @@ def serve(**options: Any) -> None:
             err=True,
         )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def drain(*_: Any) -> None:
+        archive.begin_drain()  # /readyz answers 503 from this moment
+        stop.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
     signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())
     while not stop.wait(1.0):
         pass

@@ -127,7 +127,16 @@ class Settings(BaseSettings):
     acse_timeout: float = Field(30.0, gt=0, description="Seconds to wait for association PDUs.")
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
     drain_seconds: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long open associations may finish."
+        25.0, ge=0, description="On SIGTERM, how long open associations may finish before "
+        "they are aborted (keep it below the platform's termination grace period)."
+    )
+    ops_host: str = Field(
+        "127.0.0.1",
+        description="Address of the operations HTTP listener (/healthz, /readyz, /metrics); "
+        "0.0.0.0 in a container, where the platform's probes come from outside.",
+    )
+    ops_port: int = Field(
+        8080, ge=0, le=65535, description="Operations HTTP port (0 = no operations listener)."
     )
     max_find_results: int = Field(
         10000, ge=1, description="Matches a C-FIND may return before it is refused."

@@ -49,5 +49,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "CRITICAL")
-    for noisy in ("alembic", "azure", "urllib3", "pydicom"):
+    # uvicorn: its start/stop lines carry ANSI colour copies; MIMIC logs its own.
+    for noisy in ("alembic", "azure", "urllib3", "pydicom", "uvicorn"):
         logging.getLogger(noisy).setLevel("WARNING")

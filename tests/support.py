@@ -50,6 +50,8 @@ class MimicProcess:
         """``settings`` become ``MIMIC_*`` variables; ``env`` adds others (Azure, TLS trust)."""
         self.data_dir = data_dir
         self.port = port or free_port()
+        #: The operations HTTP port (/healthz, /readyz, /metrics); settings may say "0" (off).
+        self.ops_port = int(settings.pop("ops_port", None) or free_port())
         self.settings = settings
         self.extra_env = env or {}
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
@@ -66,6 +68,8 @@ class MimicProcess:
         env.update(
             MIMIC_HOST=HOST,
             MIMIC_PORT=str(self.port),
+            MIMIC_OPS_HOST=HOST,
+            MIMIC_OPS_PORT=str(self.ops_port),
             MIMIC_DATA_DIR=str(self.data_dir),
             MIMIC_LOG_FORMAT="json",
         )
@@ -95,6 +99,18 @@ class MimicProcess:
                 self.proc.wait()
         self._log.close()
         return int(self.proc.returncode)
+
+    def ops(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        """GET ``path`` on the operations port: (HTTP status, body)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.ops_port}{path}",
+                                        timeout=timeout) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read()
 
     def hup(self) -> None:
         assert self.proc is not None

@@ -14,6 +14,7 @@ from tests.support import HOST, MimicProcess, free_port
 
 def mimic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    clean["MIMIC_OPS_PORT"] = "0"  # no operations listener on the shared default port 8080
     return subprocess.run(
         [sys.executable, "-m", "mimic_server", *args],
         capture_output=True, text=True, timeout=60, env={**clean, **(env or {})},

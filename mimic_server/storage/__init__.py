@@ -38,3 +38,11 @@ class ObjectStore(Protocol):
     def iter_keys(self) -> Iterator[str]:
         """Every key in the store, for reconciliation with the index."""
         ...
+
+    def check(self) -> None:
+        """Raise :class:`~mimic_server.errors.OutOfResources` when the store cannot take bytes.
+
+        The readiness probe's question, so it must be cheap and bounded in time: no object is
+        written or read.
+        """
+        ...

@@ -172,6 +172,14 @@ class AzureBlobStore:
         except AzureError as exc:
             raise OutOfResources(f"blob store listing failed: {_reason(exc)}") from exc
 
+    def check(self, timeout: float = 3.0) -> None:
+        """One Get Container Properties request: the account answers and the container is
+        there (the identity's data-plane role is proven by the first put)."""
+        try:
+            self._container.get_container_properties(timeout=timeout)
+        except AzureError as exc:
+            raise OutOfResources(f"blob store unavailable: {_reason(exc)}") from exc
+
 
 def _blocks(chunks: Iterable[bytes | memoryview], size: int) -> Iterator[bytes]:
     """Re-cut the chunks into blocks of ``size`` bytes; only one block is held at a time."""

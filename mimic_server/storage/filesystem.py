@@ -139,6 +139,14 @@ class FilesystemStore:
             for name in filenames:
                 yield (Path(dirpath) / name).relative_to(self.root).as_posix()
 
+    def check(self) -> None:
+        """The directory and its ``.incoming`` exist and this process may create files there."""
+        for directory in (self.root, self._tmp):
+            if not directory.is_dir():
+                raise OutOfResources(f"object directory {directory.name or directory} is missing")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise OutOfResources(f"object directory {directory.name} is not writable")
+
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)

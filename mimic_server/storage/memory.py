@@ -39,3 +39,7 @@ class MemoryStore:
 
     def iter_keys(self) -> Iterator[str]:
         return iter(list(self.objects))
+
+    def check(self) -> None:
+        if self.fail:
+            raise OutOfResources("object store unavailable")

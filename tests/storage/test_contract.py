@@ -164,3 +164,19 @@ def test_200_mb_streamed_with_bounded_memory(store: ObjectStore) -> None:
     # The store's own buffers: a few 4 MiB blocks, never the object.
     assert put_peak < 32 * MiB, put_peak
     assert read_peak < 32 * MiB, read_peak
+
+
+def test_check_answers_for_a_usable_store(store: ObjectStore) -> None:
+    store.check()  # the readiness probe's question: nothing raised
+
+
+def test_check_raises_when_the_store_is_gone(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    if isinstance(store, FilesystemStore):
+        store.root.rename(tmp_path / "gone")
+    else:
+        assert isinstance(store, AzureBlobStore)
+        store.container.delete_container()
+    with pytest.raises(OutOfResources):
+        store.check()

@@ -21,6 +21,7 @@ FORBIDDEN = {
     "certs": {"dimse", "net", "app", "cli", "index", "query", "storage"},
     "dimse": {"net", "app", "cli", "config"},
     "net": {"dimse", "app", "cli", "index", "query", "storage"},
+    "web": {"dimse", "net", "app", "cli", "index", "query", "storage", "certs"},
 }
 
 

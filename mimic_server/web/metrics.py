@@ -1,0 +1,168 @@
+"""The archive's Prometheus metrics, in one registry per archive.
+
+Every label has a fixed set of values, named here: nothing a peer sends (AE titles, UIDs,
+certificate names, error texts) ever becomes a label, so the number of series is bounded and
+no patient data reaches a scrape. A registry of its own (not prometheus_client's global one)
+lets a test run several archives in one process.
+
+The recording methods are called on the DICOM hot path (every request and response): each
+is a dictionary lookup and a lock-protected addition, a few microseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: Services counted, by their DIMSE names (the label values of ``service``).
+SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET")
+#: Final statuses of a request, by category (the label values of ``status``).
+STATUS_CATEGORIES = ("success", "warning", "failure", "cancel")
+#: How an association ended, or that it was accepted or rejected (``outcome``).
+OUTCOMES = ("accepted", "rejected", "aborted", "released")
+#: Why a connection was refused before it became an association (``reason``).
+HANDSHAKE_FAILURES = (
+    "certificate_missing",  # the peer sent no client certificate
+    "certificate_rejected",  # its certificate did not verify against the trusted set
+    "certificate_untrusted",  # it verified, but is not (or no longer) in the trust set
+    "protocol",  # no common TLS version or cipher, or not TLS at all
+    "timeout",  # no complete handshake within MIMIC_HANDSHAKE_TIMEOUT
+    "connection",  # the peer closed or reset the connection during the handshake
+    "overloaded",  # too many connections waiting for their handshake
+    "other",
+)
+ROLES = ("server", "client")
+
+#: Seconds; from a C-ECHO on loopback (sub-millisecond) to a long C-MOVE.
+_DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+)
+
+
+class _CallbackCounter(Collector):
+    """A counter whose value another object already keeps (read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        self._name, self._documentation, self._value = name, documentation, value
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._value())
+
+
+class ArchiveMetrics:
+    """The metrics of one archive; ``app.py`` feeds them, the ops endpoint exposes them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.associations_active = Gauge(
+            "mimic_associations_active", "Associations established and not yet ended.",
+            registry=r,
+        )
+        self.associations = Counter(
+            "mimic_associations", "Association requests accepted or rejected, and how "
+            "associations ended.", ["outcome"], registry=r,
+        )
+        self.requests = Counter(
+            "mimic_dimse_requests", "DIMSE requests answered, by service and final status.",
+            ["service", "status"], registry=r,
+        )
+        self.duration = Histogram(
+            "mimic_dimse_request_duration_seconds",
+            "From a request received to its final response sent.", ["service"],
+            buckets=_DURATION_BUCKETS, registry=r,
+        )
+        self.stored_bytes = Counter(
+            "mimic_stored_bytes", "Data set bytes of C-STOREs answered Success or Warning.",
+            registry=r,
+        )
+        self.handshake_failures = Counter(
+            "mimic_tls_handshake_failures",
+            "Connections refused before an association: TLS handshake or certificate.",
+            ["reason"], registry=r,
+        )
+        self.trusted_certificates = Gauge(
+            "mimic_trusted_certificates",
+            "Trusted client and CA certificates currently valid.", registry=r,
+        )
+        self.certificate_not_after = Gauge(
+            "mimic_certificate_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the server certificate, and the soonest of the trusted "
+            "client and CA certificates.", ["role"], registry=r,
+        )
+        # Children made now: every series exists from the start (0, not absent), and the
+        # hot path finds its child with one dictionary lookup instead of labels().
+        for outcome in OUTCOMES:
+            self.associations.labels(outcome)
+        self._requests = {
+            (service, status): self.requests.labels(service, status)
+            for service in SERVICES
+            for status in STATUS_CATEGORIES
+        }
+        self._durations = {service: self.duration.labels(service) for service in SERVICES}
+        for reason in HANDSHAKE_FAILURES:
+            self.handshake_failures.labels(reason)
+
+    # -- associations ------------------------------------------------------------------------
+
+    def association(self, outcome: str) -> None:
+        self.associations.labels(outcome).inc()
+
+    def active_associations_from(self, count: Callable[[], int]) -> None:
+        """Read the number of open associations at scrape time (never drifts)."""
+        self.associations_active.set_function(count)
+
+    # -- DIMSE --------------------------------------------------------------------------------
+
+    def request_answered(self, service: str, status: str, seconds: float) -> None:
+        """A final response sent; ``service`` and ``status`` from the fixed sets above."""
+        counter = self._requests.get((service, status))
+        if counter is None:
+            return
+        counter.inc()
+        self._durations[service].observe(seconds)
+
+    def stored(self, size: int) -> None:
+        self.stored_bytes.inc(size)
+
+    # -- TLS and certificates -----------------------------------------------------------------
+
+    def handshake_failed(self, reason: str) -> None:
+        if reason not in HANDSHAKE_FAILURES:
+            reason = "other"
+        self.handshake_failures.labels(reason).inc()
+
+    def certificates(
+        self, server_not_after: datetime | None, trusted_not_after: list[datetime]
+    ) -> None:
+        """A bundle was loaded: its server certificate's and trusted set's expiry dates."""
+        self.trusted_certificates.set(len(trusted_not_after))
+        if server_not_after is not None:
+            self.certificate_not_after.labels("server").set(server_not_after.timestamp())
+        if trusted_not_after:
+            self.certificate_not_after.labels("client").set(min(trusted_not_after).timestamp())
+        else:
+            with contextlib.suppress(KeyError):  # nothing trusted: no soonest expiry
+                self.certificate_not_after.remove("client")
+
+    def trust_refresh_failures_from(self, count: Callable[[], int]) -> None:
+        """The certificate watcher counts its failed refreshes; read them at scrape time."""
+        self.registry.register(
+            _CallbackCounter(
+                "mimic_trust_refresh_failures",
+                "Certificate source refreshes that failed (the last good set stayed).",
+                lambda: float(count()),
+            )
+        )
+
+    # -- exposition ---------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

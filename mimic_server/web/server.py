@@ -1,0 +1,86 @@
+"""Runs an ASGI app on uvicorn in a thread of the ``mimic serve`` process.
+
+The DICOM listener owns the main thread's signals; uvicorn gets a thread and an event loop of
+its own, and installs no signal handlers there (it only does so in the main thread). The
+socket is bound here, before the thread starts, so a port in use is a configuration error
+at start, not a log line from a dying thread.
+
+Logging: uvicorn's own logging configuration is not applied (``log_config=None``); its
+loggers propagate to MIMIC's JSON handler. The access log is off: request lines would carry
+query strings, which a later DICOMweb API fills with patient identifiers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from mimic_server.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """One uvicorn server on ``host:port``, started and stopped from the archive."""
+
+    def __init__(self, app: Any, host: str, port: int, *, name: str = "ops") -> None:
+        self.name = name
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+            self._socket.listen(128)
+        except OSError as exc:
+            self._socket.close()
+            raise ConfigurationError(
+                f"cannot listen for {name} HTTP on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        self._socket.setblocking(False)
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._run, name=f"mimic-{name}-http", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._socket])
+        except BaseException:  # uvicorn exits with SystemExit on a startup failure
+            log.exception("HTTP server stopped", extra={"server": self.name})
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; return once uvicorn accepts requests."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigurationError(f"the {self.name} HTTP server did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, finish the requests in flight (2 s at most), close the socket."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with contextlib.suppress(OSError):
+            self._socket.close()
