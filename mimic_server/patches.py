@@ -419,12 +419,15 @@ def _direct_responses() -> None:
     _wrap(DIMSEServiceProvider, "send_msg", command_set.direct_response_sender)
 
 
-def _answer_encoder() -> None:
+def _answer_encoder(enabled: bool = True) -> None:
     import pynetdicom.service_class
 
-    from mimic_server.codec import command_set
+    from mimic_server.codec import answer, command_set
 
-    _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder)
+    if enabled:
+        _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder)
+    # Without the encoder, answers must be whole Datasets for pynetdicom's own to write.
+    answer.self_encoding = enabled
 
 
 def _stored_bytes_send() -> None:
@@ -462,5 +465,6 @@ _APPLY: dict[str, Callable[[], None]] = {
     PROCESS_SWITCHES: _set_process_switches,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
+    ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
 }
