@@ -313,7 +313,8 @@ def installed(verified: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(found)
 
 
-def _versions(verified: tuple[tuple[str, str], ...]) -> str:
+def versions(verified: tuple[tuple[str, str], ...]) -> str:
+    """The versions a patch was verified on: ``pynetdicom 3.0.4, pydicom 3.0.2``."""
     return ", ".join(f"{name} {version}" for name, version in verified)
 
 
@@ -355,27 +356,31 @@ def apply() -> Fence:
     Raises ConfigurationError when a required patch's call site has changed. Safe to call
     again in one process (tests start many archives): a replacement is installed once.
     """
+    problems = {patch.name: check(patch) for patch in PATCHES}
+    for patch in PATCHES:  # nothing is applied when the start cannot go on
+        problem = problems[patch.name]
+        if patch.required and problem is not None:
+            raise ConfigurationError(
+                f"{installed(patch.verified)}: {problem}; MIMIC needs it ({patch.name}: "
+                f"{patch.without}). It was verified on {versions(patch.verified)}: "
+                "install with -c constraints.txt"
+            )
     applied: set[str] = set()
     skipped: dict[str, str] = {}
     for patch in PATCHES:
-        problem = check(patch)
+        problem = problems[patch.name]
         if problem is None:
             _APPLY.get(patch.name, _nothing)()
             applied.add(patch.name)
             continue
-        found, verified = installed(patch.verified), _versions(patch.verified)
-        if patch.required:
-            raise ConfigurationError(
-                f"{found}: {problem}; MIMIC needs it ({patch.name}: {patch.without}). It was "
-                f"verified on {verified}: install with -c constraints.txt"
-            )
         _FALLBACK.get(patch.name, _nothing)()
         skipped[patch.name] = problem
         log.warning(
             "library patch not applied: its call site changed, the library's own path runs",
             extra={
-                "patch": patch.name, "found": found, "verified": verified,
-                "site": problem, "without": patch.without,
+                "patch": patch.name, "found": installed(patch.verified),
+                "verified": versions(patch.verified), "site": problem,
+                "without": patch.without,
             },
         )
     log.info(

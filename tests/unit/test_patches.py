@@ -26,8 +26,9 @@ REQUIRED = [p for p in patches.PATCHES if p.required]
 def test_every_patched_call_site_is_as_verified(patch: patches.Patch) -> None:
     problem = patches.check(patch)
     assert problem is None, (
-        f"{patch.name} ({patch.body}) was verified on {patches.installed(patch.verified)}"
-        f" -> {problem}. Re-verify the patch against the new code, then update its Site."
+        f"{patch.name} ({patch.body}), verified on {patches.versions(patch.verified)}, "
+        f"installed {patches.installed(patch.verified)}: {problem}. Re-verify the patch "
+        "against the new code, then update its Site (or keep the pins in constraints.txt)."
     )
 
 
