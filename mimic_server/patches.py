@@ -35,7 +35,18 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import pynetdicom.association
+import pynetdicom.dimse_messages
+import pynetdicom.service_class
+from azure.core.pipeline.policies import RetryPolicy
+from pynetdicom import _config
+from pynetdicom.dimse import DIMSEServiceProvider
+
+from mimic_server.certs import vaulthttp
+from mimic_server.codec import answer, command_set
+from mimic_server.dimse import raw_send
 from mimic_server.errors import ConfigurationError
+from mimic_server.net import prompt, server
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +339,6 @@ class Fence:
     def association_adapter(self, max_pdu_read: int) -> Callable[[Any], None]:
         """The per-association patches, for ``MimicAssociationServer(adapt_association=)``:
         applied to each new acceptor association before it starts."""
-        from mimic_server.net import prompt, server
-
         steps: list[Callable[[Any], None]] = []
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
@@ -344,10 +353,10 @@ class Fence:
 
         return adapt
 
-    def register_server(self, ae: Any, server: Any) -> None:
+    def register_server(self, ae: Any, listener: Any) -> None:
         """Register a server MIMIC built itself with its AE, as ``AE.start_server`` does, so
-        that ``ae.shutdown()`` and ``server.shutdown()`` work."""
-        ae._servers.append(server)
+        that ``ae.shutdown()`` and ``listener.shutdown()`` work."""
+        ae._servers.append(listener)
 
 
 def apply() -> Fence:
@@ -409,26 +418,14 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 
 def _command_set_encoder() -> None:
-    import pynetdicom.dimse_messages
-
-    from mimic_server.codec import command_set
-
     _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder)
 
 
 def _direct_responses() -> None:
-    from pynetdicom.dimse import DIMSEServiceProvider
-
-    from mimic_server.codec import command_set
-
     _wrap(DIMSEServiceProvider, "send_msg", command_set.direct_response_sender)
 
 
 def _answer_encoder(enabled: bool = True) -> None:
-    import pynetdicom.service_class
-
-    from mimic_server.codec import answer, command_set
-
     if enabled:
         _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder)
     # Without the encoder, answers must be whole Datasets for pynetdicom's own to write.
@@ -436,25 +433,15 @@ def _answer_encoder(enabled: bool = True) -> None:
 
 
 def _stored_bytes_send() -> None:
-    import pynetdicom.association
-
-    from mimic_server.dimse import raw_send
-
     _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder)
 
 
 def _retry_after_cap(enabled: bool = True) -> None:
-    from azure.core.pipeline.policies import RetryPolicy
-
-    from mimic_server.certs import vaulthttp
-
     vaulthttp.retry_policy = vaulthttp.BoundedRetryPolicy if enabled else RetryPolicy
 
 
 def _set_process_switches() -> None:
     """pynetdicom's process-wide switches; one archive per process, so set here once."""
-    from pynetdicom import _config
-
     _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
     _config.LOG_REQUEST_IDENTIFIERS = False  # they print patient data
     _config.LOG_RESPONSE_IDENTIFIERS = False
