@@ -1,7 +1,8 @@
 """The composition root: builds a running archive from :class:`~mimic_server.config.Settings`.
 
 This is the only module that knows every concrete class (which store, which index, which
-certificate source) and the only one that touches pynetdicom's process-wide ``_config``.
+certificate source); library internals are patched only through the fence it calls once,
+:mod:`mimic_server.patches`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from mimic_server import patches
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.trust import TrustIndex
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
-from mimic_server.codec import command_set
 from mimic_server.codec.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.config import MoveDestination, Settings
 from mimic_server.dimse import (
@@ -35,9 +36,7 @@ from mimic_server.dimse import (
     find,
     get,
     move,
-    raw_send,
     store,
-    syntax_refusal,
     syntaxes,
 )
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
@@ -63,17 +62,6 @@ log = logging.getLogger(__name__)
 UNCOMPRESSED = [
     "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 ]
-
-
-def _configure_pynetdicom() -> None:
-    # Process-wide switches; one archive per process, so they are set here once.
-    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
-    _config.LOG_REQUEST_IDENTIFIERS = False  # they print patient data
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
-    raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
-    syntax_refusal.install()  # storage contexts: only syntaxes the archive can send back
-    command_set.install()  # responses and C-FIND answers without pydicom's writer
 
 
 @dataclass(frozen=True)
@@ -201,7 +189,9 @@ class Archive:
 
     def start(self) -> None:
         """Build everything and start listening; raise ConfigurationError on bad settings."""
-        _configure_pynetdicom()
+        # pynetdicom's switches and MIMIC's patches of library internals, each only where the
+        # library's call site is the verified one (patches.py); the rest run the library's own.
+        fence = patches.apply()
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         certificates = self._certificates()
@@ -219,6 +209,7 @@ class Archive:
             warn_expiring(bundle)
             self._observe_bundle(bundle)
 
+        max_pdu_read = max(s.max_pdu_size + 4096, 1 << 20)
         try:
             server = MimicAssociationServer(
                 ae,
@@ -229,9 +220,10 @@ class Archive:
                 trust=trust,
                 handshake_timeout=s.handshake_timeout,
                 network_timeout=s.network_timeout,
-                max_pdu_read=max(s.max_pdu_size + 4096, 1 << 20),
+                max_pdu_read=max_pdu_read,
                 max_pending_handshakes=s.max_associations * 4,
                 on_refused=self._audit_refusal,
+                adapt_association=fence.association_adapter(max_pdu_read),
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -275,7 +267,7 @@ class Archive:
         self.metrics.active_associations_from(
             lambda: sum(1 for a in server.active_associations if a.is_established)
         )
-        ae._servers.append(server)  # so that ae.shutdown() and server.shutdown() work
+        fence.register_server(ae, server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
 
         if source is not None:

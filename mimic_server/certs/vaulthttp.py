@@ -18,7 +18,10 @@ RETRY_AFTER_MAX = 5.0
 
 
 class BoundedRetryPolicy(RetryPolicy):
-    """``RetryPolicy`` whose Retry-After sleep is capped at :data:`RETRY_AFTER_MAX`."""
+    """``RetryPolicy`` whose Retry-After sleep is capped at :data:`RETRY_AFTER_MAX`.
+
+    It overrides a private azure-core method; the fence checks that it is still there.
+    """
 
     def _sleep_for_retry(self, response: PipelineResponse, transport: Any) -> bool:  # type: ignore[override]
         retry_after = self.get_retry_after(response)
@@ -28,6 +31,12 @@ class BoundedRetryPolicy(RetryPolicy):
         return False
 
 
+#: The policy the clients get: :class:`BoundedRetryPolicy` while azure-core's
+#: ``RetryPolicy._sleep_for_retry`` is the verified one; the fence (``mimic_server/patches.py``)
+#: sets azure-core's own ``RetryPolicy`` when it is not.
+retry_policy: type[RetryPolicy] = BoundedRetryPolicy
+
+
 def client_options(verify_challenge_resource: bool = True) -> dict[str, Any]:
     """Keyword arguments for ``CertificateClient`` and ``SecretClient``.
 
@@ -35,7 +44,7 @@ def client_options(verify_challenge_resource: bool = True) -> dict[str, Any]:
     the client accept a challenge whose resource is not the vault's own domain.
     """
     return {
-        "retry_policy": BoundedRetryPolicy(
+        "retry_policy": retry_policy(
             retry_total=2, retry_backoff_factor=0.5, retry_backoff_max=4, timeout=30
         ),
         "connection_timeout": 5,

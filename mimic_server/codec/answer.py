@@ -27,11 +27,18 @@ PLAIN_VRS = _CHARSET_TEXT | _ASCII_TEXT | frozenset(_NUMBERS)
 UTF8 = "ISO_IR 192"
 
 
+#: Whether an :class:`Answer` is left empty for ``codec.command_set.answer_encoder`` to
+#: write: set by the fence (``mimic_server/patches.py``) when it has installed that encoder.
+#: Otherwise each answer is also filled as a ``Dataset``, which pynetdicom's own encoder writes.
+self_encoding = False
+
+
 class Answer(Dataset):
     """A C-FIND answer Identifier held as plain ``tag -> (VR, value)``.
 
     ``value`` is None (empty), a str, or a list of str (ints for US / UL / SS / SL).
-    The ``Dataset`` itself stays empty: :meth:`to_dataset` builds the real one when needed.
+    While :data:`self_encoding` is on, the ``Dataset`` itself stays empty: :meth:`to_dataset`
+    builds the real one when needed.
     """
 
     _mimic_plain: dict[int, tuple[str, Any]]
@@ -40,6 +47,10 @@ class Answer(Dataset):
     def of(cls, plain: dict[int, tuple[str, Any]]) -> Answer:
         answer = cls()
         answer._mimic_plain = plain
+        if not self_encoding:
+            for tag in sorted(plain):
+                vr, value = plain[tag]
+                answer.add_new(tag, vr, value)
         return answer
 
     def to_dataset(self) -> Dataset:

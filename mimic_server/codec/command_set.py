@@ -4,7 +4,8 @@ pynetdicom builds every response as a pydicom ``Dataset`` of command elements an
 twice with pydicom (once to learn the Command Group Length, once to send it): about half a
 millisecond on every C-STORE response and every C-FIND match, for a handful of elements. A
 command set is always implicit VR little endian and holds only group 0000 elements of a few
-VRs. Installed here, process-wide:
+VRs. Three wrappers, applied process-wide by the fence (``mimic_server/patches.py``) when
+pynetdicom's call sites are the verified ones:
 
 * the encoder of pynetdicom's DIMSE messages writes such command sets directly and gives
   anything else (another VR, a value it does not expect, a non-ASCII text) to pydicom;
@@ -24,8 +25,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import pynetdicom.dimse_messages
-import pynetdicom.service_class
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
@@ -169,13 +168,14 @@ def _fragments(
     return out
 
 
-def install() -> None:
-    """Wrap pynetdicom's command set encoder, response sending and C-FIND answer encoder,
-    once per process."""
-    original = pynetdicom.dimse_messages.encode
-    if getattr(original, "_mimic_command_sets", False):
-        return
-    encode_identifier = pynetdicom.service_class.encode
+# The wrappers below are applied by the fence, mimic_server/patches.py, which checks first
+# that the pynetdicom call sites they replace are the ones verified; each takes the function
+# it replaces and falls back to it for anything it does not handle.
+
+
+def answer_encoder(encode_identifier: Callable[..., Any]) -> Callable[..., Any]:
+    """A replacement for ``pynetdicom.service_class.encode``: an :class:`Answer` encodes
+    itself, anything else goes to ``encode_identifier``."""
 
     def encode_answer(
         ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
@@ -187,8 +187,12 @@ def install() -> None:
             ds = ds.to_dataset()
         return encode_identifier(ds, is_implicit_vr, is_little_endian, deflated)
 
-    pynetdicom.service_class.encode = encode_answer  # type: ignore[assignment]
-    send_msg = DIMSEServiceProvider.send_msg
+    return encode_answer
+
+
+def direct_response_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
+    """A replacement for ``DIMSEServiceProvider.send_msg``: plain C-STORE and C-FIND
+    responses go out as P-DATA built here, anything else through ``send_msg``."""
 
     def send_response_directly(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
         if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
@@ -202,7 +206,12 @@ def install() -> None:
                 return
         send_msg(self, primitive, context_id)
 
-    DIMSEServiceProvider.send_msg = send_response_directly  # type: ignore[method-assign]
+    return send_response_directly
+
+
+def command_set_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A replacement for ``pynetdicom.dimse_messages.encode``: command sets of plain VRs
+    are written here, anything else by ``original`` (pydicom)."""
 
     def encode(
         ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
@@ -213,5 +222,4 @@ def install() -> None:
                 return fast
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
-    encode._mimic_command_sets = True  # type: ignore[attr-defined]
-    pynetdicom.dimse_messages.encode = encode  # type: ignore[assignment]
+    return encode

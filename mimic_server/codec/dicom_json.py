@@ -49,12 +49,13 @@ def header_to_json(
 
     The entries read here hold no bulk data and no NUL; those from ``element_json`` may.
     """
-    raw_elements = ds._dict
-    charset = ds.get("SpecificCharacterSet", "") if 0x00080005 in raw_elements else ""
+    # Dataset.items() yields the elements as stored, RawDataElement until first accessed.
+    raw_elements = ds.items()
+    charset = ds.get("SpecificCharacterSet", "") if 0x00080005 in ds else ""
     codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
     out: dict[str, Any] = {}
     converted: set[str] = set()
-    for tag, value in raw_elements.items():
+    for tag, value in raw_elements:
         key = f"{tag:08X}"
         entry = _fast(value, codec) if type(value) is RawDataElement else None
         if entry is _BULK_DATA:

@@ -3,16 +3,17 @@
 pynetdicom's retrieve service takes a ``Dataset`` and re-encodes it for every C-STORE
 sub-operation, which drops group lengths and alters other details of the bytes we promised
 to keep as received. A :class:`StoredDataset` carries the stored dataset bytes; the encoder
-installed here sends them unchanged when the sub-association's transfer syntax encodes the
-same way as the stored one, and falls back to pynetdicom's own encoder otherwise (a
-conversion between uncompressed transfer syntaxes that the destination asked for).
+made here (applied by the fence, ``mimic_server/patches.py``) sends them unchanged when the
+sub-association's transfer syntax encodes the same way as the stored one, and falls back to
+pynetdicom's own encoder otherwise (a conversion between uncompressed transfer syntaxes that
+the destination asked for).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import pynetdicom.association
 from pydicom.dataset import Dataset
 
 
@@ -40,11 +41,10 @@ class StoredDataset(Dataset):
         return stored
 
 
-def install() -> None:
-    """Wrap pynetdicom's dataset encoder once per process."""
-    original = pynetdicom.association.encode
-    if getattr(original, "_mimic_raw_send", False):
-        return
+def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A replacement for ``pynetdicom.association.encode`` (applied by the fence,
+    ``mimic_server/patches.py``): a :class:`StoredDataset` in its own encoding is sent as
+    stored, anything else is encoded by ``original``."""
 
     def encode(
         ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
@@ -55,5 +55,4 @@ def install() -> None:
                 return ds._mimic_raw
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
-    encode._mimic_raw_send = True  # type: ignore[attr-defined]
-    pynetdicom.association.encode = encode  # type: ignore[assignment]
+    return encode

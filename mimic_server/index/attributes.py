@@ -112,7 +112,7 @@ class _Keys:
     def _json(self, keyword: str) -> dict[str, Any] | None:
         tag = tag_for_keyword(keyword)
         entry = self.header.get(f"{tag:08X}") if tag is not None else None
-        if entry is None and tag is not None and tag not in self.ds._dict:
+        if entry is None and tag is not None and tag not in self.ds:
             return {}  # absent
         return entry
 

@@ -63,7 +63,16 @@ class _BusyAwareDUL(DULServiceProvider):
         super()._read_pdu_data()
 
 
-def make_prompt(assoc: Any) -> None:
-    """Switch a new (not yet started) acceptor association to the prompt hand-offs."""
+# Each switch is applied, or not, by the fence (mimic_server/patches.py), which checks first
+# that the pynetdicom methods they override are the ones verified.
+
+
+def wait_on_queue(assoc: Any) -> None:
+    """Switch a new (not yet started) acceptor association's DIMSE provider to waiting on
+    its message queue."""
     assoc.dimse.__class__ = _WaitingDIMSE
+
+
+def pace_by_activity(assoc: Any) -> None:
+    """Switch a new (not yet started) acceptor association's DUL to the busy/idle delay."""
     assoc.dul.__class__ = _BusyAwareDUL

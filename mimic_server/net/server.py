@@ -30,7 +30,6 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from mimic_server.certs.trust import TrustIndex
-from mimic_server.net.prompt import make_prompt
 from mimic_server.security.identity import (
     ANONYMOUS,
     Identity,
@@ -68,15 +67,23 @@ class _GuardedAssociationSocket(AssociationSocket):
         return buffer if received == nr_bytes else buffer[:received]
 
 
+def guard_pdu_reads(assoc: Any, max_read: int) -> None:
+    """Swap a new association's socket for :class:`_GuardedAssociationSocket`.
+
+    Applied, or not, by the fence (``mimic_server/patches.py``), which checks first that
+    pynetdicom's ``AssociationSocket.recv`` and its caller are the ones verified.
+    """
+    sock = assoc.dul.socket
+    sock.__class__ = _GuardedAssociationSocket
+    sock.max_read = max_read
+
+
 class _RequestHandler(RequestHandler):
     server: MimicAssociationServer
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        sock = assoc.dul.socket
-        sock.__class__ = _GuardedAssociationSocket
-        sock.max_read = self.server.max_pdu_read
-        make_prompt(assoc)
+        self.server.adapt_association(assoc)  # the patches the fence applies (patches.py)
         identity = self.server.admitted_identity(self.request)
         if identity is not None:
             attach_identity(assoc, identity)
@@ -119,13 +126,17 @@ class MimicAssociationServer(ThreadedAssociationServer):
         max_pdu_read: int,
         max_pending_handshakes: int,
         on_refused: Callable[[str, str], None] | None = None,
+        adapt_association: Callable[[Any], None] = lambda assoc: None,
     ) -> None:
+        """``adapt_association`` applies the fence's per-association patches to each new
+        association (``mimic_server/patches.py``); the default leaves pynetdicom's."""
         self.trust = trust
         self.handshake_timeout = handshake_timeout
         self.network_timeout = network_timeout
         self.max_pdu_read = max_pdu_read
         self.max_pending_handshakes = max_pending_handshakes
         self.on_refused = on_refused
+        self.adapt_association = adapt_association
         self._identities: weakref.WeakKeyDictionary[socket.socket, Identity] = (
             weakref.WeakKeyDictionary()
         )

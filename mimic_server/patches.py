@@ -1,0 +1,485 @@
+"""The fence: every place MIMIC replaces or reaches into a library's internals, checked first.
+
+MIMIC's speed-ups and guards replace pynetdicom internals (class swaps of the DUL and DIMSE
+providers and of accepted sockets, process-wide encoder replacement, private attributes) and
+one private azure-core method. Such a replacement is right only for the library code it was
+written against: a release that renames, moves or changes a replaced function would make
+MIMIC call something that is no longer there, or skip a step the new code added. So every
+patch is listed here, in :data:`PATCHES`, with the library versions it was verified on and
+the call sites it relies on (that each exists, its signature, and a hash of its source). At
+start, :func:`apply` checks every call site against the installed libraries:
+
+* a patch whose call sites are as verified is applied;
+* a patch with a changed call site is not: the library's own path runs instead, and one
+  WARNING names the patch, the installed version and the site that changed;
+* a *required* patch (no library path can stand in for it: the identity hook, the server
+  registration pynetdicom's ``shutdown`` expects, the process-wide switches) with a changed
+  call site stops the start with a ``ConfigurationError``.
+
+The patch bodies stay where their logic belongs (``net/``, ``codec/``, ``dimse/``,
+``certs/``); this module only decides and applies. It sits beside ``app.py`` rather than in
+``net/`` because its patches span four rooms and only the composition root may know them
+all; ``app.py`` is its only importer. ``tests/unit/test_patches.py`` fails when an installed
+library no longer matches, and ``constraints.txt`` pins the verified versions
+(``scripts/lock.sh`` regenerates it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pynetdicom.acse
+import pynetdicom.association
+import pynetdicom.dimse_messages
+import pynetdicom.service_class
+from azure.core.pipeline.policies import RetryPolicy
+from pynetdicom import _config
+from pynetdicom.dimse import DIMSEServiceProvider
+
+from mimic_server.certs import vaulthttp
+from mimic_server.codec import answer, command_set
+from mimic_server.dimse import raw_send, syntax_refusal
+from mimic_server.errors import ConfigurationError
+from mimic_server.net import prompt, server
+
+log = logging.getLogger(__name__)
+
+#: The versions every patch below was verified on (tests, benchmarks, byte comparisons).
+PYNETDICOM = ("pynetdicom", "3.0.4")
+PYDICOM = ("pydicom", "3.0.2")
+AZURE_CORE = ("azure-core", "1.41.0")
+
+#: Set on every replacement the fence installs: the function it replaced. The checks look
+#: through it, so a second start in one process checks pynetdicom's code, not MIMIC's.
+ORIGINAL = "_mimic_original"
+
+
+@dataclass(frozen=True)
+class Site:
+    """One library object a patch replaces or relies on, as it was verified.
+
+    ``target`` is ``"module:Qualified.name"``; ``signature`` its parameters without annotations
+    (:func:`shape`: stable across Python versions; the source hash covers annotations);
+    ``source`` the first 16 hex digits of the SHA-256 of its source (:func:`source_digest`);
+    ``mentions`` a name its source must use (for required sites, whose exact source may
+    change as long as they still do what MIMIC relies on). ``None`` means "not checked".
+    """
+
+    target: str
+    signature: str | None = None
+    source: str | None = None
+    mentions: str | None = None
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One replacement of library internals: where it lives, what it needs, what it buys."""
+
+    name: str
+    body: str  #: where the replacement is written
+    without: str  #: what the library's own path costs when the patch is not applied
+    verified: tuple[tuple[str, str], ...]
+    sites: tuple[Site, ...]
+    required: bool = False
+
+
+# Names the rest of the fence refers to.
+PDU_LENGTH_GUARD = "pdu-length-guard"
+DIMSE_QUEUE_WAIT = "dimse-queue-wait"
+DUL_BUSY_DELAY = "dul-busy-delay"
+COMMAND_SET_ENCODER = "command-set-encoder"
+DIRECT_RESPONSES = "direct-responses"
+ANSWER_ENCODER = "answer-encoder"
+STORED_BYTES_SEND = "stored-bytes-send"
+RETRY_AFTER_CAP = "key-vault-retry-after-cap"
+IDENTITY_HOOK = "identity-hook"
+SERVER_REGISTRATION = "server-registration"
+PROCESS_SWITCHES = "process-switches"
+SYNTAX_REFUSAL = "transfer-syntax-refusal"
+
+_ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
+_READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
+_ENCODE = ("(ds, is_implicit_vr, is_little_endian, deflated=False)", "0d29ffd5d358c45a")
+_ENCODE_MSG = Site("pynetdicom.dimse_messages:DIMSEMessage.encode_msg", source="73000c902c52832d")
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        PDU_LENGTH_GUARD,
+        "mimic_server.net.server:_GuardedAssociationSocket (class swap of each accepted socket)",
+        "PDUs are read in 4 KiB pieces and the length a peer announces is not bounded",
+        (PYNETDICOM,),
+        (
+            Site("pynetdicom.transport:AssociationSocket.recv",
+                 "(self, nr_bytes)", "6bc20a33b1b7cfe7"),
+            # builds the AssociationSocket whose class is swapped
+            Site("pynetdicom.transport:RequestHandler._create_association",
+                 source="05c8d12b79863cdb"),
+            _READ_PDU,  # reads a PDU body in one recv(length); OSError = connection closed
+        ),
+    ),
+    Patch(
+        DIMSE_QUEUE_WAIT,
+        "mimic_server.net.prompt:_WaitingDIMSE (class swap of each acceptor's DIMSE provider)",
+        "the association thread sleeps 1 ms before each look at its message queue",
+        (PYNETDICOM,),
+        (
+            Site("pynetdicom.dimse:DIMSEServiceProvider.get_msg",
+                 "(self, block=False)", "890e3e04283f5aeb"),
+            # polls get_msg(block=False) after a 1 ms sleep
+            Site("pynetdicom.association:Association._run_reactor", source="f28838c5559e462a"),
+            _ASSOCIATION_INIT,  # makes the DIMSEServiceProvider whose class is swapped
+        ),
+    ),
+    Patch(
+        DUL_BUSY_DELAY,
+        "mimic_server.net.prompt:_BusyAwareDUL (class swap of each acceptor's DUL provider)",
+        "the DUL thread sleeps 1 ms between turns also while a message is under way",
+        (PYNETDICOM,),
+        (
+            # sets the _run_loop_delay instance attribute the property replaces
+            Site("pynetdicom.dul:DULServiceProvider.__init__", source="c82dafa9438ddf70"),
+            Site("pynetdicom.dul:DULServiceProvider.run_reactor", source="e3a10eb3a0931e48"),
+            Site("pynetdicom.dul:DULServiceProvider.send_pdu",
+                 "(self, primitive)", "7cbce5da8594124e"),
+            _READ_PDU,
+            _ASSOCIATION_INIT,  # makes the DULServiceProvider whose class is swapped
+        ),
+    ),
+    Patch(
+        COMMAND_SET_ENCODER,
+        "mimic_server.codec.command_set:command_set_encoder "
+        "(replaces pynetdicom.dimse_messages.encode)",
+        "every command set is encoded by pydicom",
+        (PYNETDICOM, PYDICOM),
+        (
+            Site("pynetdicom.dimse_messages:encode", *_ENCODE),
+            _ENCODE_MSG,  # calls encode(command_set, True, True) by its module global
+            Site("pynetdicom.dimse_messages:DIMSEMessage._set_command_group_length",
+                 source="c3057c97344d5db3"),
+        ),
+    ),
+    Patch(
+        DIRECT_RESPONSES,
+        "mimic_server.codec.command_set:direct_response_sender "
+        "(replaces DIMSEServiceProvider.send_msg)",
+        "each C-STORE / C-FIND response is built as a Dataset and encoded twice by pydicom",
+        (PYNETDICOM, PYDICOM),
+        (
+            Site("pynetdicom.dimse:DIMSEServiceProvider.send_msg",
+                 "(self, primitive, context_id)", "a839cf2fb46976d9"),
+            _ENCODE_MSG,  # its fragmentation is reproduced
+            Site("pynetdicom.dimse_messages:DIMSEMessage.primitive_to_message",
+                 source="71fd61d5997f0f0c"),  # the elements it writes are reproduced
+        ),
+    ),
+    Patch(
+        ANSWER_ENCODER,
+        "mimic_server.codec.command_set:answer_encoder (replaces pynetdicom.service_class.encode)",
+        "every C-FIND answer is built as a Dataset and encoded by pydicom",
+        (PYNETDICOM, PYDICOM),
+        (
+            Site("pynetdicom.service_class:encode", *_ENCODE),
+            # encodes each pending Identifier through that module global
+            Site("pynetdicom.service_class:QueryRetrieveServiceClass._c_find_scp",
+                 source="da242b908ef4848c"),
+        ),
+    ),
+    Patch(
+        STORED_BYTES_SEND,
+        "mimic_server.dimse.raw_send:stored_bytes_encoder (replaces pynetdicom.association.encode)",
+        "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored",
+        (PYNETDICOM, PYDICOM),
+        (
+            Site("pynetdicom.association:encode", *_ENCODE),
+            # encodes each sub-operation's data set through that module global
+            Site("pynetdicom.association:Association.send_c_store", source="fa5a8127f349f8e7"),
+        ),
+    ),
+    Patch(
+        RETRY_AFTER_CAP,
+        "mimic_server.certs.vaulthttp:BoundedRetryPolicy (overrides RetryPolicy._sleep_for_retry)",
+        "a Key Vault refresh obeys any Retry-After, however long",
+        (AZURE_CORE,),
+        (
+            Site("azure.core.pipeline.policies:RetryPolicy._sleep_for_retry",
+                 "(self, response, transport)", "e60fb9e62dd39f26"),
+            Site("azure.core.pipeline.policies:RetryPolicy.sleep",
+                 source="ec053b02188da6f7"),  # its only caller
+        ),
+    ),
+    Patch(
+        IDENTITY_HOOK,
+        "mimic_server.net.server:_RequestHandler._create_association "
+        "(attaches the TLS identity and the per-association patches)",
+        "no association would get its peer's identity: every one would be refused",
+        (PYNETDICOM,),
+        (Site("pynetdicom.transport:RequestHandler._create_association", "(self)"),),
+        required=True,
+    ),
+    Patch(
+        SERVER_REGISTRATION,
+        "mimic_server.patches:Fence.register_server (ae._servers, as AE.start_server does)",
+        "ThreadedAssociationServer.shutdown() would fail removing an unregistered server",
+        (PYNETDICOM,),
+        (
+            Site("pynetdicom.ae:ApplicationEntity.__init__", mentions="self._servers"),
+            Site("pynetdicom.transport:ThreadedAssociationServer.shutdown",
+                 mentions="self.ae._servers.remove"),
+        ),
+        required=True,
+    ),
+    Patch(
+        SYNTAX_REFUSAL,
+        "mimic_server.dimse.syntax_refusal:refusing_negotiation "
+        "(wraps pynetdicom.acse.negotiate_unrestricted)",
+        "storage contexts in any transfer syntax would be accepted, also those the archive "
+        "cannot index or send back",
+        (PYNETDICOM,),
+        (
+            Site("pynetdicom.acse:negotiate_unrestricted",
+                 "(rq_contexts, ac_contexts, roles=None)", "344f31fc8c738793"),
+            # calls it by its module global, for the unrestricted storage service
+            Site("pynetdicom.acse:ACSE._negotiate_as_acceptor",
+                 mentions="negotiate_unrestricted("),
+        ),
+        required=True,
+    ),
+    Patch(
+        PROCESS_SWITCHES,
+        "mimic_server.patches:_set_process_switches (pynetdicom._config)",
+        "pynetdicom's log handlers, identifier logging and storage SOP class limits would stay",
+        (PYNETDICOM,),
+        tuple(
+            Site(f"pynetdicom._config:{name}")
+            for name in (
+                "LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS",
+                "UNRESTRICTED_STORAGE_SERVICE",
+            )
+        ),
+        required=True,
+    ),
+)
+
+
+def source_digest(obj: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of an object's source text."""
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def shape(obj: Any) -> str:
+    """A callable's parameters, names, kinds and defaults, without annotations: ``(self, n)``."""
+    signature = inspect.signature(obj)
+    empty = inspect.Parameter.empty
+    bare = [p.replace(annotation=empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=bare, return_annotation=empty))
+
+
+def resolve(target: str) -> Any:
+    """The library object a site names, seen through any replacement the fence installed."""
+    module_name, _, qualname = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    while hasattr(obj, ORIGINAL):
+        obj = getattr(obj, ORIGINAL)
+    return obj
+
+
+def site_problem(site: Site) -> str | None:
+    """Why ``site`` is not as verified, or None when it is."""
+    try:
+        obj = resolve(site.target)
+    except (ImportError, AttributeError):
+        return f"{site.target} not found"
+    if site.signature is not None:
+        try:
+            found = shape(obj)
+        except (TypeError, ValueError):
+            return f"{site.target} has no signature"
+        if found != site.signature:
+            return f"{site.target} signature is {found}, verified {site.signature}"
+    if site.source is not None:
+        try:
+            digest = source_digest(obj)
+        except (OSError, TypeError):
+            return f"{site.target} source unavailable"
+        if digest != site.source:
+            return f"{site.target} source changed (sha256 {digest}, verified {site.source})"
+    if site.mentions is not None:
+        try:
+            text = inspect.getsource(obj)
+        except (OSError, TypeError):
+            return f"{site.target} source unavailable"
+        if site.mentions not in text:
+            return f"{site.target} no longer uses {site.mentions}"
+    return None
+
+
+def check(patch: Patch) -> str | None:
+    """The first call site of ``patch`` that is not as verified, or None."""
+    for site in patch.sites:
+        problem = site_problem(site)
+        if problem is not None:
+            return problem
+    return None
+
+
+def installed(verified: tuple[tuple[str, str], ...]) -> str:
+    """The installed versions of the libraries a patch was verified on: ``pynetdicom 3.1.0``."""
+    found = []
+    for distribution, _ in verified:
+        try:
+            found.append(f"{distribution} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{distribution} (not installed)")
+    return ", ".join(found)
+
+
+def versions(verified: tuple[tuple[str, str], ...]) -> str:
+    """The versions a patch was verified on: ``pynetdicom 3.0.4, pydicom 3.0.2``."""
+    return ", ".join(f"{name} {version}" for name, version in verified)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What :func:`apply` decided: the patches applied, and why each other one was not."""
+
+    applied: frozenset[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def association_adapter(self, max_pdu_read: int) -> Callable[[Any], None]:
+        """The per-association patches, for ``MimicAssociationServer(adapt_association=)``:
+        applied to each new acceptor association before it starts."""
+        steps: list[Callable[[Any], None]] = []
+        if PDU_LENGTH_GUARD in self.applied:
+            steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
+        if DIMSE_QUEUE_WAIT in self.applied:
+            steps.append(prompt.wait_on_queue)
+        if DUL_BUSY_DELAY in self.applied:
+            steps.append(prompt.pace_by_activity)
+
+        def adapt(assoc: Any) -> None:
+            for step in steps:
+                step(assoc)
+
+        return adapt
+
+    def register_server(self, ae: Any, listener: Any) -> None:
+        """Register a server MIMIC built itself with its AE, as ``AE.start_server`` does, so
+        that ``ae.shutdown()`` and ``listener.shutdown()`` work."""
+        ae._servers.append(listener)
+
+
+def apply() -> Fence:
+    """Check every patch against the installed libraries and apply those that match.
+
+    Raises ConfigurationError when a required patch's call site has changed. Safe to call
+    again in one process (tests start many archives): a replacement is installed once.
+    """
+    problems = {patch.name: check(patch) for patch in PATCHES}
+    for patch in PATCHES:  # nothing is applied when the start cannot go on
+        problem = problems[patch.name]
+        if patch.required and problem is not None:
+            raise ConfigurationError(
+                f"{installed(patch.verified)}: {problem}; MIMIC needs it ({patch.name}: "
+                f"{patch.without}). It was verified on {versions(patch.verified)}: "
+                "install with -c constraints.txt"
+            )
+    applied: set[str] = set()
+    skipped: dict[str, str] = {}
+    for patch in PATCHES:
+        problem = problems[patch.name]
+        if problem is None:
+            _APPLY.get(patch.name, _nothing)()
+            applied.add(patch.name)
+            continue
+        _FALLBACK.get(patch.name, _nothing)()
+        skipped[patch.name] = problem
+        log.warning(
+            "library patch not applied: its call site changed, the library's own path runs",
+            extra={
+                "patch": patch.name, "found": installed(patch.verified),
+                "verified": versions(patch.verified), "site": problem,
+                "without": patch.without,
+            },
+        )
+    log.info(
+        "library patches",
+        extra={
+            "applied": sorted(applied), "skipped": sorted(skipped),
+            "found": installed((PYNETDICOM, PYDICOM, AZURE_CORE)),
+        },
+    )
+    return Fence(frozenset(applied), skipped)
+
+
+def _nothing() -> None:
+    """Per-association patches are applied by :meth:`Fence.association_adapter`."""
+
+
+def _wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """Replace ``owner.name`` by ``make(current)``, once: the replacement records what it
+    replaced, so a second call in one process (and :func:`resolve`) sees through it."""
+    current = getattr(owner, name)
+    if hasattr(current, ORIGINAL):
+        return
+    replacement = make(current)
+    setattr(replacement, ORIGINAL, current)
+    setattr(owner, name, replacement)
+
+
+def _command_set_encoder() -> None:
+    _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder)
+
+
+def _direct_responses() -> None:
+    _wrap(DIMSEServiceProvider, "send_msg", command_set.direct_response_sender)
+
+
+def _answer_encoder(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder)
+    # Without the encoder, answers must be whole Datasets for pynetdicom's own to write.
+    answer.self_encoding = enabled
+
+
+def _stored_bytes_send() -> None:
+    _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder)
+
+
+def _retry_after_cap(enabled: bool = True) -> None:
+    vaulthttp.retry_policy = vaulthttp.BoundedRetryPolicy if enabled else RetryPolicy
+
+
+def _syntax_refusal() -> None:
+    _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation)
+
+
+def _set_process_switches() -> None:
+    """pynetdicom's process-wide switches; one archive per process, so set here once."""
+    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
+    _config.LOG_REQUEST_IDENTIFIERS = False  # they print patient data
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
+
+
+_APPLY: dict[str, Callable[[], None]] = {
+    COMMAND_SET_ENCODER: _command_set_encoder,
+    DIRECT_RESPONSES: _direct_responses,
+    ANSWER_ENCODER: _answer_encoder,
+    STORED_BYTES_SEND: _stored_bytes_send,
+    RETRY_AFTER_CAP: _retry_after_cap,
+    PROCESS_SWITCHES: _set_process_switches,
+    SYNTAX_REFUSAL: _syntax_refusal,
+}
+_FALLBACK: dict[str, Callable[[], None]] = {
+    ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
+    RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
+}

@@ -1,0 +1,136 @@
+"""The fence around MIMIC's patches of library internals (mimic_server/patches.py).
+
+The first test is the tripwire: it checks every patched call site against the libraries
+installed for the test suite, so upgrading pynetdicom, pydicom or azure-core past a change
+in one of them fails here (and the fence would fall back at start).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import pytest
+
+from mimic_server import patches
+from mimic_server.errors import ConfigurationError
+from tests.patch_sites import change_signature, change_source, keep_switches
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mimic_server"
+SPEED_UPS = [p for p in patches.PATCHES if not p.required]
+REQUIRED = [p for p in patches.PATCHES if p.required]
+
+
+@pytest.mark.parametrize("patch", patches.PATCHES, ids=lambda p: p.name)
+def test_every_patched_call_site_is_as_verified(patch: patches.Patch) -> None:
+    problem = patches.check(patch)
+    assert problem is None, (
+        f"{patch.name} ({patch.body}), verified on {patches.versions(patch.verified)}, "
+        f"installed {patches.installed(patch.verified)}: {problem}. Re-verify the patch "
+        "against the new code, then update its Site (or keep the pins in constraints.txt)."
+    )
+
+
+def test_every_patch_names_its_verified_versions_and_sites() -> None:
+    names = [p.name for p in patches.PATCHES]
+    assert len(names) == len(set(names))
+    for patch in patches.PATCHES:
+        assert patch.verified and patch.sites and patch.without
+        for distribution, version in patch.verified:
+            assert distribution in {"pynetdicom", "pydicom", "azure-core"} and version
+
+
+@pytest.mark.parametrize("patch", SPEED_UPS, ids=lambda p: p.name)
+def test_a_moved_call_site_falls_back_with_a_warning(
+    patch: patches.Patch, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    keep_switches(monkeypatch)
+    change_signature(monkeypatch, patch.sites[0])
+    with caplog.at_level(logging.WARNING, logger="mimic_server.patches"):
+        fence = patches.apply()
+
+    assert patch.name not in fence.applied
+    assert patch.sites[0].target in fence.skipped[patch.name]
+    assert fence.applied == {p.name for p in patches.PATCHES} - {patch.name}
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.patch == patch.name  # type: ignore[attr-defined]
+    distribution = patch.verified[0][0]
+    assert warning.found.startswith(distribution + " ")  # type: ignore[attr-defined]
+    assert patch.sites[0].target in warning.site  # type: ignore[attr-defined]
+
+
+def test_a_changed_body_under_the_same_signature_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    site = patches.PATCHES[0].sites[0]
+    change_source(monkeypatch, site)
+    assert "source changed" in (patches.site_problem(site) or "")
+
+
+def test_a_removed_call_site_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    monkeypatch.delattr(DIMSEServiceProvider, "send_msg")
+    problem = patches.check(next(p for p in SPEED_UPS if p.name == patches.DIRECT_RESPONSES))
+    assert problem is not None and "not found" in problem
+
+
+def test_without_its_fence_the_retry_policy_is_azure_cores_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.core.pipeline.policies import RetryPolicy
+
+    from mimic_server.certs import vaulthttp
+
+    keep_switches(monkeypatch)
+    cap = next(p for p in patches.PATCHES if p.name == patches.RETRY_AFTER_CAP)
+    change_signature(monkeypatch, cap.sites[0])
+    patches.apply()
+    assert type(vaulthttp.client_options()["retry_policy"]) is RetryPolicy
+    monkeypatch.undo()
+    patches.apply()
+    assert type(vaulthttp.client_options()["retry_policy"]) is vaulthttp.BoundedRetryPolicy
+
+
+@pytest.mark.parametrize("patch", REQUIRED, ids=lambda p: p.name)
+def test_a_changed_required_call_site_stops_the_start(
+    patch: patches.Patch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = patch.sites[0]
+    if site.signature is not None:
+        change_signature(monkeypatch, site)
+    elif site.mentions is not None:
+        change_source(monkeypatch, site)  # its source no longer mentions what we rely on
+    else:
+        from tests.patch_sites import owner_and_name
+
+        monkeypatch.delattr(*owner_and_name(site.target))
+    with pytest.raises(ConfigurationError, match=rf"{patch.name}.*constraints\.txt"):
+        patches.apply()
+
+
+def test_the_installs_are_done_once_per_process() -> None:
+    import pynetdicom.dimse_messages
+
+    patches.apply()
+    first = pynetdicom.dimse_messages.encode
+    patches.apply()
+    assert pynetdicom.dimse_messages.encode is first
+    assert patches.resolve("pynetdicom.dimse_messages:encode") is not first  # seen through
+
+
+def test_only_the_composition_root_imports_the_fence() -> None:
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "mimic_server":
+                if any(alias.name == "patches" for alias in node.names):
+                    importers.append(path.relative_to(PACKAGE).as_posix())
+            elif isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [
+                    a.name for a in node.names
+                ]
+                if "mimic_server.patches" in names:
+                    importers.append(path.relative_to(PACKAGE).as_posix())
+    assert importers == ["app.py"]
