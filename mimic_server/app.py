@@ -33,6 +33,7 @@ from mimic_server.dimse import (
     find,
     get,
     move,
+    move_answer,
     raw_send,
     store,
 )
@@ -64,6 +65,7 @@ def _configure_pynetdicom() -> None:
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
     raw_send.install()  # C-MOVE / C-GET send the stored bytes, not a re-encoding
     command_set.install()  # responses and C-FIND answers without pydicom's writer
+    move_answer.install()  # C-MOVE refusals with the standard's statuses, not all 0xA801
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,12 @@ class Archive:
         *,
         object_store: ObjectStore | None = None,
         index: Index | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        """``object_store`` and ``index`` replace the configured backends (tests, tools)."""
+        """``object_store``, ``index`` and ``policy`` replace the configured ones (tests,
+        tools)."""
         self.settings = settings
+        self._policy = policy
         self._object_store = object_store
         self._index_override = index
         self.first_start: FirstStart | None = None
@@ -189,7 +194,7 @@ class Archive:
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(s)
         self.audit = AuditLog(s.audit_path)
-        policy = Policy(s.ae_title, s.require_called_ae_title)
+        policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()
 
         context, trust, source, version = None, None, None, None
