@@ -247,7 +247,7 @@ class Archive:
 
         if source is not None:
             self.watcher = CertificateWatcher(
-                source, s.cert_refresh_seconds, self._apply_bundle, version
+                source, s.cert_refresh_seconds, self._apply_bundle, version, self.bundle
             )
             self.watcher.start()
         self._thread = threading.Thread(
