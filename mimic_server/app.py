@@ -80,9 +80,12 @@ class Archive:
         *,
         object_store: ObjectStore | None = None,
         index: Index | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        """``object_store`` and ``index`` replace the configured backends (tests, tools)."""
+        """``object_store``, ``index`` and ``policy`` replace the configured ones (tests,
+        tools)."""
         self.settings = settings
+        self._policy = policy
         self._object_store = object_store
         self._index_override = index
         self.first_start: FirstStart | None = None
@@ -198,7 +201,7 @@ class Archive:
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(s)
         self.audit = AuditLog(s.audit_path)
-        policy = Policy(s.ae_title, s.require_called_ae_title)
+        policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()
 
         context, trust, source, version = None, None, None, None
@@ -272,7 +275,7 @@ class Archive:
 
         if source is not None:
             self.watcher = CertificateWatcher(
-                source, s.cert_refresh_seconds, self._apply_bundle, version
+                source, s.cert_refresh_seconds, self._apply_bundle, version, self.bundle
             )
             self.watcher.start()
         self._thread = threading.Thread(

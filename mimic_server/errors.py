@@ -27,6 +27,8 @@ class Status(IntEnum):
     PENDING = 0xFF00
     CANCEL = 0xFE00
     SUB_OPERATIONS_WARNING = 0xB000
+    #: Refused: Out of Resources, unable to perform sub-operations (C-MOVE / C-GET).
+    SUB_OPERATIONS_FAILED = 0xA702
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     NOT_AUTHORIZED = 0x0124
     PROCESSING_FAILURE = 0x0110

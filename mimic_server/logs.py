@@ -2,7 +2,12 @@
 
 Log lines carry no patient data at INFO and above: no names, IDs or UIDs of patients' objects.
 Those belong to the audit trail (:mod:`mimic_server.security.audit`). pynetdicom's own
-loggers are silenced below DEBUG, because they print identifiers and full PDUs.
+loggers are silenced below DEBUG, because they print identifiers and full PDUs; so is pydicom's,
+whose messages quote element values ("Invalid value for VR PN: ...").
+
+Python warnings (pydicom warns about every invalid value it reads) become log records too,
+so that every line on stderr is a log line: at WARNING only their category and where they
+were raised, their text (which may quote a value) at DEBUG.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +54,29 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "CRITICAL")
+    quiet = "DEBUG" if level == "DEBUG" else "CRITICAL"
+    logging.getLogger("pynetdicom").setLevel(quiet)
+    logging.getLogger("pydicom").setLevel(quiet)
     # uvicorn: its start/stop lines carry ANSI colour copies; MIMIC logs its own.
-    for noisy in ("alembic", "azure", "urllib3", "pydicom", "uvicorn"):
+    for noisy in ("alembic", "azure", "urllib3", "uvicorn"):
         logging.getLogger(noisy).setLevel("WARNING")
+    warnings.showwarning = _log_warning
+
+
+_warnings_log = logging.getLogger("py.warnings")
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` as log records; the text only at DEBUG (it may quote values)."""
+    where = f"{filename.rsplit('/', 1)[-1]}:{lineno}"
+    _warnings_log.warning(
+        "library warning", extra={"category": category.__name__, "location": where}
+    )
+    _warnings_log.debug("library warning text", extra={"text": str(message)})

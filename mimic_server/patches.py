@@ -45,7 +45,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 
 from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
-from mimic_server.dimse import raw_send, syntax_refusal
+from mimic_server.dimse import move_answer, raw_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import prompt, server
 
@@ -103,6 +103,7 @@ IDENTITY_HOOK = "identity-hook"
 SERVER_REGISTRATION = "server-registration"
 PROCESS_SWITCHES = "process-switches"
 SYNTAX_REFUSAL = "transfer-syntax-refusal"
+MOVE_ANSWER = "c-move-answer"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -212,6 +213,18 @@ PATCHES: tuple[Patch, ...] = (
                  "(self, response, transport)", "e60fb9e62dd39f26"),
             Site("azure.core.pipeline.policies:RetryPolicy.sleep",
                  source="ec053b02188da6f7"),  # its only caller
+        ),
+    ),
+    Patch(
+        MOVE_ANSWER,
+        "mimic_server.dimse.move_answer:answering_move_scp "
+        "(wraps QueryRetrieveServiceClass._move_scp)",
+        "C-MOVE refusals (not authorized, bad Identifier) and an unreachable destination are "
+        "all answered 0xA801 Move Destination unknown",
+        (PYNETDICOM,),
+        (
+            Site("pynetdicom.service_class:QueryRetrieveServiceClass._move_scp",
+                 "(self, req, context)", "5c14d1be3d737bef"),
         ),
     ),
     Patch(
@@ -458,6 +471,11 @@ def _retry_after_cap(enabled: bool = True) -> None:
     vaulthttp.retry_policy = vaulthttp.BoundedRetryPolicy if enabled else RetryPolicy
 
 
+def _move_answer() -> None:
+    _wrap(pynetdicom.service_class.QueryRetrieveServiceClass, "_move_scp",
+          move_answer.answering_move_scp)
+
+
 def _syntax_refusal() -> None:
     _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation)
 
@@ -478,6 +496,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     RETRY_AFTER_CAP: _retry_after_cap,
     PROCESS_SWITCHES: _set_process_switches,
     SYNTAX_REFUSAL: _syntax_refusal,
+    MOVE_ANSWER: _move_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),

@@ -148,7 +148,9 @@ class MimicProcess:
         """Object files; not the store's empty spare temporary files in ``.incoming``."""
         root = self.data_dir / "objects"
         incoming = root / ".incoming"
-        return sorted(p for p in root.rglob("*") if p.is_file() and p.parent != incoming)
+        return sorted(
+            p for p in root.rglob("*") if p.is_file() and incoming not in p.parents
+        )
 
     def object_for(self, sop_instance_uid: str) -> Path:
         rows = self._query(

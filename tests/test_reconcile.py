@@ -128,3 +128,59 @@ def test_a_row_switched_to_new_bytes_is_not_removed(tmp_path: Path) -> None:
         assert not maintenance.refers_to(engine, key)
     finally:
         engine.dispose()
+
+
+def _indexed(store, index, ds) -> str:  # type: ignore[no-untyped-def]
+    """Put and index one header (a running server's ingest, without the network)."""
+    attrs = InstanceAttributes.from_header(ds)
+    data = f"object {attrs.sop_instance_uid}".encode()
+    sha = hashlib.sha256(data).hexdigest()
+    key = new_object_key(attrs.study_instance_uid, attrs.series_instance_uid,
+                         attrs.sop_instance_uid)
+    store.put(key, [data], sha)
+    index.upsert_instance(attrs, transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=key,
+                          sha256=sha, size=len(data), received_from="test")
+    return key
+
+
+def test_resent_instance_of_a_pruned_series_keeps_its_own_series(tmp_path: Path) -> None:
+    """`reconcile --fix` (another process) prunes series A; SQLite then gives A's row id to a
+    new series B of another patient. An instance of A sent again through the same running
+    index (whose series cache still maps A to that id) must land under a new row for A."""
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    store = open_object_store(settings)
+    engine, index = open_index(settings)  # the running server's index, cache and all
+    try:
+        series_a = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+        series_a.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.31.1"
+        key = _indexed(store, index, series_a)
+        with engine.connect() as conn:
+            id_a = conn.execute(select(Series.id)).scalar_one()
+
+        (data / "objects" / key).unlink()
+        code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+        assert code == 0 and fixed["removed_instances"] == 1
+
+        series_b = copy.deepcopy(series_a)
+        series_b.PatientID, series_b.PatientName = "OTHER-PATIENT", "Other^Patient"
+        series_b.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.31.2"
+        series_b.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.31.3"
+        series_b.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.31.4"
+        _indexed(store, index, series_b)
+        with engine.connect() as conn:
+            reused = conn.execute(
+                select(Series.id).where(Series.series_instance_uid == series_b.SeriesInstanceUID)
+            ).scalar_one()
+        assert reused == id_a  # SQLite reused the pruned row's id: the trap is set
+
+        _indexed(store, index, series_a)  # the modality sends A's instance again
+        with engine.connect() as conn:
+            filed_under = conn.execute(
+                select(Series.series_instance_uid)
+                .join(Instance, Instance.series_fk == Series.id)
+                .where(Instance.sop_instance_uid == series_a.SOPInstanceUID)
+            ).scalar_one()
+        assert filed_under == series_a.SeriesInstanceUID
+    finally:
+        engine.dispose()

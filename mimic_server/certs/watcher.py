@@ -3,6 +3,11 @@
 Polling is cheap (``source.version()``); a full load happens only when the version changed or
 when asked (SIGHUP). A failed load keeps the last good trust set in force and is retried on
 the next period: an outage of the source never takes the archive down.
+
+Which trusted certificates are in force also depends on the clock: one whose notBefore is in
+the future becomes valid, another expires, without any change in the source. Every poll
+therefore also compares the set valid now with the set valid when the last bundle was
+applied, and applies that bundle again when they differ (whatever the source).
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ class CertificateWatcher:
         period: float,
         apply: Callable[[CertBundle], None],
         version: str | None = None,
+        bundle: CertBundle | None = None,
     ) -> None:
+        """``version`` and ``bundle``: what the listener was started with, if anything."""
         self.source = source
         self.period = period
         self.apply = apply
         self.failures = 0
         self._version = version
+        self._bundle = bundle
+        self._valid = _valid_now(bundle)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mimic-cert-watcher", daemon=True)
@@ -60,11 +69,12 @@ class CertificateWatcher:
             self.poll()
 
     def poll(self) -> bool:
-        """Reload if the source changed; return True if a new bundle was applied."""
+        """Reload if the source changed, or apply the last bundle again if the certificates
+        valid now are not those valid when it was applied; True if a bundle was applied."""
         try:
             version = self.source.version()
             if version == self._version:
-                return False
+                return self._reevaluate()
             bundle = self.source.load()
             self.apply(bundle)
         except Exception as exc:
@@ -74,9 +84,23 @@ class CertificateWatcher:
                 extra={"source": self.source.describe(), "error": str(exc)},
             )
             return False
-        self._version = version
+        self._version, self._bundle, self._valid = version, bundle, _valid_now(bundle)
         warn_expiring(bundle)
         return True
+
+    def _reevaluate(self) -> bool:
+        bundle = self._bundle
+        if bundle is None or _valid_now(bundle) == self._valid:
+            return False
+        log.info("trusted certificates became valid or expired: trust set re-evaluated")
+        self.apply(bundle)
+        self._valid = _valid_now(bundle)
+        return True
+
+
+def _valid_now(bundle: CertBundle | None) -> frozenset[str]:
+    """Fingerprints of the bundle's trusted certificates that are valid at this moment."""
+    return frozenset(t.fingerprint for t in bundle.currently_valid()) if bundle else frozenset()
 
 
 def warn_expiring(bundle: CertBundle) -> None:

@@ -2,7 +2,8 @@
 
 The destination's AE title must be in the move destination registry (``MIMIC_MOVE_DESTINATIONS``);
 an unknown one is answered 0xA801. A TLS destination is reached with the server's own
-certificate. Each object's SHA-256 is checked before it is sent.
+certificate. Each object's SHA-256 is checked before it is sent. The statuses pynetdicom
+cannot express itself go through :mod:`mimic_server.dimse.move_answer`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from mimic_server.dimse.find import MODELS, failure
+from mimic_server.dimse.find import MODELS
+from mimic_server.dimse.move_answer import MoveAnswer, answer_of
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import DicomStatusError, QueryError, Status
@@ -57,25 +59,28 @@ def handle_move(
 ) -> Iterator[Any]:
     """Handle ``evt.EVT_C_MOVE``.
 
+    Everything that can refuse the request is decided before the destination is yielded,
+    because pynetdicom opens the sub-association as soon as it has a destination and one
+    sub-operation: a refusal never opens one (nor sends anything).
+
     Yields
     ------
-    The destination ``(host, port, associate kwargs)`` or ``(None, None)`` (0xA801 unknown
-    destination); the number of sub-operations; then ``(0xFF00, dataset)`` per object, or a
-    final failure: 0xA900 / 0xC000 bad Identifier, 0xA700 index unavailable, 0xFE00 Cancel.
+    ``(None, None)`` for a refusal (with its status in the C-MOVE's
+    :class:`~mimic_server.dimse.move_answer.MoveAnswer`: 0x0124 not granted, 0xA900 / 0xC000
+    bad Identifier, 0xA700 index unavailable; none: 0xA801 unknown destination); else the
+    destination ``(host, port, associate kwargs)`` (0xA702 if it cannot be reached), the
+    number of sub-operations, then ``(0xFF00, dataset)`` per object or 0xFE00 Cancel.
     """
     session = session_of(event.assoc)
+    answer = answer_of(event.assoc)
     target = str(event.move_destination or "").strip()
-    destination = resolve(target)
-    allowed = session is not None and policy.may(session.identity, Service.MOVE)
-    if destination is None or not allowed:
-        reason = "unknown move destination" if destination is None else "C-MOVE not granted"
-        log.warning("C-MOVE refused", extra={"destination": target, "reason": reason})
-        yield None, None
+    if session is None or not policy.may(session.identity, Service.MOVE):
+        yield _refuse(answer, Status.NOT_AUTHORIZED, "C-MOVE not granted", target)
         return
-    assert session is not None
-    kwargs: dict[str, Any] = {}
-    if destination.tls is not None:
-        kwargs["tls_args"] = destination.tls()
+    destination = resolve(target)
+    if destination is None:
+        yield _refuse(answer, None, "unknown move destination", target)
+        return
     sop_class = str(event.request.AffectedSOPClassUID)
     try:
         query = parse(
@@ -84,12 +89,25 @@ def handle_move(
         )
         refs = finder.instances(query)
     except (QueryError, DicomStatusError) as exc:
-        # pynetdicom needs the destination before any status: the failure follows at once.
-        yield destination.host, destination.port, {**kwargs, "contexts": _contexts([])}
-        yield 1
-        yield failure(exc.status, str(exc)), None
+        yield _refuse(answer, exc.status, str(exc), target)
         return
-    yield destination.host, destination.port, {**kwargs, "contexts": _contexts(refs)}
+    kwargs: dict[str, Any] = {"contexts": _contexts(refs)}
+    if destination.tls is not None and refs:
+        kwargs["tls_args"] = destination.tls()
+    if answer is not None:
+        # Used by pynetdicom's answer only if the sub-association cannot be established.
+        answer.status, answer.comment = Status.SUB_OPERATIONS_FAILED, "destination unreachable"
+        answer.failed = len(refs)
+
+        def unreachable() -> None:
+            log.warning(
+                "C-MOVE destination unreachable",
+                extra={"destination": target, "address": f"{destination.host}:{destination.port}",
+                       "instances": len(refs)},
+            )
+
+        answer.on_used = unreachable
+    yield destination.host, destination.port, kwargs
     yield len(refs)
     log.info("C-MOVE", extra={"destination": target, "instances": len(refs)})
     for dataset in datasets(store, refs):
@@ -97,6 +115,17 @@ def handle_move(
             yield Status.CANCEL, None
             return
         yield Status.PENDING, dataset
+
+
+def _refuse(
+    answer: MoveAnswer | None, status: int | None, reason: str, target: str
+) -> tuple[None, None]:
+    """The first yield of a refused C-MOVE: its status goes into ``answer``."""
+    log.warning("C-MOVE refused", extra={"destination": target, "reason": reason,
+                                         "status": f"0x{status or 0xA801:04X}"})
+    if answer is not None:
+        answer.status, answer.comment = status, (reason[:64] if status is not None else None)
+    return None, None
 
 
 def _uncompressed(syntax: str) -> bool:

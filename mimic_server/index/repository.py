@@ -12,7 +12,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -34,15 +34,25 @@ class SqlIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # The instance's series row id, checked in the same statement to still be the row of
+        # its Series Instance UID: NULL (a NOT NULL violation, an IntegrityError) otherwise.
+        self._series_fk = (
+            select(Series.id)
+            .where(Series.id == bindparam("cached_series_fk"))
+            .where(Series.series_instance_uid == bindparam("cached_series_uid"))
+            .scalar_subquery()
+        )
         self._insert_instance = (
             self._insert(Instance)
+            .values(series_fk=self._series_fk)
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             .returning(Instance.id)
         )
         # Series Instance UID -> series row id, filled after a commit: the instances of a
-        # series then skip the three patient / study / series look-ups. Rows above the
-        # instance are never deleted; a stale entry would fail its foreign key (an
-        # IntegrityError), which empties the cache before the retry.
+        # series then skip the three patient / study / series look-ups. Another process
+        # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to
+        # the next new row, so an entry is trusted only as far as the insert's check above: a
+        # stale entry fails it (an IntegrityError), which empties the cache before the retry.
         self._series_ids: OrderedDict[str, int] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -99,7 +109,7 @@ class SqlIndex:
         with self._cache_lock:
             cached = self._series_ids.get(attrs.series_instance_uid)
         series_fk = cached if cached is not None else self._hierarchy(conn, attrs, row)
-        return self._upsert_instance(conn, attrs, {**row, "series_fk": series_fk}), series_fk
+        return self._upsert_instance(conn, attrs, row, series_fk), series_fk
 
     def _hierarchy(self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]) -> int:
         """Patient, study and series rows, in this lock order; the series row id."""
@@ -153,7 +163,7 @@ class SqlIndex:
         return series_fk
 
     def _upsert_instance(
-        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], series_fk: int
     ) -> str | None:
         """Insert the instance, or switch its row to the new object: the replaced key.
 
@@ -162,8 +172,11 @@ class SqlIndex:
         and updated. On PostgreSQL a concurrent insert of the same UID makes this insert
         wait for that transaction, then find its row.
         """
+        checked = {
+            "cached_series_fk": series_fk, "cached_series_uid": attrs.series_instance_uid
+        }
         inserted = conn.execute(
-            self._insert_instance, {"sop_instance_uid": attrs.sop_instance_uid, **row}
+            self._insert_instance, {"sop_instance_uid": attrs.sop_instance_uid, **row, **checked}
         ).first()
         if inserted is not None:
             return None
@@ -173,7 +186,8 @@ class SqlIndex:
         if conn.dialect.name == "postgresql":
             existing = existing.with_for_update()
         found = conn.execute(existing).one()
-        conn.execute(update(Instance).where(Instance.id == found.id).values(**row))
+        switch = update(Instance).where(Instance.id == found.id)
+        conn.execute(switch.values(**row, series_fk=self._series_fk), checked)
         return str(found.object_key)
 
     def _get_or_create(

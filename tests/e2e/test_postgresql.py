@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +167,80 @@ def _nan(ds: object) -> None:
 def _long_integers(ds: object) -> None:
     ds.SeriesNumber = "99999999999"  # type: ignore[attr-defined]
     ds.InstanceNumber = "-9999999999"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def url_without_create_privilege(postgres_server: str) -> Iterator[str]:
+    """A fresh database and a role that may create tables in its schema but not extensions:
+    pg_trgm is a trusted extension (PostgreSQL 13+), which needs CREATE on the database, as
+    on a managed server that has not allow-listed it."""
+    import psycopg
+
+    role = f"mimic_no_ext_{uuid.uuid4().hex[:8]}"
+    with database.fresh_database(postgres_server) as url:
+        admin = url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            conn.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
+        try:
+            yield url.replace("://postgres@", f"://{role}@")
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP OWNED BY "{role}"')
+            with psycopg.connect(postgres_server, autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_upgrade_without_pg_trgm_then_name_search(
+    url_without_create_privilege: str, tmp_path: Path
+) -> None:
+    """Migration 0002 goes on without the trigram indexes when the extension cannot be
+    created, and C-FIND by name still answers (by scanning)."""
+    url = url_without_create_privilege
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "mimic_server", "db", "upgrade", "--database-url", url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "pg_trgm is not available" in upgrade.stderr
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        for absent in ("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'",
+                       "SELECT 1 FROM pg_indexes WHERE indexname LIKE '%trgm'"):
+            assert conn.execute(text(absent)).first() is None
+    engine.dispose()
+
+    server = MimicProcess(tmp_path / "data", database_url=url).start()
+    try:
+        ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+        assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT])
+        assert assoc.send_c_store(_copy(tmp_path, 1, 1)).Status == 0
+        assoc.release()
+        assert _names(server, "compressed*") == ["CompressedSamples^CT1"]
+        assert _names(server, "*SAMPLES^ct1") == ["CompressedSamples^CT1"]
+        assert _names(server, "nobody*") == []
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _names(server: MimicProcess, pattern: str) -> list[str]:
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind as FIND,
+    )
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = pattern
+    ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, ctx, contexts=[FIND])
+    names, final = [], None
+    for status, answer in assoc.send_c_find(identifier, FIND):
+        if status.Status == 0xFF00:
+            names.append(str(answer.PatientName))
+        else:
+            final = status.Status
+    assoc.release()
+    assert final == 0x0000
+    return names

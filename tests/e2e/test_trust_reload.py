@@ -7,13 +7,25 @@ within a few refresh periods, without a restart, and without disturbing other cl
 from __future__ import annotations
 
 import hashlib
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from mimic_server.certs import devpki
 from tests.data import ct_copy
-from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
+from tests.support import (
+    MimicProcess,
+    associate,
+    client_context,
+    dcmtk,
+    dcmtk_tls,
+    dev_ca,
+    wait_for,
+    write_cert,
+)
 
 
 @pytest.fixture
@@ -101,3 +113,28 @@ def test_server_certificate_rotation(live: MimicProcess, tmp_path: Path) -> None
     assert before.is_established
     assert before.send_c_store(ct_copy(tmp_path, "1.2.826.0.1.3680043.8.498.50.2")).Status == 0
     before.release()
+
+
+def test_certificate_trusted_once_its_not_before_is_reached(
+    live: MimicProcess, tmp_path: Path
+) -> None:
+    """A client certificate dropped into trusted/ before its notBefore is refused until then,
+    and trusted from then on within a refresh period, with no file change and no SIGHUP."""
+    not_before = datetime.now(UTC) + timedelta(seconds=4)
+    cert, key, _, _ = write_cert(tmp_path / "future", "future", issuer=dev_ca(live.certs),
+                                 not_before=not_before)
+    shutil.copy(cert, live.certs / "trusted" / "future.pem")
+    ctx = client_context(cert, key, live.ca_cert)
+
+    def echo_ok() -> bool:
+        assoc = associate(live.port, ctx)
+        if not assoc.is_established:
+            return False
+        ok = assoc.send_c_echo().Status == 0
+        assoc.release()
+        return ok
+
+    assert not echo_ok()  # not valid yet
+    time.sleep(max(0.0, (not_before - datetime.now(UTC)).total_seconds()) + 0.5)
+    assert wait_for(echo_ok, timeout=15)
+    assert _echo_ok(live, "modality1")

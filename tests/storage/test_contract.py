@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import time
 import tracemalloc
 import uuid
@@ -109,7 +110,7 @@ def test_blob_carries_content_md5_and_sha256(azurite: Azurite, size: int) -> Non
 
 def test_put_failure_is_out_of_resources_filesystem(tmp_path: Path) -> None:
     store = FilesystemStore(tmp_path / "objects", fsync=False)
-    (tmp_path / "objects" / ".incoming").rmdir()
+    shutil.rmtree(tmp_path / "objects" / ".incoming")
     (tmp_path / "objects" / ".incoming").write_bytes(b"not a directory")
     with pytest.raises(OutOfResources):
         store.put(KEY, [b"x"], _sha(b"x"))

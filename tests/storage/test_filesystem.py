@@ -1,15 +1,21 @@
-"""The file store's spare temporary files: taken by puts, made ahead, swept at start."""
+"""The file store's temporary files: spares taken by puts and made ahead; each store's own
+directory, locked for its life, swept only once its process is gone."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
+
+import pytest
 
 from mimic_server.storage.filesystem import FilesystemStore
 
 
 def _incoming(root: Path) -> list[Path]:
-    return list((root / ".incoming").iterdir())
+    """Temporary files (spares, in-flight objects) of every store on ``root``."""
+    return [p for p in (root / ".incoming").rglob("*") if p.is_file() and p.suffix != ".lock"]
 
 
 def _wait_for_spares(root: Path, count: int) -> None:
@@ -40,15 +46,53 @@ def test_puts_use_spares_made_ahead(tmp_path: Path) -> None:
     assert sorted(store.iter_keys()) == sorted(f"a/{n}.dcm" for n in range(10))
 
 
-def test_spares_are_swept_at_start(tmp_path: Path) -> None:
+def test_a_gone_stores_files_are_swept_at_start(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     store = FilesystemStore(root, spare_files=4)
     store.put("a/1.dcm", [b"data"], "0" * 64)
     _settled(store)
     assert _incoming(root)
+    store._lock.close()  # what the kernel does when the process ends
     FilesystemStore(root)
     assert not _incoming(root)
     assert list(FilesystemStore(root, spare_files=0).iter_keys()) == ["a/1.dcm"]
+    assert not store._tmp.exists() and not store._lock_path.exists()
+
+
+def test_abandoned_layouts_are_swept(tmp_path: Path) -> None:
+    """A flat file (the layout before per-store directories) and a directory whose lock
+    file is gone are leftovers of no living store."""
+    root = tmp_path / "objects"
+    incoming = root / ".incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "0123abcd").write_bytes(b"old layout")
+    (incoming / "deadbeef").mkdir()
+    (incoming / "deadbeef" / "cafe").write_bytes(b"half written")
+    FilesystemStore(root, spare_files=0)
+    assert not _incoming(root)
+    assert not (incoming / "deadbeef").exists()
+
+
+def test_in_flight_files_survive_another_store_opening(tmp_path: Path) -> None:
+    """`mimic reconcile` opens a store on the server's directory while a put is being
+    written: the put must complete, and the other store must not see its file as a leftover.
+    """
+    root = tmp_path / "objects"
+    server = FilesystemStore(root, spare_files=0)
+    others: list[FilesystemStore] = []
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"first half, "
+        others.append(FilesystemStore(root, spare_files=0))  # sweeps at start
+        assert others[0].sweep_incoming() == 0
+        yield b"second half"
+
+    server.put("a/1.dcm", chunks(), "0" * 64)
+    with server.open("a/1.dcm") as fh:
+        assert fh.read() == b"first half, second half"
+    others[0].close()
+    server.close()
+    assert not list((root / ".incoming").iterdir())
 
 
 def test_without_spares_puts_create_their_own(tmp_path: Path) -> None:
@@ -61,14 +105,40 @@ def test_without_spares_puts_create_their_own(tmp_path: Path) -> None:
 
 
 def test_spares_swept_by_another_store_do_not_fail_puts(tmp_path: Path) -> None:
-    """`mimic reconcile` opens the same directory (and sweeps .incoming) while the server
-    runs: the server's spares vanish, and its puts must still succeed."""
+    """Spares removed from under the store (by hand, or by an older version's sweep): its
+    puts still succeed."""
     root = tmp_path / "objects"
     server = FilesystemStore(root, spare_files=4)
     server.put("a/0.dcm", [b"first"], "0" * 64)
     _settled(server)
     assert server._spares
-    FilesystemStore(root, spare_files=0)  # sweeps the server's spares away
+    for spare in _incoming(root):
+        spare.unlink()
     for n in range(1, 8):
         server.put(f"a/{n}.dcm", [b"data"], "0" * 64)
     assert sorted(server.iter_keys()) == sorted(f"a/{n}.dcm" for n in range(8))
+
+
+def test_put_fsyncs_every_directory_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after Success must not lose a new study's or series' directory entry: the
+    object's directory and the parent of each directory the put created are fsynced."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/study/series-1/one.dcm", [b"x"], "0" * 64)  # "ab" and "study" now exist
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.put("ab/study/series-2/deeper/two.dcm", [b"y"], "0" * 64)
+    series = root / "ab" / "study" / "series-2"
+    assert set(synced) == {root / "ab" / "study", series, series / "deeper"}
+    synced.clear()
+    store.put("ab/study/series-2/deeper/three.dcm", [b"z"], "0" * 64)
+    assert synced == [series / "deeper"]  # nothing new created: only the object's directory

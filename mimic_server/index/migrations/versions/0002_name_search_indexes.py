@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from alembic import op
+from sqlalchemy.exc import DBAPIError
 
 revision = "0002"
 down_revision = "0001"
@@ -33,12 +34,17 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    with bind.begin_nested():
-        try:
-            op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        except Exception:
-            log.warning("pg_trgm is not available: name searches will scan")
-            return
+    # A failed statement aborts the whole transaction on PostgreSQL: only rolling back to a
+    # savepoint taken before it lets the migration go on (leaving the block normally would
+    # release the savepoint, which PostgreSQL refuses in an aborted transaction).
+    savepoint = bind.begin_nested()
+    try:
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except DBAPIError:
+        savepoint.rollback()
+        log.warning("pg_trgm is not available: name searches will scan")
+        return
+    savepoint.commit()
     for name, (table, column) in INDEXES.items():
         op.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({column} gin_trgm_ops)")
 

@@ -1,0 +1,174 @@
+"""C-MOVE final statuses (PS3.4 C.4.2.1.4, Table C.4-2) through a real pynetdicom SCU, and
+that a refused C-MOVE opens no sub-association and sends nothing.
+
+The destinations: ``COUNTER``, a TCP listener of the test that counts the connections it
+receives (any sub-association would start with one); ``NOWHERE``, a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelMove as MOVE,
+)
+
+from mimic_server.app import Archive
+from mimic_server.config import Settings
+from mimic_server.security.policy import Policy, Service
+from tests.data import ct_small
+from tests.support import HOST, MimicProcess, associate, client_context, free_port
+
+
+class Counter:
+    """A TCP listener that counts (and closes) every connection made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def counter() -> Iterator[Counter]:
+    listener = Counter()
+    yield listener
+    listener.close()
+
+
+def _registry(counter: Counter) -> str:
+    return json.dumps({
+        "COUNTER": {"host": HOST, "port": counter.port, "tls": False},
+        "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, counter: Counter) -> Iterator[MimicProcess]:
+    process = MimicProcess(
+        tmp_path_factory.mktemp("move") / "data", move_destinations=_registry(counter)
+    ).start()
+    ctx = client_context(process.client_cert, process.client_key, process.ca_cert)
+    assoc = associate(process.port, ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
+    assert assoc.send_c_store(ct_small()).Status == 0
+    assoc.release()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def _move(port: int, ctx: Any, identifier: Dataset, destination: str) -> list[Dataset]:
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate(HOST, port, ae_title="MIMIC", tls_args=(ctx, "localhost"))
+    assert assoc.is_established
+    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE)]
+    assoc.release()
+    return responses
+
+
+def _study(**keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _ct_study() -> Dataset:
+    return _study(StudyInstanceUID=pydicom.dcmread(ct_small()).StudyInstanceUID)
+
+
+def _tls(server: MimicProcess):  # type: ignore[no-untyped-def]
+    return client_context(server.client_cert, server.client_key, server.ca_cert)
+
+
+@pytest.mark.parametrize("destination", ["COUNTER", "NOWHERE"])
+@pytest.mark.parametrize(
+    ("identifier", "status"),
+    [(_study(PatientName="*"), 0xA900), (_study(StudyInstanceUID="1.2.*"), 0xC000)],
+    ids=["no-unique-key", "wildcard-uid"],
+)
+def test_bad_identifier_is_refused_before_any_sub_association(
+    server: MimicProcess, counter: Counter, destination: str, identifier: Dataset, status: int
+) -> None:
+    before = counter.connections
+    [final] = _move(server.port, _tls(server), identifier, destination)
+    assert final.Status == status and final.ErrorComment
+    assert counter.connections == before
+
+
+def test_unknown_destination(server: MimicProcess, counter: Counter) -> None:
+    before = counter.connections
+    [final] = _move(server.port, _tls(server), _ct_study(), "ELSEWHERE")
+    assert final.Status == 0xA801
+    assert counter.connections == before
+
+
+def test_unreachable_destination_fails_every_sub_operation_and_is_logged(
+    server: MimicProcess,
+) -> None:
+    [final] = _move(server.port, _tls(server), _ct_study(), "NOWHERE")
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == 0
+    logged = [e for e in server.log_entries() if e["message"] == "C-MOVE destination unreachable"]
+    assert logged and logged[-1]["level"] == "WARNING"
+    assert logged[-1]["destination"] == "NOWHERE"
+    ct = pydicom.dcmread(ct_small())
+    for uid in (ct.StudyInstanceUID, ct.SOPInstanceUID, str(ct.PatientName), ct.PatientID):
+        assert uid not in server.log()
+
+
+def test_reachable_destination_gets_its_sub_association(
+    server: MimicProcess, counter: Counter
+) -> None:
+    """The counterpart of the refusals: with a match, the destination is contacted."""
+    before = counter.connections
+    [final] = _move(server.port, _tls(server), _ct_study(), "COUNTER")
+    assert final.Status == 0xA702  # the counter closes the connection: nothing could be sent
+    assert counter.connections == before + 1
+
+
+def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", host=HOST, port=0,
+        move_destinations=json.loads(_registry(counter)),
+    )
+    granted = frozenset(Service) - {Service.MOVE}
+    archive = Archive(settings, policy=Policy(settings.ae_title, granted=granted))
+    archive.start()
+    try:
+        certs = settings.data_dir / "certs"
+        ctx = client_context(certs / "clients" / "modality1" / "client.pem",
+                             certs / "clients" / "modality1" / "client.key",
+                             certs / "ca" / "ca.pem")
+        before = counter.connections
+        [final] = _move(archive.address[1], ctx, _ct_study(), "COUNTER")
+        assert final.Status == 0x0124
+        assert counter.connections == before
+    finally:
+        archive.stop(0)
