@@ -228,7 +228,8 @@ class Archive:
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
         if self.engine is not None:
             finder = Finder(
-                self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results
+                self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results,
+                time_limit=s.find_time_limit_seconds,
             )
             server.bind(evt.EVT_C_FIND, find.handle_find, [finder, policy])
             server.bind(evt.EVT_C_GET, get.handle_get, [finder, object_store, policy])
