@@ -52,6 +52,18 @@ def failure(status: int, comment: str) -> Dataset:
     return answer
 
 
+class _CancelSeen:
+    """Whether a C-CANCEL arrived; it stays seen (``event.is_cancelled`` consumes it)."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.seen = False
+
+    def __call__(self) -> bool:
+        self.seen = self.seen or self.event.is_cancelled
+        return self.seen
+
+
 def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[Any, Any]]:
     """Handle ``evt.EVT_C_FIND``.
 
@@ -81,10 +93,11 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
         yield failure(exc.status, str(exc)), None
         return
     matches, started = 0, time.monotonic()
+    cancel = _CancelSeen(event)
     try:
-        for answer in finder.find(query, cancelled=lambda: event.is_cancelled):
+        for answer in finder.find(query, cancelled=cancel):
             let_the_reactor_breathe(event.assoc)
-            if event.is_cancelled:
+            if cancel():
                 break
             matches += 1
             yield Status.PENDING, answer
@@ -102,7 +115,7 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     except DicomStatusError as exc:
         yield failure(exc.status, str(exc)), None
         return
-    if event.is_cancelled:  # while answering, or while no candidate matched
+    if cancel():  # while answering, or while no candidate matched
         yield Status.CANCEL, None
         return
     log.info(
