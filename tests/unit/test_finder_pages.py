@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import QueuePool
 
 from mimic_server.index import schema
@@ -26,7 +26,7 @@ from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
-from mimic_server.query.pages import Budget, TimeLimitReached
+from mimic_server.query.pages import Budget, TimeLimitReached, _read
 from tests import database
 from tests.conftest import BACKENDS
 from tests.data import ct_small
@@ -146,3 +146,16 @@ def test_cancel_stops_between_candidates(engine: Engine) -> None:
     looked = itertools.count()
     # No candidate matches: without the check, the query would read every page.
     assert list(_finder(engine, page_size=2).find(query, lambda: next(looked) >= 3)) == []
+
+
+def test_an_index_read_longer_than_the_budget_is_interrupted(engine: Engine) -> None:
+    # A statement that would count for minutes: the database stops it when the budget is
+    # spent (SQLite progress handler, PostgreSQL statement_timeout), not at its end.
+    endless = text(
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 4000000000)"
+        " SELECT count(*) FROM c"
+    )
+    with pytest.raises(TimeLimitReached):
+        _read(engine, endless, Budget(0.2))  # type: ignore[arg-type]
+    with engine.connect() as conn:  # the connection is usable again, without the deadline
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
