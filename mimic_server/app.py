@@ -249,7 +249,8 @@ class Archive:
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
         if self.engine is not None:
             finder = Finder(
-                self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results
+                self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results,
+                time_limit=s.find_time_limit_seconds,
             )
             server.bind(
                 evt.EVT_C_FIND,

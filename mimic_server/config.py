@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     max_find_results: int = Field(
         10000, ge=1, description="Matches a C-FIND may return before it is refused."
     )
+    find_time_limit_seconds: float = Field(
+        30.0, gt=0, description="Seconds of work (index reads, matching) one C-FIND may "
+        "spend before it ends with 0xA700; the peer's reading time does not count.",
+    )
     move_destinations: dict[str, MoveDestination] = Field(
         default_factory=dict,
         description='C-MOVE destinations as JSON: {"AE": {"host": h, "port": p, "tls": true}}.',

@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: The JSON line's own fields. An ``extra`` key of the same name (a C-FIND once logged its
+#: query level as ``level``, hiding the severity) is written as ``extra_<key>`` instead.
+OWN_FIELDS = frozenset({"time", "level", "logger", "message", "exception"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +33,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                entry[f"extra_{key}" if key in OWN_FIELDS else key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -1,8 +1,8 @@
 """Query/Retrieve Service Class SCP, C-FIND: Patient Root and Study Root (PS3.4 C.4.1).
 
 Answers stream as the index yields them (one pending response per match); a C-CANCEL ends
-the stream with Cancel; more matches than the configured limit end it with a failure that
-says so, after the matches already sent.
+the stream with Cancel; more matches than the configured limit, or more work than the
+query's time budget, end it with a failure that says so, after the matches already sent.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mimic_server.errors import DicomStatusError, QueryError, Status
 from mimic_server.query.finder import Finder, ResultLimitReached
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
+from mimic_server.query.pages import TimeLimitReached
 from mimic_server.security.policy import Policy, Service
 
 if TYPE_CHECKING:
@@ -51,6 +52,18 @@ def failure(status: int, comment: str) -> Dataset:
     return answer
 
 
+class _CancelSeen:
+    """Whether a C-CANCEL arrived; it stays seen (``event.is_cancelled`` consumes it)."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.seen = False
+
+    def __call__(self) -> bool:
+        self.seen = self.seen or self.event.is_cancelled
+        return self.seen
+
+
 def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[Any, Any]]:
     """Handle ``evt.EVT_C_FIND``.
 
@@ -58,7 +71,8 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     ------
     (status, identifier)
         ``0xFF00`` Pending with each match; then (pynetdicom adds) ``0x0000`` Success; or
-        ``0xFE00`` Cancel, ``0xA700`` Out of Resources (index unavailable, result limit),
+        ``0xFE00`` Cancel, ``0xA700`` Out of Resources (index unavailable, result limit,
+        time limit),
         ``0xA900`` Identifier does not match SOP Class, ``0xC000`` Unable to process,
         ``0x0124`` Not Authorized.
     """
@@ -79,25 +93,35 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
         yield failure(exc.status, str(exc)), None
         return
     matches, started = 0, time.monotonic()
+    cancel = _CancelSeen(event)
     try:
-        for answer in finder.find(query):
+        for answer in finder.find(query, cancelled=cancel):
             let_the_reactor_breathe(event.assoc)
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
+            if cancel():
+                break
             matches += 1
             yield Status.PENDING, answer
     except ResultLimitReached as exc:
         log.warning("C-FIND result limit reached", extra={"limit": exc.args[0]})
         yield failure(Status.OUT_OF_RESOURCES, f"more than {exc.args[0]} matches: refine"), None
         return
+    except TimeLimitReached as exc:
+        log.warning(
+            "C-FIND time limit reached", extra={"limit_seconds": exc.args[0], "matches": matches}
+        )
+        comment = f"query time limit ({exc.args[0]:g} s): refine"
+        yield failure(Status.OUT_OF_RESOURCES, comment), None
+        return
     except DicomStatusError as exc:
         yield failure(exc.status, str(exc)), None
+        return
+    if cancel():  # while answering, or while no candidate matched
+        yield Status.CANCEL, None
         return
     log.info(
         "C-FIND",
         extra={
-            "level": query.level.value, "matches": matches,
+            "query_level": query.level.value, "matches": matches,
             "seconds": round(time.monotonic() - started, 4),
         },
     )

@@ -1,4 +1,5 @@
-"""Answers a :class:`Query` from the index, streaming: one SQL pass, matched row by row.
+"""Answers a :class:`Query` from the index, streaming: one SQL statement, read in pages
+(:mod:`mimic_server.query.pages`), matched row by row.
 
 SQL narrows the candidates with predicates on typed, indexed columns that never exclude a
 true match (a superset); :meth:`Constraint.matches` then decides. Values for keys without a
@@ -7,7 +8,7 @@ typed column come from the stored header (DICOM JSON) of one instance of the ent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
 from mimic_server.query.matching import Constraint, Kind
+from mimic_server.query.pages import PAGE_SIZE, Budget, pages
 
 _TABLES = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
 _TEXT_COLUMNS = {k for k, c in COLUMNS.items() if k not in ("SeriesNumber", "InstanceNumber")}
@@ -87,15 +89,29 @@ def json_values(element: dict[str, Any] | None) -> list[Any] | None:
 
 
 class Finder:
-    def __init__(self, engine: Engine, *, retrieve_ae_title: str, max_results: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retrieve_ae_title: str,
+        max_results: int,
+        time_limit: float = 30.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
         self.engine = engine
         self.retrieve_ae_title = retrieve_ae_title
         self.max_results = max_results
+        self.time_limit = time_limit
+        self.page_size = page_size
 
     # -- C-FIND ------------------------------------------------------------------------------
 
-    def find(self, query: Query) -> Iterator[Dataset]:
-        """Yield one answer Identifier per match; raise ResultLimitReached past the limit."""
+    def find(
+        self, query: Query, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[Dataset]:
+        """Yield one answer Identifier per match, page by page; stop early once
+        ``cancelled()``; raise ResultLimitReached past the result limit and TimeLimitReached
+        once the query has worked for ``time_limit`` seconds."""
         needed = {c.keyword for c in query.constraints} | {e.keyword for e in query.requested}
         computed_keys = needed & COMPUTED
         need_header = any(
@@ -105,13 +121,16 @@ class Finder:
         # Looked up once per query, not once per match.
         requested = [(int(e.tag), e.keyword, e.VR) for e in query.requested]
         availability = "InstanceAvailability" in _requested_keywords(query)
+        budget = Budget(self.time_limit)
         sent = 0
         try:
-            with self.engine.connect() as conn:
-                rows = conn.execution_options(stream_results=True, yield_per=200).execute(
-                    statement
-                )
-                for row in rows:
+            for page in pages(
+                self.engine, statement, _TABLES[query.level].id, budget, self.page_size
+            ):
+                for row in page:
+                    budget.check()
+                    if cancelled():
+                        return
                     mapping = row._mapping
                     typed = {k: mapping[k] for k in COLUMNS if k in mapping}
                     header = mapping["header"] if need_header else None
@@ -122,7 +141,10 @@ class Finder:
                     if sent >= self.max_results:
                         raise ResultLimitReached(self.max_results)
                     sent += 1
-                    yield self._answer(query, record, requested, availability)
+                    answer = self._answer(query, record, requested, availability)
+                    budget.pause()  # the peer's reading is not the query's work
+                    yield answer
+                    budget.resume()
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 

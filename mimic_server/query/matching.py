@@ -23,6 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 from mimic_server.errors import QueryError, Status
+from mimic_server.query.wildcard import WildcardPattern, check_bounds
 
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 RANGE_VRS = {"DA", "TM", "DT"}
@@ -55,7 +56,7 @@ class Constraint:
     high: str = ""
     alternatives: tuple[Constraint, ...] = ()
     items: tuple[Constraint, ...] = ()
-    _pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _pattern: WildcardPattern | None = field(default=None, compare=False, repr=False)
 
     def matches(self, record: Record) -> bool:
         return self.matches_values(record.values(self.keyword, self.tag))
@@ -136,11 +137,6 @@ def _tm(text: str, *, high: bool) -> str:
     return f"{hh}{mm}{ss}.{frac}"
 
 
-def _wildcard_regex(pattern: str, vr: str) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, re.IGNORECASE | re.DOTALL if vr == "PN" else re.DOTALL)
-
-
 def element_constraint(element: DataElement) -> Constraint | None:
     """The constraint of one Identifier element, or None for universal matching."""
     keyword = element.keyword or keyword_for_tag(element.tag) or f"{element.tag:08X}"
@@ -180,8 +176,9 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
     if wild:
         if vr not in WILDCARD_VRS:
             raise QueryError(f"{keyword}: no wildcard matching on {vr}", Status.UNABLE_TO_PROCESS)
+        value = check_bounds(keyword, value)
         return Constraint(keyword, tag, vr, Kind.WILDCARD, values=(value,),
-                          _pattern=_wildcard_regex(value, vr))
+                          _pattern=WildcardPattern.compile(value, ignore_case=vr == "PN"))
     return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
 
 
