@@ -95,6 +95,10 @@ class Archive:
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
+        #: C-MOVE client contexts per destination AE, for the current bundle (building one
+        #: loads our key; every C-MOVE would otherwise do it again).
+        self._destination_contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts_lock = threading.Lock()
 
     # -- building -------------------------------------------------------------------------
 
@@ -265,20 +269,30 @@ class Archive:
         destination = self.settings.move_destinations.get(ae_title)
         if destination is None:
             return None
-        tls = (lambda: self._destination_tls(destination)) if destination.tls else None
+        tls = (lambda: self._destination_tls(ae_title, destination)) if destination.tls else None
         return move.MoveTarget(destination.host, destination.port, tls)
 
-    def _destination_tls(self, destination: MoveDestination) -> tuple[ssl.SSLContext, str]:
-        if self.bundle is None:
-            raise ConfigurationError("a TLS move destination needs the server's certificate")
-        extra = destination.ca_file.read_text() if destination.ca_file else ""
-        context = destination_context(self.bundle, extra)
+    def _destination_tls(
+        self, ae_title: str, destination: MoveDestination
+    ) -> tuple[ssl.SSLContext, str]:
+        with self._contexts_lock:
+            context = self._destination_contexts.get(ae_title)
+            if context is None:
+                if self.bundle is None:
+                    raise ConfigurationError(
+                        "a TLS move destination needs the server's certificate"
+                    )
+                extra = destination.ca_file.read_text() if destination.ca_file else ""
+                context = destination_context(self.bundle, extra)
+                self._destination_contexts[ae_title] = context
         return context, destination.server_name or destination.host
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
-        self.bundle = bundle
         context, trust = server_context(bundle), TrustIndex(bundle)
+        with self._contexts_lock:
+            self.bundle = bundle
+            self._destination_contexts.clear()  # built again from the new bundle when used
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
         log.info(
             "trust set updated",
