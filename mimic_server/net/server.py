@@ -18,6 +18,7 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -41,12 +42,60 @@ from mimic_server.security.identity import (
 log = logging.getLogger(__name__)
 
 
+#: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
+#: answered A-ABORT, AA-1): A-ASSOCIATE-RQ, or A-ABORT.
+_FIRST_PDU_TYPES = frozenset({0x01, 0x07})
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
 class _GuardedAssociationSocket(AssociationSocket):
-    """Refuses a read longer than any PDU we accept (the DUL reads a PDU in one call)."""
+    """Refuses a read longer than any PDU we accept (the DUL reads a PDU in one call), and
+    ends a connection whose peer sent garbage as soon as it is answered.
+
+    pynetdicom reads a PDU as two ``recv`` calls, the 6-byte header and then the body. On a
+    PDU of unknown type it stops after the header and answers A-ABORT, but leaves the body
+    in the socket: its next header read then blocks on those bytes until the network
+    timeout, and after the A-ABORT it waits for the peer to close (ARTIM, 30 s), the
+    connection holding its slot all along. Here, after an unknown PDU type, or a first PDU
+    that is not an A-ASSOCIATE-RQ, reads report the transport closed, and the A-ABORT is
+    followed by the close.
+    """
 
     max_read: int
+    _headers_read = 0
+    _in_body = False
+    _garbage = False
+    _close_after_send = False
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._garbage:
+            raise OSError("the peer sent an invalid PDU")
+        data = self._recv(nr_bytes)
+        if self._in_body:
+            self._in_body = False
+            return data
+        self._in_body = True
+        first = self._headers_read == 0
+        self._headers_read += 1
+        if data:
+            self._garbage = data[0] not in _KNOWN_PDU_TYPES
+            self._close_after_send = self._garbage or (first and data[0] not in _FIRST_PDU_TYPES)
+        return data
+
+    def send(self, bytestream: bytes) -> None:
+        """Send; once the peer is known to send garbage, close the transport after it.
+
+        The only thing we send then is pynetdicom's A-ABORT answer.
+        """
+        super().send(bytestream)
+        if self._close_after_send and self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+            # Closed here: pynetdicom's own close skips close() when shutdown() fails, as it
+            # does on a socket already shut down. The DUL sees the transport closed (Evt17).
+            self.socket.close()
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer if the peer closes), straight into one buffer.
 
         pynetdicom reads in 4 KiB pieces and appends each: ten calls and copies for a small
@@ -94,9 +143,15 @@ def _end_wait_for_request(event: Any) -> None:
     shutdown() fails; and ``stop()`` drained it as an open association. In Sta2 no request
     was received and none can come: an empty item ends the wait as a timeout would, and the
     thread then closes the socket.
+
+    The same holds in Sta13 before any A-ASSOCIATE-RQ: a peer that sent an unknown or
+    malformed PDU first was answered A-ABORT (AA-1) and, once it closed, pynetdicom's thread
+    would again wait out the ACSE timeout holding the slot.
     """
-    dul = event.assoc.dul
-    if dul.state_machine.current_state == "Sta2":
+    assoc = event.assoc
+    dul = assoc.dul
+    state = dul.state_machine.current_state
+    if state == "Sta2" or (state == "Sta13" and assoc.requestor.primitive is None):
         dul.to_user_queue.put(None)
 
 
