@@ -46,6 +46,7 @@ from mimic_server.query.finder import Finder
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
+from mimic_server.security.refusals import RefusalAudit
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 
@@ -92,6 +93,7 @@ class Archive:
         self.server: MimicAssociationServer | None = None
         self.watcher: CertificateWatcher | None = None
         self.audit = AuditLog(None)
+        self.refusals: RefusalAudit | None = None
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
@@ -193,6 +195,8 @@ class Archive:
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(s)
         self.audit = AuditLog(s.audit_path)
+        self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
+        self.refusals.start()
         policy = Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()
 
@@ -214,7 +218,8 @@ class Archive:
                 handshake_timeout=s.handshake_timeout,
                 network_timeout=s.network_timeout,
                 max_pdu_read=max(s.max_pdu_size + 4096, 1 << 20),
-                max_pending_handshakes=s.max_associations * 4,
+                max_pending_handshakes=s.max_pending_handshakes,
+                listen_backlog=s.listen_backlog,
                 on_refused=self._audit_refusal,
             )
         except OSError as exc:
@@ -250,8 +255,7 @@ class Archive:
             )
             self.watcher.start()
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2},
-            name="mimic-listener", daemon=True,
+            target=self._serve, args=(server,), name="mimic-listener", daemon=True
         )
         self._thread.start()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
@@ -300,7 +304,16 @@ class Archive:
         )
 
     def _audit_refusal(self, peer: str, reason: str) -> None:
-        self.audit.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=peer, reason=reason)
+        if self.refusals is not None:
+            self.refusals.note(peer.rpartition(":")[0] or peer, reason)
+
+    @staticmethod
+    def _serve(server: MimicAssociationServer) -> None:
+        """The accept loop; if it ever ends by an exception, say so (the CLI then exits)."""
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except BaseException:  # the thread ends; listener_alive() now says so
+            log.critical("the listener stopped", exc_info=True)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -309,6 +322,15 @@ class Archive:
         assert self.server is not None
         host, port = self.server.server_address[:2]
         return str(host), int(port)
+
+    def listener_alive(self) -> bool:
+        """True while the archive accepts connections: its accept loop and handshake loop
+        both run. False before start and after stop (health checks, ``mimic serve``)."""
+        server, thread = self.server, self._thread
+        return (
+            server is not None and thread is not None and thread.is_alive()
+            and server.listening()
+        )
 
     def refresh_certificates(self) -> None:
         if self.watcher is not None:
@@ -332,6 +354,8 @@ class Archive:
             self.watcher.stop()
         if self.engine is not None:
             self.engine.dispose()
+        if self.refusals is not None:
+            self.refusals.close()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
 
