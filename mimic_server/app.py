@@ -341,7 +341,10 @@ class Archive:
         drain = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         server = self.server
         if server is not None:
-            server.shutdown()  # stops the accept loop and closes the listening socket
+            if self._thread is not None and self._thread.is_alive():
+                server.shutdown()  # stops the accept loop and closes the listening socket
+            else:  # the accept loop is gone already (it died): only close
+                server.server_close()
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
                 time.sleep(0.1)
