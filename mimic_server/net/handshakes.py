@@ -46,7 +46,7 @@ class PendingHandshakes:
 
     ``on_done(sock, address)`` gets each socket whose handshake completed (in this thread;
     it must not block); ``on_failed(address, reason)`` each one that failed, timed out or was
-    evicted (its socket is already closed).
+    evicted (its socket is closed right after).
     """
 
     def __init__(
@@ -201,8 +201,12 @@ class PendingHandshakes:
         _close_quietly(entry.sock)
 
     def _fail(self, entry: _Pending, reason: str) -> None:
-        self._close(entry)
-        self._on_failed(entry.address, reason)
+        # Told first, closed second: whoever sees the close can already read the reason.
+        self._forget(entry)
+        try:
+            self._on_failed(entry.address, reason)
+        finally:
+            _close_quietly(entry.sock)
 
 
 def _close_quietly(sock: socket.socket) -> None:

@@ -225,8 +225,8 @@ class MimicAssociationServer(ThreadedAssociationServer):
         trust = self.trust  # the current trust set: a handshake on an older context re-checked
         identity = trust.identify(der) if (der and trust is not None) else None
         if identity is None:
-            self.shutdown_request(request)
             self._refuse(client_address, "client certificate is not trusted")
+            self.shutdown_request(request)
             return
         self._start_association(request, client_address, identity)
 
