@@ -51,6 +51,7 @@ from mimic_server.query.finder import Finder
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
+from mimic_server.security.refusals import RefusalAudit
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.web.metrics import ArchiveMetrics
@@ -93,6 +94,7 @@ class Archive:
         self.server: MimicAssociationServer | None = None
         self.watcher: CertificateWatcher | None = None
         self.audit = AuditLog(None)
+        self.refusals: RefusalAudit | None = None
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
@@ -103,6 +105,10 @@ class Archive:
         self.ops: HttpServer | None = None
         self._draining = threading.Event()
         self._server_not_after: datetime | None = None
+        #: C-MOVE client contexts per destination AE, for the current bundle (building one
+        #: loads our key; every C-MOVE would otherwise do it again).
+        self._destination_contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts_lock = threading.Lock()
 
     # -- building -------------------------------------------------------------------------
 
@@ -201,6 +207,8 @@ class Archive:
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(s)
         self.audit = AuditLog(s.audit_path)
+        self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
+        self.refusals.start()
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         ae = self._ae()
 
@@ -224,7 +232,8 @@ class Archive:
                 handshake_timeout=s.handshake_timeout,
                 network_timeout=s.network_timeout,
                 max_pdu_read=max_pdu_read,
-                max_pending_handshakes=s.max_associations * 4,
+                max_pending_handshakes=s.max_pending_handshakes,
+                listen_backlog=s.listen_backlog,
                 on_refused=self._audit_refusal,
                 adapt_association=fence.association_adapter(max_pdu_read),
             )
@@ -280,8 +289,7 @@ class Archive:
             )
             self.watcher.start()
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2},
-            name="mimic-listener", daemon=True,
+            target=self._serve, args=(server,), name="mimic-listener", daemon=True
         )
         self._thread.start()
         if s.ops_port:
@@ -350,20 +358,30 @@ class Archive:
         destination = self.settings.move_destinations.get(ae_title)
         if destination is None:
             return None
-        tls = (lambda: self._destination_tls(destination)) if destination.tls else None
+        tls = (lambda: self._destination_tls(ae_title, destination)) if destination.tls else None
         return move.MoveTarget(destination.host, destination.port, tls)
 
-    def _destination_tls(self, destination: MoveDestination) -> tuple[ssl.SSLContext, str]:
-        if self.bundle is None:
-            raise ConfigurationError("a TLS move destination needs the server's certificate")
-        extra = destination.ca_file.read_text() if destination.ca_file else ""
-        context = destination_context(self.bundle, extra)
+    def _destination_tls(
+        self, ae_title: str, destination: MoveDestination
+    ) -> tuple[ssl.SSLContext, str]:
+        with self._contexts_lock:
+            context = self._destination_contexts.get(ae_title)
+            if context is None:
+                if self.bundle is None:
+                    raise ConfigurationError(
+                        "a TLS move destination needs the server's certificate"
+                    )
+                extra = destination.ca_file.read_text() if destination.ca_file else ""
+                context = destination_context(self.bundle, extra)
+                self._destination_contexts[ae_title] = context
         return context, destination.server_name or destination.host
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
-        self.bundle = bundle
         context, trust = server_context(bundle), TrustIndex(bundle)
+        with self._contexts_lock:
+            self.bundle = bundle
+            self._destination_contexts.clear()  # built again from the new bundle when used
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
         self._observe_bundle(bundle)
         log.info(
@@ -373,7 +391,16 @@ class Archive:
 
     def _audit_refusal(self, peer: str, reason: str) -> None:
         self.metrics.handshake_failed(observe.handshake_failure_reason(reason))
-        self.audit.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=peer, reason=reason)
+        if self.refusals is not None:
+            self.refusals.note(peer.rpartition(":")[0] or peer, reason)
+
+    @staticmethod
+    def _serve(server: MimicAssociationServer) -> None:
+        """The accept loop; if it ever ends by an exception, say so (the CLI then exits)."""
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except BaseException:  # the thread ends; listener_alive() now says so
+            log.critical("the listener stopped", exc_info=True)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -384,8 +411,13 @@ class Archive:
         return str(host), int(port)
 
     def listener_alive(self) -> bool:
-        """The DICOM listener's accept loop is running."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the archive accepts connections: its accept loop and handshake loop
+        both run. False before start and after stop (health checks, ``mimic serve``)."""
+        server, thread = self.server, self._thread
+        return (
+            server is not None and thread is not None and thread.is_alive()
+            and server.listening()
+        )
 
     @property
     def draining(self) -> bool:
@@ -405,7 +437,10 @@ class Archive:
         self.begin_drain()
         server = self.server
         if server is not None:
-            server.shutdown()  # stops the accept loop and closes the listening socket
+            if self._thread is not None and self._thread.is_alive():
+                server.shutdown()  # stops the accept loop and closes the listening socket
+            else:  # the accept loop is gone already (it died): only close
+                server.server_close()
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -421,6 +456,8 @@ class Archive:
             self.watcher.stop()
         if self.engine is not None:
             self.engine.dispose()
+        if self.refusals is not None:
+            self.refusals.close()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
 

@@ -3,7 +3,8 @@
 
 ``mimic serve`` has one ``--flag`` per setting, generated from :class:`Settings`, so a flag
 and its ``MIMIC_*`` variable can never drift apart. Exit codes: 0 clean stop, 2 bad
-configuration (with a one-line reason on stderr); ``reconcile`` exits 1 while drift remains.
+configuration (with a one-line reason on stderr), 3 the listener stopped on its own (the
+process must be restarted); ``reconcile`` exits 1 while drift remains.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from mimic_server.errors import ConfigurationError
 
 EXIT_DRIFT = 1
 EXIT_CONFIG = 2
+EXIT_LISTENER_DIED = 3
+#: Seconds between checks that the listener still runs.
+WATCH_PERIOD = 1.0
 _JSON_FIELDS = {"move_destinations"}
 
 
@@ -103,8 +107,13 @@ def serve(**options: Any) -> None:
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(WATCH_PERIOD):
+        if not archive.listener_alive():
+            # A process that no longer accepts connections must not look healthy: exit so
+            # that the orchestrator restarts it.
+            click.echo("mimic: the listener stopped; exiting", err=True)
+            archive.stop(0)
+            sys.exit(EXIT_LISTENER_DIED)
     archive.stop()
 
 

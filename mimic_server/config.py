@@ -121,6 +121,18 @@ class Settings(BaseSettings):
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
     )
     handshake_timeout: float = Field(10.0, gt=0, description="Seconds for a TLS handshake.")
+    max_pending_handshakes: int = Field(
+        1024, ge=1, description="TLS handshakes in progress at once; when full, a new "
+        "connection evicts the oldest one still waiting (no thread each: only a socket).",
+    )
+    listen_backlog: int = Field(
+        512, ge=16, description="Connections the kernel queues before accept (the listen "
+        "backlog; capped by net.core.somaxconn).",
+    )
+    audit_refusal_interval: float = Field(
+        60.0, gt=0, description="Seconds over which refused connections are counted into "
+        "one audit record per source and reason.",
+    )
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds a connection may stay silent before it is dropped."
     )

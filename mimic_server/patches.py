@@ -114,7 +114,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         PDU_LENGTH_GUARD,
         "mimic_server.net.server:_GuardedAssociationSocket (class swap of each accepted socket)",
-        "PDUs are read in 4 KiB pieces and the length a peer announces is not bounded",
+        "PDUs are read in 4 KiB pieces, the length a peer announces is not bounded, and a "
+        "peer whose first PDU is not an A-ASSOCIATE-RQ holds its slot until the ACSE timeout",
         (PYNETDICOM,),
         (
             Site("pynetdicom.transport:AssociationSocket.recv",

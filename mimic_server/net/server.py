@@ -2,8 +2,14 @@
 
 What this adds to ``ThreadedAssociationServer``, each for a trap seen in practice:
 
-* the TLS handshake runs in the connection's own thread with a deadline, so a client that
-  never sends a ClientHello delays nobody (pynetdicom wraps in the accept loop);
+* the TLS handshake runs off the accept loop, with a deadline, in one thread for all pending
+  handshakes (:mod:`.handshakes`), so a client that never sends a ClientHello delays nobody
+  (pynetdicom wraps in the accept loop) and a flood of them cannot lock modalities out: the
+  oldest pending handshake is evicted, not the newest connection refused;
+* a listen backlog of ``listen_backlog`` (socketserver's default is 5: a burst of connects
+  dropped SYNs);
+* nothing in the accept loop or the handshake loop can end the listener: errors are logged
+  at ERROR and the connection closed;
 * every accepted socket gets TCP_NODELAY and a read timeout, so a peer that stalls mid-PDU is
   dropped instead of holding two threads forever;
 * the PDU length a peer announces is checked before anything is allocated for it;
@@ -18,6 +24,7 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -30,6 +37,7 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from mimic_server.certs.trust import TrustIndex
+from mimic_server.net.handshakes import PendingHandshakes
 from mimic_server.security.identity import (
     ANONYMOUS,
     Identity,
@@ -40,12 +48,60 @@ from mimic_server.security.identity import (
 log = logging.getLogger(__name__)
 
 
+#: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
+#: answered A-ABORT, AA-1): A-ASSOCIATE-RQ, or A-ABORT.
+_FIRST_PDU_TYPES = frozenset({0x01, 0x07})
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
 class _GuardedAssociationSocket(AssociationSocket):
-    """Refuses a read longer than any PDU we accept (the DUL reads a PDU in one call)."""
+    """Refuses a read longer than any PDU we accept (the DUL reads a PDU in one call), and
+    ends a connection whose peer sent garbage as soon as it is answered.
+
+    pynetdicom reads a PDU as two ``recv`` calls, the 6-byte header and then the body. On a
+    PDU of unknown type it stops after the header and answers A-ABORT, but leaves the body
+    in the socket: its next header read then blocks on those bytes until the network
+    timeout, and after the A-ABORT it waits for the peer to close (ARTIM, 30 s), the
+    connection holding its slot all along. Here, after an unknown PDU type, or a first PDU
+    that is not an A-ASSOCIATE-RQ, reads report the transport closed, and the A-ABORT is
+    followed by the close.
+    """
 
     max_read: int
+    _headers_read = 0
+    _in_body = False
+    _garbage = False
+    _close_after_send = False
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._garbage:
+            raise OSError("the peer sent an invalid PDU")
+        data = self._recv(nr_bytes)
+        if self._in_body:
+            self._in_body = False
+            return data
+        self._in_body = True
+        first = self._headers_read == 0
+        self._headers_read += 1
+        if data:
+            self._garbage = data[0] not in _KNOWN_PDU_TYPES
+            self._close_after_send = self._garbage or (first and data[0] not in _FIRST_PDU_TYPES)
+        return data
+
+    def send(self, bytestream: bytes) -> None:
+        """Send; once the peer is known to send garbage, close the transport after it.
+
+        The only thing we send then is pynetdicom's A-ABORT answer.
+        """
+        super().send(bytestream)
+        if self._close_after_send and self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+            # Closed here: pynetdicom's own close skips close() when shutdown() fails, as it
+            # does on a socket already shut down. The DUL sees the transport closed (Evt17).
+            self.socket.close()
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer if the peer closes), straight into one buffer.
 
         pynetdicom reads in 4 KiB pieces and appends each: ten calls and copies for a small
@@ -101,9 +157,15 @@ def _end_wait_for_request(event: Any) -> None:
     shutdown() fails; and ``stop()`` drained it as an open association. In Sta2 no request
     was received and none can come: an empty item ends the wait as a timeout would, and the
     thread then closes the socket.
+
+    The same holds in Sta13 before any A-ASSOCIATE-RQ: a peer that sent an unknown or
+    malformed PDU first was answered A-ABORT (AA-1) and, once it closed, pynetdicom's thread
+    would again wait out the ACSE timeout holding the slot.
     """
-    dul = event.assoc.dul
-    if dul.state_machine.current_state == "Sta2":
+    assoc = event.assoc
+    dul = assoc.dul
+    state = dul.state_machine.current_state
+    if state == "Sta2" or (state == "Sta13" and assoc.requestor.primitive is None):
         dul.to_user_queue.put(None)
 
 
@@ -125,6 +187,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         network_timeout: float,
         max_pdu_read: int,
         max_pending_handshakes: int,
+        listen_backlog: int = 128,
         on_refused: Callable[[str, str], None] | None = None,
         adapt_association: Callable[[Any], None] = lambda assoc: None,
     ) -> None:
@@ -134,81 +197,91 @@ class MimicAssociationServer(ThreadedAssociationServer):
         self.handshake_timeout = handshake_timeout
         self.network_timeout = network_timeout
         self.max_pdu_read = max_pdu_read
-        self.max_pending_handshakes = max_pending_handshakes
         self.on_refused = on_refused
         self.adapt_association = adapt_association
+        self.request_queue_size = listen_backlog  # read by server_activate's listen()
         self._identities: weakref.WeakKeyDictionary[socket.socket, Identity] = (
             weakref.WeakKeyDictionary()
         )
         self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        self._pending = 0
         self._lock = threading.Lock()
+        self.handshakes = PendingHandshakes(
+            max_pending_handshakes, handshake_timeout, self._handshake_done, self._refuse
+        )
         super().__init__(
             ae, address, ae_title, contexts, ssl_context, request_handler=_RequestHandler
         )
+        self.handshakes.start()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.settimeout(self.handshake_timeout)
         context = self.ssl_context  # read once: a concurrent swap affects the next connection
         if context is not None:
+            client.setblocking(False)  # the handshake loop drives it
             client = context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        with self._lock:
-            if self._pending >= self.max_pending_handshakes:
-                refused = True
-            else:
-                self._pending += 1
-                refused = False
-        if refused:
-            self._refuse(client_address, "too many connections waiting for their handshake")
-        return not refused
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """TLS connections go to the handshake loop; plain ones (labs) are admitted as is."""
+        if isinstance(request, ssl.SSLSocket):
+            self.handshakes.add(request, client_address)
+        else:
+            self._start_association(request, client_address, ANONYMOUS)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            identity = self._admit(request, client_address)
-        finally:
-            with self._lock:
-                self._pending -= 1
+    def _handshake_done(self, request: ssl.SSLSocket, client_address: Any) -> None:
+        der = request.getpeercert(binary_form=True)
+        trust = self.trust  # the current trust set: a handshake on an older context re-checked
+        identity = trust.identify(der) if (der and trust is not None) else None
         if identity is None:
+            self._refuse(client_address, "client certificate is not trusted")
             self.shutdown_request(request)
             return
-        super().process_request_thread(request, client_address)
+        self._start_association(request, client_address, identity)
 
-    def _admit(self, request: socket.socket, client_address: Any) -> Identity | None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except ssl.SSLError as exc:
-                self._refuse(client_address, f"TLS handshake failed: {exc.reason or exc}")
-                return None
-            except (OSError, TimeoutError) as exc:
-                self._refuse(client_address, f"TLS handshake failed: {type(exc).__name__}")
-                return None
-            der = request.getpeercert(binary_form=True)
-            trust = self.trust
-            identity = trust.identify(der) if (der and trust is not None) else None
-            if identity is None:
-                self._refuse(client_address, "client certificate is not trusted")
-                return None
-        else:
-            identity = ANONYMOUS
+    def _start_association(
+        self, request: socket.socket, client_address: Any, identity: Identity
+    ) -> None:
+        """Count the connection against the association limit from now on; give it its
+        association thread."""
         request.settimeout(self.network_timeout)
         with self._lock:
             self._identities[request] = identity
             self._live.add(request)
-        return identity
+        try:
+            super().process_request(request, client_address)  # a thread per association
+        except Exception:
+            log.exception("starting an association thread failed; closing the connection")
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception escaped a connection's handling: log it (socketserver prints it)."""
+        log.error(
+            "connection handling failed", exc_info=True,
+            extra={"peer": _peer(client_address)},
+        )
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.handshakes.stop()
+
+    def listening(self) -> bool:
+        """The handshake loop runs (the accept loop is the caller's thread to watch)."""
+        return self.handshakes.alive()
 
     def _refuse(self, client_address: Any, reason: str) -> None:
-        peer = f"{client_address[0]}:{client_address[1]}"
+        """Log and audit a connection closed before any DICOM; never raises (an audit
+        sink that fails, e.g. on a full disk, must not take the listener down)."""
+        peer = _peer(client_address)
         log.warning("connection refused", extra={"peer": peer, "reason": reason})
-        if self.on_refused is not None:
+        if self.on_refused is None:
+            return
+        try:
             self.on_refused(peer, reason)
+        except Exception:
+            log.exception("recording a refused connection failed", extra={"peer": peer})
 
     def admitted_identity(self, request: socket.socket) -> Identity | None:
         with self._lock:
@@ -239,3 +312,10 @@ class MimicAssociationServer(ThreadedAssociationServer):
             assoc.abort(block=False)
             aborted += 1
         return aborted
+
+
+def _peer(client_address: Any) -> str:
+    try:
+        return f"{client_address[0]}:{client_address[1]}"
+    except (TypeError, IndexError):
+        return str(client_address)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import tempfile
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -32,16 +31,29 @@ def _base(purpose: int) -> ssl.SSLContext:
 
 
 def _load_identity(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
-    # load_cert_chain wants a path: a private temporary file, removed as soon as it is read.
-    fd, path = tempfile.mkstemp(prefix="mimic-", suffix=".pem")
+    """Load our chain and key from memory: the key never touches a filesystem.
+
+    ``load_cert_chain`` only takes paths. A memfd is an anonymous file in RAM with no name
+    in any directory; OpenSSL opens it as ``/proc/self/fd/N`` (a fresh open reads from the
+    start, so the same "file" serves both the chain and the key), and it is gone when the
+    descriptor is closed. Where memfd is missing (not Linux) the server refuses to start
+    rather than write its key to a temporary file.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not os.path.isdir("/proc/self/fd"):
+        raise ConfigurationError(
+            "loading the server key from memory needs Linux (memfd_create, /proc)"
+        )
+    fd = memfd_create("mimic-server-identity", os.MFD_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key_pem + b"\n" + chain_pem)
-        ctx.load_cert_chain(path)
+        view = memoryview(key_pem + b"\n" + chain_pem)
+        while view:
+            view = view[os.write(fd, view):]
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
     except ssl.SSLError as exc:
         raise ConfigurationError(f"server certificate or key unusable: {exc.reason}") from exc
     finally:
-        os.unlink(path)
+        os.close(fd)
 
 
 def server_context(bundle: CertBundle) -> ssl.SSLContext:

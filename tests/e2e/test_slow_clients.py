@@ -231,6 +231,38 @@ def test_one_association_over_the_limit_is_rejected(limited: MimicProcess) -> No
                 assoc.release()
 
 
+def hold_all_slots(server: MimicProcess, slots: int) -> bool:
+    """Open ``slots`` associations at once; True if every one was accepted (then release)."""
+    held = [associate(server.port, tls(server)) for _ in range(slots)]
+    try:
+        return all(a.is_established for a in held)
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+
+
+@pytest.mark.parametrize("closes", [True, False], ids=["then-closes", "stays-open"])
+def test_an_unknown_first_pdu_frees_the_slot_at_once(limited: MimicProcess, closes: bool) -> None:
+    """Five trusted TLS connections each send one 10-byte PDU of an unknown type (0x09),
+    then close or stay open. pynetdicom answers A-ABORT (Sta13) and used to wait for the
+    peer's close (ARTIM) or for an A-ASSOCIATE-RQ that can never come, the ACSE timeout
+    (30 s) either way, each connection holding a slot: every slot must be free for the next
+    modalities long before that, and a peer that stays open is closed by the server."""
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(raw_tls(limited)) for _ in range(5)]
+        for sock in opened:
+            sock.sendall(struct.pack(">BBL", 0x09, 0, 4) + b"\x00" * 4)
+            if closes:
+                sock.close()
+        assert wait_for(lambda: hold_all_slots(limited, 3), timeout=EVENTUALLY), (
+            "connections that sent an unknown PDU still hold association slots"
+        )
+        if not closes:
+            for sock in opened:
+                assert closed_by_peer(sock), "a connection that sent garbage was left open"
+
+
 # -- PDUs -----------------------------------------------------------------------------------
 
 

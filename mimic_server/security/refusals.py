@@ -1,0 +1,80 @@
+"""Refused connections, counted into one audit record per source and reason per interval.
+
+A refused connection costs the peer one TCP connect; an audit record per refusal let any
+host on the network grow the audit trail at will (2,000 probes wrote 1,859 records). Here
+each (source address, reason) pair gets one Security Alert record per interval with a
+count, written at the interval's end and at stop. The number of distinct pairs held is
+bounded; beyond it refusals are counted under source ``"other"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+
+from mimic_server.security import audit
+from mimic_server.security.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+#: Distinct (source, reason) pairs held per interval before they are lumped together.
+MAX_KEYS = 1000
+OTHER = "other"
+
+
+class RefusalAudit:
+    """Counts refusals; a thread writes the counts every ``interval`` seconds."""
+
+    def __init__(self, audit_log: AuditLog, interval: float) -> None:
+        self.audit_log = audit_log
+        self.interval = interval
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._since = datetime.now(UTC)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="mimic-refusal-audit", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def note(self, source: str, reason: str) -> None:
+        """Count one refused connection from ``source`` (an address, without port)."""
+        with self._lock:
+            key = (source, reason)
+            if key not in self._counts and len(self._counts) >= MAX_KEYS:
+                key = (OTHER, reason)
+            self._counts[key] += 1
+
+    def flush(self) -> None:
+        """Write one record per (source, reason) counted since the last flush; never raises
+        (a full disk must not stop the caller, which may be the listener's shutdown)."""
+        now = datetime.now(UTC)
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            since, self._since = self._since, now
+        for (source, reason), count in sorted(counts.items()):
+            try:
+                self.audit_log.record(
+                    audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=source, reason=reason,
+                    count=count, IntervalStart=since.isoformat(), IntervalEnd=now.isoformat(),
+                )
+            except Exception:
+                log.exception(
+                    "writing the audit record of refused connections failed",
+                    extra={"peer": source, "reason": reason, "count": count},
+                )
+
+    def close(self) -> None:
+        """Stop the thread and write what was counted."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()

@@ -1,0 +1,251 @@
+"""Unauthenticated connections cannot starve authenticated ones, flood the audit trail or
+take the listener down.
+
+A flood of idle TCP connections that reopen as soon as they are dropped, a burst of connects,
+thousands of probes, an audit trail on a full disk, a listener that dies: each through the
+network against a real server (a ``mimic serve`` process, or an in-process ``Archive`` where
+a fault has to be injected), with pynetdicom as the modality that must still be served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mimic_server.app import Archive
+from mimic_server.cli import EXIT_LISTENER_DIED, main
+from mimic_server.config import Settings
+from mimic_server.net.server import MimicAssociationServer
+from tests.support import HOST, MimicProcess, associate, client_context, free_port, wait_for
+
+EVENTUALLY = 15.0
+
+
+def echo_ok(port: int, ctx: ssl.SSLContext) -> bool:
+    assoc = associate(port, ctx)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0x0000
+
+
+class IdleFlood:
+    """``count`` idle TCP connections (no ClientHello), each reopened as soon as the server
+    drops it (handshake deadline or eviction): the attack of issue 10."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._hold, daemon=True) for _ in range(count)]
+
+    def __enter__(self) -> IdleFlood:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _hold(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection((HOST, self.port), timeout=10) as sock:
+                    sock.settimeout(0.5)
+                    while not self._stop.is_set():
+                        try:
+                            if not sock.recv(1):
+                                break  # dropped by the server: open another one
+                        except TimeoutError:
+                            continue
+            except OSError:
+                pass
+            with self._lock:
+                self.reopened += 1
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    """The finding's configuration: 4 associations, 16 pending handshakes, 2 s deadline."""
+    process = MimicProcess(
+        tmp_path_factory.mktemp("small") / "data", max_associations="4",
+        max_pending_handshakes="16", handshake_timeout="2",
+    ).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def test_idle_flood_at_the_cap_does_not_lock_modalities_out(small: MimicProcess) -> None:
+    """16 idle connections (the pending-handshake cap), reopened whenever dropped, while a
+    modality sends 11 C-ECHOs, each on a new TLS association: every one succeeds (before:
+    10 of 11 were refused "too many connections waiting for their handshake")."""
+    ctx = client_context(small.client_cert, small.client_key, small.ca_cert)
+    with IdleFlood(small.port, 16) as flood:
+        assert wait_for(lambda: flood.reopened >= 16, timeout=EVENTUALLY), "flood never cycled"
+        results = [echo_ok(small.port, ctx) for _ in range(11)]
+    assert all(results), f"{results.count(False)} of 11 C-ECHOs failed under the flood"
+    # And the association capacity is whole afterwards: 4 at once.
+    held = [associate(small.port, ctx) for _ in range(4)]
+    try:
+        assert all(a.is_established for a in held)
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+
+
+def test_listen_backlog_takes_a_burst(small: MimicProcess) -> None:
+    """The listening socket's backlog (``ss`` shows it as Send-Q) is the configured 512, not
+    socketserver's 5 that dropped the SYNs of a burst; and a burst of 300 connects made at
+    once all connect."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{small.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(out[2]) >= 512, f"listen backlog {out[2]}"
+    burst = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((HOST, small.port))
+            burst.append(sock)
+        for sock in burst:
+            sock.setblocking(True)
+            sock.settimeout(10)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        ctx = client_context(small.client_cert, small.client_key, small.ca_cert)
+        assert echo_ok(small.port, ctx)
+    finally:
+        for sock in burst:
+            sock.close()
+
+
+# -- the audit trail ------------------------------------------------------------------------
+
+
+def test_refused_connections_are_audited_as_counts(tmp_path: Path) -> None:
+    """60 connections refused for two reasons: the audit trail gets one Security Alert per
+    source and reason with the count (before: one record each), written at stop."""
+    server = MimicProcess(tmp_path / "data", audit_refusal_interval="3600").start()
+    try:
+        anonymous = client_context(None, None, server.ca_cert)
+        for _ in range(40):
+            raw = socket.create_connection((HOST, server.port), timeout=10)
+            with (
+                contextlib.suppress(ssl.SSLError, OSError),
+                anonymous.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.recv(1)
+            raw.close()
+        for _ in range(20):
+            socket.create_connection((HOST, server.port), timeout=10).close()
+        assert wait_for(lambda: sum(
+            e.get("message") == "connection refused" for e in server.log_entries()
+        ) >= 60, timeout=EVENTUALLY)
+    finally:
+        assert server.stop() == 0, server.log()
+    records = [
+        json.loads(line) for line in (server.data_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    alerts = [r for r in records if r["EventID"]["code"] == "110113"]
+    keys = [(r["peer"], r["reason"]) for r in alerts]
+    assert len(keys) == len(set(keys)), "more than one record per source and reason"
+    assert 1 <= len(alerts) <= 3, alerts
+    assert sum(int(r.get("count", 1)) for r in alerts) == 60
+    assert all(r["peer"] == HOST for r in alerts)
+    no_certificate = [r for r in alerts if "CERTIFICATE" in r["reason"]]
+    assert no_certificate and no_certificate[0]["count"] == 40, alerts
+
+
+# -- the listener survives, or the process ends -----------------------------------------------
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Archive]:
+    """An Archive in this process, so that its audit sink can be made to fail."""
+    archive = Archive(Settings(
+        data_dir=tmp_path / "data", host=HOST, port=free_port(), max_associations=1,
+        max_pending_handshakes=2, audit_refusal_interval=0.2, handshake_timeout=5,
+    ))
+    archive.start()
+    yield archive
+    archive.stop(0)
+
+
+def test_audit_sink_on_a_full_disk_does_not_stop_the_listener(
+    in_process: Archive, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writing the audit record of refused connections fails with ENOSPC: the failure is
+    logged at ERROR and the server goes on answering C-ECHO (before: the OSError escaped the
+    accept loop and ended it for good)."""
+    calls: list[Any] = []
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(in_process.audit, "record", disk_full)
+    port = in_process.address[1]
+    certs = in_process.settings.certificate_dir
+    ctx = client_context(
+        certs / "clients/modality1/client.pem", certs / "clients/modality1/client.key",
+        certs / "ca/ca.pem",
+    )
+    caplog.set_level(logging.ERROR)
+    idle = [socket.create_connection((HOST, port), timeout=10) for _ in range(6)]
+    try:
+        assert wait_for(lambda: bool(calls), timeout=EVENTUALLY), "no refusal was audited"
+        for _ in range(3):
+            assert echo_ok(port, ctx), "the listener stopped after the audit write failed"
+    finally:
+        for sock in idle:
+            sock.close()
+    assert in_process.listener_alive()
+    assert any(r.levelno >= logging.ERROR for r in caplog.records)
+    monkeypatch.undo()  # stop() writes its own record
+
+
+def test_mimic_serve_exits_non_zero_when_the_listener_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accept loop ends by an exception (here from the hook it calls on every turn):
+    ``mimic serve`` notices and exits 3 instead of running on without listening. (A SIGTERM
+    after a while ends a serve that never notices, with exit 0, so that this test fails
+    rather than hangs.)"""
+
+    def dies(self: MimicAssociationServer) -> None:
+        raise RuntimeError("the accept loop broke")
+
+    monkeypatch.setattr(MimicAssociationServer, "service_actions", dies)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    guard = threading.Timer(20, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    guard.start()
+    try:
+        result = CliRunner().invoke(main, [
+            "serve", "--data-dir", str(tmp_path / "data"), "--host", HOST,
+            "--port", str(free_port()),
+        ])
+    finally:
+        guard.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == EXIT_LISTENER_DIED, (result.exit_code, result.output)
