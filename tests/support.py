@@ -152,6 +152,14 @@ class MimicProcess:
             p for p in root.rglob("*") if p.is_file() and incoming not in p.parents
         )
 
+    def incoming_leftovers(self) -> list[Path]:
+        """Files with content under ``.incoming`` (each store's own folder and lock file
+        there are expected; its spare temporary files are empty)."""
+        incoming = self.data_dir / "objects" / ".incoming"
+        if not incoming.exists():
+            return []
+        return sorted(p for p in incoming.rglob("*") if p.is_file() and p.stat().st_size)
+
     def object_for(self, sop_instance_uid: str) -> Path:
         rows = self._query(
             "SELECT object_key FROM instances WHERE sop_instance_uid = :uid", uid=sop_instance_uid

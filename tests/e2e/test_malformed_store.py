@@ -42,8 +42,7 @@ def test_damaged_data_set_is_refused_and_not_stored(
     assert assoc.is_established
     answer = assoc.send_c_store(path)
     refused_state = server.instance_count(), len(server.stored_objects())
-    incoming = server.data_dir / "objects" / ".incoming"
-    spare_only = all(p.stat().st_size == 0 for p in incoming.iterdir())
+    spare_only = not server.incoming_leftovers()
     # The association is still usable: the undamaged object is stored.
     whole = assoc.send_c_store(item.path)
     assoc.release()

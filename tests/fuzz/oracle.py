@@ -62,5 +62,7 @@ def invalid_objects(server: MimicProcess) -> list[str]:
             problems.append(f"{key}: {why}")
     incoming = root / ".incoming"
     if incoming.exists():
-        problems += [f"leftover {p.name}" for p in incoming.iterdir() if p.stat().st_size]
+        problems += [
+            f"leftover {p.name}" for p in incoming.rglob("*") if p.is_file() and p.stat().st_size
+        ]
     return problems
