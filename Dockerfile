@@ -18,8 +18,10 @@ RUN groupadd --system --gid 10001 mimic \
  && useradd --system --uid 10001 --gid mimic --no-create-home --shell /usr/sbin/nologin mimic \
  && install -d -o mimic -g mimic -m 0750 /var/lib/mimic
 COPY --from=build /wheels /wheels
+# The dependency versions the test suite verified (the pynetdicom patches check them too).
+COPY constraints.txt /wheels/constraints.txt
 RUN python -m venv /opt/mimic \
- && /opt/mimic/bin/pip install --no-cache-dir /wheels/*.whl \
+ && /opt/mimic/bin/pip install --no-cache-dir -c /wheels/constraints.txt /wheels/*.whl \
  && rm -rf /wheels
 
 # The data directory holds only temporary files in the Azure configuration: the index is

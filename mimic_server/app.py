@@ -205,7 +205,10 @@ class Archive:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         certificates = self._certificates()
         index = self._index_override or self._index()
-        object_store = self._object_store or open_object_store(s)
+        object_store = self._object_store or open_object_store(
+            s, self._azure_credential() if s.uses_blob_storage and not s.blob_connection_string
+            else None,
+        )
         self.audit = AuditLog(s.audit_path)
         self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
         self.refusals.start()
@@ -493,10 +496,13 @@ def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlI
     return engine, SqlIndex(engine)
 
 
-def open_object_store(settings: Settings) -> ObjectStore:
-    """Blob Storage when an account URL or connection string is set, else files."""
+def open_object_store(settings: Settings, credential: Any = None) -> ObjectStore:
+    """Blob Storage when an account URL or connection string is set, else files.
+
+    ``credential`` signs Blob requests when there is no connection string; when it is needed
+    and not given, a DefaultAzureCredential is made here (maintenance commands)."""
     if settings.uses_blob_storage:
-        return _blob_store(settings)
+        return _blob_store(settings, credential)
     try:
         return FilesystemStore(settings.objects_dir)
     except OSError as exc:
@@ -505,12 +511,13 @@ def open_object_store(settings: Settings) -> ObjectStore:
         ) from exc
 
 
-def _blob_store(settings: Settings) -> ObjectStore:
+def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
     # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
     from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
 
-    credential = None
-    if not settings.blob_connection_string:
+    if settings.blob_connection_string:
+        credential = None
+    elif credential is None:
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()

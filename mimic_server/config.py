@@ -51,12 +51,6 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
     port: int = Field(11112, ge=0, le=65535, description="DICOM listener port (0 = any free).")
-    ops_host: str = Field(
-        "127.0.0.1", description="Address the operations HTTP listener (health, metrics) binds to."
-    )
-    ops_port: int = Field(
-        8080, ge=0, le=65535, description="Operations HTTP port (health, metrics); 0 = off."
-    )
     ae_title: str = Field("MIMIC", description="The archive's own AE title.")
     data_dir: Path = Field(
         Path("./mimic-data"), description="Where the embedded index, objects and PKI live."

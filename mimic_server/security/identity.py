@@ -20,6 +20,8 @@ class Identity:
 
     @property
     def label(self) -> str:
+        if not self.fingerprint:  # nobody proven (plain TCP)
+            return self.common_name
         return f"{self.common_name} ({self.fingerprint[:16]})"
 
 

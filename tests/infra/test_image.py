@@ -90,8 +90,9 @@ def image_venv() -> Iterator[Path]:
         venv = root / "venv"
         subprocess.run([_python_for_non_root(), "-m", "venv", str(venv)], check=True,
                        timeout=120)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)],
-                       check=True, timeout=600)
+        # As the runtime stage installs it: with the verified versions.
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c",
+                        str(ROOT / "constraints.txt"), str(wheel)], check=True, timeout=600)
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
         yield venv
     finally:
