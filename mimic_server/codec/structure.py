@@ -46,6 +46,10 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
+#: Command (0000) and File Meta (0002) elements belong to the DIMSE command and the Part 10
+#: header, never to a data set (PS3.5 7.1, PS3.10 7.1); pydicom reads a data set that starts
+#: with them as something else and stops early, so such an object could not be served.
+_NOT_IN_A_DATA_SET = frozenset({0x0000, 0x0002})
 _VR_LONG = frozenset(str(vr).encode() for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
 _VR_SHORT = frozenset(str(vr).encode() for vr in VR if vr not in EXPLICIT_VR_LENGTH_32)
 
@@ -137,6 +141,8 @@ class StructureWalk:
                     frame = self._item_end(group, element, pos)
                     pos += 8
                     continue
+                if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
+                    _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
                 if vr in _VR_SHORT:
                     pos += 8
                 elif vr in _VR_LONG:
@@ -154,6 +160,8 @@ class StructureWalk:
                     frame = self._item_end(group, element, pos)
                     pos += 8
                     continue
+                if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
+                    _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
                 pos += 8
             else:  # the items of an undefined-length value
                 group, element, length = tag_length(data, pos)

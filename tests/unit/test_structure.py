@@ -107,3 +107,24 @@ def test_deflated_data_set_is_inflated_within_a_bound(monkeypatch: pytest.Monkey
     bomb = _deflate(b"\xfc\xff\xfc\xffOB\x00\x00" + struct.pack("<L", 8 << 20) + bytes(8 << 20))
     with pytest.raises(CannotUnderstand, match="inflates beyond"):
         check_structure(memoryview(bomb), UID(DeflatedExplicitVRLittleEndian))
+
+
+@pytest.mark.parametrize("group", [0x0000, 0x0002])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.2"])
+def test_command_or_file_meta_elements_in_a_data_set_are_refused(group: int, syntax: str) -> None:
+    """pydicom reads a data set holding them as something else and stops early (found by the
+    fuzz layer: a big endian data set whose first tag became (0000,0000))."""
+    uid = UID(syntax)
+    order = "<" if uid.is_little_endian else ">"
+    if uid.is_implicit_VR:
+        element = struct.pack(f"{order}HHL", group, 0x0000, 4) + struct.pack(f"{order}L", 8)
+    else:
+        element = struct.pack(f"{order}HH2sH", group, 0x0000, b"UL", 4) + struct.pack(
+            f"{order}L", 8)
+    patient = struct.pack(f"{order}HH", 0x0010, 0x0020)
+    patient += (b"" if uid.is_implicit_VR else b"LO") + struct.pack(
+        f"{order}{'L' if uid.is_implicit_VR else 'H'}", 4) + b"ID1 "
+    with pytest.raises(CannotUnderstand, match=rf"\({group:04X},0000\) in the data set"):
+        check_structure(memoryview(element + patient), uid)
+    check_structure(memoryview(patient), uid)  # the same without it is fine
