@@ -80,7 +80,7 @@ class MimicProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mimic_server", "serve"],
             env=env, stdout=self._log, stderr=self._log, cwd=self.data_dir.parent,
-            preexec_fn=self._limit_fds if self.fd_limit else None,  # noqa: PLW1509
+            preexec_fn=self._limit_fds if self.fd_limit else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

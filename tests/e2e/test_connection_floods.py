@@ -142,9 +142,21 @@ def test_listen_backlog_takes_a_burst(small: MimicProcess) -> None:
 # -- the audit trail ------------------------------------------------------------------------
 
 
-def test_refused_connections_are_audited_as_counts(tmp_path: Path) -> None:
+def handshake_failures(server: MimicProcess) -> int:
+    """Connections refused so far, from the server's metrics."""
+    status, body = server.ops("/metrics")
+    assert status == 200
+    return sum(
+        int(float(line.rsplit(" ", 1)[1])) for line in body.decode().splitlines()
+        if line.startswith("mimic_tls_handshake_failures_total{")
+    )
+
+
+def test_refused_connections_are_audited_and_logged_as_counts(tmp_path: Path) -> None:
     """60 connections refused for two reasons: the audit trail gets one Security Alert per
-    source and reason with the count (before: one record each), written at stop."""
+    source and reason with the count (before: one record each), written at stop; and the
+    log gets the first refusal of each reason at once and the rest as one line with the
+    count (before: 60 WARNING lines)."""
     server = MimicProcess(tmp_path / "data", audit_refusal_interval="3600").start()
     try:
         anonymous = client_context(None, None, server.ca_cert)
@@ -158,11 +170,16 @@ def test_refused_connections_are_audited_as_counts(tmp_path: Path) -> None:
             raw.close()
         for _ in range(20):
             socket.create_connection((HOST, server.port), timeout=10).close()
-        assert wait_for(lambda: sum(
-            e.get("message") == "connection refused" for e in server.log_entries()
-        ) >= 60, timeout=EVENTUALLY)
+        assert wait_for(lambda: handshake_failures(server) >= 60, timeout=EVENTUALLY)
+        prompt = [e for e in server.log_entries() if e.get("message") == "connection refused"]
+        assert 1 <= len(prompt) <= 2, prompt  # the first of each reason, at once
+        assert all(e["count"] == 1 and e["peer"].startswith(f"{HOST}:") for e in prompt)
     finally:
         assert server.stop() == 0, server.log()
+    lines = [e for e in server.log_entries() if e.get("message") == "connection refused"]
+    assert len(lines) <= 4, f"{len(lines)} log lines for 60 refusals"
+    assert sum(int(e["count"]) for e in lines) == 60
+    assert all(e["level"] == "WARNING" for e in lines)
     records = [
         json.loads(line) for line in (server.data_dir / "audit.jsonl").read_text().splitlines()
     ]
