@@ -266,3 +266,50 @@ def test_mimic_serve_exits_non_zero_when_the_listener_dies(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert result.exit_code == EXIT_LISTENER_DIED, (result.exit_code, result.output)
+
+
+class _Exhausted:
+    """The listening socket, its ``accept()`` failing with EMFILE ``times`` times first."""
+
+    def __init__(self, sock: socket.socket, times: int) -> None:
+        self.sock = sock
+        self.times = times
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.times:
+            self.times -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self.sock.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_out_of_descriptors_evicts_pending_handshakes(
+    in_process: Archive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``accept()`` fails with EMFILE three times while two idle connections wait for their
+    handshake: they are evicted to free descriptors, one WARNING says so, and the modality
+    behind them is served (before: nothing was evicted and the accept loop retried at once)."""
+    server = in_process.server
+    assert server is not None
+    port = in_process.address[1]
+    certs = in_process.settings.certificate_dir
+    ctx = client_context(
+        certs / "clients/modality1/client.pem", certs / "clients/modality1/client.key",
+        certs / "ca/ca.pem",
+    )
+    caplog.set_level(logging.WARNING)
+    idle = [socket.create_connection((HOST, port), timeout=10) for _ in range(2)]
+    try:
+        assert wait_for(lambda: len(server.handshakes) == 2, timeout=EVENTUALLY)
+        server.socket = _Exhausted(server.socket, 3)  # type: ignore[assignment]
+        assert echo_ok(port, ctx)
+        for sock in idle:
+            assert sock.recv(1) == b"", "an idle pending handshake was not evicted"
+    finally:
+        server.socket = getattr(server.socket, "sock", server.socket)
+        for sock in idle:
+            sock.close()
+    lines = [r for r in caplog.records if r.getMessage().startswith("out of file descriptors")]
+    assert len(lines) == 1, lines
