@@ -44,7 +44,7 @@ from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import Index, schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
-from mimic_server.net import observe
+from mimic_server.net import descriptors, observe
 from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
@@ -224,6 +224,7 @@ class Archive:
             self._observe_bundle(bundle)
 
         max_pdu_read = max(s.max_pdu_size + 4096, 1 << 20)
+        fd_limit = descriptors.raise_soft_limit()
         try:
             server = MimicAssociationServer(
                 ae,
@@ -235,7 +236,9 @@ class Archive:
                 handshake_timeout=s.handshake_timeout,
                 network_timeout=s.network_timeout,
                 max_pdu_read=max_pdu_read,
-                max_pending_handshakes=s.max_pending_handshakes,
+                max_pending_handshakes=descriptors.pending_handshake_cap(
+                    s.max_pending_handshakes, s.max_associations, fd_limit
+                ),
                 listen_backlog=s.listen_backlog,
                 on_refused=self._audit_refusal,
                 adapt_association=fence.association_adapter(max_pdu_read),
@@ -392,10 +395,12 @@ class Archive:
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
 
-    def _audit_refusal(self, peer: str, reason: str) -> None:
+    def _audit_refusal(self, peer: str, reason: str) -> bool:
+        """Count a refused connection; True when the listener should log it now."""
         self.metrics.handshake_failed(observe.handshake_failure_reason(reason))
-        if self.refusals is not None:
-            self.refusals.note(peer.rpartition(":")[0] or peer, reason)
+        if self.refusals is None:
+            return True
+        return self.refusals.note(peer.rpartition(":")[0] or peer, reason)
 
     @staticmethod
     def _serve(server: MimicAssociationServer) -> None:

@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     handshake_timeout: float = Field(10.0, gt=0, description="Seconds for a TLS handshake.")
     max_pending_handshakes: int = Field(
         1024, ge=1, description="TLS handshakes in progress at once; when full, a new "
-        "connection evicts the oldest one still waiting (no thread each: only a socket).",
+        "connection evicts the oldest one still waiting (no thread each: only a socket). "
+        "Clamped at start to what the file descriptor limit leaves.",
     )
     listen_backlog: int = Field(
         512, ge=16, description="Connections the kernel queues before accept (the listen "
@@ -125,7 +126,7 @@ class Settings(BaseSettings):
     )
     audit_refusal_interval: float = Field(
         60.0, gt=0, description="Seconds over which refused connections are counted into "
-        "one audit record per source and reason.",
+        "one audit record and one log line per source and reason.",
     )
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds a connection may stay silent before it is dropped."

@@ -50,7 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
     """A real ``mimic serve`` process, zero-config (dev PKI on first start), for one module."""
     root: Path = tmp_path_factory.mktemp("mimic")
     process = MimicProcess(
-        root / "data", cert_refresh_seconds="1", database_url=database_url
+        root / "data", cert_refresh_seconds="1", database_url=database_url,
+        audit_refusal_interval="1",  # refusals logged as counts: repeats show within 1 s
     ).start()
     yield process
     assert process.stop() == 0, process.log()

@@ -45,15 +45,18 @@ class MimicProcess:
         port: int | None = None,
         *,
         env: dict[str, str] | None = None,
+        fd_limit: tuple[int, int] | None = None,
         **settings: str,
     ) -> None:
-        """``settings`` become ``MIMIC_*`` variables; ``env`` adds others (Azure, TLS trust)."""
+        """``settings`` become ``MIMIC_*`` variables; ``env`` adds others (Azure, TLS trust);
+        ``fd_limit`` is the (soft, hard) RLIMIT_NOFILE the process starts with."""
         self.data_dir = data_dir
         self.port = port or free_port()
         #: The operations HTTP port (/healthz, /readyz, /metrics); settings may say "0" (off).
         self.ops_port = int(settings.pop("ops_port", None) or free_port())
         self.settings = settings
         self.extra_env = env or {}
+        self.fd_limit = fd_limit
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +80,7 @@ class MimicProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mimic_server", "serve"],
             env=env, stdout=self._log, stderr=self._log, cwd=self.data_dir.parent,
+            preexec_fn=self._limit_fds if self.fd_limit else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -86,6 +90,12 @@ class MimicProcess:
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"mimic serve did not start:\n{self.log()}")
+
+    def _limit_fds(self) -> None:
+        import resource
+
+        assert self.fd_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.fd_limit)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:

@@ -4,10 +4,17 @@ A connection that has not finished its handshake is not yet anyone: it may be a 
 health probe, a port scan or an attacker holding sockets open. Behind a TCP ingress (Azure
 Container Apps) every peer has the ingress's address, so nothing here looks at addresses.
 Each pending handshake is a non-blocking socket in a selector, so the cap can be large; when
-it is reached, the newest connection evicts the oldest pending one instead of being refused,
-preferring one that has not sent a byte yet (a real client sends its ClientHello at once):
-an idle flood therefore cannot keep a modality's handshake from finishing. A connection
-gets no association slot until its handshake is done; each has a deadline.
+it is reached, the newest connection evicts the oldest pending one instead of being refused.
+
+The victim is the oldest connection that has been silent for longer than :data:`GRACE`, and
+if there is none, strictly the oldest. A real client sends its ClientHello within the grace
+period, so an idle flood cannot keep a modality's handshake from finishing. A byte buys a
+peer nothing a real client does not get anyway: an earlier version spared every peer that
+had sent a byte, young or old, so an attacker's one byte (0x16) made a modality whose
+ClientHello was still on its way through a TCP proxy the preferred victim of the very next
+connection. Now a connection younger than the grace period is never preferred, heard or
+not; among the rest, age alone decides. A connection gets no association slot until its
+handshake is done; each has a deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_REASON = "TLS handshake failed: TimeoutError"
 EVICTED_REASON = "evicted: too many connections waiting for their handshake"
+#: Seconds in which a new connection that has not sent a byte yet is not preferred for
+#: eviction: time for a ClientHello delayed by a TCP proxy (Container Apps' ingress).
+GRACE = 0.2
 
 
 @dataclass
@@ -37,6 +47,7 @@ class _Pending:
     fd: int
     address: Any
     deadline: float
+    admitted: float
     heard: bool = False  # has the peer sent anything (its ClientHello) yet
     events: int = field(default=0)
 
@@ -55,9 +66,16 @@ class PendingHandshakes:
         timeout: float,
         on_done: Callable[[ssl.SSLSocket, Any], None],
         on_failed: Callable[[Any, str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        grace: float = GRACE,
     ) -> None:
+        """``clock`` is injectable for tests; ``grace`` is :data:`GRACE`."""
         self.capacity = capacity
         self.timeout = timeout
+        self.grace = grace
+        self._clock = clock
+        self._shed = 0  # evictions asked for by the accept loop (out of descriptors)
         self._on_done = on_done
         self._on_failed = on_failed
         self._selector = selectors.DefaultSelector()
@@ -85,6 +103,14 @@ class PendingHandshakes:
         with self._lock:
             self._incoming.append((sock, address))
         with contextlib.suppress(OSError):  # full: a wake-up is already on its way
+            self._wake_w.send(b"\0")
+
+    def shed(self) -> None:
+        """Evict the oldest pending handshake soon (the accept loop ran out of descriptors);
+        thread-safe, never blocks."""
+        with self._lock:
+            self._shed += 1
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
     def stop(self) -> None:
@@ -117,7 +143,7 @@ class PendingHandshakes:
         wait = 1.0
         if self._pending:
             oldest = next(iter(self._pending.values()))
-            wait = max(0.0, min(wait, oldest.deadline - time.monotonic()))
+            wait = max(0.0, min(wait, oldest.deadline - self._clock()))
         for key, _ in self._selector.select(wait):
             if key.fileobj is self._wake_r:
                 with contextlib.suppress(OSError):
@@ -133,25 +159,38 @@ class PendingHandshakes:
     def _take_incoming(self) -> None:
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            shed, self._shed = self._shed, 0
+        for _ in range(min(shed, len(self._pending))):
+            self._fail(next(iter(self._pending.values())), EVICTED_REASON)
         for sock, address in incoming:
             if self._stop.is_set():
                 _close_quietly(sock)
                 continue
             while len(self._pending) >= self.capacity:
                 self._evict()
-            entry = _Pending(sock, sock.fileno(), address, time.monotonic() + self.timeout)
+            now = self._clock()
+            entry = _Pending(sock, sock.fileno(), address, now + self.timeout, now)
             entry.heard = _readable(entry.fd)  # a real client's ClientHello is already here
             self._pending[entry.fd] = entry
             self._step(entry)
 
     def _evict(self) -> None:
-        victim = next((e for e in self._pending.values() if not e.heard), None)
+        """The oldest connection silent beyond the grace period, else strictly the oldest
+        (the table is in admission order, so the scan stops at the first young entry)."""
+        settled = self._clock() - self.grace
+        victim = None
+        for entry in self._pending.values():
+            if entry.admitted > settled:
+                break
+            if not entry.heard:
+                victim = entry
+                break
         if victim is None:
             victim = next(iter(self._pending.values()))
         self._fail(victim, EVICTED_REASON)
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         while self._pending:
             oldest = next(iter(self._pending.values()))
             if oldest.deadline > now:

@@ -6,6 +6,11 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
   handshakes (:mod:`.handshakes`), so a client that never sends a ClientHello delays nobody
   (pynetdicom wraps in the accept loop) and a flood of them cannot lock modalities out: the
   oldest pending handshake is evicted, not the newest connection refused;
+* out of file descriptors (EMFILE/ENFILE), the accept loop evicts the oldest pending
+  handshake and backs off briefly instead of spinning on the readable listening socket
+  (socketserver retries at once), with one log line per interval;
+* a refused connection is logged once per source and reason per interval, the first at once
+  and the rest as one count (``on_refused`` says which), not one line each;
 * a listen backlog of ``listen_backlog`` (socketserver's default is 5: a burst of connects
   dropped SYNs);
 * nothing in the accept loop or the handshake loop can end the listener: errors are logged
@@ -25,10 +30,12 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -46,6 +53,12 @@ from mimic_server.security.identity import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Seconds the accept loop pauses after running out of file descriptors (time for the
+#: evicted handshake's descriptor to be freed), and between two log lines saying so.
+FD_BACKOFF = 0.05
+FD_LOG_INTERVAL = 60.0
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 #: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
@@ -188,11 +201,13 @@ class MimicAssociationServer(ThreadedAssociationServer):
         max_pdu_read: int,
         max_pending_handshakes: int,
         listen_backlog: int = 128,
-        on_refused: Callable[[str, str], None] | None = None,
+        on_refused: Callable[[str, str], bool] | None = None,
         adapt_association: Callable[[Any], None] = lambda assoc: None,
     ) -> None:
         """``adapt_association`` applies the fence's per-association patches to each new
-        association (``mimic_server/patches.py``); the default leaves pynetdicom's."""
+        association (``mimic_server/patches.py``); the default leaves pynetdicom's.
+        ``on_refused(peer, reason)`` counts a refusal and returns whether to log it now
+        (the first of its source and reason in an interval); without it, each is logged."""
         self.trust = trust
         self.handshake_timeout = handshake_timeout
         self.network_timeout = network_timeout
@@ -205,6 +220,8 @@ class MimicAssociationServer(ThreadedAssociationServer):
         )
         self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._fd_exhausted = 0  # accept() failures since the last log line
+        self._fd_logged = -FD_LOG_INTERVAL
         self.handshakes = PendingHandshakes(
             max_pending_handshakes, handshake_timeout, self._handshake_done, self._refuse
         )
@@ -214,7 +231,12 @@ class MimicAssociationServer(ThreadedAssociationServer):
         self.handshakes.start()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = self.socket.accept()
+        try:
+            client, address = self.socket.accept()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._out_of_descriptors(exc)
+            raise  # socketserver drops the turn; the connection waits in the backlog
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         context = self.ssl_context  # read once: a concurrent swap affects the next connection
         if context is not None:
@@ -223,6 +245,21 @@ class MimicAssociationServer(ThreadedAssociationServer):
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """Free a descriptor (the oldest pending handshake goes) and pause the accept loop
+        briefly; log it at most once per :data:`FD_LOG_INTERVAL` with a count."""
+        self.handshakes.shed()
+        self._fd_exhausted += 1
+        now = time.monotonic()
+        if now - self._fd_logged >= FD_LOG_INTERVAL:
+            log.warning(
+                "out of file descriptors: evicting the oldest pending handshake",
+                extra={"error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                       "count": self._fd_exhausted, "pending": len(self.handshakes)},
+            )
+            self._fd_logged, self._fd_exhausted = now, 0
+        time.sleep(FD_BACKOFF)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """TLS connections go to the handshake loop; plain ones (labs) are admitted as is."""
@@ -272,16 +309,20 @@ class MimicAssociationServer(ThreadedAssociationServer):
         return self.handshakes.alive()
 
     def _refuse(self, client_address: Any, reason: str) -> None:
-        """Log and audit a connection closed before any DICOM; never raises (an audit
-        sink that fails, e.g. on a full disk, must not take the listener down)."""
+        """Count, audit and log a connection closed before any DICOM; never raises (an
+        audit sink that fails, e.g. on a full disk, must not take the listener down).
+
+        Only the first refusal of a source and reason in an interval is logged here; the
+        aggregator logs the rest as one count (a line each let any host grow the logs)."""
         peer = _peer(client_address)
-        log.warning("connection refused", extra={"peer": peer, "reason": reason})
-        if self.on_refused is None:
-            return
-        try:
-            self.on_refused(peer, reason)
-        except Exception:
-            log.exception("recording a refused connection failed", extra={"peer": peer})
+        first = True
+        if self.on_refused is not None:
+            try:
+                first = self.on_refused(peer, reason)
+            except Exception:
+                log.exception("recording a refused connection failed", extra={"peer": peer})
+        if first:
+            log.warning("connection refused", extra={"peer": peer, "reason": reason, "count": 1})
 
     def admitted_identity(self, request: socket.socket) -> Identity | None:
         with self._lock:

@@ -5,6 +5,12 @@ host on the network grow the audit trail at will (2,000 probes wrote 1,859 recor
 each (source address, reason) pair gets one Security Alert record per interval with a
 count, written at the interval's end and at stop. The number of distinct pairs held is
 bounded; beyond it refusals are counted under source ``"other"``.
+
+The log line follows the same aggregation (a WARNING per refusal let a peer at 1,000
+connections/s write a million lines an hour into Log Analytics): the first refusal of a
+pair in an interval is logged at once by the listener (:meth:`RefusalAudit.note` says
+so), the others as one ``connection refused`` line with their ``count`` at the interval's
+end. Summing ``count`` over the lines gives the number of refusals.
 """
 
 from __future__ import annotations
@@ -41,13 +47,15 @@ class RefusalAudit:
     def start(self) -> None:
         self._thread.start()
 
-    def note(self, source: str, reason: str) -> None:
-        """Count one refused connection from ``source`` (an address, without port)."""
+    def note(self, source: str, reason: str) -> bool:
+        """Count one refused connection from ``source`` (an address, without port); True
+        when it is the first of its source and reason this interval (log it now)."""
         with self._lock:
             key = (source, reason)
             if key not in self._counts and len(self._counts) >= MAX_KEYS:
                 key = (OTHER, reason)
             self._counts[key] += 1
+            return self._counts[key] == 1
 
     def flush(self) -> None:
         """Write one record per (source, reason) counted since the last flush; never raises
@@ -57,6 +65,12 @@ class RefusalAudit:
             counts, self._counts = self._counts, Counter()
             since, self._since = self._since, now
         for (source, reason), count in sorted(counts.items()):
+            if count > 1:  # the first was logged when it happened
+                log.warning(
+                    "connection refused",
+                    extra={"peer": source, "reason": reason, "count": count - 1,
+                           "interval_start": since.isoformat(), "interval_end": now.isoformat()},
+                )
             try:
                 self.audit_log.record(
                     audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=source, reason=reason,

@@ -142,9 +142,21 @@ def test_listen_backlog_takes_a_burst(small: MimicProcess) -> None:
 # -- the audit trail ------------------------------------------------------------------------
 
 
-def test_refused_connections_are_audited_as_counts(tmp_path: Path) -> None:
+def handshake_failures(server: MimicProcess) -> int:
+    """Connections refused so far, from the server's metrics."""
+    status, body = server.ops("/metrics")
+    assert status == 200
+    return sum(
+        int(float(line.rsplit(" ", 1)[1])) for line in body.decode().splitlines()
+        if line.startswith("mimic_tls_handshake_failures_total{")
+    )
+
+
+def test_refused_connections_are_audited_and_logged_as_counts(tmp_path: Path) -> None:
     """60 connections refused for two reasons: the audit trail gets one Security Alert per
-    source and reason with the count (before: one record each), written at stop."""
+    source and reason with the count (before: one record each), written at stop; and the
+    log gets the first refusal of each reason at once and the rest as one line with the
+    count (before: 60 WARNING lines)."""
     server = MimicProcess(tmp_path / "data", audit_refusal_interval="3600").start()
     try:
         anonymous = client_context(None, None, server.ca_cert)
@@ -158,11 +170,16 @@ def test_refused_connections_are_audited_as_counts(tmp_path: Path) -> None:
             raw.close()
         for _ in range(20):
             socket.create_connection((HOST, server.port), timeout=10).close()
-        assert wait_for(lambda: sum(
-            e.get("message") == "connection refused" for e in server.log_entries()
-        ) >= 60, timeout=EVENTUALLY)
+        assert wait_for(lambda: handshake_failures(server) >= 60, timeout=EVENTUALLY)
+        prompt = [e for e in server.log_entries() if e.get("message") == "connection refused"]
+        assert 1 <= len(prompt) <= 2, prompt  # the first of each reason, at once
+        assert all(e["count"] == 1 and e["peer"].startswith(f"{HOST}:") for e in prompt)
     finally:
         assert server.stop() == 0, server.log()
+    lines = [e for e in server.log_entries() if e.get("message") == "connection refused"]
+    assert len(lines) <= 4, f"{len(lines)} log lines for 60 refusals"
+    assert sum(int(e["count"]) for e in lines) == 60
+    assert all(e["level"] == "WARNING" for e in lines)
     records = [
         json.loads(line) for line in (server.data_dir / "audit.jsonl").read_text().splitlines()
     ]
@@ -249,3 +266,50 @@ def test_mimic_serve_exits_non_zero_when_the_listener_dies(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert result.exit_code == EXIT_LISTENER_DIED, (result.exit_code, result.output)
+
+
+class _Exhausted:
+    """The listening socket, its ``accept()`` failing with EMFILE ``times`` times first."""
+
+    def __init__(self, sock: socket.socket, times: int) -> None:
+        self.sock = sock
+        self.times = times
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.times:
+            self.times -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self.sock.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_out_of_descriptors_evicts_pending_handshakes(
+    in_process: Archive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``accept()`` fails with EMFILE three times while two idle connections wait for their
+    handshake: they are evicted to free descriptors, one WARNING says so, and the modality
+    behind them is served (before: nothing was evicted and the accept loop retried at once)."""
+    server = in_process.server
+    assert server is not None
+    port = in_process.address[1]
+    certs = in_process.settings.certificate_dir
+    ctx = client_context(
+        certs / "clients/modality1/client.pem", certs / "clients/modality1/client.key",
+        certs / "ca/ca.pem",
+    )
+    caplog.set_level(logging.WARNING)
+    idle = [socket.create_connection((HOST, port), timeout=10) for _ in range(2)]
+    try:
+        assert wait_for(lambda: len(server.handshakes) == 2, timeout=EVENTUALLY)
+        server.socket = _Exhausted(server.socket, 3)  # type: ignore[assignment]
+        assert echo_ok(port, ctx)
+        for sock in idle:
+            assert sock.recv(1) == b"", "an idle pending handshake was not evicted"
+    finally:
+        server.socket = getattr(server.socket, "sock", server.socket)
+        for sock in idle:
+            sock.close()
+    lines = [r for r in caplog.records if r.getMessage().startswith("out of file descriptors")]
+    assert len(lines) == 1, lines
