@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = None) -> str:
     """A Secondary Capture object with ``pixel_bytes`` of zero pixels; its SOP Instance UID."""
-    columns = 4096
+    columns = 16384
     rows = pixel_bytes // (columns * 2)
     length = rows * columns * 2
     uid = sop_instance_uid or generate_uid()
