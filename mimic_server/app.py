@@ -36,9 +36,11 @@ from mimic_server.dimse import (
     find,
     get,
     move,
+    receiving,
     store,
     syntaxes,
 )
+from mimic_server.dimse.receiving import ReceiveLimits
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import Index, schema
@@ -241,7 +243,9 @@ class Archive:
                 ),
                 listen_backlog=s.listen_backlog,
                 on_refused=self._audit_refusal,
-                adapt_association=fence.association_adapter(max_pdu_read),
+                adapt_association=fence.association_adapter(
+                    max_pdu_read, ReceiveLimits(s.max_object_bytes, s.spool_path)
+                ),
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -254,6 +258,7 @@ class Archive:
         )
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
+        server.bind(evt.EVT_CONN_CLOSE, receiving.discard_partial)
         # Every DIMSE handler: an unexpected exception is logged and answered (unexpected.py).
         server.bind(evt.EVT_C_ECHO, guarded(echo.handle_echo, "C-ECHO", STATUS["C-ECHO"]),
                     [policy])

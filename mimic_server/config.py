@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
     )
     handshake_timeout: float = Field(10.0, gt=0, description="Seconds for a TLS handshake.")
+    max_object_bytes: int = Field(
+        4 << 30, ge=1, description="Largest data set a C-STORE may send, in bytes (default "
+        "4 GiB); a larger one is refused 0xA700 and nothing is stored.",
+    )
+    spool_dir: Path | None = Field(
+        None, description="Where data sets too large to hold in memory are spooled while "
+        "they arrive, as anonymous files (default: DATA_DIR/spool).",
+    )
     max_pending_handshakes: int = Field(
         1024, ge=1, description="TLS handshakes in progress at once; when full, a new "
         "connection evicts the oldest one still waiting (no thread each: only a socket). "
@@ -212,6 +220,10 @@ class Settings(BaseSettings):
     @property
     def objects_dir(self) -> Path:
         return (self.data_dir / "objects").resolve()
+
+    @property
+    def spool_path(self) -> Path:
+        return (self.spool_dir or self.data_dir / "spool").resolve()
 
     @property
     def audit_path(self) -> Path:

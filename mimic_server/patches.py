@@ -45,7 +45,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 
 from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
-from mimic_server.dimse import move_answer, raw_send, syntax_refusal
+from mimic_server.dimse import move_answer, raw_send, receiving, syntax_refusal
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import prompt, server
 
@@ -104,6 +104,7 @@ SERVER_REGISTRATION = "server-registration"
 PROCESS_SWITCHES = "process-switches"
 SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
+BOUNDED_RECEIVE = "bounded-receive"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -152,6 +153,27 @@ PATCHES: tuple[Patch, ...] = (
                  "(self, primitive)", "7cbce5da8594124e"),
             _READ_PDU,
             _ASSOCIATION_INIT,  # makes the DULServiceProvider whose class is swapped
+        ),
+    ),
+    Patch(
+        BOUNDED_RECEIVE,
+        "mimic_server.dimse.receiving:receive_in_bounded_memory "
+        "(wraps each acceptor's dimse.receive_primitive)",
+        "every data set is held whole in memory while it arrives, and no size limit is "
+        "enforced (MIMIC_MAX_OBJECT_BYTES is not applied)",
+        (PYNETDICOM,),
+        (
+            # makes the DIMSEMessage whose data_set is replaced, and resets it when complete
+            Site("pynetdicom.dimse:DIMSEServiceProvider.receive_primitive",
+                 "(self, primitive)", "5f99c86b14a15cef"),
+            # writes each data set fragment with data_set.write(...) as it arrives
+            Site("pynetdicom.dimse_messages:DIMSEMessage.decode_msg",
+                 "(self, primitive, assoc=None)", "f51c777e841a76be"),
+            # hands that data_set to the request primitive (event.request.DataSet)
+            Site("pynetdicom.dimse_messages:DIMSEMessage.message_to_primitive",
+                 mentions="self.data_set"),
+            # the DUL calls it through the association's dimse attribute (instance wrap)
+            Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
         ),
     ),
     Patch(
@@ -368,10 +390,14 @@ class Fence:
     applied: frozenset[str]
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def association_adapter(self, max_pdu_read: int) -> Callable[[Any], None]:
+    def association_adapter(
+        self, max_pdu_read: int, receive_limits: receiving.ReceiveLimits | None = None
+    ) -> Callable[[Any], None]:
         """The per-association patches, for ``MimicAssociationServer(adapt_association=)``:
         applied to each new acceptor association before it starts."""
         steps: list[Callable[[Any], None]] = []
+        if BOUNDED_RECEIVE in self.applied and receive_limits is not None:
+            steps.append(lambda assoc: receiving.receive_in_bounded_memory(assoc, receive_limits))
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
         if DIMSE_QUEUE_WAIT in self.applied:

@@ -214,25 +214,65 @@ def _elements_frame(data: memoryview | bytes, pos: int, implicit: bool, in_item:
 
 
 def _walk_deflated(dataset: memoryview) -> None:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    walk = StructureWalk(implicit=False, little=True)
-    inflated = 0
-    pending: memoryview | bytes = dataset
-    try:
-        while pending and not inflater.eof:
-            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
-            pending = inflater.unconsumed_tail
-            inflated += len(chunk)
-            if inflated > MAX_INFLATED:
-                raise CannotUnderstand("the deflated data set inflates beyond the bound")
-            walk.feed(chunk)
-    except zlib.error as exc:
-        raise CannotUnderstand("the deflated data set cannot be inflated") from exc
-    if not inflater.eof:
-        raise CannotUnderstand("the deflated data set is truncated")
-    if not _pad_or_gzip_trailer(inflater.unused_data, inflated):
-        raise CannotUnderstand("bytes follow the deflated data set")
+    walk = DeflatedWalk()
+    walk.feed(dataset)
     walk.close()
+
+
+def structure_walk(transfer_syntax: UID) -> StructureWalk | DeflatedWalk:
+    """A walk to feed a data set to chunk by chunk as it arrives, then ``close``."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return DeflatedWalk()
+    known = transfer_syntax.is_transfer_syntax
+    return StructureWalk(
+        transfer_syntax.is_implicit_VR if known else False,
+        transfer_syntax.is_little_endian if known else True,
+    )
+
+
+class DeflatedWalk:
+    """The walk of a Deflated data set fed in chunks: each is inflated ``_INFLATE_CHUNK`` at a
+    time into the walk, so memory stays at one chunk, and inflating past ``MAX_INFLATED``
+    is refused."""
+
+    def __init__(self) -> None:
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._walk = StructureWalk(implicit=False, little=True)
+        self._inflated = 0
+        self._after = b""  # what follows the deflate stream
+
+    def feed(self, chunk: memoryview | bytes) -> None:
+        inflater = self._inflater
+        if inflater.eof:  # the deflate stream ended in an earlier chunk
+            self._trailing(bytes(chunk))
+            return
+        pending: memoryview | bytes = chunk
+        try:
+            while pending and not inflater.eof:
+                data = inflater.decompress(pending, _INFLATE_CHUNK)
+                pending = inflater.unconsumed_tail
+                self._inflated += len(data)
+                if self._inflated > MAX_INFLATED:
+                    raise CannotUnderstand("the deflated data set inflates beyond the bound")
+                self._walk.feed(data)
+        except zlib.error as exc:
+            raise CannotUnderstand("the deflated data set cannot be inflated") from exc
+        if inflater.eof:
+            self._trailing(inflater.unused_data)
+
+    def _trailing(self, data: bytes) -> None:
+        """Bytes after the deflate stream: at most a pad byte or a gzip trailer (checked in
+        ``close``); more is refused at once rather than collected."""
+        self._after += data
+        if len(self._after) > 16:
+            raise CannotUnderstand("bytes follow the deflated data set")
+
+    def close(self) -> None:
+        if not self._inflater.eof:
+            raise CannotUnderstand("the deflated data set is truncated")
+        if not _pad_or_gzip_trailer(self._after, self._inflated):
+            raise CannotUnderstand("bytes follow the deflated data set")
+        self._walk.close()
 
 
 def _pad_or_gzip_trailer(extra: bytes, inflated: int) -> bool:

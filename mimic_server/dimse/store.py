@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 
 from mimic_server.dimse.received import ReceivedObject
+from mimic_server.dimse.receiving import release_spool
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import (
     CannotUnderstand,
@@ -41,7 +42,8 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
     -------
     int or Dataset
         ``0x0000`` Success, or a failure with an Error Comment: ``0x0124`` Not Authorized,
-        ``0xA700`` Out of Resources (store or index unavailable), ``0xA900`` Data Set does
+        ``0xA700`` Out of Resources (store or index unavailable, or a data set larger than
+        ``MIMIC_MAX_OBJECT_BYTES``), ``0xA900`` Data Set does
         not match SOP Class, ``0xC000`` cannot parse, ``0xC001`` UID differs from the
         command, ``0xC002`` required attribute missing or invalid.
     """
@@ -72,6 +74,8 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
             exc_info=exc.__cause__ is not None and log.isEnabledFor(logging.DEBUG),
         )
         return _failure(exc)
+    finally:
+        release_spool(request.DataSet)  # now, not when the request is collected
     session.count_stored(received.size, attrs.study_instance_uid)
     return Status.SUCCESS
 

@@ -114,8 +114,11 @@ def _received(event: Any) -> None:
         return
     size = 0
     if service == "C-STORE" and isinstance(message.data_set, io.BytesIO):
-        with message.data_set.getbuffer() as view:
-            size = view.nbytes
+        # A data set received in bounded memory counts what arrived (dimse/receiving.py).
+        size = getattr(message.data_set, "received", None)
+        if size is None:
+            with message.data_set.getbuffer() as view:
+                size = view.nbytes
     requests[message.command_set.MessageID] = (service, time.perf_counter(), size)
 
 

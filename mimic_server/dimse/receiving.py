@@ -1,0 +1,264 @@
+"""A C-STORE's data set received in bounded memory, counted against the size limit.
+
+pynetdicom writes every P-DATA fragment of a message into the message's ``data_set``, a
+``BytesIO``: a 1 GiB object is 1 GiB of memory. Each acceptor association's DIMSE provider
+is given (by the fence, ``mimic_server/patches.py``) a :class:`ReceivingDataSet` for every
+message instead: a ``BytesIO`` while the data set is small (the common case: the handler then
+reads it zero-copy, exactly as before), which past ``in_memory`` bytes moves what it holds
+into an anonymous spool file and writes every later fragment there, hashing it (SHA-256 of
+the File Meta we write, then the data set) and walking its structure as it arrives. The
+spool file has no name (``O_TMPFILE``, or created and unlinked at once), so nothing can leak
+on disk: it is closed when the handler is done or the association ends, and the kernel frees
+it should the process die.
+
+Every fragment is counted: past ``max_object_bytes`` what was received is dropped at once
+and the rest of the data set is read and discarded, so that a sender who finishes gets the
+C-STORE's failure status; one who keeps sending past ``OVERRUN_GRACE`` more is aborted.
+A data set of another message (an Identifier) larger than ``in_memory`` is not an
+Identifier: the association is aborted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom.uid import UID
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+
+from mimic_server.codec.file_meta import encode_file_meta
+from mimic_server.codec.structure import DeflatedWalk, StructureWalk, structure_walk
+from mimic_server.dimse.session import session_of
+from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+#: Data sets up to this size stay in memory (the fast path of small objects).
+IN_MEMORY = 8 * MiB
+#: How much past the limit is read and discarded before the association is aborted.
+OVERRUN_GRACE = 64 * MiB
+#: The size of the pieces a spooled data set is read back in.
+READ_CHUNK = MiB
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What every acceptor association receives under."""
+
+    max_object_bytes: int
+    spool_dir: Path
+    in_memory: int = IN_MEMORY
+
+
+@dataclass(frozen=True)
+class SpoolStart:
+    """What a spooled C-STORE data set needs from its command: the File Meta we write
+    (hashed first) and the transfer syntax (how its structure is walked)."""
+
+    file_meta: bytes
+    transfer_syntax: UID
+
+
+class ReceivingDataSet(io.BytesIO):
+    """A message's data set as it arrives: in memory while small, then spooled."""
+
+    def __init__(
+        self,
+        limits: ReceiveLimits,
+        message: DIMSEMessage,
+        start: Callable[[DIMSEMessage], SpoolStart],
+    ) -> None:
+        super().__init__()
+        self._limits = limits
+        self._message = message
+        self._start = start
+        self._lock = threading.Lock()
+        #: Every data set byte received, kept or not.
+        self.received = 0
+        self.too_large = False
+        self.abort_due = False
+        self.spool: IO[bytes] | None = None
+        self.spool_start: SpoolStart | None = None
+        self._digest: Any = None
+        self._walk: StructureWalk | DeflatedWalk | None = None
+        #: Why the spooled data set is refused: a structural fault, a spool that failed.
+        self.failure: DicomStatusError | None = None
+        self._discarded = False
+        self._abort_signalled = False
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        count = len(data)
+        self.received += count
+        if self.too_large:
+            self._check_overrun()
+            return count
+        if self.received > self._limits.max_object_bytes:
+            self.too_large = True
+            self.discard()
+            self._check_overrun()
+            return count
+        if self.spool is None:
+            if self.received <= self._limits.in_memory:
+                return super().write(data)
+            if not isinstance(self._message, C_STORE_RQ):
+                log.warning("a DIMSE Identifier exceeds %d bytes: aborting",
+                            self._limits.in_memory)
+                self.too_large = True
+                self.discard()
+                self._signal_abort()
+                return count
+        with self._lock:
+            if self._discarded:
+                return count
+            try:
+                if self.spool is None:
+                    self._open_spool()
+                assert self.spool is not None
+                self.spool.write(data)
+            except Exception as exc:  # in the DUL thread: it must never end the reactor
+                log.error("a data set cannot be spooled", extra={"error": type(exc).__name__})
+                self.failure = OutOfResources("the data set cannot be spooled")
+                self._drop()
+                return count
+            self._digest.update(data)
+            self._feed_walk(data)
+        return count
+
+    def _check_overrun(self) -> None:
+        over = self.received - self._limits.max_object_bytes
+        if over > min(OVERRUN_GRACE, self._limits.max_object_bytes):
+            self._signal_abort()
+
+    def _signal_abort(self) -> None:
+        if not self._abort_signalled:
+            self._abort_signalled = self.abort_due = True
+
+    def _open_spool(self) -> None:
+        """Move what is in memory to a new anonymous spool file; start hash and walk."""
+        self.spool_start = start = self._start(self._message)
+        self._limits.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = tempfile.TemporaryFile(dir=self._limits.spool_dir)  # noqa: SIM115
+        self._digest = hashlib.sha256(start.file_meta)
+        self._walk = structure_walk(start.transfer_syntax)
+        with self.getbuffer() as head:
+            self.spool.write(head)
+            self._digest.update(head)
+            self._feed_walk(head)
+        self.seek(0)
+        self.truncate()
+
+    def _feed_walk(self, data: Any) -> None:
+        if self._walk is None:
+            return
+        try:
+            self._walk.feed(data)
+        except CannotUnderstand as exc:
+            self.failure = exc
+            self._walk = None  # one fault is enough: the object is refused
+
+    @property
+    def limit(self) -> int:
+        """``max_object_bytes``: the largest data set kept."""
+        return self._limits.max_object_bytes
+
+    @property
+    def spooled(self) -> bool:
+        return self.spool is not None or self.failure is not None
+
+    def finish(self) -> tuple[str, int]:
+        """The spooled data set ended: raise ``CannotUnderstand`` if it is malformed;
+        (SHA-256 of File Meta + data set, data set size)."""
+        if self.failure is None and self._walk is not None:
+            try:
+                self._walk.close()
+            except CannotUnderstand as exc:
+                self.failure = exc
+        if self.failure is not None:
+            raise self.failure
+        assert self.spool is not None
+        self.spool.flush()
+        return self._digest.hexdigest(), self.received
+
+    def chunks(self) -> Iterator[bytes]:
+        """The spooled data set, read back piece by piece."""
+        assert self.spool is not None
+        self.spool.seek(0)
+        while chunk := self.spool.read(READ_CHUNK):
+            yield chunk
+
+    def discard(self) -> None:
+        """Drop whatever is held (memory and spool file); later fragments are not kept."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._discarded = True
+        with contextlib.suppress(BufferError):  # a view of it is still in use: kept
+            self.seek(0)
+            self.truncate()
+        if self.spool is not None:
+            self.spool.close()
+
+
+def _spool_start(assoc: Any, message: DIMSEMessage) -> SpoolStart:
+    """The File Meta of a C-STORE about to be spooled, as ``ReceivedObject`` writes it."""
+    command = message.command_set
+    context = assoc._accepted_cx[message.context_id]
+    transfer_syntax = UID(str(context.transfer_syntax[0]))
+    session = session_of(assoc)
+    calling = session.calling_ae_title if session is not None else ""
+    file_meta = encode_file_meta(
+        str(command.AffectedSOPClassUID or ""),
+        str(command.AffectedSOPInstanceUID or ""),
+        transfer_syntax,
+        calling,
+    )
+    return SpoolStart(file_meta, transfer_syntax)
+
+
+def receive_in_bounded_memory(assoc: Any, limits: ReceiveLimits) -> None:
+    """Give a new (not yet started) acceptor association's DIMSE provider a
+    :class:`ReceivingDataSet` for every message it receives (applied by the fence)."""
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+
+    def start(message: DIMSEMessage) -> SpoolStart:
+        return _spool_start(assoc, message)
+
+    def receive_primitive(primitive: Any) -> None:
+        if dimse.message is None:
+            message = DIMSEMessage()
+            message.data_set = ReceivingDataSet(limits, message, start)
+            dimse.message = message
+        data_set = dimse.message.data_set
+        receive(primitive)
+        if isinstance(data_set, ReceivingDataSet) and data_set.abort_due:
+            data_set.abort_due = False
+            log.warning("the peer keeps sending a data set beyond the size limit: aborting")
+            dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+
+    dimse.receive_primitive = receive_primitive
+
+
+def release_spool(data_set: object) -> None:
+    """Free a request's spool file, if it has one (after its C-STORE was answered)."""
+    if isinstance(data_set, ReceivingDataSet) and data_set.spooled:
+        data_set.discard()
+
+
+def discard_partial(event: Any) -> None:
+    """``EVT_CONN_CLOSE``: a data set still being received when the connection ends (an
+    abort, a peer gone mid-transfer) releases its spool file now."""
+    message = getattr(event.assoc.dimse, "message", None)
+    data_set = getattr(message, "data_set", None)
+    if isinstance(data_set, ReceivingDataSet):
+        data_set.discard()

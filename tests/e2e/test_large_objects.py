@@ -1,0 +1,160 @@
+"""Objects larger than memory should hold: received in bounded memory, and the size limit.
+
+A 256 MiB object (zero pixels, a sparse file) goes in through dcmtk's ``storescu`` over TLS;
+the server's peak resident memory (``VmHWM`` of its process, reset first) stays far below
+the object's size, and the stored object is the bytes sent. ``MIMIC_MAX_OBJECT_BYTES``
+refuses a larger data set with 0xA700 and stores nothing; a peer that keeps sending is
+aborted; a transfer cut off midway leaves no spool file open or on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.large_objects import write_large
+from tests.support import MimicProcess, dcmtk, dcmtk_tls, wait_for
+
+pytestmark = pytest.mark.dcmtk
+
+MiB = 1 << 20
+LARGE = 256 * MiB
+LIMIT = 32 * MiB
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    root = tmp_path_factory.mktemp("large")
+    process = MimicProcess(root / "data").start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    root = tmp_path_factory.mktemp("limited")
+    process = MimicProcess(root / "data", max_object_bytes=str(LIMIT)).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def _status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def _reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def _spool_files(server: MimicProcess) -> list[str]:
+    """Files of the spool directory: on disk, and held open by the server (anonymous)."""
+    spool = server.data_dir / "spool"
+    on_disk = [p.name for p in spool.iterdir()] if spool.exists() else []
+    assert server.proc is not None
+    held = []
+    fds = Path(f"/proc/{server.proc.pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(spool.resolve())):
+            held.append(target)
+    return on_disk + held
+
+
+def _storescu(server: MimicProcess, path: Path) -> tuple[int, str]:
+    result = dcmtk(
+        "storescu", "-v", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
+        "--max-send-pdu", "131072", "localhost", str(server.port), str(path), timeout=300,
+    )
+    return result.returncode, result.stderr + result.stdout
+
+
+def test_large_object_in_bounded_memory(server: MimicProcess, tmp_path: Path) -> None:
+    path = tmp_path / "large.dcm"
+    uid = write_large(path, LARGE)
+    assert server.proc is not None
+    pid = server.proc.pid
+    _reset_peak(pid)
+    before = _status(pid, "VmHWM")
+
+    code, output = _storescu(server, path)
+
+    assert code == 0, output
+    assert "Received Store Response (Success)" in output
+    peak = _status(pid, "VmHWM")
+    # A memory bound, not a timing: the whole object would add 256 MiB.
+    assert peak - before < LARGE // 4, (before, peak)
+    stored = server.object_for(uid)
+    sent = path.read_bytes()
+    offset = 132 + struct.unpack_from("<L", sent, 140)[0] + 12
+    kept = stored.read_bytes()
+    kept_offset = 132 + struct.unpack_from("<L", kept, 140)[0] + 12
+    assert kept[kept_offset:] == sent[offset:]
+    assert _spool_files(server) == []
+
+
+def test_larger_than_the_limit_is_refused(limited: MimicProcess, tmp_path: Path) -> None:
+    path = tmp_path / "over.dcm"
+    write_large(path, LIMIT + 8 * MiB)
+    before = limited.instance_count()
+
+    code, output = _storescu(limited, path)
+
+    assert code != 0
+    assert "Received Store Response (Refused: OutOfResources)" in output, output  # 0xA700
+    assert any(
+        e.get("message") == "C-STORE refused" and e.get("status") == "0xA700"
+        and "limit" in e.get("reason", "") for e in limited.log_entries()
+    )
+    assert limited.instance_count() == before
+    assert limited.stored_objects() == []
+    assert _spool_files(limited) == []
+
+
+def test_peer_that_keeps_sending_is_aborted(limited: MimicProcess, tmp_path: Path) -> None:
+    path = tmp_path / "far-over.dcm"
+    write_large(path, LIMIT * 4)
+    before = limited.instance_count()
+
+    code, output = _storescu(limited, path)
+
+    assert code != 0
+    assert "Store Response" not in output, output
+    assert wait_for(lambda: any(
+        "keeps sending" in e.get("message", "") for e in limited.log_entries()
+    ))
+    assert limited.instance_count() == before
+    assert limited.stored_objects() == []
+    assert wait_for(lambda: _spool_files(limited) == [])
+
+
+def test_transfer_cut_off_leaves_no_spool_file(server: MimicProcess, tmp_path: Path) -> None:
+    """A peer killed midway through a spooled data set: its spool file is released."""
+    path = tmp_path / "cut.dcm"
+    write_large(path, 120 * MiB)
+    before = server.instance_count()
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    peer = subprocess.Popen(
+        ["storescu", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
+         "--max-send-pdu", "16384", "localhost", str(server.port), str(path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(lambda: len(_spool_files(server)) == 1, interval=0.005), (
+            "no spool file was made"
+        )
+    finally:
+        peer.kill()
+        peer.wait()
+    assert wait_for(lambda: _spool_files(server) == [])
+    assert server.instance_count() == before

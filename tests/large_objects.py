@@ -1,0 +1,43 @@
+"""Large DICOM files written without holding them in memory: a small header, then Pixel
+Data of zeros made by extending the file (sparse on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = None) -> str:
+    """A Secondary Capture object with ``pixel_bytes`` of zero pixels; its SOP Instance UID."""
+    columns = 16384
+    rows = pixel_bytes // (columns * 2)
+    length = rows * columns * 2
+    uid = sop_instance_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = uid
+    ds.PatientID = "LARGE"
+    ds.PatientName = "Large^Object"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.save_as(path, enforce_file_format=True)
+    with open(path, "ab") as fh:
+        fh.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
+        fh.truncate(fh.tell() + length)
+    return uid
