@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -47,7 +48,7 @@ from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, syntax_refusal
 from mimic_server.errors import ConfigurationError
-from mimic_server.net import prompt, server
+from mimic_server.net import reactor, server
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 PYNETDICOM = ("pynetdicom", "3.0.4")
 PYDICOM = ("pydicom", "3.0.2")
 AZURE_CORE = ("azure-core", "1.41.0")
+
+#: Speed-up patches to leave off (names, comma-separated), for benchmarks and tests that
+#: measure the library's own path against MIMIC's in one run; not an operator setting.
+PATCHES_OFF = "MIMIC_PATCHES_OFF"
 
 #: Set on every replacement the fence installs: the function it replaced. The checks look
 #: through it, so a second start in one process checks pynetdicom's code, not MIMIC's.
@@ -92,8 +97,7 @@ class Patch:
 
 # Names the rest of the fence refers to.
 PDU_LENGTH_GUARD = "pdu-length-guard"
-DIMSE_QUEUE_WAIT = "dimse-queue-wait"
-DUL_BUSY_DELAY = "dul-busy-delay"
+IDLE_WAITS = "idle-waits"
 COMMAND_SET_ENCODER = "command-set-encoder"
 DIRECT_RESPONSES = "direct-responses"
 ANSWER_ENCODER = "answer-encoder"
@@ -128,31 +132,33 @@ PATCHES: tuple[Patch, ...] = (
         ),
     ),
     Patch(
-        DIMSE_QUEUE_WAIT,
-        "mimic_server.net.prompt:_WaitingDIMSE (class swap of each acceptor's DIMSE provider)",
-        "the association thread sleeps 1 ms before each look at its message queue",
+        IDLE_WAITS,
+        "mimic_server.net.reactor:_EventDrivenDUL and _BellDIMSE (class swaps of each "
+        "acceptor's DUL and DIMSE providers, and of their queues)",
+        "each association's DUL thread and association thread wake every 1 ms, also while "
+        "the association is idle (ten idle TLS associations: ~25% of a core), and each hand-off "
+        "between them waits up to 1 ms",
         (PYNETDICOM,),
         (
+            # replaced by a copy whose idle sleep is a poll on the socket and a wake-up
+            Site("pynetdicom.dul:DULServiceProvider.run_reactor", source="e3a10eb3a0931e48"),
+            # replaced for block=False (the reactor's look) by a wait on the bell
             Site("pynetdicom.dimse:DIMSEServiceProvider.get_msg",
                  "(self, block=False)", "890e3e04283f5aeb"),
-            # polls get_msg(block=False) after a 1 ms sleep
+            # one get_msg(block=False) per turn, then release / abort / DUL alive / network
+            # timer checks: what the bell and the timeout must cover
             Site("pynetdicom.association:Association._run_reactor", source="f28838c5559e462a"),
-            _ASSOCIATION_INIT,  # makes the DIMSEServiceProvider whose class is swapped
-        ),
-    ),
-    Patch(
-        DUL_BUSY_DELAY,
-        "mimic_server.net.prompt:_BusyAwareDUL (class swap of each acceptor's DUL provider)",
-        "the DUL thread sleeps 1 ms between turns also while a message is under way",
-        (PYNETDICOM,),
-        (
-            # sets the _run_loop_delay instance attribute the property replaces
+            # make the queues whose puts ring, and _kill_thread, whose setting rings
             Site("pynetdicom.dul:DULServiceProvider.__init__", source="c82dafa9438ddf70"),
-            Site("pynetdicom.dul:DULServiceProvider.run_reactor", source="e3a10eb3a0931e48"),
-            Site("pynetdicom.dul:DULServiceProvider.send_pdu",
-                 "(self, primitive)", "7cbce5da8594124e"),
-            _READ_PDU,
-            _ASSOCIATION_INIT,  # makes the DULServiceProvider whose class is swapped
+            Site("pynetdicom.dimse:DIMSEServiceProvider.__init__", source="bbecd186810e7700"),
+            Site("pynetdicom.dul:DULServiceProvider.kill_dul", "(self)", "5ceccf8dd01c2072"),
+            Site("pynetdicom.dul:DULServiceProvider.stop_dul", "(self)", "28a7e0be126e7b30"),
+            # reads when the socket is ready (select + SSLSocket.pending), closes in Sta13
+            Site("pynetdicom.dul:DULServiceProvider._is_transport_event", "(self)",
+                 "8725ed03bb8fbdef"),
+            # stops the DUL (whose end rings the bell) before the association thread exits
+            Site("pynetdicom.association:Association.kill", "(self)", "8f9713666a7f4cff"),
+            _ASSOCIATION_INIT,  # makes the providers whose classes are swapped
         ),
     ),
     Patch(
@@ -400,10 +406,8 @@ class Fence:
             steps.append(lambda assoc: receiving.receive_in_bounded_memory(assoc, receive_limits))
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
-        if DIMSE_QUEUE_WAIT in self.applied:
-            steps.append(prompt.wait_on_queue)
-        if DUL_BUSY_DELAY in self.applied:
-            steps.append(prompt.pace_by_activity)
+        if IDLE_WAITS in self.applied:
+            steps.append(reactor.wait_for_events)
 
         def adapt(assoc: Any) -> None:
             for step in steps:
@@ -424,6 +428,8 @@ def apply() -> Fence:
     again in one process (tests start many archives): a replacement is installed once.
     """
     problems = {patch.name: check(patch) for patch in PATCHES}
+    for name in _turned_off():
+        problems[name] = problems[name] or f"turned off by {PATCHES_OFF}"
     for patch in PATCHES:  # nothing is applied when the start cannot go on
         problem = problems[patch.name]
         if patch.required and problem is not None:
@@ -458,6 +464,19 @@ def apply() -> Fence:
         },
     )
     return Fence(frozenset(applied), skipped)
+
+
+def _turned_off() -> set[str]:
+    """The speed-up patches :data:`PATCHES_OFF` names; ConfigurationError for any other."""
+    names = {n.strip() for n in os.environ.get(PATCHES_OFF, "").split(",") if n.strip()}
+    speed_ups = {patch.name for patch in PATCHES if not patch.required}
+    unknown = names - speed_ups
+    if unknown:
+        raise ConfigurationError(
+            f"{PATCHES_OFF} names {', '.join(sorted(unknown))}: not a patch that can be left "
+            f"off (those are {', '.join(sorted(speed_ups))})"
+        )
+    return names
 
 
 def _nothing() -> None:

@@ -306,3 +306,18 @@ def test_a_huge_pdu_length_is_refused_without_allocation(
     assert limited.proc is not None and limited.proc.poll() is None
     assert peak_rss_kib(limited) - before < 512 * 1024, "the server allocated the huge PDU"
     assert echo_ok(limited)
+
+
+def test_an_idle_association_is_aborted_at_the_network_timeout(impatient: MimicProcess) -> None:
+    """An established association on which nothing is sent: the server's association thread,
+    blocked on its queue between messages (net/reactor.py), still wakes at the network
+    timeout and aborts it; the peer sees the A-ABORT and the server's threads end."""
+    ctx = client_context(impatient.client_cert, impatient.client_key, impatient.ca_cert)
+    assoc = associate(impatient.port, ctx)
+    assoc.network_timeout = None  # the client waits: only the server's timer may end it
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+
+    assert wait_for(lambda: not assoc.is_established, EVENTUALLY), "never timed out"
+    assert assoc.is_aborted
+    assert echo_ok(impatient)

@@ -1,0 +1,260 @@
+"""Event-driven waits for pynetdicom's two threads of an accepted association.
+
+pynetdicom polls: its DUL thread (socket reader and writer) sleeps 1 ms whenever a turn of
+its loop found nothing to do, and its association thread sleeps 1 ms before each
+non-blocking look at its message queue. An association that transfers nothing still costs
+about two thousand thread wake-ups a second; ten idle TLS associations took a quarter of a
+core. Here, for accepted associations only, each thread blocks until there is something to
+do, or until the next deadline it must check:
+
+* the DUL thread blocks in ``poll`` on its socket and on a wake-up (an ``eventfd``) written
+  whenever a primitive is put on its outgoing queue or it is told to stop, with a timeout
+  equal to the ARTIM timer's remaining time. A TLS socket may hold data already decrypted
+  (``SSLSocket.pending``) that ``poll`` cannot see: the wait then returns at once.
+* the association thread waits on a bell rung whenever the DUL puts a DIMSE message on its
+  message queue or a primitive (A-RELEASE, A-ABORT, A-P-ABORT) on its queue to the user,
+  and when the DUL thread ends; its timeout is the network (idle) timer's remaining time.
+  While it waits it counts as paused (``_is_paused``), as pynetdicom's loop does while
+  waiting on ``_reactor_checkpoint``, so another thread's ``release()`` or ``send_*`` need
+  not wait for the wait to end; after waking it waits on the checkpoint before it takes a
+  message.
+
+Each wait is also bounded by :data:`LONGEST_WAIT`, so a wake-up source missed in some corner
+costs at most that delay, never a hang. Only *how* a thread waits changes, never what it does
+on waking: the loops run pynetdicom's own turns (state machine events, timers, release and
+abort handling), and the fence (``mimic_server/patches.py``) applies this only where those
+are the verified ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import LOGGER, DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.utils import make_target
+
+#: Longest single wait of either thread (seconds): a safety net, not a poll; at two wake-ups
+#: a second per thread an idle association costs microseconds.
+LONGEST_WAIT = 0.5
+#: Added to a timer's remaining time so that the wake-up finds it expired, not just short.
+_TIMER_SLACK = 0.001
+_POLL_IN = select.POLLIN | select.POLLPRI
+
+
+def _until(remaining: float) -> float:
+    """A wait for a timer with ``remaining`` seconds: its expiry, at most LONGEST_WAIT."""
+    return min(LONGEST_WAIT, max(0.0, remaining) + _TIMER_SLACK)
+
+
+class _RingingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that rings a bell after each put (class swap of one of pynetdicom's)."""
+
+    _ring: Callable[[], None]
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._ring()
+
+
+def _ring_on_put(q: queue.Queue, ring: Callable[[], None]) -> None:  # type: ignore[type-arg]
+    q.__class__ = _RingingQueue
+    cast(_RingingQueue, q)._ring = ring
+
+
+class _WakeUp:
+    """An ``eventfd`` the DUL thread polls beside its socket; rung from any thread.
+
+    Closed when the DUL thread ends; a ring after that is ignored (the lock keeps a late
+    ring from writing to a number the kernel may have handed to another file).
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def ring(self) -> None:
+        with self._lock:
+            if not self._closed:
+                # BlockingIOError: the counter is saturated, the DUL is woken anyway
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.fd)
+
+    def __del__(self) -> None:  # a DUL thread that never started
+        self.close()
+
+
+class _EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, blocking between turns instead of sleeping 1 ms."""
+
+    _wake_up: _WakeUp
+    _assoc_bell: threading.Event
+    _poller: Any
+    _polled_fd = -1
+    _reactor_ended = False
+
+    @property  # type: ignore[override]
+    def _kill_thread(self) -> bool:
+        return bool(self.__dict__.get("_kill_thread", False))
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self.__dict__["_kill_thread"] = value  # set by kill_dul / stop_dul from any thread
+        if value:
+            self._wake_up.ring()
+
+    def _wait_for_work(self) -> None:
+        """Block until the socket is readable, a primitive is queued to send, the thread is
+        told to stop, or the ARTIM timer is due (pynetdicom: ``time.sleep(0.001)``)."""
+        if self._kill_thread or self.to_provider_queue.qsize():
+            return
+        fd = -1
+        transport = self.socket
+        sock = transport.socket if transport is not None else None
+        if sock is not None and getattr(transport, "_is_connected", False):
+            try:
+                if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    return  # decrypted already: poll would not see it
+                fd = sock.fileno()
+            except (OSError, ValueError):
+                return  # closed under us: let the turn see it
+        if fd != self._polled_fd:
+            if self._polled_fd != -1:
+                self._poller.unregister(self._polled_fd)
+            if fd != -1:
+                self._poller.register(fd, _POLL_IN)
+            self._polled_fd = fd
+        self._poller.poll(_until(self.artim_timer.remaining) * 1000)
+        self._wake_up.drain()
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with its idle sleep
+        replaced by :meth:`_wait_for_work`; rings the association's bell when it ends."""
+        try:
+            self._run_reactor_turns()
+        finally:
+            self._wake_up.close()
+            self._reactor_ended = True
+            self._assoc_bell.set()
+
+    def _run_reactor_turns(self) -> None:
+        # From here to the end: pynetdicom's loop, line for line, but for the wait.
+        self._idle_timer.start()
+        self.socket = cast(Any, self.socket)
+        sleep = False
+
+        while True:
+            # Let the assoc reactor off the leash
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+
+            if sleep:
+                self._wait_for_work()
+
+            if self._kill_thread:
+                break
+
+            # Check the ARTIM timer first so its event is placed on the queue
+            #   ahead of any other events this loop
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            try:
+                if self._process_recv_primitive():  # encode (sent by state machine)
+                    pass
+                elif self._is_transport_event():  # receive and decode PDU
+                    self._idle_timer.restart()
+            except Exception as exc:
+                LOGGER.error("Exception in DUL.run(), aborting association")
+                LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+class _BellDIMSE(DIMSEServiceProvider):
+    """The association thread's look at its message queue, as a wait on its bell."""
+
+    _bell: threading.Event
+
+    def get_msg(self, block: bool = False) -> Any:
+        if block:  # a service's own wait for a response: pynetdicom's
+            return super().get_msg(block=True)
+        # The reactor's poll (pynetdicom: a 1 ms sleep, then a non-blocking look). It checks
+        # release, abort, the DUL thread and the network timer after this returns.
+        assoc = self.assoc
+        if self.msg_queue.empty():
+            assoc._is_paused = True
+            try:
+                self._bell.wait(_until(assoc.dul._idle_timer.remaining))
+                assoc._reactor_checkpoint.wait()  # another thread may be messaging
+            finally:
+                assoc._is_paused = False
+        self._bell.clear()  # before the checks that follow: a later ring wakes the next wait
+        dul = assoc.dul
+        if getattr(dul, "_reactor_ended", False):
+            dul.join(LONGEST_WAIT)  # its loop is over: let the reactor see it no longer alive
+        try:
+            return self.msg_queue.get_nowait()
+        except queue.Empty:
+            return None, None
+
+
+def wait_for_events(assoc: Any) -> None:
+    """Switch a new (not yet started) acceptor association's DUL and DIMSE providers to
+    blocking waits. Applied, or not, by the fence (``mimic_server/patches.py``), which checks
+    first that the pynetdicom code they replace and rely on is the verified one."""
+    bell = threading.Event()
+    dul = assoc.dul
+    wake_up = _WakeUp()
+    dul._wake_up = wake_up  # before the class swap: its _kill_thread setter rings it
+    dul._assoc_bell = bell
+    dul._poller = select.poll()
+    dul._poller.register(wake_up.fd, _POLL_IN)
+    dul.__class__ = _EventDrivenDUL
+    # The thread's target was bound to pynetdicom's run_reactor in DULServiceProvider.__init__
+    # (``Thread.__init__(self, target=make_target(self.run_reactor))``): bind it again, the
+    # same way, to the run_reactor of the class the DUL now has.
+    dul._target = make_target(dul.run_reactor)
+    _ring_on_put(dul.to_provider_queue, wake_up.ring)
+    _ring_on_put(dul.to_user_queue, bell.set)
+    dimse = assoc.dimse
+    dimse.__class__ = _BellDIMSE
+    dimse._bell = bell
+    _ring_on_put(dimse.msg_queue, bell.set)
+
