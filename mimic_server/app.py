@@ -259,11 +259,13 @@ class Archive:
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
         server.bind(evt.EVT_CONN_CLOSE, receiving.discard_partial)
-        # Every DIMSE handler: an unexpected exception is logged and answered (unexpected.py).
-        server.bind(evt.EVT_C_ECHO, guarded(echo.handle_echo, "C-ECHO", STATUS["C-ECHO"]),
+        # Every DIMSE handler: an unexpected exception is logged, counted and answered
+        # (unexpected.py).
+        counted = self.metrics.handler_error
+        server.bind(evt.EVT_C_ECHO, guarded(echo.handle_echo, "C-ECHO", STATUS["C-ECHO"], counted),
                     [policy])
         server.bind(
-            evt.EVT_C_STORE, guarded(store.handle_store, "C-STORE", STATUS["C-STORE"]),
+            evt.EVT_C_STORE, guarded(store.handle_store, "C-STORE", STATUS["C-STORE"], counted),
             [object_store, index, policy],
         )
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
@@ -274,17 +276,17 @@ class Archive:
             )
             server.bind(
                 evt.EVT_C_FIND,
-                guarded_stream(find.handle_find, "C-FIND", STATUS["C-FIND"], 0),
+                guarded_stream(find.handle_find, "C-FIND", STATUS["C-FIND"], 0, counted),
                 [finder, policy],
             )
             server.bind(
                 evt.EVT_C_GET,
-                guarded_stream(get.handle_get, "C-GET", STATUS["C-GET"], 1),
+                guarded_stream(get.handle_get, "C-GET", STATUS["C-GET"], 1, counted),
                 [finder, object_store, policy],
             )
             server.bind(
                 evt.EVT_C_MOVE,
-                guarded_stream(move.handle_move, "C-MOVE", STATUS["C-MOVE"], 2),
+                guarded_stream(move.handle_move, "C-MOVE", STATUS["C-MOVE"], 2, counted),
                 [finder, object_store, policy, self._move_target],
             )
         observe.bind(server, self.metrics)

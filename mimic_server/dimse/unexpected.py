@@ -62,7 +62,17 @@ def _failure(status: int) -> Dataset:
     return answer
 
 
-def guarded(handler: Callable[..., Any], service: str, status: int) -> Callable[..., Any]:
+#: Told the service of every unexpected exception (the metrics count them).
+OnError = Callable[[str], None]
+
+
+def _nothing(service: str) -> None:
+    """No one counts unexpected errors."""
+
+
+def guarded(
+    handler: Callable[..., Any], service: str, status: int, on_error: OnError = _nothing
+) -> Callable[..., Any]:
     """``handler`` (C-ECHO, C-STORE) answering ``status`` on an unexpected exception."""
 
     @functools.wraps(handler)
@@ -71,13 +81,15 @@ def guarded(handler: Callable[..., Any], service: str, status: int) -> Callable[
             return handler(event, *args)
         except Exception as exc:
             _log(service, status, exc)
+            on_error(service)
             return status if service == "C-ECHO" else _failure(status)
 
     return guard
 
 
 def guarded_stream(
-    handler: Callable[..., Iterator[Any]], service: str, status: int, preamble: int
+    handler: Callable[..., Iterator[Any]], service: str, status: int, preamble: int,
+    on_error: OnError = _nothing,
 ) -> Callable[..., Iterator[Any]]:
     """A C-FIND / C-GET / C-MOVE handler answering ``status`` on an unexpected exception.
 
@@ -95,6 +107,7 @@ def guarded_stream(
                 yield item
                 yielded += 1
         except Exception as exc:
+            on_error(service)
             if service == "C-MOVE" and yielded == 0:
                 _log(service, _MOVE_BEFORE_DESTINATION, exc)
                 # pynetdicom logs what it catches: a message without values.

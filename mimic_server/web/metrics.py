@@ -87,6 +87,11 @@ class ArchiveMetrics:
             "Connections refused before an association: TLS handshake or certificate.",
             ["reason"], registry=r,
         )
+        self.handler_errors = Counter(
+            "mimic_handler_errors",
+            "Unexpected exceptions in MIMIC's DIMSE handlers (bugs; each is logged at ERROR).",
+            ["service"], registry=r,
+        )
         self.trusted_certificates = Gauge(
             "mimic_trusted_certificates",
             "Trusted client and CA certificates currently valid.", registry=r,
@@ -108,6 +113,8 @@ class ArchiveMetrics:
         self._durations = {service: self.duration.labels(service) for service in SERVICES}
         for reason in HANDSHAKE_FAILURES:
             self.handshake_failures.labels(reason)
+        for service in SERVICES:
+            self.handler_errors.labels(service)
 
     # -- associations ------------------------------------------------------------------------
 
@@ -127,6 +134,10 @@ class ArchiveMetrics:
             return
         counter.inc()
         self._durations[service].observe(seconds)
+
+    def handler_error(self, service: str) -> None:
+        if service in SERVICES:
+            self.handler_errors.labels(service).inc()
 
     def stored(self, size: int) -> None:
         self.stored_bytes.inc(size)
