@@ -95,17 +95,25 @@ def admit(
         return Refusal.USER_REQUIRED
     services = policy.services_for(grants, session.user.roles if session.user else None)
     session.services = services
-    if not _mark_contexts(assoc, services):
-        policy.refused(session, Refusal.NO_GRANTED_SERVICE.value,
-                       service=",".join(sorted(s.value for s in services)) or "none")
-        return Refusal.NO_GRANTED_SERVICE
+    usable, refused = _mark_contexts(assoc, services)
+    if refused:
+        names = ",".join(sorted(s.value for s in refused))
+        if not usable:
+            policy.refused(session, Refusal.NO_GRANTED_SERVICE.value, service=names)
+            return Refusal.NO_GRANTED_SERVICE
+        policy.refused(session, "presentation contexts refused: service not granted",
+                       service=names)
     return None
 
 
-def _mark_contexts(assoc: Association, services: frozenset[Service]) -> int:
-    """Mark the proposed contexts the association may not use; the number left usable."""
+def _mark_contexts(
+    assoc: Association, services: frozenset[Service]
+) -> tuple[int, set[Service]]:
+    """Mark the proposed contexts the association may not use; the number left usable and
+    the services of those refused."""
     roles = assoc.requestor.role_selection
     usable = 0
+    refused: set[Service] = set()
     for context in assoc.requestor.primitive.presentation_context_definition_list:
         uid = str(context.abstract_syntax)
         service = service_of(uid)
@@ -117,7 +125,9 @@ def _mark_contexts(assoc: Association, services: frozenset[Service]) -> int:
             allowed = role is not None and bool(role.scp_role)
         setattr(context, _REFUSED, not allowed)
         usable += allowed
-    return usable
+        if not allowed:
+            refused.add(service)
+    return usable, refused
 
 
 def _audit_login(

@@ -148,7 +148,7 @@ class Policy:
             return None
         for keyword in sorted(required):
             value = identifier.get(keyword) if identifier is not None else None
-            if value is not None and _narrows(value.value):
+            if value is not None and _narrows(value):
                 return None
         reason = f"C-FIND must match on one of {', '.join(sorted(required))}"
         self.refused(session, reason, service=Service.FIND.value)
