@@ -145,9 +145,7 @@ def _audit_login(
     )
 
 
-def handle_user_id(
-    event: Event, user_id_type: int, primary_field: bytes, secondary_field: bytes | None
-) -> tuple[bool, bytes | None]:
+def handle_user_id(event: Event) -> tuple[bool, bytes | None]:
     """Handle ``evt.EVT_USER_ID``: the verdict of admission (which ran first).
 
     Positive response when the requestor asked for one (PS3.7 D.3.3.7.2): for types 1 and 2
@@ -160,7 +158,7 @@ def handle_user_id(
     if not verified:
         return False, None
     item = event.assoc.requestor.user_identity
-    if user_id_type != JWT and item is not None and item.positive_response_requested:
+    if event.user_id_type != JWT and item is not None and item.positive_response_requested:
         response = UserIdentityNegotiation()
         response.server_response = b""
         event.assoc.acceptor.add_negotiation_item(response)
