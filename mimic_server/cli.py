@@ -303,3 +303,25 @@ def _report(result: dict[str, Any], as_json: bool, headline: str) -> None:
     click.echo(headline)
     for key, value in result.items():
         click.echo(f"  {key}: {value}")
+
+
+@main.group()
+def users() -> None:
+    """Users for User Identity Negotiation type 2 (MIMIC_USERS_FILE)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
+              help="The user file (the server's MIMIC_USERS_FILE).")
+@click.option("--role", "roles", multiple=True, help="A role of the user (repeatable).")
+@click.password_option("--passcode", help="The passcode (prompted when not given).")
+def users_add(name: str, path: str, roles: tuple[str, ...], passcode: str) -> None:
+    """Add or replace a user; the passcode is kept as an Argon2id hash only."""
+    from mimic_server.security.users import UsersFileError, add_user
+
+    try:
+        add_user(Path(path), name, passcode, list(roles))
+    except (ValueError, UsersFileError) as exc:
+        _fail(str(exc))
+    click.echo(f"user {name} written to {path}")
