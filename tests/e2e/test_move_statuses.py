@@ -155,7 +155,7 @@ def test_reachable_destination_gets_its_sub_association(
 
 def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0,
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
         move_destinations=json.loads(_registry(counter)),
     )
     granted = frozenset(Service) - {Service.MOVE}
