@@ -31,6 +31,7 @@ from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
 from mimic_server.codec.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.config import MoveDestination, Settings
 from mimic_server.dimse import (
+    access,
     association,
     echo,
     find,
@@ -52,8 +53,14 @@ from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
+from mimic_server.security.grants import RuleError
 from mimic_server.security.policy import Policy
+from mimic_server.security.policy_file import PolicyFile
+from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
+from mimic_server.security.tokens import TokenValidator
+from mimic_server.security.user_identity import UserAuthority
+from mimic_server.security.users import UserDirectory
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.web.metrics import ArchiveMetrics
@@ -95,6 +102,7 @@ class Archive:
         self.engine: Engine | None = None
         self.server: MimicAssociationServer | None = None
         self.watcher: CertificateWatcher | None = None
+        self.policy_watcher: PolicyWatcher | None = None
         self.audit = AuditLog(None)
         self.refusals: RefusalAudit | None = None
         self.bundle: CertBundle | None = None
@@ -215,6 +223,10 @@ class Archive:
         self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
         self.refusals.start()
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
+        if policy.audit_log is None:
+            policy.audit_log = self.audit
+        policy_file = self._policy_file(policy)
+        users = self._user_authority()
         ae = self._ae()
 
         context, trust, source, version = None, None, None, None
@@ -254,8 +266,9 @@ class Archive:
         server.bind(
             evt.EVT_REQUESTED,
             association.handle_requested,
-            [policy, server.live_associations, s.max_associations, self.audit],
+            [policy, server.live_associations, s.max_associations, self.audit, users],
         )
+        server.bind(evt.EVT_USER_ID, access.handle_user_id)
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
         server.bind(evt.EVT_CONN_CLOSE, receiving.discard_partial)
@@ -301,6 +314,13 @@ class Archive:
                 source, s.cert_refresh_seconds, self._apply_bundle, version, self.bundle
             )
             self.watcher.start()
+        if policy_file is not None:
+            source, version = policy_file
+            self.policy_watcher = PolicyWatcher(
+                source, s.cert_refresh_seconds, lambda rules: setattr(policy, "rules", rules),
+                self.audit, version,
+            )
+            self.policy_watcher.start()
         self._thread = threading.Thread(
             target=self._serve, args=(server,), name="mimic-listener", daemon=True
         )
@@ -317,6 +337,55 @@ class Archive:
                 "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
             },
         )
+
+    def _policy_file(self, policy: Policy) -> tuple[PolicyFile, str] | None:
+        """Load ``MIMIC_POLICY_FILE`` into ``policy``; (source, version) to watch, or None.
+
+        At start there is no last good policy to keep: a missing or broken file is a
+        configuration error."""
+        path = self.settings.policy_file
+        if path is None:
+            return None
+        source = PolicyFile(path)
+        if not path.is_file():
+            raise ConfigurationError(f"policy file {path} does not exist (MIMIC_POLICY_FILE)")
+        version = source.version()
+        try:
+            policy.rules = source.load()
+        except RuleError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        log.info("access policy loaded", extra={
+            "file": str(path), "certificates": len(policy.rules.certificates)})
+        return source, version
+
+    def _user_authority(self) -> UserAuthority:
+        """Who verifies User Identity Negotiation items: the OIDC issuer (JWT), the user
+        file (username and passcode); either may be absent (then that type is refused)."""
+        s = self.settings
+        tokens = None
+        if s.oidc_issuer:
+            if not s.oidc_audience:
+                raise ConfigurationError("MIMIC_OIDC_ISSUER needs MIMIC_OIDC_AUDIENCE")
+            context = None
+            if s.oidc_ca_file is not None:
+                if not s.oidc_ca_file.is_file():
+                    raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
+                context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
+            algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
+            try:
+                tokens = TokenValidator(
+                    s.oidc_issuer, s.oidc_audience, algorithms=algorithms,
+                    leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
+                    roles_claim=s.oidc_roles_claim,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"MIMIC_OIDC_ALGORITHMS: {exc}") from exc
+        users = None
+        if s.users_file is not None:
+            if not s.users_file.is_file():
+                raise ConfigurationError(f"users file {s.users_file} does not exist")
+            users = UserDirectory(s.users_file)
+        return UserAuthority(tokens, users)
 
     def _start_ops(self, object_store: ObjectStore) -> None:
         """The operations HTTP listener: health, readiness, metrics (``web/``)."""
@@ -443,8 +512,11 @@ class Archive:
         self._draining.set()
 
     def refresh_certificates(self) -> None:
+        """SIGHUP: read the certificates and the policy file again at once."""
         if self.watcher is not None:
             self.watcher.refresh_now()
+        if self.policy_watcher is not None:
+            self.policy_watcher.refresh_now()
 
     def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, let open associations finish up to the drain time, then abort."""
@@ -469,6 +541,8 @@ class Archive:
             self.ops = None
         if self.watcher is not None:
             self.watcher.stop()
+        if self.policy_watcher is not None:
+            self.policy_watcher.stop()
         if self.engine is not None:
             self.engine.dispose()
         if self.refusals is not None:

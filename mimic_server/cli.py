@@ -106,7 +106,7 @@ def serve(**options: Any) -> None:
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
-    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())
+    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and the policy
     while not stop.wait(WATCH_PERIOD):
         if not archive.listener_alive():
             # A process that no longer accepts connections must not look healthy: exit so
@@ -165,11 +165,22 @@ def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> Non
 @click.argument("name")
 @click.option("--ae-title", "ae_titles", multiple=True, help="Bind to this calling AE title.")
 @click.option("--days", default=730, show_default=True, help="Validity in days.")
+@click.option(
+    "--services", default=None,
+    help="Services it may use, comma-separated (echo,store,find,move,get or all); "
+    "default: none of its own (echo and store, or the policy file's rule).",
+)
+@click.option(
+    "--move-destinations", default=None,
+    help="Move Destination AE titles it may name, comma-separated ('*': every registered one).",
+)
 @_with_dir_options
 def certs_issue_client(
     name: str,
     ae_titles: tuple[str, ...],
     days: int,
+    services: str | None,
+    move_destinations: str | None,
     data_dir: str | None,
     cert_dir: str | None,
     as_json: bool,
@@ -179,8 +190,13 @@ def certs_issue_client(
     A running server trusts it within MIMIC_CERT_REFRESH_SECONDS (or at once on SIGHUP).
     """
     directory = _cert_dir(data_dir, cert_dir)
+    rule: dict[str, object] = {}
+    if services is not None:
+        rule["services"] = [s.strip() for s in services.split(",") if s.strip()]
+    if move_destinations is not None:
+        rule["move_destinations"] = [d.strip() for d in move_destinations.split(",") if d.strip()]
     try:
-        issued = devpki.issue_client(directory, name, list(ae_titles), days)
+        issued = devpki.issue_client(directory, name, list(ae_titles), days, rule or None)
     except ConfigurationError as exc:
         _fail(str(exc))
     result = {
@@ -189,6 +205,7 @@ def certs_issue_client(
         "client_cert": str(issued.cert.resolve()),
         "client_key": str(issued.key.resolve()),
         "ae_titles": list(issued.ae_titles),
+        **rule,
     }
     _report(result, as_json, f"issued and trusted {name}")
 
@@ -286,3 +303,25 @@ def _report(result: dict[str, Any], as_json: bool, headline: str) -> None:
     click.echo(headline)
     for key, value in result.items():
         click.echo(f"  {key}: {value}")
+
+
+@main.group()
+def users() -> None:
+    """Users for User Identity Negotiation type 2 (MIMIC_USERS_FILE)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
+              help="The user file (the server's MIMIC_USERS_FILE).")
+@click.option("--role", "roles", multiple=True, help="A role of the user (repeatable).")
+@click.password_option("--passcode", help="The passcode (prompted when not given).")
+def users_add(name: str, path: str, roles: tuple[str, ...], passcode: str) -> None:
+    """Add or replace a user; the passcode is kept as an Argon2id hash only."""
+    from mimic_server.security.users import UsersFileError, add_user
+
+    try:
+        add_user(Path(path), name, passcode, list(roles))
+    except (ValueError, UsersFileError) as exc:
+        _fail(str(exc))
+    click.echo(f"user {name} written to {path}")

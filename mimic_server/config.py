@@ -156,6 +156,33 @@ class Settings(BaseSettings):
     max_find_results: int = Field(
         10000, ge=1, description="Matches a C-FIND may return before it is refused."
     )
+    policy_file: Path | None = Field(
+        None, description="TOML access policy (services, move destinations, query limits per "
+        "trust entry); re-read like the certificates. Unset: each entry's own rule, else "
+        "echo and store only.",
+    )
+    users_file: Path | None = Field(
+        None, description="TOML user file for User Identity Negotiation type 2 (username and "
+        "passcode, Argon2id hashes; 'mimic users add').",
+    )
+    oidc_issuer: str | None = Field(
+        None, description="OpenID Connect issuer whose JWTs are accepted as User Identity "
+        "type 5 (e.g. https://login.microsoftonline.com/TENANT/v2.0). Unset: no JWT users.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The audience (aud) a JWT must carry; required with OIDC_ISSUER."
+    )
+    oidc_algorithms: str = Field(
+        "RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384",
+        description="Signature algorithms a JWT may use, comma-separated (asymmetric only).",
+    )
+    oidc_leeway_seconds: float = Field(
+        60.0, ge=0, le=300, description="Clock skew allowed on a JWT's exp and nbf."
+    )
+    oidc_roles_claim: str = Field("roles", description="The JWT claim that lists roles.")
+    oidc_ca_file: Path | None = Field(
+        None, description="PEM CAs to trust for the issuer's HTTPS (default: system roots)."
+    )
     find_time_limit_seconds: float = Field(
         30.0, gt=0, description="Seconds of work (index reads, matching) one C-FIND may "
         "spend before it ends with 0xA700; the peer's reading time does not count.",

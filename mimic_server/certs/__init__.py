@@ -14,6 +14,8 @@ from typing import Literal, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mimic_server.security.grants import Grants
+
 __all__ = ["CertBundle", "CertificateSource", "TrustedCertificate"]
 
 
@@ -25,6 +27,8 @@ class TrustedCertificate:
     kind: Literal["client", "ca"]
     certificate: x509.Certificate
     ae_titles: frozenset[str] = frozenset()
+    #: The entry's own access rule (Key Vault tags, binding file); None: it carries none.
+    rule: Grants | None = field(default=None, compare=False)
 
     @property
     def fingerprint(self) -> str:

@@ -5,22 +5,31 @@ Layout of the directory (``MIMIC_CERT_DIR``, default ``DATA_DIR/certs``)::
     ca/ca.pem, ca/ca.key              the development CA (never trusted as a whole by default)
     server/server.pem, server.key     the server certificate (chain: server, CA) and key
     clients/NAME/client.pem, .key     credentials issued to a modality; hand them over
-    trusted/NAME.pem [+ NAME.json]    one trusted client certificate [AE title binding]
+    trusted/NAME.pem [+ NAME.json]    one trusted client certificate [AE title binding and
+                                      access rule: {"ae_titles": [...], "services": [...]}]
     trusted-ca/NAME.pem [+ .json]     a CA whose every certificate is trusted (explicit choice)
     revoked/                          trust entries taken out by ``mimic certs revoke``
 
 Trust is per client certificate: issuing from the CA and trusting are two steps, and
 revoking removes the trust entry, so other clients of the same CA keep working.
+
+The binding file also carries the entry's access rule, with the keys of the policy file
+(``services``, ``move_destinations``, ...; :mod:`mimic_server.security.grants`). The first
+client (``modality1``) gets every service and every Move Destination, so that the quick start
+can store, find and retrieve; every other client gets the rule it is issued with, by default
+none (echo and store).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,9 +40,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mimic_server.errors import ConfigurationError
+from mimic_server.security.grants import MODALITY, Grants, RuleError, parse_rule
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIRST_CLIENT = "modality1"
+#: The first client's rule: the quick start stores, finds, moves and gets with it.
+FIRST_CLIENT_RULE: dict[str, object] = {"services": ["all"], "move_destinations": ["*"]}
 
 
 @dataclass(frozen=True)
@@ -213,7 +227,7 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
     if first_client:
         existing = directory / "clients" / FIRST_CLIENT
         if not existing.exists():
-            client = issue_client(directory, FIRST_CLIENT)
+            client = issue_client(directory, FIRST_CLIENT, rule=FIRST_CLIENT_RULE)
             created = True
         else:
             client = IssuedClient(
@@ -224,11 +238,21 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
 
 
 def issue_client(
-    directory: Path, name: str, ae_titles: list[str] | None = None, days: int = 730
+    directory: Path,
+    name: str,
+    ae_titles: list[str] | None = None,
+    days: int = 730,
+    rule: Mapping[str, object] | None = None,
 ) -> IssuedClient:
-    """Issue a client certificate from the development CA and trust it."""
+    """Issue a client certificate from the development CA and trust it, with its access
+    ``rule`` (policy file keys) in the binding; None: no rule (echo and store)."""
     _check_name(name)
     titles = tuple(_check_ae_title(t) for t in (ae_titles or []))
+    if rule:
+        try:
+            parse_rule(rule, name)
+        except RuleError as exc:
+            raise ConfigurationError(str(exc)) from exc
     target = directory / "clients" / name
     if target.exists() or (directory / "trusted" / f"{name}.pem").exists():
         raise ConfigurationError(f"a client named {name!r} already exists in {directory}")
@@ -236,19 +260,24 @@ def issue_client(
     cert, key = _leaf(ca, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
     _write_key(target / "client.key", key)
     _write_certs(target / "client.pem", cert)
-    trust(directory, name, cert, titles)
+    trust(directory, name, cert, titles, rule)
     return IssuedClient(name, target / "client.pem", target / "client.key", titles)
 
 
 def trust(
-    directory: Path, name: str, cert: x509.Certificate, ae_titles: tuple[str, ...] = ()
+    directory: Path,
+    name: str,
+    cert: x509.Certificate,
+    ae_titles: tuple[str, ...] = (),
+    rule: Mapping[str, object] | None = None,
 ) -> Path:
-    """Add one client certificate to the trusted set (write the entry, then its binding)."""
+    """Add one client certificate to the trusted set (write the binding, then the entry)."""
     _check_name(name)
     trusted = directory / "trusted"
     trusted.mkdir(parents=True, exist_ok=True)
-    if ae_titles:
-        (trusted / f"{name}.json").write_text(json.dumps({"ae_titles": list(ae_titles)}))
+    if ae_titles or rule:
+        binding = {"ae_titles": list(ae_titles), **(rule or {})}
+        (trusted / f"{name}.json").write_text(json.dumps(binding, indent=2))
     path = trusted / f"{name}.pem"
     tmp = trusted / f".{name}.pem.tmp"
     _write_certs(tmp, cert)
@@ -282,6 +311,25 @@ def read_binding(path: Path) -> list[str]:
         return [_check_ae_title(t) for t in data.get("ae_titles", [])]
     except (ValueError, AttributeError, TypeError) as exc:
         raise ConfigurationError(f"{path} is not a valid AE title binding") from exc
+
+
+def read_rule(path: Path, entry: str) -> Grants | None:
+    """The access rule in a binding file (every key but ``ae_titles``), or None without one.
+
+    A rule that cannot be read makes that entry a modality (:data:`MODALITY`), logged at
+    ERROR with the entry's name: one bad binding never takes the trust set down, and never
+    grants more than the default.
+    """
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        raw = {k: v for k, v in data.items() if k != "ae_titles"}
+        return parse_rule(raw, f"{path.name}") if raw else None
+    except (ValueError, AttributeError, TypeError, OSError) as exc:
+        log.error("access rule of a trust entry cannot be read; it may echo and store only",
+                  extra={"entry": entry, "error": str(exc)})
+        return MODALITY
 
 
 def _check_name(name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from mimic_server.certs import CertBundle, TrustedCertificate
-from mimic_server.certs.devpki import read_binding
+from mimic_server.certs.devpki import read_binding, read_rule
 from mimic_server.errors import ConfigurationError
 
 
@@ -59,8 +59,9 @@ class DirectorySource:
                 except (OSError, ValueError) as exc:
                     raise ConfigurationError(f"{pem} is not a PEM certificate") from exc
                 titles = frozenset(read_binding(pem.with_suffix(".json")))
+                rule = read_rule(pem.with_suffix(".json"), pem.stem)
                 trusted.extend(
-                    TrustedCertificate(pem.stem, kind, cert, titles)  # type: ignore[arg-type]
+                    TrustedCertificate(pem.stem, kind, cert, titles, rule)  # type: ignore[arg-type]
                     for cert in certs
                 )
         return CertBundle(chain, key, tuple(trusted))

@@ -149,7 +149,8 @@ class KeyVaultSource:
                     continue
                 self._cache[cache_key] = certs
             titles = items.ae_titles(entry.tags)
-            trusted.extend(TrustedCertificate(entry.name, kind, c, titles) for c in certs)
+            rule = items.rule(entry.tags, entry.name)
+            trusted.extend(TrustedCertificate(entry.name, kind, c, titles, rule) for c in certs)
         self._cache = {k: v for k, v in self._cache.items() if k in seen}
         return CertBundle(chain, key, tuple(trusted))
 

@@ -33,7 +33,7 @@ class TrustIndex:
             entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
         if entry is None:
             return None
-        return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles)
+        return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles, entry.rule)
 
     def still_trusts(self, identity: Identity) -> bool:
         return identity.fingerprint in self._clients or any(

@@ -7,6 +7,7 @@ rules an operator relies on (which tag trusts what, which entries are ignored) l
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from mimic_server.errors import ConfigurationError
+from mimic_server.security.grants import MODALITY, Grants, RuleError, from_tags, parse_rule
+
+log = logging.getLogger(__name__)
 
 #: Tag that puts a certificate or secret into the trusted set: ``client`` or ``ca``.
 TRUST_TAG = "mimic-trust"
@@ -49,6 +53,24 @@ def trust_kind(tags: Mapping[str, str] | None) -> TrustKind | None:
 def ae_titles(tags: Mapping[str, str] | None) -> frozenset[str]:
     raw = (tags or {}).get(AE_TITLES_TAG, "")
     return frozenset(t.strip() for t in raw.split(",") if t.strip())
+
+
+def rule(tags: Mapping[str, str] | None, entry: str) -> Grants | None:
+    """The access rule an entry's tags carry (``mimic-services`` ...), None when none.
+
+    A tag value that cannot be read makes the entry a modality (:data:`MODALITY`), logged at
+    ERROR with the entry's name: one mistyped tag never takes the trust set down, and never
+    grants more than the default.
+    """
+    raw = from_tags(tags)
+    if raw is None:
+        return None
+    try:
+        return parse_rule(raw, f"Key Vault entry {entry!r} tags")
+    except RuleError as exc:
+        log.error("access rule tags of a Key Vault entry cannot be read; it may echo and "
+                  "store only", extra={"entry": entry, "error": str(exc)})
+        return MODALITY
 
 
 def active(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mimic_server.dimse import access
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
 from mimic_server.security.identity import peer_identity
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
     from mimic_server.security.audit import AuditLog
+    from mimic_server.security.user_identity import UserAuthority
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,16 @@ REJECT: dict[Refusal, tuple[int, int, int]] = {
     Refusal.CALLING_AE_TITLE_NOT_RECOGNIZED: (0x01, 0x01, 0x03),
     Refusal.CALLED_AE_TITLE_NOT_RECOGNIZED: (0x01, 0x01, 0x07),
     Refusal.LOCAL_LIMIT_EXCEEDED: (0x02, 0x03, 0x02),
+    # Permanent, service-user, no reason given: nothing proposed is granted to this peer.
+    Refusal.NO_GRANTED_SERVICE: (0x01, 0x01, 0x01),
+    # Permanent, service-provider (ACSE), no reason given: PS3.7 D.3.3.7 for a user
+    # identity that fails authorization.
+    Refusal.USER_REQUIRED: (0x01, 0x02, 0x01),
+    Refusal.USER_NOT_ACCEPTED: (0x01, 0x02, 0x01),
 }
+#: Refusals that access.admit has audited already (with the user's details).
+_AUDITED = frozenset({Refusal.NO_GRANTED_SERVICE, Refusal.USER_REQUIRED,
+                      Refusal.USER_NOT_ACCEPTED})
 
 
 def handle_requested(
@@ -39,6 +50,7 @@ def handle_requested(
     live_associations: Callable[[], int],
     max_associations: int,
     audit_log: AuditLog,
+    users: UserAuthority | None = None,
 ) -> None:
     """Handle ``evt.EVT_REQUESTED``: accept (return) or send A-ASSOCIATE-RJ.
 
@@ -46,7 +58,7 @@ def handle_requested(
     association without a session: any error rejects instead (transient, no reason given).
     """
     try:
-        _admit(event, policy, live_associations, max_associations, audit_log)
+        _admit(event, policy, live_associations, max_associations, audit_log, users)
     except Exception:
         log.exception("association admission failed; rejecting")
         event.assoc.acse.send_reject(0x02, 0x01, 0x01)
@@ -59,6 +71,7 @@ def _admit(
     live_associations: Callable[[], int],
     max_associations: int,
     audit_log: AuditLog,
+    users: UserAuthority | None,
 ) -> None:
     assoc = event.assoc
     primitive = assoc.requestor.primitive
@@ -72,6 +85,9 @@ def _admit(
     refusal = policy.refuse_association(identity, calling, called)
     if refusal is None and live_associations() > max_associations:
         refusal = Refusal.LOCAL_LIMIT_EXCEEDED
+    session = Session(identity, calling, address, called)
+    if refusal is None:
+        refusal = access.admit(assoc, session, policy, users, audit_log)
     if refusal is not None:
         result, source, reason = REJECT[refusal]
         log.warning(
@@ -82,14 +98,17 @@ def _admit(
                 "reject": f"{result}/{source}/{reason}",
             },
         )
-        audit_log.record(
-            audit.USER_AUTHENTICATION, audit.MINOR_FAILURE, peer=address,
-            identity=identity.label, calling_ae=calling, called_ae=called, reason=refusal.value,
-        )
+        if refusal not in _AUDITED:
+            audit_log.record(
+                audit.USER_AUTHENTICATION, audit.MINOR_FAILURE, peer=address,
+                identity=identity.label, calling_ae=calling, called_ae=called,
+                reason=refusal.value, trust_name=identity.trust_name,
+                event_type="node-authentication",
+            )
         assoc.acse.send_reject(result, source, reason)
         _wait_until_sent(assoc)
         return
-    attach_session(assoc, Session(identity, calling, address))
+    attach_session(assoc, session)
 
 
 #: Query/Retrieve SOP Classes for which we accept relational queries (PS3.4 C.5.1).
@@ -131,6 +150,13 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
             "seconds": round(time.monotonic() - session.started, 3),
         },
     )
+    if session.user is not None:
+        audit_log.record(
+            audit.USER_AUTHENTICATION, audit.SUCCESS, event_type="logout",
+            peer=session.peer_address, identity=session.identity.label,
+            trust_name=session.identity.trust_name, calling_ae=session.calling_ae_title,
+            called_ae=session.called_ae_title, user=session.user.name, reason=outcome,
+        )
     if session.stored or session.failed:
         audit_log.record(
             audit.INSTANCES_TRANSFERRED,

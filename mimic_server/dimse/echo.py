@@ -21,6 +21,6 @@ def handle_echo(event: Event, policy: Policy) -> int:
         ``0x0000`` Success, or ``0x0124`` Refused: Not Authorized.
     """
     session = session_of(event.assoc)
-    if session is None or not policy.may(session.identity, Service.ECHO):
+    if session is None or not policy.may(session, Service.ECHO):
         return Status.NOT_AUTHORIZED
     return Status.SUCCESS

@@ -74,15 +74,20 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
         ``0xFE00`` Cancel, ``0xA700`` Out of Resources (index unavailable, result limit,
         time limit),
         ``0xA900`` Identifier does not match SOP Class, ``0xC000`` Unable to process,
-        ``0x0124`` Not Authorized.
+        ``0x0124`` Not Authorized (C-FIND not granted, or a query that does not narrow by
+        one of the identity's ``find_requires`` keys).
     """
     session = session_of(event.assoc)
     sop_class = str(event.request.AffectedSOPClassUID)
     if sop_class not in MODELS:  # e.g. Modality Worklist, accepted as a storage-like class
         yield failure(Status.SOP_CLASS_NOT_SUPPORTED, "SOP Class not supported"), None
         return
-    if session is None or not policy.may(session.identity, Service.FIND):
+    if session is None or not policy.may(session, Service.FIND):
         yield failure(Status.NOT_AUTHORIZED, "C-FIND is not granted"), None
+        return
+    narrowing = policy.missing_narrowing(session, event.identifier)
+    if narrowing is not None:  # the identity's find_requires (audited by the policy)
+        yield failure(Status.NOT_AUTHORIZED, narrowing), None
         return
     try:
         query = parse(
@@ -95,7 +100,8 @@ def handle_find(event: Event, finder: Finder, policy: Policy) -> Iterator[tuple[
     matches, started = 0, time.monotonic()
     cancel = _CancelSeen(event)
     try:
-        for answer in finder.find(query, cancelled=cancel):
+        limit = policy.max_find_results(session)
+        for answer in finder.find(query, cancelled=cancel, max_results=limit):
             let_the_reactor_breathe(event.assoc)
             if cancel():
                 break

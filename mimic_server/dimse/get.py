@@ -39,7 +39,7 @@ def handle_get(
     session = session_of(event.assoc)
     sop_class = str(event.request.AffectedSOPClassUID)
     try:
-        if session is None or not policy.may(session.identity, Service.GET):
+        if session is None or not policy.may(session, Service.GET):
             raise QueryError("C-GET is not granted", Status.NOT_AUTHORIZED)
         query = parse(
             event.identifier, MODELS[sop_class],

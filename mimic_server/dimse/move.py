@@ -66,7 +66,8 @@ def handle_move(
     Yields
     ------
     ``(None, None)`` for a refusal (with its status in the C-MOVE's
-    :class:`~mimic_server.dimse.move_answer.MoveAnswer`: 0x0124 not granted, 0xA900 / 0xC000
+    :class:`~mimic_server.dimse.move_answer.MoveAnswer`: 0x0124 C-MOVE or this destination
+    not granted, 0xA900 / 0xC000
     bad Identifier, 0xA700 index unavailable; none: 0xA801 unknown destination); else the
     destination ``(host, port, associate kwargs)`` (0xA702 if it cannot be reached), the
     number of sub-operations, then ``(0xFF00, dataset)`` per object or 0xFE00 Cancel.
@@ -74,8 +75,11 @@ def handle_move(
     session = session_of(event.assoc)
     answer = answer_of(event.assoc)
     target = str(event.move_destination or "").strip()
-    if session is None or not policy.may(session.identity, Service.MOVE):
+    if session is None or not policy.may(session, Service.MOVE):
         yield _refuse(answer, Status.NOT_AUTHORIZED, "C-MOVE not granted", target)
+        return
+    if not policy.may_move_to(session, target):  # audited by the policy
+        yield _refuse(answer, Status.NOT_AUTHORIZED, "move destination not granted", target)
         return
     destination = resolve(target)
     if destination is None:

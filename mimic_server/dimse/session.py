@@ -1,4 +1,5 @@
-"""What we know about one association while it lasts: its peer and what it did."""
+"""What we know about one association while it lasts: its peer, its user, what it may do
+and what it did."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mimic_server.security.grants import Grants, Service
 from mimic_server.security.identity import Identity
+from mimic_server.security.user_identity import AssociationUser
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -20,6 +23,13 @@ class Session:
     identity: Identity
     calling_ae_title: str
     peer_address: str
+    called_ae_title: str = ""
+    #: The verified user (User Identity Negotiation), None when the requestor sent none.
+    user: AssociationUser | None = None
+    #: The identity's rule and the services it grants this association, fixed at admission
+    #: (a policy reload applies to new associations).
+    grants: Grants | None = None
+    services: frozenset[Service] | None = None
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0

@@ -51,7 +51,7 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
     request = event.request
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     try:
-        if session is None or not policy.may(session.identity, Service.STORE):
+        if session is None or not policy.may(session, Service.STORE):
             raise NotAuthorized("C-STORE is not granted to this certificate")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         if not (valid_uid(sop_instance_uid) and valid_uid(sop_class_uid)):

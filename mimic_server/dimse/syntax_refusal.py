@@ -7,7 +7,9 @@ answered Success and every later C-GET of it failed. No public hook can reject a
 context, so the fence (``mimic_server/patches.py``) wraps the negotiation function with
 :func:`refusing_negotiation`: proposed transfer syntaxes
 outside ``syntaxes.ARCHIVE_TRANSFER_SYNTAXES`` are dropped, and a context left with none gets
-result 0x04 (transfer syntaxes not supported, PS3.8 Table 9-18).
+result 0x04 (transfer syntaxes not supported, PS3.8 Table 9-18). A context that admission
+marked as not granted to the peer (``access.py``) gets result 0x01 (user-rejection) the same
+way, without being offered to pynetdicom.
 
 ``pynetdicom.acse.negotiate_unrestricted`` (imported from ``pynetdicom.presentation``) is
 called by ``ACSE._negotiate_as_acceptor`` as ``negotiate_unrestricted(rq_contexts,
@@ -21,6 +23,7 @@ from typing import Any
 
 from pynetdicom.presentation import PresentationContext
 
+from mimic_server.dimse.access import USER_REJECTION, refused_by_policy
 from mimic_server.dimse.syntaxes import acceptable
 
 _TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
@@ -42,7 +45,10 @@ def refusing_negotiation(original: Callable[..., Any]) -> Callable[..., Any]:
             context.context_id = proposed.context_id
             context.abstract_syntax = proposed.abstract_syntax
             context.transfer_syntax = syntaxes or proposed.transfer_syntax[:1]
-            if syntaxes:
+            if refused_by_policy(proposed):
+                context.result = USER_REJECTION
+                refused.append(context)
+            elif syntaxes:
                 usable.append(context)
             else:
                 context.result = _TRANSFER_SYNTAXES_NOT_SUPPORTED

@@ -107,11 +107,16 @@ class Finder:
     # -- C-FIND ------------------------------------------------------------------------------
 
     def find(
-        self, query: Query, cancelled: Callable[[], bool] = lambda: False
+        self,
+        query: Query,
+        cancelled: Callable[[], bool] = lambda: False,
+        max_results: int | None = None,
     ) -> Iterator[Dataset]:
         """Yield one answer Identifier per match, page by page; stop early once
-        ``cancelled()``; raise ResultLimitReached past the result limit and TimeLimitReached
+        ``cancelled()``; raise ResultLimitReached past the result limit (the lower of the
+        server's and the caller's ``max_results``, the identity's own) and TimeLimitReached
         once the query has worked for ``time_limit`` seconds."""
+        limit = self.max_results if max_results is None else min(self.max_results, max_results)
         needed = {c.keyword for c in query.constraints} | {e.keyword for e in query.requested}
         computed_keys = needed & COMPUTED
         need_header = any(
@@ -138,8 +143,8 @@ class Finder:
                     record = RowRecord(typed, header, computed)
                     if not all(c.matches(record) for c in query.constraints):
                         continue
-                    if sent >= self.max_results:
-                        raise ResultLimitReached(self.max_results)
+                    if sent >= limit:
+                        raise ResultLimitReached(limit)
                     sent += 1
                     answer = self._answer(query, record, requested, availability)
                     budget.pause()  # the peer's reading is not the query's work

@@ -1,4 +1,4 @@
-"""Who is on the other end, as the policy sees it: certificate x AE titles (x user, later).
+"""Who is on the other end, as the policy sees it: certificate x AE titles (x user: Session).
 
 The listener attaches the verified identity to the association it creates; the DIMSE
 handlers read it back. Neither needs to know how the certificate was checked (``certs.trust``).
@@ -6,7 +6,9 @@ handlers read it back. Neither needs to know how the certificate was checked (``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mimic_server.security.grants import Grants
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +19,9 @@ class Identity:
     fingerprint: str
     trust_name: str
     ae_titles: frozenset[str] = frozenset()
+    #: The rule the trust entry carries itself (Key Vault tags, the binding file), if any;
+    #: the policy file's rule for ``trust_name`` overrides it (``Policy.grants_for``).
+    rule: Grants | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:

@@ -155,7 +155,7 @@ def test_reachable_destination_gets_its_sub_association(
 
 def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0,
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
         move_destinations=json.loads(_registry(counter)),
     )
     granted = frozenset(Service) - {Service.MOVE}
@@ -167,8 +167,14 @@ def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None
                              certs / "clients" / "modality1" / "client.key",
                              certs / "ca" / "ca.pem")
         before = counter.connections
-        [final] = _move(archive.address[1], ctx, _ct_study(), "COUNTER")
-        assert final.Status == 0x0124
+        # C-MOVE not granted: its presentation context is refused at negotiation
+        # (user-rejection) and the association, with nothing else proposed, is rejected.
+        ae = AE(ae_title="MODALITY1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
+                             tls_args=(ctx, "localhost"))
+        assert assoc.is_rejected
         assert counter.connections == before
     finally:
         archive.stop(0)
