@@ -43,7 +43,7 @@ def _explode(*_args: Any, **_kwargs: Any) -> Any:
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[Archive]:
     settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0,
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
         move_destinations={"ELSEWHERE": MoveDestination(host=HOST, port=9, tls=False)},
     )
     running = Archive(settings, object_store=ExplodingStore())
@@ -94,6 +94,9 @@ def test_store(archive: Archive, caplog: pytest.LogCaptureFixture) -> None:
     assoc.release()
     assert answer.Status == 0xC211
     _check(caplog, "C-STORE", 0xC211)
+    registry = archive.metrics.registry
+    assert registry.get_sample_value("mimic_handler_errors_total", {"service": "C-STORE"}) == 1
+    assert registry.get_sample_value("mimic_handler_errors_total", {"service": "C-FIND"}) == 0
 
 
 def test_echo(
