@@ -211,8 +211,12 @@ def _walk_deflated(dataset: memoryview) -> None:
     inflated = 0
     pending: memoryview | bytes = dataset
     try:
-        while pending and not inflater.eof:
+        # zlib may have consumed all input while output is still held back by the chunk
+        # cap: the stream ends only at ``eof``, or when a call yields nothing from no input.
+        while not inflater.eof:
             chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            if not chunk and not pending:
+                break
             pending = inflater.unconsumed_tail
             inflated += len(chunk)
             if inflated > MAX_INFLATED:

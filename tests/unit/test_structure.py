@@ -107,3 +107,12 @@ def test_deflated_data_set_is_inflated_within_a_bound(monkeypatch: pytest.Monkey
     bomb = _deflate(b"\xfc\xff\xfc\xffOB\x00\x00" + struct.pack("<L", 8 << 20) + bytes(8 << 20))
     with pytest.raises(CannotUnderstand, match="inflates beyond"):
         check_structure(memoryview(bomb), UID(DeflatedExplicitVRLittleEndian))
+
+
+def test_deflated_data_set_whose_output_outlasts_its_input_walks() -> None:
+    """2 MiB of zeros deflate to a few KiB: zlib consumes all input in the first call while
+    most of the output is still held back by the chunk cap; the stream is whole."""
+    data = b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<L", 2 << 20) + bytes(2 << 20)
+    check_structure(memoryview(_deflate(data)), UID(DeflatedExplicitVRLittleEndian))
+    with pytest.raises(CannotUnderstand, match="truncated"):
+        check_structure(memoryview(_deflate(data)[:-4]), UID(DeflatedExplicitVRLittleEndian))
