@@ -248,9 +248,13 @@ class DeflatedWalk:
             return
         pending: memoryview | bytes = chunk
         try:
-            while pending and not inflater.eof:
+            # zlib may have consumed all input while output is still held back by the chunk
+            # cap: drain until the stream ends or a call yields nothing from no input.
+            while not inflater.eof:
                 data = inflater.decompress(pending, _INFLATE_CHUNK)
                 pending = inflater.unconsumed_tail
+                if not data and not pending:
+                    break
                 self._inflated += len(data)
                 if self._inflated > MAX_INFLATED:
                     raise CannotUnderstand("the deflated data set inflates beyond the bound")

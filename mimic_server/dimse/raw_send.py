@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pynetdicom.association
 from pydicom.dataset import Dataset
 
 
@@ -55,4 +56,11 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                 return ds._mimic_raw
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
+    encode._mimic_stored_bytes = True  # type: ignore[attr-defined]
     return encode
+
+
+def stored_bytes_encoder_in_use() -> bool:
+    """Whether pynetdicom encodes through :func:`stored_bytes_encoder` now: only then does
+    an unset ``_mimic_encoded`` mean that pynetdicom did not send the object."""
+    return getattr(pynetdicom.association.encode, "_mimic_stored_bytes", False)

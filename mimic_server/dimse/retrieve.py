@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pydicom
 from pydicom.dataset import Dataset
 
-from mimic_server.dimse.raw_send import StoredDataset
+from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder_in_use
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
@@ -63,7 +63,8 @@ def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
     for ref in refs:
         dataset = read_verified(store, ref)
         yield dataset or failed_suboperation(ref)
-        if isinstance(dataset, StoredDataset) and not dataset._mimic_encoded:
+        if (isinstance(dataset, StoredDataset) and not dataset._mimic_encoded
+                and stored_bytes_encoder_in_use()):  # else nothing marks the ones sent
             log.warning(
                 "C-STORE sub-operation not sent: no presentation context for it",
                 extra={"object": _reference(ref), "sop_class": ref.sop_class_uid,

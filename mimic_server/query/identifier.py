@@ -8,14 +8,18 @@ the query level. Keys below the query level are not matched and are answered emp
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from mimic_server.errors import QueryError
 from mimic_server.query.keys import CONTROL, UNIQUE_KEY, Level, Model, level_of
 from mimic_server.query.matching import Constraint, Kind, element_constraint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,19 +38,21 @@ def _level(identifier: Dataset, model: Model) -> Level:
     try:
         level = Level(raw)
     except ValueError:
-        raise QueryError(f"unknown Query/Retrieve Level {raw!r}") from None
+        raise QueryError("unknown Query/Retrieve Level") from None  # the value is the peer's
     if level not in model.levels():
-        raise QueryError(f"level {raw} does not exist in the {model.value} model")
+        raise QueryError(f"level {level.value} does not exist in the {model.value} model")
     return level
 
 
 def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool = False) -> Query:
     """Read an Identifier; raise :class:`QueryError` for anything we would have to guess at."""
+    tag = 0x00080052  # Query/Retrieve Level, read first
     try:
         level = _level(identifier, model)
         constraints: list[Constraint] = []
         requested: list[DataElement] = []
-        for element in identifier:
+        for tag in list(identifier.keys()):
+            element = identifier[tag]
             keyword = element.keyword
             if keyword in CONTROL or element.tag.group in (0x0000, 0x0002):
                 continue
@@ -67,9 +73,25 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
     except QueryError:
         raise
     except Exception as exc:  # an element pydicom cannot decode
-        raise QueryError(f"Identifier cannot be decoded: {exc}") from exc
+        raise _undecodable(identifier, tag, exc) from exc
     _require_unique_keys(model, level, constraints, relational, retrieve)
     return Query(model, level, tuple(constraints), tuple(requested))
+
+
+def _undecodable(identifier: Dataset, tag: int, exc: Exception) -> QueryError:
+    """A refusal naming the element by tag, keyword and VR only.
+
+    pydicom's message quotes the raw value (``Instead received b'...'``): a peer's value,
+    possibly patient data, so it goes to DEBUG and never into the refusal, which is logged
+    at WARNING and sent as the Error Comment.
+    """
+    tag = int(tag)
+    raw = identifier.get_item(tag)
+    vr = str(getattr(raw, "VR", None) or "??")
+    name = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    log.debug("Identifier element cannot be decoded",
+              extra={"tag": f"{tag:08X}", "error": str(exc)})
+    return QueryError(f"{name} ({vr}) cannot be decoded")
 
 
 def _require_unique_keys(

@@ -28,6 +28,10 @@ from mimic_server.query.wildcard import WildcardPattern, check_bounds
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 RANGE_VRS = {"DA", "TM", "DT"}
 NUMERIC_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
+#: Values in one key (a list of UIDs to retrieve included): each becomes an SQL term.
+MAX_KEY_VALUES = 256
+#: Characters in all values of one key (256 UIDs of 64 characters fit).
+MAX_KEY_VALUES_LENGTH = 16384
 
 
 class Kind(Enum):
@@ -157,6 +161,13 @@ def element_constraint(element: DataElement) -> Constraint | None:
         return Constraint(keyword, tag, vr, Kind.EMPTY)
     if values == ["*"]:
         return None
+    if len(values) > MAX_KEY_VALUES or sum(map(len, values)) > MAX_KEY_VALUES_LENGTH:
+        # Before any compilation: every alternative costs parsing, a matcher and an SQL term
+        # (SQLite refuses a tree of about 1000), all before the query's time budget starts.
+        raise QueryError(
+            f"{keyword}: more than {MAX_KEY_VALUES} values or {MAX_KEY_VALUES_LENGTH} "
+            "characters", Status.UNABLE_TO_PROCESS,
+        )
     if len(values) > 1:
         alternatives = tuple(_single(keyword, tag, vr, v) for v in values)
         return Constraint(keyword, tag, vr, Kind.LIST, values=tuple(values),

@@ -53,6 +53,9 @@ class FilesystemStore:
         self._spares: deque[Path] = deque()
         self._spares_lock = threading.Lock()
         self._refilling = False
+        #: Directories whose entry in their parent this process has fsynced: a directory a
+        #: concurrent put created (and has not yet fsynced) is not in it.
+        self._durable: set[Path] = set()
 
     def sweep_incoming(self) -> int:
         """Remove temporary files of stores whose process is gone; they were never
@@ -144,13 +147,18 @@ class FilesystemStore:
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
-            created = _make_directories(path.parent)
+            _make_directories(path.parent)
             os.replace(tmp, path)
             if self.fsync:
-                # The object's entry lives in its directory, and each directory we created
-                # lives in its parent's entries: all of them must be durable before Success.
-                for directory in [path.parent, *(d.parent for d in created)]:
+                # The object's entry lives in its directory, and each directory of the chain
+                # lives in its parent's entries: all of them must be durable before Success,
+                # including those a concurrent put created and may not have fsynced yet.
+                chain = [d for d in (path.parent, *path.parent.parents)
+                         if d != self.root and d.is_relative_to(self.root)]
+                pending = [d for d in chain if d not in self._durable]
+                for directory in dict.fromkeys([path.parent, *(d.parent for d in pending)]):
                     _fsync_dir(directory)
+                self._durable.update(pending)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -65,12 +65,18 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _StillRunning(Exception):
+    """The same check from an earlier probe has not returned."""
+
+
 async def _run_check(state: OpsState, name: str, check: Check) -> tuple[bool, str]:
     lock = state._running[name]
-    if not lock.acquire(blocking=False):
-        return False, "timeout (an earlier check has not returned)"
 
     def guarded() -> str:
+        # Taken and released in the worker: a job the deadline cancels before it starts is
+        # never run by anyio, and a lock taken outside it would then be held for ever.
+        if not lock.acquire(blocking=False):
+            raise _StillRunning
         try:
             return check()
         finally:
@@ -80,6 +86,8 @@ async def _run_check(state: OpsState, name: str, check: Check) -> tuple[bool, st
     with anyio.move_on_after(state.check_timeout):
         try:
             result = True, await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+        except _StillRunning:
+            result = False, "timeout (an earlier check has not returned)"
         except Exception as exc:
             log.debug("readiness check failed", extra={"check": name, "error": str(exc)})
             result = False, _describe(exc)

@@ -125,7 +125,7 @@ def test_adversarial_wildcards_do_not_stall_another_association(archive: MimicPr
     assert line["level"] == "INFO" and line["query_level"] == "STUDY"
 
 
-@pytest.mark.parametrize("key", ["*A" * 17, "A" * 257 + "*"])
+@pytest.mark.parametrize("key", ["*A" * 17, "A" * 257 + "*", "\\".join(["A*"] * 257)])
 def test_keys_past_the_bounds_are_refused(archive: MimicProcess, key: str) -> None:
     pending, final = _find(archive, key)
     assert pending == 0

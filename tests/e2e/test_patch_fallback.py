@@ -129,6 +129,8 @@ def test_every_speed_up_falls_back_and_the_archive_still_serves(
     assoc.release()
     assert results[-1][0].Status == 0x0000
     assert [ds.SOPInstanceUID for ds in received] == [UID]
+    # The sub-operation was sent: no false "not sent" WARNING without the stored-bytes patch.
+    assert not [r for r in caplog.records if "sub-operation not sent" in r.getMessage()]
 
 
 def _get_role():  # type: ignore[no-untyped-def]

@@ -4,6 +4,8 @@ that lists Implicit VR first still receives the stored Explicit VR bytes."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from tests.support import HOST, MimicProcess, client_context
 STUDY = "1.2.826.0.1.3680043.8.498.770"
 SERIES = "1.2.826.0.1.3680043.8.498.771"
 EXPLICIT = "1.2.840.10008.1.2.1"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 PRIVATE_SYNTAX = "1.2.3.4.5.6"
 
 
@@ -205,3 +208,63 @@ def test_a_suboperation_that_cannot_be_sent_is_logged(
     entries = [e for e in server.log_entries() if "not sent" in e.get("message", "")]
     assert entries and entries[-1]["transfer_syntax"] == rle
     assert str(ds.PatientID) not in server.log()
+
+
+def _deflated_with_zeros(directory: Path) -> Path:
+    """CT_small whose Pixel Data (OB) is about 2 MiB of zeros, deflated as a writer that
+    flushes after the header does, with the length at which the inflater consumes the last
+    input byte while the final bytes of zeros are still held back by its output cap
+    (1 MiB a call: ``codec/structure.py``)."""
+    explicit = _object(directory, EXPLICIT, 900)
+    ds = pydicom.dcmread(explicit)
+    del ds.PixelData
+    pydicom.dcmwrite(explicit, ds, enforce_file_format=True)
+    header = _dataset_bytes(explicit)
+    stream = next(
+        s for s in (_deflate(header, (2 << 20) - len(header) + extra)
+                    for extra in range(0, 4096, 2))
+        if len(s) % 2 == 0 and _output_outlasts_input(s)  # a pad byte would be input left
+    )
+    path = _object(directory, DEFLATED, 900)
+    data = path.read_bytes()
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    path.write_bytes(data[:meta_end] + stream)
+    return path
+
+
+def _deflate(header: bytes, zeros: int) -> bytes:
+    pixels = b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<L", zeros) + bytes(zeros)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return (compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+            + compressor.compress(pixels) + compressor.flush())
+
+
+def _output_outlasts_input(stream: bytes) -> bool:
+    inflater, pending = zlib.decompressobj(-zlib.MAX_WBITS), stream
+    while pending:
+        inflater.decompress(pending, 1 << 20)
+        pending = inflater.unconsumed_tail
+    return not inflater.eof
+
+
+def test_a_deflated_object_that_inflates_far_is_stored_unchanged(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    path = _deflated_with_zeros(tmp_path)
+    sop_class = pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(sop_class, [DEFLATED])
+    assoc = _associate(server, ae)
+    status = assoc.send_c_store(path)
+    assoc.release()
+    assert status.Status == 0x0000, status
+
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(sop_class, [DEFLATED])
+    identifier = _study(STUDY)
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SeriesInstanceUID = SERIES
+    identifier.SOPInstanceUID = f"{SERIES}.900"
+    received, final = _get(server, ae, identifier)
+    assert final.Status == 0, final
+    assert received == {f"{SERIES}.900": _dataset_bytes(path)}

@@ -142,3 +142,27 @@ def test_put_fsyncs_every_directory_it_created(
     synced.clear()
     store.put("ab/study/series-2/deeper/three.dcm", [b"z"], "0" * 64)
     assert synced == [series / "deeper"]  # nothing new created: only the object's directory
+
+
+def test_put_fsyncs_directories_a_concurrent_put_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Put A created ``ab/study/series`` and has not fsynced their parents yet; put B, which
+    finds them made, must not answer Success before they are durable."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    (root / "ab" / "study" / "series").mkdir(parents=True)  # as put A's mkdir left them
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)
+    assert set(synced) == {root, root / "ab", root / "ab" / "study", root / "ab/study/series"}
+    synced.clear()
+    store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
+    assert synced == [root / "ab" / "study" / "series"]  # the chain is known durable

@@ -60,3 +60,16 @@ def test_rules(vr: str, key: str, stored: list[str], expected: bool) -> None:
 def test_malformed_keys_are_refused(vr: str, key: str) -> None:
     with pytest.raises(QueryError):
         element_constraint(DataElement(0x0008002A, vr, key))
+
+
+def test_values_in_one_key_are_bounded() -> None:
+    """Refused 0xC000 before any value is compiled; 256 UIDs (a C-MOVE list) still pass."""
+    uids = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(257)]
+    assert element_constraint(DataElement(0x00080018, "UI", uids[:256])) is not None
+    for key in (DataElement(0x00080018, "UI", uids),
+                DataElement(0x00100010, "PN", ["A" * 64] * 256 + ["*"])):
+        with pytest.raises(QueryError, match="more than 256 values") as refused:
+            element_constraint(key)
+        assert refused.value.status == 0xC000
+    with pytest.raises(QueryError, match="16384 characters"):
+        element_constraint(DataElement(0x00100020, "LO", ["X" * 100] * 200))

@@ -128,3 +128,12 @@ def test_command_or_file_meta_elements_in_a_data_set_are_refused(group: int, syn
     with pytest.raises(CannotUnderstand, match=rf"\({group:04X},0000\) in the data set"):
         check_structure(memoryview(element + patient), uid)
     check_structure(memoryview(patient), uid)  # the same without it is fine
+
+
+def test_deflated_data_set_whose_output_outlasts_its_input_walks() -> None:
+    """2 MiB of zeros deflate to a few KiB: zlib consumes all input in the first call while
+    most of the output is still held back by the chunk cap; the stream is whole."""
+    data = b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<L", 2 << 20) + bytes(2 << 20)
+    check_structure(memoryview(_deflate(data)), UID(DeflatedExplicitVRLittleEndian))
+    with pytest.raises(CannotUnderstand, match="truncated"):
+        check_structure(memoryview(_deflate(data)[:-4]), UID(DeflatedExplicitVRLittleEndian))
