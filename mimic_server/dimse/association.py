@@ -84,12 +84,18 @@ def _admit(
         )
         audit_log.record(
             audit.USER_AUTHENTICATION, audit.MINOR_FAILURE, peer=address,
-            identity=identity.label, calling_ae=calling, called_ae=called, reason=refusal.value,
+            identity=identity.label, trust_name=identity.trust_name, calling_ae=calling,
+            called_ae=called, reason=refusal.value, event_type="login",
         )
         assoc.acse.send_reject(result, source, reason)
         _wait_until_sent(assoc)
         return
     attach_session(assoc, Session(identity, calling, address))
+    audit_log.record(
+        audit.USER_AUTHENTICATION, audit.SUCCESS, peer=address, identity=identity.label,
+        trust_name=identity.trust_name, calling_ae=calling, called_ae=called,
+        event_type="login",
+    )
 
 
 #: Query/Retrieve SOP Classes for which we accept relational queries (PS3.4 C.5.1).
@@ -131,14 +137,26 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
             "seconds": round(time.monotonic() - session.started, 3),
         },
     )
-    if session.stored or session.failed:
+    # One DICOM Instances Transferred per study received, in its own transaction at the end
+    # of the association (see docs/architecture.md, "Logging vs audit").
+    requestor = {
+        "peer": session.peer_address, "identity": session.identity.label,
+        "trust_name": session.identity.trust_name, "calling_ae": session.calling_ae_title,
+        "called_ae": str(assoc.acceptor.ae_title).strip(), "service": "C-STORE",
+        "user": getattr(session, "user", None),
+    }
+    outcome = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
+    for study_uid, classes in sorted(session.study_classes.items()):
+        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
         audit_log.record(
-            audit.INSTANCES_TRANSFERRED,
-            audit.SUCCESS if not session.failed else audit.MINOR_FAILURE,
-            peer=session.peer_address, identity=session.identity.label,
-            calling_ae=session.calling_ae_title, action="C-STORE received",
-            instances=session.stored, failed=session.failed, studies=sorted(session.studies),
+            audit.INSTANCES_TRANSFERRED, outcome, received=True,
+            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
+            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
+            **requestor,
         )
+    if session.failed and not session.stored:
+        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                         instances=0, failed=session.failed, **requestor)
 
 
 def _wait_until_sent(assoc: Association, limit: float = 1.0) -> None:

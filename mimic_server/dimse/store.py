@@ -72,7 +72,8 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
             exc_info=exc.__cause__ is not None and log.isEnabledFor(logging.DEBUG),
         )
         return _failure(exc)
-    session.count_stored(received.size, attrs.study_instance_uid)
+    session.count_stored(received.size, attrs.study_instance_uid, sop_class_uid,
+                         (attrs.patient_id, attrs.patient_name))
     return Status.SUCCESS
 
 
