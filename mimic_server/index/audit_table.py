@@ -56,7 +56,7 @@ class AuditTable:
 
 def read_table(engine: Engine, selection: AuditFilter) -> list[dict[str, Any]]:
     """The rows that match, oldest first, as ``mimic audit`` prints them."""
-    query = select(AuditEvent).order_by(AuditEvent.id)
+    query = select(AuditEvent.__table__).order_by(AuditEvent.id)
     if selection.since is not None:
         query = query.where(AuditEvent.event_time >= selection.since.astimezone(UTC))
     if selection.study is not None:
@@ -64,7 +64,7 @@ def read_table(engine: Engine, selection: AuditFilter) -> list[dict[str, Any]]:
                                                         autoescape=True))
     found = []
     with engine.connect() as conn:
-        for row in conn.execute(query).scalars():
+        for row in conn.execute(query):
             fields = {
                 "time": _aware(row.event_time).isoformat(), "event": row.event_code,
                 "event_name": _name(row.xml), "event_type": row.event_type,

@@ -101,14 +101,19 @@ def _message(event: am.Code, outcome: int, d: Mapping[str, Any],
         subject = (_ip(d.get("peer")) or _text(d.get("identity")) or _text(d.get("subject"))
                    or archive.ae_title)
         performer = _requestor(d) if _has_requestor(d) else None
-        return am.security_alert(
+        return _plus(am.security_alert(
             _archive(archive), _event_type(d, am.NODE_AUTHENTICATION), outcome, subject,
             _description(d) or "security alert", source_id, performer,
-        )
+        ), _users(d))
     if code == am.USER_AUTHENTICATION.code:
+        # The one authenticated: the person when a user was asserted (then the peer process
+        # follows), else the peer process by its certificate and AE title.
         login = d.get("event_type", "login") != "logout"
-        return am.user_authentication(_requestor(d), _archive(archive), login, outcome,
-                                      source_id, _description(d))
+        users = _users(d)
+        person = users[0] if users else _requestor(d)
+        message = am.user_authentication(person, _archive(archive), login, outcome,
+                                         source_id, _description(d))
+        return _plus(message, [_requestor(d)] if users else [])
     if code == am.QUERY.code:
         return am.query(
             _requestor(d), _archive(archive), str(d.get("sop_class") or "unknown"),
@@ -158,7 +163,8 @@ def _transfer(event: am.Code, outcome: int, d: Mapping[str, Any],
         message = am.begin_transferring(source, destination, studies, patient, outcome,
                                         source_id, others)
     elif event.code == am.EXPORT.code:
-        message = am.export(source, destination, studies, patient, outcome, source_id)
+        message = _plus(am.export(source, destination, studies, patient, outcome, source_id),
+                        others)
     else:
         message = am.instances_transferred(source, destination, studies, patient, outcome,
                                            source_id, received=bool(d.get("received")),
@@ -260,6 +266,17 @@ def _description(d: Mapping[str, Any]) -> str | None:
         if d.get(key) is not None:
             parts.append(f"{key}={d[key]}")
     return "; ".join(parts) or None
+
+
+def _plus(message: am.AuditMessage, extra: list[am.Participant]) -> am.AuditMessage:
+    if not extra:
+        return message
+    return am.AuditMessage(
+        message.event, message.outcome, [*message.participants, *extra], message.source_id,
+        action=message.action, event_types=message.event_types,
+        outcome_description=message.outcome_description, objects=message.objects,
+        when=message.when,
+    )
 
 
 def _with_description(message: am.AuditMessage, d: Mapping[str, Any]) -> am.AuditMessage:
