@@ -127,6 +127,27 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     session = session_of(assoc)
     if session is None:
         return
+    # One DICOM Instances Transferred per study received, in its own transaction at the end
+    # of the association (see docs/architecture.md, "Logging vs audit").
+    requestor = {
+        "peer": session.peer_address, "identity": session.identity.label,
+        "trust_name": session.identity.trust_name, "calling_ae": session.calling_ae_title,
+        "called_ae": str(assoc.acceptor.ae_title).strip(), "service": "C-STORE",
+        "user": getattr(session, "user", None),
+    }
+    result = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
+    for study_uid, classes in sorted(session.study_classes.items()):
+        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
+        audit_log.record(
+            audit.INSTANCES_TRANSFERRED, result, received=True,
+            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
+            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
+            **requestor,
+        )
+    if session.failed and not session.stored:
+        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                         instances=0, failed=session.failed, **requestor)
+    # After the audit records: once this line is logged, they are written (committed).
     outcome = "aborted" if assoc.is_aborted else "released"
     log.info(
         "association closed",
@@ -137,26 +158,6 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
             "seconds": round(time.monotonic() - session.started, 3),
         },
     )
-    # One DICOM Instances Transferred per study received, in its own transaction at the end
-    # of the association (see docs/architecture.md, "Logging vs audit").
-    requestor = {
-        "peer": session.peer_address, "identity": session.identity.label,
-        "trust_name": session.identity.trust_name, "calling_ae": session.calling_ae_title,
-        "called_ae": str(assoc.acceptor.ae_title).strip(), "service": "C-STORE",
-        "user": getattr(session, "user", None),
-    }
-    outcome = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
-    for study_uid, classes in sorted(session.study_classes.items()):
-        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
-        audit_log.record(
-            audit.INSTANCES_TRANSFERRED, outcome, received=True,
-            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
-            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
-            **requestor,
-        )
-    if session.failed and not session.stored:
-        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
-                         instances=0, failed=session.failed, **requestor)
 
 
 def _wait_until_sent(assoc: Association, limit: float = 1.0) -> None:
