@@ -356,7 +356,8 @@ def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
     engine = create_index_engine(settings.index_url, credential)
     try:
         schema.require_current(engine)
-        return read_table(engine, selection)
+        rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL
+        return [row for row in rows if selection.matches(row)]
     except ConfigurationError as exc:
         _fail(str(exc))
     except Exception as exc:
