@@ -8,7 +8,9 @@ client certificate, and one that is down never holds up DICOM traffic."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import signal
 import socket
@@ -164,9 +166,12 @@ def test_every_event_validates_with_its_participants(tmp_path: Path) -> None:
     assert requestor.get("NetworkAccessPointTypeCode") == "2"
     queried = query.find("ParticipantObjectIdentification")
     assert queried.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"
+    detail = queried.find("ParticipantObjectDetail")
+    assert detail.get("type") == "TransferSyntax"
+    syntax = base64.b64decode(detail.get("value")).decode()
     identifier = pydicom.filereader.read_dataset(
-        __import__("io").BytesIO(__import__("base64").b64decode(
-            queried.findtext("ParticipantObjectQuery"))), True, True)
+        io.BytesIO(base64.b64decode(queried.findtext("ParticipantObjectQuery"))),
+        syntax == "1.2.840.10008.1.2", True)
     assert identifier.StudyInstanceUID == ct.StudyInstanceUID
     # Begin Transferring and Instances Transferred for the C-MOVE: destination and requestor
     begun = by_event["110102"]
