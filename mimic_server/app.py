@@ -8,6 +8,7 @@ certificate source); library internals are patched only through the fence it cal
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -33,6 +34,7 @@ from mimic_server.config import MoveDestination, Settings
 from mimic_server.dimse import (
     access,
     association,
+    audited,
     echo,
     find,
     get,
@@ -52,7 +54,8 @@ from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit import AuditLog, AuditSink
+from mimic_server.security.audit_records import Archive as AuditedArchive
 from mimic_server.security.grants import RuleError
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
@@ -219,7 +222,10 @@ class Archive:
             s, self._azure_credential() if s.uses_blob_storage and not s.blob_connection_string
             else None,
         )
-        self.audit = AuditLog(s.audit_path)
+        # The trail before anything that records to it (the policy file's first load); its
+        # syslog client certificate defaults to the server's own.
+        self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
+        self.metrics.audit_failures_from(lambda: self.audit.failures)
         self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
         self.refusals.start()
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
@@ -233,6 +239,7 @@ class Archive:
         if certificates is not None:
             source, version, bundle = certificates
             self.bundle = bundle
+        if certificates is not None:
             context, trust = server_context(bundle), TrustIndex(bundle)
             warn_expiring(bundle)
             self._observe_bundle(bundle)
@@ -289,17 +296,20 @@ class Archive:
             )
             server.bind(
                 evt.EVT_C_FIND,
-                guarded_stream(find.handle_find, "C-FIND", STATUS["C-FIND"], 0, counted),
+                guarded_stream(audited.audited_find(find.handle_find, self.audit), "C-FIND",
+                               STATUS["C-FIND"], 0, counted),
                 [finder, policy],
             )
             server.bind(
                 evt.EVT_C_GET,
-                guarded_stream(get.handle_get, "C-GET", STATUS["C-GET"], 1, counted),
+                guarded_stream(audited.audited_retrieve(get.handle_get, self.audit, "C-GET"),
+                               "C-GET", STATUS["C-GET"], 1, counted),
                 [finder, object_store, policy],
             )
             server.bind(
                 evt.EVT_C_MOVE,
-                guarded_stream(move.handle_move, "C-MOVE", STATUS["C-MOVE"], 2, counted),
+                guarded_stream(audited.audited_retrieve(move.handle_move, self.audit, "C-MOVE"),
+                               "C-MOVE", STATUS["C-MOVE"], 2, counted),
                 [finder, object_store, policy, self._move_target],
             )
         observe.bind(server, self.metrics)
@@ -466,6 +476,18 @@ class Archive:
             self._destination_contexts.clear()  # built again from the new bundle when used
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
         self._observe_bundle(bundle)
+        self.audit.record(
+            audit.SECURITY_ALERT, audit.SUCCESS, event_type="security-configuration",
+            subject="trusted certificates", reason="trust set changed",
+            trusted=len(trust.fingerprints), aborted=aborted,
+        )
+        if aborted:
+            self.audit.record(
+                audit.SECURITY_ALERT, audit.MINOR_FAILURE, event_type="node-authentication",
+                subject="revoked certificates",
+                reason="associations of certificates no longer trusted were aborted",
+                aborted=aborted,
+            )
         log.info(
             "trust set updated",
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
@@ -543,12 +565,63 @@ class Archive:
             self.watcher.stop()
         if self.policy_watcher is not None:
             self.policy_watcher.stop()
-        if self.engine is not None:
-            self.engine.dispose()
         if self.refusals is not None:
             self.refusals.close()
+        # Before the engine goes: in the PostgreSQL configuration the trail is a table.
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def open_audit_trail(
+    settings: Settings, engine: Engine | None, bundle: CertBundle | None = None
+) -> AuditLog:
+    """The audit trail the settings call for: the ``audit_events`` table when the index is a
+    server database (PostgreSQL: the replica's disk is not durable), else the JSON-lines file
+    in DATA_DIR; and the audit repository over syslog/TLS when one is configured."""
+    sinks: list[AuditSink] = []
+    use_table = engine is not None and engine.dialect.name != "sqlite"
+    if use_table:
+        from mimic_server.index.audit_table import AuditTable
+
+        assert engine is not None
+        sinks.append(AuditTable(engine))
+    if settings.audit_syslog_host:
+        sinks.append(_syslog_sink(settings, bundle))
+    archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
+    return AuditLog(None if use_table else settings.audit_path, sinks=sinks, archive=archive)
+
+
+def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
+    from mimic_server.security.syslog_tls import SyslogTlsSink
+
+    s = settings
+    assert s.audit_syslog_host is not None
+    try:
+        if s.audit_syslog_client_cert is not None:
+            context = ssl.create_default_context(
+                cafile=str(s.audit_syslog_ca_file) if s.audit_syslog_ca_file else None
+            )
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(
+                str(s.audit_syslog_client_cert),
+                str(s.audit_syslog_client_key) if s.audit_syslog_client_key else None,
+            )
+        elif bundle is not None:
+            extra = s.audit_syslog_ca_file.read_text() if s.audit_syslog_ca_file else ""
+            context = destination_context(bundle, extra)
+        else:
+            raise ConfigurationError(
+                "the audit repository needs a client certificate: set "
+                "MIMIC_AUDIT_SYSLOG_CLIENT_CERT (TLS is off, there is no server certificate)"
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"audit repository TLS settings unusable: {exc}") from exc
+    return SyslogTlsSink(
+        s.audit_syslog_host, s.audit_syslog_port, context,
+        server_name=s.audit_syslog_server_name, queue_size=s.audit_syslog_queue,
+    ).start()
 
 
 def _store_answers(store: ObjectStore) -> str:

@@ -1,10 +1,11 @@
 """The ``mimic`` command: ``serve``, ``certs init|issue-client|revoke``, ``db upgrade``,
-``reconcile``.
+``reconcile``, ``audit``.
 
 ``mimic serve`` has one ``--flag`` per setting, generated from :class:`Settings`, so a flag
 and its ``MIMIC_*`` variable can never drift apart. Exit codes: 0 clean stop, 2 bad
 configuration (with a one-line reason on stderr), 3 the listener stopped on its own (the
-process must be restarted); ``reconcile`` exits 1 while drift remains.
+process must be restarted); ``reconcile`` exits 1 while drift remains; ``audit`` exits 0
+when it listed (none matching included) and 2 when the trail cannot be read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -270,17 +272,19 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -
     every indexed object.
     """
     from mimic_server import logs
-    from mimic_server.app import open_index, open_object_store
+    from mimic_server.app import open_audit_trail, open_index, open_object_store
     from mimic_server.errors import OutOfResources
     from mimic_server.reconcile import reconcile as run
     from mimic_server.security.audit import AuditLog
 
     settings = _settings(**options)
     logs.configure(settings.log_level, settings.log_format)
-    engine, audit_log = None, AuditLog(settings.audit_path if fix else None)
+    engine, audit_log = None, AuditLog(None)
     try:
         store = open_object_store(settings)
         engine, _ = open_index(settings)
+        if fix:  # the same trail as 'mimic serve' (the table on PostgreSQL)
+            audit_log = open_audit_trail(settings, engine)
         report = run(
             store, engine, fix=fix, settle_seconds=settle_seconds, audit_log=audit_log
         )
@@ -294,6 +298,89 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -
     _report(result, as_json, "no drift" if report.drift == 0 else f"drift: {report.drift}")
     if report.remaining:
         sys.exit(EXIT_DRIFT)
+
+
+def _since(value: str | None) -> datetime | None:
+    """``--since``: an ISO 8601 time (UTC if no offset) or an age: ``90s``, ``15m``, ``2h``,
+    ``7d``."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--since takes an ISO 8601 time or an age such as 15m, 2h, 7d: {value!r}")
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+@main.command("audit")
+@click.option("--since", default=None, help="Records from this time (ISO 8601) or age (2h).")
+@click.option("--event", default=None,
+              help="Event ID code (110112), name (Query) or type (login).")
+@click.option("--identity", default=None,
+              help="Part of the certificate identity, trust name, calling AE title or user.")
+@click.option("--study", default=None, help="A Study Instance UID the record names.")
+@click.option("--json", "output", flag_value="json", help="One JSON object per record.")
+@click.option("--xml", "output", flag_value="xml",
+              help="The DICOM audit messages (PS3.15 A.5) themselves, one per line.")
+@settings_options
+def audit_command(since: str | None, event: str | None, identity: str | None,
+                  study: str | None, output: str | None, **options: Any) -> None:
+    """List audit records, oldest first, from the audit trail 'mimic serve' writes with the
+    same settings: the audit_events table when the index is PostgreSQL, else
+    DATA_DIR/audit.jsonl. Exit 0 when listed (also when none match), 2 on bad settings or
+    options, or when the trail cannot be read."""
+    from mimic_server.security.audit import AuditFilter, read_file
+
+    settings = _settings(**options)
+    selection = AuditFilter(since=_since(since), event=event, identity=identity, study=study)
+    if settings.database_url and not settings.index_url.startswith("sqlite"):
+        records = _audit_table(settings, selection)
+    else:
+        records = read_file(settings.audit_path, selection)
+    for record in records:
+        if output == "xml":
+            click.echo(record["xml"])
+        elif output == "json":
+            click.echo(json.dumps({k: record.get(k) for k in _AUDIT_FIELDS}, default=str))
+        else:
+            click.echo(" ".join([
+                record["time"], record.get("event_name") or record["event"],
+                str(record.get("event_type") or "-"), f"outcome={record['outcome']}",
+                f"identity={record.get('identity') or '-'}",
+                f"calling_ae={record.get('calling_ae') or '-'}",
+                f"user={record.get('user') or '-'}",
+                f"studies={','.join(record.get('studies') or []) or '-'}",
+            ]))
+
+
+_AUDIT_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identity",
+                 "trust_name", "calling_ae", "user", "studies", "xml")
+
+
+def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
+    from mimic_server.index import schema
+    from mimic_server.index.audit_table import read_table
+    from mimic_server.index.engine import create_index_engine
+
+    credential = None
+    if settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    engine = create_index_engine(settings.index_url, credential)
+    try:
+        schema.require_current(engine)
+        rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL
+        return [row for row in rows if selection.matches(row)]
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"audit table unreadable: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
 
 
 def _report(result: dict[str, Any], as_json: bool, headline: str) -> None:

@@ -136,6 +136,32 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Seconds over which refused connections are counted into "
         "one audit record and one log line per source and reason.",
     )
+    audit_syslog_host: str | None = Field(
+        None, description="Audit repository (IHE ATNA) host: audit messages also go there "
+        "over syslog/TLS (RFC 5424/5425), from a bounded queue that never blocks DICOM.",
+    )
+    audit_syslog_port: int = Field(
+        6514, ge=1, le=65535, description="Audit repository syslog/TLS port."
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        None, description="PEM CA certificates that verify the audit repository "
+        "(default: the system's trust store).",
+    )
+    audit_syslog_client_cert: Path | None = Field(
+        None, description="PEM client certificate (with its chain) presented to the audit "
+        "repository (default: the archive's own server certificate and key).",
+    )
+    audit_syslog_client_key: Path | None = Field(
+        None, description="PEM private key of AUDIT_SYSLOG_CLIENT_CERT."
+    )
+    audit_syslog_server_name: str | None = Field(
+        None, description="Name the audit repository's certificate is checked against "
+        "(default: AUDIT_SYSLOG_HOST).",
+    )
+    audit_syslog_queue: int = Field(
+        10000, ge=1, description="Audit messages held for the repository while it is "
+        "unreachable; beyond that the oldest are dropped (and counted).",
+    )
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds a connection may stay silent before it is dropped."
     )

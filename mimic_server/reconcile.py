@@ -33,6 +33,7 @@ from mimic_server.index import maintenance
 from mimic_server.index.maintenance import ObjectRef
 from mimic_server.security import audit
 from mimic_server.storage import ObjectStore
+from mimic_server.storage.keys import study_of_key
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,12 @@ def _fix(
             report.removed_instances.append(ref.sop_instance_uid)
             # The UIDs name a patient's instance: audit trail, not the operational log.
             audit_log.record(
-                audit.STUDY_DELETED, audit.MINOR_FAILURE, action="reconcile removed instance",
-                SOPInstanceUID=ref.sop_instance_uid, object_key=ref.object_key,
-                reason="missing" if ref in report.missing else "corrupt",
+                audit.INSTANCES_ACCESSED, audit.MINOR_FAILURE, action_code="D",
+                action="reconcile removed instance", service="reconcile",
+                studies=_studies(ref.object_key), SOPInstanceUID=ref.sop_instance_uid,
+                object_key=ref.object_key,
+                reason="reconcile removed an instance whose object is "
+                + ("missing" if ref in report.missing else "corrupt"),
             )
             log.warning("instance removed from the index: its object is missing or corrupt")
             store.delete(ref.object_key)  # corrupt bytes serve nobody; versions keep them
@@ -169,9 +173,16 @@ def _fix(
         store.delete(key)
         report.deleted_orphans.append(key)
         audit_log.record(
-            audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="reconcile deleted orphan object",
-            object_key=key,
+            audit.INSTANCES_ACCESSED, audit.SUCCESS, action_code="D",
+            action="reconcile deleted orphan object", service="reconcile",
+            studies=_studies(key), object_key=key,
+            reason="reconcile deleted an object no index row refers to",
         )
+
+
+def _studies(object_key: str) -> list[str]:
+    study = study_of_key(object_key)
+    return [study] if study else []
 
 
 def _ref(ref: ObjectRef) -> dict[str, str]:

@@ -102,13 +102,18 @@ def _admit(
             audit_log.record(
                 audit.USER_AUTHENTICATION, audit.MINOR_FAILURE, peer=address,
                 identity=identity.label, calling_ae=calling, called_ae=called,
-                reason=refusal.value, trust_name=identity.trust_name,
-                event_type="node-authentication",
+                reason=refusal.value, trust_name=identity.trust_name, event_type="login",
             )
         assoc.acse.send_reject(result, source, reason)
         _wait_until_sent(assoc)
         return
     attach_session(assoc, session)
+    if session.user is None:  # a user's login was recorded by access.admit, with the user
+        audit_log.record(
+            audit.USER_AUTHENTICATION, audit.SUCCESS, peer=address, identity=identity.label,
+            trust_name=identity.trust_name, calling_ae=calling, called_ae=called,
+            event_type="login",
+        )
 
 
 #: Query/Retrieve SOP Classes for which we accept relational queries (PS3.4 C.5.1).
@@ -140,7 +145,35 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     session = session_of(assoc)
     if session is None:
         return
+    # One DICOM Instances Transferred per study received, in its own transaction at the end
+    # of the association (see docs/architecture.md, "Logging vs audit").
+    requestor = {
+        "peer": session.peer_address, "identity": session.identity.label,
+        "trust_name": session.identity.trust_name, "calling_ae": session.calling_ae_title,
+        "called_ae": session.called_ae_title, "service": "C-STORE",
+        "user": session.user.name if session.user is not None else None,
+    }
+    result = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
+    for study_uid, classes in sorted(session.study_classes.items()):
+        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
+        audit_log.record(
+            audit.INSTANCES_TRANSFERRED, result, received=True,
+            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
+            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
+            **requestor,
+        )
+    if session.failed and not session.stored:
+        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                         instances=0, failed=session.failed, **requestor)
     outcome = "aborted" if assoc.is_aborted else "released"
+    if session.user is not None:
+        audit_log.record(
+            audit.USER_AUTHENTICATION, audit.SUCCESS, event_type="logout",
+            peer=session.peer_address, identity=session.identity.label,
+            trust_name=session.identity.trust_name, calling_ae=session.calling_ae_title,
+            called_ae=session.called_ae_title, user=session.user.name, reason=outcome,
+        )
+    # After the audit records: once this line is logged, they are written (committed).
     log.info(
         "association closed",
         extra={
@@ -150,21 +183,6 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
             "seconds": round(time.monotonic() - session.started, 3),
         },
     )
-    if session.user is not None:
-        audit_log.record(
-            audit.USER_AUTHENTICATION, audit.SUCCESS, event_type="logout",
-            peer=session.peer_address, identity=session.identity.label,
-            trust_name=session.identity.trust_name, calling_ae=session.calling_ae_title,
-            called_ae=session.called_ae_title, user=session.user.name, reason=outcome,
-        )
-    if session.stored or session.failed:
-        audit_log.record(
-            audit.INSTANCES_TRANSFERRED,
-            audit.SUCCESS if not session.failed else audit.MINOR_FAILURE,
-            peer=session.peer_address, identity=session.identity.label,
-            calling_ae=session.calling_ae_title, action="C-STORE received",
-            instances=session.stored, failed=session.failed, studies=sorted(session.studies),
-        )
 
 
 def _wait_until_sent(assoc: Association, limit: float = 1.0) -> None:

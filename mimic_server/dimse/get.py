@@ -46,6 +46,7 @@ def handle_get(
             relational=session.relational(sop_class), retrieve=True,
         )
         refs = finder.instances(query)
+        session.retrieving = refs  # for the audit trail (dimse/audited.py)
     except (QueryError, DicomStatusError) as exc:
         yield 1
         yield failure(exc.status, str(exc)), None

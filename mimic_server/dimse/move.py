@@ -92,6 +92,7 @@ def handle_move(
             relational=session.relational(sop_class), retrieve=True,
         )
         refs = finder.instances(query)
+        session.retrieving = refs  # for the audit trail (dimse/audited.py)
     except (QueryError, DicomStatusError) as exc:
         yield _refuse(answer, exc.status, str(exc), target)
         return

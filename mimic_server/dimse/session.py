@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mimic_server.security.grants import Grants, Service
 from mimic_server.security.identity import Identity
@@ -35,15 +36,24 @@ class Session:
     failed: int = 0
     bytes_stored: int = 0
     studies: set[str] = field(default_factory=set)
+    #: Per study: instances stored per SOP Class, and the patient (audit trail only).
+    study_classes: dict[str, Counter[str]] = field(default_factory=dict)
+    study_patients: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: The match list of the C-GET / C-MOVE being answered (for its audit messages).
+    retrieving: list[Any] | None = None
     #: Query/Retrieve SOP Classes for which relational queries were negotiated.
     relational_classes: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_stored(self, size: int, study_uid: str) -> None:
+    def count_stored(self, size: int, study_uid: str, sop_class_uid: str = "",
+                     patient: tuple[str, str] | None = None) -> None:
         with self.lock:
             self.stored += 1
             self.bytes_stored += size
             self.studies.add(study_uid)
+            self.study_classes.setdefault(study_uid, Counter())[sop_class_uid] += 1
+            if patient is not None:
+                self.study_patients.setdefault(study_uid, patient)
 
     def relational(self, sop_class_uid: str) -> bool:
         return sop_class_uid in self.relational_classes

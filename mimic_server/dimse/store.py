@@ -76,7 +76,8 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
         return _failure(exc)
     finally:
         release_spool(request.DataSet)  # now, not when the request is collected
-    session.count_stored(received.size, attrs.study_instance_uid)
+    session.count_stored(received.size, attrs.study_instance_uid, sop_class_uid,
+                         (attrs.patient_id, attrs.patient_name))
     return Status.SUCCESS
 
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -93,3 +102,28 @@ class Instance(Base):
     header: Mapped[dict[str, Any]] = mapped_column(JSON_DOCUMENT)
     received_from: Mapped[str] = mapped_column(String(200))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One DICOM audit message (PS3.15 A.5) and the fields ``mimic audit`` filters on.
+
+    Append-only: on PostgreSQL a trigger refuses UPDATE, DELETE and TRUNCATE (migration 0003).
+    ``studies`` holds the Study Instance UIDs separated and surrounded by spaces, so that
+    one is found with ``LIKE '% uid %'``.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    event_code: Mapped[str] = mapped_column(String(16), index=True)
+    event_type: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[int] = mapped_column(Integer)
+    identity: Mapped[str | None] = mapped_column(String(400))
+    trust_name: Mapped[str | None] = mapped_column(String(400))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    user_name: Mapped[str | None] = mapped_column(String(400))
+    studies: Mapped[str] = mapped_column(Text)
+    xml: Mapped[str] = mapped_column(Text)

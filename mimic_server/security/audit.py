@@ -1,53 +1,77 @@
-"""The audit trail: who connected, who was refused, what was stored (PS3.15 A.5 events).
+"""The audit trail: who connected, who was refused, what was stored, queried and sent.
 
-Records are JSON lines, one per event, written to their own file: they name patients' studies
-and instances, so they never go to the operational log. Field names follow the DICOM audit
-message schema (EventID codes from DCM, EventOutcomeIndicator 0 / 4 / 8).
+Every part of MIMIC records an event with one call, ``AuditLog.record(event, outcome,
+**details)``; :mod:`~mimic_server.security.audit_records` turns it into a DICOM audit message
+(PS3.15 A.5) with a few index fields, and the log hands that to its sinks: a JSON-lines file
+(embedded mode), the append-only ``audit_events`` table (PostgreSQL), an audit repository over
+syslog/TLS. Records name patients' studies and instances, so they never go to the
+operational log. A sink that fails is logged (without the record) and counted, and never
+fails the operation that is being recorded. The sinks are composed in ``app.py``; this
+package knows neither the network nor the database.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from mimic_server.security.audit_records import Archive, AuditEntry, build, json_details
+
+log = logging.getLogger(__name__)
 
 #: (code, coding scheme, meaning) from PS3.16 CID 400 "Audit Event ID".
+APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")
+BEGIN_TRANSFERRING = ("110102", "DCM", "Begin Transferring DICOM Instances")
+INSTANCES_ACCESSED = ("110103", "DCM", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
+STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")
+EXPORT = ("110106", "DCM", "Export")
+QUERY = ("110112", "DCM", "Query")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")
-APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")
-STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 
 
-class AuditLog:
-    """Appends audit records to a file; each record is flushed before the call returns."""
+class AuditSink(Protocol):
+    """Where audit entries go; ``write`` may raise (the log counts and reports it)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def write(self, entry: AuditEntry, details: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """JSON lines, one per record, flushed before ``write`` returns (the embedded default).
+
+    Each line has the index fields, the record's details (for scripts) and ``xml``, the DICOM
+    audit message itself."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file: Any = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def record(
-        self, event: tuple[str, str, str], outcome: int, **details: Any
-    ) -> None:
-        entry = {
-            "EventDateTime": datetime.now(UTC).isoformat(),
-            "EventID": {"code": event[0], "scheme": event[1], "meaning": event[2]},
-            "EventOutcomeIndicator": outcome,
-            **details,
+    def write(self, entry: AuditEntry, details: dict[str, Any]) -> None:
+        line = {
+            "EventDateTime": entry.when.isoformat(),
+            "EventID": {"code": entry.event_code, "scheme": "DCM", "meaning": entry.event_name},
+            "EventOutcomeIndicator": entry.outcome,
+            **json_details(details),
+            **entry.index_fields(),
+            "xml": entry.xml,
         }
-        line = json.dumps(entry, separators=(",", ":"), default=str)
-        if self._file is None:
-            return
+        text = json.dumps(line, separators=(",", ":"), default=str)
         with self._lock:
-            self._file.write(line + "\n")
+            if self._file is None:
+                raise OSError("audit file closed")
+            self._file.write(text + "\n")
             self._file.flush()
 
     def close(self) -> None:
@@ -55,3 +79,94 @@ class AuditLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class AuditLog:
+    """Builds one audit message per record and gives it to every sink.
+
+    ``path`` keeps the JSON-lines file (None: no file); ``sinks`` adds others (the table,
+    syslog). ``failures`` counts sink writes that failed."""
+
+    def __init__(
+        self, path: Path | None, *, sinks: list[AuditSink] | None = None,
+        archive: Archive | None = None,
+    ) -> None:
+        self.path = path
+        self.archive = archive or Archive("MIMIC")
+        self.sinks: list[AuditSink] = list(sinks or [])
+        if path is not None:
+            self.sinks.insert(0, FileSink(path))
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def record(self, event: tuple[str, str, str], outcome: int, **details: Any) -> None:
+        """Record one event; never raises for a sink's sake (see the class docstring)."""
+        if not self.sinks:
+            return
+        try:
+            entry = build(event, outcome, details, self.archive)
+        except Exception:
+            self._failed("building the audit message failed", event, None)
+            return
+        for sink in list(self.sinks):
+            try:
+                sink.write(entry, details)
+            except Exception:
+                self._failed("writing an audit record failed", event, sink)
+
+    def _failed(self, message: str, event: tuple[str, str, str], sink: Any) -> None:
+        with self._lock:
+            self.failures += 1
+        # The exception may quote the record (patient data): its type only, at ERROR.
+        log.error(message, extra={"event": event[2], "sink": type(sink).__name__
+                                  if sink is not None else None, "failures": self.failures},
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing an audit sink failed")
+        self.sinks = []
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What ``mimic audit`` selects: every field given must match."""
+
+    since: datetime | None = None
+    event: str | None = None
+    identity: str | None = None
+    study: str | None = None
+
+    def matches(self, fields: dict[str, Any]) -> bool:
+        if self.since is not None and datetime.fromisoformat(fields["time"]) < self.since:
+            return False
+        if self.event is not None and self.event not in (
+            fields.get("event"), fields.get("event_name"), fields.get("event_type")
+        ):
+            return False
+        if self.identity is not None and not any(
+            self.identity in (fields.get(k) or "") for k in ("identity", "trust_name", "user",
+                                                             "calling_ae")
+        ):
+            return False
+        return self.study is None or self.study in (fields.get("studies") or [])
+
+
+def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
+    """The records of a JSON-lines audit file that match; lines written before the audit
+    messages (no ``xml``) are skipped."""
+    found = []
+    if not path.exists():
+        return found
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if "xml" in entry and selection.matches(entry):
+                found.append(entry)
+    return found

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ class SyslogTlsSink:
                 self.dropped += 1
             self._queue.append(data)
             self._ready.notify()
+
+    def write(self, entry: Any, details: dict[str, Any]) -> None:
+        """As an audit sink (``security.audit``): queue the entry's XML, a failure as a
+        warning."""
+        self.send(entry.xml, failure=entry.outcome != 0)
 
     def pending(self) -> int:
         return len(self._queue)

@@ -16,3 +16,9 @@ def new_object_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> st
     prefix = hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:2]
     version = uuid.uuid4().hex[:16]
     return f"{prefix}/{study_uid}/{series_uid}/{sop_instance_uid}.{version}.dcm"
+
+
+def study_of_key(key: str) -> str | None:
+    """The Study Instance UID an object key names (None for a key of another shape)."""
+    parts = key.split("/")
+    return parts[1] if len(parts) == 4 else None

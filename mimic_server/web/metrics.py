@@ -172,6 +172,16 @@ class ArchiveMetrics:
             )
         )
 
+    def audit_failures_from(self, count: Callable[[], int]) -> None:
+        """The audit trail counts sink writes that failed; read them at scrape time."""
+        self.registry.register(
+            _CallbackCounter(
+                "mimic_audit_failures",
+                "Audit records a sink could not write (file, table, syslog queue).",
+                lambda: float(count()),
+            )
+        )
+
     # -- exposition ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:

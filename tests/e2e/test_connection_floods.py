@@ -220,7 +220,8 @@ def test_audit_sink_on_a_full_disk_does_not_stop_the_listener(
         calls.append(kwargs)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(in_process.audit, "record", disk_full)
+    # The file sink fails as on a full disk (the audit log itself never raises: it counts).
+    monkeypatch.setattr(in_process.audit.sinks[0], "write", disk_full)
     port = in_process.address[1]
     certs = in_process.settings.certificate_dir
     ctx = client_context(
@@ -238,6 +239,7 @@ def test_audit_sink_on_a_full_disk_does_not_stop_the_listener(
             sock.close()
     assert in_process.listener_alive()
     assert any(r.levelno >= logging.ERROR for r in caplog.records)
+    assert in_process.audit.failures >= len(calls) > 0
     monkeypatch.undo()  # stop() writes its own record
 
 

@@ -1,0 +1,190 @@
+"""The audit trail of Query/Retrieve: one Query message per C-FIND, and per C-GET / C-MOVE a
+Begin Transferring DICOM Instances before the first object and a DICOM Instances Transferred
+at the end (PS3.15 A.5.3.12, A.5.3.2, A.5.3.4).
+
+The handlers stay as they are: ``app.py`` wraps them. A wrapper watches what the handler
+yields (statuses, the C-MOVE destination, the datasets and whether pynetdicom encoded them,
+i.e. sent them) and records through the generic ``AuditLog.record``. C-MOVE to another AE is
+recorded as DICOM Instances Transferred, not Export: PS3.15 A.5.3.6 keeps Export for data
+leaving the DICOM security domain (media, print, e-mail), and a C-MOVE destination is a
+registered DICOM node; the destination is its own participant.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from mimic_server.dimse.session import Session, session_of
+from mimic_server.errors import Status
+from mimic_server.security import audit
+from mimic_server.storage.keys import study_of_key
+
+if TYPE_CHECKING:
+    from mimic_server.query.finder import InstanceRef
+    from mimic_server.security.audit import AuditLog
+
+_SUCCESS = {0x0000, 0xFF00, 0xFF01}
+
+
+def participants(event: Any, session: Session | None) -> dict[str, Any]:
+    """The requestor as audit details: address, certificate, trust entry, AE titles, user."""
+    details: dict[str, Any] = {"called_ae": _called(event)}
+    if session is not None:
+        details.update(
+            peer=session.peer_address, identity=session.identity.label,
+            trust_name=session.identity.trust_name, calling_ae=session.calling_ae_title,
+            user=getattr(session, "user", None),
+        )
+    return details
+
+
+def outcome_of(status: int) -> int:
+    if status in _SUCCESS:
+        return audit.SUCCESS
+    if status & 0xFF00 == 0xA700 or status >= 0xC100:  # out of resources, unexpected
+        return audit.SERIOUS_FAILURE
+    return audit.MINOR_FAILURE
+
+
+def audited_find(handler: Callable[..., Iterator[Any]],
+                 audit_log: AuditLog) -> Callable[..., Iterator[Any]]:
+    """One Query message per C-FIND, with the Identifier as received (base64) and its SOP
+    Class and transfer syntax, when the C-FIND ends."""
+
+    @functools.wraps(handler)
+    def find(event: Any, *args: Any) -> Iterator[Any]:
+        status = Status.SUCCESS
+        try:
+            for item in handler(event, *args):
+                status = _status(item, status)
+                yield item
+        except GeneratorExit:  # the association went away mid-answer
+            status = Status.CANCEL
+            raise
+        except Exception:
+            status = 0xC311  # answered by guarded_stream
+            raise
+        finally:
+            request = event.request
+            identifier = getattr(request, "Identifier", None)
+            audit_log.record(
+                audit.QUERY, outcome_of(status), service="C-FIND",
+                sop_class=str(request.AffectedSOPClassUID or ""),
+                transfer_syntax=str(getattr(event.context, "transfer_syntax", "") or ""),
+                identifier=identifier.getvalue() if identifier is not None else b"",
+                status=f"0x{status:04X}", **participants(event, session_of(event.assoc)),
+            )
+
+    return find
+
+
+def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
+                     service: str) -> Callable[..., Iterator[Any]]:
+    """C-GET / C-MOVE: Begin Transferring when the number of sub-operations is announced
+    (the studies from the match list the handler noted on the session), DICOM Instances
+    Transferred per request at the end with what was sent, per study and SOP Class."""
+
+    @functools.wraps(handler)
+    def retrieve(event: Any, *args: Any) -> Iterator[Any]:
+        session = session_of(event.assoc)
+        details = participants(event, session)
+        details["service"] = service
+        if service == "C-MOVE":
+            details["destination"] = str(event.move_destination or "").strip()
+        sent: dict[str, Counter[str]] = {}
+        patients: set[tuple[str, str]] = set()
+        failed, status, pending, began = 0, Status.SUCCESS, None, False
+        try:
+            for item in handler(event, *args):
+                if pending is not None:  # pynetdicom has tried to send the previous one
+                    failed += _tally(pending, sent, patients)
+                    pending = None
+                if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+                    details["destination_address"] = item[0]
+                elif isinstance(item, int) and not began:
+                    refs = _take_refs(session)
+                    if refs:
+                        began = True
+                        audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
+                                         studies=_studies_of(refs), instances=len(refs),
+                                         **details)
+                elif isinstance(item, tuple) and len(item) == 2:
+                    status = _status(item, status)
+                    if item[1] is not None and _status_value(item[0]) == Status.PENDING:
+                        pending = item[1]
+                yield item
+            if pending is not None:
+                failed += _tally(pending, sent, patients)
+        except GeneratorExit:
+            status = Status.CANCEL
+            raise
+        except Exception:
+            status = 0xC311
+            raise
+        finally:
+            if began or sent:
+                outcome = outcome_of(status)
+                if failed and outcome == audit.SUCCESS:
+                    outcome = audit.MINOR_FAILURE
+                patient = next(iter(patients)) if len(patients) == 1 else None
+                audit_log.record(
+                    audit.INSTANCES_TRANSFERRED, outcome, received=False,
+                    studies={uid: dict(classes) for uid, classes in sent.items()},
+                    instances=sum(sum(c.values()) for c in sent.values()), failed=failed,
+                    patient_id=patient[0] if patient else None,
+                    patient_name=patient[1] if patient else None, **details,
+                )
+
+    return retrieve
+
+
+def _take_refs(session: Session | None) -> list[InstanceRef] | None:
+    if session is None:
+        return None
+    refs, session.retrieving = session.retrieving, None
+    return refs
+
+
+def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
+    studies: dict[str, Counter[str]] = {}
+    for ref in refs:
+        study = study_of_key(ref.object_key) or "unknown"
+        studies.setdefault(study, Counter())[ref.sop_class_uid] += 1
+    return {uid: dict(classes) for uid, classes in studies.items()}
+
+
+def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:
+    """Count a dataset pynetdicom was given: sent if it was encoded; 1 if it failed."""
+    study = getattr(dataset, "StudyInstanceUID", None)
+    if study is None or not getattr(dataset, "_mimic_encoded", False):
+        return 1
+    sent.setdefault(str(study), Counter())[str(getattr(dataset, "SOPClassUID", ""))] += 1
+    patients.add((str(getattr(dataset, "PatientID", "") or ""),
+                  str(getattr(dataset, "PatientName", "") or "")))
+    return 0
+
+
+def _status(item: Any, previous: int) -> int:
+    if not (isinstance(item, tuple) and len(item) == 2):
+        return previous
+    value = _status_value(item[0])
+    return previous if value is None else value
+
+
+def _status_value(status: Any) -> int | None:
+    if status is None:
+        return None
+    if isinstance(status, int):
+        return status
+    value = getattr(status, "Status", None)
+    return int(value) if value is not None else None
+
+
+def _called(event: Any) -> str | None:
+    try:
+        return str(event.assoc.acceptor.ae_title).strip() or None
+    except AttributeError:
+        return None

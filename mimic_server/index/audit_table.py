@@ -1,0 +1,103 @@
+"""The audit trail in the index database: the append-only ``audit_events`` table.
+
+In the PostgreSQL configuration this is where audit messages go (``app.py`` composes it):
+a replica's disk is temporary, the database is not. Each record is written in its own short
+transaction when the work it records is done (an association's instances at its end, a
+C-FIND when it is answered): the caller goes on if the write fails (it is logged and
+counted by :class:`~mimic_server.security.audit.AuditLog`). ``write_in`` writes into a
+transaction the caller already has, for work that wants its audit row to commit with it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from mimic_server.index.engine import WRITE
+from mimic_server.index.models import AuditEvent
+
+
+class AuditEntry(Protocol):
+    """What the table keeps of ``security.audit_records.AuditEntry`` (the index does not
+    import the security room)."""
+
+    when: datetime
+    event_code: str
+    event_type: str | None
+    outcome: int
+    identity: str | None
+    trust_name: str | None
+    calling_ae: str | None
+    user: str | None
+    studies: tuple[str, ...]
+    xml: str
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "event_time": entry.when, "event_code": entry.event_code,
+        "event_type": entry.event_type, "outcome": entry.outcome,
+        "identity": _cut(entry.identity, 400), "trust_name": _cut(entry.trust_name, 400),
+        "calling_ae": _cut(entry.calling_ae, 16), "user_name": _cut(entry.user, 400),
+        "studies": " " + " ".join(entry.studies) + " " if entry.studies else "",
+        "xml": entry.xml,
+    }
+
+
+def _cut(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value is not None else None
+
+
+class AuditTable:
+    """An audit sink that inserts one row per record."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def write(self, entry: AuditEntry, details: dict[str, Any]) -> None:
+        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            self.write_in(conn, entry)
+
+    @staticmethod
+    def write_in(conn: Connection, entry: AuditEntry) -> None:
+        conn.execute(insert(AuditEvent).values(**_row(entry)))
+
+    def close(self) -> None:
+        """The engine belongs to the index; nothing to close here."""
+
+
+def read_table(engine: Engine, since: datetime | None = None,
+               study: str | None = None) -> list[dict[str, Any]]:
+    """The rows from ``since`` that name ``study``, oldest first, with the same fields as
+    the file's lines (``mimic audit`` filters the rest)."""
+    query = select(AuditEvent.__table__).order_by(AuditEvent.id)
+    if since is not None:
+        query = query.where(AuditEvent.event_time >= since.astimezone(UTC))
+    if study is not None:
+        query = query.where(AuditEvent.studies.contains(f" {study} ", autoescape=True))
+    found = []
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            fields = {
+                "time": _aware(row.event_time).isoformat(), "event": row.event_code,
+                "event_name": _name(row.xml), "event_type": row.event_type,
+                "outcome": row.outcome, "identity": row.identity, "trust_name": row.trust_name,
+                "calling_ae": row.calling_ae, "user": row.user_name,
+                "studies": row.studies.split(), "xml": row.xml,
+            }
+            found.append(fields)
+    return found
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite hands back naive times; they were written in UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _name(xml: str) -> str:
+    """The event's meaning (originalText of EventID), read back from the message."""
+    marker = 'originalText="'
+    start = xml.find(marker, xml.find("<EventID"))
+    return xml[start + len(marker): xml.find('"', start + len(marker))] if start >= 0 else ""

@@ -1,0 +1,319 @@
+"""The audit trail end to end: a real ``mimic serve`` is used by real peers (dcmtk and
+pynetdicom: echo, store, find, move to a dcmtk storescp, get, a refused TLS connection, an
+association rejected for its AE title, a revoked certificate); then ``mimic audit --xml``
+prints DICOM audit messages that validate against the PS3.15 A.5.1 schema and name the
+expected events and participants. PostgreSQL: the trail is the append-only table and
+survives a kill -9. Syslog/TLS: the audit repository gets the messages with the archive's
+client certificate, and one that is down never holds up DICOM traffic."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from lxml import etree
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from mimic_server.certs import devpki
+from mimic_server.security import audit_message as am
+from tests import database
+from tests.data import ct_small, storable_files
+from tests.e2e.test_query_retrieve import _get, _id, running_archive
+from tests.support import (
+    HOST,
+    MimicProcess,
+    associate,
+    client_context,
+    dcmtk,
+    dcmtk_tls,
+    wait_for,
+)
+from tests.syslog_double import SyslogTlsReceiver
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+#: The source address of the refused probes (loopback, another address than the peers').
+PROBE = "127.0.0.2"
+
+
+def mimic_audit(server: MimicProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env_args = ["--data-dir", str(server.data_dir)]
+    if "database_url" in server.settings:
+        env_args += ["--database-url", server.settings["database_url"]]
+    return subprocess.run(
+        [sys.executable, "-m", "mimic_server", "audit", *env_args, *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def messages(server: MimicProcess, *args: str) -> list[etree._Element]:
+    listed = mimic_audit(server, "--xml", *args)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    for line in lines:
+        am.validate(line)  # every message the archive wrote is a DICOM audit message
+    return [etree.fromstring(line) for line in lines]
+
+
+def event(message: etree._Element) -> str:
+    return str(message.find("EventIdentification/EventID").get("csd-code"))
+
+
+def event_type(message: etree._Element) -> str | None:
+    node = message.find("EventIdentification/EventTypeCode")
+    return None if node is None else str(node.get("csd-code"))
+
+
+def users(message: etree._Element) -> dict[str, etree._Element]:
+    return {str(p.get("UserID")): p for p in message.findall("ActiveParticipant")}
+
+
+def studies(message: etree._Element) -> set[str]:
+    return {str(o.get("ParticipantObjectID")) for o in message.findall(
+        "ParticipantObjectIdentification") if o.find("ParticipantObjectIDTypeCode").get(
+        "csd-code") == "110180"}
+
+
+def test_every_event_validates_with_its_participants(tmp_path: Path) -> None:
+    ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    rg3 = [f for f in storable_files() if f.path.name.startswith("RG3_")]
+    rg3_study = pydicom.dcmread(rg3[0].path, stop_before_pixels=True).StudyInstanceUID
+    with running_archive(tmp_path, cert_refresh_seconds="1",
+                         audit_refusal_interval="3600") as archive:
+        server = archive.server
+        echo = dcmtk("echoscu", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
+                     "localhost", str(server.port))
+        assert echo.returncode == 0, echo.stderr
+        stored = dcmtk("storescu", *dcmtk_tls(server), "-aet", "DCMTKSCU", "-aec", "MIMIC",
+                       "localhost", str(server.port), str(ct_small()))
+        assert stored.returncode == 0, stored.stderr
+        answers, final = archive.find(_id("STUDY", StudyInstanceUID=ct.StudyInstanceUID))
+        assert final.Status == 0 and len(answers) == 1
+        assoc = archive.associate([StudyRootQueryRetrieveInformationModelMove])
+        moved = list(assoc.send_c_move(_id("STUDY", StudyInstanceUID=rg3_study), "STORESCP",
+                                       StudyRootQueryRetrieveInformationModelMove))
+        assoc.release()
+        assert moved[-1][0].Status == 0
+        ct_files = [f for f in storable_files() if f.path == ct_small()]
+        got, final = _get(archive, _id("PATIENT", PatientID=ct.PatientID),
+                          PatientRootQueryRetrieveInformationModelGet, ct_files)
+        assert got and final.Status == 0
+        # refused: TLS without a client certificate (nothing reaches DICOM)
+        anonymous = client_context(None, None, server.ca_cert)
+        for _ in range(5):
+            # from a source address of their own, so that their alert is theirs alone
+            raw = socket.create_connection((HOST, server.port), timeout=10,
+                                           source_address=(PROBE, 0))
+            with contextlib.suppress(ssl.SSLError, OSError), anonymous.wrap_socket(
+                raw, server_hostname="localhost"
+            ) as tls:
+                tls.recv(1)
+            raw.close()
+        # rejected: the wrong called AE title
+        wrong = associate(server.port, archive.tls(), called="NOT-MIMIC")
+        assert wrong.is_rejected
+        # revoked with an association open: aborted
+        devpki.issue_client(server.certs, "auditee")
+        client = server.certs / "clients" / "auditee"
+        ctx = client_context(client / "client.pem", client / "client.key", server.ca_cert)
+        assert wait_for(lambda: _established(server.port, ctx), timeout=30)
+        held = associate(server.port, ctx, calling="AUDITEE")
+        assert held.is_established
+        devpki.revoke(server.certs, "auditee")
+        assert wait_for(lambda: held.is_aborted, timeout=30)
+        assert wait_for(lambda: any(e.get("message") == "association closed"
+                                    and e.get("calling_ae") == "DCMTKSCU"
+                                    for e in server.log_entries()), timeout=30)
+    trail = messages(server)
+    by_event: dict[str, list[etree._Element]] = {}
+    for message in trail:
+        by_event.setdefault(event(message), []).append(message)
+    # Application Activity: start and stop
+    assert {event_type(m) for m in by_event["110100"]} == {"110120", "110121"}
+    # User Authentication: logins accepted, and the one rejected for its AE title
+    logins = by_event["110114"]
+    rejected = [m for m in logins if m.find("EventIdentification").get(
+        "EventOutcomeIndicator") == "4"]
+    assert len(rejected) == 1 and "called" in rejected[0].findtext(
+        "EventIdentification/EventOutcomeDescription")
+    assert any("DCMTKSCU" in users(m) for m in logins)
+    # Security Alert: the refused connections counted into one alert, the trust set change,
+    # the revoked certificate's aborted association
+    alerts = by_event["110113"]
+    refused = [m for m in alerts if event_type(m) == "110126" and "count=" in (
+        m.findtext("EventIdentification/EventOutcomeDescription") or "")]
+    reasons = [m.findtext("EventIdentification/EventOutcomeDescription").split(";")[0]
+               for m in refused]
+    assert len(reasons) == len(set(reasons)), "more than one alert per source and reason"
+    probes = [m for m in refused if m.find("ParticipantObjectIdentification").get(
+        "ParticipantObjectID") == PROBE]
+    assert len(probes) == 1, [etree.tostring(m) for m in refused]
+    assert "count=5" in probes[0].findtext("EventIdentification/EventOutcomeDescription")
+    assert any(event_type(m) == "110129" for m in alerts)
+    assert any("no longer trusted" in (m.findtext(
+        "EventIdentification/EventOutcomeDescription") or "") for m in alerts)
+    # Query: the Identifier as received, the SOP Class, the requestor's certificate and AE
+    query = by_event["110112"][0]
+    requestor = users(query)["MODALITY1"]
+    assert requestor.get("UserIsRequestor") == "true"
+    assert "modality1" in requestor.get("AlternativeUserID")
+    assert requestor.get("NetworkAccessPointID") == HOST
+    assert requestor.get("NetworkAccessPointTypeCode") == "2"
+    queried = query.find("ParticipantObjectIdentification")
+    assert queried.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"
+    detail = queried.find("ParticipantObjectDetail")
+    assert detail.get("type") == "TransferSyntax"
+    syntax = base64.b64decode(detail.get("value")).decode()
+    identifier = pydicom.filereader.read_dataset(
+        io.BytesIO(base64.b64decode(queried.findtext("ParticipantObjectQuery"))),
+        syntax == "1.2.840.10008.1.2", True)
+    assert identifier.StudyInstanceUID == ct.StudyInstanceUID
+    # Begin Transferring and Instances Transferred for the C-MOVE: destination and requestor
+    begun = by_event["110102"]
+    assert any(rg3_study in studies(m) and "STORESCP" in users(m) for m in begun)
+    transferred = by_event["110104"]
+    move = [m for m in transferred if "STORESCP" in users(m)]
+    assert move and rg3_study in studies(move[0]) and "MODALITY1" in users(move[0])
+    assert move[0].find("EventIdentification").get("EventActionCode") == "R"
+    # C-GET: the archive sent to the requestor
+    get = [m for m in transferred if ct.StudyInstanceUID in studies(m)
+           and m.find("EventIdentification").get("EventActionCode") == "R"
+           and "STORESCP" not in users(m)]
+    assert get, "no Instances Transferred for the C-GET"
+    # C-STORE: received per study, by dcmtk's storescu, with the patient
+    received = [m for m in transferred if "DCMTKSCU" in users(m)]
+    assert received and received[0].find("EventIdentification").get("EventActionCode") in (
+        "C", "U")
+    assert ct.StudyInstanceUID in studies(received[0])
+    patient = [o for o in received[0].findall("ParticipantObjectIdentification")
+               if o.get("ParticipantObjectTypeCodeRole") == "1"]
+    assert patient and patient[0].get("ParticipantObjectID") == ct.PatientID
+    # pynetdicom's stores (running_archive) are received records too
+    assert sum("MODALITY1" in users(m) and m.find("EventIdentification").get(
+        "EventActionCode") in ("C", "U") for m in transferred) >= 2
+
+    # mimic audit filters
+    only_queries = messages(server, "--event", "Query")
+    assert [event(m) for m in only_queries] == ["110112"]
+    of_study = messages(server, "--study", ct.StudyInstanceUID)
+    assert of_study and all(ct.StudyInstanceUID in studies(m) for m in of_study)
+    assert messages(server, "--identity", "DCMTKSCU")
+    assert messages(server, "--since", "2999-01-01T00:00:00") == []
+    as_json = mimic_audit(server, "--json", "--event", "110112")
+    assert as_json.returncode == 0
+    record = json.loads(as_json.stdout.splitlines()[0])
+    assert record["calling_ae"] == "MODALITY1" and record["xml"].startswith("<AuditMessage")
+    assert mimic_audit(server, "--since", "yesterday").returncode == 2
+    # ... and the operational log names no patient or study
+    log = server.log()
+    for value in (str(ct.PatientName), ct.PatientID, ct.StudyInstanceUID, rg3_study):
+        assert value not in log, value
+
+
+def _established(port: int, ctx: ssl.SSLContext) -> bool:
+    assoc = associate(port, ctx, calling="AUDITEE")
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
+
+
+# -- PostgreSQL: the append-only table ---------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(postgres_server: str):  # type: ignore[no-untyped-def]
+    with database.fresh_database(postgres_server) as url:
+        yield url
+
+
+def test_postgresql_trail_survives_kill_and_refuses_changes(pg_url: str, tmp_path: Path) -> None:
+    upgrade = subprocess.run([sys.executable, "-m", "mimic_server", "db", "upgrade",
+                              "--database-url", pg_url], capture_output=True, text=True,
+                             timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    server = MimicProcess(tmp_path / "data", database_url=pg_url).start()
+    try:
+        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                      server.ca_cert),
+                          transfer_syntaxes=[EXPLICIT])
+        assert assoc.send_c_store(ct_small()).Status == 0
+        assoc.release()
+        assert wait_for(lambda: any(e.get("message") == "association closed"
+                                    for e in server.log_entries()))
+    finally:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)  # no stop record, no flush: a lost replica
+        server.proc.wait(30)
+        server.stop()
+    assert not (server.data_dir / "audit.jsonl").exists()  # not the replica's disk
+    trail = messages(server, "--study", ct.StudyInstanceUID)
+    assert [event(m) for m in trail] == ["110104"]
+    started = messages(server, "--event", "110100")
+    assert [event_type(m) for m in started] == ["110120"]  # killed: no stop
+    # a restarted replica appends to the same trail
+    again = MimicProcess(tmp_path / "data2", database_url=pg_url).start()
+    assert again.stop() == 0
+    assert len(messages(server, "--event", "110100")) == 3
+    engine = create_engine(pg_url)
+    try:
+        for statement in ("UPDATE audit_events SET outcome = 0", "DELETE FROM audit_events",
+                          "TRUNCATE audit_events"):
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+                conn.execute(text(statement))
+        with engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
+        assert count == len(messages(server))
+    finally:
+        engine.dispose()
+
+
+# -- syslog/TLS to an audit repository ---------------------------------------------------
+
+
+def test_syslog_repository_gets_messages_and_a_down_one_blocks_nothing(tmp_path: Path) -> None:
+    receiver = SyslogTlsReceiver(tmp_path / "repository").start()
+    client_cert, client_key = receiver.client_cert[0], receiver.client_cert[1]
+    settings = {
+        "audit_syslog_host": HOST, "audit_syslog_port": str(receiver.port),
+        "audit_syslog_ca_file": str(receiver.ca[0]),
+        "audit_syslog_client_cert": str(client_cert),
+        "audit_syslog_client_key": str(client_key),
+        "audit_syslog_server_name": "localhost",
+    }
+    server = MimicProcess(tmp_path / "data", **settings).start()
+    try:
+        ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+        assoc = associate(server.port, ctx)
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert wait_for(lambda: len(receiver.messages) >= 2, timeout=15)  # start, login
+        assert receiver.peers and receiver.peers[0] == "mimic-audit-client"
+        for message in list(receiver.messages):
+            assert b" IHE+RFC-3881 " in message
+            am.validate(message.split(b"\xef\xbb\xbf", 1)[1])
+        receiver.stop()  # the repository goes away: DICOM goes on
+        for _ in range(20):
+            assoc = associate(server.port, ctx)
+            assert assoc.is_established and assoc.send_c_echo().Status == 0
+            assoc.release()
+    finally:
+        receiver.stop()
+        assert server.stop() == 0, server.log()
+    # the file, the durable trail of the embedded mode, has everything
+    assert len(messages(server, "--event", "login")) == 21
