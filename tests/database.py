@@ -107,3 +107,20 @@ def fresh_database(server_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def migrated_database(server_url: str) -> Iterator[str]:
+    """A new database on ``server_url`` brought to the current schema by ``mimic db upgrade``
+    (as an operator would), dropped afterwards; yields its SQLAlchemy URL."""
+    import subprocess
+    import sys
+
+    with fresh_database(server_url) as url:
+        upgraded = subprocess.run(
+            [sys.executable, "-m", "mimic_server", "db", "upgrade", "--database-url", url],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "MIMIC_OPS_PORT": "0"},
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
+        yield url

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -25,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.azurite import AZURITE_BLOB, Azurite
 from tests.data import storable_files
+from tests.database import migrated_database
 from tests.e2e.test_query_retrieve import (
     Archive,
     _dataset_bytes,
@@ -42,28 +42,14 @@ from tests.test_cli import mimic
 
 pytestmark = [pytest.mark.azurite, pytest.mark.postgres, pytest.mark.dcmtk]
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONTAINER = "dicom"
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[str]:
+def database(postgres_server: str) -> Iterator[str]:
     """A fresh PostgreSQL database, migrated with 'mimic db upgrade', dropped afterwards."""
-    name = f"mimic_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgraded = mimic("db", "upgrade", "--database-url", url)
-        assert upgraded.returncode == 0, upgraded.stderr
+    with migrated_database(postgres_server) as url:
         yield url
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.azurite import AZURITE_BLOB, Azurite
 from tests.data import ct_copy
+from tests.database import migrated_database
 from tests.e2e.test_query_retrieve import Archive, _dataset_bytes, _id, _received_files
 from tests.support import (
     HOST,
@@ -43,7 +43,6 @@ from tests.test_cli import mimic
 
 pytestmark = [pytest.mark.azurite, pytest.mark.postgres, pytest.mark.dcmtk]
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONTAINER = "replicas"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -72,22 +71,10 @@ class Replicas:
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    name = f"mimic_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgraded = mimic("db", "upgrade", "--database-url", url)
-        assert upgraded.returncode == 0, upgraded.stderr
+def database(postgres_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated with 'mimic db upgrade', dropped afterwards."""
+    with migrated_database(postgres_server) as url:
         yield url
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
