@@ -13,20 +13,20 @@ applied, and applies that bundle again when they differ (whatever the source).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
 from mimic_server.certs import CertBundle, CertificateSource, common_name
+from mimic_server.polling import Poller
 
 log = logging.getLogger(__name__)
 
 EXPIRY_WARNING = timedelta(days=30)
 
 
-class CertificateWatcher:
+class CertificateWatcher(Poller):
     def __init__(
         self,
         source: CertificateSource,
@@ -37,36 +37,12 @@ class CertificateWatcher:
     ) -> None:
         """``version`` and ``bundle``: what the listener was started with, if anything."""
         self.source = source
-        self.period = period
+        super().__init__(period, "mimic-cert-watcher")
         self.apply = apply
         self.failures = 0
         self._version = version
         self._bundle = bundle
         self._valid = _valid_now(bundle)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mimic-cert-watcher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
-
-    def refresh_now(self) -> None:
-        """Ask for a reload at once (SIGHUP); safe to call from a signal handler."""
-        self._version = None
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.period)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self.poll()
 
     def poll(self) -> bool:
         """Reload if the source changed, or apply the last bundle again if the certificates

@@ -11,9 +11,9 @@ associations keep the services they were admitted with.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
+from mimic_server.polling import Poller
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.grants import RuleError
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 SECURITY_CONFIGURATION = "security-configuration"
 
 
-class PolicyWatcher:
+class PolicyWatcher(Poller):
     def __init__(
         self,
         source: PolicyFile,
@@ -35,37 +35,12 @@ class PolicyWatcher:
     ) -> None:
         """``version``: that of the rules the server was started with."""
         self.source = source
-        self.period = period
+        super().__init__(period, "mimic-policy-watcher")
         self.apply = apply
         self.audit_log = audit_log
         self.failures = 0
         self._version = version
         self._failed_version: str | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mimic-policy-watcher",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
-
-    def refresh_now(self) -> None:
-        """Read the file again at once (SIGHUP); safe to call from a signal handler."""
-        self._version = None
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.period)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self.poll()
 
     def poll(self) -> bool:
         """Apply the file's rules if it changed; True if new rules were applied."""

@@ -20,6 +20,7 @@ FORBIDDEN = {
     "security": {"dimse", "net", "app", "cli", "index", "query", "storage", "certs"},
     "certs": {"dimse", "net", "app", "cli", "index", "query", "storage"},
     "dimse": {"net", "app", "cli", "config"},
+    "polling.py": {"*"},
     "net": {"dimse", "app", "cli", "index", "query", "storage"},
     "web": {"dimse", "net", "app", "cli", "index", "query", "storage", "certs"},
 }
