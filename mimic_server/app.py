@@ -286,7 +286,7 @@ class Archive:
                     [policy])
         server.bind(
             evt.EVT_C_STORE, guarded(store.handle_store, "C-STORE", STATUS["C-STORE"], counted),
-            [object_store, index, policy],
+            [object_store, index, policy, self.audit],
         )
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
         if self.engine is not None:
@@ -581,16 +581,18 @@ def open_audit_trail(
     server database (PostgreSQL: the replica's disk is not durable), else the JSON-lines file
     in DATA_DIR; and the audit repository over syslog/TLS when one is configured."""
     sinks: list[AuditSink] = []
-    use_table = engine is not None and engine.dialect.name != "sqlite"
-    if use_table:
+    table = None
+    if engine is not None and engine.dialect.name != "sqlite":
         from mimic_server.index.audit_table import AuditTable
 
-        assert engine is not None
-        sinks.append(AuditTable(engine))
+        # Also written in the index transaction of each C-STORE (dimse/store_audit.py).
+        table = AuditTable(engine)
+        sinks.append(table)
     if settings.audit_syslog_host:
         sinks.append(_syslog_sink(settings, bundle))
     archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
-    return AuditLog(None if use_table else settings.audit_path, sinks=sinks, archive=archive)
+    return AuditLog(None if table is not None else settings.audit_path, sinks=sinks,
+                    archive=archive, transactional=table)
 
 
 def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mimic_server.dimse import access
+from mimic_server.dimse import access, store_audit
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
 from mimic_server.security.identity import peer_identity
@@ -145,26 +145,7 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     session = session_of(assoc)
     if session is None:
         return
-    # One DICOM Instances Transferred per study received, in its own transaction at the end
-    # of the association (see docs/architecture.md, "Logging vs audit").
-    requestor = {
-        "peer": session.peer_address, "identity": session.identity.label,
-        "trust_name": session.identity.trust_name, "calling_ae": session.calling_ae_title,
-        "called_ae": session.called_ae_title, "service": "C-STORE",
-        "user": session.user.name if session.user is not None else None,
-    }
-    result = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
-    for study_uid, classes in sorted(session.study_classes.items()):
-        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
-        audit_log.record(
-            audit.INSTANCES_TRANSFERRED, result, received=True,
-            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
-            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
-            **requestor,
-        )
-    if session.failed and not session.stored:
-        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
-                         instances=0, failed=session.failed, **requestor)
+    _record_stores(session, audit_log)
     outcome = "aborted" if assoc.is_aborted else "released"
     if session.user is not None:
         audit_log.record(
@@ -183,6 +164,31 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
             "seconds": round(time.monotonic() - session.started, 3),
         },
     )
+
+
+def _record_stores(session: Session, audit_log: AuditLog) -> None:
+    """The file configuration: one DICOM Instances Transferred per study received, at the end
+    of the association. The table configuration wrote one per instance in its index
+    transaction (store_audit.py): here only the failures, which indexed nothing (see
+    docs/architecture.md, "Logging vs audit")."""
+    requestor = store_audit.requestor(session)
+    if store_audit.per_instance(audit_log):
+        if session.failed:
+            audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                             instances=session.stored, failed=session.failed, **requestor)
+        return
+    result = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
+    for study_uid, classes in sorted(session.study_classes.items()):
+        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
+        audit_log.record(
+            audit.INSTANCES_TRANSFERRED, result, received=True,
+            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
+            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
+            **requestor,
+        )
+    if session.failed and not session.stored:
+        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                         instances=0, failed=session.failed, **requestor)
 
 
 def _wait_until_sent(assoc: Association, limit: float = 1.0) -> None:

@@ -3,6 +3,8 @@
 The order is the archive's first invariant: the object is put in the store, then indexed in
 one transaction, and only then is Success sent. If indexing fails the new object is deleted,
 so no index row ever points at a missing object and no failure leaves a half-stored one.
+Where the audit trail is the index database's table, the object's audit record is written in
+that same transaction (``store_audit``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydicom.dataset import Dataset
 from mimic_server.dimse.received import ReceivedObject
 from mimic_server.dimse.receiving import release_spool
 from mimic_server.dimse.session import session_of
+from mimic_server.dimse.store_audit import prepare_stored
 from mimic_server.errors import (
     CannotUnderstand,
     DataSetMismatch,
@@ -30,13 +33,18 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
     from mimic_server.index import Index
+    from mimic_server.security.audit import AuditLog, Prepared
     from mimic_server.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
-def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy) -> int | Dataset:
-    """Handle ``evt.EVT_C_STORE``: keep the object as received, then index it.
+def handle_store(
+    event: Event, store: ObjectStore, index: Index, policy: Policy,
+    audit_log: AuditLog | None = None,
+) -> int | Dataset:
+    """Handle ``evt.EVT_C_STORE``: keep the object as received, then index it (with its
+    audit record, where ``audit_log`` writes in the index transaction).
 
     Returns
     -------
@@ -64,7 +72,8 @@ def handle_store(event: Event, store: ObjectStore, index: Index, policy: Policy)
             )
         if attrs.sop_class_uid != sop_class_uid:
             raise DataSetMismatch("SOP Class UID differs from the request")
-        _keep(store, index, received, attrs, session.identity.label)
+        record = prepare_stored(audit_log, session, attrs)
+        _keep(store, index, received, attrs, session.identity.label, record)
     except DicomStatusError as exc:
         if session is not None:
             session.count_failed()
@@ -87,6 +96,7 @@ def _keep(
     received: ReceivedObject,
     attrs: InstanceAttributes,
     received_from: str,
+    record: Prepared | None = None,
 ) -> None:
     key = new_object_key(
         attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid
@@ -100,10 +110,13 @@ def _keep(
             sha256=received.sha256,
             size=received.size,
             received_from=received_from,
+            in_transaction=record.write_in if record is not None else None,
         )
     except BaseException:
         _delete_quietly(store, key)
         raise
+    if record is not None:
+        record.committed()  # the other sinks (syslog) get it once it is in the table
     if replaced is not None and replaced != key:
         _delete_quietly(store, replaced)  # the same instance again: the newest bytes win
 

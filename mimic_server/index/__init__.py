@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mimic_server.index.attributes import InstanceAttributes
 
@@ -32,8 +33,13 @@ class Index(Protocol):
         sha256: str,
         size: int,
         received_from: str,
+        in_transaction: Callable[[Any], None] | None = None,
     ) -> str | None:
-        """Index one instance in one transaction; return the object key it replaced, if any."""
+        """Index one instance in one transaction; return the object key it replaced, if any.
+
+        ``in_transaction(connection)`` writes more in the same transaction (the C-STORE's
+        audit row, in the PostgreSQL configuration): it commits with the instance or not at
+        all, and a retried transaction runs it again on its new connection."""
         ...
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...

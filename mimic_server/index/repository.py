@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,7 +66,11 @@ class SqlIndex:
         sha256: str,
         size: int,
         received_from: str,
+        in_transaction: Callable[[Connection], None] | None = None,
     ) -> str | None:
+        """See :class:`~mimic_server.index.Index`; ``in_transaction`` runs on the upsert's
+        connection before it commits (the C-STORE's audit row), in every attempt: a
+        rolled-back attempt takes its writes with it."""
         row = {
             "sop_class_uid": attrs.sop_class_uid,
             "instance_number": attrs.instance_number,
@@ -82,6 +87,8 @@ class SqlIndex:
             try:
                 with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                     replaced, series_fk = self._upsert(conn, attrs, row)
+                    if in_transaction is not None:
+                        in_transaction(conn)
                 self._remember(attrs.series_instance_uid, series_fk)
                 return replaced
             except (OperationalError, IntegrityError) as exc:

@@ -6,7 +6,9 @@ Every part of MIMIC records an event with one call, ``AuditLog.record(event, out
 (embedded mode), the append-only ``audit_events`` table (PostgreSQL), an audit repository over
 syslog/TLS. Records name patients' studies and instances, so they never go to the
 operational log. A sink that fails is logged (without the record) and counted, and never
-fails the operation that is being recorded. The sinks are composed in ``app.py``; this
+fails the operation that is being recorded; the exception is work that writes its record
+in its own transaction (``AuditLog.prepare``: a C-STORE in the PostgreSQL configuration),
+where record and work commit together or not at all. The sinks are composed in ``app.py``; this
 package knows neither the network nor the database.
 """
 
@@ -44,6 +46,32 @@ class AuditSink(Protocol):
     def write(self, entry: AuditEntry, details: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class TransactionalSink(AuditSink, Protocol):
+    """A sink that can also write into a transaction its caller holds (the table), so that a
+    record commits with the work it records, or not at all."""
+
+    def write_in(self, conn: Any, entry: AuditEntry) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record built before the work it records commits (see ``AuditLog.prepare``)."""
+
+    log: AuditLog
+    sink: TransactionalSink
+    entry: AuditEntry
+    details: dict[str, Any]
+
+    def write_in(self, conn: Any) -> None:
+        """Into the caller's transaction; raises like the work's own statements do (the
+        transaction then rolls back, and a retry of it writes the record once)."""
+        self.sink.write_in(conn, self.entry)
+
+    def committed(self) -> None:
+        """The work committed: the record goes to the other sinks (syslog) too."""
+        self.log.deliver(self.entry, self.details, skip=self.sink)
 
 
 class FileSink:
@@ -89,11 +117,13 @@ class AuditLog:
 
     def __init__(
         self, path: Path | None, *, sinks: list[AuditSink] | None = None,
-        archive: Archive | None = None,
+        archive: Archive | None = None, transactional: TransactionalSink | None = None,
     ) -> None:
         self.path = path
         self.archive = archive or Archive("MIMIC")
         self.sinks: list[AuditSink] = list(sinks or [])
+        #: One of ``sinks`` that writes in a caller's transaction (the PostgreSQL table).
+        self.transactional = transactional
         if path is not None:
             self.sinks.insert(0, FileSink(path))
         self.failures = 0
@@ -108,11 +138,34 @@ class AuditLog:
         except Exception:
             self._failed("building the audit message failed", event, None)
             return
+        self.deliver(entry, details)
+
+    def prepare(self, event: tuple[str, str, str], outcome: int,
+                **details: Any) -> Prepared | None:
+        """The record built now, for work that commits its audit row in its own transaction:
+        ``write_in(conn)`` before the commit, ``committed()`` after. None when no sink writes
+        in a caller's transaction (the file configuration: the caller records the usual way)
+        or when the message cannot be built (counted and logged like a failed sink)."""
+        sink = self.transactional
+        if sink is None:
+            return None
+        try:
+            return Prepared(self, sink, build(event, outcome, details, self.archive), details)
+        except Exception:
+            self._failed("building the audit message failed", event, None)
+            return None
+
+    def deliver(self, entry: AuditEntry, details: dict[str, Any],
+                skip: AuditSink | None = None) -> None:
+        """Give a built entry to every sink but ``skip``; a failing sink is counted."""
         for sink in list(self.sinks):
+            if sink is skip:
+                continue
             try:
                 sink.write(entry, details)
             except Exception:
-                self._failed("writing an audit record failed", event, sink)
+                self._failed("writing an audit record failed",
+                             (entry.event_code, "DCM", entry.event_name), sink)
 
     def _failed(self, message: str, event: tuple[str, str, str], sink: Any) -> None:
         with self._lock:
@@ -129,6 +182,7 @@ class AuditLog:
             except Exception:
                 log.exception("closing an audit sink failed")
         self.sinks = []
+        self.transactional = None
 
 
 @dataclass(frozen=True, slots=True)

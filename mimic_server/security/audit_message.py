@@ -106,12 +106,15 @@ class Participant:
 
 @dataclass(frozen=True, slots=True)
 class StudyObject:
-    """A study touched by the event, with its SOP Classes and instance counts."""
+    """A study touched by the event, with its SOP Classes and instance counts; ``instances``
+    names the SOP Instance UIDs of a SOP Class where the record is about single instances
+    (a C-STORE's own record)."""
 
     study_instance_uid: str
     sop_classes: Mapping[str, int] = field(default_factory=dict)
     accession_numbers: Sequence[str] = ()
     life_cycle: int | None = None
+    instances: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,10 @@ def study_object(study: StudyObject) -> etree._Element:
         for number in study.accession_numbers:
             etree.SubElement(description, "Accession", {"Number": number})
         for uid, count in sorted(study.sop_classes.items()):
-            etree.SubElement(description, "SOPClass", {"UID": uid, "NumberOfInstances": str(count)})
+            sop_class = etree.SubElement(description, "SOPClass",
+                                         {"UID": uid, "NumberOfInstances": str(count)})
+            for instance in study.instances.get(uid, ()):
+                etree.SubElement(sop_class, "Instance", {"UID": instance})
     return node
 
 

@@ -220,10 +220,14 @@ def _studies(d: Mapping[str, Any]) -> list[str]:
 
 
 def _study_objects(d: Mapping[str, Any]) -> list[am.StudyObject]:
-    """``studies``: ``{study UID: {SOP Class UID: count}}`` or a list of study UIDs."""
+    """``studies``: ``{study UID: {SOP Class UID: count}}`` or a list of study UIDs;
+    ``sop_instances`` (optional): ``{study UID: {SOP Class UID: [SOP Instance UID, ...]}}``."""
     studies = d.get("studies") or {}
     if isinstance(studies, Mapping):
-        return [am.StudyObject(str(uid), {str(k): int(v) for k, v in (classes or {}).items()})
+        named = d.get("sop_instances") or {}
+        return [am.StudyObject(str(uid), {str(k): int(v) for k, v in (classes or {}).items()},
+                               instances={str(k): tuple(str(i) for i in v)
+                                          for k, v in (named.get(uid) or {}).items()})
                 for uid, classes in sorted(studies.items())]
     return [am.StudyObject(str(uid)) for uid in sorted(studies)]
 

@@ -17,11 +17,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pydicom
 import pytest
 from lxml import etree
+from pydicom.uid import generate_uid
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -32,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from mimic_server.certs import devpki
 from mimic_server.security import audit_message as am
 from tests import database
-from tests.data import ct_small, storable_files
+from tests.data import ct_copy, ct_small, storable_files
 from tests.e2e.test_query_retrieve import _get, _id, running_archive
 from tests.support import (
     HOST,
@@ -281,6 +283,94 @@ def test_postgresql_trail_survives_kill_and_refuses_changes(pg_url: str, tmp_pat
         assert count == len(messages(server))
     finally:
         engine.dispose()
+
+
+def test_postgresql_kill_in_mid_association_keeps_every_acknowledged_store_audited(
+    pg_url: str, tmp_path: Path,
+) -> None:
+    """The audit row of a C-STORE commits with its index row: a replica killed while a sender
+    streams objects has audited every instance it answered Success for (the association's
+    end, where a summary would be written, never comes), and nothing that is not indexed."""
+    upgrade = subprocess.run([sys.executable, "-m", "mimic_server", "db", "upgrade",
+                              "--database-url", pg_url], capture_output=True, text=True,
+                             timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    study = generate_uid()
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    paths = []
+    for _ in range(120):
+        path = ct_copy(objects, generate_uid())
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    server = MimicProcess(tmp_path / "data", database_url=pg_url).start()
+    acknowledged: list[str] = []
+    sender = threading.Thread(target=_stream, args=(server, paths, acknowledged))
+    try:
+        sender.start()
+        assert wait_for(lambda: len(acknowledged) >= 15, timeout=60)
+    finally:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)  # in mid-association: no end, no summary
+        server.proc.wait(30)
+        sender.join(60)
+        server.stop()
+    assert not sender.is_alive()
+    assert 15 <= len(acknowledged) < len(paths)
+
+    trail = [m for m in messages(server, "--study", study) if event(m) == "110104"]
+    assert trail, "no Instances Transferred for the study of the killed association"
+    audited: list[str] = []
+    for message in trail:
+        assert message.find("EventIdentification").get("EventActionCode") == "C"
+        assert "MODALITY1" in users(message) and "MIMIC" in users(message)
+        requestor = users(message)["MODALITY1"]
+        assert requestor.get("UserIsRequestor") == "true"
+        assert requestor.get("AlternativeUserID") and requestor.get(
+            "NetworkAccessPointID") == HOST
+        assert studies(message) == {study}
+        classes = message.findall(
+            "ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
+        assert [(c.get("UID"), c.get("NumberOfInstances")) for c in classes] == [
+            (ct.SOPClassUID, "1")]
+        audited += [i.get("UID") for i in classes[0].findall("Instance")]
+        patient = [o for o in message.findall("ParticipantObjectIdentification")
+                   if o.get("ParticipantObjectTypeCodeRole") == "1"]
+        assert patient and patient[0].get("ParticipantObjectID") == ct.PatientID
+    assert len(audited) == len(set(audited)), "an instance audited twice"
+    missing = set(acknowledged) - set(audited)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged not audited"
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            indexed = set(conn.execute(text(
+                "SELECT i.sop_instance_uid FROM instances i JOIN series s ON i.series_fk = s.id"
+                " JOIN studies t ON s.study_fk = t.id WHERE t.study_instance_uid = :study"),
+                {"study": study}).scalars())
+    finally:
+        engine.dispose()
+    assert set(audited) == indexed  # nothing audited that was not committed, and the reverse
+
+
+def _stream(server: MimicProcess, paths: list[Path], acknowledged: list[str]) -> None:
+    """Send ``paths`` over one association; record each SOP Instance UID answered Success."""
+    assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                  server.ca_cert),
+                      transfer_syntaxes=[EXPLICIT])
+    assert assoc.is_established
+    try:
+        for path in paths:
+            status = assoc.send_c_store(path)
+            if status is None or "Status" not in status:
+                return  # the server was killed
+            assert status.Status == 0x0000, status
+            acknowledged.append(path.stem)
+    finally:
+        if assoc.is_established:
+            assoc.release()
 
 
 # -- syslog/TLS to an audit repository ---------------------------------------------------
