@@ -24,7 +24,7 @@ from mimic_server.certs import devpki
 from mimic_server.security.users import add_user
 from tests.data import ct_small
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, MimicProcess, client_context
+from tests.support import HOST, MimicProcess, client_context, wait_for
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 AUDIENCE = "api://mimic"
@@ -179,10 +179,14 @@ def test_username_and_passcode(setup: Setup) -> None:
     response = assoc.acceptor.user_identity
     assert response is not None and response.server_response == b""
     assoc.release()
-    records = [r for r in setup.audit() if r.get("user") == "jdoe"]
-    # login, the refused storage context (a Security Alert naming the user), logout
-    assert [r["event_type"] for r in records][-3:] == [
-        "login", "use-of-restricted-function", "logout"]
+
+    def events() -> list[str]:
+        return [r["event_type"] for r in setup.audit() if r.get("user") == "jdoe"]
+
+    # login, the refused storage context (a Security Alert naming the user), and the logout
+    # the server records when it has closed the association (after the peer saw the release)
+    assert wait_for(lambda: events()[-1:] == ["logout"])
+    assert events()[-3:] == ["login", "use-of-restricted-function", "logout"]
     text = (setup.server.data_dir / "audit.jsonl").read_text() + setup.server.log()
     assert "correct horse battery" not in text and "$argon2" not in text
 
