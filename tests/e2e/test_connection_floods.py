@@ -200,7 +200,7 @@ def test_refused_connections_are_audited_and_logged_as_counts(tmp_path: Path) ->
 def in_process(tmp_path: Path) -> Iterator[Archive]:
     """An Archive in this process, so that its audit sink can be made to fail."""
     archive = Archive(Settings(
-        data_dir=tmp_path / "data", host=HOST, port=free_port(), max_associations=1,
+        data_dir=tmp_path / "data", host=HOST, port=free_port(), ops_port=0, max_associations=1,
         max_pending_handshakes=2, audit_refusal_interval=0.2, handshake_timeout=5,
     ))
     archive.start()

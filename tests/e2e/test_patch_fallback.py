@@ -42,7 +42,7 @@ def fallback_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> Iterator[tuple[Archive, set[str]]]:
     moved = move_every_speed_up(monkeypatch)
-    settings = Settings(host=HOST, port=0, data_dir=tmp_path / "data", _env_file=None)
+    settings = Settings(host=HOST, port=0, ops_port=0, data_dir=tmp_path / "data", _env_file=None)
     archive = Archive(settings)
     with caplog.at_level(logging.WARNING, logger="mimic_server.patches"):
         archive.start()
