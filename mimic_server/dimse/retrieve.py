@@ -7,7 +7,6 @@ failed sub-operation and lists its SOP Instance UID, which is how such a failure
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -15,8 +14,8 @@ from collections.abc import Iterator
 import pydicom
 from pydicom.dataset import Dataset
 
+from mimic_server.archive.read import open_verified, reference
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder_in_use
-from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
 
@@ -25,28 +24,11 @@ log = logging.getLogger(__name__)
 
 def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted."""
-    try:
-        with store.open(ref.object_key) as fh:
-            data = fh.read()
-    except (KeyError, OutOfResources) as exc:
-        log.error(
-            "stored object unreadable",
-            extra={"object": _reference(ref), "error": type(exc).__name__},
-        )
-        log.debug("unreadable object key", extra={"key": ref.object_key})
+    stored = open_verified(store, ref)
+    if stored is None:
         return None
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
-        log.error("stored object fails its SHA-256 check", extra={"object": _reference(ref)})
-        log.debug("corrupted object key", extra={"key": ref.object_key})
-        return None
-    # Our Part 10 files start with (0002,0000) File Meta Information Group Length.
-    dataset_offset = 144 + int.from_bytes(data[140:144], "little")
-    return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[dataset_offset:])
-
-
-def _reference(ref: InstanceRef) -> str:
-    """How an object is named in the log: its expected hash, never its UIDs (patient data)."""
-    return f"sha256:{ref.sha256[:16]}"
+    data = stored.read()
+    return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
 
 
 def failed_suboperation(ref: InstanceRef) -> Dataset:
@@ -67,6 +49,6 @@ def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
                 and stored_bytes_encoder_in_use()):  # else nothing marks the ones sent
             log.warning(
                 "C-STORE sub-operation not sent: no presentation context for it",
-                extra={"object": _reference(ref), "sop_class": ref.sop_class_uid,
+                extra={"object": reference(ref), "sop_class": ref.sop_class_uid,
                        "transfer_syntax": ref.transfer_syntax_uid},
             )
