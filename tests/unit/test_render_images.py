@@ -273,3 +273,21 @@ def test_parameters_that_cannot_be_honoured_are_refused(options: dict[str, objec
     with pytest.raises(InvalidRenderParameters) as caught:
         render(stored("CT_small.dcm"), **options)  # type: ignore[arg-type]
     assert caught.value.http_status == 400
+
+
+def test_a_modality_lut_sequence_maps_before_the_window() -> None:
+    ds, values = modality("mlut_18.dcm")  # 512 x 512, Modality LUT Sequence, no window
+    assert "ModalityLUTSequence" in ds
+    got = png_pixels(render(stored("mlut_18.dcm"), media_type="image/png"))
+    assert np.array_equal(got, min_max(values))
+
+
+def test_small_and_large_frames_present_alike() -> None:
+    # 512 x 512 goes through a lookup table, 64 x 64 is mapped directly: same numbers.
+    ds, values = modality("693_UNCR.dcm")
+    got = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/png", window=(40, 400)))
+    assert np.array_equal(got, window_linear(values, 40, 400))
+    ds.PixelData = ds.pixel_array[:64, :64].tobytes()
+    ds.Rows = ds.Columns = 64
+    small = png_pixels(render(part10(ds), media_type="image/png", window=(40, 400)))
+    assert np.array_equal(small, got[:64, :64])
