@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, pixel_array
 
 from mimic_server.render import (
+    CorruptPixelData,
     FrameNotFound,
     InvalidFrameNumber,
     InvalidRenderParameters,
@@ -249,6 +250,13 @@ def test_no_pixel_data_is_refused() -> None:
         thumbnail(part10(image()))
 
 
+def test_pixel_data_the_decoder_rejects_is_corrupt() -> None:
+    # pydicom's JPEG-lossy.dcm: a malformed JPEG Extended scan header no plugin accepts.
+    with pytest.raises(CorruptPixelData) as caught:
+        render(stored("JPEG-lossy.dcm"))
+    assert caught.value.http_status == 500
+
+
 def test_a_syntax_without_a_decoder_is_refused() -> None:
     # JPEG 2000 Part 2: frames can be served, but no installed plugin decodes them.
     ds = image("1.2.840.10008.1.2.4.92", encapsulated_frames=[b"\xff\x4f\xff\x51" + bytes(60)])
@@ -291,3 +299,67 @@ def test_small_and_large_frames_present_alike() -> None:
     ds.Rows = ds.Columns = 64
     small = png_pixels(render(part10(ds), media_type="image/png", window=(40, 400)))
     assert np.array_equal(small, got[:64, :64])
+
+
+def test_enhanced_ct_takes_rescale_and_window_from_shared_functional_groups() -> None:
+    ds = dataset("eCT_Supplemental.dcm")  # 2 frames; rescale and window only in the groups
+    assert "RescaleIntercept" not in ds and "WindowCenter" not in ds
+    values = pixel_array(str(path("eCT_Supplemental.dcm")), index=1).astype(float) - 1024
+    got = png_pixels(render(stored("eCT_Supplemental.dcm"), 2, media_type="image/png"))
+    assert np.array_equal(got, window_linear(values, 49, 102))
+
+
+def test_a_per_frame_window_overrides_the_shared_one() -> None:
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sequence import Sequence
+
+    ds = dataset("eCT_Supplemental.dcm")
+    voi = Item()
+    voi.WindowCenter, voi.WindowWidth = 300, 1500
+    ds.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence = Sequence([voi])
+    values = pixel_array(str(path("eCT_Supplemental.dcm")), index=1).astype(float) - 1024
+    data = part10(ds)
+    second = png_pixels(render(data, 2, media_type="image/png"))
+    assert np.array_equal(second, window_linear(values, 300, 1500))
+    first_values = pixel_array(str(path("eCT_Supplemental.dcm")), index=0).astype(float) - 1024
+    first = png_pixels(render(data, 1, media_type="image/png"))
+    assert np.array_equal(first, window_linear(first_values, 49, 102))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JPGExtended.dcm",  # JPEG Extended, 12 bits
+        "JPEGLSNearLossless_16.dcm",
+        "JPEG2000.dcm",  # JPEG 2000 (lossy syntax), signed
+        "MR2_J2KI.dcm",  # JPEG 2000 lossy, rescale and window
+        "J2K_pixelrep_mismatch.dcm",
+        "rtdose.dcm",  # 32 bits allocated, 15 frames
+        "vlut_04.dcm",  # VOI LUT Sequence
+        "693_J2KI.dcm",
+    ],
+)
+def test_grayscale_samples_render_as_pydicom_decodes_them(name: str) -> None:
+    ds = dataset(name)
+    arr = pixel_array(str(path(name)), index=0 if "NumberOfFrames" in ds else None)
+    values = apply_modality_lut(arr, ds)
+    if "WindowCenter" in ds:
+        center = ds.WindowCenter if ds["WindowCenter"].VM == 1 else ds.WindowCenter[0]
+        width = ds.WindowWidth if ds["WindowWidth"].VM == 1 else ds.WindowWidth[0]
+        want = window_linear(values, float(center), float(width))
+    elif "VOILUTSequence" in ds:
+        from pydicom.pixels import apply_voi
+
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        voi = apply_voi(values, ds).astype(float)
+        want = np.rint(voi * 255 / (2**bits - 1)).astype(np.uint8)
+    else:
+        want = min_max(values)
+    got = png_pixels(render(stored(name), media_type="image/png"))
+    assert np.array_equal(got, want)
+
+
+def test_32_bit_rgb_is_scaled_to_8_bits() -> None:
+    original = pixel_array(str(path("SC_rgb_32bit.dcm")))
+    got = png_pixels(render(stored("SC_rgb_rle_32bit.dcm"), media_type="image/png"))
+    assert np.array_equal(got, (original >> 24).astype(np.uint8))
