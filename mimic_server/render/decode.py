@@ -17,10 +17,19 @@ from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from mimic_server.render.refusals import CorruptPixelData, UnsupportedTransferSyntax
+from mimic_server.render.refusals import (
+    CorruptPixelData,
+    NotRenderable,
+    UnsupportedTransferSyntax,
+)
 from mimic_server.render.stored import ENCAPSULATED_UNCOMPRESSED, StoredImage
 
 log = logging.getLogger(__name__)
+
+#: The most samples (rows x columns x samples per pixel) of one frame MIMIC decodes: a
+#: 6k x 10k mammogram is 60 M. A header can claim 65535 x 65535 x 3 over a few bytes of
+#: compressed data; the decoder would allocate that before failing.
+MAX_FRAME_SAMPLES = 1 << 26
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,7 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
 
     ``UnsupportedTransferSyntax`` when no installed plugin decodes the stored syntax;
     ``CorruptPixelData`` when the decoder rejects the bytes."""
+    _check_size(image)
     data = image.frame_bytes(number)
     ds = image.header.group_dataset(0x0028)
     ds.NumberOfFrames = 1
@@ -64,6 +74,18 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
         raise CorruptPixelData(f"frame {number} does not decode: {exc}") from exc
     photometric = str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
     return DecodedFrame(pixels, photometric, ds)
+
+
+def _check_size(image: StoredImage) -> None:
+    header = image.header
+    try:
+        samples = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CorruptPixelData("the image has no usable Rows / Columns") from exc
+    if samples > MAX_FRAME_SAMPLES:
+        raise NotRenderable(
+            f"a frame of {samples} samples is more than the {MAX_FRAME_SAMPLES} MIMIC renders"
+        )
 
 
 def _decoder(syntax: UID):  # type: ignore[no-untyped-def]

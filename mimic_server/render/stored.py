@@ -146,7 +146,7 @@ def open_image(part10: Part10) -> StoredImage:
     source.seek(0)
     try:
         header = dcmread(source, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
+    except Exception as exc:  # any parser failure on stored bytes: the object is the problem
         raise CorruptPixelData(f"the stored object cannot be parsed: {exc}") from exc
     meta = getattr(header, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None

@@ -14,7 +14,9 @@ from mimic_server.render import (
     InvalidFrameNumber,
     InvalidRenderParameters,
     NoPixelData,
+    NotRenderable,
     UnsupportedTransferSyntax,
+    frames,
     render,
     thumbnail,
 )
@@ -363,3 +365,11 @@ def test_32_bit_rgb_is_scaled_to_8_bits() -> None:
     original = pixel_array(str(path("SC_rgb_32bit.dcm")))
     got = png_pixels(render(stored("SC_rgb_rle_32bit.dcm"), media_type="image/png"))
     assert np.array_equal(got, (original >> 24).astype(np.uint8))
+
+
+def test_a_header_claiming_a_huge_frame_is_refused_before_decoding() -> None:
+    ds = image("1.2.840.10008.1.2.4.90", rows=65535, columns=65535, encapsulated_frames=[b"xy"])
+    ds.SamplesPerPixel = 3
+    with pytest.raises(NotRenderable):
+        render(part10(ds))
+    assert frames(part10(ds), [1])[0].data == b"xy"  # the stored frame is still served
