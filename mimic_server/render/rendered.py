@@ -21,7 +21,7 @@ from mimic_server.render.stored import Part10, open_image
 DEFAULT_QUALITY = 90
 DEFAULT_THUMBNAIL_SIZE = (128, 128)
 #: The largest viewport side honoured: a bound on the memory one request may make us use.
-MAX_VIEWPORT = 8192
+MAX_VIEWPORT = 4096
 
 
 def render(
