@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -88,7 +89,7 @@ def _check_size(image: StoredImage) -> None:
         )
 
 
-def _decoder(syntax: UID):  # type: ignore[no-untyped-def]
+def _decoder(syntax: UID) -> Decoder:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:

@@ -1,4 +1,4 @@
-"""WADO-RS rendered resources (PS3.18 §8.3.5 / §10.4.1.1.4) and thumbnails, as PNG or JPEG.
+"""WADO-RS rendered resources and thumbnails (PS3.18), as PNG or JPEG.
 
 A rendered frame is the presentation of one frame (``presentation.py``) encoded by Pillow.
 Only the requested frame is read and decoded; the header is read up to the Pixel Data.
@@ -15,7 +15,7 @@ from mimic_server.render.decode import decode_frame
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES
 from mimic_server.render.presentation import Window, check_window, display_pixels
 from mimic_server.render.refusals import InvalidRenderParameters
-from mimic_server.render.stored import Part10, open_image
+from mimic_server.render.stored import Part10, StoredImage, open_image
 
 #: Default JPEG quality (PS3.18 lets the server choose when the request says nothing).
 DEFAULT_QUALITY = 90
@@ -82,7 +82,7 @@ def _picture(part10: Part10, number: int, window: Window | None) -> Image.Image:
     return _present(image, number, window)
 
 
-def _present(image, number: int, window: Window | None) -> Image.Image:  # type: ignore[no-untyped-def]
+def _present(image: StoredImage, number: int, window: Window | None) -> Image.Image:
     decoded = decode_frame(image, number)
     pixels = display_pixels(decoded, image.header, number - 1, window)
     return Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
