@@ -40,7 +40,7 @@ class DecodedFrame:
     pixels: np.ndarray
     #: Photometric Interpretation of ``pixels`` (YBR is already converted to ``RGB``).
     photometric: str
-    #: The one-frame data set that was decoded: group 0028 of the header (LUTs, rescale).
+    #: Group 0028 of the header (LUTs, rescale, window), in the stored encoding.
     image_pixel: Dataset
 
 
@@ -74,7 +74,12 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
         log.debug("frame decode failed", exc_info=True)
         raise CorruptPixelData(f"frame {number} does not decode: {exc}") from exc
     photometric = str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
-    return DecodedFrame(pixels, photometric, ds)
+    # The LUTs (palette, modality, VOI) are raw bytes in the stored encoding: the data set
+    # that applies them keeps the stored transfer syntax, not the decoder's little endian.
+    image_pixel = image.header.group_dataset(0x0028)
+    image_pixel.file_meta = image.header.file_meta
+    image_pixel.set_original_encoding(*image.header.original_encoding[:2])
+    return DecodedFrame(pixels, photometric, image_pixel)
 
 
 def _check_size(image: StoredImage) -> None:

@@ -153,6 +153,8 @@ def _frame_view(header: Dataset, image_pixel: Dataset, index: int) -> Dataset:
     taken from the Enhanced objects' per-frame or shared functional groups when present."""
     ds = Dataset()
     ds.update(image_pixel)
+    ds.file_meta = image_pixel.file_meta  # the stored encoding of raw LUT data
+    ds.set_original_encoding(*image_pixel.original_encoding[:2])
     if "Modality" in header:
         ds.Modality = header.Modality
     for group_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):

@@ -14,7 +14,7 @@ from PIL import Image
 from mimic_server.render.decode import decode_frame
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES
 from mimic_server.render.presentation import Window, check_window, display_pixels
-from mimic_server.render.refusals import InvalidRenderParameters
+from mimic_server.render.refusals import InvalidRenderParameters, NotRenderable, RenderError
 from mimic_server.render.stored import Part10, StoredImage, open_image
 
 #: Default JPEG quality (PS3.18 lets the server choose when the request says nothing).
@@ -84,7 +84,14 @@ def _picture(part10: Part10, number: int, window: Window | None) -> Image.Image:
 
 def _present(image: StoredImage, number: int, window: Window | None) -> Image.Image:
     decoded = decode_frame(image, number)
-    pixels = display_pixels(decoded, image.header, number - 1, window)
+    try:
+        pixels = display_pixels(decoded, image.header, number - 1, window)
+    except RenderError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        # A lookup table pydicom cannot apply (a malformed segmented palette, a LUT
+        # descriptor that does not fit its data): the object is as received, we cannot show it.
+        raise NotRenderable(f"the object's lookup tables cannot be applied: {exc}") from exc
     return Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
 
 

@@ -373,3 +373,16 @@ def test_a_header_claiming_a_huge_frame_is_refused_before_decoding() -> None:
     with pytest.raises(NotRenderable):
         render(part10(ds))
     assert frames(part10(ds), [1])[0].data == b"xy"  # the stored frame is still served
+
+
+def test_a_big_endian_segmented_palette_is_read_in_its_own_byte_order() -> None:
+    little = render(stored("gdcm-US-ALOKA-16.dcm"), media_type="image/png")
+    assert render(stored("gdcm-US-ALOKA-16_big.dcm"), media_type="image/png") == little
+
+
+def test_lookup_tables_that_cannot_be_applied_are_not_renderable() -> None:
+    ds = dataset("OBXXXX1A.dcm")
+    del ds.GreenPaletteColorLookupTableData  # a palette without its green table
+    with pytest.raises(NotRenderable) as caught:
+        render(part10(ds))
+    assert caught.value.http_status == 406
