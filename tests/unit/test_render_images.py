@@ -386,3 +386,13 @@ def test_lookup_tables_that_cannot_be_applied_are_not_renderable() -> None:
     with pytest.raises(NotRenderable) as caught:
         render(part10(ds))
     assert caught.value.http_status == 406
+
+
+@pytest.mark.parametrize(
+    "options", [{"size": (0, 128)}, {"media_type": "image/webp"}, {"quality": 0}]
+)
+def test_thumbnail_parameters_that_cannot_be_honoured_are_refused(
+    options: dict[str, object],
+) -> None:
+    with pytest.raises(InvalidRenderParameters):
+        thumbnail(stored("CT_small.dcm"), **options)  # type: ignore[arg-type]
