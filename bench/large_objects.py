@@ -1,21 +1,24 @@
-"""Peak memory of MIMIC receiving very large objects: four 1 GiB C-STOREs at once.
+"""Peak memory of MIMIC with very large objects: four 1 GiB C-STOREs at once, then a C-GET.
 
 Writes four 1 GiB Secondary Capture objects (a small header, zero pixels: sparse files),
 starts ``mimic serve`` (TLS, embedded SQLite + file store) on a fresh data directory, sends
 them with four dcmtk ``storescu`` processes at once, and reads the server's peak resident
 memory (``VmHWM`` in ``/proc/<pid>/status``, reset before the transfer). Every object is
-checked to be stored and indexed. The target (issue 12): peak below 400 MB.
+checked to be stored and indexed. Then one of them is retrieved by C-GET over TLS with
+pynetdicom as the SCU (spooling what it receives to a file), the server's peak reset first,
+and the data set received is compared with the one sent (SHA-256, read in pieces). The
+targets (issue 12): peak below 400 MB for both.
 
-    .venv/bin/python bench/large_objects.py [--size-mib 1024] [--count 4]
-
-C-GET of a 1 GiB object is not measured yet: retrieval still reads each object whole.
+    .venv/bin/python bench/large_objects.py [--size-mib 1024] [--count 4] [--no-get] [--whole]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.large_objects import write_large
-from tests.support import MimicProcess, dcmtk_tls
+from tests.support import HOST, MimicProcess, client_context, dcmtk_tls
 
 MiB = 1 << 20
 
@@ -37,10 +40,73 @@ def _vm(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def _dataset_digest(path: Path) -> str:
+    """SHA-256 of a Part 10 file's data set (after its File Meta group), read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        fh.seek(144 + struct.unpack_from("<L", head, 140)[0])
+        while piece := fh.read(MiB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def c_get(server: MimicProcess, path: Path) -> tuple[int, str | None, float]:
+    """C-GET the object written at ``path``: (final status, digest of the data set
+    received, seconds)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, _config, build_role, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        PatientRootQueryRetrieveInformationModelGet as GET,
+    )
+
+    _config.STORE_RECV_CHUNKED_DATASET = True  # the SCU spools to a file
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.PatientID = header.PatientID
+    identifier.StudyInstanceUID = header.StudyInstanceUID
+    identifier.SeriesInstanceUID = header.SeriesInstanceUID
+    identifier.SOPInstanceUID = header.SOPInstanceUID
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(_dataset_digest(event.dataset_path))
+        return 0x0000
+
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    ae.maximum_pdu_size = 131072
+    ae.add_requested_context(GET)
+    ae.add_requested_context(header.SOPClassUID, [ExplicitVRLittleEndian])
+    ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+    start = time.perf_counter()
+    assoc = ae.associate(
+        HOST, server.port, ae_title="MIMIC", tls_args=(ctx, "localhost"),
+        ext_neg=[build_role(header.SOPClassUID, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    status = -1
+    if assoc.is_established:
+        for answer, _ in assoc.send_c_get(identifier, GET):
+            if answer and answer.Status != 0xFF00:
+                status = int(answer.Status)
+        assoc.release()
+    seconds = time.perf_counter() - start
+    return status, (received[0] if received else None), seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--no-get", action="store_true", help="skip the C-GET")
+    parser.add_argument(
+        "--whole", action="store_true",
+        help="leave the streamed-send patch off: C-GET holds the object whole (to compare)",
+    )
     args = parser.parse_args()
     if shutil.which("storescu") is None:
         print("storescu (dcmtk) is not installed", file=sys.stderr)
@@ -50,7 +116,8 @@ def main() -> int:
         files = [root / f"large{i}.dcm" for i in range(args.count)]
         for path in files:
             write_large(path, args.size_mib * MiB)
-        server = MimicProcess(root / "data").start()
+        extra = {"MIMIC_PATCHES_OFF": "streamed-send"} if args.whole else None
+        server = MimicProcess(root / "data", env=extra).start()
         try:
             assert server.proc is not None
             pid = server.proc.pid
@@ -70,6 +137,13 @@ def main() -> int:
             seconds = time.perf_counter() - start
             peak = _vm(pid, "VmHWM")
             stored = server.instance_count()
+            get_peak = 0
+            if not args.no_get and stored:
+                sent = _dataset_digest(files[0])
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+                get_idle = _vm(pid, "VmHWM")
+                get_status, got, get_seconds = c_get(server, files[0])
+                get_peak = _vm(pid, "VmHWM")
         finally:
             server.stop()
     total = args.count * args.size_mib * MiB
@@ -79,7 +153,18 @@ def main() -> int:
     if failed or stored != args.count:
         print("a store failed", file=sys.stderr)
         return 1
-    return 0 if peak < 400e6 else 1
+    if args.no_get:
+        return 0 if peak < 400e6 else 1
+    identical = got == sent
+    print(f"C-GET of {args.size_mib} MiB over TLS (pynetdicom SCU, 128 KiB PDUs): "
+          f"{get_seconds:.1f} s, {args.size_mib * MiB / get_seconds / 1e6:.0f} MB/s; "
+          f"status 0x{get_status:04X}, byte-identical: {identical}")
+    print(f"server peak RSS (VmHWM) during the C-GET: before {get_idle / 1e6:.0f} MB, "
+          f"during {get_peak / 1e6:.0f} MB")
+    if get_status != 0 or not identical:
+        print("the C-GET failed or its data set differs", file=sys.stderr)
+        return 1
+    return 0 if max(peak, get_peak) < 400e6 else 1
 
 
 if __name__ == "__main__":

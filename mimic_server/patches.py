@@ -46,7 +46,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 
 from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
-from mimic_server.dimse import move_answer, raw_send, receiving, syntax_refusal
+from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import reactor, server
 
@@ -64,6 +64,9 @@ PATCHES_OFF = "MIMIC_PATCHES_OFF"
 #: Set on every replacement the fence installs: the function it replaced. The checks look
 #: through it, so a second start in one process checks pynetdicom's code, not MIMIC's.
 ORIGINAL = "_mimic_original"
+#: Set on every replacement the fence installs: the name of its patch. Two patches may wrap
+#: one library function (a chain linked by :data:`ORIGINAL`); each is installed once.
+PATCH_NAME = "_mimic_patch"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ COMMAND_SET_ENCODER = "command-set-encoder"
 DIRECT_RESPONSES = "direct-responses"
 ANSWER_ENCODER = "answer-encoder"
 STORED_BYTES_SEND = "stored-bytes-send"
+STREAMED_SEND = "streamed-send"
 RETRY_AFTER_CAP = "key-vault-retry-after-cap"
 IDENTITY_HOOK = "identity-hook"
 SERVER_REGISTRATION = "server-registration"
@@ -114,6 +118,10 @@ _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
 _ENCODE = ("(ds, is_implicit_vr, is_little_endian, deflated=False)", "0d29ffd5d358c45a")
 _ENCODE_MSG = Site("pynetdicom.dimse_messages:DIMSEMessage.encode_msg", source="73000c902c52832d")
+_SEND_MSG = Site("pynetdicom.dimse:DIMSEServiceProvider.send_msg",
+                 "(self, primitive, context_id)", "a839cf2fb46976d9")
+_ASSOCIATION_ENCODE = Site("pynetdicom.association:encode", *_ENCODE)
+_SEND_C_STORE = Site("pynetdicom.association:Association.send_c_store", source="fa5a8127f349f8e7")
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
@@ -202,8 +210,7 @@ PATCHES: tuple[Patch, ...] = (
         "each C-STORE / C-FIND response is built as a Dataset and encoded twice by pydicom",
         (PYNETDICOM, PYDICOM),
         (
-            Site("pynetdicom.dimse:DIMSEServiceProvider.send_msg",
-                 "(self, primitive, context_id)", "a839cf2fb46976d9"),
+            _SEND_MSG,
             _ENCODE_MSG,  # its fragmentation is reproduced
             Site("pynetdicom.dimse_messages:DIMSEMessage.primitive_to_message",
                  source="71fd61d5997f0f0c"),  # the elements it writes are reproduced
@@ -227,9 +234,32 @@ PATCHES: tuple[Patch, ...] = (
         "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored",
         (PYNETDICOM, PYDICOM),
         (
-            Site("pynetdicom.association:encode", *_ENCODE),
-            # encodes each sub-operation's data set through that module global
-            Site("pynetdicom.association:Association.send_c_store", source="fa5a8127f349f8e7"),
+            _ASSOCIATION_ENCODE,
+            _SEND_C_STORE,  # encodes each sub-operation's data set through that module global
+        ),
+    ),
+    Patch(
+        STREAMED_SEND,
+        "mimic_server.dimse.stream_send:streamed_encoder and streamed_sender (wrap "
+        "pynetdicom.association.encode and DIMSEServiceProvider.send_msg)",
+        "C-GET / C-MOVE sub-operations hold each object whole in memory, twice over for one "
+        "above 8 MiB (its bytes and every P-DATA fragment queued at once)",
+        (PYNETDICOM, PYDICOM),
+        (
+            # puts each P-DATA on dul.to_provider_queue, whose length is the back-pressure
+            Site("pynetdicom.dul:DULServiceProvider.send_pdu",
+                 "(self, primitive)", "7cbce5da8594124e"),
+            # takes each P-DATA off with get(), which notifies the queue's not_full
+            Site("pynetdicom.fsm:DT_1", mentions="dul.to_provider_queue.get(False)"),
+            # the empty data set made by the encoder is wrapped in BytesIO, then send_msg
+            # is called in the same thread; a missing response (None) fails the sub-operation
+            _ASSOCIATION_ENCODE,
+            _SEND_C_STORE,
+            _SEND_MSG,  # its event and command set are reproduced, its fragments streamed
+            _ENCODE_MSG,  # yields the command set only when the data set is empty
+            # the peer's maximum PDU length, which cuts the fragments
+            Site("pynetdicom.dimse:DIMSEServiceProvider.maximum_pdu_size.fget",
+                 source="600fc7073d35ccd6"),
         ),
     ),
     Patch(
@@ -483,34 +513,49 @@ def _nothing() -> None:
     """Per-association patches are applied by :meth:`Fence.association_adapter`."""
 
 
-def _wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-    """Replace ``owner.name`` by ``make(current)``, once: the replacement records what it
-    replaced, so a second call in one process (and :func:`resolve`) sees through it."""
+def _wrap(owner: Any, name: str, make: Callable[[Any], Any], patch: str) -> None:
+    """Replace ``owner.name`` by ``make(current)``, once per patch: the replacement records
+    what it replaced and for which patch, so a second call in one process (and
+    :func:`resolve`) sees through it, and another patch may wrap it again."""
     current = getattr(owner, name)
-    if hasattr(current, ORIGINAL):
-        return
+    link = current
+    while link is not None:
+        if getattr(link, PATCH_NAME, None) == patch:
+            return
+        link = getattr(link, ORIGINAL, None)
     replacement = make(current)
     setattr(replacement, ORIGINAL, current)
+    setattr(replacement, PATCH_NAME, patch)
     setattr(owner, name, replacement)
 
 
 def _command_set_encoder() -> None:
-    _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder)
+    _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder,
+          COMMAND_SET_ENCODER)
 
 
 def _direct_responses() -> None:
-    _wrap(DIMSEServiceProvider, "send_msg", command_set.direct_response_sender)
+    _wrap(DIMSEServiceProvider, "send_msg", command_set.direct_response_sender,
+          DIRECT_RESPONSES)
 
 
 def _answer_encoder(enabled: bool = True) -> None:
     if enabled:
-        _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder)
+        _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder, ANSWER_ENCODER)
     # Without the encoder, answers must be whole Datasets for pynetdicom's own to write.
     answer.self_encoding = enabled
 
 
 def _stored_bytes_send() -> None:
-    _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder)
+    _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder, STORED_BYTES_SEND)
+
+
+def _streamed_send(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.association, "encode", stream_send.streamed_encoder, STREAMED_SEND)
+        _wrap(DIMSEServiceProvider, "send_msg", stream_send.streamed_sender, STREAMED_SEND)
+    # Without them, large objects are read whole and sent by pynetdicom's own path.
+    stream_send.enabled = enabled
 
 
 def _retry_after_cap(enabled: bool = True) -> None:
@@ -519,11 +564,12 @@ def _retry_after_cap(enabled: bool = True) -> None:
 
 def _move_answer() -> None:
     _wrap(pynetdicom.service_class.QueryRetrieveServiceClass, "_move_scp",
-          move_answer.answering_move_scp)
+          move_answer.answering_move_scp, MOVE_ANSWER)
 
 
 def _syntax_refusal() -> None:
-    _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation)
+    _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation,
+          SYNTAX_REFUSAL)
 
 
 def _set_process_switches() -> None:
@@ -539,6 +585,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     DIRECT_RESPONSES: _direct_responses,
     ANSWER_ENCODER: _answer_encoder,
     STORED_BYTES_SEND: _stored_bytes_send,
+    STREAMED_SEND: _streamed_send,
     RETRY_AFTER_CAP: _retry_after_cap,
     PROCESS_SWITCHES: _set_process_switches,
     SYNTAX_REFUSAL: _syntax_refusal,
@@ -546,5 +593,6 @@ _APPLY: dict[str, Callable[[], None]] = {
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
+    STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
 }

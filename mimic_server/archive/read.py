@@ -4,6 +4,12 @@ A missing object, an unreadable store or bytes that no longer hash to the SHA-25
 index give ``None`` (logged without UIDs); the caller answers its protocol's failure
 (a failed C-STORE sub-operation, an HTTP error part). Objects are immutable in the store
 (each C-STORE writes a new key), so bytes checked once stay those that are sent.
+
+Memory stays bounded for any object size: an object of up to :data:`STREAM_ABOVE` bytes is
+read whole and kept; a larger one is hashed by one streaming pass over the store and kept
+as a handle, and :meth:`VerifiedObject.chunks` reads it again from the store piece by piece
+when it is sent. The price of a large object is a second read of the store, not its size in
+memory.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import BinaryIO
 
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
@@ -19,50 +25,122 @@ from mimic_server.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+MiB = 1 << 20
+#: Objects larger than this are streamed from the store, never held whole (as on receive:
+#: ``dimse/receiving.py`` spools data sets of more than 8 MiB).
+STREAM_ABOVE = 8 * MiB
+#: The pieces a large object is read in, for its hash and by :meth:`VerifiedObject.chunks`.
+CHUNK = 1 * MiB
 
-@dataclass(frozen=True, slots=True)
+
 class VerifiedObject:
-    """One stored Part 10 object whose bytes hashed to the SHA-256 in the index."""
+    """One stored Part 10 object whose bytes hashed to the SHA-256 in the index.
 
-    ref: InstanceRef
-    data: bytes
+    A small object carries its bytes; a large one (:attr:`streamed`) carries the store it
+    is read from again, piece by piece, by :meth:`chunks`.
+    """
+
+    __slots__ = ("_data", "_store", "dataset_offset", "ref", "size")
+
+    def __init__(
+        self,
+        ref: InstanceRef,
+        size: int,
+        dataset_offset: int,
+        data: bytes | None = None,
+        store: ObjectStore | None = None,
+    ) -> None:
+        if (data is None) == (store is None):
+            raise ValueError("a verified object has either its bytes or its store")
+        self.ref = ref
+        #: The size of the whole Part 10 file, in bytes.
+        self.size = size
+        #: Where the data set starts: our Part 10 files begin with (0002,0000) File Meta
+        #: Information Group Length, so the offset is 132 + 12 + that length.
+        self.dataset_offset = dataset_offset
+        self._data = data
+        self._store = store
 
     @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @property
-    def dataset_offset(self) -> int:
-        """Where the data set starts: our Part 10 files begin with (0002,0000) File Meta
-        Information Group Length, so the offset is 132 + 12 + that length."""
-        return 144 + int.from_bytes(self.data[140:144], "little")
+    def streamed(self) -> bool:
+        """Larger than :data:`STREAM_ABOVE`: read from the store when sent, never held."""
+        return self._data is None
 
     def read(self) -> bytes:
-        """The whole Part 10 file."""
-        return self.data
+        """The whole Part 10 file. For a :attr:`streamed` object this reads it whole into
+        memory again: only for what cannot work on pieces (a transfer syntax conversion);
+        send with :meth:`chunks`."""
+        if self._data is not None:
+            return self._data
+        return b"".join(self.chunks())
 
-    def chunks(self, start: int = 0) -> Iterator[bytes | memoryview]:
-        """The Part 10 bytes from ``start`` on, in pieces (for a streaming answer)."""
-        yield memoryview(self.data)[start:]
+    def chunks(self, start: int = 0, size: int = CHUNK) -> Iterator[bytes | memoryview]:
+        """The Part 10 bytes from ``start`` on, in pieces (for a streaming answer).
+
+        A streamed object is read from the store while the pieces are taken, each piece
+        ``size`` bytes but the last; the store's handle is closed when the iterator ends or
+        is closed (``close()``, or garbage collection of an abandoned iterator). A store
+        that fails midway raises ``KeyError`` / ``OutOfResources`` / ``OSError`` from the
+        iteration: the receiver has part of the object, and the caller must end the answer
+        as failed (an A-ABORT, a broken HTTP body).
+        """
+        if self._data is not None:
+            yield memoryview(self._data)[start:]
+            return
+        assert self._store is not None
+        with self._store.open(self.ref.object_key) as fh:
+            _skip(fh, start)
+            while piece := fh.read(size):
+                yield piece
 
 
-def open_verified(store: ObjectStore, ref: InstanceRef) -> VerifiedObject | None:
-    """The stored object with its hash checked, or None (logged) if missing or corrupted."""
+def _skip(fh: BinaryIO, count: int) -> None:
+    """Move ``count`` bytes on: a seek where the stream can, else read past them."""
+    if count <= 0:
+        return
+    if fh.seekable():
+        fh.seek(count)
+        return
+    while count > 0:
+        piece = fh.read(min(count, CHUNK))
+        if not piece:
+            return
+        count -= len(piece)
+
+
+def open_verified(
+    store: ObjectStore, ref: InstanceRef, stream_above: int = STREAM_ABOVE
+) -> VerifiedObject | None:
+    """The stored object with its hash checked, or None (logged) if missing or corrupted.
+
+    Up to ``stream_above`` bytes the object is read whole and kept; beyond, the hash is
+    computed by one streaming pass and the object is read again when sent.
+    """
     try:
         with store.open(ref.object_key) as fh:
-            data = fh.read()
-    except (KeyError, OutOfResources) as exc:
+            head = fh.read(stream_above + 1)
+            digest = hashlib.sha256(head)
+            size = len(head)
+            large = size > stream_above
+            if large:
+                while piece := fh.read(CHUNK):
+                    digest.update(piece)
+                    size += len(piece)
+    except (KeyError, OutOfResources, OSError) as exc:
         log.error(
             "stored object unreadable",
             extra={"object": reference(ref), "error": type(exc).__name__},
         )
         log.debug("unreadable object key", extra={"key": ref.object_key})
         return None
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
+    if digest.hexdigest() != ref.sha256:
         log.error("stored object fails its SHA-256 check", extra={"object": reference(ref)})
         log.debug("corrupted object key", extra={"key": ref.object_key})
         return None
-    return VerifiedObject(ref, data)
+    offset = 144 + int.from_bytes(head[140:144], "little")
+    if large:
+        return VerifiedObject(ref, size, offset, store=store)
+    return VerifiedObject(ref, size, offset, data=head)
 
 
 def reference(ref: InstanceRef) -> str:

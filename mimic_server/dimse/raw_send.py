@@ -61,6 +61,13 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def stored_bytes_encoder_in_use() -> bool:
-    """Whether pynetdicom encodes through :func:`stored_bytes_encoder` now: only then does
-    an unset ``_mimic_encoded`` mean that pynetdicom did not send the object."""
-    return getattr(pynetdicom.association.encode, "_mimic_stored_bytes", False)
+    """Whether pynetdicom encodes through :func:`stored_bytes_encoder` now (possibly
+    wrapped again by the fence, which links each wrapper to what it wraps by
+    ``_mimic_original``): only then does an unset ``_mimic_encoded`` mean that pynetdicom
+    did not send the object."""
+    encode: Any = pynetdicom.association.encode
+    while encode is not None:
+        if getattr(encode, "_mimic_stored_bytes", False):
+            return True
+        encode = getattr(encode, "_mimic_original", None)
+    return False

@@ -3,6 +3,9 @@
 A sub-operation whose object is missing or whose bytes no longer hash to the SHA-256 in the
 index fails; it is never sent. pynetdicom counts a yielded dataset that cannot be sent as a
 failed sub-operation and lists its SOP Instance UID, which is how such a failure is reported.
+An object above ``archive.read.STREAM_ABOVE`` is hashed by a streaming pass and sent by
+streaming it from the store (:mod:`mimic_server.dimse.stream_send`), never held whole; a
+smaller one is read whole and sent as stored (:mod:`mimic_server.dimse.raw_send`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mimic_server.archive.read import open_verified, reference
+from mimic_server.dimse import stream_send
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder_in_use
+from mimic_server.dimse.stream_send import StreamedDataset
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
 
@@ -23,10 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
-    """The stored object as a Dataset, or None (logged) if it is missing or corrupted."""
+    """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
+    :class:`StreamedDataset` for a large one while streaming sends are installed, else a
+    :class:`StoredDataset` (the whole object, parsed, with its stored bytes)."""
     stored = open_verified(store, ref)
     if stored is None:
         return None
+    if stored.streamed and stream_send.enabled:
+        return StreamedDataset.of(stored)
     data = stored.read()
     return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
 
@@ -45,8 +54,9 @@ def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
     for ref in refs:
         dataset = read_verified(store, ref)
         yield dataset or failed_suboperation(ref)
-        if (isinstance(dataset, StoredDataset) and not dataset._mimic_encoded
-                and stored_bytes_encoder_in_use()):  # else nothing marks the ones sent
+        if isinstance(dataset, StreamedDataset | StoredDataset) and not dataset._mimic_encoded and (
+            isinstance(dataset, StreamedDataset) or stored_bytes_encoder_in_use()
+        ):  # else nothing marks the ones sent
             log.warning(
                 "C-STORE sub-operation not sent: no presentation context for it",
                 extra={"object": reference(ref), "sop_class": ref.sop_class_uid,

@@ -2,7 +2,8 @@
 
 pydicom's test files go in over TLS, C-FIND answers from PostgreSQL, C-MOVE delivers a study
 byte-identical to a dcmtk ``storescp +tls``; a blob corrupted behind the server's back fails
-only its own C-GET sub-operation, ``mimic reconcile`` reports it and ``--fix`` repairs the
+only its own C-GET sub-operation (a large object streams range by range, byte-identical),
+``mimic reconcile`` reports it and ``--fix`` repairs the
 index; with the storage account down, C-STORE answers 0xA700 promptly.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pydicom
@@ -128,6 +130,26 @@ def test_move_to_storescp_byte_identical(archive: Archive) -> None:
     received = _received_files(archive.destination_dir)
     for item in rg3:
         assert _dataset_bytes(received[item.sop_instance_uid]) == item.dataset_bytes()
+
+
+def test_large_object_streams_from_a_blob_byte_identical(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 24 MiB object (above the 8 MiB streaming threshold) is hashed and sent by C-GET
+    range by range from the blob; pynetdicom as SCU receives it byte-identical."""
+    from pynetdicom import _config
+
+    from tests.e2e.test_large_retrieve import MEDIUM, Large
+    from tests.e2e.test_large_retrieve import _get as get_large
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+    large = Large(archive.server, archive.destination_dir, tmp_path)
+    uid = large.store("blob", MEDIUM)
+
+    received, final, _ = get_large(large, uid)
+
+    assert final.Status == 0x0000, final
+    assert received == {uid: large.digests[uid]}
 
 
 def test_corrupted_blob_fails_its_suboperation_and_reconcile_repairs(

@@ -46,15 +46,21 @@ def test_a_moved_call_site_falls_back_with_a_warning(
     patch: patches.Patch, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     keep_switches(monkeypatch)
-    change_signature(monkeypatch, patch.sites[0])
+    moved = patch.sites[0]
+    change_signature(monkeypatch, moved)
     with caplog.at_level(logging.WARNING, logger="mimic_server.patches"):
         fence = patches.apply()
 
-    assert patch.name not in fence.applied
-    assert patch.sites[0].target in fence.skipped[patch.name]
-    assert fence.applied == {p.name for p in patches.PATCHES} - {patch.name}
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert warning.patch == patch.name  # type: ignore[attr-defined]
+    # Every patch that relies on the moved site falls back, and only those.
+    sharing = {p.name for p in patches.PATCHES if moved.target in {s.target for s in p.sites}}
+    assert patch.name in sharing
+    assert fence.applied == {p.name for p in patches.PATCHES} - sharing
+    for name in sharing:
+        assert moved.target in fence.skipped[name]
+    warnings = {r.patch: r for r in caplog.records  # type: ignore[attr-defined]
+                if r.levelno == logging.WARNING}
+    assert set(warnings) == sharing
+    warning = warnings[patch.name]
     distribution = patch.verified[0][0]
     assert warning.found.startswith(distribution + " ")  # type: ignore[attr-defined]
     assert patch.sites[0].target in warning.site  # type: ignore[attr-defined]
@@ -134,3 +140,44 @@ def test_only_the_composition_root_imports_the_fence() -> None:
                 if "mimic_server.patches" in names:
                     importers.append(path.relative_to(PACKAGE).as_posix())
     assert importers == ["app.py"]
+
+
+def test_without_its_fence_a_large_object_is_sent_whole(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """streamed-send relies on DT-1 taking each P-DATA off the DUL's queue with get(False)
+    (the wake-up of its back-pressure): a release where it no longer does turns streaming
+    off, with a WARNING, and retrieval reads large objects whole (pynetdicom's own path)."""
+    import hashlib
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from mimic_server.archive import read
+    from mimic_server.dimse import retrieve, stream_send
+    from mimic_server.dimse.raw_send import StoredDataset
+    from mimic_server.dimse.stream_send import StreamedDataset
+    from mimic_server.query.finder import InstanceRef
+    from mimic_server.storage.memory import MemoryStore
+    from tests.data import ct_small
+
+    keep_switches(monkeypatch)
+    data = ct_small().read_bytes()
+    store = MemoryStore()
+    store.objects["k"] = data
+    ref = InstanceRef("1.2.840.10008.5.1.4.1.1.2", "1.2.3", ExplicitVRLittleEndian, "k",
+                      hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(read.open_verified, "__defaults__", (1024,))  # ct_small is large
+
+    patches.apply()
+    assert stream_send.enabled
+    assert type(retrieve.read_verified(store, ref)) is StreamedDataset
+
+    streamed = next(p for p in patches.PATCHES if p.name == patches.STREAMED_SEND)
+    dt_1 = next(s for s in streamed.sites if s.target == "pynetdicom.fsm:DT_1")
+    change_source(monkeypatch, dt_1)
+    with caplog.at_level(logging.WARNING, logger="mimic_server.patches"):
+        fence = patches.apply()
+    assert patches.STREAMED_SEND in fence.skipped
+    assert "no longer uses" in fence.skipped[patches.STREAMED_SEND]
+    assert not stream_send.enabled
+    assert type(retrieve.read_verified(store, ref)) is StoredDataset

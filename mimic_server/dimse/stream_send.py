@@ -1,0 +1,229 @@
+"""Large stored objects sent by C-MOVE / C-GET sub-operations straight from the store.
+
+pynetdicom sends a C-STORE request's data set from memory: ``Association.send_c_store``
+encodes the whole ``Dataset``, and ``DIMSEServiceProvider.send_msg`` cuts the bytes into
+P-DATA primitives that all go onto the DUL's outgoing queue at once, each holding its
+fragment, so the object sits in memory once or twice over while it is sent. For an object
+above ``archive.read.STREAM_ABOVE`` that is replaced here (applied by the fence,
+``mimic_server/patches.py``):
+
+* :class:`StreamedDataset` stands for the object in pynetdicom's retrieve service: only what
+  it reads to choose a presentation context (SOP Class and Instance UIDs, from the index,
+  and the stored transfer syntax); no byte of the object is parsed;
+* :func:`streamed_encoder` (around ``pynetdicom.association.encode``) answers such a dataset
+  with an empty data set and leaves the object for the sender, in the calling thread, where
+  ``send_c_store`` calls ``send_msg`` next;
+* :func:`streamed_sender` (around ``DIMSEServiceProvider.send_msg``) sends that C-STORE's
+  command set as pynetdicom does, then the data set in fragments read from the store as the
+  DUL sends them: at most :data:`QUEUE_DEPTH` fragments of at most :data:`FRAGMENT` bytes
+  (and within the peer's maximum PDU length) wait in the DUL's queue at a time.
+
+The memory a sub-operation holds is therefore a few fragments, whatever the object's size.
+A conversion to another uncompressed transfer syntax (the destination did not accept the
+stored one) still reads the object whole and lets pydicom re-encode it: streaming that
+conversion is not done (logged at WARNING, with the object's size).
+
+An association that ends while its object is being sent (peer A-ABORT, connection closed)
+stops the stream at the next fragment; the store's handle is closed, and the sub-operation
+is answered at once as failed (``send_c_store`` gets no response) rather than after the DIMSE
+timeout. A store that fails midway leaves the peer with part of a data set: the association
+is aborted (pynetdicom's own reaction to a missing response).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+from mimic_server.archive.read import VerifiedObject, reference
+from mimic_server.errors import OutOfResources
+
+log = logging.getLogger(__name__)
+
+#: Set by the fence when the encoder and sender below are installed; while False, no
+#: :class:`StreamedDataset` is made and large objects take the whole-object path.
+enabled = False
+
+#: Largest data set fragment (PDV value) sent; the peer's maximum PDU length may cut it.
+FRAGMENT = 1 << 20
+#: Fragments that may wait in the DUL's outgoing queue: enough to keep its thread busy.
+QUEUE_DEPTH = 4
+#: How often a sender waiting for room checks that its association is still there (s).
+CHECK_EVERY = 0.5
+
+#: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
+#: then sends in the thread that called it, with nothing between that could send.
+_pending = threading.local()
+
+
+class StreamedDataset(Dataset):
+    """A large stored object as pynetdicom's retrieve service sees it: the UIDs that pick the
+    presentation context and the C-STORE request, and the verified object to stream."""
+
+    _mimic_object: VerifiedObject
+    _mimic_encoding: tuple[bool, bool, bool]
+    #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
+    _mimic_encoded: bool = False
+
+    @classmethod
+    def of(cls, stored: VerifiedObject) -> StreamedDataset:
+        ref = stored.ref
+        dataset = cls()
+        dataset.SOPClassUID = ref.sop_class_uid
+        dataset.SOPInstanceUID = ref.sop_instance_uid
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ref.sop_class_uid
+        meta.MediaStorageSOPInstanceUID = ref.sop_instance_uid
+        meta.TransferSyntaxUID = ref.transfer_syntax_uid
+        dataset.file_meta = meta
+        dataset._mimic_object = stored
+        syntax = UID(ref.transfer_syntax_uid)
+        known = syntax.is_transfer_syntax  # else encapsulated: explicit VR little endian
+        dataset._mimic_encoding = (
+            syntax.is_implicit_VR if known else False,
+            syntax.is_little_endian if known else True,
+            syntax.is_deflated if known else False,
+        )
+        return dataset
+
+
+def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrapper of ``pynetdicom.association.encode`` (applied by the fence): a
+    :class:`StreamedDataset` in its stored encoding becomes an empty data set and its
+    object is left for :func:`streamed_sender`; in another encoding it is read whole and
+    encoded by ``original``; anything else goes to ``original``."""
+
+    def encode(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> Any:
+        if isinstance(ds, StreamedDataset):
+            ds._mimic_encoded = True
+            stored = ds._mimic_object
+            if ds._mimic_encoding == (is_implicit_vr, is_little_endian, deflated):
+                _pending.stored = stored
+                return b""
+            log.warning(
+                "large object converted between transfer syntaxes in memory",
+                extra={"object": reference(stored.ref), "bytes": stored.size},
+            )
+            ds = pydicom.dcmread(io.BytesIO(stored.read()))
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    return encode
+
+
+def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
+    """A wrapper of ``DIMSEServiceProvider.send_msg`` (applied by the fence): the C-STORE
+    request whose object :func:`streamed_encoder` left is streamed from the store; any other
+    message goes to ``send_msg``."""
+
+    def send(self: Any, primitive: Any, context_id: int) -> None:
+        stored: VerifiedObject | None = getattr(_pending, "stored", None)
+        _pending.stored = None
+        if stored is not None and _carries(primitive, stored):
+            _stream(self, primitive, context_id, stored)
+            return
+        send_msg(self, primitive, context_id)
+
+    return send
+
+
+def _carries(primitive: Any, stored: VerifiedObject) -> bool:
+    """Whether ``primitive`` is the C-STORE request the encoder left ``stored`` for."""
+    return (
+        isinstance(primitive, C_STORE)
+        and primitive.MessageIDBeingRespondedTo is None
+        and primitive.AffectedSOPInstanceUID == stored.ref.sop_instance_uid
+        and primitive.DataSet is not None
+        and primitive.DataSet.getbuffer().nbytes == 0
+    )
+
+
+def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject) -> None:
+    """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
+    is empty), then the data set from the store, the DUL's queue kept short."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    message.context_id = context_id
+    evt.trigger(dimse.assoc, evt.EVT_DIMSE_SENT, {"message": message})
+    max_pdu = dimse.maximum_pdu_size
+    for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
+        dimse.dul.send_pdu(pdata)
+    size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
+    pieces = stored.chunks(stored.dataset_offset, size)
+    try:
+        for flag, fragment in _flagged(pieces):
+            if not _room(dimse):
+                log.warning(
+                    "C-STORE sub-operation interrupted: the association ended while its "
+                    "object was being sent",
+                    extra={"object": reference(stored.ref)},
+                )
+                _no_response(dimse)
+                return
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, flag + bytes(fragment)))
+            dimse.dul.send_pdu(pdata)
+    except (KeyError, OutOfResources, OSError) as exc:
+        log.error(
+            "C-STORE sub-operation interrupted: the stored object became unreadable while "
+            "it was being sent; the association is aborted",
+            extra={"object": reference(stored.ref), "error": type(exc).__name__},
+        )
+        _no_response(dimse)
+    finally:
+        pieces.close()  # the store's handle
+
+
+def _flagged(pieces: Iterator[bytes | memoryview]) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """Each data set fragment with its message control header: 0x00, the last 0x02."""
+    previous = next(pieces, b"")
+    for piece in pieces:
+        yield b"\x00", previous
+        previous = piece
+    yield b"\x02", previous
+
+
+def _room(dimse: Any) -> bool:
+    """Wait until the DUL's outgoing queue has room; False when the association ended.
+
+    The DUL takes each P-DATA off the queue with ``get`` (``pynetdicom.fsm.DT_1``), which
+    notifies the queue's ``not_full`` condition whatever its ``maxsize``: that is the wait.
+    """
+    queue = dimse.dul.to_provider_queue
+    while True:
+        with queue.not_full:
+            if queue._qsize() < QUEUE_DEPTH:
+                break
+            queue.not_full.wait(CHECK_EVERY)
+        if not _open(dimse):
+            return False
+    return _open(dimse)
+
+
+def _open(dimse: Any) -> bool:
+    """The association can still carry data: DUL running, in Sta6, no abort waiting."""
+    dul = dimse.dul
+    return (
+        dul.is_alive()
+        and dul.state_machine.current_state == "Sta6"
+        and not dimse.assoc.acse.is_aborted()
+    )
+
+
+def _no_response(dimse: Any) -> None:
+    """Let ``send_c_store`` see no response now (its ``get_msg(block=True)`` would wait the
+    DIMSE timeout): it then reacts as to a peer that never answered (fails the
+    sub-operation; aborts an association that is still established)."""
+    dimse.msg_queue.put((None, None))

@@ -1,0 +1,307 @@
+"""Large objects retrieved in bounded memory: C-GET and C-MOVE stream them from the store.
+
+A 160 MiB object (zero pixels, a sparse file) is stored through dcmtk's ``storescu`` over TLS,
+then retrieved by C-GET with pynetdicom as the SCU (which spools what it receives to a file)
+and by C-MOVE to dcmtk's ``storescp +tls``: the data set received is the data set sent, byte
+for byte (compared by SHA-256, read in pieces, so the test holds no object whole either). The
+server's peak resident memory during the C-GET stays far below the object's size (a loose
+memory bound, no timing; the 400 MB target for 1 GiB lives in ``bench/large_objects.py``).
+A large object whose bytes no longer match its hash is a failed sub-operation of which
+nothing is sent; a peer that aborts midway leaves no store handle open in the server; a
+destination that accepts only another uncompressed transfer syntax still gets the object
+(converted in memory, logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    SecondaryCaptureImageStorage,
+)
+
+from tests.large_objects import write_large
+from tests.support import (
+    HOST,
+    MimicProcess,
+    client_context,
+    dcmtk,
+    dcmtk_tls,
+    free_port,
+    start_storescp,
+    wait_for,
+)
+
+pytestmark = pytest.mark.dcmtk
+
+MiB = 1 << 20
+LARGE = 160 * MiB
+MEDIUM = 24 * MiB  # above the 8 MiB streaming threshold, small enough to spend
+GET = PatientRootQueryRetrieveInformationModelGet
+MOVE = PatientRootQueryRetrieveInformationModelMove
+
+
+def _dataset_digest(path: Path) -> str:
+    """SHA-256 of a Part 10 file's data set (after its File Meta group), read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        fh.seek(144 + struct.unpack_from("<L", head, 140)[0])
+        while piece := fh.read(MiB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+class Large:
+    """The archive with its large objects: their SOP Instance UIDs and data set digests."""
+
+    def __init__(self, server: MimicProcess, received: Path, root: Path) -> None:
+        self.server = server
+        self.received = received
+        self.root = root
+        self.digests: dict[str, str] = {}
+        #: SOP Instance UID -> (Study, Series Instance UID), for the Identifier.
+        self.series: dict[str, tuple[str, str]] = {}
+
+    def store(self, name: str, size: int) -> str:
+        path = self.root / f"{name}.dcm"
+        uid = write_large(path, size)
+        result = dcmtk(
+            "storescu", *dcmtk_tls(self.server), "-aet", "MODALITY1", "-aec", "MIMIC",
+            "--max-send-pdu", "131072", "localhost", str(self.server.port), str(path),
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        self.digests[uid] = _dataset_digest(path)
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        self.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+        path.unlink()
+        return uid
+
+    def tls(self) -> Any:
+        s = self.server
+        return (client_context(s.client_cert, s.client_key, s.ca_cert), "localhost")
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Large]:
+    root = tmp_path_factory.mktemp("large-retrieve")
+    destination_port = free_port()
+    registry = {"STORESCP": {"host": HOST, "port": destination_port, "tls": True,
+                             "server_name": "localhost"}}
+    server = MimicProcess(root / "data", move_destinations=json.dumps(registry)).start()
+    scp, received = start_storescp(root, server, destination_port)
+    try:
+        yield Large(server, received, root)
+    finally:
+        scp.terminate()
+        scp.wait(10)
+        assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(autouse=True)
+def spooled_receive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom as SCU writes what it receives to a file, not to memory."""
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+
+
+def _identifier(large: Large, uid: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.PatientID = "LARGE"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = large.series[uid]
+    ds.SOPInstanceUID = uid
+    return ds
+
+
+def _get(
+    large: Large, uid: str, syntax: str = ExplicitVRLittleEndian,
+    on_pdu: Any = None,
+) -> tuple[dict[str, str], Dataset, Any]:
+    """C-GET of one object; the data set digests received, the final response, the assoc."""
+    received: dict[str, str] = {}
+
+    def on_store(event: Any) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = _dataset_digest(event.dataset_path)
+        return 0x0000
+
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(GET)
+    ae.add_requested_context(SecondaryCaptureImageStorage, [syntax])
+    handlers = [(evt.EVT_C_STORE, on_store)]
+    if on_pdu is not None:
+        handlers.append((evt.EVT_PDU_RECV, on_pdu))
+    assoc = ae.associate(
+        HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls(),
+        ext_neg=[build_role(SecondaryCaptureImageStorage, scp_role=True)],
+        evt_handlers=handlers,
+    )
+    assert assoc.is_established
+    final = Dataset()
+    for status, identifier in assoc.send_c_get(_identifier(large, uid), GET):
+        if status and status.Status != 0xFF00:
+            final = status
+            if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+                final.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
+    if assoc.is_established:
+        assoc.release()
+    return received, final, assoc
+
+
+def _status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def _objects_held_open(server: MimicProcess) -> list[str]:
+    """Stored objects the server has open (file descriptors into its object store)."""
+    assert server.proc is not None
+    objects = str((server.data_dir / "objects").resolve())
+    held = []
+    for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(objects) and "/.incoming" not in target:
+            held.append(target)
+    return held
+
+
+def test_get_streams_a_large_object_byte_identical(large: Large) -> None:
+    uid = large.store("get", LARGE)
+    pid = large.server.proc.pid  # type: ignore[union-attr]
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
+    before = _status(pid, "VmHWM")
+
+    received, final, _ = _get(large, uid)
+
+    assert final.Status == 0x0000, final
+    assert final.NumberOfCompletedSuboperations == 1
+    assert received == {uid: large.digests[uid]}
+    peak = _status(pid, "VmHWM")
+    # A memory bound, not a timing: the object held whole would add 160 MiB.
+    assert peak - before < LARGE // 4, (before, peak)
+    assert _objects_held_open(large.server) == []
+
+
+def test_move_streams_a_large_object_to_storescp_over_tls(large: Large) -> None:
+    uid = large.store("move", MEDIUM * 3)
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate(HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls())
+    assert assoc.is_established
+    responses = list(assoc.send_c_move(_identifier(large, uid), "STORESCP", MOVE))
+    assoc.release()
+
+    final = responses[-1][0]
+    assert final.Status == 0x0000, final
+    assert final.NumberOfCompletedSuboperations == 1
+    assert wait_for(lambda: any(uid in n for n in os.listdir(large.received)))
+    [path] = [large.received / n for n in os.listdir(large.received) if uid in n]
+    # storescp (bit-preserving, +B) may still be writing it
+    assert wait_for(lambda: _dataset_digest(path) == large.digests[uid], timeout=30)
+    assert _objects_held_open(large.server) == []
+
+
+def test_corrupted_large_object_fails_and_sends_nothing(large: Large) -> None:
+    uid = large.store("corrupt", MEDIUM)
+    path = large.server.object_for(uid)
+    with open(path, "r+b") as fh:  # one byte deep in the pixels
+        fh.seek(MEDIUM // 2)
+        byte = fh.read(1)
+        fh.seek(MEDIUM // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    pdus = 0
+
+    def count(event: Any) -> None:
+        nonlocal pdus
+        pdus += 1
+
+    received, final, _ = _get(large, uid, on_pdu=count)
+
+    assert received == {}
+    assert final.Status in (0xA702, 0xB000), final
+    assert final.NumberOfFailedSuboperations == 1
+    assert uid in str(final.get("FailedSOPInstanceUIDList", ""))
+    # Only the C-GET's own responses arrived: no fragment of the object (each is one PDU of
+    # at most 16 KiB, pynetdicom's default maximum; the object would be ~1500 of them).
+    assert pdus < 10, pdus
+    assert any("SHA-256" in e.get("message", "") for e in large.server.log_entries())
+    assert _objects_held_open(large.server) == []
+
+
+def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
+    uid = large.store("abort", LARGE)
+    started = threading.Event()
+    pdus = 0
+
+    def count(event: Any) -> None:
+        nonlocal pdus
+        pdus += 1
+        if pdus == 200:  # well into the data set (~3 MiB of 160)
+            started.set()
+
+    held: list[list[str]] = []
+
+    def abort_midway(assoc_box: list[Any]) -> None:
+        assert started.wait(60)
+        held.append(_objects_held_open(large.server))
+        assoc_box[0].abort()
+
+    box: list[Any] = []
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(GET)
+    ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls(),
+        ext_neg=[build_role(SecondaryCaptureImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_PDU_RECV, count), (evt.EVT_C_STORE, lambda e: 0)],
+    )
+    assert assoc.is_established
+    box.append(assoc)
+    aborter = threading.Thread(target=abort_midway, args=(box,))
+    aborter.start()
+    list(assoc.send_c_get(_identifier(large, uid), GET))
+    aborter.join(60)
+
+    assert held and len(held[0]) == 1, held  # the stream had the object open
+    assert wait_for(lambda: _objects_held_open(large.server) == [], timeout=30)
+    assert wait_for(lambda: any(
+        "interrupted" in e.get("message", "") for e in large.server.log_entries()
+    ))
+    # The server goes on serving: the same object, whole, on a new association.
+    received, final, _ = _get(large, uid)
+    assert final.Status == 0x0000, final
+    assert received == {uid: large.digests[uid]}
+
+
+def test_conversion_to_another_uncompressed_syntax_reads_whole(large: Large) -> None:
+    uid = large.store("convert", MEDIUM)
+
+    received, final, _ = _get(large, uid, syntax=ImplicitVRLittleEndian)
+
+    assert final.Status == 0x0000, final
+    assert list(received) == [uid]
+    assert any("converted between transfer syntaxes in memory" in e.get("message", "")
+               for e in large.server.log_entries())
+    assert _objects_held_open(large.server) == []

@@ -1,0 +1,208 @@
+"""dimse/stream_send.py: a large object's C-STORE request streamed to a DUL's queue.
+
+The DUL here is a stand-in: a real ``queue.Queue`` emptied by a thread with ``get(False)``,
+as pynetdicom's DT-1 does. What the sender must show: the fragments are the data set, in
+order, with the right control headers and within the peer's maximum PDU; the queue never
+holds more than a few; an association that ends midway stops the stream, closes the
+store's handle and answers "no response" at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import queue
+import threading
+import time
+from typing import Any, BinaryIO
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+from mimic_server.archive.read import VerifiedObject, open_verified
+from mimic_server.dimse import stream_send
+from mimic_server.dimse.stream_send import StreamedDataset
+from mimic_server.query.finder import InstanceRef
+from mimic_server.storage.memory import MemoryStore
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+UID = "1.2.826.0.1.3680043.8.498.4242"
+
+
+class ClosingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles: list[io.BytesIO] = []
+
+    def open(self, key: str) -> BinaryIO:
+        handle = io.BytesIO(self.objects[key])
+        self.handles.append(handle)
+        return handle
+
+
+def _large(store: MemoryStore, size: int = 300_000) -> VerifiedObject:
+    """A real Part 10 object (Explicit VR Little Endian) of about ``size`` bytes."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SC, UID
+    ds.PatientID = "STREAM"
+    ds.PixelData = bytes(range(256)) * (size // 256)
+    ds["PixelData"].VR = "OB"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SC, UID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    store.objects["k"] = data
+    ref = InstanceRef(SC, UID, ExplicitVRLittleEndian, "k", hashlib.sha256(data).hexdigest())
+    stored = open_verified(store, ref, stream_above=10_000)
+    assert stored is not None and stored.streamed
+    return stored
+
+
+class FakeDUL:
+    """pynetdicom's DUL as the sender sees it; ``drain`` takes P-DATAs off like DT-1."""
+
+    def __init__(self, alive_for: int | None = None) -> None:
+        self.to_provider_queue: queue.Queue[Any] = queue.Queue()
+        self.sent: list[P_DATA] = []
+        self.deepest = 0
+        self.alive_for = alive_for  # P-DATAs taken before the connection is gone
+        self.state_machine = type("SM", (), {"current_state": "Sta6"})()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def send_pdu(self, primitive: Any) -> None:
+        self.to_provider_queue.put(primitive)
+        self.deepest = max(self.deepest, self.to_provider_queue.qsize())
+
+    def is_alive(self) -> bool:
+        return self.state_machine.current_state == "Sta6"
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            if self.alive_for is not None and len(self.sent) >= self.alive_for:
+                self.state_machine.current_state = "Sta1"  # peer aborted: nothing is taken
+                return
+            try:
+                self.sent.append(self.to_provider_queue.get(False))
+            except queue.Empty:
+                time.sleep(0.0005)
+                continue
+            time.sleep(0.0002)  # a socket send
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class FakeDIMSE:
+    def __init__(self, dul: FakeDUL, max_pdu: int) -> None:
+        self.dul = dul
+        self.maximum_pdu_size = max_pdu
+        self.msg_queue: queue.Queue[Any] = queue.Queue()
+        acse = type("ACSE", (), {"is_aborted": lambda self: False})()
+        self.assoc = type("Assoc", (), {"acse": acse, "get_handlers": lambda self, e: []})()
+
+
+def _request() -> C_STORE:
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID = SC
+    req.AffectedSOPInstanceUID = UID
+    req.Priority = 2
+    req.DataSet = io.BytesIO(b"")
+    return req
+
+
+def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any]) -> None:
+    dataset = StreamedDataset.of(stored)
+    encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
+    assert encode(dataset, False, True, False) == b""
+    assert dataset._mimic_encoded
+    sender = stream_send.streamed_sender(lambda *a: fallback.append(a))
+    sender(dimse, _request(), 3)
+
+
+@pytest.mark.parametrize("max_pdu", [16382, 0], ids=["16 KiB PDUs", "unlimited"])
+def test_the_data_set_is_streamed_in_order_within_the_pdu_and_the_queue(max_pdu: int) -> None:
+    store = ClosingStore()
+    stored = _large(store)
+    dul = FakeDUL()
+    fallback: list[Any] = []
+    try:
+        _send(FakeDIMSE(dul, max_pdu), stored, fallback)
+        deadline = time.monotonic() + 10
+        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dul.stop()
+
+    assert fallback == []
+    values = [pdv for p in dul.sent for pdv in p.presentation_data_value_list]
+    assert all(context == 3 for context, _ in values)
+    headers = [v[0] for _, v in values]
+    commands = [v for _, v in values if v[0] & 0x01]
+    fragments = [v for _, v in values if not v[0] & 0x01]
+    assert headers[: len(commands)] == [0x01] * (len(commands) - 1) + [0x03]
+    assert [f[0] for f in fragments] == [0x00] * (len(fragments) - 1) + [0x02]
+    data = store.objects["k"]
+    assert b"".join(f[1:] for f in fragments) == data[stored.dataset_offset:]
+    limit = (max_pdu - 6) if max_pdu else stream_send.FRAGMENT
+    assert max(len(f) - 1 for f in fragments) <= limit
+    assert dul.deepest <= stream_send.QUEUE_DEPTH + len(commands)
+    assert all(h.closed for h in store.handles)
+
+
+def test_an_association_that_ends_midway_stops_the_stream_at_once() -> None:
+    store = ClosingStore()
+    stored = _large(store)
+    dul = FakeDUL(alive_for=5)
+    dimse = FakeDIMSE(dul, 16382)
+    try:
+        _send(dimse, stored, [])
+    finally:
+        dul.stop()
+
+    assert len(dul.sent) == 5
+    assert dul.to_provider_queue.qsize() <= stream_send.QUEUE_DEPTH
+    assert all(h.closed for h in store.handles)  # the store's handle is released
+    assert dimse.msg_queue.get_nowait() == (None, None)  # send_c_store: no response
+
+
+def test_other_messages_and_other_encodings_are_not_streamed() -> None:
+    store = ClosingStore()
+    stored = _large(store)
+    dataset = StreamedDataset.of(stored)
+    encoded: list[Dataset] = []
+
+    def pydicom_encode(ds: Dataset, *args: Any) -> bytes:
+        encoded.append(ds)
+        return b"re-encoded"
+
+    encode = stream_send.streamed_encoder(pydicom_encode)
+    # The destination accepted only Implicit VR: the object is read whole and re-encoded.
+    assert encode(dataset, True, True, False) == b"re-encoded"
+    assert not isinstance(encoded[0], StreamedDataset)
+    assert encoded[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert encoded[0].PixelData == bytes(range(256)) * (300_000 // 256)
+    assert encode(Dataset(), True, True, False) == b"re-encoded"  # anything else
+    # A message the encoder left nothing for goes to pynetdicom's send_msg.
+    sent: list[Any] = []
+    sender = stream_send.streamed_sender(lambda *a: sent.append(a))
+    sender(object(), _request(), 1)
+    assert len(sent) == 1
+
+
+def test_the_stand_in_carries_what_pynetdicom_reads() -> None:
+    stored = _large(ClosingStore())
+    dataset = StreamedDataset.of(stored)
+    assert dataset.SOPClassUID == SC and dataset.SOPInstanceUID == UID
+    assert dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert dataset._mimic_encoding == (False, True, False)
+    assert "PixelData" not in dataset  # nothing of the object is parsed

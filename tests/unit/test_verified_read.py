@@ -1,0 +1,109 @@
+"""archive/read.py: small objects read whole, large ones hashed by a pass and streamed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from typing import BinaryIO
+
+import pytest
+
+from mimic_server.archive import read
+from mimic_server.archive.read import open_verified
+from mimic_server.query.finder import InstanceRef
+from mimic_server.storage.memory import MemoryStore
+
+GROUP_LENGTH = 50
+
+
+def _part10(size: int) -> bytes:
+    """Bytes shaped like our Part 10 files: preamble, DICM, group length, then filler."""
+    head = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"
+    head += GROUP_LENGTH.to_bytes(4, "little") + b"\x01" * GROUP_LENGTH
+    return head + bytes(range(256)) * ((size - len(head)) // 256 + 1)
+
+
+class CountingStore(MemoryStore):
+    """A memory store that remembers its open handles and which are closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles: list[io.BytesIO] = []
+
+    def open(self, key: str) -> BinaryIO:
+        handle = io.BytesIO(self.objects[key])
+        self.handles.append(handle)
+        return handle
+
+    def open_handles(self) -> int:
+        return sum(not h.closed for h in self.handles)
+
+
+def _stored(store: MemoryStore, data: bytes, sha256: str | None = None) -> InstanceRef:
+    store.objects["k"] = data
+    return InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "k",
+                       sha256 or hashlib.sha256(data).hexdigest())
+
+
+def test_small_object_is_read_whole() -> None:
+    store = CountingStore()
+    data = _part10(4096)
+    stored = open_verified(store, _stored(store, data))
+
+    assert stored is not None and not stored.streamed
+    assert stored.size == len(data)
+    assert stored.dataset_offset == 144 + GROUP_LENGTH
+    assert stored.read() == data
+    assert b"".join(stored.chunks(stored.dataset_offset)) == data[144 + GROUP_LENGTH:]
+    assert store.open_handles() == 0
+
+
+def test_large_object_is_streamed_in_pieces_and_closed() -> None:
+    store = CountingStore()
+    data = _part10(100_000)
+    stored = open_verified(store, _stored(store, data), stream_above=10_000)
+
+    assert stored is not None and stored.streamed
+    assert stored.size == len(data)
+    assert stored.dataset_offset == 144 + GROUP_LENGTH
+    assert store.open_handles() == 0  # the hash pass closed its handle
+    pieces = list(stored.chunks(stored.dataset_offset, size=4096))
+    assert b"".join(pieces) == data[stored.dataset_offset:]
+    assert all(len(p) == 4096 for p in pieces[:-1]) and 0 < len(pieces[-1]) <= 4096
+    assert store.open_handles() == 0
+    assert stored.read() == data  # whole, on purpose (a conversion)
+
+
+def test_an_abandoned_stream_closes_its_handle() -> None:
+    store = CountingStore()
+    data = _part10(100_000)
+    stored = open_verified(store, _stored(store, data), stream_above=10_000)
+    assert stored is not None
+    pieces = stored.chunks(0, size=1000)
+    assert bytes(next(pieces)) == data[:1000]
+    assert store.open_handles() == 1
+    pieces.close()  # what the sender does when its association ends midway
+    assert store.open_handles() == 0
+
+
+@pytest.mark.parametrize("size", [4096, 100_000], ids=["small", "large"])
+def test_bytes_that_no_longer_match_their_hash_are_refused(
+    size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CountingStore()
+    data = _part10(size)
+    ref = _stored(store, data, hashlib.sha256(data + b"x").hexdigest())
+    with caplog.at_level(logging.ERROR, logger=read.__name__):
+        assert open_verified(store, ref, stream_above=10_000) is None
+    assert "fails its SHA-256 check" in caplog.text
+    assert "1.2.3" not in caplog.text  # no UIDs in the log
+    assert store.open_handles() == 0
+
+
+def test_missing_or_unreadable_object_is_none(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    ref = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "absent", "0" * 64)
+    with caplog.at_level(logging.ERROR, logger=read.__name__):
+        assert open_verified(store, ref) is None
+    assert "stored object unreadable" in caplog.text
