@@ -44,6 +44,7 @@ from bench.store_throughput import (
     ROOT,
     BenchError,
     DataSet,
+    Pki,
     machine,
     make_large,
     make_pki,
@@ -156,23 +157,10 @@ def run(
         results: dict[tuple[str, str], Runs] = {}
         before = machine()
         started = time.monotonic()
-        for r in range(rounds):
-            order = labels[r % len(labels):] + labels[:r % len(labels)]
-            for sc in scenarios:
-                data = sets[sc.data]
-                for label in order:
-                    server = receivers.make_receiver(
-                        label, work / "run" / f"{label}-{sc.key}-{r}",
-                        pki if sc.tls else None, postgres,
-                    )
-                    seconds = measure_once(server, data, sc.associations, work)
-                    runs = results.setdefault(
-                        (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
-                    runs.seconds.append(round(seconds, 3))
-                    if log:
-                        print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
-                              f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s)",
-                              flush=True)
+        try:
+            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
+        finally:
+            receivers.shutdown()
         info: dict[str, object] = {
             "machine": before,
             "loadavg_at_end": machine()["loadavg_1_5_15"],
@@ -192,6 +180,30 @@ def run(
                       "mb_per_s": round(v.mb_per_s, 2)} for v in results.values()],
         }
         return info
+
+
+def rounds_run(
+    rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
+    pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
+) -> None:
+    """Every round: every scenario on every receiver, the receivers' order rotating."""
+    for r in range(rounds):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for sc in scenarios:
+            data = sets[sc.data]
+            for label in order:
+                server = receivers.make_receiver(
+                    label, work / "run" / f"{label}-{sc.key}-{r}",
+                    pki if sc.tls else None, postgres,
+                )
+                seconds = measure_once(server, data, sc.associations, work)
+                runs = results.setdefault(
+                    (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
+                runs.seconds.append(round(seconds, 3))
+                if log:
+                    print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
+                          f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s)",
+                          flush=True)
 
 
 def measure_once(server: receivers.Server, data: DataSet, associations: int, work: Path) -> float:

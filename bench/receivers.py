@@ -32,7 +32,7 @@ from bench.store_throughput import (
     tail,
     wait_for_port,
 )
-from tests.azurite import AZURITE_BLOB, Azurite
+from tests.azurite import AZURITE_BLOB, Azurite, connection_string
 
 ORTHANC = "/usr/sbin/Orthanc"
 ORTHANC_PG_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
@@ -74,9 +74,10 @@ class Database:
     def sqlalchemy_url(self) -> str:
         return self.url.replace("postgresql://", "postgresql+psycopg://", 1)
 
-    def create(self) -> None:
+    def create(self, template: str | None = None) -> None:
+        clause = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(self.server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.name}"')
+            conn.execute(f'CREATE DATABASE "{self.name}"{clause}')
         self.created = True
 
     def drop(self) -> None:
@@ -222,8 +223,48 @@ class MimicEmbedded(MimicServer):
         self.postgres = postgres
 
 
+#: Per PostgreSQL server: a database brought to MIMIC's schema by ``mimic db upgrade`` once,
+#: copied (``CREATE DATABASE ... TEMPLATE``) for every run; dropped by ``shutdown()``.
+_TEMPLATES: dict[str, Database] = {}
+#: One Azurite for all the runs (each run has its own container, deleted afterwards).
+_AZURITE: list[Azurite] = []
+
+
+def _schema_template(server_url: str, env: dict[str, str]) -> Database:
+    template = _TEMPLATES.get(server_url)
+    if template is None:
+        template = Database(server_url)
+        template.create()
+        _TEMPLATES[server_url] = template
+        upgraded = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "mimic"), "db", "upgrade", "--database-url",
+             template.sqlalchemy_url],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**env, "MIMIC_DATABASE_URL": template.sqlalchemy_url},
+        )
+        if upgraded.returncode != 0:
+            raise BenchError(f"mimic db upgrade failed: {upgraded.stderr[-2000:]}")
+    return template
+
+
+def shared_azurite(work: Path) -> Azurite:
+    if not _AZURITE:
+        _AZURITE.append(Azurite(work / "azurite").start())
+    return _AZURITE[0]
+
+
+def shutdown() -> None:
+    """Drop the schema templates, stop the shared Azurite (the end of a benchmark)."""
+    while _TEMPLATES:
+        _, template = _TEMPLATES.popitem()
+        with contextlib.suppress(psycopg.Error):
+            template.drop()
+    while _AZURITE:
+        _AZURITE.pop().stop()
+
+
 class MimicPostgresFiles(MimicEmbedded):
-    """PostgreSQL index (a fresh database, ``mimic db upgrade``) + file store."""
+    """PostgreSQL index (a fresh database at the current schema) + file store."""
 
     label = "mimic-pg-files"
     #: The database URL MIMIC is given; ``latency.py`` points it at a delaying proxy.
@@ -249,15 +290,8 @@ class MimicPostgresFiles(MimicEmbedded):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.database.create()
-        upgraded = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "mimic"), "db", "upgrade", "--database-url",
-             self.database.sqlalchemy_url],
-            capture_output=True, text=True, timeout=120, check=False,
-            env={**self.environment(), "MIMIC_DATABASE_URL": self.database.sqlalchemy_url},
-        )
-        if upgraded.returncode != 0:
-            raise BenchError(f"mimic db upgrade failed: {upgraded.stderr[-2000:]}")
+        template = _schema_template(self.database.server_url, self.environment())
+        self.database.create(template=template.name)
         super().start()
 
     def stop(self) -> None:
@@ -271,7 +305,8 @@ class MimicPostgresFiles(MimicEmbedded):
 
 
 class MimicPostgresAzurite(MimicPostgresFiles):
-    """PostgreSQL index + Blob Storage (a fresh ``azurite-blob`` per run)."""
+    """PostgreSQL index + Blob Storage: Azurite (one for the benchmark; a new container for
+    each run, which MIMIC creates on start and the benchmark deletes afterwards)."""
 
     label = "mimic-pg-azurite"
     #: The blob endpoint MIMIC is given; ``latency.py`` points it at a delaying proxy.
@@ -279,27 +314,27 @@ class MimicPostgresAzurite(MimicPostgresFiles):
 
     def __init__(self, workdir: Path, pki: Pki | None, postgres: str | None = None) -> None:
         super().__init__(workdir, pki, postgres)
-        self.azurite = Azurite(workdir / "azurite")
+        self.azurite = shared_azurite(workdir.parent.parent)
+        self.container = f"bench-{uuid.uuid4().hex[:16]}"
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
-        from tests.azurite import connection_string
-
         env["MIMIC_BLOB_CONNECTION_STRING"] = connection_string(
             self.blob_port if self.blob_port is not None else self.azurite.port
         )
+        env["MIMIC_BLOB_CONTAINER"] = self.container
         return env
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.azurite.start()
-        super().start()
 
     def stop(self) -> None:
         try:
             super().stop()
         finally:
-            self.azurite.stop()
+            from azure.storage.blob import BlobServiceClient
+
+            client = BlobServiceClient.from_connection_string(
+                connection_string(self.azurite.port))
+            with contextlib.suppress(Exception):
+                client.delete_container(self.container)
 
 
 RECEIVERS: dict[str, type[Server]] = {
