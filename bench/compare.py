@@ -156,6 +156,7 @@ def run(
                      for n in associations]
         results: dict[tuple[str, str], Runs] = {}
         before = machine()
+        commit = git_commit()
         started = time.monotonic()
         try:
             rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
@@ -166,7 +167,7 @@ def run(
             "loadavg_at_end": machine()["loadavg_1_5_15"],
             "orthanc": receivers.orthanc_version() if "orthanc-sqlite" in labels
             or "orthanc-pg" in labels else "",
-            "mimic_commit": git_commit(),
+            "mimic_commit": commit,
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
@@ -224,9 +225,12 @@ def measure_once(server: receivers.Server, data: DataSet, associations: int, wor
 
 
 def git_commit() -> str:
+    """HEAD when the run starts, ``+changes`` when MIMIC's code differs from it."""
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10, check=False)
-    return out.stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "mimic_server"],
+                           capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout.strip() + (" +changes" if dirty.stdout.strip() else "")
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -249,7 +253,7 @@ def markdown(result: dict[str, object]) -> str:
         if not cols:
             continue
         lines.append(f"**{'TLS (mutual)' if tls else 'plain TCP'}**, instances/s, best of "
-                     f"{result['rounds']} rounds:")
+                     f"{plural(result['rounds'], 'round')}:")
         lines.append("")
         lines.append("| receiver | " + " | ".join(s.column for s in cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
@@ -327,6 +331,10 @@ def chart(result: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
+def plural(n: object, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def section(result: dict[str, object], notes: list[str]) -> str:
     m: dict[str, object] = result["machine"]  # type: ignore[assignment]
     data: dict[str, dict[str, int]] = result["data"]  # type: ignore[assignment]
@@ -336,10 +344,11 @@ def section(result: dict[str, object], notes: list[str]) -> str:
     parts = [
         BEGIN,
         "",
-        f"Run {m['date_utc']}, commit `{result['mimic_commit']}`, {result['rounds']} rounds "
-        f"({result['minutes']} min), {sizes}; {m['nproc']} CPUs ({m['cpu']}), load average "
-        f"{m['loadavg_1_5_15']} at the start and {result['loadavg_at_end']} at the end; "
-        f"{m['dcmtk']}; {result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
+        f"Run {m['date_utc']}, commit `{result['mimic_commit']}`, "
+        f"{plural(result['rounds'], 'round')} ({result['minutes']} min), {sizes}; "
+        f"{m['nproc']} CPUs ({m['cpu']}), load average {m['loadavg_1_5_15']} at the start and "
+        f"{result['loadavg_at_end']} at the end; {str(m['dcmtk']).strip('$ ')}; "
+        f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
         + (f"; MIMIC environment {env}" if env else "") + ".",
         "",
@@ -380,7 +389,15 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--write-docs", action="store_true",
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
+    parser.add_argument("--from-json", type=Path,
+                        help="no run: report (and with --write-docs write) a saved result")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(markdown(saved))
+        if args.write_docs:
+            write_docs(saved, saved.get("notes", []))
+        return 0
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             print(f"{tool} (dcmtk) is not installed: sudo apt-get install -y dcmtk",
