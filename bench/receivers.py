@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -27,8 +26,8 @@ from bench.store_throughput import (
     MimicServer,
     Pki,
     Server,
+    StorescpServer,
     free_port,
-    stop_process,
     tail,
     wait_for_port,
 )
@@ -338,7 +337,7 @@ class MimicPostgresAzurite(MimicPostgresFiles):
 
 
 RECEIVERS: dict[str, type[Server]] = {
-    "storescp": Server,  # replaced below (kept first: the reference)
+    "storescp": StorescpServer,  # the reference, first
     "orthanc-sqlite": OrthancServer,
     "orthanc-pg": OrthancPostgresServer,
     "mimic-embedded": MimicEmbedded,
@@ -348,14 +347,7 @@ RECEIVERS: dict[str, type[Server]] = {
 
 
 def make_receiver(label: str, workdir: Path, pki: Pki | None, postgres: str) -> Server:
-    from bench.store_throughput import StorescpServer
-
     if label == "storescp":
         return StorescpServer(workdir, pki)
     cls = RECEIVERS[label]
     return cls(workdir, pki, postgres)  # type: ignore[call-arg]
-
-
-def cleanup(server: Server) -> None:
-    stop_process(server.proc)
-    shutil.rmtree(server.workdir, ignore_errors=True)
