@@ -123,18 +123,18 @@ class DataSet:
     total_bytes: int
 
 
-def _split_dirs(base: Path) -> list[Path]:
-    dirs = [base / f"part{i}" for i in range(PARALLEL)]
+def _split_dirs(base: Path, parts: int = PARALLEL) -> list[Path]:
+    dirs = [base / f"part{i}" for i in range(parts)]
     for d in dirs:
         d.mkdir(parents=True)
     return dirs
 
 
-def make_small(base: Path, count: int, studies: int = 5) -> DataSet:
+def make_small(base: Path, count: int, studies: int = 5, parts: int = PARALLEL) -> DataSet:
     """Copies of CT_small.dcm (~39 KB), each with new Study/Series/SOP Instance UIDs."""
     source = Path(pydicom.data.DATA_ROOT) / "test_files" / "CT_small.dcm"
     template = pydicom.dcmread(source)
-    dirs = _split_dirs(base)
+    dirs = _split_dirs(base, parts)
     study_uids = [generate_uid(UID_PREFIX) for _ in range(studies)]
     series_uids = [[generate_uid(UID_PREFIX) for _ in range(2)] for _ in range(studies)]
     total = 0
@@ -147,15 +147,15 @@ def make_small(base: Path, count: int, studies: int = 5) -> DataSet:
         ds.SOPInstanceUID = generate_uid(UID_PREFIX)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = n + 1
-        path = dirs[n % PARALLEL] / f"small{n:05d}.dcm"
+        path = dirs[n % parts] / f"small{n:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
     return DataSet("small", dirs, count, total)
 
 
-def make_large(base: Path, count: int, studies: int = 4) -> DataSet:
+def make_large(base: Path, count: int, studies: int = 4, parts: int = PARALLEL) -> DataSet:
     """512x512 16-bit MONOCHROME2 CT images, explicit VR little endian, noisy pixel data."""
-    dirs = _split_dirs(base)
+    dirs = _split_dirs(base, parts)
     rng = np.random.default_rng(20261123)
     study_uids = [generate_uid(UID_PREFIX) for _ in range(studies)]
     series_uids = [generate_uid(UID_PREFIX) for _ in range(studies)]
@@ -207,7 +207,7 @@ def make_large(base: Path, count: int, studies: int = 4) -> DataSet:
         ds.RescaleSlope = 1
         noise = rng.integers(0, 200, size=(512, 512), dtype=np.int32)
         ds.PixelData = (phantom + noise + 24).astype("<u2").tobytes()
-        path = dirs[n % PARALLEL] / f"large{n:05d}.dcm"
+        path = dirs[n % parts] / f"large{n:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
     return DataSet("large", dirs, count, total)
@@ -287,15 +287,33 @@ class Server:
                 "+cf", str(self.pki.ca)]
 
 
+#: Settings that pick the configuration under test (index, object store, TLS, where): never
+#: taken from the caller's environment. Every other ``MIMIC_*`` variable passes through.
+CONFIGURATION_SETTINGS = frozenset(
+    f"MIMIC_{name}" for name in (
+        "CONFIG_FILE", "DATA_DIR", "CERT_DIR", "TLS", "HOST", "PORT", "DATABASE_URL",
+        "DATABASE_AUTH", "BLOB_ACCOUNT_URL", "BLOB_CONNECTION_STRING", "BLOB_CONTAINER",
+        "KEYVAULT_URL", "LOG_FORMAT", "OPS_PORT", "SPOOL_DIR",
+    )
+)
+
+
 class MimicServer(Server):
     label = "mimic"
     called_ae = "MIMIC"
 
-    def command(self) -> tuple[list[str], dict[str, str]]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
-        env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json")
+    def environment(self) -> dict[str, str]:
+        """The caller's environment (``MIMIC_WORKERS`` and other tuning pass through) minus
+        the settings that choose the configuration under test, which the benchmark sets."""
+        env = {k: v for k, v in os.environ.items() if k not in CONFIGURATION_SETTINGS}
+        env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json",
+                   MIMIC_OPS_PORT="0")  # 8080 may be taken on a shared machine
         if self.pki is not None:
             env["MIMIC_CERT_DIR"] = str(self.pki.ca.parent.parent)
+        return env
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = self.environment()
         tls = ["--tls"] if self.pki is not None else ["--no-tls"]
         return [*MIMIC, "--host", HOST, "--port", str(self.port), *tls], env
 
@@ -372,12 +390,9 @@ class Scenario:
 
 def send(server: Server, data: DataSet, associations: int, work: Path) -> float:
     """Run the storescu processes; return the wall-clock seconds until all have finished."""
-    if associations == 1:
-        groups = [data.parts]
-    else:
-        groups = [[d] for d in data.parts[:associations]]
-        if associations != PARALLEL:
-            raise BenchError(f"only 1 or {PARALLEL} associations are supported")
+    if associations < 1 or len(data.parts) % associations:
+        raise BenchError(f"{associations} associations cannot share {len(data.parts)} parts")
+    groups = [data.parts[i::associations] for i in range(associations)]
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     env = dcmtk_env()
     try:

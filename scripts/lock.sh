@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate constraints.txt: the exact version of every runtime and test dependency, as
+# Regenerate constraints.txt: the exact version of every runtime, test and bench dependency, as
 # installed in a fresh virtual environment from pyproject.toml's ranges (scripts/test.sh and
 # scripts/serve.sh install with -c constraints.txt, so every install gets these versions).
 #
@@ -22,7 +22,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip
-if ! "$work/venv/bin/python" -m pip install --quiet "${pins[@]}" -e ".[test]"; then
+if ! "$work/venv/bin/python" -m pip install --quiet "${pins[@]}" -e ".[test,bench]"; then
   echo "a pinned version no longer fits pyproject.toml: run scripts/lock.sh --upgrade" >&2
   exit 1
 fi
