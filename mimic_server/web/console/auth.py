@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from mimic_server.security import audit
+from mimic_server.security.tokens import TokenUser
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.oidc import Pending, SignInRefused
@@ -64,6 +65,23 @@ def current_user(ctx: ConsoleContext, request: Request) -> ConsoleUser | None:
     return ConsoleUser(str(body.get("sub", "")), str(body.get("name", "")),
                        frozenset(str(r) for r in roles), str(body.get("sid", "")),
                        int(body["exp"]))
+
+
+def console_user_source(ctx: ConsoleContext) -> Callable[[Request], TokenUser | None]:
+    """How the DICOMweb routes recognise a console session (``DicomWebContext.user_sources``):
+    the session's user with its roles, which the DICOMweb policy entry maps to services as
+    it does a bearer token's. A request with a bearer token is left to the token."""
+
+    def source(request: Request) -> TokenUser | None:
+        if request.headers.get("authorization"):
+            return None
+        user = current_user(ctx, request)
+        if user is None:
+            return None
+        return TokenUser(subject=user.subject, name=user.name, roles=user.roles,
+                         issuer=ctx.oidc.issuer if ctx.oidc is not None else "")
+
+    return source
 
 
 def _error(status: int, message: str) -> JSONResponse:
