@@ -37,6 +37,8 @@ from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.storage.keys import new_object_key
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mimic_server.index import Index
     from mimic_server.security.audit import Prepared
     from mimic_server.storage import ObjectStore
@@ -139,6 +141,29 @@ def ingest(
     record = audit_record(attrs) if audit_record is not None else None
     keep(store, index, received, attrs, received_from, record)
     return attrs
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """The ingest path bound to the archive's store and index, with the limits every front
+    door receives under: what the composition root hands a front door (STOW-RS)."""
+
+    store: ObjectStore
+    index: Index
+    #: ``MIMIC_MAX_OBJECT_BYTES``: the largest object kept.
+    max_object_bytes: int
+    #: Where objects too large to hold in memory are spooled while they arrive.
+    spool_dir: Path
+
+    def __call__(self, received: ReceivedObject, *, sop_class_uid: str,
+                 sop_instance_uid: str, received_from: str,
+                 audit_record: AuditRecord | None = None,
+                 expected: Callable[[InstanceAttributes], None] | None = None,
+                 ) -> InstanceAttributes:
+        """:func:`ingest` into this archive."""
+        return ingest(self.store, self.index, received, sop_class_uid=sop_class_uid,
+                      sop_instance_uid=sop_instance_uid, received_from=received_from,
+                      audit_record=audit_record, expected=expected)
 
 
 def keep(
