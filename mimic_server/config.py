@@ -217,6 +217,30 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='C-MOVE destinations as JSON: {"AE": {"host": h, "port": p, "tls": true}}.',
     )
+    web_host: str = Field(
+        "127.0.0.1", description="Address the DICOMweb and console listener ('mimic web') "
+        "binds to; 0.0.0.0 in a container behind the platform's HTTPS ingress.",
+    )
+    web_port: int = Field(
+        8042, ge=0, le=65535, description="DICOMweb and console HTTP port (0 = any free)."
+    )
+    web_auth: Literal["oidc", "none"] = Field(
+        "oidc", description="DICOMweb authentication: OAuth 2.0 bearer tokens of OIDC_ISSUER, "
+        "or 'none' (development only: refused unless WEB_HOST is a loopback address).",
+    )
+    web_policy_entry: str = Field(
+        "dicomweb", description="The policy file's [certificates.NAME] table whose rule "
+        "(services, roles, query limits) applies to DICOMweb requests; without one, "
+        "DICOMweb grants nothing.",
+    )
+    web_cors_origins: str = Field(
+        "", description="Origins (comma-separated, e.g. https://viewer.example.org) whose "
+        "browser scripts may call DICOMweb (CORS); empty: none.",
+    )
+    web_base_url: str | None = Field(
+        None, description="The public URL of 'mimic web' (https://host), used in the bulk "
+        "data URIs of metadata answers (default: the request's own).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; patient data appears only at DEBUG."
     )
@@ -255,6 +279,10 @@ class Settings(BaseSettings):
         if value is not None and not value.lower().startswith("https://"):
             raise ValueError("the Key Vault URL must start with https://")
         return value or None
+
+    @property
+    def web_cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.web_cors_origins.split(",") if o.strip()]
 
     @property
     def certificate_dir(self) -> Path:

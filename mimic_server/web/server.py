@@ -62,6 +62,10 @@ class HttpServer:
         host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
 
+    def alive(self) -> bool:
+        """True while uvicorn serves (its thread has not ended)."""
+        return self._thread.is_alive() and bool(self._server.started)
+
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._socket])

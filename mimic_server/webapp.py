@@ -1,0 +1,201 @@
+"""The composition root of ``mimic web``: DICOMweb at ``/dicomweb`` and the operator
+console at ``/``, over the same index, object store, policy and audit trail as
+``mimic serve`` (opened the same way: ``resources.py``).
+
+Like ``app.py`` this module knows the concrete classes; the routes under ``web/`` see only
+:class:`~mimic_server.web.dicomweb.context.DicomWebContext`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
+from mimic_server.query.finder import Finder
+from mimic_server.resources import (
+    load_policy_file,
+    open_audit_trail,
+    open_index,
+    open_object_store,
+    open_token_validator,
+)
+from mimic_server.security import audit
+from mimic_server.security.audit import AuditLog
+from mimic_server.security.policy import Policy
+from mimic_server.security.policy_watcher import PolicyWatcher
+from mimic_server.storage import ObjectStore
+from mimic_server.web.dicomweb.app import build_dicomweb
+from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.server import HttpServer
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """``MIMIC_WEB_AUTH=none`` only on loopback, said loudly; bearer tokens need an issuer."""
+    if settings.web_auth == "none":
+        if not is_loopback(settings.web_host):
+            raise ConfigurationError(
+                f"MIMIC_WEB_AUTH=none serves the archive to anyone: refused on "
+                f"{settings.web_host} (allowed only on a loopback address such as 127.0.0.1)"
+            )
+        log.warning(
+            "DICOMweb AUTHENTICATION IS OFF (MIMIC_WEB_AUTH=none): every request on this "
+            "loopback listener is served without a token (development only)",
+            extra={"address": settings.web_host},
+        )
+    elif not settings.oidc_issuer:
+        raise ConfigurationError(
+            "mimic web needs MIMIC_OIDC_ISSUER (and MIMIC_OIDC_AUDIENCE) to validate bearer "
+            "tokens; MIMIC_WEB_AUTH=none is for loopback development only"
+        )
+
+
+class WebArchive:
+    """A running ``mimic web``: one HTTP listener over the archive's index and objects."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        object_store: ObjectStore | None = None,
+        policy: Policy | None = None,
+        console: Any = None,
+    ) -> None:
+        """``object_store`` and ``policy`` replace the configured ones (tests); ``console``
+        is an ASGI app mounted at ``/`` (default: the operator console, when present)."""
+        self.settings = settings
+        self._object_store = object_store
+        self._policy = policy
+        self._console = console
+        self.engine: Engine | None = None
+        self.audit = AuditLog(None)
+        self.policy_watcher: PolicyWatcher | None = None
+        self.http: HttpServer | None = None
+        self.context: DicomWebContext | None = None
+
+    def start(self) -> None:
+        """Open everything and start listening; ConfigurationError on bad settings."""
+        s = self.settings
+        check_auth_settings(s)
+        tokens = open_token_validator(s) if s.web_auth == "oidc" else None
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine, _index = open_index(s)
+        store = self._object_store or open_object_store(s)
+        self.audit = open_audit_trail(s, self.engine)
+        policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
+        if policy.audit_log is None:
+            policy.audit_log = self.audit
+        policy_file = load_policy_file(s, policy)
+        if policy_file is not None:
+            source, version = policy_file
+            self.policy_watcher = PolicyWatcher(
+                source, s.cert_refresh_seconds, lambda rules: setattr(policy, "rules", rules),
+                self.audit, version,
+            )
+            self.policy_watcher.start()
+        finder = Finder(
+            self.engine, retrieve_ae_title=s.ae_title, max_results=s.max_find_results,
+            time_limit=s.find_time_limit_seconds,
+        )
+        self.context = DicomWebContext(
+            finder=finder, store=store, policy=policy, audit=self.audit, tokens=tokens,
+            auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
+            base_url=s.web_base_url, ingest=_ingest(s, store, self.engine, self.audit),
+        )
+        app = build_web_app(self.context, s.web_cors_origin_list, self._console,
+                            ready=self._ready)
+        self.http = HttpServer(app, s.web_host, s.web_port, name="web")
+        self.http.start()
+        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        host, port = self.http.address
+        log.info("DICOMweb listening", extra={
+            "address": f"{host}:{port}", "auth": s.web_auth,
+            "index": self.engine.dialect.name,
+            "cors_origins": len(s.web_cors_origin_list),
+        })
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.http is not None
+        return self.http.address
+
+    def alive(self) -> bool:
+        return self.http is not None and self.http.alive()
+
+    def _ready(self) -> str:
+        if self.engine is None:
+            raise ConfigurationError("not started")
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise ConfigurationError("index does not answer") from exc
+        return "ready"
+
+    def refresh_policy(self) -> None:
+        """SIGHUP: read the policy file again at once."""
+        if self.policy_watcher is not None:
+            self.policy_watcher.refresh_now()
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.policy_watcher is not None:
+            self.policy_watcher.stop()
+            self.policy_watcher = None
+        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
+        self.audit.close()
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+
+def _ingest(settings: Settings, store: ObjectStore, engine: Engine, audit_log: AuditLog) -> Any:
+    """The STOW-RS ingest path (``archive/ingest.py``), when that room exists."""
+    return None
+
+
+def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,
+                  ready: Any = None) -> Starlette:
+    """``/dicomweb`` (DICOMweb), ``/healthz`` and ``/readyz`` (probes), ``/`` (console)."""
+
+    def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    def readyz(_request: Request) -> JSONResponse:
+        try:
+            detail = ready() if ready is not None else "ready"
+        except ConfigurationError as exc:
+            return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
+        return JSONResponse({"status": detail})
+
+    routes: list[Any] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Mount("/dicomweb", app=build_dicomweb(ctx, cors_origins)),
+    ]
+    if console is not None:
+        routes.append(Mount("/", app=console))
+    return Starlette(routes=routes)
