@@ -19,8 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from mimic_server.archive.ingest import Ingest
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
+from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
     load_policy_file,
@@ -173,8 +175,9 @@ class WebArchive:
 
 
 def _ingest(settings: Settings, store: ObjectStore, engine: Engine, audit_log: AuditLog) -> Any:
-    """The STOW-RS ingest path (``archive/ingest.py``), when that room exists."""
-    return None
+    """The STOW-RS ingest path (``archive/ingest.py``): C-STORE's, into the same store and
+    index, under the same size limit; ``audit_log`` is handed to it per request."""
+    return Ingest(store, SqlIndex(engine), settings.max_object_bytes, settings.spool_path)
 
 
 def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,

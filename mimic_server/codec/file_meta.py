@@ -72,22 +72,27 @@ def read_file_meta(head: bytes | memoryview, *, whole: bool = False) -> FileMeta
 
     None when ``head`` ends before the group does (more bytes are needed; with ``whole``,
     ``head`` is the whole file and an element cut short is refused instead); raises
-    ``CannotUnderstand`` when it is not a Part 10 file (no ``DICM`` after the preamble, a
-    File Meta element that does not parse, a group past ``MAX_FILE_META``). The elements
+    ``CannotUnderstand`` when it is not a Part 10 file (no ``DICM`` after the preamble nor
+    a File Meta group at its very start, a File Meta element that does not parse, a group
+    past ``MAX_FILE_META``). The elements
     are walked one by one (the group length is not trusted: some writers get it wrong);
     the group ends at the first element of another group.
     """
-    if len(head) < 132:
+    if len(head) < 132 and not (whole and len(head) >= 8):
         return None
-    if bytes(head[128:132]) != b"DICM":
+    if bytes(head[128:132]) == b"DICM":
+        pos = 132
+    elif bytes(head[:2]) == b"\x02\x00" and bytes(head[4:6]).isalpha():
+        pos = 0  # File Meta without preamble (pydicom writes such files): read as it is
+    else:
         raise CannotUnderstand("not a DICOM Part 10 file (no DICM prefix)")
+    start_of_meta = pos
     values: dict[int, bytes] = {}
-    pos = 132
     while True:
         if pos > MAX_FILE_META:
             raise CannotUnderstand("the File Meta Information does not end")
         if len(head) < pos + 8:
-            if whole and len(head) == pos and pos > 132:
+            if whole and len(head) == pos and pos > start_of_meta:
                 break  # a file of File Meta only: its (empty) data set is refused later
             if whole:
                 raise CannotUnderstand("the file ends inside its File Meta Information")

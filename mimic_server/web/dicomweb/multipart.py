@@ -120,7 +120,7 @@ class MultipartSplitter:
                 headers: dict[str, str] = {}
                 del self._buffer[:2]
             else:
-                end = buffer.find(_CRLF + _CRLF)
+                end = buffer.find(_CRLF + _CRLF, 0, MAX_HEADERS + 4)
                 if end < 0:
                     if len(buffer) > MAX_HEADERS:
                         raise MalformedMultipart("part headers are too large")
