@@ -6,10 +6,12 @@ refusal is answered as PS3.18 says, with nothing stored: no token (401), a token
 the role (403), another media type (415), a body that is not multipart (400), a damaged
 part, a part of another study, a part over the size limit, a transfer syntax the archive
 does not keep (FailedSOPSequence with the Failure Reason). One good and one bad part: 202.
+A large part sent chunked is spooled as it arrives and stored byte for byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ from mimic_server.codec.file_meta import encode_file_meta, read_file_meta
 from mimic_server.config import Settings
 from mimic_server.webapp import WebArchive
 from tests.data import ct_small
+from tests.large_objects import write_large
 from tests.oidc_double import OidcIssuerDouble
 from tests.support import HOST, MimicProcess, client_context
 
@@ -399,3 +402,36 @@ def test_a_part_over_the_size_limit_is_refused(setup: Setup) -> None:
     finally:
         small.stop()
     assert not list((setup.root / "data" / "spool").glob("*"))  # anonymous spool files only
+
+
+def test_a_large_part_is_streamed_to_the_store(setup: Setup, tmp_path: Path) -> None:
+    """24 MiB sent chunked: spooled as it arrives (past 8 MiB), stored byte for byte."""
+    path = tmp_path / "large.dcm"
+    uid = write_large(path, 24 << 20)
+    offset = read_file_meta(path.read_bytes()[:4096])
+    assert offset is not None
+
+    def body() -> Iterator[bytes]:
+        yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    response = requests.post(setup.url + "/studies", data=body(), timeout=120, headers={
+        "Content-Type": DICOM_MULTIPART, "Authorization": f"Bearer {setup.token()}"})
+    assert response.status_code == 200, response.text
+    assert stored_uids(response.json()) == [uid]
+    stored = setup.server.object_for(uid)
+    sent = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(offset.dataset_offset)
+        while chunk := fh.read(1 << 20):
+            sent.update(chunk)
+    kept = hashlib.sha256()
+    with open(stored, "rb") as fh:
+        fh.seek(read_file_meta(fh.read(4096)).dataset_offset)  # type: ignore[union-attr]
+        while chunk := fh.read(1 << 20):
+            kept.update(chunk)
+    assert kept.hexdigest() == sent.hexdigest()
+    assert not list((setup.root / "data" / "spool").glob("*"))
