@@ -24,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from mimic_server.archive.ingest import Ingest
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index.audit_table import read_table
+from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
     load_policy_file,
@@ -116,7 +118,7 @@ class WebArchive:
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine, _index = open_index(s)
+        self.engine, index = open_index(s)
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
@@ -137,7 +139,7 @@ class WebArchive:
         self.context = DicomWebContext(
             finder=finder, store=store, policy=policy, audit=self.audit, tokens=tokens,
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
-            base_url=s.web_base_url, ingest=_ingest(s, store, self.engine, self.audit),
+            base_url=s.web_base_url, ingest=_ingest(s, store, index),
         )
         console = self._console
         if console is None:
@@ -299,9 +301,10 @@ def _serve_status(base_url: str) -> Callable[[], dict[str, Any]]:
     return fetch
 
 
-def _ingest(settings: Settings, store: ObjectStore, engine: Engine, audit_log: AuditLog) -> Any:
-    """The STOW-RS ingest path (``archive/ingest.py``), when that room exists."""
-    return None
+def _ingest(settings: Settings, store: ObjectStore, index: SqlIndex) -> Ingest:
+    """The STOW-RS ingest path (``archive/ingest.py``): C-STORE's, into the same store and
+    index, under the same size limit; the audit log is handed to it per request."""
+    return Ingest(store, index, settings.max_object_bytes, settings.spool_path)
 
 
 def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,
