@@ -436,3 +436,63 @@ def test_auth_none_on_loopback_says_so_loudly(tmp_path: Path) -> None:
 def test_oidc_auth_needs_an_issuer(tmp_path: Path) -> None:
     result = WebProcess(tmp_path / "data", None).run()
     assert result.returncode == 2 and "MIMIC_OIDC_ISSUER" in result.stderr
+
+
+# -- WADO-RS: frames, rendered images, thumbnails (render/) -----------------------------------
+
+
+def _ct_path(ct: Dataset) -> str:
+    return (f"/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+            f"/instances/{ct.SOPInstanceUID}")
+
+
+def test_frames_are_the_stored_pixels(setup: Setup) -> None:
+    ct = pydicom.dcmread(ct_small())
+    frames = setup.client().retrieve_instance_frames(
+        ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID, frame_numbers=[1],
+        media_types=("application/octet-stream",))
+    assert frames == [ct.PixelData]
+    assert setup.get(_ct_path(ct) + "/frames/2").status_code == 404
+    assert setup.get(_ct_path(ct) + "/frames/0").status_code == 400
+    response = setup.get(_ct_path(ct) + "/frames/1", Accept='multipart/related; type="image/jpeg"')
+    assert response.status_code == 406  # native pixels are not transcoded to JPEG
+
+
+def test_rendered_frame_is_pydicoms_pixels_windowed(setup: Setup) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ct = pydicom.dcmread(ct_small())
+    values = ct.pixel_array.astype(np.float64) * float(ct.get("RescaleSlope", 1)) + float(
+        ct.get("RescaleIntercept", 0))
+    center, width = 40.0, 400.0
+    response = setup.get(_ct_path(ct) + f"/rendered?window={center:g},{width:g}",
+                         Accept="image/png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    picture = np.asarray(Image.open(io.BytesIO(response.content)).convert("L"), dtype=np.float64)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    expected = np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255, 0, 255)
+    expected[values <= low], expected[values > high] = 0, 255
+    assert picture.shape == values.shape
+    assert np.mean(np.abs(picture - expected) <= 1) > 0.99
+    jpeg = setup.client().retrieve_instance_rendered(
+        ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID,
+        media_types=("image/jpeg",))
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+
+def test_thumbnails(setup: Setup) -> None:
+    import io
+
+    from PIL import Image
+
+    ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    for path in (_ct_path(ct), f"/studies/{ct.StudyInstanceUID}"):
+        response = setup.get(path + "/thumbnail?viewport=64,64", Accept="image/jpeg")
+        assert response.status_code == 200, response.text
+        assert max(Image.open(io.BytesIO(response.content)).size) <= 64
+    assert setup.get(_ct_path(ct) + "/thumbnail", Accept="image/gif").status_code == 406
+    assert setup.get(_ct_path(ct) + "/rendered?window=1",
+                     Accept="image/png").status_code == 400
