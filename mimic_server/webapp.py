@@ -40,6 +40,7 @@ from mimic_server.resources import (
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditFilter, AuditLog, read_file
+from mimic_server.security.grants import Grants, RuleError, parse_rule
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.tokens import TokenValidator
@@ -87,6 +88,19 @@ def check_auth_settings(settings: Settings) -> None:
             "mimic web needs MIMIC_OIDC_ISSUER (and MIMIC_OIDC_AUDIENCE) to validate bearer "
             "tokens; MIMIC_WEB_AUTH=none is for loopback development only"
         )
+
+
+def web_rule(settings: Settings) -> Grants | None:
+    """``MIMIC_WEB_ROLES`` read by the policy file's parser: the roles' services together
+    are the front door's services, each role narrows to its own."""
+    if not settings.web_roles:
+        return None
+    services = sorted({name for names in settings.web_roles.values() for name in names})
+    try:
+        return parse_rule({"services": services, "roles": settings.web_roles},
+                          "MIMIC_WEB_ROLES")
+    except RuleError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 class WebArchive:
@@ -139,6 +153,7 @@ class WebArchive:
         self.context = DicomWebContext(
             finder=finder, store=store, policy=policy, audit=self.audit, tokens=tokens,
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
+            rule=web_rule(s),
             base_url=s.web_base_url, ingest=_ingest(s, store, index),
         )
         console = self._console

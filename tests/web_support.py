@@ -29,8 +29,10 @@ ORIGIN = "https://viewer.example.org"
 class WebProcess:
     """``mimic web`` with bearer tokens of ``issuer`` and the policy above."""
 
-    def __init__(self, data_dir: Path, issuer: OidcIssuerDouble | None, **settings: str) -> None:
+    def __init__(self, data_dir: Path, issuer: OidcIssuerDouble | None, *,
+                 policy: str | None = POLICY, **settings: str) -> None:
         self.data_dir = data_dir
+        self.policy = policy
         self.port = int(settings.pop("web_port", None) or free_port())
         self.settings = settings
         self.issuer = issuer
@@ -43,11 +45,13 @@ class WebProcess:
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
-        policy = self.data_dir.parent / "dicomweb-policy.toml"
-        policy.write_text(POLICY)
         env.update(MIMIC_DATA_DIR=str(self.data_dir), MIMIC_WEB_HOST=HOST,
                    MIMIC_WEB_PORT=str(self.port), MIMIC_LOG_FORMAT="json",
-                   MIMIC_POLICY_FILE=str(policy), MIMIC_WEB_CORS_ORIGINS=ORIGIN)
+                   MIMIC_WEB_CORS_ORIGINS=ORIGIN)
+        if self.policy is not None:
+            policy = self.data_dir.parent / "dicomweb-policy.toml"
+            policy.write_text(self.policy)
+            env["MIMIC_POLICY_FILE"] = str(policy)
         if self.issuer is not None:
             env.update(MIMIC_OIDC_ISSUER=self.issuer.issuer, MIMIC_OIDC_AUDIENCE=AUDIENCE,
                        MIMIC_OIDC_CA_FILE=str(self.issuer.ca_file))

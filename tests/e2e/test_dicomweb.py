@@ -496,3 +496,36 @@ def test_thumbnails(setup: Setup) -> None:
     assert setup.get(_ct_path(ct) + "/thumbnail", Accept="image/gif").status_code == 406
     assert setup.get(_ct_path(ct) + "/rendered?window=1",
                      Accept="image/png").status_code == 400
+
+
+def test_roles_from_the_web_roles_setting(tmp_path: Path) -> None:
+    """Without a policy file table (Azure): MIMIC_WEB_ROLES is the front door's rule."""
+    issuer = OidcIssuerDouble(tmp_path).start()
+    web = WebProcess(tmp_path / "data", issuer, policy=None,
+                     web_roles='{"Radiologist": ["find", "get"], "Clerk": ["find"]}').start()
+    try:
+        def status(path: str, roles: list[str]) -> int:
+            token = issuer.mint(audience=AUDIENCE, roles=roles)
+            return requests.get(web.url + path, timeout=10,
+                                headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert status("/studies", ["Clerk"]) == 200
+        assert status("/studies/1.2.3", ["Clerk"]) == 403
+        assert status("/studies/1.2.3", ["Radiologist"]) == 404  # granted; nothing stored
+        assert status("/studies", ["Stranger"]) == 403
+    finally:
+        assert web.stop() == 0, web.log()
+        issuer.stop()
+
+
+def test_no_rule_grants_nothing(tmp_path: Path) -> None:
+    issuer = OidcIssuerDouble(tmp_path).start()
+    web = WebProcess(tmp_path / "data", issuer, policy=None).start()
+    try:
+        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+        response = requests.get(web.url + "/studies", timeout=10,
+                                headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 403
+    finally:
+        assert web.stop() == 0, web.log()
+        issuer.stop()
