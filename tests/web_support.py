@@ -58,13 +58,13 @@ class WebProcess:
         env.update({f"MIMIC_{k.upper()}": str(v) for k, v in self.settings.items()})
         return env
 
-    def run(self, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(self, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run to its end (a start that is refused)."""
         return subprocess.run([sys.executable, "-m", "mimic_server", "web"],
                               env=self.environment(), capture_output=True, text=True,
                               timeout=timeout, cwd=self.data_dir.parent)
 
-    def start(self, timeout: float = 30.0) -> WebProcess:
+    def start(self, timeout: float = 120.0) -> WebProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mimic_server", "web"], env=self.environment(),
