@@ -212,17 +212,20 @@ def test_stow_then_c_find_and_c_get_give_the_bytes_sent(setup: Setup) -> None:
     second.StudyInstanceUID = first.StudyInstanceUID
     second.SeriesInstanceUID = first.SeriesInstanceUID
     answer = setup.client().store_instances([first, second])
+    port = setup.web.address[1]
     referenced = answer.ReferencedSOPSequence
     assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [
         first.SOPInstanceUID, second.SOPInstanceUID]
     assert "FailedSOPSequence" not in answer
     for item, ds in zip(referenced, (first, second), strict=True):
         assert item.ReferencedSOPClassUID == CTImageStorage
-        # dicomweb-client sends a Host header without the port: the URLs follow it
-        assert item.RetrieveURL == (f"http://{HOST}/dicomweb/studies/{ds.StudyInstanceUID}"
-                                    f"/series/{ds.SeriesInstanceUID}/instances/"
-                                    f"{ds.SOPInstanceUID}")
-    assert answer.RetrieveURL == f"http://{HOST}/dicomweb/studies/{first.StudyInstanceUID}"
+        # dicomweb-client sends a Host header without the port: the URLs get the
+        # listener's port (web/dicomweb/urls.py), so that they lead back to it
+        assert item.RetrieveURL == (f"http://{HOST}:{port}/dicomweb/studies/"
+                                    f"{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                                    f"/instances/{ds.SOPInstanceUID}")
+    assert answer.RetrieveURL == (
+        f"http://{HOST}:{port}/dicomweb/studies/{first.StudyInstanceUID}")
 
     assert setup.find(first) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
     for ds in (first, second):
