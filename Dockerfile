@@ -30,12 +30,15 @@ ENV MIMIC_HOST=0.0.0.0 \
     MIMIC_PORT=11112 \
     MIMIC_OPS_HOST=0.0.0.0 \
     MIMIC_OPS_PORT=8080 \
+    MIMIC_WEB_HOST=0.0.0.0 \
+    MIMIC_WEB_PORT=8042 \
     MIMIC_DATA_DIR=/var/lib/mimic \
     MIMIC_LOG_FORMAT=json
 WORKDIR /var/lib/mimic
 USER 10001:10001
-EXPOSE 11112 8080
+EXPOSE 11112 8080 8042
 # No HEALTHCHECK: Container Apps ignores it and probes /healthz and /readyz on 8080 itself
+# (`mimic web`: on 8042)
 # (infra/mimic.bicep); a HEALTHCHECK would need curl or a second Python in the image.
 ENTRYPOINT ["mimic"]
 CMD ["serve"]

@@ -40,8 +40,28 @@ param concurrentConnectionsPerReplica int = 16
 @description('On SIGTERM, seconds open associations may finish (MIMIC_DRAIN_SECONDS).')
 param drainSeconds int = 25
 
+@description('OpenID Connect issuer of the DICOMweb bearer tokens (Entra ID: https://login.microsoftonline.com/TENANT/v2.0); empty: no DICOMweb app.')
+param oidcIssuer string = ''
+@description('The audience (aud) DICOMweb tokens carry: the Entra app registration\'s Application ID URI.')
+param oidcAudience string = ''
+@description('DICOMweb token roles and their services as JSON (MIMIC_WEB_ROLES).')
+param webRoles string = '{"DicomReader": ["find", "get"], "DicomWriter": ["find", "get", "store"]}'
+@description('Origins whose browser viewers may call DICOMweb (comma-separated; empty: none).')
+param webCorsOrigins string = ''
+@description('The operator console\'s application (client) ID at the issuer; empty: console sign-in off.')
+param webConsoleClientId string = ''
+@minValue(1)
+param webMinReplicas int = 1
+@minValue(1)
+param webMaxReplicas int = 4
+@description('Concurrent HTTP requests per DICOMweb replica above which another replica starts.')
+param concurrentRequestsPerWebReplica int = 50
+
 var dicomPort = 11112
 var opsPort = 8080
+var webPort = 8042
+var webAppName = '${appName}-web'
+var webEnabled = !empty(oidcIssuer)
 var tags = { 'azd-env-name': environmentName, 'azd-service-name': 'mimic' }
 
 resource containerAppsEnvironment 'Microsoft.App/managedEnvironments@2024-03-01' existing = {
@@ -157,5 +177,104 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   }
 }
 
+// DICOMweb and the operator console (`mimic web`): the same image, index, objects, audit
+// trail and Key Vault (the console shows the trusted certificates), behind HTTPS ingress.
+// Deployed only once an OIDC issuer is configured: mimic web refuses to start without one.
+resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
+  name: webAppName
+  location: location
+  tags: { 'azd-env-name': environmentName }
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
+  properties: {
+    environmentId: containerAppsEnvironment.id
+    workloadProfileName: 'Consumption'
+    configuration: {
+      activeRevisionsMode: 'Single'
+      // HTTPS only: the platform terminates TLS; plain HTTP is refused, not redirected.
+      ingress: {
+        external: true
+        transport: 'http'
+        targetPort: webPort
+        allowInsecure: false
+      }
+      registries: [
+        {
+          server: registryEndpoint
+          identity: identityId
+        }
+      ]
+    }
+    template: {
+      initContainers: [
+        {
+          name: 'db-upgrade'
+          image: imageName
+          args: ['db', 'upgrade']
+          env: indexEnv
+          resources: { cpu: json('0.5'), memory: '1Gi' }
+        }
+      ]
+      containers: [
+        {
+          name: 'mimic-web'
+          image: imageName
+          args: ['web']
+          env: concat(indexEnv, archiveEnv, [
+            { name: 'MIMIC_OIDC_ISSUER', value: oidcIssuer }
+            { name: 'MIMIC_OIDC_AUDIENCE', value: oidcAudience }
+            { name: 'MIMIC_WEB_ROLES', value: webRoles }
+            { name: 'MIMIC_WEB_CORS_ORIGINS', value: webCorsOrigins }
+            { name: 'MIMIC_WEB_BASE_URL', value: 'https://${webAppName}.${containerAppsEnvironment.properties.defaultDomain}' }
+            { name: 'MIMIC_WEB_OIDC_CLIENT_ID', value: webConsoleClientId }
+          ])
+          resources: { cpu: json('1.0'), memory: '2Gi' }
+          probes: [
+            {
+              type: 'Startup'
+              httpGet: { path: '/healthz', port: webPort }
+              periodSeconds: 2
+              failureThreshold: 30
+              timeoutSeconds: 2
+            }
+            {
+              type: 'Liveness'
+              httpGet: { path: '/healthz', port: webPort }
+              periodSeconds: 10
+              failureThreshold: 3
+              timeoutSeconds: 3
+            }
+            {
+              type: 'Readiness'
+              httpGet: { path: '/readyz', port: webPort }
+              periodSeconds: 5
+              failureThreshold: 2
+              timeoutSeconds: 5
+            }
+          ]
+        }
+      ]
+      scale: {
+        minReplicas: webMinReplicas
+        maxReplicas: webMaxReplicas
+        rules: [
+          {
+            name: 'http-requests'
+            http: {
+              metadata: {
+                concurrentRequests: string(concurrentRequestsPerWebReplica)
+              }
+            }
+          }
+        ]
+      }
+    }
+  }
+}
+
 output SERVICE_MIMIC_NAME string = app.name
 output ARCHIVE_HOST_NAME string = app.properties.configuration.ingress.fqdn
+output DICOMWEB_URL string = webEnabled ? 'https://${web!.properties.configuration.ingress.fqdn}/dicomweb' : ''
+

@@ -8,7 +8,6 @@ certificate source); library internals are patched only through the fence it cal
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -44,28 +43,33 @@ from mimic_server.dimse import (
     syntaxes,
 )
 from mimic_server.dimse.receiving import ReceiveLimits
+from mimic_server.dimse.session import session_of
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
 from mimic_server.errors import ConfigurationError, OutOfResources
-from mimic_server.index import Index, schema
-from mimic_server.index.engine import create_index_engine
+from mimic_server.index import Index
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net import descriptors, observe
 from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
+from mimic_server.resources import (
+    load_policy_file,
+    open_audit_trail,
+    open_index,
+    open_object_store,
+    open_token_validator,
+    store_answers,
+)
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditLog, AuditSink
-from mimic_server.security.audit_records import Archive as AuditedArchive
-from mimic_server.security.grants import RuleError
+from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
-from mimic_server.security.tokens import TokenValidator
 from mimic_server.security.user_identity import UserAuthority
 from mimic_server.security.users import UserDirectory
 from mimic_server.storage import ObjectStore
-from mimic_server.storage.filesystem import FilesystemStore
+from mimic_server.web.activity import Activity, Tee
 from mimic_server.web.metrics import ArchiveMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
@@ -112,6 +116,8 @@ class Archive:
         self._thread: threading.Thread | None = None
         self._credential: Any = None
         self.metrics = ArchiveMetrics()
+        #: Per-minute counts for the operator console (``/status/associations``).
+        self.activity = Activity()
         self.metrics.trust_refresh_failures_from(
             lambda: self.watcher.failures if self.watcher is not None else 0
         )
@@ -312,7 +318,7 @@ class Archive:
                                "C-MOVE", STATUS["C-MOVE"], 2, counted),
                 [finder, object_store, policy, self._move_target],
             )
-        observe.bind(server, self.metrics)
+        observe.bind(server, Tee(self.metrics, self.activity))
         self.metrics.active_associations_from(
             lambda: sum(1 for a in server.active_associations if a.is_established)
         )
@@ -349,47 +355,13 @@ class Archive:
         )
 
     def _policy_file(self, policy: Policy) -> tuple[PolicyFile, str] | None:
-        """Load ``MIMIC_POLICY_FILE`` into ``policy``; (source, version) to watch, or None.
-
-        At start there is no last good policy to keep: a missing or broken file is a
-        configuration error."""
-        path = self.settings.policy_file
-        if path is None:
-            return None
-        source = PolicyFile(path)
-        if not path.is_file():
-            raise ConfigurationError(f"policy file {path} does not exist (MIMIC_POLICY_FILE)")
-        version = source.version()
-        try:
-            policy.rules = source.load()
-        except RuleError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        log.info("access policy loaded", extra={
-            "file": str(path), "certificates": len(policy.rules.certificates)})
-        return source, version
+        return load_policy_file(self.settings, policy)
 
     def _user_authority(self) -> UserAuthority:
         """Who verifies User Identity Negotiation items: the OIDC issuer (JWT), the user
         file (username and passcode); either may be absent (then that type is refused)."""
         s = self.settings
-        tokens = None
-        if s.oidc_issuer:
-            if not s.oidc_audience:
-                raise ConfigurationError("MIMIC_OIDC_ISSUER needs MIMIC_OIDC_AUDIENCE")
-            context = None
-            if s.oidc_ca_file is not None:
-                if not s.oidc_ca_file.is_file():
-                    raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
-                context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
-            algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
-            try:
-                tokens = TokenValidator(
-                    s.oidc_issuer, s.oidc_audience, algorithms=algorithms,
-                    leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
-                    roles_claim=s.oidc_roles_claim,
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"MIMIC_OIDC_ALGORITHMS: {exc}") from exc
+        tokens = open_token_validator(s)
         users = None
         if s.users_file is not None:
             if not s.users_file.is_file():
@@ -405,13 +377,36 @@ class Archive:
             draining=self._draining.is_set,
             checks={
                 "index": self._index_answers,
-                "object_store": lambda: _store_answers(object_store),
+                "object_store": lambda: store_answers(object_store),
                 "certificate": self._certificate_valid,
             },
             metrics=self.metrics,
+            status=self.status,
         )
         self.ops = HttpServer(build_app(state), s.ops_host, s.ops_port)
         self.ops.start()
+
+    def status(self) -> dict[str, object]:
+        """The open associations and the last hour per minute, for the operator console."""
+        server = self.server
+        associations = []
+        now = time.monotonic()
+        for assoc in list(server.active_associations) if server is not None else []:
+            session = session_of(assoc)
+            if session is None or not assoc.is_established:
+                continue
+            with session.lock:
+                stored, size = session.stored, session.bytes_stored
+            associations.append({
+                "peer": session.peer_address, "calling_ae": session.calling_ae_title.strip(),
+                "called_ae": session.called_ae_title.strip(),
+                "identity": session.identity.label, "trust_name": session.identity.trust_name,
+                "user": session.user.name if session.user is not None else None,
+                "service": ", ".join(observe.in_flight(assoc)) or None,
+                "services_granted": sorted(s.value for s in session.services or ()),
+                "objects": stored, "bytes": size, "seconds": round(now - session.started, 1),
+            })
+        return {"associations": associations, "minutes": self.activity.minutes()}
 
     def _index_answers(self) -> str:
         if self.engine is None:
@@ -572,126 +567,6 @@ class Archive:
         self.audit.close()
         if self.engine is not None:
             self.engine.dispose()
-
-
-def open_audit_trail(
-    settings: Settings, engine: Engine | None, bundle: CertBundle | None = None
-) -> AuditLog:
-    """The audit trail the settings call for: the ``audit_events`` table when the index is a
-    server database (PostgreSQL: the replica's disk is not durable), else the JSON-lines file
-    in DATA_DIR; and the audit repository over syslog/TLS when one is configured."""
-    sinks: list[AuditSink] = []
-    table = None
-    if engine is not None and engine.dialect.name != "sqlite":
-        from mimic_server.index.audit_table import AuditTable
-
-        # Also written in the index transaction of each C-STORE (dimse/store_audit.py).
-        table = AuditTable(engine)
-        sinks.append(table)
-    if settings.audit_syslog_host:
-        sinks.append(_syslog_sink(settings, bundle))
-    archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
-    return AuditLog(None if table is not None else settings.audit_path, sinks=sinks,
-                    archive=archive, transactional=table)
-
-
-def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
-    from mimic_server.security.syslog_tls import SyslogTlsSink
-
-    s = settings
-    assert s.audit_syslog_host is not None
-    try:
-        if s.audit_syslog_client_cert is not None:
-            context = ssl.create_default_context(
-                cafile=str(s.audit_syslog_ca_file) if s.audit_syslog_ca_file else None
-            )
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(
-                str(s.audit_syslog_client_cert),
-                str(s.audit_syslog_client_key) if s.audit_syslog_client_key else None,
-            )
-        elif bundle is not None:
-            extra = s.audit_syslog_ca_file.read_text() if s.audit_syslog_ca_file else ""
-            context = destination_context(bundle, extra)
-        else:
-            raise ConfigurationError(
-                "the audit repository needs a client certificate: set "
-                "MIMIC_AUDIT_SYSLOG_CLIENT_CERT (TLS is off, there is no server certificate)"
-            )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"audit repository TLS settings unusable: {exc}") from exc
-    return SyslogTlsSink(
-        s.audit_syslog_host, s.audit_syslog_port, context,
-        server_name=s.audit_syslog_server_name, queue_size=s.audit_syslog_queue,
-    ).start()
-
-
-def _store_answers(store: ObjectStore) -> str:
-    store.check()
-    return "answers"
-
-
-def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:
-    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current.
-
-    Shared by the server and by maintenance commands (``mimic reconcile``). ``credential``
-    logs in to PostgreSQL with Microsoft Entra tokens (``MIMIC_DATABASE_AUTH=entra``); when
-    it is needed and not given, a DefaultAzureCredential is made here.
-    """
-    if credential is None and settings.database_auth == "entra":
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    engine = create_index_engine(settings.index_url, credential)
-    try:
-        if engine.dialect.name == "sqlite":
-            schema.upgrade(engine)  # embedded mode: zero configuration
-        else:
-            schema.require_current(engine)
-    except ConfigurationError:
-        engine.dispose()
-        raise
-    except Exception as exc:
-        engine.dispose()
-        raise ConfigurationError(f"index database unusable: {exc}") from exc
-    return engine, SqlIndex(engine)
-
-
-def open_object_store(settings: Settings, credential: Any = None) -> ObjectStore:
-    """Blob Storage when an account URL or connection string is set, else files.
-
-    ``credential`` signs Blob requests when there is no connection string; when it is needed
-    and not given, a DefaultAzureCredential is made here (maintenance commands)."""
-    if settings.uses_blob_storage:
-        return _blob_store(settings, credential)
-    try:
-        return FilesystemStore(settings.objects_dir)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"object directory {settings.objects_dir} unusable: {exc}"
-        ) from exc
-
-
-def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
-    # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
-    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
-
-    if settings.blob_connection_string:
-        credential = None
-    elif credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    service = blob_service_client(
-        account_url=settings.blob_account_url,
-        credential=credential,
-        connection_string=settings.blob_connection_string,
-        retries=settings.blob_retries,
-        timeout=settings.blob_timeout,
-    )
-    return AzureBlobStore(
-        service, settings.blob_container, create_container=settings.blob_create_container
-    )
 
 
 def describe_first_start(pki: devpki.DevPki, port: int, ae_title: str) -> str:

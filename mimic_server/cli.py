@@ -1,4 +1,4 @@
-"""The ``mimic`` command: ``serve``, ``certs init|issue-client|revoke``, ``db upgrade``,
+"""The ``mimic`` command: ``serve``, ``web``, ``certs init|issue-client|revoke``, ``db upgrade``,
 ``reconcile``, ``audit``.
 
 ``mimic serve`` has one ``--flag`` per setting, generated from :class:`Settings`, so a flag
@@ -32,7 +32,7 @@ EXIT_CONFIG = 2
 EXIT_LISTENER_DIED = 3
 #: Seconds between checks that the listener still runs.
 WATCH_PERIOD = 1.0
-_JSON_FIELDS = {"move_destinations"}
+_JSON_FIELDS = {"move_destinations", "web_roles"}
 
 
 def _fail(message: str) -> NoReturn:
@@ -115,6 +115,33 @@ def serve(**options: Any) -> None:
             # that the orchestrator restarts it.
             click.echo("mimic: the listener stopped; exiting", err=True)
             archive.stop(0)
+            sys.exit(EXIT_LISTENER_DIED)
+    archive.stop()
+
+
+@main.command()
+@settings_options
+def web(**options: Any) -> None:
+    """Run DICOMweb (/dicomweb) and the operator console (/) until SIGTERM or SIGINT."""
+    from mimic_server import logs
+    from mimic_server.webapp import WebArchive
+
+    settings = _settings(**options)
+    logs.configure(settings.log_level, settings.log_format)
+    archive = WebArchive(settings)
+    try:
+        archive.start()
+    except ConfigurationError as exc:
+        archive.stop()
+        _fail(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_policy())
+    while not stop.wait(WATCH_PERIOD):
+        if not archive.alive():
+            click.echo("mimic: the web listener stopped; exiting", err=True)
+            archive.stop()
             sys.exit(EXIT_LISTENER_DIED)
     archive.stop()
 
@@ -272,9 +299,9 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -
     every indexed object.
     """
     from mimic_server import logs
-    from mimic_server.app import open_audit_trail, open_index, open_object_store
     from mimic_server.errors import OutOfResources
     from mimic_server.reconcile import reconcile as run
+    from mimic_server.resources import open_audit_trail, open_index, open_object_store
     from mimic_server.security.audit import AuditLog
 
     settings = _settings(**options)

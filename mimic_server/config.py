@@ -217,6 +217,73 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='C-MOVE destinations as JSON: {"AE": {"host": h, "port": p, "tls": true}}.',
     )
+    web_host: str = Field(
+        "127.0.0.1", description="Address the DICOMweb and console listener ('mimic web') "
+        "binds to; 0.0.0.0 in a container behind the platform's HTTPS ingress.",
+    )
+    web_port: int = Field(
+        8042, ge=0, le=65535, description="DICOMweb and console HTTP port (0 = any free)."
+    )
+    web_auth: Literal["oidc", "none"] = Field(
+        "oidc", description="DICOMweb authentication: OAuth 2.0 bearer tokens of OIDC_ISSUER, "
+        "or 'none' (development only: refused unless WEB_HOST is a loopback address).",
+    )
+    web_policy_entry: str = Field(
+        "dicomweb", description="The policy file's [certificates.NAME] table whose rule "
+        "(services, roles, query limits) applies to DICOMweb requests; without one, "
+        "DICOMweb grants nothing.",
+    )
+    web_roles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='DICOMweb token roles and their services as JSON, e.g. {"Radiologist": '
+        '["find", "get", "store"], "Clerk": ["find"]}: the rule of WEB_POLICY_ENTRY when the '
+        "policy file has no table for it (as a Key Vault entry's tags are a certificate's).",
+    )
+    web_cors_origins: str = Field(
+        "", description="Origins (comma-separated, e.g. https://viewer.example.org) whose "
+        "browser scripts may call DICOMweb (CORS); empty: none.",
+    )
+    web_base_url: str | None = Field(
+        None, description="The public URL of 'mimic web' (https://host), used in the bulk "
+        "data URIs of metadata answers (default: the request's own).",
+    )
+    # -- the operator console of `mimic web` (web/console/) ---------------------------------
+    web_oidc_client_id: str | None = Field(
+        None, description="The console's application (client) ID at the OIDC issuer "
+        "(MIMIC_OIDC_ISSUER, e.g. Entra ID); ID tokens must name it as audience. Unset: "
+        "no console sign-in (the console answers 503).",
+    )
+    web_oidc_client_secret: str | None = Field(
+        None, description="Client secret for the token endpoint (a confidential client); "
+        "unset: a public client, protected by PKCE alone.", repr=False,
+    )
+    web_oidc_redirect_uri: str | None = Field(
+        None, description="The redirect URI registered at the issuer "
+        "(https://HOST/auth/callback); unset: derived from the request's own URL.",
+    )
+    web_oidc_scopes: str = Field(
+        "openid profile", description="Scopes the console asks for at sign-in."
+    )
+    web_operator_roles: str = Field(
+        "MimicOperator", description="Token roles (comma-separated) that make a console "
+        "user an operator: studies, modalities, live associations, audit trail.",
+    )
+    web_viewer_roles: str = Field(
+        "MimicViewer", description="Token roles (comma-separated) that may use the console's "
+        "study pages only.",
+    )
+    web_session_key: str | None = Field(
+        None, description="Secret that signs console session cookies (32+ characters); "
+        "unset: a random key per process, so sessions end when it restarts and do not "
+        "span replicas.", repr=False,
+    )
+    web_session_seconds: float = Field(
+        8 * 3600.0, gt=0, le=7 * 86400, description="How long a console session lasts."
+    )
+    web_serve_status_url: str = Field(
+        "http://127.0.0.1:8080", description="The ops listener of `mimic serve` whose "
+        "/status/associations the console's 'now' page shows.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; patient data appears only at DEBUG."
     )
@@ -255,6 +322,10 @@ class Settings(BaseSettings):
         if value is not None and not value.lower().startswith("https://"):
             raise ValueError("the Key Vault URL must start with https://")
         return value or None
+
+    @property
+    def web_cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.web_cors_origins.split(",") if o.strip()]
 
     @property
     def certificate_dir(self) -> Path:

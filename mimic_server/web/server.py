@@ -33,7 +33,10 @@ class HttpServer:
         self.name = name
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+            # TCP, and without it Nagle holds the body behind the headers until the peer's
+            # delayed ACK (40 ms per keep-alive request).
+            self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._socket.bind((host, port))
             self._socket.listen(128)
@@ -61,6 +64,10 @@ class HttpServer:
     def address(self) -> tuple[str, int]:
         host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
+
+    def alive(self) -> bool:
+        """True while uvicorn serves (its thread has not ended)."""
+        return self._thread.is_alive() and bool(self._server.started)
 
     def _run(self) -> None:
         try:

@@ -94,14 +94,19 @@ def test_ports_agree_in_settings_dockerfile_and_bicep() -> None:
     fields = Settings.model_fields
     dicom, ops = fields["port"].default, fields["ops_port"].default
     env = _runtime_env()
+    web = fields["web_port"].default
     exposed = {int(p) for p in dockerfile_stages()[-1].all("EXPOSE")[0].split()}
     assert (int(env["MIMIC_PORT"]), int(env["MIMIC_OPS_PORT"])) == (dicom, ops)
-    assert exposed == {dicom, ops}
+    assert int(env["MIMIC_WEB_PORT"]) == web
+    assert exposed == {dicom, ops, web}
     assert bicep_int_var(APP, "dicomPort") == bicep_int_var(MAIN, "dicomPort") == dicom
     assert bicep_int_var(APP, "opsPort") == ops
+    assert bicep_int_var(APP, "webPort") == web
     text = APP.read_text()
     assert "targetPort: dicomPort" in text and "exposedPort: dicomPort" in text
-    assert re.findall(r"port:\s*(\w+)", text) == ["opsPort"] * 3  # the three probes
+    assert "targetPort: webPort" in text  # mimic web: HTTP ingress
+    # The three probes of each app: mimic serve's on the ops port, mimic web's on its own.
+    assert re.findall(r"port:\s*(\w+)", text) == ["opsPort"] * 3 + ["webPort"] * 3
 
 
 def test_the_grace_period_outlasts_the_drain() -> None:

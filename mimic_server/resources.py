@@ -1,0 +1,199 @@
+"""What both composition roots open from the settings: the index, the object store, the
+audit trail, the OIDC token validator and the policy file.
+
+``mimic serve`` (app.py) and ``mimic web`` (webapp.py) are two front doors of one archive:
+they must open the same index, the same objects, the same trail and the same rules, the
+same way. Like app.py, this module knows concrete classes; nothing below it imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mimic_server.certs import CertBundle
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
+from mimic_server.index import schema
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from mimic_server.net.tls import destination_context
+from mimic_server.security.audit import AuditLog, AuditSink
+from mimic_server.security.audit_records import Archive as AuditedArchive
+from mimic_server.security.grants import RuleError
+from mimic_server.security.policy import Policy
+from mimic_server.security.policy_file import PolicyFile
+from mimic_server.security.tokens import TokenValidator
+from mimic_server.storage import ObjectStore
+from mimic_server.storage.filesystem import FilesystemStore
+
+log = logging.getLogger(__name__)
+
+
+def open_audit_trail(
+    settings: Settings, engine: Engine | None, bundle: CertBundle | None = None
+) -> AuditLog:
+    """The audit trail the settings call for: the ``audit_events`` table when the index is a
+    server database (PostgreSQL: the replica's disk is not durable), else the JSON-lines file
+    in DATA_DIR; and the audit repository over syslog/TLS when one is configured."""
+    sinks: list[AuditSink] = []
+    table = None
+    if engine is not None and engine.dialect.name != "sqlite":
+        from mimic_server.index.audit_table import AuditTable
+
+        # Also written in the index transaction of each C-STORE (dimse/store_audit.py).
+        table = AuditTable(engine)
+        sinks.append(table)
+    if settings.audit_syslog_host:
+        sinks.append(_syslog_sink(settings, bundle))
+    archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
+    return AuditLog(None if table is not None else settings.audit_path, sinks=sinks,
+                    archive=archive, transactional=table)
+
+
+def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
+    from mimic_server.security.syslog_tls import SyslogTlsSink
+
+    s = settings
+    assert s.audit_syslog_host is not None
+    try:
+        if s.audit_syslog_client_cert is not None:
+            context = ssl.create_default_context(
+                cafile=str(s.audit_syslog_ca_file) if s.audit_syslog_ca_file else None
+            )
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(
+                str(s.audit_syslog_client_cert),
+                str(s.audit_syslog_client_key) if s.audit_syslog_client_key else None,
+            )
+        elif bundle is not None:
+            extra = s.audit_syslog_ca_file.read_text() if s.audit_syslog_ca_file else ""
+            context = destination_context(bundle, extra)
+        else:
+            raise ConfigurationError(
+                "the audit repository needs a client certificate: set "
+                "MIMIC_AUDIT_SYSLOG_CLIENT_CERT (TLS is off, there is no server certificate)"
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"audit repository TLS settings unusable: {exc}") from exc
+    return SyslogTlsSink(
+        s.audit_syslog_host, s.audit_syslog_port, context,
+        server_name=s.audit_syslog_server_name, queue_size=s.audit_syslog_queue,
+    ).start()
+
+
+def store_answers(store: ObjectStore) -> str:
+    store.check()
+    return "answers"
+
+
+def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:
+    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current.
+
+    Shared by the server and by maintenance commands (``mimic reconcile``). ``credential``
+    logs in to PostgreSQL with Microsoft Entra tokens (``MIMIC_DATABASE_AUTH=entra``); when
+    it is needed and not given, a DefaultAzureCredential is made here.
+    """
+    if credential is None and settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    engine = create_index_engine(settings.index_url, credential)
+    try:
+        if engine.dialect.name == "sqlite":
+            schema.upgrade(engine)  # embedded mode: zero configuration
+        else:
+            schema.require_current(engine)
+    except ConfigurationError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise ConfigurationError(f"index database unusable: {exc}") from exc
+    return engine, SqlIndex(engine)
+
+
+def open_object_store(settings: Settings, credential: Any = None) -> ObjectStore:
+    """Blob Storage when an account URL or connection string is set, else files.
+
+    ``credential`` signs Blob requests when there is no connection string; when it is needed
+    and not given, a DefaultAzureCredential is made here (maintenance commands)."""
+    if settings.uses_blob_storage:
+        return _blob_store(settings, credential)
+    try:
+        return FilesystemStore(settings.objects_dir)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"object directory {settings.objects_dir} unusable: {exc}"
+        ) from exc
+
+
+def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
+    # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
+    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
+
+    if settings.blob_connection_string:
+        credential = None
+    elif credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    service = blob_service_client(
+        account_url=settings.blob_account_url,
+        credential=credential,
+        connection_string=settings.blob_connection_string,
+        retries=settings.blob_retries,
+        timeout=settings.blob_timeout,
+    )
+    return AzureBlobStore(
+        service, settings.blob_container, create_container=settings.blob_create_container
+    )
+
+
+def open_token_validator(settings: Settings) -> TokenValidator | None:
+    """The OIDC bearer token validator (``MIMIC_OIDC_*``), or None when no issuer is set:
+    one validator for User Identity Negotiation (type 5) and DICOMweb."""
+    s = settings
+    if not s.oidc_issuer:
+        return None
+    if not s.oidc_audience:
+        raise ConfigurationError("MIMIC_OIDC_ISSUER needs MIMIC_OIDC_AUDIENCE")
+    context = None
+    if s.oidc_ca_file is not None:
+        if not s.oidc_ca_file.is_file():
+            raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
+        context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
+    algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
+    try:
+        return TokenValidator(
+            s.oidc_issuer, s.oidc_audience, algorithms=algorithms,
+            leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
+            roles_claim=s.oidc_roles_claim,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"MIMIC_OIDC_ALGORITHMS: {exc}") from exc
+
+
+def load_policy_file(settings: Settings, policy: Policy) -> tuple[PolicyFile, str] | None:
+    """Load ``MIMIC_POLICY_FILE`` into ``policy``; (source, version) to watch, or None.
+
+    At start there is no last good policy to keep: a missing or broken file is a
+    configuration error."""
+    path = settings.policy_file
+    if path is None:
+        return None
+    source = PolicyFile(path)
+    if not path.is_file():
+        raise ConfigurationError(f"policy file {path} does not exist (MIMIC_POLICY_FILE)")
+    version = source.version()
+    try:
+        policy.rules = source.load()
+    except RuleError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    log.info("access policy loaded", extra={
+        "file": str(path), "certificates": len(policy.rules.certificates)})
+    return source, version
