@@ -306,6 +306,17 @@ def test_a_body_that_is_not_multipart_is_400(setup: Setup, body: bytes) -> None:
     assert setup.instance_count() == before
 
 
+def test_an_answer_the_client_cannot_take_is_406_and_a_bad_study_path_400(setup: Setup) -> None:
+    before = setup.instance_count()
+    response = requests.post(setup.url + "/studies", data=multipart(part10(new_ct())),
+                             timeout=30, headers={
+        "Content-Type": DICOM_MULTIPART, "Accept": "application/dicom+xml",
+        "Authorization": f"Bearer {setup.token()}"})
+    assert response.status_code == 406
+    assert setup.post(multipart(part10(new_ct())), path="/studies/1.2.x").status_code == 400
+    assert setup.instance_count() == before
+
+
 # -- refusals: per part (FailedSOPSequence) --------------------------------------------------
 
 

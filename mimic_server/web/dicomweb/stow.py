@@ -63,7 +63,7 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     if ingest is None:
         raise WebError(503, "STOW-RS is not configured")
     boundary = _boundary(request)
-    negotiate(request, [ANSWER_TYPE, "application/json"])
+    answer_type, _params = negotiate(request, [ANSWER_TYPE, "application/json"])
     study: str | None = request.path_params.get("study")
     if study is not None and not valid_uid(study):
         raise WebError(400, "the Study Instance UID in the path is not a valid UID")
@@ -109,7 +109,7 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     if malformed:
         status = 202  # stored what came before the fault: say so, and that not all was
     return JSONResponse(outcome.dicom_json(request_.study_url()), status_code=status,
-                        media_type=ANSWER_TYPE)
+                        media_type=answer_type)
 
 
 def _boundary(request: Request) -> str:
