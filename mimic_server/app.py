@@ -43,6 +43,7 @@ from mimic_server.dimse import (
     syntaxes,
 )
 from mimic_server.dimse.receiving import ReceiveLimits
+from mimic_server.dimse.session import session_of
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import Index
@@ -68,6 +69,7 @@ from mimic_server.security.refusals import RefusalAudit
 from mimic_server.security.user_identity import UserAuthority
 from mimic_server.security.users import UserDirectory
 from mimic_server.storage import ObjectStore
+from mimic_server.web.activity import Activity, Tee
 from mimic_server.web.metrics import ArchiveMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
@@ -114,6 +116,8 @@ class Archive:
         self._thread: threading.Thread | None = None
         self._credential: Any = None
         self.metrics = ArchiveMetrics()
+        #: Per-minute counts for the operator console (``/status/associations``).
+        self.activity = Activity()
         self.metrics.trust_refresh_failures_from(
             lambda: self.watcher.failures if self.watcher is not None else 0
         )
@@ -314,7 +318,7 @@ class Archive:
                                "C-MOVE", STATUS["C-MOVE"], 2, counted),
                 [finder, object_store, policy, self._move_target],
             )
-        observe.bind(server, self.metrics)
+        observe.bind(server, Tee(self.metrics, self.activity))
         self.metrics.active_associations_from(
             lambda: sum(1 for a in server.active_associations if a.is_established)
         )
@@ -377,9 +381,32 @@ class Archive:
                 "certificate": self._certificate_valid,
             },
             metrics=self.metrics,
+            status=self.status,
         )
         self.ops = HttpServer(build_app(state), s.ops_host, s.ops_port)
         self.ops.start()
+
+    def status(self) -> dict[str, object]:
+        """The open associations and the last hour per minute, for the operator console."""
+        server = self.server
+        associations = []
+        now = time.monotonic()
+        for assoc in list(server.active_associations) if server is not None else []:
+            session = session_of(assoc)
+            if session is None or not assoc.is_established:
+                continue
+            with session.lock:
+                stored, size = session.stored, session.bytes_stored
+            associations.append({
+                "peer": session.peer_address, "calling_ae": session.calling_ae_title.strip(),
+                "called_ae": session.called_ae_title.strip(),
+                "identity": session.identity.label, "trust_name": session.identity.trust_name,
+                "user": session.user.name if session.user is not None else None,
+                "service": ", ".join(observe.in_flight(assoc)) or None,
+                "services_granted": sorted(s.value for s in session.services or ()),
+                "objects": stored, "bytes": size, "seconds": round(now - session.started, 1),
+            })
+        return {"associations": associations, "minutes": self.activity.minutes()}
 
     def _index_answers(self) -> str:
         if self.engine is None:

@@ -241,6 +241,43 @@ class Settings(BaseSettings):
         None, description="The public URL of 'mimic web' (https://host), used in the bulk "
         "data URIs of metadata answers (default: the request's own).",
     )
+    # -- the operator console of `mimic web` (web/console/) ---------------------------------
+    web_oidc_client_id: str | None = Field(
+        None, description="The console's application (client) ID at the OIDC issuer "
+        "(MIMIC_OIDC_ISSUER, e.g. Entra ID); ID tokens must name it as audience. Unset: "
+        "no console sign-in (the console answers 503).",
+    )
+    web_oidc_client_secret: str | None = Field(
+        None, description="Client secret for the token endpoint (a confidential client); "
+        "unset: a public client, protected by PKCE alone.", repr=False,
+    )
+    web_oidc_redirect_uri: str | None = Field(
+        None, description="The redirect URI registered at the issuer "
+        "(https://HOST/auth/callback); unset: derived from the request's own URL.",
+    )
+    web_oidc_scopes: str = Field(
+        "openid profile", description="Scopes the console asks for at sign-in."
+    )
+    web_operator_roles: str = Field(
+        "MimicOperator", description="Token roles (comma-separated) that make a console "
+        "user an operator: studies, modalities, live associations, audit trail.",
+    )
+    web_viewer_roles: str = Field(
+        "MimicViewer", description="Token roles (comma-separated) that may use the console's "
+        "study pages only.",
+    )
+    web_session_key: str | None = Field(
+        None, description="Secret that signs console session cookies (32+ characters); "
+        "unset: a random key per process, so sessions end when it restarts and do not "
+        "span replicas.", repr=False,
+    )
+    web_session_seconds: float = Field(
+        8 * 3600.0, gt=0, le=7 * 86400, description="How long a console session lasts."
+    )
+    web_serve_status_url: str = Field(
+        "http://127.0.0.1:8080", description="The ops listener of `mimic serve` whose "
+        "/status/associations the console's 'now' page shows.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; patient data appears only at DEBUG."
     )

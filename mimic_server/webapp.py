@@ -9,7 +9,12 @@ Like ``app.py`` this module knows the concrete classes; the routes under ``web/`
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import ssl
+import threading
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -20,8 +25,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from mimic_server.archive.ingest import Ingest
+from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
+from mimic_server.index.audit_table import read_table
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
@@ -32,10 +39,19 @@ from mimic_server.resources import (
     open_token_validator,
 )
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit import AuditFilter, AuditLog, read_file
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
+from mimic_server.security.tokens import TokenValidator
 from mimic_server.storage import ObjectStore
+from mimic_server.web.console.access import RoleMap
+from mimic_server.web.console.app import build_console
+from mimic_server.web.console.auth import console_user_source
+from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.modalities import TrustView
+from mimic_server.web.console.oidc import OidcClient
+from mimic_server.web.console.sessions import Signer
+from mimic_server.web.console.studies import StudyBrowser
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.server import HttpServer
@@ -102,7 +118,7 @@ class WebArchive:
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine, _index = open_index(s)
+        self.engine, index = open_index(s)
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
@@ -123,9 +139,15 @@ class WebArchive:
         self.context = DicomWebContext(
             finder=finder, store=store, policy=policy, audit=self.audit, tokens=tokens,
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
-            base_url=s.web_base_url, ingest=_ingest(s, store, self.engine, self.audit),
+            base_url=s.web_base_url, ingest=_ingest(s, store, index),
         )
-        app = build_web_app(self.context, s.web_cors_origin_list, self._console,
+        console = self._console
+        if console is None:
+            console_context = open_console(s, self.engine, finder, policy, self.audit)
+            # The console's pages load images from DICOMweb with their session cookie.
+            self.context.user_sources.append(console_user_source(console_context))
+            console = build_console(console_context)
+        app = build_web_app(self.context, s.web_cors_origin_list, console,
                             ready=self._ready)
         self.http = HttpServer(app, s.web_host, s.web_port, name="web")
         self.http.start()
@@ -174,10 +196,115 @@ class WebArchive:
             self.engine = None
 
 
-def _ingest(settings: Settings, store: ObjectStore, engine: Engine, audit_log: AuditLog) -> Any:
+def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Policy,
+                 audit_log: AuditLog) -> ConsoleContext:
+    """The operator console over the same index, policy, audit trail and certificate source
+    as ``mimic serve``; sign-in needs ``MIMIC_WEB_OIDC_CLIENT_ID`` and ``MIMIC_OIDC_ISSUER``."""
+    s = settings
+    oidc = None
+    if s.web_oidc_client_id:
+        if not s.oidc_issuer:
+            raise ConfigurationError("MIMIC_WEB_OIDC_CLIENT_ID needs MIMIC_OIDC_ISSUER")
+        context = None
+        if s.oidc_ca_file is not None:
+            if not s.oidc_ca_file.is_file():
+                raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
+            context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
+        algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
+        try:
+            # ID tokens name the console's client id as audience (not MIMIC_OIDC_AUDIENCE).
+            validator = TokenValidator(
+                s.oidc_issuer, s.web_oidc_client_id, algorithms=algorithms,
+                leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
+                roles_claim=s.oidc_roles_claim,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"MIMIC_OIDC_ALGORITHMS: {exc}") from exc
+        oidc = OidcClient(s.oidc_issuer, s.web_oidc_client_id, validator,
+                          client_secret=s.web_oidc_client_secret, scopes=s.web_oidc_scopes,
+                          ssl_context=context)
+    else:
+        log.warning("operator console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID): "
+                    "its pages answer 503")
+    try:
+        signer = Signer(s.web_session_key)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    if signer.ephemeral and oidc is not None:
+        log.warning("MIMIC_WEB_SESSION_KEY is not set: console sessions are signed with a key "
+                    "of this process (they end when it restarts and do not span replicas)")
+    return ConsoleContext(
+        oidc=oidc, signer=signer,
+        roles=RoleMap.parse(s.web_operator_roles, s.web_viewer_roles),
+        session_seconds=s.web_session_seconds, redirect_uri=s.web_oidc_redirect_uri,
+        studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
+        trust=_trust_view(s), audit_records=_audit_reader(s, engine),
+        serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
+    )
+
+
+def _trust_view(settings: Settings) -> Callable[[], TrustView] | None:
+    """The trusted set as ``mimic serve`` reads it (re-read when its version changes)."""
+    s = settings
+    if not s.tls:
+        return None
+    if s.keyvault_url:
+        from azure.identity import DefaultAzureCredential
+
+        from mimic_server.certs.keyvault import KeyVaultSource
+
+        source: Any = KeyVaultSource(
+            s.keyvault_url, DefaultAzureCredential(), s.keyvault_server_cert,
+            verify_challenge_resource=s.keyvault_verify_challenge_resource,
+        )
+    else:
+        source = DirectorySource(s.certificate_dir)
+    cache: dict[str, TrustView] = {}
+    lock = threading.Lock()
+
+    def view() -> TrustView:
+        with lock:
+            version = source.version()
+            if version not in cache:
+                revoked = source.revoked() if isinstance(source, DirectorySource) else ()
+                cache.clear()
+                cache[version] = TrustView(source.load().trusted, revoked)
+            return cache[version]
+
+    return view
+
+
+def _audit_reader(settings: Settings,
+                  engine: Engine) -> Callable[[AuditFilter], list[dict[str, Any]]]:
+    """The audit trail as ``mimic audit`` reads it: the table on PostgreSQL, else the file."""
+    if engine.dialect.name != "sqlite":
+        def from_table(selection: AuditFilter) -> list[dict[str, Any]]:
+            rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL
+            return [row for row in rows if selection.matches(row)]
+
+        return from_table
+    path = settings.audit_path
+    return lambda selection: read_file(path, selection)
+
+
+def _serve_status(base_url: str) -> Callable[[], dict[str, Any]]:
+    url = base_url.rstrip("/") + "/status/associations"
+
+    def fetch() -> dict[str, Any]:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=3) as response:
+            document = json.load(response)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document
+
+    return fetch
+
+
+def _ingest(settings: Settings, store: ObjectStore, index: SqlIndex) -> Ingest:
     """The STOW-RS ingest path (``archive/ingest.py``): C-STORE's, into the same store and
-    index, under the same size limit; ``audit_log`` is handed to it per request."""
-    return Ingest(store, SqlIndex(engine), settings.max_object_bytes, settings.spool_path)
+    index, under the same size limit; the audit log is handed to it per request."""
+    return Ingest(store, index, settings.max_object_bytes, settings.spool_path)
 
 
 def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,

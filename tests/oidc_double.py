@@ -3,14 +3,25 @@
 It serves ``/.well-known/openid-configuration`` and the JWKS it names, and mints tokens
 (``mint``) signed with its RSA or EC key, or with a key it does not publish, or unsigned,
 so that every refusal of the token validator can be tested against the real PyJWT path.
+
+For the operator console it is also an authorization server (authorization code flow with
+PKCE, RFC 7636): ``/authorize`` signs in the user set with :meth:`sign_in_as` without a
+login form (a redirect back with a code), and ``/token`` exchanges the code only for the
+client it was issued to, with the same redirect URI, the client secret of a confidential
+client and the verifier whose S256 hash is the code challenge. It mints an ID token for the
+client (audience: the client id, with the nonce) and an access token for ``api://mimic``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import ssl
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,11 +42,39 @@ class OidcIssuerDouble:
         self.ec_key = ec.generate_private_key(ec.SECP256R1())
         self.unpublished_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.jwks_requests = 0
+        #: client id -> client secret (None: a public client) of the registered clients.
+        self.clients: dict[str, str | None] = {}
+        #: Whom /authorize signs in (see sign_in_as); None: it answers access_denied.
+        self.user: dict[str, Any] | None = None
+        #: Claims to put into (or, with None values, take out of) the next ID tokens.
+        self.id_token_overrides: dict[str, Any] = {}
+        self._codes: dict[str, dict[str, Any]] = {}
+        #: Each token request's outcome ("issued" or the OAuth error), for the tests.
+        self.token_requests: list[str] = []
         double = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.path != "/tenant/v2.0/token":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode("ascii")))
+                status, body = double.token(form)
+                self._reply(body, status)
+
             def do_GET(self) -> None:
-                if self.path == "/tenant/v2.0/.well-known/openid-configuration":
+                if self.path.startswith("/tenant/v2.0/authorize?"):
+                    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                    status, location, body = double.authorize(query)
+                    if location is None:
+                        self._reply(body, status)
+                        return
+                    self.send_response(status)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/tenant/v2.0/.well-known/openid-configuration":
                     self._reply({"issuer": double.issuer, "jwks_uri": double.jwks_uri,
                                  "authorization_endpoint": f"{double.issuer}/authorize",
                                  "token_endpoint": f"{double.issuer}/token"})
@@ -45,9 +84,9 @@ class OidcIssuerDouble:
                 else:
                     self.send_error(404)
 
-            def _reply(self, body: dict[str, Any]) -> None:
+            def _reply(self, body: dict[str, Any], status: int = 200) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -115,6 +154,75 @@ class OidcIssuerDouble:
         if key is None:
             key = self.ec_key if algorithm.startswith("ES") else self.rsa_key
         return jwt.encode(payload, key, algorithm=algorithm, headers={"kid": kid})
+
+    # -- the authorization server of the console's sign-in --------------------------------------
+
+    def register_client(self, client_id: str, secret: str | None = None) -> None:
+        self.clients[client_id] = secret
+
+    def sign_in_as(self, subject: str = "operator-1", roles: list[str] | None = None,
+                   **claims: Any) -> None:
+        """The user /authorize signs in from now on (no login form)."""
+        self.user = {"subject": subject, "roles": roles or [], **claims}
+
+    def authorize(self, query: dict[str, str]) -> tuple[int, str | None, dict[str, Any]]:
+        """(status, redirect location or None, JSON body when not redirecting)."""
+        client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+        if client_id not in self.clients or not redirect_uri:
+            return 400, None, {"error": "invalid_client"}  # never redirect to an unknown URI
+
+        def back(**params: str) -> tuple[int, str, dict[str, Any]]:
+            if "state" in query:
+                params["state"] = query["state"]
+            separator = "&" if "?" in redirect_uri else "?"
+            return 302, f"{redirect_uri}{separator}{urllib.parse.urlencode(params)}", {}
+
+        if query.get("response_type") != "code":
+            return back(error="unsupported_response_type")
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return back(error="invalid_request")
+        if self.user is None:
+            return back(error="access_denied")
+        code = secrets.token_urlsafe(24)
+        self._codes[code] = {
+            "client_id": client_id, "redirect_uri": redirect_uri,
+            "challenge": query["code_challenge"], "nonce": query.get("nonce"),
+            "user": dict(self.user), "expires": time.time() + 60,
+        }
+        return back(code=code)
+
+    def token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        def refuse(error: str) -> tuple[int, dict[str, Any]]:
+            self.token_requests.append(error)
+            return 400, {"error": error, "error_description": "refused by the test issuer"}
+
+        if form.get("grant_type") != "authorization_code":
+            return refuse("unsupported_grant_type")
+        client_id = form.get("client_id", "")
+        if client_id not in self.clients:
+            return refuse("invalid_client")
+        secret = self.clients[client_id]
+        if secret is not None and form.get("client_secret") != secret:
+            return refuse("invalid_client")
+        grant = self._codes.pop(form.get("code", ""), None)  # a code is used once
+        if grant is None or grant["expires"] < time.time() or grant["client_id"] != client_id:
+            return refuse("invalid_grant")
+        if form.get("redirect_uri") != grant["redirect_uri"]:
+            return refuse("invalid_grant")
+        verifier = form.get("code_verifier", "")
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        if not verifier or digest.rstrip(b"=").decode() != grant["challenge"]:
+            return refuse("invalid_grant")  # PKCE: not the verifier of this challenge
+        user = dict(grant["user"])
+        subject, roles = user.pop("subject"), user.pop("roles")
+        claims = {"nonce": grant["nonce"], **user, **self.id_token_overrides}
+        claims = {k: v for k, v in claims.items() if v is not None}
+        self.token_requests.append("issued")
+        return 200, {
+            "token_type": "Bearer", "expires_in": 600,
+            "id_token": self.mint(audience=client_id, subject=subject, roles=roles, **claims),
+            "access_token": self.mint(subject=subject, roles=roles),
+        }
 
     def start(self) -> OidcIssuerDouble:
         self._thread.start()

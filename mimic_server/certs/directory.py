@@ -65,3 +65,20 @@ class DirectorySource:
                     for cert in certs
                 )
         return CertBundle(chain, key, tuple(trusted))
+
+    def revoked(self) -> tuple[TrustedCertificate, ...]:
+        """The entries ``mimic certs revoke`` took out (``revoked/NAME.STAMP.pem``), newest
+        stamp first, for the operator console; never part of a bundle."""
+        path = self.directory / "revoked"
+        if not path.is_dir():
+            return ()
+        found: list[TrustedCertificate] = []
+        for pem in sorted(path.glob("*.pem"), reverse=True):
+            name = pem.stem.rsplit(".", 1)[0]
+            try:
+                certs = x509.load_pem_x509_certificates(pem.read_bytes())
+            except (OSError, ValueError):
+                continue  # an unreadable leftover: nothing to show
+            titles = frozenset(read_binding(pem.with_suffix(".json")))
+            found.extend(TrustedCertificate(name, "client", cert, titles) for cert in certs)
+        return tuple(found)

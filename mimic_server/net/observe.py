@@ -142,6 +142,12 @@ def _observed_send(
     return send_msg
 
 
+def in_flight(assoc: Any) -> list[str]:
+    """The services of the requests an association is being answered for now (console)."""
+    requests = getattr(assoc, _REQUESTS, None) or {}
+    return sorted({service for service, _, _ in list(requests.values())})
+
+
 def handshake_failure_reason(reason: str) -> str:
     """The fixed label for a refusal reason of :class:`~.server.MimicAssociationServer`."""
     text = reason.upper()

@@ -1,4 +1,5 @@
-"""The operations endpoints: liveness, readiness and Prometheus metrics (a Starlette app).
+"""The operations endpoints: liveness, readiness, Prometheus metrics and the console's
+``/status/associations`` (a Starlette app).
 
 ``/healthz`` answers whether the process should be restarted, ``/readyz`` whether it should
 receive new associations now, ``/metrics`` what it has done. The app is told nothing of
@@ -45,6 +46,8 @@ class OpsState:
     checks: dict[str, Check]
     metrics: ArchiveMetrics
     check_timeout: float = 2.0
+    #: The open associations and per-minute counts (``web.activity``), for the console.
+    status: Callable[[], dict[str, object]] | None = None
     _running: dict[str, threading.Lock] = field(default_factory=dict)
     _last_ready: bool | None = None
 
@@ -137,10 +140,17 @@ def build_app(state: OpsState) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    async def status(request: Request) -> Response:
+        # Peers, AE titles, identities, users and counts: no patient data (web/activity.py).
+        if state.status is None:
+            return JSONResponse({"error": "no status"}, status_code=404)
+        return JSONResponse(state.status())
+
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/status/associations", status, methods=["GET"]),
         ]
     )

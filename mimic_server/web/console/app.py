@@ -1,0 +1,176 @@
+"""The operator console: a Starlette app the `mimic web` composition root mounts at ``/``.
+
+Pages are static files (HTML, JS modules, CSS; no inline script or style); the data comes
+from the console's JSON endpoints under ``/console/api/``, each behind the session check
+(:mod:`.auth`), and images from the DICOMweb routes (rendered frames and thumbnails, with
+the same session). Searches travel in POST bodies: no patient data in any URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from mimic_server.errors import MimicError, QueryError
+from mimic_server.security.audit import AuditFilter
+from mimic_server.web.console import auth, modalities
+from mimic_server.web.console.access import ConsoleUser, Right
+from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.headers import SecurityHeaders
+from mimic_server.web.console.studies import SearchError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+MAX_AUDIT_RECORDS = 500
+_AUDIT_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identity",
+                 "trust_name", "calling_ae", "user", "studies")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def build_console(ctx: ConsoleContext) -> SecurityHeaders:
+    signin = auth.routes(ctx)
+
+    @auth.guard(ctx, Right.STUDIES, page=True)
+    async def index(request: Request, user: ConsoleUser) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def signed_out(request: Request) -> Response:
+        return FileResponse(STATIC / "signed-out.html", media_type="text/html")
+
+    @auth.guard(ctx, Right.STUDIES)
+    async def me(request: Request, user: ConsoleUser) -> Response:
+        rights = ctx.roles.rights(user.roles)
+        return JSONResponse({"name": user.name, "operator": Right.OPERATE in rights,
+                             "expires": user.expires})
+
+    @auth.guard(ctx, Right.STUDIES)
+    async def search(request: Request, user: ConsoleUser) -> Response:
+        if ctx.studies is None:
+            return _error(503, "no index")
+        form = await _json_body(request)
+        try:
+            result = await anyio.to_thread.run_sync(ctx.studies.search, form)
+        except (SearchError, QueryError) as exc:
+            return _error(400, str(exc))
+        except MimicError as exc:
+            return _error(503, str(exc))
+        return JSONResponse(result)
+
+    @auth.guard(ctx, Right.STUDIES)
+    async def study(request: Request, user: ConsoleUser) -> Response:
+        if ctx.studies is None:
+            return _error(503, "no index")
+        form = await _json_body(request)
+        try:
+            result = await anyio.to_thread.run_sync(ctx.studies.contents, form.get("study"))
+        except (SearchError, QueryError) as exc:
+            return _error(400, str(exc))
+        except MimicError as exc:
+            return _error(503, str(exc))
+        if not result["series"]:
+            return _error(404, "no such study")
+        return JSONResponse(result)
+
+    @auth.guard(ctx, Right.OPERATE)
+    async def trusted(request: Request, user: ConsoleUser) -> Response:
+        if ctx.trust is None:
+            return _error(503, "no certificate source")
+        return JSONResponse({"modalities": await anyio.to_thread.run_sync(_modalities)})
+
+    def _modalities() -> list[dict[str, Any]]:
+        assert ctx.trust is not None
+        view = ctx.trust()
+        stored = modalities.stored_by_peer(ctx.engine) if ctx.engine is not None else {}
+        logins: dict[str, str] = {}
+        if ctx.audit_records is not None:
+            logins = modalities.last_logins(ctx.audit_records(AuditFilter(event="login")))
+        return modalities.describe(view, ctx.policy, stored, logins)
+
+    @auth.guard(ctx, Right.OPERATE)
+    async def now(request: Request, user: ConsoleUser) -> Response:
+        if ctx.serve_status is None:
+            return _error(503, "no `mimic serve` status URL")
+        try:
+            status = await anyio.to_thread.run_sync(ctx.serve_status)
+        except Exception as exc:
+            log.warning("mimic serve status unavailable", extra={"error": type(exc).__name__})
+            return _error(502, f"`mimic serve` status unavailable ({type(exc).__name__})")
+        return JSONResponse(status)
+
+    @auth.guard(ctx, Right.OPERATE)
+    async def audit_trail(request: Request, user: ConsoleUser) -> Response:
+        if ctx.audit_records is None:
+            return _error(503, "no audit trail")
+        form = await _json_body(request)
+        try:
+            selection, until = _audit_filter(form)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        records = await anyio.to_thread.run_sync(ctx.audit_records, selection)
+        if until is not None:
+            records = [r for r in records if datetime.fromisoformat(r["time"]) <= until]
+        newest = records[::-1][:MAX_AUDIT_RECORDS]
+        return JSONResponse({
+            "records": [{k: r.get(k) for k in _AUDIT_FIELDS} for r in newest],
+            "more": len(records) > MAX_AUDIT_RECORDS,
+        })
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/signed-out", signed_out, methods=["GET"]),
+        Route("/auth/login", signin["login"], methods=["GET"]),
+        Route("/auth/callback", signin["callback"], methods=["GET"], name="auth_callback"),
+        Route("/auth/logout", signin["logout"], methods=["POST"]),
+        Route("/console/api/me", me, methods=["GET"]),
+        Route("/console/api/studies", search, methods=["POST"]),
+        Route("/console/api/study", study, methods=["POST"]),
+        Route("/console/api/modalities", trusted, methods=["GET"]),
+        Route("/console/api/now", now, methods=["GET"]),
+        Route("/console/api/audit", audit_trail, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return SecurityHeaders(Starlette(routes=routes))
+
+
+def _audit_filter(form: dict[str, Any]) -> tuple[AuditFilter, datetime | None]:
+    def text(name: str) -> str | None:
+        value = form.get(name)
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or len(value) > 128 or not value.isprintable():
+            raise ValueError(f"{name} must be printable text")
+        return value.strip()
+
+    def when(name: str) -> datetime | None:
+        value = text(name)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be an ISO 8601 time") from exc
+        return parsed if parsed.tzinfo else parsed.astimezone()
+
+    return AuditFilter(since=when("since"), event=text("event"), identity=text("identity"),
+                       study=text("study")), when("until")

@@ -1,0 +1,217 @@
+"""Sign-in, sign-out and the session check of every console route.
+
+``/auth/login`` starts an authorization code flow with PKCE (:mod:`.oidc`) and keeps its
+state, nonce and verifier in a signed cookie that lives ten minutes and is sent only to
+``/auth/``; ``/auth/callback`` completes it and sets the session cookie; ``/auth/logout``
+(POST) revokes the session. Cookies are HttpOnly, SameSite=Lax (the issuer's redirect back
+is a cross-site top-level navigation, which Strict would strip) and Secure unless the
+console is reached over plain HTTP on a loopback address (development and tests).
+
+Each sign-in and each refused one is an audit record (User Authentication, ``login``), like
+an association's; the refusal's reason is safe (no token, no code).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from mimic_server.security import audit
+from mimic_server.security.tokens import TokenUser
+from mimic_server.web.console.access import ConsoleUser, Right
+from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.oidc import Pending, SignInRefused
+from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
+
+log = logging.getLogger(__name__)
+
+LOGIN_SECONDS = 600
+SESSION = "session"
+LOGIN = "login"
+
+
+def secure_cookies(request: Request) -> bool:
+    """Secure unless plain HTTP to a loopback host (where a Secure cookie would be lost)."""
+    if request.url.scheme == "https":
+        return True
+    host = (request.url.hostname or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def redirect_uri(ctx: ConsoleContext, request: Request) -> str:
+    return ctx.redirect_uri or str(request.url_for("auth_callback"))
+
+
+def current_user(ctx: ConsoleContext, request: Request) -> ConsoleUser | None:
+    """The session's user, or None (no cookie, forged, expired, signed out)."""
+    body = ctx.signer.open(SESSION, request.cookies.get(SESSION_COOKIE))
+    if body is None:
+        return None
+    roles = body.get("roles")
+    if not isinstance(roles, list):
+        return None
+    return ConsoleUser(str(body.get("sub", "")), str(body.get("name", "")),
+                       frozenset(str(r) for r in roles), str(body.get("sid", "")),
+                       int(body["exp"]))
+
+
+def console_user_source(ctx: ConsoleContext) -> Callable[[Request], TokenUser | None]:
+    """How the DICOMweb routes recognise a console session (``DicomWebContext.user_sources``):
+    the session's user with its roles, which the DICOMweb policy entry maps to services as
+    it does a bearer token's. A request with a bearer token is left to the token."""
+
+    def source(request: Request) -> TokenUser | None:
+        if request.headers.get("authorization"):
+            return None
+        user = current_user(ctx, request)
+        if user is None:
+            return None
+        return TokenUser(subject=user.subject, name=user.name, roles=user.roles,
+                         issuer=ctx.oidc.issuer if ctx.oidc is not None else "")
+
+    return source
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def guard(
+    ctx: ConsoleContext, right: Right, *, page: bool = False,
+) -> Callable[[Callable[[Request, ConsoleUser], Awaitable[Response]]],
+              Callable[[Request], Awaitable[Response]]]:
+    """Wrap a route: 503 when sign-in is not configured, 401 (a page: a redirect to the
+    sign-in) without a session, 403 without the right, and for a POST from another origin."""
+
+    def wrap(handler: Callable[[Request, ConsoleUser], Awaitable[Response]]) -> Callable[
+        [Request], Awaitable[Response]
+    ]:
+        async def route(request: Request) -> Response:
+            if ctx.oidc is None:
+                return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
+            user = current_user(ctx, request)
+            if user is None:
+                if page:
+                    return RedirectResponse("/auth/login", status_code=303)
+                return _error(401, "sign in first")
+            if right not in ctx.roles.rights(user.roles):
+                return _error(403, "your roles do not allow this page")
+            if request.method == "POST" and not _same_origin(request):
+                return _error(403, "cross-origin request refused")
+            return await handler(request, user)
+
+        return route
+
+    return wrap
+
+
+def _same_origin(request: Request) -> bool:
+    """A state-changing request must come from the console's own pages: its Origin (which
+    browsers send with every POST) must be ours, and a JSON body cannot be sent cross-site
+    without a CORS preflight the console never grants."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        return False
+    content_type = request.headers.get("content-type", "")
+    return content_type.split(";")[0].strip() == "application/json" or \
+        request.url.path == "/auth/logout"
+
+
+def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    async def login(request: Request) -> Response:
+        if ctx.oidc is None:
+            return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
+        pending = Pending.new()
+        try:
+            url = await anyio.to_thread.run_sync(
+                ctx.oidc.authorization_url, pending, redirect_uri(ctx, request))
+        except SignInRefused as exc:
+            log.warning("console sign-in cannot start", extra={"reason": str(exc)})
+            return _error(502, f"sign-in cannot start: {exc}")
+        response = RedirectResponse(url, status_code=303)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            ctx.signer.seal(LOGIN, {"state": pending.state, "nonce": pending.nonce,
+                                    "verifier": pending.verifier}, LOGIN_SECONDS),
+            max_age=LOGIN_SECONDS, path="/auth/", httponly=True,
+            secure=secure_cookies(request), samesite="lax",
+        )
+        return response
+
+    async def callback(request: Request) -> Response:
+        if ctx.oidc is None:
+            return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
+        peer = request.client.host if request.client else ""
+        body = ctx.signer.open(LOGIN, request.cookies.get(LOGIN_COOKIE))
+        params = request.query_params
+        try:
+            if params.get("error"):
+                raise SignInRefused(f"the issuer ended the sign-in ({params['error'][:64]})")
+            if body is None:
+                raise SignInRefused("no sign-in in progress (or it expired)")
+            pending = Pending(str(body["state"]), str(body["nonce"]), str(body["verifier"]))
+            user = await anyio.to_thread.run_sync(
+                ctx.oidc.complete, pending, params.get("state", ""), params.get("code", ""),
+                redirect_uri(ctx, request))
+        except SignInRefused as exc:
+            log.warning("console sign-in refused", extra={"reason": str(exc), "peer": peer})
+            _audit(ctx, audit.MINOR_FAILURE, peer=peer, reason=str(exc))
+            response = _error(400, f"sign-in refused: {exc}")
+            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            return response
+        rights = ctx.roles.rights(user.roles)
+        if not rights:
+            log.warning("console sign-in refused", extra={
+                "reason": "no console role", "user": user.name, "peer": peer})
+            _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name,
+                   reason="no console role")
+            response = _error(403, "signed in, but your roles do not include a console role")
+            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            return response
+        session = {"sub": user.subject, "name": user.name, "roles": sorted(user.roles),
+                   "sid": secrets.token_urlsafe(16)}
+        log.info("console sign-in", extra={"user": user.name, "peer": peer,
+                                           "operator": Right.OPERATE in rights})
+        _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+        response.set_cookie(
+            SESSION_COOKIE, ctx.signer.seal(SESSION, session, ctx.session_seconds),
+            max_age=int(ctx.session_seconds), path="/", httponly=True,
+            secure=secure_cookies(request), samesite="lax",
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        user = current_user(ctx, request)
+        if user is not None:
+            if not _same_origin(request):
+                return _error(403, "cross-origin request refused")
+            ctx.signer.revoke(user.session_id, user.expires)
+            _audit(ctx, audit.SUCCESS, event_type="logout",
+                   peer=request.client.host if request.client else "", user=user.name)
+        response = RedirectResponse("/signed-out", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    return {"login": login, "callback": callback, "logout": logout}
+
+
+def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
+    if ctx.audit_log is None:
+        return
+    details.setdefault("event_type", "login")
+    ctx.audit_log.record(audit.USER_AUTHENTICATION, outcome, identity="web console",
+                         **details)

@@ -1,0 +1,43 @@
+"""What the console needs from the running `mimic web`, handed in by its composition root.
+
+The console knows no concrete source: the certificate source, the audit trail's storage and
+the `mimic serve` status URL are read through the callables given here, so that the pages
+work the same on the embedded archive and in Azure (Key Vault, PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mimic_server.security.audit import AuditFilter, AuditLog
+from mimic_server.security.policy import Policy
+from mimic_server.web.console.access import RoleMap
+from mimic_server.web.console.modalities import TrustView
+from mimic_server.web.console.oidc import OidcClient
+from mimic_server.web.console.sessions import Signer
+from mimic_server.web.console.studies import StudyBrowser
+
+
+@dataclass
+class ConsoleContext:
+    #: None: sign-in is not configured; every console page answers 503 and says why.
+    oidc: OidcClient | None
+    signer: Signer
+    roles: RoleMap
+    session_seconds: float = 8 * 3600.0
+    #: The registered redirect URI; None: this request's own ``/auth/callback``.
+    redirect_uri: str | None = None
+    studies: StudyBrowser | None = None
+    engine: Engine | None = None
+    policy: Policy | None = None
+    trust: Callable[[], TrustView] | None = None
+    #: The audit trail as ``mimic audit`` reads it (file or table), oldest first.
+    audit_records: Callable[[AuditFilter], list[dict[str, Any]]] | None = None
+    #: `mimic serve`'s /status/associations document.
+    serve_status: Callable[[], dict[str, Any]] | None = None
+    #: Where console sign-ins and refusals are recorded (User Authentication).
+    audit_log: AuditLog | None = None

@@ -1,0 +1,46 @@
+"""Security headers on every console response (a pure ASGI middleware: no buffering).
+
+The Content-Security-Policy allows only this origin's own scripts, styles and images: the
+console has no inline script or style (tests/unit/test_console_pages.py parses every page),
+so an injected ``<script>`` or ``style=`` would not run. Frames are refused (clickjacking),
+and nothing the console serves is cached or sent as a referrer (a study UID in a fragment
+must not leave the page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode("ascii")),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (n, v) for n, v in HEADERS if n not in names
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

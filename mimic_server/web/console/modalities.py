@@ -1,0 +1,99 @@
+"""The modalities page: every trust entry with what the policy grants it and what it did.
+
+Sources, all read-only: the certificate source ``mimic serve`` trusts (the directory or Key
+Vault, read by the composition root), the revoked entries it keeps (greyed), the access
+policy (services per entry, as ``Policy.grants_for`` decides them for DIMSE), the index
+(objects stored, counted by ``received_from``, which holds the peer's identity label
+``CN (fingerprint prefix)``) and the audit trail (the last association, a ``login`` record
+naming the entry's trust name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from mimic_server.certs import TrustedCertificate
+from mimic_server.index.models import Instance
+from mimic_server.security.grants import Service
+from mimic_server.security.identity import Identity
+from mimic_server.security.policy import Policy
+
+#: An entry expiring sooner than this is flagged on the page.
+EXPIRY_WARNING = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustView:
+    """What the page is built from: the trusted set now, and the revoked entries."""
+
+    trusted: tuple[TrustedCertificate, ...]
+    revoked: tuple[TrustedCertificate, ...] = ()
+
+
+def stored_by_peer(engine: Engine) -> dict[str, tuple[int, datetime | None]]:
+    """received_from -> (objects stored, last received) from the index."""
+    statement = select(Instance.received_from, func.count(), func.max(Instance.received_at)) \
+        .group_by(Instance.received_from)
+    with engine.connect() as conn:
+        return {str(row[0]): (int(row[1]), row[2]) for row in conn.execute(statement)}
+
+
+def last_logins(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """trust name -> time of its latest successful association, from audit records."""
+    latest: dict[str, str] = {}
+    for record in records:
+        name = record.get("trust_name")
+        if not name or record.get("event_type") != "login" or record.get("outcome") != 0:
+            continue
+        when = str(record.get("time"))
+        if when > latest.get(name, ""):
+            latest[name] = when
+    return latest
+
+
+def describe(
+    view: TrustView,
+    policy: Policy | None,
+    stored: Mapping[str, tuple[int, datetime | None]],
+    logins: Mapping[str, str],
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    rows = []
+    for entry, revoked in [(t, False) for t in view.trusted] + [(t, True) for t in view.revoked]:
+        cert = entry.certificate
+        fingerprint = entry.fingerprint
+        objects, last_stored = 0, None
+        for label, (count, when) in stored.items():
+            # A client entry's objects carry its own fingerprint; a CA entry's carry those
+            # of the certificates it issued, which only the audit trail ties to it.
+            if label.endswith(f"({fingerprint[:16]})"):
+                objects += count
+                last_stored = when if last_stored is None or (when and when > last_stored) \
+                    else last_stored
+        services: list[str] = []
+        if policy is not None and not revoked:
+            identity = Identity(entry.common_name, fingerprint, entry.name, entry.ae_titles,
+                                entry.rule)
+            granted = policy.services_for(policy.grants_for(identity), None)
+            services = [s.value for s in Service if s in granted]
+        expires = cert.not_valid_after_utc
+        rows.append({
+            "name": entry.name, "kind": entry.kind, "common_name": entry.common_name,
+            "fingerprint": fingerprint, "ae_titles": sorted(entry.ae_titles),
+            "services": services, "not_before": cert.not_valid_before_utc.isoformat(),
+            "expires": expires.isoformat(), "expired": expires < now,
+            "expires_soon": now <= expires < now + EXPIRY_WARNING, "revoked": revoked,
+            "objects_stored": objects,
+            "last_stored": last_stored.isoformat() if last_stored else None,
+            "last_association": logins.get(entry.name),
+        })
+    return rows
+
+
+Reader = Callable[[], list[dict[str, Any]]]

@@ -1,0 +1,250 @@
+"""The console's sign-in (authorization code + PKCE against the loopback issuer) and every
+refusal: state, PKCE verifier, nonce, roles, expired / forged / signed-out sessions,
+cross-origin posts; each refused sign-in leaves no session and an audit record."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from mimic_server.web.console.access import RoleMap
+from mimic_server.web.console.app import build_console
+from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.oidc import Pending
+from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, Signer
+from tests.console.harness import (
+    OPERATOR,
+    VIEWER,
+    authorize,
+    client,
+    console_context,
+    sign_in,
+    start_login,
+)
+from tests.oidc_double import OidcIssuerDouble
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
+    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture(autouse=True)
+def _operator(issuer: OidcIssuerDouble) -> None:
+    issuer.sign_in_as("operator-1", roles=[OPERATOR])
+    issuer.id_token_overrides = {}
+
+
+def _audit(tmp_path: Path) -> list[dict]:
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_sign_in_with_pkce_gives_an_operator_session(issuer: OidcIssuerDouble,
+                                                     tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path))
+    params = start_login(web)
+    assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
+    assert params["response_type"] == "code" and params["client_id"] == "mimic-console"
+    assert params["redirect_uri"] == "http://127.0.0.1:8042/auth/callback"
+    login_cookie = next(c for c in web.cookies.jar if c.name == LOGIN_COOKIE)
+    assert login_cookie.path == "/auth/" and params["state"] not in login_cookie.value
+    back = authorize(issuer, params)
+    response = web.get("/auth/callback", params=back)
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    header = response.headers["set-cookie"].lower()
+    assert "httponly" in header and "samesite=lax" in header
+    assert "secure" not in header  # plain HTTP on loopback: a Secure cookie would be lost
+    assert web.get("/console/api/me").json()["operator"] is True
+    page = web.get("/")
+    assert page.status_code == 200 and "<title>MIMIC console</title>" in page.text
+    records = [r for r in _audit(tmp_path) if r.get("event_type") == "login"]
+    assert records[-1]["outcome"] == 0 and records[-1]["user"] == "operator-1@example.org"
+
+
+def test_confidential_client_sends_its_secret(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path, secret="s3cret-of-the-console"))
+    assert sign_in(web, issuer).status_code == 303
+    issuer.register_client("mimic-console", "another-secret")  # the secret was rotated
+    refused = client(console_context(issuer, tmp_path, secret="s3cret-of-the-console"))
+    issuer.register_client("mimic-console", "another-secret")
+    response = sign_in(refused, issuer)
+    assert response.status_code == 400 and "invalid_client" in response.json()["error"]
+    assert issuer.token_requests[-1] == "invalid_client"
+
+
+def test_session_cookie_is_secure_off_loopback(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    ctx = console_context(issuer, tmp_path, redirect_uri="http://127.0.0.1:8042/auth/callback")
+    web = TestClient(build_console(ctx), base_url="http://console.example", follow_redirects=False)
+    response = web.get("/auth/login")
+    assert "secure" in response.headers["set-cookie"].lower()
+
+
+def test_wrong_state_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path))
+    back = authorize(issuer, start_login(web))
+    back["state"] = Pending.new().state
+    before = len(issuer.token_requests)
+    response = web.get("/auth/callback", params=back)
+    assert response.status_code == 400 and "state" in response.json()["error"]
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    assert web.get("/console/api/me").status_code == 401
+    assert len(issuer.token_requests) == before  # refused before the code was exchanged
+    assert _audit(tmp_path)[-1]["outcome"] == 4
+
+
+def test_callback_without_a_login_in_progress_is_refused(issuer: OidcIssuerDouble,
+                                                         tmp_path: Path) -> None:
+    attacker = client(console_context(issuer, tmp_path))
+    back = authorize(issuer, start_login(attacker))
+    victim = client(console_context(issuer, tmp_path))  # login CSRF: no login cookie here
+    response = victim.get("/auth/callback", params=back)
+    assert response.status_code == 400 and "no sign-in in progress" in response.json()["error"]
+    assert victim.get("/console/api/me").status_code == 401
+
+
+def test_a_code_for_another_pkce_challenge_is_refused(issuer: OidcIssuerDouble,
+                                                      tmp_path: Path) -> None:
+    """Code injection: a code issued for someone else's challenge, sent back with our state,
+    fails at the token endpoint because our verifier does not hash to that challenge."""
+    web = client(console_context(issuer, tmp_path))
+    ours = start_login(web)
+    theirs = dict(ours, code_challenge=Pending.new().challenge)
+    back = authorize(issuer, theirs)
+    before = len(issuer.token_requests)
+    response = web.get("/auth/callback", params=back)
+    assert response.status_code == 400 and "invalid_grant" in response.json()["error"]
+    assert issuer.token_requests[before:] == ["invalid_grant"]
+    assert web.get("/console/api/me").status_code == 401
+
+
+def test_a_code_is_used_once(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path))
+    params = start_login(web)
+    back = authorize(issuer, params)
+    assert web.get("/auth/callback", params=back).status_code == 303
+    again = client(console_context(issuer, tmp_path))
+    again.cookies = web.cookies
+    assert again.get("/auth/callback", params=back).status_code == 400
+
+
+def test_wrong_nonce_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    issuer.id_token_overrides = {"nonce": Pending.new().nonce}
+    web = client(console_context(issuer, tmp_path))
+    response = sign_in(web, issuer)
+    assert response.status_code == 400 and "nonce" in response.json()["error"]
+    assert web.get("/console/api/me").status_code == 401
+    issuer.id_token_overrides = {"nonce": None}  # no nonce at all
+    response = sign_in(client(console_context(issuer, tmp_path)), issuer)
+    assert response.status_code == 400 and "nonce" in response.json()["error"]
+
+
+def test_an_id_token_for_another_audience_is_refused(issuer: OidcIssuerDouble,
+                                                     tmp_path: Path) -> None:
+    issuer.id_token_overrides = {"aud": "another-app"}
+    response = sign_in(client(console_context(issuer, tmp_path)), issuer)
+    assert response.status_code == 400 and "audience" in response.json()["error"]
+
+
+def test_issuer_error_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    issuer.user = None  # the user cancelled, or is not assigned to the app
+    web = client(console_context(issuer, tmp_path))
+    response = sign_in(web, issuer)
+    assert response.status_code == 400 and "access_denied" in response.json()["error"]
+
+
+def test_no_console_role_is_forbidden(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    issuer.sign_in_as("nurse-1", roles=["Radiologist"])
+    web = client(console_context(issuer, tmp_path))
+    response = sign_in(web, issuer)
+    assert response.status_code == 403
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    record = _audit(tmp_path)[-1]
+    assert record["outcome"] == 4 and record["user"] == "nurse-1@example.org"
+
+
+def test_viewer_sees_studies_but_not_operator_pages(issuer: OidcIssuerDouble,
+                                                    tmp_path: Path) -> None:
+    issuer.sign_in_as("viewer-1", roles=[VIEWER])
+    web = client(console_context(issuer, tmp_path))
+    assert sign_in(web, issuer).status_code == 303
+    assert web.get("/console/api/me").json()["operator"] is False
+    assert web.get("/").status_code == 200
+    assert web.get("/console/api/modalities").status_code == 403
+    assert web.get("/console/api/now").status_code == 403
+    assert web.post("/console/api/audit", json={}).status_code == 403
+
+
+def test_expired_session_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    now = [1_900_000_000.0]
+    ctx = console_context(issuer, tmp_path, clock=lambda: now[0], session_seconds=3600)
+    web = client(ctx)
+    assert sign_in(web, issuer).status_code == 303
+    assert web.get("/console/api/me").status_code == 200
+    now[0] += 3601
+    assert web.get("/console/api/me").status_code == 401
+    page = web.get("/")
+    assert page.status_code == 303 and page.headers["location"] == "/auth/login"
+
+
+def test_signed_out_session_is_refused_even_with_the_old_cookie(issuer: OidcIssuerDouble,
+                                                                tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path))
+    assert sign_in(web, issuer).status_code == 303
+    cookie = web.cookies.get(SESSION_COOKIE)
+    response = web.post("/auth/logout", headers={"Origin": "http://127.0.0.1:8042"})
+    assert response.status_code == 303 and response.headers["location"] == "/signed-out"
+    web.cookies.set(SESSION_COOKIE, cookie)
+    assert web.get("/console/api/me").status_code == 401
+
+
+def test_forged_and_foreign_cookies_are_refused(issuer: OidcIssuerDouble,
+                                                tmp_path: Path) -> None:
+    ctx = console_context(issuer, tmp_path)
+    web = client(ctx)
+    assert sign_in(web, issuer).status_code == 303
+    good = web.cookies.get(SESSION_COOKIE)
+    data, mac = good.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    forged["roles"] = [OPERATOR, "Admin"]
+    tampered = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
+    web.cookies.set(SESSION_COOKIE, f"{tampered}.{mac}")
+    assert web.get("/console/api/me").status_code == 401
+    other = Signer(None)  # another process's key (a restart without MIMIC_WEB_SESSION_KEY)
+    web.cookies.set(SESSION_COOKIE, other.seal("session", {"sub": "x", "roles": [OPERATOR],
+                                                           "sid": "s"}, 3600))
+    assert web.get("/console/api/me").status_code == 401
+    login_state = ctx.signer.seal("login", {"state": "a", "nonce": "b", "verifier": "c"}, 60)
+    web.cookies.set(SESSION_COOKIE, login_state)  # a login-state cookie is not a session
+    assert web.get("/console/api/me").status_code == 401
+
+
+def test_cross_origin_post_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    web = client(console_context(issuer, tmp_path))
+    assert sign_in(web, issuer).status_code == 303
+    response = web.post("/console/api/audit", json={},
+                        headers={"Origin": "https://evil.example"})
+    assert response.status_code == 403
+    form = web.post("/console/api/audit", content=b"event=x",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 403
+
+
+def test_unconfigured_console_answers_503(tmp_path: Path) -> None:
+    ctx = ConsoleContext(oidc=None, signer=Signer(None), roles=RoleMap.parse(OPERATOR, VIEWER))
+    web = client(ctx)
+    assert web.get("/").status_code == 503
+    assert web.get("/auth/login").status_code == 503
+    assert web.get("/console/api/me").status_code == 503
+
+
+def test_short_session_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="32"):
+        Signer("short")
