@@ -218,11 +218,9 @@ def test_stow_then_c_find_and_c_get_give_the_bytes_sent(setup: Setup) -> None:
     assert "FailedSOPSequence" not in answer
     for item, ds in zip(referenced, (first, second), strict=True):
         assert item.ReferencedSOPClassUID == CTImageStorage
-        # dicomweb-client sends a Host header without the port: the URLs follow it
-        assert item.RetrieveURL == (f"http://{HOST}/dicomweb/studies/{ds.StudyInstanceUID}"
-                                    f"/series/{ds.SeriesInstanceUID}/instances/"
-                                    f"{ds.SOPInstanceUID}")
-    assert answer.RetrieveURL == f"http://{HOST}/dicomweb/studies/{first.StudyInstanceUID}"
+        assert item.RetrieveURL == (f"{setup.url}/studies/{ds.StudyInstanceUID}/series/"
+                                    f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+    assert answer.RetrieveURL == f"{setup.url}/studies/{first.StudyInstanceUID}"
 
     assert setup.find(first) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
     for ds in (first, second):
