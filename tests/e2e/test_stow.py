@@ -315,6 +315,16 @@ def test_an_answer_the_client_cannot_take_is_406_and_a_bad_study_path_400(setup:
     assert setup.instance_count() == before
 
 
+def test_a_body_broken_after_a_stored_part_is_202(setup: Setup) -> None:
+    """What was stored before the body broke stays stored (it is durable) and is named."""
+    ds = new_ct()
+    body = multipart(part10(ds)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+    response = setup.post(body + f"--{BOUNDARY}\r\n\r\nunclosed".encode())
+    assert response.status_code == 202
+    assert stored_uids(response.json()) == [ds.SOPInstanceUID]
+    assert setup.find(ds) == [ds.SOPInstanceUID]
+
+
 # -- refusals: per part (FailedSOPSequence) --------------------------------------------------
 
 
