@@ -315,6 +315,14 @@ def test_an_answer_the_client_cannot_take_is_406_and_a_bad_study_path_400(setup:
     assert setup.instance_count() == before
 
 
+def test_a_boundary_longer_than_rfc_2046_allows_is_400(setup: Setup) -> None:
+    boundary = "b" * 71
+    response = setup.post(multipart(part10(new_ct()), boundary=boundary),
+                          content_type=f'multipart/related; type="application/dicom"; '
+                                       f"boundary={boundary}")
+    assert response.status_code == 400
+
+
 def test_a_body_broken_after_a_stored_part_is_202(setup: Setup) -> None:
     """What was stored before the body broke stays stored (it is durable) and is named."""
     ds = new_ct()
