@@ -212,20 +212,15 @@ def test_stow_then_c_find_and_c_get_give_the_bytes_sent(setup: Setup) -> None:
     second.StudyInstanceUID = first.StudyInstanceUID
     second.SeriesInstanceUID = first.SeriesInstanceUID
     answer = setup.client().store_instances([first, second])
-    port = setup.web.address[1]
     referenced = answer.ReferencedSOPSequence
     assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [
         first.SOPInstanceUID, second.SOPInstanceUID]
     assert "FailedSOPSequence" not in answer
     for item, ds in zip(referenced, (first, second), strict=True):
         assert item.ReferencedSOPClassUID == CTImageStorage
-        # dicomweb-client sends a Host header without the port: the URLs get the
-        # listener's port (web/dicomweb/urls.py), so that they lead back to it
-        assert item.RetrieveURL == (f"http://{HOST}:{port}/dicomweb/studies/"
-                                    f"{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                                    f"/instances/{ds.SOPInstanceUID}")
-    assert answer.RetrieveURL == (
-        f"http://{HOST}:{port}/dicomweb/studies/{first.StudyInstanceUID}")
+        assert item.RetrieveURL == (f"{setup.url}/studies/{ds.StudyInstanceUID}/series/"
+                                    f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+    assert answer.RetrieveURL == f"{setup.url}/studies/{first.StudyInstanceUID}"
 
     assert setup.find(first) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
     for ds in (first, second):
@@ -307,6 +302,35 @@ def test_a_body_that_is_not_multipart_is_400(setup: Setup, body: bytes) -> None:
     response = setup.post(body)
     assert response.status_code == 400
     assert setup.instance_count() == before
+
+
+def test_an_answer_the_client_cannot_take_is_406_and_a_bad_study_path_400(setup: Setup) -> None:
+    before = setup.instance_count()
+    response = requests.post(setup.url + "/studies", data=multipart(part10(new_ct())),
+                             timeout=30, headers={
+        "Content-Type": DICOM_MULTIPART, "Accept": "application/dicom+xml",
+        "Authorization": f"Bearer {setup.token()}"})
+    assert response.status_code == 406
+    assert setup.post(multipart(part10(new_ct())), path="/studies/1.2.x").status_code == 400
+    assert setup.instance_count() == before
+
+
+def test_a_boundary_longer_than_rfc_2046_allows_is_400(setup: Setup) -> None:
+    boundary = "b" * 71
+    response = setup.post(multipart(part10(new_ct()), boundary=boundary),
+                          content_type=f'multipart/related; type="application/dicom"; '
+                                       f"boundary={boundary}")
+    assert response.status_code == 400
+
+
+def test_a_body_broken_after_a_stored_part_is_202(setup: Setup) -> None:
+    """What was stored before the body broke stays stored (it is durable) and is named."""
+    ds = new_ct()
+    body = multipart(part10(ds)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+    response = setup.post(body + f"--{BOUNDARY}\r\n\r\nunclosed".encode())
+    assert response.status_code == 202
+    assert stored_uids(response.json()) == [ds.SOPInstanceUID]
+    assert setup.find(ds) == [ds.SOPInstanceUID]
 
 
 # -- refusals: per part (FailedSOPSequence) --------------------------------------------------

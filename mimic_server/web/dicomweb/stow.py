@@ -63,12 +63,12 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     if ingest is None:
         raise WebError(503, "STOW-RS is not configured")
     boundary = _boundary(request)
-    negotiate(request, [ANSWER_TYPE, "application/json"])
+    answer_type, _params = negotiate(request, [ANSWER_TYPE, "application/json"])
     study: str | None = request.path_params.get("study")
     if study is not None and not valid_uid(study):
         raise WebError(400, "the Study Instance UID in the path is not a valid UID")
     requestor = {**session.audit_details(), "service": "STOW-RS"}
-    request_ = _StowRequest(ctx, ingest, session, study, dicomweb_root(ctx, request),
+    stow = _StowRequest(ctx, ingest, session, study, dicomweb_root(ctx, request),
                             requestor)
     malformed = False
     parts: list[ReceivedPart] = []
@@ -78,38 +78,39 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         parts.append(part)
         return part
 
+    splitter: MultipartSplitter | None = None
     try:
-        splitter = MultipartSplitter(boundary, new_part)
         try:
+            splitter = MultipartSplitter(boundary, new_part)
             async for chunk in request.stream():
                 splitter.feed(chunk)
                 while parts and parts[0].ended:
-                    await anyio.to_thread.run_sync(request_.keep, parts.pop(0))
+                    await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
             splitter.close()
         except MalformedMultipart as exc:
             log.warning("STOW-RS body refused", extra={"reason": str(exc)})
             malformed = True
         while parts and parts[0].ended:
-            await anyio.to_thread.run_sync(request_.keep, parts.pop(0))
-        if not malformed and splitter.parts == 0:
+            await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
+        if splitter is None or splitter.parts == 0:
             malformed = True  # RFC 2046: at least one body part
     except ClientDisconnect:
         log.warning("STOW-RS client went away before the body ended",
-                    extra={"stored": len(request_.outcome.stored)})
-        request_.record_end()
+                    extra={"stored": len(stow.outcome.stored)})
+        stow.record_end()
         raise
     finally:
         for part in parts:
             part.close()
-    request_.record_end()
-    outcome = request_.outcome
+    stow.record_end()
+    outcome = stow.outcome
     if malformed and not outcome.stored:
         raise WebError(400, "the body is not a multipart/related body of DICOM parts")
     status = outcome.http_status()
     if malformed:
         status = 202  # stored what came before the fault: say so, and that not all was
-    return JSONResponse(outcome.dicom_json(request_.study_url()), status_code=status,
-                        media_type=ANSWER_TYPE)
+    return JSONResponse(outcome.dicom_json(stow.study_url()), status_code=status,
+                        media_type=answer_type)
 
 
 def _boundary(request: Request) -> str:
