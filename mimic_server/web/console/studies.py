@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Engine, func, select
 
 from mimic_server.codec.answer import Answer
@@ -83,14 +84,15 @@ def _plain(dataset: Dataset) -> Dataset:
 
 
 def _json_value(dataset: Dataset, keyword: str) -> Any:
-    element = dataset.get(keyword)
-    value = element.value if element is not None and not isinstance(element, str) else element
+    value = dataset.get(keyword)
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         return [str(v) for v in value]
-    if isinstance(value, (int, float)):
-        return value
+    if isinstance(value, int):
+        return int(value)  # IS
+    if isinstance(value, float):
+        return float(value)  # DS
     return str(value)
 
 
