@@ -1,0 +1,181 @@
+"""WADO-RS frames, rendered images and thumbnails (PS3.18 10.4.1.1.3, 10.4.1.1.4, 9.5):
+routes over ``mimic_server.render``'s pure functions, on verified stored bytes.
+
+Frames leave as stored (no transcoding): the Accept header must allow the stored frames'
+media type (``application/octet-stream`` for native pixel data, ``image/jpeg``,
+``image/jp2``... for compressed ones), else 406. Rendered images are ``image/jpeg``
+(default) or ``image/png``; ``window=center,width[,LINEAR]``, ``viewport=vw,vh`` and
+``quality`` are honoured. A refusal of ``render`` carries its own HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mimic_server import render as rendering
+from mimic_server.query.finder import InstanceRef
+from mimic_server.render import RenderError
+from mimic_server.web.dicomweb import multipart
+from mimic_server.web.dicomweb.auth import WADO, WebSession, authorize
+from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.dicomweb.errors import WebError
+from mimic_server.web.dicomweb.negotiation import negotiate
+from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
+from mimic_server.web.dicomweb.wado import verified
+
+MAX_FRAMES_PER_REQUEST = 1024
+
+
+def _frame_numbers(text: str) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        try:
+            numbers.append(int(item.strip()))
+        except ValueError:
+            raise WebError(400, "a frame list is whole numbers separated by commas") from None
+    if len(numbers) > MAX_FRAMES_PER_REQUEST:
+        raise WebError(400, f"more than {MAX_FRAMES_PER_REQUEST} frames in one request")
+    return numbers
+
+
+def _read(ctx: DicomWebContext, session: WebSession, ref: InstanceRef,
+          resource: str) -> tuple[bytes, TransferAudit]:
+    audit = TransferAudit(ctx, session, resource)
+    audit.begin([ref])
+    try:
+        return verified(ctx, ref).read(), audit
+    except WebError:
+        audit.failed_one()
+        audit.end(completed=False)
+        raise
+
+
+def _refused(exc: RenderError, audit: TransferAudit) -> WebError:
+    audit.end(completed=False)
+    return WebError(exc.http_status, str(exc))
+
+
+def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
+    p = request.path_params
+    numbers = _frame_numbers(str(p["frames"]))
+    ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
+    media_type = rendering.frame_media_type(ref.transfer_syntax_uid) or "application/octet-stream"
+    negotiate(request, [f'multipart/related; type="{media_type}"'])
+    session = authorize(ctx, request, WADO)
+    data, audit = _read(ctx, session, ref, "frames")
+    try:
+        found = rendering.frames(data, numbers)
+    except RenderError as exc:
+        raise _refused(exc, audit) from exc
+    audit.sent_one(ref)
+    audit.end()
+    boundary = multipart.new_boundary()
+    body = b"".join(multipart.parts(boundary, [(f.content_type, f.data) for f in found]))
+    return Response(body, media_type=multipart.content_type(boundary, media_type))
+
+
+def _window(request: Request) -> tuple[float, float] | None:
+    raw = request.query_params.get("window")
+    if raw is None:
+        return None
+    parts = raw.split(",")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip().upper() != "LINEAR"):
+        raise WebError(400, "window is center,width[,LINEAR]")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise WebError(400, "window center and width are numbers") from None
+
+
+def _pair(request: Request, name: str) -> tuple[int, int] | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    parts = raw.split(",")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise WebError(400, f"{name} is width,height in whole pixels")
+
+
+def _quality(request: Request) -> int | None:
+    raw = request.query_params.get("quality")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise WebError(400, "quality is a whole number from 1 to 100") from None
+
+
+def _rendered_type(request: Request) -> str:
+    chosen, _ = negotiate(request, [rendering.JPEG, rendering.PNG])
+    return chosen
+
+
+def retrieve_rendered(ctx: DicomWebContext, request: Request) -> Response:
+    p = request.path_params
+    media_type = _rendered_type(request)
+    session = authorize(ctx, request, WADO)
+    frame = 1
+    if "frames" in p:
+        numbers = _frame_numbers(str(p["frames"]))
+        if len(numbers) != 1:
+            raise WebError(400, "a rendered frame is one frame number")
+        frame = numbers[0]
+    ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
+    window, viewport, quality = _window(request), _pair(request, "viewport"), _quality(request)
+    data, audit = _read(ctx, session, ref, "rendered")
+    try:
+        image = rendering.render(data, frame, media_type=media_type, window=window,
+                                 viewport=viewport, quality=quality)
+    except RenderError as exc:
+        raise _refused(exc, audit) from exc
+    audit.sent_one(ref)
+    audit.end()
+    return Response(image, media_type=media_type)
+
+
+def retrieve_thumbnail(ctx: DicomWebContext, request: Request) -> Response:
+    p = request.path_params
+    media_type = _rendered_type(request)
+    session = authorize(ctx, request, WADO)
+    refs = instances(ctx, str(p["study"]), p.get("series"), p.get("instance"))
+    ref = refs[len(refs) // 2]  # a study's or series' thumbnail: its middle instance
+    size = _pair(request, "viewport")
+    data, audit = _read(ctx, session, ref, "thumbnail")
+    try:
+        image = rendering.thumbnail(data, size, media_type) if size else rendering.thumbnail(
+            data, media_type=media_type)
+    except RenderError as exc:
+        raise _refused(exc, audit) from exc
+    audit.sent_one(ref)
+    audit.end()
+    return Response(image, media_type=media_type)
+
+
+def routes(ctx: DicomWebContext) -> list[Route]:
+    def bind(handler: Any) -> Any:
+        def endpoint(request: Request) -> Response:
+            return handler(ctx, request)
+        return endpoint
+
+    instance = "/studies/{study}/series/{series}/instances/{instance}"
+    return [
+        Route(instance + "/frames/{frames}", bind(retrieve_frames), methods=["GET"]),
+        Route(instance + "/rendered", bind(retrieve_rendered), methods=["GET"]),
+        Route(instance + "/frames/{frames}/rendered", bind(retrieve_rendered),
+              methods=["GET"]),
+        Route(instance + "/thumbnail", bind(retrieve_thumbnail), methods=["GET"]),
+        Route("/studies/{study}/series/{series}/thumbnail", bind(retrieve_thumbnail),
+              methods=["GET"]),
+        Route("/studies/{study}/thumbnail", bind(retrieve_thumbnail), methods=["GET"]),
+    ]

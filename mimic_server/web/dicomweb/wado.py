@@ -1,0 +1,205 @@
+"""WADO-RS (PS3.18 10.4): studies, series and instances as stored, their metadata, bulk data.
+
+Instances leave as ``multipart/related; type="application/dicom"`` parts holding the stored
+Part 10 bytes unchanged, each read through ``archive.read.open_verified`` (SHA-256 checked
+before a byte leaves, as for C-GET) and streamed (``VerifiedObject.chunks``). MIMIC does not
+transcode: an Accept header that names a transfer syntax other than the stored one (or
+``*``) is answered 406 for a single instance; without the parameter the stored syntax is
+sent and named in each part's Content-Type. Metadata is DICOM JSON with a ``BulkDataURI``
+for each bulk element (Pixel Data and any binary value over 1 KiB), served by the
+``bulkdata`` route. Every retrieve is audited as a C-GET is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import DataElement
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from mimic_server.archive.read import VerifiedObject, open_verified
+from mimic_server.query.finder import InstanceRef
+from mimic_server.web.dicomweb import multipart
+from mimic_server.web.dicomweb.auth import WADO, authorize
+from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.dicomweb.errors import WebError
+from mimic_server.web.dicomweb.negotiation import negotiate
+from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
+from mimic_server.web.dicomweb.urls import dicomweb_root
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
+MULTIPART_DICOM = f'multipart/related; type="{DICOM}"'
+MULTIPART_OCTETS = f'multipart/related; type="{OCTET_STREAM}"'
+BULK_DATA_THRESHOLD = 1024
+
+
+def _path(request: Request) -> tuple[str, str | None, str | None]:
+    p = request.path_params
+    return str(p["study"]), p.get("series"), p.get("instance")
+
+
+def _syntax_wanted(params: dict[str, str]) -> str | None:
+    wanted = params.get("transfer-syntax")
+    return None if wanted in (None, "", "*") else wanted
+
+
+def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
+    obj = open_verified(ctx.store, ref)
+    if obj is None:  # logged (without UIDs) by open_verified
+        raise WebError(500, "the stored object cannot be read or fails its SHA-256 check")
+    return obj
+
+
+def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
+    _, params = negotiate(request, [MULTIPART_DICOM])
+    session = authorize(ctx, request, WADO)
+    study, series, instance = _path(request)
+    refs = instances(ctx, study, series, instance)
+    wanted = _syntax_wanted(params)
+    if wanted is not None:
+        refs_in = [r for r in refs if r.transfer_syntax_uid == wanted]
+        if not refs_in:
+            raise WebError(406, f"stored in another transfer syntax; MIMIC does not transcode "
+                           f"(ask for transfer-syntax=* or {refs[0].transfer_syntax_uid})")
+        refs = refs_in
+    audit = TransferAudit(ctx, session, "instances")
+    first: VerifiedObject | None = None
+    if instance is not None:  # one object: refuse before any byte if it does not verify
+        try:
+            first = verified(ctx, refs[0])
+        except WebError:
+            audit.failed_one()
+            audit.end(completed=False)
+            raise
+    audit.begin(refs)
+    boundary = multipart.new_boundary()
+
+    def body() -> Iterator[bytes | memoryview]:
+        completed = False
+        try:
+            for ref in refs:
+                obj = first if first is not None and ref is refs[0] else open_verified(
+                    ctx.store, ref)
+                if obj is None:
+                    audit.failed_one()
+                    continue
+                yield multipart.part_head(
+                    boundary, f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}")
+                yield from obj.chunks()
+                yield b"\r\n"
+                audit.sent_one(ref)
+            yield multipart.closing(boundary)
+            completed = True
+        finally:
+            audit.end(completed)
+
+    return StreamingResponse(body(), media_type=multipart.content_type(boundary, DICOM))
+
+
+def _instance_url(root: str, ref: InstanceRef, study: str, series: str) -> str:
+    return f"{root}/studies/{study}/series/{series}/instances/{ref.sop_instance_uid}"
+
+
+def dataset_of(obj: VerifiedObject) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(obj.read()), force=True)
+
+
+def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
+    """DICOM JSON of the data set, bulk elements replaced by their ``BulkDataURI``."""
+
+    def bulk(element: DataElement) -> str:
+        return f"{instance_url}/bulkdata/{int(element.tag):08X}"
+
+    document = ds.to_json_dict(BULK_DATA_THRESHOLD, bulk, suppress_invalid_tags=True)
+    if 0x7FE00010 in ds and "7FE00010" in document:
+        document["7FE00010"] = {"vr": document["7FE00010"].get("vr", "OW"),
+                                "BulkDataURI": f"{instance_url}/bulkdata/7FE00010"}
+    return document
+
+
+def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
+    negotiate(request, [DICOM_JSON, "application/json"])
+    session = authorize(ctx, request, WADO)
+    study, series, instance = _path(request)
+    refs = instances(ctx, study, series, instance)
+    audit = TransferAudit(ctx, session, "metadata")
+    audit.begin(refs)
+    root = dicomweb_root(ctx, request)
+    documents = []
+    try:
+        for ref in refs:
+            obj = open_verified(ctx.store, ref)
+            if obj is None:
+                audit.failed_one()
+                continue
+            ds = dataset_of(obj)
+            series_uid = str(ds.get("SeriesInstanceUID", series or ""))
+            documents.append(metadata_json(ds, _instance_url(root, ref, study, series_uid)))
+            audit.sent_one(ref)
+    finally:
+        audit.end(completed=bool(documents))
+    if not documents:
+        raise WebError(500, "no stored object of this resource can be read")
+    body = json.dumps(documents, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(body, media_type=DICOM_JSON)
+
+
+def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
+    negotiate(request, [MULTIPART_OCTETS])
+    session = authorize(ctx, request, WADO)
+    study, series, instance = _path(request)
+    raw_tag = str(request.path_params["tag"])
+    try:
+        tag = int(raw_tag, 16)
+    except ValueError:
+        raise WebError(400, "a bulk data tag is eight hex digits") from None
+    ref = instances(ctx, study, series, instance)[0]
+    audit = TransferAudit(ctx, session, "bulkdata")
+    audit.begin([ref])
+    try:
+        ds = dataset_of(verified(ctx, ref))
+    except WebError:
+        audit.failed_one()
+        audit.end(completed=False)
+        raise
+    element = ds.get(tag)
+    if element is None or element.value is None:
+        audit.end()
+        raise WebError(404, "no such bulk data element in this instance")
+    value = element.value
+    data = value if isinstance(value, bytes) else bytes(element.value)
+    audit.sent_one(ref)
+    audit.end()
+    boundary = multipart.new_boundary()
+    body = b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)]))
+    return Response(body, media_type=multipart.content_type(boundary, OCTET_STREAM))
+
+
+def routes(ctx: DicomWebContext) -> list[Route]:
+    def bind(handler: Any) -> Any:
+        def endpoint(request: Request) -> Response:
+            return handler(ctx, request)
+        return endpoint
+
+    instance = "/studies/{study}/series/{series}/instances/{instance}"
+    return [
+        Route("/studies/{study}", bind(retrieve_instances), methods=["GET"]),
+        Route("/studies/{study}/series/{series}", bind(retrieve_instances), methods=["GET"]),
+        Route(instance, bind(retrieve_instances), methods=["GET"]),
+        Route("/studies/{study}/metadata", bind(retrieve_metadata), methods=["GET"]),
+        Route("/studies/{study}/series/{series}/metadata", bind(retrieve_metadata),
+              methods=["GET"]),
+        Route(instance + "/metadata", bind(retrieve_metadata), methods=["GET"]),
+        Route(instance + "/bulkdata/{tag}", bind(retrieve_bulkdata), methods=["GET"]),
+    ]
