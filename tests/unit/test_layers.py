@@ -27,6 +27,10 @@ FORBIDDEN = {
     "net": {"archive", "web", "dimse", "app", "cli", "index", "query", "storage"},
     "archive": {"dimse", "net", "web", "app", "cli", "certs"},
     "web": {"dimse", "net", "app", "cli"},
+    # Pure functions over stored bytes: errors and codec only, nothing that does I/O.
+    "render": UPPER
+    | {"index", "query", "storage", "certs", "security", "config", "logs", "patches"}
+    | {"polling", "reconcile"},
 }
 
 

@@ -1,0 +1,275 @@
+"""Rendered frames and thumbnails decoded by Pillow and compared with pydicom's pixel data
+after the same modality LUT and window (PS3.3 C.11.2.1.2), computed here on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_windowing, pixel_array
+
+from mimic_server.render import (
+    FrameNotFound,
+    InvalidFrameNumber,
+    InvalidRenderParameters,
+    NoPixelData,
+    UnsupportedTransferSyntax,
+    render,
+    thumbnail,
+)
+from tests.render_samples import dataset, image, part10, path, png_pixels, stored
+
+
+def window_linear(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, written out branch by branch as the standard does."""
+    x = values.astype(np.float64)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    middle = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255
+    out = np.where(x <= low, 0.0, np.where(x > high, 255.0, middle))
+    return np.rint(out).astype(np.uint8)
+
+
+def min_max(values: np.ndarray) -> np.ndarray:
+    x = values.astype(np.float64)
+    return np.rint((x - x.min()) * 255 / (x.max() - x.min())).astype(np.uint8)
+
+
+def modality(name: str, index: int | None = None) -> tuple[Dataset, np.ndarray]:
+    ds = dataset(name)
+    arr = pixel_array(str(path(name)), index=index)
+    return ds, apply_modality_lut(arr, ds)
+
+
+def test_png_without_a_window_spreads_min_to_max() -> None:
+    _, values = modality("CT_small.dcm")  # no Window Center / Width in the object
+    got = png_pixels(render(stored("CT_small.dcm"), media_type="image/png"))
+    assert got.dtype == np.uint8 and got.shape == (128, 128)
+    assert np.array_equal(got, min_max(values))
+
+
+def test_png_uses_the_objects_first_window() -> None:
+    ds, values = modality("MR_small.dcm")
+    assert (ds.WindowCenter, ds.WindowWidth) == (600, 1600)
+    got = png_pixels(render(stored("MR_small.dcm"), media_type="image/png"))
+    assert np.array_equal(got, window_linear(values, 600, 1600))
+
+
+def test_png_matches_pydicoms_windowing_within_rounding() -> None:
+    ds, values = modality("693_UNCR.dcm")  # CT, rescale -1024, window 40 / 100
+    theirs = apply_windowing(values.astype(np.float64), ds)
+    # pydicom windows onto the stored value range carried through the rescale; scale to 8 bits
+    bits = int(ds.BitsStored)
+    low = -(2 ** (bits - 1)) if ds.PixelRepresentation else 0
+    low = low * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    scaled = (theirs - low) * 255 / ((2**bits - 1) * float(ds.RescaleSlope))
+    got = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/png"))
+    assert np.abs(got.astype(float) - scaled).max() <= 1.0
+
+
+def test_the_requested_window_overrides_the_objects() -> None:
+    _, values = modality("MR_small.dcm")
+    got = png_pixels(render(stored("MR_small.dcm"), media_type="image/png", window=(200, 300)))
+    assert np.array_equal(got, window_linear(values, 200, 300))
+    assert not np.array_equal(got, window_linear(values, 600, 1600))
+
+
+def test_rescale_comes_before_the_window() -> None:
+    _, values = modality("CT_small.dcm")  # rescale intercept -1024: window in HU
+    got = png_pixels(render(stored("CT_small.dcm"), media_type="image/png", window=(40, 400)))
+    assert np.array_equal(got, window_linear(values, 40, 400))
+
+
+def test_monochrome1_is_inverted() -> None:
+    ds, values = modality("RG3_UNCR.dcm")
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    got = png_pixels(render(stored("RG3_UNCR.dcm"), media_type="image/png"))
+    assert np.array_equal(got, 255 - window_linear(values, 550, 1024))
+
+
+def test_monochrome1_and_2_of_the_same_pixels_are_negatives() -> None:
+    ds = dataset("MR_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted = png_pixels(render(part10(ds), media_type="image/png"))
+    plain = png_pixels(render(stored("MR_small.dcm"), media_type="image/png"))
+    assert np.array_equal(inverted, 255 - plain)
+
+
+def test_multiframe_renders_the_frame_asked_for() -> None:
+    _, values = modality("emri_small.dcm", index=6)
+    got = png_pixels(render(stored("emri_small.dcm"), 7, media_type="image/png"))
+    assert np.array_equal(got, min_max(values))
+    first = png_pixels(render(stored("emri_small.dcm"), 1, media_type="image/png"))
+    assert not np.array_equal(got, first)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "emri_small_big_endian.dcm",
+        "emri_small_RLE.dcm",
+        "emri_small_jpeg_2k_lossless.dcm",
+        "emri_small_jpeg_ls_lossless.dcm",
+    ],
+)
+@pytest.mark.parametrize("number", [1, 4, 10])
+def test_lossless_syntaxes_render_the_same_pixels(name: str, number: int) -> None:
+    want = png_pixels(render(stored("emri_small.dcm"), number, media_type="image/png"))
+    got = png_pixels(render(stored(name), number, media_type="image/png"))
+    assert np.array_equal(got, want)
+
+
+def test_jpeg_2000_of_a_ct_renders_as_the_uncompressed_original() -> None:
+    want = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/png"))
+    got = png_pixels(render(stored("693_J2KR.dcm"), media_type="image/png"))
+    assert np.array_equal(got, want)
+
+
+def test_jpeg_lossless_process_14() -> None:
+    ds = dataset("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    values = pixel_array(str(path("JPGLosslessP14SV1_1s_1f_8b.dcm")))
+    got = png_pixels(render(stored("JPGLosslessP14SV1_1s_1f_8b.dcm"), media_type="image/png"))
+    assert np.array_equal(got, window_linear(values, ds.WindowCenter, ds.WindowWidth))
+
+
+def test_jpeg_baseline_ybr_multiframe_is_rgb_of_the_right_frame() -> None:
+    want = pixel_array(str(path("examples_ybr_color.dcm")), index=4)  # YBR -> RGB by pydicom
+    got = png_pixels(render(stored("examples_ybr_color.dcm"), 5, media_type="image/png"))
+    assert got.shape == (240, 320, 3)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR_FULL
+        "SC_rgb_dcmtk_+eb+cy+np.dcm",  # JPEG baseline, YBR_FULL_422
+        "SC_ybr_full_uncompressed.dcm",
+        "SC_ybr_full_422_uncompressed.dcm",
+        "SC_rgb_rle.dcm",
+        "SC_rgb_gdcm_KY.dcm",  # JPEG 2000
+        "SC_rgb_expb.dcm",
+    ],
+)
+def test_colour_encodings_render_close_to_the_rgb_original(name: str) -> None:
+    original = pixel_array(str(path("SC_rgb.dcm")))
+    got = png_pixels(render(stored(name), media_type="image/png"))
+    assert got.shape == original.shape
+    assert np.abs(got.astype(int) - original.astype(int)).mean() < 3
+
+
+def test_16_bit_rgb_is_scaled_to_8_bits() -> None:
+    original = pixel_array(str(path("SC_rgb_16bit.dcm")))
+    got = png_pixels(render(stored("SC_rgb_16bit.dcm"), media_type="image/png"))
+    assert np.array_equal(got, (original >> 8).astype(np.uint8))
+
+
+def test_planar_configuration_does_not_change_the_picture() -> None:
+    by_pixel = png_pixels(render(stored("color-px.dcm"), media_type="image/png"))
+    by_plane = png_pixels(render(stored("color-pl.dcm"), media_type="image/png"))
+    assert np.array_equal(by_pixel, by_plane)
+
+
+def test_palette_colour_goes_through_its_lookup_tables() -> None:
+    from pydicom.pixels import apply_color_lut
+
+    ds = dataset("OBXXXX1A.dcm")
+    want = apply_color_lut(pixel_array(str(path("OBXXXX1A.dcm"))), ds)
+    got = png_pixels(render(stored("OBXXXX1A.dcm"), media_type="image/png"))
+    assert np.array_equal(got, (want >> 8).astype(np.uint8) if want.dtype != np.uint8 else want)
+
+
+def test_jpeg_output_is_close_to_the_png() -> None:
+    png = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/png"))
+    jpeg = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/jpeg", quality=95))
+    assert jpeg.shape == png.shape
+    assert np.abs(jpeg.astype(int) - png.astype(int)).mean() < 2
+    small = render(stored("693_UNCR.dcm"), media_type="image/jpeg", quality=20)
+    assert len(small) < len(render(stored("693_UNCR.dcm"), media_type="image/jpeg", quality=95))
+
+
+def test_jpeg_is_the_default_media_type() -> None:
+    assert render(stored("CT_small.dcm"))[:3] == b"\xff\xd8\xff"
+    assert render(stored("CT_small.dcm"), media_type="image/png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_viewport_fits_inside_keeping_the_aspect_ratio() -> None:
+    us = stored("US1_UNCR.dcm")  # 640 x 480
+    assert png_pixels(render(us, media_type="image/png", viewport=(320, 320))).shape == (
+        240,
+        320,
+        3,
+    )
+    ct = stored("CT_small.dcm")  # 128 x 128
+    assert png_pixels(render(ct, media_type="image/png", viewport=(256, 64))).shape == (64, 64)
+    assert png_pixels(render(ct, media_type="image/png", viewport=(512, 512))).shape == (
+        512,
+        512,
+    )
+
+
+def test_thumbnail_is_the_middle_frame_shrunk_never_enlarged() -> None:
+    whole = render(stored("emri_small.dcm"), 5, media_type="image/png")
+    thumb = thumbnail(stored("emri_small.dcm"), (64, 64), "image/png")  # 10 frames: 5th
+    assert np.array_equal(png_pixels(thumb), png_pixels(whole))
+    assert png_pixels(thumbnail(stored("US1_UNCR.dcm"), media_type="image/png")).shape == (
+        96,
+        128,
+        3,
+    )
+    assert png_pixels(thumbnail(stored("CT_small.dcm"), (512, 512))).shape == (128, 128)
+    assert thumbnail(stored("CT_small.dcm"))[:3] == b"\xff\xd8\xff"
+
+
+def test_one_bit_segmentation_renders() -> None:
+    got = png_pixels(render(stored("liver.dcm"), 2, media_type="image/png"))
+    want = pixel_array(str(path("liver.dcm")), index=1)
+    assert np.array_equal(got, want.astype(np.uint8) * 255)
+
+
+def test_a_file_object_renders_as_bytes_do() -> None:
+    with path("emri_small_RLE.dcm").open("rb") as fh:
+        assert render(fh, 3, media_type="image/png") == render(
+            stored("emri_small_RLE.dcm"), 3, media_type="image/png"
+        )
+
+
+# Refusals -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("number", "error"), [(0, InvalidFrameNumber), (11, FrameNotFound)])
+def test_frames_outside_the_object_are_refused(number: int, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        render(stored("emri_small.dcm"), number)
+
+
+def test_no_pixel_data_is_refused() -> None:
+    with pytest.raises(NoPixelData):
+        render(part10(image()))
+    with pytest.raises(NoPixelData):
+        thumbnail(part10(image()))
+
+
+def test_a_syntax_without_a_decoder_is_refused() -> None:
+    # JPEG 2000 Part 2: frames can be served, but no installed plugin decodes them.
+    ds = image("1.2.840.10008.1.2.4.92", encapsulated_frames=[b"\xff\x4f\xff\x51" + bytes(60)])
+    with pytest.raises(UnsupportedTransferSyntax) as caught:
+        render(part10(ds))
+    assert caught.value.http_status == 406
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"media_type": "image/gif"},
+        {"window": (40, 0)},
+        {"window": (float("nan"), 400)},
+        {"viewport": (0, 10)},
+        {"viewport": (10, 100_000)},
+        {"quality": 0},
+        {"quality": 101},
+    ],
+)
+def test_parameters_that_cannot_be_honoured_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(InvalidRenderParameters) as caught:
+        render(stored("CT_small.dcm"), **options)  # type: ignore[arg-type]
+    assert caught.value.http_status == 400
