@@ -1,0 +1,224 @@
+"""The operator console end to end in headless Chromium (Debian's ``chromium`` driven by
+``playwright-core`` from npm): a real ``mimic serve`` (its ops port serving the live
+associations) and a real ``mimic web`` over the same data directory, signed in at the loopback
+OIDC issuer. A study stored over DIMSE is found, opened and shown; the image the browser
+decoded is compared pixel by pixel with pydicom's pixel data put through the PS3.3 LINEAR
+window; the modality, the open association and the audit records are on their pages; and no
+patient data appears in any URL the browser requested.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pydicom
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydicom.pixels import apply_modality_lut
+
+from tests.data import ct_small
+from tests.oidc_double import OidcIssuerDouble
+from tests.support import HOST, MimicProcess, associate, client_context, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "e2e" / "console" / "console.mjs"
+CHROMIUM = Path("/usr/bin/chromium")
+CLIENT_ID = "mimic-console"
+STUDY = "1.2.826.0.1.3680043.8.498.77001"
+PATIENT_NAME, PATIENT_ID = "Console^Testpatient", "CONSOLE-4711"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or not (ROOT / "node_modules" / "playwright-core").is_dir(),
+    reason="needs Debian's chromium and playwright-core (scripts/test.sh installs both)",
+)
+
+
+class WebProcess:
+    """``python -m mimic_server web`` on a loopback port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log_path = data_dir.parent / "web.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        environment.update(env, MIMIC_DATA_DIR=str(data_dir), MIMIC_WEB_HOST=HOST,
+                           MIMIC_WEB_PORT=str(self.port), MIMIC_LOG_FORMAT="json")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "mimic_server", "web"],
+                                     env=environment, stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + 30
+        while "DICOMweb listening" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mimic web did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
+    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
+    double.register_client(CLIENT_ID)  # a public client: PKCE only
+    double.sign_in_as("operator-1", roles=["MimicOperator"])
+    yield double
+    double.stop()
+
+
+def _spki(certificate: Path) -> str:
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+def _instances(directory: Path) -> list[Path]:
+    paths = []
+    for number in (1, 2):
+        ds = pydicom.dcmread(ct_small())
+        ds.StudyInstanceUID = STUDY
+        ds.SeriesInstanceUID = f"{STUDY}.1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{STUDY}.1.{number}"
+        ds.InstanceNumber = number
+        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+        ds.AccessionNumber = "ACC-77001"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        if number == 2:  # another image: the scrolled-to frame must differ
+            ds.PixelData = (ds.pixel_array[::-1].copy()).tobytes()
+        path = directory / f"{number}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _windowed(path: Path, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 LINEAR, computed here from pydicom's pixel data."""
+    ds = pydicom.dcmread(path)
+    x = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    y = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.rint(np.clip(y, 0, 255)).astype(np.int16)
+
+
+def _gray(image: dict) -> np.ndarray:
+    return np.array(image["gray"], dtype=np.int16).reshape(image["height"], image["width"])
+
+
+def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[certificates.dicomweb]\nservices = ["find", "get"]\n')
+    serve = MimicProcess(data, policy_file=str(policy)).start()
+    web = None
+    association = None
+    try:
+        files = _instances(tmp_path)
+        association = associate(serve.port, client_context(serve.client_cert, serve.client_key,
+                                                            serve.ca_cert))
+        assert association.is_established
+        for path in files:
+            assert association.send_c_store(path).Status == 0x0000
+        web = WebProcess(data, {
+            "MIMIC_OIDC_ISSUER": issuer.issuer, "MIMIC_OIDC_AUDIENCE": "api://mimic",
+            "MIMIC_OIDC_CA_FILE": str(issuer.ca_file), "MIMIC_WEB_OIDC_CLIENT_ID": CLIENT_ID,
+            "MIMIC_WEB_SERVE_STATUS_URL": f"http://{HOST}:{serve.ops_port}",
+            "MIMIC_POLICY_FILE": str(policy),
+        })
+        out = tmp_path / "browser"
+        out.mkdir()
+        # The association stays open while the browser looks at the 'now' page.
+        run = subprocess.run(
+            ["node", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=240,
+            env={**os.environ, "CONSOLE_URL": web.url, "CONSOLE_PATIENT_NAME": PATIENT_NAME,
+                 "CONSOLE_STUDY": STUDY, "CONSOLE_OUT": str(out),
+                 "CONSOLE_ISSUER_SPKI": _spki(issuer.ca_file)},
+        )
+        assert run.returncode == 0, run.stderr
+        result = json.loads((out / "result.json").read_text())
+        assert "error" not in result, f"{result['error']}\n{web.log()[-4000:]}"
+    finally:
+        if association is not None:
+            association.release()
+        if web is not None:
+            web_exit = web.stop()
+        serve_exit = serve.stop()
+    assert web_exit == 0 and serve_exit == 0
+
+    # Signed in through the issuer (PKCE) and back on the console.
+    assert result["signed_in_as"] == "operator-1@example.org"
+    assert result["final_url"] == f"{web.url}/"
+    assert any(u.startswith(f"{issuer.issuer}/authorize?") and "code_challenge_method=S256" in u
+               for u in result["urls"])
+    # Found by name (sent in a POST body), with a thumbnail.
+    assert result["study_row"][1] == "Console Testpatient" and PATIENT_ID in result["study_row"]
+    assert result["thumbnail"][0] > 0
+    # The first image, with the object's window: exactly the windowed pixel data.
+    first = _gray(result["first"])
+    assert result["first"]["instance"] == f"{STUDY}.1.1"
+    assert result["first"]["window"] == "40,400,linear"
+    expected = _windowed(files[0], 40, 400)
+    assert first.shape == expected.shape == (128, 128)
+    assert int(np.abs(first - expected).max()) <= 1
+    assert (tmp_path / "browser" / "first.png").stat().st_size > 0
+    # Window/level changed in the page: the image follows.
+    windowed = _gray(result["windowed"])
+    assert int(np.abs(windowed - _windowed(files[0], 100, 1000)).max()) <= 1
+    assert int(np.abs(windowed - first).max()) > 10
+    # Scrolled to the next image, same window.
+    second = _gray(result["second"])
+    assert result["second"]["instance"] == f"{STUDY}.1.2" and result["position"] == "2 / 2"
+    assert int(np.abs(second - _windowed(files[1], 100, 1000)).max()) <= 1
+    # The modality that stored it: its AE titles, services, objects, last association.
+    rows = {m["name"]: m for m in result["modalities"]}
+    modality = rows["modality1"]
+    assert not modality["revoked"] and modality["warn"] == []
+    cells = modality["cells"]
+    assert "C-STORE" in cells[3] and cells[6] == "2" and cells[5] != "never"
+    # The association the test held open, and the per-minute charts.
+    assert any("MODALITY1" in row and "2" in row for row in result["associations"]), \
+        result["associations"]
+    charts = {c["name"]: c for c in result["charts"]}
+    assert set(charts) == {"stores", "queries", "failures"}
+    assert charts["stores"]["bars"] == 60 and "total 2" in charts["stores"]["caption"]
+    # The audit trail names the study: the C-STORE transfer and the console's own reads.
+    events = {row[1] for row in result["audit"]}
+    assert "DICOM Instances Transferred" in events
+    assert all(STUDY in row[7] for row in result["audit"])
+    assert result["after_sign_out"] == 401
+    # Nothing the page did put patient data in a URL, and nothing was blocked by the CSP.
+    for url in map(unquote, result["urls"]):
+        for secret in (PATIENT_NAME, "Console", PATIENT_ID, "Testpatient"):
+            assert secret not in url, url
+    assert result["csp_violations"] == []
+    assert result["console_errors"] == [] or all("401" in e for e in result["console_errors"])
+
+
+def test_playwright_is_pinned_in_the_lock() -> None:
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    assert "node_modules/playwright-core" in lock["packages"]
+    with contextlib.suppress(FileNotFoundError):
+        assert shutil.which("node")
