@@ -94,7 +94,7 @@ def test_every_served_page_carries_the_policy(issuer: OidcIssuerDouble, tmp_path
         assert response.headers["content-security-policy"] == CSP, path
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["referrer-policy"] == "same-origin"
         if path.endswith(".html") or path in ("/", "/signed-out"):
             assert _parse(response.text).problems == [], path
     assert "default-src 'self'" in CSP and "'unsafe-inline'" not in CSP

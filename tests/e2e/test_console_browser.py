@@ -214,7 +214,8 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
         for secret in (PATIENT_NAME, "Console", PATIENT_ID, "Testpatient"):
             assert secret not in url, url
     assert result["csp_violations"] == []
-    assert result["console_errors"] == [] or all("401" in e for e in result["console_errors"])
+    # The one failed load: /console/api/me after signing out (401).
+    assert [e for e in result["console_errors"] if "401" not in e] == []
 
 
 def test_playwright_is_pinned_in_the_lock() -> None:

@@ -17,20 +17,21 @@ const study = process.env.CONSOLE_STUDY;
 const out = process.env.CONSOLE_OUT;
 const profile = mkdtempSync(join(tmpdir(), 'mimic-chromium-'));
 
-const browser = await chromium.launch({
+// A fresh profile directory each run (Playwright passes it as --user-data-dir).
+const context = await chromium.launchPersistentContext(profile, {
   executablePath: '/usr/bin/chromium',
   headless: true,
   args: [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    `--user-data-dir=${profile}`,
     `--ignore-certificate-errors-spki-list=${process.env.CONSOLE_ISSUER_SPKI}`,
   ],
+  viewport: { width: 1400, height: 900 },
+  deviceScaleFactor: 1,
   timeout: 60000,
 });
 const result = { urls: [], console_errors: [], csp_violations: [] };
 try {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, deviceScaleFactor: 1 });
   const page = await context.newPage();
   page.setDefaultTimeout(30000);
   page.on('request', (request) => result.urls.push(request.url()));
@@ -137,7 +138,7 @@ try {
 } catch (error) {
   result.error = String(error && error.stack || error);
 } finally {
-  await browser.close();
+  await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
 writeFileSync(join(out, 'result.json'), JSON.stringify(result));
