@@ -10,11 +10,9 @@ patient data appears in any URL the browser requested.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from pydicom.pixels import apply_modality_lut
 
 from tests.data import ct_small
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, MimicProcess, associate, client_context, free_port
+from tests.support import HOST, MimicProcess, associate, client_context, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "e2e" / "console" / "console.mjs"
@@ -40,10 +38,12 @@ CLIENT_ID = "mimic-console"
 STUDY = "1.2.826.0.1.3680043.8.498.77001"
 PATIENT_NAME, PATIENT_ID = "Console^Testpatient", "CONSOLE-4711"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() or not (ROOT / "node_modules" / "playwright-core").is_dir(),
-    reason="needs Debian's chromium and playwright-core (scripts/test.sh installs both)",
-)
+
+
+def _browser_installed() -> None:
+    assert CHROMIUM.exists(), "Debian's chromium is not installed (scripts/test.sh installs it)"
+    assert (ROOT / "node_modules" / "playwright-core").is_dir(), \
+        "playwright-core is not installed: npm ci (scripts/test.sh runs it)"
 
 
 class WebProcess:
@@ -98,12 +98,14 @@ def _spki(certificate: Path) -> str:
 
 
 def _instances(directory: Path) -> list[Path]:
+    """Two images of the study, and one of another study (stored by the held association)."""
     paths = []
-    for number in (1, 2):
+    for number in (1, 2, 3):
+        study = STUDY if number < 3 else f"{STUDY}.9"
         ds = pydicom.dcmread(ct_small())
-        ds.StudyInstanceUID = STUDY
-        ds.SeriesInstanceUID = f"{STUDY}.1"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{STUDY}.1.{number}"
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = f"{study}.1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study}.1.{number}"
         ds.InstanceNumber = number
         ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
         ds.AccessionNumber = "ACC-77001"
@@ -114,6 +116,11 @@ def _instances(directory: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _transferred_record(path: Path) -> bool:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return any('"DICOM Instances Transferred"' in line and STUDY in line for line in lines)
 
 
 def _windowed(path: Path, center: float, width: float) -> np.ndarray:
@@ -129,19 +136,30 @@ def _gray(image: dict) -> np.ndarray:
 
 
 def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    _browser_installed()
     data = tmp_path / "data"
     policy = tmp_path / "policy.toml"
     policy.write_text('[certificates.dicomweb]\nservices = ["find", "get"]\n')
-    serve = MimicProcess(data, policy_file=str(policy)).start()
+    serve = MimicProcess(data, policy_file=str(policy), network_timeout="600").start()
     web = None
-    association = None
+    held = None
     try:
         files = _instances(tmp_path)
-        association = associate(serve.port, client_context(serve.client_cert, serve.client_key,
-                                                            serve.ca_cert))
-        assert association.is_established
-        for path in files:
-            assert association.send_c_store(path).Status == 0x0000
+        tls = client_context(serve.client_cert, serve.client_key, serve.ca_cert)
+        stores = associate(serve.port, tls)
+        assert stores.is_established
+        for path in files[:2]:
+            assert stores.send_c_store(path).Status == 0x0000
+        stores.release()  # its DICOM Instances Transferred is written at the release
+        assert wait_for(lambda: _transferred_record(data / "audit.jsonl"))
+        # Another association stays open while the browser looks at the 'now' page.
+        held = associate(serve.port, tls, calling="HOLDER")
+        assert held.is_established and held.send_c_store(files[2]).Status == 0x0000
+        held.network_timeout = 600  # idle while the browser works, however slow the machine
+        status, body = serve.ops("/status/associations")
+        assert status == 200 and json.loads(body)["associations"][0]["calling_ae"] == "HOLDER"
+        for secret in (PATIENT_NAME, PATIENT_ID, STUDY):  # no patient data on the ops port
+            assert secret.encode() not in body
         web = WebProcess(data, {
             "MIMIC_OIDC_ISSUER": issuer.issuer, "MIMIC_OIDC_AUDIENCE": "api://mimic",
             "MIMIC_OIDC_CA_FILE": str(issuer.ca_file), "MIMIC_WEB_OIDC_CLIENT_ID": CLIENT_ID,
@@ -150,7 +168,6 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
         })
         out = tmp_path / "browser"
         out.mkdir()
-        # The association stays open while the browser looks at the 'now' page.
         run = subprocess.run(
             ["node", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=240,
             env={**os.environ, "CONSOLE_URL": web.url, "CONSOLE_PATIENT_NAME": PATIENT_NAME,
@@ -161,8 +178,8 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
         result = json.loads((out / "result.json").read_text())
         assert "error" not in result, f"{result['error']}\n{web.log()[-4000:]}"
     finally:
-        if association is not None:
-            association.release()
+        if held is not None:
+            held.release()
         if web is not None:
             web_exit = web.stop()
         serve_exit = serve.stop()
@@ -197,17 +214,23 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     modality = rows["modality1"]
     assert not modality["revoked"] and modality["warn"] == []
     cells = modality["cells"]
-    assert "C-STORE" in cells[3] and cells[6] == "2" and cells[5] != "never"
-    # The association the test held open, and the per-minute charts.
-    assert any("MODALITY1" in row and "2" in row for row in result["associations"]), \
-        result["associations"]
+    assert "C-STORE" in cells[3] and cells[6] == "3" and cells[5] != "never"
+    # The association the test held open (peer, AE, identity, service, objects, bytes), and
+    # the per-minute charts.
+    (held_row,) = [row for row in result["associations"] if row[1:2] == ["HOLDER"]]
+    assert held_row[0].startswith("127.0.0.1:") and held_row[2].startswith("modality1 (")
+    assert held_row[4] == "idle" and held_row[5] == "1" and held_row[6].endswith("KB")
     charts = {c["name"]: c for c in result["charts"]}
     assert set(charts) == {"stores", "queries", "failures"}
-    assert charts["stores"]["bars"] == 60 and "total 2" in charts["stores"]["caption"]
-    # The audit trail names the study: the C-STORE transfer and the console's own reads.
-    events = {row[1] for row in result["audit"]}
-    assert "DICOM Instances Transferred" in events
+    assert charts["stores"]["bars"] == 60 and "total 3" in charts["stores"]["caption"]
+    assert "total 0" in charts["failures"]["caption"]
+    # The audit trail names the study: the C-STORE of the modality, the console's reads.
     assert all(STUDY in row[7] for row in result["audit"])
+    stored = [row for row in result["audit"] if row[5] == "MODALITY1"]
+    assert [row[1] for row in stored] == ["DICOM Instances Transferred"]
+    assert stored[0][4].startswith("modality1 (") and stored[0][3] == "success"
+    reads = [row for row in result["audit"] if row[6] == "operator-1@example.org"]
+    assert reads and all(row[4] == "DICOMweb" for row in reads)
     assert result["after_sign_out"] == 401
     # Nothing the page did put patient data in a URL, and nothing was blocked by the CSP.
     for url in map(unquote, result["urls"]):
@@ -218,8 +241,11 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     assert [e for e in result["console_errors"] if "401" not in e] == []
 
 
-def test_playwright_is_pinned_in_the_lock() -> None:
+def test_playwright_core_is_pinned() -> None:
+    """An exact version in package.json and the lock: never a browser download of its own
+    (playwright-core has none; the script names /usr/bin/chromium)."""
+    version = json.loads((ROOT / "package.json").read_text())["devDependencies"]["playwright-core"]
+    assert version[0].isdigit()
     lock = json.loads((ROOT / "package-lock.json").read_text())
-    assert "node_modules/playwright-core" in lock["packages"]
-    with contextlib.suppress(FileNotFoundError):
-        assert shutil.which("node")
+    assert lock["packages"]["node_modules/playwright-core"]["version"] == version
+    assert "executablePath: '/usr/bin/chromium'" in SCRIPT.read_text()
