@@ -10,7 +10,7 @@ naming the entry's trust name).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,4 +96,3 @@ def describe(
     return rows
 
 
-Reader = Callable[[], list[dict[str, Any]]]
