@@ -46,6 +46,7 @@ from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
 from mimic_server.web.console.auth import console_user_source
 from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.gate import dicomweb_gate
 from mimic_server.web.console.modalities import TrustView
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
@@ -144,6 +145,8 @@ class WebArchive:
             console_context = open_console(s, self.engine, finder, policy, self.audit)
             # The console's pages load images from DICOMweb with their session cookie.
             self.context.user_sources.append(console_user_source(console_context))
+            # Its study queries answer to the same policy entry as QIDO-RS.
+            console_context.query_gate = dicomweb_gate(self.context)
             console = build_console(console_context)
         app = build_web_app(self.context, s.web_cors_origin_list, console,
                             ready=self._ready)

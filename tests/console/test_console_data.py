@@ -253,3 +253,51 @@ def test_no_patient_data_in_audit_of_sign_in(issuer: OidcIssuerDouble, archive: 
     _console(issuer, archive, [OPERATOR])
     line = (archive["path"] / "audit.jsonl").read_text().splitlines()[-1]
     assert json.loads(line)["identity"] == "web console"
+
+
+def _gated(issuer: OidcIssuerDouble, archive: dict, roles: list[str], policy_text: str
+           ) -> TestClient:
+    """The console with its study queries under the DICOMweb policy entry, as `mimic web`
+    composes it."""
+    from mimic_server.web.console.auth import console_user_source
+    from mimic_server.web.console.gate import dicomweb_gate
+    from mimic_server.web.dicomweb.context import DicomWebContext
+
+    policy = Policy("MIMIC", rules=parse_policy(policy_text))
+    policy.audit_log = archive["audit"]
+    ctx = console_context(issuer, archive["path"],
+                          studies=StudyBrowser(archive["finder"], archive["engine"]),
+                          engine=archive["engine"], policy=policy, audit_log=archive["audit"])
+    dicomweb = DicomWebContext(finder=archive["finder"], store=None,  # type: ignore[arg-type]
+                               policy=policy, audit=archive["audit"], tokens=None)
+    dicomweb.user_sources.append(console_user_source(ctx))
+    ctx.query_gate = dicomweb_gate(dicomweb)
+    issuer.sign_in_as("user-1", roles=roles)
+    web = client(ctx)
+    assert sign_in(web, issuer).status_code == 303
+    return web
+
+
+def test_study_queries_answer_to_the_dicomweb_policy(issuer: OidcIssuerDouble,
+                                                     archive: dict) -> None:
+    roles_table = ('[certificates.dicomweb]\nservices = ["find", "get"]\n'
+                   '[certificates.dicomweb.roles]\nMimicOperator = ["find", "get"]\n')
+    viewer = _gated(issuer, archive, [VIEWER], roles_table)
+    refused = viewer.post("/console/api/studies", json={})
+    assert refused.status_code == 403 and "C-FIND" in refused.json()["error"]
+    assert viewer.post("/console/api/study", json={"study": STUDY_A}).status_code == 403
+    operator = _gated(issuer, archive, [OPERATOR], roles_table)
+    assert len(operator.post("/console/api/studies", json={}).json()["studies"]) == 2
+    query = [json.loads(line) for line in
+             (archive["path"] / "audit.jsonl").read_text().splitlines()][-1]
+    assert query["EventID"]["meaning"] == "Query" and query["user"] == "user-1@example.org"
+    assert query["service"] == "console"
+
+    narrow = _gated(issuer, archive, [OPERATOR], '[certificates.dicomweb]\n'
+                    'services = ["find"]\nfind_requires = ["PatientID"]\nmax_find_results = 1\n')
+    assert narrow.post("/console/api/studies", json={}).status_code == 403
+    one = narrow.post("/console/api/studies", json={"patient_id": "P-*"}).json()
+    assert len(one["studies"]) == 1 and one["more"] is True
+
+    nothing = _gated(issuer, archive, [OPERATOR], '[default]\nservices = ["echo"]\n')
+    assert nothing.post("/console/api/studies", json={}).status_code == 403  # deny by default

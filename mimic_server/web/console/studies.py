@@ -8,7 +8,7 @@ IDs stay out of anything that is logged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -36,6 +36,11 @@ _IMAGE_ANSWER = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Moda
                  "Rows", "Columns", "WindowCenter", "WindowWidth")
 MAX_STUDIES = 200
 MAX_INSTANCES = 5000
+
+
+#: The access policy's say on one query: raises to refuse it, else returns the requestor's
+#: own result limit (None: none). Built per request by the composition root (``gate.py``).
+Gate = Callable[[Dataset], int | None]
 
 
 class SearchError(ValueError):
@@ -103,13 +108,17 @@ class StudyBrowser:
         self.finder = finder
         self.engine = engine
 
-    def search(self, form: Mapping[str, Any]) -> dict[str, Any]:
+    def search(self, form: Mapping[str, Any], gate: Gate | None = None) -> dict[str, Any]:
         try:
             limit = int(form.get("limit") or 50)
         except (TypeError, ValueError) as exc:
             raise SearchError("limit must be a whole number") from exc
         limit = max(1, min(limit, MAX_STUDIES))
-        query = parse(study_identifier(form), Model.STUDY_ROOT, relational=True)
+        identifier = study_identifier(form)
+        own = gate(identifier) if gate is not None else None
+        if own is not None:
+            limit = min(limit, own)
+        query = parse(identifier, Model.STUDY_ROOT, relational=True)
         studies, more = [], False
         try:
             for answer in self.finder.find(query, max_results=limit):
@@ -123,7 +132,7 @@ class StudyBrowser:
             study["thumbnail"] = firsts.get(study["study"])
         return {"studies": studies, "more": more}
 
-    def contents(self, study_uid: Any) -> dict[str, Any]:
+    def contents(self, study_uid: Any, gate: Gate | None = None) -> dict[str, Any]:
         uid = _text(study_uid, "study")
         if not uid or len(uid) > 64 or not set(uid) <= set("0123456789."):
             raise SearchError("study must be a Study Instance UID")
@@ -132,10 +141,12 @@ class StudyBrowser:
         identifier.StudyInstanceUID = uid
         for keyword in _IMAGE_ANSWER:
             setattr(identifier, keyword, "")
+        own = gate(identifier) if gate is not None else None
         query = parse(identifier, Model.STUDY_ROOT, relational=True)
         series: dict[str, dict[str, Any]] = {}
         try:
-            for answer in self.finder.find(query, max_results=MAX_INSTANCES):
+            for answer in self.finder.find(query, max_results=min(MAX_INSTANCES,
+                                                                   own or MAX_INSTANCES)):
                 plain = _plain(answer)
                 values = {k: _json_value(plain, k) for k in _IMAGE_ANSWER}
                 entry = series.setdefault(str(values["SeriesInstanceUID"]), {
