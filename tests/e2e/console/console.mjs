@@ -103,6 +103,12 @@ try {
   result.second = await pixelsOf();
   result.position = await page.textContent('#image-position');
 
+  // Back to the search, its results still there.
+  await page.click('header nav a[data-view=studies]');
+  await page.locator('#view-studies').waitFor({ state: 'visible' });
+  result.back_to_search = await page.locator('#study-results tbody tr').count();
+  result.study_fragment = page.url().split('#')[1] || '';
+
   // Modalities.
   await page.goto(`${base}/#modalities`);
   await page.locator('#modality-list tbody tr').first().waitFor();
