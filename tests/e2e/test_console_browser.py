@@ -25,6 +25,7 @@ import pydicom
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
 from tests.data import ct_small
@@ -200,7 +201,18 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     expected = _windowed(files[0], 40, 400)
     assert first.shape == expected.shape == (128, 128)
     assert int(np.abs(first - expected).max()) <= 1
-    assert (tmp_path / "browser" / "first.png").stat().st_size > 0
+    # ... and so is the screenshot of the image element, as the page shows it.
+    with Image.open(tmp_path / "browser" / "first.png") as shot:
+        shown = np.asarray(shot.convert("RGB"), dtype=np.int16)
+    # (An element at a fractional position is captured one pixel larger: try both offsets.)
+    rows, columns = expected.shape
+    assert rows <= shown.shape[0] <= rows + 1 and columns <= shown.shape[1] <= columns + 1
+    differences = [
+        int(np.abs(shown[dy:dy + rows, dx:dx + columns, 0] - expected).max())
+        for dy in range(shown.shape[0] - rows + 1) for dx in range(shown.shape[1] - columns + 1)
+    ]
+    assert min(differences) <= 1, differences
+    assert int(np.abs(shown[..., 0] - shown[..., 2]).max()) == 0  # gray
     # Window/level changed in the page: the image follows.
     windowed = _gray(result["windowed"])
     assert int(np.abs(windowed - _windowed(files[0], 100, 1000)).max()) <= 1

@@ -102,6 +102,7 @@ try {
   await loaded(secondInstance, '100,1000,linear');
   result.second = await pixelsOf();
   result.position = await page.textContent('#image-position');
+  await page.screenshot({ path: join(out, 'study.png') });
 
   // Back to the search, its results still there.
   await page.click('header nav a[data-view=studies]');
@@ -118,10 +119,13 @@ try {
     warn: [...r.querySelectorAll('td.warn, td.bad')].map((td) => td.textContent),
   })));
 
+  await page.screenshot({ path: join(out, 'modalities.png') });
+
   // Now: the association the test keeps open, and the charts.
   await page.click('header nav a[data-view=now]');
   await page.locator('#charts figure').first().waitFor();
   result.associations = await page.locator('#association-list tbody tr').evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)));
+  await page.screenshot({ path: join(out, 'now.png'), fullPage: true });
   result.charts = await page.locator('#charts figure').evaluateAll((figures) => figures.map((f) => ({
     name: f.dataset.chart, bars: f.querySelectorAll('rect').length, caption: f.querySelector('figcaption').textContent,
   })));
