@@ -32,7 +32,7 @@ EXIT_CONFIG = 2
 EXIT_LISTENER_DIED = 3
 #: Seconds between checks that the listener still runs.
 WATCH_PERIOD = 1.0
-_JSON_FIELDS = {"move_destinations"}
+_JSON_FIELDS = {"move_destinations", "web_roles"}
 
 
 def _fail(message: str) -> NoReturn:

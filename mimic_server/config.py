@@ -233,6 +233,12 @@ class Settings(BaseSettings):
         "(services, roles, query limits) applies to DICOMweb requests; without one, "
         "DICOMweb grants nothing.",
     )
+    web_roles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='DICOMweb token roles and their services as JSON, e.g. {"Radiologist": '
+        '["find", "get", "store"], "Clerk": ["find"]}: the rule of WEB_POLICY_ENTRY when the '
+        "policy file has no table for it (as a Key Vault entry's tags are a certificate's).",
+    )
     web_cors_origins: str = Field(
         "", description="Origins (comma-separated, e.g. https://viewer.example.org) whose "
         "browser scripts may call DICOMweb (CORS); empty: none.",

@@ -52,6 +52,12 @@ class Status(IntEnum):
     FIND_UNEXPECTED = 0xC311
     GET_UNEXPECTED = 0xC411
     MOVE_UNEXPECTED = 0xC511
+    #: STOW-RS Failure Reason (PS3.18): the part's transfer syntax is not one the archive
+    #: keeps (``archive/syntaxes.py``).
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+    #: STOW-RS Failure Reason: an instance of another study than the request's target
+    #: (``/studies/{study}``); PS3.18 names no code, this is dcm4chee's, in the 0xCxxx range.
+    STUDY_MISMATCH = 0xC409
 
 
 class MimicError(Exception):

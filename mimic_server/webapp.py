@@ -24,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from mimic_server.archive.ingest import Ingest
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index.audit_table import read_table
+from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
     load_policy_file,
@@ -38,6 +40,7 @@ from mimic_server.resources import (
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditFilter, AuditLog, read_file
+from mimic_server.security.grants import Grants, RuleError, parse_rule
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.tokens import TokenValidator
@@ -88,6 +91,19 @@ def check_auth_settings(settings: Settings) -> None:
         )
 
 
+def web_rule(settings: Settings) -> Grants | None:
+    """``MIMIC_WEB_ROLES`` read by the policy file's parser: the roles' services together
+    are the front door's services, each role narrows to its own."""
+    if not settings.web_roles:
+        return None
+    services = sorted({name for names in settings.web_roles.values() for name in names})
+    try:
+        return parse_rule({"services": services, "roles": settings.web_roles},
+                          "MIMIC_WEB_ROLES")
+    except RuleError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
 class WebArchive:
     """A running ``mimic web``: one HTTP listener over the archive's index and objects."""
 
@@ -117,7 +133,7 @@ class WebArchive:
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine, _index = open_index(s)
+        self.engine, index = open_index(s)
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
@@ -138,7 +154,8 @@ class WebArchive:
         self.context = DicomWebContext(
             finder=finder, store=store, policy=policy, audit=self.audit, tokens=tokens,
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
-            base_url=s.web_base_url, ingest=_ingest(s, store, self.engine, self.audit),
+            rule=web_rule(s),
+            base_url=s.web_base_url, ingest=_ingest(s, store, index),
         )
         console = self._console
         if console is None:
@@ -302,9 +319,10 @@ def _serve_status(base_url: str) -> Callable[[], dict[str, Any]]:
     return fetch
 
 
-def _ingest(settings: Settings, store: ObjectStore, engine: Engine, audit_log: AuditLog) -> Any:
-    """The STOW-RS ingest path (``archive/ingest.py``), when that room exists."""
-    return None
+def _ingest(settings: Settings, store: ObjectStore, index: SqlIndex) -> Ingest:
+    """The STOW-RS ingest path (``archive/ingest.py``): C-STORE's, into the same store and
+    index, under the same size limit; the audit log is handed to it per request."""
+    return Ingest(store, index, settings.max_object_bytes, settings.spool_path)
 
 
 def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,

@@ -1,8 +1,12 @@
-"""The Part 10 preamble and File Meta Information that MIMIC writes in front of a data set."""
+"""The Part 10 preamble and File Meta Information that MIMIC writes in front of a data set,
+and the reading of a received Part 10 file's own (STOW-RS parts: what they declare)."""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+
+from mimic_server.errors import CannotUnderstand
 
 #: MIMIC's Implementation Class UID (a UUID-derived OID, PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.166831424185209478937263318385113413712"
@@ -45,3 +49,82 @@ def _element(number: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":  # 32-bit length after two reserved bytes
         return struct.pack("<HH2sxxL", 0x0002, number, vr, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, number, vr, len(value)) + value
+
+
+@dataclass(frozen=True, slots=True)
+class FileMetaRead:
+    """What a received Part 10 file's own File Meta declares, and where its data set starts."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+
+
+#: A File Meta group larger than this is not one (ours is under 300 bytes).
+MAX_FILE_META = 64 << 10
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+
+
+def read_file_meta(head: bytes | memoryview, *, whole: bool = False) -> FileMetaRead | None:
+    """Read the File Meta Information of a Part 10 file from its first bytes.
+
+    None when ``head`` ends before the group does (more bytes are needed; with ``whole``,
+    ``head`` is the whole file and an element cut short is refused instead); raises
+    ``CannotUnderstand`` when it is not a Part 10 file (no ``DICM`` after the preamble nor
+    a File Meta group at its very start, a File Meta element that does not parse, a group
+    past ``MAX_FILE_META``). The elements
+    are walked one by one (the group length is not trusted: some writers get it wrong);
+    the group ends at the first element of another group.
+    """
+    if len(head) < 132 and not (whole and len(head) >= 8):
+        return None
+    if bytes(head[128:132]) == b"DICM":
+        pos = 132
+    elif bytes(head[:2]) == b"\x02\x00" and bytes(head[4:6]).isalpha():
+        pos = 0  # File Meta without preamble (pydicom writes such files): read as it is
+    else:
+        raise CannotUnderstand("not a DICOM Part 10 file (no DICM prefix)")
+    start_of_meta = pos
+    values: dict[int, bytes] = {}
+    while True:
+        if pos > MAX_FILE_META:
+            raise CannotUnderstand("the File Meta Information does not end")
+        if len(head) < pos + 8:
+            if whole and len(head) == pos and pos > start_of_meta:
+                break  # a file of File Meta only: its (empty) data set is refused later
+            if whole:
+                raise CannotUnderstand("the file ends inside its File Meta Information")
+            return None
+        group, element, vr = struct.unpack_from("<HH2s", head, pos)
+        if group != 0x0002:
+            break
+        if vr in _LONG_VRS:
+            if len(head) < pos + 12:
+                return _short(whole)
+            (length,) = struct.unpack_from("<L", head, pos + 8)
+            start = pos + 12
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            start = pos + 8
+        else:
+            raise CannotUnderstand("a File Meta element is not explicit VR little endian")
+        if length == 0xFFFFFFFF or start + length > MAX_FILE_META:
+            raise CannotUnderstand("a File Meta element's length is not valid")
+        if len(head) < start + length:
+            return _short(whole)
+        values[element] = bytes(head[start:start + length])
+        pos = start + length
+    return FileMetaRead(_uid(values.get(0x0002)), _uid(values.get(0x0003)),
+                        _uid(values.get(0x0010)), pos)
+
+
+def _short(whole: bool) -> None:
+    if whole:
+        raise CannotUnderstand("the file ends inside its File Meta Information")
+    return None
+
+
+def _uid(value: bytes | None) -> str:
+    return (value or b"").rstrip(b"\x00 ").decode("ascii", "replace")

@@ -1,10 +1,10 @@
-"""Storage Service Class SCP (C-STORE), DICOM PS3.4 Annex B.
+"""Storage Service Class SCP (C-STORE), DICOM PS3.4 Annex B: the DIMSE adapter of ingest.
 
-The order is the archive's first invariant: the object is put in the store, then indexed in
-one transaction, and only then is Success sent. If indexing fails the new object is deleted,
-so no index row ever points at a missing object and no failure leaves a half-stored one.
-Where the audit trail is the index database's table, the object's audit record is written in
-that same transaction (``store_audit``).
+What is DIMSE's is here: the policy check, the command's UIDs, the association's counts and
+the status answered. Keeping the object is the archive's (``archive/ingest.py``, shared with
+STOW-RS): put in the store, indexed in one transaction (with its audit record where the trail
+is the index's table, ``store_audit``), and only then is Success sent; if indexing fails the
+new object is deleted.
 """
 
 from __future__ import annotations
@@ -14,26 +14,19 @@ from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from mimic_server.dimse.received import ReceivedObject
+from mimic_server.archive.ingest import check_declared_uids, ingest
+from mimic_server.dimse.received import received_from_event
 from mimic_server.dimse.receiving import release_spool
 from mimic_server.dimse.session import session_of
 from mimic_server.dimse.store_audit import prepare_stored
-from mimic_server.errors import (
-    CannotUnderstand,
-    DataSetMismatch,
-    DicomStatusError,
-    NotAuthorized,
-    Status,
-)
-from mimic_server.index.attributes import InstanceAttributes, valid_uid
+from mimic_server.errors import DicomStatusError, NotAuthorized, Status
 from mimic_server.security.policy import Policy, Service
-from mimic_server.storage.keys import new_object_key
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
     from mimic_server.index import Index
-    from mimic_server.security.audit import AuditLog, Prepared
+    from mimic_server.security.audit import AuditLog
     from mimic_server.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -62,18 +55,14 @@ def handle_store(
         if session is None or not policy.may(session, Service.STORE):
             raise NotAuthorized("C-STORE is not granted to this certificate")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
-        if not (valid_uid(sop_instance_uid) and valid_uid(sop_class_uid)):
-            raise CannotUnderstand("invalid Affected SOP UID", Status.MISSING_ATTRIBUTE)
-        received = ReceivedObject.from_event(event, session.calling_ae_title)
-        attrs = InstanceAttributes.from_header(received.header)
-        if attrs.sop_instance_uid != sop_instance_uid:
-            raise CannotUnderstand(
-                "SOP Instance UID differs from the request", Status.UID_MISMATCH
-            )
-        if attrs.sop_class_uid != sop_class_uid:
-            raise DataSetMismatch("SOP Class UID differs from the request")
-        record = prepare_stored(audit_log, session, attrs)
-        _keep(store, index, received, attrs, session.identity.label, record)
+        check_declared_uids(sop_class_uid, sop_instance_uid)
+        received = received_from_event(event, session.calling_ae_title)
+        attrs = ingest(
+            store, index, received,
+            sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
+            received_from=session.identity.label,
+            audit_record=lambda attrs: prepare_stored(audit_log, session, attrs),
+        )
     except DicomStatusError as exc:
         if session is not None:
             session.count_failed()
@@ -88,47 +77,6 @@ def handle_store(
     session.count_stored(received.size, attrs.study_instance_uid, sop_class_uid,
                          (attrs.patient_id, attrs.patient_name))
     return Status.SUCCESS
-
-
-def _keep(
-    store: ObjectStore,
-    index: Index,
-    received: ReceivedObject,
-    attrs: InstanceAttributes,
-    received_from: str,
-    record: Prepared | None = None,
-) -> None:
-    key = new_object_key(
-        attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid
-    )
-    store.put(key, received.chunks, received.sha256)
-    try:
-        replaced = index.upsert_instance(
-            attrs,
-            transfer_syntax_uid=received.transfer_syntax_uid,
-            object_key=key,
-            sha256=received.sha256,
-            size=received.size,
-            received_from=received_from,
-            in_transaction=record.write_in if record is not None else None,
-        )
-    except BaseException:
-        _delete_quietly(store, key)
-        raise
-    if record is not None:
-        record.committed()  # the other sinks (syslog) get it once it is in the table
-    if replaced is not None and replaced != key:
-        _delete_quietly(store, replaced)  # the same instance again: the newest bytes win
-
-
-def _delete_quietly(store: ObjectStore, key: str) -> None:
-    try:
-        store.delete(key)
-    except Exception:
-        # An orphan object, never an index row without object: 'mimic reconcile' removes it.
-        # The key holds UIDs: named at DEBUG only; 'mimic reconcile' finds the orphan anyway.
-        log.error("object could not be deleted; left for reconcile")
-        log.debug("undeleted object key", extra={"key": key})
 
 
 def _failure(exc: DicomStatusError) -> Dataset:

@@ -1,22 +1,22 @@
-"""The audit records of received objects (DICOM Instances Transferred, PS3.15 A.5.3.8).
-
-Where the trail is the index database's table (the PostgreSQL configuration), each C-STORE's
-record is built before its index upsert and written in that upsert's transaction: an object
-answered Success always has its record, and nothing is recorded that did not commit, even
-when the replica dies in mid-association. Elsewhere (the file of the embedded mode) the
-records are written per study when the association closes (``association.handle_conn_close``).
+"""The audit records of C-STORE (DICOM Instances Transferred, PS3.15 A.5.3.8): the sender
+as an association names it. The records themselves are built by the protocol-neutral
+``archive/ingest_audit.py``: in the table configuration one per instance, in its index
+transaction; in the file configuration one per study when the association closes
+(``association.handle_conn_close``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mimic_server.security import audit
+from mimic_server.archive.ingest_audit import per_instance, prepare_received
 
 if TYPE_CHECKING:
     from mimic_server.dimse.session import Session
     from mimic_server.index.attributes import InstanceAttributes
     from mimic_server.security.audit import AuditLog, Prepared
+
+__all__ = ["per_instance", "prepare_stored", "requestor"]
 
 
 def requestor(session: Session) -> dict[str, Any]:
@@ -31,20 +31,6 @@ def requestor(session: Session) -> dict[str, Any]:
 
 def prepare_stored(audit_log: AuditLog | None, session: Session,
                    attrs: InstanceAttributes) -> Prepared | None:
-    """The Instances Transferred (received) of one instance, to be written in its index
+    """The Instances Transferred (received) of one C-STORE, to be written in its index
     transaction; None where the trail records per association instead."""
-    if audit_log is None or audit_log.transactional is None:
-        return None
-    study, sop_class = attrs.study_instance_uid, attrs.sop_class_uid
-    return audit_log.prepare(
-        audit.INSTANCES_TRANSFERRED, audit.SUCCESS, received=True,
-        studies={study: {sop_class: 1}},
-        sop_instances={study: {sop_class: (attrs.sop_instance_uid,)}},
-        patient_id=attrs.patient_id, patient_name=attrs.patient_name or None,
-        **requestor(session),
-    )
-
-
-def per_instance(audit_log: AuditLog) -> bool:
-    """Whether each C-STORE writes its own record (then the association's end does not)."""
-    return audit_log.transactional is not None
+    return prepare_received(audit_log, attrs, requestor(session))

@@ -1,12 +1,8 @@
 """The transfer syntaxes the archive accepts, and which one it takes of several proposed.
 
-Accepted are the syntaxes the archive can keep *and give back*: it stores the bytes as
-received, reads the header to index it (codec/header.py: native little or big endian,
-implicit or explicit VR, deflated; every encapsulated syntax is explicit VR little endian),
-and sends the stored bytes out again through pynetdicom, which must know the syntax
-(pydicom's ``AllTransferSyntaxes``). A syntax outside this set (a private one, or one newer
-than pydicom 3.0) would be stored and then fail every C-GET / C-MOVE, so it is refused at
-presentation-context negotiation (``syntax_refusal.py``).
+Accepted are the syntaxes the archive can keep *and give back*, the same for every front
+door (``archive/syntaxes.py``, re-exported here); a context proposing none of them is
+refused at presentation-context negotiation (``syntax_refusal.py``).
 
 Preference: pynetdicom's unrestricted storage negotiation accepts the *requestor's* first
 transfer syntax. Many requestors (pynetdicom's own SCU among them) list Implicit VR Little
@@ -21,25 +17,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from mimic_server.archive.syntaxes import ARCHIVE_TRANSFER_SYNTAXES, accepted
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
-#: JPIP HTJ2K Referenced Deflate: a deflated data set that pydicom 3.0 does not flag as
-#: deflated, so its header could not be read for the index.
-_UNREADABLE = frozenset({"1.2.840.10008.1.2.4.205"})
-
-#: Every transfer syntax a C-STORE may use, in pydicom's order.
-ARCHIVE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    str(uid) for uid in AllTransferSyntaxes if uid not in _UNREADABLE
-)
-_ACCEPTED = frozenset(ARCHIVE_TRANSFER_SYNTAXES)
+__all__ = ["ARCHIVE_TRANSFER_SYNTAXES", "acceptable", "prefer_stored_encoding", "preferred"]
 
 
 def acceptable(syntaxes: list[str]) -> list[str]:
     """The proposed syntaxes the archive accepts, in the requestor's order."""
-    return [s for s in syntaxes if s in _ACCEPTED]
+    return [s for s in syntaxes if accepted(s)]
 
 
 def preferred(syntaxes: list[str]) -> list[str]:

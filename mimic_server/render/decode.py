@@ -14,13 +14,23 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from mimic_server.render.refusals import CorruptPixelData, UnsupportedTransferSyntax
+from mimic_server.render.refusals import (
+    CorruptPixelData,
+    NotRenderable,
+    UnsupportedTransferSyntax,
+)
 from mimic_server.render.stored import ENCAPSULATED_UNCOMPRESSED, StoredImage
 
 log = logging.getLogger(__name__)
+
+#: The most samples (rows x columns x samples per pixel) of one frame MIMIC decodes: a
+#: 6k x 10k mammogram is 60 M. A header can claim 65535 x 65535 x 3 over a few bytes of
+#: compressed data; the decoder would allocate that before failing.
+MAX_FRAME_SAMPLES = 1 << 26
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +40,7 @@ class DecodedFrame:
     pixels: np.ndarray
     #: Photometric Interpretation of ``pixels`` (YBR is already converted to ``RGB``).
     photometric: str
-    #: The one-frame data set that was decoded: group 0028 of the header (LUTs, rescale).
+    #: Group 0028 of the header (LUTs, rescale, window), in the stored encoding.
     image_pixel: Dataset
 
 
@@ -39,6 +49,7 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
 
     ``UnsupportedTransferSyntax`` when no installed plugin decodes the stored syntax;
     ``CorruptPixelData`` when the decoder rejects the bytes."""
+    _check_size(image)
     data = image.frame_bytes(number)
     ds = image.header.group_dataset(0x0028)
     ds.NumberOfFrames = 1
@@ -63,10 +74,27 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
         log.debug("frame decode failed", exc_info=True)
         raise CorruptPixelData(f"frame {number} does not decode: {exc}") from exc
     photometric = str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
-    return DecodedFrame(pixels, photometric, ds)
+    # The LUTs (palette, modality, VOI) are raw bytes in the stored encoding: the data set
+    # that applies them keeps the stored transfer syntax, not the decoder's little endian.
+    image_pixel = image.header.group_dataset(0x0028)
+    image_pixel.file_meta = image.header.file_meta
+    image_pixel.set_original_encoding(*image.header.original_encoding[:2])
+    return DecodedFrame(pixels, photometric, image_pixel)
 
 
-def _decoder(syntax: UID):  # type: ignore[no-untyped-def]
+def _check_size(image: StoredImage) -> None:
+    header = image.header
+    try:
+        samples = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CorruptPixelData("the image has no usable Rows / Columns") from exc
+    if samples > MAX_FRAME_SAMPLES:
+        raise NotRenderable(
+            f"a frame of {samples} samples is more than the {MAX_FRAME_SAMPLES} MIMIC renders"
+        )
+
+
+def _decoder(syntax: UID) -> Decoder:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:

@@ -1,4 +1,4 @@
-"""WADO-RS Retrieve Frames (PS3.18 §10.4.1.1.3): frames as stored, without decoding them."""
+"""WADO-RS Retrieve Frames (PS3.18): frames as stored, without decoding them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which media type carries a frame of each transfer syntax (PS3.18 Table 8.7.3-5).
+"""Which media type carries a frame of each transfer syntax (as PS3.18 pairs them).
 
 A frame leaves the archive as it is stored: native pixel data as
 ``application/octet-stream``, compressed pixel data as the bitstream's own media type, with
@@ -42,7 +42,7 @@ NATIVE_SYNTAXES = frozenset(
     }
 )
 
-#: Rendered media types (PS3.18 §8.7.4 "Rendered Media Types" for single-frame images).
+#: Rendered media types MIMIC produces (the single-frame image types of PS3.18).
 PNG = "image/png"
 JPEG = "image/jpeg"
 RENDERED_MEDIA_TYPES = (JPEG, PNG)

@@ -25,7 +25,7 @@ class RenderError(MimicError):
 
 
 class InvalidFrameNumber(RenderError):
-    """Frame numbers count from 1 (PS3.18 §8.3.4.1 frame list); 0, negatives, no frames."""
+    """Frame numbers count from 1 (the PS3.18 frame list); 0, negatives, no frames."""
 
     http_status = 400
 
@@ -52,7 +52,7 @@ class NotRenderable(RenderError):
     """Pixel data MIMIC cannot present as a consumer image (float pixels, video, 64-bit ...).
 
     406 Not Acceptable: the server has the resource but not in any representation the
-    request accepts (PS3.18 §8.7.4 media type negotiation)."""
+    request accepts (PS3.18 media type negotiation)."""
 
     http_status = 406
 

@@ -1,4 +1,4 @@
-"""WADO-RS rendered resources (PS3.18 §8.3.5 / §10.4.1.1.4) and thumbnails, as PNG or JPEG.
+"""WADO-RS rendered resources and thumbnails (PS3.18), as PNG or JPEG.
 
 A rendered frame is the presentation of one frame (``presentation.py``) encoded by Pillow.
 Only the requested frame is read and decoded; the header is read up to the Pixel Data.
@@ -14,14 +14,14 @@ from PIL import Image
 from mimic_server.render.decode import decode_frame
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES
 from mimic_server.render.presentation import Window, check_window, display_pixels
-from mimic_server.render.refusals import InvalidRenderParameters
-from mimic_server.render.stored import Part10, open_image
+from mimic_server.render.refusals import InvalidRenderParameters, NotRenderable, RenderError
+from mimic_server.render.stored import Part10, StoredImage, open_image
 
 #: Default JPEG quality (PS3.18 lets the server choose when the request says nothing).
 DEFAULT_QUALITY = 90
 DEFAULT_THUMBNAIL_SIZE = (128, 128)
 #: The largest viewport side honoured: a bound on the memory one request may make us use.
-MAX_VIEWPORT = 8192
+MAX_VIEWPORT = 4096
 
 
 def render(
@@ -82,9 +82,16 @@ def _picture(part10: Part10, number: int, window: Window | None) -> Image.Image:
     return _present(image, number, window)
 
 
-def _present(image, number: int, window: Window | None) -> Image.Image:  # type: ignore[no-untyped-def]
+def _present(image: StoredImage, number: int, window: Window | None) -> Image.Image:
     decoded = decode_frame(image, number)
-    pixels = display_pixels(decoded, image.header, number - 1, window)
+    try:
+        pixels = display_pixels(decoded, image.header, number - 1, window)
+    except RenderError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        # A lookup table pydicom cannot apply (a malformed segmented palette, a LUT
+        # descriptor that does not fit its data): the object is as received, we cannot show it.
+        raise NotRenderable(f"the object's lookup tables cannot be applied: {exc}") from exc
     return Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
 
 

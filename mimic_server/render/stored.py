@@ -58,6 +58,8 @@ class StoredImage:
     value_offset: int
     #: Length of the Pixel Data value; None when undefined (encapsulated).
     value_length: int | None
+    #: OB or OW as encoded (explicit VR); None for implicit VR.
+    pixel_vr: str | None = None
 
     def check_frame_number(self, number: int) -> None:
         """Refuse a frame number this object does not have (1-based, PS3.18 frame list)."""
@@ -107,10 +109,21 @@ class StoredImage:
         length = pixels * samples * bits // 8
         if samples == 3 and header.get("PhotometricInterpretation") == "YBR_FULL_422":
             length = length * 2 // 3  # two chroma samples per two pixels (PS3.3 C.7.6.3.1.2)
+        if self.transfer_syntax == BIG_ENDIAN and bits == 8 and self.pixel_vr == "OW":
+            return self._swapped_bytes_frame(index * length, length)
         data = self._read_value(index * length, length)
         if self.transfer_syntax == BIG_ENDIAN and bits > 8:
             data = np.frombuffer(data, f">u{bits // 8}").astype(f"<u{bits // 8}").tobytes()
         return data
+
+    def _swapped_bytes_frame(self, start: int, length: int) -> bytes:
+        """8-bit samples in OW big endian: each pair of bytes is one swapped 16-bit word, so
+        read whole words around the frame, swap them, and cut the frame out."""
+        first = start - start % 2
+        end = start + length + (start + length) % 2
+        words = np.frombuffer(self._read_value(first, end - first), ">u2")
+        data = words.astype("<u2").tobytes()
+        return data[start - first : start - first + length]
 
     def _packed_bits_frame(self, index: int, bits_per_frame: int) -> bytes:
         """1-bit frames are packed across frame boundaries (PS3.5 8.1.1): unpack the bytes
@@ -146,7 +159,7 @@ def open_image(part10: Part10) -> StoredImage:
     source.seek(0)
     try:
         header = dcmread(source, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
+    except Exception as exc:  # any parser failure on stored bytes: the object is the problem
         raise CorruptPixelData(f"the stored object cannot be parsed: {exc}") from exc
     meta = getattr(header, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -170,10 +183,12 @@ def open_image(part10: Part10) -> StoredImage:
         raise NotRenderable(f"{_FLOAT_PIXELS[tag]} is not rendered")
     if tag != PIXEL_DATA:
         raise NoPixelData("the instance has no Pixel Data")
+    pixel_vr = None
     if syntax == "1.2.840.10008.1.2":
         (length,) = unpack("<L", head[4:8])
         value_offset = tag_start + 8
     else:
+        pixel_vr = head[4:6].decode("ascii", "replace")
         (length,) = unpack("<L" if little else ">L", source.read(4))
         value_offset = tag_start + 12
     encapsulated = length == 0xFFFFFFFF
@@ -190,6 +205,7 @@ def open_image(part10: Part10) -> StoredImage:
         source=source,
         value_offset=value_offset,
         value_length=None if encapsulated else length,
+        pixel_vr=pixel_vr,
     )
 
 

@@ -184,3 +184,21 @@ def test_missing_encapsulated_frame_is_reported_as_corrupt() -> None:
     ds = image("1.2.840.10008.1.2.5", frames=3, encapsulated_frames=[b"ab", b"cd"])
     with pytest.raises(CorruptPixelData):
         frames(part10(ds), [3])
+
+
+@pytest.mark.parametrize(
+    ("little", "big"),
+    [
+        ("OBXXXX1A_2frame.dcm", "OBXXXX1A_expb_2frame.dcm"),  # 8 bits in OW: swapped words
+        ("SC_rgb_small_odd.dcm", "SC_rgb_small_odd_big_endian.dcm"),  # 27 bytes, odd
+        ("SC_rgb_32bit_2frame.dcm", "SC_rgb_expb_32bit_2frame.dcm"),
+        ("rtdose.dcm", "rtdose_expb.dcm"),
+        ("liver.dcm", "liver_expb.dcm"),  # 1 bit in OB: no swap
+    ],
+)
+def test_big_endian_frames_equal_their_little_endian_twins(little: str, big: str) -> None:
+    count = int(dataset(little).get("NumberOfFrames") or 1)
+    numbers = list(range(1, count + 1))
+    assert [f.data for f in frames(stored(big), numbers)] == [
+        f.data for f in frames(stored(little), numbers)
+    ]

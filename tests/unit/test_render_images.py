@@ -9,11 +9,14 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, pixel_array
 
 from mimic_server.render import (
+    CorruptPixelData,
     FrameNotFound,
     InvalidFrameNumber,
     InvalidRenderParameters,
     NoPixelData,
+    NotRenderable,
     UnsupportedTransferSyntax,
+    frames,
     render,
     thumbnail,
 )
@@ -249,6 +252,13 @@ def test_no_pixel_data_is_refused() -> None:
         thumbnail(part10(image()))
 
 
+def test_pixel_data_the_decoder_rejects_is_corrupt() -> None:
+    # pydicom's JPEG-lossy.dcm: a malformed JPEG Extended scan header no plugin accepts.
+    with pytest.raises(CorruptPixelData) as caught:
+        render(stored("JPEG-lossy.dcm"))
+    assert caught.value.http_status == 500
+
+
 def test_a_syntax_without_a_decoder_is_refused() -> None:
     # JPEG 2000 Part 2: frames can be served, but no installed plugin decodes them.
     ds = image("1.2.840.10008.1.2.4.92", encapsulated_frames=[b"\xff\x4f\xff\x51" + bytes(60)])
@@ -273,3 +283,116 @@ def test_parameters_that_cannot_be_honoured_are_refused(options: dict[str, objec
     with pytest.raises(InvalidRenderParameters) as caught:
         render(stored("CT_small.dcm"), **options)  # type: ignore[arg-type]
     assert caught.value.http_status == 400
+
+
+def test_a_modality_lut_sequence_maps_before_the_window() -> None:
+    ds, values = modality("mlut_18.dcm")  # 512 x 512, Modality LUT Sequence, no window
+    assert "ModalityLUTSequence" in ds
+    got = png_pixels(render(stored("mlut_18.dcm"), media_type="image/png"))
+    assert np.array_equal(got, min_max(values))
+
+
+def test_small_and_large_frames_present_alike() -> None:
+    # 512 x 512 goes through a lookup table, 64 x 64 is mapped directly: same numbers.
+    ds, values = modality("693_UNCR.dcm")
+    got = png_pixels(render(stored("693_UNCR.dcm"), media_type="image/png", window=(40, 400)))
+    assert np.array_equal(got, window_linear(values, 40, 400))
+    ds.PixelData = ds.pixel_array[:64, :64].tobytes()
+    ds.Rows = ds.Columns = 64
+    small = png_pixels(render(part10(ds), media_type="image/png", window=(40, 400)))
+    assert np.array_equal(small, got[:64, :64])
+
+
+def test_enhanced_ct_takes_rescale_and_window_from_shared_functional_groups() -> None:
+    ds = dataset("eCT_Supplemental.dcm")  # 2 frames; rescale and window only in the groups
+    assert "RescaleIntercept" not in ds and "WindowCenter" not in ds
+    values = pixel_array(str(path("eCT_Supplemental.dcm")), index=1).astype(float) - 1024
+    got = png_pixels(render(stored("eCT_Supplemental.dcm"), 2, media_type="image/png"))
+    assert np.array_equal(got, window_linear(values, 49, 102))
+
+
+def test_a_per_frame_window_overrides_the_shared_one() -> None:
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sequence import Sequence
+
+    ds = dataset("eCT_Supplemental.dcm")
+    voi = Item()
+    voi.WindowCenter, voi.WindowWidth = 300, 1500
+    ds.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence = Sequence([voi])
+    values = pixel_array(str(path("eCT_Supplemental.dcm")), index=1).astype(float) - 1024
+    data = part10(ds)
+    second = png_pixels(render(data, 2, media_type="image/png"))
+    assert np.array_equal(second, window_linear(values, 300, 1500))
+    first_values = pixel_array(str(path("eCT_Supplemental.dcm")), index=0).astype(float) - 1024
+    first = png_pixels(render(data, 1, media_type="image/png"))
+    assert np.array_equal(first, window_linear(first_values, 49, 102))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JPGExtended.dcm",  # JPEG Extended, 12 bits
+        "JPEGLSNearLossless_16.dcm",
+        "JPEG2000.dcm",  # JPEG 2000 (lossy syntax), signed
+        "MR2_J2KI.dcm",  # JPEG 2000 lossy, rescale and window
+        "J2K_pixelrep_mismatch.dcm",
+        "rtdose.dcm",  # 32 bits allocated, 15 frames
+        "vlut_04.dcm",  # VOI LUT Sequence
+        "693_J2KI.dcm",
+    ],
+)
+def test_grayscale_samples_render_as_pydicom_decodes_them(name: str) -> None:
+    ds = dataset(name)
+    arr = pixel_array(str(path(name)), index=0 if "NumberOfFrames" in ds else None)
+    values = apply_modality_lut(arr, ds)
+    if "WindowCenter" in ds:
+        center = ds.WindowCenter if ds["WindowCenter"].VM == 1 else ds.WindowCenter[0]
+        width = ds.WindowWidth if ds["WindowWidth"].VM == 1 else ds.WindowWidth[0]
+        want = window_linear(values, float(center), float(width))
+    elif "VOILUTSequence" in ds:
+        from pydicom.pixels import apply_voi
+
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        voi = apply_voi(values, ds).astype(float)
+        want = np.rint(voi * 255 / (2**bits - 1)).astype(np.uint8)
+    else:
+        want = min_max(values)
+    got = png_pixels(render(stored(name), media_type="image/png"))
+    assert np.array_equal(got, want)
+
+
+def test_32_bit_rgb_is_scaled_to_8_bits() -> None:
+    original = pixel_array(str(path("SC_rgb_32bit.dcm")))
+    got = png_pixels(render(stored("SC_rgb_rle_32bit.dcm"), media_type="image/png"))
+    assert np.array_equal(got, (original >> 24).astype(np.uint8))
+
+
+def test_a_header_claiming_a_huge_frame_is_refused_before_decoding() -> None:
+    ds = image("1.2.840.10008.1.2.4.90", rows=65535, columns=65535, encapsulated_frames=[b"xy"])
+    ds.SamplesPerPixel = 3
+    with pytest.raises(NotRenderable):
+        render(part10(ds))
+    assert frames(part10(ds), [1])[0].data == b"xy"  # the stored frame is still served
+
+
+def test_a_big_endian_segmented_palette_is_read_in_its_own_byte_order() -> None:
+    little = render(stored("gdcm-US-ALOKA-16.dcm"), media_type="image/png")
+    assert render(stored("gdcm-US-ALOKA-16_big.dcm"), media_type="image/png") == little
+
+
+def test_lookup_tables_that_cannot_be_applied_are_not_renderable() -> None:
+    ds = dataset("OBXXXX1A.dcm")
+    del ds.GreenPaletteColorLookupTableData  # a palette without its green table
+    with pytest.raises(NotRenderable) as caught:
+        render(part10(ds))
+    assert caught.value.http_status == 406
+
+
+@pytest.mark.parametrize(
+    "options", [{"size": (0, 128)}, {"media_type": "image/webp"}, {"quality": 0}]
+)
+def test_thumbnail_parameters_that_cannot_be_honoured_are_refused(
+    options: dict[str, object],
+) -> None:
+    with pytest.raises(InvalidRenderParameters):
+        thumbnail(stored("CT_small.dcm"), **options)  # type: ignore[arg-type]

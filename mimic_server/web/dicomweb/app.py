@@ -34,7 +34,7 @@ def dicomweb_routes(ctx: DicomWebContext) -> list[BaseRoute]:
             # A room another branch builds (render/, the STOW routes) and not merged yet.
             if not (exc.name or "").startswith("mimic_server."):
                 raise
-            log.warning("DICOMweb routes not available", extra={"routes_module": name,
+            log.warning("DICOMweb routes not available", extra={"routes": name,
                                                                 "missing": exc.name})
             continue
         found += module.routes(ctx)

@@ -5,8 +5,9 @@ User Identity Negotiation type 5; the token's roles narrow the services of the r
 policy holds for the DICOMweb front door (``MIMIC_WEB_POLICY_ENTRY``, a
 ``[certificates.NAME]`` table of the policy file), exactly as a DIMSE user's roles narrow
 its certificate's rule. QIDO-RS is C-FIND, WADO-RS is C-GET, STOW-RS is C-STORE to the
-policy. Deny by default: without such a table DICOMweb grants nothing (the file's
-``[default]`` is for certificates, not for the web).
+policy. Without such a table the rule of ``MIMIC_WEB_ROLES`` applies (as a Key Vault
+entry's tags are a certificate's own rule); deny by default: without either, DICOMweb grants
+nothing (the file's ``[default]`` is for certificates, not for the web).
 
 ``MIMIC_WEB_AUTH=none`` (development) admits every request with the table's services, or
 all of them without one; ``webapp.py`` refuses it unless the listener is on loopback.
@@ -58,7 +59,7 @@ class WebSession:
 
 
 def web_identity(ctx: DicomWebContext) -> Identity:
-    rule = FULL if ctx.auth == "none" else NOTHING
+    rule = ctx.rule or (FULL if ctx.auth == "none" else NOTHING)
     return Identity("DICOMweb", "", ctx.policy_entry, rule=rule)
 
 

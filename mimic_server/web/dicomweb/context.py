@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from mimic_server.query.finder import Finder
     from mimic_server.security.audit import AuditLog
+    from mimic_server.security.grants import Grants
     from mimic_server.security.policy import Policy
     from mimic_server.security.tokens import TokenUser, TokenValidator
     from mimic_server.storage import ObjectStore
@@ -42,6 +43,9 @@ class DicomWebContext:
     ae_title: str = "MIMIC"
     #: The policy file table whose rule applies to DICOMweb requests.
     policy_entry: str = "dicomweb"
+    #: The front door's own rule (``MIMIC_WEB_ROLES``), used when the policy file has no
+    #: table for ``policy_entry``; None: nothing is granted (everything with ``auth="none"``).
+    rule: Grants | None = None
     #: Public base URL (``https://host``) for Retrieve URLs and bulk data URIs; None: the
     #: request's own.
     base_url: str | None = None

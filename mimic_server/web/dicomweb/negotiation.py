@@ -20,14 +20,17 @@ class MediaRange:
     def accepts(self, offered: str, offered_params: dict[str, str]) -> bool:
         if self.q <= 0:
             return False
-        if self.type not in ("*/*", offered):
-            major = offered.split("/")[0]
-            if self.type != f"{major}/*":
-                return False
-        for name in ("type",):
-            if name in self.params and offered_params.get(name) != self.params[name]:
-                return False
+        if not _matches(self.type, offered):
+            return False
+        wanted = self.params.get("type")
+        return wanted is None or _matches(wanted.lower(), offered_params.get("type", ""))
+
+
+def _matches(pattern: str, media_type: str) -> bool:
+    """``*/*``, ``image/*`` or an exact type."""
+    if pattern in ("*/*", "*", media_type):
         return True
+    return pattern.endswith("/*") and media_type.split("/")[0] == pattern[:-2]
 
 
 def parse_media_type(text: str) -> tuple[str, dict[str, str]]:

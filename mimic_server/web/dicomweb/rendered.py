@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mimic_server import render as rendering
+import mimic_server.render as rendering
 from mimic_server.query.finder import InstanceRef
 from mimic_server.render import RenderError
-from mimic_server.web.dicomweb import multipart
+from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, WebSession, authorize
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from mimic_server.archive.read import VerifiedObject, open_verified
 from mimic_server.query.finder import InstanceRef
-from mimic_server.web.dicomweb import multipart
+from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError

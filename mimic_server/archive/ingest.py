@@ -1,0 +1,208 @@
+"""Ingest one received object: the keep path that C-STORE and STOW-RS both take.
+
+A front door (``dimse/store.py``, ``web/dicomweb/stow.py``) receives a data set its own way
+and hands it here as a :class:`ReceivedObject`: a File Meta header *we* wrote, followed by
+the data set bytes exactly as they arrived (never decoded nor re-encoded), its structure
+walked to its exact end (``codec/structure.py``: a damaged data set is refused before
+anything is stored), its header parsed (stopping before Pixel Data) and the SHA-256 of the
+whole. :func:`ingest` then checks the object against what its sender declared (the C-STORE
+command's UIDs, the STOW part's File Meta) and keeps it, in the archive's first invariant's
+order: the object is put in the store, then indexed in one transaction (with its audit
+record where the trail is the index's table), and only then may the front door answer
+success. If indexing fails the new object is deleted, so no index row ever points at a
+missing object; a replaced object (the same SOP Instance again: the newest bytes win) is
+deleted after the commit.
+
+Failures raise :class:`~mimic_server.errors.DicomStatusError` carrying a DIMSE status
+(``0xA700``, ``0xA900``, ``0xC000``, ``0xC001``, ``0xC002``); each front door turns it into
+its protocol's answer (a C-STORE status, a PS3.18 Failure Reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from mimic_server.codec.header import parse_header
+from mimic_server.codec.structure import check_structure
+from mimic_server.errors import CannotUnderstand, DataSetMismatch, Status
+from mimic_server.index.attributes import InstanceAttributes, valid_uid
+from mimic_server.storage.keys import new_object_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mimic_server.index import Index
+    from mimic_server.security.audit import Prepared
+    from mimic_server.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class Spool(Protocol):
+    """Where a large data set was written as it arrived; read back piece by piece."""
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedObject:
+    """A received object ready to be stored: ``chunks`` are its Part 10 bytes."""
+
+    file_meta: bytes
+    dataset: memoryview
+    transfer_syntax_uid: str
+    header: Dataset
+    sha256: str
+    #: The spool a large data set arrived in (its bytes are read back from there).
+    spool: Spool | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.file_meta) + self.dataset.nbytes
+
+    @property
+    def chunks(self) -> Iterable[bytes | memoryview]:
+        if self.spool is not None:
+            return itertools.chain((self.file_meta,), self.spool.chunks())
+        return (self.file_meta, self.dataset)
+
+    @classmethod
+    def of(cls, file_meta: bytes, dataset: memoryview, transfer_syntax: str,
+           spool: Spool | None = None) -> ReceivedObject:
+        """Walk, parse and hash a data set received whole (in memory, or mapped from a spool
+        file: the walk reads element headers only, the parse stops before Pixel Data).
+
+        Raises ``CannotUnderstand`` (``0xC000``) when its elements do not parse to its end.
+        """
+        syntax = UID(transfer_syntax)
+        check_structure(dataset, syntax)
+        header = parse_header(dataset, syntax)
+        digest = hashlib.sha256(file_meta)
+        digest.update(dataset)
+        return cls(file_meta, dataset, str(syntax), header, digest.hexdigest(), spool)
+
+    @classmethod
+    def walked(cls, file_meta: bytes, dataset: memoryview, transfer_syntax: str,
+               sha256: str, spool: Spool) -> ReceivedObject:
+        """A data set that was hashed and walked while it arrived: only its header is
+        parsed (through a map of its spool file, so only the header's pages are read)."""
+        syntax = UID(transfer_syntax)
+        return cls(file_meta, dataset, str(syntax), parse_header(dataset, syntax), sha256,
+                   spool)
+
+
+#: Builds the audit record of one instance, to be written in its index transaction
+#: (None where the trail records otherwise); called once the attributes are known.
+AuditRecord = Callable[[InstanceAttributes], "Prepared | None"]
+
+
+def check_declared_uids(sop_class_uid: str, sop_instance_uid: str) -> None:
+    """The UIDs a sender declares (a C-STORE command, a Part 10 File Meta) must be valid
+    UIDs before anything else is looked at (``0xC002``)."""
+    if not (valid_uid(sop_instance_uid) and valid_uid(sop_class_uid)):
+        raise CannotUnderstand("invalid Affected SOP UID", Status.MISSING_ATTRIBUTE)
+
+
+def ingest(
+    store: ObjectStore,
+    index: Index,
+    received: ReceivedObject,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    received_from: str,
+    audit_record: AuditRecord | None = None,
+    expected: Callable[[InstanceAttributes], None] | None = None,
+) -> InstanceAttributes:
+    """Check ``received`` against what its sender declared and keep it; its attributes
+    once it is durable (stored and indexed, committed).
+
+    ``expected`` may refuse the object on its attributes before anything is stored (STOW-RS
+    to ``/studies/{study}`` refuses another study's instance); it raises a
+    ``DicomStatusError``. Raises ``DicomStatusError``: ``0xC001`` SOP Instance UID differs
+    from the declared one, ``0xA900`` SOP Class UID differs, ``0xC002`` an attribute the
+    index needs missing or invalid, ``0xA700`` store or index unavailable.
+    """
+    attrs = InstanceAttributes.from_header(received.header)
+    if attrs.sop_instance_uid != sop_instance_uid:
+        raise CannotUnderstand("SOP Instance UID differs from the request", Status.UID_MISMATCH)
+    if attrs.sop_class_uid != sop_class_uid:
+        raise DataSetMismatch("SOP Class UID differs from the request")
+    if expected is not None:
+        expected(attrs)
+    record = audit_record(attrs) if audit_record is not None else None
+    keep(store, index, received, attrs, received_from, record)
+    return attrs
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """The ingest path bound to the archive's store and index, with the limits every front
+    door receives under: what the composition root hands a front door (STOW-RS)."""
+
+    store: ObjectStore
+    index: Index
+    #: ``MIMIC_MAX_OBJECT_BYTES``: the largest object kept.
+    max_object_bytes: int
+    #: Where objects too large to hold in memory are spooled while they arrive.
+    spool_dir: Path
+
+    def __call__(self, received: ReceivedObject, *, sop_class_uid: str,
+                 sop_instance_uid: str, received_from: str,
+                 audit_record: AuditRecord | None = None,
+                 expected: Callable[[InstanceAttributes], None] | None = None,
+                 ) -> InstanceAttributes:
+        """:func:`ingest` into this archive."""
+        return ingest(self.store, self.index, received, sop_class_uid=sop_class_uid,
+                      sop_instance_uid=sop_instance_uid, received_from=received_from,
+                      audit_record=audit_record, expected=expected)
+
+
+def keep(
+    store: ObjectStore,
+    index: Index,
+    received: ReceivedObject,
+    attrs: InstanceAttributes,
+    received_from: str,
+    record: Prepared | None = None,
+) -> None:
+    """Put, then index (with ``record`` in the same transaction); delete on failure."""
+    key = new_object_key(
+        attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid
+    )
+    store.put(key, received.chunks, received.sha256)
+    try:
+        replaced = index.upsert_instance(
+            attrs,
+            transfer_syntax_uid=received.transfer_syntax_uid,
+            object_key=key,
+            sha256=received.sha256,
+            size=received.size,
+            received_from=received_from,
+            in_transaction=record.write_in if record is not None else None,
+        )
+    except BaseException:
+        _delete_quietly(store, key)
+        raise
+    if record is not None:
+        record.committed()  # the other sinks (syslog) get it once it is in the table
+    if replaced is not None and replaced != key:
+        _delete_quietly(store, replaced)  # the same instance again: the newest bytes win
+
+
+def _delete_quietly(store: ObjectStore, key: str) -> None:
+    try:
+        store.delete(key)
+    except Exception:
+        # An orphan object, never an index row without object: 'mimic reconcile' removes it.
+        # The key holds UIDs: named at DEBUG only; 'mimic reconcile' finds the orphan anyway.
+        log.error("object could not be deleted; left for reconcile")
+        log.debug("undeleted object key", extra={"key": key})

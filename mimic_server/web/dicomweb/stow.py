@@ -1,0 +1,222 @@
+"""STOW-RS (PS3.18 10.5): ``POST /studies`` and ``POST /studies/{study}``, the HTTP front
+door of the archive's one ingest path (``archive/ingest.py``, the same as C-STORE's).
+
+The body (``multipart/related; type="application/dicom"``, one Part 10 file per part) is
+read as it arrives (``request.stream()``) and split without being held whole
+(``multipart.py``); each part is kept in bounded memory or an anonymous spool file
+(``stow_part.py``) and, as soon as it has ended, goes through the ingest path in a worker
+thread (the event loop never hashes, walks or waits on the store): the same invariants as
+C-STORE (durable before it is named stored, bytes as received, the newest bytes of a SOP
+Instance win, a damaged data set refused). The policy's STORE service is required (401
+without credentials, 403 without the grant). Audit: in the table configuration each stored
+instance's Instances Transferred is written in its index transaction, as for C-STORE, and
+the request's failures once at its end; in the file configuration one record per study
+received (and one for the failures) when the request ends, as an association's end does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mimic_server.archive.ingest import Ingest
+from mimic_server.archive.ingest_audit import per_instance, prepare_received
+from mimic_server.errors import DicomStatusError, Status
+from mimic_server.index.attributes import InstanceAttributes, valid_uid
+from mimic_server.security import audit
+from mimic_server.web.dicomweb.auth import STOW, WebSession, authorize
+from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.dicomweb.errors import WebError
+from mimic_server.web.dicomweb.multipart import (
+    MalformedMultipart,
+    MultipartSplitter,
+    boundary_of,
+)
+from mimic_server.web.dicomweb.negotiation import negotiate
+from mimic_server.web.dicomweb.stow_part import PART_TYPE, ReceivedPart
+from mimic_server.web.dicomweb.stow_response import Failed, Stored, StowOutcome
+from mimic_server.web.dicomweb.urls import dicomweb_root
+
+log = logging.getLogger(__name__)
+
+ANSWER_TYPE = "application/dicom+json"
+
+
+def routes(ctx: DicomWebContext) -> list[Route]:
+    async def store_instances(request: Request) -> Response:
+        return await _store_instances(ctx, request)
+
+    return [
+        Route("/studies", store_instances, methods=["POST"]),
+        Route("/studies/{study}", store_instances, methods=["POST"]),
+    ]
+
+
+async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
+    session = authorize(ctx, request, STOW)
+    ingest: Ingest | None = ctx.ingest
+    if ingest is None:
+        raise WebError(503, "STOW-RS is not configured")
+    boundary = _boundary(request)
+    negotiate(request, [ANSWER_TYPE, "application/json"])
+    study: str | None = request.path_params.get("study")
+    if study is not None and not valid_uid(study):
+        raise WebError(400, "the Study Instance UID in the path is not a valid UID")
+    requestor = {**session.audit_details(), "service": "STOW-RS"}
+    request_ = _StowRequest(ctx, ingest, session, study, dicomweb_root(ctx, request),
+                            requestor)
+    malformed = False
+    parts: list[ReceivedPart] = []
+
+    def new_part(headers: dict[str, str]) -> ReceivedPart:
+        part = ReceivedPart(headers, ingest.max_object_bytes, ingest.spool_dir)
+        parts.append(part)
+        return part
+
+    try:
+        splitter = MultipartSplitter(boundary, new_part)
+        try:
+            async for chunk in request.stream():
+                splitter.feed(chunk)
+                while parts and parts[0].ended:
+                    await anyio.to_thread.run_sync(request_.keep, parts.pop(0))
+            splitter.close()
+        except MalformedMultipart as exc:
+            log.warning("STOW-RS body refused", extra={"reason": str(exc)})
+            malformed = True
+        while parts and parts[0].ended:
+            await anyio.to_thread.run_sync(request_.keep, parts.pop(0))
+        if not malformed and splitter.parts == 0:
+            malformed = True  # RFC 2046: at least one body part
+    except ClientDisconnect:
+        log.warning("STOW-RS client went away before the body ended",
+                    extra={"stored": len(request_.outcome.stored)})
+        request_.record_end()
+        raise
+    finally:
+        for part in parts:
+            part.close()
+    request_.record_end()
+    outcome = request_.outcome
+    if malformed and not outcome.stored:
+        raise WebError(400, "the body is not a multipart/related body of DICOM parts")
+    status = outcome.http_status()
+    if malformed:
+        status = 202  # stored what came before the fault: say so, and that not all was
+    return JSONResponse(outcome.dicom_json(request_.study_url()), status_code=status,
+                        media_type=ANSWER_TYPE)
+
+
+def _boundary(request: Request) -> str:
+    """415 unless the body is ``multipart/related; type="application/dicom"``."""
+    media, params = boundary_of(request.headers.get("content-type", ""))
+    if media != "multipart/related" or params.get("type", "").lower() != PART_TYPE:
+        raise WebError(415, 'STOW-RS takes multipart/related; type="application/dicom"')
+    boundary = params.get("boundary", "")
+    if not boundary:
+        raise WebError(400, "the multipart/related body has no boundary")
+    return boundary
+
+
+class _StowRequest:
+    """One request's parts through the ingest path, and what became of them."""
+
+    def __init__(self, ctx: DicomWebContext, ingest: Ingest, session: WebSession,
+                 study: str | None, root: str, requestor: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.ingest = ingest
+        self.session = session
+        self.study = study
+        self.root = root
+        self.requestor = requestor
+        self.outcome = StowOutcome()
+        self.received_from = f"DICOMweb {_user_name(session)}"
+        #: study -> SOP Class -> count, and study -> (patient id, name): the file trail's.
+        self.study_classes: dict[str, dict[str, int]] = {}
+        self.study_patients: dict[str, tuple[str, str]] = {}
+        self._recorded = False
+
+    def keep(self, part: ReceivedPart) -> None:
+        """Run in a worker thread: one ended part through the ingest path."""
+        declared = part.declared
+        sop_class = declared.sop_class_uid if declared is not None else ""
+        sop_instance = declared.sop_instance_uid if declared is not None else ""
+        try:
+            received = part.received()
+            attrs = self.ingest(
+                received, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                received_from=self.received_from,
+                audit_record=lambda attrs: prepare_received(self.ctx.audit, attrs,
+                                                            self.requestor),
+                expected=self._in_target_study,
+            )
+        except DicomStatusError as exc:
+            self._refused(sop_class, sop_instance, int(exc.status), str(exc))
+        except Exception:
+            # A bug, not the sender's fault: logged (type only at ERROR), the part refused.
+            log.error("STOW-RS part failed unexpectedly",
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            self._refused(sop_class, sop_instance, Status.PROCESSING_FAILURE, "unexpected")
+        else:
+            self._stored(attrs)
+        finally:
+            part.close()
+
+    def _in_target_study(self, attrs: InstanceAttributes) -> None:
+        if self.study is not None and attrs.study_instance_uid != self.study:
+            raise DicomStatusError("the instance belongs to another study",
+                                   Status.STUDY_MISMATCH)
+
+    def _stored(self, attrs: InstanceAttributes) -> None:
+        study, series = attrs.study_instance_uid, attrs.series_instance_uid
+        url = f"{self.root}/studies/{study}/series/{series}/instances/{attrs.sop_instance_uid}"
+        self.outcome.stored.append(Stored(attrs.sop_class_uid, attrs.sop_instance_uid, url))
+        classes = self.study_classes.setdefault(study, {})
+        classes[attrs.sop_class_uid] = classes.get(attrs.sop_class_uid, 0) + 1
+        self.study_patients.setdefault(study, (attrs.patient_id, attrs.patient_name))
+
+    def _refused(self, sop_class: str, sop_instance: str, status: int, reason: str) -> None:
+        self.outcome.failed.append(Failed(sop_class, sop_instance, status))
+        log.warning("STOW-RS part refused",
+                    extra={"status": f"0x{status:04X}", "reason": reason,
+                           "sop_class": sop_class})
+
+    def study_url(self) -> str | None:
+        """The top-level Retrieve URL: the target study, or the one study stored into."""
+        study = self.study
+        if study is None and len(self.study_classes) == 1:
+            study = next(iter(self.study_classes))
+        return f"{self.root}/studies/{study}" if study is not None else None
+
+    def record_end(self) -> None:
+        """The request's audit records that are not written per instance (module doc)."""
+        if self._recorded:
+            return
+        self._recorded = True
+        trail = self.ctx.audit
+        stored, failed = len(self.outcome.stored), len(self.outcome.failed)
+        if not per_instance(trail):
+            result = audit.SUCCESS if not failed else audit.MINOR_FAILURE
+            for study, classes in sorted(self.study_classes.items()):
+                patient_id, patient_name = self.study_patients.get(study, ("", ""))
+                trail.record(audit.INSTANCES_TRANSFERRED, result, received=True,
+                             studies={study: dict(classes)}, instances=sum(classes.values()),
+                             failed=failed, patient_id=patient_id,
+                             patient_name=patient_name or None, **self.requestor)
+            if failed and not stored:
+                trail.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                             instances=0, failed=failed, **self.requestor)
+        elif failed:
+            trail.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
+                         instances=stored, failed=failed, **self.requestor)
+
+
+def _user_name(session: WebSession) -> str:
+    user = session.user
+    return user.name if user is not None else session.identity.label
+

@@ -1,0 +1,144 @@
+"""One part of a STOW-RS body as it arrives: a Part 10 file, kept in bounded memory.
+
+The part's File Meta is read from its first bytes (what it declares: SOP Class and Instance
+UIDs, transfer syntax); a syntax the archive does not keep is refused there and the rest of
+the part is read and dropped. The bytes stay in memory while the part is small (the common
+case) and past ``IN_MEMORY`` move to an anonymous spool file (no name: nothing leaks on disk,
+the kernel frees it should the process die), as a large C-STORE's do. A data set larger than
+``MIMIC_MAX_OBJECT_BYTES`` is dropped as soon as it is, and refused (``0xA700``, as C-STORE).
+Once the part has ended, :meth:`ReceivedPart.received` hands the archive the data set bytes
+as received (``archive/part10.py``), from memory or a read-only map of the spool file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from mimic_server.archive.ingest import ReceivedObject
+from mimic_server.archive.part10 import received_part10
+from mimic_server.archive.syntaxes import accepted
+from mimic_server.codec.file_meta import FileMetaRead, read_file_meta
+from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
+from mimic_server.web.dicomweb.multipart import boundary_of
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+#: Parts up to this size stay in memory.
+IN_MEMORY = 8 * MiB
+#: The size of the pieces a spooled part is read back in.
+READ_CHUNK = MiB
+#: The media type of every part (PS3.18 10.5.1.2: Part 10 instances).
+PART_TYPE = "application/dicom"
+
+
+class ReceivedPart:
+    """One part's bytes and what its File Meta declares (a ``multipart.PartSink``)."""
+
+    def __init__(self, headers: dict[str, str], max_object_bytes: int, spool_dir: Path,
+                 in_memory: int = IN_MEMORY) -> None:
+        self._max = max_object_bytes
+        self._spool_dir = spool_dir
+        self._in_memory = in_memory
+        self._head = bytearray()
+        self._spool: IO[bytes] | None = None
+        self._map: mmap.mmap | None = None
+        #: Every byte of the part received, kept or not.
+        self.size = 0
+        self.declared: FileMetaRead | None = None
+        #: Why the part is refused, once known (the rest of it is then dropped).
+        self.failure: DicomStatusError | None = None
+        self.ended = False
+        media, _params = boundary_of(headers.get("content-type", PART_TYPE))
+        if media != PART_TYPE:
+            self._fail(CannotUnderstand(f"a part of type {media[:40]} is not {PART_TYPE}"))
+
+    def write(self, data: memoryview) -> None:
+        self.size += len(data)
+        if self.failure is not None:
+            return
+        try:
+            if self.declared is None:
+                self._head += data
+                self.declared = read_file_meta(self._head)
+                if self.declared is not None:
+                    self._check_declared(self.declared)
+            elif self._spool is None and len(self._head) + len(data) <= self._in_memory:
+                self._head += data
+            else:
+                self._spooled().write(data)
+            if self.declared is not None and self.size - self.declared.dataset_offset > self._max:
+                self._fail(OutOfResources(
+                    f"data set exceeds the archive's limit of {self._max} bytes"))
+        except DicomStatusError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            log.error("a STOW-RS part cannot be spooled", extra={"error": type(exc).__name__})
+            self._fail(OutOfResources("the part cannot be spooled"))
+
+    def end(self) -> None:
+        self.ended = True
+        if self.failure is None and self.declared is None:
+            try:  # a part shorter than its File Meta's last element plus 8 bytes
+                self.declared = read_file_meta(self._head, whole=True)
+                if self.declared is not None:
+                    self._check_declared(self.declared)
+            except DicomStatusError as exc:
+                self._fail(exc)
+        if self.failure is None and self.declared is None:
+            self._fail(CannotUnderstand("the part is not a DICOM Part 10 file"))
+
+    def _check_declared(self, declared: FileMetaRead) -> None:
+        """Refused as early as the File Meta says so: the rest is not kept."""
+        if not accepted(declared.transfer_syntax_uid):
+            raise CannotUnderstand("transfer syntax not supported",
+                                   Status.TRANSFER_SYNTAX_NOT_SUPPORTED)
+
+    def _spooled(self) -> IO[bytes]:
+        if self._spool is None:
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            self._spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
+            self._spool.write(self._head)
+            self._head = bytearray()
+        return self._spool
+
+    def _fail(self, exc: DicomStatusError) -> None:
+        self.failure = exc
+        self.close()
+
+    def received(self) -> ReceivedObject:
+        """The ended part as the archive keeps it; ``DicomStatusError`` if refused."""
+        assert self.ended
+        if self.failure is not None:
+            raise self.failure
+        declared = self.declared
+        assert declared is not None
+        if self._spool is None:
+            return received_part10(memoryview(self._head), declared)
+        self._spool.flush()
+        self._map = mmap.mmap(self._spool.fileno(), 0, access=mmap.ACCESS_READ)
+        return received_part10(memoryview(self._map), declared, spool=self)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The spooled data set (after the sender's File Meta), read back piece by piece."""
+        assert self._spool is not None and self.declared is not None
+        self._spool.seek(self.declared.dataset_offset)
+        while chunk := self._spool.read(READ_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        """Drop what is held (memory, map, spool file)."""
+        self._head = bytearray()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view of it is still alive: GC frees it
+                self._map.close()
+            self._map = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None

@@ -1,0 +1,437 @@
+"""STOW-RS (PS3.18 10.5) end to end: ``dicomweb-client`` stores through the real ``mimic web``
+app (uvicorn on loopback, bearer tokens of the OIDC issuer double, the policy file), and the
+``mimic serve`` process beside it, on the same index and object store, finds the instances
+with C-FIND and returns them with C-GET, data set bytes identical to those sent. Every
+refusal is answered as PS3.18 says, with nothing stored: no token (401), a token without
+the role (403), another media type (415), a body that is not multipart (400), a damaged
+part, a part of another study, a part over the size limit, a transfer syntax the archive
+does not keep (FailedSOPSequence with the Failure Reason). One good and one bad part: 202.
+A large part sent chunked is spooled as it arrives and stored byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from mimic_server.certs import devpki
+from mimic_server.codec.file_meta import encode_file_meta, read_file_meta
+from mimic_server.config import Settings
+from mimic_server.webapp import WebArchive
+from tests.data import ct_small
+from tests.large_objects import write_large
+from tests.oidc_double import OidcIssuerDouble
+from tests.support import HOST, MimicProcess, client_context
+
+AUDIENCE = "api://mimic"
+POLICY = """
+[certificates.reader]
+services = ["all"]
+
+[certificates.dicomweb]
+services = ["find", "get", "store"]
+roles = { Uploader = ["find", "get", "store"], Viewer = ["find", "get"] }
+"""
+BOUNDARY = "stow-test-boundary"
+DICOM_MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+#: (0008,1190) Retrieve URL, (0008,1197) Failure Reason, (0008,1198) Failed SOP Sequence,
+#: (0008,1199) Referenced SOP Sequence, (0008,1155) Referenced SOP Instance UID.
+RETRIEVE_URL, FAILURE_REASON, FAILED, REFERENCED, REFERENCED_SOP = (
+    "00081190", "00081197", "00081198", "00081199", "00081155")
+
+
+class Setup:
+    def __init__(self, root: Path, server: MimicProcess, web: WebArchive,
+                 issuer: OidcIssuerDouble) -> None:
+        self.root, self.server, self.web, self.issuer = root, server, web, issuer
+        host, port = web.address
+        self.url = f"http://{host}:{port}/dicomweb"
+
+    def token(self, roles: list[str] | None = None) -> str:
+        return self.issuer.mint(roles=["Uploader"] if roles is None else roles,
+                                subject="uploader")
+
+    def client(self, roles: list[str] | None = None, url: str | None = None) -> DICOMwebClient:
+        return DICOMwebClient(url or self.url,
+                              headers={"Authorization": f"Bearer {self.token(roles)}"})
+
+    def post(self, body: bytes, path: str = "/studies", content_type: str = DICOM_MULTIPART,
+             token: str | None = None, url: str | None = None) -> requests.Response:
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
+        headers["Authorization"] = f"Bearer {token or self.token()}"
+        return requests.post((url or self.url) + path, data=body, headers=headers, timeout=60)
+
+    def associate(self, contexts: list[str], roles: list[Any] | None = None,
+                  handlers: list[Any] | None = None) -> Any:
+        certs = self.server.certs
+        ctx = client_context(certs / "clients" / "reader" / "client.pem",
+                             certs / "clients" / "reader" / "client.key", certs / "ca" / "ca.pem")
+        ae = AE(ae_title="READER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+        for uid in contexts:
+            ae.add_requested_context(uid)
+        assoc = ae.associate(HOST, self.server.port, ae_title="MIMIC",
+                             tls_args=(ctx, "localhost"), ext_neg=roles, evt_handlers=handlers)
+        assert assoc.is_established
+        return assoc
+
+    def find(self, ds: Dataset) -> list[str]:
+        """The SOP Instance UIDs C-FIND answers in ``ds``'s series."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.StudyInstanceUID = ds.StudyInstanceUID
+        identifier.SeriesInstanceUID = ds.SeriesInstanceUID
+        identifier.SOPInstanceUID = ""
+        assoc = self.associate([StudyRootQueryRetrieveInformationModelFind])
+        responses = list(assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind))
+        assoc.release()
+        assert responses[-1][0].Status == 0, responses[-1][0]
+        return sorted(str(a.SOPInstanceUID) for s, a in responses if s.Status == 0xFF00)
+
+    def get(self, sop_instance_uid: str, study: str, series: str) -> bytes:
+        """The C-GET's data set bytes, as the archive sent them."""
+        received: list[bytes] = []
+
+        def on_store(event: Any) -> int:
+            received.append(event.request.DataSet.getvalue())
+            return 0
+
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.StudyInstanceUID, identifier.SeriesInstanceUID = study, series
+        identifier.SOPInstanceUID = sop_instance_uid
+        assoc = self.associate(
+            [StudyRootQueryRetrieveInformationModelGet, CTImageStorage],
+            roles=[build_role(CTImageStorage, scp_role=True)],
+            handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        statuses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+        assoc.release()
+        assert statuses[-1][0].Status == 0, statuses[-1][0]
+        [data] = received
+        return data
+
+    def instance_count(self) -> int:
+        return self.server.instance_count()
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.server.data_dir / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def start_web(root: Path, issuer: OidcIssuerDouble, **settings: Any) -> WebArchive:
+    web = WebArchive(Settings(
+        data_dir=root / "data", policy_file=root / "policy.toml", oidc_issuer=issuer.issuer,
+        oidc_audience=AUDIENCE, oidc_ca_file=issuer.ca_file, web_host=HOST, web_port=0,
+        ops_port=0, **settings,
+    ))
+    web.start()
+    return web
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    root = tmp_path_factory.mktemp("stow")
+    issuer = OidcIssuerDouble(root / "oidc").start()
+    certs = root / "data" / "certs"
+    devpki.init(certs)
+    devpki.issue_client(certs, "reader")
+    (root / "policy.toml").write_text(POLICY)
+    server = MimicProcess(root / "data", policy_file=str(root / "policy.toml")).start()
+    web = start_web(root, issuer)
+    yield Setup(root, server, web, issuer)
+    web.stop()
+    assert server.stop() == 0, server.log()
+    issuer.stop()
+
+
+def new_ct(study: str | None = None) -> Dataset:
+    """CT_small as an instance the archive has not seen (its own study and series)."""
+    ds = pydicom.dcmread(ct_small())
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    return ds
+
+
+def part10(ds: Dataset) -> bytes:
+    """What dicomweb-client sends for ``ds`` (``store_instances``: ``pydicom.dcmwrite``)."""
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds)
+    return out.getvalue()
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    read = read_file_meta(data)
+    assert read is not None
+    return data[read.dataset_offset:]
+
+
+def multipart(*parts: bytes, boundary: str = BOUNDARY) -> bytes:
+    out = b""
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
+        out += b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def stored_uids(answer: dict[str, Any]) -> list[str]:
+    return [item[REFERENCED_SOP]["Value"][0] for item in answer.get(REFERENCED, {"Value": []})
+            ["Value"]]
+
+
+def failures(answer: dict[str, Any]) -> list[tuple[str | None, int]]:
+    return [(item.get(REFERENCED_SOP, {"Value": [None]})["Value"][0],
+             item[FAILURE_REASON]["Value"][0])
+            for item in answer.get(FAILED, {"Value": []})["Value"]]
+
+
+# -- stored, then found and retrieved over DIMSE --------------------------------------------
+
+
+def test_stow_then_c_find_and_c_get_give_the_bytes_sent(setup: Setup) -> None:
+    first, second = new_ct(), new_ct()
+    second.StudyInstanceUID = first.StudyInstanceUID
+    second.SeriesInstanceUID = first.SeriesInstanceUID
+    answer = setup.client().store_instances([first, second])
+    referenced = answer.ReferencedSOPSequence
+    assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [
+        first.SOPInstanceUID, second.SOPInstanceUID]
+    assert "FailedSOPSequence" not in answer
+    for item, ds in zip(referenced, (first, second), strict=True):
+        assert item.ReferencedSOPClassUID == CTImageStorage
+        # dicomweb-client sends a Host header without the port: the URLs follow it
+        assert item.RetrieveURL == (f"http://{HOST}/dicomweb/studies/{ds.StudyInstanceUID}"
+                                    f"/series/{ds.SeriesInstanceUID}/instances/"
+                                    f"{ds.SOPInstanceUID}")
+    assert answer.RetrieveURL == f"http://{HOST}/dicomweb/studies/{first.StudyInstanceUID}"
+
+    assert setup.find(first) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    for ds in (first, second):
+        sent = dataset_bytes(part10(ds))
+        assert setup.get(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID) == sent
+        stored = setup.server.object_for(ds.SOPInstanceUID).read_bytes()
+        assert stored.endswith(sent)  # our File Meta, then the data set as received
+        assert pydicom.dcmread(io.BytesIO(stored)).file_meta.ImplementationVersionName == (
+            "MIMIC_010")
+
+
+def test_stow_to_the_study_and_duplicates_keep_the_newest(setup: Setup) -> None:
+    ds = new_ct()
+    client = setup.client()
+    client.store_instances([ds], study_instance_uid=ds.StudyInstanceUID)
+    before = setup.instance_count()
+    ds.InstitutionName = "NEWER BYTES"
+    answer = client.store_instances([ds], study_instance_uid=ds.StudyInstanceUID)
+    assert [str(i.ReferencedSOPInstanceUID) for i in answer.ReferencedSOPSequence] == [
+        ds.SOPInstanceUID]
+    assert setup.instance_count() == before  # one instance, replaced
+    got = setup.get(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert got == dataset_bytes(part10(ds)) and b"NEWER BYTES" in got
+    objects = [p for p in setup.server.stored_objects()
+               if ds.SOPInstanceUID.encode() in p.read_bytes()]
+    assert len(objects) == 1  # the replaced object was removed
+
+
+def test_each_stored_instance_is_audited(setup: Setup) -> None:
+    ds = new_ct()
+    setup.client().store_instances([ds])
+    records = [r for r in setup.audit() if r.get("service") == "STOW-RS"
+               and ds.StudyInstanceUID in (r.get("studies") or {})]
+    assert len(records) == 1
+    record = records[0]
+    assert record["EventID"]["code"] == "110104" and record["EventOutcomeIndicator"] == 0
+    assert record["user"] == "uploader@example.org"
+
+
+# -- refusals: HTTP ----------------------------------------------------------------------------
+
+
+def test_no_token_is_401(setup: Setup) -> None:
+    before = setup.instance_count()
+    response = requests.post(setup.url + "/studies", data=multipart(part10(new_ct())),
+                             headers={"Content-Type": DICOM_MULTIPART}, timeout=30)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert setup.instance_count() == before
+
+
+def test_token_without_the_store_role_is_403(setup: Setup) -> None:
+    before = setup.instance_count()
+    response = setup.post(multipart(part10(new_ct())), token=setup.token(["Viewer"]))
+    assert response.status_code == 403
+    assert setup.instance_count() == before
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/dicom",
+    f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}',
+    f"multipart/form-data; boundary={BOUNDARY}",
+    "",
+])
+def test_another_media_type_is_415(setup: Setup, content_type: str) -> None:
+    before = setup.instance_count()
+    response = setup.post(multipart(part10(new_ct())), content_type=content_type)
+    assert response.status_code == 415
+    assert setup.instance_count() == before
+
+
+@pytest.mark.parametrize("body", [
+    b"not multipart at all",
+    b"--" + BOUNDARY.encode() + b"\r\n\r\n" + b"\x00" * 1000,  # never closed
+    b"--" + BOUNDARY.encode() + b"--\r\n",  # no part
+], ids=["no-delimiter", "unclosed", "no-part"])
+def test_a_body_that_is_not_multipart_is_400(setup: Setup, body: bytes) -> None:
+    before = setup.instance_count()
+    response = setup.post(body)
+    assert response.status_code == 400
+    assert setup.instance_count() == before
+
+
+# -- refusals: per part (FailedSOPSequence) --------------------------------------------------
+
+
+def test_a_damaged_part_is_refused_and_nothing_stored(setup: Setup) -> None:
+    ds = new_ct()
+    data = part10(ds)
+    before = setup.instance_count()
+    response = setup.post(multipart(data[:-100]))  # the data set ends inside Pixel Data
+    assert response.status_code == 409
+    assert response.headers["Content-Type"] == "application/dicom+json"
+    assert failures(response.json()) == [(ds.SOPInstanceUID, 0xC000)]
+    assert REFERENCED not in response.json()
+    assert setup.instance_count() == before and not setup.find(ds)
+
+
+def test_a_part_that_is_not_part10_fails_without_uids(setup: Setup) -> None:
+    response = setup.post(multipart(b"\xff" * 500))
+    assert response.status_code == 409
+    assert failures(response.json()) == [(None, 0xC000)]
+
+
+def test_another_study_than_the_target_is_refused(setup: Setup) -> None:
+    ds = new_ct()
+    other = "1.2.826.0.1.3680043.8.498.1"
+    before = setup.instance_count()
+    response = setup.post(multipart(part10(ds)), path=f"/studies/{other}")
+    assert response.status_code == 409
+    assert failures(response.json()) == [(ds.SOPInstanceUID, 0xC409)]
+    assert response.json()[RETRIEVE_URL]["Value"] == [f"{setup.url}/studies/{other}"]
+    assert setup.instance_count() == before
+
+
+def test_file_meta_uid_differing_from_the_data_set_is_refused(setup: Setup) -> None:
+    ds = new_ct()
+    data = part10(ds)
+    read = read_file_meta(data)
+    assert read is not None
+    meta = encode_file_meta(read.sop_class_uid, generate_uid(), read.transfer_syntax_uid, "")
+    response = setup.post(multipart(meta + data[read.dataset_offset:]))
+    assert response.status_code == 409
+    [(_uid, reason)] = failures(response.json())
+    assert reason == 0xC001
+
+
+def test_a_transfer_syntax_the_archive_does_not_keep_is_refused(setup: Setup) -> None:
+    ds = new_ct()
+    data = part10(ds)
+    read = read_file_meta(data)
+    assert read is not None
+    meta = encode_file_meta(read.sop_class_uid, read.sop_instance_uid,
+                            "1.2.840.10008.1.2.4.205", "")
+    response = setup.post(multipart(meta + data[read.dataset_offset:]))
+    assert response.status_code == 409
+    assert failures(response.json()) == [(ds.SOPInstanceUID, 0xC122)]
+
+
+def test_one_good_one_bad_is_202(setup: Setup) -> None:
+    good, bad = new_ct(), new_ct()
+    before = setup.instance_count()
+    response = setup.post(multipart(part10(good), part10(bad)[:-100]))
+    assert response.status_code == 202
+    answer = response.json()
+    assert stored_uids(answer) == [good.SOPInstanceUID]
+    assert failures(answer) == [(bad.SOPInstanceUID, 0xC000)]
+    assert setup.instance_count() == before + 1
+    assert not setup.find(bad)
+
+
+def test_dicomweb_client_sees_the_failure(setup: Setup) -> None:
+    """dicomweb-client raises on 409: a client is never told a refused instance was kept."""
+    other = "1.2.826.0.1.3680043.8.498.2"
+    with pytest.raises(requests.HTTPError) as raised:
+        setup.client().store_instances([new_ct()], study_instance_uid=other)
+    assert raised.value.response.status_code == 409
+
+
+def test_a_part_over_the_size_limit_is_refused(setup: Setup) -> None:
+    small = start_web(setup.root, setup.issuer, max_object_bytes=20000)
+    try:
+        host, port = small.address
+        url = f"http://{host}:{port}/dicomweb"
+        ds = new_ct()  # a 39 KB data set
+        before = setup.instance_count()
+        response = setup.post(multipart(part10(ds)), url=url)
+        assert response.status_code == 503  # none stored, out of resources (PS3.18 8.5)
+        assert failures(response.json()) == [(ds.SOPInstanceUID, 0xA700)]
+        assert setup.instance_count() == before
+        # a part under the limit in the same request is still stored
+        tiny = new_ct()
+        del tiny.PixelData
+        response = setup.post(multipart(part10(ds), part10(tiny)), url=url)
+        assert response.status_code == 202
+        assert stored_uids(response.json()) == [tiny.SOPInstanceUID]
+    finally:
+        small.stop()
+    assert not list((setup.root / "data" / "spool").glob("*"))  # anonymous spool files only
+
+
+def test_a_large_part_is_streamed_to_the_store(setup: Setup, tmp_path: Path) -> None:
+    """24 MiB sent chunked: spooled as it arrives (past 8 MiB), stored byte for byte."""
+    path = tmp_path / "large.dcm"
+    uid = write_large(path, 24 << 20)
+    offset = read_file_meta(path.read_bytes()[:4096])
+    assert offset is not None
+
+    def body() -> Iterator[bytes]:
+        yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    response = requests.post(setup.url + "/studies", data=body(), timeout=120, headers={
+        "Content-Type": DICOM_MULTIPART, "Authorization": f"Bearer {setup.token()}"})
+    assert response.status_code == 200, response.text
+    assert stored_uids(response.json()) == [uid]
+    stored = setup.server.object_for(uid)
+    sent = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(offset.dataset_offset)
+        while chunk := fh.read(1 << 20):
+            sent.update(chunk)
+    kept = hashlib.sha256()
+    with open(stored, "rb") as fh:
+        fh.seek(read_file_meta(fh.read(4096)).dataset_offset)  # type: ignore[union-attr]
+        while chunk := fh.read(1 << 20):
+            kept.update(chunk)
+    assert kept.hexdigest() == sent.hexdigest()
+    assert not list((setup.root / "data" / "spool").glob("*"))

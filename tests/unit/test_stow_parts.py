@@ -1,0 +1,231 @@
+"""The pieces of STOW-RS below HTTP: the streaming multipart splitter (any chunking gives the
+same parts; malformed bodies refused), the reading of a part's own File Meta, and a part
+kept in bounded memory or spooled, refused when too large or of an unkept syntax."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mimic_server.codec.file_meta import encode_file_meta, read_file_meta
+from mimic_server.errors import CannotUnderstand, DicomStatusError
+from mimic_server.web.dicomweb.multipart import (
+    MalformedMultipart,
+    MultipartSplitter,
+    boundary_of,
+)
+from mimic_server.web.dicomweb.stow_part import ReceivedPart
+from tests.data import ct_small, storable_files
+
+BOUNDARY = "0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"
+
+
+class Collected:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self.data = bytearray()
+        self.ended = False
+
+    def write(self, data: memoryview) -> None:
+        assert not self.ended
+        self.data += data
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def body(parts: list[bytes], boundary: str = BOUNDARY, preamble: bytes = b"",
+         epilogue: bytes = b"") -> bytes:
+    out = preamble
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        out += part + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode() + epilogue
+
+
+def split(data: bytes, sizes: list[int] | None = None, boundary: str = BOUNDARY
+          ) -> list[Collected]:
+    parts: list[Collected] = []
+
+    def new_part(headers: dict[str, str]) -> Collected:
+        parts.append(Collected(headers))
+        return parts[-1]
+
+    splitter = MultipartSplitter(boundary, new_part)
+    pos = 0
+    for size in sizes or [len(data)]:
+        splitter.feed(data[pos:pos + size])
+        pos += size
+    splitter.feed(data[pos:])
+    splitter.close()
+    return parts
+
+
+# Bytes that look like the start of a delimiter, inside the parts.
+TRICKY = [b"", b"\r\n", b"\r\n--", b"--" + BOUNDARY.encode(), b"\r\n--0f3cf5c0",
+          b"x" * 1000 + b"\r\n-" + b"\r\n--" + BOUNDARY[:-1].encode() + b"\r\n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(contents=st.lists(st.sampled_from(TRICKY) | st.binary(max_size=300), min_size=1,
+                         max_size=5),
+       sizes=st.lists(st.integers(min_value=1, max_value=50), max_size=40),
+       preamble=st.sampled_from([b"", b"a preamble\r\n"]))
+def test_any_chunking_gives_the_same_parts(contents: list[bytes], sizes: list[int],
+                                           preamble: bytes) -> None:
+    parts = split(body(contents, preamble=preamble, epilogue=b"ignored"), sizes)
+    assert [bytes(p.data) for p in parts] == contents
+    assert all(p.ended for p in parts)
+    assert parts[0].headers == {"content-type": "application/dicom"}
+
+
+def test_headers_folded_and_absent() -> None:
+    data = (f"--{BOUNDARY}\r\nContent-Type: application/dicom;\r\n transfer-syntax=1.2\r\n"
+            f"X-Other:  y \r\n\r\nabc\r\n--{BOUNDARY}\r\n\r\ndef\r\n--{BOUNDARY}--").encode()
+    parts = split(data)
+    assert parts[0].headers == {"content-type": "application/dicom; transfer-syntax=1.2",
+                                "x-other": "y"}
+    assert parts[1].headers == {} and bytes(parts[1].data) == b"def"
+
+
+@pytest.mark.parametrize("data", [
+    b"",                                                        # no delimiter at all
+    f"--{BOUNDARY}\r\n\r\nabc".encode(),                        # no close delimiter
+    f"--{BOUNDARY}junk\r\n\r\nabc\r\n--{BOUNDARY}--".encode(),  # text after the boundary
+    f"--{BOUNDARY}\r\nno colon\r\n\r\nabc\r\n--{BOUNDARY}--".encode(),
+    f"--{BOUNDARY}\r\nA: {'x' * 20000}\r\n\r\nabc\r\n--{BOUNDARY}--".encode(),
+], ids=["empty", "unclosed", "junk-after-boundary", "header-without-colon", "huge-headers"])
+def test_malformed_bodies_are_refused(data: bytes) -> None:
+    with pytest.raises(MalformedMultipart):
+        split(data)
+
+
+def test_the_buffer_stays_bounded() -> None:
+    parts: list[Collected] = []
+    splitter = MultipartSplitter(BOUNDARY, lambda h: parts.append(Collected(h)) or parts[-1])
+    splitter.feed(f"--{BOUNDARY}\r\n\r\n".encode())
+    for _ in range(200):
+        splitter.feed(b"\x00" * 65536)
+        assert len(splitter._buffer) < 65536 + 100
+    splitter.feed(f"\r\n--{BOUNDARY}--".encode())
+    splitter.close()
+    assert len(parts[0].data) == 200 * 65536
+
+
+def test_content_type_parameters() -> None:
+    assert boundary_of('multipart/related; type="application/dicom"; boundary="a;b"') == (
+        "multipart/related", {"type": "application/dicom", "boundary": "a;b"})
+    assert boundary_of("Multipart/Related;boundary=xyz") == (
+        "multipart/related", {"boundary": "xyz"})
+
+
+# -- the part's File Meta ---------------------------------------------------------------------
+
+
+def test_file_meta_of_every_shipped_file() -> None:
+    for storable in storable_files():
+        data = storable.path.read_bytes()
+        read = read_file_meta(data)
+        assert read is not None
+        assert (read.sop_class_uid, read.sop_instance_uid, read.transfer_syntax_uid,
+                read.dataset_offset) == (storable.sop_class_uid, storable.sop_instance_uid,
+                                         storable.transfer_syntax_uid,
+                                         storable.dataset_offset), storable.path
+        # fed a byte at a time: None until the group has ended, then the same answer
+        cut = next(n for n in range(read.dataset_offset + 9) if read_file_meta(data[:n]))
+        assert cut <= read.dataset_offset + 8
+
+
+def test_file_meta_without_preamble() -> None:
+    data = ct_small().read_bytes()[128 + 4:]
+    read = read_file_meta(data)
+    assert read is not None and data[read.dataset_offset:read.dataset_offset + 2] == b"\x08\x00"
+
+
+@pytest.mark.parametrize("data", [
+    b"\x00" * 128 + b"DIXM" + b"\x00" * 100,
+    b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00\x01\x02" + b"\x00" * 100,  # a VR of bytes
+    b"\xff" * 300,
+])
+def test_not_a_part10_file(data: bytes) -> None:
+    with pytest.raises(CannotUnderstand):
+        read_file_meta(data)
+
+
+def test_file_meta_cut_short_when_whole() -> None:
+    data = ct_small().read_bytes()[:150]
+    assert read_file_meta(data) is None
+    with pytest.raises(CannotUnderstand):
+        read_file_meta(data, whole=True)
+
+
+# -- a part in bounded memory ---------------------------------------------------------------
+
+
+def _fed(data: bytes, tmp_path: Path, *, max_bytes: int = 1 << 30, in_memory: int = 1 << 20,
+         headers: dict[str, str] | None = None, chunk: int = 4096) -> ReceivedPart:
+    part = ReceivedPart(headers or {"content-type": "application/dicom"}, max_bytes,
+                        tmp_path / "spool", in_memory=in_memory)
+    for pos in range(0, len(data), chunk):
+        part.write(memoryview(data[pos:pos + chunk]))
+    part.end()
+    return part
+
+
+@pytest.mark.parametrize("in_memory", [1 << 20, 1024], ids=["memory", "spooled"])
+def test_a_part_is_its_data_set_as_received(tmp_path: Path, in_memory: int) -> None:
+    data = ct_small().read_bytes()
+    part = _fed(data, tmp_path, in_memory=in_memory)
+    received = part.received()
+    offset = part.declared.dataset_offset  # type: ignore[union-attr]
+    stored = b"".join(bytes(c) for c in received.chunks)
+    assert stored.endswith(data[offset:])
+    ds = pydicom.dcmread(io.BytesIO(stored))
+    assert ds.file_meta.ImplementationVersionName == "MIMIC_010"
+    assert ds.SOPInstanceUID == part.declared.sop_instance_uid  # type: ignore[union-attr]
+    assert received.size == len(stored)
+    part.close()
+
+
+def test_too_large_is_out_of_resources_and_dropped(tmp_path: Path) -> None:
+    data = ct_small().read_bytes()
+    part = _fed(data, tmp_path, max_bytes=1000, in_memory=512)
+    with pytest.raises(DicomStatusError) as refused:
+        part.received()
+    assert refused.value.status == 0xA700
+    assert part.declared is not None  # the failure can still name the instance
+    assert part._spool is None and not part._head
+
+
+def test_unkept_transfer_syntax_is_refused_at_the_file_meta(tmp_path: Path) -> None:
+    data = ct_small().read_bytes()
+    read = read_file_meta(data)
+    assert read is not None
+    # JPIP HTJ2K Referenced Deflate: a syntax the archive does not keep
+    meta = encode_file_meta(read.sop_class_uid, read.sop_instance_uid,
+                            "1.2.840.10008.1.2.4.205", "")
+    part = _fed(meta + data[read.dataset_offset:], tmp_path)
+    with pytest.raises(DicomStatusError) as refused:
+        part.received()
+    assert refused.value.status == 0xC122
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage" * 50, ct_small().read_bytes()[:140]],
+                         ids=["empty", "garbage", "cut-in-file-meta"])
+def test_not_part10_is_cannot_understand(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(DicomStatusError) as refused:
+        _fed(data, tmp_path).received()
+    assert refused.value.status == 0xC000
+
+
+def test_a_part_of_another_type_is_refused(tmp_path: Path) -> None:
+    part = _fed(ct_small().read_bytes(), tmp_path,
+                headers={"content-type": "application/dicom+json"})
+    with pytest.raises(DicomStatusError) as refused:
+        part.received()
+    assert refused.value.status == 0xC000
