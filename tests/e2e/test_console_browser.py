@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -30,7 +28,8 @@ from pydicom.pixels import apply_modality_lut
 
 from tests.data import ct_small
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, MimicProcess, associate, client_context, free_port, wait_for
+from tests.support import HOST, MimicProcess, associate, client_context, wait_for
+from tests.web_support import WebProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "e2e" / "console" / "console.mjs"
@@ -38,6 +37,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CLIENT_ID = "mimic-console"
 STUDY = "1.2.826.0.1.3680043.8.498.77001"
 PATIENT_NAME, PATIENT_ID = "Console^Testpatient", "CONSOLE-4711"
+#: DICOMweb's rule (and so the console's searches and images): the operator role may query
+#: and retrieve.
+POLICY = """
+[certificates.dicomweb]
+services = ["find", "get"]
+roles = { MimicOperator = ["find", "get"] }
+"""
 
 
 
@@ -45,42 +51,6 @@ def _browser_installed() -> None:
     assert CHROMIUM.exists(), "Debian's chromium is not installed (scripts/test.sh installs it)"
     assert (ROOT / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is not installed: npm ci (scripts/test.sh runs it)"
-
-
-class WebProcess:
-    """``python -m mimic_server web`` on a loopback port."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log_path = data_dir.parent / "web.log"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
-        environment.update(env, MIMIC_DATA_DIR=str(data_dir), MIMIC_WEB_HOST=HOST,
-                           MIMIC_WEB_PORT=str(self.port), MIMIC_LOG_FORMAT="json")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "mimic_server", "web"],
-                                     env=environment, stdout=self._log, stderr=self._log)
-        deadline = time.monotonic() + 30
-        while "DICOMweb listening" not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mimic web did not start:\n{self.log()}")
-            time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +110,7 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     _browser_installed()
     data = tmp_path / "data"
     policy = tmp_path / "policy.toml"
-    policy.write_text('[certificates.dicomweb]\nservices = ["find", "get"]\n')
+    policy.write_text(POLICY)
     serve = MimicProcess(data, policy_file=str(policy), network_timeout="600").start()
     web = None
     held = None
@@ -161,17 +131,14 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
         assert status == 200 and json.loads(body)["associations"][0]["calling_ae"] == "HOLDER"
         for secret in (PATIENT_NAME, PATIENT_ID, STUDY):  # no patient data on the ops port
             assert secret.encode() not in body
-        web = WebProcess(data, {
-            "MIMIC_OIDC_ISSUER": issuer.issuer, "MIMIC_OIDC_AUDIENCE": "api://mimic",
-            "MIMIC_OIDC_CA_FILE": str(issuer.ca_file), "MIMIC_WEB_OIDC_CLIENT_ID": CLIENT_ID,
-            "MIMIC_WEB_SERVE_STATUS_URL": f"http://{HOST}:{serve.ops_port}",
-            "MIMIC_POLICY_FILE": str(policy),
-        })
+        web = WebProcess(data, issuer, policy=POLICY, web_oidc_client_id=CLIENT_ID,
+                         web_serve_status_url=f"http://{HOST}:{serve.ops_port}").start()
+        base = f"http://{HOST}:{web.port}"
         out = tmp_path / "browser"
         out.mkdir()
         run = subprocess.run(
             ["node", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=240,
-            env={**os.environ, "CONSOLE_URL": web.url, "CONSOLE_PATIENT_NAME": PATIENT_NAME,
+            env={**os.environ, "CONSOLE_URL": base, "CONSOLE_PATIENT_NAME": PATIENT_NAME,
                  "CONSOLE_STUDY": STUDY, "CONSOLE_OUT": str(out),
                  "CONSOLE_ISSUER_SPKI": _spki(issuer.ca_file)},
         )
@@ -188,7 +155,7 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
 
     # Signed in through the issuer (PKCE) and back on the console.
     assert result["signed_in_as"] == "operator-1@example.org"
-    assert result["final_url"] == f"{web.url}/"
+    assert result["final_url"] == f"{base}/"
     assert any(u.startswith(f"{issuer.issuer}/authorize?") and "code_challenge_method=S256" in u
                for u in result["urls"])
     # Found by name (sent in a POST body), with a thumbnail.
