@@ -50,7 +50,7 @@ from mimic_server.web.console.app import build_console
 from mimic_server.web.console.auth import console_user_source
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.gate import dicomweb_gate
-from mimic_server.web.console.modalities import TrustView
+from mimic_server.web.console.modalities import TrustView, last_logins_in_table
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
@@ -257,6 +257,8 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         session_seconds=s.web_session_seconds, redirect_uri=s.web_oidc_redirect_uri,
         studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
         trust=_trust_view(s), audit_records=_audit_reader(s, engine),
+        last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"
+        else None,
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
     )
 

@@ -4,6 +4,7 @@ expiry and revocation, the audit trail's filters, and `mimic serve`'s status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -301,3 +302,31 @@ def test_study_queries_answer_to_the_dicomweb_policy(issuer: OidcIssuerDouble,
 
     nothing = _gated(issuer, archive, [OPERATOR], '[default]\nservices = ["echo"]\n')
     assert nothing.post("/console/api/studies", json={}).status_code == 403  # deny by default
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_last_associations_from_the_audit_table(backend: str, tmp_path: Path,
+                                                request: pytest.FixtureRequest) -> None:
+    """On PostgreSQL the trail is the audit_events table: one grouped query per page."""
+    from mimic_server.index.audit_table import AuditTable
+    from tests import database
+
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        else:
+            url = stack.enter_context(database.fresh_database(
+                request.getfixturevalue("postgres_server")))
+        engine = create_index_engine(url)
+        stack.callback(engine.dispose)
+        schema.upgrade(engine)
+        log = AuditLog(None, sinks=[AuditTable(engine)])
+        for outcome in (audit.SUCCESS, audit.MINOR_FAILURE):
+            log.record(audit.USER_AUTHENTICATION, outcome, identity="m (00)", trust_name="m1",
+                       calling_ae="M1", event_type="login")
+        log.record(audit.USER_AUTHENTICATION, audit.SUCCESS, identity="m (00)",
+                   trust_name="m1", event_type="logout")
+        log.record(audit.QUERY, audit.SUCCESS, identity="x", trust_name="other")
+        found = modalities.last_logins_in_table(engine)
+        assert set(found) == {"m1"}
+        assert datetime.fromisoformat(found["m1"]) <= datetime.now(UTC) + timedelta(seconds=5)

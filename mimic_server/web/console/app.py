@@ -111,7 +111,9 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
         view = ctx.trust()
         stored = modalities.stored_by_peer(ctx.engine) if ctx.engine is not None else {}
         logins: dict[str, str] = {}
-        if ctx.audit_records is not None:
+        if ctx.last_logins is not None:
+            logins = ctx.last_logins()
+        elif ctx.audit_records is not None:
             logins = modalities.last_logins(ctx.audit_records(AuditFilter(event="login")))
         return modalities.describe(view, ctx.policy, stored, logins)
 

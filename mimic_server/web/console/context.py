@@ -38,6 +38,8 @@ class ConsoleContext:
     trust: Callable[[], TrustView] | None = None
     #: The audit trail as ``mimic audit`` reads it (file or table), oldest first.
     audit_records: Callable[[AuditFilter], list[dict[str, Any]]] | None = None
+    #: trust name -> last successful association (ISO time); None: scan ``audit_records``.
+    last_logins: Callable[[], dict[str, str]] | None = None
     #: `mimic serve`'s /status/associations document.
     serve_status: Callable[[], dict[str, Any]] | None = None
     #: Where console sign-ins and refusals are recorded (User Authentication).
