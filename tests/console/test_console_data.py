@@ -45,9 +45,22 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDoubl
     double.stop()
 
 
-@pytest.fixture()
-def archive(tmp_path: Path) -> Iterator[dict]:
-    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
+    """An index (SQLite, then PostgreSQL) with two studies, a development PKI and a trail."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        else:
+            from tests import database
+
+            url = stack.enter_context(database.fresh_database(
+                request.getfixturevalue("postgres_server")))
+        yield from _archive(url, tmp_path)
+
+
+def _archive(url: str, tmp_path: Path) -> Iterator[dict]:
+    engine = create_index_engine(url)
     schema.upgrade(engine)
     index = SqlIndex(engine)
     pki = devpki.init(tmp_path / "certs")
