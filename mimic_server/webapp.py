@@ -49,7 +49,8 @@ from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
 from mimic_server.web.console.auth import console_user_source
 from mimic_server.web.console.context import ConsoleContext
-from mimic_server.web.console.modalities import TrustView
+from mimic_server.web.console.gate import dicomweb_gate
+from mimic_server.web.console.modalities import TrustView, last_logins_in_table
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
@@ -161,6 +162,8 @@ class WebArchive:
             console_context = open_console(s, self.engine, finder, policy, self.audit)
             # The console's pages load images from DICOMweb with their session cookie.
             self.context.user_sources.append(console_user_source(console_context))
+            # Its study queries answer to the same policy entry as QIDO-RS.
+            console_context.query_gate = dicomweb_gate(self.context)
             console = build_console(console_context)
         app = build_web_app(self.context, s.web_cors_origin_list, console,
                             ready=self._ready)
@@ -254,6 +257,8 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         session_seconds=s.web_session_seconds, redirect_uri=s.web_oidc_redirect_uri,
         studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
         trust=_trust_view(s), audit_records=_audit_reader(s, engine),
+        last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"
+        else None,
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
     )
 

@@ -25,6 +25,7 @@ from mimic_server.security.audit import AuditFilter
 from mimic_server.web.console import auth, modalities
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.gate import Refused
 from mimic_server.web.console.headers import SecurityHeaders
 from mimic_server.web.console.studies import SearchError
 
@@ -69,8 +70,11 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
         if ctx.studies is None:
             return _error(503, "no index")
         form = await _json_body(request)
+        gate = ctx.query_gate(request) if ctx.query_gate is not None else None
         try:
-            result = await anyio.to_thread.run_sync(ctx.studies.search, form)
+            result = await anyio.to_thread.run_sync(ctx.studies.search, form, gate)
+        except Refused as exc:
+            return _error(exc.status, str(exc))
         except (SearchError, QueryError) as exc:
             return _error(400, str(exc))
         except MimicError as exc:
@@ -82,8 +86,12 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
         if ctx.studies is None:
             return _error(503, "no index")
         form = await _json_body(request)
+        gate = ctx.query_gate(request) if ctx.query_gate is not None else None
         try:
-            result = await anyio.to_thread.run_sync(ctx.studies.contents, form.get("study"))
+            result = await anyio.to_thread.run_sync(ctx.studies.contents, form.get("study"),
+                                                    gate)
+        except Refused as exc:
+            return _error(exc.status, str(exc))
         except (SearchError, QueryError) as exc:
             return _error(400, str(exc))
         except MimicError as exc:
@@ -103,7 +111,9 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
         view = ctx.trust()
         stored = modalities.stored_by_peer(ctx.engine) if ctx.engine is not None else {}
         logins: dict[str, str] = {}
-        if ctx.audit_records is not None:
+        if ctx.last_logins is not None:
+            logins = ctx.last_logins()
+        elif ctx.audit_records is not None:
             logins = modalities.last_logins(ctx.audit_records(AuditFilter(event="login")))
         return modalities.describe(view, ctx.policy, stored, logins)
 

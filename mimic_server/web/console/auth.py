@@ -51,7 +51,10 @@ def secure_cookies(request: Request) -> bool:
 
 
 def redirect_uri(ctx: ConsoleContext, request: Request) -> str:
-    return ctx.redirect_uri or str(request.url_for("auth_callback"))
+    """The registered redirect URI, else this request's own origin's ``/auth/callback``
+    (behind a TLS-terminating ingress the request looks like HTTP: set
+    ``MIMIC_WEB_OIDC_REDIRECT_URI`` there)."""
+    return ctx.redirect_uri or f"{request.url.scheme}://{request.url.netloc}/auth/callback"
 
 
 def current_user(ctx: ConsoleContext, request: Request) -> ConsoleUser | None:

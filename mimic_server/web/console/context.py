@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
+from starlette.requests import Request
 
 from mimic_server.security.audit import AuditFilter, AuditLog
 from mimic_server.security.policy import Policy
@@ -19,7 +20,7 @@ from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.modalities import TrustView
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
-from mimic_server.web.console.studies import StudyBrowser
+from mimic_server.web.console.studies import Gate, StudyBrowser
 
 
 @dataclass
@@ -37,7 +38,12 @@ class ConsoleContext:
     trust: Callable[[], TrustView] | None = None
     #: The audit trail as ``mimic audit`` reads it (file or table), oldest first.
     audit_records: Callable[[AuditFilter], list[dict[str, Any]]] | None = None
+    #: trust name -> last successful association (ISO time); None: scan ``audit_records``.
+    last_logins: Callable[[], dict[str, str]] | None = None
     #: `mimic serve`'s /status/associations document.
     serve_status: Callable[[], dict[str, Any]] | None = None
     #: Where console sign-ins and refusals are recorded (User Authentication).
     audit_log: AuditLog | None = None
+    #: The access policy's gate for this request's study queries (``gate.py``); None: the
+    #: console's own rights only (tests of the console alone).
+    query_gate: Callable[[Request], Gate] | None = None

@@ -3,8 +3,9 @@
 The Content-Security-Policy allows only this origin's own scripts, styles and images: the
 console has no inline script or style (tests/unit/test_console_pages.py parses every page),
 so an injected ``<script>`` or ``style=`` would not run. Frames are refused (clickjacking),
-and nothing the console serves is cached or sent as a referrer (a study UID in a fragment
-must not leave the page).
+nothing the console serves is cached, and no referrer leaves this origin. (``same-origin``,
+not ``no-referrer``: with the latter a browser sends ``Origin: null`` on a form POST, and
+the sign-out form's same-origin check would refuse it.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ CSP = (
 HEADERS = [
     (b"content-security-policy", CSP.encode("ascii")),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),

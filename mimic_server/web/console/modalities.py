@@ -10,7 +10,7 @@ naming the entry's trust name).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from mimic_server.certs import TrustedCertificate
-from mimic_server.index.models import Instance
+from mimic_server.index.models import AuditEvent, Instance
 from mimic_server.security.grants import Service
 from mimic_server.security.identity import Identity
 from mimic_server.security.policy import Policy
@@ -41,6 +41,21 @@ def stored_by_peer(engine: Engine) -> dict[str, tuple[int, datetime | None]]:
         .group_by(Instance.received_from)
     with engine.connect() as conn:
         return {str(row[0]): (int(row[1]), row[2]) for row in conn.execute(statement)}
+
+
+def last_logins_in_table(engine: Engine) -> dict[str, str]:
+    """trust name -> time of its latest successful association, from the audit table (one
+    grouped query: the table holds every association's record)."""
+    statement = (
+        select(AuditEvent.trust_name, func.max(AuditEvent.event_time))
+        .where(AuditEvent.event_type == "login", AuditEvent.outcome == 0,
+               AuditEvent.trust_name.is_not(None))
+        .group_by(AuditEvent.trust_name)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(statement).all()
+    return {str(name): (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+            for name, when in rows}
 
 
 def last_logins(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -96,4 +111,3 @@ def describe(
     return rows
 
 
-Reader = Callable[[], list[dict[str, Any]]]

@@ -8,10 +8,11 @@ IDs stay out of anything that is logged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Engine, func, select
 
 from mimic_server.codec.answer import Answer
@@ -35,6 +36,11 @@ _IMAGE_ANSWER = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Moda
                  "Rows", "Columns", "WindowCenter", "WindowWidth")
 MAX_STUDIES = 200
 MAX_INSTANCES = 5000
+
+
+#: The access policy's say on one query: raises to refuse it, else returns the requestor's
+#: own result limit (None: none). Built per request by the composition root (``gate.py``).
+Gate = Callable[[Dataset], int | None]
 
 
 class SearchError(ValueError):
@@ -83,14 +89,15 @@ def _plain(dataset: Dataset) -> Dataset:
 
 
 def _json_value(dataset: Dataset, keyword: str) -> Any:
-    element = dataset.get(keyword)
-    value = element.value if element is not None and not isinstance(element, str) else element
+    value = dataset.get(keyword)
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         return [str(v) for v in value]
-    if isinstance(value, (int, float)):
-        return value
+    if isinstance(value, int):
+        return int(value)  # IS
+    if isinstance(value, float):
+        return float(value)  # DS
     return str(value)
 
 
@@ -101,13 +108,17 @@ class StudyBrowser:
         self.finder = finder
         self.engine = engine
 
-    def search(self, form: Mapping[str, Any]) -> dict[str, Any]:
+    def search(self, form: Mapping[str, Any], gate: Gate | None = None) -> dict[str, Any]:
         try:
             limit = int(form.get("limit") or 50)
         except (TypeError, ValueError) as exc:
             raise SearchError("limit must be a whole number") from exc
         limit = max(1, min(limit, MAX_STUDIES))
-        query = parse(study_identifier(form), Model.STUDY_ROOT, relational=True)
+        identifier = study_identifier(form)
+        own = gate(identifier) if gate is not None else None
+        if own is not None:
+            limit = min(limit, own)
+        query = parse(identifier, Model.STUDY_ROOT, relational=True)
         studies, more = [], False
         try:
             for answer in self.finder.find(query, max_results=limit):
@@ -121,7 +132,7 @@ class StudyBrowser:
             study["thumbnail"] = firsts.get(study["study"])
         return {"studies": studies, "more": more}
 
-    def contents(self, study_uid: Any) -> dict[str, Any]:
+    def contents(self, study_uid: Any, gate: Gate | None = None) -> dict[str, Any]:
         uid = _text(study_uid, "study")
         if not uid or len(uid) > 64 or not set(uid) <= set("0123456789."):
             raise SearchError("study must be a Study Instance UID")
@@ -130,10 +141,12 @@ class StudyBrowser:
         identifier.StudyInstanceUID = uid
         for keyword in _IMAGE_ANSWER:
             setattr(identifier, keyword, "")
+        own = gate(identifier) if gate is not None else None
         query = parse(identifier, Model.STUDY_ROOT, relational=True)
         series: dict[str, dict[str, Any]] = {}
         try:
-            for answer in self.finder.find(query, max_results=MAX_INSTANCES):
+            for answer in self.finder.find(query, max_results=min(MAX_INSTANCES,
+                                                                   own or MAX_INSTANCES)):
                 plain = _plain(answer)
                 values = {k: _json_value(plain, k) for k in _IMAGE_ANSWER}
                 entry = series.setdefault(str(values["SeriesInstanceUID"]), {

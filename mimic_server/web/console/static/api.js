@@ -39,7 +39,7 @@ export function instancePath(study, series, instance) {
   return `/dicomweb/studies/${e(study)}/series/${e(series)}/instances/${e(instance)}`;
 }
 
-// Small DOM helpers: text only (never innerHTML with data).
+// Small DOM helpers: data goes in as text nodes, never parsed as markup.
 export function el(tag, attributes, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes || {})) {

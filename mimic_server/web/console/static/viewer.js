@@ -12,11 +12,18 @@ function images() {
     Array.from({ length: instance.frames || 1 }, (_, frame) => ({ series, instance, frame: frame + 1 }))) : [];
 }
 
+// The view of the fragment '#study' (the study itself stays in this page's memory, never in
+// the URL); without an opened study it goes back to the search.
+export async function showStudy() {
+  if (!state.study) window.location.hash = '#studies';
+}
+
 export async function openStudy(study) {
   const contents = await postJson('/console/api/study', { study: study.study });
   state.study = contents.study;
   state.series = contents.series;
   state.seriesIndex = 0;
+  if (window.location.hash !== '#study') window.location.hash = '#study'; // Back returns to the search
   for (const section of document.querySelectorAll('.view')) section.hidden = section.id !== 'view-study';
   document.getElementById('study-title').textContent =
     [dicomName(study.PatientName), study.StudyDescription, study.StudyDate].filter(Boolean).join(' · ') || 'Study';
