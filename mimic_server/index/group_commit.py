@@ -10,9 +10,9 @@ What makes it safe:
 
 - every caller blocks until the transaction that holds its writes has committed, and only then
   gets its own result: the C-STORE's Success is sent after its row is durable, as before;
-- each caller's writes run in their own savepoint, so one failing instance (a constraint, a
-  lost insert race, bad data) rolls back alone and its caller gets its own exception, while
-  the others commit;
+- one failing instance (a constraint, a lost insert race, bad data) fails alone: its caller
+  gets its own exception, the transaction is rolled back and the others are written again
+  without it, before any of them is answered;
 - a failure of the transaction itself (cannot begin, connection lost, the commit fails) is
   every waiter's error: none of them is told its writes are kept;
 - the caller's ``work`` does all its writes on the connection it is given (the instance row
@@ -119,32 +119,31 @@ class GroupCommitter:
             self._cond.notify_all()  # the waiters of this batch, and the next leader
 
     def _commit(self, batch: list[_Waiter[Any]]) -> None:
-        """One transaction for the batch; each waiter's outcome is set, nothing is raised."""
-        try:
-            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                if len(batch) == 1:
-                    # Alone: its error rolls the transaction back, as without group commit,
-                    # and no savepoint costs a round trip.
-                    batch[0].value = batch[0].work(conn)
-                else:
-                    for waiter in batch:
-                        _run_in_savepoint(conn, waiter)
-        except BaseException as exc:  # the transaction's own failure is everyone's
-            for waiter in batch:
-                if waiter.error is None:
-                    waiter.value, waiter.error = None, exc
-        if len(batch) > 1:
-            log.debug("group commit", extra={"instances": len(batch)})
+        """One transaction for the batch; each waiter's outcome is set, nothing is raised.
 
-
-def _run_in_savepoint(conn: Connection, waiter: _Waiter[Any]) -> None:
-    """The waiter's writes, undone alone if they fail; a savepoint that cannot be rolled back
-    (the connection is gone) raises: then the whole transaction fails."""
-    savepoint = conn.begin_nested()
-    try:
-        waiter.value = waiter.work(conn)
-    except Exception as exc:
-        savepoint.rollback()
-        waiter.value, waiter.error = None, exc
-    else:
-        savepoint.commit()
+        Writes that fail roll the whole transaction back (PostgreSQL cannot go on after an
+        error anyway), the failing waiter keeps its error, and the others are written again
+        in a new transaction at once: each failure takes one waiter out, so this ends. A
+        savepoint per waiter would avoid the rewrite, but costs two more round trips to the
+        database for every instance, failing or not."""
+        pending = list(batch)
+        while pending:
+            failed: _Waiter[Any] | None = None
+            try:
+                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                    for waiter in pending:
+                        failed = waiter
+                        waiter.value = waiter.work(conn)
+                    failed = None
+            except BaseException as exc:
+                if failed is None:  # begin or commit: the transaction's failure is everyone's
+                    for waiter in pending:
+                        waiter.value, waiter.error = None, exc
+                    return
+                failed.value, failed.error = None, exc
+                pending.remove(failed)
+                if pending:
+                    log.debug("group commit: one instance failed, the others again",
+                              extra={"instances": len(pending)})
+                continue
+            return

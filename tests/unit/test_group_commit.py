@@ -179,7 +179,7 @@ def test_one_bad_instance_fails_alone_and_takes_its_audit_row_with_it(
     index: SqlIndex,
 ) -> None:
     def bad(conn: Connection) -> None:
-        _audited(conn)  # written, then undone with the instance's savepoint
+        _audited(conn)  # written, then rolled back with the instance
         conn.execute(text("SELECT no_such_column FROM instances"))
 
     def upsert(n: int) -> Callable[[], Any]:
@@ -198,7 +198,7 @@ def test_one_bad_instance_fails_alone_and_takes_its_audit_row_with_it(
 
 def test_a_transient_failure_in_a_batch_is_retried_alone(index: SqlIndex) -> None:
     """A stale series id in the cache fails that instance's insert (an IntegrityError, which
-    is transient): its savepoint rolls back, the others commit, and its retry succeeds."""
+    is transient): the batch is written again without it, and its retry succeeds."""
     index.upsert_instance(_attrs(100, series=7), object_key="seed", **COMMON)
 
     def upsert(n: int) -> Callable[[], Any]:
