@@ -38,15 +38,17 @@ class SqlIndex:
     """An :class:`~mimic_server.index.Index` on SQLAlchemy Core."""
 
     def __init__(
-        self, engine: Engine, *, group_commit: bool = True, max_batch: int = MAX_BATCH
+        self, engine: Engine, *, group_commit: bool = True, max_batch: int = MAX_BATCH,
+        in_flight: int | None = None,
     ) -> None:
         self.engine = engine
         #: Shares the commits of concurrent upserts (None: one transaction each). SQLite has
-        #: one writer: one batch at a time. PostgreSQL runs a few side by side, so that the
-        #: statements' round trips of one batch do not hold up the next.
+        #: one writer: one batch at a time. PostgreSQL runs a few side by side (default 2),
+        #: so that the statements' round trips of one batch do not hold up the next.
+        if in_flight is None:
+            in_flight = 1 if engine.dialect.name == "sqlite" else _PG_IN_FLIGHT
         self.committer = (
-            GroupCommitter(engine, max_batch=max_batch,
-                           in_flight=1 if engine.dialect.name == "sqlite" else _PG_IN_FLIGHT)
+            GroupCommitter(engine, max_batch=max_batch, in_flight=in_flight)
             if group_commit else None
         )
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
