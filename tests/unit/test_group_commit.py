@@ -366,3 +366,52 @@ def test_many_threads_many_batches_each_get_their_own_result(
         assert callers.results[t] == expected
     assert _rows(index, Instance) == 180 and _rows(index, AuditEvent) == 240
     assert index.committer.instances >= 240  # retries of transient failures come again
+
+
+def test_postgresql_stopped_under_a_held_batch_fails_every_waiter(tmp_path: Any) -> None:
+    """A private cluster (never the shared one) is stopped while a batch's commit is held and
+    others wait behind it: every caller gets OutOfResources (0xA700 at the DIMSE level), and
+    once the database is back none of their rows is there."""
+    from mimic_server.index import schema
+    from tests import database
+
+    cluster = database.PrivateCluster()
+    cluster.start()
+    try:
+        with database.fresh_database(cluster.url) as url:
+            engine = create_index_engine(url)
+            schema.upgrade(engine)
+            index = SqlIndex(engine, in_flight=1)
+            assert index.committer is not None
+            hold = _Hold(index)
+            callers = _Callers()
+
+            def upsert(n: int) -> Callable[[], Any]:
+                return lambda: index.upsert_instance(_attrs(n), object_key=f"k/{n}",
+                                                     in_transaction=_audited, **COMMON)
+
+            try:
+                callers.start(0, upsert(0))
+                assert hold.reached.wait(30)
+                for n in range(1, 6):
+                    callers.start(n, upsert(n))
+                assert wait_for(lambda: index.committer.waiting == 5, timeout=30)
+                cluster.stop()
+                hold.released.set()
+                callers.join()
+            finally:
+                hold.remove()
+            assert set(callers.errors) == set(range(6)), callers.results
+            assert all(isinstance(e, OutOfResources) for e in callers.errors.values())
+            engine.dispose()
+            cluster.start()
+            engine = create_index_engine(url)
+            try:
+                back = SqlIndex(engine)
+                assert _rows(back, Instance) == 0 and _rows(back, AuditEvent) == 0
+                back.upsert_instance(_attrs(9), object_key="k/9", **COMMON)  # and it works
+                assert _rows(back, Instance) == 1
+            finally:
+                engine.dispose()
+    finally:
+        cluster.remove()
