@@ -7,7 +7,11 @@ the two settings alternate run by run (on, off, off, on, on, off, ...), so that 
 speed drifts (shared, noisy) treats both alike. Reported: the best and the median of the rounds.
 
     .venv/bin/python bench/group_commit.py [--rounds N] [--count N] [--large N]
-        [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+        [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--index-only]
+
+``--index-only`` times ``SqlIndex.upsert_instance`` alone (an audit row each) from one thread
+per association, ``--count`` instances each: the part group commit changes, without the DICOM
+stack around it, and far less exposed to the machine's noise.
 
 Results are printed and written to ``bench/results/group_commit.json``.
 """
@@ -30,7 +34,7 @@ from bench import store_throughput as st
 RESULTS = st.ROOT / "bench" / "results" / "group_commit.json"
 
 
-def run(data: st.DataSet, associations: int, pki: st.Pki, work: Path, database: str | None,
+def run(data: st.DataSet, associations: int, pki: st.Pki | None, work: Path, database: str | None,
         group_commit: bool, n: int) -> float:
     st.MimicServer.postgres_server = database
     st.MimicServer.extra_env = {"MIMIC_GROUP_COMMIT": "true" if group_commit else "false",
@@ -42,6 +46,85 @@ def run(data: st.DataSet, associations: int, pki: st.Pki, work: Path, database: 
         shutil.rmtree(server.workdir, ignore_errors=True)
 
 
+def index_only(database: str | None, threads: int, per_thread: int, group_commit: bool,
+               work: Path, n: int) -> float:
+    """Instances/s of ``SqlIndex.upsert_instance`` alone (with an audit row each, as in the
+    PostgreSQL configuration) from ``threads`` threads: the part group commit changes,
+    without the DICOM stack around it."""
+    import copy
+    import threading
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    import pydicom.data
+    from pydicom.uid import generate_uid
+
+    from mimic_server.index import schema
+    from mimic_server.index.attributes import InstanceAttributes
+    from mimic_server.index.audit_table import AuditTable
+    from mimic_server.index.engine import create_index_engine
+    from mimic_server.index.repository import SqlIndex
+
+    url = (st._create_database(database) if database
+           else f"sqlite:///{work / f'index-{n}.sqlite3'}")
+    engine = create_index_engine(url)
+    try:
+        if not database:
+            schema.upgrade(engine)
+        index = SqlIndex(engine, group_commit=group_commit)
+        base = pydicom.dcmread(Path(pydicom.data.DATA_ROOT) / "test_files" / "CT_small.dcm",
+                               stop_before_pixels=True)
+        entry = SimpleNamespace(when=datetime.now(UTC), event_code="110104", event_type=None,
+                                outcome=0, identity="bench", trust_name=None, calling_ae="B",
+                                user=None, studies=(str(base.StudyInstanceUID),),
+                                xml="<AuditMessage/>" * 100)
+        attrs = []
+        for _ in range(threads * per_thread):
+            ds = copy.deepcopy(base)
+            ds.SOPInstanceUID = generate_uid(st.UID_PREFIX)
+            attrs.append(InstanceAttributes.from_header(ds))
+
+        def sender(part: list[InstanceAttributes]) -> None:
+            for a in part:
+                index.upsert_instance(
+                    a, transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=a.sop_instance_uid,
+                    sha256="0" * 64, size=1, received_from="bench",
+                    in_transaction=lambda conn: AuditTable.write_in(conn, entry))
+
+        workers = [threading.Thread(target=sender, args=(attrs[i::threads],))
+                   for i in range(threads)]
+        start = time.perf_counter()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        seconds = time.perf_counter() - start
+        if index.count_instances() != len(attrs):
+            raise st.BenchError("index holds fewer instances than were upserted")
+        return len(attrs) / seconds
+    finally:
+        engine.dispose()
+        if database:
+            st._drop_database(database, url)
+
+
+def _summarize(row: dict[str, object], rates_by_setting: dict[bool, list[float]]) -> None:
+    """Best and median instances/s of each setting into ``row``, and print it."""
+    figures = {}
+    for on, label in ((True, "on"), (False, "off")):
+        rates = sorted(rates_by_setting[on])
+        figures[label] = {"best": round(rates[-1], 1),
+                          "median": round(statistics.median(rates), 1),
+                          "runs_inst_s": [round(x, 1) for x in rates]}
+    row.update(figures)
+    row["ratio_best"] = round(figures["on"]["best"] / figures["off"]["best"], 3)
+    row["ratio_median"] = round(figures["on"]["median"] / figures["off"]["median"], 3)
+    print(f"{row['index']:10} {row['data']:5} {row['associations']} assoc: on best "
+          f"{figures['on']['best']:7.1f} median {figures['on']['median']:7.1f} | off best "
+          f"{figures['off']['best']:7.1f} median {figures['off']['median']:7.1f} inst/s | "
+          f"x{row['ratio_best']:.2f} (medians x{row['ratio_median']:.2f})", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs of each setting")
@@ -51,6 +134,9 @@ def main() -> int:
     parser.add_argument("--database-url", metavar="URL",
                         help="also PostgreSQL: a server to create a database on per run")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--index-only", action="store_true",
+                        help="upsert_instance alone from threads (one per association), "
+                        "--count instances per thread, no DICOM")
     args = parser.parse_args()
     indexes: list[tuple[str, str | None]] = [("embedded", None)]
     if args.database_url:
@@ -59,14 +145,27 @@ def main() -> int:
     results = []
     with st.terminated_as_exit(), tempfile.TemporaryDirectory(prefix="mimic-gc-") as tmp:
         work = Path(tmp)
-        sets = [st.make_small(work / "in" / "small", args.count)]
-        if args.large:
+        sets = [] if args.index_only else [st.make_small(work / "in" / "small", args.count)]
+        if args.large and not args.index_only:
             sets.append(st.make_large(work / "in" / "large", args.large))
-        pki = st.make_pki(work / "pki")
+        pki = None if args.index_only else st.make_pki(work / "pki")
         before = st.machine()
         n = 0
         try:
             for index, database in indexes:
+                if args.index_only:
+                    for threads in counts:
+                        got: dict[bool, list[float]] = {True: [], False: []}
+                        for r in range(args.rounds):
+                            for on in (True, False) if r % 2 == 0 else (False, True):
+                                n += 1
+                                got[on].append(index_only(database, threads, args.count, on,
+                                                          work, n))
+                        row = {"index": index, "data": "upsert_instance only",
+                               "count": threads * args.count, "associations": threads}
+                        _summarize(row, got)
+                        results.append(row)
+                    continue
                 for data in sets:
                     for associations in counts:
                         runs: dict[bool, list[float]] = {True: [], False: []}
@@ -78,20 +177,9 @@ def main() -> int:
                                                     on, n))
                         row = {"index": index, "data": data.name, "count": data.count,
                                "associations": associations}
-                        for on, label in ((True, "on"), (False, "off")):
-                            rates = sorted(data.count / s for s in runs[on])
-                            row[label] = {"best": round(rates[-1], 1),
-                                          "median": round(statistics.median(rates), 1),
-                                          "runs_inst_s": [round(x, 1) for x in rates]}
-                        row["ratio_best"] = round(row["on"]["best"] / row["off"]["best"], 3)
-                        row["ratio_median"] = round(row["on"]["median"] / row["off"]["median"],
-                                                    3)
+                        _summarize(row, {on: [data.count / s for s in runs[on]]
+                                         for on in runs})
                         results.append(row)
-                        print(f"{index:10} {data.name:5} {associations} assoc: on best "
-                              f"{row['on']['best']:7.1f} median {row['on']['median']:7.1f} | "
-                              f"off best {row['off']['best']:7.1f} median "
-                              f"{row['off']['median']:7.1f} inst/s | x{row['ratio_best']:.2f}"
-                              f" (medians x{row['ratio_median']:.2f})", flush=True)
         except st.BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1
