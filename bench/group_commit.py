@@ -32,13 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import store_throughput as st
 
 RESULTS = st.ROOT / "bench" / "results" / "group_commit.json"
+#: Settings of the runs with group commit on (``--in-flight``).
+EXTRA_ON: dict[str, str] = {}
 
 
 def run(data: st.DataSet, associations: int, pki: st.Pki | None, work: Path, database: str | None,
         group_commit: bool, n: int) -> float:
     st.MimicServer.postgres_server = database
     st.MimicServer.extra_env = {"MIMIC_GROUP_COMMIT": "true" if group_commit else "false",
-                                "MIMIC_OPS_PORT": "0"}
+                                "MIMIC_OPS_PORT": "0", **(EXTRA_ON if group_commit else {})}
     server = st.MimicServer(work / f"mimic-{n}", pki)
     try:
         return st.measure_once(server, data, associations, work)
@@ -47,7 +49,7 @@ def run(data: st.DataSet, associations: int, pki: st.Pki | None, work: Path, dat
 
 
 def index_only(database: str | None, threads: int, per_thread: int, group_commit: bool,
-               work: Path, n: int) -> float:
+               work: Path, n: int, in_flight: int | None = None) -> float:
     """Instances/s of ``SqlIndex.upsert_instance`` alone (with an audit row each, as in the
     PostgreSQL configuration) from ``threads`` threads: the part group commit changes,
     without the DICOM stack around it."""
@@ -71,7 +73,7 @@ def index_only(database: str | None, threads: int, per_thread: int, group_commit
     try:
         if not database:
             schema.upgrade(engine)
-        index = SqlIndex(engine, group_commit=group_commit)
+        index = SqlIndex(engine, group_commit=group_commit, in_flight=in_flight)
         base = pydicom.dcmread(Path(pydicom.data.DATA_ROOT) / "test_files" / "CT_small.dcm",
                                stop_before_pixels=True)
         entry = SimpleNamespace(when=datetime.now(UTC), event_code="110104", event_type=None,
@@ -137,7 +139,12 @@ def main() -> int:
     parser.add_argument("--index-only", action="store_true",
                         help="upsert_instance alone from threads (one per association), "
                         "--count instances per thread, no DICOM")
+    parser.add_argument("--in-flight", type=int, metavar="N",
+                        help="MIMIC_GROUP_COMMIT_IN_FLIGHT of the runs with group commit "
+                        "(default: MIMIC's own)")
     args = parser.parse_args()
+    if args.in_flight:
+        EXTRA_ON["MIMIC_GROUP_COMMIT_IN_FLIGHT"] = str(args.in_flight)
     indexes: list[tuple[str, str | None]] = [("embedded", None)]
     if args.database_url:
         indexes.append(("postgresql", args.database_url))
@@ -160,7 +167,7 @@ def main() -> int:
                             for on in (True, False) if r % 2 == 0 else (False, True):
                                 n += 1
                                 got[on].append(index_only(database, threads, args.count, on,
-                                                          work, n))
+                                                          work, n, args.in_flight))
                         row = {"index": index, "data": "upsert_instance only",
                                "count": threads * args.count, "associations": threads}
                         _summarize(row, got)

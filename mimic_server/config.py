@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     )
     group_commit_in_flight: int | None = Field(
         None, ge=1, le=32, description="Shared index transactions that may be committing at "
-        "once (default: 1 on SQLite, which has one writer; 2 on PostgreSQL). More suits a "
-        "database far away (each statement a network round trip) with many associations.",
+        "once (default: 1 on SQLite, which has one writer; 8 on PostgreSQL, which shares WAL "
+        "flushes itself: there batches form only beyond 8 concurrent C-STOREs).",
     )
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."

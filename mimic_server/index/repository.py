@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 _ATTEMPTS = 4
 _CACHED_SERIES = 10000
-_PG_IN_FLIGHT = 2
+#: PostgreSQL: up to the pool size committing at once, so batches form only beyond 8 concurrent
+#: writers. PostgreSQL already shares WAL flushes between concurrent commits, and a batch's
+#: statements run one after another: one batch at a time measured 0.55x (docs/benchmarks.md).
+_PG_IN_FLIGHT = 8
 
 
 class SqlIndex:
@@ -43,8 +46,7 @@ class SqlIndex:
     ) -> None:
         self.engine = engine
         #: Shares the commits of concurrent upserts (None: one transaction each). SQLite has
-        #: one writer: one batch at a time. PostgreSQL runs a few side by side (default 2),
-        #: so that the statements' round trips of one batch do not hold up the next.
+        #: one writer: one batch at a time. PostgreSQL runs up to 8 side by side (see above).
         if in_flight is None:
             in_flight = 1 if engine.dialect.name == "sqlite" else _PG_IN_FLIGHT
         self.committer = (
