@@ -1,10 +1,11 @@
 """What group commit is worth: MIMIC with ``MIMIC_GROUP_COMMIT`` on and off, interleaved.
 
-Uses ``store_throughput``'s objects, senders and receiver (dcmtk ``storescu``, ``TCP_NODELAY=1``,
-mutual TLS, counts verified after every run). For each index (embedded SQLite; PostgreSQL when
-``--database-url`` names a server: a fresh database per run) and each number of associations,
-the two settings alternate run by run (on, off, off, on, on, off, ...), so that a machine whose
-speed drifts (shared, noisy) treats both alike. Reported: the best and the median of the rounds.
+Uses ``store_throughput``'s objects, senders and MIMIC receiver (dcmtk ``storescu``,
+``TCP_NODELAY=1``, mutual TLS, counts verified after every run). For each index (embedded
+SQLite; PostgreSQL when ``--database-url`` names a server: a fresh database per run) and each
+number of associations, the two settings alternate run by run (on, off, off, on, ...), so
+that a machine whose speed drifts (shared, noisy) treats both alike. Reported: the best and
+the median of the rounds.
 
     .venv/bin/python bench/group_commit.py [--rounds N] [--count N] [--large N]
         [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--index-only]
@@ -20,14 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
 
 from bench import store_throughput as st
 
@@ -36,12 +41,73 @@ RESULTS = st.ROOT / "bench" / "results" / "group_commit.json"
 EXTRA_ON: dict[str, str] = {}
 
 
+class Mimic(st.MimicServer):
+    """``store_throughput``'s MIMIC receiver with the group commit setting and, with a
+    PostgreSQL server, a fresh database per run (made as an operator would:
+    ``mimic db upgrade``) instead of the embedded index."""
+
+    postgres_server: str | None = None
+    extra_env: dict[str, str] = {}
+
+    def __init__(self, workdir: Path, pki: st.Pki | None) -> None:
+        super().__init__(workdir, pki)
+        self.database: str | None = None
+
+    def start(self) -> None:
+        if self.postgres_server is not None:
+            self.database = _create_database(self.postgres_server)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.postgres_server is not None and self.database is not None:
+            _drop_database(self.postgres_server, self.database)
+            self.database = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        cmd, env = super().command()
+        env.update(self.extra_env, MIMIC_OPS_PORT="0")
+        if self.database is not None:
+            env["MIMIC_DATABASE_URL"] = self.database
+        return cmd, env
+
+    def count(self) -> int:
+        if self.database is None:
+            return super().count()
+        url = self.database.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM instances").fetchone()
+            return int(row[0]) if row else 0
+
+
+def _create_database(server_url: str) -> str:
+    """A fresh database on the PostgreSQL server at the current schema; its SQLAlchemy URL."""
+    name = f"mimic_bench_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{server_url.rsplit('/', 1)[0]}/{name}".replace(
+        "postgresql://", "postgresql+psycopg://")
+    out = subprocess.run([*st.MIMIC[:-1], "db", "upgrade", "--database-url", url],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "MIMIC_OPS_PORT": "0"})
+    if out.returncode != 0:
+        _drop_database(server_url, url)
+        raise st.BenchError(f"mimic db upgrade failed: {out.stderr}")
+    return url
+
+
+def _drop_database(server_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run(data: st.DataSet, associations: int, pki: st.Pki | None, work: Path, database: str | None,
         group_commit: bool, n: int) -> float:
-    st.MimicServer.postgres_server = database
-    st.MimicServer.extra_env = {"MIMIC_GROUP_COMMIT": "true" if group_commit else "false",
-                                "MIMIC_OPS_PORT": "0", **(EXTRA_ON if group_commit else {})}
-    server = st.MimicServer(work / f"mimic-{n}", pki)
+    Mimic.postgres_server = database
+    Mimic.extra_env = {"MIMIC_GROUP_COMMIT": "true" if group_commit else "false",
+                       **(EXTRA_ON if group_commit else {})}
+    server = Mimic(work / f"mimic-{n}", pki)
     try:
         return st.measure_once(server, data, associations, work)
     finally:
@@ -67,7 +133,7 @@ def index_only(database: str | None, threads: int, per_thread: int, group_commit
     from mimic_server.index.engine import create_index_engine
     from mimic_server.index.repository import SqlIndex
 
-    url = (st._create_database(database) if database
+    url = (_create_database(database) if database
            else f"sqlite:///{work / f'index-{n}.sqlite3'}")
     engine = create_index_engine(url)
     try:
@@ -107,7 +173,7 @@ def index_only(database: str | None, threads: int, per_thread: int, group_commit
     finally:
         engine.dispose()
         if database:
-            st._drop_database(database, url)
+            _drop_database(database, url)
 
 
 def _summarize(row: dict[str, object], rates_by_setting: dict[bool, list[float]]) -> None:

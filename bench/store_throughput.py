@@ -290,33 +290,10 @@ class Server:
 class MimicServer(Server):
     label = "mimic"
     called_ae = "MIMIC"
-    #: A PostgreSQL server (maintenance database URL): each run gets a fresh, migrated
-    #: database on it instead of the embedded SQLite index (``--database-url``).
-    postgres_server: str | None = None
-    #: More MIMIC_* settings for every run (``--mimic-env``; e.g. MIMIC_GROUP_COMMIT=false).
-    extra_env: dict[str, str] = {}
-
-    def __init__(self, workdir: Path, pki: Pki | None) -> None:
-        super().__init__(workdir, pki)
-        self.database: str | None = None
-
-    def start(self) -> None:
-        if self.postgres_server is not None:
-            self.database = _create_database(self.postgres_server)
-        super().start()
-
-    def stop(self) -> None:
-        super().stop()
-        if self.postgres_server is not None and self.database is not None:
-            _drop_database(self.postgres_server, self.database)
-            self.database = None
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
         env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json")
-        env.update(self.extra_env)
-        if self.database is not None:
-            env["MIMIC_DATABASE_URL"] = self.database
         if self.pki is not None:
             env["MIMIC_CERT_DIR"] = str(self.pki.ca.parent.parent)
         tls = ["--tls"] if self.pki is not None else ["--no-tls"]
@@ -336,43 +313,9 @@ class MimicServer(Server):
         raise BenchError(f"mimic serve did not start:\n{tail(self.log_path)}")
 
     def count(self) -> int:
-        if self.database is not None:
-            import psycopg
-
-            url = self.database.replace("postgresql+psycopg://", "postgresql://")
-            with psycopg.connect(url) as conn:
-                row = conn.execute("SELECT count(*) FROM instances").fetchone()
-                return int(row[0]) if row else 0
         db = self.workdir / "data" / "index.sqlite3"
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
-
-
-def _create_database(server_url: str) -> str:
-    """A fresh database on the PostgreSQL server, brought to the schema as an operator
-    would (``mimic db upgrade``); its SQLAlchemy URL."""
-    import psycopg
-
-    name = f"mimic_bench_{os.getpid()}_{time.monotonic_ns()}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server_url.rsplit('/', 1)[0]}/{name}".replace(
-        "postgresql://", "postgresql+psycopg://")
-    out = subprocess.run([*MIMIC[:-1], "db", "upgrade", "--database-url", url],
-                         capture_output=True, text=True, timeout=120, check=False,
-                         env={**os.environ, "MIMIC_OPS_PORT": "0"})
-    if out.returncode != 0:
-        _drop_database(server_url, url)
-        raise BenchError(f"mimic db upgrade failed: {out.stderr}")
-    return url
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class StorescpServer(Server):
@@ -579,14 +522,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--target-only", action="store_true",
                         help="only the issue's target scenario: small objects, TLS, 1 assoc")
-    parser.add_argument("--database-url", metavar="URL",
-                        help="PostgreSQL server (e.g. postgresql://postgres@127.0.0.1:5432/"
-                        "postgres): MIMIC indexes into a fresh database on it per run")
-    parser.add_argument("--mimic-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="a MIMIC_* setting for every MIMIC run (repeatable)")
     args = parser.parse_args()
-    MimicServer.postgres_server = args.database_url
-    MimicServer.extra_env = dict(item.split("=", 1) for item in args.mimic_env)
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             print(f"{tool} (dcmtk) is not installed", file=sys.stderr)
