@@ -232,6 +232,10 @@ class Archive:
         # syslog client certificate defaults to the server's own.
         self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
         self.metrics.audit_failures_from(lambda: self.audit.failures)
+        committer = getattr(index, "committer", None)  # group commit (None: off)
+        if committer is not None:
+            self.metrics.index_commits_from(lambda: committer.batches,
+                                            lambda: committer.instances)
         self.refusals = RefusalAudit(self.audit, s.audit_refusal_interval)
         self.refusals.start()
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)

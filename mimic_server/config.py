@@ -111,6 +111,19 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
     )
     max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
+    group_commit: bool = Field(
+        True, description="Concurrent C-STOREs share index transactions (one commit, one "
+        "fsync, for all that arrived while the previous commit was in flight); each is "
+        "answered only once its own row has committed. 'false' gives each its own.",
+    )
+    group_commit_max: int = Field(
+        64, ge=1, le=1000, description="Instances one shared index transaction may take."
+    )
+    group_commit_in_flight: int | None = Field(
+        None, ge=1, le=32, description="Shared index transactions that may be committing at "
+        "once (default: 1 on SQLite, which has one writer; 8 on PostgreSQL, which shares WAL "
+        "flushes itself: there batches form only beyond 8 concurrent C-STOREs).",
+    )
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
     )

@@ -114,7 +114,9 @@ def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlI
     except Exception as exc:
         engine.dispose()
         raise ConfigurationError(f"index database unusable: {exc}") from exc
-    return engine, SqlIndex(engine)
+    return engine, SqlIndex(engine, group_commit=settings.group_commit,
+                            max_batch=settings.group_commit_max,
+                            in_flight=settings.group_commit_in_flight)
 
 
 def open_object_store(settings: Settings, credential: Any = None) -> ObjectStore:

@@ -37,9 +37,11 @@ class Index(Protocol):
     ) -> str | None:
         """Index one instance in one transaction; return the object key it replaced, if any.
 
+        Returns (or raises) only once that transaction has committed (or failed); it may be
+        shared with concurrent callers (group commit), whose failures are not this caller's.
         ``in_transaction(connection)`` writes more in the same transaction (the C-STORE's
         audit row, in the PostgreSQL configuration): it commits with the instance or not at
-        all, and a retried transaction runs it again on its new connection."""
+        all, and a retried or rewritten transaction runs it again on its connection."""
         ...
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...

@@ -182,6 +182,19 @@ class ArchiveMetrics:
             )
         )
 
+    def index_commits_from(self, commits: Callable[[], int],
+                           instances: Callable[[], int]) -> None:
+        """Group commit counts its shared transactions and the instances they carried (their
+        ratio is the mean batch size); read them at scrape time."""
+        self.registry.register(_CallbackCounter(
+            "mimic_index_group_commits",
+            "Shared index transactions of C-STOREs (group commit), committed or failed.",
+            lambda: float(commits())))
+        self.registry.register(_CallbackCounter(
+            "mimic_index_group_commit_instances",
+            "Instance writes those transactions carried (retries count again).",
+            lambda: float(instances())))
+
     # -- exposition ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:

@@ -115,6 +115,8 @@ def test_metrics_count_what_peers_did(server: MimicProcess) -> None:
     assert grew("mimic_dimse_requests_total", service="C-STORE", status="success") == 1
     assert grew("mimic_dimse_request_duration_seconds_count", service="C-STORE") == 1
     assert 0 < grew("mimic_stored_bytes_total") < ct_small().stat().st_size  # the data set
+    assert grew("mimic_index_group_commits_total") == 1  # a lone C-STORE: its own commit
+    assert grew("mimic_index_group_commit_instances_total") == 1
 
     now = samples(server)
     assert now[("mimic_trusted_certificates", ())] >= 1

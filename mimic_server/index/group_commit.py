@@ -1,0 +1,149 @@
+"""Group commit: the index writes of concurrent C-STOREs share one transaction and one commit.
+
+A commit is the expensive part of indexing an instance (SQLite: an fsync of the WAL; PostgreSQL:
+a round trip and a WAL flush), so writers that arrive while a commit is in flight wait for it,
+and then the first of them commits all of them at once (leader/follower group commit). A batch
+is only ever made of callers that were already waiting: a lone caller commits at once, without
+added latency.
+
+What makes it safe:
+
+- every caller blocks until the transaction that holds its writes has committed, and only then
+  gets its own result: the C-STORE's Success is sent after its row is durable, as before;
+- one failing instance (a constraint, a lost insert race, bad data) fails alone: its caller
+  gets its own exception, the transaction is rolled back and the others are written again
+  without it, before any of them is answered;
+- a failure of the transaction itself (cannot begin, connection lost, the commit fails) is
+  every waiter's error: none of them is told its writes are kept;
+- the caller's ``work`` does all its writes on the connection it is given (the instance row
+  and, in the PostgreSQL configuration, its audit row), so they commit together or not at all.
+
+Retries stay with the caller (``SqlIndex.upsert_instance``): a transient error sends its
+instance back to the queue, into a later batch. Batching is per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from mimic_server.index.engine import WRITE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The most instances one transaction takes: a bound on how long a batch holds the write lock
+#: and on what one failure of the transaction itself costs.
+MAX_BATCH = 64
+
+
+class _Waiter(Generic[T]):
+    """One caller's writes, its place in the queue and, once committed, its outcome."""
+
+    __slots__ = ("done", "error", "queued", "value", "work")
+
+    def __init__(self, work: Callable[[Connection], T]) -> None:
+        self.work = work
+        self.queued = True
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Runs each caller's writes in a transaction shared with the callers waiting beside it.
+
+    ``in_flight`` is how many batches may be committing at once: 1 where the database has one
+    writer anyway (SQLite), more where transactions run side by side (PostgreSQL: the next batch
+    need not wait for the previous one's round trips)."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH, in_flight: int = 1) -> None:
+        if max_batch < 1 or in_flight < 1:
+            raise ValueError("max_batch and in_flight must be at least 1")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Waiter[Any]] = deque()
+        self._leaders = 0
+        #: Transactions committed (or failed) and the instances they carried.
+        self.batches = 0
+        self.instances = 0
+        self.largest_batch = 0
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for the next batch (not yet in a transaction)."""
+        with self._cond:
+            return len(self._queue)
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` in a shared write transaction; return its value once that
+        transaction has committed, or raise its own error, or the transaction's."""
+        me: _Waiter[T] = _Waiter(work)
+        with self._cond:
+            self._queue.append(me)
+            while not me.done:
+                if me.queued and self._leaders < self.in_flight:
+                    self._lead()
+                else:
+                    self._cond.wait()
+        if me.error is not None:
+            raise me.error
+        return me.value  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        """Take the callers waiting (up to ``max_batch``, oldest first: this caller among them
+        unless the batch is full) and commit them; called and returns with the lock held."""
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+        for waiter in batch:
+            waiter.queued = False
+        self._leaders += 1
+        self._cond.release()
+        try:
+            self._commit(batch)
+        finally:
+            self._cond.acquire()
+            self._leaders -= 1
+            self.batches += 1
+            self.instances += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            for waiter in batch:
+                waiter.done = True
+            self._cond.notify_all()  # the waiters of this batch, and the next leader
+
+    def _commit(self, batch: list[_Waiter[Any]]) -> None:
+        """One transaction for the batch; each waiter's outcome is set, nothing is raised.
+
+        Writes that fail roll the whole transaction back (PostgreSQL cannot go on after an
+        error anyway), the failing waiter keeps its error, and the others are written again
+        in a new transaction at once: each failure takes one waiter out, so this ends. A
+        savepoint per waiter would avoid the rewrite, but costs two more round trips to the
+        database for every instance, failing or not."""
+        pending = list(batch)
+        while pending:
+            failed: _Waiter[Any] | None = None
+            try:
+                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                    for waiter in pending:
+                        failed = waiter
+                        waiter.value = waiter.work(conn)
+                    failed = None
+            except BaseException as exc:
+                if failed is None:  # begin or commit: the transaction's failure is everyone's
+                    for waiter in pending:
+                        waiter.value, waiter.error = None, exc
+                    return
+                failed.value, failed.error = None, exc
+                pending.remove(failed)
+                if pending:
+                    log.debug("group commit: one instance failed, the others again",
+                              extra={"instances": len(pending)})
+                continue
+            return

@@ -1,0 +1,417 @@
+"""Group commit of concurrent index writes (``index/group_commit.py``), on SQLite and PostgreSQL.
+
+Batches are made deterministic rather than hoped for: the first caller's commit is held at the
+``commit`` event until every other caller is queued behind it, so the next transaction carries
+all of them. The same hold shows the durability rule: while a commit is held, no caller whose
+row it holds has returned (no C-STORE answered Success).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, event, func, select, text
+from sqlalchemy.exc import OperationalError
+
+from mimic_server.dimse.store import handle_store
+from mimic_server.errors import OutOfResources
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.audit_table import AuditTable
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.models import AuditEvent, Instance
+from mimic_server.index.repository import SqlIndex
+from mimic_server.security.policy import Policy
+from mimic_server.storage.memory import MemoryStore
+from tests.data import ct_small
+from tests.support import wait_for
+from tests.unit.test_store_handler import _event, _status
+
+PREFIX = "1.2.826.0.1.3680043.8.498.77."
+COMMON = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1,
+          "received_from": "t"}
+
+
+def _dataset(n: int, series: int = 0) -> Dataset:
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.SeriesInstanceUID = f"{PREFIX}1.{series}"
+    ds.SOPInstanceUID = f"{PREFIX}2.{n}"
+    return ds
+
+
+def _attrs(n: int, series: int = 0) -> InstanceAttributes:
+    return InstanceAttributes.from_header(_dataset(n, series))
+
+
+def _audit_entry(n: int) -> Any:
+    return SimpleNamespace(
+        when=datetime.now(UTC), event_code="110104", event_type=None, outcome=0,
+        identity="t", trust_name=None, calling_ae="CT", user=None, studies=(f"n{n}",),
+        xml="<AuditMessage/>",
+    )
+
+
+def _audited(conn: Connection) -> None:
+    """An audit row in the caller's transaction, like a C-STORE's in the PostgreSQL setup."""
+    AuditTable.write_in(conn, _audit_entry(0))
+
+
+def _rows(index: SqlIndex, model: Any) -> int:
+    with index.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+class _Hold:
+    """Holds the next commit of ``engine`` at its ``commit`` event until ``release``."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self.engine = index.engine
+        self.reached = threading.Event()
+        self.released = threading.Event()
+        self.fail: Exception | None = None
+        self._armed = True
+        event.listen(self.engine, "commit", self._on_commit)
+
+    def _on_commit(self, _conn: Any) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        self.reached.set()
+        assert self.released.wait(60), "the held commit was never released"
+        if self.fail is not None:
+            raise self.fail
+
+    def remove(self) -> None:
+        self.released.set()
+        event.remove(self.engine, "commit", self._on_commit)
+
+
+class _Callers:
+    """Threads that each run one call and keep its own outcome."""
+
+    def __init__(self) -> None:
+        self.threads: dict[int, threading.Thread] = {}
+        self.results: dict[int, Any] = {}
+        self.errors: dict[int, BaseException] = {}
+        self.returned: list[int] = []
+        self._lock = threading.Lock()
+
+    def start(self, n: int, call: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                value = call()
+                with self._lock:
+                    self.results[n] = value
+            except BaseException as exc:
+                with self._lock:
+                    self.errors[n] = exc
+            with self._lock:
+                self.returned.append(n)
+
+        self.threads[n] = threading.Thread(target=run, daemon=True)
+        self.threads[n].start()
+
+    def join(self) -> None:
+        for t in self.threads.values():
+            t.join(60)
+            assert not t.is_alive()
+
+
+@contextmanager
+def _batched(index: SqlIndex, first: Callable[[], Any], rest: dict[int, Callable[[], Any]],
+             fail: Exception | None = None) -> Iterator[_Callers]:
+    """Caller 0 runs ``first`` and its commit is held until every caller of ``rest`` waits
+    behind it; then all go (the held commit fails with ``fail`` if given). Yields the callers
+    after all have returned."""
+    assert index.committer is not None
+    index.committer.in_flight = 1  # PostgreSQL's second batch would not queue behind the hold
+    hold = _Hold(index)
+    hold.fail = fail
+    callers = _Callers()
+    try:
+        callers.start(0, first)
+        assert hold.reached.wait(30)
+        for n, call in rest.items():
+            callers.start(n, call)
+        assert wait_for(lambda: index.committer.waiting == len(rest), timeout=30)
+        # The durability rule: the commit that holds caller 0's row has not happened, so
+        # caller 0 has not returned; nor has anyone queued behind it.
+        assert callers.returned == []
+        hold.released.set()
+        callers.join()
+    finally:
+        hold.remove()
+    yield callers
+
+
+def test_concurrent_callers_share_a_commit_and_each_gets_its_own_result(
+    index: SqlIndex,
+) -> None:
+    for n in range(0, 24, 3):  # every third instance is already stored: its key comes back
+        index.upsert_instance(_attrs(n), object_key=f"old/{n}", **COMMON)
+    before = index.committer.batches if index.committer else 0
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: index.upsert_instance(
+            _attrs(n, n % 2), object_key=f"new/{n}", in_transaction=_audited, **COMMON)
+
+    with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 24)}) as callers:
+        pass
+    assert not callers.errors, callers.errors
+    assert callers.results == {n: f"old/{n}" if n % 3 == 0 else None for n in range(24)}
+    assert index.committer is not None
+    assert index.committer.batches - before == 2 and index.committer.largest_batch == 23
+    for n in range(24):
+        stored = index.get_instance(f"{PREFIX}2.{n}")
+        assert stored is not None and stored.object_key == f"new/{n}"
+    assert _rows(index, Instance) == 24 and _rows(index, AuditEvent) == 24
+
+
+def test_one_bad_instance_fails_alone_and_takes_its_audit_row_with_it(
+    index: SqlIndex,
+) -> None:
+    def bad(conn: Connection) -> None:
+        _audited(conn)  # written, then rolled back with the instance
+        conn.execute(text("SELECT no_such_column FROM instances"))
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: index.upsert_instance(
+            _attrs(n), object_key=f"k/{n}", in_transaction=bad if n == 5 else _audited,
+            **COMMON)
+
+    with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 10)}) as callers:
+        pass
+    assert set(callers.errors) == {5}
+    assert isinstance(callers.errors[5], OutOfResources)
+    assert callers.results == {n: None for n in range(10) if n != 5}
+    assert index.get_instance(f"{PREFIX}2.5") is None
+    assert _rows(index, Instance) == 9 and _rows(index, AuditEvent) == 9
+
+
+def test_a_transient_failure_in_a_batch_is_retried_alone(index: SqlIndex) -> None:
+    """A stale series id in the cache fails that instance's insert (an IntegrityError, which
+    is transient): the batch is written again without it, and its retry succeeds."""
+    index.upsert_instance(_attrs(100, series=7), object_key="seed", **COMMON)
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: index.upsert_instance(_attrs(n, series=7 if n == 3 else 0),
+                                             object_key=f"k/{n}", **COMMON)
+
+    with index._cache_lock:
+        index._series_ids[f"{PREFIX}1.7"] = 987654  # not the series' row any more
+    with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 6)}) as callers:
+        pass
+    assert not callers.errors, callers.errors
+    assert _rows(index, Instance) == 7
+    stored = index.get_instance(f"{PREFIX}2.3")
+    assert stored is not None and stored.object_key == "k/3"
+
+
+def test_a_failed_commit_fails_every_waiter_and_keeps_nothing(index: SqlIndex) -> None:
+    lost = OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: index.upsert_instance(_attrs(n), object_key=f"k/{n}",
+                                             in_transaction=_audited, **COMMON)
+
+    # The held commit (caller 0's) fails; the batch behind it is then held the same way.
+    assert index.committer is not None
+    index.committer.in_flight = 1
+    hold = _Hold(index)
+    hold.fail = lost
+    callers = _Callers()
+    try:
+        callers.start(0, upsert(0))
+        assert hold.reached.wait(30)
+        for n in range(1, 8):
+            callers.start(n, upsert(n))
+        assert wait_for(lambda: index.committer.waiting == 7, timeout=30)
+        second = _Hold(index)
+        second.fail = lost
+        hold.released.set()
+        assert second.reached.wait(30)
+        assert callers.returned == [0]  # the first batch failed; the rest is not committed
+        second.released.set()
+        callers.join()
+    finally:
+        hold.remove()
+        second.remove()
+    assert set(callers.errors) == set(range(8))
+    assert all(isinstance(e, OutOfResources) for e in callers.errors.values())
+    assert not callers.results
+    assert _rows(index, Instance) == 0 and _rows(index, AuditEvent) == 0
+
+
+def test_success_is_answered_only_after_the_commit_that_holds_the_row(
+    index: SqlIndex,
+) -> None:
+    """At the DIMSE level: the C-STORE handler's return value is the response pynetdicom
+    sends; none returns while the commit holding its row is held, and each row is visible
+    to another connection the moment its handler returns."""
+    store = MemoryStore()
+    seen: dict[int, bool] = {}
+
+    def store_one(n: int) -> Callable[[], Any]:
+        ds = copy.deepcopy(pydicom.dcmread(ct_small()))
+        ds.SOPInstanceUID = f"{PREFIX}2.{n}"
+        del ds.file_meta
+
+        def call() -> int:
+            status = _status(handle_store(_event(ds), store, index, Policy("MIMIC")))
+            with index.engine.connect() as other:  # only committed rows are visible here
+                seen[n] = other.execute(select(Instance.id).where(
+                    Instance.sop_instance_uid == ds.SOPInstanceUID)).first() is not None
+            return status
+
+        return call
+
+    with _batched(index, store_one(0), {n: store_one(n) for n in range(1, 12)}) as callers:
+        pass
+    assert not callers.errors, callers.errors
+    assert callers.results == {n: 0x0000 for n in range(12)}
+    assert seen == {n: True for n in range(12)}
+    assert len(store.objects) == 12
+
+
+def test_every_waiter_gets_the_error_when_the_database_is_down() -> None:
+    """Nothing answers on port 9: every concurrent C-STORE is refused 0xA700, nothing kept."""
+    down = SqlIndex(create_index_engine("postgresql+psycopg://mimic@127.0.0.1:9/none"))
+    store = MemoryStore()
+    callers = _Callers()
+    base = pydicom.dcmread(ct_small())
+    del base.file_meta
+    for n in range(8):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = f"{PREFIX}2.{n}"
+        callers.start(n, lambda ds=ds: _status(handle_store(_event(ds), store, down,
+                                                            Policy("MIMIC"))))
+    callers.join()
+    down.engine.dispose()
+    assert callers.results == {n: 0xA700 for n in range(8)}
+    assert not store.objects
+
+
+def test_group_commit_off_gives_each_upsert_its_own_transaction(index: SqlIndex) -> None:
+    alone = SqlIndex(index.engine, group_commit=False)
+    assert alone.committer is None
+    callers = _Callers()
+    for n in range(8):
+        callers.start(n, lambda n=n: alone.upsert_instance(_attrs(n), object_key=f"k/{n}",
+                                                           in_transaction=_audited, **COMMON))
+    callers.join()
+    assert not callers.errors and callers.results == {n: None for n in range(8)}
+    assert _rows(index, Instance) == 8 and _rows(index, AuditEvent) == 8
+
+
+def test_a_lone_caller_is_committed_at_once(index: SqlIndex) -> None:
+    """Nothing queued: the caller leads its own transaction of one (no waiting for company)."""
+    assert index.committer is not None
+    index.upsert_instance(_attrs(1), object_key="k", **COMMON)
+    assert (index.committer.batches, index.committer.largest_batch) == (1, 1)
+
+
+def test_batch_size_is_bounded(index: SqlIndex) -> None:
+    small = SqlIndex(index.engine, max_batch=4)
+    assert small.committer is not None
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: small.upsert_instance(_attrs(n), object_key=f"k/{n}", **COMMON)
+
+    with _batched(small, upsert(0), {n: upsert(n) for n in range(1, 11)}) as callers:
+        pass
+    assert not callers.errors
+    assert small.committer.largest_batch == 4 and small.committer.batches == 4  # 1+4+4+2
+    assert _rows(index, Instance) == 11
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_many_threads_many_batches_each_get_their_own_result(
+    index: SqlIndex, in_flight: int
+) -> None:
+    """No hold: 12 threads of 15 upserts each (a third of them re-sends) into a few series,
+    with one or several batches in flight; every caller gets its own replaced key."""
+    assert index.committer is not None
+    index.committer.in_flight = in_flight
+    callers = _Callers()
+
+    def sender(t: int) -> list[str | None]:
+        got = []
+        for i in range(15):
+            n = t * 100 + i
+            got.append(index.upsert_instance(_attrs(n, series=t % 3), object_key=f"a/{n}",
+                                             in_transaction=_audited, **COMMON))
+            if i % 3 == 0:
+                got.append(index.upsert_instance(_attrs(n, series=t % 3), object_key=f"b/{n}",
+                                                 in_transaction=_audited, **COMMON))
+        return got
+
+    for t in range(12):
+        callers.start(t, lambda t=t: sender(t))
+    callers.join()
+    assert not callers.errors, callers.errors
+    for t in range(12):
+        expected: list[str | None] = []
+        for i in range(15):
+            expected.append(None)
+            if i % 3 == 0:
+                expected.append(f"a/{t * 100 + i}")
+        assert callers.results[t] == expected
+    assert _rows(index, Instance) == 180 and _rows(index, AuditEvent) == 240
+    assert index.committer.instances >= 240  # retries of transient failures come again
+
+
+def test_postgresql_stopped_under_a_held_batch_fails_every_waiter(tmp_path: Any) -> None:
+    """A private cluster (never the shared one) is stopped while a batch's commit is held and
+    others wait behind it: every caller gets OutOfResources (0xA700 at the DIMSE level), and
+    once the database is back none of their rows is there."""
+    from mimic_server.index import schema
+    from tests import database
+
+    cluster = database.PrivateCluster()
+    cluster.start()
+    try:
+        with database.fresh_database(cluster.url) as url:
+            engine = create_index_engine(url)
+            schema.upgrade(engine)
+            index = SqlIndex(engine, in_flight=1)
+            assert index.committer is not None
+            hold = _Hold(index)
+            callers = _Callers()
+
+            def upsert(n: int) -> Callable[[], Any]:
+                return lambda: index.upsert_instance(_attrs(n), object_key=f"k/{n}",
+                                                     in_transaction=_audited, **COMMON)
+
+            try:
+                callers.start(0, upsert(0))
+                assert hold.reached.wait(30)
+                for n in range(1, 6):
+                    callers.start(n, upsert(n))
+                assert wait_for(lambda: index.committer.waiting == 5, timeout=30)
+                cluster.stop()
+                hold.released.set()
+                callers.join()
+            finally:
+                hold.remove()
+            assert set(callers.errors) == set(range(6)), callers.results
+            assert all(isinstance(e, OutOfResources) for e in callers.errors.values())
+            engine.dispose()
+            cluster.start()
+            engine = create_index_engine(url)
+            try:
+                back = SqlIndex(engine)
+                assert _rows(back, Instance) == 0 and _rows(back, AuditEvent) == 0
+                back.upsert_instance(_attrs(9), object_key="k/9", **COMMON)  # and it works
+                assert _rows(back, Instance) == 1
+            finally:
+                engine.dispose()
+    finally:
+        cluster.remove()
