@@ -12,6 +12,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,7 @@ from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.web.metrics import ArchiveMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
+from mimic_server.workers.link import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,13 @@ class Archive:
         object_store: ObjectStore | None = None,
         index: Index | None = None,
         policy: Policy | None = None,
+        worker: WorkerLink | None = None,
     ) -> None:
         """``object_store``, ``index`` and ``policy`` replace the configured ones (tests,
-        tools)."""
+        tools). ``worker``: this archive is one of several worker processes on a shared
+        listening socket (``mimic_server/workers/``)."""
         self.settings = settings
+        self.worker = worker
         self._policy = policy
         self._object_store = object_store
         self._index_override = index
@@ -265,6 +270,7 @@ class Archive:
                 adapt_association=fence.association_adapter(
                     max_pdu_read, ReceiveLimits(s.max_object_bytes, s.spool_path)
                 ),
+                listening_socket=self.worker.listen_socket if self.worker else None,
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -273,7 +279,7 @@ class Archive:
         server.bind(
             evt.EVT_REQUESTED,
             association.handle_requested,
-            [policy, server.live_associations, s.max_associations, self.audit, users],
+            [policy, self._association_count(server), s.max_associations, self.audit, users],
         )
         server.bind(evt.EVT_USER_ID, access.handle_user_id)
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
@@ -318,6 +324,9 @@ class Archive:
         )
         fence.register_server(ae, server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
+        if self.worker is not None:
+            self.metrics.serve_as_worker(self.worker.slot)
+            self.worker.start_sampling(server.live_associations, self.metrics.sample)
 
         if source is not None:
             self.watcher = CertificateWatcher(
@@ -338,8 +347,10 @@ class Archive:
         if s.ops_port:
             self._start_ops(object_store)
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        if self.worker is not None:  # the supervisor says "listening" once all are ready
+            self.worker.report(event="ready", server_not_after=self._not_after_timestamp())
         log.info(
-            "listening",
+            "listening" if self.worker is None else "worker listening",
             extra={
                 "address": f"{self.address[0]}:{self.address[1]}", "ae_title": s.ae_title,
                 "tls": s.tls, "index": self.engine.dialect.name if self.engine else "",
@@ -347,6 +358,17 @@ class Archive:
                 "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
             },
         )
+
+    def _association_count(self, server: MimicAssociationServer) -> Callable[[], int]:
+        """What the admission check counts: this process's open associations, or with
+        several workers the server's total (``workers/table.py``)."""
+        if self.worker is None:
+            return server.live_associations
+        return self.worker.live_total(server.live_associations)
+
+    def _not_after_timestamp(self) -> float | None:
+        not_after = self._server_not_after
+        return not_after.timestamp() if not_after is not None else None
 
     def _policy_file(self, policy: Policy) -> tuple[PolicyFile, str] | None:
         """Load ``MIMIC_POLICY_FILE`` into ``policy``; (source, version) to watch, or None.
@@ -405,7 +427,7 @@ class Archive:
             draining=self._draining.is_set,
             checks={
                 "index": self._index_answers,
-                "object_store": lambda: _store_answers(object_store),
+                "object_store": lambda: store_answers(object_store),
                 "certificate": self._certificate_valid,
             },
             metrics=self.metrics,
@@ -416,13 +438,7 @@ class Archive:
     def _index_answers(self) -> str:
         if self.engine is None:
             return "not an SQL index"
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            cause = type(getattr(exc, "orig", None) or exc).__name__
-            raise OutOfResources(f"index does not answer ({cause})") from exc
-        return f"{self.engine.dialect.name} answers"
+        return index_answers(self.engine)
 
     def _certificate_valid(self) -> str:
         if not self.settings.tls:
@@ -440,6 +456,8 @@ class Archive:
         except ValueError:
             server = None  # server_context() has refused such a bundle already
         self._server_not_after = server.not_valid_after_utc if server is not None else None
+        if self.worker is not None:
+            self.worker.report(event="certificate", server_not_after=self._not_after_timestamp())
         self.metrics.certificates(
             self._server_not_after,
             [t.certificate.not_valid_after_utc for t in bundle.currently_valid()],
@@ -565,6 +583,8 @@ class Archive:
             self.watcher.stop()
         if self.policy_watcher is not None:
             self.policy_watcher.stop()
+        if self.worker is not None:
+            self.worker.close()
         if self.refusals is not None:
             self.refusals.close()
         # Before the engine goes: in the PostgreSQL configuration the trail is a table.
@@ -626,9 +646,21 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
     ).start()
 
 
-def _store_answers(store: ObjectStore) -> str:
+def store_answers(store: ObjectStore) -> str:
+    """The readiness check of the object store (also the supervisor's)."""
     store.check()
     return "answers"
+
+
+def index_answers(engine: Engine) -> str:
+    """The readiness check of the index (also the supervisor's)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise OutOfResources(f"index does not answer ({cause})") from exc
+    return f"{engine.dialect.name} answers"
 
 
 def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:

@@ -11,6 +11,7 @@ when it listed (none matching included) and 2 when the trail cannot be read.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -83,13 +84,77 @@ def main() -> None:
 @main.command()
 @settings_options
 def serve(**options: Any) -> None:
-    """Run the archive until SIGTERM or SIGINT (open associations drain first)."""
+    """Run the archive until SIGTERM or SIGINT (open associations drain first).
+
+    With MIMIC_WORKERS above 1 (the default on a machine with several CPUs) this process
+    supervises that many worker processes on the one DICOM port (docs/architecture.md)."""
     from mimic_server import logs
-    from mimic_server.app import Archive, describe_first_start
+    from mimic_server.workers import worker_count
 
     settings = _settings(**options)
     logs.configure(settings.log_level, settings.log_format)
-    archive = Archive(settings)
+    count = worker_count(settings)
+    if count > 1:
+        _supervise(settings, options, count)
+    else:
+        _serve_archive(settings)
+
+
+def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
+    from mimic_server.app import describe_first_start
+    from mimic_server.workers.supervisor import Supervisor
+
+    supervisor = Supervisor(
+        settings, {k: v for k, v in options.items() if v is not None}, count
+    )
+    try:
+        supervisor.start()
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    if supervisor.first_start is not None:
+        click.echo(
+            describe_first_start(supervisor.first_start, supervisor.address[1],
+                                 settings.ae_title),
+            err=True,
+        )
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.hup())
+    supervisor.run()
+
+
+@main.command("serve-worker", hidden=True)
+@click.option("--slot", type=int, required=True)
+@click.option("--slots", type=int, required=True)
+@click.option("--listen-fd", type=int, required=True)
+@click.option("--status-fd", type=int, required=True)
+@click.option("--table", type=click.Path(path_type=Path), required=True)
+def serve_worker(slot: int, slots: int, listen_fd: int, status_fd: int, table: Path) -> None:
+    """One worker process of 'mimic serve' (started by it, never by hand)."""
+    import logging
+
+    from mimic_server import logs
+    from mimic_server.workers.link import WorkerLink
+    from mimic_server.workers.supervisor import OPTIONS_VARIABLE
+
+    options = json.loads(os.environ.get(OPTIONS_VARIABLE, "{}"))
+    options["ops_port"] = 0  # the supervisor serves the ops endpoints for all
+    settings = _settings(**options)
+    logs.configure(settings.log_level, settings.log_format)
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.worker = slot
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+    _serve_archive(settings, WorkerLink(slot, listen_fd, status_fd, table, slots))
+
+
+def _serve_archive(settings: Settings, worker: Any = None) -> None:
+    from mimic_server.app import Archive, describe_first_start
+
+    archive = Archive(settings, worker=worker)
     try:
         archive.start()
     except ConfigurationError as exc:
@@ -110,6 +175,9 @@ def serve(**options: Any) -> None:
     signal.signal(signal.SIGINT, drain)
     signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and the policy
     while not stop.wait(WATCH_PERIOD):
+        if worker is not None and not worker.parent_alive():
+            click.echo("mimic: the supervisor is gone; draining", err=True)
+            break
         if not archive.listener_alive():
             # A process that no longer accepts connections must not look healthy: exit so
             # that the orchestrator restarts it.

@@ -110,7 +110,14 @@ class Settings(BaseSettings):
     blob_timeout: float = Field(
         10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
     )
-    max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
+    max_associations: int = Field(
+        32, ge=1, description="Simultaneous associations allowed (a total for the server, "
+        "shared by its worker processes).",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="Worker processes that serve the DICOM port (default: the "
+        "number of CPUs available to the process); 1 = a single process, no supervisor.",
+    )
     max_pdu_size: int = Field(
         262144, ge=131072, description="Maximum PDU length we receive, in bytes."
     )
