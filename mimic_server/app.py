@@ -574,7 +574,10 @@ class Archive:
             remaining = server.active_associations
             for assoc in remaining:
                 assoc.abort()
-            log.info("stopped", extra={"aborted_associations": len(remaining)})
+            if self.worker is not None:  # the supervisor says "stopped", with the total
+                self.worker.report(event="stopped", aborted_associations=len(remaining))
+            log.info("stopped" if self.worker is None else "worker stopped",
+                     extra={"aborted_associations": len(remaining)})
             self.server = None
         if self.ops is not None:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile

@@ -3,9 +3,9 @@
 The supervisor does the once-only work of a start (the development PKI and its banner, the
 SQLite index's migration or PostgreSQL's version check, the blob container), binds the DICOM
 port once, and starts ``MIMIC_WORKERS`` workers (``python -m mimic_server serve-worker``),
-each a full :class:`~mimic_server.app.Archive` on the inherited listening socket. Worker 0
-starts first and alone: a configuration error is reported once, and the others start on a
-store and index already set up. It serves the ops endpoints for the whole server, replaces
+each a full :class:`~mimic_server.app.Archive` on the inherited listening socket. They start
+together, on a store and index already set up; if one cannot start (a configuration error,
+which it prints), the others are stopped and ``mimic serve`` exits 2. It serves the ops endpoints for the whole server, replaces
 a worker that dies (with a back-off while they keep dying young), forwards SIGHUP, and on
 SIGTERM closes its copy of the listening socket, forwards the signal, waits for every worker
 to drain, and exits.
@@ -67,6 +67,7 @@ class _Run:
     started: float
     ready: bool = False
     server_not_after: float | None = None
+    aborted: int = 0  # associations it aborted when its drain time ran out
 
 
 @dataclass
@@ -112,11 +113,9 @@ class Supervisor:
         self._engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
         self._store = open_object_store(s)  # the blob container created once
         self._listener = self._bind()
-        self._spawn(self.slots[0])
-        self._await_ready(self.slots[:1])
-        for slot in self.slots[1:]:
+        for slot in self.slots:
             self._spawn(slot)
-        self._await_ready(self.slots[1:])
+        self._await_ready(self.slots)
         if s.ops_port:
             self.ops = HttpServer(build_app(self._ops_state()), s.ops_host, s.ops_port)
             self.ops.start()
@@ -197,6 +196,8 @@ class Supervisor:
                         run.server_not_after = message["server_not_after"]
                     if message.get("event") == "ready":
                         run.ready = True
+                    if message.get("event") == "stopped":
+                        run.aborted = int(message.get("aborted_associations", 0))
 
     def _await_ready(self, slots: list[_Slot]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -333,7 +334,9 @@ class Supervisor:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
             self.ops = None
         self._close()
-        log.info("stopped", extra={"workers": len(runs)})
+        log.info("stopped", extra={
+            "workers": len(runs), "aborted_associations": sum(r.aborted for r in runs),
+        })
 
     def _close(self) -> None:
         if self._listener is not None:
