@@ -5,10 +5,10 @@ SQLite index's migration or PostgreSQL's version check, the blob container), bin
 port once, and starts ``MIMIC_WORKERS`` workers (``python -m mimic_server serve-worker``),
 each a full :class:`~mimic_server.app.Archive` on the inherited listening socket. They start
 together, on a store and index already set up; if one cannot start (a configuration error,
-which it prints), the others are stopped and ``mimic serve`` exits 2. It serves the ops endpoints for the whole server, replaces
-a worker that dies (with a back-off while they keep dying young), forwards SIGHUP, and on
-SIGTERM closes its copy of the listening socket, forwards the signal, waits for every worker
-to drain, and exits.
+which it prints), the others are stopped and ``mimic serve`` exits 2. The supervisor serves
+the ops endpoints for the whole server, replaces a worker that dies (with a back-off while
+they keep dying young), forwards SIGHUP, and on SIGTERM closes its copy of the listening
+socket, forwards the signal, waits for every worker to drain, and exits.
 
 Why one inherited socket and not ``SO_REUSEPORT``: with a socket per worker the kernel
 hashes each connection to one of them, including to a worker that is draining or busy; with
