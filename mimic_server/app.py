@@ -568,6 +568,8 @@ class Archive:
                 server.shutdown()  # stops the accept loop and closes the listening socket
             else:  # the accept loop is gone already (it died): only close
                 server.server_close()
+            if self.worker is not None:  # the supervisor waits for this to say "draining"
+                self.worker.report(event="draining")
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -55,6 +55,9 @@ CRASH_WINDOW = 30.0
 FIRST_BACKOFF, LONGEST_BACKOFF = 0.5, 60.0
 #: Seconds a worker may take to say it is ready.
 START_TIMEOUT = 120.0
+#: Seconds the drain waits for every worker to close its listening socket before /readyz
+#: answers 503 anyway.
+STOP_ACCEPT_WAIT = 5.0
 #: Seconds between two looks at the workers.
 SUPERVISE_PERIOD = 0.2
 
@@ -68,6 +71,7 @@ class _Run:
     ready: bool = False
     server_not_after: float | None = None
     aborted: int = 0  # associations it aborted when its drain time ran out
+    draining: bool = False  # it no longer accepts
 
 
 @dataclass
@@ -196,6 +200,8 @@ class Supervisor:
                         run.server_not_after = message["server_not_after"]
                     if message.get("event") == "ready":
                         run.ready = True
+                    if message.get("event") == "draining":
+                        run.draining = True
                     if message.get("event") == "stopped":
                         run.aborted = int(message.get("aborted_associations", 0))
 
@@ -251,7 +257,7 @@ class Supervisor:
 
     def alive(self) -> bool:
         """Healthy while some worker accepts; a dead one is being replaced meanwhile."""
-        return bool(self._ready_runs()) and not self._stop.is_set()
+        return bool(self._ready_runs())
 
     def _workers_ready(self) -> str:
         ready = len(self._ready_runs())
@@ -275,8 +281,7 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT: not ready from now on; the main loop then drains."""
-        self._draining.set()
+        """SIGTERM/SIGINT: the main loop wakes and drains."""
         self._stop.set()
 
     def hup(self) -> None:
@@ -322,6 +327,14 @@ class Supervisor:
         for run in runs:
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(signal.SIGTERM)
+        # /readyz says 503 once no worker accepts any more (or after STOP_ACCEPT_WAIT): from
+        # then on a new connection is refused, never admitted by a worker not yet told.
+        deadline = time.monotonic() + STOP_ACCEPT_WAIT
+        while time.monotonic() < deadline and not all(
+            r.draining or r.process.poll() is not None for r in runs
+        ):
+            time.sleep(0.02)
+        self._draining.set()
         deadline = time.monotonic() + self.settings.drain_seconds + 15.0
         for run in runs:
             try:
