@@ -60,6 +60,8 @@ UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's prefix for generated UIDs
 PARALLEL = 4
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+#: MIMIC_WORKERS for the MIMIC server (``--workers``); None: the server's default.
+WORKERS: int | None = None
 SEND_TIMEOUT = 900.0  # per scenario and server
 
 
@@ -294,6 +296,8 @@ class MimicServer(Server):
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
         env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json")
+        if WORKERS is not None:
+            env["MIMIC_WORKERS"] = str(WORKERS)
         if self.pki is not None:
             env["MIMIC_CERT_DIR"] = str(self.pki.ca.parent.parent)
         tls = ["--tls"] if self.pki is not None else ["--no-tls"]
@@ -522,7 +526,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--target-only", action="store_true",
                         help="only the issue's target scenario: small objects, TLS, 1 assoc")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="MIMIC_WORKERS for mimic serve (default: its own, the CPUs)")
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             print(f"{tool} (dcmtk) is not installed", file=sys.stderr)
