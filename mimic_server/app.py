@@ -116,7 +116,7 @@ class Archive:
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
-        self.metrics = ArchiveMetrics()
+        self.metrics = ArchiveMetrics(worker=worker is not None)
         self.metrics.trust_refresh_failures_from(
             lambda: self.watcher.failures if self.watcher is not None else 0
         )

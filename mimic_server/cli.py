@@ -107,6 +107,10 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
     supervisor = Supervisor(
         settings, {k: v for k, v in options.items() if v is not None}, count
     )
+    # Before the start: a SIGTERM while the workers start drains them once they are up.
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.hup())
     try:
         supervisor.start()
     except ConfigurationError as exc:
@@ -117,9 +121,6 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
                                  settings.ae_title),
             err=True,
         )
-    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: supervisor.request_stop())
-    signal.signal(signal.SIGHUP, lambda *_: supervisor.hup())
     supervisor.run()
 
 

@@ -68,11 +68,12 @@ class _CallbackCounter(Collector):
 class ArchiveMetrics:
     """The metrics of one archive; ``app.py`` feeds them, the ops endpoint exposes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: bool = False) -> None:
+        """``worker``: this is one of several worker processes (values go to the multiprocess
+        files the supervisor reads; callbacks are sampled)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        #: In a worker process: values go to the multiprocess files, callbacks are sampled.
-        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.multiprocess = worker and "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self._active_count: Callable[[], int] | None = None
         self._sampled: list[tuple[Counter, Callable[[], int], list[int]]] = []
         self._worker_accepted: Gauge | None = None

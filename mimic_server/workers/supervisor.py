@@ -117,12 +117,17 @@ class Supervisor:
         self._engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
         self._store = open_object_store(s)  # the blob container created once
         self._listener = self._bind()
+        if s.ops_port:  # bound now: a taken port fails the start before any worker runs
+            self.ops = HttpServer(build_app(self._ops_state()), s.ops_host, s.ops_port)
         for slot in self.slots:
             self._spawn(slot)
         self._await_ready(self.slots)
-        if s.ops_port:
-            self.ops = HttpServer(build_app(self._ops_state()), s.ops_host, s.ops_port)
-            self.ops.start()
+        if self.ops is not None:
+            try:
+                self.ops.start()
+            except ConfigurationError:
+                self._abandon()
+                raise
         host, port = self.address
         log.info("listening", extra={
             "address": f"{host}:{port}", "ae_title": s.ae_title, "tls": s.tls,
@@ -232,6 +237,9 @@ class Supervisor:
             if slot.run is not None and slot.run.process.poll() is None:
                 slot.run.process.kill()
                 slot.run.process.wait()
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
         self._close()
 
     # -- ops ---------------------------------------------------------------------------------
