@@ -526,6 +526,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--target-only", action="store_true",
                         help="only the issue's target scenario: small objects, TLS, 1 assoc")
+    parser.add_argument("--associations", type=int, choices=(1, PARALLEL), default=None,
+                        help=f"only scenarios with this many associations (1 or {PARALLEL})")
     parser.add_argument("--workers", type=int, default=None,
                         help="MIMIC_WORKERS for mimic serve (default: its own, the CPUs)")
     args = parser.parse_args()
@@ -552,7 +554,10 @@ def main() -> int:
         try:
             for tls in (True,) if args.target_only else (True, False):
                 for data in sets[:1] if args.target_only else sets:
-                    for associations in (1,) if args.target_only else (1, PARALLEL):
+                    counts = (1,) if args.target_only else (1, PARALLEL)
+                    if args.associations is not None:
+                        counts = (args.associations,)
+                    for associations in counts:
                         s = run_scenario(data, associations, pki if tls else None, work,
                                      max(1, args.repeat))
                         scenarios.append(s)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import signal
 import socket
 import ssl
@@ -260,18 +261,24 @@ def test_postgresql_trail_survives_kill_and_refuses_changes(pg_url: str, tmp_pat
                                     for e in server.log_entries()))
     finally:
         assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)  # no stop record, no flush: a lost replica
+        # No stop record, no flush: a lost replica. Its worker processes (MIMIC_WORKERS) go
+        # with it, as a container's do when its first process is killed.
+        for pid in _worker_pids(server):
+            os.kill(pid, signal.SIGKILL)
+        server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(30)
         server.stop()
     assert not (server.data_dir / "audit.jsonl").exists()  # not the replica's disk
     trail = messages(server, "--study", ct.StudyInstanceUID)
     assert [event(m) for m in trail] == ["110104"]
+    # Each process that serves records its start: one, or one per worker process.
+    processes = max(1, len(_worker_pids(server)))
     started = messages(server, "--event", "110100")
-    assert [event_type(m) for m in started] == ["110120"]  # killed: no stop
+    assert [event_type(m) for m in started] == ["110120"] * processes  # killed: no stop
     # a restarted replica appends to the same trail
     again = MimicProcess(tmp_path / "data2", database_url=pg_url).start()
     assert again.stop() == 0
-    assert len(messages(server, "--event", "110100")) == 3
+    assert len(messages(server, "--event", "110100")) == 3 * processes
     engine = create_engine(pg_url)
     try:
         for statement in ("UPDATE audit_events SET outcome = 0", "DELETE FROM audit_events",
@@ -407,3 +414,8 @@ def test_syslog_repository_gets_messages_and_a_down_one_blocks_nothing(tmp_path:
         assert server.stop() == 0, server.log()
     # the file, the durable trail of the embedded mode, has everything
     assert len(messages(server, "--event", "login")) == 21
+
+
+def _worker_pids(server: MimicProcess) -> list[int]:
+    """The worker processes' pids (none when MIMIC_WORKERS is 1), from the supervisor's log."""
+    return [int(e["pid"]) for e in server.log_entries() if e.get("message") == "worker started"]
