@@ -293,11 +293,11 @@ class Supervisor:
         self._stop.set()
 
     def hup(self) -> None:
-        """SIGHUP: every worker reads its certificates and policy file again."""
-        for slot in self.slots:
-            if slot.run is not None and slot.run.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    slot.run.process.send_signal(signal.SIGHUP)
+        """SIGHUP: every worker reads its certificates and policy file again. Not one still
+        starting: SIGHUP would end it before its handler is set (it reads them anyway)."""
+        for run in self._ready_runs():
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(signal.SIGHUP)
 
     def run(self) -> None:
         """Supervise until told to stop, then drain the workers."""
