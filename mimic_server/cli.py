@@ -156,6 +156,19 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
     from mimic_server.app import Archive, describe_first_start
 
     archive = Archive(settings, worker=worker)
+    stop = threading.Event()
+
+    def drain(*_: Any) -> None:
+        archive.begin_drain()  # /readyz answers 503 from this moment
+        stop.set()
+
+    def handle_signals() -> None:
+        signal.signal(signal.SIGTERM, drain)
+        signal.signal(signal.SIGINT, drain)
+        signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and policy
+
+    if worker is not None:  # before it says it is ready: the supervisor may signal from then
+        handle_signals()
     try:
         archive.start()
     except ConfigurationError as exc:
@@ -166,15 +179,8 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
             describe_first_start(archive.first_start.pki, archive.address[1], settings.ae_title),
             err=True,
         )
-    stop = threading.Event()
-
-    def drain(*_: Any) -> None:
-        archive.begin_drain()  # /readyz answers 503 from this moment
-        stop.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and the policy
+    if worker is None:
+        handle_signals()
     while not stop.wait(WATCH_PERIOD):
         if worker is not None and not worker.parent_alive():
             click.echo("mimic: the supervisor is gone; draining", err=True)
