@@ -88,11 +88,10 @@ def serve(**options: Any) -> None:
 
     With MIMIC_WORKERS above 1 (the default on a machine with several CPUs) this process
     supervises that many worker processes on the one DICOM port (docs/architecture.md)."""
-    from mimic_server import logs
     from mimic_server.workers import worker_count
 
     settings = _settings(**options)
-    logs.configure(settings.log_level, settings.log_format)
+    _configure_logs(settings)
     count = worker_count(settings)
     if count > 1:
         _supervise(settings, options, count)
@@ -134,14 +133,13 @@ def serve_worker(slot: int, slots: int, listen_fd: int, status_fd: int, table: P
     """One worker process of 'mimic serve' (started by it, never by hand)."""
     import logging
 
-    from mimic_server import logs
     from mimic_server.workers.link import WorkerLink
     from mimic_server.workers.supervisor import OPTIONS_VARIABLE
 
     options = json.loads(os.environ.get(OPTIONS_VARIABLE, "{}"))
     options["ops_port"] = 0  # the supervisor serves the ops endpoints for all
     settings = _settings(**options)
-    logs.configure(settings.log_level, settings.log_format)
+    _configure_logs(settings)
 
     def tag(record: logging.LogRecord) -> bool:
         record.worker = slot
@@ -150,6 +148,15 @@ def serve_worker(slot: int, slots: int, listen_fd: int, status_fd: int, table: P
     for handler in logging.getLogger().handlers:
         handler.addFilter(tag)
     _serve_archive(settings, WorkerLink(slot, listen_fd, status_fd, table, slots))
+
+
+def _configure_logs(settings: Settings) -> None:
+    """MIMIC's logging, after the libraries are imported: pydicom sets its logger's level when
+    it is imported, which would undo the silencing ``logs.configure`` applies."""
+    import mimic_server.app  # noqa: F401  (pydicom, pynetdicom, sqlalchemy, ...)
+    from mimic_server import logs
+
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def _serve_archive(settings: Settings, worker: Any = None) -> None:
