@@ -488,6 +488,8 @@ class Archive:
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
+        if self.worker is not None:  # the supervisor has the other workers look at once
+            self.worker.report(event="trust-changed")
         context, trust = server_context(bundle), TrustIndex(bundle)
         with self._contexts_lock:
             self.bundle = bundle

@@ -58,6 +58,8 @@ START_TIMEOUT = 120.0
 #: Seconds the drain waits for every worker to close its listening socket before /readyz
 #: answers 503 anyway.
 STOP_ACCEPT_WAIT = 5.0
+#: Seconds during which a second trust change reported by a worker is not relayed again.
+RELAY_INTERVAL = 1.0
 #: Seconds between two looks at the workers.
 SUPERVISE_PERIOD = 0.2
 
@@ -104,6 +106,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._lock = threading.Lock()
+        self._last_relay = -RELAY_INTERVAL
 
     # -- start ------------------------------------------------------------------------------
 
@@ -189,14 +192,14 @@ class Supervisor:
         slot.run, slot.restart_at = run, None
         slot.runs.append(process.pid)
         threading.Thread(
-            target=self._read_status, args=(run, read_end), daemon=True,
+            target=self._read_status, args=(slot, run, read_end), daemon=True,
             name=f"mimic-worker-{slot.index}-status",
         ).start()
         log.info("worker started", extra={"worker": slot.index, "pid": process.pid})
 
-    @staticmethod
-    def _read_status(run: _Run, read_end: int) -> None:
-        """The worker's JSON lines: ready, and the server certificate it serves."""
+    def _read_status(self, slot: _Slot, run: _Run, read_end: int) -> None:
+        """The worker's JSON lines: ready, the server certificate it serves, a trust set it
+        found changed, that it stopped accepting, how many its drain aborted."""
         with os.fdopen(read_end, "rb") as pipe:
             for line in pipe:
                 with contextlib.suppress(ValueError):
@@ -205,6 +208,8 @@ class Supervisor:
                         run.server_not_after = message["server_not_after"]
                     if message.get("event") == "ready":
                         run.ready = True
+                    if message.get("event") == "trust-changed":
+                        self._relay_trust_change(run)
                     if message.get("event") == "draining":
                         run.draining = True
                     if message.get("event") == "stopped":
@@ -298,6 +303,21 @@ class Supervisor:
         for run in self._ready_runs():
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(signal.SIGHUP)
+
+    def _relay_trust_change(self, source: _Run) -> None:
+        """One worker's watcher saw the certificates change: the others look at once (as on
+        SIGHUP) instead of at their next poll, so that a revocation takes effect in every
+        worker together. At most once per :data:`RELAY_INTERVAL`: their own changes, found
+        on the SIGHUP, would otherwise echo back."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_relay < RELAY_INTERVAL:
+                return
+            self._last_relay = now
+        for run in self._ready_runs():
+            if run is not source:
+                with contextlib.suppress(ProcessLookupError):
+                    run.process.send_signal(signal.SIGHUP)
 
     def run(self) -> None:
         """Supervise until told to stop, then drain the workers."""
