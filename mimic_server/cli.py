@@ -129,7 +129,10 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
 @click.option("--listen-fd", type=int, required=True)
 @click.option("--status-fd", type=int, required=True)
 @click.option("--table", type=click.Path(path_type=Path), required=True)
-def serve_worker(slot: int, slots: int, listen_fd: int, status_fd: int, table: Path) -> None:
+@click.option("--supervisor-pid", type=int, required=True)
+def serve_worker(
+    slot: int, slots: int, listen_fd: int, status_fd: int, table: Path, supervisor_pid: int
+) -> None:
     """One worker process of 'mimic serve' (started by it, never by hand)."""
     import logging
 
@@ -147,7 +150,10 @@ def serve_worker(slot: int, slots: int, listen_fd: int, status_fd: int, table: P
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(tag)
-    _serve_archive(settings, WorkerLink(slot, listen_fd, status_fd, table, slots))
+    link = WorkerLink(slot, listen_fd, status_fd, table, slots, supervisor_pid)
+    if not link.parent_alive():
+        sys.exit(0)  # the supervisor is gone already: nobody to serve for
+    _serve_archive(settings, link)
 
 
 def _configure_logs(settings: Settings) -> None:

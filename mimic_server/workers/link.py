@@ -8,9 +8,11 @@ ready and which server certificate it serves, and its slot in the shared associa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -21,19 +23,35 @@ from mimic_server.workers.table import PUBLISH_INTERVAL, AssociationTable
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A supervisor that is killed takes its workers with it (``PR_SET_PDEATHSIG``), as a
+    container's first process does: orphans would keep the DICOM port open, so that a
+    restarted supervisor could not bind it, and serve without supervision."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        log.warning("cannot tie the worker to its supervisor; it drains when it sees it gone")
+
 
 class WorkerLink:
     """Worker ``slot``'s side of the supervisor's arrangement."""
 
     def __init__(
-        self, slot: int, listen_fd: int, status_fd: int, table_path: Path, slots: int
+        self, slot: int, listen_fd: int, status_fd: int, table_path: Path, slots: int,
+        supervisor: int,
     ) -> None:
         self.slot = slot
         self.listen_socket = socket.socket(fileno=listen_fd)
         self.table = AssociationTable(table_path, slots)
         self._status_fd = status_fd
         self._status_lock = threading.Lock()
-        self._parent = os.getppid()
+        self._parent = supervisor
+        _die_with_parent()  # then look: it may have died before this worker got here
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
 

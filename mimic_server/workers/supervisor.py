@@ -39,6 +39,7 @@ from prometheus_client import multiprocess
 from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
+from mimic_server.net import descriptors
 from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
@@ -116,6 +117,7 @@ class Supervisor:
 
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        descriptors.raise_soft_limit()  # the workers inherit it (each raises it again too)
         self._first_start()
         self._engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
         self._store = open_object_store(s)  # the blob container created once
@@ -183,7 +185,7 @@ class Supervisor:
                 [sys.executable, "-m", "mimic_server", "serve-worker",
                  "--slot", str(slot.index), "--slots", str(self.count),
                  "--listen-fd", str(listen_fd), "--status-fd", str(write_end),
-                 "--table", str(self._table.path)],
+                 "--table", str(self._table.path), "--supervisor-pid", str(os.getpid())],
                 env=env, pass_fds=(listen_fd, write_end),
             )
         finally:
