@@ -112,7 +112,15 @@ class Supervisor:
     # -- start ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Prepare once, bind, start the workers (0 first), then the ops endpoints."""
+        """Prepare once, bind, start the workers, then the ops endpoints; on a failure
+        nothing stays behind (workers, sockets, the temporary directory)."""
+        try:
+            self._start()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _start(self) -> None:
         from mimic_server.app import open_index, open_object_store
 
         s = self.settings
@@ -128,11 +136,7 @@ class Supervisor:
             self._spawn(slot)
         self._await_ready(self.slots)
         if self.ops is not None:
-            try:
-                self.ops.start()
-            except ConfigurationError:
-                self._abandon()
-                raise
+            self.ops.start()
         host, port = self.address
         log.info("listening", extra={
             "address": f"{host}:{port}", "ae_title": s.ae_title, "tls": s.tls,
@@ -226,7 +230,6 @@ class Supervisor:
                 assert run is not None
                 code = run.process.poll()
                 if code is not None:
-                    self._abandon()
                     raise ConfigurationError(
                         f"worker {slot.index} could not start ({_describe_exit(code)})"
                     )
@@ -234,7 +237,6 @@ class Supervisor:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                self._abandon()
                 raise ConfigurationError(f"the workers did not start in {START_TIMEOUT:g} s")
             time.sleep(0.05)
 
@@ -387,7 +389,9 @@ class Supervisor:
             self._listener = None
         if self._engine is not None:
             self._engine.dispose()
-        self._table.close()
+            self._engine = None
+        with contextlib.suppress(ValueError, BufferError):
+            self._table.close()
         shutil.rmtree(self._directory, ignore_errors=True)
 
 
