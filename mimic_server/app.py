@@ -488,9 +488,12 @@ class Archive:
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
-        if self.worker is not None:  # the supervisor has the other workers look at once
-            self.worker.report(event="trust-changed")
         context, trust = server_context(bundle), TrustIndex(bundle)
+        previous = self.server.trust
+        if self.worker is not None and (
+            previous is None or previous.fingerprints != trust.fingerprints
+        ):  # the supervisor has the other workers look at once (not on a mere re-read)
+            self.worker.report(event="trust-changed")
         with self._contexts_lock:
             self.bundle = bundle
             self._destination_contexts.clear()  # built again from the new bundle when used
