@@ -60,6 +60,8 @@ UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's prefix for generated UIDs
 PARALLEL = 4
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+#: MIMIC_WORKERS for the MIMIC server (``--workers``); None: the server's default.
+WORKERS: int | None = None
 SEND_TIMEOUT = 900.0  # per scenario and server
 
 
@@ -308,6 +310,8 @@ class MimicServer(Server):
         env = {k: v for k, v in os.environ.items() if k not in CONFIGURATION_SETTINGS}
         env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json",
                    MIMIC_OPS_PORT="0")  # 8080 may be taken on a shared machine
+        if WORKERS is not None:
+            env["MIMIC_WORKERS"] = str(WORKERS)
         if self.pki is not None:
             env["MIMIC_CERT_DIR"] = str(self.pki.ca.parent.parent)
         return env
@@ -537,7 +541,13 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--target-only", action="store_true",
                         help="only the issue's target scenario: small objects, TLS, 1 assoc")
+    parser.add_argument("--associations", type=int, choices=(1, PARALLEL), default=None,
+                        help=f"only scenarios with this many associations (1 or {PARALLEL})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="MIMIC_WORKERS for mimic serve (default: its own, the CPUs)")
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             print(f"{tool} (dcmtk) is not installed", file=sys.stderr)
@@ -559,7 +569,10 @@ def main() -> int:
         try:
             for tls in (True,) if args.target_only else (True, False):
                 for data in sets[:1] if args.target_only else sets:
-                    for associations in (1,) if args.target_only else (1, PARALLEL):
+                    counts = (1,) if args.target_only else (1, PARALLEL)
+                    if args.associations is not None:
+                        counts = (args.associations,)
+                    for associations in counts:
                         s = run_scenario(data, associations, pki if tls else None, work,
                                      max(1, args.repeat))
                         scenarios.append(s)

@@ -11,6 +11,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,7 @@ from cryptography import x509
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 
 from mimic_server import patches
 from mimic_server.certs import CertBundle, CertificateSource, devpki
@@ -45,7 +45,7 @@ from mimic_server.dimse import (
 from mimic_server.dimse.receiving import ReceiveLimits
 from mimic_server.dimse.session import session_of
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
-from mimic_server.errors import ConfigurationError, OutOfResources
+from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net import descriptors, observe
@@ -53,6 +53,7 @@ from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
+    index_answers,
     load_policy_file,
     open_audit_trail,
     open_index,
@@ -73,6 +74,7 @@ from mimic_server.web.activity import Activity, Tee
 from mimic_server.web.metrics import ArchiveMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
+from mimic_server.workers.link import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,13 @@ class Archive:
         object_store: ObjectStore | None = None,
         index: Index | None = None,
         policy: Policy | None = None,
+        worker: WorkerLink | None = None,
     ) -> None:
         """``object_store``, ``index`` and ``policy`` replace the configured ones (tests,
-        tools)."""
+        tools). ``worker``: this archive is one of several worker processes on a shared
+        listening socket (``mimic_server/workers/``)."""
         self.settings = settings
+        self.worker = worker
         self._policy = policy
         self._object_store = object_store
         self._index_override = index
@@ -115,7 +120,7 @@ class Archive:
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
         self._credential: Any = None
-        self.metrics = ArchiveMetrics()
+        self.metrics = ArchiveMetrics(worker=worker is not None)
         #: Per-minute counts for the operator console (``/status/associations``).
         self.activity = Activity()
         self.metrics.trust_refresh_failures_from(
@@ -275,6 +280,7 @@ class Archive:
                 adapt_association=fence.association_adapter(
                     max_pdu_read, ReceiveLimits(s.max_object_bytes, s.spool_path)
                 ),
+                listening_socket=self.worker.listen_socket if self.worker else None,
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -283,7 +289,7 @@ class Archive:
         server.bind(
             evt.EVT_REQUESTED,
             association.handle_requested,
-            [policy, server.live_associations, s.max_associations, self.audit, users],
+            [policy, self._association_count(server), s.max_associations, self.audit, users],
         )
         server.bind(evt.EVT_USER_ID, access.handle_user_id)
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
@@ -328,6 +334,9 @@ class Archive:
         )
         fence.register_server(ae, server)  # so that ae.shutdown() and server.shutdown() work
         self.server = server
+        if self.worker is not None:
+            self.metrics.serve_as_worker(self.worker.slot)
+            self.worker.start_sampling(server.live_associations, self.metrics.sample)
 
         if source is not None:
             self.watcher = CertificateWatcher(
@@ -347,9 +356,13 @@ class Archive:
         self._thread.start()
         if s.ops_port:
             self._start_ops(object_store)
+        elif self.worker is not None:
+            self._start_status_for_supervisor()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        if self.worker is not None:  # the supervisor says "listening" once all are ready
+            self.worker.report(event="ready", server_not_after=self._not_after_timestamp())
         log.info(
-            "listening",
+            "listening" if self.worker is None else "worker listening",
             extra={
                 "address": f"{self.address[0]}:{self.address[1]}", "ae_title": s.ae_title,
                 "tls": s.tls, "index": self.engine.dialect.name if self.engine else "",
@@ -357,6 +370,17 @@ class Archive:
                 "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
             },
         )
+
+    def _association_count(self, server: MimicAssociationServer) -> Callable[[], int]:
+        """What the admission check counts: this process's open associations, or with
+        several workers the server's total (``workers/table.py``)."""
+        if self.worker is None:
+            return server.live_associations
+        return self.worker.live_total(server.live_associations)
+
+    def _not_after_timestamp(self) -> float | None:
+        not_after = self._server_not_after
+        return not_after.timestamp() if not_after is not None else None
 
     def _policy_file(self, policy: Policy) -> tuple[PolicyFile, str] | None:
         return load_policy_file(self.settings, policy)
@@ -390,6 +414,18 @@ class Archive:
         self.ops = HttpServer(build_app(state), s.ops_host, s.ops_port)
         self.ops.start()
 
+    def _start_status_for_supervisor(self) -> None:
+        """A worker's open associations live in its own memory: it answers
+        ``/status/associations`` on a loopback port of its own, which it reports to the
+        supervisor (the ops port's ``/status/associations`` merges every worker's). Asked,
+        not pushed: an idle worker writes nothing."""
+        state = OpsState(alive=self.listener_alive, draining=self._draining.is_set,
+                         checks={}, metrics=self.metrics, status=self.status)
+        self.ops = HttpServer(build_app(state), "127.0.0.1", 0, name="worker status")
+        self.ops.start()
+        assert self.worker is not None
+        self.worker.report(event="status-port", status_port=self.ops.address[1])
+
     def status(self) -> dict[str, object]:
         """The open associations and the last hour per minute, for the operator console."""
         server = self.server
@@ -415,13 +451,7 @@ class Archive:
     def _index_answers(self) -> str:
         if self.engine is None:
             return "not an SQL index"
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            cause = type(getattr(exc, "orig", None) or exc).__name__
-            raise OutOfResources(f"index does not answer ({cause})") from exc
-        return f"{self.engine.dialect.name} answers"
+        return index_answers(self.engine)
 
     def _certificate_valid(self) -> str:
         if not self.settings.tls:
@@ -439,6 +469,8 @@ class Archive:
         except ValueError:
             server = None  # server_context() has refused such a bundle already
         self._server_not_after = server.not_valid_after_utc if server is not None else None
+        if self.worker is not None:
+            self.worker.report(event="certificate", server_not_after=self._not_after_timestamp())
         self.metrics.certificates(
             self._server_not_after,
             [t.certificate.not_valid_after_utc for t in bundle.currently_valid()],
@@ -470,6 +502,11 @@ class Archive:
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
         context, trust = server_context(bundle), TrustIndex(bundle)
+        previous = self.server.trust
+        if self.worker is not None and (
+            previous is None or previous.fingerprints != trust.fingerprints
+        ):  # the supervisor has the other workers look at once (not on a mere re-read)
+            self.worker.report(event="trust-changed")
         with self._contexts_lock:
             self.bundle = bundle
             self._destination_contexts.clear()  # built again from the new bundle when used
@@ -549,13 +586,18 @@ class Archive:
                 server.shutdown()  # stops the accept loop and closes the listening socket
             else:  # the accept loop is gone already (it died): only close
                 server.server_close()
+            if self.worker is not None:  # the supervisor waits for this to say "draining"
+                self.worker.report(event="draining")
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
                 time.sleep(0.1)
             remaining = server.active_associations
             for assoc in remaining:
                 assoc.abort()
-            log.info("stopped", extra={"aborted_associations": len(remaining)})
+            if self.worker is not None:  # the supervisor says "stopped", with the total
+                self.worker.report(event="stopped", aborted_associations=len(remaining))
+            log.info("stopped" if self.worker is None else "worker stopped",
+                     extra={"aborted_associations": len(remaining)})
             self.server = None
         if self.ops is not None:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
@@ -564,6 +606,8 @@ class Archive:
             self.watcher.stop()
         if self.policy_watcher is not None:
             self.policy_watcher.stop()
+        if self.worker is not None:
+            self.worker.close()
         if self.refusals is not None:
             self.refusals.close()
         # Before the engine goes: in the PostgreSQL configuration the trail is a table.

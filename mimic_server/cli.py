@@ -11,6 +11,7 @@ when it listed (none matching included) and 2 when the trail cannot be read.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -83,13 +84,104 @@ def main() -> None:
 @main.command()
 @settings_options
 def serve(**options: Any) -> None:
-    """Run the archive until SIGTERM or SIGINT (open associations drain first)."""
-    from mimic_server import logs
-    from mimic_server.app import Archive, describe_first_start
+    """Run the archive until SIGTERM or SIGINT (open associations drain first).
+
+    With MIMIC_WORKERS above 1 (the default on a machine with several CPUs) this process
+    supervises that many worker processes on the one DICOM port (docs/architecture.md)."""
+    from mimic_server.workers import worker_count
 
     settings = _settings(**options)
+    _configure_logs(settings)
+    count = worker_count(settings)
+    if count > 1:
+        _supervise(settings, options, count)
+    else:
+        _serve_archive(settings)
+
+
+def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
+    from mimic_server.app import describe_first_start
+    from mimic_server.workers.supervisor import Supervisor
+
+    supervisor = Supervisor(
+        settings, {k: v for k, v in options.items() if v is not None}, count
+    )
+    # Before the start: a SIGTERM while the workers start drains them once they are up.
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.hup())
+    try:
+        supervisor.start()
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    if supervisor.first_start is not None:
+        click.echo(
+            describe_first_start(supervisor.first_start, supervisor.address[1],
+                                 settings.ae_title),
+            err=True,
+        )
+    supervisor.run()
+
+
+@main.command("serve-worker", hidden=True)
+@click.option("--slot", type=int, required=True)
+@click.option("--slots", type=int, required=True)
+@click.option("--listen-fd", type=int, required=True)
+@click.option("--status-fd", type=int, required=True)
+@click.option("--table", type=click.Path(path_type=Path), required=True)
+@click.option("--supervisor-pid", type=int, required=True)
+def serve_worker(
+    slot: int, slots: int, listen_fd: int, status_fd: int, table: Path, supervisor_pid: int
+) -> None:
+    """One worker process of 'mimic serve' (started by it, never by hand)."""
+    import logging
+
+    from mimic_server.workers.link import WorkerLink
+    from mimic_server.workers.supervisor import OPTIONS_VARIABLE
+
+    options = json.loads(os.environ.get(OPTIONS_VARIABLE, "{}"))
+    options["ops_port"] = 0  # the supervisor serves the ops endpoints for all
+    settings = _settings(**options)
+    _configure_logs(settings)
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.worker = slot
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+    link = WorkerLink(slot, listen_fd, status_fd, table, slots, supervisor_pid)
+    if not link.parent_alive():
+        sys.exit(0)  # the supervisor is gone already: nobody to serve for
+    _serve_archive(settings, link)
+
+
+def _configure_logs(settings: Settings) -> None:
+    """MIMIC's logging, after the libraries are imported: pydicom sets its logger's level when
+    it is imported, which would undo the silencing ``logs.configure`` applies."""
+    import mimic_server.app  # noqa: F401  (pydicom, pynetdicom, sqlalchemy, ...)
+    from mimic_server import logs
+
     logs.configure(settings.log_level, settings.log_format)
-    archive = Archive(settings)
+
+
+def _serve_archive(settings: Settings, worker: Any = None) -> None:
+    from mimic_server.app import Archive, describe_first_start
+
+    archive = Archive(settings, worker=worker)
+    stop = threading.Event()
+
+    def drain(*_: Any) -> None:
+        archive.begin_drain()  # /readyz answers 503 from this moment
+        stop.set()
+
+    def handle_signals() -> None:
+        signal.signal(signal.SIGTERM, drain)
+        signal.signal(signal.SIGINT, drain)
+        signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and policy
+
+    if worker is not None:  # before it says it is ready: the supervisor may signal from then
+        handle_signals()
     try:
         archive.start()
     except ConfigurationError as exc:
@@ -100,16 +192,12 @@ def serve(**options: Any) -> None:
             describe_first_start(archive.first_start.pki, archive.address[1], settings.ae_title),
             err=True,
         )
-    stop = threading.Event()
-
-    def drain(*_: Any) -> None:
-        archive.begin_drain()  # /readyz answers 503 from this moment
-        stop.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and the policy
+    if worker is None:
+        handle_signals()
     while not stop.wait(WATCH_PERIOD):
+        if worker is not None and not worker.parent_alive():
+            click.echo("mimic: the supervisor is gone; draining", err=True)
+            break
         if not archive.listener_alive():
             # A process that no longer accepts connections must not look healthy: exit so
             # that the orchestrator restarts it.

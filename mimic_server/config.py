@@ -110,7 +110,14 @@ class Settings(BaseSettings):
     blob_timeout: float = Field(
         10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
     )
-    max_associations: int = Field(32, ge=1, description="Simultaneous associations allowed.")
+    max_associations: int = Field(
+        32, ge=1, description="Simultaneous associations allowed (a total for the server, "
+        "shared by its worker processes).",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="Worker processes that serve the DICOM port (default: the "
+        "number of CPUs available to the process); 1 = a single process, no supervisor.",
+    )
     group_commit: bool = Field(
         True, description="Concurrent C-STOREs share index transactions (one commit, one "
         "fsync, for all that arrived while the previous commit was in flight); each is "

@@ -13,11 +13,12 @@ import socket
 import ssl
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.certs import CertBundle
 from mimic_server.config import Settings
-from mimic_server.errors import ConfigurationError
+from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
@@ -87,8 +88,20 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
 
 
 def store_answers(store: ObjectStore) -> str:
+    """The readiness check of the object store (the archive's and the supervisor's)."""
     store.check()
     return "answers"
+
+
+def index_answers(engine: Engine) -> str:
+    """The readiness check of the index (the archive's and the supervisor's)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise OutOfResources(f"index does not answer ({cause})") from exc
+    return f"{engine.dialect.name} answers"
 
 
 def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:

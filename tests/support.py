@@ -64,7 +64,9 @@ class MimicProcess:
     def certs(self) -> Path:
         return self.data_dir / "certs"
 
-    def start(self, timeout: float = 30.0) -> MimicProcess:
+    def start(self, timeout: float = 90.0) -> MimicProcess:
+        """Start and wait for "listening": with several workers (MIMIC_WORKERS, default the
+        CPUs) that is a supervisor and its workers, each importing everything."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
         env.update(self.extra_env)
         env.update({f"MIMIC_{k.upper()}": str(v) for k, v in self.settings.items()})

@@ -22,7 +22,9 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
 * associations are counted by their open sockets, so TCP probes and port scans that close
   without an A-ASSOCIATE-RQ do not use up the association limit;
 * no SO_REUSEPORT: a second archive started on the same port by mistake must fail, not
-  silently take half of the connections;
+  silently take half of the connections. Several worker processes (``MIMIC_WORKERS``) share
+  one listening socket instead, bound by their supervisor and inherited (``listening_socket``):
+  whichever worker is free accepts, and a worker that drains just closes its copy;
 * a new trust set swaps the ``SSLContext`` atomically and aborts associations whose
   certificate is no longer trusted.
 """
@@ -203,11 +205,15 @@ class MimicAssociationServer(ThreadedAssociationServer):
         listen_backlog: int = 128,
         on_refused: Callable[[str, str], bool] | None = None,
         adapt_association: Callable[[Any], None] = lambda assoc: None,
+        listening_socket: socket.socket | None = None,
     ) -> None:
         """``adapt_association`` applies the fence's per-association patches to each new
         association (``mimic_server/patches.py``); the default leaves pynetdicom's.
         ``on_refused(peer, reason)`` counts a refusal and returns whether to log it now
-        (the first of its source and reason in an interval); without it, each is logged."""
+        (the first of its source and reason in an interval); without it, each is logged.
+        ``listening_socket``: a socket already bound and listening, shared with other worker
+        processes; ``address`` is then not bound."""
+        self._inherited = listening_socket
         self.trust = trust
         self.handshake_timeout = handshake_timeout
         self.network_timeout = network_timeout
@@ -230,10 +236,24 @@ class MimicAssociationServer(ThreadedAssociationServer):
         )
         self.handshakes.start()
 
+    def server_bind(self) -> None:
+        if self._inherited is None:
+            super().server_bind()
+            return
+        cast(socket.socket, self.socket).close()  # the one socketserver made, unbound
+        self.socket = self._inherited
+        # Never wait in accept(): another worker may take the connection first.
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._inherited is None:
+            super().server_activate()  # else: listening already, with its backlog
+
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
             client, address = self.socket.accept()
-        except OSError as exc:
+        except OSError as exc:  # BlockingIOError: another worker accepted it (dropped turn)
             if exc.errno in _OUT_OF_DESCRIPTORS:
                 self._out_of_descriptors(exc)
             raise  # socketserver drops the turn; the connection waits in the backlog

@@ -7,16 +7,26 @@ lets a test run several archives in one process.
 
 The recording methods are called on the DICOM hot path (every request and response): each
 is a dictionary lookup and a lock-protected addition, a few microseconds.
+
+Several worker processes (``MIMIC_WORKERS``): each worker's values go to prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before a worker starts),
+and the supervisor's ``/metrics`` adds them up (:class:`ServerMetrics`): counters and
+histograms summed, gauges as their ``multiprocess_mode`` says. What a scrape would read through
+a callback (open associations, refresh and audit failures) has no file to live in: a worker
+writes it from the callback at each association event and every 0.1 s (:meth:`sample`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 #: Services counted, by their DIMSE names (the label values of ``service``).
@@ -58,12 +68,18 @@ class _CallbackCounter(Collector):
 class ArchiveMetrics:
     """The metrics of one archive; ``app.py`` feeds them, the ops endpoint exposes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: bool = False) -> None:
+        """``worker``: this is one of several worker processes (values go to the multiprocess
+        files the supervisor reads; callbacks are sampled)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.multiprocess = worker and "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self._active_count: Callable[[], int] | None = None
+        self._sampled: list[tuple[Counter, Callable[[], int], list[int]]] = []
+        self._worker_accepted: Gauge | None = None
         self.associations_active = Gauge(
             "mimic_associations_active", "Associations established and not yet ended.",
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
         self.associations = Counter(
             "mimic_associations", "Association requests accepted or rejected, and how "
@@ -95,11 +111,12 @@ class ArchiveMetrics:
         self.trusted_certificates = Gauge(
             "mimic_trusted_certificates",
             "Trusted client and CA certificates currently valid.", registry=r,
+            multiprocess_mode="livemin",
         )
         self.certificate_not_after = Gauge(
             "mimic_certificate_not_after_timestamp_seconds",
             "Expiry (Unix time) of the server certificate, and the soonest of the trusted "
-            "client and CA certificates.", ["role"], registry=r,
+            "client and CA certificates.", ["role"], registry=r, multiprocess_mode="livemin",
         )
         # Children made now: every series exists from the start (0, not absent), and the
         # hot path finds its child with one dictionary lookup instead of labels().
@@ -120,10 +137,38 @@ class ArchiveMetrics:
 
     def association(self, outcome: str) -> None:
         self.associations.labels(outcome).inc()
+        if self.multiprocess:
+            if outcome == "accepted" and self._worker_accepted is not None:
+                self._worker_accepted.inc()
+            if self._active_count is not None:
+                self.associations_active.set(self._active_count())
 
     def active_associations_from(self, count: Callable[[], int]) -> None:
-        """Read the number of open associations at scrape time (never drifts)."""
-        self.associations_active.set_function(count)
+        """Read the number of open associations at scrape time (never drifts); in a worker,
+        at each association event and each :meth:`sample`."""
+        if self.multiprocess:
+            self._active_count = count
+        else:
+            self.associations_active.set_function(count)
+
+    def serve_as_worker(self, slot: int) -> None:
+        """This archive is worker ``slot``: count its accepted associations on their own
+        (``mimic_worker_associations_accepted{worker}``: which workers serve)."""
+        self._worker_accepted = Gauge(
+            "mimic_worker_associations_accepted",
+            "Associations accepted by each worker process since it started.", ["worker"],
+            registry=self.registry, multiprocess_mode="livesum",
+        ).labels(str(slot))
+
+    def sample(self) -> None:
+        """A worker writes what callbacks know into its multiprocess files."""
+        if self._active_count is not None:
+            self.associations_active.set(self._active_count())
+        for counter, count, last in self._sampled:
+            now = count()
+            if now > last[0]:
+                counter.inc(now - last[0])
+                last[0] = now
 
     # -- DIMSE --------------------------------------------------------------------------------
 
@@ -164,39 +209,62 @@ class ArchiveMetrics:
 
     def trust_refresh_failures_from(self, count: Callable[[], int]) -> None:
         """The certificate watcher counts its failed refreshes; read them at scrape time."""
-        self.registry.register(
-            _CallbackCounter(
-                "mimic_trust_refresh_failures",
-                "Certificate source refreshes that failed (the last good set stayed).",
-                lambda: float(count()),
-            )
+        self._counter_from(
+            "mimic_trust_refresh_failures",
+            "Certificate source refreshes that failed (the last good set stayed).", count,
         )
 
     def audit_failures_from(self, count: Callable[[], int]) -> None:
         """The audit trail counts sink writes that failed; read them at scrape time."""
-        self.registry.register(
-            _CallbackCounter(
-                "mimic_audit_failures",
-                "Audit records a sink could not write (file, table, syslog queue).",
-                lambda: float(count()),
-            )
+        self._counter_from(
+            "mimic_audit_failures",
+            "Audit records a sink could not write (file, table, syslog queue).", count,
         )
+
+    def _counter_from(self, name: str, documentation: str, count: Callable[[], int]) -> None:
+        if self.multiprocess:  # no scrape here: sample() adds what the count grew by
+            self._sampled.append((Counter(name, documentation, registry=self.registry),
+                                  count, [0]))
+        else:
+            self.registry.register(
+                _CallbackCounter(name, documentation, lambda: float(count()))
+            )
 
     def index_commits_from(self, commits: Callable[[], int],
                            instances: Callable[[], int]) -> None:
         """Group commit counts its shared transactions and the instances they carried (their
         ratio is the mean batch size); read them at scrape time."""
-        self.registry.register(_CallbackCounter(
+        self._counter_from(
             "mimic_index_group_commits",
             "Shared index transactions of C-STOREs (group commit), committed or failed.",
-            lambda: float(commits())))
-        self.registry.register(_CallbackCounter(
+            commits)
+        self._counter_from(
             "mimic_index_group_commit_instances",
-            "Instance writes those transactions carried (retries count again).",
-            lambda: float(instances())))
+            "Instance writes those transactions carried (retries count again).", instances)
 
     # -- exposition ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
+
+
+class ServerMetrics:
+    """The supervisor's ``/metrics``: every worker's values (their multiprocess files in
+    ``directory``) and the supervisor's own worker gauges."""
+
+    def __init__(self, directory: Path, configured: int) -> None:
+        self.directory = directory
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=str(directory))
+        self._own = CollectorRegistry()
+        Gauge("mimic_workers", "Worker processes configured (MIMIC_WORKERS).",
+              registry=self._own).set(configured)
+        self.ready = Gauge("mimic_workers_ready", "Worker processes up and accepting.",
+                           registry=self._own)
+        self.restarts = Counter("mimic_worker_restarts",
+                                "Worker processes that died and were replaced.",
+                                registry=self._own)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(self._own)

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -28,9 +29,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mimic_server.errors import MimicError
-from mimic_server.web.metrics import ArchiveMetrics
 
 log = logging.getLogger(__name__)
+
+
+class Exposition(Protocol):
+    """What ``/metrics`` reads: one archive's metrics, or a supervisor's sum of its workers'."""
+
+    def exposition(self) -> bytes: ...
 
 #: A readiness check: returns a short, secret-free description of what it found, or raises
 #: an exception whose message (first line, truncated) says what is wrong.
@@ -44,7 +50,7 @@ class OpsState:
     alive: Callable[[], bool]
     draining: Callable[[], bool]
     checks: dict[str, Check]
-    metrics: ArchiveMetrics
+    metrics: Exposition
     check_timeout: float = 2.0
     #: The open associations and per-minute counts (``web.activity``), for the console.
     status: Callable[[], dict[str, object]] | None = None

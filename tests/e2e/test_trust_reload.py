@@ -60,8 +60,12 @@ def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> N
     open_assoc = associate(live.port, _ctx(live, "modality1"), transfer_syntaxes=[syntax])
     assert open_assoc.is_established
     assert open_assoc.send_c_store(ct_copy(tmp_path, "1.2.826.0.1.3680043.8.498.50.1")).Status == 0
+    since = len(live.log_entries())
     devpki.revoke(live.certs, "modality1")
     assert wait_for(lambda: open_assoc.is_aborted, timeout=10)
+    # With several worker processes (MIMIC_WORKERS) the one that aborted has the others look
+    # at once: every worker is then on the new set.
+    assert wait_for(lambda: _all_processes_revoked(live, since), timeout=10)
     # ...its next association is refused at the TLS handshake...
     assert not associate(live.port, _ctx(live, "modality1")).is_established
     refused = dcmtk("echoscu", *dcmtk_tls(live), "-aec", "MIMIC", "localhost", str(live.port))
@@ -69,6 +73,17 @@ def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> N
     # ...and modalityb, issued by the same CA, is not affected.
     assert _echo_ok(live, "modalityb")
     assert any(e.get("message") == "trust set updated" for e in live.log_entries())
+
+
+def _all_processes_revoked(server: MimicProcess, since: int) -> bool:
+    entries = server.log_entries()
+    processes = next(e for e in entries if e.get("message") == "listening").get("workers", 1)
+    updates = [e for e in entries[since:] if e.get("message") == "trust set updated"]
+    aborting = next((e for e in updates if e.get("aborted_associations")), None)
+    if aborting is None:
+        return False
+    revoked = {e.get("worker") for e in updates if e.get("trusted") == aborting["trusted"]}
+    return len(revoked) == processes
 
 
 def test_removing_the_trusted_file_revokes(live: MimicProcess) -> None:

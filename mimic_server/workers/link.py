@@ -1,0 +1,94 @@
+"""What a worker process holds of its supervisor (``mimic serve`` with several workers).
+
+The supervisor passes three things to each worker it starts: the listening socket (an
+inherited file descriptor, shared by every worker), a pipe on which the worker says that it is
+ready and which server certificate it serves, and its slot in the shared association table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mimic_server.workers.table import PUBLISH_INTERVAL, AssociationTable
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A supervisor that is killed takes its workers with it (``PR_SET_PDEATHSIG``), as a
+    container's first process does: orphans would keep the DICOM port open, so that a
+    restarted supervisor could not bind it, and serve without supervision."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        log.warning("cannot tie the worker to its supervisor; it drains when it sees it gone")
+
+
+class WorkerLink:
+    """Worker ``slot``'s side of the supervisor's arrangement."""
+
+    def __init__(
+        self, slot: int, listen_fd: int, status_fd: int, table_path: Path, slots: int,
+        supervisor: int,
+    ) -> None:
+        self.slot = slot
+        self.listen_socket = socket.socket(fileno=listen_fd)
+        self.table = AssociationTable(table_path, slots)
+        self._status_fd = status_fd
+        self._status_lock = threading.Lock()
+        self._parent = supervisor
+        _die_with_parent()  # then look: it may have died before this worker got here
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def report(self, **fields: Any) -> None:
+        """One JSON line to the supervisor, in one write (it reads whole lines)."""
+        line = (json.dumps(fields, default=str) + "\n").encode()
+        with self._status_lock, contextlib.suppress(OSError):  # the supervisor is gone
+            os.write(self._status_fd, line)
+
+    def live_total(self, own: Callable[[], int]) -> Callable[[], int]:
+        """The association count the admission check compares with MIMIC_MAX_ASSOCIATIONS:
+        this worker's open ones and every other worker's (``table.py``)."""
+        return lambda: self.table.admit(self.slot, own())
+
+    def start_sampling(self, own: Callable[[], int], sample: Callable[[], None]) -> None:
+        """Every PUBLISH_INTERVAL: publish this worker's count, write sampled metrics."""
+
+        def run() -> None:
+            while not self._stop.wait(PUBLISH_INTERVAL):
+                try:
+                    self.table.publish(self.slot, own())
+                    sample()
+                except Exception:
+                    log.exception("publishing the worker's counts failed")
+
+        self._sampler = threading.Thread(target=run, name="mimic-worker-sampler", daemon=True)
+        self._sampler.start()
+
+    def parent_alive(self) -> bool:
+        """False once the supervisor is gone (the worker is re-parented): drain and exit."""
+        return os.getppid() == self._parent
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(1.0)
+        with contextlib.suppress(ValueError):
+            self.table.publish(self.slot, 0)
+        with contextlib.suppress(OSError):
+            os.close(self._status_fd)

@@ -1,0 +1,421 @@
+"""``mimic serve`` with several workers: a supervisor process and its worker processes.
+
+The supervisor does the once-only work of a start (the development PKI and its banner, the
+SQLite index's migration or PostgreSQL's version check, the blob container), binds the DICOM
+port once, and starts ``MIMIC_WORKERS`` workers (``python -m mimic_server serve-worker``),
+each a full :class:`~mimic_server.app.Archive` on the inherited listening socket. They start
+together, on a store and index already set up; if one cannot start (a configuration error,
+which it prints), the others are stopped and ``mimic serve`` exits 2. The supervisor serves
+the ops endpoints for the whole server, replaces a worker that dies (with a back-off while
+they keep dying young), forwards SIGHUP, and on SIGTERM closes its copy of the listening
+socket, forwards the signal, waits for every worker to drain, and exits.
+
+Why one inherited socket and not ``SO_REUSEPORT``: with a socket per worker the kernel
+hashes each connection to one of them, including to a worker that is draining or busy; with
+one socket the connection waits in one backlog for whichever worker accepts first, and a
+second archive started on the same port by mistake still fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from mimic_server.certs import devpki
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
+from mimic_server.net import descriptors
+from mimic_server.web.metrics import ServerMetrics
+from mimic_server.web.ops import OpsState, build_app
+from mimic_server.web.server import HttpServer
+from mimic_server.workers.status import fetch_status, merge_status
+from mimic_server.workers.table import AssociationTable
+
+log = logging.getLogger(__name__)
+
+#: The variable that carries ``mimic serve``'s command-line settings to its workers (the
+#: ``MIMIC_*`` variables they inherit as they are).
+OPTIONS_VARIABLE = "MIMIC_WORKER_OPTIONS"
+#: A worker that dies younger than this (seconds) counts towards a crash loop.
+CRASH_WINDOW = 30.0
+#: Back-off before restarting a worker in a crash loop: doubles from the first to the last.
+FIRST_BACKOFF, LONGEST_BACKOFF = 0.5, 60.0
+#: Seconds a worker may take to say it is ready.
+START_TIMEOUT = 120.0
+#: Seconds the drain waits for every worker to close its listening socket before /readyz
+#: answers 503 anyway.
+STOP_ACCEPT_WAIT = 5.0
+#: Seconds during which a second trust change reported by a worker is not relayed again.
+RELAY_INTERVAL = 1.0
+#: Seconds between two looks at the workers.
+SUPERVISE_PERIOD = 0.2
+
+
+@dataclass
+class _Run:
+    """One worker process: a slot's current incarnation."""
+
+    process: subprocess.Popen[bytes]
+    started: float
+    ready: bool = False
+    server_not_after: float | None = None
+    aborted: int = 0  # associations it aborted when its drain time ran out
+    draining: bool = False  # it no longer accepts
+    status_port: int | None = None  # its loopback /status/associations (console's "now")
+
+
+@dataclass
+class _Slot:
+    index: int
+    run: _Run | None = None
+    young_deaths: int = 0
+    restart_at: float | None = None
+    runs: list[int] = field(default_factory=list)  # pids, for tests and logs
+
+
+class Supervisor:
+    """The parent process of ``count`` workers; see the module docstring."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any], count: int) -> None:
+        self.settings = settings
+        self.options = options
+        self.count = count
+        self.first_start: devpki.DevPki | None = None
+        self.slots = [_Slot(i) for i in range(count)]
+        self._listener: socket.socket | None = None
+        self._directory = Path(tempfile.mkdtemp(prefix="mimic-workers-"))
+        self._metrics_dir = self._directory / "metrics"
+        self._metrics_dir.mkdir()
+        self._table = AssociationTable(self._directory / "associations", count, create=True)
+        self.metrics = ServerMetrics(self._metrics_dir, count)
+        self._engine: Any = None
+        self._store: Any = None
+        self.ops: HttpServer | None = None
+        self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._lock = threading.Lock()
+        self._last_relay = -RELAY_INTERVAL
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare once, bind, start the workers, then the ops endpoints; on a failure
+        nothing stays behind (workers, sockets, the temporary directory)."""
+        try:
+            self._start()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _start(self) -> None:
+        from mimic_server.app import open_index, open_object_store
+
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        descriptors.raise_soft_limit()  # the workers inherit it (each raises it again too)
+        self._first_start()
+        self._engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
+        self._store = open_object_store(s)  # the blob container created once
+        self._listener = self._bind()
+        if s.ops_port:  # bound now: a taken port fails the start before any worker runs
+            self.ops = HttpServer(build_app(self._ops_state()), s.ops_host, s.ops_port)
+        for slot in self.slots:
+            self._spawn(slot)
+        self._await_ready(self.slots)
+        if self.ops is not None:
+            self.ops.start()
+        host, port = self.address
+        log.info("listening", extra={
+            "address": f"{host}:{port}", "ae_title": s.ae_title, "tls": s.tls,
+            "index": self._engine.dialect.name,
+            "objects": s.blob_container if s.uses_blob_storage else str(s.objects_dir),
+            "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
+            "workers": self.count,
+        })
+
+    def _first_start(self) -> None:
+        """The development PKI, made here once (each worker then finds it)."""
+        s = self.settings
+        if not s.tls or s.keyvault_url or s.cert_dir is not None:
+            return
+        if not (s.certificate_dir / "server" / "server.pem").exists():
+            pki = devpki.init(s.certificate_dir)
+            if pki.created:
+                self.first_start = pki
+
+    def _bind(self) -> socket.socket:
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((s.host, s.port))
+            listener.listen(s.listen_backlog)
+        except OSError as exc:
+            listener.close()
+            raise ConfigurationError(
+                f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}"
+            ) from exc
+        return listener
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._listener is not None
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def _spawn(self, slot: _Slot) -> None:
+        assert self._listener is not None
+        read_end, write_end = os.pipe()
+        env = dict(os.environ)
+        env[OPTIONS_VARIABLE] = json.dumps(self.options)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
+        listen_fd = self._listener.fileno()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mimic_server", "serve-worker",
+                 "--slot", str(slot.index), "--slots", str(self.count),
+                 "--listen-fd", str(listen_fd), "--status-fd", str(write_end),
+                 "--table", str(self._table.path), "--supervisor-pid", str(os.getpid())],
+                env=env, pass_fds=(listen_fd, write_end),
+            )
+        finally:
+            os.close(write_end)
+        run = _Run(process, time.monotonic())
+        slot.run, slot.restart_at = run, None
+        slot.runs.append(process.pid)
+        threading.Thread(
+            target=self._read_status, args=(slot, run, read_end), daemon=True,
+            name=f"mimic-worker-{slot.index}-status",
+        ).start()
+        log.info("worker started", extra={"worker": slot.index, "pid": process.pid})
+
+    def _read_status(self, slot: _Slot, run: _Run, read_end: int) -> None:
+        """The worker's JSON lines: ready, the server certificate it serves, a trust set it
+        found changed, that it stopped accepting, how many its drain aborted."""
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if "server_not_after" in message:
+                        run.server_not_after = message["server_not_after"]
+                    if message.get("event") == "status-port":
+                        run.status_port = int(message["status_port"])
+                    if message.get("event") == "ready":
+                        run.ready = True
+                    if message.get("event") == "trust-changed":
+                        self._relay_trust_change(run)
+                    if message.get("event") == "draining":
+                        run.draining = True
+                    if message.get("event") == "stopped":
+                        run.aborted = int(message.get("aborted_associations", 0))
+
+    def _await_ready(self, slots: list[_Slot]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            pending = False
+            for slot in slots:
+                run = slot.run
+                assert run is not None
+                code = run.process.poll()
+                if code is not None:
+                    raise ConfigurationError(
+                        f"worker {slot.index} could not start ({_describe_exit(code)})"
+                    )
+                pending = pending or not run.ready
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"the workers did not start in {START_TIMEOUT:g} s")
+            time.sleep(0.05)
+
+    def _abandon(self) -> None:
+        """A failed start: the workers already running go at once."""
+        for slot in self.slots:
+            if slot.run is not None and slot.run.process.poll() is None:
+                slot.run.process.kill()
+                slot.run.process.wait()
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
+        self._close()
+
+    # -- ops ---------------------------------------------------------------------------------
+
+    def _ops_state(self) -> OpsState:
+        from mimic_server.resources import index_answers, store_answers
+
+        return OpsState(
+            alive=self.alive,
+            draining=self._draining.is_set,
+            checks={
+                "workers": self._workers_ready,
+                "index": lambda: index_answers(self._engine),
+                "object_store": lambda: store_answers(self._store),
+                "certificate": self._certificate_valid,
+            },
+            metrics=self.metrics,
+            status=self._status,
+        )
+
+    def _status(self) -> dict[str, object]:
+        """Every ready worker's open associations and the per-minute counts summed."""
+        return merge_status([
+            (slot.index, fetch_status(slot.run.status_port))
+            for slot in self.slots
+            if slot.run is not None and slot.run.ready and slot.run.status_port is not None
+        ])
+
+    def _ready_runs(self) -> list[_Run]:
+        runs = [slot.run for slot in self.slots if slot.run is not None]
+        return [r for r in runs if r.ready and r.process.poll() is None]
+
+    def alive(self) -> bool:
+        """Healthy while some worker accepts; a dead one is being replaced meanwhile."""
+        return bool(self._ready_runs())
+
+    def _workers_ready(self) -> str:
+        ready = len(self._ready_runs())
+        if ready < self.count:
+            raise ConfigurationError(f"{ready} of {self.count} workers ready")
+        return f"{ready} of {self.count} workers ready"
+
+    def _certificate_valid(self) -> str:
+        from datetime import UTC, datetime
+
+        if not self.settings.tls:
+            return "TLS off"
+        dates = [r.server_not_after for r in self._ready_runs() if r.server_not_after]
+        if not dates:
+            raise ConfigurationError("no server certificate loaded")
+        not_after = datetime.fromtimestamp(min(dates), UTC)
+        if not_after <= datetime.now(UTC):
+            raise ConfigurationError(f"server certificate expired {not_after.isoformat()}")
+        return f"server certificate valid until {not_after.isoformat()}"
+
+    # -- running -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: the main loop wakes and drains."""
+        self._stop.set()
+
+    def hup(self) -> None:
+        """SIGHUP: every worker reads its certificates and policy file again. Not one still
+        starting: SIGHUP would end it before its handler is set (it reads them anyway)."""
+        for run in self._ready_runs():
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(signal.SIGHUP)
+
+    def _relay_trust_change(self, source: _Run) -> None:
+        """One worker's watcher saw the certificates change: the others look at once (as on
+        SIGHUP) instead of at their next poll, so that a revocation takes effect in every
+        worker together. At most once per :data:`RELAY_INTERVAL`: their own changes, found
+        on the SIGHUP, would otherwise echo back."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_relay < RELAY_INTERVAL:
+                return
+            self._last_relay = now
+        for run in self._ready_runs():
+            if run is not source:
+                with contextlib.suppress(ProcessLookupError):
+                    run.process.send_signal(signal.SIGHUP)
+
+    def run(self) -> None:
+        """Supervise until told to stop, then drain the workers."""
+        while not self._stop.wait(SUPERVISE_PERIOD):
+            now = time.monotonic()
+            for slot in self.slots:
+                run = slot.run
+                if run is not None and run.process.poll() is not None:
+                    self._died(slot, run, now)
+                if slot.run is None and slot.restart_at is not None and now >= slot.restart_at:
+                    self._spawn(slot)
+            self.metrics.ready.set(len(self._ready_runs()))
+        self._drain()
+
+    def _died(self, slot: _Slot, run: _Run, now: float) -> None:
+        code = run.process.returncode
+        multiprocess.mark_process_dead(run.process.pid, str(self._metrics_dir))
+        self._table.publish(slot.index, 0)
+        self.metrics.restarts.inc()
+        slot.young_deaths = slot.young_deaths + 1 if now - run.started < CRASH_WINDOW else 0
+        delay = (0.0 if slot.young_deaths == 0
+                 else min(LONGEST_BACKOFF, FIRST_BACKOFF * 2 ** (slot.young_deaths - 1)))
+        slot.run, slot.restart_at = None, now + delay
+        log.error("worker died; replacing it", extra={
+            "worker": slot.index, "pid": run.process.pid, **_exit_fields(code),
+            "restart_in_seconds": delay, "young_deaths": slot.young_deaths,
+        })
+
+    def _drain(self) -> None:
+        """Stop accepting here, let every worker drain (MIMIC_DRAIN_SECONDS), then go."""
+        if self._listener is not None:
+            self._listener.close()  # the workers' copies close as each stops accepting
+            self._listener = None
+        runs = [slot.run for slot in self.slots if slot.run is not None]
+        for run in runs:
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(signal.SIGTERM)
+        # /readyz says 503 once no worker accepts any more (or after STOP_ACCEPT_WAIT): from
+        # then on a new connection is refused, never admitted by a worker not yet told.
+        deadline = time.monotonic() + STOP_ACCEPT_WAIT
+        while time.monotonic() < deadline and not all(
+            r.draining or r.process.poll() is not None for r in runs
+        ):
+            time.sleep(0.02)
+        self._draining.set()
+        deadline = time.monotonic() + self.settings.drain_seconds + 15.0
+        for run in runs:
+            try:
+                run.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker did not stop; killing it", extra={"pid": run.process.pid})
+                run.process.kill()
+                run.process.wait()
+        if self.ops is not None:
+            self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
+            self.ops = None
+        self._close()
+        log.info("stopped", extra={
+            "workers": len(runs), "aborted_associations": sum(r.aborted for r in runs),
+        })
+
+    def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        with contextlib.suppress(ValueError, BufferError):
+            self._table.close()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _exit_fields(code: int) -> dict[str, Any]:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return {"signal": signal.Signals(-code).name}
+        return {"signal": -code}
+    return {"exit_code": code}
+
+
+def _describe_exit(code: int) -> str:
+    fields = _exit_fields(code)
+    return f"signal {fields['signal']}" if "signal" in fields else f"exit code {code}"

@@ -1,0 +1,207 @@
+"""Several worker processes on one DICOM port (``MIMIC_WORKERS=2``): both serve, the metrics
+and the association limit are the server's, trust changes and drains reach every worker, and
+a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mimic_server.certs import devpki
+from tests.data import ct_copy
+from tests.support import MimicProcess, associate, client_context, wait_for
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+UID_ROOT = "1.2.826.0.1.3680043.8.498.61."
+#: Associations a test opens at most while waiting for both workers to have one: the kernel
+#: wakes both accept loops and either may win; all landing on one is (1/2)^n unlikely.
+SPREAD_ATTEMPTS = 24
+
+
+def metric(server: MimicProcess, name: str, **labels: str) -> float:
+    status, body = server.ops("/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def per_worker(server: MimicProcess) -> dict[str, float]:
+    return {w: metric(server, "mimic_worker_associations_accepted", worker=w)
+            for w in ("0", "1")}
+
+
+def worker_pids(server: MimicProcess) -> dict[int, int]:
+    """The latest pid of each worker slot, from the supervisor's "worker started" lines."""
+    pids: dict[int, int] = {}
+    for entry in server.log_entries():
+        if entry.get("message") == "worker started":
+            pids[int(entry["worker"])] = int(entry["pid"])
+    return pids
+
+
+def spread(server: MimicProcess, ctx: Any) -> list[Any]:
+    """Open (and keep open) associations until both workers hold at least one."""
+    before = per_worker(server)
+    opened = []
+    for _ in range(SPREAD_ATTEMPTS):
+        assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE])
+        assert assoc.is_established
+        opened.append(assoc)
+        now = per_worker(server)
+        if all(now[w] > before[w] for w in now):
+            return opened
+    pytest.fail(f"every association landed on one worker: {per_worker(server)}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MimicProcess]:
+    process = MimicProcess(tmp_path / "data", workers="2", cert_refresh_seconds="3600").start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def context(server: MimicProcess, name: str = "modality1") -> Any:
+    client = server.certs / "clients" / name
+    return client_context(client / "client.pem", client / "client.key", server.ca_cert)
+
+
+def test_both_workers_serve_and_the_metrics_add_up(server: MimicProcess, tmp_path: Path) -> None:
+    listening = next(e for e in server.log_entries() if e.get("message") == "listening")
+    assert listening["workers"] == 2
+    assert len(worker_pids(server)) == 2
+    stores_before = metric(server, "mimic_dimse_requests_total", service="C-STORE",
+                           status="success")
+    opened = spread(server, context(server))
+    for n, assoc in enumerate(opened):
+        status = assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}1.{n}"))
+        assert status.Status == 0
+    assert wait_for(lambda: metric(server, "mimic_associations_active") == len(opened))
+    for assoc in opened:
+        assoc.release()
+    # Every worker's counts, summed by the supervisor's /metrics.
+    stored = metric(server, "mimic_dimse_requests_total", service="C-STORE", status="success")
+    assert stored - stores_before == len(opened) == server.instance_count()
+    assert sum(per_worker(server).values()) == len(opened)
+    assert wait_for(lambda: metric(server, "mimic_associations_active") == 0)
+    assert metric(server, "mimic_workers_ready") == 2
+    ready = json.loads(server.ops("/readyz")[1])
+    assert ready["checks"]["workers"] == {"ok": True, "detail": "2 of 2 workers ready"}
+    # The first-start banner: printed once, by the supervisor.
+    assert server.log().count("Development PKI created") == 1
+
+
+def test_the_association_limit_is_a_total(tmp_path: Path) -> None:
+    server = MimicProcess(tmp_path / "data", workers="2", max_associations="2").start()
+    try:
+        ctx = context(server)
+        first = associate(server.port, ctx)
+        second = associate(server.port, ctx)
+        assert first.is_established and second.is_established
+        third = associate(server.port, ctx)
+        assert third.is_rejected  # whichever worker it reached: 3 open > 2
+        first.release()
+        assert wait_for(lambda: (a := associate(server.port, ctx)).is_established
+                        and (a.release() or True), timeout=10)
+        second.release()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def trust_updates(server: MimicProcess) -> list[dict[str, Any]]:
+    return [e for e in server.log_entries() if e.get("message") == "trust set updated"]
+
+
+def test_revocation_reaches_every_worker(server: MimicProcess) -> None:
+    devpki.issue_client(server.certs, "modalityr")
+    server.hup()  # forwarded to every worker
+    assert wait_for(lambda: {e.get("worker") for e in trust_updates(server)} == {0, 1},
+                    timeout=20)
+    opened = spread(server, context(server, "modalityr"))
+    bystander = associate(server.port, context(server))
+    assert bystander.is_established
+
+    devpki.revoke(server.certs, "modalityr")
+    server.hup()
+    assert wait_for(lambda: all(a.is_aborted for a in opened), timeout=20)
+    assert wait_for(lambda: len(trust_updates(server)) == 4, timeout=20)
+    assert not associate(server.port, context(server, "modalityr")).is_established
+    assert bystander.send_c_echo().Status == 0
+    bystander.release()
+    updated = {e.get("worker") for e in server.log_entries()
+               if e.get("message") == "trust set updated" and e.get("aborted_associations")}
+    assert updated == {0, 1}  # each worker aborted its own
+
+
+def test_sigterm_drains_associations_on_every_worker(tmp_path: Path) -> None:
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="30").start()
+    opened = spread(server, context(server))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    assert not associate(server.port, context(server)).is_established
+    # Still served while they drain, on both workers, then released by the peer.
+    for n, assoc in enumerate(opened):
+        assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}2.{n}")).Status == 0
+        assoc.release()
+    server.proc.wait(60)
+    assert server.stop() == 0, server.log()
+    assert server.instance_count() == len(opened)
+    entries = server.log_entries()
+    drained = {e["worker"] for e in entries if e.get("message") == "worker stopped"}
+    assert drained == {0, 1}
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 0
+
+
+def test_a_killed_worker_is_replaced(server: MimicProcess) -> None:
+    victim = worker_pids(server)[1]
+    os.kill(victim, signal.SIGKILL)
+
+    def died() -> dict[str, Any] | None:
+        return next((e for e in server.log_entries()
+                     if e.get("message") == "worker died; replacing it"), None)
+
+    assert wait_for(lambda: died() is not None, timeout=20)
+    death = died()
+    assert death is not None
+    assert death["level"] == "ERROR" and death["pid"] == victim
+    assert death["signal"] == "SIGKILL" and death["worker"] == 1
+    assert wait_for(lambda: worker_pids(server)[1] != victim, timeout=20)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 200, timeout=90)
+    assert metric(server, "mimic_worker_restarts_total") == 1
+    # New associations succeed (on either worker), the replacement among them eventually.
+    ctx = context(server)
+    for _ in range(4):
+        assoc = associate(server.port, ctx)
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+    for assoc in spread(server, ctx):
+        assoc.release()
+
+
+def test_status_for_the_console_lists_every_workers_associations(server: MimicProcess) -> None:
+    opened = spread(server, context(server))
+    try:
+        status, body = server.ops("/status/associations")
+        assert status == 200
+        answer = json.loads(body)
+        held = answer["associations"]
+        assert len(held) == len(opened)
+        assert {a["worker"] for a in held} == {0, 1}  # each worker's own, asked of it
+        assert answer["workers_unanswered"] == 0
+        assert sum(m["associations"] for m in answer["minutes"]) >= len(opened)
+    finally:
+        for assoc in opened:
+            assoc.release()
+    assert wait_for(lambda: json.loads(server.ops("/status/associations")[1])
+                    ["associations"] == [])

@@ -1,0 +1,37 @@
+"""The audit JSON-lines file with several writer processes (``MIMIC_WORKERS``): every record
+stays one whole line, however long, whatever the others write meanwhile."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from mimic_server.security import audit
+
+WRITERS, RECORDS = 4, 40
+
+
+def _write(path: str, writer: int) -> None:
+    log = audit.AuditLog(Path(path))
+    for n in range(RECORDS):
+        # Longer than any stdio buffer: a buffered writer splits it into several writes.
+        log.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started",
+                   reason=f"{writer}-{n}-" + "x" * 70_000)
+    log.close()
+
+
+def test_records_from_several_processes_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write, args=(str(path), w)) for w in range(WRITERS)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(120)
+        assert process.exitcode == 0
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    reasons = {"-".join(json.loads(line)["reason"].split("-")[:2]) for line in lines[:-1]}
+    assert len(lines) - 1 == WRITERS * RECORDS
+    assert reasons == {f"{w}-{n}" for w in range(WRITERS) for n in range(RECORDS)}

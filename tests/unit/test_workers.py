@@ -1,0 +1,52 @@
+"""The worker count and the association count the workers share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mimic_server.config import Settings
+from mimic_server.workers import cpu_quota, worker_count
+from mimic_server.workers.table import AssociationTable
+
+
+def test_workers_setting_wins(tmp_path: Path) -> None:
+    assert worker_count(Settings(data_dir=tmp_path, workers=3)) == 3
+
+
+def test_default_is_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    count = worker_count(Settings(data_dir=tmp_path))
+    assert 1 <= count <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("v2", "expected"), [
+    ("max 100000\n", None), ("150000 100000\n", 1.5), ("100000 100000\n", 1.0),
+])
+def test_cgroup_v2_quota(tmp_path: Path, v2: str, expected: float | None) -> None:
+    (tmp_path / "cpu.max").write_text(v2)
+    missing = (tmp_path / "none", tmp_path / "none")
+    assert cpu_quota(tmp_path / "cpu.max", missing) == expected
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    quota, period = tmp_path / "quota", tmp_path / "period"
+    period.write_text("100000\n")
+    quota.write_text("-1\n")  # unlimited
+    assert cpu_quota(tmp_path / "absent", (quota, period)) is None
+    quota.write_text("200000\n")
+    assert cpu_quota(tmp_path / "absent", (quota, period)) == 2.0
+
+
+def test_association_table_totals_every_worker(tmp_path: Path) -> None:
+    supervisor = AssociationTable(tmp_path / "t", 3, create=True)
+    worker0 = AssociationTable(tmp_path / "t", 3)
+    worker2 = AssociationTable(tmp_path / "t", 3)
+    assert worker0.admit(0, 2) == 2
+    assert worker2.admit(2, 1) == 3  # its own and worker 0's
+    assert supervisor.total() == 3
+    supervisor.publish(0, 0)  # worker 0 died
+    assert worker2.admit(2, 1) == 1
+    for table in (supervisor, worker0, worker2):
+        table.close()
