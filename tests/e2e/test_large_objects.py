@@ -30,7 +30,7 @@ LIMIT = 32 * MiB
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
     root = tmp_path_factory.mktemp("large")
-    process = MimicProcess(root / "data").start()
+    process = MimicProcess(root / "data", workers="1").start()  # /proc: the one process
     yield process
     assert process.stop() == 0, process.log()
 
@@ -38,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
     root = tmp_path_factory.mktemp("limited")
-    process = MimicProcess(root / "data", max_object_bytes=str(LIMIT)).start()
+    process = MimicProcess(root / "data", max_object_bytes=str(LIMIT), workers="1").start()
     yield process
     assert process.stop() == 0, process.log()
 

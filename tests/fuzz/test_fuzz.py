@@ -99,6 +99,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         acse_timeout=str(ACSE_TIMEOUT),
         network_timeout=str(NETWORK_TIMEOUT),
         handshake_timeout="3",
+        workers="1",  # the thread oracle reads /proc of the process that serves
     ).start()
     target = Fuzzed(server, 0, root)
     assert target.echo_ok()
