@@ -70,10 +70,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise RuntimeError("no thread count")
+    """Threads of ``pid`` and its live descendants (the workers hold the associations)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("Threads:"):
+                    total += int(line.split()[1])
+            pending += _children(current)
+        except OSError:
+            continue  # ended meanwhile
+    return total
 
 
 def associate(mimic: MimicProcess) -> Association:

@@ -47,4 +47,6 @@ if [ ! -x node_modules/.bin/azurite-blob ] || [ ! -d node_modules/playwright-cor
 fi
 
 .venv/bin/ruff check mimic_server tests bench
-exec .venv/bin/python -m pytest "$@"
+# Two test processes (pytest-xdist), each test file kept in one of them so that a module's
+# servers start once; MIMIC_TEST_PROCESSES=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${MIMIC_TEST_PROCESSES:-2}" --dist loadfile "$@"

@@ -139,6 +139,13 @@ class MimicProcess:
                     entries.append(json.loads(line))
         return entries
 
+    def worker_count(self) -> int:
+        """How many worker processes serve (the ``listening`` line says; 1 without any)."""
+        for entry in self.log_entries():
+            if entry.get("message") == "listening":
+                return int(entry.get("workers", 1))
+        raise AssertionError("the server has not said it is listening")
+
     # -- what the archive holds ------------------------------------------------------------
 
     @property
