@@ -177,16 +177,29 @@ def open_token_validator(settings: Settings) -> TokenValidator | None:
         return None
     if not s.oidc_audience:
         raise ConfigurationError("MIMIC_OIDC_ISSUER needs MIMIC_OIDC_AUDIENCE")
-    context = None
-    if s.oidc_ca_file is not None:
-        if not s.oidc_ca_file.is_file():
-            raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
-        context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
+    return oidc_validator(s, s.oidc_audience)
+
+
+def oidc_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The trust anchors for the issuer's HTTPS (``MIMIC_OIDC_CA_FILE``), else the system's."""
+    ca_file = settings.oidc_ca_file
+    if ca_file is None:
+        return None
+    if not ca_file.is_file():
+        raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {ca_file} does not exist")
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def oidc_validator(settings: Settings, audience: str) -> TokenValidator:
+    """A validator of the configured issuer's tokens for ``audience``: access tokens name
+    MIMIC's API (``MIMIC_OIDC_AUDIENCE``), the console's ID tokens its client id."""
+    s = settings
+    assert s.oidc_issuer is not None
     algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
     try:
         return TokenValidator(
-            s.oidc_issuer, s.oidc_audience, algorithms=algorithms,
-            leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
+            s.oidc_issuer, audience, algorithms=algorithms,
+            leeway_seconds=s.oidc_leeway_seconds, ssl_context=oidc_ssl_context(s),
             roles_claim=s.oidc_roles_claim,
         )
     except ValueError as exc:

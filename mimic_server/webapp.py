@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import ssl
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -33,6 +32,8 @@ from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
     load_policy_file,
+    oidc_ssl_context,
+    oidc_validator,
     open_audit_trail,
     open_index,
     open_object_store,
@@ -43,7 +44,6 @@ from mimic_server.security.audit import AuditFilter, AuditLog, read_file
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
-from mimic_server.security.tokens import TokenValidator
 from mimic_server.storage import ObjectStore
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
@@ -223,24 +223,11 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
     if s.web_oidc_client_id:
         if not s.oidc_issuer:
             raise ConfigurationError("MIMIC_WEB_OIDC_CLIENT_ID needs MIMIC_OIDC_ISSUER")
-        context = None
-        if s.oidc_ca_file is not None:
-            if not s.oidc_ca_file.is_file():
-                raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {s.oidc_ca_file} does not exist")
-            context = ssl.create_default_context(cafile=str(s.oidc_ca_file))
-        algorithms = [a.strip() for a in s.oidc_algorithms.split(",") if a.strip()]
-        try:
-            # ID tokens name the console's client id as audience (not MIMIC_OIDC_AUDIENCE).
-            validator = TokenValidator(
-                s.oidc_issuer, s.web_oidc_client_id, algorithms=algorithms,
-                leeway_seconds=s.oidc_leeway_seconds, ssl_context=context,
-                roles_claim=s.oidc_roles_claim,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"MIMIC_OIDC_ALGORITHMS: {exc}") from exc
+        # ID tokens name the console's client id as audience (not MIMIC_OIDC_AUDIENCE).
+        validator = oidc_validator(s, s.web_oidc_client_id)
         oidc = OidcClient(s.oidc_issuer, s.web_oidc_client_id, validator,
                           client_secret=s.web_oidc_client_secret, scopes=s.web_oidc_scopes,
-                          ssl_context=context)
+                          ssl_context=oidc_ssl_context(s))
     else:
         log.warning("operator console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID): "
                     "its pages answer 503")
