@@ -102,15 +102,9 @@ class MimicProcess:
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
     def ops(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         """GET ``path`` on the operations port: (HTTP status, body)."""
@@ -351,3 +345,15 @@ def start_storescp(
         env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )
     return process, out
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM (the drain a container stop gives), SIGKILL after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, free_port
+from tests.support import HOST, free_port, terminate
 
 AUDIENCE = "api://mimic"
 #: DICOMweb's rule: Radiologists search, retrieve and store; Clerks only search.
@@ -82,15 +81,9 @@ class WebProcess:
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
