@@ -111,6 +111,15 @@ def process_cpu(pid: int) -> float:
     return total
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from ``/proc/stat``: what the
+    other users of a shared machine take shows as busy time that none of our processes used."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICK, idle / CLOCK_TICK
+
+
 def pg_round_trip_ms(dsn: str, n: int = 200) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT 1")
@@ -178,23 +187,39 @@ class Run:
     client_cpu_s: float
     server_cpu_s: float
     proxy_cpu_s: float
+    #: The split of ``proxy_cpu_s``: the PostgreSQL proxy and the blob proxy.
+    pg_proxy_cpu_s: float = 0.0
+    blob_proxy_cpu_s: float = 0.0
+    #: Azurite (one Node.js process) during the run.
+    azurite_cpu_s: float = 0.0
+    #: The whole machine during the run (every user's processes): busy and idle CPU seconds.
+    machine_busy_s: float = 0.0
+    machine_idle_s: float = 0.0
 
 
 def measure(server: LatencyMimic, data: DataSet, associations: int, work: Path,
             pg_proxy: DelayProxy | None) -> Run:
+    def blob_proxy() -> float:
+        return server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0
+
     try:
         server.start()
         assert server.proc is not None
         pid = server.proc.pid
+        azurite_pid = server.azurite.proc.pid if server.azurite.proc else -1
         cpu0 = process_cpu(pid)
-        proxy0 = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) + (
-            server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0)
+        pg0 = pg_proxy.cpu_seconds() if pg_proxy else 0.0
+        blob0 = blob_proxy()
+        azurite0 = process_cpu(azurite_pid)
+        busy0, idle0 = machine_cpu()
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = send(server, data, associations, work)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1, idle1 = machine_cpu()
         server_cpu = process_cpu(pid) - cpu0
-        proxy_cpu = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) + (
-            server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0) - proxy0
+        pg_cpu = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) - pg0
+        blob_cpu = blob_proxy() - blob0
+        azurite_cpu = process_cpu(azurite_pid) - azurite0
         stored = server.count()
     finally:
         try:
@@ -206,7 +231,9 @@ def measure(server: LatencyMimic, data: DataSet, associations: int, work: Path,
                          f"({associations} assoc); its log:\n{tail(server.log_path)}")
     client = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return Run("", associations, round(seconds, 3), round(data.count / seconds, 1),
-               round(client, 2), round(server_cpu, 2), round(proxy_cpu, 2))
+               round(client, 2), round(server_cpu, 2), round(pg_cpu + blob_cpu, 2),
+               round(pg_cpu, 2), round(blob_cpu, 2), round(azurite_cpu, 2),
+               round(busy1 - busy0, 2), round(idle1 - idle0, 2))
 
 
 @contextlib.contextmanager
@@ -285,7 +312,10 @@ def run(*, count: int, rounds: int, associations: tuple[int, ...], modes: tuple[
                             print(f"round {r + 1}/{rounds} {mode:8} {n:3} assoc "
                                   f"{result.instances_per_s:8.1f} inst/s ({result.seconds:.2f} s;"
                                   f" CPU s: clients {result.client_cpu_s}, server "
-                                  f"{result.server_cpu_s}, proxies {result.proxy_cpu_s})",
+                                  f"{result.server_cpu_s}, proxies {result.pg_proxy_cpu_s} pg +"
+                                  f" {result.blob_proxy_cpu_s} blob, azurite "
+                                  f"{result.azurite_cpu_s}; machine busy "
+                                  f"{result.machine_busy_s} idle {result.machine_idle_s})",
                                   flush=True)
         best: dict[str, dict[int, Run]] = {}
         for x in runs:
