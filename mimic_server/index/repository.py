@@ -55,6 +55,10 @@ class SqlIndex:
             GroupCommitter(engine, max_batch=max_batch, in_flight=in_flight)
             if group_commit else None
         )
+        #: The transaction may wait for the object's put before it commits
+        #: (``archive.ingest.keep``): PostgreSQL runs transactions side by side, so a
+        #: waiting one blocks no other writer; SQLite's one writer would hold its lock.
+        self.overlaps_put = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # The instance's series row id, checked in the same statement to still be the row of
         # its Series Instance UID: NULL (a NOT NULL violation, an IntegrityError) otherwise.
