@@ -7,7 +7,8 @@ This drives what a C-STORE handler does after the data set has arrived (``dimse/
 attributes, the audit record, the file store put with its fsyncs, the index upsert with the
 audit row in one transaction) in a loop on one thread, and reports per object:
 
-- the CPU time of that thread (``time.thread_time``), in total and per phase;
+- the CPU time of the process (``time.process_time``: this thread and the put's helper), in
+  total and per phase;
 - the wall time per phase (the waits: fsyncs, the PostgreSQL round trips and commit).
 
 Interleaved rounds of ``--count`` objects; the median over rounds is printed. PostgreSQL is
@@ -21,6 +22,7 @@ the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -32,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +109,11 @@ class Clock:
         self.wall: dict[str, float] = defaultdict(float)
 
     def run(self, phase: str, fn: Callable[[], Any]) -> Any:
-        c0, w0 = time.thread_time(), time.perf_counter()
+        c0, w0 = time.process_time(), time.perf_counter()
         try:
             return fn()
         finally:
-            self.cpu[phase] += time.thread_time() - c0
+            self.cpu[phase] += time.process_time() - c0
             self.wall[phase] += time.perf_counter() - w0
 
 
@@ -133,6 +135,39 @@ def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore
     return clock
 
 
+def _summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    phases = list(rounds[0]["cpu"])
+    summary = {
+        "cpu_ms": {p: statistics.median(r["cpu"][p] for r in rounds) for p in phases},
+        "wall_ms": {p: statistics.median(r["wall"][p] for r in rounds) for p in phases},
+    }
+    summary["cpu_ms"]["total"] = statistics.median(sum(r["cpu"].values()) for r in rounds)
+    summary["wall_ms"]["total"] = statistics.median(sum(r["wall"].values()) for r in rounds)
+    return summary
+
+
+@contextlib.contextmanager
+def _switched(index: SqlIndex, **values: Any) -> Iterator[None]:
+    """``index`` with some of its fast paths switched off for a round (``--variants``)."""
+    saved = {name: getattr(index, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(index, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(index, name, value)
+
+
+#: What each variant switches off: the earlier paths, to measure a change in one run.
+VARIANTS: dict[str, Callable[[SqlIndex], contextlib.AbstractContextManager[None]]] = {
+    "current": lambda index: _switched(index),
+    "serial-put": lambda index: _switched(index, overlaps_put=False),
+    "sqlalchemy-insert": lambda index: _switched(index, _driver_insert=None),
+    "before": lambda index: _switched(index, overlaps_put=False, _driver_insert=None),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=("small", "large", "both"), default="both")
@@ -142,6 +177,8 @@ def main() -> int:
     parser.add_argument("--no-fsync", action="store_true", help="file store without fsync")
     parser.add_argument("--profile", action="store_true", help="cProfile one round")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--variants", default="current",
+                        help=f"comma-separated, interleaved per round: {', '.join(VARIANTS)}")
     args = parser.parse_args()
 
     name = f"mimic_cpu_{uuid.uuid4().hex[:8]}"
@@ -159,41 +196,43 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mimic-cpu-") as tmp:
             store = FilesystemStore(Path(tmp) / "objects", fsync=not args.no_fsync)
             kinds = ("small", "large") if args.kind == "both" else (args.kind,)
+            variants = args.variants.split(",")
             for kind in kinds:
                 warm = datasets(kind, 20, "warm")
-                one_round(warm, store, index, audit_log)  # caches, connections, imports
-                rounds = []
+                for variant in variants:
+                    with VARIANTS[variant](index):
+                        one_round(warm, store, index, audit_log)  # caches, connections
+                rounds: dict[str, list[dict[str, dict[str, float]]]] = defaultdict(list)
                 for n in range(args.rounds):
-                    objects = datasets(kind, args.count, str(n))
-                    if args.profile:
-                        profiler = cProfile.Profile()
-                        profiler.enable()
-                    clock = one_round(objects, store, index, audit_log)
-                    if args.profile:
-                        profiler.disable()
-                        stats = pstats.Stats(profiler).sort_stats("tottime")
-                        stats.print_stats(30)
-                        stats.sort_stats("cumulative").print_stats(40)
-                        args.profile = False
-                    rounds.append({
-                        "cpu": {k: v / args.count * 1e3 for k, v in clock.cpu.items()},
-                        "wall": {k: v / args.count * 1e3 for k, v in clock.wall.items()},
-                    })
-                phases = list(rounds[0]["cpu"])
-                summary = {
-                    "cpu_ms": {p: statistics.median(r["cpu"][p] for r in rounds) for p in phases},
-                    "wall_ms": {p: statistics.median(r["wall"][p] for r in rounds)
-                                for p in phases},
-                }
-                summary["cpu_ms"]["total"] = statistics.median(
-                    sum(r["cpu"].values()) for r in rounds)
-                summary["wall_ms"]["total"] = statistics.median(
-                    sum(r["wall"].values()) for r in rounds)
-                results[kind] = summary
-                print(f"{kind}: {args.count} objects x {args.rounds} rounds, median ms/object")
-                print(f"  {'phase':<12}{'CPU':>8}{'wall':>8}")
-                for p in [*phases, "total"]:
-                    print(f"  {p:<12}{summary['cpu_ms'][p]:8.3f}{summary['wall_ms'][p]:8.3f}")
+                    # Rotate the order: a drift of the machine touches every variant.
+                    for variant in variants[n % len(variants):] + variants[:n % len(variants)]:
+                        objects = datasets(kind, args.count, f"{n}-{variant}")
+                        profiler = cProfile.Profile() if args.profile else None
+                        with VARIANTS[variant](index):
+                            if profiler is not None:
+                                profiler.enable()
+                            clock = one_round(objects, store, index, audit_log)
+                            if profiler is not None:
+                                profiler.disable()
+                                print(f"--- {kind}, {variant}")
+                                stats = pstats.Stats(profiler).sort_stats("tottime")
+                                stats.print_stats(30)
+                                stats.sort_stats("cumulative").print_stats(40)
+                        rounds[variant].append({
+                            "cpu": {k: v / args.count * 1e3 for k, v in clock.cpu.items()},
+                            "wall": {k: v / args.count * 1e3 for k, v in clock.wall.items()},
+                        })
+                    args.profile = False
+                results[kind] = {}
+                for variant in variants:
+                    summary = _summary(rounds[variant])
+                    results[kind][variant] = summary
+                    print(f"{kind}, {variant}: {args.count} objects x {args.rounds} rounds, "
+                          "median ms/object")
+                    print(f"  {'phase':<12}{'CPU':>8}{'wall':>8}")
+                    for p in summary["cpu_ms"]:
+                        print(f"  {p:<12}{summary['cpu_ms'][p]:8.3f}"
+                              f"{summary['wall_ms'][p]:8.3f}")
             store.close()
     finally:
         engine.dispose()
