@@ -227,9 +227,12 @@ def keep(
         _delete_quietly(store, replaced)  # the same instance again: the newest bytes win
 
 
-#: Puts that overlap an index transaction (``keep``): a few threads per process, made on
-#: first use, and again in a forked child (whose copy of the parent's threads is dead).
-_PUT_THREADS = 8
+#: Puts that overlap an index transaction (``keep``): one thread per put in progress, made
+#: on demand (an idle one blocks, it does not poll), and a new pool in a forked child (whose
+#: copy of the parent's threads is dead). As many as there may be senders at once (32
+#: associations by default, plus STOW-RS requests): a smaller pool would queue the puts of
+#: many associations behind each other, and against Blob Storage each put is round trips.
+_PUT_THREADS = 128
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
 
