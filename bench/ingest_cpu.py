@@ -66,12 +66,15 @@ REQUESTOR = {
 PHASES = ("received", "attributes", "audit", "put", "index")
 
 
-def datasets(kind: str, count: int, batch: str) -> list[tuple[str, str, str, bytes]]:
+def datasets(kind: str, count: int, batch: str,
+             cache_dir: Path | None = None) -> list[tuple[str, str, str, bytes]]:
     """``count`` data sets (class UID, instance UID, transfer syntax, bytes as on the wire):
-    CT_small.dcm copies (~39 KB) or 512x512 16-bit CT images (~525 KB). Kept in the temp
-    directory for the next run (each run has a fresh database): a run under valgrind then
-    counts the ingest, not the making of its input."""
-    cache = Path(tempfile.gettempdir()) / f"mimic-ingest-cpu-{kind}-{count}-{batch}.pickle"
+    CT_small.dcm copies (~39 KB) or 512x512 16-bit CT images (~525 KB). With ``cache_dir``
+    (``--cache-inputs``) kept there for the next run (each run has a fresh database): a run
+    under valgrind then counts the ingest, not the making of its input."""
+    if cache_dir is None:
+        return _make(kind, count)
+    cache = cache_dir / f"mimic-ingest-cpu-{kind}-{count}-{batch}.pickle"
     if cache.exists():
         return pickle.loads(cache.read_bytes())  # our own file
     made = _make(kind, count)
@@ -177,6 +180,8 @@ def main() -> int:
     parser.add_argument("--no-fsync", action="store_true", help="file store without fsync")
     parser.add_argument("--profile", action="store_true", help="cProfile one round")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--cache-inputs", type=Path, metavar="DIR",
+                        help="keep the generated objects here for the next run (valgrind)")
     parser.add_argument("--variants", default="current",
                         help=f"comma-separated, interleaved per round: {', '.join(VARIANTS)}")
     args = parser.parse_args()
@@ -198,7 +203,7 @@ def main() -> int:
             kinds = ("small", "large") if args.kind == "both" else (args.kind,)
             variants = args.variants.split(",")
             for kind in kinds:
-                warm = datasets(kind, 20, "warm")
+                warm = datasets(kind, 20, "warm", args.cache_inputs)
                 for variant in variants:
                     with VARIANTS[variant](index):
                         one_round(warm, store, index, audit_log)  # caches, connections
@@ -206,7 +211,8 @@ def main() -> int:
                 for n in range(args.rounds):
                     # Rotate the order: a drift of the machine touches every variant.
                     for variant in variants[n % len(variants):] + variants[:n % len(variants)]:
-                        objects = datasets(kind, args.count, f"{n}-{variant}")
+                        objects = datasets(kind, args.count, f"{n}-{variant}",
+                                           args.cache_inputs)
                         profiler = cProfile.Profile() if args.profile else None
                         with VARIANTS[variant](index):
                             if profiler is not None:
