@@ -111,11 +111,17 @@ class Finder:
         query: Query,
         cancelled: Callable[[], bool] = lambda: False,
         max_results: int | None = None,
+        *,
+        plain: bool = False,
     ) -> Iterator[Dataset]:
         """Yield one answer Identifier per match, page by page; stop early once
         ``cancelled()``; raise ResultLimitReached past the result limit (the lower of the
         server's and the caller's ``max_results``, the identity's own) and TimeLimitReached
-        once the query has worked for ``time_limit`` seconds."""
+        once the query has worked for ``time_limit`` seconds.
+
+        ``plain``: answers of plain values are yielded as :class:`Answer` objects whose
+        ``Dataset`` is left empty, for a caller that writes its own encoding from the plain
+        values (QIDO-RS: filling a pydicom ``Dataset`` per match was most of its time)."""
         limit = self.max_results if max_results is None else min(self.max_results, max_results)
         needed = {c.keyword for c in query.constraints} | {e.keyword for e in query.requested}
         computed_keys = needed & COMPUTED
@@ -146,7 +152,7 @@ class Finder:
                     if sent >= limit:
                         raise ResultLimitReached(limit)
                     sent += 1
-                    answer = self._answer(query, record, requested, availability)
+                    answer = self._answer(query, record, requested, availability, plain)
                     budget.pause()  # the peer's reading is not the query's work
                     yield answer
                     budget.resume()
@@ -186,6 +192,7 @@ class Finder:
         record: RowRecord,
         requested: list[tuple[int, str, str]],
         availability: bool,
+        lazy: bool = False,
     ) -> Dataset:
         plain: dict[int, tuple[str, Any]] = {
             0x00080005: ("CS", UTF8),  # Specific Character Set
@@ -199,7 +206,7 @@ class Finder:
             plain[tag] = value
         if availability:
             plain[0x00080056] = ("CS", "ONLINE")
-        return Answer.of(plain)
+        return Answer.of(plain, fill=False if lazy else None)
 
     def _answer_dataset(self, query: Query, record: RowRecord) -> Dataset:
         """The answer built with pydicom: for values that are not plain text or numbers."""
