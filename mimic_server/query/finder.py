@@ -8,6 +8,7 @@ typed column come from the stored header (DICOM JSON) of one instance of the ent
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,7 @@ class Finder:
         # Looked up once per query, not once per match.
         requested = [(int(e.tag), e.keyword, e.VR) for e in query.requested]
         availability = "InstanceAvailability" in _requested_keywords(query)
+        typed_keys = _typed_keys(query.level)
         budget = Budget(self.time_limit)
         sent = 0
         try:
@@ -143,7 +145,7 @@ class Finder:
                     if cancelled():
                         return
                     mapping = row._mapping
-                    typed = {k: mapping[k] for k in COLUMNS if k in mapping}
+                    typed = {k: mapping[k] for k in typed_keys}
                     header = mapping["header"] if need_header else None
                     computed = _computed_values(mapping, computed_keys)
                     record = RowRecord(typed, header, computed)
@@ -162,29 +164,12 @@ class Finder:
     def _select(self, query: Query, need_header: bool, computed: set[str]) -> Select[Any]:
         level = query.level
         tables = [Patient, Study, Series, Instance][: level.depth + 1]
-        columns: list[Any] = [_TABLES[level].id.label("entity_id")]
-        columns += [
-            col.label(k) for k, col in COLUMNS.items() if col.class_ in tables
-        ]
-        if need_header:
-            columns.append(_header_of(level).label("header"))
-        dialect = self.engine.dialect.name
-        for key in sorted(computed):
-            column = _computed_column(key, level, dialect)
-            if column is not None:
-                columns.append(column.label(key))
-        statement = select(*columns).select_from(Patient)
-        if Study in tables:
-            statement = statement.join(Study, Study.patient_fk == Patient.id)
-        if Series in tables:
-            statement = statement.join(Series, Series.study_fk == Study.id)
-        if Instance in tables:
-            statement = statement.join(Instance, Instance.series_fk == Series.id)
+        statement = _base_select(level, need_header, frozenset(computed), self.engine.dialect.name)
         for constraint in query.constraints:
             predicate = _prefilter(constraint)
             if predicate is not None and COLUMNS[constraint.keyword].class_ in tables:
                 statement = statement.where(predicate)
-        return statement.order_by(_TABLES[level].id)
+        return statement
 
     def _answer(
         self,
@@ -271,6 +256,40 @@ class Finder:
 
 
 _UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+@functools.lru_cache(maxsize=256)
+def _base_select(
+    level: Level, need_header: bool, computed: frozenset[str], dialect: str
+) -> Select[Any]:
+    """The columns, joins and order of a query at ``level``, without its predicates.
+
+    Built once per shape: constructing the correlated subqueries of the computed attributes
+    with SQLAlchemy took longer than PostgreSQL took to run the whole statement. A
+    ``Select`` is immutable (``where`` returns a new one), so the cached one is shared."""
+    tables = [Patient, Study, Series, Instance][: level.depth + 1]
+    columns: list[Any] = [_TABLES[level].id.label("entity_id")]
+    columns += [col.label(k) for k, col in COLUMNS.items() if col.class_ in tables]
+    if need_header:
+        columns.append(_header_of(level).label("header"))
+    for key in sorted(computed):
+        column = _computed_column(key, level, dialect)
+        if column is not None:
+            columns.append(column.label(key))
+    statement = select(*columns).select_from(Patient)
+    if Study in tables:
+        statement = statement.join(Study, Study.patient_fk == Patient.id)
+    if Series in tables:
+        statement = statement.join(Series, Series.study_fk == Study.id)
+    if Instance in tables:
+        statement = statement.join(Instance, Instance.series_fk == Series.id)
+    return statement.order_by(_TABLES[level].id)
+
+
+def _typed_keys(level: Level) -> tuple[str, ...]:
+    """The keywords with a typed column selected at ``level`` (see :func:`_base_select`)."""
+    tables = [Patient, Study, Series, Instance][: level.depth + 1]
+    return tuple(k for k, col in COLUMNS.items() if col.class_ in tables)
 
 
 def _plain_value(tag: int, keyword: str, vr: str, record: RowRecord) -> tuple[str, Any] | None:
