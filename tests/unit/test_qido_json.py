@@ -1,5 +1,6 @@
-"""QIDO-RS writes the DICOM JSON of plain answer values itself: it must be exactly what
-pydicom's ``to_json_dict`` writes for the same values, whichever path a value takes."""
+"""QIDO-RS writes the DICOM JSON of plain answer values, and the Identifier's bytes for the
+audit message, itself: each must be exactly what pydicom writes for the same values,
+whichever path a value takes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from mimic_server.codec.answer import Answer
-from mimic_server.web.dicomweb.qido import answer_json
+from mimic_server.query.keys import Level
+from mimic_server.web.dicomweb.qido import answer_json, build_identifier, identifier_bytes
 
 VALUES: list[tuple[str, Any]] = [
     ("CS", None), ("CS", ""), ("CS", []), ("CS", "CT"), ("CS", ["CT", "MR"]),
@@ -62,3 +66,27 @@ def test_answer_json_of_a_pydicom_dataset() -> None:
     dataset.PatientName = "DOE^JANE"
     assert answer_json(dataset, None) == {"00100010": {"vr": "PN",
                                                        "Value": [{"Alphabetic": "DOE^JANE"}]}}
+
+
+IDENTIFIERS: list[tuple[list[tuple[str, str]], Level]] = [
+    ([("StudyDate", "20190304-20190304"), ("includefield", "StudyDescription")], Level.STUDY),
+    ([("PatientName", "SMITH*"), ("includefield", "all")], Level.STUDY),
+    ([("PatientName", "Müller*")], Level.STUDY),  # not ASCII: pydicom writes it
+    ([("StudyInstanceUID", "1.2.3,1.2.4")], Level.STUDY),
+    ([("ModalitiesInStudy", "CT\\MR"), ("PatientID", "P1")], Level.STUDY),
+    ([("Modality", "CT"), ("SeriesNumber", "3")], Level.SERIES),  # IS match value
+    ([("00400275.00401001", "RP1")], Level.SERIES),  # a sequence
+    ([("SOPInstanceUID", "1.2.3.4"), ("includefield", "Rows")], Level.IMAGE),
+    ([("AccessionNumber", "A1 ")], Level.STUDY),
+]
+
+
+@pytest.mark.parametrize(("items", "level"), IDENTIFIERS)
+def test_identifier_bytes_equal_pydicom_write_dataset(
+    items: list[tuple[str, str]], level: Level
+) -> None:
+    identifier, _ = build_identifier(items, level, {})
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, identifier)
+    assert identifier_bytes(identifier) == buffer.getvalue()
