@@ -81,6 +81,7 @@ ALL_EXTRA = {
 }
 #: Answer elements that belong to DIMSE, not to a DICOM JSON answer.
 _DROPPED = {"00080005", "00080052", "00080054"}
+_DROPPED_TAGS = {int(key, 16) for key in _DROPPED}
 MAX_PARAMETERS = 64
 
 
@@ -226,6 +227,11 @@ def identifier_bytes(identifier: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=4096)
+def _json_key(tag: int) -> str:
+    return f"{tag:08X}"
+
+
 def _plain_identifier(identifier: Dataset) -> dict[int, tuple[str, Any]] | None:
     """The Identifier's elements as plain ``(VR, text)``, or None when one is not plain
     ASCII text (a sequence, a number, other characters): pydicom writes those."""
@@ -260,9 +266,9 @@ def answer_json(answer: Dataset, retrieve_url: str | None) -> dict[str, Any]:
     document: dict[str, Any]
     if plain is not None:
         document = {
-            key: _plain_json(tag, vr, value)
+            _json_key(tag): _plain_json(tag, vr, value)
             for tag, (vr, value) in plain.items()
-            if (key := f"{tag:08X}") not in _DROPPED
+            if tag not in _DROPPED_TAGS
         }
     else:
         document = {k: v for k, v in answer.to_json_dict().items() if k not in _DROPPED}
@@ -273,6 +279,8 @@ def answer_json(answer: Dataset, retrieve_url: str | None) -> dict[str, Any]:
 
 _BINARY_NUMBERS = frozenset({"US", "UL", "SS", "SL"})
 _DIGITS = re.compile(r"[0-9]{1,12}")
+#: A text value pydicom keeps as it is: not empty, no backslash, no padding at either end.
+_UNCHANGED = re.compile(r"[^\\ \x00](?:[^\\]*[^\\ \x00])?", re.DOTALL)
 
 
 def _plain_json(tag: int, vr: str, value: Any) -> dict[str, Any]:
@@ -282,12 +290,11 @@ def _plain_json(tag: int, vr: str, value: Any) -> dict[str, Any]:
     (tests/unit/test_qido_json.py)."""
     if value is None or value == "" or value == []:
         return {"vr": vr}
-    values = value if isinstance(value, list) else [value]
+    values = value if type(value) is list else [value]
     if vr in _BINARY_NUMBERS:
         if all(type(v) is int for v in values):
             return {"vr": vr, "Value": list(values)}
-    elif all(type(v) is str and v and "\\" not in v and v.strip(" \x00") == v
-             for v in values):
+    elif all(type(v) is str and _UNCHANGED.fullmatch(v) for v in values):
         if vr == "PN":
             if not any("=" in v for v in values):
                 return {"vr": vr, "Value": [{"Alphabetic": v} for v in values]}
