@@ -39,12 +39,14 @@ JSON_SERIALIZER = _json_encoder.encode
 ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 
 
-def create_index_engine(url: str, credential: Any = None) -> Engine:
+def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool = True) -> Engine:
     """The index engine; with ``credential`` (a TokenCredential) PostgreSQL logs in with a
-    fresh Microsoft Entra token for every new pooled connection, over TLS."""
+    fresh Microsoft Entra token for every new pooled connection, over TLS. ``writer_lock``
+    False leaves SQLite writers to the busy timeout alone (``bench/sqlite_writers.py``
+    compares the two)."""
     if url.startswith("sqlite"):
         connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
-        lock_path = writer_lock_path(url)
+        lock_path = writer_lock_path(url) if writer_lock else None
         if lock_path is not None:
             connect_args["factory"] = _connection_class(lock_path)
         engine = create_engine(
