@@ -13,7 +13,7 @@ transaction (lock, busy handler and ``BEGIN IMMEDIATE``).
     .venv/bin/python bench/sqlite_writers.py [--rounds 4] [--processes 2] [--threads 2]
         [--count 150]
 
-Results are printed and written to ``bench/results/sqlite_writers.json``.
+Results are printed and written to ``bench/results/sqlite_writers.json`` (``--output``).
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="threads per process")
     parser.add_argument("--count", type=int, default=150, help="instances per thread")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args()
     runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for r in range(args.rounds):
@@ -150,8 +151,9 @@ def main() -> int:
     for setting, figures in summary.items():
         print(f"  lock {setting:3} " + "  ".join(f"{k} {v}" for k, v in figures.items()))
     print(f"  lock on / off, instances/s: {ratio:.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"arguments": vars(args), "median": summary,
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"arguments": {**vars(args), "output": str(args.output)},
+                                       "median": summary,
                                    "ratio_on_off": round(ratio, 3), "runs": runs},
                                   indent=2) + "\n")
     return 0
