@@ -95,6 +95,8 @@ class Runs:
     instances: int
     bytes: int
     seconds: list[float] = field(default_factory=list)
+    #: The receiver's CPU seconds (user + system, every process of it) during each run.
+    cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def best(self) -> float:
@@ -197,21 +199,28 @@ def rounds_run(
                     label, work / "run" / f"{label}-{sc.key}-{r}",
                     pki if sc.tls else None, postgres,
                 )
-                seconds = measure_once(server, data, sc.associations, work)
+                seconds, cpu = measure_once(server, data, sc.associations, work)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
+                runs.cpu_seconds.append(round(cpu, 3))
                 if log:
                     print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
-                          f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s)",
-                          flush=True)
+                          f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s, server CPU "
+                          f"{1000 * cpu / data.count:.2f} ms/object)", flush=True)
 
 
-def measure_once(server: receivers.Server, data: DataSet, associations: int, work: Path) -> float:
-    """One fresh receiver, one transfer; the count is checked before the figure is kept."""
+def measure_once(
+    server: receivers.Server, data: DataSet, associations: int, work: Path,
+) -> tuple[float, float]:
+    """One fresh receiver, one transfer; the count is checked before the figure is kept.
+    Returns (wall seconds, the receiver's CPU seconds during the transfer)."""
     try:
         server.start()
+        assert server.proc is not None
+        cpu_before = tree_cpu_seconds(server.proc.pid)
         seconds = send(server, data, associations, work)
+        cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
         stored = server.count()
     finally:
         try:
@@ -221,7 +230,34 @@ def measure_once(server: receivers.Server, data: DataSet, associations: int, wor
     if stored != data.count:
         raise BenchError(f"{server.label} holds {stored} instances, {data.count} were sent "
                          f"({data.name}, {associations} assoc); its log:\n{tail(server.log_path)}")
-    return seconds
+    return seconds, cpu
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its living descendants (MIMIC's workers),
+    from /proc; 0 where /proc cannot be read. A worker that exits during the transfer loses
+    its seconds: the figure is a floor."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def git_commit() -> str:

@@ -2,13 +2,28 @@
 
 SQLite: WAL (readers never wait for the writer), ``synchronous=FULL`` (a committed row survives
 power loss: we acknowledge C-STORE only after the commit), and write transactions opened with
-``BEGIN IMMEDIATE`` so that two writers queue on the busy timeout instead of failing to
-upgrade a read lock.
+``BEGIN IMMEDIATE`` so that two writers queue instead of failing to upgrade a read lock.
+
+Writers of one SQLite file in several processes (``mimic serve``'s workers) queue in the
+kernel, not in SQLite: SQLite's busy handler does not wait for the lock, it sleeps and tries
+again (1, 2, 5, 10, 15, 20, 25 ... ms), so a writer that finds the lock taken stays idle for
+milliseconds after it was freed (measured: up to 115 ms, a tenth of the run's time with two
+workers and four associations; docs/benchmarks.md). Before ``BEGIN IMMEDIATE`` a write
+transaction therefore takes a blocking ``flock`` on ``<database>-writer.lock`` beside the
+database, and gives it back after its COMMIT or ROLLBACK has returned: the next writer wakes
+the moment the lock is free. The flock only orders writers that hold it; SQLite's own
+locking still decides (a writer without it, the ``sqlite3`` shell, meets the busy timeout as
+before), so correctness and durability never depend on it. The kernel releases the lock of a
+process that dies. Readers never take it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
@@ -24,20 +39,26 @@ JSON_SERIALIZER = _json_encoder.encode
 ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 
 
-def create_index_engine(url: str, credential: Any = None) -> Engine:
+def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool = True) -> Engine:
     """The index engine; with ``credential`` (a TokenCredential) PostgreSQL logs in with a
-    fresh Microsoft Entra token for every new pooled connection, over TLS."""
+    fresh Microsoft Entra token for every new pooled connection, over TLS. ``writer_lock``
+    False leaves SQLite writers to the busy timeout alone (``bench/sqlite_writers.py``
+    compares the two)."""
     if url.startswith("sqlite"):
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
+        lock_path = writer_lock_path(url) if writer_lock else None
+        if lock_path is not None:
+            connect_args["factory"] = _connection_class(lock_path)
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args=connect_args,
             pool_size=8,
             max_overflow=24,
             json_serializer=JSON_SERIALIZER,
         )
         _tune_sqlite(engine)
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    connect_args = {"connect_timeout": 10}
     if credential is not None and "sslmode" not in make_url(url).query:
         connect_args["sslmode"] = "require"
     engine = create_engine(
@@ -69,5 +90,83 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("mimic_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not conn.get_execution_options().get("mimic_write", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = conn.connection.dbapi_connection
+        locked = isinstance(dbapi_connection, WriterLockedConnection)
+        if locked:
+            dbapi_connection.lock_for_write()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if locked:
+                dbapi_connection.unlock_after_write()
+            raise
+
+
+def writer_lock_path(url: str) -> str | None:
+    """The writers' lock file of a SQLite database file; None for an in-memory database or a
+    ``file:`` URI (those keep SQLite's busy timeout alone)."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database + "-writer.lock"
+
+
+class WriterLockedConnection(sqlite3.Connection):
+    """A SQLite connection whose write transactions hold an exclusive ``flock`` from before
+    BEGIN IMMEDIATE until their COMMIT or ROLLBACK has returned (see the module's docstring).
+
+    Each connection opens the lock file itself: ``flock`` locks belong to an open file, so
+    two connections of one process exclude each other like two processes do."""
+
+    lock_path: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock_fd: int | None = None
+        self._locked = False
+
+    def lock_for_write(self) -> None:
+        """Wait (in the kernel, without the GIL) until no other writer holds the lock."""
+        if self._locked:
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._locked = True
+
+    def unlock_after_write(self) -> None:
+        if self._locked and self._lock_fd is not None:
+            self._locked = False
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if not self.in_transaction:  # a failed COMMIT leaves it open: rollback ends it
+                self.unlock_after_write()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            if not self.in_transaction:
+                self.unlock_after_write()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._locked = False
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)  # closing the file releases its flock
+                self._lock_fd = None
+
+
+def _connection_class(lock_path: str) -> type[WriterLockedConnection]:
+    """A connection class bound to one lock file (``sqlite3.connect`` takes a class)."""
+    return type("WriterLockedConnection", (WriterLockedConnection,), {"lock_path": lock_path})

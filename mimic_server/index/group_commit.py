@@ -19,7 +19,10 @@ What makes it safe:
   and, in the PostgreSQL configuration, its audit row), so they commit together or not at all.
 
 Retries stay with the caller (``SqlIndex.upsert_instance``): a transient error sends its
-instance back to the queue, into a later batch. Batching is per process.
+instance back to the queue, into a later batch. Batching is per process; between the worker
+processes of one SQLite file, writers queue on a lock in the kernel (``engine.py``), and a
+leader that waits there takes its batch only once it holds the lock, so the callers that
+queued meanwhile share its commit.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, RootTransaction
 
 from mimic_server.index.engine import WRITE
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A connection and its write transaction, begun.
+_Opened = tuple[Connection, RootTransaction]
 
 #: The most instances one transaction takes: a bound on how long a batch holds the write lock
 #: and on what one failure of the transaction itself costs.
@@ -100,16 +106,38 @@ class GroupCommitter:
 
     def _lead(self) -> None:
         """Take the callers waiting (up to ``max_batch``, oldest first: this caller among them
-        unless the batch is full) and commit them; called and returns with the lock held."""
-        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
-        for waiter in batch:
-            waiter.queued = False
+        unless the batch is full) and commit them; called and returns with the lock held.
+
+        With one transaction at a time (SQLite), the leader opens its transaction first and
+        takes its batch once it holds the database's write lock: while another worker
+        process commits, the callers that arrive here queue and ride in this transaction,
+        instead of each costing a commit of its own after it."""
         self._leaders += 1
-        self._cond.release()
+        batch: list[_Waiter[Any]] = []
         try:
-            self._commit(batch)
+            opened: _Opened | None = None
+            failure: BaseException | None = None
+            if self.in_flight == 1:
+                self._cond.release()
+                try:
+                    opened = self._begin()
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    self._cond.acquire()
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            for waiter in batch:
+                waiter.queued = False
+            self._cond.release()
+            try:
+                if failure is not None:  # cannot begin: every waiter's error
+                    for waiter in batch:
+                        waiter.value, waiter.error = None, failure
+                else:
+                    self._commit(batch, opened)
+            finally:
+                self._cond.acquire()
         finally:
-            self._cond.acquire()
             self._leaders -= 1
             self.batches += 1
             self.instances += len(batch)
@@ -118,8 +146,18 @@ class GroupCommitter:
                 waiter.done = True
             self._cond.notify_all()  # the waiters of this batch, and the next leader
 
-    def _commit(self, batch: list[_Waiter[Any]]) -> None:
-        """One transaction for the batch; each waiter's outcome is set, nothing is raised.
+    def _begin(self) -> _Opened:
+        """A connection with its write transaction begun (SQLite: the write lock held)."""
+        conn = self.engine.connect().execution_options(**WRITE)
+        try:
+            return conn, conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _commit(self, batch: list[_Waiter[Any]], opened: _Opened | None = None) -> None:
+        """One transaction for the batch (``opened``, if the leader began it already); each
+        waiter's outcome is set, nothing is raised.
 
         Writes that fail roll the whole transaction back (PostgreSQL cannot go on after an
         error anyway), the failing waiter keeps its error, and the others are written again
@@ -127,23 +165,29 @@ class GroupCommitter:
         savepoint per waiter would avoid the rewrite, but costs two more round trips to the
         database for every instance, failing or not."""
         pending = list(batch)
-        while pending:
-            failed: _Waiter[Any] | None = None
-            try:
-                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                    for waiter in pending:
-                        failed = waiter
-                        waiter.value = waiter.work(conn)
-                    failed = None
-            except BaseException as exc:
-                if failed is None:  # begin or commit: the transaction's failure is everyone's
-                    for waiter in pending:
-                        waiter.value, waiter.error = None, exc
-                    return
-                failed.value, failed.error = None, exc
-                pending.remove(failed)
-                if pending:
-                    log.debug("group commit: one instance failed, the others again",
-                              extra={"instances": len(pending)})
-                continue
-            return
+        try:
+            while pending:
+                failed: _Waiter[Any] | None = None
+                try:
+                    conn, transaction = opened if opened is not None else self._begin()
+                    opened = None
+                    with conn, transaction:
+                        for waiter in pending:
+                            failed = waiter
+                            waiter.value = waiter.work(conn)
+                        failed = None
+                except BaseException as exc:
+                    if failed is None:  # begin or commit: the transaction's failure is everyone's
+                        for waiter in pending:
+                            waiter.value, waiter.error = None, exc
+                        return
+                    failed.value, failed.error = None, exc
+                    pending.remove(failed)
+                    if pending:
+                        log.debug("group commit: one instance failed, the others again",
+                                  extra={"instances": len(pending)})
+                    continue
+                return
+        finally:
+            if opened is not None:  # an empty batch: give the transaction back unused
+                opened[0].close()

@@ -6,8 +6,9 @@ either exists whole and durable or not at all.
 
 Creating a file right after an fsync waits for the file system's journal: about 0.9 ms on
 the benchmark machine, half of a put. The temporary files are therefore created ahead, a few
-at a time, by a short-lived background thread; a put takes a spare one (or creates its own
-when none is left).
+at a time, by a background thread of the store (started once, woken when the spares run
+low: starting a thread per refill made the put that started it wait for the new thread to
+run); a put takes a spare one (or creates its own when none is left).
 
 Several processes may open one directory at once (``mimic serve`` and ``mimic reconcile``),
 so each store keeps its temporary files, spares included, in a directory of its own,
@@ -53,6 +54,9 @@ class FilesystemStore:
         self._spares: deque[Path] = deque()
         self._spares_lock = threading.Lock()
         self._refilling = False
+        self._refill_wanted = threading.Event()
+        self._refiller: threading.Thread | None = None
+        self._closed = False
         #: Directories whose entry in their parent this process has fsynced: a directory a
         #: concurrent put created (and has not yet fsynced) is not in it.
         self._durable: set[Path] = set()
@@ -84,6 +88,8 @@ class FilesystemStore:
     def close(self) -> None:
         """Remove this store's temporary files and release its lock (also done for it,
         less tidily, by the next store that sweeps after this process ends)."""
+        self._closed = True
+        self._refill_wanted.set()
         with self._spares_lock:
             self._spares.clear()
         _remove_tree(self._tmp)
@@ -100,14 +106,25 @@ class FilesystemStore:
         """A spare temporary file (opened for writing as is), else a new one."""
         with self._spares_lock:
             spare = self._spares.popleft() if self._spares else None
-            if len(self._spares) <= self._spare_target // 2 and not self._refilling:
+            if (len(self._spares) <= self._spare_target // 2 and not self._refilling
+                    and not self._closed):
                 self._refilling = True
-                threading.Thread(
-                    target=self._refill, name="mimic-spare-files", daemon=True
-                ).start()
+                if self._refiller is None:
+                    self._refiller = threading.Thread(
+                        target=self._refill_loop, name="mimic-spare-files", daemon=True)
+                    self._refiller.start()
+                self._refill_wanted.set()
         if spare is not None:
             return spare, "r+b"
         return self._tmp / uuid.uuid4().hex, "xb"
+
+    def _refill_loop(self) -> None:
+        while True:
+            self._refill_wanted.wait()
+            self._refill_wanted.clear()
+            if self._closed:
+                return
+            self._refill()
 
     def _refill(self) -> None:
         try:
@@ -147,9 +164,25 @@ class FilesystemStore:
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
-            _make_directories(path.parent)
-            os.replace(tmp, path)
-            if self.fsync:
+            parent = path.parent
+            # A directory this store has made durable already (the usual case: a series'
+            # next object) needs no look-ups: rename, then fsync it alone.
+            known = parent in self._durable
+            if not known:
+                _make_directories(parent)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                if not known:
+                    raise
+                # Removed under us (by hand): forget what we knew, make it again.
+                self._durable.clear()
+                known = False
+                _make_directories(parent)
+                os.replace(tmp, path)
+            if self.fsync and known:
+                _fsync_dir(parent)
+            elif self.fsync:
                 # The object's entry lives in its directory, and each directory of the chain
                 # lives in its parent's entries: all of them must be durable before Success,
                 # including those a concurrent put created and may not have fsynced yet.

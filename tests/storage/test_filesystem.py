@@ -166,3 +166,29 @@ def test_put_fsyncs_directories_a_concurrent_put_created(
     synced.clear()
     store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
     assert synced == [root / "ab" / "study" / "series"]  # the chain is known durable
+
+
+def test_a_known_directory_removed_under_the_store_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next object of a known series skips the directory look-ups; if that directory
+    was removed meanwhile (by hand), the put makes it again and fsyncs the chain anew."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)
+    (root / "ab" / "study" / "series" / "one.dcm").unlink()
+    (root / "ab" / "study" / "series").rmdir()
+    (root / "ab" / "study").rmdir()
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
+    assert (root / "ab" / "study" / "series" / "two.dcm").read_bytes() == b"y"
+    assert set(synced) == {root, root / "ab", root / "ab" / "study", root / "ab/study/series"}
+    assert list(store.iter_keys()) == ["ab/study/series/two.dcm"]
