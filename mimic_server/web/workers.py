@@ -13,8 +13,9 @@ table, certificate dates, ops endpoints), while every piece of HTTP state here l
 workers or is shared by design (see ``webapp.py``).
 
 Signals: SIGTERM/SIGINT stop the workers (each finishes its requests in flight, 2 s at most)
-and then the parent; SIGHUP is forwarded, and each worker reads its policy file again (as a
-single ``mimic web`` does), rather than uvicorn's default of restarting every worker.
+and then the parent; SIGHUP is forwarded to the workers that serve, and each reads its
+policy file again (as a single ``mimic web`` does), rather than uvicorn's default of
+restarting every worker.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class WebWorkers(Multiprocess):
             self.failed = True
 
     def handle_hup(self) -> None:
-        """Each worker reads its policy file again (its own SIGHUP handler)."""
+        """Each worker reads its policy file again (its own SIGHUP handler). Not one still
+        starting: SIGHUP would end it before its handler is set (it reads the file anyway)."""
         for process in self.processes:
-            if process.pid is not None:
+            if process.pid is not None and process.is_ready(timeout=1):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGHUP)
 
