@@ -49,7 +49,7 @@ from mimic_server.resources import (
     open_token_validator,
 )
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditFilter, AuditLog, read_file
+from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
@@ -167,6 +167,7 @@ class WebArchive:
         self.engine, index = open_index(s)
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
+        _group_commits(self.audit)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         if policy.audit_log is None:
             policy.audit_log = self.audit
@@ -238,6 +239,19 @@ class WebArchive:
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
+
+
+def _group_commits(audit_log: AuditLog) -> None:
+    """The audit table (PostgreSQL) written through one group-commit writer: concurrent
+    requests' records share commits, each request still waits for its own (``audit.py``)."""
+    table = audit_log.transactional
+    if table is None or not hasattr(table, "write_batch"):
+        return
+    grouped = GroupCommitSink(table)
+    audit_log.sinks = [grouped if sink is table else sink for sink in audit_log.sinks]
+    # STOW-RS writes its record in its own index transaction through this one (unbatched),
+    # and the other sinks then skip it.
+    audit_log.transactional = grouped
 
 
 def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Policy,
