@@ -8,6 +8,7 @@ Like ``app.py`` this module knows the concrete classes; the routes under ``web/`
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -452,9 +453,14 @@ def worker_app() -> Any:
     archive = WebArchive(settings)
     try:
         app = archive.open()
-    except ConfigurationError as exc:
-        log.error("mimic web worker cannot start", extra={"reason": str(exc)})
-        archive.stop()
+    except Exception as exc:
+        # Any failure to start (not only a configuration error: an index that does not
+        # answer) stops the server, as it stops a single ``mimic web``; uvicorn's supervisor
+        # would otherwise restart the worker every half second, without end.
+        reason = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
+        log.error("mimic web worker cannot start", extra={"reason": reason})
+        with contextlib.suppress(Exception):
+            archive.stop()
         sys.exit(STARTUP_FAILURE)
     signal.signal(signal.SIGHUP, lambda *_: archive.refresh_policy())
     archive.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
