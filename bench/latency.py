@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ from bench.store_throughput import (
     tail,
     terminated_as_exit,
 )
+from tests.azurite import AZURITE_BLOB, Azurite
 
 RESULTS = ROOT / "bench" / "results" / "latency.json"
 ASSOCIATIONS = (1, 4, 16, 32)
@@ -109,6 +111,61 @@ def process_cpu(pid: int) -> float:
             if int(stat.parent.name) == pid or int(fields[1]) == pid:
                 total += (int(fields[11]) + int(fields[12])) / CLOCK_TICK
     return total
+
+
+def database_cpu(name: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving database ``name`` (by process title)."""
+    out: dict[int, float] = {}
+    marker = f" {name} ".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if not (proc / "cmdline").read_bytes().startswith(b"postgres: "):
+                continue
+            if marker not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+    return out
+
+
+def database_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """Backends that started during the run count from zero."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+class BenchAzurite(Azurite):
+    """Azurite as the benchmark runs it by default: blobs and metadata in memory
+    (``--inMemoryPersistence``), ``--loose``, ``--disableTelemetry``. A blob service in a
+    region is not a Node.js process on the same two cores, so the cheapest way to run the
+    emulator is the fairest; ``--azurite-disk`` runs it as the tests do (files on disk)."""
+
+    def start(self, timeout: float = 30.0) -> BenchAzurite:
+        self.proc = subprocess.Popen(
+            [str(AZURITE_BLOB), "--blobHost", HOST, "--blobPort", str(self.port),
+             "--inMemoryPersistence", "--loose", "--disableTelemetry", "--skipApiVersionCheck",
+             "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"azurite-blob exited {self.proc.returncode}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise BenchError("azurite-blob did not start")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from ``/proc/stat``: what the
+    other users of a shared machine take shows as busy time that none of our processes used."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICK, idle / CLOCK_TICK
 
 
 def pg_round_trip_ms(dsn: str, n: int = 200) -> float:
@@ -178,23 +235,43 @@ class Run:
     client_cpu_s: float
     server_cpu_s: float
     proxy_cpu_s: float
+    #: The split of ``proxy_cpu_s``: the PostgreSQL proxy and the blob proxy.
+    pg_proxy_cpu_s: float = 0.0
+    blob_proxy_cpu_s: float = 0.0
+    #: Azurite (one Node.js process) during the run.
+    azurite_cpu_s: float = 0.0
+    #: The PostgreSQL backends of the run's database.
+    postgres_cpu_s: float = 0.0
+    #: The whole machine during the run (every user's processes): busy and idle CPU seconds.
+    machine_busy_s: float = 0.0
+    machine_idle_s: float = 0.0
 
 
 def measure(server: LatencyMimic, data: DataSet, associations: int, work: Path,
             pg_proxy: DelayProxy | None) -> Run:
+    def blob_proxy() -> float:
+        return server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0
+
     try:
         server.start()
         assert server.proc is not None
         pid = server.proc.pid
+        azurite_pid = server.azurite.proc.pid if server.azurite.proc else -1
         cpu0 = process_cpu(pid)
-        proxy0 = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) + (
-            server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0)
+        pg0 = pg_proxy.cpu_seconds() if pg_proxy else 0.0
+        blob0 = blob_proxy()
+        azurite0 = process_cpu(azurite_pid)
+        pg_backends0 = database_cpu(server.database.name)
+        busy0, idle0 = machine_cpu()
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = send(server, data, associations, work)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1, idle1 = machine_cpu()
         server_cpu = process_cpu(pid) - cpu0
-        proxy_cpu = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) + (
-            server.blob_proxy.cpu_seconds() if server.blob_proxy else 0.0) - proxy0
+        pg_cpu = (pg_proxy.cpu_seconds() if pg_proxy else 0.0) - pg0
+        blob_cpu = blob_proxy() - blob0
+        azurite_cpu = process_cpu(azurite_pid) - azurite0
+        postgres_cpu = database_cpu_delta(pg_backends0, database_cpu(server.database.name))
         stored = server.count()
     finally:
         try:
@@ -206,7 +283,9 @@ def measure(server: LatencyMimic, data: DataSet, associations: int, work: Path,
                          f"({associations} assoc); its log:\n{tail(server.log_path)}")
     client = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return Run("", associations, round(seconds, 3), round(data.count / seconds, 1),
-               round(client, 2), round(server_cpu, 2), round(proxy_cpu, 2))
+               round(client, 2), round(server_cpu, 2), round(pg_cpu + blob_cpu, 2),
+               round(pg_cpu, 2), round(blob_cpu, 2), round(azurite_cpu, 2),
+               round(postgres_cpu, 2), round(busy1 - busy0, 2), round(idle1 - idle0, 2))
 
 
 @contextlib.contextmanager
@@ -250,7 +329,7 @@ def calibrate(postgres: str, proxies: dict[str, DelayProxy | None], blob_delay_m
 
 def run(*, count: int, rounds: int, associations: tuple[int, ...], modes: tuple[str, ...],
         postgres: str, pg_delay_ms: float, blob_delay_ms: float, tls: bool,
-        log: bool = True) -> dict[str, object]:
+        log: bool = True, azurite_disk: bool = False) -> dict[str, object]:
     parts = max(associations)
     if count % parts:
         raise BenchError(f"--count must be a multiple of {parts}")
@@ -264,6 +343,8 @@ def run(*, count: int, rounds: int, associations: tuple[int, ...], modes: tuple[
         runs: list[Run] = []
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(receivers.shutdown)
+            if not azurite_disk:  # the shared Azurite of every run, started our way
+                receivers._AZURITE.append(BenchAzurite(work / "azurite").start())
             proxies = cleanup.enter_context(pg_proxies(pg_port, pg_delay_ms))
             rtt = calibrate(postgres, {m: proxies[m] for m in modes}, blob_delay_ms, work)
             if log:
@@ -285,7 +366,11 @@ def run(*, count: int, rounds: int, associations: tuple[int, ...], modes: tuple[
                             print(f"round {r + 1}/{rounds} {mode:8} {n:3} assoc "
                                   f"{result.instances_per_s:8.1f} inst/s ({result.seconds:.2f} s;"
                                   f" CPU s: clients {result.client_cpu_s}, server "
-                                  f"{result.server_cpu_s}, proxies {result.proxy_cpu_s})",
+                                  f"{result.server_cpu_s}, proxies {result.pg_proxy_cpu_s} pg +"
+                                  f" {result.blob_proxy_cpu_s} blob, azurite "
+                                  f"{result.azurite_cpu_s}, postgres {result.postgres_cpu_s};"
+                                  f" machine busy "
+                                  f"{result.machine_busy_s} idle {result.machine_idle_s})",
                                   flush=True)
         best: dict[str, dict[int, Run]] = {}
         for x in runs:
@@ -301,6 +386,7 @@ def run(*, count: int, rounds: int, associations: tuple[int, ...], modes: tuple[
             "count": count,
             "bytes": data.total_bytes,
             "tls": tls,
+            "azurite": "disk" if azurite_disk else "--inMemoryPersistence --loose",
             "rounds": rounds,
             "delay_ms_one_way": {"postgres": pg_delay_ms, "blob": blob_delay_ms},
             "round_trips": rtt,
@@ -343,6 +429,8 @@ def main() -> int:
     parser.add_argument("--pg-delay-ms", type=float, default=1.0, help="one way (default 1)")
     parser.add_argument("--blob-delay-ms", type=float, default=2.5, help="one way (default 2.5)")
     parser.add_argument("--plain", action="store_true", help="plain TCP instead of mutual TLS")
+    parser.add_argument("--azurite-disk", action="store_true",
+                        help="Azurite as the tests run it (files on disk), not in memory")
     parser.add_argument("--postgres", default=receivers.DEFAULT_POSTGRES)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -363,7 +451,8 @@ def main() -> int:
             result = run(count=count, rounds=rounds,
                          associations=tuple(int(x) for x in args.associations.split(",")),
                          modes=modes, postgres=args.postgres, pg_delay_ms=args.pg_delay_ms,
-                         blob_delay_ms=args.blob_delay_ms, tls=not args.plain)
+                         blob_delay_ms=args.blob_delay_ms, tls=not args.plain,
+                         azurite_disk=args.azurite_disk)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1

@@ -97,13 +97,21 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
     workloadProfileName: 'Consumption'
     configuration: {
       activeRevisionsMode: 'Single'
-      // Modalities connect over the internet with mutual TLS; the ops port (8080) is not
-      // exposed: only the platform's probes reach it.
+      // Modalities connect over the internet with mutual TLS. The ops port (8080) is not
+      // exposed to the internet: an internal mapping lets the web app inside the same
+      // environment read /status/associations for the console's "now" page.
       ingress: {
         external: true
         transport: 'tcp'
         targetPort: dicomPort
         exposedPort: dicomPort
+        additionalPortMappings: [
+          {
+            external: false
+            targetPort: opsPort
+            exposedPort: opsPort
+          }
+        ]
       }
       registries: [
         {
@@ -229,6 +237,8 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
             { name: 'MIMIC_WEB_CORS_ORIGINS', value: webCorsOrigins }
             { name: 'MIMIC_WEB_BASE_URL', value: 'https://${webAppName}.${containerAppsEnvironment.properties.defaultDomain}' }
             { name: 'MIMIC_WEB_OIDC_CLIENT_ID', value: webConsoleClientId }
+            // The serve app's ops listener, by its internal port mapping (see above).
+            { name: 'MIMIC_WEB_SERVE_STATUS_URL', value: 'http://${appName}:${opsPort}' }
           ])
           resources: { cpu: json('1.0'), memory: '2Gi' }
           probes: [

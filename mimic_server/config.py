@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     blob_timeout: float = Field(
         10.0, gt=0, description="Seconds a Blob Storage request may wait for the service."
     )
+    blob_connections: int | None = Field(
+        None, ge=1, le=1024, description="Keep-alive connections to Blob Storage kept for "
+        "reuse per process (default: MAX_ASSOCIATIONS, so every association can put an "
+        "object at once without opening a new connection).",
+    )
     max_associations: int = Field(
         32, ge=1, description="Simultaneous associations allowed (a total for the server, "
         "shared by its worker processes).",

@@ -40,6 +40,7 @@ import pynetdicom.acse
 import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.service_class
+import pynetdicom.transport
 from azure.core.pipeline.policies import RetryPolicy
 from pynetdicom import _config
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -48,7 +49,7 @@ from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
-from mimic_server.net import reactor, server
+from mimic_server.net import contexts, reactor, server
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ PROCESS_SWITCHES = "process-switches"
 SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
 BOUNDED_RECEIVE = "bounded-receive"
+CONTEXT_COPY = "context-copy"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -122,6 +124,8 @@ _SEND_MSG = Site("pynetdicom.dimse:DIMSEServiceProvider.send_msg",
                  "(self, primitive, context_id)", "a839cf2fb46976d9")
 _ASSOCIATION_ENCODE = Site("pynetdicom.association:encode", *_ENCODE)
 _SEND_C_STORE = Site("pynetdicom.association:Association.send_c_store", source="fa5a8127f349f8e7")
+_CREATE_ASSOCIATION = Site("pynetdicom.transport:RequestHandler._create_association",
+                           source="05c8d12b79863cdb")
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
@@ -134,8 +138,7 @@ PATCHES: tuple[Patch, ...] = (
             Site("pynetdicom.transport:AssociationSocket.recv",
                  "(self, nr_bytes)", "6bc20a33b1b7cfe7"),
             # builds the AssociationSocket whose class is swapped
-            Site("pynetdicom.transport:RequestHandler._create_association",
-                 source="05c8d12b79863cdb"),
+            _CREATE_ASSOCIATION,
             _READ_PDU,  # reads a PDU body in one recv(length); OSError = connection closed
         ),
     ),
@@ -322,6 +325,20 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="negotiate_unrestricted("),
         ),
         required=True,
+    ),
+    Patch(
+        CONTEXT_COPY,
+        "mimic_server.net.contexts:copying (the name deepcopy of pynetdicom.transport)",
+        "every new association deep-copies the server's 171 presentation contexts (6,464 "
+        "transfer syntax UIDs, each validated again): 40-80 ms of the GIL per association",
+        (PYNETDICOM,),
+        (
+            # the attributes a context has, which copy_contexts copies
+            Site("pynetdicom.presentation:PresentationContext.__init__",
+                 "(self)", "37a8842ac07cd8f3"),
+            # its one deepcopy: assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+            _CREATE_ASSOCIATION,
+        ),
     ),
     Patch(
         PROCESS_SWITCHES,
@@ -580,7 +597,17 @@ def _set_process_switches() -> None:
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # any storage SOP class, private ones too
 
 
+def _context_copy(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.transport, "deepcopy", contexts.copying, CONTEXT_COPY)
+        return
+    current = pynetdicom.transport.deepcopy  # installed by an earlier start: undone
+    if getattr(current, PATCH_NAME, None) == CONTEXT_COPY:
+        pynetdicom.transport.deepcopy = getattr(current, ORIGINAL)
+
+
 _APPLY: dict[str, Callable[[], None]] = {
+    CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
     DIRECT_RESPONSES: _direct_responses,
     ANSWER_ENCODER: _answer_encoder,
@@ -592,6 +619,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     MOVE_ANSWER: _move_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
+    CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),

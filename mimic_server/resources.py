@@ -163,6 +163,7 @@ def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
         connection_string=settings.blob_connection_string,
         retries=settings.blob_retries,
         timeout=settings.blob_timeout,
+        connections=settings.blob_connections or settings.max_associations,
     )
     return AzureBlobStore(
         service, settings.blob_container, create_container=settings.blob_create_container

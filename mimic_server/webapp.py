@@ -320,9 +320,9 @@ def _trust_view(settings: Settings) -> Callable[[], TrustView] | None:
         with lock:
             version = source.version()
             if version not in cache:
-                revoked = source.revoked() if isinstance(source, DirectorySource) else ()
+                trusted = source.load().trusted  # first: it remembers what revoked() shows
                 cache.clear()
-                cache[version] = TrustView(source.load().trusted, revoked)
+                cache[version] = TrustView(trusted, source.revoked())
             return cache[version]
 
     return view

@@ -66,6 +66,15 @@ def test_latency_runs_in_every_mode(postgres_server: str) -> None:
     assert rtt["latency"]["postgres_rtt_ms"] >= 2.0, rtt  # type: ignore[index]
     assert rtt["latency"]["blob_rtt_ms"] >= 5.0, rtt  # type: ignore[index]
     assert "16 associations" not in latency.markdown(result)  # no 16-association figure made up
+    assert result["azurite"] == "--inMemoryPersistence --loose"
+    for run in result["runs"]:  # type: ignore[attr-defined]
+        # every process of the run is accounted for, beside the whole machine
+        assert run["azurite_cpu_s"] >= 0 and run["postgres_cpu_s"] >= 0, run
+        assert run["machine_busy_s"] + run["machine_idle_s"] > 0, run
+        assert run["proxy_cpu_s"] == pytest.approx(
+            run["pg_proxy_cpu_s"] + run["blob_proxy_cpu_s"], abs=0.011), run
+        if run["mode"] == "direct":
+            assert run["proxy_cpu_s"] == 0, run
 
 
 def test_delay_proxy_forwards_in_order_and_never_early(postgres_server: str) -> None:
@@ -83,3 +92,14 @@ def test_delay_proxy_forwards_in_order_and_never_early(postgres_server: str) -> 
             assert time.monotonic() - started >= 0.040  # two one-way delays, at least
     finally:
         proxy.stop()
+
+
+def test_latency_counts_the_cpu_of_the_database_backends(postgres_server: str) -> None:
+    """The backends of one database are found by their process title and their CPU read."""
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        dbname = conn.info.dbname
+        before = latency.database_cpu(dbname)
+        conn.execute("SELECT sum(i) FROM generate_series(1, 3000000) AS i").fetchone()
+        after = latency.database_cpu(dbname)
+        assert conn.info.backend_pid in after
+        assert latency.database_cpu_delta(before, after) > 0

@@ -23,9 +23,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -174,11 +178,32 @@ def keep(
     received_from: str,
     record: Prepared | None = None,
 ) -> None:
-    """Put, then index (with ``record`` in the same transaction); delete on failure."""
+    """Put, then index (with ``record`` in the same transaction); delete on failure.
+
+    Where the index says its transactions may wait (``overlaps_put``: PostgreSQL, whose
+    transactions run side by side), the put runs on a helper thread while the index
+    transaction does its round trips, and the transaction waits for the put to be durable
+    before it writes the audit row and commits: the index row still commits only after the
+    object is in the store, and a failed put rolls the row back (invariant 1), but one
+    association no longer waits for the fsyncs and the database one after the other.
+    """
     key = new_object_key(
         attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid
     )
-    store.put(key, received.chunks, received.sha256)
+    stored: Future[int] | None = None
+    if getattr(index, "overlaps_put", False):
+        stored = _puts().submit(store.put, key, received.chunks, received.sha256)
+        put_done = stored.result
+
+        def durable_first(conn: object) -> None:
+            put_done()  # raises the put's error: the transaction rolls back
+            if record is not None:
+                record.write_in(conn)
+
+        in_transaction: Callable[[Any], None] | None = durable_first
+    else:
+        store.put(key, received.chunks, received.sha256)
+        in_transaction = record.write_in if record is not None else None
     try:
         replaced = index.upsert_instance(
             attrs,
@@ -187,15 +212,41 @@ def keep(
             sha256=received.sha256,
             size=received.size,
             received_from=received_from,
-            in_transaction=record.write_in if record is not None else None,
+            in_transaction=in_transaction,
         )
+        if stored is not None:
+            stored.result()  # done: the transaction waited for it before its commit
     except BaseException:
+        if stored is not None:
+            futures.wait([stored])  # a put still writing would leave its object behind
         _delete_quietly(store, key)
         raise
     if record is not None:
         record.committed()  # the other sinks (syslog) get it once it is in the table
     if replaced is not None and replaced != key:
         _delete_quietly(store, replaced)  # the same instance again: the newest bytes win
+
+
+#: Puts that overlap an index transaction (``keep``): one thread per put in progress, made
+#: on demand (an idle one blocks, it does not poll), and a new pool in a forked child (whose
+#: copy of the parent's threads is dead). As many as there may be senders at once (32
+#: associations by default, plus STOW-RS requests): a smaller pool would queue the puts of
+#: many associations behind each other, and against Blob Storage each put is round trips.
+_PUT_THREADS = 128
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _puts() -> ThreadPoolExecutor:
+    global _pool
+    pool = _pool
+    if pool is None or pool[0] != os.getpid():
+        with _pool_lock:
+            if _pool is None or _pool[0] != os.getpid():
+                _pool = (os.getpid(),
+                         ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="mimic-put"))
+            pool = _pool
+    return pool[1]
 
 
 def _delete_quietly(store: ObjectStore, key: str) -> None:

@@ -87,6 +87,9 @@ class KeyVaultSource:
         self._listing: _Listing | None = None
         self._server: tuple[str, bytes, bytes] | None = None  # (change key, chain, key)
         self._cache: dict[tuple[str, str, str], list[x509.Certificate]] = {}
+        #: (kind, name) -> the certificates last read while the entry was trusted: a disabled
+        #: secret cannot be read again (403), yet the console shows what was revoked.
+        self._last_trusted: dict[tuple[str, str], list[x509.Certificate]] = {}
 
     def describe(self) -> str:
         return f"Key Vault {self.vault_url}"
@@ -148,11 +151,35 @@ class KeyVaultSource:
                 if certs is None:
                     continue
                 self._cache[cache_key] = certs
+            self._last_trusted[(entry.kind, entry.name)] = certs
             titles = items.ae_titles(entry.tags)
             rule = items.rule(entry.tags, entry.name)
             trusted.extend(TrustedCertificate(entry.name, kind, c, titles, rule) for c in certs)
         self._cache = {k: v for k, v in self._cache.items() if k in seen}
         return CertBundle(chain, key, tuple(trusted))
+
+    def revoked(self) -> tuple[TrustedCertificate, ...]:
+        """The tagged entries the vault keeps but MIMIC does not trust now (disabled, expired
+        or not yet valid), for the operator console; never part of a bundle.
+
+        A disabled *certificate* still gives its public part (Key Vault withholds only the
+        secret behind it); a disabled *secret* cannot be read at all, so it is shown only when
+        this process read it while it was trusted."""
+        listing = self._vault(self._list)
+        now = self._clock()
+        found: list[TrustedCertificate] = []
+        for entry in listing.trusted:
+            kind = items.trust_kind(entry.tags)
+            if kind is None or entry.active(now):
+                continue
+            certs: list[x509.Certificate] | None
+            if entry.kind == "certificate":
+                certs = self._fetch(entry)
+            else:
+                certs = self._last_trusted.get((entry.kind, entry.name))
+            titles = items.ae_titles(entry.tags)
+            found.extend(TrustedCertificate(entry.name, kind, c, titles) for c in certs or ())
+        return tuple(found)
 
     def _server_identity(self, entry: _Entry | None) -> tuple[bytes, bytes]:
         name = self.server_certificate

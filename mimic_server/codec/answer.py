@@ -44,10 +44,15 @@ class Answer(Dataset):
     _mimic_plain: dict[int, tuple[str, Any]]
 
     @classmethod
-    def of(cls, plain: dict[int, tuple[str, Any]]) -> Answer:
+    def of(cls, plain: dict[int, tuple[str, Any]], *, fill: bool | None = None) -> Answer:
+        """``fill`` False leaves the ``Dataset`` empty for a caller that reads the plain
+        values itself (QIDO-RS writes DICOM JSON from them); None fills it unless
+        :data:`self_encoding` is on."""
         answer = cls()
         answer._mimic_plain = plain
-        if not self_encoding:
+        if fill is None:
+            fill = not self_encoding
+        if fill:
             for tag in sorted(plain):
                 vr, value = plain[tag]
                 answer.add_new(tag, vr, value)

@@ -19,6 +19,7 @@ which is not JSON and which PostgreSQL's ``jsonb`` refuses.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 import sys
@@ -26,6 +27,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -55,8 +57,11 @@ def header_to_json(
     codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
     out: dict[str, Any] = {}
     converted: set[str] = set()
+    keys = _KEYS
     for tag, value in raw_elements:
-        key = f"{tag:08X}"
+        key = keys.get(tag)
+        if key is None:
+            key = _key(tag)
         entry = _fast(value, codec) if type(value) is RawDataElement else None
         if entry is _BULK_DATA:
             continue
@@ -67,6 +72,19 @@ def header_to_json(
             converted.add(key)
         out[key] = entry
     return out, converted
+
+
+#: Tag -> its DICOM JSON key ("0020000D"): formatting it anew costs ~0.2 µs an element.
+_KEYS: dict[int, str] = {}
+#: Bounded: a stream of odd private tags must not grow the cache for ever.
+_MAX_KEYS = 8192
+
+
+def _key(tag: int) -> str:
+    key = f"{tag:08X}"
+    if len(_KEYS) < _MAX_KEYS:
+        _KEYS[tag] = key
+    return key
 
 
 def finite_only(entry: Entry) -> Entry:
@@ -147,7 +165,7 @@ def _sequence(raw: RawDataElement, codec: str | None) -> Entry:
             if entry is None:
                 return None
             if entry is not _BULK_DATA:
-                item[f"{tag:08X}"] = entry
+                item[_KEYS.get(tag) or _key(tag)] = entry
         items.append(item)
         pos = end
     return {"vr": "SQ", "Value": items}
@@ -276,3 +294,17 @@ _READERS: dict[str, Reader] = {
     "UV": _binary_reader("Q", 8, False),
     "SV": _binary_reader("q", 8, False),
 }
+
+
+def json_text(document: dict[str, Any]) -> str:
+    """``document`` as compact JSON text, with orjson (about 8x faster than ``json`` on a CT
+    header: some 0.3 ms per C-STORE); non-ASCII characters are written as UTF-8, not
+    escaped. What orjson refuses (an integer beyond 64 bits, a lone surrogate) is written
+    by ``json``, as before."""
+    try:
+        return orjson.dumps(document).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return _JSON.encode(document)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)

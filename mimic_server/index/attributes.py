@@ -147,9 +147,11 @@ def header_json(ds: Dataset) -> dict[str, Any]:
         raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
     if converted:
         kept = _without_bulk_data({key: document[key] for key in converted})
-        document = {key: entry for key, entry in document.items()
-                    if key not in converted or key in kept}
-        document.update(kept)
+        for key in converted:  # in place: each kept entry stays where it was
+            if key in kept:
+                document[key] = kept[key]
+            else:
+                del document[key]
     return document
 
 

@@ -8,6 +8,7 @@ typed column come from the stored header (DICOM JSON) of one instance of the ent
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,11 +112,17 @@ class Finder:
         query: Query,
         cancelled: Callable[[], bool] = lambda: False,
         max_results: int | None = None,
+        *,
+        plain: bool = False,
     ) -> Iterator[Dataset]:
         """Yield one answer Identifier per match, page by page; stop early once
         ``cancelled()``; raise ResultLimitReached past the result limit (the lower of the
         server's and the caller's ``max_results``, the identity's own) and TimeLimitReached
-        once the query has worked for ``time_limit`` seconds."""
+        once the query has worked for ``time_limit`` seconds.
+
+        ``plain``: answers of plain values are yielded as :class:`Answer` objects whose
+        ``Dataset`` is left empty, for a caller that writes its own encoding from the plain
+        values (QIDO-RS: filling a pydicom ``Dataset`` per match was most of its time)."""
         limit = self.max_results if max_results is None else min(self.max_results, max_results)
         needed = {c.keyword for c in query.constraints} | {e.keyword for e in query.requested}
         computed_keys = needed & COMPUTED
@@ -126,6 +133,7 @@ class Finder:
         # Looked up once per query, not once per match.
         requested = [(int(e.tag), e.keyword, e.VR) for e in query.requested]
         availability = "InstanceAvailability" in _requested_keywords(query)
+        typed_keys = _typed_keys(query.level)
         budget = Budget(self.time_limit)
         sent = 0
         try:
@@ -137,7 +145,7 @@ class Finder:
                     if cancelled():
                         return
                     mapping = row._mapping
-                    typed = {k: mapping[k] for k in COLUMNS if k in mapping}
+                    typed = {k: mapping[k] for k in typed_keys}
                     header = mapping["header"] if need_header else None
                     computed = _computed_values(mapping, computed_keys)
                     record = RowRecord(typed, header, computed)
@@ -146,7 +154,7 @@ class Finder:
                     if sent >= limit:
                         raise ResultLimitReached(limit)
                     sent += 1
-                    answer = self._answer(query, record, requested, availability)
+                    answer = self._answer(query, record, requested, availability, plain)
                     budget.pause()  # the peer's reading is not the query's work
                     yield answer
                     budget.resume()
@@ -156,29 +164,12 @@ class Finder:
     def _select(self, query: Query, need_header: bool, computed: set[str]) -> Select[Any]:
         level = query.level
         tables = [Patient, Study, Series, Instance][: level.depth + 1]
-        columns: list[Any] = [_TABLES[level].id.label("entity_id")]
-        columns += [
-            col.label(k) for k, col in COLUMNS.items() if col.class_ in tables
-        ]
-        if need_header:
-            columns.append(_header_of(level).label("header"))
-        dialect = self.engine.dialect.name
-        for key in sorted(computed):
-            column = _computed_column(key, level, dialect)
-            if column is not None:
-                columns.append(column.label(key))
-        statement = select(*columns).select_from(Patient)
-        if Study in tables:
-            statement = statement.join(Study, Study.patient_fk == Patient.id)
-        if Series in tables:
-            statement = statement.join(Series, Series.study_fk == Study.id)
-        if Instance in tables:
-            statement = statement.join(Instance, Instance.series_fk == Series.id)
+        statement = _base_select(level, need_header, frozenset(computed), self.engine.dialect.name)
         for constraint in query.constraints:
             predicate = _prefilter(constraint)
             if predicate is not None and COLUMNS[constraint.keyword].class_ in tables:
                 statement = statement.where(predicate)
-        return statement.order_by(_TABLES[level].id)
+        return statement
 
     def _answer(
         self,
@@ -186,6 +177,7 @@ class Finder:
         record: RowRecord,
         requested: list[tuple[int, str, str]],
         availability: bool,
+        lazy: bool = False,
     ) -> Dataset:
         plain: dict[int, tuple[str, Any]] = {
             0x00080005: ("CS", UTF8),  # Specific Character Set
@@ -199,7 +191,7 @@ class Finder:
             plain[tag] = value
         if availability:
             plain[0x00080056] = ("CS", "ONLINE")
-        return Answer.of(plain)
+        return Answer.of(plain, fill=False if lazy else None)
 
     def _answer_dataset(self, query: Query, record: RowRecord) -> Dataset:
         """The answer built with pydicom: for values that are not plain text or numbers."""
@@ -292,6 +284,40 @@ _ONE_INSTANCE = (
            Instance.sop_instance_uid == bindparam("sop_instance"))
     .order_by(Instance.id)
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _base_select(
+    level: Level, need_header: bool, computed: frozenset[str], dialect: str
+) -> Select[Any]:
+    """The columns, joins and order of a query at ``level``, without its predicates.
+
+    Built once per shape: constructing the correlated subqueries of the computed attributes
+    with SQLAlchemy took longer than PostgreSQL took to run the whole statement. A
+    ``Select`` is immutable (``where`` returns a new one), so the cached one is shared."""
+    tables = [Patient, Study, Series, Instance][: level.depth + 1]
+    columns: list[Any] = [_TABLES[level].id.label("entity_id")]
+    columns += [col.label(k) for k, col in COLUMNS.items() if col.class_ in tables]
+    if need_header:
+        columns.append(_header_of(level).label("header"))
+    for key in sorted(computed):
+        column = _computed_column(key, level, dialect)
+        if column is not None:
+            columns.append(column.label(key))
+    statement = select(*columns).select_from(Patient)
+    if Study in tables:
+        statement = statement.join(Study, Study.patient_fk == Patient.id)
+    if Series in tables:
+        statement = statement.join(Series, Series.study_fk == Study.id)
+    if Instance in tables:
+        statement = statement.join(Instance, Instance.series_fk == Series.id)
+    return statement.order_by(_TABLES[level].id)
+
+
+def _typed_keys(level: Level) -> tuple[str, ...]:
+    """The keywords with a typed column selected at ``level`` (see :func:`_base_select`)."""
+    tables = [Patient, Study, Series, Instance][: level.depth + 1]
+    return tuple(k for k, col in COLUMNS.items() if col.class_ in tables)
 
 
 def _plain_value(tag: int, keyword: str, vr: str, record: RowRecord) -> tuple[str, Any] | None:

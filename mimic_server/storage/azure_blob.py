@@ -25,11 +25,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, ExponentialRetry
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from mimic_server.errors import ConfigurationError, OutOfResources
 
@@ -54,21 +60,28 @@ def blob_service_client(
     connection_string: str | None = None,
     retries: int = 2,
     timeout: float = 10.0,
+    connections: int = 32,
 ) -> BlobServiceClient:
-    """A client whose retries and timeouts are bounded.
+    """A client whose retries and timeouts are bounded and whose connections are pooled.
 
     The SDK's default retry waits 15 s and more between attempts. Here a request is tried
     ``1 + retries`` times, each waiting at most ``timeout`` seconds for the service, with
     ~0.5-3 s back-off between tries: with the defaults (2, 10 s) a black-holed endpoint costs
     about 35 s, a refused connection a few seconds, both answered as Out of Resources inside
     the 60 s DIMSE timeout of a typical sender.
+
+    ``connections`` is how many keep-alive connections to the account are kept for reuse:
+    every association may be putting an object at the same moment, and the SDK's default
+    (10, from ``requests``) makes the eleventh concurrent put open a new TCP (and TLS)
+    connection, a round trip or two more, and close it afterwards.
     """
+    if connections < 1:
+        raise ConfigurationError("blob connections must be at least 1")
     options: dict[str, Any] = {
         "retry_policy": ExponentialRetry(
             initial_backoff=0.5, increment_base=2, retry_total=retries, random_jitter_range=0.5
         ),
-        "connection_timeout": min(timeout, 10.0),
-        "read_timeout": timeout,
+        "transport": _transport(connections, min(timeout, 10.0), timeout),
         "max_single_get_size": READ_RANGE,
         "max_chunk_get_size": READ_RANGE,
     }
@@ -77,6 +90,54 @@ def blob_service_client(
     if not account_url or credential is None:
         raise ConfigurationError("Blob Storage needs an account URL and a credential")
     return BlobServiceClient(account_url, credential=credential, **options)
+
+
+def uses_environment_settings(environ: Mapping[str, str] | None = None,
+                               home: Path | None = None) -> bool:
+    """Whether ``requests`` must consult the environment on each request: only when a proxy
+    (``HTTPS_PROXY``, ``NO_PROXY``, any ``*_proxy``) or a netrc file is configured.
+
+    Without them the answer is the same for every request, yet ``requests`` works it out
+    again each time, scanning the whole environment twice and looking for ``~/.netrc``:
+    about a tenth of a blob put's CPU time here. So the environment is read once, at start,
+    and consulted per request only when it says something (a CA bundle named there is
+    resolved at start too: :func:`ca_bundle`)."""
+    env = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+    if env.get("NETRC"):
+        return True
+    if any(value and name.lower().endswith("_proxy") for name, value in env.items()):
+        return True
+    return any((home / name).exists() for name in (".netrc", "_netrc"))
+
+
+def ca_bundle(environ: Mapping[str, str] | None = None) -> str | bool:
+    """The CA bundle ``requests`` would verify the service against: ``REQUESTS_CA_BUNDLE``,
+    else ``CURL_CA_BUNDLE``, else True (certifi's), as ``requests`` itself chooses it."""
+    env = os.environ if environ is None else environ
+    return env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or True
+
+
+def _transport(connections: int, connection_timeout: float, read_timeout: float,
+               ) -> RequestsTransport:
+    """The SDK's own ``requests`` transport, on a session whose pool holds ``connections``.
+
+    Mounted the way the SDK mounts its own adapter: urllib3 retries off (the SDK's retry
+    policy is the one that retries)."""
+    env_settings = uses_environment_settings()
+    session = requests.Session()
+    session.trust_env = env_settings
+    adapter = HTTPAdapter(
+        pool_connections=4, pool_maxsize=connections,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, adapter)
+    return RequestsTransport(
+        session=session, session_owner=True, use_env_settings=env_settings,
+        connection_timeout=connection_timeout, read_timeout=read_timeout,
+        connection_verify=ca_bundle(),
+    )
 
 
 class AzureBlobStore:

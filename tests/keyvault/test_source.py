@@ -235,3 +235,29 @@ def test_a_server_secret_without_a_key_names_vault_and_certificate(
     backing.value = pem(pki.ca)  # a chain but no private key
     with pytest.raises(ConfigurationError, match=r"Key Vault https://.*'mimic-server'.*not PEM"):
         _source(vault).load()
+
+
+def test_revoked_entries_for_the_console(vault: KeyVaultDouble, pki: Pki) -> None:
+    """Disabled certificates give their public part; a disabled secret is shown only when the
+    source read it while it was trusted (Key Vault answers 403 to reading it now)."""
+    _with_server(vault, pki)
+    _, _, kv_cert, kv_key = pki.issue("kvcert")
+    vault.import_certificate("kv-client", kv_cert, kv_key, tags={**CLIENT,
+                                                                 "mimic-ae-titles": "CT1"})
+    seen = pki.issue("seen")[2]
+    vault.set_secret("seen-client", pem(seen), tags=CLIENT)
+    vault.set_secret("never-seen", pem(pki.issue("never")[2]), tags=CLIENT, enabled=False)
+    vault.set_secret("active", pem(pki.issue("active")[2]), tags=CLIENT)
+    source = _source(vault)
+    assert source.revoked() == ()  # nothing disabled yet that this source could show
+    assert _names(source.load()) == {"kv-client", "seen-client", "active"}
+
+    vault.update("certificates", "kv-client", enabled=False)
+    vault.update("secrets", "seen-client", enabled=False)
+    revoked = {t.name: t for t in source.revoked()}
+
+    assert set(revoked) == {"kv-client", "seen-client"}
+    assert revoked["kv-client"].certificate == kv_cert
+    assert revoked["kv-client"].ae_titles == {"CT1"}
+    assert revoked["seen-client"].certificate == seen
+    assert _names(source.load()) == {"active"}  # revoked entries never join a bundle

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pydicom
 import pytest
 
-from mimic_server.codec.dicom_json import finite_only
+from mimic_server.codec.dicom_json import finite_only, json_text
 from mimic_server.codec.header import parse_header
 from mimic_server.index.attributes import _without_bulk_data, header_json
 from tests.data import Storable, storable_files
@@ -130,3 +131,13 @@ def test_finite_only() -> None:
                                       "00080060": {"vr": "CS", "Value": ["MR"]}}, {}]}
     assert finite_only(nested) == {"vr": "SQ", "Value": [
         {"00080060": {"vr": "CS", "Value": ["MR"]}}, {}]}
+
+
+@pytest.mark.parametrize("document", [
+    {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Buc^Jérôme=山田"}]}},
+    {"00720078": {"vr": "UV", "Value": [2**64 - 1]}, "00189089": {"vr": "FD", "Value": [0.1]}},
+    {"00720078": {"vr": "SV", "Value": [2**70]}},  # beyond orjson: json writes it
+    {"00081030": {"vr": "LO", "Value": ["\ud800"]}},  # a lone surrogate: json escapes it
+])
+def test_json_text_is_the_json_of_the_document(document: dict[str, Any]) -> None:
+    assert json.loads(json_text(document)) == json.loads(json.dumps(document))

@@ -159,3 +159,27 @@ def test_an_index_read_longer_than_the_budget_is_interrupted(engine: Engine) -> 
         _read(engine, endless, Budget(0.2))  # type: ignore[arg-type]
     with engine.connect() as conn:  # the connection is usable again, without the deadline
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_queries_of_one_shape_never_share_their_predicates(engine: Engine) -> None:
+    # The columns, joins and subqueries of a shape are built once and shared: each query
+    # must still be answered by its own match keys only.
+    finder = _finder(engine)
+    for n in (1, 2, 3):
+        answers = _answers(finder, _study_query(PatientID=f"P{n:03d}"))
+        assert len(answers) == 1 and f"X{n:02d}".encode() in answers[0], answers
+    assert len(_answers(finder, _study_query())) == PATIENTS
+
+
+def _as_dataset(answer: Dataset) -> Dataset:
+    return answer.to_dataset() if hasattr(answer, "_mimic_plain") else answer  # type: ignore[attr-defined, no-any-return]
+
+
+def test_plain_answers_hold_what_the_dataset_answers_hold(engine: Engine) -> None:
+    query = parse(_study_query(PatientName="a*"), Model.STUDY_ROOT, relational=False)
+    finder = _finder(engine)
+    usual = [_as_dataset(a).to_json_dict() for a in finder.find(query)]
+    plain_answers = list(finder.find(query, plain=True))
+    assert all(len(a) == 0 for a in plain_answers if hasattr(a, "_mimic_plain"))
+    assert [_as_dataset(a).to_json_dict() for a in plain_answers] == usual
+    assert len(usual) == PATIENTS

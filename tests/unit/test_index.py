@@ -121,3 +121,49 @@ def test_nan_infinity_and_long_integers_are_indexed(index: SqlIndex) -> None:
     assert series is None and instance.instance_number is None
     assert instance.header["00200011"] == {"vr": "IS", "Value": [99999999999]}
     assert "00189089" not in instance.header and "00189328" not in instance.header
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "chrH31.dcm", "chrFren.dcm", "chrRuss.dcm"])
+def test_the_prepared_insert_writes_the_rows_of_the_sqlalchemy_insert(
+    index: SqlIndex, name: str
+) -> None:
+    """PostgreSQL runs the new-instance insert on psycopg's cursor with the header as JSON
+    text (``DriverInsert``): the row equals the one SQLAlchemy's own execute writes."""
+    if index._driver_insert is None:
+        pytest.skip("the driver-level insert is PostgreSQL's (psycopg)")
+    ds = pydicom.dcmread(next(iter(local_files(name))), stop_before_pixels=True)
+    ds.add_new(0x00189089, "FD", [0.5, 1e300])
+    ds.add_new(0x00720078, "UV", [2**64 - 1])
+    rows = []
+    for path, driver in (("driver", index._driver_insert), ("sqlalchemy", None)):
+        index._driver_insert = driver
+        copy_ = copy.deepcopy(ds)
+        copy_.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.21.{len(rows)}"
+        index.upsert_instance(
+            _attrs(copy_), transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=path,
+            sha256="1" * 64, size=7, received_from="t",
+        )
+        with index.engine.connect() as conn:
+            row = conn.execute(
+                select(Instance.__table__).where(Instance.object_key == path)
+            ).one()._asdict()
+        for varying in ("id", "object_key", "sop_instance_uid", "received_at"):
+            row.pop(varying)
+        row["header"].pop("00080018")
+        rows.append(row)
+    assert rows[0] == rows[1]
+    assert rows[0]["header"]["00720078"]["Value"] == [2**64 - 1]
+
+
+def test_an_integrity_error_of_the_prepared_insert_is_sqlalchemys(index: SqlIndex) -> None:
+    """A driver error of the prepared insert reaches the retry logic as SQLAlchemy's error
+    type: a stale series id fails the insert's check (NOT NULL), empties the cache, and the
+    retry indexes the instance."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    common = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1,
+              "received_from": "t"}
+    index.upsert_instance(_attrs(ds), object_key="a", **common)
+    index._series_ids[ds.SeriesInstanceUID] = 987654  # a series row that does not exist
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.22.1"
+    assert index.upsert_instance(_attrs(ds), object_key="b", **common) is None
+    assert _counts(index) == (1, 1, 1, 2)

@@ -12,6 +12,7 @@ for each bulk element (Pixel Data and any binary value over 1 KiB), served by th
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -129,16 +130,48 @@ def dataset_of(obj: VerifiedObject) -> pydicom.Dataset:
 
 
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
-    """DICOM JSON of the data set, bulk elements replaced by their ``BulkDataURI``."""
+    """DICOM JSON of the data set, top-level bulk elements replaced by their ``BulkDataURI``.
+
+    The ``bulkdata`` route serves top-level elements only, so a large binary value inside a
+    sequence (an icon image, say) stays ``InlineBinary``: a URI that no route answers would
+    leave a viewer with nothing."""
 
     def bulk(element: DataElement) -> str:
-        return f"{instance_url}/bulkdata/{int(element.tag):08X}"
+        if ds.get(element.tag) is element:  # top level (pydicom hands nested ones here too)
+            return f"{instance_url}/bulkdata/{int(element.tag):08X}"
+        inline[id(element)] = element
+        return f"{_INLINE}{id(element)}"
 
+    inline: dict[int, DataElement] = {}
     document = ds.to_json_dict(BULK_DATA_THRESHOLD, bulk, suppress_invalid_tags=True)
+    if inline:
+        _inline_nested(document, inline)
     if 0x7FE00010 in ds and "7FE00010" in document:
         document["7FE00010"] = {"vr": document["7FE00010"].get("vr", "OW"),
                                 "BulkDataURI": f"{instance_url}/bulkdata/7FE00010"}
     return document
+
+
+_INLINE = "mimic-inline:"
+
+
+def _inline_nested(node: Any, inline: dict[int, DataElement]) -> None:
+    """Replace the placeholder URIs ``metadata_json`` gave nested bulk elements by their
+    values as ``InlineBinary`` (PS3.18 F.2.7)."""
+    if isinstance(node, list):
+        for item in node:
+            _inline_nested(item, inline)
+        return
+    if not isinstance(node, dict):
+        return
+    uri = node.get("BulkDataURI")
+    if isinstance(uri, str) and uri.startswith(_INLINE):
+        element = inline[int(uri[len(_INLINE):])]
+        del node["BulkDataURI"]
+        node["InlineBinary"] = base64.b64encode(bytes(element.value or b"")).decode("ascii")
+        return
+    for value in node.values():
+        _inline_nested(value, inline)
 
 
 def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:

@@ -1,0 +1,61 @@
+"""The copy of the server's presentation contexts each new association gets, made cheaply.
+
+pynetdicom gives every accepted association ``deepcopy(server.contexts)``: MIMIC supports
+171 contexts with 6,464 transfer syntax UIDs, and ``deepcopy`` rebuilds every UID through
+pydicom's validating constructor: 40-80 ms of the GIL per association on this VM, while
+other associations wait. A modality that opens one association per study or per image pays
+it each time. The copy made here is what ``deepcopy`` makes, for the contexts it knows
+(``PresentationContext`` objects holding only ``None``, ints, booleans, strings and the list
+of transfer syntaxes): new context objects and new lists, sharing the UID strings, which are
+immutable. Anything else goes to ``deepcopy``. Installed by the fence (``patches.py``,
+``context-copy``) in place of the name ``deepcopy`` of ``pynetdicom.transport``, whose one
+use is that copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.presentation import PresentationContext
+
+#: The attributes ``PresentationContext.__init__`` sets (verified by the fence).
+_FIELDS = frozenset({"_context_id", "_abstract_syntax", "_transfer_syntax", "result",
+                     "_scu_role", "_scp_role", "_as_scp", "_as_scu"})
+_IMMUTABLE = (type(None), bool, int, str)
+
+
+def copy_contexts(contexts: list[Any]) -> list[PresentationContext] | None:
+    """A copy of ``contexts`` equal to ``deepcopy``'s, or None if one is not a plain
+    context (then ``deepcopy`` copies them)."""
+    copies = []
+    for context in contexts:
+        if type(context) is not PresentationContext:
+            return None
+        state = context.__dict__
+        if state.keys() != _FIELDS:
+            return None
+        syntaxes = state["_transfer_syntax"]
+        if type(syntaxes) is not list or not all(isinstance(s, str) for s in syntaxes):
+            return None
+        if not all(isinstance(v, _IMMUTABLE) for k, v in state.items()
+                   if k != "_transfer_syntax"):
+            return None
+        copy = PresentationContext.__new__(PresentationContext)
+        copy.__dict__.update(state)
+        copy._transfer_syntax = list(syntaxes)
+        copies.append(copy)
+    return copies
+
+
+def copying(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``deepcopy`` that copies a list of presentation contexts with :func:`copy_contexts`."""
+
+    def deepcopy(x: Any, memo: dict[int, Any] | None = None, _nil: Any = None) -> Any:
+        if memo is None and type(x) is list:
+            copies = copy_contexts(x)
+            if copies is not None:
+                return copies
+        return original(x, memo)
+
+    return deepcopy

@@ -1,0 +1,136 @@
+"""The Blob Storage client's connections: a pool as large as the concurrency it serves, and the
+environment read once instead of on every request (same answers as ``requests`` would give).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mimic_server.config import Settings
+from mimic_server.storage import azure_blob
+from mimic_server.storage.azure_blob import (
+    AzureBlobStore,
+    blob_service_client,
+    ca_bundle,
+    uses_environment_settings,
+)
+from tests.azurite import Azurite
+
+
+def _pool(service: Any, url: str) -> Any:
+    """The urllib3 pool the SDK's requests session uses for ``url``."""
+    session = service._pipeline._transport.session
+    return session.get_adapter(url).poolmanager.connection_from_url(url)
+
+
+def test_concurrent_puts_reuse_a_pool_as_large_as_the_concurrency(azurite: Azurite) -> None:
+    """16 puts at once, twice: 16 connections at most, all kept and reused. (The SDK's own
+    pool keeps 10: the 11th concurrent put opened a connection and threw it away.)"""
+    service = blob_service_client(connection_string=azurite.connection_string, retries=0,
+                                  timeout=10, connections=16)
+    store = AzureBlobStore(service, f"c{uuid.uuid4().hex[:20]}")
+    data = b"x" * 40_000
+    sha = hashlib.sha256(data).hexdigest()
+    start = threading.Barrier(16)
+    errors: list[BaseException] = []
+
+    def put(i: int, round_: int) -> None:
+        try:
+            start.wait(10)
+            store.put(f"k/{round_}/{i}.dcm", [data], sha)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for round_ in range(2):
+        threads = [threading.Thread(target=put, args=(i, round_)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors
+    assert sorted(store.iter_keys()) == sorted(f"k/{r}/{i}.dcm" for r in range(2)
+                                               for i in range(16))
+    pool = _pool(service, f"http://127.0.0.1:{azurite.port}/")
+    assert pool.num_connections <= 16
+    assert pool.pool.qsize() == 16  # every connection went back to the pool
+
+
+def test_connections_must_be_positive() -> None:
+    with pytest.raises(Exception, match="at least 1"):
+        blob_service_client(connection_string="UseDevelopmentStorage=true", connections=0)
+
+
+def test_pool_size_defaults_to_max_associations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MIMIC_BLOB_CONNECTIONS`` unset: one connection per association the server allows."""
+    from mimic_server import resources
+
+    seen: list[int] = []
+
+    def fake_client(**kwargs: Any) -> Any:
+        seen.append(kwargs["connections"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(azure_blob, "blob_service_client", fake_client)
+    for settings, expected in (
+        (Settings(blob_connection_string="x", max_associations=7), 7),
+        (Settings(blob_connection_string="x", max_associations=7, blob_connections=50), 50),
+    ):
+        with pytest.raises(RuntimeError, match="stop here"):
+            resources._blob_store(settings)
+        assert seen.pop() == expected
+
+
+def test_blob_connections_setting_is_validated() -> None:
+    assert Settings().blob_connections is None
+    with pytest.raises(ValueError):
+        Settings(blob_connections=0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, False),
+        ({"PATH": "/bin", "REQUESTS_CA_BUNDLE": "/etc/ca.pem"}, False),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, True),
+        ({"http_proxy": "http://proxy:3128"}, True),
+        ({"no_proxy": "localhost"}, True),
+        ({"ALL_PROXY": ""}, False),
+        ({"NETRC": "/run/secrets/netrc"}, True),
+    ],
+)
+def test_environment_is_consulted_only_when_it_configures_something(
+    environ: dict[str, str], expected: bool, tmp_path: Path
+) -> None:
+    assert uses_environment_settings(environ, home=tmp_path) is expected
+
+
+def test_a_netrc_file_keeps_the_environment_settings(tmp_path: Path) -> None:
+    (tmp_path / ".netrc").write_text("machine example login a password b\n")
+    assert uses_environment_settings({}, home=tmp_path) is True
+
+
+def test_ca_bundle_is_chosen_as_requests_chooses_it() -> None:
+    assert ca_bundle({}) is True
+    assert ca_bundle({"CURL_CA_BUNDLE": "/c.pem"}) == "/c.pem"
+    assert ca_bundle({"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}) == "/r.pem"
+
+
+def test_client_verifies_against_the_bundle_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Reading the environment once must not lose the CA bundle it names."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy", "NO_PROXY", "no_proxy", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    service = blob_service_client(connection_string="UseDevelopmentStorage=true")
+    transport = service._pipeline._transport
+    assert transport.session.trust_env is False
+    assert transport.connection_config.verify == "/etc/ssl/certs/ca-certificates.crt"

@@ -1,0 +1,26 @@
+"""The QIDO-RS part of the DICOMweb benchmark still runs on a small index (no timing
+threshold: figures belong to bench/ runs and docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import dicomweb
+from tests.oidc_double import OidcIssuerDouble
+
+KINDS = ("PatientID", "AccessionNumber", "StudyDate", "PatientName")
+
+
+def test_qido_benchmark_runs_every_query_kind(tmp_path: Path) -> None:
+    issuer = OidcIssuerDouble(tmp_path).start()
+    try:
+        results = dicomweb.qido(20_000, 3, tmp_path, issuer)
+    finally:
+        issuer.stop()
+    assert results["instances"] == 20_000
+    for kind in KINDS:
+        figures = results[kind]
+        assert 0 < figures["p50_ms"] <= figures["p95_ms"], (kind, figures)
+        assert figures["server_cpu_ms_per_query"] >= 0, (kind, figures)
+    assert results["AccessionNumber"]["mean_matches"] == 1
+    assert results["PatientID"]["mean_matches"] >= 1

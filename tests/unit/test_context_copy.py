@@ -1,0 +1,74 @@
+"""The fence's copy of the server's presentation contexts (``context-copy``) is the copy
+``deepcopy`` makes: equal contexts, none shared, no list shared."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+
+from mimic_server.dimse import syntaxes
+from mimic_server.net.contexts import copy_contexts, copying
+
+
+def _server_contexts() -> list[PresentationContext]:
+    ae = AE()
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes.ARCHIVE_TRANSFER_SYNTAXES)
+    contexts = ae.supported_contexts
+    contexts[1].scp_role = True  # roles and ids set, as negotiation may set them
+    contexts[1].context_id = 3
+    return contexts
+
+
+def test_the_copy_equals_deepcopys() -> None:
+    contexts = _server_contexts()
+    ours = copy_contexts(contexts)
+    reference = copy.deepcopy(contexts)
+    assert ours is not None and len(ours) == len(reference) == len(contexts)
+    for mine, theirs, source in zip(ours, reference, contexts, strict=True):
+        assert type(mine) is PresentationContext
+        assert mine.__dict__ == theirs.__dict__
+        assert mine is not source and mine._transfer_syntax is not source._transfer_syntax
+    ours[0].add_transfer_syntax("1.2.840.10008.1.2.4.50")  # changing the copy...
+    ours[0].result = 0
+    assert "1.2.840.10008.1.2.4.50" not in contexts[0].transfer_syntax  # ...not the source
+    assert contexts[0].result is None
+
+
+def test_anything_else_goes_to_deepcopy() -> None:
+    class Extended(PresentationContext):
+        pass
+
+    odd = Extended()
+    odd.abstract_syntax = Verification
+    with_extra = PresentationContext()
+    with_extra.abstract_syntax = Verification
+    with_extra.note = ["mutable"]  # type: ignore[attr-defined]
+    for contexts in ([odd], [with_extra]):
+        assert copy_contexts(contexts) is None
+        copied = copying(copy.deepcopy)(contexts)
+        assert copied[0] is not contexts[0] and copied[0].__dict__ == contexts[0].__dict__
+    assert copying(copy.deepcopy)({"a": [1]}) == {"a": [1]}
+
+
+def test_the_fence_installs_it_and_its_fallback_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pynetdicom.transport
+
+    from mimic_server import patches
+    from tests.patch_sites import change_signature
+
+    assert "context-copy" in patches.apply().applied
+    assert getattr(pynetdicom.transport.deepcopy, patches.PATCH_NAME) == "context-copy"
+    site = next(p for p in patches.PATCHES if p.name == "context-copy").sites[0]
+    change_signature(monkeypatch, site)  # a release whose contexts differ
+    assert "context-copy" in patches.apply().skipped
+    assert pynetdicom.transport.deepcopy is copy.deepcopy
+    monkeypatch.undo()
+    assert "context-copy" in patches.apply().applied

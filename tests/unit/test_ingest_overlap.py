@@ -1,0 +1,120 @@
+"""The put that overlaps the index transaction (PostgreSQL): the row still commits only after
+the object is durable, a failed put leaves no row, a failed index leaves no object."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from mimic_server.archive.ingest import ReceivedObject, keep
+from mimic_server.codec.file_meta import encode_file_meta
+from mimic_server.errors import OutOfResources
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.repository import SqlIndex
+from mimic_server.storage.memory import MemoryStore
+from tests.data import ct_small
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _received() -> tuple[ReceivedObject, InstanceAttributes]:
+    ds = pydicom.dcmread(ct_small())
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE, "T")
+    received = ReceivedObject.of(meta, memoryview(out.getvalue()), EXPLICIT_LE)
+    return received, InstanceAttributes.from_header(received.header)
+
+
+class GatedStore(MemoryStore):
+    """A store whose put waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return super().put(key, chunks, sha256)
+
+
+class Recorder:
+    """Stands in for a prepared audit record: notes what the store held when it was written."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.objects_when_written: list[int] = []
+        self.committed_calls = 0
+
+    def write_in(self, conn: Any) -> None:
+        self.objects_when_written.append(len(self.store.objects))
+
+    def committed(self) -> None:
+        self.committed_calls += 1
+
+
+def test_postgresql_overlaps_and_sqlite_does_not(index: SqlIndex) -> None:
+    assert index.overlaps_put == (index.engine.dialect.name == "postgresql")
+
+
+def test_the_row_commits_only_after_the_put(index: SqlIndex) -> None:
+    received, attrs = _received()
+    store = GatedStore()
+    record = Recorder(store)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            keep(store, index, received, attrs, "t", record)  # type: ignore[arg-type]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert store.entered.wait(30)
+    thread.join(0.3)  # room for the transaction to run ahead if it would
+    assert thread.is_alive() and index.count_instances() == 0
+    store.gate.set()
+    thread.join(30)
+    assert not errors
+    assert index.count_instances() == 1 and len(store.objects) == 1
+    # The audit row is written in the transaction once the object is in the store.
+    assert record.objects_when_written == [1] and record.committed_calls == 1
+
+
+def test_a_failed_put_leaves_no_row(index: SqlIndex) -> None:
+    received, attrs = _received()
+    store = MemoryStore()
+    store.fail = True
+    with pytest.raises(OutOfResources):
+        keep(store, index, received, attrs, "t")
+    assert index.count_instances() == 0 and not store.objects
+
+
+def test_a_failed_index_leaves_no_object(index: SqlIndex) -> None:
+    received, attrs = _received()
+    store = GatedStore()
+    store.gate.set()
+
+    class Refused(Exception):
+        pass
+
+    class Failing:
+        def write_in(self, conn: Any) -> None:
+            raise Refused
+
+        def committed(self) -> None:  # pragma: no cover - never committed
+            raise AssertionError
+
+    with pytest.raises(Refused):
+        keep(store, index, received, attrs, "t", Failing())  # type: ignore[arg-type]
+    assert index.count_instances() == 0 and not store.objects
