@@ -10,10 +10,14 @@ whole JSON body, and the ``mimic web`` process's CPU time per query.
 
 WADO: ``mimic serve`` on an SQLite data directory receives one 40 KB CT instance over DIMSE;
 ``mimic web`` on the same directory serves it; ``wrk`` (Debian) when installed, else a Python
-keep-alive client in threads, requests it for ``--seconds``.
+keep-alive client in threads, requests it for ``--seconds``. Beside requests/s it reports
+the server's CPU time per request (utime + stime of ``mimic web`` and its worker processes,
+from ``/proc``, over the run): on a shared machine wall figures follow the neighbours' load,
+CPU per request follows MIMIC's own work.
 
     .venv/bin/python bench/dicomweb.py [--instances N] [--queries Q] [--seconds S]
     .venv/bin/python bench/dicomweb.py --qido-only --instances 1000000 --queries 100
+    .venv/bin/python bench/dicomweb.py --wado-only [--seconds S] [--web-workers N]
 
 Prints the figures; writes bench/results/dicomweb.json.
 """
@@ -42,6 +46,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.find_latency import load, percentiles
+from bench.idle_cpu import cpu_seconds
 from tests import database
 from tests.conftest import migrate
 from tests.oidc_double import OidcIssuerDouble
@@ -129,7 +134,8 @@ def forty_kb_instance(path: Path) -> Dataset:
     return ds
 
 
-def wado(seconds: float, tmp: Path, issuer: OidcIssuerDouble, connections: int) -> dict:
+def wado(seconds: float, tmp: Path, issuer: OidcIssuerDouble, connections: int,
+         web_workers: int | None = None) -> dict:
     data = tmp / "wado" / "data"
     data.parent.mkdir(parents=True, exist_ok=True)
     server = MimicProcess(data).start()
@@ -142,7 +148,8 @@ def wado(seconds: float, tmp: Path, issuer: OidcIssuerDouble, connections: int) 
         assert assoc.send_c_store(tmp / "forty.dcm").Status == 0
         assoc.release()
         size = server.object_for(ds.SOPInstanceUID).stat().st_size
-        web = WebProcess(data, issuer, policy=None, web_roles=ALL_ROLES).start()
+        extra = {} if web_workers is None else {"web_workers": str(web_workers)}
+        web = WebProcess(data, issuer, policy=None, web_roles=ALL_ROLES, **extra).start()
         token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"], lifetime=3600)
         path = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
                 f"/instances/{ds.SOPInstanceUID}")
@@ -151,13 +158,22 @@ def wado(seconds: float, tmp: Path, issuer: OidcIssuerDouble, connections: int) 
         assert len(_get(conn, path, token, accept)) > size  # warm, and it works
         conn.close()
         result: dict = {"object_bytes": size, "connections": connections,
-                        "seconds": seconds}
+                        "seconds": seconds, "web_workers": web_workers or "default"}
+        assert web.proc is not None
+        cpu_before = cpu_seconds(web.proc.pid)
         if shutil.which("wrk"):
             result.update(_wrk(web.port, path, token, accept, seconds, connections))
         else:
             result.update(_threads(web.port, path, token, accept, seconds, connections))
-        print(f"WADO-RS {size} B instance: {result['requests_per_second']:.0f} requests/s "
-              f"({result['client']}, {connections} keep-alive connections)", flush=True)
+        cpu = cpu_seconds(web.proc.pid) - cpu_before
+        result["server_cpu_seconds"] = round(cpu, 3)
+        result["server_cpu_ms_per_request"] = round(1000 * cpu / max(1, result["requests"]), 3)
+        with open("/proc/loadavg") as fh:
+            result["load_average"] = fh.read().split()[:3]
+        print(f"WADO-RS {size} B instance: {result['requests_per_second']:.0f} requests/s, "
+              f"server CPU {result['server_cpu_ms_per_request']:.2f} ms/request "
+              f"({result['client']}, {connections} keep-alive connections, load average "
+              f"{' '.join(result['load_average'])})", flush=True)
         return result
     finally:
         if web is not None:
@@ -175,8 +191,11 @@ def _wrk(port: int, path: str, token: str, accept: str, seconds: float,
     ).stdout
     rate = next(float(line.split()[1]) for line in out.splitlines()
                 if line.startswith("Requests/sec"))
+    count = next(int(line.split()[0]) for line in out.splitlines()
+                 if "requests in" in line)
     errors = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "errors" in line]
-    return {"client": "wrk", "requests_per_second": rate, "wrk_errors": errors}
+    return {"client": "wrk", "requests_per_second": rate, "requests": count,
+            "wrk_errors": errors}
 
 
 def _threads(port: int, path: str, token: str, accept: str, seconds: float,
@@ -195,7 +214,8 @@ def _threads(port: int, path: str, token: str, accept: str, seconds: float,
         t.start()
     for t in threads:
         t.join()
-    return {"client": "python http.client threads", "requests_per_second": sum(counts) / seconds}
+    return {"client": "python http.client threads", "requests_per_second": sum(counts) / seconds,
+            "requests": sum(counts)}
 
 
 def main() -> None:
@@ -206,6 +226,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--skip-qido", action="store_true")
     parser.add_argument("--qido-only", action="store_true", help="skip the WADO-RS part")
+    parser.add_argument("--wado-only", action="store_true", help="skip the QIDO-RS part")
+    parser.add_argument("--web-workers", type=int, default=None,
+                        help="MIMIC_WEB_WORKERS for the WADO-RS run (default: the server's)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as name:
@@ -213,8 +236,9 @@ def main() -> None:
         issuer = OidcIssuerDouble(tmp).start()
         try:
             if not args.qido_only:
-                results["wado"] = wado(args.seconds, tmp, issuer, args.connections)
-            if not args.skip_qido:
+                results["wado"] = wado(args.seconds, tmp, issuer, args.connections,
+                                       args.web_workers)
+            if not (args.skip_qido or args.wado_only):
                 results["qido"] = qido(args.instances, args.queries, tmp, issuer)
         finally:
             issuer.stop()

@@ -212,10 +212,19 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
 def web(**options: Any) -> None:
     """Run DICOMweb (/dicomweb) and the operator console (/) until SIGTERM or SIGINT."""
     from mimic_server import logs
-    from mimic_server.webapp import WebArchive
+    from mimic_server.webapp import WebArchive, run_workers, web_worker_count
 
     settings = _settings(**options)
     logs.configure(settings.log_level, settings.log_format)
+    count = web_worker_count(settings)
+    if count > 1:  # web/workers.py: one socket, uvicorn's supervisor, the app per worker
+        try:
+            given = {k: v for k, v in options.items() if v is not None}
+            run_workers(settings, {k: json.loads(v) if k in _JSON_FIELDS else v
+                                   for k, v in given.items()}, count)
+        except ConfigurationError as exc:
+            _fail(str(exc))
+        return
     archive = WebArchive(settings)
     try:
         archive.start()

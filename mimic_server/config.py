@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     web_port: int = Field(
         8042, ge=0, le=65535, description="DICOMweb and console HTTP port (0 = any free)."
     )
+    web_workers: int | None = Field(
+        None, ge=1, description="Worker processes of 'mimic web' on its one listening socket "
+        "(default: the number of CPUs available to the process, as WORKERS); 1 = a single "
+        "process, no supervisor.",
+    )
     web_auth: Literal["oidc", "none"] = Field(
         "oidc", description="DICOMweb authentication: OAuth 2.0 bearer tokens of OIDC_ISSUER, "
         "or 'none' (development only: refused unless WEB_HOST is a loopback address).",

@@ -8,12 +8,21 @@ Like ``app.py`` this module knows the concrete classes; the routes under ``web/`
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -22,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead of restarting
 
 from mimic_server.archive.ingest import Ingest
 from mimic_server.certs.directory import DirectorySource
@@ -40,7 +50,7 @@ from mimic_server.resources import (
     open_token_validator,
 )
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditFilter, AuditLog, read_file
+from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
@@ -56,9 +66,16 @@ from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
-from mimic_server.web.server import HttpServer
+from mimic_server.web.server import HttpServer, listen
 
 log = logging.getLogger(__name__)
+
+#: What the parent of several ``mimic web`` workers hands each of them in its environment:
+#: the command line's settings (JSON), and the directory of signed-out console sessions.
+OPTIONS_VARIABLE = "MIMIC_WEB_WORKER_OPTIONS"
+REVOKED_DIR_VARIABLE = "MIMIC_WEB_REVOKED_DIR"
+#: The ASGI factory each worker process runs.
+WORKER_FACTORY = "mimic_server.webapp:worker_app"
 
 
 def is_loopback(host: str) -> bool:
@@ -130,12 +147,28 @@ class WebArchive:
     def start(self) -> None:
         """Open everything and start listening; ConfigurationError on bad settings."""
         s = self.settings
+        app = self.open()
+        self.http = HttpServer(app, s.web_host, s.web_port, name="web")
+        self.http.start()
+        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        host, port = self.http.address
+        log.info("DICOMweb listening", extra={
+            "address": f"{host}:{port}", "auth": s.web_auth,
+            "index": self.engine.dialect.name if self.engine is not None else None,
+            "cors_origins": len(s.web_cors_origin_list),
+        })
+
+    def open(self) -> Starlette:
+        """Open the index, store, audit trail, policy and token validator, and build the
+        app over them (``start`` serves it here; a worker process's uvicorn serves it)."""
+        s = self.settings
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine, index = open_index(s)
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
+        _group_commits(self.audit)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         if policy.audit_log is None:
             policy.audit_log = self.audit
@@ -165,22 +198,17 @@ class WebArchive:
             # Its study queries answer to the same policy entry as QIDO-RS.
             console_context.query_gate = dicomweb_gate(self.context)
             console = build_console(console_context)
-        app = build_web_app(self.context, s.web_cors_origin_list, console,
-                            ready=self._ready)
-        self.http = HttpServer(app, s.web_host, s.web_port, name="web")
-        self.http.start()
-        self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
-        host, port = self.http.address
-        log.info("DICOMweb listening", extra={
-            "address": f"{host}:{port}", "auth": s.web_auth,
-            "index": self.engine.dialect.name,
-            "cors_origins": len(s.web_cors_origin_list),
-        })
+        return build_web_app(self.context, s.web_cors_origin_list, console,
+                             ready=self._ready)
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.http is not None
         return self.http.address
+
+    def alive_in_worker(self) -> bool:
+        """A worker process's liveness: its app is open (uvicorn runs it)."""
+        return self.context is not None
 
     def alive(self) -> bool:
         return self.http is not None and self.http.alive()
@@ -214,6 +242,19 @@ class WebArchive:
             self.engine = None
 
 
+def _group_commits(audit_log: AuditLog) -> None:
+    """The audit table (PostgreSQL) written through one group-commit writer: concurrent
+    requests' records share commits, each request still waits for its own (``audit.py``)."""
+    table = audit_log.transactional
+    if table is None or not hasattr(table, "write_batch"):
+        return
+    grouped = GroupCommitSink(table)
+    audit_log.sinks = [grouped if sink is table else sink for sink in audit_log.sinks]
+    # STOW-RS writes its record in its own index transaction through this one (unbatched),
+    # and the other sinks then skip it.
+    audit_log.transactional = grouped
+
+
 def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Policy,
                  audit_log: AuditLog) -> ConsoleContext:
     """The operator console over the same index, policy, audit trail and certificate source
@@ -232,7 +273,7 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         log.warning("operator console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID): "
                     "its pages answer 503")
     try:
-        signer = Signer(s.web_session_key)
+        signer = Signer(s.web_session_key, revoked_dir=_revoked_dir())
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
     if signer.ephemeral and oidc is not None:
@@ -248,6 +289,12 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         else None,
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
     )
+
+
+def _revoked_dir() -> Path | None:
+    """The directory where the workers of one ``mimic web`` share signed-out sessions."""
+    value = os.environ.get(REVOKED_DIR_VARIABLE)
+    return Path(value) if value else None
 
 
 def _trust_view(settings: Settings) -> Callable[[], TrustView] | None:
@@ -336,3 +383,106 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
     if console is not None:
         routes.append(Mount("/", app=console))
     return Starlette(routes=routes)
+
+
+# -- several worker processes (MIMIC_WEB_WORKERS) ---------------------------------------------
+
+
+def web_worker_count(settings: Settings) -> int:
+    """``MIMIC_WEB_WORKERS``, else the CPUs this process may use (its CPU affinity, lowered
+    to the container's CPU quota rounded up), as ``MIMIC_WORKERS`` counts them."""
+    from mimic_server.workers import cpu_quota
+
+    if settings.web_workers is not None:
+        return settings.web_workers
+    cpus = max(1, len(os.sched_getaffinity(0)))
+    quota = cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+
+
+def run_workers(settings: Settings, options: dict[str, Any], count: int) -> None:
+    """``mimic web`` as the parent of ``count`` workers (``web/workers.py``): the settings
+    checked, the index migrated and the port bound once, here; ConfigurationError when the
+    start fails (here or in a worker); returns after SIGTERM/SIGINT."""
+    from mimic_server.web.workers import WebWorkers
+
+    s = settings
+    check_auth_settings(s)
+    web_rule(s)
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
+    engine.dispose()
+    sock = listen(s.web_host, s.web_port, "web")
+    shared = Path(tempfile.mkdtemp(prefix="mimic-web-"))
+    os.environ[OPTIONS_VARIABLE] = json.dumps(options)
+    os.environ[REVOKED_DIR_VARIABLE] = str(shared / "revoked")
+    (shared / "revoked").mkdir()
+    if not s.web_session_key:
+        # One key for all the workers (a session opened by one is valid in the others),
+        # random per start as for a single process: sessions end when mimic web restarts.
+        os.environ["MIMIC_WEB_SESSION_KEY"] = secrets.token_urlsafe(48)
+    host, port = sock.getsockname()[:2]
+
+    def ready() -> None:
+        log.info("DICOMweb listening", extra={
+            "address": f"{host}:{port}", "auth": s.web_auth, "index": engine.dialect.name,
+            "cors_origins": len(s.web_cors_origin_list), "workers": count,
+        })
+
+    try:
+        supervisor = WebWorkers(WORKER_FACTORY, [sock], count, on_ready=ready)
+        supervisor.run()
+    finally:
+        sock.close()
+        shutil.rmtree(shared, ignore_errors=True)
+    if supervisor.failed:
+        raise ConfigurationError("a mimic web worker could not start (its log says why)")
+    log.info("stopped", extra={"workers": count})
+
+
+def worker_app() -> Any:
+    """The ASGI app of one worker process (uvicorn calls this factory in the worker): the
+    whole ``WebArchive`` app, closed at the worker's shutdown (lifespan)."""
+    from mimic_server import logs
+    from mimic_server.workers.link import _die_with_parent
+
+    _die_with_parent()  # a killed parent takes its workers with it (they hold its port)
+    options = json.loads(os.environ.get(OPTIONS_VARIABLE, "{}"))
+    settings = Settings(**options)
+    logs.configure(settings.log_level, settings.log_format)
+    archive = WebArchive(settings)
+    try:
+        app = archive.open()
+    except Exception as exc:
+        # Any failure to start (not only a configuration error: an index that does not
+        # answer) stops the server, as it stops a single ``mimic web``; uvicorn's supervisor
+        # would otherwise restart the worker every half second, without end.
+        reason = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
+        log.error("mimic web worker cannot start", extra={"reason": reason})
+        with contextlib.suppress(Exception):
+            archive.stop()
+        sys.exit(STARTUP_FAILURE)
+    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_policy())
+    archive.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+    return _Lifespan(app, archive.stop)
+
+
+class _Lifespan:
+    """An ASGI app that runs ``on_shutdown`` at the server's lifespan shutdown."""
+
+    def __init__(self, app: Any, on_shutdown: Callable[[], None]) -> None:
+        self.app = app
+        self.on_shutdown = on_shutdown
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

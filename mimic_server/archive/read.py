@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -118,7 +119,7 @@ def open_verified(
     """
     try:
         with store.open(ref.object_key) as fh:
-            head = fh.read(stream_above + 1)
+            head = _head(fh, stream_above + 1)
             digest = hashlib.sha256(head)
             size = len(head)
             large = size > stream_above
@@ -141,6 +142,22 @@ def open_verified(
     if large:
         return VerifiedObject(ref, size, offset, store=store)
     return VerifiedObject(ref, size, offset, data=head)
+
+
+def _head(fh: BinaryIO, limit: int) -> bytes:
+    """The first ``limit`` bytes (all, if fewer), read as the file's own size when the
+    stream is a file: ``read(limit)`` allocates ``limit`` bytes first, and 8 MiB for a 40 KB
+    object cost more CPU than its SHA-256 (docs/benchmarks.md, DICOMweb)."""
+    try:
+        known = os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # not a file (a blob's stream)
+        return fh.read(limit)
+    if known + 1 >= limit:
+        return fh.read(limit)
+    head = fh.read(known + 1)
+    if len(head) > known:  # longer than it was a moment ago (stored objects never change)
+        head += fh.read(limit - len(head))
+    return head
 
 
 def reference(ref: InstanceRef) -> str:

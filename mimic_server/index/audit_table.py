@@ -64,6 +64,11 @@ class AuditTable:
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             self.write_in(conn, entry)
 
+    def write_batch(self, entries: list[AuditEntry]) -> None:
+        """Several records in one transaction (one commit: ``security.audit.GroupCommitSink``)."""
+        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            conn.execute(_INSERT, [_row(entry) for entry in entries])
+
     @staticmethod
     def write_in(conn: Connection, entry: AuditEntry) -> None:
         # One statement with parameters, compiled once: a statement built with the values

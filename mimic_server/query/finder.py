@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, Select, and_, func, or_, select
+from sqlalchemy import Engine, Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.codec.answer import PLAIN_VRS, UTF8, Answer
@@ -254,8 +254,36 @@ class Finder:
                 found.append(InstanceRef(*row[:5]))
         return found
 
+    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
+        """The instance a retrieve Identifier naming all three UIDs (single values) finds,
+        as :meth:`instances` finds it, by one indexed lookup whose statement is built once:
+        a UI single-value match is exact equality (PS3.4 C.2.2.2.1; the unique keys are
+        stored trimmed), which SQL decides alone. A WADO-RS retrieve of one instance."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(_ONE_INSTANCE, {
+                    "study": study, "series": series, "sop_instance": sop_instance,
+                }).all()
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+        return [InstanceRef(*row) for row in rows]
+
 
 _UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+#: :meth:`Finder.instance`'s statement, built (and compiled, by SQLAlchemy's cache) once.
+_ONE_INSTANCE = (
+    select(Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
+           Instance.object_key, Instance.sha256)
+    .select_from(Patient)  # the same joins as Finder.instances
+    .join(Study, Study.patient_fk == Patient.id)
+    .join(Series, Series.study_fk == Study.id)
+    .join(Instance, Instance.series_fk == Series.id)
+    .where(Study.study_instance_uid == bindparam("study"),
+           Series.series_instance_uid == bindparam("series"),
+           Instance.sop_instance_uid == bindparam("sop_instance"))
+    .order_by(Instance.id)
+)
 
 
 @functools.lru_cache(maxsize=256)

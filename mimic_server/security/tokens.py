@@ -5,6 +5,15 @@ The issuer's discovery document names its JWKS; keys are cached and fetched agai
 key id not seen yet, at most once per ``refetch_seconds`` (a peer sending tokens with random
 key ids must not make the archive hammer the issuer). Microsoft Entra ID is the issuer in
 Azure: ``https://login.microsoftonline.com/<tenant>/v2.0``, roles in the ``roles`` claim.
+
+A DICOMweb client sends the same access token with every request for its lifetime, and an
+RS256 signature check costs more than the rest of a small WADO-RS retrieve's own work. So a
+token that validated is remembered (keyed by the token's exact text, ``cache_size`` of them
+at most) with the key that verified it: on its next use it is accepted again without the
+signature check only while that key is still the one the issuer publishes for its key id
+(the same lookup, the same JWKS refresh rules as a first use) and while its ``exp`` (and
+``nbf``/``iat``) hold at that moment, with the same leeway. A refused token is never
+remembered: each use of it is validated, refused and reported again.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +52,20 @@ class TokenUser:
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    """A token that validated: who it names, the key that verified it, its time window."""
+
+    user: TokenUser
+    kid: str
+    key: Any
+    expires: float
+    not_before: float
+
+
 class TokenValidator:
-    """Validates JWTs of one issuer for one audience."""
+    """Validates JWTs of one issuer for one audience (see the module docstring for the
+    cache of validated tokens; ``cache_size=0`` turns it off)."""
 
     def __init__(
         self,
@@ -57,6 +79,7 @@ class TokenValidator:
         keys_cache_seconds: float = 3600,
         refetch_seconds: float = 30,
         roles_claim: str = "roles",
+        cache_size: int = 4096,
     ) -> None:
         bad = _FORBIDDEN.intersection(algorithms)
         if bad:
@@ -74,10 +97,21 @@ class TokenValidator:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._keys_at = float("-inf")
         self._jwks_uri: str | None = None
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, _Validated] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # -- validation --------------------------------------------------------------------------
 
     def validate(self, token: str) -> TokenUser:
+        """Who the token names; :class:`InvalidToken` when it is refused."""
+        if self._cache_size > 0:
+            with self._cache_lock:
+                known = self._cache.get(token)
+            if known is not None:
+                user = self._still_valid(token, known)
+                if user is not None:
+                    return user
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -85,7 +119,45 @@ class TokenValidator:
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             raise InvalidToken(f"signature algorithm {algorithm!r} is not allowed")
-        key = self._key(str(header.get("kid") or ""))
+        kid = str(header.get("kid") or "")
+        key = self._key(kid)
+        user = self._verify(token, key, algorithm)
+        if self._cache_size > 0:
+            self._remember(token, user, kid, key)
+        return user
+
+    def _still_valid(self, token: str, known: _Validated) -> TokenUser | None:
+        """The remembered user while the token's time window and its key's trust hold;
+        None when the token must be validated from the start (its key was replaced)."""
+        now = time.time()
+        if known.expires <= now - self.leeway:
+            self._forget(token)
+            raise InvalidToken("token has expired")
+        if known.not_before > now + self.leeway:  # the clock went back
+            self._forget(token)
+            raise InvalidToken("token is not valid yet")
+        # The issuer still publishes the same key under this key id (refreshing the JWKS
+        # when its time has come, as for a first use); a key gone raises InvalidToken.
+        if self._key(known.kid) is not known.key:
+            self._forget(token)
+            return None
+        return known.user
+
+    def _remember(self, token: str, user: TokenUser, kid: str, key: Any) -> None:
+        claims = user.claims
+        not_before = max(_number(claims.get("nbf")), _number(claims.get("iat")))
+        entry = _Validated(user, kid, key, _number(claims["exp"]), not_before)
+        with self._cache_lock:
+            self._cache[token] = entry
+            self._cache.move_to_end(token)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)  # the oldest first
+
+    def _forget(self, token: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(token, None)
+
+    def _verify(self, token: str, key: Any, algorithm: str) -> TokenUser:
         try:
             claims = jwt.decode(
                 token,
@@ -169,3 +241,11 @@ class TokenValidator:
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
         return document
+
+
+def _number(value: Any) -> float:
+    """A time claim as a number (validated already by PyJWT when present); 0 when absent."""
+    try:
+        return float(value) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0

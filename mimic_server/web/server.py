@@ -26,35 +26,44 @@ from mimic_server.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 
+def listen(host: str, port: int, name: str) -> socket.socket:
+    """The HTTP listening socket (non-blocking); ConfigurationError when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP, and without it Nagle holds the body behind the headers until the peer's
+    # delayed ACK (40 ms per keep-alive request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen for {name} HTTP on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How MIMIC runs uvicorn, in a thread here and in ``mimic web``'s worker processes."""
+    return {
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 2,
+        "timeout_keep_alive": 5,
+    }
+
+
 class HttpServer:
     """One uvicorn server on ``host:port``, started and stopped from the archive."""
 
     def __init__(self, app: Any, host: str, port: int, *, name: str = "ops") -> None:
         self.name = name
-        try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
-            # TCP, and without it Nagle holds the body behind the headers until the peer's
-            # delayed ACK (40 ms per keep-alive request).
-            self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-            self._socket.listen(128)
-        except OSError as exc:
-            self._socket.close()
-            raise ConfigurationError(
-                f"cannot listen for {name} HTTP on {host}:{port}: {exc.strerror or exc}"
-            ) from exc
-        self._socket.setblocking(False)
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            timeout_graceful_shutdown=2,
-            timeout_keep_alive=5,
-        )
+        self._socket = listen(host, port, name)
+        config = uvicorn.Config(app, lifespan="off", **uvicorn_options())
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._run, name=f"mimic-{name}-http", daemon=True

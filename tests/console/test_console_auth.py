@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,3 +249,20 @@ def test_unconfigured_console_answers_503(tmp_path: Path) -> None:
 def test_short_session_key_is_refused() -> None:
     with pytest.raises(ValueError, match="32"):
         Signer("short")
+
+
+def test_sign_out_in_one_worker_ends_the_session_in_the_others(tmp_path: Path) -> None:
+    """The workers of one ``mimic web`` share a key and a directory of signed-out ids."""
+    shared = tmp_path / "revoked"
+    shared.mkdir()
+    one, other = (Signer("k" * 40, revoked_dir=shared) for _ in range(2))
+    cookie = one.seal("session", {"sub": "operator-1", "sid": "abcdefgh12345678"}, 600)
+    assert other.open("session", cookie) is not None
+    one.revoke("abcdefgh12345678", time.time() + 600)
+    assert other.open("session", cookie) is None
+    assert one.open("session", cookie) is None
+    # An expired mark is swept by the next sign-out.
+    one.revoke("expired-session-1", time.time() - 1)
+    one.revoke("another-session-2", time.time() + 600)
+    assert sorted(p.name for p in shared.iterdir()) == ["abcdefgh12345678",
+                                                         "another-session-2"]

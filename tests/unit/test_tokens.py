@@ -122,3 +122,91 @@ def test_issuer_over_plain_http_is_refused() -> None:
 def test_symmetric_algorithms_cannot_be_configured() -> None:
     with pytest.raises(ValueError, match="not allowed"):
         TokenValidator("https://issuer.example/v2.0", AUDIENCE, algorithms=["HS256"])
+
+
+# -- the cache of validated tokens -----------------------------------------------------------
+
+
+def test_a_token_used_again_is_not_verified_again(
+    issuer: OidcIssuerDouble, validator: TokenValidator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jwt
+
+    token = issuer.mint(roles=["Radiologist"])
+    first = validator.validate(token)
+    calls = []
+    decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    for _ in range(3):
+        assert validator.validate(token) == first
+    assert calls == []
+    validator.validate(issuer.mint(subject="user-2"))  # another token: verified
+    assert calls == [1]
+
+
+def test_a_remembered_token_is_refused_once_it_expires(
+    issuer: OidcIssuerDouble, validator: TokenValidator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mimic_server.security import tokens
+
+    token = issuer.mint(lifetime=60)
+    assert validator.validate(token).subject == "user-1"
+    now = time.time()
+    monkeypatch.setattr(tokens.time, "time", lambda: now + 60 + 25)  # within the 30 s leeway
+    assert validator.validate(token).subject == "user-1"
+    monkeypatch.setattr(tokens.time, "time", lambda: now + 60 + 31)
+    with pytest.raises(InvalidToken, match="expired"):
+        validator.validate(token)
+    assert token not in validator._cache  # refused: validated from the start next time
+
+
+def test_a_remembered_token_is_refused_when_the_clock_goes_back_before_nbf(
+    issuer: OidcIssuerDouble, validator: TokenValidator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mimic_server.security import tokens
+
+    now = time.time()
+    token = issuer.mint(not_before=now)
+    validator.validate(token)
+    monkeypatch.setattr(tokens.time, "time", lambda: now - 120)
+    with pytest.raises(InvalidToken, match="not valid yet"):
+        validator.validate(token)
+
+
+@pytest.mark.parametrize("published", ["replaced", "withdrawn"])
+def test_a_remembered_token_follows_the_issuers_keys(
+    issuer: OidcIssuerDouble, validator: TokenValidator, monkeypatch: pytest.MonkeyPatch,
+    published: str,
+) -> None:
+    """When the issuer stops publishing the key that verified a token, the token's next use
+    after the JWKS refresh is judged by the keys published then, not by the cache."""
+    import jwt
+
+    from mimic_server.security import tokens
+
+    token = issuer.mint()
+    validator.validate(token)
+    jwks = issuer.jwks()
+    if published == "replaced":  # same key id, another key
+        other = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(issuer.unpublished_key.public_key()))
+        other.update(kid="rsa-1", use="sig")
+        keys = [other if k["kid"] == "rsa-1" else k for k in jwks["keys"]]
+    else:
+        keys = [k for k in jwks["keys"] if k["kid"] != "rsa-1"]
+    monkeypatch.setattr(issuer, "jwks", lambda: {"keys": keys})
+    assert validator.validate(token).subject == "user-1"  # keys not refreshed yet (1 h)
+    later = time.monotonic() + 3600 + 1
+    monkeypatch.setattr(tokens.time, "monotonic", lambda: later)
+    with pytest.raises(InvalidToken, match="signature" if published == "replaced" else
+                       "unknown key"):
+        validator.validate(token)
+
+
+def test_the_cache_is_bounded(issuer: OidcIssuerDouble) -> None:
+    validator = TokenValidator(issuer.issuer, AUDIENCE, ssl_context=issuer.client_context(),
+                               cache_size=2)
+    tokens_ = [issuer.mint(subject=f"user-{n}") for n in range(5)]
+    for token in tokens_:
+        validator.validate(token)
+    assert len(validator._cache) == 2
+    assert list(validator._cache) == tokens_[-2:]

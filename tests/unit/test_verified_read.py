@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -107,3 +108,48 @@ def test_missing_or_unreadable_object_is_none(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.ERROR, logger=read.__name__):
         assert open_verified(store, ref) is None
     assert "stored object unreadable" in caplog.text
+
+
+class GrowingFileStore(MemoryStore):
+    """Real files (the handle has a ``fileno``); ``grow`` appends to one after it is opened,
+    as no stored object ever does: the read takes the file as it is when read."""
+
+    def __init__(self, root: Path, grow: bytes = b"") -> None:
+        super().__init__()
+        self.root, self.grow = root, grow
+
+    def open(self, key: str) -> BinaryIO:
+        handle = open(self.root / key, "rb")  # noqa: SIM115
+        if self.grow:
+            with open(self.root / key, "ab") as fh:
+                fh.write(self.grow)
+        return handle
+
+
+@pytest.mark.parametrize("size", [3000, 4095, 4096, 4097, 9000])
+def test_files_of_every_size_around_the_streaming_limit_verify(tmp_path: Path,
+                                                               size: int) -> None:
+    """A file is read as its own size (``_head``), not as the 8 MiB limit: the same bytes,
+    the same whole-or-streamed decision, the same hash check."""
+    data = _part10(size)[:size]
+    (tmp_path / "k").write_bytes(data)
+    store = GrowingFileStore(tmp_path)
+    ref = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "k",
+                      hashlib.sha256(data).hexdigest())
+    stored = open_verified(store, ref, stream_above=4096)
+    assert stored is not None and stored.size == size
+    assert stored.streamed == (size > 4096)
+    assert b"".join(stored.chunks()) == data
+    (tmp_path / "k").write_bytes(data[:-1] + b"\xff")
+    assert open_verified(store, ref, stream_above=4096) is None
+
+
+def test_a_file_longer_than_its_size_said_is_read_to_its_end(tmp_path: Path) -> None:
+    data = _part10(3000)
+    (tmp_path / "k").write_bytes(data)
+    grown = data + b"\x07" * 500
+    store = GrowingFileStore(tmp_path, grow=b"\x07" * 500)
+    ref = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "k",
+                      hashlib.sha256(grown).hexdigest())
+    stored = open_verified(store, ref, stream_above=4096)
+    assert stored is not None and stored.read() == grown

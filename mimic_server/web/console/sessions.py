@@ -5,7 +5,10 @@ A cookie is ``base64url(JSON).base64url(HMAC-SHA256)`` under a key from settings
 out and replicas do not share sessions, which is the safe failure. Each payload carries its
 purpose (a login-state cookie is never a session) and its expiry; a session also carries an
 id, so that sign-out ends it at once in this process (:class:`Signer.revoke`), not only
-when the browser drops the cookie.
+when the browser drops the cookie; the worker processes of one ``mimic web`` share their
+signed-out ids through a directory (``revoked_dir``: one empty file per id, its name the
+id, its modification time the session's expiry), so that sign-out ends the session in
+every worker, whichever one answers the next request.
 
 Nothing secret and no patient data is in a cookie: the user's subject, readable name and
 roles, which the browser may read anyway from the ID token's claims.
@@ -14,17 +17,22 @@ roles, which the browser may read anyway from the ID token's claims.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 SESSION_COOKIE = "mimic_session"
 LOGIN_COOKIE = "mimic_login"
+_SID = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
 
 def _b64(data: bytes) -> str:
@@ -38,7 +46,8 @@ def _unb64(text: str) -> bytes:
 class Signer:
     """Signs and opens cookie payloads with one key; remembers revoked session ids."""
 
-    def __init__(self, key: str | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, key: str | None, clock: Callable[[], float] = time.time, *,
+                 revoked_dir: Path | None = None) -> None:
         if key is not None and len(key) < 32:
             raise ValueError("MIMIC_WEB_SESSION_KEY needs at least 32 characters")
         #: True when the key was generated here (documented: sessions end on restart).
@@ -49,6 +58,7 @@ class Signer:
         self._clock = clock
         self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._revoked_dir = revoked_dir
 
     def seal(self, purpose: str, payload: dict[str, Any], lifetime: float) -> str:
         body = {**payload, "p": purpose, "exp": int(self._clock() + lifetime)}
@@ -80,10 +90,27 @@ class Signer:
         with self._lock:
             self._revoked = {s: t for s, t in self._revoked.items() if t >= now}
             self._revoked[sid] = until
+        shared = self._shared(sid)
+        if shared is not None:
+            shared.touch()
+            os.utime(shared, (until, until))
+            for other in self._revoked_dir.iterdir() if self._revoked_dir else ():
+                with contextlib.suppress(OSError):
+                    if other.stat().st_mtime < now:
+                        other.unlink()  # expired: the cookie is refused anyway
 
     def revoked(self, sid: str) -> bool:
         with self._lock:
-            return sid in self._revoked
+            if sid in self._revoked:
+                return True
+        shared = self._shared(sid)
+        return shared is not None and shared.exists()
+
+    def _shared(self, sid: str) -> Path | None:
+        """The file that marks ``sid`` signed out in every worker (ids are ours: URL-safe)."""
+        if self._revoked_dir is None or not _SID.fullmatch(sid):
+            return None
+        return self._revoked_dir / sid
 
     def _mac(self, data: str) -> str:
         return _b64(hmac.new(self._key, data.encode("ascii"), hashlib.sha256).digest())

@@ -32,6 +32,17 @@ def _check_uid(uid: str) -> str:
 def instances(ctx: DicomWebContext, study: str, series: str | None = None,
               instance: str | None = None) -> list[InstanceRef]:
     """The stored instances under the named entity; 404 when there are none."""
+    if series is not None and instance is not None:
+        # One instance: the index's direct lookup (the same match, without building a
+        # retrieve Identifier and its SQL statement for each request).
+        uids = _check_uid(study), _check_uid(series), _check_uid(instance)
+        try:
+            refs = ctx.finder.instance(*uids)
+        except Exception as exc:  # the index: OutOfResources
+            raise WebError(503, "index unavailable") from exc
+        if not refs:
+            raise WebError(404, "no such image")
+        return refs
     identifier = Dataset()
     identifier.StudyInstanceUID = _check_uid(study)
     level = Level.STUDY

@@ -1,0 +1,98 @@
+"""``mimic web`` with several worker processes (``MIMIC_WEB_WORKERS``) on one port: each
+worker serves, a worker that dies is replaced while the others serve, SIGHUP reaches the
+workers without ending them, SIGTERM ends them all, and a worker that cannot start stops
+the server with exit code 2 instead of being restarted in a loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.oidc_double import OidcIssuerDouble
+from tests.web_support import AUDIENCE, WebProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
+    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
+    yield double
+    double.stop()
+
+
+def workers(pid: int) -> list[int]:
+    """The worker processes of ``mimic web`` ``pid`` (multiprocessing's spawned children,
+    not its resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return sorted(found)
+
+
+def _search(web: WebProcess, token: str) -> int:
+    # A new connection each time: the kernel hands it to whichever worker accepts.
+    return requests.get(f"{web.url}/studies", timeout=30, headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/dicom+json",
+        "Connection": "close"}).status_code
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_workers_serve_are_replaced_and_stop(tmp_path: Path,
+                                             issuer: OidcIssuerDouble) -> None:
+    web = WebProcess(tmp_path / "data", issuer, web_workers="2").start()
+    try:
+        assert web.proc is not None
+        first = workers(web.proc.pid)
+        assert len(first) == 2
+        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+        assert {_search(web, token) for _ in range(20)} == {200}
+        assert requests.get(f"http://127.0.0.1:{web.port}/healthz", timeout=10).ok
+
+        os.kill(first[0], signal.SIGKILL)
+        _wait_for(lambda: len(workers(web.proc.pid)) == 2
+                  and first[0] not in workers(web.proc.pid))
+        replaced = workers(web.proc.pid)
+        assert first[1] in replaced
+        _wait_for(lambda: all(_search(web, token) == 200 for _ in range(10)))
+
+        web.proc.send_signal(signal.SIGHUP)  # the policy file is read again, nobody ends
+        time.sleep(1.0)
+        assert workers(web.proc.pid) == replaced
+        assert {_search(web, token) for _ in range(10)} == {200}
+    finally:
+        code = web.stop()
+    assert code == 0
+    for pid in replaced:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    assert any(e.get("message") == "DICOMweb listening" and e.get("workers") == 2
+               for e in web.log_entries())
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path,
+                                                     issuer: OidcIssuerDouble) -> None:
+    # Only a worker reads the policy file: the parent has started, its workers cannot.
+    web = WebProcess(tmp_path / "data", issuer, policy="[certificates.dicomweb\nbroken",
+                     web_workers="2")
+    result = web.run(timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert "worker could not start" in result.stderr
