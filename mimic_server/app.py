@@ -75,7 +75,7 @@ from mimic_server.web.activity import Activity, Tee
 from mimic_server.web.metrics import ArchiveMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
-from mimic_server.workers.link import WorkerLink
+from mimic_server.workers.link import WorkerLink, trust_token
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ class Archive:
         if self.worker is not None and (
             previous is None or previous.fingerprints != trust.fingerprints
         ):  # the supervisor has the other workers look at once (not on a mere re-read)
-            self.worker.report(event="trust-changed")
+            self.worker.report(event="trust-changed", trust=trust_token(trust.fingerprints))
         with self._contexts_lock:
             self.bundle = bundle
             self._destination_contexts.clear()  # built again from the new bundle when used

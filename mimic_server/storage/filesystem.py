@@ -60,6 +60,14 @@ class FilesystemStore:
         #: Directories whose entry in their parent this process has fsynced: a directory a
         #: concurrent put created (and has not yet fsynced) is not in it.
         self._durable: set[Path] = set()
+        if spare_files > 0:
+            # Started with the store, not at the first put: the first object does not wait
+            # for a thread to start, and the process's thread count is steady from here on.
+            self._refilling = True
+            self._refiller = threading.Thread(
+                target=self._refill_loop, name="mimic-spare-files", daemon=True)
+            self._refiller.start()
+            self._refill_wanted.set()
 
     def sweep_incoming(self) -> int:
         """Remove temporary files of stores whose process is gone; they were never

@@ -60,8 +60,10 @@ START_TIMEOUT = 120.0
 #: Seconds the drain waits for every worker to close its listening socket before /readyz
 #: answers 503 anyway.
 STOP_ACCEPT_WAIT = 5.0
-#: Seconds during which a second trust change reported by a worker is not relayed again.
+#: Seconds during which a second trust change reported by a worker is not relayed again,
+#: for a report that does not name its trust set (see ``link.trust_token``).
 RELAY_INTERVAL = 1.0
+
 #: Seconds between two looks at the workers.
 SUPERVISE_PERIOD = 0.2
 
@@ -110,6 +112,7 @@ class Supervisor:
         self._draining = threading.Event()
         self._lock = threading.Lock()
         self._last_relay = -RELAY_INTERVAL
+        self._last_relayed_trust: str | None = None
 
     # -- start ------------------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class Supervisor:
                     if message.get("event") == "ready":
                         run.ready = True
                     if message.get("event") == "trust-changed":
-                        self._relay_trust_change(run)
+                        self._relay_trust_change(run, message.get("trust"))
                     if message.get("event") == "draining":
                         run.draining = True
                     if message.get("event") == "stopped":
@@ -321,14 +324,19 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(signal.SIGHUP)
 
-    def _relay_trust_change(self, source: _Run) -> None:
+    def _relay_trust_change(self, source: _Run, trust: str | None = None) -> None:
         """One worker's watcher saw the certificates change: the others look at once (as on
         SIGHUP) instead of at their next poll, so that a revocation takes effect in every
-        worker together. At most once per :data:`RELAY_INTERVAL`: their own changes, found
-        on the SIGHUP, would otherwise echo back."""
+        worker together. Not when the set reported is the one last relayed (the others
+        finding it on the SIGHUP would otherwise echo back); a report without its set is
+        relayed at most once per :data:`RELAY_INTERVAL`."""
         now = time.monotonic()
         with self._lock:
-            if now - self._last_relay < RELAY_INTERVAL:
+            if trust is not None:
+                if trust == self._last_relayed_trust:
+                    return
+                self._last_relayed_trust = trust
+            elif now - self._last_relay < RELAY_INTERVAL:
                 return
             self._last_relay = now
         for run in self._ready_runs():

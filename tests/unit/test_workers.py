@@ -50,3 +50,39 @@ def test_association_table_totals_every_worker(tmp_path: Path) -> None:
     assert worker2.admit(2, 1) == 1
     for table in (supervisor, worker0, worker2):
         table.close()
+
+
+class _Process:
+    """A worker process as the supervisor sees it: alive, and the signals it was sent."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def poll(self) -> None:
+        return None
+
+    def send_signal(self, number: int) -> None:
+        self.signals.append(number)
+
+
+def test_a_second_trust_change_is_relayed_at_once_and_echoes_are_not(tmp_path: Path) -> None:
+    """A revocation a moment after an onboarding still reaches the other workers at once;
+    the others' reports of the set they were just told about are not relayed back."""
+    import signal
+
+    from mimic_server.workers.link import trust_token
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    one, two = (_Run(_Process(), 0.0, ready=True) for _ in range(2))  # type: ignore[arg-type]
+    supervisor.slots[0].run, supervisor.slots[1].run = one, two
+    onboarded, revoked = trust_token({"a", "b"}), trust_token({"b"})
+
+    supervisor._relay_trust_change(one, onboarded)  # worker 1 sees B added
+    supervisor._relay_trust_change(two, onboarded)  # worker 2's reload on that SIGHUP: echo
+    supervisor._relay_trust_change(two, revoked)  # worker 2 sees A disabled, 0.1 s later
+    supervisor._relay_trust_change(one, revoked)  # worker 1's reload: echo
+
+    assert two.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
+    assert one.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
+    assert trust_token(["b", "a"]) == onboarded  # the order of the set does not matter
