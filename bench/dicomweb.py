@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.find_latency import load, percentiles
 from bench.idle_cpu import cpu_seconds
+from mimic_server.config import Settings
+from mimic_server.webapp import web_worker_count
 from tests import database
 from tests.conftest import migrate
 from tests.oidc_double import OidcIssuerDouble
@@ -74,6 +76,11 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _product_web_workers(data: Path) -> int:
+    """What `mimic web` runs by default here (the test helper would otherwise ask for one)."""
+    return web_worker_count(Settings(data_dir=data))
+
+
 def qido(instances: int, queries: int, tmp: Path, issuer: OidcIssuerDouble) -> dict:
     with contextlib.ExitStack() as stack:
         server_url = stack.enter_context(database.server())
@@ -86,7 +93,8 @@ def qido(instances: int, queries: int, tmp: Path, issuer: OidcIssuerDouble) -> d
         samples["StudyDate"] = [f"{d}-{d}" for d in samples["StudyDate"]]
         (tmp / "qido").mkdir(parents=True, exist_ok=True)
         web = WebProcess(tmp / "qido" / "data", issuer, policy=None, web_roles=ALL_ROLES,
-                         database_url=url, max_find_results="10000").start()
+                         database_url=url, max_find_results="10000",
+                         web_workers=str(_product_web_workers(tmp / "qido" / "data"))).start()
         token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"], lifetime=3600)
         results: dict = {"instances": instances}
         try:
@@ -148,7 +156,7 @@ def wado(seconds: float, tmp: Path, issuer: OidcIssuerDouble, connections: int,
         assert assoc.send_c_store(tmp / "forty.dcm").Status == 0
         assoc.release()
         size = server.object_for(ds.SOPInstanceUID).stat().st_size
-        extra = {} if web_workers is None else {"web_workers": str(web_workers)}
+        extra = {"web_workers": str(web_workers or _product_web_workers(data))}
         web = WebProcess(data, issuer, policy=None, web_roles=ALL_ROLES, **extra).start()
         token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"], lifetime=3600)
         path = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"

@@ -33,6 +33,9 @@ class WebProcess:
         self.data_dir = data_dir
         self.policy = policy
         self.port = int(settings.pop("web_port", None) or free_port())
+        # One worker unless a test asks for more (tests/e2e/test_web_workers.py does): a
+        # second interpreter per `mimic web` costs the suite time and the tests nothing.
+        settings.setdefault("web_workers", "1")
         self.settings = settings
         self.issuer = issuer
         self.log_path = data_dir.parent / f"{data_dir.name}-web-{self.port}.log"
