@@ -18,6 +18,7 @@ from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from mimic_server.render.reduced import decode_reduced
 from mimic_server.render.refusals import (
     CorruptPixelData,
     NotRenderable,
@@ -44,13 +45,20 @@ class DecodedFrame:
     image_pixel: Dataset
 
 
-def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
-    """Decode frame ``number`` (1-based) of ``image``.
+def decode_frame(image: StoredImage, number: int, reduce: int = 0) -> DecodedFrame:
+    """Decode frame ``number`` (1-based) of ``image``; with ``reduce``, at 1/2^reduce of its
+    size where the stored syntax allows it cheaply (grayscale JPEG 2000: ``reduced.py``),
+    else whole.
 
     ``UnsupportedTransferSyntax`` when no installed plugin decodes the stored syntax;
     ``CorruptPixelData`` when the decoder rejects the bytes."""
     _check_size(image)
     data = image.frame_bytes(number)
+    if reduce and image.encapsulated:
+        small = decode_reduced(image.transfer_syntax, data, reduce)
+        if small is not None:
+            return DecodedFrame(small, str(image.header.PhotometricInterpretation),
+                                _image_pixel(image))
     ds = image.header.group_dataset(0x0028)
     ds.NumberOfFrames = 1
     syntax = image.transfer_syntax
@@ -76,10 +84,14 @@ def decode_frame(image: StoredImage, number: int) -> DecodedFrame:
     photometric = str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
     # The LUTs (palette, modality, VOI) are raw bytes in the stored encoding: the data set
     # that applies them keeps the stored transfer syntax, not the decoder's little endian.
+    return DecodedFrame(pixels, photometric, _image_pixel(image))
+
+
+def _image_pixel(image: StoredImage) -> Dataset:
     image_pixel = image.header.group_dataset(0x0028)
     image_pixel.file_meta = image.header.file_meta
     image_pixel.set_original_encoding(*image.header.original_encoding[:2])
-    return DecodedFrame(pixels, photometric, image_pixel)
+    return image_pixel
 
 
 def _check_size(image: StoredImage) -> None:

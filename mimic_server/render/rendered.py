@@ -14,6 +14,7 @@ from PIL import Image
 from mimic_server.render.decode import decode_frame
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES
 from mimic_server.render.presentation import Window, check_window, display_pixels
+from mimic_server.render.reduced import reduce_for
 from mimic_server.render.refusals import InvalidRenderParameters, NotRenderable, RenderError
 from mimic_server.render.stored import Part10, StoredImage, open_image
 
@@ -72,7 +73,8 @@ def thumbnail(
     _check_quality(quality)
     image = open_image(part10)
     middle = (image.number_of_frames + 1) // 2
-    picture = _present(image, middle, None)
+    reduce = reduce_for(int(image.header.Rows), int(image.header.Columns), bounds)
+    picture = _present(image, middle, None, reduce)
     return _encode(_fit(picture, bounds, allow_larger=False), media_type, quality)
 
 
@@ -82,8 +84,9 @@ def _picture(part10: Part10, number: int, window: Window | None) -> Image.Image:
     return _present(image, number, window)
 
 
-def _present(image: StoredImage, number: int, window: Window | None) -> Image.Image:
-    decoded = decode_frame(image, number)
+def _present(image: StoredImage, number: int, window: Window | None,
+             reduce: int = 0) -> Image.Image:
+    decoded = decode_frame(image, number, reduce)
     try:
         pixels = display_pixels(decoded, image.header, number - 1, window)
     except RenderError:
