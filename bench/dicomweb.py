@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -69,13 +68,6 @@ def _get(conn: http.client.HTTPConnection, path: str, token: str, accept: str) -
     return body
 
 
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used: the server's own cost per query,
-    which a shared machine's waiting for a core does not inflate (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _product_web_workers(data: Path) -> int:
     """What `mimic web` runs by default here (the test helper would otherwise ask for one)."""
     return web_worker_count(Settings(data_dir=data))
@@ -102,7 +94,7 @@ def qido(instances: int, queries: int, tmp: Path, issuer: OidcIssuerDouble) -> d
             fields = "&".join(f"includefield={f}" for f in FIELDS)
             for kind, values in samples.items():
                 times, matches = [], []
-                cpu_before = _process_cpu(web.proc.pid)
+                cpu_before = cpu_seconds(web.proc.pid)
                 for n in range(queries):
                     value = urllib.parse.quote(values[n % len(values)])
                     path = f"/dicomweb/studies?{kind}={value}&{fields}"
@@ -110,7 +102,7 @@ def qido(instances: int, queries: int, tmp: Path, issuer: OidcIssuerDouble) -> d
                     body = _get(conn, path, token, "application/dicom+json")
                     times.append((time.perf_counter() - start) * 1000)
                     matches.append(len(json.loads(body)))
-                cpu_ms = (_process_cpu(web.proc.pid) - cpu_before) * 1000 / queries
+                cpu_ms = (cpu_seconds(web.proc.pid) - cpu_before) * 1000 / queries
                 results[kind] = {**percentiles(times),
                                  "mean_matches": round(statistics.mean(matches), 1),
                                  "server_cpu_ms_per_query": round(cpu_ms, 2)}
