@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from bench.store_throughput import (
     tail,
     terminated_as_exit,
 )
-from tests.azurite import AZURITE_BLOB, Azurite
+from tests.azurite import Azurite
 
 RESULTS = ROOT / "bench" / "results" / "latency.json"
 ASSOCIATIONS = (1, 4, 16, 32)
@@ -139,24 +138,8 @@ class BenchAzurite(Azurite):
     region is not a Node.js process on the same two cores, so the cheapest way to run the
     emulator is the fairest; ``--azurite-disk`` runs it as the tests do (files on disk)."""
 
-    def start(self, timeout: float = 30.0) -> BenchAzurite:
-        self.proc = subprocess.Popen(
-            [str(AZURITE_BLOB), "--blobHost", HOST, "--blobPort", str(self.port),
-             "--inMemoryPersistence", "--loose", "--disableTelemetry", "--skipApiVersionCheck",
-             "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"azurite-blob exited {self.proc.returncode}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise BenchError("azurite-blob did not start")
+    def arguments(self) -> list[str]:
+        return ["--inMemoryPersistence", "--loose", "--disableTelemetry"]
 
 
 def machine_cpu() -> tuple[float, float]:

@@ -42,11 +42,15 @@ class Azurite:
     def connection_string(self) -> str:
         return connection_string(self.port)
 
-    def start(self, timeout: float = 30.0) -> Azurite:
+    def arguments(self) -> list[str]:
+        """How the emulator keeps its data: files under ``location``."""
         self.location.mkdir(parents=True, exist_ok=True)
+        return ["--location", str(self.location)]
+
+    def start(self, timeout: float = 30.0) -> Azurite:
         self.proc = subprocess.Popen(
             [str(AZURITE_BLOB), "--blobHost", HOST, "--blobPort", str(self.port),
-             "--location", str(self.location), "--skipApiVersionCheck", "--silent"],
+             *self.arguments(), "--skipApiVersionCheck", "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

@@ -31,6 +31,20 @@ def _settled(store: FilesystemStore) -> None:
     assert not store._refilling
 
 
+
+def _record_directory_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories fsynced from now on, in order (the fsyncs still happen)."""
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
 def test_puts_use_spares_made_ahead(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     store = FilesystemStore(root, spare_files=4)
@@ -127,15 +141,7 @@ def test_put_fsyncs_every_directory_it_created(
     root = tmp_path / "objects"
     store = FilesystemStore(root, spare_files=0)
     store.put("ab/study/series-1/one.dcm", [b"x"], "0" * 64)  # "ab" and "study" now exist
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = _record_directory_fsyncs(monkeypatch)
     store.put("ab/study/series-2/deeper/two.dcm", [b"y"], "0" * 64)
     series = root / "ab" / "study" / "series-2"
     assert set(synced) == {root / "ab" / "study", series, series / "deeper"}
@@ -152,15 +158,7 @@ def test_put_fsyncs_directories_a_concurrent_put_created(
     root = tmp_path / "objects"
     store = FilesystemStore(root, spare_files=0)
     (root / "ab" / "study" / "series").mkdir(parents=True)  # as put A's mkdir left them
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = _record_directory_fsyncs(monkeypatch)
     store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)
     assert set(synced) == {root, root / "ab", root / "ab" / "study", root / "ab/study/series"}
     synced.clear()
@@ -179,15 +177,7 @@ def test_a_known_directory_removed_under_the_store_is_made_again(
     (root / "ab" / "study" / "series" / "one.dcm").unlink()
     (root / "ab" / "study" / "series").rmdir()
     (root / "ab" / "study").rmdir()
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = _record_directory_fsyncs(monkeypatch)
     store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
     assert (root / "ab" / "study" / "series" / "two.dcm").read_bytes() == b"y"
     assert set(synced) == {root, root / "ab", root / "ab" / "study", root / "ab/study/series"}
