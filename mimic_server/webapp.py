@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -391,13 +390,11 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
 def web_worker_count(settings: Settings) -> int:
     """``MIMIC_WEB_WORKERS``, else the CPUs this process may use (its CPU affinity, lowered
     to the container's CPU quota rounded up), as ``MIMIC_WORKERS`` counts them."""
-    from mimic_server.workers import cpu_quota
+    from mimic_server.workers import cpus_available
 
     if settings.web_workers is not None:
         return settings.web_workers
-    cpus = max(1, len(os.sched_getaffinity(0)))
-    quota = cpu_quota()
-    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+    return cpus_available()
 
 
 def run_workers(settings: Settings, options: dict[str, Any], count: int) -> None:

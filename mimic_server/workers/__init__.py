@@ -24,6 +24,12 @@ def worker_count(settings: Settings) -> int:
     the container's CPU quota rounded up (1.5 vCPU: 2 workers)."""
     if settings.workers is not None:
         return settings.workers
+    return cpus_available()
+
+
+def cpus_available() -> int:
+    """The CPUs this process may use: its affinity, lowered to the container's CPU quota
+    rounded up. The default count of `mimic serve`'s and `mimic web`'s worker processes."""
     cpus = max(1, len(os.sched_getaffinity(0)))
     quota = cpu_quota()
     return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
