@@ -11,6 +11,8 @@ identity negotiation) needs no message code of its own. It also picks the few fi
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -313,9 +315,10 @@ def _access_type(address: str | None) -> str:
     return am.IP_ADDRESS if _looks_like_ip(address) else am.MACHINE_NAME
 
 
+@functools.lru_cache(maxsize=1024)
 def _looks_like_ip(address: str) -> bool:
-    import ipaddress
-
+    """Cached: the archive's host and an association's peer come back with every record (a
+    host name costs ``ipaddress`` an exception each time)."""
     try:
         ipaddress.ip_address(address)
     except ValueError:

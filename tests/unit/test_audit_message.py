@@ -4,49 +4,67 @@ itself refuses what the standard does not allow."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from mimic_server.security import audit_message as am
+from tests import audit_message_lxml as reference
 
-ARCHIVE = am.Participant("MIMIC", False, (am.DESTINATION,), alternative_user_id="pid=42",
-                         network_access_point="archive.example.org",
-                         network_access_point_type=am.MACHINE_NAME)
-MODALITY = am.Participant("CT01", True, (am.SOURCE,), user_name="CN=ct-room-1",
-                          network_access_point="10.0.0.5")
 CT = "1.2.840.10008.5.1.4.1.1.2"
-STUDY = am.StudyObject("1.2.3.4", {CT: 3}, ("A123",))
-PATIENT = am.PatientObject("PID-1", "Doe^Jane")
+WHEN = datetime(2026, 12, 1, 21, 4, 5, 678901, tzinfo=UTC)
 
 
-def _messages() -> dict[str, am.AuditMessage]:
+def _messages(m: Any = am) -> dict[str, Any]:
+    """One message of each kind, built by ``m``: the module under test, or the lxml builder
+    it replaced (``tests/audit_message_lxml.py``)."""
+    archive = m.Participant("MIMIC", False, (m.DESTINATION,), alternative_user_id="pid=42",
+                            network_access_point="archive.example.org",
+                            network_access_point_type=m.MACHINE_NAME)
+    modality = m.Participant("CT01", True, (m.SOURCE,), user_name="CN=ct-room-1",
+                             network_access_point="10.0.0.5")
+    study = m.StudyObject("1.2.3.4", {CT: 3}, ("A123",))
+    patient = m.PatientObject("PID-1", "Doe^Jane")
+    one = m.StudyObject("1.2.3.6", {CT: 1}, instances={CT: ("1.2.3.6.1",)}, life_cycle=1)
     return {
-        "application-start": am.application_activity(
-            am.Participant("MIMIC", False, (am.APPLICATION,)), True, "MIMIC"),
-        "application-stop": am.application_activity(
-            am.Participant("MIMIC", False, (am.APPLICATION,)), False, "MIMIC",
-            launcher=am.Participant("operator", True, (am.APPLICATION_LAUNCHER,))),
-        "security-alert": am.security_alert(
-            am.Participant("MIMIC", False), am.NODE_AUTHENTICATION, am.MINOR_FAILURE,
+        "application-start": m.application_activity(
+            m.Participant("MIMIC", False, (m.APPLICATION,)), True, "MIMIC"),
+        "application-stop": m.application_activity(
+            m.Participant("MIMIC", False, (m.APPLICATION,)), False, "MIMIC",
+            launcher=m.Participant("operator", True, (m.APPLICATION_LAUNCHER,))),
+        "security-alert": m.security_alert(
+            m.Participant("MIMIC", False), m.NODE_AUTHENTICATION, m.MINOR_FAILURE,
             "10.0.0.9", "untrusted certificate, 17 connections in 60 s", "MIMIC"),
-        "user-authentication": am.user_authentication(
-            am.Participant("jane@example.org", True, network_access_point="10.0.0.5"),
-            ARCHIVE, True, am.SERIOUS_FAILURE, "MIMIC", "token has expired"),
-        "query": am.query(MODALITY, ARCHIVE, "1.2.840.10008.5.1.4.1.2.2.1",
-                          b"\x08\x00\x52\x00\x06\x00STUDY ", "1.2.840.10008.1.2",
-                          am.SUCCESS, "MIMIC"),
-        "begin-transferring": am.begin_transferring(
-            ARCHIVE, MODALITY, [STUDY], PATIENT, am.SUCCESS, "MIMIC"),
-        "instances-received": am.instances_transferred(
-            MODALITY, ARCHIVE, [STUDY], PATIENT, am.SUCCESS, "MIMIC", received=True),
-        "instances-sent": am.instances_transferred(
-            ARCHIVE, MODALITY, [STUDY, am.StudyObject("1.2.3.5")], None, am.MINOR_FAILURE,
+        "user-authentication": m.user_authentication(
+            m.Participant("jane@example.org", True, network_access_point="10.0.0.5"),
+            archive, True, m.SERIOUS_FAILURE, "MIMIC", "token has expired"),
+        "query": m.query(modality, archive, "1.2.840.10008.5.1.4.1.2.2.1",
+                         b"\x08\x00\x52\x00\x06\x00STUDY ", "1.2.840.10008.1.2",
+                         m.SUCCESS, "MIMIC"),
+        "empty-query": m.query(modality, archive, "1.2.840.10008.5.1.4.1.2.2.1", b"",
+                               "1.2.840.10008.1.2", m.SUCCESS, "MIMIC"),
+        "begin-transferring": m.begin_transferring(
+            archive, modality, [study], patient, m.SUCCESS, "MIMIC"),
+        "instances-received": m.instances_transferred(
+            modality, archive, [study], patient, m.SUCCESS, "MIMIC", received=True),
+        "instance-received-again": m.instances_transferred(
+            modality, archive, [one], m.PatientObject(""), m.SUCCESS, "MIMIC", received=True,
+            updated=True, others=[m.Participant("jane", True)]),
+        "instances-sent": m.instances_transferred(
+            archive, modality, [study, m.StudyObject("1.2.3.5")], None, m.MINOR_FAILURE,
             "MIMIC", received=False),
-        "instances-accessed": am.instances_accessed(
-            am.Participant("jane@example.org", True), "R", [STUDY], PATIENT, am.SUCCESS, "MIMIC"),
-        "export": am.export(ARCHIVE, am.Participant("WORKSTATION", False, (am.DESTINATION,)),
-                            [STUDY], PATIENT, am.SUCCESS, "MIMIC"),
+        "instances-accessed": m.instances_accessed(
+            m.Participant("jane@example.org", True), "R", [study], patient, m.SUCCESS, "MIMIC"),
+        "export": m.export(archive, m.Participant("WORKSTATION", False, (m.DESTINATION,)),
+                           [study], patient, m.SUCCESS, "MIMIC"),
+        "site": m.AuditMessage(m.STUDY_DELETED, m.SUCCESS, [archive], "MIMIC", action="D",
+                               site="clinic-1", event_types=(m.LOGIN, m.LOGOUT),
+                               outcome_description="a & b"),
     }
 
 
@@ -102,3 +120,54 @@ def test_schema_refuses_what_the_standard_does_not_allow(mutate) -> None:  # typ
     mutate(root)
     with pytest.raises(etree.DocumentInvalid):
         am.validate(etree.tostring(root))
+
+
+@pytest.mark.parametrize("name", sorted(_messages()))
+def test_the_text_is_the_one_lxml_wrote(name: str) -> None:
+    """The messages are written as text: byte for byte what the lxml tree serialised to."""
+    written = dataclasses.replace(_messages()[name], when=WHEN).to_xml()
+    assert written == dataclasses.replace(_messages(reference)[name], when=WHEN).to_xml()
+
+
+#: Any text, with what XML escapes or refuses (controls, U+FFFE/U+FFFF, surrogates) often.
+_TEXT = st.text(st.one_of(
+    st.sampled_from("&<>\"'\t\n\r \x00\x01\x0b\x1f\x7f\x85\u2028\ufffe\uffff\ud800]é😀"),
+    st.characters(),
+), max_size=12)
+
+
+def _built(m: Any, values: list[str], query: bytes) -> str:
+    user_id, alternative, user_name, address, patient_id, name, study, accession, sop, \
+        description = values
+    requestor = m.Participant(user_id, True, (m.SOURCE,), alternative_user_id=alternative,
+                              user_name=user_name, network_access_point=address)
+    archive = m.Participant("MIMIC", False, (m.DESTINATION,), network_access_point=address,
+                            network_access_point_type=m.MACHINE_NAME)
+    studies = [m.StudyObject(study, {CT: 1, sop: 2}, (accession,), instances={sop: (sop,)})]
+    received = m.instances_transferred(requestor, archive, studies,
+                                       m.PatientObject(patient_id, name), m.SUCCESS, user_id,
+                                       received=True, others=[m.Participant(name, True)])
+    asked = m.query(requestor, archive, sop, query, study, m.MINOR_FAILURE, address)
+    alert = m.security_alert(archive, m.LOGIN, m.SERIOUS_FAILURE, study, description,
+                             accession)
+    messages = [received, asked, alert,
+                m.AuditMessage(m.Code(sop, name, description), m.SUCCESS, [requestor],
+                               user_id, action="E", outcome_description=description,
+                               site=name)]
+    return "\n".join(dataclasses.replace(message, when=WHEN).to_xml() for message in messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, min_size=10, max_size=10), st.binary(max_size=20))
+def test_any_text_is_written_or_refused_as_lxml_did(values: list[str], query: bytes) -> None:
+    """Every free-text field, with what needs an escape and what XML cannot carry: the same
+    text as lxml wrote, or a ``ValueError`` where lxml raised one."""
+    try:
+        expected: str | type[ValueError] = _built(reference, values, query)
+    except ValueError:  # lxml refuses the string (UnicodeEncodeError for a lone surrogate)
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            _built(am, values, query)
+    else:
+        assert _built(am, values, query) == expected
