@@ -13,8 +13,11 @@ What makes it safe:
 - one failing instance (a constraint, a lost insert race, bad data) fails alone: its caller
   gets its own exception, the transaction is rolled back and the others are written again
   without it, before any of them is answered;
-- a failure of the transaction itself (cannot begin, connection lost, the commit fails) is
-  every waiter's error: none of them is told its writes are kept;
+- a failure of the transaction itself (cannot begin, the commit fails or loses its
+  connection) is every waiter's error: none of them is told its writes are kept;
+- a connection lost before the commit (a stale pooled connection: the database restarted,
+  the backend was ended) is no waiter's failure: nothing committed, so the whole batch runs
+  once more on a fresh connection before anyone is answered (``engine.lost_before_commit``);
 - the caller's ``work`` does all its writes on the connection it is given (the instance row
   and, in the PostgreSQL configuration, its audit row), so they commit together or not at all.
 
@@ -35,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
-from mimic_server.index.engine import WRITE
+from mimic_server.index.engine import WRITE, lost_before_commit
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,7 @@ class GroupCommitter:
         savepoint per waiter would avoid the rewrite, but costs two more round trips to the
         database for every instance, failing or not."""
         pending = list(batch)
+        reconnected = False
         try:
             while pending:
                 failed: _Waiter[Any] | None = None
@@ -181,6 +185,14 @@ class GroupCommitter:
                         for waiter in pending:
                             waiter.value, waiter.error = None, exc
                         return
+                    if not reconnected and lost_before_commit(exc, committing=False):
+                        # A stale pooled connection, lost before the commit: nothing of the
+                        # batch committed, and no waiter is to blame. Once more, all of it,
+                        # on a fresh connection (SQLAlchemy invalidated the pool's old ones).
+                        reconnected = True
+                        log.warning("index connection lost before commit; the batch runs again",
+                                    extra={"instances": len(pending)})
+                        continue
                     failed.value, failed.error = None, exc
                     pending.remove(failed)
                     if pending:

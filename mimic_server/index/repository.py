@@ -19,13 +19,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.sql.dml import Insert
 
 from mimic_server.codec.dicom_json import json_text
 from mimic_server.errors import OutOfResources
 from mimic_server.index import StoredInstance
 from mimic_server.index.attributes import InstanceAttributes
-from mimic_server.index.engine import WRITE
+from mimic_server.index.driver import DriverStatement
+from mimic_server.index.engine import write_transaction
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
 from mimic_server.index.models import Instance, Patient, Series, Study
 
@@ -75,11 +75,7 @@ class SqlIndex:
             .returning(Instance.id)
         )
         #: PostgreSQL: the same insert as a prepared statement on the driver's connection.
-        self._driver_insert = (
-            DriverInsert(engine, self._insert_instance, _INSTANCE_KEYS)
-            if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
-            else None
-        )
+        self._driver_insert = DriverStatement.on(engine, self._insert_instance, _INSTANCE_KEYS)
         # Series Instance UID -> series row id, filled after a commit: the instances of a
         # series then skip the three patient / study / series look-ups. Another process
         # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to
@@ -144,8 +140,7 @@ class SqlIndex:
         own when group commit is off."""
         if self.committer is not None:
             return self.committer.run(work)
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            return work(conn)
+        return write_transaction(self.engine, work)
 
     def _remember(self, series_uid: str, series_fk: int) -> None:
         with self._cache_lock:
@@ -295,40 +290,6 @@ _INSTANCE_KEYS = (
     "specific_character_set", "size", "sha256", "object_key", "header", "received_from",
     "received_at",
 )
-
-
-class DriverInsert:
-    """One insert compiled once and run on psycopg's own cursor, prepared on the server.
-
-    SQLAlchemy's execute path costs about 0.3 ms a statement here (cache key, parameter
-    processing, the JSON bind processor, the result object) on the one statement every
-    C-STORE runs; this runs the very same SQL text (compiled by SQLAlchemy from the same
-    statement) with the header passed as JSON text. The transaction stays SQLAlchemy's: the
-    statement runs on the connection of ``conn`` inside its transaction, and a driver error
-    is raised as the SQLAlchemy error it would have been (``IntegrityError``,
-    ``OperationalError``...), parameters hidden (they hold patient data).
-    """
-
-    def __init__(self, engine: Engine, statement: Insert, keys: tuple[str, ...]) -> None:
-        self.sql = statement.compile(dialect=engine.dialect, column_keys=list(keys)).string
-
-    def first(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The first row the statement returns, or None."""
-        dbapi_connection = conn.connection.dbapi_connection
-        assert dbapi_connection is not None
-        dbapi = conn.dialect.loaded_dbapi
-        try:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute(self.sql, params, prepare=True)
-                return cursor.fetchone()  # type: ignore[no-any-return]
-        except dbapi.Error as exc:
-            disconnected = conn.dialect.is_disconnect(exc, dbapi_connection, None)
-            if disconnected:
-                conn.invalidate(exc)  # as SQLAlchemy does: the pool drops this connection
-            raise DBAPIError.instance(
-                self.sql, None, exc, dbapi.Error, hide_parameters=True,
-                connection_invalidated=disconnected, dialect=conn.dialect,
-            ) from exc
 
 
 def _transient(exc: DBAPIError) -> bool:

@@ -61,7 +61,7 @@ def _audit_entry(n: int) -> Any:
 
 def _audited(conn: Connection) -> None:
     """An audit row in the caller's transaction, like a C-STORE's in the PostgreSQL setup."""
-    AuditTable.write_in(conn, _audit_entry(0))
+    AuditTable(conn.engine).write_in(conn, _audit_entry(0))
 
 
 def _rows(index: SqlIndex, model: Any) -> int:
