@@ -1,0 +1,232 @@
+"""Pooled PostgreSQL connections that went stale, without a ping before every transaction.
+
+The backends of a test's own database on the real server are ended (``pg_terminate_backend``,
+as a server restart or an idle-connection killer would) between two C-STOREs: the next one
+must succeed, its instance and its audit row stored once. A transaction whose COMMIT lost its
+connection is never run again (its outcome is unknown); a database that is down is still
+refused at once (``test_store_handler``, ``test_group_commit``: nothing listens on port 9).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, event, make_url, select, text
+from sqlalchemy.exc import DataError
+
+from mimic_server.dimse.store import handle_store
+from mimic_server.errors import OutOfResources
+from mimic_server.index import engine as engine_module
+from mimic_server.index import schema
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.audit_table import AuditTable, read_table
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.models import AuditEvent
+from mimic_server.index.repository import SqlIndex
+from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit_records import Archive
+from mimic_server.security.policy import Policy
+from mimic_server.storage.memory import MemoryStore
+from tests import database
+from tests.data import ct_small
+from tests.unit.test_store_handler import _event, _status
+
+PREFIX = "1.2.826.0.1.3680043.8.498.31."
+
+
+@pytest.fixture
+def url(postgres_server: str) -> Iterator[str]:
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+def _admin(server: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server, autocommit=True)
+
+
+def _terminate(server: str, url: str, pid: int | None = None) -> int:
+    """End the backends of ``url``'s database (or the one ``pid``), and wait until they are
+    gone: as a restart of the server would, for this database only."""
+    name = make_url(url).database
+    with _admin(server) as admin:
+        query = ("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                 "AND pid <> pg_backend_pid()" + (" AND pid = %s" if pid else ""))
+        pids = [row[0] for row in admin.execute(query, [name, pid] if pid else [name])]
+        for backend in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                  [pids]).fetchone()
+            if alive is not None and alive[0] == 0:
+                break
+            time.sleep(0.02)
+    return len(pids)
+
+
+def _ct(n: int, series: int = 0) -> Dataset:
+    ds = pydicom.dcmread(ct_small())
+    del ds.file_meta
+    ds.SeriesInstanceUID = f"{PREFIX}1.{series}"
+    ds.SOPInstanceUID = f"{PREFIX}2.{n}"
+    return ds
+
+
+def _trail(index: SqlIndex) -> AuditLog:
+    table = AuditTable(index.engine)
+    return AuditLog(None, sinks=[table], archive=Archive("MIMIC", host="archive-1"),
+                    transactional=table)
+
+
+def _pool_of(index: SqlIndex, connections: int) -> None:
+    """Leave ``connections`` open in the pool (several C-STOREs at once would)."""
+    held = [index.engine.connect() for _ in range(connections)]
+    for conn in held:
+        conn.execute(text("SELECT 1"))
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
+@pytest.mark.parametrize("series", [0, 1], ids=["cached-series", "new-series"])
+def test_a_store_after_the_backends_were_ended_succeeds_once(
+    postgres_server: str, url: str, group_commit: bool, series: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three pooled connections, all ended after the first C-STORE: the second C-STORE's
+    first statement (the driver-level instance insert when its series is known, a
+    SQLAlchemy look-up when it is new) finds its connection lost, the pool is renewed and the
+    transaction runs once more; one instance row and one audit row each."""
+    index = SqlIndex(create_index_engine(url), group_commit=group_commit)
+    trail, store = _trail(index), MemoryStore()
+    try:
+        first, second = _ct(1), _ct(2, series)
+        assert _status(handle_store(_event(first), store, index, Policy("MIMIC"), trail)) == 0
+        _pool_of(index, 3)
+        assert _terminate(postgres_server, url) == 3
+        with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+            answer = handle_store(_event(second), store, index, Policy("MIMIC"), trail)
+        assert _status(answer) == 0x0000
+        assert any("connection lost before commit" in r.getMessage() for r in caplog.records)
+        assert index.count_instances() == 2 and len(store.objects) == 2
+        studied = [r["studies"] for r in read_table(index.engine)]
+        assert studied == [[first.StudyInstanceUID], [second.StudyInstanceUID]]
+        assert index.get_instance(second.SOPInstanceUID) is not None
+    finally:
+        index.engine.dispose()
+
+
+def test_an_idle_connection_is_pinged_and_replaced_before_a_read(
+    postgres_server: str, url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reads are not run again: a connection idle beyond ``IDLE_PING_SECONDS`` is pinged at
+    checkout, and a lost one replaced before the read uses it (here every checkout is
+    'idle': the threshold set to 0)."""
+    monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
+    index = SqlIndex(create_index_engine(url))
+    try:
+        assert index.count_instances() == 0
+        _pool_of(index, 2)
+        assert _terminate(postgres_server, url) == 2
+        assert index.count_instances() == 0
+        assert index.get_instance(f"{PREFIX}2.9") is None
+    finally:
+        index.engine.dispose()
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
+def test_a_commit_that_lost_its_connection_is_not_run_again(
+    postgres_server: str, url: str, group_commit: bool,
+) -> None:
+    """The backend ends as the COMMIT is about to go: the outcome is unknown, so the
+    transaction is not run again and the caller is told 'index unavailable'."""
+    index = SqlIndex(create_index_engine(url), group_commit=group_commit)
+    ran: list[int] = []
+    armed = [True]
+
+    @event.listens_for(index.engine, "commit")
+    def _end_backend(conn: Connection) -> None:
+        if armed[0]:
+            armed[0] = False
+            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            _terminate(postgres_server, url, pid)
+
+    try:
+        attrs = InstanceAttributes.from_header(_ct(3))
+        with pytest.raises(OutOfResources):
+            index.upsert_instance(attrs, transfer_syntax_uid="1.2.840.10008.1.2.1",
+                                  object_key="k/3", sha256="0" * 64, size=1,
+                                  received_from="t", in_transaction=lambda conn: ran.append(1))
+        assert ran == [1]
+        assert index.get_instance(attrs.sop_instance_uid) is None
+        assert index.count_instances() == 0  # the pool is fresh again
+    finally:
+        index.engine.dispose()
+
+
+def _entry(**changes: Any) -> Any:
+    from datetime import UTC, datetime
+
+    fields = {"when": datetime(2026, 12, 1, 21, 0, tzinfo=UTC), "event_code": "110104",
+              "event_type": None, "outcome": 0, "identity": "CN=ct-1", "trust_name": "ct",
+              "calling_ae": "CT01", "user": None, "studies": ("1.2.3", "1.2.4"),
+              "xml": "<AuditMessage>Doe^Marker</AuditMessage>"}
+    return SimpleNamespace(**{**fields, **changes})
+
+
+def test_the_driver_level_audit_row_is_the_row_sqlalchemy_writes(url: str) -> None:
+    engine = create_index_engine(url)
+    try:
+        table = AuditTable(engine)
+        assert table._driver_insert is not None
+        for driver in (table._driver_insert, None):
+            table._driver_insert = driver
+            with engine.connect() as conn, conn.begin():
+                table.write_in(conn, _entry())
+        with engine.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(
+                select(AuditEvent.__table__).order_by(AuditEvent.id))]
+        for row in rows:
+            row.pop("id")
+        assert len(rows) == 2 and rows[0] == rows[1]
+        assert rows[0]["studies"] == " 1.2.3 1.2.4 " and rows[0]["event_time"].tzinfo
+    finally:
+        engine.dispose()
+
+
+def test_a_driver_level_audit_row_error_is_sqlalchemys_and_rolls_back(url: str) -> None:
+    """An audit row the database refuses (an event code too long for its column) fails the
+    upsert as SQLAlchemy's error, without the parameters (patient data) in its text; neither
+    the instance nor the row is kept, and the next C-STORE's transaction goes through."""
+    index = SqlIndex(create_index_engine(url))
+    table = AuditTable(index.engine)
+    try:
+        common = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64,
+                  "size": 1, "received_from": "t"}
+        bad = InstanceAttributes.from_header(_ct(4))
+        with pytest.raises(OutOfResources) as refused:
+            index.upsert_instance(bad, object_key="k/4", **common, in_transaction=lambda conn:
+                                  table.write_in(conn, _entry(event_code="1" * 17)))
+        cause = refused.value.__cause__
+        assert isinstance(cause, DataError), cause
+        assert "Doe^Marker" not in str(cause) and "CN=ct-1" not in str(cause)
+        assert index.get_instance(bad.sop_instance_uid) is None
+        assert read_table(index.engine) == []
+        good = InstanceAttributes.from_header(copy.deepcopy(_ct(5)))
+        assert index.upsert_instance(good, object_key="k/5", **common, in_transaction=lambda
+                                     conn: table.write_in(conn, _entry())) is None
+        assert len(read_table(index.engine)) == 1
+    finally:
+        index.engine.dispose()
