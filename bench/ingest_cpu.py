@@ -11,12 +11,19 @@ audit row in one transaction) in a loop on one thread, and reports per object:
   total and per phase;
 - the wall time per phase (the waits: fsyncs, the PostgreSQL round trips and commit).
 
-Interleaved rounds of ``--count`` objects; the median over rounds is printed. PostgreSQL is
+Interleaved rounds of ``--count`` objects; the median over rounds is printed. ``--variants``
+switches fast paths off for some rounds, to compare a change with what it replaced in one
+run: ``before`` (the put before the transaction and the instance insert through SQLAlchemy),
+``serial-put``, ``sqlalchemy-insert``; ``before-audit`` (the next three together),
+``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
+transaction), ``lxml-audit`` (the audit message as an lxml tree). PostgreSQL is
 the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards.
 
     .venv/bin/python bench/ingest_cpu.py                    # small and large, 300 each
     .venv/bin/python bench/ingest_cpu.py --kind small --count 500 --rounds 5
     .venv/bin/python bench/ingest_cpu.py --profile         # cProfile of one round, top 30
+    .venv/bin/python bench/ingest_cpu.py --kind both --count 100 --rounds 8 \
+        --variants current,before-audit,sqlalchemy-audit,pre-ping,lxml-audit
 """
 
 from __future__ import annotations
@@ -150,24 +157,60 @@ def _summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, f
 
 
 @contextlib.contextmanager
-def _switched(index: SqlIndex, **values: Any) -> Iterator[None]:
-    """``index`` with some of its fast paths switched off for a round (``--variants``)."""
-    saved = {name: getattr(index, name) for name in values}
+def _switched(target: Any, **values: Any) -> Iterator[None]:
+    """``target`` (the index, the audit table, a module) with some of its fast paths switched
+    off for a round (``--variants``)."""
+    saved = {name: getattr(target, name) for name in values}
     try:
         for name, value in values.items():
-            setattr(index, name, value)
+            setattr(target, name, value)
         yield
     finally:
         for name, value in saved.items():
-            setattr(index, name, value)
+            setattr(target, name, value)
+
+
+@contextlib.contextmanager
+def _all(*switches: contextlib.AbstractContextManager[None]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for switch in switches:
+            stack.enter_context(switch)
+        yield
+
+
+def _lxml_audit(_index: SqlIndex, _table: AuditTable) -> contextlib.AbstractContextManager[None]:
+    """The audit message built as an lxml tree and serialised (the builder kept as the
+    tests' oracle), and the address check of its participants uncached: as before."""
+    from mimic_server.security import audit_records
+    from tests import audit_message_lxml
+
+    return _all(_switched(audit_records, am=audit_message_lxml,
+                          _looks_like_ip=audit_records._looks_like_ip.__wrapped__))
+
+
+def _pre_ping(index: SqlIndex, _table: AuditTable) -> contextlib.AbstractContextManager[None]:
+    """A ping before every transaction (``pool_pre_ping=True``, as before)."""
+    return _switched(index.engine.pool, _pre_ping=True)
+
+
+def _sqlalchemy_audit(_index: SqlIndex,
+                      table: AuditTable) -> contextlib.AbstractContextManager[None]:
+    """The audit row through SQLAlchemy's execute (as before)."""
+    return _switched(table, _driver_insert=None)
 
 
 #: What each variant switches off: the earlier paths, to measure a change in one run.
-VARIANTS: dict[str, Callable[[SqlIndex], contextlib.AbstractContextManager[None]]] = {
-    "current": lambda index: _switched(index),
-    "serial-put": lambda index: _switched(index, overlaps_put=False),
-    "sqlalchemy-insert": lambda index: _switched(index, _driver_insert=None),
-    "before": lambda index: _switched(index, overlaps_put=False, _driver_insert=None),
+VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
+                             contextlib.AbstractContextManager[None]]] = {
+    "current": lambda index, table: _switched(index),
+    "serial-put": lambda index, table: _switched(index, overlaps_put=False),
+    "sqlalchemy-insert": lambda index, table: _switched(index, _driver_insert=None),
+    "before": lambda index, table: _switched(index, overlaps_put=False, _driver_insert=None),
+    "sqlalchemy-audit": _sqlalchemy_audit,
+    "pre-ping": _pre_ping,
+    "lxml-audit": _lxml_audit,
+    "before-audit": lambda index, table: _all(
+        _sqlalchemy_audit(index, table), _pre_ping(index, table), _lxml_audit(index, table)),
 }
 
 
@@ -205,7 +248,7 @@ def main() -> int:
             for kind in kinds:
                 warm = datasets(kind, 20, "warm", args.cache_inputs)
                 for variant in variants:
-                    with VARIANTS[variant](index):
+                    with VARIANTS[variant](index, table):
                         one_round(warm, store, index, audit_log)  # caches, connections
                 rounds: dict[str, list[dict[str, dict[str, float]]]] = defaultdict(list)
                 for n in range(args.rounds):
@@ -214,7 +257,7 @@ def main() -> int:
                         objects = datasets(kind, args.count, f"{n}-{variant}",
                                            args.cache_inputs)
                         profiler = cProfile.Profile() if args.profile else None
-                        with VARIANTS[variant](index):
+                        with VARIANTS[variant](index, table):
                             if profiler is not None:
                                 profiler.enable()
                             clock = one_round(objects, store, index, audit_log)
