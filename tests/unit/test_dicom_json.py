@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from mimic_server.codec.dicom_json import finite_only, json_text
-from mimic_server.codec.header import parse_header
+from mimic_server.codec.header import parse_header, read_header
 from mimic_server.index.attributes import _without_bulk_data, header_json
 from tests.data import Storable, storable_files
 
@@ -18,10 +18,13 @@ def _dataset_view(item: Storable) -> memoryview:
     return memoryview(item.path.read_bytes()[item.dataset_offset :])
 
 
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
 @pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
-def test_same_as_pydicom(item: Storable) -> None:
+def test_same_as_pydicom(item: Storable, read: Any) -> None:
+    """As received (``read_header``: the scanned header where it can be scanned) and from
+    a pydicom ``Dataset`` of raw elements (a header pydicom read)."""
     syntax = pydicom.uid.UID(item.transfer_syntax_uid)
-    ours = header_json(parse_header(_dataset_view(item), syntax))
+    ours = header_json(read(_dataset_view(item), syntax))
     reference = parse_header(_dataset_view(item), syntax).to_json_dict(
         bulk_data_threshold=1024,
         bulk_data_element_handler=lambda _elem: "",
@@ -69,8 +72,9 @@ def test_odd_spacing_and_padding_as_pydicom(tag: int, vr: str) -> None:
         assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024), data
 
 
-def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1") -> pydicom.Dataset:
-    """``ds`` written in ``syntax`` and read back as a received header is."""
+def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1",
+             read: Any = parse_header) -> Any:
+    """``ds`` written in ``syntax`` and read back as a received header is (``read``)."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
@@ -78,7 +82,7 @@ def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1") -> pydico
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
     write_dataset(buffer, ds)
-    return parse_header(memoryview(buffer.getvalue()), uid)
+    return read(memoryview(buffer.getvalue()), uid)
 
 
 def _non_finite_header() -> pydicom.Dataset:
@@ -96,11 +100,12 @@ def _non_finite_header() -> pydicom.Dataset:
     return ds
 
 
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-def test_nan_and_infinity_are_left_out(syntax: str) -> None:
+def test_nan_and_infinity_are_left_out(syntax: str, read: Any) -> None:
     """PS3.18 F.2.3: FL / FD are JSON Numbers, which cannot be NaN or infinite: such an
     element is left out (inside sequence items too); finite neighbours stay."""
-    document = header_json(_encoded(_non_finite_header(), syntax))
+    document = header_json(_encoded(_non_finite_header(), syntax, read))
     assert "00189089" not in document and "00189328" not in document
     assert "00189087" not in document and "00181320" not in document
     assert document["00180088"] == {"vr": "DS", "Value": [1.5]}
@@ -110,10 +115,11 @@ def test_nan_and_infinity_are_left_out(syntax: str) -> None:
     json.dumps(document, allow_nan=False)  # strict JSON: what PostgreSQL's jsonb accepts
 
 
-def test_nan_rule_same_on_the_fast_path_and_through_pydicom() -> None:
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
+def test_nan_rule_same_on_the_fast_path_and_through_pydicom(read: Any) -> None:
     """The fast reader hands a non-finite FL / FD to pydicom, whose answer goes through the
     same rule: the result equals pydicom's own to_json_dict after that rule."""
-    header = _encoded(_non_finite_header())
+    header = _encoded(_non_finite_header(), read=read)
     ours = header_json(header)
     reference = _encoded(_non_finite_header()).to_json_dict(1024, lambda _e: "")
     assert any("NaN" in json.dumps(entry) for entry in reference.values())  # pydicom's
