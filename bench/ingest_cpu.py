@@ -17,6 +17,7 @@ the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped
     .venv/bin/python bench/ingest_cpu.py                    # small and large, 300 each
     .venv/bin/python bench/ingest_cpu.py --kind small --count 500 --rounds 5
     .venv/bin/python bench/ingest_cpu.py --profile         # cProfile of one round, top 30
+    .venv/bin/python bench/ingest_cpu.py --variants pydicom-header,current  # before / after
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mimic_server.archive import ingest as ingest_module  # noqa: E402
 from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
 from mimic_server.codec.file_meta import encode_file_meta  # noqa: E402
+from mimic_server.codec.header import parse_header  # noqa: E402
 from mimic_server.index import schema  # noqa: E402
 from mimic_server.index.attributes import InstanceAttributes  # noqa: E402
 from mimic_server.index.audit_table import AuditTable  # noqa: E402
@@ -162,12 +165,25 @@ def _switched(index: SqlIndex, **values: Any) -> Iterator[None]:
             setattr(index, name, value)
 
 
+@contextlib.contextmanager
+def _pydicom_header(index: SqlIndex) -> Iterator[None]:
+    """The received header as pydicom's ``Dataset`` of raw elements (``parse_header``), as
+    before the scanned header: its DICOM JSON and index keys then go through the Dataset."""
+    saved = ingest_module.read_header
+    ingest_module.read_header = parse_header  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ingest_module.read_header = saved
+
+
 #: What each variant switches off: the earlier paths, to measure a change in one run.
 VARIANTS: dict[str, Callable[[SqlIndex], contextlib.AbstractContextManager[None]]] = {
     "current": lambda index: _switched(index),
     "serial-put": lambda index: _switched(index, overlaps_put=False),
     "sqlalchemy-insert": lambda index: _switched(index, _driver_insert=None),
     "before": lambda index: _switched(index, overlaps_put=False, _driver_insert=None),
+    "pydicom-header": _pydicom_header,
 }
 
 

@@ -15,12 +15,12 @@ def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> 
     out = tmp_path / "ingest_cpu.json"
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ingest_cpu.py"), "--kind", "small", "--count",
-         "3", "--rounds", "2", "--variants", "current,before", "--postgres", postgres_server,
+         "3", "--rounds", "2", "--variants", "current,before,pydicom-header", "--postgres", postgres_server,
          "--json", str(out)],
         check=True, capture_output=True, timeout=600,
     )
     results = json.loads(out.read_text())
-    for variant in ("current", "before"):
+    for variant in ("current", "before", "pydicom-header"):
         cpu = results["small"][variant]["cpu_ms"]
         assert set(cpu) == {"received", "attributes", "audit", "put+index", "total"}
         assert all(value > 0 for value in cpu.values()), cpu

@@ -63,9 +63,15 @@ def header_to_json(
     out: dict[str, Any] = {}
     converted: set[str] = set()
     keys = _KEYS
+    readers = _READERS
     for tag, (vr, data, _start) in elements.items():
         key = keys.get(tag) or _key(tag)
-        entry = _entry(tag, vr, data, True, implicit, codec)
+        # What _entry does, without its call for the usual element (a VR, a value).
+        reader = readers.get(vr)  # type: ignore[arg-type]
+        if reader is not None and data and tag & 0xFFFF:
+            entry = reader(vr, data, True, codec)  # type: ignore[arg-type]
+        else:
+            entry = _entry(tag, vr, data, True, implicit, codec)
         if entry is _BULK_DATA:
             continue
         if entry is None:
@@ -295,13 +301,17 @@ def _text_entry(vr: str, text: str) -> Entry:
         text = text.rstrip(" ")
     if vr in _SINGLE_VALUED:
         return {"vr": vr, "Value": [text]} if text else {"vr": vr}
-    values = text.split("\\")
-    if len(values) == 1 and not values[0]:
+    if not text:
         return {"vr": vr}
-    if any(value != value.strip(" ") for value in values):
+    values = text.split("\\")
+    if " " in text and any(value != value.strip(" ") for value in values):
         return None
-    if vr == "UI" and any(not v.replace(".", "").isdigit() for v in values if v):
-        return None  # pydicom's validation decides about malformed UIDs
+    if vr == "UI":  # pydicom's validation decides about malformed UIDs
+        if len(values) == 1:
+            if not text.replace(".", "").isdigit():
+                return None
+        elif any(not v.replace(".", "").isdigit() for v in values if v):
+            return None
     return {"vr": vr, "Value": values}
 
 
@@ -309,8 +319,19 @@ def _binary_reader(typecode: str, size: int, floating: bool) -> Reader:
     if array(typecode).itemsize != size:  # pragma: no cover - exotic platforms
         raise RuntimeError(f"array typecode {typecode} is not {size} bytes here")
 
+    single = struct.Struct("<" + typecode)
+    if single.size != size:  # pragma: no cover - struct's standard sizes are fixed
+        raise RuntimeError(f"struct format {typecode} is not {size} bytes")
+    one = single.unpack
+
     def read(vr: str, data: bytes, little: bool, _codec: str | None) -> Entry:
-        if len(data) % size:
+        count = len(data)
+        if count == size and little:  # most such elements hold one value
+            value = one(data)[0]
+            if floating and not math.isfinite(value):
+                return None
+            return {"vr": vr, "Value": [value]}
+        if count % size:
             return None
         values = array(typecode, data)
         if little != _LITTLE_ENDIAN_HOST:
@@ -326,7 +347,22 @@ def _binary_reader(typecode: str, size: int, floating: bool) -> Reader:
 def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
     """IS and DS: numbers in JSON, as pydicom's IS / DSfloat values serialize."""
     try:
-        parts = [p.strip(" \x00") for p in data.decode("ascii").split("\\")]
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if "\\" not in text:  # one value: what the general case below gives, in fewer steps
+        part = text.strip(" \x00")
+        if not part:
+            return {"vr": vr}
+        try:
+            number: int | float = int(part) if vr == "IS" else float(part)
+        except ValueError:
+            return None
+        if vr == "DS" and not math.isfinite(number):
+            return None
+        return {"vr": vr, "Value": [number]}
+    try:
+        parts = [p.strip(" \x00") for p in text.split("\\")]
         if vr == "IS":
             values: list[Any] = [int(p) if p else None for p in parts]
         else:

@@ -48,7 +48,8 @@ def test_same_as_pydicom(item: Storable, read: Any) -> None:
 
 ODD_TEXT = [b" CT ", b"A \\ B ", b"\\ ", b"\\", b"  ", b"1\\ ", b" 12", b"1.2.3\x00", b"X\x00",
             b"1.2 \\3.4", b" ", b"A\\\\B", b"ab \x00", b"ORIGINAL\\PRIMARY\\AXIAL", b"x y ",
-            b"12\\34", b"A\\B\\", b"\\A"]
+            b"12\\34", b"A\\B\\", b"\\A", b".", b"1.2\\.", b"1.2\\3", b"1\\2", b" 1\\2 ",
+            b"1e3", b"nan", b"-0", b"+7", b"1.5 \x00", b"\x00"]
 TEXT_TAGS = [(0x00080060, "CS"), (0x00100020, "LO"), (0x00080020, "DA"), (0x00080030, "TM"),
              (0x00080054, "AE"), (0x00101010, "AS"), (0x00080050, "SH"), (0x0020000D, "UI"),
              (0x00200013, "IS"), (0x00280030, "DS"), (0x00324000, "LT"), (0x00400280, "ST"),
@@ -147,3 +148,28 @@ def test_finite_only() -> None:
 ])
 def test_json_text_is_the_json_of_the_document(document: dict[str, Any]) -> None:
     assert json.loads(json_text(document)) == json.loads(json.dumps(document))
+
+
+BINARY_TAGS = [(0x00280010, "US", "<H"), (0x00189219, "SS", "<h"), (0x00280106, "US", "<H"),
+               (0x00181310, "US", "<H"), (0x00189089, "FD", "<d"), (0x00181320, "FL", "<f"),
+               (0x00189234, "UL", "<I"), (0x00181620, "SL", "<i")]
+
+
+@pytest.mark.parametrize(("tag", "vr", "fmt"), BINARY_TAGS, ids=[t[1] for t in BINARY_TAGS])
+def test_binary_numbers_as_pydicom(tag: int, vr: str, fmt: str) -> None:
+    """One value (read by ``struct``) and several (by ``array``), little and big endian."""
+    import struct
+
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import BaseTag
+
+    from mimic_server.codec.dicom_json import _fast
+
+    for values in ([1], [0, 7], [3, 1, 2], [5, 4, 3, 2, 1, 0]):
+        for little in (True, False):
+            data = struct.pack(("<" if little else ">") + fmt[1] * len(values), *values)
+            raw = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, little)
+            ours = _fast(raw, "ascii")
+            assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024)
+    odd = RawDataElement(BaseTag(tag), vr, 3, b"\x01\x02\x03", 0, False, True)
+    assert _fast(odd, "ascii") is None  # not a whole number of values: pydicom's rules
