@@ -41,7 +41,8 @@ from typing import Any
 
 import psycopg
 import pydicom
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -52,6 +53,7 @@ from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
 from mimic_server.codec.file_meta import encode_file_meta  # noqa: E402
 from mimic_server.codec.header import parse_header  # noqa: E402
+from mimic_server.codec.structure import check_structure  # noqa: E402
 from mimic_server.index import schema  # noqa: E402
 from mimic_server.index.attributes import InstanceAttributes  # noqa: E402
 from mimic_server.index.audit_table import AuditTable  # noqa: E402
@@ -165,16 +167,22 @@ def _switched(index: SqlIndex, **values: Any) -> Iterator[None]:
             setattr(index, name, value)
 
 
+def _walk_then_dataset(dataset: memoryview, syntax: UID) -> Dataset:
+    check_structure(dataset, syntax)
+    return parse_header(dataset, syntax)
+
+
 @contextlib.contextmanager
 def _pydicom_header(index: SqlIndex) -> Iterator[None]:
-    """The received header as pydicom's ``Dataset`` of raw elements (``parse_header``), as
-    before the scanned header: its DICOM JSON and index keys then go through the Dataset."""
-    saved = ingest_module.read_header
-    ingest_module.read_header = parse_header  # type: ignore[assignment]
+    """As before the scanned header: the whole structure walk, then the header as pydicom's
+    ``Dataset`` of raw elements (``parse_header``), whose DICOM JSON and index keys then go
+    through the Dataset (the per-VR readers are today's in both)."""
+    saved = ingest_module.read_checked_header
+    ingest_module.read_checked_header = _walk_then_dataset  # type: ignore[assignment]
     try:
         yield
     finally:
-        ingest_module.read_header = saved
+        ingest_module.read_checked_header = saved
 
 
 #: What each variant switches off: the earlier paths, to measure a change in one run.

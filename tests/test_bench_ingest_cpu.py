@@ -15,8 +15,8 @@ def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> 
     out = tmp_path / "ingest_cpu.json"
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ingest_cpu.py"), "--kind", "small", "--count",
-         "3", "--rounds", "2", "--variants", "current,before,pydicom-header", "--postgres", postgres_server,
-         "--json", str(out)],
+         "3", "--rounds", "2", "--variants", "current,before,pydicom-header",
+         "--postgres", postgres_server, "--json", str(out)],
         check=True, capture_output=True, timeout=600,
     )
     results = json.loads(out.read_text())

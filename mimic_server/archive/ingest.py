@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.uid import UID
 
-from mimic_server.codec.header import Header, read_header
-from mimic_server.codec.structure import check_structure
+from mimic_server.codec.header import Header, read_checked_header, read_header
 from mimic_server.errors import CannotUnderstand, DataSetMismatch, Status
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.storage.keys import new_object_key
@@ -87,8 +86,7 @@ class ReceivedObject:
         Raises ``CannotUnderstand`` (``0xC000``) when its elements do not parse to its end.
         """
         syntax = UID(transfer_syntax)
-        check_structure(dataset, syntax)
-        header = read_header(dataset, syntax)
+        header = read_checked_header(dataset, syntax)
         digest = hashlib.sha256(file_meta)
         digest.update(dataset)
         return cls(file_meta, dataset, str(syntax), header, digest.hexdigest(), spool)

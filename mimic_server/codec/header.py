@@ -9,7 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from mimic_server.codec.header_scan import ScannedHeader, scan_header
+from mimic_server.codec.header_scan import ScannedHeader, scan_header, scan_header_to
+from mimic_server.codec.structure import check_structure, check_structure_after
 from mimic_server.errors import CannotUnderstand, Status
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -27,6 +28,29 @@ MAX_INFLATED_HEADER = 64 << 20
 #: A received header: scanned (the usual little endian header, ``codec/header_scan.py``),
 #: or read by pydicom.
 Header = ScannedHeader | Dataset
+
+
+def read_checked_header(dataset: memoryview, transfer_syntax: UID) -> Header:
+    """``check_structure`` then ``read_header``, in one pass where the header is scanned:
+    the walk then goes on from where the scan stopped (Pixel Data) instead of reading
+    every element of the header a second time. Raises ``CannotUnderstand`` as they do,
+    with the same messages."""
+    if (transfer_syntax != DeflatedExplicitVRLittleEndian
+            and (not transfer_syntax.is_transfer_syntax or transfer_syntax.is_little_endian)):
+        implicit = transfer_syntax.is_implicit_VR if transfer_syntax.is_transfer_syntax \
+            else False
+        try:
+            scanned = scan_header_to(dataset, implicit)
+        except Exception:  # pragma: no cover - a fault of the scan: the whole walk decides
+            scanned = None
+        if scanned is not None:
+            header, stopped = scanned
+            check_structure_after(dataset, implicit, stopped)
+            if len(header) == 0:
+                raise CannotUnderstand("dataset is empty")
+            return header
+    check_structure(dataset, transfer_syntax)
+    return read_header(dataset, transfer_syntax)
 
 
 def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:

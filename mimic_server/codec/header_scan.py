@@ -31,6 +31,7 @@ from mimic_server.errors import CannotUnderstand
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _UNDEFINED = 0xFFFFFFFF
+_NOT_IN_A_DATA_SET = frozenset({0x0000, 0x0002})
 #: The VRs pydicom knows, by their two bytes: the explicit VR header's length field size.
 _VR_LONG = {str(vr).encode(): str(vr) for vr in VR if vr in EXPLICIT_VR_LENGTH_32}
 _VR_SHORT = {str(vr).encode(): str(vr) for vr in VR if vr not in EXPLICIT_VR_LENGTH_32}
@@ -77,8 +78,17 @@ class ScannedHeader:
 
 def scan_header(data: memoryview, implicit: bool) -> ScannedHeader | None:
     """The header up to Pixel Data, or ``None`` where pydicom must read it."""
-    elements = scan_elements(data, implicit, stop_at_pixel_data=True)
-    return ScannedHeader(elements, implicit) if elements is not None else None
+    scanned = _scan(data, implicit, stop_at_pixel_data=True)
+    return ScannedHeader(scanned[0], implicit) if scanned is not None else None
+
+
+def scan_header_to(data: memoryview, implicit: bool) -> tuple[ScannedHeader, int] | None:
+    """``scan_header`` and the offset where the scan stopped (Pixel Data, or the end): the
+    structure walk goes on from there (``codec/structure.check_structure_after``)."""
+    scanned = _scan(data, implicit, stop_at_pixel_data=True)
+    if scanned is None:
+        return None
+    return ScannedHeader(scanned[0], implicit), scanned[1]
 
 
 def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | None:
@@ -124,6 +134,16 @@ def scan_elements(
     data: memoryview, implicit: bool, stop_at_pixel_data: bool
 ) -> dict[int, Scanned] | None:
     """The elements of a little endian dataset (a header, or a sequence item's)."""
+    scanned = _scan(data, implicit, stop_at_pixel_data)
+    return scanned[0] if scanned is not None else None
+
+
+def _scan(
+    data: memoryview, implicit: bool, stop_at_pixel_data: bool
+) -> tuple[dict[int, Scanned], int] | None:
+    """The elements and where the scan stopped. A header (``stop_at_pixel_data``) holding
+    an element of group 0000 or 0002 is left to pydicom (and refused by the structure
+    walk): such elements belong to a command or the File Meta, never to a data set."""
     size = data.nbytes
     if size >= 6:
         # pydicom looks at the first element to tell explicit from implicit VR: so do we,
@@ -158,8 +178,10 @@ def scan_elements(
         end = start + length
         if length == _UNDEFINED or end > size or group == 0xFFFE:
             return None
+        if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
+            return None
         elements[tag] = (vr, data[start:end].tobytes(), start)
         pos = end
     if not stop_at_pixel_data and pos != size:
         return None  # trailing bytes in an item: pydicom's rules
-    return elements
+    return elements, pos
