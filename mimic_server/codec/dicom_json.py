@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
@@ -58,7 +58,7 @@ def header_to_json(
         return _dataset_to_json(header, element_json)
     elements = header.elements
     charset = elements.get(0x00080005)
-    codec = _codec_of(charset[1]) if charset is not None else _CODECS[""]
+    codec = _codec_of(charset[0], charset[1]) if charset is not None else _CODECS[""]
     implicit = header.implicit
     out: dict[str, Any] = {}
     converted: set[str] = set()
@@ -107,20 +107,24 @@ def _dataset_to_json(
     return out, converted
 
 
-#: Specific Character Set value bytes -> the codec of _CODECS, None for any other.
-_CHARSET_CODECS: dict[bytes, str | None] = {}
+#: Specific Character Set (VR, value bytes) -> the codec of _CODECS, None for any other.
+_CHARSET_CODECS: dict[tuple[str | None, bytes], str | None] = {}
 
 
-def _codec_of(value: bytes) -> str | None:
-    """The codec of a Specific Character Set as pydicom reads the value (CS: split at
-    backslashes, spaces trimmed; more than one value is ISO 2022: pydicom's business)."""
-    codec = _CHARSET_CODECS.get(value, _UNKNOWN)
+def _codec_of(vr: str | None, value: bytes) -> str | None:
+    """The codec of a Specific Character Set as pydicom reads its raw element (CS: split at
+    backslashes, spaces trimmed; more than one value is ISO 2022: pydicom's business), as
+    ``_dataset_to_json`` takes it; the same bytes give the same answer, so it is kept."""
+    codec = _CHARSET_CODECS.get((vr, value), _UNKNOWN)
     if codec is _UNKNOWN:
-        raw = RawDataElement(BaseTag(0x00080005), "CS", len(value), value, 0, False, True)
-        charset = convert_raw_data_element(raw).value if value else ""
+        raw = RawDataElement(BaseTag(0x00080005), vr, len(value),  # type: ignore[arg-type]
+                             value or empty_value_for_VR(vr, raw=True), 0, vr is None, True)
+        charset = convert_raw_data_element(raw).value
+        if charset is None:
+            charset = ""
         codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
         if len(_CHARSET_CODECS) < 64:
-            _CHARSET_CODECS[value] = codec
+            _CHARSET_CODECS[(vr, value)] = codec
     return codec  # type: ignore[return-value]
 
 
@@ -184,7 +188,9 @@ def _entry(tag: int, vr: str | None, data: bytes, little: bool, implicit: bool,
     if vr is None:
         if tag & 0x10000:
             return None  # implicit VR private element: pydicom makes it UN
-        vr = _IMPLICIT_VRS.get(tag) or _implicit_vr(tag)
+        vr = _IMPLICIT_VRS.get(tag)
+        if vr is None:
+            vr = _implicit_vr(tag)
         if not vr:
             return None
     reader = _READERS.get(vr)

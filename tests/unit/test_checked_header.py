@@ -110,3 +110,82 @@ def test_random_damage_in_the_header(syntax: str) -> None:
         else:
             sample = data[:at] + rng.randbytes(rng.randrange(1, 9)) + data[at:]
         _same(sample, uid)
+
+
+def _charset_files() -> list[object]:
+    from pathlib import Path
+
+    from pydicom.data import DATA_ROOT
+
+    return sorted((Path(DATA_ROOT) / "charset_files").glob("*.dcm"))
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("path", _charset_files(), ids=lambda p: p.name)  # type: ignore[attr-defined]
+def test_character_sets_as_through_a_dataset(path: object, syntax: str) -> None:
+    """pydicom's character set files (Latin-1, Cyrillic, Greek, Arabic, Hebrew, Japanese
+    and Korean ISO 2022, Chinese, UTF-8; sequences with their own): the scanned header
+    gives the JSON and the index columns that the header as a ``Dataset`` gives, and the
+    Specific Character Set decides as pydicom's value does, with and without padding."""
+    import dataclasses
+
+    from mimic_server.codec.header import parse_header
+    from mimic_server.index.attributes import InstanceAttributes
+
+    ds = pydicom.dcmread(path, force=True)
+    ds.StudyInstanceUID = ds.get("StudyInstanceUID") or "1.2.3"
+    ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or "1.2.3.4"
+    ds.SOPInstanceUID = ds.get("SOPInstanceUID") or "1.2.3.4.5"
+    ds.SOPClassUID = ds.get("SOPClassUID") or "1.2.840.10008.5.1.4.1.1.7"
+    uid = UID(syntax)
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = uid.is_implicit_VR, True
+    pydicom.filewriter.write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    scanned = read_header(memoryview(data), uid)
+    assert isinstance(scanned, ScannedHeader)
+    ours = dataclasses.asdict(InstanceAttributes.from_header(scanned))
+    through_dataset = dataclasses.asdict(
+        InstanceAttributes.from_header(parse_header(memoryview(data), uid)))
+    assert ours == through_dataset
+
+
+@pytest.mark.parametrize("charset", [b"", b"ISO_IR 100", b"ISO_IR 100 ", b" ISO_IR 192",
+                                     b"ISO_IR 192", b"ISO_IR 6", b"ISO 2022 IR 6\\ISO 2022 IR 87",
+                                     b"\\ISO 2022 IR 100", b"GB18030", b"NOT A CHARSET"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_specific_character_set_values(charset: bytes, syntax: str) -> None:
+    """The codec the scanned header takes from the raw value is the one the ``Dataset``
+    path takes from pydicom's value: the same JSON and columns for names in Latin-1."""
+    import dataclasses
+    import warnings
+
+    from mimic_server.codec.header import parse_header
+    from mimic_server.index.attributes import InstanceAttributes
+
+    uid = UID(syntax)
+    if len(charset) % 2:
+        charset += b" "
+
+    def element(tag: int, vr: bytes, value: bytes) -> bytes:
+        if uid.is_implicit_VR:
+            return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+    data = b"".join([
+        element(0x00080005, b"CS", charset),
+        element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\x00"),
+        element(0x00080018, b"UI", b"1.2.3.4.5\x00"),
+        element(0x00081030, b"LO", "Étude du cœur".encode("latin_1", "replace") + b" "),
+        element(0x00100010, b"PN", "Müller^Jörg".encode("latin_1") + b" "),
+        element(0x0020000D, b"UI", b"1.2.3\x00"),
+        element(0x0020000E, b"UI", b"1.2.3.4\x00"),
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's words on unknown character sets
+        scanned = read_header(memoryview(data), uid)
+        assert isinstance(scanned, ScannedHeader)
+        ours = dataclasses.asdict(InstanceAttributes.from_header(scanned))
+        expected = dataclasses.asdict(
+            InstanceAttributes.from_header(parse_header(memoryview(data), uid)))
+    assert ours == expected
