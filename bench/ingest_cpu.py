@@ -14,7 +14,8 @@ audit row in one transaction) in a loop on one thread, and reports per object:
 Interleaved rounds of ``--count`` objects; the median over rounds is printed. ``--variants``
 switches fast paths off for some rounds, to compare a change with what it replaced in one
 run: ``before`` (the put before the transaction and the instance insert through SQLAlchemy),
-``serial-put``, ``sqlalchemy-insert``; ``before-audit`` (the next three together),
+``serial-put``, ``sqlalchemy-insert``; ``pydicom-header`` (the received header read
+through pydicom's ``Dataset``); ``before-audit`` (the next three together),
 ``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
 transaction), ``lxml-audit`` (the audit message as an lxml tree). PostgreSQL is
 the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards.
@@ -22,6 +23,7 @@ the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped
     .venv/bin/python bench/ingest_cpu.py                    # small and large, 300 each
     .venv/bin/python bench/ingest_cpu.py --kind small --count 500 --rounds 5
     .venv/bin/python bench/ingest_cpu.py --profile         # cProfile of one round, top 30
+    .venv/bin/python bench/ingest_cpu.py --variants pydicom-header,current  # before / after
     .venv/bin/python bench/ingest_cpu.py --kind both --count 100 --rounds 8 \
         --variants current,before-audit,sqlalchemy-audit,pre-ping,lxml-audit
 """
@@ -47,15 +49,19 @@ from typing import Any
 
 import psycopg
 import pydicom
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mimic_server.archive import ingest as ingest_module  # noqa: E402
 from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
 from mimic_server.codec.file_meta import encode_file_meta  # noqa: E402
+from mimic_server.codec.header import parse_header  # noqa: E402
+from mimic_server.codec.structure import check_structure  # noqa: E402
 from mimic_server.index import schema  # noqa: E402
 from mimic_server.index.attributes import InstanceAttributes  # noqa: E402
 from mimic_server.index.audit_table import AuditTable  # noqa: E402
@@ -199,6 +205,24 @@ def _sqlalchemy_audit(_index: SqlIndex,
     return _switched(table, _driver_insert=None)
 
 
+def _walk_then_dataset(dataset: memoryview, syntax: UID) -> Dataset:
+    check_structure(dataset, syntax)
+    return parse_header(dataset, syntax)
+
+
+@contextlib.contextmanager
+def _pydicom_header(_index: SqlIndex, _table: AuditTable) -> Iterator[None]:
+    """As before the scanned header: the whole structure walk, then the header as pydicom's
+    ``Dataset`` of raw elements (``parse_header``), whose DICOM JSON and index keys then go
+    through the Dataset (the per-VR readers are today's in both)."""
+    saved = ingest_module.read_checked_header
+    ingest_module.read_checked_header = _walk_then_dataset  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ingest_module.read_checked_header = saved
+
+
 #: What each variant switches off: the earlier paths, to measure a change in one run.
 VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
                              contextlib.AbstractContextManager[None]]] = {
@@ -206,6 +230,7 @@ VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
     "serial-put": lambda index, table: _switched(index, overlaps_put=False),
     "sqlalchemy-insert": lambda index, table: _switched(index, _driver_insert=None),
     "before": lambda index, table: _switched(index, overlaps_put=False, _driver_insert=None),
+    "pydicom-header": _pydicom_header,
     "sqlalchemy-audit": _sqlalchemy_audit,
     "pre-ping": _pre_ping,
     "lxml-audit": _lxml_audit,

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("current", "serial-put", "sqlalchemy-insert", "before", "sqlalchemy-audit",
-            "pre-ping", "lxml-audit", "before-audit")
+VARIANTS = ("current", "serial-put", "sqlalchemy-insert", "before", "pydicom-header",
+            "sqlalchemy-audit", "pre-ping", "lxml-audit", "before-audit")
 
 
 def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> None:

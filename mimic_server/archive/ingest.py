@@ -31,11 +31,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from mimic_server.codec.header import parse_header
-from mimic_server.codec.structure import check_structure
+from mimic_server.codec.header import Header, read_checked_header, read_header
 from mimic_server.errors import CannotUnderstand, DataSetMismatch, Status
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.storage.keys import new_object_key
@@ -63,7 +61,8 @@ class ReceivedObject:
     file_meta: bytes
     dataset: memoryview
     transfer_syntax_uid: str
-    header: Dataset
+    #: Up to Pixel Data: scanned, or read by pydicom (``codec/header.py``).
+    header: Header
     sha256: str
     #: The spool a large data set arrived in (its bytes are read back from there).
     spool: Spool | None = None
@@ -87,8 +86,7 @@ class ReceivedObject:
         Raises ``CannotUnderstand`` (``0xC000``) when its elements do not parse to its end.
         """
         syntax = UID(transfer_syntax)
-        check_structure(dataset, syntax)
-        header = parse_header(dataset, syntax)
+        header = read_checked_header(dataset, syntax)
         digest = hashlib.sha256(file_meta)
         digest.update(dataset)
         return cls(file_meta, dataset, str(syntax), header, digest.hexdigest(), spool)
@@ -99,7 +97,7 @@ class ReceivedObject:
         """A data set that was hashed and walked while it arrived: only its header is
         parsed (through a map of its spool file, so only the header's pages are read)."""
         syntax = UID(transfer_syntax)
-        return cls(file_meta, dataset, str(syntax), parse_header(dataset, syntax), sha256,
+        return cls(file_meta, dataset, str(syntax), read_header(dataset, syntax), sha256,
                    spool)
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import orjson
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
-from mimic_server.codec.header_scan import raw_elements
+from mimic_server.codec.header_scan import ScannedHeader, scan_elements
 
 #: Character sets whose Python codec is exact for single-byte values.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
@@ -45,23 +46,55 @@ Reader = Callable[[str, bytes, bool, "str | None"], Entry]
 
 
 def header_to_json(
+    header: ScannedHeader | Dataset, element_json: Callable[[Any], dict[str, Any] | None]
+) -> tuple[dict[str, Any], set[str]]:
+    """DICOM JSON of ``header`` and the keys ``element_json(element)`` had to convert.
+
+    A scanned header is written from its value bytes, without pydicom; its ``Dataset`` is
+    built only when ``element_json`` must convert one of its elements. The entries read
+    here hold no bulk data and no NUL; those from ``element_json`` may.
+    """
+    if not isinstance(header, ScannedHeader):
+        return _dataset_to_json(header, element_json)
+    elements = header.elements
+    charset = elements.get(0x00080005)
+    codec = _codec_of(charset[0], charset[1]) if charset is not None else _CODECS[""]
+    implicit = header.implicit
+    out: dict[str, Any] = {}
+    converted: set[str] = set()
+    keys = _KEYS
+    readers = _READERS
+    for tag, (vr, data, _start) in elements.items():
+        key = keys.get(tag) or _key(tag)
+        # What _entry does, without its call for the usual element (a VR, a value).
+        reader = readers.get(vr)  # type: ignore[arg-type]
+        if reader is not None and data and tag & 0xFFFF:
+            entry = reader(vr, data, True, codec)  # type: ignore[arg-type]
+        else:
+            entry = _entry(tag, vr, data, True, implicit, codec)
+        if entry is _BULK_DATA:
+            continue
+        if entry is None:
+            entry = finite_only(element_json(header.dataset[tag]))
+            if entry is None:
+                continue
+            converted.add(key)
+        out[key] = entry
+    return out, converted
+
+
+def _dataset_to_json(
     ds: Dataset, element_json: Callable[[Any], dict[str, Any] | None]
 ) -> tuple[dict[str, Any], set[str]]:
-    """DICOM JSON of ``ds`` and the keys ``element_json(element)`` had to convert.
-
-    The entries read here hold no bulk data and no NUL; those from ``element_json`` may.
-    """
-    # Dataset.items() yields the elements as stored, RawDataElement until first accessed.
-    raw_elements = ds.items()
+    """``header_to_json`` of a header pydicom read (its raw elements, where not yet read)."""
     charset = ds.get("SpecificCharacterSet", "") if 0x00080005 in ds else ""
     codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
     out: dict[str, Any] = {}
     converted: set[str] = set()
     keys = _KEYS
-    for tag, value in raw_elements:
-        key = keys.get(tag)
-        if key is None:
-            key = _key(tag)
+    # Dataset.items() yields the elements as stored, RawDataElement until first accessed.
+    for tag, value in ds.items():
+        key = keys.get(tag) or _key(tag)
         entry = _fast(value, codec) if type(value) is RawDataElement else None
         if entry is _BULK_DATA:
             continue
@@ -72,6 +105,30 @@ def header_to_json(
             converted.add(key)
         out[key] = entry
     return out, converted
+
+
+#: Specific Character Set (VR, value bytes) -> the codec of _CODECS, None for any other.
+_CHARSET_CODECS: dict[tuple[str | None, bytes], str | None] = {}
+
+
+def _codec_of(vr: str | None, value: bytes) -> str | None:
+    """The codec of a Specific Character Set as pydicom reads its raw element (CS: split at
+    backslashes, spaces trimmed; more than one value is ISO 2022: pydicom's business), as
+    ``_dataset_to_json`` takes it; the same bytes give the same answer, so it is kept."""
+    codec = _CHARSET_CODECS.get((vr, value), _UNKNOWN)
+    if codec is _UNKNOWN:
+        raw = RawDataElement(BaseTag(0x00080005), vr, len(value),  # type: ignore[arg-type]
+                             value or empty_value_for_VR(vr, raw=True), 0, vr is None, True)
+        charset = convert_raw_data_element(raw).value
+        if charset is None:
+            charset = ""
+        codec = _CODECS.get(str(charset).strip()) if not isinstance(charset, list) else None
+        if len(_CHARSET_CODECS) < 64:
+            _CHARSET_CODECS[(vr, value)] = codec
+    return codec  # type: ignore[return-value]
+
+
+_UNKNOWN = object()
 
 
 #: Tag -> its DICOM JSON key ("0020000D"): formatting it anew costs ~0.2 µs an element.
@@ -114,41 +171,66 @@ def _finite_item(item: Any) -> Any:
 
 
 def _fast(raw: RawDataElement, codec: str | None) -> Entry:
-    tag = raw.tag
+    """The entry of a pydicom raw element, or None for "let pydicom do it"."""
+    value = raw.value
+    if value is None:
+        value = b""
+    elif type(value) is not bytes:
+        return None
+    return _entry(raw.tag, raw.VR, value, raw.is_little_endian, raw.is_implicit_VR, codec)
+
+
+def _entry(tag: int, vr: str | None, data: bytes, little: bool, implicit: bool,
+           codec: str | None) -> Entry:
+    """The entry of one element from its value bytes, or None for "let pydicom do it"."""
     if not tag & 0xFFFF:
         return None  # group lengths: pydicom's rules
-    vr = raw.VR
     if vr is None:
-        if (tag >> 16) % 2 == 1:
+        if tag & 0x10000:
             return None  # implicit VR private element: pydicom makes it UN
-        try:
-            vr = dictionary_VR(tag)
-        except KeyError:
+        vr = _IMPLICIT_VRS.get(tag)
+        if vr is None:
+            vr = _implicit_vr(tag)
+        if not vr:
             return None
-    if vr == "SQ":
-        return _sequence(raw, codec)
     reader = _READERS.get(vr)
     if reader is None:
+        if vr == "SQ":
+            return _sequence(data, little, implicit, codec)
         return None
-    data = raw.value
     if not data:
-        return {"vr": vr} if vr not in ("IS", "DS") else None
-    return reader(vr, data, raw.is_little_endian, codec)
+        return {"vr": vr} if vr != "IS" and vr != "DS" else None
+    return reader(vr, data, little, codec)
 
 
-def _sequence(raw: RawDataElement, codec: str | None) -> Entry:
+#: Tag -> the VR of the data dictionary, "" for none: an implicit VR header looks up each
+#: element (~1 µs in pydicom's dictionary); bounded as the keys are.
+_IMPLICIT_VRS: dict[int, str] = {}
+
+
+def _implicit_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        vr = ""
+    if len(_IMPLICIT_VRS) < _MAX_KEYS:
+        _IMPLICIT_VRS[tag] = vr
+    return vr
+
+
+def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None) -> Entry:
     """A sequence of defined-length items whose every element is read here, else None.
 
     Items inherit the character set of the header; one with its own is left to pydicom.
     """
-    data = raw.value
     if not data:
         return {"vr": "SQ", "Value": []}
-    if not raw.is_little_endian:
+    if not little:
         return None
     view = memoryview(data)
     size, pos = len(data), 0
     items: list[dict[str, Any]] = []
+    keys = _KEYS
     while pos < size:
         if pos + 8 > size:
             return None
@@ -156,16 +238,16 @@ def _sequence(raw: RawDataElement, codec: str | None) -> Entry:
         end = pos + 8 + length
         if (group, number) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or end > size:
             return None
-        elements = raw_elements(view[pos + 8 : end], raw.is_implicit_VR, False)
+        elements = scan_elements(view[pos + 8 : end], implicit, False)
         if elements is None or 0x00080005 in elements:
             return None
         item: dict[str, Any] = {}
-        for tag, element in elements.items():
-            entry = _fast(element, codec)
+        for tag, (vr, value, _start) in elements.items():
+            entry = _entry(tag, vr, value, True, implicit, codec)
             if entry is None:
                 return None
             if entry is not _BULK_DATA:
-                item[_KEYS.get(tag) or _key(tag)] = entry
+                item[keys.get(tag) or _key(tag)] = entry
         items.append(item)
         pos = end
     return {"vr": "SQ", "Value": items}
@@ -225,13 +307,17 @@ def _text_entry(vr: str, text: str) -> Entry:
         text = text.rstrip(" ")
     if vr in _SINGLE_VALUED:
         return {"vr": vr, "Value": [text]} if text else {"vr": vr}
-    values = text.split("\\")
-    if len(values) == 1 and not values[0]:
+    if not text:
         return {"vr": vr}
-    if any(value != value.strip(" ") for value in values):
+    values = text.split("\\")
+    if " " in text and any(value != value.strip(" ") for value in values):
         return None
-    if vr == "UI" and any(not v.replace(".", "").isdigit() for v in values if v):
-        return None  # pydicom's validation decides about malformed UIDs
+    if vr == "UI":  # pydicom's validation decides about malformed UIDs
+        if len(values) == 1:
+            if not text.replace(".", "").isdigit():
+                return None
+        elif any(not v.replace(".", "").isdigit() for v in values if v):
+            return None
     return {"vr": vr, "Value": values}
 
 
@@ -239,8 +325,19 @@ def _binary_reader(typecode: str, size: int, floating: bool) -> Reader:
     if array(typecode).itemsize != size:  # pragma: no cover - exotic platforms
         raise RuntimeError(f"array typecode {typecode} is not {size} bytes here")
 
+    single = struct.Struct("<" + typecode)
+    if single.size != size:  # pragma: no cover - struct's standard sizes are fixed
+        raise RuntimeError(f"struct format {typecode} is not {size} bytes")
+    one = single.unpack
+
     def read(vr: str, data: bytes, little: bool, _codec: str | None) -> Entry:
-        if len(data) % size:
+        count = len(data)
+        if count == size and little:  # most such elements hold one value
+            value = one(data)[0]
+            if floating and not math.isfinite(value):
+                return None
+            return {"vr": vr, "Value": [value]}
+        if count % size:
             return None
         values = array(typecode, data)
         if little != _LITTLE_ENDIAN_HOST:
@@ -256,7 +353,22 @@ def _binary_reader(typecode: str, size: int, floating: bool) -> Reader:
 def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> Entry:
     """IS and DS: numbers in JSON, as pydicom's IS / DSfloat values serialize."""
     try:
-        parts = [p.strip(" \x00") for p in data.decode("ascii").split("\\")]
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if "\\" not in text:  # one value: what the general case below gives, in fewer steps
+        part = text.strip(" \x00")
+        if not part:
+            return {"vr": vr}
+        try:
+            number: int | float = int(part) if vr == "IS" else float(part)
+        except ValueError:
+            return None
+        if vr == "DS" and not math.isfinite(number):
+            return None
+        return {"vr": vr, "Value": [number]}
+    try:
+        parts = [p.strip(" \x00") for p in text.split("\\")]
         if vr == "IS":
             values: list[Any] = [int(p) if p else None for p in parts]
         else:

@@ -9,7 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from mimic_server.codec.header_scan import read_little_endian_header
+from mimic_server.codec.header_scan import ScannedHeader, scan_header, scan_header_to
+from mimic_server.codec.structure import check_structure, check_structure_after
 from mimic_server.errors import CannotUnderstand, Status
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -24,8 +25,42 @@ def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
 MAX_INFLATED_HEADER = 64 << 20
 
 
+#: A received header: scanned (the usual little endian header, ``codec/header_scan.py``),
+#: or read by pydicom.
+Header = ScannedHeader | Dataset
+
+
+def read_checked_header(dataset: memoryview, transfer_syntax: UID) -> Header:
+    """``check_structure`` then ``read_header``, in one pass where the header is scanned:
+    the walk then goes on from where the scan stopped (Pixel Data) instead of reading
+    every element of the header a second time. Raises ``CannotUnderstand`` as they do,
+    with the same messages."""
+    if (transfer_syntax != DeflatedExplicitVRLittleEndian
+            and (not transfer_syntax.is_transfer_syntax or transfer_syntax.is_little_endian)):
+        implicit = transfer_syntax.is_implicit_VR if transfer_syntax.is_transfer_syntax \
+            else False
+        try:
+            scanned = scan_header_to(dataset, implicit)
+        except Exception:  # pragma: no cover - a fault of the scan: the whole walk decides
+            scanned = None
+        if scanned is not None:
+            header, stopped = scanned
+            check_structure_after(dataset, implicit, stopped)
+            if len(header) == 0:
+                raise CannotUnderstand("dataset is empty")
+            return header
+    check_structure(dataset, transfer_syntax)
+    return read_header(dataset, transfer_syntax)
+
+
 def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
-    """Parse the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM.
+    """The header as pydicom's ``Dataset`` (of raw elements); see ``read_header``."""
+    header = read_header(dataset, transfer_syntax)
+    return header.dataset if isinstance(header, ScannedHeader) else header
+
+
+def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
+    """Read the dataset up to Pixel Data; ``CannotUnderstand`` if it is not DICOM.
 
     A transfer syntax pydicom does not know is read as explicit VR little endian, the
     encoding of every encapsulated (compressed) syntax defined since.
@@ -41,10 +76,10 @@ def parse_header(dataset: memoryview, transfer_syntax: UID) -> Dataset:
             )
         else:
             source = _MemoryReader(dataset)
-        header = None
+        header: Header | None = None
         if little:
             view = source.getbuffer() if isinstance(source, io.BytesIO) else dataset
-            header = read_little_endian_header(view, implicit)
+            header = scan_header(view, implicit)
         if header is None:
             source.seek(0)
             header = read_dataset(

@@ -3,10 +3,17 @@
 pydicom's ``read_dataset`` costs about 8 µs an element in Python (2 ms for a CT header of
 256 elements), a fifth of a small C-STORE. Almost every header a modality sends is explicit
 or implicit VR little endian with defined lengths up to Pixel Data; for those this module
-builds the very same ``Dataset`` of raw elements that pydicom would, in a quarter of the
-time. Anything else (big endian, a sequence or item of undefined length, an unknown VR, a
-VR encoding other than the transfer syntax's, a truncated element) returns ``None`` and
-pydicom reads the header itself, with all its own rules.
+reads the elements in a fraction of that. Anything else (big endian, a sequence or item of
+undefined length, an unknown VR, a VR encoding other than the transfer syntax's, a
+truncated element) returns ``None`` and pydicom reads the header itself, with all its own
+rules.
+
+What the scan keeps is a :class:`ScannedHeader`: per element a plain tuple of its VR, value
+bytes and offset. The index's DICOM JSON is written from those tuples directly
+(``codec/dicom_json.py``); the pydicom ``Dataset`` of raw elements that pydicom's own reader
+would have built (a ``RawDataElement`` and a ``BaseTag`` per element, some 0.5 µs each) is
+made only when something needs pydicom: an element the fast JSON leaves to it, an index key
+it cannot take from the JSON. A usual header never builds it.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from mimic_server.errors import CannotUnderstand
+
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _UNDEFINED = 0xFFFFFFFF
+_NOT_IN_A_DATA_SET = frozenset({0x0000, 0x0002})
 #: The VRs pydicom knows, by their two bytes: the explicit VR header's length field size.
 _VR_LONG = {str(vr).encode(): str(vr) for vr in VR if vr in EXPLICIT_VR_LENGTH_32}
 _VR_SHORT = {str(vr).encode(): str(vr) for vr in VR if vr not in EXPLICIT_VR_LENGTH_32}
@@ -29,25 +39,111 @@ _EXPLICIT = struct.Struct("<HH2sH")
 _IMPLICIT = struct.Struct("<HHL")
 _LENGTH_32 = struct.Struct("<L")
 
+#: One scanned element: its VR (None in implicit VR), its value bytes (b"" when empty) and
+#: the offset of the value in what was scanned.
+Scanned = tuple["str | None", bytes, int]
+
+
+class ScannedHeader:
+    """A little endian header as scanned: elements by tag, in the order they came.
+
+    ``dataset`` is the ``Dataset`` pydicom's ``read_dataset`` would have read (the same raw
+    elements and original encoding), built on first use.
+    """
+
+    __slots__ = ("_dataset", "elements", "implicit")
+
+    def __init__(self, elements: dict[int, Scanned], implicit: bool) -> None:
+        self.elements = elements
+        self.implicit = implicit
+        self._dataset: Dataset | None = None
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self.elements
+
+    @property
+    def dataset(self) -> Dataset:
+        dataset = self._dataset
+        if dataset is None:
+            try:
+                dataset = _dataset_of(self.elements, self.implicit)
+            except Exception as exc:  # as parse_header, where pydicom read it at once
+                raise CannotUnderstand("dataset cannot be parsed") from exc
+            self._dataset = dataset
+        return dataset
+
+
+def scan_header(data: memoryview, implicit: bool) -> ScannedHeader | None:
+    """The header up to Pixel Data, or ``None`` where pydicom must read it."""
+    scanned = _scan(data, implicit, stop_at_pixel_data=True)
+    return ScannedHeader(scanned[0], implicit) if scanned is not None else None
+
+
+def scan_header_to(data: memoryview, implicit: bool) -> tuple[ScannedHeader, int] | None:
+    """``scan_header`` and the offset where the scan stopped (Pixel Data, or the end): the
+    structure walk goes on from there (``codec/structure.check_structure_after``)."""
+    scanned = _scan(data, implicit, stop_at_pixel_data=True)
+    if scanned is None:
+        return None
+    return ScannedHeader(scanned[0], implicit), scanned[1]
+
 
 def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | None:
     """The header up to Pixel Data as pydicom's ``read_dataset`` reads it, or ``None``."""
-    elements = raw_elements(data, implicit, stop_at_pixel_data=True)
-    if elements is None:
-        return None
-    dataset = Dataset(elements)
+    header = scan_header(data, implicit)
+    return header.dataset if header is not None else None
+
+
+def _dataset_of(elements: dict[int, Scanned], implicit: bool) -> Dataset:
+    dataset = Dataset(_raw(elements, implicit))
     encoding: str | list[str] = default_encoding
     if _SPECIFIC_CHARACTER_SET in elements:
-        charset = convert_raw_data_element(elements[BaseTag(_SPECIFIC_CHARACTER_SET)]).value
+        charset = convert_raw_data_element(
+            dataset._dict[BaseTag(_SPECIFIC_CHARACTER_SET)]  # type: ignore[arg-type]
+        ).value
         encoding = convert_encodings(charset)  # type: ignore[arg-type]
     dataset.set_original_encoding(implicit, True, encoding)
     return dataset
+
+
+def _raw(elements: dict[int, Scanned], implicit: bool) -> dict[BaseTag, RawDataElement]:
+    """pydicom's raw elements of the scanned ones (its empty value for an empty one)."""
+    raw: dict[BaseTag, RawDataElement] = {}
+    for tag, (vr, value, start) in elements.items():
+        base_tag = BaseTag(tag)
+        length = len(value)
+        raw[base_tag] = RawDataElement(
+            base_tag, vr, length,  # type: ignore[arg-type]
+            value if length else empty_value_for_VR(vr, raw=True), start, implicit, True,
+        )
+    return raw
 
 
 def raw_elements(
     data: memoryview, implicit: bool, stop_at_pixel_data: bool
 ) -> dict[BaseTag, RawDataElement] | None:
     """The raw elements of a little endian dataset (a header, or a sequence item's)."""
+    elements = scan_elements(data, implicit, stop_at_pixel_data)
+    return _raw(elements, implicit) if elements is not None else None
+
+
+def scan_elements(
+    data: memoryview, implicit: bool, stop_at_pixel_data: bool
+) -> dict[int, Scanned] | None:
+    """The elements of a little endian dataset (a header, or a sequence item's)."""
+    scanned = _scan(data, implicit, stop_at_pixel_data)
+    return scanned[0] if scanned is not None else None
+
+
+def _scan(
+    data: memoryview, implicit: bool, stop_at_pixel_data: bool
+) -> tuple[dict[int, Scanned], int] | None:
+    """The elements and where the scan stopped. A header (``stop_at_pixel_data``) holding
+    an element of group 0000 or 0002 is left to pydicom (and refused by the structure
+    walk): such elements belong to a command or the File Meta, never to a data set."""
     size = data.nbytes
     if size >= 6:
         # pydicom looks at the first element to tell explicit from implicit VR: so do we,
@@ -55,16 +151,19 @@ def raw_elements(
         looks_explicit = 0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B
         if looks_explicit == implicit:
             return None
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[int, Scanned] = {}
     pos = 0
     vr: str | None = None
+    unpack_implicit = _IMPLICIT.unpack_from
+    unpack_explicit = _EXPLICIT.unpack_from
+    short_vrs = _VR_SHORT
     while pos + 8 <= size:
         if implicit:
-            group, number, length = _IMPLICIT.unpack_from(data, pos)
+            group, number, length = unpack_implicit(data, pos)
             start = pos + 8
         else:
-            group, number, vr_bytes, length = _EXPLICIT.unpack_from(data, pos)
-            vr = _VR_SHORT.get(vr_bytes)
+            group, number, vr_bytes, length = unpack_explicit(data, pos)
+            vr = short_vrs.get(vr_bytes)
             if vr is not None:
                 start = pos + 8
             else:
@@ -79,12 +178,10 @@ def raw_elements(
         end = start + length
         if length == _UNDEFINED or end > size or group == 0xFFFE:
             return None
-        value = data[start:end].tobytes() if length else empty_value_for_VR(vr, raw=True)
-        base_tag = BaseTag(tag)
-        elements[base_tag] = RawDataElement(
-            base_tag, vr, length, value, start, implicit, True  # type: ignore[arg-type]
-        )
+        if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
+            return None
+        elements[tag] = (vr, data[start:end].tobytes(), start)
         pos = end
     if not stop_at_pixel_data and pos != size:
         return None  # trailing bytes in an item: pydicom's rules
-    return elements
+    return elements, pos

@@ -81,6 +81,18 @@ def check_structure(dataset: memoryview, transfer_syntax: UID) -> None:
     walk.close()
 
 
+def check_structure_after(dataset: memoryview, implicit: bool, start: int) -> None:
+    """``check_structure`` of a little endian data set whose top-level elements before
+    ``start`` were already read, by the rules of this walk (``codec/header_scan.py``: every
+    one of a DICOM VR and a defined length within the data set, none of groups 0000, 0002
+    or FFFE): the walk goes on from ``start``, which is the end of one of them, with the
+    encoding they had. Refusals name the same offsets as a whole walk's."""
+    walk = StructureWalk(implicit, little=True)
+    walk.resume_at(start)
+    walk.feed(dataset[start:])
+    walk.close()
+
+
 class StructureWalk:
     """The walk of one data set, fed in one piece or in chunks (``feed`` then ``close``)."""
 
@@ -91,6 +103,13 @@ class StructureWalk:
         self._skip = 0  # bytes of a defined-length value still to come in later chunks
         self._tail = b""  # an element header split between two chunks
         self._offset = 0  # of the current chunk in the data set, for error messages
+
+    def resume_at(self, offset: int) -> None:
+        """Go on among the top-level elements at ``offset``, where an element ended (in the
+        transfer syntax's encoding: no look at the first element decides it)."""
+        assert not self._stack and not self._offset
+        self._stack.append(_ELEMENTS_IMPLICIT if self._implicit else _ELEMENTS_EXPLICIT)
+        self._offset = offset
 
     def feed(self, chunk: memoryview | bytes) -> None:
         """Walk the next bytes of the data set."""

@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from mimic_server.codec.dicom_json import header_to_json
+from mimic_server.codec.header import Header
+from mimic_server.codec.header_scan import ScannedHeader
 from mimic_server.errors import CannotUnderstand, Status
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -61,14 +63,15 @@ class InstanceAttributes:
         return f"study:{self.study_instance_uid}"
 
     @classmethod
-    def from_header(cls, ds: Dataset) -> InstanceAttributes:
+    def from_header(cls, ds: Header) -> InstanceAttributes:
         """Read the index keys; raise ``CannotUnderstand`` when a required UID is unusable.
 
-        Values come from the header's DICOM JSON, made first, where it holds them as text;
-        person names and anything it could not hold are read through pydicom.
+        Values come from the header's DICOM JSON, made first, where it holds them as text
+        (person names of one component group too); anything it could not hold is read
+        through pydicom.
         """
-        header = header_json(ds)
-        keys = _Keys(ds, header)
+        header, converted = _header_json(ds)
+        keys = _Keys(ds, header, converted)
         return cls(
             patient_id=keys.text("PatientID", 64),
             issuer_of_patient_id=keys.text("IssuerOfPatientID", 64),
@@ -105,24 +108,38 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "SH", "LT
 class _Keys:
     """The index keys of one header: from its DICOM JSON, else from pydicom."""
 
-    def __init__(self, ds: Dataset, header: dict[str, Any]) -> None:
+    def __init__(self, ds: Header, header: dict[str, Any], converted: set[str]) -> None:
         self.ds = ds
         self.header = header
+        #: The keys of entries pydicom wrote: their person names are its business.
+        self.converted = converted
 
     def _json(self, keyword: str) -> dict[str, Any] | None:
-        tag = tag_for_keyword(keyword)
-        entry = self.header.get(f"{tag:08X}") if tag is not None else None
-        if entry is None and tag is not None and tag not in self.ds:
+        tag, key = _KEYWORDS[keyword]
+        entry = self.header.get(key)
+        if entry is None and tag not in self.ds:
             return {}  # absent
         return entry
 
+    def _read_here(self, keyword: str) -> bool:
+        return _KEYWORDS[keyword][1] not in self.converted
+
+    def _dataset(self) -> Dataset:
+        ds = self.ds
+        return ds.dataset if isinstance(ds, ScannedHeader) else ds
+
     def text(self, keyword: str, limit: int) -> str:
         entry = self._json(keyword)
-        if entry is not None and (not entry or entry["vr"] in _TEXT_VRS):
-            values = entry.get("Value", ())
-            text = "\\".join(v if isinstance(v, str) else "" for v in values)
-            return text.replace("\x00", "").strip()[:limit]
-        return _text(self.ds, keyword, limit)
+        if entry is not None:
+            if not entry or entry["vr"] in _TEXT_VRS:
+                values = entry.get("Value", ())
+                text = "\\".join(v if isinstance(v, str) else "" for v in values)
+                return text.replace("\x00", "").strip()[:limit]
+            if entry["vr"] == "PN" and self._read_here(keyword):
+                names = _alphabetic_only(entry.get("Value", ()))
+                if names is not None:
+                    return "\\".join(names).replace("\x00", "").strip()[:limit]
+        return _text(self._dataset(), keyword, limit)
 
     def uid(self, keyword: str) -> str:
         return _checked_uid(keyword, self.text(keyword, 1000).rstrip("\x00"))
@@ -132,15 +149,45 @@ class _Keys:
         if entry is not None and (not entry or entry["vr"] == "IS"):
             values = entry.get("Value", ())
             return _column_int(values[0]) if len(values) == 1 else None
-        return _int(self.ds, keyword)
+        return _int(self._dataset(), keyword)
+
+
+def _alphabetic_only(values: Any) -> list[str] | None:
+    """The names of PN values that are one alphabetic component group each (as pydicom's
+    ``str`` of such a ``PersonName`` is), else None: pydicom's business."""
+    names = []
+    for value in values:
+        if type(value) is not dict or value.keys() != {"Alphabetic"}:
+            return None
+        names.append(value["Alphabetic"])
+    return names
+
+
+#: The index keys by keyword: the tag, and its DICOM JSON key.
+_KEYWORDS: dict[str, tuple[int, str]] = {
+    keyword: (tag, f"{tag:08X}")
+    for keyword in (
+        "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+        "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+        "StudyDescription", "ReferringPhysicianName", "SeriesInstanceUID", "Modality",
+        "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "BodyPartExamined",
+        "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "SpecificCharacterSet",
+    )
+    if (tag := tag_for_keyword(keyword)) is not None
+}
 
 
 def valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and _UID.match(value) is not None
 
 
-def header_json(ds: Dataset) -> dict[str, Any]:
+def header_json(ds: Header) -> dict[str, Any]:
     """The header as DICOM JSON, without bulk data (binary values over 1 KiB)."""
+    return _header_json(ds)[0]
+
+
+def _header_json(ds: Header) -> tuple[dict[str, Any], set[str]]:
+    """``header_json`` and the keys of the entries pydicom converted."""
     try:
         document, converted = header_to_json(ds, _element_json)
     except Exception as exc:  # pydicom raises many kinds for malformed values
@@ -152,7 +199,7 @@ def header_json(ds: Dataset) -> dict[str, Any]:
                 document[key] = kept[key]
             else:
                 del document[key]
-    return document
+    return document, converted
 
 
 def _element_json(element: DataElement) -> dict[str, Any] | None:
@@ -215,14 +262,18 @@ def _checked_uid(keyword: str, value: str) -> str:
     return value
 
 
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{2,6}(\.\d{1,6})?")
+
+
 def _date(text: str) -> str:
     value = text.replace(".", "")
-    return value if re.fullmatch(r"\d{8}", value) else ""
+    return value if _DATE.fullmatch(value) else ""
 
 
 def _time(text: str) -> str:
     value = text.replace(":", "")
-    return value[:16] if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", value) else ""
+    return value[:16] if _TIME.fullmatch(value) else ""
 
 
 def _column_int(value: Any) -> int | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pydicom
 import pytest
 
-from mimic_server.codec.header import parse_header
+from mimic_server.codec.header import parse_header, read_header
 from mimic_server.errors import CannotUnderstand
 from mimic_server.index.attributes import (
     InstanceAttributes,
@@ -52,17 +53,18 @@ def _through_pydicom(ds: pydicom.Dataset) -> dict[str, object]:
     return expected
 
 
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
 @pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
-def test_same_keys_as_through_pydicom(item: Storable) -> None:
+def test_same_keys_as_through_pydicom(item: Storable, read: Any) -> None:
     data = memoryview(item.path.read_bytes()[item.dataset_offset :])
     syntax = pydicom.uid.UID(item.transfer_syntax_uid)
     try:
         expected = _through_pydicom(parse_header(data, syntax))
     except CannotUnderstand:
         with pytest.raises(CannotUnderstand):
-            InstanceAttributes.from_header(parse_header(data, syntax))
+            InstanceAttributes.from_header(read(data, syntax))
         return
-    ours = dataclasses.asdict(InstanceAttributes.from_header(parse_header(data, syntax)))
+    ours = dataclasses.asdict(InstanceAttributes.from_header(read(data, syntax)))
     ours.pop("header")
     assert ours == expected
 
@@ -78,17 +80,18 @@ def test_integer_keys_beyond_the_column_are_not_indexed(value: str, indexed: int
     ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
     ds.SeriesNumber = value
     ds.InstanceNumber = value
-    for header in (ds, _reparsed(ds)):  # pydicom values, and raw elements (the fast path)
+    # pydicom values, raw elements, and the scanned header (the fast path)
+    for header in (ds, _reparsed(ds), _reparsed(ds, read_header)):
         attrs = InstanceAttributes.from_header(header)
         assert attrs.series_number == indexed and attrs.instance_number == indexed
         assert attrs.header["00200011"] == {"vr": "IS", "Value": [int(value)]}
 
 
-def _reparsed(ds: pydicom.Dataset) -> pydicom.Dataset:
+def _reparsed(ds: pydicom.Dataset, read: Any = parse_header) -> Any:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = False, True
     write_dataset(buffer, ds)
-    return parse_header(memoryview(buffer.getvalue()), pydicom.uid.ExplicitVRLittleEndian)
+    return read(memoryview(buffer.getvalue()), pydicom.uid.ExplicitVRLittleEndian)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from mimic_server.codec.dicom_json import finite_only, json_text
-from mimic_server.codec.header import parse_header
+from mimic_server.codec.header import parse_header, read_header
 from mimic_server.index.attributes import _without_bulk_data, header_json
 from tests.data import Storable, storable_files
 
@@ -18,10 +18,13 @@ def _dataset_view(item: Storable) -> memoryview:
     return memoryview(item.path.read_bytes()[item.dataset_offset :])
 
 
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
 @pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
-def test_same_as_pydicom(item: Storable) -> None:
+def test_same_as_pydicom(item: Storable, read: Any) -> None:
+    """As received (``read_header``: the scanned header where it can be scanned) and from
+    a pydicom ``Dataset`` of raw elements (a header pydicom read)."""
     syntax = pydicom.uid.UID(item.transfer_syntax_uid)
-    ours = header_json(parse_header(_dataset_view(item), syntax))
+    ours = header_json(read(_dataset_view(item), syntax))
     reference = parse_header(_dataset_view(item), syntax).to_json_dict(
         bulk_data_threshold=1024,
         bulk_data_element_handler=lambda _elem: "",
@@ -45,7 +48,8 @@ def test_same_as_pydicom(item: Storable) -> None:
 
 ODD_TEXT = [b" CT ", b"A \\ B ", b"\\ ", b"\\", b"  ", b"1\\ ", b" 12", b"1.2.3\x00", b"X\x00",
             b"1.2 \\3.4", b" ", b"A\\\\B", b"ab \x00", b"ORIGINAL\\PRIMARY\\AXIAL", b"x y ",
-            b"12\\34", b"A\\B\\", b"\\A"]
+            b"12\\34", b"A\\B\\", b"\\A", b".", b"1.2\\.", b"1.2\\3", b"1\\2", b" 1\\2 ",
+            b"1e3", b"nan", b"-0", b"+7", b"1.5 \x00", b"\x00"]
 TEXT_TAGS = [(0x00080060, "CS"), (0x00100020, "LO"), (0x00080020, "DA"), (0x00080030, "TM"),
              (0x00080054, "AE"), (0x00101010, "AS"), (0x00080050, "SH"), (0x0020000D, "UI"),
              (0x00200013, "IS"), (0x00280030, "DS"), (0x00324000, "LT"), (0x00400280, "ST"),
@@ -69,8 +73,9 @@ def test_odd_spacing_and_padding_as_pydicom(tag: int, vr: str) -> None:
         assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024), data
 
 
-def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1") -> pydicom.Dataset:
-    """``ds`` written in ``syntax`` and read back as a received header is."""
+def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1",
+             read: Any = parse_header) -> Any:
+    """``ds`` written in ``syntax`` and read back as a received header is (``read``)."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
@@ -78,7 +83,7 @@ def _encoded(ds: pydicom.Dataset, syntax: str = "1.2.840.10008.1.2.1") -> pydico
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
     write_dataset(buffer, ds)
-    return parse_header(memoryview(buffer.getvalue()), uid)
+    return read(memoryview(buffer.getvalue()), uid)
 
 
 def _non_finite_header() -> pydicom.Dataset:
@@ -96,11 +101,12 @@ def _non_finite_header() -> pydicom.Dataset:
     return ds
 
 
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-def test_nan_and_infinity_are_left_out(syntax: str) -> None:
+def test_nan_and_infinity_are_left_out(syntax: str, read: Any) -> None:
     """PS3.18 F.2.3: FL / FD are JSON Numbers, which cannot be NaN or infinite: such an
     element is left out (inside sequence items too); finite neighbours stay."""
-    document = header_json(_encoded(_non_finite_header(), syntax))
+    document = header_json(_encoded(_non_finite_header(), syntax, read))
     assert "00189089" not in document and "00189328" not in document
     assert "00189087" not in document and "00181320" not in document
     assert document["00180088"] == {"vr": "DS", "Value": [1.5]}
@@ -110,10 +116,11 @@ def test_nan_and_infinity_are_left_out(syntax: str) -> None:
     json.dumps(document, allow_nan=False)  # strict JSON: what PostgreSQL's jsonb accepts
 
 
-def test_nan_rule_same_on_the_fast_path_and_through_pydicom() -> None:
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
+def test_nan_rule_same_on_the_fast_path_and_through_pydicom(read: Any) -> None:
     """The fast reader hands a non-finite FL / FD to pydicom, whose answer goes through the
     same rule: the result equals pydicom's own to_json_dict after that rule."""
-    header = _encoded(_non_finite_header())
+    header = _encoded(_non_finite_header(), read=read)
     ours = header_json(header)
     reference = _encoded(_non_finite_header()).to_json_dict(1024, lambda _e: "")
     assert any("NaN" in json.dumps(entry) for entry in reference.values())  # pydicom's
@@ -141,3 +148,28 @@ def test_finite_only() -> None:
 ])
 def test_json_text_is_the_json_of_the_document(document: dict[str, Any]) -> None:
     assert json.loads(json_text(document)) == json.loads(json.dumps(document))
+
+
+BINARY_TAGS = [(0x00280010, "US", "<H"), (0x00189219, "SS", "<h"), (0x00280106, "US", "<H"),
+               (0x00181310, "US", "<H"), (0x00189089, "FD", "<d"), (0x00181320, "FL", "<f"),
+               (0x00189234, "UL", "<I"), (0x00181620, "SL", "<i")]
+
+
+@pytest.mark.parametrize(("tag", "vr", "fmt"), BINARY_TAGS, ids=[t[1] for t in BINARY_TAGS])
+def test_binary_numbers_as_pydicom(tag: int, vr: str, fmt: str) -> None:
+    """One value (read by ``struct``) and several (by ``array``), little and big endian."""
+    import struct
+
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import BaseTag
+
+    from mimic_server.codec.dicom_json import _fast
+
+    for values in ([1], [0, 7], [3, 1, 2], [5, 4, 3, 2, 1, 0]):
+        for little in (True, False):
+            data = struct.pack(("<" if little else ">") + fmt[1] * len(values), *values)
+            raw = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, little)
+            ours = _fast(raw, "ascii")
+            assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024)
+    odd = RawDataElement(BaseTag(tag), vr, 3, b"\x01\x02\x03", 0, False, True)
+    assert _fast(odd, "ascii") is None  # not a whole number of values: pydicom's rules
