@@ -115,6 +115,7 @@ SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
 BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
+RECEIVED_COMMAND = "received-command"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -190,6 +191,37 @@ PATCHES: tuple[Patch, ...] = (
             Site("pynetdicom.dimse_messages:DIMSEMessage.message_to_primitive",
                  mentions="self.data_set"),
             # the DUL calls it through the association's dimse attribute (instance wrap)
+            Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+        ),
+    ),
+    Patch(
+        RECEIVED_COMMAND,
+        "mimic_server.dimse.receiving:_receive_store_fragments and "
+        "mimic_server.codec.command_set:decode_store_request (inside bounded-receive's "
+        "wrapper of each acceptor's dimse.receive_primitive)",
+        "every C-STORE-RQ's command set is decoded by pydicom into a Dataset and copied "
+        "element by element, each UID validated three times, into the request primitive, "
+        "and every data set fragment is copied once more before it is written (also off "
+        "when bounded-receive is)",
+        (PYNETDICOM, PYDICOM),
+        (
+            # reproduced for a plain C-STORE-RQ: command fragments into encoded_command_set,
+            # the class swap, data set fragments into data_set, complete at the last one
+            Site("pynetdicom.dimse_messages:DIMSEMessage.decode_msg",
+                 "(self, primitive, assoc=None)", "f51c777e841a76be"),
+            # reproduced on completion: EVT_DIMSE_RECV, the primitive put on msg_queue with
+            # its context ID, the message reset
+            Site("pynetdicom.dimse:DIMSEServiceProvider.receive_primitive",
+                 "(self, primitive)", "5f99c86b14a15cef"),
+            # the request primitive it builds: Message ID, UIDs, Priority, DataSet, context
+            Site("pynetdicom.dimse_messages:DIMSEMessage.message_to_primitive",
+                 source="f8f43d34e43450ef"),
+            # the private attributes the UIDs are written to, after the same checks
+            Site("pynetdicom.dimse_primitives:DIMSEPrimitive.AffectedSOPClassUID.fset",
+                 source="f9bdd6340986b88f"),
+            Site("pynetdicom.dimse_primitives:DIMSEPrimitive._AffectedSOPInstanceUID.fset",
+                 source="45292a0e9b98f976"),
+            # the DUL hands each P-DATA to the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
         ),
     ),
@@ -450,7 +482,9 @@ class Fence:
         applied to each new acceptor association before it starts."""
         steps: list[Callable[[Any], None]] = []
         if BOUNDED_RECEIVE in self.applied and receive_limits is not None:
-            steps.append(lambda assoc: receiving.receive_in_bounded_memory(assoc, receive_limits))
+            store_requests = RECEIVED_COMMAND in self.applied
+            steps.append(lambda assoc: receiving.receive_in_bounded_memory(
+                assoc, receive_limits, store_requests))
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
         if IDLE_WAITS in self.applied:
