@@ -260,8 +260,8 @@ def receive_in_bounded_memory(
                                             new_message)
             if rest is not None:
                 if rest is not primitive.presentation_data_value_list:
-                    primitive = P_DATA()
-                    primitive.presentation_data_value_list = rest
+                    primitive = P_DATA()  # the list is extended, as PDU.to_primitive does:
+                    primitive.presentation_data_value_list.extend(rest)  # its setter wants lists
                 if dimse.message is None:
                     new_message()
                 receive(primitive)
