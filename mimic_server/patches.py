@@ -39,6 +39,7 @@ from typing import Any
 import pynetdicom.acse
 import pynetdicom.association
 import pynetdicom.dimse_messages
+import pynetdicom.dimse_primitives
 import pynetdicom.service_class
 import pynetdicom.transport
 from azure.core.pipeline.policies import RetryPolicy
@@ -223,6 +224,11 @@ PATCHES: tuple[Patch, ...] = (
                  source="45292a0e9b98f976"),
             # the DUL hands each P-DATA to the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+            # replaced, as the name the primitives' UID setters call, by one that takes a
+            # UID checked on decoding as checked (the response copies the request's UIDs)
+            Site("pynetdicom.dimse_primitives:set_uid",
+                 "(value, name, allow_empty=True, allow_none=True, validate=True)",
+                 "f917a8035170f792"),
         ),
     ),
     Patch(
@@ -580,6 +586,16 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Any], patch: str) -> None
     setattr(owner, name, replacement)
 
 
+def _received_command(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.dimse_primitives, "set_uid", command_set.checked_uid_setter,
+              RECEIVED_COMMAND)
+        return
+    current = pynetdicom.dimse_primitives.set_uid  # installed by an earlier start: undone
+    if getattr(current, PATCH_NAME, None) == RECEIVED_COMMAND:
+        pynetdicom.dimse_primitives.set_uid = getattr(current, ORIGINAL)
+
+
 def _command_set_encoder() -> None:
     _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder,
           COMMAND_SET_ENCODER)
@@ -641,6 +657,7 @@ def _context_copy(enabled: bool = True) -> None:
 
 
 _APPLY: dict[str, Callable[[], None]] = {
+    RECEIVED_COMMAND: _received_command,
     CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
     DIRECT_RESPONSES: _direct_responses,
@@ -653,6 +670,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     MOVE_ANSWER: _move_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
+    RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),

@@ -246,6 +246,31 @@ _UL = struct.Struct("<L")
 _UID_TEXT = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
+class CheckedUID(UID):
+    """A UID :func:`decode_store_request` found conformant (pydicom's pattern, 1 to 64
+    characters): pynetdicom's ``set_uid`` would accept it silently and return an equal
+    ``UID``, so :func:`checked_uid_setter` hands it on as it is."""
+
+    __slots__ = ()
+
+
+def checked_uid_setter(set_uid: Callable[..., Any]) -> Callable[..., Any]:
+    """A replacement for the ``set_uid`` of pynetdicom's DIMSE primitives: a
+    :class:`CheckedUID` (a received C-STORE-RQ's, copied into its response) is taken as
+    checked; anything else is checked by ``set_uid`` (one pydicom ``UID`` built and matched
+    three times over)."""
+
+    def set_checked_uid(
+        value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+        validate: bool = True,
+    ) -> Any:
+        if type(value) is CheckedUID:
+            return value
+        return set_uid(value, name, allow_empty, allow_none, validate)
+
+    return set_checked_uid
+
+
 class StoreRequestCommand:
     """The command set of a received C-STORE-RQ, decoded here, not by pydicom.
 
@@ -328,7 +353,7 @@ def decode_store_request(encoded: bytes) -> StoreRequestCommand | None:
                 return None
             if not 0 < len(text) <= 64 or not _UID_TEXT.fullmatch(text):
                 return None
-            values[element] = UID(text, validation_mode=config.IGNORE)  # checked just above
+            values[element] = CheckedUID(text, validation_mode=config.IGNORE)  # checked above
     if len(values) != len(_STORE_RQ_ELEMENTS):
         return None
     if values[0x0100] != _STORE_RQ or values[0x0800] == _NO_DATA_SET:

@@ -17,7 +17,12 @@ from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.codec.command_set import StoreRequestCommand, decode_store_request
+from mimic_server.codec.command_set import (
+    CheckedUID,
+    StoreRequestCommand,
+    checked_uid_setter,
+    decode_store_request,
+)
 from mimic_server.dimse.receiving import ReceiveLimits, ReceivingDataSet, receive_in_bounded_memory
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -77,7 +82,8 @@ def _fields(primitive: Any) -> dict[str, Any]:
     names = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
              "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
     fields = {name: getattr(primitive, name, None) for name in names}
-    fields["types"] = [type(v) for v in fields.values()]
+    # a UID decoded here is a CheckedUID, a UID all the same
+    fields["types"] = [UID if isinstance(v, UID) else type(v) for v in fields.values()]
     fields["class"] = type(primitive)
     data = getattr(primitive, "DataSet", None) or getattr(primitive, "Identifier", None)
     fields["data"] = bytes(data.getbuffer()) if data is not None else None
@@ -168,7 +174,7 @@ def test_the_decoded_command_set_is_pydicoms() -> None:
     dataset = decode(BytesIO(encoded), True, True)
     for element in dataset:
         assert getattr(command, element.keyword) == element.value
-        assert type(getattr(command, element.keyword)) is type(element.value)
+        assert isinstance(getattr(command, element.keyword), type(element.value))
     assert isinstance(command.AffectedSOPClassUID, UID)
     assert command.to_json_dict() == dataset.to_json_dict()  # anything else: pydicom's
 
@@ -188,3 +194,16 @@ def test_what_it_does_not_know_it_leaves_to_pydicom(change: Any) -> None:
     changed = change(encoded)
     assert changed != encoded
     assert decode_store_request(changed) is None
+
+
+def test_a_checked_uid_is_taken_as_checked_and_any_other_is_checked() -> None:
+    from pynetdicom.utils import set_uid
+
+    setter = checked_uid_setter(set_uid)
+    checked = CheckedUID("1.2.3.4")
+    assert setter(checked, "Affected SOP Instance UID") is checked
+    assert setter("1.2.3.4", "Affected SOP Instance UID") == "1.2.3.4"
+    assert type(setter("1.2.3.4", "Affected SOP Instance UID")) is UID
+    with pytest.raises(ValueError):
+        setter("1" * 65, "Affected SOP Instance UID")
+    assert setter(None, "Affected SOP Instance UID") is None
