@@ -15,6 +15,8 @@ handler and the C-STORE-RSP, which is what this measures. A variant is a value o
         [--rounds 5] [--variants current,pynetdicom] [--profile]
 
 ``--profile``: one more run per variant under py-spy (GIL holder), the top frames printed.
+``--baseline PATH`` adds the variant ``baseline``: the server code of another checkout (a
+worktree of main, say) run by this one's harness, for a before/after in one run.
 """
 
 from __future__ import annotations
@@ -98,15 +100,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Receiver:
-    def __init__(self, variant: str, work: Path) -> None:
+    def __init__(self, variant: str, work: Path, baseline: Path | None = None) -> None:
         self.variant = variant
         self.data_dir = work / variant / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
-        if VARIANTS.get(variant, variant):
-            env["MIMIC_PATCHES_OFF"] = VARIANTS.get(variant, variant)
+        off = "" if variant == "baseline" else VARIANTS.get(variant, variant)
+        if off:
+            env["MIMIC_PATCHES_OFF"] = off
         self.log = open(work / f"{variant}.log", "wb")  # noqa: SIM115
+        root = ["--root", str(baseline)] if variant == "baseline" and baseline else []
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.data_dir)],
+            [sys.executable, __file__, "--serve", str(self.data_dir), *root],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
         )
         assert self.proc.stdout is not None
@@ -168,6 +172,8 @@ def profile(receiver: Receiver, files: Path, top: int = 25) -> list[tuple[str, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", type=Path, help="another checkout's server code")
     parser.add_argument("--kind", choices=["small", "large", "both"], default="both")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
@@ -177,14 +183,18 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if args.serve is not None:
+        if args.root is not None:
+            sys.path.insert(0, str(args.root))  # before any import of mimic_server
         serve(args.serve)
         return 0
     names = [v.replace("+", ",") for v in args.variants.split(",")]
+    if args.baseline is not None:
+        names.append("baseline")
     kinds = ["small", "large"] if args.kind == "both" else [args.kind]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mimic-receive-cpu-") as tmp:
         work = Path(tmp)
-        receivers = [Receiver(name, work) for name in names]
+        receivers = [Receiver(name, work, args.baseline) for name in names]
         try:
             for kind in kinds:
                 files = make_files(work / "in" / kind, kind, args.count)

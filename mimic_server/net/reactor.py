@@ -19,6 +19,10 @@ do, or until the next deadline it must check:
   not wait for the wait to end; after waking it waits on the checkpoint before it takes a
   message.
 
+The DUL thread's look at its socket on each turn (pynetdicom: a ``select`` with no timeout,
+also on the turn right after every state machine action) becomes the result of its last
+``poll``: a turn that finds nothing to do waits (polls) before the next anyway.
+
 Each wait is also bounded by :data:`LONGEST_WAIT`, so a wake-up source missed in some corner
 costs at most that delay, never a hang. Only *how* a thread waits changes, never what it does
 on waking: the loops run pynetdicom's own turns (state machine events, timers, release and
@@ -111,6 +115,9 @@ class _EventDrivenDUL(DULServiceProvider):
     _poller: Any
     _polled_fd = -1
     _reactor_ended = False
+    #: The last wait saw the socket readable (or TLS data already decrypted): the next look
+    #: at the transport reads, without pynetdicom's own ``select`` on the socket.
+    _readable = False
 
     @property  # type: ignore[override]
     def _kill_thread(self) -> bool:
@@ -133,6 +140,7 @@ class _EventDrivenDUL(DULServiceProvider):
         if sock is not None and getattr(transport, "_is_connected", False):
             try:
                 if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    self._readable = True
                     return  # decrypted already: poll would not see it
                 fd = sock.fileno()
             except (OSError, ValueError):
@@ -143,8 +151,26 @@ class _EventDrivenDUL(DULServiceProvider):
             if fd != -1:
                 self._poller.register(fd, _POLL_IN)
             self._polled_fd = fd
-        self._poller.poll(_until(self.artim_timer.remaining) * 1000)
+        for ready_fd, _ in self._poller.poll(_until(self.artim_timer.remaining) * 1000):
+            if ready_fd == fd:
+                self._readable = True
         self._wake_up.drain()
+
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's look at the transport, whose ``select`` (a system call on every turn
+        of the loop, also right after each state machine action) is left to the next wait:
+        that ``poll`` on the socket runs anyway before the reactor sleeps, and says whether
+        there is a PDU to read. In Sta13 (waiting for the close) pynetdicom's own runs."""
+        if self.state_machine.current_state == "Sta13":
+            return super()._is_transport_event()
+        if not self._readable:
+            return False
+        self._readable = False
+        transport = self.socket
+        if transport is None or not getattr(transport, "_is_connected", False):
+            return False  # as pynetdicom's ready: nothing to read from a closed transport
+        self._read_pdu_data()
+        return True
 
     def run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with its idle sleep
