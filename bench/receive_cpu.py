@@ -15,6 +15,8 @@ handler and the C-STORE-RSP, which is what this measures. A variant is a value o
         [--rounds 5] [--variants current,pynetdicom] [--profile]
 
 ``--profile``: one more run per variant under py-spy (GIL holder), the top frames printed.
+``--full``: the server keeps its real C-STORE handler (embedded mode: SQLite index, file
+store, fsyncs): the whole server's CPU per object, of which the receive path is a part.
 ``--baseline PATH`` adds the variant ``baseline``: the server code of another checkout (a
 worktree of main, say) run by this one's harness, for a before/after in one run.
 """
@@ -76,11 +78,13 @@ def serve(data_dir: Path) -> None:
 
         threading.setprofile(start_profile)
     settings = Settings(data_dir=data_dir, host=HOST, port=0, ops_port=0)
-    archive = Archive(settings, object_store=MemoryStore())
+    full = bool(os.environ.get("RECEIVE_CPU_FULL"))
+    archive = Archive(settings, object_store=None if full else MemoryStore())
     archive.start()
     assert archive.server is not None
-    archive.server.bind(evt.EVT_C_STORE, guarded(take, "C-STORE", STATUS["C-STORE"],
-                                                 archive.metrics.handler_error))
+    if not full:
+        archive.server.bind(evt.EVT_C_STORE, guarded(take, "C-STORE", STATUS["C-STORE"],
+                                                     archive.metrics.handler_error))
     print(archive.address[1], flush=True)
     sys.stdin.read()  # until the parent closes it
     archive.stop(drain_seconds=0)
@@ -181,12 +185,15 @@ def main() -> int:
                         help="comma-separated: current, pynetdicom, or a MIMIC_PATCHES_OFF value "
                              "(names joined by '+')")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--full", action="store_true", help="keep the real C-STORE handler")
     args = parser.parse_args()
     if args.serve is not None:
         if args.root is not None:
             sys.path.insert(0, str(args.root))  # before any import of mimic_server
         serve(args.serve)
         return 0
+    if args.full:
+        os.environ["RECEIVE_CPU_FULL"] = "1"  # inherited by the servers
     names = [v.replace("+", ",") for v in args.variants.split(",")]
     if args.baseline is not None:
         names.append("baseline")
