@@ -117,6 +117,7 @@ MOVE_ANSWER = "c-move-answer"
 BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
 RECEIVED_COMMAND = "received-command"
+PDATA_READ = "pdata-read"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -193,6 +194,29 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="self.data_set"),
             # the DUL calls it through the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+        ),
+    ),
+    Patch(
+        PDATA_READ,
+        "mimic_server.net.reactor:_EventDrivenDUL._decode_pdu (an instance switch of the "
+        "DUL that idle-waits swaps in)",
+        "every P-DATA-TF PDU is copied whole, decoded through pynetdicom's generic item "
+        "classes and each PDV copied again before its fragment is written (also off when "
+        "idle-waits is)",
+        (PYNETDICOM,),
+        (
+            # overridden for P-DATA-TF: the events it triggers (skipped only when no handler
+            # is bound), the PDU class and FSM event it picks
+            Site("pynetdicom.dul:DULServiceProvider._decode_pdu", "(self, bytestream)",
+                 "fc71dd1bf853e1ce"),
+            # what a P-DATA-TF decode accepts and yields, reproduced
+            Site("pynetdicom.pdu:P_DATA_TF._generate_items", source="55a5deea47745b72"),
+            Site("pynetdicom.pdu:P_DATA_TF.decode", source="07098f2d8a4d45e4"),
+            # the one method of the PDU the state machine uses, reproduced
+            Site("pynetdicom.pdu:P_DATA_TF.to_primitive", source="3cba1cd31f03fdf0"),
+            Site("pynetdicom.fsm:DT_2", mentions="pdu.to_primitive()"),
+            # hands _decode_pdu the whole PDU, header included, as a bytearray
+            _READ_PDU,
         ),
     ),
     Patch(
@@ -495,6 +519,8 @@ class Fence:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
         if IDLE_WAITS in self.applied:
             steps.append(reactor.wait_for_events)
+            if PDATA_READ in self.applied:
+                steps.append(reactor.read_pdata)
 
         def adapt(assoc: Any) -> None:
             for step in steps:

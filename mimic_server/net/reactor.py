@@ -41,9 +41,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 #: Longest single wait of either thread (seconds): a safety net, not a poll; at two wake-ups
@@ -107,6 +109,43 @@ class _WakeUp:
         self.close()
 
 
+_P_DATA_TF = 0x04
+
+
+class _ReceivedPData:
+    """A P-DATA-TF PDU as :meth:`_EventDrivenDUL._decode_pdu` reads it: its PDVs as
+    (presentation context ID, a view of the PDU's bytes), for ``to_primitive``, the one use
+    pynetdicom's state machine makes of a received P-DATA-TF."""
+
+    __slots__ = ("pdvs",)
+
+    def __init__(self, pdvs: list[tuple[int, memoryview]]) -> None:
+        self.pdvs = pdvs
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        # extended, as P_DATA_TF.to_primitive appends: the list's setter wants lists
+        primitive.presentation_data_value_list.extend(self.pdvs)  # type: ignore[arg-type]
+        return primitive
+
+
+def _pdata_items(pdu: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The PDVs of a whole P-DATA-TF PDU (header included), or None where pynetdicom's
+    decoder would fail (an item shorter than its context ID, or running past the PDU)."""
+    view = memoryview(pdu)
+    pdvs: list[tuple[int, memoryview]] = []
+    offset, end = 6, len(pdu)
+    while offset < end:
+        if end - offset < 5:
+            return None
+        length = int.from_bytes(view[offset : offset + 4], "big")
+        if length < 1 or offset + 4 + length > end:
+            return None
+        pdvs.append((view[offset + 4], view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return pdvs
+
+
 class _EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL reactor, blocking between turns instead of sleeping 1 ms."""
 
@@ -118,6 +157,8 @@ class _EventDrivenDUL(DULServiceProvider):
     #: The last wait saw the socket readable (or TLS data already decrypted): the next look
     #: at the transport reads, without pynetdicom's own ``select`` on the socket.
     _readable = False
+    #: P-DATA-TF PDUs read here, not by pynetdicom's PDU classes (the fence's ``pdata-read``).
+    _read_pdata = False
 
     @property  # type: ignore[override]
     def _kill_thread(self) -> bool:
@@ -171,6 +212,22 @@ class _EventDrivenDUL(DULServiceProvider):
             return False  # as pynetdicom's ready: nothing to read from a closed transport
         self._read_pdu_data()
         return True
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """pynetdicom's, but a P-DATA-TF's PDVs are views of the PDU as read, not copied three
+        times over through its generic item decoders (a copy of the PDU, a
+        ``PresentationDataValueItem`` per PDV, each value sliced out). Anything else, a
+        malformed P-DATA-TF, or handlers bound to the raw-data and PDU events (which expect
+        ``bytes`` and a ``P_DATA_TF``): pynetdicom's own, which also raises as before."""
+        if self._read_pdata and bytestream[0] == _P_DATA_TF:
+            assoc = self.assoc
+            if not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(
+                evt.EVT_PDU_RECV
+            ):
+                pdvs = _pdata_items(bytestream)
+                if pdvs is not None:
+                    return _ReceivedPData(pdvs), "Evt10"
+        return super()._decode_pdu(bytestream)
 
     def run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with its idle sleep
@@ -259,6 +316,13 @@ class _BellDIMSE(DIMSEServiceProvider):
             return self.msg_queue.get_nowait()
         except queue.Empty:
             return None, None
+
+
+def read_pdata(assoc: Any) -> None:
+    """Let a new acceptor association's DUL (already an :class:`_EventDrivenDUL`) read
+    P-DATA-TF PDUs itself; applied, or not, by the fence (``pdata-read``)."""
+    if isinstance(assoc.dul, _EventDrivenDUL):
+        assoc.dul._read_pdata = True
 
 
 def wait_for_events(assoc: Any) -> None:

@@ -207,3 +207,48 @@ def test_a_checked_uid_is_taken_as_checked_and_any_other_is_checked() -> None:
     with pytest.raises(ValueError):
         setter("1" * 65, "Affected SOP Instance UID")
     assert setter(None, "Affected SOP Instance UID") is None
+
+
+def _pdata_tf(pdvs: list[tuple[int, bytes]]) -> bytearray:
+    from pynetdicom.pdu import P_DATA_TF
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.extend(pdvs)
+    return bytearray(P_DATA_TF(primitive).encode())
+
+
+@pytest.mark.parametrize("pdvs", [
+    [(1, b"\x03" + b"c" * 80)],
+    [(1, b"\x03" + b"c" * 80), (1, b"\x02" + DATA_SET)],
+    [(3, b"\x00" + DATA_SET), (5, b"\x02"), (7, b"\x01" + b"x" * 7)],
+    [],
+], ids=["command", "command-and-data-set", "three", "empty"])
+def test_a_pdata_pdu_read_here_gives_pynetdicoms_primitive(pdvs: list[tuple[int, bytes]]) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from mimic_server.net.reactor import _pdata_items, _ReceivedPData
+
+    encoded = _pdata_tf(pdvs)
+    library = P_DATA_TF()
+    library.decode(bytes(encoded))
+    items = _pdata_items(encoded)
+    assert items is not None
+    got = _ReceivedPData(items).to_primitive().presentation_data_value_list
+    expected = library.to_primitive().presentation_data_value_list
+    assert [(cid, bytes(data)) for cid, data in got] == expected
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b + b"\x00\x00",  # a trailing piece shorter than an item header
+    lambda b: b + b"\x00\x00\x00\x00\x01",  # an item of length 0 (no context ID)
+    lambda b: b[:-1],  # the last item runs past the PDU
+])
+def test_a_malformed_pdata_pdu_is_left_to_pynetdicom(damage: Any) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from mimic_server.net.reactor import _pdata_items
+
+    damaged = bytearray(damage(bytes(_pdata_tf([(1, b"\x03" + b"c" * 80)]))))
+    assert _pdata_items(damaged) is None
+    with pytest.raises(Exception):  # noqa: B017 - pynetdicom's own failure: Evt19, A-ABORT
+        P_DATA_TF().decode(bytes(damaged))
