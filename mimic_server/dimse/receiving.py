@@ -293,8 +293,9 @@ def _receive_store_fragments(
         if store is None and type(message) is not DIMSEMessage:
             return pdvs[index:]  # a message whose command pynetdicom decoded: its own
         if control & 1:  # a command fragment
-            if store is not None:
-                return pdvs[index:]  # a command inside a data set: pynetdicom's to judge
+            if store is not None:  # a command inside a data set: pynetdicom's to judge,
+                del message.__dict__[_STORE_COMMAND]  # and the rest of the message with it
+                return pdvs[index:]
             fragment = memoryview(data)[1:]
             if not control & 2:
                 message.encoded_command_set.write(fragment)
