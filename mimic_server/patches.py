@@ -39,6 +39,7 @@ from typing import Any
 import pynetdicom.acse
 import pynetdicom.association
 import pynetdicom.dimse_messages
+import pynetdicom.dimse_primitives
 import pynetdicom.service_class
 import pynetdicom.transport
 from azure.core.pipeline.policies import RetryPolicy
@@ -115,6 +116,8 @@ SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
 BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
+RECEIVED_COMMAND = "received-command"
+PDATA_READ = "pdata-read"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -191,6 +194,65 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="self.data_set"),
             # the DUL calls it through the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+        ),
+    ),
+    Patch(
+        PDATA_READ,
+        "mimic_server.net.reactor:_EventDrivenDUL._decode_pdu (an instance switch of the "
+        "DUL that idle-waits swaps in)",
+        "every P-DATA-TF PDU is copied whole, decoded through pynetdicom's generic item "
+        "classes and each PDV copied again before its fragment is written (also off when "
+        "idle-waits is)",
+        (PYNETDICOM,),
+        (
+            # overridden for P-DATA-TF: the events it triggers (skipped only when no handler
+            # is bound), the PDU class and FSM event it picks
+            Site("pynetdicom.dul:DULServiceProvider._decode_pdu", "(self, bytestream)",
+                 "fc71dd1bf853e1ce"),
+            # what a P-DATA-TF decode accepts and yields, reproduced
+            Site("pynetdicom.pdu:P_DATA_TF._generate_items", source="55a5deea47745b72"),
+            Site("pynetdicom.pdu:P_DATA_TF.decode", source="07098f2d8a4d45e4"),
+            # the one method of the PDU the state machine uses, reproduced
+            Site("pynetdicom.pdu:P_DATA_TF.to_primitive", source="3cba1cd31f03fdf0"),
+            Site("pynetdicom.fsm:DT_2", mentions="pdu.to_primitive()"),
+            # hands _decode_pdu the whole PDU, header included, as a bytearray
+            _READ_PDU,
+        ),
+    ),
+    Patch(
+        RECEIVED_COMMAND,
+        "mimic_server.dimse.receiving:_receive_store_fragments and "
+        "mimic_server.codec.command_set:decode_store_request (inside bounded-receive's "
+        "wrapper of each acceptor's dimse.receive_primitive)",
+        "every C-STORE-RQ's command set is decoded by pydicom into a Dataset and copied "
+        "element by element, each UID validated three times, into the request primitive, "
+        "and every data set fragment is copied once more before it is written (also off "
+        "when bounded-receive is)",
+        (PYNETDICOM, PYDICOM),
+        (
+            # reproduced for a plain C-STORE-RQ: command fragments into encoded_command_set,
+            # the class swap, data set fragments into data_set, complete at the last one
+            Site("pynetdicom.dimse_messages:DIMSEMessage.decode_msg",
+                 "(self, primitive, assoc=None)", "f51c777e841a76be"),
+            # reproduced on completion: EVT_DIMSE_RECV, the primitive put on msg_queue with
+            # its context ID, the message reset
+            Site("pynetdicom.dimse:DIMSEServiceProvider.receive_primitive",
+                 "(self, primitive)", "5f99c86b14a15cef"),
+            # the request primitive it builds: Message ID, UIDs, Priority, DataSet, context
+            Site("pynetdicom.dimse_messages:DIMSEMessage.message_to_primitive",
+                 source="f8f43d34e43450ef"),
+            # the private attributes the UIDs are written to, after the same checks
+            Site("pynetdicom.dimse_primitives:DIMSEPrimitive.AffectedSOPClassUID.fset",
+                 source="f9bdd6340986b88f"),
+            Site("pynetdicom.dimse_primitives:DIMSEPrimitive._AffectedSOPInstanceUID.fset",
+                 source="45292a0e9b98f976"),
+            # the DUL hands each P-DATA to the association's dimse attribute (instance wrap)
+            Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+            # replaced, as the name the primitives' UID setters call, by one that takes a
+            # UID checked on decoding as checked (the response copies the request's UIDs)
+            Site("pynetdicom.dimse_primitives:set_uid",
+                 "(value, name, allow_empty=True, allow_none=True, validate=True)",
+                 "f917a8035170f792"),
         ),
     ),
     Patch(
@@ -450,11 +512,15 @@ class Fence:
         applied to each new acceptor association before it starts."""
         steps: list[Callable[[Any], None]] = []
         if BOUNDED_RECEIVE in self.applied and receive_limits is not None:
-            steps.append(lambda assoc: receiving.receive_in_bounded_memory(assoc, receive_limits))
+            store_requests = RECEIVED_COMMAND in self.applied
+            steps.append(lambda assoc: receiving.receive_in_bounded_memory(
+                assoc, receive_limits, store_requests))
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
         if IDLE_WAITS in self.applied:
             steps.append(reactor.wait_for_events)
+            if PDATA_READ in self.applied:
+                steps.append(reactor.read_pdata)
 
         def adapt(assoc: Any) -> None:
             for step in steps:
@@ -546,6 +612,16 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Any], patch: str) -> None
     setattr(owner, name, replacement)
 
 
+def _received_command(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.dimse_primitives, "set_uid", command_set.checked_uid_setter,
+              RECEIVED_COMMAND)
+        return
+    current = pynetdicom.dimse_primitives.set_uid  # installed by an earlier start: undone
+    if getattr(current, PATCH_NAME, None) == RECEIVED_COMMAND:
+        pynetdicom.dimse_primitives.set_uid = getattr(current, ORIGINAL)
+
+
 def _command_set_encoder() -> None:
     _wrap(pynetdicom.dimse_messages, "encode", command_set.command_set_encoder,
           COMMAND_SET_ENCODER)
@@ -607,6 +683,7 @@ def _context_copy(enabled: bool = True) -> None:
 
 
 _APPLY: dict[str, Callable[[], None]] = {
+    RECEIVED_COMMAND: _received_command,
     CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
     DIRECT_RESPONSES: _direct_responses,
@@ -619,6 +696,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     MOVE_ANSWER: _move_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
+    RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),

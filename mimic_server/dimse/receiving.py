@@ -29,11 +29,15 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 
+from mimic_server.codec.command_set import StoreRequestCommand, decode_store_request
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.structure import DeflatedWalk, StructureWalk, structure_walk
 from mimic_server.dimse.session import session_of
@@ -48,6 +52,8 @@ IN_MEMORY = 8 * MiB
 OVERRUN_GRACE = 64 * MiB
 #: The size of the pieces a spooled data set is read back in.
 READ_CHUNK = MiB
+#: Where a message assembled by :func:`_receive_store_fragments` keeps its decoded command.
+_STORE_COMMAND = "_mimic_store_command"
 
 
 @dataclass(frozen=True)
@@ -225,28 +231,115 @@ def _spool_start(assoc: Any, message: DIMSEMessage) -> SpoolStart:
     return SpoolStart(file_meta, transfer_syntax)
 
 
-def receive_in_bounded_memory(assoc: Any, limits: ReceiveLimits) -> None:
+def receive_in_bounded_memory(
+    assoc: Any, limits: ReceiveLimits, store_requests: bool = False
+) -> None:
     """Give a new (not yet started) acceptor association's DIMSE provider a
-    :class:`ReceivingDataSet` for every message it receives (applied by the fence)."""
+    :class:`ReceivingDataSet` for every message it receives (applied by the fence).
+
+    ``store_requests`` (the fence's ``received-command``): C-STORE-RQs are assembled here
+    (:func:`_receive_store_fragments`), the rest by pynetdicom.
+    """
     dimse = assoc.dimse
     receive = dimse.receive_primitive
 
     def start(message: DIMSEMessage) -> SpoolStart:
         return _spool_start(assoc, message)
 
+    def new_message() -> DIMSEMessage:
+        message = DIMSEMessage()
+        message.data_set = ReceivingDataSet(limits, message, start)
+        dimse.message = message
+        return message
+
     def receive_primitive(primitive: Any) -> None:
-        if dimse.message is None:
-            message = DIMSEMessage()
-            message.data_set = ReceivingDataSet(limits, message, start)
-            dimse.message = message
-        data_set = dimse.message.data_set
-        receive(primitive)
+        message = dimse.message or new_message()
+        data_set = message.data_set
+        if store_requests:
+            rest = _receive_store_fragments(dimse, primitive.presentation_data_value_list,
+                                            new_message)
+            if rest is not None:
+                if rest is not primitive.presentation_data_value_list:
+                    primitive = P_DATA()  # the list is extended, as PDU.to_primitive does:
+                    primitive.presentation_data_value_list.extend(rest)  # its setter wants lists
+                if dimse.message is None:
+                    new_message()
+                receive(primitive)
+        else:
+            receive(primitive)
         if isinstance(data_set, ReceivingDataSet) and data_set.abort_due:
             data_set.abort_due = False
             log.warning("the peer keeps sending a data set beyond the size limit: aborting")
             dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
 
     dimse.receive_primitive = receive_primitive
+
+
+def _receive_store_fragments(
+    dimse: Any, pdvs: list[tuple[int, bytes]], new_message: Callable[[], DIMSEMessage]
+) -> list[tuple[int, bytes]] | None:
+    """Take a P-DATA's fragments of C-STORE-RQs, as pynetdicom's ``decode_msg`` and
+    ``receive_primitive`` would, without pydicom: the command set by
+    :func:`~mimic_server.codec.command_set.decode_store_request`, each data set fragment
+    written to the message's data set without a copy of its own. Returns None when every
+    fragment was taken, else the fragments from the first one that is not a plain C-STORE-RQ's
+    (another command, a command set only pydicom can decode, a data set fragment before its
+    command): pynetdicom's own code takes those, and the rest of that message.
+    """
+    for index, (context_id, data) in enumerate(pdvs):
+        message = dimse.message or new_message()
+        control = data[0]
+        store = message.__dict__.get(_STORE_COMMAND)
+        if store is None and type(message) is not DIMSEMessage:
+            return pdvs[index:]  # a message whose command pynetdicom decoded: its own
+        if control & 1:  # a command fragment
+            if store is not None:  # a command inside a data set: pynetdicom's to judge,
+                del message.__dict__[_STORE_COMMAND]  # and the rest of the message with it
+                return pdvs[index:]
+            fragment = memoryview(data)[1:]
+            if not control & 2:
+                message.encoded_command_set.write(fragment)
+                continue
+            encoded = message.encoded_command_set.getvalue() + fragment
+            command = decode_store_request(encoded)
+            if command is None:
+                return pdvs[index:]
+            message.encoded_command_set.write(fragment)
+            message.context_id = context_id
+            message.command_set = command  # type: ignore[assignment]
+            message.__class__ = C_STORE_RQ
+            message.__dict__[_STORE_COMMAND] = command
+            continue
+        if store is None:
+            return pdvs[index:]  # a data set before its command, or pynetdicom's message
+        message.data_set.write(memoryview(data)[1:])
+        if control & 2:
+            _store_request_received(dimse, message, store)
+    return None
+
+
+def _store_request_received(dimse: Any, message: DIMSEMessage,
+                            command: StoreRequestCommand) -> None:
+    """pynetdicom's ``receive_primitive`` for a complete C-STORE-RQ, with the primitive's
+    UIDs taken as decoded (already checked as pynetdicom's validation would)."""
+    assoc = dimse.assoc
+    evt.trigger(assoc, evt.EVT_DIMSE_RECV, {"message": message})
+    try:
+        request = C_STORE()
+        request.MessageID = command.MessageID
+        request._affected_sop_class_uid = command.AffectedSOPClassUID
+        request._affected_sop_instance_uid = command.AffectedSOPInstanceUID
+        request.Priority = command.Priority
+        request.DataSet = cast(io.BytesIO, message.data_set)
+        request._context_id = message.context_id
+    except Exception as exc:  # as pynetdicom: an invalid message ends the association
+        log.error("a C-STORE request could not be built", extra={"error": type(exc).__name__})
+        dimse.dul.event_queue.put("Evt19")
+        return
+    dimse.msg_queue.put((message.context_id, request))
+    message.encoded_command_set = io.BytesIO()
+    message.data_set = io.BytesIO()
+    dimse.message = None
 
 
 def release_spool(data_set: object) -> None:

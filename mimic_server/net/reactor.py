@@ -19,6 +19,10 @@ do, or until the next deadline it must check:
   not wait for the wait to end; after waking it waits on the checkpoint before it takes a
   message.
 
+The DUL thread's look at its socket on each turn (pynetdicom: a ``select`` with no timeout,
+also on the turn right after every state machine action) becomes the result of its last
+``poll``: a turn that finds nothing to do waits (polls) before the next anyway.
+
 Each wait is also bounded by :data:`LONGEST_WAIT`, so a wake-up source missed in some corner
 costs at most that delay, never a hang. Only *how* a thread waits changes, never what it does
 on waking: the loops run pynetdicom's own turns (state machine events, timers, release and
@@ -37,9 +41,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 #: Longest single wait of either thread (seconds): a safety net, not a poll; at two wake-ups
@@ -103,6 +109,43 @@ class _WakeUp:
         self.close()
 
 
+_P_DATA_TF = 0x04
+
+
+class _ReceivedPData:
+    """A P-DATA-TF PDU as :meth:`_EventDrivenDUL._decode_pdu` reads it: its PDVs as
+    (presentation context ID, a view of the PDU's bytes), for ``to_primitive``, the one use
+    pynetdicom's state machine makes of a received P-DATA-TF."""
+
+    __slots__ = ("pdvs",)
+
+    def __init__(self, pdvs: list[tuple[int, memoryview]]) -> None:
+        self.pdvs = pdvs
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        # extended, as P_DATA_TF.to_primitive appends: the list's setter wants lists
+        primitive.presentation_data_value_list.extend(self.pdvs)  # type: ignore[arg-type]
+        return primitive
+
+
+def _pdata_items(pdu: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The PDVs of a whole P-DATA-TF PDU (header included), or None where pynetdicom's
+    decoder would fail (an item shorter than its context ID, or running past the PDU)."""
+    view = memoryview(pdu)
+    pdvs: list[tuple[int, memoryview]] = []
+    offset, end = 6, len(pdu)
+    while offset < end:
+        if end - offset < 5:
+            return None
+        length = int.from_bytes(view[offset : offset + 4], "big")
+        if length < 1 or offset + 4 + length > end:
+            return None
+        pdvs.append((view[offset + 4], view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return pdvs
+
+
 class _EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL reactor, blocking between turns instead of sleeping 1 ms."""
 
@@ -111,6 +154,11 @@ class _EventDrivenDUL(DULServiceProvider):
     _poller: Any
     _polled_fd = -1
     _reactor_ended = False
+    #: The last wait saw the socket readable (or TLS data already decrypted): the next look
+    #: at the transport reads, without pynetdicom's own ``select`` on the socket.
+    _readable = False
+    #: P-DATA-TF PDUs read here, not by pynetdicom's PDU classes (the fence's ``pdata-read``).
+    _read_pdata = False
 
     @property  # type: ignore[override]
     def _kill_thread(self) -> bool:
@@ -133,6 +181,7 @@ class _EventDrivenDUL(DULServiceProvider):
         if sock is not None and getattr(transport, "_is_connected", False):
             try:
                 if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    self._readable = True
                     return  # decrypted already: poll would not see it
                 fd = sock.fileno()
             except (OSError, ValueError):
@@ -143,8 +192,42 @@ class _EventDrivenDUL(DULServiceProvider):
             if fd != -1:
                 self._poller.register(fd, _POLL_IN)
             self._polled_fd = fd
-        self._poller.poll(_until(self.artim_timer.remaining) * 1000)
+        for ready_fd, _ in self._poller.poll(_until(self.artim_timer.remaining) * 1000):
+            if ready_fd == fd:
+                self._readable = True
         self._wake_up.drain()
+
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's look at the transport, whose ``select`` (a system call on every turn
+        of the loop, also right after each state machine action) is left to the next wait:
+        that ``poll`` on the socket runs anyway before the reactor sleeps, and says whether
+        there is a PDU to read. In Sta13 (waiting for the close) pynetdicom's own runs."""
+        if self.state_machine.current_state == "Sta13":
+            return super()._is_transport_event()
+        if not self._readable:
+            return False
+        self._readable = False
+        transport = self.socket
+        if transport is None or not getattr(transport, "_is_connected", False):
+            return False  # as pynetdicom's ready: nothing to read from a closed transport
+        self._read_pdu_data()
+        return True
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """pynetdicom's, but a P-DATA-TF's PDVs are views of the PDU as read, not copied three
+        times over through its generic item decoders (a copy of the PDU, a
+        ``PresentationDataValueItem`` per PDV, each value sliced out). Anything else, a
+        malformed P-DATA-TF, or handlers bound to the raw-data and PDU events (which expect
+        ``bytes`` and a ``P_DATA_TF``): pynetdicom's own, which also raises as before."""
+        if self._read_pdata and bytestream[0] == _P_DATA_TF:
+            assoc = self.assoc
+            if not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(
+                evt.EVT_PDU_RECV
+            ):
+                pdvs = _pdata_items(bytestream)
+                if pdvs is not None:
+                    return _ReceivedPData(pdvs), "Evt10"
+        return super()._decode_pdu(bytestream)
 
     def run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with its idle sleep
@@ -233,6 +316,13 @@ class _BellDIMSE(DIMSEServiceProvider):
             return self.msg_queue.get_nowait()
         except queue.Empty:
             return None, None
+
+
+def read_pdata(assoc: Any) -> None:
+    """Let a new acceptor association's DUL (already an :class:`_EventDrivenDUL`) read
+    P-DATA-TF PDUs itself; applied, or not, by the fence (``pdata-read``)."""
+    if isinstance(assoc.dul, _EventDrivenDUL):
+        assoc.dul._read_pdata = True
 
 
 def wait_for_events(assoc: Any) -> None:

@@ -1,0 +1,240 @@
+"""The server CPU of receiving one C-STORE, without keeping it: DUL, DIMSE and the response.
+
+Starts one in-process MIMIC server per variant (``--serve``: the real ``Archive``, mutual TLS,
+the fence's patches, an in-memory object store), whose C-STORE handler is replaced by one
+that only takes the request's command and data set as ``handle_store`` does and answers
+Success: what the server then spends per object is reading PDUs off the TLS socket, the DUL
+state machine, P-DATA decoding, fragment assembly, the command set, the hand-off to the
+handler and the C-STORE-RSP, which is what this measures. A variant is a value of
+``MIMIC_PATCHES_OFF`` (``pynetdicom``: every receive-path patch off). Each round sends
+``--count`` objects with dcmtk ``storescu`` over one TLS association to each variant in turn
+(order rotated from round to round) and reads the server process's CPU time
+(``/proc/<pid>/stat``, utime + stime) before and after; medians over rounds are printed.
+
+    .venv/bin/python bench/receive_cpu.py [--kind small|large|both] [--count 200]
+        [--rounds 5] [--variants current,pynetdicom] [--profile]
+
+``--profile``: one more run per variant under py-spy (GIL holder), the top frames printed.
+``--full``: the server keeps its real C-STORE handler (embedded mode: SQLite index, file
+store, fsyncs): the whole server's CPU per object, of which the receive path is a part.
+``--baseline PATH`` adds the variant ``baseline``: the server code of another checkout (a
+worktree of main, say) run by this one's harness, for a before/after in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TICKS = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+#: The patches of the receive path, left off together by the variant ``pynetdicom``.
+RECEIVE_PATCHES = ("bounded-receive", "idle-waits", "pdu-length-guard", "direct-responses",
+                   "command-set-encoder", "received-command", "pdata-read")
+VARIANTS = {"current": "", "pynetdicom": ",".join(RECEIVE_PATCHES)}
+
+
+def serve(data_dir: Path) -> None:
+    """The child: a MIMIC archive whose C-STORE handler only takes the request."""
+    from pynetdicom import evt
+
+    from mimic_server.app import Archive
+    from mimic_server.config import Settings
+    from mimic_server.dimse.receiving import release_spool
+    from mimic_server.dimse.unexpected import STATUS, guarded
+    from mimic_server.errors import Status
+    from mimic_server.storage.memory import MemoryStore
+
+    def take(event: Any) -> int:
+        request = event.request
+        str(request.AffectedSOPClassUID or "")
+        str(request.AffectedSOPInstanceUID or "")
+        data_set = request.DataSet
+        if hasattr(data_set, "getbuffer"):
+            with data_set.getbuffer() as view:
+                len(view)
+        release_spool(data_set)
+        return Status.SUCCESS
+
+    profiles: list[Any] = []
+    if os.environ.get("RECEIVE_CPU_PROFILE"):  # a cProfile of every thread started from here
+        import cProfile
+
+        def start_profile(*_: Any) -> None:
+            profile = cProfile.Profile()
+            profiles.append(profile)
+            profile.enable()  # replaces this hook in the new thread
+
+        threading.setprofile(start_profile)
+    settings = Settings(data_dir=data_dir, host=HOST, port=0, ops_port=0)
+    full = bool(os.environ.get("RECEIVE_CPU_FULL"))
+    archive = Archive(settings, object_store=None if full else MemoryStore())
+    archive.start()
+    assert archive.server is not None
+    if not full:
+        archive.server.bind(evt.EVT_C_STORE, guarded(take, "C-STORE", STATUS["C-STORE"],
+                                                     archive.metrics.handler_error))
+    print(archive.address[1], flush=True)
+    sys.stdin.read()  # until the parent closes it
+    archive.stop(drain_seconds=0)
+    if profiles:
+        import pstats
+
+        threading.setprofile(None)  # type: ignore[arg-type]
+        for profile in profiles:
+            profile.create_stats()
+        stats = pstats.Stats(*profiles)
+        stats.dump_stats(os.environ["RECEIVE_CPU_PROFILE"])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class Receiver:
+    def __init__(self, variant: str, work: Path, baseline: Path | None = None) -> None:
+        self.variant = variant
+        self.data_dir = work / variant / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        off = "" if variant == "baseline" else VARIANTS.get(variant, variant)
+        if off:
+            env["MIMIC_PATCHES_OFF"] = off
+        self.log = open(work / f"{variant}.log", "wb")  # noqa: SIM115
+        root = ["--root", str(baseline)] if variant == "baseline" and baseline else []
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.data_dir), *root],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"{variant} did not start: {(work / f'{variant}.log').read_text()}")
+        self.port = int(line)
+        certs = self.data_dir / "certs"
+        self.tls = ["+tls", str(certs / "clients" / "modality1" / "client.key"),
+                    str(certs / "clients" / "modality1" / "client.pem"),
+                    "+cf", str(certs / "ca" / "ca.pem")]
+
+    def send(self, files: Path) -> float:
+        """CPU seconds the server spent while ``storescu`` sent every file under ``files``."""
+        before = cpu_seconds(self.proc.pid)
+        done = subprocess.run(
+            ["storescu", "-aet", "MODALITY1", "-aec", "MIMIC", *self.tls, "+sd", "+r",
+             HOST, str(self.port), str(files)],
+            env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=600,
+        )
+        time.sleep(0.3)  # the association's end, the threads' exit
+        if done.returncode != 0 or "E: " in done.stderr:
+            raise RuntimeError(f"storescu to {self.variant}: {done.stderr[-2000:]}")
+        return cpu_seconds(self.proc.pid) - before
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def make_files(base: Path, kind: str, count: int) -> Path:
+    from bench.store_throughput import make_large, make_small
+
+    maker = make_small if kind == "small" else make_large
+    maker(base, count, parts=1)
+    return base
+
+
+def profile(receiver: Receiver, files: Path, top: int = 25) -> list[tuple[str, float]]:
+    from bench.profile_store import PY_SPY, summarise
+
+    raw = files.parent / f"spy-{receiver.variant}.txt"
+    spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(receiver.proc.pid), "--gil",
+                            "--rate", "250", "--format", "raw", "--output", str(raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    receiver.send(files)
+    spy.send_signal(2)
+    spy.wait(60)
+    summary = summarise(raw.read_text(), top)
+    return summary["inclusive"]  # type: ignore[return-value]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", type=Path, help="another checkout's server code")
+    parser.add_argument("--kind", choices=["small", "large", "both"], default="both")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default="current,pynetdicom",
+                        help="comma-separated: current, pynetdicom, or a MIMIC_PATCHES_OFF value "
+                             "(names joined by '+')")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--full", action="store_true", help="keep the real C-STORE handler")
+    args = parser.parse_args()
+    if args.serve is not None:
+        if args.root is not None:
+            sys.path.insert(0, str(args.root))  # before any import of mimic_server
+        serve(args.serve)
+        return 0
+    if args.full:
+        os.environ["RECEIVE_CPU_FULL"] = "1"  # inherited by the servers
+    names = [v.replace("+", ",") for v in args.variants.split(",")]
+    if args.baseline is not None:
+        names.append("baseline")
+    kinds = ["small", "large"] if args.kind == "both" else [args.kind]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mimic-receive-cpu-") as tmp:
+        work = Path(tmp)
+        receivers = [Receiver(name, work, args.baseline) for name in names]
+        try:
+            for kind in kinds:
+                files = make_files(work / "in" / kind, kind, args.count)
+                count = sum(1 for p in files.rglob("*") if p.is_file())
+                for receiver in receivers:  # warm: imports, first association
+                    receiver.send(files)
+                samples: dict[str, list[float]] = {r.variant: [] for r in receivers}
+                for n in range(args.rounds):
+                    order = receivers[n % len(receivers):] + receivers[:n % len(receivers)]
+                    for receiver in order:
+                        samples[receiver.variant].append(1000 * receiver.send(files) / count)
+                results[kind] = {
+                    v: {"median_ms": round(statistics.median(s), 3),
+                        "rounds": [round(x, 3) for x in s]}
+                    for v, s in samples.items()
+                }
+                print(f"{kind} ({count} objects x {args.rounds} rounds), "
+                      "server CPU ms per C-STORE (median; rounds):")
+                for v, r in results[kind].items():
+                    print(f"  {v or 'current':<40} {r['median_ms']:7.3f}   {r['rounds']}")
+                if args.profile:
+                    for receiver in receivers:
+                        print(f"\n  py-spy, {receiver.variant}, inclusive % of GIL samples:")
+                        for name, pct in profile(receiver, files):
+                            print(f"    {pct:5.1f}  {name}")
+        finally:
+            for receiver in receivers:
+                receiver.stop()
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "receive_cpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

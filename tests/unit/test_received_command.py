@@ -1,0 +1,254 @@
+"""C-STORE-RQs assembled by MIMIC (``received-command``) reach the handler exactly as
+pynetdicom's own receive path delivers them; anything else still takes pynetdicom's path."""
+
+from __future__ import annotations
+
+import queue
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_FIND_RQ, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import P_DATA
+
+from mimic_server.codec.command_set import (
+    CheckedUID,
+    StoreRequestCommand,
+    checked_uid_setter,
+    decode_store_request,
+)
+from mimic_server.dimse.receiving import ReceiveLimits, ReceivingDataSet, receive_in_bounded_memory
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+DATA_SET = bytes(range(256)) * 40  # 10 KiB, several fragments at small PDU lengths
+
+
+def _store(message_id: int = 7, instance: str = "1.2.3.45", **extra: Any) -> C_STORE:
+    p = C_STORE()
+    p.MessageID, p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = message_id, CT, instance
+    p.Priority, p.DataSet = 1, BytesIO(DATA_SET)
+    for name, value in extra.items():
+        setattr(p, name, value)
+    return p
+
+
+def _find() -> C_FIND:
+    p = C_FIND()
+    p.MessageID, p.AffectedSOPClassUID, p.Priority = 3, FIND, 2
+    p.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    return p
+
+
+def _pdata(primitive: Any, max_pdu: int, context_id: int = 1) -> list[P_DATA]:
+    message = (C_STORE_RQ if isinstance(primitive, C_STORE) else C_FIND_RQ)()
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(context_id, max_pdu))
+
+
+def _acceptor(tmp_path: Path, fast: bool) -> tuple[Association, list[Any]]:
+    assoc = Association(AE(), "acceptor")
+    seen: list[Any] = []
+    assoc.bind(evt.EVT_DIMSE_RECV, lambda event: seen.append(event.message))
+    receive_in_bounded_memory(assoc, ReceiveLimits(1 << 30, tmp_path), store_requests=fast)
+    return assoc, seen
+
+
+def _received(assoc: Association) -> list[tuple[int, Any]]:
+    found = []
+    while True:
+        try:
+            found.append(assoc.dimse.msg_queue.get_nowait())
+        except queue.Empty:
+            return found
+
+
+def _events(assoc: Association) -> list[str]:
+    found = []
+    while True:
+        try:
+            found.append(assoc.dul.event_queue.get_nowait())
+        except queue.Empty:
+            return found
+
+
+def _fields(primitive: Any) -> dict[str, Any]:
+    names = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+             "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
+    fields = {name: getattr(primitive, name, None) for name in names}
+    # a UID decoded here is a CheckedUID, a UID all the same
+    fields["types"] = [UID if isinstance(v, UID) else type(v) for v in fields.values()]
+    fields["class"] = type(primitive)
+    data = getattr(primitive, "DataSet", None) or getattr(primitive, "Identifier", None)
+    fields["data"] = bytes(data.getbuffer()) if data is not None else None
+    fields["data_class"] = type(data)
+    fields["context"] = primitive._context_id
+    fields["path"] = (primitive._dataset_path, primitive._dataset_file)
+    return fields
+
+
+def _both(tmp_path: Path, pdatas: list[P_DATA]) -> tuple[Any, Any]:
+    """What pynetdicom's path and MIMIC's deliver for the same P-DATA."""
+    results = []
+    for fast in (False, True):
+        assoc, seen = _acceptor(tmp_path / str(fast), fast)
+        for pdata in pdatas:
+            assoc.dimse.receive_primitive(pdata)
+        results.append((assoc, seen))
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16, 100, 4096, 16382])
+def test_a_store_request_arrives_as_pynetdicom_delivers_it(tmp_path: Path, max_pdu: int) -> None:
+    (library, library_seen), (mimic, mimic_seen) = _both(tmp_path, _pdata(_store(), max_pdu, 5))
+    expected, got = _received(library), _received(mimic)
+    assert len(expected) == len(got) == 1
+    assert expected[0][0] == got[0][0] == 5
+    assert _fields(got[0][1]) == _fields(expected[0][1])
+    assert isinstance(got[0][1].DataSet, ReceivingDataSet)
+    assert isinstance(mimic_seen[0].command_set, StoreRequestCommand)  # the fast path ran
+    # what an EVT_DIMSE_RECV handler sees: the same message class and command set
+    assert type(mimic_seen[0]) is type(library_seen[0]) is C_STORE_RQ
+    assert list(mimic_seen[0].command_set) == list(library_seen[0].command_set)
+    assert mimic_seen[0].command_set.MessageID == 7
+    assert mimic.dimse.message is None and library.dimse.message is None
+    assert _events(mimic) == _events(library) == []
+
+
+@pytest.mark.parametrize("primitive", [
+    _store(MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=3),
+    _store(instance="1.02.3"),  # not conformant: pynetdicom warns, so it decodes
+    _find(),
+], ids=["move-originator", "non-conformant-uid", "c-find"])
+def test_anything_else_takes_pynetdicoms_path(tmp_path: Path, primitive: Any) -> None:
+    (library, _), (mimic, mimic_seen) = _both(tmp_path, _pdata(primitive, 100))
+    expected, got = _received(library), _received(mimic)
+    assert len(expected) == len(got) == 1
+    assert _fields(got[0][1]) == _fields(expected[0][1])
+    assert not isinstance(mimic_seen[0].command_set, StoreRequestCommand)
+
+
+def test_a_data_set_before_its_command_aborts_as_before(tmp_path: Path) -> None:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((1, b"\x02" + DATA_SET[:100]))
+    (library, _), (mimic, _) = _both(tmp_path, [pdata])
+    assert _received(mimic) == _received(library) == []
+    assert _events(mimic) == _events(library) == ["Evt19"]
+
+
+def test_store_requests_one_after_another_each_arrive(tmp_path: Path) -> None:
+    pdatas = [*_pdata(_store(1, "1.2.3.1"), 4096), *_pdata(_find(), 4096),
+              *_pdata(_store(2, "1.2.3.2"), 4096)]
+    assoc, _ = _acceptor(tmp_path, fast=True)
+    for pdata in pdatas:
+        assoc.dimse.receive_primitive(pdata)
+    got = _received(assoc)
+    assert [type(p) for _, p in got] == [C_STORE, C_FIND, C_STORE]
+    assert [p.MessageID for _, p in got] == [1, 3, 2]
+    assert all(p.DataSet.getvalue() == DATA_SET for _, p in got if type(p) is C_STORE)
+
+
+def test_two_messages_in_one_pdata_both_arrive(tmp_path: Path) -> None:
+    combined = P_DATA()
+    for primitive in (_store(1, "1.2.3.1"), _store(2, "1.2.3.2")):
+        for pdata in _pdata(primitive, 0):
+            combined.presentation_data_value_list.extend(pdata.presentation_data_value_list)
+    assoc, _ = _acceptor(tmp_path, fast=True)
+    assoc.dimse.receive_primitive(combined)
+    assert [p.AffectedSOPInstanceUID for _, p in _received(assoc)] == ["1.2.3.1", "1.2.3.2"]
+
+
+def test_the_decoded_command_set_is_pydicoms() -> None:
+    message = C_STORE_RQ()
+    message.primitive_to_message(_store())
+    encoded = b"".join(bytes(v)[1:] for p in message.encode_msg(1, 0)
+                       for _, v in p.presentation_data_value_list if v[0] & 1)
+    command = decode_store_request(encoded)
+    assert command is not None
+    dataset = decode(BytesIO(encoded), True, True)
+    for element in dataset:
+        assert getattr(command, element.keyword) == element.value
+        assert isinstance(getattr(command, element.keyword), type(element.value))
+    assert isinstance(command.AffectedSOPClassUID, UID)
+    assert command.to_json_dict() == dataset.to_json_dict()  # anything else: pydicom's
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b[:-2],  # truncated
+    lambda b: b + b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00",  # an unexpected element
+    lambda b: b.replace(b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x00",
+                        b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01"),  # no data set
+])
+def test_what_it_does_not_know_it_leaves_to_pydicom(change: Any) -> None:
+    message = C_STORE_RQ()
+    message.primitive_to_message(_store())
+    encoded = b"".join(bytes(v)[1:] for p in message.encode_msg(1, 0)
+                       for _, v in p.presentation_data_value_list if v[0] & 1)
+    assert decode_store_request(encoded) is not None
+    changed = change(encoded)
+    assert changed != encoded
+    assert decode_store_request(changed) is None
+
+
+def test_a_checked_uid_is_taken_as_checked_and_any_other_is_checked() -> None:
+    from pynetdicom.utils import set_uid
+
+    setter = checked_uid_setter(set_uid)
+    checked = CheckedUID("1.2.3.4")
+    assert setter(checked, "Affected SOP Instance UID") is checked
+    assert setter("1.2.3.4", "Affected SOP Instance UID") == "1.2.3.4"
+    assert type(setter("1.2.3.4", "Affected SOP Instance UID")) is UID
+    with pytest.raises(ValueError):
+        setter("1" * 65, "Affected SOP Instance UID")
+    assert setter(None, "Affected SOP Instance UID") is None
+
+
+def _pdata_tf(pdvs: list[tuple[int, bytes]]) -> bytearray:
+    from pynetdicom.pdu import P_DATA_TF
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.extend(pdvs)
+    return bytearray(P_DATA_TF(primitive).encode())
+
+
+@pytest.mark.parametrize("pdvs", [
+    [(1, b"\x03" + b"c" * 80)],
+    [(1, b"\x03" + b"c" * 80), (1, b"\x02" + DATA_SET)],
+    [(3, b"\x00" + DATA_SET), (5, b"\x02"), (7, b"\x01" + b"x" * 7)],
+    [],
+], ids=["command", "command-and-data-set", "three", "empty"])
+def test_a_pdata_pdu_read_here_gives_pynetdicoms_primitive(pdvs: list[tuple[int, bytes]]) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from mimic_server.net.reactor import _pdata_items, _ReceivedPData
+
+    encoded = _pdata_tf(pdvs)
+    library = P_DATA_TF()
+    library.decode(bytes(encoded))
+    items = _pdata_items(encoded)
+    assert items is not None
+    got = _ReceivedPData(items).to_primitive().presentation_data_value_list
+    expected = library.to_primitive().presentation_data_value_list
+    assert [(cid, bytes(data)) for cid, data in got] == expected
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b + b"\x00\x00",  # a trailing piece shorter than an item header
+    lambda b: b + b"\x00\x00\x00\x00\x01",  # an item of length 0 (no context ID)
+    lambda b: b[:-1],  # the last item runs past the PDU
+])
+def test_a_malformed_pdata_pdu_is_left_to_pynetdicom(damage: Any) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from mimic_server.net.reactor import _pdata_items
+
+    damaged = bytearray(damage(bytes(_pdata_tf([(1, b"\x03" + b"c" * 80)]))))
+    assert _pdata_items(damaged) is None
+    with pytest.raises(Exception):  # noqa: B017 - pynetdicom's own failure: Evt19, A-ABORT
+        P_DATA_TF().decode(bytes(damaged))
