@@ -2,11 +2,13 @@
 
 Starts ``mimic serve`` (embedded default, TLS, the default worker count), opens
 ``associations`` TLS associations with pynetdicom and leaves them idle; then reads, for the
-supervisor and each worker, every thread's CPU time (utime + stime, ``/proc/<pid>/task/<tid>/
-schedstat``, nanoseconds) and its voluntary context switches (``/proc/.../status``: each is one time the thread
-blocked, so one wake-up) over the idle window. Threads are named by ``py-spy dump --json``
-(Python thread names and their innermost frame). The account says which periodic wake-up
-costs what, which ``bench/idle_cpu.py``'s one figure cannot.
+supervisor and each worker, every thread's CPU time (``/proc/<pid>/task/<tid>/schedstat``,
+nanoseconds: ``stat``'s ticks of 10 ms are too coarse here) and its context switches
+(``/proc/.../status``; nearly all voluntary: one each time the thread blocked, so about one
+per wake-up, more where it then waited for the GIL) over the idle window. Threads are named
+by ``py-spy dump --json`` (Python thread names and their innermost MIMIC / pynetdicom
+frame). The account says which periodic wake-up costs what, which ``bench/idle_cpu.py``'s
+one figure cannot.
 
     .venv/bin/python bench/idle_threads.py [--associations 10] [--idle 20] [--workers N]
 
@@ -54,8 +56,7 @@ def tasks(pid: int) -> dict[int, tuple[float, int]]:
     result = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            # schedstat's first field: nanoseconds on a CPU (stat's utime + stime count
-            # 10 ms ticks, too coarse for a thread that runs microseconds at a time)
+            # schedstat's first field: nanoseconds on a CPU
             cpu = int((task / "schedstat").read_text().split()[0]) / 1e9
             switches = 0
             for line in (task / "status").read_text().splitlines():
