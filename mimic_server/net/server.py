@@ -455,7 +455,14 @@ class MimicAssociationServer(ThreadedAssociationServer):
         )
 
     def server_close(self) -> None:
-        super().server_close()
+        if self._inherited is not None:
+            # Only this process's descriptor: pynetdicom's server_close() shuts the socket
+            # down first, which stops the one listening socket every worker and the
+            # supervisor share (a worker whose listener died would take the others' with it,
+            # and its replacement would inherit a socket that no longer listens).
+            cast(socket.socket, self.socket).close()
+        else:
+            super().server_close()
         self.handshakes.stop()
         self._accept_wake_r.close()
         self._accept_wake_w.close()
