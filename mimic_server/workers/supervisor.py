@@ -8,7 +8,9 @@ together, on a store and index already set up; if one cannot start (a configurat
 which it prints), the others are stopped and ``mimic serve`` exits 2. The supervisor serves
 the ops endpoints for the whole server, replaces a worker that dies (with a back-off while
 they keep dying young), forwards SIGHUP, and on SIGTERM closes its copy of the listening
-socket, forwards the signal, waits for every worker to drain, and exits.
+socket, forwards the signal, waits for every worker to drain, and exits. Between those it
+sleeps: its main loop blocks on the workers' pidfds and a signal wake-up pipe, and an idle
+server's supervisor does not wake at all.
 
 Why one inherited socket and not ``SO_REUSEPORT``: with a socket per worker the kernel
 hashes each connection to one of them, including to a worker that is draining or busy; with
