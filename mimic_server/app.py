@@ -383,7 +383,7 @@ class Archive:
         if worker is None or server is None:
             return
         try:
-            worker.publish(server.live_associations())
+            worker.publish(server.live_associations)
             self.metrics.sample()
         except Exception:  # never in the way of the association's own end
             log.exception("publishing the worker's counts failed")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -79,6 +80,7 @@ class ArchiveMetrics:
         self.multiprocess = worker and "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self._active_count: Callable[[], int] | None = None
         self._sampled: list[tuple[Counter, Callable[[], int], list[int]]] = []
+        self._sample_lock = threading.Lock()
         self._worker_accepted: Gauge | None = None
         self.associations_active = Gauge(
             "mimic_associations_active", "Associations established and not yet ended.",
@@ -164,14 +166,17 @@ class ArchiveMetrics:
         ).labels(str(slot))
 
     def sample(self) -> None:
-        """A worker writes what callbacks know into its multiprocess files."""
-        if self._active_count is not None:
-            self.associations_active.set(self._active_count())
-        for counter, count, last in self._sampled:
-            now = count()
-            if now > last[0]:
-                counter.inc(now - last[0])
-                last[0] = now
+        """A worker writes what callbacks know into its multiprocess files. From any thread
+        (association threads as they end, a scrape's request, the stop): one at a time, or
+        two could add the same growth twice."""
+        with self._sample_lock:
+            if self._active_count is not None:
+                self.associations_active.set(self._active_count())
+            for counter, count, last in self._sampled:
+                now = count()
+                if now > last[0]:
+                    counter.inc(now - last[0])
+                    last[0] = now
 
     # -- DIMSE --------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ class WorkerLink:
         self.table = AssociationTable(table_path, slots)
         self._status_fd = status_fd
         self._status_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._parent = supervisor
         _die_with_parent()  # then look: it may have died before this worker got here
 
@@ -63,12 +64,19 @@ class WorkerLink:
     def live_total(self, own: Callable[[], int]) -> Callable[[], int]:
         """The association count the admission check compares with MIMIC_MAX_ASSOCIATIONS:
         this worker's open ones and every other worker's (``table.py``)."""
-        return lambda: self.table.admit(self.slot, own())
+        def total() -> int:
+            with self._count_lock:
+                return self.table.admit(self.slot, own())
 
-    def publish(self, own: int) -> None:
+        return total
+
+    def publish(self, own: Callable[[], int]) -> None:
         """This worker's open associations, for the others' admission checks: called when
-        one closes (the admission check publishes on each admission)."""
-        self.table.publish(self.slot, own)
+        one closes (the admission check publishes on each admission). Counted and written
+        under one lock: two threads ending at once must not leave the older count written
+        last, since no timer would correct it."""
+        with self._count_lock:
+            self.table.publish(self.slot, own())
 
     def parent_alive(self) -> bool:
         """False once the supervisor is gone (the worker is re-parented): drain and exit."""
