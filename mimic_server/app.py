@@ -7,6 +7,7 @@ certificate source); library internals are patched only through the fence it cal
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import ssl
@@ -282,6 +283,8 @@ class Archive:
                     max_pdu_read, ReceiveLimits(s.max_object_bytes, s.spool_path)
                 ),
                 listening_socket=self.worker.listen_socket if self.worker else None,
+                on_associations_changed=self._associations_changed,
+                event_driven_accept=fence.event_driven_accept,
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -337,7 +340,6 @@ class Archive:
         self.server = server
         if self.worker is not None:
             self.metrics.serve_as_worker(self.worker.slot)
-            self.worker.start_sampling(server.live_associations, self.metrics.sample)
 
         if source is not None:
             self.watcher = CertificateWatcher(
@@ -371,6 +373,20 @@ class Archive:
                 "ops": f"{self.ops.address[0]}:{self.ops.address[1]}" if self.ops else "off",
             },
         )
+
+    def _associations_changed(self) -> None:
+        """A connection closed or an association's thread ended (in its thread). A worker
+        publishes its count for the others' admission checks and writes what its metrics
+        read by callback (``workers/``): when it changes, not on a timer, so an idle worker
+        writes nothing. A single process reads both when asked."""
+        server, worker = self.server, self.worker
+        if worker is None or server is None:
+            return
+        try:
+            worker.publish(server.live_associations)
+            self.metrics.sample()
+        except Exception:  # never in the way of the association's own end
+            log.exception("publishing the worker's counts failed")
 
     def _association_count(self, server: MimicAssociationServer) -> Callable[[], int]:
         """What the admission check counts: this process's open associations, or with
@@ -542,8 +558,10 @@ class Archive:
         """The accept loop; if it ever ends by an exception, say so (the CLI then exits).
 
         pynetdicom's loop runs a full ``gc.collect()`` every 60 polls (12 s) with the GIL
-        held, ~100 ms over the start-up heap (modules, dictionaries, contexts) that never
-        becomes garbage: frozen, that heap is not scanned again."""
+        held (MIMIC's event-driven loop: 12 s after an association ended, or every 60
+        accepts; ``net/server.py``), ~100 ms over the start-up heap (modules, dictionaries,
+        contexts) that never becomes garbage: frozen, that heap is not scanned again.
+        ``poll_interval`` only counts where the fence left pynetdicom's polling loop."""
         gc.freeze()
         try:
             server.serve_forever(poll_interval=0.2)
@@ -613,6 +631,8 @@ class Archive:
         if self.policy_watcher is not None:
             self.policy_watcher.stop()
         if self.worker is not None:
+            with contextlib.suppress(Exception):  # the last counts, for the supervisor's sum
+                self.metrics.sample()
             self.worker.close()
         if self.refusals is not None:
             self.refusals.close()

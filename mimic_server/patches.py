@@ -103,6 +103,7 @@ class Patch:
 # Names the rest of the fence refers to.
 PDU_LENGTH_GUARD = "pdu-length-guard"
 IDLE_WAITS = "idle-waits"
+ACCEPT_WAITS = "accept-waits"
 COMMAND_SET_ENCODER = "command-set-encoder"
 DIRECT_RESPONSES = "direct-responses"
 ANSWER_ENCODER = "answer-encoder"
@@ -173,6 +174,24 @@ PATCHES: tuple[Patch, ...] = (
             # stops the DUL (whose end rings the bell) before the association thread exits
             Site("pynetdicom.association:Association.kill", "(self)", "8f9713666a7f4cff"),
             _ASSOCIATION_INIT,  # makes the providers whose classes are swapped
+        ),
+    ),
+    Patch(
+        ACCEPT_WAITS,
+        "mimic_server.net.server:MimicAssociationServer.serve_forever and shutdown (an "
+        "accept loop that blocks on the listening socket and a wake-up)",
+        "the accept loop wakes every 0.2 s (socketserver's poll_interval) and runs a full "
+        "collection every 60 turns, also while nothing is accepted",
+        (PYNETDICOM,),
+        (
+            # the loop's one service action, a gc.collect() every 60 turns, done on time here
+            Site("pynetdicom.transport:AssociationServer.service_actions", "(self)",
+                 "0a0853a3615ac7c5"),
+            # socketserver's accept of one connection, called when the socket is readable
+            Site("socketserver:BaseServer._handle_request_noblock", "(self)"),
+            # what the replacement shutdown does after the loop ended: close, unregister
+            Site("pynetdicom.transport:AssociationServer.shutdown", "(self)",
+                 "e8e2c3a41009886d"),
         ),
     ),
     Patch(
@@ -527,6 +546,11 @@ class Fence:
                 step(assoc)
 
         return adapt
+
+    @property
+    def event_driven_accept(self) -> bool:
+        """For ``MimicAssociationServer(event_driven_accept=)``."""
+        return ACCEPT_WAITS in self.applied
 
     def register_server(self, ae: Any, listener: Any) -> None:
         """Register a server MIMIC built itself with its AE, as ``AE.start_server`` does, so

@@ -140,10 +140,13 @@ class PendingHandshakes:
                 time.sleep(0.05)
 
     def _turn(self) -> None:
-        wait = 1.0
+        # Nothing pending: block until the accept loop hands over a socket, asks for an
+        # eviction or the stop (each writes the wake-up socket); an idle listener's
+        # handshake thread never wakes.
+        wait = None
         if self._pending:
             oldest = next(iter(self._pending.values()))
-            wait = max(0.0, min(wait, oldest.deadline - self._clock()))
+            wait = max(0.0, oldest.deadline - self._clock())
         for key, _ in self._selector.select(wait):
             if key.fileobj is self._wake_r:
                 with contextlib.suppress(OSError):

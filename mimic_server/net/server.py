@@ -26,14 +26,23 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
   one listening socket instead, bound by their supervisor and inherited (``listening_socket``):
   whichever worker is free accepts, and a worker that drains just closes its copy;
 * a new trust set swaps the ``SSLContext`` atomically and aborts associations whose
-  certificate is no longer trusted.
+  certificate is no longer trusted;
+* an association stops counting when its connection closes (``EVT_CONN_CLOSE``) or its
+  thread ends, whichever comes first, not when a collection frees the socket pynetdicom
+  left open; ``on_associations_changed`` is told at both (a worker publishes its count to
+  the others then, instead of on a timer);
+* with ``event_driven_accept`` (the fence's ``accept-waits``) the accept loop blocks until a
+  connection, its shutdown or a due collection instead of waking every ``poll_interval``: an
+  idle listener does not wake at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
+import selectors
 import socket
 import ssl
 import threading
@@ -61,6 +70,14 @@ log = logging.getLogger(__name__)
 FD_BACKOFF = 0.05
 FD_LOG_INTERVAL = 60.0
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+#: The event-driven accept loop's full collection (pynetdicom's loop runs ``gc.collect()``
+#: every 60 turns, "dead Association threads aren't being garbage collected", and turned
+#: every 0.2 s): after :data:`COLLECT_AFTER` seconds from the first accepted connection or
+#: ended association since the last collection, or after :data:`COLLECT_EVERY` accepts;
+#: never while nothing happened.
+COLLECT_AFTER = 12.0
+COLLECT_EVERY = 60
 
 
 #: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
@@ -159,6 +176,17 @@ class _RequestHandler(RequestHandler):
         if identity is not None:
             attach_identity(assoc, identity)
         assoc.bind(evt.EVT_CONN_CLOSE, _end_wait_for_request)
+        server, request = self.server, self.request
+        assoc.bind(evt.EVT_CONN_CLOSE, lambda event: server.connection_closed(request))
+        run = assoc.run
+
+        def run_then_tell() -> None:  # the thread's end: its association no longer counts
+            try:
+                run()
+            finally:
+                server.association_ended(request)
+
+        assoc.run = run_then_tell
         return assoc
 
 
@@ -206,14 +234,29 @@ class MimicAssociationServer(ThreadedAssociationServer):
         on_refused: Callable[[str, str], bool] | None = None,
         adapt_association: Callable[[Any], None] = lambda assoc: None,
         listening_socket: socket.socket | None = None,
+        on_associations_changed: Callable[[], None] = lambda: None,
+        event_driven_accept: bool = False,
     ) -> None:
         """``adapt_association`` applies the fence's per-association patches to each new
         association (``mimic_server/patches.py``); the default leaves pynetdicom's.
         ``on_refused(peer, reason)`` counts a refusal and returns whether to log it now
         (the first of its source and reason in an interval); without it, each is logged.
         ``listening_socket``: a socket already bound and listening, shared with other worker
-        processes; ``address`` is then not bound."""
+        processes; ``address`` is then not bound. ``on_associations_changed()`` is called
+        (in the association's threads) when a connection counted by
+        :meth:`live_associations` closes and when an association's thread ends.
+        ``event_driven_accept``: :meth:`serve_forever` blocks instead of polling (applied,
+        or not, by the fence: ``mimic_server/patches.py``, ``accept-waits``)."""
         self._inherited = listening_socket
+        self.on_associations_changed = on_associations_changed
+        self._event_driven_accept = event_driven_accept
+        self._accept_wake_r, self._accept_wake_w = socket.socketpair()
+        self._accept_wake_r.setblocking(False)
+        self._accept_wake_w.setblocking(False)
+        self._accept_stop = False
+        self._accept_stopped = threading.Event()
+        self._garbage_since: float | None = None
+        self._accepts_since_collection = 0
         self.trust = trust
         self.handshake_timeout = handshake_timeout
         self.network_timeout = network_timeout
@@ -249,6 +292,97 @@ class MimicAssociationServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         if self._inherited is None:
             super().server_activate()  # else: listening already, with its backlog
+
+    # -- the accept loop -------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept until :meth:`shutdown`; ``poll_interval`` only without
+        ``event_driven_accept`` (socketserver's loop, which wakes that often)."""
+        if not self._event_driven_accept:
+            super().serve_forever(poll_interval)
+            return
+        self._accept_stopped.clear()
+        try:
+            with selectors.PollSelector() as selector:  # socketserver's choice on Linux
+                selector.register(self.socket, selectors.EVENT_READ)
+                selector.register(self._accept_wake_r, selectors.EVENT_READ)
+                while not self._accept_stop:
+                    ready = selector.select(self._until_collection())
+                    if self._accept_stop:
+                        break
+                    for key, _ in ready:
+                        if key.fileobj is self._accept_wake_r:
+                            with contextlib.suppress(OSError):
+                                self._accept_wake_r.recv(4096)
+                        else:
+                            self._handle_request_noblock()
+                            self._accepts_since_collection += 1
+                            self._note_garbage(wake=False)
+                    self.service_actions()
+        finally:
+            self._accept_stop = False
+            self._accept_stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the accept loop and wait for it, close the listening socket, unregister
+        from the AE: pynetdicom's ``AssociationServer.shutdown`` for this loop."""
+        if not self._event_driven_accept:
+            super().shutdown()
+            return
+        self._accept_stop = True
+        self._wake_accept_loop()
+        self._accept_stopped.wait()
+        self.server_close()
+        self.ae._servers.remove(self)
+
+    def _wake_accept_loop(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is on its way; closed: stopped
+            self._accept_wake_w.send(b"\0")
+
+    def _note_garbage(self, wake: bool) -> None:
+        """Something may have left reference cycles: schedule a full collection."""
+        with self._lock:
+            if self._garbage_since is not None:
+                return
+            self._garbage_since = time.monotonic()
+        if wake:  # the loop may be blocked with no timeout
+            self._wake_accept_loop()
+
+    def _until_collection(self) -> float | None:
+        since = self._garbage_since
+        return None if since is None else max(0.0, since + COLLECT_AFTER - time.monotonic())
+
+    def service_actions(self) -> None:
+        """After each turn of the loop (socketserver's hook): pynetdicom's collection every
+        60 turns, or, in the event-driven loop, when due (:data:`COLLECT_AFTER`)."""
+        if not self._event_driven_accept:
+            super().service_actions()
+            return
+        since = self._garbage_since
+        if self._accepts_since_collection < COLLECT_EVERY and (
+            since is None or time.monotonic() - since < COLLECT_AFTER
+        ):
+            return
+        with self._lock:
+            self._garbage_since = None  # what ends during the collection schedules the next
+        self._accepts_since_collection = 0
+        gc.collect()
+
+    def connection_closed(self, request: socket.socket) -> None:
+        """``EVT_CONN_CLOSE``: the connection no longer counts, even where pynetdicom left
+        its socket open (it skips ``close()`` when ``shutdown()`` fails) until collected."""
+        with self._lock:
+            self._live.discard(request)
+        self.on_associations_changed()
+
+    def association_ended(self, request: socket.socket) -> None:
+        """An association's thread ends (in it; also after a DUL that died without
+        ``EVT_CONN_CLOSE``): it no longer counts; tell, and schedule a collection."""
+        with self._lock:
+            self._live.discard(request)
+        self.on_associations_changed()
+        if self._event_driven_accept:
+            self._note_garbage(wake=True)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
@@ -321,8 +455,17 @@ class MimicAssociationServer(ThreadedAssociationServer):
         )
 
     def server_close(self) -> None:
-        super().server_close()
+        if self._inherited is not None:
+            # Only this process's descriptor: pynetdicom's server_close() shuts the socket
+            # down first, which stops the one listening socket every worker and the
+            # supervisor share (a worker whose listener died would take the others' with it,
+            # and its replacement would inherit a socket that no longer listens).
+            cast(socket.socket, self.socket).close()
+        else:
+            super().server_close()
         self.handshakes.stop()
+        self._accept_wake_r.close()
+        self._accept_wake_w.close()
 
     def listening(self) -> bool:
         """The handshake loop runs (the accept loop is the caller's thread to watch)."""
@@ -349,7 +492,8 @@ class MimicAssociationServer(ThreadedAssociationServer):
             return self._identities.get(request)
 
     def live_associations(self) -> int:
-        """Connections past their handshake whose socket is still open."""
+        """Connections past their handshake whose socket is still open and whose
+        association has not ended."""
         with self._lock:
             return sum(1 for s in list(self._live) if s.fileno() != -1)
 

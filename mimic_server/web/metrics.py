@@ -12,14 +12,18 @@ Several worker processes (``MIMIC_WORKERS``): each worker's values go to prometh
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before a worker starts),
 and the supervisor's ``/metrics`` adds them up (:class:`ServerMetrics`): counters and
 histograms summed, gauges as their ``multiprocess_mode`` says. What a scrape would read through
-a callback (open associations, refresh and audit failures) has no file to live in: a worker
-writes it from the callback at each association event and every 0.1 s (:meth:`sample`).
+a callback (open associations, refresh and audit failures, group commits) has no file to
+live in: a worker writes it from the callback (:meth:`sample`) at each association event,
+when asked by the supervisor's scrape (the worker's own ``/metrics``), and at its stop; not
+on a timer, so an idle worker writes nothing. A worker killed outright loses what its
+failure and commit counters grew by since then.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +80,7 @@ class ArchiveMetrics:
         self.multiprocess = worker and "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self._active_count: Callable[[], int] | None = None
         self._sampled: list[tuple[Counter, Callable[[], int], list[int]]] = []
+        self._sample_lock = threading.Lock()
         self._worker_accepted: Gauge | None = None
         self.associations_active = Gauge(
             "mimic_associations_active", "Associations established and not yet ended.",
@@ -161,14 +166,17 @@ class ArchiveMetrics:
         ).labels(str(slot))
 
     def sample(self) -> None:
-        """A worker writes what callbacks know into its multiprocess files."""
-        if self._active_count is not None:
-            self.associations_active.set(self._active_count())
-        for counter, count, last in self._sampled:
-            now = count()
-            if now > last[0]:
-                counter.inc(now - last[0])
-                last[0] = now
+        """A worker writes what callbacks know into its multiprocess files. From any thread
+        (association threads as they end, a scrape's request, the stop): one at a time, or
+        two could add the same growth twice."""
+        with self._sample_lock:
+            if self._active_count is not None:
+                self.associations_active.set(self._active_count())
+            for counter, count, last in self._sampled:
+                now = count()
+                if now > last[0]:
+                    counter.inc(now - last[0])
+                    last[0] = now
 
     # -- DIMSE --------------------------------------------------------------------------------
 
@@ -245,7 +253,10 @@ class ArchiveMetrics:
     # -- exposition ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
+        """The Prometheus text format of every metric. A worker writes its sampled values
+        first: its supervisor's scrape asks for this before it reads the files."""
+        if self.multiprocess:
+            self.sample()
         return generate_latest(self.registry)
 
 
@@ -253,8 +264,11 @@ class ServerMetrics:
     """The supervisor's ``/metrics``: every worker's values (their multiprocess files in
     ``directory``) and the supervisor's own worker gauges."""
 
-    def __init__(self, directory: Path, configured: int) -> None:
+    def __init__(self, directory: Path, configured: int,
+                 refresh: Callable[[], None] = lambda: None) -> None:
+        """``refresh()`` runs before each scrape: the workers write their sampled values."""
         self.directory = directory
+        self._refresh = refresh
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
         self._own = CollectorRegistry()
@@ -267,4 +281,5 @@ class ServerMetrics:
                                 registry=self._own)
 
     def exposition(self) -> bytes:
+        self._refresh()
         return generate_latest(self.registry) + generate_latest(self._own)

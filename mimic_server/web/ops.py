@@ -144,13 +144,15 @@ def build_app(state: OpsState) -> Starlette:
         )
 
     async def metrics(request: Request) -> Response:
-        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        # In a thread: a supervisor first asks each worker to write its sampled values.
+        body = await anyio.to_thread.run_sync(state.metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def status(request: Request) -> Response:
         # Peers, AE titles, identities, users and counts: no patient data (web/activity.py).
         if state.status is None:
             return JSONResponse({"error": "no status"}, status_code=404)
-        return JSONResponse(state.status())
+        return JSONResponse(await anyio.to_thread.run_sync(state.status))
 
     return Starlette(
         routes=[

@@ -5,6 +5,12 @@ its own, and installs no signal handlers there (it only does so in the main thre
 socket is bound here, before the thread starts, so a port in use is a configuration error
 at start, not a log line from a dying thread.
 
+uvicorn's main loop wakes ten times a second (``Server.main_loop``: ``asyncio.sleep(0.1)``,
+then ``on_tick``, which refreshes the Date header once a second and looks at
+``should_exit``); :class:`_QuietServer` ticks once a second, as often as the Date header
+changes, and :meth:`HttpServer.stop` wakes it at once. Three such servers (the supervisor's
+ops endpoints and each worker's status port) were a fifth of an idle ``mimic serve``'s CPU.
+
 Logging: uvicorn's own logging configuration is not applied (``log_config=None``); its
 loggers propagate to MIMIC's JSON handler. The access log is off: request lines would carry
 query strings, which a later DICOMweb API fills with patient identifiers.
@@ -12,6 +18,7 @@ query strings, which a later DICOMweb API fills with patient identifiers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -57,6 +64,38 @@ def uvicorn_options() -> dict[str, Any]:
     }
 
 
+#: Seconds between two ticks of uvicorn's main loop here (its own: 0.1).
+TICK = 1.0
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server with a main loop that ticks every :data:`TICK` seconds and wakes at
+    once when asked to exit. ``on_tick(0)`` each time: uvicorn refreshes the Date header
+    when its counter is a multiple of ten, that is once a second, as here. Where uvicorn
+    no longer has ``on_tick`` its own main loop runs."""
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        if not hasattr(uvicorn.Server, "on_tick"):
+            await super().main_loop()
+            return
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # after _wake: request_exit reads in order
+        while not await self.on_tick(0):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+
+    def request_exit(self) -> None:
+        """From any thread: exit now (before the loop runs, its first tick sees it)."""
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: it has exited
+                loop.call_soon_threadsafe(wake.set)
+
+
 class HttpServer:
     """One uvicorn server on ``host:port``, started and stopped from the archive."""
 
@@ -64,7 +103,7 @@ class HttpServer:
         self.name = name
         self._socket = listen(host, port, name)
         config = uvicorn.Config(app, lifespan="off", **uvicorn_options())
-        self._server = uvicorn.Server(config)
+        self._server = _QuietServer(config)
         self._thread = threading.Thread(
             target=self._run, name=f"mimic-{name}-http", daemon=True
         )
@@ -95,7 +134,7 @@ class HttpServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, finish the requests in flight (2 s at most), close the socket."""
-        self._server.should_exit = True
+        self._server.request_exit()
         if self._thread.is_alive():
             self._thread.join(timeout)
         with contextlib.suppress(OSError):

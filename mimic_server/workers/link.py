@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mimic_server.workers.table import PUBLISH_INTERVAL, AssociationTable
+from mimic_server.workers.table import AssociationTable
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,9 @@ class WorkerLink:
         self.table = AssociationTable(table_path, slots)
         self._status_fd = status_fd
         self._status_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._parent = supervisor
         _die_with_parent()  # then look: it may have died before this worker got here
-        self._stop = threading.Event()
-        self._sampler: threading.Thread | None = None
 
     def report(self, **fields: Any) -> None:
         """One JSON line to the supervisor, in one write (it reads whole lines)."""
@@ -65,30 +64,25 @@ class WorkerLink:
     def live_total(self, own: Callable[[], int]) -> Callable[[], int]:
         """The association count the admission check compares with MIMIC_MAX_ASSOCIATIONS:
         this worker's open ones and every other worker's (``table.py``)."""
-        return lambda: self.table.admit(self.slot, own())
+        def total() -> int:
+            with self._count_lock:
+                return self.table.admit(self.slot, own())
 
-    def start_sampling(self, own: Callable[[], int], sample: Callable[[], None]) -> None:
-        """Every PUBLISH_INTERVAL: publish this worker's count, write sampled metrics."""
+        return total
 
-        def run() -> None:
-            while not self._stop.wait(PUBLISH_INTERVAL):
-                try:
-                    self.table.publish(self.slot, own())
-                    sample()
-                except Exception:
-                    log.exception("publishing the worker's counts failed")
-
-        self._sampler = threading.Thread(target=run, name="mimic-worker-sampler", daemon=True)
-        self._sampler.start()
+    def publish(self, own: Callable[[], int]) -> None:
+        """This worker's open associations, for the others' admission checks: called when
+        one closes (the admission check publishes on each admission). Counted and written
+        under one lock: two threads ending at once must not leave the older count written
+        last, since no timer would correct it."""
+        with self._count_lock:
+            self.table.publish(self.slot, own())
 
     def parent_alive(self) -> bool:
         """False once the supervisor is gone (the worker is re-parented): drain and exit."""
         return os.getppid() == self._parent
 
     def close(self) -> None:
-        self._stop.set()
-        if self._sampler is not None:
-            self._sampler.join(1.0)
         with contextlib.suppress(ValueError):
             self.table.publish(self.slot, 0)
         with contextlib.suppress(OSError):

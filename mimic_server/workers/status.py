@@ -1,5 +1,6 @@
 """The console's "now" page across worker processes: each worker's open associations and
-per-minute counts, asked from its loopback status port and merged into one answer.
+per-minute counts, asked from its loopback status port and merged into one answer; and the
+scrape's request that each worker write its sampled metrics first.
 
 A worker that does not answer within the timeout is left out (and counted in
 ``workers_unanswered``): the page shows what the others know rather than nothing.
@@ -31,6 +32,24 @@ def fetch_status(port: int | None) -> dict[str, Any] | None:
         log.warning("worker status unavailable", extra={"port": port,
                                                         "error": type(exc).__name__})
         return None
+
+
+def sample_worker(port: int | None) -> bool:
+    """Have one worker write the values its metrics read by callback (its ``/metrics``
+    samples them before it answers), so that the supervisor's scrape reads them current:
+    asked at scrape time rather than written on a timer. False when it does not answer
+    (the scrape then has that worker's values as last written)."""
+    if port is None:
+        return False
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=TIMEOUT) as answer:
+            answer.read()
+        return True
+    except OSError as exc:
+        log.warning("worker metrics unavailable", extra={"port": port,
+                                                         "error": type(exc).__name__})
+        return False
 
 
 def merge_status(answers: list[tuple[int, dict[str, Any] | None]]) -> dict[str, object]:

@@ -8,7 +8,9 @@ together, on a store and index already set up; if one cannot start (a configurat
 which it prints), the others are stopped and ``mimic serve`` exits 2. The supervisor serves
 the ops endpoints for the whole server, replaces a worker that dies (with a back-off while
 they keep dying young), forwards SIGHUP, and on SIGTERM closes its copy of the listening
-socket, forwards the signal, waits for every worker to drain, and exits.
+socket, forwards the signal, waits for every worker to drain, and exits. Between those it
+sleeps: its main loop blocks on the workers' pidfds and a signal wake-up pipe, and an idle
+server's supervisor does not wake at all.
 
 Why one inherited socket and not ``SO_REUSEPORT``: with a socket per worker the kernel
 hashes each connection to one of them, including to a worker that is draining or busy; with
@@ -22,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -43,7 +46,7 @@ from mimic_server.net import descriptors
 from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
-from mimic_server.workers.status import fetch_status, merge_status
+from mimic_server.workers.status import fetch_status, merge_status, sample_worker
 from mimic_server.workers.table import AssociationTable
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,9 @@ STOP_ACCEPT_WAIT = 5.0
 #: for a report that does not name its trust set (see ``link.trust_token``).
 RELAY_INTERVAL = 1.0
 
-#: Seconds between two looks at the workers.
+#: Seconds between two looks at the workers where a process cannot be waited for by its
+#: pidfd (``os.pidfd_open``: Linux 5.3); elsewhere the loop wakes only when a worker dies,
+#: a signal arrives or a restart is due.
 SUPERVISE_PERIOD = 0.2
 
 
@@ -74,6 +79,7 @@ class _Run:
 
     process: subprocess.Popen[bytes]
     started: float
+    pidfd: int | None = None  # readable once the process has ended
     ready: bool = False
     server_not_after: float | None = None
     aborted: int = 0  # associations it aborted when its drain time ran out
@@ -104,7 +110,8 @@ class Supervisor:
         self._metrics_dir = self._directory / "metrics"
         self._metrics_dir.mkdir()
         self._table = AssociationTable(self._directory / "associations", count, create=True)
-        self.metrics = ServerMetrics(self._metrics_dir, count)
+        self.metrics = ServerMetrics(self._metrics_dir, count, refresh=self._sample_workers)
+        self.metrics.ready.set_function(lambda: len(self._ready_runs()))
         self._engine: Any = None
         self._store: Any = None
         self.ops: HttpServer | None = None
@@ -113,6 +120,9 @@ class Supervisor:
         self._lock = threading.Lock()
         self._last_relay = -RELAY_INTERVAL
         self._last_relayed_trust: str | None = None
+        # Written by request_stop (a signal handler) and, as the signal wake-up fd, by the
+        # C handler of any signal in whichever thread gets it: the main loop's poll wakes.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -199,7 +209,7 @@ class Supervisor:
             )
         finally:
             os.close(write_end)
-        run = _Run(process, time.monotonic())
+        run = _Run(process, time.monotonic(), _pidfd(process.pid))
         slot.run, slot.restart_at = run, None
         slot.runs.append(process.pid)
         threading.Thread(
@@ -276,6 +286,11 @@ class Supervisor:
             status=self._status,
         )
 
+    def _sample_workers(self) -> None:
+        """Before a scrape: every ready worker writes its sampled metrics."""
+        for run in self._ready_runs():
+            sample_worker(run.status_port)
+
     def _status(self) -> dict[str, object]:
         """Every ready worker's open associations and the per-minute counts summed."""
         return merge_status([
@@ -316,6 +331,8 @@ class Supervisor:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: the main loop wakes and drains."""
         self._stop.set()
+        with contextlib.suppress(OSError):  # full: it wakes anyway; closed: it is over
+            os.write(self._wake_w, b"\0")
 
     def hup(self) -> None:
         """SIGHUP: every worker reads its certificates and policy file again. Not one still
@@ -345,20 +362,50 @@ class Supervisor:
                     run.process.send_signal(signal.SIGHUP)
 
     def run(self) -> None:
-        """Supervise until told to stop, then drain the workers."""
-        while not self._stop.wait(SUPERVISE_PERIOD):
-            now = time.monotonic()
-            for slot in self.slots:
-                run = slot.run
-                if run is not None and run.process.poll() is not None:
-                    self._died(slot, run, now)
-                if slot.run is None and slot.restart_at is not None and now >= slot.restart_at:
-                    self._spawn(slot)
-            self.metrics.ready.set(len(self._ready_runs()))
+        """Supervise until told to stop, then drain the workers. Called in the main thread
+        (the signal wake-up fd is set there): it blocks until a worker ends (its pidfd), a
+        signal arrives or a restart is due, and otherwise does not wake."""
+        previous = _wake_on_signals(self._wake_w)
+        try:
+            while not self._stop.is_set():
+                self._wait()
+                if self._stop.is_set():
+                    break
+                now = time.monotonic()
+                for slot in self.slots:
+                    run = slot.run
+                    if run is not None and run.process.poll() is not None:
+                        self._died(slot, run, now)
+                    if (slot.run is None and slot.restart_at is not None
+                            and now >= slot.restart_at):
+                        self._spawn(slot)
+        finally:
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
         self._drain()
+
+    def _wait(self) -> None:
+        """Until a worker ends, the wake-up is written, or the next restart is due."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        timeout: float | None = None
+        for slot in self.slots:
+            run = slot.run
+            if run is not None:
+                if run.pidfd is None:
+                    timeout = SUPERVISE_PERIOD
+                else:
+                    poller.register(run.pidfd, select.POLLIN)
+            elif slot.restart_at is not None:
+                due = max(0.0, slot.restart_at - time.monotonic())
+                timeout = due if timeout is None else min(timeout, due)
+        poller.poll(None if timeout is None else timeout * 1000 + 1)
+        with contextlib.suppress(OSError):
+            os.read(self._wake_r, 4096)
 
     def _died(self, slot: _Slot, run: _Run, now: float) -> None:
         code = run.process.returncode
+        _close_pidfd(run)
         multiprocess.mark_process_dead(run.process.pid, str(self._metrics_dir))
         self._table.publish(slot.index, 0)
         self.metrics.restarts.inc()
@@ -405,6 +452,12 @@ class Supervisor:
         })
 
     def _close(self) -> None:
+        for slot in self.slots:
+            if slot.run is not None:
+                _close_pidfd(slot.run)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -414,6 +467,32 @@ class Supervisor:
         with contextlib.suppress(ValueError, BufferError):
             self._table.close()
         shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor readable once ``pid`` has ended, or None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _close_pidfd(run: _Run) -> None:
+    if run.pidfd is not None:
+        with contextlib.suppress(OSError):
+            os.close(run.pidfd)
+        run.pidfd = None
+
+
+def _wake_on_signals(fd: int) -> int | None:
+    """Have every signal write ``fd`` (whichever thread the kernel hands it to, the main
+    thread's poll then returns and runs the Python handler); the previous fd, or None when
+    this is not the main thread (the loop then still wakes by :meth:`request_stop`'s
+    write, once the handler runs)."""
+    try:
+        return signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:
+        return None
 
 
 def _exit_fields(code: int) -> dict[str, Any]:

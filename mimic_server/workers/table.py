@@ -2,11 +2,13 @@
 
 A small file mapped by every worker: one 8-byte slot per worker holding its open
 associations. A worker that admits an association adds its own count, exact, to the others'
-slots, which each worker rewrites whenever it admits one and every
-:data:`PUBLISH_INTERVAL` otherwise (closes are seen within it). So the limit can be passed by
-associations admitted in the same instant by different workers, and an association can be
-refused for one that closed in another worker in the last interval: the edges are soft by
-that much, never by more. The supervisor zeroes the slot of a worker that died.
+slots, which each worker rewrites whenever it admits one and whenever one of its
+connections closes or an association's thread ends (``net/server.py``), not on a timer: an
+idle worker never writes. So the limit can be passed by associations admitted in the same
+instant by different workers, and an association can be refused for one whose close
+another worker is publishing in that instant: the edges are soft by that much (the
+admissions and closes in flight at once), never by more. The supervisor zeroes the slot of
+a worker that died.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import os
 import struct
 from pathlib import Path
 
-#: Seconds between two rewrites of a worker's slot when nothing is admitted.
-PUBLISH_INTERVAL = 0.1
 _SLOT = struct.Struct("<q")
 
 

@@ -251,11 +251,12 @@ def test_audit_sink_on_a_full_disk_does_not_stop_the_listener(
 def test_mimic_serve_exits_non_zero_when_the_listener_dies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The accept loop ends by an exception (here from the hook it calls on every turn):
-    ``mimic serve`` notices and exits 3 instead of running on without listening. (A SIGTERM
-    after a while ends a serve that never notices, with exit 0, so that this test fails
-    rather than hangs.) One process (``--workers 1``): the hook is patched in this one; a
-    worker process that exits so is replaced by its supervisor (tests/e2e/test_workers.py)."""
+    """The accept loop ends by an exception (here from the hook it calls on every turn,
+    which a connection makes it take: an idle loop does not turn): ``mimic serve`` notices
+    and exits 3 instead of running on without listening. (A SIGTERM after a while ends a
+    serve that never notices, with exit 0, so that this test fails rather than hangs.) One
+    process (``--workers 1``): the hook is patched in this one; a worker process that exits
+    so is replaced by its supervisor (tests/e2e/test_workers.py)."""
 
     def dies(self: MimicAssociationServer) -> None:
         raise RuntimeError("the accept loop broke")
@@ -264,12 +265,22 @@ def test_mimic_serve_exits_non_zero_when_the_listener_dies(
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     guard = threading.Timer(20, lambda: os.kill(os.getpid(), signal.SIGTERM))
     guard.start()
+    port = free_port()
+    poked = threading.Event()
+
+    def poke() -> None:  # one connection once it listens: the loop turns
+        while not poked.wait(0.2):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1):
+                poked.set()
+
+    threading.Thread(target=poke, daemon=True).start()
     try:
         result = CliRunner().invoke(main, [
             "serve", "--data-dir", str(tmp_path / "data"), "--host", HOST,
-            "--port", str(free_port()), "--workers", "1",
+            "--port", str(port), "--workers", "1",
         ])
     finally:
+        poked.set()
         guard.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -182,6 +182,8 @@ def test_listener_death_makes_healthz_503(tmp_path: Path) -> None:
             raise RuntimeError("accept loop broke")
 
         archive.server.service_actions = broken  # type: ignore[method-assign]
+        # The accept loop turns when a connection arrives (an idle one does not wake).
+        socket.create_connection(archive.address, timeout=10).close()
         assert wait_for(lambda: not archive.listener_alive())
         status, body = probe.ops("/healthz")
         assert status == 503 and json.loads(body)["listener"] == "dead"

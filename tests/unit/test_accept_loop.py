@@ -1,12 +1,21 @@
 """The accept loop freezes the start-up heap before serving (pynetdicom's periodic full
-collection then scans only what was made since)."""
+collection then scans only what was made since); it blocks while idle, collects after
+associations end, and a worker closing it leaves the shared listening socket listening."""
 
 from __future__ import annotations
 
 import gc
+import os
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
+from pynetdicom import AE
+
 from mimic_server.app import Archive
+from mimic_server.net.server import COLLECT_AFTER, MimicAssociationServer
+from tests.support import HOST, wait_for
 
 
 class _Listener:
@@ -38,3 +47,79 @@ def test_an_accept_loop_that_dies_is_logged_critical(caplog: Any) -> None:
         gc.unfreeze()
     assert any(r.levelname == "CRITICAL" and "listener stopped" in r.getMessage()
                for r in caplog.records)
+
+
+def _archive(tmp_path: Path) -> Archive:
+    from mimic_server.config import Settings
+
+    archive = Archive(Settings(data_dir=tmp_path / "data", host=HOST, port=0, tls=False,
+                               ops_port=0))
+    archive.start()
+    return archive
+
+
+def test_an_idle_accept_loop_does_not_turn_and_a_connection_turns_it(tmp_path: Path) -> None:
+    """The accept loop blocks until a connection arrives (``accept-waits``); pynetdicom's
+    turned every 0.2 s. Stopping wakes it."""
+    archive = _archive(tmp_path)
+    try:
+        server = archive.server
+        assert server is not None and server._event_driven_accept
+        turns: list[float] = []
+        original = server.service_actions
+
+        def counted() -> None:
+            turns.append(time.monotonic())
+            original()
+
+        server.service_actions = counted  # type: ignore[method-assign]
+        time.sleep(0.6)  # three of pynetdicom's turns
+        assert turns == []
+        socket.create_connection(archive.address, timeout=10).close()
+        assert wait_for(lambda: len(turns) >= 1)
+        assert archive.listener_alive()
+    finally:
+        archive.stop(0)
+    assert archive._thread is not None and not archive._thread.is_alive()
+
+
+def test_an_ended_association_schedules_a_collection(tmp_path: Path) -> None:
+    archive = _archive(tmp_path)
+    try:
+        server = archive.server
+        assert server is not None
+        assert server._until_collection() is None  # nothing happened: no timeout at all
+        told: list[int] = []
+        server.on_associations_changed = lambda: told.append(1)
+        ours = socket.socket()
+        server._live.add(ours)
+        assert server.live_associations() == 1
+        server.association_ended(ours)
+        assert told and server.live_associations() == 0
+        due = server._until_collection()
+        assert due is not None and due <= COLLECT_AFTER
+        ours.close()
+    finally:
+        archive.stop(0)
+
+
+def test_a_worker_closing_its_listener_leaves_the_shared_socket_listening() -> None:
+    """pynetdicom's server_close() shuts the listening socket down, which would stop the
+    socket every worker shares: a worker closes its own descriptor only."""
+    shared = socket.socket()
+    shared.bind((HOST, 0))
+    shared.listen(8)
+    copy = socket.socket(fileno=os.dup(shared.fileno()))  # what a worker inherits
+    server = MimicAssociationServer(
+        AE(), (HOST, 0), "MIMIC", [], ssl_context=None, trust=None, handshake_timeout=5,
+        network_timeout=5, max_pdu_read=1 << 20, max_pending_handshakes=8,
+        listening_socket=copy,
+    )
+    server.server_close()
+    try:
+        with socket.create_connection(shared.getsockname(), timeout=5):
+            shared.settimeout(5)
+            accepted, _ = shared.accept()
+            accepted.close()
+    finally:
+        shared.close()
