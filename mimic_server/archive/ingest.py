@@ -36,6 +36,7 @@ from pydicom.uid import UID
 from mimic_server.codec.header import Header, read_checked_header, read_header
 from mimic_server.errors import CannotUnderstand, DataSetMismatch, Status
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
+from mimic_server.index.engine import commit_outcome_unknown
 from mimic_server.storage.keys import new_object_key
 
 if TYPE_CHECKING:
@@ -214,10 +215,14 @@ def keep(
         )
         if stored is not None:
             stored.result()  # done: the transaction waited for it before its commit
-    except BaseException:
+    except BaseException as exc:
         if stored is not None:
             futures.wait([stored])  # a put still writing would leave its object behind
-        _delete_quietly(store, key)
+        if commit_outcome_unknown(exc):
+            # The row may have committed: deleting the object could leave a row without it.
+            log.error("the index commit's outcome is unknown; the object is kept for reconcile")
+        else:
+            _delete_quietly(store, key)
         raise
     if record is not None:
         record.committed()  # the other sinks (syslog) get it once it is in the table

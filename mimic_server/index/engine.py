@@ -125,6 +125,35 @@ def lost_before_commit(exc: BaseException, committing: bool) -> bool:
             and bool(exc.connection_invalidated))
 
 
+#: Set on a database error raised by a COMMIT whose connection was lost (``commit_lost``).
+_OUTCOME_UNKNOWN = "mimic_commit_outcome_unknown"
+
+
+def commit_lost(exc: BaseException) -> BaseException:
+    """Mark ``exc``, raised by a COMMIT, when its connection was lost: the server may or may
+    not have committed before the connection went, so the caller must not undo what the
+    transaction refers to (``commit_outcome_unknown``)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        setattr(exc, _OUTCOME_UNKNOWN, True)
+    return exc
+
+
+def commit_outcome_unknown(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, is a COMMIT that lost its connection:
+    the index row may be there. A C-STORE is then still refused (the modality sends the
+    object again, and the newest copy replaces any row that did commit), but its object is
+    kept rather than deleted: an object without a row is an orphan that ``mimic reconcile``
+    removes, a row without its object would be a lost image."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain of causes is short; never follow a cycle
+        if seen is None:
+            return False
+        if getattr(seen, _OUTCOME_UNKNOWN, False):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """``work(connection)`` in a write transaction of its own, committed; run once more on a
     fresh connection when the first lost its connection before the commit
@@ -138,6 +167,8 @@ def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
                 committing = True
             return value
         except DBAPIError as exc:
+            if committing:
+                raise commit_lost(exc)
             if last or not lost_before_commit(exc, committing):
                 raise
             log.warning("index connection lost before commit; the transaction runs again")

@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
-from mimic_server.index.engine import WRITE, lost_before_commit
+from mimic_server.index.engine import WRITE, commit_lost, lost_before_commit
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ class GroupCommitter:
         try:
             while pending:
                 failed: _Waiter[Any] | None = None
+                committing = False
                 try:
                     conn, transaction = opened if opened is not None else self._begin()
                     opened = None
@@ -180,8 +181,11 @@ class GroupCommitter:
                             failed = waiter
                             waiter.value = waiter.work(conn)
                         failed = None
+                        committing = True
                 except BaseException as exc:
                     if failed is None:  # begin or commit: the transaction's failure is everyone's
+                        if committing:
+                            commit_lost(exc)  # its rows may have committed: keep the objects
                         for waiter in pending:
                             waiter.value, waiter.error = None, exc
                         return

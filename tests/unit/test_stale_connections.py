@@ -176,6 +176,57 @@ def test_a_commit_that_lost_its_connection_is_not_run_again(
         index.engine.dispose()
 
 
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
+def test_a_c_store_whose_commit_lost_its_connection_keeps_its_object(
+    postgres_server: str, url: str, group_commit: bool,
+) -> None:
+    """The COMMIT of a C-STORE's transaction loses its connection: the server may have
+    committed the row, so the object is not deleted (an orphan at worst, which reconcile
+    removes; never a row without its object). The C-STORE is refused with 0xA700, and the
+    modality's second send is stored normally."""
+    index = SqlIndex(create_index_engine(url), group_commit=group_commit)
+    trail, store = _trail(index), MemoryStore()
+    armed = [True]
+
+    @event.listens_for(index.engine, "commit")
+    def _end_backend(conn: Connection) -> None:
+        if armed[0]:
+            armed[0] = False
+            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            _terminate(postgres_server, url, pid)
+
+    try:
+        ds = _ct(6)
+        answer = handle_store(_event(ds), store, index, Policy("MIMIC"), trail)
+        assert _status(answer) == 0xA700
+        assert len(store.objects) == 1  # kept: the outcome of the commit is unknown
+        assert index.get_instance(ds.SOPInstanceUID) is None  # here it did not commit
+        assert _status(handle_store(_event(ds), store, index, Policy("MIMIC"), trail)) == 0
+        row = index.get_instance(ds.SOPInstanceUID)
+        assert row is not None and row.object_key in store.objects
+    finally:
+        index.engine.dispose()
+
+
+def test_an_error_that_is_not_a_lost_commit_deletes_nothing_it_should_keep(url: str) -> None:
+    """Only a COMMIT that lost its connection leaves the outcome unknown: a statement the
+    database refuses rolls back for certain (the object is deleted by the caller)."""
+    from mimic_server.index.engine import commit_outcome_unknown
+
+    index = SqlIndex(create_index_engine(url))
+    table = AuditTable(index.engine)
+    try:
+        bad = InstanceAttributes.from_header(_ct(7))
+        with pytest.raises(OutOfResources) as refused:
+            index.upsert_instance(bad, transfer_syntax_uid="1.2.840.10008.1.2.1",
+                                  object_key="k/7", sha256="0" * 64, size=1, received_from="t",
+                                  in_transaction=lambda conn:
+                                  table.write_in(conn, _entry(event_code="1" * 17)))
+        assert not commit_outcome_unknown(refused.value)
+    finally:
+        index.engine.dispose()
+
+
 def _entry(**changes: Any) -> Any:
     from datetime import UTC, datetime
 
