@@ -168,7 +168,8 @@ def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
             return value
         except DBAPIError as exc:
             if committing:
-                raise commit_lost(exc)
+                commit_lost(exc)
+                raise
             if last or not lost_before_commit(exc, committing):
                 raise
             log.warning("index connection lost before commit; the transaction runs again")
