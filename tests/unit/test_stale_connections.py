@@ -146,6 +146,18 @@ def test_an_idle_connection_is_pinged_and_replaced_before_a_read(
         index.engine.dispose()
 
 
+def _end_backend_at_first_commit(index: SqlIndex, server: str, url: str) -> None:
+    """End the backend of the first transaction that commits, as its COMMIT is about to go."""
+    armed = [True]
+
+    @event.listens_for(index.engine, "commit")
+    def _end_backend(conn: Connection) -> None:
+        if armed[0]:
+            armed[0] = False
+            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            _terminate(server, url, pid)
+
+
 @pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
 def test_a_commit_that_lost_its_connection_is_not_run_again(
     postgres_server: str, url: str, group_commit: bool,
@@ -154,15 +166,7 @@ def test_a_commit_that_lost_its_connection_is_not_run_again(
     transaction is not run again and the caller is told 'index unavailable'."""
     index = SqlIndex(create_index_engine(url), group_commit=group_commit)
     ran: list[int] = []
-    armed = [True]
-
-    @event.listens_for(index.engine, "commit")
-    def _end_backend(conn: Connection) -> None:
-        if armed[0]:
-            armed[0] = False
-            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-            _terminate(postgres_server, url, pid)
-
+    _end_backend_at_first_commit(index, postgres_server, url)
     try:
         attrs = InstanceAttributes.from_header(_ct(3))
         with pytest.raises(OutOfResources):
@@ -186,15 +190,7 @@ def test_a_c_store_whose_commit_lost_its_connection_keeps_its_object(
     modality's second send is stored normally."""
     index = SqlIndex(create_index_engine(url), group_commit=group_commit)
     trail, store = _trail(index), MemoryStore()
-    armed = [True]
-
-    @event.listens_for(index.engine, "commit")
-    def _end_backend(conn: Connection) -> None:
-        if armed[0]:
-            armed[0] = False
-            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-            _terminate(postgres_server, url, pid)
-
+    _end_backend_at_first_commit(index, postgres_server, url)
     try:
         ds = _ct(6)
         answer = handle_store(_event(ds), store, index, Policy("MIMIC"), trail)
