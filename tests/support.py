@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,39 @@ from sqlalchemy import create_engine, text
 HOST = "127.0.0.1"
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(part) for part in text.split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+_EPHEMERAL = _ephemeral_ports()
+_handed_out: set[int] = set()
+_ports = random.Random()  # seeded from the OS: the two test processes choose apart
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing is bound to, for a server started next, chosen *outside* the
+    kernel's ephemeral range: a port the kernel hands out (a bind to port 0) can be taken
+    again as the local port of any outgoing connection before the server binds it, and the
+    suite opens thousands of them beside its servers ("Address already in use" at start)."""
+    low, high = _EPHEMERAL
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    for _ in range(200):
+        port = _ports.randint(first, last)
+        if port in _handed_out:
+            continue  # given to a server of this process that may not have bound it yet
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port outside the ephemeral range")
 
 
 class MimicProcess:
