@@ -286,6 +286,7 @@ def test_policy_file_change_and_breakage(setup: Setup) -> None:
     assoc = setup.associate("fileonly", [Verification, FIND])
     assert not _refused_services(assoc)
     assoc.release()
+    since = len(setup.server.log_entries())
     setup.policy.write_text(POLICY.replace('["echo", "find"]', '["echo"]'))
 
     def find_refused() -> bool:
@@ -294,7 +295,16 @@ def test_policy_file_change_and_breakage(setup: Setup) -> None:
         assoc.release()
         return refused
 
+    def loaded_by() -> set[Any]:
+        return {e.get("worker") for e in setup.server.log_entries()[since:]
+                if e.get("message") == "access policy loaded"}
+
     assert wait_for(find_refused, timeout=20)
+    # Every worker reads the file on its own poll: each must have loaded this one before the
+    # file breaks, so that it is the last good policy of each (whichever worker accepts).
+    workers = {e.get("worker") for e in setup.server.log_entries()[:since]
+               if e.get("message") == "access policy loaded"}
+    assert wait_for(lambda: loaded_by() >= workers, timeout=20)
     assert any(r.get("event_type") == "security-configuration" and r["EventOutcomeIndicator"] == 0
                for r in setup.audit())
 

@@ -65,9 +65,14 @@ def test_tags_carry_the_rule(live: MimicProcess, vault: KeyVaultDouble, pki: Pki
         PATHS[name] = (cert_path, key_path)
         vault.set_secret(name, pem(cert), tags=entry_tags)
     assert wait_for(lambda: _contexts(live, pki, "plain") is not None, timeout=30)
-    assert _contexts(live, pki, "reading") == ({Verification, FIND}, set())
-    assert _contexts(live, pki, "plain") == ({Verification}, {FIND})
-    assert _contexts(live, pki, "typo") == ({Verification}, {FIND})
+    # The worker that saw the vault first has the others look at once (a relayed SIGHUP),
+    # but an association may reach one of them within that reload: each rule is waited for.
+    assert wait_for(lambda: _contexts(live, pki, "reading") == ({Verification, FIND}, set()),
+                    timeout=10)
+    assert wait_for(lambda: _contexts(live, pki, "plain") == ({Verification}, {FIND}),
+                    timeout=10)
+    assert wait_for(lambda: _contexts(live, pki, "typo") == ({Verification}, {FIND}),
+                    timeout=10)
     assert any(e.get("level") == "ERROR" and e.get("entry") == "typo"
                for e in live.log_entries())
     # A tag changed in the vault applies within the refresh period, without restart.
