@@ -18,7 +18,8 @@ run: ``before`` (the put before the transaction and the instance insert through 
 through pydicom's ``Dataset``); ``before-audit`` (the next three together),
 ``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
 transaction), ``lxml-audit`` (the audit message as an lxml tree). PostgreSQL is
-the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards.
+the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards;
+``--index sqlite`` measures the embedded default's SQLite index instead.
 
     .venv/bin/python bench/ingest_cpu.py                    # small and large, 300 each
     .venv/bin/python bench/ingest_cpu.py --kind small --count 500 --rounds 5
@@ -245,6 +246,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=300, help="objects per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--index", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="the index database: PostgreSQL (--postgres) or a SQLite file "
+                        "(the embedded default's)")
     parser.add_argument("--no-fsync", action="store_true", help="file store without fsync")
     parser.add_argument("--profile", action="store_true", help="cProfile one round")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -255,10 +259,14 @@ def main() -> int:
     args = parser.parse_args()
 
     name = f"mimic_cpu_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.postgres, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = args.postgres.rsplit("/", 1)[0] + "/" + name
-    engine = create_index_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    sqlite_dir = tempfile.TemporaryDirectory(prefix="mimic-cpu-index-")
+    if args.index == "sqlite":
+        engine = create_index_engine(f"sqlite:///{sqlite_dir.name}/index.sqlite3")
+    else:
+        with psycopg.connect(args.postgres, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = args.postgres.rsplit("/", 1)[0] + "/" + name
+        engine = create_index_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     results: dict[str, Any] = {}
     try:
         schema.upgrade(engine)
@@ -310,8 +318,10 @@ def main() -> int:
             store.close()
     finally:
         engine.dispose()
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        sqlite_dir.cleanup()
+        if args.index == "postgresql":
+            with psycopg.connect(args.postgres, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

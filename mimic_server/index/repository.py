@@ -74,8 +74,10 @@ class SqlIndex:
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             .returning(Instance.id)
         )
-        #: PostgreSQL: the same insert as a prepared statement on the driver's connection.
-        self._driver_insert = DriverStatement.on(engine, self._insert_instance, _INSTANCE_KEYS)
+        #: The same insert on the driver's cursor (psycopg, sqlite3), the header as JSON text.
+        self._driver_insert = DriverStatement.on(
+            engine, self._insert_instance, _INSTANCE_KEYS, encoded=frozenset({"header"})
+        )
         # Series Instance UID -> series row id, filled after a commit: the instances of a
         # series then skip the three patient / study / series look-ups. Another process
         # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to

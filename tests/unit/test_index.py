@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 import threading
+from datetime import datetime
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.models import Instance, Patient, Series, Study
@@ -127,10 +129,10 @@ def test_nan_infinity_and_long_integers_are_indexed(index: SqlIndex) -> None:
 def test_the_prepared_insert_writes_the_rows_of_the_sqlalchemy_insert(
     index: SqlIndex, name: str
 ) -> None:
-    """PostgreSQL runs the new-instance insert on psycopg's cursor with the header as JSON
-    text (``DriverInsert``): the row equals the one SQLAlchemy's own execute writes."""
-    if index._driver_insert is None:
-        pytest.skip("the driver-level insert is PostgreSQL's (psycopg)")
+    """The new-instance insert runs on the driver's cursor (psycopg, sqlite3) with the header
+    as JSON text (``DriverStatement``): the row equals the one SQLAlchemy's own execute
+    writes, dates and text in other character sets included."""
+    assert index._driver_insert is not None
     ds = pydicom.dcmread(next(iter(local_files(name))), stop_before_pixels=True)
     ds.add_new(0x00189089, "FD", [0.5, 1e300])
     ds.add_new(0x00720078, "UV", [2**64 - 1])
@@ -147,6 +149,12 @@ def test_the_prepared_insert_writes_the_rows_of_the_sqlalchemy_insert(
             row = conn.execute(
                 select(Instance.__table__).where(Instance.object_key == path)
             ).one()._asdict()
+            stored_at = conn.execute(  # as the database holds it (SQLite: text)
+                text("SELECT CAST(received_at AS TEXT) FROM instances WHERE object_key = :k"),
+                {"k": path},
+            ).scalar_one()
+        assert isinstance(row["received_at"], datetime)
+        row["received_at_shape"] = re.sub(r"\d+", "9", stored_at)
         for varying in ("id", "object_key", "sop_instance_uid", "received_at"):
             row.pop(varying)
         row["header"].pop("00080018")
