@@ -62,7 +62,9 @@ class SignalInbox:
                 break
             if not data:
                 break
-            arrived.extend(b for b in data if b not in arrived)
+            for signum in data:
+                if signum not in arrived:
+                    arrived.append(signum)
         return [s for s in arrived if s in self.signums]
 
     def close(self) -> None:
