@@ -590,7 +590,8 @@ class Archive:
         return self._draining.is_set()
 
     def begin_drain(self) -> None:
-        """Not ready from now on (``/readyz`` 503); safe to call from a signal handler."""
+        """Not ready from now on (``/readyz`` 503). Not from a signal handler: setting the
+        Event takes its lock (``mimic_server/signals.py``); the main loop calls it."""
         self._draining.set()
 
     def refresh_certificates(self) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,7 +108,7 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
     # Before the start: a SIGTERM while the workers start drains them once they are up.
     signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
     signal.signal(signal.SIGINT, lambda *_: supervisor.request_stop())
-    signal.signal(signal.SIGHUP, lambda *_: supervisor.hup())
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.request_hup())
     try:
         supervisor.start()
     except ConfigurationError as exc:
@@ -167,21 +166,14 @@ def _configure_logs(settings: Settings) -> None:
 
 def _serve_archive(settings: Settings, worker: Any = None) -> None:
     from mimic_server.app import Archive, describe_first_start
+    from mimic_server.signals import SignalInbox
 
     archive = Archive(settings, worker=worker)
-    stop = threading.Event()
-
-    def drain(*_: Any) -> None:
-        archive.begin_drain()  # /readyz answers 503 from this moment
-        stop.set()
-
-    def handle_signals() -> None:
-        signal.signal(signal.SIGTERM, drain)
-        signal.signal(signal.SIGINT, drain)
-        signal.signal(signal.SIGHUP, lambda *_: archive.refresh_certificates())  # and policy
-
+    # The handlers only note the signal; this loop acts on it (signals.py: a handler that
+    # takes a lock can deadlock the main thread, and with it the certificate watcher).
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     if worker is not None:  # before it says it is ready: the supervisor may signal from then
-        handle_signals()
+        inbox.install()
     try:
         archive.start()
     except ConfigurationError as exc:
@@ -193,8 +185,14 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
             err=True,
         )
     if worker is None:
-        handle_signals()
-    while not stop.wait(WATCH_PERIOD):
+        inbox.install()
+    while True:
+        arrived = inbox.wait(WATCH_PERIOD)
+        if signal.SIGTERM in arrived or signal.SIGINT in arrived:
+            archive.begin_drain()  # /readyz answers 503 from this moment
+            break
+        if signal.SIGHUP in arrived:
+            archive.refresh_certificates()  # and the policy file
         if worker is not None and not worker.parent_alive():
             click.echo("mimic: the supervisor is gone; draining", err=True)
             break
@@ -212,6 +210,7 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
 def web(**options: Any) -> None:
     """Run DICOMweb (/dicomweb) and the operator console (/) until SIGTERM or SIGINT."""
     from mimic_server import logs
+    from mimic_server.signals import SignalInbox
     from mimic_server.webapp import WebArchive, run_workers, web_worker_count
 
     settings = _settings(**options)
@@ -231,11 +230,14 @@ def web(**options: Any) -> None:
     except ConfigurationError as exc:
         archive.stop()
         _fail(str(exc))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: archive.refresh_policy())
-    while not stop.wait(WATCH_PERIOD):
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    inbox.install()  # noted by the handlers, acted on here (signals.py)
+    while True:
+        arrived = inbox.wait(WATCH_PERIOD)
+        if signal.SIGTERM in arrived or signal.SIGINT in arrived:
+            break
+        if signal.SIGHUP in arrived:
+            archive.refresh_policy()
         if not archive.alive():
             click.echo("mimic: the web listener stopped; exiting", err=True)
             archive.stop()

@@ -2,10 +2,19 @@
 
 The certificate watcher and the policy watcher share this loop; each says in ``poll()`` what
 a change means. A bottom module: it knows nothing of the rooms that use it.
+
+:meth:`Poller.refresh_now` takes no lock: it writes a byte to a socket the loop waits on. A
+``threading.Event`` here once hung a worker: ``Event.set()`` takes the Event's lock, and a
+SIGHUP handler calling it, interrupted by a second SIGHUP whose handler called it again,
+waited for the lock its own thread held (``mimic_server/signals.py``); the poller thread, which
+needs that lock to leave ``Event.wait``, hung with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import selectors
+import socket
 import threading
 
 
@@ -17,30 +26,46 @@ class Poller:
 
     def __init__(self, period: float, name: str) -> None:
         self.period = period
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = False
+        # A closed socket refuses a late send (OSError), where a closed pipe's number could
+        # already name another file.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stopping = True
+        self._wake()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
 
     def refresh_now(self) -> None:
-        """Read the source again at once (SIGHUP); safe to call from a signal handler."""
+        """Read the source again at once (SIGHUP); takes no lock, so it is safe in a signal
+        handler, nested in another call of itself included."""
         self._version = None
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending; closed: stopped
+            self._wake_w.send(b"\0")
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.period)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self.poll()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                selector.select(self.period)
+                with contextlib.suppress(OSError):  # wake-ups while it polled: one poll
+                    while self._wake_r.recv(4096):
+                        pass
+                if self._stopping:
+                    return
+                self.poll()
 
     def poll(self) -> bool:
         """Look at the source once; True if something new was applied."""

@@ -78,6 +78,10 @@ _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 #: never while nothing happened.
 COLLECT_AFTER = 12.0
 COLLECT_EVERY = 60
+#: Seconds :meth:`MimicAssociationServer.shutdown` waits for the accept loop to end (it wakes
+#: at once; at worst it finishes one accept or one full collection, ~0.1 s) before it closes
+#: the listening socket anyway and says so.
+ACCEPT_STOP_WAIT = 10.0
 
 
 #: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
@@ -331,9 +335,14 @@ class MimicAssociationServer(ThreadedAssociationServer):
             return
         self._accept_stop = True
         self._wake_accept_loop()
-        self._accept_stopped.wait()
+        if not self._accept_stopped.wait(ACCEPT_STOP_WAIT):
+            # A loop that does not wake must not keep the drain, the last counts and the
+            # process's exit waiting for ever: the socket closes under it.
+            log.error("the accept loop did not stop; closing its socket anyway",
+                      extra={"waited_seconds": ACCEPT_STOP_WAIT})
         self.server_close()
-        self.ae._servers.remove(self)
+        with contextlib.suppress(ValueError):
+            self.ae._servers.remove(self)
 
     def _wake_accept_loop(self) -> None:
         with contextlib.suppress(OSError):  # full: a wake-up is on its way; closed: stopped

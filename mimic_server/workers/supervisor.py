@@ -115,7 +115,10 @@ class Supervisor:
         self._engine: Any = None
         self._store: Any = None
         self.ops: HttpServer | None = None
-        self._stop = threading.Event()
+        # Plain flags, set by the signal handlers: an Event's set() takes a lock, which a
+        # second signal's handler, run nested in the first, would wait for (signals.py).
+        self._stopping = False
+        self._hup_requested = False
         self._draining = threading.Event()
         self._lock = threading.Lock()
         self._last_relay = -RELAY_INTERVAL
@@ -329,8 +332,17 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT: the main loop wakes and drains."""
-        self._stop.set()
+        """SIGTERM/SIGINT (the handler): the main loop wakes and drains. Takes no lock."""
+        self._stopping = True
+        self._wake()
+
+    def request_hup(self) -> None:
+        """SIGHUP (the handler): the main loop wakes and forwards it (:meth:`hup`). Takes no
+        lock; a SIGHUP during the start is forwarded once the workers are up."""
+        self._hup_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
         with contextlib.suppress(OSError):  # full: it wakes anyway; closed: it is over
             os.write(self._wake_w, b"\0")
 
@@ -367,10 +379,13 @@ class Supervisor:
         signal arrives or a restart is due, and otherwise does not wake."""
         previous = _wake_on_signals(self._wake_w)
         try:
-            while not self._stop.is_set():
-                self._wait()
-                if self._stop.is_set():
+            while not self._stopping:
+                self._wait()  # a request made during the start left its byte: no wait
+                if self._stopping:
                     break
+                if self._hup_requested:
+                    self._hup_requested = False  # cleared first: a later one is not lost
+                    self.hup()
                 now = time.monotonic()
                 for slot in self.slots:
                     run = slot.run

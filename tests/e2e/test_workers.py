@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,31 @@ def test_revocation_reaches_every_worker(server: MimicProcess) -> None:
     updated = {e.get("worker") for e in server.log_entries()
                if e.get("message") == "trust set updated" and e.get("aborted_associations")}
     assert updated == {0, 1}  # each worker aborted its own
+
+
+#: SIGHUPs sent to each worker by the storm test, a few hundred microseconds apart on average.
+STORM_SIGNALS = 300
+
+
+def test_a_sighup_storm_leaves_every_worker_responsive(server: MimicProcess) -> None:
+    """SIGHUPs that arrive while a worker still handles the previous one (the supervisor's
+    forward and its relay of another worker's trust change come together): a handler that
+    took a lock deadlocked the worker's main thread, and with it its certificate watcher and
+    its drain. After the storm both still reload, and both stop when told."""
+    rng = random.Random(7)
+    for _ in range(STORM_SIGNALS):
+        for pid in worker_pids(server).values():
+            os.kill(pid, signal.SIGHUP)
+        time.sleep(rng.random() * 0.001)
+    before = len(trust_updates(server))
+    devpki.issue_client(server.certs, "modalitys")
+    server.hup()
+    assert wait_for(lambda: {e.get("worker") for e in trust_updates(server)[before:]} == {0, 1},
+                    timeout=20), server.log()
+    assert server.stop() == 0, server.log()
+    stopped = {e["worker"] for e in server.log_entries() if e.get("message") == "worker stopped"}
+    assert stopped == {0, 1}
+    assert "did not stop" not in server.log()
 
 
 def test_sigterm_drains_associations_on_every_worker(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,36 @@ def test_a_worker_closing_its_listener_leaves_the_shared_socket_listening() -> N
             accepted.close()
     finally:
         shared.close()
+
+
+def test_a_stop_does_not_wait_for_ever_for_an_accept_loop_that_does_not_end(
+    tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """``Archive.stop`` waited un-timed for the accept loop: a loop that never came back
+    would hold the drain, the last counts and the process's exit until the supervisor killed
+    it. The wait is bounded: the socket closes anyway, and the log says why."""
+    from mimic_server.net import server as server_module
+
+    monkeypatch.setattr(server_module, "ACCEPT_STOP_WAIT", 0.3)
+    archive = _archive(tmp_path)
+    server = archive.server
+    assert server is not None
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:  # the loop's turn, held until the test lets it go
+        inside.set()
+        release.wait(30)
+
+    server.service_actions = stuck  # type: ignore[method-assign]
+    socket.create_connection(archive.address, timeout=10).close()
+    assert inside.wait(10)
+    try:
+        archive.stop(0)
+        assert archive.server is None  # stopped, whatever the loop does
+        assert any(r.levelname == "ERROR" and "accept loop did not stop" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        release.set()
+    assert archive._thread is not None
+    archive._thread.join(10)
+    assert not archive._thread.is_alive()

@@ -1,0 +1,79 @@
+"""Signals handed to a process's main loop, acted on there and never in a handler.
+
+Why: a Python signal handler runs in the main thread between two bytecodes of whatever that
+thread was doing, and a second signal can arrive while the first handler runs, which then runs
+nested inside it. A handler that takes a lock therefore deadlocks its own thread when the
+interrupted code, or the interrupted handler, holds that lock: ``threading.Event.set()`` takes
+the Event's condition lock, a plain ``Lock``. Seen in a ``mimic serve`` worker: the supervisor's
+SIGHUP and its relayed SIGHUP (another worker found the trust set changed) arrived together,
+the second handler's ``Event.set()`` waited on the lock the first one held, the main thread
+hung, and with it the certificate watcher (waiting for that lock to leave ``Event.wait``) and
+the drain (the main loop never woke). Here the handlers are Python's C handler alone: it writes
+the signal's number to a wake-up pipe (``signal.set_wakeup_fd``) and takes no lock; the Python
+handler installed does nothing. The main loop reads the numbers and acts, in ordinary code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """The Python handler: nothing. The C handler has written ``signum`` to the pipe, and
+    installing a Python handler is what replaces the default action (SIGHUP, SIGTERM end the
+    process)."""
+
+
+class SignalInbox:
+    """The signals ``signums`` as numbers read by :meth:`wait`, in the main thread."""
+
+    def __init__(self, signums: Iterable[int]) -> None:
+        self.signums = tuple(signums)
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_fd: int | None = None
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+        self._installed = False
+
+    def install(self) -> None:
+        """From now on these signals are noted, not acted on by their handlers (call in the
+        main thread: ``set_wakeup_fd`` and ``signal.signal`` refuse any other)."""
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._installed = True
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, _noted)
+
+    def wait(self, timeout: float | None) -> list[int]:
+        """The signals that arrived since the last call, each once, in order of arrival;
+        waits up to ``timeout`` seconds for one (None: without end)."""
+        poller = select.poll()
+        poller.register(self._read, select.POLLIN)
+        poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        arrived: list[int] = []
+        while True:
+            try:
+                data = os.read(self._read, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            for signum in data:
+                if signum not in arrived:
+                    arrived.append(signum)
+        return [s for s in arrived if s in self.signums]
+
+    def close(self) -> None:
+        """The previous handlers and wake-up fd again; the pipe closed."""
+        if self._installed:
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
+            self._installed = False
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
