@@ -4,9 +4,9 @@ Starts ``mimic serve`` (embedded default, mutual TLS, or ``--config mimic-pg-fil
 ``mimic-pg-azurite``), attaches ``py-spy record`` to it (``--subprocesses``: worker processes
 too; ``--gil``: only the thread holding the GIL is sampled, i.e. where each process's Python
 CPU time goes; ``--all-threads`` samples every thread py-spy does not see as idle), sends
-``store_throughput``'s small CT slices over N associations with dcmtk ``storescu``, and prints
-the functions with the most samples on top of the stack (self) and anywhere in it
-(inclusive), as a share of all samples.
+``store_throughput``'s small CT slices (``--kind large``: its CT images) over N associations
+with dcmtk ``storescu``, and prints the functions with the most samples on top of the stack
+(self) and anywhere in it (inclusive), as a share of all samples.
 
     .venv/bin/python bench/profile_store.py [--associations 4] [--count 960]
 
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
-from bench.store_throughput import ROOT, BenchError, make_pki, make_small, send
+from bench.store_throughput import ROOT, BenchError, make_large, make_pki, make_small, send
 
 RESULTS = ROOT / "bench" / "results"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
@@ -79,7 +79,9 @@ def summarise(raw: str, top: int = 20) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--associations", type=int, default=4)
-    parser.add_argument("--count", type=int, default=960, help="small objects sent")
+    parser.add_argument("--count", type=int, default=960, help="objects sent")
+    parser.add_argument("--kind", choices=("small", "large"), default="small",
+                        help="CT slices of 39 KB or CT images of 525 KB")
     parser.add_argument("--config", default="mimic-embedded",
                         choices=["mimic-embedded", "mimic-pg-files", "mimic-pg-azurite"])
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
@@ -94,7 +96,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mimic-profile-") as tmp:
         work = Path(tmp)
         parts = max(4, args.associations)
-        data = make_small(work / "in", args.count - args.count % parts, parts=parts)
+        make = make_small if args.kind == "small" else make_large
+        data = make(work / "in", args.count - args.count % parts, parts=parts)
         pki = make_pki(work / "pki")
         server = receivers.make_receiver(args.config, work / "run" / "server", pki,
                                          args.postgres)
