@@ -89,6 +89,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--all-threads", action="store_true",
                         help="sample every non-idle thread, not only the one holding the GIL")
+    parser.add_argument("--native", action="store_true",
+                        help="C frames too (py-spy --native): OpenSSL, hashing, the kernel "
+                        "calls, with --all-threads also what runs without the GIL")
     args = parser.parse_args()
     if not PY_SPY.exists():
         print("py-spy missing: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
@@ -108,7 +111,8 @@ def main() -> int:
             spy = subprocess.Popen(
                 [str(PY_SPY), "record", "--pid", str(server.proc.pid), "--subprocesses",
                  "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
-                 *([] if args.all_threads else ["--gil"])],
+                 *([] if args.all_threads else ["--gil"]),
+                 *(["--native"] if args.native else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
             time.sleep(2.0)  # py-spy attached
