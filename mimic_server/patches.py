@@ -40,6 +40,9 @@ import pynetdicom.acse
 import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.dimse_primitives
+import pynetdicom.pdu_items
+import pynetdicom.pdu_primitives
+import pynetdicom.presentation
 import pynetdicom.service_class
 import pynetdicom.transport
 from azure.core.pipeline.policies import RetryPolicy
@@ -50,7 +53,7 @@ from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
-from mimic_server.net import contexts, reactor, server
+from mimic_server.net import contexts, known_uids, reactor, server
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
 RECEIVED_COMMAND = "received-command"
 PDATA_READ = "pdata-read"
+NEGOTIATION_UIDS = "negotiation-uids"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -128,6 +132,12 @@ _SEND_MSG = Site("pynetdicom.dimse:DIMSEServiceProvider.send_msg",
                  "(self, primitive, context_id)", "a839cf2fb46976d9")
 _ASSOCIATION_ENCODE = Site("pynetdicom.association:encode", *_ENCODE)
 _SEND_C_STORE = Site("pynetdicom.association:Association.send_c_store", source="fa5a8127f349f8e7")
+_SET_UID = ("(value, name, allow_empty=True, allow_none=True, validate=True)",
+            "f917a8035170f792")
+#: The modules that build A-ASSOCIATE PDU items, primitives and presentation contexts, each
+#: calling pynetdicom's ``set_uid`` by its own module global.
+_NEGOTIATION_MODULES = (pynetdicom.pdu_items, pynetdicom.pdu_primitives,
+                        pynetdicom.presentation)
 _CREATE_ASSOCIATION = Site("pynetdicom.transport:RequestHandler._create_association",
                            source="05c8d12b79863cdb")
 
@@ -422,6 +432,28 @@ PATCHES: tuple[Patch, ...] = (
         ),
     ),
     Patch(
+        NEGOTIATION_UIDS,
+        "mimic_server.net.known_uids:known_uid_setter (the name set_uid of pynetdicom's "
+        "pdu_items, pdu_primitives and presentation) and known_syntax_adder (wraps "
+        "PresentationContext.add_transfer_syntax)",
+        "every association builds and validates each proposed abstract and transfer syntax "
+        "UID again, several times over (storescu's 128 contexts: ~2,300 pydicom UIDs and "
+        "~4,000 regular expression matches, about half of the association's set-up CPU)",
+        (PYNETDICOM, PYDICOM),
+        (
+            # the function remembered: same value, same result; conformant = no error, no log
+            Site("pynetdicom.utils:set_uid", *_SET_UID),
+            # the names the replacement is installed as (each still pynetdicom's set_uid)
+            *(Site(f"{module.__name__}:set_uid", *_SET_UID) for module in _NEGOTIATION_MODULES),
+            # appends UID(syntax) once, warning only for non-conformant or non-syntax UIDs
+            Site("pynetdicom.presentation:PresentationContext.add_transfer_syntax",
+                 "(self, syntax)", "83bb818ef65a6968"),
+            # the pydicom UID it builds: validated by text, stripped, private encoding copied
+            Site("pydicom.uid:UID.__new__", "(cls, val, validation_mode=None)",
+                 "608d4e34f388481f"),
+        ),
+    ),
+    Patch(
         PROCESS_SWITCHES,
         "mimic_server.patches:_set_process_switches (pynetdicom._config)",
         "pynetdicom's log handlers, identifier logging and storage SOP class limits would stay",
@@ -706,7 +738,28 @@ def _context_copy(enabled: bool = True) -> None:
         pynetdicom.transport.deepcopy = getattr(current, ORIGINAL)
 
 
+def _negotiation_uids(enabled: bool = True) -> None:
+    for module in _NEGOTIATION_MODULES:
+        if enabled:
+            _wrap(module, "set_uid", known_uids.known_uid_setter, NEGOTIATION_UIDS)
+        else:
+            _unwrap(module, "set_uid", NEGOTIATION_UIDS)
+    context = pynetdicom.presentation.PresentationContext
+    if enabled:
+        _wrap(context, "add_transfer_syntax", known_uids.known_syntax_adder, NEGOTIATION_UIDS)
+    else:
+        _unwrap(context, "add_transfer_syntax", NEGOTIATION_UIDS)
+
+
+def _unwrap(owner: Any, name: str, patch: str) -> None:
+    """Undo :func:`_wrap` of ``patch`` where an earlier start installed it outermost."""
+    current = getattr(owner, name)
+    if getattr(current, PATCH_NAME, None) == patch:
+        setattr(owner, name, getattr(current, ORIGINAL))
+
+
 _APPLY: dict[str, Callable[[], None]] = {
+    NEGOTIATION_UIDS: _negotiation_uids,
     RECEIVED_COMMAND: _received_command,
     CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
@@ -720,6 +773,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     MOVE_ANSWER: _move_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
+    NEGOTIATION_UIDS: lambda: _negotiation_uids(enabled=False),
     RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
