@@ -60,6 +60,7 @@ if str(ROOT) not in sys.path:
 from mimic_server.archive import ingest as ingest_module  # noqa: E402
 from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
+from mimic_server.codec import dicom_json  # noqa: E402
 from mimic_server.codec.file_meta import encode_file_meta  # noqa: E402
 from mimic_server.codec.header import parse_header  # noqa: E402
 from mimic_server.codec.structure import check_structure  # noqa: E402
@@ -235,6 +236,8 @@ VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
     "sqlalchemy-audit": _sqlalchemy_audit,
     "pre-ping": _pre_ping,
     "lxml-audit": _lxml_audit,
+    # Every element of the header read again: no entry kept from the instance before.
+    "unremembered-json": lambda index, table: _switched(dicom_json, _LAST={}, _LAST_LIMIT=-1),
     "before-audit": lambda index, table: _all(
         _sqlalchemy_audit(index, table), _pre_ping(index, table), _lxml_audit(index, table)),
 }

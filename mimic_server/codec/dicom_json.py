@@ -64,12 +64,20 @@ def header_to_json(
     converted: set[str] = set()
     keys = _KEYS
     readers = _READERS
+    last = _LAST
     for tag, (vr, data, _start) in elements.items():
         key = keys.get(tag) or _key(tag)
         # What _entry does, without its call for the usual element (a VR, a value).
         reader = readers.get(vr)  # type: ignore[arg-type]
         if reader is not None and data and tag & 0xFFFF:
-            entry = reader(vr, data, True, codec)  # type: ignore[arg-type]
+            seen = last.get(tag)
+            if seen is not None and seen[0] == data and seen[1] == vr and seen[2] == codec:
+                entry = seen[3]
+            else:
+                entry = reader(vr, data, True, codec)  # type: ignore[arg-type]
+                if entry is not None and entry is not _BULK_DATA \
+                        and len(data) <= _LAST_LIMIT and (seen or len(last) < _MAX_KEYS):
+                    last[tag] = (data, vr, codec, entry)
         else:
             entry = _entry(tag, vr, data, True, implicit, codec)
         if entry is _BULK_DATA:
@@ -130,6 +138,17 @@ def _codec_of(vr: str | None, value: bytes) -> str | None:
 
 _UNKNOWN = object()
 
+
+#: Tag -> the value bytes, VR and codec of the last element of that tag read by a plain
+#: VR reader, and the entry it gave. The instances of one series arrive one after another
+#: and share most of their header (patient, study, series, equipment, most private
+#: elements): a value equal to the last one of its tag gets the same entry without being
+#: read again (a bytes comparison instead of a decode, a split and new lists). The entries
+#: are shared between documents, so nothing may change a document's entries in place
+#: (nothing does: a document is read for the index keys and written as JSON text).
+#: Bounded as the keys are, and to short values, so the memory stays small.
+_LAST: dict[int, tuple[bytes, str, str | None, dict[str, Any]]] = {}
+_LAST_LIMIT = 256
 
 #: Tag -> its DICOM JSON key ("0020000D"): formatting it anew costs ~0.2 µs an element.
 _KEYS: dict[int, str] = {}

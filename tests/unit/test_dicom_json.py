@@ -173,3 +173,53 @@ def test_binary_numbers_as_pydicom(tag: int, vr: str, fmt: str) -> None:
             assert ours == convert_raw_data_element(raw).to_json_dict(None, 1024)
     odd = RawDataElement(BaseTag(tag), vr, 3, b"\x01\x02\x03", 0, False, True)
     assert _fast(odd, "ascii") is None  # not a whole number of values: pydicom's rules
+
+
+def _documents(items: list[Storable]) -> list[dict[str, Any]]:
+    return [header_json(read_header(_dataset_view(item),
+                                    pydicom.uid.UID(item.transfer_syntax_uid)))
+            for item in items]
+
+
+def test_the_entries_kept_from_the_instance_before_change_no_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every test file, in both orders and each twice in a row (so each tag's last value is
+    now equal, now different, now another VR or character set), gives the documents it
+    gives with nothing kept from one header to the next."""
+    from mimic_server.codec import dicom_json
+
+    items = list(storable_files())
+    sequence = [i for item in items for i in (item, item)] + items[::-1]
+    monkeypatch.setattr(dicom_json, "_LAST", {})
+    kept = _documents(sequence)
+    assert dicom_json._LAST  # the memory was used
+    monkeypatch.setattr(dicom_json, "_LAST", {})
+    monkeypatch.setattr(dicom_json, "_LAST_LIMIT", -1)
+    fresh = _documents(sequence)
+    assert not dicom_json._LAST
+    assert json_text_all(kept) == json_text_all(fresh)
+
+
+def json_text_all(documents: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(d, sort_keys=True) for d in documents]
+
+
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["as-received", "dataset"])
+def test_an_equal_value_under_another_vr_or_character_set_is_read_again(read: Any) -> None:
+    """The same tag and bytes twice: a private element as LO then SH, a name under
+    Latin-1 then UTF-8 (where its bytes are not UTF-8: pydicom's business)."""
+    first, second = pydicom.Dataset(), pydicom.Dataset()
+    first.SpecificCharacterSet, second.SpecificCharacterSet = "ISO_IR 100", "ISO_IR 192"
+    for ds, vr in ((first, "LO"), (second, "SH")):
+        ds.add_new(0x00090010, "LO", "MIMIC TEST")
+        ds.add_new(0x00091010, vr, "AB")
+        ds.add_new(0x00100010, "PN", b"M\xfcller")
+        ds.add_new(0x00080060, "CS", "CT")
+    documents = [header_json(_encoded(ds, read=read)) for ds in (first, second, first, first)]
+    assert [d["00091010"]["vr"] for d in documents] == ["LO", "SH", "LO", "LO"]
+    assert documents[0]["00100010"] == documents[2]["00100010"] == {
+        "vr": "PN", "Value": [{"Alphabetic": "Müller"}]}
+    assert documents[1]["00100010"] != documents[0]["00100010"]
+    if read is read_header:  # scanned: the entry of the instance before, kept
+        assert documents[3]["00080060"] is documents[2]["00080060"]
