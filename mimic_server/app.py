@@ -285,6 +285,7 @@ class Archive:
                 listening_socket=self.worker.listen_socket if self.worker else None,
                 on_associations_changed=self._associations_changed,
                 event_driven_accept=fence.event_driven_accept,
+                accept_share=self.worker,
             )
         except OSError as exc:
             raise ConfigurationError(

@@ -96,7 +96,10 @@ class PendingHandshakes:
         return self._thread.is_alive()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        """Handshakes in progress, also those handed over and not yet taken in."""
+        with self._lock:
+            incoming = len(self._incoming)
+        return len(self._pending) + incoming
 
     def add(self, sock: ssl.SSLSocket, address: Any) -> None:
         """Take a freshly accepted, not yet handshaken socket (from the accept loop)."""

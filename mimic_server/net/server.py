@@ -33,7 +33,14 @@ What this adds to ``ThreadedAssociationServer``, each for a trap seen in practic
   the others then, instead of on a timer);
 * with ``event_driven_accept`` (the fence's ``accept-waits``) the accept loop blocks until a
   connection, its shutdown or a due collection instead of waking every ``poll_interval``: an
-  idle listener does not wake at all.
+  idle listener does not wake at all;
+* with several workers (an ``accept_share``), every worker's accept loop wakes for each new
+  connection and the first to call ``accept()`` gets it, so one worker could end up with
+  most of the associations (four at once: 4 / 0 or 3 / 1 about half the time) while the
+  other's core idles. A worker that holds more connections than another accepting worker
+  therefore leaves a new connection to that one for up to :data:`ACCEPT_DEFERRAL`, and takes
+  it itself only if it is still waiting then: the spread evens out, and a connection never
+  waits longer than that for it.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import contextlib
 import errno
 import gc
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -49,7 +57,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -82,6 +90,23 @@ COLLECT_EVERY = 60
 #: at once; at worst it finishes one accept or one full collection, ~0.1 s) before it closes
 #: the listening socket anyway and says so.
 ACCEPT_STOP_WAIT = 10.0
+#: Seconds a worker holding more connections than another leaves a new connection waiting
+#: for that one to accept it: long enough for a worker busy with associations to get its
+#: accept thread the GIL (the switch interval is 5 ms), short beside an association's set-up.
+ACCEPT_DEFERRAL = 0.05
+
+
+class AcceptShare(Protocol):
+    """What a worker process knows of the others' connections (``workers/``)."""
+
+    def hold(self, held: int) -> None:
+        """Publish how many connections this worker holds."""
+
+    def another_holds_fewer(self, held: int) -> bool:
+        """Whether another accepting worker holds fewer than ``held``."""
+
+    def stop_accepting(self) -> None:
+        """This worker accepts no more: no other worker is to wait for it."""
 
 
 #: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
@@ -240,6 +265,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         listening_socket: socket.socket | None = None,
         on_associations_changed: Callable[[], None] = lambda: None,
         event_driven_accept: bool = False,
+        accept_share: AcceptShare | None = None,
     ) -> None:
         """``adapt_association`` applies the fence's per-association patches to each new
         association (``mimic_server/patches.py``); the default leaves pynetdicom's.
@@ -250,8 +276,13 @@ class MimicAssociationServer(ThreadedAssociationServer):
         (in the association's threads) when a connection counted by
         :meth:`live_associations` closes and when an association's thread ends.
         ``event_driven_accept``: :meth:`serve_forever` blocks instead of polling (applied,
-        or not, by the fence: ``mimic_server/patches.py``, ``accept-waits``)."""
+        or not, by the fence: ``mimic_server/patches.py``, ``accept-waits``).
+        ``accept_share``: the other workers' held connections, for an even spread (with
+        ``event_driven_accept`` only)."""
         self._inherited = listening_socket
+        self._accept_share = accept_share
+        self._accepting = False  # published as holding connections (accept_share)
+        self._held_lock = threading.Lock()
         self.on_associations_changed = on_associations_changed
         self._event_driven_accept = event_driven_accept
         self._accept_wake_r, self._accept_wake_w = socket.socketpair()
@@ -306,10 +337,15 @@ class MimicAssociationServer(ThreadedAssociationServer):
             super().serve_forever(poll_interval)
             return
         self._accept_stopped.clear()
+        with self._held_lock:
+            self._accepting = True
+        self._publish_held()
         try:
-            with selectors.PollSelector() as selector:  # socketserver's choice on Linux
+            with selectors.PollSelector() as selector, \
+                    selectors.PollSelector() as wake_only:  # socketserver's choice on Linux
                 selector.register(self.socket, selectors.EVENT_READ)
                 selector.register(self._accept_wake_r, selectors.EVENT_READ)
+                wake_only.register(self._accept_wake_r, selectors.EVENT_READ)
                 while not self._accept_stop:
                     ready = selector.select(self._until_collection())
                     if self._accept_stop:
@@ -318,14 +354,49 @@ class MimicAssociationServer(ThreadedAssociationServer):
                         if key.fileobj is self._accept_wake_r:
                             with contextlib.suppress(OSError):
                                 self._accept_wake_r.recv(4096)
-                        else:
+                        elif not self._left_to_another_worker(wake_only):
                             self._handle_request_noblock()
+                            self._publish_held()
                             self._accepts_since_collection += 1
                             self._note_garbage(wake=False)
                     self.service_actions()
         finally:
+            with self._held_lock:
+                self._accepting = False
+                if self._accept_share is not None:
+                    self._accept_share.stop_accepting()
             self._accept_stop = False
             self._accept_stopped.set()
+
+    def connections_held(self) -> int:
+        """Connections in their TLS handshake and associations: this worker's load."""
+        return len(self.handshakes) + self.live_associations()
+
+    def _publish_held(self) -> None:
+        share = self._accept_share
+        if share is None:
+            return
+        with self._held_lock:
+            if self._accepting:  # not over a drain's NOT_ACCEPTING
+                share.hold(self.connections_held())
+
+    def _left_to_another_worker(self, wake_only: selectors.BaseSelector) -> bool:
+        """Whether the connection waiting is left to a worker that holds fewer (see the
+        module's docstring): True when another worker took it while this one waited, or
+        the loop is stopping; False to accept it here."""
+        share = self._accept_share
+        if share is None:
+            return False
+        held = self.connections_held()
+        share.hold(held)
+        if not share.another_holds_fewer(held):
+            return False
+        wake_only.select(ACCEPT_DEFERRAL)  # a wake-up (a stop) ends the wait early
+        if self._accept_stop:
+            return True
+        waiting = select.poll()
+        waiting.register(self.socket, select.POLLIN)
+        return not waiting.poll(0)
 
     def shutdown(self) -> None:
         """Stop the accept loop and wait for it, close the listening socket, unregister
@@ -383,6 +454,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         with self._lock:
             self._live.discard(request)
         self.on_associations_changed()
+        self._publish_held()
 
     def association_ended(self, request: socket.socket) -> None:
         """An association's thread ends (in it; also after a DUL that died without
@@ -390,6 +462,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         with self._lock:
             self._live.discard(request)
         self.on_associations_changed()
+        self._publish_held()
         if self._event_driven_accept:
             self._note_garbage(wake=True)
 

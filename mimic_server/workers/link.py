@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mimic_server.workers.table import AssociationTable
+from mimic_server.workers.table import NOT_ACCEPTING, AssociationTable
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,17 @@ class WorkerLink:
         with self._count_lock:
             self.table.publish(self.slot, own())
 
+    def hold(self, held: int) -> None:
+        """The connections this worker holds, for the balance of accepts (``table.py``)."""
+        self.table.hold(self.slot, held)
+
+    def another_holds_fewer(self, held: int) -> bool:
+        """Whether another accepting worker holds fewer connections than ``held``."""
+        return self.table.least_held_elsewhere(self.slot) < held
+
+    def stop_accepting(self) -> None:
+        self.table.hold(self.slot, NOT_ACCEPTING)
+
     def parent_alive(self) -> bool:
         """False once the supervisor is gone (the worker is re-parented): drain and exit."""
         return os.getppid() == self._parent
@@ -85,6 +96,7 @@ class WorkerLink:
     def close(self) -> None:
         with contextlib.suppress(ValueError):
             self.table.publish(self.slot, 0)
+            self.table.hold(self.slot, NOT_ACCEPTING)
         with contextlib.suppress(OSError):
             os.close(self._status_fd)
 

@@ -47,7 +47,7 @@ from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
 from mimic_server.workers.status import fetch_status, merge_status, sample_worker
-from mimic_server.workers.table import AssociationTable
+from mimic_server.workers.table import NOT_ACCEPTING, AssociationTable
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +423,7 @@ class Supervisor:
         _close_pidfd(run)
         multiprocess.mark_process_dead(run.process.pid, str(self._metrics_dir))
         self._table.publish(slot.index, 0)
+        self._table.hold(slot.index, NOT_ACCEPTING)  # no other worker waits for a dead one
         self.metrics.restarts.inc()
         slot.young_deaths = slot.young_deaths + 1 if now - run.started < CRASH_WINDOW else 0
         delay = (0.0 if slot.young_deaths == 0

@@ -9,6 +9,13 @@ instant by different workers, and an association can be refused for one whose cl
 another worker is publishing in that instant: the edges are soft by that much (the
 admissions and closes in flight at once), never by more. The supervisor zeroes the slot of
 a worker that died.
+
+A second row of slots holds the connections each worker *holds* (TLS handshakes in progress
+and associations), for the balance of accepts (``net/server.py``): a worker about to accept
+a connection while another holds fewer leaves it to that one for a moment. A worker writes
+it when its accept loop wakes, after each accept and when an association ends; a worker that
+does not accept (not started yet, draining, dead) shows :data:`NOT_ACCEPTING`, so that no
+one waits for it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import struct
 from pathlib import Path
 
 _SLOT = struct.Struct("<q")
+#: The held count of a worker that does not accept connections.
+NOT_ACCEPTING = 1 << 62
 
 
 class AssociationTable:
@@ -27,7 +36,7 @@ class AssociationTable:
     def __init__(self, path: Path, slots: int, *, create: bool = False) -> None:
         self.path = path
         self.slots = slots
-        size = slots * _SLOT.size
+        size = 2 * slots * _SLOT.size
         flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
         fd = os.open(path, flags, 0o600)
         try:
@@ -36,6 +45,9 @@ class AssociationTable:
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
+        if create:
+            for slot in range(slots):
+                self.hold(slot, NOT_ACCEPTING)
 
     def publish(self, slot: int, count: int) -> None:
         _SLOT.pack_into(self._map, slot * _SLOT.size, count)
@@ -53,6 +65,19 @@ class AssociationTable:
         """Publish this worker's count; the server's total (the admission check's count)."""
         self.publish(slot, own)
         return own + self.others(slot)
+
+    def hold(self, slot: int, held: int) -> None:
+        """The connections worker ``slot`` holds, or :data:`NOT_ACCEPTING`."""
+        _SLOT.pack_into(self._map, (self.slots + slot) * _SLOT.size, held)
+
+    def least_held_elsewhere(self, slot: int) -> int:
+        """The fewest connections another accepting worker holds (:data:`NOT_ACCEPTING`
+        when no other worker accepts)."""
+        return min(
+            (_SLOT.unpack_from(self._map, (self.slots + i) * _SLOT.size)[0]
+             for i in range(self.slots) if i != slot),
+            default=NOT_ACCEPTING,
+        )
 
     def close(self) -> None:
         self._map.close()

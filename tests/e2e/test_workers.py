@@ -22,8 +22,10 @@ from tests.support import MimicProcess, associate, client_context, wait_for
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.61."
-#: Associations a test opens at most while waiting for both workers to have one: the kernel
-#: wakes both accept loops and either may win; all landing on one is (1/2)^n unlikely.
+#: Associations a test opens at most while waiting for both workers to have one: a worker
+#: holding more leaves a new connection to the other (``net/server.py``), so the second
+#: association should already land on the other worker; the rest is margin for a machine
+#: too loaded for the other worker to accept within ACCEPT_DEFERRAL.
 SPREAD_ATTEMPTS = 24
 
 
@@ -100,6 +102,22 @@ def test_both_workers_serve_and_the_metrics_add_up(server: MimicProcess, tmp_pat
     assert ready["checks"]["workers"] == {"ok": True, "detail": "2 of 2 workers ready"}
     # The first-start banner: printed once, by the supervisor.
     assert server.log().count("Development PKI created") == 1
+
+
+def test_associations_spread_evenly_over_the_workers(server: MimicProcess) -> None:
+    """Four associations opened one after another, each kept open: two on each worker (the
+    accept loops of both wake for each connection; the one holding more leaves it to the
+    other), where the first to call accept() used to take any number of them."""
+    ctx = context(server)
+    before = per_worker(server)
+    opened = [associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE]) for _ in range(4)]
+    try:
+        assert all(assoc.is_established for assoc in opened)
+        now = per_worker(server)
+        assert sorted(now[w] - before[w] for w in now) == [2, 2], now
+    finally:
+        for assoc in opened:
+            assoc.release()
 
 
 def test_the_association_limit_is_a_total(tmp_path: Path) -> None:

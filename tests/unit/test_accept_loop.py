@@ -157,3 +157,119 @@ def test_a_stop_does_not_wait_for_ever_for_an_accept_loop_that_does_not_end(
     assert archive._thread is not None
     archive._thread.join(10)
     assert not archive._thread.is_alive()
+
+
+class _Share:
+    """Another worker as the accept loop sees it: whether it holds fewer connections."""
+
+    def __init__(self, fewer: bool) -> None:
+        self.fewer = fewer
+        self.held: list[int] = []
+        self.asked: list[int] = []
+        self.stopped = False
+
+    def hold(self, held: int) -> None:
+        self.held.append(held)
+
+    def another_holds_fewer(self, held: int) -> bool:
+        self.asked.append(held)
+        return self.fewer
+
+    def stop_accepting(self) -> None:
+        self.stopped = True
+
+
+def _shared_server(share: _Share) -> tuple[socket.socket, MimicAssociationServer]:
+    shared = socket.socket()
+    shared.bind((HOST, 0))
+    shared.listen(8)
+    copy = socket.socket(fileno=os.dup(shared.fileno()))  # what a worker inherits
+    server = MimicAssociationServer(
+        AE(), (HOST, 0), "MIMIC", [], ssl_context=None, trust=None, handshake_timeout=5,
+        network_timeout=5, max_pdu_read=1 << 20, max_pending_handshakes=8,
+        listening_socket=copy, event_driven_accept=True, accept_share=share,
+    )
+    return shared, server
+
+
+def _serving(server: MimicAssociationServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_holding_no_more_than_the_others_accepts_at_once() -> None:
+    share = _Share(fewer=False)
+    shared, server = _shared_server(share)
+    thread = _serving(server)
+    try:
+        with socket.create_connection(shared.getsockname(), timeout=5):
+            assert wait_for(lambda: server.live_associations() == 1)
+        assert share.asked == [0] and max(share.held) >= 1  # published once it held it
+    finally:
+        server.shutdown()
+        thread.join(10)
+        shared.close()
+    assert share.stopped  # a stopped loop is waited for by no one
+
+
+def test_a_busier_worker_leaves_the_connection_to_another_then_takes_it_if_left() -> None:
+    """Another worker holds fewer: this one waits (ACCEPT_DEFERRAL); nobody else took the
+    connection, so it accepts it after all: no connection is left waiting."""
+    share = _Share(fewer=True)
+    shared, server = _shared_server(share)
+    thread = _serving(server)
+    try:
+        with socket.create_connection(shared.getsockname(), timeout=5):
+            assert wait_for(lambda: server.live_associations() == 1)
+        assert share.asked == [0]
+    finally:
+        server.shutdown()
+        thread.join(10)
+        shared.close()
+
+
+def test_a_connection_another_worker_took_meanwhile_is_not_waited_for(
+    monkeypatch: Any,
+) -> None:
+    from mimic_server.net import server as server_module
+
+    monkeypatch.setattr(server_module, "ACCEPT_DEFERRAL", 2.0)
+    share = _Share(fewer=True)
+    shared, server = _shared_server(share)
+    handled: list[Any] = []
+    server._handle_request_noblock = lambda: handled.append(1)  # type: ignore[method-assign]
+    thread = _serving(server)
+    try:
+        client = socket.create_connection(shared.getsockname(), timeout=5)
+        assert wait_for(lambda: share.asked == [0])
+        shared.settimeout(5)
+        taken, _ = shared.accept()  # the other worker, while this one waits
+        time.sleep(2.5)
+        assert handled == []  # nothing left to accept: the turn is dropped
+        taken.close()
+        client.close()
+        assert server.live_associations() == 0
+    finally:
+        server.shutdown()
+        thread.join(10)
+        shared.close()
+
+
+def test_a_stop_ends_the_wait_for_another_worker(monkeypatch: Any) -> None:
+    from mimic_server.net import server as server_module
+
+    monkeypatch.setattr(server_module, "ACCEPT_DEFERRAL", 60.0)
+    share = _Share(fewer=True)
+    shared, server = _shared_server(share)
+    thread = _serving(server)
+    try:
+        client = socket.create_connection(shared.getsockname(), timeout=5)
+        assert wait_for(lambda: share.asked == [0])
+        started = time.monotonic()
+        server.shutdown()
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - started < 30
+        client.close()
+    finally:
+        shared.close()

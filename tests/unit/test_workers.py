@@ -9,7 +9,7 @@ import pytest
 
 from mimic_server.config import Settings
 from mimic_server.workers import cpu_quota, worker_count
-from mimic_server.workers.table import AssociationTable
+from mimic_server.workers.table import NOT_ACCEPTING, AssociationTable
 
 
 def test_workers_setting_wins(tmp_path: Path) -> None:
@@ -49,6 +49,24 @@ def test_association_table_totals_every_worker(tmp_path: Path) -> None:
     supervisor.publish(0, 0)  # worker 0 died
     assert worker2.admit(2, 1) == 1
     for table in (supervisor, worker0, worker2):
+        table.close()
+
+
+def test_held_connections_are_shared_and_a_worker_not_accepting_is_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    supervisor = AssociationTable(tmp_path / "t", 3, create=True)
+    worker0 = AssociationTable(tmp_path / "t", 3)
+    worker1 = AssociationTable(tmp_path / "t", 3)
+    assert worker0.least_held_elsewhere(0) == NOT_ACCEPTING  # none accepts yet
+    worker1.hold(1, 2)
+    assert worker0.least_held_elsewhere(0) == 2
+    worker0.hold(0, 5)
+    assert worker1.least_held_elsewhere(1) == 5
+    assert worker0.total() == 0  # held connections are not the associations the limit counts
+    supervisor.hold(1, NOT_ACCEPTING)  # worker 1 died (or drains)
+    assert worker0.least_held_elsewhere(0) == NOT_ACCEPTING
+    for table in (supervisor, worker0, worker1):
         table.close()
 
 
