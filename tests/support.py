@@ -26,6 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy import create_engine, text
 
 HOST = "127.0.0.1"
@@ -264,6 +271,26 @@ def associate(
             ae.add_requested_context(uid)
     tls = (ctx, "localhost") if ctx is not None else None
     return ae.associate(HOST, port, ae_title=called, tls_args=tls)
+
+
+def association_request(
+    contexts: list[PresentationContext], calling: str = "MODALITY1", called: str = "MIMIC",
+    implementation_class_uid: str = "1.2.826.0.1.3680043.9.3811.0.1",
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing ``contexts``, encoded by pynetdicom's own classes."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    primitive.presentation_context_definition_list = contexts
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16382
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = implementation_class_uid
+    primitive.user_information = [max_length, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 from pynetdicom.association import Association
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
-)
 from pynetdicom.presentation import build_context
 
-from tests.support import HOST, MimicProcess, associate, client_context, wait_for
+from tests.support import (
+    HOST,
+    MimicProcess,
+    associate,
+    association_request,
+    client_context,
+    wait_for,
+)
 
 VERIFICATION = "1.2.840.10008.1.1"
 A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x02, 0x03, 0x04
@@ -100,21 +101,9 @@ def closed_by_peer(sock: socket.socket, deadline: float = EVENTUALLY) -> bool:
 
 def associate_rq(calling: str = "MODALITY1", called: str = "MIMIC") -> bytes:
     """An A-ASSOCIATE-RQ PDU for Verification, encoded by pynetdicom's own PDU classes."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
     context = build_context(VERIFICATION)
     context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16382
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.0.1"
-    primitive.user_information = [max_length, implementation]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
+    return association_request([context], calling, called)
 
 
 def read_pdu(sock: ssl.SSLSocket) -> tuple[int, bytes]:

@@ -14,17 +14,12 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
-)
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
-from pynetdicom.transport import AddressInformation
 
 from mimic_server import patches
 from mimic_server.net import known_uids
 from tests.patch_sites import change_signature
+from tests.support import association_request
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -141,12 +136,6 @@ def test_what_pynetdicom_warns_about_or_refuses_is_not_remembered(
 
 def _association_request() -> bytes:
     """An A-ASSOCIATE-RQ like storescu's: 128 storage contexts, three syntaxes each."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "MODALITY1"
-    primitive.called_ae_title = "MIMIC"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 11112)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11113)
     contexts = []
     for number, template in enumerate(StoragePresentationContexts[:128]):
         context = PresentationContext()
@@ -154,15 +143,7 @@ def _association_request() -> bytes:
         context.abstract_syntax = template.abstract_syntax
         context.transfer_syntax = SYNTAXES
         contexts.append(context)
-    primitive.presentation_context_definition_list = contexts
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.276.0.7230010.3.0.3.6.7"
-    primitive.user_information = [length, implementation]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
+    return association_request(contexts, implementation_class_uid="1.2.276.0.7230010.3.0.3.6.7")
 
 
 def _decoded_and_negotiated(request: bytes) -> tuple[Any, ...]:
