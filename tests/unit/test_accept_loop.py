@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pynetdicom import AE
 
 from mimic_server.app import Archive
@@ -191,8 +192,14 @@ def _serving(server: MimicAssociationServer) -> threading.Thread:
     return thread
 
 
-def test_a_worker_holding_no_more_than_the_others_accepts_at_once() -> None:
-    share = _Share(fewer=False)
+@pytest.mark.parametrize("another_holds_fewer", [False, True], ids=["even", "busier"])
+def test_a_connection_is_accepted_at_once_or_after_another_worker_left_it(
+    another_holds_fewer: bool,
+) -> None:
+    """Holding no more than the others, a worker accepts at once; holding more, it waits
+    (ACCEPT_DEFERRAL) for another to take the connection, and when nobody did it accepts
+    it after all: no connection is left waiting."""
+    share = _Share(fewer=another_holds_fewer)
     shared, server = _shared_server(share)
     thread = _serving(server)
     try:
@@ -205,22 +212,6 @@ def test_a_worker_holding_no_more_than_the_others_accepts_at_once() -> None:
         thread.join(10)
         shared.close()
     assert share.stopped  # a stopped loop is waited for by no one
-
-
-def test_a_busier_worker_leaves_the_connection_to_another_then_takes_it_if_left() -> None:
-    """Another worker holds fewer: this one waits (ACCEPT_DEFERRAL); nobody else took the
-    connection, so it accepts it after all: no connection is left waiting."""
-    share = _Share(fewer=True)
-    shared, server = _shared_server(share)
-    thread = _serving(server)
-    try:
-        with socket.create_connection(shared.getsockname(), timeout=5):
-            assert wait_for(lambda: server.live_associations() == 1)
-        assert share.asked == [0]
-    finally:
-        server.shutdown()
-        thread.join(10)
-        shared.close()
 
 
 def test_a_connection_another_worker_took_meanwhile_is_not_waited_for(
