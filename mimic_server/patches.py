@@ -668,14 +668,19 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Any], patch: str) -> None
     setattr(owner, name, replacement)
 
 
+def _unwrap(owner: Any, name: str, patch: str) -> None:
+    """Undo :func:`_wrap` of ``patch`` where an earlier start installed it outermost."""
+    current = getattr(owner, name)
+    if getattr(current, PATCH_NAME, None) == patch:
+        setattr(owner, name, getattr(current, ORIGINAL))
+
+
 def _received_command(enabled: bool = True) -> None:
     if enabled:
         _wrap(pynetdicom.dimse_primitives, "set_uid", command_set.checked_uid_setter,
               RECEIVED_COMMAND)
         return
-    current = pynetdicom.dimse_primitives.set_uid  # installed by an earlier start: undone
-    if getattr(current, PATCH_NAME, None) == RECEIVED_COMMAND:
-        pynetdicom.dimse_primitives.set_uid = getattr(current, ORIGINAL)
+    _unwrap(pynetdicom.dimse_primitives, "set_uid", RECEIVED_COMMAND)
 
 
 def _command_set_encoder() -> None:
@@ -733,9 +738,7 @@ def _context_copy(enabled: bool = True) -> None:
     if enabled:
         _wrap(pynetdicom.transport, "deepcopy", contexts.copying, CONTEXT_COPY)
         return
-    current = pynetdicom.transport.deepcopy  # installed by an earlier start: undone
-    if getattr(current, PATCH_NAME, None) == CONTEXT_COPY:
-        pynetdicom.transport.deepcopy = getattr(current, ORIGINAL)
+    _unwrap(pynetdicom.transport, "deepcopy", CONTEXT_COPY)
 
 
 def _negotiation_uids(enabled: bool = True) -> None:
@@ -749,13 +752,6 @@ def _negotiation_uids(enabled: bool = True) -> None:
         _wrap(context, "add_transfer_syntax", known_uids.known_syntax_adder, NEGOTIATION_UIDS)
     else:
         _unwrap(context, "add_transfer_syntax", NEGOTIATION_UIDS)
-
-
-def _unwrap(owner: Any, name: str, patch: str) -> None:
-    """Undo :func:`_wrap` of ``patch`` where an earlier start installed it outermost."""
-    current = getattr(owner, name)
-    if getattr(current, PATCH_NAME, None) == patch:
-        setattr(owner, name, getattr(current, ORIGINAL))
 
 
 _APPLY: dict[str, Callable[[], None]] = {
