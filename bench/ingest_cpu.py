@@ -225,6 +225,19 @@ def _pydicom_header(_index: SqlIndex, _table: AuditTable) -> Iterator[None]:
         ingest_module.read_checked_header = saved
 
 
+@contextlib.contextmanager
+def _unkept_connection(index: SqlIndex, _table: AuditTable) -> Iterator[None]:
+    """Every batch checks its connection out of the pool and gives it back after its commit
+    (as before): the group commit keeps none for the next batch."""
+    committer = index.committer
+    assert committer is not None
+    committer.close()  # and no batch keeps one while closed
+    try:
+        yield
+    finally:
+        committer._closed = False
+
+
 #: What each variant switches off: the earlier paths, to measure a change in one run.
 VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
                              contextlib.AbstractContextManager[None]]] = {
@@ -238,6 +251,7 @@ VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
     "lxml-audit": _lxml_audit,
     # Every element of the header read again: no entry kept from the instance before.
     "unremembered-json": lambda index, table: _switched(dicom_json, _LAST={}, _LAST_LIMIT=-1),
+    "unkept-connection": _unkept_connection,
     "before-audit": lambda index, table: _all(
         _sqlalchemy_audit(index, table), _pre_ping(index, table), _lxml_audit(index, table)),
 }

@@ -112,6 +112,8 @@ class Archive:
         self._policy = policy
         self._object_store = object_store
         self._index_override = index
+        #: The index this server opened itself (not an override), closed with it.
+        self._opened_index: SqlIndex | None = None
         self.first_start: FirstStart | None = None
         self.engine: Engine | None = None
         self.server: MimicAssociationServer | None = None
@@ -199,6 +201,7 @@ class Archive:
         s = self.settings
         credential = self._azure_credential() if s.database_auth == "entra" else None
         self.engine, index = open_index(s, credential)
+        self._opened_index = index
         return index
 
     def _ae(self) -> AE:
@@ -641,6 +644,8 @@ class Archive:
         # Before the engine goes: in the PostgreSQL configuration the trail is a table.
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
+        if self._opened_index is not None:
+            self._opened_index.close()
         if self.engine is not None:
             self.engine.dispose()
 

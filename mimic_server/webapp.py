@@ -138,6 +138,7 @@ class WebArchive:
         self._policy = policy
         self._console = console
         self.engine: Engine | None = None
+        self._opened_index: SqlIndex | None = None
         self.audit = AuditLog(None)
         self.policy_watcher: PolicyWatcher | None = None
         self.http: HttpServer | None = None
@@ -165,6 +166,7 @@ class WebArchive:
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine, index = open_index(s)
+        self._opened_index = index
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
         _group_commits(self.audit)
@@ -236,6 +238,9 @@ class WebArchive:
             self.policy_watcher = None
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
+        if self._opened_index is not None:
+            self._opened_index.close()
+            self._opened_index = None
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None

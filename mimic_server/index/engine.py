@@ -54,6 +54,9 @@ WRITE = {"mimic_write": True}
 #: above): a steady sender reuses its connection within milliseconds and never pays the ping.
 IDLE_PING_SECONDS = 10.0
 
+#: Where a pooled connection's record keeps when it was last used (``_ping_when_idle``).
+_IDLE_SINCE = "mimic_idle_since"
+
 #: Headers as compact JSON: 11 % smaller and a quarter faster to write than json.dumps'
 #: defaults, on every C-STORE. (ASCII escapes kept: text stays valid whatever it holds.)
 _json_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
@@ -102,11 +105,12 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine.pool, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
-        record.info["mimic_idle_since"] = time.monotonic()
+        # Idle from now, unless its holder says since when (``give_back``).
+        record.info.setdefault(_IDLE_SINCE, time.monotonic())
 
     @event.listens_for(engine.pool, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        since = record.info.pop("mimic_idle_since", None)
+        since = record.info.pop(_IDLE_SINCE, None)
         if since is None or time.monotonic() - since < idle_seconds:
             return
         try:
@@ -115,6 +119,15 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             if engine.dialect.is_disconnect(exc, dbapi_connection, None):
                 raise InvalidatePoolError("an idle pooled connection was lost") from exc
             raise
+
+
+def give_back(conn: Connection, idle_since: float) -> None:
+    """Close ``conn`` (a connection checked out and kept unused since ``idle_since``, a
+    ``time.monotonic()`` reading) back into the pool as idle since then, not since now: the
+    ping at its next checkout (``_ping_when_idle``) counts the time it was kept."""
+    if not (conn.closed or conn.invalidated):  # (``info`` would reconnect an invalidated one)
+        conn.info[_IDLE_SINCE] = idle_since
+    conn.close()
 
 
 def lost_before_commit(exc: BaseException, committing: bool) -> bool:

@@ -86,6 +86,12 @@ class SqlIndex:
         self._series_ids: OrderedDict[str, int] = OrderedDict()
         self._cache_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Give the connections the group commit keeps back to the pool: before the engine
+        is disposed, which closes only the connections in the pool."""
+        if self.committer is not None:
+            self.committer.close()
+
     def upsert_instance(
         self,
         attrs: InstanceAttributes,

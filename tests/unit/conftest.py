@@ -18,11 +18,15 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlIndex]:
     if request.param == "sqlite":
         engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
         schema.upgrade(engine)
-        yield SqlIndex(engine)
+        index = SqlIndex(engine)
+        yield index
+        index.close()
         engine.dispose()
         return
     with database.fresh_database(request.getfixturevalue("postgres_server")) as url:
         engine = create_index_engine(url)
         schema.upgrade(engine)
-        yield SqlIndex(engine)
+        index = SqlIndex(engine)
+        yield index
+        index.close()
         engine.dispose()

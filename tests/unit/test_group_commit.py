@@ -9,7 +9,9 @@ row it holds has returned (no C-STORE answered Success).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -415,3 +417,74 @@ def test_postgresql_stopped_under_a_held_batch_fails_every_waiter(tmp_path: Any)
                 engine.dispose()
     finally:
         cluster.remove()
+
+
+def _refused(conn: Connection) -> None:
+    """A write the database refuses, not a transient one: the caller's upsert fails."""
+    raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+
+def test_a_committed_batch_keeps_its_connection_for_the_next(index: SqlIndex) -> None:
+    """Batch after batch on one connection checked out once; ``close`` gives it back, and
+    the batches after that check out and give back their own."""
+    checkouts: list[Any] = []
+    event.listen(index.engine.pool, "checkout", lambda dbapi, _rec, _proxy:
+                 checkouts.append(dbapi))
+    used: list[Any] = []
+
+    def note(conn: Connection) -> None:
+        used.append(conn.connection.dbapi_connection)
+
+    for n in range(5):
+        index.upsert_instance(_attrs(n), object_key=f"k/{n}", in_transaction=note, **COMMON)
+    assert len(checkouts) == 1 and all(dbapi is used[0] for dbapi in used)
+    assert index.engine.pool.checkedout() == 1  # the kept one
+    index.close()
+    assert index.engine.pool.checkedout() == 0
+    index.upsert_instance(_attrs(5), object_key="k/5", **COMMON)
+    assert index.engine.pool.checkedout() == 0 and len(checkouts) == 2
+    assert _rows(index, Instance) == 6
+
+
+def test_a_batch_that_failed_does_not_keep_its_connection(index: SqlIndex) -> None:
+    index.upsert_instance(_attrs(0), object_key="k/0", **COMMON)
+    assert index.engine.pool.checkedout() == 1
+    with pytest.raises(OutOfResources):
+        index.upsert_instance(_attrs(1), object_key="k/1", in_transaction=_refused, **COMMON)
+    assert index.engine.pool.checkedout() == 0  # closed after the rollback, not kept
+    index.upsert_instance(_attrs(2), object_key="k/2", **COMMON)
+    assert index.engine.pool.checkedout() == 1
+    assert _rows(index, Instance) == 2 and index.get_instance(f"{PREFIX}2.1") is None
+
+
+def test_a_connection_kept_past_the_idle_limit_is_pinged_before_it_is_used(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kept connection's backend ends while it sits unused past ``IDLE_PING_SECONDS``:
+    it goes back to the pool as idle since its last commit, so the pool pings it, finds it
+    lost and hands out a fresh one. The next C-STORE's transaction runs once, on that one
+    (no 'connection lost' rerun), as with a connection that sat in the pool."""
+    from mimic_server.index import engine as engine_module
+    from mimic_server.index import schema
+    from tests import database
+    from tests.unit.test_stale_connections import _terminate
+
+    monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.2)
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        index = SqlIndex(engine)
+        try:
+            index.upsert_instance(_attrs(0), object_key="k/0", **COMMON)
+            assert index.committer is not None and len(index.committer._kept) == 1
+            kept = index.committer._kept[0][0].connection.dbapi_connection
+            assert kept is not None
+            time.sleep(0.3)
+            assert _terminate(postgres_server, url, kept.info.backend_pid) == 1
+            with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+                index.upsert_instance(_attrs(1), object_key="k/1", **COMMON)
+            assert not [r for r in caplog.records if "connection lost" in r.getMessage()]
+            assert _rows(index, Instance) == 2
+        finally:
+            index.close()
+            engine.dispose()
