@@ -39,6 +39,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
+from bench.latency import database_cpu, database_cpu_delta, machine_cpu
 from bench.store_throughput import (
     PARALLEL,
     ROOT,
@@ -97,6 +98,12 @@ class Runs:
     seconds: list[float] = field(default_factory=list)
     #: The receiver's CPU seconds (user + system, every process of it) during each run.
     cpu_seconds: list[float] = field(default_factory=list)
+    #: And, during the same transfer: the PostgreSQL cluster's processes, the senders
+    #: (``storescu``), and the whole machine's busy seconds (every process, the kernel's
+    #: network and disk work included).
+    database_cpu_seconds: list[float] = field(default_factory=list)
+    sender_cpu_seconds: list[float] = field(default_factory=list)
+    machine_busy_seconds: list[float] = field(default_factory=list)
 
     @property
     def best(self) -> float:
@@ -199,28 +206,54 @@ def rounds_run(
                     label, work / "run" / f"{label}-{sc.key}-{r}",
                     pki if sc.tls else None, postgres,
                 )
-                seconds, cpu = measure_once(server, data, sc.associations, work)
+                used = Used()
+                seconds, cpu = measure_once(server, data, sc.associations, work, used)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
                 runs.cpu_seconds.append(round(cpu, 3))
+                runs.database_cpu_seconds.append(round(used.database, 3))
+                runs.sender_cpu_seconds.append(round(used.senders, 3))
+                runs.machine_busy_seconds.append(round(used.machine, 3))
                 if log:
                     print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
                           f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s, server CPU "
                           f"{1000 * cpu / data.count:.2f} ms/object)", flush=True)
 
 
+@dataclass
+class Used:
+    """CPU seconds spent during one transfer beside the receiver's own (``Runs``)."""
+
+    database: float = 0.0
+    senders: float = 0.0
+    machine: float = 0.0
+
+
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def measure_once(
     server: receivers.Server, data: DataSet, associations: int, work: Path,
+    used: Used | None = None,
 ) -> tuple[float, float]:
     """One fresh receiver, one transfer; the count is checked before the figure is kept.
-    Returns (wall seconds, the receiver's CPU seconds during the transfer)."""
+    Returns (wall seconds, the receiver's CPU seconds during the transfer); ``used`` gets
+    what the database, the senders and the whole machine spent meanwhile."""
     try:
         server.start()
         assert server.proc is not None
         cpu_before = tree_cpu_seconds(server.proc.pid)
+        database_before, senders_before = database_cpu(None), _children_cpu()
+        machine_before = machine_cpu()[0]
         seconds = send(server, data, associations, work)
         cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+        if used is not None:
+            used.machine = machine_cpu()[0] - machine_before
+            used.senders = _children_cpu() - senders_before  # storescu, reaped by send()
+            used.database = database_cpu_delta(database_before, database_cpu(None))
         stored = server.count()
     finally:
         try:
@@ -321,6 +354,7 @@ def markdown(result: dict[str, object]) -> str:
                              f"{'TLS' if tls else 'plain'} | " + " | ".join(cells)
                              + f" | {target} |")
         lines.append("")
+    lines.extend(cpu_table(result, scenarios, labels))
     if "mimic-embedded" in labels:
         cols = [s for s in scenarios if s.tls]
         cells = []
@@ -334,6 +368,40 @@ def markdown(result: dict[str, object]) -> str:
                          + ".")
             lines.append("")
     return "\n".join(lines)
+
+
+def cpu_table(result: dict[str, object], scenarios: list[Scenario],
+              labels: list[str]) -> list[str]:
+    """Where the machine's CPU went in each receiver's best round of the scenarios with the
+    most associations over TLS (plain TCP when there is no TLS): ms per object of the
+    receiver, the PostgreSQL cluster, the senders and the whole machine."""
+    runs = {(r["receiver"], r["scenario"]): r for r in result["runs"]}  # type: ignore[attr-defined]
+    tls = any(s.tls for s in scenarios)
+    most = max((s.associations for s in scenarios), default=0)
+    cols = [s for s in scenarios if s.tls == tls and s.associations == most]
+    if not cols or any("machine_busy_seconds" not in r for r in runs.values()):
+        return []  # a result saved before these were measured
+    lines = [f"CPU per object in each receiver's best round, {most} associations over "
+             f"{'TLS' if tls else 'plain TCP'}, ms: the receiver / the PostgreSQL cluster / "
+             "the senders (`storescu`) / the whole machine (the kernel's network and disk "
+             "work, Azurite and anything else running included):", "",
+             "| receiver | " + " | ".join(s.column for s in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for label in labels:
+        cells = []
+        for s in cols:
+            run = runs.get((label, s.key))
+            if run is None:
+                cells.append("—")
+                continue
+            best = run["seconds"].index(min(run["seconds"]))
+            per = [1000 * run[k][best] / run["instances"] for k in (
+                "cpu_seconds", "database_cpu_seconds", "sender_cpu_seconds",
+                "machine_busy_seconds")]
+            cells.append(" / ".join(f"{x:.1f}" for x in per))
+        lines.append(f"| {NAMES[label]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def chart(result: dict[str, object], path: Path) -> None:

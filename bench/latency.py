@@ -112,15 +112,17 @@ def process_cpu(pid: int) -> float:
     return total
 
 
-def database_cpu(name: str) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL backend serving database ``name`` (by process title)."""
+def database_cpu(name: str | None) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving database ``name`` (by process title);
+    ``None``: of every process of the cluster but the postmaster (backends, WAL writer,
+    checkpointer: the WAL flushes of commits are theirs too)."""
     out: dict[int, float] = {}
-    marker = f" {name} ".encode()
+    marker = f" {name} ".encode() if name is not None else b""
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             if not (proc / "cmdline").read_bytes().startswith(b"postgres: "):
                 continue
-            if marker not in (proc / "cmdline").read_bytes():
+            if marker and marker not in (proc / "cmdline").read_bytes():
                 continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICK

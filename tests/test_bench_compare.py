@@ -42,9 +42,14 @@ def test_compare_runs_every_receiver(postgres_server: str, tmp_path: Path) -> No
         for scenario in ("small-2-tls",):
             run = runs[(label, scenario)]
             assert run["instances"] == 2 and len(run["seconds"]) == 1, run
+            # the machine was busy at least as long as the receiver and the senders together
+            busy = run["cpu_seconds"][0] + run["sender_cpu_seconds"][0]
+            assert run["machine_busy_seconds"][0] >= 0.8 * busy > 0, run
+            assert run["database_cpu_seconds"][0] >= 0, run
     text = compare.markdown(result)
     for label in labels:
         assert compare.NAMES[label] in text
+    assert "CPU per object in each receiver's best round, 2 associations over TLS" in text
     chart = tmp_path / "chart.png"
     compare.chart(result, chart)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
