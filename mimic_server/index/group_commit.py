@@ -22,12 +22,14 @@ What makes it safe:
   and, in the PostgreSQL configuration, its audit row), so they commit together or not at all.
 
 The connection of a batch that committed is kept for the next batch (up to ``in_flight`` of
-them, each for as long as the pool would hand it out again without a ping,
-``engine.IDLE_PING_SECONDS``): a checkout from the pool and a new SQLAlchemy ``Connection``
-cost more CPU than the transaction's own BEGIN and COMMIT (0.36 against 0.19 ms on SQLite,
-0.55-0.73 against 0.39-0.55 ms on PostgreSQL: docs/benchmarks.md). A connection that failed
-in any way is closed, never kept; one kept longer than that goes back to the pool as idle
-since its last commit, so the pool pings it before anyone uses it again.
+them): a checkout from the pool and a new SQLAlchemy ``Connection`` cost more CPU than the
+transaction's own BEGIN and COMMIT (0.36 against 0.19 ms on SQLite, 0.55-0.73 against
+0.39-0.55 ms on PostgreSQL: docs/benchmarks.md). A connection that failed in any way is
+closed, never kept. The pool's own care still applies: one unused for as long as the pool
+would hand it out without a ping (``engine.IDLE_PING_SECONDS``) goes back to it as idle since
+its last commit, so the pool pings it before anyone uses it again; and none is kept beyond
+``KEEP_SECONDS`` from its checkout, so that the pool's checkout sees it at least that often
+(its ``pool_recycle`` age, a pool invalidated after a lost connection elsewhere).
 
 Retries stay with the caller (``SqlIndex.upsert_instance``): a transient error sends its
 instance back to the queue, into a later batch. Batching is per process; between the worker
@@ -54,8 +56,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: A connection and its write transaction, begun.
-_Opened = tuple[Connection, RootTransaction]
+#: A connection, its write transaction, begun, and when it was checked out of the pool.
+_Opened = tuple[Connection, RootTransaction, float]
+
+#: The longest a connection is kept from one batch to the next after its checkout (above).
+KEEP_SECONDS = 60.0
 
 #: The most instances one transaction takes: a bound on how long a batch holds the write lock
 #: and on what one failure of the transaction itself costs.
@@ -91,8 +96,9 @@ class GroupCommitter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Waiter[Any]] = deque()
         self._leaders = 0
-        #: Connections of committed batches, unused since when, the newest last (see above).
-        self._kept: list[tuple[Connection, float]] = []
+        #: Connections of committed batches: unused since when, checked out when; the newest
+        #: last (see above).
+        self._kept: list[tuple[Connection, float, float]] = []
         self._kept_lock = threading.Lock()
         self._closed = False
         #: Transactions committed (or failed) and the instances they carried.
@@ -169,38 +175,45 @@ class GroupCommitter:
         with self._kept_lock:
             self._closed = True
             kept, self._kept = self._kept, []
-        for conn, since in kept:
+        for conn, since, _ in kept:
             give_back(conn, since)
 
     def _begin(self) -> _Opened:
         """A connection with its write transaction begun (SQLite: the write lock held)."""
-        conn = self._take_kept() or self.engine.connect().execution_options(**WRITE)
+        kept = self._take_kept()
+        if kept is not None:
+            conn, checked_out = kept
+        else:
+            conn = self.engine.connect().execution_options(**WRITE)
+            checked_out = time.monotonic()
         try:
-            return conn, conn.begin()
+            return conn, conn.begin(), checked_out
         except BaseException:
             conn.close()
             raise
 
-    def _take_kept(self) -> Connection | None:
-        """The connection kept last, if it has not been kept too long; else None, and every
-        kept connection goes back to the pool (the newest is the last kept: all are older)."""
+    def _take_kept(self) -> tuple[Connection, float] | None:
+        """The connection kept last and when it was checked out, if it has not sat unused
+        too long; else None, and every kept connection goes back to the pool (the newest is
+        the last kept: all are older)."""
         with self._kept_lock:
             if not self._kept:
                 return None
-            conn, since = self._kept.pop()
+            conn, since, checked_out = self._kept.pop()
             if time.monotonic() - since < index_engine.IDLE_PING_SECONDS:
-                return conn
-            stale, self._kept = [*self._kept, (conn, since)], []
-        for old, old_since in stale:
+                return conn, checked_out
+            stale, self._kept = [*self._kept, (conn, since, checked_out)], []
+        for old, old_since, _ in stale:
             give_back(old, old_since)
         return None
 
-    def _keep(self, conn: Connection) -> None:
+    def _keep(self, conn: Connection, checked_out: float) -> None:
         """Keep the connection of a batch that committed for a later batch, or close it."""
-        if not (conn.closed or conn.invalidated):
+        now = time.monotonic()
+        if not (conn.closed or conn.invalidated) and now - checked_out < KEEP_SECONDS:
             with self._kept_lock:
                 if not self._closed and len(self._kept) < self.in_flight:
-                    self._kept.append((conn, time.monotonic()))
+                    self._kept.append((conn, now, checked_out))
                     return
         conn.close()
 
@@ -220,7 +233,8 @@ class GroupCommitter:
                 failed: _Waiter[Any] | None = None
                 committing = False
                 try:
-                    conn, transaction = opened if opened is not None else self._begin()
+                    conn, transaction, checked_out = (
+                        opened if opened is not None else self._begin())
                     opened = None
                     try:
                         with transaction:
@@ -232,7 +246,7 @@ class GroupCommitter:
                     except BaseException:
                         conn.close()  # whatever failed, the connection is not kept
                         raise
-                    self._keep(conn)
+                    self._keep(conn, checked_out)
                 except BaseException as exc:
                     if failed is None:  # begin or commit: the transaction's failure is everyone's
                         if committing:

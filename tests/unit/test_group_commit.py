@@ -446,6 +446,27 @@ def test_a_committed_batch_keeps_its_connection_for_the_next(index: SqlIndex) ->
     assert _rows(index, Instance) == 6
 
 
+def test_a_connection_goes_back_to_the_pool_keep_seconds_after_its_checkout(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept no longer than ``KEEP_SECONDS`` from its checkout, so that the pool's checkout
+    (recycle age, invalidation) sees every connection at least that often."""
+    from mimic_server.index import group_commit
+
+    checkouts: list[Any] = []
+    event.listen(index.engine.pool, "checkout", lambda dbapi, _rec, _proxy:
+                 checkouts.append(dbapi))
+    monkeypatch.setattr(group_commit, "KEEP_SECONDS", 0.0)
+    for n in range(3):
+        index.upsert_instance(_attrs(n), object_key=f"k/{n}", **COMMON)
+        assert index.engine.pool.checkedout() == 0
+    assert len(checkouts) == 3
+    monkeypatch.setattr(group_commit, "KEEP_SECONDS", 60.0)
+    for n in range(3, 6):
+        index.upsert_instance(_attrs(n), object_key=f"k/{n}", **COMMON)
+    assert len(checkouts) == 4 and index.engine.pool.checkedout() == 1
+
+
 def test_a_batch_that_failed_does_not_keep_its_connection(index: SqlIndex) -> None:
     index.upsert_instance(_attrs(0), object_key="k/0", **COMMON)
     assert index.engine.pool.checkedout() == 1
