@@ -25,6 +25,7 @@ the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped
     .venv/bin/python bench/ingest_cpu.py --kind small --count 500 --rounds 5
     .venv/bin/python bench/ingest_cpu.py --profile         # cProfile of one round, top 30
     .venv/bin/python bench/ingest_cpu.py --variants pydicom-header,current  # before / after
+    .venv/bin/python bench/ingest_cpu.py --index-only --variants current,unkept-connection
     .venv/bin/python bench/ingest_cpu.py --kind both --count 100 --rounds 8 \
         --variants current,before-audit,sqlalchemy-audit,pre-ping,lxml-audit
 """
@@ -136,7 +137,8 @@ class Clock:
 
 
 def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore,
-              index: SqlIndex, audit_log: AuditLog) -> Clock:
+              index: SqlIndex, audit_log: AuditLog, index_only: bool = False) -> Clock:
+    """``index_only``: the last phase is the index upsert alone (with its audit row), no put."""
     clock = Clock()
     for sop_class, sop_instance, syntax, data in objects:
         def received(sop_class: str = sop_class, sop_instance: str = sop_instance,
@@ -148,6 +150,14 @@ def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore
         attrs = clock.run("attributes", lambda obj=obj: InstanceAttributes.from_header(obj.header))
         record = clock.run("audit", lambda attrs=attrs: prepare_received(audit_log, attrs,
                                                                          REQUESTOR))
+        if index_only:
+            clock.run("index", lambda obj=obj, attrs=attrs, record=record:
+                      index.upsert_instance(
+                          attrs, transfer_syntax_uid=obj.transfer_syntax_uid,
+                          object_key=f"bench/{attrs.sop_instance_uid}", sha256=obj.sha256,
+                          size=obj.size, received_from="CN=bench-modality",
+                          in_transaction=record.write_in if record is not None else None))
+            continue
         clock.run("put+index", lambda obj=obj, attrs=attrs, record=record: keep(
             store, index, obj, attrs, "CN=bench-modality", record))
     return clock
@@ -271,6 +281,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--cache-inputs", type=Path, metavar="DIR",
                         help="keep the generated objects here for the next run (valgrind)")
+    parser.add_argument("--index-only", action="store_true",
+                        help="no put: the last phase is the index upsert alone")
     parser.add_argument("--variants", default="current",
                         help=f"comma-separated, interleaved per round: {', '.join(VARIANTS)}")
     args = parser.parse_args()
@@ -299,7 +311,8 @@ def main() -> int:
                 warm = datasets(kind, 20, "warm", args.cache_inputs)
                 for variant in variants:
                     with VARIANTS[variant](index, table):
-                        one_round(warm, store, index, audit_log)  # caches, connections
+                        one_round(warm, store, index, audit_log,  # caches, connections
+                                  args.index_only)
                 rounds: dict[str, list[dict[str, dict[str, float]]]] = defaultdict(list)
                 for n in range(args.rounds):
                     # Rotate the order: a drift of the machine touches every variant.
@@ -310,7 +323,8 @@ def main() -> int:
                         with VARIANTS[variant](index, table):
                             if profiler is not None:
                                 profiler.enable()
-                            clock = one_round(objects, store, index, audit_log)
+                            clock = one_round(objects, store, index, audit_log,
+                                              args.index_only)
                             if profiler is not None:
                                 profiler.disable()
                                 print(f"--- {kind}, {variant}")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("current", "serial-put", "sqlalchemy-insert", "before", "pydicom-header",
-            "sqlalchemy-audit", "pre-ping", "lxml-audit", "before-audit")
+            "sqlalchemy-audit", "pre-ping", "lxml-audit", "before-audit", "unremembered-json",
+            "unkept-connection")
 
 
 def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> None:
@@ -25,4 +26,20 @@ def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> 
     for variant in VARIANTS:
         cpu = results["small"][variant]["cpu_ms"]
         assert set(cpu) == {"received", "attributes", "audit", "put+index", "total"}
+        assert all(value > 0 for value in cpu.values()), cpu
+
+
+def test_ingest_cpu_times_the_index_alone(tmp_path: Path) -> None:
+    """``--index-only``: the upsert (with its audit row) without the put, on SQLite."""
+    out = tmp_path / "ingest_cpu.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_cpu.py"), "--kind", "small", "--count",
+         "3", "--rounds", "2", "--index", "sqlite", "--index-only", "--variants",
+         "current,unkept-connection", "--json", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    results = json.loads(out.read_text())
+    for variant in ("current", "unkept-connection"):
+        cpu = results["small"][variant]["cpu_ms"]
+        assert set(cpu) == {"received", "attributes", "audit", "index", "total"}
         assert all(value > 0 for value in cpu.values()), cpu

@@ -25,7 +25,9 @@ The connection of a batch that committed is kept for the next batch (up to ``in_
 them): a checkout from the pool and a new SQLAlchemy ``Connection`` cost more CPU than the
 transaction's own BEGIN and COMMIT (0.36 against 0.19 ms on SQLite, 0.55-0.73 against
 0.39-0.55 ms on PostgreSQL: docs/benchmarks.md). A connection that failed in any way is
-closed, never kept. The pool's own care still applies: one unused for as long as the pool
+closed, never kept, and the others kept go back to the pool with it: a lost connection
+invalidates the pool's others, which only a checkout from the pool renews, and the batch's
+rerun needs a fresh one. The pool's own care still applies: one unused for as long as the pool
 would hand it out without a ping (``engine.IDLE_PING_SECONDS``) goes back to it as idle since
 its last commit, so the pool pings it before anyone uses it again; and none is kept beyond
 ``KEEP_SECONDS`` from its checkout, so that the pool's checkout sees it at least that often
@@ -174,6 +176,12 @@ class GroupCommitter:
         batches after this one check theirs out and close them as without keeping."""
         with self._kept_lock:
             self._closed = True
+        self._give_back_kept()
+
+    def _give_back_kept(self) -> None:
+        """Every kept connection back to the pool, whose next checkout of each applies what
+        happened meanwhile (a pool invalidated after a lost connection: a fresh one)."""
+        with self._kept_lock:
             kept, self._kept = self._kept, []
         for conn, since, _ in kept:
             give_back(conn, since)
@@ -193,24 +201,25 @@ class GroupCommitter:
             raise
 
     def _take_kept(self) -> tuple[Connection, float] | None:
-        """The connection kept last and when it was checked out, if it has not sat unused
-        too long; else None, and every kept connection goes back to the pool (the newest is
-        the last kept: all are older)."""
+        """The connection kept last and when it was checked out, or None; every kept
+        connection unused or kept too long (above) goes back to the pool first, so that none
+        sits unused below the one that is reused."""
+        now = time.monotonic()
         with self._kept_lock:
-            if not self._kept:
-                return None
-            conn, since, checked_out = self._kept.pop()
-            if time.monotonic() - since < index_engine.IDLE_PING_SECONDS:
-                return conn, checked_out
-            stale, self._kept = [*self._kept, (conn, since, checked_out)], []
+            stale = [k for k in self._kept if now - k[1] >= index_engine.IDLE_PING_SECONDS
+                     or now - k[2] >= KEEP_SECONDS]
+            if stale:
+                self._kept = [k for k in self._kept if k not in stale]
+            taken = self._kept.pop() if self._kept else None
         for old, old_since, _ in stale:
             give_back(old, old_since)
-        return None
+        return (taken[0], taken[2]) if taken is not None else None
 
     def _keep(self, conn: Connection, checked_out: float) -> None:
         """Keep the connection of a batch that committed for a later batch, or close it."""
         now = time.monotonic()
-        if not (conn.closed or conn.invalidated) and now - checked_out < KEEP_SECONDS:
+        if (not (conn.closed or conn.invalidated or conn.in_transaction())
+                and now - checked_out < KEEP_SECONDS):
             with self._kept_lock:
                 if not self._closed and len(self._kept) < self.in_flight:
                     self._kept.append((conn, now, checked_out))
@@ -244,7 +253,11 @@ class GroupCommitter:
                             failed = None
                             committing = True
                     except BaseException:
-                        conn.close()  # whatever failed, the connection is not kept
+                        # Whatever failed, this connection is not kept, nor are the others:
+                        # a lost connection invalidated the pool, and only a checkout from it
+                        # renews a connection lost with it (the rerun below needs a fresh one).
+                        conn.close()
+                        self._give_back_kept()
                         raise
                     self._keep(conn, checked_out)
                 except BaseException as exc:

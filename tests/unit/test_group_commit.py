@@ -509,3 +509,42 @@ def test_a_connection_kept_past_the_idle_limit_is_pinged_before_it_is_used(
         finally:
             index.close()
             engine.dispose()
+
+
+def test_a_lost_connection_sends_every_kept_one_back_before_the_rerun(
+    postgres_server: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three batches in flight at once leave three kept connections; all backends end (a
+    server restart). The next batch meets a lost connection, and its one rerun must run on
+    a fresh connection from the pool, not on another kept one lost the same way."""
+    from mimic_server.index import schema
+    from mimic_server.index.group_commit import GroupCommitter
+    from tests import database
+    from tests.unit.test_stale_connections import _terminate
+
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        committer = GroupCommitter(engine, in_flight=8)
+        together = threading.Barrier(3, timeout=30)
+
+        def held(conn: Connection) -> int:
+            together.wait()  # three transactions open side by side, on three connections
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+        try:
+            callers = _Callers()
+            for n in range(3):
+                callers.start(n, lambda: committer.run(held))
+            callers.join()
+            assert not callers.errors and len(committer._kept) == 3
+            assert _terminate(postgres_server, url) == 3
+            with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+                answer = committer.run(lambda conn: int(conn.execute(text("SELECT 2"))
+                                                        .scalar_one()))
+            assert answer == 2
+            assert len([r for r in caplog.records if "runs again" in r.getMessage()]) == 1
+            assert len(committer._kept) == 1  # the fresh one
+        finally:
+            committer.close()
+            engine.dispose()
