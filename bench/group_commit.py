@@ -169,6 +169,7 @@ def index_only(database: str | None, threads: int, per_thread: int, group_commit
         seconds = time.perf_counter() - start
         if index.count_instances() != len(attrs):
             raise st.BenchError("index holds fewer instances than were upserted")
+        index.close()
         return len(attrs) / seconds
     finally:
         engine.dispose()

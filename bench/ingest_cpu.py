@@ -347,6 +347,7 @@ def main() -> int:
                         print(f"  {p:<12}{summary['cpu_ms'][p]:8.3f}"
                               f"{summary['wall_ms'][p]:8.3f}")
             store.close()
+            index.close()
     finally:
         engine.dispose()
         sqlite_dir.cleanup()

@@ -93,6 +93,7 @@ def writer(url: str, lock: bool, first: int, threads: int, count: int,
              "instances": committer.instances, "begin_wait": begin_wait[0],
              "longest_begin_wait": begin_wait[1],
              "errors": errors})
+    index.close()
     engine.dispose()
 
 

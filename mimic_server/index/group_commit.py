@@ -205,12 +205,15 @@ class GroupCommitter:
         connection unused or kept too long (above) goes back to the pool first, so that none
         sits unused below the one that is reused."""
         now = time.monotonic()
+        stale: list[tuple[Connection, float, float]] = []
+        fresh: list[tuple[Connection, float, float]] = []
         with self._kept_lock:
-            stale = [k for k in self._kept if now - k[1] >= index_engine.IDLE_PING_SECONDS
-                     or now - k[2] >= KEEP_SECONDS]
-            if stale:
-                self._kept = [k for k in self._kept if k not in stale]
-            taken = self._kept.pop() if self._kept else None
+            for kept in self._kept:
+                too_long = (now - kept[1] >= index_engine.IDLE_PING_SECONDS
+                            or now - kept[2] >= KEEP_SECONDS)
+                (stale if too_long else fresh).append(kept)
+            taken = fresh.pop() if fresh else None
+            self._kept = fresh
         for old, old_since, _ in stale:
             give_back(old, old_since)
         return (taken[0], taken[2]) if taken is not None else None
