@@ -20,7 +20,7 @@ from mimic_server.certs import CertBundle
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import schema
-from mimic_server.index.engine import create_index_engine
+from mimic_server.index.engine import create_index_engine, read_index
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.tls import destination_context
 from mimic_server.security.audit import AuditLog, AuditSink
@@ -96,8 +96,7 @@ def store_answers(store: ObjectStore) -> str:
 def index_answers(engine: Engine) -> str:
     """The readiness check of the index (the archive's and the supervisor's)."""
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        read_index(engine, lambda connection: connection.execute(text("SELECT 1")))
     except SQLAlchemyError as exc:
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise OutOfResources(f"index does not answer ({cause})") from exc

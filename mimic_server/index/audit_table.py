@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, insert, select
 
 from mimic_server.index.driver import DriverStatement
-from mimic_server.index.engine import write_transaction
+from mimic_server.index.engine import read_index, write_transaction
 from mimic_server.index.models import AuditEvent
 
 
@@ -101,16 +101,15 @@ def read_table(engine: Engine, since: datetime | None = None,
     if study is not None:
         query = query.where(AuditEvent.studies.contains(f" {study} ", autoescape=True))
     found = []
-    with engine.connect() as conn:
-        for row in conn.execute(query):
-            fields = {
-                "time": _aware(row.event_time).isoformat(), "event": row.event_code,
-                "event_name": _name(row.xml), "event_type": row.event_type,
-                "outcome": row.outcome, "identity": row.identity, "trust_name": row.trust_name,
-                "calling_ae": row.calling_ae, "user": row.user_name,
-                "studies": row.studies.split(), "xml": row.xml,
-            }
-            found.append(fields)
+    for row in read_index(engine, lambda conn: conn.execute(query).all()):
+        fields = {
+            "time": _aware(row.event_time).isoformat(), "event": row.event_code,
+            "event_name": _name(row.xml), "event_type": row.event_type,
+            "outcome": row.outcome, "identity": row.identity, "trust_name": row.trust_name,
+            "calling_ae": row.calling_ae, "user": row.user_name,
+            "studies": row.studies.split(), "xml": row.xml,
+        }
+        found.append(fields)
     return found
 
 

@@ -25,8 +25,9 @@ the pool's others, before anyone uses it. One that died while in use (the server
 under load, the backend was terminated) fails the statement that finds it: SQLAlchemy then
 invalidates it and every connection the pool held before, and a write transaction that lost
 its connection before its COMMIT was sent, so that nothing of it can have committed, is run
-once more on a fresh connection (``write_transaction``, and the group commit's batches). A
-database that is down still fails at once: connecting is not retried.
+once more on a fresh connection (``write_transaction``, and the group commit's batches); a
+read is run once more too (``read_index``: it changes nothing). A database that is down
+still fails at once: connecting is not retried.
 """
 
 from __future__ import annotations
@@ -186,6 +187,28 @@ def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
             if last or not lost_before_commit(exc, committing):
                 raise
             log.warning("index connection lost before commit; the transaction runs again")
+    raise AssertionError("unreachable")
+
+
+def read_index(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(connection)``, a read that fetches all it needs before it returns; run once
+    more on a fresh connection when the first was found lost.
+
+    Without a ping at every checkout, a pooled connection used less than
+    ``IDLE_PING_SECONDS`` before the database restarted (an Azure maintenance restart, a
+    failover) is stale, and the first statement on it fails. SQLAlchemy then invalidates it
+    and the pool's older connections, so a second try gets a fresh one. A read changes
+    nothing, so trying again is always safe; the C-FIND, C-MOVE or WADO-RS request it
+    serves need not fail for a restart that is over. A database that is down still fails
+    at once (connecting is not retried)."""
+    for last in (False, True):
+        try:
+            with engine.connect() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if last or not exc.connection_invalidated:
+                raise
+            log.warning("index connection lost during a read; the read runs again")
     raise AssertionError("unreachable")
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, delete, exists, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
-from mimic_server.index.engine import WRITE
+from mimic_server.index.engine import WRITE, read_index
 from mimic_server.index.models import Instance, Patient, Series, Study
 
 __all__ = ["ObjectRef", "object_refs", "refers_to", "remove_instance"]
@@ -46,9 +46,8 @@ def object_refs(engine: Engine, batch: int = 1000) -> Iterator[ObjectRef]:
 def refers_to(engine: Engine, object_key: str) -> bool:
     """True if some instance row points at ``object_key`` now."""
     try:
-        with engine.connect() as conn:
-            query = select(exists().where(Instance.object_key == object_key))
-            return bool(conn.execute(query).scalar())
+        query = select(exists().where(Instance.object_key == object_key))
+        return bool(read_index(engine, lambda conn: conn.execute(query).scalar()))
     except SQLAlchemyError as exc:
         raise OutOfResources("index unavailable") from exc
 

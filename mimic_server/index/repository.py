@@ -25,7 +25,7 @@ from mimic_server.errors import OutOfResources
 from mimic_server.index import StoredInstance
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.driver import DriverStatement
-from mimic_server.index.engine import write_transaction
+from mimic_server.index.engine import read_index, write_transaction
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
 from mimic_server.index.models import Instance, Patient, Series, Study
 
@@ -271,23 +271,22 @@ class SqlIndex:
             Instance.size,
         ).where(Instance.sop_instance_uid == sop_instance_uid)
         try:
-            with self.engine.connect() as conn:
-                found = conn.execute(query).first()
+            found = read_index(self.engine, lambda conn: conn.execute(query).first())
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
         return StoredInstance(*found) if found else None
 
     def count_instances(self) -> int:
         try:
-            with self.engine.connect() as conn:
-                return int(conn.execute(select(func.count(Instance.id))).scalar_one())
+            return int(read_index(
+                self.engine, lambda conn: conn.execute(select(func.count(Instance.id))).scalar_one()
+            ))
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 
     def ping(self) -> None:
         try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            read_index(self.engine, lambda conn: conn.execute(text("SELECT 1")))
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 

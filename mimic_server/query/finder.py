@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.codec.answer import PLAIN_VRS, UTF8, Answer
 from mimic_server.errors import OutOfResources
+from mimic_server.index.engine import read_index
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
@@ -242,8 +243,7 @@ class Finder:
             if predicate is not None:
                 statement = statement.where(predicate)
         try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(statement).all()
+            rows = read_index(self.engine, lambda conn: conn.execute(statement).all())
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
         found = []
@@ -259,11 +259,9 @@ class Finder:
         as :meth:`instances` finds it, by one indexed lookup whose statement is built once:
         a UI single-value match is exact equality (PS3.4 C.2.2.2.1; the unique keys are
         stored trimmed), which SQL decides alone. A WADO-RS retrieve of one instance."""
+        uids = {"study": study, "series": series, "sop_instance": sop_instance}
         try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(_ONE_INSTANCE, {
-                    "study": study, "series": series, "sop_instance": sop_instance,
-                }).all()
+            rows = read_index(self.engine, lambda conn: conn.execute(_ONE_INSTANCE, uids).all())
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
         return [InstanceRef(*row) for row in rows]

@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, Select
 from sqlalchemy.exc import DBAPIError
 
+from mimic_server.index.engine import read_index
+
 #: Rows read per page (and held in memory at once).
 PAGE_SIZE = 200
 #: SQLite virtual machine instructions between two looks at the clock.
@@ -81,13 +83,18 @@ def pages(
 
 
 def _read(engine: Engine, statement: Select[Any], budget: Budget) -> list[Row[Any]]:
-    with engine.connect() as conn, _interrupted_after(conn, budget) as interrupted:
-        try:
-            return list(conn.execute(statement).all())
-        except DBAPIError as exc:
-            if interrupted() or getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
-                raise TimeLimitReached(budget.seconds) from exc
-            raise
+    """One page, read again on a fresh connection if the first was lost (``read_index``)."""
+
+    def page(conn: Connection) -> list[Row[Any]]:
+        with _interrupted_after(conn, budget) as interrupted:
+            try:
+                return list(conn.execute(statement).all())
+            except DBAPIError as exc:
+                if interrupted() or getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
+                    raise TimeLimitReached(budget.seconds) from exc
+                raise
+
+    return read_index(engine, page)
 
 
 @contextlib.contextmanager

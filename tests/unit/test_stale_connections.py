@@ -2,7 +2,8 @@
 
 The backends of a test's own database on the real server are ended (``pg_terminate_backend``,
 as a server restart or an idle-connection killer would) between two C-STOREs: the next one
-must succeed, its instance and its audit row stored once. A transaction whose COMMIT lost its
+must succeed, its instance and its audit row stored once, and so must the next read of every
+kind (run once more on a fresh connection). A transaction whose COMMIT lost its
 connection is never run again (its outcome is unknown); a database that is down is still
 refused at once (``test_store_handler``, ``test_group_commit``: nothing listens on port 9).
 """
@@ -13,6 +14,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, event, make_url, select, text
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 
 from mimic_server.dimse.store import handle_store
 from mimic_server.errors import OutOfResources
@@ -32,6 +34,10 @@ from mimic_server.index.audit_table import AuditTable, read_table
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.models import AuditEvent
 from mimic_server.index.repository import SqlIndex
+from mimic_server.query.finder import Finder
+from mimic_server.query.identifier import parse
+from mimic_server.query.keys import Model
+from mimic_server.resources import index_answers
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.audit_records import Archive
 from mimic_server.security.policy import Policy
@@ -131,20 +137,127 @@ def test_a_store_after_the_backends_were_ended_succeeds_once(
 
 def test_an_idle_connection_is_pinged_and_replaced_before_a_read(
     postgres_server: str, url: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Reads are not run again: a connection idle beyond ``IDLE_PING_SECONDS`` is pinged at
-    checkout, and a lost one replaced before the read uses it (here every checkout is
-    'idle': the threshold set to 0)."""
+    """A connection idle beyond ``IDLE_PING_SECONDS`` is pinged at checkout, and a lost one
+    replaced before the read uses it (here every checkout is 'idle': the threshold set to
+    0): no read even finds it lost."""
     monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
     index = SqlIndex(create_index_engine(url))
     try:
         assert index.count_instances() == 0
         _pool_of(index, 2)
         assert _terminate(postgres_server, url) == 2
-        assert index.count_instances() == 0
-        assert index.get_instance(f"{PREFIX}2.9") is None
+        with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+            assert index.count_instances() == 0
+            assert index.get_instance(f"{PREFIX}2.9") is None
+        assert not [r for r in caplog.records if "lost during a read" in r.getMessage()]
     finally:
         index.engine.dispose()
+
+
+def _study_identifier(ds: Dataset) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ds.StudyInstanceUID
+    identifier.PatientName = ""
+    return identifier
+
+
+def _retrieve_identifier(ds: Dataset) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = ds.StudyInstanceUID
+    identifier.SeriesInstanceUID = ds.SeriesInstanceUID
+    identifier.SOPInstanceUID = ds.SOPInstanceUID
+    return identifier
+
+
+#: Each read of the DIMSE and DICOMweb services, with what it finds of the one stored CT.
+_READS: dict[str, Any] = {
+    "count": lambda index, finder, ds: index.count_instances() == 1,
+    "get_instance": lambda index, finder, ds: (
+        index.get_instance(ds.SOPInstanceUID).sop_instance_uid == ds.SOPInstanceUID),
+    "c-find": lambda index, finder, ds: len(list(finder.find(
+        parse(_study_identifier(ds), Model.STUDY_ROOT, relational=False)))) == 1,
+    "c-move": lambda index, finder, ds: [r.sop_instance_uid for r in finder.instances(
+        parse(_retrieve_identifier(ds), Model.STUDY_ROOT, relational=False, retrieve=True)
+    )] == [ds.SOPInstanceUID],
+    "wado-rs": lambda index, finder, ds: [r.sop_instance_uid for r in finder.instance(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)] == [ds.SOPInstanceUID],
+    "readiness": lambda index, finder, ds: index_answers(index.engine) == "postgresql answers",
+}
+
+
+@pytest.mark.parametrize("read", list(_READS))
+def test_a_read_after_the_backends_were_ended_runs_once_more(
+    postgres_server: str, url: str, read: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database restarted (every backend ended) after the pooled connections were last
+    used, within ``IDLE_PING_SECONDS``: no ping looks at them, and the read's first try
+    finds its connection lost. It is run once more on a fresh one and answers as before,
+    rather than failing the C-FIND, C-MOVE, WADO-RS request or readiness check."""
+    index = SqlIndex(create_index_engine(url), group_commit=True)
+    finder = Finder(index.engine, retrieve_ae_title="MIMIC", max_results=1000)
+    trail, store = _trail(index), MemoryStore()
+    try:
+        stored = _ct(1)
+        assert _status(handle_store(_event(stored), store, index, Policy("MIMIC"), trail)) == 0
+        _pool_of(index, 3)
+        assert _terminate(postgres_server, url) == 4  # the three, and the group commit's
+        with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+            assert _READS[read](index, finder, stored)
+        lost = [r for r in caplog.records if "lost during a read" in r.getMessage()]
+        assert len(lost) == 1  # one try found it lost; the pool renewed the others with it
+    finally:
+        index.engine.dispose()
+
+
+def test_a_read_of_a_database_that_is_down_still_fails_at_once(
+    postgres_server: str, url: str,
+) -> None:
+    """Connecting is not retried: with the database gone for good, the read's one try
+    more finds no server either, and C-FIND's 'index unavailable' is as before."""
+    index = SqlIndex(create_index_engine(url))
+    try:
+        _pool_of(index, 1)
+        with _admin(postgres_server) as admin:
+            name = make_url(url).database
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                _terminate(postgres_server, url)
+                with pytest.raises(OutOfResources, match="index unavailable"):
+                    index.count_instances()
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        index.engine.dispose()
+
+
+def test_only_a_lost_connection_makes_a_read_run_again(tmp_path: Path) -> None:
+    """Any other database error (a syntax error, a cancelled statement) is the read's
+    answer: it is not run again; a second loss is not tried a third time."""
+    tries: list[bool] = []
+
+    def failing(invalidated: bool) -> Any:
+        def work(_conn: Connection) -> None:
+            tries.append(invalidated)
+            raise DBAPIError("SELECT 1", {}, Exception("x"),
+                             connection_invalidated=invalidated)
+        return work
+
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        with pytest.raises(DBAPIError):
+            engine_module.read_index(engine, failing(False))
+        assert tries == [False]
+        tries.clear()
+        with pytest.raises(DBAPIError):
+            engine_module.read_index(engine, failing(True))
+        assert tries == [True, True]
+        assert engine_module.read_index(engine, lambda conn: conn.scalar(text("SELECT 7"))) == 7
+    finally:
+        engine.dispose()
 
 
 def _end_backend_at_first_commit(index: SqlIndex, server: str, url: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from mimic_server.certs import TrustedCertificate
+from mimic_server.index.engine import read_index
 from mimic_server.index.models import AuditEvent, Instance
 from mimic_server.security.grants import Service
 from mimic_server.security.identity import Identity
@@ -39,8 +40,9 @@ def stored_by_peer(engine: Engine) -> dict[str, tuple[int, datetime | None]]:
     """received_from -> (objects stored, last received) from the index."""
     statement = select(Instance.received_from, func.count(), func.max(Instance.received_at)) \
         .group_by(Instance.received_from)
-    with engine.connect() as conn:
-        return {str(row[0]): (int(row[1]), row[2]) for row in conn.execute(statement)}
+    return read_index(engine, lambda conn: {
+        str(row[0]): (int(row[1]), row[2]) for row in conn.execute(statement)
+    })
 
 
 def last_logins_in_table(engine: Engine) -> dict[str, str]:
@@ -52,8 +54,7 @@ def last_logins_in_table(engine: Engine) -> dict[str, str]:
                AuditEvent.trust_name.is_not(None))
         .group_by(AuditEvent.trust_name)
     )
-    with engine.connect() as conn:
-        rows = conn.execute(statement).all()
+    rows = read_index(engine, lambda conn: conn.execute(statement).all())
     return {str(name): (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
             for name, when in rows}
 

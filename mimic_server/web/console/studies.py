@@ -16,6 +16,7 @@ from pydicom.multival import MultiValue
 from sqlalchemy import Engine, func, select
 
 from mimic_server.codec.answer import Answer
+from mimic_server.index.engine import read_index
 from mimic_server.index.models import Instance, Series, Study
 from mimic_server.query.finder import Finder, ResultLimitReached
 from mimic_server.query.identifier import parse
@@ -185,9 +186,9 @@ class StudyBrowser:
             .join(Instance, Instance.id == first.c.id)
             .join(Series, Series.id == Instance.series_fk)
         )
-        with self.engine.connect() as conn:
-            return {row[0]: {"series": row[1], "instance": row[2]}
-                    for row in conn.execute(statement)}
+        return read_index(self.engine, lambda conn: {
+            row[0]: {"series": row[1], "instance": row[2]} for row in conn.execute(statement)
+        })
 
 
 def _int(value: Any) -> int | None:
