@@ -17,7 +17,10 @@ run: ``before`` (the put before the transaction and the instance insert through 
 ``serial-put``, ``sqlalchemy-insert``; ``pydicom-header`` (the received header read
 through pydicom's ``Dataset``); ``before-audit`` (the next three together),
 ``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
-transaction), ``lxml-audit`` (the audit message as an lxml tree). PostgreSQL is
+transaction), ``lxml-audit`` (the audit message as an lxml tree), ``pglz-header`` (headers
+compressed with PostgreSQL's default pglz, before migration 0004). On PostgreSQL the CPU of
+the database's backends is reported per object too (``database``, beside the process's
+phases; not in ``total``). PostgreSQL is
 the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards;
 ``--index sqlite`` measures the embedded default's SQLite index instead.
 
@@ -58,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.latency import database_cpu, database_cpu_delta  # noqa: E402
 from mimic_server.archive import ingest as ingest_module  # noqa: E402
 from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
@@ -169,7 +173,8 @@ def _summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, f
         "cpu_ms": {p: statistics.median(r["cpu"][p] for r in rounds) for p in phases},
         "wall_ms": {p: statistics.median(r["wall"][p] for r in rounds) for p in phases},
     }
-    summary["cpu_ms"]["total"] = statistics.median(sum(r["cpu"].values()) for r in rounds)
+    summary["cpu_ms"]["total"] = statistics.median(
+        sum(v for p, v in r["cpu"].items() if p != "database") for r in rounds)
     summary["wall_ms"]["total"] = statistics.median(sum(r["wall"].values()) for r in rounds)
     return summary
 
@@ -248,6 +253,21 @@ def _unkept_connection(index: SqlIndex, _table: AuditTable) -> Iterator[None]:
         committer._closed = False
 
 
+@contextlib.contextmanager
+def _pglz_header(index: SqlIndex, _table: AuditTable) -> Iterator[None]:
+    """Headers compressed with PostgreSQL's default ``pglz`` (before migration 0004)."""
+    if index.engine.dialect.name != "postgresql":
+        yield
+        return
+    with index.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE instances ALTER COLUMN header SET COMPRESSION pglz")
+    try:
+        yield
+    finally:
+        with index.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE instances ALTER COLUMN header SET COMPRESSION lz4")
+
+
 #: What each variant switches off: the earlier paths, to measure a change in one run.
 VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
                              contextlib.AbstractContextManager[None]]] = {
@@ -262,6 +282,7 @@ VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
     # Every element of the header read again: no entry kept from the instance before.
     "unremembered-json": lambda index, table: _switched(dicom_json, _LAST={}, _LAST_LIMIT=-1),
     "unkept-connection": _unkept_connection,
+    "pglz-header": _pglz_header,
     "before-audit": lambda index, table: _all(
         _sqlalchemy_audit(index, table), _pre_ping(index, table), _lxml_audit(index, table)),
 }
@@ -297,6 +318,7 @@ def main() -> int:
         url = args.postgres.rsplit("/", 1)[0] + "/" + name
         engine = create_index_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     results: dict[str, Any] = {}
+    measure_database = args.index == "postgresql"
     try:
         schema.upgrade(engine)
         index = SqlIndex(engine)
@@ -320,6 +342,7 @@ def main() -> int:
                         objects = datasets(kind, args.count, f"{n}-{variant}",
                                            args.cache_inputs)
                         profiler = cProfile.Profile() if args.profile else None
+                        database_before = database_cpu(name) if measure_database else {}
                         with VARIANTS[variant](index, table):
                             if profiler is not None:
                                 profiler.enable()
@@ -331,6 +354,10 @@ def main() -> int:
                                 stats = pstats.Stats(profiler).sort_stats("tottime")
                                 stats.print_stats(30)
                                 stats.sort_stats("cumulative").print_stats(40)
+                        if measure_database:  # its backends (the WAL writer's share not)
+                            used = database_cpu_delta(database_before, database_cpu(name))
+                            clock.cpu["database"] = used
+                            clock.wall["database"] = 0.0
                         rounds[variant].append({
                             "cpu": {k: v / args.count * 1e3 for k, v in clock.cpu.items()},
                             "wall": {k: v / args.count * 1e3 for k, v in clock.wall.items()},
