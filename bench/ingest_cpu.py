@@ -260,12 +260,17 @@ def _pglz_header(index: SqlIndex, _table: AuditTable) -> Iterator[None]:
         yield
         return
     with index.engine.begin() as conn:
+        before = conn.exec_driver_sql(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'instances'::regclass AND attname = 'header'").scalar_one()
         conn.exec_driver_sql("ALTER TABLE instances ALTER COLUMN header SET COMPRESSION pglz")
+    method = {"l": "lz4", "p": "pglz"}.get(before, "DEFAULT")  # as the migration left it
     try:
         yield
     finally:
         with index.engine.begin() as conn:
-            conn.exec_driver_sql("ALTER TABLE instances ALTER COLUMN header SET COMPRESSION lz4")
+            conn.exec_driver_sql(
+                f"ALTER TABLE instances ALTER COLUMN header SET COMPRESSION {method}")
 
 
 #: What each variant switches off: the earlier paths, to measure a change in one run.

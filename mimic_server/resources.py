@@ -96,7 +96,7 @@ def store_answers(store: ObjectStore) -> str:
 def index_answers(engine: Engine) -> str:
     """The readiness check of the index (the archive's and the supervisor's)."""
     try:
-        read_index(engine, lambda connection: connection.execute(text("SELECT 1")))
+        read_index(engine, lambda connection: connection.execute(text("SELECT 1")).scalar())
     except SQLAlchemyError as exc:
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise OutOfResources(f"index does not answer ({cause})") from exc

@@ -219,7 +219,8 @@ class WebArchive:
         if self.engine is None:
             raise ConfigurationError("not started")
         try:
-            read_index(self.engine, lambda connection: connection.execute(text("SELECT 1")))
+            read_index(self.engine,
+                       lambda connection: connection.execute(text("SELECT 1")).scalar())
         except SQLAlchemyError as exc:
             raise ConfigurationError("index does not answer") from exc
         return "ready"

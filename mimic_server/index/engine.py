@@ -55,6 +55,19 @@ WRITE = {"mimic_write": True}
 #: above): a steady sender reuses its connection within milliseconds and never pays the ping.
 IDLE_PING_SECONDS = 10.0
 
+#: libpq's TCP settings for every PostgreSQL connection, where the URL does not set its own.
+#: A database that vanished without a reset (a failover, a flow an Azure load balancer
+#: dropped while idle) is otherwise found out only after the kernel's ~15 minutes of
+#: retransmissions, every C-STORE on that connection waiting as long: here a statement whose
+#: bytes go unacknowledged for 30 s fails (``tcp_user_timeout``), and a connection that waits
+#: on an answer, or sits in the pool, is probed after 30 s of silence and given up after
+#: three unanswered probes 10 s apart. The probes also keep an idle flow from being dropped.
+#: A live server's kernel acknowledges both at once, however long its query runs.
+TCP_SETTINGS: dict[str, int] = {
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
 #: Where a pooled connection's record keeps when it was last used (``_ping_when_idle``).
 _IDLE_SINCE = "mimic_idle_since"
 
@@ -86,8 +99,10 @@ def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool =
         )
         _tune_sqlite(engine)
         return engine
-    connect_args = {"connect_timeout": 10}
-    if credential is not None and "sslmode" not in make_url(url).query:
+    query = make_url(url).query
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    connect_args.update({k: v for k, v in TCP_SETTINGS.items() if k not in query})
+    if credential is not None and "sslmode" not in query:
         connect_args["sslmode"] = "require"
     engine = create_engine(
         url, pool_size=8, max_overflow=24, connect_args=connect_args,
@@ -195,12 +210,13 @@ def read_index(engine: Engine, work: Callable[[Connection], T]) -> T:
     more on a fresh connection when the first was found lost.
 
     Without a ping at every checkout, a pooled connection used less than
-    ``IDLE_PING_SECONDS`` before the database restarted (an Azure maintenance restart, a
-    failover) is stale, and the first statement on it fails. SQLAlchemy then invalidates it
-    and the pool's older connections, so a second try gets a fresh one. A read changes
-    nothing, so trying again is always safe; the C-FIND, C-MOVE or WADO-RS request it
-    serves need not fail for a restart that is over. A database that is down still fails
-    at once (connecting is not retried)."""
+    ``IDLE_PING_SECONDS`` before the database restarted (an Azure maintenance restart) is
+    stale, and the first statement on it fails. SQLAlchemy then invalidates it and the
+    pool's older connections, so a second try gets a fresh one. A read changes nothing, so
+    trying again is safe; the C-FIND, C-MOVE or WADO-RS request it serves need not fail for
+    a restart that is over. A database that is down still fails at once (connecting is not
+    retried). Not for a read that streams rows to its caller (``yield_per``, a generator):
+    rows already handed on would be handed on again."""
     for last in (False, True):
         try:
             with engine.connect() as conn:

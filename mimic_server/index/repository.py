@@ -286,7 +286,7 @@ class SqlIndex:
 
     def ping(self) -> None:
         try:
-            read_index(self.engine, lambda conn: conn.execute(text("SELECT 1")))
+            read_index(self.engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 

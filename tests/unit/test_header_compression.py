@@ -1,11 +1,14 @@
 """Migration 0004 on the real PostgreSQL server: instance headers written from then on are
-compressed with lz4, rows stored before keep pglz and read as before, and a server where the
-change cannot be made (here: a role that does not own the table) keeps pglz and goes on."""
+compressed with lz4, rows stored before keep pglz and read as before, and where the change
+cannot be made (a role that does not own the table; the table's lock held by a reader beyond
+the migration's lock timeout) headers keep pglz and the migration goes on."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +30,15 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498.44"
 
 @pytest.fixture
 def url(postgres_server: str) -> Iterator[str]:
+    """A fresh database whose default compression is pglz, whatever the server's."""
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        version = admin.execute("SHOW server_version_num").fetchone()
+    if version is None or int(version[0]) < 140000:
+        pytest.skip("column compression methods need PostgreSQL 14")
     with database.fresh_database(postgres_server) as url:
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{make_url(url).database}" '
+                          "SET default_toast_compression = 'pglz'")
         yield url
 
 
@@ -38,14 +49,18 @@ def _migrate(engine: Engine, revision: str) -> None:
         command.upgrade(config, revision)
 
 
-def _store(index: SqlIndex, n: int) -> dict[str, Any]:
+def _store(engine: Engine, n: int) -> dict[str, Any]:
     ds = copy.deepcopy(pydicom.dcmread(ct_small(), stop_before_pixels=True))
     ds.SOPInstanceUID = f"{UID_ROOT}.3.{n}"
     attrs = InstanceAttributes.from_header(ds)
-    index.upsert_instance(
-        attrs, transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_key=f"k/{n}", sha256="0" * 64, size=1, received_from="test",
-    )
+    index = SqlIndex(engine)
+    try:
+        index.upsert_instance(
+            attrs, transfer_syntax_uid="1.2.840.10008.1.2.1",
+            object_key=f"k/{n}", sha256="0" * 64, size=1, received_from="test",
+        )
+    finally:
+        index.close()
     return attrs.header
 
 
@@ -67,10 +82,10 @@ def test_headers_written_after_0004_are_lz4_and_older_ones_read_as_before(url: s
     engine = create_index_engine(url)
     try:
         _migrate(engine, "0003")
-        before = _store(SqlIndex(engine), 1)
+        before = _store(engine, 1)
         schema.upgrade(engine)
         assert schema.current_revision(engine) == schema.head_revision() == "0004"
-        after = _store(SqlIndex(engine), 2)
+        after = _store(engine, 2)
         assert _compression(engine) == {f"{UID_ROOT}.3.1": "pglz", f"{UID_ROOT}.3.2": "lz4"}
         assert _header(engine, 1) == before and _header(engine, 2) == after
         # Downgraded: the column's default again, and what was stored still reads.
@@ -78,7 +93,7 @@ def test_headers_written_after_0004_are_lz4_and_older_ones_read_as_before(url: s
         with engine.begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "0003")
-        _store(SqlIndex(engine), 3)
+        _store(engine, 3)
         assert _compression(engine)[f"{UID_ROOT}.3.3"] == "pglz"
         assert _header(engine, 2) == after
     finally:
@@ -93,8 +108,9 @@ def test_0004_goes_on_where_the_column_cannot_be_changed(
     owner = create_index_engine(url)
     name = make_url(url).database
     role = f"mimic_migrator_{name[-12:]}"
+    password = secrets.token_hex(16)
     with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
     try:
         _migrate(owner, "0003")
         owner.dispose()
@@ -103,13 +119,14 @@ def test_0004_goes_on_where_the_column_cannot_be_changed(
             admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
             admin.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
         migrator = create_index_engine(
-            make_url(url).set(username=role, password=None).render_as_string(hide_password=False))
+            make_url(url).set(username=role, password=password)
+            .render_as_string(hide_password=False))
         try:
             with caplog.at_level(logging.WARNING, logger="mimic_server.index.migrations"):
                 schema.upgrade(migrator)
             assert schema.current_revision(migrator) == "0004"
             assert any("stay compressed with pglz" in r.getMessage() for r in caplog.records)
-            _store(SqlIndex(migrator), 1)
+            _store(migrator, 1)
             assert _compression(migrator) == {f"{UID_ROOT}.3.1": "pglz"}
         finally:
             migrator.dispose()
@@ -117,3 +134,32 @@ def test_0004_goes_on_where_the_column_cannot_be_changed(
         with psycopg.connect(postgres_server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_0004_does_not_wait_long_for_the_tables_lock(url: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A reader holds the table (an open C-FIND page, ``mimic reconcile``'s cursor): the
+    migration waits at most its lock timeout, keeps pglz, warns with the statement to run
+    later, completes, and leaves the session's lock timeout as it found it."""
+    engine = create_index_engine(url)
+    try:
+        _migrate(engine, "0003")
+        with engine.connect() as reader:
+            reader.execute(text("SELECT count(*) FROM instances"))  # its transaction stays open
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="mimic_server.index.migrations"):
+                config = schema._config()
+                with engine.begin() as conn:
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "head")
+                    assert conn.exec_driver_sql("SHOW lock_timeout").scalar_one() == "0"
+            assert time.monotonic() - started < 30
+            reader.rollback()
+        assert schema.current_revision(engine) == "0004"
+        assert any("lock timeout" in r.getMessage() for r in caplog.records)
+        assert any("to set it later, run: ALTER TABLE instances" in r.getMessage()
+                   for r in caplog.records)
+        _store(engine, 1)
+        assert _compression(engine) == {f"{UID_ROOT}.3.1": "pglz"}
+    finally:
+        engine.dispose()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,3 +393,36 @@ def test_a_driver_level_audit_row_error_is_sqlalchemys_and_rolls_back(url: str) 
         assert len(read_table(index.engine)) == 1
     finally:
         index.engine.dispose()
+
+
+def _tcp_options(engine: Any) -> dict[str, int]:
+    """The kernel's settings of a pooled connection's socket, as libpq set them."""
+    with engine.connect() as conn:
+        fd = conn.connection.dbapi_connection.fileno()
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return {
+                "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            }
+
+
+def test_a_silent_database_is_given_up_within_a_minute(url: str) -> None:
+    """A database that vanished without a reset is found dead by TCP itself: 30 s for
+    unacknowledged bytes, keepalive probes after 30 s of silence (not the kernel's ~15
+    minutes and two hours); the URL's own settings win."""
+    engine = create_index_engine(url)
+    try:
+        assert _tcp_options(engine) == {
+            "keepalive": 1, "idle": 30, "interval": 10, "count": 3, "user_timeout": 30_000,
+        }
+    finally:
+        engine.dispose()
+    engine = create_index_engine(f"{url}?keepalives_idle=120&tcp_user_timeout=5000")
+    try:
+        options = _tcp_options(engine)
+        assert (options["idle"], options["user_timeout"], options["count"]) == (120, 5000, 3)
+    finally:
+        engine.dispose()
