@@ -109,7 +109,8 @@ def test_blob_carries_content_md5_and_sha256(azurite: Azurite, size: int) -> Non
 
 
 def test_put_failure_is_out_of_resources_filesystem(tmp_path: Path) -> None:
-    store = FilesystemStore(tmp_path / "objects", fsync=False)
+    # No spare files: their thread would be making them while the directory is removed.
+    store = FilesystemStore(tmp_path / "objects", fsync=False, spare_files=0)
     shutil.rmtree(tmp_path / "objects" / ".incoming")
     (tmp_path / "objects" / ".incoming").write_bytes(b"not a directory")
     with pytest.raises(OutOfResources):
