@@ -18,9 +18,10 @@ run: ``before`` (the put before the transaction and the instance insert through 
 through pydicom's ``Dataset``); ``before-audit`` (the next three together),
 ``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
 transaction), ``lxml-audit`` (the audit message as an lxml tree), ``pglz-header`` (headers
-compressed with PostgreSQL's default pglz, before migration 0004). On PostgreSQL the CPU of
-the database's backends is reported per object too (``database``, beside the process's
-phases; not in ``total``). PostgreSQL is
+compressed with PostgreSQL's default pglz, before migration 0004). ``--whole`` measures
+``archive.ingest.ingest`` as one phase after ``received``, as a C-STORE calls it. On
+PostgreSQL the CPU of the database's backends is reported per object too (``database``,
+beside the process's phases; not in ``total``). PostgreSQL is
 the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped afterwards;
 ``--index sqlite`` measures the embedded default's SQLite index instead.
 
@@ -29,6 +30,7 @@ the server on 127.0.0.1:5432 (``--postgres``); a fresh database per run, dropped
     .venv/bin/python bench/ingest_cpu.py --profile         # cProfile of one round, top 30
     .venv/bin/python bench/ingest_cpu.py --variants pydicom-header,current  # before / after
     .venv/bin/python bench/ingest_cpu.py --index-only --variants current,unkept-connection
+    .venv/bin/python bench/ingest_cpu.py --whole --index sqlite
     .venv/bin/python bench/ingest_cpu.py --kind both --count 100 --rounds 8 \
         --variants current,before-audit,sqlalchemy-audit,pre-ping,lxml-audit
 """
@@ -63,7 +65,7 @@ if str(ROOT) not in sys.path:
 
 from bench.latency import database_cpu, database_cpu_delta  # noqa: E402
 from mimic_server.archive import ingest as ingest_module  # noqa: E402
-from mimic_server.archive.ingest import ReceivedObject, keep  # noqa: E402
+from mimic_server.archive.ingest import ReceivedObject, ingest, keep  # noqa: E402
 from mimic_server.archive.ingest_audit import prepare_received  # noqa: E402
 from mimic_server.codec import dicom_json  # noqa: E402
 from mimic_server.codec.file_meta import encode_file_meta  # noqa: E402
@@ -141,8 +143,12 @@ class Clock:
 
 
 def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore,
-              index: SqlIndex, audit_log: AuditLog, index_only: bool = False) -> Clock:
-    """``index_only``: the last phase is the index upsert alone (with its audit row), no put."""
+              index: SqlIndex, audit_log: AuditLog, index_only: bool = False,
+              whole: bool = False) -> Clock:
+    """``index_only``: the last phase is the index upsert alone (with its audit row), no put.
+    ``whole``: after ``received``, one phase ``ingest`` (``archive.ingest.ingest``: the
+    attributes, the audit record, the put and the index, overlapped as a C-STORE runs them).
+    """
     clock = Clock()
     for sop_class, sop_instance, syntax, data in objects:
         def received(sop_class: str = sop_class, sop_instance: str = sop_instance,
@@ -151,6 +157,13 @@ def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore
             return ReceivedObject.of(meta, memoryview(data), syntax)
 
         obj = clock.run("received", received)
+        if whole:
+            clock.run("ingest", lambda obj=obj, sop_class=sop_class, sop_instance=sop_instance:
+                      ingest(store, index, obj, sop_class_uid=sop_class,
+                             sop_instance_uid=sop_instance, received_from="CN=bench-modality",
+                             audit_record=lambda found: prepare_received(audit_log, found,
+                                                                         REQUESTOR)))
+            continue
         attrs = clock.run("attributes", lambda obj=obj: InstanceAttributes.from_header(obj.header))
         record = clock.run("audit", lambda attrs=attrs: prepare_received(audit_log, attrs,
                                                                          REQUESTOR))
@@ -309,6 +322,9 @@ def main() -> int:
                         help="keep the generated objects here for the next run (valgrind)")
     parser.add_argument("--index-only", action="store_true",
                         help="no put: the last phase is the index upsert alone")
+    parser.add_argument("--whole", action="store_true",
+                        help="one phase 'ingest' after 'received': attributes, audit record, "
+                        "put and index as a C-STORE overlaps them")
     parser.add_argument("--variants", default="current",
                         help=f"comma-separated, interleaved per round: {', '.join(VARIANTS)}")
     args = parser.parse_args()
@@ -339,7 +355,7 @@ def main() -> int:
                 for variant in variants:
                     with VARIANTS[variant](index, table):
                         one_round(warm, store, index, audit_log,  # caches, connections
-                                  args.index_only)
+                                  args.index_only, args.whole)
                 rounds: dict[str, list[dict[str, dict[str, float]]]] = defaultdict(list)
                 for n in range(args.rounds):
                     # Rotate the order: a drift of the machine touches every variant.
@@ -352,7 +368,7 @@ def main() -> int:
                             if profiler is not None:
                                 profiler.enable()
                             clock = one_round(objects, store, index, audit_log,
-                                              args.index_only)
+                                              args.index_only, args.whole)
                             if profiler is not None:
                                 profiler.disable()
                                 print(f"--- {kind}, {variant}")

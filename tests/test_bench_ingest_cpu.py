@@ -44,3 +44,16 @@ def test_ingest_cpu_times_the_index_alone(tmp_path: Path) -> None:
         cpu = results["small"][variant]["cpu_ms"]
         assert set(cpu) == {"received", "attributes", "audit", "index", "total"}
         assert all(value > 0 for value in cpu.values()), cpu
+
+
+def test_ingest_cpu_times_the_whole_ingest(tmp_path: Path) -> None:
+    """``--whole``: ``archive.ingest.ingest`` as one phase, as a C-STORE handler calls it."""
+    out = tmp_path / "ingest_cpu.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_cpu.py"), "--kind", "small", "--count",
+         "3", "--rounds", "2", "--index", "sqlite", "--whole", "--json", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    cpu = json.loads(out.read_text())["small"]["current"]["cpu_ms"]
+    assert set(cpu) == {"received", "ingest", "total"}
+    assert all(value > 0 for value in cpu.values()), cpu
