@@ -11,7 +11,9 @@ rows of ``instances``), and a mismatch fails the benchmark.
 
 Rounds are interleaved: each round runs every scenario once on every receiver, the order of
 the receivers rotating from round to round, so a drift of the machine's speed touches them
-all alike. The best round of each receiver and scenario is reported.
+all alike. The best round of each receiver and scenario is reported, and the ratios
+of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
+rounds: the medians hold less luck).
 
     .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
 
