@@ -13,14 +13,14 @@ import socket
 import ssl
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.certs import CertBundle
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import schema
-from mimic_server.index.engine import create_index_engine, read_index
+from mimic_server.index.engine import answers, create_index_engine
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.tls import destination_context
 from mimic_server.security.audit import AuditLog, AuditSink
@@ -96,7 +96,7 @@ def store_answers(store: ObjectStore) -> str:
 def index_answers(engine: Engine) -> str:
     """The readiness check of the index (the archive's and the supervisor's)."""
     try:
-        read_index(engine, lambda connection: connection.execute(text("SELECT 1")).scalar())
+        answers(engine)
     except SQLAlchemyError as exc:
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise OutOfResources(f"index does not answer ({cause})") from exc

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,7 +37,7 @@ from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index.audit_table import read_table
-from mimic_server.index.engine import read_index
+from mimic_server.index.engine import answers
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
@@ -219,8 +219,7 @@ class WebArchive:
         if self.engine is None:
             raise ConfigurationError("not started")
         try:
-            read_index(self.engine,
-                       lambda connection: connection.execute(text("SELECT 1")).scalar())
+            answers(self.engine)
         except SQLAlchemyError as exc:
             raise ConfigurationError("index does not answer") from exc
         return "ready"

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,13 @@ def read_index(engine: Engine, work: Callable[[Connection], T]) -> T:
             log.warning("index connection lost during a read; the read runs again")
     raise AssertionError("unreachable")
 
+
+
+def answers(engine: Engine) -> None:
+    """The index answers a statement (a readiness check, ``ping``): raises SQLAlchemy's
+    error otherwise. Through :func:`read_index`, so a connection lost to a restart that is
+    over does not fail the check."""
+    read_index(engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
 
 def _use_entra_tokens(engine: Engine, credential: Any) -> None:
     @event.listens_for(engine, "do_connect")

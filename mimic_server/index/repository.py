@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -25,7 +25,7 @@ from mimic_server.errors import OutOfResources
 from mimic_server.index import StoredInstance
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.driver import DriverStatement
-from mimic_server.index.engine import read_index, write_transaction
+from mimic_server.index.engine import answers, read_index, write_transaction
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
 from mimic_server.index.models import Instance, Patient, Series, Study
 
@@ -286,7 +286,7 @@ class SqlIndex:
 
     def ping(self) -> None:
         try:
-            read_index(self.engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
+            answers(self.engine)
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 
