@@ -13,7 +13,10 @@ Rounds are interleaved: each round runs every scenario once on every receiver, t
 the receivers rotating from round to round, so a drift of the machine's speed touches them
 all alike. The best round of each receiver and scenario is reported, and the ratios
 of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
-rounds: the medians hold less luck).
+rounds: the medians hold less luck). Before each run the file system is settled
+(:func:`settle_file_system`: the last run's deletions written back and, as root, the clean
+caches dropped and the inputs read in again), so that no receiver pays for the files of
+the runs before it; ``--no-settle`` leaves that out.
 
     .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
 
@@ -64,6 +67,8 @@ CHART = ROOT / "docs" / "benchmarks-compare.png"
 BEGIN = "<!-- compare.py: begin (rewritten by bench/compare.py --write-docs) -->"
 END = "<!-- compare.py: end -->"
 COMMAND = ".venv/bin/python bench/compare.py --rounds 5 --write-docs"
+#: Where the kernel's clean caches are dropped (writable by root only).
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 NAMES = {
     "storescp": "dcmtk storescp (files only, no index, no fsync)",
@@ -147,7 +152,7 @@ def available_receivers(wanted: list[str], postgres: str) -> tuple[list[str], li
 def run(
     *, rounds: int, small: int, large: int, labels: list[str], postgres: str,
     tls_modes: tuple[bool, ...] = (True, False), associations: tuple[int, ...] = (1, PARALLEL),
-    log: bool = True,
+    log: bool = True, settle: bool = False,
 ) -> dict[str, object]:
     """Synthesize the data, run the rounds; return the results (also what goes to JSON)."""
     with tempfile.TemporaryDirectory(prefix="mimic-compare-") as tmp:
@@ -170,8 +175,10 @@ def run(
         before = machine()
         commit = git_commit()
         started = time.monotonic()
+        settled: list[str] = []
         try:
-            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
+            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log,
+                       settled if settle else None)
         finally:
             receivers.shutdown()
         info: dict[str, object] = {
@@ -183,6 +190,7 @@ def run(
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
+            "settled": sorted(set(settled)) if settle else ["off"],
             "minutes": round((time.monotonic() - started) / 60, 1),
             "data": {d.name: {"count": d.count, "bytes": d.total_bytes}
                      for d in sets.values()},
@@ -198,13 +206,17 @@ def run(
 def rounds_run(
     rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
     pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
+    settled: list[str] | None = None,
 ) -> None:
-    """Every round: every scenario on every receiver, the receivers' order rotating."""
+    """Every round: every scenario on every receiver, the receivers' order rotating;
+    ``settled`` (None: not settled) gets how the file system was settled before each run."""
     for r in range(rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for sc in scenarios:
             data = sets[sc.data]
             for label in order:
+                if settled is not None:
+                    settled.append(settle_file_system(data))
                 server = receivers.make_receiver(
                     label, work / "run" / f"{label}-{sc.key}-{r}",
                     pki if sc.tls else None, postgres,
@@ -222,6 +234,42 @@ def rounds_run(
                     print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
                           f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s, server CPU "
                           f"{1000 * cpu / data.count:.2f} ms/object)", flush=True)
+
+
+def settle_file_system(data: DataSet) -> str:
+    """Write back what the kernel holds dirty and, where permitted (root), drop its clean
+    caches, then read ``data``'s files in again; how it was done ("dropped caches", or
+    "written back" where the caches cannot be dropped).
+
+    Why: on ext4 without a journal (as this benchmark's VM has) a new file does not get an
+    inode deleted in the last 5 seconds, or in the last 5 minutes while that inode's block of
+    the inode table is dirty in the cache, and finding a free inode scans past every such
+    one in the block group, from its start. Each run removes the last run's 500-1,000 files,
+    so every file the next receiver created paid that scan, and unevenly: MIMIC keeps its
+    files in progress in one directory, so all of its new inodes come from one block group,
+    the one the last runs emptied; Orthanc makes a new directory for most files, and the
+    allocator spreads those. A perf profile of the whole machine (embedded MIMIC, 960 small
+    objects over four associations just after another benchmark) put 9.4 % of all CPU
+    samples in ``ext4_create`` / ``find_inode_bit`` / ``recently_deleted`` (0.47 ms per
+    object), Orthanc with SQLite 0.2 %; with the blocks written back and dropped from the
+    cache, ext4 counts those inodes as long gone (0.1 %). An archive in service does not
+    remove a thousand files every half minute, and ext4 with a journal (the default) does
+    not make this check at all. The inputs are read in again so that the senders read them
+    from the cache, as without the drop."""
+    os.sync()
+    how = "written back"
+    try:
+        with DROP_CACHES.open("w") as caches:
+            caches.write("1")  # the page cache only: clean pages, the inode tables' among them
+        how = "dropped caches"
+    except OSError:
+        pass
+    for part in data.parts:
+        for path in part.iterdir():
+            with path.open("rb") as f:
+                while f.read(1 << 20):
+                    pass
+    return how
 
 
 @dataclass
@@ -473,7 +521,10 @@ def section(result: dict[str, object], notes: list[str]) -> str:
         f"{result['loadavg_at_end']} at the end; {str(m['dcmtk']).strip('$ ')}; "
         f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
-        + (f"; MIMIC environment {env}" if env else "") + ".",
+        + (f"; MIMIC environment {env}" if env else "")
+        + (f"; before each run the file system settled ({', '.join(result['settled'])}, "
+           "`settle_file_system`)" if result.get("settled", ["off"]) != ["off"] else "")
+        + ".",
         "",
         *([f"- {n}" for n in notes] + [""] if notes else []),
         markdown(result),
@@ -514,6 +565,9 @@ def main() -> int:
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
     parser.add_argument("--from-json", type=Path,
                         help="no run: report (and with --write-docs write) a saved result")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="no write-back and cache drop before each run "
+                             "(settle_file_system)")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -539,7 +593,8 @@ def main() -> int:
     with terminated_as_exit():
         try:
             result = run(rounds=max(1, args.rounds), small=small, large=large, labels=labels,
-                         postgres=args.postgres, tls_modes=tls_modes)
+                         postgres=args.postgres, tls_modes=tls_modes,
+                         settle=not args.no_settle)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1

@@ -8,6 +8,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from mimic_server.index import schema
 from mimic_server.index.attributes import InstanceAttributes
@@ -154,6 +156,34 @@ def test_the_lock_is_given_back_after_commit_and_after_rollback(tmp_path: Path) 
         fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody holds it
     finally:
         os.close(probe)
+    engine.dispose()
+
+
+def test_a_begin_that_finds_the_database_busy_raises_sqlalchemys_error_and_unlocks(
+        tmp_path: Path) -> None:
+    """A database busy beyond the writers' lock (another program's writer) is SQLAlchemy's
+    ``OperationalError`` at BEGIN IMMEDIATE, which the retries look for, and the writers'
+    lock is given back."""
+    path = tmp_path / "index.sqlite3"
+    engine = create_index_engine(_url(path))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    outsider = sqlite3.connect(path, isolation_level=None)  # not through the writers' lock
+    outsider.execute("BEGIN IMMEDIATE")
+    try:
+        conn = engine.connect().execution_options(**WRITE)
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, WriterLockedConnection)
+        raw.execute("PRAGMA busy_timeout=50")
+        with pytest.raises(OperationalError, match="database is locked"):
+            conn.begin()
+        assert not raw._locked
+        conn.close()
+    finally:
+        outsider.rollback()
+        outsider.close()
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        conn.execute(text("INSERT INTO t VALUES (1)"))  # the connection and the lock work
     engine.dispose()
 
 
