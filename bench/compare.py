@@ -13,10 +13,9 @@ Rounds are interleaved: each round runs every scenario once on every receiver, t
 the receivers rotating from round to round, so a drift of the machine's speed touches them
 all alike. The best round of each receiver and scenario is reported, and the ratios
 of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
-rounds: the medians hold less luck). Before each run the file system is settled
-(:func:`settle_file_system`: the last run's deletions written back and, as root, the clean
-caches dropped and the inputs read in again), so that no receiver pays for the files of
-the runs before it; ``--no-settle`` leaves that out.
+rounds: the medians hold less luck). A finished run's files are emptied, not removed
+(:func:`empty_run_directory`), until the end: no receiver pays for the files of the runs
+before it; ``--remove-runs`` removes each run's directory at once instead.
 
     .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
 
@@ -67,8 +66,6 @@ CHART = ROOT / "docs" / "benchmarks-compare.png"
 BEGIN = "<!-- compare.py: begin (rewritten by bench/compare.py --write-docs) -->"
 END = "<!-- compare.py: end -->"
 COMMAND = ".venv/bin/python bench/compare.py --rounds 5 --write-docs"
-#: Where the kernel's clean caches are dropped (writable by root only).
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 NAMES = {
     "storescp": "dcmtk storescp (files only, no index, no fsync)",
@@ -152,7 +149,7 @@ def available_receivers(wanted: list[str], postgres: str) -> tuple[list[str], li
 def run(
     *, rounds: int, small: int, large: int, labels: list[str], postgres: str,
     tls_modes: tuple[bool, ...] = (True, False), associations: tuple[int, ...] = (1, PARALLEL),
-    log: bool = True, settle: bool = False,
+    log: bool = True, remove_runs: bool = False,
 ) -> dict[str, object]:
     """Synthesize the data, run the rounds; return the results (also what goes to JSON)."""
     with tempfile.TemporaryDirectory(prefix="mimic-compare-") as tmp:
@@ -175,10 +172,9 @@ def run(
         before = machine()
         commit = git_commit()
         started = time.monotonic()
-        settled: list[str] = []
         try:
             rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log,
-                       settled if settle else None)
+                       remove_runs)
         finally:
             receivers.shutdown()
         info: dict[str, object] = {
@@ -190,7 +186,7 @@ def run(
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
-            "settled": sorted(set(settled)) if settle else ["off"],
+            "run_directories": "removed" if remove_runs else "emptied",
             "minutes": round((time.monotonic() - started) / 60, 1),
             "data": {d.name: {"count": d.count, "bytes": d.total_bytes}
                      for d in sets.values()},
@@ -206,23 +202,22 @@ def run(
 def rounds_run(
     rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
     pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
-    settled: list[str] | None = None,
+    remove_runs: bool = False,
 ) -> None:
-    """Every round: every scenario on every receiver, the receivers' order rotating;
-    ``settled`` (None: not settled) gets how the file system was settled before each run."""
+    """Every round: every scenario on every receiver, the receivers' order rotating; each
+    run's directory emptied after it (``remove_runs``: removed)."""
     for r in range(rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for sc in scenarios:
             data = sets[sc.data]
             for label in order:
-                if settled is not None:
-                    settled.append(settle_file_system(data))
                 server = receivers.make_receiver(
                     label, work / "run" / f"{label}-{sc.key}-{r}",
                     pki if sc.tls else None, postgres,
                 )
                 used = Used()
-                seconds, cpu = measure_once(server, data, sc.associations, work, used)
+                seconds, cpu = measure_once(server, data, sc.associations, work, used,
+                                            remove=remove_runs)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
@@ -236,40 +231,37 @@ def rounds_run(
                           f"{1000 * cpu / data.count:.2f} ms/object)", flush=True)
 
 
-def settle_file_system(data: DataSet) -> str:
-    """Write back what the kernel holds dirty and, where permitted (root), drop its clean
-    caches, then read ``data``'s files in again; how it was done ("dropped caches", or
-    "written back" where the caches cannot be dropped).
+def empty_run_directory(workdir: Path) -> int:
+    """Give a finished run's disk space back without removing its files: each file cut to
+    nothing, then all written back (``sync``, so no write-back of this run runs into the
+    next); the empty files go with the benchmark's temporary directory at its end. Returns
+    how many files were emptied.
 
-    Why: on ext4 without a journal (as this benchmark's VM has) a new file does not get an
-    inode deleted in the last 5 seconds, or in the last 5 minutes while that inode's block of
-    the inode table is dirty in the cache, and finding a free inode scans past every such
-    one in the block group, from its start. Each run removes the last run's 500-1,000 files,
-    so every file the next receiver created paid that scan, and unevenly: MIMIC keeps its
-    files in progress in one directory, so all of its new inodes come from one block group,
-    the one the last runs emptied; Orthanc makes a new directory for most files, and the
-    allocator spreads those. A perf profile of the whole machine (embedded MIMIC, 960 small
-    objects over four associations just after another benchmark) put 9.4 % of all CPU
-    samples in ``ext4_create`` / ``find_inode_bit`` / ``recently_deleted`` (0.47 ms per
-    object), Orthanc with SQLite 0.2 %; with the blocks written back and dropped from the
-    cache, ext4 counts those inodes as long gone (0.1 %). An archive in service does not
-    remove a thousand files every half minute, and ext4 with a journal (the default) does
-    not make this check at all. The inputs are read in again so that the senders read them
-    from the cache, as without the drop."""
+    Why not remove them: on ext4 without a journal (as this benchmark's VM has) a new file
+    does not get an inode freed in the last 5 seconds, or the last 5 minutes while that
+    inode's block of the inode table is dirty in the cache, as creating files in it makes
+    it; and finding a free inode scans past every such one in the block group, from its
+    start. Removing each run's 500-1,000 files made every file the next receivers created
+    pay that scan, and unevenly: MIMIC creates its files in progress in one directory, so
+    all of its new inodes come from one block group, the one the runs before it emptied;
+    Orthanc makes a new directory for most files, and those are spread. A perf profile of
+    the whole machine (``profile_machine.py``: embedded MIMIC, 960 small objects over four
+    associations, just after another benchmark) put 9.4 % of all CPU samples in
+    ``ext4_create`` under ``recently_deleted`` (0.47 ms per object), against 0.2 % for
+    Orthanc with SQLite. An emptied file keeps its inode: no inode is freed while the
+    benchmark runs, as none is in an archive that keeps what it receives. (Dropping the
+    kernel's clean caches was tried first: an inode-table block read back is dirtied by the
+    next file created in it, and the 5 minutes apply again.)"""
+    emptied = 0
+    for path in workdir.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                os.truncate(path, 0)
+                emptied += 1
+        except OSError:
+            pass  # gone, or not ours to cut: left for the end
     os.sync()
-    how = "written back"
-    try:
-        with DROP_CACHES.open("w") as caches:
-            caches.write("1")  # the page cache only: clean pages, the inode tables' among them
-        how = "dropped caches"
-    except OSError:
-        pass
-    for part in data.parts:
-        for path in part.iterdir():
-            with path.open("rb") as f:
-                while f.read(1 << 20):
-                    pass
-    return how
+    return emptied
 
 
 @dataclass
@@ -288,11 +280,12 @@ def _children_cpu() -> float:
 
 def measure_once(
     server: receivers.Server, data: DataSet, associations: int, work: Path,
-    used: Used | None = None,
+    used: Used | None = None, remove: bool = True,
 ) -> tuple[float, float]:
     """One fresh receiver, one transfer; the count is checked before the figure is kept.
     Returns (wall seconds, the receiver's CPU seconds during the transfer); ``used`` gets
-    what the database, the senders and the whole machine spent meanwhile."""
+    what the database, the senders and the whole machine spent meanwhile. The receiver's
+    directory is removed after it, or emptied (``remove`` false: :func:`empty_run_directory`)."""
     try:
         server.start()
         assert server.proc is not None
@@ -310,7 +303,10 @@ def measure_once(
         try:
             server.stop()
         finally:
-            shutil.rmtree(server.workdir, ignore_errors=True)
+            if remove:
+                shutil.rmtree(server.workdir, ignore_errors=True)
+            else:
+                empty_run_directory(server.workdir)
     if stored != data.count:
         raise BenchError(f"{server.label} holds {stored} instances, {data.count} were sent "
                          f"({data.name}, {associations} assoc); its log:\n{tail(server.log_path)}")
@@ -522,8 +518,8 @@ def section(result: dict[str, object], notes: list[str]) -> str:
         f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
         + (f"; MIMIC environment {env}" if env else "")
-        + (f"; before each run the file system settled ({', '.join(result['settled'])}, "
-           "`settle_file_system`)" if result.get("settled", ["off"]) != ["off"] else "")
+        + ("; each run's files emptied, not removed, until the end (`empty_run_directory`)"
+           if result.get("run_directories") == "emptied" else "")
         + ".",
         "",
         *([f"- {n}" for n in notes] + [""] if notes else []),
@@ -565,9 +561,9 @@ def main() -> int:
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
     parser.add_argument("--from-json", type=Path,
                         help="no run: report (and with --write-docs write) a saved result")
-    parser.add_argument("--no-settle", action="store_true",
-                        help="no write-back and cache drop before each run "
-                             "(settle_file_system)")
+    parser.add_argument("--remove-runs", action="store_true",
+                        help="remove each run's directory after it, rather than empty its "
+                             "files (empty_run_directory)")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -594,7 +590,7 @@ def main() -> int:
         try:
             result = run(rounds=max(1, args.rounds), small=small, large=large, labels=labels,
                          postgres=args.postgres, tls_modes=tls_modes,
-                         settle=not args.no_settle)
+                         remove_runs=args.remove_runs)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1

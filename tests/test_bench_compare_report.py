@@ -3,12 +3,10 @@ and the TLS cost, from a saved result. No receiver runs here."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-
 from bench import compare
-from bench.store_throughput import DataSet
 
 
 def _run(receiver: str, scenario: str, seconds: list[float]) -> dict[str, object]:
@@ -44,32 +42,29 @@ def test_the_median_rounds_are_reported_beside_the_best() -> None:
     assert "median rounds (plain / TLS - 1; target <= 10 %): small, 1 assoc +25 %" in text
 
 
-def test_the_file_system_is_settled_before_a_run(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dirty blocks written back, the clean caches dropped where that is permitted, the
-    inputs read in again; where the drop is refused, written back only."""
-    part = tmp_path / "part0"
-    part.mkdir()
-    (part / "a.dcm").write_bytes(b"x" * 3000)
-    data = DataSet("small", [part], 1, 3000)
-    caches = tmp_path / "drop_caches"
-    caches.write_text("")
-    monkeypatch.setattr(compare, "DROP_CACHES", caches)
-    assert compare.settle_file_system(data) == "dropped caches"
-    assert caches.read_text() == "1"  # the page cache only, not the dentries and inodes
-    monkeypatch.setattr(compare, "DROP_CACHES", tmp_path / "missing" / "drop_caches")
-    assert compare.settle_file_system(data) == "written back"
+def test_a_finished_run_is_emptied_not_removed(tmp_path: Path) -> None:
+    """Its disk space given back, its files (and so their inodes) kept until the end."""
+    run = tmp_path / "run" / "mimic-embedded-small-4-tls-0"
+    (run / "objects" / "1.2.3").mkdir(parents=True)
+    (run / "objects" / "1.2.3" / "a.dcm").write_bytes(b"x" * 40_000)
+    (run / "index.sqlite3").write_bytes(b"y" * 8192)
+    os.symlink(run / "index.sqlite3", run / "link")
+    inode = (run / "index.sqlite3").stat().st_ino
+    assert compare.empty_run_directory(run) == 2
+    assert (run / "objects" / "1.2.3" / "a.dcm").stat().st_size == 0
+    assert (run / "index.sqlite3").stat().st_size == 0
+    assert (run / "index.sqlite3").stat().st_ino == inode
 
 
-def test_the_report_says_how_the_file_system_was_settled() -> None:
+def test_the_report_says_the_runs_were_emptied() -> None:
     result = _result()
     result.update(machine={"date_utc": "2026-12-02T16:00:00Z", "nproc": 2, "cpu": "x",
                            "loadavg_1_5_15": [0, 0, 0], "dcmtk": "storescu v3.6.7",
                            "python": "3.11", "pynetdicom": "3.0.4"},
                   data={"small": {"count": 100, "bytes": 4_000_000}}, mimic_environment={},
                   mimic_commit="abc", minutes=1.0, loadavg_at_end=[0, 0, 0], orthanc="")
-    assert "settled" not in compare.section(result, [])  # a result saved before the option
-    result["settled"] = ["dropped caches"]
-    assert "file system settled (dropped caches" in compare.section(result, [])
-    result["settled"] = ["off"]
-    assert "settled" not in compare.section(result, [])
+    assert "emptied" not in compare.section(result, [])  # saved before the runs were
+    result["run_directories"] = "emptied"
+    assert "each run's files emptied, not removed" in compare.section(result, [])
+    result["run_directories"] = "removed"
+    assert "emptied" not in compare.section(result, [])
