@@ -313,13 +313,10 @@ def measure_once(
     return seconds, cpu
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its living descendants (MIMIC's workers),
-    from /proc; 0 where /proc cannot be read. A worker that exits during the transfer loses
-    its seconds: the figure is a floor."""
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every living process: its parent and its user + system CPU seconds, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+    table: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -328,16 +325,32 @@ def tree_cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def _descendants(pid: int, table: dict[int, tuple[int, float]]) -> set[int]:
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        for child, ppid in parents.items():
+        for child, (ppid, _) in table.items():
             if ppid == parent and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(times.get(p, 0.0) for p in tree)
+    return tree
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its living descendants (MIMIC's worker processes), from /proc."""
+    return _descendants(pid, _processes())
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its living descendants (MIMIC's workers),
+    from /proc; 0 where /proc cannot be read. A worker that exits during the transfer loses
+    its seconds: the figure is a floor."""
+    table = _processes()
+    return sum(table[p][1] for p in _descendants(pid, table) if p in table)
 
 
 def git_commit() -> str:

@@ -8,7 +8,8 @@ four-association runs spend. This starts one receiver of ``compare.py`` (any of 
 Orthanc included), runs ``perf record -a`` (every CPU, ``cpu-clock`` sampling, call chains)
 while ``storescu`` sends N objects over M associations, and prints the CPU per object:
 
-- by part: the receiver's processes, the PostgreSQL backends, the senders, the rest;
+- by part: the receiver's processes, the PostgreSQL backends, the senders, the rest (not
+  the idle CPUs: a halted CPU takes few timer samples);
 - by shared object within each part (``libpython3.11``, ``libcrypto``, the kernel...);
 - the kernel functions in the call chains of the receiver's samples, inclusive
   (``ext4_create``, ``__x64_sys_fsync``, ``tcp_recvmsg``...).
@@ -32,18 +33,17 @@ import collections
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
-from bench.store_throughput import ROOT, BenchError, make_large, make_pki, make_small, send
+from bench.profile_store import sampled_send
+from bench.store_throughput import ROOT, make_large, make_pki, make_small
 
 RESULTS = ROOT / "bench" / "results"
 #: A sample's first line in ``perf script -F comm,pid,period,ip,sym,dso``: the command, the
@@ -119,26 +119,6 @@ def profile(data: Path, receiver_pids: set[int]) -> Profile:
     return parse_script(script, receiver_pids)
 
 
-def process_tree(pid: int) -> set[int]:
-    """``pid`` and its living descendants (MIMIC's worker processes), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree
-
-
 def report_lines(prof: Profile, count: int, top: int) -> list[str]:
     """Milliseconds of CPU per object, by part and shared object; the receiver's kernel
     functions (inclusive, system calls and the work under them)."""
@@ -152,7 +132,6 @@ def report_lines(prof: Profile, count: int, top: int) -> list[str]:
         for dso, ns in prof.by_part[part].most_common(top):
             if ns / ms >= 0.01:
                 lines.append(f"    {ns / ms:6.2f}  {dso}")
-    lines.append(f"{'idle':12} {prof.part_total('idle') / ms:6.2f} ms/object (every CPU)")
     if prof.receiver_kernel:
         lines.append("the receiver's kernel functions, inclusive, ms/object:")
         lines += [f"    {ns / ms:6.2f}  {sym}"
@@ -185,26 +164,10 @@ def main() -> int:
         pki = None if args.plain else make_pki(work / "pki")
         server = receivers.make_receiver(args.receiver, work / "run" / "server", pki,
                                          args.postgres)
-        try:
-            server.start()
-            assert server.proc is not None
-            perf = subprocess.Popen(
-                ["perf", "record", "-a", "-g", "-F", str(args.frequency), "-o", str(data_path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(1.0)  # perf is sampling
-            if perf.poll() is not None:
-                raise BenchError(f"perf record exited {perf.returncode}: "
-                                 f"{perf.stderr.read()}")  # type: ignore[union-attr]
-            seconds = send(server, data, args.associations, work)
-            receiver_pids = process_tree(server.proc.pid)
-            perf.send_signal(signal.SIGINT)
-            perf.wait(120)
-            stored = server.count()
-        finally:
-            server.stop()
-            receivers.shutdown()
-        if stored != data.count:
-            raise BenchError(f"{args.receiver} holds {stored} of {data.count} instances")
+        seconds, receiver_pids = sampled_send(
+            server, data, args.associations, work, warm_up=1.0,  # perf is sampling
+            sampler=lambda _pid: ["perf", "record", "-a", "-g", "-F", str(args.frequency),
+                                  "-o", str(data_path)])
     prof = profile(data_path, receiver_pids)
     lines = report_lines(prof, data.count, args.top)
     print(f"{args.receiver}, {args.kind}, {args.associations} assoc, "
@@ -214,9 +177,10 @@ def main() -> int:
     summary = {
         "receiver": args.receiver, "kind": args.kind, "associations": args.associations,
         "tls": not args.plain, "count": data.count, "seconds": round(seconds, 3),
+        # Idle CPUs are left out: a halted CPU takes few timer samples.
         "ms_per_object": {part: {dso: round(ns / 1e6 / data.count, 3)
                                  for dso, ns in dsos.most_common()}
-                          for part, dsos in prof.by_part.items()},
+                          for part, dsos in prof.by_part.items() if part != "idle"},
         "receiver_kernel_ms_per_object": {
             sym: round(ns / 1e6 / data.count, 3)
             for sym, ns in prof.receiver_kernel.most_common(args.top * 3)},

@@ -26,12 +26,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
-from bench.store_throughput import ROOT, BenchError, make_large, make_pki, make_small, send
+from bench.compare import process_tree
+from bench.store_throughput import (
+    ROOT,
+    BenchError,
+    DataSet,
+    make_large,
+    make_pki,
+    make_small,
+    send,
+)
 
 RESULTS = ROOT / "bench" / "results"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
@@ -76,6 +86,36 @@ def summarise(raw: str, top: int = 20) -> dict[str, object]:
     }
 
 
+def sampled_send(
+    server: receivers.Server, data: DataSet, associations: int, work: Path, *,
+    sampler: Callable[[int], list[str]], warm_up: float,
+) -> tuple[float, set[int]]:
+    """Start ``server``, then the sampler its pid makes (py-spy, perf: ended by SIGINT), and
+    send ``data`` over ``associations`` while it samples; the seconds of the send and the
+    receiver's processes (itself and its workers). The server is stopped after, and its
+    count of instances checked."""
+    try:
+        server.start()
+        assert server.proc is not None
+        proc = subprocess.Popen(sampler(server.proc.pid), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(warm_up)
+        if proc.poll() is not None:
+            raise BenchError(f"{Path(proc.args[0]).name} exited {proc.returncode}: "  # type: ignore[index]
+                             f"{proc.stderr.read()}")  # type: ignore[union-attr]
+        seconds = send(server, data, associations, work)
+        pids = process_tree(server.proc.pid)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+        stored = server.count()
+    finally:
+        server.stop()
+        receivers.shutdown()
+    if stored != data.count:
+        raise BenchError(f"{server.label} holds {stored} of {data.count} instances")
+    return seconds, pids
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--associations", type=int, default=4)
@@ -105,28 +145,13 @@ def main() -> int:
         server = receivers.make_receiver(args.config, work / "run" / "server", pki,
                                          args.postgres)
         raw_path = work / "profile.txt"
-        try:
-            server.start()
-            assert server.proc is not None
-            spy = subprocess.Popen(
-                [str(PY_SPY), "record", "--pid", str(server.proc.pid), "--subprocesses",
-                 "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
-                 *([] if args.all_threads else ["--gil"]),
-                 *(["--native"] if args.native else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            )
-            time.sleep(2.0)  # py-spy attached
-            if spy.poll() is not None:
-                raise BenchError(f"py-spy exited {spy.returncode}: {spy.stderr.read()}")  # type: ignore[union-attr]
-            seconds = send(server, data, args.associations, work)
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
-            stored = server.count()
-        finally:
-            server.stop()
-            receivers.shutdown()
-        if stored != data.count:
-            raise BenchError(f"server holds {stored} of {data.count} instances")
+        seconds, _ = sampled_send(
+            server, data, args.associations, work, warm_up=2.0,  # py-spy attached
+            sampler=lambda pid: [
+                str(PY_SPY), "record", "--pid", str(pid), "--subprocesses",
+                "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
+                *([] if args.all_threads else ["--gil"]),
+                *(["--native"] if args.native else [])])
         raw = raw_path.read_text()
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(raw_path, RESULTS / "profile_store.txt")
