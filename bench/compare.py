@@ -13,9 +13,7 @@ Rounds are interleaved: each round runs every scenario once on every receiver, t
 the receivers rotating from round to round, so a drift of the machine's speed touches them
 all alike. The best round of each receiver and scenario is reported, and the ratios
 of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
-rounds: the medians hold less luck). A finished run's files are emptied, not removed
-(:func:`empty_run_directory`), until the end: no receiver pays for the files of the runs
-before it; ``--remove-runs`` removes each run's directory at once instead.
+rounds: the medians hold less luck).
 
     .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
 
@@ -149,7 +147,7 @@ def available_receivers(wanted: list[str], postgres: str) -> tuple[list[str], li
 def run(
     *, rounds: int, small: int, large: int, labels: list[str], postgres: str,
     tls_modes: tuple[bool, ...] = (True, False), associations: tuple[int, ...] = (1, PARALLEL),
-    log: bool = True, remove_runs: bool = False,
+    log: bool = True,
 ) -> dict[str, object]:
     """Synthesize the data, run the rounds; return the results (also what goes to JSON)."""
     with tempfile.TemporaryDirectory(prefix="mimic-compare-") as tmp:
@@ -173,8 +171,7 @@ def run(
         commit = git_commit()
         started = time.monotonic()
         try:
-            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log,
-                       remove_runs)
+            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
         finally:
             receivers.shutdown()
         info: dict[str, object] = {
@@ -186,7 +183,6 @@ def run(
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
-            "run_directories": "removed" if remove_runs else "emptied",
             "minutes": round((time.monotonic() - started) / 60, 1),
             "data": {d.name: {"count": d.count, "bytes": d.total_bytes}
                      for d in sets.values()},
@@ -202,10 +198,8 @@ def run(
 def rounds_run(
     rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
     pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
-    remove_runs: bool = False,
 ) -> None:
-    """Every round: every scenario on every receiver, the receivers' order rotating; each
-    run's directory emptied after it (``remove_runs``: removed)."""
+    """Every round: every scenario on every receiver, the receivers' order rotating."""
     for r in range(rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for sc in scenarios:
@@ -216,8 +210,7 @@ def rounds_run(
                     pki if sc.tls else None, postgres,
                 )
                 used = Used()
-                seconds, cpu = measure_once(server, data, sc.associations, work, used,
-                                            remove=remove_runs)
+                seconds, cpu = measure_once(server, data, sc.associations, work, used)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
@@ -229,39 +222,6 @@ def rounds_run(
                     print(f"round {r + 1}/{rounds} {sc.key:16} {label:17} "
                           f"{data.count / seconds:8.1f} inst/s  ({seconds:.2f} s, server CPU "
                           f"{1000 * cpu / data.count:.2f} ms/object)", flush=True)
-
-
-def empty_run_directory(workdir: Path) -> int:
-    """Give a finished run's disk space back without removing its files: each file cut to
-    nothing, then all written back (``sync``, so no write-back of this run runs into the
-    next); the empty files go with the benchmark's temporary directory at its end. Returns
-    how many files were emptied.
-
-    Why not remove them: on ext4 without a journal (as this benchmark's VM has) a new file
-    does not get an inode freed in the last 5 seconds, or the last 5 minutes while that
-    inode's block of the inode table is dirty in the cache, as creating files in it makes
-    it; and finding a free inode scans past every such one in the block group, from its
-    start. Removing each run's 500-1,000 files made every file the next receivers created
-    pay that scan, and unevenly: MIMIC creates its files in progress in one directory, so
-    all of its new inodes come from one block group, the one the runs before it emptied;
-    Orthanc makes a new directory for most files, and those are spread. A perf profile of
-    the whole machine (``profile_machine.py``: embedded MIMIC, 960 small objects over four
-    associations, just after another benchmark) put 9.4 % of all CPU samples in
-    ``ext4_create`` under ``recently_deleted`` (0.47 ms per object), against 0.2 % for
-    Orthanc with SQLite. An emptied file keeps its inode: no inode is freed while the
-    benchmark runs, as none is in an archive that keeps what it receives. (Dropping the
-    kernel's clean caches was tried first: an inode-table block read back is dirtied by the
-    next file created in it, and the 5 minutes apply again.)"""
-    emptied = 0
-    for path in workdir.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink():
-                os.truncate(path, 0)
-                emptied += 1
-        except OSError:
-            pass  # gone, or not ours to cut: left for the end
-    os.sync()
-    return emptied
 
 
 @dataclass
@@ -280,12 +240,11 @@ def _children_cpu() -> float:
 
 def measure_once(
     server: receivers.Server, data: DataSet, associations: int, work: Path,
-    used: Used | None = None, remove: bool = True,
+    used: Used | None = None,
 ) -> tuple[float, float]:
     """One fresh receiver, one transfer; the count is checked before the figure is kept.
     Returns (wall seconds, the receiver's CPU seconds during the transfer); ``used`` gets
-    what the database, the senders and the whole machine spent meanwhile. The receiver's
-    directory is removed after it, or emptied (``remove`` false: :func:`empty_run_directory`)."""
+    what the database, the senders and the whole machine spent meanwhile."""
     try:
         server.start()
         assert server.proc is not None
@@ -303,10 +262,7 @@ def measure_once(
         try:
             server.stop()
         finally:
-            if remove:
-                shutil.rmtree(server.workdir, ignore_errors=True)
-            else:
-                empty_run_directory(server.workdir)
+            shutil.rmtree(server.workdir, ignore_errors=True)
     if stored != data.count:
         raise BenchError(f"{server.label} holds {stored} instances, {data.count} were sent "
                          f"({data.name}, {associations} assoc); its log:\n{tail(server.log_path)}")
@@ -530,10 +486,7 @@ def section(result: dict[str, object], notes: list[str]) -> str:
         f"{result['loadavg_at_end']} at the end; {str(m['dcmtk']).strip('$ ')}; "
         f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
-        + (f"; MIMIC environment {env}" if env else "")
-        + ("; each run's files emptied, not removed, until the end (`empty_run_directory`)"
-           if result.get("run_directories") == "emptied" else "")
-        + ".",
+        + (f"; MIMIC environment {env}" if env else "") + ".",
         "",
         *([f"- {n}" for n in notes] + [""] if notes else []),
         markdown(result),
@@ -574,9 +527,6 @@ def main() -> int:
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
     parser.add_argument("--from-json", type=Path,
                         help="no run: report (and with --write-docs write) a saved result")
-    parser.add_argument("--remove-runs", action="store_true",
-                        help="remove each run's directory after it, rather than empty its "
-                             "files (empty_run_directory)")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -602,8 +552,7 @@ def main() -> int:
     with terminated_as_exit():
         try:
             result = run(rounds=max(1, args.rounds), small=small, large=large, labels=labels,
-                         postgres=args.postgres, tls_modes=tls_modes,
-                         remove_runs=args.remove_runs)
+                         postgres=args.postgres, tls_modes=tls_modes)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1

@@ -21,9 +21,11 @@ while ``storescu`` sends N objects over M associations, and prints the CPU per o
 ``kernel.perf_event_paranoid`` at 0 or below). The samples are written beside the other
 results (``bench/results/profile_machine.data``, for ``perf report``) with a JSON summary.
 
-Each run removes its temporary directory at its end, so on ext4 without a journal the next
-run within five minutes pays for those files in ``ext4_create`` (``compare.empty_run_directory``
-says why); the kernel functions listed show it where it happens.
+Each run removes its temporary directory at its end. On ext4 without a journal (this VM's)
+a new file does not get an inode freed in the last 5 minutes, and the search for a free one
+scans past them: a run soon after another pays for the files it removed, in
+``ext4_create`` -> ``find_inode_bit`` -> ``recently_deleted`` (docs/benchmarks.md, "Where
+the whole machine's CPU goes"). The kernel functions listed show it where it happens.
 """
 
 from __future__ import annotations

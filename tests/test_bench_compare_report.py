@@ -3,9 +3,6 @@ and the TLS cost, from a saved result. No receiver runs here."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from bench import compare
 
 
@@ -40,31 +37,3 @@ def test_the_median_rounds_are_reported_beside_the_best() -> None:
     # TLS cost, plain over TLS: best rounds 200 / 200 - 1 = +0 %; medians 50 / 40 - 1 = +25 %.
     assert "best rounds (plain / TLS - 1; target <= 10 %): small, 1 assoc +0 %" in text
     assert "median rounds (plain / TLS - 1; target <= 10 %): small, 1 assoc +25 %" in text
-
-
-def test_a_finished_run_is_emptied_not_removed(tmp_path: Path) -> None:
-    """Its disk space given back, its files (and so their inodes) kept until the end."""
-    run = tmp_path / "run" / "mimic-embedded-small-4-tls-0"
-    (run / "objects" / "1.2.3").mkdir(parents=True)
-    (run / "objects" / "1.2.3" / "a.dcm").write_bytes(b"x" * 40_000)
-    (run / "index.sqlite3").write_bytes(b"y" * 8192)
-    os.symlink(run / "index.sqlite3", run / "link")
-    inode = (run / "index.sqlite3").stat().st_ino
-    assert compare.empty_run_directory(run) == 2
-    assert (run / "objects" / "1.2.3" / "a.dcm").stat().st_size == 0
-    assert (run / "index.sqlite3").stat().st_size == 0
-    assert (run / "index.sqlite3").stat().st_ino == inode
-
-
-def test_the_report_says_the_runs_were_emptied() -> None:
-    result = _result()
-    result.update(machine={"date_utc": "2026-12-02T16:00:00Z", "nproc": 2, "cpu": "x",
-                           "loadavg_1_5_15": [0, 0, 0], "dcmtk": "storescu v3.6.7",
-                           "python": "3.11", "pynetdicom": "3.0.4"},
-                  data={"small": {"count": 100, "bytes": 4_000_000}}, mimic_environment={},
-                  mimic_commit="abc", minutes=1.0, loadavg_at_end=[0, 0, 0], orthanc="")
-    assert "emptied" not in compare.section(result, [])  # saved before the runs were
-    result["run_directories"] = "emptied"
-    assert "each run's files emptied, not removed" in compare.section(result, [])
-    result["run_directories"] = "removed"
-    assert "emptied" not in compare.section(result, [])
