@@ -67,10 +67,6 @@ class Profile:
     def part_total(self, part: str) -> int:
         return sum(self.by_part.get(part, collections.Counter()).values())
 
-    @property
-    def total(self) -> int:
-        return sum(self.part_total(part) for part in self.by_part)
-
 
 def part_of(comm: str, pid: int, receiver_pids: set[int]) -> str:
     if pid in receiver_pids:

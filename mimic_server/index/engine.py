@@ -228,12 +228,12 @@ def read_index(engine: Engine, work: Callable[[Connection], T]) -> T:
     raise AssertionError("unreachable")
 
 
-
 def answers(engine: Engine) -> None:
     """The index answers a statement (a readiness check, ``ping``): raises SQLAlchemy's
     error otherwise. Through :func:`read_index`, so a connection lost to a restart that is
     over does not fail the check."""
     read_index(engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
+
 
 def _use_entra_tokens(engine: Engine, credential: Any) -> None:
     @event.listens_for(engine, "do_connect")
