@@ -7,7 +7,8 @@ reads like the archive and the two-hex-digit prefix spreads a study's load acros
 Integrity, end to end:
 
 * every staged block (or single-shot upload) carries a transactional MD5 that the service
-  checks before accepting it (``validate_content=True``);
+  checks before accepting it (``validate_content=True`` for a block; for a single shot the
+  MD5 of the whole, computed once, sent as the request's ``Content-MD5``);
 * the committed blob carries the MD5 of the whole object as its ``Content-MD5`` property,
   computed while streaming, and the SHA-256 the index holds as metadata ``sha256``;
 * every range read back is MD5-checked by the SDK (ranges of ``READ_RANGE``, at most 4 MiB).
@@ -22,6 +23,7 @@ connection/read timeouts, so a store that stays down surfaces as
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -181,9 +183,14 @@ class AzureBlobStore:
             second = next(blocks, None)
             if second is None:  # one block: one request, Content-MD5 checked by the service
                 md5.update(first)
+                digest = md5.digest()
+                # The MD5 is sent as the request's Content-MD5 (the service refuses a body
+                # that does not match it) instead of ``validate_content=True``, with which
+                # the SDK hashes the body a second time: 0.7-0.8 ms of CPU per 0.5 MB.
                 blob.upload_blob(
-                    first, overwrite=True, validate_content=True, metadata={"sha256": sha256},
-                    content_settings=ContentSettings(CONTENT_TYPE, content_md5=md5.digest()),
+                    first, overwrite=True, metadata={"sha256": sha256},
+                    content_settings=ContentSettings(CONTENT_TYPE, content_md5=digest),
+                    headers={"Content-MD5": base64.b64encode(digest).decode("ascii")},
                 )
                 return len(first)
             for block in _chain(first, second, blocks):
@@ -270,8 +277,10 @@ def _chain(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes
 
 
 def _reason(exc: AzureError) -> str:
+    """The service's error code as the service names it (``Md5Mismatch``): the SDK's enum
+    member would print as ``StorageErrorCode.MD5_MISMATCH``."""
     code = getattr(exc, "error_code", None)
-    return str(code) if code else type(exc).__name__
+    return str(getattr(code, "value", code)) if code else type(exc).__name__
 
 
 class _RangeReader(io.RawIOBase):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mimic_server.errors import OutOfResources
-from mimic_server.storage import ObjectStore
+from mimic_server.storage import ObjectStore, azure_blob
 from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
 from mimic_server.storage.filesystem import FilesystemStore
 from tests.azurite import Azurite
@@ -106,6 +106,42 @@ def test_blob_carries_content_md5_and_sha256(azurite: Azurite, size: int) -> Non
     assert props.content_settings.content_type == "application/dicom"
     assert props.blob_type == "BlockBlob"
     assert base64.b64encode(hashlib.md5(data).digest())  # the property the service returns
+
+
+def test_single_shot_put_hashes_the_body_once_and_the_service_checks_it(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MD5 of a one-request put is ours, sent as Content-MD5: the SDK does not hash the
+    body again, and a body that does not match it is refused, nothing stored."""
+    from azure.storage.blob._shared import policies
+
+    def no_second_hash(data: object) -> bytes:
+        raise AssertionError("the SDK hashed the body a second time")
+
+    store = _azure_store(azurite)
+    data = os.urandom(600_000)
+    with monkeypatch.context() as patched:  # reads check each range's MD5: not patched
+        patched.setattr(policies, "calculate_content_md5", no_second_hash)
+        store.put(KEY, [data], _sha(data))
+    with store.open(KEY) as fh:
+        assert fh.read() == data
+
+    real_md5 = hashlib.md5
+
+    class WrongMd5:  # the MD5 of other bytes than those sent
+        def __init__(self, **_: object) -> None:
+            self._hash = real_md5(b"not the body")
+
+        def update(self, data: bytes) -> None:
+            self._hash.update(data)
+
+        def digest(self) -> bytes:
+            return self._hash.digest()
+
+    monkeypatch.setattr(azure_blob.hashlib, "md5", WrongMd5)
+    with pytest.raises(OutOfResources, match="Md5Mismatch"):
+        store.put(KEY + ".2", [data], _sha(data))
+    assert not store.exists(KEY + ".2")
 
 
 def test_put_failure_is_out_of_resources_filesystem(tmp_path: Path) -> None:
