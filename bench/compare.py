@@ -15,7 +15,12 @@ all alike. The best round of each receiver and scenario is reported, and the rat
 of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
 rounds: the medians hold less luck).
 
-    .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
+    .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--fresh-fs] [--write-docs]
+
+``--fresh-fs`` (root) puts each run's receiver on an ext4 file system made for that run and
+thrown away after it (``fresh_fs.py``): no run finds the inodes the previous run freed, which
+on a journal-less ext4 made the next receiver's file creation slower, by an amount that
+depended on the order of the runs.
 
 ``MIMIC_*`` variables in the environment that do not choose the configuration (for instance
 ``MIMIC_WORKERS``) pass through to every MIMIC server. Results go to
@@ -26,6 +31,7 @@ docs/benchmarks.md and the chart docs/benchmarks-compare.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +48,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
+from bench.fresh_fs import fresh_filesystem
+from bench.fresh_fs import unavailable as fresh_fs_unavailable
 from bench.latency import database_cpu, database_cpu_delta, machine_cpu
 from bench.store_throughput import (
     PARALLEL,
@@ -64,6 +72,7 @@ CHART = ROOT / "docs" / "benchmarks-compare.png"
 BEGIN = "<!-- compare.py: begin (rewritten by bench/compare.py --write-docs) -->"
 END = "<!-- compare.py: end -->"
 COMMAND = ".venv/bin/python bench/compare.py --rounds 5 --write-docs"
+FRESH_FS = "an ext4 file system made for the run (loop device, journal; --fresh-fs)"
 
 NAMES = {
     "storescp": "dcmtk storescp (files only, no index, no fsync)",
@@ -147,9 +156,12 @@ def available_receivers(wanted: list[str], postgres: str) -> tuple[list[str], li
 def run(
     *, rounds: int, small: int, large: int, labels: list[str], postgres: str,
     tls_modes: tuple[bool, ...] = (True, False), associations: tuple[int, ...] = (1, PARALLEL),
-    log: bool = True,
+    log: bool = True, fresh_fs: bool = False,
 ) -> dict[str, object]:
-    """Synthesize the data, run the rounds; return the results (also what goes to JSON)."""
+    """Synthesize the data, run the rounds; return the results (also what goes to JSON).
+
+    ``fresh_fs``: each run's receiver works on a file system made for it (``fresh_fs.py``)
+    instead of a directory of the machine's own."""
     with tempfile.TemporaryDirectory(prefix="mimic-compare-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
@@ -171,7 +183,8 @@ def run(
         commit = git_commit()
         started = time.monotonic()
         try:
-            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
+            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log,
+                       fresh_fs)
         finally:
             receivers.shutdown()
         info: dict[str, object] = {
@@ -183,6 +196,7 @@ def run(
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
+            "filesystem": FRESH_FS if fresh_fs else "the work directory's",
             "minutes": round((time.monotonic() - started) / 60, 1),
             "data": {d.name: {"count": d.count, "bytes": d.total_bytes}
                      for d in sets.values()},
@@ -198,6 +212,7 @@ def run(
 def rounds_run(
     rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
     pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
+    fresh_fs: bool = False,
 ) -> None:
     """Every round: every scenario on every receiver, the receivers' order rotating."""
     for r in range(rounds):
@@ -205,12 +220,15 @@ def rounds_run(
         for sc in scenarios:
             data = sets[sc.data]
             for label in order:
-                server = receivers.make_receiver(
-                    label, work / "run" / f"{label}-{sc.key}-{r}",
-                    pki if sc.tls else None, postgres,
-                )
-                used = Used()
-                seconds, cpu = measure_once(server, data, sc.associations, work, used)
+                workdir = work / "run" / f"{label}-{sc.key}-{r}"
+                with (fresh_filesystem(workdir) if fresh_fs
+                      else contextlib.nullcontext(workdir)):
+                    server = receivers.make_receiver(
+                        label, workdir, pki if sc.tls else None, postgres)
+                    used = Used()
+                    # A fresh file system goes whole at its unmount: nothing to remove.
+                    seconds, cpu = measure_once(server, data, sc.associations, work, used,
+                                                remove=not fresh_fs)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
@@ -240,7 +258,7 @@ def _children_cpu() -> float:
 
 def measure_once(
     server: receivers.Server, data: DataSet, associations: int, work: Path,
-    used: Used | None = None,
+    used: Used | None = None, remove: bool = True,
 ) -> tuple[float, float]:
     """One fresh receiver, one transfer; the count is checked before the figure is kept.
     Returns (wall seconds, the receiver's CPU seconds during the transfer); ``used`` gets
@@ -262,7 +280,8 @@ def measure_once(
         try:
             server.stop()
         finally:
-            shutil.rmtree(server.workdir, ignore_errors=True)
+            if remove:
+                shutil.rmtree(server.workdir, ignore_errors=True)
     if stored != data.count:
         raise BenchError(f"{server.label} holds {stored} instances, {data.count} were sent "
                          f"({data.name}, {associations} assoc); its log:\n{tail(server.log_path)}")
@@ -384,22 +403,40 @@ def markdown(result: dict[str, object]) -> str:
                              + f" | {target} |")
         lines.append("")
     lines.extend(cpu_table(result, scenarios, labels))
-    if "mimic-embedded" in labels:
-        cols = [s for s in scenarios if s.tls]
-        for which, values in (("best rounds", fig), ("median rounds", medians)):
-            cells = []
-            for s in cols:
-                plain = Scenario(s.data, s.associations, False).key
-                a = values.get(("mimic-embedded", s.key))
-                b = values.get(("mimic-embedded", plain))
-                cells.append(f"{(b / a - 1) * 100:+.0f} %" if a and b else "—")
-            if any(c != "—" for c in cells):
-                lines.append(f"TLS cost for MIMIC embedded, {which} (plain / TLS - 1; target "
-                             "<= 10 %): " + ", ".join(
-                                 f"{s.column} {c}" for s, c in zip(cols, cells, strict=True))
-                             + ".")
-                lines.append("")
+    lines.extend(tls_cost_table(labels, scenarios, fig, medians))
     return "\n".join(lines)
+
+
+def tls_cost_table(labels: list[str], scenarios: list[Scenario],
+                   best: dict[tuple[str, str], float],
+                   medians: dict[tuple[str, str], float]) -> list[str]:
+    """What TLS costs each receiver: plain TCP over TLS - 1, best / median rounds. The
+    target is MIMIC embedded's; the peers' rows show what TLS costs the same senders on the
+    same cores (the senders encrypt on the machine that decrypts)."""
+    cols = [s for s in scenarios if s.tls]
+    rows = []
+    for label in labels:
+        cells = []
+        for s in cols:
+            plain = Scenario(s.data, s.associations, False).key
+            pair = []
+            for values in (best, medians):
+                a, b = values.get((label, s.key)), values.get((label, plain))
+                pair.append(f"{(b / a - 1) * 100:+.0f} %" if a and b else "—")
+            cells.append(" / ".join(pair))
+        if any(c != "— / —" for c in cells):
+            target = " (target <= 10 %)" if label == "mimic-embedded" else ""
+            rows.append(f"| {NAMES[label]}{target} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "TLS cost per receiver (plain TCP / TLS - 1), best / median rounds:",
+        "",
+        "| receiver | " + " | ".join(s.column for s in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        *rows,
+        "",
+    ]
 
 
 def cpu_table(result: dict[str, object], scenarios: list[Scenario],
@@ -486,7 +523,8 @@ def section(result: dict[str, object], notes: list[str]) -> str:
         f"{result['loadavg_at_end']} at the end; {str(m['dcmtk']).strip('$ ')}; "
         f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
-        + (f"; MIMIC environment {env}" if env else "") + ".",
+        + (f"; MIMIC environment {env}" if env else "")
+        + f"; each run's files on {result.get('filesystem', 'the work directory')}.",
         "",
         *([f"- {n}" for n in notes] + [""] if notes else []),
         markdown(result),
@@ -523,6 +561,9 @@ def main() -> int:
     parser.add_argument("--postgres", default=receivers.DEFAULT_POSTGRES,
                         help="PostgreSQL server (a database is created per run)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--fresh-fs", action="store_true",
+                        help="each run on an ext4 file system made for it (root; see "
+                        "bench/fresh_fs.py)")
     parser.add_argument("--write-docs", action="store_true",
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
     parser.add_argument("--from-json", type=Path,
@@ -549,10 +590,13 @@ def main() -> int:
     for note in notes:
         print(note, file=sys.stderr)
     tls_modes = (False,) if args.plain_only else (True,) if args.tls_only else (True, False)
+    if args.fresh_fs and (why := fresh_fs_unavailable()) is not None:
+        print(f"--fresh-fs: {why}", file=sys.stderr)
+        return 2
     with terminated_as_exit():
         try:
             result = run(rounds=max(1, args.rounds), small=small, large=large, labels=labels,
-                         postgres=args.postgres, tls_modes=tls_modes)
+                         postgres=args.postgres, tls_modes=tls_modes, fresh_fs=args.fresh_fs)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1
