@@ -15,12 +15,7 @@ all alike. The best round of each receiver and scenario is reported, and the rat
 of the median rounds beside the best rounds' (this VM's speed moves by up to 3x between
 rounds: the medians hold less luck).
 
-    .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--fresh-fs] [--write-docs]
-
-``--fresh-fs`` (root) puts each run's receiver on an ext4 file system made for that run and
-thrown away after it (``fresh_fs.py``): no run finds the inodes the previous run freed, which
-on a journal-less ext4 made the next receiver's file creation slower, by an amount that
-depended on the order of the runs.
+    .venv/bin/python bench/compare.py [--rounds 5] [--quick] [--write-docs]
 
 ``MIMIC_*`` variables in the environment that do not choose the configuration (for instance
 ``MIMIC_WORKERS``) pass through to every MIMIC server. Results go to
@@ -31,7 +26,6 @@ docs/benchmarks.md and the chart docs/benchmarks-compare.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -48,8 +42,6 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
-from bench.fresh_fs import fresh_filesystem
-from bench.fresh_fs import unavailable as fresh_fs_unavailable
 from bench.latency import database_cpu, database_cpu_delta, machine_cpu
 from bench.store_throughput import (
     PARALLEL,
@@ -72,7 +64,6 @@ CHART = ROOT / "docs" / "benchmarks-compare.png"
 BEGIN = "<!-- compare.py: begin (rewritten by bench/compare.py --write-docs) -->"
 END = "<!-- compare.py: end -->"
 COMMAND = ".venv/bin/python bench/compare.py --rounds 5 --write-docs"
-FRESH_FS = "an ext4 file system made for the run (loop device, journal; --fresh-fs)"
 
 NAMES = {
     "storescp": "dcmtk storescp (files only, no index, no fsync)",
@@ -156,12 +147,9 @@ def available_receivers(wanted: list[str], postgres: str) -> tuple[list[str], li
 def run(
     *, rounds: int, small: int, large: int, labels: list[str], postgres: str,
     tls_modes: tuple[bool, ...] = (True, False), associations: tuple[int, ...] = (1, PARALLEL),
-    log: bool = True, fresh_fs: bool = False,
+    log: bool = True,
 ) -> dict[str, object]:
-    """Synthesize the data, run the rounds; return the results (also what goes to JSON).
-
-    ``fresh_fs``: each run's receiver works on a file system made for it (``fresh_fs.py``)
-    instead of a directory of the machine's own."""
+    """Synthesize the data, run the rounds; return the results (also what goes to JSON)."""
     with tempfile.TemporaryDirectory(prefix="mimic-compare-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
@@ -183,8 +171,7 @@ def run(
         commit = git_commit()
         started = time.monotonic()
         try:
-            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log,
-                       fresh_fs)
+            rounds_run(rounds, labels, scenarios, sets, pki, postgres, work, results, log)
         finally:
             receivers.shutdown()
         info: dict[str, object] = {
@@ -196,7 +183,6 @@ def run(
             "mimic_environment": {k: v for k, v in os.environ.items()
                                   if k.startswith("MIMIC_")},
             "rounds": rounds,
-            "filesystem": FRESH_FS if fresh_fs else "the work directory's",
             "minutes": round((time.monotonic() - started) / 60, 1),
             "data": {d.name: {"count": d.count, "bytes": d.total_bytes}
                      for d in sets.values()},
@@ -212,7 +198,6 @@ def run(
 def rounds_run(
     rounds: int, labels: list[str], scenarios: list[Scenario], sets: dict[str, DataSet],
     pki: Pki, postgres: str, work: Path, results: dict[tuple[str, str], Runs], log: bool,
-    fresh_fs: bool = False,
 ) -> None:
     """Every round: every scenario on every receiver, the receivers' order rotating."""
     for r in range(rounds):
@@ -220,15 +205,12 @@ def rounds_run(
         for sc in scenarios:
             data = sets[sc.data]
             for label in order:
-                workdir = work / "run" / f"{label}-{sc.key}-{r}"
-                with (fresh_filesystem(workdir) if fresh_fs
-                      else contextlib.nullcontext(workdir)):
-                    server = receivers.make_receiver(
-                        label, workdir, pki if sc.tls else None, postgres)
-                    used = Used()
-                    # A fresh file system goes whole at its unmount: nothing to remove.
-                    seconds, cpu = measure_once(server, data, sc.associations, work, used,
-                                                remove=not fresh_fs)
+                server = receivers.make_receiver(
+                    label, work / "run" / f"{label}-{sc.key}-{r}",
+                    pki if sc.tls else None, postgres,
+                )
+                used = Used()
+                seconds, cpu = measure_once(server, data, sc.associations, work, used)
                 runs = results.setdefault(
                     (label, sc.key), Runs(label, sc.key, data.count, data.total_bytes))
                 runs.seconds.append(round(seconds, 3))
@@ -258,7 +240,7 @@ def _children_cpu() -> float:
 
 def measure_once(
     server: receivers.Server, data: DataSet, associations: int, work: Path,
-    used: Used | None = None, remove: bool = True,
+    used: Used | None = None,
 ) -> tuple[float, float]:
     """One fresh receiver, one transfer; the count is checked before the figure is kept.
     Returns (wall seconds, the receiver's CPU seconds during the transfer); ``used`` gets
@@ -280,8 +262,7 @@ def measure_once(
         try:
             server.stop()
         finally:
-            if remove:
-                shutil.rmtree(server.workdir, ignore_errors=True)
+            shutil.rmtree(server.workdir, ignore_errors=True)
     if stored != data.count:
         raise BenchError(f"{server.label} holds {stored} instances, {data.count} were sent "
                          f"({data.name}, {associations} assoc); its log:\n{tail(server.log_path)}")
@@ -523,8 +504,7 @@ def section(result: dict[str, object], notes: list[str]) -> str:
         f"{result['loadavg_at_end']} at the end; {str(m['dcmtk']).strip('$ ')}; "
         f"{result['orthanc'] or 'Orthanc not run'}; Python {m['python']}, "
         f"pynetdicom {m['pynetdicom']}"
-        + (f"; MIMIC environment {env}" if env else "")
-        + f"; each run's files on {result.get('filesystem', 'the work directory')}.",
+        + (f"; MIMIC environment {env}" if env else "") + ".",
         "",
         *([f"- {n}" for n in notes] + [""] if notes else []),
         markdown(result),
@@ -561,9 +541,6 @@ def main() -> int:
     parser.add_argument("--postgres", default=receivers.DEFAULT_POSTGRES,
                         help="PostgreSQL server (a database is created per run)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
-    parser.add_argument("--fresh-fs", action="store_true",
-                        help="each run on an ext4 file system made for it (root; see "
-                        "bench/fresh_fs.py)")
     parser.add_argument("--write-docs", action="store_true",
                         help="rewrite the marked section of docs/benchmarks.md and the chart")
     parser.add_argument("--from-json", type=Path,
@@ -590,13 +567,10 @@ def main() -> int:
     for note in notes:
         print(note, file=sys.stderr)
     tls_modes = (False,) if args.plain_only else (True,) if args.tls_only else (True, False)
-    if args.fresh_fs and (why := fresh_fs_unavailable()) is not None:
-        print(f"--fresh-fs: {why}", file=sys.stderr)
-        return 2
     with terminated_as_exit():
         try:
             result = run(rounds=max(1, args.rounds), small=small, large=large, labels=labels,
-                         postgres=args.postgres, tls_modes=tls_modes, fresh_fs=args.fresh_fs)
+                         postgres=args.postgres, tls_modes=tls_modes)
         except BenchError as exc:
             print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
             return 1

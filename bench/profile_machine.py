@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import re
 import shutil
@@ -44,6 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import receivers
+from bench.fresh_fs import fresh_filesystem
+from bench.fresh_fs import unavailable as fresh_fs_unavailable
 from bench.profile_store import sampled_send
 from bench.store_throughput import ROOT, make_large, make_pki, make_small
 
@@ -149,9 +152,15 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where the samples and the JSON summary go")
+    parser.add_argument("--fresh-fs", action="store_true",
+                        help="the receiver on an ext4 file system made for the run (root; "
+                        "see bench/fresh_fs.py)")
     args = parser.parse_args()
     if shutil.which("perf") is None:
         print("perf is missing: sudo apt-get install -y linux-perf", file=sys.stderr)
+        return 2
+    if args.fresh_fs and (why := fresh_fs_unavailable()) is not None:
+        print(f"--fresh-fs: {why}", file=sys.stderr)
         return 2
     args.results.mkdir(parents=True, exist_ok=True)
     data_path = args.results / "profile_machine.data"
@@ -160,21 +169,25 @@ def main() -> int:
         make = make_small if args.kind == "small" else make_large
         data = make(work / "in", args.count - args.count % 4)
         pki = None if args.plain else make_pki(work / "pki")
-        server = receivers.make_receiver(args.receiver, work / "run" / "server", pki,
-                                         args.postgres)
-        seconds, receiver_pids = sampled_send(
-            server, data, args.associations, work, warm_up=1.0,  # perf is sampling
-            sampler=lambda _pid: ["perf", "record", "-a", "-g", "-F", str(args.frequency),
-                                  "-o", str(data_path)])
+        workdir = work / "run" / "server"
+        with (fresh_filesystem(workdir) if args.fresh_fs
+              else contextlib.nullcontext(workdir)):
+            server = receivers.make_receiver(args.receiver, workdir, pki, args.postgres)
+            seconds, receiver_pids = sampled_send(
+                server, data, args.associations, work, warm_up=1.0,  # perf is sampling
+                sampler=lambda _pid: ["perf", "record", "-a", "-g", "-F", str(args.frequency),
+                                      "-o", str(data_path)])
     prof = profile(data_path, receiver_pids)
     lines = report_lines(prof, data.count, args.top)
     print(f"{args.receiver}, {args.kind}, {args.associations} assoc, "
           f"{'plain' if args.plain else 'TLS'}: {data.count} objects in {seconds:.2f} s "
-          f"({data.count / seconds:.1f} inst/s); CPU from 1 s before the send to its end")
+          f"({data.count / seconds:.1f} inst/s); CPU from 1 s before the send to its end"
+          + ("; the receiver on a fresh file system" if args.fresh_fs else ""))
     print("\n".join(lines))
     summary = {
         "receiver": args.receiver, "kind": args.kind, "associations": args.associations,
         "tls": not args.plain, "count": data.count, "seconds": round(seconds, 3),
+        "fresh_fs": args.fresh_fs,
         # Idle CPUs are left out: a halted CPU takes few timer samples.
         "ms_per_object": {part: {dso: round(ns / 1e6 / data.count, 3)
                                  for dso, ns in dsos.most_common()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, fresh_fs, receivers
+from bench import fresh_fs
 
 needs_fresh_fs = pytest.mark.skipif(fresh_fs.unavailable() is not None,
                                     reason=str(fresh_fs.unavailable()))
@@ -22,7 +22,7 @@ def _mounts() -> str:
 
 
 @needs_fresh_fs
-def test_a_fresh_file_system_is_a_new_journaled_ext4_gone_after_the_run(
+def test_a_fresh_file_system_is_a_new_ext4_gone_after_the_run(
     tmp_path: Path,
 ) -> None:
     point = tmp_path / "run"
@@ -56,28 +56,3 @@ def test_the_mount_goes_even_when_the_run_fails(tmp_path: Path) -> None:
 def test_without_root_it_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "root" in str(fresh_fs.unavailable())
-
-
-@needs_fresh_fs
-@pytest.mark.dcmtk
-@pytest.mark.timeout(600)
-def test_compare_runs_each_receiver_on_its_own_file_system(
-    postgres_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seen: list[str] = []
-    real = receivers.make_receiver
-
-    def recording(label: str, workdir: Path, *args: object) -> receivers.Server:
-        seen.append(next(line.split()[2] for line in _mounts().splitlines()
-                         if line.split()[1] == str(workdir)))
-        return real(label, workdir, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(receivers, "make_receiver", recording)
-    result = compare.run(rounds=1, small=2, large=0, labels=["storescp", "mimic-embedded"],
-                         postgres=postgres_server, tls_modes=(True,), associations=(1,),
-                         log=False, fresh_fs=True)
-    assert seen == ["ext4", "ext4"]
-    assert result["filesystem"] == compare.FRESH_FS
-    assert {r["receiver"] for r in result["runs"]} == {"storescp", "mimic-embedded"}  # type: ignore[attr-defined]
-    assert compare.FRESH_FS in compare.section(result, [])
-    assert "mimic-compare-" not in _mounts()  # every run's file system is gone

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import fresh_fs
 from bench import profile_machine as pm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,15 +63,20 @@ def test_samples_are_summed_by_part_shared_object_and_kernel_function() -> None:
     assert "      0.25  ext4_create" in lines
 
 
-def test_a_small_run_profiles_the_whole_machine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fresh", [False, True], ids=["work-directory", "fresh-fs"])
+def test_a_small_run_profiles_the_whole_machine(tmp_path: Path, fresh: bool) -> None:
+    if fresh and (why := fresh_fs.unavailable()) is not None:
+        pytest.skip(why)
     done = subprocess.run(
         [sys.executable, "bench/profile_machine.py", "--receiver", "mimic-embedded",
-         "--count", "8", "--associations", "1", "--results", str(tmp_path)],
+         "--count", "8", "--associations", "1", "--results", str(tmp_path),
+         *(["--fresh-fs"] if fresh else [])],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "mimic-embedded, small, 1 assoc, TLS: 8 objects" in done.stdout
+    assert ("the receiver on a fresh file system" in done.stdout) is fresh
     summary = json.loads((tmp_path / "profile_machine.json").read_text())
-    assert summary["count"] == 8
+    assert summary["count"] == 8 and summary["fresh_fs"] is fresh
     receiver = summary["ms_per_object"]["receiver"]
     assert receiver and "libpython3.11.so.1.0" in receiver  # the server's own Python, seen
     assert summary["receiver_kernel_ms_per_object"]  # its system calls, with their chains
