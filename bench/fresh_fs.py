@@ -58,7 +58,7 @@ def _run(*command: str) -> str:
 def fresh_filesystem(mount_point: Path, size: int = SIZE) -> Iterator[Path]:
     """Make, mount and yield ``mount_point`` on a new ext4; unmount and remove it after.
 
-    The image sits beside the mount point (``<mount_point>.img``) and goes with it.
+    The sparse image sits beside the mount point (``<name>.<random>.img``) and goes with it.
     """
     image = mount_point.with_name(f"{mount_point.name}.{uuid.uuid4().hex[:8]}.img")
     mount_point.mkdir(parents=True, exist_ok=False)
