@@ -179,8 +179,9 @@ def keep(
 ) -> None:
     """Put, then index (with ``record`` in the same transaction); delete on failure.
 
-    Where the index says its transactions may wait (``overlaps_put``: PostgreSQL, whose
-    transactions run side by side), the put runs on a helper thread while the index
+    Where the index says its transaction has round trips to make meanwhile
+    (``overlaps_put``: PostgreSQL, whose transactions run side by side, unless the instance
+    is one statement sent after the put), the put runs on a helper thread while the index
     transaction does its round trips, and the transaction waits for the put to be durable
     before it writes the audit row and commits: the index row still commits only after the
     object is in the store, and a failed put rolls the row back (invariant 1), but one
@@ -190,7 +191,8 @@ def keep(
         attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid
     )
     stored: Future[int] | None = None
-    if getattr(index, "overlaps_put", False):
+    overlaps_put = getattr(index, "overlaps_put", None)
+    if overlaps_put is not None and overlaps_put(attrs):
         stored = _puts().submit(store.put, key, received.chunks, received.sha256)
         put_done = stored.result
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from mimic_server.index.driver import DriverStatement
+from mimic_server.index.driver import DriverStatement, Gathered
 from mimic_server.index.engine import read_index, write_transaction
 from mimic_server.index.models import AuditEvent
 
@@ -50,7 +50,7 @@ def _row(entry: AuditEntry) -> dict[str, Any]:
 
 _INSERT = insert(AuditEvent)
 #: The columns ``_row`` fills, in its order.
-_KEYS = ("event_time", "event_code", "event_type", "outcome", "identity", "trust_name",
+KEYS = ("event_time", "event_code", "event_type", "outcome", "identity", "trust_name",
          "calling_ae", "user_name", "studies", "xml")
 
 
@@ -64,7 +64,7 @@ class AuditTable:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         #: PostgreSQL (psycopg): the insert of ``write_in`` on the driver's cursor, prepared.
-        self._driver_insert = DriverStatement.on(engine, _INSERT, _KEYS)
+        self._driver_insert = DriverStatement.on(engine, _INSERT, KEYS)
 
     def write(self, entry: AuditEntry, details: dict[str, Any]) -> None:
         """In a transaction of its own (run once more if a stale pooled connection was lost
@@ -81,8 +81,13 @@ class AuditTable:
         with parameters, compiled once; on PostgreSQL run on psycopg's cursor as the
         instance's insert is (``driver.DriverStatement``): SQLAlchemy's execute path was
         about 0.3 ms of every C-STORE (docs/benchmarks.md). Errors are SQLAlchemy's either
-        way: the transaction rolls back, and its retry writes the row once."""
-        if self._driver_insert is not None:
+        way: the transaction rolls back, and its retry writes the row once.
+
+        Given :class:`~mimic_server.index.driver.Gathered` instead of a connection, the row
+        is added to it, for the instance's insert to write in the same statement."""
+        if isinstance(conn, Gathered):
+            conn.audit_rows.append(_row(entry))
+        elif self._driver_insert is not None:
             self._driver_insert.execute(conn, _row(entry))
         else:
             conn.execute(_INSERT, _row(entry))

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.base import Executable
 
 
 class DriverStatement:
     """One statement compiled once by SQLAlchemy and run on the driver's cursor."""
 
-    def __init__(self, engine: Engine, statement: Insert, keys: tuple[str, ...],
+    def __init__(self, engine: Engine, statement: Executable, keys: tuple[str, ...],
                  encoded: frozenset[str] = frozenset()) -> None:
         dialect = engine.dialect
         self._prepare = dialect.driver == "psycopg"
@@ -59,7 +59,7 @@ class DriverStatement:
         self.sql = compiled.string
 
     @classmethod
-    def on(cls, engine: Engine, statement: Insert, keys: tuple[str, ...],
+    def on(cls, engine: Engine, statement: Executable, keys: tuple[str, ...],
            encoded: frozenset[str] = frozenset()) -> DriverStatement | None:
         """The statement for ``engine``; None where its driver is neither psycopg nor
         sqlite3 (any other keeps SQLAlchemy's execute). ``encoded``: keys whose value the
@@ -100,3 +100,25 @@ class DriverStatement:
             raise  # not reached: the line above always raises
         finally:
             cursor.close()
+
+
+class NotGathered(Exception):
+    """A write that cannot be gathered into the instance's statement: the caller writes
+    in a transaction instead."""
+
+
+class Gathered:
+    """What a C-STORE writes beside its instance row, gathered instead of written, so that
+    the instance's insert can carry it in one statement (``repository.SqlIndex``).
+
+    Passed where ``in_transaction`` expects a connection: a sink that knows it (the audit
+    table, ``audit_table.AuditTable.write_in``) adds its row here; anything else that
+    reaches for a connection's methods raises :class:`NotGathered`."""
+
+    __slots__ = ("audit_rows",)
+
+    def __init__(self) -> None:
+        self.audit_rows: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotGathered(name)

@@ -21,6 +21,16 @@ What makes it safe:
 - the caller's ``work`` does all its writes on the connection it is given (the instance row
   and, in the PostgreSQL configuration, its audit row), so they commit together or not at all.
 
+A caller may also give its writes as one statement (``alone``: PostgreSQL's new instance with
+its audit row, ``repository.py``). A batch of one such caller, the usual batch where
+transactions run side by side, sends that statement on a connection in autocommit: the
+statement is its own transaction, and BEGIN and COMMIT are no longer round trips of their
+own (4 round trips per C-STORE became 1: docs/benchmarks.md). Its connection lost, the
+statement runs once more on a fresh connection, as a transaction lost before its commit does;
+it may have committed the first time, so ``alone`` must be safe to run again (the instance's
+insert does nothing on a known SOP Instance UID, and its caller reads whose row it found).
+A batch of several callers runs their ``work`` in one transaction, as before.
+
 The connection of a batch that committed is kept for the next batch (up to ``in_flight`` of
 them): a checkout from the pool and a new SQLAlchemy ``Connection`` cost more CPU than the
 transaction's own BEGIN and COMMIT (0.36 against 0.19 ms on SQLite, 0.55-0.73 against
@@ -72,10 +82,12 @@ MAX_BATCH = 64
 class _Waiter(Generic[T]):
     """One caller's writes, its place in the queue and, once committed, its outcome."""
 
-    __slots__ = ("done", "error", "queued", "value", "work")
+    __slots__ = ("alone", "done", "error", "queued", "value", "work")
 
-    def __init__(self, work: Callable[[Connection], T]) -> None:
+    def __init__(self, work: Callable[[Connection], T],
+                 alone: Callable[[Connection], T] | None = None) -> None:
         self.work = work
+        self.alone = alone
         self.queued = True
         self.done = False
         self.value: T | None = None
@@ -114,10 +126,14 @@ class GroupCommitter:
         with self._cond:
             return len(self._queue)
 
-    def run(self, work: Callable[[Connection], T]) -> T:
+    def run(self, work: Callable[[Connection], T],
+            alone: Callable[[Connection], T] | None = None) -> T:
         """Run ``work(connection)`` in a shared write transaction; return its value once that
-        transaction has committed, or raise its own error, or the transaction's."""
-        me: _Waiter[T] = _Waiter(work)
+        transaction has committed, or raise its own error, or the transaction's.
+
+        ``alone(connection)``: the same writes as one statement that commits itself, sent
+        instead of ``work`` when no other caller shares the batch (see above)."""
+        me: _Waiter[T] = _Waiter(work, alone)
         with self._cond:
             self._queue.append(me)
             while not me.done:
@@ -238,6 +254,9 @@ class GroupCommitter:
         in a new transaction at once: each failure takes one waiter out, so this ends. A
         savepoint per waiter would avoid the rewrite, but costs two more round trips to the
         database for every instance, failing or not."""
+        if len(batch) == 1 and batch[0].alone is not None and opened is None:
+            self._commit_alone(batch[0])
+            return
         pending = list(batch)
         reconnected = False
         try:
@@ -288,3 +307,57 @@ class GroupCommitter:
         finally:
             if opened is not None:  # an empty batch: give the transaction back unused
                 opened[0].close()
+
+    def _commit_alone(self, waiter: _Waiter[Any]) -> None:
+        """The one statement of a batch of one, committed by itself (autocommit); the
+        waiter's outcome is set, nothing is raised."""
+        assert waiter.alone is not None
+        reconnected = False
+        while True:
+            kept = self._take_kept()
+            try:
+                if kept is not None:
+                    conn, checked_out = kept
+                else:
+                    conn = self.engine.connect().execution_options(**WRITE)
+                    checked_out = time.monotonic()
+            except BaseException as exc:  # cannot connect
+                waiter.value, waiter.error = None, exc
+                return
+            dbapi_connection = conn.connection.dbapi_connection
+            try:
+                dbapi_connection.autocommit = True  # type: ignore[union-attr]
+                waiter.value = waiter.alone(conn)
+            except BaseException as exc:
+                _autocommit_off(conn)
+                conn.close()  # never kept after a failure, nor are the others (``_commit``)
+                self._give_back_kept()
+                if not reconnected and lost_before_commit(exc, committing=False):
+                    # A stale pooled connection: once more on a fresh one (``alone`` is safe
+                    # to run again even if the statement did commit before the loss).
+                    reconnected = True
+                    log.warning("index connection lost; the statement runs again",
+                                extra={"instances": 1})
+                    continue
+                # Lost twice: the statement may have committed either time.
+                waiter.value, waiter.error = None, commit_lost(exc)
+                return
+            if _autocommit_off(conn):
+                self._keep(conn, checked_out)
+            else:
+                conn.close()
+            return
+
+
+def _autocommit_off(conn: Connection) -> bool:
+    """Back to transactions before the connection is kept or pooled: a pooled connection in
+    autocommit would make the next caller's writes commit one statement at a time. One that
+    cannot be switched back (lost) is invalidated: the pool discards it."""
+    if conn.invalidated or conn.closed:
+        return False
+    try:
+        conn.connection.dbapi_connection.autocommit = False  # type: ignore[union-attr]
+    except Exception:
+        conn.invalidate()
+        return False
+    return True

@@ -3,6 +3,13 @@ instance), upserts that let concurrent senders of one study meet without duplica
 
 Concurrent ``upsert_instance`` calls share transactions (``group_commit``): each still returns
 only once the transaction holding its row has committed, with its own result or error.
+
+On PostgreSQL a new instance of a series already known, the usual C-STORE, is one statement
+that commits itself: the instance's insert and its audit row in one ``WITH`` (``_alone``),
+sent once the object is durable. A transaction of its own would cost BEGIN, two inserts and
+COMMIT, four round trips to the database where this is one (docs/benchmarks.md); concurrent
+commits still share PostgreSQL's WAL flushes. Anything else (a new series, a known SOP
+Instance UID, several C-STOREs in one batch) is written in a transaction as before.
 """
 
 from __future__ import annotations
@@ -16,18 +23,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from mimic_server.codec.dicom_json import json_text
 from mimic_server.errors import OutOfResources
-from mimic_server.index import StoredInstance
+from mimic_server.index import StoredInstance, audit_table
 from mimic_server.index.attributes import InstanceAttributes
-from mimic_server.index.driver import DriverStatement
+from mimic_server.index.driver import DriverStatement, Gathered, NotGathered
 from mimic_server.index.engine import answers, read_index, write_transaction
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
-from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.index.models import AuditEvent, Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +62,10 @@ class SqlIndex:
             GroupCommitter(engine, max_batch=max_batch, in_flight=in_flight)
             if group_commit else None
         )
-        #: The transaction may wait for the object's put before it commits
-        #: (``archive.ingest.keep``): PostgreSQL runs transactions side by side, so a
-        #: waiting one blocks no other writer; SQLite's one writer would hold its lock.
-        self.overlaps_put = engine.dialect.name == "postgresql"
+        #: Transactions may wait for the object's put before they commit: PostgreSQL runs
+        #: them side by side, so a waiting one blocks no other writer; SQLite's one writer
+        #: would hold its lock (``overlaps_put``).
+        self._side_by_side = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # The instance's series row id, checked in the same statement to still be the row of
         # its Series Instance UID: NULL (a NOT NULL violation, an IntegrityError) otherwise.
@@ -78,6 +85,12 @@ class SqlIndex:
         self._driver_insert = DriverStatement.on(
             engine, self._insert_instance, _INSTANCE_KEYS, encoded=frozenset({"header"})
         )
+        #: PostgreSQL: the insert with its audit row in one statement (``_alone``).
+        self._insert_with_audit = (
+            DriverStatement.on(engine, self._with_audit_row(), _INSTANCE_KEYS + _CHECK_KEYS
+                               + audit_table.KEYS, encoded=frozenset({"header"}))
+            if self._side_by_side and self._driver_insert is not None else None
+        )
         # Series Instance UID -> series row id, filled after a commit: the instances of a
         # series then skip the three patient / study / series look-ups. Another process
         # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to
@@ -85,6 +98,17 @@ class SqlIndex:
         # stale entry fails it (an IntegrityError), which empties the cache before the retry.
         self._series_ids: OrderedDict[str, int] = OrderedDict()
         self._cache_lock = threading.Lock()
+
+    def overlaps_put(self, attrs: InstanceAttributes) -> bool:
+        """Whether the index transaction of ``attrs`` has round trips to make while the
+        object's put runs (``archive.ingest.keep`` then puts it on a helper thread): on
+        PostgreSQL, unless it will be one statement sent after the put (``_alone``)."""
+        if not self._side_by_side:
+            return False
+        if self._insert_with_audit is None or self.committer is None:
+            return True
+        with self._cache_lock:
+            return attrs.series_instance_uid not in self._series_ids
 
     def close(self) -> None:
         """Give the connections the group commit keeps back to the pool: before the engine
@@ -128,7 +152,11 @@ class SqlIndex:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # Returns once the transaction holding the row has committed (both ways).
-                replaced, series_fk = self._transact(work)
+                alone = self._alone(attrs, row, in_transaction)
+                upserted = self._transact(work, alone)
+                if isinstance(upserted, _NotNew):  # its SOP Instance UID has a row
+                    upserted = self._ours_or_transact(attrs, object_key, upserted, work)
+                replaced, series_fk = upserted
                 self._remember(attrs.series_instance_uid, series_fk)
                 return replaced
             except (OperationalError, IntegrityError) as exc:
@@ -143,12 +171,77 @@ class SqlIndex:
                 raise OutOfResources("index unavailable") from exc
         raise AssertionError("unreachable")
 
-    def _transact(self, work: Callable[[Connection], Any]) -> Any:
+    def _transact(self, work: Callable[[Connection], Any],
+                  alone: Callable[[Connection], Any] | None = None) -> Any:
         """``work`` in a committed write transaction: shared with concurrent callers, or its
-        own when group commit is off."""
+        own when group commit is off; ``alone`` instead where it commits by itself."""
         if self.committer is not None:
-            return self.committer.run(work)
+            return self.committer.run(work, alone)
         return write_transaction(self.engine, work)
+
+    def _with_audit_row(self) -> Any:
+        """``WITH new_instance AS (the insert), new_audit AS (INSERT INTO audit_events ...
+        SELECT the row's values FROM new_instance) SELECT id FROM new_instance``: the audit row
+        only when the instance row is new, in the statement that inserts it."""
+        new = self._insert_instance.values(
+            {key: bindparam(key) for key in _INSTANCE_KEYS}).cte("new_instance")
+        columns = AuditEvent.__table__.c
+        values = select(*(bindparam(key, type_=columns[key].type) for key in audit_table.KEYS))
+        audit = insert(AuditEvent).from_select(list(audit_table.KEYS), values.select_from(new))
+        return select(new.c.id).add_cte(audit.cte("new_audit"))
+
+    def _alone(
+        self, attrs: InstanceAttributes, row: dict[str, Any],
+        in_transaction: Callable[[Connection], None] | None,
+    ) -> Callable[[Connection], Any] | None:
+        """The upsert as one statement that commits itself (PostgreSQL, a series already
+        known, at most the audit row beside it), or None: it runs in a transaction.
+
+        ``in_transaction`` runs here, on a :class:`Gathered` (the C-STORE's: it waits for
+        the object's put to be durable, then gives its audit row), before the statement is
+        sent. The statement inserts nothing on a known SOP Instance UID and answers
+        :class:`_NotNew`; run again after its connection was lost, it finds its own row so."""
+        if self._insert_with_audit is None or self._driver_insert is None:
+            return None
+        with self._cache_lock:
+            series_fk = self._series_ids.get(attrs.series_instance_uid)
+        if series_fk is None:
+            return None
+        gathered = Gathered()
+        if in_transaction is not None:
+            try:
+                in_transaction(gathered)  # type: ignore[arg-type]
+            except NotGathered:
+                return None
+        if len(gathered.audit_rows) > 1:
+            return None
+        params = {
+            "sop_instance_uid": attrs.sop_instance_uid, **row,
+            "header": json_text(row["header"]),
+            "cached_series_fk": series_fk, "cached_series_uid": attrs.series_instance_uid,
+        }
+        statement = self._driver_insert
+        if gathered.audit_rows:
+            params.update(gathered.audit_rows[0])
+            statement = self._insert_with_audit
+        upserted, not_new = (None, series_fk), _NotNew(series_fk)
+
+        def alone(conn: Connection) -> Any:
+            return upserted if statement.first(conn, params) is not None else not_new
+
+        return alone
+
+    def _ours_or_transact(self, attrs: InstanceAttributes, object_key: str,
+                          not_new: _NotNew, work: Callable[[Connection], Any]) -> Any:
+        """After ``_alone`` found a row for the SOP Instance UID: its own row, committed by
+        a statement whose connection was lost before it answered (done), or another
+        object's (replaced in a transaction)."""
+        uid = attrs.sop_instance_uid
+        found = read_index(self.engine, lambda conn: conn.execute(
+            select(Instance.object_key).where(Instance.sop_instance_uid == uid)).scalar())
+        if found == object_key:
+            return None, not_new.series_fk
+        return self._transact(work)
 
     def _remember(self, series_uid: str, series_fk: int) -> None:
         with self._cache_lock:
@@ -297,6 +390,15 @@ _INSTANCE_KEYS = (
     "specific_character_set", "size", "sha256", "object_key", "header", "received_from",
     "received_at",
 )
+_CHECK_KEYS = ("cached_series_fk", "cached_series_uid")
+
+class _NotNew:
+    """``_alone``'s answer when the SOP Instance UID already has a row: nothing written."""
+
+    __slots__ = ("series_fk",)
+
+    def __init__(self, series_fk: int) -> None:
+        self.series_fk = series_fk
 
 
 def _transient(exc: DBAPIError) -> bool:

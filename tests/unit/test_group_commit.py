@@ -420,7 +420,10 @@ def test_postgresql_stopped_under_a_held_batch_fails_every_waiter(tmp_path: Any)
 
 
 def _refused(conn: Connection) -> None:
-    """A write the database refuses, not a transient one: the caller's upsert fails."""
+    """A write the database refuses, not a transient one: the caller's upsert fails. It
+    writes on the connection first, so it is never gathered into the instance's statement
+    (PostgreSQL's ``_alone``): it fails inside a transaction."""
+    conn.execute(text("SELECT 1"))
     raise OperationalError("INSERT", {}, Exception("disk I/O error"))
 
 
