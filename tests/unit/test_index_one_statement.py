@@ -10,7 +10,7 @@ Instance UID is still replaced in a transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
 from typing import Any
 
 import psycopg
@@ -27,18 +27,9 @@ from mimic_server.index.repository import SqlIndex
 from tests import database
 from tests.unit.test_group_commit import COMMON, _attrs, _audit_entry
 
-pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def index(postgres_server: str) -> Iterator[SqlIndex]:
-    with database.fresh_database(postgres_server) as url:
-        engine = create_index_engine(url)
-        schema.upgrade(engine)
-        index = SqlIndex(engine)
-        yield index
-        index.close()
-        engine.dispose()
+#: The ``index`` fixture (``tests/unit/conftest.py``) on PostgreSQL only.
+pytestmark = [pytest.mark.postgres,
+              pytest.mark.parametrize("index", ["postgresql"], indirect=True)]
 
 
 def _audit(index: SqlIndex, n: int) -> Any:
@@ -74,15 +65,37 @@ class _Sent:
         monkeypatch.setattr(psycopg.Connection, "commit", committed)
 
 
+def _messages(pgconn: Any, run: Any) -> list[str]:
+    """The protocol messages libpq sends while ``run()`` runs (its trace: ``F`` lines), each
+    as its type and its first words."""
+    with tempfile.TemporaryFile() as trace:
+        pgconn.trace(trace.fileno())
+        try:
+            run()
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        lines = trace.read().decode(errors="replace").splitlines()
+    return [" ".join(line.split("\t")[3:])[:40] for line in lines
+            if line.count("\t") >= 3 and line.split("\t")[1] == "F"]
+
+
 def test_a_new_instance_of_a_known_series_is_one_statement(
     index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    index.upsert_instance(_attrs(1), object_key="k/1", in_transaction=_audit(index, 1), **COMMON)
-    sent = _Sent(monkeypatch)
-    index.upsert_instance(_attrs(2), object_key="k/2", in_transaction=_audit(index, 2), **COMMON)
-    assert sent.sql == ["WITH"]  # the insert with its audit row; no BEGIN, no COMMIT
-    index.upsert_instance(_attrs(3), object_key="k/3", **COMMON)  # no audit row: the insert
-    assert sent.sql == ["WITH", "INSERT"]
+    """One Bind / Execute / Sync on the wire: no BEGIN, no COMMIT, one round trip."""
+    for n in (1, 2):  # the series known, the statement prepared on the kept connection
+        index.upsert_instance(_attrs(n), object_key=f"k/{n}", in_transaction=_audit(index, n),
+                              **COMMON)
+    assert index.committer is not None and len(index.committer._kept) == 1
+    pgconn = index.committer._kept[0][0].connection.driver_connection.pgconn
+    sent = _messages(pgconn, lambda: index.upsert_instance(
+        _attrs(3), object_key="k/3", in_transaction=_audit(index, 3), **COMMON))
+    assert [m.split()[0] for m in sent] == ["Bind", "Describe", "Execute", "Sync"], sent
+    assert not any("BEGIN" in m or "COMMIT" in m for m in sent)
+    statements = _Sent(monkeypatch)
+    index.upsert_instance(_attrs(4), object_key="k/4", **COMMON)  # no audit row: the insert
+    assert statements.sql == ["INSERT"]
     pooled = index.engine.raw_connection()
     try:
         assert pooled.driver_connection.autocommit is False  # type: ignore[union-attr]
@@ -90,33 +103,36 @@ def test_a_new_instance_of_a_known_series_is_one_statement(
         pooled.close()
     with index.engine.connect() as conn:
         assert conn.execute(select(Instance.object_key).order_by(Instance.id)).scalars().all() \
-            == ["k/1", "k/2", "k/3"]
+            == ["k/1", "k/2", "k/3", "k/4"]
         studies = conn.execute(select(AuditEvent.studies).order_by(AuditEvent.id)).scalars()
-        assert [s.strip() for s in studies] == ["n1", "n2"]
+        assert [s.strip() for s in studies] == ["n1", "n2", "n3"]
 
 
-def test_the_one_statement_writes_the_rows_a_transaction_writes(postgres_server: str) -> None:
+def _write_three(index: SqlIndex) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    table = AuditTable(index.engine)
+    for n in range(3):
+        entry = _audit_entry(n)
+        index.upsert_instance(_attrs(n), object_key=f"k/{n}", **COMMON,
+                              in_transaction=lambda conn, e=entry: table.write_in(conn, e))
+    return (_columns(index, Instance, {"id", "received_at"}),
+            _columns(index, AuditEvent, {"id", "event_time"}))
+
+
+def test_the_one_statement_writes_the_rows_a_transaction_writes(
+    index: SqlIndex, postgres_server: str,
+) -> None:
     """The same instances and audit entries, once through the statement and once through
     transactions (group commit off): every column alike but ids and times of writing."""
-    written = []
-    for group_commit in (True, False):
-        with database.fresh_database(postgres_server) as url:
-            engine = create_index_engine(url)
-            schema.upgrade(engine)
-            index = SqlIndex(engine, group_commit=group_commit)
-            entries = [_audit_entry(n) for n in range(3)]
-            table = AuditTable(engine)
-            for n, entry in enumerate(entries):
-                index.upsert_instance(
-                    _attrs(n), object_key=f"k/{n}", **COMMON,
-                    in_transaction=lambda conn, e=entry, t=table: t.write_in(conn, e))
-            instances = _columns(index, Instance, {"id", "received_at"})
-            audit = _columns(index, AuditEvent, {"id", "event_time"})
-            written.append((instances, audit))
-            index.close()
+    alone = _write_three(index)
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        try:
+            in_transactions = _write_three(SqlIndex(engine, group_commit=False))
+        finally:
             engine.dispose()
-    assert written[0] == written[1]
-    assert len(written[0][0]) == 3 and len(written[0][1]) == 3
+    assert alone == in_transactions
+    assert len(alone[0]) == 3 and len(alone[1]) == 3
 
 
 def test_a_refused_statement_leaves_no_connection_in_autocommit(
