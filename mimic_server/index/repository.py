@@ -201,7 +201,8 @@ class SqlIndex:
         the object's put to be durable, then gives its audit row), before the statement is
         sent. The statement inserts nothing on a known SOP Instance UID and answers
         :class:`_NotNew`; run again after its connection was lost, it finds its own row so."""
-        if self._insert_with_audit is None or self._driver_insert is None:
+        if (self._insert_with_audit is None or self._driver_insert is None
+                or self.committer is None):  # group commit off: a transaction each
             return None
         with self._cache_lock:
             series_fk = self._series_ids.get(attrs.series_instance_uid)
@@ -391,6 +392,7 @@ _INSTANCE_KEYS = (
     "received_at",
 )
 _CHECK_KEYS = ("cached_series_fk", "cached_series_uid")
+
 
 class _NotNew:
     """``_alone``'s answer when the SOP Instance UID already has a row: nothing written."""
