@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -200,7 +199,8 @@ class Archive:
     def _index(self) -> SqlIndex:
         s = self.settings
         credential = self._azure_credential() if s.database_auth == "entra" else None
-        self.engine, index = open_index(s, credential)
+        revision = self.worker.schema_revision if self.worker is not None else None
+        self.engine, index = open_index(s, credential, revision)
         self._opened_index = index
         return index
 
@@ -648,35 +648,3 @@ class Archive:
             self._opened_index.close()
         if self.engine is not None:
             self.engine.dispose()
-
-
-def describe_first_start(pki: devpki.DevPki, port: int, ae_title: str) -> str:
-    """The operator's first view: where the PKI is and dcmtk commands that work."""
-    client = pki.first_client
-    lines = [
-        f"Development PKI created in {pki.directory}",
-        f"  CA certificate (give to clients): {pki.ca_cert}",
-        f"  server certificate:               {pki.server_cert}",
-    ]
-    if client is not None:
-        lines += [
-            f"  first client certificate:         {client.cert}",
-            f"  first client key:                 {client.key}",
-            "",
-            "Try it with dcmtk:",
-            "  " + dcmtk_command("echoscu", client.cert, client.key, pki.ca_cert, port, ae_title),
-            "  " + dcmtk_command(
-                "storescu", client.cert, client.key, pki.ca_cert, port, ae_title, "FILE.dcm"
-            ),
-        ]
-    return "\n".join(lines)
-
-
-def dcmtk_command(
-    tool: str, cert: Path, key: Path, ca: Path, port: int, ae_title: str, *extra: str
-) -> str:
-    parts = [
-        tool, "+tls", str(key), str(cert), "+cf", str(ca),
-        "-aet", "MODALITY1", "-aec", ae_title, "localhost", str(port), *extra,
-    ]
-    return " ".join(parts)

@@ -90,8 +90,10 @@ def serve(**options: Any) -> None:
     from mimic_server.workers import worker_count
 
     settings = _settings(**options)
-    _configure_logs(settings)
     count = worker_count(settings)
+    # A supervisor serves no DICOM itself: it starts its workers before it imports what it
+    # prepares for them (the index, the stores), and never imports the DICOM stack.
+    _configure_logs(settings, None if count > 1 else "mimic_server.app")
     if count > 1:
         _supervise(settings, options, count)
     else:
@@ -99,7 +101,7 @@ def serve(**options: Any) -> None:
 
 
 def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
-    from mimic_server.app import describe_first_start
+    from mimic_server.certs.first_start import describe_first_start
     from mimic_server.workers.supervisor import Supervisor
 
     supervisor = Supervisor(
@@ -127,10 +129,12 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
 @click.option("--slots", type=int, required=True)
 @click.option("--listen-fd", type=int, required=True)
 @click.option("--status-fd", type=int, required=True)
+@click.option("--go-fd", type=int, required=True)
 @click.option("--table", type=click.Path(path_type=Path), required=True)
 @click.option("--supervisor-pid", type=int, required=True)
 def serve_worker(
-    slot: int, slots: int, listen_fd: int, status_fd: int, table: Path, supervisor_pid: int
+    slot: int, slots: int, listen_fd: int, status_fd: int, go_fd: int, table: Path,
+    supervisor_pid: int,
 ) -> None:
     """One worker process of 'mimic serve' (started by it, never by hand)."""
     import logging
@@ -152,20 +156,35 @@ def serve_worker(
     link = WorkerLink(slot, listen_fd, status_fd, table, slots, supervisor_pid)
     if not link.parent_alive():
         sys.exit(0)  # the supervisor is gone already: nobody to serve for
+    # Imported by now; the supervisor says go once the index, the store and the PKI are
+    # prepared, with the schema revision it found (an end of the pipe without it: its start
+    # failed, nothing to serve).
+    with os.fdopen(go_fd, "rb") as go:
+        prepared = go.read()
+    if not prepared:
+        sys.exit(0)
+    link.schema_revision = json.loads(prepared)["schema_revision"]
     _serve_archive(settings, link)
 
 
-def _configure_logs(settings: Settings) -> None:
-    """MIMIC's logging, after the libraries are imported: pydicom sets its logger's level when
-    it is imported, which would undo the silencing ``logs.configure`` applies."""
-    import mimic_server.app  # noqa: F401  (pydicom, pynetdicom, sqlalchemy, ...)
+def _configure_logs(settings: Settings, libraries: str | None = "mimic_server.app") -> None:
+    """MIMIC's logging, after the libraries are imported (``libraries``: the module that
+    imports what this process uses): pydicom sets its logger's level when it is imported,
+    which would undo the silencing ``logs.configure`` applies (a later import silences
+    them again: ``logs.silence_libraries``)."""
+    import importlib
+
     from mimic_server import logs
+
+    if libraries is not None:
+        importlib.import_module(libraries)  # pydicom, pynetdicom, sqlalchemy, ...
 
     logs.configure(settings.log_level, settings.log_format)
 
 
 def _serve_archive(settings: Settings, worker: Any = None) -> None:
-    from mimic_server.app import Archive, describe_first_start
+    from mimic_server.app import Archive
+    from mimic_server.certs.first_start import describe_first_start
     from mimic_server.signals import SignalInbox
 
     archive = Archive(settings, worker=worker)

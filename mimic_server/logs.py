@@ -59,13 +59,21 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    quiet = "DEBUG" if level == "DEBUG" else "CRITICAL"
-    logging.getLogger("pynetdicom").setLevel(quiet)
-    logging.getLogger("pydicom").setLevel(quiet)
+    silence_libraries()
     # uvicorn: its start/stop lines carry ANSI colour copies; MIMIC logs its own.
     for noisy in ("alembic", "azure", "urllib3", "uvicorn"):
         logging.getLogger(noisy).setLevel("WARNING")
     warnings.showwarning = _log_warning
+
+
+def silence_libraries() -> None:
+    """pydicom and pynetdicom log values of data sets: nothing of theirs unless the root
+    logger is at DEBUG. Again after a late import of pydicom, which sets its logger's level
+    when it is imported."""
+    level = logging.getLogger().getEffectiveLevel()
+    quiet = "DEBUG" if level <= logging.DEBUG else "CRITICAL"
+    logging.getLogger("pynetdicom").setLevel(quiet)
+    logging.getLogger("pydicom").setLevel(quiet)
 
 
 _warnings_log = logging.getLogger("py.warnings")

@@ -103,8 +103,12 @@ def index_answers(engine: Engine) -> str:
     return f"{engine.dialect.name} answers"
 
 
-def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlIndex]:
-    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current.
+def open_index(
+    settings: Settings, credential: Any = None, schema_revision: str | None = None
+) -> tuple[Engine, SqlIndex]:
+    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current;
+    with ``schema_revision`` (a worker of ``mimic serve``, whose supervisor did either) the
+    schema must be at that revision.
 
     Shared by the server and by maintenance commands (``mimic reconcile``). ``credential``
     logs in to PostgreSQL with Microsoft Entra tokens (``MIMIC_DATABASE_AUTH=entra``); when
@@ -116,7 +120,9 @@ def open_index(settings: Settings, credential: Any = None) -> tuple[Engine, SqlI
         credential = DefaultAzureCredential()
     engine = create_index_engine(settings.index_url, credential)
     try:
-        if engine.dialect.name == "sqlite":
+        if schema_revision is not None:
+            schema.require_revision(engine, schema_revision)
+        elif engine.dialect.name == "sqlite":
             schema.upgrade(engine)  # embedded mode: zero configuration
         else:
             schema.require_current(engine)

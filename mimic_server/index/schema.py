@@ -1,37 +1,50 @@
-"""Schema migrations (Alembic) run from code: ``mimic db upgrade`` and the start-up check."""
+"""Schema migrations (Alembic) run from code: ``mimic db upgrade`` and the start-up check.
+
+Alembic is imported by the functions that use it: a worker process of ``mimic serve`` only
+checks the revision its supervisor prepared (:func:`require_revision`, one query), and does
+not pay for importing Alembic and reading the migration scripts at every start.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from mimic_server.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     return config
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision this code knows."""
+    from alembic import command
+
     config = _config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -40,9 +53,20 @@ def upgrade(engine: Engine) -> None:
 
 def require_current(engine: Engine) -> None:
     """Refuse to serve on a schema older (or newer) than this code was written for."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
+    _require(current_revision(engine), head_revision())
+
+
+def require_revision(engine: Engine, revision: str) -> None:
+    """Refuse to serve on a schema other than ``revision``, the one a supervisor upgraded
+    to or checked; read without Alembic (its version table has one row)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    _require(rows[0][0] if len(rows) == 1 else None, revision)
+
+
+def _require(current: str | None, needed: str | None) -> None:
+    if current != needed:
         raise ConfigurationError(
-            f"index schema is at revision {current or 'none'}, this server needs {head}: "
+            f"index schema is at revision {current or 'none'}, this server needs {needed}: "
             "run 'mimic db upgrade'"
         )

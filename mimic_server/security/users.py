@@ -17,14 +17,22 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _HASHER = PasswordHasher()  # Argon2id, RFC 9106's second recommended parameters
-#: Verified against for an unknown user: the same work as for a known one.
-_DUMMY = _HASHER.hash("mimic-unknown-user")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against for an unknown user: the same work as for a known one. Made when a
+    user file is opened, not at import (a quarter of a second of CPU and 64 MiB that every
+    process without users would pay at its start), nor at the first unknown name (which
+    would then take twice as long as a known one)."""
+    return _HASHER.hash("mimic-unknown-user")
 
 
 class UsersFileError(ValueError):
@@ -73,6 +81,7 @@ class UserDirectory:
         self.path = path
         self._version: tuple[int, int] | None = None
         self._users: dict[str, User] = {}
+        self._dummy = _dummy_hash()
 
     def _current(self) -> dict[str, User]:
         try:
@@ -89,7 +98,7 @@ class UserDirectory:
         """The user, or None for an unknown name or a wrong passcode (indistinguishable)."""
         user = self._current().get(name)
         try:
-            _HASHER.verify(user.passcode_hash if user else _DUMMY, passcode)
+            _HASHER.verify(user.passcode_hash if user else self._dummy, passcode)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         return user

@@ -53,6 +53,8 @@ class WorkerLink:
         self._status_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._parent = supervisor
+        #: The index schema revision the supervisor prepared (set once it says go).
+        self.schema_revision: str | None = None
         _die_with_parent()  # then look: it may have died before this worker got here
 
     def report(self, **fields: Any) -> None:

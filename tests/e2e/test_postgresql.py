@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -90,11 +91,16 @@ def test_server_refuses_an_outdated_schema(postgres_server: str, tmp_path: Path)
         engine.dispose()
         result = subprocess.run(
             [sys.executable, "-m", "mimic_server", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(tmp_path / "data"), "--database-url", url],
+             "--data-dir", str(tmp_path / "data"), "--database-url", url, "--workers", "2"],
             capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 2
         assert "mimic db upgrade" in result.stderr and "0001" in result.stderr
+        # The workers start before the supervisor's check, held until it is done: the
+        # refused start leaves none of them behind.
+        workers = [int(pid) for pid in re.findall(r'"pid": (\d+)', result.stderr)]
+        assert len(workers) >= 2, result.stderr
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
 def test_database_down_during_store_then_back(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""What each process of ``mimic serve`` imports before it serves, and the schema check a
+worker makes without Alembic.
+
+A start is seconds of imports on a small machine, paid again by every worker process and
+every replacement of one: the supervisor must not import the DICOM stack (it serves none),
+and a worker not Alembic (its supervisor prepared the schema). Only what is imported is
+asserted here, never a time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mimic_server.errors import ConfigurationError
+from mimic_server.index import schema
+from mimic_server.index.engine import create_index_engine
+
+
+def _imported(code: str) -> set[str]:
+    run = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return set(run.stdout.split())
+
+
+def test_the_supervisor_does_not_import_the_dicom_stack_before_its_workers_start() -> None:
+    # What `mimic serve` has imported when it spawns its workers: the command line, the
+    # supervisor (its ops endpoints included).
+    modules = _imported("import mimic_server.cli, mimic_server.workers.supervisor")
+    assert not {"pynetdicom", "pydicom", "sqlalchemy", "alembic", "mimic_server.app"} & modules
+
+
+def test_a_worker_imports_neither_alembic_nor_hashes_a_passcode() -> None:
+    modules = _imported(
+        "import mimic_server.app\n"
+        "from mimic_server.security import users\n"
+        "assert users._dummy_hash.cache_info().currsize == 0"
+    )
+    assert "pynetdicom" in modules and "alembic" not in modules
+
+
+def test_the_schema_a_supervisor_prepared_is_checked_without_alembic(tmp_path: Path) -> None:
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    try:
+        with pytest.raises(Exception, match="alembic_version"):
+            schema.require_revision(engine, "anything")  # no schema at all
+        schema.upgrade(engine)
+        head = schema.head_revision()
+        assert head is not None and schema.current_revision(engine) == head
+        schema.require_revision(engine, head)
+        with pytest.raises(ConfigurationError, match="run 'mimic db upgrade'") as refused:
+            schema.require_revision(engine, "0001")
+        assert f"at revision {head}" in str(refused.value)
+    finally:
+        engine.dispose()
