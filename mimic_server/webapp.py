@@ -36,6 +36,7 @@ from mimic_server.archive.ingest import Ingest
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
+from mimic_server.index import schema
 from mimic_server.index.audit_table import read_table
 from mimic_server.index.engine import answers
 from mimic_server.index.repository import SqlIndex
@@ -74,6 +75,9 @@ log = logging.getLogger(__name__)
 #: the command line's settings (JSON), and the directory of signed-out console sessions.
 OPTIONS_VARIABLE = "MIMIC_WEB_WORKER_OPTIONS"
 REVOKED_DIR_VARIABLE = "MIMIC_WEB_REVOKED_DIR"
+#: The index schema revision the parent prepared: each worker checks it with one query
+#: (``schema.require_revision``) instead of importing Alembic and running it again.
+SCHEMA_REVISION_VARIABLE = "MIMIC_WEB_SCHEMA_REVISION"
 #: The ASGI factory each worker process runs.
 WORKER_FACTORY = "mimic_server.webapp:worker_app"
 
@@ -131,10 +135,13 @@ class WebArchive:
         object_store: ObjectStore | None = None,
         policy: Policy | None = None,
         console: Any = None,
+        schema_revision: str | None = None,
     ) -> None:
         """``object_store`` and ``policy`` replace the configured ones (tests); ``console``
-        is an ASGI app mounted at ``/`` (default: the operator console, when present)."""
+        is an ASGI app mounted at ``/`` (default: the operator console, when present);
+        ``schema_revision``: the one a parent process prepared (``open_index``)."""
         self.settings = settings
+        self._schema_revision = schema_revision
         self._object_store = object_store
         self._policy = policy
         self._console = console
@@ -166,7 +173,7 @@ class WebArchive:
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine, index = open_index(s)
+        self.engine, index = open_index(s, schema_revision=self._schema_revision)
         self._opened_index = index
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)
@@ -413,11 +420,14 @@ def run_workers(settings: Settings, options: dict[str, Any], count: int) -> None
     web_rule(s)
     s.data_dir.mkdir(parents=True, exist_ok=True)
     engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
+    revision = schema.current_revision(engine)
     engine.dispose()
     sock = listen(s.web_host, s.web_port, "web")
     shared = Path(tempfile.mkdtemp(prefix="mimic-web-"))
     os.environ[OPTIONS_VARIABLE] = json.dumps(options)
     os.environ[REVOKED_DIR_VARIABLE] = str(shared / "revoked")
+    if revision is not None:
+        os.environ[SCHEMA_REVISION_VARIABLE] = revision
     (shared / "revoked").mkdir()
     if not s.web_session_key:
         # One key for all the workers (a session opened by one is valid in the others),
@@ -452,7 +462,7 @@ def worker_app() -> Any:
     options = json.loads(os.environ.get(OPTIONS_VARIABLE, "{}"))
     settings = Settings(**options)
     logs.configure(settings.log_level, settings.log_format)
-    archive = WebArchive(settings)
+    archive = WebArchive(settings, schema_revision=os.environ.get(SCHEMA_REVISION_VARIABLE))
     try:
         app = archive.open()
     except Exception as exc:

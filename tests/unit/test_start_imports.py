@@ -1,5 +1,5 @@
-"""What each process of ``mimic serve`` imports before it serves, and the schema check a
-worker makes without Alembic.
+"""What each process of ``mimic serve`` and ``mimic web`` imports before it serves, and the
+schema check a worker makes without Alembic.
 
 A start is seconds of imports on a small machine, paid again by every worker process and
 every replacement of one: the supervisor must not import the DICOM stack (it serves none),
@@ -42,6 +42,13 @@ def test_a_worker_imports_neither_alembic_nor_hashes_a_passcode() -> None:
         "assert users._dummy_hash.cache_info().currsize == 0"
     )
     assert "pynetdicom" in modules and "alembic" not in modules
+
+
+def test_a_web_worker_does_not_import_alembic() -> None:
+    # `mimic web`'s parent prepares the schema and hands its revision over in the
+    # environment (``SCHEMA_REVISION_VARIABLE``).
+    modules = _imported("import mimic_server.webapp")
+    assert "starlette" in modules and "alembic" not in modules
 
 
 def test_the_schema_a_supervisor_prepared_is_checked_without_alembic(tmp_path: Path) -> None:
