@@ -552,8 +552,6 @@ def _close_pidfd(run: _Run) -> None:
         run.go_fd = None
 
 
-
-
 def _wake_on_signals(fd: int) -> int | None:
     """Have every signal write ``fd`` (whichever thread the kernel hands it to, the main
     thread's poll then returns and runs the Python handler); the previous fd, or None when
