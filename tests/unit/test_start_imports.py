@@ -44,10 +44,23 @@ def test_a_worker_imports_neither_alembic_nor_hashes_a_passcode() -> None:
     assert "pynetdicom" in modules and "alembic" not in modules
 
 
-def test_a_web_worker_does_not_import_alembic() -> None:
+def test_a_web_worker_opens_its_app_without_alembic(tmp_path: Path) -> None:
     # `mimic web`'s parent prepares the schema and hands its revision over in the
-    # environment (``SCHEMA_REVISION_VARIABLE``).
-    modules = _imported("import mimic_server.webapp")
+    # environment (``SCHEMA_REVISION_VARIABLE``); the worker's whole app opens on it.
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    try:
+        schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    head = schema.head_revision()
+    modules = _imported(
+        "from mimic_server.config import Settings\n"
+        "from mimic_server.webapp import WebArchive\n"
+        f"archive = WebArchive(Settings(data_dir={str(tmp_path)!r}, web_auth='none', "
+        f"web_host='127.0.0.1'), schema_revision={head!r})\n"
+        "archive.open()\n"
+        "archive.stop()"
+    )
     assert "starlette" in modules and "alembic" not in modules
 
 
