@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from mimic_server.errors import ConfigurationError, OutOfResources
+from mimic_server.storage.blob_session import BlobSession
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -125,20 +126,28 @@ def _transport(connections: int, connection_timeout: float, read_timeout: float,
     """The SDK's own ``requests`` transport, on a session whose pool holds ``connections``.
 
     Mounted the way the SDK mounts its own adapter: urllib3 retries off (the SDK's retry
-    policy is the one that retries)."""
+    policy is the one that retries). Where the environment configures nothing (no proxy, no
+    netrc), the session is a :class:`~mimic_server.storage.blob_session.BlobSession`, whose
+    puts skip requests' own layers; otherwise requests' environment handling applies to
+    every request."""
     env_settings = uses_environment_settings()
-    session = requests.Session()
+    verify = ca_bundle()
+    session: requests.Session
+    if env_settings:
+        session = requests.Session()
+        adapter = HTTPAdapter(
+            pool_connections=4, pool_maxsize=connections,
+            max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+        )
+        for scheme in ("https://", "http://"):
+            session.mount(scheme, adapter)
+    else:
+        session = BlobSession(connections, verify)
     session.trust_env = env_settings
-    adapter = HTTPAdapter(
-        pool_connections=4, pool_maxsize=connections,
-        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-    )
-    for scheme in ("https://", "http://"):
-        session.mount(scheme, adapter)
     return RequestsTransport(
         session=session, session_owner=True, use_env_settings=env_settings,
         connection_timeout=connection_timeout, read_timeout=read_timeout,
-        connection_verify=ca_bundle(),
+        connection_verify=verify,
     )
 
 
