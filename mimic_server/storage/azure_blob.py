@@ -32,12 +32,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, ExponentialRetry
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.storage.blob_session import BlobSession
@@ -126,23 +123,13 @@ def _transport(connections: int, connection_timeout: float, read_timeout: float,
     """The SDK's own ``requests`` transport, on a session whose pool holds ``connections``.
 
     Mounted the way the SDK mounts its own adapter: urllib3 retries off (the SDK's retry
-    policy is the one that retries). Where the environment configures nothing (no proxy, no
-    netrc), the session is a :class:`~mimic_server.storage.blob_session.BlobSession`, whose
-    puts skip requests' own layers; otherwise requests' environment handling applies to
-    every request."""
+    policy is the one that retries). The session is a
+    :class:`~mimic_server.storage.blob_session.BlobSession`: where the environment configures
+    nothing (no proxy, no netrc) its puts skip requests' own layers; where it does, every
+    request takes requests' path, the environment consulted each time."""
     env_settings = uses_environment_settings()
     verify = ca_bundle()
-    session: requests.Session
-    if env_settings:
-        session = requests.Session()
-        adapter = HTTPAdapter(
-            pool_connections=4, pool_maxsize=connections,
-            max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-        )
-        for scheme in ("https://", "http://"):
-            session.mount(scheme, adapter)
-    else:
-        session = BlobSession(connections, verify)
+    session = BlobSession(connections, verify)
     session.trust_env = env_settings
     return RequestsTransport(
         session=session, session_owner=True, use_env_settings=env_settings,

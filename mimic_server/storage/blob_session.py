@@ -52,7 +52,9 @@ class BlobSession(requests.Session):
 
     def __init__(self, connections: int, verify: str | bool) -> None:
         super().__init__()
-        self.trust_env = False  # only made where the environment configures nothing
+        #: Set by the caller where the environment configures a proxy or netrc: then every
+        #: request takes requests' way, which consults the environment.
+        self.trust_env = False
         self.verify = verify
         self.adapter = HTTPAdapter(
             pool_connections=4, pool_maxsize=connections,

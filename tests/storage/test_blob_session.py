@@ -93,7 +93,15 @@ def test_the_short_way_only_where_the_environment_configures_nothing(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     service = blob_service_client(connection_string="UseDevelopmentStorage=true")
     session = service._pipeline._transport.session  # type: ignore[attr-defined]
-    assert type(session) is requests.Session and session.trust_env is True
+    assert session.trust_env is True
+    taken: list[str] = []
+    monkeypatch.setattr(BlobSession, "_send_direct",
+                        lambda self, *a, **k: taken.append("direct"))
+    monkeypatch.setattr(requests.Session, "request",
+                        lambda self, *a, **k: taken.append("requests"))
+    session.request("PUT", "http://127.0.0.1:1/a", data=b"x", headers={},
+                    allow_redirects=False, verify=session.verify)
+    assert taken == ["requests"]  # the proxy settings apply: requests' way
 
 
 def test_a_request_the_short_way_does_not_take_goes_requests_way(
