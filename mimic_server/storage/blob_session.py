@@ -20,8 +20,9 @@ requests' own path. The short way keeps what matters of requests' path:
   adapter's public hooks (``get_connection_with_tls_context``, ``cert_verify``), so both paths
   share one pool and verify the service against the same CA bundle;
 - what it raises is what ``HTTPAdapter.send`` raises for the same fault (``ConnectionError``,
-  ``ReadTimeout``, ``SSLError``, urllib3's connect errors as they are), so azure-core's
-  transport maps it to the same Azure error and the SDK's retry policy retries the same faults;
+  ``ReadTimeout``, ``SSLError``, ``InvalidHeader``, urllib3's connect errors as they are), so
+  azure-core's transport maps it to the same Azure error and the SDK's retry policy retries
+  the same faults;
 - the answer is a ``requests.Response`` read to its end (its connection back in the pool), as
   ``Session.send`` returns it when not streaming.
 
@@ -42,6 +43,7 @@ from requests.models import PreparedRequest
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 from urllib3.exceptions import ClosedPoolError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import InvalidHeader as Urllib3InvalidHeader
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util import Timeout
 from urllib3.util.retry import Retry
@@ -124,6 +126,8 @@ class BlobSession(requests.Session):
             raise requests.exceptions.SSLError(exc, request=request) from exc
         except ReadTimeoutError as exc:
             raise requests.exceptions.ReadTimeout(exc, request=request) from exc
+        except Urllib3InvalidHeader as exc:
+            raise requests.exceptions.InvalidHeader(exc, request=request) from exc
         response = requests.Response()
         response.status_code = answer.status
         response.headers = CaseInsensitiveDict(answer.headers)
