@@ -15,6 +15,7 @@ encapsulated first choice is kept (MIMIC never transcodes pixel data).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -36,10 +37,18 @@ def preferred(syntaxes: list[str]) -> list[str]:
     """The acceptable syntaxes in the archive's order of preference (see module doc);
     an empty list when none is acceptable."""
     usable = acceptable(syntaxes)
-    if usable and not UID(usable[0]).is_encapsulated and ExplicitVRLittleEndian in usable:
+    if usable and not _encapsulated(usable[0]) and ExplicitVRLittleEndian in usable:
         usable.remove(ExplicitVRLittleEndian)
         usable.insert(0, ExplicitVRLittleEndian)
     return usable
+
+
+@cache
+def _encapsulated(syntax: str) -> bool:
+    """Whether an accepted transfer syntax encapsulates its pixel data; asked for every
+    proposed context of every association, so a validated ``UID`` is made once per syntax
+    (the accepted ones: a bounded set), not 128 times an association."""
+    return UID(syntax).is_encapsulated
 
 
 def prefer_stored_encoding(event: Event) -> None:
