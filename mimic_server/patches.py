@@ -53,7 +53,7 @@ from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
-from mimic_server.net import contexts, known_uids, reactor, server
+from mimic_server.net import association_items, contexts, known_uids, reactor, server
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ CONTEXT_COPY = "context-copy"
 RECEIVED_COMMAND = "received-command"
 PDATA_READ = "pdata-read"
 NEGOTIATION_UIDS = "negotiation-uids"
+ASSOCIATION_ITEMS = "association-items"
 
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
@@ -454,6 +455,42 @@ PATCHES: tuple[Patch, ...] = (
         ),
     ),
     Patch(
+        ASSOCIATION_ITEMS,
+        "mimic_server.net.association_items (decode and encode of pynetdicom's abstract and "
+        "transfer syntax sub-items and presentation context RQ / AC items)",
+        "each A-ASSOCIATE-RQ item is decoded and each A-ASSOCIATE-AC item encoded through "
+        "field lists built per item (storescu's 128 contexts: 1.35 ms to decode, 1.1 ms to "
+        "answer, ~20 % of an association's set-up)",
+        (PYNETDICOM,),
+        (
+            # the methods replaced (inherited from PDUItem: a release that gives one of these
+            # classes its own changes the digest), and the field lists they stand for
+            *(Site(f"pynetdicom.pdu_items:{name}.{method}", signature, digest)
+              for name in ("AbstractSyntaxSubItem", "TransferSyntaxSubItem")
+              for method, signature, digest in (
+                  ("decode", "(self, bytestream)", "c584b1b15f1b7d1e"),
+                  ("encode", "(self)", "083e484443576a78"))),
+            Site("pynetdicom.pdu_items:PresentationContextItemRQ.decode",
+                 "(self, bytestream)", "c584b1b15f1b7d1e"),
+            Site("pynetdicom.pdu_items:PresentationContextItemAC.encode",
+                 "(self)", "083e484443576a78"),
+            Site("pynetdicom.pdu_items:PDUItem._wrap_uid_bytes", "(bytestream)",
+                 "381ae3657b4e0a5f"),
+            Site("pynetdicom.pdu_items:PDUItem.item_type.fget", "(self)", "ecc04aa194059d93"),
+            *(Site(f"pynetdicom.pdu_items:{target}", "(self)", digest) for target, digest in (
+                ("AbstractSyntaxSubItem._decoders.fget", "804202481ad19150"),
+                ("AbstractSyntaxSubItem._encoders.fget", "cabefd757c0f55d7"),
+                ("AbstractSyntaxSubItem.item_length.fget", "6bf2b6a356d117cb"),
+                ("TransferSyntaxSubItem._decoders.fget", "509b36598da3d998"),
+                ("TransferSyntaxSubItem._encoders.fget", "253acf7b53b3a4fc"),
+                ("TransferSyntaxSubItem.item_length.fget", "8d0203bad844e5c9"),
+                ("PresentationContextItemRQ._decoders.fget", "f4e6866ef4631e87"),
+                ("PresentationContextItemAC._encoders.fget", "cee31403fb88e441"),
+                ("PresentationContextItemAC.item_length.fget", "aa8a7ec2db8fbebf"),
+            )),
+        ),
+    ),
+    Patch(
         PROCESS_SWITCHES,
         "mimic_server.patches:_set_process_switches (pynetdicom._config)",
         "pynetdicom's log handlers, identifier logging and storage SOP class limits would stay",
@@ -754,8 +791,30 @@ def _negotiation_uids(enabled: bool = True) -> None:
         _unwrap(context, "add_transfer_syntax", NEGOTIATION_UIDS)
 
 
+def _association_items(enabled: bool = True) -> None:
+    items = pynetdicom.pdu_items
+    replacements: tuple[tuple[Any, str, Callable[[Any], Any]], ...] = (
+        (items.AbstractSyntaxSubItem, "decode",
+         association_items.syntax_name_decoder("abstract_syntax_name")),
+        (items.AbstractSyntaxSubItem, "encode",
+         association_items.syntax_name_encoder("abstract_syntax_name")),
+        (items.TransferSyntaxSubItem, "decode",
+         association_items.syntax_name_decoder("transfer_syntax_name")),
+        (items.TransferSyntaxSubItem, "encode",
+         association_items.syntax_name_encoder("transfer_syntax_name")),
+        (items.PresentationContextItemRQ, "decode", association_items.proposed_context_decoder),
+        (items.PresentationContextItemAC, "encode", association_items.accepted_context_encoder),
+    )
+    for owner, name, make in replacements:
+        if enabled:
+            _wrap(owner, name, make, ASSOCIATION_ITEMS)
+        else:
+            _unwrap(owner, name, ASSOCIATION_ITEMS)
+
+
 _APPLY: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: _negotiation_uids,
+    ASSOCIATION_ITEMS: _association_items,
     RECEIVED_COMMAND: _received_command,
     CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
@@ -770,6 +829,7 @@ _APPLY: dict[str, Callable[[], None]] = {
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: lambda: _negotiation_uids(enabled=False),
+    ASSOCIATION_ITEMS: lambda: _association_items(enabled=False),
     RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
