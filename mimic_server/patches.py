@@ -72,6 +72,10 @@ ORIGINAL = "_mimic_original"
 #: Set on every replacement the fence installs: the name of its patch. Two patches may wrap
 #: one library function (a chain linked by :data:`ORIGINAL`); each is installed once.
 PATCH_NAME = "_mimic_patch"
+#: Set on every replacement the fence installs: whether the function it replaced was
+#: inherited (a class's method defined by a base class), so that its fallback removes the
+#: replacement instead of setting the base's function on the class itself.
+INHERITED = "_mimic_inherited"
 
 
 @dataclass(frozen=True)
@@ -474,8 +478,14 @@ PATCHES: tuple[Patch, ...] = (
                  "(self, bytestream)", "c584b1b15f1b7d1e"),
             Site("pynetdicom.pdu_items:PresentationContextItemAC.encode",
                  "(self)", "083e484443576a78"),
-            Site("pynetdicom.pdu_items:PDUItem._wrap_uid_bytes", "(bytestream)",
-                 "381ae3657b4e0a5f"),
+            # the helpers the field lists name, whose work the replacements write out
+            *(Site(f"pynetdicom.pdu_items:PDUItem.{helper}", signature, digest)
+              for helper, signature, digest in (
+                  ("_wrap_uid_bytes", "(bytestream)", "381ae3657b4e0a5f"),
+                  ("_wrap_unpack", "(bytestream, unpacker)", "154d0051a74fa095"),
+                  ("_wrap_pack", "(value, packer)", "032d916a69fd18e5"),
+                  ("_wrap_encode_str", "(value)", "84143c223e2bbac9"),
+                  ("_wrap_encode_items", "(items)", "017ddaeff063d8a5"))),
             Site("pynetdicom.pdu_items:PDUItem.item_type.fget", "(self)", "ecc04aa194059d93"),
             *(Site(f"pynetdicom.pdu_items:{target}", "(self)", digest) for target, digest in (
                 ("AbstractSyntaxSubItem._decoders.fget", "804202481ad19150"),
@@ -702,13 +712,18 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Any], patch: str) -> None
     replacement = make(current)
     setattr(replacement, ORIGINAL, current)
     setattr(replacement, PATCH_NAME, patch)
+    setattr(replacement, INHERITED, name not in vars(owner))
     setattr(owner, name, replacement)
 
 
 def _unwrap(owner: Any, name: str, patch: str) -> None:
     """Undo :func:`_wrap` of ``patch`` where an earlier start installed it outermost."""
-    current = getattr(owner, name)
-    if getattr(current, PATCH_NAME, None) == patch:
+    current = vars(owner).get(name)
+    if getattr(current, PATCH_NAME, None) != patch:
+        return
+    if getattr(current, INHERITED, False):
+        delattr(owner, name)  # the base class's function shows through again
+    else:
         setattr(owner, name, getattr(current, ORIGINAL))
 
 

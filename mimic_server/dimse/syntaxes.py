@@ -15,7 +15,6 @@ encapsulated first choice is kept (MIMIC never transcodes pixel data).
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -27,6 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ARCHIVE_TRANSFER_SYNTAXES", "acceptable", "prefer_stored_encoding", "preferred"]
 
+#: The accepted syntaxes that do not encapsulate pixel data: asked of the first acceptable
+#: syntax of every proposed context (128 an association for storescu), so decided once here
+#: rather than by a validated pydicom ``UID`` each time.
+_NATIVE = frozenset(s for s in ARCHIVE_TRANSFER_SYNTAXES if not UID(s).is_encapsulated)
+
 
 def acceptable(syntaxes: list[str]) -> list[str]:
     """The proposed syntaxes the archive accepts, in the requestor's order."""
@@ -37,18 +41,10 @@ def preferred(syntaxes: list[str]) -> list[str]:
     """The acceptable syntaxes in the archive's order of preference (see module doc);
     an empty list when none is acceptable."""
     usable = acceptable(syntaxes)
-    if usable and not _encapsulated(usable[0]) and ExplicitVRLittleEndian in usable:
+    if usable and usable[0] in _NATIVE and ExplicitVRLittleEndian in usable:
         usable.remove(ExplicitVRLittleEndian)
         usable.insert(0, ExplicitVRLittleEndian)
     return usable
-
-
-@cache
-def _encapsulated(syntax: str) -> bool:
-    """Whether an accepted transfer syntax encapsulates its pixel data; asked for every
-    proposed context of every association, so a validated ``UID`` is made once per syntax
-    (the accepted ones: a bounded set), not 128 times an association."""
-    return UID(syntax).is_encapsulated
 
 
 def prefer_stored_encoding(event: Event) -> None:
