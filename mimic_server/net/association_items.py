@@ -5,10 +5,11 @@ with an abstract syntax and three transfer syntax sub-items: 640 items to decode
 encode in the A-ASSOCIATE-AC. pynetdicom decodes and encodes every item generically: a list of
 field descriptions built anew for each item (``_decoders`` / ``_encoders``), one call per
 field, the bytes concatenated field by field. That was 1.35 ms to decode such a request and
-1.1 ms to encode its answer, some 20 % of the server's CPU for an association's set-up (12 ms;
-a modality that opens an association per image pays it per object). The replacements here do
-what those field lists say, for these four item kinds only: the same attributes set through
-the same property setters (so the same UIDs, the same validation), the same bytes
+1.2 ms to build and encode its answer, some 20 % of the server's CPU for an association's
+set-up (12 ms; a modality that opens an association per image pays it per object). The
+replacements here do what those field lists say, for these four item kinds only: the same
+attributes set through the same property setters (so the same UIDs, the same validation),
+the same bytes
 (``tests/unit/test_association_items.py`` compares both ways). Installed by the fence
 (``patches.py``, ``association-items``), which checks first that each replaced method and
 the field lists it stands for are the ones verified; any other item keeps pynetdicom's code.
