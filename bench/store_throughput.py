@@ -69,6 +69,11 @@ class BenchError(RuntimeError):
     """The benchmark could not produce a valid figure (count mismatch, failed peer, ...)."""
 
 
+class SenderFailed(BenchError):
+    """A ``storescu`` of a run exited with an error, timed out or reported errors: the run
+    has no figure (``compare.py`` tries it once more with a fresh receiver)."""
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -418,16 +423,16 @@ def send(server: Server, data: DataSet, associations: int, work: Path) -> float:
             try:
                 proc.wait(max(1.0, deadline - time.perf_counter()))
             except subprocess.TimeoutExpired as exc:
-                raise BenchError(f"storescu to {server.label} timed out after "
+                raise SenderFailed(f"storescu to {server.label} timed out after "
                                  f"{SEND_TIMEOUT} s:\n{tail(log)}") from exc
         elapsed = time.perf_counter() - start
         for proc, log in procs:
             if proc.returncode != 0:
-                raise BenchError(f"storescu to {server.label} exited {proc.returncode}:\n"
+                raise SenderFailed(f"storescu to {server.label} exited {proc.returncode}:\n"
                                  f"{tail(log)}")
             text = log.read_text(errors="replace")
             if "E: " in text or "F: " in text:
-                raise BenchError(f"storescu to {server.label} reported errors:\n{tail(log)}")
+                raise SenderFailed(f"storescu to {server.label} reported errors:\n{tail(log)}")
         return elapsed
     finally:
         for proc, _ in procs:

@@ -3,6 +3,11 @@ and the TLS cost, from a saved result. No receiver runs here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
 from bench import compare
 
 
@@ -40,3 +45,52 @@ def test_the_median_rounds_are_reported_beside_the_best() -> None:
     assert "TLS cost per receiver (plain TCP / TLS - 1), best / median rounds:" in text
     assert "| MIMIC, embedded default (target <= 10 %) | +0 % / +25 % |" in text
     assert "| Orthanc, SQLite index | +0 % / +100 % |" in text
+
+
+def _rounds_with_failures(monkeypatch: pytest.MonkeyPatch, failures: dict[str, int],
+                          error: type[Exception]) -> tuple[dict, list[str], list[str]]:
+    """``rounds_run`` over two receivers, one round, with each receiver's first
+    ``failures[label]`` sends failing with ``error``: (results, retried, runs made)."""
+    made: list[str] = []
+
+    def make_receiver(label: str, workdir: Path, *_: object) -> SimpleNamespace:
+        made.append(workdir.name)
+        return SimpleNamespace(label=label)
+
+    def measure_once(server: SimpleNamespace, *_: object) -> tuple[float, float]:
+        if failures.get(server.label, 0) > 0:
+            failures[server.label] -= 1
+            raise error(f"storescu to {server.label} exited 167:\n")
+        return 1.0, 0.5
+
+    monkeypatch.setattr(compare.receivers, "make_receiver", make_receiver)
+    monkeypatch.setattr(compare, "measure_once", measure_once)
+    results: dict = {}
+    retried: list[str] = []
+    data = SimpleNamespace(count=10, total_bytes=1000)
+    compare.rounds_run(1, ["orthanc-pg", "mimic-embedded"],
+                       [compare.Scenario("small", 1, True)], {"small": data},  # type: ignore[dict-item]
+                       None, "", Path("/nonexistent"), results, False, retried)  # type: ignore[arg-type]
+    return results, retried, made
+
+
+def test_a_run_whose_sender_failed_once_is_run_again_and_noted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    results, retried, made = _rounds_with_failures(
+        monkeypatch, {"orthanc-pg": 1}, compare.SenderFailed)
+    assert {key: runs.seconds for key, runs in results.items()} == {
+        ("orthanc-pg", "small-1-tls"): [1.0], ("mimic-embedded", "small-1-tls"): [1.0]}
+    assert retried == ["round 1, small-1-tls, orthanc-pg: storescu to orthanc-pg exited 167:; "
+                       "run again"]
+    assert made == ["orthanc-pg-small-1-tls-0", "orthanc-pg-small-1-tls-0-again",
+                    "mimic-embedded-small-1-tls-0"]  # a fresh receiver for the second try
+
+
+def test_a_second_failure_or_a_wrong_count_ends_the_benchmark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(compare.SenderFailed):
+        _rounds_with_failures(monkeypatch, {"mimic-embedded": 2}, compare.SenderFailed)
+    with pytest.raises(compare.BenchError):  # a count mismatch is never retried
+        _rounds_with_failures(monkeypatch, {"mimic-embedded": 1}, compare.BenchError)
