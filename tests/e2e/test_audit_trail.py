@@ -130,7 +130,9 @@ def test_every_event_validates_with_its_participants(tmp_path: Path) -> None:
             raw.close()
         # rejected: the wrong called AE title
         wrong = associate(server.port, archive.tls(), called="NOT-MIMIC")
-        assert wrong.is_rejected
+        assert wrong.is_rejected, (  # what happened instead, and the server's side of it
+            f"established={wrong.is_established} aborted={wrong.is_aborted}\n"
+            + server.log()[-4000:])
         # revoked with an association open: aborted
         devpki.issue_client(server.certs, "auditee")
         client = server.certs / "clients" / "auditee"
