@@ -35,6 +35,13 @@ def _add(stage: str, seconds: float) -> None:
         entry[1] += seconds
 
 
+def _since(holder: Any, mark: str, stage: str, at: float) -> None:
+    """Add ``stage``: from the time ``holder`` was marked ``mark`` (if it was) to ``at``."""
+    earlier = getattr(holder, mark, None)
+    if earlier is not None:
+        _add(stage, at - earlier)
+
+
 def _dump() -> None:
     with _LOCK:
         text = json.dumps({"pid": os.getpid(), "stages": _STAGES})
@@ -71,9 +78,8 @@ def _install() -> None:
 
     def store_request_received(dimse: Any, message: Any, command: Any) -> None:
         at = now()
-        sent = getattr(dimse, "_timeline_response_sent", None)
-        if sent is not None:
-            _add("peer: C-STORE-RSP written -> next request's last fragment in", at - sent)
+        _since(dimse, "_timeline_response_sent",
+               "peer: C-STORE-RSP written -> next request's last fragment in", at)
         dimse._timeline_request_in = at
         request_received(dimse, message, command)
 
@@ -85,9 +91,7 @@ def _install() -> None:
         global _handled
         start = now()
         dimse = event.assoc.dimse
-        queued = getattr(dimse, "_timeline_request_in", None)
-        if queued is not None:
-            _add("request queued -> C-STORE handler starts", start - queued)
+        _since(dimse, "_timeline_request_in", "request queued -> C-STORE handler starts", start)
         try:
             return handle_store(event, *args)
         finally:
@@ -114,10 +118,8 @@ def _install() -> None:
 
         def send_response(self: Any, primitive: Any, context_id: int) -> None:
             start = now()
-            end = getattr(self, "_timeline_handler_end", None)
-            if end is not None:
-                _add("handler returns -> response queued", start - end)
-                self._timeline_handler_end = None
+            _since(self, "_timeline_handler_end", "handler returns -> response queued", start)
+            self._timeline_handler_end = None
             # Before the queueing: the DUL thread may write the response before send returns.
             self._timeline_response_queued = start
             send(self, primitive, context_id)
