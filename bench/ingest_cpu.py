@@ -308,6 +308,8 @@ VARIANTS: dict[str, Callable[[SqlIndex, AuditTable],
     "pglz-header": _pglz_header,
     # PostgreSQL: every C-STORE in a transaction (BEGIN, two inserts, COMMIT), not one statement.
     "transaction": lambda index, table: _switched(index, _insert_with_audit=None),
+    # Every data set hashed when it is received, before the put (no hash beside the put).
+    "hash-first": lambda index, table: _switched(ingest_module, HASH_BESIDE_PUT=1 << 62),
     "before-audit": lambda index, table: _all(
         _sqlalchemy_audit(index, table), _pre_ping(index, table), _lxml_audit(index, table)),
 }

@@ -17,11 +17,15 @@ __all__ = ["ObjectStore"]
 class ObjectStore(Protocol):
     """Where archived objects live; filesystem in embedded mode, Azure Blob Storage in Azure."""
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+    #: Whether :meth:`put` keeps ``sha256`` (hex) next to the object, as metadata. Such a
+    #: store is always given it; one that does not may be given None, and the ingest then
+    #: hashes beside the put instead of before it.
+    records_sha256: bool
+
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         """Store the concatenated chunks durably under ``key``; return the byte count.
 
-        Returns only once the bytes would survive a crash. ``sha256`` (hex) is recorded by
-        backends that can keep metadata next to the object.
+        Returns only once the bytes would survive a crash.
         """
         ...
 

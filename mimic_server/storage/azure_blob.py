@@ -141,6 +141,10 @@ def _transport(connections: int, connection_timeout: float, read_timeout: float,
 class AzureBlobStore:
     """An :class:`~mimic_server.storage.ObjectStore` on one Blob Storage container."""
 
+    #: Each blob carries its SHA-256 as metadata ``sha256``, for anyone who reads the
+    #: container without the index.
+    records_sha256 = True
+
     def __init__(
         self,
         service: BlobServiceClient,
@@ -167,8 +171,10 @@ class AzureBlobStore:
     def container(self) -> ContainerClient:
         return self._container
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         """Upload block by block; commit with Content-MD5 and ``sha256`` metadata."""
+        if sha256 is None:
+            raise TypeError("a blob is kept with its SHA-256: records_sha256")
         blob = self._container.get_blob_client(key)
         md5 = hashlib.md5(usedforsecurity=False)
         block_ids: list[str] = []

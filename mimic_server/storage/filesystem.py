@@ -42,6 +42,9 @@ _LOCK = ".lock"
 class FilesystemStore:
     """An :class:`~mimic_server.storage.ObjectStore` on a local directory."""
 
+    #: The index keeps each object's SHA-256; a file has nowhere of its own to keep it.
+    records_sha256 = False
+
     def __init__(self, root: Path, fsync: bool = True, spare_files: int = 16) -> None:
         self.root = root
         self.fsync = fsync
@@ -151,7 +154,7 @@ class FilesystemStore:
             with self._spares_lock:
                 self._refilling = False
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         path = self._path(key)
         tmp, mode = self._temporary_file()
         size = 0

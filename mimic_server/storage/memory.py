@@ -13,12 +13,14 @@ from mimic_server.errors import OutOfResources
 class MemoryStore:
     """An :class:`~mimic_server.storage.ObjectStore` in a dict; ``fail`` simulates an outage."""
 
+    records_sha256 = False
+
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.fail = False
         self._lock = threading.Lock()
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         if self.fail:
             raise OutOfResources("object store unavailable")
         data = b"".join(bytes(c) for c in chunks)

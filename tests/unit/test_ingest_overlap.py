@@ -44,7 +44,7 @@ class GatedStore(MemoryStore):
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str) -> int:
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         self.entered.set()
         assert self.gate.wait(30)
         return super().put(key, chunks, sha256)
