@@ -18,7 +18,8 @@ run: ``before`` (the put before the transaction and the instance insert through 
 through pydicom's ``Dataset``); ``before-audit`` (the next three together),
 ``sqlalchemy-audit`` (the audit row through SQLAlchemy), ``pre-ping`` (a ping before every
 transaction), ``lxml-audit`` (the audit message as an lxml tree), ``pglz-header`` (headers
-compressed with PostgreSQL's default pglz, before migration 0004). ``--whole`` measures
+compressed with PostgreSQL's default pglz, before migration 0004), ``hash-first`` (every
+data set hashed when received, none beside its put). ``--whole`` measures
 ``archive.ingest.ingest`` as one phase after ``received``, as a C-STORE calls it. On
 PostgreSQL the CPU of the database's backends is reported per object too (``database``,
 beside the process's phases; not in ``total``). PostgreSQL is

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("current", "serial-put", "sqlalchemy-insert", "before", "pydicom-header",
             "sqlalchemy-audit", "pre-ping", "lxml-audit", "before-audit", "unremembered-json",
-            "unkept-connection", "pglz-header")
+            "unkept-connection", "pglz-header", "hash-first")
 
 
 def test_ingest_cpu_runs_every_variant(postgres_server: str, tmp_path: Path) -> None:
