@@ -172,7 +172,7 @@ def one_round(objects: list[tuple[str, str, str, bytes]], store: FilesystemStore
             clock.run("index", lambda obj=obj, attrs=attrs, record=record:
                       index.upsert_instance(
                           attrs, transfer_syntax_uid=obj.transfer_syntax_uid,
-                          object_key=f"bench/{attrs.sop_instance_uid}", sha256=obj.sha256,
+                          object_key=f"bench/{attrs.sop_instance_uid}", sha256=obj.digest(),
                           size=obj.size, received_from="CN=bench-modality",
                           in_transaction=record.write_in if record is not None else None))
             continue
