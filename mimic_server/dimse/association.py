@@ -206,6 +206,8 @@ def _wait_until_sent(assoc: Association, limit: float = REJECT_SEND_LIMIT) -> No
         if assoc.dul.state_machine.current_state in ("Sta13", "Sta1"):  # sent, or closed
             time.sleep(0.05)
             return
+        if not assoc.dul.is_alive():  # ended (an error, a stop): it will send nothing
+            return
         time.sleep(0.005)
     log.warning("the A-ASSOCIATE-RJ was not sent within %.0f s: the association ends "
                 "without it", limit)
