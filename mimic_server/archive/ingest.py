@@ -27,12 +27,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.uid import UID
 
+from mimic_server.archive.helper_threads import HelperThreads
 from mimic_server.codec.header import Header, read_checked_header, read_header
 from mimic_server.errors import CannotUnderstand, DataSetMismatch, Status
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
@@ -274,26 +275,19 @@ def _put_beside_digest(store: ObjectStore, key: str, received: ReceivedObject) -
     return hashing.result()
 
 
-#: Work beside an association's thread in ``keep``: a put that overlaps an index
-#: transaction, or the hash of a large object beside its put. One thread per task in
-#: progress, made on demand (an idle one blocks, it does not poll), and a new pool in a
-#: forked child (whose copy of the parent's threads is dead). As many as there may be
-#: senders at once (32 associations by default, plus STOW-RS requests): a smaller pool would
-#: queue the puts of many associations behind each other, and against Blob Storage each put
-#: is round trips.
-_HELPER_THREADS = 128
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: tuple[int, HelperThreads] | None = None
 _pool_lock = threading.Lock()
 
 
-def _helpers() -> ThreadPoolExecutor:
+def _helpers() -> HelperThreads:
+    """The helper threads of this process (``archive/helper_threads.py``); new ones in a
+    forked child, whose copy of the parent's threads is dead."""
     global _pool
     pool = _pool
     if pool is None or pool[0] != os.getpid():
         with _pool_lock:
             if _pool is None or _pool[0] != os.getpid():
-                _pool = (os.getpid(),
-                         ThreadPoolExecutor(_HELPER_THREADS, thread_name_prefix="mimic-keep"))
+                _pool = (os.getpid(), HelperThreads("mimic-keep"))
             pool = _pool
     return pool[1]
 
