@@ -86,6 +86,8 @@ def c_get(server: MimicProcess, path: Path) -> tuple[int, str | None, float]:
         PatientRootQueryRetrieveInformationModelGet as GET,
     )
 
+    from mimic_server.net.requestor import keep_responses
+
     _config.STORE_RECV_CHUNKED_DATASET = True  # the SCU spools to a file
     header = pydicom.dcmread(path, stop_before_pixels=True)
     identifier = Dataset()
@@ -114,6 +116,7 @@ def c_get(server: MimicProcess, path: Path) -> tuple[int, str | None, float]:
     )
     status = -1
     if assoc.is_established:
+        keep_responses(assoc)  # pynetdicom's own race could drop the final response
         for answer, _ in assoc.send_c_get(identifier, GET):
             if answer and answer.Status != 0xFF00:
                 status = int(answer.Status)

@@ -334,7 +334,7 @@ class Archive:
                 evt.EVT_C_MOVE,
                 guarded_stream(audited.audited_retrieve(move.handle_move, self.audit, "C-MOVE"),
                                "C-MOVE", STATUS["C-MOVE"], 2, counted),
-                [finder, object_store, policy, self._move_target],
+                [finder, object_store, policy, self._move_target, fence.requestor_adapter],
             )
         observe.bind(server, Tee(self.metrics, self.activity))
         self.metrics.active_associations_from(

@@ -53,7 +53,14 @@ from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
-from mimic_server.net import association_items, contexts, known_uids, reactor, server
+from mimic_server.net import (
+    association_items,
+    contexts,
+    known_uids,
+    reactor,
+    requestor,
+    server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +135,12 @@ RECEIVED_COMMAND = "received-command"
 PDATA_READ = "pdata-read"
 NEGOTIATION_UIDS = "negotiation-uids"
 ASSOCIATION_ITEMS = "association-items"
+REQUESTOR_RESPONSES = "requestor-responses"
 
+_RUN_ASSOCIATION = Site("pynetdicom.association:Association._run_reactor",
+                        source="f28838c5559e462a")
+_GET_MSG = Site("pynetdicom.dimse:DIMSEServiceProvider.get_msg", "(self, block=False)",
+                "890e3e04283f5aeb")
 _ASSOCIATION_INIT = Site("pynetdicom.association:Association.__init__", source="eb07516b8009ad8f")
 _READ_PDU = Site("pynetdicom.dul:DULServiceProvider._read_pdu_data", "(self)", "19f2d4e38c13c835")
 _ENCODE = ("(ds, is_implicit_vr, is_little_endian, deflated=False)", "0d29ffd5d358c45a")
@@ -173,11 +185,10 @@ PATCHES: tuple[Patch, ...] = (
             # replaced by a copy whose idle sleep is a poll on the socket and a wake-up
             Site("pynetdicom.dul:DULServiceProvider.run_reactor", source="e3a10eb3a0931e48"),
             # replaced for block=False (the reactor's look) by a wait on the bell
-            Site("pynetdicom.dimse:DIMSEServiceProvider.get_msg",
-                 "(self, block=False)", "890e3e04283f5aeb"),
+            _GET_MSG,
             # one get_msg(block=False) per turn, then release / abort / DUL alive / network
             # timer checks: what the bell and the timeout must cover
-            Site("pynetdicom.association:Association._run_reactor", source="f28838c5559e462a"),
+            _RUN_ASSOCIATION,
             # make the queues whose puts ring, and _kill_thread, whose setting rings
             Site("pynetdicom.dul:DULServiceProvider.__init__", source="c82dafa9438ddf70"),
             Site("pynetdicom.dimse:DIMSEServiceProvider.__init__", source="bbecd186810e7700"),
@@ -359,6 +370,29 @@ PATCHES: tuple[Patch, ...] = (
             # the peer's maximum PDU length, which cuts the fragments
             Site("pynetdicom.dimse:DIMSEServiceProvider.maximum_pdu_size.fget",
                  source="600fc7073d35ccd6"),
+        ),
+    ),
+    Patch(
+        REQUESTOR_RESPONSES,
+        "mimic_server.net.requestor:keep_responses (class swap of each C-MOVE "
+        "sub-association's DIMSE provider, and its reactor checkpoint replaced)",
+        "under load a C-MOVE sub-association's own thread may take a C-STORE response off "
+        "the queue and drop it (pynetdicom issue 875): the sub-operation waits out the DIMSE "
+        "timeout, then the sub-association is aborted and the rest of the C-MOVE fails",
+        (PYNETDICOM,),
+        (
+            # the association thread: sets _is_paused, waits on the checkpoint, clears
+            # _is_paused, then one get_msg(block=False), the look that is guarded
+            _RUN_ASSOCIATION,
+            # overridden for block=False only; block=True is the sender's wait
+            _GET_MSG,
+            # the sender: clears the checkpoint before it sends, sets it once answered
+            _SEND_C_STORE,
+            # makes the checkpoint (an Event, set) that is replaced
+            _ASSOCIATION_INIT,
+            # requests (EVT_ESTABLISHED, where the guard is applied) before assoc.start()
+            Site("pynetdicom.ae:ApplicationEntity.associate", source="dbc8cf47090386b2"),
+            Site("pynetdicom.acse:ACSE._negotiate_as_requestor", mentions="EVT_ESTABLISHED"),
         ),
     ),
     Patch(
@@ -625,6 +659,12 @@ class Fence:
                 step(assoc)
 
         return adapt
+
+    @property
+    def requestor_adapter(self) -> Callable[[Any], None] | None:
+        """Applied to each requestor association MIMIC opens (a C-MOVE sub-association) as it
+        is established; None where ``requestor-responses`` was not applied."""
+        return requestor.keep_responses if REQUESTOR_RESPONSES in self.applied else None
 
     @property
     def event_driven_accept(self) -> bool:

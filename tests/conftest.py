@@ -6,12 +6,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom.association import Association
 
+from mimic_server.net.requestor import keep_responses
 from tests import database
 from tests.azurite import AZURITE_BLOB, Azurite
 from tests.support import MimicProcess
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def requestors_keep_their_responses() -> Iterator[None]:
+    """Every requestor association this process opens (the tests' pynetdicom SCUs) is
+    guarded against pynetdicom's own race (issue 875, ``mimic_server/net/requestor.py``), in
+    which the association's thread takes a response off the queue and drops it when the
+    process is busy: a test that counts C-FIND matches or C-GET sub-operations must count
+    what the archive sent, not what a loaded test client happened to keep."""
+    start = Association.start
+
+    def start_guarded(self: Association) -> None:
+        if self.is_requestor:
+            keep_responses(self)
+        start(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Association, "start", start_guarded)
+        yield
 
 
 @pytest.fixture(scope="session")

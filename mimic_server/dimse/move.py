@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
 from mimic_server.dimse.find import MODELS
@@ -56,8 +57,12 @@ def handle_move(
     store: ObjectStore,
     policy: Policy,
     resolve: MoveResolver,
+    adapt_sub_association: Callable[[Any], None] | None = None,
 ) -> Iterator[Any]:
     """Handle ``evt.EVT_C_MOVE``.
+
+    ``adapt_sub_association`` (the fence's ``requestor_adapter``) is applied to the
+    sub-association once it is established, before its association thread starts.
 
     Everything that can refuse the request is decided before the destination is yielded,
     because pynetdicom opens the sub-association as soon as it has a destination and one
@@ -97,6 +102,8 @@ def handle_move(
         yield _refuse(answer, exc.status, str(exc), target)
         return
     kwargs: dict[str, Any] = {"contexts": _contexts(refs)}
+    if adapt_sub_association is not None:
+        kwargs["evt_handlers"] = [(evt.EVT_ESTABLISHED, _adapting(adapt_sub_association))]
     if destination.tls is not None and refs:
         kwargs["tls_args"] = destination.tls()
     if answer is not None:
@@ -120,6 +127,16 @@ def handle_move(
             yield Status.CANCEL, None
             return
         yield Status.PENDING, dataset
+
+
+def _adapting(adapt: Callable[[Any], None]) -> Callable[[Event], None]:
+    """An ``EVT_ESTABLISHED`` handler: ``AE.associate`` triggers it while it negotiates, in
+    the C-MOVE's own thread, before it starts the sub-association's thread."""
+
+    def established(event: Event) -> None:
+        adapt(event.assoc)
+
+    return established
 
 
 def _refuse(

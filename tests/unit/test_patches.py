@@ -181,3 +181,21 @@ def test_without_its_fence_a_large_object_is_sent_whole(
     assert "no longer uses" in fence.skipped[patches.STREAMED_SEND]
     assert not stream_send.enabled
     assert type(retrieve.read_verified(store, ref)) is StoredDataset
+
+
+def test_without_its_fence_a_sub_association_is_pynetdicoms_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """requestor-responses relies on ``AE.associate`` triggering EVT_ESTABLISHED before it
+    starts the association's thread: a release that changed it leaves C-MOVE's
+    sub-associations unguarded (pynetdicom's race, with a WARNING), never guarded late."""
+    from mimic_server.net import requestor
+
+    keep_switches(monkeypatch)
+    assert patches.apply().requestor_adapter is requestor.keep_responses
+    guard = next(p for p in patches.PATCHES if p.name == patches.REQUESTOR_RESPONSES)
+    associate = next(s for s in guard.sites if s.target.endswith("ApplicationEntity.associate"))
+    change_source(monkeypatch, associate)
+    fence = patches.apply()
+    assert patches.REQUESTOR_RESPONSES in fence.skipped
+    assert fence.requestor_adapter is None

@@ -1,0 +1,99 @@
+"""A C-MOVE's sub-association keeps its C-STORE responses (``mimic_server/net/requestor.py``).
+
+The archive runs in this process, so the sub-association it opens to a dcmtk ``storescp``
+can be looked at: the guard is applied by the archive itself, as the sub-association is
+established and before its association thread starts (the deterministic race is in
+``tests/unit/test_requestor_responses.py``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelMove as MOVE,
+)
+
+from mimic_server.app import Archive
+from mimic_server.config import Settings
+from mimic_server.net import requestor
+from tests.data import ct_small
+from tests.support import HOST, associate, client_context, free_port, terminate, wait_for
+
+
+@pytest.fixture()
+def storescp(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    process = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    yield port
+    terminate(process)
+
+
+def test_the_archive_guards_its_sub_association_before_it_starts(
+    tmp_path: Path, storescp: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guarded: list[tuple[Any, bool, bool]] = []
+    keep = requestor.keep_responses
+
+    def spy(assoc: Any) -> None:
+        guarded.append((assoc, assoc.is_requestor, assoc.is_alive()))
+        keep(assoc)
+
+    monkeypatch.setattr(requestor, "keep_responses", spy)
+    settings = Settings(
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
+        move_destinations={"STORESCP": {"host": HOST, "port": storescp, "tls": False}},
+    )
+    archive = Archive(settings)
+    archive.start()
+    try:
+        certs = settings.data_dir / "certs"
+        ctx = client_context(certs / "clients" / "modality1" / "client.pem",
+                             certs / "clients" / "modality1" / "client.key",
+                             certs / "ca" / "ca.pem")
+        store = associate(archive.address[1], ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
+        assert store.send_c_store(ct_small()).Status == 0
+        store.release()
+        assert wait_for(lambda: _accepts(storescp))
+
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = pydicom.dcmread(ct_small()).StudyInstanceUID
+        ae = AE(ae_title="MODALITY1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
+                             tls_args=(ctx, "localhost"))
+        responses = [status for status, _ in assoc.send_c_move(identifier, "STORESCP", MOVE)]
+        assoc.release()
+    finally:
+        archive.stop(0)
+
+    final = responses[-1]
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 1
+    [(sub_association, is_requestor, was_running)] = guarded
+    assert is_requestor and not was_running
+    assert type(sub_association.dimse) is requestor._GuardedDIMSE
+
+
+def _accepts(port: int) -> bool:
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(HOST, port, ae_title="STORESCP")
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
