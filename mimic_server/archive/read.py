@@ -5,6 +5,11 @@ index give ``None`` (logged without UIDs); the caller answers its protocol's fai
 (a failed C-STORE sub-operation, an HTTP error part). Objects are immutable in the store
 (each C-STORE writes a new key), so bytes checked once stay those that are sent.
 
+An instance sent again gets a new key, and its old object is deleted once the new row has
+committed. A retrieve that read its match list before that finds the old key gone: given
+the index's ``current`` row of the instance, it sends the version stored now instead of
+failing the sub-operation with an error that reads like a lost object.
+
 Memory stays bounded for any object size: an object of up to :data:`STREAM_ABOVE` bytes is
 read whole and kept; a larger one is hashed by one streaming pass over the store and kept
 as a handle, and :meth:`VerifiedObject.chunks` reads it again from the store piece by piece
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from mimic_server.errors import OutOfResources
@@ -32,6 +37,9 @@ MiB = 1 << 20
 STREAM_ABOVE = 8 * MiB
 #: The pieces a large object is read in, for its hash and by :meth:`VerifiedObject.chunks`.
 CHUNK = 1 * MiB
+
+#: The index's current row of a matched instance (``Finder.current``), None once it is gone.
+CurrentRow = Callable[[InstanceRef], "InstanceRef | None"]
 
 
 class VerifiedObject:
@@ -110,12 +118,16 @@ def _skip(fh: BinaryIO, count: int) -> None:
 
 
 def open_verified(
-    store: ObjectStore, ref: InstanceRef, stream_above: int = STREAM_ABOVE
+    store: ObjectStore,
+    ref: InstanceRef,
+    stream_above: int = STREAM_ABOVE,
+    current: CurrentRow | None = None,
 ) -> VerifiedObject | None:
     """The stored object with its hash checked, or None (logged) if missing or corrupted.
 
     Up to ``stream_above`` bytes the object is read whole and kept; beyond, the hash is
-    computed by one streaming pass and the object is read again when sent.
+    computed by one streaming pass and the object is read again when sent. An object missing
+    from the store is looked up again with ``current``, if given (:func:`_stored_again`).
     """
     try:
         with store.open(ref.object_key) as fh:
@@ -127,12 +139,13 @@ def open_verified(
                 while piece := fh.read(CHUNK):
                     digest.update(piece)
                     size += len(piece)
-    except (KeyError, OutOfResources, OSError) as exc:
-        log.error(
-            "stored object unreadable",
-            extra={"object": reference(ref), "error": type(exc).__name__},
-        )
-        log.debug("unreadable object key", extra={"key": ref.object_key})
+    except KeyError:
+        if current is not None:
+            return _stored_again(store, ref, stream_above, current)
+        _unreadable(ref, "KeyError")
+        return None
+    except (OutOfResources, OSError) as exc:
+        _unreadable(ref, type(exc).__name__)
         return None
     if digest.hexdigest() != ref.sha256:
         log.error("stored object fails its SHA-256 check", extra={"object": reference(ref)})
@@ -142,6 +155,33 @@ def open_verified(
     if large:
         return VerifiedObject(ref, size, offset, store=store)
     return VerifiedObject(ref, size, offset, data=head)
+
+
+def _stored_again(
+    store: ObjectStore, ref: InstanceRef, stream_above: int, current: CurrentRow
+) -> VerifiedObject | None:
+    """A matched instance whose object is gone: sent again since it matched (a new key; the
+    old object was deleted once the new row committed), deleted since, or truly missing."""
+    try:
+        now = current(ref)
+    except OutOfResources:
+        now = ref  # the index cannot say: the object stays unreadable
+    if now is None:
+        log.warning("instance deleted since it matched", extra={"object": reference(ref)})
+        return None
+    if now.object_key == ref.object_key:
+        _unreadable(ref, "KeyError")
+        return None
+    log.info(
+        "instance stored again since it matched: its current version is sent",
+        extra={"object": reference(ref), "current": reference(now)},
+    )
+    return open_verified(store, now, stream_above)  # once: no current for a second change
+
+
+def _unreadable(ref: InstanceRef, error: str) -> None:
+    log.error("stored object unreadable", extra={"object": reference(ref), "error": error})
+    log.debug("unreadable object key", extra={"key": ref.object_key})
 
 
 def _head(fh: BinaryIO, limit: int) -> bytes:

@@ -53,7 +53,7 @@ def handle_get(
         return
     yield len(refs)
     log.info("C-GET", extra={"instances": len(refs)})
-    for dataset in datasets(store, refs):
+    for dataset in datasets(store, refs, finder.current):
         if event.is_cancelled:
             yield Status.CANCEL, None
             return

@@ -122,7 +122,7 @@ def handle_move(
     yield destination.host, destination.port, kwargs
     yield len(refs)
     log.info("C-MOVE", extra={"destination": target, "instances": len(refs)})
-    for dataset in datasets(store, refs):
+    for dataset in datasets(store, refs, finder.current):
         if event.is_cancelled:
             yield Status.CANCEL, None
             return

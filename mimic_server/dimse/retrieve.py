@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pydicom
 from pydicom.dataset import Dataset
 
-from mimic_server.archive.read import open_verified, reference
+from mimic_server.archive.read import CurrentRow, open_verified, reference
 from mimic_server.dimse import stream_send
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder_in_use
 from mimic_server.dimse.stream_send import StreamedDataset
@@ -27,11 +27,14 @@ from mimic_server.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 
-def read_verified(store: ObjectStore, ref: InstanceRef) -> Dataset | None:
+def read_verified(
+    store: ObjectStore, ref: InstanceRef, current: CurrentRow | None = None
+) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
     :class:`StreamedDataset` for a large one while streaming sends are installed, else a
-    :class:`StoredDataset` (the whole object, parsed, with its stored bytes)."""
-    stored = open_verified(store, ref)
+    :class:`StoredDataset` (the whole object, parsed, with its stored bytes). ``current``:
+    the index's row now, for an object gone since the match (``archive.read``)."""
+    stored = open_verified(store, ref, current=current)
     if stored is None:
         return None
     if stored.streamed and stream_send.enabled:
@@ -47,12 +50,15 @@ def failed_suboperation(ref: InstanceRef) -> Dataset:
     return stand_in
 
 
-def datasets(store: ObjectStore, refs: list[InstanceRef]) -> Iterator[Dataset]:
+def datasets(
+    store: ObjectStore, refs: list[InstanceRef], current: CurrentRow | None = None
+) -> Iterator[Dataset]:
     """The objects to send; one pynetdicom could not send (it found no presentation context
     for its SOP Class and transfer syntax, and counts it failed without a word) is logged
-    when the next is asked for, i.e. after pynetdicom's sub-operation."""
+    when the next is asked for, i.e. after pynetdicom's sub-operation. An instance sent
+    again since the match list was read is sent as it is stored now (``current``)."""
     for ref in refs:
-        dataset = read_verified(store, ref)
+        dataset = read_verified(store, ref, current)
         yield dataset or failed_suboperation(ref)
         if isinstance(dataset, StreamedDataset | StoredDataset) and not dataset._mimic_encoded and (
             isinstance(dataset, StreamedDataset) or stored_bytes_encoder_in_use()

@@ -266,6 +266,17 @@ class Finder:
             raise OutOfResources("index unavailable") from exc
         return [InstanceRef(*row) for row in rows]
 
+    def current(self, ref: InstanceRef) -> InstanceRef | None:
+        """The index's row of ``ref``'s instance now, or None once it is no longer indexed:
+        for a retrieve that found the object its match list named gone (the instance sent
+        again meanwhile, ``archive/read.py``)."""
+        uid = {"sop_instance": ref.sop_instance_uid}
+        try:
+            rows = read_index(self.engine, lambda conn: conn.execute(_CURRENT, uid).all())
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+        return InstanceRef(*rows[0]) if rows else None
+
 
 _UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -282,6 +293,12 @@ _ONE_INSTANCE = (
            Instance.sop_instance_uid == bindparam("sop_instance"))
     .order_by(Instance.id)
 )
+
+#: :meth:`Finder.current`'s statement (the SOP Instance UID is unique in the index).
+_CURRENT = select(
+    Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
+    Instance.object_key, Instance.sha256,
+).where(Instance.sop_instance_uid == bindparam("sop_instance"))
 
 
 @functools.lru_cache(maxsize=256)

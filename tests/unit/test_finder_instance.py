@@ -34,3 +34,12 @@ def test_one_instance_lookup_equals_the_retrieve_identifiers(engine: Engine) -> 
     for s, se, i in itertools.product((1, 2, PATIENTS + 1), repeat=3):
         uids = f"{UID_ROOT}.1.{s}", f"{UID_ROOT}.2.{se}", f"{UID_ROOT}.3.{i}"
         assert finder.instance(*uids) == _by_identifier(finder, *uids), uids
+
+
+def test_the_current_row_of_a_matched_instance(engine: Engine) -> None:  # noqa: F811
+    finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=1000)
+    [matched] = finder.instance(f"{UID_ROOT}.1.3", f"{UID_ROOT}.2.3", f"{UID_ROOT}.3.3")
+    assert finder.current(matched) == matched
+    gone = matched.__class__(matched.sop_class_uid, f"{UID_ROOT}.3.{PATIENTS + 1}",
+                             matched.transfer_syntax_uid, "k/gone", matched.sha256)
+    assert finder.current(gone) is None

@@ -166,7 +166,7 @@ def test_without_its_fence_a_large_object_is_sent_whole(
     store.objects["k"] = data
     ref = InstanceRef("1.2.840.10008.5.1.4.1.1.2", "1.2.3", ExplicitVRLittleEndian, "k",
                       hashlib.sha256(data).hexdigest())
-    monkeypatch.setattr(read.open_verified, "__defaults__", (1024,))  # ct_small is large
+    monkeypatch.setattr(read.open_verified, "__defaults__", (1024, None))  # ct_small is large
 
     patches.apply()
     assert stream_send.enabled

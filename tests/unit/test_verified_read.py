@@ -153,3 +153,92 @@ def test_a_file_longer_than_its_size_said_is_read_to_its_end(tmp_path: Path) -> 
                       hashlib.sha256(grown).hexdigest())
     stored = open_verified(store, ref, stream_above=4096)
     assert stored is not None and stored.read() == grown
+
+
+def _again(store: MemoryStore, data: bytes) -> tuple[InstanceRef, InstanceRef]:
+    """A matched instance whose object was replaced: its old key is gone, its new one holds
+    the bytes sent again (as ``keep`` leaves it once the new row has committed)."""
+    old = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "k.old", "0" * 64)
+    store.objects["k.new"] = data
+    new = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2", "k.new",
+                      hashlib.sha256(data).hexdigest())
+    return old, new
+
+
+def test_an_instance_stored_again_since_it_matched_is_sent_as_it_is_now(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    data = _part10(4096)
+    old, new = _again(store, data)
+    asked: list[InstanceRef] = []
+
+    def current(ref: InstanceRef) -> InstanceRef:
+        asked.append(ref)
+        return new
+
+    with caplog.at_level(logging.INFO, logger=read.__name__):
+        stored = open_verified(store, old, current=current)
+    assert stored is not None and stored.ref is new and stored.read() == data
+    assert asked == [old]
+    assert "stored again since it matched" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "1.2.3" not in caplog.text  # no UIDs in the log
+
+
+def test_an_instance_gone_from_the_index_is_not_an_unreadable_object(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    old, _ = _again(store, _part10(4096))
+    with caplog.at_level(logging.INFO, logger=read.__name__):
+        assert open_verified(store, old, current=lambda ref: None) is None
+    assert "deleted since it matched" in caplog.text
+    assert "unreadable" not in caplog.text
+
+
+@pytest.mark.parametrize("case", ["same-row", "index-down", "gone-again"])
+def test_an_object_still_missing_is_unreadable(
+    case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index names the same key, cannot answer, or names a key that is gone too (sent
+    again twice: looked up once only): the object is unreadable, an ERROR, as before."""
+    from mimic_server.errors import OutOfResources
+
+    store = MemoryStore()
+    old, new = _again(store, _part10(4096))
+    calls = 0
+
+    def current(ref: InstanceRef) -> InstanceRef:
+        nonlocal calls
+        calls += 1
+        if case == "index-down":
+            raise OutOfResources("index unavailable")
+        if case == "gone-again":
+            del store.objects["k.new"]
+            return new
+        return old
+
+    with caplog.at_level(logging.ERROR, logger=read.__name__):
+        assert open_verified(store, old, current=current) is None
+    assert calls == 1
+    assert "stored object unreadable" in caplog.text
+
+
+def test_a_retrieve_sends_the_version_stored_now() -> None:
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from mimic_server.dimse.raw_send import StoredDataset
+    from mimic_server.dimse.retrieve import datasets
+    from tests.data import ct_small
+
+    data = ct_small().read_bytes()
+    store = MemoryStore()
+    store.objects["k.new"] = data
+    old = InstanceRef("1.2", "1.2.3", ExplicitVRLittleEndian, "k.old", "0" * 64)
+    new = InstanceRef("1.2", "1.2.3", ImplicitVRLittleEndian, "k.new",
+                      hashlib.sha256(data).hexdigest())
+    [sent] = datasets(store, [old], current=lambda ref: new)
+    assert isinstance(sent, StoredDataset)
+    [unsent] = datasets(store, [old])  # without the index's current row: a failed one
+    assert not isinstance(unsent, StoredDataset) and unsent.SOPInstanceUID == "1.2.3"
