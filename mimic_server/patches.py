@@ -392,6 +392,7 @@ PATCHES: tuple[Patch, ...] = (
             _ASSOCIATION_INIT,
             # requests (EVT_ESTABLISHED, where the guard is applied) before assoc.start()
             Site("pynetdicom.ae:ApplicationEntity.associate", source="dbc8cf47090386b2"),
+            Site("pynetdicom.association:Association.request", "(self)", "928cd0e3013c9ab9"),
             Site("pynetdicom.acse:ACSE._negotiate_as_requestor", mentions="EVT_ESTABLISHED"),
         ),
     ),

@@ -7,8 +7,10 @@ index give ``None`` (logged without UIDs); the caller answers its protocol's fai
 
 An instance sent again gets a new key, and its old object is deleted once the new row has
 committed. A retrieve that read its match list before that finds the old key gone: given
-the index's ``current`` row of the instance, it sends the version stored now instead of
-failing the sub-operation with an error that reads like a lost object.
+the index's ``current`` row of the instance, it sends the version stored now, if that is
+still in the series (and study) that matched, instead of failing the sub-operation with an
+error that reads like a lost object. (A large object sent again between its hash pass and
+its sending is still lost mid-send: its sub-association is aborted, ``dimse/stream_send``.)
 
 Memory stays bounded for any object size: an object of up to :data:`STREAM_ABOVE` bytes is
 read whole and kept; a larger one is hashed by one streaming pass over the store and kept
@@ -28,6 +30,7 @@ from typing import BinaryIO
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
+from mimic_server.storage.keys import series_of_key
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,8 @@ def _stored_again(
     store: ObjectStore, ref: InstanceRef, stream_above: int, current: CurrentRow
 ) -> VerifiedObject | None:
     """A matched instance whose object is gone: sent again since it matched (a new key; the
-    old object was deleted once the new row committed), deleted since, or truly missing."""
+    old object was deleted once the new row committed), deleted or moved to another series
+    since (no longer what matched: failed), or truly missing."""
     try:
         now = current(ref)
     except OutOfResources:
@@ -171,6 +175,11 @@ def _stored_again(
         return None
     if now.object_key == ref.object_key:
         _unreadable(ref, "KeyError")
+        return None
+    if series_of_key(now.object_key) != series_of_key(ref.object_key):
+        # Sent again into another series or study (a correction): no longer what matched.
+        log.warning("instance moved to another series since it matched",
+                    extra={"object": reference(ref), "current": reference(now)})
         return None
     log.info(
         "instance stored again since it matched: its current version is sent",

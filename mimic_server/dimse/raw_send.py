@@ -12,10 +12,13 @@ the destination asked for).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pynetdicom.association
 from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from mimic_server.query.finder import InstanceRef
 
 
 class StoredDataset(Dataset):
@@ -25,6 +28,8 @@ class StoredDataset(Dataset):
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
+    #: The index row it was read for (``dimse.retrieve.read_verified``).
+    _mimic_ref: InstanceRef
 
     @classmethod
     def wrap(cls, dataset: Dataset, raw: bytes) -> StoredDataset:

@@ -40,7 +40,9 @@ def read_verified(
     if stored.streamed and stream_send.enabled:
         return StreamedDataset.of(stored)
     data = stored.read()
-    return StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
+    dataset = StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
+    dataset._mimic_ref = stored.ref  # the row read: ``ref``'s current one if it was sent again
+    return dataset
 
 
 def failed_suboperation(ref: InstanceRef) -> Dataset:
@@ -56,15 +58,25 @@ def datasets(
     """The objects to send; one pynetdicom could not send (it found no presentation context
     for its SOP Class and transfer syntax, and counts it failed without a word) is logged
     when the next is asked for, i.e. after pynetdicom's sub-operation. An instance sent
-    again since the match list was read is sent as it is stored now (``current``)."""
+    again since the match list was read is sent as it is stored now, if still in the series
+    that matched (``current``; ``archive.read``)."""
     for ref in refs:
         dataset = read_verified(store, ref, current)
         yield dataset or failed_suboperation(ref)
         if isinstance(dataset, StreamedDataset | StoredDataset) and not dataset._mimic_encoded and (
             isinstance(dataset, StreamedDataset) or stored_bytes_encoder_in_use()
         ):  # else nothing marks the ones sent
+            read = _read_ref(dataset)
             log.warning(
                 "C-STORE sub-operation not sent: no presentation context for it",
-                extra={"object": reference(ref), "sop_class": ref.sop_class_uid,
-                       "transfer_syntax": ref.transfer_syntax_uid},
+                extra={"object": reference(read), "sop_class": read.sop_class_uid,
+                       "transfer_syntax": read.transfer_syntax_uid},
             )
+
+
+def _read_ref(dataset: StreamedDataset | StoredDataset) -> InstanceRef:
+    """The index row whose object ``dataset`` is (the current one of an instance sent again
+    since the match, whose SOP Class or transfer syntax may differ from the matched row's)."""
+    if isinstance(dataset, StreamedDataset):
+        return dataset._mimic_object.ref
+    return dataset._mimic_ref

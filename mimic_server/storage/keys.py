@@ -18,6 +18,12 @@ def new_object_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> st
     return f"{prefix}/{study_uid}/{series_uid}/{sop_instance_uid}.{version}.dcm"
 
 
+def series_of_key(key: str) -> tuple[str, str] | None:
+    """The Study and Series Instance UIDs an object key names (None for another shape)."""
+    parts = key.split("/")
+    return (parts[1], parts[2]) if len(parts) == 4 else None
+
+
 def study_of_key(key: str) -> str | None:
     """The Study Instance UID an object key names (None for a key of another shape)."""
     parts = key.split("/")

@@ -242,3 +242,24 @@ def test_a_retrieve_sends_the_version_stored_now() -> None:
     assert isinstance(sent, StoredDataset)
     [unsent] = datasets(store, [old])  # without the index's current row: a failed one
     assert not isinstance(unsent, StoredDataset) and unsent.SOPInstanceUID == "1.2.3"
+
+
+def test_an_instance_sent_again_into_another_series_is_not_what_matched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A correction that moved the instance (another study or series): the retrieve of the
+    study that matched does not send what is now another study's object."""
+    store = MemoryStore()
+    data = _part10(4096)
+    old = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "ab/1.1/1.1.1/1.2.3.a.dcm", "0" * 64)
+    store.objects["cd/1.9/1.9.1/1.2.3.b.dcm"] = data
+    moved = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "cd/1.9/1.9.1/1.2.3.b.dcm",
+                        hashlib.sha256(data).hexdigest())
+    same = InstanceRef("1.2", "1.2.3", "1.2.840.10008.1.2.1", "ab/1.1/1.1.1/1.2.3.c.dcm",
+                       hashlib.sha256(data).hexdigest())
+    store.objects[same.object_key] = data
+    with caplog.at_level(logging.INFO, logger=read.__name__):
+        assert open_verified(store, old, current=lambda ref: moved) is None
+        assert open_verified(store, old, current=lambda ref: same) is not None
+    assert "moved to another series since it matched" in caplog.text
+    assert "unreadable" not in caplog.text
