@@ -248,6 +248,14 @@ def client_context(
     return ctx
 
 
+def first_client_context(data_dir: Path) -> ssl.SSLContext:
+    """The TLS context of the first client (``modality1``) of the development PKI an archive
+    made in ``data_dir`` on its first start (an archive run in the test's own process)."""
+    certs = data_dir / "certs"
+    return client_context(certs / "clients" / "modality1" / "client.pem",
+                          certs / "clients" / "modality1" / "client.key", certs / "ca" / "ca.pem")
+
+
 def associate(
     port: int,
     ctx: ssl.SSLContext | None,

@@ -26,7 +26,14 @@ from mimic_server.app import Archive
 from mimic_server.config import Settings
 from mimic_server.security.policy import Policy, Service
 from tests.data import ct_small
-from tests.support import HOST, MimicProcess, associate, client_context, free_port
+from tests.support import (
+    HOST,
+    MimicProcess,
+    associate,
+    client_context,
+    first_client_context,
+    free_port,
+)
 
 
 class Counter:
@@ -162,10 +169,7 @@ def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None
     archive = Archive(settings, policy=Policy(settings.ae_title, granted=granted))
     archive.start()
     try:
-        certs = settings.data_dir / "certs"
-        ctx = client_context(certs / "clients" / "modality1" / "client.pem",
-                             certs / "clients" / "modality1" / "client.key",
-                             certs / "ca" / "ca.pem")
+        ctx = first_client_context(settings.data_dir)
         before = counter.connections
         # C-MOVE not granted: its presentation context is refused at negotiation
         # (user-rejection) and the association, with nothing else proposed, is rejected.

@@ -25,7 +25,7 @@ from mimic_server.app import Archive
 from mimic_server.config import Settings
 from mimic_server.net import requestor
 from tests.data import ct_small
-from tests.support import HOST, associate, client_context, free_port, terminate, wait_for
+from tests.support import HOST, associate, first_client_context, free_port, terminate, wait_for
 
 
 @pytest.fixture()
@@ -61,10 +61,7 @@ def test_the_archive_guards_its_sub_association_before_it_starts(
     archive = Archive(settings)
     archive.start()
     try:
-        certs = settings.data_dir / "certs"
-        ctx = client_context(certs / "clients" / "modality1" / "client.pem",
-                             certs / "clients" / "modality1" / "client.key",
-                             certs / "ca" / "ca.pem")
+        ctx = first_client_context(settings.data_dir)
         store = associate(archive.address[1], ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
         assert store.send_c_store(ct_small()).Status == 0
         store.release()
