@@ -43,6 +43,11 @@ class InstanceRef:
     sha256: str
 
 
+#: The columns of an :class:`InstanceRef`, in its fields' order.
+_REF_COLUMNS = (Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
+                Instance.object_key, Instance.sha256)
+
+
 class ResultLimitReached(Exception):
     """More entities match than the configured limit; the answers so far were sent."""
 
@@ -228,8 +233,7 @@ class Finder:
         """Every instance under the entities a retrieve Identifier names."""
         statement = (
             select(
-                Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
-                Instance.object_key, Instance.sha256,
+                *_REF_COLUMNS,
                 *[col.label(k) for k, col in COLUMNS.items()],
             )
             .select_from(Patient)
@@ -282,8 +286,7 @@ _UNIQUE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 #: :meth:`Finder.instance`'s statement, built (and compiled, by SQLAlchemy's cache) once.
 _ONE_INSTANCE = (
-    select(Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
-           Instance.object_key, Instance.sha256)
+    select(*_REF_COLUMNS)
     .select_from(Patient)  # the same joins as Finder.instances
     .join(Study, Study.patient_fk == Patient.id)
     .join(Series, Series.study_fk == Study.id)
@@ -295,10 +298,7 @@ _ONE_INSTANCE = (
 )
 
 #: :meth:`Finder.current`'s statement (the SOP Instance UID is unique in the index).
-_CURRENT = select(
-    Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
-    Instance.object_key, Instance.sha256,
-).where(Instance.sop_instance_uid == bindparam("sop_instance"))
+_CURRENT = select(*_REF_COLUMNS).where(Instance.sop_instance_uid == bindparam("sop_instance"))
 
 
 @functools.lru_cache(maxsize=256)
