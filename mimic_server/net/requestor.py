@@ -50,9 +50,7 @@ class _GuardedDIMSE(DIMSEServiceProvider):
     def get_msg(self, block: bool = False) -> Any:
         if block:  # a sender's own wait for its response
             return super().get_msg(block=True)
-        checkpoint = self.assoc._reactor_checkpoint
-        if not isinstance(checkpoint, _GuardedCheckpoint):
-            return super().get_msg(block=False)
+        checkpoint: _GuardedCheckpoint = self.assoc._reactor_checkpoint  # keep_responses'
         with checkpoint.looking:
             if not checkpoint.is_set():
                 return None, None  # a sender paused the reactor: the message is its own

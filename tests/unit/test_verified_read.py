@@ -263,3 +263,8 @@ def test_an_instance_sent_again_into_another_series_is_not_what_matched(
         assert open_verified(store, old, current=lambda ref: same) is not None
     assert "moved to another series since it matched" in caplog.text
     assert "unreadable" not in caplog.text
+
+    from mimic_server.dimse.retrieve import datasets
+
+    [sub_operation] = datasets(store, [old], current=lambda ref: moved)
+    assert list(sub_operation.keys()) == [0x00080018]  # a stand-in: counted failed, not sent
