@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -176,6 +177,24 @@ class MimicProcess:
             if entry.get("message") == "listening":
                 return int(entry.get("workers", 1))
         raise AssertionError("the server has not said it is listening")
+
+    def trust_agreed(self) -> bool:
+        """Every worker's latest trusted set is the same size.
+
+        A certificate placed in the trusted set is found by one worker's watcher first and by
+        the others moments later, on the supervisor's relay. An echo that succeeded reached
+        one worker; the next association may reach another (the kernel picks by port), so a
+        test that goes on with the new certificate waits for this as well.
+        """
+        latest: dict[object, object] = {}
+        for entry in self.log_entries():
+            if entry.get("message") == "trust set updated":
+                latest[entry.get("worker")] = entry.get("trusted")
+        return len(latest) == self.worker_count() and len(set(latest.values())) == 1
+
+    def wait_until_trusted(self, probe: Callable[[], bool], timeout: float = 15.0) -> bool:
+        """``probe`` (an echo with the new certificate) succeeds, and every worker agrees."""
+        return wait_for(probe, timeout) and wait_for(self.trust_agreed, timeout)
 
     # -- what the archive holds ------------------------------------------------------------
 

@@ -227,7 +227,7 @@ def ct01(server: MimicProcess) -> tuple[Path, Path]:
     assert result.returncode == 0, result.stderr
     folder = server.certs / "clients" / "ct01"
     cert, key = folder / "client.pem", folder / "client.key"
-    assert wait_for(lambda: echo_ok(server, cert, key, calling="CT01"), timeout=15)
+    assert server.wait_until_trusted(lambda: echo_ok(server, cert, key, calling="CT01"))
     return cert, key
 
 
@@ -272,7 +272,7 @@ def test_expired_certificate_in_the_trusted_set(server: MimicProcess, tmp_path: 
     fresh, fresh_key, _, _ = write_cert(tmp_path, "fresh", issuer=issuer)
     place_trusted(server, "expired-client", expired)
     place_trusted(server, "fresh-client", fresh)
-    assert wait_for(lambda: echo_ok(server, fresh, fresh_key), timeout=15)
+    assert server.wait_until_trusted(lambda: echo_ok(server, fresh, fresh_key))
 
     ctx = client_context(expired, expired_key, server.ca_cert)
     assert_refused_in_handshake(

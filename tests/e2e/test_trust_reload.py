@@ -53,7 +53,7 @@ def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> N
     assert _echo_ok(live, "modality1")
     # An operator issues a second modality's certificate: trusted within a refresh period.
     devpki.issue_client(live.certs, "modalityb")
-    assert wait_for(lambda: _echo_ok(live, "modalityb"), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityb"), timeout=10)
 
     # modality1 has an association open while it is revoked: it is aborted...
     syntax = "1.2.840.10008.1.2.1"
@@ -88,7 +88,7 @@ def _all_processes_revoked(server: MimicProcess, since: int) -> bool:
 
 def test_removing_the_trusted_file_revokes(live: MimicProcess) -> None:
     devpki.issue_client(live.certs, "modalityc")
-    assert wait_for(lambda: _echo_ok(live, "modalityc"), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityc"), timeout=10)
     (live.certs / "trusted" / "modalityc.pem").unlink()
     assert wait_for(lambda: not _echo_ok(live, "modalityc"), timeout=10)
     assert _echo_ok(live, "modality1")
