@@ -43,11 +43,14 @@ def _frame_numbers(text: str) -> list[int]:
 
 
 def _read(ctx: DicomWebContext, session: WebSession, ref: InstanceRef,
-          resource: str) -> tuple[bytes, TransferAudit]:
+          resource: str) -> tuple[bytes, TransferAudit, InstanceRef]:
+    """The object's bytes, its audit, and the row read: that of its version stored now,
+    if it was sent again since it matched (``wado.read_now``)."""
     audit = TransferAudit(ctx, session, resource)
     audit.begin([ref])
     try:
-        return verified(ctx, ref).read(), audit
+        obj = verified(ctx, ref)
+        return obj.read(), audit, obj.ref
     except WebError:
         audit.failed_one()
         audit.end(completed=False)
@@ -66,12 +69,21 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     media_type = rendering.frame_media_type(ref.transfer_syntax_uid) or "application/octet-stream"
     negotiate(request, [f'multipart/related; type="{media_type}"'])
     session = authorize(ctx, request, WADO)
-    data, audit = _read(ctx, session, ref, "frames")
+    data, audit, now = _read(ctx, session, ref, "frames")
+    if now.transfer_syntax_uid != ref.transfer_syntax_uid:  # stored again meanwhile
+        media_type = (rendering.frame_media_type(now.transfer_syntax_uid)
+                      or "application/octet-stream")
+        try:
+            negotiate(request, [f'multipart/related; type="{media_type}"'])
+        except WebError:
+            audit.failed_one()
+            audit.end(completed=False)
+            raise
     try:
         found = rendering.frames(data, numbers)
     except RenderError as exc:
         raise _refused(exc, audit) from exc
-    audit.sent_one(ref)
+    audit.sent_one(now)
     audit.end()
     boundary = multipart.new_boundary()
     body = b"".join(multipart.parts(boundary, [(f.content_type, f.data) for f in found]))
@@ -133,7 +145,7 @@ def retrieve_rendered(ctx: DicomWebContext, request: Request) -> Response:
         frame = numbers[0]
     ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
     window, viewport, quality = _window(request), _pair(request, "viewport"), _quality(request)
-    data, audit = _read(ctx, session, ref, "rendered")
+    data, audit, ref = _read(ctx, session, ref, "rendered")
     try:
         image = rendering.render(data, frame, media_type=media_type, window=window,
                                  viewport=viewport, quality=quality)
@@ -151,7 +163,7 @@ def retrieve_thumbnail(ctx: DicomWebContext, request: Request) -> Response:
     refs = instances(ctx, str(p["study"]), p.get("series"), p.get("instance"))
     ref = refs[len(refs) // 2]  # a study's or series' thumbnail: its middle instance
     size = _pair(request, "viewport")
-    data, audit = _read(ctx, session, ref, "thumbnail")
+    data, audit, ref = _read(ctx, session, ref, "thumbnail")
     try:
         image = rendering.thumbnail(data, size, media_type) if size else rendering.thumbnail(
             data, media_type=media_type)

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mimic_server.archive.read import VerifiedObject, open_verified
+from mimic_server.archive.read import VerifiedObject, open_verified, reference
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
@@ -57,9 +57,20 @@ def _syntax_wanted(params: dict[str, str]) -> str | None:
     return None if wanted in (None, "", "*") else wanted
 
 
+def read_now(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject | None:
+    """The object of ``ref`` with its hash checked, or None (logged by ``open_verified``).
+
+    An instance sent again since the request found it has a new object (the old one is
+    deleted once its new row commits): its version stored now is read instead, as for a
+    C-GET (``archive/read.py``). ``obj.ref`` is then that version's row, whose transfer syntax
+    and SOP Class may differ from those matched.
+    """
+    return open_verified(ctx.store, ref, current=ctx.finder.current)
+
+
 def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
-    obj = open_verified(ctx.store, ref)
-    if obj is None:  # logged (without UIDs) by open_verified
+    obj = read_now(ctx, ref)
+    if obj is None:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check")
     return obj
 
@@ -85,13 +96,17 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             audit.failed_one()
             audit.end(completed=False)
             raise
+        if wanted is not None and first.ref.transfer_syntax_uid != wanted:
+            raise WebError(406, "stored again meanwhile in another transfer syntax; MIMIC does "
+                           f"not transcode (ask for transfer-syntax=* or "
+                           f"{first.ref.transfer_syntax_uid})")
     audit.begin(refs)
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, DICOM)
     if first is not None and first.size <= WHOLE_ANSWER_BYTES:
         # A small instance in one piece: each piece of a streamed answer costs a hop to a
         # worker thread and back, which dominates a 40 KB answer on a busy machine.
-        ref = refs[0]
+        ref = first.ref
         whole = b"".join([
             multipart.part_head(boundary, f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}"),
             *first.chunks(), b"\r\n", multipart.closing(boundary)])
@@ -103,22 +118,31 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         completed = False
         try:
             for ref in refs:
-                obj = first if first is not None and ref is refs[0] else open_verified(
-                    ctx.store, ref)
-                if obj is None:
+                obj = first if first is not None and ref is refs[0] else read_now(ctx, ref)
+                if obj is None or not _in_syntax(obj, wanted):
                     audit.failed_one()
                     continue
                 yield multipart.part_head(
-                    boundary, f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}")
+                    boundary, f"{DICOM}; transfer-syntax={obj.ref.transfer_syntax_uid}")
                 yield from obj.chunks()
                 yield b"\r\n"
-                audit.sent_one(ref)
+                audit.sent_one(obj.ref)
             yield multipart.closing(boundary)
             completed = True
         finally:
             audit.end(completed)
 
     return StreamingResponse(body(), media_type=media_type)
+
+
+def _in_syntax(obj: VerifiedObject, wanted: str | None) -> bool:
+    """Whether the object read is in the transfer syntax asked for: one stored again since it
+    matched may not be (not sent, and counted as failed, as a C-GET's would be)."""
+    if wanted is None or obj.ref.transfer_syntax_uid == wanted:
+        return True
+    log.warning("instance stored again in another transfer syntax since it matched; not sent",
+                extra={"object": reference(obj.ref)})
+    return False
 
 
 def _instance_url(root: str, ref: InstanceRef, study: str, series: str) -> str:
@@ -185,14 +209,14 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
     documents = []
     try:
         for ref in refs:
-            obj = open_verified(ctx.store, ref)
+            obj = read_now(ctx, ref)
             if obj is None:
                 audit.failed_one()
                 continue
             ds = dataset_of(obj)
             series_uid = str(ds.get("SeriesInstanceUID", series or ""))
             documents.append(metadata_json(ds, _instance_url(root, ref, study, series_uid)))
-            audit.sent_one(ref)
+            audit.sent_one(obj.ref)
     finally:
         audit.end(completed=bool(documents))
     if not documents:
@@ -214,11 +238,12 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     audit = TransferAudit(ctx, session, "bulkdata")
     audit.begin([ref])
     try:
-        ds = dataset_of(verified(ctx, ref))
+        obj = verified(ctx, ref)
     except WebError:
         audit.failed_one()
         audit.end(completed=False)
         raise
+    ref, ds = obj.ref, dataset_of(obj)
     element = ds.get(tag)
     if element is None or element.value is None:
         audit.end()
