@@ -183,8 +183,9 @@ class MimicProcess:
 
         A certificate placed in the trusted set is found by one worker's watcher first and by
         the others moments later, on the supervisor's relay. An echo that succeeded reached
-        one worker; the next association may reach another (the kernel picks by port), so a
-        test that goes on with the new certificate waits for this as well.
+        one worker; the next association may reach another (whichever accepts it first on
+        the shared listening socket), so a test that goes on with the new certificate waits
+        for this as well. The sizes are compared: enough where the set only grows.
         """
         latest: dict[object, object] = {}
         for entry in self.log_entries():
