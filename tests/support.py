@@ -178,24 +178,33 @@ class MimicProcess:
                 return int(entry.get("workers", 1))
         raise AssertionError("the server has not said it is listening")
 
-    def trust_agreed(self) -> bool:
-        """Every worker's latest trusted set is the same size.
+    def log_mark(self) -> int:
+        """How many log lines there are now: a ``since`` for :meth:`wait_until_trusted`."""
+        return len(self.log_entries())
+
+    def trust_agreed(self, since: int) -> bool:
+        """Every worker has logged a trusted set since line ``since``, and the latest of each
+        is the same size.
 
         A certificate placed in the trusted set is found by one worker's watcher first and by
         the others moments later, on the supervisor's relay. An echo that succeeded reached
         one worker; the next association may reach another (whichever accepts it first on
         the shared listening socket), so a test that goes on with the new certificate waits
-        for this as well. The sizes are compared: enough where the set only grows.
+        for this as well. A worker applies a set before it logs it, hence a line of each
+        since the change, not just equal sizes; sizes suffice where the set only grows.
         """
         latest: dict[object, object] = {}
-        for entry in self.log_entries():
+        for entry in self.log_entries()[since:]:
             if entry.get("message") == "trust set updated":
                 latest[entry.get("worker")] = entry.get("trusted")
         return len(latest) == self.worker_count() and len(set(latest.values())) == 1
 
-    def wait_until_trusted(self, probe: Callable[[], bool], timeout: float = 15.0) -> bool:
-        """``probe`` (an echo with the new certificate) succeeds, and every worker agrees."""
-        return wait_for(probe, timeout) and wait_for(self.trust_agreed, timeout)
+    def wait_until_trusted(
+        self, probe: Callable[[], bool], since: int, timeout: float = 15.0
+    ) -> bool:
+        """``probe`` (an echo with the certificate placed after log line ``since``) succeeds,
+        and every worker has read the set it is in."""
+        return wait_for(probe, timeout) and wait_for(lambda: self.trust_agreed(since), timeout)
 
     # -- what the archive holds ------------------------------------------------------------
 

@@ -217,6 +217,7 @@ def indexed(server: MimicProcess, sop_instance_uid: str) -> bool:
 @pytest.fixture(scope="module")
 def ct01(server: MimicProcess) -> tuple[Path, Path]:
     """A client bound to calling AE title CT01, issued by the operator's CLI, once trusted."""
+    since = server.log_mark()
     result = subprocess.run(
         [
             sys.executable, "-m", "mimic_server", "certs", "issue-client", "ct01",
@@ -227,7 +228,7 @@ def ct01(server: MimicProcess) -> tuple[Path, Path]:
     assert result.returncode == 0, result.stderr
     folder = server.certs / "clients" / "ct01"
     cert, key = folder / "client.pem", folder / "client.key"
-    assert server.wait_until_trusted(lambda: echo_ok(server, cert, key, calling="CT01"))
+    assert server.wait_until_trusted(lambda: echo_ok(server, cert, key, calling="CT01"), since)
     return cert, key
 
 
@@ -270,9 +271,10 @@ def test_expired_certificate_in_the_trusted_set(server: MimicProcess, tmp_path: 
         not_before=now - timedelta(days=30), not_after=now - timedelta(days=1),
     )
     fresh, fresh_key, _, _ = write_cert(tmp_path, "fresh", issuer=issuer)
+    since = server.log_mark()
     place_trusted(server, "expired-client", expired)
     place_trusted(server, "fresh-client", fresh)
-    assert server.wait_until_trusted(lambda: echo_ok(server, fresh, fresh_key))
+    assert server.wait_until_trusted(lambda: echo_ok(server, fresh, fresh_key), since)
 
     ctx = client_context(expired, expired_key, server.ca_cert)
     assert_refused_in_handshake(

@@ -52,8 +52,9 @@ def _echo_ok(server: MimicProcess, name: str) -> bool:
 def test_add_and_revoke_without_restart(live: MimicProcess, tmp_path: Path) -> None:
     assert _echo_ok(live, "modality1")
     # An operator issues a second modality's certificate: trusted within a refresh period.
+    since = live.log_mark()
     devpki.issue_client(live.certs, "modalityb")
-    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityb"), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityb"), since, timeout=10)
 
     # modality1 has an association open while it is revoked: it is aborted...
     syntax = "1.2.840.10008.1.2.1"
@@ -87,8 +88,9 @@ def _all_processes_revoked(server: MimicProcess, since: int) -> bool:
 
 
 def test_removing_the_trusted_file_revokes(live: MimicProcess) -> None:
+    since = live.log_mark()
     devpki.issue_client(live.certs, "modalityc")
-    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityc"), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, "modalityc"), since, timeout=10)
     (live.certs / "trusted" / "modalityc.pem").unlink()
     assert wait_for(lambda: not _echo_ok(live, "modalityc"), timeout=10)
     assert _echo_ok(live, "modality1")

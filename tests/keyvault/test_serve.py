@@ -111,11 +111,12 @@ def test_operators_work_in_the_vault_and_the_server_follows(
 ) -> None:
     assert not (live.data_dir / "certs").exists()  # no development PKI in Key Vault mode
     assert "https://vault.azure.net" in identity.resources  # the server used managed identity
+    since = live.log_mark()
     a = _modality(pki, vault, "modality-a", "MODALITYA")
     b, b_pem = _onboard_later(pki, "modality-b", "MODALITYB")
 
     # Client A (bound to AE MODALITYA by tag) stores, with pynetdicom and with dcmtk.
-    assert live.wait_until_trusted(lambda: _echo_ok(live, a), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, a), since, timeout=10)
     a_open = associate(live.port, a.context(), calling=a.ae_title, transfer_syntaxes=[SYNTAX])
     assert a_open.is_established
     assert a_open.send_c_store(_ct(tmp_path, 1)).Status == 0
@@ -125,8 +126,9 @@ def test_operators_work_in_the_vault_and_the_server_follows(
     assert not _echo_ok(live, b)  # B is not in the vault yet
 
     # The operator pastes B's certificate into a secret tagged mimic-trust=client.
+    since = live.log_mark()
     vault.set_secret(b.name, b_pem, tags={**CLIENT, "mimic-ae-titles": b.ae_title})
-    assert live.wait_until_trusted(lambda: _echo_ok(live, b), timeout=10)
+    assert live.wait_until_trusted(lambda: _echo_ok(live, b), since, timeout=10)
 
     # The operator disables A: its open association is aborted, its next ones refused. The
     # worker that found the change first aborts at once; the others read the vault again on

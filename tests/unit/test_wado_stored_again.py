@@ -29,6 +29,7 @@ IMPLICIT = "1.2.840.10008.1.2"
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.7.1"
 FIRST, SECOND = f"{SERIES}.1", f"{SERIES}.2"
 CT = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MULTIPART = 'multipart/related; type="application/dicom"'
 
 
@@ -68,10 +69,14 @@ class Finder:
         return self.now.get(ref.sop_instance_uid)
 
 
-def _object(store: MemoryStore, uid: str, syntax: str, marker: bytes) -> tuple[InstanceRef, bytes]:
-    """A CT object stored under a fresh key of the series, made distinct by ``marker``."""
+def _object(store: MemoryStore, uid: str, syntax: str, marker: bytes,
+            sop_class: str = CT) -> tuple[InstanceRef, bytes]:
+    """An object of the CT slice stored under a fresh key of the series, encoded in
+    ``syntax``, made distinct by ``marker``."""
     ds = pydicom.dcmread(ct_small())
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.TransferSyntaxUID = syntax
     ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
     ds.ImageComments = marker.decode()
     buffer = io.BytesIO()
@@ -79,7 +84,7 @@ def _object(store: MemoryStore, uid: str, syntax: str, marker: bytes) -> tuple[I
     data = buffer.getvalue()
     key = new_object_key(STUDY, SERIES, uid)
     store.objects[key] = data
-    return InstanceRef(CT, uid, syntax, key, hashlib.sha256(data).hexdigest()), data
+    return InstanceRef(sop_class, uid, syntax, key, hashlib.sha256(data).hexdigest()), data
 
 
 class Archive:
@@ -90,7 +95,8 @@ class Archive:
         self.store = MemoryStore()
         old, self.old_bytes = _object(self.store, FIRST, EXPLICIT, b"first, as matched")
         del self.store.objects[old.object_key]  # deleted once the new row committed
-        self.new, self.new_bytes = _object(self.store, FIRST, IMPLICIT, b"first, sent again")
+        self.new, self.new_bytes = _object(self.store, FIRST, IMPLICIT, b"first, sent again",
+                                           SECONDARY_CAPTURE)
         self.second, self.second_bytes = _object(self.store, SECOND, EXPLICIT, b"second")
         self.finder = Finder([old, self.second], {FIRST: self.new, SECOND: self.second})
         self.audit = Details()
@@ -117,17 +123,25 @@ def test_a_study_retrieve_sends_the_version_stored_now(caplog: pytest.LogCapture
     assert archive.finder.asked == [FIRST]  # only the missing object was looked up
     record = archive.audit.transferred()
     assert record["instances"] == 2 and record["failed"] == 0
+    # Counted as what was sent: the version stored now, of another SOP Class.
+    assert record["studies"] == {STUDY: {SECONDARY_CAPTURE: 1, CT: 1}}
     assert "stored again since it matched" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_one_instance_is_sent_as_it_is_now() -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+def test_one_instance_is_sent_as_it_is_now(streamed: bool, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Answered whole (up to 1 MiB) or streamed: the version stored now either way."""
+    if streamed:
+        monkeypatch.setattr(wado, "WHOLE_ANSWER_BYTES", 0)
     archive = Archive()
     answer = archive.get(f"/series/{SERIES}/instances/{FIRST}")
     assert answer.status_code == 200
     assert archive.new_bytes in answer.content
     assert f"transfer-syntax={IMPLICIT}".encode() in answer.content
-    assert archive.audit.transferred()["failed"] == 0
+    record = archive.audit.transferred()
+    assert record["failed"] == 0 and record["studies"] == {STUDY: {SECONDARY_CAPTURE: 1}}
 
 
 def test_no_longer_in_the_transfer_syntax_asked_for(caplog: pytest.LogCaptureFixture) -> None:
@@ -180,7 +194,18 @@ def test_frames_and_rendered_of_the_version_stored_now() -> None:
     assert pixels in frames.content
     assert archive.audit.transferred()["failed"] == 0
 
+    for resource in ("rendered", "thumbnail"):
+        archive = Archive()
+        image = archive.get(f"{instance}/{resource}", "image/png")
+        assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+        record = archive.audit.transferred()
+        assert record["failed"] == 0 and record["studies"] == {STUDY: {SECONDARY_CAPTURE: 1}}
+
+
+def test_bulk_data_of_the_version_stored_now() -> None:
     archive = Archive()
-    rendered = archive.get(f"{instance}/rendered", "image/png")
-    assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")
-    assert archive.audit.transferred()["failed"] == 0
+    answer = archive.get(f"/series/{SERIES}/instances/{FIRST}/bulkdata/7FE00010",
+                         'multipart/related; type="application/octet-stream"')
+    assert answer.status_code == 200
+    assert pydicom.dcmread(io.BytesIO(archive.new_bytes)).PixelData in answer.content
+    assert archive.audit.transferred()["studies"] == {STUDY: {SECONDARY_CAPTURE: 1}}
