@@ -26,5 +26,5 @@ def series_of_key(key: str) -> tuple[str, str] | None:
 
 def study_of_key(key: str) -> str | None:
     """The Study Instance UID an object key names (None for a key of another shape)."""
-    parts = key.split("/")
-    return parts[1] if len(parts) == 4 else None
+    named = series_of_key(key)
+    return named[0] if named is not None else None
