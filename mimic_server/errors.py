@@ -9,6 +9,7 @@
         ├── OutOfResources            0xA700 Refused: Out of Resources (store, index)
         ├── DataSetMismatch           0xA900 Error: Data Set does not match SOP Class
         ├── CannotUnderstand          0xC000 family: a dataset we cannot parse or trust
+        │   └── HierarchyConflict     0xC003 its study / series is filed under another parent
         └── QueryError                0xA900 / 0xC000: an Identifier we refuse to guess at
 
 Backends translate their own failures (``OSError``, ``SQLAlchemyError`` ...) with
@@ -46,6 +47,9 @@ class Status(IntEnum):
     UID_MISMATCH = 0xC001
     #: A required attribute (Study / Series / SOP Instance UID) is missing or invalid.
     MISSING_ATTRIBUTE = 0xC002
+    #: The instance names a study the archive files under another Patient ID, or a series
+    #: it files under another study: kept, it would be found under neither (``index``).
+    HIERARCHY_CONFLICT = 0xC003
     #: An unexpected exception in the handler (a bug; logged), per service: the codes
     #: pynetdicom used, in the 0xCxxx "Cannot understand / Unable to process" range.
     STORE_UNEXPECTED = 0xC211
@@ -93,6 +97,15 @@ class DataSetMismatch(DicomStatusError):
 
 class CannotUnderstand(DicomStatusError):
     status = Status.CANNOT_UNDERSTAND
+
+
+class HierarchyConflict(CannotUnderstand):
+    """The instance contradicts the index: its Study Instance UID is filed under another
+    Patient ID, or its Series Instance UID under another Study Instance UID. Filed under
+    the existing row, it would carry UIDs its parents do not have; filed under its own, one
+    UID would name two entities. Refused: the sender (or an operator) corrects one side."""
+
+    status = Status.HIERARCHY_CONFLICT
 
 
 class QueryError(DicomStatusError):

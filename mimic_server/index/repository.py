@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from mimic_server.codec.dicom_json import json_text
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import HierarchyConflict, OutOfResources
 from mimic_server.index import StoredInstance, audit_table
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.driver import DriverStatement, Gathered, NotGathered
@@ -91,12 +91,14 @@ class SqlIndex:
                                + audit_table.KEYS, encoded=frozenset({"header"}))
             if self._side_by_side and self._driver_insert is not None else None
         )
-        # Series Instance UID -> series row id, filled after a commit: the instances of a
-        # series then skip the three patient / study / series look-ups. Another process
+        # The series an instance names (``_filed_as``: its Series and Study Instance UIDs and
+        # its Patient ID) -> series row id, filled after a commit: the instances of a series
+        # then skip the three patient / study / series look-ups, and their checks (a key
+        # that differs in any part is looked up, and checked, again). Another process
         # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to
         # the next new row, so an entry is trusted only as far as the insert's check above: a
         # stale entry fails it (an IntegrityError), which empties the cache before the retry.
-        self._series_ids: OrderedDict[str, int] = OrderedDict()
+        self._series_ids: OrderedDict[_FiledAs, int] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def overlaps_put(self, attrs: InstanceAttributes) -> bool:
@@ -108,7 +110,7 @@ class SqlIndex:
         if self._insert_with_audit is None or self.committer is None:
             return True
         with self._cache_lock:
-            return attrs.series_instance_uid not in self._series_ids
+            return _filed_as(attrs) not in self._series_ids
 
     def close(self) -> None:
         """Give the connections the group commit keeps back to the pool: before the engine
@@ -157,7 +159,7 @@ class SqlIndex:
                 if isinstance(upserted, _NotNew):  # its SOP Instance UID has a row
                     upserted = self._ours_or_transact(attrs, object_key, upserted, work)
                 replaced, series_fk = upserted
-                self._remember(attrs.series_instance_uid, series_fk)
+                self._remember(_filed_as(attrs), series_fk)
                 return replaced
             except (OperationalError, IntegrityError) as exc:
                 if isinstance(exc, IntegrityError):
@@ -205,7 +207,7 @@ class SqlIndex:
                 or self.committer is None):  # group commit off: a transaction each
             return None
         with self._cache_lock:
-            series_fk = self._series_ids.get(attrs.series_instance_uid)
+            series_fk = self._series_ids.get(_filed_as(attrs))
         if series_fk is None:
             return None
         gathered = Gathered()
@@ -244,10 +246,10 @@ class SqlIndex:
             return None, not_new.series_fk
         return self._transact(work)
 
-    def _remember(self, series_uid: str, series_fk: int) -> None:
+    def _remember(self, filed_as: _FiledAs, series_fk: int) -> None:
         with self._cache_lock:
-            self._series_ids[series_uid] = series_fk
-            self._series_ids.move_to_end(series_uid)
+            self._series_ids[filed_as] = series_fk
+            self._series_ids.move_to_end(filed_as)
             while len(self._series_ids) > _CACHED_SERIES:
                 self._series_ids.popitem(last=False)
 
@@ -255,48 +257,76 @@ class SqlIndex:
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
     ) -> tuple[str | None, int]:
         with self._cache_lock:
-            cached = self._series_ids.get(attrs.series_instance_uid)
+            cached = self._series_ids.get(_filed_as(attrs))
         series_fk = cached if cached is not None else self._hierarchy(conn, attrs, row)
         return self._upsert_instance(conn, attrs, row, series_fk), series_fk
 
     def _hierarchy(self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]) -> int:
-        """Patient, study and series rows, in this lock order; the series row id."""
-        now = row["received_at"]
-        patient_fk = self._get_or_create(
-            conn,
-            Patient,
-            "patient_key",
-            {
-                "patient_key": attrs.patient_key,
-                "patient_id": attrs.patient_id,
-                "issuer_of_patient_id": attrs.issuer_of_patient_id,
-                "patient_name": attrs.patient_name,
-                "patient_birth_date": attrs.patient_birth_date,
-                "patient_sex": attrs.patient_sex,
-                "created_at": now,
-            },
-        )
-        study_fk = self._get_or_create(
-            conn,
-            Study,
-            "study_instance_uid",
-            {
-                "patient_fk": patient_fk,
-                "study_instance_uid": attrs.study_instance_uid,
-                "study_date": attrs.study_date,
-                "study_time": attrs.study_time,
-                "accession_number": attrs.accession_number,
-                "study_id": attrs.study_id,
-                "study_description": attrs.study_description,
-                "referring_physician_name": attrs.referring_physician_name,
-                "created_at": now,
-            },
-        )
-        series_fk = self._get_or_create(
-            conn,
-            Series,
-            "series_instance_uid",
-            {
+        """Patient, study and series rows, in this lock order; the series row id.
+
+        A study already filed under another Patient ID, or a series under another study,
+        raises :class:`HierarchyConflict` (the transaction rolls back): filed under the row
+        found, the instance would be found neither under its own study nor its own patient.
+        """
+        study_fk = self._study(conn, attrs, row["received_at"])
+        return self._series(conn, attrs, study_fk, row["received_at"])
+
+    def _study(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> int:
+        """The study's row id; its patient's and its own rows made if it is new."""
+        known = self._known_study(conn, attrs)
+        if known is not None:
+            return known
+        patient_fk = self._get_or_create(conn, Patient, "patient_key", {
+            "patient_key": attrs.patient_key,
+            "patient_id": attrs.patient_id,
+            "issuer_of_patient_id": attrs.issuer_of_patient_id,
+            "patient_name": attrs.patient_name,
+            "patient_birth_date": attrs.patient_birth_date,
+            "patient_sex": attrs.patient_sex,
+            "created_at": now,
+        })
+        created = self._create(conn, Study, "study_instance_uid", {
+            "patient_fk": patient_fk,
+            "study_instance_uid": attrs.study_instance_uid,
+            "study_date": attrs.study_date,
+            "study_time": attrs.study_time,
+            "accession_number": attrs.accession_number,
+            "study_id": attrs.study_id,
+            "study_description": attrs.study_description,
+            "referring_physician_name": attrs.referring_physician_name,
+            "created_at": now,
+        })
+        if created is not None:
+            return created
+        known = self._known_study(conn, attrs)  # another writer filed it first: under whom?
+        if known is None:  # and it was deleted again since (``mimic reconcile --fix``)
+            raise OutOfResources("index unavailable")
+        return known
+
+    def _known_study(self, conn: Connection, attrs: InstanceAttributes) -> int | None:
+        """The study's row id if it is filed, under a patient ``attrs`` may name: the same
+        Patient ID, and the same issuer unless one side has none (a workstation adding an
+        object to a modality's study may fill it in; the study's patient row stays)."""
+        found = conn.execute(
+            select(Study.id, Patient.patient_id, Patient.issuer_of_patient_id)
+            .join(Patient, Study.patient_fk == Patient.id)
+            .where(Study.study_instance_uid == attrs.study_instance_uid)
+        ).first()
+        if found is None:
+            return None
+        issuers = {found.issuer_of_patient_id, attrs.issuer_of_patient_id} - {""}
+        if found.patient_id != attrs.patient_id or len(issuers) > 1:
+            raise HierarchyConflict("Study Instance UID already filed under another Patient ID")
+        return int(found.id)
+
+    def _series(self, conn: Connection, attrs: InstanceAttributes, study_fk: int,
+                now: datetime) -> int:
+        """The series' row id, made if it is new, refused if filed under another study."""
+        filed = select(Series.id, Series.study_fk).where(
+            Series.series_instance_uid == attrs.series_instance_uid)
+        found = conn.execute(filed).first()
+        if found is None:
+            created = self._create(conn, Series, "series_instance_uid", {
                 "study_fk": study_fk,
                 "series_instance_uid": attrs.series_instance_uid,
                 "modality": attrs.modality,
@@ -306,9 +336,13 @@ class SqlIndex:
                 "series_time": attrs.series_time,
                 "body_part_examined": attrs.body_part_examined,
                 "created_at": now,
-            },
-        )
-        return series_fk
+            })
+            if created is not None:
+                return created
+            found = conn.execute(filed).one()  # another writer filed it first
+        if found.study_fk != study_fk:
+            raise HierarchyConflict("Series Instance UID already filed under another study")
+        return int(found.id)
 
     def _upsert_instance(
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], series_fk: int
@@ -348,12 +382,19 @@ class SqlIndex:
         found = conn.execute(select(model.id).where(column == values[unique])).scalar()
         if found is not None:
             return int(found)
-        stmt = self._insert(model).values(**values).on_conflict_do_nothing(index_elements=[unique])
-        inserted = conn.execute(stmt.returning(model.id)).scalar()
+        inserted = self._create(conn, model, unique, values)
         if inserted is not None:
-            return int(inserted)
+            return inserted
         # Another writer inserted it between our select and insert: it is visible now.
         return int(conn.execute(select(model.id).where(column == values[unique])).scalar_one())
+
+    def _create(
+        self, conn: Connection, model: Any, unique: str, values: dict[str, Any]
+    ) -> int | None:
+        """Insert the row; its id, or None where another writer has inserted it first."""
+        stmt = self._insert(model).values(**values).on_conflict_do_nothing(index_elements=[unique])
+        inserted = conn.execute(stmt.returning(model.id)).scalar()
+        return int(inserted) if inserted is not None else None
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         query = select(
@@ -383,6 +424,16 @@ class SqlIndex:
             answers(self.engine)
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
+
+
+#: What a series is filed under, as an instance names it: its Series and Study Instance UIDs,
+#: its Patient ID and Issuer of Patient ID.
+_FiledAs = tuple[str, str, str, str]
+
+
+def _filed_as(attrs: InstanceAttributes) -> _FiledAs:
+    return (attrs.series_instance_uid, attrs.study_instance_uid, attrs.patient_id,
+            attrs.issuer_of_patient_id)
 
 
 #: The parameters of the instance insert (its columns but ``series_fk``, and the series check).

@@ -445,6 +445,45 @@ def test_dataset_uid_differs_from_the_request(server: MimicProcess, tmp_path: Pa
     assert not indexed(server, requested) and not indexed(server, inside)
 
 
+def test_an_instance_contradicting_the_filed_study_or_series(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """A series the archive files under another study, or a study it files under another
+    Patient ID: refused with 0xC003 and an Error Comment, nothing kept, and the instance
+    filed first is still found where it was. Filed under the rows found, the new instance
+    would be found under neither its own study nor its own patient."""
+    study, series = generate_uid(), generate_uid()
+
+    def send(name: str, *, study: str, series: str, patient_id: str) -> tuple[str, int, str]:
+        ds = pydicom.dcmread(ct_small())
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study, series, patient_id
+        encoded = encode(ds, False, True)
+        assert encoded is not None
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(part10(ds.SOPInstanceUID, encoded))
+        return (ds.SOPInstanceUID, *send_file(server, path))
+
+    first, status, _ = send("first", study=study, series=series, patient_id="HIER-1")
+    assert status == 0x0000, hex(status)
+    for name, study_uid, series_uid, patient_id, says in (
+        ("series-in-another-study", generate_uid(), series, "HIER-1", "another study"),
+        ("study-of-another-patient", study, generate_uid(), "HIER-2", "another Patient ID"),
+    ):
+        with nothing_stored(server):
+            uid, status, comment = send(name, study=study_uid, series=series_uid,
+                                        patient_id=patient_id)
+        assert status == 0xC003, (name, hex(status))
+        assert says in comment, (name, comment)
+        assert not indexed(server, uid)
+    assert indexed(server, first)
+    rows = server._query(
+        "SELECT count(*) FROM series JOIN studies ON studies.id = series.study_fk"
+        " WHERE series.series_instance_uid = :series AND studies.study_instance_uid = :study",
+        series=series, study=study)
+    assert int(rows[0][0]) == 1
+
+
 #: A sequence of undefined length that never ends: nothing a parser can finish.
 UNTERMINATED_SEQUENCE = (
     b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"  # (0008,1115) SQ, undefined length

@@ -365,6 +365,25 @@ def test_another_study_than_the_target_is_refused(setup: Setup) -> None:
     assert setup.instance_count() == before
 
 
+def test_a_series_filed_under_another_study_is_refused(setup: Setup) -> None:
+    """An instance naming a series the archive files under another study is refused with
+    0xC003 (STOW-RS 409 when nothing was stored), as a C-STORE of it is; the one kept
+    beside it in the same request is stored."""
+    first = new_ct()
+    assert setup.post(multipart(part10(first))).status_code == 200
+    reused, good = new_ct(), new_ct()
+    reused.SeriesInstanceUID = first.SeriesInstanceUID
+    before = setup.instance_count()
+    response = setup.post(multipart(part10(reused)))
+    assert response.status_code == 409
+    assert failures(response.json()) == [(reused.SOPInstanceUID, 0xC003)]
+    response = setup.post(multipart(part10(good), part10(reused)))
+    assert response.status_code == 202
+    assert stored_uids(response.json()) == [good.SOPInstanceUID]
+    assert failures(response.json()) == [(reused.SOPInstanceUID, 0xC003)]
+    assert setup.instance_count() == before + 1 and not setup.find(reused)
+
+
 def test_file_meta_uid_differing_from_the_data_set_is_refused(setup: Setup) -> None:
     ds = new_ct()
     data = part10(ds)

@@ -45,9 +45,11 @@ NETWORK_TIMEOUT = 3.0
 SETTLE = 2 * (ACSE_TIMEOUT + NETWORK_TIMEOUT) + 5
 
 #: Statuses a damaged data set may get: stored (some damage leaves a valid data set, e.g.
-#: a cut between two elements), or refused as not matching / not understood. Never 0xA700
-#: (the store or index failed) nor 0xC211 (an exception the handler did not expect).
-ACCEPTABLE_STORE_STATUSES = {0x0000, 0xA900, 0xC000, 0xC001, 0xC002}
+#: a cut between two elements), or refused as not matching / not understood, or as naming a
+#: study or series filed under another patient or study (a changed byte in one UID of a
+#: seed stored before). Never 0xA700 (the store or index failed) nor 0xC211 (an exception
+#: the handler did not expect).
+ACCEPTABLE_STORE_STATUSES = {0x0000, 0xA900, 0xC000, 0xC001, 0xC002, 0xC003}
 
 #: Real files to damage: explicit and implicit VR, big endian, Deflated, encapsulated (RLE,
 #: JPEG, JPEG 2000 with an undefined-length UN sequence), nested sequences (SR).

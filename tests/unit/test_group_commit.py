@@ -30,7 +30,7 @@ from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.audit_table import AuditTable
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.models import AuditEvent, Instance
-from mimic_server.index.repository import SqlIndex
+from mimic_server.index.repository import SqlIndex, _filed_as
 from mimic_server.security.policy import Policy
 from mimic_server.storage.memory import MemoryStore
 from tests.data import ct_small
@@ -208,7 +208,7 @@ def test_a_transient_failure_in_a_batch_is_retried_alone(index: SqlIndex) -> Non
                                              object_key=f"k/{n}", **COMMON)
 
     with index._cache_lock:
-        index._series_ids[f"{PREFIX}1.7"] = 987654  # not the series' row any more
+        index._series_ids[_filed_as(_attrs(3, series=7))] = 987654  # not the series' row any more
     with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 6)}) as callers:
         pass
     assert not callers.errors, callers.errors

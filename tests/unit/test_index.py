@@ -12,9 +12,10 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, text
 
+from mimic_server.errors import HierarchyConflict, Status
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.models import Instance, Patient, Series, Study
-from mimic_server.index.repository import SqlIndex
+from mimic_server.index.repository import SqlIndex, _filed_as
 from tests.data import ct_small, local_files
 
 
@@ -171,7 +172,116 @@ def test_an_integrity_error_of_the_prepared_insert_is_sqlalchemys(index: SqlInde
     common = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1,
               "received_from": "t"}
     index.upsert_instance(_attrs(ds), object_key="a", **common)
-    index._series_ids[ds.SeriesInstanceUID] = 987654  # a series row that does not exist
+    index._series_ids[_filed_as(_attrs(ds))] = 987654  # a series row that does not exist
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.22.1"
     assert index.upsert_instance(_attrs(ds), object_key="b", **common) is None
     assert _counts(index) == (1, 1, 1, 2)
+
+
+# -- an instance that contradicts what the index has filed --------------------------------
+
+_COMMON = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1,
+           "received_from": "t"}
+
+
+def _instance(n: int, *, study: int = 1, series: int = 1, patient: str = "P1",
+              issuer: str | None = None) -> Dataset:
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.PatientID = patient
+    if issuer is not None:
+        ds.IssuerOfPatientID = issuer
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.31.{study}"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.32.{series}"
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.33.{n}"
+    return ds
+
+
+def _refused(index: SqlIndex, ds: Dataset, key: str) -> HierarchyConflict:
+    before = _counts(index)
+    with pytest.raises(HierarchyConflict) as refused:
+        index.upsert_instance(_attrs(ds), object_key=key, **_COMMON)
+    assert refused.value.status == Status.HIERARCHY_CONFLICT == 0xC003
+    assert _counts(index) == before, "a refused instance left rows behind"
+    assert index.get_instance(ds.SOPInstanceUID) is None
+    return refused.value
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["series-cached", "fresh-process"])
+def test_a_series_filed_under_another_study_is_refused(index: SqlIndex, cached: bool) -> None:
+    """The series row keeps its study: an instance of it in another study would be found
+    under neither study (and its header would contradict its series'), so it is refused,
+    whether the series is in the cache of known series or looked up (another process)."""
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    if not cached:
+        with index._cache_lock:
+            index._series_ids.clear()
+    refused = _refused(index, _instance(2, study=2), "b")
+    assert "another study" in str(refused)
+    # The same series in its own study, and another series in the other study, are kept.
+    index.upsert_instance(_attrs(_instance(3)), object_key="c", **_COMMON)
+    index.upsert_instance(_attrs(_instance(4, study=2, series=2)), object_key="d", **_COMMON)
+    assert _counts(index) == (1, 2, 2, 3)
+
+
+def test_a_resent_instance_into_a_series_of_another_study_is_refused(index: SqlIndex) -> None:
+    """A known SOP Instance UID sent again may move to another series (its row is switched),
+    but not into a series that the index files under another study than the one it names."""
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    index.upsert_instance(_attrs(_instance(2, study=2, series=2)), object_key="b", **_COMMON)
+    moved = _instance(2, study=2, series=1)  # instance 2 again, in study 2, series 1's UID
+    with pytest.raises(HierarchyConflict):
+        index.upsert_instance(_attrs(moved), object_key="c", **_COMMON)
+    stored = index.get_instance(moved.SOPInstanceUID)
+    assert stored is not None and stored.object_key == "b"
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["series-cached", "fresh-process"])
+def test_a_study_filed_under_another_patient_id_is_refused(index: SqlIndex, cached: bool) -> None:
+    """A study is one patient's: an instance naming it under another Patient ID (a
+    correction at the modality, a merge not yet made) is refused rather than filed under
+    the first patient, where a search for its own patient would never find it. No patient
+    row is made for the refused one."""
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    if not cached:
+        with index._cache_lock:
+            index._series_ids.clear()
+    assert "another Patient ID" in str(_refused(index, _instance(2, patient="P2"), "b"))
+    assert "another Patient ID" in str(_refused(index, _instance(3, patient=""), "c"))
+    assert "another Patient ID" in str(
+        _refused(index, _instance(4, series=2, patient="P2"), "d"))  # a new series too
+
+
+def test_an_issuer_on_one_side_only_is_the_same_patient(index: SqlIndex) -> None:
+    """Issuer of Patient ID filled in by one sender and not by another (a workstation adding
+    a derived object to a modality's study) names the same patient: kept, under the study's
+    patient; two different issuers are two patients: refused."""
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    index.upsert_instance(_attrs(_instance(2, issuer="HOSP")), object_key="b", **_COMMON)
+    assert _counts(index) == (1, 1, 1, 2)
+    index.upsert_instance(_attrs(_instance(3, study=2, series=2, issuer="HOSP")),
+                          object_key="c", **_COMMON)
+    index.upsert_instance(_attrs(_instance(4, study=2, series=2)), object_key="d", **_COMMON)
+    assert _counts(index) == (2, 2, 2, 4)
+    _refused(index, _instance(5, study=2, series=3, issuer="OTHER"), "e")
+
+
+def test_a_refused_instance_in_a_shared_transaction_fails_alone(index: SqlIndex) -> None:
+    """Concurrent senders share commits: the refused one gets its own error, the others
+    are kept."""
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    errors: dict[int, BaseException] = {}
+
+    def sender(n: int) -> None:
+        ds = _instance(n, study=2 if n == 5 else 1, series=1 if n == 5 else 1 + n % 2)
+        try:
+            index.upsert_instance(_attrs(ds), object_key=f"k{n}", **_COMMON)
+        except BaseException as exc:
+            errors[n] = exc
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(2, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(errors) == [5] and isinstance(errors[5], HierarchyConflict)
+    assert _counts(index) == (1, 1, 2, 8)
