@@ -153,7 +153,8 @@ def ingest(
     to ``/studies/{study}`` refuses another study's instance); it raises a
     ``DicomStatusError``. Raises ``DicomStatusError``: ``0xC001`` SOP Instance UID differs
     from the declared one, ``0xA900`` SOP Class UID differs, ``0xC002`` an attribute the
-    index needs missing or invalid, ``0xA700`` store or index unavailable.
+    index needs missing or invalid, ``0xC003`` its study or series filed under another
+    patient or study, ``0xA700`` store or index unavailable.
     """
     attrs = InstanceAttributes.from_header(received.header)
     if attrs.sop_instance_uid != sop_instance_uid:

@@ -46,7 +46,8 @@ def handle_store(
         ``0xA700`` Out of Resources (store or index unavailable, or a data set larger than
         ``MIMIC_MAX_OBJECT_BYTES``), ``0xA900`` Data Set does
         not match SOP Class, ``0xC000`` cannot parse, ``0xC001`` UID differs from the
-        command, ``0xC002`` required attribute missing or invalid.
+        command, ``0xC002`` required attribute missing or invalid, ``0xC003`` its study
+        filed under another Patient ID or its series under another study.
     """
     session = session_of(event.assoc)
     request = event.request

@@ -41,7 +41,9 @@ class Index(Protocol):
         shared with concurrent callers (group commit), whose failures are not this caller's.
         ``in_transaction(connection)`` writes more in the same transaction (the C-STORE's
         audit row, in the PostgreSQL configuration): it commits with the instance or not at
-        all, and a retried or rewritten transaction runs it again on its connection."""
+        all, and a retried or rewritten transaction runs it again on its connection.
+        Raises ``HierarchyConflict`` (nothing written) where the instance's study is filed
+        under another Patient ID or its series under another study."""
         ...
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
