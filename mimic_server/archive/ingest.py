@@ -14,8 +14,8 @@ missing object; a replaced object (the same SOP Instance again: the newest bytes
 deleted after the commit.
 
 Failures raise :class:`~mimic_server.errors.DicomStatusError` carrying a DIMSE status
-(``0xA700``, ``0xA900``, ``0xC000``, ``0xC001``, ``0xC002``); each front door turns it into
-its protocol's answer (a C-STORE status, a PS3.18 Failure Reason).
+(``0xA700``, ``0xA900``, ``0xC000``, ``0xC001``, ``0xC002``, ``0xC003``); each front door
+turns it into its protocol's answer (a C-STORE status, a PS3.18 Failure Reason).
 """
 
 from __future__ import annotations

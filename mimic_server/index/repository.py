@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -68,11 +68,17 @@ class SqlIndex:
         self._side_by_side = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # The instance's series row id, checked in the same statement to still be the row of
-        # its Series Instance UID: NULL (a NOT NULL violation, an IntegrityError) otherwise.
+        # its Series Instance UID, in its study, of the patient it was filed under: NULL (a
+        # NOT NULL violation, an IntegrityError) otherwise. UIDs, not row ids: SQLite gives
+        # a deleted top id to the next new row, of whatever study and patient.
         self._series_fk = (
             select(Series.id)
+            .join(Study, Series.study_fk == Study.id)
+            .join(Patient, Study.patient_fk == Patient.id)
             .where(Series.id == bindparam("cached_series_fk"))
             .where(Series.series_instance_uid == bindparam("cached_series_uid"))
+            .where(Study.study_instance_uid == bindparam("cached_study_uid"))
+            .where(Patient.patient_key == bindparam("cached_patient_key"))
             .scalar_subquery()
         )
         self._insert_instance = (
@@ -91,14 +97,15 @@ class SqlIndex:
                                + audit_table.KEYS, encoded=frozenset({"header"}))
             if self._side_by_side and self._driver_insert is not None else None
         )
-        # The series an instance names (``_filed_as``: its Series and Study Instance UIDs and
-        # its Patient ID) -> series row id, filled after a commit: the instances of a series
+        # The series an instance names (``_filed_as``: its Series and Study Instance UIDs, its
+        # Patient ID and issuer) -> where it is filed (``_Filed``: the series row id and the
+        # key of the study's patient), filled after a commit: the instances of a series
         # then skip the three patient / study / series look-ups, and their checks (a key
         # that differs in any part is looked up, and checked, again). Another process
         # (`mimic reconcile --fix`) may delete a series row, and SQLite then gives its id to
         # the next new row, so an entry is trusted only as far as the insert's check above: a
         # stale entry fails it (an IntegrityError), which empties the cache before the retry.
-        self._series_ids: OrderedDict[_FiledAs, int] = OrderedDict()
+        self._series_ids: OrderedDict[_FiledAs, _Filed] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def overlaps_put(self, attrs: InstanceAttributes) -> bool:
@@ -145,7 +152,7 @@ class SqlIndex:
             "received_at": datetime.now(UTC),
         }
 
-        def work(conn: Connection) -> tuple[str | None, int]:
+        def work(conn: Connection) -> tuple[str | None, _Filed]:
             upserted = self._upsert(conn, attrs, row)
             if in_transaction is not None:
                 in_transaction(conn)
@@ -158,8 +165,8 @@ class SqlIndex:
                 upserted = self._transact(work, alone)
                 if isinstance(upserted, _NotNew):  # its SOP Instance UID has a row
                     upserted = self._ours_or_transact(attrs, object_key, upserted, work)
-                replaced, series_fk = upserted
-                self._remember(_filed_as(attrs), series_fk)
+                replaced, filed = upserted
+                self._remember(_filed_as(attrs), filed)
                 return replaced
             except (OperationalError, IntegrityError) as exc:
                 if isinstance(exc, IntegrityError):
@@ -207,8 +214,8 @@ class SqlIndex:
                 or self.committer is None):  # group commit off: a transaction each
             return None
         with self._cache_lock:
-            series_fk = self._series_ids.get(_filed_as(attrs))
-        if series_fk is None:
+            filed = self._series_ids.get(_filed_as(attrs))
+        if filed is None:
             return None
         gathered = Gathered()
         if in_transaction is not None:
@@ -221,13 +228,13 @@ class SqlIndex:
         params = {
             "sop_instance_uid": attrs.sop_instance_uid, **row,
             "header": json_text(row["header"]),
-            "cached_series_fk": series_fk, "cached_series_uid": attrs.series_instance_uid,
+            **_checked(attrs, filed),
         }
         statement = self._driver_insert
         if gathered.audit_rows:
             params.update(gathered.audit_rows[0])
             statement = self._insert_with_audit
-        upserted, not_new = (None, series_fk), _NotNew(series_fk)
+        upserted, not_new = (None, filed), _NotNew(filed)
 
         def alone(conn: Connection) -> Any:
             return upserted if statement.first(conn, params) is not None else not_new
@@ -243,36 +250,40 @@ class SqlIndex:
         found = read_index(self.engine, lambda conn: conn.execute(
             select(Instance.object_key).where(Instance.sop_instance_uid == uid)).scalar())
         if found == object_key:
-            return None, not_new.series_fk
+            return None, not_new.filed
         return self._transact(work)
 
-    def _remember(self, filed_as: _FiledAs, series_fk: int) -> None:
+    def _remember(self, filed_as: _FiledAs, filed: _Filed) -> None:
         with self._cache_lock:
-            self._series_ids[filed_as] = series_fk
+            self._series_ids[filed_as] = filed
             self._series_ids.move_to_end(filed_as)
             while len(self._series_ids) > _CACHED_SERIES:
                 self._series_ids.popitem(last=False)
 
     def _upsert(
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
-    ) -> tuple[str | None, int]:
+    ) -> tuple[str | None, _Filed]:
         with self._cache_lock:
             cached = self._series_ids.get(_filed_as(attrs))
-        series_fk = cached if cached is not None else self._hierarchy(conn, attrs, row)
-        return self._upsert_instance(conn, attrs, row, series_fk), series_fk
+        filed = cached if cached is not None else self._hierarchy(conn, attrs, row)
+        return self._upsert_instance(conn, attrs, row, filed), filed
 
-    def _hierarchy(self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]) -> int:
-        """Patient, study and series rows, in this lock order; the series row id.
+    def _hierarchy(
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+    ) -> _Filed:
+        """Patient, study and series rows, in this lock order; where the series is filed.
 
         A study already filed under another Patient ID, or a series under another study,
         raises :class:`HierarchyConflict` (the transaction rolls back): filed under the row
         found, the instance would be found neither under its own study nor its own patient.
         """
-        study_fk = self._study(conn, attrs, row["received_at"])
-        return self._series(conn, attrs, study_fk, row["received_at"])
+        study_fk, patient_key = self._study(conn, attrs, row["received_at"])
+        return _Filed(self._series(conn, attrs, study_fk, row["received_at"]), patient_key)
 
-    def _study(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> int:
-        """The study's row id; its patient's and its own rows made if it is new."""
+    def _study(
+        self, conn: Connection, attrs: InstanceAttributes, now: datetime
+    ) -> tuple[int, str]:
+        """The study's row id and its patient's key; their rows made if it is new."""
         known = self._known_study(conn, attrs)
         if known is not None:
             return known
@@ -297,27 +308,34 @@ class SqlIndex:
             "created_at": now,
         })
         if created is not None:
-            return created
+            return created, attrs.patient_key
         known = self._known_study(conn, attrs)  # another writer filed it first: under whom?
         if known is None:  # and it was deleted again since (``mimic reconcile --fix``)
             raise OutOfResources("index unavailable")
         return known
 
-    def _known_study(self, conn: Connection, attrs: InstanceAttributes) -> int | None:
-        """The study's row id if it is filed, under a patient ``attrs`` may name: the same
-        Patient ID, and the same issuer unless one side has none (a workstation adding an
-        object to a modality's study may fill it in; the study's patient row stays)."""
+    def _known_study(
+        self, conn: Connection, attrs: InstanceAttributes
+    ) -> tuple[int, str] | None:
+        """The study's row id and its patient's key if it is filed, under a patient
+        ``attrs`` may name. An instance that names no Patient ID, or no issuer, where the
+        study's patient has one (a workstation adding a derived object to a modality's
+        study) is filed under the study's patient; another Patient ID, or another issuer,
+        is another patient. A study filed without a Patient ID is its own patient."""
         found = conn.execute(
-            select(Study.id, Patient.patient_id, Patient.issuer_of_patient_id)
+            select(Study.id, Patient.patient_key, Patient.patient_id,
+                   Patient.issuer_of_patient_id)
             .join(Patient, Study.patient_fk == Patient.id)
             .where(Study.study_instance_uid == attrs.study_instance_uid)
         ).first()
         if found is None:
             return None
-        issuers = {found.issuer_of_patient_id, attrs.issuer_of_patient_id} - {""}
-        if found.patient_id != attrs.patient_id or len(issuers) > 1:
-            raise HierarchyConflict("Study Instance UID already filed under another Patient ID")
-        return int(found.id)
+        if attrs.patient_id:
+            issuers = {found.issuer_of_patient_id, attrs.issuer_of_patient_id} - {""}
+            if found.patient_id != attrs.patient_id or len(issuers) > 1:
+                raise HierarchyConflict(
+                    "Study Instance UID already filed under another Patient ID")
+        return int(found.id), str(found.patient_key)
 
     def _series(self, conn: Connection, attrs: InstanceAttributes, study_fk: int,
                 now: datetime) -> int:
@@ -345,7 +363,7 @@ class SqlIndex:
         return int(found.id)
 
     def _upsert_instance(
-        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], series_fk: int
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], filed: _Filed
     ) -> str | None:
         """Insert the instance, or switch its row to the new object: the replaced key.
 
@@ -354,9 +372,7 @@ class SqlIndex:
         and updated. On PostgreSQL a concurrent insert of the same UID makes this insert
         wait for that transaction, then find its row.
         """
-        checked = {
-            "cached_series_fk": series_fk, "cached_series_uid": attrs.series_instance_uid
-        }
+        checked = _checked(attrs, filed)
         params = {"sop_instance_uid": attrs.sop_instance_uid, **row, **checked}
         if self._driver_insert is not None:
             params["header"] = json_text(row["header"])
@@ -436,22 +452,38 @@ def _filed_as(attrs: InstanceAttributes) -> _FiledAs:
             attrs.issuer_of_patient_id)
 
 
+class _Filed(NamedTuple):
+    """Where the index files an instance's series: the series row id, and the key of the
+    study's patient (which an instance may name without its issuer)."""
+
+    series_fk: int
+    patient_key: str
+
+
+def _checked(attrs: InstanceAttributes, filed: _Filed) -> dict[str, Any]:
+    """The parameters of the series check in the instance's insert (``_series_fk``)."""
+    return {"cached_series_fk": filed.series_fk,
+            "cached_series_uid": attrs.series_instance_uid,
+            "cached_study_uid": attrs.study_instance_uid,
+            "cached_patient_key": filed.patient_key}
+
+
 #: The parameters of the instance insert (its columns but ``series_fk``, and the series check).
 _INSTANCE_KEYS = (
     "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
     "specific_character_set", "size", "sha256", "object_key", "header", "received_from",
     "received_at",
 )
-_CHECK_KEYS = ("cached_series_fk", "cached_series_uid")
+_CHECK_KEYS = ("cached_series_fk", "cached_series_uid", "cached_study_uid", "cached_patient_key")
 
 
 class _NotNew:
     """``_alone``'s answer when the SOP Instance UID already has a row: nothing written."""
 
-    __slots__ = ("series_fk",)
+    __slots__ = ("filed",)
 
-    def __init__(self, series_fk: int) -> None:
-        self.series_fk = series_fk
+    def __init__(self, filed: _Filed) -> None:
+        self.filed = filed
 
 
 def _transient(exc: DBAPIError) -> bool:

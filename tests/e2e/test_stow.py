@@ -373,15 +373,17 @@ def test_a_series_filed_under_another_study_is_refused(setup: Setup) -> None:
     assert setup.post(multipart(part10(first))).status_code == 200
     reused, good = new_ct(), new_ct()
     reused.SeriesInstanceUID = first.SeriesInstanceUID
-    before = setup.instance_count()
+    before, objects = setup.instance_count(), len(setup.server.stored_objects())
     response = setup.post(multipart(part10(reused)))
     assert response.status_code == 409
     assert failures(response.json()) == [(reused.SOPInstanceUID, 0xC003)]
+    assert len(setup.server.stored_objects()) == objects, "the refused object was kept"
     response = setup.post(multipart(part10(good), part10(reused)))
     assert response.status_code == 202
     assert stored_uids(response.json()) == [good.SOPInstanceUID]
     assert failures(response.json()) == [(reused.SOPInstanceUID, 0xC003)]
     assert setup.instance_count() == before + 1 and not setup.find(reused)
+    assert len(setup.server.stored_objects()) == objects + 1
 
 
 def test_file_meta_uid_differing_from_the_data_set_is_refused(setup: Setup) -> None:

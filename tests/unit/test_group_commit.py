@@ -25,12 +25,12 @@ from sqlalchemy import Connection, event, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from mimic_server.dimse.store import handle_store
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import HierarchyConflict, OutOfResources
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.audit_table import AuditTable
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.models import AuditEvent, Instance
-from mimic_server.index.repository import SqlIndex, _filed_as
+from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from mimic_server.security.policy import Policy
 from mimic_server.storage.memory import MemoryStore
 from tests.data import ct_small
@@ -208,13 +208,35 @@ def test_a_transient_failure_in_a_batch_is_retried_alone(index: SqlIndex) -> Non
                                              object_key=f"k/{n}", **COMMON)
 
     with index._cache_lock:
-        index._series_ids[_filed_as(_attrs(3, series=7))] = 987654  # not the series' row any more
+        stale = _attrs(3, series=7)
+        index._series_ids[_filed_as(stale)] = _Filed(987654, stale.patient_key)  # not its row
     with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 6)}) as callers:
         pass
     assert not callers.errors, callers.errors
     assert _rows(index, Instance) == 7
     stored = index.get_instance(f"{PREFIX}2.3")
     assert stored is not None and stored.object_key == "k/3"
+
+
+def test_a_hierarchy_conflict_in_a_batch_fails_that_caller_alone(index: SqlIndex) -> None:
+    """Two callers of one batch name the same new series under two studies: the first in
+    the batch files it, the other is refused (0xC003, not retried), and the rest of the
+    batch is written again and committed."""
+    def upsert(n: int) -> Callable[[], Any]:
+        ds = _dataset(n, series=9 if n in (2, 4) else 0)
+        if n == 4:
+            ds.StudyInstanceUID = f"{PREFIX}3.4"
+        attrs = InstanceAttributes.from_header(ds)
+        return lambda: index.upsert_instance(attrs, object_key=f"k/{n}",
+                                             in_transaction=_audited, **COMMON)
+
+    with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 6)}) as callers:
+        pass
+    assert index.committer is not None and index.committer.largest_batch == 5
+    assert list(callers.errors) == [4] and isinstance(callers.errors[4], HierarchyConflict)
+    assert callers.results == {n: None for n in range(6) if n != 4}
+    assert index.get_instance(f"{PREFIX}2.4") is None
+    assert _rows(index, Instance) == 5 and _rows(index, AuditEvent) == 5
 
 
 def test_a_failed_commit_fails_every_waiter_and_keeps_nothing(index: SqlIndex) -> None:

@@ -14,8 +14,9 @@ from sqlalchemy import func, select, text
 
 from mimic_server.errors import HierarchyConflict, Status
 from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.maintenance import remove_instance
 from mimic_server.index.models import Instance, Patient, Series, Study
-from mimic_server.index.repository import SqlIndex, _filed_as
+from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from tests.data import ct_small, local_files
 
 
@@ -172,7 +173,7 @@ def test_an_integrity_error_of_the_prepared_insert_is_sqlalchemys(index: SqlInde
     common = {"transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": "0" * 64, "size": 1,
               "received_from": "t"}
     index.upsert_instance(_attrs(ds), object_key="a", **common)
-    index._series_ids[_filed_as(_attrs(ds))] = 987654  # a series row that does not exist
+    index._series_ids[_filed_as(_attrs(ds))] = _Filed(987654, _attrs(ds).patient_key)  # no row
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.22.1"
     assert index.upsert_instance(_attrs(ds), object_key="b", **common) is None
     assert _counts(index) == (1, 1, 1, 2)
@@ -206,11 +207,12 @@ def _refused(index: SqlIndex, ds: Dataset, key: str) -> HierarchyConflict:
     return refused.value
 
 
-@pytest.mark.parametrize("cached", [True, False], ids=["series-cached", "fresh-process"])
+@pytest.mark.parametrize("cached", [True, False], ids=["first-cached", "cache-emptied"])
 def test_a_series_filed_under_another_study_is_refused(index: SqlIndex, cached: bool) -> None:
     """The series row keeps its study: an instance of it in another study would be found
     under neither study (and its header would contradict its series'), so it is refused,
-    whether the series is in the cache of known series or looked up (another process)."""
+    whether the series is in the cache of known series (under its own study's key) or
+    looked up (another process filed it)."""
     index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
     if not cached:
         with index._cache_lock:
@@ -235,7 +237,7 @@ def test_a_resent_instance_into_a_series_of_another_study_is_refused(index: SqlI
     assert stored is not None and stored.object_key == "b"
 
 
-@pytest.mark.parametrize("cached", [True, False], ids=["series-cached", "fresh-process"])
+@pytest.mark.parametrize("cached", [True, False], ids=["first-cached", "cache-emptied"])
 def test_a_study_filed_under_another_patient_id_is_refused(index: SqlIndex, cached: bool) -> None:
     """A study is one patient's: an instance naming it under another Patient ID (a
     correction at the modality, a merge not yet made) is refused rather than filed under
@@ -246,42 +248,78 @@ def test_a_study_filed_under_another_patient_id_is_refused(index: SqlIndex, cach
         with index._cache_lock:
             index._series_ids.clear()
     assert "another Patient ID" in str(_refused(index, _instance(2, patient="P2"), "b"))
-    assert "another Patient ID" in str(_refused(index, _instance(3, patient=""), "c"))
     assert "another Patient ID" in str(
-        _refused(index, _instance(4, series=2, patient="P2"), "d"))  # a new series too
+        _refused(index, _instance(3, series=2, patient="P2"), "c"))  # a new series too
 
 
-def test_an_issuer_on_one_side_only_is_the_same_patient(index: SqlIndex) -> None:
-    """Issuer of Patient ID filled in by one sender and not by another (a workstation adding
-    a derived object to a modality's study) names the same patient: kept, under the study's
-    patient; two different issuers are two patients: refused."""
+def test_no_patient_id_or_issuer_on_one_side_is_the_study_patient(index: SqlIndex) -> None:
+    """An instance that names no Patient ID, or no Issuer of Patient ID, where the study's
+    patient has one (a workstation adding a derived object to a modality's study) is kept
+    under the study's patient; two different issuers are two patients, and a study filed
+    without a Patient ID is its own patient: refused."""
     index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
-    index.upsert_instance(_attrs(_instance(2, issuer="HOSP")), object_key="b", **_COMMON)
-    assert _counts(index) == (1, 1, 1, 2)
-    index.upsert_instance(_attrs(_instance(3, study=2, series=2, issuer="HOSP")),
-                          object_key="c", **_COMMON)
-    index.upsert_instance(_attrs(_instance(4, study=2, series=2)), object_key="d", **_COMMON)
-    assert _counts(index) == (2, 2, 2, 4)
-    _refused(index, _instance(5, study=2, series=3, issuer="OTHER"), "e")
+    index.upsert_instance(_attrs(_instance(2, patient="")), object_key="b", **_COMMON)
+    index.upsert_instance(_attrs(_instance(3, issuer="HOSP")), object_key="c", **_COMMON)
+    index.upsert_instance(_attrs(_instance(4, patient="")), object_key="d", **_COMMON)
+    assert _counts(index) == (1, 1, 1, 4)
+    index.upsert_instance(_attrs(_instance(5, study=2, series=2, issuer="HOSP")),
+                          object_key="e", **_COMMON)
+    index.upsert_instance(_attrs(_instance(6, study=2, series=2)), object_key="f", **_COMMON)
+    assert _counts(index) == (2, 2, 2, 6)
+    _refused(index, _instance(7, study=2, series=3, issuer="OTHER"), "g")
+    index.upsert_instance(_attrs(_instance(8, study=3, series=4, patient="")), object_key="h",
+                          **_COMMON)
+    _refused(index, _instance(9, study=3, series=4), "i")
 
 
-def test_a_refused_instance_in_a_shared_transaction_fails_alone(index: SqlIndex) -> None:
-    """Concurrent senders share commits: the refused one gets its own error, the others
-    are kept."""
+def test_a_cached_series_whose_rows_were_removed_and_made_again_is_checked(
+    index: SqlIndex,
+) -> None:
+    """``mimic reconcile --fix`` (another process) removes a series, its study and its
+    patient once their last instance goes; SQLite gives their ids to the next new rows, of
+    another study and patient. An instance of the series as cached before is checked by the
+    UIDs of its study and patient, not by row ids: refused, not filed under the new rows."""
     index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
-    errors: dict[int, BaseException] = {}
+    assert remove_instance(index.engine, _instance(1).SOPInstanceUID, "a")
+    index.upsert_instance(_attrs(_instance(2, study=2, patient="P2")), object_key="b",
+                          **_COMMON)
+    _refused(index, _instance(3), "c")
 
-    def sender(n: int) -> None:
-        ds = _instance(n, study=2 if n == 5 else 1, series=1 if n == 5 else 1 + n % 2)
+
+def _race(writers: tuple[SqlIndex, SqlIndex], instances: tuple[Dataset, Dataset]) -> list[str]:
+    """Each writer upserts its instance, both released at once; what became of each."""
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def write(writer: SqlIndex, ds: Dataset) -> None:
+        start.wait()
         try:
-            index.upsert_instance(_attrs(ds), object_key=f"k{n}", **_COMMON)
-        except BaseException as exc:
-            errors[n] = exc
+            writer.upsert_instance(_attrs(ds), object_key=ds.SOPInstanceUID, **_COMMON)
+            outcomes.append("kept")
+        except HierarchyConflict:
+            outcomes.append("refused")
 
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(2, 10)]
+    threads = [threading.Thread(target=write, args=pair)
+               for pair in zip(writers, instances, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert list(errors) == [5] and isinstance(errors[5], HierarchyConflict)
-    assert _counts(index) == (1, 1, 2, 8)
+    return sorted(outcomes)
+
+
+def test_two_writers_filing_one_series_under_two_studies(index: SqlIndex) -> None:
+    """Two transactions of their own (group commit off, or two processes) make the same
+    new series under two studies, and the same new study under two patients, at once: one
+    is kept, the other refused, every time."""
+    writers = (SqlIndex(index.engine, group_commit=False),
+               SqlIndex(index.engine, group_commit=False))
+    for n in range(10):
+        one_series = (_instance(1000 + 2 * n, study=100 + 2 * n, series=100 + n),
+                      _instance(1001 + 2 * n, study=101 + 2 * n, series=100 + n))
+        assert _race(writers, one_series) == ["kept", "refused"], n
+        one_study = (_instance(2000 + 2 * n, study=300 + n, series=300 + 2 * n, patient="P1"),
+                     _instance(2001 + 2 * n, study=300 + n, series=301 + 2 * n, patient="P2"))
+        assert _race(writers, one_study) == ["kept", "refused"], n
+    for writer in writers:
+        writer.close()
