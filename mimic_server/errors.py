@@ -103,7 +103,7 @@ class HierarchyConflict(CannotUnderstand):
     """The instance contradicts the index: its Study Instance UID is filed under another
     Patient ID, or its Series Instance UID under another Study Instance UID. Filed under
     the existing row, it would carry UIDs its parents do not have; filed under its own, one
-    UID would name two entities. Refused: the sender (or an operator) corrects one side."""
+    UID would name two entities. Refused: the sender corrects what it sends."""
 
     status = Status.HIERARCHY_CONFLICT
 
