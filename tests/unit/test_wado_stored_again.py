@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import pydicom
+import pydicom.data
 import pytest
 from starlette.testclient import TestClient
 
@@ -209,3 +210,50 @@ def test_bulk_data_of_the_version_stored_now() -> None:
     assert answer.status_code == 200
     assert pydicom.dcmread(io.BytesIO(archive.new_bytes)).PixelData in answer.content
     assert archive.audit.transferred()["studies"] == {STUDY: {SECONDARY_CAPTURE: 1}}
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _sent_again_as_jpeg(archive: Archive) -> bytes:
+    """Make the first instance's version stored now a JPEG Baseline image (a real one from
+    pydicom's test files): its frames are image/jpeg, never application/octet-stream."""
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = FIRST
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    del archive.store.objects[archive.new.object_key]
+    key = new_object_key(STUDY, SERIES, FIRST)
+    archive.store.objects[key] = data
+    archive.finder.now[FIRST] = InstanceRef(SECONDARY_CAPTURE, FIRST, JPEG_BASELINE, key,
+                                            hashlib.sha256(data).hexdigest())
+    return data
+
+
+def test_frames_of_a_version_in_another_media_type_are_negotiated_again() -> None:
+    """The frames' media type follows the transfer syntax of the version read: one sent
+    again as JPEG is 406 to a client that takes only application/octet-stream (MIMIC does not
+    transcode), with the transfer recorded as failed; a client that takes image/jpeg too
+    gets the JPEG frame."""
+    archive = Archive()
+    _sent_again_as_jpeg(archive)
+    instance = f"/series/{SERIES}/instances/{FIRST}"
+    refused = archive.get(f"{instance}/frames/1",
+                          'multipart/related; type="application/octet-stream"')
+    assert refused.status_code == 406
+    assert b"\xff\xd8" not in refused.content  # no JPEG stream left
+    record = archive.audit.transferred()
+    assert record["instances"] == 0 and record["failed"] == 1
+
+    archive = Archive()
+    _sent_again_as_jpeg(archive)
+    taken = archive.get(f"{instance}/frames/1",
+                        'multipart/related; type="application/octet-stream", '
+                        'multipart/related; type="image/jpeg"')
+    assert taken.status_code == 200
+    assert 'type="image/jpeg"' in taken.headers["Content-Type"]
+    assert b"Content-Type: image/jpeg" in taken.content and b"\xff\xd8\xff" in taken.content
+    record = archive.audit.transferred()
+    assert record["failed"] == 0 and record["studies"] == {STUDY: {SECONDARY_CAPTURE: 1}}
