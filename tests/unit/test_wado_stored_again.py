@@ -162,7 +162,8 @@ def test_no_longer_in_the_transfer_syntax_asked_for(caplog: pytest.LogCaptureFix
                          f"{MULTIPART}; transfer-syntax={EXPLICIT}")
     assert answer.status_code == 406
     assert archive.new_bytes not in answer.content
-    assert not [r for r in archive.audit.records if r.get("instances")]
+    record = archive.audit.transferred()  # read, not sent: a failed transfer
+    assert record["instances"] == 0 and record["failed"] == 1
 
 
 def test_metadata_of_the_version_stored_now() -> None:

@@ -97,6 +97,8 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             audit.end(completed=False)
             raise
         if wanted is not None and first.ref.transfer_syntax_uid != wanted:
+            audit.failed_one()  # it was read: a failed transfer, as frames record theirs
+            audit.end(completed=False)
             raise WebError(406, "stored again meanwhile in another transfer syntax; MIMIC does "
                            f"not transcode (ask for transfer-syntax=* or "
                            f"{first.ref.transfer_syntax_uid})")
