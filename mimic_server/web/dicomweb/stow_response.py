@@ -5,7 +5,8 @@ Each stored instance is a ReferencedSOPSequence item with its Retrieve URL; each
 part a FailedSOPSequence item with a Failure Reason, the DIMSE status the C-STORE of the
 same object would have answered (``0xA700`` out of resources, ``0xA900`` SOP Class differs,
 ``0xC000`` cannot understand, ``0xC001`` SOP Instance UID differs from the File Meta,
-``0xC002`` an attribute the index needs missing or invalid) plus ``0xC122`` (transfer
+``0xC002`` an attribute the index needs missing or invalid, ``0xC003`` its study or series
+filed under another patient or study) plus ``0xC122`` (transfer
 syntax not supported) and ``0xC409`` (another study than the request's target). A part whose
 File Meta could not be read has no UIDs to name: its item carries the Failure Reason only.
 HTTP: 200 all stored, 202 some stored and some failed, 409 none stored, 503 none stored and
