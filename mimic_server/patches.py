@@ -243,11 +243,12 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         PDATA_READ,
-        "mimic_server.net.reactor:_EventDrivenDUL._decode_pdu (an instance switch of the "
-        "DUL that idle-waits swaps in)",
-        "every P-DATA-TF PDU is copied whole, decoded through pynetdicom's generic item "
-        "classes and each PDV copied again before its fragment is written (also off when "
-        "idle-waits is)",
+        "mimic_server.net.reactor:_EventDrivenDUL._decode_pdu and _read_pdu_data (an "
+        "instance switch of the DUL that idle-waits swaps in)",
+        "every PDU's body is copied once more as it is appended to its header, and every "
+        "P-DATA-TF PDU is copied whole, decoded through pynetdicom's generic item classes "
+        "and each PDV copied again before its fragment is written (also off when idle-waits "
+        "is)",
         (PYNETDICOM,),
         (
             # overridden for P-DATA-TF: the events it triggers (skipped only when no handler
@@ -260,7 +261,8 @@ PATCHES: tuple[Patch, ...] = (
             # the one method of the PDU the state machine uses, reproduced
             Site("pynetdicom.pdu:P_DATA_TF.to_primitive", source="3cba1cd31f03fdf0"),
             Site("pynetdicom.fsm:DT_2", mentions="pdu.to_primitive()"),
-            # hands _decode_pdu the whole PDU, header included, as a bytearray
+            # hands _decode_pdu the whole PDU, header included, as a bytearray; reproduced
+            # with the body read after the header (with pdu-length-guard's socket)
             _READ_PDU,
         ),
     ),

@@ -149,6 +149,18 @@ class _GuardedAssociationSocket(AssociationSocket):
             self._close_after_send = self._garbage or (first and data[0] not in _FIRST_PDU_TYPES)
         return data
 
+    def recv_after_header(self, header: bytearray, nr_bytes: int) -> bytearray:
+        """The body of the PDU whose ``header`` :meth:`recv` has just returned, read into one
+        buffer after a copy of that header: the whole PDU, as pynetdicom's reader makes it
+        by appending the body to the header, but without that copy of every body byte
+        (``_EventDrivenDUL._read_pdu_data``)."""
+        if self._garbage:
+            raise OSError("the peer sent an invalid PDU")
+        if not self._in_body:
+            raise RuntimeError("a PDU body read before its header")
+        self._in_body = False
+        return self._recv(nr_bytes, header)
+
     def send(self, bytestream: bytes) -> None:
         """Send; once the peer is known to send garbage, close the transport after it.
 
@@ -162,8 +174,9 @@ class _GuardedAssociationSocket(AssociationSocket):
             # does on a socket already shut down. The DUL sees the transport closed (Evt17).
             self.socket.close()
 
-    def _recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` (fewer if the peer closes), straight into one buffer.
+    def _recv(self, nr_bytes: int, prefix: bytearray | bytes = b"") -> bytearray:
+        """Read ``nr_bytes`` (fewer if the peer closes), straight into one buffer that
+        begins with ``prefix``.
 
         pynetdicom reads in 4 KiB pieces and appends each: ten calls and copies for a small
         CT slice, over a hundred for a 0.5 MB image. The length is bounded above, so the
@@ -172,16 +185,18 @@ class _GuardedAssociationSocket(AssociationSocket):
         if nr_bytes > self.max_read:
             raise OSError(f"peer announced a {nr_bytes}-byte PDU, over {self.max_read}")
         sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
+        start = len(prefix)
+        buffer = bytearray(start + nr_bytes)
+        buffer[:start] = prefix
         received = 0
         with memoryview(buffer) as view:
             while received < nr_bytes:
-                with view[received:] as rest:
+                with view[start + received:] as rest:
                     count = sock.recv_into(rest)
                 if not count:
                     break  # the peer closed: what was read, as pynetdicom returns it
                 received += count
-        return buffer if received == nr_bytes else buffer[:received]
+        return buffer if received == nr_bytes else buffer[:start + received]
 
 
 def guard_pdu_reads(assoc: Any, max_read: int) -> None:
