@@ -19,6 +19,14 @@ handler and the C-STORE-RSP, which is what this measures. A variant is a value o
 store, fsyncs): the whole server's CPU per object, of which the receive path is a part.
 ``--baseline PATH`` adds the variant ``baseline``: the server code of another checkout (a
 worktree of main, say) run by this one's harness, for a before/after in one run.
+``--callgrind``: each server runs under ``valgrind --tool=callgrind``, and what is reported is
+the instructions it executed per C-STORE (every thread, user space), counted from after a
+first association of other objects to the end of the sends: the same code and objects give
+the same count to a few parts in a thousand, whatever else the machine does, so a change
+this VM's drift hides in CPU seconds shows. Not counted: the kernel's work (system calls,
+TCP, the page cache, fsync), and what the instruction count does not weigh (cache misses,
+waits); valgrind also hides the CPU's SHA and VAES extensions from OpenSSL, so the hash and
+TLS count as their plainer code. One round is enough; about a minute per server to start.
 """
 
 from __future__ import annotations
@@ -104,7 +112,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Receiver:
-    def __init__(self, variant: str, work: Path, baseline: Path | None = None) -> None:
+    def __init__(self, variant: str, work: Path, baseline: Path | None = None,
+                 callgrind: bool = False) -> None:
         self.variant = variant
         self.data_dir = work / variant / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
@@ -113,8 +122,12 @@ class Receiver:
             env["MIMIC_PATCHES_OFF"] = off
         self.log = open(work / f"{variant}.log", "wb")  # noqa: SIM115
         root = ["--root", str(baseline)] if variant == "baseline" and baseline else []
+        #: Where callgrind writes its counts (``--callgrind``), each dump numbered after it.
+        self.counts = work / f"{variant}.callgrind" if callgrind else None
+        valgrind = (["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.counts}"]
+                    if self.counts else [])
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.data_dir), *root],
+            [*valgrind, sys.executable, __file__, "--serve", str(self.data_dir), *root],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
         )
         assert self.proc.stdout is not None
@@ -140,14 +153,47 @@ class Receiver:
             raise RuntimeError(f"storescu to {self.variant}: {done.stderr[-2000:]}")
         return cpu_seconds(self.proc.pid) - before
 
+    def instructions(self, files: Path, warm: Path, associations: int) -> int:
+        """Instructions the server (under callgrind) executed while ``storescu`` sent every
+        file under ``files`` ``associations`` times, after one send of ``warm``."""
+        assert self.counts is not None
+        self.send(warm)
+        self._callgrind("--zero")
+        for _ in range(associations):
+            self.send(files)
+        tag = f"measured-{time.monotonic_ns()}"
+        self._callgrind(f"--dump={tag}")
+        for dump in self.counts.parent.glob(self.counts.name + ".*"):
+            count = instructions_of_dump(dump.read_text(errors="replace"), tag)
+            if count is not None:
+                return count
+        raise RuntimeError(f"no callgrind dump {tag} of {self.variant}")
+
+    def _callgrind(self, command: str) -> None:
+        done = subprocess.run(["callgrind_control", command, str(self.proc.pid)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"callgrind_control {command}: {done.stdout}{done.stderr}")
+
     def stop(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         try:
-            self.proc.wait(30)
+            self.proc.wait(120 if self.counts else 30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+def instructions_of_dump(text: str, tag: str) -> int | None:
+    """The instructions counted in a callgrind dump (its ``summary:`` line) if the dump is
+    the one ``callgrind_control --dump=<tag>`` asked for, else None."""
+    if f"desc: Trigger: dump {tag}\n" not in text:
+        return None
+    for line in text.splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise ValueError(f"a callgrind dump {tag} without its summary line")
 
 
 def make_files(base: Path, kind: str, count: int) -> Path:
@@ -173,6 +219,22 @@ def profile(receiver: Receiver, files: Path, top: int = 25) -> list[tuple[str, f
     return summary["inclusive"]  # type: ignore[return-value]
 
 
+def count_instructions(receivers: list[Receiver], files: Path, warm: Path, count: int,
+                       associations: int) -> dict[str, Any]:
+    """Each receiver's instructions per C-STORE (``--callgrind``): the warm-up objects are
+    others than the measured ones, so that with ``--full`` these are stored new, as in a
+    comparison run, not sent again."""
+    result: dict[str, Any] = {}
+    print(f"{files.name} ({count} objects x {associations} association(s)), server "
+          "instructions per C-STORE (callgrind):")
+    for receiver in receivers:
+        total = receiver.instructions(files, warm, associations)
+        per_object = total / (count * associations)
+        result[receiver.variant] = {"instructions": total, "per_c_store": round(per_object)}
+        print(f"  {receiver.variant or 'current':<40} {per_object / 1e6:9.3f} M", flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -186,6 +248,9 @@ def main() -> int:
                              "(names joined by '+')")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--full", action="store_true", help="keep the real C-STORE handler")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="instructions per C-STORE under valgrind's callgrind, not CPU "
+                             "seconds (one round)")
     parser.add_argument("--associations", type=int, default=1, metavar="N",
                         help="each send is N storescu runs one after another (one association "
                              "each); with --count 1, the set-up of an association is most of "
@@ -205,11 +270,16 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mimic-receive-cpu-") as tmp:
         work = Path(tmp)
-        receivers = [Receiver(name, work, args.baseline) for name in names]
+        receivers = [Receiver(name, work, args.baseline, args.callgrind) for name in names]
         try:
             for kind in kinds:
                 files = make_files(work / "in" / kind, kind, args.count)
                 count = sum(1 for p in files.rglob("*") if p.is_file())
+                if args.callgrind:
+                    results[kind] = count_instructions(
+                        receivers, files, make_files(work / "warm" / kind, kind, 2),
+                        count, args.associations)
+                    continue
                 for receiver in receivers:  # warm: imports, first association
                     receiver.send(files)
                 samples: dict[str, list[float]] = {r.variant: [] for r in receivers}
