@@ -54,6 +54,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from mimic_server.net.server import PDU_TYPES
+
 #: Longest single wait of either thread (seconds): a safety net, not a poll (each wake-up of
 #: an idle thread costs ~0.1 ms of CPU here, GIL hand-offs included).
 LONGEST_WAIT = 10.0
@@ -116,8 +118,6 @@ class _WakeUp:
 
 
 _P_DATA_TF = 0x04
-#: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT), as pynetdicom's reader knows them.
-_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
 class _ReceivedPData:
@@ -245,7 +245,7 @@ class _EventDrivenDUL(DULServiceProvider):
         except struct.error:
             self.event_queue.put("Evt17")
             return
-        if pdu_type not in _PDU_TYPES:
+        if pdu_type not in PDU_TYPES:
             LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return

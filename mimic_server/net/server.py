@@ -112,7 +112,8 @@ class AcceptShare(Protocol):
 #: PDU types a peer may open an association with (PS3.8 9.2: in Sta2 anything else is
 #: answered A-ABORT, AA-1): A-ASSOCIATE-RQ, or A-ABORT.
 _FIRST_PDU_TYPES = frozenset({0x01, 0x07})
-_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT), as pynetdicom's reader knows them.
+PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
 class _GuardedAssociationSocket(AssociationSocket):
@@ -145,7 +146,7 @@ class _GuardedAssociationSocket(AssociationSocket):
         first = self._headers_read == 0
         self._headers_read += 1
         if data:
-            self._garbage = data[0] not in _KNOWN_PDU_TYPES
+            self._garbage = data[0] not in PDU_TYPES
             self._close_after_send = self._garbage or (first and data[0] not in _FIRST_PDU_TYPES)
         return data
 
@@ -154,12 +155,13 @@ class _GuardedAssociationSocket(AssociationSocket):
         buffer after a copy of that header: the whole PDU, as pynetdicom's reader makes it
         by appending the body to the header, but without that copy of every body byte
         (``_EventDrivenDUL._read_pdu_data``)."""
-        if self._garbage:
+        if self._garbage:  # as recv(); the reader never asks for the body of such a PDU
             raise OSError("the peer sent an invalid PDU")
-        if not self._in_body:
+        if not self._in_body:  # an assertion: the reader reads each header first
             raise RuntimeError("a PDU body read before its header")
-        self._in_body = False
-        return self._recv(nr_bytes, header)
+        data = self._recv(nr_bytes, header)
+        self._in_body = False  # as recv(): only after a read that did not raise
+        return data
 
     def send(self, bytestream: bytes) -> None:
         """Send; once the peer is known to send garbage, close the transport after it.
