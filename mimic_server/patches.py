@@ -245,8 +245,8 @@ PATCHES: tuple[Patch, ...] = (
         PDATA_READ,
         "mimic_server.net.reactor:_EventDrivenDUL._decode_pdu and _read_pdu_data (an "
         "instance switch of the DUL that idle-waits swaps in)",
-        "every PDU's body is copied once more as it is appended to its header (so too when "
-        "pdu-length-guard is off, whose socket reads it after the header), and every "
+        "every PDU's body is copied once more as it is appended to its header (the read "
+        "into one buffer needs pdu-length-guard's socket too), and every "
         "P-DATA-TF PDU is copied whole, decoded through pynetdicom's generic item classes "
         "and each PDV copied again before its fragment is written (also off when idle-waits "
         "is)",
