@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -365,14 +365,27 @@ def test_another_study_than_the_target_is_refused(setup: Setup) -> None:
     assert setup.instance_count() == before
 
 
-def test_a_series_filed_under_another_study_is_refused(setup: Setup) -> None:
-    """An instance naming a series the archive files under another study is refused with
-    0xC003 (STOW-RS 409 when nothing was stored), as a C-STORE of it is; the one kept
-    beside it in the same request is stored."""
+def _series_of(first: Dataset, reused: Dataset) -> None:
+    reused.SeriesInstanceUID = first.SeriesInstanceUID
+
+
+def _study_of_another_patient(first: Dataset, reused: Dataset) -> None:
+    reused.StudyInstanceUID = first.StudyInstanceUID
+    reused.PatientID = f"{first.PatientID}-other"
+
+
+@pytest.mark.parametrize("conflict", [_series_of, _study_of_another_patient],
+                         ids=["series-under-another-study", "study-under-another-patient-id"])
+def test_an_instance_contradicting_what_is_filed_is_refused(
+    setup: Setup, conflict: Callable[[Dataset, Dataset], None],
+) -> None:
+    """An instance naming a series the archive files under another study, or a study it
+    files under another Patient ID, is refused with 0xC003 (STOW-RS 409 when nothing was
+    stored), as a C-STORE of it is; the one kept beside it in the same request is stored."""
     first = new_ct()
     assert setup.post(multipart(part10(first))).status_code == 200
     reused, good = new_ct(), new_ct()
-    reused.SeriesInstanceUID = first.SeriesInstanceUID
+    conflict(first, reused)
     before, objects = setup.instance_count(), len(setup.server.stored_objects())
     response = setup.post(multipart(part10(reused)))
     assert response.status_code == 409
