@@ -133,6 +133,7 @@ BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
 RECEIVED_COMMAND = "received-command"
 PDATA_READ = "pdata-read"
+DUL_QUEUES = "dul-queues"
 NEGOTIATION_UIDS = "negotiation-uids"
 ASSOCIATION_ITEMS = "association-items"
 REQUESTOR_RESPONSES = "requestor-responses"
@@ -239,6 +240,46 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="self.data_set"),
             # the DUL calls it through the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+        ),
+    ),
+    Patch(
+        DUL_QUEUES,
+        "mimic_server.net.reactor:simple_dul_queues (each acceptor DUL's event and "
+        "received-PDU queues replaced by queue.SimpleQueue)",
+        "every PDU is put on and taken from two queue.Queue objects in Python, under their "
+        "locks and conditions, and every turn of the reactor that finds no event raises "
+        "queue.Empty from one (~3.5 % of the instructions of receiving a C-STORE)",
+        (PYNETDICOM,),
+        (
+            # makes the two queues, as queue.Queue; the reactor's loop and its reader put to
+            # and get(block=False) from them
+            Site("pynetdicom.dul:DULServiceProvider.__init__", source="c82dafa9438ddf70"),
+            Site("pynetdicom.dul:DULServiceProvider.run_reactor", source="e3a10eb3a0931e48"),
+            Site("pynetdicom.dul:DULServiceProvider._process_recv_primitive", "(self)",
+                 "4c0ebbb3e646e35e"),
+            _READ_PDU,
+            # the state machine's actions that take a received PDU: get(False) only
+            *(Site(f"pynetdicom.fsm:{action}", "(dul)", digest) for action, digest in (
+                ("AE_3", "78fa365f7915684e"), ("AE_4", "9174bacb68ff4db4"),
+                ("AE_6", "385d595ed49432af"), ("DT_2", "9ec543394e0b49eb"),
+                ("AR_2", "2cf6aeb89062e88d"), ("AR_3", "f1598039bd13e8ce"),
+                ("AR_6", "4c7826acf846b4a7"), ("AR_8", "64e1b1487afe756e"),
+                ("AR_10", "831bb6f5778776d9"), ("AA_3", "de64452e828d09da"),
+                ("AA_6", "392575ec6b33cebf"))),
+            # the transport's events (Evt5 before the swap, Evt17): put only, through the DUL's
+            # attribute as it is at the time
+            Site("pynetdicom.transport:AssociationSocket.__init__",
+                 "(self, assoc, client_socket=None, address=None)", "1f0325fdef2cc353"),
+            Site("pynetdicom.transport:AssociationSocket.event_queue.fget", "(self)",
+                 "dfb0e894161db1ed"),
+            Site("pynetdicom.transport:AssociationSocket.close", "(self)", "c726c8db53813d55"),
+            Site("pynetdicom.transport:AssociationSocket.ready.fget", "(self)",
+                 "3eb58e3d39dc076d"),
+            Site("pynetdicom.transport:AssociationSocket.send", "(self, bytestream)",
+                 "1ea8158c0b51faca"),
+            # puts Evt19 for a message it cannot decode
+            Site("pynetdicom.dimse:DIMSEServiceProvider.receive_primitive",
+                 "(self, primitive)", "5f99c86b14a15cef"),
         ),
     ),
     Patch(
@@ -653,6 +694,8 @@ class Fence:
                 assoc, receive_limits, store_requests))
         if PDU_LENGTH_GUARD in self.applied:
             steps.append(lambda assoc: server.guard_pdu_reads(assoc, max_pdu_read))
+        if DUL_QUEUES in self.applied:
+            steps.append(reactor.simple_dul_queues)
         if IDLE_WAITS in self.applied:
             steps.append(reactor.wait_for_events)
             if PDATA_READ in self.applied:

@@ -385,6 +385,29 @@ def read_pdata(assoc: Any) -> None:
         assoc.dul._read_pdata = True
 
 
+def simple_dul_queues(assoc: Any) -> None:
+    """Give a new (not yet started) acceptor association's DUL a ``queue.SimpleQueue`` for its
+    state machine events and for the PDUs it has read, keeping what they hold (the accepted
+    connection's Evt5). Applied, or not, by the fence (``dul-queues``).
+
+    Every PDU goes through both queues, a put and a get each, and every turn of the reactor
+    that finds no event asks the event queue and gets ``queue.Empty``. ``queue.Queue`` does
+    each in Python, under a lock and a condition; ``SimpleQueue`` is the same FIFO in C, and
+    these two queues are only ever put to and taken from (``put``, ``get(False)``), never
+    joined, peeked at or bounded: the fence checks every pynetdicom function that uses them.
+    """
+    dul = assoc.dul
+    for name in ("event_queue", "_recv_pdu"):
+        held = getattr(dul, name)
+        simple: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        while True:
+            try:
+                simple.put(held.get_nowait())
+            except queue.Empty:
+                break
+        setattr(dul, name, simple)
+
+
 def wait_for_events(assoc: Any) -> None:
     """Switch a new (not yet started) acceptor association's DUL and DIMSE providers to
     blocking waits. Applied, or not, by the fence (``mimic_server/patches.py``), which checks

@@ -199,3 +199,35 @@ def test_without_its_fence_a_sub_association_is_pynetdicoms_own(
     fence = patches.apply()
     assert patches.REQUESTOR_RESPONSES in fence.skipped
     assert fence.requestor_adapter is None
+
+
+def test_without_its_fence_the_duls_queues_are_pynetdicoms_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dul-queues relies on pynetdicom only putting to and getting from the DUL's event and
+    received-PDU queues: a release that changes one of the state machine's actions taking a
+    PDU turns the swap off, and the acceptor keeps pynetdicom's ``queue.Queue``."""
+    import queue
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+    from pynetdicom.transport import AssociationSocket
+
+    def queues_of_a_new_acceptor(fence: patches.Fence) -> tuple[type, type]:
+        assoc = Association(AE(), mode="acceptor")
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)  # as accepted
+            fence.association_adapter(64 * 1024)(assoc)
+            assert assoc.dul.event_queue.get(False) == "Evt5"
+        return type(assoc.dul.event_queue), type(assoc.dul._recv_pdu)
+
+    keep_switches(monkeypatch)
+    fence = patches.apply()
+    assert queues_of_a_new_acceptor(fence) == (queue.SimpleQueue, queue.SimpleQueue)
+    entry = next(p for p in patches.PATCHES if p.name == patches.DUL_QUEUES)
+    change_source(monkeypatch, next(s for s in entry.sites if s.target.endswith("fsm:DT_2")))
+    fence = patches.apply()
+    assert patches.DUL_QUEUES in fence.skipped
+    assert queues_of_a_new_acceptor(fence) == (queue.Queue, queue.Queue)

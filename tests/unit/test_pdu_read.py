@@ -1,13 +1,15 @@
 """A PDU read by the accepting DUL (``pdata-read`` with ``pdu-length-guard``'s socket): its
 body lands in the buffer that holds its header, and every outcome of pynetdicom's own
 reader (the PDU and its event, a short read, an unknown type, a length over the bound) is
-kept."""
+kept, over plain TCP and over TLS, with the DUL's queues the server gives it (``dul-queues``)."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
 import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,18 +20,53 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.transport import AssociationSocket
 
-from mimic_server.net.reactor import _ReceivedPData, read_pdata, wait_for_events
+from mimic_server.certs import devpki
+from mimic_server.net.reactor import (
+    _ReceivedPData,
+    read_pdata,
+    simple_dul_queues,
+    wait_for_events,
+)
 from mimic_server.net.server import _GuardedAssociationSocket, guard_pdu_reads
 
 MAX_READ = 64 * 1024
+#: The transports every reader test runs over.
+TRANSPORTS = ("tcp", "tls")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> devpki.DevPki:
+    return devpki.init(tmp_path_factory.mktemp("pki"), first_client=False)
+
+
+def _socket_pair(pki: devpki.DevPki | None) -> tuple[socket.socket, socket.socket]:
+    """(ours, the peer's): connected, and over TLS when ``pki`` is given (the handshake
+    done; the peer verifies the server's certificate with the development CA)."""
+    ours, peer = socket.socketpair()
+    if pki is None:
+        return ours, peer
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(pki.ca_cert)
+    client.check_hostname = False
+    ours_tls = server.wrap_socket(ours, server_side=True, do_handshake_on_connect=False)
+    peer_tls = client.wrap_socket(peer, do_handshake_on_connect=False)
+    handshake = threading.Thread(target=peer_tls.do_handshake)
+    handshake.start()
+    ours_tls.do_handshake()
+    handshake.join(10)
+    return ours_tls, peer_tls
 
 
 @contextlib.contextmanager
-def _accepted_dul() -> Iterator[tuple[Any, socket.socket]]:
-    """An acceptor's DUL, switched as the server switches it, reading from a socket pair."""
+def _accepted_dul(pki: devpki.DevPki | None = None) -> Iterator[tuple[Any, socket.socket]]:
+    """An acceptor's DUL, switched as the server switches it, reading from a socket pair
+    (over TLS when ``pki`` is given)."""
     assoc = Association(AE(), mode="acceptor")
-    ours, peer = socket.socketpair()
+    ours, peer = _socket_pair(pki)
     assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)
+    simple_dul_queues(assoc)
     wait_for_events(assoc)
     read_pdata(assoc)
     guard_pdu_reads(assoc, MAX_READ)
@@ -39,6 +76,10 @@ def _accepted_dul() -> Iterator[tuple[Any, socket.socket]]:
     finally:
         peer.close()
         ours.close()
+
+
+def _pki_of(transport: str, request: pytest.FixtureRequest) -> devpki.DevPki | None:
+    return request.getfixturevalue("pki") if transport == "tls" else None
 
 
 @pytest.fixture(autouse=True)
@@ -197,6 +238,10 @@ PEER_STREAMS = {
     "a body cut short": (_pdata(b"\x01\x03" + b"d" * 900)[:300], 1, True),
     "nothing": (b"", 1, True),
     "a length over the bound": (b"\x04\x00" + (MAX_READ + 1).to_bytes(4, "big"), 1, False),
+    "a P-DATA-TF of several TLS records": (_pdata(b"\x01\x02" + bytes(range(256)) * 200), 1,
+                                           False),
+    "a P-DATA-TF cut short after several TLS records": (
+        _pdata(b"\x01\x02" + b"f" * 50000)[:40000], 1, True),
 }
 
 
@@ -223,22 +268,31 @@ def _read(dul: Any, peer: socket.socket, stream: bytes, reads: int, close: bool,
     return seen
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(PEER_STREAMS))
-def test_every_outcome_is_pynetdicoms_readers(name: str) -> None:
+def test_every_outcome_is_pynetdicoms_readers(
+    name: str, transport: str, request: pytest.FixtureRequest
+) -> None:
     """The reader gives what pynetdicom's own ``_read_pdu_data`` gives on the same socket:
-    the same events and PDUs, and the guarded socket left in the same state."""
+    the same events and PDUs, and the guarded socket left in the same state. Over TLS, a
+    peer that stops sending closes the TCP connection without TLS's close_notify."""
     stream, reads, close = PEER_STREAMS[name]
-    with _accepted_dul() as (dul, peer):
+    pki = _pki_of(transport, request)
+    with _accepted_dul(pki) as (dul, peer):
         ours = _read(dul, peer, stream, reads, close, type(dul)._read_pdu_data)
-    with _accepted_dul() as (dul, peer):
+    with _accepted_dul(pki) as (dul, peer):
         theirs = _read(dul, peer, stream, reads, close, DULServiceProvider._read_pdu_data)
     assert ours == theirs
 
 
-def test_a_body_that_stops_coming_is_a_closed_connection_as_in_pynetdicom() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_body_that_stops_coming_is_a_closed_connection_as_in_pynetdicom(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
     outcomes = []
+    pki = _pki_of(transport, request)
     for reader in (None, DULServiceProvider._read_pdu_data):
-        with _accepted_dul() as (dul, peer):
+        with _accepted_dul(pki) as (dul, peer):
             dul.socket.socket.settimeout(0.2)
             peer.sendall(_pdata(b"\x01\x03" + b"e" * 900)[:300])  # and nothing more, open
             (reader or type(dul)._read_pdu_data)(dul)
@@ -265,3 +319,44 @@ def test_with_pdata_read_off_pynetdicoms_reader_runs(accepted: Any) -> None:
     theirs = dul._recv_pdu.get_nowait()
     assert isinstance(theirs, P_DATA_TF)
     assert theirs.presentation_data_value_items[0].presentation_data_value == b"\x03" + b"y" * 3000
+
+
+def test_over_tls_a_pdu_of_many_records_is_read_whole_into_one_buffer(
+    pki: devpki.DevPki,
+) -> None:
+    value = b"\x01\x02" + bytes(range(256)) * 200
+    pdu = _pdata(value)
+    with _accepted_dul(pki) as (dul, peer):
+        assert isinstance(dul.socket.socket, ssl.SSLSocket)
+        for at in range(0, len(pdu), 7000):  # a TLS record (or more) for each piece
+            peer.sendall(pdu[at:at + 7000])
+
+        dul._read_pdu_data()
+
+        assert _events(dul) == ["Evt10"]
+        read = dul._recv_pdu.get_nowait()
+        assert [(context, bytes(data)) for context, data in read.pdvs] == [(1, value[1:])]
+        assert bytes(read.pdvs[0][1].obj) == pdu
+
+
+def test_the_duls_queues_are_simple_queues_that_keep_what_they_held() -> None:
+    assoc = Association(AE(), mode="acceptor")
+    ours, peer = socket.socketpair()
+    try:
+        assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)  # queues Evt5
+        assoc.dul.event_queue.put("Evt10")
+        assoc.dul._recv_pdu.put("a PDU")
+
+        simple_dul_queues(assoc)
+
+        dul = assoc.dul
+        assert type(dul.event_queue) is queue.SimpleQueue
+        assert type(dul._recv_pdu) is queue.SimpleQueue
+        assert [dul.event_queue.get(False), dul.event_queue.get(False)] == ["Evt5", "Evt10"]
+        assert dul._recv_pdu.get(False) == "a PDU"
+        with pytest.raises(queue.Empty):
+            dul.event_queue.get(block=False)
+        assert dul.socket.event_queue is dul.event_queue  # the transport puts to the new one
+    finally:
+        peer.close()
+        ours.close()
