@@ -49,7 +49,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 #: The patches of the receive path, left off together by the variant ``pynetdicom``.
 RECEIVE_PATCHES = ("bounded-receive", "idle-waits", "pdu-length-guard", "direct-responses",
-                   "command-set-encoder", "received-command", "pdata-read")
+                   "command-set-encoder", "received-command", "pdata-read", "dul-queues")
 VARIANTS = {"current": "", "pynetdicom": ",".join(RECEIVE_PATCHES)}
 
 

@@ -248,7 +248,7 @@ PATCHES: tuple[Patch, ...] = (
         "received-PDU queues replaced by queue.SimpleQueue)",
         "every PDU is put on and taken from two queue.Queue objects in Python, under their "
         "locks and conditions, and every turn of the reactor that finds no event raises "
-        "queue.Empty from one (~3.5 % of the instructions of receiving a C-STORE)",
+        "queue.Empty from one (2-4 % of the instructions of receiving a C-STORE)",
         (PYNETDICOM,),
         (
             # makes the two queues, as queue.Queue; the reactor's loop and its reader put to

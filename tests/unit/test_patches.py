@@ -231,3 +231,45 @@ def test_without_its_fence_the_duls_queues_are_pynetdicoms_own(
     fence = patches.apply()
     assert patches.DUL_QUEUES in fence.skipped
     assert queues_of_a_new_acceptor(fence) == (queue.Queue, queue.Queue)
+
+
+def _functions_using(package_dir: Path, names: tuple[str, ...]) -> set[str]:
+    """``module:Qualified.name`` of every function of a package whose code uses one of
+    ``names`` as an attribute (a property's getter as ``Class.name.fget``)."""
+    found: set[str] = set()
+    for path in sorted(package_dir.rglob("*.py")):
+        relative = path.relative_to(package_dir.parent).with_suffix("")
+        if "tests" in relative.parts:
+            continue
+        module = ".".join(relative.parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+
+        def visit(node: ast.AST, prefix: str, module: str = module) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+                elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                    uses = any(isinstance(n, ast.Attribute) and n.attr in names
+                               for n in ast.walk(child))
+                    is_property = any(isinstance(d, ast.Name) and d.id == "property"
+                                      for d in child.decorator_list)
+                    if uses:
+                        name = f"{prefix}{child.name}" + (".fget" if is_property else "")
+                        found.add(f"{module}:{name}")
+                    visit(child, f"{prefix}{child.name}.")
+
+        visit(tree, "")
+    return found
+
+
+def test_dul_queues_pins_every_pynetdicom_function_that_uses_the_queues() -> None:
+    """The fence can only notice a change in a function it pins: every function of the
+    installed pynetdicom that touches the DUL's event or received-PDU queue is one of
+    dul-queues' sites, so a release that starts peeking at or joining them elsewhere is
+    seen here, not in production."""
+    import pynetdicom
+
+    entry = next(p for p in patches.PATCHES if p.name == patches.DUL_QUEUES)
+    users = _functions_using(Path(pynetdicom.__file__).parent, ("event_queue", "_recv_pdu"))
+    assert users  # the scan itself works
+    assert users <= {site.target for site in entry.sites}

@@ -52,24 +52,33 @@ def _socket_pair(pki: devpki.DevPki | None) -> tuple[socket.socket, socket.socke
     client.check_hostname = False
     ours_tls = server.wrap_socket(ours, server_side=True, do_handshake_on_connect=False)
     peer_tls = client.wrap_socket(peer, do_handshake_on_connect=False)
+    # Our reads fail rather than hang when a test goes wrong (the peer's socket stays
+    # blocking: with a timeout, its writes wait for a socket pair's buffer to be three
+    # quarters empty, which nothing here empties).
+    ours_tls.settimeout(10)
     handshake = threading.Thread(target=peer_tls.do_handshake)
     handshake.start()
     ours_tls.do_handshake()
     handshake.join(10)
+    assert not handshake.is_alive()
     return ours_tls, peer_tls
 
 
 @contextlib.contextmanager
-def _accepted_dul(pki: devpki.DevPki | None = None) -> Iterator[tuple[Any, socket.socket]]:
-    """An acceptor's DUL, switched as the server switches it, reading from a socket pair
-    (over TLS when ``pki`` is given)."""
+def _accepted_dul(
+    pki: devpki.DevPki | None = None, switched: bool = True
+) -> Iterator[tuple[Any, socket.socket]]:
+    """An acceptor's DUL, switched as the server switches it (unless ``switched`` is false:
+    pynetdicom's own DUL and socket), reading from a socket pair (over TLS when ``pki`` is
+    given)."""
     assoc = Association(AE(), mode="acceptor")
     ours, peer = _socket_pair(pki)
     assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)
-    simple_dul_queues(assoc)
-    wait_for_events(assoc)
-    read_pdata(assoc)
-    guard_pdu_reads(assoc, MAX_READ)
+    if switched:  # in the order the fence's association adapter applies them
+        guard_pdu_reads(assoc, MAX_READ)
+        simple_dul_queues(assoc)
+        wait_for_events(assoc)
+        read_pdata(assoc)
     assert assoc.dul.event_queue.get_nowait() == "Evt5"  # the connection, as accepted
     try:
         yield assoc.dul, peer
@@ -285,6 +294,52 @@ def test_every_outcome_is_pynetdicoms_readers(
     assert ours == theirs
 
 
+#: The streams whose outcome pynetdicom's own socket gives too (the guard's refusals aside).
+UNGUARDED_STREAMS = [name for name in PEER_STREAMS
+                     if name not in ("an unknown PDU type", "a length over the bound")]
+
+
+def _pdus_and_events(dul: Any, peer: socket.socket, stream: bytes, reads: int,
+                     close: bool) -> list[Any]:
+    """What the DUL makes of ``stream``: the events and the PDUs (a P-DATA-TF as its PDVs,
+    however it was decoded) after each read."""
+    peer.sendall(stream)
+    if close:
+        peer.shutdown(socket.SHUT_WR)
+    seen: list[Any] = []
+    for _ in range(reads):
+        dul._read_pdu_data()
+        pdus: list[Any] = []
+        while not dul._recv_pdu.empty():
+            pdu = dul._recv_pdu.get_nowait()
+            if isinstance(pdu, _ReceivedPData):
+                pdus.append([(context, bytes(value)) for context, value in pdu.pdvs])
+            elif isinstance(pdu, P_DATA_TF):
+                pdus.append([(item.presentation_context_id, item.presentation_data_value)
+                             for item in pdu.presentation_data_value_items])
+            else:
+                pdus.append((type(pdu).__name__, pdu.encode()))
+        seen.append((_events(dul), pdus))
+    return seen
+
+
+@pytest.mark.parametrize("name", UNGUARDED_STREAMS)
+def test_over_tls_every_outcome_is_pynetdicoms_own_socket_and_reader(
+    name: str, pki: devpki.DevPki
+) -> None:
+    """Over TLS, the server's DUL (the guarded socket's reads of whole TLS records with
+    ``SSLSocket.read``, the reader, the decoder, the simple queues) gives what pynetdicom's
+    own DUL gives reading the same stream through its own socket (``SSLSocket.recv`` of
+    4 KiB pieces): the same events, the same PDUs. A peer that stops sending closes the
+    TCP connection without TLS's close_notify."""
+    stream, reads, close = PEER_STREAMS[name]
+    outcomes = []
+    for switched in (True, False):
+        with _accepted_dul(pki, switched) as (dul, peer):
+            outcomes.append(_pdus_and_events(dul, peer, stream, reads, close))
+    assert outcomes[0] == outcomes[1]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_body_that_stops_coming_is_a_closed_connection_as_in_pynetdicom(
     transport: str, request: pytest.FixtureRequest
@@ -360,3 +415,15 @@ def test_the_duls_queues_are_simple_queues_that_keep_what_they_held() -> None:
     finally:
         peer.close()
         ours.close()
+
+
+def test_a_closed_tls_socket_is_read_as_recv_into_reads_it(pki: devpki.DevPki) -> None:
+    """``SSLSocket.read`` raises ``ValueError`` on a socket closed or unwrapped under the
+    reader, where ``recv_into`` (the read it stands for) raises ``OSError``, which the
+    reader takes for a closed connection (Evt17), not for a fault of the DUL."""
+    with _accepted_dul(pki) as (dul, peer):
+        peer.sendall(b"\x04\x00\x00\x00\x00\x08")  # a header, and the body never comes
+        header = dul.socket.recv(6)
+        dul.socket.socket.close()
+        with pytest.raises(OSError):
+            dul.socket.recv_after_header(header, 8)
