@@ -17,6 +17,9 @@ handler and the C-STORE-RSP, which is what this measures. A variant is a value o
 ``--profile``: one more run per variant under py-spy (GIL holder), the top frames printed.
 ``--full``: the server keeps its real C-STORE handler (embedded mode: SQLite index, file
 store, fsyncs): the whole server's CPU per object, of which the receive path is a part.
+``--postgres [URL]`` (with ``--full``): the index is a fresh PostgreSQL database per variant
+(on the server of ``URL``, by default the local one), dropped afterwards: the PostgreSQL +
+files configuration.
 ``--baseline PATH`` adds the variant ``baseline``: the server code of another checkout (a
 worktree of main, say) run by this one's harness, for a before/after in one run.
 ``--callgrind``: each server runs under ``valgrind --tool=callgrind``, and what is reported is
@@ -45,11 +48,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.receivers import DEFAULT_POSTGRES, Database
+
 TICKS = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 #: The patches of the receive path, left off together by the variant ``pynetdicom``.
 RECEIVE_PATCHES = ("bounded-receive", "idle-waits", "pdu-length-guard", "direct-responses",
-                   "command-set-encoder", "received-command", "pdata-read", "dul-queues")
+                   "command-set-encoder", "received-command", "pdata-read", "dul-queues",
+                   "acceptor-loop")
 VARIANTS = {"current": "", "pynetdicom": ",".join(RECEIVE_PATCHES)}
 
 
@@ -85,7 +91,17 @@ def serve(data_dir: Path) -> None:
             profile.enable()  # replaces this hook in the new thread
 
         threading.setprofile(start_profile)
-    settings = Settings(data_dir=data_dir, host=HOST, port=0, ops_port=0)
+    database_url = os.environ.get("RECEIVE_CPU_DATABASE_URL") or None
+    if database_url:  # a fresh database (--postgres): this code's schema first
+        from sqlalchemy import create_engine
+
+        from mimic_server.index import schema
+
+        engine = create_engine(database_url)
+        schema.upgrade(engine)
+        engine.dispose()
+    settings = Settings(data_dir=data_dir, host=HOST, port=0, ops_port=0,
+                        database_url=database_url)
     full = bool(os.environ.get("RECEIVE_CPU_FULL"))
     archive = Archive(settings, object_store=None if full else MemoryStore())
     archive.start()
@@ -113,10 +129,16 @@ def cpu_seconds(pid: int) -> float:
 
 class Receiver:
     def __init__(self, variant: str, work: Path, baseline: Path | None = None,
-                 callgrind: bool = False) -> None:
+                 callgrind: bool = False, postgres: str | None = None) -> None:
         self.variant = variant
         self.data_dir = work / variant / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+        #: The variant's own index database (``--postgres``), dropped by :meth:`stop`.
+        self.database: Database | None = None
+        if postgres:
+            self.database = Database(postgres)
+            self.database.create()
+            env["RECEIVE_CPU_DATABASE_URL"] = self.database.sqlalchemy_url
         off = "" if variant == "baseline" else VARIANTS.get(variant, variant)
         if off:
             env["MIMIC_PATCHES_OFF"] = off
@@ -183,6 +205,8 @@ class Receiver:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        if self.database is not None:
+            self.database.drop()
 
 
 def instructions_of_dump(text: str, tag: str) -> int | None:
@@ -248,6 +272,9 @@ def main() -> int:
                              "(names joined by '+')")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--full", action="store_true", help="keep the real C-STORE handler")
+    parser.add_argument("--postgres", nargs="?", const=DEFAULT_POSTGRES, metavar="URL",
+                        help="with --full: the index in a fresh PostgreSQL database per variant "
+                             f"on this server (default {DEFAULT_POSTGRES})")
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per C-STORE under valgrind's callgrind, not CPU "
                              "seconds (one round)")
@@ -261,6 +288,8 @@ def main() -> int:
             sys.path.insert(0, str(args.root))  # before any import of mimic_server
         serve(args.serve)
         return 0
+    if args.postgres and not args.full:
+        parser.error("--postgres needs --full")
     if args.full:
         os.environ["RECEIVE_CPU_FULL"] = "1"  # inherited by the servers
     names = [v.replace("+", ",") for v in args.variants.split(",")]
@@ -270,8 +299,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mimic-receive-cpu-") as tmp:
         work = Path(tmp)
-        receivers = [Receiver(name, work, args.baseline, args.callgrind) for name in names]
+        receivers: list[Receiver] = []
         try:
+            for name in names:
+                receivers.append(Receiver(name, work, args.baseline, args.callgrind,
+                                          args.postgres))
             for kind in kinds:
                 files = make_files(work / "in" / kind, kind, args.count)
                 count = sum(1 for p in files.rglob("*") if p.is_file())

@@ -134,6 +134,7 @@ CONTEXT_COPY = "context-copy"
 RECEIVED_COMMAND = "received-command"
 PDATA_READ = "pdata-read"
 DUL_QUEUES = "dul-queues"
+ACCEPTOR_LOOP = "acceptor-loop"
 NEGOTIATION_UIDS = "negotiation-uids"
 ASSOCIATION_ITEMS = "association-items"
 REQUESTOR_RESPONSES = "requestor-responses"
@@ -240,6 +241,25 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="self.data_set"),
             # the DUL calls it through the association's dimse attribute (instance wrap)
             Site("pynetdicom.fsm:DT_2", mentions="dul.assoc.dimse.receive_primitive("),
+        ),
+    ),
+    Patch(
+        ACCEPTOR_LOOP,
+        "mimic_server.net.reactor:_run_acceptor_turns (each acceptor association's "
+        "_run_reactor, an instance attribute, where idle-waits is applied)",
+        "the association thread sleeps 1 ms before each look at its message queue, so a "
+        "request that arrives within 1 ms of the last response waits for the rest of it: "
+        "about half a millisecond of every C-STORE from a fast sender, and of every C-ECHO "
+        "(also off when idle-waits is)",
+        (PYNETDICOM,),
+        (
+            # reproduced line for line without its time.sleep(0.001)
+            _RUN_ASSOCIATION,
+            # calls self._run_reactor() (the instance attribute) once established
+            Site("pynetdicom.association:Association.run_reactor", "(self)",
+                 mentions="self._run_reactor()"),
+            # the look at the message queue that idle-waits makes a wait on the bell
+            _GET_MSG,
         ),
     ),
     Patch(
@@ -700,6 +720,8 @@ class Fence:
             steps.append(reactor.wait_for_events)
             if PDATA_READ in self.applied:
                 steps.append(reactor.read_pdata)
+            if ACCEPTOR_LOOP in self.applied:
+                steps.append(reactor.run_without_sleep)
 
         def adapt(assoc: Any) -> None:
             for step in steps:
