@@ -3,6 +3,7 @@ directory, locked for its life, swept only once its process is gone."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mimic_server.errors import OutOfResources
 from mimic_server.storage.filesystem import FilesystemStore
 
 
@@ -182,3 +184,49 @@ def test_a_known_directory_removed_under_the_store_is_made_again(
     assert (root / "ab" / "study" / "series" / "two.dcm").read_bytes() == b"y"
     assert set(synced) == {root, root / "ab", root / "ab" / "study", root / "ab/study/series"}
     assert list(store.iter_keys()) == ["ab/study/series/two.dcm"]
+
+
+def test_the_object_is_fsynced_under_its_key_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is renamed into place before its fsync (the file system can then make the
+    data and the new name durable together), and its directory is fsynced after it."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)  # the chain is known durable
+    synced: list[tuple[str, Path]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        kind = "directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.put("ab/study/series/two.dcm", [b"y" * 1000, b"z"], "0" * 64)
+    series = root / "ab" / "study" / "series"
+    assert synced == [("file", series / "two.dcm"), ("directory", series)]
+    assert (series / "two.dcm").read_bytes() == b"y" * 1000 + b"z"
+
+
+def test_a_failed_fsync_leaves_nothing_under_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object that could not be made durable is not acknowledged, and is not left under
+    its key nor in the temporary directory."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OutOfResources, match="Input/output error"):
+        store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
+    assert not (root / "ab" / "study" / "series" / "two.dcm").exists()
+    assert sorted(store.iter_keys()) == ["ab/study/series/one.dcm"]
+    assert _incoming(root) == []
