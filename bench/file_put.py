@@ -26,9 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,10 @@ def child(code: Path, directory: Path, size: int, threads: int, count: int) -> f
             for key in mine:
                 store.put(key, [payload], None)
 
-        workers = [threading.Thread(target=put_all, args=(mine,)) for mine in keys]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        seconds = time.perf_counter() - start
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            start = time.perf_counter()
+            list(pool.map(put_all, keys))  # each thread's list of keys; raises a put's error
+            seconds = time.perf_counter() - start
         for mine in keys:
             for key in mine:
                 with store.open(key) as fh:
