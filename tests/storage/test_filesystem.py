@@ -230,3 +230,26 @@ def test_a_failed_fsync_leaves_nothing_under_the_key(
     assert not (root / "ab" / "study" / "series" / "two.dcm").exists()
     assert sorted(store.iter_keys()) == ["ab/study/series/one.dcm"]
     assert _incoming(root) == []
+
+
+def test_a_failed_directory_fsync_after_the_rename_leaves_nothing_under_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is under its key and fsynced when its directory's fsync fails: the put is
+    refused, and the file it renamed into place is removed."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/study/series/one.dcm", [b"x"], "0" * 64)
+    real_fsync = os.fsync
+
+    def failing_directory_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_directory_fsync)
+    with pytest.raises(OutOfResources, match="Input/output error"):
+        store.put("ab/study/series/two.dcm", [b"y"], "0" * 64)
+    assert not (root / "ab" / "study" / "series" / "two.dcm").exists()
+    assert sorted(store.iter_keys()) == ["ab/study/series/one.dcm"]
+    assert _incoming(root) == []
