@@ -3,15 +3,16 @@
 A put writes to a temporary file in the same file system, renames it into place, then
 fsyncs it and its directory, and the parent of every directory it had to create: it returns
 only once the object is whole and durable under its key. The rename comes before the file's
-fsync, not after it: a journalling file system then commits the data, the inode and the new
-name in one journal commit (fsync before the rename took two, one per fsync), and ext4
-without a journal, which writes a new file's directory entry in the file's own fsync,
-writes the object's directory rather than the temporary directory that every put and the
-spare-making thread share, so the directory's fsync finds nothing left to write. A crash
-before the put returns can leave fewer bytes under the new key than were sent; nothing was
-acknowledged, and no index row names the key (the row is committed after the put,
-invariant 1), so readers, who find objects through the index, never see it, and ``mimic
-reconcile`` removes it as an orphan.
+fsync, not after it: ext4 with its journal (measured, ``data=ordered``) then commits the
+data, the inode and the new name in one journal commit (fsync before the rename took two,
+one per fsync), and ext4 without a journal, which writes a new file's directory entry in
+the file's own fsync, writes the object's directory rather than the temporary directory
+that every put and the spare-making thread share, so the directory's fsync has nothing left
+to write but the disk's cache flush. A crash before the put returns can leave something
+other than the bytes sent under the new key (fewer, or zeroes); nothing was acknowledged,
+and no index row names the key (the row is committed after the put, invariant 1), so
+readers, who find objects through the index, never see it, and ``mimic reconcile`` removes
+it as an orphan.
 
 Creating a file right after an fsync waits for the file system's journal: about 0.9 ms on
 the benchmark machine, half of a put. The temporary files are therefore created ahead, a few
