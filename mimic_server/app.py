@@ -236,7 +236,7 @@ class Archive:
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(
             s, self._azure_credential() if s.uses_blob_storage and not s.blob_connection_string
-            else None,
+            else None, warn=self.worker is None,
         )
         # The trail before anything that records to it (the policy file's first load); its
         # syslog client certificate defaults to the server's own.

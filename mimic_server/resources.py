@@ -31,6 +31,7 @@ from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.tokens import TokenValidator
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
+from mimic_server.storage.fs_journal import without_journal
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +138,28 @@ def open_index(
                             in_flight=settings.group_commit_in_flight)
 
 
-def open_object_store(settings: Settings, credential: Any = None) -> ObjectStore:
+def open_object_store(settings: Settings, credential: Any = None,
+                      warn: bool = True) -> ObjectStore:
     """Blob Storage when an account URL or connection string is set, else files.
 
     ``credential`` signs Blob requests when there is no connection string; when it is needed
-    and not given, a DefaultAzureCredential is made here (maintenance commands)."""
+    and not given, a DefaultAzureCredential is made here (maintenance commands). ``warn``:
+    say so when the object directory's file system needs a check after a crash (once per
+    server: the supervisor says it, not each worker)."""
     if settings.uses_blob_storage:
         return _blob_store(settings, credential)
     try:
-        return FilesystemStore(settings.objects_dir)
+        store = FilesystemStore(settings.objects_dir)
     except OSError as exc:
         raise ConfigurationError(
             f"object directory {settings.objects_dir} unusable: {exc}"
         ) from exc
+    if warn and without_journal(settings.objects_dir):
+        log.warning("the object directory is on ext4 without a journal: after a crash or a "
+                    "power loss, run e2fsck on it before the server starts, or objects "
+                    "acknowledged just before the crash can be lost",
+                    extra={"objects": str(settings.objects_dir)})
+    return store
 
 
 def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
