@@ -28,6 +28,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -77,7 +78,7 @@ class Large:
         #: SOP Instance UID -> (Study, Series Instance UID), for the Identifier.
         self.series: dict[str, tuple[str, str]] = {}
 
-    def store(self, name: str, size: int) -> str:
+    def store(self, name: str, size: int, keep: bool = False) -> str:
         path = self.root / f"{name}.dcm"
         uid = write_large(path, size)
         result = dcmtk(
@@ -89,7 +90,8 @@ class Large:
         self.digests[uid] = _dataset_digest(path)
         header = pydicom.dcmread(path, stop_before_pixels=True)
         self.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
-        path.unlink()
+        if not keep:
+            path.unlink()
         return uid
 
     def tls(self) -> Any:
@@ -303,3 +305,22 @@ def test_conversion_to_another_uncompressed_syntax_reads_whole(large: Large) -> 
     assert any("converted between transfer syntaxes in memory" in e.get("message", "")
                for e in large.server.log_entries())
     assert _objects_held_open(large.server) == []
+
+
+
+def test_an_object_held_whole_is_converted_from_its_stored_bytes(large: Large) -> None:
+    """Below the streaming threshold an object is sent unparsed (``raw_send.StoredDataset``);
+    a destination that takes only Implicit VR still gets it, parsed and re-encoded as
+    pynetdicom encodes the stored object, without the streamed path's warning."""
+    uid = large.store("convert-whole", 1 * MiB, keep=True)
+    sent = pydicom.dcmread(large.root / "convert-whole.dcm")
+    expected = hashlib.sha256(encode(sent, True, True)).hexdigest()
+    logged = len(large.server.log_entries())
+
+    received, final, _ = _get(large, uid, syntax=ImplicitVRLittleEndian)
+
+    assert final.Status == 0x0000, final
+    assert received == {uid: expected}
+    assert expected != large.digests[uid]  # not the stored Explicit VR bytes
+    assert not any("converted between transfer syntaxes" in e.get("message", "")
+                   for e in large.server.log_entries()[logged:])

@@ -1,0 +1,92 @@
+"""C-GET / C-MOVE sub-operations of objects held whole: sent as stored without being parsed,
+parsed only for a conversion to another transfer syntax, and never handed unparsed to an
+encoder that would not send them as stored."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import pydicom
+import pynetdicom.association
+import pynetdicom.dsutils
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from mimic_server.archive.read import open_verified
+from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder
+from mimic_server.dimse.retrieve import datasets
+from mimic_server.query.finder import InstanceRef
+from mimic_server.storage.memory import MemoryStore
+from tests.data import ct_small
+
+#: pynetdicom's own encoder (the fence wraps ``pynetdicom.association``'s name for it).
+ORIGINAL_ENCODE = pynetdicom.dsutils.encode
+
+
+def _stored() -> tuple[MemoryStore, InstanceRef, bytes, pydicom.Dataset]:
+    data = ct_small().read_bytes()
+    parsed = pydicom.dcmread(io.BytesIO(data))
+    assert parsed.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    store = MemoryStore()
+    store.objects["k"] = data
+    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
+                      ExplicitVRLittleEndian, "k", hashlib.sha256(data).hexdigest())
+    return store, ref, data, parsed
+
+
+@pytest.fixture
+def stored_bytes_send(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """pynetdicom's encoder as the fence installs it."""
+    encode = stored_bytes_encoder(ORIGINAL_ENCODE)
+    monkeypatch.setattr(pynetdicom.association, "encode", encode)
+    return encode
+
+
+def test_an_object_is_sent_as_stored_without_being_parsed(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ref, data, parsed = _stored()
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    [sent] = datasets(store, [ref])
+    assert isinstance(sent, StoredDataset)
+    # What pynetdicom's send_c_store reads to pick the context and write the request.
+    assert sent.SOPClassUID == parsed.SOPClassUID
+    assert sent.SOPInstanceUID == parsed.SOPInstanceUID
+    assert sent.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    verified = open_verified(store, ref)
+    assert verified is not None
+    assert bytes(stored_bytes_send(sent, False, True, False)) == data[verified.dataset_offset:]
+    assert sent._mimic_encoded
+
+
+def test_a_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would(
+    stored_bytes_send: Any,
+) -> None:
+    store, ref, _data, parsed = _stored()
+    [sent] = datasets(store, [ref])
+    converted = stored_bytes_send(sent, True, True, False)  # Implicit VR Little Endian
+    assert converted == ORIGINAL_ENCODE(parsed, True, True, False)
+    back = pydicom.dcmread(io.BytesIO(converted), force=True)
+    back.file_meta = pydicom.dataset.FileMetaDataset()
+    back.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assert back.SOPInstanceUID == parsed.SOPInstanceUID
+    assert back.PixelData == parsed.PixelData
+
+
+def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom's own encoder (the fence's patch not in force) re-encodes the dataset it is
+    given: it must be the whole object, never the stand-in's few UIDs."""
+    monkeypatch.setattr(pynetdicom.association, "encode", ORIGINAL_ENCODE)
+    store, ref, _data, parsed = _stored()
+    [sent] = datasets(store, [ref])
+    assert isinstance(sent, StoredDataset) and sent._mimic_part10 is None
+    assert sent.PixelData == parsed.PixelData
+    assert ORIGINAL_ENCODE(sent, True, True, False) == ORIGINAL_ENCODE(parsed, True, True, False)
