@@ -113,6 +113,8 @@ class OrthancServer(Server):
         super().__init__(workdir, pki)
         self.http_port = free_port()
         self.postgres = postgres
+        #: Settings a benchmark adds (``retrieve.py``: C-GET allowed to any peer).
+        self.extra_config: dict[str, object] = {}
 
     def config(self) -> dict[str, object]:
         cfg: dict[str, object] = {
@@ -132,6 +134,7 @@ class OrthancServer(Server):
             "MaximumPduLength": 131072,
             "SaveJobs": False,
             "Plugins": [],
+            **self.extra_config,
         }
         if self.pki is not None:
             cfg.update(

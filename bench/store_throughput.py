@@ -308,11 +308,14 @@ CONFIGURATION_SETTINGS = frozenset(
 class MimicServer(Server):
     label = "mimic"
     called_ae = "MIMIC"
+    #: Settings a benchmark adds (``retrieve.py``: the policy file that grants C-GET).
+    extra_environment: dict[str, str] = {}  # replaced per server, never mutated
 
     def environment(self) -> dict[str, str]:
         """The caller's environment (``MIMIC_WORKERS`` and other tuning pass through) minus
         the settings that choose the configuration under test, which the benchmark sets."""
         env = {k: v for k, v in os.environ.items() if k not in CONFIGURATION_SETTINGS}
+        env.update(self.extra_environment)
         env.update(MIMIC_DATA_DIR=str(self.workdir / "data"), MIMIC_LOG_FORMAT="json",
                    MIMIC_OPS_PORT="0")  # 8080 may be taken on a shared machine
         if WORKERS is not None:
