@@ -40,6 +40,7 @@ import pynetdicom.acse
 import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.dimse_primitives
+import pynetdicom.fsm
 import pynetdicom.pdu_items
 import pynetdicom.pdu_primitives
 import pynetdicom.presentation
@@ -57,6 +58,7 @@ from mimic_server.net import (
     association_items,
     contexts,
     known_uids,
+    pdata_batches,
     reactor,
     requestor,
     server,
@@ -120,6 +122,7 @@ IDLE_WAITS = "idle-waits"
 ACCEPT_WAITS = "accept-waits"
 COMMAND_SET_ENCODER = "command-set-encoder"
 DIRECT_RESPONSES = "direct-responses"
+PDATA_BATCHES = "pdata-batches"
 ANSWER_ENCODER = "answer-encoder"
 STORED_BYTES_SEND = "stored-bytes-send"
 STREAMED_SEND = "streamed-send"
@@ -384,6 +387,32 @@ PATCHES: tuple[Patch, ...] = (
         "each C-STORE / C-FIND response is built as a Dataset and encoded twice by pydicom",
         (PYNETDICOM, PYDICOM),
         (
+            _SEND_MSG,
+            _ENCODE_MSG,  # its fragmentation is reproduced
+            Site("pynetdicom.dimse_messages:DIMSEMessage.primitive_to_message",
+                 source="71fd61d5997f0f0c"),  # the elements it writes are reproduced
+        ),
+    ),
+    Patch(
+        PDATA_BATCHES,
+        "mimic_server.net.pdata_batches:sending_batches (wraps the state machine's DT-1 and "
+        "AR-7 actions) with mimic_server.codec.command_set:EncodedPData, made by "
+        "direct_response_sender",
+        "every PDU of a message is one turn of the DUL thread: a C-STORE sub-operation of a "
+        "0.5 MB object to a peer of 16 KiB PDUs is 33 turns and writes",
+        (PYNETDICOM,),
+        (
+            # each takes the P-DATA off the queue, sends P_DATA_TF(primitive) by _send and
+            # returns its next state: repeated for anything not encoded ahead
+            Site("pynetdicom.fsm:DT_1", source="82e5c5d4114534fa"),
+            Site("pynetdicom.fsm:AR_7", source="9a8d68182bf5c9fd"),
+            # writes pdu.encode() and triggers EVT_PDU_SENT, which a batch does not
+            Site("pynetdicom.dul:DULServiceProvider._send", "(self, pdu)", "a850a7919e68484e"),
+            # looks the action up in ACTIONS at each event, where the wrappers are put
+            Site("pynetdicom.fsm:StateMachine.do_action", mentions="ACTIONS[action_name]"),
+            # the PDU and PDV encodings a batch reproduces byte for byte
+            Site("pynetdicom.pdu:P_DATA_TF", source="6fdbc751c92b9874"),
+            Site("pynetdicom.pdu_items:PresentationDataValueItem", source="93b5c1a17ae3c443"),
             _SEND_MSG,
             _ENCODE_MSG,  # its fragmentation is reproduced
             Site("pynetdicom.dimse_messages:DIMSEMessage.primitive_to_message",
@@ -854,6 +883,18 @@ def _direct_responses() -> None:
           DIRECT_RESPONSES)
 
 
+def _pdata_batches(enabled: bool = True) -> None:
+    for key, name, state in (("DT-1", "DT_1", "Sta6"), ("AR-7", "AR_7", "Sta8")):
+        if enabled:
+            _wrap(pynetdicom.fsm, name, pdata_batches.sending_batches(state), PDATA_BATCHES)
+        else:
+            _unwrap(pynetdicom.fsm, name, PDATA_BATCHES)
+        description, _, next_state = pynetdicom.fsm.ACTIONS[key]
+        pynetdicom.fsm.ACTIONS[key] = (description, getattr(pynetdicom.fsm, name), next_state)
+    # Only once the actions can send them does the sender make batches.
+    command_set.batches = enabled
+
+
 def _answer_encoder(enabled: bool = True) -> None:
     if enabled:
         _wrap(pynetdicom.service_class, "encode", command_set.answer_encoder, ANSWER_ENCODER)
@@ -943,6 +984,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     CONTEXT_COPY: _context_copy,
     COMMAND_SET_ENCODER: _command_set_encoder,
     DIRECT_RESPONSES: _direct_responses,
+    PDATA_BATCHES: _pdata_batches,
     ANSWER_ENCODER: _answer_encoder,
     STORED_BYTES_SEND: _stored_bytes_send,
     STREAMED_SEND: _streamed_send,
@@ -957,6 +999,7 @@ _FALLBACK: dict[str, Callable[[], None]] = {
     RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
+    PDATA_BATCHES: lambda: _pdata_batches(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
 }

@@ -38,7 +38,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.codec.answer import Answer, pack_numbers
@@ -98,9 +98,17 @@ def encode_command_set(command_set: Dataset) -> bytes | None:
     return b"".join(parts)
 
 
-#: (0000,0100) Command Field of the responses built directly.
-_STORE_RSP, _FIND_RSP = 0x8001, 0x8020
+#: (0000,0100) Command Field of the messages built directly.
+_STORE_RQ_FIELD, _STORE_RSP, _FIND_RSP = 0x0001, 0x8001, 0x8020
+_GET_RSP, _MOVE_RSP = 0x8010, 0x8021
 _NO_DATA_SET, _DATA_SET = 0x0101, 0x0001
+#: (0000,1020)-(0000,1023) Number of Remaining, Completed, Failed, Warning Sub-operations.
+_SUB_OPERATIONS = (
+    (0x1020, "NumberOfRemainingSuboperations"),
+    (0x1021, "NumberOfCompletedSuboperations"),
+    (0x1022, "NumberOfFailedSuboperations"),
+    (0x1023, "NumberOfWarningSuboperations"),
+)
 
 
 def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list[P_DATA] | None:
@@ -109,12 +117,31 @@ def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list
     ``None`` for any other message, or a response with an Error Comment or Offending
     Element: pynetdicom builds those itself.
     """
-    if primitive.MessageIDBeingRespondedTo is None:
+    if type(primitive) not in (C_STORE, C_FIND) or primitive.MessageIDBeingRespondedTo is None:
         return None
-    if type(primitive) is C_STORE:
+    parts = message_parts(primitive)
+    if parts is None:
+        return None
+    return _fragments(*parts, context_id, max_pdu_length)
+
+
+def message_parts(primitive: Any) -> tuple[bytes, bytes] | None:
+    """(command set, data set) of a message as pynetdicom would encode it, for the messages
+    MIMIC sends most: plain C-STORE, C-FIND, C-GET and C-MOVE responses (no Error Comment,
+    no Offending Element; C-GET and C-MOVE without an Identifier) and C-STORE requests (the
+    sub-operations of C-GET and C-MOVE). ``None`` for anything else: pynetdicom's to build.
+    """
+    kind = type(primitive)
+    if primitive.MessageIDBeingRespondedTo is None:
+        if kind is C_STORE:
+            return _store_request(primitive)
+        return None
+    if kind is C_STORE:
         field, data = _STORE_RSP, None
-    elif type(primitive) is C_FIND:
+    elif kind is C_FIND:
         field, data = _FIND_RSP, primitive.Identifier
+    elif kind in (C_GET, C_MOVE) and primitive.Identifier is None:
+        field, data = (_GET_RSP if kind is C_GET else _MOVE_RSP), None
     else:
         return None
     if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
@@ -124,21 +151,49 @@ def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list
         return None
     elements = [
         (0x0002, _text_value(primitive.AffectedSOPClassUID, b"\x00")),
-        (0x0100, struct.pack("<H", field)),
-        (0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-        (0x0800, struct.pack("<H", _NO_DATA_SET if data is None else _DATA_SET)),
-        (0x0900, struct.pack("<H", int(status))),
+        (0x0100, _US.pack(field)),
+        (0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
+        (0x0800, _US.pack(_NO_DATA_SET if data is None else _DATA_SET)),
+        (0x0900, _US.pack(int(status))),
     ]
     if field == _STORE_RSP:
         elements.append((0x1000, _text_value(primitive.AffectedSOPInstanceUID, b"\x00")))
+    elif field in (_GET_RSP, _MOVE_RSP):
+        for number, keyword in _SUB_OPERATIONS:
+            count = getattr(primitive, keyword)
+            if count is not None:
+                elements.append((number, _US.pack(count)))
+    return _command_set(elements), data.getvalue() if data is not None else b""
+
+
+def _store_request(primitive: C_STORE) -> tuple[bytes, bytes] | None:
+    """A C-STORE-RQ with its data set in memory (a chunked one from a file is
+    pynetdicom's)."""
+    data = primitive.DataSet
+    if data is None or getattr(primitive, "_dataset_path", None) is not None:
+        return None
+    originator_id = primitive.MoveOriginatorMessageID
+    elements = [
+        (0x0002, _text_value(primitive.AffectedSOPClassUID, b"\x00")),
+        (0x0100, _US.pack(_STORE_RQ_FIELD)),
+        (0x0110, _US.pack(primitive.MessageID)),
+        (0x0700, _US.pack(primitive.Priority)),
+        (0x0800, _US.pack(_DATA_SET)),
+        (0x1000, _text_value(primitive.AffectedSOPInstanceUID, b"\x00")),
+        (0x1030, _text_value(primitive.MoveOriginatorApplicationEntityTitle, b" ")),
+        (0x1031, None if originator_id is None else _US.pack(originator_id)),
+    ]
+    return _command_set(elements), data.getvalue()
+
+
+def _command_set(elements: list[tuple[int, bytes | None]]) -> bytes:
+    """Implicit VR little endian elements of group 0000, after their Group Length."""
     body = b"".join(
         _HEADER.pack(0, number, len(value)) + value
         for number, value in elements
         if value is not None
     )
-    command = _HEADER.pack(0, 0x0000, 4) + struct.pack("<I", len(body)) + body
-    return _fragments(command, data.getvalue() if data is not None else b"", context_id,
-                      max_pdu_length)
+    return _HEADER.pack(0, 0x0000, 4) + _UL.pack(len(body)) + body
 
 
 def _text_value(value: str | None, padding: bytes) -> bytes | None:
@@ -177,6 +232,38 @@ def _fragments(
     return out
 
 
+_PDU_HEADER = struct.Struct(">BxL")
+_PDV_HEADER = struct.Struct(">LBB")
+
+
+def encoded_pdus(
+    command: bytes, data_set: bytes, context_id: int, max_pdu_length: int
+) -> tuple[bytes, int] | None:
+    """The P-DATA-TF PDUs of :func:`_fragments`, encoded for the wire as pynetdicom's
+    ``P_DATA_TF.encode`` writes them, and how many: the PDVs cut the same way, one PDV per
+    PDU but for a message that fits one PDU (PS3.8 9.3.5). ``None`` where :func:`_fragments`
+    gives up."""
+    if 0 < max_pdu_length < 7:
+        return None
+    pdvs = 6 + len(command) + (6 + len(data_set) if data_set else 0)
+    if not max_pdu_length or pdvs <= max_pdu_length:
+        parts = [_PDU_HEADER.pack(0x04, pdvs), _PDV_HEADER.pack(2 + len(command), context_id,
+                                                               0x03), command]
+        if data_set:
+            parts += [_PDV_HEADER.pack(2 + len(data_set), context_id, 0x02), data_set]
+        return b"".join(parts), 1
+    size = max_pdu_length - 6
+    parts = []
+    for stream, more, last in ((command, 0x01, 0x03), (data_set, 0x00, 0x02)):
+        view = memoryview(stream)
+        for start in range(0, len(stream), size):
+            piece = view[start : start + size]
+            header = last if start + size >= len(stream) else more
+            parts += [_PDU_HEADER.pack(0x04, 6 + len(piece)),
+                      _PDV_HEADER.pack(2 + len(piece), context_id, header), piece]
+    return b"".join(parts), len(parts) // 3
+
+
 # The wrappers below are applied by the fence, mimic_server/patches.py, which checks first
 # that the pynetdicom call sites they replace are the ones verified; each takes the function
 # it replaces and falls back to it for anything it does not handle.
@@ -201,11 +288,26 @@ def answer_encoder(encode_identifier: Callable[..., Any]) -> Callable[..., Any]:
 
 def direct_response_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
     """A replacement for ``DIMSEServiceProvider.send_msg``: plain C-STORE and C-FIND
-    responses go out as P-DATA built here, anything else through ``send_msg``."""
+    responses go out as P-DATA built here, anything else through ``send_msg``.
+
+    With the fence's ``pdata-batches`` in force (:data:`batches`) and nothing bound to
+    ``EVT_PDU_SENT``, every message :func:`message_parts` builds goes to the DUL as one
+    :class:`EncodedPData`: its PDUs encoded here, written in one go by the DUL thread. A
+    C-STORE sub-operation of a 0.5 MB object in 16 KiB PDUs was 33 turns of the DUL's queue,
+    state machine and PDU encoder, one write each.
+    """
 
     def send_response_directly(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-        if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        assoc = self.assoc
+        if not assoc.get_handlers(evt.EVT_DIMSE_SENT):
             try:
+                if batches and not assoc.get_handlers(evt.EVT_PDU_SENT):
+                    parts = message_parts(primitive)
+                    encoded = None if parts is None else encoded_pdus(
+                        *parts, context_id, self.maximum_pdu_size)
+                    if encoded is not None:
+                        self.dul.send_pdu(EncodedPData(*encoded))
+                        return
                 pdatas = response_pdata(primitive, context_id, self.maximum_pdu_size)
             except (UnicodeEncodeError, struct.error):
                 pdatas = None
@@ -216,6 +318,20 @@ def direct_response_sender(send_msg: Callable[..., None]) -> Callable[..., None]
         send_msg(self, primitive, context_id)
 
     return send_response_directly
+
+
+#: Set by the fence when the DUL's P-DATA actions send :class:`EncodedPData` (``pdata-batches``).
+batches = False
+
+
+class EncodedPData(P_DATA):
+    """The P-DATA-TF PDUs of one DIMSE message, encoded: the DUL thread writes them at once
+    (``net/pdata_batches.py``). Its PDV list stays empty: nothing reads it but the action."""
+
+    def __init__(self, encoded: bytes, pdus: int) -> None:
+        super().__init__()
+        self.encoded = encoded
+        self.pdus = pdus
 
 
 def command_set_encoder(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,8 +9,17 @@ from pydicom.dataset import Dataset
 from pynetdicom import dimse_messages
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as pydicom_encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.codec.command_set import encode_command_set, response_pdata
+from mimic_server.codec.command_set import (
+    EncodedPData,
+    encode_command_set,
+    encoded_pdus,
+    message_parts,
+    response_pdata,
+)
+from mimic_server.net.pdata_batches import sending_batches
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -160,3 +169,123 @@ def test_status_as_the_handlers_return_it() -> None:
     assert [p.presentation_data_value_list for p in ours] == _pynetdicom_pdata(
         _store_rsp(0x0000), dimse_messages.C_STORE_RSP, 0
     )
+
+
+def _get_rsp(status: int, remaining: int | None) -> C_GET:
+    p = C_GET()
+    p.MessageIDBeingRespondedTo, p.AffectedSOPClassUID, p.Status = 3, FIND, status
+    p.NumberOfRemainingSuboperations, p.NumberOfCompletedSuboperations = remaining, 3
+    p.NumberOfFailedSuboperations, p.NumberOfWarningSuboperations = 0, 0
+    return p
+
+
+def _store_rq_of(size: int, originator: bool) -> C_STORE:
+    p = _store_rq()
+    p.DataSet = BytesIO(bytes(range(256)) * (size // 256) + b"\x07" * (size % 256))
+    if not originator:
+        p.MoveOriginatorApplicationEntityTitle = p.MoveOriginatorMessageID = None
+    return p
+
+
+BATCHED = {
+    **RESPONSES,
+    "C-GET-RSP pending": (lambda: _get_rsp(0xFF00, 5), dimse_messages.C_GET_RSP),
+    "C-GET-RSP final": (lambda: _get_rsp(0x0000, None), dimse_messages.C_GET_RSP),
+    "C-MOVE-RSP pending": (_move_rsp, dimse_messages.C_MOVE_RSP),
+    "C-STORE-RQ sub-operation of C-MOVE": (
+        lambda: _store_rq_of(40_000, True), dimse_messages.C_STORE_RQ),
+    "C-STORE-RQ sub-operation of C-GET": (
+        lambda: _store_rq_of(525_001, False), dimse_messages.C_STORE_RQ),
+    "C-STORE-RQ odd AE title": (lambda: _with_originator(_store_rq(), "MOV"),
+                                dimse_messages.C_STORE_RQ),
+}
+
+
+def _with_originator(primitive: C_STORE, title: str) -> C_STORE:
+    primitive.MoveOriginatorApplicationEntityTitle = title
+    return primitive
+
+
+def _pdus(encoded: bytes) -> list[list[tuple[int, bytes]]]:
+    """The PDV lists of concatenated P-DATA-TF PDUs, as pynetdicom decodes each."""
+    pdus, offset = [], 0
+    while offset < len(encoded):
+        length = int.from_bytes(encoded[offset + 2 : offset + 6], "big")
+        pdu = P_DATA_TF()
+        pdu.decode(encoded[offset : offset + 6 + length])
+        pdus.append([(item.context_id, item.data) for item in pdu.presentation_data_value_items])
+        offset += 6 + length
+    return pdus
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 80])
+@pytest.mark.parametrize("name", BATCHED)
+def test_messages_encoded_ahead_are_what_pynetdicom_writes(name: str, max_pdu: int) -> None:
+    """The same PDVs in the same order, every PDU within the peer's maximum; cut into
+    several PDUs, the very bytes pynetdicom's ``P_DATA_TF`` writes."""
+    make, message_class = BATCHED[name]
+    parts = message_parts(make())
+    assert parts is not None
+    encoded = encoded_pdus(*parts, 5, max_pdu)
+    assert encoded is not None
+    ours, count = encoded
+    message = message_class()
+    message.primitive_to_message(make())
+    reference = list(message.encode_msg(5, max_pdu))
+    pdus = _pdus(ours)
+    assert len(pdus) == count
+    assert [pdv for pdu in pdus for pdv in pdu] == [
+        pdv for p in reference for pdv in p.presentation_data_value_list]
+    for pdu in pdus:
+        assert max_pdu == 0 or sum(6 + len(data) - 1 for _, data in pdu) <= max_pdu
+    if count > 1 or len(reference) == 1:
+        assert ours == b"".join(P_DATA_TF(p).encode() for p in reference)
+
+
+def test_messages_with_a_comment_or_identifier_are_left_to_pynetdicom() -> None:
+    assert message_parts(_store_rsp(0xA700, "index unavailable")) is None
+    get_failed = _get_rsp(0xA702, 0)
+    get_failed.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    assert message_parts(get_failed) is None
+    assert message_parts(_get_rq()) is None
+    assert message_parts(_echo_rsp()) is None
+    assert encoded_pdus(b"\x00" * 10, b"", 5, 6) is None  # pynetdicom refuses such a PDU
+
+
+class _Dul:
+    """What the DUL's P-DATA actions touch: the queue, the socket, ``_send``."""
+
+    def __init__(self, primitive: object, socket: bool = True) -> None:
+        from queue import SimpleQueue
+
+        self.to_provider_queue: SimpleQueue[object] = SimpleQueue()
+        self.to_provider_queue.put(primitive)
+        self.written: list[bytes] = []
+        self.socket = self if socket else None
+        self.sent_pdus: list[P_DATA_TF] = []
+
+    def send(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def _send(self, pdu: P_DATA_TF) -> None:
+        self.sent_pdus.append(pdu)
+
+
+@pytest.mark.parametrize(("state", "action"), [("Sta6", "DT_1"), ("Sta8", "AR_7")])
+def test_the_dul_writes_a_batch_at_once_and_anything_else_as_pynetdicom(
+    state: str, action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pynetdicom import fsm
+
+    send = sending_batches(state)(getattr(fsm, action))
+    dul = _Dul(EncodedPData(b"pdus", 2))
+    assert send(dul) == state
+    assert dul.written == [b"pdus"] and dul.sent_pdus == []
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((5, b"\x03abcd"))
+    dul = _Dul(pdata)
+    assert send(dul) == state
+    assert dul.written == [] and [p.encode() for p in dul.sent_pdus] == [P_DATA_TF(pdata).encode()]
+    closed = _Dul(EncodedPData(b"pdus", 1), socket=False)
+    assert send(closed) == state
+    assert "closed connection" in caplog.text
