@@ -334,12 +334,12 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         RECEIVED_COMMAND,
         "mimic_server.dimse.receiving:_receive_store_fragments and "
-        "mimic_server.codec.command_set:decode_store_request (inside bounded-receive's "
-        "wrapper of each acceptor's dimse.receive_primitive)",
-        "every C-STORE-RQ's command set is decoded by pydicom into a Dataset and copied "
-        "element by element, each UID validated three times, into the request primitive, "
-        "and every data set fragment is copied once more before it is written (also off "
-        "when bounded-receive is)",
+        "mimic_server.codec.command_set:decode_store_request, decode_store_response (inside "
+        "bounded-receive's wrapper of each acceptor's dimse.receive_primitive)",
+        "every C-STORE-RQ's command set, and every C-STORE-RSP to a C-GET sub-operation, is "
+        "decoded by pydicom into a Dataset and copied element by element, each UID validated "
+        "three times, into the primitive, and every data set fragment is copied once more "
+        "before it is written (also off when bounded-receive is)",
         (PYNETDICOM, PYDICOM),
         (
             # reproduced for a plain C-STORE-RQ: command fragments into encoded_command_set,

@@ -361,6 +361,11 @@ _STORE_RQ = 0x0001
 #: or unknown element) is pydicom's to decode.
 _STORE_RQ_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0110: 2, 0x0700: 2, 0x0800: 2,
                       0x1000: 0}
+#: The elements of a plain C-STORE-RSP: (0000,0000), (0000,0002) Affected SOP Class UID,
+#: (0000,0100), (0000,0120) Message ID Being Responded To, (0000,0800), (0000,0900) Status,
+#: (0000,1000) Affected SOP Instance UID.
+_STORE_RSP_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0120: 2, 0x0800: 2, 0x0900: 2,
+                       0x1000: 0}
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
@@ -446,6 +451,31 @@ def decode_store_request(encoded: bytes) -> StoreRequestCommand | None:
     """A plain C-STORE-RQ command set (implicit VR little endian) decoded, or None for
     pynetdicom to decode: another command, another element, a value pydicom would decode
     differently or with a warning (a UID that is not conformant), no data set."""
+    values = _decode_plain(encoded, _STORE_RQ_ELEMENTS)
+    if values is None or len(values) != len(_STORE_RQ_ELEMENTS):
+        return None
+    if values[0x0100] != _STORE_RQ or values[0x0800] == _NO_DATA_SET:
+        return None
+    if values[0x0700] not in (0, 1, 2):
+        return None
+    return StoreRequestCommand(encoded, values)
+
+
+def decode_store_response(encoded: bytes) -> dict[int, Any] | None:
+    """A plain C-STORE-RSP command set (the answer to a C-GET or C-MOVE sub-operation)
+    decoded: element number -> value, with both Affected SOP UIDs, no data set, no Error
+    Comment or other element; else None, for pynetdicom to decode."""
+    values = _decode_plain(encoded, _STORE_RSP_ELEMENTS)
+    if values is None or len(values) != len(_STORE_RSP_ELEMENTS):
+        return None
+    if values[0x0100] != _STORE_RSP or values[0x0800] != _NO_DATA_SET:
+        return None
+    return values
+
+
+def _decode_plain(encoded: bytes, expected_elements: dict[int, int]) -> dict[int, Any] | None:
+    """The group 0000 elements of ``expected_elements`` (number -> 4: UL, 2: US, 0: UI),
+    each at most once; None at anything else."""
     values: dict[int, Any] = {}
     view = memoryview(encoded)
     offset, end = 0, len(encoded)
@@ -454,7 +484,7 @@ def decode_store_request(encoded: bytes) -> StoreRequestCommand | None:
             return None
         group, element, length = _ELEMENT.unpack_from(view, offset)
         offset += 8
-        expected = _STORE_RQ_ELEMENTS.get(element)
+        expected = expected_elements.get(element)
         if group or expected is None or element in values or offset + length > end:
             return None
         value = view[offset : offset + length]
@@ -475,10 +505,4 @@ def decode_store_request(encoded: bytes) -> StoreRequestCommand | None:
             if not 0 < len(text) <= 64 or not _UID_TEXT.fullmatch(text):
                 return None
             values[element] = CheckedUID(text, validation_mode=config.IGNORE)  # checked above
-    if len(values) != len(_STORE_RQ_ELEMENTS):
-        return None
-    if values[0x0100] != _STORE_RQ or values[0x0800] == _NO_DATA_SET:
-        return None
-    if values[0x0700] not in (0, 1, 2):
-        return None
-    return StoreRequestCommand(encoded, values)
+    return values

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pynetdicom.association
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
@@ -58,13 +60,13 @@ class StoredDataset(Dataset):
         unparsed: its UIDs and transfer syntax are the row's (taken from the same object
         when it was stored)."""
         stored = cls()
-        stored.SOPClassUID = ref.sop_class_uid
-        stored.SOPInstanceUID = ref.sop_instance_uid
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ref.sop_class_uid
-        meta.MediaStorageSOPInstanceUID = ref.sop_instance_uid
-        meta.TransferSyntaxUID = ref.transfer_syntax_uid
-        stored.file_meta = meta
+        # Elements made without pydicom's validation (a third of the stand-in's cost): the
+        # UIDs were checked when the object was received (``archive.ingest``).
+        stored[_SOP_CLASS] = DataElement(_SOP_CLASS, "UI", UID(ref.sop_class_uid),
+                                         validation_mode=config.IGNORE)
+        stored[_SOP_INSTANCE] = DataElement(_SOP_INSTANCE, "UI", UID(ref.sop_instance_uid),
+                                            validation_mode=config.IGNORE)
+        stored.file_meta = _file_meta(ref.transfer_syntax_uid)
         stored._mimic_raw = memoryview(part10)[dataset_offset:]
         stored._mimic_part10 = part10
         stored._mimic_encoding = _encoding(UID(ref.transfer_syntax_uid))
@@ -76,6 +78,21 @@ class StoredDataset(Dataset):
         if self._mimic_part10 is None:
             return self
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
+
+
+_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+#: The File Meta of stand-ins, one per transfer syntax: pynetdicom reads only its Transfer
+#: Syntax UID (to pick the presentation context), and nothing writes to it.
+_FILE_METAS: dict[str, FileMetaDataset] = {}
+
+
+def _file_meta(transfer_syntax_uid: str) -> FileMetaDataset:
+    meta = _FILE_METAS.get(transfer_syntax_uid)
+    if meta is None:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = transfer_syntax_uid
+        _FILE_METAS[transfer_syntax_uid] = meta
+    return meta
 
 
 def _encoding(syntax: UID) -> tuple[bool, bool, bool]:

@@ -37,7 +37,11 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.codec.command_set import StoreRequestCommand, decode_store_request
+from mimic_server.codec.command_set import (
+    StoreRequestCommand,
+    decode_store_request,
+    decode_store_response,
+)
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.structure import DeflatedWalk, StructureWalk, structure_walk
 from mimic_server.dimse.session import session_of
@@ -303,6 +307,8 @@ def _receive_store_fragments(
             encoded = message.encoded_command_set.getvalue() + fragment
             command = decode_store_request(encoded)
             if command is None:
+                if _store_response_received(dimse, message, encoded, context_id):
+                    continue  # a C-GET sub-operation's answer, handed on
                 return pdvs[index:]
             message.encoded_command_set.write(fragment)
             message.context_id = context_id
@@ -340,6 +346,31 @@ def _store_request_received(dimse: Any, message: DIMSEMessage,
     message.encoded_command_set = io.BytesIO()
     message.data_set = io.BytesIO()
     dimse.message = None
+
+
+def _store_response_received(dimse: Any, message: DIMSEMessage, encoded: bytes,
+                             context_id: int) -> bool:
+    """A plain C-STORE-RSP (the peer's answer to a C-GET sub-operation) decoded without
+    pydicom and put on the queue as pynetdicom's ``receive_primitive`` would, 0.1 ms sooner;
+    False, and pynetdicom decodes it, for any other command set or where ``EVT_DIMSE_RECV``
+    has handlers (they get the message pynetdicom builds)."""
+    if dimse.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        return False
+    values = decode_store_response(encoded)
+    if values is None:
+        return False
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = values[0x0120]
+    response._affected_sop_class_uid = values[0x0002]  # checked as its setter would
+    response._affected_sop_instance_uid = values[0x1000]
+    response.Status = values[0x0900]
+    response._context_id = context_id
+    response._dataset_path = response._dataset_file = None  # as message_to_primitive sets
+    dimse.msg_queue.put((context_id, response))
+    message.encoded_command_set = io.BytesIO()
+    message.data_set = io.BytesIO()
+    dimse.message = None
+    return True
 
 
 def release_spool(data_set: object) -> None:

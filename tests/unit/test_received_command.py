@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_FIND_RQ, C_STORE_RQ
+from pynetdicom.dimse_messages import C_FIND_RQ, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
@@ -252,3 +252,91 @@ def test_a_malformed_pdata_pdu_is_left_to_pynetdicom(damage: Any) -> None:
     assert _pdata_items(damaged) is None
     with pytest.raises(Exception):  # noqa: B017 - pynetdicom's own failure: Evt19, A-ABORT
         P_DATA_TF().decode(bytes(damaged))
+
+
+# -- the answers to C-GET sub-operations ---------------------------------------------------------
+
+
+def _store_rsp(status: int = 0x0000, instance: str | None = "1.2.3.45",
+               **extra: Any) -> C_STORE:
+    p = C_STORE()
+    p.MessageIDBeingRespondedTo, p.AffectedSOPClassUID, p.Status = 9, CT, status
+    p.AffectedSOPInstanceUID = instance
+    for name, value in extra.items():
+        setattr(p, name, value)
+    return p
+
+
+def _response_fields(primitive: Any) -> dict[str, Any]:
+    names = ("MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+             "Status", "ErrorComment", "OffendingElement", "is_valid_response")
+    fields = {name: getattr(primitive, name) for name in names}
+    fields["types"] = [UID if isinstance(v, UID) else type(v) for v in fields.values()]
+    fields["class"] = type(primitive)
+    fields["context"] = primitive._context_id
+    fields["path"] = (primitive._dataset_path, primitive._dataset_file)
+    return fields
+
+
+def _responses(tmp_path: Path, primitive: C_STORE, max_pdu: int,
+               monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[Any]]:
+    """What pynetdicom's path and MIMIC's (no EVT_DIMSE_RECV handler) deliver, and what
+    MIMIC's decoder answered."""
+    from pynetdicom import _config
+
+    from mimic_server.dimse import receiving
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")  # as the server runs
+    answers: list[Any] = []
+    real = receiving.decode_store_response
+    monkeypatch.setattr(receiving, "decode_store_response",
+                        lambda encoded: answers.append(real(encoded)) or answers[-1])
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    pdatas = list(message.encode_msg(3, max_pdu))
+    delivered = []
+    for fast in (False, True):
+        assoc = Association(AE(), "acceptor")
+        receive_in_bounded_memory(assoc, ReceiveLimits(1 << 30, tmp_path), store_requests=fast)
+        for pdata in pdatas:
+            assoc.dimse.receive_primitive(pdata)
+        got = _received(assoc)
+        assert len(got) == 1 and got[0][0] == 3
+        assert assoc.dimse.message is None and _events(assoc) == []
+        delivered.append(got[0][1])
+    return delivered[0], delivered[1], answers
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16, 4096])
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700])
+def test_a_store_response_arrives_as_pynetdicom_delivers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu: int, status: int
+) -> None:
+    library, mimic, answers = _responses(tmp_path, _store_rsp(status), max_pdu, monkeypatch)
+    assert answers and answers[-1] is not None  # decoded here
+    assert _response_fields(mimic) == _response_fields(library)
+
+
+@pytest.mark.parametrize("primitive", [
+    _store_rsp(0xA700, ErrorComment="disk full"),
+    _store_rsp(0xC000, OffendingElement=[0x00100010]),
+    _store_rsp(0x0000, instance=None),
+    _store_rsp(0x0000, instance="1.02.3"),  # not conformant: pynetdicom's to warn about
+], ids=["error-comment", "offending-element", "no-instance-uid", "non-conformant-uid"])
+def test_any_other_store_response_takes_pynetdicoms_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primitive: C_STORE
+) -> None:
+    library, mimic, answers = _responses(tmp_path, primitive, 0, monkeypatch)
+    assert answers == [None]
+    assert _response_fields(mimic) == _response_fields(library)
+
+
+def test_with_a_dimse_recv_handler_a_store_response_is_pynetdicoms(tmp_path: Path) -> None:
+    assoc, seen = _acceptor(tmp_path, fast=True)
+    message = C_STORE_RSP()
+    message.primitive_to_message(_store_rsp())
+    for pdata in message.encode_msg(3, 0):
+        assoc.dimse.receive_primitive(pdata)
+    assert [type(m) for m in seen] == [C_STORE_RSP]  # the handler got pynetdicom's message
+    [(_, response)] = _received(assoc)
+    assert response.Status == 0x0000 and response.MessageIDBeingRespondedTo == 9
