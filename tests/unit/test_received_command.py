@@ -20,6 +20,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from mimic_server.codec.command_set import (
     CheckedUID,
     StoreRequestCommand,
+    StoreResponseCommand,
     checked_uid_setter,
     decode_store_request,
 )
@@ -331,12 +332,21 @@ def test_any_other_store_response_takes_pynetdicoms_path(
     assert _response_fields(mimic) == _response_fields(library)
 
 
-def test_with_a_dimse_recv_handler_a_store_response_is_pynetdicoms(tmp_path: Path) -> None:
-    assoc, seen = _acceptor(tmp_path, fast=True)
-    message = C_STORE_RSP()
-    message.primitive_to_message(_store_rsp())
-    for pdata in message.encode_msg(3, 0):
-        assoc.dimse.receive_primitive(pdata)
-    assert [type(m) for m in seen] == [C_STORE_RSP]  # the handler got pynetdicom's message
-    [(_, response)] = _received(assoc)
-    assert response.Status == 0x0000 and response.MessageIDBeingRespondedTo == 9
+def test_an_evt_dimse_recv_handler_sees_the_response_pynetdicom_would_give(
+    tmp_path: Path,
+) -> None:
+    messages = []
+    for fast in (False, True):
+        assoc, seen = _acceptor(tmp_path / str(fast), fast)
+        message = C_STORE_RSP()
+        message.primitive_to_message(_store_rsp())
+        for pdata in message.encode_msg(3, 16):
+            assoc.dimse.receive_primitive(pdata)
+        [(_, response)] = _received(assoc)
+        assert response.Status == 0x0000 and response.MessageIDBeingRespondedTo == 9
+        messages.append(seen)
+    [library], [mimic] = messages
+    assert type(mimic) is type(library) is C_STORE_RSP
+    assert isinstance(mimic.command_set, StoreResponseCommand)  # the fast path ran
+    assert list(mimic.command_set) == list(library.command_set)
+    assert mimic.command_set.Status == 0 and mimic.context_id == library.context_id == 3
