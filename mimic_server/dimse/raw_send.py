@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pynetdicom.association
-from pydicom import config
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 if TYPE_CHECKING:
@@ -29,11 +27,8 @@ if TYPE_CHECKING:
 class StoredDataset(Dataset):
     """A dataset read from the store, with its encoded bytes as they were received.
 
-    Made by :meth:`of`, it holds only what pynetdicom's ``send_c_store`` reads to choose
-    the presentation context and write the request (the SOP Class and Instance UIDs and the
-    transfer syntax, from the index row): parsing each object with pydicom was a sixth of
-    the thread's time in a C-GET of CT slices, for elements nobody reads. Only a conversion
-    to another transfer syntax parses the object (:attr:`_mimic_part10`), in the encoder.
+    Parsed whole: the audit trail reads each sent object's study and patient, and an object
+    whose data set encoding differs from its File Meta is sent as pydicom finds it.
     """
 
     _mimic_raw: bytes | memoryview
@@ -54,45 +49,11 @@ class StoredDataset(Dataset):
         stored._mimic_encoding = _encoding(dataset.file_meta.TransferSyntaxUID)
         return stored
 
-    @classmethod
-    def of(cls, ref: InstanceRef, part10: bytes, dataset_offset: int) -> StoredDataset:
-        """A stand-in for the stored Part 10 file ``part10`` of the index row ``ref``,
-        unparsed: its UIDs and transfer syntax are the row's (taken from the same object
-        when it was stored)."""
-        stored = cls()
-        # Elements made without pydicom's validation (a third of the stand-in's cost): the
-        # UIDs were checked when the object was received (``archive.ingest``).
-        stored[_SOP_CLASS] = DataElement(_SOP_CLASS, "UI", UID(ref.sop_class_uid),
-                                         validation_mode=config.IGNORE)
-        stored[_SOP_INSTANCE] = DataElement(_SOP_INSTANCE, "UI", UID(ref.sop_instance_uid),
-                                            validation_mode=config.IGNORE)
-        stored.file_meta = _file_meta(ref.transfer_syntax_uid)
-        stored._mimic_raw = memoryview(part10)[dataset_offset:]
-        stored._mimic_part10 = part10
-        stored._mimic_encoding = _encoding(UID(ref.transfer_syntax_uid))
-        stored._mimic_ref = ref
-        return stored
-
     def parsed(self) -> Dataset:
         """The whole dataset, for pynetdicom's encoder to convert (a stand-in is parsed)."""
         if self._mimic_part10 is None:
             return self
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
-
-
-_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
-#: The File Meta of stand-ins, one per transfer syntax: pynetdicom reads only its Transfer
-#: Syntax UID (to pick the presentation context), and nothing writes to it.
-_FILE_METAS: dict[str, FileMetaDataset] = {}
-
-
-def _file_meta(transfer_syntax_uid: str) -> FileMetaDataset:
-    meta = _FILE_METAS.get(transfer_syntax_uid)
-    if meta is None:
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = transfer_syntax_uid
-        _FILE_METAS[transfer_syntax_uid] = meta
-    return meta
 
 
 def _encoding(syntax: UID) -> tuple[bool, bool, bool]:

@@ -32,18 +32,17 @@ def read_verified(
 ) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
     :class:`StreamedDataset` for a large one while streaming sends are installed, else a
-    :class:`StoredDataset`: unparsed while pynetdicom sends it as stored (its encoder is
-    :func:`~mimic_server.dimse.raw_send.stored_bytes_encoder`), else the whole object,
-    parsed. ``current``: the index's row now, for an object gone since the match
-    (``archive.read``)."""
+    :class:`StoredDataset` (the whole object, parsed, with its stored bytes).
+    ``current``: the index's row now, for an object gone since the match (``archive.read``)."""
     stored = open_verified(store, ref, current=current)
     if stored is None:
         return None
     if stored.streamed and stream_send.enabled:
         return StreamedDataset.of(stored)
     data = stored.read()
-    if stored_bytes_encoder_in_use():
-        return StoredDataset.of(stored.ref, data, stored.dataset_offset)
+    # Parsed whole: the audit trail reads the study and patient of every object sent
+    # (dimse/audited.py), and an object whose data set encoding differs from its File
+    # Meta is sent in the encoding pydicom finds.
     dataset = StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
     dataset._mimic_ref = stored.ref  # the row read: ``ref``'s current one if it was sent again
     return dataset
