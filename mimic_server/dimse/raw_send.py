@@ -11,11 +11,9 @@ the destination asked for).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pydicom
 import pynetdicom.association
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -31,14 +29,12 @@ class StoredDataset(Dataset):
     whose data set encoding differs from its File Meta is sent as pydicom finds it.
     """
 
-    _mimic_raw: bytes | memoryview
+    _mimic_raw: bytes
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
     #: The index row it was read for (``dimse.retrieve.read_verified``).
     _mimic_ref: InstanceRef
-    #: The whole Part 10 file of a stand-in made by :meth:`of` (None: a parsed dataset).
-    _mimic_part10: bytes | None = None
 
     @classmethod
     def wrap(cls, dataset: Dataset, raw: bytes) -> StoredDataset:
@@ -48,12 +44,6 @@ class StoredDataset(Dataset):
         stored._mimic_raw = raw
         stored._mimic_encoding = _encoding(dataset.file_meta.TransferSyntaxUID)
         return stored
-
-    def parsed(self) -> Dataset:
-        """The whole dataset, for pynetdicom's encoder to convert (a stand-in is parsed)."""
-        if self._mimic_part10 is None:
-            return self
-        return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 
 
 def _encoding(syntax: UID) -> tuple[bool, bool, bool]:
@@ -79,7 +69,6 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             ds._mimic_encoded = True
             if ds._mimic_encoding == (is_implicit_vr, is_little_endian, deflated):
                 return ds._mimic_raw
-            ds = ds.parsed()
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
     encode._mimic_stored_bytes = True  # type: ignore[attr-defined]

@@ -65,6 +65,6 @@ def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
     monkeypatch.setattr(pynetdicom.association, "encode", ORIGINAL_ENCODE)
     store, ref, _data, parsed = _stored()
     [sent] = datasets(store, [ref])
-    assert isinstance(sent, StoredDataset) and sent._mimic_part10 is None
+    assert isinstance(sent, StoredDataset)
     assert sent.PixelData == parsed.PixelData
     assert ORIGINAL_ENCODE(sent, True, True, False) == ORIGINAL_ENCODE(parsed, True, True, False)
