@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from mimic_server.dimse.retrieve import index_row_of
 from mimic_server.dimse.session import Session, session_of
 from mimic_server.errors import Status
 from mimic_server.security import audit
@@ -157,13 +158,16 @@ def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
 
 
 def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:
-    """Count a dataset pynetdicom was given: sent if it was encoded; 1 if it failed."""
-    study = getattr(dataset, "StudyInstanceUID", None)
-    if study is None or not getattr(dataset, "_mimic_encoded", False):
+    """Count a dataset pynetdicom was given: sent if it was encoded; 1 if it failed. A stored
+    object is named by its index row (its study and patient as the index files them); the
+    objects sent are never parsed for the audit."""
+    if not getattr(dataset, "_mimic_encoded", False):
         return 1
-    sent.setdefault(str(study), Counter())[str(getattr(dataset, "SOPClassUID", ""))] += 1
-    patients.add((str(getattr(dataset, "PatientID", "") or ""),
-                  str(getattr(dataset, "PatientName", "") or "")))
+    row = index_row_of(dataset)
+    if row is None or not row.study_instance_uid:
+        return 1
+    sent.setdefault(row.study_instance_uid, Counter())[row.sop_class_uid] += 1
+    patients.add((row.patient_id, row.patient_name))
     return 0
 
 

@@ -32,17 +32,18 @@ def read_verified(
 ) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
     :class:`StreamedDataset` for a large one while streaming sends are installed, else a
-    :class:`StoredDataset` (the whole object, parsed, with its stored bytes).
-    ``current``: the index's row now, for an object gone since the match (``archive.read``)."""
+    :class:`StoredDataset`: unparsed while pynetdicom sends it as stored (its encoder is
+    :func:`~mimic_server.dimse.raw_send.stored_bytes_encoder`), else the whole object,
+    parsed. ``current``: the index's row now, for an object gone since the match
+    (``archive.read``)."""
     stored = open_verified(store, ref, current=current)
     if stored is None:
         return None
     if stored.streamed and stream_send.enabled:
         return StreamedDataset.of(stored)
     data = stored.read()
-    # Parsed whole: the audit trail reads the study and patient of every object sent
-    # (dimse/audited.py), and an object whose data set encoding differs from its File
-    # Meta is sent in the encoding pydicom finds.
+    if stored_bytes_encoder_in_use():
+        return StoredDataset.of(stored.ref, data, stored.dataset_offset)
     dataset = StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
     dataset._mimic_ref = stored.ref  # the row read: ``ref``'s current one if it was sent again
     return dataset
@@ -83,3 +84,12 @@ def _read_ref(dataset: StreamedDataset | StoredDataset) -> InstanceRef:
     if isinstance(dataset, StreamedDataset):
         return dataset._mimic_object.ref
     return dataset._mimic_ref
+
+
+def index_row_of(dataset: object) -> InstanceRef | None:
+    """The index row of a dataset :func:`datasets` yielded for a stored object, else None
+    (a failed sub-operation's stand-in): what the audit trail names it by, as neither a
+    stand-in nor a streamed object carries its study or patient."""
+    if isinstance(dataset, StreamedDataset | StoredDataset):
+        return _read_ref(dataset)
+    return None

@@ -41,11 +41,19 @@ class InstanceRef:
     transfer_syntax_uid: str
     object_key: str
     sha256: str
+    #: Its study and patient as the index files them, for the audit trail of what a
+    #: retrieve sent (``dimse/audited.py``), which never parses the object for them.
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
 
 
-#: The columns of an :class:`InstanceRef`, in its fields' order.
+#: The columns of an :class:`InstanceRef`, in its fields' order (a statement selecting them
+#: joins the instance's series, study and patient).
 _REF_COLUMNS = (Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
-                Instance.object_key, Instance.sha256)
+                Instance.object_key, Instance.sha256, Study.study_instance_uid,
+                Patient.patient_id, Patient.patient_name)
+_REF_WIDTH = len(_REF_COLUMNS)
 
 
 class ResultLimitReached(Exception):
@@ -255,7 +263,7 @@ class Finder:
             mapping = row._mapping
             record = RowRecord({k: mapping[k] for k in COLUMNS}, None, {})
             if all(c.matches(record) for c in query.constraints if c.keyword in COLUMNS):
-                found.append(InstanceRef(*row[:5]))
+                found.append(InstanceRef(*row[:_REF_WIDTH]))
         return found
 
     def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
@@ -298,7 +306,14 @@ _ONE_INSTANCE = (
 )
 
 #: :meth:`Finder.current`'s statement (the SOP Instance UID is unique in the index).
-_CURRENT = select(*_REF_COLUMNS).where(Instance.sop_instance_uid == bindparam("sop_instance"))
+_CURRENT = (
+    select(*_REF_COLUMNS)
+    .select_from(Instance)
+    .join(Series, Instance.series_fk == Series.id)
+    .join(Study, Series.study_fk == Study.id)
+    .join(Patient, Study.patient_fk == Patient.id)
+    .where(Instance.sop_instance_uid == bindparam("sop_instance"))
+)
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from lxml import etree
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_role, evt
@@ -35,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
 )
 
+from tests.e2e.test_audit_trail import messages, studies
 from tests.large_objects import write_large
 from tests.support import (
     HOST,
@@ -204,6 +206,20 @@ def test_get_streams_a_large_object_byte_identical(large: Large) -> None:
     # A memory bound, not a timing: the object held whole would add 160 MiB.
     assert peak - before < LARGE // 4, (before, peak)
     assert _objects_held_open(large.server) == []
+    # The audit trail names it sent, with its study and patient, though never parsed.
+    transferred = [m for m in messages(large.server, "--event", "110104")
+                   if m.find("EventIdentification").get("EventActionCode") == "R"
+                   and large.series[uid][0] in studies(m)]
+    assert len(transferred) == 1
+    outcome = transferred[0].find("EventIdentification").get("EventOutcomeIndicator")
+    assert outcome == "0", etree.tostring(transferred[0])
+    [study] = [o for o in transferred[0].findall("ParticipantObjectIdentification")
+               if o.get("ParticipantObjectTypeCodeRole") == "3"]
+    assert study.find("ParticipantObjectDescription/SOPClass").get("NumberOfInstances") == "1"
+    [patient] = [o for o in transferred[0].findall("ParticipantObjectIdentification")
+                 if o.get("ParticipantObjectTypeCodeRole") == "1"]
+    assert patient.get("ParticipantObjectID") == "LARGE"
+    assert patient.findtext("ParticipantObjectName") == "Large^Object"
 
 
 def test_move_streams_a_large_object_to_storescp_over_tls(large: Large) -> None:

@@ -14,6 +14,7 @@ import pynetdicom.dsutils
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from mimic_server.archive.read import open_verified
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.query.finder import InstanceRef
@@ -43,6 +44,27 @@ def stored_bytes_send(monkeypatch: pytest.MonkeyPatch) -> Any:
     return encode
 
 
+def test_an_object_is_sent_as_stored_without_being_parsed(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ref, data, parsed = _stored()
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    [sent] = datasets(store, [ref])
+    assert isinstance(sent, StoredDataset)
+    # What pynetdicom's send_c_store reads to pick the context and write the request.
+    assert sent.SOPClassUID == parsed.SOPClassUID
+    assert sent.SOPInstanceUID == parsed.SOPInstanceUID
+    assert sent.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    verified = open_verified(store, ref)
+    assert verified is not None
+    assert bytes(stored_bytes_send(sent, False, True, False)) == data[verified.dataset_offset:]
+    assert sent._mimic_encoded
+
+
 def test_a_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would(
     stored_bytes_send: Any,
 ) -> None:
@@ -65,6 +87,6 @@ def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
     monkeypatch.setattr(pynetdicom.association, "encode", ORIGINAL_ENCODE)
     store, ref, _data, parsed = _stored()
     [sent] = datasets(store, [ref])
-    assert isinstance(sent, StoredDataset)
+    assert isinstance(sent, StoredDataset) and sent._mimic_part10 is None
     assert sent.PixelData == parsed.PixelData
     assert ORIGINAL_ENCODE(sent, True, True, False) == ORIGINAL_ENCODE(parsed, True, True, False)
