@@ -408,6 +408,9 @@ PATCHES: tuple[Patch, ...] = (
             Site("pynetdicom.fsm:AR_7", source="9a8d68182bf5c9fd"),
             # writes pdu.encode() and triggers EVT_PDU_SENT, which a batch does not
             Site("pynetdicom.dul:DULServiceProvider._send", "(self, pdu)", "a850a7919e68484e"),
+            # a batch is written as it writes (EVT_DATA_SENT, Evt17), without its copies
+            Site("pynetdicom.transport:AssociationSocket.send", "(self, bytestream)",
+                 "1ea8158c0b51faca"),
             # looks the action up in ACTIONS at each event, where the wrappers are put
             Site("pynetdicom.fsm:StateMachine.do_action", mentions="ACTIONS[action_name]"),
             # the PDU and PDV encodings a batch reproduces byte for byte

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 
 from mimic_server.codec.command_set import EncodedPData
@@ -38,7 +39,7 @@ def sending_batches(next_state: str) -> Callable[[Callable[..., str]], Callable[
             primitive = dul.to_provider_queue.get(False)
             if isinstance(primitive, EncodedPData):
                 if dul.socket is not None:
-                    dul.socket.send(primitive.encoded)
+                    write(dul.socket, primitive.encoded)
                 else:
                     LOGGER.warning("Attempted to send data over closed connection")
             else:
@@ -49,3 +50,17 @@ def sending_batches(next_state: str) -> Callable[[Callable[..., str]], Callable[
         return action
 
     return make
+
+
+def write(transport: Any, data: bytes) -> None:
+    """``AssociationSocket.send`` (pinned by the fence) without its copy of what is left
+    after each partial write: a batch is a whole message (up to 8 MiB held whole), and a
+    socket with a timeout, as pynetdicom's are, takes it a part at a time. Each ``send``
+    has the socket's timeout, as pynetdicom's have; a failure is the transport's Evt17."""
+    try:
+        rest = memoryview(data)
+        while rest:
+            rest = rest[transport.socket.send(rest):]
+        evt.trigger(transport.assoc, evt.EVT_DATA_SENT, {"data": data})
+    except Exception:
+        transport.event_queue.put("Evt17")  # Transport connection closed

@@ -252,6 +252,49 @@ def test_messages_with_a_comment_or_identifier_are_left_to_pynetdicom() -> None:
     assert encoded_pdus(b"\x00" * 10, b"", 5, 6) is None  # pynetdicom refuses such a PDU
 
 
+class _RawSocket:
+    """A socket with a timeout, as pynetdicom's are: it takes a few bytes per ``send``."""
+
+    def __init__(self, per_send: int = 3, fails: bool = False) -> None:
+        self.per_send = per_send
+        self.fails = fails
+        self.received = bytearray()
+        self.sends = 0
+
+    def send(self, data: memoryview) -> int:
+        if self.fails:
+            raise ConnectionResetError
+        self.sends += 1
+        self.received += data[:self.per_send]
+        return min(self.per_send, len(data))
+
+
+class _Transport:
+    """What the write of a batch touches of pynetdicom's ``AssociationSocket``."""
+
+    def __init__(self, raw: _RawSocket) -> None:
+        from queue import SimpleQueue
+
+        self.socket = raw
+        self.assoc = _Association()
+        self.event_queue: SimpleQueue[str] = SimpleQueue()
+
+
+class _Association:
+    """What ``evt.trigger`` touches of an association, with one EVT_DATA_SENT handler."""
+
+    def __init__(self) -> None:
+        self.data_sent: list[bytes] = []
+        self.abort = self._abort_nonblocking = self._abort_blocking = None
+
+    def get_handlers(self, event: object) -> list[tuple[object, None]]:
+        from pynetdicom import evt
+
+        if event is not evt.EVT_DATA_SENT:
+            return []
+        return [(lambda e: self.data_sent.append(e.data), None)]
+
+
 class _Dul:
     """What the DUL's P-DATA actions touch: the queue, the socket, ``_send``."""
 
@@ -260,12 +303,8 @@ class _Dul:
 
         self.to_provider_queue: SimpleQueue[object] = SimpleQueue()
         self.to_provider_queue.put(primitive)
-        self.written: list[bytes] = []
-        self.socket = self if socket else None
+        self.socket = _Transport(_RawSocket()) if socket else None
         self.sent_pdus: list[P_DATA_TF] = []
-
-    def send(self, data: bytes) -> None:
-        self.written.append(data)
 
     def _send(self, pdu: P_DATA_TF) -> None:
         self.sent_pdus.append(pdu)
@@ -278,14 +317,27 @@ def test_the_dul_writes_a_batch_at_once_and_anything_else_as_pynetdicom(
     from pynetdicom import fsm
 
     send = sending_batches(state)(getattr(fsm, action))
-    dul = _Dul(EncodedPData(b"pdus", 2))
+    dul = _Dul(EncodedPData(b"pdus and more", 2))
     assert send(dul) == state
-    assert dul.written == [b"pdus"] and dul.sent_pdus == []
+    assert dul.socket is not None
+    # written whole, a part at a time as the socket takes it, as AssociationSocket.send does
+    assert bytes(dul.socket.socket.received) == b"pdus and more" and dul.sent_pdus == []
+    assert dul.socket.socket.sends == 5
+    assert dul.socket.assoc.data_sent == [b"pdus and more"]
+    assert dul.socket.event_queue.empty()
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((5, b"\x03abcd"))
     dul = _Dul(pdata)
     assert send(dul) == state
-    assert dul.written == [] and [p.encode() for p in dul.sent_pdus] == [P_DATA_TF(pdata).encode()]
+    assert dul.socket is not None and not dul.socket.socket.received
+    assert [p.encode() for p in dul.sent_pdus] == [P_DATA_TF(pdata).encode()]
     closed = _Dul(EncodedPData(b"pdus", 1), socket=False)
     assert send(closed) == state
     assert "closed connection" in caplog.text
+    # a connection that fails mid-write: the transport's Evt17, as pynetdicom's send puts
+    reset = _Dul(EncodedPData(b"pdus", 1))
+    assert reset.socket is not None
+    reset.socket.socket.fails = True
+    assert send(reset) == state
+    assert reset.socket.event_queue.get_nowait() == "Evt17"
+    assert reset.socket.assoc.data_sent == []
