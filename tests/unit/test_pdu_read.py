@@ -113,6 +113,9 @@ class _RecordedReads:
         self.buffers.append(view.obj)
         return self._sock.recv_into(view)
 
+    def setsockopt(self, *args: Any) -> None:
+        self._sock.setsockopt(*args)
+
 
 def _pdata(*values: bytes) -> bytes:
     body = b"".join(len(v).to_bytes(4, "big") + v for v in values)
@@ -427,3 +430,90 @@ def test_a_closed_tls_socket_is_read_as_recv_into_reads_it(pki: devpki.DevPki) -
         dul.socket.socket.close()
         with pytest.raises(OSError):
             dul.socket.recv_after_header(header, 8)
+
+
+class _NotingSocket(socket.socket):
+    """A TCP socket that notes each read and each TCP_QUICKACK set on it, in order."""
+
+    notes: list[str]
+
+    def setsockopt(self, *args: Any) -> None:  # type: ignore[override]
+        if args[:2] == (socket.IPPROTO_TCP, getattr(socket, "TCP_QUICKACK", None)):
+            self.notes.append("ack")
+        super().setsockopt(*args)
+
+    def recv_into(self, *args: Any) -> int:  # type: ignore[override]
+        self.notes.append("read")
+        return super().recv_into(*args)
+
+
+class _NotingTLSSocket(ssl.SSLSocket):
+    """The same over TLS: OpenSSL's reads, as ``_recv`` makes them."""
+
+    notes: list[str]
+
+    def setsockopt(self, *args: Any) -> None:  # type: ignore[override]
+        if args[:2] == (socket.IPPROTO_TCP, getattr(socket, "TCP_QUICKACK", None)):
+            self.notes.append("ack")
+        super().setsockopt(*args)
+
+    def read(self, *args: Any) -> Any:
+        self.notes.append("read")
+        return super().read(*args)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux's TCP_QUICKACK")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_what_has_arrived_is_acknowledged_before_each_read_of_a_pdu(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    """A peer with Nagle's algorithm on (dcmtk's default) holds the short tail of a
+    message until the bytes before it are acknowledged: every read of a PDU, including
+    each further read of a body that arrives in pieces, is preceded by TCP_QUICKACK (the
+    kernel would otherwise delay that acknowledgement by some 40 ms)."""
+    pki = _pki_of(transport, request)
+    value = b"\x01\x02" + bytes(range(256)) * 240
+    pdu = _pdata(value)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())  # Nagle left on
+        accepted, _ = listener.accept()
+    ours: socket.socket = _NotingSocket(fileno=accepted.detach())
+    ours.notes = []
+    if pki is not None:
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(pki.server_cert, pki.server_key)
+        server.sslsocket_class = _NotingTLSSocket
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_verify_locations(pki.ca_cert)
+        client.check_hostname = False
+        peer = client.wrap_socket(peer, do_handshake_on_connect=False)
+        handshake = threading.Thread(target=peer.do_handshake)
+        handshake.start()
+        ours = server.wrap_socket(ours, server_side=True)
+        handshake.join(10)
+        ours.notes = []
+    ours.settimeout(10)
+    assoc = Association(AE(), mode="acceptor")
+    assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)
+    guard_pdu_reads(assoc, MAX_READ)
+    transport_socket = assoc.dul.socket
+
+    def write_in_pieces() -> None:
+        for at in range(0, len(pdu), 20_000):
+            peer.sendall(pdu[at:at + 20_000])
+            threading.Event().wait(0.02)  # so that the body arrives in several reads
+
+    writer = threading.Thread(target=write_in_pieces)
+    writer.start()
+    try:
+        header = transport_socket.recv(6)
+        body = transport_socket.recv_after_header(header, len(pdu) - 6)
+    finally:
+        writer.join(10)
+        peer.close()
+        ours.close()
+
+    assert bytes(body) == pdu
+    notes = ours.notes
+    assert notes.count("read") > 2, notes  # the body came in pieces
+    assert all(notes[i - 1] == "ack" for i, note in enumerate(notes) if note == "read"), notes
