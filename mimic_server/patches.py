@@ -26,6 +26,7 @@ library no longer matches, and ``constraints.txt`` pins the verified versions
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -55,6 +56,7 @@ from mimic_server.codec import answer, command_set
 from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import (
+    acknowledge,
     association_items,
     contexts,
     known_uids,
@@ -141,6 +143,7 @@ ACCEPTOR_LOOP = "acceptor-loop"
 NEGOTIATION_UIDS = "negotiation-uids"
 ASSOCIATION_ITEMS = "association-items"
 REQUESTOR_RESPONSES = "requestor-responses"
+REQUESTOR_ACKS = "requestor-acks"
 
 _RUN_ASSOCIATION = Site("pynetdicom.association:Association._run_reactor",
                         source="f28838c5559e462a")
@@ -493,6 +496,25 @@ PATCHES: tuple[Patch, ...] = (
         ),
     ),
     Patch(
+        REQUESTOR_ACKS,
+        "mimic_server.net.acknowledge:AcknowledgingSocket (class swap of each C-MOVE "
+        "sub-association's socket)",
+        "a C-MOVE destination with Nagle's algorithm on (dcmtk without TCP_NODELAY=1) holds "
+        "back the tail of each C-STORE-RSP until the kernel's delayed ACK: some 40 ms a "
+        "sub-operation",
+        (PYNETDICOM,),
+        (
+            # the reads overridden, each called for a PDU's header, then for its body
+            Site("pynetdicom.transport:AssociationSocket.recv",
+                 "(self, nr_bytes)", "6bc20a33b1b7cfe7"),
+            _READ_PDU,
+            # requests (EVT_ESTABLISHED, where the class is swapped) before assoc.start()
+            Site("pynetdicom.ae:ApplicationEntity.associate", source="dbc8cf47090386b2"),
+            Site("pynetdicom.association:Association.request", "(self)", "928cd0e3013c9ab9"),
+            Site("pynetdicom.acse:ACSE._negotiate_as_requestor", mentions="EVT_ESTABLISHED"),
+        ),
+    ),
+    Patch(
         RETRY_AFTER_CAP,
         "mimic_server.certs.vaulthttp:BoundedRetryPolicy (overrides RetryPolicy._sleep_for_retry)",
         "a Key Vault refresh obeys any Retry-After, however long",
@@ -764,8 +786,13 @@ class Fence:
     @property
     def requestor_adapter(self) -> Callable[[Any], None] | None:
         """Applied to each requestor association MIMIC opens (a C-MOVE sub-association) as it
-        is established; None where ``requestor-responses`` was not applied."""
-        return requestor.keep_responses if REQUESTOR_RESPONSES in self.applied else None
+        is established: ``requestor-responses`` and ``requestor-acks``, those applied; None
+        where neither was."""
+        adapters = tuple(adapt for name, adapt in (
+            (REQUESTOR_RESPONSES, requestor.keep_responses),
+            (REQUESTOR_ACKS, acknowledge.acknowledge_reads),
+        ) if name in self.applied)
+        return functools.partial(_adapt_with, adapters) if adapters else None
 
     @property
     def event_driven_accept(self) -> bool:
@@ -776,6 +803,11 @@ class Fence:
         """Register a server MIMIC built itself with its AE, as ``AE.start_server`` does, so
         that ``ae.shutdown()`` and ``listener.shutdown()`` work."""
         ae._servers.append(listener)
+
+
+def _adapt_with(adapters: tuple[Callable[[Any], None], ...], assoc: Any) -> None:
+    for adapt in adapters:
+        adapt(assoc)
 
 
 def apply() -> Fence:

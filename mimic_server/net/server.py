@@ -63,6 +63,7 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from mimic_server.certs.trust import TrustIndex
+from mimic_server.net.acknowledge import acknowledging
 from mimic_server.net.handshakes import PendingHandshakes
 from mimic_server.security.identity import (
     ANONYMOUS,
@@ -114,10 +115,6 @@ class AcceptShare(Protocol):
 _FIRST_PDU_TYPES = frozenset({0x01, 0x07})
 #: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT), as pynetdicom's reader knows them.
 PDU_TYPES = frozenset(range(0x01, 0x08))
-
-
-#: Linux's TCP_QUICKACK (None elsewhere): see :func:`_acknowledging`.
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class _GuardedAssociationSocket(AssociationSocket):
@@ -191,7 +188,7 @@ class _GuardedAssociationSocket(AssociationSocket):
         if nr_bytes > self.max_read:
             raise OSError(f"peer announced a {nr_bytes}-byte PDU, over {self.max_read}")
         sock = cast(socket.socket, self.socket)
-        acknowledge = _acknowledging(sock)
+        acknowledge = acknowledging(sock)  # a peer with Nagle on: net/acknowledge.py
         start = len(prefix)
         buffer = bytearray(start + nr_bytes)
         buffer[:start] = prefix
@@ -222,27 +219,6 @@ class _GuardedAssociationSocket(AssociationSocket):
                         break
                     received += count
         return buffer if received == nr_bytes else buffer[:start + received]
-
-
-def _acknowledging(sock: socket.socket) -> Callable[[], None]:
-    """What each read of a PDU calls first: the bytes that have arrived are acknowledged
-    when they are read, not after the kernel's delayed-ACK timer (40 ms; Linux's
-    TCP_QUICKACK, which does not stay set). A peer that leaves Nagle's algorithm on (dcmtk
-    without TCP_NODELAY=1, as many modalities run) holds back the last, short segment of a
-    message until everything before it is acknowledged: without this, some 40 ms per
-    message, over TLS at the end of a data set of several records too."""
-    if _QUICKACK is None:
-        return _nothing
-
-    def acknowledge() -> None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-    return acknowledge
-
-
-def _nothing() -> None:
-    pass
 
 
 def guard_pdu_reads(assoc: Any, max_read: int) -> None:

@@ -8,6 +8,7 @@ in one of them fails here (and the fence would fall back at start).
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 from pathlib import Path
 
@@ -189,15 +190,18 @@ def test_without_its_fence_a_sub_association_is_pynetdicoms_own(
     """requestor-responses relies on ``AE.associate`` triggering EVT_ESTABLISHED before it
     starts the association's thread: a release that changed it leaves C-MOVE's
     sub-associations unguarded (pynetdicom's race, with a WARNING), never guarded late."""
-    from mimic_server.net import requestor
+    from mimic_server.net import acknowledge, requestor
 
     keep_switches(monkeypatch)
-    assert patches.apply().requestor_adapter is requestor.keep_responses
+    adapter = patches.apply().requestor_adapter
+    assert isinstance(adapter, functools.partial)
+    assert adapter.args == ((requestor.keep_responses, acknowledge.acknowledge_reads),)
     guard = next(p for p in patches.PATCHES if p.name == patches.REQUESTOR_RESPONSES)
     associate = next(s for s in guard.sites if s.target.endswith("ApplicationEntity.associate"))
     change_source(monkeypatch, associate)
     fence = patches.apply()
     assert patches.REQUESTOR_RESPONSES in fence.skipped
+    assert patches.REQUESTOR_ACKS in fence.skipped  # swapped as established, or never
     assert fence.requestor_adapter is None
 
 

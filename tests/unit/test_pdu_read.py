@@ -21,6 +21,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.transport import AssociationSocket
 
 from mimic_server.certs import devpki
+from mimic_server.net.acknowledge import AcknowledgingSocket, acknowledge_reads
 from mimic_server.net.reactor import (
     _ReceivedPData,
     read_pdata,
@@ -446,6 +447,10 @@ class _NotingSocket(socket.socket):
         self.notes.append("read")
         return super().recv_into(*args)
 
+    def recv(self, *args: Any) -> bytes:  # type: ignore[override]
+        self.notes.append("read")
+        return super().recv(*args)
+
 
 class _NotingTLSSocket(ssl.SSLSocket):
     """The same over TLS: OpenSSL's reads, as ``_recv`` makes them."""
@@ -517,3 +522,31 @@ def test_what_has_arrived_is_acknowledged_before_each_read_of_a_pdu(
     notes = ours.notes
     assert notes.count("read") > 2, notes  # the body came in pieces
     assert all(notes[i - 1] == "ack" for i, note in enumerate(notes) if note == "read"), notes
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux's TCP_QUICKACK")
+def test_a_sub_associations_reads_acknowledge_first_and_are_pynetdicoms_own() -> None:
+    """A C-MOVE sub-association (requestor-acks): the destination's PDUs are read by
+    pynetdicom's own ``recv``, each read of a header or a body preceded by TCP_QUICKACK."""
+    pdu = _pdata(b"\x03" + b"\x00" * 80)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        raw = socket.create_connection(listener.getsockname())
+        destination, _ = listener.accept()
+    ours = _NotingSocket(fileno=raw.detach())
+    ours.notes = []
+    assoc = Association(AE(), mode="requestor")
+    assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)
+    acknowledge_reads(assoc)
+    transport = assoc.dul.socket
+    assert isinstance(transport, AcknowledgingSocket)
+    try:
+        destination.sendall(pdu)
+        header = transport.recv(6)
+        body = transport.recv(len(pdu) - 6)
+    finally:
+        destination.close()
+        ours.close()
+    assert bytes(header + body) == pdu
+    assert ours.notes[0] == "ack" and ours.notes.count("ack") == 2, ours.notes
+    assert all(ours.notes[i - 1] == "ack" for i, note in enumerate(ours.notes)
+               if note == "read" and ours.notes[i - 1] != "read"), ours.notes
