@@ -400,13 +400,15 @@ class Scenario:
         return f"{self.data}, {self.associations} assoc, {'TLS' if self.tls else 'plain'}"
 
 
-def send(server: Server, data: DataSet, associations: int, work: Path) -> float:
-    """Run the storescu processes; return the wall-clock seconds until all have finished."""
+def send(server: Server, data: DataSet, associations: int, work: Path,
+         env: dict[str, str] | None = None) -> float:
+    """Run the storescu processes; return the wall-clock seconds until all have finished.
+    ``env``: theirs (default :func:`dcmtk_env`, Nagle's algorithm off)."""
     if associations < 1 or len(data.parts) % associations:
         raise BenchError(f"{associations} associations cannot share {len(data.parts)} parts")
     groups = [data.parts[i::associations] for i in range(associations)]
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    env = dcmtk_env()
+    env = dcmtk_env() if env is None else env
     try:
         start = time.perf_counter()
         for i, dirs in enumerate(groups):
