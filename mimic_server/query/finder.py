@@ -46,13 +46,16 @@ class InstanceRef:
     study_instance_uid: str = ""
     patient_id: str = ""
     patient_name: str = ""
+    #: Its stored size in bytes, as indexed (0: not known), which says whether a retrieve
+    #: reads it ahead (``dimse/retrieve.py``).
+    size: int = 0
 
 
 #: The columns of an :class:`InstanceRef`, in its fields' order (a statement selecting them
 #: joins the instance's series, study and patient).
 _REF_COLUMNS = (Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid,
                 Instance.object_key, Instance.sha256, Study.study_instance_uid,
-                Patient.patient_id, Patient.patient_name)
+                Patient.patient_id, Patient.patient_name, Instance.size)
 _REF_WIDTH = len(_REF_COLUMNS)
 
 
