@@ -56,7 +56,7 @@ def _install() -> None:
     from mimic_server.codec import command_set
     from mimic_server.dimse import association, receiving, store
     from mimic_server.index import repository
-    from mimic_server.net import reactor, server
+    from mimic_server.net import pdata_batches, reactor, server
     from mimic_server.storage import azure_blob, filesystem
 
     now = time.perf_counter
@@ -140,20 +140,25 @@ def _install() -> None:
 
     reactor._EventDrivenDUL._wait_for_work = timed_wait
 
-    send = server._GuardedAssociationSocket.send
+    def timed_write(write: Any) -> Any:
+        """``write`` (pynetdicom's per-PDU send, or a whole message's batch), timed from
+        the response's queueing to its write."""
 
-    def timed_send(self: Any, bytestream: bytes) -> None:
-        dimse = getattr(getattr(self, "_assoc", None), "dimse", None)
-        queued = getattr(dimse, "_timeline_response_queued", None)
-        send(self, bytestream)
-        if queued is not None:
-            end = now()
-            _add("response queued -> written to the socket", end - queued)
-            dimse._timeline_response_queued = None
-            dimse._timeline_woken = False
-            dimse._timeline_response_sent = end
+        def timed(transport: Any, data: Any) -> None:
+            dimse = getattr(getattr(transport, "_assoc", None), "dimse", None)
+            queued = getattr(dimse, "_timeline_response_queued", None)
+            write(transport, data)
+            if queued is not None:
+                end = now()
+                _add("response queued -> written to the socket", end - queued)
+                dimse._timeline_response_queued = None
+                dimse._timeline_woken = False
+                dimse._timeline_response_sent = end
 
-    server._GuardedAssociationSocket.send = timed_send
+        return timed
+
+    server._GuardedAssociationSocket.send = timed_write(server._GuardedAssociationSocket.send)
+    pdata_batches.write = timed_write(pdata_batches.write)  # a batch (pdata-batches)
 
     handle_conn_close = association.handle_conn_close
 
