@@ -14,7 +14,7 @@ with ``TCP_NODELAY`` unset (dcmtk's default), then a fresh one by ``storescu`` w
 ``TCP_NODELAY=1``; the count is checked after every run. The receivers keep their own
 settings (``bench/receivers.py``).
 
-    .venv/bin/python bench/default_senders.py                 # 2 rounds, about 10 minutes
+    .venv/bin/python bench/default_senders.py                 # 2 rounds, about 4 minutes
     .venv/bin/python bench/default_senders.py --rounds 1 --receivers mimic-embedded,storescp
 
 Results go to ``bench/results/default_senders.json`` (``--output``).

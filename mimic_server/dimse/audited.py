@@ -164,9 +164,10 @@ def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str,
     if not getattr(dataset, "_mimic_encoded", False):
         return 1
     row = index_row_of(dataset)
-    if row is None or not row.study_instance_uid:
+    if row is None:
         return 1
-    sent.setdefault(row.study_instance_uid, Counter())[row.sop_class_uid] += 1
+    study = row.study_instance_uid or study_of_key(row.object_key) or "unknown"
+    sent.setdefault(study, Counter())[row.sop_class_uid] += 1
     patients.add((row.patient_id, row.patient_name))
     return 0
 

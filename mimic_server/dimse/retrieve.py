@@ -98,9 +98,11 @@ class _ReadAhead:
     """The next object of a C-GET / C-MOVE read from the store and its SHA-256 checked in a
     thread of its own, while pynetdicom sends the one before it and waits for the peer's
     C-STORE-RSP (a sixth of the association thread's time in a C-GET of 0.5 MB objects went
-    to the read and the check; both release the GIL). One object ahead, and only one held
-    whole (up to ``STREAM_ABOVE``): the memory bound stays two such objects per retrieve,
-    and a large object's streaming hash pass is never left running when the retrieve ends.
+    to the read and the check; both release the GIL). One object ahead, and only one the
+    index row says is held whole (up to ``STREAM_ABOVE``): the memory bound stays two such
+    objects per retrieve. (An instance stored again since the match, larger now, is hashed
+    by its streaming pass in that thread: rare, and still bounded.) An early end drops what
+    was read ahead without waiting for a read under way, which finishes on its own.
     """
 
     def __init__(self, store: ObjectStore, current: CurrentRow | None) -> None:
@@ -121,7 +123,7 @@ class _ReadAhead:
 
     def close(self) -> None:
         """The retrieve ended (done, cancelled, or its association gone): an object read
-        ahead and not sent is dropped."""
+        ahead and not sent is dropped; a read under way is not waited for."""
         self._pending = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 

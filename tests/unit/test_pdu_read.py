@@ -10,6 +10,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -504,9 +505,13 @@ def test_what_has_arrived_is_acknowledged_before_each_read_of_a_pdu(
     transport_socket = assoc.dul.socket
 
     def write_in_pieces() -> None:
-        for at in range(0, len(pdu), 20_000):
+        """Each piece once the reader waits for it (its read begun), so that the body
+        arrives in several reads however the two threads are scheduled."""
+        for piece, at in enumerate(range(0, len(pdu), 20_000)):
+            deadline = time.monotonic() + 10
+            while ours.notes.count("read") < piece + 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
             peer.sendall(pdu[at:at + 20_000])
-            threading.Event().wait(0.02)  # so that the body arrives in several reads
 
     writer = threading.Thread(target=write_in_pieces)
     writer.start()
