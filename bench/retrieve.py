@@ -51,6 +51,7 @@ from bench.store_throughput import (  # noqa: E402
     make_large,
     make_small,
     send,
+    wait_exited,
 )
 
 RESULTS = ROOT / "bench" / "results" / "retrieve.json"
@@ -121,7 +122,7 @@ def retrieve(server: Server, expected: dict[str, dict[str, str]], mode: str,
 
 
 def _finished(proc: subprocess.Popen[bytes], out: Path) -> None:
-    code = proc.wait(timeout=900)
+    code = wait_exited(proc, 900)
     assert proc.stdout is None
     if code != 0:
         raise BenchError(f"getscu exited {code}:\n{out.with_suffix('.log').read_text()[-2000:]}")
