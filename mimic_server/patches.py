@@ -595,7 +595,7 @@ PATCHES: tuple[Patch, ...] = (
         "mimic_server.net.contexts:remembering_lookup (wraps "
         "Association._get_valid_context)",
         "each C-STORE sub-operation of a C-GET / C-MOVE sorts and filters every accepted "
-        "presentation context again to find its own (getscu proposes ~120): 0.05-0.1 ms of "
+        "presentation context again to find its own (getscu proposes ~120): about 40 us of "
         "the GIL a sub-operation",
         (PYNETDICOM,),
         (
