@@ -49,9 +49,8 @@ def test_the_wait_sleeps_on_the_process_not_in_steps(monkeypatch: pytest.MonkeyP
         real_sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", noted_sleep)
-    polled = _sleeper(0.3)
-    polled.wait(30)
-    assert naps  # the steps this replaces (and a proof that the note works)
+    time.sleep(0.001)  # what Popen.wait(timeout) calls between its looks (Python 3.11)
+    assert naps == [0.001]  # the note works
     naps.clear()
     waited = _sleeper(0.3)
     assert wait_exited(waited, 30) == 0
