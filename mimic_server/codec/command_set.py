@@ -10,8 +10,8 @@ pynetdicom's call sites are the verified ones:
 * the encoder of pynetdicom's DIMSE messages writes such command sets directly and gives
   anything else (another VR, a value it does not expect, a non-ASCII text) to pydicom;
 * the C-STORE and C-FIND responses MIMIC sends most (no Error Comment, no Offending
-  Element) skip the ``Dataset`` altogether: their P-DATA primitives are built straight
-  from the response primitive;
+  Element), and C-ECHO responses, skip the ``Dataset`` altogether: their P-DATA primitives
+  are built straight from the response primitive;
 * a C-FIND answer built as a plain :class:`~mimic_server.codec.answer.Answer` is encoded by
   itself, not by pydicom.
 
@@ -19,7 +19,8 @@ The other way, a received C-STORE-RQ's command set is decoded here
 (:func:`decode_store_request`, used by ``dimse/receiving.py`` under the fence's
 ``received-command``): pydicom's decode, the element-by-element copy into the request
 primitive and the UID checks were about 0.7 ms of every C-STORE. So is the C-STORE-RSP that
-answers each C-GET sub-operation (:func:`decode_store_response`, 0.115 ms each).
+answers each C-GET sub-operation (:func:`decode_store_response`, 0.115 ms each), and a
+C-ECHO-RQ (:func:`decode_echo_request`).
 
 With the fence's ``pdata-batches``, the messages built here (and C-STORE sub-operations,
 C-GET / C-MOVE pending responses) go to the DUL as one :class:`EncodedPData` each, their
@@ -43,7 +44,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.codec.answer import Answer, pack_numbers
@@ -105,7 +106,7 @@ def encode_command_set(command_set: Dataset) -> bytes | None:
 
 #: (0000,0100) Command Field of the messages built directly.
 _STORE_RQ_FIELD, _STORE_RSP, _FIND_RSP = 0x0001, 0x8001, 0x8020
-_GET_RSP, _MOVE_RSP = 0x8010, 0x8021
+_GET_RSP, _MOVE_RSP, _ECHO_RSP = 0x8010, 0x8021, 0x8030
 _NO_DATA_SET, _DATA_SET = 0x0101, 0x0001
 #: (0000,1020)-(0000,1023) Number of Remaining, Completed, Failed, Warning Sub-operations.
 _SUB_OPERATIONS = (
@@ -117,12 +118,15 @@ _SUB_OPERATIONS = (
 
 
 def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list[P_DATA] | None:
-    """The P-DATA of a plain C-STORE or C-FIND response, as pynetdicom would send them.
+    """The P-DATA of a plain C-STORE, C-FIND or C-ECHO response, as pynetdicom would send
+    them.
 
     ``None`` for any other message, or a response with an Error Comment or Offending
     Element: pynetdicom builds those itself.
     """
-    if type(primitive) not in (C_STORE, C_FIND) or primitive.MessageIDBeingRespondedTo is None:
+    if type(primitive) not in (C_STORE, C_FIND, C_ECHO) or (
+        primitive.MessageIDBeingRespondedTo is None
+    ):
         return None
     parts = message_parts(primitive)
     if parts is None:
@@ -132,9 +136,10 @@ def response_pdata(primitive: Any, context_id: int, max_pdu_length: int) -> list
 
 def message_parts(primitive: Any) -> tuple[bytes, bytes] | None:
     """(command set, data set) of a message as pynetdicom would encode it, for the messages
-    MIMIC sends most: plain C-STORE, C-FIND, C-GET and C-MOVE responses (no Error Comment,
-    no Offending Element; C-GET and C-MOVE without an Identifier) and C-STORE requests (the
-    sub-operations of C-GET and C-MOVE). ``None`` for anything else: pynetdicom's to build.
+    MIMIC sends most: plain C-STORE, C-FIND, C-GET, C-MOVE and C-ECHO responses (no Error
+    Comment, no Offending Element; C-GET and C-MOVE without an Identifier) and C-STORE
+    requests (the sub-operations of C-GET and C-MOVE). ``None`` for anything else:
+    pynetdicom's to build.
     """
     kind = type(primitive)
     if primitive.MessageIDBeingRespondedTo is None:
@@ -147,9 +152,13 @@ def message_parts(primitive: Any) -> tuple[bytes, bytes] | None:
         field, data = _FIND_RSP, primitive.Identifier
     elif kind in (C_GET, C_MOVE) and primitive.Identifier is None:
         field, data = (_GET_RSP if kind is C_GET else _MOVE_RSP), None
+    elif kind is C_ECHO:  # it has no Offending Element
+        field, data = _ECHO_RSP, None
     else:
         return None
-    if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
+    if primitive.ErrorComment is not None or (
+        getattr(primitive, "OffendingElement", None) is not None
+    ):
         return None
     status = primitive.Status
     if not isinstance(status, int) or not 0 <= status <= 0xFFFF:
@@ -371,6 +380,9 @@ _STORE_RQ_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0110: 2, 0x0700: 2, 0x0
 #: (0000,1000) Affected SOP Instance UID.
 _STORE_RSP_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0120: 2, 0x0800: 2, 0x0900: 2,
                        0x1000: 0}
+#: The elements of a plain C-ECHO-RQ (no data set).
+_ECHO_RQ_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0110: 2, 0x0800: 2}
+_ECHO_RQ = 0x0030
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
@@ -475,6 +487,21 @@ class StoreResponseCommand(DecodedCommandSet):
         self.AffectedSOPInstanceUID: UID = values[0x1000]
 
 
+class EchoRequestCommand(DecodedCommandSet):
+    """The command set of a received C-ECHO-RQ."""
+
+    __slots__ = ("AffectedSOPClassUID", "CommandDataSetType", "CommandField",
+                 "CommandGroupLength", "MessageID")
+
+    def __init__(self, encoded: bytes, values: dict[int, Any]) -> None:
+        super().__init__(encoded)
+        self.CommandGroupLength: int = values[0x0000]
+        self.AffectedSOPClassUID: UID = values[0x0002]
+        self.CommandField: int = values[0x0100]
+        self.MessageID: int = values[0x0110]
+        self.CommandDataSetType: int = values[0x0800]
+
+
 def decode_store_request(encoded: bytes) -> StoreRequestCommand | None:
     """A plain C-STORE-RQ command set (implicit VR little endian) decoded, or None for
     pynetdicom to decode: another command, another element, a value pydicom would decode
@@ -499,6 +526,17 @@ def decode_store_response(encoded: bytes) -> StoreResponseCommand | None:
     if values[0x0100] != _STORE_RSP or values[0x0800] != _NO_DATA_SET:
         return None
     return StoreResponseCommand(encoded, values)
+
+
+def decode_echo_request(encoded: bytes) -> EchoRequestCommand | None:
+    """A plain C-ECHO-RQ command set decoded: its five elements, no data set; else None,
+    for pynetdicom to decode."""
+    values = _decode_plain(encoded, _ECHO_RQ_ELEMENTS)
+    if values is None or len(values) != len(_ECHO_RQ_ELEMENTS):
+        return None
+    if values[0x0100] != _ECHO_RQ or values[0x0800] != _NO_DATA_SET:
+        return None
+    return EchoRequestCommand(encoded, values)
 
 
 def _decode_plain(encoded: bytes, expected_elements: dict[int, int]) -> dict[int, Any] | None:

@@ -33,12 +33,13 @@ from typing import IO, Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.codec.command_set import (
     StoreRequestCommand,
+    decode_echo_request,
     decode_store_request,
     decode_store_response,
 )
@@ -288,7 +289,9 @@ def _receive_store_fragments(
     written to the message's data set without a copy of its own. Returns None when every
     fragment was taken, else the fragments from the first one that is not a plain C-STORE-RQ's
     (another command, a command set only pydicom can decode, a data set fragment before its
-    command): pynetdicom's own code takes those, and the rest of that message.
+    command): pynetdicom's own code takes those, and the rest of that message. A plain
+    C-STORE-RSP (a C-GET sub-operation's answer) and a plain C-ECHO-RQ, command sets without
+    a data set, are handed on here too.
     """
     for index, (context_id, data) in enumerate(pdvs):
         message = dimse.message or new_message()
@@ -309,6 +312,8 @@ def _receive_store_fragments(
             if command is None:
                 if _store_response_received(dimse, message, encoded, context_id):
                     continue  # a C-GET sub-operation's answer, handed on
+                if _echo_request_received(dimse, message, encoded, context_id):
+                    continue
                 return pdvs[index:]
             message.encoded_command_set.write(fragment)
             message.context_id = context_id
@@ -370,6 +375,31 @@ def _store_response_received(dimse: Any, message: DIMSEMessage, encoded: bytes,
     response._context_id = context_id
     response._dataset_path = response._dataset_file = None  # as message_to_primitive sets
     dimse.msg_queue.put((context_id, response))
+    message.encoded_command_set = io.BytesIO()
+    message.data_set = io.BytesIO()
+    dimse.message = None
+    return True
+
+
+def _echo_request_received(dimse: Any, message: DIMSEMessage, encoded: bytes,
+                           context_id: int) -> bool:
+    """A plain C-ECHO-RQ decoded without pydicom and handed on as pynetdicom's
+    ``receive_primitive`` would (``EVT_DIMSE_RECV`` with the message, the request on the
+    queue); False for any other command set, which pynetdicom decodes."""
+    command = decode_echo_request(encoded)
+    if command is None:
+        return False
+    message.encoded_command_set.write(encoded[len(message.encoded_command_set.getvalue()):])
+    message.context_id = context_id
+    message.command_set = command  # type: ignore[assignment]
+    message.__class__ = C_ECHO_RQ
+    evt.trigger(dimse.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+    request = C_ECHO()
+    request.MessageID = command.MessageID
+    request._affected_sop_class_uid = command.AffectedSOPClassUID  # checked as its setter
+    request._context_id = context_id
+    request._dataset_path = request._dataset_file = None  # as message_to_primitive sets
+    dimse.msg_queue.put((context_id, request))
     message.encoded_command_set = io.BytesIO()
     message.data_set = io.BytesIO()
     dimse.message = None

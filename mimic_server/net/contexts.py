@@ -10,12 +10,21 @@ of transfer syntaxes): new context objects and new lists, sharing the UID string
 immutable. Anything else goes to ``deepcopy``. Installed by the fence (``patches.py``,
 ``context-copy``) in place of the name ``deepcopy`` of ``pynetdicom.transport``, whose one
 use is that copy.
+
+The server's contexts are the same objects, unchanged, from one association to the next, so
+each is checked once (every transfer syntax a ``str``, every other value immutable: 0.34 of
+the 0.42 ms the copy of MIMIC's 177 contexts took) and remembered with the very values it
+held; it is checked again when any value is another object or its list of transfer syntaxes
+has another length, which is how pynetdicom's setters change a context (a new list, or an
+appended syntax). Only a list changed in place to the same length, an item replaced by a
+mutable object, would escape that; nothing does so to the server's contexts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import repeat
+from operator import is_
 from typing import Any
 
 from pynetdicom.presentation import PresentationContext
@@ -24,30 +33,54 @@ from pynetdicom.presentation import PresentationContext
 _FIELDS = frozenset({"_context_id", "_abstract_syntax", "_transfer_syntax", "result",
                      "_scu_role", "_scp_role", "_as_scp", "_as_scu"})
 _IMMUTABLE = (type(None), bool, int, str)
+#: The most contexts remembered as checked: far more than a server has.
+LIMIT = 4096
+#: id(context) -> (the context, the values it held when checked, its number of syntaxes).
+_checked: dict[int, tuple[PresentationContext, tuple[Any, ...], int]] = {}
 
 
 def copy_contexts(contexts: list[Any]) -> list[PresentationContext] | None:
     """A copy of ``contexts`` equal to ``deepcopy``'s, or None if one is not a plain
     context (then ``deepcopy`` copies them)."""
     copies = []
+    new = PresentationContext.__new__
+    checked = _checked
     for context in contexts:
         if type(context) is not PresentationContext:
             return None
         state = context.__dict__
-        if state.keys() != _FIELDS:
-            return None
-        syntaxes = state["_transfer_syntax"]
-        # map, not a generator: 38 syntaxes a context, 6,464 an association
-        if type(syntaxes) is not list or not all(map(isinstance, syntaxes, repeat(str))):
-            return None
-        if not all(isinstance(v, _IMMUTABLE) for k, v in state.items()
-                   if k != "_transfer_syntax"):
-            return None
-        copy = PresentationContext.__new__(PresentationContext)
+        values = tuple(state.values())
+        syntaxes = state.get("_transfer_syntax")
+        seen = checked.get(id(context))
+        if seen is None or seen[0] is not context or len(seen[1]) != len(values) or not (
+            all(map(is_, seen[1], values))
+        ) or type(syntaxes) is not list or seen[2] != len(syntaxes):
+            if not _plain(state):
+                return None
+            if len(checked) < LIMIT or id(context) in checked:
+                checked[id(context)] = (context, values, len(state["_transfer_syntax"]))
+        copy = new(PresentationContext)
         copy.__dict__.update(state)
-        copy._transfer_syntax = list(syntaxes)
+        copy._transfer_syntax = list(state["_transfer_syntax"])
         copies.append(copy)
     return copies
+
+
+def _plain(state: dict[str, Any]) -> bool:
+    """The context's attributes are ``PresentationContext``'s own, its transfer syntaxes a
+    list of strings, every other value immutable: a copy can share them."""
+    if state.keys() != _FIELDS:
+        return False
+    syntaxes = state["_transfer_syntax"]
+    # map, not a generator: 38 syntaxes a context, 6,464 an association
+    if type(syntaxes) is not list or not all(map(isinstance, syntaxes, repeat(str))):
+        return False
+    return all(isinstance(v, _IMMUTABLE) for k, v in state.items() if k != "_transfer_syntax")
+
+
+def forget() -> None:
+    """Forget which contexts were checked (tests)."""
+    _checked.clear()
 
 
 def copying(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -66,9 +66,15 @@ def _get_rq() -> C_GET:
     return p
 
 
-def _echo_rsp() -> C_ECHO:
+def _echo_rsp(status: int = 0) -> C_ECHO:
     p = C_ECHO()
-    p.MessageIDBeingRespondedTo, p.AffectedSOPClassUID, p.Status = 1, "1.2.840.10008.1.1", 0
+    p.MessageIDBeingRespondedTo, p.AffectedSOPClassUID, p.Status = 1, "1.2.840.10008.1.1", status
+    return p
+
+
+def _echo_rsp_with_comment() -> C_ECHO:
+    p = _echo_rsp(0x0122)
+    p.ErrorComment = "refused"
     return p
 
 
@@ -125,6 +131,8 @@ RESPONSES = {
     "C-FIND-RSP empty identifier": (
         lambda: _with_identifier(_find_rsp(0xFF00, True), 0), dimse_messages.C_FIND_RSP
     ),
+    "C-ECHO-RSP": (_echo_rsp, dimse_messages.C_ECHO_RSP),
+    "C-ECHO-RSP refused": (lambda: _echo_rsp(0x0122), dimse_messages.C_ECHO_RSP),
 }
 
 
@@ -156,7 +164,7 @@ def test_other_messages_are_left_to_pynetdicom() -> None:
     assert response_pdata(_store_rsp(0xA700, "index unavailable"), 5, 0) is None
     assert response_pdata(_store_rq(), 5, 0) is None
     assert response_pdata(_move_rsp(), 5, 0) is None
-    assert response_pdata(_echo_rsp(), 5, 0) is None
+    assert response_pdata(_echo_rsp_with_comment(), 5, 0) is None
 
 
 def test_status_as_the_handlers_return_it() -> None:
@@ -249,7 +257,7 @@ def test_messages_with_a_comment_or_identifier_are_left_to_pynetdicom() -> None:
     get_failed.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
     assert message_parts(get_failed) is None
     assert message_parts(_get_rq()) is None
-    assert message_parts(_echo_rsp()) is None
+    assert message_parts(_echo_rsp_with_comment()) is None
     assert encoded_pdus(b"\x00" * 10, b"", 5, 6) is None  # pynetdicom refuses such a PDU
 
 

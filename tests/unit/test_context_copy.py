@@ -11,6 +11,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 
 from mimic_server.dimse import syntaxes
+from mimic_server.net import contexts as contexts_module
 from mimic_server.net.contexts import copy_contexts, copying
 
 
@@ -38,6 +39,57 @@ def test_the_copy_equals_deepcopys() -> None:
     ours[0].result = 0
     assert "1.2.840.10008.1.2.4.50" not in contexts[0].transfer_syntax  # ...not the source
     assert contexts[0].result is None
+
+
+def _same_as_deepcopy(contexts: list[PresentationContext]) -> None:
+    ours = copy_contexts(contexts)
+    reference = copy.deepcopy(contexts)
+    assert ours is not None
+    assert [c.__dict__ for c in ours] == [c.__dict__ for c in reference]
+    for mine, source in zip(ours, contexts, strict=True):
+        assert mine is not source and mine._transfer_syntax is not source._transfer_syntax
+
+
+def test_each_context_is_checked_once_while_it_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    contexts_module.forget()
+    checks: list[int] = []
+    plain = contexts_module._plain
+    monkeypatch.setattr(contexts_module, "_plain", lambda state: checks.append(1) or plain(state))
+    contexts = _server_contexts()
+    _same_as_deepcopy(contexts)
+    assert len(checks) == len(contexts)
+    _same_as_deepcopy(contexts)
+    _same_as_deepcopy(contexts)
+    assert len(checks) == len(contexts)  # the next associations: no check again
+
+
+def test_a_context_changed_by_pynetdicoms_setters_is_checked_and_copied_again() -> None:
+    contexts_module.forget()
+    contexts = _server_contexts()
+    copy_contexts(contexts)
+    contexts[0].scp_role = True  # a value replaced
+    contexts[2].add_transfer_syntax("1.2.840.10008.1.2.4.50")  # a syntax appended in place
+    contexts[3].transfer_syntax = ["1.2.840.10008.1.2"]  # the list replaced
+    _same_as_deepcopy(contexts)
+    copied = copy_contexts(contexts)
+    assert copied is not None
+    assert copied[0].scp_role is True
+    assert "1.2.840.10008.1.2.4.50" in copied[2].transfer_syntax
+    assert copied[3].transfer_syntax == ["1.2.840.10008.1.2"]
+
+
+def test_a_checked_context_given_a_mutable_value_goes_to_deepcopy() -> None:
+    contexts_module.forget()
+    contexts = _server_contexts()
+    assert copy_contexts(contexts) is not None
+    contexts[5]._scu_role = ["not", "plain"]  # type: ignore[assignment]
+    assert copy_contexts(contexts) is None
+    contexts[5]._scu_role = None
+    assert copy_contexts(contexts) is not None
+    contexts[6]._transfer_syntax = ("1.2.840.10008.1.2",)  # type: ignore[assignment]
+    assert copy_contexts(contexts) is None
 
 
 def test_anything_else_goes_to_deepcopy() -> None:

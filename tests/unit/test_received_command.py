@@ -1,5 +1,6 @@
-"""C-STORE-RQs assembled by MIMIC (``received-command``) reach the handler exactly as
-pynetdicom's own receive path delivers them; anything else still takes pynetdicom's path."""
+"""C-STORE-RQs (and C-ECHO-RQs) assembled by MIMIC (``received-command``) reach the handler
+exactly as pynetdicom's own receive path delivers them; anything else still takes
+pynetdicom's path."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_FIND_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.codec.command_set import (
     CheckedUID,
+    EchoRequestCommand,
     StoreRequestCommand,
     StoreResponseCommand,
     checked_uid_setter,
@@ -350,3 +352,83 @@ def test_an_evt_dimse_recv_handler_sees_the_response_pynetdicom_would_give(
     assert isinstance(mimic.command_set, StoreResponseCommand)  # the fast path ran
     assert list(mimic.command_set) == list(library.command_set)
     assert mimic.command_set.Status == 0 and mimic.context_id == library.context_id == 3
+
+
+# -- C-ECHO requests -----------------------------------------------------------------------------
+
+
+def _echo(message_id: int = 4, sop_class: str | None = "1.2.840.10008.1.1") -> C_ECHO:
+    p = C_ECHO()
+    p.MessageID, p.AffectedSOPClassUID = message_id, sop_class
+    return p
+
+
+def _echo_fields(primitive: Any) -> dict[str, Any]:
+    names = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "Status",
+             "ErrorComment", "is_valid_request")
+    fields = {name: getattr(primitive, name, None) for name in names}
+    fields["types"] = [UID if isinstance(v, UID) else type(v) for v in fields.values()]
+    fields["class"] = type(primitive)
+    fields["context"] = primitive._context_id
+    fields["path"] = (primitive._dataset_path, primitive._dataset_file)
+    return fields
+
+
+def _echoes(tmp_path: Path, primitive: C_ECHO, max_pdu: int,
+            monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[Any], list[Any]]:
+    """What pynetdicom's path and MIMIC's deliver for one C-ECHO-RQ, what MIMIC's decoder
+    answered, and the messages an ``EVT_DIMSE_RECV`` handler saw on each path."""
+    from mimic_server.dimse import receiving
+
+    answers: list[Any] = []
+    real = receiving.decode_echo_request
+    monkeypatch.setattr(receiving, "decode_echo_request",
+                        lambda encoded: answers.append(real(encoded)) or answers[-1])
+    message = C_ECHO_RQ()
+    message.primitive_to_message(primitive)
+    pdatas = list(message.encode_msg(7, max_pdu))
+    delivered, messages = [], []
+    for fast in (False, True):
+        assoc, seen = _acceptor(tmp_path / str(fast), fast)
+        for pdata in pdatas:
+            assoc.dimse.receive_primitive(pdata)
+        got = _received(assoc)
+        assert len(got) == 1 and got[0][0] == 7
+        assert assoc.dimse.message is None and _events(assoc) == []
+        delivered.append(got[0][1])
+        messages.append(seen)
+    return delivered[0], delivered[1], answers, messages
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16, 4096])
+def test_an_echo_request_arrives_as_pynetdicom_delivers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu: int
+) -> None:
+    library, mimic, answers, ([library_seen], [mimic_seen]) = _echoes(
+        tmp_path, _echo(), max_pdu, monkeypatch)
+    assert answers and answers[-1] is not None  # decoded here
+    assert isinstance(answers[-1], EchoRequestCommand)
+    assert _echo_fields(mimic) == _echo_fields(library)
+    assert type(mimic_seen) is type(library_seen) is C_ECHO_RQ
+    assert list(mimic_seen.command_set) == list(library_seen.command_set)
+    assert mimic_seen.context_id == library_seen.context_id == 7
+
+
+def test_an_echo_request_pydicom_must_judge_takes_pynetdicoms_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    odd = _echo(sop_class="1.02.3")  # not conformant: pynetdicom's to warn about
+    library, mimic, answers, _ = _echoes(tmp_path, odd, 0, monkeypatch)
+    assert answers == [None]
+    assert _echo_fields(mimic) == _echo_fields(library)
+
+
+def test_a_store_request_after_an_echo_is_still_taken_here(tmp_path: Path) -> None:
+    message = C_ECHO_RQ()
+    message.primitive_to_message(_echo())
+    pdatas = [*message.encode_msg(7, 0), *_pdata(_store(), 0, 5)]
+    (library, _), (mimic, _) = _both(tmp_path, pdatas)
+    ours, theirs = _received(mimic), _received(library)
+    assert [type(p) for _, p in ours] == [type(p) for _, p in theirs] == [C_ECHO, C_STORE]
+    assert _fields(ours[1][1]) == _fields(theirs[1][1])
+    assert isinstance(ours[1][1].AffectedSOPClassUID, CheckedUID)  # decoded here, not by pydicom
