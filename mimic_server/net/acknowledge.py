@@ -16,7 +16,6 @@ themselves; a C-MOVE sub-association's socket becomes an :class:`AcknowledgingSo
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -33,9 +32,15 @@ def acknowledging(sock: socket.socket) -> Callable[[], None]:
     if QUICKACK is None:
         return _nothing
 
+    setsockopt, level = sock.setsockopt, socket.IPPROTO_TCP
+
     def acknowledge() -> None:
-        with contextlib.suppress(OSError):  # not TCP (a socket pair in tests), or closed
-            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        # try, not contextlib.suppress: three calls fewer before each read (some forty for
+        # a 0.5 MB data set over TLS): 0.3 against 0.6 us
+        try:  # noqa: SIM105
+            setsockopt(level, QUICKACK, 1)
+        except OSError:  # not TCP (a socket pair in tests), or closed
+            pass
 
     return acknowledge
 
