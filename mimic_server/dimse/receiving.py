@@ -356,54 +356,51 @@ def _store_request_received(dimse: Any, message: DIMSEMessage,
 def _store_response_received(dimse: Any, message: DIMSEMessage, encoded: bytes,
                              context_id: int) -> bool:
     """A plain C-STORE-RSP (the peer's answer to a C-GET sub-operation) decoded without
-    pydicom and handed on as pynetdicom's ``receive_primitive`` would (``EVT_DIMSE_RECV`` with
-    the message, the primitive on the queue), 0.1 ms sooner; False for any other command
-    set, which pynetdicom decodes."""
+    pydicom and handed on, 0.1 ms sooner; False for any other command set, which pynetdicom
+    decodes."""
     command = decode_store_response(encoded)
     if command is None:
         return False
-    message.encoded_command_set.write(encoded[len(message.encoded_command_set.getvalue()):])
-    message.context_id = context_id
-    message.command_set = command  # type: ignore[assignment]
-    message.__class__ = C_STORE_RSP
-    evt.trigger(dimse.assoc, evt.EVT_DIMSE_RECV, {"message": message})
     response = C_STORE()
     response.MessageIDBeingRespondedTo = command.MessageIDBeingRespondedTo
     response._affected_sop_class_uid = command.AffectedSOPClassUID  # checked as its setter
     response._affected_sop_instance_uid = command.AffectedSOPInstanceUID
     response.Status = command.Status
-    response._context_id = context_id
-    response._dataset_path = response._dataset_file = None  # as message_to_primitive sets
-    dimse.msg_queue.put((context_id, response))
-    message.encoded_command_set = io.BytesIO()
-    message.data_set = io.BytesIO()
-    dimse.message = None
+    _hand_on(dimse, message, encoded, context_id, command, C_STORE_RSP, response)
     return True
 
 
 def _echo_request_received(dimse: Any, message: DIMSEMessage, encoded: bytes,
                            context_id: int) -> bool:
-    """A plain C-ECHO-RQ decoded without pydicom and handed on as pynetdicom's
-    ``receive_primitive`` would (``EVT_DIMSE_RECV`` with the message, the request on the
-    queue); False for any other command set, which pynetdicom decodes."""
+    """A plain C-ECHO-RQ decoded without pydicom and handed on; False for any other command
+    set, which pynetdicom decodes."""
     command = decode_echo_request(encoded)
     if command is None:
         return False
-    message.encoded_command_set.write(encoded[len(message.encoded_command_set.getvalue()):])
-    message.context_id = context_id
-    message.command_set = command  # type: ignore[assignment]
-    message.__class__ = C_ECHO_RQ
-    evt.trigger(dimse.assoc, evt.EVT_DIMSE_RECV, {"message": message})
     request = C_ECHO()
     request.MessageID = command.MessageID
     request._affected_sop_class_uid = command.AffectedSOPClassUID  # checked as its setter
-    request._context_id = context_id
-    request._dataset_path = request._dataset_file = None  # as message_to_primitive sets
-    dimse.msg_queue.put((context_id, request))
+    _hand_on(dimse, message, encoded, context_id, command, C_ECHO_RQ, request)
+    return True
+
+
+def _hand_on(dimse: Any, message: DIMSEMessage, encoded: bytes, context_id: int,
+             command: Any, message_class: type[DIMSEMessage], primitive: Any) -> None:
+    """A whole message without a data set, its command set decoded here, handed on as
+    pynetdicom's ``receive_primitive`` does: ``EVT_DIMSE_RECV`` with the message, the
+    primitive (its context ID and no data set file, as ``message_to_primitive`` sets) on
+    the queue, the message reset for the next one."""
+    message.encoded_command_set.write(encoded[len(message.encoded_command_set.getvalue()):])
+    message.context_id = context_id
+    message.command_set = command
+    message.__class__ = message_class
+    evt.trigger(dimse.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+    primitive._context_id = context_id
+    primitive._dataset_path = primitive._dataset_file = None
+    dimse.msg_queue.put((context_id, primitive))
     message.encoded_command_set = io.BytesIO()
     message.data_set = io.BytesIO()
     dimse.message = None
-    return True
 
 
 def release_spool(data_set: object) -> None:
