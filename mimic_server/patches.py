@@ -42,6 +42,7 @@ import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.dimse_primitives
 import pynetdicom.fsm
+import pynetdicom.pdu
 import pynetdicom.pdu_items
 import pynetdicom.pdu_primitives
 import pynetdicom.presentation
@@ -61,6 +62,7 @@ from mimic_server.net import (
     contexts,
     known_uids,
     pdata_batches,
+    proposals,
     reactor,
     requestor,
     server,
@@ -145,6 +147,7 @@ ASSOCIATION_ITEMS = "association-items"
 REQUESTOR_RESPONSES = "requestor-responses"
 REQUESTOR_ACKS = "requestor-acks"
 CONTEXT_LOOKUP = "context-lookup"
+PROPOSAL_MEMO = "proposal-memo"
 
 _RUN_ASSOCIATION = Site("pynetdicom.association:Association._run_reactor",
                         source="f28838c5559e462a")
@@ -675,6 +678,29 @@ PATCHES: tuple[Patch, ...] = (
         ),
     ),
     Patch(
+        PROPOSAL_MEMO,
+        "mimic_server.net.proposals:remembering_items (A_ASSOCIATE_RQ._wrap_generate_items) "
+        "and remembering_converter (wraps PresentationContextItemRQ.to_primitive)",
+        "every association decodes each proposed presentation context item and builds its "
+        "context again, though a requestor proposes the same ones each time (storescu's "
+        "128: about 0.8 ms of an association's set-up)",
+        (PYNETDICOM,),
+        (
+            # the loop replaced: a new item of its type for each item's bytes, then decode
+            Site("pynetdicom.pdu:PDU._wrap_generate_items", "(self, bytestream)",
+                 "17e05aa8e1a1bc30"),
+            # what a decoded item holds: its ID and its sub-items, nothing else
+            Site("pynetdicom.pdu_items:PresentationContextItemRQ.__init__", "(self)",
+                 "c6cfd3178cd0bfee"),
+            # a function of the item's ID and sub-items, remembered per item
+            Site("pynetdicom.pdu_items:PresentationContextItemRQ.to_primitive", "(self)",
+                 "820a8752cc816f2c"),
+            # the attributes of the context it makes, which copy_plain copies
+            Site("pynetdicom.presentation:PresentationContext.__init__",
+                 "(self)", "37a8842ac07cd8f3"),
+        ),
+    ),
+    Patch(
         PROCESS_SWITCHES,
         "mimic_server.patches:_set_process_switches (pynetdicom._config)",
         "pynetdicom's log handlers, identifier logging and storage SOP class limits would stay",
@@ -1041,9 +1067,21 @@ def _association_items(enabled: bool = True) -> None:
             _unwrap(owner, name, ASSOCIATION_ITEMS)
 
 
+def _proposal_memo(enabled: bool = True) -> None:
+    request = pynetdicom.pdu.A_ASSOCIATE_RQ
+    item = pynetdicom.pdu_items.PresentationContextItemRQ
+    if enabled:
+        _wrap(request, "_wrap_generate_items", proposals.remembering_items, PROPOSAL_MEMO)
+        _wrap(item, "to_primitive", proposals.remembering_converter, PROPOSAL_MEMO)
+        return
+    _unwrap(request, "_wrap_generate_items", PROPOSAL_MEMO)
+    _unwrap(item, "to_primitive", PROPOSAL_MEMO)
+
+
 _APPLY: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: _negotiation_uids,
     ASSOCIATION_ITEMS: _association_items,
+    PROPOSAL_MEMO: _proposal_memo,
     RECEIVED_COMMAND: _received_command,
     CONTEXT_COPY: _context_copy,
     CONTEXT_LOOKUP: _context_lookup,
@@ -1061,6 +1099,7 @@ _APPLY: dict[str, Callable[[], None]] = {
 _FALLBACK: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: lambda: _negotiation_uids(enabled=False),
     ASSOCIATION_ITEMS: lambda: _association_items(enabled=False),
+    PROPOSAL_MEMO: lambda: _proposal_memo(enabled=False),
     RECEIVED_COMMAND: lambda: _received_command(enabled=False),
     CONTEXT_COPY: lambda: _context_copy(enabled=False),
     CONTEXT_LOOKUP: lambda: _context_lookup(enabled=False),

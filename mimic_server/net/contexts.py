@@ -55,7 +55,7 @@ def copy_contexts(contexts: list[Any]) -> list[PresentationContext] | None:
         if seen is None or seen[0] is not context or len(seen[1]) != len(values) or not (
             all(map(is_, seen[1], values))
         ) or type(syntaxes) is not list or seen[2] != len(syntaxes):
-            if not _plain(state):
+            if not plain(state):
                 return None
             if len(checked) < LIMIT or id(context) in checked:
                 checked[id(context)] = (context, values, len(state["_transfer_syntax"]))
@@ -66,9 +66,20 @@ def copy_contexts(contexts: list[Any]) -> list[PresentationContext] | None:
     return copies
 
 
-def _plain(state: dict[str, Any]) -> bool:
-    """The context's attributes are ``PresentationContext``'s own, its transfer syntaxes a
-    list of strings, every other value immutable: a copy can share them."""
+def copy_plain(context: PresentationContext) -> PresentationContext:
+    """A copy of a context :func:`plain` said may share its values: what ``deepcopy``
+    makes of it."""
+    copy: PresentationContext = PresentationContext.__new__(PresentationContext)
+    state = context.__dict__
+    copy.__dict__.update(state)
+    copy._transfer_syntax = list(state["_transfer_syntax"])
+    return copy
+
+
+def plain(state: dict[str, Any]) -> bool:
+    """The context's attributes (``state``: its ``__dict__``) are ``PresentationContext``'s
+    own, its transfer syntaxes a list of strings, every other value immutable: a copy can
+    share them."""
     if state.keys() != _FIELDS:
         return False
     syntaxes = state["_transfer_syntax"]

@@ -34,14 +34,19 @@ REPLACED = (
     (PresentationContextItemRQ, "decode"), (PresentationContextItemAC, "encode"),
 )
 
+#: Where the memory of proposals is installed (``proposal-memo``), off during these tests.
+REMEMBERING = ((A_ASSOCIATE_RQ, "_wrap_generate_items"),
+               (PresentationContextItemRQ, "to_primitive"))
+
 
 @pytest.fixture(autouse=True)
 def pynetdicoms_items() -> Iterator[None]:
     """pynetdicom's own item code during the test (the reference), and whatever the fence
     had installed on these classes (and ``MIMIC_PATCHES_OFF``) put back after it."""
-    saved = [(owner, name, vars(owner).get(name)) for owner, name in REPLACED]
+    saved = [(owner, name, vars(owner).get(name)) for owner, name in REPLACED + REMEMBERING]
     off = os.environ.get(patches.PATCHES_OFF)
     patches._association_items(enabled=False)
+    patches._proposal_memo(enabled=False)  # each request decoded, never given from memory
     assert _installed() == set()
     yield
     for owner, name, entry in saved:
@@ -175,12 +180,15 @@ def test_whole_association_pdus_are_pynetdicoms(monkeypatch: pytest.MonkeyPatch)
     """The fence on and off: the same request decoded to the same items and primitive, and
     the same answer encoded to the same bytes."""
     seen = {}
-    for on in (False, True):
+    for on in (False, True):  # each decode the items' own, none given from memory
         if on:
-            monkeypatch.delenv(patches.PATCHES_OFF, raising=False)
+            monkeypatch.setenv(patches.PATCHES_OFF, patches.PROPOSAL_MEMO)
         else:
-            monkeypatch.setenv(patches.PATCHES_OFF, patches.ASSOCIATION_ITEMS)
-        assert (patches.ASSOCIATION_ITEMS in patches.apply().applied) is on
+            monkeypatch.setenv(patches.PATCHES_OFF,
+                               f"{patches.ASSOCIATION_ITEMS},{patches.PROPOSAL_MEMO}")
+        fence = patches.apply()
+        assert (patches.ASSOCIATION_ITEMS in fence.applied) is on
+        assert patches.PROPOSAL_MEMO in fence.skipped
         assert _installed() == ({(o.__name__, n) for o, n in REPLACED} if on else set())
         raw, answer = storescu_like_request()
         request = A_ASSOCIATE_RQ()

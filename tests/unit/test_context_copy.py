@@ -55,8 +55,8 @@ def test_each_context_is_checked_once_while_it_is_unchanged(
 ) -> None:
     contexts_module.forget()
     checks: list[int] = []
-    plain = contexts_module._plain
-    monkeypatch.setattr(contexts_module, "_plain", lambda state: checks.append(1) or plain(state))
+    plain = contexts_module.plain
+    monkeypatch.setattr(contexts_module, "plain", lambda state: checks.append(1) or plain(state))
     contexts = _server_contexts()
     _same_as_deepcopy(contexts)
     assert len(checks) == len(contexts)

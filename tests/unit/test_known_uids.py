@@ -170,12 +170,15 @@ def test_an_association_request_decodes_and_negotiates_as_without_the_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     request = _association_request()
-    monkeypatch.setenv(patches.PATCHES_OFF, patches.NEGOTIATION_UIDS)
+    # Without the memory of proposals, which would give the same request's contexts
+    # without building them again (tests/unit/test_proposals.py).
+    monkeypatch.setenv(patches.PATCHES_OFF, f"{patches.NEGOTIATION_UIDS},{patches.PROPOSAL_MEMO}")
     assert patches.NEGOTIATION_UIDS in patches.apply().skipped
     assert pynetdicom.presentation.set_uid is pynetdicom.utils.set_uid
     reference = _decoded_and_negotiated(request)
-    monkeypatch.delenv(patches.PATCHES_OFF)
-    assert patches.NEGOTIATION_UIDS in patches.apply().applied
+    monkeypatch.setenv(patches.PATCHES_OFF, patches.PROPOSAL_MEMO)
+    fence = patches.apply()
+    assert patches.NEGOTIATION_UIDS in fence.applied and patches.PROPOSAL_MEMO in fence.skipped
     learning = _decoded_and_negotiated(request)
     assert known_uids._uids and known_uids._syntaxes
     remembered = _decoded_and_negotiated(request)
