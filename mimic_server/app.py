@@ -260,7 +260,8 @@ class Archive:
             source, version, bundle = certificates
             self.bundle = bundle
         if certificates is not None:
-            context, trust = server_context(bundle), TrustIndex(bundle)
+            context = server_context(bundle, s.tls_session_tickets)
+            trust = TrustIndex(bundle)
             warn_expiring(bundle)
             self._observe_bundle(bundle)
 
@@ -522,7 +523,8 @@ class Archive:
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
-        context, trust = server_context(bundle), TrustIndex(bundle)
+        context = server_context(bundle, self.settings.tls_session_tickets)
+        trust = TrustIndex(bundle)
         previous = self.server.trust
         if self.worker is not None and (
             previous is None or previous.fingerprints != trust.fingerprints
