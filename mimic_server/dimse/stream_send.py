@@ -47,6 +47,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.archive.read import VerifiedObject, reference
+from mimic_server.codec.command_set import send_held
 from mimic_server.errors import OutOfResources
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
         _pending.stored = None
         if stored is not None and _carries(primitive, stored):
+            send_held(self)  # a pending C-GET response held for this message goes first
             _stream(self, primitive, context_id, stored)
             return
         send_msg(self, primitive, context_id)

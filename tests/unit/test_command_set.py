@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from io import BytesIO
 
 import pytest
@@ -15,6 +16,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from mimic_server.codec.command_set import (
     EncodedPData,
+    direct_response_sender,
     encode_command_set,
     encoded_pdus,
     message_parts,
@@ -351,3 +353,95 @@ def test_the_dul_writes_a_batch_at_once_and_anything_else_as_pynetdicom(
     assert send(reset) == state
     assert reset.socket.event_queue.get_nowait() == "Evt17"
     assert reset.socket.assoc.data_sent == []
+
+
+class _Provider:
+    """What ``direct_response_sender`` touches of a DIMSE provider: its association (no
+    handlers bound), its DUL's ``send_pdu`` and the peer's maximum PDU length."""
+
+    def __init__(self, max_pdu: int = 16384) -> None:
+        self.maximum_pdu_size = max_pdu
+        self.queued: list[object] = []
+        self.dul = type("Dul", (), {"send_pdu": lambda _, p: self.queued.append(p)})()
+        self.assoc = type("Assoc", (), {"get_handlers": lambda _, e: []})()
+
+
+def _sender(monkeypatch: pytest.MonkeyPatch, batching: bool = True) -> tuple[
+        Callable[[object, object, int], None], list[tuple[object, int]]]:
+    """The fence's ``send_msg`` over a stand-in of pynetdicom's (which records its calls)."""
+    from mimic_server.codec import command_set
+
+    monkeypatch.setattr(command_set, "batches", batching)
+    theirs: list[tuple[object, int]] = []
+    return direct_response_sender(lambda dimse, p, cx: theirs.append((p, cx))), theirs
+
+
+def _wire(queued: list[object]) -> list[tuple[int, bytes]]:
+    """The PDVs of everything queued for the DUL, in order."""
+    pdvs: list[tuple[int, bytes]] = []
+    for item in queued:
+        if isinstance(item, EncodedPData):
+            pdvs += [pdv for pdu in _pdus(item.encoded) for pdv in pdu]
+        else:
+            pdvs += list(item.presentation_data_value_list)  # type: ignore[attr-defined]
+    return pdvs
+
+
+def _their_pdvs(*messages: tuple[object, type]) -> list[tuple[int, bytes]]:
+    pdvs = []
+    for primitive, message_class in messages:
+        message = message_class()  # type: ignore[operator]
+        message.primitive_to_message(primitive)
+        pdvs += [pdv for pdu in message.encode_msg(5, 16384)
+                 for pdv in pdu.presentation_data_value_list]
+    return pdvs
+
+
+def test_a_pending_c_get_response_goes_out_with_the_next_sub_operation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send, theirs = _sender(monkeypatch)
+    dimse = _Provider()
+    send(dimse, _get_rsp(0xFF00, 5), 5)
+    assert dimse.queued == []  # held: nothing follows it yet
+    send(dimse, _store_rq_of(525_001, False), 5)
+    assert len(dimse.queued) == 1 and theirs == []  # one batch, one write
+    batch = dimse.queued[0]
+    assert isinstance(batch, EncodedPData) and batch.pdus == len(_pdus(batch.encoded))
+    assert _wire(dimse.queued) == _their_pdvs(
+        (_get_rsp(0xFF00, 5), dimse_messages.C_GET_RSP),
+        (_store_rq_of(525_001, False), dimse_messages.C_STORE_RQ))
+    # The last pending response and the final one: together, in that order.
+    send(dimse, _get_rsp(0xFF00, 0), 5)
+    send(dimse, _get_rsp(0x0000, None), 5)
+    assert len(dimse.queued) == 2
+    assert _wire(dimse.queued[1:]) == _their_pdvs(
+        (_get_rsp(0xFF00, 0), dimse_messages.C_GET_RSP),
+        (_get_rsp(0x0000, None), dimse_messages.C_GET_RSP))
+
+
+def test_a_held_response_goes_first_when_the_next_message_takes_another_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send, theirs = _sender(monkeypatch)
+    dimse = _Provider()
+    send(dimse, _get_rsp(0xFF00, 5), 5)
+    failed = _get_rsp(0xA702, 0)  # with an identifier: pynetdicom's own path
+    failed.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    send(dimse, failed, 5)
+    assert [type(q) for q in dimse.queued] == [EncodedPData] and theirs == [(failed, 5)]
+    assert _wire(dimse.queued) == _their_pdvs((_get_rsp(0xFF00, 5), dimse_messages.C_GET_RSP))
+
+
+def test_only_a_c_get_pending_response_is_held_and_only_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send, _ = _sender(monkeypatch)
+    dimse = _Provider()
+    send(dimse, _move_rsp(), 5)  # C-MOVE: its sub-operations go over another association
+    send(dimse, _find_rsp(0xFF00, True), 5)
+    assert len(dimse.queued) == 2
+    send, theirs = _sender(monkeypatch, batching=False)
+    unbatched = _Provider()
+    send(unbatched, _get_rsp(0xFF00, 5), 5)  # sent at once, pynetdicom's way
+    assert unbatched.queued == [] and len(theirs) == 1

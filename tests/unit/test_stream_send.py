@@ -206,3 +206,27 @@ def test_the_stand_in_carries_what_pynetdicom_reads() -> None:
     assert dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert dataset._mimic_encoding == (False, True, False)
     assert "PixelData" not in dataset  # nothing of the object is parsed
+
+
+def test_a_held_pending_c_get_response_goes_before_a_streamed_object() -> None:
+    """A pending C-GET response held for the next message (``direct_response_sender``) is
+    sent before a C-STORE request streamed from the store, not after it."""
+    from mimic_server.codec.command_set import EncodedPData
+
+    store = ClosingStore()
+    stored = _large(store)
+    dul = FakeDUL()
+    dimse = FakeDIMSE(dul, 16382)
+    held = EncodedPData(b"a pending C-GET response", 1)
+    dimse.__dict__["_mimic_held_response"] = (held.encoded, held.pdus)
+    try:
+        _send(dimse, stored, [])
+        deadline = time.monotonic() + 10
+        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dul.stop()
+    first = dul.sent[0]
+    assert isinstance(first, EncodedPData) and first.encoded == held.encoded
+    assert all(not isinstance(p, EncodedPData) for p in dul.sent[1:])
+    assert "_mimic_held_response" not in dimse.__dict__
