@@ -11,7 +11,6 @@ from typing import Any
 
 import pynetdicom.pdu_items
 import pytest
-from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_items import (
@@ -25,6 +24,7 @@ from pynetdicom.pdu_items import (
 from bench.association_pdus import storescu_like_request
 from mimic_server import patches
 from mimic_server.net import association_items
+from tests.pdu_state import state as _state
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 #: Every (class, method) the patch replaces.
@@ -65,17 +65,6 @@ def _installed() -> set[tuple[str, str]]:
     return {(owner.__name__, name) for owner, name in REPLACED
             if getattr(getattr(owner, name), patches.PATCH_NAME, None)
             == patches.ASSOCIATION_ITEMS}
-
-
-def _state(value: Any) -> Any:
-    """An item's attributes, its sub-items' too, in comparable form."""
-    if isinstance(value, PDUItem):
-        return type(value).__name__, {k: _state(v) for k, v in vars(value).items()}
-    if isinstance(value, list):
-        return [_state(v) for v in value]
-    if isinstance(value, UID):
-        return "UID", str(value)
-    return value
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:

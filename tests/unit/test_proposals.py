@@ -14,12 +14,13 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_items import PDUItem, PresentationContextItemRQ
+from pynetdicom.pdu_items import PresentationContextItemRQ
 from pynetdicom.presentation import PresentationContext
 
 from mimic_server import patches
 from mimic_server.net import proposals
 from tests.patch_sites import change_signature
+from tests.pdu_state import state as _state
 from tests.support import association_request
 
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
@@ -63,17 +64,6 @@ def _contexts(first_id: int = 1, syntaxes: list[str] = SYNTAXES) -> list[Present
         context.transfer_syntax = syntaxes
         contexts.append(context)
     return contexts
-
-
-def _state(value: Any) -> Any:
-    """An item's or a context's attributes, its sub-items' too, in comparable form."""
-    if isinstance(value, PDUItem | PresentationContext):
-        return type(value).__name__, {k: _state(v) for k, v in vars(value).items()}
-    if isinstance(value, list):
-        return [_state(v) for v in value]
-    if isinstance(value, UID):
-        return "UID", str(value)
-    return value
 
 
 def _decoded(request: bytes) -> tuple[A_ASSOCIATE_RQ, Any]:
