@@ -144,7 +144,8 @@ class Settings(BaseSettings):
         0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake, "
         "with which a peer that keeps them may resume its next connection (a handshake "
         "without the certificate signature and chain check; the certificate is still "
-        "checked against the trust set). 0: none, and no TLS 1.2 tickets either: dcmtk and "
+        "checked against the trust set). 0: none, and no TLS 1.2 tickets either (a TLS 1.2 "
+        "peer may still resume by session ID): dcmtk and "
         "pynetdicom peers never resume, and each ticket costs the server about 0.2 ms of CPU "
         "per handshake.",
     )

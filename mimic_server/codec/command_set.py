@@ -326,9 +326,9 @@ def direct_response_sender(send_msg: Callable[..., None]) -> Callable[..., None]
                         *parts, context_id, self.maximum_pdu_size, held)
                     if encoded is not None:
                         self.__dict__.pop(_HELD, None)
-                        if _pending_get_response(primitive):
-                            self.__dict__[_HELD] = encoded
-                        else:
+                        if held is None and _pending_get_response(primitive):
+                            self.__dict__[_HELD] = encoded  # until the next message
+                        else:  # a second pending response in a row goes out at once
                             self.dul.send_pdu(EncodedPData(*encoded))
                         return
                 pdatas = response_pdata(primitive, context_id, self.maximum_pdu_size)
@@ -355,9 +355,12 @@ def _pending_get_response(primitive: Any) -> bool:
     follows on the same association at once. Sent in one write with that next message, it
     costs neither a turn of the DUL thread nor a write of its own: C-GETs of CT slices and
     images one study at a time, 10-20 % of their time (docs/benchmarks.md). The order of
-    the messages on the wire is the same; only the pause between the two is gone. A C-MOVE's
-    pending responses are not held: its sub-operations go over another association, and
-    nothing would follow them for a whole sub-operation."""
+    the messages on the wire is the same; only the pause between the two is gone. One is
+    held at most: a pending response that finds another held (a sub-operation that sent
+    nothing, its object unreadable or without a presentation context) goes out with it at
+    once, so a C-GET whose sub-operations all fail still reports each. A C-MOVE's pending
+    responses are not held: its sub-operations go over another association, and nothing
+    would follow them for a whole sub-operation."""
     return (
         type(primitive) is C_GET
         and primitive.MessageIDBeingRespondedTo is not None

@@ -18,8 +18,11 @@ The same bytes decode to the same values (the decoders are functions of the byte
 memory changes nothing but the work; a warning pydicom or pynetdicom gives about a
 non-conformant UID in an item is logged at the item's first decode in a process only.
 
-Bounded: at most :data:`LIMIT` items, then all are forgotten at once (a server meets a
-few proposals; a peer sending ever new ones only pays the decode, as before). Installed by
+Bounded: an item longer than :data:`LARGEST` bytes is not remembered (a conformant one
+has at most a few dozen syntaxes of at most 64 characters; storescu's are about 110 bytes),
+and once :data:`LIMIT` items or :data:`BYTES` bytes of them are remembered, all are
+forgotten at once: a server meets a few proposals, and a peer sending ever new ones only
+pays the decode, as before, and holds at most some megabytes here. Installed by
 the fence (``patches.py``, ``proposal-memo``) in place of
 ``A_ASSOCIATE_RQ._wrap_generate_items`` (the loop that makes and decodes the request's
 variable items: each item's own decode, ``association-items``' or pynetdicom's, stays as it
@@ -38,6 +41,11 @@ from mimic_server.net.contexts import copy_plain, plain
 
 #: The most items remembered before all are forgotten.
 LIMIT = 4096
+#: The most bytes of items remembered before all are forgotten (with the objects decoded
+#: from them, some ten times as much memory).
+BYTES = 1 << 20
+#: The longest item remembered: 14 transfer syntaxes of 64 characters and more.
+LARGEST = 1024
 #: The item type of a Presentation Context item in an A-ASSOCIATE-RQ (PS3.8 9.3.2.2).
 _PROPOSED_CONTEXT = 0x20
 #: The attributes a decoded item has (``PresentationContextItemRQ.__init__``, verified by
@@ -47,6 +55,8 @@ _ITEM_FIELDS = frozenset({"presentation_context_id", "abstract_transfer_syntax_s
 #: An item's bytes -> [its context ID, its sub-items (a tuple), the context it converted to
 #: (a copy no one else holds) or None before its first conversion].
 _decoded: dict[bytes, list[Any]] = {}
+#: The bytes of the items in :data:`_decoded`.
+_held_bytes = 0
 #: id(the first sub-item of a remembered item) -> the same entry: how ``to_primitive`` knows
 #: an item whose sub-items came from the memory (the entry keeps that object alive, so no
 #: other living object has its id).
@@ -83,14 +93,18 @@ def remembering_items(original: Method) -> Method:
 
 
 def _remember(item: Any, item_bytes: bytes) -> None:
+    global _held_bytes
     sub_items = item.abstract_transfer_syntax_sub_items
-    if not sub_items or type(sub_items) is not list or item.__dict__.keys() != _ITEM_FIELDS:
+    if len(item_bytes) > LARGEST or not sub_items or type(sub_items) is not list or (
+        item.__dict__.keys() != _ITEM_FIELDS
+    ):
         return
-    if len(_decoded) >= LIMIT:
+    if len(_decoded) >= LIMIT or _held_bytes + len(item_bytes) > BYTES:
         forget()
     entry = [item.presentation_context_id, tuple(sub_items), None]
     _decoded[item_bytes] = entry
     _by_first_item[id(sub_items[0])] = entry
+    _held_bytes += len(item_bytes)
 
 
 def remembering_converter(original: Method) -> Method:
@@ -117,8 +131,10 @@ def remembering_converter(original: Method) -> Method:
 
 def forget() -> None:
     """Forget every item (when full, and for tests)."""
+    global _held_bytes
     _decoded.clear()
     _by_first_item.clear()
+    _held_bytes = 0
 
 
 def remembered() -> int:

@@ -62,10 +62,12 @@ def server_context(bundle: CertBundle, session_tickets: int = 0) -> ssl.SSLConte
     ``session_tickets``: TLS 1.3 tickets sent after each full handshake (OpenSSL sends two
     unless told). DICOM peers built on dcmtk or pynetdicom open every association with a
     new session and never resume, so by default none is sent (and no TLS 1.2 ticket): the
-    two cost a full handshake 1.4 against 1.0 ms of server CPU here. A resumed session
-    skips the certificate's signature and chain check only; each association's identity
-    is still checked against the trust set (``TrustIndex.identify``), and a trust change
-    builds a new context, whose new ticket keys refuse the old tickets.
+    two cost a full handshake 1.4 against 1.0 ms of server CPU here. (A TLS 1.2 peer may
+    still resume by session ID from OpenSSL's server session cache, which Python's ``ssl``
+    has no switch for.) A resumed session skips the certificate's signature and chain
+    check only; each association's identity is still checked against the trust set
+    (``TrustIndex.identify``), and a trust change builds a new context, whose new ticket
+    keys and session cache resume nothing from before.
     """
     ctx = _base(ssl.PROTOCOL_TLS_SERVER)
     _load_identity(ctx, bundle.server_chain_pem, bundle.server_key_pem)

@@ -368,12 +368,18 @@ class _Provider:
 
 def _sender(monkeypatch: pytest.MonkeyPatch, batching: bool = True) -> tuple[
         Callable[[object, object, int], None], list[tuple[object, int]]]:
-    """The fence's ``send_msg`` over a stand-in of pynetdicom's (which records its calls)."""
+    """The fence's ``send_msg`` over a stand-in of pynetdicom's, which records its calls and
+    queues what it sends behind anything the DUL was given before (``_Provider.queued``)."""
     from mimic_server.codec import command_set
 
     monkeypatch.setattr(command_set, "batches", batching)
     theirs: list[tuple[object, int]] = []
-    return direct_response_sender(lambda dimse, p, cx: theirs.append((p, cx))), theirs
+
+    def pynetdicoms(dimse: _Provider, primitive: object, context_id: int) -> None:
+        theirs.append((primitive, context_id))
+        dimse.queued.append(("pynetdicom", primitive))
+
+    return direct_response_sender(pynetdicoms), theirs
 
 
 def _wire(queued: list[object]) -> list[tuple[int, bytes]]:
@@ -429,8 +435,27 @@ def test_a_held_response_goes_first_when_the_next_message_takes_another_way(
     failed = _get_rsp(0xA702, 0)  # with an identifier: pynetdicom's own path
     failed.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
     send(dimse, failed, 5)
-    assert [type(q) for q in dimse.queued] == [EncodedPData] and theirs == [(failed, 5)]
-    assert _wire(dimse.queued) == _their_pdvs((_get_rsp(0xFF00, 5), dimse_messages.C_GET_RSP))
+    assert theirs == [(failed, 5)]
+    assert len(dimse.queued) == 2 and dimse.queued[1] == ("pynetdicom", failed)  # after it
+    assert _wire(dimse.queued[:1]) == _their_pdvs(
+        (_get_rsp(0xFF00, 5), dimse_messages.C_GET_RSP))
+
+
+def test_at_most_one_response_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sub-operations that send nothing (an object unreadable, or without a presentation
+    context) are each followed by a pending response: the second goes out with the first at
+    once, so a C-GET whose sub-operations all fail still reports them as it goes."""
+    send, _ = _sender(monkeypatch)
+    dimse = _Provider()
+    for remaining in (5, 4, 3, 2, 1):
+        send(dimse, _get_rsp(0xFF00, remaining), 5)
+    assert len(dimse.queued) == 2  # 5 with 4, 3 with 2; 1 held for what follows
+    assert _wire(dimse.queued) == _their_pdvs(
+        *((_get_rsp(0xFF00, r), dimse_messages.C_GET_RSP) for r in (5, 4, 3, 2)))
+    send(dimse, _get_rsp(0x0000, None), 5)
+    assert _wire(dimse.queued[2:]) == _their_pdvs(
+        (_get_rsp(0xFF00, 1), dimse_messages.C_GET_RSP),
+        (_get_rsp(0x0000, None), dimse_messages.C_GET_RSP))
 
 
 def test_only_a_c_get_pending_response_is_held_and_only_in_batches(
@@ -444,4 +469,4 @@ def test_only_a_c_get_pending_response_is_held_and_only_in_batches(
     send, theirs = _sender(monkeypatch, batching=False)
     unbatched = _Provider()
     send(unbatched, _get_rsp(0xFF00, 5), 5)  # sent at once, pynetdicom's way
-    assert unbatched.queued == [] and len(theirs) == 1
+    assert len(unbatched.queued) == 1 and len(theirs) == 1

@@ -206,6 +206,29 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         _decoded(association_request(_contexts(first_id=first_id)))
         assert proposals.remembered() <= 50
         assert len(proposals._by_first_item) == proposals.remembered()
+    monkeypatch.setattr(proposals, "LIMIT", 4096)
+    monkeypatch.setattr(proposals, "BYTES", 2000)  # about 18 of storescu's items
+    for first_id in (1, 3, 5):
+        _decoded(association_request(_contexts(first_id=first_id)))
+        assert sum(map(len, proposals._decoded)) == proposals._held_bytes <= 2000
+        assert 0 < proposals.remembered() == len(proposals._by_first_item)
+
+
+def test_a_long_item_is_decoded_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proposal of many transfer syntaxes (here 40 of 57 characters) is not remembered:
+    a peer cannot fill the memory with a few requests of huge items."""
+    _use(True, monkeypatch)
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = "1.2.840.10008.5.1.4.1.1.2"
+    context.transfer_syntax = [f"1.2.826.0.1.3680043.8.498.{n + 1}{7 * 10**28}" for n in range(40)]
+    request = association_request([context])
+    assert len(request) > proposals.LARGEST
+    _, first = _decoded(request)
+    _, again = _decoded(request)
+    assert proposals.remembered() == 0
+    assert _state(first.presentation_context_definition_list) == _state(
+        again.presentation_context_definition_list)
 
 
 def test_the_fence_installs_it_and_its_fallback_removes_it(

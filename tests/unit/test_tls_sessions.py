@@ -1,7 +1,9 @@
 """TLS session resumption (``MIMIC_TLS_SESSION_TICKETS``): by default the listener issues no
-session ticket, TLS 1.3 or 1.2, so every connection makes a full handshake; with tickets a
-peer that keeps one resumes, its certificate still known to the trust index, and a new
-context (a trust change) resumes none of the old tickets."""
+session ticket, TLS 1.3 or 1.2, so a TLS 1.3 connection always makes a full handshake (TLS
+1.2 peers may still resume by session ID: OpenSSL's server session cache, which Python's
+``ssl`` has no switch for); with tickets a peer that keeps one resumes, its certificate
+still known to the trust index, and a new context (a trust change) resumes none of the old
+tickets."""
 
 from __future__ import annotations
 
@@ -71,16 +73,15 @@ def test_the_default_is_no_ticket() -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=["TLS 1.3", "TLS 1.2"])
-def test_by_default_no_ticket_is_issued_and_nothing_resumes(
-    pki: devpki.DevPki, version: ssl.TLSVersion
-) -> None:
+def test_by_default_no_ticket_is_issued(pki: devpki.DevPki, version: ssl.TLSVersion) -> None:
     server = server_context(_bundle(pki))
     assert server.num_tickets == 0 and server.options & ssl.OP_NO_TICKET
     client = _client(pki, version)
     first, session = _connect(server, client)
-    assert not session.has_ticket
-    again, _ = _connect(server, client, session)
-    assert not first["reused"] and not again["reused"]  # a full handshake each time
+    assert not session.has_ticket and not first["reused"]
+    if version is ssl.TLSVersion.TLSv1_3:  # no ticket, nothing to resume with
+        again, _ = _connect(server, client, session)
+        assert not again["reused"]
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=["TLS 1.3", "TLS 1.2"])
