@@ -272,7 +272,7 @@ class Archive:
                 ae,
                 (s.host, s.port),
                 s.ae_title,
-                ae.supported_contexts,
+                fence.listener_contexts(ae.supported_contexts),
                 ssl_context=context,
                 trust=trust,
                 handshake_timeout=s.handshake_timeout,

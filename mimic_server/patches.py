@@ -32,7 +32,7 @@ import importlib
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -591,6 +591,13 @@ PATCHES: tuple[Patch, ...] = (
                  "(self)", "37a8842ac07cd8f3"),
             # its one deepcopy: assoc.acceptor.supported_contexts = deepcopy(server.contexts)
             _CREATE_ASSOCIATION,
+            # the acceptor's only readers of that copy, which read and never change it, so
+            # that the listener's contexts may be shared (Fence.listener_contexts)
+            Site("pynetdicom.acse:ACSE._negotiate_as_acceptor", source="fffd360957c42a8e"),
+            Site("pynetdicom.presentation:negotiate_as_acceptor",
+                 "(rq_contexts, ac_contexts, roles=None)", "d5413f08f0ac7b32"),
+            Site("pynetdicom.presentation:negotiate_unrestricted",
+                 "(rq_contexts, ac_contexts, roles=None)", "344f31fc8c738793"),
         ),
     ),
     Patch(
@@ -840,6 +847,17 @@ class Fence:
             (REQUESTOR_ACKS, acknowledge.acknowledge_reads),
         ) if name in self.applied)
         return functools.partial(_adapt_with, adapters) if adapters else None
+
+    def listener_contexts(self, supported: list[Any]) -> Sequence[Any]:
+        """The presentation contexts for ``MimicAssociationServer(contexts=)``: shared by
+        every association, unchangeable, where ``context-copy`` is applied (each association
+        is then given a new list of them, not copies); else ``supported``, which pynetdicom
+        deep-copies for each."""
+        if CONTEXT_COPY in self.applied:
+            shared = contexts.shared_contexts(supported)
+            if shared is not None:
+                return shared
+        return supported
 
     @property
     def event_driven_accept(self) -> bool:

@@ -18,6 +18,13 @@ held; it is checked again when any value is another object or its list of transf
 has another length, which is how pynetdicom's setters change a context (a new list, or an
 appended syntax). Only a list changed in place to the same length, an item replaced by a
 mutable object, would escape that; nothing does so to the server's contexts.
+
+The listener's own contexts need no copy at all: :func:`shared_contexts` makes them
+:class:`SharedContext` objects, which refuse every change (their transfer syntaxes a tuple),
+held in a :class:`SharedContexts` tuple, and the association's "copy" of those is a new list
+of the same objects (0.3 against 200 us for MIMIC's 177). pynetdicom's acceptor only reads
+them (``negotiate_as_acceptor`` and ``negotiate_unrestricted``, pinned by the fence); a
+change anywhere would raise instead of reaching another association.
 """
 
 from __future__ import annotations
@@ -37,6 +44,43 @@ _IMMUTABLE = (type(None), bool, int, str)
 LIMIT = 4096
 #: id(context) -> (the context, the values it held when checked, its number of syntaxes).
 _checked: dict[int, tuple[PresentationContext, tuple[Any, ...], int]] = {}
+
+
+class SharedContext(PresentationContext):
+    """One of the listener's presentation contexts, which every association reads and none
+    may change: every attribute, and the transfer syntaxes (a tuple), stay as made."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{name}: the listener's presentation contexts are shared by "
+                             "every association and cannot be changed")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def add_transfer_syntax(self, syntax: Any) -> None:
+        self.__setattr__("_transfer_syntax", syntax)
+
+
+class SharedContexts(tuple[SharedContext, ...]):
+    """The listener's contexts (``AssociationServer.contexts``): a tuple, so that nothing is
+    added or replaced either."""
+
+    __slots__ = ()
+
+
+def shared_contexts(contexts: list[Any]) -> SharedContexts | None:
+    """``contexts`` as :class:`SharedContext` objects with the same values, or None where one
+    is not a plain context (then the listener keeps its list, copied per association)."""
+    shared = []
+    for context in contexts:
+        if type(context) is not PresentationContext or not plain(context.__dict__):
+            return None
+        frozen = PresentationContext.__new__(SharedContext)
+        state = frozen.__dict__
+        state.update(context.__dict__)
+        state["_transfer_syntax"] = tuple(state["_transfer_syntax"])
+        shared.append(frozen)
+    return SharedContexts(shared)
 
 
 def copy_contexts(contexts: list[Any]) -> list[PresentationContext] | None:
@@ -95,13 +139,17 @@ def forget() -> None:
 
 
 def copying(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``deepcopy`` that copies a list of presentation contexts with :func:`copy_contexts`."""
+    """``deepcopy`` that copies a list of presentation contexts with :func:`copy_contexts`,
+    and gives :class:`SharedContexts` as a list of the same contexts."""
 
     def deepcopy(x: Any, memo: dict[int, Any] | None = None, _nil: Any = None) -> Any:
-        if memo is None and type(x) is list:
-            copies = copy_contexts(x)
-            if copies is not None:
-                return copies
+        if memo is None:
+            if type(x) is SharedContexts:  # nothing in it can change: a list of the same
+                return list(x)
+            if type(x) is list:
+                copies = copy_contexts(x)
+                if copies is not None:
+                    return copies
         return original(x, memo)
 
     return deepcopy

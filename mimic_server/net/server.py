@@ -56,7 +56,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from pynetdicom import evt
@@ -288,7 +288,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         ae: Any,
         address: tuple[str, int],
         ae_title: str,
-        contexts: list[Any],
+        contexts: Sequence[Any],
         *,
         ssl_context: ssl.SSLContext | None,
         trust: TrustIndex | None,

@@ -1,18 +1,35 @@
 """The fence's copy of the server's presentation contexts (``context-copy``) is the copy
-``deepcopy`` makes: equal contexts, none shared, no list shared."""
+``deepcopy`` makes: equal contexts, none shared, no list shared; and the listener's own
+contexts, shared by every association, refuse every change, so that an association's list
+of them needs no copy of any."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Any
 
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
+from mimic_server import patches
 from mimic_server.dimse import syntaxes
 from mimic_server.net import contexts as contexts_module
-from mimic_server.net.contexts import copy_contexts, copying
+from mimic_server.net.contexts import (
+    SharedContext,
+    SharedContexts,
+    copy_contexts,
+    copying,
+    shared_contexts,
+)
+from tests.support import HOST
 
 
 def _server_contexts() -> list[PresentationContext]:
@@ -124,3 +141,126 @@ def test_the_fence_installs_it_and_its_fallback_removes_it(
     assert pynetdicom.transport.deepcopy is copy.deepcopy
     monkeypatch.undo()
     assert "context-copy" in patches.apply().applied
+
+
+def test_the_listeners_contexts_are_shared_and_refuse_every_change() -> None:
+    contexts = _server_contexts()
+    shared = shared_contexts(contexts)
+    assert type(shared) is SharedContexts and len(shared) == len(contexts)
+    for mine, source in zip(shared, contexts, strict=True):
+        assert type(mine) is SharedContext
+        assert mine.transfer_syntax == tuple(source.transfer_syntax)
+        assert {**mine.__dict__, "_transfer_syntax": list(mine.transfer_syntax)} == (
+            source.__dict__)
+        assert (mine.context_id, mine.scp_role, mine.as_tuple) == (
+            source.context_id, source.scp_role, source.as_tuple)
+    context = shared[1]
+    for change in (
+        lambda: setattr(context, "scp_role", False),
+        lambda: setattr(context, "context_id", 5),
+        lambda: setattr(context, "abstract_syntax", Verification),
+        lambda: setattr(context, "transfer_syntax", ["1.2.840.10008.1.2"]),
+        lambda: setattr(context, "result", 0),
+        lambda: setattr(context, "_as_scp", True),
+        lambda: delattr(context, "result"),
+        lambda: context.add_transfer_syntax("1.2.840.10008.1.2.4.50"),
+        lambda: context.transfer_syntax.append("1.2.840.10008.1.2.4.50"),  # type: ignore[attr-defined]
+        lambda: shared.append(context),  # type: ignore[attr-defined]
+    ):
+        with pytest.raises(AttributeError):
+            change()
+    with pytest.raises(TypeError):
+        shared[0] = context  # type: ignore[index]
+    assert context.__dict__ == {**contexts[1].__dict__,
+                                "_transfer_syntax": tuple(contexts[1].transfer_syntax)}
+
+
+def test_an_association_gets_a_list_of_the_shared_contexts_not_copies() -> None:
+    shared = shared_contexts(_server_contexts())
+    assert shared is not None
+    given = copying(copy.deepcopy)(shared)
+    assert type(given) is list and given == list(shared)
+    assert all(mine is theirs for mine, theirs in zip(given, shared, strict=True))
+    given.pop()  # the association's list is its own
+    assert len(shared) == len(given) + 1
+
+
+def test_contexts_that_are_not_plain_are_not_shared() -> None:
+    class Extended(PresentationContext):
+        pass
+
+    odd = Extended()
+    odd.abstract_syntax = Verification
+    with_list = PresentationContext()
+    with_list.abstract_syntax = Verification
+    with_list._scu_role = ["not", "plain"]  # type: ignore[assignment]
+    for contexts in ([odd], [*_server_contexts(), with_list]):
+        assert shared_contexts(contexts) is None
+        assert patches.apply().listener_contexts(contexts) is contexts  # copied as before
+
+
+def test_the_fence_shares_them_only_where_its_copy_is_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.patch_sites import change_source
+
+    contexts = _server_contexts()
+    assert type(patches.apply().listener_contexts(contexts)) is SharedContexts
+    monkeypatch.setenv(patches.PATCHES_OFF, "context-copy")
+    assert patches.apply().listener_contexts(contexts) is contexts
+    monkeypatch.undo()
+    entry = next(p for p in patches.PATCHES if p.name == "context-copy")
+    # (the third reader, ACSE._negotiate_as_acceptor, is also a required site of
+    # transfer-syntax-refusal, whose change stops the start instead)
+    for reader in ("presentation:negotiate_as_acceptor", "negotiate_unrestricted"):
+        # a release whose negotiation might change the contexts it is given
+        change_source(monkeypatch, next(s for s in entry.sites if s.target.endswith(reader)))
+        fence = patches.apply()
+        assert "context-copy" in fence.skipped
+        assert fence.listener_contexts(contexts) is contexts
+        monkeypatch.undo()
+    assert "context-copy" in patches.apply().applied
+
+
+def test_a_live_association_negotiates_against_the_shared_contexts(tmp_path: Path) -> None:
+    """The listener's contexts are shared; each association's are the same objects in a list
+    of its own, which negotiation only reads: Verification and a storage SOP Class accepted,
+    a query model refused by the access policy (no grant without TLS), a service the archive
+    does not offer refused as not supported, as before."""
+    from mimic_server.app import Archive
+    from mimic_server.config import Settings
+
+    archive = Archive(Settings(data_dir=tmp_path / "data", host=HOST, port=0, tls=False,
+                               ops_port=0))
+    archive.start()
+    try:
+        server = archive.server
+        assert server is not None and type(server.contexts) is SharedContexts
+        seen: list[list[Any]] = []
+        server.bind(evt.EVT_ESTABLISHED,
+                    lambda event: seen.append(event.assoc.acceptor.supported_contexts))
+        ae = AE(ae_title="MODALITY1")
+        for syntax in (Verification, CTImageStorage,
+                       StudyRootQueryRetrieveInformationModelFind, StorageCommitmentPushModel):
+            ae.add_requested_context(syntax)
+        for _ in range(2):
+            assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC")
+            assert assoc.is_established
+            try:
+                assert assoc.send_c_echo().Status == 0
+                results = {str(cx.abstract_syntax): cx.result
+                           for cx in assoc.accepted_contexts + assoc.rejected_contexts}
+            finally:
+                assoc.release()
+            assert results == {Verification: 0, CTImageStorage: 0,
+                               StudyRootQueryRetrieveInformationModelFind: 1,
+                               StorageCommitmentPushModel: 3}
+        assert len(seen) == 2 and seen[0] is not seen[1]
+        for given in seen:
+            assert type(given) is list
+            assert all(mine is theirs for mine, theirs in zip(given, server.contexts,
+                                                               strict=True))
+        with pytest.raises(AttributeError):
+            seen[0][0].scp_role = True
+    finally:
+        archive.stop(0)
