@@ -581,8 +581,9 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         CONTEXT_COPY,
-        "mimic_server.net.contexts:copying (the name deepcopy of pynetdicom.transport)",
-        "every new association deep-copies the server's 171 presentation contexts (6,464 "
+        "mimic_server.net.contexts:copying (the name deepcopy of pynetdicom.transport), "
+        "with the listener's contexts made shared_contexts (Fence.listener_contexts)",
+        "every new association deep-copies the server's 177 presentation contexts (6,488 "
         "transfer syntax UIDs, each validated again): 40-80 ms of the GIL per association",
         (PYNETDICOM,),
         (
@@ -591,8 +592,15 @@ PATCHES: tuple[Patch, ...] = (
                  "(self)", "37a8842ac07cd8f3"),
             # its one deepcopy: assoc.acceptor.supported_contexts = deepcopy(server.contexts)
             _CREATE_ASSOCIATION,
-            # the acceptor's only readers of that copy, which read and never change it, so
-            # that the listener's contexts may be shared (Fence.listener_contexts)
+            # the way that copy goes, kept as given (the acceptor's supported_contexts), and
+            # its only readers, which read and never change it, so that the listener's
+            # contexts may be shared (Fence.listener_contexts)
+            Site("pynetdicom.association:ServiceUser.supported_contexts.fset",
+                 "(self, value)", "ae568e1770b7e5ec"),
+            Site("pynetdicom.association:ServiceUser.supported_contexts.fget", "(self)",
+                 "628055124a069682"),
+            Site("pynetdicom.association:ServiceUser.get_contexts", "(self, cx_type)",
+                 "0e14d47677a204d9"),
             Site("pynetdicom.acse:ACSE._negotiate_as_acceptor", source="fffd360957c42a8e"),
             Site("pynetdicom.presentation:negotiate_as_acceptor",
                  "(rq_contexts, ac_contexts, roles=None)", "d5413f08f0ac7b32"),

@@ -1,7 +1,7 @@
 """The copy of the server's presentation contexts each new association gets, made cheaply.
 
 pynetdicom gives every accepted association ``deepcopy(server.contexts)``: MIMIC supports
-171 contexts with 6,464 transfer syntax UIDs, and ``deepcopy`` rebuilds every UID through
+177 contexts with 6,488 transfer syntax UIDs, and ``deepcopy`` rebuilds every UID through
 pydicom's validating constructor: 40-80 ms of the GIL per association on this VM, while
 other associations wait. A modality that opens one association per study or per image pays
 it each time. The copy made here is what ``deepcopy`` makes, for the contexts it knows
@@ -24,7 +24,9 @@ The listener's own contexts need no copy at all: :func:`shared_contexts` makes t
 held in a :class:`SharedContexts` tuple, and the association's "copy" of those is a new list
 of the same objects (0.3 against 200 us for MIMIC's 177). pynetdicom's acceptor only reads
 them (``negotiate_as_acceptor`` and ``negotiate_unrestricted``, pinned by the fence); a
-change anywhere would raise instead of reaching another association.
+change anywhere would raise instead of reaching another association. Code that would change
+one association's contexts (in an ``EVT_REQUESTED`` handler, say) gives the acceptor a new
+list, with :func:`copy_plain` copies of the contexts it changes; none does so today.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ _checked: dict[int, tuple[PresentationContext, tuple[Any, ...], int]] = {}
 
 class SharedContext(PresentationContext):
     """One of the listener's presentation contexts, which every association reads and none
-    may change: every attribute, and the transfer syntaxes (a tuple), stay as made."""
+    may change: every attribute, and the transfer syntaxes (a tuple), stay as made.
+
+    It hashes as the context it was made from, but is not equal to it (pynetdicom's
+    ``__eq__`` compares the attributes, and a tuple is not a list); nothing compares them."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{name}: the listener's presentation contexts are shared by "

@@ -202,21 +202,25 @@ def test_contexts_that_are_not_plain_are_not_shared() -> None:
 def test_the_fence_shares_them_only_where_its_copy_is_applied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.patch_sites import change_source
-
     contexts = _server_contexts()
     assert type(patches.apply().listener_contexts(contexts)) is SharedContexts
     monkeypatch.setenv(patches.PATCHES_OFF, "context-copy")
     assert patches.apply().listener_contexts(contexts) is contexts
     monkeypatch.undo()
     entry = next(p for p in patches.PATCHES if p.name == "context-copy")
-    # (the third reader, ACSE._negotiate_as_acceptor, is also a required site of
-    # transfer-syntax-refusal, whose change stops the start instead)
-    for reader in ("presentation:negotiate_as_acceptor", "negotiate_unrestricted"):
-        # a release whose negotiation might change the contexts it is given
-        change_source(monkeypatch, next(s for s in entry.sites if s.target.endswith(reader)))
+    digest = patches.source_digest
+    # (negotiate_unrestricted, the third reader, is also pinned by its source for
+    # transfer-syntax-refusal, which is required: a change to it stops the start instead)
+    for target in ("ServiceUser.supported_contexts.fset", "ServiceUser.supported_contexts.fget",
+                   "ServiceUser.get_contexts", "ACSE._negotiate_as_acceptor",
+                   "presentation:negotiate_as_acceptor"):
+        # a release whose way to the readers, or whose readers, might change the contexts
+        site = next(s for s in entry.sites if s.target.endswith(target))
+        changed = patches.resolve(site.target)
+        monkeypatch.setattr(patches, "source_digest", lambda obj, changed=changed: (
+            "0" * 16 if obj is changed else digest(obj)))
         fence = patches.apply()
-        assert "context-copy" in fence.skipped
+        assert "context-copy" in fence.skipped, target
         assert fence.listener_contexts(contexts) is contexts
         monkeypatch.undo()
     assert "context-copy" in patches.apply().applied
