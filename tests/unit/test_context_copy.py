@@ -109,16 +109,22 @@ def test_a_checked_context_given_a_mutable_value_goes_to_deepcopy() -> None:
     assert copy_contexts(contexts) is None
 
 
-def test_anything_else_goes_to_deepcopy() -> None:
-    class Extended(PresentationContext):
-        pass
+class _Extended(PresentationContext):
+    pass
 
-    odd = Extended()
+
+def _unusual_contexts() -> list[PresentationContext]:
+    """A context of a subclass, and one with a mutable value in an attribute of its own."""
+    odd = _Extended()
     odd.abstract_syntax = Verification
     with_extra = PresentationContext()
     with_extra.abstract_syntax = Verification
     with_extra.note = ["mutable"]  # type: ignore[attr-defined]
-    for contexts in ([odd], [with_extra]):
+    return [odd, with_extra]
+
+
+def test_anything_else_goes_to_deepcopy() -> None:
+    for contexts in ([context] for context in _unusual_contexts()):
         assert copy_contexts(contexts) is None
         copied = copying(copy.deepcopy)(contexts)
         assert copied[0] is not contexts[0] and copied[0].__dict__ == contexts[0].__dict__
@@ -186,15 +192,11 @@ def test_an_association_gets_a_list_of_the_shared_contexts_not_copies() -> None:
 
 
 def test_contexts_that_are_not_plain_are_not_shared() -> None:
-    class Extended(PresentationContext):
-        pass
-
-    odd = Extended()
-    odd.abstract_syntax = Verification
     with_list = PresentationContext()
     with_list.abstract_syntax = Verification
     with_list._scu_role = ["not", "plain"]  # type: ignore[assignment]
-    for contexts in ([odd], [*_server_contexts(), with_list]):
+    for unusual in [*_unusual_contexts(), with_list]:
+        contexts = [*_server_contexts(), unusual]
         assert shared_contexts(contexts) is None
         assert patches.apply().listener_contexts(contexts) is contexts  # copied as before
 
