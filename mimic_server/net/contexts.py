@@ -23,8 +23,9 @@ The listener's own contexts need no copy at all: :func:`shared_contexts` makes t
 :class:`SharedContext` objects, which refuse every change (their transfer syntaxes a tuple),
 held in a :class:`SharedContexts` tuple, and the association's "copy" of those is a new list
 of the same objects (0.3 against 200 us for MIMIC's 177). pynetdicom's acceptor only reads
-them (``negotiate_as_acceptor`` and ``negotiate_unrestricted``, pinned by the fence); a
-change anywhere would raise instead of reaching another association. Code that would change
+them (``negotiate_as_acceptor`` and ``negotiate_unrestricted``; the fence's
+``shared-contexts`` pins them and the way the contexts go to them); a change anywhere would
+raise instead of reaching another association. Code that would change
 one association's contexts (in an ``EVT_REQUESTED`` handler, say) gives the acceptor a new
 list, with :func:`copy_plain` copies of the contexts it changes; none does so today.
 """

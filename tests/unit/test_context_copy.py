@@ -201,31 +201,34 @@ def test_contexts_that_are_not_plain_are_not_shared() -> None:
         assert patches.apply().listener_contexts(contexts) is contexts  # copied as before
 
 
-def test_the_fence_shares_them_only_where_its_copy_is_applied(
+def test_the_fence_shares_them_only_where_both_entries_are_applied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     contexts = _server_contexts()
+    assert {"context-copy", "shared-contexts"} <= patches.apply().applied
     assert type(patches.apply().listener_contexts(contexts)) is SharedContexts
-    monkeypatch.setenv(patches.PATCHES_OFF, "context-copy")
-    assert patches.apply().listener_contexts(contexts) is contexts
-    monkeypatch.undo()
-    entry = next(p for p in patches.PATCHES if p.name == "context-copy")
+    for off in ("context-copy", "shared-contexts"):
+        monkeypatch.setenv(patches.PATCHES_OFF, off)
+        assert patches.apply().listener_contexts(contexts) is contexts
+        monkeypatch.undo()
+    entry = next(p for p in patches.PATCHES if p.name == "shared-contexts")
     digest = patches.source_digest
     # (negotiate_unrestricted, the third reader, is also pinned by its source for
     # transfer-syntax-refusal, which is required: a change to it stops the start instead)
     for target in ("ServiceUser.supported_contexts.fset", "ServiceUser.supported_contexts.fget",
                    "ServiceUser.get_contexts", "ACSE._negotiate_as_acceptor",
                    "presentation:negotiate_as_acceptor"):
-        # a release whose way to the readers, or whose readers, might change the contexts
+        # a release whose readers, or whose way to them, might change the contexts: they
+        # are copied for each association again (context-copy stays)
         site = next(s for s in entry.sites if s.target.endswith(target))
         changed = patches.resolve(site.target)
         monkeypatch.setattr(patches, "source_digest", lambda obj, changed=changed: (
             "0" * 16 if obj is changed else digest(obj)))
         fence = patches.apply()
-        assert "context-copy" in fence.skipped, target
+        assert "shared-contexts" in fence.skipped and "context-copy" in fence.applied, target
         assert fence.listener_contexts(contexts) is contexts
         monkeypatch.undo()
-    assert "context-copy" in patches.apply().applied
+    assert "shared-contexts" in patches.apply().applied
 
 
 def test_a_live_association_negotiates_against_the_shared_contexts(tmp_path: Path) -> None:
