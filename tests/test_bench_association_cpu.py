@@ -1,5 +1,6 @@
 """The per-association CPU benchmark still runs against MIMIC: a store, an echo and a find
-per association, each checked (the count stored, the studies found). Figures belong to
+per association, each checked (the count stored, the studies found), and beside it a stock
+pynetdicom AE (``bench/bare_pynetdicom.py``), which has no C-FIND. Figures belong to
 ``bench/`` runs, never to a test."""
 
 from __future__ import annotations
@@ -30,3 +31,35 @@ def test_association_cpu_benchmark_runs(tmp_path: Path) -> None:
         ("mimic-embedded", kind) for kind in ("store", "echo", "find")}
     assert all(r["wall_ms"] > 0 for r in result["runs"])
     assert set(result["median_cpu_ms"]["mimic-embedded"]) == {"store", "echo", "find"}
+
+
+def test_stock_pynetdicom_is_a_receiver_for_echo_and_store(tmp_path: Path) -> None:
+    out = tmp_path / "association_cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "association_cpu.py"), "--rounds", "1",
+         "--associations", "2", "--receivers", "pynetdicom", "--output", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # the C-STOREs' count was checked by the benchmark (it exits non-zero on a shortfall)
+    assert {(r["receiver"], r["kind"]) for r in result["runs"]} == {
+        ("pynetdicom", "store"), ("pynetdicom", "echo")}
+    assert all(r["cpu_ms"] >= 0 and r["wall_ms"] > 0 for r in result["runs"])
+
+
+def test_over_plain_tcp_mimic_is_not_asked_for_a_c_find(tmp_path: Path) -> None:
+    """Over plain TCP MIMIC's access policy grants no C-FIND (a refusal tested in the
+    archive's own tests): the benchmark says so and measures the rest."""
+    out = tmp_path / "association_cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "association_cpu.py"), "--rounds", "1",
+         "--associations", "2", "--receivers", "mimic-embedded", "--plain",
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "find: not measured for MIMIC over plain TCP" in done.stderr
+    result = json.loads(out.read_text())
+    assert result["tls"] is False
+    assert {r["kind"] for r in result["runs"]} == {"store", "echo"}
