@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,15 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.dcmtk
 
 
-def test_association_cpu_benchmark_runs(tmp_path: Path) -> None:
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One round of the benchmark with ``args``: the finished process and its JSON result."""
     out = tmp_path / "association_cpu.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "association_cpu.py"), "--rounds", "1",
-         "--associations", "3", "--receivers", "mimic-embedded", "--output", str(out)],
+         *args, "--output", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return done, json.loads(out.read_text())
+
+
+def test_association_cpu_benchmark_runs(tmp_path: Path) -> None:
+    _, result = _run(tmp_path, "--associations", "3", "--receivers", "mimic-embedded")
     assert result["tls"] is True and result["associations"] == 3
     assert {(r["receiver"], r["kind"]) for r in result["runs"]} == {
         ("mimic-embedded", kind) for kind in ("store", "echo", "find")}
@@ -34,14 +40,7 @@ def test_association_cpu_benchmark_runs(tmp_path: Path) -> None:
 
 
 def test_stock_pynetdicom_is_a_receiver_for_echo_and_store(tmp_path: Path) -> None:
-    out = tmp_path / "association_cpu.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "association_cpu.py"), "--rounds", "1",
-         "--associations", "2", "--receivers", "pynetdicom", "--output", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    _, result = _run(tmp_path, "--associations", "2", "--receivers", "pynetdicom")
     # the C-STOREs' count was checked by the benchmark (it exits non-zero on a shortfall)
     assert {(r["receiver"], r["kind"]) for r in result["runs"]} == {
         ("pynetdicom", "store"), ("pynetdicom", "echo")}
@@ -51,15 +50,8 @@ def test_stock_pynetdicom_is_a_receiver_for_echo_and_store(tmp_path: Path) -> No
 def test_over_plain_tcp_mimic_is_not_asked_for_a_c_find(tmp_path: Path) -> None:
     """Over plain TCP MIMIC's access policy grants no C-FIND (a refusal tested in the
     archive's own tests): the benchmark says so and measures the rest."""
-    out = tmp_path / "association_cpu.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "association_cpu.py"), "--rounds", "1",
-         "--associations", "2", "--receivers", "mimic-embedded", "--plain",
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, result = _run(tmp_path, "--associations", "2", "--receivers", "mimic-embedded",
+                        "--plain")
     assert "find: not measured for MIMIC over plain TCP" in done.stderr
-    result = json.loads(out.read_text())
     assert result["tls"] is False
     assert {r["kind"] for r in result["runs"]} == {"store", "echo"}
