@@ -15,9 +15,10 @@ plain TCP), after three of the same kind to warm it up, reading the receiver's C
 
 ``storescp`` takes part in ``store`` and ``echo`` (it has no C-FIND), as the floor of what a
 C++ server spends; so does ``pynetdicom`` (``bench/bare_pynetdicom.py``: a stock pynetdicom
-AE, none of MIMIC's changes to it nor its work), the part of MIMIC's figure that is
-pynetdicom's own. CPU is counted in the kernel's ticks (10 ms), so a kind's figure is only
-as exact as its associations are many: 100 (the default) put it within a few per cent.
+AE, none of MIMIC's changes to it nor its work), what an association costs a Python server
+built on the same library as it comes. CPU is counted in the kernel's ticks (10 ms), so a
+kind's figure is only as exact as its associations are many: 100 (the default) put it within
+a few per cent.
 
     .venv/bin/python bench/association_cpu.py                  # 3 rounds, about 3 minutes
     .venv/bin/python bench/association_cpu.py --rounds 1 --associations 40 \\
