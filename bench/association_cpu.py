@@ -44,7 +44,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import receivers  # noqa: E402
-from bench.bare_pynetdicom import BarePynetdicom  # noqa: E402
 from bench.compare import available_receivers, git_commit, tree_cpu_seconds  # noqa: E402
 from bench.store_throughput import (  # noqa: E402
     HOST,
@@ -115,9 +114,7 @@ def run_round(labels: list[str], kinds: list[str], count: int, files: list[Path]
     runs = []
     order = labels[round_no % len(labels):] + labels[:round_no % len(labels)]
     for label in order:
-        server = (BarePynetdicom(work / f"r{round_no}" / label, pki) if label == "pynetdicom"
-                  else receivers.make_receiver(label, work / f"r{round_no}" / label, pki,
-                                               postgres))
+        server = receivers.make_receiver(label, work / f"r{round_no}" / label, pki, postgres)
         if label.startswith("orthanc"):
             server.extra_config = {"DicomAlwaysAllowFind": True}  # type: ignore[attr-defined]
         server.start()

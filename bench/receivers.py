@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.bare_pynetdicom import BarePynetdicom
 from bench.store_throughput import (
     HOST,
     ROOT,
@@ -356,5 +357,7 @@ RECEIVERS: dict[str, type[Server]] = {
 def make_receiver(label: str, workdir: Path, pki: Pki | None, postgres: str) -> Server:
     if label == "storescp":
         return StorescpServer(workdir, pki)
+    if label == BarePynetdicom.label:  # a reference per association (association_cpu.py)
+        return BarePynetdicom(workdir, pki)
     cls = RECEIVERS[label]
     return cls(workdir, pki, postgres)  # type: ignore[call-arg]
