@@ -25,6 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 
 from mimic_server import patches
+from mimic_server.backends import index_answers, open_object_store, store_answers
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.trust import TrustIndex
@@ -54,13 +55,10 @@ from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
-    index_answers,
     load_policy_file,
     open_audit_trail,
     open_index,
-    open_object_store,
     open_token_validator,
-    store_answers,
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog

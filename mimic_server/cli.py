@@ -417,9 +417,10 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -
     every indexed object.
     """
     from mimic_server import logs
+    from mimic_server.backends import open_object_store
     from mimic_server.errors import OutOfResources
     from mimic_server.reconcile import reconcile as run
-    from mimic_server.resources import open_audit_trail, open_index, open_object_store
+    from mimic_server.resources import open_audit_trail, open_index
     from mimic_server.security.audit import AuditLog
 
     settings = _settings(**options)

@@ -1,5 +1,6 @@
-"""What both composition roots open from the settings: the index, the object store, the
-audit trail, the OIDC token validator and the policy file.
+"""What both composition roots open from the settings: the index, the audit trail, the OIDC
+token validator and the policy file (the index's engine and the object store are opened by
+:mod:`mimic_server.backends`, which ``mimic serve``'s supervisor uses too).
 
 ``mimic serve`` (app.py) and ``mimic web`` (webapp.py) are two front doors of one archive:
 they must open the same index, the same objects, the same trail and the same rules, the
@@ -14,13 +15,11 @@ import ssl
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
+from mimic_server.backends import open_index_engine
 from mimic_server.certs import CertBundle
 from mimic_server.config import Settings
-from mimic_server.errors import ConfigurationError, OutOfResources
-from mimic_server.index import schema
-from mimic_server.index.engine import answers, create_index_engine
+from mimic_server.errors import ConfigurationError
 from mimic_server.index.repository import SqlIndex
 from mimic_server.net.tls import destination_context
 from mimic_server.security.audit import AuditLog, AuditSink
@@ -29,9 +28,6 @@ from mimic_server.security.grants import RuleError
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.tokens import TokenValidator
-from mimic_server.storage import ObjectStore
-from mimic_server.storage.filesystem import FilesystemStore
-from mimic_server.storage.fs_journal import without_journal
 
 log = logging.getLogger(__name__)
 
@@ -88,101 +84,19 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
     ).start()
 
 
-def store_answers(store: ObjectStore) -> str:
-    """The readiness check of the object store (the archive's and the supervisor's)."""
-    store.check()
-    return "answers"
-
-
-def index_answers(engine: Engine) -> str:
-    """The readiness check of the index (the archive's and the supervisor's)."""
-    try:
-        answers(engine)
-    except SQLAlchemyError as exc:
-        cause = type(getattr(exc, "orig", None) or exc).__name__
-        raise OutOfResources(f"index does not answer ({cause})") from exc
-    return f"{engine.dialect.name} answers"
-
-
 def open_index(
     settings: Settings, credential: Any = None, schema_revision: str | None = None
 ) -> tuple[Engine, SqlIndex]:
-    """The index the settings name: SQLite is migrated in place, PostgreSQL must be current;
-    with ``schema_revision`` (a worker of ``mimic serve``, whose supervisor did either) the
-    schema must be at that revision.
+    """The index the settings name (:func:`~mimic_server.backends.open_index_engine`: SQLite
+    migrated in place, PostgreSQL current, or at ``schema_revision`` in a worker of ``mimic
+    serve``) with the archive's repository on it.
 
-    Shared by the server and by maintenance commands (``mimic reconcile``). ``credential``
-    logs in to PostgreSQL with Microsoft Entra tokens (``MIMIC_DATABASE_AUTH=entra``); when
-    it is needed and not given, a DefaultAzureCredential is made here.
+    Shared by the server and by maintenance commands (``mimic reconcile``).
     """
-    if credential is None and settings.database_auth == "entra":
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    engine = create_index_engine(settings.index_url, credential)
-    try:
-        if schema_revision is not None:
-            schema.require_revision(engine, schema_revision)
-        elif engine.dialect.name == "sqlite":
-            schema.upgrade(engine)  # embedded mode: zero configuration
-        else:
-            schema.require_current(engine)
-    except ConfigurationError:
-        engine.dispose()
-        raise
-    except Exception as exc:
-        engine.dispose()
-        raise ConfigurationError(f"index database unusable: {exc}") from exc
+    engine = open_index_engine(settings, credential, schema_revision)
     return engine, SqlIndex(engine, group_commit=settings.group_commit,
                             max_batch=settings.group_commit_max,
                             in_flight=settings.group_commit_in_flight)
-
-
-def open_object_store(settings: Settings, credential: Any = None,
-                      warn: bool = True) -> ObjectStore:
-    """Blob Storage when an account URL or connection string is set, else files.
-
-    ``credential`` signs Blob requests when there is no connection string; when it is needed
-    and not given, a DefaultAzureCredential is made here (maintenance commands). ``warn``:
-    say so when the object directory's file system needs a check after a crash (once per
-    server: the supervisor says it, not each worker)."""
-    if settings.uses_blob_storage:
-        return _blob_store(settings, credential)
-    try:
-        store = FilesystemStore(settings.objects_dir)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"object directory {settings.objects_dir} unusable: {exc}"
-        ) from exc
-    if warn and without_journal(settings.objects_dir):
-        log.warning("the object directory is on ext4 without a journal: after a crash or a "
-                    "power loss, run e2fsck on it before the server starts, or objects "
-                    "acknowledged just before the crash can be lost",
-                    extra={"objects": str(settings.objects_dir)})
-    return store
-
-
-def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
-    # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
-    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
-
-    if settings.blob_connection_string:
-        credential = None
-    elif credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    service = blob_service_client(
-        account_url=settings.blob_account_url,
-        credential=credential,
-        connection_string=settings.blob_connection_string,
-        retries=settings.blob_retries,
-        timeout=settings.blob_timeout,
-        connections=settings.blob_connections or settings.max_associations,
-    )
-    return AzureBlobStore(
-        service, settings.blob_container, create_container=settings.blob_create_container
-    )
 
 
 def open_token_validator(settings: Settings) -> TokenValidator | None:

@@ -33,6 +33,7 @@ from starlette.routing import Mount, Route
 from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead of restarting
 
 from mimic_server.archive.ingest import Ingest
+from mimic_server.backends import open_object_store
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
@@ -47,7 +48,6 @@ from mimic_server.resources import (
     oidc_validator,
     open_audit_trail,
     open_index,
-    open_object_store,
     open_token_validator,
 )
 from mimic_server.security import audit

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mimic_server.index.attributes import InstanceAttributes
+if TYPE_CHECKING:  # not at run time: the index's schema and engine must not import pydicom
+    from mimic_server.index.attributes import InstanceAttributes
 
-__all__ = ["Index", "InstanceAttributes", "StoredInstance"]
+__all__ = ["Index", "StoredInstance"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,6 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from mimic_server import logs
 from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
@@ -157,12 +156,13 @@ class Supervisor:
         # spends its first seconds importing the DICOM stack, which this overlaps.
         for slot in self.slots:
             self._spawn(slot, release=False)
+        # The engine and the store alone (mimic_server.backends): the supervisor imports
+        # neither the DICOM stack nor the archive, which would stay in its memory for good.
+        from mimic_server.backends import open_index_engine, open_object_store
         from mimic_server.index import schema
-        from mimic_server.resources import open_index, open_object_store
 
-        logs.silence_libraries()  # imported with the index: pydicom reset its level
         self._first_start()
-        self._engine, _ = open_index(s)  # migrated (SQLite) or checked (PostgreSQL), once
+        self._engine = open_index_engine(s)  # migrated (SQLite) or checked (PostgreSQL), once
         self._schema_revision = schema.current_revision(self._engine)
         self._store = open_object_store(s)  # the blob container created once
         for slot in self.slots:
@@ -328,12 +328,12 @@ class Supervisor:
     def _index_answers(self) -> str:
         # Imported here: the ops endpoints are built before the workers start, and the
         # supervisor imports the index only once they have (``_start``).
-        from mimic_server.resources import index_answers
+        from mimic_server.backends import index_answers
 
         return index_answers(self._engine)
 
     def _store_answers(self) -> str:
-        from mimic_server.resources import store_answers
+        from mimic_server.backends import store_answers
 
         return store_answers(self._store)
 

@@ -68,7 +68,7 @@ def test_connections_must_be_positive() -> None:
 
 def test_pool_size_defaults_to_max_associations(monkeypatch: pytest.MonkeyPatch) -> None:
     """``MIMIC_BLOB_CONNECTIONS`` unset: one connection per association the server allows."""
-    from mimic_server import resources
+    from mimic_server import backends
 
     seen: list[int] = []
 
@@ -82,7 +82,7 @@ def test_pool_size_defaults_to_max_associations(monkeypatch: pytest.MonkeyPatch)
         (Settings(blob_connection_string="x", max_associations=7, blob_connections=50), 50),
     ):
         with pytest.raises(RuntimeError, match="stop here"):
-            resources._blob_store(settings)
+            backends._blob_store(settings)
         assert seen.pop() == expected
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mimic_server.backends import open_object_store
 from mimic_server.config import Settings
-from mimic_server.resources import open_object_store
 from mimic_server.storage.fs_journal import without_journal
 
 
@@ -99,9 +99,9 @@ def test_the_server_says_so_at_start_without_patient_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     bare: bool,
 ) -> None:
-    monkeypatch.setattr("mimic_server.resources.without_journal", lambda directory: bare)
+    monkeypatch.setattr("mimic_server.backends.without_journal", lambda directory: bare)
     settings = Settings(data_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mimic_server.resources"):
+    with caplog.at_level(logging.WARNING, logger="mimic_server.backends"):
         open_object_store(settings).close()  # type: ignore[attr-defined]
         open_object_store(settings, warn=False).close()  # type: ignore[attr-defined]
     warnings = [r for r in caplog.records if "without a journal" in r.getMessage()]

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Connection, event, make_url, select, text
 from sqlalchemy.exc import DataError, DBAPIError
 
+from mimic_server.backends import index_answers
 from mimic_server.dimse.store import handle_store
 from mimic_server.errors import OutOfResources
 from mimic_server.index import engine as engine_module
@@ -39,7 +40,6 @@ from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
-from mimic_server.resources import index_answers
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.audit_records import Archive
 from mimic_server.security.policy import Policy

@@ -35,6 +35,29 @@ def test_the_supervisor_does_not_import_the_dicom_stack_before_its_workers_start
     assert not {"pynetdicom", "pydicom", "sqlalchemy", "alembic", "mimic_server.app"} & modules
 
 
+def test_the_supervisor_never_imports_the_dicom_stack(tmp_path: Path) -> None:
+    # What it holds for its lifetime once its workers serve: the schema migrated (Alembic,
+    # its scripts), the object store opened, the readiness checks run. pydicom (with numpy
+    # and the pixel plugins it loads) had come in with the index package, some 30 MB.
+    modules = _imported(
+        "import mimic_server.cli, mimic_server.workers.supervisor\n"
+        "from mimic_server.backends import (index_answers, open_index_engine,\n"
+        "    open_object_store, store_answers)\n"
+        "from mimic_server.config import Settings\n"
+        "from mimic_server.index import schema\n"
+        f"s = Settings(data_dir={str(tmp_path)!r})\n"
+        "engine = open_index_engine(s)\n"
+        "assert schema.current_revision(engine) == schema.head_revision()\n"
+        "store = open_object_store(s)\n"
+        "assert index_answers(engine) == 'sqlite answers'\n"
+        "assert store_answers(store) == 'answers'\n"
+        "store.close(); engine.dispose()"
+    )
+    assert {"sqlalchemy", "alembic", "mimic_server.backends"} <= modules
+    assert not {"pynetdicom", "pydicom", "numpy", "mimic_server.app",
+                "mimic_server.resources", "mimic_server.index.repository"} & modules
+
+
 def test_a_worker_imports_neither_alembic_nor_hashes_a_passcode() -> None:
     modules = _imported(
         "import mimic_server.app\n"

@@ -1,0 +1,124 @@
+"""The index's engine and the object store, opened from the settings, and their readiness
+checks: what ``mimic serve``'s supervisor needs of them, apart from what an archive needs.
+
+The supervisor migrates (SQLite) or checks (PostgreSQL) the index once, creates the blob
+container once, and answers the readiness probe for the whole server; it never serves a
+C-STORE. Opening them here, on SQLAlchemy and the storage classes alone, keeps the DICOM
+stack (pydicom, numpy, the pixel plugins) and the archive's own modules out of that
+long-lived process: they were some 50 MB of its resident memory, held for its lifetime, in
+a container whose memory limit counts every process. :mod:`mimic_server.resources` builds
+the archive's index on the engine opened here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError, OutOfResources
+from mimic_server.index import schema
+from mimic_server.index.engine import answers, create_index_engine
+from mimic_server.storage import ObjectStore
+from mimic_server.storage.filesystem import FilesystemStore
+from mimic_server.storage.fs_journal import without_journal
+
+log = logging.getLogger(__name__)
+
+
+def store_answers(store: ObjectStore) -> str:
+    """The readiness check of the object store (the archive's and the supervisor's)."""
+    store.check()
+    return "answers"
+
+
+def index_answers(engine: Engine) -> str:
+    """The readiness check of the index (the archive's and the supervisor's)."""
+    try:
+        answers(engine)
+    except SQLAlchemyError as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise OutOfResources(f"index does not answer ({cause})") from exc
+    return f"{engine.dialect.name} answers"
+
+
+def open_index_engine(
+    settings: Settings, credential: Any = None, schema_revision: str | None = None
+) -> Engine:
+    """The engine of the index the settings name: SQLite is migrated in place, PostgreSQL
+    must be current; with ``schema_revision`` (a worker of ``mimic serve``, whose supervisor
+    did either) the schema must be at that revision.
+
+    ``credential`` logs in to PostgreSQL with Microsoft Entra tokens
+    (``MIMIC_DATABASE_AUTH=entra``); when it is needed and not given, a
+    DefaultAzureCredential is made here.
+    """
+    if credential is None and settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    engine = create_index_engine(settings.index_url, credential)
+    try:
+        if schema_revision is not None:
+            schema.require_revision(engine, schema_revision)
+        elif engine.dialect.name == "sqlite":
+            schema.upgrade(engine)  # embedded mode: zero configuration
+        else:
+            schema.require_current(engine)
+    except ConfigurationError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise ConfigurationError(f"index database unusable: {exc}") from exc
+    return engine
+
+
+def open_object_store(settings: Settings, credential: Any = None,
+                      warn: bool = True) -> ObjectStore:
+    """Blob Storage when an account URL or connection string is set, else files.
+
+    ``credential`` signs Blob requests when there is no connection string; when it is needed
+    and not given, a DefaultAzureCredential is made here (maintenance commands). ``warn``:
+    say so when the object directory's file system needs a check after a crash (once per
+    server: the supervisor says it, not each worker)."""
+    if settings.uses_blob_storage:
+        return _blob_store(settings, credential)
+    try:
+        store = FilesystemStore(settings.objects_dir)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"object directory {settings.objects_dir} unusable: {exc}"
+        ) from exc
+    if warn and without_journal(settings.objects_dir):
+        log.warning("the object directory is on ext4 without a journal: after a crash or a "
+                    "power loss, run e2fsck on it before the server starts, or objects "
+                    "acknowledged just before the crash can be lost",
+                    extra={"objects": str(settings.objects_dir)})
+    return store
+
+
+def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
+    # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
+    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
+
+    if settings.blob_connection_string:
+        credential = None
+    elif credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    service = blob_service_client(
+        account_url=settings.blob_account_url,
+        credential=credential,
+        connection_string=settings.blob_connection_string,
+        retries=settings.blob_retries,
+        timeout=settings.blob_timeout,
+        connections=settings.blob_connections or settings.max_associations,
+    )
+    return AzureBlobStore(
+        service, settings.blob_container, create_container=settings.blob_create_container
+    )
