@@ -5,9 +5,9 @@ The supervisor migrates (SQLite) or checks (PostgreSQL) the index once, creates 
 container once, and answers the readiness probe for the whole server; it never serves a
 C-STORE. Opening them here, on SQLAlchemy and the storage classes alone, keeps the DICOM
 stack (pydicom, numpy, the pixel plugins) and the archive's own modules out of that
-long-lived process: they were some 50 MB of its resident memory, held for its lifetime, in
-a container whose memory limit counts every process. :mod:`mimic_server.resources` builds
-the archive's index on the engine opened here.
+long-lived process: they were 34 MB of its resident memory (122 MB against 88), held for
+its lifetime, in a container whose memory limit counts every process.
+:mod:`mimic_server.resources` builds the archive's index on the engine opened here.
 """
 
 from __future__ import annotations

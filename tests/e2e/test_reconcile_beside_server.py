@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from mimic_server.app import open_object_store
+from mimic_server.backends import open_object_store
 from mimic_server.config import Settings
 from tests.data import ct_copy
 from tests.support import MimicProcess, dcmtk_tls
