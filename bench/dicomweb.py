@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.find_latency import load, percentiles
 from bench.idle_cpu import cpu_seconds
 from mimic_server.config import Settings
-from mimic_server.webapp import web_worker_count
+from mimic_server.web.parent import web_worker_count
 from tests import database
 from tests.conftest import migrate
 from tests.oidc_double import OidcIssuerDouble

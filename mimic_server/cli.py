@@ -230,7 +230,7 @@ def web(**options: Any) -> None:
     """Run DICOMweb (/dicomweb) and the operator console (/) until SIGTERM or SIGINT."""
     from mimic_server import logs
     from mimic_server.signals import SignalInbox
-    from mimic_server.webapp import WebArchive, run_workers, web_worker_count
+    from mimic_server.web.parent import run_workers, web_worker_count
 
     settings = _settings(**options)
     logs.configure(settings.log_level, settings.log_format)
@@ -243,6 +243,8 @@ def web(**options: Any) -> None:
         except ConfigurationError as exc:
             _fail(str(exc))
         return
+    from mimic_server.webapp import WebArchive  # a single process: the app is built here
+
     archive = WebArchive(settings)
     try:
         archive.start()
