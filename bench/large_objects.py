@@ -11,11 +11,12 @@ pieces). The targets (issue 12): the server's peak below 400 MB for both.
 The server is a supervisor and its workers, whose pages are partly shared (the interpreter,
 the libraries), so its memory is read from each process's ``/proc/<pid>/smaps_rollup``
 every :data:`SAMPLE_EVERY` seconds during the transfer, the largest kept (:class:`Memory`):
-the private pages of every process and the shared ones once, what the target is read
-against, beside the summed RSS, a bound above. A spike shorter than the sampling interval
-can be missed; the spooled data set's buffers grow and shrink with the transfer, not in
-spikes. ``VmHWM`` summed (each process's peak, reset before the transfer) is printed too:
-above even the summed RSS, as the peaks need not coincide.
+the private pages of every process and the shared ones once (checked against the kernel's
+page frames), what the target is read against, beside the summed RSS, a bound above. A
+spike shorter than the sampling interval can be missed; the spooled data set's buffers grow
+and shrink with the transfer, not in spikes. ``VmHWM`` summed (each process's peak, reset
+before the transfer) is printed too: above even the summed RSS, as the peaks need not
+coincide.
 
     .venv/bin/python bench/large_objects.py [--size-mib 1024] [--count 4] [--no-get] [--whole]
 """
@@ -81,14 +82,15 @@ _ROLLUP = ("Rss", "Private_Clean", "Private_Dirty", "Shared_Clean", "Shared_Dirt
 class Memory:
     """The server's resident memory in bytes, summed over its processes, two ways.
 
-    ``unique``: the private pages of every process, and the shared pages once: those of the
-    process that maps most (a worker). This is the server's memory, and what a container's
-    limit counts of it: its processes are started afresh, not forked, so they share no data
-    page, only the pages of the files they map (the interpreter, the libraries), and the
-    workers map the same ones, the supervisor fewer. ``rss``: every process's RSS, the
-    shared pages once per process: a bound above. (The PSS, which splits each shared page
-    between every process of the machine that maps it, the benchmark's own included, read
-    below ``unique``.)"""
+    ``unique``: the private pages of every process, and the shared pages of the process that
+    maps most (a worker): the server's resident pages, each once. A bound below in general
+    (the shared pages of the others are not counted), exact when those are among the
+    largest's: the processes are started afresh, not forked, so they share no data page,
+    only the pages of the files they map (the interpreter, the libraries), and the workers
+    map the same ones, the supervisor fewer. ``rss``: every process's RSS, the shared pages
+    once per process: a bound above. (The PSS, which splits each shared page between every
+    process of the machine that maps it, the benchmark's own included, read below
+    ``unique``.) Neither counts the page cache of the objects written."""
 
     unique: int = 0
     rss: int = 0
@@ -153,9 +155,14 @@ class PeakMemory:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         self._done.set()
         self._thread.join()
+        if kind is not None:  # the transfer's own error is the one to see
+            if self._error is not None:
+                print(f"sampling the server's memory failed too: {self._error!r}",
+                      file=sys.stderr)
+            return
         if self._error is not None:
             raise RuntimeError("sampling the server's memory failed") from self._error
         self._take()

@@ -88,7 +88,7 @@ class WebArchive:
     ) -> None:
         """``object_store`` and ``policy`` replace the configured ones (tests); ``console``
         is an ASGI app mounted at ``/`` (default: the operator console, when present);
-        ``schema_revision``: the one a parent process prepared (``open_index``)."""
+        ``schema_revision``: the one a parent process prepared (``web/parent.py``)."""
         self.settings = settings
         self._schema_revision = schema_revision
         self._object_store = object_store

@@ -31,9 +31,10 @@ def test_spooled_stores_and_a_streamed_get_are_measured(tmp_path: Path) -> None:
     figures = re.search(r"idle (\d+) MB \(summed RSS (\d+) MB\); during the C-STOREs peak "
                         r"(\d+) MB \(summed RSS (\d+) MB\); (\d+) samples", done.stdout)
     assert figures is not None, done.stdout
-    idle, idle_rss, peak, peak_rss, samples = (int(g) for g in figures.groups())
-    assert 0 < idle <= peak and idle <= idle_rss and peak <= peak_rss
-    assert samples >= 1
+    idle, idle_rss, peak, peak_rss, _ = (int(g) for g in figures.groups())
+    # two readings: pages may move between private and shared as other processes map the
+    # same libraries, so no order between idle and peak is asserted
+    assert 0 < idle <= idle_rss and 0 < peak <= peak_rss
 
 
 def test_one_process_is_its_rss_and_shared_pages_count_once() -> None:
@@ -58,7 +59,8 @@ def test_one_process_is_its_rss_and_shared_pages_count_once() -> None:
     assert alone.unique < family.unique < family.rss
 
 
-def test_a_sampler_that_fails_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sampler_that_fails_says_so(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     def broken(pid: int) -> large_objects.Memory:
         raise PermissionError("smaps_rollup")
 
@@ -66,3 +68,8 @@ def test_a_sampler_that_fails_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="sampling the server's memory failed"), \
             large_objects.PeakMemory(os.getpid()):
         pass
+    # the transfer's own failure is not hidden behind the sampler's
+    with pytest.raises(ConnectionError, match="the C-GET"), \
+            large_objects.PeakMemory(os.getpid()):
+        raise ConnectionError("the C-GET")
+    assert "sampling the server's memory failed too" in capsys.readouterr().err

@@ -64,19 +64,20 @@ def test_the_supervisor_never_imports_the_dicom_stack(tmp_path: Path) -> None:
 
 
 def test_the_web_parent_never_builds_the_app(tmp_path: Path) -> None:
-    # `mimic web` with workers: the parent's whole start (settings checked, index migrated,
-    # port bound, the workers' environment), uvicorn's supervisor left out. It had imported
-    # webapp.py, the app and the archive with it: 38 MB of its resident memory.
+    # `mimic web` with workers, through its command: the settings checked, the index
+    # migrated, the port bound, the workers' environment set; uvicorn's supervisor, which
+    # would spawn the workers, left out. The parent had imported webapp.py, the app and the
+    # archive with it: 38 MB of its resident memory.
     modules = _imported(
-        "import mimic_server.cli\n"
-        "from mimic_server.config import Settings\n"
-        "from mimic_server.web import parent, workers\n"
-        "workers.WebWorkers.run = lambda self: None\n"
-        f"settings = Settings(data_dir={str(tmp_path)!r}, web_auth='none', "
-        "web_host='127.0.0.1', web_port=0, web_roles={'Radiologist': ['find']})\n"
-        "assert parent.web_rule(settings) is not None\n"
-        "parent.run_workers(settings, {}, 2)\n"
         "import os\n"
+        "from mimic_server import cli\n"
+        "from mimic_server.web import parent, workers\n"
+        "ran = []\n"
+        "workers.WebWorkers.run = lambda self: ran.append(self.config.workers)\n"
+        f"cli.main(['web', '--data-dir', {str(tmp_path)!r}, '--web-auth', 'none',\n"
+        "          '--web-host', '127.0.0.1', '--web-port', '0', '--web-workers', '2',\n"
+        "          '--web-roles', '{\"Radiologist\": [\"find\"]}'], standalone_mode=False)\n"
+        "assert ran == [2]\n"
         "assert os.environ[parent.SCHEMA_REVISION_VARIABLE]"
     )
     assert {"sqlalchemy", "alembic", "uvicorn", "mimic_server.web.parent"} <= modules
