@@ -297,8 +297,6 @@ def associate(
     from pynetdicom import _config
     from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-    from mimic_server.net.requestor import keep_responses
-
     _config.STORE_SEND_CHUNKED_DATASET = True  # send files' bytes as they are
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
@@ -309,12 +307,7 @@ def associate(
         else:
             ae.add_requested_context(uid)
     tls = (ctx, "localhost") if ctx is not None else None
-    assoc = ae.associate(HOST, port, ae_title=called, tls_args=tls)
-    if assoc.is_established:
-        # Guarded here too, for the benchmarks that use it outside pytest (whose conftest
-        # guards every requestor): pynetdicom's own race drops a response now and then.
-        keep_responses(assoc)
-    return assoc
+    return ae.associate(HOST, port, ae_title=called, tls_args=tls)
 
 
 def association_request(
