@@ -245,6 +245,7 @@ def web(**options: Any) -> None:
         return
     from mimic_server.webapp import WebArchive  # a single process: the app is built here
 
+    logs.silence_libraries()  # pydicom, imported with the app, set its logger's level again
     archive = WebArchive(settings)
     try:
         archive.start()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 from mimic_server.logs import OWN_FIELDS, JsonFormatter
 
@@ -26,3 +29,22 @@ def test_an_extra_key_never_overwrites_the_lines_own_fields() -> None:
 
 def test_own_fields_are_the_ones_the_formatter_writes() -> None:
     assert set(_line()) == OWN_FIELDS - {"exception"}
+
+
+def test_a_single_mimic_web_leaves_the_dicom_libraries_silent(tmp_path: Path) -> None:
+    # pydicom sets its logger's level when it is imported, and it logs values of data sets
+    # (patient data) at WARNING; `mimic web` of one process imports the app, and pydicom with
+    # it, after its logging is set up, so it silences the libraries again. Run for real on
+    # an ephemeral port, stopped as by SIGTERM once it serves.
+    code = (
+        "import logging, signal\n"
+        "from mimic_server import cli, signals\n"
+        "signals.SignalInbox.wait = lambda self, timeout=None: [signal.SIGTERM]\n"
+        f"cli.main(['web', '--data-dir', {str(tmp_path)!r}, '--web-auth', 'none',\n"
+        "          '--web-host', '127.0.0.1', '--web-port', '0', '--web-workers', '1'],\n"
+        "         standalone_mode=False)\n"
+        "print(logging.getLogger('pydicom').level, logging.getLogger('pynetdicom').level)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert run.stdout.split() == [str(logging.CRITICAL)] * 2, run.stderr[-2000:]
