@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,11 @@ def _imported(code: str) -> set[str]:
     return set(run.stdout.split())
 
 
+#: What a supervisor or parent of workers, which serves no DICOM and builds no app, must
+#: never hold: the DICOM stack (numpy comes with pydicom) and the archive's openers.
+THE_ARCHIVE = frozenset({"pynetdicom", "pydicom", "numpy", "mimic_server.resources"})
+
+
 def test_the_supervisor_does_not_import_the_dicom_stack_before_its_workers_start() -> None:
     # What `mimic serve` has imported when it spawns its workers: the command line, the
     # supervisor (its ops endpoints included).
@@ -41,26 +47,25 @@ def test_the_supervisor_never_imports_the_dicom_stack(tmp_path: Path) -> None:
     # processes left out, then the readiness checks it answers for the server. Through
     # resources.py and the index package it had imported pydicom (with numpy and the pixel
     # plugins) and the archive's modules: 34 MB of its resident memory.
-    modules = _imported(
-        "import types\n"
-        "import mimic_server.cli\n"
-        "from mimic_server.config import Settings\n"
-        "from mimic_server.workers.supervisor import Supervisor\n"
-        "Supervisor._spawn = lambda self, slot, release=True: setattr(\n"
-        "    slot, 'run', types.SimpleNamespace(pidfd=None, go_fd=None))\n"
-        "Supervisor._release = lambda self, run: None\n"
-        "Supervisor._await_ready = lambda self, slots: None\n"
-        f"supervisor = Supervisor(Settings(data_dir={str(tmp_path)!r}, port=0, ops_port=0), "
-        "{}, 2)\n"
-        "supervisor._start()\n"
-        "assert supervisor.first_start is not None\n"
-        "assert supervisor._index_answers() == 'sqlite answers'\n"
-        "assert supervisor._store_answers() == 'answers'\n"
-        "supervisor._close()"
-    )
+    modules = _imported(textwrap.dedent(f"""
+        import types
+        import mimic_server.cli
+        from mimic_server.config import Settings
+        from mimic_server.workers.supervisor import Supervisor
+        Supervisor._spawn = lambda self, slot, release=True: setattr(
+            slot, "run", types.SimpleNamespace(pidfd=None, go_fd=None))
+        Supervisor._release = lambda self, run: None
+        Supervisor._await_ready = lambda self, slots: None
+        settings = Settings(data_dir={str(tmp_path)!r}, port=0, ops_port=0)
+        supervisor = Supervisor(settings, {{}}, 2)
+        supervisor._start()
+        assert supervisor.first_start is not None
+        assert supervisor._index_answers() == "sqlite answers"
+        assert supervisor._store_answers() == "answers"
+        supervisor._close()
+    """))
     assert {"sqlalchemy", "alembic", "cryptography", "mimic_server.backends"} <= modules
-    assert not {"pynetdicom", "pydicom", "numpy", "mimic_server.app",
-                "mimic_server.resources", "mimic_server.index.repository"} & modules
+    assert not (THE_ARCHIVE | {"mimic_server.app", "mimic_server.index.repository"}) & modules
 
 
 def test_the_web_parent_never_builds_the_app(tmp_path: Path) -> None:
@@ -68,21 +73,20 @@ def test_the_web_parent_never_builds_the_app(tmp_path: Path) -> None:
     # migrated, the port bound, the workers' environment set; uvicorn's supervisor, which
     # would spawn the workers, left out. The parent had imported webapp.py, the app and the
     # archive with it: 38 MB of its resident memory.
-    modules = _imported(
-        "import os\n"
-        "from mimic_server import cli\n"
-        "from mimic_server.web import parent, workers\n"
-        "ran = []\n"
-        "workers.WebWorkers.run = lambda self: ran.append(self.config.workers)\n"
-        f"cli.main(['web', '--data-dir', {str(tmp_path)!r}, '--web-auth', 'none',\n"
-        "          '--web-host', '127.0.0.1', '--web-port', '0', '--web-workers', '2',\n"
-        "          '--web-roles', '{\"Radiologist\": [\"find\"]}'], standalone_mode=False)\n"
-        "assert ran == [2]\n"
-        "assert os.environ[parent.SCHEMA_REVISION_VARIABLE]"
-    )
+    modules = _imported(textwrap.dedent(f"""
+        import os
+        from mimic_server import cli
+        from mimic_server.web import parent, workers
+        ran = []
+        workers.WebWorkers.run = lambda self: ran.append(self.config.workers)
+        cli.main(["web", "--data-dir", {str(tmp_path)!r}, "--web-auth", "none",
+                  "--web-host", "127.0.0.1", "--web-port", "0", "--web-workers", "2",
+                  "--web-roles", '{{"Radiologist": ["find"]}}'], standalone_mode=False)
+        assert ran == [2]
+        assert os.environ[parent.SCHEMA_REVISION_VARIABLE]
+    """))
     assert {"sqlalchemy", "alembic", "uvicorn", "mimic_server.web.parent"} <= modules
-    assert not {"pynetdicom", "pydicom", "numpy", "mimic_server.webapp",
-                "mimic_server.resources", "starlette.applications"} & modules
+    assert not (THE_ARCHIVE | {"mimic_server.webapp", "starlette.applications"}) & modules
 
 
 def test_a_worker_imports_neither_alembic_nor_hashes_a_passcode() -> None:
