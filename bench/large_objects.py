@@ -103,12 +103,18 @@ class Memory:
 
 
 def _memory(pid: int) -> Memory:
-    """The server's memory now (a process that has just exited counts 0)."""
+    """The server's memory now: ``pid`` and its descendants."""
+    return _memory_of(_family(pid))
+
+
+def _memory_of(pids: list[int]) -> Memory:
+    """The memory of these processes together. One that has exited (no file, or a zombie's
+    empty one) counts 0; any other failure to read one is raised, not taken for 0."""
     private = rss = shared_most = 0
-    for member in _family(pid):
+    for member in pids:
         try:
             text = Path(f"/proc/{member}/smaps_rollup").read_text()
-        except OSError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         kib = {}
         for line in text.splitlines()[1:]:

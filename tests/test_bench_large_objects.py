@@ -38,25 +38,28 @@ def test_spooled_stores_and_a_streamed_get_are_measured(tmp_path: Path) -> None:
 
 
 def test_one_process_is_its_rss_and_shared_pages_count_once() -> None:
-    # a parent (the supervisor's place) and its child (a worker's), the same interpreter
+    # a parent (the supervisor's place) and its child (a worker's), the same interpreter,
+    # both started before anything is read
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "child = subprocess.Popen([sys.executable, '-c',\n"
+        "    'import time; print(flush=True); time.sleep(60)'], stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
         assert sorted(large_objects._family(parent.pid)) == sorted([parent.pid, child])
-        alone = large_objects._memory(child)
-        family = large_objects._memory(parent.pid)
+        alone = large_objects._memory_of([child])
+        both = large_objects._memory_of([parent.pid, child])
     finally:
         for pid in large_objects._family(parent.pid):
             os.kill(pid, signal.SIGKILL)
         parent.wait()
     assert alone.unique == alone.rss > 0  # one process: its private and shared pages
     # two: the interpreter's pages they share count once, not once per process
-    assert alone.unique < family.unique < family.rss
+    assert both.rss > alone.rss and both.unique < both.rss
 
 
 def test_a_sampler_that_fails_says_so(monkeypatch: pytest.MonkeyPatch,
