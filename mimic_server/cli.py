@@ -228,13 +228,14 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
 @settings_options
 def web(**options: Any) -> None:
     """Run DICOMweb (/dicomweb) and the operator console (/) until SIGTERM or SIGINT."""
-    from mimic_server import logs
     from mimic_server.signals import SignalInbox
     from mimic_server.web.parent import run_workers, web_worker_count
 
     settings = _settings(**options)
-    logs.configure(settings.log_level, settings.log_format)
     count = web_worker_count(settings)
+    # as `serve`: a single process imports the app (pydicom with it) before its logging is
+    # set up; the parent of workers never imports it
+    _configure_logs(settings, None if count > 1 else "mimic_server.webapp")
     if count > 1:  # web/workers.py: one socket, uvicorn's supervisor, the app per worker
         try:
             given = {k: v for k, v in options.items() if v is not None}
@@ -243,9 +244,8 @@ def web(**options: Any) -> None:
         except ConfigurationError as exc:
             _fail(str(exc))
         return
-    from mimic_server.webapp import WebArchive  # a single process: the app is built here
+    from mimic_server.webapp import WebArchive  # imported already, by _configure_logs
 
-    logs.silence_libraries()  # pydicom, imported with the app, set its logger's level again
     archive = WebArchive(settings)
     try:
         archive.start()
