@@ -15,7 +15,8 @@ Every fragment is counted: past ``max_object_bytes`` what was received is droppe
 and the rest of the data set is read and discarded, so that a sender who finishes gets the
 C-STORE's failure status; one who keeps sending past ``OVERRUN_GRACE`` more is aborted.
 A data set of another message (an Identifier) larger than ``in_memory`` is not an
-Identifier: the association is aborted.
+Identifier: the association is aborted, and so is one whose command set grows past
+``MAX_COMMAND_SET`` (a real one is a few hundred bytes).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ IN_MEMORY = 8 * MiB
 OVERRUN_GRACE = 64 * MiB
 #: The size of the pieces a spooled data set is read back in.
 READ_CHUNK = MiB
+#: The largest command set received: a DIMSE command set is some 100-300 bytes (PS3.7
+#: section 9.3, 10.3); past this the peer is not sending one, and the association is aborted.
+MAX_COMMAND_SET = 64 * 1024
 #: Where a message assembled by :func:`_receive_store_fragments` keeps its decoded command.
 _STORE_COMMAND = "_mimic_store_command"
 
@@ -77,6 +81,28 @@ class SpoolStart:
 
     file_meta: bytes
     transfer_syntax: UID
+
+
+class ReceivingCommandSet(io.BytesIO):
+    """A message's command set as it arrives, pynetdicom's or :func:`_receive_store_fragments`'s
+    writes alike: past :data:`MAX_COMMAND_SET` bytes nothing more is kept and the
+    association is to be aborted (``abort_due``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.too_large = False
+        self.abort_due = False
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        count = len(data)
+        if self.too_large:
+            return count
+        if self.tell() + count > MAX_COMMAND_SET:
+            self.too_large = self.abort_due = True
+            self.seek(0)
+            self.truncate()
+            return count
+        return super().write(data)
 
 
 class ReceivingDataSet(io.BytesIO):
@@ -253,6 +279,7 @@ def receive_in_bounded_memory(
 
     def new_message() -> DIMSEMessage:
         message = DIMSEMessage()
+        message.encoded_command_set = ReceivingCommandSet()
         message.data_set = ReceivingDataSet(limits, message, start)
         dimse.message = message
         return message
@@ -260,6 +287,9 @@ def receive_in_bounded_memory(
     def receive_primitive(primitive: Any) -> None:
         message = dimse.message or new_message()
         data_set = message.data_set
+        command_set = message.encoded_command_set
+        if isinstance(command_set, ReceivingCommandSet) and command_set.too_large:
+            return  # its abort is on the way: nothing more of that message is decoded
         if store_requests:
             rest = _receive_store_fragments(dimse, primitive.presentation_data_value_list,
                                             new_message)
@@ -276,6 +306,10 @@ def receive_in_bounded_memory(
             data_set.abort_due = False
             log.warning("the peer keeps sending a data set beyond the size limit: aborting")
             dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+        if isinstance(command_set, ReceivingCommandSet) and command_set.abort_due:
+            command_set.abort_due = False
+            log.warning("a DIMSE command set exceeds %d bytes: aborting", MAX_COMMAND_SET)
+            dimse.dul.event_queue.put("Evt19")
 
     dimse.receive_primitive = receive_primitive
 
@@ -304,10 +338,13 @@ def _receive_store_fragments(
                 del message.__dict__[_STORE_COMMAND]  # and the rest of the message with it
                 return pdvs[index:]
             fragment = memoryview(data)[1:]
-            if not control & 2:
-                message.encoded_command_set.write(fragment)
+            command_set = message.encoded_command_set
+            if not control & 2 or command_set.tell() + len(fragment) > MAX_COMMAND_SET:
+                command_set.write(fragment)  # past the bound: flagged, the abort follows
                 continue
-            encoded = message.encoded_command_set.getvalue() + fragment
+            if getattr(command_set, "too_large", False):
+                continue  # the abort is on its way; nothing of this message is decoded
+            encoded = command_set.getvalue() + fragment
             command = decode_store_request(encoded)
             if command is None:
                 if _store_response_received(dimse, message, encoded, context_id):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.large_objects import write_large
-from tests.support import MimicProcess, dcmtk, dcmtk_tls, wait_for
+from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
 
 pytestmark = pytest.mark.dcmtk
 
@@ -158,3 +158,36 @@ def test_transfer_cut_off_leaves_no_spool_file(server: MimicProcess, tmp_path: P
         peer.wait()
     assert wait_for(lambda: _spool_files(server) == [])
     assert server.instance_count() == before
+
+
+def test_command_set_that_never_ends_is_aborted(server: MimicProcess) -> None:
+    """Command fragments never marked last: past 64 KiB the association is aborted, and
+    what was sent is not held (a real command set is a few hundred bytes)."""
+    assert server.proc is not None
+    tls = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, tls)
+    assert assoc.is_established
+    context_id = next(iter(assoc._accepted_cx))
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    payload = bytes(128 * 1024)
+    pdv = struct.pack(">IBB", len(payload) + 2, context_id, 0x01) + payload  # not the last
+    pdu = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    _reset_peak(server.proc.pid)
+    before = _status(server.proc.pid, "VmHWM")
+    sent = 0
+    try:
+        while sent < 64 * MiB:
+            sock.sendall(pdu)
+            sent += len(payload)
+    except OSError:
+        pass  # aborted by the server
+    finally:
+        sock.close()
+        assoc.dul.kill_dul()
+    assert sent < 64 * MiB, "the server kept reading an endless command set"
+    assert wait_for(lambda: any(
+        "command set exceeds" in e.get("message", "") for e in server.log_entries()))
+    assert _status(server.proc.pid, "VmHWM") - before < 32 * MiB
+    echo = dcmtk("echoscu", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
+                 "localhost", str(server.port))
+    assert echo.returncode == 0, echo.stderr

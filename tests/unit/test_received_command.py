@@ -26,7 +26,12 @@ from mimic_server.codec.command_set import (
     checked_uid_setter,
     decode_store_request,
 )
-from mimic_server.dimse.receiving import ReceiveLimits, ReceivingDataSet, receive_in_bounded_memory
+from mimic_server.dimse.receiving import (
+    MAX_COMMAND_SET,
+    ReceiveLimits,
+    ReceivingDataSet,
+    receive_in_bounded_memory,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -432,3 +437,32 @@ def test_a_store_request_after_an_echo_is_still_taken_here(tmp_path: Path) -> No
     assert [type(p) for _, p in ours] == [type(p) for _, p in theirs] == [C_ECHO, C_STORE]
     assert _fields(ours[1][1]) == _fields(theirs[1][1])
     assert isinstance(ours[1][1].AffectedSOPClassUID, CheckedUID)  # decoded here, not by pydicom
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_command_set_past_its_bound_aborts_once_and_is_not_kept(
+    tmp_path: Path, fast: bool
+) -> None:
+    """pynetdicom's path and MIMIC's alike: command fragments past 64 KiB are dropped, one
+    A-ABORT is asked for (Evt19), and nothing is delivered, even once one is marked last."""
+    assoc, seen = _acceptor(tmp_path, fast)
+    fragment = b"\x01" + bytes(16 * 1024)  # a command fragment, not the last
+    for _ in range(8):
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append([1, fragment])
+        assoc.dimse.receive_primitive(pdata)
+        assert assoc.dimse.message.encoded_command_set.tell() <= MAX_COMMAND_SET
+    last = P_DATA()
+    last.presentation_data_value_list.append([1, b"\x03" + bytes(100)])
+    assoc.dimse.receive_primitive(last)
+    assert _events(assoc) == ["Evt19"]
+    assert _received(assoc) == [] and seen == []
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_command_set_at_its_bound_is_taken(tmp_path: Path, fast: bool) -> None:
+    assoc, _seen = _acceptor(tmp_path, fast)
+    for pdata in _pdata(_store(), 16382):
+        assoc.dimse.receive_primitive(pdata)
+    assert _events(assoc) == []
+    assert len(_received(assoc)) == 1
