@@ -23,6 +23,13 @@ def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
 #: How much of a deflated dataset is inflated to read its header: enough for any header,
 #: and a bound on what a small, highly compressed upload can make us allocate.
 MAX_INFLATED_HEADER = 64 << 20
+#: The first inflation budget: each next one is four times larger, up to the bound; a header
+#: found whole in the first (the usual case) leaves the rest of the data set uninflated.
+_FIRST_INFLATED = 1 << 20
+#: The compressed input is handed to zlib this much at a time: what it is not yet asked to
+#: inflate it copies aside (``unconsumed_tail``), so a whole spooled data set would be
+#: copied once more.
+_DEFLATED_SLICE = 1 << 20
 
 
 #: A received header: scanned (the usual little endian header, ``codec/header_scan.py``),
@@ -69,17 +76,15 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
     implicit = transfer_syntax.is_implicit_VR if known else False
     little = transfer_syntax.is_little_endian if known else True
     try:
+        header: Header | None = None
+        source: io.RawIOBase | io.BytesIO
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            source: io.RawIOBase | io.BytesIO = io.BytesIO(
-                inflater.decompress(dataset, MAX_INFLATED_HEADER)
-            )
+            header, inflated = _inflated_header(dataset)
+            source = io.BytesIO(inflated)
         else:
             source = _MemoryReader(dataset)
-        header: Header | None = None
-        if little:
-            view = source.getbuffer() if isinstance(source, io.BytesIO) else dataset
-            header = scan_header(view, implicit)
+            if little:
+                header = scan_header(dataset, implicit)
         if header is None:
             source.seek(0)
             header = read_dataset(
@@ -97,6 +102,35 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
     if len(header) == 0:
         raise CannotUnderstand("dataset is empty")
     return header
+
+
+def _inflated_header(dataset: memoryview) -> tuple[ScannedHeader | None, bytes]:
+    """The scanned header of a deflated data set and what was inflated for it: as little
+    as finds the header whole (the scan reaching Pixel Data, or the data set's end), at
+    most ``MAX_INFLATED_HEADER``; the compressed input read a slice at a time."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    budget = _FIRST_INFLATED
+    position = 0
+    while True:
+        while len(inflated) < budget and not inflater.eof:
+            pending = inflater.unconsumed_tail
+            if not pending:
+                if position >= dataset.nbytes:
+                    break
+                pending = dataset[position : position + _DEFLATED_SLICE]
+                position += len(pending)
+            inflated += inflater.decompress(pending, budget - len(inflated))
+        ended = inflater.eof or (position >= dataset.nbytes and not inflater.unconsumed_tail)
+        with memoryview(inflated) as view:
+            scanned = scan_header_to(view, False)
+        # The scan stops short of the end only at Pixel Data (its 8-byte element header in
+        # full); anywhere else it stops at a cut element, a sign to inflate more.
+        if scanned is not None and (scanned[1] + 8 <= len(inflated) or ended):
+            return scanned[0], bytes(inflated)
+        if ended or budget >= MAX_INFLATED_HEADER:
+            return None, bytes(inflated)  # pydicom reads what there is, with its own rules
+        budget = min(budget * 4, MAX_INFLATED_HEADER)
 
 
 class _MemoryReader(io.RawIOBase):
