@@ -95,29 +95,38 @@ class VerifiedObject:
         that fails midway raises ``KeyError`` / ``OutOfResources`` / ``OSError`` from the
         iteration: the receiver has part of the object, and the caller must end the answer
         as failed (an A-ABORT, a broken HTTP body).
+
+        Its hash was checked by an earlier pass, and bytes read again can differ (a disk
+        or a blob changed or cut under us, in the minutes a large object takes to send): so
+        every byte read is hashed and counted again, the bytes before ``start`` included,
+        and the last piece is given only once the whole object matches its SHA-256 and
+        size; else ``OutOfResources`` is raised in its place, and the receiver never holds
+        a complete object that is not the one stored.
         """
         if self._data is not None:
             yield memoryview(self._data)[start:]
             return
         assert self._store is not None
+        digest = hashlib.sha256()
+        read = 0
         with self._store.open(self.ref.object_key) as fh:
-            _skip(fh, start)
+            while read < start and (piece := fh.read(min(size, start - read))):
+                digest.update(piece)
+                read += len(piece)
+            held: bytes | None = None
             while piece := fh.read(size):
-                yield piece
-
-
-def _skip(fh: BinaryIO, count: int) -> None:
-    """Move ``count`` bytes on: a seek where the stream can, else read past them."""
-    if count <= 0:
-        return
-    if fh.seekable():
-        fh.seek(count)
-        return
-    while count > 0:
-        piece = fh.read(min(count, CHUNK))
-        if not piece:
-            return
-        count -= len(piece)
+                digest.update(piece)
+                read += len(piece)
+                if held is not None:
+                    yield held
+                held = piece
+        if read != self.size or digest.hexdigest() != self.ref.sha256:
+            log.error("stored object changed while it was being sent",
+                      extra={"object": reference(self.ref), "size": read, "expected": self.size})
+            log.debug("changed object key", extra={"key": self.ref.object_key})
+            raise OutOfResources("the stored object changed while it was being read")
+        if held is not None:
+            yield held
 
 
 def open_verified(

@@ -269,6 +269,43 @@ def test_corrupted_large_object_fails_and_sends_nothing(large: Large) -> None:
     assert _objects_held_open(large.server) == []
 
 
+@pytest.mark.parametrize("change", ["flip", "truncate"])
+def test_an_object_changed_while_being_sent_is_never_delivered(
+    large: Large, change: str
+) -> None:
+    """The stored bytes change after their check, while the object is on its way (a disk,
+    a blob changed under us): the sub-operation never completes with those bytes; the
+    association is aborted before the last fragment."""
+    uid = large.store(f"changed-{change}", MEDIUM)
+    path = large.server.object_for(uid)
+    size = path.stat().st_size
+    pdus = 0
+
+    def change_once_sending(event: Any) -> None:
+        nonlocal pdus
+        pdus += 1
+        if pdus == 3:  # the data set has begun to arrive: the check is behind it
+            with open(path, "r+b") as fh:
+                if change == "truncate":
+                    fh.truncate(size - MEDIUM // 2)
+                else:
+                    fh.seek(size - 100)
+                    byte = fh.read(1)
+                    fh.seek(size - 100)
+                    fh.write(bytes([byte[0] ^ 0xFF]))
+
+    received, final, assoc = _get(large, uid, on_pdu=change_once_sending)
+
+    assert pdus > 3
+    assert received == {}
+    assert assoc.is_aborted
+    assert not final.get("NumberOfCompletedSuboperations", 0)
+    assert wait_for(lambda: any(
+        "changed while it was being sent" in e.get("message", "")
+        for e in large.server.log_entries()))
+    assert wait_for(lambda: _objects_held_open(large.server) == [])
+
+
 def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
     uid = large.store("abort", LARGE)
     started = threading.Event()

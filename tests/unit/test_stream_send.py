@@ -25,6 +25,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from mimic_server.archive.read import VerifiedObject, open_verified
 from mimic_server.dimse import stream_send
 from mimic_server.dimse.stream_send import StreamedDataset
+from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage.memory import MemoryStore
 
@@ -230,3 +231,47 @@ def test_a_held_pending_c_get_response_goes_before_a_streamed_object() -> None:
     assert isinstance(first, EncodedPData) and first.encoded == held.encoded
     assert all(not isinstance(p, EncodedPData) for p in dul.sent[1:])
     assert "_mimic_held_response" not in dimse.__dict__
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate", "extend"])
+def test_bytes_changed_after_the_check_are_never_sent_whole(change: str) -> None:
+    """The object changes in the store between its check and its sending: the stream stops
+    before its last fragment (no 0x02) and answers "no response" (the association is
+    aborted), the handle released."""
+    store = ClosingStore()
+    stored = _large(store)
+    data = bytearray(store.objects["k"])
+    if change == "flip":
+        data[-100] ^= 0xFF
+    elif change == "truncate":
+        del data[-50_000:]
+    else:
+        data += b"\x00\x00"
+    store.objects["k"] = bytes(data)
+    dul = FakeDUL()
+    dimse = FakeDIMSE(dul, 16382)
+    try:
+        _send(dimse, stored, [])
+        deadline = time.monotonic() + 10
+        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dul.stop()
+
+    fragments = [v for p in dul.sent for _, v in p.presentation_data_value_list
+                 if not v[0] & 0x01]
+    assert fragments and all(f[0] == 0x00 for f in fragments)  # never the last
+    assert dimse.msg_queue.get_nowait() == (None, None)
+    assert all(h.closed for h in store.handles)
+
+
+def test_a_verified_stream_from_an_offset_is_the_object_from_there() -> None:
+    store = ClosingStore()
+    stored = _large(store)
+    data = store.objects["k"]
+    for start in (0, 1, stored.dataset_offset, 70_000):
+        assert b"".join(stored.chunks(start, 4096)) == data[start:]
+    assert stored.read() == data
+    store.objects["k"] = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(OutOfResources):
+        stored.read()
