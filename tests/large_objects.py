@@ -3,6 +3,7 @@ Data of zeros made by extending the file (sparse on disk)."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -40,4 +41,32 @@ def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = Non
     with open(path, "ab") as fh:
         fh.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
         fh.truncate(fh.tell() + length)
+    return uid
+
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def write_large_document(path: Path, document_bytes: int) -> str:
+    """An Encapsulated PDF object (no Pixel Data: the document is the header's last element)
+    of ``document_bytes`` zeros, sparse on disk; its SOP Instance UID."""
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = ENCAPSULATED_PDF
+    ds.SOPInstanceUID = uid
+    ds.PatientID = "LARGE"
+    ds.PatientName = "Large^Document"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "DOC"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.save_as(path, enforce_file_format=True)
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, document_bytes))
+        fh.truncate(fh.tell() + document_bytes)
     return uid

@@ -88,6 +88,10 @@ def header_to_json(
                 continue
             converted.add(key)
         out[key] = entry
+    for tag in header.bulk:  # values never copied: bulk data, as binary values over 768 bytes
+        key = keys.get(tag) or _key(tag)
+        out.pop(key, None)
+        converted.discard(key)
     return out, converted
 
 

@@ -43,6 +43,14 @@ _LENGTH_32 = struct.Struct("<L")
 #: the offset of the value in what was scanned.
 Scanned = tuple["str | None", bytes, int]
 
+#: A header element whose value is longer than this is bulk data: its value is not copied
+#: out of the data set (which may be a spooled file of gigabytes: an Encapsulated PDF, STL
+#: or CDA document, a large private blob before Pixel Data), and the index's DICOM JSON
+#: leaves it out, as it leaves out binary values over 768 bytes. A sequence is never bulk:
+#: its items are read (a multi-frame object's functional groups belong in the JSON).
+LARGEST_HEADER_VALUE = 64 * 1024
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+
 
 class ScannedHeader:
     """A little endian header as scanned: elements by tag, in the order they came.
@@ -51,11 +59,16 @@ class ScannedHeader:
     elements and original encoding), built on first use.
     """
 
-    __slots__ = ("_dataset", "elements", "implicit")
+    __slots__ = ("_dataset", "bulk", "elements", "implicit")
 
-    def __init__(self, elements: dict[int, Scanned], implicit: bool) -> None:
+    def __init__(
+        self, elements: dict[int, Scanned], implicit: bool, bulk: tuple[int, ...] = ()
+    ) -> None:
         self.elements = elements
         self.implicit = implicit
+        #: Tags of elements longer than :data:`LARGEST_HEADER_VALUE`: in ``elements`` with
+        #: an empty value, never copied; left out of the DICOM JSON.
+        self.bulk = bulk
         self._dataset: Dataset | None = None
 
     def __len__(self) -> int:
@@ -79,7 +92,7 @@ class ScannedHeader:
 def scan_header(data: memoryview, implicit: bool) -> ScannedHeader | None:
     """The header up to Pixel Data, or ``None`` where pydicom must read it."""
     scanned = _scan(data, implicit, stop_at_pixel_data=True)
-    return ScannedHeader(scanned[0], implicit) if scanned is not None else None
+    return ScannedHeader(scanned[0], implicit, scanned[2]) if scanned is not None else None
 
 
 def scan_header_to(data: memoryview, implicit: bool) -> tuple[ScannedHeader, int] | None:
@@ -88,7 +101,7 @@ def scan_header_to(data: memoryview, implicit: bool) -> tuple[ScannedHeader, int
     scanned = _scan(data, implicit, stop_at_pixel_data=True)
     if scanned is None:
         return None
-    return ScannedHeader(scanned[0], implicit), scanned[1]
+    return ScannedHeader(scanned[0], implicit, scanned[2]), scanned[1]
 
 
 def read_little_endian_header(data: memoryview, implicit: bool) -> Dataset | None:
@@ -140,10 +153,11 @@ def scan_elements(
 
 def _scan(
     data: memoryview, implicit: bool, stop_at_pixel_data: bool
-) -> tuple[dict[int, Scanned], int] | None:
-    """The elements and where the scan stopped. A header (``stop_at_pixel_data``) holding
-    an element of group 0000 or 0002 is left to pydicom (and refused by the structure
-    walk): such elements belong to a command or the File Meta, never to a data set."""
+) -> tuple[dict[int, Scanned], int, tuple[int, ...]] | None:
+    """The elements, where the scan stopped and the tags of a header's bulk elements
+    (:data:`LARGEST_HEADER_VALUE`). A header (``stop_at_pixel_data``) holding an element
+    of group 0000 or 0002 is left to pydicom (and refused by the structure walk): such
+    elements belong to a command or the File Meta, never to a data set."""
     size = data.nbytes
     if size >= 6:
         # pydicom looks at the first element to tell explicit from implicit VR: so do we,
@@ -152,6 +166,8 @@ def _scan(
         if looks_explicit == implicit:
             return None
     elements: dict[int, Scanned] = {}
+    bulk: list[int] = []
+    largest = LARGEST_HEADER_VALUE if stop_at_pixel_data else _UNDEFINED
     pos = 0
     vr: str | None = None
     unpack_implicit = _IMPLICIT.unpack_from
@@ -180,8 +196,14 @@ def _scan(
             return None
         if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
             return None
-        elements[tag] = (vr, data[start:end].tobytes(), start)
+        if length > largest and vr != "SQ" and data[start : start + 4] != _ITEM_TAG:
+            # Bulk data, not copied (an implicit VR sequence, or one sent as UN, begins
+            # with an item's tag: read as any other).
+            elements[tag] = (vr, b"", start)
+            bulk.append(tag)
+        else:
+            elements[tag] = (vr, data[start:end].tobytes(), start)
         pos = end
     if not stop_at_pixel_data and pos != size:
         return None  # trailing bytes in an item: pydicom's rules
-    return elements, pos
+    return elements, pos, tuple(bulk)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.large_objects import write_large
+from tests.large_objects import write_large, write_large_document
 from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
 
 pytestmark = pytest.mark.dcmtk
@@ -101,6 +101,25 @@ def test_large_object_in_bounded_memory(server: MimicProcess, tmp_path: Path) ->
     kept_offset = 132 + struct.unpack_from("<L", kept, 140)[0] + 12
     assert kept[kept_offset:] == sent[offset:]
     assert _spool_files(server) == []
+
+
+def test_a_large_document_in_the_header_in_bounded_memory(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """An Encapsulated PDF has no Pixel Data: its document is the header's last element,
+    which the header read must not copy (bulk data, left out of the index's JSON)."""
+    path = tmp_path / "document.dcm"
+    uid = write_large_document(path, 96 * MiB)
+    assert server.proc is not None
+    _reset_peak(server.proc.pid)
+    before = _status(server.proc.pid, "VmHWM")
+
+    code, output = _storescu(server, path)
+
+    assert code == 0, output
+    assert "Received Store Response (Success)" in output
+    assert _status(server.proc.pid, "VmHWM") - before < 32 * MiB
+    assert server.object_for(uid).stat().st_size > 96 * MiB
 
 
 def test_larger_than_the_limit_is_refused(limited: MimicProcess, tmp_path: Path) -> None:

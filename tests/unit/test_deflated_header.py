@@ -62,8 +62,8 @@ def test_the_header_comes_from_the_first_megabyte_of_a_large_data_set() -> None:
 
 
 def test_a_header_past_the_first_budget_is_read_whole() -> None:
-    private = _element(0x0009, 0x0010, b"LO", b"MIMIC TEST") + _element(
-        0x0009, 0x1001, b"OB", os.urandom(3 * MiB))
+    private = _element(0x0009, 0x0010, b"LO", b"MIMIC TEST") + b"".join(
+        _element(0x0009, 0x1000 + n, b"OB", os.urandom(60_000)) for n in range(50))
     plain = HEAD + private + _pixel_data(4) + b"\x00" * 4
     header = read_header(memoryview(_deflate(plain)), DEFLATED)
     assert _values(header) == _pydicom(plain)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import struct
+import tracemalloc
 
 import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 
 from mimic_server.codec.header import _at_pixel_data
-from mimic_server.codec.header_scan import read_little_endian_header
+from mimic_server.codec.header_scan import (
+    LARGEST_HEADER_VALUE,
+    read_little_endian_header,
+    scan_header,
+)
+from mimic_server.index.attributes import header_json
 from tests.data import Storable, storable_files
 
 LITTLE_ENDIAN = [
@@ -27,11 +34,18 @@ def _reference(data: bytes, implicit: bool) -> pydicom.Dataset:
 def test_same_raw_elements_as_pydicom(item: Storable) -> None:
     data = item.path.read_bytes()[item.dataset_offset :]
     implicit = pydicom.uid.UID(item.transfer_syntax_uid).is_implicit_VR
-    ours = read_little_endian_header(memoryview(data), implicit)
-    if ours is None:
+    scanned = scan_header(memoryview(data), implicit)
+    if scanned is None:
         return  # undefined lengths or another oddity: pydicom reads this one
+    ours = scanned.dataset
     reference = _reference(data, implicit)
-    assert ours._dict == reference._dict
+    # Bulk elements (longer than LARGEST_HEADER_VALUE) are there, their values not copied.
+    for tag in scanned.bulk:
+        raw = reference._dict[tag]
+        assert raw.length > LARGEST_HEADER_VALUE and raw.VR != "SQ"  # type: ignore[union-attr]
+        assert ours._dict[tag].length == 0  # type: ignore[union-attr]
+    assert {t: e for t, e in ours._dict.items() if t not in scanned.bulk} == {
+        t: e for t, e in reference._dict.items() if t not in scanned.bulk}
     assert ours.original_encoding == reference.original_encoding
     assert ours.original_character_set == reference.original_character_set
 
@@ -74,3 +88,79 @@ def test_stops_before_pixel_data() -> None:
     assert header is not None
     assert list(header.keys()) == [0x00280010]
     assert header.Rows == 512
+
+
+def _explicit(group: int, number: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sHL", group, number, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, number, vr, len(value)) + value
+
+
+def _implicit(group: int, number: int, value: bytes) -> bytes:
+    return struct.pack("<HHL", group, number, len(value)) + value
+
+
+def _items(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item for item in items)
+
+
+NAME = b"Bulk^Header "
+BIG = LARGEST_HEADER_VALUE + 2
+
+
+def test_bulk_values_are_neither_copied_nor_in_the_json() -> None:
+    """An Encapsulated Document, a long text, a private blob: longer than 64 KiB, not copied
+    out of the data set and left out of the index's JSON; a long sequence is read; a value
+    of exactly 64 KiB is kept."""
+    item = _explicit(0x0008, 0x0100, b"SH", b"CODE") + _explicit(
+        0x0008, 0x0104, b"LO", b"x" * 40_000)
+    data = b"".join([
+        _explicit(0x0008, 0x0060, b"CS", b"OT"),
+        _explicit(0x0008, 0x1140, b"SQ", _items(item, item)),  # 80 KB of sequence: read
+        _explicit(0x0009, 0x0010, b"LO", b"MIMIC TEST"),
+        _explicit(0x0009, 0x1001, b"OB", bytes(BIG)),
+        _explicit(0x0009, 0x1002, b"OB", bytes(LARGEST_HEADER_VALUE)),  # kept: its bound
+        _explicit(0x0010, 0x0010, b"PN", NAME),
+        _explicit(0x0020, 0x4000, b"UT", b"t" * BIG),
+        _explicit(0x0042, 0x0011, b"OB", bytes(BIG)),
+    ])
+    header = scan_header(memoryview(data), implicit=False)
+    assert header is not None
+    assert header.bulk == (0x00091001, 0x00204000, 0x00420011)
+    assert header.elements[0x00091002][1] == bytes(LARGEST_HEADER_VALUE)
+    document = header_json(header)
+    assert {"00091001", "00204000", "00420011"}.isdisjoint(document)
+    assert document["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Bulk^Header"}]}
+    assert len(document["00081140"]["Value"]) == 2
+    assert document["00081140"]["Value"][0]["00080104"]["Value"] == ["x" * 40_000]
+
+
+def test_implicit_vr_bulk_values_and_sequences() -> None:
+    """Implicit VR: a sequence is told by its first item's tag, whatever its length."""
+    item = _implicit(0x0008, 0x0100, b"CODE") + _implicit(0x0008, 0x0104, b"y" * 70_000)
+    data = b"".join([
+        _implicit(0x0008, 0x0060, b"OT"),
+        _implicit(0x0008, 0x1140, _items(item)),
+        _implicit(0x0010, 0x0010, NAME),
+        _implicit(0x0042, 0x0011, bytes(BIG)),
+    ])
+    header = scan_header(memoryview(data), implicit=True)
+    assert header is not None
+    assert header.bulk == (0x00420011,)
+    document = header_json(header)
+    assert "00420011" not in document
+    assert document["00081140"]["Value"][0]["00080104"]["Value"] == ["y" * 70_000]
+
+
+def test_a_large_value_is_scanned_without_a_copy() -> None:
+    data = _explicit(0x0010, 0x0010, b"PN", NAME) + _explicit(
+        0x0042, 0x0011, b"OB", bytes(32 << 20))
+    view = memoryview(data)
+    tracemalloc.start()
+    try:
+        header = scan_header(view, implicit=False)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header is not None and header.bulk == (0x00420011,)
+    assert peak < 1 << 20, peak
