@@ -3,6 +3,7 @@ Data of zeros made by extending the file (sparse on disk)."""
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -69,4 +70,32 @@ def write_large_document(path: Path, document_bytes: int) -> str:
     with open(path, "ab") as fh:
         fh.write(struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, document_bytes))
         fh.truncate(fh.tell() + document_bytes)
+    return uid
+
+
+def write_many_elements(path: Path, count: int) -> str:
+    """A Secondary Capture object whose header has ``count`` (at most 61,440) empty private
+    elements of group 0009 (8 bytes each) before its patient, study and series; its SOP
+    Instance UID."""
+    assert count <= 0xF000
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    head = Dataset()
+    head.file_meta = meta
+    head.SOPClassUID = SecondaryCaptureImageStorage
+    head.SOPInstanceUID = uid
+    head.save_as(path, enforce_file_format=True)
+    rest = Dataset()
+    rest.PatientID = "MANY"
+    rest.StudyInstanceUID = generate_uid()
+    rest.SeriesInstanceUID = generate_uid()
+    tail = io.BytesIO()
+    rest.save_as(tail, implicit_vr=False, little_endian=True)
+    with open(path, "ab") as fh:
+        fh.write(b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + n, b"LO", 0)
+                          for n in range(count)))
+        fh.write(tail.getvalue())
     return uid

@@ -9,9 +9,14 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from mimic_server.codec.header_scan import ScannedHeader, scan_header, scan_header_to
+from mimic_server.codec.header_scan import (
+    MAX_HEADER_ELEMENTS,
+    ScannedHeader,
+    scan_header,
+    scan_header_to,
+)
 from mimic_server.codec.structure import check_structure, check_structure_after
-from mimic_server.errors import CannotUnderstand, Status
+from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 
@@ -48,6 +53,8 @@ def read_checked_header(dataset: memoryview, transfer_syntax: UID) -> Header:
             else False
         try:
             scanned = scan_header_to(dataset, implicit)
+        except DicomStatusError:
+            raise  # a bound of the scan (MAX_HEADER_ELEMENTS)
         except Exception:  # pragma: no cover - a fault of the scan: the whole walk decides
             scanned = None
         if scanned is not None:
@@ -93,9 +100,11 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
                 little,
                 stop_when=_at_pixel_data,
             )
+            if len(header) > MAX_HEADER_ELEMENTS:
+                raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
         # Values are converted lazily; every element is converted once, by the DICOM JSON
         # of the index (index/attributes.py), which refuses a malformed one as 0xC000.
-    except CannotUnderstand:
+    except DicomStatusError:
         raise
     except Exception as exc:  # pydicom raises many kinds for malformed input
         raise CannotUnderstand("dataset cannot be parsed", Status.CANNOT_UNDERSTAND) from exc

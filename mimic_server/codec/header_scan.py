@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from mimic_server.errors import CannotUnderstand
+from mimic_server.errors import CannotUnderstand, OutOfResources
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _SPECIFIC_CHARACTER_SET = 0x00080005
@@ -46,10 +46,22 @@ Scanned = tuple["str | None", bytes, int]
 #: A header element whose value is longer than this is bulk data: its value is not copied
 #: out of the data set (which may be a spooled file of gigabytes: an Encapsulated PDF, STL
 #: or CDA document, a large private blob before Pixel Data), and the index's DICOM JSON
-#: leaves it out, as it leaves out binary values over 768 bytes. A sequence is never bulk:
-#: its items are read (a multi-frame object's functional groups belong in the JSON).
+#: leaves it out, as it leaves out binary values over 768 bytes. Sequences have their own
+#: bound (:data:`HEADER_SEQUENCES`).
 LARGEST_HEADER_VALUE = 64 * 1024
+#: The header's sequences are read into the index's DICOM JSON in order while their encoded
+#: bytes total at most this; one that does not fit is bulk data (a multi-frame object's
+#: per-frame functional groups, a long report's content: in the stored object, of no use to
+#: a query). Each element of an item costs the JSON some hundreds of bytes of memory, and
+#: an element can be 8 bytes: this bounds what a header's sequences can make us hold.
+HEADER_SEQUENCES = 1024 * 1024
+#: More top-level elements than this and the header is refused (0xA700): the data
+#: dictionary has some 5,000 public attributes, a real header a few hundred to a few
+#: thousand elements; each costs the scan and the JSON some hundreds of bytes.
+MAX_HEADER_ELEMENTS = 50_000
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
+#: The VRs of a header element that may be a sequence (None: implicit VR).
+_MAYBE_SEQUENCE = frozenset({"SQ", "UN", None})
 
 
 class ScannedHeader:
@@ -167,7 +179,15 @@ def _scan(
             return None
     elements: dict[int, Scanned] = {}
     bulk: list[int] = []
-    largest = LARGEST_HEADER_VALUE if stop_at_pixel_data else _UNDEFINED
+    if stop_at_pixel_data:
+        # What the bounds look at: a long value, or a possible sequence (explicit SQ or UN;
+        # in implicit VR any element); past count_from bytes, the number of elements (each
+        # takes 8 bytes at least, so there cannot be too many before).
+        largest, maybe_sequence = LARGEST_HEADER_VALUE, _MAYBE_SEQUENCE
+        count_from = 8 * MAX_HEADER_ELEMENTS
+    else:
+        largest, maybe_sequence, count_from = _UNDEFINED, frozenset(), _UNDEFINED
+    sequences_left = HEADER_SEQUENCES
     pos = 0
     vr: str | None = None
     unpack_implicit = _IMPLICIT.unpack_from
@@ -196,13 +216,23 @@ def _scan(
             return None
         if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
             return None
-        if length > largest and vr != "SQ" and data[start : start + 4] != _ITEM_TAG:
-            # Bulk data, not copied (an implicit VR sequence, or one sent as UN, begins
-            # with an item's tag: read as any other).
-            elements[tag] = (vr, b"", start)
-            bulk.append(tag)
+        if (length > largest or vr in maybe_sequence) and length:
+            if vr == "SQ" or (data[start] == 0xFE and data[start : start + 4] == _ITEM_TAG):
+                # A sequence (in implicit VR, or sent as UN, told by its first item's tag).
+                fits = length <= sequences_left
+                if fits:
+                    sequences_left -= length
+            else:
+                fits = length <= largest
+            if fits:
+                elements[tag] = (vr, data[start:end].tobytes(), start)
+            else:  # bulk data: not copied
+                elements[tag] = (vr, b"", start)
+                bulk.append(tag)
         else:
             elements[tag] = (vr, data[start:end].tobytes(), start)
+        if pos > count_from and len(elements) > MAX_HEADER_ELEMENTS:
+            raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
         pos = end
     if not stop_at_pixel_data and pos != size:
         return None  # trailing bytes in an item: pydicom's rules

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.large_objects import write_large, write_large_document
+from tests.large_objects import write_large, write_large_document, write_many_elements
 from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
 
 pytestmark = pytest.mark.dcmtk
@@ -120,6 +120,20 @@ def test_a_large_document_in_the_header_in_bounded_memory(
     assert "Received Store Response (Success)" in output
     assert _status(server.proc.pid, "VmHWM") - before < 32 * MiB
     assert server.object_for(uid).stat().st_size > 96 * MiB
+
+
+def test_a_header_of_too_many_elements_is_refused(server: MimicProcess, tmp_path: Path) -> None:
+    """Each header element costs the index's JSON some hundreds of bytes, and an element
+    can be 8: past MAX_HEADER_ELEMENTS the C-STORE is refused 0xA700, nothing stored."""
+    path = tmp_path / "many.dcm"
+    write_many_elements(path, 60_000)
+    before = server.instance_count()
+
+    _code, output = _storescu(server, path)
+
+    assert "Received Store Response (Refused: OutOfResources)" in output, output
+    assert server.instance_count() == before
+    assert _spool_files(server) == []
 
 
 def test_larger_than_the_limit_is_refused(limited: MimicProcess, tmp_path: Path) -> None:

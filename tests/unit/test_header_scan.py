@@ -9,13 +9,17 @@ import tracemalloc
 import pydicom
 import pytest
 from pydicom.filereader import read_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from mimic_server.codec.header import _at_pixel_data
+from mimic_server.codec.header import _at_pixel_data, read_checked_header, read_header
 from mimic_server.codec.header_scan import (
+    HEADER_SEQUENCES,
     LARGEST_HEADER_VALUE,
+    MAX_HEADER_ELEMENTS,
     read_little_endian_header,
     scan_header,
 )
+from mimic_server.errors import OutOfResources
 from mimic_server.index.attributes import header_json
 from tests.data import Storable, storable_files
 
@@ -39,10 +43,10 @@ def test_same_raw_elements_as_pydicom(item: Storable) -> None:
         return  # undefined lengths or another oddity: pydicom reads this one
     ours = scanned.dataset
     reference = _reference(data, implicit)
-    # Bulk elements (longer than LARGEST_HEADER_VALUE) are there, their values not copied.
+    # Bulk elements (longer than LARGEST_HEADER_VALUE, or sequences past HEADER_SEQUENCES)
+    # are there, their values not copied.
     for tag in scanned.bulk:
-        raw = reference._dict[tag]
-        assert raw.length > LARGEST_HEADER_VALUE and raw.VR != "SQ"  # type: ignore[union-attr]
+        assert reference._dict[tag].length > LARGEST_HEADER_VALUE  # type: ignore[union-attr]
         assert ours._dict[tag].length == 0  # type: ignore[union-attr]
     assert {t: e for t, e in ours._dict.items() if t not in scanned.bulk} == {
         t: e for t, e in reference._dict.items() if t not in scanned.bulk}
@@ -127,6 +131,7 @@ def test_bulk_values_are_neither_copied_nor_in_the_json() -> None:
     header = scan_header(memoryview(data), implicit=False)
     assert header is not None
     assert header.bulk == (0x00091001, 0x00204000, 0x00420011)
+    assert HEADER_SEQUENCES > 80_000
     assert header.elements[0x00091002][1] == bytes(LARGEST_HEADER_VALUE)
     document = header_json(header)
     assert {"00091001", "00204000", "00420011"}.isdisjoint(document)
@@ -164,3 +169,45 @@ def test_a_large_value_is_scanned_without_a_copy() -> None:
         tracemalloc.stop()
     assert header is not None and header.bulk == (0x00420011,)
     assert peak < 1 << 20, peak
+
+
+def test_sequences_are_read_while_they_fit_their_budget() -> None:
+    """In order: one that does not fit what is left is bulk, a smaller one after it is read."""
+    small = _items(_explicit(0x0008, 0x0100, b"SH", b"CODE"))
+    large = _items(_explicit(0x0009, 0x1001, b"LO", b"z" * 60_000) * (HEADER_SEQUENCES // 60_000))
+    data = b"".join([
+        _explicit(0x0008, 0x1110, b"SQ", small),
+        _explicit(0x0008, 0x1111, b"SQ", large),  # fits (with the first) by a few KB
+        _explicit(0x0008, 0x1115, b"SQ", large),  # does not fit: bulk
+        _explicit(0x0008, 0x1120, b"SQ", small),  # fits what is left
+        _explicit(0x0010, 0x0010, b"PN", NAME),
+    ])
+    assert len(small) + len(large) <= HEADER_SEQUENCES < len(small) + 2 * len(large)
+    header = scan_header(memoryview(data), implicit=False)
+    assert header is not None
+    assert header.bulk == (0x00081115,)
+    document = header_json(header)
+    assert "00081115" not in document
+    assert {"00081110", "00081111", "00081120", "00100010"} <= set(document)
+
+
+@pytest.mark.parametrize("scanned", [True, False], ids=["scanned", "pydicom"])
+def test_a_header_of_too_many_elements_is_refused(scanned: bool) -> None:
+    """0xA700 (a bound, as the object size's), whether the scan or pydicom reads it."""
+    # pydicom reads a header with an undefined-length sequence: one before the rest
+    first = b"" if scanned else struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) \
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    many = b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + n, b"LO", 0)
+                    for n in range(MAX_HEADER_ELEMENTS - (2 if scanned else 3)))
+    data = first + _explicit(0x0008, 0x0060, b"CS", b"OT") + many
+    tail = _explicit(0x0010, 0x0010, b"PN", NAME)
+    syntax = UID(ExplicitVRLittleEndian)
+    header = read_header(memoryview(data + tail), syntax)  # at the bound
+    assert len(header) == MAX_HEADER_ELEMENTS
+    extra = _explicit(0x0010, 0x0020, b"LO", b"ID") + _explicit(0x0010, 0x0030, b"DA", b"")
+    with pytest.raises(OutOfResources) as refused:
+        read_header(memoryview(data + tail + extra), syntax)
+    assert refused.value.status == 0xA700
+    if scanned:
+        with pytest.raises(OutOfResources):
+            read_checked_header(memoryview(data + tail + extra), syntax)
