@@ -163,7 +163,16 @@ def commit_lost(exc: BaseException) -> BaseException:
     not have committed before the connection went, so the caller must not undo what the
     transaction refers to (``commit_outcome_unknown``)."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        setattr(exc, _OUTCOME_UNKNOWN, True)
+        outcome_unknown(exc)
+    return exc
+
+
+def outcome_unknown(exc: BaseException) -> BaseException:
+    """Mark ``exc``, whatever it is, as leaving the outcome of earlier writes unknown
+    (``commit_outcome_unknown``): raised once a write that may already have committed is
+    being sent again (a statement that commits itself, its connection lost before its
+    answer). A failure of that second try says nothing of the first."""
+    setattr(exc, _OUTCOME_UNKNOWN, True)
     return exc
 
 

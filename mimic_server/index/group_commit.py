@@ -29,6 +29,9 @@ own (4 round trips per C-STORE became 1: docs/benchmarks.md). Its connection los
 statement runs once more on a fresh connection, as a transaction lost before its commit does;
 it may have committed the first time, so ``alone`` must be safe to run again (the instance's
 insert does nothing on a known SOP Instance UID, and its caller reads whose row it found).
+From that rerun on, the first statement's outcome stays unknown whatever happens: a failure
+to reconnect, or of the statement sent again, is marked so (``engine.outcome_unknown``), and
+the caller keeps the object its row may point at.
 A batch of several callers runs their ``work`` in one transaction, as before.
 
 The connection of a batch that committed is kept for the next batch (up to ``in_flight`` of
@@ -62,7 +65,13 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from mimic_server.index import engine as index_engine
-from mimic_server.index.engine import WRITE, commit_lost, give_back, lost_before_commit
+from mimic_server.index.engine import (
+    WRITE,
+    commit_lost,
+    give_back,
+    lost_before_commit,
+    outcome_unknown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +331,8 @@ class GroupCommitter:
                     conn = self.engine.connect().execution_options(**WRITE)
                     checked_out = time.monotonic()
             except BaseException as exc:  # cannot connect
-                waiter.value, waiter.error = None, exc
+                # After a lost statement, the first one may have committed all the same.
+                waiter.value, waiter.error = None, outcome_unknown(exc) if reconnected else exc
                 return
             dbapi_connection = conn.connection.dbapi_connection
             try:
@@ -339,8 +349,10 @@ class GroupCommitter:
                     log.warning("index connection lost; the statement runs again",
                                 extra={"instances": 1})
                     continue
-                # Lost twice: the statement may have committed either time.
-                waiter.value, waiter.error = None, commit_lost(exc)
+                # Sent again and failed in any way: the first one may have committed (its
+                # loss told nothing). Sent once and lost (``commit_lost``): this one may have.
+                waiter.value, waiter.error = None, (
+                    outcome_unknown(exc) if reconnected else commit_lost(exc))
                 return
             if _autocommit_off(conn):
                 self._keep(conn, checked_out)

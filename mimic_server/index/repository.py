@@ -32,7 +32,13 @@ from mimic_server.errors import HierarchyConflict, OutOfResources
 from mimic_server.index import StoredInstance, audit_table
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.driver import DriverStatement, Gathered, NotGathered
-from mimic_server.index.engine import answers, read_index, write_transaction
+from mimic_server.index.engine import (
+    answers,
+    commit_outcome_unknown,
+    outcome_unknown,
+    read_index,
+    write_transaction,
+)
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
 from mimic_server.index.models import AuditEvent, Instance, Patient, Series, Study
 
@@ -172,8 +178,11 @@ class SqlIndex:
                 if isinstance(exc, IntegrityError):
                     with self._cache_lock:
                         self._series_ids.clear()
-                # Lock timeouts, serialization failures and a lost insert race are transient.
-                if attempt == _ATTEMPTS or not _transient(exc):
+                # Lock timeouts, serialization failures and a lost insert race are transient;
+                # but not after a write whose outcome is unknown: a retry could no longer tell
+                # a row it committed itself from another object's (``_ours_or_transact``).
+                if (attempt == _ATTEMPTS or not _transient(exc)
+                        or commit_outcome_unknown(exc)):
                     raise OutOfResources("index unavailable") from exc
                 time.sleep(0.05 * attempt + random.random() * 0.05)
             except SQLAlchemyError as exc:
@@ -209,7 +218,8 @@ class SqlIndex:
         ``in_transaction`` runs here, on a :class:`Gathered` (the C-STORE's: it waits for
         the object's put to be durable, then gives its audit row), before the statement is
         sent. The statement inserts nothing on a known SOP Instance UID and answers
-        :class:`_NotNew`; run again after its connection was lost, it finds its own row so."""
+        :class:`_NotNew`; run again after its connection was lost, it finds its own row so,
+        or another's, and says that it was run again (``_NotNew.rerun``)."""
         if (self._insert_with_audit is None or self._driver_insert is None
                 or self.committer is None):  # group commit off: a transaction each
             return None
@@ -234,10 +244,15 @@ class SqlIndex:
         if gathered.audit_rows:
             params.update(gathered.audit_rows[0])
             statement = self._insert_with_audit
-        upserted, not_new = (None, filed), _NotNew(filed)
+        upserted = (None, filed)
+        sent = 0
 
         def alone(conn: Connection) -> Any:
-            return upserted if statement.first(conn, params) is not None else not_new
+            nonlocal sent
+            sent += 1  # more than once: the first was lost, and may have committed
+            if statement.first(conn, params) is not None:
+                return upserted
+            return _NotNew(filed, rerun=sent > 1)
 
         return alone
 
@@ -245,12 +260,29 @@ class SqlIndex:
                           not_new: _NotNew, work: Callable[[Connection], Any]) -> Any:
         """After ``_alone`` found a row for the SOP Instance UID: its own row, committed by
         a statement whose connection was lost before it answered (done), or another
-        object's (replaced in a transaction)."""
+        object's (replaced in a transaction).
+
+        Unless the statement was sent again after a lost connection: another object's row
+        found then may be a copy stored meanwhile by another association, which replaced the
+        row this statement did commit (and deleted its object). Replacing that row in turn
+        would delete the newer copy's object too, and point the row at a deleted one. Whether
+        the first statement committed cannot be told, so the caller is refused with its
+        outcome unknown: its object is kept (an orphan that ``mimic reconcile`` removes, at
+        worst) and the modality sends it again. So is a failure to read the row then."""
         uid = attrs.sop_instance_uid
-        found = read_index(self.engine, lambda conn: conn.execute(
-            select(Instance.object_key).where(Instance.sop_instance_uid == uid)).scalar())
+        try:
+            found = read_index(self.engine, lambda conn: conn.execute(
+                select(Instance.object_key).where(Instance.sop_instance_uid == uid)).scalar())
+        except BaseException as exc:
+            if not_new.rerun:
+                outcome_unknown(exc)
+            raise
         if found == object_key:
             return None, not_new.filed
+        if not_new.rerun:
+            log.warning("index statement lost, and its SOP Instance UID's row since holds "
+                        "another object; the outcome is unknown, the object is kept")
+            raise outcome_unknown(OutOfResources("index unavailable"))
         return self._transact(work)
 
     def _remember(self, filed_as: _FiledAs, filed: _Filed) -> None:
@@ -478,12 +510,15 @@ _CHECK_KEYS = ("cached_series_fk", "cached_series_uid", "cached_study_uid", "cac
 
 
 class _NotNew:
-    """``_alone``'s answer when the SOP Instance UID already has a row: nothing written."""
+    """``_alone``'s answer when the SOP Instance UID already has a row: nothing written by
+    this statement; ``rerun``: it was sent again after its connection was lost, so the first
+    one may have written it."""
 
-    __slots__ = ("filed",)
+    __slots__ = ("filed", "rerun")
 
-    def __init__(self, filed: _Filed) -> None:
+    def __init__(self, filed: _Filed, rerun: bool = False) -> None:
         self.filed = filed
+        self.rerun = rerun
 
 
 def _transient(exc: DBAPIError) -> bool:

@@ -14,18 +14,25 @@ import tempfile
 from typing import Any
 
 import psycopg
+import pydicom
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from mimic_server.dimse.store import handle_store
 from mimic_server.index import schema
 from mimic_server.index.audit_table import AuditTable
 from mimic_server.index.driver import DriverStatement
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.models import AuditEvent, Instance
 from mimic_server.index.repository import SqlIndex
+from mimic_server.security.policy import Policy
+from mimic_server.storage.memory import MemoryStore
 from tests import database
-from tests.unit.test_group_commit import COMMON, _attrs, _audit_entry
+from tests.data import ct_small
+from tests.unit.test_group_commit import COMMON, PREFIX, _attrs, _audit_entry
+from tests.unit.test_stale_connections import _trail
+from tests.unit.test_store_handler import _event, _status
 
 #: The ``index`` fixture (``tests/unit/conftest.py``) on PostgreSQL only.
 pytestmark = [pytest.mark.postgres,
@@ -199,3 +206,92 @@ def test_a_known_sop_instance_is_replaced_in_a_transaction(
     assert sent.sql[0] == "WITH" and "COMMIT" in sent.sql
     assert [r["object_key"] for r in _columns(index, Instance, set())] == ["k/1b"]
     assert [r["studies"].strip() for r in _columns(index, AuditEvent, set())] == ["n1", "n2"]
+
+
+def _c_store(n: int) -> Any:
+    """A C-STORE request of instance ``n`` (one series for all), and its SOP Instance UID.
+    Sent with an audit trail (``_trail``), an instance of a known series is the statement
+    ``WITH new_instance AS (INSERT ...)``."""
+    ds = pydicom.dcmread(ct_small())
+    del ds.file_meta
+    ds.SeriesInstanceUID = f"{PREFIX}1.0"
+    ds.SOPInstanceUID = f"{PREFIX}2.{n}"
+    return _event(ds), ds.SOPInstanceUID
+
+
+def _lose_first_statement(monkeypatch: pytest.MonkeyPatch, meanwhile: Any = None) -> list[int]:
+    """The next instance statement commits, then ``meanwhile()`` runs (another association's
+    C-STORE), then its connection is lost before its answer comes back."""
+    first = DriverStatement.first
+    lost: list[int] = []
+
+    def commits_then_loses(statement: DriverStatement, conn: Any, params: Any) -> Any:
+        answer = first(statement, conn, params)
+        if not lost and statement.sql.startswith("WITH"):
+            lost.append(1)
+            if meanwhile is not None:
+                meanwhile()
+            error = psycopg.OperationalError("server closed the connection unexpectedly")
+            conn.invalidate()
+            raise DBAPIError("WITH ...", None, error, connection_invalidated=True) from error
+        return answer
+
+    monkeypatch.setattr(DriverStatement, "first", commits_then_loses)
+    return lost
+
+
+def test_a_lost_statement_sent_again_never_replaces_a_newer_copy(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """C-STORE A's statement commits and loses its connection; before it is sent again,
+    C-STORE B of the same SOP Instance UID replaces A's row (and deletes A's object). Sent
+    again, A's statement finds B's row: A must not take it for an older copy and replace it
+    (that would delete B's object and point the row at A's deleted one). A is refused
+    0xA700 with its outcome unknown; B's row and object stay."""
+    store, trail = MemoryStore(), _trail(index)
+    seed, _ = _c_store(1)
+    assert _status(handle_store(seed, store, index, Policy("MIMIC"), trail)) == 0  # series known
+    a, uid = _c_store(2)
+    b, _ = _c_store(2)
+    answers: dict[str, int] = {}
+
+    def b_stores() -> None:
+        answers["b"] = _status(handle_store(b, store, index, Policy("MIMIC"), trail))
+
+    lost = _lose_first_statement(monkeypatch, meanwhile=b_stores)
+    answers["a"] = _status(handle_store(a, store, index, Policy("MIMIC"), trail))
+    assert lost == [1] and answers == {"a": 0xA700, "b": 0x0000}
+    row = index.get_instance(uid)
+    assert row is not None and row.object_key in store.objects  # B's, still there
+    assert len(store.objects) == 2  # the seed's and B's (A's was deleted by B's replace)
+
+
+@pytest.mark.parametrize("refused", ["reconnect", "read"])
+def test_a_lost_statement_that_cannot_be_checked_keeps_its_object(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch, refused: str,
+) -> None:
+    """The statement commits and its connection is lost; then the database refuses new
+    connections: at once (it cannot be sent again), or after it was sent again and found a
+    row (whose row cannot be read). The C-STORE is refused 0xA700, but its row may have
+    committed (here it did): its object is kept, never deleted under a committed row."""
+    store, trail = MemoryStore(), _trail(index)
+    seed, _ = _c_store(1)
+    assert _status(handle_store(seed, store, index, Policy("MIMIC"), trail)) == 0
+    connect = index.engine.connect
+    connects: list[int] = []
+
+    def refusing() -> Any:
+        connects.append(1)
+        if refused == "reconnect" or len(connects) > 1:
+            error = psycopg.OperationalError("connection refused")
+            raise OperationalError("connect", None, error) from error
+        return connect()
+
+    lost = _lose_first_statement(
+        monkeypatch, meanwhile=lambda: monkeypatch.setattr(index.engine, "connect", refusing))
+    event, uid = _c_store(2)
+    assert _status(handle_store(event, store, index, Policy("MIMIC"), trail)) == 0xA700
+    assert lost == [1] and connects
+    monkeypatch.setattr(index.engine, "connect", connect)
+    row = index.get_instance(uid)
+    assert row is not None and row.object_key in store.objects
