@@ -167,10 +167,19 @@ def commit_lost(exc: BaseException) -> BaseException:
     return exc
 
 
+def answered_by_server(exc: BaseException) -> bool:
+    """Whether the database itself sent the error (it comes with a SQLSTATE): it ended the
+    statement, or the session before the statement ran (``57P01``, a server shutting down
+    or a backend ended), so a statement that commits itself did not commit. A connection
+    that closed without an answer (cut, reset, the server gone before its reply) tells
+    nothing: the statement may have committed."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) is not None
+
+
 def outcome_unknown(exc: BaseException) -> BaseException:
     """Mark ``exc``, whatever it is, as leaving the outcome of earlier writes unknown
     (``commit_outcome_unknown``): raised once a write that may already have committed is
-    being sent again (a statement that commits itself, its connection lost before its
+    being sent again (a statement that commits itself, its connection lost without an
     answer). A failure of that second try says nothing of the first."""
     setattr(exc, _OUTCOME_UNKNOWN, True)
     return exc

@@ -28,10 +28,12 @@ statement is its own transaction, and BEGIN and COMMIT are no longer round trips
 own (4 round trips per C-STORE became 1: docs/benchmarks.md). Its connection lost, the
 statement runs once more on a fresh connection, as a transaction lost before its commit does;
 it may have committed the first time, so ``alone`` must be safe to run again (the instance's
-insert does nothing on a known SOP Instance UID, and its caller reads whose row it found).
-From that rerun on, the first statement's outcome stays unknown whatever happens: a failure
-to reconnect, or of the statement sent again, is marked so (``engine.outcome_unknown``), and
-the caller keeps the object its row may point at.
+insert does nothing on a known SOP Instance UID, and its caller reads whose row it found),
+and it is told so (its second argument) unless the database itself answered the first with
+an error (``engine.answered_by_server``: it did not commit). From such a rerun on, the first
+statement's outcome stays unknown whatever happens: a failure to reconnect, or of the
+statement sent again, is marked so (``engine.outcome_unknown``), and the caller keeps the
+object its row may point at.
 A batch of several callers runs their ``work`` in one transaction, as before.
 
 The connection of a batch that committed is kept for the next batch (up to ``in_flight`` of
@@ -67,6 +69,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from mimic_server.index import engine as index_engine
 from mimic_server.index.engine import (
     WRITE,
+    answered_by_server,
     commit_lost,
     give_back,
     lost_before_commit,
@@ -94,7 +97,7 @@ class _Waiter(Generic[T]):
     __slots__ = ("alone", "done", "error", "queued", "value", "work")
 
     def __init__(self, work: Callable[[Connection], T],
-                 alone: Callable[[Connection], T] | None = None) -> None:
+                 alone: Callable[[Connection, bool], T] | None = None) -> None:
         self.work = work
         self.alone = alone
         self.queued = True
@@ -136,12 +139,13 @@ class GroupCommitter:
             return len(self._queue)
 
     def run(self, work: Callable[[Connection], T],
-            alone: Callable[[Connection], T] | None = None) -> T:
+            alone: Callable[[Connection, bool], T] | None = None) -> T:
         """Run ``work(connection)`` in a shared write transaction; return its value once that
         transaction has committed, or raise its own error, or the transaction's.
 
-        ``alone(connection)``: the same writes as one statement that commits itself, sent
-        instead of ``work`` when no other caller shares the batch (see above)."""
+        ``alone(connection, uncertain)``: the same writes as one statement that commits
+        itself, sent instead of ``work`` when no other caller shares the batch (see above);
+        ``uncertain``: it was sent before, lost, and may have committed then."""
         me: _Waiter[T] = _Waiter(work, alone)
         with self._cond:
             self._queue.append(me)
@@ -322,6 +326,7 @@ class GroupCommitter:
         waiter's outcome is set, nothing is raised."""
         assert waiter.alone is not None
         reconnected = False
+        uncertain = False  # sent before, lost without an answer: it may have committed
         while True:
             kept = self._take_kept()
             try:
@@ -332,12 +337,12 @@ class GroupCommitter:
                     checked_out = time.monotonic()
             except BaseException as exc:  # cannot connect
                 # After a lost statement, the first one may have committed all the same.
-                waiter.value, waiter.error = None, outcome_unknown(exc) if reconnected else exc
+                waiter.value, waiter.error = None, outcome_unknown(exc) if uncertain else exc
                 return
             dbapi_connection = conn.connection.dbapi_connection
             try:
                 dbapi_connection.autocommit = True  # type: ignore[union-attr]
-                waiter.value = waiter.alone(conn)
+                waiter.value = waiter.alone(conn, uncertain)
             except BaseException as exc:
                 _autocommit_off(conn)
                 conn.close()  # never kept after a failure, nor are the others (``_commit``)
@@ -346,13 +351,14 @@ class GroupCommitter:
                     # A stale pooled connection: once more on a fresh one (``alone`` is safe
                     # to run again even if the statement did commit before the loss).
                     reconnected = True
+                    uncertain = not answered_by_server(exc)
                     log.warning("index connection lost; the statement runs again",
                                 extra={"instances": 1})
                     continue
                 # Sent again and failed in any way: the first one may have committed (its
-                # loss told nothing). Sent once and lost (``commit_lost``): this one may have.
+                # loss told nothing). Else, lost (``commit_lost``): this one may have.
                 waiter.value, waiter.error = None, (
-                    outcome_unknown(exc) if reconnected else commit_lost(exc))
+                    outcome_unknown(exc) if uncertain else commit_lost(exc))
                 return
             if _autocommit_off(conn):
                 self._keep(conn, checked_out)

@@ -190,7 +190,7 @@ class SqlIndex:
         raise AssertionError("unreachable")
 
     def _transact(self, work: Callable[[Connection], Any],
-                  alone: Callable[[Connection], Any] | None = None) -> Any:
+                  alone: Callable[[Connection, bool], Any] | None = None) -> Any:
         """``work`` in a committed write transaction: shared with concurrent callers, or its
         own when group commit is off; ``alone`` instead where it commits by itself."""
         if self.committer is not None:
@@ -211,7 +211,7 @@ class SqlIndex:
     def _alone(
         self, attrs: InstanceAttributes, row: dict[str, Any],
         in_transaction: Callable[[Connection], None] | None,
-    ) -> Callable[[Connection], Any] | None:
+    ) -> Callable[[Connection, bool], Any] | None:
         """The upsert as one statement that commits itself (PostgreSQL, a series already
         known, at most the audit row beside it), or None: it runs in a transaction.
 
@@ -219,7 +219,7 @@ class SqlIndex:
         the object's put to be durable, then gives its audit row), before the statement is
         sent. The statement inserts nothing on a known SOP Instance UID and answers
         :class:`_NotNew`; run again after its connection was lost, it finds its own row so,
-        or another's, and says that it was run again (``_NotNew.rerun``)."""
+        or another's, and passes on whether the first may have committed (``_NotNew``)."""
         if (self._insert_with_audit is None or self._driver_insert is None
                 or self.committer is None):  # group commit off: a transaction each
             return None
@@ -245,14 +245,11 @@ class SqlIndex:
             params.update(gathered.audit_rows[0])
             statement = self._insert_with_audit
         upserted = (None, filed)
-        sent = 0
 
-        def alone(conn: Connection) -> Any:
-            nonlocal sent
-            sent += 1  # more than once: the first was lost, and may have committed
+        def alone(conn: Connection, uncertain: bool) -> Any:
             if statement.first(conn, params) is not None:
                 return upserted
-            return _NotNew(filed, rerun=sent > 1)
+            return _NotNew(filed, uncertain)
 
         return alone
 
@@ -262,24 +259,25 @@ class SqlIndex:
         a statement whose connection was lost before it answered (done), or another
         object's (replaced in a transaction).
 
-        Unless the statement was sent again after a lost connection: another object's row
-        found then may be a copy stored meanwhile by another association, which replaced the
-        row this statement did commit (and deleted its object). Replacing that row in turn
-        would delete the newer copy's object too, and point the row at a deleted one. Whether
-        the first statement committed cannot be told, so the caller is refused with its
-        outcome unknown: its object is kept (an orphan that ``mimic reconcile`` removes, at
-        worst) and the modality sends it again. So is a failure to read the row then."""
+        Unless the statement was sent again after it was lost without an answer (it may
+        have committed then: ``_NotNew.uncertain``): another object's row found then may be
+        a copy stored meanwhile by another association, which replaced the row this
+        statement did commit (and deleted its object). Replacing that row in turn would
+        delete the newer copy's object too, and point the row at a deleted one. Whether the
+        first statement committed cannot be told, so the caller is refused with its outcome
+        unknown: its object is kept (an orphan that ``mimic reconcile`` removes, at worst)
+        and the modality sends it again. So is a failure to read the row then."""
         uid = attrs.sop_instance_uid
         try:
             found = read_index(self.engine, lambda conn: conn.execute(
                 select(Instance.object_key).where(Instance.sop_instance_uid == uid)).scalar())
         except BaseException as exc:
-            if not_new.rerun:
+            if not_new.uncertain:
                 outcome_unknown(exc)
             raise
         if found == object_key:
             return None, not_new.filed
-        if not_new.rerun:
+        if not_new.uncertain:
             log.warning("index statement lost, and its SOP Instance UID's row since holds "
                         "another object; the outcome is unknown, the object is kept")
             raise outcome_unknown(OutOfResources("index unavailable"))
@@ -511,14 +509,14 @@ _CHECK_KEYS = ("cached_series_fk", "cached_series_uid", "cached_study_uid", "cac
 
 class _NotNew:
     """``_alone``'s answer when the SOP Instance UID already has a row: nothing written by
-    this statement; ``rerun``: it was sent again after its connection was lost, so the first
-    one may have written it."""
+    this statement; ``uncertain``: it was sent before, lost without an answer, and that one
+    may have written the row."""
 
-    __slots__ = ("filed", "rerun")
+    __slots__ = ("filed", "uncertain")
 
-    def __init__(self, filed: _Filed, rerun: bool = False) -> None:
+    def __init__(self, filed: _Filed, uncertain: bool = False) -> None:
         self.filed = filed
-        self.rerun = rerun
+        self.uncertain = uncertain
 
 
 def _transient(exc: DBAPIError) -> bool:

@@ -295,3 +295,35 @@ def test_a_lost_statement_that_cannot_be_checked_keeps_its_object(
     monkeypatch.setattr(index.engine, "connect", connect)
     row = index.get_instance(uid)
     assert row is not None and row.object_key in store.objects
+
+
+def test_a_statement_the_database_ended_is_not_an_unknown_outcome(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server ends the session as the statement arrives and says so (a shutdown:
+    ``57P01``), and then refuses new connections: the statement did not commit, so the
+    C-STORE is refused 0xA700 and its object deleted, as when nothing was sent (no orphan)."""
+    store, trail = MemoryStore(), _trail(index)
+    seed, _ = _c_store(1)
+    assert _status(handle_store(seed, store, index, Policy("MIMIC"), trail)) == 0
+    first = DriverStatement.first
+
+    def refusing() -> Any:
+        error = psycopg.OperationalError("connection refused")
+        raise OperationalError("connect", None, error) from error
+
+    def ended(statement: DriverStatement, conn: Any, params: Any) -> Any:
+        if not statement.sql.startswith("WITH"):
+            return first(statement, conn, params)
+        monkeypatch.setattr(index.engine, "connect", refusing)
+        error = psycopg.errors.AdminShutdown("terminating connection due to administrator "
+                                             "command")
+        conn.invalidate()
+        raise DBAPIError("WITH ...", None, error, connection_invalidated=True) from error
+
+    monkeypatch.setattr(DriverStatement, "first", ended)
+    event, uid = _c_store(2)
+    assert _status(handle_store(event, store, index, Policy("MIMIC"), trail)) == 0xA700
+    monkeypatch.undo()
+    assert index.get_instance(uid) is None
+    assert len(store.objects) == 1  # the seed's only
