@@ -12,7 +12,10 @@ What makes it safe:
   gets its own result: the C-STORE's Success is sent after its row is durable, as before;
 - one failing instance (a constraint, a lost insert race, bad data) fails alone: its caller
   gets its own exception, the transaction is rolled back and the others are written again
-  without it, before any of them is answered;
+  without it, before any of them is answered; an instance that failed after others had
+  written in its transaction (a series conflict with a batch-mate's new series) is written
+  again in a transaction of its own once the batch is settled, and answered from that one:
+  its failure may have come from rows that never committed;
 - a failure of the transaction itself (cannot begin, the commit fails or loses its
   connection) is every waiter's error: none of them is told its writes are kept;
 - a connection lost before the commit (a stale pooled connection: the database restarted,
@@ -262,15 +265,35 @@ class GroupCommitter:
         """One transaction for the batch (``opened``, if the leader began it already); each
         waiter's outcome is set, nothing is raised.
 
-        Writes that fail roll the whole transaction back (PostgreSQL cannot go on after an
-        error anyway), the failing waiter keeps its error, and the others are written again
-        in a new transaction at once: each failure takes one waiter out, so this ends. A
-        savepoint per waiter would avoid the rewrite, but costs two more round trips to the
-        database for every instance, failing or not."""
+        A waiter whose writes failed after batch-mates had written in the same transaction
+        may have failed because of their rows (a series filed under another study by one of
+        them: ``HierarchyConflict``, which a C-STORE answers as permanent). Those rows commit
+        only if the rest of the batch does, which is not known yet, so such a waiter is
+        answered only after the batch is settled, from a transaction of its own run then
+        (with the others of its kind, in their order): against rows that did commit, or
+        that never did. Each such round starts with a waiter whose failure, if any, is
+        final, so this ends; it costs a transaction only where a waiter failed."""
         if len(batch) == 1 and batch[0].alone is not None and opened is None:
             self._commit_alone(batch[0])
             return
+        again = self._commit_batch(batch, opened)
+        while again:
+            log.debug("group commit: failures beside uncommitted rows, in a transaction again",
+                      extra={"instances": len(again)})
+            again = self._commit_batch(again)
+
+    def _commit_batch(self, batch: list[_Waiter[Any]],
+                      opened: _Opened | None = None) -> list[_Waiter[Any]]:
+        """``_commit``'s transaction: each waiter's outcome is set, but for the waiters it
+        returns, whose writes failed after others' in the transaction (``_commit``).
+
+        Writes that fail roll the whole transaction back (PostgreSQL cannot go on after an
+        error anyway), the failing waiter keeps its error (or is returned), and the others
+        are written again in a new transaction at once: each failure takes one waiter out,
+        so this ends. A savepoint per waiter would avoid the rewrite, but costs two more
+        round trips to the database for every instance, failing or not."""
         pending = list(batch)
+        again: list[_Waiter[Any]] = []
         reconnected = False
         try:
             while pending:
@@ -301,7 +324,7 @@ class GroupCommitter:
                             commit_lost(exc)  # its rows may have committed: keep the objects
                         for waiter in pending:
                             waiter.value, waiter.error = None, exc
-                        return
+                        return again
                     if not reconnected and lost_before_commit(exc, committing=False):
                         # A stale pooled connection, lost before the commit: nothing of the
                         # batch committed, and no waiter is to blame. Once more, all of it,
@@ -310,13 +333,18 @@ class GroupCommitter:
                         log.warning("index connection lost before commit; the batch runs again",
                                     extra={"instances": len(pending)})
                         continue
-                    failed.value, failed.error = None, exc
+                    if failed is pending[0]:  # nobody wrote before it: its own failure
+                        failed.value, failed.error = None, exc
+                    else:  # perhaps for rows that never commit: judged again (``_commit``)
+                        failed.value = None
+                        again.append(failed)
                     pending.remove(failed)
                     if pending:
                         log.debug("group commit: one instance failed, the others again",
                                   extra={"instances": len(pending)})
                     continue
-                return
+                return again
+            return again
         finally:
             if opened is not None:  # an empty batch: give the transaction back unused
                 opened[0].close()

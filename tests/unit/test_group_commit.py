@@ -29,7 +29,7 @@ from mimic_server.errors import HierarchyConflict, OutOfResources
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.audit_table import AuditTable
 from mimic_server.index.engine import create_index_engine
-from mimic_server.index.models import AuditEvent, Instance
+from mimic_server.index.models import AuditEvent, Instance, Series, Study
 from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from mimic_server.security.policy import Policy
 from mimic_server.storage.memory import MemoryStore
@@ -237,6 +237,59 @@ def test_a_hierarchy_conflict_in_a_batch_fails_that_caller_alone(index: SqlIndex
     assert callers.results == {n: None for n in range(6) if n != 4}
     assert index.get_instance(f"{PREFIX}2.4") is None
     assert _rows(index, Instance) == 5 and _rows(index, AuditEvent) == 5
+
+
+def test_a_conflict_with_rows_that_never_commit_is_judged_again(index: SqlIndex) -> None:
+    """In one batch, caller 1 files a new series under one study and caller 2 names it
+    under another: caller 2 fails on caller 1's rows, not committed yet. The commit of the
+    rest (caller 1) then fails, so that series was never filed: caller 2 must not keep a
+    permanent refusal (0xC003) for it. It is written again in a transaction of its own
+    once the batch is settled, and files the series under its own study."""
+    lost = OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    def upsert(n: int, series: int, study: str | None = None) -> Callable[[], Any]:
+        ds = _dataset(n, series=series)
+        if study is not None:
+            ds.StudyInstanceUID = study
+        attrs = InstanceAttributes.from_header(ds)
+        return lambda: index.upsert_instance(attrs, object_key=f"k/{n}",
+                                             in_transaction=_audited, **COMMON)
+
+    commits: list[int] = []
+
+    def second_fails(_conn: Any) -> None:  # caller 0's commit, then caller 1's alone
+        commits.append(1)
+        if len(commits) == 2:
+            raise lost
+
+    assert index.committer is not None
+    index.committer.in_flight = 1
+    hold = _Hold(index)
+    event.listen(index.engine, "commit", second_fails)  # after the hold's: it waits first
+    callers = _Callers()
+    try:
+        callers.start(0, upsert(0, series=0))
+        assert hold.reached.wait(30)
+        callers.start(1, upsert(1, series=9))  # first in the next batch: files the series
+        assert wait_for(lambda: index.committer.waiting == 1, timeout=30)
+        callers.start(2, upsert(2, series=9, study=f"{PREFIX}3.2"))  # another study
+        assert wait_for(lambda: index.committer.waiting == 2, timeout=30)
+        hold.released.set()
+        callers.join()
+    finally:
+        hold.remove()
+        event.remove(index.engine, "commit", second_fails)
+    assert list(callers.errors) == [1] and isinstance(callers.errors[1], OutOfResources)
+    assert len(commits) == 3  # caller 0's, caller 1's (failed), caller 2's
+    assert callers.results == {0: None, 2: None}
+    assert index.get_instance(f"{PREFIX}2.2") is not None
+    with index.engine.connect() as conn:
+        filed_under = conn.execute(
+            select(Study.study_instance_uid).join(Series, Series.study_fk == Study.id)
+            .where(Series.series_instance_uid == f"{PREFIX}1.9")).scalars().all()
+    assert filed_under == [f"{PREFIX}3.2"]
+    assert index.get_instance(f"{PREFIX}2.1") is None
+    assert _rows(index, Instance) == 2 and _rows(index, AuditEvent) == 2
 
 
 def test_a_failed_commit_fails_every_waiter_and_keeps_nothing(index: SqlIndex) -> None:
