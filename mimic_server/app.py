@@ -28,7 +28,7 @@ from mimic_server import patches
 from mimic_server.backends import index_answers, open_object_store, store_answers
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
-from mimic_server.certs.trust import TrustIndex
+from mimic_server.certs.trust import TrustIndex, applied_content
 from mimic_server.certs.watcher import CertificateWatcher, warn_expiring
 from mimic_server.codec.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from mimic_server.config import MoveDestination, Settings
@@ -130,6 +130,9 @@ class Archive:
         self.ops: HttpServer | None = None
         self._draining = threading.Event()
         self._server_not_after: datetime | None = None
+        #: What the listener serves from the last bundle applied (``applied_content``): a
+        #: worker tells the supervisor when a new bundle changes it.
+        self._applied: frozenset[str] | None = None
         #: C-MOVE client contexts per destination AE, for the current bundle (building one
         #: loads our key; every C-MOVE would otherwise do it again).
         self._destination_contexts: dict[str, ssl.SSLContext] = {}
@@ -260,6 +263,7 @@ class Archive:
         if certificates is not None:
             context = server_context(bundle, s.tls_session_tickets)
             trust = TrustIndex(bundle)
+            self._applied = applied_content(bundle)
             warn_expiring(bundle)
             self._observe_bundle(bundle)
 
@@ -523,11 +527,14 @@ class Archive:
         assert self.server is not None
         context = server_context(bundle, self.settings.tls_session_tickets)
         trust = TrustIndex(bundle)
-        previous = self.server.trust
-        if self.worker is not None and (
-            previous is None or previous.fingerprints != trust.fingerprints
-        ):  # the supervisor has the other workers look at once (not on a mere re-read)
-            self.worker.report(event="trust-changed", trust=trust_token(trust.fingerprints))
+        applied = applied_content(bundle)
+        # The supervisor has the other workers look at once, on any change of what is served
+        # (a client or CA revoked or added, a binding edited, the server certificate
+        # rotated; the client fingerprints alone missed all but the first), not on a mere
+        # re-read of the same files.
+        if self.worker is not None and applied != self._applied:
+            self.worker.report(event="trust-changed", trust=trust_token(applied))
+        self._applied = applied
         with self._contexts_lock:
             self.bundle = bundle
             self._destination_contexts.clear()  # built again from the new bundle when used

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -39,6 +44,38 @@ class TrustIndex:
         return identity.fingerprint in self._clients or any(
             ca.name == identity.trust_name for ca in self._cas
         )
+
+
+def applied_content(bundle: CertBundle) -> frozenset[str]:
+    """Everything a listener takes from ``bundle``, one line per part: the server chain it
+    presents and each trusted entry valid now (client or CA) with its binding (name, AE
+    titles, access rule). Two bundles with the same lines are served alike; a difference in
+    any of them is a change the other workers must apply too (a revoked CA, a rotated server
+    certificate, an edited binding), not only a change of the client fingerprints."""
+    lines = {"server " + hashlib.sha256(bundle.server_chain_pem).hexdigest()}
+    for entry in bundle.currently_valid():
+        lines.add(json.dumps(
+            [entry.kind, entry.fingerprint, entry.name, sorted(entry.ae_titles),
+             _canonical(entry.rule)],
+            sort_keys=True,
+        ))
+    return frozenset(lines)
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as JSON-able data in one order whatever the process: a frozenset of enum
+    members iterates in an order that depends on the process's hash seed, and the workers'
+    reports of one change must hash alike (``workers/link.trust_token``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, list, tuple)):
+        items = [_canonical(v) for v in value]
+        return sorted(items, key=json.dumps) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -103,9 +103,11 @@ class WorkerLink:
             os.close(self._status_fd)
 
 
-def trust_token(fingerprints: Iterable[str]) -> str:
-    """What a worker's trust set is, in a few bytes: the supervisor relays a change only when
-    the set reported differs from the one it last relayed, so the others' reports of the
-    same set (their reload on the relay's SIGHUP) do not echo back, and a second, real change
-    a moment later is still relayed at once."""
-    return hashlib.sha256("\n".join(sorted(fingerprints)).encode()).hexdigest()[:32]
+def trust_token(content: Iterable[str]) -> str:
+    """What a worker applied from its certificates, in a few bytes (``content``: the lines of
+    ``certs.trust.applied_content``: server chain, trusted clients and CAs, their bindings):
+    the supervisor relays a change only when the content reported differs from the one it
+    last relayed, so the others' reports of the same content (their reload on the relay's
+    SIGHUP) do not echo back, and a second, real change a moment later is still relayed at
+    once."""
+    return hashlib.sha256("\n".join(sorted(content)).encode()).hexdigest()[:32]

@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mimic_server.certs import devpki
 from tests.data import ct_copy
-from tests.support import MimicProcess, associate, client_context, wait_for
+from tests.support import (
+    MimicProcess,
+    associate,
+    client_context,
+    dev_ca,
+    wait_for,
+    write_cert,
+)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.61."
@@ -162,6 +169,32 @@ def test_revocation_reaches_every_worker(server: MimicProcess) -> None:
     updated = {e.get("worker") for e in server.log_entries()
                if e.get("message") == "trust set updated" and e.get("aborted_associations")}
     assert updated == {0, 1}  # each worker aborted its own
+
+
+def test_a_revoked_ca_found_by_one_worker_reaches_the_other(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """The supervisor relays any change of what a worker serves, not only of the trusted
+    client fingerprints: a CA removed from trusted-ca/ and found by worker 0 alone (its
+    poll; here its own SIGHUP) is applied by worker 1 at once, not at its next poll (an
+    hour here), and every association of a certificate it issued is aborted."""
+    ca_pem, _, ca_cert, ca_key = write_cert(tmp_path / "wardca", "ward-ca",
+                                            issuer=dev_ca(server.certs), ca=True)
+    (server.certs / "trusted-ca").mkdir(exist_ok=True)
+    (server.certs / "trusted-ca" / "ward-ca.pem").write_bytes(ca_pem.read_bytes())
+    cert, key, _, _ = write_cert(tmp_path / "ward", "wardclient", issuer=(ca_cert, ca_key))
+    ctx = client_context(cert, key, server.ca_cert)
+    server.hup()
+    assert wait_for(lambda: {e.get("worker") for e in trust_updates(server)} == {0, 1},
+                    timeout=20)
+    opened = spread(server, ctx)
+
+    devpki.revoke(server.certs, "ward-ca")
+    os.kill(worker_pids(server)[0], signal.SIGHUP)
+    # Well within the 15 s network timeout after which the peers would abort by themselves.
+    assert wait_for(lambda: all(a.is_aborted for a in opened), timeout=6), \
+        [(e.get("worker"), e.get("aborted_associations")) for e in trust_updates(server)]
+    assert not associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE]).is_established
 
 
 #: SIGHUPs sent to each worker by the storm test, a few hundred microseconds apart on average.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +106,55 @@ def test_a_second_trust_change_is_relayed_at_once_and_echoes_are_not(tmp_path: P
     assert two.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
     assert one.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
     assert trust_token(["b", "a"]) == onboarded  # the order of the set does not matter
+
+
+def _entry(tmp_path: Path, name: str, kind: str = "client", **binding: Any) -> Any:
+    from mimic_server.certs import TrustedCertificate
+    from tests.support import write_cert
+
+    _, _, certificate, _ = write_cert(tmp_path / name, name, ca=kind == "ca")
+    return TrustedCertificate(name, kind, certificate, **binding)  # type: ignore[arg-type]
+
+
+def test_the_trust_token_covers_cas_bindings_and_the_server_chain(tmp_path: Path) -> None:
+    """A worker reports a trust change (which the supervisor relays to the others at once)
+    when anything it serves changes, not only the set of trusted client fingerprints: a CA
+    revoked, a server certificate rotated, a client's AE titles or access rule edited."""
+    from mimic_server.certs import CertBundle
+    from mimic_server.certs.trust import applied_content
+    from mimic_server.security.grants import FULL, MODALITY
+    from mimic_server.workers.link import trust_token
+
+    client = _entry(tmp_path, "modality1", ae_titles=frozenset({"CT1"}), rule=MODALITY)
+    ca = _entry(tmp_path, "ward-ca", "ca")
+
+    def token(chain: bytes = b"chain", *trusted: Any) -> str:
+        return trust_token(applied_content(CertBundle(chain, b"key", trusted)))
+
+    base = token(b"chain", client, ca)
+    assert token(b"chain", ca, client) == base  # the order of the entries does not matter
+    assert token(b"chain", client) != base  # the CA revoked
+    assert token(b"rotated", client, ca) != base  # the server certificate rotated
+    rebound = dataclasses.replace(client, ae_titles=frozenset({"CT2"}))
+    assert token(b"chain", rebound, ca) != base  # the client's AE titles changed
+    regranted = dataclasses.replace(client, rule=FULL)
+    assert token(b"chain", regranted, ca) != base  # its access rule changed
+
+
+def test_the_trust_token_is_the_same_in_every_worker(tmp_path: Path) -> None:
+    """The workers' reports of one change must hash alike, or each would be relayed again:
+    a rule's sets of services are written sorted, whatever the process's hash seed."""
+    import subprocess
+    import sys
+
+    program = (
+        "from mimic_server.certs.trust import _canonical\n"
+        "from mimic_server.security.grants import FULL\n"
+        "import json; print(json.dumps(_canonical(FULL)))\n"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", program], check=True, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(outputs) == 1, outputs
