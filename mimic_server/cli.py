@@ -30,6 +30,9 @@ from mimic_server.errors import ConfigurationError
 EXIT_DRIFT = 1
 EXIT_CONFIG = 2
 EXIT_LISTENER_DIED = 3
+#: ``mimic serve`` with workers: the drain ended, but a worker died during it (its open
+#: associations were lost) or had to be killed; logged ``worker died during the drain``.
+EXIT_WORKER_FAILED_IN_DRAIN = 4
 #: Seconds between checks that the listener still runs.
 WATCH_PERIOD = 1.0
 _JSON_FIELDS = {"move_destinations", "web_roles"}
@@ -121,7 +124,9 @@ def _supervise(settings: Settings, options: dict[str, Any], count: int) -> None:
                                  settings.ae_title),
             err=True,
         )
-    supervisor.run()
+    if supervisor.run():
+        # A service manager sees an unclean stop: associations were lost, not drained.
+        sys.exit(EXIT_WORKER_FAILED_IN_DRAIN)
 
 
 @main.command("serve-worker", hidden=True)

@@ -88,9 +88,11 @@ class _Run:
     ready: bool = False
     server_not_after: float | None = None
     aborted: int = 0  # associations it aborted when its drain time ran out
+    stopped: bool = False  # it reported "stopped": its aborted count is known
     draining: bool = False  # it no longer accepts
     status_port: int | None = None  # its loopback /status/associations (console's "now")
     go_fd: int | None = None  # the go pipe's write end, until the worker is released
+    reader: threading.Thread | None = None  # reads its status pipe until the worker ends
 
 
 @dataclass
@@ -241,10 +243,11 @@ class Supervisor:
             self._release(run)
         slot.run, slot.restart_at = run, None
         slot.runs.append(process.pid)
-        threading.Thread(
+        run.reader = threading.Thread(
             target=self._read_status, args=(slot, run, read_end), daemon=True,
             name=f"mimic-worker-{slot.index}-status",
-        ).start()
+        )
+        run.reader.start()
         log.info("worker started", extra={"worker": slot.index, "pid": process.pid})
 
     def _release(self, run: _Run) -> None:
@@ -278,6 +281,7 @@ class Supervisor:
                         run.draining = True
                     if message.get("event") == "stopped":
                         run.aborted = int(message.get("aborted_associations", 0))
+                        run.stopped = True
 
     def _await_ready(self, slots: list[_Slot]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -421,10 +425,11 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     run.process.send_signal(signal.SIGHUP)
 
-    def run(self) -> None:
+    def run(self) -> int:
         """Supervise until told to stop, then drain the workers. Called in the main thread
         (the signal wake-up fd is set there): it blocks until a worker ends (its pidfd), a
-        signal arrives or a restart is due, and otherwise does not wake."""
+        signal arrives or a restart is due, and otherwise does not wake. Returns how many
+        serving workers did not stop cleanly during the drain (:meth:`_drain`)."""
         previous = _wake_on_signals(self._wake_w)
         try:
             while not self._stopping:
@@ -445,7 +450,7 @@ class Supervisor:
         finally:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
-        self._drain()
+        return self._drain()
 
     def _wait(self) -> None:
         """Until a worker ends, the wake-up is written, or the next restart is due."""
@@ -482,12 +487,20 @@ class Supervisor:
             "restart_in_seconds": delay, "young_deaths": slot.young_deaths,
         })
 
-    def _drain(self) -> None:
-        """Stop accepting here, let every worker drain (MIMIC_DRAIN_SECONDS), then go."""
+    def _drain(self) -> int:
+        """Stop accepting here, let every worker drain (MIMIC_DRAIN_SECONDS), then go. Returns
+        how many serving workers did not stop cleanly: died (killed, crashed) or were killed
+        here for overrunning, or ended without saying how many associations they aborted.
+        Each is logged at ERROR: its open associations were lost, and the total in the
+        ``stopped`` line lacks them."""
         if self._listener is not None:
             self._listener.close()  # the workers' copies close as each stops accepting
             self._listener = None
-        runs = [slot.run for slot in self.slots if slot.run is not None]
+        slots = [(slot.index, slot.run) for slot in self.slots if slot.run is not None]
+        runs = [run for _, run in slots]
+        # Only these served: one not yet ready (a replacement still importing) that SIGTERM
+        # ends before its handler is set had no association to lose.
+        serving = {id(run) for run in runs if run.ready}
         for run in runs:
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(signal.SIGTERM)
@@ -500,20 +513,40 @@ class Supervisor:
             time.sleep(0.02)
         self._draining.set()
         deadline = time.monotonic() + self.settings.drain_seconds + 15.0
-        for run in runs:
+        failed = 0
+        for index, run in slots:
+            killed = False
             try:
-                run.process.wait(max(0.1, deadline - time.monotonic()))
+                code = run.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("worker did not stop; killing it", extra={"pid": run.process.pid})
+                log.error("worker did not stop; killing it",
+                          extra={"worker": index, "pid": run.process.pid})
                 run.process.kill()
-                run.process.wait()
+                code = run.process.wait()
+                killed = True
+            if run.reader is not None:  # its last lines ("stopped") read to the pipe's end
+                run.reader.join(1.0)
+            if id(run) not in serving or (code == 0 and run.stopped):
+                continue
+            failed += 1
+            if not killed:  # one killed here was logged above
+                log.error("worker died during the drain", extra={
+                    "worker": index, "pid": run.process.pid, **_exit_fields(code),
+                    "stop_reported": run.stopped,
+                })
         if self.ops is not None:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
             self.ops = None
         self._close()
+        unreported = sum(1 for run in runs if id(run) in serving and not run.stopped)
         log.info("stopped", extra={
             "workers": len(runs), "aborted_associations": sum(r.aborted for r in runs),
+            # False: a worker ended without its count (its open associations were lost
+            # too, uncounted): the total is a lower bound.
+            "aborted_associations_complete": unreported == 0,
+            "workers_failed": failed,
         })
+        return failed
 
     def _close(self) -> None:
         for slot in self.slots:

@@ -243,6 +243,35 @@ def test_sigterm_drains_associations_on_every_worker(tmp_path: Path) -> None:
     assert stopped["aborted_associations"] == 0
 
 
+def test_a_worker_that_dies_during_the_drain_is_logged_and_fails_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A worker killed (OOM, a crash) while it drains loses its open associations: the
+    supervisor says so at ERROR, its ``stopped`` total is marked incomplete, and it exits 4
+    rather than 0, so that a service manager sees an unclean stop."""
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="3",
+                          cert_refresh_seconds="3600").start()
+    opened = spread(server, context(server))
+    victim = worker_pids(server)[1]
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    os.kill(victim, signal.SIGKILL)  # mid-drain, with an association open
+    code = server.proc.wait(60)
+    server.stop()
+    for assoc in opened:
+        assoc.release()
+    entries = server.log_entries()
+    death = next(e for e in entries if e.get("message") == "worker died during the drain")
+    assert death["level"] == "ERROR" and death["pid"] == victim
+    assert death["signal"] == "SIGKILL" and death["worker"] == 1
+    assert death["stop_reported"] is False
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations_complete"] is False
+    assert stopped["workers_failed"] == 1
+    assert code == 4, server.log()
+
+
 def test_a_killed_worker_is_replaced(server: MimicProcess) -> None:
     victim = worker_pids(server)[1]
     os.kill(victim, signal.SIGKILL)

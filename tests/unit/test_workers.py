@@ -158,3 +158,46 @@ def test_the_trust_token_is_the_same_in_every_worker(tmp_path: Path) -> None:
         for seed in ("1", "2", "3", "4")
     }
     assert len(outputs) == 1, outputs
+
+
+class _Ended(_Process):
+    """A worker process that has ended with ``code`` (negative: the signal)."""
+
+    def __init__(self, pid: int, code: int) -> None:
+        super().__init__()
+        self.pid, self.code = pid, code
+
+    def poll(self) -> int:  # type: ignore[override]
+        return self.code
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.code
+
+
+def test_a_worker_that_dies_during_the_drain_fails_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of the serving workers, one that stopped cleanly counts; one killed during its drain
+    is logged at ERROR and makes the aborted total incomplete; a replacement still starting
+    (not ready: SIGTERM ends it before its handler is set) had nothing to lose."""
+    import logging
+    import signal
+
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 3)
+    clean = _Run(_Ended(101, 0), 0.0, ready=True, draining=True, aborted=2, stopped=True)  # type: ignore[arg-type]
+    killed = _Run(_Ended(102, -signal.SIGKILL), 0.0, ready=True, draining=True)  # type: ignore[arg-type]
+    starting = _Run(_Ended(103, -signal.SIGTERM), 0.0)  # type: ignore[arg-type]
+    for slot, run in zip(supervisor.slots, (clean, killed, starting), strict=True):
+        slot.run = run
+    with caplog.at_level(logging.INFO, logger="mimic_server.workers.supervisor"):
+        assert supervisor._drain() == 1
+    deaths = [r for r in caplog.records if r.getMessage() == "worker died during the drain"]
+    assert [(r.levelname, r.pid, r.signal, r.worker) for r in deaths] == [  # type: ignore[attr-defined]
+        ("ERROR", 102, "SIGKILL", 1)
+    ]
+    stopped = next(r for r in caplog.records if r.getMessage() == "stopped")
+    assert stopped.aborted_associations == 2  # type: ignore[attr-defined]
+    assert stopped.aborted_associations_complete is False  # type: ignore[attr-defined]
+    assert stopped.workers_failed == 1  # type: ignore[attr-defined]
