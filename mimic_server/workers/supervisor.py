@@ -86,6 +86,9 @@ class _Run:
     started: float
     pidfd: int | None = None  # readable once the process has ended
     ready: bool = False
+    # A SIGHUP (forwarded or relayed) that came while it was still starting: sent when it
+    # reports ready (it may have read its certificates before the change that caused it).
+    hup_pending: bool = False
     server_not_after: float | None = None
     aborted: int = 0  # associations it aborted when its drain time ran out
     stopped: bool = False  # it reported "stopped": its aborted count is known
@@ -274,7 +277,7 @@ class Supervisor:
                     if message.get("event") == "status-port":
                         run.status_port = int(message["status_port"])
                     if message.get("event") == "ready":
-                        run.ready = True
+                        self._ready(run)
                     if message.get("event") == "trust-changed":
                         self._relay_trust_change(run, message.get("trust"))
                     if message.get("event") == "draining":
@@ -399,9 +402,33 @@ class Supervisor:
             os.write(self._wake_w, b"\0")
 
     def hup(self) -> None:
-        """SIGHUP: every worker reads its certificates and policy file again. Not one still
-        starting: SIGHUP would end it before its handler is set (it reads them anyway)."""
-        for run in self._ready_runs():
+        """SIGHUP: every worker reads its certificates and policy file again."""
+        self._send_hup([slot.run for slot in self.slots if slot.run is not None])
+
+    def _send_hup(self, runs: list[_Run]) -> None:
+        """SIGHUP to each of ``runs`` that is ready. One still starting gets it when it
+        reports ready (:meth:`_ready`), not now: SIGHUP would end it before its handler is
+        set; nor never: it read its certificates early in its start, perhaps before the
+        change this signal is about, and would serve what was revoked until its next poll."""
+        ready = []
+        with self._lock:  # against _ready: a signal is either sent here or left pending
+            for run in runs:
+                if run.ready:
+                    ready.append(run)
+                else:
+                    run.hup_pending = True
+        for run in ready:
+            if run.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    run.process.send_signal(signal.SIGHUP)
+
+    def _ready(self, run: _Run) -> None:
+        """The worker reported ready (its SIGHUP handler is set by then: cli.py): a SIGHUP
+        held back while it started is sent now."""
+        with self._lock:
+            run.ready = True
+            pending, run.hup_pending = run.hup_pending, False
+        if pending:
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(signal.SIGHUP)
 
@@ -420,10 +447,8 @@ class Supervisor:
             elif now - self._last_relay < RELAY_INTERVAL:
                 return
             self._last_relay = now
-        for run in self._ready_runs():
-            if run is not source:
-                with contextlib.suppress(ProcessLookupError):
-                    run.process.send_signal(signal.SIGHUP)
+        self._send_hup([slot.run for slot in self.slots
+                        if slot.run is not None and slot.run is not source])
 
     def run(self) -> int:
         """Supervise until told to stop, then drain the workers. Called in the main thread

@@ -201,3 +201,33 @@ def test_a_worker_that_dies_during_the_drain_fails_it(
     assert stopped.aborted_associations == 2  # type: ignore[attr-defined]
     assert stopped.aborted_associations_complete is False  # type: ignore[attr-defined]
     assert stopped.workers_failed == 1  # type: ignore[attr-defined]
+
+
+def test_a_sighup_for_a_worker_still_starting_is_sent_when_it_is_ready(
+    tmp_path: Path,
+) -> None:
+    """A replacement reads its certificates early in its start and says ready at its end: a
+    SIGHUP (forwarded, or relayed from another worker's trust change) in between is held
+    for it, not dropped, and sent once it reports ready; it would otherwise serve a revoked
+    certificate until its next poll."""
+    import signal
+
+    from mimic_server.workers.link import trust_token
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    serving = _Run(_Process(), 0.0, ready=True)  # type: ignore[arg-type]
+    replacement = _Run(_Process(), 0.0)  # type: ignore[arg-type]
+    supervisor.slots[0].run, supervisor.slots[1].run = serving, replacement
+
+    supervisor.hup()  # the operator's SIGHUP
+    supervisor._relay_trust_change(serving, trust_token({"revoked"}))  # the serving one's
+    assert serving.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
+    assert replacement.process.signals == []  # type: ignore[attr-defined]
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'{"event": "status-port", "status_port": 1}\n{"event": "ready"}\n')
+    os.close(write_end)
+    supervisor._read_status(supervisor.slots[1], replacement, read_end)  # to the pipe's end
+    assert replacement.ready
+    assert replacement.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
