@@ -493,12 +493,13 @@ class Archive:
         except ValueError:
             server = None  # server_context() has refused such a bundle already
         self._server_not_after = server.not_valid_after_utc if server is not None else None
-        if self.worker is not None:
-            self.worker.report(event="certificate", server_not_after=self._not_after_timestamp())
-        self.metrics.certificates(
-            self._server_not_after,
-            [t.certificate.not_valid_after_utc for t in bundle.currently_valid()],
-        )
+        trusted = [t.certificate.not_valid_after_utc for t in bundle.currently_valid()]
+        if self.worker is not None:  # the supervisor exports both (web/metrics.py)
+            self.worker.report(
+                event="certificate", server_not_after=self._not_after_timestamp(),
+                client_not_after=min(trusted).timestamp() if trusted else None,
+            )
+        self.metrics.certificates(self._server_not_after, trusted)
 
     def _move_target(self, ae_title: str) -> move.MoveTarget | None:
         """The C-MOVE destination registry (``MIMIC_MOVE_DESTINATIONS``) as the handler sees it."""

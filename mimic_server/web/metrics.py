@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -51,6 +51,11 @@ HANDSHAKE_FAILURES = (
     "other",
 )
 ROLES = ("server", "client")
+CERTIFICATE_NOT_AFTER = "mimic_certificate_not_after_timestamp_seconds"
+CERTIFICATE_NOT_AFTER_HELP = (
+    "Expiry (Unix time) of the server certificate, and the soonest of the trusted client "
+    "and CA certificates."
+)
 
 #: Seconds; from a C-ECHO on loopback (sub-millisecond) to a long C-MOVE.
 _DURATION_BUCKETS = (
@@ -118,10 +123,12 @@ class ArchiveMetrics:
             "Trusted client and CA certificates currently valid.", registry=r,
             multiprocess_mode="livemin",
         )
-        self.certificate_not_after = Gauge(
-            "mimic_certificate_not_after_timestamp_seconds",
-            "Expiry (Unix time) of the server certificate, and the soonest of the trusted "
-            "client and CA certificates.", ["role"], registry=r, multiprocess_mode="livemin",
+        # Not in a worker: a series once written to a multiprocess file cannot be removed
+        # (remove() only forgets it in this process), so the client expiry of a trust set
+        # emptied since would stay. A worker reports its dates to the supervisor instead,
+        # which exports them (ServerMetrics).
+        self.certificate_not_after = None if self.multiprocess else Gauge(
+            CERTIFICATE_NOT_AFTER, CERTIFICATE_NOT_AFTER_HELP, ["role"], registry=r,
         )
         # Children made now: every series exists from the start (0, not absent), and the
         # hot path finds its child with one dictionary lookup instead of labels().
@@ -207,6 +214,8 @@ class ArchiveMetrics:
     ) -> None:
         """A bundle was loaded: its server certificate's and trusted set's expiry dates."""
         self.trusted_certificates.set(len(trusted_not_after))
+        if self.certificate_not_after is None:  # a worker: its supervisor exports them
+            return
         if server_not_after is not None:
             self.certificate_not_after.labels("server").set(server_not_after.timestamp())
         if trusted_not_after:
@@ -265,13 +274,17 @@ class ServerMetrics:
     ``directory``) and the supervisor's own worker gauges."""
 
     def __init__(self, directory: Path, configured: int,
-                 refresh: Callable[[], None] = lambda: None) -> None:
-        """``refresh()`` runs before each scrape: the workers write their sampled values."""
+                 refresh: Callable[[], None] = lambda: None,
+                 certificates: Callable[[], dict[str, float]] = dict) -> None:
+        """``refresh()`` runs before each scrape: the workers write their sampled values.
+        ``certificates()``: the expiry dates by role the workers reported (the soonest of
+        each; a role missing when none has one), exported as a single process does."""
         self.directory = directory
         self._refresh = refresh
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
         self._own = CollectorRegistry()
+        self._own.register(_CertificateExpiry(certificates))
         Gauge("mimic_workers", "Worker processes configured (MIMIC_WORKERS).",
               registry=self._own).set(configured)
         self.ready = Gauge("mimic_workers_ready", "Worker processes up and accepting.",
@@ -283,3 +296,21 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         self._refresh()
         return generate_latest(self.registry) + generate_latest(self._own)
+
+
+class _CertificateExpiry(Collector):
+    """``mimic_certificate_not_after_timestamp_seconds`` from the dates the workers reported
+    over their status pipes, read at scrape time: a role none of them has any more (every
+    client and CA revoked) is absent, as in a single process."""
+
+    def __init__(self, dates: Callable[[], dict[str, float]]) -> None:
+        self._dates = dates
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(CERTIFICATE_NOT_AFTER, CERTIFICATE_NOT_AFTER_HELP,
+                                   labels=["role"])
+        dates = self._dates()
+        for role in ROLES:
+            if role in dates:
+                family.add_metric([role], dates[role])
+        yield family

@@ -90,6 +90,7 @@ class _Run:
     # reports ready (it may have read its certificates before the change that caused it).
     hup_pending: bool = False
     server_not_after: float | None = None
+    client_not_after: float | None = None  # the soonest trusted expiry; None: none trusted
     aborted: int = 0  # associations it aborted when its drain time ran out
     stopped: bool = False  # it reported "stopped": its aborted count is known
     draining: bool = False  # it no longer accepts
@@ -121,7 +122,8 @@ class Supervisor:
         self._metrics_dir = self._directory / "metrics"
         self._metrics_dir.mkdir()
         self._table = AssociationTable(self._directory / "associations", count, create=True)
-        self.metrics = ServerMetrics(self._metrics_dir, count, refresh=self._sample_workers)
+        self.metrics = ServerMetrics(self._metrics_dir, count, refresh=self._sample_workers,
+                                     certificates=self._certificate_dates)
         self.metrics.ready.set_function(lambda: len(self._ready_runs()))
         self._engine: Any = None
         self._schema_revision: str | None = None
@@ -274,6 +276,8 @@ class Supervisor:
                     message = json.loads(line)
                     if "server_not_after" in message:
                         run.server_not_after = message["server_not_after"]
+                    if "client_not_after" in message:
+                        run.client_not_after = message["client_not_after"]
                     if message.get("event") == "status-port":
                         run.status_port = int(message["status_port"])
                     if message.get("event") == "ready":
@@ -348,6 +352,18 @@ class Supervisor:
         """Before a scrape: every ready worker writes its sampled metrics."""
         for run in self._ready_runs():
             sample_worker(run.status_port)
+
+    def _certificate_dates(self) -> dict[str, float]:
+        """The soonest server and client expiry among the ready workers (the metric a single
+        process exports from its bundle); a role none of them has is left out."""
+        runs = self._ready_runs()
+        dates: dict[str, float] = {}
+        for role, reported in (("server", [r.server_not_after for r in runs]),
+                               ("client", [r.client_not_after for r in runs])):
+            known = [d for d in reported if d is not None]
+            if known:
+                dates[role] = min(known)
+        return dates
 
     def _status(self) -> dict[str, object]:
         """Every ready worker's open associations and the per-minute counts summed."""

@@ -197,6 +197,25 @@ def test_a_revoked_ca_found_by_one_worker_reaches_the_other(
     assert not associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE]).is_established
 
 
+def test_no_client_expiry_series_once_nothing_is_trusted(server: MimicProcess) -> None:
+    """The soonest client expiry goes from /metrics once no client or CA is trusted, as in a
+    single process (a worker's multiprocess file could not drop the series)."""
+    def series(name: str) -> list[tuple[dict[str, str], float]]:
+        status, body = server.ops("/metrics")
+        assert status == 200
+        return [(s.labels, s.value) for f in text_string_to_metric_families(body.decode())
+                for s in f.samples if s.name == name]
+
+    expiry = "mimic_certificate_not_after_timestamp_seconds"
+    assert {labels["role"] for labels, _ in series(expiry)} == {"server", "client"}
+    devpki.revoke(server.certs, "modality1")  # the only trusted client
+    server.hup()
+    assert wait_for(lambda: [v for _, v in series("mimic_trusted_certificates")] == [0.0],
+                    timeout=20)
+    assert wait_for(lambda: {labels["role"] for labels, _ in series(expiry)} == {"server"},
+                    timeout=5), series(expiry)
+
+
 #: SIGHUPs sent to each worker by the storm test, a few hundred microseconds apart on average.
 STORM_SIGNALS = 300
 

@@ -231,3 +231,31 @@ def test_a_sighup_for_a_worker_still_starting_is_sent_when_it_is_ready(
     supervisor._read_status(supervisor.slots[1], replacement, read_end)  # to the pipe's end
     assert replacement.ready
     assert replacement.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
+
+
+def test_the_certificate_expiry_is_exported_from_what_the_workers_reported(
+    tmp_path: Path,
+) -> None:
+    """The supervisor exports the soonest expiry per role from the workers' reports: a
+    client expiry no worker has any more (nothing trusted) is absent, which the workers'
+    multiprocess files could not say (a series written there cannot be removed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    one, two = (_Run(_Process(), 0.0, ready=True) for _ in range(2))  # type: ignore[arg-type]
+    supervisor.slots[0].run, supervisor.slots[1].run = one, two
+    one.server_not_after, two.server_not_after = 2000.0, 1000.0
+    one.client_not_after, two.client_not_after = 3000.0, 4000.0
+
+    def expiry() -> dict[str, float]:
+        text = supervisor.metrics.exposition().decode()
+        return {s.labels["role"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "mimic_certificate_not_after_timestamp_seconds"}
+
+    assert expiry() == {"server": 1000.0, "client": 3000.0}
+    one.client_not_after = None  # worker 0 applied a trust set with nothing in it
+    assert expiry() == {"server": 1000.0, "client": 4000.0}  # worker 1 not yet
+    two.client_not_after = None
+    assert expiry() == {"server": 1000.0}
