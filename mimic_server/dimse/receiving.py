@@ -289,6 +289,7 @@ def receive_in_bounded_memory(
         data_set = message.data_set
         command_set = message.encoded_command_set
         if isinstance(command_set, ReceivingCommandSet) and command_set.too_large:
+            _abort_when_due(dimse, command_set)
             return  # its abort is on the way: nothing more of that message is decoded
         if store_requests:
             rest = _receive_store_fragments(dimse, primitive.presentation_data_value_list,
@@ -306,12 +307,21 @@ def receive_in_bounded_memory(
             data_set.abort_due = False
             log.warning("the peer keeps sending a data set beyond the size limit: aborting")
             dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
-        if isinstance(command_set, ReceivingCommandSet) and command_set.abort_due:
-            command_set.abort_due = False
-            log.warning("a DIMSE command set exceeds %d bytes: aborting", MAX_COMMAND_SET)
-            dimse.dul.event_queue.put("Evt19")
+        # The message this P-DATA began with, and the one it left: fragments of a message
+        # that began in it (after another's last) went to that one's command set.
+        _abort_when_due(dimse, command_set)
+        if dimse.message is not None and dimse.message is not message:
+            _abort_when_due(dimse, dimse.message.encoded_command_set)
 
     dimse.receive_primitive = receive_primitive
+
+
+def _abort_when_due(dimse: Any, command_set: object) -> None:
+    """A command set past :data:`MAX_COMMAND_SET`: the association is aborted, once."""
+    if isinstance(command_set, ReceivingCommandSet) and command_set.abort_due:
+        command_set.abort_due = False
+        log.warning("a DIMSE command set exceeds %d bytes: aborting", MAX_COMMAND_SET)
+        dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
 
 
 def _receive_store_fragments(

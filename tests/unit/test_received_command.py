@@ -29,6 +29,7 @@ from mimic_server.codec.command_set import (
 from mimic_server.dimse.receiving import (
     MAX_COMMAND_SET,
     ReceiveLimits,
+    ReceivingCommandSet,
     ReceivingDataSet,
     receive_in_bounded_memory,
 )
@@ -466,3 +467,36 @@ def test_a_command_set_at_its_bound_is_taken(tmp_path: Path, fast: bool) -> None
         assoc.dimse.receive_primitive(pdata)
     assert _events(assoc) == []
     assert len(_received(assoc)) == 1
+
+
+def test_a_command_set_is_taken_to_its_bound_and_not_a_byte_past() -> None:
+    at = ReceivingCommandSet()
+    at.write(bytes(MAX_COMMAND_SET - 1))
+    at.write(b"\x00")
+    assert at.getvalue() == bytes(MAX_COMMAND_SET) and not at.too_large
+    past = ReceivingCommandSet()
+    past.write(bytes(MAX_COMMAND_SET))
+    past.write(b"\x00")
+    assert past.too_large and past.abort_due and past.getvalue() == b""
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_command_set_too_long_after_a_whole_message_in_the_same_p_data_aborts(
+    tmp_path: Path, fast: bool
+) -> None:
+    """One P-DATA: a whole C-STORE-RQ, then the first fragment of the next message's
+    command set, already past the bound: its abort is not lost with the message it left.
+    (pynetdicom's path drops what follows a message's end in its P-DATA: its abort comes
+    with the fragments after.)"""
+    assoc, _seen = _acceptor(tmp_path, fast)
+    whole = [pdv for p in _pdata(_store(), 0) for pdv in p.presentation_data_value_list]
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.extend(whole)
+    pdata.presentation_data_value_list.append([1, b"\x01" + bytes(MAX_COMMAND_SET + 1)])
+    assoc.dimse.receive_primitive(pdata)
+    for _ in range(5):
+        more = P_DATA()
+        more.presentation_data_value_list.append([1, b"\x01" + bytes(16 * 1024)])
+        assoc.dimse.receive_primitive(more)
+    assert len(_received(assoc)) == 1  # the whole one
+    assert _events(assoc) == ["Evt19"]
