@@ -3,7 +3,9 @@
 A missing object, an unreadable store or bytes that no longer hash to the SHA-256 in the
 index give ``None`` (logged without UIDs); the caller answers its protocol's failure
 (a failed C-STORE sub-operation, an HTTP error part). Objects are immutable in the store
-(each C-STORE writes a new key), so bytes checked once stay those that are sent.
+(each C-STORE writes a new key); bytes changed under us all the same (a disk, a blob
+changed by hand) are caught too: a small object is sent from the bytes that were checked,
+a large one is hashed again as it is read to be sent (:meth:`VerifiedObject.chunks`).
 
 An instance sent again gets a new key, and its old object is deleted once the new row has
 committed. A retrieve that read its match list before that finds the old key gone: given
@@ -121,7 +123,7 @@ class VerifiedObject:
                     yield held
                 held = piece
         if read != self.size or digest.hexdigest() != self.ref.sha256:
-            log.error("stored object changed while it was being sent",
+            log.error("stored object changed while it was being read",
                       extra={"object": reference(self.ref), "size": read, "expected": self.size})
             log.debug("changed object key", extra={"key": self.ref.object_key})
             raise OutOfResources("the stored object changed while it was being read")

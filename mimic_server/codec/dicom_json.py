@@ -65,6 +65,7 @@ def header_to_json(
     keys = _KEYS
     readers = _READERS
     last = _LAST
+    bulk = header.bulk
     for tag, (vr, data, _start) in elements.items():
         key = keys.get(tag) or _key(tag)
         # What _entry does, without its call for the usual element (a VR, a value).
@@ -78,6 +79,8 @@ def header_to_json(
                 if entry is not None and entry is not _BULK_DATA \
                         and len(data) <= _LAST_LIMIT and (seen or len(last) < _MAX_KEYS):
                     last[tag] = (data, vr, codec, entry)
+        elif bulk and not data and tag in bulk:
+            continue  # a bulk value, never copied: nothing of it in the JSON
         else:
             entry = _entry(tag, vr, data, True, implicit, codec)
         if entry is _BULK_DATA:
@@ -88,10 +91,6 @@ def header_to_json(
                 continue
             converted.add(key)
         out[key] = entry
-    for tag in header.bulk:  # values never copied: bulk data, as binary values over 768 bytes
-        key = keys.get(tag) or _key(tag)
-        out.pop(key, None)
-        converted.discard(key)
     return out, converted
 
 
@@ -197,6 +196,8 @@ def _fast(raw: RawDataElement, codec: str | None) -> Entry:
     """The entry of a pydicom raw element, or None for "let pydicom do it"."""
     value = raw.value
     if value is None:
+        if raw.length and raw.length != 0xFFFFFFFF:
+            return _BULK_DATA  # deferred: a bulk value pydicom did not read (codec/header.py)
         value = b""
     elif type(value) is not bytes:
         return None

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import zlib
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from mimic_server.codec.header_scan import (
+    HEADER_SEQUENCES,
+    LARGEST_HEADER_VALUE,
     MAX_HEADER_ELEMENTS,
     ScannedHeader,
     scan_header,
@@ -19,6 +22,10 @@ from mimic_server.codec.structure import check_structure, check_structure_after
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
 def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
@@ -84,24 +91,14 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
     little = transfer_syntax.is_little_endian if known else True
     try:
         header: Header | None = None
-        source: io.RawIOBase | io.BytesIO
+        view = dataset
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             header, inflated = _inflated_header(dataset)
-            source = io.BytesIO(inflated)
-        else:
-            source = _MemoryReader(dataset)
-            if little:
-                header = scan_header(dataset, implicit)
+            view = memoryview(inflated)
+        elif little:
+            header = scan_header(dataset, implicit)
         if header is None:
-            source.seek(0)
-            header = read_dataset(
-                source,  # type: ignore[arg-type]
-                implicit,
-                little,
-                stop_when=_at_pixel_data,
-            )
-            if len(header) > MAX_HEADER_ELEMENTS:
-                raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
+            header = _read_by_pydicom(view, implicit, little)
         # Values are converted lazily; every element is converted once, by the DICOM JSON
         # of the index (index/attributes.py), which refuses a malformed one as 0xC000.
     except DicomStatusError:
@@ -113,7 +110,52 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
     return header
 
 
-def _inflated_header(dataset: memoryview) -> tuple[ScannedHeader | None, bytes]:
+def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
+    """pydicom's read of a header the scan leaves to it (big endian, undefined lengths),
+    under the scan's bounds: at most ``MAX_HEADER_ELEMENTS`` top-level elements (counted as
+    pydicom meets them, so a header of millions is refused before it is read), values over
+    ``LARGEST_HEADER_VALUE`` left unread (deferred: bulk data, out of the JSON), and the
+    sequences among them read while they fit ``HEADER_SEQUENCES``, as the scan does. (The
+    items of a sequence of undefined length are pydicom's to read whole.)"""
+    seen = 0
+
+    def stop_when(tag: int, _vr: str | None, _length: int) -> bool:
+        nonlocal seen
+        if tag in _PIXEL_DATA_TAGS:
+            return True
+        seen += 1
+        if seen > MAX_HEADER_ELEMENTS:
+            raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
+        return False
+
+    header = read_dataset(
+        _MemoryReader(view),  # type: ignore[arg-type]
+        implicit,
+        little,
+        stop_when=stop_when,
+        defer_size=LARGEST_HEADER_VALUE,
+    )
+    left = HEADER_SEQUENCES
+    elements = header._dict
+    for tag, raw in elements.items():
+        if (not isinstance(raw, RawDataElement) or not raw.length
+                or raw.length == _UNDEFINED_LENGTH):
+            continue
+        start = raw.value_tell
+        if raw.VR != "SQ" and (
+            raw.VR not in (None, "UN") or view[start : start + 4] != _ITEM_TAG
+        ):
+            continue
+        if raw.length > left:  # bulk data: unread, or dropped
+            elements[tag] = raw._replace(value=None)
+            continue
+        left -= raw.length
+        if raw.value is None:  # deferred, and it fits: read it as the scan would
+            elements[tag] = raw._replace(value=view[start : start + raw.length].tobytes())
+    return header
+
+
+def _inflated_header(dataset: memoryview) -> tuple[ScannedHeader | None, bytearray]:
     """The scanned header of a deflated data set and what was inflated for it: as little
     as finds the header whole (the scan reaching Pixel Data, or the data set's end), at
     most ``MAX_INFLATED_HEADER``; the compressed input read a slice at a time."""
@@ -136,9 +178,9 @@ def _inflated_header(dataset: memoryview) -> tuple[ScannedHeader | None, bytes]:
         # The scan stops short of the end only at Pixel Data (its 8-byte element header in
         # full); anywhere else it stops at a cut element, a sign to inflate more.
         if scanned is not None and (scanned[1] + 8 <= len(inflated) or ended):
-            return scanned[0], bytes(inflated)
+            return scanned[0], inflated
         if ended or budget >= MAX_INFLATED_HEADER:
-            return None, bytes(inflated)  # pydicom reads what there is, with its own rules
+            return None, inflated  # pydicom reads what there is, with its own rules
         budget = min(budget * 4, MAX_INFLATED_HEADER)
 
 

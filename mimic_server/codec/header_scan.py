@@ -231,7 +231,7 @@ def _scan(
                 bulk.append(tag)
         else:
             elements[tag] = (vr, data[start:end].tobytes(), start)
-        if pos > count_from and len(elements) > MAX_HEADER_ELEMENTS:
+        if pos >= count_from and len(elements) > MAX_HEADER_ELEMENTS:
             raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
         pos = end
     if not stop_at_pixel_data and pos != size:

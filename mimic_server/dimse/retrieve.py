@@ -22,6 +22,7 @@ from mimic_server.archive.read import STREAM_ABOVE, CurrentRow, open_verified, r
 from mimic_server.dimse import stream_send
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder_in_use
 from mimic_server.dimse.stream_send import StreamedDataset
+from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage import ObjectStore
 
@@ -42,7 +43,11 @@ def read_verified(
         return None
     if stored.streamed and stream_send.enabled:
         return StreamedDataset.of(stored)
-    data = stored.read()
+    try:
+        data = stored.read()  # a large one is read again, and checked again as it is
+    except (KeyError, OutOfResources, OSError):
+        log.error("stored object unreadable", extra={"object": reference(stored.ref)})
+        return None
     if stored_bytes_encoder_in_use():
         return StoredDataset.of(stored.ref, data, stored.dataset_offset)
     dataset = StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])

@@ -168,12 +168,16 @@ def commit_lost(exc: BaseException) -> BaseException:
 
 
 def answered_by_server(exc: BaseException) -> bool:
-    """Whether the database itself sent the error (it comes with a SQLSTATE): it ended the
-    statement, or the session before the statement ran (``57P01``, a server shutting down
-    or a backend ended), so a statement that commits itself did not commit. A connection
-    that closed without an answer (cut, reset, the server gone before its reply) tells
-    nothing: the statement may have committed."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) is not None
+    """Whether the database server itself ended the statement's session with an error of
+    operator intervention (SQLSTATE class 57: ``57P01`` a shutdown or a backend ended,
+    ``57P02`` a crash of another backend, ``57P03`` not accepting connections): PostgreSQL
+    sends no error once a transaction has committed locally, so a statement that commits
+    itself did not. Any other loss tells nothing: a connection closed without an answer
+    (cut, reset, the server gone before its reply), and a connection error a pooler in
+    between makes up (PgBouncer's ``08P01`` "server conn crashed?"), after which the
+    server may well have committed."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("57P")
 
 
 def outcome_unknown(exc: BaseException) -> BaseException:

@@ -301,7 +301,7 @@ def test_an_object_changed_while_being_sent_is_never_delivered(
     assert assoc.is_aborted
     assert not final.get("NumberOfCompletedSuboperations", 0)
     assert wait_for(lambda: any(
-        "changed while it was being sent" in e.get("message", "")
+        "changed while it was being read" in e.get("message", "")
         for e in large.server.log_entries()))
     assert wait_for(lambda: _objects_held_open(large.server) == [])
 

@@ -16,6 +16,7 @@ from mimic_server.codec.header_scan import (
     HEADER_SEQUENCES,
     LARGEST_HEADER_VALUE,
     MAX_HEADER_ELEMENTS,
+    ScannedHeader,
     read_little_endian_header,
     scan_header,
 )
@@ -211,3 +212,51 @@ def test_a_header_of_too_many_elements_is_refused(scanned: bool) -> None:
     if scanned:
         with pytest.raises(OutOfResources):
             read_checked_header(memoryview(data + tail + extra), syntax)
+
+
+UNDEFINED_SQ = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+    "<HHL", 0xFFFE, 0xE0DD, 0)  # pydicom reads a header holding one: the same bounds apply
+
+
+def test_pydicom_reads_a_header_under_the_same_bounds() -> None:
+    small = _items(_explicit(0x0008, 0x0100, b"SH", b"CODE"))
+    large = _items(_explicit(0x0009, 0x1001, b"LO", b"z" * 60_000) * (HEADER_SEQUENCES // 60_000))
+    data = b"".join([
+        _explicit(0x0008, 0x0060, b"CS", b"OT"),
+        _explicit(0x0008, 0x1110, b"SQ", small),
+        _explicit(0x0008, 0x1111, b"SQ", large),  # deferred by pydicom, read: it fits
+        UNDEFINED_SQ,
+        _explicit(0x0008, 0x1150, b"SQ", large),  # does not fit: bulk
+        _explicit(0x0009, 0x0010, b"LO", b"MIMIC TEST"),
+        _explicit(0x0009, 0x1002, b"OB", bytes(BIG)),
+        _explicit(0x0010, 0x0010, b"PN", NAME),
+        _explicit(0x0020, 0x4000, b"UT", b"t" * BIG),
+    ])
+    header = read_header(memoryview(data), UID(ExplicitVRLittleEndian))
+    assert not isinstance(header, ScannedHeader)  # pydicom's
+    document = header_json(header)
+    assert {"00081150", "00091002", "00204000"}.isdisjoint(document)
+    assert {"00081110", "00081111", "00081140", "00100010"} <= set(document)
+    assert len(document["00081111"]["Value"]) == 1  # its item, read
+
+
+def test_pydicom_neither_copies_a_large_value_nor_reads_too_many_elements() -> None:
+    big = memoryview(UNDEFINED_SQ + _explicit(0x0010, 0x0010, b"PN", NAME) + _explicit(
+        0x0042, 0x0011, b"OB", bytes(32 << 20)))
+    many = memoryview(UNDEFINED_SQ + b"".join(
+        struct.pack("<HH2sH", 0x0009 + 2 * (n // 0xF000), 0x1000 + n % 0xF000, b"LO", 0)
+        for n in range(400_000)))
+    tracemalloc.start()
+    try:
+        header = read_header(big, UID(ExplicitVRLittleEndian))
+        _current, peak_big = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        with pytest.raises(OutOfResources):
+            read_header(many, UID(ExplicitVRLittleEndian))
+        _current, peak_many = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "00420011" not in header_json(header)
+    assert peak_big < 1 << 20, peak_big
+    # 400,000 elements read whole take some 150 MB; refused at 50,000, a fraction of it.
+    assert peak_many < 48 << 20, peak_many

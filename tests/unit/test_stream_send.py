@@ -275,3 +275,24 @@ def test_a_verified_stream_from_an_offset_is_the_object_from_there() -> None:
     store.objects["k"] = data[:-1] + bytes([data[-1] ^ 1])
     with pytest.raises(OutOfResources):
         stored.read()
+
+
+def test_a_large_object_changed_since_its_check_is_a_failure_when_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read whole (a conversion, WADO-RS metadata and rendering, C-GET with streaming off):
+    the same check; a failed sub-operation or a 500, never the changed bytes."""
+    from mimic_server.dimse import retrieve
+    from mimic_server.web.dicomweb.errors import WebError
+    from mimic_server.web.dicomweb.wado import read_whole
+
+    store = ClosingStore()
+    stored = _large(store)
+    data = store.objects["k"]
+    store.objects["k"] = data[:-1] + bytes([data[-1] ^ 0xFF])  # changed since its check
+    with pytest.raises(WebError) as refused:
+        read_whole(stored)
+    assert refused.value.status == 500
+    monkeypatch.setattr(stream_send, "enabled", False)
+    monkeypatch.setattr(retrieve, "open_verified", lambda *a, **k: stored)
+    assert retrieve.read_verified(store, stored.ref) is None

@@ -25,7 +25,7 @@ from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
 from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
-from mimic_server.web.dicomweb.wado import verified
+from mimic_server.web.dicomweb.wado import read_whole, verified
 
 MAX_FRAMES_PER_REQUEST = 1024
 
@@ -50,7 +50,7 @@ def _read(ctx: DicomWebContext, session: WebSession, ref: InstanceRef,
     audit.begin([ref])
     try:
         obj = verified(ctx, ref)
-        return obj.read(), audit, obj.ref
+        return read_whole(obj), audit, obj.ref
     except WebError:
         audit.failed_one()
         audit.end(completed=False)

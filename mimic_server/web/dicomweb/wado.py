@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from mimic_server.archive.read import VerifiedObject, open_verified, reference
+from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
@@ -152,7 +153,17 @@ def _instance_url(root: str, ref: InstanceRef, study: str, series: str) -> str:
 
 
 def dataset_of(obj: VerifiedObject) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(obj.read()), force=True)
+    return pydicom.dcmread(io.BytesIO(read_whole(obj)), force=True)
+
+
+def read_whole(obj: VerifiedObject) -> bytes:
+    """The object's bytes; a store that fails, or a large object that changed since its
+    check (it is hashed again as it is read: ``archive/read.py``), is a 500."""
+    try:
+        return obj.read()
+    except (KeyError, OutOfResources, OSError) as exc:
+        raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
+            from exc
 
 
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
@@ -215,7 +226,11 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
             if obj is None:
                 audit.failed_one()
                 continue
-            ds = dataset_of(obj)
+            try:
+                ds = dataset_of(obj)
+            except WebError:
+                audit.failed_one()
+                continue
             series_uid = str(ds.get("SeriesInstanceUID", series or ""))
             documents.append(metadata_json(ds, _instance_url(root, ref, study, series_uid)))
             audit.sent_one(obj.ref)
@@ -241,11 +256,11 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     audit.begin([ref])
     try:
         obj = verified(ctx, ref)
+        ref, ds = obj.ref, dataset_of(obj)
     except WebError:
         audit.failed_one()
         audit.end(completed=False)
         raise
-    ref, ds = obj.ref, dataset_of(obj)
     element = ds.get(tag)
     if element is None or element.value is None:
         audit.end()
