@@ -11,34 +11,37 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
+def _write_header(path: Path, sop_class: str, uid: str | None = None,
+                  **attributes: object) -> str:
+    """A Part 10 file of ``sop_class`` (explicit VR little endian) holding ``attributes``,
+    to be extended by its caller; its SOP Instance UID (``uid``, or a new one)."""
+    uid = uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return uid
+
+
 def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = None) -> str:
     """A Secondary Capture object with ``pixel_bytes`` of zero pixels; its SOP Instance UID."""
     columns = 16384
     rows = pixel_bytes // (columns * 2)
     length = rows * columns * 2
-    uid = sop_instance_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = uid
-    ds.PatientID = "LARGE"
-    ds.PatientName = "Large^Object"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.save_as(path, enforce_file_format=True)
+    uid = _write_header(
+        path, SecondaryCaptureImageStorage, PatientID="LARGE", PatientName="Large^Object",
+        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), Modality="OT",
+        SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", Rows=rows,
+        Columns=columns, BitsAllocated=16, BitsStored=16, HighBit=15, PixelRepresentation=0,
+        uid=sop_instance_uid,
+    )
     with open(path, "ab") as fh:
         fh.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
         fh.truncate(fh.tell() + length)
@@ -51,22 +54,11 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 def write_large_document(path: Path, document_bytes: int) -> str:
     """An Encapsulated PDF object (no Pixel Data: the document is the header's last element)
     of ``document_bytes`` zeros, sparse on disk; its SOP Instance UID."""
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = ENCAPSULATED_PDF
-    ds.SOPInstanceUID = uid
-    ds.PatientID = "LARGE"
-    ds.PatientName = "Large^Document"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DOC"
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.save_as(path, enforce_file_format=True)
+    uid = _write_header(
+        path, ENCAPSULATED_PDF, PatientID="LARGE", PatientName="Large^Document",
+        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), Modality="DOC",
+        MIMETypeOfEncapsulatedDocument="application/pdf",
+    )
     with open(path, "ab") as fh:
         fh.write(struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, document_bytes))
         fh.truncate(fh.tell() + document_bytes)
@@ -78,16 +70,7 @@ def write_many_elements(path: Path, count: int) -> str:
     elements of group 0009 (8 bytes each) before its patient, study and series; its SOP
     Instance UID."""
     assert count <= 0xF000
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    head = Dataset()
-    head.file_meta = meta
-    head.SOPClassUID = SecondaryCaptureImageStorage
-    head.SOPInstanceUID = uid
-    head.save_as(path, enforce_file_format=True)
+    uid = _write_header(path, SecondaryCaptureImageStorage)
     rest = Dataset()
     rest.PatientID = "MANY"
     rest.StudyInstanceUID = generate_uid()

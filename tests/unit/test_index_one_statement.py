@@ -173,19 +173,7 @@ def test_a_statement_that_committed_and_lost_its_connection_is_kept_once(
     runs once more on a fresh connection, finds the SOP Instance UID taken, reads that the row
     is its own (its object key), and returns as stored; one instance row, one audit row."""
     index.upsert_instance(_attrs(1), object_key="k/1", in_transaction=_audit(index, 1), **COMMON)
-    first = DriverStatement.first
-    lost: list[int] = []
-
-    def commits_then_loses(statement: DriverStatement, conn: Any, params: Any) -> Any:
-        answer = first(statement, conn, params)
-        if not lost and statement.sql.startswith("WITH"):
-            lost.append(1)
-            error = psycopg.OperationalError("server closed the connection unexpectedly")
-            conn.invalidate()
-            raise DBAPIError("WITH ...", None, error, connection_invalidated=True) from error
-        return answer
-
-    monkeypatch.setattr(DriverStatement, "first", commits_then_loses)
+    lost = _lose_first_statement(monkeypatch)
     replaced = index.upsert_instance(_attrs(2), object_key="k/2",
                                      in_transaction=_audit(index, 2), **COMMON)
     assert replaced is None and lost == [1]

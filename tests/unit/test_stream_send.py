@@ -130,6 +130,17 @@ def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any]) -> None
     sender(dimse, _request(), 3)
 
 
+def _send_and_drain(dimse: FakeDIMSE, stored: VerifiedObject) -> None:
+    """``_send``, then until the stand-in DUL has taken every P-DATA off its queue."""
+    try:
+        _send(dimse, stored, [])
+        deadline = time.monotonic() + 10
+        while dimse.dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dimse.dul.stop()
+
+
 @pytest.mark.parametrize("max_pdu", [16382, 0], ids=["16 KiB PDUs", "unlimited"])
 def test_the_data_set_is_streamed_in_order_within_the_pdu_and_the_queue(max_pdu: int) -> None:
     store = ClosingStore()
@@ -220,13 +231,7 @@ def test_a_held_pending_c_get_response_goes_before_a_streamed_object() -> None:
     dimse = FakeDIMSE(dul, 16382)
     held = EncodedPData(b"a pending C-GET response", 1)
     dimse.__dict__["_mimic_held_response"] = (held.encoded, held.pdus)
-    try:
-        _send(dimse, stored, [])
-        deadline = time.monotonic() + 10
-        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        dul.stop()
+    _send_and_drain(dimse, stored)
     first = dul.sent[0]
     assert isinstance(first, EncodedPData) and first.encoded == held.encoded
     assert all(not isinstance(p, EncodedPData) for p in dul.sent[1:])
@@ -250,13 +255,7 @@ def test_bytes_changed_after_the_check_are_never_sent_whole(change: str) -> None
     store.objects["k"] = bytes(data)
     dul = FakeDUL()
     dimse = FakeDIMSE(dul, 16382)
-    try:
-        _send(dimse, stored, [])
-        deadline = time.monotonic() + 10
-        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        dul.stop()
+    _send_and_drain(dimse, stored)
 
     fragments = [v for p in dul.sent for _, v in p.presentation_data_value_list
                  if not v[0] & 0x01]
