@@ -97,6 +97,7 @@ class _Run:
     status_port: int | None = None  # its loopback /status/associations (console's "now")
     go_fd: int | None = None  # the go pipe's write end, until the worker is released
     reader: threading.Thread | None = None  # reads its status pipe until the worker ends
+    start_overrun: bool = False  # killed for not reporting ready in START_TIMEOUT
 
 
 @dataclass
@@ -485,6 +486,8 @@ class Supervisor:
                     run = slot.run
                     if run is not None and run.process.poll() is not None:
                         self._died(slot, run, now)
+                    elif run is not None:
+                        self._check_start(slot, run, now)
                     if (slot.run is None and slot.restart_at is not None
                             and now >= slot.restart_at):
                         self._spawn(slot)
@@ -493,8 +496,23 @@ class Supervisor:
                 signal.set_wakeup_fd(previous)
         return self._drain()
 
+    def _check_start(self, slot: _Slot, run: _Run, now: float) -> None:
+        """A replacement that has not reported ready in ``START_TIMEOUT`` (hung in its
+        start: a store or database that never answers) is killed, logged at ERROR; its death
+        is then a young one (``_died``), restarted with the crash loop's back-off. Left
+        alone it would hold its slot, unserved, with ``/readyz`` 503, for good."""
+        if run.ready or run.start_overrun or now - run.started < START_TIMEOUT:
+            return
+        run.start_overrun = True
+        log.error("worker did not start; killing it", extra={
+            "worker": slot.index, "pid": run.process.pid, "start_timeout_seconds": START_TIMEOUT,
+        })
+        with contextlib.suppress(ProcessLookupError):
+            run.process.kill()
+
     def _wait(self) -> None:
-        """Until a worker ends, the wake-up is written, or the next restart is due."""
+        """Until a worker ends, the wake-up is written, the next restart is due or a
+        replacement's start runs out of time."""
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         timeout: float | None = None
@@ -505,6 +523,9 @@ class Supervisor:
                     timeout = SUPERVISE_PERIOD
                 else:
                     poller.register(run.pidfd, select.POLLIN)
+                if not run.ready and not run.start_overrun:
+                    due = max(0.0, run.started + START_TIMEOUT - time.monotonic())
+                    timeout = due if timeout is None else min(timeout, due)
             elif slot.restart_at is not None:
                 due = max(0.0, slot.restart_at - time.monotonic())
                 timeout = due if timeout is None else min(timeout, due)

@@ -77,12 +77,18 @@ class _Process:
 
     def __init__(self) -> None:
         self.signals: list[int] = []
+        self.pid = 100
 
     def poll(self) -> None:
         return None
 
     def send_signal(self, number: int) -> None:
         self.signals.append(number)
+
+    def kill(self) -> None:
+        import signal
+
+        self.signals.append(signal.SIGKILL)
 
 
 def test_a_second_trust_change_is_relayed_at_once_and_echoes_are_not(tmp_path: Path) -> None:
@@ -259,3 +265,49 @@ def test_the_certificate_expiry_is_exported_from_what_the_workers_reported(
     assert expiry() == {"server": 1000.0, "client": 4000.0}  # worker 1 not yet
     two.client_not_after = None
     assert expiry() == {"server": 1000.0}
+
+
+def test_a_replacement_that_does_not_start_in_time_is_killed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replacement hung in its start (it never reports ready) would hold its slot with
+    /readyz 503 for good: past START_TIMEOUT it is killed, once, logged at ERROR (its death
+    is then replaced with the crash loop's back-off); one still in time, or ready, is not."""
+    import logging
+    import signal
+    import time
+
+    from mimic_server.workers.supervisor import START_TIMEOUT, Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 3)
+    now = time.monotonic()
+    hung = _Run(_Process(), now - START_TIMEOUT - 1)  # type: ignore[arg-type]
+    starting = _Run(_Process(), now - START_TIMEOUT + 5)  # type: ignore[arg-type]
+    ready = _Run(_Process(), now - 10 * START_TIMEOUT, ready=True)  # type: ignore[arg-type]
+    runs = (hung, starting, ready)
+    with caplog.at_level(logging.ERROR, logger="mimic_server.workers.supervisor"):
+        for _ in range(2):
+            for slot, run in zip(supervisor.slots, runs, strict=True):
+                supervisor._check_start(slot, run, now)
+    assert [r.process.signals for r in runs] == [[signal.SIGKILL], [], []]  # type: ignore[attr-defined]
+    logged = [r for r in caplog.records if r.getMessage() == "worker did not start; killing it"]
+    assert [(r.worker, r.levelname) for r in logged] == [(0, "ERROR")]  # type: ignore[attr-defined]
+
+
+def test_the_supervisor_wakes_when_a_replacements_start_runs_out(tmp_path: Path) -> None:
+    """Its main loop waits on the workers' pidfds and its wake-up pipe only; a replacement
+    that hangs ends neither, so the start's deadline is one of the waits' ends too (without
+    it the wait below would never return)."""
+    import threading
+    import time
+
+    from mimic_server.workers.supervisor import START_TIMEOUT, Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 1)
+    never, _keep = os.pipe()  # a pidfd that never turns readable: the process lives on
+    supervisor.slots[0].run = _Run(_Process(), time.monotonic() - START_TIMEOUT,  # type: ignore[arg-type]
+                                   pidfd=never)
+    waiting = threading.Thread(target=supervisor._wait, daemon=True)
+    waiting.start()
+    waiting.join(30)
+    assert not waiting.is_alive()
