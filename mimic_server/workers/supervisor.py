@@ -540,7 +540,9 @@ class Supervisor:
         self._table.publish(slot.index, 0)
         self._table.hold(slot.index, NOT_ACCEPTING)  # no other worker waits for a dead one
         self.metrics.restarts.inc()
-        slot.young_deaths = slot.young_deaths + 1 if now - run.started < CRASH_WINDOW else 0
+        # One killed for a hung start died young too: its replacement waits its back-off.
+        young = run.start_overrun or now - run.started < CRASH_WINDOW
+        slot.young_deaths = slot.young_deaths + 1 if young else 0
         delay = (0.0 if slot.young_deaths == 0
                  else min(LONGEST_BACKOFF, FIRST_BACKOFF * 2 ** (slot.young_deaths - 1)))
         slot.run, slot.restart_at = None, now + delay
