@@ -500,10 +500,12 @@ class Supervisor:
         """A replacement that has not reported ready in ``START_TIMEOUT`` (hung in its
         start: a store or database that never answers) is killed, logged at ERROR; its death
         is then a young one (``_died``), restarted with the crash loop's back-off. Left
-        alone it would hold its slot, unserved, with ``/readyz`` 503, for good."""
-        if run.ready or run.start_overrun or now - run.started < START_TIMEOUT:
-            return
-        run.start_overrun = True
+        alone it would hold its slot, unserved, with ``/readyz`` 503, for good. Decided under
+        the lock :meth:`_ready` takes: a worker reporting ready at that moment is kept."""
+        with self._lock:
+            if run.ready or run.start_overrun or now - run.started < START_TIMEOUT:
+                return
+            run.start_overrun = True
         log.error("worker did not start; killing it", extra={
             "worker": slot.index, "pid": run.process.pid, "start_timeout_seconds": START_TIMEOUT,
         })

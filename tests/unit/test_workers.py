@@ -294,6 +294,29 @@ def test_a_replacement_that_does_not_start_in_time_is_killed(
     assert [(r.worker, r.levelname) for r in logged] == [(0, "ERROR")]  # type: ignore[attr-defined]
 
 
+def test_a_replacement_reporting_ready_as_its_start_runs_out_is_kept(tmp_path: Path) -> None:
+    """The ready report (the status reader's thread, under the supervisor's lock) and the
+    start's deadline (the main loop) meet: the deadline is decided under the same lock, so
+    a worker that became ready first is not killed."""
+    import threading
+    import time
+
+    from mimic_server.workers.supervisor import START_TIMEOUT, Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 1)
+    now = time.monotonic()
+    run = _Run(_Process(), now - START_TIMEOUT - 1)  # type: ignore[arg-type]
+    slot = supervisor.slots[0]
+    with supervisor._lock:  # as _ready holds it while it marks the run ready
+        checking = threading.Thread(target=supervisor._check_start, args=(slot, run, now))
+        checking.start()
+        checking.join(0.3)
+        run.ready = True
+    checking.join(10)
+    assert run.process.signals == []  # type: ignore[attr-defined]
+    assert not run.start_overrun
+
+
 def test_the_supervisor_wakes_when_a_replacements_start_runs_out(tmp_path: Path) -> None:
     """Its main loop waits on the workers' pidfds and its wake-up pipe only; a replacement
     that hangs ends neither, so the start's deadline is one of the waits' ends too (without
