@@ -196,7 +196,7 @@ def _fast(raw: RawDataElement, codec: str | None) -> Entry:
     """The entry of a pydicom raw element, or None for "let pydicom do it"."""
     value = raw.value
     if value is None:
-        if raw.length and raw.length != 0xFFFFFFFF:
+        if raw.length:  # of undefined length too: pydicom read no more than its defer size
             return _BULK_DATA  # deferred: a bulk value pydicom did not read (codec/header.py)
         value = b""
     elif type(value) is not bytes:

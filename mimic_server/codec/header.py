@@ -11,14 +11,22 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from mimic_server.codec.header_scan import (
+    HEADER_LONG_VALUES,
     HEADER_SEQUENCES,
     LARGEST_HEADER_VALUE,
-    MAX_HEADER_ELEMENTS,
+    LONG_HEADER_VALUE,
+    LONGEST_CHARACTER_SET,
     ScannedHeader,
+    check_bounds,
     scan_header,
     scan_header_to,
 )
-from mimic_server.codec.structure import check_structure, check_structure_after
+from mimic_server.codec.structure import (
+    check_structure,
+    check_structure_after,
+    read_as_implicit,
+    undefined_length_end,
+)
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -61,7 +69,7 @@ def read_checked_header(dataset: memoryview, transfer_syntax: UID) -> Header:
         try:
             scanned = scan_header_to(dataset, implicit)
         except DicomStatusError:
-            raise  # a bound of the scan (MAX_HEADER_ELEMENTS)
+            raise  # a bound of the scan (MAX_HEADER_ELEMENTS, ...)
         except Exception:  # pragma: no cover - a fault of the scan: the whole walk decides
             scanned = None
         if scanned is not None:
@@ -111,46 +119,73 @@ def read_header(dataset: memoryview, transfer_syntax: UID) -> Header:
 
 
 def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
-    """pydicom's read of a header the scan leaves to it (big endian, undefined lengths),
-    under the scan's bounds: at most ``MAX_HEADER_ELEMENTS`` top-level elements (counted as
-    pydicom meets them, so a header of millions is refused before it is read), values over
-    ``LARGEST_HEADER_VALUE`` left unread (deferred: bulk data, out of the JSON), and the
-    sequences among them read while they fit ``HEADER_SEQUENCES``, as the scan does. (The
-    items of a sequence of undefined length are pydicom's to read whole.)"""
+    """pydicom's read of a header the scan leaves to it (big endian, an odd encoding),
+    under the scan's bounds, decided as pydicom meets each top-level element (``stop_when``
+    sees its tag, VR and length before its value is read): at most ``MAX_HEADER_ELEMENTS``
+    elements and ``MAX_HEADER_BYTES``, so a header of millions is refused before it is
+    read; values over ``LONG_HEADER_VALUE`` deferred, then read from the data set while
+    they fit ``HEADER_LONG_VALUES`` (and ``LARGEST_HEADER_VALUE``), else bulk data (out of
+    the JSON); sequences read while they fit ``HEADER_SEQUENCES``. pydicom cannot leave a
+    sequence of undefined length unread: one that does not fit what is left of
+    ``HEADER_SEQUENCES`` is refused (0xA700) instead of being made bulk data."""
+    reader = _MemoryReader(view)
+    top_implicit = read_as_implicit(view, implicit)
     seen = 0
+    copied = 0
+    sequences_left = HEADER_SEQUENCES
+    long_values_left = HEADER_LONG_VALUES
+    bulk: set[int] = set()
 
-    def stop_when(tag: int, _vr: str | None, _length: int) -> bool:
-        nonlocal seen
+    def stop_when(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal seen, copied, sequences_left, long_values_left
         if tag in _PIXEL_DATA_TAGS:
             return True
         seen += 1
-        if seen > MAX_HEADER_ELEMENTS:
-            raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
+        start = reader.tell()
+        if length == _UNDEFINED_LENGTH:
+            end = undefined_length_end(view, start, top_implicit, little)
+            if end is not None:  # items: pydicom reads them, as a sequence or not
+                if end - start > sequences_left:
+                    raise OutOfResources(
+                        f"a sequence of undefined length past the header's {HEADER_SEQUENCES}"
+                        " bytes of sequences, in an encoding the archive reads with pydicom")
+                sequences_left -= end - start
+                copied += end - start
+        elif vr == "SQ" or (vr in (None, "UN") and length
+                            and view[start : start + 4] == _ITEM_TAG):
+            if length <= sequences_left:
+                sequences_left -= length
+                copied += length
+            else:
+                bulk.add(tag)
+        elif length <= LONG_HEADER_VALUE:
+            copied += length
+        elif tag == 0x00080005 and length > LONGEST_CHARACTER_SET:
+            raise CannotUnderstand(
+                f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")
+        elif length <= LARGEST_HEADER_VALUE and length <= long_values_left:
+            long_values_left -= length
+            copied += length
+        else:
+            bulk.add(tag)
+        check_bounds(seen, copied)
         return False
 
     header = read_dataset(
-        _MemoryReader(view),  # type: ignore[arg-type]
+        reader,  # type: ignore[arg-type]
         implicit,
         little,
         stop_when=stop_when,
-        defer_size=LARGEST_HEADER_VALUE,
+        defer_size=LONG_HEADER_VALUE,
     )
-    left = HEADER_SEQUENCES
     elements = header._dict
     for tag, raw in elements.items():
-        if (not isinstance(raw, RawDataElement) or not raw.length
-                or raw.length == _UNDEFINED_LENGTH):
-            continue
-        start = raw.value_tell
-        if raw.VR != "SQ" and (
-            raw.VR not in (None, "UN") or view[start : start + 4] != _ITEM_TAG
-        ):
-            continue
-        if raw.length > left:  # bulk data: unread, or dropped
+        if not isinstance(raw, RawDataElement):
+            continue  # read by pydicom: a sequence of undefined length, in its bound
+        if tag in bulk:  # unread, or (a short sequence) dropped
             elements[tag] = raw._replace(value=None)
-            continue
-        left -= raw.length
-        if raw.value is None:  # deferred, and it fits: read it as the scan would
+        elif raw.value is None and raw.length and raw.length != _UNDEFINED_LENGTH:
+            start = raw.value_tell  # deferred, and it fits: read it as the scan would
             elements[tag] = raw._replace(value=view[start : start + raw.length].tobytes())
     return header
 

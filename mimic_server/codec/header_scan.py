@@ -21,11 +21,13 @@ from __future__ import annotations
 import struct
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import _dictionary_vr_fast
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from mimic_server.codec.structure import undefined_length_end
 from mimic_server.errors import CannotUnderstand, OutOfResources
 
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -49,6 +51,21 @@ Scanned = tuple["str | None", bytes, int]
 #: leaves it out, as it leaves out binary values over 768 bytes. Sequences have their own
 #: bound (:data:`HEADER_SEQUENCES`).
 LARGEST_HEADER_VALUE = 64 * 1024
+#: Values longer than this (not sequences) are copied while they total at most
+#: :data:`HEADER_LONG_VALUES`; past it they are bulk data too. Without it a header of a
+#: thousand 64 KiB values (a 64 MiB object) was copied whole, and its text put in the
+#: index's JSON: memory as large as the object.
+LONG_HEADER_VALUE = 1024
+HEADER_LONG_VALUES = 1024 * 1024
+#: A header whose elements take more than this, bulk data aside, is refused (0xA700), as
+#: one of too many elements: what is left are values of at most 1 KiB, each of which the
+#: JSON holds too. Real headers take some kilobytes; enhanced objects' per-frame groups are
+#: sequences, bulk past their own bound.
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+#: A Specific Character Set longer than this is refused (0xC000): a few defined terms of
+#: at most 16 characters each is what the standard allows for; pydicom reads the element
+#: whole, whatever its size, and makes a codec of every value (12 MB a MiB).
+LONGEST_CHARACTER_SET = 1024
 #: The header's sequences are read into the index's DICOM JSON in order while their encoded
 #: bytes total at most this; one that does not fit is bulk data (a multi-frame object's
 #: per-frame functional groups, a long report's content: in the stored object, of no use to
@@ -74,12 +91,13 @@ class ScannedHeader:
     __slots__ = ("_dataset", "bulk", "elements", "implicit")
 
     def __init__(
-        self, elements: dict[int, Scanned], implicit: bool, bulk: tuple[int, ...] = ()
+        self, elements: dict[int, Scanned], implicit: bool, bulk: frozenset[int] = frozenset()
     ) -> None:
         self.elements = elements
         self.implicit = implicit
-        #: Tags of elements longer than :data:`LARGEST_HEADER_VALUE`: in ``elements`` with
-        #: an empty value, never copied; left out of the DICOM JSON.
+        #: Tags of bulk elements (:data:`LARGEST_HEADER_VALUE`, :data:`HEADER_LONG_VALUES`,
+        #: :data:`HEADER_SEQUENCES`): in ``elements`` with an empty value, never copied;
+        #: left out of the DICOM JSON.
         self.bulk = bulk
         self._dataset: Dataset | None = None
 
@@ -165,11 +183,16 @@ def scan_elements(
 
 def _scan(
     data: memoryview, implicit: bool, stop_at_pixel_data: bool
-) -> tuple[dict[int, Scanned], int, tuple[int, ...]] | None:
+) -> tuple[dict[int, Scanned], int, frozenset[int]] | None:
     """The elements, where the scan stopped and the tags of a header's bulk elements
     (:data:`LARGEST_HEADER_VALUE`). A header (``stop_at_pixel_data``) holding an element
     of group 0000 or 0002 is left to pydicom (and refused by the structure walk): such
-    elements belong to a command or the File Meta, never to a data set."""
+    elements belong to a command or the File Meta, never to a data set.
+
+    A header's sequence of undefined length is found whole by the structure walk's rules
+    (``undefined_length_end``) and kept as one of defined length, its items' bytes as its
+    value, as pydicom would convert it: without it such a header, common from modalities,
+    went to pydicom, which reads every item of one whatever its size."""
     size = data.nbytes
     if size >= 6:
         # pydicom looks at the first element to tell explicit from implicit VR: so do we,
@@ -182,12 +205,14 @@ def _scan(
     if stop_at_pixel_data:
         # What the bounds look at: a long value, or a possible sequence (explicit SQ or UN;
         # in implicit VR any element); past count_from bytes, the number of elements (each
-        # takes 8 bytes at least, so there cannot be too many before).
-        largest, maybe_sequence = LARGEST_HEADER_VALUE, _MAYBE_SEQUENCE
+        # takes 8 bytes at least, so there cannot be too many before) and what they take.
+        largest, maybe_sequence = LONG_HEADER_VALUE, _MAYBE_SEQUENCE
         count_from = 8 * MAX_HEADER_ELEMENTS
     else:
         largest, maybe_sequence, count_from = _UNDEFINED, frozenset(), _UNDEFINED
     sequences_left = HEADER_SEQUENCES
+    long_values_left = HEADER_LONG_VALUES
+    not_copied = 0  # bytes of bulk values
     pos = 0
     vr: str | None = None
     unpack_implicit = _IMPLICIT.unpack_from
@@ -211,8 +236,24 @@ def _scan(
         tag = group << 16 | number
         if stop_at_pixel_data and tag in _PIXEL_DATA_TAGS:
             break
+        if length == _UNDEFINED:
+            if not stop_at_pixel_data or group in _NOT_IN_A_DATA_SET:
+                return None
+            end = _sequence_end(data, start, tag, vr, implicit)
+            if end is None:
+                return None  # not a sequence, or not well formed: pydicom's (and refused)
+            if end - start <= sequences_left:
+                sequences_left -= end - start
+                elements[tag] = ("SQ", data[start : end - 8].tobytes(), start)
+            else:
+                not_copied += end - start
+                elements[tag] = ("SQ", b"", start)
+                bulk.append(tag)
+            check_bounds(len(elements), end - not_copied)
+            pos = end
+            continue
         end = start + length
-        if length == _UNDEFINED or end > size or group == 0xFFFE:
+        if end > size or group == 0xFFFE:
             return None
         if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
             return None
@@ -222,18 +263,53 @@ def _scan(
                 fits = length <= sequences_left
                 if fits:
                     sequences_left -= length
+            elif length <= largest:  # in implicit VR every element comes here
+                fits = True
             else:
-                fits = length <= largest
+                if tag == _SPECIFIC_CHARACTER_SET and length > LONGEST_CHARACTER_SET:
+                    raise CannotUnderstand(
+                        f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")
+                fits = length <= LARGEST_HEADER_VALUE and length <= long_values_left
+                if fits:
+                    long_values_left -= length
             if fits:
                 elements[tag] = (vr, data[start:end].tobytes(), start)
             else:  # bulk data: not copied
                 elements[tag] = (vr, b"", start)
                 bulk.append(tag)
+                not_copied += length
         else:
             elements[tag] = (vr, data[start:end].tobytes(), start)
-        if pos >= count_from and len(elements) > MAX_HEADER_ELEMENTS:
-            raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
+        if pos >= count_from:
+            check_bounds(len(elements), end - not_copied)
         pos = end
     if not stop_at_pixel_data and pos != size:
         return None  # trailing bytes in an item: pydicom's rules
-    return elements, pos, tuple(bulk)
+    return elements, pos, frozenset(bulk)
+
+
+def check_bounds(elements: int, copied: int) -> None:
+    """Refuse a header past ``MAX_HEADER_ELEMENTS`` or ``MAX_HEADER_BYTES`` (bulk aside)."""
+    if elements > MAX_HEADER_ELEMENTS:
+        raise OutOfResources(f"the header has more than {MAX_HEADER_ELEMENTS} elements")
+    if copied > MAX_HEADER_BYTES:
+        raise OutOfResources(
+            f"the header takes more than {MAX_HEADER_BYTES} bytes, bulk data aside")
+
+
+def _sequence_end(
+    data: memoryview, start: int, tag: int, vr: str | None, implicit: bool
+) -> int | None:
+    """The end of an undefined-length value that pydicom reads as a sequence (SQ, UN, or
+    in implicit VR one the dictionary calls SQ or, unknown to it, whose first item says
+    so), else ``None``."""
+    if vr is None:
+        try:
+            if _dictionary_vr_fast(tag) != "SQ":
+                return None
+        except KeyError:
+            if data[start : start + 4] != _ITEM_TAG:
+                return None
+    elif vr != "SQ" and vr != "UN":
+        return None
+    return undefined_length_end(data, start, implicit)

@@ -103,6 +103,9 @@ class StructureWalk:
         self._skip = 0  # bytes of a defined-length value still to come in later chunks
         self._tail = b""  # an element header split between two chunks
         self._offset = 0  # of the current chunk in the data set, for error messages
+        #: The walk returns when its stack is this deep after a Sequence Delimitation Item
+        #: (``undefined_length_end``); a whole data set's never is (its stack keeps one).
+        self._until = 0
 
     def resume_at(self, offset: int) -> None:
         """Go on among the top-level elements at ``offset``, where an element ended (in the
@@ -187,8 +190,10 @@ class StructureWalk:
                 tag = group << 16 | element
                 if tag == _SEQUENCE_END:
                     stack.pop()
-                    frame = stack[-1]
                     pos += 8
+                    if len(stack) == self._until:
+                        return pos
+                    frame = stack[-1]
                     continue
                 if tag != _ITEM:
                     _refuse(f"({group:04X},{element:04X}) where an item belongs",
@@ -220,6 +225,32 @@ class StructureWalk:
             _refuse(f"({group:04X},{element:04X}) among the elements", self._offset + pos)
         self._stack.pop()
         return self._stack[-1]
+
+
+def undefined_length_end(
+    data: memoryview, start: int, implicit: bool, little: bool = True
+) -> int | None:
+    """Where the value of undefined length whose items begin at ``start`` ends (past its
+    Sequence Delimitation Item), walked by this module's rules among elements encoded as
+    ``implicit`` says (``read_as_implicit``); ``None`` where it breaks them or does not end
+    within ``data``. The header's readers take a sequence of undefined length as a whole
+    from this, without reading its items (``codec/header_scan.py``, ``codec/header.py``)."""
+    walk = StructureWalk(implicit, little)
+    walk._stack = [_ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT,
+                   _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT]
+    walk._until = 1
+    walk._offset = start
+    try:
+        ended = walk._run(data[start:], final=True)
+    except CannotUnderstand:
+        return None
+    return start + ended if len(walk._stack) == 1 else None
+
+
+def read_as_implicit(data: memoryview | bytes, implicit: bool) -> bool:
+    """Whether a data set's top-level elements are read as implicit VR: as its first
+    element says, as pydicom decides (an odd object may disagree with its transfer syntax)."""
+    return _elements_frame(data, 0, implicit, in_item=False) == _ELEMENTS_IMPLICIT
 
 
 def _elements_frame(data: memoryview | bytes, pos: int, implicit: bool, in_item: bool) -> int:

@@ -63,7 +63,8 @@ def test_the_header_comes_from_the_first_megabyte_of_a_large_data_set() -> None:
 
 def test_a_header_past_the_first_budget_is_read_whole() -> None:
     private = _element(0x0009, 0x0010, b"LO", b"MIMIC TEST") + b"".join(
-        _element(0x0009, 0x1000 + n, b"OB", os.urandom(60_000)) for n in range(50))
+        _element(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB", os.urandom(1_000))
+        for n in range(3_000))  # 3 MB of values kept whole (none over 1 KiB)
     plain = HEAD + private + _pixel_data(4) + b"\x00" * 4
     header = read_header(memoryview(_deflate(plain)), DEFLATED)
     assert _values(header) == _pydicom(plain)
@@ -76,8 +77,9 @@ def test_a_data_set_without_pixel_data_is_read_to_its_end() -> None:
 
 
 def test_a_header_the_scan_leaves_to_pydicom_is_read_by_it() -> None:
-    undefined = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
-        "<HHL", 0xFFFE, 0xE0DD, 0)
+    undefined = struct.pack("<HH2sHL", 0x0007, 0x1010, b"OB", 0, 0xFFFFFFFF) + struct.pack(
+        "<HHL", 0xFFFE, 0xE000, 2) + b"\x01\x02" \
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)  # not a sequence: the scan leaves it
     plain = HEAD + undefined + _pixel_data(2) + b"\x00\x00"
     header = read_header(memoryview(_deflate(plain)), DEFLATED)
     assert not isinstance(header, ScannedHeader)
