@@ -82,3 +82,27 @@ def write_many_elements(path: Path, count: int) -> str:
                           for n in range(count)))
         fh.write(tail.getvalue())
     return uid
+
+
+def write_long_values(path: Path, count: int, size: int) -> str:
+    """A Secondary Capture object whose header has ``count`` (at most 61,440) private UT
+    values of ``size`` bytes each (group 0009, before its patient, study and series) and a
+    sequence of undefined length; its SOP Instance UID."""
+    assert count <= 0xF000 and size % 2 == 0
+    uid = _write_header(path, SecondaryCaptureImageStorage)
+    rest = Dataset()
+    rest.PatientID = "LONG"
+    rest.StudyInstanceUID = generate_uid()
+    rest.SeriesInstanceUID = generate_uid()
+    tail = io.BytesIO()
+    rest.save_as(tail, implicit_vr=False, little_endian=True)
+    item = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 4) + b"1.2\x00"
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+                 + struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+                 + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+        for n in range(count):
+            fh.write(struct.pack("<HH2sHL", 0x0009, 0x1000 + n, b"UT", 0, size)
+                     + b"%08d" % n + b"t" * (size - 8))
+        fh.write(tail.getvalue())
+    return uid

@@ -258,8 +258,10 @@ def _scan(
         if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
             return None
         if (length > largest or vr in maybe_sequence) and length:
-            if vr == "SQ" or (data[start] == 0xFE and data[start : start + 4] == _ITEM_TAG):
-                # A sequence (in implicit VR, or sent as UN, told by its first item's tag).
+            if vr == "SQ" or (vr in maybe_sequence and data[start] == 0xFE
+                              and data[start : start + 4] == _ITEM_TAG):
+                # A sequence (in implicit VR, or sent as UN, told by its first item's tag;
+                # the value of any other VR is not read: a mapped spool file's page).
                 fits = length <= sequences_left
                 if fits:
                     sequences_left -= length

@@ -171,11 +171,15 @@ def answered_by_server(exc: BaseException) -> bool:
     """Whether the database server itself ended the statement's session with an error of
     operator intervention (SQLSTATE class 57: ``57P01`` a shutdown or a backend ended,
     ``57P02`` a crash of another backend, ``57P03`` not accepting connections): PostgreSQL
-    sends no error once a transaction has committed locally, so a statement that commits
-    itself did not. Any other loss tells nothing: a connection closed without an answer
-    (cut, reset, the server gone before its reply), and a connection error a pooler in
-    between makes up (PgBouncer's ``08P01`` "server conn crashed?"), after which the
-    server may well have committed."""
+    sends no such error for a statement that committed, so one that commits itself did
+    not. (Read in its source, 14-17: interrupts are held from the commit through its
+    cleanup, and a pending termination is acted on when the backend next reads a command,
+    after it has sent ReadyForQuery; what it sends after a local commit, a synchronous
+    replication wait cut short or an immediate shutdown, are warnings, then the connection
+    closes: a loss with no SQLSTATE.) Any other loss tells nothing: a connection closed
+    without an answer (cut, reset, the server gone before its reply), and a connection error
+    a pooler in between makes up (PgBouncer's ``08P01`` "server conn crashed?"), after which
+    the server may well have committed."""
     sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith("57P")
 

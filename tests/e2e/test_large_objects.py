@@ -12,12 +12,18 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.large_objects import write_large, write_large_document, write_many_elements
+from tests.large_objects import (
+    write_large,
+    write_large_document,
+    write_long_values,
+    write_many_elements,
+)
 from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_tls, wait_for
 
 pytestmark = pytest.mark.dcmtk
@@ -133,6 +139,71 @@ def test_a_header_of_too_many_elements_is_refused(server: MimicProcess, tmp_path
 
     assert "Received Store Response (Refused: OutOfResources)" in output, output
     assert server.instance_count() == before
+    assert _spool_files(server) == []
+
+
+def test_a_header_of_long_values_in_bounded_memory(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """A thousand 64 KiB texts (a 64 MiB header) and a sequence of undefined length: values
+    over 1 KiB are copied while they total 1 MiB, the rest left in the object (bulk data);
+    the header was copied whole and its text put in the index's JSON."""
+    path = tmp_path / "long-values.dcm"
+    uid = write_long_values(path, 1000, 64 * 1024)
+    assert server.proc is not None
+    pid = server.proc.pid
+    before = _status(pid, "RssAnon")
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:  # the peak of anonymous memory: RssAnon has no high-water mark
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _status(pid, "RssAnon"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        code, output = _storescu(server, path)
+    finally:
+        done.set()
+        sampler.join()
+
+    assert code == 0, output
+    assert "Received Store Response (Success)" in output
+    # Not VmHWM: the header is read from the spool file through a map, and the kernel maps
+    # the cached pages around each element read (file pages, page cache, not the server's).
+    assert peak[0] - before < 32 * MiB, f"{(peak[0] - before) / MiB:.0f} MiB"
+    assert server.object_for(uid).stat().st_size > 1000 * 64 * 1024
+
+
+def test_a_long_specific_character_set_is_refused(server: MimicProcess, tmp_path: Path) -> None:
+    """pydicom reads a Specific Character Set whole and makes a codec of each value: one
+    over 1 KiB is refused 0xC000 with an Error Comment, nothing stored; the association
+    goes on."""
+    path = tmp_path / "charset.dcm"
+    write_many_elements(path, 0)
+    raw = path.read_bytes()
+    meta_end = 132 + 12 + struct.unpack_from("<L", raw, 140)[0]
+    charset = b"\\".join([b"ISO_IR 100"] * 100)  # 1,099 bytes
+    charset += b" " * (len(charset) % 2)
+    path.write_bytes(raw[:meta_end] + struct.pack("<HH2sH", 0x0008, 0x0005, b"CS",
+                                                   len(charset)) + charset + raw[meta_end:])
+    before, objects_before = server.instance_count(), len(server.stored_objects())
+    assoc = associate(
+        server.port, client_context(server.client_cert, server.client_key, server.ca_cert),
+        contexts=["1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.1"],
+        transfer_syntaxes=["1.2.840.10008.1.2.1"],
+    )
+    assert assoc.is_established
+    try:
+        answer = assoc.send_c_store(path)
+        echo = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    assert answer.Status == 0xC000, hex(answer.Status)
+    assert "Specific Character Set" in answer.ErrorComment
+    assert echo.Status == 0x0000
+    assert (server.instance_count(), len(server.stored_objects())) == (before, objects_before)
     assert _spool_files(server) == []
 
 
