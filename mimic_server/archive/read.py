@@ -24,9 +24,12 @@ memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from mimic_server.errors import OutOfResources
@@ -87,6 +90,24 @@ class VerifiedObject:
         if self._data is not None:
             return self._data
         return b"".join(self.chunks())
+
+    def copied(self, directory: Path | None = None) -> BinaryIO:
+        """The whole Part 10 file as a seekable file, for what reads it out of order (a
+        header parse, a frame, a bulk data value), in bounded memory: a small object's
+        bytes as they are (not copied); a streamed one written by :meth:`chunks` to an
+        anonymous file in ``directory`` (so hashed again: a change raises
+        ``OutOfResources``, and no file is handed out). The caller closes it."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        copy = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - the caller's
+        try:
+            for piece in self.chunks():
+                copy.write(piece)
+            copy.seek(0)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
 
     def chunks(self, start: int = 0, size: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The Part 10 bytes from ``start`` on, in pieces (for a streaming answer).

@@ -14,6 +14,8 @@ import io
 import queue
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import pytest
@@ -277,21 +279,27 @@ def test_a_verified_stream_from_an_offset_is_the_object_from_there() -> None:
 
 
 def test_a_large_object_changed_since_its_check_is_a_failure_when_read_whole(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    """Read whole (a conversion, WADO-RS metadata and rendering, C-GET with streaming off):
-    the same check; a failed sub-operation or a 500, never the changed bytes."""
+    """Read whole (a conversion, C-GET with streaming off) or copied to a file (WADO-RS
+    metadata, bulk data and rendering): the same check; a failed sub-operation or a 500,
+    never the changed bytes, and no copy left behind."""
     from mimic_server.dimse import retrieve
+    from mimic_server.web.dicomweb.context import DicomWebContext
     from mimic_server.web.dicomweb.errors import WebError
-    from mimic_server.web.dicomweb.wado import read_whole
+    from mimic_server.web.dicomweb.wado import copied
 
     store = ClosingStore()
     stored = _large(store)
     data = store.objects["k"]
     store.objects["k"] = data[:-1] + bytes([data[-1] ^ 0xFF])  # changed since its check
+    spool = tmp_path / "spool"
+    ctx = DicomWebContext(None, store, None, None, None,  # type: ignore[arg-type]
+                          ingest=SimpleNamespace(spool_dir=spool))
     with pytest.raises(WebError) as refused:
-        read_whole(stored)
+        copied(ctx, stored)
     assert refused.value.status == 500
+    assert list(spool.iterdir()) == []  # anonymous, and closed
     monkeypatch.setattr(stream_send, "enabled", False)
     monkeypatch.setattr(retrieve, "open_verified", lambda *a, **k: stored)
     assert retrieve.read_verified(store, stored.ref) is None

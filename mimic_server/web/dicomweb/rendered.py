@@ -10,7 +10,7 @@ media type (``application/octet-stream`` for native pixel data, ``image/jpeg``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +25,7 @@ from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
 from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
-from mimic_server.web.dicomweb.wado import read_whole, verified
+from mimic_server.web.dicomweb.wado import copied, verified
 
 MAX_FRAMES_PER_REQUEST = 1024
 
@@ -43,14 +43,16 @@ def _frame_numbers(text: str) -> list[int]:
 
 
 def _read(ctx: DicomWebContext, session: WebSession, ref: InstanceRef,
-          resource: str) -> tuple[bytes, TransferAudit, InstanceRef]:
-    """The object's bytes, its audit, and the row read: that of its version stored now,
-    if it was sent again since it matched (``wado.read_now``)."""
+          resource: str) -> tuple[BinaryIO, TransferAudit, InstanceRef]:
+    """The object as a seekable file (``wado.copied``: a large one is not held whole; the
+    renderer reads its header and the frames asked for), its audit, and the row read: that
+    of its version stored now, if it was sent again since it matched (``wado.read_now``).
+    The caller closes the file."""
     audit = TransferAudit(ctx, session, resource)
     audit.begin([ref])
     try:
         obj = verified(ctx, ref)
-        return read_whole(obj), audit, obj.ref
+        return copied(ctx, obj), audit, obj.ref
     except WebError:
         audit.failed_one()
         audit.end(completed=False)
@@ -69,7 +71,13 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     media_type = rendering.frame_media_type(ref.transfer_syntax_uid) or "application/octet-stream"
     negotiate(request, [f'multipart/related; type="{media_type}"'])
     session = authorize(ctx, request, WADO)
-    data, audit, now = _read(ctx, session, ref, "frames")
+    source, audit, now = _read(ctx, session, ref, "frames")
+    with source:
+        return _frames(request, source, audit, ref, now, numbers, media_type)
+
+
+def _frames(request: Request, source: BinaryIO, audit: TransferAudit, ref: InstanceRef,
+            now: InstanceRef, numbers: list[int], media_type: str) -> Response:
     if now.transfer_syntax_uid != ref.transfer_syntax_uid:  # stored again meanwhile
         media_type = (rendering.frame_media_type(now.transfer_syntax_uid)
                       or "application/octet-stream")
@@ -80,7 +88,7 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
             audit.end(completed=False)
             raise
     try:
-        found = rendering.frames(data, numbers)
+        found = rendering.frames(source, numbers)
     except RenderError as exc:
         raise _refused(exc, audit) from exc
     audit.sent_one(now)
@@ -145,10 +153,11 @@ def retrieve_rendered(ctx: DicomWebContext, request: Request) -> Response:
         frame = numbers[0]
     ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
     window, viewport, quality = _window(request), _pair(request, "viewport"), _quality(request)
-    data, audit, ref = _read(ctx, session, ref, "rendered")
+    source, audit, ref = _read(ctx, session, ref, "rendered")
     try:
-        image = rendering.render(data, frame, media_type=media_type, window=window,
-                                 viewport=viewport, quality=quality)
+        with source:
+            image = rendering.render(source, frame, media_type=media_type, window=window,
+                                     viewport=viewport, quality=quality)
     except RenderError as exc:
         raise _refused(exc, audit) from exc
     audit.sent_one(ref)
@@ -163,10 +172,11 @@ def retrieve_thumbnail(ctx: DicomWebContext, request: Request) -> Response:
     refs = instances(ctx, str(p["study"]), p.get("series"), p.get("instance"))
     ref = refs[len(refs) // 2]  # a study's or series' thumbnail: its middle instance
     size = _pair(request, "viewport")
-    data, audit, ref = _read(ctx, session, ref, "thumbnail")
+    source, audit, ref = _read(ctx, session, ref, "thumbnail")
     try:
-        image = rendering.thumbnail(data, size, media_type) if size else rendering.thumbnail(
-            data, media_type=media_type)
+        with source:
+            image = rendering.thumbnail(source, size, media_type) if size \
+                else rendering.thumbnail(source, media_type=media_type)
     except RenderError as exc:
         raise _refused(exc, audit) from exc
     audit.sent_one(ref)

@@ -16,16 +16,20 @@ import base64
 import io
 import json
 import logging
+import mmap
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.tag import BaseTag
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mimic_server.archive.read import VerifiedObject, open_verified, reference
+from mimic_server.archive.read import CHUNK, VerifiedObject, open_verified, reference
+from mimic_server.codec.structure import undefined_length_end
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import parts as multipart
@@ -46,6 +50,7 @@ MULTIPART_OCTETS = f'multipart/related; type="{OCTET_STREAM}"'
 BULK_DATA_THRESHOLD = 1024
 #: A single instance up to this size is answered in one piece rather than streamed.
 WHOLE_ANSWER_BYTES = 1 << 20
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def _path(request: Request) -> tuple[str, str | None, str | None]:
@@ -152,18 +157,30 @@ def _instance_url(root: str, ref: InstanceRef, study: str, series: str) -> str:
     return f"{root}/studies/{study}/series/{series}/instances/{ref.sop_instance_uid}"
 
 
-def dataset_of(obj: VerifiedObject) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(read_whole(obj)), force=True)
-
-
-def read_whole(obj: VerifiedObject) -> bytes:
-    """The object's bytes; a store that fails, or a large object that changed since its
-    check (it is hashed again as it is read: ``archive/read.py``), is a 500."""
+def copied(ctx: DicomWebContext, obj: VerifiedObject) -> BinaryIO:
+    """The object as a seekable file (``VerifiedObject.copied``: a large one written to an
+    anonymous file in the spool directory, never held whole); a store that fails, or a large
+    object that changed since its check (hashed again as it is copied), is a 500. The
+    caller closes it."""
+    ingest = ctx.ingest
+    directory = getattr(ingest, "spool_dir", None)
     try:
-        return obj.read()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        return obj.copied(directory)
     except (KeyError, OutOfResources, OSError) as exc:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
             from exc
+
+
+def header_of(source: BinaryIO) -> pydicom.Dataset:
+    """The stored object's data set with every value over ``BULK_DATA_THRESHOLD`` left
+    unread (deferred: read from ``source`` if something asks for it), so that neither its
+    Pixel Data nor any other large value is held for metadata or one bulk data value."""
+    try:
+        return pydicom.dcmread(source, defer_size=BULK_DATA_THRESHOLD, force=True)
+    except Exception as exc:  # any parser failure on stored bytes: the object is the problem
+        raise WebError(500, "the stored object cannot be parsed") from exc
 
 
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
@@ -171,7 +188,13 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
 
     The ``bulkdata`` route serves top-level elements only, so a large binary value inside a
     sequence (an icon image, say) stays ``InlineBinary``: a URI that no route answers would
-    leave a viewer with nothing."""
+    leave a viewer with nothing. A top-level value ``header_of`` left unread is given its
+    URI without being read when it is binary, or longer than ``LARGEST_INLINE_VALUE`` (PS3.18
+    F.2.7 allows a BulkDataURI for text and numbers too); the rest is read for its JSON.
+    The elements given a URI that way are taken out of ``ds``."""
+    unread = _unread_bulk(ds)
+    for tag in unread:
+        del ds._dict[tag]  # type: ignore[attr-defined]
 
     def bulk(element: DataElement) -> str:
         if ds.get(element.tag) is element:  # top level (pydicom hands nested ones here too)
@@ -186,7 +209,40 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
     if 0x7FE00010 in ds and "7FE00010" in document:
         document["7FE00010"] = {"vr": document["7FE00010"].get("vr", "OW"),
                                 "BulkDataURI": f"{instance_url}/bulkdata/7FE00010"}
+    if unread:
+        for tag, vr in unread.items():
+            document[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{tag:08X}"}
+        document = dict(sorted(document.items()))
     return document
+
+
+#: A top-level text or number value longer than this is given as a BulkDataURI, not read.
+LARGEST_INLINE_VALUE = 64 * 1024
+#: The VRs whose values pydicom's JSON gives a BulkDataURI past the threshold (binary).
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+#: The other VRs PS3.18 F.2.7 allows a BulkDataURI for.
+_URI_VRS = _BINARY_VRS | {"DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "SV", "UC", "UL",
+                          "US", "UT", "UV"}
+
+
+def _unread_bulk(ds: pydicom.Dataset) -> dict[int, str]:
+    """Top-level elements left unread (deferred) to be given a URI, with their VRs."""
+    unread: dict[int, str] = {}
+    for tag, raw in ds._dict.items():  # type: ignore[attr-defined]
+        if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
+            continue
+        vr = _vr_of(ds, raw)
+        if vr in _BINARY_VRS or (vr in _URI_VRS and raw.length > LARGEST_INLINE_VALUE):
+            unread[int(tag)] = vr
+    return unread
+
+
+def _vr_of(ds: pydicom.Dataset, raw: RawDataElement) -> str:
+    """The VR pydicom's JSON would give an unread element, found without reading it."""
+    empty = convert_raw_data_element(raw._replace(value=b"", length=0), ds=ds)
+    if " or " in empty.VR:
+        correct_ambiguous_vr_element(empty, ds, raw.is_little_endian)
+    return str(empty.VR)
 
 
 _INLINE = "mimic-inline:"
@@ -227,12 +283,14 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
                 audit.failed_one()
                 continue
             try:
-                ds = dataset_of(obj)
+                with copied(ctx, obj) as source:
+                    ds = header_of(source)
+                    series_uid = str(ds.get("SeriesInstanceUID", series or ""))
+                    document = metadata_json(ds, _instance_url(root, ref, study, series_uid))
             except WebError:
                 audit.failed_one()
                 continue
-            series_uid = str(ds.get("SeriesInstanceUID", series or ""))
-            documents.append(metadata_json(ds, _instance_url(root, ref, study, series_uid)))
+            documents.append(document)
             audit.sent_one(obj.ref)
     finally:
         audit.end(completed=bool(documents))
@@ -254,24 +312,70 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     ref = instances(ctx, study, series, instance)[0]
     audit = TransferAudit(ctx, session, "bulkdata")
     audit.begin([ref])
+    source: BinaryIO | None = None
     try:
         obj = verified(ctx, ref)
-        ref, ds = obj.ref, dataset_of(obj)
+        ref, source = obj.ref, copied(ctx, obj)
+        span = _value_span(header_of(source), source, tag)
     except WebError:
+        if source is not None:
+            source.close()
         audit.failed_one()
         audit.end(completed=False)
         raise
-    element = ds.get(tag)
-    if element is None or element.value is None:
+    if span is None:
+        source.close()
         audit.end()
         raise WebError(404, "no such bulk data element in this instance")
-    value = element.value
-    data = value if isinstance(value, bytes) else bytes(element.value)
     audit.sent_one(ref)
     audit.end()
     boundary = multipart.new_boundary()
-    body = b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)]))
-    return Response(body, media_type=multipart.content_type(boundary, OCTET_STREAM))
+    media_type = multipart.content_type(boundary, OCTET_STREAM)
+    start, length = span
+    if length <= WHOLE_ANSWER_BYTES:
+        with source:
+            source.seek(start)
+            data = source.read(length)
+        return Response(b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)])),
+                        media_type=media_type)
+
+    def body() -> Iterator[bytes]:
+        with source:
+            yield multipart.part_head(boundary, OCTET_STREAM)
+            source.seek(start)
+            left = length
+            while left and (piece := source.read(min(CHUNK, left))):
+                left -= len(piece)
+                yield piece
+            yield b"\r\n" + multipart.closing(boundary)
+
+    return StreamingResponse(body(), media_type=media_type)
+
+
+def _value_span(ds: pydicom.Dataset, source: BinaryIO, tag: int) -> tuple[int, int] | None:
+    """Where the value of the top-level element ``tag`` lies in ``source`` (its bytes as
+    stored, as pydicom gives a binary value: for one of undefined length, encapsulated Pixel
+    Data, up to its Sequence Delimitation Item), without reading it; None when there is no
+    such element, or it is a sequence or empty."""
+    raw = ds._dict.get(BaseTag(tag))  # type: ignore[attr-defined]
+    if not isinstance(raw, RawDataElement) or raw.VR == "SQ" or not raw.length:
+        return None
+    if raw.length != _UNDEFINED_LENGTH:
+        return raw.value_tell, raw.length
+    if raw.value is not None:  # read: short enough
+        return raw.value_tell, len(raw.value)
+    if isinstance(source, io.BytesIO):  # a small object, in memory
+        with source.getbuffer() as view:
+            end = undefined_length_end(view, raw.value_tell, raw.is_implicit_VR,
+                                       raw.is_little_endian)
+    else:
+        with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+                memoryview(mapped) as view:
+            end = undefined_length_end(view, raw.value_tell, raw.is_implicit_VR,
+                                       raw.is_little_endian)
+    if end is None:
+        raise WebError(500, "the stored object cannot be parsed")
+    return raw.value_tell, end - 8 - raw.value_tell
 
 
 def routes(ctx: DicomWebContext) -> list[Route]:
