@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pydicom
+import pydicom.data
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -230,3 +231,20 @@ def test_nested_bulk_stays_inline_when_the_sequence_was_left_unread() -> None:
     assert document["7FE00010"] == {"vr": "OW", "BulkDataURI": f"{URL}/bulkdata/7FE00010"}
     nested = document["00880200"]["Value"][0]["7FE00010"]
     assert base64.b64decode(nested["InlineBinary"]) == icon.PixelData
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "MR_small_bigendian.dcm"])
+def test_bulk_data_of_deflated_and_big_endian_objects_as_before(name: str,
+                                                                tmp_path: Path) -> None:
+    """Deflated: pydicom inflates it whole, its offsets into what it inflated (none of its
+    values is left unread); big endian: the bytes as stored. Both as pydicom gives them."""
+    path = pydicom.data.get_testdata_file(name)
+    data = Path(str(path)).read_bytes()
+    whole = pydicom.dcmread(io.BytesIO(data), force=True)
+    client = _client(data, tmp_path, str(whole.file_meta.TransferSyntaxUID))
+    answer, _peak = _get(client, "/bulkdata/7FE00010", OCTETS)
+    assert answer.status_code == 200
+    assert whole.PixelData in answer.content
+    [document] = _get(client, "/metadata", "application/dicom+json")[0].json()
+    assert document == metadata_json(whole, document["7FE00010"]["BulkDataURI"].rsplit(
+        "/bulkdata/", 1)[0])

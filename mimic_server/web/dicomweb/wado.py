@@ -24,6 +24,7 @@ import pydicom
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -178,7 +179,14 @@ def header_of(source: BinaryIO) -> pydicom.Dataset:
     unread (deferred: read from ``source`` if something asks for it), so that neither its
     Pixel Data nor any other large value is held for metadata or one bulk data value."""
     try:
-        return pydicom.dcmread(source, defer_size=BULK_DATA_THRESHOLD, force=True)
+        ds = pydicom.dcmread(source, defer_size=BULK_DATA_THRESHOLD, force=True)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # pydicom inflates it whole, and its values' offsets are into what it inflated:
+            # a deferred value would be read from the wrong place of ``source``. Read whole.
+            source.seek(0)
+            ds = pydicom.dcmread(source, force=True)
+        return ds
     except Exception as exc:  # any parser failure on stored bytes: the object is the problem
         raise WebError(500, "the stored object cannot be parsed") from exc
 
@@ -316,14 +324,14 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     try:
         obj = verified(ctx, ref)
         ref, source = obj.ref, copied(ctx, obj)
-        span = _value_span(header_of(source), source, tag)
+        found = _value_of(header_of(source), source, tag)
     except WebError:
         if source is not None:
             source.close()
         audit.failed_one()
         audit.end(completed=False)
         raise
-    if span is None:
+    if found is None:
         source.close()
         audit.end()
         raise WebError(404, "no such bulk data element in this instance")
@@ -331,13 +339,16 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     audit.end()
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, OCTET_STREAM)
-    start, length = span
-    if length <= WHOLE_ANSWER_BYTES:
+    if isinstance(found, bytes) or found[1] <= WHOLE_ANSWER_BYTES:
         with source:
-            source.seek(start)
-            data = source.read(length)
+            if isinstance(found, bytes):
+                data = found
+            else:
+                source.seek(found[0])
+                data = source.read(found[1])
         return Response(b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)])),
                         media_type=media_type)
+    start, length = found
 
     def body() -> Iterator[bytes]:
         with source:
@@ -352,18 +363,23 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     return StreamingResponse(body(), media_type=media_type)
 
 
-def _value_span(ds: pydicom.Dataset, source: BinaryIO, tag: int) -> tuple[int, int] | None:
-    """Where the value of the top-level element ``tag`` lies in ``source`` (its bytes as
-    stored, as pydicom gives a binary value: for one of undefined length, encapsulated Pixel
-    Data, up to its Sequence Delimitation Item), without reading it; None when there is no
-    such element, or it is a sequence or empty."""
+def _value_of(
+    ds: pydicom.Dataset, source: BinaryIO, tag: int
+) -> bytes | tuple[int, int] | None:
+    """The value of the top-level element ``tag`` as stored (as pydicom gives a binary
+    value: for one of undefined length, encapsulated Pixel Data, up to its Sequence
+    Delimitation Item): its bytes where ``header_of`` read them (short, or a Deflated
+    object's), else where they lie in ``source``, found without reading them; None when
+    there is no such element, or it is a sequence or empty."""
     raw = ds._dict.get(BaseTag(tag))  # type: ignore[attr-defined]
+    if isinstance(raw, DataElement):  # converted already (pydicom reads a few on its own)
+        return raw.value if isinstance(raw.value, bytes) and raw.value else None
     if not isinstance(raw, RawDataElement) or raw.VR == "SQ" or not raw.length:
         return None
+    if raw.value is not None:
+        return bytes(raw.value)
     if raw.length != _UNDEFINED_LENGTH:
         return raw.value_tell, raw.length
-    if raw.value is not None:  # read: short enough
-        return raw.value_tell, len(raw.value)
     if isinstance(source, io.BytesIO):  # a small object, in memory
         with source.getbuffer() as view:
             end = undefined_length_end(view, raw.value_tell, raw.is_implicit_VR,
