@@ -9,6 +9,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from mimic_server.codec.header_scan import (
     HEADER_LONG_VALUES,
@@ -18,6 +19,7 @@ from mimic_server.codec.header_scan import (
     LONGEST_CHARACTER_SET,
     ScannedHeader,
     check_bounds,
+    read_as_sequence,
     scan_header,
     scan_header_to,
 )
@@ -33,6 +35,8 @@ _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The explicit VRs whose element header has a 4-byte length (12 bytes in all).
+_LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
@@ -127,7 +131,10 @@ def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
     they fit ``HEADER_LONG_VALUES`` (and ``LARGEST_HEADER_VALUE``), else bulk data (out of
     the JSON); sequences read while they fit ``HEADER_SEQUENCES``. pydicom cannot leave a
     sequence of undefined length unread: one that does not fit what is left of
-    ``HEADER_SEQUENCES`` is refused (0xA700) instead of being made bulk data."""
+    ``HEADER_SEQUENCES``, or does not end within what there is (a Deflated header inflated
+    up to its bound), is refused (0xA700) instead of being made bulk data. A value of
+    undefined length that pydicom does not read as a sequence it keeps no more of than its
+    defer size. Element headers count towards ``MAX_HEADER_BYTES`` as in the scan."""
     reader = _MemoryReader(view)
     top_implicit = read_as_implicit(view, implicit)
     seen = 0
@@ -142,15 +149,22 @@ def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
             return True
         seen += 1
         start = reader.tell()
+        # What the scan counts: every element's header, and the values it copies.
+        copied += 12 if not top_implicit and vr in _LONG_LENGTH_VRS else 8
+        if tag == 0x00080005 and length > LONGEST_CHARACTER_SET:
+            raise CannotUnderstand(
+                f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")
         if length == _UNDEFINED_LENGTH:
-            end = undefined_length_end(view, start, top_implicit, little)
-            if end is not None:  # items: pydicom reads them, as a sequence or not
-                if end - start > sequences_left:
+            if read_as_sequence(view, start, tag, None if top_implicit else vr):
+                # pydicom reads every item of it: refused unless it is whole, and fits.
+                end = undefined_length_end(view, start, top_implicit, little)
+                if end is None or end - start > sequences_left:
                     raise OutOfResources(
                         f"a sequence of undefined length past the header's {HEADER_SEQUENCES}"
                         " bytes of sequences, in an encoding the archive reads with pydicom")
                 sequences_left -= end - start
                 copied += end - start
+            # else pydicom keeps no more of it than its defer size
         elif vr == "SQ" or (vr in (None, "UN") and length
                             and view[start : start + 4] == _ITEM_TAG):
             if length <= sequences_left:
@@ -160,9 +174,6 @@ def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
                 bulk.add(tag)
         elif length <= LONG_HEADER_VALUE:
             copied += length
-        elif tag == 0x00080005 and length > LONGEST_CHARACTER_SET:
-            raise CannotUnderstand(
-                f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")
         elif length <= LARGEST_HEADER_VALUE and length <= long_values_left:
             long_values_left -= length
             copied += length

@@ -237,9 +237,12 @@ def _scan(
         if stop_at_pixel_data and tag in _PIXEL_DATA_TAGS:
             break
         if length == _UNDEFINED:
-            if not stop_at_pixel_data or group in _NOT_IN_A_DATA_SET:
+            if not stop_at_pixel_data or group in _NOT_IN_A_DATA_SET or group == 0xFFFE:
                 return None
-            end = _sequence_end(data, start, tag, vr, implicit)
+            if tag == _SPECIFIC_CHARACTER_SET:
+                _refuse_character_set(length)
+            end = (undefined_length_end(data, start, implicit)
+                   if read_as_sequence(data, start, tag, vr) else None)
             if end is None:
                 return None  # not a sequence, or not well formed: pydicom's (and refused)
             if end - start <= sequences_left:
@@ -258,6 +261,8 @@ def _scan(
         if stop_at_pixel_data and group in _NOT_IN_A_DATA_SET:
             return None
         if (length > largest or vr in maybe_sequence) and length:
+            if tag == _SPECIFIC_CHARACTER_SET:
+                _refuse_character_set(length)
             if vr == "SQ" or (vr in maybe_sequence and data[start] == 0xFE
                               and data[start : start + 4] == _ITEM_TAG):
                 # A sequence (in implicit VR, or sent as UN, told by its first item's tag;
@@ -268,9 +273,6 @@ def _scan(
             elif length <= largest:  # in implicit VR every element comes here
                 fits = True
             else:
-                if tag == _SPECIFIC_CHARACTER_SET and length > LONGEST_CHARACTER_SET:
-                    raise CannotUnderstand(
-                        f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")
                 fits = length <= LARGEST_HEADER_VALUE and length <= long_values_left
                 if fits:
                     long_values_left -= length
@@ -299,19 +301,22 @@ def check_bounds(elements: int, copied: int) -> None:
             f"the header takes more than {MAX_HEADER_BYTES} bytes, bulk data aside")
 
 
-def _sequence_end(
-    data: memoryview, start: int, tag: int, vr: str | None, implicit: bool
-) -> int | None:
-    """The end of an undefined-length value that pydicom reads as a sequence (SQ, UN, or
-    in implicit VR one the dictionary calls SQ or, unknown to it, whose first item says
-    so), else ``None``."""
+def read_as_sequence(data: memoryview, start: int, tag: int, vr: str | None) -> bool:
+    """Whether pydicom reads a value of undefined length starting at ``start`` as a sequence:
+    SQ, UN, or in implicit VR (``vr`` None) one the dictionary calls SQ or, unknown to it,
+    whose first item says so. Any other it reads to its delimiter, keeping no more of it
+    than its defer size."""
     if vr is None:
         try:
-            if _dictionary_vr_fast(tag) != "SQ":
-                return None
+            return _dictionary_vr_fast(tag) == "SQ"
         except KeyError:
-            if data[start : start + 4] != _ITEM_TAG:
-                return None
-    elif vr != "SQ" and vr != "UN":
-        return None
-    return undefined_length_end(data, start, implicit)
+            return data[start : start + 4] == _ITEM_TAG
+    return vr == "SQ" or vr == "UN"
+
+
+def _refuse_character_set(length: int) -> None:
+    """A Specific Character Set over :data:`LONGEST_CHARACTER_SET` (of undefined length
+    too), whatever its VR or bytes: pydicom reads it whole, never deferred."""
+    if length > LONGEST_CHARACTER_SET:
+        raise CannotUnderstand(
+            f"Specific Character Set is longer than {LONGEST_CHARACTER_SET} bytes")

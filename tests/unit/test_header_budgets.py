@@ -250,3 +250,91 @@ def test_a_long_value_of_undefined_length_pydicom_defers_is_bulk_not_empty() -> 
     assert "00071010" not in document and "00100010" in document
     short = read_checked_header(memoryview(PYDICOM_ONLY + NAME), EXPLICIT)
     assert header_json(short)["00071010"]["vr"] == "OB"  # a short one is kept
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_a_group_fffe_element_of_undefined_length_is_refused(implicit: bool) -> None:
+    """Item tags belong inside sequences, never among a data set's elements (as review
+    found: the scan's branch for undefined lengths took one)."""
+    content = _item(b"") + SEQUENCE_END
+    element = _implicit(0xFFFE, 0x0001, content, undefined=True) if implicit \
+        else _explicit(0xFFFE, 0x0001, b"SQ", content, undefined=True)
+    head = _implicit(0x0008, 0x0060, b"OT") if implicit else _explicit(0x0008, 0x0060, b"CS",
+                                                                        b"OT")
+    with pytest.raises(CannotUnderstand):
+        read_checked_header(memoryview(head + element), IMPLICIT if implicit else EXPLICIT)
+
+
+def test_a_deflated_sequence_cut_by_the_inflation_bound_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The header of a Deflated object is inflated up to a bound; a sequence of undefined
+    length not closed within it would be read item by item by pydicom (62 MiB a MiB of
+    small items): refused 0xA700 before (review)."""
+    import zlib
+
+    from mimic_server.codec import header
+
+    monkeypatch.setattr(header, "MAX_INFLATED_HEADER", 1 << 20)
+    items = _item(b"") * ((2 << 20) // 8)
+    plain = _explicit(0x0008, 0x0060, b"CS", b"OT") + _explicit(
+        0x0008, 0x1110, b"SQ", items + SEQUENCE_END, undefined=True) + NAME
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = deflater.compress(plain) + deflater.flush()
+    tracemalloc.start()
+    try:
+        with pytest.raises(OutOfResources) as refused:
+            read_header(memoryview(deflated), UID("1.2.840.10008.1.2.1.99"))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == 0xA700
+    assert peak < 8 * MiB, peak
+
+
+def test_a_long_value_of_undefined_length_not_a_sequence_is_taken() -> None:
+    """pydicom keeps no more of it than its defer size: neither charged to the sequences'
+    budget nor refused (review)."""
+    fragment = _item(bytes(2 * MiB))
+    data = _explicit(0x0009, 0x0010, b"LO", b"M") + _explicit(
+        0x0009, 0x1010, b"OB", fragment + SEQUENCE_END, undefined=True) + NAME
+    tracemalloc.start()
+    try:
+        header = read_checked_header(memoryview(data), EXPLICIT)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not isinstance(header, ScannedHeader)
+    assert "00091010" not in header_json(header)
+    assert peak < MiB, peak
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_specific_character_set_looking_like_a_sequence_is_refused_too(route: str) -> None:
+    """Checked before anything else of the element: a value starting with an item tag
+    went past the bound as a sequence (review)."""
+    charset = _item(b"ISO_IR 100" * 200)
+    data = _implicit(0x0008, 0x0005, charset) + _implicit(0x0010, 0x0010, b"A^B ")
+    if route == "pydicom":
+        data = _implicit(0x0007, 0x1010, _item(b"\x01\x02") + SEQUENCE_END, undefined=True) \
+            + data
+    with pytest.raises(CannotUnderstand) as refused:
+        read_checked_header(memoryview(data), IMPLICIT)
+    assert "Specific Character Set" in str(refused.value)
+
+
+def test_the_size_bound_counts_the_same_bytes_on_both_routes() -> None:
+    """Element headers and copied values, on both routes (review: pydicom's counted values
+    only, so a header could be refused by one route and taken by the other)."""
+    def header_of(count: int, route: str) -> bool:
+        values = b"".join(_explicit(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB",
+                                    bytes(1024)) for n in range(count))
+        try:
+            _header(_explicit(0x0008, 0x0060, b"CS", b"OT") + values + NAME, route)
+        except OutOfResources:
+            return False
+        return True
+
+    # 1,036 bytes an element with its header: the bound falls between these two counts
+    for count in (MAX_HEADER_BYTES // 1036 - 2, MAX_HEADER_BYTES // 1036 + 2):
+        assert header_of(count, "scanned") == header_of(count, "pydicom"), count
