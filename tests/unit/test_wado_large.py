@@ -166,8 +166,10 @@ def test_frames_and_rendering_of_a_large_object(tmp_path: Path, resource: str,
 
 def test_a_long_text_is_a_bulk_data_uri_and_its_bytes_are_served(tmp_path: Path) -> None:
     """Over 64 KiB, a text value is given a URI (PS3.18 F.2.7), not read for the JSON."""
-    data, ds = _large(rows=16, columns=16, frames=1, text=LARGEST_INLINE_VALUE + 2)
-    client = _client(data, tmp_path)
+    # implicit VR: in explicit VR an LT holds at most 64 KiB, and pydicom writes it as UN
+    data, ds = _large(rows=16, columns=16, frames=1, text=LARGEST_INLINE_VALUE + 2,
+                      syntax=ImplicitVRLittleEndian)
+    client = _client(data, tmp_path, ImplicitVRLittleEndian)
     answer, _peak = _get(client, "/metadata", "application/dicom+json")
     [document] = answer.json()
     uri = document["00204000"]["BulkDataURI"]
@@ -248,3 +250,39 @@ def test_bulk_data_of_deflated_and_big_endian_objects_as_before(name: str,
     [document] = _get(client, "/metadata", "application/dicom+json")[0].json()
     assert document == metadata_json(whole, document["7FE00010"]["BulkDataURI"].rsplit(
         "/bulkdata/", 1)[0])
+
+
+def _implicit_object(uid: str, *elements: tuple[int, str, bytes]) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = SECONDARY_CAPTURE, uid, "P"
+    for tag, vr, value in elements:
+        ds.add_new(tag, vr, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=True)
+    return buffer.getvalue()
+
+
+def test_an_element_whose_vr_cannot_be_told_is_left_out_as_before() -> None:
+    """An ambiguous VR without what settles it (LUT Data with no LUT Descriptor): pydicom's
+    JSON leaves it out; it made the metadata of its whole series a 500 (review)."""
+    data = _implicit_object("1.2.3.2", (0x00283006, "OW", b"\x01\x00" * 1024))
+    document = metadata_json(header_of(io.BytesIO(data)), URL)
+    assert "00283006" not in document and document["00100020"]["Value"] == ["P"]
+
+
+def test_a_large_value_stored_as_un_keeps_un() -> None:
+    """pydicom looks a UN up in its dictionary only below 64 KiB: a larger one stays UN in
+    its JSON, as when the data set is read whole (review)."""
+    data, _ds = _large(rows=16, columns=16, frames=1)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(0x00204000, "UN", b"c" * 70_000)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    whole = metadata_json(pydicom.dcmread(io.BytesIO(buffer.getvalue())), URL)
+    document = metadata_json(header_of(io.BytesIO(buffer.getvalue())), URL)
+    assert document["00204000"] == whole["00204000"] == {
+        "vr": "UN", "BulkDataURI": f"{URL}/bulkdata/00204000"}

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom import config
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
@@ -240,16 +241,28 @@ def _unread_bulk(ds: pydicom.Dataset) -> dict[int, str]:
         if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
             continue
         vr = _vr_of(ds, raw)
+        if vr is None:  # pydicom's JSON leaves it out: so it does, unless it is large
+            if raw.length > LARGEST_INLINE_VALUE:
+                unread[int(tag)] = "UN"
+            continue
         if vr in _BINARY_VRS or (vr in _URI_VRS and raw.length > LARGEST_INLINE_VALUE):
             unread[int(tag)] = vr
     return unread
 
 
-def _vr_of(ds: pydicom.Dataset, raw: RawDataElement) -> str:
-    """The VR pydicom's JSON would give an unread element, found without reading it."""
-    empty = convert_raw_data_element(raw._replace(value=b"", length=0), ds=ds)
-    if " or " in empty.VR:
-        correct_ambiguous_vr_element(empty, ds, raw.is_little_endian)
+def _vr_of(ds: pydicom.Dataset, raw: RawDataElement) -> str | None:
+    """The VR pydicom's JSON would give an unread element, found without reading it (as
+    ``to_json_dict`` converts, strictly); None where it cannot tell (an ambiguous VR
+    without what settles it: a LUT Data with no LUT Descriptor), which its JSON skips."""
+    if raw.VR == "UN" and raw.length >= 0xFFFF:
+        return "UN"  # pydicom looks a UN up in its dictionary only below 64 KiB
+    try:
+        with config.strict_reading():
+            empty = convert_raw_data_element(raw._replace(value=b"", length=0), ds=ds)
+            if " or " in empty.VR:
+                correct_ambiguous_vr_element(empty, ds, raw.is_little_endian)
+    except Exception:
+        return None
     return str(empty.VR)
 
 
@@ -325,11 +338,12 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         obj = verified(ctx, ref)
         ref, source = obj.ref, copied(ctx, obj)
         found = _value_of(header_of(source), source, tag)
-    except WebError:
+    except BaseException as exc:
         if source is not None:
             source.close()
-        audit.failed_one()
-        audit.end(completed=False)
+        if isinstance(exc, WebError):
+            audit.failed_one()
+            audit.end(completed=False)
         raise
     if found is None:
         source.close()
