@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -65,23 +67,33 @@ def write_large_document(path: Path, document_bytes: int) -> str:
     return uid
 
 
-def write_many_elements(path: Path, count: int) -> str:
-    """A Secondary Capture object whose header has ``count`` (at most 61,440) empty private
-    elements of group 0009 (8 bytes each) before its patient, study and series; its SOP
-    Instance UID."""
-    assert count <= 0xF000
+def _write_private(path: Path, patient_id: str, private: Callable[[BinaryIO], None]) -> str:
+    """A Secondary Capture object whose header holds what ``private`` writes (elements
+    before group 0010) before its patient, study and series; its SOP Instance UID."""
     uid = _write_header(path, SecondaryCaptureImageStorage)
     rest = Dataset()
-    rest.PatientID = "MANY"
+    rest.PatientID = patient_id
     rest.StudyInstanceUID = generate_uid()
     rest.SeriesInstanceUID = generate_uid()
     tail = io.BytesIO()
     rest.save_as(tail, implicit_vr=False, little_endian=True)
     with open(path, "ab") as fh:
-        fh.write(b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + n, b"LO", 0)
-                          for n in range(count)))
+        private(fh)
         fh.write(tail.getvalue())
     return uid
+
+
+def write_many_elements(path: Path, count: int) -> str:
+    """A Secondary Capture object whose header has ``count`` (at most 61,440) empty private
+    elements of group 0009 (8 bytes each) before its patient, study and series; its SOP
+    Instance UID."""
+    assert count <= 0xF000
+
+    def private(fh: BinaryIO) -> None:
+        fh.write(b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + n, b"LO", 0)
+                          for n in range(count)))
+
+    return _write_private(path, "MANY", private)
 
 
 def write_long_values(path: Path, count: int, size: int) -> str:
@@ -89,20 +101,14 @@ def write_long_values(path: Path, count: int, size: int) -> str:
     values of ``size`` bytes each (group 0009, before its patient, study and series) and a
     sequence of undefined length; its SOP Instance UID."""
     assert count <= 0xF000 and size % 2 == 0
-    uid = _write_header(path, SecondaryCaptureImageStorage)
-    rest = Dataset()
-    rest.PatientID = "LONG"
-    rest.StudyInstanceUID = generate_uid()
-    rest.SeriesInstanceUID = generate_uid()
-    tail = io.BytesIO()
-    rest.save_as(tail, implicit_vr=False, little_endian=True)
     item = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 4) + b"1.2\x00"
-    with open(path, "ab") as fh:
+
+    def private(fh: BinaryIO) -> None:
         fh.write(struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
                  + struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
                  + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
         for n in range(count):
             fh.write(struct.pack("<HH2sHL", 0x0009, 0x1000 + n, b"UT", 0, size)
                      + b"%08d" % n + b"t" * (size - 8))
-        fh.write(tail.getvalue())
-    return uid
+
+    return _write_private(path, "LONG", private)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tracemalloc
 import zlib
 
 import pytest
@@ -16,6 +15,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from mimic_server.codec import header as header_module
 from mimic_server.codec.header import _at_pixel_data, read_header
 from mimic_server.codec.header_scan import ScannedHeader
+from tests.memory import peak_allocated
 
 DEFLATED = UID(DeflatedExplicitVRLittleEndian)
 MiB = 1 << 20
@@ -92,12 +92,9 @@ def test_the_compressed_input_is_neither_copied_nor_inflated_whole() -> None:
     pixels = os.urandom(48 * MiB)  # incompressible: the deflated data set is as large
     deflated = _deflate(HEAD, _pixel_data(len(pixels)), pixels)
     view = memoryview(deflated)
-    tracemalloc.start()
-    try:
+    with peak_allocated() as peak_:
         header = read_header(view, DEFLATED)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_[0]
     assert _values(header) == _pydicom(HEAD + _pixel_data(0))
     assert peak < 8 * MiB, f"{peak / MiB:.1f} MiB allocated to read the header"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import struct
-import tracemalloc
 
 import pytest
 from pydicom.filereader import read_dataset
@@ -26,6 +25,7 @@ from mimic_server.codec.header_scan import (
 )
 from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.index.attributes import header_json
+from tests.memory import peak_allocated
 
 EXPLICIT = UID(ExplicitVRLittleEndian)
 IMPLICIT = UID(ImplicitVRLittleEndian)
@@ -132,12 +132,9 @@ def test_a_long_sequence_of_undefined_length_is_bulk_not_copied() -> None:
         _explicit(0x0009, 0x1010, b"SQ", items + SEQUENCE_END, undefined=True),
         NAME,
     ]))
-    tracemalloc.start()
-    try:
+    with peak_allocated() as peak_:
         header = read_checked_header(data, EXPLICIT)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_[0]
     assert isinstance(header, ScannedHeader) and header.bulk == {0x00091010}
     assert peak < MiB, peak
     document = header_json(header)
@@ -154,13 +151,9 @@ def test_pydicom_refuses_a_sequence_of_undefined_length_it_would_read_whole() ->
     header = _header(head + small + NAME, "pydicom")
     assert header_json(header)["00091010"] == {"vr": "SQ", "Value": [{}]}
     data = _routed(head + small + large + NAME, "pydicom")
-    tracemalloc.start()
-    try:
-        with pytest.raises(OutOfResources) as refused:
-            _header(data, "pydicom")
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with peak_allocated() as peak_, pytest.raises(OutOfResources) as refused:
+        _header(data, "pydicom")
+    peak = peak_[0]
     assert refused.value.status == 0xA700
     assert peak < HEADER_SEQUENCES // 2, peak
 
@@ -175,13 +168,10 @@ def test_long_values_are_copied_while_they_fit_their_budget(route: str) -> None:
                       for n in range(count))
     data = _routed(_explicit(0x0008, 0x0060, b"CS", b"OT") + values + NAME, route)
     del values
-    tracemalloc.start()
-    try:
+    with peak_allocated() as peak_:
         header = _header(data, route)
         document = header_json(header)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_[0]
     kept = [key for key, entry in document.items() if entry.get("vr") == "UT"]
     assert len(kept) == HEADER_LONG_VALUES // LARGEST_HEADER_VALUE  # the first 16
     assert document["00100010"]["Value"] == [{"Alphabetic": "Budget^Header"}]
@@ -220,15 +210,11 @@ def test_a_long_specific_character_set_is_refused(route: str) -> None:
                 + _implicit(0x0008, 0x0005, charset) + _implicit(0x0010, 0x0010, b"A^B ")
         else:
             data = _explicit(0x0008, 0x0005, b"CS", charset) + NAME
-        tracemalloc.start()
-        try:
-            with pytest.raises(CannotUnderstand) as refused:
-                first = PYDICOM_ONLY if route == "pydicom" and not size > 0xFFFF else b""
-                read_checked_header(memoryview(first + data), IMPLICIT if size > 0xFFFF
-                                    else EXPLICIT)
-            _current, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        with peak_allocated() as peak_, pytest.raises(CannotUnderstand) as refused:
+            first = PYDICOM_ONLY if route == "pydicom" and not size > 0xFFFF else b""
+            read_checked_header(memoryview(first + data), IMPLICIT if size > 0xFFFF
+                                else EXPLICIT)
+        peak = peak_[0]
         assert refused.value.status == 0xC000
         assert "Specific Character Set" in str(refused.value)
         assert peak < MiB, peak
@@ -281,13 +267,9 @@ def test_a_deflated_sequence_cut_by_the_inflation_bound_is_refused(
         0x0008, 0x1110, b"SQ", items + SEQUENCE_END, undefined=True) + NAME
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     deflated = deflater.compress(plain) + deflater.flush()
-    tracemalloc.start()
-    try:
-        with pytest.raises(OutOfResources) as refused:
-            read_header(memoryview(deflated), UID("1.2.840.10008.1.2.1.99"))
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with peak_allocated() as peak_, pytest.raises(OutOfResources) as refused:
+        read_header(memoryview(deflated), UID("1.2.840.10008.1.2.1.99"))
+    peak = peak_[0]
     assert refused.value.status == 0xA700
     assert peak < 8 * MiB, peak
 
@@ -298,12 +280,9 @@ def test_a_long_value_of_undefined_length_not_a_sequence_is_taken() -> None:
     fragment = _item(bytes(2 * MiB))
     data = _explicit(0x0009, 0x0010, b"LO", b"M") + _explicit(
         0x0009, 0x1010, b"OB", fragment + SEQUENCE_END, undefined=True) + NAME
-    tracemalloc.start()
-    try:
+    with peak_allocated() as peak_:
         header = read_checked_header(memoryview(data), EXPLICIT)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_[0]
     assert not isinstance(header, ScannedHeader)
     assert "00091010" not in header_json(header)
     assert peak < MiB, peak

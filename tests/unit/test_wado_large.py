@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +30,7 @@ from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.wado import LARGEST_INLINE_VALUE, header_of, metadata_json
 from tests.data import Storable, storable_files
+from tests.memory import peak_allocated
 
 MiB = 1 << 20
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8", "1.2.826.0.1.3680043.8.498.8.1"
@@ -100,12 +100,9 @@ def _client(data: bytes, tmp_path: Path, syntax: str = ExplicitVRLittleEndian) -
 
 def _get(client: TestClient, resource: str, accept: str) -> Any:
     path = f"/studies/{STUDY}/series/{SERIES}/instances/1.2.3{resource}"
-    tracemalloc.start()
-    try:
+    with peak_allocated() as peak_:
         answer = client.get(path, headers={"Accept": accept})
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_[0]
     return answer, peak
 
 
@@ -114,17 +111,13 @@ def _streamed(client: TestClient, resource: str, accept: str) -> tuple[int, str,
     memory allocated meanwhile."""
     path = f"/studies/{STUDY}/series/{SERIES}/instances/1.2.3{resource}"
     digest, size = hashlib.sha256(), 0
-    tracemalloc.start()
-    try:
-        with client.stream("GET", path, headers={"Accept": accept}) as answer:
-            for piece in answer.iter_bytes():
-                digest.update(piece)
-                size += len(piece)
-            boundary = answer.headers["content-type"].split("boundary=")[1].strip('"')
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return answer.status_code, boundary, size, peak, digest.hexdigest()
+    with peak_allocated() as peak, client.stream("GET", path,
+                                                 headers={"Accept": accept}) as answer:
+        for piece in answer.iter_bytes():
+            digest.update(piece)
+            size += len(piece)
+        boundary = answer.headers["content-type"].split("boundary=")[1].strip('"')
+    return answer.status_code, boundary, size, peak[0], digest.hexdigest()
 
 
 def test_metadata_of_a_large_object_reads_no_pixel(tmp_path: Path) -> None:
