@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from mimic_server.codec.header_scan import ScannedHeader, scan_elements
+from mimic_server.codec.structure import undefined_item_end
 
 #: Character sets whose Python codec is exact for single-byte values.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
@@ -243,9 +244,12 @@ def _implicit_vr(tag: int) -> str:
 
 
 def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None) -> Entry:
-    """A sequence of defined-length items whose every element is read here, else None.
+    """A sequence whose every item's element is read here, else None.
 
-    Items inherit the character set of the header; one with its own is left to pydicom.
+    Items inherit the character set of the header; one with its own is left to pydicom. An
+    item of undefined length is found whole by the structure walk's rules (its elements
+    then read as one of defined length): pydicom made a ``Dataset`` of each (a sequence
+    of many small items cost tens of MB).
     """
     if not data:
         return {"vr": "SQ", "Value": []}
@@ -259,10 +263,19 @@ def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None) -> E
         if pos + 8 > size:
             return None
         group, number, length = _ITEM_HEADER.unpack_from(view, pos)
-        end = pos + 8 + length
-        if (group, number) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or end > size:
+        if (group, number) != (0xFFFE, 0xE000):
             return None
-        elements = scan_elements(view[pos + 8 : end], implicit, False)
+        if length == 0xFFFFFFFF:
+            ended = undefined_item_end(view, pos + 8, implicit)
+            if ended is None:
+                return None
+            content, end = view[pos + 8 : ended - 8], ended
+        else:
+            end = pos + 8 + length
+            if end > size:
+                return None
+            content = view[pos + 8 : end]
+        elements = scan_elements(content, implicit, False)
         if elements is None or 0x00080005 in elements:
             return None
         item: dict[str, Any] = {}

@@ -103,8 +103,9 @@ class StructureWalk:
         self._skip = 0  # bytes of a defined-length value still to come in later chunks
         self._tail = b""  # an element header split between two chunks
         self._offset = 0  # of the current chunk in the data set, for error messages
-        #: The walk returns when its stack is this deep after a Sequence Delimitation Item
-        #: (``undefined_length_end``); a whole data set's never is (its stack keeps one).
+        #: The walk returns when its stack is this deep after a Sequence or an Item
+        #: Delimitation Item (``undefined_length_end``, ``undefined_item_end``); a whole
+        #: data set's never is (its stack keeps one).
         self._until = 0
 
     def resume_at(self, offset: int) -> None:
@@ -162,6 +163,8 @@ class StructureWalk:
                 if group == 0xFFFE:
                     frame = self._item_end(group, element, pos)
                     pos += 8
+                    if len(stack) == self._until:
+                        return pos
                     continue
                 if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
                     _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
@@ -181,6 +184,8 @@ class StructureWalk:
                 if group == 0xFFFE:
                     frame = self._item_end(group, element, pos)
                     pos += 8
+                    if len(stack) == self._until:
+                        return pos
                     continue
                 if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
                     _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
@@ -245,6 +250,25 @@ def undefined_length_end(
     except CannotUnderstand:
         return None
     return start + ended if len(walk._stack) == 1 else None
+
+
+def undefined_item_end(data: memoryview, start: int, implicit: bool) -> int | None:
+    """Where the item of undefined length whose elements begin at ``start`` ends (past its
+    Item Delimitation Item), walked by this module's rules (little endian; the item's
+    encoding told by its first element, as pydicom tells it); ``None`` where it breaks them
+    or does not end within ``data``. The header JSON reads such an item's elements itself
+    (``codec/dicom_json.py``)."""
+    walk = StructureWalk(implicit, little=True)
+    items = _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT
+    walk._stack = [_ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT, items,
+                   _elements_frame(data, start, implicit, in_item=True)]
+    walk._until = 2
+    walk._offset = start
+    try:
+        ended = walk._run(data[start:], final=True)
+    except CannotUnderstand:
+        return None
+    return start + ended if len(walk._stack) == 2 else None
 
 
 def read_as_implicit(data: memoryview | bytes, implicit: bool) -> bool:

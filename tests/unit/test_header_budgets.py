@@ -317,3 +317,38 @@ def test_the_size_bound_counts_the_same_bytes_on_both_routes() -> None:
     # 1,036 bytes an element with its header: the bound falls between these two counts
     for count in (MAX_HEADER_BYTES // 1036 - 2, MAX_HEADER_BYTES // 1036 + 2):
         assert header_of(count, "scanned") == header_of(count, "pydicom"), count
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_items_of_undefined_length_are_read_as_pydicom_reads_them(implicit: bool) -> None:
+    """Their elements are read by the header JSON itself, as an item of defined length's:
+    the same document as pydicom's."""
+    if implicit:
+        code = _implicit(0x0008, 0x0100, b"CODE") + _implicit(0x0008, 0x0104, b"Text")
+        sequence = _implicit(0x0008, 0x1110, _item(code, undefined=True) + _item(b"", True)
+                             + _item(code) + SEQUENCE_END, undefined=True)
+        data = _implicit(0x0008, 0x0060, b"SR") + sequence + _implicit(0x0010, 0x0010, b"A^B ")
+    else:
+        code = _explicit(0x0008, 0x0100, b"SH", b"CODE") + _explicit(0x0008, 0x0104, b"LO",
+                                                                      b"Text")
+        sequence = _explicit(0x0008, 0x1110, b"SQ", _item(code, undefined=True)
+                             + _item(b"", True) + _item(code) + SEQUENCE_END, undefined=True)
+        data = _explicit(0x0008, 0x0060, b"CS", b"SR") + sequence + NAME
+    header = read_checked_header(memoryview(data), IMPLICIT if implicit else EXPLICIT)
+    assert isinstance(header, ScannedHeader)
+    document = header_json(header)
+    assert document == _pydicom_json(data, implicit)
+    assert [len(item) for item in document["00081110"]["Value"]] == [2, 0, 2]
+
+
+def test_many_small_items_of_undefined_length_in_small_memory() -> None:
+    """A sequence of 65,000 empty items of undefined length (1 MiB, within the sequences'
+    budget): pydicom made a Dataset of each, some 75 MB (review)."""
+    items = _item(b"", undefined=True) * 65_000
+    data = _explicit(0x0008, 0x0060, b"CS", b"OT") + _explicit(
+        0x0008, 0x1110, b"SQ", items + SEQUENCE_END, undefined=True) + NAME
+    header = read_checked_header(memoryview(data), EXPLICIT)
+    with peak_allocated() as peak:
+        document = header_json(header)
+    assert len(document["00081110"]["Value"]) == 65_000
+    assert peak[0] < 24 * MiB, f"{peak[0] / MiB:.1f} MiB"
