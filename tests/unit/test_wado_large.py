@@ -279,3 +279,24 @@ def test_a_large_value_stored_as_un_keeps_un() -> None:
     document = metadata_json(header_of(io.BytesIO(buffer.getvalue())), URL)
     assert document["00204000"] == whole["00204000"] == {
         "vr": "UN", "BulkDataURI": f"{URL}/bulkdata/00204000"}
+
+
+def test_metadata_never_switches_pydicoms_validation_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pydicom's validation mode is one setting of the whole process; the routes run in
+    threads: a request that switched it (``strict_reading``, which ``to_json_dict`` uses
+    to suppress invalid tags) and one overlapping it left it strict for good, and STOW-RS
+    ingest in the same process then refused or indexed objects otherwise (review). An
+    invalid value is written as read, as in the index's JSON."""
+    from pydicom import config
+
+    def switched() -> Any:
+        raise AssertionError("pydicom's validation mode switched")
+
+    monkeypatch.setattr(config, "strict_reading", switched)
+    data = _implicit_object("1.2.3.3", (0x00200013, "IS", b"1.0 "),
+                            (0x00283006, "OW", b"\x01\x00" * 1024))
+    document = metadata_json(header_of(io.BytesIO(data)), URL)
+    assert document["00200013"] == {"vr": "IS", "Value": [1]}
+    assert "00283006" not in document

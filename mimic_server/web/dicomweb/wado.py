@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom import config
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
@@ -212,7 +211,7 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
         return f"{_INLINE}{id(element)}"
 
     inline: dict[int, DataElement] = {}
-    document = ds.to_json_dict(BULK_DATA_THRESHOLD, bulk, suppress_invalid_tags=True)
+    document = _json_of(ds, bulk)
     if inline:
         _inline_nested(document, inline)
     if 0x7FE00010 in ds and "7FE00010" in document:
@@ -222,6 +221,22 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
         for tag, vr in unread.items():
             document[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{tag:08X}"}
         document = dict(sorted(document.items()))
+    return document
+
+
+def _json_of(ds: pydicom.Dataset, bulk: Any) -> dict[str, Any]:
+    """pydicom's DICOM JSON of each element, as ``to_json_dict`` writes it; one it cannot
+    convert is left out. Not ``to_json_dict(suppress_invalid_tags=True)``: that switches
+    pydicom's validation mode for the whole process while it runs (``strict_reading``), and
+    the routes run in threads: an overlapping request restored strict mode for good, and
+    STOW-RS ingest in the same process then refused or indexed objects otherwise. An
+    invalid value pydicom reads with a warning is written as read, as in the index's JSON."""
+    document: dict[str, Any] = {}
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset gives its elements
+        try:
+            document[f"{tag:08X}"] = ds[tag].to_json_dict(bulk, BULK_DATA_THRESHOLD)
+        except Exception:  # pydicom raises many kinds for malformed values
+            continue
     return document
 
 
@@ -251,16 +266,16 @@ def _unread_bulk(ds: pydicom.Dataset) -> dict[int, str]:
 
 
 def _vr_of(ds: pydicom.Dataset, raw: RawDataElement) -> str | None:
-    """The VR pydicom's JSON would give an unread element, found without reading it (as
-    ``to_json_dict`` converts, strictly); None where it cannot tell (an ambiguous VR
-    without what settles it: a LUT Data with no LUT Descriptor), which its JSON skips."""
+    """The VR pydicom's JSON would give an unread element, found without reading it; None
+    where it cannot tell (an ambiguous VR without what settles it: a LUT Data with no LUT
+    Descriptor), which its JSON skips. (Never under ``config.strict_reading``: ``_json_of``
+    says why.)"""
     if raw.VR == "UN" and raw.length >= 0xFFFF:
         return "UN"  # pydicom looks a UN up in its dictionary only below 64 KiB
     try:
-        with config.strict_reading():
-            empty = convert_raw_data_element(raw._replace(value=b"", length=0), ds=ds)
-            if " or " in empty.VR:
-                correct_ambiguous_vr_element(empty, ds, raw.is_little_endian)
+        empty = convert_raw_data_element(raw._replace(value=b"", length=0), ds=ds)
+        if " or " in empty.VR:
+            correct_ambiguous_vr_element(empty, ds, raw.is_little_endian)
     except Exception:
         return None
     return str(empty.VR)
