@@ -12,6 +12,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from mimic_server.codec.header_scan import (
+    BINARY_VRS,
     HEADER_LONG_VALUES,
     HEADER_SEQUENCES,
     LARGEST_HEADER_VALUE,
@@ -174,6 +175,8 @@ def _read_by_pydicom(view: memoryview, implicit: bool, little: bool) -> Dataset:
                 bulk.add(tag)
         elif length <= LONG_HEADER_VALUE:
             copied += length
+        elif vr in BINARY_VRS:
+            bulk.add(tag)  # left out of the JSON anyway, as in the scan
         elif length <= LARGEST_HEADER_VALUE and length <= long_values_left:
             long_values_left -= length
             copied += length

@@ -51,12 +51,16 @@ Scanned = tuple["str | None", bytes, int]
 #: leaves it out, as it leaves out binary values over 768 bytes. Sequences have their own
 #: bound (:data:`HEADER_SEQUENCES`).
 LARGEST_HEADER_VALUE = 64 * 1024
-#: Values longer than this (not sequences) are copied while they total at most
+#: Values longer than this (not sequences, nor binary) are copied while they total at most
 #: :data:`HEADER_LONG_VALUES`; past it they are bulk data too. Without it a header of a
 #: thousand 64 KiB values (a 64 MiB object) was copied whole, and its text put in the
 #: index's JSON: memory as large as the object.
 LONG_HEADER_VALUE = 1024
 HEADER_LONG_VALUES = 1024 * 1024
+#: Binary VRs (explicit): a value of theirs over ``LONG_HEADER_VALUE`` is bulk data at once,
+#: not charged to ``HEADER_LONG_VALUES`` (the JSON leaves out binary values over 768 bytes,
+#: so vendors' private blobs would only crowd out the texts that follow them).
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 #: A header whose elements take more than this, bulk data aside, is refused (0xA700), as
 #: one of too many elements: what is left are values of at most 1 KiB, each of which the
 #: JSON holds too. Real headers take some kilobytes; enhanced objects' per-frame groups are
@@ -272,6 +276,8 @@ def _scan(
                     sequences_left -= length
             elif length <= largest:  # in implicit VR every element comes here
                 fits = True
+            elif vr in BINARY_VRS:
+                fits = False  # the JSON leaves out binary values over 768 bytes anyway
             else:
                 fits = length <= LARGEST_HEADER_VALUE and length <= long_values_left
                 if fits:

@@ -352,3 +352,18 @@ def test_many_small_items_of_undefined_length_in_small_memory() -> None:
         document = header_json(header)
     assert len(document["00081110"]["Value"]) == 65_000
     assert peak[0] < 24 * MiB, f"{peak[0] / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_binary_values_do_not_crowd_out_the_texts_after_them(route: str) -> None:
+    """Binary values over 1 KiB are bulk at once (the JSON leaves them out anyway), not
+    charged to the long values' budget: sixteen 64 KiB vendor blobs left no room for an
+    8 KiB Image Comments after them (review)."""
+    blobs = b"".join(_explicit(0x0019, 0x1000 + n, b"OB", bytes(LARGEST_HEADER_VALUE))
+                     for n in range(HEADER_LONG_VALUES // LARGEST_HEADER_VALUE))
+    data = _explicit(0x0008, 0x0060, b"CS", b"OT") + _explicit(0x0019, 0x0010, b"LO",
+                                                                b"VENDOR") + blobs + NAME \
+        + _explicit(0x0020, 0x4000, b"LT", b"c" * 8192)
+    document = header_json(_header(data, route))
+    assert document["00204000"] == {"vr": "LT", "Value": ["c" * 8192]}
+    assert not any(key.startswith("00191") for key in document)

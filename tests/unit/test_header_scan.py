@@ -14,6 +14,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from mimic_server.codec.header import _at_pixel_data, read_checked_header, read_header
 from mimic_server.codec.header_scan import (
+    BINARY_VRS,
     HEADER_SEQUENCES,
     LARGEST_HEADER_VALUE,
     MAX_HEADER_ELEMENTS,
@@ -47,8 +48,10 @@ def test_same_raw_elements_as_pydicom(item: Storable) -> None:
     reference = _reference(data, implicit)
     # Bulk elements (longer than LARGEST_HEADER_VALUE, or sequences past HEADER_SEQUENCES)
     # are there, their values not copied.
-    for tag in scanned.bulk:
-        assert reference._dict[tag].length > LARGEST_HEADER_VALUE  # type: ignore[union-attr]
+    for tag in scanned.bulk:  # binary values over 1 KiB, any other over 64 KiB
+        length = reference._dict[tag].length  # type: ignore[union-attr]
+        vr = reference._dict[tag].VR  # type: ignore[union-attr]
+        assert length > (1024 if vr in BINARY_VRS else LARGEST_HEADER_VALUE)
         assert ours._dict[tag].length == 0  # type: ignore[union-attr]
     # A sequence of undefined length pydicom reads at once, into its items; the scan keeps
     # it as one of defined length (its items' bytes): the same items once converted.
@@ -135,7 +138,7 @@ def test_bulk_values_are_neither_copied_nor_in_the_json() -> None:
         _explicit(0x0008, 0x1140, b"SQ", _items(item, item)),  # 80 KB of sequence: read
         _explicit(0x0009, 0x0010, b"LO", b"MIMIC TEST"),
         _explicit(0x0009, 0x1001, b"OB", bytes(BIG)),
-        _explicit(0x0009, 0x1002, b"OB", bytes(LARGEST_HEADER_VALUE)),  # kept: its bound
+        _explicit(0x0009, 0x1002, b"UT", b"u" * LARGEST_HEADER_VALUE),  # kept: its bound
         _explicit(0x0010, 0x0010, b"PN", NAME),
         _explicit(0x0020, 0x4000, b"UT", b"t" * BIG),
         _explicit(0x0042, 0x0011, b"OB", bytes(BIG)),
@@ -144,7 +147,7 @@ def test_bulk_values_are_neither_copied_nor_in_the_json() -> None:
     assert header is not None
     assert header.bulk == {0x00091001, 0x00204000, 0x00420011}
     assert HEADER_SEQUENCES > 80_000
-    assert header.elements[0x00091002][1] == bytes(LARGEST_HEADER_VALUE)
+    assert header.elements[0x00091002][1] == b"u" * LARGEST_HEADER_VALUE
     document = header_json(header)
     assert {"00091001", "00204000", "00420011"}.isdisjoint(document)
     assert document["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Bulk^Header"}]}
