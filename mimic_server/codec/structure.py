@@ -161,6 +161,11 @@ class StructureWalk:
             if frame == _ELEMENTS_EXPLICIT:
                 group, element, vr, length = explicit_header(data, pos)
                 if group == 0xFFFE:
+                    if element == 0xE00D and (vr != b"\0\0" or length):
+                        # Its length is 0 (PS3.5 7.5.2); pydicom reads its 4 bytes as an
+                        # explicit VR and length, and past them where they spell OB or UN.
+                        _refuse(f"({group:04X},{element:04X}) of non-zero length",
+                                self._offset + pos)
                     frame = self._item_end(group, element, pos)
                     pos += 8
                     if len(stack) == self._until:

@@ -137,3 +137,19 @@ def test_deflated_data_set_whose_output_outlasts_its_input_walks() -> None:
     check_structure(memoryview(_deflate(data)), UID(DeflatedExplicitVRLittleEndian))
     with pytest.raises(CannotUnderstand, match="truncated"):
         check_structure(memoryview(_deflate(data)[:-4]), UID(DeflatedExplicitVRLittleEndian))
+
+
+def test_an_item_delimiter_of_non_zero_length_is_refused_in_explicit_vr() -> None:
+    """Its length is 0 (PS3.5 7.5.2); in explicit VR pydicom reads its length as a VR and
+    a length, and past them where they spell OB or UN: an object it cannot read back, whose
+    JSON the archive wrote all the same (as review found)."""
+    item = b"\x08\x00\x00\x01SH\x04\x00CODE"
+    def data_set(delimiter_length: bytes) -> bytes:
+        return (b"\x08\x00\x10\x11SQ\x00\x00\xff\xff\xff\xff"
+                + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item
+                + b"\xfe\xff\x0d\xe0" + delimiter_length
+                + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    check_structure(memoryview(data_set(b"\x00\x00\x00\x00")), UID(ExplicitVRLittleEndian))
+    for length in (b"OB\x00\x00", b"\x01\x00\x00\x00"):
+        with pytest.raises(CannotUnderstand, match="non-zero length"):
+            check_structure(memoryview(data_set(length)), UID(ExplicitVRLittleEndian))
