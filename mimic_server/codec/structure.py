@@ -245,16 +245,9 @@ def undefined_length_end(
     ``implicit`` says (``read_as_implicit``); ``None`` where it breaks them or does not end
     within ``data``. The header's readers take a sequence of undefined length as a whole
     from this, without reading its items (``codec/header_scan.py``, ``codec/header.py``)."""
-    walk = StructureWalk(implicit, little)
-    walk._stack = [_ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT,
-                   _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT]
-    walk._until = 1
-    walk._offset = start
-    try:
-        ended = walk._run(data[start:], final=True)
-    except CannotUnderstand:
-        return None
-    return start + ended if len(walk._stack) == 1 else None
+    return _end_of(data, start, StructureWalk(implicit, little), [
+        _ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT,
+        _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT])
 
 
 def undefined_item_end(data: memoryview, start: int, implicit: bool) -> int | None:
@@ -263,17 +256,24 @@ def undefined_item_end(data: memoryview, start: int, implicit: bool) -> int | No
     encoding told by its first element, as pydicom tells it); ``None`` where it breaks them
     or does not end within ``data``. The header JSON reads such an item's elements itself
     (``codec/dicom_json.py``)."""
-    walk = StructureWalk(implicit, little=True)
-    items = _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT
-    walk._stack = [_ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT, items,
-                   _elements_frame(data, start, implicit, in_item=True)]
-    walk._until = 2
+    return _end_of(data, start, StructureWalk(implicit, little=True), [
+        _ELEMENTS_IMPLICIT if implicit else _ELEMENTS_EXPLICIT,
+        _ITEMS_IMPLICIT if implicit else _ITEMS_EXPLICIT,
+        _elements_frame(data, start, implicit, in_item=True)])
+
+
+def _end_of(data: memoryview, start: int, walk: StructureWalk, stack: list[int]) -> int | None:
+    """Where the value or item whose frames are ``stack`` (the innermost last) ends: the
+    walk from ``start`` returns once the innermost is closed; ``None`` where it breaks the
+    walk's rules or is not closed within ``data``."""
+    walk._stack = stack
+    walk._until = len(stack) - 1
     walk._offset = start
     try:
         ended = walk._run(data[start:], final=True)
     except CannotUnderstand:
         return None
-    return start + ended if len(walk._stack) == 2 else None
+    return start + ended if len(walk._stack) == walk._until else None
 
 
 def read_as_implicit(data: memoryview | bytes, implicit: bool) -> bool:
