@@ -55,7 +55,7 @@ def with_length(data: bytes, header: ElementHeader, length: int) -> bytes:
 DAMAGES = (
     "value cut short", "trailing bytes", "header cut short", "length overruns",
     "length falls short", "unknown VR", "item delimiter among elements", "unclosed sequence",
-    "element where an item belongs",
+    "element where an item belongs", "item delimiter of non-zero length",
 )
 
 
@@ -79,6 +79,12 @@ def damaged(data: bytes) -> dict[str, bytes]:
         "element where an item belongs": data
         + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff"
         + b"\x08\x00\x50\x00SH\x02\x00AB"
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
+        "item delimiter of non-zero length": data  # its length spells a VR: PS3.5 7.5.2
+        + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + b"\x08\x00\x50\x00SH\x02\x00AB"
+        + b"\xfe\xff\x0d\xe0OB\x00\x00"
         + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
     }
 

@@ -128,17 +128,24 @@ def test_a_large_document_in_the_header_in_bounded_memory(
     assert server.object_for(uid).stat().st_size > 96 * MiB
 
 
-def test_a_header_of_too_many_elements_is_refused(server: MimicProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("header", ["many elements", "many bytes"])
+def test_a_header_past_its_bounds_is_refused(
+    server: MimicProcess, tmp_path: Path, header: str
+) -> None:
     """Each header element costs the index's JSON some hundreds of bytes, and an element
-    can be 8: past MAX_HEADER_ELEMENTS the C-STORE is refused 0xA700, nothing stored."""
+    can be 8: past MAX_HEADER_ELEMENTS, or past MAX_HEADER_BYTES of values kept (9,000 of
+    1 KiB), the C-STORE is refused 0xA700, nothing stored."""
     path = tmp_path / "many.dcm"
-    write_many_elements(path, 60_000)
-    before = server.instance_count()
+    if header == "many elements":
+        write_many_elements(path, 60_000)
+    else:
+        write_long_values(path, 9_000, 1024)
+    before, objects_before = server.instance_count(), len(server.stored_objects())
 
     _code, output = _storescu(server, path)
 
     assert "Received Store Response (Refused: OutOfResources)" in output, output
-    assert server.instance_count() == before
+    assert (server.instance_count(), len(server.stored_objects())) == (before, objects_before)
     assert _spool_files(server) == []
 
 
