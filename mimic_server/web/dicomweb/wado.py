@@ -25,6 +25,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import BYTES_VR
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -243,7 +244,7 @@ def _json_of(ds: pydicom.Dataset, bulk: Any) -> dict[str, Any]:
 #: A top-level text or number value longer than this is given as a BulkDataURI, not read.
 LARGEST_INLINE_VALUE = 64 * 1024
 #: The VRs whose values pydicom's JSON gives a BulkDataURI past the threshold (binary).
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_BINARY_VRS = frozenset(str(vr) for vr in BYTES_VR)
 #: The other VRs PS3.18 F.2.7 allows a BulkDataURI for.
 _URI_VRS = _BINARY_VRS | {"DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "SV", "UC", "UL",
                           "US", "UT", "UV"}
