@@ -342,6 +342,27 @@ def test_metadata_with_bulk_data(setup: Setup) -> None:
     assert len(series) == 1
 
 
+def test_a_deflated_instance_through_its_inflated_copy(setup: Setup) -> None:
+    """A Deflated object is read through a copy inflated piece by piece (pydicom inflates
+    it whole): its metadata, Pixel Data and frame as pydicom reads the file, and the
+    instance itself sent as stored, still deflated."""
+    item = next(f for f in storable_files() if f.path.name == "image_dfl.dcm")
+    ds = pydicom.dcmread(item.path)
+    client = setup.client()
+    metadata = client.retrieve_instance_metadata(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert metadata["00080018"]["Value"] == [ds.SOPInstanceUID]
+    assert metadata["00280010"]["Value"] == [ds.Rows]
+    assert client.retrieve_bulkdata(metadata["7FE00010"]["BulkDataURI"]) == [ds.PixelData]
+    frames = client.retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1],
+        media_types=("application/octet-stream",))
+    assert frames == [ds.PixelData]
+    response = setup.get(_ct_path(ds), Accept='multipart/related; type="application/dicom"; '
+                         'transfer-syntax=*')
+    assert _parts(setup, response) == [setup.server.object_for(ds.SOPInstanceUID).read_bytes()]
+
+
 def test_not_found_and_not_acceptable(setup: Setup) -> None:
     ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
     assert setup.get("/studies/1.2.3.4.5").status_code == 404

@@ -11,16 +11,23 @@ import hashlib
 import io
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from starlette.testclient import TestClient
 
+from mimic_server.archive.inflated import inflated_copy
+from mimic_server.archive.read import VerifiedObject
 from mimic_server.query.finder import InstanceRef
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
@@ -85,9 +92,10 @@ def _large(rows: int = 1024, columns: int = 1024, frames: int = 32,
     return buffer.getvalue(), ds
 
 
-def _client(data: bytes, tmp_path: Path, syntax: str = ExplicitVRLittleEndian) -> TestClient:
+def _client(data: bytes, tmp_path: Path, syntax: str = ExplicitVRLittleEndian,
+            uid: str | None = None) -> TestClient:
     store = MemoryStore()
-    uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+    uid = uid or pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
     key = new_object_key(STUDY, SERIES, uid)
     store.objects[key] = data
     ref = InstanceRef(SECONDARY_CAPTURE, uid, syntax, key, hashlib.sha256(data).hexdigest())
@@ -196,16 +204,28 @@ def test_bulk_data_of_encapsulated_pixel_data_as_pydicom_gives_it(
     assert bytes(expected) in answer.content
 
 
+def _readable(data: bytes, syntax: str) -> BinaryIO:
+    """The stored ``data`` as ``wado.copied`` gives it: a Deflated object inflated."""
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return io.BytesIO(data)
+    ref = InstanceRef(SECONDARY_CAPTURE, "1.2.3", syntax, "key",
+                      hashlib.sha256(data).hexdigest())
+    return inflated_copy(VerifiedObject(ref, len(data), 144 + int.from_bytes(data[140:144],
+                                                                                "little"),
+                                        data=data))
+
+
 @pytest.mark.parametrize("item", storable_files(), ids=lambda f: f.path.name)
 def test_metadata_with_large_values_unread_is_the_metadata_read_whole(item: Storable) -> None:
     """Every shipped file: the same document as from the data set read whole, but for text
-    values over 64 KiB (none there)."""
+    values over 64 KiB (none there); a Deflated one read from its inflated copy."""
     data = item.path.read_bytes()
     try:
         whole = metadata_json(pydicom.dcmread(io.BytesIO(data), force=True), URL)
     except Exception:
         pytest.skip("pydicom cannot write this file's JSON")
-    assert metadata_json(header_of(io.BytesIO(data)), URL) == whole
+    with _readable(data, item.transfer_syntax_uid) as source:
+        assert metadata_json(header_of(source), URL) == whole
 
 
 def test_nested_bulk_stays_inline_when_the_sequence_was_left_unread() -> None:
@@ -231,8 +251,8 @@ def test_nested_bulk_stays_inline_when_the_sequence_was_left_unread() -> None:
 @pytest.mark.parametrize("name", ["image_dfl.dcm", "MR_small_bigendian.dcm"])
 def test_bulk_data_of_deflated_and_big_endian_objects_as_before(name: str,
                                                                 tmp_path: Path) -> None:
-    """Deflated: pydicom inflates it whole, its offsets into what it inflated (none of its
-    values is left unread); big endian: the bytes as stored. Both as pydicom gives them."""
+    """Deflated: from the inflated copy, as pydicom inflates it; big endian: the bytes as
+    stored. Both as pydicom gives them."""
     path = pydicom.data.get_testdata_file(name)
     data = Path(str(path)).read_bytes()
     whole = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -243,6 +263,75 @@ def test_bulk_data_of_deflated_and_big_endian_objects_as_before(name: str,
     [document] = _get(client, "/metadata", "application/dicom+json")[0].json()
     assert document == metadata_json(whole, document["7FE00010"]["BulkDataURI"].rsplit(
         "/bulkdata/", 1)[0])
+
+
+@pytest.fixture(scope="module")
+def deflated_large() -> tuple[bytes, Dataset]:
+    """A 64 MiB image stored Deflated: under 1 MiB as stored (its pixels repeat)."""
+    return _large(syntax=DeflatedExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("resource,accept,bound", [
+    ("/metadata", "application/dicom+json", 16 * MiB), ("/frames/2", OCTETS, 32 * MiB),
+    ("/rendered", "image/png", 32 * MiB)])
+def test_a_deflated_object_is_inflated_a_piece_at_a_time(
+    deflated_large: tuple[bytes, Dataset], tmp_path: Path, resource: str, accept: str,
+    bound: int,
+) -> None:
+    """pydicom inflates a Deflated data set whole, in memory: a deflate stream of a
+    megabyte can inflate to the 1 GiB the receive walk allows, and each metadata, frame or
+    rendering request cost that, several times over. Now it is inflated piece by piece into
+    a spool file, read as any other object there (archive/inflated.py)."""
+    data, ds = deflated_large
+    assert len(data) < MiB
+    client = _client(data, tmp_path, DeflatedExplicitVRLittleEndian)
+    answer, peak = _get(client, resource, accept)
+    assert answer.status_code == 200, answer.text
+    assert peak < bound, f"{peak / MiB:.1f} MiB for an object inflating to 64 MiB"
+    if resource == "/metadata":
+        [document] = answer.json()
+        assert document["00100020"]["Value"] == ["LARGE"]
+        assert document["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
+    if resource.startswith("/frames"):
+        frame = len(ds.PixelData) // ds.NumberOfFrames
+        assert ds.PixelData[frame:2 * frame] in answer.content
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_bulk_data_of_a_deflated_object_is_streamed_inflated(
+    deflated_large: tuple[bytes, Dataset], tmp_path: Path,
+) -> None:
+    data, ds = deflated_large
+    client = _client(data, tmp_path, DeflatedExplicitVRLittleEndian)
+    status, boundary, size, peak, digest = _streamed(client, "/bulkdata/7FE00010", OCTETS)
+    assert status == 200
+    expected = (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+                + ds.PixelData + f"\r\n--{boundary}--\r\n".encode())
+    assert (size, digest) == (len(expected), hashlib.sha256(expected).hexdigest())
+    assert peak < 16 * MiB, f"{peak / MiB:.1f} MiB for an object inflating to 64 MiB"
+
+
+def test_a_deflated_object_that_does_not_inflate_is_a_500_and_nothing_stays(
+    deflated_large: tuple[bytes, Dataset], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stored bytes the receive walk would have refused (cut in the deflate stream, or
+    inflating past its bound: here a bound lowered to 8 MiB): a 500, and the spool file
+    is gone."""
+    data, ds = deflated_large
+    cut = data[:len(data) // 2]
+    answer, _peak = _get(_client(cut, tmp_path, DeflatedExplicitVRLittleEndian,
+                                 ds.SOPInstanceUID), "/metadata", "application/dicom+json")
+    assert answer.status_code == 500
+    monkeypatch.setattr("mimic_server.archive.inflated.MAX_INFLATED", 8 * MiB)
+    client = _client(data, tmp_path, DeflatedExplicitVRLittleEndian)
+    for resource, accept in (("/metadata", "application/dicom+json"),
+                             ("/bulkdata/7FE00010", OCTETS), ("/frames/1", OCTETS)):
+        answer, peak = _get(client, resource, accept)
+        assert answer.status_code == 500, resource
+        assert ("cannot be parsed" if resource != "/metadata" else "can be read") \
+            in answer.text
+        assert peak < 16 * MiB
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 def _implicit_object(uid: str, *elements: tuple[int, str, bytes]) -> bytes:

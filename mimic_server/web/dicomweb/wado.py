@@ -30,9 +30,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from mimic_server.archive.inflated import inflated_copy
 from mimic_server.archive.read import CHUNK, VerifiedObject, open_verified, reference
 from mimic_server.codec.structure import undefined_length_end
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
@@ -160,36 +161,40 @@ def _instance_url(root: str, ref: InstanceRef, study: str, series: str) -> str:
 
 
 def copied(ctx: DicomWebContext, obj: VerifiedObject) -> BinaryIO:
-    """The object as a seekable file (``VerifiedObject.copied``: a large one written to an
-    anonymous file in the spool directory, never held whole); a store that fails, or a large
-    object that changed since its check (hashed again as it is copied), is a 500. The
-    caller closes it."""
+    """The object as a seekable file pydicom reads in place (``VerifiedObject.copied``: a
+    large one written to an anonymous file in the spool directory, never held whole; a
+    Deflated one inflated there, ``archive/inflated.py``, as pydicom would inflate it whole
+    in memory); a store that fails, or a large object that changed since its check (hashed
+    again as it is copied), is a 500. The caller closes it."""
     ingest = ctx.ingest
     directory = getattr(ingest, "spool_dir", None)
     try:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+        if obj.ref.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+            return inflated_copy(obj, directory)
         return obj.copied(directory)
     except (KeyError, OutOfResources, OSError) as exc:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
             from exc
+    except CannotUnderstand as exc:
+        raise WebError(500, "the stored object cannot be parsed") from exc
 
 
 def header_of(source: BinaryIO) -> pydicom.Dataset:
     """The stored object's data set with every value over ``BULK_DATA_THRESHOLD`` left
     unread (deferred: read from ``source`` if something asks for it), so that neither its
-    Pixel Data nor any other large value is held for metadata or one bulk data value."""
+    Pixel Data nor any other large value is held for metadata or one bulk data value.
+    ``source`` is what :func:`copied` gives, never Deflated: pydicom would inflate that
+    whole, its values' offsets into what it inflated, not into ``source``."""
     try:
         ds = pydicom.dcmread(source, defer_size=BULK_DATA_THRESHOLD, force=True)
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            # pydicom inflates it whole, and its values' offsets are into what it inflated:
-            # a deferred value would be read from the wrong place of ``source``. Read whole.
-            source.seek(0)
-            ds = pydicom.dcmread(source, force=True)
-        return ds
     except Exception as exc:  # any parser failure on stored bytes: the object is the problem
         raise WebError(500, "the stored object cannot be parsed") from exc
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        raise ValueError("a Deflated object is read through copied(), inflated")
+    return ds
 
 
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
@@ -398,9 +403,9 @@ def _value_of(
 ) -> bytes | tuple[int, int] | None:
     """The value of the top-level element ``tag`` as stored (as pydicom gives a binary
     value: for one of undefined length, encapsulated Pixel Data, up to its Sequence
-    Delimitation Item): its bytes where ``header_of`` read them (short, or a Deflated
-    object's), else where they lie in ``source``, found without reading them; None when
-    there is no such element, or it is a sequence or empty."""
+    Delimitation Item): its bytes where ``header_of`` read them (short), else where they
+    lie in ``source``, found without reading them; None when there is no such element, or
+    it is a sequence or empty."""
     raw = ds._dict.get(BaseTag(tag))  # type: ignore[attr-defined]
     if isinstance(raw, DataElement):  # converted already (pydicom reads a few on its own)
         return raw.value if isinstance(raw.value, bytes) and raw.value else None

@@ -1,0 +1,92 @@
+"""A stored Deflated object as the Explicit VR Little Endian file it inflates to, never whole
+in memory.
+
+pydicom reads a Deflated Explicit VR Little Endian data set by inflating all the rest of the
+file in one ``zlib.decompress`` and parsing that. For what reads a stored object out of
+order (WADO-RS metadata and bulk data, frames, renderings) that is the object's inflated size
+in memory on every request, and a deflate stream of one megabyte can inflate to the 1 GiB
+the receive walk allows (``codec.structure.MAX_INFLATED``; deflate reaches about 1000:1):
+a few viewers asking for the metadata of such a series would exhaust a container. Here the
+data set is inflated a piece at a time, as the receive walk inflates it, behind a File Meta
+that names Explicit VR Little Endian (what a Deflated data set is once inflated, PS3.5
+A.5): pydicom then reads that file as any other, its large values left unread at offsets
+into it. What is inflated stays in memory up to :data:`IN_MEMORY`; beyond, it goes to an
+anonymous file in the spool directory, as a large object's copy does (``read.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.uid import ExplicitVRLittleEndian
+
+from mimic_server.archive.read import CHUNK, VerifiedObject
+from mimic_server.codec.file_meta import encode_file_meta
+from mimic_server.codec.structure import MAX_INFLATED
+from mimic_server.errors import CannotUnderstand
+
+#: What is inflated is kept in memory up to this many bytes, and written to a file beyond.
+IN_MEMORY = 4 << 20
+
+
+def inflated_copy(obj: VerifiedObject, directory: Path | None = None) -> BinaryIO:
+    """The Deflated object ``obj`` inflated, as a seekable Part 10 file in Explicit VR Little
+    Endian (its File Meta MIMIC's own, naming that transfer syntax). The object's bytes are
+    hashed again as they are read (``VerifiedObject.chunks``: a change raises
+    ``OutOfResources``); a deflate stream that is cut short, damaged or inflates past
+    ``MAX_INFLATED`` raises ``CannotUnderstand`` (the receive walk refused such objects:
+    the stored bytes are not what was received). The caller closes the file."""
+    copy: BinaryIO = io.BytesIO()
+    try:
+        copy.write(encode_file_meta(obj.ref.sop_class_uid, obj.ref.sop_instance_uid,
+                                    ExplicitVRLittleEndian, ""))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        for piece in obj.chunks(obj.dataset_offset):
+            pending: bytes | memoryview = piece
+            # A piece may inflate to far more than itself: out CHUNK at a time, the rest of
+            # the input held by zlib (``unconsumed_tail``) until the next call.
+            while pending and not inflater.eof:
+                data = inflater.decompress(pending, CHUNK)
+                pending = inflater.unconsumed_tail
+                inflated += len(data)
+                if inflated > MAX_INFLATED:
+                    raise CannotUnderstand("the deflated data set inflates beyond the bound")
+                copy = _written(copy, data, directory)
+        # Input spent; zlib may still hold output back by the CHUNK cap.
+        while not inflater.eof and (data := inflater.decompress(b"", CHUNK)):
+            inflated += len(data)
+            if inflated > MAX_INFLATED:
+                raise CannotUnderstand("the deflated data set inflates beyond the bound")
+            copy = _written(copy, data, directory)
+        if not inflater.eof:
+            raise CannotUnderstand("the deflated data set is truncated")
+        copy.seek(0)
+    except zlib.error as exc:
+        copy.close()
+        raise CannotUnderstand("the deflated data set cannot be inflated") from exc
+    except BaseException:
+        copy.close()
+        raise
+    return copy
+
+
+def _written(copy: BinaryIO, data: bytes, directory: Path | None) -> BinaryIO:
+    """``copy`` with ``data`` written at its end: moved to an anonymous file first when it
+    is in memory and would pass :data:`IN_MEMORY`."""
+    if isinstance(copy, io.BytesIO) and copy.tell() + len(data) > IN_MEMORY:
+        spilled = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - returned
+        try:
+            with copy.getbuffer() as held:
+                spilled.write(held)
+        except BaseException:
+            spilled.close()
+            raise
+        copy.close()
+        copy = spilled
+    copy.write(data)
+    return copy
