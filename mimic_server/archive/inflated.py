@@ -12,6 +12,8 @@ that names Explicit VR Little Endian (what a Deflated data set is once inflated,
 A.5): pydicom then reads that file as any other, its large values left unread at offsets
 into it. What is inflated stays in memory up to :data:`IN_MEMORY`; beyond, it goes to an
 anonymous file in the spool directory, as a large object's copy does (``read.py``).
+C-GET and C-MOVE send a Deflated object to a destination that took it in Explicit VR Little
+Endian through :func:`inflated_pieces` the same way (``dimse/stream_send.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import io
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,41 +41,58 @@ def inflated_copy(obj: VerifiedObject, directory: Path | None = None) -> BinaryI
     Endian (its File Meta MIMIC's own, naming that transfer syntax). The object's bytes are
     hashed again as they are read (``VerifiedObject.chunks``: a change raises
     ``OutOfResources``); a deflate stream that is cut short, damaged or inflates past
-    ``MAX_INFLATED`` raises ``CannotUnderstand`` (the receive walk refused such objects:
-    the stored bytes are not what was received). The caller closes the file."""
+    ``MAX_INFLATED`` raises ``CannotUnderstand`` (:func:`inflated_pieces`). The caller
+    closes the file."""
     copy: BinaryIO = io.BytesIO()
     try:
         copy.write(encode_file_meta(obj.ref.sop_class_uid, obj.ref.sop_instance_uid,
                                     ExplicitVRLittleEndian, ""))
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = 0
-        for piece in obj.chunks(obj.dataset_offset):
-            pending: bytes | memoryview = piece
-            # A piece may inflate to far more than itself: out CHUNK at a time, the rest of
-            # the input held by zlib (``unconsumed_tail``) until the next call.
-            while pending and not inflater.eof:
-                data = inflater.decompress(pending, CHUNK)
-                pending = inflater.unconsumed_tail
-                inflated += len(data)
-                if inflated > MAX_INFLATED:
-                    raise CannotUnderstand("the deflated data set inflates beyond the bound")
-                copy = _written(copy, data, directory)
-        # Input spent; zlib may still hold output back by the CHUNK cap.
-        while not inflater.eof and (data := inflater.decompress(b"", CHUNK)):
-            inflated += len(data)
-            if inflated > MAX_INFLATED:
-                raise CannotUnderstand("the deflated data set inflates beyond the bound")
+        for data in inflated_pieces(obj.chunks(obj.dataset_offset), CHUNK):
             copy = _written(copy, data, directory)
-        if not inflater.eof:
-            raise CannotUnderstand("the deflated data set is truncated")
         copy.seek(0)
-    except zlib.error as exc:
-        copy.close()
-        raise CannotUnderstand("the deflated data set cannot be inflated") from exc
     except BaseException:
         copy.close()
         raise
     return copy
+
+
+def inflated_pieces(
+    pieces: Iterator[bytes | memoryview], size: int = CHUNK
+) -> Iterator[bytes]:
+    """The deflate stream given in ``pieces`` (a Deflated data set's bytes as stored: the
+    stream and at most a pad byte or a gzip trailer after it), inflated in pieces of at most
+    ``size`` bytes. Raises ``CannotUnderstand`` when it is cut short, damaged or inflates
+    past ``MAX_INFLATED``: the receive walk refused such data sets, so the stored bytes are
+    not what was received. Closing this iterator closes ``pieces`` (a store's handle)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    try:
+        for piece in pieces:
+            pending: bytes | memoryview = piece
+            # A piece may inflate to far more than itself: out ``size`` at a time, the rest
+            # of the input held by zlib (``unconsumed_tail``) until the next call.
+            while pending and not inflater.eof:
+                data = inflater.decompress(pending, size)
+                pending = inflater.unconsumed_tail
+                inflated += len(data)
+                if inflated > MAX_INFLATED:
+                    raise CannotUnderstand("the deflated data set inflates beyond the bound")
+                if data:
+                    yield data
+        # Input spent; zlib may still hold output back by the ``size`` cap.
+        while not inflater.eof and (data := inflater.decompress(b"", size)):
+            inflated += len(data)
+            if inflated > MAX_INFLATED:
+                raise CannotUnderstand("the deflated data set inflates beyond the bound")
+            yield data
+        if not inflater.eof:
+            raise CannotUnderstand("the deflated data set is truncated")
+    except zlib.error as exc:
+        raise CannotUnderstand("the deflated data set cannot be inflated") from exc
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _written(copy: BinaryIO, data: bytes, directory: Path | None) -> BinaryIO:

@@ -5,7 +5,9 @@ index fails; it is never sent. pynetdicom counts a yielded dataset that cannot b
 failed sub-operation and lists its SOP Instance UID, which is how such a failure is reported.
 An object above ``archive.read.STREAM_ABOVE`` is hashed by a streaming pass and sent by
 streaming it from the store (:mod:`mimic_server.dimse.stream_send`), never held whole; a
-smaller one is read whole and sent as stored (:mod:`mimic_server.dimse.raw_send`).
+smaller one is read whole and sent as stored (:mod:`mimic_server.dimse.raw_send`). A Deflated
+object of any size is streamed too: to a destination that did not accept Deflated it goes
+inflated as it is sent, in Explicit VR Little Endian (what it is once inflated).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from mimic_server.archive.read import STREAM_ABOVE, CurrentRow, open_verified, reference
 from mimic_server.dimse import stream_send
@@ -33,7 +36,8 @@ def read_verified(
     store: ObjectStore, ref: InstanceRef, current: CurrentRow | None = None
 ) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
-    :class:`StreamedDataset` for a large one while streaming sends are installed, else a
+    :class:`StreamedDataset` for a large or Deflated one while streaming sends are
+    installed, else a
     :class:`StoredDataset`: unparsed while pynetdicom sends it as stored (its encoder is
     :func:`~mimic_server.dimse.raw_send.stored_bytes_encoder`), else the whole object,
     parsed. ``current``: the index's row now, for an object gone since the match
@@ -41,7 +45,10 @@ def read_verified(
     stored = open_verified(store, ref, current=current)
     if stored is None:
         return None
-    if stored.streamed and stream_send.enabled:
+    if stream_send.enabled and (stored.streamed or _deflated(stored.ref)):
+        # A Deflated one however small: a destination without Deflated gets it inflated as
+        # it is sent (``stream_send``), where pydicom would inflate and re-encode it whole
+        # (a megabyte stored can inflate to 1 GiB).
         return StreamedDataset.of(stored)
     try:
         data = stored.read()  # a large one is read again, and checked again as it is
@@ -53,6 +60,10 @@ def read_verified(
     dataset = StoredDataset.wrap(pydicom.dcmread(io.BytesIO(data)), data[stored.dataset_offset:])
     dataset._mimic_ref = stored.ref  # the row read: ``ref``'s current one if it was sent again
     return dataset
+
+
+def _deflated(ref: InstanceRef) -> bool:
+    return ref.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
 
 
 def failed_suboperation(ref: InstanceRef) -> Dataset:

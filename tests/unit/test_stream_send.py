@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import queue
 import threading
 import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -46,8 +48,10 @@ class ClosingStore(MemoryStore):
         return handle
 
 
-def _large(store: MemoryStore, size: int = 300_000) -> VerifiedObject:
-    """A real Part 10 object (Explicit VR Little Endian) of about ``size`` bytes."""
+def _large(store: MemoryStore, size: int = 300_000, syntax: str = ExplicitVRLittleEndian,
+           streamed: bool = True) -> VerifiedObject:
+    """A real Part 10 object (Explicit VR Little Endian) of about ``size`` bytes (deflated,
+    much smaller), read from ``store`` (``streamed``) or held in memory."""
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = SC, UID
     ds.PatientID = "STREAM"
@@ -55,15 +59,15 @@ def _large(store: MemoryStore, size: int = 300_000) -> VerifiedObject:
     ds["PixelData"].VR = "OB"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SC, UID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds.file_meta = meta
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
     store.objects["k"] = data
-    ref = InstanceRef(SC, UID, ExplicitVRLittleEndian, "k", hashlib.sha256(data).hexdigest())
-    stored = open_verified(store, ref, stream_above=10_000)
-    assert stored is not None and stored.streamed
+    ref = InstanceRef(SC, UID, syntax, "k", hashlib.sha256(data).hexdigest())
+    stored = open_verified(store, ref, stream_above=1_000 if streamed else 1 << 20)
+    assert stored is not None and stored.streamed == streamed
     return stored
 
 
@@ -123,10 +127,11 @@ def _request() -> C_STORE:
     return req
 
 
-def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any]) -> None:
+def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any],
+          deflated: bool = False) -> None:
     dataset = StreamedDataset.of(stored)
     encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
-    assert encode(dataset, False, True, False) == b""
+    assert encode(dataset, False, True, deflated) == b""
     assert dataset._mimic_encoded
     sender = stream_send.streamed_sender(lambda *a: fallback.append(a))
     sender(dimse, _request(), 3)
@@ -170,6 +175,73 @@ def test_the_data_set_is_streamed_in_order_within_the_pdu_and_the_queue(max_pdu:
     limit = (max_pdu - 6) if max_pdu else stream_send.FRAGMENT
     assert max(len(f) - 1 for f in fragments) <= limit
     assert dul.deepest <= stream_send.QUEUE_DEPTH + len(commands)
+    assert all(h.closed for h in store.handles)
+
+
+def _fragments(dul: FakeDUL) -> list[bytes]:
+    values = [v for p in dul.sent for _, v in p.presentation_data_value_list]
+    fragments = [v for v in values if not v[0] & 0x01]
+    assert [f[0] for f in fragments] == [0x00] * (len(fragments) - 1) + [0x02]
+    return fragments
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["from the store", "held"])
+def test_a_deflated_object_goes_inflated_to_an_explicit_vr_context(streamed: bool) -> None:
+    """A destination that did not accept Deflated gets the data set inflated as it is sent:
+    Explicit VR Little Endian byte for byte (PS3.5 A.5), never inflated whole; pydicom
+    inflated and re-encoded it whole before (a megabyte stored can inflate to 1 GiB)."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, DeflatedExplicitVRLittleEndian, streamed)
+    dul = FakeDUL()
+    _send_and_drain(FakeDIMSE(dul, 16382), stored)  # never pydicom's encoder (_send)
+    fragments = _fragments(dul)
+    data = store.objects["k"]
+    assert len(data) < 100_000
+    inflated = zlib.decompress(data[stored.dataset_offset:], -zlib.MAX_WBITS)
+    assert b"".join(f[1:] for f in fragments) == inflated
+    assert max(len(f) - 1 for f in fragments) <= 16382 - 6
+    assert all(h.closed for h in store.handles)
+
+
+def test_a_held_object_sent_as_stored_is_cut_within_the_pdu() -> None:
+    """A small Deflated object takes the streamed path too; to a destination that accepted
+    Deflated it goes as stored, in fragments within the peer's maximum PDU."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, DeflatedExplicitVRLittleEndian, streamed=False)
+    store.objects["k"] = store.objects["k"][:stored.dataset_offset] + os.urandom(50_000)
+    stored = VerifiedObject(stored.ref, len(store.objects["k"]), stored.dataset_offset,
+                            data=store.objects["k"])
+    dul = FakeDUL()
+    try:
+        _send(FakeDIMSE(dul, 16382), stored, [], deflated=True)
+        deadline = time.monotonic() + 10
+        while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dul.stop()
+    fragments = _fragments(dul)
+    assert b"".join(f[1:] for f in fragments) == store.objects["k"][stored.dataset_offset:]
+    assert len(fragments) == 4 and max(len(f) - 1 for f in fragments) <= 16382 - 6
+
+
+def test_a_deflate_stream_that_does_not_inflate_ends_the_sub_operation() -> None:
+    """Stored bytes the receive walk would have refused (cut in the deflate stream): the
+    peer has part of a data set, so as for a store that fails midway, no response (the
+    association is aborted by pynetdicom), logged, the handle closed."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, DeflatedExplicitVRLittleEndian)
+    cut = store.objects["k"][:stored.dataset_offset + 3_000]
+    store.objects["k"] = cut
+    ref = InstanceRef(SC, UID, DeflatedExplicitVRLittleEndian, "k",
+                      hashlib.sha256(cut).hexdigest())
+    stored = VerifiedObject(ref, len(cut), stored.dataset_offset, store=store)
+    dul = FakeDUL()
+    dimse = FakeDIMSE(dul, 16382)
+    try:
+        _send(dimse, stored, [])
+    finally:
+        dul.stop()
+    assert dimse.msg_queue.get_nowait() == (None, None)
     assert all(h.closed for h in store.handles)
 
 
