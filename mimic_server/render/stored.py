@@ -1,14 +1,17 @@
 """A stored Part 10 object seen as an image: its header, and where each frame's bytes lie.
 
-The header is parsed up to the Pixel Data element and no further (``stop_before_pixels``):
-metadata never costs a pixel. A frame is then read on its own: for native pixel data at
-its computed byte offset (``(n - 1) * frame length`` into the value), for encapsulated pixel
-data through pydicom's ``get_frame`` (Basic / Extended Offset Table, else the fragments'
-item headers: a seek per fragment, no pixel read). The source may be the stored bytes or
-a seekable binary file, so a large object need not be in memory to give one frame.
+The header is parsed up to the Pixel Data element and no further (``stop_before_pixels``),
+its values over 1 KiB read only if the rendering asks for them: metadata never costs a
+pixel, nor a document or a private blob it does not use. A frame is then read on its own:
+for native pixel data at its computed byte offset (``(n - 1) * frame length`` into the
+value), for encapsulated pixel data through pydicom's ``get_frame`` (Basic / Extended
+Offset Table, else the fragments' item headers: a seek per fragment, no pixel read). The
+source may be the stored bytes or a seekable binary file, so a large object need not be in
+memory to give one frame.
 
 Deflated objects are the exception: the data set is one zlib stream, so it is inflated
-whole (pydicom does) before a frame can be found.
+whole (pydicom does) before a frame can be found. The WADO-RS routes never hand one here:
+they give the copy ``archive/inflated.py`` inflates a piece at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from mimic_server.render.refusals import (
 #: What the render functions accept: the stored bytes, or a seekable binary file over them.
 Part10 = bytes | bytearray | memoryview | BinaryIO
 
+#: Header values longer than this are read only when the rendering asks for them.
+DEFER_ABOVE = 1024
 PIXEL_DATA = 0x7FE00010
 DEFLATED = "1.2.840.10008.1.2.1.99"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -158,7 +163,10 @@ def open_image(part10: Part10) -> StoredImage:
     source = _as_file(part10)
     source.seek(0)
     try:
-        header = dcmread(source, stop_before_pixels=True, force=True)
+        # Values over 1 KiB left unread until asked for (from ``source``, which stays open
+        # while the image is rendered): an Encapsulated PDF's document, a vendor's private
+        # blob before the pixels were read whole, 64 MiB of them for a 404.
+        header = dcmread(source, stop_before_pixels=True, force=True, defer_size=DEFER_ABOVE)
     except Exception as exc:  # any parser failure on stored bytes: the object is the problem
         raise CorruptPixelData(f"the stored object cannot be parsed: {exc}") from exc
     meta = getattr(header, "file_meta", None)

@@ -37,6 +37,7 @@ from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.wado import LARGEST_INLINE_VALUE, header_of, metadata_json
 from tests.data import Storable, storable_files
+from tests.large_objects import write_large_document
 from tests.memory import peak_allocated
 
 MiB = 1 << 20
@@ -163,6 +164,30 @@ def test_frames_and_rendering_of_a_large_object(tmp_path: Path, resource: str,
     answer, peak = _get(client, resource, accept)
     assert answer.status_code == 200, answer.text
     assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB for a {len(data) // MiB} MiB object"
+
+
+def test_rendering_reads_no_large_value_it_does_not_use(tmp_path: Path) -> None:
+    """The renderer's header parse left values over 1 KiB unread: an Encapsulated PDF's
+    64 MiB document was read whole for a 404 (no Pixel Data), and a vendor's 32 MiB
+    private blob before an image's pixels for its thumbnail."""
+    document = tmp_path / "document.dcm"
+    uid = write_large_document(document, 64 * MiB)
+    client = _client(document.read_bytes(), tmp_path, ExplicitVRLittleEndian, uid)
+    for resource, accept in (("/rendered", "image/png"), ("/thumbnail", "image/jpeg"),
+                             ("/frames/1", OCTETS)):
+        answer, peak = _get(client, resource, accept)
+        assert answer.status_code == 404 and "no Pixel Data" in answer.text
+        assert peak < 16 * MiB, f"{resource}: {peak / MiB:.1f} MiB"
+    data, _ds = _large(rows=64, columns=64, frames=1)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.private_block(0x0009, "MIMIC TEST", create=True).add_new(0x10, "OB", b"\1" * 32 * MiB)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    client = _client(buffer.getvalue(), tmp_path)
+    for resource, accept in (("/rendered", "image/png"), ("/thumbnail", "image/jpeg")):
+        answer, peak = _get(client, resource, accept)
+        assert answer.status_code == 200, answer.text
+        assert peak < 16 * MiB, f"{resource}: {peak / MiB:.1f} MiB"
 
 
 def test_a_long_text_is_a_bulk_data_uri_and_its_bytes_are_served(tmp_path: Path) -> None:
