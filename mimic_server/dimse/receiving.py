@@ -270,6 +270,11 @@ def receive_in_bounded_memory(
 
     ``store_requests`` (the fence's ``received-command``): C-STORE-RQs are assembled here
     (:func:`_receive_store_fragments`), the rest by pynetdicom.
+
+    A PDV of one byte (its presentation context ID, no message control header, PS3.8
+    9.3.5.1), or a message that does not decode (a last command fragment whose command set
+    has no Command Field, say), is answered with an A-ABORT, logged at WARNING; pynetdicom
+    raised in its DUL thread, which died and dropped the connection.
     """
     dimse = assoc.dimse
     receive = dimse.receive_primitive
@@ -285,6 +290,23 @@ def receive_in_bounded_memory(
         return message
 
     def receive_primitive(primitive: Any) -> None:
+        for _, data in primitive.presentation_data_value_list:
+            if not data:
+                log.warning("a P-DATA-TF holds a PDV without its message control header: "
+                            "aborting")
+                dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+                return
+        try:
+            decode(primitive)
+        except Exception as exc:
+            # In the DUL thread, where pynetdicom catches nothing: the thread died with a
+            # traceback on stderr, and the peer saw its connection dropped, no A-ABORT.
+            log.warning("a DIMSE message from the peer cannot be decoded: aborting",
+                        extra={"error": type(exc).__name__})
+            log.debug("undecodable DIMSE message", exc_info=True)  # may name its UIDs
+            dimse.dul.event_queue.put("Evt19")
+
+    def decode(primitive: Any) -> None:
         message = dimse.message or new_message()
         data_set = message.data_set
         command_set = message.encoded_command_set

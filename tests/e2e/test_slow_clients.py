@@ -32,7 +32,7 @@ from tests.support import (
 )
 
 VERIFICATION = "1.2.840.10008.1.1"
-A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x02, 0x03, 0x04
+A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_ABORT = 0x02, 0x03, 0x04, 0x07
 
 #: A deadline for "the server does it eventually": far above the 2 s timeouts configured here
 #: and far below the defaults (60 s network, 30 s ACSE) it would take if they were ignored.
@@ -273,6 +273,29 @@ def test_a_client_that_stalls_mid_pdu_is_dropped(impatient: MimicProcess) -> Non
     # would be a refusal of the (valid) PDU header, not the network timeout at work.
     assert waited >= 1.5, f"dropped after {waited:.2f} s: not by the network timeout"
     assert echo_ok(impatient)
+
+
+@pytest.mark.parametrize("pdvs", [
+    pytest.param(struct.pack(">LB", 1, 1), id="a PDV without its message control header"),
+    pytest.param(struct.pack(">LB", 2, 1) + b"\x03", id="a last command fragment, empty"),
+    pytest.param(struct.pack(">LBB", 10, 1, 3) + b"\x00" * 8,
+                 id="a command set without a Command Field"),
+    pytest.param(struct.pack(">LBB", 2, 9, 3), id="an empty command on no accepted context"),
+])
+def test_a_pdata_that_does_not_decode_is_answered_with_an_abort(
+    limited: MimicProcess, pdvs: bytes
+) -> None:
+    """pynetdicom raised in its DUL thread, which died with a traceback on stderr: the peer
+    saw its connection dropped without an A-ABORT. Now: A-ABORT (source 2, service
+    provider), one WARNING record, no traceback; the server goes on serving."""
+    logged = len(limited.log())
+    with raw_association(limited) as sock:
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, len(pdvs)) + pdvs)
+        pdu_type, body = read_pdu(sock)
+    assert (pdu_type, body[2]) == (A_ABORT, 2)
+    assert wait_for(lambda: "aborting" in limited.log()[logged:], timeout=EVENTUALLY)
+    assert "Traceback" not in limited.log()[logged:]
+    assert echo_ok(limited)
 
 
 @pytest.mark.parametrize(

@@ -461,6 +461,22 @@ def test_a_command_set_past_its_bound_aborts_once_and_is_not_kept(
 
 
 @pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("value", [b"", b"\x03", b"\x03" + bytes(8), b"\x03\xff\xff"],
+                         ids=["no control header", "empty", "no Command Field", "garbage"])
+def test_a_pdv_that_does_not_decode_asks_for_an_abort(
+    tmp_path: Path, fast: bool, value: bytes
+) -> None:
+    """Never an exception out of the DUL thread (pynetdicom's own path raised: the thread
+    died, the connection dropped without an A-ABORT): an A-ABORT is asked for (Evt19)."""
+    assoc, seen = _acceptor(tmp_path, fast)
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append([1, value])
+    assoc.dimse.receive_primitive(pdata)
+    assert _events(assoc) == ["Evt19"]
+    assert _received(assoc) == [] and seen == []
+
+
+@pytest.mark.parametrize("fast", [False, True])
 def test_a_command_set_at_its_bound_is_taken(tmp_path: Path, fast: bool) -> None:
     assoc, _seen = _acceptor(tmp_path, fast)
     for pdata in _pdata(_store(), 16382):
