@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 import warnings
 from datetime import UTC, datetime
 from typing import Any
@@ -93,3 +94,19 @@ def _log_warning(
         "library warning", extra={"category": category.__name__, "location": where}
     )
     _warnings_log.debug("library warning text", extra={"text": str(message)})
+
+
+def where(exc: BaseException) -> list[str]:
+    """The frames of ``exc``'s traceback as ``module:function:line``, without values: what
+    an ERROR record of an unexpected exception names instead of its message, which may
+    quote element values (patient data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return [f"{_module(f.filename)}:{f.name}:{f.lineno}" for f in frames]
+
+
+def _module(filename: str) -> str:
+    parts = filename.replace("\\", "/").split("/")
+    for root in ("mimic_server", "pynetdicom", "pydicom", "sqlalchemy"):
+        if root in parts:
+            return "/".join(parts[parts.index(root):])
+    return parts[-1]

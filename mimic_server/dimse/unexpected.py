@@ -17,32 +17,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from mimic_server.errors import Status
+from mimic_server.logs import where
 
 log = logging.getLogger(__name__)
 
 #: pynetdicom's own answer when a C-MOVE handler fails before naming the destination.
 _MOVE_BEFORE_DESTINATION = 0xC514
-
-
-def where(exc: BaseException) -> list[str]:
-    """The frames of ``exc``'s traceback as ``module:function:line``, without values."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return [f"{_module(f.filename)}:{f.name}:{f.lineno}" for f in frames]
-
-
-def _module(filename: str) -> str:
-    parts = filename.replace("\\", "/").split("/")
-    for root in ("mimic_server", "pynetdicom", "pydicom", "sqlalchemy"):
-        if root in parts:
-            return "/".join(parts[parts.index(root):])
-    return parts[-1]
 
 
 def _log(service: str, status: int, exc: BaseException) -> None:

@@ -38,6 +38,7 @@ are the verified ones.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
@@ -56,7 +57,10 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from mimic_server.logs import where
 from mimic_server.net.server import PDU_TYPES
+
+log = logging.getLogger(__name__)
 
 #: Longest single wait of either thread (seconds): a safety net, not a poll (each wake-up of
 #: an idle thread costs ~0.1 ms of CPU here, GIL hand-offs included).
@@ -348,8 +352,32 @@ class _EventDrivenDUL(DULServiceProvider):
                 sleep = True
                 continue
 
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:
+                # Not in pynetdicom's loop, whose thread died here with a traceback on
+                # stderr, the peer's connection dropped without an A-ABORT.
+                self._abort_for(exc)
+                return
             sleep = False
+
+    def _abort_for(self, exc: Exception) -> None:
+        """An action of the state machine raised (a bug, most likely, or a PDU that some
+        decoder let through): one ERROR record naming the exception's type and where it
+        was raised, never its message (it may quote values); then as pynetdicom does for an
+        exception in its transport: A-ABORT (source 2, service provider), the association
+        killed."""
+        log.error("unexpected error in the DICOM upper layer: aborting the association",
+                  extra={"error": type(exc).__name__, "where": where(exc)})
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        with contextlib.suppress(OSError, AttributeError):  # the connection may be gone
+            self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
 
 
 class _BellDIMSE(DIMSEServiceProvider):
