@@ -34,6 +34,8 @@ from mimic_server.errors import CannotUnderstand
 
 #: What is inflated is kept in memory up to this many bytes, and written to a file beyond.
 IN_MEMORY = 4 << 20
+#: The deflate stream is handed to zlib this much at a time (:func:`inflated_pieces`).
+INPUT_SLICE = 64 << 10
 
 
 def inflated_copy(obj: VerifiedObject, directory: Path | None = None) -> BinaryIO:
@@ -68,17 +70,23 @@ def inflated_pieces(
     inflated = 0
     try:
         for piece in pieces:
-            pending: bytes | memoryview = piece
-            # A piece may inflate to far more than itself: out ``size`` at a time, the rest
-            # of the input held by zlib (``unconsumed_tail``) until the next call.
-            while pending and not inflater.eof:
-                data = inflater.decompress(pending, size)
-                pending = inflater.unconsumed_tail
-                inflated += len(data)
-                if inflated > MAX_INFLATED:
-                    raise CannotUnderstand("the deflated data set inflates beyond the bound")
-                if data:
-                    yield data
+            whole = memoryview(piece)
+            # zlib is handed the input a slice at a time: what one call does not consume it
+            # copies aside (``unconsumed_tail``), and an object held whole, handed over in
+            # one piece, was copied again for every ``size`` of output (8 MiB inflating to
+            # 896 MiB in 16 KiB fragments: 15 s of the GIL, against 0.6 s in slices).
+            for start in range(0, whole.nbytes, INPUT_SLICE):
+                pending: bytes | memoryview = whole[start:start + INPUT_SLICE]
+                # A slice may inflate to far more than itself: out ``size`` at a time.
+                while pending and not inflater.eof:
+                    data = inflater.decompress(pending, size)
+                    pending = inflater.unconsumed_tail
+                    inflated += len(data)
+                    if inflated > MAX_INFLATED:
+                        raise CannotUnderstand(
+                            "the deflated data set inflates beyond the bound")
+                    if data:
+                        yield data
         # Input spent; zlib may still hold output back by the ``size`` cap.
         while not inflater.eof and (data := inflater.decompress(b"", size)):
             inflated += len(data)
@@ -103,10 +111,11 @@ def _written(copy: BinaryIO, data: bytes, directory: Path | None) -> BinaryIO:
         try:
             with copy.getbuffer() as held:
                 spilled.write(held)
+            spilled.write(data)
         except BaseException:
             spilled.close()
             raise
         copy.close()
-        copy = spilled
+        return spilled
     copy.write(data)
     return copy

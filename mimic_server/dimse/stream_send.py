@@ -126,8 +126,8 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                 _pending.stored, _pending.inflate = stored, ds._mimic_encoding != wanted
                 return b""
             if stored.streamed or ds._mimic_encoding == _DEFLATED:
-                log.warning(
-                    "large object converted between transfer syntaxes in memory",
+                log.warning(  # a Deflated one is inflated whole: up to 1 GiB
+                    "object converted between transfer syntaxes in memory",
                     extra={"object": reference(stored.ref), "bytes": stored.size,
                            "deflated": ds._mimic_encoding == _DEFLATED},
                 )
@@ -192,7 +192,7 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
                 _no_response(dimse)
                 return
             pdata = P_DATA()
-            pdata.presentation_data_value_list.append((context_id, flag + bytes(fragment)))
+            pdata.presentation_data_value_list.append((context_id, flag + fragment))
             dimse.dul.send_pdu(pdata)
     except (KeyError, OutOfResources, OSError, CannotUnderstand) as exc:
         log.error(

@@ -32,6 +32,7 @@ list, with :func:`copy_plain` copies of the contexts it changes; none does so to
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from itertools import repeat
 from operator import is_
@@ -163,6 +164,7 @@ def copying(original: Callable[..., Any]) -> Callable[..., Any]:
 
 #: Where an association keeps the contexts :func:`remembering_lookup` found for it.
 _FOUND = "_mimic_contexts_found"
+_DEFLATED, _EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"
 
 
 def remembering_lookup(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -174,7 +176,14 @@ def remembering_lookup(original: Callable[..., Any]) -> Callable[..., Any]:
     Class it can take): about 40 us of the GIL a sub-operation of a C-GET / C-MOVE. The
     answer depends only on the question and on the accepted contexts, which negotiation
     sets before ``is_established`` and nothing changes after. A lookup that finds nothing
-    is not remembered: it raises, and pynetdicom logs it, each time."""
+    is not remembered: it raises, and pynetdicom logs it, each time.
+
+    For a Deflated data set it also chooses better than pynetdicom, whose first convertible
+    context may be one in Implicit VR where one in Explicit VR Little Endian was accepted
+    too (a requestor proposing one context per transfer syntax, Implicit first): the
+    object's own Deflated context, else Explicit VR Little Endian, what the data set is
+    once inflated, which ``dimse/stream_send`` sends as it inflates; only else pynetdicom's
+    choice, a conversion that inflates and re-encodes the object whole."""
 
     def _get_valid_context(
         self: Any, ab_syntax: str, tr_syntax: str, role: str | None = None,
@@ -186,7 +195,14 @@ def remembering_lookup(original: Callable[..., Any]) -> Callable[..., Any]:
             context = found.get(key)
             if context is not None:
                 return context
-        context = original(self, ab_syntax, tr_syntax, role, context_id, allow_conversion)
+        context = None
+        if tr_syntax == _DEFLATED and allow_conversion and context_id is None:
+            for syntax in (_DEFLATED, _EXPLICIT_LITTLE):
+                with contextlib.suppress(ValueError):  # none accepted in that syntax
+                    context = original(self, ab_syntax, syntax, role, None, False)
+                    break
+        if context is None:
+            context = original(self, ab_syntax, tr_syntax, role, context_id, allow_conversion)
         if self.is_established:
             if found is None:
                 found = self.__dict__.setdefault(_FOUND, {})

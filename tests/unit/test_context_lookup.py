@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -91,6 +92,29 @@ def test_each_answer_is_pynetdicoms(question: tuple[Any, ...]) -> None:
         assert first is again is ours._accepted_cx[expected.context_id]
     else:
         assert first == again == expected
+
+
+@pytest.mark.parametrize("accepted,expected", [
+    ([ImplicitVRLittleEndian, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
+    ([ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian],
+     DeflatedExplicitVRLittleEndian),
+    ([ImplicitVRLittleEndian], ImplicitVRLittleEndian),
+], ids=["explicit before pynetdicom's implicit", "its own first", "else pynetdicom's"])
+def test_a_deflated_data_set_goes_as_stored_else_as_it_inflates(
+    accepted: list[str], expected: str,
+) -> None:
+    """pynetdicom takes the first convertible context, in Implicit VR where a requestor
+    proposed one context per syntax, Implicit first: the object was then inflated and
+    re-encoded whole (512 MiB for one stored in 127 KiB, review). Its own Deflated context,
+    else Explicit VR Little Endian (what it is once inflated, sent as it inflates)."""
+    assoc = Association(AE(), mode="acceptor")
+    contexts = [_accepted(1 + 2 * n, CTImageStorage, syntax, True, False)
+                for n, syntax in enumerate(accepted)]
+    assoc._accepted_cx = {c.context_id: c for c in contexts}
+    assoc.is_established = True
+    context = LOOKUP(assoc, CTImageStorage, DeflatedExplicitVRLittleEndian, "scu")
+    assert context.transfer_syntax[0] == expected
+    assert LOOKUP(assoc, CTImageStorage, DeflatedExplicitVRLittleEndian, "scu") is context
 
 
 def test_an_established_associations_answer_is_found_once() -> None:
