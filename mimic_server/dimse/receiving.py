@@ -48,6 +48,7 @@ from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.structure import DeflatedWalk, StructureWalk, structure_walk
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources
+from mimic_server.logs import where
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,14 @@ def receive_in_bounded_memory(
         except Exception as exc:
             # In the DUL thread, where pynetdicom catches nothing: the thread died with a
             # traceback on stderr, and the peer saw its connection dropped, no A-ABORT.
-            log.warning("a DIMSE message from the peer cannot be decoded: aborting",
-                        extra={"error": type(exc).__name__})
+            # Raised in pynetdicom or pydicom: the peer's message; in MIMIC's own code
+            # (its decoders, the received data set): a bug, at ERROR.
+            frames = where(exc)
+            ours = bool(frames) and frames[-1].startswith("mimic_server/")
+            log.log(logging.ERROR if ours else logging.WARNING,
+                    "unexpected error decoding a DIMSE message: aborting" if ours
+                    else "a DIMSE message from the peer cannot be decoded: aborting",
+                    extra={"error": type(exc).__name__, "where": frames})
             log.debug("undecodable DIMSE message", exc_info=True)  # may name its UIDs
             dimse.dul.event_queue.put("Evt19")
 

@@ -53,6 +53,7 @@ from pynetdicom import evt
 from pynetdicom.association import LOGGER as ASSOCIATION_LOGGER
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import LOGGER, DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
@@ -61,6 +62,10 @@ from mimic_server.logs import where
 from mimic_server.net.server import PDU_TYPES
 
 log = logging.getLogger(__name__)
+
+#: The state machine's events for a primitive the association thread put on the DUL's queue
+#: (P-DATA, A-RELEASE request and response, A-ABORT).
+_USER_PRIMITIVE_EVENTS = frozenset({"Evt9", "Evt11", "Evt14", "Evt15"})
 
 #: Longest single wait of either thread (seconds): a safety net, not a poll (each wake-up of
 #: an idle thread costs ~0.1 ms of CPU here, GIL hand-offs included).
@@ -306,7 +311,8 @@ class _EventDrivenDUL(DULServiceProvider):
             self._assoc_bell.set()
 
     def _run_reactor_turns(self) -> None:
-        # From here to the end: pynetdicom's loop, line for line, but for the wait.
+        # From here to the end: pynetdicom's loop, line for line, but for the wait and the
+        # guard around the state machine's action (``_abort_for``).
         self._idle_timer.start()
         self.socket = cast(Any, self.socket)
         sleep = False
@@ -354,30 +360,58 @@ class _EventDrivenDUL(DULServiceProvider):
 
             try:
                 self.state_machine.do_action(event)
+            except InvalidEventError as exc:
+                # Not in pynetdicom's loop (nor the next ``except``), whose thread died here
+                # with a traceback on stderr, the peer's connection dropped.
+                if not self._late_primitive(event):
+                    self._abort_for(exc)
+                    return
             except Exception as exc:
-                # Not in pynetdicom's loop, whose thread died here with a traceback on
-                # stderr, the peer's connection dropped without an A-ABORT.
                 self._abort_for(exc)
                 return
             sleep = False
+
+    def _late_primitive(self, event: str) -> bool:
+        """Whether an event invalid in the current state is a primitive the association
+        thread queued before the association ended here (a C-FIND's next response after
+        this side's A-ABORT for a PDU it could not decode, say: Sta13, or Sta1 once the
+        connection closed): dropped, logged at DEBUG, the loop goes on (and closes the
+        connection, in Sta13, as pynetdicom does)."""
+        if event not in _USER_PRIMITIVE_EVENTS or self.state_machine.current_state not in (
+                "Sta13", "Sta1"):
+            return False
+        with contextlib.suppress(queue.Empty):
+            self.to_provider_queue.get(False)  # the primitive; wakes a sender waiting for room
+        log.debug("a primitive after the association ended, dropped",
+                  extra={"event": event, "state": self.state_machine.current_state})
+        return True
 
     def _abort_for(self, exc: Exception) -> None:
         """An action of the state machine raised (a bug, most likely, or a PDU that some
         decoder let through): one ERROR record naming the exception's type and where it
         was raised, never its message (it may quote values); then as pynetdicom does for an
-        exception in its transport: A-ABORT (source 2, service provider), the association
-        killed."""
+        exception in its transport, A-ABORT (source 2, service provider) and the association
+        killed, and the connection closed as pynetdicom's AA-2 closes it (``EVT_CONN_CLOSE``:
+        a partly received data set's spool goes, a slot is given back)."""
         log.error("unexpected error in the DICOM upper layer: aborting the association",
                   extra={"error": type(exc).__name__, "where": where(exc)})
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
         abort_pdu.reason_diagnostic = 0x00
-        with contextlib.suppress(OSError, AttributeError):  # the connection may be gone
-            self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+        transport = self.socket
+        with contextlib.suppress(Exception):  # the connection may be gone
+            transport.send(abort_pdu.encode())  # type: ignore[union-attr]
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        self.artim_timer.stop()
+        with contextlib.suppress(Exception):
+            transport.close()  # type: ignore[union-attr]
+        self.assoc.dimse.msg_queue.put((None, None))  # a service waiting: no response
+        remote = self.assoc.requestor if self.assoc.is_acceptor else self.assoc.acceptor
+        address = getattr(remote.address_info, "as_tuple", None)
+        evt.trigger(self.assoc, evt.EVT_CONN_CLOSE, {"address": address})  # never raises
 
 
 class _BellDIMSE(DIMSEServiceProvider):

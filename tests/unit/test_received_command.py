@@ -4,6 +4,7 @@ pynetdicom's path."""
 
 from __future__ import annotations
 
+import logging
 import queue
 from io import BytesIO
 from pathlib import Path
@@ -474,6 +475,25 @@ def test_a_pdv_that_does_not_decode_asks_for_an_abort(
     assoc.dimse.receive_primitive(pdata)
     assert _events(assoc) == ["Evt19"]
     assert _received(assoc) == [] and seen == []
+
+
+def test_a_fault_of_mimics_own_decoder_is_an_error_with_its_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the peer's fault: a WARNING "cannot be decoded" would hide a regression that
+    aborts every C-STORE association (review). ERROR, naming where it was raised."""
+    from mimic_server.dimse import receiving
+
+    # a decoder that raises in MIMIC's own code (TypeError: fromhex takes a str)
+    monkeypatch.setattr(receiving, "decode_store_request", bytes.fromhex)
+    assoc, _seen = _acceptor(tmp_path, True)
+    with caplog.at_level(logging.WARNING, logger="mimic_server.dimse.receiving"):
+        assoc.dimse.receive_primitive(_pdata(_store(), 0)[0])  # its command set
+    assert _events(assoc) == ["Evt19"]
+    [record] = caplog.records
+    assert (record.levelno, record.error) == (logging.ERROR, "TypeError")  # type: ignore[attr-defined]
+    assert record.where[-1].startswith(  # type: ignore[attr-defined]
+        "mimic_server/dimse/receiving.py:_receive_store_fragments:")
 
 
 @pytest.mark.parametrize("fast", [False, True])
