@@ -70,7 +70,7 @@ def inflated_pieces(
     inflated = 0
     try:
         for piece in pieces:
-            whole = memoryview(piece)
+            whole = memoryview(piece).cast("B")  # bytes, whatever the item size
             # zlib is handed the input a slice at a time: what one call does not consume it
             # copies aside (``unconsumed_tail``), and an object held whole, handed over in
             # one piece, was copied again for every ``size`` of output (8 MiB inflating to
