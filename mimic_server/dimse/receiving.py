@@ -274,8 +274,9 @@ def receive_in_bounded_memory(
 
     A PDV of one byte (its presentation context ID, no message control header, PS3.8
     9.3.5.1), or a message that does not decode (a last command fragment whose command set
-    has no Command Field, say), is answered with an A-ABORT, logged at WARNING; pynetdicom
-    raised in its DUL thread, which died and dropped the connection.
+    has no Command Field, say), is answered with an A-ABORT, logged at WARNING (at ERROR,
+    with its frames, where MIMIC's own code raised); pynetdicom raised in its DUL thread,
+    which died and dropped the connection.
     """
     dimse = assoc.dimse
     receive = dimse.receive_primitive

@@ -37,10 +37,9 @@ def read_verified(
 ) -> Dataset | None:
     """The stored object as a Dataset, or None (logged) if it is missing or corrupted: a
     :class:`StreamedDataset` for a large or Deflated one while streaming sends are
-    installed, else a
-    :class:`StoredDataset`: unparsed while pynetdicom sends it as stored (its encoder is
-    :func:`~mimic_server.dimse.raw_send.stored_bytes_encoder`), else the whole object,
-    parsed. ``current``: the index's row now, for an object gone since the match
+    installed, else a :class:`StoredDataset`: unparsed while pynetdicom sends it as stored
+    (its encoder is :func:`~mimic_server.dimse.raw_send.stored_bytes_encoder`), else the
+    whole object, parsed. ``current``: the index's row now, for an object gone since the match
     (``archive.read``)."""
     stored = open_verified(store, ref, current=current)
     if stored is None:
