@@ -289,6 +289,7 @@ def test_a_pdata_that_does_not_decode_is_answered_with_an_abort(
     saw its connection dropped without an A-ABORT. Now: A-ABORT (source 2, service
     provider), one WARNING record, no traceback; the server goes on serving."""
     logged = len(limited.log())
+    stored = (limited.instance_count(), limited.stored_objects())
     with raw_association(limited) as sock:
         sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, len(pdvs)) + pdvs)
         pdu_type, body = read_pdu(sock)
@@ -296,6 +297,8 @@ def test_a_pdata_that_does_not_decode_is_answered_with_an_abort(
     assert wait_for(lambda: "aborting" in limited.log()[logged:], timeout=EVENTUALLY)
     assert "Traceback" not in limited.log()[logged:]
     assert echo_ok(limited)
+    assert (limited.instance_count(), limited.stored_objects()) == stored
+    assert limited.incoming_leftovers() == []
 
 
 @pytest.mark.parametrize(
