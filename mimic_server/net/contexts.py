@@ -38,6 +38,7 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext
 
 #: The attributes ``PresentationContext.__init__`` sets (verified by the fence).
@@ -164,7 +165,7 @@ def copying(original: Callable[..., Any]) -> Callable[..., Any]:
 
 #: Where an association keeps the contexts :func:`remembering_lookup` found for it.
 _FOUND = "_mimic_contexts_found"
-_DEFLATED, _EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"
+_DEFLATED, _EXPLICIT_LITTLE = DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 
 def remembering_lookup(original: Callable[..., Any]) -> Callable[..., Any]:
