@@ -18,20 +18,22 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 
 
 def _write_header(path: Path, sop_class: str, uid: str | None = None,
-                  **attributes: object) -> str:
-    """A Part 10 file of ``sop_class`` (explicit VR little endian) holding ``attributes``,
-    to be extended by its caller; its SOP Instance UID (``uid``, or a new one)."""
+                  syntax: str = ExplicitVRLittleEndian, **attributes: object) -> str:
+    """A Part 10 file of ``sop_class`` (explicit VR little endian, or ``syntax``) holding
+    ``attributes``, to be extended by its caller; its SOP Instance UID (``uid``, or a new
+    one)."""
     uid = uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = sop_class
@@ -42,8 +44,10 @@ def _write_header(path: Path, sop_class: str, uid: str | None = None,
     return uid
 
 
-def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = None) -> str:
-    """A Secondary Capture object with ``pixel_bytes`` of zero pixels; its SOP Instance UID."""
+def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = None,
+                implicit: bool = False) -> str:
+    """A Secondary Capture object with ``pixel_bytes`` of zero pixels, in Explicit VR Little
+    Endian (or Implicit); its SOP Instance UID."""
     columns = 16384
     rows = pixel_bytes // (columns * 2)
     length = rows * columns * 2
@@ -52,10 +56,11 @@ def write_large(path: Path, pixel_bytes: int, sop_instance_uid: str | None = Non
         StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), Modality="OT",
         SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", Rows=rows,
         Columns=columns, BitsAllocated=16, BitsStored=16, HighBit=15, PixelRepresentation=0,
-        uid=sop_instance_uid,
+        uid=sop_instance_uid, syntax=ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian,
     )
     with open(path, "ab") as fh:
-        fh.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
+        fh.write((b"\xe0\x7f\x10\x00" if implicit else b"\xe0\x7f\x10\x00OW\x00\x00")
+                 + length.to_bytes(4, "little"))
         fh.truncate(fh.tell() + length)
     return uid
 

@@ -22,10 +22,13 @@ The memory a sub-operation holds is therefore a few fragments, whatever the obje
 A Deflated object of any size takes this path too (``retrieve.read_verified``): to a
 destination that took it in Explicit VR Little Endian it is inflated as it is sent (the
 inflated data set is that encoding, byte for byte), where pydicom would inflate and
-re-encode it whole, and a megabyte stored can inflate to 1 GiB. Any other conversion to
-another uncompressed transfer syntax (the destination did not accept the stored one) still
-reads the object whole and lets pydicom re-encode it: streaming that conversion is not done
-(logged at WARNING, with the object's size).
+re-encode it whole, and a megabyte stored can inflate to 1 GiB. To a destination that took
+only Implicit VR Little Endian (the one syntax every implementation accepts), an Explicit VR
+Little Endian or Deflated data set is re-encoded element by element as it is sent
+(``codec/implicit_stream.py``): values are the same bytes in both, only element headers
+change. Any other conversion (to Explicit VR from Implicit, to or from Big Endian) still
+reads the object whole and lets pydicom re-encode it: streaming those is not done (logged at
+WARNING, with the object's size).
 
 An association that ends while its object is being sent (peer A-ABORT, connection closed)
 stops the stream at the next fragment; the store's handle is closed, and the sub-operation
@@ -44,7 +47,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -53,6 +56,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import VerifiedObject, reference
 from mimic_server.codec.command_set import send_held
+from mimic_server.codec.implicit_stream import implicit_pieces
 from mimic_server.errors import CannotUnderstand, OutOfResources
 
 log = logging.getLogger(__name__)
@@ -68,9 +72,15 @@ QUEUE_DEPTH = 4
 #: How often a sender waiting for room checks that its association is still there (s).
 CHECK_EVERY = 0.5
 
-#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian, and of what
-#: it is once inflated, byte for byte (PS3.5 A.5): Explicit VR Little Endian.
+#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian, of what it
+#: is once inflated, byte for byte (PS3.5 A.5): Explicit VR Little Endian, and of Implicit VR
+#: Little Endian, which every destination accepts.
 _DEFLATED, _EXPLICIT_LITTLE = (False, True, True), (False, True, False)
+_IMPLICIT_LITTLE = (True, True, False)
+#: The stored syntaxes whose data sets are re-encoded in Implicit VR Little Endian as sent.
+_TO_IMPLICIT = frozenset({ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+#: (inflate it, re-encode it in Implicit VR) of a data set sent as stored.
+_AS_STORED = (False, False)
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
 #: then sends in the thread that called it, with nothing between that could send.
@@ -110,9 +120,10 @@ class StreamedDataset(Dataset):
 
 def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
     """A wrapper of ``pynetdicom.association.encode`` (applied by the fence): a
-    :class:`StreamedDataset` in its stored encoding becomes an empty data set and its
-    object is left for :func:`streamed_sender`; in another encoding it is read whole and
-    encoded by ``original``; anything else goes to ``original``."""
+    :class:`StreamedDataset` becomes an empty data set and its object is left for
+    :func:`streamed_sender`, in its stored encoding or in one it is converted to as it is
+    sent (:func:`_recoding`); in another encoding it is read whole and encoded by
+    ``original``; anything else goes to ``original``."""
 
     def encode(
         ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
@@ -120,10 +131,9 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(ds, StreamedDataset):
             ds._mimic_encoded = True
             stored = ds._mimic_object
-            wanted = (is_implicit_vr, is_little_endian, deflated)
-            if ds._mimic_encoding == wanted or (
-                    ds._mimic_encoding == _DEFLATED and wanted == _EXPLICIT_LITTLE):
-                _pending.stored, _pending.inflate = stored, ds._mimic_encoding != wanted
+            recode = _recoding(ds, (is_implicit_vr, is_little_endian, deflated))
+            if recode is not None:
+                _pending.stored, _pending.recode = stored, recode
                 return b""
             if stored.streamed or ds._mimic_encoding == _DEFLATED:
                 log.warning(  # a Deflated one is inflated whole: up to 1 GiB
@@ -144,11 +154,11 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
 
     def send(self: Any, primitive: Any, context_id: int) -> None:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
-        inflate = getattr(_pending, "inflate", False)
-        _pending.stored, _pending.inflate = None, False
+        recode = getattr(_pending, "recode", _AS_STORED)
+        _pending.stored, _pending.recode = None, _AS_STORED
         if stored is not None and _carries(primitive, stored):
             send_held(self)  # a pending C-GET response held for this message goes first
-            _stream(self, primitive, context_id, stored, inflate)
+            _stream(self, primitive, context_id, stored, recode)
             return
         send_msg(self, primitive, context_id)
 
@@ -166,11 +176,27 @@ def _carries(primitive: Any, stored: VerifiedObject) -> bool:
     )
 
 
+def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> tuple[bool, bool] | None:
+    """What sending ``ds`` in the ``wanted`` encoding takes as it streams: (inflate it,
+    re-encode it in Implicit VR); None where it cannot stream (pydicom converts it whole).
+    Only the stored syntax tells an Explicit VR Little Endian data set from an encapsulated
+    one, which is never re-encoded (pynetdicom sends it in its own syntax only)."""
+    stored = ds._mimic_encoding
+    if stored == wanted:
+        return _AS_STORED
+    if stored == _DEFLATED and wanted == _EXPLICIT_LITTLE:
+        return (True, False)
+    if wanted == _IMPLICIT_LITTLE and ds.file_meta.TransferSyntaxUID in _TO_IMPLICIT:
+        return (stored == _DEFLATED, True)
+    return None
+
+
 def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
-            inflate: bool = False) -> None:
+            recode: tuple[bool, bool] = _AS_STORED) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
-    is empty), then the data set from the store, the DUL's queue kept short; with
-    ``inflate``, a Deflated data set inflated as it is sent (``archive/inflated.py``)."""
+    is empty), then the data set from the store, the DUL's queue kept short; as ``recode``
+    says, a Deflated data set inflated (``archive/inflated.py``) and an Explicit VR Little
+    Endian one re-encoded in Implicit VR (``codec/implicit_stream.py``) as it is sent."""
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     message.context_id = context_id
@@ -179,8 +205,11 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
     for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
         dimse.dul.send_pdu(pdata)
     size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
-    pieces: Any = (inflated_pieces(stored.chunks(stored.dataset_offset), size) if inflate
-                   else _within(stored.chunks(stored.dataset_offset, size), size))
+    inflate, to_implicit = recode
+    offset = stored.dataset_offset
+    pieces: Any = (inflated_pieces(stored.chunks(offset), size) if inflate
+                   else stored.chunks(offset, size))
+    pieces = implicit_pieces(pieces, size) if to_implicit else _within(pieces, size)
     try:
         for flag, fragment in _flagged(pieces):
             if not _room(dimse):

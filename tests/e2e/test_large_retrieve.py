@@ -387,10 +387,83 @@ def test_a_deflated_object_goes_inflated_as_it_is_sent(large: Large) -> None:
     assert _objects_held_open(large.server) == []
 
 
-def test_conversion_to_another_uncompressed_syntax_reads_whole(large: Large) -> None:
-    uid = large.store("convert", MEDIUM)
+def _implicit_digest(path: Path, pixel_bytes: int) -> str:
+    """SHA-256 of ``write_large``'s data set in Implicit VR Little Endian: its header as
+    pydicom encodes it, then Pixel Data (the last element) of ``pixel_bytes`` zeros."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    digest = hashlib.sha256(encode(header, True, True))
+    digest.update(b"\xe0\x7f\x10\x00" + pixel_bytes.to_bytes(4, "little"))
+    zeros = bytes(MiB)
+    for _ in range(pixel_bytes // MiB):
+        digest.update(zeros)
+    digest.update(bytes(pixel_bytes % MiB))
+    return digest.hexdigest()
+
+
+def _pixel_bytes(path: Path) -> int:
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    return int(header.Rows) * int(header.Columns) * 2
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["explicit", "deflated"])
+def test_an_object_goes_re_encoded_to_an_implicit_vr_requestor(
+    large: Large, deflated: bool
+) -> None:
+    """160 MiB of pixels stored in Explicit VR Little Endian (or Deflated), retrieved by a
+    C-GET requestor that takes only Implicit VR Little Endian, the one syntax every
+    implementation accepts: the data set arrives as pydicom would encode it in Implicit VR,
+    and the server holds a few fragments of it, never the object (pydicom parsed and
+    re-encoded it whole before: some three times its size)."""
+    if deflated:
+        path = large.root / "implicit-deflated.dcm"
+        uid, _ = write_large_deflated(path, LARGE)
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(SecondaryCaptureImageStorage, [DeflatedExplicitVRLittleEndian])
+        assoc = ae.associate(HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls())
+        assert assoc.is_established
+        assert assoc.send_c_store(path).Status == 0x0000
+        assoc.release()
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+    else:
+        uid = large.store("implicit", LARGE, keep=True)
+        path = large.root / "implicit.dcm"
+    expected = _implicit_digest(path, _pixel_bytes(path))
+    pid = large.server.proc.pid  # type: ignore[union-attr]
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status(pid, "VmHWM")
+    logged = len(large.server.log_entries())
 
     received, final, _ = _get(large, uid, syntax=ImplicitVRLittleEndian)
+
+    assert final.Status == 0x0000, final
+    assert received == {uid: expected}
+    peak = _status(pid, "VmHWM")
+    assert peak - before < LARGE // 4, (before, peak)
+    assert not any("converted between transfer syntaxes" in e.get("message", "")
+                   for e in large.server.log_entries()[logged:])
+    assert _objects_held_open(large.server) == []
+    path.unlink()
+
+
+def test_conversion_to_explicit_vr_from_implicit_reads_whole(large: Large) -> None:
+    """Stored in Implicit VR, to a requestor that takes only Explicit VR: each element's VR
+    would have to be looked up, which is not streamed; the object is read whole, and
+    logged at WARNING with its size."""
+    path = large.root / "implicit-stored.dcm"
+    uid = write_large(path, MEDIUM, implicit=True)
+    result = dcmtk(
+        "storescu", *dcmtk_tls(large.server), "-xi", "-aet", "MODALITY1", "-aec", "MIMIC",
+        "localhost", str(large.server.port), str(path), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+    assert pydicom.dcmread(large.server.object_for(uid), stop_before_pixels=True
+                           ).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    path.unlink()
+
+    received, final, _ = _get(large, uid, syntax=ExplicitVRLittleEndian)
 
     assert final.Status == 0x0000, final
     assert list(received) == [uid]

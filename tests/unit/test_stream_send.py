@@ -20,9 +20,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, BinaryIO
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -66,7 +74,7 @@ def _large(store: MemoryStore, size: int = 300_000, syntax: str = ExplicitVRLitt
     data = buffer.getvalue()
     store.objects["k"] = data
     ref = InstanceRef(SC, UID, syntax, "k", hashlib.sha256(data).hexdigest())
-    stored = open_verified(store, ref, stream_above=1_000 if streamed else 1 << 20)
+    stored = open_verified(store, ref, stream_above=1_000 if streamed else 1 << 22)
     assert stored is not None and stored.streamed == streamed
     return stored
 
@@ -128,19 +136,19 @@ def _request() -> C_STORE:
 
 
 def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any],
-          deflated: bool = False) -> None:
+          deflated: bool = False, implicit: bool = False) -> None:
     dataset = StreamedDataset.of(stored)
     encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
-    assert encode(dataset, False, True, deflated) == b""
+    assert encode(dataset, implicit, True, deflated) == b""
     assert dataset._mimic_encoded
     sender = stream_send.streamed_sender(lambda *a: fallback.append(a))
     sender(dimse, _request(), 3)
 
 
-def _send_and_drain(dimse: FakeDIMSE, stored: VerifiedObject) -> None:
+def _send_and_drain(dimse: FakeDIMSE, stored: VerifiedObject, implicit: bool = False) -> None:
     """``_send``, then until the stand-in DUL has taken every P-DATA off its queue."""
     try:
-        _send(dimse, stored, [])
+        _send(dimse, stored, [], implicit=implicit)
         deadline = time.monotonic() + 10
         while dimse.dul.to_provider_queue.qsize() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -199,6 +207,26 @@ def test_a_deflated_object_goes_inflated_to_an_explicit_vr_context(streamed: boo
     assert len(data) < 100_000
     inflated = zlib.decompress(data[stored.dataset_offset:], -zlib.MAX_WBITS)
     assert b"".join(f[1:] for f in fragments) == inflated
+    assert max(len(f) - 1 for f in fragments) <= 16382 - 6
+    assert all(h.closed for h in store.handles)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],
+                         ids=["explicit", "deflated"])
+@pytest.mark.parametrize("streamed", [True, False], ids=["from the store", "held"])
+def test_an_object_goes_re_encoded_to_an_implicit_vr_context(syntax: str, streamed: bool) -> None:
+    """A destination that accepted only Implicit VR Little Endian gets the data set
+    re-encoded as it is sent, the bytes pydicom's own encoder gives for it, in fragments
+    within the PDU; pydicom parsed and re-encoded the whole object before."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, syntax, streamed)
+    dul = FakeDUL()
+    _send_and_drain(FakeDIMSE(dul, 16382), stored, implicit=True)
+    fragments = _fragments(dul)
+    expected = DicomBytesIO()
+    expected.is_little_endian, expected.is_implicit_VR = True, True
+    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
+    assert b"".join(f[1:] for f in fragments) == expected.getvalue()
     assert max(len(f) - 1 for f in fragments) <= 16382 - 6
     assert all(h.closed for h in store.handles)
 
@@ -272,11 +300,20 @@ def test_other_messages_and_other_encodings_are_not_streamed() -> None:
         return b"re-encoded"
 
     encode = stream_send.streamed_encoder(pydicom_encode)
-    # The destination accepted only Implicit VR: the object is read whole and re-encoded.
-    assert encode(dataset, True, True, False) == b"re-encoded"
+    # The destination accepted only Explicit VR Big Endian: read whole and re-encoded.
+    assert encode(dataset, False, False, False) == b"re-encoded"
     assert not isinstance(encoded[0], StreamedDataset)
     assert encoded[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert encoded[0].PixelData == bytes(range(256)) * (300_000 // 256)
+    # Stored in Implicit VR, to Explicit VR: the VRs would have to be looked up; not streamed.
+    implicit = StreamedDataset.of(_large(store, syntax=ImplicitVRLittleEndian))
+    assert encode(implicit, False, True, False) == b"re-encoded"
+    # Encapsulated (its encoding reads as Explicit VR Little Endian) is never re-encoded.
+    held = _large(store, streamed=False)
+    jpeg = StreamedDataset.of(VerifiedObject(
+        InstanceRef(SC, UID, JPEGBaseline8Bit, "k", held.ref.sha256), held.size,
+        held.dataset_offset, data=store.objects["k"]))
+    assert encode(jpeg, True, True, False) == b"re-encoded"
     assert encode(Dataset(), True, True, False) == b"re-encoded"  # anything else
     # A message the encoder left nothing for goes to pynetdicom's send_msg.
     sent: list[Any] = []
