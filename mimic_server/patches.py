@@ -444,8 +444,11 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         STORED_BYTES_SEND,
-        "mimic_server.dimse.raw_send:stored_bytes_encoder (replaces pynetdicom.association.encode)",
-        "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored",
+        "mimic_server.dimse.raw_send:stored_bytes_encoder (replaces pynetdicom.association.encode) "
+        "and answered_send (wraps Association.send_c_store)",
+        "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored, and "
+        "the audit trail counts an object the destination refused, or that was cut off "
+        "midway, as transferred",
         (PYNETDICOM, PYDICOM),
         (
             _ASSOCIATION_ENCODE,
@@ -1023,6 +1026,8 @@ def _answer_encoder(enabled: bool = True) -> None:
 
 def _stored_bytes_send() -> None:
     _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder, STORED_BYTES_SEND)
+    _wrap(pynetdicom.association.Association, "send_c_store", raw_send.answered_send,
+          STORED_BYTES_SEND)
 
 
 def _streamed_send(enabled: bool = True) -> None:

@@ -6,24 +6,31 @@ common. pynetdicom converts a data set to it by parsing the whole object and enc
 again: for a stored object of a gigabyte that is gigabytes of memory. Both encodings are
 little endian, so every value is the same bytes in both; only element headers differ (the
 explicit one has a VR and, for some VRs, a 4-byte length after two reserved bytes; the
-implicit one is always tag and 4-byte length). Values go as stored, their padding and all,
-where pydicom would write them again from what it parsed. So the data set is read here element by
-element and written again with implicit headers, values of any size passing through a
-piece at a time.
+implicit one is always tag and 4-byte length). So the data set is read here element by
+element and written again with implicit headers, values of any size passing through a piece
+at a time. Values go as stored (an odd length, trailing spaces and all), where pydicom
+writes them again from what it parsed: pydicom reads the same values from either.
 
 Lengths: an explicit header of 12 bytes becomes one of 8, so a sequence or item of defined
 length would shrink by an amount known only once its content is read. Every sequence and
 item is written with undefined length and closed by its delimitation item instead (PS3.5
 7.5); nothing is held to count. For the same reason group length elements (gggg,0000),
-retired and counting explicit headers, are left out, as pydicom leaves them out.
+retired and counting explicit headers, are left out (pydicom leaves out those of groups
+above 0006 too; 0000-0006 never stand in a stored object's data set but group 0004 of a
+DICOMDIR, whose length pydicom keeps wrong).
 
-What stays as it is: content already implicit (an undefined-length UN, whose content PS3.5
-6.2.2 encodes implicit VR, or an item or data set that pydicom would read as implicit by its
-first element, ``codec.structure.read_as_implicit``), copied byte for byte. What is refused
-(``CannotUnderstand``, raised where it is met: the caller has sent what came before): an
-undefined-length value other than a sequence (encapsulated data has no place in a native
-syntax), an unknown VR, a value or item that overruns what contains it, a data set cut
-short. The stored object passed the receive walk (``codec.structure``), so none is expected.
+Where the receive walk (``codec.structure``) did not look, inside sequences and items of
+defined length, this reads as pydicom reads, which is what the destination got before:
+each item is read as implicit VR when its first element says so (as
+``codec.structure.read_as_implicit`` decides for a data set), a Sequence or Item
+Delimitation Item ends its sequence or item whatever its defined length, and an element
+whose VR is not two capital letters is read as implicit VR. Content that is implicit VR
+already (an item so read, or an element so switched) and the items of an undefined-length
+value that is neither a sequence nor a UN (encapsulated Pixel Data, out of place in a native
+syntax) are copied as they are. What is refused (``CannotUnderstand``, raised where it is
+met: the caller has sent what came before, and aborts): an unknown VR, an element that
+overruns what contains it, a data set cut short, an Item Delimitation Item outside any item,
+and nesting deeper than :data:`MAX_NESTING` frames.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ _ITEM = b"\xfe\xff\x00\xe0"
 _ITEM_END = b"\xfe\xff\x0d\xe0"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0"
 _OPEN = b"\xff\xff\xff\xff"  # an undefined length
+_ZERO = b"\0\0\0\0"  # a delimitation item's length
+#: Frames of the walk (sequences and items, counted apart) beyond which a data set is refused.
+#: Real objects nest some tens (a structured report's content tree); pydicom, which writes
+#: sequences by recursion, fails at about 250 levels (500 frames), taking the process down.
+MAX_NESTING = 256
 _VR_LONG = frozenset(str(vr).encode() for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
 _VR_SHORT = frozenset(str(vr).encode() for vr in VR if vr not in EXPLICIT_VR_LENGTH_32)
 _LENGTH = struct.Struct("<L")
@@ -129,25 +141,33 @@ class _Reader:
 
 def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
     """The data set re-encoded, as headers and value parts in order. The nesting is a
-    stack of ``[kind, implicit, end]`` frames (``end``: where a defined-length sequence or
-    item ends, or None), so deep nesting cannot exhaust Python's recursion limit."""
+    stack of ``(kind, implicit, end)`` frames (``end``: where a defined-length sequence or
+    item ends, or None), so deep nesting cannot exhaust Python's recursion limit; it is
+    bounded (:data:`MAX_NESTING`), so a crafted data set cannot grow it without end."""
     stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(reader), None)]
-    while stack:
+    while True:
         kind, implicit, end = stack[-1]
         if end is not None and reader.offset >= end:
             if reader.offset > end:
-                raise CannotUnderstand("an element overruns its sequence item")
+                raise CannotUnderstand("an element overruns its sequence or item")
             stack.pop()
-            yield _ITEM_END + b"\0\0\0\0" if kind == _ELEMENTS else _SEQUENCE_END + b"\0\0\0\0"
+            yield _ITEM_END + _ZERO if kind == _ELEMENTS else _SEQUENCE_END + _ZERO
             continue
         if len(stack) == 1 and reader.at_end():
             return
+        if len(stack) > MAX_NESTING:
+            raise CannotUnderstand("sequences nested too deep")
         if kind == _ITEMS:
             head = reader.take(8)
             tag, length = head[:4], _LENGTH.unpack_from(head, 4)[0]
-            if tag == _SEQUENCE_END and end is None:
+            if tag == _SEQUENCE_END:
+                # Ends the sequence, also one of defined length, whose remaining bytes
+                # pydicom then skips, as here.
                 stack.pop()
-                yield head
+                if end is not None:
+                    for _ in reader.values(end - reader.offset):
+                        pass
+                yield head if implicit else _SEQUENCE_END + _ZERO
             elif tag != _ITEM:
                 raise CannotUnderstand("an element where a sequence item belongs")
             elif implicit:  # copied: the item as it is, its content walked when undefined
@@ -167,23 +187,26 @@ def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
                 stack.append((_ELEMENTS, False, reader.offset + length))
             continue
         if reader.peek(4) == _ITEM_END:
-            if end is not None or len(stack) == 1:
+            # Ends the item, also one of defined length (pydicom reads on from here).
+            if len(stack) == 1:
                 raise CannotUnderstand("an Item Delimitation Item outside an item")
             reader.take(8)
             stack.pop()
-            yield _ITEM_END + b"\0\0\0\0"
+            yield _ITEM_END + _ZERO
             continue
-        if implicit:
-            head = reader.take(8)
+        head = reader.take(8)
+        vr = head[4:6]
+        if implicit or not (b"AA" <= vr <= b"ZZ"):
+            # Implicit VR, or an element that switches to it where an explicit VR belongs
+            # (pydicom reads it so: some writers do it in sequences): copied as it is.
             yield head
             length = _LENGTH.unpack_from(head, 4)[0]
             if length == _UNDEFINED:
-                stack.append((_ITEMS, True, None))
+                stack.append((_ITEMS, implicit, None))
             else:
                 yield from reader.values(length)
             continue
-        head = reader.take(8)
-        tag, vr = head[:4], head[4:6]
+        tag = head[:4]
         if vr in _VR_SHORT:
             length = _SHORT_LENGTH.unpack_from(head, 6)[0]
         elif vr in _VR_LONG:
@@ -193,20 +216,18 @@ def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
         if tag[2:] == b"\0\0":  # a group length: it counted explicit headers (PS3.5 7.2)
             for _ in reader.values(length):
                 pass
+        elif length == _UNDEFINED:
+            yield tag + _OPEN
+            # A sequence, or a UN that is one (PS3.5 6.2.2): each item told by its first
+            # element, as pydicom tells it. Anything else (encapsulated Pixel Data, out of
+            # place in a native syntax): its items copied as they are, as pydicom writes them.
+            stack.append((_ITEMS, vr not in (b"SQ", b"UN"), None))
         elif vr == b"SQ":
             yield tag + _OPEN
-            stack.append((_ITEMS, False,
-                          None if length == _UNDEFINED else reader.offset + length))
-        elif length == _UNDEFINED:
-            if vr != b"UN":
-                raise CannotUnderstand("a value of undefined length in a native syntax")
-            yield tag + _OPEN  # PS3.5 6.2.2: its content is implicit VR already
-            stack.append((_ITEMS, True, None))
+            stack.append((_ITEMS, False, reader.offset + length))
         else:
             yield tag + _LENGTH.pack(length)
             yield from reader.values(length)
-    if not reader.at_end():
-        raise CannotUnderstand("bytes after the data set's end")
 
 
 def _looks_implicit(reader: _Reader) -> bool:

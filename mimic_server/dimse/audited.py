@@ -3,10 +3,11 @@ Begin Transferring DICOM Instances before the first object and a DICOM Instances
 at the end (PS3.15 A.5.3.12, A.5.3.2, A.5.3.4).
 
 The handlers stay as they are: ``app.py`` wraps them. A wrapper watches what the handler
-yields (statuses, the C-MOVE destination, the datasets and whether pynetdicom encoded them,
-i.e. sent them) and records through the generic ``AuditLog.record``. C-MOVE to another AE is
-recorded as DICOM Instances Transferred, not Export: PS3.15 A.5.3.6 keeps Export for data
-leaving the DICOM security domain (media, print, e-mail), and a C-MOVE destination is a
+yields (statuses, the C-MOVE destination, the datasets, whether pynetdicom encoded them, i.e.
+sent them, and whether the destination's response took them) and records through the
+generic ``AuditLog.record``. C-MOVE to another AE is recorded as DICOM Instances
+Transferred, not Export: PS3.15 A.5.3.6 keeps Export for data leaving the DICOM security
+domain (media, print, e-mail), and a C-MOVE destination is a
 registered DICOM node; the destination is its own participant.
 """
 
@@ -17,6 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from mimic_server.dimse.raw_send import answered_send_in_use
 from mimic_server.dimse.retrieve import index_row_of
 from mimic_server.dimse.session import Session, session_of
 from mimic_server.errors import Status
@@ -158,10 +162,15 @@ def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
 
 
 def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:
-    """Count a dataset pynetdicom was given: sent if it was encoded; 1 if it failed. A stored
-    object is named by its index row (its study and patient as the index files them); the
-    objects sent are never parsed for the audit."""
+    """Count a dataset pynetdicom was given: sent if it was encoded and the destination's
+    response took it (Success or Warning, ``raw_send.answered_send``); else 1, failed: no
+    presentation context, a refusal, no response (a send cut off midway). A stored object
+    is named by its index row (its study and patient as the index files them); the objects
+    sent are never parsed for the audit."""
     if not getattr(dataset, "_mimic_encoded", False):
+        return 1
+    # Without the fence's wrapper the response is unknown: an encoded object counts as sent.
+    if answered_send_in_use() and not _taken(getattr(dataset, "_mimic_answer", None)):
         return 1
     row = index_row_of(dataset)
     if row is None:
@@ -170,6 +179,11 @@ def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str,
     sent.setdefault(study, Counter())[row.sop_class_uid] += 1
     patients.add((row.patient_id, row.patient_name))
     return 0
+
+
+def _taken(answer: int | None) -> bool:
+    """Whether a C-STORE response's Status says the destination took the object."""
+    return answer is not None and code_to_category(answer) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def _status(item: Any, previous: int) -> int:

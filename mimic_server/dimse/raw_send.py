@@ -12,6 +12,7 @@ the destination asked for).
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,16 @@ import pynetdicom.association
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from mimic_server.archive.read import reference
+from mimic_server.codec.implicit_stream import implicit_pieces
+from mimic_server.errors import CannotUnderstand
 
 if TYPE_CHECKING:
     from mimic_server.query.finder import InstanceRef
+
+log = logging.getLogger(__name__)
 
 
 class StoredDataset(Dataset):
@@ -40,6 +47,8 @@ class StoredDataset(Dataset):
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
+    #: The Status of the peer's C-STORE response (:func:`answered_send`); None: no response.
+    _mimic_answer: int | None = None
     #: The index row it was read for (``dimse.retrieve.read_verified``).
     _mimic_ref: InstanceRef
     #: The whole Part 10 file of a stand-in made by :meth:`of` (None: a parsed dataset).
@@ -80,7 +89,15 @@ class StoredDataset(Dataset):
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 
 
+def _reference(ds: StoredDataset) -> str:
+    """The object as logs name it (``archive.read.reference``: a prefix of its SHA-256)."""
+    ref = getattr(ds, "_mimic_ref", None)
+    return reference(ref) if ref is not None else "unknown"
+
+
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+#: (implicit VR, little endian, deflated) of Implicit VR Little Endian.
+_IMPLICIT_LITTLE = (True, True, False)
 #: The File Meta of stand-ins, one per transfer syntax: pynetdicom reads only its Transfer
 #: Syntax UID (to pick the presentation context), and nothing writes to it.
 _FILE_METAS: dict[str, FileMetaDataset] = {}
@@ -116,8 +133,25 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         if isinstance(ds, StoredDataset):
             ds._mimic_encoded = True
-            if ds._mimic_encoding == (is_implicit_vr, is_little_endian, deflated):
+            wanted = (is_implicit_vr, is_little_endian, deflated)
+            if ds._mimic_encoding == wanted:
                 return ds._mimic_raw
+            if wanted == _IMPLICIT_LITTLE and (
+                    ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian):
+                # Re-encoded from its stored bytes, as a large one is as it is sent: values
+                # as stored, and no pydicom parse (a data set nested a few hundred levels
+                # deep, some kilobytes, takes pydicom's encoder past Python's recursion
+                # limit and the process down with it). CannotUnderstand fails the
+                # sub-operation; nothing was sent.
+                try:
+                    return b"".join(implicit_pieces(iter((ds._mimic_raw,)), 1 << 20))
+                except CannotUnderstand as exc:
+                    log.error(
+                        "C-STORE sub-operation failed: the stored data set could not be "
+                        "re-encoded for the destination's transfer syntax",
+                        extra={"object": _reference(ds), "reason": str(exc)},
+                    )
+                    raise
             ds = ds.parsed()
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
@@ -130,9 +164,42 @@ def stored_bytes_encoder_in_use() -> bool:
     wrapped again by the fence, which links each wrapper to what it wraps by
     ``_mimic_original``): only then does an unset ``_mimic_encoded`` mean that pynetdicom
     did not send the object."""
-    encode: Any = pynetdicom.association.encode
-    while encode is not None:
-        if getattr(encode, "_mimic_stored_bytes", False):
+    return _wrapped_by(pynetdicom.association.encode, "_mimic_stored_bytes")
+
+
+def answered_send_in_use() -> bool:
+    """Whether ``Association.send_c_store`` notes the peer's response on what it sends
+    (:func:`answered_send`, applied by the fence): only then is ``_mimic_answer`` known."""
+    return _wrapped_by(pynetdicom.association.Association.send_c_store, "_mimic_answered")
+
+
+def _wrapped_by(function: Any, marker: str) -> bool:
+    """Whether ``function`` is, or wraps, one that carries ``marker``: the fence links each
+    wrapper to what it wraps by ``_mimic_original``."""
+    while function is not None:
+        if getattr(function, marker, False):
             return True
-        encode = getattr(encode, "_mimic_original", None)
+        function = getattr(function, "_mimic_original", None)
     return False
+
+
+def answered_send(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrapper of ``Association.send_c_store`` (applied by the fence): the Status of the
+    peer's response (None where there was none, or the send raised) is noted on the stored
+    object sent (``_mimic_answer``), so that the audit trail lists as transferred only what
+    the destination took (``dimse/audited.py``). pynetdicom counts each sub-operation's
+    outcome, but only into its responses' totals, which name no object."""
+
+    def send_c_store(self: Any, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        answer: int | None = None
+        try:
+            status = original(self, dataset, *args, **kwargs)
+            value = getattr(status, "Status", None)
+            answer = int(value) if value is not None else None
+            return status
+        finally:
+            if hasattr(dataset, "_mimic_encoded"):  # a stored object (StoredDataset or
+                dataset._mimic_answer = answer  # StreamedDataset), not a caller's own
+
+    send_c_store._mimic_answered = True  # type: ignore[attr-defined]
+    return send_c_store

@@ -95,6 +95,8 @@ class StreamedDataset(Dataset):
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
+    #: The Status of the peer's C-STORE response (``raw_send.answered_send``).
+    _mimic_answer: int | None = None
 
     @classmethod
     def of(cls, stored: VerifiedObject) -> StreamedDataset:
@@ -223,11 +225,18 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, flag + fragment))
             dimse.dul.send_pdu(pdata)
-    except (KeyError, OutOfResources, OSError, CannotUnderstand) as exc:
+    except (KeyError, OutOfResources, OSError) as exc:
         log.error(
             "C-STORE sub-operation interrupted: the stored object became unreadable while "
             "it was being sent; the association is aborted",
             extra={"object": reference(stored.ref), "error": type(exc).__name__},
+        )
+        _no_response(dimse)
+    except CannotUnderstand as exc:
+        log.error(
+            "C-STORE sub-operation interrupted: the stored data set could not be inflated or "
+            "re-encoded for the destination's transfer syntax; the association is aborted",
+            extra={"object": reference(stored.ref), "reason": str(exc)},
         )
         _no_response(dimse)
     finally:

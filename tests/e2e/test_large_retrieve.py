@@ -140,16 +140,16 @@ def _identifier(large: Large, uid: str) -> Dataset:
 
 def _get(
     large: Large, uid: str, syntax: str = ExplicitVRLittleEndian,
-    on_pdu: Any = None, contexts: tuple[str, ...] = (),
+    on_pdu: Any = None, contexts: tuple[str, ...] = (), answer: int = 0x0000,
 ) -> tuple[dict[str, str], Dataset, Any]:
     """C-GET of one object; the data set digests received, the final response, the assoc.
     ``contexts``: one storage context per transfer syntax, in that order, in place of one
-    in ``syntax``."""
+    in ``syntax``; ``answer``: the Status of the requestor's C-STORE responses."""
     received: dict[str, str] = {}
 
     def on_store(event: Any) -> int:
         received[str(event.request.AffectedSOPInstanceUID)] = _dataset_digest(event.dataset_path)
-        return 0x0000
+        return answer
 
     ae = AE(ae_title="MODALITY1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -342,6 +342,7 @@ def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
     getter.start()
     assert started.wait(60)
     held = _objects_held_open(large.server)
+    audited = len(_retrieved(large))
     assoc.abort()
 
     assert len(held) == 1, held  # the stream had the object open
@@ -349,10 +350,49 @@ def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
     assert wait_for(lambda: any(
         "interrupted" in e.get("message", "") for e in large.server.log_entries()
     ))
+    # The audit trail does not name it transferred: the requestor has part of it.
+    assert wait_for(lambda: len(_retrieved(large)) > audited, timeout=30)
+    [cut_off] = _retrieved(large)[audited:]
+    assert "instances=0; failed=1" in _outcome_description(cut_off)
+    assert large.series[uid][0] not in studies(cut_off)
     # The server goes on serving: the same object, whole, on a new association.
     received, final, _ = _get(large, uid)
     assert final.Status == 0x0000, final
     assert received == {uid: large.digests[uid]}
+
+
+def _retrieved(large: Large) -> list[Any]:
+    """The server's DICOM Instances Transferred messages of C-GET / C-MOVE, oldest first."""
+    return [m for m in messages(large.server, "--event", "110104")
+            if m.find("EventIdentification").get("EventActionCode") == "R"]
+
+
+def _outcome_description(message: Any) -> str:
+    return str(message.findtext("EventIdentification/EventOutcomeDescription") or "")
+
+
+@pytest.mark.parametrize("size", [MiB, MEDIUM], ids=["held whole", "streamed"])
+def test_an_object_the_requestor_refuses_is_audited_as_failed(large: Large, size: int) -> None:
+    """The requestor answers the C-STORE sub-operation with a failure (0xA700, out of
+    resources): the C-GET ends failed (0xA702), and the audit trail lists the object as
+    failed, not as transferred; it counted whatever pynetdicom had encoded before."""
+    uid = large.store(f"refused-{size}", size)
+    audited = len(_retrieved(large))
+
+    received, final, _ = _get(large, uid, answer=0xA700)
+
+    assert final.Status == 0xA702, final
+    assert list(received) == [uid]  # it was sent, and refused
+    [refused] = _retrieved(large)[audited:]
+    assert "instances=0; failed=1" in _outcome_description(refused)
+    assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+    assert large.series[uid][0] not in studies(refused)
+    # Taken with a warning (0xB000, coercion of data elements): transferred.
+    received, final, _ = _get(large, uid, answer=0xB000)
+    assert final.Status == 0xB000, final
+    [warned] = _retrieved(large)[audited + 1:]
+    assert "instances=1; failed=0" in _outcome_description(warned)
+    assert large.series[uid][0] in studies(warned)
 
 
 def test_a_deflated_object_goes_inflated_as_it_is_sent(large: Large) -> None:

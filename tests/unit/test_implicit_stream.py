@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from mimic_server.archive.inflated import inflated_pieces
-from mimic_server.codec.implicit_stream import implicit_pieces
+from mimic_server.codec.implicit_stream import MAX_NESTING, implicit_pieces
 from mimic_server.errors import CannotUnderstand
 from tests.data import storable_files
 
@@ -176,27 +176,97 @@ def test_a_data_set_read_as_implicit_is_copied_whole() -> None:
     assert _implicit(data, piece=5, size=3) == data
 
 
-def test_deep_nesting_does_not_recurse() -> None:
-    data = b""
-    for _ in range(5_000):  # Python's default recursion limit is 1,000
-        data = _explicit(0x0040A730, b"SQ", _implicit_element(ITEM, data))
-    ours = _implicit(data, piece=1 << 16, size=1 << 16)
-    assert ours.count(b"\xfe\xff\xdd\xe0") == 5_000
-    assert len(ours) == 5_000 * (8 + 8 + 8 + 8)
+def test_deep_nesting_does_not_recurse_and_is_bounded() -> None:
+    """100 levels re-encode; nesting past ``MAX_NESTING`` frames is refused where it is
+    met, so a crafted data set (4 million levels deflate to 326 KiB) cannot grow the walk's
+    stack, and what pydicom could not write (250 levels) is never attempted."""
+    def nested(levels: int) -> bytes:
+        data = b""
+        for _ in range(levels):
+            data = _explicit(0x0040A730, b"SQ", _implicit_element(ITEM, data))
+        return data
+
+    ours = _implicit(nested(100), piece=1 << 16, size=1 << 16)
+    assert ours.count(b"\xfe\xff\xdd\xe0") == 100
+    assert len(ours) == 100 * (8 + 8 + 8 + 8)
+    assert 2 * 100 < MAX_NESTING < 2 * 250
+    with pytest.raises(CannotUnderstand, match="nested too deep"):
+        _implicit(nested(250), piece=1 << 16, size=1 << 16)
+
+
+def _as_pydicom_converts(data: bytes) -> None:
+    """The re-encoding of the explicit ``data``, cut everywhere, reads in pydicom as
+    pydicom's own conversion does."""
+    fp = DicomBytesIO(data)
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    theirs = _read_implicit(_encoded(read_dataset(fp, False, True), implicit=True))
+    for piece, size in ((1, 1), (3, 7), (len(data), 4096)):
+        ours = _read_implicit(_implicit(data, piece, size))
+        assert _differences(ours, theirs) == [], (piece, size)
+
+
+_TAIL = _explicit(0x00100030, b"DA", b"20000101")
+_ID = _explicit(0x00100020, b"LO", b"ID")
+
+
+@pytest.mark.parametrize("data", [
+    # PS3.5 6.2.2: an undefined-length UN is a sequence; this one's item is explicit VR
+    struct.pack("<HH2s2xL", 0x0009, 0x1010, b"UN", 0xFFFFFFFF)
+    + _implicit_element(ITEM, _ID) + _implicit_element(SEQ_END, b"") + _TAIL,
+    struct.pack("<HH2s2xL", 0x0040, 0xA730, b"UN", 0xFFFFFFFF)
+    + _implicit_element(ITEM, b"", 0xFFFFFFFF) + _ID + _implicit_element(ITEM_END, b"")
+    + _implicit_element(SEQ_END, b"") + _TAIL,
+    # a defined-length item that ends with an Item Delimitation Item anyway
+    _explicit(0x0040A730, b"SQ", _implicit_element(ITEM, _ID + _implicit_element(ITEM_END, b"")))
+    + _TAIL,
+    # a defined-length sequence that ends with a Sequence Delimitation Item, bytes after it
+    _explicit(0x0040A730, b"SQ", _implicit_element(ITEM, _ID) + _implicit_element(SEQ_END, b"")
+              + b"\0" * 6) + _TAIL,
+    # an element that switches to implicit VR within an item (pydicom reads it so)
+    _explicit(0x0040A730, b"SQ", _implicit_element(ITEM, _ID + _implicit_element(0x00100021,
+                                                                                b"XY")))
+    + _TAIL,
+    # a group length within an item, and a value of odd length
+    _explicit(0x0040A730, b"SQ", _implicit_element(
+        ITEM, _explicit(0x00100000, b"UL", b"\x0a\0\0\0") + _explicit(0x00100020, b"LO", b"ODD")))
+    + _TAIL,
+], ids=["UN, explicit item", "UN, undefined item", "item ends early", "sequence ends early",
+        "switch to implicit", "group length in an item, odd length"])
+def test_what_pydicom_reads_in_sequences_is_re_encoded_as_it_converts_it(data: bytes) -> None:
+    _as_pydicom_converts(data)
+
+
+def test_a_group_length_in_an_item_is_left_out_and_an_odd_value_kept() -> None:
+    item = _explicit(0x00100000, b"UL", b"\x0a\0\0\0") + _explicit(0x00100020, b"LO", b"ODD")
+    ours = _implicit(_explicit(0x0040A730, b"SQ", _implicit_element(ITEM, item)))
+    assert ours == (_implicit_element(0x0040A730, b"", 0xFFFFFFFF)
+                    + _implicit_element(ITEM, b"", 0xFFFFFFFF)
+                    + _implicit_element(0x00100020, b"ODD")
+                    + _implicit_element(ITEM_END, b"") + _implicit_element(SEQ_END, b""))
+
+
+def test_encapsulated_pixel_data_in_a_native_syntax_is_copied_as_pydicom_writes_it() -> None:
+    """Out of place in Explicit VR Little Endian, yet stored (the receive walk walks its
+    items): its items copied as they are, behind an implicit header."""
+    items = (_implicit_element(ITEM, b"") + _implicit_element(ITEM, b"\xff\xd8\xff\xd9")
+             + _implicit_element(SEQ_END, b""))
+    data = _TAIL + struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", 0xFFFFFFFF) + items
+    assert _implicit(data, piece=3, size=5) == (
+        _implicit_element(0x00100030, b"20000101")
+        + _implicit_element(0x7FE00010, b"", 0xFFFFFFFF) + items)
 
 
 @pytest.mark.parametrize(("data", "why"), [
-    (_explicit(0x7FE00010, b"OB", b"")[:8] + b"\xff\xff\xff\xff", "undefined length"),
     (_explicit(0x00100020, b"LO", b"ID") + struct.pack("<HH2sH", 0x0010, 0x0030, b"ZZ", 2)
      + b"AB", "unknown VR"),
     (_explicit(0x00100010, b"PN", b"Doe^J ")[:-2], "overruns"),
     (_explicit(0x00100010, b"PN", b"Doe^J ") + b"\x10\x00", "ends within"),
     (_explicit(0x0040A730, b"SQ", _implicit_element(ITEM, _explicit(0x00100020, b"LO", b"ID"),
-                                                    4)), "overruns its sequence item"),
+                                                    4)), "overruns its sequence or item"),
     (_implicit_element(ITEM_END, b"")[:4] + b"UL\0\0" + _explicit(0x00100020, b"LO", b"ID"),
      "outside an item"),
     (_explicit(0x0040A730, b"SQ", _explicit(0x00100020, b"LO", b"ID")), "where a sequence"),
-], ids=["encapsulated", "unknown VR", "value cut", "header cut", "item overrun",
+], ids=["unknown VR", "value cut", "header cut", "item overrun",
         "item end at top level", "element among items"])
 def test_what_is_refused(data: bytes, why: str) -> None:
     with pytest.raises(CannotUnderstand, match=why):

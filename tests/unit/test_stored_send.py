@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from typing import Any
 
 import pydicom
@@ -17,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from mimic_server.archive.read import open_verified
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder
 from mimic_server.dimse.retrieve import datasets
+from mimic_server.errors import CannotUnderstand
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage.memory import MemoryStore
 from tests.data import ct_small
@@ -65,18 +67,67 @@ def test_an_object_is_sent_as_stored_without_being_parsed(
     assert sent._mimic_encoded
 
 
-def test_a_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would(
+def test_a_conversion_to_implicit_vr_re_encodes_the_stored_bytes_unparsed(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """To Implicit VR Little Endian (the syntax every destination accepts) the stored
+    bytes are re-encoded without pydicom (``codec/implicit_stream.py``), and read back as
+    pynetdicom's own conversion."""
+    store, ref, _data, parsed = _stored()
+    [sent] = datasets(store, [ref])
+    theirs = ORIGINAL_ENCODE(parsed, True, True, False)
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    converted = stored_bytes_send(sent, True, True, False)
+    monkeypatch.undo()
+    ours_read = _read_implicit(converted)
+    assert ours_read == _read_implicit(theirs)
+    assert ours_read.SOPInstanceUID == parsed.SOPInstanceUID
+    assert ours_read.PixelData == parsed.PixelData
+
+
+def _read_implicit(data: bytes) -> pydicom.Dataset:
+    back = pydicom.dcmread(io.BytesIO(data), force=True)
+    back.file_meta = pydicom.dataset.FileMetaDataset()
+    back.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return back
+
+
+def test_another_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would(
     stored_bytes_send: Any,
 ) -> None:
     store, ref, _data, parsed = _stored()
     [sent] = datasets(store, [ref])
-    converted = stored_bytes_send(sent, True, True, False)  # Implicit VR Little Endian
-    assert converted == ORIGINAL_ENCODE(parsed, True, True, False)
-    back = pydicom.dcmread(io.BytesIO(converted), force=True)
-    back.file_meta = pydicom.dataset.FileMetaDataset()
-    back.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    assert back.SOPInstanceUID == parsed.SOPInstanceUID
-    assert back.PixelData == parsed.PixelData
+    converted = stored_bytes_send(sent, False, False, False)  # Explicit VR Big Endian
+    assert converted == ORIGINAL_ENCODE(parsed, False, False, False)
+
+
+def test_a_data_set_nested_too_deep_fails_its_conversion_without_pydicom(
+    stored_bytes_send: Any,
+) -> None:
+    """250 levels of sequences, 5 KB: pydicom's encoder recursed past Python's limit and
+    took the process down (a segmentation fault), or wedged its association. Now the
+    conversion is refused (the sub-operation fails); sent as stored, it goes as stored."""
+    store, ref, data, _parsed = _stored()
+    nested = b""
+    for _ in range(250):
+        nested = (struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(nested) + 8)
+                  + struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested)
+    verified = open_verified(store, ref)
+    assert verified is not None
+    offset = verified.dataset_offset
+    pixel = data.index(b"\xe0\x7f\x10\x00", offset)
+    deep = data[:pixel] + nested + data[pixel:]
+    store.objects["k"] = deep
+    ref = InstanceRef(ref.sop_class_uid, ref.sop_instance_uid, ExplicitVRLittleEndian, "k",
+                      hashlib.sha256(deep).hexdigest())
+    [sent] = datasets(store, [ref])
+    with pytest.raises(CannotUnderstand, match="nested too deep"):
+        stored_bytes_send(sent, True, True, False)
+    assert bytes(stored_bytes_send(sent, False, True, False)) == deep[offset:]
 
 
 def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
