@@ -130,6 +130,7 @@ PDATA_BATCHES = "pdata-batches"
 ANSWER_ENCODER = "answer-encoder"
 STORED_BYTES_SEND = "stored-bytes-send"
 STREAMED_SEND = "streamed-send"
+ANSWERED_SEND = "answered-send"
 RETRY_AFTER_CAP = "key-vault-retry-after-cap"
 IDENTITY_HOOK = "identity-hook"
 SERVER_REGISTRATION = "server-registration"
@@ -444,15 +445,27 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         STORED_BYTES_SEND,
-        "mimic_server.dimse.raw_send:stored_bytes_encoder (replaces pynetdicom.association.encode) "
-        "and answered_send (wraps Association.send_c_store)",
-        "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored, and "
-        "the audit trail counts an object the destination refused, or that was cut off "
-        "midway, as transferred",
+        "mimic_server.dimse.raw_send:stored_bytes_encoder (replaces pynetdicom.association.encode)",
+        "C-GET / C-MOVE sub-operations send objects re-encoded by pydicom, not as stored",
         (PYNETDICOM, PYDICOM),
         (
             _ASSOCIATION_ENCODE,
             _SEND_C_STORE,  # encodes each sub-operation's data set through that module global
+        ),
+    ),
+    Patch(
+        ANSWERED_SEND,
+        "mimic_server.dimse.raw_send:answered_send (wraps Association.send_c_store)",
+        "the audit trail of C-GET / C-MOVE counts what pynetdicom encoded as transferred: an "
+        "object the destination refused, or that was cut off midway, included",
+        (PYNETDICOM,),
+        (
+            _SEND_C_STORE,  # returns the response's status Dataset (empty: no response)
+            # each yielded dataset is sent by send_c_store before the next is asked for
+            Site("pynetdicom.service_class:QueryRetrieveServiceClass._get_scp",
+                 mentions="self.assoc.send_c_store(dataset"),
+            Site("pynetdicom.service_class:QueryRetrieveServiceClass._move_scp",
+                 mentions="store_assoc.send_c_store("),
         ),
     ),
     Patch(
@@ -1026,8 +1039,11 @@ def _answer_encoder(enabled: bool = True) -> None:
 
 def _stored_bytes_send() -> None:
     _wrap(pynetdicom.association, "encode", raw_send.stored_bytes_encoder, STORED_BYTES_SEND)
+
+
+def _answered_send() -> None:
     _wrap(pynetdicom.association.Association, "send_c_store", raw_send.answered_send,
-          STORED_BYTES_SEND)
+          ANSWERED_SEND)
 
 
 def _streamed_send(enabled: bool = True) -> None:
@@ -1132,6 +1148,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     PDATA_BATCHES: _pdata_batches,
     ANSWER_ENCODER: _answer_encoder,
     STORED_BYTES_SEND: _stored_bytes_send,
+    ANSWERED_SEND: _answered_send,
     STREAMED_SEND: _streamed_send,
     RETRY_AFTER_CAP: _retry_after_cap,
     PROCESS_SWITCHES: _set_process_switches,

@@ -25,12 +25,12 @@ each item is read as implicit VR when its first element says so (as
 ``codec.structure.read_as_implicit`` decides for a data set), a Sequence or Item
 Delimitation Item ends its sequence or item whatever its defined length, and an element
 whose VR is not two capital letters is read as implicit VR. Content that is implicit VR
-already (an item so read, or an element so switched) and the items of an undefined-length
-value that is neither a sequence nor a UN (encapsulated Pixel Data, out of place in a native
-syntax) are copied as they are. What is refused (``CannotUnderstand``, raised where it is
-met: the caller has sent what came before, and aborts): an unknown VR, an element that
-overruns what contains it, a data set cut short, an Item Delimitation Item outside any item,
-and nesting deeper than :data:`MAX_NESTING` frames.
+already (an item so read, or an element so switched, its value included) and the items of
+an undefined-length value that is neither a sequence nor a UN (encapsulated Pixel Data, out
+of place in a native syntax) are copied as they are. What is refused (``CannotUnderstand``,
+raised where it is met: the caller has sent what came before, and aborts): an unknown VR,
+an element or item that overruns what contains it, a data set cut short, an Item
+Delimitation Item outside any item, and nesting deeper than :data:`MAX_NESTING` frames.
 """
 
 from __future__ import annotations
@@ -129,6 +129,8 @@ class _Reader:
 
     def values(self, n: int) -> Iterator[memoryview]:
         """The next ``n`` bytes, as they come."""
+        if n < 0:
+            raise CannotUnderstand("an element overruns what contains it")
         while n:
             if not self._fill():
                 raise CannotUnderstand("a value overruns the data set")
@@ -159,6 +161,8 @@ def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
             raise CannotUnderstand("sequences nested too deep")
         if kind == _ITEMS:
             head = reader.take(8)
+            if end is not None and reader.offset > end:
+                raise CannotUnderstand("an item overruns its sequence")
             tag, length = head[:4], _LENGTH.unpack_from(head, 4)[0]
             if tag == _SEQUENCE_END:
                 # Ends the sequence, also one of defined length, whose remaining bytes

@@ -18,7 +18,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+from pynetdicom.status import (
+    STATUS_FAILURE,
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
 
 from mimic_server.dimse.raw_send import answered_send_in_use
 from mimic_server.dimse.retrieve import index_row_of
@@ -162,16 +167,17 @@ def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
 
 
 def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:
-    """Count a dataset pynetdicom was given: sent if it was encoded and the destination's
-    response took it (Success or Warning, ``raw_send.answered_send``); else 1, failed: no
-    presentation context, a refusal, no response (a send cut off midway). A stored object
+    """Count a dataset pynetdicom was given: sent if the destination's response took it
+    (Success or Warning, ``raw_send.answered_send``); else 1, failed: no presentation
+    context, a refusal, no response (a send cut off midway). Without that wrapper (fence
+    entry ``answered-send`` off): sent if it was encoded. A stored object
     is named by its index row (its study and patient as the index files them); the objects
     sent are never parsed for the audit."""
-    if not getattr(dataset, "_mimic_encoded", False):
-        return 1
-    # Without the fence's wrapper the response is unknown: an encoded object counts as sent.
-    if answered_send_in_use() and not _taken(getattr(dataset, "_mimic_answer", None)):
-        return 1
+    if answered_send_in_use():
+        if not _taken(getattr(dataset, "_mimic_answer", None)):
+            return 1
+    elif not getattr(dataset, "_mimic_encoded", False):
+        return 1  # without the fence's wrapper the response is unknown: encoded is sent
     row = index_row_of(dataset)
     if row is None:
         return 1
@@ -182,8 +188,12 @@ def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str,
 
 
 def _taken(answer: int | None) -> bool:
-    """Whether a C-STORE response's Status says the destination took the object."""
-    return answer is not None and code_to_category(answer) in (STATUS_SUCCESS, STATUS_WARNING)
+    """Whether a C-STORE response's Status says the destination took the object, as
+    pynetdicom counts it: a code the Storage Service Class does not define is a failure."""
+    if answer is None:
+        return False
+    category = STORAGE_SERVICE_CLASS_STATUS.get(answer, (STATUS_FAILURE, ""))[0]
+    return category in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def _status(item: Any, previous: int) -> int:

@@ -266,8 +266,11 @@ def test_encapsulated_pixel_data_in_a_native_syntax_is_copied_as_pydicom_writes_
     (_implicit_element(ITEM_END, b"")[:4] + b"UL\0\0" + _explicit(0x00100020, b"LO", b"ID"),
      "outside an item"),
     (_explicit(0x0040A730, b"SQ", _explicit(0x00100020, b"LO", b"ID")), "where a sequence"),
+    # a Sequence Delimitation Item's header past the end of its defined-length sequence:
+    # the rest to skip was negative, and the walk turned on the spot for ever (review)
+    (_explicit(0x0040A730, b"SQ", b"\xfe\xff\xdd\xe0") + _TAIL, "overruns its sequence"),
 ], ids=["unknown VR", "value cut", "header cut", "item overrun",
-        "item end at top level", "element among items"])
+        "item end at top level", "element among items", "delimiter past the end"])
 def test_what_is_refused(data: bytes, why: str) -> None:
     with pytest.raises(CannotUnderstand, match=why):
         _implicit(data)
