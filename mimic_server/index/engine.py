@@ -129,10 +129,17 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
         since = record.info.pop(_IDLE_SINCE, None)
         if since is None or time.monotonic() - since < idle_seconds:
             return
+        dbapi = engine.dialect.loaded_dbapi
         try:
             engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as exc:
-            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+        except dbapi.Error as exc:
+            # psycopg may see the socket gone before libpq does ("connection socket
+            # closed", an OperationalError, the connection not yet marked broken), and the
+            # ping's own clean-up then raises a ProgrammingError over it: either, anywhere
+            # in the chain, is a lost connection.
+            chain = [exc, exc.__context__, exc.__cause__]
+            if any(isinstance(e, dbapi.OperationalError) for e in chain) or (
+                    engine.dialect.is_disconnect(exc, dbapi_connection, None)):
                 raise InvalidatePoolError("an idle pooled connection was lost") from exc
             raise
 

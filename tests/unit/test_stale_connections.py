@@ -163,6 +163,41 @@ def test_an_idle_connection_is_pinged_and_replaced_before_a_read(
         index.engine.dispose()
 
 
+def test_a_ping_that_finds_the_socket_gone_before_libpq_does_replaces_it(
+    url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psycopg can see a lost connection's socket gone before libpq marks it broken: the
+    ping's query raises "connection socket closed" (OperationalError), and its clean-up,
+    setting autocommit back, raises a ProgrammingError over it, the connection not yet
+    ``broken``. That is a lost connection too: replaced, the read answers (it failed the
+    next C-STORE as 'index unavailable' once in CI)."""
+    import psycopg
+
+    monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
+    index = SqlIndex(create_index_engine(url))
+    try:
+        assert index.count_instances() == 0
+        dialect = index.engine.dialect
+        real_ping, pings = dialect.do_ping, []
+
+        def ping_as_in_the_race(dbapi_connection: Any) -> bool:
+            pings.append(dbapi_connection)
+            if len(pings) > 1:
+                return real_ping(dbapi_connection)
+            try:
+                raise psycopg.OperationalError("connection socket closed")
+            except psycopg.OperationalError:
+                raise psycopg.ProgrammingError(
+                    "can't change 'autocommit' now: connection in transaction status ACTIVE"
+                ) from None
+
+        monkeypatch.setattr(dialect, "do_ping", ping_as_in_the_race)
+        assert index.count_instances() == 0  # on a fresh connection (not pinged: new)
+        assert len(pings) == 1 and pings[0].closed  # the one pinged was thrown away
+    finally:
+        index.engine.dispose()
+
+
 def _study_identifier(ds: Dataset) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
