@@ -100,6 +100,22 @@ class Large:
             path.unlink()
         return uid
 
+    def store_deflated(self, name: str, size: int) -> tuple[str, Path, str]:
+        """``write_large_deflated``'s object stored by pynetdicom in Deflated Explicit VR
+        Little Endian: its SOP Instance UID, its file, the SHA-256 of its data set inflated."""
+        path = self.root / f"{name}.dcm"
+        uid, inflated = write_large_deflated(path, size)
+        ae = AE(ae_title="MODALITY1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context(SecondaryCaptureImageStorage, [DeflatedExplicitVRLittleEndian])
+        assoc = ae.associate(HOST, self.server.port, ae_title="MIMIC", tls_args=self.tls())
+        assert assoc.is_established
+        assert assoc.send_c_store(path).Status == 0x0000
+        assoc.release()
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        self.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+        return uid, path, inflated
+
     def tls(self) -> Any:
         s = self.server
         return (client_context(s.client_cert, s.client_key, s.ca_cert), "localhost")
@@ -401,17 +417,7 @@ def test_a_deflated_object_goes_inflated_as_it_is_sent(large: Large) -> None:
     (pynetdicom would pick it): the data set arrives in Explicit VR, inflated, byte for
     byte what was deflated, and the server never holds it inflated. pydicom inflated and
     re-encoded it whole before (the server's peak rose by 642 MiB; now under 1 MiB)."""
-    path = large.root / "deflated.dcm"
-    uid, inflated = write_large_deflated(path, LARGE)
-    ae = AE(ae_title="MODALITY1")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(SecondaryCaptureImageStorage, [DeflatedExplicitVRLittleEndian])
-    assoc = ae.associate(HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls())
-    assert assoc.is_established
-    assert assoc.send_c_store(path).Status == 0x0000
-    assoc.release()
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+    uid, _, inflated = large.store_deflated("deflated", LARGE)
     assert large.server.object_for(uid).stat().st_size < MiB
     pid = large.server.proc.pid  # type: ignore[union-attr]
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -455,16 +461,7 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_requestor(
     and the server holds a few fragments of it, never the object (pydicom parsed and
     re-encoded it whole before: some three times its size)."""
     if deflated:
-        path = large.root / "implicit-deflated.dcm"
-        uid, _ = write_large_deflated(path, LARGE)
-        ae = AE(ae_title="MODALITY1")
-        ae.add_requested_context(SecondaryCaptureImageStorage, [DeflatedExplicitVRLittleEndian])
-        assoc = ae.associate(HOST, large.server.port, ae_title="MIMIC", tls_args=large.tls())
-        assert assoc.is_established
-        assert assoc.send_c_store(path).Status == 0x0000
-        assoc.release()
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+        uid, path, _ = large.store_deflated("implicit-deflated", LARGE)
     else:
         uid = large.store("implicit", LARGE, keep=True)
         path = large.root / "implicit.dcm"
