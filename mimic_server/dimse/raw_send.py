@@ -24,7 +24,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from mimic_server.archive.read import reference
-from mimic_server.codec.implicit_stream import implicit_pieces
+from mimic_server.codec.implicit_stream import MAX_NESTING, implicit_pieces
+from mimic_server.codec.nesting import nests_deeper_than
 from mimic_server.errors import CannotUnderstand
 
 if TYPE_CHECKING:
@@ -83,16 +84,29 @@ class StoredDataset(Dataset):
         return stored
 
     def parsed(self) -> Dataset:
-        """The whole dataset, for pynetdicom's encoder to convert (a stand-in is parsed)."""
+        """The whole dataset, for pynetdicom's encoder to convert (a stand-in is parsed).
+        Raises ``CannotUnderstand`` for one nested too deep for pydicom (``codec/nesting``)."""
         if self._mimic_part10 is None:
             return self
+        implicit, _little, deflated = self._mimic_encoding
+        if not deflated:
+            refuse_if_too_deep(self._mimic_raw, implicit)
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 
 
-def _reference(ds: StoredDataset) -> str:
-    """The object as logs name it (``archive.read.reference``: a prefix of its SHA-256)."""
-    ref = getattr(ds, "_mimic_ref", None)
-    return reference(ref) if ref is not None else "unknown"
+def refuse_if_too_deep(data: bytes | memoryview, implicit: bool) -> None:
+    """Raise ``CannotUnderstand`` when the data set ``data`` nests its sequences deeper than
+    pydicom's recursive encoder can take (``codec/nesting.py``)."""
+    if nests_deeper_than(data, implicit, MAX_NESTING):
+        raise CannotUnderstand("sequences nested too deep")
+
+
+def conversion_refused(ref: InstanceRef | None, exc: CannotUnderstand) -> None:
+    log.error(
+        "C-STORE sub-operation failed: the stored data set could not be converted to the "
+        "destination's transfer syntax",
+        extra={"object": reference(ref) if ref is not None else None, "reason": str(exc)},
+    )
 
 
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
@@ -136,23 +150,18 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             wanted = (is_implicit_vr, is_little_endian, deflated)
             if ds._mimic_encoding == wanted:
                 return ds._mimic_raw
-            if wanted == _IMPLICIT_LITTLE and (
-                    ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian):
-                # Re-encoded from its stored bytes, as a large one is as it is sent: values
-                # as stored, and no pydicom parse (a data set nested a few hundred levels
-                # deep, some kilobytes, takes pydicom's encoder past Python's recursion
-                # limit and the process down with it). CannotUnderstand fails the
-                # sub-operation; nothing was sent.
-                try:
+            try:
+                if wanted == _IMPLICIT_LITTLE and (
+                        ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian):
+                    # Re-encoded from its stored bytes, as a large one is as it is sent:
+                    # values as stored, and no pydicom parse (a data set nested a few hundred
+                    # levels deep, some kilobytes, takes pydicom's encoder past Python's
+                    # recursion limit and the process down with it).
                     return b"".join(implicit_pieces(iter((ds._mimic_raw,)), 1 << 20))
-                except CannotUnderstand as exc:
-                    log.error(
-                        "C-STORE sub-operation failed: the stored data set could not be "
-                        "re-encoded for the destination's transfer syntax",
-                        extra={"object": _reference(ds), "reason": str(exc)},
-                    )
-                    raise
-            ds = ds.parsed()
+                ds = ds.parsed()
+            except CannotUnderstand as exc:  # the sub-operation fails; nothing was sent
+                conversion_refused(getattr(ds, "_mimic_ref", None), exc)
+                raise
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
     encode._mimic_stored_bytes = True  # type: ignore[attr-defined]

@@ -57,6 +57,7 @@ from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import VerifiedObject, reference
 from mimic_server.codec.command_set import send_held
 from mimic_server.codec.implicit_stream import implicit_pieces
+from mimic_server.dimse.raw_send import conversion_refused, refuse_if_too_deep
 from mimic_server.errors import CannotUnderstand, OutOfResources
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,15 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                     extra={"object": reference(stored.ref), "bytes": stored.size,
                            "deflated": ds._mimic_encoding == _DEFLATED},
                 )
-            ds = pydicom.dcmread(io.BytesIO(stored.read()))
+            data = stored.read()
+            if ds._mimic_encoding != _DEFLATED:
+                try:
+                    refuse_if_too_deep(memoryview(data)[stored.dataset_offset:],
+                                       ds._mimic_encoding[0])
+                except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
+                    conversion_refused(stored.ref, exc)
+                    raise
+            ds = pydicom.dcmread(io.BytesIO(data))
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
     return encode

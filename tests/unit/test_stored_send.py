@@ -105,6 +105,44 @@ def test_another_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would
     assert converted == ORIGINAL_ENCODE(parsed, False, False, False)
 
 
+def test_an_implicit_vr_data_set_nested_too_deep_is_never_given_to_pydicom(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored in Implicit VR, to a destination that took only Explicit VR: converted by
+    pydicom whole, unless its sequences nest deeper than pydicom's encoder can take
+    (``codec/nesting``): then the sub-operation fails (logged), and pydicom never sees it."""
+    _store, _ref, _data, parsed = _stored()
+    flat = ORIGINAL_ENCODE(parsed, True, True, False)  # the data set in Implicit VR
+    pixel = flat.index(b"\xe0\x7f\x10\x00")
+    nested = b""
+    for _ in range(250):
+        nested = (struct.pack("<HHL", 0x0040, 0xA730, len(nested) + 8)
+                  + struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested)
+    part10 = _part10(flat[:pixel] + nested + flat[pixel:], ImplicitVRLittleEndian, parsed)
+    store = MemoryStore()
+    store.objects["k"] = part10
+    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
+                      ImplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
+    [sent] = datasets(store, [ref])
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    with pytest.raises(CannotUnderstand, match="nested too deep"):
+        stored_bytes_send(sent, False, True, False)
+
+
+def _part10(dataset: bytes, syntax: str, parsed: pydicom.Dataset) -> bytes:
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = parsed.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = parsed.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    head = pydicom.filebase.DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(head, meta)
+    return b"\0" * 128 + b"DICM" + head.getvalue() + dataset
+
+
 def test_a_data_set_nested_too_deep_fails_its_conversion_without_pydicom(
     stored_bytes_send: Any,
 ) -> None:

@@ -1,0 +1,99 @@
+"""How deep a stored data set's sequences nest, looked at before pydicom is given it whole.
+
+pydicom reads and writes sequences by recursion, some frames of Python per level: a data set
+of 5 KB whose sequences nest 250 levels deep takes its encoder past Python's recursion
+limit, and what it does then (formatting each level's exception into the next) took the
+process down in a test (a segmentation fault) and, in the server, held a C-GET for 31 s and
+left a thread that had to be killed. The receive walk (``codec.structure``) does not look
+inside sequences of defined length, so such an object can be stored. Where the archive
+still hands a whole stored object to pydicom to convert it between transfer syntaxes (from
+Implicit VR, to or from Big Endian: ``dimse/raw_send``, ``dimse/stream_send``), this looks
+first, and a data set nested deeper than :data:`~mimic_server.codec.implicit_stream.
+MAX_NESTING` frames is refused instead.
+
+The look is conservative where the encoding leaves it open: in implicit VR a value of defined
+length that starts with an Item tag counts as a sequence (pydicom reads an unknown private
+element so; for a known one that is not a sequence, counting it only makes the look
+stricter). Each data set or item is read as implicit or explicit VR by its first element,
+as pydicom reads it. What does not parse ends the look (the receive walk accepted the
+object; pydicom will say what it makes of it).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_END = b"\xfe\xff\x0d\xe0"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0"
+_VR_LONG = frozenset(str(vr).encode() for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
+_LENGTH = struct.Struct("<L")
+_SHORT_LENGTH = struct.Struct("<H")
+_ELEMENTS, _ITEMS = 0, 1
+
+
+def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> bool:
+    """Whether the little endian data set ``data`` (from its first element on) nests its
+    sequences and items deeper than ``limit`` frames (a sequence and each of its items
+    count one each). Iterative: any depth is looked at in constant Python stack."""
+    view = memoryview(data).cast("B")
+    size = view.nbytes
+    # Frames: (kind, implicit, end); end None for an undefined length (ended by its delimiter).
+    stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(view, 0, implicit),
+                                                  size)]
+    pos = 0
+    while stack:
+        kind, frame_implicit, end = stack[-1]
+        if pos >= (size if end is None else end):
+            stack.pop()
+            continue
+        if pos + 8 > size:
+            return False
+        tag = bytes(view[pos:pos + 4])
+        if kind == _ITEMS:
+            length = _LENGTH.unpack_from(view, pos + 4)[0]
+            pos += 8
+            if tag == _SEQUENCE_END:
+                stack.pop()
+                continue
+            if tag != _ITEM:
+                return False
+            inner = frame_implicit or _looks_implicit(view, pos, False)
+            stack.append((_ELEMENTS, inner, None if length == _UNDEFINED else pos + length))
+        elif tag == _ITEM_END:
+            pos += 8
+            stack.pop()
+            continue
+        else:
+            vr = None if frame_implicit else bytes(view[pos + 4:pos + 6])
+            if vr is None or not (b"AA" <= vr <= b"ZZ"):  # implicit, or switched to it
+                vr = None
+                length, pos = _LENGTH.unpack_from(view, pos + 4)[0], pos + 8
+            elif vr in _VR_LONG:
+                if pos + 12 > size:
+                    return False
+                length, pos = _LENGTH.unpack_from(view, pos + 8)[0], pos + 12
+            else:
+                length, pos = _SHORT_LENGTH.unpack_from(view, pos + 6)[0], pos + 8
+            if length == _UNDEFINED:
+                stack.append((_ITEMS, frame_implicit, None))
+            elif vr in (None, b"SQ", b"UN") and bytes(view[pos:pos + 4]) == _ITEM:
+                stack.append((_ITEMS, frame_implicit or vr == b"UN", pos + length))
+            else:
+                pos += length
+        if len(stack) > limit:
+            return True
+    return False
+
+
+def _looks_implicit(view: memoryview, pos: int, implicit: bool) -> bool:
+    """Whether the elements from ``pos`` on are read as implicit VR, as pydicom decides it:
+    by whether the first element's VR is two upper-case letters."""
+    if implicit:
+        return True
+    if pos + 6 > view.nbytes or bytes(view[pos:pos + 4]) in (_ITEM_END, _SEQUENCE_END):
+        return False
+    return not (0x40 < view[pos + 4] < 0x5B and 0x40 < view[pos + 5] < 0x5B)
