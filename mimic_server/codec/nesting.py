@@ -7,9 +7,11 @@ process down in a test (a segmentation fault) and, in the server, held a C-GET f
 left a thread that had to be killed. The receive walk (``codec.structure``) does not look
 inside sequences of defined length, so such an object can be stored. Where the archive
 still hands a whole stored object to pydicom to convert it between transfer syntaxes (from
-Implicit VR, to or from Big Endian: ``dimse/raw_send``, ``dimse/stream_send``), this looks
-first, and a data set nested deeper than :data:`~mimic_server.codec.implicit_stream.
-MAX_NESTING` frames is refused instead.
+Implicit VR, from Explicit VR to Big Endian: ``dimse/raw_send``, ``dimse/stream_send``),
+this looks first, and a data set nested deeper than
+:data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused instead. (A
+little endian data set only: one stored Deflated or in Big Endian, both rare, is not looked
+at.)
 
 The look is conservative where the encoding leaves it open: in implicit VR a value of defined
 length that starts with an Item tag counts as a sequence (pydicom reads an unknown private

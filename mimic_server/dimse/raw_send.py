@@ -88,8 +88,8 @@ class StoredDataset(Dataset):
         Raises ``CannotUnderstand`` for one nested too deep for pydicom (``codec/nesting``)."""
         if self._mimic_part10 is None:
             return self
-        implicit, _little, deflated = self._mimic_encoding
-        if not deflated:
+        implicit, little, deflated = self._mimic_encoding
+        if little and not deflated:  # (Deflated and Big Endian, rare, are not looked at)
             refuse_if_too_deep(self._mimic_raw, implicit)
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 

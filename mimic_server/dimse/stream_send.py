@@ -145,7 +145,7 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                            "deflated": ds._mimic_encoding == _DEFLATED},
                 )
             data = stored.read()
-            if ds._mimic_encoding != _DEFLATED:
+            if ds._mimic_encoding[1] and ds._mimic_encoding != _DEFLATED:  # as raw_send
                 try:
                     refuse_if_too_deep(memoryview(data)[stored.dataset_offset:],
                                        ds._mimic_encoding[0])

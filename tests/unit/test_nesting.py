@@ -62,12 +62,14 @@ def test_an_undefined_length_un_and_an_item_read_as_implicit_count_too() -> None
     assert not nests_deeper_than(data, False, 63)
 
 
-@pytest.mark.parametrize("stored", storable_files(), ids=lambda f: f.path.name)
+#: Deflated and Big Endian data sets are not looked at (``raw_send.StoredDataset.parsed``).
+_LOOKED_AT = [f for f in storable_files()
+              if f.transfer_syntax_uid not in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")]
+
+
+@pytest.mark.parametrize("stored", _LOOKED_AT, ids=lambda f: f.path.name)
 def test_every_shipped_file_is_within_the_bound(stored: object) -> None:
-    syntax = stored.transfer_syntax_uid  # type: ignore[attr-defined]
-    if syntax in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"):
-        pytest.skip("deflated, or big endian: not looked at")
-    implicit = syntax == "1.2.840.10008.1.2"
+    implicit = stored.transfer_syntax_uid == "1.2.840.10008.1.2"  # type: ignore[attr-defined]
     assert not nests_deeper_than(stored.dataset_bytes(), implicit,  # type: ignore[attr-defined]
                                  MAX_NESTING)
 
