@@ -13,18 +13,18 @@ this looks first, and a data set nested deeper than
 little endian data set only: one stored Deflated or in Big Endian, both rare, is not looked
 at.)
 
-The look is conservative where the encoding leaves it open: in implicit VR a value of defined
-length that starts with an Item tag counts as a sequence (pydicom reads an unknown private
-element so; for a known one that is not a sequence, counting it only makes the look
-stricter). Each data set or item is read as implicit or explicit VR by its first element,
-as pydicom reads it. What does not parse ends the look (the receive walk accepted the
-object; pydicom will say what it makes of it).
+It reads as pydicom reads, and counts conservatively where the encoding leaves it open: a
+sequence is an SQ, or (in implicit VR or as UN) an element the dictionary names a sequence or
+whose value starts with an Item tag; any header among a sequence's items is an item;
+each data set and item, the top level included, is read as implicit or explicit VR by its
+first element. A data set that runs out ends the look.
 """
 
 from __future__ import annotations
 
 import struct
 
+from pydicom.datadict import dictionary_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 _UNDEFINED = 0xFFFFFFFF
@@ -44,7 +44,11 @@ def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> b
     view = memoryview(data).cast("B")
     size = view.nbytes
     # Frames: (kind, implicit, end); end None for an undefined length (ended by its delimiter).
-    stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(view, 0, implicit),
+    # The top level, like each item, is read as its first element says, whatever the
+    # transfer syntax declares (pydicom's reader does the same; ``implicit`` is kept for
+    # the callers' sake).
+    del implicit
+    stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(view, 0, False),
                                                   size)]
     pos = 0
     while stack:
@@ -61,8 +65,7 @@ def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> b
             if tag == _SEQUENCE_END:
                 stack.pop()
                 continue
-            if tag != _ITEM:
-                return False
+            # Any other header here is read by pydicom as an item, whatever its tag.
             inner = frame_implicit or _looks_implicit(view, pos, False)
             stack.append((_ELEMENTS, inner, None if length == _UNDEFINED else pos + length))
         elif tag == _ITEM_END:
@@ -82,13 +85,26 @@ def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> b
                 length, pos = _SHORT_LENGTH.unpack_from(view, pos + 6)[0], pos + 8
             if length == _UNDEFINED:
                 stack.append((_ITEMS, frame_implicit, None))
-            elif vr in (None, b"SQ", b"UN") and bytes(view[pos:pos + 4]) == _ITEM:
-                stack.append((_ITEMS, frame_implicit or vr == b"UN", pos + length))
+            elif vr == b"SQ" or (vr in (None, b"UN") and (
+                    _is_sequence(tag) or bytes(view[pos:pos + 4]) == _ITEM)):
+                # A sequence: explicitly, by the dictionary (as pydicom reads an implicit or
+                # UN one), or by its first item (as it reads a private one).
+                stack.append((_ITEMS, frame_implicit, pos + length))
             else:
                 pos += length
         if len(stack) > limit:
             return True
     return False
+
+
+def _is_sequence(tag: bytes) -> bool:
+    """Whether the data dictionary names the element ``tag`` (its 4 bytes, little endian) a
+    sequence."""
+    group, element = struct.unpack("<HH", tag)
+    try:
+        return bool(dictionary_VR((group << 16) | element) == "SQ")
+    except KeyError:
+        return False
 
 
 def _looks_implicit(view: memoryview, pos: int, implicit: bool) -> bool:

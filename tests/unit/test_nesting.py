@@ -74,6 +74,20 @@ def test_every_shipped_file_is_within_the_bound(stored: object) -> None:
                                  MAX_NESTING)
 
 
-def test_what_does_not_parse_ends_the_look() -> None:
+def test_a_data_set_that_runs_out_ends_the_look() -> None:
     assert not nests_deeper_than(b"\x10\x00\x20\x00LO", False, 1)
-    assert not nests_deeper_than(_sq(_implicit((0x0010, 0x0020), b"ID"), False), False, 1)
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_what_pydicom_reads_as_items_counts_whatever_its_tag(implicit: bool) -> None:
+    """pydicom reads any header among a sequence's items as an item, and a known sequence
+    (here Content Sequence) as one whatever its value starts with; a look that stopped at
+    either missed 400 levels (review)."""
+    data = _implicit((0x0010, 0x0020), b"ID") if implicit else (
+        struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 2) + b"ID")
+    for _ in range(400):
+        data = _sq(_implicit((0xFFFE, 0xE001), data), implicit)  # not an Item tag
+    assert nests_deeper_than(data, implicit, MAX_NESTING)
+    # Declared implicit, explicit by its first element: read as explicit, as pydicom does.
+    if not implicit:
+        assert nests_deeper_than(data, True, MAX_NESTING)
