@@ -483,6 +483,50 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_requestor(
     path.unlink()
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["stored explicit", "stored implicit"])
+def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
+    large: Large, implicit: bool
+) -> None:
+    """A 6 KB object whose sequences nest 250 levels deep (the receive walk does not look
+    inside sequences of defined length, so it is stored): pydicom's recursive encoder held
+    the association 31 s and the process could not stop. Retrieved in the other VR
+    encoding: the sub-operation fails at once (0xA702, its UID listed), nothing reaches the
+    requestor, logged; in its own encoding it goes as stored; the server goes on."""
+    path = large.root / f"deep-{implicit}.dcm"
+    uid = write_large(path, 0, implicit=implicit)
+    nested = b""
+    for _ in range(250):  # (0040,A730) Content Sequence > Item > ... , defined lengths
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested
+        nested = (struct.pack("<HHL", 0x0040, 0xA730, len(item)) if implicit else
+                  struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(item))) + item
+    data = path.read_bytes()
+    pixel = data.rindex(b"\xe0\x7f\x10\x00")
+    path.write_bytes(data[:pixel] + nested + data[pixel:])
+    result = dcmtk(
+        "storescu", *dcmtk_tls(large.server), "-xi" if implicit else "-xe", "-aet",
+        "MODALITY1", "-aec", "MIMIC", "localhost", str(large.server.port), str(path),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+        "StudyInstanceUID", "SeriesInstanceUID"])
+    large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+    other = ExplicitVRLittleEndian if implicit else ImplicitVRLittleEndian
+    own = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+    received, final, assoc = _get(large, uid, syntax=other)
+
+    assert final.Status == 0xA702, final
+    assert final.FailedSOPInstanceUIDList == uid
+    assert received == {}
+    assert not assoc.is_aborted
+    assert any("could not be converted" in e.get("message", "")
+               for e in large.server.log_entries())
+    received, final, _ = _get(large, uid, syntax=own)
+    assert final.Status == 0x0000, final
+    assert list(received) == [uid]
+
+
 def test_conversion_to_explicit_vr_from_implicit_reads_whole(large: Large) -> None:
     """Stored in Implicit VR, to a requestor that takes only Explicit VR: each element's VR
     would have to be looked up, which is not streamed; the object is read whole, and
