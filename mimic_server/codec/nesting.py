@@ -37,7 +37,7 @@ _SHORT_LENGTH = struct.Struct("<H")
 _ELEMENTS, _ITEMS = 0, 1
 
 
-def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> bool:
+def nests_deeper_than(data: bytes | memoryview, limit: int) -> bool:
     """Whether the little endian data set ``data`` (from its first element on) nests its
     sequences and items deeper than ``limit`` frames (a sequence and each of its items
     count one each). Iterative: any depth is looked at in constant Python stack."""
@@ -45,9 +45,7 @@ def nests_deeper_than(data: bytes | memoryview, implicit: bool, limit: int) -> b
     size = view.nbytes
     # Frames: (kind, implicit, end); end None for an undefined length (ended by its delimiter).
     # The top level, like each item, is read as its first element says, whatever the
-    # transfer syntax declares (pydicom's reader does the same; ``implicit`` is kept for
-    # the callers' sake).
-    del implicit
+    # transfer syntax declares (pydicom's reader does the same).
     stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(view, 0, False),
                                                   size)]
     pos = 0

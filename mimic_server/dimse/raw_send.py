@@ -88,16 +88,16 @@ class StoredDataset(Dataset):
         Raises ``CannotUnderstand`` for one nested too deep for pydicom (``codec/nesting``)."""
         if self._mimic_part10 is None:
             return self
-        implicit, little, deflated = self._mimic_encoding
+        _implicit, little, deflated = self._mimic_encoding
         if little and not deflated:  # (Deflated and Big Endian, rare, are not looked at)
-            refuse_if_too_deep(self._mimic_raw, implicit)
+            refuse_if_too_deep(self._mimic_raw)
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 
 
-def refuse_if_too_deep(data: bytes | memoryview, implicit: bool) -> None:
+def refuse_if_too_deep(data: bytes | memoryview) -> None:
     """Raise ``CannotUnderstand`` when the data set ``data`` nests its sequences deeper than
     pydicom's recursive encoder can take (``codec/nesting.py``)."""
-    if nests_deeper_than(data, implicit, MAX_NESTING):
+    if nests_deeper_than(data, MAX_NESTING):
         raise CannotUnderstand("sequences nested too deep")
 
 

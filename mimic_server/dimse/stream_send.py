@@ -147,8 +147,7 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             data = stored.read()
             if ds._mimic_encoding[1] and ds._mimic_encoding != _DEFLATED:  # as raw_send
                 try:
-                    refuse_if_too_deep(memoryview(data)[stored.dataset_offset:],
-                                       ds._mimic_encoding[0])
+                    refuse_if_too_deep(memoryview(data)[stored.dataset_offset:])
                 except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
                     conversion_refused(stored.ref, exc)
                     raise

@@ -44,11 +44,11 @@ def nested(levels: int, implicit: bool, undefined: bool) -> bytes:
 @pytest.mark.parametrize("undefined", [True, False], ids=["undefined", "defined"])
 def test_nesting_is_counted_in_frames_of_sequence_and_item(implicit: bool, undefined: bool) -> None:
     data = nested(100, implicit, undefined)  # 100 sequences, 100 items: 200 frames + top
-    assert not nests_deeper_than(data, implicit, 201)
-    assert nests_deeper_than(data, implicit, 200)
-    assert nests_deeper_than(nested(250, implicit, undefined), implicit, MAX_NESTING)
+    assert not nests_deeper_than(data, 201)
+    assert nests_deeper_than(data, 200)
+    assert nests_deeper_than(nested(250, implicit, undefined), MAX_NESTING)
     # Far past Python's recursion limit, in constant stack.
-    assert nests_deeper_than(nested(5_000, implicit, undefined), implicit, MAX_NESTING)
+    assert nests_deeper_than(nested(5_000, implicit, undefined), MAX_NESTING)
 
 
 def test_an_undefined_length_un_and_an_item_read_as_implicit_count_too() -> None:
@@ -58,8 +58,8 @@ def test_an_undefined_length_un_and_an_item_read_as_implicit_count_too() -> None
         inner = _implicit((0x0040, 0xA730), _implicit(_ITEM, inner))  # implicit inside
     data = struct.pack("<HH2s2xL", 0x0009, 0x1010, b"UN", 0xFFFFFFFF) + _implicit(
         _ITEM, inner) + _implicit(_SEQ_END, b"")
-    assert nests_deeper_than(data, False, 60)
-    assert not nests_deeper_than(data, False, 63)
+    assert nests_deeper_than(data, 60)
+    assert not nests_deeper_than(data, 63)
 
 
 #: Deflated and Big Endian data sets are not looked at (``raw_send.StoredDataset.parsed``).
@@ -69,13 +69,12 @@ _LOOKED_AT = [f for f in storable_files()
 
 @pytest.mark.parametrize("stored", _LOOKED_AT, ids=lambda f: f.path.name)
 def test_every_shipped_file_is_within_the_bound(stored: object) -> None:
-    implicit = stored.transfer_syntax_uid == "1.2.840.10008.1.2"  # type: ignore[attr-defined]
-    assert not nests_deeper_than(stored.dataset_bytes(), implicit,  # type: ignore[attr-defined]
+    assert not nests_deeper_than(stored.dataset_bytes(),  # type: ignore[attr-defined]
                                  MAX_NESTING)
 
 
 def test_a_data_set_that_runs_out_ends_the_look() -> None:
-    assert not nests_deeper_than(b"\x10\x00\x20\x00LO", False, 1)
+    assert not nests_deeper_than(b"\x10\x00\x20\x00LO", 1)
 
 
 @pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
@@ -87,7 +86,5 @@ def test_what_pydicom_reads_as_items_counts_whatever_its_tag(implicit: bool) -> 
         struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 2) + b"ID")
     for _ in range(400):
         data = _sq(_implicit((0xFFFE, 0xE001), data), implicit)  # not an Item tag
-    assert nests_deeper_than(data, implicit, MAX_NESTING)
-    # Declared implicit, explicit by its first element: read as explicit, as pydicom does.
-    if not implicit:
-        assert nests_deeper_than(data, True, MAX_NESTING)
+    # Read by its first element, whatever the syntax declares, as pydicom reads it.
+    assert nests_deeper_than(data, MAX_NESTING)
