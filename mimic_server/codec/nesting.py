@@ -7,11 +7,12 @@ process down in a test (a segmentation fault) and, in the server, held a C-GET f
 left a thread that had to be killed. The receive walk (``codec.structure``) does not look
 inside sequences of defined length, so such an object can be stored. Where the archive
 still hands a whole stored object to pydicom to convert it between transfer syntaxes (from
-Implicit VR, from Explicit VR to Big Endian: ``dimse/raw_send``, ``dimse/stream_send``),
-this looks first, and a data set nested deeper than
-:data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused instead. (A
-little endian data set only: one stored Deflated or in Big Endian, both rare, is not looked
-at.)
+Implicit VR to Explicit; a Deflated one where streaming sends are off: ``dimse/raw_send``,
+``dimse/stream_send``), this looks first, and a data set nested deeper than
+:data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused instead. It reads
+little endian: a Deflated data set is looked at once inflated, and one stored in Big Endian
+is never converted (pynetdicom converts within one byte order only; see
+``raw_send.refuse_if_too_deep``).
 
 It reads as pydicom reads, and counts conservatively where the encoding leaves it open: a
 sequence is an SQ, or (in implicit VR or as UN) an element the dictionary names a sequence or

@@ -23,6 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import reference
 from mimic_server.codec.implicit_stream import MAX_NESTING, implicit_pieces
 from mimic_server.codec.nesting import nests_deeper_than
@@ -88,15 +89,26 @@ class StoredDataset(Dataset):
         Raises ``CannotUnderstand`` for one nested too deep for pydicom (``codec/nesting``)."""
         if self._mimic_part10 is None:
             return self
-        _implicit, little, deflated = self._mimic_encoding
-        if little and not deflated:  # (Deflated and Big Endian, rare, are not looked at)
-            refuse_if_too_deep(self._mimic_raw)
+        refuse_if_too_deep(self._mimic_raw, self._mimic_encoding)
         return pydicom.dcmread(io.BytesIO(self._mimic_part10))
 
 
-def refuse_if_too_deep(data: bytes | memoryview) -> None:
-    """Raise ``CannotUnderstand`` when the data set ``data`` nests its sequences deeper than
-    pydicom's recursive encoder can take (``codec/nesting.py``)."""
+def refuse_if_too_deep(data: bytes | memoryview, encoding: tuple[bool, bool, bool]) -> None:
+    """Raise ``CannotUnderstand`` when the data set ``data``, stored in ``encoding``
+    (implicit VR, little endian, deflated), nests its sequences deeper than pydicom's
+    recursive encoder can take (``codec/nesting.py``).
+
+    A Deflated one is inflated to be looked at (bounded as the receive walk bounds it), and
+    pydicom inflates it again: pydicom converts one only where streaming sends are off
+    (the fence's fallback), and the look's copy is gone before pydicom's is made. One in Big
+    Endian is refused unlooked at: pynetdicom never asks for it (it finds no context across
+    byte orders, so a Big Endian object goes only to a destination that took Big Endian,
+    as stored), and a conversion nothing looked at is what this guards against."""
+    _implicit, little, deflated = encoding
+    if not little:
+        raise CannotUnderstand("a Big Endian data set is not converted")
+    if deflated:
+        data = b"".join(inflated_pieces(iter((data,))))
     if nests_deeper_than(data, MAX_NESTING):
         raise CannotUnderstand("sequences nested too deep")
 

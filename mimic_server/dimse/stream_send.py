@@ -26,9 +26,10 @@ re-encode it whole, and a megabyte stored can inflate to 1 GiB. To a destination
 only Implicit VR Little Endian (the one syntax every implementation accepts), an Explicit VR
 Little Endian or Deflated data set is re-encoded element by element as it is sent
 (``codec/implicit_stream.py``): values are the same bytes in both, only element headers
-change. Any other conversion (to Explicit VR from Implicit, to or from Big Endian) still
-reads the object whole and lets pydicom re-encode it: streaming those is not done (logged at
-WARNING, with the object's size).
+change. The one other conversion, to Explicit VR from Implicit, still reads the object
+whole and lets pydicom re-encode it: streaming it is not done (logged at WARNING, with the
+object's size). (pynetdicom converts within one byte order only: a Big Endian object goes
+only to a destination that took Big Endian, as stored.)
 
 An association that ends while its object is being sent (peer A-ABORT, connection closed)
 stops the stream at the next fragment; the store's handle is closed, and the sub-operation
@@ -145,12 +146,11 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                            "deflated": ds._mimic_encoding == _DEFLATED},
                 )
             data = stored.read()
-            if ds._mimic_encoding[1] and ds._mimic_encoding != _DEFLATED:  # as raw_send
-                try:
-                    refuse_if_too_deep(memoryview(data)[stored.dataset_offset:])
-                except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
-                    conversion_refused(stored.ref, exc)
-                    raise
+            try:  # as raw_send's
+                refuse_if_too_deep(memoryview(data)[stored.dataset_offset:], ds._mimic_encoding)
+            except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
+                conversion_refused(stored.ref, exc)
+                raise
             ds = pydicom.dcmread(io.BytesIO(data))
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 

@@ -31,6 +31,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.770"
 SERIES = "1.2.826.0.1.3680043.8.498.771"
 EXPLICIT = "1.2.840.10008.1.2.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 PRIVATE_SYNTAX = "1.2.3.4.5.6"
 
 
@@ -208,6 +209,42 @@ def test_a_suboperation_that_cannot_be_sent_is_logged(
     entries = [e for e in server.log_entries() if "not sent" in e.get("message", "")]
     assert entries and entries[-1]["transfer_syntax"] == rle
     assert str(ds.PatientID) not in server.log()
+
+
+@pytest.mark.parametrize(("stored", "asked"), [(BIG_ENDIAN, EXPLICIT), (EXPLICIT, BIG_ENDIAN)],
+                         ids=["big endian to little", "little endian to big"])
+def test_an_object_goes_to_no_context_of_the_other_byte_order(
+    server: MimicProcess, tmp_path: Path, stored: str, asked: str
+) -> None:
+    """pynetdicom converts within one byte order only: an object stored in Big Endian goes
+    only to a destination that took Big Endian (as stored), and a little endian one never
+    to one that took Big Endian alone. Such a sub-operation is not sent (0xA702, logged),
+    and nothing is converted whole."""
+    path = _object(tmp_path, stored, 960)
+    ds = pydicom.dcmread(path)
+    study = f"1.2.826.0.1.3680043.8.498.79{1 if stored == BIG_ENDIAN else 2}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.1"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(ds.SOPClassUID, [stored])
+    assoc = _associate(server, ae)
+    assert assoc.send_c_store(path).Status == 0
+    assoc.release()
+
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(ds.SOPClassUID, [asked])
+    logged = len(server.log_entries())
+    received, final = _get(server, ae, _study(study))
+    assert final.Status == 0xA702 and not received
+    entries = server.log_entries()[logged:]
+    assert [e["transfer_syntax"] for e in entries if "not sent" in e.get("message", "")] == [
+        stored]
+    assert not any("converted" in e.get("message", "") for e in entries)
+
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(ds.SOPClassUID, [stored])
+    received, final = _get(server, ae, _study(study))
+    assert final.Status == 0 and received[str(ds.SOPInstanceUID)] == _dataset_bytes(path)
 
 
 def _deflated_with_zeros(directory: Path) -> Path:

@@ -1,16 +1,20 @@
 """codec/nesting.py: how deep a stored data set's sequences nest, looked at before pydicom,
 whose recursive encoder a few kilobytes nested 250 levels deep take down, is given it whole.
-Every shipped file is within the bound; deep nesting is found in either VR encoding, with
-defined or undefined lengths, in any depth of Python stack."""
+Every shipped file is within the bound; deep nesting is found in either VR encoding, Deflated
+or not, with defined or undefined lengths, in any depth of Python stack."""
 
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from mimic_server.codec.implicit_stream import MAX_NESTING
 from mimic_server.codec.nesting import nests_deeper_than
+from mimic_server.dimse.raw_send import refuse_if_too_deep
+from mimic_server.errors import CannotUnderstand
 from tests.data import storable_files
 
 _ITEM, _ITEM_END, _SEQ_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
@@ -62,15 +66,34 @@ def test_an_undefined_length_un_and_an_item_read_as_implicit_count_too() -> None
     assert not nests_deeper_than(data, 63)
 
 
-#: Deflated and Big Endian data sets are not looked at (``raw_send.StoredDataset.parsed``).
-_LOOKED_AT = [f for f in storable_files()
-              if f.transfer_syntax_uid not in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")]
+#: Big Endian data sets are never converted, so not looked at (``raw_send``).
+_LOOKED_AT = [f for f in storable_files() if f.transfer_syntax_uid != "1.2.840.10008.1.2.2"]
 
 
 @pytest.mark.parametrize("stored", _LOOKED_AT, ids=lambda f: f.path.name)
 def test_every_shipped_file_is_within_the_bound(stored: object) -> None:
-    assert not nests_deeper_than(stored.dataset_bytes(),  # type: ignore[attr-defined]
-                                 MAX_NESTING)
+    """Deflated ones inflated (``raw_send.refuse_if_too_deep``)."""
+    deflated = stored.transfer_syntax_uid == DeflatedExplicitVRLittleEndian  # type: ignore[attr-defined]
+    refuse_if_too_deep(stored.dataset_bytes(), (False, True, deflated))  # type: ignore[attr-defined]
+
+
+def test_a_deflated_data_set_is_looked_at_inflated() -> None:
+    """300 levels deflate to a few hundred bytes, which the look reads once inflated; a
+    deflate stream that is damaged is refused as not understood."""
+    def deflated(data: bytes) -> bytes:
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return deflater.compress(data) + deflater.flush()
+
+    with pytest.raises(CannotUnderstand, match="nested too deep"):
+        refuse_if_too_deep(deflated(nested(300, False, True)), (False, True, True))
+    refuse_if_too_deep(deflated(nested(100, False, True)), (False, True, True))
+    with pytest.raises(CannotUnderstand, match="cannot be inflated"):
+        refuse_if_too_deep(b"\xff" * 64, (False, True, True))
+
+
+def test_a_big_endian_data_set_is_refused_unlooked_at() -> None:
+    with pytest.raises(CannotUnderstand, match="Big Endian"):
+        refuse_if_too_deep(b"\x00\x08\x00\x16UI\x00\x041.2\x00", (False, False, False))
 
 
 def test_a_data_set_that_runs_out_ends_the_look() -> None:

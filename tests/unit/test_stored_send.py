@@ -7,15 +7,21 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import zlib
 from typing import Any
 
 import pydicom
 import pynetdicom.association
 import pynetdicom.dsutils
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from mimic_server.archive.read import open_verified
+from mimic_server.dimse import stream_send
 from mimic_server.dimse.raw_send import StoredDataset, stored_bytes_encoder
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.errors import CannotUnderstand
@@ -179,3 +185,38 @@ def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
     assert isinstance(sent, StoredDataset) and sent._mimic_part10 is None
     assert sent.PixelData == parsed.PixelData
     assert ORIGINAL_ENCODE(sent, True, True, False) == ORIGINAL_ENCODE(parsed, True, True, False)
+
+
+def test_a_deflated_data_set_nested_too_deep_is_never_given_to_pydicom(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With streaming sends off (the fence's fallback), a Deflated object is held whole and
+    pydicom inflates and converts it; it is looked at inflated first (a few hundred bytes
+    deflated nest 250 levels), and pydicom never sees it. Before, a Deflated data set was
+    not looked at."""
+    monkeypatch.setattr(stream_send, "enabled", False)
+    _store, _ref, _data, parsed = _stored()
+    flat = ORIGINAL_ENCODE(parsed, False, True, False)
+    pixel = flat.index(b"\xe0\x7f\x10\x00")
+    nested = b""
+    for _ in range(250):
+        nested = (struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(nested) + 8)
+                  + struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = deflater.compress(flat[:pixel] + nested + flat[pixel:]) + deflater.flush()
+    part10 = _part10(deflated, DeflatedExplicitVRLittleEndian, parsed)
+    store = MemoryStore()
+    store.objects["k"] = part10
+    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
+                      DeflatedExplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
+    [sent] = datasets(store, [ref])
+    assert isinstance(sent, StoredDataset)
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    for implicit in (True, False):
+        with pytest.raises(CannotUnderstand, match="nested too deep"):
+            stored_bytes_send(sent, implicit, True, False)
+    assert bytes(stored_bytes_send(sent, False, True, True)) == deflated  # as stored
