@@ -40,6 +40,7 @@ from collections.abc import Iterator
 
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from mimic_server.codec.piece_reader import PieceReader, sized
 from mimic_server.errors import CannotUnderstand
 
 _UNDEFINED = 0xFFFFFFFF
@@ -66,82 +67,10 @@ def implicit_pieces(pieces: Iterator[bytes | memoryview], size: int) -> Iterator
     """The Explicit VR Little Endian data set given in ``pieces``, in Implicit VR Little
     Endian, in pieces of ``size`` bytes (the last one shorter). Closing this iterator
     closes ``pieces`` (a store's handle)."""
-    out = bytearray()
-    try:
-        for part in _implicit_parts(_Reader(pieces)):
-            view = memoryview(part).cast("B")
-            while view.nbytes:
-                taken = min(size - len(out), view.nbytes)
-                out += view[:taken]
-                view = view[taken:]
-                if len(out) == size:
-                    yield bytes(out)
-                    out.clear()
-        if out:
-            yield bytes(out)
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
+    return sized(_implicit_parts(PieceReader(pieces)), size, pieces)
 
 
-class _Reader:
-    """The data set's bytes, taken in exact amounts from pieces of any size."""
-
-    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
-        self._pieces = pieces
-        self._view = memoryview(b"")
-        self.offset = 0  # bytes taken so far
-
-    def _fill(self) -> bool:
-        while not self._view.nbytes:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return False
-            self._view = memoryview(piece).cast("B")
-        return True
-
-    def at_end(self) -> bool:
-        return not self._fill()
-
-    def peek(self, n: int) -> bytes:
-        """Up to ``n`` next bytes, not taken (fewer only at the end)."""
-        if self._view.nbytes >= n:
-            return bytes(self._view[:n])
-        if not self._fill():
-            return b""
-        joined = bytearray(self._view)  # a header split between pieces: join them
-        while len(joined) < n:
-            piece = next(self._pieces, None)
-            if piece is None:
-                break
-            joined += memoryview(piece).cast("B")
-        self._view = memoryview(bytes(joined))
-        return bytes(self._view[:n])
-
-    def take(self, n: int) -> bytes:
-        head = self.peek(n)
-        if len(head) < n:
-            raise CannotUnderstand("the data set ends within an element")
-        self._view = self._view[n:]
-        self.offset += n
-        return head
-
-    def values(self, n: int) -> Iterator[memoryview]:
-        """The next ``n`` bytes, as they come."""
-        if n < 0:
-            raise CannotUnderstand("an element overruns what contains it")
-        while n:
-            if not self._fill():
-                raise CannotUnderstand("a value overruns the data set")
-            part = self._view[:n]
-            self._view = self._view[part.nbytes:]
-            self.offset += part.nbytes
-            n -= part.nbytes
-            yield part
-
-
-def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
+def _implicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
     """The data set re-encoded, as headers and value parts in order. The nesting is a
     stack of ``(kind, implicit, end)`` frames (``end``: where a defined-length sequence or
     item ends, or None), so deep nesting cannot exhaust Python's recursion limit; it is
@@ -234,7 +163,7 @@ def _implicit_parts(reader: _Reader) -> Iterator[bytes | memoryview]:
             yield from reader.values(length)
 
 
-def _looks_implicit(reader: _Reader) -> bool:
+def _looks_implicit(reader: PieceReader) -> bool:
     """Whether the elements that follow are read as implicit VR, as pydicom decides it:
     their first element's VR is not two upper-case letters."""
     head = reader.peek(6)

@@ -26,10 +26,12 @@ re-encode it whole, and a megabyte stored can inflate to 1 GiB. To a destination
 only Implicit VR Little Endian (the one syntax every implementation accepts), an Explicit VR
 Little Endian or Deflated data set is re-encoded element by element as it is sent
 (``codec/implicit_stream.py``): values are the same bytes in both, only element headers
-change. The one other conversion, to Explicit VR from Implicit, still reads the object
-whole and lets pydicom re-encode it: streaming it is not done (logged at WARNING, with the
-object's size). (pynetdicom converts within one byte order only: a Big Endian object goes
-only to a destination that took Big Endian, as stored.)
+change; an Implicit VR one to a destination that took only Explicit VR Little Endian, the
+same way, each VR taken as pydicom takes it (``codec/explicit_stream.py``). What is left
+(to Deflated from another syntax, where the destination took only Deflated) reads the
+object whole and lets pydicom re-encode it (logged at WARNING, with the object's size).
+(pynetdicom converts within one byte order only: a Big Endian object goes only to a
+destination that took Big Endian, as stored.)
 
 An association that ends while its object is being sent (peer A-ABORT, connection closed)
 stops the stream at the next fragment; the store's handle is closed, and the sub-operation
@@ -48,7 +50,12 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -57,6 +64,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import VerifiedObject, reference
 from mimic_server.codec.command_set import send_held
+from mimic_server.codec.explicit_stream import explicit_pieces
 from mimic_server.codec.implicit_stream import implicit_pieces
 from mimic_server.dimse.raw_send import conversion_refused, refuse_if_too_deep
 from mimic_server.errors import CannotUnderstand, OutOfResources
@@ -81,8 +89,10 @@ _DEFLATED, _EXPLICIT_LITTLE = (False, True, True), (False, True, False)
 _IMPLICIT_LITTLE = (True, True, False)
 #: The stored syntaxes whose data sets are re-encoded in Implicit VR Little Endian as sent.
 _TO_IMPLICIT = frozenset({ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
-#: (inflate it, re-encode it in Implicit VR) of a data set sent as stored.
-_AS_STORED = (False, False)
+#: How a data set is sent: (inflate it, the re-encoder it goes through, if any).
+Recoding = tuple[bool, Callable[[Iterator[Any], int], Iterator[bytes]] | None]
+#: The Recoding of a data set sent as stored.
+_AS_STORED: Recoding = (False, None)
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
 #: then sends in the thread that called it, with nothing between that could send.
@@ -186,27 +196,32 @@ def _carries(primitive: Any, stored: VerifiedObject) -> bool:
     )
 
 
-def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> tuple[bool, bool] | None:
+def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> Recoding | None:
     """What sending ``ds`` in the ``wanted`` encoding takes as it streams: (inflate it,
-    re-encode it in Implicit VR); None where it cannot stream (pydicom converts it whole).
-    Only the stored syntax tells an Explicit VR Little Endian data set from an encapsulated
-    one, which is never re-encoded (pynetdicom sends it in its own syntax only)."""
+    the re-encoder it goes through); None where it cannot stream (pydicom converts it
+    whole). Only the stored syntax tells an Explicit VR Little Endian data set from an
+    encapsulated one, which is never re-encoded (pynetdicom sends it in its own syntax
+    only)."""
     stored = ds._mimic_encoding
     if stored == wanted:
         return _AS_STORED
     if stored == _DEFLATED and wanted == _EXPLICIT_LITTLE:
-        return (True, False)
-    if wanted == _IMPLICIT_LITTLE and ds.file_meta.TransferSyntaxUID in _TO_IMPLICIT:
-        return (stored == _DEFLATED, True)
+        return (True, None)
+    syntax = ds.file_meta.TransferSyntaxUID
+    if wanted == _IMPLICIT_LITTLE and syntax in _TO_IMPLICIT:
+        return (stored == _DEFLATED, implicit_pieces)
+    if wanted == _EXPLICIT_LITTLE and syntax == ImplicitVRLittleEndian:
+        return (False, explicit_pieces)
     return None
 
 
 def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
-            recode: tuple[bool, bool] = _AS_STORED) -> None:
+            recode: Recoding = _AS_STORED) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
     is empty), then the data set from the store, the DUL's queue kept short; as ``recode``
-    says, a Deflated data set inflated (``archive/inflated.py``) and an Explicit VR Little
-    Endian one re-encoded in Implicit VR (``codec/implicit_stream.py``) as it is sent."""
+    says, a Deflated data set inflated (``archive/inflated.py``) and the data set
+    re-encoded in the other VR encoding (``codec/implicit_stream.py``,
+    ``codec/explicit_stream.py``) as it is sent."""
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     message.context_id = context_id
@@ -215,11 +230,11 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
     for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
         dimse.dul.send_pdu(pdata)
     size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
-    inflate, to_implicit = recode
+    inflate, recoder = recode
     offset = stored.dataset_offset
     pieces: Any = (inflated_pieces(stored.chunks(offset), size) if inflate
                    else stored.chunks(offset, size))
-    pieces = implicit_pieces(pieces, size) if to_implicit else _within(pieces, size)
+    pieces = recoder(pieces, size) if recoder is not None else _within(pieces, size)
     try:
         for flag, fragment in _flagged(pieces):
             if not _room(dimse):

@@ -527,12 +527,16 @@ def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
     assert list(received) == [uid]
 
 
-def test_conversion_to_explicit_vr_from_implicit_reads_whole(large: Large) -> None:
-    """Stored in Implicit VR, to a requestor that takes only Explicit VR: each element's VR
-    would have to be looked up, which is not streamed; the object is read whole, and
-    logged at WARNING with its size."""
+def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_requestor(
+    large: Large,
+) -> None:
+    """160 MiB of pixels stored in Implicit VR Little Endian, retrieved by a C-GET requestor
+    that takes only Explicit VR Little Endian: the data set arrives as pydicom would encode
+    it in Explicit VR (each VR as pydicom reads it, Pixel Data OW), and the server holds a
+    few fragments of it, never the object (pydicom parsed and re-encoded it whole before,
+    logged at WARNING: some three times its size)."""
     path = large.root / "implicit-stored.dcm"
-    uid = write_large(path, MEDIUM, implicit=True)
+    uid = write_large(path, LARGE, implicit=True)
     result = dcmtk(
         "storescu", *dcmtk_tls(large.server), "-xi", "-aet", "MODALITY1", "-aec", "MIMIC",
         "localhost", str(large.server.port), str(path), timeout=300,
@@ -542,16 +546,27 @@ def test_conversion_to_explicit_vr_from_implicit_reads_whole(large: Large) -> No
     large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
     assert pydicom.dcmread(large.server.object_for(uid), stop_before_pixels=True
                            ).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    pixel_bytes = _pixel_bytes(path)
+    expected = hashlib.sha256(encode(header, False, True))
+    expected.update(b"\xe0\x7f\x10\x00OW\0\0" + pixel_bytes.to_bytes(4, "little"))
+    for _ in range(pixel_bytes // MiB):
+        expected.update(bytes(MiB))
+    expected.update(bytes(pixel_bytes % MiB))
     path.unlink()
+    pid = large.server.proc.pid  # type: ignore[union-attr]
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status(pid, "VmHWM")
+    logged = len(large.server.log_entries())
 
     received, final, _ = _get(large, uid, syntax=ExplicitVRLittleEndian)
 
     assert final.Status == 0x0000, final
-    assert list(received) == [uid]
-    assert any("converted between transfer syntaxes in memory" in e.get("message", "")
-               for e in large.server.log_entries())
+    assert received == {uid: expected.hexdigest()}
+    peak = _status(pid, "VmHWM")
+    assert peak - before < LARGE // 4, (before, peak)
+    assert not any("converted between transfer syntaxes" in e.get("message", "")
+                   for e in large.server.log_entries()[logged:])
     assert _objects_held_open(large.server) == []
-
 
 
 def test_an_object_held_whole_is_converted_from_its_stored_bytes(large: Large) -> None:

@@ -95,6 +95,42 @@ def test_a_conversion_to_implicit_vr_re_encodes_the_stored_bytes_unparsed(
     assert ours_read.PixelData == parsed.PixelData
 
 
+def test_a_conversion_from_implicit_vr_re_encodes_the_stored_bytes_unparsed(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored in Implicit VR, to a destination that took only Explicit VR Little Endian:
+    re-encoded from the stored bytes without pydicom (``codec/explicit_stream.py``), the
+    bytes pynetdicom's own conversion gives (CT_small: private elements, US or SS, Pixel
+    Data)."""
+    _store, _ref, _data, parsed = _stored()
+    flat = ORIGINAL_ENCODE(parsed, True, True, False)
+    part10 = _part10(flat, ImplicitVRLittleEndian, parsed)
+    store = MemoryStore()
+    store.objects["k"] = part10
+    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
+                      ImplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
+    [sent] = datasets(store, [ref])
+    theirs = ORIGINAL_ENCODE(pydicom.dcmread(io.BytesIO(part10)), False, True, False)
+
+    def no_parse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_parse)
+    ours = stored_bytes_send(sent, False, True, False)
+    monkeypatch.undo()
+    # Sequences are written with undefined lengths (nothing counted ahead): the same
+    # elements, VRs and values once read.
+    assert _elements(ours) == _elements(theirs)
+    assert ours != theirs and len(_elements(ours)) > 250
+
+
+def _elements(explicit: bytes) -> list[tuple[int, str, object]]:
+    fp = pydicom.filebase.DicomBytesIO(explicit)
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    ds = pydicom.filereader.read_dataset(fp, False, True)
+    return [(int(e.tag), str(e.VR), e.value if e.VR != "SQ" else None) for e in ds.iterall()]
+
+
 def _read_implicit(data: bytes) -> pydicom.Dataset:
     back = pydicom.dcmread(io.BytesIO(data), force=True)
     back.file_meta = pydicom.dataset.FileMetaDataset()
@@ -114,9 +150,10 @@ def test_another_conversion_parses_the_object_and_encodes_it_as_pynetdicom_would
 def test_an_implicit_vr_data_set_nested_too_deep_is_never_given_to_pydicom(
     stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stored in Implicit VR, to a destination that took only Explicit VR: converted by
-    pydicom whole, unless its sequences nest deeper than pydicom's encoder can take
-    (``codec/nesting``): then the sub-operation fails (logged), and pydicom never sees it."""
+    """Stored in Implicit VR, to a destination that took only Explicit VR: re-encoded from
+    its stored bytes, and refused where its sequences nest deeper than ``MAX_NESTING``
+    (pydicom's encoder could not take them): the sub-operation fails (logged), and pydicom
+    never sees it."""
     _store, _ref, _data, parsed = _stored()
     flat = ORIGINAL_ENCODE(parsed, True, True, False)  # the data set in Implicit VR
     pixel = flat.index(b"\xe0\x7f\x10\x00")

@@ -231,6 +231,24 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_context(syntax: str, stream
     assert all(h.closed for h in store.handles)
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["from the store", "held"])
+def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_context(streamed: bool) -> None:
+    """A destination that accepted only Explicit VR Little Endian gets an Implicit VR data
+    set re-encoded as it is sent (``codec/explicit_stream``), the bytes pydicom's own
+    encoder gives for it; pydicom parsed and re-encoded the whole object before."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, ImplicitVRLittleEndian, streamed)
+    dul = FakeDUL()
+    _send_and_drain(FakeDIMSE(dul, 16382), stored)  # never pydicom's encoder (_send)
+    fragments = _fragments(dul)
+    expected = DicomBytesIO()
+    expected.is_little_endian, expected.is_implicit_VR = True, False
+    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
+    assert b"".join(f[1:] for f in fragments) == expected.getvalue()
+    assert max(len(f) - 1 for f in fragments) <= 16382 - 6
+    assert all(h.closed for h in store.handles)
+
+
 def test_a_held_object_sent_as_stored_is_cut_within_the_pdu() -> None:
     """A small Deflated object takes the streamed path too; to a destination that accepted
     Deflated it goes as stored, in fragments within the peer's maximum PDU."""
@@ -305,9 +323,8 @@ def test_other_messages_and_other_encodings_are_not_streamed() -> None:
     assert not isinstance(encoded[0], StreamedDataset)
     assert encoded[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert encoded[0].PixelData == bytes(range(256)) * (300_000 // 256)
-    # Stored in Implicit VR, to Explicit VR: the VRs would have to be looked up; not streamed.
-    implicit = StreamedDataset.of(_large(store, syntax=ImplicitVRLittleEndian))
-    assert encode(implicit, False, True, False) == b"re-encoded"
+    # To Deflated (a destination that took nothing else): not streamed.
+    assert encode(StreamedDataset.of(stored), False, True, True) == b"re-encoded"
     # Encapsulated (its encoding reads as Explicit VR Little Endian) is never re-encoded.
     held = _large(store, streamed=False)
     jpeg = StreamedDataset.of(VerifiedObject(

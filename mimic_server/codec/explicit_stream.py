@@ -1,0 +1,290 @@
+"""An Implicit VR Little Endian data set re-encoded in Explicit VR Little Endian as it streams.
+
+A C-GET requestor or C-MOVE destination that accepts only Explicit VR Little Endian for an
+object stored in Implicit VR got it from pynetdicom parsed and encoded again, whole: for a
+stored object of a gigabyte, gigabytes of memory. Both encodings are little endian, so every
+value is the same bytes; what the explicit header adds is the VR, which an implicit data set
+does not carry. It is taken here as pydicom takes it when it reads an implicit data set and
+writes it explicit:
+
+- the data dictionary's VR (repeating groups included); a private element's from the private
+  dictionary under its block's Private Creator (read in the same data set or item), a Private
+  Creator's LO, any other UN; a sequence of undefined length that the dictionary does not
+  know is an SQ when its value starts with an Item;
+- an ambiguous VR resolved as pydicom's writer resolves it: OW for OB or OW (Pixel Data,
+  Overlay Data, waveform data: always OW in Implicit VR, PS3.5 A.1) and for the retired ones
+  pydicom cannot write; US or SS by the nearest Pixel Representation (the data set's own,
+  looked for ahead when it comes later, else an enclosing one's; none: US); LUT Data by its
+  LUT Descriptor's first value (1: US, else OW);
+- a value too long for a VR with a 2-byte length goes as UN (PS3.5 6.2.2), as pydicom's
+  writer does.
+
+Values go as stored. Sequences and items are written with undefined length, ended by their
+delimitation items, because an explicit header can be longer than the implicit one (12
+against 8 bytes) and a defined length would need the content counted first; group lengths,
+which counted implicit headers, are left out. A data set stored under Implicit VR whose first
+element has an explicit VR is explicit already (pydicom reads it so): it is copied as it is.
+An undefined-length value that is not a sequence (encapsulated Pixel Data, out of place in a
+native syntax) has its items copied. What is refused (``CannotUnderstand``, raised where it is
+met: the caller has sent what came before, and aborts): an element or item that overruns
+what contains it, a data set cut short, a header where an item belongs, an Item Delimitation
+Item outside any item, and nesting deeper than
+:data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+from mimic_server.codec.implicit_stream import MAX_NESTING
+from mimic_server.codec.piece_reader import PieceReader, sized
+from mimic_server.errors import CannotUnderstand
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_END = b"\xfe\xff\x0d\xe0"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0"
+_OPEN = b"\xff\xff\xff\xff"  # an undefined length
+_ZERO = b"\0\0\0\0"  # a delimitation item's length
+_TAG = struct.Struct("<HH")
+_LENGTH = struct.Struct("<L")
+_SHORT = struct.Struct("<H")
+_KNOWN_VRS = frozenset(str(vr) for vr in VR)
+_LONG_VRS = frozenset(str(vr) for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
+
+_PIXEL_REPRESENTATION = 0x00280103
+_LUT_DESCRIPTOR, _LUT_DATA = 0x00283002, 0x00283006
+#: The US or SS elements pydicom's writer resolves by Pixel Representation (pydicom 3.0's
+#: ``filewriter._AMBIGUOUS_US_SS_TAGS``); here every US or SS is, the retired ones too.
+#: How far ahead, in bytes, a data set's own Pixel Representation is looked for when an
+#: element that needs it comes first ((0018,9810), (0022,1452) sort before it).
+LOOK_AHEAD = 64 << 10
+
+# What a frame of the walk holds: the elements of a data set or item, or the items of a
+# sequence; copied frames (an explicit data set, an encapsulated value) are not re-encoded.
+_ELEMENTS, _ITEMS = 0, 1
+
+
+@dataclass
+class _Frame:
+    kind: int
+    copy: bool
+    end: int | None  # where a defined-length sequence or item ends; None: its delimiter
+    #: Of a data set or item: its Pixel Representation, LUT Descriptor's first value and
+    #: Private Creators ((group, block) -> creator), as read so far.
+    pixel_representation: int | None = None
+    lut_entries: int | None = None
+    creators: dict[tuple[int, int], str] = field(default_factory=dict)
+
+
+def explicit_pieces(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes]:
+    """The Implicit VR Little Endian data set given in ``pieces``, in Explicit VR Little
+    Endian, in pieces of ``size`` bytes (the last one shorter). Closing this iterator
+    closes ``pieces`` (a store's handle)."""
+    return sized(_explicit_parts(PieceReader(pieces)), size, pieces)
+
+
+def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
+    """The data set re-encoded, as headers and value parts in order; the nesting is a stack
+    of frames (no recursion), bounded by ``MAX_NESTING``."""
+    if _looks_explicit(reader):
+        yield from reader.rest()  # explicit already: as it is
+        return
+    stack = [_Frame(_ELEMENTS, False, None)]
+    while True:
+        frame = stack[-1]
+        if frame.end is not None and reader.offset >= frame.end:
+            if reader.offset > frame.end:
+                raise CannotUnderstand("an element overruns its sequence or item")
+            stack.pop()
+            if not frame.copy:
+                yield _ITEM_END + _ZERO if frame.kind == _ELEMENTS else _SEQUENCE_END + _ZERO
+            continue
+        if len(stack) == 1 and reader.at_end():
+            return
+        if len(stack) > MAX_NESTING:
+            raise CannotUnderstand("sequences nested too deep")
+        head = reader.take(8)
+        tag, length = head[:4], _LENGTH.unpack_from(head, 4)[0]
+        if frame.kind == _ITEMS:
+            if frame.end is not None and reader.offset > frame.end:
+                raise CannotUnderstand("an item overruns its sequence")
+            if tag == _SEQUENCE_END:
+                stack.pop()  # also of a defined-length sequence, whose rest pydicom skips
+                if frame.end is not None:
+                    for _ in reader.values(frame.end - reader.offset):
+                        pass
+                yield head if frame.copy else _SEQUENCE_END + _ZERO
+            elif tag != _ITEM:
+                raise CannotUnderstand("an element where a sequence item belongs")
+            elif frame.copy:  # an encapsulated value's item, as it is
+                if length == _UNDEFINED:
+                    raise CannotUnderstand("an item of undefined length in an encapsulated value")
+                yield head
+                yield from reader.values(length)
+            else:
+                yield _ITEM + _OPEN
+                stack.append(_Frame(_ELEMENTS, False,
+                                    None if length == _UNDEFINED else reader.offset + length))
+            continue
+        if tag == _ITEM_END:  # ends the item, also one of defined length (pydicom reads on)
+            if len(stack) == 1:
+                raise CannotUnderstand("an Item Delimitation Item outside an item")
+            stack.pop()
+            yield _ITEM_END + _ZERO
+            continue
+        group, element = _TAG.unpack(tag)
+        number = group << 16 | element
+        if group == 0xFFFE:
+            raise CannotUnderstand("an item or delimitation item where an element belongs")
+        if element == 0:  # a group length: it counted implicit headers (PS3.5 7.2)
+            for _ in reader.values(length):
+                pass
+            continue
+        if length == _UNDEFINED:
+            vr = _undefined_length_vr(number, reader)
+            yield tag + vr.encode() + b"\0\0" + _OPEN
+            # A sequence's items are re-encoded; any other value's (encapsulated) copied.
+            stack.append(_Frame(_ITEMS, vr != "SQ", None))
+            continue
+        vr = _vr(number, group, element, length, stack, reader)
+        if vr == "SQ":
+            yield tag + b"SQ\0\0" + _OPEN
+            stack.append(_Frame(_ITEMS, False, reader.offset + length))
+            continue
+        if vr in _LONG_VRS:
+            yield tag + vr.encode() + b"\0\0" + _LENGTH.pack(length)
+        else:
+            yield tag + vr.encode() + _SHORT.pack(length)
+        if number == _PIXEL_REPRESENTATION and 2 <= length <= 64:
+            value = reader.take(length)
+            frame.pixel_representation = _SHORT.unpack_from(value)[0]
+            yield value
+        elif number == _LUT_DESCRIPTOR and 2 <= length <= 64:
+            value = reader.take(length)
+            frame.lut_entries = _SHORT.unpack_from(value)[0]
+            yield value
+        elif group & 1 and 0x10 <= element <= 0xFF and length <= 64:  # a Private Creator
+            value = reader.take(length)
+            frame.creators[(group, element)] = value.decode("latin-1").rstrip(" \0")
+            yield value
+        else:
+            yield from reader.values(length)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(number: int) -> str | None:
+    """The data dictionary's VR of the element ``number`` (None: not in it); looked up once
+    per tag (pydicom's look-up was most of the re-encoding's time)."""
+    try:
+        return str(dictionary_VR(number))
+    except KeyError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _private_dictionary_vr(number: int, creator: str) -> str | None:
+    try:
+        return str(private_dictionary_VR(number, creator))
+    except KeyError:
+        return None
+
+
+def _undefined_length_vr(number: int, reader: PieceReader) -> str:
+    """The VR of an element of undefined length, as pydicom's reader takes it: the
+    dictionary's (a sequence, or a value read to its delimiter), or for one the dictionary
+    does not know, SQ when its value starts with an Item (else UN)."""
+    vr = _dictionary_vr(number)
+    if vr is None:
+        return "SQ" if reader.peek(4) == _ITEM else "UN"
+    if vr == "SQ":
+        return vr
+    return "OB" if " or " in vr else _known(vr)  # encapsulated Pixel Data is OB
+
+
+def _vr(number: int, group: int, element: int, length: int, stack: list[_Frame],
+        reader: PieceReader) -> str:
+    """The explicit VR of the defined-length element ``number`` in the data set or item at
+    the top of ``stack``."""
+    vr = _dictionary_vr(number)
+    if vr is None:
+        vr = _private_vr(group, element, stack[-1]) if group & 1 else "UN"
+    if " or " in vr:
+        vr = _resolved(vr, number, length, stack, reader)
+    vr = _known(vr)
+    if vr not in _LONG_VRS and length > 0xFFFF:
+        return "UN"  # too long for a 2-byte length (pydicom's writer does the same)
+    return vr
+
+
+def _private_vr(group: int, element: int, frame: _Frame) -> str:
+    if 0x10 <= element <= 0xFF:
+        return "LO"  # a Private Creator
+    creator = frame.creators.get((group, element >> 8)) if element & 0xFF00 else None
+    if creator and "\\" not in creator:
+        return _private_dictionary_vr(group << 16 | element, creator) or "UN"
+    return "UN"
+
+
+def _resolved(vr: str, number: int, length: int, stack: list[_Frame],
+              reader: PieceReader) -> str:
+    """An ambiguous VR resolved as pydicom's writer resolves it for a data set read in
+    Implicit VR (the module's docstring)."""
+    if vr.startswith("US or SS") and vr != "US or SS or OW":
+        return "US" if _pixel_representation(stack, length, reader) == 0 else "SS"
+    if vr == "US or OW" and number == _LUT_DATA:
+        return "US" if stack[-1].lut_entries == 1 else "OW"
+    return "OW"  # OB or OW, and what pydicom cannot write: implicit VR's OW (PS3.5 A.1)
+
+
+def _pixel_representation(stack: list[_Frame], length: int, reader: PieceReader) -> int:
+    """The Pixel Representation pydicom would find for an element of the data set or item at
+    the top of ``stack``: its own (ahead if not read yet), else the nearest enclosing one's;
+    none: 0."""
+    own = stack[-1].pixel_representation
+    if own is None:
+        own = _pixel_representation_ahead(reader, length)
+    if own is not None:
+        return own
+    return next((f.pixel_representation for f in reversed(stack)
+                 if f.pixel_representation is not None), 0)
+
+
+def _pixel_representation_ahead(reader: PieceReader, length: int) -> int | None:
+    """The same data set's Pixel Representation within :data:`LOOK_AHEAD` bytes after the
+    current element's value of ``length`` bytes, or None (not there, or past an element of
+    undefined length)."""
+    if length > LOOK_AHEAD:
+        return None
+    window = reader.peek(length + LOOK_AHEAD)
+    pos = length
+    while pos + 8 <= len(window):
+        group, element = _TAG.unpack_from(window, pos)
+        size = _LENGTH.unpack_from(window, pos + 4)[0]
+        number = group << 16 | element
+        if number > _PIXEL_REPRESENTATION or size == _UNDEFINED or group == 0xFFFE:
+            return None
+        if number == _PIXEL_REPRESENTATION:
+            value = window[pos + 8:pos + 10]
+            return _SHORT.unpack(value)[0] if len(value) == 2 else None
+        pos += 8 + size
+    return None
+
+
+def _known(vr: str) -> str:
+    return vr if vr in _KNOWN_VRS else "UN"
+
+
+def _looks_explicit(reader: PieceReader) -> bool:
+    """Whether the data set's first element has an explicit VR (two upper-case letters), so
+    that pydicom reads it as Explicit VR whatever the stored syntax declares."""
+    head = reader.peek(6)
+    if len(head) < 6 or head[:4] in (_ITEM_END, _SEQUENCE_END):
+        return False
+    return 0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B
