@@ -103,6 +103,33 @@ def inflated_pieces(
             close()
 
 
+def deflated_pieces(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes]:
+    """The Explicit VR Little Endian data set given in ``pieces``, deflated (Deflated Explicit
+    VR Little Endian, PS3.5 A.5: a raw deflate stream, padded with a NULL byte to an even
+    length, as pydicom and pynetdicom pad it), in pieces of at most ``size`` bytes. For a
+    destination that took an object only in Deflated: pynetdicom encoded the object whole
+    and then deflated it whole. Closing this iterator closes ``pieces``."""
+    deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    written = 0
+    out = bytearray()
+    try:
+        for piece in pieces:
+            out += deflater.compress(piece)
+            while len(out) >= size:
+                yield bytes(out[:size])
+                del out[:size]
+                written += size
+        out += deflater.flush()
+        if (written + len(out)) % 2:
+            out += b"\0"
+        for start in range(0, len(out), size):
+            yield bytes(out[start:start + size])
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
 def _written(copy: BinaryIO, data: bytes, directory: Path | None) -> BinaryIO:
     """``copy`` with ``data`` written at its end: moved to an anonymous file first when it
     is in memory and would pass :data:`IN_MEMORY`."""

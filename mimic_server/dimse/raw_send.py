@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pydicom
@@ -21,13 +21,13 @@ import pynetdicom.association
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import reference
-from mimic_server.codec.explicit_stream import explicit_pieces
-from mimic_server.codec.implicit_stream import MAX_NESTING, implicit_pieces
+from mimic_server.codec.implicit_stream import MAX_NESTING
 from mimic_server.codec.nesting import nests_deeper_than
+from mimic_server.dimse.recoders import recoder
 from mimic_server.errors import CannotUnderstand
 
 if TYPE_CHECKING:
@@ -123,13 +123,6 @@ def conversion_refused(ref: InstanceRef | None, exc: CannotUnderstand) -> None:
 
 
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
-#: (implicit VR, little endian, deflated) of Implicit and Explicit VR Little Endian.
-_IMPLICIT_LITTLE, _EXPLICIT_LITTLE = (True, True, False), (False, True, False)
-#: Conversions made from the stored bytes, without pydicom: (stored syntax, wanted encoding).
-_RECODERS: dict[tuple[str, tuple[bool, bool, bool]], Callable[..., Iterator[bytes]]] = {
-    (ExplicitVRLittleEndian, _IMPLICIT_LITTLE): implicit_pieces,
-    (ImplicitVRLittleEndian, _EXPLICIT_LITTLE): explicit_pieces,
-}
 #: The File Meta of stand-ins, one per transfer syntax: pynetdicom reads only its Transfer
 #: Syntax UID (to pick the presentation context), and nothing writes to it.
 _FILE_METAS: dict[str, FileMetaDataset] = {}
@@ -169,13 +162,13 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             if ds._mimic_encoding == wanted:
                 return ds._mimic_raw
             try:
-                recoder = _RECODERS.get((str(ds.file_meta.TransferSyntaxUID), wanted))
-                if recoder is not None:
+                convert = recoder(ds.file_meta.TransferSyntaxUID, wanted)
+                if convert is not None:
                     # Re-encoded from its stored bytes, as a large one is as it is sent:
                     # values as stored, and no pydicom parse (a data set nested a few hundred
                     # levels deep, some kilobytes, takes pydicom's encoder past Python's
                     # recursion limit and the process down with it).
-                    return b"".join(recoder(iter((ds._mimic_raw,)), 1 << 20))
+                    return b"".join(convert(iter((ds._mimic_raw,)), 1 << 20))
                 ds = ds.parsed()
             except CannotUnderstand as exc:  # the sub-operation fails; nothing was sent
                 conversion_refused(getattr(ds, "_mimic_ref", None), exc)

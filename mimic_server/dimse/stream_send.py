@@ -50,23 +50,16 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import VerifiedObject, reference
 from mimic_server.codec.command_set import send_held
-from mimic_server.codec.explicit_stream import explicit_pieces
-from mimic_server.codec.implicit_stream import implicit_pieces
 from mimic_server.dimse.raw_send import conversion_refused, refuse_if_too_deep
+from mimic_server.dimse.recoders import Recoder, recoder
 from mimic_server.errors import CannotUnderstand, OutOfResources
 
 log = logging.getLogger(__name__)
@@ -82,17 +75,9 @@ QUEUE_DEPTH = 4
 #: How often a sender waiting for room checks that its association is still there (s).
 CHECK_EVERY = 0.5
 
-#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian, of what it
-#: is once inflated, byte for byte (PS3.5 A.5): Explicit VR Little Endian, and of Implicit VR
-#: Little Endian, which every destination accepts.
-_DEFLATED, _EXPLICIT_LITTLE = (False, True, True), (False, True, False)
-_IMPLICIT_LITTLE = (True, True, False)
-#: The stored syntaxes whose data sets are re-encoded in Implicit VR Little Endian as sent.
-_TO_IMPLICIT = frozenset({ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
-#: How a data set is sent: (inflate it, the re-encoder it goes through, if any).
-Recoding = tuple[bool, Callable[[Iterator[Any], int], Iterator[bytes]] | None]
-#: The Recoding of a data set sent as stored.
-_AS_STORED: Recoding = (False, None)
+#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian.
+_DEFLATED = (False, True, True)
+
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
 #: then sends in the thread that called it, with nothing between that could send.
@@ -174,8 +159,8 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
 
     def send(self: Any, primitive: Any, context_id: int) -> None:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
-        recode = getattr(_pending, "recode", _AS_STORED)
-        _pending.stored, _pending.recode = None, _AS_STORED
+        recode = getattr(_pending, "recode", _within)
+        _pending.stored, _pending.recode = None, _within
         if stored is not None and _carries(primitive, stored):
             send_held(self)  # a pending C-GET response held for this message goes first
             _stream(self, primitive, context_id, stored, recode)
@@ -196,32 +181,20 @@ def _carries(primitive: Any, stored: VerifiedObject) -> bool:
     )
 
 
-def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> Recoding | None:
-    """What sending ``ds`` in the ``wanted`` encoding takes as it streams: (inflate it,
-    the re-encoder it goes through); None where it cannot stream (pydicom converts it
-    whole). Only the stored syntax tells an Explicit VR Little Endian data set from an
-    encapsulated one, which is never re-encoded (pynetdicom sends it in its own syntax
-    only)."""
-    stored = ds._mimic_encoding
-    if stored == wanted:
-        return _AS_STORED
-    if stored == _DEFLATED and wanted == _EXPLICIT_LITTLE:
-        return (True, None)
-    syntax = ds.file_meta.TransferSyntaxUID
-    if wanted == _IMPLICIT_LITTLE and syntax in _TO_IMPLICIT:
-        return (stored == _DEFLATED, implicit_pieces)
-    if wanted == _EXPLICIT_LITTLE and syntax == ImplicitVRLittleEndian:
-        return (False, explicit_pieces)
-    return None
+def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> Recoder | None:
+    """How ``ds`` goes in the ``wanted`` encoding as it streams: as stored (cut to size), or
+    through its conversion (``dimse/recoders``); None where it cannot stream (pydicom
+    converts it whole)."""
+    if ds._mimic_encoding == wanted:
+        return _within
+    return recoder(ds.file_meta.TransferSyntaxUID, wanted)
 
 
 def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
-            recode: Recoding = _AS_STORED) -> None:
+            recode: Recoder | None = None) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
-    is empty), then the data set from the store, the DUL's queue kept short; as ``recode``
-    says, a Deflated data set inflated (``archive/inflated.py``) and the data set
-    re-encoded in the other VR encoding (``codec/implicit_stream.py``,
-    ``codec/explicit_stream.py``) as it is sent."""
+    is empty), then the data set from the store, the DUL's queue kept short, converted by
+    ``recode`` as it is sent (``dimse/recoders``; None: as stored)."""
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     message.context_id = context_id
@@ -230,11 +203,7 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
     for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
         dimse.dul.send_pdu(pdata)
     size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
-    inflate, recoder = recode
-    offset = stored.dataset_offset
-    pieces: Any = (inflated_pieces(stored.chunks(offset), size) if inflate
-                   else stored.chunks(offset, size))
-    pieces = recoder(pieces, size) if recoder is not None else _within(pieces, size)
+    pieces = (recode or _within)(stored.chunks(stored.dataset_offset, size), size)
     try:
         for flag, fragment in _flagged(pieces):
             if not _room(dimse):

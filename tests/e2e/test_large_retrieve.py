@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,14 +158,17 @@ def _identifier(large: Large, uid: str) -> Dataset:
 def _get(
     large: Large, uid: str, syntax: str = ExplicitVRLittleEndian,
     on_pdu: Any = None, contexts: tuple[str, ...] = (), answer: int = 0x0000,
+    digest: Any = None,
 ) -> tuple[dict[str, str], Dataset, Any]:
     """C-GET of one object; the data set digests received, the final response, the assoc.
     ``contexts``: one storage context per transfer syntax, in that order, in place of one
-    in ``syntax``; ``answer``: the Status of the requestor's C-STORE responses."""
+    in ``syntax``; ``answer``: the Status of the requestor's C-STORE responses; ``digest``:
+    how a received file is digested (default: its data set's bytes)."""
     received: dict[str, str] = {}
 
     def on_store(event: Any) -> int:
-        received[str(event.request.AffectedSOPInstanceUID)] = _dataset_digest(event.dataset_path)
+        received[str(event.request.AffectedSOPInstanceUID)] = (digest or _dataset_digest)(
+            event.dataset_path)
         return answer
 
     ae = AE(ae_title="MODALITY1")
@@ -566,6 +570,40 @@ def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_requestor(
     assert peak - before < LARGE // 4, (before, peak)
     assert not any("converted between transfer syntaxes" in e.get("message", "")
                    for e in large.server.log_entries()[logged:])
+    assert _objects_held_open(large.server) == []
+
+
+def _inflated_digest(path: Path) -> str:
+    """SHA-256 of a Deflated Part 10 file's data set, inflated a piece at a time (and
+    whether the deflate stream had an even length: ``-odd`` appended when not)."""
+    digest, inflater = hashlib.sha256(), zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        fh.seek(144 + struct.unpack_from("<L", head, 140)[0])
+        while piece := fh.read(MiB):
+            size += len(piece)
+            digest.update(inflater.decompress(piece))
+    return digest.hexdigest() + ("-odd" if size % 2 else "")
+
+
+def test_an_object_goes_deflated_to_a_deflated_only_requestor(large: Large) -> None:
+    """160 MiB of pixels in Explicit VR Little Endian to a requestor that took only
+    Deflated: deflated as it is sent (a few hundred KB on the wire), inflating to the
+    stored data set, an even length; the server holds a few fragments (pynetdicom encoded
+    the object whole and deflated it whole before)."""
+    uid = large.store("to-deflated", LARGE)
+    pid = large.server.proc.pid  # type: ignore[union-attr]
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status(pid, "VmHWM")
+
+    received, final, _ = _get(large, uid, syntax=DeflatedExplicitVRLittleEndian,
+                              digest=_inflated_digest)
+
+    assert final.Status == 0x0000, final
+    assert received == {uid: large.digests[uid]}
+    peak = _status(pid, "VmHWM")
+    assert peak - before < LARGE // 4, (before, peak)
     assert _objects_held_open(large.server) == []
 
 

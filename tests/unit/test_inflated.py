@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mimic_server.archive import inflated
-from mimic_server.archive.inflated import INPUT_SLICE, inflated_pieces
+from mimic_server.archive.inflated import INPUT_SLICE, deflated_pieces, inflated_pieces
 from mimic_server.errors import CannotUnderstand
 
 #: 8 MiB of which one byte in 64 is random: deflates to some 200 KB.
@@ -127,3 +127,33 @@ def test_a_spill_that_fails_leaves_no_file_open(
     with pytest.raises(OSError):
         inflated._written(copy, b"more", tmp_path)
     assert [f.closed for f in opened] == [True]
+
+
+@pytest.mark.parametrize(("piece", "size"), [(1, 1), (7, 5), (4096, 16384), (1 << 20, 64)])
+def test_a_data_set_deflated_as_it_streams_inflates_back_padded_even(piece: int, size: int
+                                                                      ) -> None:
+    """``deflated_pieces`` (a destination that took only Deflated): pieces of ``size``, a
+    raw deflate stream that inflates to the input, a NULL byte after it when odd, as
+    pydicom and pynetdicom pad it; closing it closes the input."""
+    data = bytes(range(256)) * 300 + b"tail"
+    pieces = [data[i:i + piece] for i in range(0, len(data), piece)]
+    out = list(deflated_pieces(iter(pieces), size))
+    assert all(len(p) == size for p in out[:-1]) and 0 < len(out[-1]) <= size
+    stream = b"".join(out)
+    assert len(stream) % 2 == 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert inflater.decompress(stream) == data and inflater.eof
+    assert inflater.unused_data in (b"", b"\0")
+    closed: list[bool] = []
+
+    def source() -> Iterator[bytes]:
+        try:
+            yield data
+            yield data
+        finally:
+            closed.append(True)
+
+    deflating = deflated_pieces(source(), 1)
+    next(deflating)
+    deflating.close()
+    assert closed == [True]

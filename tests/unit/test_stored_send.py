@@ -224,13 +224,14 @@ def test_without_the_stored_bytes_encoder_the_object_is_parsed_whole(
     assert ORIGINAL_ENCODE(sent, True, True, False) == ORIGINAL_ENCODE(parsed, True, True, False)
 
 
-def test_a_deflated_data_set_nested_too_deep_is_never_given_to_pydicom(
+def test_a_deflated_data_set_held_whole_is_converted_without_pydicom(
     stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With streaming sends off (the fence's fallback), a Deflated object is held whole and
-    pydicom inflates and converts it; it is looked at inflated first (a few hundred bytes
-    deflated nest 250 levels), and pydicom never sees it. Before, a Deflated data set was
-    not looked at."""
+    """With streaming sends off (the fence's fallback), a Deflated object is held whole;
+    pydicom inflated and converted it, and a few hundred bytes deflated nesting 250 levels
+    took its encoder past Python's recursion limit. Now it is inflated (and re-encoded) from
+    its stored bytes (``dimse/recoders``): to Explicit VR the inflated bytes, to Implicit VR
+    refused past the bound, and pydicom never sees it."""
     monkeypatch.setattr(stream_send, "enabled", False)
     _store, _ref, _data, parsed = _stored()
     flat = ORIGINAL_ENCODE(parsed, False, True, False)
@@ -239,8 +240,9 @@ def test_a_deflated_data_set_nested_too_deep_is_never_given_to_pydicom(
     for _ in range(250):
         nested = (struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(nested) + 8)
                   + struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested)
+    inflated = flat[:pixel] + nested + flat[pixel:]
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    deflated = deflater.compress(flat[:pixel] + nested + flat[pixel:]) + deflater.flush()
+    deflated = deflater.compress(inflated) + deflater.flush()
     part10 = _part10(deflated, DeflatedExplicitVRLittleEndian, parsed)
     store = MemoryStore()
     store.objects["k"] = part10
@@ -253,7 +255,30 @@ def test_a_deflated_data_set_nested_too_deep_is_never_given_to_pydicom(
         raise AssertionError("parsed")
 
     monkeypatch.setattr(pydicom, "dcmread", no_parse)
-    for implicit in (True, False):
-        with pytest.raises(CannotUnderstand, match="nested too deep"):
-            stored_bytes_send(sent, implicit, True, False)
+    with pytest.raises(CannotUnderstand, match="nested too deep"):
+        stored_bytes_send(sent, True, True, False)
+    assert stored_bytes_send(sent, False, True, False) == inflated
     assert bytes(stored_bytes_send(sent, False, True, True)) == deflated  # as stored
+
+
+def test_to_deflated_from_either_vr_encoding_without_pydicom(
+    stored_bytes_send: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination that took only Deflated gets an object held whole deflated from its
+    stored bytes (an Implicit VR one re-encoded first): once inflated, what pynetdicom's own
+    conversion gives; padded to an even length."""
+    _store, _ref, _data, parsed = _stored()
+    for syntax, implicit in ((ExplicitVRLittleEndian, False), (ImplicitVRLittleEndian, True)):
+        part10 = _part10(ORIGINAL_ENCODE(parsed, implicit, True, False), syntax, parsed)
+        store = MemoryStore()
+        store.objects["k"] = part10
+        ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID), syntax, "k",
+                          hashlib.sha256(part10).hexdigest())
+        [sent] = datasets(store, [ref])
+        theirs = ORIGINAL_ENCODE(pydicom.dcmread(io.BytesIO(part10)), False, True, True)
+        monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("parsed"))
+        ours = stored_bytes_send(sent, False, True, True)
+        monkeypatch.undo()
+        assert len(ours) % 2 == 0
+        assert _elements(zlib.decompress(ours, -zlib.MAX_WBITS)) == _elements(
+            zlib.decompress(theirs, -zlib.MAX_WBITS))

@@ -145,10 +145,11 @@ def _send(dimse: FakeDIMSE, stored: VerifiedObject, fallback: list[Any],
     sender(dimse, _request(), 3)
 
 
-def _send_and_drain(dimse: FakeDIMSE, stored: VerifiedObject, implicit: bool = False) -> None:
+def _send_and_drain(dimse: FakeDIMSE, stored: VerifiedObject, implicit: bool = False,
+                    deflated: bool = False) -> None:
     """``_send``, then until the stand-in DUL has taken every P-DATA off its queue."""
     try:
-        _send(dimse, stored, [], implicit=implicit)
+        _send(dimse, stored, [], deflated=deflated, implicit=implicit)
         deadline = time.monotonic() + 10
         while dimse.dul.to_provider_queue.qsize() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -249,6 +250,25 @@ def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_context(streame
     assert all(h.closed for h in store.handles)
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                         ids=["explicit", "implicit"])
+def test_an_object_goes_deflated_to_a_deflated_only_context(syntax: str) -> None:
+    """A destination that accepted only Deflated gets the data set deflated as it is sent
+    (an Implicit VR one re-encoded in Explicit VR first): once inflated, the bytes
+    pydicom's encoder gives in Explicit VR; an even length."""
+    store = ClosingStore()
+    stored = _large(store, 2_000_000, syntax)
+    dul = FakeDUL()
+    _send_and_drain(FakeDIMSE(dul, 16382), stored, deflated=True)
+    sent = b"".join(f[1:] for f in _fragments(dul))
+    expected = DicomBytesIO()
+    expected.is_little_endian, expected.is_implicit_VR = True, False
+    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
+    assert len(sent) % 2 == 0 and len(sent) < 200_000
+    assert zlib.decompress(sent, -zlib.MAX_WBITS) == expected.getvalue()
+    assert all(h.closed for h in store.handles)
+
+
 def test_a_held_object_sent_as_stored_is_cut_within_the_pdu() -> None:
     """A small Deflated object takes the streamed path too; to a destination that accepted
     Deflated it goes as stored, in fragments within the peer's maximum PDU."""
@@ -323,8 +343,6 @@ def test_other_messages_and_other_encodings_are_not_streamed() -> None:
     assert not isinstance(encoded[0], StreamedDataset)
     assert encoded[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert encoded[0].PixelData == bytes(range(256)) * (300_000 // 256)
-    # To Deflated (a destination that took nothing else): not streamed.
-    assert encode(StreamedDataset.of(stored), False, True, True) == b"re-encoded"
     # Encapsulated (its encoding reads as Explicit VR Little Endian) is never re-encoded.
     held = _large(store, streamed=False)
     jpeg = StreamedDataset.of(VerifiedObject(
