@@ -5,11 +5,12 @@ of 5 KB whose sequences nest 250 levels deep takes its encoder past Python's rec
 limit, and what it does then (formatting each level's exception into the next) took the
 process down in a test (a segmentation fault) and, in the server, held a C-GET for 31 s and
 left a thread that had to be killed. The receive walk (``codec.structure``) does not look
-inside sequences of defined length, so such an object can be stored. Where the archive
-still hands a whole stored object to pydicom to convert it between transfer syntaxes (to
-Deflated, for a destination that took nothing else; a Deflated one where streaming sends are
-off: ``dimse/raw_send``, ``dimse/stream_send``), this looks first, and a data set nested deeper than
-:data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused instead. It reads
+inside sequences of defined length, so such an object can be stored. Every conversion
+pynetdicom asks of the archive's senders is made without pydicom (``dimse/recoders``); should
+one without such a counterpart be asked for, the senders hand the whole stored object to
+pydicom (``dimse/raw_send``, ``dimse/stream_send``), and this looks first, and a data set
+nested deeper than :data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused
+instead. It reads
 little endian: a Deflated data set is looked at once inflated, and one stored in Big Endian
 is never converted (pynetdicom converts within one byte order only; see
 ``raw_send.refuse_if_too_deep``).

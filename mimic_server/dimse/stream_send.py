@@ -27,9 +27,10 @@ only Implicit VR Little Endian (the one syntax every implementation accepts), an
 Little Endian or Deflated data set is re-encoded element by element as it is sent
 (``codec/implicit_stream.py``): values are the same bytes in both, only element headers
 change; an Implicit VR one to a destination that took only Explicit VR Little Endian, the
-same way, each VR taken as pydicom takes it (``codec/explicit_stream.py``). What is left
-(to Deflated from another syntax, where the destination took only Deflated) reads the
-object whole and lets pydicom re-encode it (logged at WARNING, with the object's size).
+same way, each VR taken as pydicom takes it (``codec/explicit_stream.py``); and either
+deflated as it is sent to a destination that took only Deflated. Every conversion pynetdicom
+makes has one such (``dimse/recoders.py``); one without (none with pynetdicom 3.0) would read
+the object whole and let pydicom re-encode it (logged at WARNING, with the object's size).
 (pynetdicom converts within one byte order only: a Big Endian object goes only to a
 destination that took Big Endian, as stored.)
 
