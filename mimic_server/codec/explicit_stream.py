@@ -11,11 +11,16 @@ writes it explicit:
   dictionary under its block's Private Creator (read in the same data set or item), a Private
   Creator's LO, any other UN; a sequence of undefined length that the dictionary does not
   know is an SQ when its value starts with an Item;
-- an ambiguous VR resolved as pydicom's writer resolves it: OW for OB or OW (Pixel Data,
-  Overlay Data, waveform data: always OW in Implicit VR, PS3.5 A.1) and for the retired ones
-  pydicom cannot write; US or SS by the nearest Pixel Representation (the data set's own,
-  looked for ahead when it comes later, else an enclosing one's; none: US); LUT Data by its
-  LUT Descriptor's first value (1: US, else OW);
+- an ambiguous VR resolved as pydicom's writer resolves it with the whole object in hand:
+  OW for OB or OW (Pixel Data, Overlay Data, waveform data, a private dictionary's OB_OW:
+  always OW in Implicit VR, PS3.5 A.1; encapsulated Pixel Data of undefined length OB); US or
+  SS by the Pixel Representation of the nearest data set that has one, this one first, then
+  each enclosing one, read already or looked for ahead (up to :data:`LOOK_AHEAD` bytes);
+  none: US. LUT Data by its LUT Descriptor's first value (1: US, else OW). Two departures,
+  both where pydicom writes what DICOM does not mean: the items of an undefined-length
+  sequence take the enclosing Pixel Representation too (pydicom hands it only to those of a
+  defined-length one, and writes US), and the retired US or SS elements pydicom does not
+  resolve, nor can write, are resolved the same way (US or SS or OW: OW);
 - a value too long for a VR with a 2-byte length goes as UN (PS3.5 6.2.2), as pydicom's
   writer does.
 
@@ -28,7 +33,8 @@ An undefined-length value that is not a sequence (encapsulated Pixel Data, out o
 native syntax) has its items copied. What is refused (``CannotUnderstand``, raised where it is
 met: the caller has sent what came before, and aborts): an element or item that overruns
 what contains it, a data set cut short, a header where an item belongs, an Item Delimitation
-Item outside any item, and nesting deeper than
+Item outside any item, a value of undefined length whose VR has a 2-byte length (pydicom
+writes a header that misreads all after it), and nesting deeper than
 :data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames.
 """
 
@@ -58,13 +64,16 @@ _SHORT = struct.Struct("<H")
 _KNOWN_VRS = frozenset(str(vr) for vr in VR)
 _LONG_VRS = frozenset(str(vr) for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
 
-_PIXEL_REPRESENTATION = 0x00280103
+_PIXEL_REPRESENTATION, _PIXEL_DATA = 0x00280103, 0x7FE00010
 _LUT_DESCRIPTOR, _LUT_DATA = 0x00283002, 0x00283006
 #: The US or SS elements pydicom's writer resolves by Pixel Representation (pydicom 3.0's
 #: ``filewriter._AMBIGUOUS_US_SS_TAGS``); here every US or SS is, the retired ones too.
-#: How far ahead, in bytes, a data set's own Pixel Representation is looked for when an
-#: element that needs it comes first ((0018,9810), (0022,1452) sort before it).
-LOOK_AHEAD = 64 << 10
+#: How far ahead, in bytes, the Pixel Representation of the data set an element that needs
+#: it stands in is looked for, where it comes later ((0018,9810), (0022,1452) sort before it;
+#: an item's elements come before the enclosing data set's).
+LOOK_AHEAD = 1 << 20
+#: A data set looked at to its end, or past the tag, without a Pixel Representation.
+_NONE = -1
 
 # What a frame of the walk holds: the elements of a data set or item, or the items of a
 # sequence; copied frames (an explicit data set, an encapsulated value) are not re-encoded.
@@ -148,7 +157,7 @@ def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
                 pass
             continue
         if length == _UNDEFINED:
-            vr = _undefined_length_vr(number, reader)
+            vr = _undefined_length_vr(number, group, element, frame, reader)
             yield tag + vr.encode() + b"\0\0" + _OPEN
             # A sequence's items are re-encoded; any other value's (encapsulated) copied.
             stack.append(_Frame(_ITEMS, vr != "SQ", None))
@@ -170,7 +179,7 @@ def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
             value = reader.take(length)
             frame.lut_entries = _SHORT.unpack_from(value)[0]
             yield value
-        elif group & 1 and 0x10 <= element <= 0xFF and length <= 64:  # a Private Creator
+        elif group & 1 and 0x10 <= element <= 0xFF and length <= 1024:  # a Private Creator
             value = reader.take(length)
             frame.creators[(group, element)] = value.decode("latin-1").rstrip(" \0")
             yield value
@@ -196,16 +205,25 @@ def _private_dictionary_vr(number: int, creator: str) -> str | None:
         return None
 
 
-def _undefined_length_vr(number: int, reader: PieceReader) -> str:
+def _undefined_length_vr(number: int, group: int, element: int, frame: _Frame,
+                         reader: PieceReader) -> str:
     """The VR of an element of undefined length, as pydicom's reader takes it: the
-    dictionary's (a sequence, or a value read to its delimiter), or for one the dictionary
-    does not know, SQ when its value starts with an Item (else UN)."""
+    dictionary's (a sequence, or a value read to its delimiter: encapsulated Pixel Data is
+    OB, other OB or OW values OW), or for one the dictionary does not know, SQ when its
+    value starts with an Item, else a private element's VR (or UN). A VR whose length has 2
+    bytes cannot be of undefined length in Explicit VR: refused (pydicom writes a header
+    that misreads everything after it)."""
     vr = _dictionary_vr(number)
     if vr is None:
-        return "SQ" if reader.peek(4) == _ITEM else "UN"
-    if vr == "SQ":
-        return vr
-    return "OB" if " or " in vr else _known(vr)  # encapsulated Pixel Data is OB
+        if reader.peek(4) == _ITEM:
+            return "SQ"
+        vr = _private_vr(group, element, frame) if group & 1 else "UN"
+    if " or " in vr:
+        vr = "OB" if number == _PIXEL_DATA else "OW" if "OW" in vr else vr
+    vr = _known(vr)
+    if vr not in _LONG_VRS:
+        raise CannotUnderstand("a value of undefined length whose VR cannot have one")
+    return vr
 
 
 def _vr(number: int, group: int, element: int, length: int, stack: list[_Frame],
@@ -228,7 +246,9 @@ def _private_vr(group: int, element: int, frame: _Frame) -> str:
         return "LO"  # a Private Creator
     creator = frame.creators.get((group, element >> 8)) if element & 0xFF00 else None
     if creator and "\\" not in creator:
-        return _private_dictionary_vr(group << 16 | element, creator) or "UN"
+        vr = _private_dictionary_vr(group << 16 | element, creator)
+        # The private dictionary writes an ambiguous VR with an underscore (OB_OW).
+        return vr.replace("_", " or ") if vr else "UN"
     return "UN"
 
 
@@ -244,39 +264,120 @@ def _resolved(vr: str, number: int, length: int, stack: list[_Frame],
 
 
 def _pixel_representation(stack: list[_Frame], length: int, reader: PieceReader) -> int:
-    """The Pixel Representation pydicom would find for an element of the data set or item at
-    the top of ``stack``: its own (ahead if not read yet), else the nearest enclosing one's;
-    none: 0."""
-    own = stack[-1].pixel_representation
-    if own is None:
-        own = _pixel_representation_ahead(reader, length)
-    if own is not None:
-        return own
-    return next((f.pixel_representation for f in reversed(stack)
-                 if f.pixel_representation is not None), 0)
+    """The Pixel Representation for an element (of ``length`` bytes, its value next in
+    ``reader``) of the data set or item at the top of ``stack``, as pydicom's writer finds
+    it with the whole object in hand: the nearest data set that has one, this one first,
+    then each enclosing one, wherever in it the element stands; read so far, or looked for
+    ahead (:func:`_pixel_representations_ahead`); none: 0."""
+    known = [f.pixel_representation for f in reversed(stack) if f.kind == _ELEMENTS]
+    if known[0] is not None:  # the nearest first
+        return known[0]
+    ahead = _pixel_representations_ahead(stack, known, length, reader)
+    for level, value in enumerate(known):
+        if value is not None:
+            return value
+        if ahead.get(level, _NONE) != _NONE:
+            return ahead[level]
+    return 0
 
 
-def _pixel_representation_ahead(reader: PieceReader, length: int) -> int | None:
-    """The same data set's Pixel Representation within :data:`LOOK_AHEAD` bytes after the
-    current element's value of ``length`` bytes, or None (not there, or past an element of
-    undefined length)."""
-    if length > LOOK_AHEAD:
-        return None
-    window = reader.peek(length + LOOK_AHEAD)
-    pos = length
-    while pos + 8 <= len(window):
-        group, element = _TAG.unpack_from(window, pos)
-        size = _LENGTH.unpack_from(window, pos + 4)[0]
-        number = group << 16 | element
-        if number > _PIXEL_REPRESENTATION or size == _UNDEFINED or group == 0xFFFE:
-            return None
-        if number == _PIXEL_REPRESENTATION:
-            value = window[pos + 8:pos + 10]
-            return _SHORT.unpack(value)[0] if len(value) == 2 else None
-        pos += 8 + size
-    return None
+def _pixel_representations_ahead(stack: list[_Frame], known: list[int | None], length: int,
+                                 reader: PieceReader) -> dict[int, int]:
+    """The Pixel Representations further on of the data sets and items on ``stack`` (by
+    level, 0 the nearest; ``known``: theirs read so far, by level; :data:`_NONE`: none
+    further on), from after the current value of ``length`` bytes and within
+    :data:`LOOK_AHEAD` bytes. The window is read with growing peeks (never more than twice
+    what the look needed), and walked as the stream is (sequences and items by their
+    lengths or delimiters, skipped whole where they are defined); a data set stops being
+    looked at past the Pixel Representation's tag (elements are in tag order), and the look
+    stops once the nearest level that may have one is settled."""
+    window_size = 4096
+    while True:
+        window = reader.peek(length + window_size)
+        found, complete = _scan(stack, known, length, reader.offset, window)
+        if complete or len(window) < length + window_size or window_size >= LOOK_AHEAD:
+            return found
+        window_size *= 2
 
 
+def _scan(stack: list[_Frame], known: list[int | None], start: int, offset: int,
+          window: bytes) -> tuple[dict[int, int], bool]:
+    """:func:`_pixel_representations_ahead` over one ``window`` (the stream from ``offset``
+    on); also whether the look was settled within it."""
+    found: dict[int, int] = {}
+    # (kind, end within the window or None, level of a data set on ``stack`` or None);
+    # frames entered in the window are walked for their delimiters only.
+    levels = len([f for f in stack if f.kind == _ELEMENTS])
+    frames: list[tuple[int, int | None, int | None]] = []
+    for frame in stack:
+        level = None
+        if frame.kind == _ELEMENTS:
+            levels -= 1
+            level = levels
+        frames.append((frame.kind, None if frame.end is None else frame.end - offset, level))
+    pos = start
+    while frames:
+        kind, end, level = frames[-1]
+        if end is not None and pos >= end:
+            if _left(frames, level, known, found):
+                return found, True
+            continue
+        if pos + 8 > len(window):
+            return found, False
+        tag, size = window[pos:pos + 4], _LENGTH.unpack_from(window, pos + 4)[0]
+        pos += 8
+        if kind == _ITEMS:
+            if tag == _SEQUENCE_END:
+                frames.pop()
+                pos = end if end is not None else pos
+            elif size == _UNDEFINED:
+                frames.append((_ELEMENTS, None, None))
+            else:
+                pos += size  # an item of defined length, whole
+        elif tag == _ITEM_END:
+            if _left(frames, level, known, found):
+                return found, True
+        elif size == _UNDEFINED:
+            frames.append((_ITEMS, None, None))
+        else:
+            if level is not None and level not in found:
+                number = int.from_bytes(tag[:2], "little") << 16 | int.from_bytes(
+                    tag[2:], "little")
+                if number == _PIXEL_REPRESENTATION and 2 <= size <= 64:
+                    if pos + 2 > len(window):
+                        return found, False
+                    found[level] = _SHORT.unpack_from(window, pos)[0]
+                    if _settled(known, found):
+                        return found, True
+                elif number > _PIXEL_REPRESENTATION:
+                    found.setdefault(level, _NONE)  # none further on in this data set
+                    if _settled(known, found):
+                        return found, True
+            pos += size
+    return found, True
+
+
+def _left(frames: list[tuple[int, int | None, int | None]], level: int | None,
+          known: list[int | None], found: dict[int, int]) -> bool:
+    """Leave the data set at the top of ``frames``; whether that settles the look."""
+    frames.pop()
+    if level is None:
+        return False
+    found.setdefault(level, _NONE)
+    return _settled(known, found)
+
+
+def _settled(known: list[int | None], found: dict[int, int]) -> bool:
+    """Whether the nearest level with a Pixel Representation is known: each nearer one
+    was looked at to its end, or past the tag, and had none."""
+    for level, value in enumerate(known):
+        if value is not None:
+            return True
+        if level not in found:
+            return False
+        if found[level] != _NONE:
+            return True
+    return True
 def _known(vr: str) -> str:
     return vr if vr in _KNOWN_VRS else "UN"
 

@@ -10,7 +10,8 @@ and every refusal.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -133,6 +134,71 @@ def test_us_or_ss_by_the_pixel_representation_near_or_far(representation: int) -
     found = [theirs[0x00189810].VR, theirs[0x00280106].VR, theirs[0x00409096][0][0x00409216].VR]
     assert found == [vr, vr, vr]
     assert theirs[0x7FE00010].VR == "OW"
+
+
+def _pr(value: int) -> bytes:
+    return _element(0x00280103, struct.pack("<H", value))
+
+
+_ZVPV, _SMALLEST, _RWV_FIRST = 0x00189810, 0x00280106, 0x00409216
+
+
+@pytest.mark.parametrize(("data", "where", "vr"), [
+    # its own, past an undefined-length sequence (review: the look stopped there)
+    (_element(_ZVPV, b"\x05\x00") + _sq(0x00209221, _ID, undefined=True) + _pr(1),
+     lambda ds: ds[_ZVPV], "SS"),
+    # its own, past 70 kB of a private value (review: 64 KiB was the look's reach)
+    (_element(_ZVPV, b"\x05\x00") + _element(0x00191010, bytes(70_000)) + _pr(1),
+     lambda ds: ds[_ZVPV], "SS"),
+    # the enclosing data set's, which comes after the item (review)
+    (_sq(0x00081140, _element(_SMALLEST, b"\x05\x00") + _element(0x00281050, b"40")) + _pr(1),
+     lambda ds: ds[0x00081140].value[0][_SMALLEST], "SS"),
+    # the nearer item's, not a farther data set's further on (review)
+    (_sq(0x00081140, _pr(0) + _sq(0x00409096, _element(_RWV_FIRST, b"\x05\x00"))) + _pr(1),
+     lambda ds: ds[0x00081140].value[0][0x00409096].value[0][_RWV_FIRST], "US"),
+], ids=["own, past a sequence", "own, past 70 kB", "enclosing, after the item",
+        "nearer before farther"])
+def test_the_pixel_representation_pydicom_finds_with_the_whole_object(
+    data: bytes, where: Callable[[Dataset], Any], vr: str
+) -> None:
+    found = where(_as_pydicom_converts(data))
+    assert str(found.VR) == vr
+
+
+@pytest.mark.parametrize("inner", [False, True], ids=["its item", "an item within"])
+def test_items_of_an_undefined_length_sequence_take_the_enclosing_pixel_representation(
+    inner: bool
+) -> None:
+    """Where pydicom does not: it hands an enclosing Pixel Representation only to the items
+    of a defined-length sequence, and writes US in the others (review). DICOM means the
+    same Pixel Representation in both; here both get it."""
+    mapping = _sq(0x00409096, _element(_RWV_FIRST, b"\x05\x00"), undefined=not inner)
+    data = _pr(1) + (_sq(0x52009229, mapping, undefined=True) if inner else mapping)
+    ours = _read(_explicit(data), implicit=False)
+    item = ours[0x52009229].value[0] if inner else ours
+    assert item[0x00409096].value[0][_RWV_FIRST].VR == "SS"
+
+
+@pytest.mark.parametrize("tag", [0x00100010, 0x00280011], ids=["PN", "US"])
+def test_a_value_of_undefined_length_whose_vr_cannot_have_one_is_refused(tag: int) -> None:
+    """A 2-byte-length VR of undefined length (the receive walk lets it by among the items
+    it reads): the header written was a long one, and the destination misread everything
+    after it (review)."""
+    data = _element(tag, b"", 0xFFFFFFFF) + _element(ITEM, b"\x01\x00") + _element(
+        SEQ_END, b"") + _ID
+    with pytest.raises(CannotUnderstand, match="undefined length whose VR"):
+        _explicit(data)
+
+
+def test_undefined_length_overlay_data_is_ow_and_a_private_ob_ow_is_ow() -> None:
+    """Overlay Data of undefined length OW, as pydicom; a private dictionary's OB_OW
+    resolved like the public OB or OW (TOSHIBA_MEC_OT3 (7019,xx80))."""
+    items = _element(ITEM, b"\x01\x02") + _element(SEQ_END, b"")
+    data = (_element(0x60003000, b"", 0xFFFFFFFF) + items
+            + _element(0x70190010, b"TOSHIBA_MEC_OT3") + _element(0x70191080, b"\x01\x02"))
+    ours = _explicit(data)
+    assert ours[4:6] == b"OW"
+    assert _read(ours, implicit=False)[0x70191080].VR == "OW"
 
 
 def test_lut_data_by_its_descriptor_and_no_pixel_representation_is_unsigned() -> None:
