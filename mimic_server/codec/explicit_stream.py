@@ -49,15 +49,18 @@ from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from mimic_server.codec.implicit_stream import MAX_NESTING
-from mimic_server.codec.piece_reader import PieceReader, sized
+from mimic_server.codec.piece_reader import (
+    ITEM,
+    ITEM_END,
+    OPEN,
+    SEQUENCE_END,
+    UNDEFINED,
+    ZERO,
+    PieceReader,
+    sized,
+)
 from mimic_server.errors import CannotUnderstand
 
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = b"\xfe\xff\x00\xe0"
-_ITEM_END = b"\xfe\xff\x0d\xe0"
-_SEQUENCE_END = b"\xfe\xff\xdd\xe0"
-_OPEN = b"\xff\xff\xff\xff"  # an undefined length
-_ZERO = b"\0\0\0\0"  # a delimitation item's length
 _TAG = struct.Struct("<HH")
 _LENGTH = struct.Struct("<L")
 _SHORT = struct.Struct("<H")
@@ -113,7 +116,7 @@ def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
                 raise CannotUnderstand("an element overruns its sequence or item")
             stack.pop()
             if not frame.copy:
-                yield _ITEM_END + _ZERO if frame.kind == _ELEMENTS else _SEQUENCE_END + _ZERO
+                yield ITEM_END + ZERO if frame.kind == _ELEMENTS else SEQUENCE_END + ZERO
             continue
         if len(stack) == 1 and reader.at_end():
             return
@@ -124,29 +127,29 @@ def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
         if frame.kind == _ITEMS:
             if frame.end is not None and reader.offset > frame.end:
                 raise CannotUnderstand("an item overruns its sequence")
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_END:
                 stack.pop()  # also of a defined-length sequence, whose rest pydicom skips
                 if frame.end is not None:
                     for _ in reader.values(frame.end - reader.offset):
                         pass
-                yield head if frame.copy else _SEQUENCE_END + _ZERO
-            elif tag != _ITEM:
+                yield head if frame.copy else SEQUENCE_END + ZERO
+            elif tag != ITEM:
                 raise CannotUnderstand("an element where a sequence item belongs")
             elif frame.copy:  # an encapsulated value's item, as it is
-                if length == _UNDEFINED:
+                if length == UNDEFINED:
                     raise CannotUnderstand("an item of undefined length in an encapsulated value")
                 yield head
                 yield from reader.values(length)
             else:
-                yield _ITEM + _OPEN
+                yield ITEM + OPEN
                 stack.append(_Frame(_ELEMENTS, False,
-                                    None if length == _UNDEFINED else reader.offset + length))
+                                    None if length == UNDEFINED else reader.offset + length))
             continue
-        if tag == _ITEM_END:  # ends the item, also one of defined length (pydicom reads on)
+        if tag == ITEM_END:  # ends the item, also one of defined length (pydicom reads on)
             if len(stack) == 1:
                 raise CannotUnderstand("an Item Delimitation Item outside an item")
             stack.pop()
-            yield _ITEM_END + _ZERO
+            yield ITEM_END + ZERO
             continue
         group, element = _TAG.unpack(tag)
         number = group << 16 | element
@@ -156,15 +159,15 @@ def _explicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
             for _ in reader.values(length):
                 pass
             continue
-        if length == _UNDEFINED:
+        if length == UNDEFINED:
             vr = _undefined_length_vr(number, group, element, frame, reader)
-            yield tag + vr.encode() + b"\0\0" + _OPEN
+            yield tag + vr.encode() + b"\0\0" + OPEN
             # A sequence's items are re-encoded; any other value's (encapsulated) copied.
             stack.append(_Frame(_ITEMS, vr != "SQ", None))
             continue
         vr = _vr(number, group, element, length, stack, reader)
         if vr == "SQ":
-            yield tag + b"SQ\0\0" + _OPEN
+            yield tag + b"SQ\0\0" + OPEN
             stack.append(_Frame(_ITEMS, False, reader.offset + length))
             continue
         if vr in _LONG_VRS:
@@ -215,7 +218,7 @@ def _undefined_length_vr(number: int, group: int, element: int, frame: _Frame,
     that misreads everything after it)."""
     vr = _dictionary_vr(number)
     if vr is None:
-        if reader.peek(4) == _ITEM:
+        if reader.peek(4) == ITEM:
             return "SQ"
         vr = _private_vr(group, element, frame) if group & 1 else "UN"
     if " or " in vr:
@@ -327,17 +330,17 @@ def _scan(stack: list[_Frame], known: list[int | None], start: int, offset: int,
         tag, size = window[pos:pos + 4], _LENGTH.unpack_from(window, pos + 4)[0]
         pos += 8
         if kind == _ITEMS:
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_END:
                 frames.pop()
                 pos = end if end is not None else pos
-            elif size == _UNDEFINED:
+            elif size == UNDEFINED:
                 frames.append((_ELEMENTS, None, None))
             else:
                 pos += size  # an item of defined length, whole
-        elif tag == _ITEM_END:
+        elif tag == ITEM_END:
             if _left(frames, level, known, found):
                 return found, True
-        elif size == _UNDEFINED:
+        elif size == UNDEFINED:
             frames.append((_ITEMS, None, None))
         else:
             if level is not None and level not in found:
@@ -386,6 +389,6 @@ def _looks_explicit(reader: PieceReader) -> bool:
     """Whether the data set's first element has an explicit VR (two upper-case letters), so
     that pydicom reads it as Explicit VR whatever the stored syntax declares."""
     head = reader.peek(6)
-    if len(head) < 6 or head[:4] in (_ITEM_END, _SEQUENCE_END):
+    if len(head) < 6 or head[:4] in (ITEM_END, SEQUENCE_END):
         return False
     return 0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B

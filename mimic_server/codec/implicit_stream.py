@@ -40,15 +40,18 @@ from collections.abc import Iterator
 
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from mimic_server.codec.piece_reader import PieceReader, sized
+from mimic_server.codec.piece_reader import (
+    ITEM,
+    ITEM_END,
+    OPEN,
+    SEQUENCE_END,
+    UNDEFINED,
+    ZERO,
+    PieceReader,
+    sized,
+)
 from mimic_server.errors import CannotUnderstand
 
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = b"\xfe\xff\x00\xe0"
-_ITEM_END = b"\xfe\xff\x0d\xe0"
-_SEQUENCE_END = b"\xfe\xff\xdd\xe0"
-_OPEN = b"\xff\xff\xff\xff"  # an undefined length
-_ZERO = b"\0\0\0\0"  # a delimitation item's length
 #: Frames of the walk (sequences and items, counted apart) beyond which a data set is refused.
 #: Real objects nest some tens (a structured report's content tree); pydicom, which writes
 #: sequences by recursion, fails at about 250 levels (500 frames), taking the process down.
@@ -82,7 +85,7 @@ def _implicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
             if reader.offset > end:
                 raise CannotUnderstand("an element overruns its sequence or item")
             stack.pop()
-            yield _ITEM_END + _ZERO if kind == _ELEMENTS else _SEQUENCE_END + _ZERO
+            yield ITEM_END + ZERO if kind == _ELEMENTS else SEQUENCE_END + ZERO
             continue
         if len(stack) == 1 and reader.at_end():
             return
@@ -93,39 +96,39 @@ def _implicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
             if end is not None and reader.offset > end:
                 raise CannotUnderstand("an item overruns its sequence")
             tag, length = head[:4], _LENGTH.unpack_from(head, 4)[0]
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_END:
                 # Ends the sequence, also one of defined length, whose remaining bytes
                 # pydicom then skips, as here.
                 stack.pop()
                 if end is not None:
                     for _ in reader.values(end - reader.offset):
                         pass
-                yield head if implicit else _SEQUENCE_END + _ZERO
-            elif tag != _ITEM:
+                yield head if implicit else SEQUENCE_END + ZERO
+            elif tag != ITEM:
                 raise CannotUnderstand("an element where a sequence item belongs")
             elif implicit:  # copied: the item as it is, its content walked when undefined
                 yield head
-                if length == _UNDEFINED:
+                if length == UNDEFINED:
                     stack.append((_ELEMENTS, True, None))
                 else:
                     yield from reader.values(length)
-            elif length == _UNDEFINED:
+            elif length == UNDEFINED:
                 yield head
                 stack.append((_ELEMENTS, _looks_implicit(reader), None))
             elif _looks_implicit(reader):  # pydicom reads it implicit: it already is
                 yield head
                 yield from reader.values(length)
             else:
-                yield _ITEM + _OPEN
+                yield ITEM + OPEN
                 stack.append((_ELEMENTS, False, reader.offset + length))
             continue
-        if reader.peek(4) == _ITEM_END:
+        if reader.peek(4) == ITEM_END:
             # Ends the item, also one of defined length (pydicom reads on from here).
             if len(stack) == 1:
                 raise CannotUnderstand("an Item Delimitation Item outside an item")
             reader.take(8)
             stack.pop()
-            yield _ITEM_END + _ZERO
+            yield ITEM_END + ZERO
             continue
         head = reader.take(8)
         vr = head[4:6]
@@ -134,7 +137,7 @@ def _implicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
             # (pydicom reads it so: some writers do it in sequences): copied as it is.
             yield head
             length = _LENGTH.unpack_from(head, 4)[0]
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 stack.append((_ITEMS, implicit, None))
             else:
                 yield from reader.values(length)
@@ -149,14 +152,14 @@ def _implicit_parts(reader: PieceReader) -> Iterator[bytes | memoryview]:
         if tag[2:] == b"\0\0":  # a group length: it counted explicit headers (PS3.5 7.2)
             for _ in reader.values(length):
                 pass
-        elif length == _UNDEFINED:
-            yield tag + _OPEN
+        elif length == UNDEFINED:
+            yield tag + OPEN
             # A sequence, or a UN that is one (PS3.5 6.2.2): each item told by its first
             # element, as pydicom tells it. Anything else (encapsulated Pixel Data, out of
             # place in a native syntax): its items copied as they are, as pydicom writes them.
             stack.append((_ITEMS, vr not in (b"SQ", b"UN"), None))
         elif vr == b"SQ":
-            yield tag + _OPEN
+            yield tag + OPEN
             stack.append((_ITEMS, False, reader.offset + length))
         else:
             yield tag + _LENGTH.pack(length)
@@ -167,6 +170,6 @@ def _looks_implicit(reader: PieceReader) -> bool:
     """Whether the elements that follow are read as implicit VR, as pydicom decides it:
     their first element's VR is not two upper-case letters."""
     head = reader.peek(6)
-    if len(head) < 6 or head[:4] in (_ITEM_END, _SEQUENCE_END):
+    if len(head) < 6 or head[:4] in (ITEM_END, SEQUENCE_END):
         return False
     return not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)

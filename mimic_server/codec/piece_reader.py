@@ -8,6 +8,15 @@ from collections.abc import Iterable, Iterator
 
 from mimic_server.errors import CannotUnderstand
 
+#: What the re-encoders read and write alike: an undefined length, the delimiters' tags
+#: (little endian), the four bytes of an undefined length and of a delimitation item's.
+UNDEFINED = 0xFFFFFFFF
+ITEM = b"\xfe\xff\x00\xe0"
+ITEM_END = b"\xfe\xff\x0d\xe0"
+SEQUENCE_END = b"\xfe\xff\xdd\xe0"
+OPEN = b"\xff\xff\xff\xff"
+ZERO = b"\0\0\0\0"
+
 
 class PieceReader:
     """The data set's bytes, taken in exact amounts from pieces of any size."""

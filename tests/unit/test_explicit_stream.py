@@ -15,73 +15,37 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mimic_server.codec.explicit_stream import explicit_pieces
 from mimic_server.codec.implicit_stream import MAX_NESTING
 from mimic_server.errors import CannotUnderstand
 from tests.data import storable_files
+from tests.data_sets import cut, differences, encoded, read
 
 _FILES = [f for f in storable_files()
           if f.transfer_syntax_uid in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)]
 
 
-def _cut(data: bytes, size: int) -> Iterator[bytes]:
-    return iter([data[i:i + size] for i in range(0, len(data), size)])
 
 
 def _explicit(data: bytes, piece: int = 997, size: int = 4096) -> bytes:
-    return b"".join(explicit_pieces(_cut(data, piece), size))
+    return b"".join(explicit_pieces(cut(data, piece), size))
 
 
-def _read(data: bytes, implicit: bool) -> Dataset:
-    fp = DicomBytesIO(data)
-    fp.is_little_endian, fp.is_implicit_VR = True, implicit
-    return read_dataset(fp, implicit, True)
 
 
-def _encoded(ds: Dataset, implicit: bool) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, implicit
-    write_dataset(fp, ds)
-    return fp.getvalue()
 
 
-def _differences(a: Dataset, b: Dataset, where: str = "") -> list[str]:
-    """Where two explicit data sets differ: the VR, then the value compared as its bytes,
-    else as what pydicom reads; sequences item by item, whatever their lengths' encoding."""
-    found = []
-    raw_a = {t: a.get_item(t) for t in a.keys()}  # noqa: SIM118 - raw, unconverted
-    raw_b = {t: b.get_item(t) for t in b.keys()}  # noqa: SIM118
-    found += [f"{where}{t} in one only" for t in set(raw_a) ^ set(raw_b)]
-    for tag in sorted(set(raw_a) & set(raw_b)):
-        ra, rb = raw_a[tag], raw_b[tag]
-        if ra.VR != rb.VR:
-            found.append(f"{where}{tag} VR {ra.VR} against {rb.VR}")
-            continue
-        if (isinstance(ra.value, bytes) and isinstance(rb.value, bytes)
-                and ra.value == rb.value and ra.VR != "SQ"):
-            continue
-        va, vb = a[tag].value, b[tag].value
-        if isinstance(va, Sequence) and isinstance(vb, Sequence) and len(va) == len(vb):
-            for i, (x, y) in enumerate(zip(va, vb, strict=True)):
-                found += _differences(x, y, f"{where}{tag}[{i}].")
-        elif va != vb:
-            found.append(f"{where}{tag}")
-    return found
 
 
 def _as_pydicom_converts(data: bytes) -> Dataset:
     """The re-encoding of the implicit ``data``, cut every way, reads in pydicom as pydicom's
     own conversion does; the conversion read back."""
-    theirs = _read(_encoded(_read(data, implicit=True), implicit=False), implicit=False)
+    theirs = read(encoded(read(data, implicit=True), implicit=False), implicit=False)
     for piece, size in ((1, 1), (3, 7), (len(data) or 1, 4096)):
-        ours = _read(_explicit(data, piece, size), implicit=False)
-        assert _differences(ours, theirs) == [], (piece, size)
+        ours = read(_explicit(data, piece, size), implicit=False)
+        assert differences(ours, theirs, vr=True) == [], (piece, size)
     return theirs
 
 
@@ -92,10 +56,10 @@ def test_every_shipped_file_in_implicit_vr_reads_as_pydicom_converts_it(stored: 
     sequences: what a modality sends in Implicit VR)."""
     data = stored.dataset_bytes()  # type: ignore[attr-defined]
     if stored.transfer_syntax_uid != ImplicitVRLittleEndian:  # type: ignore[attr-defined]
-        data = _encoded(_read(data, implicit=False), implicit=True)
-    ours = b"".join(explicit_pieces(_cut(data, 997), 4096))
-    theirs = _encoded(_read(data, implicit=True), implicit=False)
-    assert _differences(_read(ours, False), _read(theirs, False)) == []
+        data = encoded(read(data, implicit=False), implicit=True)
+    ours = b"".join(explicit_pieces(cut(data, 997), 4096))
+    theirs = encoded(read(data, implicit=True), implicit=False)
+    assert differences(read(ours, False), read(theirs, False), vr=True) == []
 
 
 def _element(tag: int, value: bytes, length: int | None = None) -> bytes:
@@ -174,7 +138,7 @@ def test_items_of_an_undefined_length_sequence_take_the_enclosing_pixel_represen
     same Pixel Representation in both; here both get it."""
     mapping = _sq(0x00409096, _element(_RWV_FIRST, b"\x05\x00"), undefined=not inner)
     data = _pr(1) + (_sq(0x52009229, mapping, undefined=True) if inner else mapping)
-    ours = _read(_explicit(data), implicit=False)
+    ours = read(_explicit(data), implicit=False)
     item = ours[0x52009229].value[0] if inner else ours
     assert item[0x00409096].value[0][_RWV_FIRST].VR == "SS"
 
@@ -198,7 +162,7 @@ def test_undefined_length_overlay_data_is_ow_and_a_private_ob_ow_is_ow() -> None
             + _element(0x70190010, b"TOSHIBA_MEC_OT3") + _element(0x70191080, b"\x01\x02"))
     ours = _explicit(data)
     assert ours[4:6] == b"OW"
-    assert _read(ours, implicit=False)[0x70191080].VR == "OW"
+    assert read(ours, implicit=False)[0x70191080].VR == "OW"
 
 
 def test_lut_data_by_its_descriptor_and_no_pixel_representation_is_unsigned() -> None:
@@ -251,7 +215,7 @@ def test_sequences_of_every_length_encoding(undefined: bool) -> None:
         + _ID
     )
     theirs = _as_pydicom_converts(data)
-    ours = _read(_explicit(data), implicit=False)
+    ours = read(_explicit(data), implicit=False)
     assert 0x00080000 not in ours[0x0040A730][0][0x0040A043][0]
     assert theirs[0x00111010].VR == "SQ"
 

@@ -16,7 +16,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
@@ -24,66 +23,35 @@ from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.codec.implicit_stream import MAX_NESTING, implicit_pieces
 from mimic_server.errors import CannotUnderstand
 from tests.data import storable_files
+from tests.data_sets import cut, differences, encoded, read
 
 _EXPLICIT_FILES = [f for f in storable_files()
                    if f.transfer_syntax_uid in (ExplicitVRLittleEndian,
                                                 DeflatedExplicitVRLittleEndian)]
 
 
-def _cut(data: bytes, size: int) -> Iterator[bytes]:
-    return iter([data[i:i + size] for i in range(0, len(data), size)])
 
 
 def _implicit(data: bytes, piece: int = 997, size: int = 4096) -> bytes:
-    return b"".join(implicit_pieces(_cut(data, piece), size))
+    return b"".join(implicit_pieces(cut(data, piece), size))
 
 
-def _read_implicit(data: bytes) -> Dataset:
-    fp = DicomBytesIO(data)
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    return read_dataset(fp, True, True)
 
 
-def _encoded(ds: Dataset, implicit: bool) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, implicit
-    write_dataset(fp, ds)
-    return fp.getvalue()
 
 
-def _differences(a: Dataset, b: Dataset, where: str = "") -> list[str]:
-    """Where two data sets differ: a value compared as its bytes, else (pydicom writes a
-    value again from what it parsed: padding trimmed) as what pydicom reads; sequences item
-    by item, whatever their lengths' encoding."""
-    found = []
-    # Raw, before any value is converted: iterating a Dataset would convert them.
-    raw_a = {t: a.get_item(t) for t in a.keys()}  # noqa: SIM118
-    raw_b = {t: b.get_item(t) for t in b.keys()}  # noqa: SIM118
-    found += [f"{where}{t} in one only" for t in set(raw_a) ^ set(raw_b)]
-    for tag in sorted(set(raw_a) & set(raw_b)):
-        ra, rb = raw_a[tag], raw_b[tag]
-        if (isinstance(ra.value, bytes) and isinstance(rb.value, bytes)
-                and ra.value == rb.value and ra.VR != "SQ"):
-            continue
-        va, vb = a[tag].value, b[tag].value
-        if isinstance(va, Sequence) and isinstance(vb, Sequence) and len(va) == len(vb):
-            for i, (x, y) in enumerate(zip(va, vb, strict=True)):
-                found += _differences(x, y, f"{where}{tag}[{i}].")
-        elif va != vb:
-            found.append(f"{where}{tag}")
-    return found
 
 
 @pytest.mark.parametrize("stored", _EXPLICIT_FILES, ids=lambda f: f.path.name)
 def test_every_shipped_explicit_file_reads_as_pydicom_converts_it(stored: object) -> None:
     path, syntax = stored.path, stored.transfer_syntax_uid  # type: ignore[attr-defined]
     data = stored.dataset_bytes()  # type: ignore[attr-defined]
-    pieces: Iterator[bytes] = _cut(data, 997)
+    pieces: Iterator[bytes] = cut(data, 997)
     if syntax == DeflatedExplicitVRLittleEndian:
         pieces = inflated_pieces(pieces, 1000)
     ours = b"".join(implicit_pieces(pieces, 4096))
-    theirs = _encoded(pydicom.dcmread(path), implicit=True)
-    assert _differences(_read_implicit(ours), _read_implicit(theirs)) == []
+    theirs = encoded(pydicom.dcmread(path), implicit=True)
+    assert differences(read(ours, True), read(theirs, True)) == []
 
 
 def _nested() -> Dataset:
@@ -115,18 +83,18 @@ def test_sequences_of_every_length_encoding_however_cut(
         element.is_undefined_length = undefined
         for item in element.value:
             item.is_undefined_length_sequence_item = undefined
-    explicit = _encoded(ds, implicit=False)
+    explicit = encoded(ds, implicit=False)
     assert (b"\xff\xff\xff\xff" in explicit) == undefined
 
-    ours = b"".join(implicit_pieces(_cut(explicit, piece), size))
+    ours = b"".join(implicit_pieces(cut(explicit, piece), size))
 
-    theirs = _read_implicit(_encoded(ds, implicit=True))
-    read = _read_implicit(ours)
-    assert _differences(read, theirs) == []
+    theirs = read(encoded(ds, implicit=True), True)
+    back = read(ours, True)
+    assert differences(back, theirs) == []
     # The group length in an item is left out, as pydicom leaves it out: it was wrong now.
-    assert 0x00080000 not in read.ContentSequence[0].ConceptNameCodeSequence[0]
+    assert 0x00080000 not in back.ContentSequence[0].ConceptNameCodeSequence[0]
     expected_pieces = -(-len(ours) // size)
-    assert [len(p) for p in implicit_pieces(_cut(explicit, piece), size)] == (
+    assert [len(p) for p in implicit_pieces(cut(explicit, piece), size)] == (
         [size] * (expected_pieces - 1) + [len(ours) - size * (expected_pieces - 1)])
 
 
@@ -167,7 +135,7 @@ def test_content_already_implicit_is_copied_as_it_is() -> None:
         + _implicit_element(ITEM, implicit_item) + _implicit_element(SEQ_END, b"")
         + _implicit_element(0x00100020, b"ID")
     )
-    ds = _read_implicit(ours)
+    ds = read(ours, True)
     assert str(ds.RequestAttributesSequence[0].PatientName) == "Doe^J"
 
 
@@ -199,10 +167,10 @@ def _as_pydicom_converts(data: bytes) -> None:
     pydicom's own conversion does."""
     fp = DicomBytesIO(data)
     fp.is_little_endian, fp.is_implicit_VR = True, False
-    theirs = _read_implicit(_encoded(read_dataset(fp, False, True), implicit=True))
+    theirs = read(encoded(read_dataset(fp, False, True), implicit=True), True)
     for piece, size in ((1, 1), (3, 7), (len(data), 4096)):
-        ours = _read_implicit(_implicit(data, piece, size))
-        assert _differences(ours, theirs) == [], (piece, size)
+        ours = read(_implicit(data, piece, size), True)
+        assert differences(ours, theirs) == [], (piece, size)
 
 
 _TAIL = _explicit(0x00100030, b"DA", b"20000101")
@@ -294,8 +262,8 @@ def test_closing_it_closes_the_input() -> None:
 def test_a_deflated_data_set_inflated_then_re_encoded() -> None:
     """What C-GET does for a Deflated object to an Implicit VR destination."""
     ds = _nested()
-    explicit = _encoded(ds, implicit=False)
+    explicit = encoded(ds, implicit=False)
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     deflated = deflater.compress(explicit) + deflater.flush()
-    ours = b"".join(implicit_pieces(inflated_pieces(_cut(deflated, 100), 333), 512))
+    ours = b"".join(implicit_pieces(inflated_pieces(cut(deflated, 100), 333), 512))
     assert ours == _implicit(explicit)

@@ -105,11 +105,7 @@ def test_a_conversion_from_implicit_vr_re_encodes_the_stored_bytes_unparsed(
     _store, _ref, _data, parsed = _stored()
     flat = ORIGINAL_ENCODE(parsed, True, True, False)
     part10 = _part10(flat, ImplicitVRLittleEndian, parsed)
-    store = MemoryStore()
-    store.objects["k"] = part10
-    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
-                      ImplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
-    [sent] = datasets(store, [ref])
+    sent = _sent(part10, ImplicitVRLittleEndian, parsed)
     theirs = ORIGINAL_ENCODE(pydicom.dcmread(io.BytesIO(part10)), False, True, False)
 
     def no_parse(*args: Any, **kwargs: Any) -> None:
@@ -162,11 +158,7 @@ def test_an_implicit_vr_data_set_nested_too_deep_is_never_given_to_pydicom(
         nested = (struct.pack("<HHL", 0x0040, 0xA730, len(nested) + 8)
                   + struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested)
     part10 = _part10(flat[:pixel] + nested + flat[pixel:], ImplicitVRLittleEndian, parsed)
-    store = MemoryStore()
-    store.objects["k"] = part10
-    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
-                      ImplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
-    [sent] = datasets(store, [ref])
+    sent = _sent(part10, ImplicitVRLittleEndian, parsed)
 
     def no_parse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("parsed")
@@ -174,6 +166,17 @@ def test_an_implicit_vr_data_set_nested_too_deep_is_never_given_to_pydicom(
     monkeypatch.setattr(pydicom, "dcmread", no_parse)
     with pytest.raises(CannotUnderstand, match="nested too deep"):
         stored_bytes_send(sent, False, True, False)
+
+
+def _sent(part10: bytes, syntax: str, parsed: pydicom.Dataset) -> Any:
+    """What the retrieve service hands pynetdicom for the Part 10 file ``part10``, stored in
+    ``syntax`` (the object of ``parsed``)."""
+    store = MemoryStore()
+    store.objects["k"] = part10
+    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID), syntax, "k",
+                      hashlib.sha256(part10).hexdigest())
+    [sent] = datasets(store, [ref])
+    return sent
 
 
 def _part10(dataset: bytes, syntax: str, parsed: pydicom.Dataset) -> bytes:
@@ -244,11 +247,7 @@ def test_a_deflated_data_set_held_whole_is_converted_without_pydicom(
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     deflated = deflater.compress(inflated) + deflater.flush()
     part10 = _part10(deflated, DeflatedExplicitVRLittleEndian, parsed)
-    store = MemoryStore()
-    store.objects["k"] = part10
-    ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID),
-                      DeflatedExplicitVRLittleEndian, "k", hashlib.sha256(part10).hexdigest())
-    [sent] = datasets(store, [ref])
+    sent = _sent(part10, DeflatedExplicitVRLittleEndian, parsed)
     assert isinstance(sent, StoredDataset)
 
     def no_parse(*args: Any, **kwargs: Any) -> None:
@@ -270,11 +269,7 @@ def test_to_deflated_from_either_vr_encoding_without_pydicom(
     _store, _ref, _data, parsed = _stored()
     for syntax, implicit in ((ExplicitVRLittleEndian, False), (ImplicitVRLittleEndian, True)):
         part10 = _part10(ORIGINAL_ENCODE(parsed, implicit, True, False), syntax, parsed)
-        store = MemoryStore()
-        store.objects["k"] = part10
-        ref = InstanceRef(str(parsed.SOPClassUID), str(parsed.SOPInstanceUID), syntax, "k",
-                          hashlib.sha256(part10).hexdigest())
-        [sent] = datasets(store, [ref])
+        sent = _sent(part10, syntax, parsed)
         theirs = ORIGINAL_ENCODE(pydicom.dcmread(io.BytesIO(part10)), False, True, True)
         monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("parsed"))
         ours = stored_bytes_send(sent, False, True, True)

@@ -23,8 +23,6 @@ from typing import Any, BinaryIO
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -40,6 +38,7 @@ from mimic_server.dimse.stream_send import StreamedDataset
 from mimic_server.errors import OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage.memory import MemoryStore
+from tests.data_sets import encoded
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 UID = "1.2.826.0.1.3680043.8.498.4242"
@@ -224,10 +223,8 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_context(syntax: str, stream
     dul = FakeDUL()
     _send_and_drain(FakeDIMSE(dul, 16382), stored, implicit=True)
     fragments = _fragments(dul)
-    expected = DicomBytesIO()
-    expected.is_little_endian, expected.is_implicit_VR = True, True
-    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
-    assert b"".join(f[1:] for f in fragments) == expected.getvalue()
+    expected = encoded(pydicom.dcmread(io.BytesIO(store.objects["k"])), implicit=True)
+    assert b"".join(f[1:] for f in fragments) == expected
     assert max(len(f) - 1 for f in fragments) <= 16382 - 6
     assert all(h.closed for h in store.handles)
 
@@ -242,10 +239,8 @@ def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_context(streame
     dul = FakeDUL()
     _send_and_drain(FakeDIMSE(dul, 16382), stored)  # never pydicom's encoder (_send)
     fragments = _fragments(dul)
-    expected = DicomBytesIO()
-    expected.is_little_endian, expected.is_implicit_VR = True, False
-    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
-    assert b"".join(f[1:] for f in fragments) == expected.getvalue()
+    expected = encoded(pydicom.dcmread(io.BytesIO(store.objects["k"])), implicit=False)
+    assert b"".join(f[1:] for f in fragments) == expected
     assert max(len(f) - 1 for f in fragments) <= 16382 - 6
     assert all(h.closed for h in store.handles)
 
@@ -261,11 +256,9 @@ def test_an_object_goes_deflated_to_a_deflated_only_context(syntax: str) -> None
     dul = FakeDUL()
     _send_and_drain(FakeDIMSE(dul, 16382), stored, deflated=True)
     sent = b"".join(f[1:] for f in _fragments(dul))
-    expected = DicomBytesIO()
-    expected.is_little_endian, expected.is_implicit_VR = True, False
-    write_dataset(expected, pydicom.dcmread(io.BytesIO(store.objects["k"])))
+    expected = encoded(pydicom.dcmread(io.BytesIO(store.objects["k"])), implicit=False)
     assert len(sent) % 2 == 0 and len(sent) < 200_000
-    assert zlib.decompress(sent, -zlib.MAX_WBITS) == expected.getvalue()
+    assert zlib.decompress(sent, -zlib.MAX_WBITS) == expected
     assert all(h.closed for h in store.handles)
 
 
