@@ -91,6 +91,9 @@ class _Frame:
     #: Of a data set or item: its Pixel Representation, LUT Descriptor's first value and
     #: Private Creators ((group, block) -> creator), as read so far.
     pixel_representation: int | None = None
+    #: Its Pixel Representation further on, once looked for (:data:`_NONE`: none there, or
+    #: not within reach): each data set is looked through once, not once per element.
+    pixel_representation_ahead: int | None = None
     lut_entries: int | None = None
     creators: dict[tuple[int, int], str] = field(default_factory=dict)
 
@@ -272,42 +275,51 @@ def _pixel_representation(stack: list[_Frame], length: int, reader: PieceReader)
     it with the whole object in hand: the nearest data set that has one, this one first,
     then each enclosing one, wherever in it the element stands; read so far, or looked for
     ahead (:func:`_pixel_representations_ahead`); none: 0."""
-    known = [f.pixel_representation for f in reversed(stack) if f.kind == _ELEMENTS]
-    if known[0] is not None:  # the nearest first
-        return known[0]
-    ahead = _pixel_representations_ahead(stack, known, length, reader)
+    levels = [f for f in reversed(stack) if f.kind == _ELEMENTS]  # the nearest first
+    known = [f.pixel_representation for f in levels]
+    found = {level: f.pixel_representation_ahead for level, f in enumerate(levels)
+             if f.pixel_representation_ahead is not None}
+    if not _settled(known, found):
+        found, settled = _pixel_representations_ahead(stack, known, found, length, reader)
+        for level, frame in enumerate(levels):
+            if level in found:
+                frame.pixel_representation_ahead = found[level]
+            elif not settled:  # the data set or the look's reach ended first
+                frame.pixel_representation_ahead = _NONE
     for level, value in enumerate(known):
         if value is not None:
             return value
-        if ahead.get(level, _NONE) != _NONE:
-            return ahead[level]
+        if found.get(level, _NONE) != _NONE:
+            return found[level]
     return 0
 
 
-def _pixel_representations_ahead(stack: list[_Frame], known: list[int | None], length: int,
-                                 reader: PieceReader) -> dict[int, int]:
+def _pixel_representations_ahead(stack: list[_Frame], known: list[int | None],
+                                 looked: dict[int, int], length: int,
+                                 reader: PieceReader) -> tuple[dict[int, int], bool]:
     """The Pixel Representations further on of the data sets and items on ``stack`` (by
-    level, 0 the nearest; ``known``: theirs read so far, by level; :data:`_NONE`: none
-    further on), from after the current value of ``length`` bytes and within
-    :data:`LOOK_AHEAD` bytes. The window is read with growing peeks (never more than twice
-    what the look needed), and walked as the stream is (sequences and items by their
-    lengths or delimiters, skipped whole where they are defined); a data set stops being
-    looked at past the Pixel Representation's tag (elements are in tag order), and the look
-    stops once the nearest level that may have one is settled."""
+    level, 0 the nearest; ``known``: theirs read so far; ``looked``: theirs further on found
+    by an earlier look; :data:`_NONE`: none further on), from after the current value of
+    ``length`` bytes and within :data:`LOOK_AHEAD` bytes; and whether that settled it. The
+    window is read with growing peeks (never more than twice what the look needed), and
+    walked as the stream is (sequences and items by their lengths or delimiters, skipped
+    whole where they are defined); a data set stops being looked at past the Pixel
+    Representation's tag (elements are in tag order), and the look stops once the nearest
+    level that may have one is settled. Each data set's answer is kept on its frame, so
+    that it is looked through once, not once per element that needs it."""
     window_size = 4096
     while True:
         window = reader.peek(length + window_size)
-        found, complete = _scan(stack, known, length, reader.offset, window)
+        found, complete = _scan(stack, known, dict(looked), length, reader.offset, window)
         if complete or len(window) < length + window_size or window_size >= LOOK_AHEAD:
-            return found
+            return found, complete
         window_size *= 2
 
 
-def _scan(stack: list[_Frame], known: list[int | None], start: int, offset: int,
-          window: bytes) -> tuple[dict[int, int], bool]:
+def _scan(stack: list[_Frame], known: list[int | None], found: dict[int, int], start: int,
+          offset: int, window: bytes) -> tuple[dict[int, int], bool]:
     """:func:`_pixel_representations_ahead` over one ``window`` (the stream from ``offset``
-    on); also whether the look was settled within it."""
-    found: dict[int, int] = {}
+    on), adding to ``found``; also whether the look was settled within it."""
     # (kind, end within the window or None, level of a data set on ``stack`` or None);
     # frames entered in the window are walked for their delimiters only.
     levels = len([f for f in stack if f.kind == _ELEMENTS])
