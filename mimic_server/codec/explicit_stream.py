@@ -69,8 +69,6 @@ _LONG_VRS = frozenset(str(vr) for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
 
 _PIXEL_REPRESENTATION, _PIXEL_DATA = 0x00280103, 0x7FE00010
 _LUT_DESCRIPTOR, _LUT_DATA = 0x00283002, 0x00283006
-#: The US or SS elements pydicom's writer resolves by Pixel Representation (pydicom 3.0's
-#: ``filewriter._AMBIGUOUS_US_SS_TAGS``); here every US or SS is, the retired ones too.
 #: How far ahead, in bytes, the Pixel Representation of the data set an element that needs
 #: it stands in is looked for, where it comes later ((0018,9810), (0022,1452) sort before it;
 #: an item's elements come before the enclosing data set's).

@@ -10,9 +10,8 @@ pynetdicom asks of the archive's senders is made without pydicom (``dimse/recode
 one without such a counterpart be asked for, the senders hand the whole stored object to
 pydicom (``dimse/raw_send``, ``dimse/stream_send``), and this looks first, and a data set
 nested deeper than :data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frames is refused
-instead. It reads little endian: a Deflated data set is looked at once inflated, and one
-stored in Big Endian is never converted (pynetdicom converts within one byte order only; see
-``raw_send.refuse_if_too_deep``).
+instead. It reads little endian, not deflated: one stored Deflated or in Big Endian is never
+given to pydicom (``raw_send.refuse_if_too_deep``).
 
 It reads as pydicom reads, and counts conservatively where the encoding leaves it open: a
 sequence is an SQ, or (in implicit VR or as UN) an element the dictionary names a sequence or

@@ -23,7 +23,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
-from mimic_server.archive.inflated import inflated_pieces
 from mimic_server.archive.read import reference
 from mimic_server.codec.implicit_stream import MAX_NESTING
 from mimic_server.codec.nesting import nests_deeper_than
@@ -99,17 +98,14 @@ def refuse_if_too_deep(data: bytes | memoryview, encoding: tuple[bool, bool, boo
     (implicit VR, little endian, deflated), nests its sequences deeper than pydicom's
     recursive encoder can take (``codec/nesting.py``).
 
-    A Deflated one is inflated to be looked at (bounded as the receive walk bounds it), and
-    pydicom inflates it again: pydicom converts one only where streaming sends are off
-    (the fence's fallback), and the look's copy is gone before pydicom's is made. One in Big
-    Endian is refused unlooked at: pynetdicom never asks for it (it finds no context across
-    byte orders, so a Big Endian object goes only to a destination that took Big Endian,
-    as stored), and a conversion nothing looked at is what this guards against."""
+    One stored Deflated or in Big Endian is refused unlooked at: every conversion of a
+    Deflated one pynetdicom asks for is made without pydicom (``dimse/recoders``), and it
+    never asks for one of a Big Endian one (it finds no context across byte orders, so such
+    an object goes only to a destination that took Big Endian, as stored); a conversion
+    nothing looked at is what this guards against."""
     _implicit, little, deflated = encoding
-    if not little:
-        raise CannotUnderstand("a Big Endian data set is not converted")
-    if deflated:
-        data = b"".join(inflated_pieces(iter((data,))))
+    if deflated or not little:
+        raise CannotUnderstand("a Deflated or Big Endian data set is not converted by pydicom")
     if nests_deeper_than(data, MAX_NESTING):
         raise CannotUnderstand("sequences nested too deep")
 

@@ -76,9 +76,6 @@ QUEUE_DEPTH = 4
 #: How often a sender waiting for room checks that its association is still there (s).
 CHECK_EVERY = 0.5
 
-#: (implicit VR, little endian, deflated) of Deflated Explicit VR Little Endian.
-_DEFLATED = (False, True, True)
-
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
 #: then sends in the thread that called it, with nothing between that could send.
@@ -135,18 +132,15 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             if recode is not None:
                 _pending.stored, _pending.recode = stored, recode
                 return b""
-            if stored.streamed or ds._mimic_encoding == _DEFLATED:
-                log.warning(  # a Deflated one is inflated whole: up to 1 GiB
-                    "object converted between transfer syntaxes in memory",
-                    extra={"object": reference(stored.ref), "bytes": stored.size,
-                           "deflated": ds._mimic_encoding == _DEFLATED},
-                )
             data = stored.read()
-            try:  # as raw_send's
+            try:  # as raw_send's (a Deflated one is refused: read, never inflated whole)
                 refuse_if_too_deep(memoryview(data)[stored.dataset_offset:], ds._mimic_encoding)
             except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
                 conversion_refused(stored.ref, exc)
                 raise
+            if stored.streamed:
+                log.warning("object converted between transfer syntaxes in memory",
+                            extra={"object": reference(stored.ref), "bytes": stored.size})
             ds = pydicom.dcmread(io.BytesIO(data))
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
