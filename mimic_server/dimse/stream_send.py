@@ -34,11 +34,19 @@ the object whole and let pydicom re-encode it (logged at WARNING, with the objec
 (pynetdicom converts within one byte order only: a Big Endian object goes only to a
 destination that took Big Endian, as stored.)
 
+Before its C-STORE request is sent, an object's first piece is read, and a conversion is
+run through its first :data:`CHECKED_BEFORE_SENDING` bytes (the header of any object, and
+the whole of most): a store that cannot give it now, or a data set its conversion refuses
+there (nested too deep, an element that overruns what contains it, a deflate stream cut
+short), fails the sub-operation with nothing sent, and the association goes on with the next
+one, as for an object held whole.
+
 An association that ends while its object is being sent (peer A-ABORT, connection closed)
 stops the stream at the next fragment; the store's handle is closed, and the sub-operation
 is answered at once as failed (``send_c_store`` gets no response) rather than after the DIMSE
-timeout. A store that fails midway leaves the peer with part of a data set: the association
-is aborted (pynetdicom's own reaction to a missing response).
+timeout. A store that fails midway, or a conversion refused past what was checked, leaves
+the peer with part of a data set: the association is aborted (pynetdicom's own reaction to
+a missing response).
 """
 
 from __future__ import annotations
@@ -75,6 +83,10 @@ FRAGMENT = 1 << 20
 QUEUE_DEPTH = 4
 #: How often a sender waiting for room checks that its association is still there (s).
 CHECK_EVERY = 0.5
+#: A conversion's output made before the C-STORE request is sent, held until then (as an
+#: object up to ``archive.read.STREAM_ABOVE`` is held whole): what it refuses there fails
+#: the sub-operation cleanly; past it, only by aborting the association.
+CHECKED_BEFORE_SENDING = 8 << 20
 
 
 #: The object the encoder left for the sender, per thread: ``send_c_store`` encodes and
@@ -130,7 +142,7 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             stored = ds._mimic_object
             recode = _recoding(ds, (is_implicit_vr, is_little_endian, deflated))
             if recode is not None:
-                _pending.stored, _pending.recode = stored, recode
+                _pending.stored, _pending.pieces = stored, _begun(stored, recode)
                 return b""
             data = stored.read()
             try:  # as raw_send's (a Deflated one is refused: read, never inflated whole)
@@ -154,12 +166,14 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
 
     def send(self: Any, primitive: Any, context_id: int) -> None:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
-        recode = getattr(_pending, "recode", _within)
-        _pending.stored, _pending.recode = None, _within
-        if stored is not None and _carries(primitive, stored):
+        pieces: Iterator[bytes | memoryview] | None = getattr(_pending, "pieces", None)
+        _pending.stored, _pending.pieces = None, None
+        if stored is not None and pieces is not None and _carries(primitive, stored):
             send_held(self)  # a pending C-GET response held for this message goes first
-            _stream(self, primitive, context_id, stored, recode)
+            _stream(self, primitive, context_id, stored, pieces)
             return
+        if pieces is not None:
+            pieces.close()  # the store's handle
         send_msg(self, primitive, context_id)
 
     return send
@@ -185,11 +199,59 @@ def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> Recoder |
     return recoder(ds.file_meta.TransferSyntaxUID, wanted)
 
 
+def _begun(stored: VerifiedObject, recode: Recoder) -> Iterator[bytes | memoryview]:
+    """The data set's pieces as they will be sent (at most :data:`FRAGMENT` bytes each, cut
+    again to the peer's PDU by :func:`_stream`), begun before the request is sent: as stored,
+    its first piece read; converted, its first :data:`CHECKED_BEFORE_SENDING` bytes made.
+    What that raises (``CannotUnderstand``; the store's errors as ``OutOfResources``, whose
+    message pynetdicom logs and which, unlike a ``KeyError`` or ``OSError``, names no object
+    key or path) is logged and raised, so the sub-operation fails with nothing sent; the
+    store's handle is then closed."""
+    check = 1 if recode is _within else CHECKED_BEFORE_SENDING
+    pieces = recode(stored.chunks(stored.dataset_offset, FRAGMENT), FRAGMENT)
+    held: list[bytes | memoryview] = []
+    made = 0
+    try:
+        while made < check and (piece := next(pieces, None)) is not None:
+            held.append(piece)
+            made += len(piece)
+    except CannotUnderstand as exc:
+        pieces.close()
+        conversion_refused(stored.ref, exc)
+        raise
+    except (KeyError, OutOfResources, OSError) as exc:
+        pieces.close()
+        log.error(
+            "C-STORE sub-operation failed: the stored object could not be read; nothing "
+            "was sent",
+            extra={"object": reference(stored.ref), "error": type(exc).__name__},
+        )
+        if isinstance(exc, OutOfResources):
+            raise
+        raise OutOfResources("the stored object could not be read") from exc
+    return _resumed(held, pieces)
+
+
+def _resumed(held: list[bytes | memoryview],
+             pieces: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """The ``held`` pieces, each let go once given, then the rest of ``pieces``. Closing
+    this iterator closes ``pieces`` (the store's handle)."""
+    try:
+        held.reverse()
+        while held:
+            yield held.pop()
+        yield from pieces
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
 def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
-            recode: Recoder | None = None) -> None:
+            begun: Iterator[bytes | memoryview]) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
-    is empty), then the data set from the store, the DUL's queue kept short, converted by
-    ``recode`` as it is sent (``dimse/recoders``; None: as stored)."""
+    is empty), then the data set from the store as :func:`_begun` began it, the DUL's queue
+    kept short."""
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     message.context_id = context_id
@@ -198,7 +260,7 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
     for pdata in message.encode_msg(context_id, max_pdu):  # the command set only
         dimse.dul.send_pdu(pdata)
     size = FRAGMENT if not max_pdu else max(1, min(FRAGMENT, max_pdu - 6))
-    pieces = (recode or _within)(stored.chunks(stored.dataset_offset, size), size)
+    pieces = _within(begun, size)
     try:
         for flag, fragment in _flagged(pieces):
             if not _room(dimse):

@@ -487,17 +487,21 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_requestor(
     path.unlink()
 
 
+@pytest.mark.parametrize("size", [0, MEDIUM], ids=["held", "streamed"])
 @pytest.mark.parametrize("implicit", [False, True], ids=["stored explicit", "stored implicit"])
 def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
-    large: Large, implicit: bool
+    large: Large, implicit: bool, size: int
 ) -> None:
-    """A 6 KB object whose sequences nest 250 levels deep (the receive walk does not look
+    """An object whose sequences nest 250 levels deep (the receive walk does not look
     inside sequences of defined length, so it is stored): pydicom's recursive encoder held
     the association 31 s and the process could not stop. Retrieved in the other VR
     encoding: the sub-operation fails at once (0xA702, its UID listed), nothing reaches the
-    requestor, logged; in its own encoding it goes as stored; the server goes on."""
-    path = large.root / f"deep-{implicit}.dcm"
-    uid = write_large(path, 0, implicit=implicit)
+    requestor, logged, the association goes on; in its own encoding it goes as stored; the
+    server goes on. Held whole (6 KB) or streamed from the store (24 MiB of pixels: its
+    conversion is begun before the request is sent, else the refusal came with part of the
+    data set sent, and the association was aborted)."""
+    path = large.root / f"deep-{implicit}-{size}.dcm"
+    uid = write_large(path, size, implicit=implicit)
     nested = b""
     for _ in range(250):  # (0040,A730) Content Sequence > Item > ... , defined lengths
         item = struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested
@@ -517,6 +521,7 @@ def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
     large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
     other = ExplicitVRLittleEndian if implicit else ImplicitVRLittleEndian
     own = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    logged = len(large.server.log_entries())
 
     received, final, assoc = _get(large, uid, syntax=other)
 
@@ -525,10 +530,12 @@ def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
     assert received == {}
     assert not assoc.is_aborted
     assert any("could not be converted" in e.get("message", "")
-               for e in large.server.log_entries())
+               for e in large.server.log_entries()[logged:])
+    assert _objects_held_open(large.server) == []
     received, final, _ = _get(large, uid, syntax=own)
     assert final.Status == 0x0000, final
     assert list(received) == [uid]
+    path.unlink()
 
 
 def test_an_implicit_vr_object_goes_re_encoded_to_an_explicit_vr_requestor(

@@ -35,7 +35,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from mimic_server.archive.read import VerifiedObject, open_verified
 from mimic_server.dimse import stream_send
 from mimic_server.dimse.stream_send import StreamedDataset
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.storage.memory import MemoryStore
 from tests.data_sets import encoded
@@ -283,25 +283,70 @@ def test_a_held_object_sent_as_stored_is_cut_within_the_pdu() -> None:
     assert len(fragments) == 4 and max(len(f) - 1 for f in fragments) <= 16382 - 6
 
 
-def test_a_deflate_stream_that_does_not_inflate_ends_the_sub_operation() -> None:
-    """Stored bytes the receive walk would have refused (cut in the deflate stream): the
-    peer has part of a data set, so as for a store that fails midway, no response (the
-    association is aborted by pynetdicom), logged, the handle closed."""
-    store = ClosingStore()
+def _cut_deflated(store: ClosingStore) -> VerifiedObject:
+    """Stored bytes the receive walk would have refused: a deflate stream cut short (2 MB
+    of data set inflate from the 3,000 bytes kept to some hundreds of kilobytes)."""
     stored = _large(store, 2_000_000, DeflatedExplicitVRLittleEndian)
     cut = store.objects["k"][:stored.dataset_offset + 3_000]
     store.objects["k"] = cut
     ref = InstanceRef(SC, UID, DeflatedExplicitVRLittleEndian, "k",
                       hashlib.sha256(cut).hexdigest())
-    stored = VerifiedObject(ref, len(cut), stored.dataset_offset, store=store)
+    return VerifiedObject(ref, len(cut), stored.dataset_offset, store=store)
+
+
+def test_a_conversion_refused_before_sending_fails_the_sub_operation_with_nothing_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The conversion is begun before the request is sent (``CHECKED_BEFORE_SENDING``): a
+    refusal there raises from the encoder, so pynetdicom counts the sub-operation failed
+    and goes on with the association; nothing reached the DUL, logged, the handle closed."""
+    store = ClosingStore()
+    stored = _cut_deflated(store)
+    dataset = StreamedDataset.of(stored)
+    encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
+    with pytest.raises(CannotUnderstand):
+        encode(dataset, False, True, False)
+    assert getattr(stream_send._pending, "pieces", None) is None
+    assert store.handles and all(h.closed for h in store.handles)
+    assert any("could not be converted" in r.getMessage() for r in caplog.records)
+
+
+def test_a_conversion_refused_past_the_check_ends_the_sub_operation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past what was checked, the peer has part of a data set: as for a store that fails
+    midway, no response (the association is aborted by pynetdicom), the handle closed."""
+    monkeypatch.setattr(stream_send, "CHECKED_BEFORE_SENDING", 1)
+    monkeypatch.setattr(stream_send, "FRAGMENT", 16_384)
+    store = ClosingStore()
+    stored = _cut_deflated(store)
     dul = FakeDUL()
     dimse = FakeDIMSE(dul, 16382)
     try:
         _send(dimse, stored, [])
     finally:
         dul.stop()
+    assert dul.sent[1:]  # the command set, and part of the data set
     assert dimse.msg_queue.get_nowait() == (None, None)
     assert all(h.closed for h in store.handles)
+
+
+def test_a_store_that_cannot_give_the_first_piece_fails_the_sub_operation() -> None:
+    """Read before the request is sent: an object the store cannot give now (gone, its
+    bytes changed within the first piece) fails its sub-operation with nothing sent."""
+    store = ClosingStore()
+    stored = _large(store)
+    data = store.objects["k"]
+    store.objects["k"] = data[:-1] + bytes([data[-1] ^ 0xFF])  # changed since its check
+    encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
+    with pytest.raises(OutOfResources):
+        encode(StreamedDataset.of(stored), False, True, False)
+    del store.objects["k"]
+    with pytest.raises(OutOfResources) as gone:  # not the KeyError: pynetdicom logs it
+        encode(StreamedDataset.of(stored), False, True, False)
+    assert "k" not in str(gone.value).split()
+    assert all(h.closed for h in store.handles)
+    assert getattr(stream_send._pending, "pieces", None) is None
 
 
 def test_an_association_that_ends_midway_stops_the_stream_at_once() -> None:
@@ -379,11 +424,11 @@ def test_a_held_pending_c_get_response_goes_before_a_streamed_object() -> None:
 
 @pytest.mark.parametrize("change", ["flip", "truncate", "extend"])
 def test_bytes_changed_after_the_check_are_never_sent_whole(change: str) -> None:
-    """The object changes in the store between its check and its sending: the stream stops
-    before its last fragment (no 0x02) and answers "no response" (the association is
-    aborted), the handle released."""
+    """The object changes in the store between its check and its sending, past its first
+    piece: the stream stops before its last fragment (no 0x02) and answers "no response"
+    (the association is aborted), the handle released."""
     store = ClosingStore()
-    stored = _large(store)
+    stored = _large(store, 3 * stream_send.FRAGMENT)
     data = bytearray(store.objects["k"])
     if change == "flip":
         data[-100] ^= 0xFF
