@@ -18,20 +18,23 @@ import json
 import logging
 import mmap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pydicom.valuerep import BYTES_VR
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mimic_server.archive.inflated import inflated_copy
+from mimic_server.archive.inflated import inflated_copy, inflated_pieces
 from mimic_server.archive.read import CHUNK, VerifiedObject, open_verified, reference
+from mimic_server.codec.file_meta import encode_file_meta
+from mimic_server.codec.header_stream import NotWalked, without_bulk
 from mimic_server.codec.structure import undefined_length_end
 from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
@@ -197,6 +200,55 @@ def header_of(source: BinaryIO) -> pydicom.Dataset:
     return ds
 
 
+@contextmanager
+def metadata_header(ctx: DicomWebContext, obj: VerifiedObject) -> Iterator[pydicom.Dataset]:
+    """The data set the metadata is written from, its large values unread: an object held in
+    memory read in place (:func:`header_of`); one above 8 MiB or Deflated walked once from
+    the store without its bulk (``codec/header_stream``), hashed again and inflated as it
+    streams, with no copy on disk (before, each was written whole to a spool file first: a
+    Deflated one inflated, up to 1 GiB, per request); one that walk does not vouch for
+    through :func:`copied` as before. Errors as :func:`copied` gives them."""
+    deflated = obj.ref.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    if obj.streamed or deflated:
+        walked = walked_header(obj, deflated)
+        if walked is not None:
+            yield walked
+            return
+    with copied(ctx, obj) as source:
+        yield header_of(source)
+
+
+def walked_header(obj: VerifiedObject, deflated: bool) -> pydicom.Dataset | None:
+    """:func:`header_of` of the object's elements but its top-level bulk, those given to it
+    as pydicom leaves a value unread; None where ``without_bulk`` does not vouch for it."""
+    syntax = UID(obj.ref.transfer_syntax_uid)
+    known = syntax.is_transfer_syntax  # else encapsulated: explicit VR little endian
+    implicit, little = (syntax.is_implicit_VR, syntax.is_little_endian) if known else (
+        False, True)
+    pieces: Iterator[bytes | memoryview] = obj.chunks(obj.dataset_offset)
+    if deflated:
+        pieces = inflated_pieces(pieces)
+    try:
+        walked = without_bulk(pieces, implicit, little)
+    except NotWalked as exc:
+        log.info("metadata read through a spooled copy: the data set's walk stopped",
+                 extra={"object": reference(obj.ref), "reason": str(exc)})
+        return None
+    except (KeyError, OutOfResources, OSError) as exc:
+        raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
+            from exc
+    except CannotUnderstand as exc:
+        raise WebError(500, "the stored object cannot be parsed") from exc
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
+    meta = encode_file_meta(obj.ref.sop_class_uid, obj.ref.sop_instance_uid,
+                            ExplicitVRLittleEndian if deflated else str(syntax), "")
+    ds = header_of(io.BytesIO(meta + bytes(walked.kept)))
+    for raw in walked.skipped:
+        ds._dict[raw.tag] = raw  # type: ignore[attr-defined]
+    return ds
+
+
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
     """DICOM JSON of the data set, top-level bulk elements replaced by their ``BulkDataURI``.
 
@@ -325,8 +377,7 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
                 audit.failed_one()
                 continue
             try:
-                with copied(ctx, obj) as source:
-                    ds = header_of(source)
+                with metadata_header(ctx, obj) as ds:
                     series_uid = str(ds.get("SeriesInstanceUID", series or ""))
                     document = metadata_json(ds, _instance_url(root, ref, study, series_uid))
             except WebError:
