@@ -14,11 +14,16 @@ Skipped, at the top level only (nested values are the metadata's ``InlineBinary`
 
 - a value of defined length over :data:`SKIPPED_ABOVE` whose VR is one PS3.18 F.2.7 gives a
   BulkDataURI for (the VR as the metadata finds it: explicit, or the dictionary's);
-- a value of undefined length pydicom does not read as a sequence (encapsulated Pixel Data),
-  once its fragments pass :data:`SKIPPED_ABOVE` (a shorter one is kept: pydicom would read it).
+- a value of undefined length pydicom does not read as a sequence (encapsulated Pixel Data)
+  with such a VR, once its fragments pass :data:`SKIPPED_ABOVE` (a shorter one is kept:
+  pydicom would read it).
+
+The first element is always kept: pydicom tells an implicit data set from an explicit one
+by it.
 
 Anything this cannot vouch for (an element header it does not know, more than
-:data:`MAX_KEPT` bytes kept) raises :class:`NotWalked`, and the caller takes the spool path
+:data:`MAX_KEPT` bytes to keep, a sequence of undefined length not ended within
+:data:`SEQUENCE_AHEAD`) raises :class:`NotWalked`, and the caller takes the spool path
 as before; the rules are the receive walk's (``codec/structure.py``), which every stored
 data set passed.
 """
@@ -41,8 +46,13 @@ from mimic_server.errors import CannotUnderstand
 #: Top-level values longer than this whose VR the metadata gives a BulkDataURI for are
 #: skipped (``wado.LARGEST_INLINE_VALUE``: the metadata reads none of them).
 SKIPPED_ABOVE = 64 * 1024
-#: Bytes of elements kept at most: a header past it takes the spool path.
+#: Bytes of elements kept at most, counted before a value is read: a header past it takes
+#: the spool path.
 MAX_KEPT = 16 << 20
+#: How far a top-level sequence of undefined length is looked ahead for its end, at most:
+#: past it, the spool path. (The receive path takes those before Pixel Data within 1 MiB
+#: together, ``codec/header_scan.HEADER_SEQUENCES``.)
+SEQUENCE_AHEAD = 4 << 20
 #: The VRs PS3.18 F.2.7 allows a BulkDataURI for (``wado._URI_VRS``).
 URI_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "DS", "FL", "FD", "IS", "LT",
                      "SL", "SS", "ST", "SV", "UC", "UL", "US", "UT", "UV"})
@@ -99,19 +109,19 @@ def without_bulk(pieces: Iterator[bytes | memoryview], implicit: bool,
             if group == 0xFFFE:
                 raise NotWalked("a delimiter at the top level")
             if length == UNDEFINED:
-                _undefined(reader, walked, tag, vr, head, implicit, little)
+                _undefined(reader, walked, tag, vr, head, implicit, little,
+                           skippable=not first and _skippable(tag, vr))
             elif not first and length > SKIPPED_ABOVE and _skippable(tag, vr):
                 for _ in reader.values(length):
                     pass
                 walked.skipped.append(RawDataElement(
                     BaseTag(tag), vr, length, None, 0, implicit, little))
             else:
+                _keeping(walked, len(head) + length)
                 walked.kept += head
                 for part in reader.values(length):
                     walked.kept += part
             first = False
-            if len(walked.kept) > MAX_KEPT:
-                raise NotWalked("more than MAX_KEPT bytes of elements to keep")
     except CannotUnderstand as exc:
         if source_failed:  # the source's refusal (a deflate stream that does not inflate)
             raise
@@ -129,6 +139,12 @@ def _noting_failure(pieces: Iterator[bytes | memoryview],
         raise
 
 
+def _keeping(walked: WalkedDataSet, more: int) -> None:
+    """Refuse to keep ``more`` bytes past :data:`MAX_KEPT`, before any of them is read."""
+    if len(walked.kept) + more > MAX_KEPT:
+        raise NotWalked("more than MAX_KEPT bytes of elements to keep")
+
+
 def _skippable(tag: int, vr: str | None) -> bool:
     """Whether the metadata gives this top-level value a BulkDataURI unread when long: its
     VR (explicit, or the dictionary's, every alternative of an ambiguous one) is one of
@@ -144,22 +160,24 @@ def _skippable(tag: int, vr: str | None) -> bool:
 
 
 def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | None,
-               head: bytes, implicit: bool, little: bool) -> None:
+               head: bytes, implicit: bool, little: bool, skippable: bool) -> None:
     """A top-level value of undefined length: a sequence (as pydicom tells one) kept whole,
     found to its end by the receive walk's rules; anything else (encapsulated Pixel Data)
-    walked fragment by fragment, kept while short, else skipped."""
+    walked fragment by fragment, kept while short or not ``skippable``, else skipped."""
     if _read_as_sequence(reader.peek(4), tag, vr):
-        wanted = 1 << 16
-        while True:
+        limit = min(SEQUENCE_AHEAD, MAX_KEPT - len(walked.kept) - len(head))
+        wanted = min(1 << 16, limit)
+        while wanted > 0:
             ahead = reader.peek(wanted)
             end = undefined_length_end(memoryview(ahead), 0, implicit, little)
             if end is not None:
                 walked.kept += head
                 walked.kept += reader.take(end)
                 return
-            if len(ahead) < wanted or wanted > MAX_KEPT:
-                raise NotWalked("a sequence of undefined length that does not end")
-            wanted *= 2
+            if len(ahead) < wanted or wanted >= limit:
+                break
+            wanted = min(wanted * 4, limit)
+        raise NotWalked("a sequence of undefined length that does not end within reach")
     fragments: bytearray | None = bytearray()
     item = struct.Struct(("<" if little else ">") + "HHL")
     while True:
@@ -171,10 +189,12 @@ def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | N
             break
         if (group, element) != _ITEM or length == UNDEFINED:
             raise NotWalked("a value of undefined length that is not fragments")
+        if fragments is not None and not skippable:
+            _keeping(walked, len(head) + len(fragments) + length)
         for part in reader.values(length):
             if fragments is not None:
                 fragments += part
-        if fragments is not None and len(fragments) > SKIPPED_ABOVE:
+        if fragments is not None and skippable and len(fragments) > SKIPPED_ABOVE:
             fragments = None
     if fragments is not None:
         walked.kept += head

@@ -51,6 +51,7 @@ a missing response).
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import threading
@@ -229,20 +230,30 @@ def _begun(stored: VerifiedObject, recode: Recoder) -> Iterator[bytes | memoryvi
         if isinstance(exc, OutOfResources):
             raise
         raise OutOfResources("the stored object could not be read") from exc
-    return _resumed(held, pieces)
+    return _Resumed(held, pieces)
 
 
-def _resumed(held: list[bytes | memoryview],
-             pieces: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
-    """The ``held`` pieces, each let go once given, then the rest of ``pieces``. Closing
-    this iterator closes ``pieces`` (the store's handle)."""
-    try:
-        held.reverse()
-        while held:
-            yield held.pop()
-        yield from pieces
-    finally:
-        close = getattr(pieces, "close", None)
+class _Resumed:
+    """The ``held`` pieces, each let go once given, then the rest of ``pieces``. Its
+    ``close()`` closes ``pieces`` (the store's handle) whether or not it was begun: a
+    generator never started runs no ``finally`` when closed."""
+
+    def __init__(self, held: list[bytes | memoryview],
+                 pieces: Iterator[bytes | memoryview]) -> None:
+        self._held = collections.deque(held)
+        self._pieces = pieces
+
+    def __iter__(self) -> _Resumed:
+        return self
+
+    def __next__(self) -> bytes | memoryview:
+        if self._held:
+            return self._held.popleft()
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._held.clear()
+        close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
 

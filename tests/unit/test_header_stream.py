@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import struct
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pydicom.uid import (
 
 from mimic_server.archive.read import VerifiedObject
 from mimic_server.codec import header_stream
+from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.header_stream import without_bulk
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import wado
@@ -245,3 +247,84 @@ def test_a_delimiter_at_the_top_level_is_not_vouched_for() -> None:
     with pytest.raises(header_stream.NotWalked):
         without_bulk(iter([b"\x10\x00\x20\x00LO\x02\x00P " + item]), False)
 
+
+
+def _element(tag: int, value: bytes, vr: str | None = None, length: int | None = None) -> bytes:
+    """One element, little endian: implicit VR where ``vr`` is None."""
+    n = len(value) if length is None else length
+    group, element = tag >> 16, tag & 0xFFFF
+    if vr is None:
+        return struct.pack("<HHL", group, element, n) + value
+    if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"):
+        return struct.pack("<HH2s2xL", group, element, vr.encode(), n) + value
+    return struct.pack("<HH2sH", group, element, vr.encode(), n) + value
+
+
+_UNDEFINED = 0xFFFFFFFF
+_FRAGMENTS = struct.pack("<HHL", 0xFFFE, 0xE000, 70_000) + b"\1" * 70_000 + struct.pack(
+    "<HHL", 0xFFFE, 0xE0DD, 0)
+_UIDS_IMPLICIT = (_element(0x00080016, SECONDARY_CAPTURE.encode() + b"\0")
+                  + _element(0x00080018, b"1.2.3\0"))
+_UIDS_EXPLICIT = (_element(0x00080016, SECONDARY_CAPTURE.encode() + b"\0", "UI")
+                  + _element(0x00080018, b"1.2.3\0", "UI"))
+
+
+def _part10(dataset: bytes, syntax: str) -> bytes:
+    return encode_file_meta(SECONDARY_CAPTURE, "1.2.3", syntax, "") + dataset
+
+
+REVIEWED = {
+    # pydicom tells implicit from explicit by the first element: never skipped, even of
+    # undefined length (its second element's length here reads as an explicit VR, "BB")
+    "first element of undefined length": (
+        _element(0x00080001, _FRAGMENTS, length=_UNDEFINED)
+        + _element(0x00080070, b"M" * 0x4242) + _UIDS_IMPLICIT, ImplicitVRLittleEndian),
+    # values of undefined length whose VR gets no URI are read by the metadata: kept
+    "UR of undefined length": (
+        _UIDS_EXPLICIT + _element(0x00081190, _FRAGMENTS, "UR", _UNDEFINED),
+        ExplicitVRLittleEndian),
+    "implicit LO of undefined length": (
+        _UIDS_IMPLICIT + _element(0x00080080, _FRAGMENTS, length=_UNDEFINED),
+        ImplicitVRLittleEndian),
+    # a tag twice, the large one first: pydicom keeps the last (the spool way)
+    "a tag twice": (
+        _UIDS_EXPLICIT + _element(0x00090010, b"ACME", "LO")
+        + _element(0x00091010, b"\1" * 70_000, "OB") + _element(0x00091010, b"PP", "OB"),
+        ExplicitVRLittleEndian),
+}
+
+
+@pytest.mark.parametrize("case", REVIEWED)
+def test_the_reviews_data_sets_give_the_document_of_their_spooled_copy(case: str) -> None:
+    """Walked to the same document, or (a tag twice) left to the spool way."""
+    dataset, syntax = REVIEWED[case]
+    data = _part10(dataset, syntax)
+    ds = walked_header(_object(data, syntax), False)
+    if case == "a tag twice":
+        assert ds is None
+        return
+    assert ds is not None
+    assert metadata_json(ds, URL) == _spooled(data, syntax)
+
+
+def test_a_value_too_large_to_keep_is_never_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept bytes are counted before a value is read: a private element of 8 MiB (its VR
+    unknown in implicit VR, so kept), a defined-length sequence past ``MAX_KEPT``, or one of
+    undefined length not ended within ``SEQUENCE_AHEAD``, is not held to find out."""
+    monkeypatch.setattr(header_stream, "MAX_KEPT", MiB)
+    monkeypatch.setattr(header_stream, "SEQUENCE_AHEAD", MiB // 2)
+    value = b"\1" * (8 * MiB)
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, len(value)) + value
+    for dataset, implicit in (
+        (_UIDS_IMPLICIT + _element(0x00091010, value), True),
+        (_UIDS_EXPLICIT + _element(0x00089215, item, "SQ"), False),
+        (_UIDS_EXPLICIT + _element(0x00089215, item + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0),
+                                   "SQ", _UNDEFINED), False),
+    ):
+        pieces = [dataset[i:i + 65536] for i in range(0, len(dataset), 65536)]
+        tracemalloc.start()
+        with pytest.raises(header_stream.NotWalked):
+            without_bulk(iter(pieces), implicit)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB"

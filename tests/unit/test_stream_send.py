@@ -485,3 +485,27 @@ def test_a_large_object_changed_since_its_check_is_a_failure_when_read_whole(
     monkeypatch.setattr(stream_send, "enabled", False)
     monkeypatch.setattr(retrieve, "open_verified", lambda *a, **k: stored)
     assert retrieve.read_verified(store, stored.ref) is None
+
+
+def test_a_begun_object_never_sent_has_its_handle_closed_by_the_next_send() -> None:
+    """The encoder began the object (its first piece read, the handle open), and the next
+    message is another: the handle is closed then, not left to garbage collection."""
+    import gc
+
+    store = ClosingStore()
+    stored = _large(store, 3 * stream_send.FRAGMENT)
+    encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
+    sent: list[Any] = []
+    gc.disable()
+    try:
+        opened = len(store.handles)  # the check's pass, closed
+        assert encode(StreamedDataset.of(stored), False, True, False) == b""
+        [begun] = store.handles[opened:]
+        assert not begun.closed
+        other = _request()
+        other.AffectedSOPInstanceUID = "1.2.3.999"
+        stream_send.streamed_sender(lambda *a: sent.append(a))(None, other, 3)
+        assert begun.closed
+    finally:
+        gc.enable()
+    assert len(sent) == 1

@@ -231,9 +231,7 @@ def walked_header(obj: VerifiedObject, deflated: bool) -> pydicom.Dataset | None
     try:
         walked = without_bulk(pieces, implicit, little)
     except NotWalked as exc:
-        log.info("metadata read through a spooled copy: the data set's walk stopped",
-                 extra={"object": reference(obj.ref), "reason": str(exc)})
-        return None
+        return _not_walked(obj, str(exc))
     except (KeyError, OutOfResources, OSError) as exc:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
             from exc
@@ -243,10 +241,23 @@ def walked_header(obj: VerifiedObject, deflated: bool) -> pydicom.Dataset | None
         pieces.close()  # type: ignore[attr-defined]
     meta = encode_file_meta(obj.ref.sop_class_uid, obj.ref.sop_instance_uid,
                             ExplicitVRLittleEndian if deflated else str(syntax), "")
-    ds = header_of(io.BytesIO(meta + bytes(walked.kept)))
+    try:
+        ds = header_of(io.BytesIO(meta + bytes(walked.kept)))
+    except WebError:
+        return _not_walked(obj, "what was kept does not parse")
+    elements = ds._dict  # type: ignore[attr-defined]
     for raw in walked.skipped:
-        ds._dict[raw.tag] = raw  # type: ignore[attr-defined]
+        if raw.tag in elements:  # a tag twice: pydicom would keep the last
+            return _not_walked(obj, "a skipped element's tag is there twice")
+        elements[raw.tag] = raw
+    if not {raw.tag for raw in walked.skipped} <= set(_unread_bulk(ds)):
+        return _not_walked(obj, "a skipped element the metadata would read")
     return ds
+
+
+def _not_walked(obj: VerifiedObject, reason: str) -> None:
+    log.info("metadata read through a spooled copy: the data set's walk stopped",
+             extra={"object": reference(obj.ref), "reason": reason})
 
 
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
