@@ -170,14 +170,16 @@ def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str,
     """Count a dataset pynetdicom was given: sent if the destination's response took it
     (Success or Warning, ``raw_send.answered_send``); else 1, failed: no presentation
     context, a refusal, no response (a send cut off midway). Without that wrapper (fence
-    entry ``answered-send`` off): sent if it was encoded. A stored object
+    entry ``answered-send`` off): sent if it was encoded and the encoder did not fail it
+    (``_mimic_refused``: nothing was sent). A stored object
     is named by its index row (its study and patient as the index files them); the objects
     sent are never parsed for the audit."""
     if answered_send_in_use():
         if not _taken(getattr(dataset, "_mimic_answer", None)):
             return 1
-    elif not getattr(dataset, "_mimic_encoded", False):
-        return 1  # without the fence's wrapper the response is unknown: encoded is sent
+    elif not getattr(dataset, "_mimic_encoded", False) or getattr(
+            dataset, "_mimic_refused", False):
+        return 1
     row = index_row_of(dataset)
     if row is None:
         return 1

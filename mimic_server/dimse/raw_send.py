@@ -49,6 +49,9 @@ class StoredDataset(Dataset):
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
+    #: Set when the encoder then failed it, nothing sent (a conversion refused, the store):
+    #: with ``_mimic_encoded`` alone, the audit's fallback would count it transferred.
+    _mimic_refused: bool = False
     #: The Status of the peer's C-STORE response (:func:`answered_send`); None: no response.
     _mimic_answer: int | None = None
     #: The index row it was read for (``dimse.retrieve.read_verified``).
@@ -167,6 +170,7 @@ def stored_bytes_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
                     return b"".join(convert(iter((ds._mimic_raw,)), 1 << 20))
                 ds = ds.parsed()
             except CannotUnderstand as exc:  # the sub-operation fails; nothing was sent
+                ds._mimic_refused = True
                 conversion_refused(getattr(ds, "_mimic_ref", None), exc)
                 raise
         return original(ds, is_implicit_vr, is_little_endian, deflated)

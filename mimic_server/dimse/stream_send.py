@@ -103,6 +103,9 @@ class StreamedDataset(Dataset):
     _mimic_encoding: tuple[bool, bool, bool]
     #: Set when pynetdicom handed it to the encoder, i.e. found a presentation context.
     _mimic_encoded: bool = False
+    #: Set when the encoder then failed it, nothing sent (a conversion refused, the store):
+    #: with ``_mimic_encoded`` alone, the audit's fallback would count it transferred.
+    _mimic_refused: bool = False
     #: The Status of the peer's C-STORE response (``raw_send.answered_send``).
     _mimic_answer: int | None = None
 
@@ -143,12 +146,17 @@ def streamed_encoder(original: Callable[..., Any]) -> Callable[..., Any]:
             stored = ds._mimic_object
             recode = _recoding(ds, (is_implicit_vr, is_little_endian, deflated))
             if recode is not None:
-                _pending.stored, _pending.pieces = stored, _begun(stored, recode)
+                try:
+                    _pending.stored, _pending.pieces = stored, _begun(stored, recode)
+                except Exception:
+                    ds._mimic_refused = True
+                    raise
                 return b""
             data = stored.read()
             try:  # as raw_send's (a Deflated one is refused: read, never inflated whole)
                 refuse_if_too_deep(memoryview(data)[stored.dataset_offset:], ds._mimic_encoding)
             except CannotUnderstand as exc:  # fails the sub-operation; nothing sent
+                ds._mimic_refused = True
                 conversion_refused(stored.ref, exc)
                 raise
             if stored.streamed:

@@ -166,6 +166,7 @@ def test_an_implicit_vr_data_set_nested_too_deep_is_never_given_to_pydicom(
     monkeypatch.setattr(pydicom, "dcmread", no_parse)
     with pytest.raises(CannotUnderstand, match="nested too deep"):
         stored_bytes_send(sent, False, True, False)
+    assert sent._mimic_refused  # nothing sent: not counted transferred (audited._tally)
 
 
 def _sent(part10: bytes, syntax: str, parsed: pydicom.Dataset) -> Any:

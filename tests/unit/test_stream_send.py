@@ -509,3 +509,23 @@ def test_a_begun_object_never_sent_has_its_handle_closed_by_the_next_send() -> N
     finally:
         gc.enable()
     assert len(sent) == 1
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["answered-send", "its fallback"])
+def test_an_object_the_encoder_failed_is_audited_as_not_transferred(
+    monkeypatch: pytest.MonkeyPatch, answered: bool,
+) -> None:
+    """Refused before anything was sent: failed in the audit's Instances Transferred,
+    also where the fence's ``answered-send`` is off and "encoded" stands for "sent"."""
+    from mimic_server.dimse import audited
+
+    monkeypatch.setattr(audited, "answered_send_in_use", lambda: answered)
+    store = ClosingStore()
+    dataset = StreamedDataset.of(_cut_deflated(store))
+    encode = stream_send.streamed_encoder(lambda *a: pytest.fail("encoded by pydicom"))
+    with pytest.raises(CannotUnderstand):
+        encode(dataset, False, True, False)
+    assert dataset._mimic_encoded and dataset._mimic_refused
+    sent: dict[str, Any] = {}
+    assert audited._tally(dataset, sent, set()) == 1
+    assert sent == {}
