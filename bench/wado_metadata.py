@@ -1,0 +1,160 @@
+"""WADO-RS metadata of a large or Deflated object: walked without its bulk, against the
+spooled copy it was read from before, in one run.
+
+    .venv/bin/python bench/wado_metadata.py [--dir DIR] [--mib 256] [--rounds 5] \
+        [--json out.json]
+
+Two objects are put in a file store under ``--dir`` (default: the system's temporary
+directory): ``--mib`` MiB of native pixels in Explicit VR Little Endian, and the same
+Deflated (its zero-free repeating pixels deflate some 250:1). Each is read as the
+``metadata`` route reads it (``archive.read.open_verified``: a hash pass for an object over
+8 MiB) and its metadata made both ways, in alternating order each round:
+
+- ``walk``: ``wado.walked_header`` (``codec/header_stream.py``), what the route does now;
+- ``copy``: ``wado.copied`` (an anonymous copy in a spool directory, a Deflated one
+  inflated there) and ``wado.header_of``, what it did before.
+
+The two documents must be equal, or the run fails. Printed per object and way: the median
+wall seconds and CPU seconds of the process, and the bytes it wrote (``wchar`` of
+``/proc/self/io``: the spool copy); with the median of the rounds' walk / copy ratios.
+Figures: docs/benchmarks.md; never a threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pydicom  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian  # noqa: E402
+
+from mimic_server.archive.read import open_verified  # noqa: E402
+from mimic_server.query.finder import InstanceRef  # noqa: E402
+from mimic_server.storage.filesystem import FilesystemStore  # noqa: E402
+from mimic_server.web.dicomweb import wado  # noqa: E402
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+URL = "https://archive.example/dicomweb/studies/1/series/2/instances/3"
+
+
+def make_object(mib: int, syntax: str) -> bytes:
+    """A 16-bit Secondary Capture image of ``mib`` MiB of pixels, 1 MiB a frame."""
+    uid = pydicom.uid.generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SECONDARY_CAPTURE, uid
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, uid
+    ds.StudyInstanceUID = ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID, ds.Modality, ds.ImageComments = "BENCH", "OT", "c" * 2000
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 1024, mib
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = bytes(range(1, 256)) * (mib * (1 << 20) // 255) + bytes(
+        mib * (1 << 20) % 255)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _written() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _walk(ctx: Any, obj: Any) -> dict[str, Any]:
+    ds = wado.walked_header(obj, obj.ref.transfer_syntax_uid == DeflatedExplicitVRLittleEndian)
+    if ds is None:
+        raise SystemExit("the walk did not vouch for the object")
+    return wado.metadata_json(ds, URL)
+
+
+def _copy(ctx: Any, obj: Any) -> dict[str, Any]:
+    with wado.copied(ctx, obj) as source:
+        return wado.metadata_json(wado.header_of(source), URL)
+
+
+WAYS: dict[str, Callable[[Any, Any], dict[str, Any]]] = {"walk": _walk, "copy": _copy}
+
+
+def measure(directory: Path, mib: int, rounds: int) -> list[dict[str, Any]]:
+    root = Path(tempfile.mkdtemp(prefix="wado-metadata-", dir=directory))
+    store = FilesystemStore(root / "store")
+    ctx = SimpleNamespace(ingest=SimpleNamespace(spool_dir=root / "spool"))
+    results = []
+    try:
+        for syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+            data = make_object(mib, syntax)
+            key = f"ab/1/2/{syntax}.dcm"
+            store.put(key, [data], None)
+            ref = InstanceRef(SECONDARY_CAPTURE, "1.2.3", syntax, key,
+                              hashlib.sha256(data).hexdigest())
+            seen: dict[str, list[tuple[float, float, int]]] = {way: [] for way in WAYS}
+            documents: dict[str, Any] = {}
+            for round_number in range(rounds):
+                order = list(WAYS) if round_number % 2 == 0 else list(reversed(WAYS))
+                for way in order:
+                    wall, cpu, wrote = time.perf_counter(), time.process_time(), _written()
+                    obj = open_verified(store, ref)
+                    assert obj is not None
+                    documents[way] = WAYS[way](ctx, obj)
+                    seen[way].append((time.perf_counter() - wall, time.process_time() - cpu,
+                                      _written() - wrote))
+            if documents["walk"] != documents["copy"]:
+                raise SystemExit(f"{syntax}: the walk's document is not the copy's")
+            line: dict[str, Any] = {"syntax": syntax, "stored_bytes": len(data),
+                                    "pixel_mib": mib, "rounds": seen}
+            for way, values in seen.items():
+                line[way] = {"wall_s": statistics.median(v[0] for v in values),
+                             "cpu_s": statistics.median(v[1] for v in values),
+                             "written_bytes": statistics.median(v[2] for v in values)}
+            line["wall_ratio"] = statistics.median(
+                w[0] / c[0] for w, c in zip(seen["walk"], seen["copy"], strict=True))
+            results.append(line)
+            store.delete(key)
+    finally:
+        store.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--mib", type=int, default=256, help="MiB of pixels per object")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    results = measure(args.dir, args.mib, args.rounds)
+    for line in results:
+        print(f"{line['syntax']} ({line['stored_bytes'] / (1 << 20):.1f} MiB stored, "
+              f"{line['pixel_mib']} MiB of pixels): " + "; ".join(
+                  f"{way} {line[way]['wall_s']:.3f} s wall, {line[way]['cpu_s']:.3f} s CPU, "
+                  f"{line[way]['written_bytes'] / (1 << 20):.0f} MiB written"
+                  for way in WAYS) + f"; walk / copy {line['wall_ratio']:.2f} "
+              "(median of the rounds' ratios)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
