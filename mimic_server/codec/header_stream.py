@@ -59,8 +59,11 @@ URI_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "DS", "FL", "FD",
 
 _LONG = frozenset(str(vr).encode() for vr in VR if vr in EXPLICIT_VR_LENGTH_32)
 _SHORT = frozenset(str(vr).encode() for vr in VR if vr not in EXPLICIT_VR_LENGTH_32)
-_PIXEL_DATA = 0x7FE00010
-_CHARACTER_SET = 0x00080005
+#: Never skipped, whatever their length: Specific Character Set (pydicom always reads it),
+#: and the values pydicom reads to settle an ambiguous VR (Pixel Representation, Bits
+#: Allocated, LUT Descriptor, Waveform Bits Allocated), which a skipped element could not
+#: give it.
+_NEVER_SKIPPED = frozenset({0x00080005, 0x00280103, 0x00280100, 0x00283002, 0x54001004})
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_END = (0xFFFE, 0xE0DD)
 
@@ -148,8 +151,8 @@ def _keeping(walked: WalkedDataSet, more: int) -> None:
 def _skippable(tag: int, vr: str | None) -> bool:
     """Whether the metadata gives this top-level value a BulkDataURI unread when long: its
     VR (explicit, or the dictionary's, every alternative of an ambiguous one) is one of
-    :data:`URI_VRS`; never Specific Character Set, which pydicom always reads."""
-    if tag == _CHARACTER_SET:
+    :data:`URI_VRS`; never one of :data:`_NEVER_SKIPPED`."""
+    if tag in _NEVER_SKIPPED:
         return False
     if vr is None:
         try:

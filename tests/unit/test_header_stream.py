@@ -286,6 +286,19 @@ REVIEWED = {
     "implicit LO of undefined length": (
         _UIDS_IMPLICIT + _element(0x00080080, _FRAGMENTS, length=_UNDEFINED),
         ImplicitVRLittleEndian),
+    # what pydicom reads to settle an ambiguous VR is never skipped, however long (fuzzing:
+    # a skipped one gave it the kept bytes' start to read)
+    "a long Pixel Representation": (
+        _UIDS_IMPLICIT + _element(0x00189810, b"\1\0" * 1000)  # US or SS
+        + _element(0x00280103, b"\1\0" * 35_000), ImplicitVRLittleEndian),
+    "a long LUT Descriptor": (
+        _UIDS_IMPLICIT + _element(0x00283002, struct.pack("<HHH", 4096, 0, 16) + b"\0" * 70_000)
+        + _element(0x00283006, b"\1\0" * 40_000), ImplicitVRLittleEndian),  # US or OW
+    # LUT Data skipped, unsettled (no Pixel Representation): its VR as the copy's (fuzzing)
+    "LUT Data without what settles it": (
+        _UIDS_IMPLICIT + _element(0x00283002, b"\0\1" * 1000)
+        + _element(0x00283006, b"\1\0" * 40_000) + _element(0x7FE00010, b"\0" * 4),
+        ImplicitVRLittleEndian),
     # a tag twice, the large one first: pydicom keeps the last (the spool way)
     "a tag twice": (
         _UIDS_EXPLICIT + _element(0x00090010, b"ACME", "LO")
@@ -295,7 +308,7 @@ REVIEWED = {
 
 
 @pytest.mark.parametrize("case", REVIEWED)
-def test_the_reviews_data_sets_give_the_document_of_their_spooled_copy(case: str) -> None:
+def test_the_reviews_and_fuzzings_data_sets_give_the_document_of_their_copy(case: str) -> None:
     """Walked to the same document, or (a tag twice) left to the spool way."""
     dataset, syntax = REVIEWED[case]
     data = _part10(dataset, syntax)
