@@ -52,7 +52,7 @@ MAX_KEPT = 16 << 20
 #: How far a top-level sequence of undefined length is looked ahead for its end, at most:
 #: past it, the spool path. (The receive path takes those before Pixel Data within 1 MiB
 #: together, ``codec/header_scan.HEADER_SEQUENCES``.)
-SEQUENCE_AHEAD = 4 << 20
+SEQUENCE_AHEAD = 2 << 20
 #: The VRs PS3.18 F.2.7 allows a BulkDataURI for (``wado._URI_VRS``).
 URI_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "DS", "FL", "FD", "IS", "LT",
                      "SL", "SS", "ST", "SV", "UC", "UL", "US", "UT", "UV"})
@@ -79,6 +79,8 @@ class WalkedDataSet:
 
     kept: bytearray = field(default_factory=bytearray)
     skipped: list[RawDataElement] = field(default_factory=list)
+    #: The tags of the elements kept, in order: what pydicom must find in ``kept``.
+    tags: list[int] = field(default_factory=list)
 
 
 def without_bulk(pieces: Iterator[bytes | memoryview], implicit: bool,
@@ -124,6 +126,7 @@ def without_bulk(pieces: Iterator[bytes | memoryview], implicit: bool,
                 walked.kept += head
                 for part in reader.values(length):
                     walked.kept += part
+                walked.tags.append(tag)
             first = False
     except CannotUnderstand as exc:
         if source_failed:  # the source's refusal (a deflate stream that does not inflate)
@@ -166,7 +169,8 @@ def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | N
                head: bytes, implicit: bool, little: bool, skippable: bool) -> None:
     """A top-level value of undefined length: a sequence (as pydicom tells one) kept whole,
     found to its end by the receive walk's rules; anything else (encapsulated Pixel Data)
-    walked fragment by fragment, kept while short or not ``skippable``, else skipped."""
+    walked fragment by fragment, kept while short or not ``skippable``, else skipped (let go
+    before a fragment that would take it past :data:`SKIPPED_ABOVE` is read)."""
     if _read_as_sequence(reader.peek(4), tag, vr):
         limit = min(SEQUENCE_AHEAD, MAX_KEPT - len(walked.kept) - len(head))
         wanted = min(1 << 16, limit)
@@ -175,33 +179,41 @@ def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | N
             end = undefined_length_end(memoryview(ahead), 0, implicit, little)
             if end is not None:
                 walked.kept += head
-                walked.kept += reader.take(end)
+                walked.kept += memoryview(ahead)[:end]
+                for _ in reader.values(end):  # taken, not copied again
+                    pass
+                walked.tags.append(tag)
                 return
             if len(ahead) < wanted or wanted >= limit:
                 break
             wanted = min(wanted * 4, limit)
         raise NotWalked("a sequence of undefined length that does not end within reach")
-    fragments: bytearray | None = bytearray()
+    start = len(walked.kept)
+    walked.kept += head
+    keeping = True
     item = struct.Struct(("<" if little else ">") + "HHL")
     while True:
         item_head = reader.take(8)
         group, element, length = item.unpack(item_head)
-        if fragments is not None:
-            fragments += item_head
         if (group, element) == _SEQUENCE_END:
+            if keeping:
+                walked.kept += item_head
             break
         if (group, element) != _ITEM or length == UNDEFINED:
             raise NotWalked("a value of undefined length that is not fragments")
-        if fragments is not None and not skippable:
-            _keeping(walked, len(head) + len(fragments) + length)
-        for part in reader.values(length):
-            if fragments is not None:
-                fragments += part
-        if fragments is not None and skippable and len(fragments) > SKIPPED_ABOVE:
-            fragments = None
-    if fragments is not None:
-        walked.kept += head
-        walked.kept += fragments
+        if keeping and skippable and len(walked.kept) - start + 8 + length > SKIPPED_ABOVE:
+            del walked.kept[start:]
+            keeping = False
+        if keeping:
+            _keeping(walked, 16 + length)
+            walked.kept += item_head
+            for part in reader.values(length):
+                walked.kept += part
+        else:
+            for _ in reader.values(length):
+                pass
+    if keeping:
+        walked.tags.append(tag)
     else:
         walked.skipped.append(RawDataElement(
             BaseTag(tag), vr, UNDEFINED, None, 0, implicit, little))

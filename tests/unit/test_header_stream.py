@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -30,6 +31,7 @@ from mimic_server.archive.read import VerifiedObject
 from mimic_server.codec import header_stream
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.header_stream import without_bulk
+from mimic_server.codec.structure import check_structure
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import wado
 from mimic_server.web.dicomweb.wado import header_of, metadata_json, walked_header
@@ -299,6 +301,19 @@ REVIEWED = {
         _UIDS_IMPLICIT + _element(0x00283002, b"\0\1" * 1000)
         + _element(0x00283006, b"\1\0" * 40_000) + _element(0x7FE00010, b"\0" * 4),
         ImplicitVRLittleEndian),
+    # an element that overruns the defined-length item holding it (which the receive walk
+    # does not look into): pydicom reads past the item, so the kept bytes parse to other
+    # elements (the spool way; fuzzing)
+    "an element overrunning its item": (
+        _UIDS_EXPLICIT + _element(0x00090010, b"ACME", "LO") + _element(
+            0x00081115, struct.pack("<HHL", 0xFFFE, 0xE000, 20)
+            + _element(0x00420011, b"\0" * 8, "OB", 32)
+            + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0), "SQ", _UNDEFINED)
+        + _element(0x00420012, b"PPPP" + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+                   + _element(0x00091030, b"\1" * 70_000, "OB"), "OB")
+        + _element(0x00431000, b"PPPP" + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+                   + _element(0x00100020, b"ID", "LO"), "OB"),
+        ExplicitVRLittleEndian),
     # a tag twice, the large one first: pydicom keeps the last (the spool way)
     "a tag twice": (
         _UIDS_EXPLICIT + _element(0x00090010, b"ACME", "LO")
@@ -311,9 +326,10 @@ REVIEWED = {
 def test_the_reviews_and_fuzzings_data_sets_give_the_document_of_their_copy(case: str) -> None:
     """Walked to the same document, or (a tag twice) left to the spool way."""
     dataset, syntax = REVIEWED[case]
+    check_structure(memoryview(dataset), UID(syntax))  # the receive walk takes it
     data = _part10(dataset, syntax)
     ds = walked_header(_object(data, syntax), False)
-    if case == "a tag twice":
+    if case in ("a tag twice", "an element overrunning its item"):
         assert ds is None
         return
     assert ds is not None
@@ -341,3 +357,20 @@ def test_a_value_too_large_to_keep_is_never_read_whole(monkeypatch: pytest.Monke
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB"
+
+
+def test_a_large_fragment_skipped_is_never_held() -> None:
+    """Encapsulated Pixel Data in one fragment of 64 MiB (a single-frame JPEG 2000, say):
+    let go before it is read, not after (fuzzing: held whole first)."""
+    fragments = (struct.pack("<HHL", 0xFFFE, 0xE000, 0)
+                 + struct.pack("<HHL", 0xFFFE, 0xE000, 64 * MiB) + bytes(64 * MiB)
+                 + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+    data = _UIDS_EXPLICIT + _element(0x7FE00010, fragments, "OB", _UNDEFINED)
+    pieces = [data[i:i + MiB] for i in range(0, len(data), MiB)]  # the store's pieces
+    del data, fragments
+    tracemalloc.start()
+    walked = without_bulk(iter(pieces), False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [int(raw.tag) for raw in walked.skipped] == [0x7FE00010]
+    assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB"

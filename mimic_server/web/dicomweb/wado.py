@@ -246,6 +246,10 @@ def walked_header(obj: VerifiedObject, deflated: bool) -> pydicom.Dataset | None
     except WebError:
         return _not_walked(obj, "what was kept does not parse")
     elements = ds._dict  # type: ignore[attr-defined]
+    if [int(tag) for tag in elements] != walked.tags:
+        # pydicom read the kept bytes otherwise than the walk: an element that overruns
+        # the defined-length item holding it, which the receive walk does not look into
+        return _not_walked(obj, "what was kept parses to other elements")
     for raw in walked.skipped:
         if raw.tag in elements:  # a tag twice: pydicom would keep the last
             return _not_walked(obj, "a skipped element's tag is there twice")
