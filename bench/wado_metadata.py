@@ -6,9 +6,10 @@ spooled copy it was read from before, in one run.
 
 Two objects are put in a file store under ``--dir`` (default: the system's temporary
 directory): ``--mib`` MiB of native pixels in Explicit VR Little Endian, and the same
-Deflated (its zero-free repeating pixels deflate some 250:1). Each is read as the
-``metadata`` route reads it (``archive.read.open_verified``: a hash pass for an object over
-8 MiB) and its metadata made both ways, in alternating order each round:
+Deflated (its repeating pixels deflate some 250:1; ``tests/large_objects.large_image``).
+Each is read as the ``metadata`` route reads it (``archive.read.open_verified``: a hash
+pass for an object over 8 MiB) and its metadata made both ways, in alternating order each
+round:
 
 - ``walk``: ``wado.walked_header`` (``codec/header_stream.py``), what the route does now;
 - ``copy``: ``wado.copied`` (an anonymous copy in a spool directory, a Deflated one
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import shutil
 import statistics
@@ -39,38 +39,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pydicom  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian  # noqa: E402
 
 from mimic_server.archive.read import open_verified  # noqa: E402
 from mimic_server.query.finder import InstanceRef  # noqa: E402
 from mimic_server.storage.filesystem import FilesystemStore  # noqa: E402
 from mimic_server.web.dicomweb import wado  # noqa: E402
+from tests.large_objects import large_image  # noqa: E402
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 URL = "https://archive.example/dicomweb/studies/1/series/2/instances/3"
-
-
-def make_object(mib: int, syntax: str) -> bytes:
-    """A 16-bit Secondary Capture image of ``mib`` MiB of pixels, 1 MiB a frame."""
-    uid = pydicom.uid.generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SECONDARY_CAPTURE, uid
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, uid
-    ds.StudyInstanceUID = ds.SeriesInstanceUID = pydicom.uid.generate_uid()
-    ds.PatientID, ds.Modality, ds.ImageComments = "BENCH", "OT", "c" * 2000
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 1024, mib
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(range(1, 256)) * (mib * (1 << 20) // 255) + bytes(
-        mib * (1 << 20) % 255)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _written() -> int:
@@ -102,7 +80,7 @@ def measure(directory: Path, mib: int, rounds: int) -> list[dict[str, Any]]:
     results = []
     try:
         for syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
-            data = make_object(mib, syntax)
+            data, _ds = large_image(512, 1024, mib, syntax, text=2000)  # 1 MiB a frame
             key = f"ab/1/2/{syntax}.dcm"
             store.put(key, [data], None)
             ref = InstanceRef(SECONDARY_CAPTURE, "1.2.3", syntax, key,

@@ -152,3 +152,30 @@ def write_long_values(path: Path, count: int, size: int) -> str:
                      + b"%08d" % n + b"t" * (size - 8))
 
     return _write_private(path, "LONG", private)
+
+
+def large_image(rows: int = 1024, columns: int = 1024, frames: int = 32,
+                syntax: str = ExplicitVRLittleEndian, text: int = 0, *,
+                study: str | None = None, series: str | None = None) -> tuple[bytes, Dataset]:
+    """A 16-bit Secondary Capture image of ``frames`` frames of ``rows`` x ``columns``
+    (64 MiB by default: 2 MiB a frame), pixels repeating (a Deflated one some 250:1),
+    ``text`` characters of Image Comments; its Part 10 bytes and its data set."""
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), series or generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "LARGE", "Large^Web", "OT"
+    if text:
+        ds.ImageComments = "c" * text
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = bytes(range(256)) * (frames * rows * columns * 2 // 256)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return buffer.getvalue(), ds

@@ -37,7 +37,7 @@ from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.wado import LARGEST_INLINE_VALUE, header_of, metadata_json
 from tests.data import Storable, storable_files
-from tests.large_objects import write_large_document
+from tests.large_objects import large_image, write_large_document
 from tests.memory import peak_allocated
 
 MiB = 1 << 20
@@ -71,26 +71,8 @@ class _Sink:
 
 def _large(rows: int = 1024, columns: int = 1024, frames: int = 32,
            syntax: str = ExplicitVRLittleEndian, text: int = 0) -> tuple[bytes, Dataset]:
-    """A 16-bit Secondary Capture image of ``frames`` frames of ``rows`` x ``columns``
-    (64 MiB by default: 2 MiB a frame)."""
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SECONDARY_CAPTURE, uid
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
-    ds.PatientID, ds.PatientName, ds.Modality = "LARGE", "Large^Web", "OT"
-    if text:
-        ds.ImageComments = "c" * text
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(range(256)) * (frames * rows * columns * 2 // 256)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
-    return buffer.getvalue(), ds
+    """``large_image`` in this module's study and series (64 MiB by default)."""
+    return large_image(rows, columns, frames, syntax, text, study=STUDY, series=SERIES)
 
 
 def _client(data: bytes, tmp_path: Path, syntax: str = ExplicitVRLittleEndian,
