@@ -175,7 +175,7 @@ def streamed_sender(send_msg: Callable[..., None]) -> Callable[..., None]:
 
     def send(self: Any, primitive: Any, context_id: int) -> None:
         stored: VerifiedObject | None = getattr(_pending, "stored", None)
-        pieces: Iterator[bytes | memoryview] | None = getattr(_pending, "pieces", None)
+        pieces: _Resumed | None = getattr(_pending, "pieces", None)
         _pending.stored, _pending.pieces = None, None
         if stored is not None and pieces is not None and _carries(primitive, stored):
             send_held(self)  # a pending C-GET response held for this message goes first
@@ -208,7 +208,7 @@ def _recoding(ds: StreamedDataset, wanted: tuple[bool, bool, bool]) -> Recoder |
     return recoder(ds.file_meta.TransferSyntaxUID, wanted)
 
 
-def _begun(stored: VerifiedObject, recode: Recoder) -> Iterator[bytes | memoryview]:
+def _begun(stored: VerifiedObject, recode: Recoder) -> _Resumed:
     """The data set's pieces as they will be sent (at most :data:`FRAGMENT` bytes each, cut
     again to the peer's PDU by :func:`_stream`), begun before the request is sent: as stored,
     its first piece read; converted, its first :data:`CHECKED_BEFORE_SENDING` bytes made.
@@ -267,7 +267,7 @@ class _Resumed:
 
 
 def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
-            begun: Iterator[bytes | memoryview]) -> None:
+            begun: _Resumed) -> None:
     """The C-STORE request: its command set as pynetdicom encodes it (the data set it holds
     is empty), then the data set from the store as :func:`_begun` began it, the DUL's queue
     kept short."""
@@ -308,7 +308,8 @@ def _stream(dimse: Any, primitive: Any, context_id: int, stored: VerifiedObject,
         )
         _no_response(dimse)
     finally:
-        pieces.close()  # the store's handle
+        pieces.close()
+        begun.close()  # the store's handle, also where ``pieces`` was never begun
 
 
 def _within(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[memoryview]:
