@@ -24,12 +24,8 @@ from pydicom.uid import (
 )
 
 
-def _write_header(path: Path, sop_class: str, uid: str | None = None,
-                  syntax: str = ExplicitVRLittleEndian, **attributes: object) -> str:
-    """A Part 10 file of ``sop_class`` (explicit VR little endian, or ``syntax``) holding
-    ``attributes``, to be extended by its caller; its SOP Instance UID (``uid``, or a new
-    one)."""
-    uid = uid or generate_uid()
+def _dataset(sop_class: str, uid: str, syntax: str) -> Dataset:
+    """A data set of ``sop_class`` and ``uid`` with its File Meta naming ``syntax``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = uid
@@ -38,6 +34,16 @@ def _write_header(path: Path, sop_class: str, uid: str | None = None,
     ds.file_meta = meta
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = uid
+    return ds
+
+
+def _write_header(path: Path, sop_class: str, uid: str | None = None,
+                  syntax: str = ExplicitVRLittleEndian, **attributes: object) -> str:
+    """A Part 10 file of ``sop_class`` (explicit VR little endian, or ``syntax``) holding
+    ``attributes``, to be extended by its caller; its SOP Instance UID (``uid``, or a new
+    one)."""
+    uid = uid or generate_uid()
+    ds = _dataset(sop_class, uid, syntax)
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
@@ -160,14 +166,7 @@ def large_image(rows: int = 1024, columns: int = 1024, frames: int = 32,
     """A 16-bit Secondary Capture image of ``frames`` frames of ``rows`` x ``columns``
     (64 MiB by default: 2 MiB a frame), pixels repeating (a Deflated one some 250:1),
     ``text`` characters of Image Comments; its Part 10 bytes and its data set."""
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, uid
+    ds = _dataset(SecondaryCaptureImageStorage, generate_uid(), syntax)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), series or generate_uid()
     ds.PatientID, ds.PatientName, ds.Modality = "LARGE", "Large^Web", "OT"
     if text:
