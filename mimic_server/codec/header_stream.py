@@ -39,6 +39,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from mimic_server.codec.header_scan import read_as_sequence
 from mimic_server.codec.piece_reader import UNDEFINED, PieceReader
 from mimic_server.codec.structure import read_as_implicit, undefined_length_end
 from mimic_server.errors import CannotUnderstand
@@ -53,7 +54,7 @@ MAX_KEPT = 16 << 20
 #: past it, the spool path. (The receive path takes those before Pixel Data within 1 MiB
 #: together, ``codec/header_scan.HEADER_SEQUENCES``.)
 SEQUENCE_AHEAD = 2 << 20
-#: The VRs PS3.18 F.2.7 allows a BulkDataURI for (``wado._URI_VRS``).
+#: The VRs PS3.18 F.2.7 allows a BulkDataURI for (what ``web/dicomweb/wado`` gives one).
 URI_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "DS", "FL", "FD", "IS", "LT",
                      "SL", "SS", "ST", "SV", "UC", "UL", "US", "UT", "UV"})
 
@@ -171,7 +172,7 @@ def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | N
     found to its end by the receive walk's rules; anything else (encapsulated Pixel Data)
     walked fragment by fragment, kept while short or not ``skippable``, else skipped (let go
     before a fragment that would take it past :data:`SKIPPED_ABOVE` is read)."""
-    if _read_as_sequence(reader.peek(4), tag, vr):
+    if read_as_sequence(memoryview(reader.peek(4)), 0, tag, vr):
         limit = min(SEQUENCE_AHEAD, MAX_KEPT - len(walked.kept) - len(head))
         wanted = min(1 << 16, limit)
         while wanted > 0:
@@ -217,14 +218,3 @@ def _undefined(reader: PieceReader, walked: WalkedDataSet, tag: int, vr: str | N
     else:
         walked.skipped.append(RawDataElement(
             BaseTag(tag), vr, UNDEFINED, None, 0, implicit, little))
-
-
-def _read_as_sequence(value_start: bytes, tag: int, vr: str | None) -> bool:
-    """As ``codec.header_scan.read_as_sequence``: SQ or UN; in implicit VR, one the
-    dictionary calls SQ or, unknown to it, whose first item says so."""
-    if vr is not None:
-        return vr in ("SQ", "UN")
-    try:
-        return _dictionary_vr_fast(tag) == "SQ"
-    except KeyError:
-        return value_start[:4] == b"\xfe\xff\x00\xe0"

@@ -240,8 +240,9 @@ def test_an_object_changed_since_its_check_is_a_500(tmp_path: Any) -> None:
     assert answer.status_code == 500
 
 
-def test_the_uri_vrs_are_the_metadatas() -> None:
-    assert header_stream.URI_VRS == wado._URI_VRS
+def test_the_walk_skips_by_the_metadatas_rules() -> None:
+    assert wado._BINARY_VRS <= header_stream.URI_VRS
+    assert header_stream.SKIPPED_ABOVE == wado.LARGEST_INLINE_VALUE
 
 
 def test_a_delimiter_at_the_top_level_is_not_vouched_for() -> None:

@@ -34,7 +34,7 @@ from starlette.routing import Route
 from mimic_server.archive.inflated import inflated_copy, inflated_pieces
 from mimic_server.archive.read import CHUNK, VerifiedObject, open_verified, reference
 from mimic_server.codec.file_meta import encode_file_meta
-from mimic_server.codec.header_stream import NotWalked, without_bulk
+from mimic_server.codec.header_stream import URI_VRS, NotWalked, without_bulk
 from mimic_server.codec.structure import undefined_length_end
 from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
@@ -315,9 +315,6 @@ def _json_of(ds: pydicom.Dataset, bulk: Any) -> dict[str, Any]:
 LARGEST_INLINE_VALUE = 64 * 1024
 #: The VRs whose values pydicom's JSON gives a BulkDataURI past the threshold (binary).
 _BINARY_VRS = frozenset(str(vr) for vr in BYTES_VR)
-#: The other VRs PS3.18 F.2.7 allows a BulkDataURI for.
-_URI_VRS = _BINARY_VRS | {"DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "SV", "UC", "UL",
-                          "US", "UT", "UV"}
 
 
 def _unread_bulk(ds: pydicom.Dataset) -> dict[int, str]:
@@ -331,7 +328,7 @@ def _unread_bulk(ds: pydicom.Dataset) -> dict[int, str]:
             if raw.length > LARGEST_INLINE_VALUE:
                 unread[int(tag)] = "UN"
             continue
-        if vr in _BINARY_VRS or (vr in _URI_VRS and raw.length > LARGEST_INLINE_VALUE):
+        if vr in _BINARY_VRS or (vr in URI_VRS and raw.length > LARGEST_INLINE_VALUE):
             unread[int(tag)] = vr
     return unread
 
