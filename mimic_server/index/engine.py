@@ -23,7 +23,8 @@ gone stale is handled in two ways instead. One that sat in the pool longer than
 server may have restarted) is pinged when it is checked out, and a dead one is replaced, with
 the pool's others, before anyone uses it. One that died while in use (the server restarted
 under load, the backend was terminated) fails the statement that finds it: SQLAlchemy then
-invalidates it and every connection the pool held before, and a write transaction that lost
+invalidates it and every connection the pool held before (any psycopg error the server did
+not send counts as such a loss: ``_lost_without_sqlstate``), and a write transaction that lost
 its connection before its COMMIT was sent, so that nothing of it can have committed, is run
 once more on a fresh connection (``write_transaction``, and the group commit's batches); a
 read is run once more too (``read_index``: it changes nothing). A database that is down
@@ -109,6 +110,7 @@ def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool =
         pool_recycle=1800, json_serializer=JSON_SERIALIZER,
     )
     _ping_when_idle(engine, IDLE_PING_SECONDS)
+    _lost_without_sqlstate(engine)
     if credential is not None:
         _use_entra_tokens(engine, credential)
     return engine
@@ -142,6 +144,29 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
                     engine.dialect.is_disconnect(exc, dbapi_connection, None)):
                 raise InvalidatePoolError("an idle pooled connection was lost") from exc
             raise
+
+
+def _lost_without_sqlstate(engine: Engine) -> None:
+    """Count as a lost connection every psycopg ``OperationalError`` that the server did not
+    send (it has no SQLSTATE: libpq or psycopg found the connection unusable).
+
+    SQLAlchemy's psycopg dialect sees a disconnect only where psycopg has already marked the
+    connection broken. psycopg can find the socket gone before libpq does ("connection socket
+    closed": a backend ended while the connection sat in the pool, the client's write met
+    the server's reset), and the connection is not marked yet: SQLAlchemy would then neither
+    invalidate it nor the pool's others, the statement's rollback on it would fail in turn
+    ("another command is already in progress"), and a write transaction lost before its
+    COMMIT would not run again (``lost_before_commit``). Errors the server sent (a lock
+    timeout, a cancelled statement, a deadlock) carry their SQLSTATE and stay as they are."""
+    dbapi = engine.dialect.loaded_dbapi
+
+    @event.listens_for(engine, "handle_error")
+    def _handle_error(context: Any) -> None:
+        error = context.original_exception
+        if (context.connection is not None  # not a failure to connect: that is not retried
+                and not context.is_disconnect and isinstance(error, dbapi.OperationalError)
+                and getattr(error, "sqlstate", None) is None):
+            context.is_disconnect = True
 
 
 def give_back(conn: Connection, idle_since: float) -> None:

@@ -626,3 +626,53 @@ def test_a_lost_connection_sends_every_kept_one_back_before_the_rerun(
         finally:
             committer.close()
             engine.dispose()
+
+
+def test_a_socket_found_gone_before_libpq_knows_is_a_lost_connection(
+    postgres_server: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """psycopg can find a lost connection's socket gone before libpq marks the connection
+    broken ("connection socket closed", no SQLSTATE): SQLAlchemy's dialect alone would not
+    call that a disconnect, so the batch failed instead of running again (seen in CI, after
+    ``pg_terminate_backend``). The engine counts it as lost: the pool is invalidated and the
+    batch runs once more, on a fresh connection. An error the server sent (a statement
+    timeout) is not a lost connection: it fails the batch, nothing runs again."""
+    import psycopg
+
+    from mimic_server.index import schema
+    from mimic_server.index.group_commit import GroupCommitter
+    from tests import database
+
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url)
+        schema.upgrade(engine)
+        committer = GroupCommitter(engine)
+        raised: list[Any] = []
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def socket_gone_once(conn: Connection, *_: Any) -> None:
+            if not raised:
+                raised.append(conn.connection.dbapi_connection)
+                raise psycopg.OperationalError("connection socket closed")
+
+        def timed_out(conn: Connection) -> None:
+            conn.execute(text("SET LOCAL statement_timeout = 1"))
+            conn.execute(text("SELECT pg_sleep(1)"))
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
+                answer = committer.run(lambda conn: int(conn.execute(text("SELECT 2"))
+                                                        .scalar_one()))
+            assert answer == 2
+            assert len(raised) == 1 and raised[0].closed  # thrown away, not pooled again
+            assert len([r for r in caplog.records if "runs again" in r.getMessage()]) == 1
+            caplog.clear()
+            with (caplog.at_level(logging.WARNING, logger="mimic_server.index"),
+                  pytest.raises(OperationalError) as refused):
+                committer.run(timed_out)
+            assert refused.value.orig.sqlstate == "57014"
+            assert not refused.value.connection_invalidated
+            assert not [r for r in caplog.records if "runs again" in r.getMessage()]
+        finally:
+            committer.close()
+            engine.dispose()
