@@ -286,6 +286,12 @@ class Settings(BaseSettings):
         None, description="The public URL of 'mimic web' (https://host), used in the bulk "
         "data URIs of metadata answers (default: the request's own).",
     )
+    web_kept_copies_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="Disk (in SPOOL_DIR) each 'mimic web' process "
+        "may give to verified copies of large or Deflated objects, kept five minutes after "
+        "their last use so that a viewer's next frames of the same object are not read and "
+        "checked from the store again; 0: every request makes its own copy.",
+    )
     # -- the operator console of `mimic web` (web/console/) ---------------------------------
     web_oidc_client_id: str | None = Field(
         None, description="The console's application (client) ID at the OIDC issuer "

@@ -61,6 +61,7 @@ from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.dicomweb.kept_copies import KeptCopies
 from mimic_server.web.parent import (
     OPTIONS_VARIABLE,
     REVOKED_DIR_VARIABLE,
@@ -147,6 +148,7 @@ class WebArchive:
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
             rule=web_rule(s),
             base_url=s.web_base_url, ingest=_ingest(s, store, index),
+            copies=KeptCopies(s.web_kept_copies_bytes) if s.web_kept_copies_bytes else None,
         )
         console = self._console
         if console is None:
@@ -192,6 +194,8 @@ class WebArchive:
         if self.policy_watcher is not None:
             self.policy_watcher.stop()
             self.policy_watcher = None
+        if self.context is not None and self.context.copies is not None:
+            self.context.copies.close()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
         if self._opened_index is not None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mimic_server.security.policy import Policy
     from mimic_server.security.tokens import TokenUser, TokenValidator
     from mimic_server.storage import ObjectStore
+    from mimic_server.web.dicomweb.kept_copies import KeptCopies
 
 #: A way other than a bearer token to know who sent a request (the console's session
 #: cookie): the user, or None when the request does not carry that credential.
@@ -53,3 +54,6 @@ class DicomWebContext:
     ingest: Any = None
     #: More credentials than bearer tokens (the console's session), tried first.
     user_sources: list[UserSource] = field(default_factory=list)
+    #: Verified copies of large objects kept for the WADO-RS requests after the first
+    #: (``kept_copies.py``); None: each request makes its own.
+    copies: KeptCopies | None = None

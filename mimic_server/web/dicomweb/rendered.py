@@ -25,7 +25,7 @@ from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
 from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
-from mimic_server.web.dicomweb.wado import copied, verified
+from mimic_server.web.dicomweb.wado import seekable
 
 MAX_FRAMES_PER_REQUEST = 1024
 
@@ -44,15 +44,15 @@ def _frame_numbers(text: str) -> list[int]:
 
 def _read(ctx: DicomWebContext, session: WebSession, ref: InstanceRef,
           resource: str) -> tuple[BinaryIO, TransferAudit, InstanceRef]:
-    """The object as a seekable file (``wado.copied``: a large one is not held whole; the
-    renderer reads its header and the frames asked for), its audit, and the row read: that
-    of its version stored now, if it was sent again since it matched (``wado.read_now``).
-    The caller closes the file."""
+    """The object as a seekable file (``wado.seekable``: a large one is not held whole, and
+    its copy is kept for the next requests; the renderer reads its header and the frames
+    asked for), its audit, and the row read: that of its version stored now, if it was sent
+    again since it matched (``wado.read_now``). The caller closes the file."""
     audit = TransferAudit(ctx, session, resource)
     audit.begin([ref])
     try:
-        obj = verified(ctx, ref)
-        return copied(ctx, obj), audit, obj.ref
+        source, now = seekable(ctx, ref)
+        return source, audit, now
     except WebError:
         audit.failed_one()
         audit.end(completed=False)

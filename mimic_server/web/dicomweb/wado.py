@@ -184,6 +184,29 @@ def copied(ctx: DicomWebContext, obj: VerifiedObject) -> BinaryIO:
         raise WebError(500, "the stored object cannot be parsed") from exc
 
 
+def seekable(ctx: DicomWebContext, ref: InstanceRef) -> tuple[BinaryIO, InstanceRef]:
+    """The object of ``ref`` as :func:`copied` gives it, and the row read (that of its
+    version stored now, ``read_now``); a copy written to disk is kept for the requests after
+    (``ctx.copies``, ``kept_copies.py``: a viewer's next frame of the same object is read
+    from it, not from the store again), and one kept already is read without touching the
+    store. Errors as :func:`verified` and :func:`copied` give them. The caller closes it."""
+    copies = ctx.copies
+    if copies is None:
+        obj = verified(ctx, ref)
+        return copied(ctx, obj), obj.ref
+    kept = copies.reader(ref)
+    if kept is not None:
+        return kept, ref
+    with copies.making(ref):  # the requests for it meanwhile wait, then read this one's
+        kept = copies.reader(ref)
+        if kept is not None:
+            return kept, ref
+        obj = verified(ctx, ref)
+        if obj.ref != ref and (kept := copies.reader(obj.ref)) is not None:
+            return kept, obj.ref  # stored again since it matched, and its copy kept already
+        return copies.keep(obj.ref, copied(ctx, obj)), obj.ref
+
+
 def header_of(source: BinaryIO) -> pydicom.Dataset:
     """The stored object's data set with every value over ``BULK_DATA_THRESHOLD`` left
     unread (deferred: read from ``source`` if something asks for it), so that neither its
@@ -417,8 +440,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     audit.begin([ref])
     source: BinaryIO | None = None
     try:
-        obj = verified(ctx, ref)
-        ref, source = obj.ref, copied(ctx, obj)
+        source, ref = seekable(ctx, ref)
         found = _value_of(header_of(source), source, tag)
     except BaseException as exc:
         if source is not None:

@@ -1,0 +1,246 @@
+"""Verified copies of large objects, kept a few minutes for the WADO-RS requests that follow.
+
+A frame, a rendering or a bulk data value of an object over 8 MiB (or of a Deflated one) is
+read from a seekable copy of the object (``wado.copied``), and making that copy reads the
+whole object from the store twice (the SHA-256 pass of ``open_verified``, then the copy,
+hashed again as it is written) and writes it whole to the spool directory. A viewer asks
+for the frames of a multi-frame object one request at a time, several at once: paging
+through the 1,000 frames of a 500 MB tomosynthesis object cost a terabyte read and half of
+one written. Here the copy one request made is kept, and the requests after it that name
+the same stored object read their frames from it: the object is read, checked and copied
+once per spell of use, and requests that arrive while it is being made wait for it instead
+of each making their own.
+
+Why this keeps invariant 2 (no byte leaves the archive unchecked): a copy is kept only once
+it was written whole and every byte of it hashed to the SHA-256 in the index on the way
+(a copy that failed is never kept); it is an anonymous file (``O_TMPFILE``: no name in any
+directory, mode 0600) that only this process holds; and it is found again only under the
+object key *and* SHA-256 that the index names now for the instance asked for (an instance
+sent again has a new key, and its old copy is never asked for again).
+
+Bounds, per process: at most ``limit`` bytes of copies (``MIMIC_WEB_KEPT_COPIES_BYTES``,
+0: none kept), the least recently used dropped first, and an object larger than that never
+kept; each copy dropped :data:`KEEP_SECONDS` after its last use, by a thread that sleeps
+until then (none while nothing is kept). A dropped copy that a request still reads stays
+open until that request ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from mimic_server.archive.read import reference
+from mimic_server.query.finder import InstanceRef
+
+log = logging.getLogger(__name__)
+
+#: How long a copy is kept after its last use: a viewer pages through an object within it.
+KEEP_SECONDS = 300.0
+#: The read buffer of each request's view of a copy (pydicom reads a header in small pieces).
+READ_BUFFER = 64 * 1024
+
+_Key = tuple[str, str]  # (object key, SHA-256)
+
+
+class _Copy:
+    """One kept copy: the file ``copied`` made, and the requests reading it now."""
+
+    __slots__ = ("dropped", "file", "readers", "size", "used")
+
+    def __init__(self, file: BinaryIO, size: int, used: float) -> None:
+        self.file = file
+        self.size = size
+        self.used = used
+        self.readers = 0
+        self.dropped = False
+
+
+class KeptCopies:
+    """The copies of one process, by object key and SHA-256."""
+
+    def __init__(self, limit: int, keep_seconds: float = KEEP_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.keep_seconds = keep_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._copies: OrderedDict[_Key, _Copy] = OrderedDict()  # least recently used first
+        self._making: dict[_Key, tuple[threading.Lock, int]] = {}
+        self._bytes = 0
+        self._sweeper: threading.Thread | None = None
+        self._closed = False
+        #: Copies kept and requests answered from one, for the tests and the log.
+        self.kept = 0
+        self.reused = 0
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def reader(self, ref: InstanceRef) -> BinaryIO | None:
+        """A seekable view of the kept copy of ``ref``'s object, or None; the caller closes
+        it (the copy stays open until every view of it is closed)."""
+        key = (ref.object_key, ref.sha256)
+        with self._lock:
+            copy = self._copies.get(key)
+            if copy is None:
+                return None
+            self._copies.move_to_end(key)
+            copy.used = self._clock()
+            copy.readers += 1
+            self.reused += 1
+        return io.BufferedReader(_View(self, copy), READ_BUFFER)
+
+    @contextlib.contextmanager
+    def making(self, ref: InstanceRef) -> Iterator[None]:
+        """Held while one request makes the copy of ``ref``'s object: the others asking for
+        it meanwhile wait here, then find it kept (:meth:`reader`)."""
+        key = (ref.object_key, ref.sha256)
+        with self._lock:
+            lock, waiting = self._making.get(key, (threading.Lock(), 0))
+            self._making[key] = (lock, waiting + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, waiting = self._making[key]
+                if waiting == 1:
+                    del self._making[key]
+                else:
+                    self._making[key] = (lock, waiting - 1)
+
+    def keep(self, ref: InstanceRef, copy: BinaryIO) -> BinaryIO:
+        """Keep ``copy`` (a file that ``wado.copied`` made of ``ref``'s object, checked
+        whole) and give the caller a view of it to read; one in memory (a small object), one
+        larger than the limit, or any once closed, is given back as it is."""
+        try:
+            fd = copy.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return copy  # in memory: nothing was written, nothing to keep
+        copy.flush()
+        size = os.fstat(fd).st_size
+        with self._lock:
+            if self._closed or size > self.limit:
+                return copy
+            key = (ref.object_key, ref.sha256)
+            if key in self._copies:  # made meanwhile by a request that did not wait for it
+                return copy
+            now = self._clock()
+            while self._copies and self._bytes + size > self.limit:
+                self._drop(next(iter(self._copies)))
+            kept = _Copy(copy, size, now)
+            kept.readers = 1
+            self._copies[key] = kept
+            self._bytes += size
+            self.kept += 1
+            self._changed.notify()
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="kept-copies",
+                                                 daemon=True)
+                self._sweeper.start()
+        log.debug("verified copy kept", extra={"object": reference(ref), "bytes": size})
+        return io.BufferedReader(_View(self, kept), READ_BUFFER)
+
+    def close(self) -> None:
+        """Drop every copy (at the process's shutdown); views still open keep theirs."""
+        with self._lock:
+            self._closed = True
+            for key in list(self._copies):
+                self._drop(key)
+            self._changed.notify()
+
+    def _sweep(self) -> None:
+        """Drop each copy unused for ``keep_seconds``; sleeps until the next is due, and
+        without a timeout while nothing is kept."""
+        with self._lock:
+            while not self._closed:
+                now = self._clock()
+                while self._copies:
+                    key, oldest = next(iter(self._copies.items()))
+                    if now - oldest.used < self.keep_seconds:
+                        break
+                    self._drop(key)
+                if self._copies:
+                    oldest = next(iter(self._copies.values()))
+                    self._changed.wait(oldest.used + self.keep_seconds - now)
+                else:
+                    self._changed.wait()
+
+    def _drop(self, key: _Key) -> None:
+        """Forget a copy (the lock held); its file is closed once no request reads it."""
+        copy = self._copies.pop(key)
+        self._bytes -= copy.size
+        copy.dropped = True
+        if copy.readers == 0:
+            copy.file.close()
+
+    def _release(self, copy: _Copy) -> None:
+        with self._lock:
+            copy.readers -= 1
+            if copy.dropped and copy.readers == 0:
+                copy.file.close()
+
+
+class _View(io.RawIOBase):
+    """One request's reading of a kept copy, at its own position (``os.preadv``: several
+    requests read one file at once); ``fileno`` is the copy's, for a read-only ``mmap``."""
+
+    def __init__(self, copies: KeptCopies, copy: _Copy) -> None:
+        super().__init__()
+        self._copies = copies
+        self._copy = copy
+        self._fd = copy.file.fileno()
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def name(self) -> int:
+        """As an anonymous file's (its descriptor): pydicom reads deferred values from the
+        file object it was given, never from a path of this name."""
+        return self._fd
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = os.preadv(self._fd, [buffer], self._position)
+        self._position += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._position + offset
+        elif whence == io.SEEK_END:
+            position = self._copy.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if position < 0:
+            raise OSError(22, "negative seek position")
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._copies._release(self._copy)
