@@ -24,54 +24,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from bench.wado_objects import medians, stored_objects  # noqa: E402
 from mimic_server.query.finder import InstanceRef  # noqa: E402
-from mimic_server.security.audit import AuditLog  # noqa: E402
-from mimic_server.security.policy import Policy  # noqa: E402
 from mimic_server.storage.filesystem import FilesystemStore  # noqa: E402
 from mimic_server.web.dicomweb.app import build_dicomweb  # noqa: E402
-from mimic_server.web.dicomweb.context import DicomWebContext  # noqa: E402
 from mimic_server.web.dicomweb.kept_copies import KeptCopies  # noqa: E402
-from tests.large_objects import large_image  # noqa: E402
+from tests.dicomweb_doubles import InstanceFinder, web_context  # noqa: E402
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-STUDY, SERIES, INSTANCE = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.10.1", "1"
+STUDY, SERIES, INSTANCE = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.10.1", "1.2.3"
 OCTETS = 'multipart/related; type="application/octet-stream"'
 WAYS = ("kept", "per-request")
 KEPT_BYTES = 2 << 30
-
-
-class _Finder:
-    def __init__(self, ref: InstanceRef) -> None:
-        self.ref = ref
-
-    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
-        return [self.ref]
-
-    def current(self, ref: InstanceRef) -> InstanceRef | None:
-        return self.ref
-
-
-class _Sink:
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _io() -> tuple[int, int]:
@@ -84,10 +59,7 @@ def _pages(store: FilesystemStore, ref: InstanceRef, spool: Path, kept: bool,
     """The frames ``numbers`` asked for one request at a time: wall and CPU seconds, bytes
     read and written, and each answer's SHA-256."""
     copies = KeptCopies(KEPT_BYTES) if kept else None
-    ctx = DicomWebContext(
-        finder=_Finder(ref), store=store, policy=Policy("MIMIC"),  # type: ignore[arg-type]
-        audit=AuditLog(None, sinks=[_Sink()]), tokens=None, auth="none",
-        ingest=SimpleNamespace(spool_dir=spool), copies=copies)
+    ctx = web_context(store, InstanceFinder(ref), spool, copies)
     client = TestClient(build_dicomweb(ctx))
     path = f"/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/frames/"
     digests = []
@@ -111,42 +83,27 @@ def _pages(store: FilesystemStore, ref: InstanceRef, spool: Path, kept: bool,
 
 
 def measure(directory: Path, mib: int, requests: int, rounds: int) -> list[dict[str, Any]]:
-    root = Path(tempfile.mkdtemp(prefix="wado-frames-", dir=directory))
-    store = FilesystemStore(root / "store")
-    spool = root / "spool"
-    spool.mkdir()
     numbers = sorted({1 + (n * (mib - 1)) // max(1, requests - 1) for n in range(requests)})
     results = []
-    try:
-        for syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
-            data, _ds = large_image(512, 1024, mib, syntax)  # 1 MiB a frame
-            key = f"ab/1/2/{syntax}.dcm"
-            store.put(key, [data], None)
-            ref = InstanceRef(SECONDARY_CAPTURE, INSTANCE, syntax, key,
-                              hashlib.sha256(data).hexdigest())
-            seen: dict[str, list[tuple[float, float, int, int]]] = {way: [] for way in WAYS}
-            answers: dict[str, list[str]] = {}
-            for round_number in range(rounds):
-                order = WAYS if round_number % 2 == 0 else tuple(reversed(WAYS))
-                for way in order:
-                    *figures, answers[way] = _pages(store, ref, spool, way == "kept", numbers)
-                    seen[way].append(tuple(figures))  # type: ignore[arg-type]
-            if answers["kept"] != answers["per-request"]:
-                raise SystemExit(f"{syntax}: the frames from the kept copy differ")
-            line: dict[str, Any] = {"syntax": syntax, "stored_bytes": len(data),
-                                    "frames": mib, "requests": len(numbers), "rounds": seen}
-            for way, values in seen.items():
-                line[way] = {"wall_s": statistics.median(v[0] for v in values),
-                             "cpu_s": statistics.median(v[1] for v in values),
-                             "read_bytes": statistics.median(v[2] for v in values),
-                             "written_bytes": statistics.median(v[3] for v in values)}
-            line["wall_ratio"] = statistics.median(
-                k[0] / p[0] for k, p in zip(seen["kept"], seen["per-request"], strict=True))
-            results.append(line)
-            store.delete(key)
-    finally:
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
+    for store, root, ref, stored in stored_objects(directory, "wado-frames-", mib):
+        spool = root / "spool"
+        spool.mkdir(exist_ok=True)
+        seen: dict[str, list[tuple[float, float, int, int]]] = {way: [] for way in WAYS}
+        answers: dict[str, list[str]] = {}
+        for round_number in range(rounds):
+            order = WAYS if round_number % 2 == 0 else tuple(reversed(WAYS))
+            for way in order:
+                *figures, answers[way] = _pages(store, ref, spool, way == "kept", numbers)
+                seen[way].append(tuple(figures))  # type: ignore[arg-type]
+        if answers["kept"] != answers["per-request"]:
+            raise SystemExit(f"{ref.transfer_syntax_uid}: the frames from the kept copy differ")
+        line: dict[str, Any] = {"syntax": ref.transfer_syntax_uid, "stored_bytes": stored,
+                                "frames": mib, "requests": len(numbers), "rounds": seen}
+        for way, values in seen.items():
+            line[way] = medians(values, ("wall_s", "cpu_s", "read_bytes", "written_bytes"))
+        line["wall_ratio"] = statistics.median(
+            k[0] / p[0] for k, p in zip(seen["kept"], seen["per-request"], strict=True))
+        results.append(line)
     return results
 
 

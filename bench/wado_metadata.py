@@ -24,9 +24,7 @@ Figures: docs/benchmarks.md; never a threshold.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,15 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian  # noqa: E402
+from pydicom.uid import DeflatedExplicitVRLittleEndian  # noqa: E402
 
+from bench.wado_objects import medians, stored_objects  # noqa: E402
 from mimic_server.archive.read import open_verified  # noqa: E402
-from mimic_server.query.finder import InstanceRef  # noqa: E402
-from mimic_server.storage.filesystem import FilesystemStore  # noqa: E402
 from mimic_server.web.dicomweb import wado  # noqa: E402
-from tests.large_objects import large_image  # noqa: E402
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 URL = "https://archive.example/dicomweb/studies/1/series/2/instances/3"
 
 
@@ -74,43 +69,29 @@ WAYS: dict[str, Callable[[Any, Any], dict[str, Any]]] = {"walk": _walk, "copy": 
 
 
 def measure(directory: Path, mib: int, rounds: int) -> list[dict[str, Any]]:
-    root = Path(tempfile.mkdtemp(prefix="wado-metadata-", dir=directory))
-    store = FilesystemStore(root / "store")
-    ctx = SimpleNamespace(ingest=SimpleNamespace(spool_dir=root / "spool"))
     results = []
-    try:
-        for syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
-            data, _ds = large_image(512, 1024, mib, syntax, text=2000)  # 1 MiB a frame
-            key = f"ab/1/2/{syntax}.dcm"
-            store.put(key, [data], None)
-            ref = InstanceRef(SECONDARY_CAPTURE, "1.2.3", syntax, key,
-                              hashlib.sha256(data).hexdigest())
-            seen: dict[str, list[tuple[float, float, int]]] = {way: [] for way in WAYS}
-            documents: dict[str, Any] = {}
-            for round_number in range(rounds):
-                order = list(WAYS) if round_number % 2 == 0 else list(reversed(WAYS))
-                for way in order:
-                    wall, cpu, wrote = time.perf_counter(), time.process_time(), _written()
-                    obj = open_verified(store, ref)
-                    assert obj is not None
-                    documents[way] = WAYS[way](ctx, obj)
-                    seen[way].append((time.perf_counter() - wall, time.process_time() - cpu,
-                                      _written() - wrote))
-            if documents["walk"] != documents["copy"]:
-                raise SystemExit(f"{syntax}: the walk's document is not the copy's")
-            line: dict[str, Any] = {"syntax": syntax, "stored_bytes": len(data),
-                                    "pixel_mib": mib, "rounds": seen}
-            for way, values in seen.items():
-                line[way] = {"wall_s": statistics.median(v[0] for v in values),
-                             "cpu_s": statistics.median(v[1] for v in values),
-                             "written_bytes": statistics.median(v[2] for v in values)}
-            line["wall_ratio"] = statistics.median(
-                w[0] / c[0] for w, c in zip(seen["walk"], seen["copy"], strict=True))
-            results.append(line)
-            store.delete(key)
-    finally:
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
+    for store, root, ref, stored in stored_objects(directory, "wado-metadata-", mib, 2000):
+        ctx = SimpleNamespace(ingest=SimpleNamespace(spool_dir=root / "spool"))
+        seen: dict[str, list[tuple[float, float, int]]] = {way: [] for way in WAYS}
+        documents: dict[str, Any] = {}
+        for round_number in range(rounds):
+            order = list(WAYS) if round_number % 2 == 0 else list(reversed(WAYS))
+            for way in order:
+                wall, cpu, wrote = time.perf_counter(), time.process_time(), _written()
+                obj = open_verified(store, ref)
+                assert obj is not None
+                documents[way] = WAYS[way](ctx, obj)
+                seen[way].append((time.perf_counter() - wall, time.process_time() - cpu,
+                                  _written() - wrote))
+        if documents["walk"] != documents["copy"]:
+            raise SystemExit(f"{ref.transfer_syntax_uid}: the walk's document is not the copy's")
+        line: dict[str, Any] = {"syntax": ref.transfer_syntax_uid, "stored_bytes": stored,
+                                "pixel_mib": mib, "rounds": seen}
+        for way, values in seen.items():
+            line[way] = medians(values, ("wall_s", "cpu_s", "written_bytes"))
+        line["wall_ratio"] = statistics.median(
+            w[0] / c[0] for w, c in zip(seen["walk"], seen["copy"], strict=True))
+        results.append(line)
     return results
 
 

@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import pydicom
@@ -28,14 +27,12 @@ from starlette.testclient import TestClient
 
 from mimic_server.config import Settings
 from mimic_server.query.finder import InstanceRef
-from mimic_server.security.audit import AuditLog
-from mimic_server.security.policy import Policy
 from mimic_server.storage.keys import new_object_key
 from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb.app import build_dicomweb
-from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.kept_copies import KeptCopies
 from mimic_server.webapp import WebArchive
+from tests.dicomweb_doubles import InstanceFinder, web_context
 from tests.large_objects import large_image
 from tests.support import wait_for
 
@@ -66,34 +63,12 @@ class _CountingStore(MemoryStore):
         return io.BytesIO(data)
 
 
-class _Finder:
-    def __init__(self) -> None:
-        self.refs: dict[str, InstanceRef] = {}
-
-    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
-        return [self.refs[sop_instance]]
-
-    def current(self, ref: InstanceRef) -> InstanceRef | None:
-        return self.refs.get(ref.sop_instance_uid)
-
-
-class _Sink:
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class _Archive:
     def __init__(self, tmp_path: Path, copies: KeptCopies | None) -> None:
-        self.store, self.finder = _CountingStore(), _Finder()
+        self.store, self.finder = _CountingStore(), InstanceFinder()
         self.spool = tmp_path / "spool"
         self.copies = copies
-        ctx = DicomWebContext(
-            finder=self.finder, store=self.store, policy=Policy("MIMIC"),  # type: ignore[arg-type]
-            audit=AuditLog(None, sinks=[_Sink()]), tokens=None, auth="none",
-            ingest=SimpleNamespace(spool_dir=self.spool), copies=copies)
+        ctx = web_context(self.store, self.finder, self.spool, copies)
         self.client = TestClient(build_dicomweb(ctx))
         self.pixels: dict[str, bytes] = {}
 

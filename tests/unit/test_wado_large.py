@@ -10,7 +10,6 @@ import base64
 import hashlib
 import io
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import pydicom
@@ -29,14 +28,12 @@ from starlette.testclient import TestClient
 from mimic_server.archive.inflated import inflated_copy
 from mimic_server.archive.read import VerifiedObject
 from mimic_server.query.finder import InstanceRef
-from mimic_server.security.audit import AuditLog
-from mimic_server.security.policy import Policy
 from mimic_server.storage.keys import new_object_key
 from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb.app import build_dicomweb
-from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.wado import LARGEST_INLINE_VALUE, header_of, metadata_json
 from tests.data import Storable, storable_files
+from tests.dicomweb_doubles import InstanceFinder, web_context
 from tests.large_objects import large_image, write_large_document
 from tests.memory import peak_allocated
 
@@ -45,28 +42,6 @@ STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8", "1.2.826.0.1.3680043.8.498.8.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 OCTETS = 'multipart/related; type="application/octet-stream"'
 URL = "https://archive.example/dicomweb/studies/1/series/2/instances/3"
-
-
-class _Finder:
-    def __init__(self, ref: InstanceRef) -> None:
-        self.ref = ref
-
-    def instances(self, query: Any) -> list[InstanceRef]:
-        return [self.ref]
-
-    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
-        return [self.ref]
-
-    def current(self, ref: InstanceRef) -> InstanceRef | None:
-        return self.ref
-
-
-class _Sink:
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _large(rows: int = 1024, columns: int = 1024, frames: int = 32,
@@ -82,10 +57,7 @@ def _client(data: bytes, tmp_path: Path, syntax: str = ExplicitVRLittleEndian,
     key = new_object_key(STUDY, SERIES, uid)
     store.objects[key] = data
     ref = InstanceRef(SECONDARY_CAPTURE, uid, syntax, key, hashlib.sha256(data).hexdigest())
-    ctx = DicomWebContext(
-        finder=_Finder(ref), store=store, policy=Policy("MIMIC"),  # type: ignore[arg-type]
-        audit=AuditLog(None, sinks=[_Sink()]), tokens=None, auth="none",
-        ingest=SimpleNamespace(spool_dir=tmp_path / "spool"))
+    ctx = web_context(store, InstanceFinder(ref), tmp_path / "spool")
     client = TestClient(build_dicomweb(ctx))
     client.mimic_store = store  # type: ignore[attr-defined]
     return client
