@@ -23,12 +23,12 @@ gone stale is handled in two ways instead. One that sat in the pool longer than
 server may have restarted) is pinged when it is checked out, and a dead one is replaced, with
 the pool's others, before anyone uses it. One that died while in use (the server restarted
 under load, the backend was terminated) fails the statement that finds it: SQLAlchemy then
-invalidates it and every connection the pool held before (any psycopg error the server did
-not send counts as such a loss: ``_lost_without_sqlstate``), and a write transaction that lost
-its connection before its COMMIT was sent, so that nothing of it can have committed, is run
-once more on a fresh connection (``write_transaction``, and the group commit's batches); a
-read is run once more too (``read_index``: it changes nothing). A database that is down
-still fails at once: connecting is not retried.
+invalidates it and every connection the pool held before (also where psycopg found the
+socket gone before libpq marked the connection: ``_lost_without_sqlstate``), and a write
+transaction that lost its connection before its COMMIT was sent, so that nothing of it can
+have committed, is run once more on a fresh connection (``write_transaction``, and the group
+commit's batches); a read is run once more too (``read_index``: it changes nothing). A
+database that is down still fails at once: connecting is not retried.
 """
 
 from __future__ import annotations
@@ -146,9 +146,15 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise
 
 
+#: How psycopg and libpq word a connection found unusable on the client side (no SQLSTATE):
+#: the socket gone under psycopg's wait, libpq failing to read or to send, no socket left.
+LOSS_WORDING = ("connection socket closed", "consuming input failed", "sending query failed",
+                "the connection is lost", "server closed the connection unexpectedly")
+
+
 def _lost_without_sqlstate(engine: Engine) -> None:
-    """Count as a lost connection every psycopg ``OperationalError`` that the server did not
-    send (it has no SQLSTATE: libpq or psycopg found the connection unusable).
+    """Count as a lost connection a psycopg ``OperationalError`` that the server did not send
+    (no SQLSTATE) and that says the connection is unusable (:data:`LOSS_WORDING`).
 
     SQLAlchemy's psycopg dialect sees a disconnect only where psycopg has already marked the
     connection broken. psycopg can find the socket gone before libpq does ("connection socket
@@ -157,7 +163,9 @@ def _lost_without_sqlstate(engine: Engine) -> None:
     invalidate it nor the pool's others, the statement's rollback on it would fail in turn
     ("another command is already in progress"), and a write transaction lost before its
     COMMIT would not run again (``lost_before_commit``). Errors the server sent (a lock
-    timeout, a cancelled statement, a deadlock) carry their SQLSTATE and stay as they are."""
+    timeout, a cancelled statement, a deadlock) carry their SQLSTATE, and psycopg's own
+    refusals of a statement on a sound connection (too many parameters) are worded
+    otherwise: both stay as they are."""
     dbapi = engine.dialect.loaded_dbapi
 
     @event.listens_for(engine, "handle_error")
@@ -165,7 +173,8 @@ def _lost_without_sqlstate(engine: Engine) -> None:
         error = context.original_exception
         if (context.connection is not None  # not a failure to connect: that is not retried
                 and not context.is_disconnect and isinstance(error, dbapi.OperationalError)
-                and getattr(error, "sqlstate", None) is None):
+                and getattr(error, "sqlstate", None) is None
+                and str(error).startswith(LOSS_WORDING)):
             context.is_disconnect = True
 
 

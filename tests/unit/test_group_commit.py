@@ -21,7 +21,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, event, func, select, text
+from sqlalchemy import Connection, bindparam, event, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from mimic_server.dimse.store import handle_store
@@ -636,7 +636,9 @@ def test_a_socket_found_gone_before_libpq_knows_is_a_lost_connection(
     call that a disconnect, so the batch failed instead of running again (seen in CI, after
     ``pg_terminate_backend``). The engine counts it as lost: the pool is invalidated and the
     batch runs once more, on a fresh connection. An error the server sent (a statement
-    timeout) is not a lost connection: it fails the batch, nothing runs again."""
+    timeout), or one psycopg raises for a statement on a sound connection (too many
+    parameters, no SQLSTATE either), is not a lost connection: it fails the batch, nothing
+    runs again."""
     import psycopg
 
     from mimic_server.index import schema
@@ -659,6 +661,11 @@ def test_a_socket_found_gone_before_libpq_knows_is_a_lost_connection(
             conn.execute(text("SET LOCAL statement_timeout = 1"))
             conn.execute(text("SELECT pg_sleep(1)"))
 
+        def too_many_parameters(conn: Connection) -> None:  # psycopg refuses it, no SQLSTATE
+            query = text("SELECT 1 WHERE 1 IN :values").bindparams(
+                bindparam("values", expanding=True))
+            conn.execute(query, {"values": list(range(70_000))})
+
         try:
             with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
                 answer = committer.run(lambda conn: int(conn.execute(text("SELECT 2"))
@@ -671,6 +678,11 @@ def test_a_socket_found_gone_before_libpq_knows_is_a_lost_connection(
                   pytest.raises(OperationalError) as refused):
                 committer.run(timed_out)
             assert refused.value.orig.sqlstate == "57014"
+            assert not refused.value.connection_invalidated
+            with (caplog.at_level(logging.WARNING, logger="mimic_server.index"),
+                  pytest.raises(OperationalError) as refused):
+                committer.run(too_many_parameters)
+            assert refused.value.orig.sqlstate is None
             assert not refused.value.connection_invalidated
             assert not [r for r in caplog.records if "runs again" in r.getMessage()]
         finally:
