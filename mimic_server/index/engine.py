@@ -146,15 +146,18 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise
 
 
-#: How psycopg and libpq word a connection found unusable on the client side (no SQLSTATE):
-#: the socket gone under psycopg's wait, libpq failing to read or to send, no socket left.
-LOSS_WORDING = ("connection socket closed", "consuming input failed", "sending query failed",
-                "the connection is lost", "server closed the connection unexpectedly")
+#: psycopg's words for a socket found gone while it waited on it (an ``OSError``, or the
+#: descriptor closed), before libpq has marked the connection broken. Where libpq itself
+#: found the loss (it failed to read or to send), psycopg marks the connection broken, and
+#: SQLAlchemy's dialect sees that already; a refusal of psycopg's on a sound connection
+#: ("sending query and params failed: number of parameters must be between 0 and 65535")
+#: is neither.
+LOSS_WORDING = ("connection socket closed",)
 
 
 def _lost_without_sqlstate(engine: Engine) -> None:
     """Count as a lost connection a psycopg ``OperationalError`` that the server did not send
-    (no SQLSTATE) and that says the connection is unusable (:data:`LOSS_WORDING`).
+    (no SQLSTATE) and that says the socket is gone (:data:`LOSS_WORDING`).
 
     SQLAlchemy's psycopg dialect sees a disconnect only where psycopg has already marked the
     connection broken. psycopg can find the socket gone before libpq does ("connection socket
@@ -165,7 +168,8 @@ def _lost_without_sqlstate(engine: Engine) -> None:
     COMMIT would not run again (``lost_before_commit``). Errors the server sent (a lock
     timeout, a cancelled statement, a deadlock) carry their SQLSTATE, and psycopg's own
     refusals of a statement on a sound connection (too many parameters) are worded
-    otherwise: both stay as they are."""
+    otherwise: both stay as they are (review: counting every error without a SQLSTATE as
+    a loss replaced the whole pool, and ran the work again, for too many parameters)."""
     dbapi = engine.dialect.loaded_dbapi
 
     @event.listens_for(engine, "handle_error")
