@@ -18,11 +18,14 @@ directory, mode 0600) that only this process holds; and it is found again only u
 object key *and* SHA-256 that the index names now for the instance asked for (an instance
 sent again has a new key, and its old copy is never asked for again).
 
-Bounds, per process: at most ``limit`` bytes of copies (``MIMIC_WEB_KEPT_COPIES_BYTES``,
+Bounds, per process: at most ``limit`` bytes of copies kept (``MIMIC_WEB_KEPT_COPIES_BYTES``,
 0: none kept), the least recently used dropped first, and an object larger than that never
-kept; each copy dropped :data:`KEEP_SECONDS` after its last use, by a thread that sleeps
-until then (none while nothing is kept). A dropped copy that a request still reads stays
-open until that request ends.
+kept (nor waited for: its requests copy it each for itself, at once, as before); each copy
+dropped :data:`KEEP_SECONDS` after its last use, by a thread that sleeps until then (none
+while nothing is kept). A dropped copy that a request still reads stays open until that
+request ends, so the disk in use is the bound plus the copies of requests in progress, as
+it was without kept copies. A copy of an instance deleted meanwhile stays until its time is
+up, never served: every request finds its object through the index first.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ log = logging.getLogger(__name__)
 
 #: How long a copy is kept after its last use: a viewer pages through an object within it.
 KEEP_SECONDS = 300.0
-#: The read buffer of each request's view of a copy (pydicom reads a header in small pieces).
-READ_BUFFER = 64 * 1024
+#: The objects found too large to keep that are remembered, so that their requests do not
+#: wait for one another (:meth:`KeptCopies.making`).
+REMEMBERED_TOO_LARGE = 1024
 
 _Key = tuple[str, str]  # (object key, SHA-256)
 
@@ -71,10 +75,13 @@ class KeptCopies:
         self.limit = limit
         self.keep_seconds = keep_seconds
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: a view left unclosed is closed by the garbage collector, which may run
+        # in a thread that holds the lock already (``_release``, from ``keep``'s allocations).
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._copies: OrderedDict[_Key, _Copy] = OrderedDict()  # least recently used first
-        self._making: dict[_Key, tuple[threading.Lock, int]] = {}
+        self._making: dict[_Key, threading.Event] = {}
+        self._too_large: OrderedDict[_Key, None] = OrderedDict()
         self._bytes = 0
         self._sweeper: threading.Thread | None = None
         self._closed = False
@@ -99,26 +106,34 @@ class KeptCopies:
             copy.used = self._clock()
             copy.readers += 1
             self.reused += 1
-        return io.BufferedReader(_View(self, copy), READ_BUFFER)
+        return _View(self, copy)
 
     @contextlib.contextmanager
-    def making(self, ref: InstanceRef) -> Iterator[None]:
-        """Held while one request makes the copy of ``ref``'s object: the others asking for
-        it meanwhile wait here, then find it kept (:meth:`reader`)."""
+    def making(self, ref: InstanceRef) -> Iterator[bool]:
+        """True for the request that makes the copy of ``ref``'s object; one that asks for
+        it meanwhile waits until that one is done, then gets False: it reads the copy kept
+        (:meth:`reader`), or, where none was kept (too large, in memory, failed), makes its
+        own at once, beside the others. An object known too large is not waited for."""
         key = (ref.object_key, ref.sha256)
         with self._lock:
-            lock, waiting = self._making.get(key, (threading.Lock(), 0))
-            self._making[key] = (lock, waiting + 1)
+            if key in self._too_large:
+                self._too_large.move_to_end(key)
+                maker, done = False, None
+            elif (done := self._making.get(key)) is None:
+                maker, done = True, self._making.setdefault(key, threading.Event())
+            else:
+                maker = False
+        if not maker:
+            if done is not None:
+                done.wait()
+            yield False
+            return
         try:
-            with lock:
-                yield
+            yield True
         finally:
             with self._lock:
-                lock, waiting = self._making[key]
-                if waiting == 1:
-                    del self._making[key]
-                else:
-                    self._making[key] = (lock, waiting - 1)
+                del self._making[key]
+            done.set()
 
     def keep(self, ref: InstanceRef, copy: BinaryIO) -> BinaryIO:
         """Keep ``copy`` (a file that ``wado.copied`` made of ``ref``'s object, checked
@@ -128,12 +143,20 @@ class KeptCopies:
             fd = copy.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
             return copy  # in memory: nothing was written, nothing to keep
-        copy.flush()
-        size = os.fstat(fd).st_size
+        try:
+            copy.flush()
+            size = os.fstat(fd).st_size
+        except BaseException:
+            copy.close()
+            raise
+        key = (ref.object_key, ref.sha256)
         with self._lock:
+            if size > self.limit:
+                self._too_large[key] = None
+                while len(self._too_large) > REMEMBERED_TOO_LARGE:
+                    self._too_large.popitem(last=False)
             if self._closed or size > self.limit:
                 return copy
-            key = (ref.object_key, ref.sha256)
             if key in self._copies:  # made meanwhile by a request that did not wait for it
                 return copy
             now = self._clock()
@@ -150,7 +173,7 @@ class KeptCopies:
                                                  daemon=True)
                 self._sweeper.start()
         log.debug("verified copy kept", extra={"object": reference(ref), "bytes": size})
-        return io.BufferedReader(_View(self, kept), READ_BUFFER)
+        return _View(self, kept)
 
     def close(self) -> None:
         """Drop every copy (at the process's shutdown); views still open keep theirs."""
@@ -192,13 +215,18 @@ class KeptCopies:
                 copy.file.close()
 
 
-class _View(io.RawIOBase):
-    """One request's reading of a kept copy, at its own position (``os.preadv``: several
-    requests read one file at once); ``fileno`` is the copy's, for a read-only ``mmap``."""
+class _View(io.BufferedIOBase):
+    """One request's reading of a kept copy, at its own position (``os.pread``: several
+    requests read one file at once); ``fileno`` is the copy's, for a read-only ``mmap``.
+
+    Not an ``io.BufferedReader``: pydicom takes one for a file it opened by name, reads a
+    deferred value again from ``name``, and would fail on a descriptor's number (an
+    encapsulated object's Extended Offset Table, a palette over 1 KiB). Unbuffered: a
+    header parse costs a ``pread`` per element, microseconds against the copy it spares."""
 
     def __init__(self, copies: KeptCopies, copy: _Copy) -> None:
         super().__init__()
-        self._copies = copies
+        self._copies: KeptCopies | None = copies
         self._copy = copy
         self._fd = copy.file.fileno()
         self._position = 0
@@ -210,20 +238,39 @@ class _View(io.RawIOBase):
         return True
 
     def fileno(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
         return self._fd
 
     @property
     def name(self) -> int:
-        """As an anonymous file's (its descriptor): pydicom reads deferred values from the
-        file object it was given, never from a path of this name."""
+        """As an anonymous file's (its descriptor): pydicom reads deferred values from this
+        object, never from a path of this name."""
         return self._fd
 
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()  # type: ignore[attr-defined]
+        if size is None or size < 0:
+            size = max(0, self._copy.size - self._position)
+        data = os.pread(self._fd, size, self._position) if size else b""
+        while size and len(data) < size:  # a short read of a regular file: the rest, if any
+            more = os.pread(self._fd, size - len(data), self._position + len(data))
+            if not more:
+                break
+            data += more
+        self._position += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._checkClosed()  # type: ignore[attr-defined]
         n = os.preadv(self._fd, [buffer], self._position)
         self._position += n
         return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
         if whence == io.SEEK_SET:
             position = offset
         elif whence == io.SEEK_CUR:
@@ -238,9 +285,12 @@ class _View(io.RawIOBase):
         return position
 
     def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
         return self._position
 
     def close(self) -> None:
         if not self.closed:
             super().close()
-            self._copies._release(self._copy)
+            copies, self._copies = self._copies, None
+            if copies is not None:
+                copies._release(self._copy)

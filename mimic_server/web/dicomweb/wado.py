@@ -197,14 +197,16 @@ def seekable(ctx: DicomWebContext, ref: InstanceRef) -> tuple[BinaryIO, Instance
     kept = copies.reader(ref)
     if kept is not None:
         return kept, ref
-    with copies.making(ref):  # the requests for it meanwhile wait, then read this one's
-        kept = copies.reader(ref)
-        if kept is not None:
+    with copies.making(ref) as maker:  # the requests for it meanwhile wait for this one's
+        if not maker and (kept := copies.reader(ref)) is not None:
             return kept, ref
         obj = verified(ctx, ref)
         if obj.ref != ref and (kept := copies.reader(obj.ref)) is not None:
             return kept, obj.ref  # stored again since it matched, and its copy kept already
-        return copies.keep(obj.ref, copied(ctx, obj)), obj.ref
+        try:
+            return copies.keep(obj.ref, copied(ctx, obj)), obj.ref
+        except OSError as exc:  # the copy's size unknown: closed, not kept
+            raise WebError(500, "the stored object cannot be read") from exc
 
 
 def header_of(source: BinaryIO) -> pydicom.Dataset:
