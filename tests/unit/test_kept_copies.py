@@ -427,3 +427,51 @@ def test_a_copy_whose_size_cannot_be_read_is_closed_not_kept(tmp_path: Path) -> 
     with pytest.raises(OSError):
         copies.keep(ref, made)
     assert made.closed and copies.kept == 0
+
+
+def test_requests_at_once_for_a_small_object_do_not_wait_for_one_another(
+    archive: Any,
+) -> None:
+    """A small object is copied in memory, never kept: once that is known, its requests at
+    once each read it beside the others, as before (review: each wave waited for a first
+    request that kept nothing, twice the time)."""
+    data, _ds = large_image(256, 256, 4, ExplicitVRLittleEndian, study=STUDY, series=SERIES)
+    key = archive.put("1.2.3.5", data, ExplicitVRLittleEndian)  # 512 KiB: held in memory
+    archive.frame("1.2.3.5", 1)
+    archive.store.slow = 1.0  # each open: long enough for all four to be in it at once
+    archive.at_once("1.2.3.5", [1, 2, 3, 4])
+    assert archive.opens(key) == 5 and archive.store.most_at_once == 4
+    assert archive.copies.kept == 0
+
+
+def test_a_view_collected_as_the_interpreter_ends_does_not_wait_for_the_lock(
+    archive: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the interpreter's end a daemon thread (the sweeper) may have stopped holding the
+    lock, and the collector then closes a view left in a reference cycle: that release must
+    not wait for the lock (review: 18 of 100 exits hung)."""
+    archive.add("1.2.3.1")
+    archive.frame("1.2.3.1", 1)
+    view = archive.copies.reader(archive.finder.refs["1.2.3.1"])
+    assert view is not None
+    held, done = threading.Event(), threading.Event()
+    let_go = threading.Event()
+
+    def hold_the_lock() -> None:
+        with archive.copies._lock:
+            held.set()
+            let_go.wait(30)
+
+    threading.Thread(target=hold_the_lock, daemon=True).start()
+    assert held.wait(10)
+    monkeypatch.setattr("sys.is_finalizing", lambda: True)
+
+    def close() -> None:
+        view.close()
+        done.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    try:
+        assert done.wait(10)
+    finally:
+        let_go.set()

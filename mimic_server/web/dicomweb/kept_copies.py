@@ -34,6 +34,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,9 +48,9 @@ log = logging.getLogger(__name__)
 
 #: How long a copy is kept after its last use: a viewer pages through an object within it.
 KEEP_SECONDS = 300.0
-#: The objects found too large to keep that are remembered, so that their requests do not
-#: wait for one another (:meth:`KeptCopies.making`).
-REMEMBERED_TOO_LARGE = 1024
+#: The objects found not to keep (too large, or small enough to be copied in memory) that are
+#: remembered, so that their requests do not wait for one another (:meth:`KeptCopies.making`).
+REMEMBERED_NOT_KEPT = 4096
 
 _Key = tuple[str, str]  # (object key, SHA-256)
 
@@ -81,7 +82,7 @@ class KeptCopies:
         self._changed = threading.Condition(self._lock)
         self._copies: OrderedDict[_Key, _Copy] = OrderedDict()  # least recently used first
         self._making: dict[_Key, threading.Event] = {}
-        self._too_large: OrderedDict[_Key, None] = OrderedDict()
+        self._not_kept: OrderedDict[_Key, None] = OrderedDict()
         self._bytes = 0
         self._sweeper: threading.Thread | None = None
         self._closed = False
@@ -106,18 +107,18 @@ class KeptCopies:
             copy.used = self._clock()
             copy.readers += 1
             self.reused += 1
-        return _View(self, copy)
+        return self._view(copy)
 
     @contextlib.contextmanager
     def making(self, ref: InstanceRef) -> Iterator[bool]:
         """True for the request that makes the copy of ``ref``'s object; one that asks for
         it meanwhile waits until that one is done, then gets False: it reads the copy kept
         (:meth:`reader`), or, where none was kept (too large, in memory, failed), makes its
-        own at once, beside the others. An object known too large is not waited for."""
+        own at once, beside the others. An object known not to be kept is not waited for."""
         key = (ref.object_key, ref.sha256)
         with self._lock:
-            if key in self._too_large:
-                self._too_large.move_to_end(key)
+            if key in self._not_kept:
+                self._not_kept.move_to_end(key)
                 maker, done = False, None
             elif (done := self._making.get(key)) is None:
                 maker, done = True, self._making.setdefault(key, threading.Event())
@@ -139,29 +140,30 @@ class KeptCopies:
         """Keep ``copy`` (a file that ``wado.copied`` made of ``ref``'s object, checked
         whole) and give the caller a view of it to read; one in memory (a small object), one
         larger than the limit, or any once closed, is given back as it is."""
+        key = (ref.object_key, ref.sha256)
         try:
             fd = copy.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
-            return copy  # in memory: nothing was written, nothing to keep
+            with self._lock:  # in memory: nothing was written, nothing to keep
+                self._remember_not_kept(key)
+            return copy
         try:
             copy.flush()
             size = os.fstat(fd).st_size
         except BaseException:
             copy.close()
             raise
-        key = (ref.object_key, ref.sha256)
+        closing: list[BinaryIO] = []
         with self._lock:
             if size > self.limit:
-                self._too_large[key] = None
-                while len(self._too_large) > REMEMBERED_TOO_LARGE:
-                    self._too_large.popitem(last=False)
+                self._remember_not_kept(key)
             if self._closed or size > self.limit:
                 return copy
             if key in self._copies:  # made meanwhile by a request that did not wait for it
                 return copy
             now = self._clock()
             while self._copies and self._bytes + size > self.limit:
-                self._drop(next(iter(self._copies)))
+                self._drop(next(iter(self._copies)), closing)
             kept = _Copy(copy, size, now)
             kept.readers = 1
             self._copies[key] = kept
@@ -172,47 +174,88 @@ class KeptCopies:
                 self._sweeper = threading.Thread(target=self._sweep, name="kept-copies",
                                                  daemon=True)
                 self._sweeper.start()
+        _close_all(closing)
         log.debug("verified copy kept", extra={"object": reference(ref), "bytes": size})
-        return _View(self, kept)
+        return self._view(kept)
 
     def close(self) -> None:
-        """Drop every copy (at the process's shutdown); views still open keep theirs."""
+        """Drop every copy (at the process's shutdown); views still open keep theirs. The
+        sweeper is waited for, so that no thread of ours holds the lock as the interpreter
+        ends (its daemon threads stop wherever they are)."""
+        closing: list[BinaryIO] = []
         with self._lock:
             self._closed = True
             for key in list(self._copies):
-                self._drop(key)
+                self._drop(key, closing)
             self._changed.notify()
+            sweeper = self._sweeper
+        _close_all(closing)
+        if sweeper is not None and sweeper is not threading.current_thread():
+            sweeper.join(5)
+
+    def _view(self, copy: _Copy) -> BinaryIO:
+        """A view of ``copy``, whose reader count was raised for it: lowered again if the
+        view cannot be made (an interruption here would hold the copy open for good)."""
+        try:
+            return _View(self, copy)
+        except BaseException:
+            self._release(copy)
+            raise
+
+    def _remember_not_kept(self, key: _Key) -> None:
+        self._not_kept[key] = None
+        self._not_kept.move_to_end(key)
+        while len(self._not_kept) > REMEMBERED_NOT_KEPT:
+            self._not_kept.popitem(last=False)
 
     def _sweep(self) -> None:
         """Drop each copy unused for ``keep_seconds``; sleeps until the next is due, and
-        without a timeout while nothing is kept."""
-        with self._lock:
-            while not self._closed:
+        without a timeout while nothing is kept. Files are closed outside the lock (closing
+        a copy of 512 MiB takes tens of milliseconds)."""
+        while True:
+            closing: list[BinaryIO] = []
+            with self._lock:
+                if self._closed:
+                    return
                 now = self._clock()
                 while self._copies:
                     key, oldest = next(iter(self._copies.items()))
                     if now - oldest.used < self.keep_seconds:
                         break
-                    self._drop(key)
-                if self._copies:
-                    oldest = next(iter(self._copies.values()))
-                    self._changed.wait(oldest.used + self.keep_seconds - now)
-                else:
-                    self._changed.wait()
+                    self._drop(key, closing)
+                if not closing:
+                    if self._copies:
+                        oldest = next(iter(self._copies.values()))
+                        self._changed.wait(oldest.used + self.keep_seconds - now)
+                    else:
+                        self._changed.wait()
+            _close_all(closing)
 
-    def _drop(self, key: _Key) -> None:
-        """Forget a copy (the lock held); its file is closed once no request reads it."""
+    def _drop(self, key: _Key, closing: list[BinaryIO]) -> None:
+        """Forget a copy (the lock held); its file goes to ``closing`` (closed by the caller
+        once the lock is given back), or, while a request reads it, is closed by the last."""
         copy = self._copies.pop(key)
         self._bytes -= copy.size
         copy.dropped = True
         if copy.readers == 0:
-            copy.file.close()
+            closing.append(copy.file)
 
     def _release(self, copy: _Copy) -> None:
+        if sys.is_finalizing():
+            # The interpreter is ending (a view left in a reference cycle, collected at
+            # exit): a daemon thread may have stopped holding the lock; the process's end
+            # closes the file.
+            return
         with self._lock:
             copy.readers -= 1
-            if copy.dropped and copy.readers == 0:
-                copy.file.close()
+            last = copy.dropped and copy.readers == 0
+        if last:
+            copy.file.close()
+
+
+def _close_all(files: list[BinaryIO]) -> None:
+    for file in files:
+        file.close()
 
 
 class _View(io.BufferedIOBase):
