@@ -22,10 +22,13 @@ Bounds, per process: at most ``limit`` bytes of copies kept (``MIMIC_WEB_KEPT_CO
 0: none kept), the least recently used dropped first, and an object larger than that never
 kept (nor waited for: its requests copy it each for itself, at once, as before); each copy
 dropped :data:`KEEP_SECONDS` after its last use, by a thread that sleeps until then (none
-while nothing is kept). A dropped copy that a request still reads stays open until that
-request ends, so the disk in use is the bound plus the copies of requests in progress, as
-it was without kept copies. A copy of an instance deleted meanwhile stays until its time is
-up, never served: every request finds its object through the index first.
+while nothing is kept). Each request reads through a descriptor of its own, opened anew on
+the copy (``/proc/self/fd``: its own position, closed with the request), so a copy dropped
+while a request reads it stays on disk until that request ends: the disk in use is the
+bound plus the copies of requests in progress, as it was without kept copies. Where such a
+descriptor cannot be opened (no ``/proc``), nothing is kept. A copy of an instance deleted
+meanwhile stays until its time is up, never served: every request finds its object through
+the index first.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import contextlib
 import io
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -56,16 +58,14 @@ _Key = tuple[str, str]  # (object key, SHA-256)
 
 
 class _Copy:
-    """One kept copy: the file ``copied`` made, and the requests reading it now."""
+    """One kept copy: the file ``copied`` made, its size and its last use."""
 
-    __slots__ = ("dropped", "file", "readers", "size", "used")
+    __slots__ = ("file", "size", "used")
 
     def __init__(self, file: BinaryIO, size: int, used: float) -> None:
         self.file = file
         self.size = size
         self.used = used
-        self.readers = 0
-        self.dropped = False
 
 
 class KeptCopies:
@@ -76,9 +76,7 @@ class KeptCopies:
         self.limit = limit
         self.keep_seconds = keep_seconds
         self._clock = clock
-        # Reentrant: a view left unclosed is closed by the garbage collector, which may run
-        # in a thread that holds the lock already (``_release``, from ``keep``'s allocations).
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._copies: OrderedDict[_Key, _Copy] = OrderedDict()  # least recently used first
         self._making: dict[_Key, threading.Event] = {}
@@ -96,18 +94,18 @@ class KeptCopies:
             return self._bytes
 
     def reader(self, ref: InstanceRef) -> BinaryIO | None:
-        """A seekable view of the kept copy of ``ref``'s object, or None; the caller closes
-        it (the copy stays open until every view of it is closed)."""
+        """A seekable view of the kept copy of ``ref``'s object (a descriptor of its own),
+        or None; the caller closes it."""
         key = (ref.object_key, ref.sha256)
-        with self._lock:
+        with self._lock:  # held while the view opens: the copy is not closed meanwhile
             copy = self._copies.get(key)
             if copy is None:
                 return None
+            view = _view_of(copy.file)
             self._copies.move_to_end(key)
             copy.used = self._clock()
-            copy.readers += 1
             self.reused += 1
-        return self._view(copy)
+        return view
 
     @contextlib.contextmanager
     def making(self, ref: InstanceRef) -> Iterator[bool]:
@@ -161,12 +159,13 @@ class KeptCopies:
                 return copy
             if key in self._copies:  # made meanwhile by a request that did not wait for it
                 return copy
-            now = self._clock()
+            try:
+                view = _view_of(copy)
+            except OSError:  # no /proc: this copy serves its own request alone
+                return copy
             while self._copies and self._bytes + size > self.limit:
                 self._drop(next(iter(self._copies)), closing)
-            kept = _Copy(copy, size, now)
-            kept.readers = 1
-            self._copies[key] = kept
+            self._copies[key] = _Copy(copy, size, self._clock())
             self._bytes += size
             self.kept += 1
             self._changed.notify()
@@ -176,12 +175,11 @@ class KeptCopies:
                 self._sweeper.start()
         _close_all(closing)
         log.debug("verified copy kept", extra={"object": reference(ref), "bytes": size})
-        return self._view(kept)
+        return view
 
     def close(self) -> None:
-        """Drop every copy (at the process's shutdown); views still open keep theirs. The
-        sweeper is waited for, so that no thread of ours holds the lock as the interpreter
-        ends (its daemon threads stop wherever they are)."""
+        """Drop every copy (at the process's shutdown); views still open keep reading
+        theirs. The sweeper is waited for."""
         closing: list[BinaryIO] = []
         with self._lock:
             self._closed = True
@@ -192,15 +190,6 @@ class KeptCopies:
         _close_all(closing)
         if sweeper is not None and sweeper is not threading.current_thread():
             sweeper.join(5)
-
-    def _view(self, copy: _Copy) -> BinaryIO:
-        """A view of ``copy``, whose reader count was raised for it: lowered again if the
-        view cannot be made (an interruption here would hold the copy open for good)."""
-        try:
-            return _View(self, copy)
-        except BaseException:
-            self._release(copy)
-            raise
 
     def _remember_not_kept(self, key: _Key) -> None:
         self._not_kept[key] = None
@@ -232,25 +221,11 @@ class KeptCopies:
             _close_all(closing)
 
     def _drop(self, key: _Key, closing: list[BinaryIO]) -> None:
-        """Forget a copy (the lock held); its file goes to ``closing`` (closed by the caller
-        once the lock is given back), or, while a request reads it, is closed by the last."""
+        """Forget a copy (the lock held); its file goes to ``closing``, closed by the caller
+        once the lock is given back (the views open on it keep the file's data)."""
         copy = self._copies.pop(key)
         self._bytes -= copy.size
-        copy.dropped = True
-        if copy.readers == 0:
-            closing.append(copy.file)
-
-    def _release(self, copy: _Copy) -> None:
-        if sys.is_finalizing():
-            # The interpreter is ending (a view left in a reference cycle, collected at
-            # exit): a daemon thread may have stopped holding the lock; the process's end
-            # closes the file.
-            return
-        with self._lock:
-            copy.readers -= 1
-            last = copy.dropped and copy.readers == 0
-        if last:
-            copy.file.close()
+        closing.append(copy.file)
 
 
 def _close_all(files: list[BinaryIO]) -> None:
@@ -258,82 +233,14 @@ def _close_all(files: list[BinaryIO]) -> None:
         file.close()
 
 
-class _View(io.BufferedIOBase):
-    """One request's reading of a kept copy, at its own position (``os.pread``: several
-    requests read one file at once); ``fileno`` is the copy's, for a read-only ``mmap``.
+def _view_of(file: BinaryIO) -> BinaryIO:
+    """The anonymous file ``file`` opened once more, read-only: a descriptor of the request's
+    own, at its own position, that keeps the file's data however long the copy is kept.
 
-    Not an ``io.BufferedReader``: pydicom takes one for a file it opened by name, reads a
-    deferred value again from ``name``, and would fail on a descriptor's number (an
-    encapsulated object's Extended Offset Table, a palette over 1 KiB). Unbuffered: a
-    header parse costs a ``pread`` per element, microseconds against the copy it spares."""
-
-    def __init__(self, copies: KeptCopies, copy: _Copy) -> None:
-        super().__init__()
-        self._copies: KeptCopies | None = copies
-        self._copy = copy
-        self._fd = copy.file.fileno()
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
-        return self._fd
-
-    @property
-    def name(self) -> int:
-        """As an anonymous file's (its descriptor): pydicom reads deferred values from this
-        object, never from a path of this name."""
-        return self._fd
-
-    def read(self, size: int | None = -1) -> bytes:
-        self._checkClosed()  # type: ignore[attr-defined]
-        if size is None or size < 0:
-            size = max(0, self._copy.size - self._position)
-        data = os.pread(self._fd, size, self._position) if size else b""
-        while size and len(data) < size:  # a short read of a regular file: the rest, if any
-            more = os.pread(self._fd, size - len(data), self._position + len(data))
-            if not more:
-                break
-            data += more
-        self._position += len(data)
-        return data
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        self._checkClosed()  # type: ignore[attr-defined]
-        n = os.preadv(self._fd, [buffer], self._position)
-        self._position += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
-        if whence == io.SEEK_SET:
-            position = offset
-        elif whence == io.SEEK_CUR:
-            position = self._position + offset
-        elif whence == io.SEEK_END:
-            position = self._copy.size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if position < 0:
-            raise OSError(22, "negative seek position")
-        self._position = position
-        return position
-
-    def tell(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
-        return self._position
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()
-            copies, self._copies = self._copies, None
-            if copies is not None:
-                copies._release(self._copy)
+    An unbuffered ``FileIO``, as pydicom needs: it takes an ``io.BufferedReader`` for a file
+    it opened by name and reads a deferred value again from ``name`` (a descriptor's number
+    here), so every frame of an object with an Extended Offset Table over 1 KiB was a 500
+    through such a view (review). Unbuffered, a header parse costs a read per element,
+    microseconds against the copy it spares."""
+    fd = os.open(f"/proc/self/fd/{file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    return io.FileIO(fd, "rb")  # type: ignore[return-value]
