@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.compare import tree_cpu_seconds
 from tests.large_objects import write_large
 from tests.support import HOST, MimicProcess, client_context, dcmtk_tls
 
@@ -272,6 +273,7 @@ def main() -> int:
             _reset_peaks(pid)
             idle, idle_memory = _vm(pid, "VmHWM"), _memory(pid)
             env = {**os.environ, "TCP_NODELAY": "1"}
+            cpu_before = tree_cpu_seconds(pid)
             start = time.perf_counter()
             with PeakMemory(pid) as stored_memory:
                 peers = [
@@ -284,6 +286,7 @@ def main() -> int:
                 ]
                 failed = [p.wait() for p in peers].count(0) != len(peers)
             seconds = time.perf_counter() - start
+            cpu = tree_cpu_seconds(pid) - cpu_before
             peak = _vm(pid, "VmHWM")
             stored = server.instance_count()
             get_unique = 0
@@ -298,7 +301,8 @@ def main() -> int:
             server.stop()
     total = args.count * args.size_mib * MiB
     print(f"{args.count} x {args.size_mib} MiB at once over TLS: {seconds:.1f} s, "
-          f"{total / seconds / 1e6:.0f} MB/s; stored {stored}/{args.count}")
+          f"{total / seconds / 1e6:.0f} MB/s, the server's CPU {cpu:.2f} s; "
+          f"stored {stored}/{args.count}")
     print(f"server memory, {processes} processes: idle {idle_memory.megabytes()}; during the "
           f"C-STOREs {stored_memory.report()}; summed VmHWM idle {idle / 1e6:.0f} MB, during "
           f"{peak / 1e6:.0f} MB")

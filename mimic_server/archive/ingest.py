@@ -21,7 +21,6 @@ turns it into its protocol's answer (a C-STORE status, a PS3.18 Failure Reason).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import threading
@@ -67,6 +66,28 @@ class Spool(Protocol):
 
     def chunks(self) -> Iterator[bytes]: ...
 
+    def whole_file(self) -> int | None:
+        """The descriptor of an anonymous file holding exactly the object as kept (the
+        File Meta we write, then the data set), which a store may name; else None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledChunks:
+    """A spooled object's bytes for :meth:`ObjectStore.put`: read back (the File Meta, then
+    the spool), or the spool file itself, named by a store on its file system
+    (``storage/anonymous.py``) instead of copied."""
+
+    file_meta: bytes
+    spool: Spool
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.file_meta
+        yield from self.spool.chunks()
+
+    def whole_file(self) -> int | None:
+        return self.spool.whole_file()
+
 
 @dataclass(frozen=True, slots=True)
 class ReceivedObject:
@@ -90,7 +111,7 @@ class ReceivedObject:
     @property
     def chunks(self) -> Iterable[bytes | memoryview]:
         if self.spool is not None:
-            return itertools.chain((self.file_meta,), self.spool.chunks())
+            return SpooledChunks(self.file_meta, self.spool)
         return (self.file_meta, self.dataset)
 
     @classmethod

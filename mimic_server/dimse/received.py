@@ -8,7 +8,8 @@ the archive's (``archive/ingest.py``), the same for every front door.
 
 A data set too large to hold in memory arrives spooled (``dimse/receiving.py``): it was
 hashed and walked while it arrived, its header is parsed from a read-only map of the spool
-file (only the header's pages are touched) and it is stored by reading the spool back.
+file (only the header's pages are touched), and the spool file, which holds the object as
+kept, is what the store keeps: named by the file store, read back by the others.
 """
 
 from __future__ import annotations
@@ -54,5 +55,6 @@ def _from_spool(received: ReceivingDataSet) -> ReceivedObject:
     start = received.spool_start
     assert start is not None and received.spool is not None
     mapped = mmap.mmap(received.spool.fileno(), 0, access=mmap.ACCESS_READ)
-    return ReceivedObject.walked(start.file_meta, memoryview(mapped),
+    dataset = memoryview(mapped)[received.dataset_start:]
+    return ReceivedObject.walked(start.file_meta, dataset,
                                  str(start.transfer_syntax), sha256, received)

@@ -5,11 +5,13 @@ pynetdicom writes every P-DATA fragment of a message into the message's ``data_s
 is given (by the fence, ``mimic_server/patches.py``) a :class:`ReceivingDataSet` for every
 message instead: a ``BytesIO`` while the data set is small (the common case: the handler then
 reads it zero-copy, exactly as before), which past ``in_memory`` bytes moves what it holds
-into an anonymous spool file and writes every later fragment there, hashing it (SHA-256 of
-the File Meta we write, then the data set) and walking its structure as it arrives. The
-spool file has no name (``O_TMPFILE``, or created and unlinked at once), so nothing can leak
-on disk: it is closed when the handler is done or the association ends, and the kernel frees
-it should the process die.
+into an anonymous spool file, behind the File Meta we write, and writes every later fragment
+there, hashing it (SHA-256 of that File Meta, then the data set) and walking its structure
+as it arrives. The spool file has no name (``O_TMPFILE``, or created and unlinked at once),
+so nothing can leak on disk: it is closed when the handler is done or the association ends,
+and the kernel frees it should the process die. Since it holds the object exactly as the
+archive keeps it, the file store may give it a name instead of copying it
+(:meth:`ReceivingDataSet.whole_file`, ``storage/anonymous.py``).
 
 Every fragment is counted: past ``max_object_bytes`` what was received is dropped at once
 and the rest of the data set is read and discarded, so that a sender who finishes gets the
@@ -25,7 +27,7 @@ import contextlib
 import hashlib
 import io
 import logging
-import tempfile
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from mimic_server.codec.structure import DeflatedWalk, StructureWalk, structure_
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources
 from mimic_server.logs import where
+from mimic_server.storage.anonymous import open_anonymous
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,10 @@ class ReceivingDataSet(io.BytesIO):
         self.abort_due = False
         self.spool: IO[bytes] | None = None
         self.spool_start: SpoolStart | None = None
+        #: Where the data set begins in the spool file (after ``spool_start.file_meta``).
+        self.dataset_start = 0
+        self._nameable = False
+        self._finished = False
         self._digest: Any = None
         self._walk: StructureWalk | DeflatedWalk | None = None
         #: Why the spooled data set is refused: a structural fault, a spool that failed.
@@ -184,7 +191,9 @@ class ReceivingDataSet(io.BytesIO):
         """Move what is in memory to a new anonymous spool file; start hash and walk."""
         self.spool_start = start = self._start(self._message)
         self._limits.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = tempfile.TemporaryFile(dir=self._limits.spool_dir)  # noqa: SIM115
+        self.spool, self._nameable = open_anonymous(self._limits.spool_dir)
+        self.spool.write(start.file_meta)
+        self.dataset_start = len(start.file_meta)
         self._digest = hashlib.sha256(start.file_meta)
         self._walk = structure_walk(start.transfer_syntax)
         with self.getbuffer() as head:
@@ -224,14 +233,30 @@ class ReceivingDataSet(io.BytesIO):
             raise self.failure
         assert self.spool is not None
         self.spool.flush()
+        self._finished = True
         return self._digest.hexdigest(), self.received
 
     def chunks(self) -> Iterator[bytes]:
         """The spooled data set, read back piece by piece."""
         assert self.spool is not None
-        self.spool.seek(0)
+        self.spool.seek(self.dataset_start)
         while chunk := self.spool.read(READ_CHUNK):
             yield chunk
+
+    def whole_file(self) -> int | None:
+        """The spool file's descriptor, where the file store may name it: it holds exactly
+        the object as kept (our File Meta, then the whole data set, received in full and
+        found sound) and can be named; else None."""
+        with self._lock:
+            spool = self.spool
+            if (not (self._nameable and self._finished) or spool is None or spool.closed
+                    or self._discarded or self.too_large or self.failure is not None):
+                return None
+            spool.flush()
+            fd = spool.fileno()
+            if os.fstat(fd).st_size != self.dataset_start + self.received:
+                return None
+            return fd
 
     def discard(self) -> None:
         """Drop whatever is held (memory and spool file); later fragments are not kept."""

@@ -32,7 +32,9 @@ so a directory without a lock file is abandoned.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import re
 import threading
@@ -43,6 +45,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mimic_server.errors import OutOfResources
+from mimic_server.storage.anonymous import creation_mode, give_name
+
+log = logging.getLogger(__name__)
+
+#: Why an anonymous file cannot be named here, for this and every later one: another file
+#: system (``EXDEV``), or one that forbids it.
+_NEVER_NAMEABLE = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP})
 
 _KEY = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*(/[0-9A-Za-z][0-9A-Za-z._-]*)*$")
 _TMP = ".incoming"
@@ -70,6 +79,9 @@ class FilesystemStore:
         self._refill_wanted = threading.Event()
         self._refiller: threading.Thread | None = None
         self._closed = False
+        #: Whether a spooled object's own file may still be named here (not copied).
+        self._naming = os.path.isdir("/proc/self/fd")
+        self._file_mode = creation_mode()
         #: Directories whose entry in their parent this process has fsynced: a directory a
         #: concurrent put created (and has not yet fsynced) is not in it.
         self._durable: set[Path] = set()
@@ -166,63 +178,111 @@ class FilesystemStore:
 
     def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         path = self._path(key)
-        tmp, mode = self._temporary_file()
-        size = 0
+        tmp: Path | None = None
         placed = False
         try:
-            try:
-                handle = open(tmp, mode)  # noqa: SIM115 - closed by the `with` below
-            except FileNotFoundError:
-                if mode == "xb":
-                    raise
-                # A spare removed under us (by hand, or a store of an older version sweeping
-                # .incoming wholesale): make a file of our own.
-                tmp = self._tmp / uuid.uuid4().hex
-                handle = open(tmp, "xb")  # noqa: SIM115 - closed by the `with` below
+            named = self._name_whole_file(chunks)
+            if named is not None:
+                tmp, fd, size = named
+                known = self._rename(tmp, path)
+                placed = True
+                self._make_durable(path, fd, known)
+                return size
+            tmp, handle = self._open_temporary()
+            size = 0
             with handle as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)
                 fh.flush()
-                parent = path.parent
-                # A directory this store has made durable already (the usual case: a
-                # series' next object) needs no look-ups: rename, then fsync it alone.
-                known = parent in self._durable
-                if not known:
-                    _make_directories(parent)
-                try:
-                    os.replace(tmp, path)
-                except FileNotFoundError:
-                    if not known:
-                        raise
-                    # Removed under us (by hand): forget what we knew, make it again.
-                    self._durable.clear()
-                    known = False
-                    _make_directories(parent)
-                    os.replace(tmp, path)
+                known = self._rename(tmp, path)
                 placed = True
-                if self.fsync:
-                    # Under its key already: the file system makes the file and its new
-                    # name durable in one go (module docstring).
-                    os.fsync(fh.fileno())
-            if self.fsync and known:
-                _fsync_dir(parent)
-            elif self.fsync:
-                # The object's entry lives in its directory, and each directory of the chain
-                # lives in its parent's entries: all of them must be durable before Success,
-                # including those a concurrent put created and may not have fsynced yet.
-                chain = [d for d in (path.parent, *path.parent.parents)
-                         if d != self.root and d.is_relative_to(self.root)]
-                pending = [d for d in chain if d not in self._durable]
-                for directory in dict.fromkeys([path.parent, *(d.parent for d in pending)]):
-                    _fsync_dir(directory)
-                self._durable.update(pending)
+                self._make_durable(path, fh.fileno(), known)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 # Under its key once renamed: never acknowledged, so never indexed.
-                (path if placed else tmp).unlink()
+                if placed:
+                    path.unlink()
+                elif tmp is not None:
+                    tmp.unlink()
             raise OutOfResources(f"object store write failed: {exc.strerror}") from exc
         return size
+
+    def _name_whole_file(self, chunks: object) -> tuple[Path, int, int] | None:
+        """Where ``chunks`` are one anonymous file of this process (a large C-STORE's spool,
+        ``storage/anonymous.py``), give that file a temporary name here instead of copying
+        it: (that name, the file's descriptor, its size). None: copy the chunks."""
+        whole_file = getattr(chunks, "whole_file", None)
+        if whole_file is None or not self._naming:
+            return None
+        fd = whole_file()
+        if fd is None:
+            return None
+        tmp = self._tmp / uuid.uuid4().hex
+        try:
+            os.fchmod(fd, self._file_mode)  # as a file created here would be (not 0600)
+            give_name(fd, tmp)
+        except OSError as exc:
+            if exc.errno in _NEVER_NAMEABLE:
+                self._naming = False
+                log.info("spooled objects are copied into the object store, not named "
+                         "there: %s (put MIMIC_SPOOL_DIR on the object store's file system)",
+                         os.strerror(exc.errno or 0))
+            return None
+        return tmp, fd, os.fstat(fd).st_size
+
+    def _open_temporary(self) -> tuple[Path, BinaryIO]:
+        """A spare temporary file opened for writing, else a new one."""
+        tmp, mode = self._temporary_file()
+        try:
+            return tmp, open(tmp, mode)
+        except FileNotFoundError:
+            if mode == "xb":
+                raise
+        # A spare removed under us (by hand, or a store of an older version sweeping
+        # .incoming wholesale): make a file of our own.
+        tmp = self._tmp / uuid.uuid4().hex
+        return tmp, open(tmp, "xb")
+
+    def _rename(self, tmp: Path, path: Path) -> bool:
+        """Rename ``tmp`` to ``path``, making its directories if need be; whether they were
+        known durable already."""
+        parent = path.parent
+        # A directory this store has made durable already (the usual case: a series' next
+        # object) needs no look-ups: rename, then fsync it alone.
+        known = parent in self._durable
+        if not known:
+            _make_directories(parent)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            if not known:
+                raise
+            # Removed under us (by hand): forget what we knew, make it again.
+            self._durable.clear()
+            known = False
+            _make_directories(parent)
+            os.replace(tmp, path)
+        return known
+
+    def _make_durable(self, path: Path, fd: int, known: bool) -> None:
+        """fsync the object (under its key already: the file system makes the file and its
+        new name durable in one go, module docstring), then the directories it needs."""
+        if not self.fsync:
+            return
+        os.fsync(fd)
+        if known:
+            _fsync_dir(path.parent)
+            return
+        # The object's entry lives in its directory, and each directory of the chain lives
+        # in its parent's entries: all of them must be durable before Success, including
+        # those a concurrent put created and may not have fsynced yet.
+        chain = [d for d in (path.parent, *path.parent.parents)
+                 if d != self.root and d.is_relative_to(self.root)]
+        pending = [d for d in chain if d not in self._durable]
+        for directory in dict.fromkeys([path.parent, *(d.parent for d in pending)]):
+            _fsync_dir(directory)
+        self._durable.update(pending)
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -132,6 +132,10 @@ class ReceivedPart:
         while chunk := self._spool.read(READ_CHUNK):
             yield chunk
 
+    def whole_file(self) -> None:
+        """Never: the spool holds the sender's File Meta, not the one the archive writes."""
+        return None
+
     def close(self) -> None:
         """Drop what is held (memory, map, spool file)."""
         self._head = bytearray()

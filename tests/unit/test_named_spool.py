@@ -1,0 +1,252 @@
+"""A large C-STORE's spool file holds the object as kept, and the file store names that file
+instead of copying it; anything short of a whole, sound, nameable spool is copied as before."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pynetdicom.dimse_messages import C_STORE_RQ
+
+from mimic_server.archive.ingest import SpooledChunks
+from mimic_server.codec.file_meta import encode_file_meta
+from mimic_server.dimse import receiving
+from mimic_server.dimse.received import _from_spool
+from mimic_server.dimse.receiving import ReceiveLimits, ReceivingDataSet, SpoolStart
+from mimic_server.errors import CannotUnderstand, OutOfResources
+from mimic_server.storage import filesystem
+from mimic_server.storage.filesystem import FilesystemStore
+from mimic_server.storage.memory import MemoryStore
+
+SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.77"
+IN_MEMORY = 4096
+
+
+def _data_set(pixels: int = 96 * 1024) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = SOP_INSTANCE
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.PatientID = "NAMED-SPOOL"
+    ds.Modality = "OT"
+    ds.PixelData = bytes(range(256)) * (pixels // 256)
+    ds["PixelData"].VR = "OB"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+FILE_META = encode_file_meta(SecondaryCaptureImageStorage, SOP_INSTANCE,
+                             ExplicitVRLittleEndian, "MODALITY1")
+
+
+def _received(tmp_path: Path, data: bytes, limit: int = 1 << 30,
+              finish: bool = True) -> ReceivingDataSet:
+    """A data set spooled as the DUL writes it: in PDV-sized pieces."""
+    received = ReceivingDataSet(
+        ReceiveLimits(limit, tmp_path / "spool", in_memory=IN_MEMORY), C_STORE_RQ(),
+        lambda _message: SpoolStart(FILE_META, ExplicitVRLittleEndian))
+    for start in range(0, len(data), 16378):
+        received.write(memoryview(data)[start:start + 16378])
+    if finish:
+        received.finish()
+    return received
+
+
+def _store(tmp_path: Path) -> FilesystemStore:
+    return FilesystemStore(tmp_path / "objects", spare_files=0)
+
+
+def _incoming(store: FilesystemStore) -> list[Path]:
+    return [p for p in store._tmp.iterdir()]
+
+
+class _NotIterable(SpooledChunks):
+    """Chunks whose bytes must not be read: the store is to name the file, not copy it."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the spool was read back instead of named")
+
+
+def test_the_spool_holds_the_object_as_kept_and_the_data_set_is_read_back_alone(
+    tmp_path: Path,
+) -> None:
+    data = _data_set()
+    received = _received(tmp_path, data)
+    assert received.spool is not None
+    fd = received.whole_file()
+    assert fd == received.spool.fileno()
+    assert os.pread(fd, len(FILE_META) + len(data) + 1, 0) == FILE_META + data
+    assert b"".join(received.chunks()) == data
+    assert received.dataset_start == len(FILE_META)
+
+
+def test_a_spooled_object_is_named_by_the_file_store_not_copied(tmp_path: Path) -> None:
+    data = _data_set()
+    received = _received(tmp_path, data)
+    obj = _from_spool(received)
+    assert bytes(obj.dataset) == data  # the header was parsed from the data set alone
+    chunks = obj.chunks
+    assert isinstance(chunks, SpooledChunks)
+    store = _store(tmp_path)
+    copied = store.put("s/copied.dcm", [b"x"], None)  # an ordinary put, for its mode
+    assert copied == 1
+
+    size = store.put("s/named.dcm", _NotIterable(chunks.file_meta, chunks.spool), None)
+
+    assert received.spool is not None
+    spool_inode = os.fstat(received.spool.fileno()).st_ino
+    named = store.root / "s/named.dcm"
+    assert os.stat(named).st_ino == spool_inode
+    assert size == obj.size == len(FILE_META) + len(data)
+    kept = named.read_bytes()
+    assert kept == FILE_META + data
+    assert hashlib.sha256(kept).hexdigest() == obj.sha256
+    mode = stat.S_IMODE(os.stat(named).st_mode)
+    assert mode == stat.S_IMODE(os.stat(store.root / "s/copied.dcm").st_mode)
+    assert _incoming(store) == []
+    received.discard()  # the association releases its spool: the object stays
+    assert named.read_bytes() == kept
+    assert os.stat(named).st_nlink == 1
+
+
+def test_the_named_object_is_made_durable_before_the_put_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received = _received(tmp_path, _data_set())
+    store = _store(tmp_path)
+    store.put("s/warm.dcm", [b"x"], None)  # its directories now known durable
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    store.put("s/named.dcm", _from_spool(received).chunks, None)
+    assert synced == [os.stat(store.root / "s/named.dcm").st_ino, os.stat(store.root / "s").st_ino]
+
+
+def test_a_failed_fsync_leaves_nothing_under_the_key_nor_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received = _received(tmp_path, _data_set())
+    store = _store(tmp_path)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OutOfResources):
+        store.put("s/named.dcm", _from_spool(received).chunks, None)
+    assert not (store.root / "s/named.dcm").exists()
+    assert _incoming(store) == []
+
+
+def _copied(store: FilesystemStore, received: ReceivingDataSet, key: str) -> Path:
+    """Put the spooled object; check it was copied whole; its path."""
+    size = store.put(key, _from_spool(received).chunks, None)
+    path = store.root / key
+    assert received.spool is not None and not received.spool.closed
+    assert os.stat(path).st_ino != os.fstat(received.spool.fileno()).st_ino
+    assert path.read_bytes() == FILE_META + b"".join(received.chunks())
+    assert size == path.stat().st_size
+    return path
+
+
+def test_a_spool_on_another_file_system_is_copied_and_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    tried: list[Path] = []
+
+    def elsewhere(fd: int, path: Path) -> None:
+        tried.append(path)
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(filesystem, "give_name", elsewhere)
+    store = _store(tmp_path)
+    data = _data_set()
+    with caplog.at_level(logging.INFO, logger=filesystem.__name__):
+        _copied(store, _received(tmp_path, data), "s/1.dcm")
+        _copied(store, _received(tmp_path, data), "s/2.dcm")
+    assert len(tried) == 1  # never tried again in this store
+    said = [r for r in caplog.records if "copied into the object store" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert _incoming(store) == []
+
+
+def test_a_spool_that_cannot_be_named_this_once_is_copied_and_the_next_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = filesystem.give_name
+    calls = []
+
+    def once_failing(fd: int, path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.EMLINK, os.strerror(errno.EMLINK))
+        real(fd, path)
+
+    monkeypatch.setattr(filesystem, "give_name", once_failing)
+    store = _store(tmp_path)
+    data = _data_set()
+    _copied(store, _received(tmp_path, data), "s/1.dcm")
+    second = _received(tmp_path, data)
+    store.put("s/2.dcm", _from_spool(second).chunks, None)
+    assert second.spool is not None
+    assert os.stat(store.root / "s/2.dcm").st_ino == os.fstat(second.spool.fileno()).st_ino
+
+
+def test_a_spool_that_is_an_ordinary_temporary_file_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_tmpfile(directory: Path) -> tuple[IO[bytes], bool]:
+        return tempfile.TemporaryFile(dir=directory), False
+
+    monkeypatch.setattr(receiving, "open_anonymous", no_tmpfile)
+    received = _received(tmp_path, _data_set())
+    assert received.whole_file() is None
+    _copied(_store(tmp_path), received, "s/1.dcm")
+
+
+def test_a_spool_not_finished_or_refused_is_never_offered(tmp_path: Path) -> None:
+    data = _data_set()
+    unfinished = _received(tmp_path, data, finish=False)
+    assert unfinished.whole_file() is None  # the walk has not yet seen the data set's end
+    unfinished.finish()
+    assert unfinished.whole_file() is not None
+
+    cut = _received(tmp_path, data[:-10], finish=False)
+    with pytest.raises(CannotUnderstand):
+        cut.finish()
+    assert cut.whole_file() is None
+
+    too_large = _received(tmp_path, data, limit=len(data) - 1, finish=False)
+    assert too_large.too_large and too_large.whole_file() is None
+
+    dropped = _received(tmp_path, data)
+    dropped.discard()
+    assert dropped.whole_file() is None
+
+
+def test_other_stores_read_the_spool_back_as_often_as_they_need(tmp_path: Path) -> None:
+    data = _data_set()
+    chunks = _from_spool(_received(tmp_path, data)).chunks
+    store = MemoryStore()
+    store.put("a", chunks, None)
+    store.put("b", chunks, None)  # a retried put reads it again from the start
+    assert store.objects["a"] == store.objects["b"] == FILE_META + data
