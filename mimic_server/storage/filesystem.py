@@ -14,6 +14,11 @@ and no index row names the key (the row is committed after the put, invariant 1)
 readers, who find objects through the index, never see it, and ``mimic reconcile`` removes
 it as an orphan.
 
+A large C-STORE's spool file is the object already (``storage/anonymous.py``): the put gives
+it a name in the temporary directory instead of copying it, then goes on as for a file it
+wrote (rename, fsyncs). Where it cannot (another file system: then never again in this
+store), the bytes are copied as for any other put.
+
 Creating a file right after an fsync waits for the file system's journal: about 0.9 ms on
 the benchmark machine, half of a put. The temporary files are therefore created ahead, a few
 at a time, by a background thread of the store (started once, woken when the spares run

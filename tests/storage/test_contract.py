@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from mimic_server.dimse.received import _from_spool
 from mimic_server.errors import OutOfResources
 from mimic_server.storage import ObjectStore, azure_blob
 from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
 from mimic_server.storage.filesystem import FilesystemStore
 from tests.azurite import Azurite
+from tests.spooled import FILE_META, data_set, spooled
 
 KEY = "ab/1.2.3/1.2.3.4/1.2.3.4.5.0123456789abcdef.dcm"
 MiB = 1024 * 1024
@@ -202,6 +204,18 @@ def test_200_mb_streamed_with_bounded_memory(store: ObjectStore) -> None:
     # The store's own buffers: a few 4 MiB blocks, never the object.
     assert put_peak < 32 * MiB, put_peak
     assert read_peak < 32 * MiB, read_peak
+
+
+def test_a_spooled_object_is_kept_whole(store: ObjectStore, tmp_path: Path) -> None:
+    """A large C-STORE's spool, which the file store names and Blob Storage reads back in
+    staged blocks (past its 4 MiB block size): the same bytes, our File Meta first."""
+    data = data_set(9 * MiB)
+    received = _from_spool(spooled(tmp_path, data))
+    assert store.put(KEY, received.chunks, received.sha256) == len(FILE_META) + len(data)
+    with store.open(KEY) as fh:
+        kept = fh.read()
+    assert kept == FILE_META + data
+    assert _sha(kept) == received.sha256
 
 
 def test_check_answers_for_a_usable_store(store: ObjectStore) -> None:

@@ -13,57 +13,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-from pynetdicom.dimse_messages import C_STORE_RQ
 
 from mimic_server.archive.ingest import SpooledChunks
-from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.dimse import receiving
 from mimic_server.dimse.received import _from_spool
-from mimic_server.dimse.receiving import ReceiveLimits, ReceivingDataSet, SpoolStart
+from mimic_server.dimse.receiving import ReceivingDataSet
 from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.storage import filesystem
 from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.storage.memory import MemoryStore
-
-SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.77"
-IN_MEMORY = 4096
-
-
-def _data_set(pixels: int = 96 * 1024) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = SOP_INSTANCE
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
-    ds.PatientID = "NAMED-SPOOL"
-    ds.Modality = "OT"
-    ds.PixelData = bytes(range(256)) * (pixels // 256)
-    ds["PixelData"].VR = "OB"
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
-
-
-FILE_META = encode_file_meta(SecondaryCaptureImageStorage, SOP_INSTANCE,
-                             ExplicitVRLittleEndian, "MODALITY1")
-
-
-def _received(tmp_path: Path, data: bytes, limit: int = 1 << 30,
-              finish: bool = True) -> ReceivingDataSet:
-    """A data set spooled as the DUL writes it: in PDV-sized pieces."""
-    received = ReceivingDataSet(
-        ReceiveLimits(limit, tmp_path / "spool", in_memory=IN_MEMORY), C_STORE_RQ(),
-        lambda _message: SpoolStart(FILE_META, ExplicitVRLittleEndian))
-    for start in range(0, len(data), 16378):
-        received.write(memoryview(data)[start:start + 16378])
-    if finish:
-        received.finish()
-    return received
+from tests.spooled import FILE_META, data_set, spooled
 
 
 def _store(tmp_path: Path) -> FilesystemStore:
@@ -84,8 +43,8 @@ class _NotIterable(SpooledChunks):
 def test_the_spool_holds_the_object_as_kept_and_the_data_set_is_read_back_alone(
     tmp_path: Path,
 ) -> None:
-    data = _data_set()
-    received = _received(tmp_path, data)
+    data = data_set()
+    received = spooled(tmp_path, data)
     assert received.spool is not None
     fd = received.whole_file()
     assert fd == received.spool.fileno()
@@ -95,8 +54,8 @@ def test_the_spool_holds_the_object_as_kept_and_the_data_set_is_read_back_alone(
 
 
 def test_a_spooled_object_is_named_by_the_file_store_not_copied(tmp_path: Path) -> None:
-    data = _data_set()
-    received = _received(tmp_path, data)
+    data = data_set()
+    received = spooled(tmp_path, data)
     obj = _from_spool(received)
     assert bytes(obj.dataset) == data  # the header was parsed from the data set alone
     chunks = obj.chunks
@@ -126,7 +85,7 @@ def test_a_spooled_object_is_named_by_the_file_store_not_copied(tmp_path: Path) 
 def test_the_named_object_is_made_durable_before_the_put_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    received = _received(tmp_path, _data_set())
+    received = spooled(tmp_path, data_set())
     store = _store(tmp_path)
     store.put("s/warm.dcm", [b"x"], None)  # its directories now known durable
     synced: list[int] = []
@@ -144,7 +103,7 @@ def test_the_named_object_is_made_durable_before_the_put_returns(
 def test_a_failed_fsync_leaves_nothing_under_the_key_nor_in_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    received = _received(tmp_path, _data_set())
+    received = spooled(tmp_path, data_set())
     store = _store(tmp_path)
 
     def failing(fd: int) -> None:
@@ -179,10 +138,10 @@ def test_a_spool_on_another_file_system_is_copied_and_said_once(
 
     monkeypatch.setattr(filesystem, "give_name", elsewhere)
     store = _store(tmp_path)
-    data = _data_set()
+    data = data_set()
     with caplog.at_level(logging.INFO, logger=filesystem.__name__):
-        _copied(store, _received(tmp_path, data), "s/1.dcm")
-        _copied(store, _received(tmp_path, data), "s/2.dcm")
+        _copied(store, spooled(tmp_path, data), "s/1.dcm")
+        _copied(store, spooled(tmp_path, data), "s/2.dcm")
     assert len(tried) == 1  # never tried again in this store
     said = [r for r in caplog.records if "copied into the object store" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.INFO
@@ -203,9 +162,9 @@ def test_a_spool_that_cannot_be_named_this_once_is_copied_and_the_next_is_named(
 
     monkeypatch.setattr(filesystem, "give_name", once_failing)
     store = _store(tmp_path)
-    data = _data_set()
-    _copied(store, _received(tmp_path, data), "s/1.dcm")
-    second = _received(tmp_path, data)
+    data = data_set()
+    _copied(store, spooled(tmp_path, data), "s/1.dcm")
+    second = spooled(tmp_path, data)
     store.put("s/2.dcm", _from_spool(second).chunks, None)
     assert second.spool is not None
     assert os.stat(store.root / "s/2.dcm").st_ino == os.fstat(second.spool.fileno()).st_ino
@@ -218,34 +177,34 @@ def test_a_spool_that_is_an_ordinary_temporary_file_is_copied(
         return tempfile.TemporaryFile(dir=directory), False
 
     monkeypatch.setattr(receiving, "open_anonymous", no_tmpfile)
-    received = _received(tmp_path, _data_set())
+    received = spooled(tmp_path, data_set())
     assert received.whole_file() is None
     _copied(_store(tmp_path), received, "s/1.dcm")
 
 
 def test_a_spool_not_finished_or_refused_is_never_offered(tmp_path: Path) -> None:
-    data = _data_set()
-    unfinished = _received(tmp_path, data, finish=False)
+    data = data_set()
+    unfinished = spooled(tmp_path, data, finish=False)
     assert unfinished.whole_file() is None  # the walk has not yet seen the data set's end
     unfinished.finish()
     assert unfinished.whole_file() is not None
 
-    cut = _received(tmp_path, data[:-10], finish=False)
+    cut = spooled(tmp_path, data[:-10], finish=False)
     with pytest.raises(CannotUnderstand):
         cut.finish()
     assert cut.whole_file() is None
 
-    too_large = _received(tmp_path, data, limit=len(data) - 1, finish=False)
+    too_large = spooled(tmp_path, data, limit=len(data) - 1, finish=False)
     assert too_large.too_large and too_large.whole_file() is None
 
-    dropped = _received(tmp_path, data)
+    dropped = spooled(tmp_path, data)
     dropped.discard()
     assert dropped.whole_file() is None
 
 
 def test_other_stores_read_the_spool_back_as_often_as_they_need(tmp_path: Path) -> None:
-    data = _data_set()
-    chunks = _from_spool(_received(tmp_path, data)).chunks
+    data = data_set()
+    chunks = _from_spool(spooled(tmp_path, data)).chunks
     store = MemoryStore()
     store.put("a", chunks, None)
     store.put("b", chunks, None)  # a retried put reads it again from the start
