@@ -10,6 +10,7 @@ aborted; a transfer cut off midway leaves no spool file open or on disk.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import subprocess
 import threading
@@ -107,6 +108,11 @@ def test_large_object_in_bounded_memory(server: MimicProcess, tmp_path: Path) ->
     kept_offset = 132 + struct.unpack_from("<L", kept, 140)[0] + 12
     assert kept[kept_offset:] == sent[offset:]
     assert _spool_files(server) == []
+    # Its spool file, named into place, has the mode of any file the server creates.
+    umask = next(int(line.split()[1], 8) for line in
+                 Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask
+    assert stored.stat().st_nlink == 1
 
 
 def test_a_large_document_in_the_header_in_bounded_memory(
