@@ -243,6 +243,9 @@ class Archive:
         # syslog client certificate defaults to the server's own.
         self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
         self.metrics.audit_failures_from(lambda: self.audit.failures)
+        if hasattr(object_store, "spools_named"):  # the file store
+            self.metrics.spooled_objects_from(lambda: object_store.spools_named,
+                                              lambda: object_store.spools_copied)
         committer = getattr(index, "committer", None)  # group commit (None: off)
         if committer is not None:
             self.metrics.index_commits_from(lambda: committer.batches,

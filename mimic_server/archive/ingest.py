@@ -67,8 +67,9 @@ class Spool(Protocol):
     def chunks(self) -> Iterator[bytes]: ...
 
     def whole_file(self) -> int | None:
-        """The descriptor of an anonymous file holding exactly the object as kept (the
-        File Meta we write, then the data set), which a store may name; else None."""
+        """A descriptor (the caller's to close) of an anonymous file holding exactly the
+        object as kept (the File Meta we write, then the data set), which a store may name;
+        else None."""
         ...
 
 

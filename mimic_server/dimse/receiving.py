@@ -244,9 +244,9 @@ class ReceivingDataSet(io.BytesIO):
             yield chunk
 
     def whole_file(self) -> int | None:
-        """The spool file's descriptor, where the file store may name it: it holds exactly
-        the object as kept (our File Meta, then the whole data set, received in full and
-        found sound) and can be named; else None."""
+        """A descriptor of the spool file of its own (the caller closes it), where the file
+        store may name it: it holds exactly the object as kept (our File Meta, then the
+        whole data set, received in full and found sound) and can be named; else None."""
         with self._lock:
             spool = self.spool
             if (not (self._nameable and self._finished) or spool is None or spool.closed
@@ -256,7 +256,7 @@ class ReceivingDataSet(io.BytesIO):
             fd = spool.fileno()
             if os.fstat(fd).st_size != self.dataset_start + self.received:
                 return None
-            return fd
+            return os.dup(fd)
 
     def discard(self) -> None:
         """Drop whatever is held (memory and spool file); later fragments are not kept."""

@@ -12,6 +12,7 @@ system has no ``O_TMPFILE``, the spool is an ordinary temporary file, which noth
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -48,14 +49,24 @@ def give_name(fd: int, path: Path) -> None:
         os.close(descriptors)
 
 
-def creation_mode() -> int:
-    """The mode an ordinary file created by this process gets (0o666 less its umask), read
-    without setting the umask (``/proc/self/status``; other threads may be creating files)."""
+def made_alike(fd: int, made_here: int) -> bool:
+    """Whether the anonymous file ``fd`` has the owner, group and extended attributes (an
+    access ACL, a security label) of ``made_here``, a file created where it is to be named.
+
+    A file takes those from the directory it is created in (a setgid directory's group, a
+    default ACL, a label), and the spool was created in another: named, it would keep them.
+    The mode is not compared: the caller sets it (``os.fchmod``).
+    """
+    ours, theirs = os.fstat(fd), os.fstat(made_here)
+    if (ours.st_uid, ours.st_gid) != (theirs.st_uid, theirs.st_gid):
+        return False
+    return _extended_attributes(fd) == _extended_attributes(made_here)
+
+
+def _extended_attributes(fd: int) -> dict[str, bytes]:
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
+        return {name: os.getxattr(fd, name) for name in os.listxattr(fd)}
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}  # a file system without them: alike
+        raise

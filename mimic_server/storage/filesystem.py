@@ -42,15 +42,16 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from mimic_server.errors import OutOfResources
-from mimic_server.storage.anonymous import creation_mode, give_name
+from mimic_server.storage.anonymous import give_name, made_alike
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class FilesystemStore:
         self._closed = False
         #: Whether a spooled object's own file may still be named here (not copied).
         self._naming = os.path.isdir("/proc/self/fd")
-        self._file_mode = creation_mode()
+        #: Spooled objects (large C-STOREs) kept by naming their spool file, and by copying.
+        self.spools_named = 0
+        self.spools_copied = 0
         #: Directories whose entry in their parent this process has fsynced: a directory a
         #: concurrent put created (and has not yet fsynced) is not in it.
         self._durable: set[Path] = set()
@@ -184,25 +187,28 @@ class FilesystemStore:
     def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         path = self._path(key)
         tmp: Path | None = None
+        spare: Path | None = None
+        named: int | None = None  # the descriptor of a spool file given a name here
         placed = False
         try:
-            named = self._name_whole_file(chunks)
-            if named is not None:
-                tmp, fd, size = named
+            tmp, handle = self._open_temporary()
+            with handle as fh:
+                whole_file = getattr(chunks, "whole_file", None)
+                if whole_file is not None:
+                    name, named = self._name_whole_file(whole_file, fh.fileno())
+                    if name is not None:
+                        spare, tmp = tmp, name  # the spare stays unwritten: given back
+                if named is not None:
+                    fd, size = named, os.fstat(named).st_size
+                else:
+                    fd, size = fh.fileno(), 0
+                    for chunk in chunks:
+                        fh.write(chunk)
+                        size += len(chunk)
+                    fh.flush()
                 known = self._rename(tmp, path)
                 placed = True
                 self._make_durable(path, fd, known)
-                return size
-            tmp, handle = self._open_temporary()
-            size = 0
-            with handle as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                    size += len(chunk)
-                fh.flush()
-                known = self._rename(tmp, path)
-                placed = True
-                self._make_durable(path, fh.fileno(), known)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 # Under its key once renamed: never acknowledged, so never indexed.
@@ -211,30 +217,65 @@ class FilesystemStore:
                 elif tmp is not None:
                     tmp.unlink()
             raise OutOfResources(f"object store write failed: {exc.strerror}") from exc
+        finally:
+            if named is not None:
+                os.close(named)
+            if spare is not None:
+                self._give_back(spare)
         return size
 
-    def _name_whole_file(self, chunks: object) -> tuple[Path, int, int] | None:
-        """Where ``chunks`` are one anonymous file of this process (a large C-STORE's spool,
-        ``storage/anonymous.py``), give that file a temporary name here instead of copying
-        it: (that name, the file's descriptor, its size). None: copy the chunks."""
-        whole_file = getattr(chunks, "whole_file", None)
-        if whole_file is None or not self._naming:
-            return None
-        fd = whole_file()
+    def _name_whole_file(self, whole_file: Callable[[], int | None],
+                         made_here: int) -> tuple[Path | None, int | None]:
+        """Give a spooled object's own file (``chunks.whole_file()``: a large C-STORE's
+        spool, ``storage/anonymous.py``) a temporary name here, if it comes out as the file
+        ``made_here`` (this put's temporary file, not yet written) did: (that name, its
+        descriptor, ours to close). (None, None): copy the chunks."""
+        fd = whole_file() if self._naming else None
         if fd is None:
-            return None
-        tmp = self._tmp / uuid.uuid4().hex
+            self._count(named=False)
+            return None, None
         try:
-            os.fchmod(fd, self._file_mode)  # as a file created here would be (not 0600)
-            give_name(fd, tmp)
+            if not made_alike(fd, made_here):
+                self._stop_naming("the spool directory gives files another owner, group, "
+                                  "ACL or security label than the object directory")
+            else:
+                os.fchmod(fd, stat.S_IMODE(os.fstat(made_here).st_mode))
+                tmp = self._tmp / uuid.uuid4().hex
+                give_name(fd, tmp)
+                self._count(named=True)
+                return tmp, fd
         except OSError as exc:
             if exc.errno in _NEVER_NAMEABLE:
-                self._naming = False
-                log.info("spooled objects are copied into the object store, not named "
-                         "there: %s (put MIMIC_SPOOL_DIR on the object store's file system)",
-                         os.strerror(exc.errno or 0))
-            return None
-        return tmp, fd, os.fstat(fd).st_size
+                self._stop_naming(f"{os.strerror(exc.errno or 0)} (keep MIMIC_SPOOL_DIR on "
+                                  "the object store's file system)")
+            else:
+                log.debug("a spool file could not be named: copied",
+                          extra={"error": errno.errorcode.get(exc.errno or 0, "?")})
+        os.close(fd)
+        self._count(named=False)
+        return None, None
+
+    def _stop_naming(self, why: str) -> None:
+        if self._naming:
+            self._naming = False
+            log.info("large objects are copied from their spool into the object store, not "
+                     "named there: %s", why)
+
+    def _count(self, *, named: bool) -> None:
+        with self._spares_lock:
+            if named:
+                self.spools_named += 1
+            else:
+                self.spools_copied += 1
+
+    def _give_back(self, spare: Path) -> None:
+        """A temporary file a put opened and did not write: a spare for the next."""
+        with self._spares_lock:
+            if not self._closed:
+                self._spares.appendleft(spare)
+                return
+        with contextlib.suppress(OSError):
+            spare.unlink()
 
     def _open_temporary(self) -> tuple[Path, BinaryIO]:
         """A spare temporary file opened for writing, else a new one."""

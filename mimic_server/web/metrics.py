@@ -238,6 +238,19 @@ class ArchiveMetrics:
             "Audit records a sink could not write (file, table, syslog queue).", count,
         )
 
+    def spooled_objects_from(self, named: Callable[[], int],
+                             copied: Callable[[], int]) -> None:
+        """The file store counts the large objects it kept by naming their spool file and
+        by copying it; read them at scrape time."""
+        self._counter_from(
+            "mimic_spooled_objects_named",
+            "Objects received spooled (over 8 MiB) that the file store kept by giving their "
+            "spool file a name.", named)
+        self._counter_from(
+            "mimic_spooled_objects_copied",
+            "Objects received spooled that the file store kept by copying their spool file "
+            "(another file system, other owner or ACL; logged once at INFO).", copied)
+
     def _counter_from(self, name: str, documentation: str, count: Callable[[], int]) -> None:
         if self.multiprocess:  # no scrape here: sample() adds what the count grew by
             self._sampled.append((Counter(name, documentation, registry=self.registry),

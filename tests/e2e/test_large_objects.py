@@ -10,14 +10,17 @@ aborted; a transfer cut off midway leaves no spool file open or on disk.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.large_objects import (
     write_large,
@@ -78,6 +81,16 @@ def _spool_files(server: MimicProcess) -> list[str]:
     return on_disk + held
 
 
+def _metric(server: MimicProcess, name: str) -> float:
+    status, body = server.ops("/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return 0.0
+
+
 def _storescu(server: MimicProcess, path: Path) -> tuple[int, str]:
     result = dcmtk(
         "storescu", "-v", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
@@ -108,11 +121,43 @@ def test_large_object_in_bounded_memory(server: MimicProcess, tmp_path: Path) ->
     kept_offset = 132 + struct.unpack_from("<L", kept, 140)[0] + 12
     assert kept[kept_offset:] == sent[offset:]
     assert _spool_files(server) == []
-    # Its spool file, named into place, has the mode of any file the server creates.
+    # Its spool file was named into place (not copied), with the mode of any file the
+    # server creates.
+    assert wait_for(lambda: _metric(server, "mimic_spooled_objects_named_total") >= 1)
+    assert _metric(server, "mimic_spooled_objects_copied_total") == 0
     umask = next(int(line.split()[1], 8) for line in
                  Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
     assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask
     assert stored.stat().st_nlink == 1
+
+
+def test_a_spool_on_another_file_system_is_copied(tmp_path: Path) -> None:
+    """``MIMIC_SPOOL_DIR`` on tmpfs, the objects on disk: the spool cannot be named there
+    (EXDEV), so it is copied whole, counted and said once at INFO."""
+    spool = Path(tempfile.mkdtemp(prefix="mimic-spool-", dir="/dev/shm"))
+    server = MimicProcess(tmp_path / "data", workers="1", spool_dir=str(spool)).start()
+    try:
+        assert os.stat(spool).st_dev != os.stat(server.data_dir).st_dev
+        path = tmp_path / "large.dcm"
+        uid = write_large(path, 24 * MiB)
+        for _ in range(2):
+            code, output = _storescu(server, path)
+            assert code == 0, output
+            assert "Received Store Response (Success)" in output
+        sent = path.read_bytes()
+        kept = server.object_for(uid).read_bytes()
+        offset = 132 + struct.unpack_from("<L", sent, 140)[0] + 12
+        kept_offset = 132 + struct.unpack_from("<L", kept, 140)[0] + 12
+        assert kept[kept_offset:] == sent[offset:]
+        assert wait_for(lambda: _metric(server, "mimic_spooled_objects_copied_total") == 2)
+        assert _metric(server, "mimic_spooled_objects_named_total") == 0
+        said = [line for line in server.log().splitlines()
+                if "copied from their spool" in line]
+        assert len(said) == 1 and '"level": "INFO"' in said[0], said
+        assert list(spool.iterdir()) == []
+    finally:
+        assert server.stop() == 0, server.log()
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def test_a_large_document_in_the_header_in_bounded_memory(

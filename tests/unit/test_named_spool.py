@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -30,7 +31,12 @@ def _store(tmp_path: Path) -> FilesystemStore:
 
 
 def _incoming(store: FilesystemStore) -> list[Path]:
-    return [p for p in store._tmp.iterdir()]
+    """Files in the store's temporary directory that are not spares (empty, unused)."""
+    return [p for p in store._tmp.iterdir() if p not in store._spares]
+
+
+def _descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
 
 
 class _NotIterable(SpooledChunks):
@@ -47,8 +53,12 @@ def test_the_spool_holds_the_object_as_kept_and_the_data_set_is_read_back_alone(
     received = spooled(tmp_path, data)
     assert received.spool is not None
     fd = received.whole_file()
-    assert fd == received.spool.fileno()
-    assert os.pread(fd, len(FILE_META) + len(data) + 1, 0) == FILE_META + data
+    assert fd is not None and fd != received.spool.fileno()  # a descriptor of its own
+    try:
+        assert os.fstat(fd).st_ino == os.fstat(received.spool.fileno()).st_ino
+        assert os.pread(fd, len(FILE_META) + len(data) + 1, 0) == FILE_META + data
+    finally:
+        os.close(fd)
     assert b"".join(received.chunks()) == data
     assert received.dataset_start == len(FILE_META)
 
@@ -63,6 +73,7 @@ def test_a_spooled_object_is_named_by_the_file_store_not_copied(tmp_path: Path) 
     store = _store(tmp_path)
     copied = store.put("s/copied.dcm", [b"x"], None)  # an ordinary put, for its mode
     assert copied == 1
+    descriptors = _descriptors()
 
     size = store.put("s/named.dcm", _NotIterable(chunks.file_meta, chunks.spool), None)
 
@@ -77,6 +88,13 @@ def test_a_spooled_object_is_named_by_the_file_store_not_copied(tmp_path: Path) 
     mode = stat.S_IMODE(os.stat(named).st_mode)
     assert mode == stat.S_IMODE(os.stat(store.root / "s/copied.dcm").st_mode)
     assert _incoming(store) == []
+    assert _descriptors() == descriptors  # the store closed the spool's it was given
+    assert (store.spools_named, store.spools_copied) == (1, 0)
+    spare = store._spares[0]  # the put's temporary file, not written: the next put's
+    assert spare.stat().st_size == 0
+    spare_inode = spare.stat().st_ino
+    store.put("s/next.dcm", [b"next"], None)
+    assert (store.root / "s/next.dcm").stat().st_ino == spare_inode
     received.discard()  # the association releases its spool: the object stays
     assert named.read_bytes() == kept
     assert os.stat(named).st_nlink == 1
@@ -97,7 +115,9 @@ def test_the_named_object_is_made_durable_before_the_put_returns(
 
     monkeypatch.setattr(os, "fsync", recording)
     store.put("s/named.dcm", _from_spool(received).chunks, None)
-    assert synced == [os.stat(store.root / "s/named.dcm").st_ino, os.stat(store.root / "s").st_ino]
+    assert received.spool is not None
+    spool = os.fstat(received.spool.fileno()).st_ino  # the object is the spool file
+    assert synced == [spool, os.stat(store.root / "s").st_ino]
 
 
 def test_a_failed_fsync_leaves_nothing_under_the_key_nor_in_progress(
@@ -114,6 +134,8 @@ def test_a_failed_fsync_leaves_nothing_under_the_key_nor_in_progress(
         store.put("s/named.dcm", _from_spool(received).chunks, None)
     assert not (store.root / "s/named.dcm").exists()
     assert _incoming(store) == []
+    assert store.spools_named == 1  # named, then failed: the name is gone again
+    assert received.spool is not None and os.fstat(received.spool.fileno()).st_nlink == 0
 
 
 def _copied(store: FilesystemStore, received: ReceivingDataSet, key: str) -> Path:
@@ -143,9 +165,10 @@ def test_a_spool_on_another_file_system_is_copied_and_said_once(
         _copied(store, spooled(tmp_path, data), "s/1.dcm")
         _copied(store, spooled(tmp_path, data), "s/2.dcm")
     assert len(tried) == 1  # never tried again in this store
-    said = [r for r in caplog.records if "copied into the object store" in r.getMessage()]
+    said = [r for r in caplog.records if "copied from their spool" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.INFO
     assert _incoming(store) == []
+    assert (store.spools_named, store.spools_copied) == (0, 2)
 
 
 def test_a_spool_that_cannot_be_named_this_once_is_copied_and_the_next_is_named(
@@ -209,3 +232,41 @@ def test_other_stores_read_the_spool_back_as_often_as_they_need(tmp_path: Path) 
     store.put("a", chunks, None)
     store.put("b", chunks, None)  # a retried put reads it again from the start
     assert store.objects["a"] == store.objects["b"] == FILE_META + data
+
+
+def _default_acl(directory: Path, *, named_group: int | None) -> None:
+    """A default ACL on ``directory`` (``system.posix_acl_default``, version 2): owner rwx,
+    group r-x, others nothing, and with ``named_group`` that group r-x (and a mask)."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 7, undefined), (0x04, 5, undefined)]  # user::rwx, group::r-x
+    if named_group is not None:
+        entries += [(0x08, 5, named_group), (0x10, 5, undefined)]  # group:N:r-x, mask::r-x
+    entries.append((0x20, 0, undefined))  # other::---
+    directory.mkdir(parents=True)
+    os.setxattr(directory, "system.posix_acl_default",
+                struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+
+
+def test_a_spool_that_would_keep_other_acls_than_the_store_gives_is_copied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    _default_acl(tmp_path / "objects", named_group=4343)
+    store = _store(tmp_path)
+    with caplog.at_level(logging.INFO, logger=filesystem.__name__):
+        path = _copied(store, spooled(tmp_path, data_set()), "s/1.dcm")
+    assert "system.posix_acl_access" in os.listxattr(path)  # as every object here gets
+    said = [r.getMessage() for r in caplog.records if "copied from their spool" in r.getMessage()]
+    assert len(said) == 1 and "ACL" in said[0]
+    assert (store.spools_named, store.spools_copied) == (0, 1)
+
+
+def test_a_named_spool_takes_the_mode_the_store_gives_not_the_umasks(tmp_path: Path) -> None:
+    _default_acl(tmp_path / "objects", named_group=None)  # no access ACL: a mode alone
+    store = _store(tmp_path)
+    received = spooled(tmp_path, data_set())
+    store.put("s/1.dcm", _from_spool(received).chunks, None)
+    path = store.root / "s/1.dcm"
+    assert received.spool is not None
+    assert os.stat(path).st_ino == os.fstat(received.spool.fileno()).st_ino
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # the default ACL's, not 0600 or 0644
+    assert os.listxattr(path) == []
