@@ -270,3 +270,17 @@ def test_a_named_spool_takes_the_mode_the_store_gives_not_the_umasks(tmp_path: P
     assert os.stat(path).st_ino == os.fstat(received.spool.fileno()).st_ino
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # the default ACL's, not 0600 or 0644
     assert os.listxattr(path) == []
+
+
+def test_a_spool_that_would_keep_another_group_than_a_setgid_store_gives_is_copied(
+    tmp_path: Path,
+) -> None:
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    group = 4242 if os.getegid() != 4242 else 4343
+    os.chown(objects, -1, group)  # the tests run as root (CI): any group will do
+    objects.chmod(0o2775)
+    store = _store(tmp_path)
+    path = _copied(store, spooled(tmp_path, data_set()), "s/1.dcm")
+    assert path.stat().st_gid == group  # as every object here gets
+    assert (store.spools_named, store.spools_copied) == (0, 1)
