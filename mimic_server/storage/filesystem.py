@@ -16,8 +16,11 @@ it as an orphan.
 
 A large C-STORE's spool file is the object already (``storage/anonymous.py``): the put gives
 it a name in the temporary directory instead of copying it, then goes on as for a file it
-wrote (rename, fsyncs). Where it cannot (another file system: then never again in this
-store), the bytes are copied as for any other put.
+wrote (rename, fsyncs). It does so only where the spool comes out as a file made here would
+(owner, group, ACL, security label; the mode it is given): the put's own temporary file is
+opened as always, compared with, and left unwritten for the next put. Where it cannot
+(another file system, other attributes: then never again in this store), the bytes are
+copied as for any other put.
 
 Creating a file right after an fsync waits for the file system's journal: about 0.9 ms on
 the benchmark machine, half of a put. The temporary files are therefore created ahead, a few
