@@ -14,7 +14,6 @@ kept, is what the store keeps: named by the file store, read back by the others.
 
 from __future__ import annotations
 
-import mmap
 from typing import TYPE_CHECKING
 
 from mimic_server.archive.ingest import ReceivedObject
@@ -54,7 +53,5 @@ def _from_spool(received: ReceivingDataSet) -> ReceivedObject:
     sha256, _size = received.finish()  # CannotUnderstand if the walk found a fault
     start = received.spool_start
     assert start is not None and received.spool is not None
-    mapped = mmap.mmap(received.spool.fileno(), 0, access=mmap.ACCESS_READ)
-    dataset = memoryview(mapped)[received.dataset_start:]
-    return ReceivedObject.walked(start.file_meta, dataset,
+    return ReceivedObject.walked(start.file_meta, received.mapped_data_set(),
                                  str(start.transfer_syntax), sha256, received)

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -133,6 +134,9 @@ class ReceivingDataSet(io.BytesIO):
         self.dataset_start = 0
         self._nameable = False
         self._finished = False
+        #: The read-only map of the spool (:meth:`mapped_data_set`) and the view handed out.
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
         self._digest: Any = None
         self._walk: StructureWalk | DeflatedWalk | None = None
         #: Why the spooled data set is refused: a structural fault, a spool that failed.
@@ -243,6 +247,17 @@ class ReceivingDataSet(io.BytesIO):
         while chunk := self.spool.read(READ_CHUNK):
             yield chunk
 
+    def mapped_data_set(self) -> memoryview:
+        """The spooled data set through a read-only map of the spool file (the header is
+        parsed from it: only the header's pages are read). Released, and the map closed,
+        with the spool: not left to the garbage collector, as a failed C-STORE's exception
+        would leave it (a cycle through its traceback), holding the file's disk space."""
+        with self._lock:
+            assert self.spool is not None and self._map is None
+            self._map = mmap.mmap(self.spool.fileno(), 0, access=mmap.ACCESS_READ)
+            self._view = memoryview(self._map)[self.dataset_start:]
+            return self._view
+
     def whole_file(self) -> int | None:
         """A descriptor of the spool file of its own (the caller closes it), where the file
         store may name it: it holds exactly the object as kept (our File Meta, then the
@@ -270,6 +285,11 @@ class ReceivingDataSet(io.BytesIO):
             self.truncate()
         if self.spool is not None:
             self.spool.close()
+        if self._view is not None:
+            self._view.release()  # its readers are done: the C-STORE was answered
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view of it still held: collected
+                self._map.close()
 
 
 def _spool_start(assoc: Any, message: DIMSEMessage) -> SpoolStart:

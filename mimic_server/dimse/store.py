@@ -58,6 +58,7 @@ def handle_store(
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         check_declared_uids(sop_class_uid, sop_instance_uid)
         received = received_from_event(event, session.calling_ae_title)
+        size = received.size  # before its spool (and the map its data set is read through) goes
         attrs = ingest(
             store, index, received,
             sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
@@ -75,7 +76,7 @@ def handle_store(
         return _failure(exc)
     finally:
         release_spool(request.DataSet)  # now, not when the request is collected
-    session.count_stored(received.size, attrs.study_instance_uid, sop_class_uid,
+    session.count_stored(size, attrs.study_instance_uid, sop_class_uid,
                          (attrs.patient_id, attrs.patient_name))
     return Status.SUCCESS
 

@@ -265,6 +265,34 @@ def test_a_long_specific_character_set_is_refused(server: MimicProcess, tmp_path
     assert _spool_files(server) == []
 
 
+def test_a_large_object_refused_after_its_header_is_read_holds_no_spool(
+    server: MimicProcess, tmp_path: Path,
+) -> None:
+    """A spooled data set whose SOP Instance UID differs from the command's (0xC001):
+    nothing stored, and neither its spool nor the map its header was read through is held
+    once the C-STORE is answered."""
+    path = tmp_path / "mismatch.dcm"
+    uid = write_large(path, 24 * MiB)
+    raw = bytearray(path.read_bytes())
+    meta_end = 132 + 12 + struct.unpack_from("<L", raw, 140)[0]
+    at = raw.index(uid.encode(), meta_end)  # the data set's, not the File Meta's
+    raw[at + len(uid) - 1] = ord("8") if raw[at + len(uid) - 1] != ord("8") else ord("7")
+    path.write_bytes(raw)
+    before, objects_before = server.instance_count(), len(server.stored_objects())
+    assoc = associate(
+        server.port, client_context(server.client_cert, server.client_key, server.ca_cert),
+        contexts=["1.2.840.10008.5.1.4.1.1.7"], transfer_syntaxes=["1.2.840.10008.1.2.1"],
+    )
+    assert assoc.is_established
+    try:
+        answer = assoc.send_c_store(path)
+        assert answer.Status == 0xC001, hex(answer.Status)
+        assert _spool_files(server) == []  # while the association is still up
+    finally:
+        assoc.release()
+    assert (server.instance_count(), len(server.stored_objects())) == (before, objects_before)
+
+
 def test_larger_than_the_limit_is_refused(limited: MimicProcess, tmp_path: Path) -> None:
     path = tmp_path / "over.dcm"
     write_large(path, LIMIT + 8 * MiB)

@@ -284,3 +284,31 @@ def test_a_spool_that_would_keep_another_group_than_a_setgid_store_gives_is_copi
     path = _copied(store, spooled(tmp_path, data_set()), "s/1.dcm")
     assert path.stat().st_gid == group  # as every object here gets
     assert (store.spools_named, store.spools_copied) == (0, 1)
+
+
+def _mapped(inode: int) -> bool:
+    """Whether this process maps a file of that inode (``/proc/self/maps``)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[4] == str(inode):
+            return True
+    return False
+
+
+def test_the_map_the_header_was_read_through_goes_with_the_spool(tmp_path: Path) -> None:
+    """A failed C-STORE's received object can outlive its handler in a cycle through the
+    exception's traceback (a future's exception holds the frame that holds the future), so
+    releasing the spool closes the map too: the file's disk is not held until a collection."""
+    received = spooled(tmp_path, data_set())
+    assert received.spool is not None
+    inode = os.fstat(received.spool.fileno()).st_ino
+    kept_alive = [_from_spool(received)]  # as a traceback's frame would hold it
+    assert _mapped(inode)
+    descriptors = _descriptors()
+
+    received.discard()
+
+    assert not _mapped(inode)
+    assert len(_descriptors()) == len(descriptors) - 2  # the spool's and the map's own
+    with pytest.raises(ValueError):
+        kept_alive[0].dataset.tobytes()  # released: nobody reads it after the answer
