@@ -90,7 +90,8 @@ class FilesystemStore:
         self._closed = False
         #: Whether a spooled object's own file may still be named here (not copied).
         self._naming = os.path.isdir("/proc/self/fd")
-        #: Spooled objects (large C-STOREs) kept by naming their spool file, and by copying.
+        #: Spooled objects kept (durable under their key) by naming their spool file, and by
+        #: copying it (large STOW-RS parts always, whose spool is not the object as kept).
         self.spools_named = 0
         self.spools_copied = 0
         #: Directories whose entry in their parent this process has fsynced: a directory a
@@ -212,6 +213,8 @@ class FilesystemStore:
                 known = self._rename(tmp, path)
                 placed = True
                 self._make_durable(path, fd, known)
+            if whole_file is not None:
+                self._count(named=named is not None)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 # Under its key once renamed: never acknowledged, so never indexed.
@@ -235,32 +238,40 @@ class FilesystemStore:
         descriptor, ours to close). (None, None): copy the chunks."""
         fd = whole_file() if self._naming else None
         if fd is None:
-            self._count(named=False)
             return None, None
+        elsewhere = ("the spool is on another file system (keep MIMIC_SPOOL_DIR on the "
+                     "object store's)")
         try:
-            if not made_alike(fd, made_here):
-                self._stop_naming("the spool directory gives files another owner, group, "
-                                  "ACL or security label than the object directory")
+            made = os.fstat(made_here)
+            if os.fstat(fd).st_dev != made.st_dev:
+                self._stop_naming(elsewhere)
             else:
-                os.fchmod(fd, stat.S_IMODE(os.fstat(made_here).st_mode))
-                tmp = self._tmp / uuid.uuid4().hex
-                give_name(fd, tmp)
-                self._count(named=True)
-                return tmp, fd
+                # The mode first: an access ACL's mask follows it (a default ACL both
+                # directories inherit gives the spool, created 0600, another mask).
+                os.fchmod(fd, stat.S_IMODE(made.st_mode))
+                if not made_alike(fd, made_here):
+                    self._stop_naming("the spool directory gives files another owner, "
+                                      "group, ACL or security label than the object "
+                                      "directory")
+                else:
+                    tmp = self._tmp / uuid.uuid4().hex
+                    give_name(fd, tmp)
+                    return tmp, fd
         except OSError as exc:
-            if exc.errno in _NEVER_NAMEABLE:
-                self._stop_naming(f"{os.strerror(exc.errno or 0)} (keep MIMIC_SPOOL_DIR on "
-                                  "the object store's file system)")
+            if exc.errno == errno.EXDEV:
+                self._stop_naming(elsewhere)
+            elif exc.errno in _NEVER_NAMEABLE:
+                self._stop_naming(os.strerror(exc.errno or 0))
             else:
                 log.debug("a spool file could not be named: copied",
                           extra={"error": errno.errorcode.get(exc.errno or 0, "?")})
         os.close(fd)
-        self._count(named=False)
         return None, None
 
     def _stop_naming(self, why: str) -> None:
-        if self._naming:
-            self._naming = False
+        with self._spares_lock:
+            said, self._naming = not self._naming, False
+        if not said:
             log.info("large objects are copied from their spool into the object store, not "
                      "named there: %s", why)
 

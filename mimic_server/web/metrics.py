@@ -244,12 +244,13 @@ class ArchiveMetrics:
         by copying it; read them at scrape time."""
         self._counter_from(
             "mimic_spooled_objects_named",
-            "Objects received spooled (over 8 MiB) that the file store kept by giving their "
-            "spool file a name.", named)
+            "Objects received spooled (too large to hold in memory) that the file store kept "
+            "by giving their spool file a name: written once.", named)
         self._counter_from(
             "mimic_spooled_objects_copied",
-            "Objects received spooled that the file store kept by copying their spool file "
-            "(another file system, other owner or ACL; logged once at INFO).", copied)
+            "Objects received spooled that the file store kept by copying their spool file, "
+            "written twice: it cannot be named there (another file system, another owner, "
+            "group or ACL: logged once at INFO).", copied)
 
     def _counter_from(self, name: str, documentation: str, count: Callable[[], int]) -> None:
         if self.multiprocess:  # no scrape here: sample() adds what the count grew by

@@ -216,6 +216,8 @@ def test_a_spooled_object_is_kept_whole(store: ObjectStore, tmp_path: Path) -> N
         kept = fh.read()
     assert kept == FILE_META + data
     assert _sha(kept) == received.sha256
+    if isinstance(store, FilesystemStore):
+        assert (store.spools_named, store.spools_copied) == (1, 0)
 
 
 def test_check_answers_for_a_usable_store(store: ObjectStore) -> None:

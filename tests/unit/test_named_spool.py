@@ -134,7 +134,7 @@ def test_a_failed_fsync_leaves_nothing_under_the_key_nor_in_progress(
         store.put("s/named.dcm", _from_spool(received).chunks, None)
     assert not (store.root / "s/named.dcm").exists()
     assert _incoming(store) == []
-    assert store.spools_named == 1  # named, then failed: the name is gone again
+    assert (store.spools_named, store.spools_copied) == (0, 0)  # nothing kept
     assert received.spool is not None and os.fstat(received.spool.fileno()).st_nlink == 0
 
 
@@ -210,7 +210,9 @@ def test_a_spool_not_finished_or_refused_is_never_offered(tmp_path: Path) -> Non
     unfinished = spooled(tmp_path, data, finish=False)
     assert unfinished.whole_file() is None  # the walk has not yet seen the data set's end
     unfinished.finish()
-    assert unfinished.whole_file() is not None
+    offered = unfinished.whole_file()
+    assert offered is not None
+    os.close(offered)
 
     cut = spooled(tmp_path, data[:-10], finish=False)
     with pytest.raises(CannotUnderstand):
@@ -269,7 +271,26 @@ def test_a_named_spool_takes_the_mode_the_store_gives_not_the_umasks(tmp_path: P
     assert received.spool is not None
     assert os.stat(path).st_ino == os.fstat(received.spool.fileno()).st_ino
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # the default ACL's, not 0600 or 0644
-    assert os.listxattr(path) == []
+    assert "system.posix_acl_access" not in os.listxattr(path)
+
+
+def test_a_default_acl_both_directories_inherit_leaves_the_spool_named(tmp_path: Path) -> None:
+    """The spool (created 0600) and the put's file (0666) get access ACLs that differ in
+    their mask alone; once the spool has the put's mode they are alike: named."""
+    data = tmp_path / "data"
+    _default_acl(data, named_group=4343)
+    store = FilesystemStore(data / "objects", spare_files=0)
+    received = spooled(data, data_set())
+    store.put("s/1.dcm", _from_spool(received).chunks, None)
+    path = store.root / "s/1.dcm"
+    assert received.spool is not None
+    assert os.stat(path).st_ino == os.fstat(received.spool.fileno()).st_ino
+    acl = os.getxattr(path, "system.posix_acl_access")
+    copied = store.root / "s/2.dcm"
+    store.put("s/2.dcm", [b"x"], None)
+    assert acl == os.getxattr(copied, "system.posix_acl_access")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(copied.stat().st_mode)
+    assert (store.spools_named, store.spools_copied) == (1, 0)
 
 
 def test_a_spool_that_would_keep_another_group_than_a_setgid_store_gives_is_copied(

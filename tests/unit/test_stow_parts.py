@@ -5,6 +5,7 @@ kept in bounded memory or spooled, refused when too large or of an unkept syntax
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pydicom
@@ -190,6 +191,26 @@ def test_a_part_is_its_data_set_as_received(tmp_path: Path, in_memory: int) -> N
     assert ds.SOPInstanceUID == part.declared.sop_instance_uid  # type: ignore[union-attr]
     assert received.size == len(stored)
     part.close()
+
+
+def test_a_closed_part_maps_nothing_though_its_object_lives_on(tmp_path: Path) -> None:
+    """A failed store's received object can outlive the part (a cycle through its
+    exception's traceback): closing the part still unmaps its spool, whose disk it holds."""
+    part = _fed(ct_small().read_bytes(), tmp_path, in_memory=1024)
+    kept_alive = [part.received()]
+    spool = part._spool
+    assert spool is not None
+    inode = str(os.fstat(spool.fileno()).st_ino)
+
+    def mapped() -> bool:
+        return any(line.split()[4:5] == [inode]
+                   for line in Path("/proc/self/maps").read_text().splitlines())
+
+    assert mapped()
+    part.close()
+    assert not mapped()
+    with pytest.raises(ValueError):
+        kept_alive[0].dataset.tobytes()  # released: nobody reads it once the part is done
 
 
 def test_too_large_is_out_of_resources_and_dropped(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ class ReceivedPart:
         self._head = bytearray()
         self._spool: IO[bytes] | None = None
         self._map: mmap.mmap | None = None
+        #: The object :meth:`received` gave, read through the map (released at close).
+        self._received: ReceivedObject | None = None
         #: Every byte of the part received, kept or not.
         self.size = 0
         self.declared: FileMetaRead | None = None
@@ -123,7 +125,9 @@ class ReceivedPart:
             return received_part10(memoryview(self._head), declared)
         self._spool.flush()
         self._map = mmap.mmap(self._spool.fileno(), 0, access=mmap.ACCESS_READ)
-        return received_part10(memoryview(self._map), declared, spool=self)
+        with memoryview(self._map) as whole:
+            self._received = received_part10(whole, declared, spool=self)
+        return self._received
 
     def chunks(self) -> Iterator[bytes]:
         """The spooled data set (after the sender's File Meta), read back piece by piece."""
@@ -139,6 +143,12 @@ class ReceivedPart:
     def close(self) -> None:
         """Drop what is held (memory, map, spool file)."""
         self._head = bytearray()
+        if self._received is not None:
+            # Its part is kept or refused: nobody reads it now. Released, so that the map
+            # closes even where the received object lives on (a failed store's, in a cycle
+            # through its exception's traceback, until the garbage collector runs).
+            self._received.dataset.release()
+            self._received = None
         if self._map is not None:
             with contextlib.suppress(BufferError):  # a view of it is still alive: GC frees it
                 self._map.close()
