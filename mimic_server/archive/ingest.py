@@ -282,6 +282,10 @@ def keep(
         else:
             _delete_quietly(store, key)
         raise
+    finally:
+        # The failure's traceback holds this frame: not the put's future too (which holds
+        # the failure), or that cycle keeps ``received`` until a collection.
+        stored = put_done = in_transaction = durable_first = None
     if record is not None:
         record.committed()  # the other sinks (syslog) get it once it is in the table
     if replaced is not None and replaced != key:

@@ -69,6 +69,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
+from mimic_server.errors import let_go_of_frames
 from mimic_server.index import engine as index_engine
 from mimic_server.index.engine import (
     WRITE,
@@ -157,8 +158,15 @@ class GroupCommitter:
                     self._lead()
                 else:
                     self._cond.wait()
-        if me.error is not None:
-            raise me.error
+        # The batch's frames may outlive this call (a failure's traceback holds them), and
+        # with them this waiter: it lets go of the failure.
+        error, me.error = me.error, None
+        if error is not None:
+            let_go_of_frames(error)
+            try:
+                raise error
+            finally:
+                del error  # this frame is in its traceback
         return me.value  # type: ignore[return-value]
 
     def _lead(self) -> None:

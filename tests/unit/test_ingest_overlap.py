@@ -4,7 +4,9 @@ order holds where the row is one statement sent after the put (a series already 
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -129,4 +131,50 @@ def test_a_failed_index_leaves_no_object(index: SqlIndex) -> None:
 
     with pytest.raises(Refused):
         keep(store, index, received, attrs, "t", Failing())  # type: ignore[arg-type]
+    assert index.count_instances() == 0 and not store.objects
+
+
+class _Held(bytearray):
+    """A data set's buffer that the test watches (through a weak reference) being freed."""
+
+
+class _Refused(Exception):
+    pass
+
+
+class _RefusingRecord:
+    def write_in(self, conn: Any) -> None:
+        raise _Refused
+
+    def committed(self) -> None:  # pragma: no cover - never committed
+        raise AssertionError
+
+
+@pytest.mark.parametrize("failing", ["put", "index"])
+def test_a_failed_keep_leaves_nothing_for_the_garbage_collector(
+    index: SqlIndex, failing: str,
+) -> None:
+    """The received object of a failed store is freed as soon as its caller lets go of it,
+    not when the garbage collector finds a cycle through the failure's traceback (a large
+    one's spool and map, and their disk, were held until then)."""
+    plain, attrs = _received()
+    held = _Held(plain.dataset)
+    received = ReceivedObject.of(plain.file_meta, memoryview(held), EXPLICIT_LE)
+    freed = weakref.ref(held)
+    del held, plain
+    store = MemoryStore()
+    store.fail = failing == "put"
+    record = _RefusingRecord() if failing == "index" else None
+    gc.disable()
+    try:
+        try:
+            keep(store, index, received, attrs, "t", record)  # type: ignore[arg-type]
+        except (OutOfResources, _Refused):
+            pass
+        else:  # pragma: no cover - the test's own failure
+            raise AssertionError("kept")
+        del received
+        assert freed() is None
+    finally:
+        gc.enable()
     assert index.count_instances() == 0 and not store.objects
