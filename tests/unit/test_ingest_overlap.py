@@ -114,40 +114,31 @@ def test_a_failed_put_leaves_no_row(index: SqlIndex) -> None:
     assert index.count_instances() == 0 and not store.objects
 
 
-def test_a_failed_index_leaves_no_object(index: SqlIndex) -> None:
-    received, attrs = _received()
-    store = GatedStore()
-    store.gate.set()
-
-    class Refused(Exception):
-        pass
-
-    class Failing:
-        def write_in(self, conn: Any) -> None:
-            raise Refused
-
-        def committed(self) -> None:  # pragma: no cover - never committed
-            raise AssertionError
-
-    with pytest.raises(Refused):
-        keep(store, index, received, attrs, "t", Failing())  # type: ignore[arg-type]
-    assert index.count_instances() == 0 and not store.objects
-
-
-class _Held(bytearray):
-    """A data set's buffer that the test watches (through a weak reference) being freed."""
-
-
 class _Refused(Exception):
     pass
 
 
 class _RefusingRecord:
+    """An audit record whose write the index transaction fails on."""
+
     def write_in(self, conn: Any) -> None:
         raise _Refused
 
     def committed(self) -> None:  # pragma: no cover - never committed
         raise AssertionError
+
+
+def test_a_failed_index_leaves_no_object(index: SqlIndex) -> None:
+    received, attrs = _received()
+    store = GatedStore()
+    store.gate.set()
+    with pytest.raises(_Refused):
+        keep(store, index, received, attrs, "t", _RefusingRecord())  # type: ignore[arg-type]
+    assert index.count_instances() == 0 and not store.objects
+
+
+class _Held(bytearray):
+    """A data set's buffer that the test watches (through a weak reference) being freed."""
 
 
 @pytest.mark.parametrize("failing", ["put", "index"])
