@@ -18,7 +18,6 @@ Backends translate their own failures (``OSError``, ``SQLAlchemyError`` ...) wit
 
 from __future__ import annotations
 
-import traceback
 from enum import IntEnum
 
 
@@ -113,24 +112,3 @@ class QueryError(DicomStatusError):
     """An Identifier we refuse to guess at; answered with ``status`` and the message."""
 
     status = Status.IDENTIFIER_DOES_NOT_MATCH
-
-
-def let_go_of_frames(error: BaseException) -> None:
-    """Clear the locals of the finished frames ``error`` (and what caused it) was raised
-    through.
-
-    A failure passed between threads (a future's, a group commit waiter's) is held by
-    objects those frames hold, so error, traceback, frame and holder make a cycle that
-    keeps every frame's locals (a received object, a large one's spool and map) until the
-    garbage collector finds it, which on a quiet server can take minutes. The traceback's
-    lines stay for the log; a frame still running is left as it is.
-    """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)
-        pending += [current.__cause__, current.__context__]

@@ -82,8 +82,13 @@ class HelperThreads:
 
 def _run(task: _Task) -> None:
     future, fn, args = task
-    if future.set_running_or_notify_cancel():
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # the submitter's to handle, through its future
-            future.set_exception(exc)
+    try:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # the submitter's to handle, through its future
+                future.set_exception(exc)
+    finally:
+        # A failure's traceback holds this frame, and the future holds the failure: without
+        # these, no cycle keeps the work's arguments (a received object) until a collection.
+        task = future = fn = args = None  # type: ignore[assignment]

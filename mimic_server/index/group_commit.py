@@ -69,7 +69,6 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
-from mimic_server.errors import let_go_of_frames
 from mimic_server.index import engine as index_engine
 from mimic_server.index.engine import (
     WRITE,
@@ -162,7 +161,6 @@ class GroupCommitter:
         # with them this waiter: it lets go of the failure.
         error, me.error = me.error, None
         if error is not None:
-            let_go_of_frames(error)
             try:
                 raise error
             finally:

@@ -17,7 +17,7 @@ from pydicom.filewriter import write_dataset
 
 from mimic_server.archive.ingest import ReceivedObject, keep
 from mimic_server.codec.file_meta import encode_file_meta
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import DicomStatusError, OutOfResources
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.repository import SqlIndex
 from mimic_server.storage.memory import MemoryStore
@@ -141,26 +141,35 @@ class _Held(bytearray):
     """A data set's buffer that the test watches (through a weak reference) being freed."""
 
 
-@pytest.mark.parametrize("failing", ["put", "index"])
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "alone"])
+@pytest.mark.parametrize("failing", ["put", "index", "both"])
 def test_a_failed_keep_leaves_nothing_for_the_garbage_collector(
-    index: SqlIndex, failing: str,
+    index: SqlIndex, failing: str, group_commit: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The received object of a failed store is freed as soon as its caller lets go of it,
-    not when the garbage collector finds a cycle through the failure's traceback (a large
-    one's spool and map, and their disk, were held until then)."""
+    not when the garbage collector finds a cycle through the failure's traceback (a future
+    or a group-commit waiter holding the failure whose frames hold them and the object)."""
+    if not group_commit:
+        index = SqlIndex(index.engine, group_commit=False)
     plain, attrs = _received()
     held = _Held(plain.dataset)
     received = ReceivedObject.of(plain.file_meta, memoryview(held), EXPLICIT_LE)
     freed = weakref.ref(held)
     del held, plain
     store = MemoryStore()
-    store.fail = failing == "put"
+    store.fail = failing in ("put", "both")
     record = _RefusingRecord() if failing == "index" else None
+    if failing == "both":  # the index fails before it waits for the put (PostgreSQL)
+
+        def conflict(*args: Any) -> None:
+            raise DicomStatusError("a hierarchy conflict")
+
+        monkeypatch.setattr(index, "_upsert", conflict)
     gc.disable()
     try:
         try:
             keep(store, index, received, attrs, "t", record)  # type: ignore[arg-type]
-        except (OutOfResources, _Refused):
+        except (DicomStatusError, _Refused):
             pass
         else:  # pragma: no cover - the test's own failure
             raise AssertionError("kept")
