@@ -285,10 +285,12 @@ class ReceivingDataSet(io.BytesIO):
             self.truncate()
         if self.spool is not None:
             self.spool.close()
-        if self._view is not None:
-            self._view.release()  # its readers are done: the C-STORE was answered
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # a view of it still held: collected
+        # Its readers are done (the C-STORE was answered); a view still exported from it
+        # (never so today) leaves both to the garbage collector instead of failing here.
+        with contextlib.suppress(BufferError):
+            if self._view is not None:
+                self._view.release()
+            if self._map is not None:
                 self._map.close()
 
 

@@ -25,7 +25,10 @@ class ObjectStore(Protocol):
     def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         """Store the concatenated chunks durably under ``key``; return the byte count.
 
-        Returns only once the bytes would survive a crash.
+        Returns only once the bytes would survive a crash. Chunks that offer
+        ``whole_file()`` (a large C-STORE's spool, ``archive.ingest.SpooledChunks``) may be
+        kept by naming that file instead of copying them, where the store can
+        (``filesystem.py``); iterating them always gives the same bytes.
         """
         ...
 

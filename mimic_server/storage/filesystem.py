@@ -58,9 +58,9 @@ from mimic_server.storage.anonymous import give_name, made_alike
 
 log = logging.getLogger(__name__)
 
-#: Why an anonymous file cannot be named here, for this and every later one: another file
-#: system (``EXDEV``), or one that forbids it.
-_NEVER_NAMEABLE = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP})
+#: Why an anonymous file cannot be named here, for this and every later one, beside another
+#: file system (``EXDEV``, said as such): a file system or a process that forbids it.
+_NEVER_NAMEABLE = frozenset({errno.EPERM, errno.EOPNOTSUPP})
 
 _KEY = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*(/[0-9A-Za-z][0-9A-Za-z._-]*)*$")
 _TMP = ".incoming"

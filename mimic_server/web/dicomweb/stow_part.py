@@ -143,16 +143,15 @@ class ReceivedPart:
     def close(self) -> None:
         """Drop what is held (memory, map, spool file)."""
         self._head = bytearray()
-        if self._received is not None:
-            # Its part is kept or refused: nobody reads it now. Released, so that the map
-            # closes even where the received object lives on (a failed store's, in a cycle
-            # through its exception's traceback, until the garbage collector runs).
-            self._received.dataset.release()
-            self._received = None
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # a view of it is still alive: GC frees it
+        # Its part is kept or refused: nobody reads its object now. Released, so that the
+        # map closes even where the object lives on; a view still exported from either
+        # leaves them to the garbage collector.
+        with contextlib.suppress(BufferError):
+            if self._received is not None:
+                self._received.dataset.release()
+            if self._map is not None:
                 self._map.close()
-            self._map = None
+        self._received = self._map = None
         if self._spool is not None:
             self._spool.close()
             self._spool = None
