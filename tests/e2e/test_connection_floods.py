@@ -277,7 +277,7 @@ def test_mimic_serve_exits_non_zero_when_the_listener_dies(
     try:
         result = CliRunner().invoke(main, [
             "serve", "--data-dir", str(tmp_path / "data"), "--host", HOST,
-            "--port", str(port), "--workers", "1",
+            "--port", str(port), "--workers", "1", "--ops-port", "0",  # not the shared 8080
         ])
     finally:
         poked.set()

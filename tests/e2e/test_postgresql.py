@@ -91,7 +91,8 @@ def test_server_refuses_an_outdated_schema(postgres_server: str, tmp_path: Path)
         engine.dispose()
         result = subprocess.run(
             [sys.executable, "-m", "mimic_server", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(tmp_path / "data"), "--database-url", url, "--workers", "2"],
+             "--data-dir", str(tmp_path / "data"), "--database-url", url, "--workers", "2",
+             "--ops-port", "0"],  # not the shared default 8080, which another test may hold
             capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 2
