@@ -6,7 +6,12 @@ in ``tests/unit/test_kept_copies.py``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -14,7 +19,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore
 
 from tests.large_objects import large_image
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import MimicProcess, associate, client_context
+from tests.support import HOST, MimicProcess, associate, client_context
 from tests.web_support import AUDIENCE, WebProcess
 
 FRAMES = 'multipart/related; type="application/octet-stream"'
@@ -56,6 +61,74 @@ def test_frames_of_a_large_object_come_from_one_kept_copy(tmp_path: Path) -> Non
             assert got == [ds.PixelData[(number - 1) * frame:number * frame]]
         assert web.proc is not None
         assert _copies_held(web.proc.pid, tmp_path / "data" / "spool") == 1
+    finally:
+        assert web.stop() == 0, web.log()
+        assert server.stop() == 0, server.log()
+        issuer.stop()
+
+
+def _objects_held(pid: int, data_dir: Path) -> int:
+    """The descriptors the process holds of stored objects and of spool files (kept copies),
+    not of its object store's own lock file (``objects/.incoming``)."""
+    held = _copies_held(pid, data_dir / "spool")
+    objects, incoming = data_dir / "objects", data_dir / "objects" / ".incoming"
+    return held + _copies_held(pid, objects) - _copies_held(pid, incoming)
+
+
+def _transfers_ended(data_dir: Path) -> list[dict[str, object]]:
+    """The Instances Transferred audit records (DCM 110104) of the DICOMweb identity."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mimic_server", "audit", "--json", "--event", "110104",
+         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line]
+    return [r for r in records if r.get("identity") == "DICOMweb"]
+
+
+def test_a_client_that_leaves_mid_answer_lets_go_of_the_object(tmp_path: Path) -> None:
+    """A streamed retrieve whose client closes its connection mid-answer: the object's
+    descriptor is closed and the transfer's audit record says it failed, as the answer ends,
+    not when the web process's garbage collector next runs (closing_stream.py)."""
+    data, ds = large_image(512, 512, 24, ExplicitVRLittleEndian)  # 12 MiB, streamed
+    path = tmp_path / "large.dcm"
+    path.write_bytes(data)
+    issuer = OidcIssuerDouble(tmp_path / "oidc").start()
+    server = MimicProcess(tmp_path / "data").start()
+    web = WebProcess(tmp_path / "data", issuer)
+    try:
+        web.start()
+        assert web.proc is not None
+        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                      server.ca_cert),
+                          contexts=[SecondaryCaptureImageStorage],
+                          transfer_syntaxes=[ExplicitVRLittleEndian])
+        assert assoc.send_c_store(path).Status == 0
+        assoc.release()
+        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+        target = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                  f"/instances/{ds.SOPInstanceUID}")
+        with socket.create_connection((HOST, web.port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall((f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n"
+                            f"Authorization: Bearer {token}\r\n"
+                            'Accept: multipart/related; type="application/dicom"\r\n'
+                            "\r\n").encode())
+            head = client.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            deadline = time.monotonic() + 30
+            while _objects_held(web.proc.pid, tmp_path / "data") == 0:
+                assert time.monotonic() < deadline, "the answer never opened the object"
+                time.sleep(0.05)
+            # Leave mid-answer: at most a few MiB of the 12 were in the buffers.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        deadline = time.monotonic() + 10
+        while _objects_held(web.proc.pid, tmp_path / "data"):
+            assert time.monotonic() < deadline, "the object is still held after 10 s"
+            time.sleep(0.1)
+        ended = _transfers_ended(tmp_path / "data")
+        # Minor failure (4): the one instance asked for was not sent whole.
+        assert [(r["outcome"], r["xml"].count("instances=0; failed=1")) for r in ended] == [
+            (4, 1)]
     finally:
         assert web.stop() == 0, web.log()
         assert server.stop() == 0, server.log()

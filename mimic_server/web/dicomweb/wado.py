@@ -28,7 +28,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pydicom.valuerep import BYTES_VR
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from mimic_server.archive.inflated import inflated_copy, inflated_pieces
@@ -40,6 +40,7 @@ from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
 from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
+from mimic_server.web.dicomweb.closing_stream import Body, ClosingStreamingResponse
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
@@ -128,25 +129,29 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         audit.end()
         return Response(whole, media_type=media_type)
 
-    def body() -> Iterator[bytes | memoryview]:
-        completed = False
+    def body() -> Body:
+        completed = sending = False
         try:
             for ref in refs:
                 obj = first if first is not None and ref is refs[0] else read_now(ctx, ref)
                 if obj is None or not _in_syntax(obj, wanted):
                     audit.failed_one()
                     continue
+                sending = True
                 yield multipart.part_head(
                     boundary, f"{DICOM}; transfer-syntax={obj.ref.transfer_syntax_uid}")
                 yield from obj.chunks()
                 yield b"\r\n"
+                sending = False
                 audit.sent_one(obj.ref)
             yield multipart.closing(boundary)
             completed = True
         finally:
+            if sending:  # cut off mid-object (the client left, the store failed): not sent
+                audit.failed_one()
             audit.end(completed)
 
-    return StreamingResponse(body(), media_type=media_type)
+    return ClosingStreamingResponse(body(), media_type=media_type)
 
 
 def _in_syntax(obj: VerifiedObject, wanted: str | None) -> bool:
@@ -470,7 +475,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                         media_type=media_type)
     start, length = found
 
-    def body() -> Iterator[bytes]:
+    def body() -> Body:
         with source:
             yield multipart.part_head(boundary, OCTET_STREAM)
             source.seek(start)
@@ -480,7 +485,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                 yield piece
             yield b"\r\n" + multipart.closing(boundary)
 
-    return StreamingResponse(body(), media_type=media_type)
+    return ClosingStreamingResponse(body(), media_type=media_type)
 
 
 def _value_of(

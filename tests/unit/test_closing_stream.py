@@ -1,0 +1,114 @@
+"""A streamed answer's generator is closed as the answer ends, with the cyclic garbage
+collector off: the client leaving mid-answer, the answer read to its end, the generator
+failing (``web/dicomweb/closing_stream.py``). Real uvicorn on loopback, as ``mimic web``."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from mimic_server.web.dicomweb.closing_stream import Body, ClosingStreamingResponse
+from tests.support import HOST, free_port
+
+PIECE = b"x" * 65536
+
+
+class Served:
+    """One generator per request; where and how each ended."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+        self.closed_in: str | None = None
+        self.pieces_sent = 0
+
+    def body(self, pieces: int, fail_at: int | None) -> Body:
+        try:
+            for n in range(pieces):
+                if n == fail_at:
+                    raise OSError("the store failed mid-answer")
+                self.pieces_sent += 1
+                yield PIECE
+        finally:
+            self.closed_in = threading.current_thread().name
+            self.closed.set()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Served, int, threading.Thread]]:
+    state = Served()
+
+    async def route(request: Request) -> ClosingStreamingResponse:
+        pieces = int(request.query_params.get("pieces", "100000"))
+        fail_at = request.query_params.get("fail_at")
+        return ClosingStreamingResponse(
+            state.body(pieces, None if fail_at is None else int(fail_at)),
+            media_type="application/octet-stream")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        Starlette(routes=[Route("/", route)]), host=HOST, port=port, log_level="critical"))
+    loop_thread = threading.Thread(target=server.run, name="test-event-loop", daemon=True)
+    enabled = gc.isenabled()
+    gc.disable()
+    loop_thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and loop_thread.is_alive()
+            time.sleep(0.02)
+        yield state, port, loop_thread
+    finally:
+        server.should_exit = True
+        loop_thread.join(10)
+        if enabled:
+            gc.enable()
+
+
+def _request(port: int, query: str) -> socket.socket:
+    client = socket.create_connection((HOST, port))
+    client.sendall(f"GET /?{query} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    return client
+
+
+def test_a_client_that_leaves_mid_answer_closes_the_generator(
+        served: tuple[Served, int, threading.Thread]) -> None:
+    state, port, loop_thread = served
+    with _request(port, "pieces=100000") as client:
+        client.recv(65536)
+        time.sleep(0.1)
+    assert state.closed.wait(5), "not closed without the garbage collector"
+    assert state.pieces_sent < 100000
+    assert state.closed_in not in (None, loop_thread.name)  # not in the event loop
+
+
+def test_an_answer_read_to_its_end_closes_the_generator(
+        served: tuple[Served, int, threading.Thread]) -> None:
+    state, port, _ = served
+    with _request(port, "pieces=4") as client:
+        client.settimeout(10)
+        received = b""
+        while not received.endswith(b"0\r\n\r\n"):  # the chunked answer's last chunk
+            received += client.recv(1 << 20)
+    assert received.count(b"x") == 4 * len(PIECE)
+    assert state.closed.wait(5)
+    assert state.pieces_sent == 4
+
+
+def test_a_generator_that_fails_mid_answer_is_closed(
+        served: tuple[Served, int, threading.Thread]) -> None:
+    state, port, _ = served
+    with _request(port, "pieces=10&fail_at=3") as client:
+        client.settimeout(10)
+        while client.recv(1 << 20):  # the server ends the connection, the answer cut short
+            pass
+    assert state.closed.wait(5)
+    assert state.pieces_sent == 3
