@@ -123,8 +123,15 @@ class GroupCommitSink:
             self._pending.append(waiting)
             self._ready.notify()
         waiting.done.wait()
-        if waiting.error is not None:
-            raise waiting.error
+        # Taken out of the waiter, and this frame's reference dropped as it raises: the
+        # error's traceback holds this frame and the caller's, which would otherwise live on
+        # in a cycle (error, traceback, frame, waiter) until the garbage collector ran.
+        error, waiting.error = waiting.error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
 
     def write_in(self, conn: Any, entry: AuditEntry) -> None:
         """Into the caller's own transaction (a STOW-RS store): not batched."""

@@ -5,8 +5,10 @@ write would have); a failing batch fails only the bad record's caller. On the re
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,35 @@ def test_a_failure_is_counted_by_the_audit_log_like_a_sink_failure() -> None:
                  studies={"1.2.3.0": {"1.2.840.10008.5.1.4.1.1.2": 1}})
     assert trail.failures == 1
     trail.close()
+
+
+class _Held:
+    """Something a caller's frame holds (a received object, a request)."""
+
+
+def test_a_failed_write_leaves_nothing_for_the_garbage_collector() -> None:
+    """The caller's frames are in the failure's traceback: they are freed as the caller
+    returns, not when the cyclic garbage collector next runs."""
+    table = SlowTable(fail={"1.2.3.0"})
+    table.release.set()
+    sink = GroupCommitSink(table)  # type: ignore[arg-type]
+    held: list[weakref.ref[_Held]] = []
+
+    def caller() -> None:
+        mine = _Held()
+        held.append(weakref.ref(mine))
+        with pytest.raises(OSError, match="constraint violated"):
+            sink.write(_entry(0), {})
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        caller()
+        assert held[0]() is None, "the caller's frame lives on in a cycle"
+    finally:
+        if enabled:
+            gc.enable()
+        sink.close()
 
 
 def test_on_the_table_every_record_is_kept_once(tmp_path: Path) -> None:
