@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -496,3 +497,9 @@ def test_a_large_part_is_streamed_to_the_store(setup: Setup, tmp_path: Path) -> 
             kept.update(chunk)
     assert kept.hexdigest() == sent.hexdigest()
     assert not list((setup.root / "data" / "spool").glob("*"))
+    # Its spool file was named into place (stow_part.py), with the mode of any file the
+    # store creates, not the spool's 0600.
+    umask = next(int(line.split()[1], 8) for line in
+                 Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask
+    assert stored.stat().st_nlink == 1

@@ -4,6 +4,7 @@ kept in bounded memory or spooled, refused when too large or of an unkept syntax
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -250,3 +251,87 @@ def test_a_part_of_another_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DicomStatusError) as refused:
         part.received()
     assert refused.value.status == 0xC000
+
+
+def _with_longer_file_meta(data: bytes) -> bytes:
+    """The same object behind a File Meta of the sender's own, longer than the archive's
+    (a Source AE Title and a Private Information Creator UID)."""
+    read = read_file_meta(data)
+    assert read is not None
+    meta = encode_file_meta(read.sop_class_uid, read.sop_instance_uid,
+                            read.transfer_syntax_uid, "SENDER_AE_TITLE")
+    assert len(meta) != read.dataset_offset
+    return meta + data[read.dataset_offset:]
+
+
+@pytest.mark.parametrize("longer", [False, True], ids=["as-shipped", "sender-file-meta"])
+def test_a_spooled_part_is_the_object_as_kept(tmp_path: Path, longer: bool) -> None:
+    """The spool holds the archive's File Meta, then the data set: what the store would
+    have written, so that the file store may name it (``whole_file``)."""
+    data = ct_small().read_bytes()
+    if longer:
+        data = _with_longer_file_meta(data)
+    in_memory = _fed(data, tmp_path)
+    as_kept = b"".join(bytes(c) for c in in_memory.received().chunks)
+    in_memory.close()
+    part = _fed(data, tmp_path, in_memory=1024)
+    received = part.received()
+    assert b"".join(bytes(c) for c in received.chunks) == as_kept
+    assert received.file_meta == as_kept[:len(received.file_meta)]
+    assert received.digest() == hashlib.sha256(as_kept).hexdigest()
+    fd = received.chunks.whole_file()  # type: ignore[union-attr]
+    assert fd is not None
+    try:
+        assert os.pread(fd, len(as_kept) + 1, 0) == as_kept
+        assert os.fstat(fd).st_nlink == 0  # anonymous until a store names it
+    finally:
+        os.close(fd)
+    part.close()
+    assert part.whole_file() is None
+
+
+def test_a_part_is_offered_whole_only_when_kept_whole(tmp_path: Path) -> None:
+    data = ct_small().read_bytes()
+    # Held in memory: nothing to name.
+    small = _fed(data, tmp_path)
+    small.received()
+    assert small.whole_file() is None
+    # Not ended, then ended but its data set never read.
+    part = ReceivedPart({"content-type": "application/dicom"}, 1 << 30, tmp_path / "spool",
+                        in_memory=1024)
+    part.write(memoryview(data[:1024]))
+    part.write(memoryview(data[1024:]))
+    assert part._spool is not None and part.whole_file() is None
+    part.end()
+    assert part.whole_file() is None  # received() not called: not known sound
+    part.received()
+    fd = part.whole_file()
+    assert fd is not None
+    os.close(fd)
+    # A data set that does not parse is refused and never offered.
+    read = read_file_meta(data)
+    assert read is not None
+    cut = _fed(data[:read.dataset_offset] + b"\x08\x00\x16\x00UI\xff\xff" + b"1" * 2000,
+               tmp_path, in_memory=1024)
+    with pytest.raises(DicomStatusError):
+        cut.received()
+    assert cut.whole_file() is None
+    # Too large: dropped.
+    large = _fed(data, tmp_path, max_bytes=4096, in_memory=1024)
+    with pytest.raises(DicomStatusError):
+        large.received()
+    assert large.whole_file() is None
+
+
+def test_invalid_declared_uids_are_refused_at_the_file_meta(tmp_path: Path) -> None:
+    """As ``received_part10`` refuses them (0xC002), but before anything is spooled: the
+    archive's File Meta is made of them."""
+    data = ct_small().read_bytes()
+    read = read_file_meta(data)
+    assert read is not None
+    meta = encode_file_meta(read.sop_class_uid, "1.2.3.x", read.transfer_syntax_uid, "")
+    part = _fed(meta + data[read.dataset_offset:], tmp_path, in_memory=1024)
+    assert part._spool is None
+    with pytest.raises(DicomStatusError) as refused:
+        part.received()
+    assert refused.value.status == 0xC002

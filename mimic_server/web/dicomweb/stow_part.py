@@ -4,27 +4,32 @@ The part's File Meta is read from its first bytes (what it declares: SOP Class a
 UIDs, transfer syntax); a syntax the archive does not keep is refused there and the rest of
 the part is read and dropped. The bytes stay in memory while the part is small (the common
 case) and past ``IN_MEMORY`` move to an anonymous spool file (no name: nothing leaks on disk,
-the kernel frees it should the process die), as a large C-STORE's do. A data set larger than
-``MIMIC_MAX_OBJECT_BYTES`` is dropped as soon as it is, and refused (``0xA700``, as C-STORE).
-Once the part has ended, :meth:`ReceivedPart.received` hands the archive the data set bytes
-as received (``archive/part10.py``), from memory or a read-only map of the spool file.
+the kernel frees it should the process die), as a large C-STORE's do. The spool holds the
+object as the archive keeps it: the File Meta the archive writes (made from the sender's, as
+``archive/part10.py`` makes it), then the data set as received, so that a file store on its
+file system names the spool instead of copying it (``storage/anonymous.py``). A data set
+larger than ``MIMIC_MAX_OBJECT_BYTES`` is dropped as soon as it is, and refused (``0xA700``,
+as C-STORE). Once the part has ended, :meth:`ReceivedPart.received` hands the archive the
+data set bytes as received, from memory or a read-only map of the spool file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mmap
-import tempfile
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from mimic_server.archive.ingest import ReceivedObject
+from mimic_server.archive.ingest import ReceivedObject, check_declared_uids
 from mimic_server.archive.part10 import received_part10
 from mimic_server.archive.syntaxes import accepted
-from mimic_server.codec.file_meta import FileMetaRead, read_file_meta
+from mimic_server.codec.file_meta import FileMetaRead, encode_file_meta, read_file_meta
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
+from mimic_server.storage.anonymous import open_anonymous
 from mimic_server.web.dicomweb.multipart import boundary_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,10 @@ class ReceivedPart:
         self._in_memory = in_memory
         self._head = bytearray()
         self._spool: IO[bytes] | None = None
+        #: Whether the spool can be given a name (``open_anonymous``), and where its data
+        #: set starts (after the archive's File Meta).
+        self._nameable = False
+        self._dataset_start = 0
         self._map: mmap.mmap | None = None
         #: The object :meth:`received` gave, read through the map (released at close).
         self._received: ReceivedObject | None = None
@@ -97,16 +106,27 @@ class ReceivedPart:
             self._fail(CannotUnderstand("the part is not a DICOM Part 10 file"))
 
     def _check_declared(self, declared: FileMetaRead) -> None:
-        """Refused as early as the File Meta says so: the rest is not kept."""
+        """Refused as early as the File Meta says so: the rest is not kept. (The same
+        checks, in the same order, as ``received_part10``'s first two.)"""
         if not accepted(declared.transfer_syntax_uid):
             raise CannotUnderstand("transfer syntax not supported",
                                    Status.TRANSFER_SYNTAX_NOT_SUPPORTED)
+        check_declared_uids(declared.sop_class_uid, declared.sop_instance_uid)
 
     def _spooled(self) -> IO[bytes]:
+        """The spool, opened at the first byte past ``IN_MEMORY``: the archive's File Meta,
+        then the data set received so far (the sender's File Meta is not kept)."""
         if self._spool is None:
+            declared = self.declared
+            assert declared is not None  # the File Meta is read before anything is spooled
             self._spool_dir.mkdir(parents=True, exist_ok=True)
-            self._spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
-            self._spool.write(self._head)
+            self._spool, self._nameable = open_anonymous(self._spool_dir)
+            file_meta = encode_file_meta(declared.sop_class_uid, declared.sop_instance_uid,
+                                         declared.transfer_syntax_uid, "")
+            self._spool.write(file_meta)
+            self._dataset_start = len(file_meta)
+            with memoryview(self._head) as head:
+                self._spool.write(head[declared.dataset_offset:])
             self._head = bytearray()
         return self._spool
 
@@ -126,19 +146,32 @@ class ReceivedPart:
         self._spool.flush()
         self._map = mmap.mmap(self._spool.fileno(), 0, access=mmap.ACCESS_READ)
         with memoryview(self._map) as whole:
-            self._received = received_part10(whole, declared, spool=self)
+            # The spool's File Meta is the one received_part10 makes again from `declared`.
+            ours = dataclasses.replace(declared, dataset_offset=self._dataset_start)
+            self._received = received_part10(whole, ours, spool=self)
         return self._received
 
     def chunks(self) -> Iterator[bytes]:
-        """The spooled data set (after the sender's File Meta), read back piece by piece."""
-        assert self._spool is not None and self.declared is not None
-        self._spool.seek(self.declared.dataset_offset)
+        """The spooled data set (after the archive's File Meta), read back piece by piece."""
+        assert self._spool is not None
+        self._spool.seek(self._dataset_start)
         while chunk := self._spool.read(READ_CHUNK):
             yield chunk
 
-    def whole_file(self) -> None:
-        """Never: the spool holds the sender's File Meta, not the one the archive writes."""
-        return None
+    def whole_file(self) -> int | None:
+        """A descriptor of the spool file of its own (the caller closes it), where the file
+        store may name it: it holds exactly the object as kept (the archive's File Meta,
+        then the whole data set, the part ended and not refused) and can be named; else
+        None."""
+        spool, declared = self._spool, self.declared
+        if (not (self._nameable and self.ended) or spool is None or spool.closed
+                or declared is None or self.failure is not None or self._received is None):
+            return None
+        spool.flush()
+        fd = spool.fileno()
+        if os.fstat(fd).st_size != self._dataset_start + self.size - declared.dataset_offset:
+            return None
+        return os.dup(fd)
 
     def close(self) -> None:
         """Drop what is held (memory, map, spool file)."""
