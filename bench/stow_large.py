@@ -35,9 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.compare import tree_cpu_seconds
 from bench.large_objects import _family
 from tests.large_objects import write_large
-from tests.oidc_double import OidcIssuerDouble
-from tests.support import MimicProcess
-from tests.web_support import AUDIENCE, WebProcess
+from tests.web_support import AUDIENCE, serve_and_web
 
 MiB = 1 << 20
 BOUNDARY = "stow-large-bench"
@@ -71,11 +69,7 @@ def _send(url: str, token: str, path: Path, answers: dict[Path, int]) -> None:
 
 def one_round(work: Path, files: list[tuple[Path, str]]) -> dict[str, float]:
     """Fresh servers, every file sent at once; the figures of the sends."""
-    issuer = OidcIssuerDouble(work / "oidc").start()
-    server = MimicProcess(work / "data").start()
-    web = WebProcess(work / "data", issuer)
-    try:
-        web.start()
+    with serve_and_web(work) as (server, web, issuer):
         assert web.proc is not None
         token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
         pid = web.proc.pid
@@ -96,10 +90,6 @@ def one_round(work: Path, files: list[tuple[Path, str]]) -> dict[str, float]:
                 stored += 1
         return {"seconds": seconds, "cpu_s": cpu, "written_mib": written / MiB,
                 "stored": stored}
-    finally:
-        web.stop()
-        server.stop()
-        issuer.stop()
 
 
 def main() -> int:

@@ -9,11 +9,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, free_port, terminate
+from tests.support import HOST, MimicProcess, free_port, terminate
 
 AUDIENCE = "api://mimic"
 #: DICOMweb's rule: Radiologists search, retrieve and store; Clerks only search.
@@ -98,3 +99,20 @@ class WebProcess:
                 with contextlib.suppress(ValueError):
                     entries.append(json.loads(line))
         return entries
+
+
+@contextlib.contextmanager
+def serve_and_web(root: Path) -> Iterator[tuple[MimicProcess, WebProcess, OidcIssuerDouble]]:
+    """``mimic serve`` and ``mimic web`` on ``root/data`` (embedded), with an OIDC issuer
+    double for the bearer tokens; each must stop cleanly."""
+    issuer = OidcIssuerDouble(root / "oidc").start()
+    server = MimicProcess(root / "data").start()
+    web = WebProcess(root / "data", issuer)
+    try:
+        web.start()
+        yield server, web, issuer
+    finally:
+        web_code, server_code = web.stop(), server.stop()
+        issuer.stop()
+        assert web_code == 0, web.log()
+        assert server_code == 0, server.log()

@@ -2,7 +2,8 @@
 object was stored over DIMSE (pynetdicom to ``mimic serve``), each frame comes back as
 stored, and the process holds one verified copy of it (an anonymous file in the spool
 directory), not one per request (``web/dicomweb/kept_copies.py``; the store reads are counted
-in ``tests/unit/test_kept_copies.py``)."""
+in ``tests/unit/test_kept_copies.py``). And a client that leaves mid-answer: the object is let
+go of, and the transfer recorded failed, at once."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore
 
 from tests.large_objects import large_image
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, MimicProcess, associate, client_context
-from tests.web_support import AUDIENCE, WebProcess
+from tests.support import HOST, associate, client_context
+from tests.web_support import AUDIENCE, WebProcess, serve_and_web
 
 FRAMES = 'multipart/related; type="application/octet-stream"'
 
@@ -37,34 +41,36 @@ def _copies_held(pid: int, spool: Path) -> int:
     return held
 
 
-def test_frames_of_a_large_object_come_from_one_kept_copy(tmp_path: Path) -> None:
-    data, ds = large_image(512, 512, 24, ExplicitVRLittleEndian)  # 12 MiB: over 8 MiB
+@pytest.fixture
+def stored(tmp_path: Path) -> Iterator[tuple[WebProcess, OidcIssuerDouble, Dataset]]:
+    """``mimic serve`` and ``mimic web`` on one data directory, a 12 MiB object (over 8 MiB:
+    copied and kept for frames, streamed whole) stored over DIMSE."""
+    data, ds = large_image(512, 512, 24, ExplicitVRLittleEndian)
     path = tmp_path / "large.dcm"
     path.write_bytes(data)
-    issuer = OidcIssuerDouble(tmp_path / "oidc").start()
-    server = MimicProcess(tmp_path / "data").start()
-    web = WebProcess(tmp_path / "data", issuer)
-    try:
-        web.start()
+    with serve_and_web(tmp_path) as (server, web, issuer):
+        assert web.proc is not None
         assoc = associate(server.port, client_context(server.client_cert, server.client_key,
                                                       server.ca_cert),
                           contexts=[SecondaryCaptureImageStorage],
                           transfer_syntaxes=[ExplicitVRLittleEndian])
         assert assoc.send_c_store(path).Status == 0
         assoc.release()
-        client = web_client(web, issuer)
-        frame = 512 * 512 * 2
-        for number in (1, 24, 7, 2):
-            got = client.retrieve_instance_frames(
-                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
-                frame_numbers=[number], media_types=("application/octet-stream",))
-            assert got == [ds.PixelData[(number - 1) * frame:number * frame]]
-        assert web.proc is not None
-        assert _copies_held(web.proc.pid, tmp_path / "data" / "spool") == 1
-    finally:
-        assert web.stop() == 0, web.log()
-        assert server.stop() == 0, server.log()
-        issuer.stop()
+        yield web, issuer, ds
+
+
+def test_frames_of_a_large_object_come_from_one_kept_copy(
+        stored: tuple[WebProcess, OidcIssuerDouble, Dataset]) -> None:
+    web, issuer, ds = stored
+    client = web_client(web, issuer)
+    frame = 512 * 512 * 2
+    for number in (1, 24, 7, 2):
+        got = client.retrieve_instance_frames(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+            frame_numbers=[number], media_types=("application/octet-stream",))
+        assert got == [ds.PixelData[(number - 1) * frame:number * frame]]
+    assert web.proc is not None
+    assert _copies_held(web.proc.pid, web.data_dir / "spool") == 1
 
 
 def _objects_held(pid: int, data_dir: Path) -> int:
@@ -85,57 +91,42 @@ def _transfers_ended(data_dir: Path) -> list[dict[str, object]]:
     return [r for r in records if r.get("identity") == "DICOMweb"]
 
 
-def test_a_client_that_leaves_mid_answer_lets_go_of_the_object(tmp_path: Path) -> None:
+def test_a_client_that_leaves_mid_answer_lets_go_of_the_object(
+        stored: tuple[WebProcess, OidcIssuerDouble, Dataset]) -> None:
     """A streamed retrieve whose client closes its connection mid-answer: the object's
     descriptor is closed and the transfer's audit record says it failed, as the answer ends,
     not when the web process's garbage collector next runs (closing_stream.py)."""
-    data, ds = large_image(512, 512, 24, ExplicitVRLittleEndian)  # 12 MiB, streamed
-    path = tmp_path / "large.dcm"
-    path.write_bytes(data)
-    issuer = OidcIssuerDouble(tmp_path / "oidc").start()
-    server = MimicProcess(tmp_path / "data").start()
-    web = WebProcess(tmp_path / "data", issuer)
-    try:
-        web.start()
-        assert web.proc is not None
-        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
-                                                      server.ca_cert),
-                          contexts=[SecondaryCaptureImageStorage],
-                          transfer_syntaxes=[ExplicitVRLittleEndian])
-        assert assoc.send_c_store(path).Status == 0
-        assoc.release()
-        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
-        target = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                  f"/instances/{ds.SOPInstanceUID}")
-        with socket.create_connection((HOST, web.port)) as client:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            client.sendall((f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n"
-                            f"Authorization: Bearer {token}\r\n"
-                            'Accept: multipart/related; type="application/dicom"\r\n'
-                            "\r\n").encode())
-            head = client.recv(4096)
-            assert head.startswith(b"HTTP/1.1 200"), head[:200]
-            deadline = time.monotonic() + 30
-            while _objects_held(web.proc.pid, tmp_path / "data") == 0:
-                assert time.monotonic() < deadline, "the answer never opened the object"
-                time.sleep(0.05)
-            # Leave mid-answer: at most a few MiB of the 12 were in the buffers.
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-        deadline = time.monotonic() + 10
-        while _objects_held(web.proc.pid, tmp_path / "data"):
-            assert time.monotonic() < deadline, "the object is still held after 10 s"
-            time.sleep(0.1)
-        # The generator's finally records the end just after the object's file closes.
-        while not (ended := _transfers_ended(tmp_path / "data")):
-            assert time.monotonic() < deadline + 10, "no Instances Transferred recorded"
-            time.sleep(0.2)
-        # Minor failure (4): the one instance asked for was not sent whole.
-        assert [(r["outcome"], r["xml"].count("instances=0; failed=1")) for r in ended] == [
-            (4, 1)]
-    finally:
-        assert web.stop() == 0, web.log()
-        assert server.stop() == 0, server.log()
-        issuer.stop()
+    web, issuer, ds = stored
+    assert web.proc is not None
+    data_dir = web.data_dir
+    token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+    target = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+              f"/instances/{ds.SOPInstanceUID}")
+    with socket.create_connection((HOST, web.port)) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall((f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n"
+                        f"Authorization: Bearer {token}\r\n"
+                        'Accept: multipart/related; type="application/dicom"\r\n'
+                        "\r\n").encode())
+        head = client.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        deadline = time.monotonic() + 30
+        while _objects_held(web.proc.pid, data_dir) == 0:
+            assert time.monotonic() < deadline, "the answer never opened the object"
+            time.sleep(0.05)
+        # Leave mid-answer: at most a few MiB of the 12 were in the buffers.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    deadline = time.monotonic() + 10
+    while _objects_held(web.proc.pid, data_dir):
+        assert time.monotonic() < deadline, "the object is still held after 10 s"
+        time.sleep(0.1)
+    # The generator's finally records the end just after the object's file closes.
+    while not (ended := _transfers_ended(data_dir)):
+        assert time.monotonic() < deadline + 10, "no Instances Transferred recorded"
+        time.sleep(0.2)
+    # Minor failure (4): the one instance asked for was not sent whole.
+    assert [(r["outcome"], r["xml"].count("instances=0; failed=1")) for r in ended] == [
+        (4, 1)]
 
 
 def web_client(web: WebProcess, issuer: OidcIssuerDouble):  # type: ignore[no-untyped-def]
