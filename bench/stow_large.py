@@ -5,10 +5,11 @@ starts ``mimic serve`` and ``mimic web`` (embedded SQLite + file store, bearer t
 OIDC issuer double) on a fresh data directory, and sends them all at once, one STOW-RS
 request each, the body streamed in 1 MiB pieces (chunked). Every object must be answered
 stored and indexed with its size. Measured over the sends: the wall time, the CPU seconds of
-the web process and its workers, and the bytes they wrote (``write_bytes`` of
-``/proc/<pid>/io``: the bytes they sent, or dirtied for, the storage layer). A part past
-8 MiB is spooled as it arrives; the file store names the spool file (one write of the
-object) where it can, else copies it (two).
+the web process and its workers, the bytes they wrote (``write_bytes`` of
+``/proc/<pid>/io``: the bytes they sent, or dirtied for, the storage layer) and their peak
+memory (sampled as ``bench/large_objects.py`` samples the DICOM server's: shared pages
+once). A part past 8 MiB is spooled as it arrives; the file store names the spool file (one
+write of the object) where it can, else copies it (two).
 
     .venv/bin/python bench/stow_large.py [--size-mib 1024] [--count 4] [--rounds 1]
 
@@ -33,7 +34,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.compare import tree_cpu_seconds
-from bench.large_objects import _family
+from bench.large_objects import PeakMemory, _family
 from tests.large_objects import write_large
 from tests.web_support import AUDIENCE, serve_and_web
 
@@ -77,10 +78,11 @@ def one_round(work: Path, files: list[tuple[Path, str]]) -> dict[str, float]:
         threads = [threading.Thread(target=_send, args=(web.url, token, path, answers))
                    for path, _ in files]
         cpu, written, start = tree_cpu_seconds(pid), written_bytes(pid), time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with PeakMemory(pid) as memory:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         seconds = time.monotonic() - start
         cpu, written = tree_cpu_seconds(pid) - cpu, written_bytes(pid) - written
         stored = 0
@@ -89,7 +91,7 @@ def one_round(work: Path, files: list[tuple[Path, str]]) -> dict[str, float]:
                     path.stat().st_size - 4096):
                 stored += 1
         return {"seconds": seconds, "cpu_s": cpu, "written_mib": written / MiB,
-                "stored": stored}
+                "stored": stored, "peak_mb": memory.peak.unique / 1e6}
 
 
 def main() -> int:
@@ -112,7 +114,8 @@ def main() -> int:
             rounds.append(figures)
             print(f"round {number + 1}: stored {figures['stored']}/{args.count} objects of "
                   f"{args.size_mib} MiB in {figures['seconds']:.2f} s; mimic web's CPU "
-                  f"{figures['cpu_s']:.2f} s, written {figures['written_mib']:.0f} MiB",
+                  f"{figures['cpu_s']:.2f} s, written {figures['written_mib']:.0f} MiB, peak "
+                  f"memory {figures['peak_mb']:.0f} MB",
                   flush=True)
     if args.rounds > 1:
         print("medians: " + ", ".join(

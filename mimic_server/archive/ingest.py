@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydicom.uid import UID
 
@@ -62,7 +62,9 @@ def _sha256(file_meta: bytes, dataset: memoryview) -> str:
 
 
 class Spool(Protocol):
-    """Where a large data set was written as it arrived; read back piece by piece."""
+    """Where a large data set was written as it arrived; read back piece by piece. (A spool
+    whose data set was not hashed as it arrived also has ``sha256(file_meta) -> str``, read
+    from the file: :meth:`ReceivedObject.digest`.)"""
 
     def chunks(self) -> Iterator[bytes]: ...
 
@@ -130,9 +132,15 @@ class ReceivedObject:
         return cls(file_meta, dataset, str(syntax), header, sha256, spool)
 
     def digest(self) -> str:
-        """:attr:`sha256`, taken now if it was left for later."""
+        """:attr:`sha256`, taken now if it was left for later: read from the spool where it
+        can read itself (``sha256(file_meta)``: a STOW-RS part's), not through the map the
+        header was parsed from, whose every page would otherwise stay in the process's RSS
+        until the map is closed (4 GB with four 1 GiB parts at once)."""
         if self.sha256 is not None:
             return self.sha256
+        read_digest = getattr(self.spool, "sha256", None)
+        if read_digest is not None:
+            return cast(str, read_digest(self.file_meta))
         return _sha256(self.file_meta, self.dataset)
 
     @classmethod

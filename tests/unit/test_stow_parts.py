@@ -23,6 +23,7 @@ from mimic_server.web.dicomweb.multipart import (
 )
 from mimic_server.web.dicomweb.stow_part import ReceivedPart
 from tests.data import ct_small, storable_files
+from tests.large_objects import write_large
 
 BOUNDARY = "0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"
 
@@ -335,3 +336,25 @@ def test_invalid_declared_uids_are_refused_at_the_file_meta(tmp_path: Path) -> N
     with pytest.raises(DicomStatusError) as refused:
         part.received()
     assert refused.value.status == 0xC002
+
+
+def _file_pages_mapped() -> int:
+    """Bytes of files mapped into this process and resident (``RssFile``)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_spooled_part_is_hashed_without_mapping_its_pages(tmp_path: Path) -> None:
+    """Its header is parsed through a map of the spool (only the header's pages), and its
+    SHA-256 read from the file: through the map, every page of the object would count in
+    the process's RSS while the part is kept (four 1 GiB parts at once: 4 GB)."""
+    path = tmp_path / "large.dcm"
+    write_large(path, 48 << 20)
+    part = _fed(path.read_bytes(), tmp_path, in_memory=1024, chunk=1 << 20)
+    received = part.received()
+    before = _file_pages_mapped()
+    digest = received.digest()
+    assert _file_pages_mapped() - before < 8 << 20
+    assert digest == hashlib.sha256(b"".join(bytes(c) for c in received.chunks)).hexdigest()
+    part.close()
