@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 
 from mimic_server.web.dicomweb.closing_stream import Body, ClosingStreamingResponse
@@ -112,3 +113,72 @@ def test_a_generator_that_fails_mid_answer_is_closed(
             pass
     assert state.closed.wait(5)
     assert state.pieces_sent == 3
+
+
+_SCOPE = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+class _Ended(Served):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unstarted_in: str | None = None
+
+    def unstarted(self) -> None:
+        self.unstarted_in = threading.current_thread().name
+
+
+def test_an_answer_whose_client_left_before_its_start_runs_unstarted() -> None:
+    """The generator never started (the send of the answer's start failed: the client left
+    while the route verified the object): what the route began is ended by ``unstarted``,
+    in a worker thread."""
+    state = _Ended()
+
+    async def send(message: dict[str, object]) -> None:
+        raise OSError("the client is gone")  # an ASGI 2.4 server's send after a disconnect
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def main() -> str:
+        response = ClosingStreamingResponse(state.body(10, None), "application/octet-stream",
+                                            unstarted=state.unstarted)
+        with pytest.raises(ClientDisconnect):
+            await response({**_SCOPE, "asgi": {"spec_version": "2.4"}}, receive, send)
+        return threading.current_thread().name
+
+    loop_thread = anyio.run(main)
+    assert state.pieces_sent == 0 and not state.closed.is_set()  # its finally never ran
+    assert state.unstarted_in not in (None, loop_thread)
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_an_answer_cancelled_by_its_scope_closes_the_generator(spec: str) -> None:
+    """A timeout or a task group around the app cancels the answer mid-way: the clean-up is
+    shielded, and the generator still closed in a worker thread."""
+    state = Served()
+    started = anyio.Event()
+
+    async def send(message: dict[str, object]) -> None:
+        if message.get("body"):
+            started.set()
+            await anyio.sleep_forever()  # a client that stopped reading
+
+    async def receive() -> dict[str, object]:
+        await anyio.sleep_forever()
+        return {}
+
+    async def main() -> str:
+        response = ClosingStreamingResponse(state.body(10, None), "application/octet-stream")
+        with anyio.move_on_after(0.5):
+            await response({**_SCOPE, "asgi": {"spec_version": spec}}, receive, send)
+        return threading.current_thread().name
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loop_thread = anyio.run(main)
+        assert state.closed.wait(5) and 0 < state.pieces_sent < 10
+        assert state.closed_in not in (None, loop_thread)
+    finally:
+        if enabled:
+            gc.enable()

@@ -10,12 +10,15 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from mimic_server.index.repository import SqlIndex
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.audit_records import Archive
 from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.web.dicomweb.stow_part import ReceivedPart
 from tests.data import ct_small
+from tests.large_objects import write_large
 from tests.unit.test_stow_audit import _request
 
 
@@ -28,11 +31,19 @@ def _fed(data: bytes, spool: Path, in_memory: int) -> ReceivedPart:
     return part
 
 
-def test_a_spooled_part_is_named_into_the_file_store(index: SqlIndex, tmp_path: Path) -> None:
+@pytest.mark.parametrize("large", [False, True], ids=["ct-small", "hashed-beside-the-put"])
+def test_a_spooled_part_is_named_into_the_file_store(index: SqlIndex, tmp_path: Path,
+                                                    large: bool) -> None:
+    """A CT slice (hashed as it is parsed) and a 2 MiB object (over ``HASH_BESIDE_PUT``:
+    hashed from its spool file beside the put that names it)."""
     store = FilesystemStore(tmp_path / "objects", spare_files=0)
     request = _request(index, AuditLog(None, archive=Archive("MIMIC")), store,  # type: ignore[arg-type]
                        tmp_path)
-    data = ct_small().read_bytes()
+    if large:
+        write_large(tmp_path / "large.dcm", 2 << 20)
+        data = (tmp_path / "large.dcm").read_bytes()
+    else:
+        data = ct_small().read_bytes()
     spooled = _fed(data, tmp_path / "spool", in_memory=1024)
     inode = os.fstat(spooled._spool.fileno()).st_ino  # type: ignore[union-attr]
     request.keep(spooled)

@@ -8,15 +8,21 @@ failed) then waits for the cyclic garbage collector, which may not run for minut
 quiet server, and runs in whatever thread triggers the collection, the event loop's
 included. Measured with uvicorn (h11 and httptools): not closed 3 s after the client
 closed; closed by ``gc.collect()``. Here it is closed in a worker thread as the answer ends,
-whether it ended, failed, or the client left.
+whether it ended, failed, or the client left, also inside a cancelled scope (a timeout, a
+task group around the app): the clean-up is shielded.
+
+A generator that never started (the client left before the first piece, while the object was
+being verified) has no ``finally`` to run: ``unstarted`` is run instead, for what the route
+opened or began before returning the answer (an open file, a Begin Transferring record).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
+import anyio
 import anyio.to_thread
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -27,20 +33,35 @@ Body = Generator["bytes | memoryview", None, None]
 class ClosingStreamingResponse(StreamingResponse):
     """A :class:`StreamingResponse` of a generator, closed when the response ends."""
 
-    def __init__(self, body: Body, media_type: str) -> None:
+    def __init__(self, body: Body, media_type: str,
+                 unstarted: Callable[[], None] | None = None) -> None:
         super().__init__(body, media_type=media_type)
         self._body: Body | None = body
+        self._unstarted = unstarted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             body, self._body = self._body, None
-            if body is not None and inspect.getgeneratorstate(body) != inspect.GEN_CLOSED:
-                # The thread-pool wrapper first: it holds the generator, suspended at its
-                # last yield (no next() is running: Starlette's thread hops are not
-                # abandoned on cancellation). A finally may block (an audit record): in a
-                # worker thread, not the event loop's.
-                with contextlib.suppress(RuntimeError):  # already closing
-                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
-                await anyio.to_thread.run_sync(body.close)
+            if body is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._close(body)
+
+    async def _close(self, body: Body) -> None:
+        state = inspect.getgeneratorstate(body)
+        if state == inspect.GEN_CLOSED:
+            return
+        # The thread-pool wrapper first: it holds the generator, suspended at its last
+        # yield (no next() is running: Starlette's thread hops are not abandoned on
+        # cancellation).
+        with contextlib.suppress(RuntimeError):  # already closing
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        # What runs may block (an audit record, a file closed): in a worker thread, not the
+        # event loop's.
+        if state == inspect.GEN_CREATED:
+            body.close()  # nothing of it ran
+            if self._unstarted is not None:
+                await anyio.to_thread.run_sync(self._unstarted)
+            return
+        await anyio.to_thread.run_sync(body.close)

@@ -78,6 +78,11 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         parts.append(part)
         return part
 
+    async def keep_first() -> None:
+        await anyio.to_thread.run_sync(stow.keep, parts[0])
+        # Taken off after: cancelled before its thread ran, the part is still closed below.
+        parts.pop(0)
+
     splitter: MultipartSplitter | None = None
     try:
         try:
@@ -85,13 +90,13 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
             async for chunk in request.stream():
                 splitter.feed(chunk)
                 while parts and parts[0].ended:
-                    await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
+                    await keep_first()
             splitter.close()
         except MalformedMultipart as exc:
             log.warning("STOW-RS body refused", extra={"reason": str(exc)})
             malformed = True
         while parts and parts[0].ended:
-            await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
+            await keep_first()
         if splitter is None or splitter.parts == 0:
             malformed = True  # RFC 2046: at least one body part
     except ClientDisconnect:

@@ -151,7 +151,12 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
                 audit.failed_one()
             audit.end(completed)
 
-    return ClosingStreamingResponse(body(), media_type=media_type)
+    def never_sent() -> None:  # the client left before the first byte: none was sent
+        for _ in refs:
+            audit.failed_one()
+        audit.end(completed=False)
+
+    return ClosingStreamingResponse(body(), media_type=media_type, unstarted=never_sent)
 
 
 def _in_syntax(obj: VerifiedObject, wanted: str | None) -> bool:
@@ -485,7 +490,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                 yield piece
             yield b"\r\n" + multipart.closing(boundary)
 
-    return ClosingStreamingResponse(body(), media_type=media_type)
+    return ClosingStreamingResponse(body(), media_type=media_type, unstarted=source.close)
 
 
 def _value_of(
