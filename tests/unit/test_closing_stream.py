@@ -4,6 +4,7 @@ failing (``web/dicomweb/closing_stream.py``). Real uvicorn on loopback, as ``mim
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import threading
@@ -182,3 +183,45 @@ def test_an_answer_cancelled_by_its_scope_closes_the_generator(spec: str) -> Non
     finally:
         if enabled:
             gc.enable()
+
+
+def test_a_native_cancellation_mid_read_waits_for_the_read_then_closes() -> None:
+    """uvicorn cancels the requests left at the end of its graceful shutdown with
+    ``task.cancel()``, which abandons the worker thread of a ``next()`` still reading: the
+    clean-up waits for that read, then closes the generator (before: "generator already
+    executing", and the generator left to the collector)."""
+    release = threading.Event()
+    closed_in: list[str] = []
+
+    def body() -> Body:
+        try:
+            yield b"first"
+            release.wait(10)  # a slow read from the store
+            yield b"second"
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    async def main() -> str:
+        response = ClosingStreamingResponse(body(), "application/octet-stream")
+        first_sent = asyncio.Event()
+
+        async def send(message: dict[str, object]) -> None:
+            if message.get("body") == b"first":
+                first_sent.set()
+
+        async def receive() -> dict[str, object]:
+            await asyncio.sleep(3600)
+            return {}
+
+        task = asyncio.ensure_future(
+            response({**_SCOPE, "asgi": {"spec_version": "2.4"}}, receive, send))
+        await first_sent.wait()
+        await asyncio.sleep(0.2)  # the second next() is now waiting in its thread
+        task.cancel()
+        threading.Timer(0.3, release.set).start()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert len(closed_in) == 1 and closed_in[0] != loop_thread

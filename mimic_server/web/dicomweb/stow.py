@@ -79,9 +79,11 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         return part
 
     async def keep_first() -> None:
-        await anyio.to_thread.run_sync(stow.keep, parts[0])
-        # Taken off after: cancelled before its thread ran, the part is still closed below.
-        parts.pop(0)
+        # Taken off the list first: under a native cancellation (uvicorn's shutdown) the
+        # thread that runs keep is abandoned, not waited for, and the finally below must not
+        # close a part keep is still reading. Cancelled before keep ran, the part is closed
+        # as its last reference goes.
+        await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
 
     splitter: MultipartSplitter | None = None
     try:
