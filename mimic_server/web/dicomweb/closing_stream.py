@@ -31,8 +31,9 @@ from starlette.types import Receive, Scope, Send
 Body = Generator["bytes | memoryview", None, None]
 log = logging.getLogger(__name__)
 
-#: How long the clean-up waits for a read of the answer still running (seconds).
-RUNNING_NEXT_WAIT = 30.0
+#: How long the clean-up waits for a read of the answer still running (seconds): a piece
+#: of an object is read in milliseconds; a shutdown must not wait long for one that hangs.
+RUNNING_NEXT_WAIT = 5.0
 
 
 class ClosingStreamingResponse(StreamingResponse):
