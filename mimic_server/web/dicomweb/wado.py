@@ -465,8 +465,6 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         source.close()
         audit.end()
         raise WebError(404, "no such bulk data element in this instance")
-    audit.sent_one(ref)
-    audit.end()
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, OCTET_STREAM)
     if isinstance(found, bytes) or found[1] <= WHOLE_ANSWER_BYTES:
@@ -476,21 +474,39 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
             else:
                 source.seek(found[0])
                 data = source.read(found[1])
+        audit.sent_one(ref)
+        audit.end()
         return Response(b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)])),
                         media_type=media_type)
     start, length = found
 
     def body() -> Body:
-        with source:
-            yield multipart.part_head(boundary, OCTET_STREAM)
-            source.seek(start)
-            left = length
-            while left and (piece := source.read(min(CHUNK, left))):
-                left -= len(piece)
-                yield piece
-            yield b"\r\n" + multipart.closing(boundary)
+        completed = False
+        try:
+            with source:
+                yield multipart.part_head(boundary, OCTET_STREAM)
+                source.seek(start)
+                left = length
+                while left and (piece := source.read(min(CHUNK, left))):
+                    left -= len(piece)
+                    yield piece
+                yield b"\r\n" + multipart.closing(boundary)
+            completed = not left
+        finally:  # sent whole, or cut off (the client left, the store failed)
+            ended(completed)
 
-    return ClosingStreamingResponse(body(), media_type=media_type, unstarted=source.close)
+    def ended(completed: bool) -> None:
+        if completed:
+            audit.sent_one(ref)
+        else:
+            audit.failed_one()
+        audit.end(completed)
+
+    def never_sent() -> None:  # the client left before the first byte
+        source.close()
+        ended(False)
+
+    return ClosingStreamingResponse(body(), media_type=media_type, unstarted=never_sent)
 
 
 def _value_of(
