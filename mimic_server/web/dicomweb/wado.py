@@ -467,15 +467,26 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         raise WebError(404, "no such bulk data element in this instance")
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, OCTET_STREAM)
+
+    def ended(completed: bool) -> None:
+        if completed:
+            audit.sent_one(ref)
+        else:
+            audit.failed_one()
+        audit.end(completed)
+
     if isinstance(found, bytes) or found[1] <= WHOLE_ANSWER_BYTES:
-        with source:
-            if isinstance(found, bytes):
-                data = found
-            else:
-                source.seek(found[0])
-                data = source.read(found[1])
-        audit.sent_one(ref)
-        audit.end()
+        try:
+            with source:
+                if isinstance(found, bytes):
+                    data = found
+                else:
+                    source.seek(found[0])
+                    data = source.read(found[1])
+        except BaseException:
+            ended(False)
+            raise
+        ended(True)
         return Response(b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)])),
                         media_type=media_type)
     start, length = found
@@ -494,13 +505,6 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
             completed = not left
         finally:  # sent whole, or cut off (the client left, the store failed)
             ended(completed)
-
-    def ended(completed: bool) -> None:
-        if completed:
-            audit.sent_one(ref)
-        else:
-            audit.failed_one()
-        audit.end(completed)
 
     def never_sent() -> None:  # the client left before the first byte
         source.close()
