@@ -42,9 +42,10 @@ class _NoAuditSink:
 
 
 def web_context(store: Any, finder: InstanceFinder, spool_dir: Path,
-                copies: KeptCopies | None = None) -> DicomWebContext:
-    """Everything granted (``auth="none"``), audit records dropped."""
+                copies: KeptCopies | None = None,
+                audit: AuditLog | None = None) -> DicomWebContext:
+    """Everything granted (``auth="none"``), audit records dropped unless ``audit``."""
     return DicomWebContext(
         finder=finder, store=store, policy=Policy("MIMIC"),  # type: ignore[arg-type]
-        audit=AuditLog(None, sinks=[_NoAuditSink()]), tokens=None, auth="none",
+        audit=audit or AuditLog(None, sinks=[_NoAuditSink()]), tokens=None, auth="none",
         ingest=SimpleNamespace(spool_dir=spool_dir), copies=copies)

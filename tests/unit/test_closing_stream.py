@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -19,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 
 from mimic_server.web.dicomweb.closing_stream import Body, ClosingStreamingResponse
+from mimic_server.web.server import uvicorn_options
 from tests.support import HOST, free_port
 
 PIECE = b"x" * 65536
@@ -185,13 +187,16 @@ def test_an_answer_cancelled_by_its_scope_closes_the_generator(spec: str) -> Non
             gc.enable()
 
 
-def test_a_native_cancellation_mid_read_waits_for_the_read_then_closes() -> None:
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_native_cancellation_mid_read_waits_for_the_read_then_closes(cancels: int) -> None:
     """uvicorn cancels the requests left at the end of its graceful shutdown with
-    ``task.cancel()``, which abandons the worker thread of a ``next()`` still reading: the
-    clean-up waits for that read, then closes the generator (before: "generator already
-    executing", and the generator left to the collector)."""
+    ``task.cancel()``, which abandons the worker thread of a ``next()`` still reading, and
+    its loop's end cancels them once more: the clean-up waits for that read, then closes the
+    generator (before: "generator already executing", and the generator left to the
+    collector)."""
     release = threading.Event()
     closed_in: list[str] = []
+    closed = threading.Event()
 
     def body() -> Body:
         try:
@@ -200,6 +205,7 @@ def test_a_native_cancellation_mid_read_waits_for_the_read_then_closes() -> None
             yield b"second"
         finally:
             closed_in.append(threading.current_thread().name)
+            closed.set()
 
     async def main() -> str:
         response = ClosingStreamingResponse(body(), "application/octet-stream")
@@ -218,10 +224,68 @@ def test_a_native_cancellation_mid_read_waits_for_the_read_then_closes() -> None
         await first_sent.wait()
         await asyncio.sleep(0.2)  # the second next() is now waiting in its thread
         task.cancel()
+        if cancels == 2:
+            await asyncio.sleep(0.05)  # the clean-up has begun
+            task.cancel()
         threading.Timer(0.3, release.set).start()
         with pytest.raises(asyncio.CancelledError):
             await task
         return threading.current_thread().name
 
     loop_thread = asyncio.run(main())
+    assert closed.wait(5)
     assert len(closed_in) == 1 and closed_in[0] != loop_thread
+
+
+def test_a_read_in_flight_at_shutdown_is_closed_once_it_returns() -> None:
+    """``mimic web``'s uvicorn (its own options: a 2 s graceful shutdown) asked to stop while
+    a piece of an answer is being read for longer than that, the server speaking ASGI 2.4 (a
+    failed send raises): uvicorn cancels the request's task, and its loop's end cancels it
+    again. The generator is still closed, off the event loop, once the read returns."""
+    release_after = 3.0
+    closed_in: list[str] = []
+    closed = threading.Event()
+
+    def body() -> Body:
+        try:
+            yield b"first"
+            time.sleep(release_after)  # a slow read from the store
+            yield b"second"
+        finally:
+            closed_in.append(threading.current_thread().name)
+            closed.set()
+
+    async def route(request: Request) -> ClosingStreamingResponse:
+        return ClosingStreamingResponse(body(), "application/octet-stream")
+
+    app = Starlette(routes=[Route("/", route)])
+
+    async def asgi_2_4(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.4"}}
+        await app(scope, receive, send)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi_2_4, host=HOST, port=port,
+                                           **uvicorn_options()))
+    loop_thread = threading.Thread(target=server.run, name="test-event-loop", daemon=True)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loop_thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and loop_thread.is_alive()
+            time.sleep(0.02)
+        with _request(port, "") as client:
+            client.recv(4096)
+            time.sleep(0.2)  # the second piece is being read
+            server.should_exit = True
+            loop_thread.join(15)
+            assert not loop_thread.is_alive()
+            assert closed.wait(release_after + 5), "left to the collector"
+        assert closed_in and closed_in[0] != loop_thread.name
+    finally:
+        server.should_exit = True
+        if enabled:
+            gc.enable()

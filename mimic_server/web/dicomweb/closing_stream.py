@@ -9,7 +9,8 @@ quiet server, and runs in whatever thread triggers the collection, the event loo
 included. Measured with uvicorn (h11 and httptools): not closed 3 s after the client
 closed; closed by ``gc.collect()``. Here it is closed in a worker thread as the answer ends,
 whether it ended, failed, or the client left, also inside a cancelled scope (a timeout, a
-task group around the app): the clean-up is shielded.
+task group around the app) and under uvicorn's own cancellation at shutdown: the clean-up
+runs in a helper thread of its own, which no cancellation stops.
 
 A generator that never started (the client left before the first piece, while the object was
 being verified) has no ``finally`` to run: ``unstarted`` is run instead, for what the route
@@ -21,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Callable, Generator
 
 import anyio
-import anyio.to_thread
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from mimic_server.archive.helper_threads import HelperThreads
 
 Body = Generator["bytes | memoryview", None, None]
 log = logging.getLogger(__name__)
@@ -55,30 +58,45 @@ class ClosingStreamingResponse(StreamingResponse):
                     await self._close(body)
 
     async def _close(self, body: Body) -> None:
-        # The thread-pool wrapper first: it holds the generator, suspended at its last yield.
+        # The thread-pool wrapper first: it holds the generator, suspended at its last yield
+        # (this awaits nothing: a generator suspended at a yield just ends).
         with contextlib.suppress(RuntimeError):  # already closing
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-        # A native cancellation (uvicorn's at the end of its graceful shutdown) abandons the
-        # worker thread of a next() still running: it is waited for, then closed.
-        deadline = anyio.current_time() + RUNNING_NEXT_WAIT
-        while (inspect.getgeneratorstate(body) == inspect.GEN_RUNNING
-               and anyio.current_time() < deadline):
+        if inspect.getgeneratorstate(body) == inspect.GEN_CLOSED:
+            return  # the usual end: read to its end, or failed
+        # Handed to a helper thread, not awaited in a worker thread of anyio's: uvicorn's
+        # shutdown cancels the request's task natively (once at the end of its graceful
+        # shutdown, once more as its loop ends), which no shielded scope stops, and a
+        # cancelled hand-off to anyio's worker is skipped. Awaited while it may be.
+        done = _CLOSERS.submit(_finish, body, self._unstarted)
+        while not done.done():
             await anyio.sleep(0.01)
+
+
+#: The threads that finish answers (a few at once at most; they end when idle).
+_CLOSERS = HelperThreads("mimic-answer-close")
+
+
+def _finish(body: Body, unstarted: Callable[[], None] | None) -> None:
+    """Close ``body``, or run ``unstarted`` if nothing of it ran. A ``next()`` still running
+    (its worker thread abandoned by a native cancellation) is waited for first, up to
+    :data:`RUNNING_NEXT_WAIT`: closing a running generator raises, and leaves it to the
+    collector."""
+    deadline = time.monotonic() + RUNNING_NEXT_WAIT
+    while True:
         state = inspect.getgeneratorstate(body)
         if state == inspect.GEN_CLOSED:
             return
-        # What runs may block (an audit record, a file closed): in a worker thread, not the
-        # event loop's.
-        if state == inspect.GEN_CREATED:
-            body.close()  # nothing of it ran
-            if self._unstarted is not None:
-                await anyio.to_thread.run_sync(self._unstarted)
+        if state != inspect.GEN_RUNNING:
+            try:
+                body.close()
+            except ValueError:  # a next() began meanwhile: wait for it
+                pass
+            else:
+                if state == inspect.GEN_CREATED and unstarted is not None:
+                    unstarted()  # nothing of it ran, its finally included
+                return
+        if time.monotonic() > deadline:
+            log.warning("a streamed answer could not be closed: its read is still running")
             return
-        await anyio.to_thread.run_sync(_close_quietly, body)
-
-
-def _close_quietly(body: Body) -> None:
-    try:
-        body.close()
-    except ValueError:  # still running past RUNNING_NEXT_WAIT: left to the collector
-        log.warning("a streamed answer could not be closed: its read is still running")
+        time.sleep(0.01)

@@ -449,22 +449,21 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         raise WebError(400, "a bulk data tag is eight hex digits") from None
     ref = instances(ctx, study, series, instance)[0]
     audit = TransferAudit(ctx, session, "bulkdata")
-    audit.begin([ref])
     source: BinaryIO | None = None
     try:
         source, ref = seekable(ctx, ref)
         found = _value_of(header_of(source), source, tag)
-    except BaseException as exc:
+    except BaseException:  # read, but not sent: a failed transfer (as a single instance's)
         if source is not None:
             source.close()
-        if isinstance(exc, WebError):
-            audit.failed_one()
-            audit.end(completed=False)
+        audit.failed_one()
+        audit.end(completed=False)
         raise
-    if found is None:
+    if found is None:  # nothing to transfer: nothing recorded
         source.close()
-        audit.end()
         raise WebError(404, "no such bulk data element in this instance")
+    # Begun once there is a value to send, as a single instance's transfer once it verified.
+    audit.begin([ref])
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, OCTET_STREAM)
 
@@ -483,6 +482,8 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                 else:
                     source.seek(found[0])
                     data = source.read(found[1])
+                    if len(data) != found[1]:
+                        raise OSError("the stored value is shorter than its length")
         except BaseException:
             ended(False)
             raise
@@ -501,8 +502,10 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                 while left and (piece := source.read(min(CHUNK, left))):
                     left -= len(piece)
                     yield piece
+                if left:  # never a well-formed answer of a value cut short: the answer breaks
+                    raise OSError("the stored value is shorter than its length")
                 yield b"\r\n" + multipart.closing(boundary)
-            completed = not left
+            completed = True
         finally:  # sent whole, or cut off (the client left, the store failed)
             ended(completed)
 
