@@ -5,8 +5,12 @@ failing (``web/dicomweb/closing_stream.py``). Real uvicorn on loopback, as ``mim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -289,3 +293,105 @@ def test_a_read_in_flight_at_shutdown_is_closed_once_it_returns() -> None:
         server.should_exit = True
         if enabled:
             gc.enable()
+
+
+def test_a_step_racing_the_finish_runs_the_finally_or_unstarted_never_both() -> None:
+    """Whether a step began is decided under the same lock as the closing: a ``next()``
+    that an abandoned worker thread makes just as the answer is finished either runs (and
+    the generator's finally follows) or is refused (and ``unstarted`` runs), each time."""
+    from mimic_server.web.dicomweb.closing_stream import _Steps
+
+    for _ in range(300):
+        ran = _race_once(_Steps)
+        assert ran in (["finally"], ["unstarted"]), ran
+
+
+def _race_once(steps_of: Any) -> list[str]:
+    ran: list[str] = []
+
+    def body() -> Body:
+        try:
+            yield b"head"
+        finally:
+            ran.append("finally")
+
+    steps = steps_of(body())
+    go = threading.Barrier(2)
+
+    def step() -> None:
+        go.wait()
+        with contextlib.suppress(StopIteration):
+            next(steps)
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    go.wait()
+    steps.finish(lambda: ran.append("unstarted"))
+    worker.join()
+    return ran
+
+
+def test_a_clean_up_that_fails_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An ``unstarted`` (or a generator's finally) that raises in the helper thread is said
+    at ERROR, its type only, not lost with the thread's future."""
+    state = _Ended()
+
+    def failing() -> None:
+        raise OSError("the audit trail is down")
+
+    async def send(message: dict[str, object]) -> None:
+        raise OSError("the client is gone")
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def main() -> None:
+        response = ClosingStreamingResponse(state.body(10, None), "application/octet-stream",
+                                            unstarted=failing)
+        with pytest.raises(ClientDisconnect):
+            await response({**_SCOPE, "asgi": {"spec_version": "2.4"}}, receive, send)
+
+    with caplog.at_level(logging.ERROR, logger="mimic_server.web.dicomweb.closing_stream"):
+        anyio.run(main)
+    [said] = [r for r in caplog.records if "clean-up failed" in r.getMessage()]
+    assert said.levelno == logging.ERROR and said.error == "OSError"  # type: ignore[attr-defined]
+    assert "audit trail is down" not in caplog.text
+
+
+_AT_EXIT = """
+import asyncio, sys, time
+from mimic_server.web.dicomweb.closing_stream import ClosingStreamingResponse
+def body():
+    try:
+        yield b"a"
+        time.sleep(0.5)  # a slow read in flight at shutdown
+        yield b"b"
+    finally:
+        time.sleep(0.1)  # the finally's own work (an audit record)
+        print("finally done", flush=True)
+async def main():
+    async def send(message): pass
+    async def receive(): await asyncio.sleep(3600)
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [],
+             "asgi": {"spec_version": "2.4"}}
+    task = asyncio.create_task(ClosingStreamingResponse(body(), "x/y")(scope, receive, send))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()  # uvicorn's two cancellations; then the process ends
+    try:
+        await task
+    except BaseException:
+        pass
+asyncio.run(main())
+print("exiting", flush=True)
+"""
+
+
+def test_the_process_waits_at_exit_for_an_answer_being_finished() -> None:
+    """The helper threads are daemons, which the interpreter stops at exit wherever they
+    are: the process waits for the answers they are finishing first."""
+    done = subprocess.run([sys.executable, "-c", _AT_EXIT], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["exiting", "finally", "done"], done.stdout

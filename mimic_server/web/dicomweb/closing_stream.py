@@ -7,23 +7,30 @@ closed, a dropped kept copy's descriptor and disk, the transfer's audit record e
 failed) then waits for the cyclic garbage collector, which may not run for minutes on a
 quiet server, and runs in whatever thread triggers the collection, the event loop's
 included. Measured with uvicorn (h11 and httptools): not closed 3 s after the client
-closed; closed by ``gc.collect()``. Here it is closed in a worker thread as the answer ends,
-whether it ended, failed, or the client left, also inside a cancelled scope (a timeout, a
-task group around the app) and under uvicorn's own cancellation at shutdown: the clean-up
-runs in a helper thread of its own, which no cancellation stops.
+closed; closed by ``gc.collect()``.
 
-A generator that never started (the client left before the first piece, while the object was
-being verified) has no ``finally`` to run: ``unstarted`` is run instead, for what the route
-opened or began before returning the answer (an open file, a Begin Transferring record).
+Here an answer that did not run its generator to the end is finished in a helper thread of
+its own, which no cancellation stops (a cancelled scope around the app; uvicorn's own
+``task.cancel()`` at the end of its graceful shutdown, and again as its loop ends, which
+abandons the worker thread of a ``next()`` still reading): a step still running is waited
+for (:data:`RUNNING_NEXT_WAIT` at most), then the generator is closed. The process waits for
+those at exit. A generator none of whose steps began (the client left before the first
+piece, while the object was verified) has no ``finally`` to run: ``unstarted`` is run
+instead, for what the route began before returning the answer (an open file, a Begin
+Transferring record). Whether a step began is decided under one lock with the closing
+(:class:`_Steps`), so exactly one of the two runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import logging
-import time
+import threading
 from collections.abc import Callable, Generator
+from concurrent import futures
+from concurrent.futures import Future
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -39,64 +46,98 @@ log = logging.getLogger(__name__)
 RUNNING_NEXT_WAIT = 5.0
 
 
+class _Steps:
+    """The body as Starlette steps it (``next`` in a worker thread): whether a step began
+    and whether one runs, told under one lock, which the generator's own state (three
+    attributes read one after another) cannot be from another thread."""
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+        self._lock = threading.Condition()
+        self._began = self._running = self._closing = False
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> bytes | memoryview:
+        with self._lock:
+            if self._closing:
+                raise StopIteration
+            self._began = self._running = True
+        try:
+            return next(self.body)
+        finally:
+            with self._lock:
+                self._running = False
+                self._lock.notify_all()
+
+    def finish(self, unstarted: Callable[[], None] | None) -> None:
+        """No step after this one; close the generator once no step runs, or run
+        ``unstarted`` if none began."""
+        with self._lock:
+            self._closing = True
+            if not self._lock.wait_for(lambda: not self._running, RUNNING_NEXT_WAIT):
+                log.warning("a streamed answer could not be closed: its read is still running")
+                return
+            began = self._began
+        self.body.close()  # nothing of it ran if no step began: then no finally either
+        if not began and unstarted is not None:
+            unstarted()
+
+
 class ClosingStreamingResponse(StreamingResponse):
     """A :class:`StreamingResponse` of a generator, closed when the response ends."""
 
     def __init__(self, body: Body, media_type: str,
                  unstarted: Callable[[], None] | None = None) -> None:
-        super().__init__(body, media_type=media_type)
-        self._body: Body | None = body
+        self._steps: _Steps | None = _Steps(body)
+        super().__init__(self._steps, media_type=media_type)
         self._unstarted = unstarted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            body, self._body = self._body, None
-            if body is not None:
+            steps, self._steps = self._steps, None
+            if steps is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._close(body)
+                    await self._close(steps)
 
-    async def _close(self, body: Body) -> None:
+    async def _close(self, steps: _Steps) -> None:
         # The thread-pool wrapper first: it holds the generator, suspended at its last yield
         # (this awaits nothing: a generator suspended at a yield just ends).
         with contextlib.suppress(RuntimeError):  # already closing
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-        if inspect.getgeneratorstate(body) == inspect.GEN_CLOSED:
-            return  # the usual end: read to its end, or failed
-        # Handed to a helper thread, not awaited in a worker thread of anyio's: uvicorn's
-        # shutdown cancels the request's task natively (once at the end of its graceful
-        # shutdown, once more as its loop ends), which no shielded scope stops, and a
-        # cancelled hand-off to anyio's worker is skipped. Awaited while it may be.
-        done = _CLOSERS.submit(_finish, body, self._unstarted)
-        while not done.done():
+        if inspect.getgeneratorstate(steps.body) == inspect.GEN_CLOSED:
+            return  # the usual end: read to its end, or failed (no step can run now)
+        try:
+            done = _CLOSERS.submit(_finish, steps, self._unstarted)
+        except RuntimeError:  # no thread could be started: left to the collector
+            log.error("a streamed answer could not be finished: no thread")
+            return
+        _PENDING.add(done)
+        done.add_done_callback(_PENDING.discard)
+        while not done.done():  # awaited while it may be: a cancellation ends only this wait
             await anyio.sleep(0.01)
 
 
 #: The threads that finish answers (a few at once at most; they end when idle).
 _CLOSERS = HelperThreads("mimic-answer-close")
+#: Finishes not yet done: the process waits for them at exit (its threads are daemons).
+_PENDING: set[Future[None]] = set()
 
 
-def _finish(body: Body, unstarted: Callable[[], None] | None) -> None:
-    """Close ``body``, or run ``unstarted`` if nothing of it ran. A ``next()`` still running
-    (its worker thread abandoned by a native cancellation) is waited for first, up to
-    :data:`RUNNING_NEXT_WAIT`: closing a running generator raises, and leaves it to the
-    collector."""
-    deadline = time.monotonic() + RUNNING_NEXT_WAIT
-    while True:
-        state = inspect.getgeneratorstate(body)
-        if state == inspect.GEN_CLOSED:
-            return
-        if state != inspect.GEN_RUNNING:
-            try:
-                body.close()
-            except ValueError:  # a next() began meanwhile: wait for it
-                pass
-            else:
-                if state == inspect.GEN_CREATED and unstarted is not None:
-                    unstarted()  # nothing of it ran, its finally included
-                return
-        if time.monotonic() > deadline:
-            log.warning("a streamed answer could not be closed: its read is still running")
-            return
-        time.sleep(0.01)
+def _finish(steps: _Steps, unstarted: Callable[[], None] | None) -> None:
+    try:
+        steps.finish(unstarted)
+    except Exception as exc:  # a finally or unstarted that failed: said, as the route's own
+        log.error("a streamed answer's clean-up failed",
+                  extra={"error": type(exc).__name__},
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+@atexit.register
+def _wait_for_finishes() -> None:
+    pending = list(_PENDING)
+    if pending:
+        futures.wait(pending, timeout=RUNNING_NEXT_WAIT + 5)
