@@ -68,3 +68,30 @@ def test_a_spooled_part_is_named_into_the_file_store(index: SqlIndex, tmp_path: 
     assert stat.S_IMODE(kept.stat().st_mode) == 0o666 & ~umask
     assert not list((tmp_path / "spool").iterdir())
     store.close()
+
+
+def test_a_part_declaring_invalid_uids_is_refused_and_nothing_is_kept(
+        index: SqlIndex, tmp_path: Path) -> None:
+    """Refused at its File Meta (the archive's would be made of those UIDs): Failed SOP with
+    0xC002, nothing spooled, stored or indexed, however large the part."""
+    from mimic_server.codec.file_meta import encode_file_meta, read_file_meta
+
+    store = FilesystemStore(tmp_path / "objects", spare_files=0)
+    request = _request(index, AuditLog(None, archive=Archive("MIMIC")), store,  # type: ignore[arg-type]
+                       tmp_path)
+    write_large(tmp_path / "large.dcm", 12 << 20)
+    data = (tmp_path / "large.dcm").read_bytes()
+    read = read_file_meta(data)
+    assert read is not None
+    meta = encode_file_meta(read.sop_class_uid, "1.2.3.x", read.transfer_syntax_uid, "")
+    part = _fed(meta + data[read.dataset_offset:], tmp_path / "spool", in_memory=1024)
+    request.keep(part)
+    assert request.outcome.stored == []
+    assert [(f.sop_instance_uid, f.reason) for f in request.outcome.failed] == [
+        ("1.2.3.x", 0xC002)]
+    assert (store.spools_named, store.spools_copied) == (0, 0)
+    assert list(store.iter_keys()) == []
+    with index.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM instances").scalar() == 0
+    assert not (tmp_path / "spool").exists()  # never spooled
+    store.close()
