@@ -236,7 +236,12 @@ class ReceivingDataSet(io.BytesIO):
         if self.failure is not None:
             raise self.failure
         assert self.spool is not None
-        self.spool.flush()
+        try:  # its last bytes may still be in the write buffer: the disk can be full now
+            self.spool.flush()
+        except OSError as exc:
+            log.error("a data set cannot be spooled", extra={"error": type(exc).__name__})
+            self.failure = OutOfResources("the data set cannot be spooled")
+            raise self.failure from None
         self._finished = True
         return self._digest.hexdigest(), self.received
 
@@ -284,7 +289,10 @@ class ReceivingDataSet(io.BytesIO):
             self.seek(0)
             self.truncate()
         if self.spool is not None:
-            self.spool.close()
+            # Closing flushes the write buffer, which fails again where the write that
+            # brought us here failed (the disk full); the descriptor is closed all the same.
+            with contextlib.suppress(OSError):
+                self.spool.close()
         # Its readers are done (the C-STORE was answered); a view still exported from it
         # (never so today) leaves both to the garbage collector instead of failing here.
         with contextlib.suppress(BufferError):

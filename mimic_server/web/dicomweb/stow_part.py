@@ -144,7 +144,12 @@ class ReceivedPart:
         assert declared is not None
         if self._spool is None:
             return received_part10(memoryview(self._head), declared)
-        self._spool.flush()
+        try:  # its last bytes may still be in the write buffer: the disk can be full now
+            self._spool.flush()
+        except OSError as exc:
+            log.error("a STOW-RS part cannot be spooled", extra={"error": type(exc).__name__})
+            self._fail(OutOfResources("the part cannot be spooled"))
+            raise OutOfResources("the part cannot be spooled") from None
         self._map = mmap.mmap(self._spool.fileno(), 0, access=mmap.ACCESS_READ)
         with memoryview(self._map) as whole:
             # The spool's File Meta is the one received_part10 makes again from `declared`.
@@ -200,6 +205,9 @@ class ReceivedPart:
             if self._map is not None:
                 self._map.close()
         self._received = self._map = None
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            # Closing flushes the write buffer, which fails again where the write that
+            # brought us here failed (the disk full); the descriptor is closed all the same.
+            with contextlib.suppress(OSError):
+                spool.close()
