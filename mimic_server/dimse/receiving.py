@@ -19,6 +19,14 @@ C-STORE's failure status; one who keeps sending past ``OVERRUN_GRACE`` more is a
 A data set of another message (an Identifier) larger than ``in_memory`` is not an
 Identifier: the association is aborted, and so is one whose command set grows past
 ``MAX_COMMAND_SET`` (a real one is a few hundred bytes).
+
+No Asynchronous Operations Window is negotiated, so a peer has one request outstanding at a
+time (PS3.7 D.3.3.3). pynetdicom reads on while a request is handled and queues what comes:
+a peer that sends without waiting for responses would have every object received, held and
+spooled at once. A request that arrives while another of the peer's waits in the queue
+(:func:`_refuse_another_request`) aborts the association, and nothing of it is kept: one
+request handled, one waiting, at most. Requests still queued when the connection ends
+release their spools then (:func:`discard_partial`), not at the next garbage collection.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import io
 import logging
 import mmap
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -399,6 +408,37 @@ def receive_in_bounded_memory(
             _abort_when_due(dimse, dimse.message.encoded_command_set)
 
     dimse.receive_primitive = receive_primitive
+    waiting = dimse.msg_queue
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        # Every message the DUL thread completes comes here, pynetdicom's and ours alike.
+        _, primitive = item
+        if _is_request(primitive) and _refuse_another_request(dimse):
+            release_spool(getattr(primitive, "DataSet", None))
+            return
+        type(waiting).put(waiting, item, block, timeout)  # the class's: it may ring a bell
+
+    waiting.put = put
+
+
+def _is_request(primitive: Any) -> bool:
+    """A request of the peer's (not a response to one of ours, a C-GET's sub-operation's)."""
+    return primitive is not None and getattr(primitive, "MessageIDBeingRespondedTo",
+                                             None) is None
+
+
+def _refuse_another_request(dimse: Any) -> bool:
+    """If a request of the peer's is still waiting for the association thread, the peer
+    sent this one without waiting for that one's response: the association is aborted
+    (True). (The request being handled was taken off the queue: one is allowed beside it.)"""
+    waiting = dimse.msg_queue
+    with waiting.mutex:
+        if not any(_is_request(primitive) for _, primitive in waiting.queue):
+            return False
+    log.warning("a request arrived while another waits for its turn (no Asynchronous "
+                "Operations Window is negotiated): aborting")
+    dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+    return True
 
 
 def _abort_when_due(dimse: Any, command_set: object) -> None:
@@ -447,6 +487,10 @@ def _receive_store_fragments(
                 if _echo_request_received(dimse, message, encoded, context_id):
                     continue
                 return pdvs[index:]
+            if _refuse_another_request(dimse):
+                command_set.too_large = True  # nothing more of this message is kept
+                message.data_set.discard()
+                return None
             message.encoded_command_set.write(fragment)
             message.context_id = context_id
             message.command_set = command  # type: ignore[assignment]
@@ -544,7 +588,17 @@ def release_spool(data_set: object) -> None:
 def discard_partial(event: Any) -> None:
     """``EVT_CONN_CLOSE``: a data set still being received when the connection ends (an
     abort, a peer gone mid-transfer) releases its spool file now."""
-    message = getattr(event.assoc.dimse, "message", None)
+    dimse = event.assoc.dimse
+    message = getattr(dimse, "message", None)
     data_set = getattr(message, "data_set", None)
     if isinstance(data_set, ReceivingDataSet):
         data_set.discard()
+    # Requests received whole but never handled (the association was aborted before its
+    # thread took them): nobody answers them now.
+    waiting = getattr(dimse, "msg_queue", None)
+    while waiting is not None:
+        try:
+            _, primitive = waiting.get_nowait()
+        except queue.Empty:
+            break
+        release_spool(getattr(primitive, "DataSet", None))

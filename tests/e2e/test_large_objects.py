@@ -9,8 +9,10 @@ aborted; a transfer cut off midway leaves no spool file open or on disk.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import sqlite3
 import stat
 import struct
 import subprocess
@@ -21,6 +23,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom.dimse_primitives import C_STORE
 
 from tests.large_objects import (
     write_large,
@@ -33,6 +40,7 @@ from tests.support import MimicProcess, associate, client_context, dcmtk, dcmtk_
 pytestmark = pytest.mark.dcmtk
 
 MiB = 1 << 20
+SECONDARY_CAPTURE, EXPLICIT_LE = SecondaryCaptureImageStorage, ExplicitVRLittleEndian
 LARGE = 256 * MiB
 LIMIT = 32 * MiB
 
@@ -381,3 +389,52 @@ def test_command_set_that_never_ends_is_aborted(server: MimicProcess) -> None:
     echo = dcmtk("echoscu", *dcmtk_tls(server), "-aet", "MODALITY1", "-aec", "MIMIC",
                  "localhost", str(server.port))
     assert echo.returncode == 0, echo.stderr
+
+
+def test_a_peer_that_does_not_wait_for_responses_is_aborted(server: MimicProcess) -> None:
+    """Five 12 MiB C-STOREs sent at once, while the index is busy with the first: one more
+    may wait beside it, the next aborts the association, and every spool file is released
+    as the association ends (the waiting request's too), none left to the collector."""
+    tls = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, tls, contexts=[SECONDARY_CAPTURE],
+                      transfer_syntaxes=[EXPLICIT_LE])
+    assert assoc.is_established
+    context = next(iter(assoc._accepted_cx))
+    before = server.instance_count()
+    index = sqlite3.connect(server.data_dir / "index.sqlite3", timeout=30)
+    index.execute("BEGIN IMMEDIATE")  # the first C-STORE's index write waits
+    most = 0
+    try:
+        for message_id in range(1, 6):
+            request = C_STORE()
+            request.MessageID, request.Priority = message_id, 0
+            request.AffectedSOPClassUID = SECONDARY_CAPTURE
+            request.AffectedSOPInstanceUID = uid = generate_uid()
+            request.DataSet = io.BytesIO(_secondary_capture(uid, 12 * MiB))
+            if not assoc.is_established:
+                break
+            assoc.dimse.send_msg(request, context)  # without waiting for its response
+            most = max(most, len(_spool_files(server)))
+        assert wait_for(lambda: assoc.is_aborted, timeout=30)
+        most = max(most, len(_spool_files(server)))
+        assert any("waits for its turn" in e.get("message", "") for e in server.log_entries())
+    finally:
+        index.rollback()
+        index.close()
+    assert most <= 2, most  # the one being handled and one waiting, never more
+    assert wait_for(lambda: _spool_files(server) == [], timeout=5)
+    assert server.instance_count() <= before + 1  # only the one being handled, unanswered
+
+
+def _secondary_capture(uid: str, pixels: int) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, uid
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.901"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.902"
+    ds.PatientID, ds.Modality = "PIPELINED", "OT"
+    ds.PixelData = bytes(pixels)
+    ds["PixelData"].VR = "OB"
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue()

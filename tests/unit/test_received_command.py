@@ -62,19 +62,35 @@ def _pdata(primitive: Any, max_pdu: int, context_id: int = 1) -> list[P_DATA]:
     return list(message.encode_msg(context_id, max_pdu))
 
 
+class _TakenAtOnce(queue.Queue):  # type: ignore[type-arg]
+    """The association thread taking each message as soon as it is queued: requests one
+    after another, each answered before the next (``test_one_request_at_a_time.py`` has
+    a peer that does not wait)."""
+
+    taken: list[tuple[int, Any]]
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.taken.append(item)
+
+
 def _acceptor(tmp_path: Path, fast: bool) -> tuple[Association, list[Any]]:
     assoc = Association(AE(), "acceptor")
     seen: list[Any] = []
     assoc.bind(evt.EVT_DIMSE_RECV, lambda event: seen.append(event.message))
+    assoc.dimse.msg_queue.__class__ = _TakenAtOnce
+    assoc.dimse.msg_queue.taken = []
     receive_in_bounded_memory(assoc, ReceiveLimits(1 << 30, tmp_path), store_requests=fast)
     return assoc, seen
 
 
 def _received(assoc: Association) -> list[tuple[int, Any]]:
-    found = []
+    waiting = assoc.dimse.msg_queue
+    found: list[tuple[int, Any]] = []
+    if isinstance(waiting, _TakenAtOnce):
+        found, waiting.taken = waiting.taken, []
     while True:
         try:
-            found.append(assoc.dimse.msg_queue.get_nowait())
+            found.append(waiting.get_nowait())
         except queue.Empty:
             return found
 
