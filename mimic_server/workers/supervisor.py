@@ -224,7 +224,12 @@ class Supervisor:
         the store and the PKI are prepared already, except during the start)."""
         assert self._listener is not None
         read_end, write_end = os.pipe()
-        go_read, go_write = os.pipe()
+        try:
+            go_read, go_write = os.pipe()
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         env = dict(os.environ)
         env[OPTIONS_VARIABLE] = json.dumps(self.options)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
@@ -237,9 +242,14 @@ class Supervisor:
                  "--go-fd", str(go_read),
                  "--table", str(self._table.path), "--supervisor-pid", str(os.getpid())],
                 env=env, pass_fds=(listen_fd, write_end, go_read),
+                # A group of its own: a terminal's Ctrl-C (SIGINT to the foreground group)
+                # reaches the supervisor alone, which stops the workers in order; a worker
+                # still importing had no handler yet and died with a traceback.
+                process_group=0,
             )
         except BaseException:
             os.close(go_write)
+            os.close(read_end)
             raise
         finally:
             os.close(write_end)
@@ -300,6 +310,8 @@ class Supervisor:
                 assert run is not None
                 code = run.process.poll()
                 if code is not None:
+                    if self._stopping:  # told to stop meanwhile (a service manager's SIGTERM
+                        continue  # reaches every process of its group): the drain follows
                     raise ConfigurationError(
                         f"worker {slot.index} could not start ({_describe_exit(code)})"
                     )
@@ -490,11 +502,34 @@ class Supervisor:
                         self._check_start(slot, run, now)
                     if (slot.run is None and slot.restart_at is not None
                             and now >= slot.restart_at):
-                        self._spawn(slot)
+                        self._replace(slot, now)
+        except BaseException as exc:
+            # A fault of the supervisor's own (raised on, with its traceback): the workers
+            # still drain; without, their parent's death kills them and their associations.
+            log.error("the supervisor failed; draining the workers",
+                      extra={"error": type(exc).__name__})
+            self._drain()
+            raise
         finally:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
         return self._drain()
+
+    def _replace(self, slot: _Slot, now: float) -> None:
+        """Start the replacement of a dead worker. Where it cannot be started (no descriptor
+        or memory left: as likely as not just after the kernel killed a worker for memory),
+        that is logged and tried again with the crash loop's back-off; the other workers go
+        on serving."""
+        try:
+            self._spawn(slot)
+        except OSError as exc:
+            slot.young_deaths += 1
+            delay = min(LONGEST_BACKOFF, FIRST_BACKOFF * 2 ** (slot.young_deaths - 1))
+            slot.restart_at = now + delay
+            log.error("cannot start a worker; trying again", extra={
+                "worker": slot.index, "error": type(exc).__name__, "errno": exc.errno,
+                "restart_in_seconds": delay,
+            })
 
     def _check_start(self, slot: _Slot, run: _Run, now: float) -> None:
         """A replacement that has not reported ready in ``START_TIMEOUT`` (hung in its

@@ -23,6 +23,7 @@ from tests.support import (
     associate,
     client_context,
     dev_ca,
+    free_port,
     wait_for,
     write_cert,
 )
@@ -333,3 +334,37 @@ def test_status_for_the_console_lists_every_workers_associations(server: MimicPr
             assoc.release()
     assert wait_for(lambda: json.loads(server.ops("/status/associations")[1])
                     ["associations"] == [])
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "group-sigterm"])
+def test_a_stop_sent_to_the_whole_group_during_the_start_exits_cleanly(
+    tmp_path: Path, sent: int
+) -> None:
+    """Ctrl-C in a terminal (SIGINT to the foreground group) or a service manager's SIGTERM
+    to every process while the workers still start: exit 0 with a 'stopped' line, not 2
+    ("could not start", a configuration error) with tracebacks of workers still importing."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    env.update(MIMIC_WORKERS="2", MIMIC_HOST="127.0.0.1", MIMIC_PORT=str(free_port()),
+               MIMIC_OPS_HOST="127.0.0.1", MIMIC_OPS_PORT=str(free_port()),
+               MIMIC_DATA_DIR=str(tmp_path / "data"), MIMIC_LOG_FORMAT="json")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mimic_server", "serve"], env=env,
+                                stdout=out, stderr=out, cwd=tmp_path,
+                                start_new_session=True)  # a terminal job's own group
+    try:
+        assert wait_for(lambda: log.read_text().count('"worker started"') == 2, timeout=30,
+                        interval=0.01)
+        os.killpg(proc.pid, sent)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert '"stopped"' in text

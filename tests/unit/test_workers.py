@@ -334,3 +334,90 @@ def test_the_supervisor_wakes_when_a_replacements_start_runs_out(tmp_path: Path)
     waiting.start()
     waiting.join(30)
     assert not waiting.is_alive()
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("failing", ["second-pipe", "popen"])
+def test_a_replacement_that_cannot_be_started_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    failing: str,
+) -> None:
+    """No descriptor (or memory) left as a worker is to be replaced: logged at ERROR and
+    tried again with the crash loop's back-off; the supervisor goes on (it used to raise out
+    of its loop, its workers dying with it, undrained), and no descriptor is left."""
+    import errno
+    import logging
+    import socket
+    import subprocess
+    import time
+
+    from mimic_server.workers import supervisor as module
+    from mimic_server.workers.supervisor import FIRST_BACKOFF, Supervisor
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 1)
+    supervisor._listener = socket.socket()
+    pipes = [0]
+
+    def pipe() -> tuple[int, int]:
+        pipes[0] += 1
+        if failing == "second-pipe" and pipes[0] % 2 == 0:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_pipe()
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    real_pipe = os.pipe
+    monkeypatch.setattr(module.os, "pipe", pipe)
+    monkeypatch.setattr(module.subprocess, "Popen", popen)
+    slot = supervisor.slots[0]
+    before = _descriptors()
+    now = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="mimic_server.workers.supervisor"):
+        supervisor._replace(slot, now)
+        supervisor._replace(slot, now)
+    assert _descriptors() == before
+    assert slot.run is None and slot.young_deaths == 2
+    assert slot.restart_at == now + 2 * FIRST_BACKOFF
+    logged = [r for r in caplog.records if r.getMessage() == "cannot start a worker; trying again"]
+    assert [(r.levelname, r.worker) for r in logged] == [("ERROR", 0)] * 2  # type: ignore[attr-defined]
+    supervisor._listener.close()
+
+
+def test_a_fault_of_the_supervisors_own_still_drains_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mimic_server.workers.supervisor import Supervisor
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 1)
+    drained: list[bool] = []
+
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(supervisor, "_wait", fails)
+    monkeypatch.setattr(supervisor, "_drain", lambda: drained.append(True) or 0)
+    with pytest.raises(RuntimeError):
+        supervisor.run()
+    assert drained == [True]
+
+
+def test_workers_ended_by_a_stop_during_the_start_are_no_failed_start(tmp_path: Path) -> None:
+    """A service manager's SIGTERM reaches every process of its group: workers still
+    starting end with it. With the stop asked for, that is no configuration error (exit 2):
+    the start ends and the drain follows; without, it is one."""
+    import signal
+
+    from mimic_server.errors import ConfigurationError
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    supervisor.slots[0].run = _Run(_Ended(101, -signal.SIGTERM), 0.0)  # type: ignore[arg-type]
+    supervisor.slots[1].run = _Run(_Ended(102, 0), 0.0, ready=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="worker 0 could not start"):
+        supervisor._await_ready(supervisor.slots)
+    supervisor.request_stop()
+    supervisor._await_ready(supervisor.slots)  # returns
