@@ -501,6 +501,7 @@ class Archive:
             self.worker.report(
                 event="certificate", server_not_after=self._not_after_timestamp(),
                 client_not_after=min(trusted).timestamp() if trusted else None,
+                trusted_certificates=len(trusted),
             )
         self.metrics.certificates(self._server_not_after, trusted)
 

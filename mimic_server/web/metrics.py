@@ -51,6 +51,8 @@ HANDSHAKE_FAILURES = (
     "other",
 )
 ROLES = ("server", "client")
+TRUSTED_CERTIFICATES = "mimic_trusted_certificates"
+TRUSTED_CERTIFICATES_HELP = "Trusted client and CA certificates currently valid."
 CERTIFICATE_NOT_AFTER = "mimic_certificate_not_after_timestamp_seconds"
 CERTIFICATE_NOT_AFTER_HELP = (
     "Expiry (Unix time) of the server certificate, and the soonest of the trusted client "
@@ -118,10 +120,12 @@ class ArchiveMetrics:
             "Unexpected exceptions in MIMIC's DIMSE handlers (bugs; each is logged at ERROR).",
             ["service"], registry=r,
         )
-        self.trusted_certificates = Gauge(
-            "mimic_trusted_certificates",
-            "Trusted client and CA certificates currently valid.", registry=r,
-            multiprocess_mode="livemin",
+        # Not in a worker either: a new worker's multiprocess file says 0 from its start until
+        # its first bundle (seconds with PostgreSQL or Azure), and the server-wide minimum
+        # said "nothing trusted" while a worker was replaced. A worker reports its count to
+        # the supervisor with its dates; the supervisor exports the ready workers' least.
+        self.trusted_certificates = None if self.multiprocess else Gauge(
+            TRUSTED_CERTIFICATES, TRUSTED_CERTIFICATES_HELP, registry=r,
         )
         # Not in a worker: a series once written to a multiprocess file cannot be removed
         # (remove() only forgets it in this process), so the client expiry of a trust set
@@ -213,9 +217,9 @@ class ArchiveMetrics:
         self, server_not_after: datetime | None, trusted_not_after: list[datetime]
     ) -> None:
         """A bundle was loaded: its server certificate's and trusted set's expiry dates."""
+        if self.trusted_certificates is None or self.certificate_not_after is None:
+            return  # a worker: its supervisor exports them
         self.trusted_certificates.set(len(trusted_not_after))
-        if self.certificate_not_after is None:  # a worker: its supervisor exports them
-            return
         if server_not_after is not None:
             self.certificate_not_after.labels("server").set(server_not_after.timestamp())
         if trusted_not_after:
@@ -289,16 +293,20 @@ class ServerMetrics:
 
     def __init__(self, directory: Path, configured: int,
                  refresh: Callable[[], None] = lambda: None,
-                 certificates: Callable[[], dict[str, float]] = dict) -> None:
+                 certificates: Callable[[], dict[str, float]] = dict,
+                 trusted: Callable[[], int | None] = lambda: None) -> None:
         """``refresh()`` runs before each scrape: the workers write their sampled values.
         ``certificates()``: the expiry dates by role the workers reported (the soonest of
-        each; a role missing when none has one), exported as a single process does."""
+        each; a role missing when none has one), exported as a single process does;
+        ``trusted()``: the least count of trusted certificates a ready worker reported
+        (None: none has reported; the gauge is then absent)."""
         self.directory = directory
         self._refresh = refresh
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
         self._own = CollectorRegistry()
         self._own.register(_CertificateExpiry(certificates))
+        self._own.register(_TrustedCertificates(trusted))
         Gauge("mimic_workers", "Worker processes configured (MIMIC_WORKERS).",
               registry=self._own).set(configured)
         self.ready = Gauge("mimic_workers_ready", "Worker processes up and accepting.",
@@ -327,4 +335,19 @@ class _CertificateExpiry(Collector):
         for role in ROLES:
             if role in dates:
                 family.add_metric([role], dates[role])
+        yield family
+
+
+class _TrustedCertificates(Collector):
+    """``mimic_trusted_certificates`` from the counts the ready workers reported with their
+    certificate dates (the least: a worker that found a revocation first says so)."""
+
+    def __init__(self, count: Callable[[], int | None]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(TRUSTED_CERTIFICATES, TRUSTED_CERTIFICATES_HELP)
+        count = self._count()
+        if count is not None:
+            family.add_metric([], count)
         yield family

@@ -91,6 +91,7 @@ class _Run:
     hup_pending: bool = False
     server_not_after: float | None = None
     client_not_after: float | None = None  # the soonest trusted expiry; None: none trusted
+    trusted_certificates: int | None = None  # how many it trusts; None: not reported yet
     aborted: int = 0  # associations it aborted when its drain time ran out
     stopped: bool = False  # it reported "stopped": its aborted count is known
     draining: bool = False  # it no longer accepts
@@ -124,7 +125,8 @@ class Supervisor:
         self._metrics_dir.mkdir()
         self._table = AssociationTable(self._directory / "associations", count, create=True)
         self.metrics = ServerMetrics(self._metrics_dir, count, refresh=self._sample_workers,
-                                     certificates=self._certificate_dates)
+                                     certificates=self._certificate_dates,
+                                     trusted=self._trusted_certificates)
         self.metrics.ready.set_function(lambda: len(self._ready_runs()))
         self._engine: Any = None
         self._schema_revision: str | None = None
@@ -289,6 +291,8 @@ class Supervisor:
                         run.server_not_after = message["server_not_after"]
                     if "client_not_after" in message:
                         run.client_not_after = message["client_not_after"]
+                    if "trusted_certificates" in message:
+                        run.trusted_certificates = int(message["trusted_certificates"])
                     if message.get("event") == "status-port":
                         run.status_port = int(message["status_port"])
                     if message.get("event") == "ready":
@@ -377,6 +381,13 @@ class Supervisor:
             if known:
                 dates[role] = min(known)
         return dates
+
+    def _trusted_certificates(self) -> int | None:
+        """The least count of trusted certificates a ready worker reported (None: none
+        has): a replacement still starting, which trusts nothing yet, is not counted."""
+        counts = [r.trusted_certificates for r in self._ready_runs()
+                  if r.trusted_certificates is not None]
+        return min(counts) if counts else None
 
     def _status(self) -> dict[str, object]:
         """Every ready worker's open associations and the per-minute counts summed."""

@@ -421,3 +421,43 @@ def test_workers_ended_by_a_stop_during_the_start_are_no_failed_start(tmp_path: 
         supervisor._await_ready(supervisor.slots)
     supervisor.request_stop()
     supervisor._await_ready(supervisor.slots)  # returns
+
+
+def test_the_trusted_count_is_the_ready_workers_least(tmp_path: Path) -> None:
+    """``mimic_trusted_certificates`` is exported by the supervisor from what the ready
+    workers reported: a replacement still starting (nothing loaded yet) does not pull it to
+    0, as its multiprocess file did ("nothing trusted", what an alert watches for)."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mimic_server.web.metrics import ArchiveMetrics
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+
+    def trusted() -> list[float]:
+        text = supervisor.metrics.exposition().decode()
+        return [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "mimic_trusted_certificates"]
+
+    assert trusted() == []  # nobody has reported
+    serving = _Run(_Process(), 0.0, ready=True)  # type: ignore[arg-type]
+    replacement = _Run(_Process(), 0.0)  # type: ignore[arg-type]
+    supervisor.slots[0].run, supervisor.slots[1].run = serving, replacement
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps({"event": "certificate", "server_not_after": 1.0,
+                                    "client_not_after": 2.0,
+                                    "trusted_certificates": 3}).encode() + b"\n")
+    os.close(write_end)
+    supervisor._read_status(supervisor.slots[0], serving, read_end)
+    # A worker's own metrics write no such gauge to the multiprocess files.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(supervisor._metrics_dir)
+    try:
+        worker = ArchiveMetrics(worker=True)
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    assert worker.trusted_certificates is None
+    assert trusted() == [3.0]
+    replacement.ready, replacement.trusted_certificates = True, 2  # found a revocation first
+    assert trusted() == [2.0]
