@@ -158,6 +158,39 @@ def test_an_answer_whose_client_left_before_its_start_runs_unstarted() -> None:
     assert state.unstarted_in not in (None, loop_thread)
 
 
+def test_an_answer_never_sent_runs_unstarted() -> None:
+    """A response the server drops uncalled (a cancellation while the route's thread was
+    returning it, at the end of a shutdown): ``unstarted`` runs as it goes, once; a response
+    that was sent does not run it again when it goes."""
+    import gc
+
+    state = _Ended()
+    response = ClosingStreamingResponse(state.body(10, None), "application/octet-stream",
+                                        unstarted=state.unstarted)
+    del response
+    assert state.unstarted_in is not None
+    assert state.pieces_sent == 0 and not state.closed.is_set()  # its finally never ran
+
+    sent = _Ended()
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    async def receive() -> dict[str, object]:
+        await anyio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def main() -> None:
+        response = ClosingStreamingResponse(sent.body(3, None), "application/octet-stream",
+                                            unstarted=sent.unstarted)
+        await response(_SCOPE, receive, send)
+
+    anyio.run(main)
+    gc.collect()
+    assert sent.pieces_sent == 3 and sent.closed.is_set()
+    assert sent.unstarted_in is None
+
+
 @pytest.mark.parametrize("spec", ["2.3", "2.4"])
 def test_an_answer_cancelled_by_its_scope_closes_the_generator(spec: str) -> None:
     """A timeout or a task group around the app cancels the answer mid-way: the clean-up is

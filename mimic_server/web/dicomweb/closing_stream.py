@@ -18,7 +18,8 @@ those at exit. A generator none of whose steps began (the client left before the
 piece, while the object was verified) has no ``finally`` to run: ``unstarted`` is run
 instead, for what the route began before returning the answer (an open file, a Begin
 Transferring record). Whether a step began is decided under one lock with the closing
-(:class:`_Steps`), so exactly one of the two runs.
+(:class:`_Steps`), so exactly one of the two runs. A response never called at all (dropped
+by a cancellation while the route's thread was returning it) runs ``unstarted`` as it goes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from concurrent import futures
 from concurrent.futures import Future
@@ -93,8 +95,14 @@ class ClosingStreamingResponse(StreamingResponse):
         self._steps: _Steps | None = _Steps(body)
         super().__init__(self._steps, media_type=media_type)
         self._unstarted = unstarted
+        # A response made and never sent: a cancellation (uvicorn's, at the end of its
+        # shutdown) while the route's thread was returning it drops it uncalled. What the
+        # route began (a Begin Transferring record, an open file) is ended as it goes.
+        self._called = [False]
+        weakref.finalize(self, _never_called, self._called, self._steps, unstarted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._called[0] = True
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -125,6 +133,13 @@ class ClosingStreamingResponse(StreamingResponse):
 _CLOSERS = HelperThreads("mimic-answer-close")
 #: Finishes not yet done: the process waits for them at exit (its threads are daemons).
 _PENDING: set[Future[None]] = set()
+
+
+def _never_called(called: list[bool], steps: _Steps,
+                  unstarted: Callable[[], None] | None) -> None:
+    """The response went without being called: its generator never started."""
+    if not called[0]:
+        _finish(steps, unstarted)
 
 
 def _finish(steps: _Steps, unstarted: Callable[[], None] | None) -> None:
