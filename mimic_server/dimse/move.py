@@ -150,25 +150,29 @@ def _refuse(
     return None, None
 
 
-def _uncompressed(syntax: str) -> bool:
-    """Native (uncompressed) encoding; a syntax pydicom does not know counts as compressed."""
+def _little_endian(syntax: str) -> bool:
+    """Uncompressed little endian (Implicit, Explicit or Deflated Explicit VR): what a
+    sub-operation converts between as it sends (``recoders.py``). Explicit VR Big Endian is
+    converted to nothing, nor is a compressed syntax or one pydicom does not know."""
     uid = UID(syntax)
-    return uid.is_transfer_syntax and not uid.is_compressed
+    return uid.is_transfer_syntax and not uid.is_compressed and uid.is_little_endian
 
 
 def _contexts(refs: list[InstanceRef]) -> list[Any]:
-    """Presentation contexts for the stored objects: per SOP Class, one context for each
-    compressed transfer syntax held and one offering the uncompressed ones."""
+    """Presentation contexts for the stored objects: per SOP Class, one offering the
+    uncompressed little endian syntaxes, and one for each other transfer syntax held (each
+    compressed one, Explicit VR Big Endian), proposed alone: the destination accepts one
+    syntax per context, and an object is sent only in one it can be converted to."""
     wanted: dict[tuple[str, str], list[str]] = {}
     for ref in refs:
         syntax = ref.transfer_syntax_uid
-        group = "uncompressed" if _uncompressed(syntax) else syntax
+        group = "little endian" if _little_endian(syntax) else syntax
         syntaxes = wanted.setdefault((ref.sop_class_uid, group), [])
         if syntax not in syntaxes:
             syntaxes.append(syntax)
     contexts = []
     for (sop_class, _), syntaxes in list(wanted.items())[:MAX_CONTEXTS]:
-        if _uncompressed(syntaxes[0]):
+        if _little_endian(syntaxes[0]):
             syntaxes += [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
                          if s not in syntaxes]
         contexts.append(build_context(sop_class, syntaxes))

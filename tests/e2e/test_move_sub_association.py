@@ -96,3 +96,65 @@ def _accepts(port: int) -> bool:
         return False
     assoc.release()
     return True
+
+
+def test_a_study_held_in_both_byte_orders_reaches_a_destination_that_takes_both(
+    tmp_path: Path,
+) -> None:
+    """A sub-operation converts between little endian syntaxes only: Explicit VR Big Endian
+    is proposed in a context of its own, so a destination that accepts both byte orders
+    gets both objects (proposed together, it accepted one syntax for both, and the other
+    object failed: 0xB000)."""
+    from pydicom.uid import UID
+    from pynetdicom import evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    explicit_le, big_endian = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+    study = "1.2.826.0.1.3680043.8.498.7771"
+    received: list[tuple[str, str]] = []
+
+    def on_store(event: Any) -> int:
+        received.append((str(event.request.AffectedSOPInstanceUID),
+                         str(event.context.transfer_syntax)))
+        return 0
+
+    destination = AE(ae_title="BOTH")
+    destination.add_supported_context(CTImageStorage, [explicit_le, big_endian])
+    port = free_port()
+    scp = destination.start_server((HOST, port), block=False,
+                                   evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    settings = Settings(
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
+        move_destinations={"BOTH": {"host": HOST, "port": port, "tls": False}},
+    )
+    archive = Archive(settings)
+    archive.start()
+    try:
+        ctx = first_client_context(settings.data_dir)
+        for n, syntax in enumerate((explicit_le, big_endian)):
+            ds = pydicom.dcmread(ct_small())
+            ds.file_meta.TransferSyntaxUID = UID(syntax)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.1"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study}.1.{n}"
+            path = tmp_path / f"{n}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=True, implicit_vr=False,
+                             little_endian=syntax == explicit_le)
+            store = associate(archive.address[1], ctx, transfer_syntaxes=[syntax])
+            assert store.send_c_store(path).Status == 0
+            store.release()
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
+        ae = AE(ae_title="MODALITY1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
+                             tls_args=(ctx, "localhost"))
+        responses = [status for status, _ in assoc.send_c_move(identifier, "BOTH", MOVE)]
+        assoc.release()
+    finally:
+        archive.stop(0)
+        scp.shutdown()
+    final = responses[-1]
+    assert final.Status == 0x0000, hex(final.Status)
+    assert final.NumberOfCompletedSuboperations == 2
+    assert sorted(received) == [(f"{study}.1.0", explicit_le), (f"{study}.1.1", big_endian)]
