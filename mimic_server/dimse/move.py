@@ -101,9 +101,10 @@ def handle_move(
     except (QueryError, DicomStatusError) as exc:
         yield _refuse(answer, exc.status, str(exc), target)
         return
-    kwargs: dict[str, Any] = {"contexts": _contexts(refs)}
-    if adapt_sub_association is not None:
-        kwargs["evt_handlers"] = [(evt.EVT_ESTABLISHED, _adapting(adapt_sub_association))]
+    kwargs: dict[str, Any] = {
+        "contexts": _contexts(refs),
+        "evt_handlers": [(evt.EVT_ESTABLISHED, _established(adapt_sub_association))],
+    }
     if destination.tls is not None and refs:
         kwargs["tls_args"] = destination.tls()
     if answer is not None:
@@ -129,12 +130,24 @@ def handle_move(
         yield Status.PENDING, dataset
 
 
-def _adapting(adapt: Callable[[Any], None]) -> Callable[[Event], None]:
+def _established(adapt: Callable[[Any], None] | None) -> Callable[[Event], None]:
     """An ``EVT_ESTABLISHED`` handler: ``AE.associate`` triggers it while it negotiates, in
-    the C-MOVE's own thread, before it starts the sub-association's thread."""
+    the C-MOVE's own thread, before it starts the sub-association's thread.
+
+    pynetdicom clears the socket's timeout once it has connected: a destination that
+    accepts and then stops reading blocked the sub-association's sends for good (no
+    response to the C-MOVE, its C-CANCEL never seen, the connection held after the
+    requestor aborted). With the network timeout a send that long without progress ends
+    the sub-association (pynetdicom: transport closed), failing its sub-operations, as an
+    accepted association's socket has it (``net/server.py``)."""
 
     def established(event: Event) -> None:
-        adapt(event.assoc)
+        assoc = event.assoc
+        connection = getattr(assoc.dul.socket, "socket", None)
+        if connection is not None and assoc.network_timeout is not None:
+            connection.settimeout(assoc.network_timeout)
+        if adapt is not None:
+            adapt(assoc)
 
     return established
 

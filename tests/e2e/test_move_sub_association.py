@@ -158,3 +158,73 @@ def test_a_study_held_in_both_byte_orders_reaches_a_destination_that_takes_both(
     assert final.Status == 0x0000, hex(final.Status)
     assert final.NumberOfCompletedSuboperations == 2
     assert sorted(received) == [(f"{study}.1.0", explicit_le), (f"{study}.1.1", big_endian)]
+
+
+def test_a_destination_that_stops_reading_ends_its_sub_association(tmp_path: Path) -> None:
+    """A destination accepts, then stops reading in the middle of a 64 MiB object: its
+    sends stall once loopback's buffers are full. After the network timeout the
+    sub-association ends, the C-MOVE is answered (its sub-operation failed) and no
+    connection to the destination is left. (pynetdicom cleared the socket's timeout once
+    connected: no answer ever came, a C-CANCEL was never seen, and the connection stayed
+    after the requestor aborted.)"""
+    import threading
+
+    from pynetdicom import evt
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+
+    from tests.large_objects import write_large
+
+    gate = threading.Event()
+    destination = AE(ae_title="STALLS")
+    destination.add_supported_context(SecondaryCaptureImageStorage, ["1.2.840.10008.1.2.1"])
+    port = free_port()
+    scp = destination.start_server((HOST, port), block=False, evt_handlers=[
+        # in the destination's reading thread: it stops reading at the first data set PDU
+        (evt.EVT_DATA_RECV, lambda event: len(event.data) > 4096 and gate.wait(60)),
+        (evt.EVT_C_STORE, lambda event: 0),
+    ])
+    settings = Settings(
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0, network_timeout=2,
+        move_destinations={"STALLS": {"host": HOST, "port": port, "tls": False}},
+    )
+    archive = Archive(settings)
+    archive.start()
+    try:
+        ctx = first_client_context(settings.data_dir)
+        path = tmp_path / "large.dcm"
+        write_large(path, 64 << 20)
+        store = associate(archive.address[1], ctx, contexts=[SecondaryCaptureImageStorage],
+                          transfer_syntaxes=["1.2.840.10008.1.2.1"])
+        assert store.send_c_store(path).Status == 0
+        store.release()
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        identifier.StudyInstanceUID = header.StudyInstanceUID
+        ae = AE(ae_title="MODALITY1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
+                             tls_args=(ctx, "localhost"))
+        responses: list[Any] = []
+        moving = threading.Thread(target=lambda: responses.extend(
+            status for status, _ in assoc.send_c_move(identifier, "STALLS", MOVE)))
+        moving.start()
+        moving.join(45)
+        assert not moving.is_alive(), "no final C-MOVE response"
+        assoc.release()
+        final = responses[-1]
+        assert final.Status == 0xA702, hex(final.Status)
+        assert final.NumberOfFailedSuboperations == 1
+        assert wait_for(lambda: _connections_to(port) == 0, timeout=10)
+    finally:
+        gate.set()
+        archive.stop(0)
+        scp.shutdown()
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine (IPv4)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows
+               if row.split()[2].endswith(f":{port:04X}") and row.split()[3] == "01")
