@@ -33,16 +33,22 @@ class TrustIndex:
         now = datetime.now(UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return None
+        if _is_ca(cert):  # a CA is no modality: OpenSSL lets one without Key Usage through
+            return None
         entry: TrustedCertificate | None = self._clients.get(fingerprint)
         if entry is None:
             entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
         if entry is None:
             return None
-        return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles, entry.rule)
+        return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles, entry.rule,
+                        trusted_by=entry.fingerprint)
 
     def still_trusts(self, identity: Identity) -> bool:
+        """Whether the entry that made ``identity`` trusted is still in the set: the pinned
+        certificate, or the very CA that issued it (by fingerprint: a CA replaced under the
+        same name, as when one is retired, no longer trusts what the old one issued)."""
         return identity.fingerprint in self._clients or any(
-            ca.name == identity.trust_name for ca in self._cas
+            ca.fingerprint == identity.trusted_by for ca in self._cas
         )
 
 
@@ -76,6 +82,13 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     return value
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mimic_server.dimse import access, store_audit
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
-from mimic_server.security.identity import peer_identity
+from mimic_server.security.identity import ANONYMOUS, peer_identity
 from mimic_server.security.policy import Policy, Refusal
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ REJECT: dict[Refusal, tuple[int, int, int]] = {
     # identity that fails authorization.
     Refusal.USER_REQUIRED: (0x01, 0x02, 0x01),
     Refusal.USER_NOT_ACCEPTED: (0x01, 0x02, 0x01),
+    # Permanent, service-user, no reason given: as for a certificate refused at TLS time.
+    Refusal.CERTIFICATE_NO_LONGER_TRUSTED: (0x01, 0x01, 0x01),
 }
 #: Refusals that access.admit has audited already (with the user's details).
 _AUDITED = frozenset({Refusal.NO_GRANTED_SERVICE, Refusal.USER_REQUIRED,
@@ -82,7 +84,13 @@ def _admit(
     if identity is None:  # the connection was admitted without identity: never accept
         assoc.abort()
         return
-    refusal = policy.refuse_association(identity, calling, called)
+    refusal = None
+    trust = getattr(getattr(assoc, "_server", None), "trust", None)
+    if trust is not None and identity is not ANONYMOUS and not trust.still_trusts(identity):
+        # Revoked since its handshake identified it: a trust change applied before this
+        # association's thread existed was not seen by that change's sweep of them.
+        refusal = Refusal.CERTIFICATE_NO_LONGER_TRUSTED
+    refusal = refusal or policy.refuse_association(identity, calling, called)
     if refusal is None and live_associations() > max_associations:
         refusal = Refusal.LOCAL_LIMIT_EXCEEDED
     session = Session(identity, calling, address, called)

@@ -50,6 +50,7 @@ class Refusal(Enum):
     NO_GRANTED_SERVICE = "no proposed presentation context is for a granted service"
     USER_REQUIRED = "a user identity is required for this certificate"
     USER_NOT_ACCEPTED = "user identity not accepted"
+    CERTIFICATE_NO_LONGER_TRUSTED = "certificate no longer trusted"
 
 
 class Admitted(Protocol):

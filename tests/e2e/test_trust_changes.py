@@ -1,0 +1,121 @@
+"""Trust changes against associations in every state, in-process (the real Archive, its
+directory source and watcher): a revocation applied while an association is being
+admitted, a CA replaced under the same name, and a CA certificate presented as a modality's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mimic_server.app import Archive
+from mimic_server.certs import devpki
+from mimic_server.config import Settings
+from tests.support import (
+    HOST,
+    associate,
+    client_context,
+    first_client_context,
+    wait_for,
+    write_cert,
+)
+
+
+def _archive(tmp_path: Path, refresh: str) -> Archive:
+    archive = Archive(Settings(data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
+                               cert_refresh_seconds=refresh))
+    archive.start()
+    return archive
+
+
+def _echoes(archive: Archive, context: Callable[[], Any]) -> bool:
+    assoc = associate(archive.address[1], context())
+    if not assoc.is_established:
+        return False
+    answered = assoc.send_c_echo().Status == 0
+    assoc.release()
+    return answered
+
+
+def _trust_ca(archive: Archive, ca: x509.Certificate) -> None:
+    directory = archive.settings.data_dir / "certs" / "trusted-ca"
+    directory.mkdir(exist_ok=True)
+    (directory / ".partner.tmp").write_bytes(ca.public_bytes(Encoding.PEM))
+    (directory / ".partner.tmp").replace(directory / "partner.pem")
+
+
+def test_a_revocation_applied_while_an_association_is_admitted_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """The handshake identified the peer by the trust set of the moment; the revocation
+    is applied before the association's thread exists, so that the change's sweep of the
+    associations cannot see it: its A-ASSOCIATE-RQ is rejected, trust being checked again."""
+    archive = _archive(tmp_path, "3600")
+    try:
+        assert archive.server is not None and archive.watcher is not None
+        before = archive.server.trust
+        applied: list[bool] = []
+        identify = before.identify
+
+        def identify_then_revoked(der: bytes) -> Any:
+            identity = identify(der)
+            if not applied:  # the watcher, as it can land right here
+                devpki.revoke(archive.settings.data_dir / "certs", "modality1")
+                archive._apply_bundle(archive.watcher.source.load())
+                applied.append(archive.server.trust is not before)
+            return identity
+
+        before.identify = identify_then_revoked  # type: ignore[method-assign]
+        assoc = associate(archive.address[1], first_client_context(archive.settings.data_dir))
+        assert applied == [True]
+        assert not assoc.is_established
+        assert assoc.is_rejected
+    finally:
+        archive.stop(0)
+
+
+def test_associations_of_a_replaced_ca_are_aborted(tmp_path: Path) -> None:
+    """An operator replaces a partner's CA under the same name (the old one retired): new
+    associations from what the old CA issued are refused, and so are the open ones."""
+    archive = _archive(tmp_path, "1")
+    try:
+        pki = tmp_path / "pki"
+        _, _, old_ca, old_key = write_cert(pki, "partner-ca-1", ca=True)
+        _, _, new_ca, _ = write_cert(pki, "partner-ca-2", ca=True)
+        cert, key, _, _ = write_cert(pki, "ct-room", issuer=(old_ca, old_key))
+
+        def context() -> Any:
+            return client_context(cert, key, archive.settings.data_dir / "certs/ca/ca.pem")
+
+        _trust_ca(archive, old_ca)
+        assert wait_for(lambda: _echoes(archive, context), timeout=10)
+        assoc = associate(archive.address[1], context())
+        assert assoc.is_established
+        _trust_ca(archive, new_ca)
+        assert wait_for(lambda: not _echoes(archive, context), timeout=10)
+        assert wait_for(lambda: assoc.is_aborted, timeout=10)
+    finally:
+        archive.stop(0)
+
+
+def test_a_ca_certificate_is_no_modalitys(tmp_path: Path) -> None:
+    """A sub-CA certificate (CA:TRUE, no Key Usage, which OpenSSL's client check lets
+    through) issued by a CA trusted as a whole is refused as a client certificate."""
+    archive = _archive(tmp_path, "1")
+    try:
+        pki = tmp_path / "pki"
+        _, _, ca, ca_key = write_cert(pki, "partner-ca", ca=True)
+        sub_cert, sub_key, _, _ = write_cert(pki, "partner-sub-ca", issuer=(ca, ca_key), ca=True)
+        leaf_cert, leaf_key, _, _ = write_cert(pki, "ct-room", issuer=(ca, ca_key))
+        ca_file = archive.settings.data_dir / "certs/ca/ca.pem"
+        _trust_ca(archive, ca)
+        assert wait_for(lambda: _echoes(archive, lambda: client_context(
+            leaf_cert, leaf_key, ca_file)), timeout=10)  # the CA is trusted by now
+        time.sleep(0.2)
+        assert not _echoes(archive, lambda: client_context(sub_cert, sub_key, ca_file))
+    finally:
+        archive.stop(0)
