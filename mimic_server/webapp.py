@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -61,6 +62,7 @@ from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
+from mimic_server.web.dicomweb.errors import UnexpectedErrors
 from mimic_server.web.dicomweb.kept_copies import KeptCopies
 from mimic_server.web.parent import (
     OPTIONS_VARIABLE,
@@ -346,7 +348,7 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
     ]
     if console is not None:
         routes.append(Mount("/", app=console))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(UnexpectedErrors)])
 
 
 def worker_app() -> Any:

@@ -118,7 +118,7 @@ class TokenValidator:
             raise InvalidToken("not a JWT") from exc
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
-            raise InvalidToken(f"signature algorithm {algorithm!r} is not allowed")
+            raise InvalidToken("the token's signature algorithm is not allowed")
         kid = str(header.get("kid") or "")
         key = self._key(kid)
         user = self._verify(token, key, algorithm)

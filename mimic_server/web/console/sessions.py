@@ -67,8 +67,8 @@ class Signer:
 
     def open(self, purpose: str, cookie: str | None) -> dict[str, Any] | None:
         """The payload, or None when absent, forged, for another purpose, expired or revoked."""
-        if not cookie or cookie.count(".") != 1:
-            return None
+        if not cookie or not cookie.isascii() or cookie.count(".") != 1:
+            return None  # ours are ASCII: another would fail the MAC's encoding, a 500
         data, mac = cookie.split(".")
         if not hmac.compare_digest(mac, self._mac(data)):
             return None

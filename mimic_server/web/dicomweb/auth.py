@@ -72,8 +72,9 @@ def _challenge(error: str | None = None, description: str | None = None) -> dict
     value = f'Bearer realm="{REALM}"'
     if error:
         value += f', error="{error}"'
-    if description:
-        value += f', error_description="{description}"'
+    if description:  # RFC 6750 3: no '"' nor '\\', printable ASCII only
+        allowed = "".join(c for c in description if " " <= c <= "~" and c not in '"\\')
+        value += f', error_description="{allowed}"'
     return {"WWW-Authenticate": value}
 
 

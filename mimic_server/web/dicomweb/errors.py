@@ -6,10 +6,16 @@ are safe for logs and for the client: they never quote a query value (patient da
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mimic_server.logs import where
+
+log = logging.getLogger(__name__)
 
 
 class WebError(Exception):
@@ -33,3 +39,38 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 async def handle_web_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebError)
     return error_response(exc.status, exc.message, exc.headers)
+
+
+class UnexpectedErrors:
+    """The last catch of the web app: an exception no route turned into an answer (a bug)
+    is logged at ERROR by its type and frames, never its message, and answered 500.
+
+    Left to Starlette, it was re-raised to uvicorn, which logged its traceback at ERROR
+    with the exception's message, and that can quote a request's values: a QIDO-RS match
+    value, patient data (invariant 6)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except ClientDisconnect:
+            raise  # the client's doing, not a bug: as before
+        except Exception as exc:
+            log.error("unexpected error answering a request",
+                      extra={"error": type(exc).__name__, "where": where(exc),
+                             "method": scope.get("method", "")})
+            if not started:  # else the answer is cut short: the connection ends with it
+                await error_response(500, "unexpected error")(scope, receive, send)

@@ -149,7 +149,11 @@ def _put(identifier: Dataset, path: str, value: str | None) -> None:
         return
     if value is not None and vr == "UI":
         value = value.replace(",", "\\")
-    target.add_new(tag, vr, value if value not in (None, "") else None)
+    try:
+        target.add_new(tag, vr, value if value not in (None, "") else None)
+    except (ValueError, TypeError, OverflowError):  # pydicom converts IS and DS values
+        raise WebError(400, f"{parts[-1][:64]!r} takes a single {vr} value (a number)"
+                       ) from None
 
 
 def _number(params: Any, name: str, default: int | None) -> int | None:

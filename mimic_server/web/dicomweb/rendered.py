@@ -67,10 +67,10 @@ def _refused(exc: RenderError, audit: TransferAudit) -> WebError:
 def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     p = request.path_params
     numbers = _frame_numbers(str(p["frames"]))
+    session = authorize(ctx, request, WADO)  # first: nothing of the index answers a stranger
     ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
     media_type = rendering.frame_media_type(ref.transfer_syntax_uid) or "application/octet-stream"
     negotiate(request, [f'multipart/related; type="{media_type}"'])
-    session = authorize(ctx, request, WADO)
     source, audit, now = _read(ctx, session, ref, "frames")
     with source:
         return _frames(request, source, audit, ref, now, numbers, media_type)
