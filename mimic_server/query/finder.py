@@ -166,7 +166,8 @@ class Finder:
                     header = mapping["header"] if need_header else None
                     computed = _computed_values(mapping, computed_keys)
                     record = RowRecord(typed, header, computed)
-                    if not all(c.matches(record) for c in query.constraints):
+                    if not all(_checked(budget) and c.matches(record)
+                               for c in query.constraints):
                         continue
                     if sent >= limit:
                         raise ResultLimitReached(limit)
@@ -483,6 +484,13 @@ def _computed_values(row: Any, keys: set[str]) -> dict[str, list[Any]]:
 def _like(pattern: str) -> str:
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+def _checked(budget: Budget) -> bool:
+    """The budget checked before each key of a row is matched: one row can hold a MiB of
+    long values, each key hundreds of alternatives."""
+    budget.check()
+    return True
 
 
 def _prefilter(constraint: Constraint) -> Any:

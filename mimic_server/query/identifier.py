@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-from mimic_server.errors import QueryError
+from mimic_server.errors import QueryError, Status
 from mimic_server.query.keys import CONTROL, UNIQUE_KEY, Level, Model, level_of
-from mimic_server.query.matching import Constraint, Kind, element_constraint
+from mimic_server.query.matching import (
+    MAX_IDENTIFIER_LENGTH,
+    MAX_IDENTIFIER_VALUES,
+    Constraint,
+    Kind,
+    element_constraint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +58,20 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
         level = _level(identifier, model)
         constraints: list[Constraint] = []
         requested: list[DataElement] = []
+        values = characters = 0
         for tag in list(identifier.keys()):
             element = identifier[tag]
             keyword = element.keyword
             if keyword in CONTROL or element.tag.group in (0x0000, 0x0002):
                 continue
             requested.append(element)
+            count, length = _size(element)
+            values, characters = values + count, characters + length
+            if values > MAX_IDENTIFIER_VALUES or characters > MAX_IDENTIFIER_LENGTH:
+                # Before the keys are compiled, outside the time budget and deaf to C-CANCEL.
+                raise QueryError(
+                    f"the Identifier's keys hold more than {MAX_IDENTIFIER_VALUES} values or "
+                    f"{MAX_IDENTIFIER_LENGTH} characters together", Status.UNABLE_TO_PROCESS)
             key_level = level_of(keyword or "", model, level)
             if key_level.depth > level.depth:
                 continue  # below the query level: answered empty, never matched
@@ -76,6 +91,23 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
         raise _undecodable(identifier, tag, exc) from exc
     _require_unique_keys(model, level, constraints, relational, retrieve)
     return Query(model, level, tuple(constraints), tuple(requested))
+
+
+def _size(element: DataElement) -> tuple[int, int]:
+    """(values, characters) of a key, its sequence's first item's keys included (the only
+    item matched)."""
+    if element.VR == "SQ":
+        items = element.value
+        if not items:
+            return 0, 0
+        sizes = [_size(inner) for inner in items[0]]
+        return sum(n for n, _ in sizes), sum(c for _, c in sizes)
+    raw = element.value
+    if raw is None or raw == "" or raw == b"":
+        return 0, 0
+    if isinstance(raw, MultiValue | list):
+        return len(raw), sum(len(str(v)) for v in raw)
+    return 1, len(str(raw))
 
 
 def _undecodable(identifier: Dataset, tag: int, exc: Exception) -> QueryError:
@@ -110,8 +142,12 @@ def _require_unique_keys(
         key = UNIQUE_KEY[above]
         found = by_keyword.get(key)
         if above is level:
-            # Retrieve: the unique key of the retrieve level, one value or a list of them.
-            if found is None or found.kind not in (Kind.SINGLE, Kind.LIST):
+            # Retrieve: the unique key of the retrieve level, one value or a list of them
+            # (PS3.4 C.4.2.2.1), never a wildcard, in the list either ('*\\*': everything).
+            if found is None or found.kind not in (Kind.SINGLE, Kind.LIST) or (
+                found.kind is Kind.LIST
+                and any(alt.kind is not Kind.SINGLE for alt in found.alternatives)
+            ):
                 raise QueryError(f"a retrieve at {level.value} level needs {key}")
             continue
         if relational:

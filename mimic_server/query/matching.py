@@ -32,6 +32,10 @@ NUMERIC_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
 MAX_KEY_VALUES = 256
 #: Characters in all values of one key (256 UIDs of 64 characters fit).
 MAX_KEY_VALUES_LENGTH = 16384
+#: Values and characters in all keys of one Identifier together: each value is parsed and
+#: compiled before the query's time budget starts, and matched against every candidate row.
+MAX_IDENTIFIER_VALUES = 1024
+MAX_IDENTIFIER_LENGTH = 65536
 
 
 class Kind(Enum):
@@ -114,7 +118,24 @@ def _forms(vr: str, stored: Any) -> list[str]:
 
 
 def _pn_text(text: str) -> str:
-    return text.rstrip("^ =").upper()
+    """Upper case, for a case-insensitive comparison, but never a character made ASCII
+    (``'ß'.upper()`` is ``'SS'``, a dotless i's ``'I'``, a ligature's its letters): the
+    index's pre-filter (``finder._prefilter``, ILIKE) does not fold those, and must select a
+    superset of what this matches."""
+    return _pn_fold(text.rstrip("^ ="))
+
+
+def _pn_fold(text: str) -> str:
+    if text.isascii():
+        return text.upper()
+    return "".join(_upper_unless_made_ascii(c) for c in text)
+
+
+def _upper_unless_made_ascii(c: str) -> str:
+    if c.isascii():
+        return c.upper()
+    upper = c.upper()
+    return c if any(u.isascii() for u in upper) else upper
 
 
 def _pn_key(text: str) -> str:
@@ -188,8 +209,10 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
         if vr not in WILDCARD_VRS:
             raise QueryError(f"{keyword}: no wildcard matching on {vr}", Status.UNABLE_TO_PROCESS)
         value = check_bounds(keyword, value)
-        return Constraint(keyword, tag, vr, Kind.WILDCARD, values=(value,),
-                          _pattern=WildcardPattern.compile(value, ignore_case=vr == "PN"))
+        # A Person Name is matched folded as its stored forms are (_pn_text), not by the
+        # regex's IGNORECASE, which also takes a dotless i for an I, as the index does not.
+        pattern = WildcardPattern.compile(_pn_fold(value) if vr == "PN" else value)
+        return Constraint(keyword, tag, vr, Kind.WILDCARD, values=(value,), _pattern=pattern)
     return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
 
 

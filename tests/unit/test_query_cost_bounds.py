@@ -1,0 +1,155 @@
+"""What a C-FIND / C-MOVE / C-GET Identifier may cost and select: a bound on all its keys
+together (each value is compiled before the time budget starts, deaf to C-CANCEL), the
+budget checked between the keys of one row, no wildcard in a retrieve's list of unique
+keys, and a Person Name rule the index's pre-filter selects a superset of."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine
+
+from mimic_server.errors import QueryError, Status
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from mimic_server.query import matching
+from mimic_server.query.finder import Finder, RowRecord
+from mimic_server.query.identifier import parse
+from mimic_server.query.keys import Model
+from mimic_server.query.matching import MAX_IDENTIFIER_VALUES
+from mimic_server.query.pages import TimeLimitReached
+from tests.data import ct_small
+
+UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
+NAMES = ["Yamada^Tarou", "Groß^Hans", "Y\u0131ld\u0131z^Ayla", "Müller^Jörg", "Doe^John"]
+#: Keys no index column holds: matched against the stored header.
+LO_KEYS = ["AdmissionID", "InstitutionName", "StationName", "ReasonForStudy"]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_index_engine(database_url)
+    base = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    index = SqlIndex(engine)
+    for n, name in enumerate(NAMES):
+        ds = copy.deepcopy(base)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientID, ds.PatientName = f"P{n}", name
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+            f"{UID_ROOT}.1.{n}", f"{UID_ROOT}.2.{n}", f"{UID_ROOT}.3.{n}")
+        index.upsert_instance(InstanceAttributes.from_header(ds),
+                              transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=f"k/{n}",
+                              sha256="0" * 64, size=1, received_from="test")
+    yield engine
+    with engine.begin() as conn:
+        for table in ("instances", "series", "studies", "patients", "audit_events"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+    index.close()
+    engine.dispose()
+
+
+def _study_query(**keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_the_keys_of_an_identifier_are_bounded_together() -> None:
+    """Four keys of 256 values each are within every bound of one key; five are past the
+    Identifier's: refused (0xC000) before any is compiled."""
+    def identifier(keys: int) -> Dataset:
+        ds = _study_query()
+        for keyword in [*LO_KEYS, "StudyDescription"][:keys]:
+            setattr(ds, keyword, [f"*{keyword[:3]}{n}*" for n in range(256)])
+        return ds
+
+    assert len(parse(identifier(4), Model.STUDY_ROOT, relational=True).constraints) == 4
+    with pytest.raises(QueryError) as refused:
+        parse(identifier(5), Model.STUDY_ROOT, relational=True)
+    assert refused.value.status == Status.UNABLE_TO_PROCESS
+    assert str(MAX_IDENTIFIER_VALUES) in str(refused.value)
+
+
+def test_a_sequences_keys_count_too() -> None:
+    item = Dataset()
+    item.CodeValue = [f"V{n}" for n in range(256)]
+    item.CodeMeaning = [f"M{n}" for n in range(257)]
+    ds = _study_query(InstitutionName=[f"I{n}" for n in range(256)],
+                      StationName=[f"S{n}" for n in range(256)])
+    ds.ProcedureCodeSequence = [item]
+    with pytest.raises(QueryError):
+        parse(ds, Model.STUDY_ROOT, relational=True)
+
+
+@pytest.mark.parametrize("values", [["*", "*"], ["P0", "P*"], ["P0", "P?"]])
+def test_a_retrieves_list_of_unique_keys_holds_no_wildcard(values: list[str]) -> None:
+    """``PatientID='*\\*'`` selected every patient of the archive for a C-MOVE / C-GET, where
+    ``'P*'`` alone was refused (PS3.4 C.4.2.2.1: single values or a list of them)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel, ds.PatientID = "PATIENT", values
+    with pytest.raises(QueryError):
+        parse(ds, Model.PATIENT_ROOT, relational=False, retrieve=True)
+    ds.PatientID = ["P0", "P1"]
+    assert parse(ds, Model.PATIENT_ROOT, relational=False, retrieve=True).constraints
+
+
+def test_the_budget_is_checked_between_the_keys_of_one_row(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row's keys can outlast the budget (a MiB of long values, hundreds of
+    alternatives each): the budget is checked before each key, not only before each row."""
+    query = parse(_study_query(PatientID="P1", InstitutionName="*", StationName="*S*"),
+                  Model.STUDY_ROOT, relational=True)
+    slow = query.constraints[0]
+    matches = type(slow).matches
+
+    def slowly(self: Any, record: Any) -> bool:
+        if self is slow:
+            time.sleep(0.3)  # the first key spends the whole budget
+        return matches(self, record)
+
+    monkeypatch.setattr(type(slow), "matches", slowly)
+    finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=100, time_limit=0.2)
+    with pytest.raises(TimeLimitReached):
+        list(finder.find(query))
+
+
+@pytest.mark.parametrize(("key", "stored", "found"), [
+    ("GROSS^HANS", "Groß^Hans", False),   # 'ß'.upper() is 'SS': the index does not fold it
+    ("YILDIZ*", "Y\u0131ld\u0131z^Ayla", False),  # nor a dotless i to 'I'
+    ("groß*", "Groß^Hans", True),
+    ("y\u0131ld\u0131z*", "Y\u0131ld\u0131z^Ayla", True),
+    ("MÜLLER*", "Müller^Jörg", True),    # a case that stays non-ASCII is still folded
+    ("müller^jörg", "Müller^Jörg", True),
+    ("DOE^*", "Doe^John", True),
+])
+def test_a_person_name_matches_as_the_index_preselects(
+    engine: Engine, key: str, stored: str, found: bool
+) -> None:
+    """The matcher's case folding never makes a character ASCII, so the pre-filter of an
+    ASCII key (ILIKE) selects a superset of its matches on both databases: what it finds
+    does not depend on whether the key is ASCII."""
+    query = parse(_study_query(PatientName=key), Model.STUDY_ROOT, relational=True)
+    accepted = query.constraints[0].matches(RowRecord({"PatientName": stored}, None, {}))
+    answers = Finder(engine, retrieve_ae_title="MIMIC", max_results=100).find(query)
+    names = [str(getattr(a, "PatientName", "")) for a in
+             (answer.to_dataset() if hasattr(answer, "to_dataset") else answer
+              for answer in answers)]
+    assert accepted is found
+    assert (stored in names) is found, names
+
+
+def test_the_fold_keeps_non_ascii_case_insensitive() -> None:
+    assert matching._pn_text("müller^jörg^^") == "MÜLLER^JÖRG"
+    assert matching._pn_text("Groß") == "GROß"
+    assert matching._pn_text("ﬁsh") == "ﬁSH"
