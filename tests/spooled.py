@@ -3,7 +3,9 @@ network: for the tests of what keeps a spool (the file store names it, others re
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -51,3 +53,37 @@ def spooled(directory: Path, data: bytes, limit: int = 1 << 30,
     if finish:
         received.finish()
     return received
+
+
+def acceptor(spool_dir: Path, sop_class: str, fast: bool = True) -> Any:
+    """An acceptor association as the server makes one for MODALITY1: one accepted context
+    (ID 1, ``sop_class`` in Explicit VR Little Endian), its session, and every message
+    received in bounded memory (spooled in ``spool_dir`` past :data:`IN_MEMORY`; ``fast``:
+    C-STORE-RQs assembled by MIMIC, else by pynetdicom)."""
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import build_context
+
+    from mimic_server.dimse.receiving import receive_in_bounded_memory
+    from mimic_server.dimse.session import Session, attach_session
+    from mimic_server.security.identity import Identity
+
+    assoc = Association(AE(), "acceptor")
+    context = build_context(sop_class, [ExplicitVRLittleEndian])
+    context.context_id, context._as_scp = 1, True
+    assoc._accepted_cx = {1: context}
+    attach_session(assoc, Session(Identity("modality1", "ab" * 32, "modality1"),
+                                  "MODALITY1", "MIMIC"))
+    receive_in_bounded_memory(assoc, ReceiveLimits(1 << 30, spool_dir, in_memory=IN_MEMORY),
+                              store_requests=fast)
+    return assoc
+
+
+def dul_events(assoc: Any) -> list[str]:
+    """The events queued for the association's DUL (``Evt19``: an A-ABORT), taken."""
+    found = []
+    while True:
+        try:
+            found.append(assoc.dul.event_queue.get_nowait())
+        except queue.Empty:
+            return found

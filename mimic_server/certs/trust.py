@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mimic_server.certs import CertBundle, TrustedCertificate, common_name
 from mimic_server.security.identity import Identity
@@ -24,6 +25,7 @@ class TrustIndex:
         valid = bundle.currently_valid()
         self._clients = {t.fingerprint: t for t in valid if t.kind == "client"}
         self._cas = [t for t in valid if t.kind == "ca"]
+        self._ca_keys = frozenset(_issuer_key(ca.certificate) for ca in self._cas)
         self.fingerprints = frozenset(self._clients)
 
     def identify(self, der: bytes) -> Identity | None:
@@ -33,23 +35,24 @@ class TrustIndex:
         now = datetime.now(UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return None
-        if _is_ca(cert):  # a CA is no modality: OpenSSL lets one without Key Usage through
-            return None
         entry: TrustedCertificate | None = self._clients.get(fingerprint)
-        if entry is None:
-            entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
+        if entry is not None:  # pinned: a modality's self-signed certificate may say CA:TRUE
+            return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles,
+                            entry.rule, trusted_by=fingerprint)
+        if _is_ca(cert):  # issued by a CA, a CA is no modality (OpenSSL lets one without
+            return None   # Key Usage through)
+        entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
         if entry is None:
             return None
         return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles, entry.rule,
-                        trusted_by=entry.fingerprint)
+                        trusted_by=_issuer_key(entry.certificate))
 
     def still_trusts(self, identity: Identity) -> bool:
-        """Whether the entry that made ``identity`` trusted is still in the set: the pinned
-        certificate, or the very CA that issued it (by fingerprint: a CA replaced under the
-        same name, as when one is retired, no longer trusts what the old one issued)."""
-        return identity.fingerprint in self._clients or any(
-            ca.fingerprint == identity.trusted_by for ca in self._cas
-        )
+        """Whether what made ``identity`` trusted is still in the set: its pinned certificate,
+        or the CA that issued it, by subject and key: a CA replaced under the same entry name
+        (one retired) no longer vouches for what the old one issued, while one renewed with
+        its key still does."""
+        return identity.fingerprint in self._clients or identity.trusted_by in self._ca_keys
 
 
 def applied_content(bundle: CertBundle) -> frozenset[str]:
@@ -82,6 +85,13 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     return value
+
+
+def _issuer_key(ca: x509.Certificate) -> str:
+    """A CA as the issuer of what it signed: its subject and public key (a renewal keeps
+    both), hashed."""
+    spki = ca.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(ca.subject.public_bytes() + spki).hexdigest()
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -37,7 +37,6 @@ import io
 import logging
 import mmap
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -594,11 +593,16 @@ def discard_partial(event: Any) -> None:
     if isinstance(data_set, ReceivingDataSet):
         data_set.discard()
     # Requests received whole but never handled (the association was aborted before its
-    # thread took them): nobody answers them now.
+    # thread took them): nobody answers them now. Only those: the (None, None) pynetdicom
+    # queues as the connection closes wakes a service waiting for a response (a C-GET's
+    # sub-operation), and must stay.
     waiting = getattr(dimse, "msg_queue", None)
-    while waiting is not None:
-        try:
-            _, primitive = waiting.get_nowait()
-        except queue.Empty:
-            break
+    if waiting is None:
+        return
+    with waiting.mutex:
+        held = list(waiting.queue)
+        unanswered = [item for item in held if _is_request(item[1])]
+        waiting.queue.clear()
+        waiting.queue.extend(item for item in held if not _is_request(item[1]))
+    for _, primitive in unanswered:
         release_spool(getattr(primitive, "DataSet", None))

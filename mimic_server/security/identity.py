@@ -22,8 +22,8 @@ class Identity:
     #: The rule the trust entry carries itself (Key Vault tags, the binding file), if any;
     #: the policy file's rule for ``trust_name`` overrides it (``Policy.grants_for``).
     rule: Grants | None = field(default=None, compare=False)
-    #: The SHA-256 fingerprint of the trusted entry that made it trusted: the certificate
-    #: itself where pinned, else the CA that issued it (``TrustIndex.still_trusts``).
+    #: What made it trusted (``TrustIndex.still_trusts``): the certificate's own fingerprint
+    #: where pinned, else a hash of the issuing CA's subject and public key.
     trusted_by: str = field(default="", compare=False)
 
     @property

@@ -67,16 +67,8 @@ def test_the_archive_guards_its_sub_association_before_it_starts(
         store.release()
         assert wait_for(lambda: _accepts(storescp))
 
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = pydicom.dcmread(ct_small()).StudyInstanceUID
-        ae = AE(ae_title="MODALITY1")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(MOVE)
-        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
-                             tls_args=(ctx, "localhost"))
-        responses = [status for status, _ in assoc.send_c_move(identifier, "STORESCP", MOVE)]
-        assoc.release()
+        responses = _moved(archive, ctx, pydicom.dcmread(ct_small()).StudyInstanceUID,
+                           "STORESCP")
     finally:
         archive.stop(0)
 
@@ -86,6 +78,19 @@ def test_the_archive_guards_its_sub_association_before_it_starts(
     [(is_requestor, was_running, provider)] = guarded
     assert is_requestor and not was_running
     assert provider is requestor._GuardedDIMSE
+
+
+def _moved(archive: Archive, ctx: Any, study: str, destination: str) -> list[Any]:
+    """Every response to a C-MOVE of ``study`` to ``destination``, then the release."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
+    ae = AE(ae_title="MODALITY1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC", tls_args=(ctx, "localhost"))
+    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE)]
+    assoc.release()
+    return responses
 
 
 def _accepts(port: int) -> bool:
@@ -142,15 +147,7 @@ def test_a_study_held_in_both_byte_orders_reaches_a_destination_that_takes_both(
             store = associate(archive.address[1], ctx, transfer_syntaxes=[syntax])
             assert store.send_c_store(path).Status == 0
             store.release()
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
-        ae = AE(ae_title="MODALITY1")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(MOVE)
-        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
-                             tls_args=(ctx, "localhost"))
-        responses = [status for status, _ in assoc.send_c_move(identifier, "BOTH", MOVE)]
-        assoc.release()
+        responses = _moved(archive, ctx, study, "BOTH")
     finally:
         archive.stop(0)
         scp.shutdown()
@@ -197,22 +194,13 @@ def test_a_destination_that_stops_reading_ends_its_sub_association(tmp_path: Pat
                           transfer_syntaxes=["1.2.840.10008.1.2.1"])
         assert store.send_c_store(path).Status == 0
         store.release()
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        identifier.StudyInstanceUID = header.StudyInstanceUID
-        ae = AE(ae_title="MODALITY1")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        ae.add_requested_context(MOVE)
-        assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC",
-                             tls_args=(ctx, "localhost"))
+        study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
         responses: list[Any] = []
-        moving = threading.Thread(target=lambda: responses.extend(
-            status for status, _ in assoc.send_c_move(identifier, "STALLS", MOVE)))
+        moving = threading.Thread(
+            target=lambda: responses.extend(_moved(archive, ctx, study, "STALLS")), daemon=True)
         moving.start()
         moving.join(45)
         assert not moving.is_alive(), "no final C-MOVE response"
-        assoc.release()
         final = responses[-1]
         assert final.Status == 0xA702, hex(final.Status)
         assert final.NumberOfFailedSuboperations == 1

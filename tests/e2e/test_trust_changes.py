@@ -36,8 +36,9 @@ def _echoes(archive: Archive, context: Callable[[], Any]) -> bool:
     assoc = associate(archive.address[1], context())
     if not assoc.is_established:
         return False
-    answered = assoc.send_c_echo().Status == 0
-    assoc.release()
+    answered = getattr(assoc.send_c_echo(), "Status", None) == 0  # none: aborted meanwhile
+    if assoc.is_established:
+        assoc.release()
     return answered
 
 
@@ -117,5 +118,58 @@ def test_a_ca_certificate_is_no_modalitys(tmp_path: Path) -> None:
             leaf_cert, leaf_key, ca_file)), timeout=10)  # the CA is trusted by now
         time.sleep(0.2)
         assert not _echoes(archive, lambda: client_context(sub_cert, sub_key, ca_file))
+    finally:
+        archive.stop(0)
+
+
+def test_a_ca_renewed_with_its_key_keeps_what_it_issued(tmp_path: Path) -> None:
+    """A CA certificate issued again with the same subject and key (a renewal, a new Key
+    Vault version) still vouches for the open associations of what it issued."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+
+    from mimic_server.certs import CertBundle, TrustedCertificate
+    from mimic_server.certs.trust import TrustIndex
+
+    _, _, ca, ca_key = write_cert(tmp_path, "site-ca", ca=True)
+    _, _, client, _ = write_cert(tmp_path, "ct02", issuer=(ca, ca_key))
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.subject)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(minutes=1))
+               .not_valid_after(now + timedelta(days=3650)))
+    for extension in ca.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    renewed = builder.sign(ca_key, hashes.SHA256())
+    der = client.public_bytes(Encoding.DER)
+    identity = TrustIndex(CertBundle(b"", b"", (TrustedCertificate("site-ca", "ca", ca),))
+                          ).identify(der)
+    assert identity is not None
+    after = TrustIndex(CertBundle(b"", b"", (TrustedCertificate("site-ca", "ca", renewed),)))
+    assert after.identify(der) is not None
+    assert after.still_trusts(identity)
+
+
+def test_a_pinned_self_signed_certificate_saying_ca_true_is_trusted(tmp_path: Path) -> None:
+    """``openssl req -x509`` (its default configuration) makes a self-signed certificate
+    with CA:TRUE: the usual certificate of a modality, pinned by the operator. Pinned, it is
+    trusted; only one issued by a CA trusted as a whole must not be a CA."""
+    import subprocess
+
+    archive = _archive(tmp_path, "1")
+    try:
+        cert, key = tmp_path / "ct02.pem", tmp_path / "ct02.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "30", "-subj", "/CN=ct02", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        assert x509.load_pem_x509_certificate(cert.read_bytes()).extensions \
+            .get_extension_for_class(x509.BasicConstraints).value.ca
+        trusted = archive.settings.data_dir / "certs" / "trusted"
+        (trusted / ".ct02.tmp").write_bytes(cert.read_bytes())
+        (trusted / ".ct02.tmp").replace(trusted / "ct02.pem")
+        ca_file = archive.settings.data_dir / "certs/ca/ca.pem"
+        assert wait_for(lambda: _echoes(archive, lambda: client_context(cert, key, ca_file)),
+                        timeout=15)
     finally:
         archive.stop(0)

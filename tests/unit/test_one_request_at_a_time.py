@@ -5,31 +5,24 @@ connection ends release their spool files then."""
 
 from __future__ import annotations
 
-import queue
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.presentation import build_context
 
 from mimic_server.dimse import receiving
 from mimic_server.dimse.receiving import (
-    ReceiveLimits,
     ReceivingDataSet,
     discard_partial,
-    receive_in_bounded_memory,
 )
-from mimic_server.dimse.session import Session, attach_session
-from mimic_server.security.identity import Identity
 from mimic_server.storage import anonymous
+from tests.spooled import acceptor, dul_events
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 #: 40 KiB: spooled past the 4 KiB these tests keep in memory.
@@ -59,15 +52,7 @@ def spools(monkeypatch: pytest.MonkeyPatch) -> _Spools:
 
 
 def _acceptor(tmp_path: Path, fast: bool) -> Association:
-    assoc = Association(AE(), "acceptor")
-    context = build_context(CT, [ExplicitVRLittleEndian])
-    context.context_id, context._as_scp = 1, True
-    assoc._accepted_cx = {1: context}
-    attach_session(assoc, Session(Identity("modality1", "ab" * 32, "modality1"),
-                                  "MODALITY1", "MIMIC"))
-    receive_in_bounded_memory(assoc, ReceiveLimits(1 << 30, tmp_path, in_memory=4096),
-                              store_requests=fast)
-    return assoc
+    return acceptor(tmp_path, CT, fast)
 
 
 def _store(message_id: int, max_pdu: int = 16384, **extra: Any) -> list[P_DATA]:
@@ -108,15 +93,6 @@ def _waiting(assoc: Association) -> list[Any]:
     return [primitive for _, primitive in assoc.dimse.msg_queue.queue]
 
 
-def _events(assoc: Association) -> list[str]:
-    found = []
-    while True:
-        try:
-            found.append(assoc.dul.event_queue.get_nowait())
-        except queue.Empty:
-            return found
-
-
 # The fast path (MIMIC's C-STORE-RQ assembly) and pynetdicom's own (a move originator
 # sends a C-STORE-RQ only pydicom decodes).
 PATHS = [
@@ -135,7 +111,7 @@ def test_a_request_beside_a_waiting_one_aborts_and_is_not_kept(
     _feed(assoc, _store(1, **extra))  # the association thread has not taken it yet
     _feed(assoc, _store(2, **extra))
     assert [p.MessageID for p in _waiting(assoc)] == [1]  # the second is not kept
-    assert _events(assoc) == ["Evt19"]  # A-ABORT
+    assert dul_events(assoc) == ["Evt19"]  # A-ABORT
     assert spools.open() == 1  # only the waiting one's spool: the refused one's closed
     assert isinstance(_waiting(assoc)[0].DataSet, ReceivingDataSet)
 
@@ -147,10 +123,10 @@ def test_the_refused_requests_data_set_is_not_received(tmp_path: Path, spools: _
     _feed(assoc, _store(1))
     second = _store(2, max_pdu=4096)
     _feed(assoc, second[:1])  # its command
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     _feed(assoc, second[1:])  # its data set, as the peer goes on until the abort
     assert len(spools.opened) == 1
-    assert _events(assoc) == []  # one abort
+    assert dul_events(assoc) == []  # one abort
     assert [p.MessageID for p in _waiting(assoc)] == [1]
 
 
@@ -165,7 +141,7 @@ def test_requests_one_after_another_are_each_kept(tmp_path: Path, spools: _Spool
     _feed(assoc, _store(5))  # waits while 4 is handled
     assert handled == [1, 2, 3, 4]
     assert [p.MessageID for p in _waiting(assoc)] == [5]
-    assert _events(assoc) == []
+    assert dul_events(assoc) == []
 
 
 def test_responses_and_an_echo_are_not_a_second_request(tmp_path: Path, spools: _Spools) -> None:
@@ -175,10 +151,10 @@ def test_responses_and_an_echo_are_not_a_second_request(tmp_path: Path, spools: 
     _feed(assoc, _store(1))
     _feed(assoc, _store_response(7))
     _feed(assoc, _store_response(8))
-    assert _events(assoc) == []
+    assert dul_events(assoc) == []
     assert len(_waiting(assoc)) == 3
     _feed(assoc, _echo(2))
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     assert len(_waiting(assoc)) == 3
 
 
@@ -193,8 +169,36 @@ def test_requests_queued_when_the_connection_ends_release_their_spools(
     assoc.dimse.msg_queue.get_nowait()
     _feed(assoc, _store(4))  # waiting, and then 2 arrives in part: the connection ends
     _feed(assoc, partial[:3])
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     assert spools.open() == 3  # 1 and 3, handed to the handler; 4 waiting
     discard_partial(SimpleNamespace(assoc=assoc))
     assert assoc.dimse.msg_queue.empty()
     assert spools.open() == 2  # 4's released; 1's and 3's are their handlers' to release
+
+
+def test_the_connections_end_leaves_the_wake_up_of_a_waiting_service(tmp_path: Path) -> None:
+    """pynetdicom queues (None, None) as the connection closes, to wake a service waiting
+    for a response (a C-GET's sub-operation): the drain of unanswered requests leaves it,
+    or the C-GET would wait its DIMSE timeout."""
+    import threading
+    import time
+
+    from pynetdicom import evt
+    from pynetdicom.fsm import AA_4
+    from pynetdicom.transport import AddressInformation
+
+    assoc = _acceptor(tmp_path, fast=True)
+    assoc.bind(evt.EVT_CONN_CLOSE, discard_partial)  # as app.py binds it
+    assoc.requestor.address_info = AddressInformation("127.0.0.1", 104)
+    assoc.dimse_timeout = 30.0
+    got: list[Any] = []
+
+    def c_get_sub_operation() -> None:  # send_c_store waiting for the C-STORE-RSP
+        got.append(assoc.dimse.get_msg(block=True))
+
+    waiter = threading.Thread(target=c_get_sub_operation, daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    AA_4(assoc.dul)  # the peer's connection closed: pynetdicom's own action
+    waiter.join(10)
+    assert got == [(None, None)]

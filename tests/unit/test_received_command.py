@@ -34,6 +34,7 @@ from mimic_server.dimse.receiving import (
     ReceivingDataSet,
     receive_in_bounded_memory,
 )
+from tests.spooled import dul_events
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -95,15 +96,6 @@ def _received(assoc: Association) -> list[tuple[int, Any]]:
             return found
 
 
-def _events(assoc: Association) -> list[str]:
-    found = []
-    while True:
-        try:
-            found.append(assoc.dul.event_queue.get_nowait())
-        except queue.Empty:
-            return found
-
-
 def _fields(primitive: Any) -> dict[str, Any]:
     names = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
              "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
@@ -144,7 +136,7 @@ def test_a_store_request_arrives_as_pynetdicom_delivers_it(tmp_path: Path, max_p
     assert list(mimic_seen[0].command_set) == list(library_seen[0].command_set)
     assert mimic_seen[0].command_set.MessageID == 7
     assert mimic.dimse.message is None and library.dimse.message is None
-    assert _events(mimic) == _events(library) == []
+    assert dul_events(mimic) == dul_events(library) == []
 
 
 @pytest.mark.parametrize("primitive", [
@@ -165,7 +157,7 @@ def test_a_data_set_before_its_command_aborts_as_before(tmp_path: Path) -> None:
     pdata.presentation_data_value_list.append((1, b"\x02" + DATA_SET[:100]))
     (library, _), (mimic, _) = _both(tmp_path, [pdata])
     assert _received(mimic) == _received(library) == []
-    assert _events(mimic) == _events(library) == ["Evt19"]
+    assert dul_events(mimic) == dul_events(library) == ["Evt19"]
 
 
 def test_store_requests_one_after_another_each_arrive(tmp_path: Path) -> None:
@@ -328,7 +320,7 @@ def _responses(tmp_path: Path, primitive: C_STORE, max_pdu: int,
             assoc.dimse.receive_primitive(pdata)
         got = _received(assoc)
         assert len(got) == 1 and got[0][0] == 3
-        assert assoc.dimse.message is None and _events(assoc) == []
+        assert assoc.dimse.message is None and dul_events(assoc) == []
         delivered.append(got[0][1])
     return delivered[0], delivered[1], answers
 
@@ -417,7 +409,7 @@ def _echoes(tmp_path: Path, primitive: C_ECHO, max_pdu: int,
             assoc.dimse.receive_primitive(pdata)
         got = _received(assoc)
         assert len(got) == 1 and got[0][0] == 7
-        assert assoc.dimse.message is None and _events(assoc) == []
+        assert assoc.dimse.message is None and dul_events(assoc) == []
         delivered.append(got[0][1])
         messages.append(seen)
     return delivered[0], delivered[1], answers, messages
@@ -473,7 +465,7 @@ def test_a_command_set_past_its_bound_aborts_once_and_is_not_kept(
     last = P_DATA()
     last.presentation_data_value_list.append([1, b"\x03" + bytes(100)])
     assoc.dimse.receive_primitive(last)
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     assert _received(assoc) == [] and seen == []
 
 
@@ -489,7 +481,7 @@ def test_a_pdv_that_does_not_decode_asks_for_an_abort(
     pdata = P_DATA()
     pdata.presentation_data_value_list.append([1, value])
     assoc.dimse.receive_primitive(pdata)
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     assert _received(assoc) == [] and seen == []
 
 
@@ -505,7 +497,7 @@ def test_a_fault_of_mimics_own_decoder_is_an_error_with_its_frames(
     assoc, _seen = _acceptor(tmp_path, True)
     with caplog.at_level(logging.WARNING, logger="mimic_server.dimse.receiving"):
         assoc.dimse.receive_primitive(_pdata(_store(), 0)[0])  # its command set
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]
     [record] = caplog.records
     assert (record.levelno, record.error) == (logging.ERROR, "TypeError")  # type: ignore[attr-defined]
     assert record.where[-1].startswith(  # type: ignore[attr-defined]
@@ -517,7 +509,7 @@ def test_a_command_set_at_its_bound_is_taken(tmp_path: Path, fast: bool) -> None
     assoc, _seen = _acceptor(tmp_path, fast)
     for pdata in _pdata(_store(), 16382):
         assoc.dimse.receive_primitive(pdata)
-    assert _events(assoc) == []
+    assert dul_events(assoc) == []
     assert len(_received(assoc)) == 1
 
 
@@ -551,4 +543,4 @@ def test_a_command_set_too_long_after_a_whole_message_in_the_same_p_data_aborts(
         more.presentation_data_value_list.append([1, b"\x01" + bytes(16 * 1024)])
         assoc.dimse.receive_primitive(more)
     assert len(_received(assoc)) == 1  # the whole one
-    assert _events(assoc) == ["Evt19"]
+    assert dul_events(assoc) == ["Evt19"]

@@ -18,27 +18,21 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-from pynetdicom import AE
-from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.presentation import build_context
 
 from mimic_server.dimse import receiving
-from mimic_server.dimse.receiving import ReceiveLimits, receive_in_bounded_memory
-from mimic_server.dimse.session import Session, attach_session
 from mimic_server.dimse.store import handle_store
 from mimic_server.dimse.unexpected import STATUS, guarded
 from mimic_server.errors import OutOfResources
 from mimic_server.index import schema
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
-from mimic_server.security.identity import Identity
 from mimic_server.security.policy import Policy
 from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb import stow_part
 from mimic_server.web.dicomweb.stow_part import ReceivedPart
-from tests.spooled import FILE_META, SOP_INSTANCE, data_set
+from tests.spooled import FILE_META, SOP_INSTANCE, acceptor, data_set, dul_events
 
 
 class _FillingDisk(io.RawIOBase):
@@ -110,14 +104,7 @@ def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None]:
     raw = data_set(96 * 1024)
     engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
     schema.upgrade(engine)
-    assoc = Association(AE(), "acceptor")
-    context = build_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
-    context.context_id, context._as_scp = 1, True
-    assoc._accepted_cx = {1: context}
-    attach_session(assoc, Session(Identity("modality1", "ab" * 32, "modality1"),
-                                  "MODALITY1", "MIMIC"))
-    receive_in_bounded_memory(
-        assoc, ReceiveLimits(1 << 30, tmp_path / "spool", in_memory=4096), True)
+    assoc = acceptor(tmp_path / "spool", SecondaryCaptureImageStorage)
     request = C_STORE()
     request.MessageID, request.AffectedSOPClassUID, request.Priority = 1, \
         SecondaryCaptureImageStorage, 0
@@ -127,8 +114,7 @@ def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None]:
     events: list[str] = []
     for pdata in message.encode_msg(1, max_pdu):
         assoc.dimse.receive_primitive(pdata)
-        while not assoc.dul.event_queue.empty():
-            events.append(assoc.dul.event_queue.get_nowait())
+        events += dul_events(assoc)
     status = None
     if not assoc.dimse.msg_queue.empty():
         _, received = assoc.dimse.msg_queue.get_nowait()
