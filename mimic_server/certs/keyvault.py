@@ -152,7 +152,12 @@ class KeyVaultSource:
                     continue
                 self._cache[cache_key] = certs
             self._last_trusted[(entry.kind, entry.name)] = certs
-            titles = items.ae_titles(entry.tags)
+            try:
+                titles = items.ae_titles(entry.tags)
+            except ValueError as exc:  # deny: a binding unread is no certificate trusted
+                log.error("Key Vault entry not trusted: its AE title binding cannot be read",
+                          extra={"entry": entry.name, "reason": str(exc)})
+                continue
             rule = items.rule(entry.tags, entry.name)
             trusted.extend(TrustedCertificate(entry.name, kind, c, titles, rule) for c in certs)
         self._cache = {k: v for k, v in self._cache.items() if k in seen}
@@ -177,7 +182,10 @@ class KeyVaultSource:
                 certs = self._fetch(entry)
             else:
                 certs = self._last_trusted.get((entry.kind, entry.name))
-            titles = items.ae_titles(entry.tags)
+            try:
+                titles = items.ae_titles(entry.tags)
+            except ValueError:
+                titles = frozenset()  # shown as it is in the vault: it is not trusted anyway
             found.extend(TrustedCertificate(entry.name, kind, c, titles) for c in certs or ())
         return tuple(found)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -24,6 +25,10 @@ class TrustIndex:
     def __init__(self, bundle: CertBundle) -> None:
         valid = bundle.currently_valid()
         self._clients = {t.fingerprint: t for t in valid if t.kind == "client"}
+        #: Client entries of one certificate: only such a one may be a CA (a modality's
+        #: self-signed certificate); a chain pasted into an entry pins its CAs too.
+        self._alone = {name for name, count in Counter(
+            t.name for t in self._clients.values()).items() if count == 1}
         self._cas = [t for t in valid if t.kind == "ca"]
         self._ca_keys = frozenset(_issuer_key(ca.certificate) for ca in self._cas)
         self.fingerprints = frozenset(self._clients)
@@ -36,11 +41,13 @@ class TrustIndex:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return None
         entry: TrustedCertificate | None = self._clients.get(fingerprint)
-        if entry is not None:  # pinned: a modality's self-signed certificate may say CA:TRUE
+        if _is_ca(cert) and (entry is None or entry.name not in self._alone):
+            # A CA is no modality (OpenSSL lets one without Key Usage through), unless pinned
+            # alone: a modality's self-signed certificate may say CA:TRUE (openssl req -x509).
+            return None
+        if entry is not None:
             return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles,
                             entry.rule, trusted_by=fingerprint)
-        if _is_ca(cert):  # issued by a CA, a CA is no modality (OpenSSL lets one without
-            return None   # Key Usage through)
         entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
         if entry is None:
             return None

@@ -51,8 +51,17 @@ def trust_kind(tags: Mapping[str, str] | None) -> TrustKind | None:
 
 
 def ae_titles(tags: Mapping[str, str] | None) -> frozenset[str]:
-    raw = (tags or {}).get(AE_TITLES_TAG, "")
-    return frozenset(t.strip() for t in raw.split(",") if t.strip())
+    """The calling AE titles an entry is bound to (empty: no binding, the tag is absent).
+    ``ValueError`` for a tag that binds to nothing readable (``" , "``, a title past 16
+    characters): read as no binding, it let the certificate use any calling AE title."""
+    if AE_TITLES_TAG not in (tags or {}):
+        return frozenset()
+    titles = [t.strip() for t in (tags or {})[AE_TITLES_TAG].split(",")]
+    if not any(titles) or not all(
+        t and len(t) <= 16 and "\\" not in t and t.isprintable() for t in titles
+    ):
+        raise ValueError(f"{AE_TITLES_TAG} is not a list of AE titles")
+    return frozenset(titles)
 
 
 def rule(tags: Mapping[str, str] | None, entry: str) -> Grants | None:

@@ -135,7 +135,14 @@ def _upper_unless_made_ascii(c: str) -> str:
     if c.isascii():
         return c.upper()
     upper = c.upper()
-    return c if any(u.isascii() for u in upper) else upper
+    if any(u.isascii() for u in upper):
+        return _CAPITALS.get(c, c)
+    return upper
+
+
+#: Capitals of the characters whose ``upper()`` is ASCII, where Unicode has one: a name
+#: stored in capitals (``GROẞ``) is found by ``groß*`` as it was by IGNORECASE.
+_CAPITALS = {"ß": "ẞ"}
 
 
 def _pn_key(text: str) -> str:

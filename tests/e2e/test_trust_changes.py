@@ -173,3 +173,24 @@ def test_a_pinned_self_signed_certificate_saying_ca_true_is_trusted(tmp_path: Pa
                         timeout=15)
     finally:
         archive.stop(0)
+
+
+def test_a_ca_in_a_pinned_entrys_chain_is_no_modality(tmp_path: Path) -> None:
+    """A full chain pasted as a modality's entry pins its issuing CA too: only a certificate
+    pinned alone may say CA:TRUE, so the CA's key holder is not taken for the modality."""
+    archive = _archive(tmp_path, "1")
+    try:
+        pki = tmp_path / "pki"
+        ca_path, ca_key_path, ca, ca_key = write_cert(pki, "hospital-ca", ca=True)
+        leaf_path, leaf_key_path, leaf, _ = write_cert(pki, "ct-room", issuer=(ca, ca_key))
+        trusted = archive.settings.data_dir / "certs" / "trusted"
+        (trusted / ".ct.tmp").write_bytes(leaf.public_bytes(Encoding.PEM)
+                                          + ca.public_bytes(Encoding.PEM))
+        (trusted / ".ct.tmp").replace(trusted / "ct-room.pem")
+        ca_file = archive.settings.data_dir / "certs/ca/ca.pem"
+        assert wait_for(lambda: _echoes(archive, lambda: client_context(
+            leaf_path, leaf_key_path, ca_file)), timeout=15)  # the leaf: trusted, as meant
+        time.sleep(0.2)
+        assert not _echoes(archive, lambda: client_context(ca_path, ca_key_path, ca_file))
+    finally:
+        archive.stop(0)

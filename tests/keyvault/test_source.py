@@ -261,3 +261,19 @@ def test_revoked_entries_for_the_console(vault: KeyVaultDouble, pki: Pki) -> Non
     assert revoked["kv-client"].ae_titles == {"CT1"}
     assert revoked["seen-client"].certificate == seen
     assert _names(source.load()) == {"active"}  # revoked entries never join a bundle
+
+
+@pytest.mark.parametrize("binding", [" , ", "", "CT1,", "A-TITLE-LONGER-THAN-16"])
+def test_an_ae_title_binding_that_cannot_be_read_trusts_nothing(
+    vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture, binding: str
+) -> None:
+    """Read as no binding, a mistyped tag let the certificate use any calling AE title: the
+    entry is not trusted, and that is said at ERROR; the others are."""
+    _with_server(vault, pki)
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags={**CLIENT, "mimic-ae-titles": binding})
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags={**CLIENT, "mimic-ae-titles": "CT1, MR1"})
+    with caplog.at_level(logging.ERROR, logger="mimic_server.certs.keyvault"):
+        bundle = _source(vault).load()
+    assert [(t.name, t.ae_titles) for t in bundle.trusted] == [("b", {"CT1", "MR1"})]
+    refused = [r for r in caplog.records if "AE title binding" in r.getMessage()]
+    assert [r.entry for r in refused] == ["a"]  # type: ignore[attr-defined]

@@ -28,7 +28,8 @@ from mimic_server.query.pages import TimeLimitReached
 from tests.data import ct_small
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
-NAMES = ["Yamada^Tarou", "Groß^Hans", "Y\u0131ld\u0131z^Ayla", "Müller^Jörg", "Doe^John"]
+NAMES = ["Yamada^Tarou", "Groß^Hans", "GROẞ^FRITZ", "Y\u0131ld\u0131z^Ayla", "Müller^Jörg",
+         "Doe^John"]
 #: Keys no index column holds: matched against the stored header.
 LO_KEYS = ["AdmissionID", "InstitutionName", "StationName", "ReasonForStudy"]
 
@@ -128,6 +129,8 @@ def test_the_budget_is_checked_between_the_keys_of_one_row(
     ("GROSS^HANS", "Groß^Hans", False),   # 'ß'.upper() is 'SS': the index does not fold it
     ("YILDIZ*", "Y\u0131ld\u0131z^Ayla", False),  # nor a dotless i to 'I'
     ("groß*", "Groß^Hans", True),
+    ("groß^f*", "GROẞ^FRITZ", True),     # the capital sharp s is the upper case of ß
+    ("GROß^FRITZ", "GROẞ^FRITZ", True),
     ("y\u0131ld\u0131z*", "Y\u0131ld\u0131z^Ayla", True),
     ("MÜLLER*", "Müller^Jörg", True),    # a case that stays non-ASCII is still folded
     ("müller^jörg", "Müller^Jörg", True),
@@ -151,5 +154,5 @@ def test_a_person_name_matches_as_the_index_preselects(
 
 def test_the_fold_keeps_non_ascii_case_insensitive() -> None:
     assert matching._pn_text("müller^jörg^^") == "MÜLLER^JÖRG"
-    assert matching._pn_text("Groß") == "GROß"
+    assert matching._pn_text("Groß") == "GROẞ" == matching._pn_text("GROẞ")
     assert matching._pn_text("ﬁsh") == "ﬁSH"
