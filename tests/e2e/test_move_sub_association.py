@@ -54,12 +54,8 @@ def test_the_archive_guards_its_sub_association_before_it_starts(
         guarded.append((assoc.is_requestor, running, type(assoc.dimse)))
 
     monkeypatch.setattr(requestor, "keep_responses", spy)
-    settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
-        move_destinations={"STORESCP": {"host": HOST, "port": storescp, "tls": False}},
-    )
-    archive = Archive(settings)
-    archive.start()
+    archive = _archive(tmp_path, "STORESCP", storescp)
+    settings = archive.settings
     try:
         ctx = first_client_context(settings.data_dir)
         store = associate(archive.address[1], ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
@@ -80,8 +76,20 @@ def test_the_archive_guards_its_sub_association_before_it_starts(
     assert provider is requestor._GuardedDIMSE
 
 
-def _moved(archive: Archive, ctx: Any, study: str, destination: str) -> list[Any]:
-    """Every response to a C-MOVE of ``study`` to ``destination``, then the release."""
+def _archive(tmp_path: Path, destination: str, port: int, **settings: Any) -> Archive:
+    """An archive, started, that knows ``destination`` at ``port`` (plain TCP)."""
+    archive = Archive(Settings(
+        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
+        move_destinations={destination: {"host": HOST, "port": port, "tls": False}},
+        **settings))
+    archive.start()
+    return archive
+
+
+def _moved(archive: Archive, ctx: Any, study: str, destination: str,
+           release: bool = True) -> list[Any]:
+    """Every response to a C-MOVE of ``study`` to ``destination``; then the release, or
+    (``release=False``) an A-ABORT: only the responses are looked at."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
     ae = AE(ae_title="MODALITY1")
@@ -89,7 +97,10 @@ def _moved(archive: Archive, ctx: Any, study: str, destination: str) -> list[Any
     ae.add_requested_context(MOVE)
     assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC", tls_args=(ctx, "localhost"))
     responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE)]
-    assoc.release()
+    if release:
+        assoc.release()
+    else:
+        assoc.abort()
     return responses
 
 
@@ -128,12 +139,8 @@ def test_a_study_held_in_both_byte_orders_reaches_a_destination_that_takes_both(
     port = free_port()
     scp = destination.start_server((HOST, port), block=False,
                                    evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0,
-        move_destinations={"BOTH": {"host": HOST, "port": port, "tls": False}},
-    )
-    archive = Archive(settings)
-    archive.start()
+    archive = _archive(tmp_path, "BOTH", port)
+    settings = archive.settings
     try:
         ctx = first_client_context(settings.data_dir)
         for n, syntax in enumerate((explicit_le, big_endian)):
@@ -180,12 +187,8 @@ def test_a_destination_that_stops_reading_ends_its_sub_association(tmp_path: Pat
         (evt.EVT_DATA_RECV, lambda event: len(event.data) > 4096 and gate.wait(60)),
         (evt.EVT_C_STORE, lambda event: 0),
     ])
-    settings = Settings(
-        data_dir=tmp_path / "data", host=HOST, port=0, ops_port=0, network_timeout=2,
-        move_destinations={"STALLS": {"host": HOST, "port": port, "tls": False}},
-    )
-    archive = Archive(settings)
-    archive.start()
+    archive = _archive(tmp_path, "STALLS", port, network_timeout=2)
+    settings = archive.settings
     try:
         ctx = first_client_context(settings.data_dir)
         path = tmp_path / "large.dcm"
@@ -197,7 +200,8 @@ def test_a_destination_that_stops_reading_ends_its_sub_association(tmp_path: Pat
         study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
         responses: list[Any] = []
         moving = threading.Thread(
-            target=lambda: responses.extend(_moved(archive, ctx, study, "STALLS")), daemon=True)
+            target=lambda: responses.extend(_moved(archive, ctx, study, "STALLS", False)),
+            daemon=True)
         moving.start()
         moving.join(45)
         assert not moving.is_alive(), "no final C-MOVE response"
