@@ -414,13 +414,14 @@ def test_a_peer_that_does_not_wait_for_responses_is_aborted(server: MimicProcess
             if not assoc.is_established:
                 break
             assoc.dimse.send_msg(request, context)  # without waiting for its response
-            most = max(most, len(_spool_files(server)))
+            most = max(most, len(set(_spool_files(server))))
         assert wait_for(lambda: assoc.is_aborted, timeout=30)
-        most = max(most, len(_spool_files(server)))
+        most = max(most, len(set(_spool_files(server))))
         assert any("waits for its turn" in e.get("message", "") for e in server.log_entries())
     finally:
         index.rollback()
         index.close()
+    # Distinct spool files (a put holds a second descriptor of its spool while it names it):
     assert most <= 2, most  # the one being handled and one waiting, never more
     assert wait_for(lambda: _spool_files(server) == [], timeout=5)
     assert server.instance_count() <= before + 1  # only the one being handled, unanswered
