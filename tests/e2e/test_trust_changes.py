@@ -4,11 +4,13 @@ admitted, a CA replaced under the same name, and a CA certificate presented as a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -50,11 +52,13 @@ def _trust_ca(archive: Archive, ca: x509.Certificate) -> None:
 
 
 def test_a_revocation_applied_while_an_association_is_admitted_refuses_it(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The handshake identified the peer by the trust set of the moment; the revocation
     is applied before the association's thread exists, so that the change's sweep of the
-    associations cannot see it: its A-ASSOCIATE-RQ is rejected, trust being checked again."""
+    associations cannot see it: its A-ASSOCIATE-RQ is rejected (1/1/1), trust being checked
+    again, logged and audited."""
+    caplog.set_level(logging.WARNING, logger="mimic_server.dimse.association")
     archive = _archive(tmp_path, "3600")
     try:
         assert archive.server is not None and archive.watcher is not None
@@ -75,8 +79,12 @@ def test_a_revocation_applied_while_an_association_is_admitted_refuses_it(
         assert applied == [True]
         assert not assoc.is_established
         assert assoc.is_rejected
+        rejected = [r for r in caplog.records if r.getMessage() == "association rejected"]
+        assert [(r.reason, r.reject) for r in rejected] == [  # type: ignore[attr-defined]
+            ("certificate no longer trusted", "1/1/1")]
     finally:
         archive.stop(0)
+    assert "certificate no longer trusted" in archive.settings.audit_path.read_text()
 
 
 def test_associations_of_a_replaced_ca_are_aborted(tmp_path: Path) -> None:

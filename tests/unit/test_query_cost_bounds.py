@@ -98,8 +98,9 @@ def test_a_retrieves_list_of_unique_keys_holds_no_wildcard(values: list[str]) ->
     ``'P*'`` alone was refused (PS3.4 C.4.2.2.1: single values or a list of them)."""
     ds = Dataset()
     ds.QueryRetrieveLevel, ds.PatientID = "PATIENT", values
-    with pytest.raises(QueryError):
+    with pytest.raises(QueryError) as refused:
         parse(ds, Model.PATIENT_ROOT, relational=False, retrieve=True)
+    assert refused.value.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS  # 0xA900
     ds.PatientID = ["P0", "P1"]
     assert parse(ds, Model.PATIENT_ROOT, relational=False, retrieve=True).constraints
 

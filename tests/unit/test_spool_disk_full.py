@@ -98,9 +98,10 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> _Disk:
     return spools
 
 
-def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None]:
+def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None, int]:
     """One C-STORE of a 96 KiB data set received as the DUL does (spooled past 4 KiB), then
-    answered by the guarded handler: (the DUL events it queued, the status answered)."""
+    answered by the guarded handler: (the DUL events it queued, the status answered, the
+    objects kept plus the instances indexed)."""
     raw = data_set(96 * 1024)
     engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
     schema.upgrade(engine)
@@ -116,19 +117,22 @@ def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None]:
         assoc.dimse.receive_primitive(pdata)
         events += dul_events(assoc)
     status = None
+    store = MemoryStore()
     if not assoc.dimse.msg_queue.empty():
         _, received = assoc.dimse.msg_queue.get_nowait()
         event = SimpleNamespace(assoc=assoc, request=received,
                                 context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian))
         answer = guarded(handle_store, "C-STORE", STATUS["C-STORE"])(
-            event, MemoryStore(), SqlIndex(engine), Policy("MIMIC"))
+            event, store, SqlIndex(engine), Policy("MIMIC"))
         status = f"0x{int(getattr(answer, 'Status', answer)):04X}"
+    with engine.connect() as conn:
+        indexed = conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one()
     engine.dispose()
-    return events, status
+    return events, status, len(list(store.iter_keys())) + indexed
 
 
 def test_a_spool_with_room_stores(tmp_path: Path, disk: _Disk) -> None:
-    assert _store_over(tmp_path, 16384) == ([], "0x0000")
+    assert _store_over(tmp_path, 16384) == ([], "0x0000", 2)  # the object, its row
     assert disk.all_closed()
 
 
@@ -139,9 +143,10 @@ def test_a_full_disk_is_out_of_resources_not_an_abort(
     """No room at all: the first flush fails, some of it still buffered (every fragment of
     a 4 KiB PDU is); closing the spool then fails too."""
     disk.room = 0
-    events, status = _store_over(tmp_path, max_pdu)
+    events, status, kept = _store_over(tmp_path, max_pdu)
     assert events == []  # no A-ABORT: the association goes on
     assert status == "0xA700"
+    assert kept == 0  # nothing stored, nothing indexed
     assert disk.all_closed()
 
 
@@ -151,9 +156,10 @@ def test_a_disk_full_at_the_last_bytes_is_out_of_resources(
     """Room for all but the last 100 bytes, which are still in the write buffer as the
     data set ends: the flush at its end fails."""
     disk.room = len(FILE_META) + len(data_set(96 * 1024)) - 100
-    events, status = _store_over(tmp_path, 4096)
+    events, status, kept = _store_over(tmp_path, 4096)
     assert events == []
     assert status == "0xA700"
+    assert kept == 0
     assert disk.all_closed()
 
 
