@@ -38,7 +38,9 @@ __all__ = ["Policy", "Refusal", "Service"]
 log = logging.getLogger(__name__)
 
 USE_OF_RESTRICTED_FUNCTION = "use-of-restricted-function"
-_WILDCARDS = frozenset("*?")
+#: What a value may be made of and still match everything: the wildcards, Person Name's
+#: component and group separators, a range's hyphen, spaces.
+_MATCHES_ALL = frozenset("*?^=- ")
 
 
 class Refusal(Enum):
@@ -172,10 +174,10 @@ class Policy:
 
 
 def _narrows(value: Any) -> bool:
-    """A value that restricts the match: not empty and not made of wildcards only."""
+    """A value that restricts the match: every one of its values holds more than wildcards
+    and separators. Several values are list matching, an OR (PS3.4 C.2.2.2.3): one value
+    of ``*`` among them matches everything, so one narrowing value is not enough
+    (``*\\NOSUCH`` listed every patient)."""
     values = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
-    for item in values:
-        text = str(item if item is not None else "").strip()
-        if text and not set(text) <= _WILDCARDS:
-            return True
-    return False
+    texts = [str(item if item is not None else "") for item in values]
+    return bool(texts) and all(not set(text) <= _MATCHES_ALL for text in texts)

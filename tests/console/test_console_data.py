@@ -310,6 +310,8 @@ def test_study_queries_answer_to_the_dicomweb_policy(issuer: OidcIssuerDouble,
     narrow = _gated(issuer, archive, [OPERATOR], '[certificates.dicomweb]\n'
                     'services = ["find"]\nfind_requires = ["PatientID"]\nmax_find_results = 1\n')
     assert narrow.post("/console/api/studies", json={}).status_code == 403
+    listed = narrow.post("/console/api/studies", json={"patient_id": "*\\NOSUCH"})
+    assert listed.status_code == 403  # list matching is an OR: "*" among the values
     one = narrow.post("/console/api/studies", json={"patient_id": "P-*"}).json()
     assert len(one["studies"]) == 1 and one["more"] is True
 

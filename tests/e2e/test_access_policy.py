@@ -252,6 +252,9 @@ def test_get_is_granted_without_store(setup: Setup) -> None:
 
 @pytest.mark.parametrize("keys", [
     {"PatientID": "*"}, {"PatientID": "", "AccessionNumber": "?*"}, {"PatientName": "CT*"},
+    # list matching is an OR: one value of "*" among several matches every patient
+    {"PatientID": "*\\NOSUCH"}, {"AccessionNumber": "A1\\*"},
+    {"PatientID": "^", "AccessionNumber": "- "},  # separators match as much as "*"
 ])
 def test_find_must_narrow(setup: Setup, keys: dict[str, str]) -> None:
     query = Dataset()
