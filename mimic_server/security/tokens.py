@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 #: Asymmetric algorithms only: an HMAC "signature" would be checked with a public key as the
 #: shared secret (algorithm confusion), and ``none`` is no signature at all.
@@ -121,6 +122,8 @@ class TokenValidator:
             raise InvalidToken("the token's signature algorithm is not allowed")
         kid = str(header.get("kid") or "")
         key = self._key(kid)
+        if not _fits(key, algorithm):
+            raise InvalidToken("the token's signature algorithm does not fit its key")
         user = self._verify(token, key, algorithm)
         if self._cache_size > 0:
             self._remember(token, user, kid, key)
@@ -182,6 +185,8 @@ class TokenValidator:
             raise InvalidToken(f"token lacks the {exc.claim!r} claim") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"token is invalid ({type(exc).__name__})") from exc
+        except (TypeError, ValueError) as exc:  # a key PyJWT cannot use for the algorithm
+            raise InvalidToken("token cannot be verified with its key") from exc
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise InvalidToken("token lacks the 'sub' claim")
         roles = claims.get(self.roles_claim) or []
@@ -249,3 +254,19 @@ def _number(value: Any) -> float:
         return float(value) if value is not None else 0.0
     except (TypeError, ValueError):
         return 0.0
+
+
+#: The elliptic curve of each ECDSA algorithm (RFC 7518 3.4).
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+
+
+def _fits(key: Any, algorithm: str) -> bool:
+    """Whether ``key`` is of the kind ``algorithm`` verifies with. The header names the
+    algorithm and the key id names the key, both chosen by whoever made the token: PyJWT
+    handed an RSA key for ES256 raises TypeError, not one of its own errors, which made a
+    500 of a forged token and left the refusal unaudited."""
+    if algorithm[:2] in ("RS", "PS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    if algorithm in _CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _CURVES[algorithm]
+    return False

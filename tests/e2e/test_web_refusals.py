@@ -120,6 +120,32 @@ def test_a_tokens_hostile_header_is_refused_in_a_well_formed_challenge(
     assert algorithm not in challenge
 
 
+@pytest.mark.parametrize(("algorithm", "kid"), [("ES256", "rsa-1"), ("RS256", "ec-1"),
+                                               ("PS256", "ec-1"), ("ES384", "ec-1")])
+def test_a_token_whose_algorithm_does_not_fit_its_key_is_401(
+    web: Any, captured: io.StringIO, algorithm: str, kid: str
+) -> None:
+    """No key is needed to forge one: any published key id, a garbage signature. PyJWT
+    raised TypeError for it (a 500 logged at ERROR, the refusal unaudited)."""
+    archive, client, _ = web
+
+    def b64(document: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
+
+    claims = {"sub": "x", "iss": archive.settings.oidc_issuer, "aud": AUDIENCE,
+              "exp": 9999999999}
+    token = b64({"alg": algorithm, "kid": kid}) + "." + b64(claims) + ".c2ln"
+    answer = client.get("/dicomweb/studies", headers={"Authorization": "Bearer " + token})
+    assert answer.status_code == 401
+    assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert not [e for e in lines if e["level"] == "ERROR"]
+    refused = [json.loads(line) for line in
+               (archive.settings.data_dir / "audit.jsonl").read_text().splitlines()][-1]
+    assert refused["EventID"]["meaning"] == "User Authentication"
+    assert refused["outcome"] != 0
+
+
 def test_an_unexpected_error_is_logged_by_its_frames_and_answered_500(
     web: Any, captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
