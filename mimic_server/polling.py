@@ -13,9 +13,12 @@ needs that lock to leave ``Event.wait``, hung with it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import selectors
 import socket
 import threading
+
+log = logging.getLogger(__name__)
 
 
 class Poller:
@@ -65,7 +68,14 @@ class Poller:
                         pass
                 if self._stopping:
                     return
-                self.poll()
+                try:
+                    self.poll()
+                except Exception as exc:  # the loop outlives one bad poll
+                    # A poll that raises what it did not expect must not end the loop: every
+                    # later change, a revocation's included, would go unseen until a restart.
+                    log.error("a poll failed; the last good state stays in force, "
+                              "the next poll tries again", exc_info=exc,
+                              extra={"poller": self._thread.name, "error": type(exc).__name__})
 
     def poll(self) -> bool:
         """Look at the source once; True if something new was applied."""

@@ -80,6 +80,8 @@ def parse_rule(raw: Mapping[str, Any], where: str) -> Grants:
     Tag names use dashes and a ``mimic-`` prefix (``mimic-move-destinations``); they are
     normalised to the file's keys before this is called (see :func:`from_tags`).
     """
+    if not isinstance(raw, Mapping):
+        raise RuleError(f"{where}: must be a table of keys (services, ...)")
     unknown = set(raw) - _KEYS
     if unknown:
         raise RuleError(f"{where}: unknown keys {sorted(unknown)}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from mimic_server.polling import Poller
 from mimic_server.security.grants import (
     FULL,
     MODALITY,
@@ -91,6 +94,8 @@ def test_tags_mean_what_the_file_means() -> None:
         ("[certificates.x]\nuser = 'sometimes'", "'optional' or 'required'"),
         ("[certificates.x]\nroles = ['a']", "roles must be a table"),
         ("[policy]\n", "unknown tables"),
+        ("default = 5", "must be a table"),  # valid TOML: raised TypeError, not RuleError
+        ("[certificates]\nx = 5", "must be a table"),
         ("[default\n", "not valid TOML"),
     ],
 )
@@ -108,3 +113,29 @@ def test_policy_file_source(tmp_path: Path) -> None:
     path.write_text(POLICY)
     assert source.version() != missing
     assert "reading-room" in source.load().certificates
+
+
+def test_a_poll_that_raises_the_unexpected_leaves_the_watcher_running(tmp_path: Path) -> None:
+    """A poll's unexpected exception ended the watcher's thread: every later edit of the
+    policy, a withdrawn grant's included, went unseen until a restart."""
+    polls: list[int] = []
+
+    class Flaky(Poller):
+        def poll(self) -> bool:
+            polls.append(1)
+            if len(polls) == 1:
+                raise TypeError("unexpected")
+            return False
+
+    source = Flaky(0.05, "flaky")
+    died: list[BaseException | None] = []
+    previous, threading.excepthook = threading.excepthook, lambda a: died.append(a.exc_value)
+    try:
+        source.start()
+        deadline = time.monotonic() + 5
+        while len(polls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        source.stop()
+    finally:
+        threading.excepthook = previous
+    assert len(polls) >= 3 and not died
