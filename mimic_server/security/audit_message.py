@@ -9,10 +9,13 @@ Messages name patients and studies: they go to the audit trail, never to the log
 Messages are written as text, not built as an lxml tree and serialised: every C-STORE of the
 PostgreSQL configuration builds one (section 9 of docs/architecture.md), and the tree cost
 about 0.3 ms of its 0.4. The text is the one lxml wrote, byte for byte (attribute and text
-escapes, ``<Tag/>`` for an empty element, ``<Tag></Tag>`` for an empty text), and a string
-that XML cannot carry (a control character, U+FFFE, U+FFFF, a lone surrogate) is refused
-with ``ValueError`` as lxml refused it: ``tests/unit/test_audit_message.py`` holds both to
-the lxml builder this replaced (``tests/audit_message_lxml.py``). The parts that repeat from
+escapes, ``<Tag/>`` for an empty element, ``<Tag></Tag>`` for an empty text):
+``tests/unit/test_audit_message.py`` holds it to the lxml builder this replaced
+(``tests/audit_message_lxml.py``). Where lxml refused a string XML cannot carry (a control
+character, U+FFFE, U+FFFF, a lone surrogate) with ``ValueError``, each such character is
+written as U+FFFD: the values come from senders (a Patient's Name with one control character
+in it), and a refused message was a record lost, the object stored without its DICOM
+Instances Transferred and every later retrieve of that patient unaudited. The parts that repeat from
 message to message (the archive and the requestor as participants, the codes, the audit
 source) are written once and kept.
 """
@@ -178,18 +181,16 @@ _ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"':
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 
 
-def _checked(value: str) -> str:
-    if _INVALID.search(value) is not None:
-        raise ValueError("All strings must be XML compatible: Unicode or ASCII, no NULL bytes "
-                         "or control characters")
-    return value
+def _carried(value: str) -> str:
+    """``value`` with each character XML 1.0 cannot carry replaced by U+FFFD."""
+    return _INVALID.sub("\ufffd", value)
 
 
 def _attribute(value: str) -> str:
     """An attribute's value, escaped (without its quotes)."""
     if _ATTRIBUTE_SPECIAL.search(value) is None:
         return value
-    return _checked(value).translate(_ATTRIBUTE_ESCAPES)
+    return _carried(value).translate(_ATTRIBUTE_ESCAPES)
 
 
 def _start(tag: str, attributes: Iterable[tuple[str, str]]) -> str:
@@ -204,7 +205,7 @@ def _element(tag: str, attributes: Iterable[tuple[str, str]], children: str = ""
 
 def _text_element(tag: str, text: str) -> str:
     if _TEXT_SPECIAL.search(text) is not None:
-        text = _checked(text).translate(_TEXT_ESCAPES)
+        text = _carried(text).translate(_TEXT_ESCAPES)
     return f"<{tag}>{text}</{tag}>"
 
 

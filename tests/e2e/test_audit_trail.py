@@ -302,6 +302,40 @@ def test_postgresql_trail_survives_kill_and_refuses_changes(pg_url: str, tmp_pat
         engine.dispose()
 
 
+def test_a_control_character_in_a_patients_name_loses_no_record(
+    pg_url: str, tmp_path: Path,
+) -> None:
+    """A value XML cannot carry, from the sender, is written as U+FFFD: refused by the
+    message's writer, it lost the stored object's Instances Transferred (the table
+    configuration acknowledged the object without one) and the record of every later
+    retrieve of that patient."""
+    upgrade = subprocess.run([sys.executable, "-m", "mimic_server", "db", "upgrade",
+                              "--database-url", pg_url], capture_output=True, text=True,
+                             timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    path = ct_copy(tmp_path, generate_uid())
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = study = generate_uid()
+    ds.PatientName = "EVIL\x01^HIDDEN"
+    ds.save_as(path, enforce_file_format=True)
+    server = MimicProcess(tmp_path / "data", database_url=pg_url).start()
+    try:
+        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                      server.ca_cert),
+                          transfer_syntaxes=[EXPLICIT])
+        assert assoc.send_c_store(path).Status == 0
+        assoc.release()
+    finally:
+        server.stop()
+    assert not [e for e in server.log_entries() if "audit" in str(e.get("message"))
+                and e.get("level") == "ERROR"]
+    [received] = messages(server, "--study", study)
+    assert event(received) == "110104"
+    [patient] = [o for o in received.findall("ParticipantObjectIdentification")
+                 if o.find("ParticipantObjectIDTypeCode").get("csd-code") == "2"]
+    assert patient.findtext("ParticipantObjectName") == "EVIL\ufffd^HIDDEN"
+
+
 def test_postgresql_kill_in_mid_association_keeps_every_acknowledged_store_audited(
     pg_url: str, tmp_path: Path,
 ) -> None:
