@@ -88,10 +88,11 @@ def test_session_cookie_is_secure_off_loopback(issuer: OidcIssuerDouble, tmp_pat
     assert "secure" in response.headers["set-cookie"].lower()
 
 
-def test_wrong_state_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ["made-up", "\u00e9t\u00e9"])  # not ASCII: was a 500
+def test_wrong_state_is_refused(issuer: OidcIssuerDouble, tmp_path: Path, state: str) -> None:
     web = client(console_context(issuer, tmp_path))
     back = authorize(issuer, start_login(web))
-    back["state"] = Pending.new().state
+    back["state"] = Pending.new().state if state == "made-up" else state
     before = len(issuer.token_requests)
     response = web.get("/auth/callback", params=back)
     assert response.status_code == 400 and "state" in response.json()["error"]

@@ -116,7 +116,7 @@ class OidcClient:
     def complete(self, pending: Pending, state: str, code: str, redirect_uri: str) -> TokenUser:
         """The signed-in user: state compared, code exchanged with the verifier, ID token
         validated, nonce compared. Raises :class:`SignInRefused`."""
-        if not state or not hmac.compare_digest(state, pending.state):
+        if not state or not _same(state, pending.state):
             raise SignInRefused("the sign-in state does not match")
         if not code:
             raise SignInRefused("the issuer sent no authorization code")
@@ -140,7 +140,7 @@ class OidcClient:
         except InvalidToken as exc:
             raise SignInRefused(f"ID token refused: {exc}") from exc
         nonce = user.claims.get("nonce")
-        if not isinstance(nonce, str) or not hmac.compare_digest(nonce, pending.nonce):
+        if not isinstance(nonce, str) or not _same(nonce, pending.nonce):
             raise SignInRefused("the ID token's nonce is not this sign-in's")
         return user
 
@@ -165,3 +165,11 @@ class OidcClient:
         if not isinstance(document, dict):
             raise SignInRefused("the issuer answered something other than a JSON object")
         return document
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison of what the browser or the token says with what this
+    sign-in made; ``hmac.compare_digest`` raises TypeError for a str that is not ASCII,
+    which made a 500 of a hostile ``state`` and left its refusal unaudited."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                               expected.encode("utf-8", "surrogatepass"))
