@@ -128,9 +128,20 @@ class _GuardedAssociationSocket(AssociationSocket):
     connection holding its slot all along. Here, after an unknown PDU type, or a first PDU
     that is not an A-ASSOCIATE-RQ, reads report the transport closed, and the A-ABORT is
     followed by the close.
+
+    A whole PDU, header and body, must arrive within one network timeout (the first, the
+    A-ASSOCIATE-RQ, within the ACSE timeout when that is shorter). The socket's timeout
+    bounds each read alone: a peer sending one byte a minute kept the DUL thread in one
+    PDU's read for good, where neither the ARTIM timer nor the idle timer is looked at, and
+    held its association slot with it (two such peers locked every modality out).
     """
 
     max_read: int
+    #: What a PDU may take, from its first byte to its last (None: no bound).
+    pdu_time_limit: float | None = None
+    #: The same for the first PDU.
+    first_pdu_time_limit: float | None = None
+    _deadline: float | None = None
     _headers_read = 0
     _in_body = False
     _garbage = False
@@ -139,6 +150,9 @@ class _GuardedAssociationSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         if self._garbage:
             raise OSError("the peer sent an invalid PDU")
+        if not self._in_body:  # a PDU's header: its clock starts
+            limit = self.first_pdu_time_limit if self._headers_read == 0 else self.pdu_time_limit
+            self._deadline = None if limit is None else time.monotonic() + limit
         data = self._recv(nr_bytes)
         if self._in_body:
             self._in_body = False
@@ -189,6 +203,18 @@ class _GuardedAssociationSocket(AssociationSocket):
             raise OSError(f"peer announced a {nr_bytes}-byte PDU, over {self.max_read}")
         sock = cast(socket.socket, self.socket)
         acknowledge = acknowledging(sock)  # a peer with Nagle on: net/acknowledge.py
+        within = None
+        if self._deadline is not None:
+            acknowledge = within = _Within(sock, self._deadline, acknowledge)
+        try:
+            return self._read_into(sock, acknowledge, nr_bytes, prefix)
+        finally:
+            if within is not None:
+                within.restore()
+
+    @staticmethod
+    def _read_into(sock: socket.socket, acknowledge: Callable[[], None], nr_bytes: int,
+                   prefix: bytearray | bytes) -> bytearray:
         start = len(prefix)
         buffer = bytearray(start + nr_bytes)
         buffer[:start] = prefix
@@ -221,15 +247,50 @@ class _GuardedAssociationSocket(AssociationSocket):
         return buffer if received == nr_bytes else buffer[:start + received]
 
 
+class _Within:
+    """Called before each read of one PDU: refuses the read once the PDU's deadline has
+    passed, and lowers the socket's timeout to what is left of it (only when that is over
+    a second shorter, so not on every read of a PDU that comes at once), putting it back
+    when the PDU has been read."""
+
+    __slots__ = ("_acknowledge", "_deadline", "_set", "_sock", "_timeout")
+
+    def __init__(self, sock: socket.socket, deadline: float,
+                 acknowledge: Callable[[], None]) -> None:
+        self._sock, self._deadline, self._acknowledge = sock, deadline, acknowledge
+        self._timeout = self._set = sock.gettimeout()
+
+    def __call__(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("a PDU was not received whole within its time limit")
+        if self._set is None or left < self._set - 1.0:
+            self._sock.settimeout(left)
+            self._set = left
+        self._acknowledge()
+
+    def restore(self) -> None:
+        if self._set != self._timeout:
+            with contextlib.suppress(OSError):  # closed meanwhile: nothing to restore
+                self._sock.settimeout(self._timeout)
+
+
 def guard_pdu_reads(assoc: Any, max_read: int) -> None:
     """Swap a new association's socket for :class:`_GuardedAssociationSocket`.
 
     Applied, or not, by the fence (``mimic_server/patches.py``), which checks first that
-    pynetdicom's ``AssociationSocket.recv`` and its caller are the ones verified.
+    pynetdicom's ``AssociationSocket.recv`` and its caller are the ones verified. The time
+    limits of a PDU are the connection's network timeout (its socket's timeout, set when it
+    was accepted) and, for the first, the association's ACSE timeout when shorter.
     """
     sock = assoc.dul.socket
     sock.__class__ = _GuardedAssociationSocket
     sock.max_read = max_read
+    network = sock.socket.gettimeout() if sock.socket is not None else None
+    acse = assoc.acse_timeout
+    sock.pdu_time_limit = network
+    sock.first_pdu_time_limit = min(
+        (t for t in (network, acse) if t is not None and t > 0), default=None)
 
 
 class _RequestHandler(RequestHandler):

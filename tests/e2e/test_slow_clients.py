@@ -11,6 +11,7 @@ never performance thresholds.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -272,6 +273,38 @@ def test_a_client_that_stalls_mid_pdu_is_dropped(impatient: MimicProcess) -> Non
     # The server cannot have heard from us later than we sent: a drop sooner than its 2 s
     # would be a refusal of the (valid) PDU header, not the network timeout at work.
     assert waited >= 1.5, f"dropped after {waited:.2f} s: not by the network timeout"
+    assert echo_ok(impatient)
+
+
+def dropped_while_trickling(sock: ssl.SSLSocket, data: bytes, interval: float) -> int | None:
+    """Send ``data`` one byte every ``interval`` seconds; the number of bytes sent when the
+    server closed the connection, or None if all of it was sent."""
+    for sent in range(len(data)):
+        try:
+            sock.sendall(data[sent:sent + 1])
+            readable, _, _ = select.select([sock], [], [], interval)
+            if readable and not sock.recv(65536):
+                return sent + 1
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            return sent
+    return None
+
+
+@pytest.mark.parametrize("phase", ["A-ASSOCIATE-RQ", "P-DATA-TF"])
+def test_a_pdu_trickled_one_byte_at_a_time_is_dropped(impatient: MimicProcess,
+                                                      phase: str) -> None:
+    """Each byte within the network timeout (2 s here), the whole PDU never: the connection
+    is dropped once the PDU has taken a network timeout, its slot freed. The timeout bounded
+    each read alone, and such a peer held its thread and slot for as long as it went on."""
+    pdata = struct.pack(">BBL", P_DATA_TF, 0, 1000) + b"\x00" * 1000
+    with contextlib.ExitStack() as stack:
+        if phase == "A-ASSOCIATE-RQ":
+            sock, data = stack.enter_context(raw_tls(impatient)), associate_rq()
+        else:
+            sock, data = stack.enter_context(raw_association(impatient)), pdata
+        # 0.5 s a byte: the whole PDU would take minutes; within EVENTUALLY it is dropped.
+        sent = dropped_while_trickling(sock, data[: int(EVENTUALLY / 0.5)], 0.5)
+        assert sent is not None, "a trickled PDU was never dropped"
     assert echo_ok(impatient)
 
 

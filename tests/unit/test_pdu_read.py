@@ -118,6 +118,12 @@ class _RecordedReads:
     def setsockopt(self, *args: Any) -> None:
         self._sock.setsockopt(*args)
 
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
 
 def _pdata(*values: bytes) -> bytes:
     body = b"".join(len(v).to_bytes(4, "big") + v for v in values)
