@@ -303,7 +303,8 @@ class Archive:
         server.bind(
             evt.EVT_REQUESTED,
             association.handle_requested,
-            [policy, self._association_count(server), s.max_associations, self.audit, users],
+            [policy, _Slots(server, s.max_associations, self._association_count(server),
+                            self._associations_changed), self.audit, users],
         )
         server.bind(evt.EVT_USER_ID, access.handle_user_id)
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
@@ -660,3 +661,25 @@ class Archive:
             self._opened_index.close()
         if self.engine is not None:
             self.engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    """The association slots of MIMIC_MAX_ASSOCIATIONS, as the admission check claims them:
+    the listener counts and claims, ``count`` is this process's admitted associations or
+    every worker's, ``changed`` publishes a claim to the other workers and the metrics."""
+
+    server: MimicAssociationServer
+    limit: int
+    count: Callable[[], int]
+    changed: Callable[[], None]
+
+    def take(self, assoc: Any) -> bool:
+        taken = self.server.take_association_slot(assoc, self.limit, self.count)
+        if taken:
+            self.changed()
+        return taken
+
+    def give_back(self, assoc: Any) -> None:
+        self.server.give_back_association_slot(assoc)
+        self.changed()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mimic_server.dimse import access, store_audit
 from mimic_server.dimse.session import Session, attach_session, session_of
@@ -46,11 +45,20 @@ _AUDITED = frozenset({Refusal.NO_GRANTED_SERVICE, Refusal.USER_REQUIRED,
                       Refusal.USER_NOT_ACCEPTED})
 
 
+class AssociationSlots(Protocol):
+    """The limited association slots (MIMIC_MAX_ASSOCIATIONS): the listener's."""
+
+    def take(self, assoc: Any) -> bool:
+        """Claim a slot for ``assoc``; False when none is free."""
+
+    def give_back(self, assoc: Any) -> None:
+        """Free the slot ``assoc`` claimed (it was refused for another reason)."""
+
+
 def handle_requested(
     event: Event,
     policy: Policy,
-    live_associations: Callable[[], int],
-    max_associations: int,
+    slots: AssociationSlots,
     audit_log: AuditLog,
     users: UserAuthority | None = None,
 ) -> None:
@@ -60,7 +68,7 @@ def handle_requested(
     association without a session: any error rejects instead (transient, no reason given).
     """
     try:
-        _admit(event, policy, live_associations, max_associations, audit_log, users)
+        _admit(event, policy, slots, audit_log, users)
     except Exception:
         log.exception("association admission failed; rejecting")
         event.assoc.acse.send_reject(0x02, 0x01, 0x01)
@@ -70,8 +78,7 @@ def handle_requested(
 def _admit(
     event: Event,
     policy: Policy,
-    live_associations: Callable[[], int],
-    max_associations: int,
+    slots: AssociationSlots,
     audit_log: AuditLog,
     users: UserAuthority | None,
 ) -> None:
@@ -91,11 +98,13 @@ def _admit(
         # association's thread existed was not seen by that change's sweep of them.
         refusal = Refusal.CERTIFICATE_NO_LONGER_TRUSTED
     refusal = refusal or policy.refuse_association(identity, calling, called)
-    if refusal is None and live_associations() > max_associations:
+    if refusal is None and not slots.take(assoc):
         refusal = Refusal.LOCAL_LIMIT_EXCEEDED
     session = Session(identity, calling, address, called)
     if refusal is None:
         refusal = access.admit(assoc, session, policy, users, audit_log)
+        if refusal is not None:
+            slots.give_back(assoc)
     if refusal is not None:
         result, source, reason = REJECT[refusal]
         log.warning(

@@ -401,7 +401,10 @@ class MimicAssociationServer(ThreadedAssociationServer):
             weakref.WeakKeyDictionary()
         )
         self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        #: Connections whose association was admitted (holds one of the limited slots).
+        self._admitted: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._slot_lock = threading.Lock()  # one admission's count and claim at a time
         self._fd_exhausted = 0  # accept() failures since the last log line
         self._fd_logged = -FD_LOG_INTERVAL
         self.handshakes = PendingHandshakes(
@@ -467,8 +470,10 @@ class MimicAssociationServer(ThreadedAssociationServer):
             self._accept_stopped.set()
 
     def connections_held(self) -> int:
-        """Connections in their TLS handshake and associations: this worker's load."""
-        return len(self.handshakes) + self.live_associations()
+        """Connections in their TLS handshake and past it: this worker's load."""
+        with self._lock:
+            past_handshake = sum(1 for s in list(self._live) if s.fileno() != -1)
+        return len(self.handshakes) + past_handshake
 
     def _publish_held(self) -> None:
         share = self._accept_share
@@ -551,6 +556,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         its socket open (it skips ``close()`` when ``shutdown()`` fails) until collected."""
         with self._lock:
             self._live.discard(request)
+            self._admitted.discard(request)
         self.on_associations_changed()
         self._publish_held()
 
@@ -559,6 +565,7 @@ class MimicAssociationServer(ThreadedAssociationServer):
         ``EVT_CONN_CLOSE``): it no longer counts; tell, and schedule a collection."""
         with self._lock:
             self._live.discard(request)
+            self._admitted.discard(request)
         self.on_associations_changed()
         self._publish_held()
         if self._event_driven_accept:
@@ -672,10 +679,35 @@ class MimicAssociationServer(ThreadedAssociationServer):
             return self._identities.get(request)
 
     def live_associations(self) -> int:
-        """Connections past their handshake whose socket is still open and whose
-        association has not ended."""
+        """Associations admitted whose socket is still open and that have not ended: what
+        MIMIC_MAX_ASSOCIATIONS bounds. A connection past its handshake whose A-ASSOCIATE-RQ
+        is not yet admitted is not one: counted, a burst of connections over the limit saw
+        each other and was rejected whole (2/3/2) on an idle server."""
         with self._lock:
-            return sum(1 for s in list(self._live) if s.fileno() != -1)
+            return sum(1 for s in list(self._admitted) if s.fileno() != -1)
+
+    def take_association_slot(self, assoc: Any, limit: int,
+                              count: Callable[[], int]) -> bool:
+        """Claim one of the ``limit`` association slots for ``assoc`` (its A-ASSOCIATE-RQ
+        being admitted); False when ``count()`` (the admitted associations, this worker's
+        or every worker's) already holds them all. Count and claim are one step: two
+        admissions at once cannot both take the last slot of this process."""
+        request = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if request is None:
+            return False
+        with self._slot_lock:
+            if count() >= limit:
+                return False
+            with self._lock:
+                self._admitted.add(request)
+        return True
+
+    def give_back_association_slot(self, assoc: Any) -> None:
+        """The association claimed a slot and was then refused for another reason."""
+        request = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if request is not None:
+            with self._lock:
+                self._admitted.discard(request)
 
     def apply_trust(
         self, context: ssl.SSLContext, trust: TrustIndex, abort_revoked: bool

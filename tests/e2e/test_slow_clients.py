@@ -226,6 +226,20 @@ def test_one_association_over_the_limit_is_rejected(limited: MimicProcess) -> No
                 assoc.release()
 
 
+def test_connections_not_yet_admitted_take_no_slot(limited: MimicProcess) -> None:
+    """Six connections past their handshake send their A-ASSOCIATE-RQs at once, three slots:
+    three are accepted, three rejected 2/3/2. Counted as associations before admission,
+    each saw the other five and all could be rejected on an idle server."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(raw_tls(limited)) for _ in range(6)]
+        time.sleep(1.0)  # the server ends its side of each handshake after the client's
+        for sock in socks:
+            sock.sendall(associate_rq())
+        answers = sorted(read_pdu(sock)[0] for sock in socks)
+    assert answers == [A_ASSOCIATE_AC] * 3 + [A_ASSOCIATE_RJ] * 3
+    assert wait_for(lambda: echo_ok(limited), timeout=EVENTUALLY)
+
+
 def hold_all_slots(server: MimicProcess, slots: int) -> bool:
     """Open ``slots`` associations at once; True if every one was accepted (then release)."""
     held = [associate(server.port, tls(server)) for _ in range(slots)]
