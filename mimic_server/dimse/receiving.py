@@ -76,6 +76,8 @@ READ_CHUNK = MiB
 MAX_COMMAND_SET = 64 * 1024
 #: Where a message assembled by :func:`_receive_store_fragments` keeps its decoded command.
 _STORE_COMMAND = "_mimic_store_command"
+#: Set on a C-STORE-RQ whose association is being aborted: its later fragments are dropped.
+_ABORTED = "_mimic_store_aborted"
 
 
 @dataclass(frozen=True)
@@ -498,6 +500,18 @@ def _receive_store_fragments(
             continue
         if store is None:
             return pdvs[index:]  # a data set before its command, or pynetdicom's message
+        if message.__dict__.get(_ABORTED):
+            continue  # the abort is on its way; nothing more of this message is kept
+        if context_id != message.context_id:
+            # PS3.8 9.3.5 and Annex E: every fragment of a message on its command's context.
+            # Taken as it came, a data set sent on another context was stored as the
+            # command's, under the transfer syntax of a context it was not sent on.
+            log.warning("a data set fragment on another presentation context than its "
+                        "command's: aborting")
+            message.__dict__[_ABORTED] = True
+            message.data_set.discard()
+            dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+            continue
         message.data_set.write(memoryview(data)[1:])
         if control & 2:
             _store_request_received(dimse, message, store)

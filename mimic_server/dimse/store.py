@@ -57,6 +57,12 @@ def handle_store(
             raise NotAuthorized("C-STORE is not granted to this certificate")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         check_declared_uids(sop_class_uid, sop_instance_uid)
+        if event.context.abstract_syntax != sop_class_uid:
+            # PS3.7 9.3.1: a request goes on a context of its SOP Class. Taken on another
+            # (the Verification context, say), it was stored under that context's transfer
+            # syntax and past the storage contexts the archive chose to accept.
+            raise DicomStatusError("the request's SOP Class is not its presentation "
+                                   "context's", Status.SOP_CLASS_NOT_SUPPORTED)
         received = received_from_event(event, session.calling_ae_title)
         size = received.size  # before its spool (and the map its data set is read through) goes
         attrs = ingest(

@@ -121,7 +121,9 @@ def _store_over(tmp_path: Path, max_pdu: int) -> tuple[list[str], str | None, in
     if not assoc.dimse.msg_queue.empty():
         _, received = assoc.dimse.msg_queue.get_nowait()
         event = SimpleNamespace(assoc=assoc, request=received,
-                                context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian))
+                                context=SimpleNamespace(
+                                    transfer_syntax=ExplicitVRLittleEndian,
+                                    abstract_syntax=SecondaryCaptureImageStorage))
         answer = guarded(handle_store, "C-STORE", STATUS["C-STORE"])(
             event, store, SqlIndex(engine), Policy("MIMIC"))
         status = f"0x{int(getattr(answer, 'Status', answer)):04X}"

@@ -46,9 +46,8 @@ def _event(ds: Dataset | bytes, *, sop_instance: str | None = None, sop_class: s
         or (ds.SOPInstanceUID if isinstance(ds, Dataset) else ""),
         DataSet=io.BytesIO(raw),
     )
-    return SimpleNamespace(
-        assoc=assoc, request=request, context=SimpleNamespace(transfer_syntax=EXPLICIT_LE)
-    )
+    return SimpleNamespace(assoc=assoc, request=request, context=SimpleNamespace(
+        transfer_syntax=EXPLICIT_LE, abstract_syntax=request.AffectedSOPClassUID))
 
 
 @pytest.fixture

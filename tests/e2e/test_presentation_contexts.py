@@ -1,0 +1,77 @@
+"""A C-STORE-RQ whose PDVs disagree with the negotiated presentation contexts (PS3.7 9.3.1,
+PS3.8 9.3.5 and Annex E: a request goes on a context of its SOP Class, and every fragment of
+a message on its command's context), written by hand on a real ``mimic serve``: refused
+(0x0122) or aborted, nothing stored. Taken as it came, each was stored under the transfer
+syntax of a context it was not sent on."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pydicom
+import pytest
+from pydicom.filereader import read_dataset
+from pydicom.uid import generate_uid
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import build_context
+
+from tests.data import ct_small
+from tests.data_sets import encoded
+from tests.e2e.test_slow_clients import A_ABORT, A_ASSOCIATE_AC, P_DATA_TF, raw_tls, read_pdu
+from tests.support import MimicProcess, association_request
+
+VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+def _c_store(command_context: int, data_context: int, sop_instance_uid: str) -> bytes:
+    """P-DATA-TF PDUs of a CT C-STORE-RQ: its command on one context, its data set on
+    another."""
+    ds = pydicom.dcmread(ct_small())
+    ds.SOPInstanceUID = sop_instance_uid
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = io.BytesIO(encoded(ds, implicit=True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = b""
+    for pdu in message.encode_msg(command_context, 16382):
+        for _, value in pdu.presentation_data_value_list:
+            context = command_context if value[0] & 1 else data_context
+            pdv = struct.pack(">LB", len(value) + 1, context) + value
+            pdus += struct.pack(">BBL", P_DATA_TF, 0, len(pdv)) + pdv
+    return pdus
+
+
+@pytest.mark.parametrize(("command_context", "data_context", "answer"), [
+    (1, 1, 0x0122),  # a CT Image Storage request on the Verification context
+    (3, 1, A_ABORT),  # the command on the CT context, its data set on Verification's
+    (3, 99, A_ABORT),  # its data set on a context never proposed
+], ids=["on-verification", "data-on-another-context", "data-on-no-context"])
+def test_a_request_off_its_presentation_context_is_refused(
+    server: MimicProcess, command_context: int, data_context: int, answer: int
+) -> None:
+    verification = build_context(VERIFICATION, [IMPLICIT])
+    verification.context_id = 1
+    ct = build_context(CT, [IMPLICIT])
+    ct.context_id = 3
+    uid = generate_uid()
+    before = server.instance_count(), len(server.stored_objects())
+    with raw_tls(server) as sock:
+        sock.sendall(association_request([verification, ct], "MODALITY1", "MIMIC"))
+        assert read_pdu(sock)[0] == A_ASSOCIATE_AC
+        sock.sendall(_c_store(command_context, data_context, uid))
+        pdu_type, body = read_pdu(sock)
+    if answer == A_ABORT:
+        assert pdu_type == A_ABORT
+    else:
+        assert pdu_type == P_DATA_TF
+        response = read_dataset(io.BytesIO(bytes(body[6:])), True, True)
+        assert response.Status == answer
+    assert (server.instance_count(), len(server.stored_objects())) == before
+    assert not server._query("SELECT 1 FROM instances WHERE sop_instance_uid = :u", u=uid)
