@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
 from mimic_server.dimse.find import MODELS
@@ -62,7 +63,9 @@ def handle_move(
     """Handle ``evt.EVT_C_MOVE``.
 
     ``adapt_sub_association`` (the fence's ``requestor_adapter``) is applied to the
-    sub-association once it is established, before its association thread starts.
+    sub-association once it is established, before its association thread starts. Its
+    C-STORE requests name the requestor's AE title as their Move Originator
+    (:func:`_name_move_originator`).
 
     Everything that can refuse the request is decided before the destination is yielded,
     because pynetdicom opens the sub-association as soon as it has a destination and one
@@ -103,7 +106,9 @@ def handle_move(
         return
     kwargs: dict[str, Any] = {
         "contexts": _contexts(refs),
-        "evt_handlers": [(evt.EVT_ESTABLISHED, _established(adapt_sub_association))],
+        "evt_handlers": [(evt.EVT_ESTABLISHED, _established(
+            adapt_sub_association, event.assoc.requestor.ae_title,
+        ))],
     }
     if destination.tls is not None and refs:
         kwargs["tls_args"] = destination.tls()
@@ -130,9 +135,12 @@ def handle_move(
         yield Status.PENDING, dataset
 
 
-def _established(adapt: Callable[[Any], None] | None) -> Callable[[Event], None]:
+def _established(
+    adapt: Callable[[Any], None] | None, originator: str
+) -> Callable[[Event], None]:
     """An ``EVT_ESTABLISHED`` handler: ``AE.associate`` triggers it while it negotiates, in
-    the C-MOVE's own thread, before it starts the sub-association's thread.
+    the C-MOVE's own thread, before it starts the sub-association's thread. ``originator``:
+    the calling AE title of the association the C-MOVE came on.
 
     pynetdicom clears the socket's timeout once it has connected: a destination that
     accepts and then stops reading blocked the sub-association's sends for good (no
@@ -148,8 +156,33 @@ def _established(adapt: Callable[[Any], None] | None) -> Callable[[Event], None]
             connection.settimeout(assoc.network_timeout)
         if adapt is not None:
             adapt(assoc)
+        _name_move_originator(assoc, originator)
 
     return established
+
+
+def _name_move_originator(assoc: Any, originator: str) -> None:
+    """Each C-STORE request sent over the sub-association ``assoc`` names ``originator`` in
+    Move Originator Application Entity Title (0000,1030): PS3.7 9.1.1.1 / Table 9.3-1 want
+    the AE that invoked the C-MOVE, and pynetdicom's C-MOVE service passes the archive's own
+    AE title (``originator_aet=self.ae.ae_title``), so a destination that routes, reports or
+    answers by originator saw the archive as the requestor. The Move Originator Message ID
+    pynetdicom passes is the C-MOVE's already.
+
+    Set on the request primitive as it goes into the sub-association's DIMSE provider, on
+    that instance only (as ``net/observe.py`` does): both encoders read it from there, the
+    command set of an object held whole (``codec/command_set.py``) and of a streamed one
+    (``stream_send``), and no pynetdicom code is changed. The sub-association sends nothing
+    but C-STORE requests, so one type check a sub-operation is the whole cost."""
+    dimse = assoc.dimse
+    send = dimse.send_msg  # bound now: the class's, wrapped by the fence where applied
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if type(primitive) is C_STORE:
+            primitive.MoveOriginatorApplicationEntityTitle = originator
+        send(primitive, context_id)
+
+    dimse.send_msg = send_msg
 
 
 def _refuse(

@@ -87,21 +87,82 @@ def _archive(tmp_path: Path, destination: str, port: int, **settings: Any) -> Ar
 
 
 def _moved(archive: Archive, ctx: Any, study: str, destination: str,
-           release: bool = True) -> list[Any]:
-    """Every response to a C-MOVE of ``study`` to ``destination``; then the release, or
-    (``release=False``) an A-ABORT: only the responses are looked at."""
+           release: bool = True, msg_id: int = 1) -> list[Any]:
+    """Every response to a C-MOVE of ``study`` to ``destination`` (Message ID ``msg_id``,
+    requested by ``MODALITY1``); then the release, or (``release=False``) an A-ABORT: only
+    the responses are looked at."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
     ae = AE(ae_title="MODALITY1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(MOVE)
     assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC", tls_args=(ctx, "localhost"))
-    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE)]
+    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE,
+                                                              msg_id=msg_id)]
     if release:
         assoc.release()
     else:
         assoc.abort()
     return responses
+
+
+def test_sub_operations_name_the_requestor_as_their_move_originator(tmp_path: Path) -> None:
+    """PS3.7 9.1.1.1 / Table 9.3-1: a C-STORE sub-operation's Move Originator Application
+    Entity Title is the AE that invoked the C-MOVE (here MODALITY1) and its Move Originator
+    Message ID that C-MOVE's Message ID, for an object held whole and for one streamed from
+    the store (above 8 MiB). pynetdicom named the archive itself (MIMIC)."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        SecondaryCaptureImageStorage,
+    )
+
+    from mimic_server.archive.read import STREAM_ABOVE
+    from mimic_server.dimse import stream_send
+    from tests.large_objects import write_large
+
+    explicit_le = "1.2.840.10008.1.2.1"
+    received: dict[str, tuple[str | None, int | None, str]] = {}
+
+    def on_store(event: Any) -> int:
+        request = event.request
+        received[str(request.AffectedSOPInstanceUID)] = (
+            request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID,
+            event.assoc.requestor.ae_title)
+        return 0
+
+    destination = AE(ae_title="ORIGINS")
+    for sop_class in (CTImageStorage, SecondaryCaptureImageStorage):
+        destination.add_supported_context(sop_class, [explicit_le])
+    port = free_port()
+    scp = destination.start_server((HOST, port), block=False,
+                                   evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    archive = _archive(tmp_path, "ORIGINS", port)
+    try:
+        ctx = first_client_context(archive.settings.data_dir)
+        large = tmp_path / "large.dcm"
+        large_uid = write_large(large, STREAM_ABOVE + (4 << 20))
+        for path in (ct_small(), large):
+            store = associate(archive.address[1], ctx,
+                              contexts=[CTImageStorage, SecondaryCaptureImageStorage],
+                              transfer_syntaxes=[explicit_le])
+            assert store.send_c_store(path).Status == 0
+            store.release()
+        assert stream_send.enabled  # the large one goes by the streamed send
+        finals = [
+            _moved(archive, ctx, pydicom.dcmread(path, stop_before_pixels=True)
+                   .StudyInstanceUID, "ORIGINS", msg_id=msg_id)[-1]
+            for path, msg_id in ((ct_small(), 4242), (large, 517))
+        ]
+    finally:
+        archive.stop(0)
+        scp.shutdown()
+    assert [final.Status for final in finals] == [0x0000, 0x0000]
+    small_uid = str(pydicom.dcmread(ct_small(), stop_before_pixels=True).SOPInstanceUID)
+    assert received == {
+        small_uid: ("MODALITY1", 4242, archive.settings.ae_title),
+        large_uid: ("MODALITY1", 517, archive.settings.ae_title),
+    }
 
 
 def _accepts(port: int) -> bool:
