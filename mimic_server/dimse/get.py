@@ -53,7 +53,7 @@ def handle_get(
         return
     yield len(refs)
     log.info("C-GET", extra={"instances": len(refs)})
-    for dataset in datasets(store, refs, finder.current):
+    for dataset in datasets(store, refs, finder.current, association=event.assoc):
         if event.is_cancelled:
             yield Status.CANCEL, None
             return

@@ -104,10 +104,11 @@ def handle_move(
     except (QueryError, DicomStatusError) as exc:
         yield _refuse(answer, exc.status, str(exc), target)
         return
+    opened: list[Any] = []  # the sub-association, once established
     kwargs: dict[str, Any] = {
         "contexts": _contexts(refs),
         "evt_handlers": [(evt.EVT_ESTABLISHED, _established(
-            adapt_sub_association, event.assoc.requestor.ae_title,
+            adapt_sub_association, event.assoc.requestor.ae_title, opened.append,
         ))],
     }
     if destination.tls is not None and refs:
@@ -128,7 +129,9 @@ def handle_move(
     yield destination.host, destination.port, kwargs
     yield len(refs)
     log.info("C-MOVE", extra={"destination": target, "instances": len(refs)})
-    for dataset in datasets(store, refs, finder.current):
+    # Asked for only once pynetdicom has established the sub-association.
+    sub_association = opened[0] if opened else None
+    for dataset in datasets(store, refs, finder.current, association=sub_association):
         if event.is_cancelled:
             yield Status.CANCEL, None
             return
@@ -136,11 +139,12 @@ def handle_move(
 
 
 def _established(
-    adapt: Callable[[Any], None] | None, originator: str
+    adapt: Callable[[Any], None] | None, originator: str, opened: Callable[[Any], None],
 ) -> Callable[[Event], None]:
     """An ``EVT_ESTABLISHED`` handler: ``AE.associate`` triggers it while it negotiates, in
     the C-MOVE's own thread, before it starts the sub-association's thread. ``originator``:
-    the calling AE title of the association the C-MOVE came on.
+    the calling AE title of the association the C-MOVE came on; ``opened`` is given the
+    sub-association (whose end stops the reading of the objects, ``retrieve.datasets``).
 
     pynetdicom clears the socket's timeout once it has connected: a destination that
     accepts and then stops reading blocked the sub-association's sends for good (no
@@ -157,6 +161,7 @@ def _established(
         if adapt is not None:
             adapt(assoc)
         _name_move_originator(assoc, originator)
+        opened(assoc)
 
     return established
 

@@ -8,6 +8,11 @@ streaming it from the store (:mod:`mimic_server.dimse.stream_send`), never held 
 smaller one is read whole and sent as stored (:mod:`mimic_server.dimse.raw_send`). A Deflated
 object of any size is streamed too: to a destination that did not accept Deflated it goes
 inflated as it is sent, in Explicit VR Little Endian (what it is once inflated).
+
+Once the association the sub-operations go over has ended (a C-MOVE destination that aborted
+or released its sub-association, a C-GET requestor gone), each remaining sub-operation fails
+without its object being read: a stand-in goes to pynetdicom, which counts it failed and lists
+its UID as for any failed sub-operation, and the end is logged once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import io
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -73,17 +79,30 @@ def failed_suboperation(ref: InstanceRef) -> Dataset:
 
 
 def datasets(
-    store: ObjectStore, refs: list[InstanceRef], current: CurrentRow | None = None
+    store: ObjectStore, refs: list[InstanceRef], current: CurrentRow | None = None,
+    association: Any = None,
 ) -> Iterator[Dataset]:
     """The objects to send; one pynetdicom could not send (it found no presentation context
     for its SOP Class and transfer syntax, and counts it failed without a word) is logged
     when the next is asked for, i.e. after pynetdicom's sub-operation. An instance sent
     again since the match list was read is sent as it is stored now, if still in the series
     that matched (``current``; ``archive.read``). Each object held whole is read and checked
-    while the one before it is sent (:class:`_ReadAhead`)."""
+    while the one before it is sent (:class:`_ReadAhead`).
+
+    ``association``: the one the C-STORE sub-operations go over (a C-MOVE's
+    sub-association, a C-GET's own). Looked at before each object is read: once it can no
+    longer carry data, the remaining sub-operations fail unread (:func:`_not_sent`), where
+    each object was read and hashed in full only for pynetdicom to fail its send (four
+    objects of 48 MiB to a destination that aborted at the first: 240 MiB read), each then
+    logged as lacking a presentation context."""
     ahead = _ReadAhead(store, current) if len(refs) > 1 else None
     try:
         for index, ref in enumerate(refs):
+            if association is not None and not _carries(association):
+                if ahead:
+                    ahead.close()  # an object read ahead is dropped, unsent
+                yield from _not_sent(association, refs[index:])
+                return
             dataset = ahead.take(ref) if ahead else read_verified(store, ref, current)
             if ahead and index + 1 < len(refs):
                 ahead.start(refs[index + 1])
@@ -92,7 +111,9 @@ def datasets(
                 dataset._mimic_encoded
             ) and (
                 isinstance(dataset, StreamedDataset) or stored_bytes_encoder_in_use()
-            ):  # else nothing marks the ones sent
+            ) and (  # else nothing marks the ones sent
+                association is None or _carries(association)
+            ):  # an association that ended is the cause, logged by the next turn
                 read = _read_ref(dataset)
                 log.warning(
                     "C-STORE sub-operation not sent: no presentation context for it",
@@ -102,6 +123,23 @@ def datasets(
     finally:
         if ahead:
             ahead.close()
+
+
+def _carries(association: Any) -> bool:
+    """``association`` is established and its DUL can still carry data."""
+    return bool(association.is_established) and stream_send.carries_data(association.dimse)
+
+
+def _not_sent(association: Any, refs: list[InstanceRef]) -> Iterator[Dataset]:
+    """The sub-operations of ``refs`` failed, none read: their association ended. Logged
+    once, with how many (no patient data)."""
+    log.warning(
+        "C-STORE sub-operations not sent: their association ended",
+        extra={"association": "C-MOVE sub-association" if association.is_requestor
+               else "C-GET association", "not_sent": len(refs)},
+    )
+    for ref in refs:
+        yield failed_suboperation(ref)
 
 
 #: Objects smaller than this are read in the association thread: the hand-off to another

@@ -348,13 +348,17 @@ def _room(dimse: Any) -> bool:
             if queue._qsize() < QUEUE_DEPTH:
                 break
             queue.not_full.wait(CHECK_EVERY)
-        if not _open(dimse):
+        if not carries_data(dimse):
             return False
-    return _open(dimse)
+    return carries_data(dimse)
 
 
-def _open(dimse: Any) -> bool:
-    """The association can still carry data: DUL running, in Sta6, no abort waiting."""
+def carries_data(dimse: Any) -> bool:
+    """The association can still carry data: DUL running, in Sta6, no abort waiting.
+
+    Seen from the DUL, not ``assoc.is_established``: that flag is cleared by the association
+    thread, which is paused while a sub-operation waits for its response (a C-MOVE
+    sub-association), or is the very thread running the retrieve (a C-GET)."""
     dul = dimse.dul
     return (
         dul.is_alive()

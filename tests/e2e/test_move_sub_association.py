@@ -89,16 +89,20 @@ def _archive(tmp_path: Path, destination: str, port: int, **settings: Any) -> Ar
 def _moved(archive: Archive, ctx: Any, study: str, destination: str,
            release: bool = True, msg_id: int = 1) -> list[Any]:
     """Every response to a C-MOVE of ``study`` to ``destination`` (Message ID ``msg_id``,
-    requested by ``MODALITY1``); then the release, or (``release=False``) an A-ABORT: only
-    the responses are looked at."""
+    requested by ``MODALITY1``), the Failed SOP Instance UID List of its Identifier copied
+    onto it; then the release, or (``release=False``) an A-ABORT: only the responses are
+    looked at."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study
     ae = AE(ae_title="MODALITY1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(MOVE)
     assoc = ae.associate(HOST, archive.address[1], ae_title="MIMIC", tls_args=(ctx, "localhost"))
-    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE,
-                                                              msg_id=msg_id)]
+    responses = []
+    for status, answer in assoc.send_c_move(identifier, destination, MOVE, msg_id=msg_id):
+        if answer is not None and "FailedSOPInstanceUIDList" in answer:
+            status.FailedSOPInstanceUIDList = answer.FailedSOPInstanceUIDList
+        responses.append(status)
     if release:
         assoc.release()
     else:
