@@ -116,7 +116,7 @@ def handle_move(
     if answer is not None:
         # Used by pynetdicom's answer only if the sub-association cannot be established.
         answer.status, answer.comment = Status.SUB_OPERATIONS_FAILED, "destination unreachable"
-        answer.failed = len(refs)
+        answer.failed = [ref.sop_instance_uid for ref in refs]
 
         def unreachable() -> None:
             log.warning(

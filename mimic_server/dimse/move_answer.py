@@ -12,15 +12,24 @@ The fence (``mimic_server/patches.py``) wraps ``_move_scp`` with :func:`answerin
 (the smallest change that keeps pynetdicom's flow): for
 the duration of one C-MOVE the association carries a :class:`MoveAnswer`, which the handler
 fills; a ``0xA801`` response that pynetdicom is about to send is then given the handler's
-status, Error Comment and failed count instead. Without the wrapper, :func:`answer_of`
-returns None and the handler's refusals are pynetdicom's ``0xA801``.
+status, Error Comment and failed sub-operations instead. Without the wrapper,
+:func:`answer_of` returns None and the handler's refusals are pynetdicom's ``0xA801``.
+
+A final response whose sub-operations failed (``0xA702`` for a destination that could not be
+reached) carries their UIDs in an Identifier's Failed SOP Instance UID List (0008,0058):
+PS3.4 C.4.2.1.4.2 requires that list with a status of Failure, Refused, Warning or Cancel
+once any sub-operation failed, as pynetdicom's own ``0xA702`` (all sent, all failed) has it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
 
 _ATTRIBUTE = "_mimic_move_answer"
 _UNKNOWN = 0xA801
@@ -32,8 +41,9 @@ class MoveAnswer:
 
     status: int | None = None
     comment: str | None = None
-    #: Number of Failed Sub-operations to report with ``status``.
-    failed: int | None = None
+    #: The SOP Instance UIDs of the sub-operations failed with ``status``: their number
+    #: is the Number of Failed Sub-operations, they are the Failed SOP Instance UID List.
+    failed: list[str] | None = None
     #: Called once if ``status`` replaced an 0xA801 (e.g. to log an unreachable destination).
     on_used: Callable[[], None] | None = None
 
@@ -56,8 +66,10 @@ def answering_move_scp(original: Callable[..., None]) -> Callable[..., None]:
                 rsp.Status = answer.status
                 rsp.ErrorComment = answer.comment
                 if answer.failed is not None:
-                    rsp.NumberOfFailedSuboperations = answer.failed
+                    rsp.NumberOfFailedSuboperations = len(answer.failed)
                     rsp.NumberOfCompletedSuboperations = rsp.NumberOfWarningSuboperations = 0
+                    if answer.failed:
+                        rsp.Identifier = _failed_list(answer.failed, context)
                 if answer.on_used is not None:
                     answer.on_used()
             send(rsp, context_id)
@@ -76,3 +88,15 @@ def answering_move_scp(original: Callable[..., None]) -> Callable[..., None]:
             delattr(self.assoc, _ATTRIBUTE)
 
     return _move_scp
+
+
+def _failed_list(uids: list[str], context: Any) -> BytesIO | None:
+    """An Identifier of only Failed SOP Instance UID List (0008,0058), encoded in the C-MOVE
+    context's transfer syntax (as pynetdicom encodes its own); None if it cannot be (UIDs
+    from the index always can): the response still goes, with its counts."""
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = uids
+    syntax = context.transfer_syntax[0]
+    data = encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian,
+                  syntax.is_deflated)
+    return None if data is None else BytesIO(data)

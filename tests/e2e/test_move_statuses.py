@@ -92,7 +92,11 @@ def _move(port: int, ctx: Any, identifier: Dataset, destination: str) -> list[Da
     ae.add_requested_context(MOVE)
     assoc = ae.associate(HOST, port, ae_title="MIMIC", tls_args=(ctx, "localhost"))
     assert assoc.is_established
-    responses = [status for status, _ in assoc.send_c_move(identifier, destination, MOVE)]
+    responses = []
+    for status, answer in assoc.send_c_move(identifier, destination, MOVE):
+        if answer is not None and "FailedSOPInstanceUIDList" in answer:
+            status.FailedSOPInstanceUIDList = answer.FailedSOPInstanceUIDList
+        responses.append(status)
     assoc.release()
     return responses
 
@@ -132,16 +136,21 @@ def test_unknown_destination(server: MimicProcess, counter: Counter) -> None:
     before = counter.connections
     [final] = _move(server.port, _tls(server), _ct_study(), "ELSEWHERE")
     assert final.Status == 0xA801
+    assert "FailedSOPInstanceUIDList" not in final  # no sub-operation was counted
     assert counter.connections == before
 
 
 def test_unreachable_destination_fails_every_sub_operation_and_is_logged(
     server: MimicProcess,
 ) -> None:
+    """0xA702 with every sub-operation failed, and (PS3.4 C.4.2.1.4.2: a Refused status
+    once a sub-operation failed) their UIDs in the Failed SOP Instance UID List, which was
+    missing."""
     [final] = _move(server.port, _tls(server), _ct_study(), "NOWHERE")
     assert final.Status == 0xA702
     assert final.NumberOfFailedSuboperations == 1
     assert final.NumberOfCompletedSuboperations == 0
+    assert final.FailedSOPInstanceUIDList == pydicom.dcmread(ct_small()).SOPInstanceUID
     logged = [e for e in server.log_entries() if e["message"] == "C-MOVE destination unreachable"]
     assert logged and logged[-1]["level"] == "WARNING"
     assert logged[-1]["destination"] == "NOWHERE"
