@@ -162,6 +162,27 @@ def test_issuer_error_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> No
     assert response.status_code == 400 and "access_denied" in response.json()["error"]
 
 
+def test_issuer_error_is_quoted_as_printable_ascii(issuer: OidcIssuerDouble, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone can send a browser to the callback with an ``error`` of their choosing: the
+    refusal quotes only the characters an RFC 6749 error code may hold, in the response, the
+    WARNING line and the audit record, which is written."""
+    web = client(console_context(issuer, tmp_path))
+    chosen = 'access_denied\x01\n"forged" line\\ \u00e9\u202e'
+    with caplog.at_level("WARNING", logger="mimic_server.web.console.auth"):
+        response = web.get("/auth/callback", params={"error": chosen, "state": "x"})
+    quoted = "access_deniedforged line "
+    assert response.status_code == 400
+    assert response.json()["error"] == f"sign-in refused: the issuer ended the sign-in ({quoted})"
+    warnings = [r for r in caplog.records if r.getMessage() == "console sign-in refused"]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+    assert warnings[0].reason == f"the issuer ended the sign-in ({quoted})"
+    record = _audit(tmp_path)[-1]
+    assert record["event_type"] == "login" and record["outcome"] == 4
+    assert record["reason"] == f"the issuer ended the sign-in ({quoted})"
+    assert f"the issuer ended the sign-in ({quoted})" in record["xml"]
+
+
 def test_no_console_role_is_forbidden(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     issuer.sign_in_as("nurse-1", roles=["Radiologist"])
     web = client(console_context(issuer, tmp_path))

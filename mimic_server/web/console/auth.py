@@ -161,7 +161,8 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         params = request.query_params
         try:
             if params.get("error"):
-                raise SignInRefused(f"the issuer ended the sign-in ({params['error'][:64]})")
+                raise SignInRefused(
+                    f"the issuer ended the sign-in ({_error_code(params['error'])})")
             if body is None:
                 raise SignInRefused("no sign-in in progress (or it expired)")
             pending = Pending(str(body["state"]), str(body["nonce"]), str(body["verifier"]))
@@ -210,6 +211,16 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         return response
 
     return {"login": login, "callback": callback, "logout": logout}
+
+
+def _error_code(value: str) -> str:
+    """The issuer's ``error`` parameter as the refusal quotes it: its first 64 characters
+    reduced to those RFC 6749 (4.1.2.1) allows in an error code, printable ASCII but ``"``
+    and ``\\``. Anyone can send a browser to the callback with any ``error``: the reason
+    goes into the WARNING log line, the audit record and the response, none of which may
+    carry a control character (a forged log line, a record cut short) a stranger chose."""
+    code = "".join(c for c in value[:64] if " " <= c <= "~" and c not in '"\\')
+    return code or "no error code"
 
 
 def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
