@@ -12,7 +12,12 @@ from tests.support import HOST, free_port, write_cert
 
 
 class SyslogTlsReceiver:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    """``close_after``: the first connection is closed once it has carried that many
+    messages, as a repository (or a load balancer before it) closes a connection it finds
+    idle; later ones stay open."""
+
+    def __init__(self, directory: Path, port: int | None = None,
+                 close_after: int | None = None) -> None:
         self.ca = write_cert(directory, "audit-ca", ca=True)
         self.server_cert = write_cert(directory, "audit-repository", server=True,
                                       issuer=(self.ca[2], self.ca[3]))
@@ -21,6 +26,9 @@ class SyslogTlsReceiver:
         self.port = port or free_port()
         self.messages: list[bytes] = []
         self.peers: list[str] = []
+        self.close_after = close_after
+        #: Connections this receiver closed on its own (``close_after``).
+        self.closed = 0
         self._server: socket.socket | None = None
         self._stop = threading.Event()
 
@@ -65,6 +73,7 @@ class SyslogTlsReceiver:
         cert = conn.getpeercert() or {}
         self.peers.append(str(dict(x[0] for x in cert.get("subject", ())).get("commonName")))
         buffer = b""
+        carried = 0
         conn.settimeout(0.2)
         with conn:
             while not self._stop.is_set():
@@ -83,3 +92,9 @@ class SyslogTlsReceiver:
                         break
                     self.messages.append(rest[: int(length)])
                     buffer = rest[int(length):]
+                    carried += 1
+                if self.close_after is not None and carried >= self.close_after \
+                        and self.closed == 0:
+                    conn.close()
+                    self.closed += 1
+                    return

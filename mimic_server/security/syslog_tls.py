@@ -5,6 +5,12 @@ DICOM traffic never waits for the audit repository: ``send`` only puts the messa
 bounded queue; one thread keeps a TLS connection (client certificate, verified server) and
 sends, reconnecting with backoff. When the queue is full the oldest message is dropped and
 counted (the durable trail, the file or the database table, still has it).
+
+A repository (or a load balancer before it) closes a connection it finds idle, and a write
+into a connection the peer has closed still succeeds: the kernel takes the bytes and the
+peer's answer, a reset, comes after. So before each message the sender looks whether the
+repository has closed its side (RFC 5425: a receiver sends nothing, so anything to read is
+its close, or TLS housekeeping), and reconnects instead of losing that message.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -118,6 +125,9 @@ class SyslogTlsSink:
                     break
                 data = self._queue[0]
             try:
+                if connection is not None and _closed_by_peer(connection, self._timeout):
+                    connection.close()
+                    connection = None
                 if connection is None:
                     connection = self._connect()
                     backoff = 0.5
@@ -147,3 +157,23 @@ class SyslogTlsSink:
         except BaseException:
             raw.close()
             raise
+
+
+def _closed_by_peer(connection: ssl.SSLSocket, timeout: float) -> bool:
+    """Whether the repository has closed its side of ``connection`` (a close_notify, a FIN,
+    a reset), without waiting. Readable is not enough: TLS 1.3 session tickets arrive after
+    the handshake and make it readable too; a read that finds no application data and would
+    block says the connection is open. Data the repository should not send is read and
+    dropped."""
+    if not select.select([connection], [], [], 0)[0] and not connection.pending():
+        return False
+    connection.setblocking(False)
+    try:
+        # An empty read is a close_notify, or a FIN without one (a ragged EOF).
+        return any(not connection.recv(65536) for _ in range(16))
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False
+    except OSError:  # reset, or a TLS alert
+        return True
+    finally:
+        connection.settimeout(timeout)

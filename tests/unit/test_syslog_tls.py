@@ -54,3 +54,29 @@ def test_repository_down_never_blocks_and_catches_up(tmp_path: Path) -> None:
     finally:
         sink.close()
         receiver.stop()
+
+
+def test_a_connection_the_repository_closed_is_not_written_into(tmp_path: Path) -> None:
+    """The repository closes the connection after the first message (as it closes an idle
+    one). The next message goes over a new connection: written into the closed one, it
+    would be taken by the kernel, counted as sent and lost."""
+    receiver = SyslogTlsReceiver(tmp_path, close_after=1).start()
+    sink = SyslogTlsSink(HOST, receiver.port, receiver.client_context(),
+                         server_name="localhost").start()
+
+    def message(n: int) -> str:
+        return am.application_activity(am.Participant("MIMIC", False, (am.APPLICATION,)),
+                                       True, f"MIMIC-{n}").to_xml()
+
+    try:
+        sink.send(message(1))
+        assert wait_for(lambda: receiver.closed == 1)
+        sink.send(message(2))
+        sink.send(message(3))
+        assert wait_for(lambda: any(b"MIMIC-3" in m for m in receiver.messages))
+        assert [n for n in (1, 2, 3) if any(f"MIMIC-{n}".encode() in m
+                                            for m in receiver.messages)] == [1, 2, 3]
+        assert sink.sent == 3 and sink.pending() == 0
+    finally:
+        sink.close()
+        receiver.stop()
