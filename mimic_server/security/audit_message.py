@@ -95,6 +95,12 @@ SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12
 #: NetworkAccessPointTypeCode values.
 MACHINE_NAME, IP_ADDRESS, URI = "1", "2", "5"
 
+#: Bytes of a query Identifier a Query message carries (A.5.3.12 ParticipantObjectQuery).
+#: An Identifier may be 8 MiB: whole, its base64 made each message 11 MB, held by every sink
+#: (the syslog queue while the repository is down, the file, the table). Real ones are a
+#: few hundred bytes; a longer one is cut here, its length in ``IdentifierLength``.
+QUERY_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Participant:
@@ -323,9 +329,16 @@ def user_authentication(user: Participant, node: Participant, login: bool, outco
 def query(requestor: Participant, responder: Participant, sop_class_uid: str,
           identifier: bytes, transfer_syntax_uid: str, outcome: int, source_id: str,
           others: Sequence[Participant] = ()) -> AuditMessage:
-    """The Identifier as received (its bytes, base64 in ParticipantObjectQuery, A.5.3.12)."""
+    """The Identifier as received (its bytes, base64 in ParticipantObjectQuery, A.5.3.12):
+    its first :data:`QUERY_BYTES`; one longer than that is cut there, and its length is a
+    ParticipantObjectDetail ``IdentifierLength`` (decimal digits), so a reader knows the
+    query it holds is a part."""
+    details = [("TransferSyntax", transfer_syntax_uid.encode())]
+    if len(identifier) > QUERY_BYTES:
+        details.append(("IdentifierLength", str(len(identifier)).encode()))
+        identifier = identifier[:QUERY_BYTES]
     queried = _object(sop_class_uid, SOP_CLASS_UID, "2", "3", query=identifier,
-                      details=[("TransferSyntax", transfer_syntax_uid.encode())])
+                      details=details)
     return AuditMessage(QUERY, outcome, [requestor, responder, *others], source_id, action="E",
                         objects=[queried])
 

@@ -3,8 +3,10 @@ RFC 5425 transport with octet-counting framing, ``MSGID`` ``IHE+RFC-3881``).
 
 DICOM traffic never waits for the audit repository: ``send`` only puts the message on a
 bounded queue; one thread keeps a TLS connection (client certificate, verified server) and
-sends, reconnecting with backoff. When the queue is full the oldest message is dropped and
-counted (the durable trail, the file or the database table, still has it).
+sends, reconnecting with backoff. When the queue is full, by count or by bytes, the oldest
+messages are dropped and counted (the durable trail, the file or the database table, still
+has them). Bytes bound it too: a count alone let a repository that was down hold the
+process's memory hostage to the size of the messages.
 
 A repository (or a load balancer before it) closes a connection it finds idle, and a write
 into a connection the peer has closed still succeeds: the kernel takes the bytes and the
@@ -60,6 +62,7 @@ class SyslogTlsSink:
         *,
         server_name: str | None = None,
         queue_size: int = 10_000,
+        queue_bytes: int = 64 * 1024 * 1024,
         connect_timeout: float = 5.0,
         max_backoff: float = 30.0,
         hostname: str | None = None,
@@ -67,7 +70,10 @@ class SyslogTlsSink:
         self.host, self.port = host, port
         self._context = context
         self._server_name = server_name or host
-        self._queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue_size, self._queue_bytes = queue_size, queue_bytes
+        #: Bytes of the messages queued (kept with the queue, under ``_ready``).
+        self.queued_bytes = 0
         self._ready = threading.Condition()
         self._stop = False
         self._timeout = connect_timeout
@@ -82,12 +88,17 @@ class SyslogTlsSink:
         return self
 
     def send(self, xml: str, failure: bool = False) -> None:
-        """Queue one message; never blocks, drops the oldest queued one when full."""
+        """Queue one message; never blocks, drops the oldest queued ones while the queue holds
+        more than ``queue_size`` messages or ``queue_bytes`` bytes (the newest always stays:
+        one message over the byte bound is still sent)."""
         data = frame(xml, severity=WARNING if failure else NOTICE, hostname=self._hostname)
         with self._ready:
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1
             self._queue.append(data)
+            self.queued_bytes += len(data)
+            while len(self._queue) > 1 and (len(self._queue) > self._queue_size
+                                            or self.queued_bytes > self._queue_bytes):
+                self.queued_bytes -= len(self._queue.popleft())
+                self.dropped += 1
             self._ready.notify()
 
     def write(self, entry: Any, details: dict[str, Any]) -> None:
@@ -144,8 +155,9 @@ class SyslogTlsSink:
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             with self._ready:
-                if self._queue and self._queue[0] is data:
+                if self._queue and self._queue[0] is data:  # not dropped meanwhile
                     self._queue.popleft()
+                    self.queued_bytes -= len(data)
                 self.sent += 1
         if connection is not None:
             connection.close()

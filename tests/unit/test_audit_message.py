@@ -87,6 +87,29 @@ def test_query_carries_the_identifier_and_transfer_syntax() -> None:
     assert root.find("EventIdentification/EventID").get("csd-code") == "110112"
 
 
+def test_a_long_identifier_is_cut_and_its_length_given() -> None:
+    """An Identifier may be 8 MiB: the Query message carries its first 64 KiB, and says how
+    long it was; one of exactly 64 KiB is whole, with no length."""
+    archive = am.Participant("MIMIC", False)
+    modality = am.Participant("CT01", True)
+    identifier = b"\x08\x00\x30\x10" + bytes(range(256)) * (32 * 1024)  # 8 MiB + 4
+    xml = am.query(modality, archive, "1.2.840.10008.5.1.4.1.2.2.1", identifier,
+                   "1.2.840.10008.1.2", am.SUCCESS, "MIMIC").to_xml()
+    am.validate(xml)
+    assert len(xml) < 90_000
+    obj = etree.fromstring(xml).find("ParticipantObjectIdentification")
+    assert base64.b64decode(obj.findtext("ParticipantObjectQuery")) == identifier[:65536]
+    details = {d.get("type"): base64.b64decode(d.get("value"))
+               for d in obj.findall("ParticipantObjectDetail")}
+    assert details == {"TransferSyntax": b"1.2.840.10008.1.2",
+                       "IdentifierLength": str(len(identifier)).encode()}
+    whole = am.query(modality, archive, "1.2.840.10008.5.1.4.1.2.2.1", identifier[:65536],
+                     "1.2.840.10008.1.2", am.SUCCESS, "MIMIC").to_xml()
+    obj = etree.fromstring(whole).find("ParticipantObjectIdentification")
+    assert base64.b64decode(obj.findtext("ParticipantObjectQuery")) == identifier[:65536]
+    assert [d.get("type") for d in obj.findall("ParticipantObjectDetail")] == ["TransferSyntax"]
+
+
 def test_received_instances_name_study_sop_classes_and_patient() -> None:
     root = etree.fromstring(_messages()["instances-received"].to_xml())
     assert root.find("EventIdentification").get("EventActionCode") == "C"

@@ -56,6 +56,26 @@ def test_repository_down_never_blocks_and_catches_up(tmp_path: Path) -> None:
         receiver.stop()
 
 
+def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """Repository down: large messages are dropped, oldest first, once the queue holds more
+    than its bytes, however few they are; the newest is kept even alone over the bound."""
+    receiver = SyslogTlsReceiver(tmp_path)  # not started: the repository is down
+    sink = SyslogTlsSink(HOST, receiver.port, receiver.client_context(),
+                         server_name="localhost", queue_size=10_000,
+                         queue_bytes=100_000).start()
+    try:
+        for n in range(10):
+            sink.send(f"<AuditMessage n='{n}'>{'A' * 30_000}</AuditMessage>")
+        assert sink.pending() == 3 and sink.dropped == 7
+        assert 90_000 < sink.queued_bytes <= 100_000
+        sink.send("A" * 150_000)
+        assert sink.pending() == 1 and sink.dropped == 10
+        assert sink.queued_bytes > 150_000
+    finally:
+        sink.close(0)
+        receiver.stop()
+
+
 def test_a_connection_the_repository_closed_is_not_written_into(tmp_path: Path) -> None:
     """The repository closes the connection after the first message (as it closes an idle
     one). The next message goes over a new connection: written into the closed one, it
