@@ -66,6 +66,7 @@ from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
+from mimic_server.security.syslog_tls import SyslogTlsSink
 from mimic_server.security.user_identity import UserAuthority
 from mimic_server.security.users import UserDirectory
 from mimic_server.storage import ObjectStore
@@ -243,6 +244,12 @@ class Archive:
         # syslog client certificate defaults to the server's own.
         self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
         self.metrics.audit_failures_from(lambda: self.audit.failures)
+        repository = next((sink for sink in self.audit.sinks
+                           if isinstance(sink, SyslogTlsSink)), None)
+        if repository is not None:
+            self.metrics.audit_repository_from(
+                lambda: repository.sent, lambda: repository.dropped, repository.pending,
+                lambda: repository.queued_bytes)
         if hasattr(object_store, "spools_named"):  # the file store
             self.metrics.spooled_objects_from(lambda: object_store.spools_named,
                                               lambda: object_store.spools_copied)

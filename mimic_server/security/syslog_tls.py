@@ -8,6 +8,11 @@ messages are dropped and counted (the durable trail, the file or the database ta
 has them). Bytes bound it too: a count alone let a repository that was down hold the
 process's memory hostage to the size of the messages.
 
+A drop is never silent while the server runs: the first is logged at WARNING at once, later
+ones at most once per ``drop_warning_interval`` (with how many since the last line and in
+all), and ``sent``, ``dropped``, ``pending()`` and ``queued_bytes`` are the metrics
+``app.py`` exports (``mimic_audit_syslog_*``).
+
 A repository (or a load balancer before it) closes a connection it finds idle, and a write
 into a connection the peer has closed still succeeds: the kernel takes the bytes and the
 peer's answer, a reset, comes after. So before each message the sender looks whether the
@@ -64,8 +69,10 @@ class SyslogTlsSink:
         queue_size: int = 10_000,
         queue_bytes: int = 64 * 1024 * 1024,
         connect_timeout: float = 5.0,
+        first_backoff: float = 0.5,
         max_backoff: float = 30.0,
         hostname: str | None = None,
+        drop_warning_interval: float = 60.0,
     ) -> None:
         self.host, self.port = host, port
         self._context = context
@@ -77,10 +84,13 @@ class SyslogTlsSink:
         self._ready = threading.Condition()
         self._stop = False
         self._timeout = connect_timeout
-        self._max_backoff = max_backoff
+        self._first_backoff, self._max_backoff = first_backoff, max_backoff
         self._hostname = hostname or socket.gethostname()
         self.sent = 0
         self.dropped = 0
+        self._drop_warning_interval = drop_warning_interval
+        self._warned_at: float | None = None  # monotonic time of the last drop's WARNING
+        self._dropped_warned = 0  # ``dropped`` when it was written
         self._thread = threading.Thread(target=self._run, name="mimic-audit-syslog", daemon=True)
 
     def start(self) -> SyslogTlsSink:
@@ -92,14 +102,30 @@ class SyslogTlsSink:
         more than ``queue_size`` messages or ``queue_bytes`` bytes (the newest always stays:
         one message over the byte bound is still sent)."""
         data = frame(xml, severity=WARNING if failure else NOTICE, hostname=self._hostname)
+        warning: dict[str, Any] | None = None
         with self._ready:
             self._queue.append(data)
             self.queued_bytes += len(data)
+            dropped = self.dropped
             while len(self._queue) > 1 and (len(self._queue) > self._queue_size
                                             or self.queued_bytes > self._queue_bytes):
                 self.queued_bytes -= len(self._queue.popleft())
                 self.dropped += 1
+            if self.dropped != dropped:
+                warning = self._drop_warning()
             self._ready.notify()
+        if warning is not None:  # outside the lock: a slow log handler delays no other sender
+            log.warning("audit repository: queue full, oldest messages dropped", extra=warning)
+
+    def _drop_warning(self) -> dict[str, Any] | None:
+        """The fields of a WARNING about drops, if one is due (under ``_ready``)."""
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < self._drop_warning_interval:
+            return None
+        self._warned_at = now
+        since, self._dropped_warned = self.dropped - self._dropped_warned, self.dropped
+        return {"repository": f"{self.host}:{self.port}", "dropped": since,
+                "dropped_total": self.dropped, "queued": len(self._queue)}
 
     def write(self, entry: Any, details: dict[str, Any]) -> None:
         """As an audit sink (``security.audit``): queue the entry's XML, a failure as a
@@ -126,7 +152,7 @@ class SyslogTlsSink:
     # -- the sender thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = self._first_backoff
         connection: ssl.SSLSocket | None = None
         while True:
             with self._ready:
@@ -141,7 +167,7 @@ class SyslogTlsSink:
                     connection = None
                 if connection is None:
                     connection = self._connect()
-                    backoff = 0.5
+                    backoff = self._first_backoff
                 connection.sendall(data)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("audit repository unreachable; retrying",
@@ -150,8 +176,7 @@ class SyslogTlsSink:
                 if connection is not None:
                     connection.close()
                     connection = None
-                with self._ready:
-                    self._ready.wait(backoff)
+                self._back_off(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             with self._ready:
@@ -161,6 +186,15 @@ class SyslogTlsSink:
                 self.sent += 1
         if connection is not None:
             connection.close()
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt, or until stopped. A new message does not
+        end the wait: it did, so with the repository down every audit record was a connection
+        attempt and a WARNING line."""
+        deadline = time.monotonic() + seconds
+        with self._ready:
+            while not self._stop and (left := deadline - time.monotonic()) > 0:
+                self._ready.wait(left)
 
     def _connect(self) -> ssl.SSLSocket:
         raw = socket.create_connection((self.host, self.port), timeout=self._timeout)

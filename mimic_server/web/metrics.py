@@ -87,6 +87,7 @@ class ArchiveMetrics:
         self.multiprocess = worker and "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self._active_count: Callable[[], int] | None = None
         self._sampled: list[tuple[Counter, Callable[[], int], list[int]]] = []
+        self._sampled_gauges: list[tuple[Gauge, Callable[[], int]]] = []
         self._sample_lock = threading.Lock()
         self._worker_accepted: Gauge | None = None
         self.associations_active = Gauge(
@@ -188,6 +189,8 @@ class ArchiveMetrics:
                 if now > last[0]:
                     counter.inc(now - last[0])
                     last[0] = now
+            for gauge, value in self._sampled_gauges:
+                gauge.set(value())
 
     # -- DIMSE --------------------------------------------------------------------------------
 
@@ -239,8 +242,28 @@ class ArchiveMetrics:
         """The audit trail counts sink writes that failed; read them at scrape time."""
         self._counter_from(
             "mimic_audit_failures",
-            "Audit records a sink could not write (file, table, syslog queue).", count,
+            "Audit records a sink could not write (file, table); the audit repository's "
+            "drops are mimic_audit_syslog_dropped.", count,
         )
+
+    def audit_repository_from(self, sent: Callable[[], int], dropped: Callable[[], int],
+                              queued: Callable[[], int], queued_bytes: Callable[[], int]
+                              ) -> None:
+        """The audit repository's sender (syslog/TLS) counts what it sent and what its full
+        queue dropped, and holds the rest; read them at scrape time. Only when one is
+        configured: the series are absent otherwise."""
+        self._counter_from(
+            "mimic_audit_syslog_sent", "Audit messages sent to the audit repository "
+            "(syslog/TLS).", sent)
+        self._counter_from(
+            "mimic_audit_syslog_dropped", "Audit messages dropped, oldest first, from the "
+            "full queue of the audit repository (the durable trail still has them).", dropped)
+        self._gauge_from(
+            "mimic_audit_syslog_queued", "Audit messages waiting for the audit repository.",
+            queued)
+        self._gauge_from(
+            "mimic_audit_syslog_queued_bytes", "Bytes of the audit messages waiting for the "
+            "audit repository.", queued_bytes)
 
     def spooled_objects_from(self, named: Callable[[], int],
                              copied: Callable[[], int]) -> None:
@@ -264,6 +287,15 @@ class ArchiveMetrics:
             self.registry.register(
                 _CallbackCounter(name, documentation, lambda: float(count()))
             )
+
+    def _gauge_from(self, name: str, documentation: str, value: Callable[[], int]) -> None:
+        """A gauge read from ``value``: at scrape time, or in a worker at each ``sample()``
+        (the supervisor adds the live workers' values)."""
+        gauge = Gauge(name, documentation, registry=self.registry, multiprocess_mode="livesum")
+        if self.multiprocess:
+            self._sampled_gauges.append((gauge, value))
+        else:
+            gauge.set_function(lambda: float(value()))
 
     def index_commits_from(self, commits: Callable[[], int],
                            instances: Callable[[], int]) -> None:

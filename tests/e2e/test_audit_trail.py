@@ -38,6 +38,7 @@ from mimic_server.certs import devpki
 from mimic_server.security import audit_message as am
 from tests import database
 from tests.data import ct_copy, ct_small, storable_files
+from tests.e2e.test_ops import samples
 from tests.e2e.test_query_retrieve import _get, _id, running_archive
 from tests.support import (
     HOST,
@@ -458,6 +459,46 @@ def test_syslog_repository_gets_messages_and_a_down_one_blocks_nothing(tmp_path:
         assert server.stop() == 0, server.log()
     # the file, the durable trail of the embedded mode, has everything
     assert len(messages(server, "--event", "login")) == 21
+
+
+def test_a_down_repositorys_drops_are_counted_and_logged(tmp_path: Path) -> None:
+    """The repository is down and its queue holds 5 messages (per worker): every record the
+    durable trail has is either dropped or queued on /metrics, none sent; the drops are
+    logged at WARNING while the server runs, not only at its stop."""
+    receiver = SyslogTlsReceiver(tmp_path / "repository")  # never started: it is down
+    server = MimicProcess(
+        tmp_path / "data", workers="2", audit_syslog_queue="5",
+        audit_syslog_host=HOST, audit_syslog_port=str(receiver.port),
+        audit_syslog_ca_file=str(receiver.ca[0]),
+        audit_syslog_client_cert=str(receiver.client_cert[0]),
+        audit_syslog_client_key=str(receiver.client_cert[1]),
+        audit_syslog_server_name="localhost",
+    ).start()
+
+    def syslog() -> dict[str, float]:
+        found = samples(server)
+        return {name: found.get((f"mimic_audit_syslog_{name}", ()), -1.0)
+                for name in ("sent_total", "dropped_total", "queued", "queued_bytes")}
+
+    try:
+        ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+        for _ in range(15):
+            assoc = associate(server.port, ctx)
+            assert assoc.is_established and assoc.send_c_echo().Status == 0
+            assoc.release()
+        recorded = len((server.data_dir / "audit.jsonl").read_text().splitlines())
+        assert recorded >= 17  # each worker's start, 15 logins
+        assert wait_for(lambda: syslog()["dropped_total"] + syslog()["queued"] == recorded)
+        now = syslog()
+        assert now["sent_total"] == 0 and now["dropped_total"] >= recorded - 10
+        assert 0 < now["queued"] <= 10 and now["queued_bytes"] > 500 * now["queued"]
+        warnings = [e for e in server.log_entries()
+                    if e.get("message") == "audit repository: queue full, oldest messages "
+                    "dropped"]
+        assert warnings and all(e["level"] == "WARNING" for e in warnings)
+        assert all(e["dropped"] >= 1 and e["queued"] == 5 for e in warnings)
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 def _worker_pids(server: MimicProcess) -> list[int]:

@@ -3,12 +3,15 @@ repository that is down never blocks the sender and gets the queue when it comes
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import pytest
+
 from mimic_server.security import audit_message as am
 from mimic_server.security.syslog_tls import SyslogTlsSink, frame
-from tests.support import HOST, wait_for
+from tests.support import HOST, free_port, wait_for
 from tests.syslog_double import SyslogTlsReceiver
 
 XML = am.application_activity(am.Participant("MIMIC", False, (am.APPLICATION,)), True,
@@ -74,6 +77,47 @@ def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     finally:
         sink.close(0)
         receiver.stop()
+
+
+def test_drops_are_logged_at_once_then_at_most_once_per_interval(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Repository down, queue full: the first drop is a WARNING at once (not only at the
+    stop), later ones wait for the interval; the attempts to reach the repository follow
+    their backoff, not every new message (each was a connection and a WARNING)."""
+    receiver = SyslogTlsReceiver(tmp_path)  # only its certificates: nothing listens
+
+    def logged(message: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == message]
+
+    with caplog.at_level(logging.WARNING, logger="mimic_server.security.syslog_tls"):
+        sink = SyslogTlsSink(HOST, free_port(), receiver.client_context(),
+                             server_name="localhost", queue_size=5, first_backoff=60).start()
+        try:
+            sink.send(XML)
+            assert wait_for(lambda: logged("audit repository unreachable; retrying"))
+            for _ in range(49):
+                sink.send(XML)
+            assert sink.dropped == 45 and sink.pending() == 5
+            drops = logged("audit repository: queue full, oldest messages dropped")
+            assert [(r.levelname, r.dropped, r.dropped_total, r.queued) for r in drops] == [
+                ("WARNING", 1, 1, 5)]
+            assert not wait_for(lambda: len(logged("audit repository unreachable; retrying"))
+                                > 1, timeout=1)
+        finally:
+            sink.close(0)
+        assert [(r.dropped, r.queued) for r in logged("audit repository: messages not "
+                                                      "delivered")] == [(45, 5)]
+
+        caplog.clear()
+        every = SyslogTlsSink(HOST, free_port(), receiver.client_context(), queue_size=5,
+                              first_backoff=60, drop_warning_interval=0).start()
+        try:
+            for _ in range(8):
+                every.send(XML)
+        finally:
+            every.close(0)
+        drops = logged("audit repository: queue full, oldest messages dropped")
+        assert [(r.dropped, r.dropped_total) for r in drops] == [(1, 1), (1, 2), (1, 3)]
 
 
 def test_a_connection_the_repository_closed_is_not_written_into(tmp_path: Path) -> None:
