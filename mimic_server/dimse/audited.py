@@ -5,7 +5,12 @@ at the end (PS3.15 A.5.3.12, A.5.3.2, A.5.3.4).
 The handlers stay as they are: ``app.py`` wraps them. A wrapper watches what the handler
 yields (statuses, the C-MOVE destination, the datasets, whether pynetdicom encoded them, i.e.
 sent them, and whether the destination's response took them) and records through the
-generic ``AuditLog.record``. C-MOVE to another AE is recorded as DICOM Instances
+generic ``AuditLog.record``. A C-GET / C-MOVE refused before its first sub-operation (an
+unknown Move Destination, not granted, a bad Identifier, the index unavailable, an
+unexpected error) is a DICOM Instances Transferred too, with no study, its failure outcome
+and the status and reason: the attempt to send a patient's studies somewhere is in the trail
+whoever refused it (the policy adds its Security Alert), as a refused C-FIND's Query is.
+C-MOVE to another AE is recorded as DICOM Instances
 Transferred, not Export: PS3.15 A.5.3.6 keeps Export for data leaving the DICOM security
 domain (media, print, e-mail), and a C-MOVE destination is a
 registered DICOM node; the destination is its own participant.
@@ -25,6 +30,7 @@ from pynetdicom.status import (
     STORAGE_SERVICE_CLASS_STATUS,
 )
 
+from mimic_server.dimse.move_answer import answer_of
 from mimic_server.dimse.raw_send import answered_send_in_use
 from mimic_server.dimse.retrieve import index_row_of
 from mimic_server.dimse.session import Session, session_of
@@ -95,7 +101,8 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                      service: str) -> Callable[..., Iterator[Any]]:
     """C-GET / C-MOVE: Begin Transferring when the number of sub-operations is announced
     (the studies from the match list the handler noted on the session), DICOM Instances
-    Transferred per request at the end with what was sent, per study and SOP Class."""
+    Transferred per request at the end with what was sent, per study and SOP Class; or,
+    for a request refused before it began, with none and why."""
 
     @functools.wraps(handler)
     def retrieve(event: Any, *args: Any) -> Iterator[Any]:
@@ -107,6 +114,9 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         sent: dict[str, Counter[str]] = {}
         patients: set[tuple[str, str]] = set()
         failed, status, pending, began = 0, Status.SUCCESS, None, False
+        # The handler yielded its final status (pynetdicom then drops the generator: that is
+        # no cancel), and the reason it gave for a refusal.
+        answered, reason = False, None
         try:
             for item in handler(event, *args):
                 if pending is not None:  # pynetdicom has tried to send the previous one
@@ -121,21 +131,40 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
                                          studies=_studies_of(refs), instances=len(refs),
                                          **details)
+                elif _no_destination(item) and service == "C-MOVE" and not began:
+                    # No destination: a refusal, whose status is in the C-MOVE's answer
+                    # (pynetdicom's own 0xA801 without the fence).
+                    answered = True
+                    answer = answer_of(event.assoc)
+                    status = (answer.status if answer is not None and answer.status is not None
+                              else Status.MOVE_DESTINATION_UNKNOWN)
+                    reason = answer.comment if answer is not None else None
                 elif isinstance(item, tuple) and len(item) == 2:
                     status = _status(item, status)
                     if item[1] is not None and _status_value(item[0]) == Status.PENDING:
                         pending = item[1]
+                    elif _status_value(item[0]) not in (None, Status.PENDING):
+                        answered = True
+                        reason = getattr(item[0], "ErrorComment", None)
                 yield item
             if pending is not None:
                 failed += _tally(pending, sent, patients)
         except GeneratorExit:
-            status = Status.CANCEL
+            if not answered:  # the association went away, or the requestor cancelled
+                status = Status.CANCEL
             raise
         except Exception:
-            status = 0xC311
+            status, reason = 0xC311, "unexpected error"
             raise
         finally:
-            if began or sent:
+            if not (began or sent):
+                if status not in _SUCCESS and status != Status.CANCEL:
+                    audit_log.record(
+                        audit.INSTANCES_TRANSFERRED, outcome_of(status), received=False,
+                        studies={}, instances=0, reason=str(reason or "refused"),
+                        status=f"0x{status:04X}", **details,
+                    )
+            else:
                 outcome = outcome_of(status)
                 if failed and outcome == audit.SUCCESS:
                     outcome = audit.MINOR_FAILURE
@@ -149,6 +178,11 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 )
 
     return retrieve
+
+
+def _no_destination(item: Any) -> bool:
+    """A C-MOVE handler's ``(None, None)``: no destination, the request is refused."""
+    return isinstance(item, tuple) and len(item) == 2 and item[0] is None and item[1] is None
 
 
 def _take_refs(session: Session | None) -> list[InstanceRef] | None:

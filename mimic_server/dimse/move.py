@@ -193,11 +193,13 @@ def _name_move_originator(assoc: Any, originator: str) -> None:
 def _refuse(
     answer: MoveAnswer | None, status: int | None, reason: str, target: str
 ) -> tuple[None, None]:
-    """The first yield of a refused C-MOVE: its status goes into ``answer``."""
+    """The first yield of a refused C-MOVE: its status goes into ``answer``, and its reason,
+    the Error Comment of a status of ours (0xA801 is pynetdicom's and goes without one) and
+    the audit record's reason either way (``dimse/audited.py``)."""
     log.warning("C-MOVE refused", extra={"destination": target, "reason": reason,
                                          "status": f"0x{status or 0xA801:04X}"})
     if answer is not None:
-        answer.status, answer.comment = status, (reason[:64] if status is not None else None)
+        answer.status, answer.comment = status, reason[:64]
     return None, None
 
 

@@ -1,5 +1,6 @@
 """C-MOVE final statuses (PS3.4 C.4.2.1.4, Table C.4-2) through a real pynetdicom SCU, and
-that a refused C-MOVE opens no sub-association and sends nothing.
+that a refused C-MOVE opens no sub-association and sends nothing, and is in the audit trail
+(as a refused C-GET is).
 
 The destinations: ``COUNTER``, a TCP listener of the test that counts the connections it
 receives (any sub-association would start with one); ``NOWHERE``, a port nobody listens on.
@@ -16,14 +17,19 @@ from typing import Any
 
 import pydicom
 import pytest
+from lxml import etree
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelGet as GET,
+)
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove as MOVE,
 )
 
 from mimic_server.app import Archive
 from mimic_server.config import Settings
+from mimic_server.security import audit_message as am
 from mimic_server.security.policy import Policy, Service
 from tests.data import ct_small
 from tests.support import (
@@ -33,6 +39,7 @@ from tests.support import (
     client_context,
     first_client_context,
     free_port,
+    wait_for,
 )
 
 
@@ -117,6 +124,30 @@ def _tls(server: MimicProcess):  # type: ignore[no-untyped-def]
     return client_context(server.client_cert, server.client_key, server.ca_cert)
 
 
+def _trail(server: MimicProcess) -> list[str]:
+    return (server.data_dir / "audit.jsonl").read_text().splitlines()
+
+
+def _refusal_record(server: MimicProcess, since: int) -> tuple[dict[str, Any], Any]:
+    """The one DICOM Instances Transferred written after line ``since`` of the trail, and
+    its audit message."""
+
+    def transferred() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in _trail(server)[since:]]
+        return [r for r in records if r["event_name"] == "DICOM Instances Transferred"]
+
+    assert wait_for(lambda: len(transferred()) == 1)  # written once pynetdicom is done
+    [record] = transferred()
+    am.validate(record["xml"])
+    return record, etree.fromstring(record["xml"])
+
+
+def _destination(message: Any) -> str:
+    [participant] = [p for p in message.findall("ActiveParticipant")
+                     if p.find("RoleIDCode[@csd-code='110152']") is not None]
+    return str(participant.get("UserID"))
+
+
 @pytest.mark.parametrize("destination", ["COUNTER", "NOWHERE"])
 @pytest.mark.parametrize(
     ("identifier", "status"),
@@ -126,18 +157,49 @@ def _tls(server: MimicProcess):  # type: ignore[no-untyped-def]
 def test_bad_identifier_is_refused_before_any_sub_association(
     server: MimicProcess, counter: Counter, destination: str, identifier: Dataset, status: int
 ) -> None:
-    before = counter.connections
+    before, lines = counter.connections, len(_trail(server))
     [final] = _move(server.port, _tls(server), identifier, destination)
     assert final.Status == status and final.ErrorComment
     assert counter.connections == before
+    record, message = _refusal_record(server, lines)
+    assert record["outcome"] == 4 and record["studies"] == []
+    assert _destination(message) == destination
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert final.ErrorComment in described and f"status=0x{status:04X}" in described
 
 
 def test_unknown_destination(server: MimicProcess, counter: Counter) -> None:
-    before = counter.connections
+    """Refused 0xA801, and in the trail: the requestor tried to send a study to an AE title
+    nobody registered."""
+    before, lines = counter.connections, len(_trail(server))
     [final] = _move(server.port, _tls(server), _ct_study(), "ELSEWHERE")
     assert final.Status == 0xA801
     assert "FailedSOPInstanceUIDList" not in final  # no sub-operation was counted
     assert counter.connections == before
+    record, message = _refusal_record(server, lines)
+    assert record["outcome"] == 4 and record["studies"] == []
+    assert record["calling_ae"] == "MODALITY1" and _destination(message) == "ELSEWHERE"
+    assert message.find("EventIdentification").get("EventActionCode") == "R"
+    assert message.find("ParticipantObjectIdentification") is None  # nothing was sent
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert "unknown move destination" in described and "status=0xA801" in described
+
+
+def test_refused_get_is_audited(server: MimicProcess) -> None:
+    """A C-GET refused for its Identifier: 0xA900 to the requestor, a DICOM Instances
+    Transferred with outcome 4 naming it as the destination, the status and the reason."""
+    lines = len(_trail(server))
+    assoc = associate(server.port, _tls(server), contexts=[GET])
+    assert assoc.is_established
+    [(final, _)] = list(assoc.send_c_get(_study(PatientName="*"), GET))
+    assoc.release()
+    assert final.Status == 0xA900 and final.ErrorComment
+    record, message = _refusal_record(server, lines)
+    assert record["outcome"] == 4 and record["studies"] == []
+    assert _destination(message) == "MODALITY1"
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert final.ErrorComment in described and "service=C-GET" in described
+    assert "status=0xA900" in described
 
 
 def test_unreachable_destination_fails_every_sub_operation_and_is_logged(
