@@ -3,10 +3,15 @@ after the same modality LUT and window (PS3.3 C.11.2.1.2), computed here on thei
 
 from __future__ import annotations
 
+import io
+import struct
+
 import numpy as np
+import openjpeg
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, pixel_array
+from pydicom.pixels.decoders.base import Decoder
 
 from mimic_server.render import (
     CorruptPixelData,
@@ -373,6 +378,60 @@ def test_a_header_claiming_a_huge_frame_is_refused_before_decoding() -> None:
     with pytest.raises(NotRenderable):
         render(part10(ds))
     assert frames(part10(ds), [1])[0].data == b"xy"  # the stored frame is still served
+
+
+def _declaring(codestream: bytes, marker: bytes, at: int, fmt: str, side: int) -> bytes:
+    """``codestream`` with the size its frame header (``marker``) declares set to side x
+    side, ``at`` bytes after the marker."""
+    out = bytearray(codestream)
+    index = out.index(marker)
+    struct.pack_into(fmt, out, index + at, side, side)
+    return bytes(out)
+
+
+def _jpeg_baseline() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _oversized_frames() -> list[tuple[str, int, bytes]]:
+    """(syntax, bits, frame) whose codestream declares 30000 x 30000 over 64 x 64 pixels."""
+    j2k = openjpeg.encode(np.zeros((64, 64), np.uint8), bits_stored=8)
+    jls = frames(stored("emri_small_jpeg_ls_lossless.dcm"), [1])[0].data
+    return [
+        ("1.2.840.10008.1.2.4.50", 8, _declaring(_jpeg_baseline(), b"\xff\xc0", 5, ">HH", 30000)),
+        ("1.2.840.10008.1.2.4.80", 16, _declaring(jls, b"\xff\xf7", 5, ">HH", 30000)),
+        # SIZ: Xsiz, Ysiz, then (after the offsets) the tile's XTsiz, YTsiz.
+        ("1.2.840.10008.1.2.4.90", 8, _declaring(
+            _declaring(j2k, b"\xff\x51", 6, ">II", 30000), b"\xff\x51", 22, ">II", 30000)),
+    ]
+
+
+@pytest.mark.parametrize("call", ["render", "thumbnail"])
+@pytest.mark.parametrize(("syntax", "bits", "frame"), _oversized_frames())
+def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, call: str, syntax: str, bits: int, frame: bytes,
+) -> None:
+    # The decoders allocate what the codestream declares: 1 KB declaring 30000 x 30000
+    # cost 26 s and 4.3 GiB before the size mismatch was noticed.
+    decodes: list[str] = []
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        decodes.append("decoded")
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Decoder, "as_array", no_decode)
+    monkeypatch.setattr("mimic_server.render.decode.decode_reduced", no_decode)
+    data = part10(image(syntax, rows=64, columns=64, bits=bits, encapsulated_frames=[frame]))
+    with pytest.raises(CorruptPixelData) as caught:
+        render(data) if call == "render" else thumbnail(data, (16, 16))
+    assert "30000" in str(caught.value)
+    assert caught.value.http_status == 500
+    assert decodes == []
+    assert frames(data, [1])[0].data.startswith(frame)  # still served as stored (padded)
 
 
 def test_a_big_endian_segmented_palette_is_read_in_its_own_byte_order() -> None:
