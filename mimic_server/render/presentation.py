@@ -19,6 +19,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 
 from mimic_server.render.decode import DecodedFrame
 from mimic_server.render.refusals import InvalidRenderParameters, NotRenderable
+from mimic_server.render.segmented import apply_segmented_palette, is_segmented
 
 #: (center, width) of a VOI window, in modality units (after rescale).
 Window = tuple[float, float]
@@ -39,6 +40,8 @@ def display_pixels(
         gray = _grayscale(frame, header, index, window)
         return 255 - gray if frame.photometric == "MONOCHROME1" else gray
     if frame.photometric == "PALETTE COLOR":
+        if is_segmented(frame.image_pixel):  # expanded here, bounded (segmented.py)
+            return _to_8_bits(apply_segmented_palette(frame.pixels, frame.image_pixel), 16)
         return _to_8_bits(apply_color_lut(frame.pixels, frame.image_pixel), 16)
     if frame.photometric == "RGB" and frame.pixels.ndim == 3:
         bits = int(frame.image_pixel.get("BitsStored") or frame.image_pixel.BitsAllocated)

@@ -12,6 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, pixel_array
 from pydicom.pixels.decoders.base import Decoder
+from pydicom.pixels.processing import apply_color_lut
 
 from mimic_server.render import (
     CorruptPixelData,
@@ -23,6 +24,7 @@ from mimic_server.render import (
     UnsupportedTransferSyntax,
     frames,
     render,
+    segmented,
     thumbnail,
 )
 from tests.render_samples import dataset, image, part10, path, png_pixels, stored
@@ -445,6 +447,57 @@ def test_lookup_tables_that_cannot_be_applied_are_not_renderable() -> None:
     with pytest.raises(NotRenderable) as caught:
         render(part10(ds))
     assert caught.value.http_status == 406
+
+
+def _segmented_palette(words: list[int], entries: int = 256) -> bytes:
+    ds = image(rows=16, columns=16, bits=8, pixel_data=bytes(range(256)))
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for channel in ("Red", "Green", "Blue"):
+        setattr(ds, f"{channel}PaletteColorLookupTableDescriptor", [entries, 0, 16])
+        setattr(ds, f"Segmented{channel}PaletteColorLookupTableData",
+                struct.pack(f"<{len(words)}H", *words))
+        ds[f"Segmented{channel}PaletteColorLookupTableData"].VR = "OW"
+    return part10(ds)
+
+
+def _nested_indirect(levels: int) -> list[int]:
+    """Each level's two indirect segments expand the next level's three segments (PS3.3
+    C.7.9.2.3; offsets as pydicom reads them): the table doubles with every level, 194
+    bytes of it took pydicom 69 s and 5.3 GiB."""
+    words: list[int] = []
+    for _ in range(levels):
+        words += [0, 1, 5, 2, 3, 11, 0, 2, 3, 11, 0]
+    return [*words, 0, 1, 5, 1, 65535, 5, 1, 65535, 5]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        _nested_indirect(3),
+        [0, 1, 5, 2, 2, 0, 0],  # an indirect segment that expands itself: RecursionError
+    ],
+)
+def test_a_segmented_palette_with_indirect_segments_is_not_renderable(
+    words: list[int],
+) -> None:
+    with pytest.raises(NotRenderable) as caught:
+        render(_segmented_palette(words))
+    assert caught.value.http_status == 406
+    with pytest.raises(NotRenderable):
+        thumbnail(_segmented_palette(words))
+
+
+def test_a_segmented_palette_is_expanded_no_further_than_its_entries() -> None:
+    # 4 entries of discrete data, then linear segments of 65,535 entries each: 8 bytes of
+    # LUT data worth 128 KiB of table apiece; only the descriptor's 256 entries are made.
+    words = [0, 4, 0, 100, 200, 300] + [1, 65535, 65535, 1, 65535, 0] * 200
+    expanded = segmented.expand(words, 256)
+    assert len(expanded) == 256
+    assert list(expanded[:4]) == [0, 100, 200, 300]
+    ds = dataset("gdcm-US-ALOKA-16.dcm")  # a shipped segmented palette, as pydicom maps it
+    values = pixel_array(str(path("gdcm-US-ALOKA-16.dcm")))
+    assert np.array_equal(segmented.apply_segmented_palette(values, ds),
+                          apply_color_lut(values, ds))
 
 
 @pytest.mark.parametrize(
