@@ -13,7 +13,7 @@ decoder plugins (uncompressed, RLE, JPEG baseline / extended / lossless, JPEG-LS
 JPEG 2000).
 """
 
-from mimic_server.render.frames import Frame, frames
+from mimic_server.render.frames import Frame, each_frame, frames
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES, frame_media_type
 from mimic_server.render.refusals import (
     CorruptPixelData,
@@ -40,6 +40,7 @@ __all__ = [
     "NotRenderable",
     "RenderError",
     "UnsupportedTransferSyntax",
+    "each_frame",
     "frame_media_type",
     "frames",
     "render",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from mimic_server.render.media_types import OCTET_STREAM, frame_media_type
@@ -45,15 +45,23 @@ def frames(part10: Part10, frame_numbers: Sequence[int]) -> list[Frame]:
     ``FrameNotFound`` (404: beyond Number of Frames), ``NoPixelData`` (404),
     ``UnsupportedTransferSyntax`` (406: video or unknown syntax), ``NotRenderable``
     (406: float pixel data), ``CorruptPixelData`` (500)."""
+    return list(each_frame(part10, frame_numbers))
+
+
+def each_frame(part10: Part10, frame_numbers: Sequence[int]) -> Iterator[Frame]:
+    """``frames``, each read as the iterator reaches it: one frame in memory at a time.
+
+    The refusals of ``frames`` are raised by this call, before any frame is read: every
+    number is checked and every frame located (an encapsulated frame's fragments found, a
+    native frame's extent held against the stored value), so that an answer streamed from
+    the iterator is not cut off by a frame missing from the object. Only a failure to read
+    the storage can still raise while iterating."""
     if not frame_numbers:
         raise InvalidFrameNumber("no frame numbers requested")
     image = open_image(part10)
     media_type = frame_media_type(image.transfer_syntax)
     if media_type is None:  # open_image refuses these already; kept for a clear invariant
         raise UnsupportedTransferSyntax(f"no frames in {image.transfer_syntax}")
-    for number in frame_numbers:
-        image.check_frame_number(number)
-    return [
-        Frame(image.frame_bytes(number), media_type, str(image.transfer_syntax))
-        for number in frame_numbers
-    ]
+    image.locate(frame_numbers)
+    syntax = str(image.transfer_syntax)
+    return (Frame(image.frame_bytes(number), media_type, syntax) for number in frame_numbers)

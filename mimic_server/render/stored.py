@@ -4,8 +4,9 @@ The header is parsed up to the Pixel Data element and no further (``stop_before_
 its values over 1 KiB read only if the rendering asks for them: metadata never costs a
 pixel, nor a document or a private blob it does not use. A frame is then read on its own:
 for native pixel data at its computed byte offset (``(n - 1) * frame length`` into the
-value), for encapsulated pixel data through pydicom's ``get_frame`` (Basic / Extended
-Offset Table, else the fragments' item headers: a seek per fragment, no pixel read). The
+value), for encapsulated pixel data through ``fragments.py`` (Extended / Basic Offset
+Table, else the fragments' item headers: a seek per fragment, no pixel read; found once per
+image, not once per frame asked for). The
 source may be the stored bytes or a seekable binary file, so a large object need not be in
 memory to give one frame.
 
@@ -17,6 +18,7 @@ they give the copy ``archive/inflated.py`` inflates a piece at a time.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from struct import unpack
 from typing import BinaryIO
@@ -24,10 +26,10 @@ from typing import BinaryIO
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from mimic_server.render.fragments import EncapsulatedFrames
 from mimic_server.render.media_types import FRAME_MEDIA_TYPES, NATIVE_SYNTAXES
 from mimic_server.render.refusals import (
     CorruptPixelData,
@@ -65,6 +67,8 @@ class StoredImage:
     value_length: int | None
     #: OB or OW as encoded (explicit VR); None for implicit VR.
     pixel_vr: str | None = None
+    #: Where each encapsulated frame lies: found on the first frame asked for, then kept.
+    encapsulated_frames: EncapsulatedFrames | None = None
 
     def check_frame_number(self, number: int) -> None:
         """Refuse a frame number this object does not have (1-based, PS3.18 frame list)."""
@@ -83,37 +87,70 @@ class StoredImage:
             return self._encapsulated_frame(number - 1)
         return self._native_frame(number - 1)
 
-    def _encapsulated_frame(self, index: int) -> bytes:
-        extended = None
-        if "ExtendedOffsetTable" in self.header and "ExtendedOffsetTableLengths" in self.header:
-            extended = (
-                bytes(self.header.ExtendedOffsetTable),
-                bytes(self.header.ExtendedOffsetTableLengths),
-            )
-        self.source.seek(self.value_offset)
-        try:
-            return get_frame(
-                self.source,
-                index,
-                extended_offsets=extended,
-                number_of_frames=self.number_of_frames,
-            )
-        except (ValueError, EOFError, OSError) as exc:
-            raise CorruptPixelData(f"frame {index + 1} cannot be found: {exc}") from exc
+    def locate(self, numbers: Sequence[int]) -> None:
+        """Check that each frame of ``numbers`` is in the stored data, reading no pixel:
+        for encapsulated data the frames' fragments are found (once for the image), for
+        native data each frame's extent is held against the value's length. What is then
+        left to fail as the frames are read is the storage itself."""
+        for number in numbers:
+            self.check_frame_number(number)
+        if self.encapsulated:
+            frames = self._frames()
+            for number in set(numbers):
+                frames.pieces(number - 1)
+        elif numbers and self.value_length is not None:
+            self._native_extent(max(numbers) - 1)
 
-    def _native_frame(self, index: int) -> bytes:
+    def _frames(self) -> EncapsulatedFrames:
+        if self.encapsulated_frames is None:
+            extended = None
+            if "ExtendedOffsetTable" in self.header \
+                    and "ExtendedOffsetTableLengths" in self.header:
+                extended = (
+                    bytes(self.header.ExtendedOffsetTable),
+                    bytes(self.header.ExtendedOffsetTableLengths),
+                )
+            try:
+                self.encapsulated_frames = EncapsulatedFrames(
+                    self.source, self.value_offset, self.number_of_frames, extended)
+            except (ValueError, EOFError, OSError) as exc:
+                raise CorruptPixelData(f"the frames cannot be found: {exc}") from exc
+        return self.encapsulated_frames
+
+    def _encapsulated_frame(self, index: int) -> bytes:
+        try:
+            return self._frames().read(index)
+        except (ValueError, EOFError, OSError) as exc:
+            raise CorruptPixelData(f"frame {index + 1} cannot be read: {exc}") from exc
+
+    def _native_layout(self) -> tuple[int, int]:
+        """(Bits Allocated, bits of one frame) of native pixel data."""
         header = self.header
         rows, columns = _required_int(header, "Rows"), _required_int(header, "Columns")
         samples = int(header.get("SamplesPerPixel", 1) or 1)
         bits = _required_int(header, "BitsAllocated")
-        pixels = rows * columns
         if bits == 1:
-            return self._packed_bits_frame(index, pixels * samples)
+            return bits, rows * columns * samples
         if bits % 8:
             raise NotRenderable(f"Bits Allocated {bits} is not a whole number of bytes")
-        length = pixels * samples * bits // 8
+        length = rows * columns * samples * bits // 8
         if samples == 3 and header.get("PhotometricInterpretation") == "YBR_FULL_422":
             length = length * 2 // 3  # two chroma samples per two pixels (PS3.3 C.7.6.3.1.2)
+        return bits, length * 8
+
+    def _native_extent(self, index: int) -> None:
+        """Refuse frame ``index`` if it ends past the stored value (as its read would)."""
+        _, frame_bits = self._native_layout()
+        end = -(-(index + 1) * frame_bits // 8)
+        if self.value_length is not None and end > self.value_length:
+            raise CorruptPixelData(
+                f"Pixel Data holds {self.value_length} bytes, the frame needs {end}")
+
+    def _native_frame(self, index: int) -> bytes:
+        bits, frame_bits = self._native_layout()
+        if bits == 1:
+            return self._packed_bits_frame(index, frame_bits)
+        length = frame_bits // 8
         if self.transfer_syntax == BIG_ENDIAN and bits == 8 and self.pixel_vr == "OW":
             return self._swapped_bytes_frame(index * length, length)
         data = self._read_value(index * length, length)

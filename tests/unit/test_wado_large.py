@@ -125,6 +125,26 @@ def test_frames_and_rendering_of_a_large_object(tmp_path: Path, resource: str,
     assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB for a {len(data) // MiB} MiB object"
 
 
+def test_a_frame_list_of_repeats_is_streamed_frame_by_frame(tmp_path: Path) -> None:
+    """1,024 numbers (the most a list may hold), repeats allowed, of a 2 MiB frame: 2 GiB
+    of answer. Built whole, a 512 KiB frame asked for 1,024 times was a 537 MB body and
+    1.5 GiB of memory; streamed, one frame at a time."""
+    data, ds = _large(frames=2)
+    client = _client(data, tmp_path)
+    frame = ds.PixelData[: len(ds.PixelData) // 2]
+    status, boundary, size, peak, digest = _streamed(
+        client, "/frames/" + ",".join(["1"] * 1024), OCTETS)
+    assert status == 200
+    part = (f"--{boundary}\r\nContent-Type: application/octet-stream; "
+            "transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n").encode() + frame + b"\r\n"
+    expected = hashlib.sha256()
+    for _ in range(1024):
+        expected.update(part)
+    expected.update(f"--{boundary}--\r\n".encode())
+    assert (size, digest) == (1024 * len(part) + len(boundary) + 6, expected.hexdigest())
+    assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB for an answer of {size // MiB} MiB"
+
+
 def test_rendering_reads_no_large_value_it_does_not_use(tmp_path: Path) -> None:
     """The renderer's header parse left values over 1 KiB unread: an Encapsulated PDF's
     64 MiB document was read whole for a 404 (no Pixel Data), and a vendor's 32 MiB
