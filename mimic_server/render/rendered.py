@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from mimic_server.render.decode import decode_frame
+from mimic_server.render.decode import check_size, decode_frame
 from mimic_server.render.media_types import JPEG, PNG, RENDERED_MEDIA_TYPES
 from mimic_server.render.presentation import Window, check_window, display_pixels
 from mimic_server.render.reduced import reduce_for
@@ -73,6 +73,7 @@ def thumbnail(
     _check_quality(quality)
     image = open_image(part10)
     middle = (image.number_of_frames + 1) // 2
+    check_size(image)  # Rows / Columns usable before the reduction is computed from them
     reduce = reduce_for(int(image.header.Rows), int(image.header.Columns), bounds)
     picture = _present(image, middle, None, reduce)
     return _encode(_fit(picture, bounds, allow_larger=False), media_type, quality)
@@ -91,9 +92,11 @@ def _present(image: StoredImage, number: int, window: Window | None,
         pixels = display_pixels(decoded, image.header, number - 1, window)
     except RenderError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError,
+            RecursionError) as exc:
         # A lookup table pydicom cannot apply (a malformed segmented palette, a LUT
-        # descriptor that does not fit its data): the object is as received, we cannot show it.
+        # descriptor that does not fit its data, a zero or overflowing value it divides or
+        # widens by): the object is as received, we cannot show it.
         raise NotRenderable(f"the object's lookup tables cannot be applied: {exc}") from exc
     return Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
 

@@ -436,6 +436,22 @@ def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_d
     assert frames(data, [1])[0].data.startswith(frame)  # still served as stored (padded)
 
 
+@pytest.mark.parametrize("keyword,value", [("Columns", 0), ("Rows", None)])
+def test_a_thumbnail_without_usable_rows_and_columns_is_corrupt(keyword: str,
+                                                                value: int | None) -> None:
+    # The reduction was computed from them before they were checked: ZeroDivisionError,
+    # AttributeError, answered as a bug.
+    ds = image(rows=16, columns=16, pixel_data=bytes(256))
+    if value is None:
+        delattr(ds, keyword)
+    else:
+        setattr(ds, keyword, value)
+    for call in (thumbnail, render):
+        with pytest.raises(CorruptPixelData) as caught:
+            call(part10(ds))
+        assert caught.value.http_status == 500
+
+
 def test_a_big_endian_segmented_palette_is_read_in_its_own_byte_order() -> None:
     little = render(stored("gdcm-US-ALOKA-16.dcm"), media_type="image/png")
     assert render(stored("gdcm-US-ALOKA-16_big.dcm"), media_type="image/png") == little

@@ -83,3 +83,21 @@ def test_a_value_shorter_than_its_length_is_never_answered_well_formed(
             pass
     assert _events(collected)[-1] == ("110104", 4)
     assert "instances=0; failed=1" in collected.entries[-1].xml
+
+
+@pytest.mark.parametrize("resource,call", [("/rendered", "render"),
+                                           ("/frames/1/rendered", "render"),
+                                           ("/thumbnail", "thumbnail")])
+def test_a_rendering_that_fails_unexpectedly_is_recorded_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resource: str, call: str,
+) -> None:
+    """Not a refusal of render/ (a bug, or a library's error it did not expect): still a
+    500 logged as such, and the transfer begun is recorded as failed, not left open."""
+    def fails(*args: object, **kwargs: object) -> bytes:
+        raise ZeroDivisionError("unexpected")
+
+    monkeypatch.setattr(f"mimic_server.render.{call}", fails)
+    client, collected = _client(_object(1000, 1000), tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        client.get(PATH + resource, headers={"Accept": "image/jpeg"})
+    assert _events(collected) == [("110102", 0), ("110104", 4)]

@@ -10,6 +10,8 @@ media type (``application/octet-stream`` for native pixel data, ``image/jpeg``,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from starlette.requests import Request
@@ -65,6 +67,20 @@ def _refused(exc: RenderError, audit: TransferAudit) -> WebError:
     return WebError(exc.http_status, str(exc))
 
 
+@contextmanager
+def _failed_unless_sent(audit: TransferAudit) -> Iterator[None]:
+    """A refusal of ``render`` as its HTTP status; anything else raised (a bug: answered 500
+    and logged by ``UnexpectedErrors``) still ends the transfer begun as failed, so that no
+    Begin Transferring stays without its DICOM Instances Transferred."""
+    try:
+        yield
+    except RenderError as exc:
+        raise _refused(exc, audit) from exc
+    except BaseException:
+        audit.end(completed=False)
+        raise
+
+
 def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     p = request.path_params
     numbers = _frame_numbers(str(p["frames"]))
@@ -75,7 +91,8 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     source, audit, now = _read(ctx, session, ref, "frames")
     response: Response | None = None
     try:
-        response = _frames(request, source, audit, ref, now, numbers, media_type)
+        with _failed_unless_sent(audit):
+            response = _frames(request, source, audit, ref, now, numbers, media_type)
         return response
     finally:
         if not isinstance(response, ClosingStreamingResponse):  # else its body closes it
@@ -193,12 +210,9 @@ def retrieve_rendered(ctx: DicomWebContext, request: Request) -> Response:
     ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
     window, viewport, quality = _window(request), _pair(request, "viewport"), _quality(request)
     source, audit, ref = _read(ctx, session, ref, "rendered")
-    try:
-        with source:
-            image = rendering.render(source, frame, media_type=media_type, window=window,
-                                     viewport=viewport, quality=quality)
-    except RenderError as exc:
-        raise _refused(exc, audit) from exc
+    with _failed_unless_sent(audit), source:
+        image = rendering.render(source, frame, media_type=media_type, window=window,
+                                 viewport=viewport, quality=quality)
     audit.sent_one(ref)
     audit.end()
     return Response(image, media_type=media_type)
@@ -212,12 +226,9 @@ def retrieve_thumbnail(ctx: DicomWebContext, request: Request) -> Response:
     ref = refs[len(refs) // 2]  # a study's or series' thumbnail: its middle instance
     size = _pair(request, "viewport")
     source, audit, ref = _read(ctx, session, ref, "thumbnail")
-    try:
-        with source:
-            image = rendering.thumbnail(source, size, media_type) if size \
-                else rendering.thumbnail(source, media_type=media_type)
-    except RenderError as exc:
-        raise _refused(exc, audit) from exc
+    with _failed_unless_sent(audit), source:
+        image = rendering.thumbnail(source, size, media_type) if size \
+            else rendering.thumbnail(source, media_type=media_type)
     audit.sent_one(ref)
     audit.end()
     return Response(image, media_type=media_type)
