@@ -145,6 +145,31 @@ def test_a_frame_list_of_repeats_is_streamed_frame_by_frame(tmp_path: Path) -> N
     assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB for an answer of {size // MiB} MiB"
 
 
+@pytest.mark.parametrize("name,stored_syntax,asked,status", [
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", 406),
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.50", 200),
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50", "*", 200),
+    # Native frames are sent as Explicit VR Little Endian, whatever the stored syntax.
+    ("MR_small_implicit.dcm", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", 200),
+    ("MR_small_implicit.dcm", "1.2.840.10008.1.2", "1.2.840.10008.1.2", 406),
+])
+def test_frames_in_another_transfer_syntax_than_asked_for_are_not_acceptable(
+    tmp_path: Path, name: str, stored_syntax: str, asked: str, status: int,
+) -> None:
+    """PS3.18 8.7.3.5: the transfer-syntax parameter of the Accept header is honoured (MIMIC
+    does not transcode); a JPEG Baseline frame was sent with 200 for JPEG Lossless."""
+    data = Path(pydicom.data.get_testdata_file(name)).read_bytes()
+    client = _client(data, tmp_path, stored_syntax)
+    media_type = "image/jpeg" if stored_syntax.startswith("1.2.840.10008.1.2.4") \
+        else "application/octet-stream"
+    answer, _peak = _get(client, "/frames/1",
+                         f'multipart/related; type="{media_type}"; transfer-syntax={asked}')
+    assert answer.status_code == status, answer.text
+    if status == 200:
+        assert b"transfer-syntax=" + (asked if asked != "*" else stored_syntax).encode() \
+            in answer.content
+
+
 def test_rendering_reads_no_large_value_it_does_not_use(tmp_path: Path) -> None:
     """The renderer's header parse left values over 1 KiB unread: an Encapsulated PDF's
     64 MiB document was read whole for a 404 (no Pixel Data), and a vendor's 32 MiB

@@ -23,7 +23,13 @@ class MediaRange:
         if not _matches(self.type, offered):
             return False
         wanted = self.params.get("type")
-        return wanted is None or _matches(wanted.lower(), offered_params.get("type", ""))
+        if wanted is not None and not _matches(wanted.lower(), offered_params.get("type", "")):
+            return False
+        # A transfer syntax asked for must be the one offered, when an offer names one
+        # (frames: their stored syntax, PS3.18 8.7.3.5); "*" asks for none in particular.
+        syntax, offered_syntax = self.params.get("transfer-syntax"), offered_params.get(
+            "transfer-syntax")
+        return syntax in (None, "", "*") or offered_syntax is None or syntax == offered_syntax
 
 
 def _matches(pattern: str, media_type: str) -> bool:

@@ -31,6 +31,9 @@ from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
 from mimic_server.web.dicomweb.wado import seekable
 
 MAX_FRAMES_PER_REQUEST = 1024
+OCTET_STREAM = "application/octet-stream"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+ENCAPSULATED = "1.2.840.10008.1.2.1.98"
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -86,8 +89,7 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
     numbers = _frame_numbers(str(p["frames"]))
     session = authorize(ctx, request, WADO)  # first: nothing of the index answers a stranger
     ref = instances(ctx, str(p["study"]), str(p["series"]), str(p["instance"]))[0]
-    media_type = rendering.frame_media_type(ref.transfer_syntax_uid) or "application/octet-stream"
-    negotiate(request, [f'multipart/related; type="{media_type}"'])
+    media_type = _negotiated_frames(request, ref)
     source, audit, now = _read(ctx, session, ref, "frames")
     response: Response | None = None
     try:
@@ -99,6 +101,18 @@ def retrieve_frames(ctx: DicomWebContext, request: Request) -> Response:
             source.close()
 
 
+def _negotiated_frames(request: Request, ref: InstanceRef) -> str:
+    """The media type of the frames of ``ref`` as stored, if the Accept header allows it
+    and the transfer syntax it names (PS3.18 8.7.3.5), else 406: MIMIC does not transcode,
+    and a JPEG Baseline frame is no answer to ``transfer-syntax=`` JPEG Lossless."""
+    stored = ref.transfer_syntax_uid
+    media_type = rendering.frame_media_type(stored) or OCTET_STREAM
+    # Native frames are sent little endian, as Explicit VR Little Endian (render.Frame).
+    sent = EXPLICIT_LITTLE if media_type == OCTET_STREAM and stored != ENCAPSULATED else stored
+    negotiate(request, [f'multipart/related; type="{media_type}"; transfer-syntax={sent}'])
+    return media_type
+
+
 def _frames(request: Request, source: BinaryIO, audit: TransferAudit, ref: InstanceRef,
             now: InstanceRef, numbers: list[int], media_type: str) -> Response:
     """One frame as one body; more streamed, each frame read as its part is sent.
@@ -107,10 +121,8 @@ def _frames(request: Request, source: BinaryIO, audit: TransferAudit, ref: Insta
     asked for 1,024 times was a 537 MB body and 1.5 GiB of memory. Every frame is located
     before the answer starts (``each_frame``), so only the storage can cut it off."""
     if now.transfer_syntax_uid != ref.transfer_syntax_uid:  # stored again meanwhile
-        media_type = (rendering.frame_media_type(now.transfer_syntax_uid)
-                      or "application/octet-stream")
         try:
-            negotiate(request, [f'multipart/related; type="{media_type}"'])
+            media_type = _negotiated_frames(request, now)
         except WebError:
             audit.failed_one()
             audit.end(completed=False)
