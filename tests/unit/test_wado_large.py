@@ -170,6 +170,32 @@ def test_frames_in_another_transfer_syntax_than_asked_for_are_not_acceptable(
             in answer.content
 
 
+@pytest.mark.parametrize("accept,status,media_type", [
+    ("image/jpeg;q=0, image/*", 200, "image/png"),  # was image/jpeg: image/*'s q won
+    ("image/png;q=0, */*", 200, "image/jpeg"),
+    ("image/jpeg;q=0, image/png;q=0, image/*", 406, None),
+    ("image/png, image/jpeg;q=0, */*;q=0.5", 200, "image/png"),
+])
+def test_the_most_specific_accepted_range_gives_a_media_types_q(
+    tmp_path: Path, accept: str, status: int, media_type: str | None,
+) -> None:
+    """RFC 9110 12.5.1 (PS3.18 8.7): a type refused with q=0 stays refused when a wider
+    range also names it."""
+    data, _ds = _large(rows=16, columns=16, frames=1)
+    answer, _peak = _get(_client(data, tmp_path), "/rendered", accept)
+    assert answer.status_code == status, answer.text
+    if media_type is not None:
+        assert answer.headers["content-type"] == media_type
+
+
+@pytest.mark.parametrize("frames", ["1_0", "%2B1", "%D9%A3", "1,%EF%BC%92", "9" * 5000])
+def test_a_frame_list_is_ascii_digits_only(tmp_path: Path, frames: str) -> None:
+    """``int`` took 1_0 (frame 10), +1, Arabic-Indic and full-width digits."""
+    data, _ds = _large(rows=16, columns=16, frames=12)
+    answer, _peak = _get(_client(data, tmp_path), f"/frames/{frames}", OCTETS)
+    assert answer.status_code == 400, answer.text
+
+
 def test_rendering_reads_no_large_value_it_does_not_use(tmp_path: Path) -> None:
     """The renderer's header parse left values over 1 KiB unread: an Encapsulated PDF's
     64 MiB document was read whole for a 404 (no Pixel Data), and a vendor's 32 MiB

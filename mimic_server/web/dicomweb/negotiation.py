@@ -1,6 +1,7 @@
 """Accept header negotiation (PS3.18 8.7): the first offered media type the request accepts,
 else 406 Not Acceptable. Parameters other than ``type`` and ``transfer-syntax`` are ignored;
-``q=0`` excludes a type."""
+each offer takes the q of the most specific range naming it (RFC 9110 12.5.1), and ``q=0``
+excludes it."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ class MediaRange:
     params: dict[str, str]
     q: float
 
-    def accepts(self, offered: str, offered_params: dict[str, str]) -> bool:
-        if self.q <= 0:
-            return False
+    def matches(self, offered: str, offered_params: dict[str, str]) -> bool:
+        """Whether this range names ``offered``, whatever its q."""
         if not _matches(self.type, offered):
             return False
         wanted = self.params.get("type")
@@ -30,6 +30,14 @@ class MediaRange:
         syntax, offered_syntax = self.params.get("transfer-syntax"), offered_params.get(
             "transfer-syntax")
         return syntax in (None, "", "*") or offered_syntax is None or syntax == offered_syntax
+
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """RFC 9110 12.5.1: a type with parameters before the type, before ``type/*``, before
+        ``*/*``; the most specific range naming an offer gives its q."""
+        kind = 0 if self.type in ("*/*", "*") else 1 if self.type.endswith("/*") else 2
+        return kind, len(self.params)
 
 
 def _matches(pattern: str, media_type: str) -> bool:
@@ -84,11 +92,17 @@ def negotiate(request: Request, offered: list[str]) -> tuple[str, dict[str, str]
     best: tuple[float, int, str, dict[str, str]] | None = None
     for index, text in enumerate(offered):
         media, params = parse_media_type(text)
-        for accepted in ranges:
-            if accepted.accepts(media, params):
-                rank = (accepted.q, -index)
-                if best is None or rank > (best[0], best[1]):
-                    best = (accepted.q, -index, text, accepted.params)
+        naming = [r for r in ranges if r.matches(media, params)]
+        if not naming:
+            continue
+        # The most specific range decides (``image/jpeg;q=0, image/*`` refuses image/jpeg),
+        # not the highest q of any range that names the offer; the first listed on a tie.
+        accepted = max(naming, key=lambda r: r.specificity)
+        if accepted.q <= 0:
+            continue
+        rank = (accepted.q, -index)
+        if best is None or rank > (best[0], best[1]):
+            best = (accepted.q, -index, text, accepted.params)
     if best is None:
         raise WebError(406, "none of the accepted media types can be served; offered: "
                        + ", ".join(offered))

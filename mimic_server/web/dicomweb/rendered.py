@@ -37,12 +37,14 @@ ENCAPSULATED = "1.2.840.10008.1.2.1.98"
 
 
 def _frame_numbers(text: str) -> list[int]:
+    """The PS3.18 frame list: ASCII digits separated by commas. ``int`` alone also took
+    ``1_0`` (frame 10), ``+1`` and other scripts' digits (Arabic-Indic ``٣``)."""
     numbers = []
     for item in text.split(","):
-        try:
-            numbers.append(int(item.strip()))
-        except ValueError:
-            raise WebError(400, "a frame list is whole numbers separated by commas") from None
+        item = item.strip()
+        if not (item.isascii() and item.isdigit()) or len(item) > 10:
+            raise WebError(400, "a frame list is whole numbers separated by commas")
+        numbers.append(int(item))
     if len(numbers) > MAX_FRAMES_PER_REQUEST:
         raise WebError(400, f"more than {MAX_FRAMES_PER_REQUEST} frames in one request")
     return numbers
