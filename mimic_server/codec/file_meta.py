@@ -78,46 +78,76 @@ def read_file_meta(head: bytes | memoryview, *, whole: bool = False) -> FileMeta
     are walked one by one (the group length is not trusted: some writers get it wrong);
     the group ends at the first element of another group.
     """
-    if len(head) < 132 and not (whole and len(head) >= 8):
-        return None
-    if bytes(head[128:132]) == b"DICM":
-        pos = 132
-    elif bytes(head[:2]) == b"\x02\x00" and bytes(head[4:6]).isalpha():
-        pos = 0  # File Meta without preamble (pydicom writes such files): read as it is
-    else:
-        raise CannotUnderstand("not a DICOM Part 10 file (no DICM prefix)")
-    start_of_meta = pos
-    values: dict[int, bytes] = {}
-    while True:
-        if pos > MAX_FILE_META:
-            raise CannotUnderstand("the File Meta Information does not end")
-        if len(head) < pos + 8:
-            if whole and len(head) == pos and pos > start_of_meta:
-                break  # a file of File Meta only: its (empty) data set is refused later
-            if whole:
-                raise CannotUnderstand("the file ends inside its File Meta Information")
-            return None
-        group, element, vr = struct.unpack_from("<HH2s", head, pos)
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            if len(head) < pos + 12:
+    return FileMetaReader().read(head, whole=whole)
+
+
+class FileMetaReader:
+    """:func:`read_file_meta` of a head that grows as its bytes arrive (a STOW-RS part).
+
+    Each :meth:`read` goes on from the first element the previous one could not finish,
+    so the elements are walked once whatever the chunking: read again from byte 0 at each
+    write, a File Meta of 64 KiB of 8-byte elements trickled 32 bytes at a time was some
+    eight million element reads (quadratic) on the event loop. ``head`` must be the same
+    bytes each time, longer or not: only appended to.
+    """
+
+    __slots__ = ("_pos", "_start_of_meta", "_values")
+
+    def __init__(self) -> None:
+        #: Where the next element starts; None until the preamble (or its absence) is known.
+        self._pos: int | None = None
+        self._start_of_meta = 0
+        self._values: dict[int, bytes] = {}
+
+    def read(self, head: bytes | memoryview | bytearray, *, whole: bool = False
+             ) -> FileMetaRead | None:
+        """What :func:`read_file_meta` answers for ``head``."""
+        pos = self._pos
+        if pos is None:
+            if len(head) < 132 and not (whole and len(head) >= 8):
+                return None
+            if bytes(head[128:132]) == b"DICM":
+                pos = 132
+            elif bytes(head[:2]) == b"\x02\x00" and bytes(head[4:6]).isalpha():
+                pos = 0  # File Meta without preamble (pydicom writes such files): read as it is
+            else:
+                raise CannotUnderstand("not a DICOM Part 10 file (no DICM prefix)")
+            self._pos = self._start_of_meta = pos
+        values = self._values
+        while True:
+            if pos > MAX_FILE_META:
+                raise CannotUnderstand("the File Meta Information does not end")
+            if len(head) < pos + 8:
+                if whole and len(head) == pos and pos > self._start_of_meta:
+                    break  # a file of File Meta only: its (empty) data set is refused later
+                if whole:
+                    raise CannotUnderstand("the file ends inside its File Meta Information")
+                self._pos = pos
+                return None
+            group, element, vr = struct.unpack_from("<HH2s", head, pos)
+            if group != 0x0002:
+                break
+            if vr in _LONG_VRS:
+                if len(head) < pos + 12:
+                    self._pos = pos
+                    return _short(whole)
+                (length,) = struct.unpack_from("<L", head, pos + 8)
+                start = pos + 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = struct.unpack_from("<H", head, pos + 6)
+                start = pos + 8
+            else:
+                raise CannotUnderstand("a File Meta element is not explicit VR little endian")
+            if length == 0xFFFFFFFF or start + length > MAX_FILE_META:
+                raise CannotUnderstand("a File Meta element's length is not valid")
+            if len(head) < start + length:
+                self._pos = pos
                 return _short(whole)
-            (length,) = struct.unpack_from("<L", head, pos + 8)
-            start = pos + 12
-        elif vr.isalpha() and vr.isupper():
-            (length,) = struct.unpack_from("<H", head, pos + 6)
-            start = pos + 8
-        else:
-            raise CannotUnderstand("a File Meta element is not explicit VR little endian")
-        if length == 0xFFFFFFFF or start + length > MAX_FILE_META:
-            raise CannotUnderstand("a File Meta element's length is not valid")
-        if len(head) < start + length:
-            return _short(whole)
-        values[element] = bytes(head[start:start + length])
-        pos = start + length
-    return FileMetaRead(_uid(values.get(0x0002)), _uid(values.get(0x0003)),
-                        _uid(values.get(0x0010)), pos)
+            values[element] = bytes(head[start:start + length])
+            pos = start + length
+        self._pos = pos
+        return FileMetaRead(_uid(values.get(0x0002)), _uid(values.get(0x0003)),
+                            _uid(values.get(0x0010)), pos)
 
 
 def _short(whole: bool) -> None:

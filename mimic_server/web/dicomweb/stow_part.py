@@ -28,7 +28,7 @@ from typing import IO
 from mimic_server.archive.ingest import ReceivedObject, check_declared_uids
 from mimic_server.archive.part10 import received_part10
 from mimic_server.archive.syntaxes import accepted
-from mimic_server.codec.file_meta import FileMetaRead, encode_file_meta, read_file_meta
+from mimic_server.codec.file_meta import FileMetaRead, FileMetaReader, encode_file_meta
 from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
 from mimic_server.storage.anonymous import open_anonymous
 from mimic_server.web.dicomweb.multipart import boundary_of
@@ -53,6 +53,7 @@ class ReceivedPart:
         self._spool_dir = spool_dir
         self._in_memory = in_memory
         self._head = bytearray()
+        self._file_meta = FileMetaReader()
         self._spool: IO[bytes] | None = None
         #: Whether the spool can be given a name (``open_anonymous``), and where its data
         #: set starts (after the archive's File Meta).
@@ -78,7 +79,7 @@ class ReceivedPart:
         try:
             if self.declared is None:
                 self._head += data
-                self.declared = read_file_meta(self._head)
+                self.declared = self._file_meta.read(self._head)
                 if self.declared is not None:
                     self._check_declared(self.declared)
             elif self._spool is None and len(self._head) + len(data) <= self._in_memory:
@@ -98,7 +99,7 @@ class ReceivedPart:
         self.ended = True
         if self.failure is None and self.declared is None:
             try:  # a part shorter than its File Meta's last element plus 8 bytes
-                self.declared = read_file_meta(self._head, whole=True)
+                self.declared = self._file_meta.read(self._head, whole=True)
                 if self.declared is not None:
                     self._check_declared(self.declared)
             except DicomStatusError as exc:
