@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from mimic_server.certs import devpki
 from mimic_server.codec.file_meta import encode_file_meta, read_file_meta
 from mimic_server.config import Settings
+from mimic_server.web.dicomweb.multipart import MAX_PARTS
 from mimic_server.webapp import WebArchive
 from tests.data import ct_small
 from tests.large_objects import write_large
@@ -503,3 +505,35 @@ def test_a_large_part_is_streamed_to_the_store(setup: Setup, tmp_path: Path) -> 
                  Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
     assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask
     assert stored.stat().st_nlink == 1
+
+
+# -- bounds: parts, stalled bodies, gone clients ----------------------------------------------
+
+
+def _stow_records(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mimic_server.web.dicomweb.stow" and r.levelno >= level]
+
+
+def test_more_parts_than_the_limit_is_a_malformed_body(
+    setup: Setup, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each part, even an empty one of 9 bytes, cost a trip through the ingest path, an item
+    of the answer and a WARNING line: 300,000 of them in 2.7 MB held the server 40 s. Past
+    MAX_PARTS the body is malformed (400; 202 naming what was stored before), and the
+    refused parts are one line."""
+    empties = f"--{BOUNDARY}\r\n\r\n\r\n".encode() * MAX_PARTS  # each part empty
+    before = setup.instance_count()
+    response = setup.post(empties + f"--{BOUNDARY}\r\n\r\n\r\n--{BOUNDARY}--\r\n".encode())
+    assert response.status_code == 400
+    assert "more than" in response.json()["message"]
+    assert setup.instance_count() == before
+    assert _stow_records(caplog) == ["STOW-RS body refused", "STOW-RS parts refused"]
+
+    good = new_ct()
+    response = setup.post(multipart(part10(good)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+                          + empties + f"--{BOUNDARY}--\r\n".encode())
+    assert response.status_code == 202
+    assert stored_uids(response.json()) == [good.SOPInstanceUID]
+    assert len(failures(response.json())) == MAX_PARTS - 1
+    assert setup.instance_count() == before + 1

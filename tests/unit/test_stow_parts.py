@@ -19,6 +19,7 @@ from mimic_server.codec import file_meta
 from mimic_server.codec.file_meta import FileMetaReader, encode_file_meta, read_file_meta
 from mimic_server.errors import CannotUnderstand, DicomStatusError
 from mimic_server.web.dicomweb.multipart import (
+    MAX_PARTS,
     MalformedMultipart,
     MultipartSplitter,
     boundary_of,
@@ -120,6 +121,23 @@ def test_the_buffer_stays_bounded() -> None:
     splitter.feed(f"\r\n--{BOUNDARY}--".encode())
     splitter.close()
     assert len(parts[0].data) == 200 * 65536
+
+
+def test_a_body_of_more_than_max_parts_is_malformed() -> None:
+    """Each part costs its request a trip through the ingest path and an item of the
+    answer, even an empty one of 9 bytes: their number is bounded, the rest not split."""
+    parts: list[Collected] = []
+    splitter = MultipartSplitter("b", lambda h: parts.append(Collected(h)) or parts[-1])
+    splitter.feed(b"--b\r\n\r\n" + b"\r\n--b\r\n\r\n" * (MAX_PARTS - 1))
+    assert splitter.parts == MAX_PARTS
+    with pytest.raises(MalformedMultipart, match="more than"):
+        splitter.feed(b"\r\n--b\r\n\r\n")
+    assert len(parts) == MAX_PARTS
+    three = MultipartSplitter(BOUNDARY, Collected, max_parts=3)
+    three.feed(body([b"x"] * 3))
+    three.close()
+    with pytest.raises(MalformedMultipart):
+        MultipartSplitter(BOUNDARY, Collected, max_parts=3).feed(body([b"x"] * 4))
 
 
 def test_content_type_parameters() -> None:

@@ -12,11 +12,16 @@ without credentials, 403 without the grant). Audit: in the table configuration e
 instance's Instances Transferred is written in its index transaction, as for C-STORE, and
 the request's failures once at its end; in the file configuration one record per study
 received (and one for the failures) when the request ends, as an association's end does.
+
+Bounds: at most ``multipart.MAX_PARTS`` parts (more: the body is malformed, 400, or 202 for
+what was stored before). Refused parts are logged once per request, with their count, at
+its end.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import anyio.to_thread
@@ -70,7 +75,7 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     requestor = {**session.audit_details(), "service": "STOW-RS"}
     stow = _StowRequest(ctx, ingest, session, study, dicomweb_root(ctx, request),
                             requestor)
-    malformed = False
+    malformed = ""  # why the body is not one the splitter takes (messages quote no value)
     parts: list[ReceivedPart] = []
 
     def new_part(headers: dict[str, str]) -> ReceivedPart:
@@ -96,11 +101,11 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
             splitter.close()
         except MalformedMultipart as exc:
             log.warning("STOW-RS body refused", extra={"reason": str(exc)})
-            malformed = True
+            malformed = str(exc)
         while parts and parts[0].ended:
             await keep_first()
         if splitter is None or splitter.parts == 0:
-            malformed = True  # RFC 2046: at least one body part
+            malformed = malformed or "no part"  # RFC 2046: at least one body part
     except ClientDisconnect:
         log.warning("STOW-RS client went away before the body ended",
                     extra={"stored": len(stow.outcome.stored)})
@@ -112,7 +117,8 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     stow.record_end()
     outcome = stow.outcome
     if malformed and not outcome.stored:
-        raise WebError(400, "the body is not a multipart/related body of DICOM parts")
+        raise WebError(400, "the body is not a multipart/related body of DICOM parts: "
+                            + malformed)
     status = outcome.http_status()
     if malformed:
         status = 202  # stored what came before the fault: say so, and that not all was
@@ -147,6 +153,9 @@ class _StowRequest:
         #: study -> SOP Class -> count, and study -> (patient id, name): the file trail's.
         self.study_classes: dict[str, dict[str, int]] = {}
         self.study_patients: dict[str, tuple[str, str]] = {}
+        #: Refused parts by status, and the first one's reason: logged once, at the end.
+        self.refusals: Counter[int] = Counter()
+        self.first_refusal = ""
         self._recorded = False
 
     def keep(self, part: ReceivedPart) -> None:
@@ -190,9 +199,12 @@ class _StowRequest:
 
     def _refused(self, sop_class: str, sop_instance: str, status: int, reason: str) -> None:
         self.outcome.failed.append(Failed(sop_class, sop_instance, status))
-        log.warning("STOW-RS part refused",
-                    extra={"status": f"0x{status:04X}", "reason": reason,
-                           "sop_class": sop_class})
+        if not self.refusals:
+            self.first_refusal = reason
+        self.refusals[status] += 1
+        log.debug("STOW-RS part refused",
+                  extra={"status": f"0x{status:04X}", "reason": reason,
+                         "sop_class": sop_class})
 
     def study_url(self) -> str | None:
         """The top-level Retrieve URL: the target study, or the one study stored into."""
@@ -208,6 +220,12 @@ class _StowRequest:
         self._recorded = True
         trail = self.ctx.audit
         stored, failed = len(self.outcome.stored), len(self.outcome.failed)
+        if failed:
+            # One line per request, not per part: a body of thousands of empty parts was
+            # as many WARNING lines.
+            log.warning("STOW-RS parts refused", extra={
+                "refused": failed, "stored": stored, "reason": self.first_refusal,
+                "statuses": {f"0x{s:04X}": n for s, n in sorted(self.refusals.items())}})
         if not per_instance(trail):
             result = audit.SUCCESS if not failed else audit.MINOR_FAILURE
             for study, classes in sorted(self.study_classes.items()):
