@@ -15,7 +15,9 @@ import hashlib
 import io
 import json
 import logging
+import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -537,3 +539,45 @@ def test_more_parts_than_the_limit_is_a_malformed_body(
     assert stored_uids(response.json()) == [good.SOPInstanceUID]
     assert len(failures(response.json())) == MAX_PARTS - 1
     assert setup.instance_count() == before + 1
+
+
+def _raw_post(address: tuple[str, int], token: str, body: bytes) -> socket.socket:
+    """A STOW-RS request that announces far more body than it sends."""
+    sock = socket.create_connection(address)
+    sock.sendall(b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + token.encode() + b"\r\nContent-Type: " + DICOM_MULTIPART.encode()
+                 + b"\r\nContent-Length: 100000000\r\n\r\n" + body)
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection."""
+    sock.settimeout(30)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    return answer
+
+
+def test_a_client_gone_mid_body_is_not_an_error(
+    setup: Setup, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stored part stays stored and the request's end is recorded; the disconnect is a
+    WARNING, not uvicorn's "Exception in ASGI application" at ERROR with a traceback."""
+    good, cut = new_ct(), new_ct()
+    before = setup.instance_count()
+    body = multipart(part10(good)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+    sock = _raw_post(setup.web.address, setup.token(),
+                     body + f"--{BOUNDARY}\r\n\r\n".encode() + part10(cut)[:20000])
+    deadline = time.monotonic() + 30
+    while setup.instance_count() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sock.close()
+    gone = "STOW-RS client went away before the body ended"
+    while gone not in _stow_records(caplog) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone in _stow_records(caplog)
+    time.sleep(0.2)  # what uvicorn logs after the app returns
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert setup.instance_count() == before + 1 and not setup.find(cut)

@@ -110,7 +110,9 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         log.warning("STOW-RS client went away before the body ended",
                     extra={"stored": len(stow.outcome.stored)})
         stow.record_end()
-        raise
+        # Nobody reads it; returned rather than raised, which uvicorn logged as an
+        # "Exception in ASGI application" at ERROR with a traceback.
+        return Response(status_code=400)
     finally:
         for part in parts:
             part.close()
