@@ -197,7 +197,8 @@ class Settings(BaseSettings):
         "unreachable; beyond that the oldest are dropped (and counted).",
     )
     network_timeout: float = Field(
-        60.0, gt=0, description="Seconds a connection may stay silent before it is dropped."
+        60.0, gt=0, description="Seconds a connection may stay silent before it is dropped "
+        "(a STOW-RS body too: its request is given up, 408).",
     )
     acse_timeout: float = Field(30.0, gt=0, description="Seconds to wait for association PDUs.")
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
@@ -291,6 +292,12 @@ class Settings(BaseSettings):
         "may give to verified copies of large or Deflated objects, kept five minutes after "
         "their last use so that a viewer's next frames of the same object are not read and "
         "checked from the store again; 0: every request makes its own copy.",
+    )
+    web_stow_memory_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Memory that the parts of all STOW-RS requests "
+        "of one 'mimic web' process may hold together (each part up to 8 MiB); past it, "
+        "a part is spooled to SPOOL_DIR from its data set's first byte. 0: every part is "
+        "spooled.",
     )
     # -- the operator console of `mimic web` (web/console/) ---------------------------------
     web_oidc_client_id: str | None = Field(

@@ -64,6 +64,7 @@ from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import UnexpectedErrors
 from mimic_server.web.dicomweb.kept_copies import KeptCopies
+from mimic_server.web.dicomweb.stow_part import PartMemory
 from mimic_server.web.parent import (
     OPTIONS_VARIABLE,
     REVOKED_DIR_VARIABLE,
@@ -150,6 +151,7 @@ class WebArchive:
             auth=s.web_auth, ae_title=s.ae_title, policy_entry=s.web_policy_entry,
             rule=web_rule(s),
             base_url=s.web_base_url, ingest=_ingest(s, store, index),
+            part_memory=PartMemory(s.web_stow_memory_bytes), body_timeout=s.network_timeout,
             copies=KeptCopies(s.web_kept_copies_bytes) if s.web_kept_copies_bytes else None,
         )
         console = self._console

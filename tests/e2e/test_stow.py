@@ -560,6 +560,37 @@ def _answer(sock: socket.socket) -> bytes:
     return answer
 
 
+def test_a_stalled_body_is_given_up(setup: Setup) -> None:
+    """A body silent for MIMIC_NETWORK_TIMEOUT is given up, its parts closed and the
+    connection ended: stalled requests held their parts (up to 8 MiB each in memory, a
+    spool descriptor past it) for as long as their senders liked."""
+    web = start_web(setup.root, setup.issuer, network_timeout=1)
+    try:
+        memory = web.context.part_memory  # type: ignore[union-attr]
+        assert memory is not None
+        before = setup.instance_count()
+        stalled = new_ct()
+        head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        answer = _answer(_raw_post(web.address, setup.token(), head + part10(stalled)[:20000]))
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert setup.instance_count() == before
+        assert memory.held == 0
+
+        good = new_ct()
+        body = multipart(part10(good)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+        answer = _answer(_raw_post(web.address, setup.token(),
+                                   body + head + part10(stalled)[:20000]))
+        assert answer.startswith(b"HTTP/1.1 202 "), answer[:200]
+        headers, _, json_body = answer.partition(b"\r\n\r\n")
+        assert b"connection: close" in headers.lower()
+        assert stored_uids(json.loads(json_body)) == [good.SOPInstanceUID]
+        assert setup.instance_count() == before + 1 and not setup.find(stalled)
+        assert memory.held == 0
+    finally:
+        web.stop()
+    assert not list((setup.root / "data" / "spool").glob("*"))
+
+
 def test_a_client_gone_mid_body_is_not_an_error(
     setup: Setup, caplog: pytest.LogCaptureFixture,
 ) -> None:

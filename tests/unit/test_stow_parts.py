@@ -24,7 +24,7 @@ from mimic_server.web.dicomweb.multipart import (
     MultipartSplitter,
     boundary_of,
 )
-from mimic_server.web.dicomweb.stow_part import ReceivedPart
+from mimic_server.web.dicomweb.stow_part import PartMemory, ReceivedPart
 from tests.data import ct_small, storable_files
 from tests.large_objects import write_large
 
@@ -378,6 +378,53 @@ def test_a_spooled_part_is_hashed_without_mapping_its_pages(tmp_path: Path) -> N
     assert _file_pages_mapped() - before < 8 << 20
     assert digest == hashlib.sha256(b"".join(bytes(c) for c in received.chunks)).hexdigest()
     part.close()
+
+
+# -- the memory all parts hold together -----------------------------------------------------
+
+
+def test_parts_past_the_process_budget_are_spooled_from_their_data_set(tmp_path: Path) -> None:
+    """The parts of every request share one budget: past it, a part goes to its spool from
+    its data set's first byte (24 requests stalled after 8 MiB each held 196 MiB), and a
+    part closed gives its bytes back."""
+    data = ct_small().read_bytes()
+    read = read_file_meta(data)
+    assert read is not None
+    memory = PartMemory(len(data) + len(data) // 2)
+
+    def fed() -> ReceivedPart:
+        part = ReceivedPart({"content-type": "application/dicom"}, 1 << 30,
+                            tmp_path / "spool", memory=memory)
+        for pos in range(0, len(data), 4096):
+            part.write(memoryview(data[pos:pos + 4096]))
+        part.end()
+        return part
+
+    first = fed()
+    assert first._spool is None and memory.held == len(data)
+    second = fed()  # half of it would fit: spooled, from its data set's first byte
+    assert second._spool is not None and memory.held == len(data)
+    assert second.received().size == first.received().size
+    assert (b"".join(bytes(c) for c in second.received().chunks)
+            == b"".join(bytes(c) for c in first.received().chunks))
+    first.close()
+    assert memory.held == 0
+    third = fed()  # room again
+    assert third._spool is None
+    for part in (second, third):
+        part.close()
+    assert memory.held == 0
+
+
+def test_a_part_refused_gives_its_memory_back(tmp_path: Path) -> None:
+    memory = PartMemory(1 << 20)
+    part = ReceivedPart({"content-type": "application/dicom"}, 8000, tmp_path / "spool",
+                        memory=memory)
+    data = ct_small().read_bytes()
+    part.write(memoryview(data[:4096]))
+    assert memory.held == 4096
+    part.write(memoryview(data[4096:]))  # over the size limit: refused, dropped
+    assert part.failure is not None and memory.held == 0
 
 
 # -- the File Meta read as it arrives -------------------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mimic_server.security.tokens import TokenUser, TokenValidator
     from mimic_server.storage import ObjectStore
     from mimic_server.web.dicomweb.kept_copies import KeptCopies
+    from mimic_server.web.dicomweb.stow_part import PartMemory
 
 #: A way other than a bearer token to know who sent a request (the console's session
 #: cookie): the user, or None when the request does not carry that credential.
@@ -52,6 +53,12 @@ class DicomWebContext:
     base_url: str | None = None
     #: The ingest path of STOW-RS (``archive/ingest.py``), wired by the composition root.
     ingest: Any = None
+    #: The memory that STOW-RS parts of every request may hold together
+    #: (``MIMIC_WEB_STOW_MEMORY_BYTES``); None: each part its 8 MiB, with no bound overall.
+    part_memory: PartMemory | None = None
+    #: Seconds a STOW-RS body may stay silent before its request is given up
+    #: (``MIMIC_NETWORK_TIMEOUT``, as for a DICOM connection).
+    body_timeout: float = 60.0
     #: More credentials than bearer tokens (the console's session), tried first.
     user_sources: list[UserSource] = field(default_factory=list)
     #: Verified copies of large objects kept for the WADO-RS requests after the first

@@ -14,8 +14,10 @@ the request's failures once at its end; in the file configuration one record per
 received (and one for the failures) when the request ends, as an association's end does.
 
 Bounds: at most ``multipart.MAX_PARTS`` parts (more: the body is malformed, 400, or 202 for
-what was stored before). Refused parts are logged once per request, with their count, at
-its end.
+what was stored before); a body silent for ``MIMIC_NETWORK_TIMEOUT`` seconds is given up
+(408, or 202 for what was stored; the connection closed), its parts closed; the parts of all
+requests hold at most ``MIMIC_WEB_STOW_MEMORY_BYTES`` in memory (``stow_part.py``). Refused
+parts are logged once per request, with their count, at its end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -79,7 +82,8 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
     parts: list[ReceivedPart] = []
 
     def new_part(headers: dict[str, str]) -> ReceivedPart:
-        part = ReceivedPart(headers, ingest.max_object_bytes, ingest.spool_dir)
+        part = ReceivedPart(headers, ingest.max_object_bytes, ingest.spool_dir,
+                            memory=ctx.part_memory)
         parts.append(part)
         return part
 
@@ -91,10 +95,18 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         await anyio.to_thread.run_sync(stow.keep, parts.pop(0))
 
     splitter: MultipartSplitter | None = None
+    stalled = False
     try:
         try:
             splitter = MultipartSplitter(boundary, new_part)
-            async for chunk in request.stream():
+            body = request.stream()
+            while True:
+                # Each read has its deadline: a stalled sender would hold its parts (up to
+                # 8 MiB each in memory) and a spool descriptor for as long as it liked.
+                with anyio.fail_after(ctx.body_timeout):
+                    chunk = await anext(body, None)
+                if chunk is None:
+                    break
                 splitter.feed(chunk)
                 while parts and parts[0].ended:
                     await keep_first()
@@ -102,6 +114,11 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         except MalformedMultipart as exc:
             log.warning("STOW-RS body refused", extra={"reason": str(exc)})
             malformed = str(exc)
+        except TimeoutError:
+            log.warning("STOW-RS body stalled: request given up",
+                        extra={"seconds": ctx.body_timeout,
+                               "stored": len(stow.outcome.stored)})
+            stalled = True
         while parts and parts[0].ended:
             await keep_first()
         if splitter is None or splitter.parts == 0:
@@ -118,6 +135,13 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
             part.close()
     stow.record_end()
     outcome = stow.outcome
+    if stalled:
+        # The sender may be gone or stuck: the connection ends with the answer (uvicorn
+        # would otherwise keep reading and dropping the rest of the body).
+        if not outcome.stored:
+            raise WebError(408, "the body stalled", {"Connection": "close"})
+        return JSONResponse(outcome.dicom_json(stow.study_url()), status_code=202,
+                            media_type=answer_type, headers={"Connection": "close"})
     if malformed and not outcome.stored:
         raise WebError(400, "the body is not a multipart/related body of DICOM parts: "
                             + malformed)

@@ -4,13 +4,17 @@ The part's File Meta is read from its first bytes (what it declares: SOP Class a
 UIDs, transfer syntax); a syntax the archive does not keep is refused there and the rest of
 the part is read and dropped. The bytes stay in memory while the part is small (the common
 case) and past ``IN_MEMORY`` move to an anonymous spool file (no name: nothing leaks on disk,
-the kernel frees it should the process die), as a large C-STORE's do. The spool holds the
-object as the archive keeps it: the File Meta the archive writes (made from the sender's, as
-``archive/part10.py`` makes it), then the data set as received, so that a file store on its
-file system names the spool instead of copying it (``storage/anonymous.py``). A data set
-larger than ``MIMIC_MAX_OBJECT_BYTES`` is dropped as soon as it is, and refused (``0xA700``,
-as C-STORE). Once the part has ended, :meth:`ReceivedPart.received` hands the archive the
-data set bytes as received, from memory or a read-only map of the spool file.
+the kernel frees it should the process die), as a large C-STORE's do. The parts of all
+requests together hold at most their :class:`PartMemory` (``MIMIC_WEB_STOW_MEMORY_BYTES``
+per process): past it, a part goes to its spool file from its data set's first byte, so
+that requests stalled with 8 MiB each cannot hold the process's memory between them. The
+spool holds the object as the archive keeps it: the File Meta the archive writes (made from
+the sender's, as ``archive/part10.py`` makes it), then the data set as received, so that a
+file store on its file system names the spool instead of copying it
+(``storage/anonymous.py``). A data set larger than ``MIMIC_MAX_OBJECT_BYTES`` is dropped as
+soon as it is, and refused (``0xA700``, as C-STORE). Once the part has ended,
+:meth:`ReceivedPart.received` hands the archive the data set bytes as received, from memory
+or a read-only map of the spool file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -44,14 +49,46 @@ READ_CHUNK = MiB
 PART_TYPE = "application/dicom"
 
 
+class PartMemory:
+    """The bytes that the parts of every STOW-RS request of the process hold in memory
+    together, and their limit (thread-safe: a part writes on the event loop and may be
+    closed in a worker thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, count: int, *, always: bool = False) -> bool:
+        """Whether ``count`` more bytes may be held; ``always``: held even past the limit
+        (a File Meta is read in memory, and is at most ``MAX_FILE_META`` and one chunk)."""
+        with self._lock:
+            if not always and self._held + count > self.limit:
+                return False
+            self._held += count
+            return True
+
+    def give(self, count: int) -> None:
+        with self._lock:
+            self._held -= count
+
+
 class ReceivedPart:
     """One part's bytes and what its File Meta declares (a ``multipart.PartSink``)."""
 
     def __init__(self, headers: dict[str, str], max_object_bytes: int, spool_dir: Path,
-                 in_memory: int = IN_MEMORY) -> None:
+                 in_memory: int = IN_MEMORY, memory: PartMemory | None = None) -> None:
         self._max = max_object_bytes
         self._spool_dir = spool_dir
         self._in_memory = in_memory
+        #: The process's budget (None: this part's own, ``in_memory`` alone bounds it),
+        #: and how much of it this part holds (its head's bytes).
+        self._memory = memory if memory is not None else PartMemory(in_memory)
+        self._held = 0
         self._head = bytearray()
         self._file_meta = FileMetaReader()
         self._spool: IO[bytes] | None = None
@@ -78,11 +115,15 @@ class ReceivedPart:
             return
         try:
             if self.declared is None:
+                self._hold(len(data), always=True)
                 self._head += data
                 self.declared = self._file_meta.read(self._head)
                 if self.declared is not None:
                     self._check_declared(self.declared)
-            elif self._spool is None and len(self._head) + len(data) <= self._in_memory:
+                    if self._memory.held > self._memory.limit:
+                        self._spooled()  # the budget is spent: the data set goes to disk
+            elif (self._spool is None and len(self._head) + len(data) <= self._in_memory
+                    and self._hold(len(data))):
                 self._head += data
             else:
                 self._spooled().write(data)
@@ -130,7 +171,21 @@ class ReceivedPart:
             with memoryview(self._head) as head:
                 self._spool.write(head[declared.dataset_offset:])
             self._head = bytearray()
+            self._release()
         return self._spool
+
+    def _hold(self, count: int, *, always: bool = False) -> bool:
+        """Whether the head may grow by ``count`` bytes under the process's budget."""
+        if not self._memory.take(count, always=always):
+            return False
+        self._held += count
+        return True
+
+    def _release(self) -> None:
+        """The head is dropped (spooled or closed): its bytes go back to the budget."""
+        held, self._held = self._held, 0
+        if held:
+            self._memory.give(held)
 
     def _fail(self, exc: DicomStatusError) -> None:
         self.failure = exc
@@ -197,6 +252,7 @@ class ReceivedPart:
     def close(self) -> None:
         """Drop what is held (memory, map, spool file)."""
         self._head = bytearray()
+        self._release()
         # Its part is kept or refused: nobody reads its object now. Released, so that the
         # map closes even where the object lives on; a view still exported from either
         # leaves them to the garbage collector.
