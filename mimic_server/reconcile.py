@@ -11,6 +11,13 @@ Two kinds of drift exist by design of the write path (put, then index, then dele
   asked to send it again (the operational log gets counts only: no patient data). Restore the object
   from a blob version or backup *before* fixing, if one exists.
 
+An object that cannot be read *now* (the store throttles, times out, resets the connection; a
+file gives EIO, EACCES, EMFILE) is neither: it is **unreadable**, drift that is reported and
+keeps the exit status at 1, and that ``fix`` never touches. Only the store's own word
+(``KeyError``: not there) makes an object missing, and only bytes read to their end that hash
+to another SHA-256 make it corrupt; a store still failing when ``fix`` re-checks must not turn
+an acknowledged instance into a removed one (invariant 1).
+
 Races with a running server are handled, not excluded: the store is listed before the index
 is read; an orphan is deleted only if, ``settle_seconds`` after it was seen, still no row
 points at it (a C-STORE between put and commit has finished by then); a row is removed only
@@ -49,6 +56,8 @@ class Report:
     orphans: list[str] = field(default_factory=list)
     missing: list[ObjectRef] = field(default_factory=list)
     corrupt: list[ObjectRef] = field(default_factory=list)
+    #: Could not be read at all this time: reported, never fixed (the store may recover).
+    unreadable: list[ObjectRef] = field(default_factory=list)
     deleted_orphans: list[str] = field(default_factory=list)
     removed_instances: list[str] = field(default_factory=list)
     #: Drift that went away by itself before it was fixed (a concurrent C-STORE, a restore).
@@ -56,7 +65,7 @@ class Report:
 
     @property
     def drift(self) -> int:
-        return len(self.orphans) + len(self.missing) + len(self.corrupt)
+        return len(self.orphans) + len(self.missing) + len(self.corrupt) + len(self.unreadable)
 
     @property
     def remaining(self) -> int:
@@ -70,6 +79,7 @@ class Report:
             "orphan_objects": len(self.orphans),
             "missing_objects": len(self.missing),
             "corrupt_objects": len(self.corrupt),
+            "unreadable_objects": len(self.unreadable),
             "deleted_orphans": len(self.deleted_orphans),
             "removed_instances": len(self.removed_instances),
             "remaining": self.remaining,
@@ -78,6 +88,7 @@ class Report:
             result["orphans"] = self.orphans
             result["missing"] = [_ref(r) for r in self.missing]
             result["corrupt"] = [_ref(r) for r in self.corrupt]
+            result["unreadable"] = [_ref(r) for r in self.unreadable]
             result["removed"] = self.removed_instances
         return result
 
@@ -107,6 +118,8 @@ def reconcile(
             report.missing.append(ref)
         elif state == "corrupt":
             report.corrupt.append(ref)
+        elif state == "unreadable":
+            report.unreadable.append(ref)
     report.orphans = sorted(stored - indexed)
     log.info("reconcile found", extra=report.as_dict(with_keys=False))
     if fix:
@@ -116,10 +129,16 @@ def reconcile(
 
 def _check_absent(store: ObjectStore, ref: ObjectRef) -> str:
     # Not in the listing; it may have been put after the listing (a new C-STORE).
-    return _check(store, ref) if store.exists(ref.object_key) else "missing"
+    try:
+        present = store.exists(ref.object_key)
+    except (OutOfResources, OSError) as exc:
+        return _unreadable(ref, exc)
+    return _check(store, ref) if present else "missing"
 
 
 def _check(store: ObjectStore, ref: ObjectRef) -> str:
+    """"ok", "missing" (the store says it is not there), "corrupt" (read whole, another
+    SHA-256) or "unreadable" (the store failed: no verdict on the bytes)."""
     digest = hashlib.sha256()
     try:
         with store.open(ref.object_key) as fh:
@@ -127,14 +146,18 @@ def _check(store: ObjectStore, ref: ObjectRef) -> str:
                 digest.update(block)
     except KeyError:
         return "missing"
-    except OutOfResources as exc:
-        # A read that fails after the object was listed: counted as corrupt, never fixed
-        # blindly - the fix re-checks before removing anything.
-        # The key holds UIDs (patient data): named at DEBUG only; --json reports it.
-        log.warning("object unreadable", extra={"error": type(exc).__name__})
-        log.debug("unreadable object key", extra={"key": ref.object_key})
-        return "corrupt"
+    except (OutOfResources, OSError) as exc:
+        # OSError: a file opened fine and then failed its read (EIO); the store's open()
+        # alone turns errors into OutOfResources.
+        return _unreadable(ref, exc)
     return "ok" if digest.hexdigest() == ref.sha256 else "corrupt"
+
+
+def _unreadable(ref: ObjectRef, exc: Exception) -> str:
+    # The key holds UIDs (patient data): named at DEBUG only; --json reports it.
+    log.warning("object unreadable", extra={"error": type(exc).__name__})
+    log.debug("unreadable object key", extra={"key": ref.object_key})
+    return "unreadable"
 
 
 def _fix(
@@ -146,8 +169,13 @@ def _fix(
     audit_log: audit.AuditLog,
 ) -> None:
     for ref in report.missing + report.corrupt:
-        if _check(store, ref) == "ok":
+        state = _check(store, ref)
+        if state == "ok":
             report.resolved += 1  # restored meanwhile (from a blob version, a backup)
+            continue
+        if state == "unreadable":
+            # No verdict now: the row and its object stay, and so does the drift (exit 1).
+            log.warning("instance kept in the index: its object cannot be read now")
             continue
         if maintenance.remove_instance(engine, ref.sop_instance_uid, ref.object_key):
             report.removed_instances.append(ref.sop_instance_uid)
@@ -157,8 +185,7 @@ def _fix(
                 action="reconcile removed instance", service="reconcile",
                 studies=_studies(ref.object_key), SOPInstanceUID=ref.sop_instance_uid,
                 object_key=ref.object_key,
-                reason="reconcile removed an instance whose object is "
-                + ("missing" if ref in report.missing else "corrupt"),
+                reason=f"reconcile removed an instance whose object is {state}",
             )
             log.warning("instance removed from the index: its object is missing or corrupt")
             store.delete(ref.object_key)  # corrupt bytes serve nobody; versions keep them

@@ -7,17 +7,26 @@ in tests/e2e/test_azure.py.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
+import io
 import json
+import logging
+import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pydicom
+import pytest
 from sqlalchemy import func, select
 
 from mimic_server.app import open_index, open_object_store
 from mimic_server.config import Settings
+from mimic_server.errors import OutOfResources
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.models import Instance, Series
+from mimic_server.reconcile import reconcile
+from mimic_server.security.audit import AuditLog
 from mimic_server.storage.keys import new_object_key
 from tests.data import ct_small
 from tests.test_cli import mimic
@@ -184,3 +193,79 @@ def test_resent_instance_of_a_pruned_series_keeps_its_own_series(tmp_path: Path)
         assert filed_under == series_a.SeriesInstanceUID
     finally:
         engine.dispose()
+
+
+class _FailingStore:
+    """The file store of ``data_dir``, whose reads of ``keys`` fail while ``failing`` is set:
+    ``open`` raising OutOfResources (Blob Storage's 503 ServerBusy, a timeout, EACCES or
+    EMFILE on a file), or a file that opens and then fails its read (EIO)."""
+
+    def __init__(self, data_dir: Path, keys: dict[str, str]) -> None:
+        self.store = open_object_store(Settings(data_dir=data_dir))
+        self.keys = keys  # key -> "open" | "read"
+        self.failing = True
+
+    def open(self, key: str) -> BinaryIO:
+        how = self.keys.get(key) if self.failing else None
+        if how == "open":
+            raise OutOfResources("blob store read failed: ServerBusy")
+        fh = self.store.open(key)
+        if how == "read":
+            fh.close()
+            return _EioFile()  # type: ignore[return-value]
+        return fh
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+class _EioFile(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("fails", ["open", "read"])
+def test_fix_keeps_instances_whose_objects_cannot_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fails: str
+) -> None:
+    """A store that fails reads throughout the run (throttled; a file's EIO) is no verdict on
+    the bytes: the instance is reported unreadable, stays drift (exit 1), and ``--fix`` keeps
+    its row and object and audits no removal. (It was counted corrupt, and the fix's re-check,
+    failing again, removed the acknowledged instance and deleted its good bytes; an EIO in
+    the read ended reconcile with a traceback.)"""
+    data = tmp_path / "data"
+    (uid, key), _ = _archive(data, 2)
+    store = _FailingStore(data, {key: fails})
+    engine, _ = open_index(Settings(data_dir=data))
+    audit_path = tmp_path / "audit.jsonl"
+    trail = AuditLog(audit_path)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mimic_server.reconcile"):
+            report = reconcile(store, engine, fix=True, settle_seconds=0,  # type: ignore[arg-type]
+                               audit_log=trail)
+        assert (data / "objects" / key).exists()
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(Instance)).scalar_one() == 2
+        trail.close()
+        assert not audit_path.exists() or uid not in audit_path.read_text()
+        assert [r.sop_instance_uid for r in report.unreadable] == [uid]
+        assert not report.corrupt and not report.missing
+        assert not report.removed_instances
+        assert report.remaining == 1  # exit 1: the operator has to look again
+        assert report.as_dict(with_keys=True)["unreadable"] == [
+            {"sop_instance_uid": uid, "key": key}]
+        # Said at WARNING without patient data; the key (UIDs) at DEBUG only.
+        warnings = [r for r in caplog.records
+                    if r.name == "mimic_server.reconcile" and r.levelno >= logging.WARNING]
+        assert [r.getMessage() for r in warnings] == ["object unreadable"]
+        assert uid not in str(vars(warnings[0]))
+
+        store.failing = False  # the store recovered: the next run finds no drift
+        assert reconcile(store, engine, fix=True, settle_seconds=0).drift == 0  # type: ignore[arg-type]
+    finally:
+        trail.close()
+        engine.dispose()
+        store.store.close()
