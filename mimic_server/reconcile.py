@@ -18,6 +18,12 @@ keeps the exit status at 1, and that ``fix`` never touches. Only the store's own
 to another SHA-256 make it corrupt; a store still failing when ``fix`` re-checks must not turn
 an acknowledged instance into a removed one (invariant 1).
 
+A file in the object directory whose name is no key (``lost+found/#1234`` after e2fsck,
+``.DS_Store``) was never put by the archive: it is **foreign**, reported (counted; named with
+``--json``) and never deleted, and it is no drift (it would keep the exit status at 1 for
+good). After e2fsck it may hold an acknowledged object that lost its name: the rows found
+missing are the ones to compare it with before ``fix``.
+
 Races with a running server are handled, not excluded: the store is listed before the index
 is read; an orphan is deleted only if, ``settle_seconds`` after it was seen, still no row
 points at it (a C-STORE between put and commit has finished by then); a row is removed only
@@ -60,6 +66,8 @@ class Report:
     unreadable: list[ObjectRef] = field(default_factory=list)
     deleted_orphans: list[str] = field(default_factory=list)
     removed_instances: list[str] = field(default_factory=list)
+    #: Files in the store that are not keys (the store's own word): never touched, no drift.
+    foreign: list[str] = field(default_factory=list)
     #: Drift that went away by itself before it was fixed (a concurrent C-STORE, a restore).
     resolved: int = 0
 
@@ -80,6 +88,7 @@ class Report:
             "missing_objects": len(self.missing),
             "corrupt_objects": len(self.corrupt),
             "unreadable_objects": len(self.unreadable),
+            "foreign_files": len(self.foreign),
             "deleted_orphans": len(self.deleted_orphans),
             "removed_instances": len(self.removed_instances),
             "remaining": self.remaining,
@@ -89,6 +98,7 @@ class Report:
             result["missing"] = [_ref(r) for r in self.missing]
             result["corrupt"] = [_ref(r) for r in self.corrupt]
             result["unreadable"] = [_ref(r) for r in self.unreadable]
+            result["foreign"] = self.foreign
             result["removed"] = self.removed_instances
         return result
 
@@ -107,7 +117,12 @@ def reconcile(
     Raises ``OutOfResources`` if the store or the index cannot be read at all.
     """
     report = Report()
-    stored = set(store.iter_keys())  # before the index: see the module docstring
+    stored = set(store.iter_keys(report.foreign))  # before the index: module docstring
+    if report.foreign:
+        # Their names may be anything (a UID): counted here, named at DEBUG and by --json.
+        log.warning("files in the object store that are not objects: left alone",
+                    extra={"foreign_files": len(report.foreign)})
+        log.debug("foreign files", extra={"names": report.foreign})
     report.objects = len(stored)
     indexed: set[str] = set()
     for ref in maintenance.object_refs(engine):

@@ -115,6 +115,32 @@ def test_fix_prunes_parents_left_empty(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_foreign_files_are_reported_and_never_deleted(tmp_path: Path) -> None:
+    """Files the archive never put (lost+found/#1234 after e2fsck, .DS_Store) are counted
+    and named apart, are no drift, and --fix leaves them and deletes the real orphan. (They
+    were orphans, and --fix died on them with a KeyError, exit 1, no report.)"""
+    data = tmp_path / "data"
+    _archive(data, 1)
+    objects = data / "objects"
+    orphan = "ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm"
+    (objects / orphan).parent.mkdir(parents=True)
+    (objects / orphan).write_bytes(b"put, never indexed")
+    (objects / "lost+found").mkdir()
+    (objects / "lost+found" / "#1234").write_bytes(b"recovered by e2fsck")
+    (objects / ".DS_Store").write_bytes(b"finder")
+
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+    assert code == 0, fixed
+    assert fixed["deleted_orphans"] == 1 and not (objects / orphan).exists()
+    assert (objects / "lost+found" / "#1234").exists() and (objects / ".DS_Store").exists()
+    assert fixed["foreign_files"] == 2
+    assert sorted(fixed["foreign"]) == [".DS_Store", "lost+found/#1234"]
+    assert "lost+found" not in (data / "audit.jsonl").read_text()
+
+    code, report = _reconcile(data)
+    assert code == 0 and report["foreign_files"] == 2 and report["remaining"] == 0
+
+
 def test_unusable_store_is_a_configuration_error(tmp_path: Path) -> None:
     done = mimic("reconcile", "--data-dir", str(tmp_path), "--blob-connection-string",
                  "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;"

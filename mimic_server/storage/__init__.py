@@ -42,8 +42,14 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def iter_keys(self) -> Iterator[str]:
-        """Every key in the store, for reconciliation with the index."""
+    def iter_keys(self, foreign: list[str] | None = None) -> Iterator[str]:
+        """Every key in the store, for reconciliation with the index.
+
+        Only names the store accepts as keys (that :meth:`open` and :meth:`delete` take): a
+        name in the store's space that is not one (a file the operating system or a person
+        put in the object directory: ``lost+found/#1234``, ``.DS_Store``) is never an
+        archive's object, and is appended to ``foreign`` instead, when given.
+        """
         ...
 
     def check(self) -> None:

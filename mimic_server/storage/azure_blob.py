@@ -236,7 +236,8 @@ class AzureBlobStore:
         except AzureError as exc:
             raise OutOfResources(f"blob store unavailable: {_reason(exc)}") from exc
 
-    def iter_keys(self) -> Iterator[str]:
+    def iter_keys(self, foreign: list[str] | None = None) -> Iterator[str]:
+        # Every blob name is a key (open and delete take any): nothing is foreign here.
         try:
             yield from self._container.list_blob_names()
         except AzureError as exc:

@@ -143,7 +143,7 @@ class FilesystemStore:
         self._lock.close()
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key:
+        if not _is_key(key):
             raise KeyError(key)
         return self.root / key
 
@@ -359,12 +359,18 @@ class FilesystemStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def iter_keys(self) -> Iterator[str]:
+    def iter_keys(self, foreign: list[str] | None = None) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root:
                 dirnames[:] = [d for d in dirnames if d != _TMP]
             for name in filenames:
-                yield (Path(dirpath) / name).relative_to(self.root).as_posix()
+                key = (Path(dirpath) / name).relative_to(self.root).as_posix()
+                # Not a name _path() takes (lost+found/#1234 after e2fsck, .DS_Store): no
+                # put made it, and reconcile must not take it for an orphan it can delete.
+                if _is_key(key):
+                    yield key
+                elif foreign is not None:
+                    foreign.append(key)
 
     def check(self) -> None:
         """The directory and its ``.incoming`` exist and this process may create files there."""
@@ -373,6 +379,11 @@ class FilesystemStore:
                 raise OutOfResources(f"object directory {directory.name or directory} is missing")
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise OutOfResources(f"object directory {directory.name} is not writable")
+
+
+def _is_key(name: str) -> bool:
+    """Whether ``name`` is a key this store takes (never one leaving its directory)."""
+    return _KEY.match(name) is not None and ".." not in name
 
 
 def _claim_incoming(incoming: Path) -> tuple[BinaryIO, Path]:

@@ -39,7 +39,7 @@ class MemoryStore:
     def exists(self, key: str) -> bool:
         return key in self.objects
 
-    def iter_keys(self) -> Iterator[str]:
+    def iter_keys(self, foreign: list[str] | None = None) -> Iterator[str]:
         return iter(list(self.objects))
 
     def check(self) -> None:

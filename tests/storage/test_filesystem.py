@@ -75,6 +75,23 @@ def test_a_gone_stores_files_are_swept_at_start(tmp_path: Path) -> None:
     assert not store._tmp.exists() and not store._lock_path.exists()
 
 
+def test_listing_names_only_keys_and_sets_foreign_files_apart(tmp_path: Path) -> None:
+    """A file no put made whose name is no key (e2fsck's lost+found/#1234, a desktop's
+    .DS_Store) is not listed as a key: reconcile would take it for an orphan whose delete
+    the store refuses (KeyError). Given a list, the listing names it there."""
+    root = tmp_path / "objects"
+    store = FilesystemStore(root, spare_files=0)
+    store.put("ab/1.2/1.2.3/1.2.3.4.0.dcm", [b"data"], None)
+    (root / "lost+found").mkdir()
+    (root / "lost+found" / "#1234").write_bytes(b"recovered")
+    (root / ".DS_Store").write_bytes(b"finder")
+    (root / "ab" / "1.2" / "...").write_bytes(b"stray")
+    foreign: list[str] = []
+    assert list(store.iter_keys(foreign)) == ["ab/1.2/1.2.3/1.2.3.4.0.dcm"]
+    assert sorted(foreign) == [".DS_Store", "ab/1.2/...", "lost+found/#1234"]
+    assert list(store.iter_keys()) == ["ab/1.2/1.2.3/1.2.3.4.0.dcm"]
+
+
 def test_abandoned_layouts_are_swept(tmp_path: Path) -> None:
     """A flat file (the layout before per-store directories) and a directory whose lock
     file is gone are leftovers of no living store."""
