@@ -30,17 +30,29 @@ class ObjectRef:
 
 
 def object_refs(engine: Engine, batch: int = 1000) -> Iterator[ObjectRef]:
-    """Every instance row's object key and hash, streamed in batches."""
-    query = select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256).order_by(
-        Instance.id
-    )
-    try:
-        with engine.connect() as conn:
-            result = conn.execution_options(yield_per=batch).execute(query)
-            for row in result:
-                yield ObjectRef(str(row[0]), str(row[1]), str(row[2]))
-    except SQLAlchemyError as exc:
-        raise OutOfResources("index unavailable") from exc
+    """Every instance row's object key and hash, in batches of rows after the last one seen.
+
+    Each batch is one short read, fetched whole before its rows are handed on: the caller
+    hashes objects between rows for hours, and one cursor over the whole table held one
+    snapshot as long (SQLite's WAL could not be checkpointed and grew with every C-STORE;
+    PostgreSQL kept a transaction open that held back VACUUM everywhere). A row committed
+    during the pass is seen if its id comes later; reconcile's fix re-checks whatever it
+    acts on, so a pass that is not one snapshot costs it nothing.
+    """
+    columns = select(Instance.id, Instance.sop_instance_uid, Instance.object_key,
+                     Instance.sha256).order_by(Instance.id).limit(batch)
+    after = 0  # ids start at 1
+    while True:
+        query = columns.where(Instance.id > after)
+        try:
+            rows = read_index(engine, lambda conn, query=query: conn.execute(query).all())
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+        for row in rows:
+            yield ObjectRef(str(row[1]), str(row[2]), str(row[3]))
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
 
 
 def refers_to(engine: Engine, object_key: str) -> bool:

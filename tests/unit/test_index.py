@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
+import sqlite3
 import threading
 from datetime import datetime
 
@@ -14,7 +16,7 @@ from sqlalchemy import func, select, text
 
 from mimic_server.errors import HierarchyConflict, Status
 from mimic_server.index.attributes import InstanceAttributes
-from mimic_server.index.maintenance import remove_instance
+from mimic_server.index.maintenance import object_refs, remove_instance
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from tests.data import ct_small, local_files
@@ -284,6 +286,33 @@ def test_a_cached_series_whose_rows_were_removed_and_made_again_is_checked(
     index.upsert_instance(_attrs(_instance(2, study=2, patient="P2")), object_key="b",
                           **_COMMON)
     _refused(index, _instance(3), "c")
+
+
+def test_object_refs_hold_no_snapshot_between_batches(index: SqlIndex) -> None:
+    """``mimic reconcile`` hashes an object between two rows of its pass, for hours on a
+    large archive: meanwhile the index holds no snapshot for it (SQLite's WAL can be
+    checkpointed; on PostgreSQL no transaction stays open holding back VACUUM), and rows
+    committed meanwhile after the last seen are still listed. (One cursor for the whole pass
+    held one snapshot as long.)"""
+    for n in range(5):
+        index.upsert_instance(_attrs(_instance(n)), object_key=f"k{n}", **_COMMON)
+    refs = object_refs(index.engine, batch=2)
+    seen = [next(refs)]  # reconcile is hashing this row's object now
+    index.upsert_instance(_attrs(_instance(5)), object_key="k5", **_COMMON)  # a C-STORE
+    engine = index.engine
+    if engine.dialect.name == "sqlite":
+        with contextlib.closing(sqlite3.connect(str(engine.url.database))) as other:
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+    else:
+        with engine.connect() as conn:
+            held = conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).scalar_one()
+        assert held == 0
+    seen.extend(refs)
+    assert [r.object_key for r in seen] == [f"k{n}" for n in range(6)]
 
 
 def _race(writers: tuple[SqlIndex, SqlIndex], instances: tuple[Dataset, Dataset]) -> list[str]:
