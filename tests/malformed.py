@@ -52,10 +52,16 @@ def with_length(data: bytes, header: ElementHeader, length: int) -> bytes:
     return data[:position] + struct.pack(fmt, length) + data[position + size :]
 
 
+#: (FFFD,1010), a private element: placed after every element of a real data set (CT_small
+#: ends with Data Set Trailing Padding (FFFC,FFFC)), so that only the damage is wrong, not
+#: the tag order (PS3.5 7.1).
+_LAST_TAG = b"\xfd\xff\x10\x10"
+
 DAMAGES = (
     "value cut short", "trailing bytes", "header cut short", "length overruns",
     "length falls short", "unknown VR", "item delimiter among elements", "unclosed sequence",
-    "element where an item belongs", "item delimiter of non-zero length",
+    "element where an item belongs", "item delimiter of non-zero length", "tag repeated",
+    "tag out of order",
 )
 
 
@@ -73,19 +79,23 @@ def damaged(data: bytes) -> dict[str, bytes]:
         "unknown VR": data[: last.start + 4] + b"ZZ" + data[last.start + 6 :],
         "item delimiter among elements": data[: last.start] + item_end + data[last.start :],
         "unclosed sequence": data
-        + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff"  # (0040,0275) SQ, undefined length
+        + _LAST_TAG + b"SQ\x00\x00\xff\xff\xff\xff"  # a sequence of undefined length
         + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"  # an item of undefined length, never closed
         + b"\x08\x00\x50\x00SH\x02\x00AB",
         "element where an item belongs": data
-        + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff"
+        + _LAST_TAG + b"SQ\x00\x00\xff\xff\xff\xff"
         + b"\x08\x00\x50\x00SH\x02\x00AB"
         + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
         "item delimiter of non-zero length": data  # its length spells a VR: PS3.5 7.5.2
-        + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff"
+        + _LAST_TAG + b"SQ\x00\x00\xff\xff\xff\xff"
         + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
         + b"\x08\x00\x50\x00SH\x02\x00AB"
         + b"\xfe\xff\x0d\xe0OB\x00\x00"
         + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
+        # PS3.5 7.1: ascending, each tag once. pydicom reads the last of a repeated tag,
+        # and an element after Pixel Data is past where the header read stops.
+        "tag repeated": data + data[last.start :],
+        "tag out of order": data + b"\x10\x00\x20\x00LO\x08\x00OTHER-ID",  # Patient ID
     }
 
 

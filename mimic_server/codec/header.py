@@ -79,7 +79,8 @@ def read_checked_header(dataset: memoryview, transfer_syntax: UID) -> Header:
             scanned = None
         if scanned is not None:
             header, stopped = scanned
-            check_structure_after(dataset, implicit, stopped)
+            # The scan took the elements before ``stopped`` in ascending order only.
+            check_structure_after(dataset, implicit, stopped, next(reversed(header.elements), -1))
             if len(header) == 0:
                 raise CannotUnderstand("dataset is empty")
             return header

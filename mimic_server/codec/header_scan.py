@@ -193,7 +193,9 @@ def _scan(
     """The elements, where the scan stopped and the tags of a header's bulk elements
     (:data:`LARGEST_HEADER_VALUE`). A header (``stop_at_pixel_data``) holding an element
     of group 0000 or 0002 is left to pydicom (and refused by the structure walk): such
-    elements belong to a command or the File Meta, never to a data set.
+    elements belong to a command or the File Meta, never to a data set. So are elements
+    whose tags do not ascend (PS3.5 7.1), the walk refusing them: the walk then needs the
+    scan's last tag only, not a second look at its elements.
 
     A header's sequence of undefined length is found whole by the structure walk's rules
     (``undefined_length_end``) and kept as one of defined length, its items' bytes as its
@@ -220,6 +222,7 @@ def _scan(
     long_values_left = HEADER_LONG_VALUES
     not_copied = 0  # bytes of bulk values
     pos = 0
+    last = -1  # the tag before: elements come in ascending order, each once (PS3.5 7.1)
     vr: str | None = None
     unpack_implicit = _IMPLICIT.unpack_from
     unpack_explicit = _EXPLICIT.unpack_from
@@ -240,6 +243,9 @@ def _scan(
                 length = _LENGTH_32.unpack_from(data, pos + 8)[0]
                 start = pos + 12
         tag = group << 16 | number
+        if tag <= last:
+            return None  # out of order or repeated: pydicom's (a header's refused by the walk)
+        last = tag
         if stop_at_pixel_data and tag in _PIXEL_DATA_TAGS:
             break
         if length == _UNDEFINED:

@@ -21,6 +21,13 @@ no upper-case letters where an explicit VR belongs is read as implicit VR (as py
 e.g. for the content of an undefined-length UN, which PS3.5 6.2.2 encodes implicit VR).
 An explicit VR that is not a DICOM VR is refused: its length field's size is unknown.
 
+The elements of the data set, and of each item of undefined length, must come in ascending
+tag order, each tag once (PS3.5 7.1). The header read stops at Pixel Data, while pydicom (as
+any receiver of a retrieve) reads the whole object into a dictionary where a repeated tag's
+last value wins: a SOP Instance UID or Patient ID repeated after Pixel Data had the index
+say one thing and the stored object another. One comparison per element, with the tag
+before it in its data set or item; items of defined length are not walked, nor looked at.
+
 A Deflated data set is inflated in chunks as it is walked (``feed``), so memory stays at
 one chunk whatever the object's size, and inflating stops with a refusal past
 ``MAX_INFLATED`` bytes (a small upload cannot make the server inflate without end). The
@@ -81,14 +88,15 @@ def check_structure(dataset: memoryview, transfer_syntax: UID) -> None:
     walk.close()
 
 
-def check_structure_after(dataset: memoryview, implicit: bool, start: int) -> None:
+def check_structure_after(dataset: memoryview, implicit: bool, start: int, last_tag: int) -> None:
     """``check_structure`` of a little endian data set whose top-level elements before
     ``start`` were already read, by the rules of this walk (``codec/header_scan.py``: every
     one of a DICOM VR and a defined length within the data set, none of groups 0000, 0002
-    or FFFE): the walk goes on from ``start``, which is the end of one of them, with the
-    encoding they had. Refusals name the same offsets as a whole walk's."""
+    or FFFE, in ascending tag order up to ``last_tag``): the walk goes on from ``start``,
+    which is the end of one of them, with the encoding they had. Refusals name the same
+    offsets as a whole walk's."""
     walk = StructureWalk(implicit, little=True)
-    walk.resume_at(start)
+    walk.resume_at(start, last_tag)
     walk.feed(dataset[start:])
     walk.close()
 
@@ -107,13 +115,19 @@ class StructureWalk:
         #: Delimitation Item (``undefined_length_end``, ``undefined_item_end``); a whole
         #: data set's never is (its stack keeps one).
         self._until = 0
+        #: The last tag of the data set or item being walked (-1: none yet), and those of
+        #: the data set and items of undefined length that enclose it, innermost last.
+        self._last = -1
+        self._enclosing_last: list[int] = []
 
-    def resume_at(self, offset: int) -> None:
-        """Go on among the top-level elements at ``offset``, where an element ended (in the
-        transfer syntax's encoding: no look at the first element decides it)."""
+    def resume_at(self, offset: int, last_tag: int) -> None:
+        """Go on among the top-level elements at ``offset``, where the element ``last_tag``
+        ended (in the transfer syntax's encoding: no look at the first element decides it);
+        those before it came in ascending order."""
         assert not self._stack and not self._offset
         self._stack.append(_ELEMENTS_IMPLICIT if self._implicit else _ELEMENTS_EXPLICIT)
         self._offset = offset
+        self._last = last_tag
 
     def feed(self, chunk: memoryview | bytes) -> None:
         """Walk the next bytes of the data set."""
@@ -152,81 +166,105 @@ class StructureWalk:
         size = len(data)
         pos = 0
         frame = stack[-1]
-        while True:
-            left = size - pos
-            if left < 8:
-                if left and final:
-                    _refuse("a truncated element at the end", self._offset + pos)
-                return pos
-            if frame == _ELEMENTS_EXPLICIT:
-                group, element, vr, length = explicit_header(data, pos)
-                if group == 0xFFFE:
-                    if element == 0xE00D and (vr != b"\0\0" or length):
-                        # Its length is 0 (PS3.5 7.5.2); pydicom reads its 4 bytes as an
-                        # explicit VR and length, and past them where they spell OB or UN.
-                        _refuse(f"({group:04X},{element:04X}) of non-zero length",
+        last = self._last
+        enclosing_last = self._enclosing_last
+        try:
+            while True:
+                left = size - pos
+                if left < 8:
+                    if left and final:
+                        _refuse("a truncated element at the end", self._offset + pos)
+                    return pos
+                if frame == _ELEMENTS_EXPLICIT:
+                    group, element, vr, length = explicit_header(data, pos)
+                    if group == 0xFFFE:
+                        if element == 0xE00D and (vr != b"\0\0" or length):
+                            # Its length is 0 (PS3.5 7.5.2); pydicom reads its 4 bytes as
+                            # an explicit VR and length, and past them where they spell OB
+                            # or UN.
+                            _refuse(f"({group:04X},{element:04X}) of non-zero length",
+                                    self._offset + pos)
+                        frame = self._item_end(group, element, pos)
+                        last = enclosing_last.pop()
+                        pos += 8
+                        if len(stack) == self._until:
+                            return pos
+                        continue
+                    if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
+                        _refuse(f"({group:04X},{element:04X}) in the data set",
                                 self._offset + pos)
-                    frame = self._item_end(group, element, pos)
+                    if vr in _VR_SHORT:
+                        pos += 8
+                    elif vr in _VR_LONG:
+                        if left < 12:
+                            if final:
+                                _refuse("a truncated element at the end", self._offset + pos)
+                            return pos  # read again with the next chunk: not yet compared
+                        length = long_length(data, pos + 8)[0]
+                        pos += 12
+                    else:
+                        _refuse(f"({group:04X},{element:04X}) has an unknown VR",
+                                self._offset + pos)
+                    tag = group << 16 | element
+                    if tag <= last:
+                        _refuse(f"({group:04X},{element:04X}) out of tag order",
+                                self._offset + pos - (12 if vr in _VR_LONG else 8))
+                    last = tag
+                elif frame == _ELEMENTS_IMPLICIT:
+                    group, element, length = tag_length(data, pos)
+                    if group == 0xFFFE:
+                        frame = self._item_end(group, element, pos)
+                        last = enclosing_last.pop()
+                        pos += 8
+                        if len(stack) == self._until:
+                            return pos
+                        continue
+                    if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
+                        _refuse(f"({group:04X},{element:04X}) in the data set",
+                                self._offset + pos)
+                    tag = group << 16 | element
+                    if tag <= last:
+                        _refuse(f"({group:04X},{element:04X}) out of tag order",
+                                self._offset + pos)
+                    last = tag
                     pos += 8
-                    if len(stack) == self._until:
-                        return pos
-                    continue
-                if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
-                    _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
-                if vr in _VR_SHORT:
+                else:  # the items of an undefined-length value
+                    group, element, length = tag_length(data, pos)
+                    tag = group << 16 | element
+                    if tag == _SEQUENCE_END:
+                        stack.pop()
+                        pos += 8
+                        if len(stack) == self._until:
+                            return pos
+                        frame = stack[-1]
+                        continue
+                    if tag != _ITEM:
+                        _refuse(f"({group:04X},{element:04X}) where an item belongs",
+                                self._offset + pos)
+                    if length == _UNDEFINED:
+                        if left < 14 and not final:
+                            return pos
+                        frame = _elements_frame(data, pos + 8, frame == _ITEMS_IMPLICIT,
+                                                in_item=True)
+                        stack.append(frame)
+                        enclosing_last.append(last)
+                        last = -1
+                        pos += 8
+                        continue
                     pos += 8
-                elif vr in _VR_LONG:
-                    if left < 12:
-                        if final:
-                            _refuse("a truncated element at the end", self._offset + pos)
-                        return pos
-                    length = long_length(data, pos + 8)[0]
-                    pos += 12
-                else:
-                    _refuse(f"({group:04X},{element:04X}) has an unknown VR", self._offset + pos)
-            elif frame == _ELEMENTS_IMPLICIT:
-                group, element, length = tag_length(data, pos)
-                if group == 0xFFFE:
-                    frame = self._item_end(group, element, pos)
-                    pos += 8
-                    if len(stack) == self._until:
-                        return pos
-                    continue
-                if group in _NOT_IN_A_DATA_SET and len(stack) == 1:
-                    _refuse(f"({group:04X},{element:04X}) in the data set", self._offset + pos)
-                pos += 8
-            else:  # the items of an undefined-length value
-                group, element, length = tag_length(data, pos)
-                tag = group << 16 | element
-                if tag == _SEQUENCE_END:
-                    stack.pop()
-                    pos += 8
-                    if len(stack) == self._until:
-                        return pos
-                    frame = stack[-1]
-                    continue
-                if tag != _ITEM:
-                    _refuse(f"({group:04X},{element:04X}) where an item belongs",
-                            self._offset + pos)
                 if length == _UNDEFINED:
-                    if left < 14 and not final:
-                        return pos
-                    frame = _elements_frame(data, pos + 8, frame == _ITEMS_IMPLICIT, in_item=True)
+                    frame = _ITEMS_IMPLICIT if frame == _ELEMENTS_IMPLICIT else _ITEMS_EXPLICIT
                     stack.append(frame)
-                    pos += 8
                     continue
-                pos += 8
-            if length == _UNDEFINED:
-                frame = _ITEMS_IMPLICIT if frame == _ELEMENTS_IMPLICIT else _ITEMS_EXPLICIT
-                stack.append(frame)
-                continue
-            pos += length
-            if pos > size:
-                if final:
-                    _refuse(f"({group:04X},{element:04X}) overruns the data set",
-                            self._offset + size)
-                self._skip = pos - size
-                return size
+                pos += length
+                if pos > size:
+                    if final:
+                        _refuse(f"({group:04X},{element:04X}) overruns the data set",
+                                self._offset + size)
+                    self._skip = pos - size
+                    return size
+        finally:
+            self._last = last  # the next chunk goes on in the same data set or item
 
     def _item_end(self, group: int, element: int, pos: int) -> int:
         """An Item Delimitation Item ends an undefined-length item; nothing else of group
@@ -268,6 +306,7 @@ def _end_of(data: memoryview, start: int, walk: StructureWalk, stack: list[int])
     walk's rules or is not closed within ``data``."""
     walk._stack = stack
     walk._until = len(stack) - 1
+    walk._enclosing_last = [-1] * len(stack)  # what closing an item at the bottom restores
     walk._offset = start
     try:
         ended = walk._run(data[start:], final=True)

@@ -62,8 +62,8 @@ def test_the_header_comes_from_the_first_megabyte_of_a_large_data_set() -> None:
 
 
 def test_a_header_past_the_first_budget_is_read_whole() -> None:
-    private = _element(0x0009, 0x0010, b"LO", b"MIMIC TEST") + b"".join(
-        _element(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB", os.urandom(1_000))
+    private = _element(0x0011, 0x0010, b"LO", b"MIMIC TEST") + b"".join(
+        _element(0x0011 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB", os.urandom(1_000))
         for n in range(3_000))  # 3 MB of values kept whole (none over 1 KiB)
     plain = HEAD + private + _pixel_data(4) + b"\x00" * 4
     header = read_header(memoryview(_deflate(plain)), DEFLATED)

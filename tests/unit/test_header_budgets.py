@@ -163,10 +163,10 @@ def test_long_values_are_copied_while_they_fit_their_budget(route: str) -> None:
     """Values over 1 KiB are kept while they total 1 MiB: a thousand of 64 KiB (a 64 MiB
     header) were copied whole, and their text put in the index's JSON."""
     count = 1000
-    values = b"".join(_explicit(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"UT",
+    values = b"".join(_explicit(0x0011 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"UT",
                                 b"%06d" % n + b"t" * (LARGEST_HEADER_VALUE - 6))
                       for n in range(count))
-    data = _routed(_explicit(0x0008, 0x0060, b"CS", b"OT") + values + NAME, route)
+    data = _routed(_explicit(0x0008, 0x0060, b"CS", b"OT") + NAME + values, route)
     del values
     with peak_allocated() as peak_:
         header = _header(data, route)
@@ -183,9 +183,9 @@ def test_a_header_too_large_bulk_aside_is_refused(route: str) -> None:
     """Values of at most 1 KiB are all kept: past 8 MiB of them the header is refused
     (0xA700), as one of too many elements; below, read."""
     def header_of(count: int) -> bytes:
-        return _explicit(0x0008, 0x0060, b"CS", b"OT") + b"".join(
-            _explicit(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB", bytes(1024))
-            for n in range(count)) + NAME
+        return _explicit(0x0008, 0x0060, b"CS", b"OT") + NAME + b"".join(
+            _explicit(0x0011 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB", bytes(1024))
+            for n in range(count))
 
     below = MAX_HEADER_BYTES // 1040
     assert len(_header(header_of(below), route)) == below + 2 + (route == "pydicom")
@@ -306,10 +306,10 @@ def test_the_size_bound_counts_the_same_bytes_on_both_routes() -> None:
     """Element headers and copied values, on both routes (review: pydicom's counted values
     only, so a header could be refused by one route and taken by the other)."""
     def header_of(count: int, route: str) -> bool:
-        values = b"".join(_explicit(0x0009 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB",
+        values = b"".join(_explicit(0x0011 + 2 * (n // 0xF0), 0x1000 + n % 0xF0, b"OB",
                                     bytes(1024)) for n in range(count))
         try:
-            _header(_explicit(0x0008, 0x0060, b"CS", b"OT") + values + NAME, route)
+            _header(_explicit(0x0008, 0x0060, b"CS", b"OT") + NAME + values, route)
         except OutOfResources:
             return False
         return True
@@ -361,9 +361,8 @@ def test_binary_values_do_not_crowd_out_the_texts_after_them(route: str) -> None
     8 KiB Image Comments after them (review)."""
     blobs = b"".join(_explicit(0x0019, 0x1000 + n, b"OB", bytes(LARGEST_HEADER_VALUE))
                      for n in range(HEADER_LONG_VALUES // LARGEST_HEADER_VALUE))
-    data = _explicit(0x0008, 0x0060, b"CS", b"OT") + _explicit(0x0019, 0x0010, b"LO",
-                                                                b"VENDOR") + blobs + NAME \
-        + _explicit(0x0020, 0x4000, b"LT", b"c" * 8192)
+    data = _explicit(0x0008, 0x0060, b"CS", b"OT") + NAME + _explicit(
+        0x0019, 0x0010, b"LO", b"VENDOR") + blobs + _explicit(0x0020, 0x4000, b"LT", b"c" * 8192)
     document = header_json(_header(data, route))
     assert document["00204000"] == {"vr": "LT", "Value": ["c" * 8192]}
     assert not any(key.startswith("00191") for key in document)

@@ -153,3 +153,43 @@ def test_an_item_delimiter_of_non_zero_length_is_refused_in_explicit_vr() -> Non
     for length in (b"OB\x00\x00", b"\x01\x00\x00\x00"):
         with pytest.raises(CannotUnderstand, match="non-zero length"):
             check_structure(memoryview(data_set(length)), UID(ExplicitVRLittleEndian))
+
+
+def _el(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_elements_in_ascending_tag_order_each_once(chunk: int) -> None:
+    """PS3.5 7.1. An element after Pixel Data (where the header read stops) that repeats one
+    before it, or comes out of order, is refused: pydicom reads the last of a repeated tag,
+    so the index would say one SOP Instance UID or Patient ID and the stored object another.
+    So is one out of order within an item of undefined length; fed in any chunks alike (an
+    element header split between two chunks is compared once)."""
+    header = _el(0x00080018, b"UI", b"1.2.3.4\0") + _el(0x00100020, b"LO", b"PID1")
+    pixels = b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<L", 4) + b"\0" * 4
+    item_open = b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    item_close = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    code = _el(0x00080100, b"SH", b"C1") + _el(0x00080102, b"SH", b"DCM ")
+
+    def verdict(data: bytes) -> str | None:
+        walk = StructureWalk(implicit=False, little=True)
+        try:
+            for start in range(0, len(data), chunk):
+                walk.feed(data[start : start + chunk])
+            walk.close()
+        except CannotUnderstand as exc:
+            assert exc.status == Status.CANNOT_UNDERSTAND
+            return str(exc)
+        return None
+
+    # An item's elements start their own order; the data set's goes on after it.
+    assert verdict(header + item_open + code + item_close + pixels) is None
+    assert verdict(header + pixels + _el(0x00080018, b"UI", b"9.9.9.9\0")) == (
+        f"malformed: (0008,0018) out of tag order at byte {len(header + pixels)}")
+    assert verdict(header + pixels + pixels) == (
+        f"malformed: (7FE0,0010) out of tag order at byte {len(header + pixels)}")
+    assert verdict(header + _el(0x00080020, b"DA", b"20240101") + pixels) is not None
+    swapped = _el(0x00080102, b"SH", b"DCM ") + _el(0x00080100, b"SH", b"C1")
+    assert "(0008,0100) out of tag order" in str(
+        verdict(header + item_open + swapped + item_close + pixels))
