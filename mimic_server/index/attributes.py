@@ -7,6 +7,7 @@ object's own Specific Character Set.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,7 +143,20 @@ class _Keys:
         return _text(self._dataset(), keyword, limit)
 
     def uid(self, keyword: str) -> str:
-        return _checked_uid(keyword, self.text(keyword, 1000).rstrip("\x00"))
+        """The UID as pydicom reads it (trailing NUL and space padding, leading spaces
+        removed), checked. A NUL inside is no padding: deleted, as :meth:`text` deletes it,
+        '1.2.3\\x004.5' was indexed as 1.2.34.5 while the stored object says otherwise."""
+        entry = self._json(keyword)
+        if entry is not None and self._read_here(keyword) and (
+                not entry or entry["vr"] in _TEXT_VRS):
+            values = entry.get("Value", ())
+            text = "\\".join(v if isinstance(v, str) else "" for v in values)
+        else:  # pydicom's value: its JSON entry, if any, has had NUL deleted
+            value = _raw(self._dataset(), keyword)
+            multiple = isinstance(value, MultiValue | list)
+            text = "" if value is None else (
+                "\\".join(str(v) for v in value) if multiple else str(value))
+        return _checked_uid(keyword, text.rstrip(_UID_PADDING).lstrip())
 
     def integer(self, keyword: str) -> int | None:
         entry = self._json(keyword)
@@ -261,6 +275,9 @@ def _checked_uid(keyword: str, value: str) -> str:
         raise CannotUnderstand(f"{keyword} is not a valid UID", Status.MISSING_ATTRIBUTE)
     return value
 
+
+#: What pydicom strips from the end of a UI value: NUL padding and white space.
+_UID_PADDING = "\x00" + string.whitespace
 
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"\d{2,6}(\.\d{1,6})?")
