@@ -19,7 +19,11 @@ VR, little or big endian as the transfer syntax says; Item and delimiter tags al
 4-byte length and no VR; a data set or item of undefined length whose first element has
 no upper-case letters where an explicit VR belongs is read as implicit VR (as pydicom does,
 e.g. for the content of an undefined-length UN, which PS3.5 6.2.2 encodes implicit VR).
-An explicit VR that is not a DICOM VR is refused: its length field's size is unknown.
+A data set whose first element shows an explicit VR on an Implicit VR transfer syntax is
+refused: the archive stores it under that syntax, which dcmtk then reads as such, and fails.
+Implicit VR bytes under an explicit VR syntax are read as implicit, as pydicom reads them:
+a shipped file is so (``SC_rgb_jpeg.dcm``, JPEG Baseline, from highdicom 0.1.0) and is
+taken. An explicit VR that is not a DICOM VR is refused: its length field's size is unknown.
 
 The elements of the data set, and of each item of undefined length, must come in ascending
 tag order, each tag once (PS3.5 7.1). The header read stops at Pixel Data, while pydicom (as
@@ -159,7 +163,14 @@ class StructureWalk:
         if not stack:
             if len(data) < 6 and not final:
                 return 0
-            stack.append(_elements_frame(data, 0, self._implicit, in_item=False))
+            frame = _elements_frame(data, 0, self._implicit, in_item=False)
+            if self._implicit and frame == _ELEMENTS_EXPLICIT:
+                # PS3.5 A.1: Implicit VR. pydicom reads such bytes as explicit VR whatever
+                # the File Meta says, dcmtk does not: stored under it, unreadable to dcmtk
+                # and handed on so by C-GET / C-MOVE. The reverse (implicit VR bytes under
+                # an explicit VR syntax, as highdicom 0.1.0 wrote SC_rgb_jpeg.dcm) is kept.
+                raise CannotUnderstand("explicit VR data set on an Implicit VR transfer syntax")
+            stack.append(frame)
         tag_length = self._tag_length.unpack_from
         explicit_header = self._explicit.unpack_from
         long_length = self._length.unpack_from

@@ -193,3 +193,29 @@ def test_elements_in_ascending_tag_order_each_once(chunk: int) -> None:
     swapped = _el(0x00080102, b"SH", b"DCM ") + _el(0x00080100, b"SH", b"C1")
     assert "(0008,0100) out of tag order" in str(
         verdict(header + item_open + swapped + item_close + pixels))
+
+
+def test_explicit_vr_bytes_on_an_implicit_vr_syntax_are_refused() -> None:
+    """PS3.5 A.1: refused whole, in chunks and on the one-pass path alike. Implicit VR bytes
+    under an explicit VR syntax are read as implicit VR, as pydicom reads them (a shipped
+    JPEG file is so and is taken: test_every_shipped_file_walks_to_its_end)."""
+    from mimic_server.codec.header import read_checked_header
+
+    explicit = _el(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + _el(
+        0x00100020, b"LO", b"PID1")
+    implicit = struct.pack("<HHL", 0x0008, 0x0016, 26) + b"1.2.840.10008.5.1.4.1.1.7\0"
+    implicit_vr = UID("1.2.840.10008.1.2")
+    why = "explicit VR data set on an Implicit VR transfer syntax"
+    with pytest.raises(CannotUnderstand, match=why) as refused:
+        check_structure(memoryview(explicit), implicit_vr)
+    assert refused.value.status == Status.CANNOT_UNDERSTAND
+    with pytest.raises(CannotUnderstand, match=why):
+        read_checked_header(memoryview(explicit), implicit_vr)
+    walk = StructureWalk(implicit=True, little=True)
+    with pytest.raises(CannotUnderstand, match=why):
+        for byte in range(len(explicit)):
+            walk.feed(explicit[byte : byte + 1])
+        walk.close()
+    check_structure(memoryview(implicit), implicit_vr)
+    for syntax in (EXPLICIT_LE, UID("1.2.840.10008.1.2.4.50")):
+        check_structure(memoryview(implicit), syntax)
