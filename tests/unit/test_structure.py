@@ -219,3 +219,30 @@ def test_explicit_vr_bytes_on_an_implicit_vr_syntax_are_refused() -> None:
     check_structure(memoryview(implicit), implicit_vr)
     for syntax in (EXPLICIT_LE, UID("1.2.840.10008.1.2.4.50")):
         check_structure(memoryview(implicit), syntax)
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["explicit", "deflated"])
+def test_a_data_set_of_too_many_elements_and_items_is_refused(
+    deflated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every element, item and delimiter header counts: a Deflated data set of 1.5 MB that
+    inflates to 131 million empty ones was walked for 30 s of CPU and stored with Success.
+    Refused 0xC000 past ``MAX_ELEMENTS``, counted across the chunks a walk is fed."""
+    bound = structure.MAX_ELEMENTS
+    monkeypatch.setattr(structure, "MAX_ELEMENTS", 1000)
+    head = _el(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + _el(
+        0x00100020, b"LO", b"PID1") + b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<L", 2) + b"\0\0"
+    opened = b"\xfd\xff\x10\x10SQ\x00\x00\xff\xff\xff\xff"  # after Pixel Data, in tag order
+    closed = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+    def data_set(items: int) -> memoryview:
+        data = head + opened + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * items + closed
+        return memoryview(_deflate(data) if deflated else data)
+
+    syntax = UID(DeflatedExplicitVRLittleEndian) if deflated else EXPLICIT_LE
+    check_structure(data_set(1000 - 5), syntax)  # 3 elements, the sequence, its delimiter
+    with pytest.raises(CannotUnderstand) as refused:
+        check_structure(data_set(1000 - 4), syntax)
+    assert refused.value.status == Status.CANNOT_UNDERSTAND
+    assert str(refused.value) == "the data set has more than 1000 elements and items"
+    assert len(f"the data set has more than {bound} elements and items") <= 64  # Error Comment
