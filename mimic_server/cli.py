@@ -417,8 +417,14 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
     help="With --fix: wait this long, then re-check orphans before deleting them "
     "(a C-STORE in flight commits meanwhile).",
 )
+@click.option(
+    "--store-may-be-empty", is_flag=True,
+    help="With --fix: remove the rows of missing objects even when the store lists no "
+    "object at all (by default that reads as a store not mounted, and they are kept).",
+)
 @settings_options
-def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -> None:
+def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empty: bool,
+              **options: Any) -> None:
     """Compare the object store with the index; exit 1 while drift remains.
 
     Uses the same store and index as 'mimic serve' with the same settings. Reads (and hashes)
@@ -440,7 +446,8 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, **options: Any) -
         if fix:  # the same trail as 'mimic serve' (the table on PostgreSQL)
             audit_log = open_audit_trail(settings, engine)
         report = run(
-            store, engine, fix=fix, settle_seconds=settle_seconds, audit_log=audit_log
+            store, engine, fix=fix, settle_seconds=settle_seconds, audit_log=audit_log,
+            store_may_be_empty=store_may_be_empty,
         )
     except (ConfigurationError, OutOfResources) as exc:
         _fail(str(exc))

@@ -111,10 +111,13 @@ def reconcile(
     settle_seconds: float = 60.0,
     audit_log: audit.AuditLog | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    store_may_be_empty: bool = False,
 ) -> Report:
     """Compare every object with every index row; hash every indexed object.
 
-    Raises ``OutOfResources`` if the store or the index cannot be read at all.
+    With ``fix``, the rows of missing objects are kept when the store lists no object at
+    all, unless ``store_may_be_empty``. Raises ``OutOfResources`` if the store or the index
+    cannot be read at all.
     """
     report = Report()
     stored = set(store.iter_keys(report.foreign))  # before the index: module docstring
@@ -138,7 +141,8 @@ def reconcile(
     report.orphans = sorted(stored - indexed)
     log.info("reconcile found", extra=report.as_dict(with_keys=False))
     if fix:
-        _fix(store, engine, report, settle_seconds, sleep, audit_log or audit.AuditLog(None))
+        _fix(store, engine, report, settle_seconds, sleep, audit_log or audit.AuditLog(None),
+             store_may_be_empty)
     return report
 
 
@@ -182,8 +186,19 @@ def _fix(
     settle_seconds: float,
     sleep: Callable[[float], None],
     audit_log: audit.AuditLog,
+    store_may_be_empty: bool,
 ) -> None:
-    for ref in report.missing + report.corrupt:
+    broken = report.missing + report.corrupt
+    if report.missing and report.objects == 0 and not store_may_be_empty:
+        # A store that lists nothing while the index names objects is far likelier a volume
+        # not mounted, or the wrong container, than an archive whose every object was lost:
+        # removing the rows would empty the index. Kept, and said (exit 1 stays).
+        log.error("the object store lists no object while the index names some: is it "
+                  "mounted? the instances whose objects are missing are kept "
+                  "(--store-may-be-empty removes them)",
+                  extra={"missing_objects": len(report.missing)})
+        broken = report.corrupt
+    for ref in broken:
         state = _check(store, ref)
         if state == "ok":
             report.resolved += 1  # restored meanwhile (from a blob version, a backup)

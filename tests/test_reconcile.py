@@ -103,11 +103,29 @@ def test_drift_found_then_fixed(tmp_path: Path) -> None:
     assert _reconcile(data)[0] == 0
 
 
+def test_a_store_that_lists_nothing_keeps_the_index(tmp_path: Path) -> None:
+    """Every object missing, the store empty: far likelier a volume not mounted than an
+    archive lost; --fix keeps the rows (exit 1, said at ERROR), unless told otherwise."""
+    data = tmp_path / "data"
+    stored = _archive(data, 3)
+    for _, key in stored:
+        (data / "objects" / key).unlink()
+    done = mimic("reconcile", "--json", "--fix", "--data-dir", str(data), "--log-format",
+                 "json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["removed_instances"] == 0 and report["remaining"] == 3
+    errors = [json.loads(line) for line in done.stderr.splitlines()
+              if line.startswith("{") and json.loads(line)["level"] == "ERROR"]
+    assert [e["missing_objects"] for e in errors] == [3]
+    assert not (data / "audit.jsonl").exists() or not (data / "audit.jsonl").read_text()
+
+
 def test_fix_prunes_parents_left_empty(tmp_path: Path) -> None:
     data = tmp_path / "data"
     [(_, key)] = _archive(data, 1)
     (data / "objects" / key).unlink()
-    code, _ = _reconcile(data, "--fix")
+    code, _ = _reconcile(data, "--fix", "--store-may-be-empty")  # its only object is gone
     assert code == 0
     engine, _ = open_index(Settings(data_dir=data))
     with engine.connect() as conn:
@@ -194,7 +212,8 @@ def test_resent_instance_of_a_pruned_series_keeps_its_own_series(tmp_path: Path)
             id_a = conn.execute(select(Series.id)).scalar_one()
 
         (data / "objects" / key).unlink()
-        code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+        code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0",
+                                 "--store-may-be-empty")  # its only object is gone
         assert code == 0 and fixed["removed_instances"] == 1
 
         series_b = copy.deepcopy(series_a)
