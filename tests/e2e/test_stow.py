@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import select
 import socket
 import stat
 import time
@@ -589,6 +590,34 @@ def test_a_stalled_body_is_given_up(setup: Setup) -> None:
     finally:
         web.stop()
     assert not list((setup.root / "data" / "spool").glob("*"))
+
+
+def test_a_body_trickled_in_is_given_up(setup: Setup) -> None:
+    """One byte within each read's deadline, far less than MIN_PROGRESS_BYTES a network
+    timeout: given up (408), its part's memory given back. The deadline of each read alone
+    let such a sender hold its part for as long as it went on."""
+    web = start_web(setup.root, setup.issuer, network_timeout=1)
+    try:
+        memory = web.context.part_memory  # type: ignore[union-attr]
+        assert memory is not None
+        trickled = new_ct()
+        head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        data = part10(trickled)
+        sock = _raw_post(web.address, setup.token(), head + data[:20000])
+        answer = b""
+        for sent in range(20000, 20030):  # 0.4 s a byte: 12 s in all, were it not cut off
+            try:
+                sock.sendall(data[sent:sent + 1])
+            except OSError:
+                break
+            readable, _, _ = select.select([sock], [], [], 0.4)
+            if readable:
+                answer = _answer(sock)
+                break
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert memory.held == 0 and not setup.find(trickled)
+    finally:
+        web.stop()
 
 
 def test_a_client_gone_mid_body_is_not_an_error(

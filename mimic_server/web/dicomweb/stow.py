@@ -23,6 +23,7 @@ parts are logged once per request, with their count, at its end.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -100,13 +101,17 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
         try:
             splitter = MultipartSplitter(boundary, new_part)
             body = request.stream()
+            progress = _Progress(ctx.body_timeout)
             while True:
-                # Each read has its deadline: a stalled sender would hold its parts (up to
-                # 8 MiB each in memory) and a spool descriptor for as long as it liked.
+                # Each read has its deadline, and each network timeout must bring
+                # MIN_PROGRESS_BYTES: a stalled sender, or one trickling a byte just within
+                # each deadline, would hold its parts (up to 8 MiB each in memory) and a
+                # spool descriptor for as long as it liked.
                 with anyio.fail_after(ctx.body_timeout):
                     chunk = await anext(body, None)
                 if chunk is None:
                     break
+                progress.received(len(chunk))
                 splitter.feed(chunk)
                 while parts and parts[0].ended:
                     await keep_first()
@@ -272,3 +277,26 @@ def _user_name(session: WebSession) -> str:
     user = session.user
     return user.name if user is not None else session.identity.label
 
+
+#: What a STOW-RS body must bring in each network timeout (64 KiB a minute at the default:
+#: a slow clinic link brings that in seconds).
+MIN_PROGRESS_BYTES = 64 * 1024
+
+
+class _Progress:
+    """Counts a body's bytes in windows of ``seconds``; raises TimeoutError (the request is
+    given up, as a stalled one) when a window ends short of :data:`MIN_PROGRESS_BYTES`."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def received(self, count: int) -> None:
+        self._bytes += count
+        now = time.monotonic()
+        if now - self._start < self._seconds:
+            return
+        if self._bytes < MIN_PROGRESS_BYTES:
+            raise TimeoutError("the body came slower than its minimum rate")
+        self._start, self._bytes = now, 0
