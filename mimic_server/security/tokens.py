@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 #: Asymmetric algorithms only: an HMAC "signature" would be checked with a public key as the
 #: shared secret (algorithm confusion), and ``none`` is no signature at all.
@@ -256,8 +256,9 @@ def _number(value: Any) -> float:
         return 0.0
 
 
-#: The elliptic curve of each ECDSA algorithm (RFC 7518 3.4).
-_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+#: The elliptic curve of each ECDSA algorithm (RFC 7518 3.4, RFC 8812 3.2).
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1",
+           "ES256K": "secp256k1"}
 
 
 def _fits(key: Any, algorithm: str) -> bool:
@@ -269,4 +270,6 @@ def _fits(key: Any, algorithm: str) -> bool:
         return isinstance(key, rsa.RSAPublicKey)
     if algorithm in _CURVES:
         return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _CURVES[algorithm]
-    return False
+    if algorithm == "EdDSA":  # RFC 8037
+        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    return True  # another asymmetric algorithm: a key it cannot use is refused by _verify

@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mimic_server.security.tokens import InvalidToken, TokenValidator
 from tests.oidc_double import OidcIssuerDouble
@@ -210,3 +211,23 @@ def test_the_cache_is_bounded(issuer: OidcIssuerDouble) -> None:
         validator.validate(token)
     assert len(validator._cache) == 2
     assert list(validator._cache) == tokens_[-2:]
+
+
+def test_an_eddsa_token_of_the_issuers_key_is_accepted() -> None:
+    """EdDSA (RFC 8037) is an asymmetric algorithm an operator may allow: the check that a
+    token's algorithm fits its key refused every one at first."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key()))
+    jwk["kid"] = "ed-1"
+    issuer = "https://issuer.example"
+    validator = TokenValidator(issuer, AUDIENCE, algorithms=["EdDSA", "RS256"])
+    validator._keys = {"ed-1": jwt.PyJWK.from_dict(jwk)}  # as the issuer's JWKS gave it
+    validator._keys_at = time.monotonic()
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300}
+    token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": "ed-1"})
+    assert validator.validate(token).subject == "alice"
+    forged = jwt.encode(claims, rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                        algorithm="RS256", headers={"kid": "ed-1"})
+    with pytest.raises(InvalidToken, match="does not fit its key"):
+        validator.validate(forged)
