@@ -179,5 +179,8 @@ def _narrows(value: Any) -> bool:
     of ``*`` among them matches everything, so one narrowing value is not enough
     (``*\\NOSUCH`` listed every patient)."""
     values = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
-    texts = [str(item if item is not None else "") for item in values]
+    # Stripped as the matcher strips them (query/matching.py): "*\t" matches everything.
+    texts = [str(item if item is not None else "").strip() for item in values]
+    if len(texts) > 1:
+        texts = [text for text in texts if text] or [""]  # an empty one of several: no match
     return bool(texts) and all(not set(text) <= _MATCHES_ALL for text in texts)

@@ -255,6 +255,7 @@ def test_get_is_granted_without_store(setup: Setup) -> None:
     # list matching is an OR: one value of "*" among several matches every patient
     {"PatientID": "*\\NOSUCH"}, {"AccessionNumber": "A1\\*"},
     {"PatientID": "^", "AccessionNumber": "- "},  # separators match as much as "*"
+    {"PatientID": "*\t"}, {"AccessionNumber": "\u3000*"},  # stripped as the matcher strips
 ])
 def test_find_must_narrow(setup: Setup, keys: dict[str, str]) -> None:
     query = Dataset()
@@ -268,6 +269,19 @@ def test_find_must_narrow(setup: Setup, keys: dict[str, str]) -> None:
     [(status, comment)] = answers  # no match was sent
     assert status == 0x0124
     assert "AccessionNumber, PatientID" in str(comment)
+
+
+def test_a_list_with_an_empty_value_still_narrows(setup: Setup) -> None:
+    """An empty value among several matches nothing (list matching): "ID\\" is as narrow
+    as "ID"."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    query.PatientID = pydicom.dcmread(ct_small()).PatientID + "\\"
+    assoc = setup.associate("narrow", [FIND])
+    statuses = [s.Status for s, _ in assoc.send_c_find(query, FIND)]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and 0xFF00 in statuses
 
 
 def test_find_that_narrows_is_answered(setup: Setup) -> None:
