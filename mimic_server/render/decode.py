@@ -115,10 +115,15 @@ def check_size(image: StoredImage) -> None:
         )
 
 
-#: JPEG start-of-frame markers (ITU-T T.81 B.1.1.3: SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's
-#: SOF55 (ITU-T T.87): each followed by precision, lines, samples per line, components.
-_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC),
-                          *range(0xCD, 0xD0), 0xF7})
+#: JPEG start-of-frame markers of the non-hierarchical processes (ITU-T T.81 B.1.1.3: SOF0-3,
+#: 9-11) and JPEG-LS's SOF55 (ITU-T T.87): each followed by precision, lines, samples per
+#: line, components.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC9, 0xCC), 0xF7})
+#: The hierarchical process's markers (T.81 Annex J): DHP declares the image's size before
+#: a first, smaller frame; EXP and the differential frames (SOF5-7, 13-15) grow it to that
+#: size. No JPEG transfer syntax of DICOM is hierarchical, and the decoder would allocate
+#: the DHP's size past a first SOF that agrees with the header.
+_HIERARCHICAL_MARKERS = frozenset({0xDE, 0xDF, *range(0xC5, 0xC8), *range(0xCD, 0xD0)})
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
                             "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                             "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
@@ -180,8 +185,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length, no parameters
             position += 2
             continue
-        if marker in (0xDA, 0xD9):  # a scan, or the end, before any frame header
-            return None
+        if marker in (0xDA, 0xD9) or marker in _HIERARCHICAL_MARKERS:
+            return None  # a scan or the end before any frame header; a hierarchical stream
         length = int.from_bytes(data[position + 2:position + 4], "big")
         if marker in _SOF_MARKERS:
             if length < 8 or position + 10 > end:

@@ -436,6 +436,31 @@ def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_d
     assert frames(data, [1])[0].data.startswith(frame)  # still served as stored (padded)
 
 
+@pytest.mark.parametrize("marker", [0xDE, 0xDF, 0xC5, 0xCD])  # DHP, EXP, differential SOFs
+def test_a_hierarchical_jpeg_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, marker: int,
+) -> None:
+    """T.81 Annex J: a DHP declares the image's size before a first SOF that agrees with the
+    header, and the decoder grows the frame to the DHP's size (16384 x 16384 over a 64 x 64
+    header: 1.7 GiB before the mismatch showed). No DICOM JPEG syntax is hierarchical."""
+    decodes: list[str] = []
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        decodes.append("decoded")
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Decoder, "as_array", no_decode)
+    monkeypatch.setattr("mimic_server.render.decode.decode_reduced", no_decode)
+    baseline = _jpeg_baseline()
+    segment = bytes([0xFF, marker]) + struct.pack(">HBHHB", 8, 8, 16384, 16384, 1)
+    frame = baseline[:2] + segment + baseline[2:]  # before the baseline's own SOF
+    data = part10(image("1.2.840.10008.1.2.4.50", rows=64, columns=64, bits=8,
+                        encapsulated_frames=[frame]))
+    with pytest.raises(CorruptPixelData):
+        render(data)
+    assert decodes == []
+
+
 @pytest.mark.parametrize("keyword,value", [("Columns", 0), ("Rows", None)])
 def test_a_thumbnail_without_usable_rows_and_columns_is_corrupt(keyword: str,
                                                                 value: int | None) -> None:
