@@ -76,8 +76,6 @@ READ_CHUNK = MiB
 MAX_COMMAND_SET = 64 * 1024
 #: Where a message assembled by :func:`_receive_store_fragments` keeps its decoded command.
 _STORE_COMMAND = "_mimic_store_command"
-#: Set on a C-STORE-RQ whose association is being aborted: its later fragments are dropped.
-_ABORTED = "_mimic_store_aborted"
 
 
 @dataclass(frozen=True)
@@ -386,6 +384,20 @@ def receive_in_bounded_memory(
         if isinstance(command_set, ReceivingCommandSet) and command_set.too_large:
             _abort_when_due(dimse, command_set)
             return  # its abort is on the way: nothing more of that message is decoded
+        if not _on_their_commands_contexts(message, primitive.presentation_data_value_list):
+            # PS3.8 9.3.5 and Annex E: every fragment of a message on its command's context.
+            # Taken as it came, a data set sent on another context was stored as the
+            # command's, under the transfer syntax of a context it was not sent on. Here,
+            # before MIMIC's C-STORE path and pynetdicom's decoder (a command set with a Move
+            # Originator goes to the latter) alike.
+            log.warning("a data set fragment on another presentation context than its "
+                        "command's: aborting")
+            if isinstance(command_set, ReceivingCommandSet):
+                command_set.too_large = True  # nothing more of this message is decoded
+            if isinstance(data_set, ReceivingDataSet):
+                data_set.discard()
+            dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
+            return
         if store_requests:
             rest = _receive_store_fragments(dimse, primitive.presentation_data_value_list,
                                             new_message)
@@ -420,6 +432,22 @@ def receive_in_bounded_memory(
         type(waiting).put(waiting, item, block, timeout)  # the class's: it may ring a bell
 
     waiting.put = put
+
+
+def _on_their_commands_contexts(message: Any, pdvs: list[tuple[int, bytes]]) -> bool:
+    """Whether each data set fragment of ``pdvs`` comes on the context of the command set
+    it follows: ``message``'s (the one being received, whose command may be complete) for
+    the first, then each command's that ends among them."""
+    context = getattr(message, "context_id", None)
+    for context_id, data in pdvs:
+        control = data[0]
+        if control & 1:  # a command fragment: its last one sets the message's context
+            context = context_id if control & 2 else None
+        elif context is not None and context_id != context:
+            return False
+        elif control & 2:
+            context = None  # the message's last fragment: the next one begins another
+    return True
 
 
 def _is_request(primitive: Any) -> bool:
@@ -500,18 +528,6 @@ def _receive_store_fragments(
             continue
         if store is None:
             return pdvs[index:]  # a data set before its command, or pynetdicom's message
-        if message.__dict__.get(_ABORTED):
-            continue  # the abort is on its way; nothing more of this message is kept
-        if context_id != message.context_id:
-            # PS3.8 9.3.5 and Annex E: every fragment of a message on its command's context.
-            # Taken as it came, a data set sent on another context was stored as the
-            # command's, under the transfer syntax of a context it was not sent on.
-            log.warning("a data set fragment on another presentation context than its "
-                        "command's: aborting")
-            message.__dict__[_ABORTED] = True
-            message.data_set.discard()
-            dimse.dul.event_queue.put("Evt19")  # pynetdicom's own A-ABORT path (AA-8)
-            continue
         message.data_set.write(memoryview(data)[1:])
         if control & 2:
             _store_request_received(dimse, message, store)

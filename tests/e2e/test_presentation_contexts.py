@@ -26,9 +26,11 @@ VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT = "1.2.840.10008.1.2"
 
 
-def _c_store(command_context: int, data_context: int, sop_instance_uid: str) -> bytes:
+def _c_store(command_context: int, data_context: int, sop_instance_uid: str,
+             originator: bool = False) -> bytes:
     """P-DATA-TF PDUs of a CT C-STORE-RQ: its command on one context, its data set on
-    another."""
+    another; with ``originator``, as a C-MOVE's sub-operation (a command set MIMIC's own
+    C-STORE path leaves to pynetdicom's decoder)."""
     ds = pydicom.dcmread(ct_small())
     ds.SOPInstanceUID = sop_instance_uid
     request = C_STORE()
@@ -36,6 +38,9 @@ def _c_store(command_context: int, data_context: int, sop_instance_uid: str) -> 
     request.AffectedSOPClassUID = CT
     request.AffectedSOPInstanceUID = sop_instance_uid
     request.Priority = 2
+    if originator:
+        request.MoveOriginatorApplicationEntityTitle = "PACS"
+        request.MoveOriginatorMessageID = 7
     request.DataSet = io.BytesIO(encoded(ds, implicit=True))
     message = C_STORE_RQ()
     message.primitive_to_message(request)
@@ -48,13 +53,15 @@ def _c_store(command_context: int, data_context: int, sop_instance_uid: str) -> 
     return pdus
 
 
+@pytest.mark.parametrize("originator", [False, True], ids=["", "move-originator"])
 @pytest.mark.parametrize(("command_context", "data_context", "answer"), [
     (1, 1, 0x0122),  # a CT Image Storage request on the Verification context
     (3, 1, A_ABORT),  # the command on the CT context, its data set on Verification's
     (3, 99, A_ABORT),  # its data set on a context never proposed
 ], ids=["on-verification", "data-on-another-context", "data-on-no-context"])
 def test_a_request_off_its_presentation_context_is_refused(
-    server: MimicProcess, command_context: int, data_context: int, answer: int
+    server: MimicProcess, command_context: int, data_context: int, answer: int,
+    originator: bool,
 ) -> None:
     verification = build_context(VERIFICATION, [IMPLICIT])
     verification.context_id = 1
@@ -65,7 +72,7 @@ def test_a_request_off_its_presentation_context_is_refused(
     with raw_tls(server) as sock:
         sock.sendall(association_request([verification, ct], "MODALITY1", "MIMIC"))
         assert read_pdu(sock)[0] == A_ASSOCIATE_AC
-        sock.sendall(_c_store(command_context, data_context, uid))
+        sock.sendall(_c_store(command_context, data_context, uid, originator))
         pdu_type, body = read_pdu(sock)
     if answer == A_ABORT:
         assert pdu_type == A_ABORT
