@@ -683,8 +683,7 @@ class _Slots:
 
     def take(self, assoc: Any) -> bool:
         taken = self.server.take_association_slot(assoc, self.limit, self.count)
-        if taken:
-            self.changed()
+        self.changed()  # a refused claim was published as it was counted: undone here
         return taken
 
     def give_back(self, assoc: Any) -> None:

@@ -689,18 +689,23 @@ class MimicAssociationServer(ThreadedAssociationServer):
     def take_association_slot(self, assoc: Any, limit: int,
                               count: Callable[[], int]) -> bool:
         """Claim one of the ``limit`` association slots for ``assoc`` (its A-ASSOCIATE-RQ
-        being admitted); False when ``count()`` (the admitted associations, this worker's
-        or every worker's) already holds them all. Count and claim are one step: two
-        admissions at once cannot both take the last slot of this process."""
+        being admitted); False when, claimed, ``count()`` (the admitted associations, this
+        worker's or every worker's, ``assoc`` among them) is over the limit, and then the
+        claim is given back. Claimed before counted: a worker's count, published to the
+        others as it counts (``workers/table.py``), includes its candidate, so two workers
+        admitting at once may both refuse the last slot, never both take it; within one
+        process, admissions are counted one at a time."""
         request = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         if request is None:
             return False
         with self._slot_lock:
-            if count() >= limit:
-                return False
             with self._lock:
                 self._admitted.add(request)
-        return True
+            if count() <= limit:
+                return True
+            with self._lock:
+                self._admitted.discard(request)
+        return False
 
     def give_back_association_slot(self, assoc: Any) -> None:
         """The association claimed a slot and was then refused for another reason."""
