@@ -263,6 +263,10 @@ class _Within:
     def __call__(self) -> None:
         left = self._deadline - time.monotonic()
         if left <= 0:
+            # Said here: pynetdicom's log of the closed transport is off, and an operator
+            # must tell this from other aborts (a slow link may need MIMIC_NETWORK_TIMEOUT).
+            log.warning("a PDU was not received whole within its time limit: connection "
+                        "dropped", extra={"peer": _peer_of(self._sock)})
             raise TimeoutError("a PDU was not received whole within its time limit")
         if self._set is None or left < self._set - 1.0:
             self._sock.settimeout(left)
@@ -273,6 +277,13 @@ class _Within:
         if self._set != self._timeout:
             with contextlib.suppress(OSError):  # closed meanwhile: nothing to restore
                 self._sock.settimeout(self._timeout)
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        return _peer(sock.getpeername())
+    except OSError:
+        return "unknown"
 
 
 def guard_pdu_reads(assoc: Any, max_read: int) -> None:

@@ -320,6 +320,9 @@ def test_a_pdu_trickled_one_byte_at_a_time_is_dropped(impatient: MimicProcess,
         sent = dropped_while_trickling(sock, data[: int(EVENTUALLY / 0.5)], 0.5)
         assert sent is not None, "a trickled PDU was never dropped"
     assert echo_ok(impatient)
+    assert wait_for(lambda: any(
+        e.get("message") == "a PDU was not received whole within its time limit: connection "
+        "dropped" and e.get("level") == "WARNING" for e in impatient.log_entries()))
 
 
 @pytest.mark.parametrize("pdvs", [
