@@ -412,21 +412,27 @@ def _oversized_frames() -> list[tuple[str, int, bytes]]:
     ]
 
 
-@pytest.mark.parametrize("call", ["render", "thumbnail"])
-@pytest.mark.parametrize(("syntax", "bits", "frame"), _oversized_frames())
-def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_decoding(
-    monkeypatch: pytest.MonkeyPatch, call: str, syntax: str, bits: int, frame: bytes,
-) -> None:
-    # The decoders allocate what the codestream declares: 1 KB declaring 30000 x 30000
-    # cost 26 s and 4.3 GiB before the size mismatch was noticed.
-    decodes: list[str] = []
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every decode asked for (none is made: each fails the test)."""
+    asked: list[str] = []
 
     def no_decode(*args: object, **kwargs: object) -> None:
-        decodes.append("decoded")
+        asked.append("decoded")
         raise AssertionError("decoded")
 
     monkeypatch.setattr(Decoder, "as_array", no_decode)
     monkeypatch.setattr("mimic_server.render.decode.decode_reduced", no_decode)
+    return asked
+
+
+@pytest.mark.parametrize("call", ["render", "thumbnail"])
+@pytest.mark.parametrize(("syntax", "bits", "frame"), _oversized_frames())
+def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_decoding(
+    decodes: list[str], call: str, syntax: str, bits: int, frame: bytes,
+) -> None:
+    # The decoders allocate what the codestream declares: 1 KB declaring 30000 x 30000
+    # cost 26 s and 4.3 GiB before the size mismatch was noticed.
     data = part10(image(syntax, rows=64, columns=64, bits=bits, encapsulated_frames=[frame]))
     with pytest.raises(CorruptPixelData) as caught:
         render(data) if call == "render" else thumbnail(data, (16, 16))
@@ -437,20 +443,11 @@ def test_a_codestream_declaring_another_size_than_the_header_is_refused_before_d
 
 
 @pytest.mark.parametrize("marker", [0xDE, 0xDF, 0xC5, 0xCD])  # DHP, EXP, differential SOFs
-def test_a_hierarchical_jpeg_is_refused_before_decoding(
-    monkeypatch: pytest.MonkeyPatch, marker: int,
-) -> None:
+def test_a_hierarchical_jpeg_is_refused_before_decoding(decodes: list[str],
+                                                       marker: int) -> None:
     """T.81 Annex J: a DHP declares the image's size before a first SOF that agrees with the
     header, and the decoder grows the frame to the DHP's size (16384 x 16384 over a 64 x 64
     header: 1.7 GiB before the mismatch showed). No DICOM JPEG syntax is hierarchical."""
-    decodes: list[str] = []
-
-    def no_decode(*args: object, **kwargs: object) -> None:
-        decodes.append("decoded")
-        raise AssertionError("decoded")
-
-    monkeypatch.setattr(Decoder, "as_array", no_decode)
-    monkeypatch.setattr("mimic_server.render.decode.decode_reduced", no_decode)
     baseline = _jpeg_baseline()
     segment = bytes([0xFF, marker]) + struct.pack(">HBHHB", 8, 8, 16384, 16384, 1)
     frame = baseline[:2] + segment + baseline[2:]  # before the baseline's own SOF
