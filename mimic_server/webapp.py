@@ -251,6 +251,7 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         oidc=oidc, signer=signer,
         roles=RoleMap.parse(s.web_operator_roles, s.web_viewer_roles),
         session_seconds=s.web_session_seconds, redirect_uri=s.web_oidc_redirect_uri,
+        base_url=s.web_base_url,
         studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
         trust=_trust_view(s), audit_records=_audit_reader(s, engine),
         last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"

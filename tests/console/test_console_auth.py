@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +259,62 @@ def test_cross_origin_post_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) 
     form = web.post("/console/api/audit", content=b"event=x",
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert form.status_code == 403
+
+
+def _session(ctx: ConsoleContext) -> str:
+    """An operator's session cookie as a sign-in through the public URL would set it."""
+    return ctx.signer.seal("session", {"sub": "op", "name": "operator-1", "roles": [OPERATOR],
+                                       "sid": secrets.token_urlsafe(16)}, 3600)
+
+
+@pytest.mark.parametrize("configured", [
+    {"redirect_uri": "https://archive.example/auth/callback"},
+    {"base_url": "HTTPS://Archive.example:443/"},
+])
+def test_behind_a_tls_ingress_the_public_origin_is_ours(issuer: OidcIssuerDouble,
+                                                        tmp_path: Path,
+                                                        configured: dict[str, str]) -> None:
+    """Container Apps' ingress ends TLS and forwards plain HTTP from an address uvicorn does
+    not trust for X-Forwarded-Proto: the request's URL is http://, the browser's Origin the
+    configured https:// one, which is the console's own."""
+    ctx = console_context(issuer, tmp_path, audit_records=lambda f: [], **configured)
+    web = client(ctx)
+    web.cookies.set(SESSION_COOKIE, _session(ctx))
+    ours = {"Origin": "https://archive.example"}
+    assert web.post("/console/api/audit", json={}, headers=ours).status_code == 200
+    for foreign in ("https://evil.example", "http://archive.example",
+                    "https://archive.example:8443"):
+        refused = web.post("/console/api/audit", json={}, headers={"Origin": foreign})
+        assert refused.status_code == 403, foreign
+    assert web.post("/auth/logout", headers=ours).status_code == 303
+    assert web.get("/console/api/me").status_code == 401
+
+
+def test_a_browser_saying_same_origin_is_ours(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    """Without a configured URL, the browser's Sec-Fetch-Site (no page script can set it)."""
+    ctx = console_context(issuer, tmp_path, audit_records=lambda f: [])
+    web = client(ctx)
+    web.cookies.set(SESSION_COOKIE, _session(ctx))
+    same = {"Origin": "https://archive.example", "Sec-Fetch-Site": "same-origin"}
+    assert web.post("/console/api/audit", json={}, headers=same).status_code == 200
+    cross = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert web.post("/console/api/audit", json={}, headers=cross).status_code == 403
+
+
+def test_sign_out_revokes_whatever_the_origin(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    """Ending a session harms nobody: a sign-out from an origin the console cannot place (an
+    ingress it was not told of) still ends it, and is still a POST only."""
+    ctx = console_context(issuer, tmp_path)
+    web = client(ctx)
+    cookie = _session(ctx)
+    web.cookies.set(SESSION_COOKIE, cookie)
+    assert web.get("/auth/logout").status_code == 405
+    assert web.get("/console/api/me").status_code == 200
+    response = web.post("/auth/logout", headers={"Origin": "https://elsewhere.example"})
+    assert response.status_code == 303 and response.headers["location"] == "/signed-out"
+    web.cookies.set(SESSION_COOKIE, cookie)
+    assert web.get("/console/api/me").status_code == 401
+    assert _audit(tmp_path)[-1]["event_type"] == "logout"
 
 
 def test_unconfigured_console_answers_503(tmp_path: Path) -> None:

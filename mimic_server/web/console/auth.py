@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,7 +112,7 @@ def guard(
                 return _error(401, "sign in first")
             if right not in ctx.roles.rights(user.roles):
                 return _error(403, "your roles do not allow this page")
-            if request.method == "POST" and not _same_origin(request):
+            if request.method == "POST" and not _same_origin(ctx, request):
                 return _error(403, "cross-origin request refused")
             return await handler(request, user)
 
@@ -120,16 +121,51 @@ def guard(
     return wrap
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(ctx: ConsoleContext, request: Request) -> bool:
     """A state-changing request must come from the console's own pages: its Origin (which
     browsers send with every POST) must be ours, and a JSON body cannot be sent cross-site
-    without a CORS preflight the console never grants."""
+    without a CORS preflight the console never grants.
+
+    Ours is this request's own origin, or the console's public one as configured: behind a
+    TLS-terminating ingress (Container Apps) the request arrives as ``http://`` while the
+    browser's Origin is ``https://``, and uvicorn trusts X-Forwarded-Proto from loopback
+    only. A browser's ``Sec-Fetch-Site: same-origin`` (a header page scripts cannot set)
+    says the same whatever the ingress did to the URL."""
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+    if origin is not None and origin not in _origins(ctx, request) and \
+            request.headers.get("sec-fetch-site") != "same-origin":
         return False
     content_type = request.headers.get("content-type", "")
-    return content_type.split(";")[0].strip() == "application/json" or \
-        request.url.path == "/auth/logout"
+    return content_type.split(";")[0].strip() == "application/json"
+
+
+def _origins(ctx: ConsoleContext, request: Request) -> set[str]:
+    """This request's origin and the configured public ones (base URL, redirect URI)."""
+    found = {f"{request.url.scheme}://{request.url.netloc}"}
+    for url in (ctx.base_url, ctx.redirect_uri):
+        origin = origin_of(url)
+        if origin is not None:
+            found.add(origin)
+    return found
+
+
+def origin_of(url: str | None) -> str | None:
+    """The origin a browser sends (RFC 6454: scheme and host lower case, default port
+    left out) of a configured URL; None when it has no scheme or host."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Response]]]:
@@ -199,10 +235,12 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         return response
 
     async def logout(request: Request) -> Response:
+        # Whatever its Origin: ending a session is harmless to its owner (a forged sign-out
+        # is a nuisance at most), and a refused one left the session alive behind an
+        # ingress whose scheme the console could not see. A POST all the same, so that no
+        # link or image ends it.
         user = current_user(ctx, request)
         if user is not None:
-            if not _same_origin(request):
-                return _error(403, "cross-origin request refused")
             ctx.signer.revoke(user.session_id, user.expires)
             _audit(ctx, audit.SUCCESS, event_type="logout",
                    peer=request.client.host if request.client else "", user=user.name)

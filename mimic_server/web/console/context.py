@@ -32,6 +32,9 @@ class ConsoleContext:
     session_seconds: float = 8 * 3600.0
     #: The registered redirect URI; None: this request's own ``/auth/callback``.
     redirect_uri: str | None = None
+    #: The public URL of ``mimic web`` (``MIMIC_WEB_BASE_URL``): with ``redirect_uri``, the
+    #: origin a browser names behind a TLS-terminating ingress (``auth._same_origin``).
+    base_url: str | None = None
     studies: StudyBrowser | None = None
     engine: Engine | None = None
     policy: Policy | None = None
