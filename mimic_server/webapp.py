@@ -50,6 +50,7 @@ from mimic_server.security import audit
 from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
+from mimic_server.security.refusals import RefusalAudit
 from mimic_server.storage import ObjectStore
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
@@ -104,6 +105,7 @@ class WebArchive:
         self.policy_watcher: PolicyWatcher | None = None
         self.http: HttpServer | None = None
         self.context: DicomWebContext | None = None
+        self._sign_in_refusals: RefusalAudit | None = None
 
     def start(self) -> None:
         """Open everything and start listening; ConfigurationError on bad settings."""
@@ -157,6 +159,7 @@ class WebArchive:
         console = self._console
         if console is None:
             console_context = open_console(s, self.engine, finder, policy, self.audit)
+            self._sign_in_refusals = console_context.sign_in_refusals
             # The console's pages load images from DICOMweb with their session cookie.
             self.context.user_sources.append(console_user_source(console_context))
             # Its study queries answer to the same policy entry as QIDO-RS.
@@ -200,6 +203,9 @@ class WebArchive:
             self.policy_watcher = None
         if self.context is not None and self.context.copies is not None:
             self.context.copies.close()
+        if self._sign_in_refusals is not None:
+            self._sign_in_refusals.close()  # its counts, before the trail closes
+            self._sign_in_refusals = None
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
         self.audit.close()
         if self._opened_index is not None:
@@ -257,7 +263,20 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"
         else None,
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
+        sign_in_refusals=_sign_in_refusals(s, audit_log) if oidc is not None else None,
     )
+
+
+def _sign_in_refusals(settings: Settings, audit_log: AuditLog) -> RefusalAudit:
+    """Refused console sign-ins counted per peer and reason over MIMIC_AUDIT_REFUSAL_INTERVAL,
+    as ``mimic serve`` counts refused connections (started here; ``WebArchive.stop`` writes
+    what it holds)."""
+    counter = RefusalAudit(audit_log, settings.audit_refusal_interval,
+                           event=audit.USER_AUTHENTICATION, message="console sign-in refused",
+                           details={"identity": "web console", "event_type": "login"},
+                           first_recorded=True)
+    counter.start()
+    return counter
 
 
 def _revoked_dir() -> Path | None:

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
@@ -31,11 +32,24 @@ OTHER = "other"
 
 
 class RefusalAudit:
-    """Counts refusals; a thread writes the counts every ``interval`` seconds."""
+    """Counts refusals; a thread writes the counts every ``interval`` seconds.
 
-    def __init__(self, audit_log: AuditLog, interval: float) -> None:
+    ``event``, ``message`` and ``details`` name what is counted (by default a refused
+    connection: a Security Alert). With ``first_recorded`` the caller writes the first
+    refusal of a pair in an interval itself, at once, as it would a single one (the console's
+    refused sign-ins: a User Authentication record with its reason), and the interval's
+    record counts the repeats only, so that summing ``count`` still gives every refusal."""
+
+    def __init__(self, audit_log: AuditLog, interval: float, *,
+                 event: tuple[str, str, str] = audit.SECURITY_ALERT,
+                 message: str = "connection refused", details: dict[str, Any] | None = None,
+                 first_recorded: bool = False) -> None:
         self.audit_log = audit_log
         self.interval = interval
+        self.event = event
+        self.message = message
+        self.details = dict(details or {})
+        self.first_recorded = first_recorded
         self._counts: Counter[tuple[str, str]] = Counter()
         self._since = datetime.now(UTC)
         self._lock = threading.Lock()
@@ -67,18 +81,22 @@ class RefusalAudit:
         for (source, reason), count in sorted(counts.items()):
             if count > 1:  # the first was logged when it happened
                 log.warning(
-                    "connection refused",
+                    self.message,
                     extra={"peer": source, "reason": reason, "count": count - 1,
                            "interval_start": since.isoformat(), "interval_end": now.isoformat()},
                 )
+            recorded = count - 1 if self.first_recorded else count
+            if not recorded:
+                continue
             try:
                 self.audit_log.record(
-                    audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer=source, reason=reason,
-                    count=count, IntervalStart=since.isoformat(), IntervalEnd=now.isoformat(),
+                    self.event, audit.MINOR_FAILURE, **self.details, peer=source,
+                    reason=reason, count=recorded, IntervalStart=since.isoformat(),
+                    IntervalEnd=now.isoformat(),
                 )
             except Exception:
                 log.exception(
-                    "writing the audit record of refused connections failed",
+                    "writing the audit record of refusals failed",
                     extra={"peer": source, "reason": reason, "count": count},
                 )
 

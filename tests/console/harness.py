@@ -10,7 +10,8 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit import USER_AUTHENTICATION, AuditLog
+from mimic_server.security.refusals import RefusalAudit
 from mimic_server.security.tokens import TokenValidator
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
@@ -31,9 +32,14 @@ def console_context(issuer: OidcIssuerDouble, tmp: Path, *, secret: str | None =
     oidc = OidcClient(issuer.issuer, CLIENT_ID, validator, client_secret=secret,
                       ssl_context=issuer.client_context())
     signer = Signer("k" * 40, clock) if clock is not None else Signer(None)
+    audit_log = extra.pop("audit_log", AuditLog(tmp / "audit.jsonl"))
+    # As `mimic web` counts refused sign-ins, but without its thread: a test flushes.
+    refusals = extra.pop("sign_in_refusals", RefusalAudit(
+        audit_log, 3600, event=USER_AUTHENTICATION, message="console sign-in refused",
+        details={"identity": "web console", "event_type": "login"}, first_recorded=True))
     return ConsoleContext(
         oidc=oidc, signer=signer, roles=RoleMap.parse(OPERATOR, VIEWER),
-        audit_log=extra.pop("audit_log", AuditLog(tmp / "audit.jsonl")), **extra,
+        audit_log=audit_log, sign_in_refusals=refusals, **extra,
     )
 
 

@@ -7,19 +7,25 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from mimic_server.security.audit_message import validate
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
-from mimic_server.web.console.context import ConsoleContext
+from mimic_server.web.console.context import ISSUER_CALLS, ConsoleContext
 from mimic_server.web.console.oidc import Pending
 from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, Signer
 from tests.console.harness import (
+    BASE,
     OPERATOR,
     VIEWER,
     authorize,
@@ -315,6 +321,109 @@ def test_sign_out_revokes_whatever_the_origin(issuer: OidcIssuerDouble, tmp_path
     web.cookies.set(SESSION_COOKIE, cookie)
     assert web.get("/console/api/me").status_code == 401
     assert _audit(tmp_path)[-1]["event_type"] == "logout"
+
+
+def test_strangers_refused_sign_ins_are_counted(issuer: OidcIssuerDouble, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone may call the callback: the first refusal of a peer and reason in an interval
+    is a WARNING and an audit record at once, the repeats one of each with their count at
+    the interval's end (as refused DICOM connections): no line and no record per request."""
+    ctx = console_context(issuer, tmp_path)
+    web = client(ctx)
+    with caplog.at_level("WARNING", logger="mimic_server"):
+        statuses = {web.get("/auth/callback", params={"error": "access_denied"}).status_code
+                    for _ in range(30)}
+        assert statuses == {400}
+        assert len(_audit(tmp_path)) == 1
+        assert ctx.sign_in_refusals is not None
+        ctx.sign_in_refusals.flush()
+    lines = [r for r in caplog.records if r.getMessage() == "console sign-in refused"]
+    assert [(r.levelname, r.count) for r in lines] == [("WARNING", 1), ("WARNING", 29)]
+    first, repeats = _audit(tmp_path)
+    for record in (first, repeats):
+        assert record["event_name"] == "User Authentication" and record["outcome"] == 4
+        assert record["event_type"] == "login" and record["identity"] == "web console"
+        assert record["reason"] == "the issuer ended the sign-in (access_denied)"
+        validate(record["xml"])
+    assert "count" not in first and repeats["count"] == 29
+    assert "count=29" in repeats["xml"]
+
+
+def test_a_login_state_is_good_for_one_callback(issuer: OidcIssuerDouble,
+                                                tmp_path: Path) -> None:
+    """One /auth/login's cookie and state replayed with made-up codes: the issuer's token
+    endpoint is called for the first callback only (an issuer throttling the client id
+    would lock the operators out), and a real sign-in still works."""
+    ctx = console_context(issuer, tmp_path)
+    web = client(ctx)
+    params = start_login(web)
+    login_cookie = web.cookies.get(LOGIN_COOKIE)
+    before = len(issuer.token_requests)
+    for attempt in range(5):
+        web.cookies.set(LOGIN_COOKIE, login_cookie, path="/auth/")
+        response = web.get("/auth/callback", params={"state": params["state"],
+                                                     "code": f"made-up-{attempt}"})
+        assert response.status_code == 400
+    assert len(issuer.token_requests) - before == 1
+    assert "already completed or refused" in response.json()["error"]
+    assert sign_in(client(ctx), issuer).status_code == 303
+
+
+def test_token_exchanges_wait_for_their_own_threads(issuer: OidcIssuerDouble,
+                                                    tmp_path: Path) -> None:
+    """Callbacks whose token exchange hangs hold the console's few issuer threads, never the
+    default thread pool that DICOMweb's sync routes run in; the rest wait their turn."""
+    ctx = console_context(issuer, tmp_path)
+    app = build_console(ctx)
+    cookies = []
+    for _ in range(ISSUER_CALLS + 2):
+        web = client(ctx)
+        params = start_login(web)
+        cookies.append((params["state"], web.cookies.get(LOGIN_COOKIE)))
+    entered, release = [], threading.Event()
+    real_token = issuer.token
+
+    def hanging_token(form: dict[str, str]) -> tuple[int, dict]:
+        entered.append(form["code"])
+        release.wait(30)
+        return real_token(form)
+
+    issuer.token = hanging_token  # type: ignore[method-assign]
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as browser:
+            async def callback(state: str, cookie: str) -> int:
+                response = await browser.get(
+                    "/auth/callback", params={"state": state, "code": "x"},
+                    headers={"Cookie": f"{LOGIN_COOKIE}={cookie}"})
+                return response.status_code
+
+            async with anyio.create_task_group() as group:
+                results: list[int] = []
+
+                async def run(state: str, cookie: str) -> None:
+                    results.append(await callback(state, cookie))
+
+                for state, cookie in cookies:
+                    group.start_soon(run, state, cookie)
+                with anyio.fail_after(20):
+                    while ctx.issuer_calls.statistics().tasks_waiting < 2 or \
+                            len(entered) < ISSUER_CALLS:
+                        await anyio.sleep(0.01)
+                default = anyio.to_thread.current_default_thread_limiter()
+                assert default.borrowed_tokens == 0
+                assert ctx.issuer_calls.borrowed_tokens == ISSUER_CALLS
+                assert len(entered) == ISSUER_CALLS
+                release.set()
+            return results
+
+    try:
+        assert anyio.run(main) == [400] * (ISSUER_CALLS + 2)
+    finally:
+        release.set()
+        issuer.token = real_token  # type: ignore[method-assign]
+    assert len(entered) == ISSUER_CALLS + 2
 
 
 def test_unconfigured_console_answers_503(tmp_path: Path) -> None:

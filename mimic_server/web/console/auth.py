@@ -169,13 +169,28 @@ def origin_of(url: str | None) -> str | None:
 
 
 def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    issuer_calls = ctx.issuer_calls
+
+    def refused(peer: str, reason: str) -> None:
+        """A stranger's refused sign-in costs one request: the first of a peer and reason
+        in an interval is logged and recorded, the repeats are counted into one line and
+        one record at the interval's end (``ctx.sign_in_refusals``), as refused DICOM
+        connections are; a WARNING and a record each let anyone grow both at will."""
+        counter = ctx.sign_in_refusals
+        if counter is not None and not counter.note(peer, reason):
+            return
+        log.warning("console sign-in refused", extra={"reason": reason, "peer": peer,
+                                                      "count": 1})
+        _audit(ctx, audit.MINOR_FAILURE, peer=peer, reason=reason)
+
     async def login(request: Request) -> Response:
         if ctx.oidc is None:
             return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
         pending = Pending.new()
         try:
             url = await anyio.to_thread.run_sync(
-                ctx.oidc.authorization_url, pending, redirect_uri(ctx, request))
+                ctx.oidc.authorization_url, pending, redirect_uri(ctx, request),
+                limiter=issuer_calls)
         except SignInRefused as exc:
             log.warning("console sign-in cannot start", extra={"reason": str(exc)})
             return _error(502, f"sign-in cannot start: {exc}")
@@ -202,12 +217,13 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             if body is None:
                 raise SignInRefused("no sign-in in progress (or it expired)")
             pending = Pending(str(body["state"]), str(body["nonce"]), str(body["verifier"]))
+            if not ctx.used_logins.first_use(pending.state, float(body["exp"])):
+                raise SignInRefused("this sign-in was already completed or refused")
             user = await anyio.to_thread.run_sync(
                 ctx.oidc.complete, pending, params.get("state", ""), params.get("code", ""),
-                redirect_uri(ctx, request))
+                redirect_uri(ctx, request), limiter=issuer_calls)
         except SignInRefused as exc:
-            log.warning("console sign-in refused", extra={"reason": str(exc), "peer": peer})
-            _audit(ctx, audit.MINOR_FAILURE, peer=peer, reason=str(exc))
+            refused(peer, str(exc))
             response = _error(400, f"sign-in refused: {exc}")
             response.delete_cookie(LOGIN_COOKIE, path="/auth/")
             return response

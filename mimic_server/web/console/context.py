@@ -8,19 +8,24 @@ work the same on the embedded archive and in Azure (Key Vault, PostgreSQL).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine
 from starlette.requests import Request
 
 from mimic_server.security.audit import AuditFilter, AuditLog
 from mimic_server.security.policy import Policy
+from mimic_server.security.refusals import RefusalAudit
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.modalities import TrustView
 from mimic_server.web.console.oidc import OidcClient
-from mimic_server.web.console.sessions import Signer
+from mimic_server.web.console.sessions import Signer, UsedLogins
 from mimic_server.web.console.studies import Gate, StudyBrowser
+
+#: Calls to the issuer in progress at once per process (``issuer_calls``).
+ISSUER_CALLS = 4
 
 
 @dataclass
@@ -50,3 +55,15 @@ class ConsoleContext:
     #: The access policy's gate for this request's study queries (``gate.py``); None: the
     #: console's own rights only (tests of the console alone).
     query_gate: Callable[[Request], Gate] | None = None
+    #: Refused sign-ins counted per peer and reason: the first of an interval is logged and
+    #: recorded at once, the repeats as one WARNING and one record with their count (the
+    #: composition root starts and stops its thread); None: each one logged and recorded.
+    sign_in_refusals: RefusalAudit | None = None
+    #: Login states already brought back to ``/auth/callback`` (single use).
+    used_logins: UsedLogins = field(default_factory=UsedLogins)
+    #: The threads the issuer's endpoints (discovery, token exchange) are called in: a slow
+    #: or unreachable token endpoint, or strangers' callbacks by the dozen, held every
+    #: thread of anyio's default pool, which DICOMweb's sync routes share (2 ms -> 2.5 s);
+    #: past these few a callback waits here, not there.
+    issuer_calls: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(ISSUER_CALLS))

@@ -26,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,32 @@ class Signer:
 
     def _mac(self, data: str) -> str:
         return _b64(hmac.new(self._key, data.encode("ascii"), hashlib.sha256).digest())
+
+
+class UsedLogins:
+    """The sign-ins whose callback came, by state, remembered until their login cookie
+    expires: one login cookie is good for one callback. Without this, one ``/auth/login``'s
+    cookie and state replayed with made-up codes made the console call the issuer's token
+    endpoint once per request (an issuer that throttles the client id then locks the real
+    operators out). At most ``limit`` are held (the oldest go first): filling it takes as
+    many token requests, each its own sign-in. Per process: a replay may reach each worker
+    of ``mimic web`` once."""
+
+    def __init__(self, limit: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_use(self, state: str, until: float) -> bool:
+        """True the first time ``state`` is given (then it is remembered until ``until``)."""
+        now = self._clock()
+        with self._lock:
+            until_of = self._until
+            while until_of and (len(until_of) >= self._limit or
+                                next(iter(until_of.values())) < now):
+                until_of.popitem(last=False)
+            if state in until_of:
+                return False
+            until_of[state] = until
+            return True
