@@ -501,6 +501,8 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
         records = _audit_table(settings, selection)
     else:
         records = read_file(settings.audit_path, selection)
+        if settings.audit_path.exists():
+            _audit_log_used(settings, None, selection)
     for record in records:
         if output == "xml":
             click.echo(record["xml"])
@@ -521,6 +523,28 @@ _AUDIT_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identi
                  "trust_name", "calling_ae", "user", "studies", "xml")
 
 
+def _audit_log_used(settings: Settings, engine: Any, selection: Any) -> None:
+    """Reading the trail is itself an audit record (Audit Log Used, PS3.15 A.5.3.2), in the
+    trail ``mimic serve`` writes, naming the account that ran ``mimic audit``."""
+    import getpass
+
+    from mimic_server.resources import open_audit_trail
+    from mimic_server.security import audit
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # a container's uid without a passwd entry
+        user = f"uid {os.getuid()}"
+    audit_log = open_audit_trail(settings, engine)
+    try:
+        uri = ("urn:mimic:audit_events" if engine is not None
+               else settings.audit_path.resolve().as_uri())
+        audit_log.record(audit.AUDIT_LOG_USED, audit.SUCCESS, identity="mimic audit",
+                         user=user, audit_log=uri, filter=selection.describe())
+    finally:
+        audit_log.close()
+
+
 def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
     from mimic_server.index import schema
     from mimic_server.index.audit_table import read_table
@@ -535,6 +559,7 @@ def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
     try:
         schema.require_current(engine)
         rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL
+        _audit_log_used(settings, engine, selection)
         return [row for row in rows if selection.matches(row)]
     except ConfigurationError as exc:
         _fail(str(exc))

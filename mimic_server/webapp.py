@@ -260,6 +260,7 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         base_url=s.web_base_url,
         studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
         trust=_trust_view(s), audit_records=_audit_reader(s, engine),
+        audit_uri=_audit_uri(s, engine),
         last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"
         else None,
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
@@ -327,6 +328,13 @@ def _audit_reader(settings: Settings,
         return from_table
     path = settings.audit_path
     return lambda selection: read_file(path, selection)
+
+
+def _audit_uri(settings: Settings, engine: Engine) -> str:
+    """The trail's URI for Audit Log Used records: the table's name, else the file's URI."""
+    if engine.dialect.name != "sqlite":
+        return "urn:mimic:audit_events"
+    return settings.audit_path.resolve().as_uri()
 
 
 def _serve_status(base_url: str) -> Callable[[], dict[str, Any]]:

@@ -148,3 +148,26 @@ def test_move_destination_settings_are_checked_at_start(tmp_path: Path) -> None:
     result = mimic("serve", "--data-dir", str(tmp_path / "b"), "--port", str(free_port()),
                    "--host", HOST, "--no-tls", "--move-destinations", tls_without_tls)
     assert result.returncode == 2 and "TLS" in result.stderr
+
+
+def test_reading_the_audit_trail_is_audited(tmp_path: Path) -> None:
+    """``mimic audit`` writes an Audit Log Used record (PS3.15 A.5.3.2) into the trail it
+    read, naming the account and the selection; it is listed by the next reading."""
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+    from mimic_server.security.audit_message import validate
+
+    data = tmp_path / "data"
+    trail = AuditLog(data / "audit.jsonl")
+    trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+    trail.close()
+    first = mimic("audit", "--json", "--event", "110100", "--data-dir", str(data))
+    assert first.returncode == 0, first.stderr
+    assert [json.loads(line)["event"] for line in first.stdout.splitlines()] == ["110100"]
+    listed = mimic("audit", "--json", "--event", "110101", "--data-dir", str(data))
+    used = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["event_name"] for r in used] == ["Audit Log Used"]
+    assert used[0]["identity"] == "mimic audit" and used[0]["user"] and used[0]["outcome"] == 0
+    validate(used[0]["xml"])
+    assert "filter: event=110100" in used[0]["xml"] and 'EventActionCode="R"' in used[0]["xml"]
+    assert (data / "audit.jsonl").as_uri() in used[0]["xml"]

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 #: (code, coding scheme, meaning) from PS3.16 CID 400 "Audit Event ID".
 APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")
+AUDIT_LOG_USED = ("110101", "DCM", "Audit Log Used")
 BEGIN_TRANSFERRING = ("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED = ("110103", "DCM", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
@@ -311,6 +312,14 @@ class AuditFilter:
         ):
             return False
         return self.study is None or self.study in (fields.get("studies") or [])
+
+    def describe(self) -> str:
+        """The selection as an Audit Log Used record quotes it."""
+        parts = [f"{name}={value.isoformat() if isinstance(value, datetime) else value}"
+                 for name, value in (("since", self.since), ("event", self.event),
+                                     ("identity", self.identity), ("study", self.study))
+                 if value is not None]
+        return " ".join(parts) or "everything"
 
 
 def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """DICOM audit messages (PS3.15 A.5): the XML an audit repository (IHE ATNA) reads.
 
 Plain data classes for the parts of a message and one builder per event MIMIC records
-(A.5.3): Application Activity, Security Alert, User Authentication, Query, Begin Transferring
-DICOM Instances, DICOM Instances Transferred, DICOM Instances Accessed and Export. The XML is
+(A.5.3): Application Activity, Audit Log Used, Security Alert, User Authentication, Query,
+Begin Transferring DICOM Instances, DICOM Instances Transferred, DICOM Instances Accessed and
+Export. The XML is
 held to the schema in ``schemas/audit-message.rng`` (written from PS3.15 A.5.1) by the tests.
 Messages name patients and studies: they go to the audit trail, never to the log.
 
@@ -57,6 +58,7 @@ def dcm(code: str, meaning: str) -> Code:
 
 # PS3.16 CID 400 Audit Event ID
 APPLICATION_ACTIVITY = dcm("110100", "Application Activity")
+AUDIT_LOG_USED = dcm("110101", "Audit Log Used")
 BEGIN_TRANSFERRING = dcm("110102", "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED = dcm("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = dcm("110104", "DICOM Instances Transferred")
@@ -88,6 +90,7 @@ STUDY_INSTANCE_UID = dcm("110180", "Study Instance UID")
 SOP_CLASS_UID = dcm("110181", "SOP Class UID")
 NODE_ID = dcm("110182", "Node ID")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
+URI_ID = Code("12", "RFC-3881", "URI")
 
 #: EventOutcomeIndicator values (PS3.15 A.5.1).
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12
@@ -317,6 +320,17 @@ def security_alert(
     return AuditMessage(SECURITY_ALERT, outcome, participants, source_id, action="E",
                         event_types=(event_type,), outcome_description=description,
                         objects=[alert])
+
+
+def audit_log_used(readers: Sequence[Participant], application: Participant, log_uri: str,
+                   outcome: int, source_id: str,
+                   description: str | None = None) -> AuditMessage:
+    """Someone read the audit trail (A.5.3.2): the readers (the person, and the process
+    they used), the archive that keeps the trail, and the trail itself as a Security
+    Resource named by its URI."""
+    trail = _object(log_uri, URI_ID, "2", "13", name="Security Audit Log")
+    return AuditMessage(AUDIT_LOG_USED, outcome, [*readers, application], source_id,
+                        action="R", outcome_description=description, objects=[trail])
 
 
 def user_authentication(user: Participant, node: Participant, login: bool, outcome: int,

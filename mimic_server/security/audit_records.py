@@ -107,6 +107,13 @@ def _message(event: am.Code, outcome: int, d: Mapping[str, Any],
             _archive(archive), _event_type(d, am.NODE_AUTHENTICATION), outcome, subject,
             _description(d) or "security alert", source_id, performer,
         ), _users(d))
+    if code == am.AUDIT_LOG_USED.code:
+        # The person who read it (a console user, the account running `mimic audit`),
+        # then the process they read it with.
+        users = _users(d)
+        readers = [*users, _requestor(d)]
+        return am.audit_log_used(readers, _archive(archive), str(d.get("audit_log") or
+                                 "urn:mimic:audit-trail"), outcome, source_id, _description(d))
     if code == am.USER_AUTHENTICATION.code:
         # The one authenticated: the person when a user was asserted (then the peer process
         # follows), else the peer process by its certificate and AE title.
@@ -264,6 +271,10 @@ def _description(d: Mapping[str, Any]) -> str | None:
         parts.append(f"called AE={d['called_ae']}")
     if d.get("destination") and d.get("reason"):
         parts.append(f"destination={d['destination']}")
+    if d.get("filter"):
+        parts.append(f"filter: {d['filter']}")
+    if d.get("route"):
+        parts.append(f"route={d['route']}")
     if d.get("count") is not None:
         parts.append(f"count={d['count']}")
     if d.get("IntervalStart"):

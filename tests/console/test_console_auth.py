@@ -212,6 +212,42 @@ def test_viewer_sees_studies_but_not_operator_pages(issuer: OidcIssuerDouble,
     assert web.post("/console/api/audit", json={}).status_code == 403
 
 
+def test_refused_routes_and_reading_the_trail_are_audited(issuer: OidcIssuerDouble,
+                                                           tmp_path: Path) -> None:
+    """A viewer refused an operator route is a Security Alert (Use of Restricted Function,
+    the user, the route), as the access policy's refusals are; an operator reading the
+    trail is an Audit Log Used record (PS3.15 A.5.3.2) with the selection."""
+    ctx = console_context(issuer, tmp_path, audit_records=lambda selection: [],
+                          trust=lambda: None, serve_status=lambda: {})
+    issuer.sign_in_as("viewer-1", roles=[VIEWER])
+    viewer = client(ctx)
+    assert sign_in(viewer, issuer).status_code == 303
+    before = len(_audit(tmp_path))
+    assert viewer.get("/console/api/modalities").status_code == 403
+    assert viewer.post("/console/api/audit", json={}).status_code == 403
+    alerts = _audit(tmp_path)[before:]
+    assert [(r["event_name"], r["event_type"], r["outcome"], r["user"]) for r in alerts] == [
+        ("Security Alert", "use-of-restricted-function", 4, "viewer-1@example.org")] * 2
+    assert "route=GET /console/api/modalities" in alerts[0]["xml"]
+    assert "route=POST /console/api/audit" in alerts[1]["xml"]
+    for record in alerts:
+        validate(record["xml"])
+
+    issuer.sign_in_as("operator-1", roles=[OPERATOR])
+    operator = client(ctx)
+    assert sign_in(operator, issuer).status_code == 303
+    before = len(_audit(tmp_path))
+    response = operator.post("/console/api/audit", json={"event": "login",
+                                                         "identity": "CT1"})
+    assert response.status_code == 200
+    used = _audit(tmp_path)[before:]
+    assert [(r["event"], r["event_name"], r["outcome"], r["user"]) for r in used] == [
+        ("110101", "Audit Log Used", 0, "operator-1@example.org")]
+    validate(used[0]["xml"])
+    assert "filter: event=login identity=CT1" in used[0]["xml"]
+    assert 'EventActionCode="R"' in used[0]["xml"] and "Security Audit Log" in used[0]["xml"]
+
+
 def test_expired_session_is_refused(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     now = [1_900_000_000.0]
     ctx = console_context(issuer, tmp_path, clock=lambda: now[0], session_seconds=3600)

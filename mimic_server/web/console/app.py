@@ -8,6 +8,7 @@ the same session). Searches travel in POST bodies: no patient data in any URL.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mimic_server.errors import MimicError, QueryError
+from mimic_server.security import audit
 from mimic_server.security.audit import AuditFilter
 from mimic_server.web.console import auth, modalities
 from mimic_server.web.console.access import ConsoleUser, Right
@@ -141,6 +143,12 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
         if until is not None:
             records = [r for r in records if datetime.fromisoformat(r["time"]) <= until]
         newest = records[::-1][:MAX_AUDIT_RECORDS]
+        if ctx.audit_log is not None:  # reading the trail is itself audited (PS3.15 A.5.3.2)
+            shown = selection.describe() + (f" until={until.isoformat()}" if until else "")
+            await anyio.to_thread.run_sync(functools.partial(
+                ctx.audit_log.record, audit.AUDIT_LOG_USED, audit.SUCCESS,
+                identity="web console", user=user.name, audit_log=ctx.audit_uri,
+                peer=request.client.host if request.client else "", filter=shown))
         return JSONResponse({
             "records": [{k: r.get(k) for k in _AUDIT_FIELDS} for r in newest],
             "more": len(records) > MAX_AUDIT_RECORDS,

@@ -111,8 +111,10 @@ def guard(
                     return RedirectResponse("/auth/login", status_code=303)
                 return _error(401, "sign in first")
             if right not in ctx.roles.rights(user.roles):
+                _alert(ctx, request, user, "the user's roles do not grant this route")
                 return _error(403, "your roles do not allow this page")
             if request.method == "POST" and not _same_origin(ctx, request):
+                _alert(ctx, request, user, "cross-origin request refused")
                 return _error(403, "cross-origin request refused")
             return await handler(request, user)
 
@@ -283,3 +285,15 @@ def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
     details.setdefault("event_type", "login")
     ctx.audit_log.record(audit.USER_AUTHENTICATION, outcome, identity="web console",
                          **details)
+
+
+def _alert(ctx: ConsoleContext, request: Request, user: ConsoleUser, reason: str) -> None:
+    """A signed-in user refused a route: a Security Alert (Use of Restricted Function), as
+    the access policy records its refusals; it costs a session, so one each."""
+    if ctx.audit_log is None:
+        return
+    ctx.audit_log.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE,
+                         event_type="use-of-restricted-function", identity="web console",
+                         peer=request.client.host if request.client else "",
+                         user=user.name, route=f"{request.method} {request.url.path}",
+                         reason=reason)

@@ -46,6 +46,8 @@ class ConsoleContext:
     trust: Callable[[], TrustView] | None = None
     #: The audit trail as ``mimic audit`` reads it (file or table), oldest first.
     audit_records: Callable[[AuditFilter], list[dict[str, Any]]] | None = None
+    #: The trail's URI, as Audit Log Used records name it (the file's, or the table's).
+    audit_uri: str = "urn:mimic:audit-trail"
     #: trust name -> last successful association (ISO time); None: scan ``audit_records``.
     last_logins: Callable[[], dict[str, str]] | None = None
     #: `mimic serve`'s /status/associations document.
