@@ -34,7 +34,7 @@ from mimic_server.backends import open_object_store
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
-from mimic_server.index.audit_table import read_table
+from mimic_server.index.audit_table import read_table_newest
 from mimic_server.index.engine import answers
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
@@ -47,7 +47,7 @@ from mimic_server.resources import (
     open_token_validator,
 )
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file
+from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file_newest
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
@@ -317,17 +317,18 @@ def _trust_view(settings: Settings) -> Callable[[], TrustView] | None:
     return view
 
 
-def _audit_reader(settings: Settings,
-                  engine: Engine) -> Callable[[AuditFilter], list[dict[str, Any]]]:
-    """The audit trail as ``mimic audit`` reads it: the table on PostgreSQL, else the file."""
+def _audit_reader(settings: Settings, engine: Engine
+                  ) -> Callable[[AuditFilter, int | None], list[dict[str, Any]]]:
+    """The newest records of the audit trail ``mimic audit`` reads (the table on PostgreSQL,
+    else the file), newest first, without their messages."""
     if engine.dialect.name != "sqlite":
-        def from_table(selection: AuditFilter) -> list[dict[str, Any]]:
-            rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL
-            return [row for row in rows if selection.matches(row)]
+        def from_table(selection: AuditFilter, limit: int | None) -> list[dict[str, Any]]:
+            return read_table_newest(engine, selection.matches, limit, selection.since,
+                                     selection.study)  # since and study narrowed in SQL
 
         return from_table
     path = settings.audit_path
-    return lambda selection: read_file(path, selection)
+    return lambda selection, limit: read_file_newest(path, selection, limit)
 
 
 def _audit_uri(settings: Settings, engine: Engine) -> str:

@@ -11,10 +11,11 @@ Transferred goes into the transaction that indexes the instance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select
 
 from mimic_server.index.driver import DriverStatement, Gathered
 from mimic_server.index.engine import read_index, write_transaction
@@ -116,6 +117,46 @@ def read_table(engine: Engine, since: datetime | None = None,
         }
         found.append(fields)
     return found
+
+
+#: Characters of a message that hold its EventID (the event's name): the head of the
+#: ``<EventIdentification>`` element, not the participants and objects after it.
+_HEAD = 512
+
+
+def read_table_newest(engine: Engine, matches: Callable[[dict[str, Any]], bool],
+                      limit: int | None, since: datetime | None = None,
+                      study: str | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` rows (None: all) that ``matches`` takes, newest first, without
+    their message: the rows come newest first in batches, and the read stops at ``limit``.
+    The console's audit page read every row with its XML into memory to keep 500 (255 MiB
+    for a 200 MiB trail, per click); only the first characters of each message are read
+    here, for the event's name."""
+    columns = [c for c in AuditEvent.__table__.c if c.name != "xml"]
+    query = select(*columns, func.substr(AuditEvent.xml, 1, _HEAD).label("head")) \
+        .order_by(AuditEvent.id.desc())
+    if since is not None:
+        query = query.where(AuditEvent.event_time >= since.astimezone(UTC))
+    if study is not None:
+        query = query.where(AuditEvent.studies.contains(f" {study} ", autoescape=True))
+
+    def newest(conn: Connection) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for row in conn.execution_options(yield_per=500).execute(query):
+            fields = {
+                "time": _aware(row.event_time).isoformat(), "event": row.event_code,
+                "event_name": _name(row.head), "event_type": row.event_type,
+                "outcome": row.outcome, "identity": row.identity,
+                "trust_name": row.trust_name, "calling_ae": row.calling_ae,
+                "user": row.user_name, "studies": row.studies.split(),
+            }
+            if matches(fields):
+                found.append(fields)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    return read_index(engine, newest)
 
 
 def _aware(when: datetime) -> datetime:

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,10 @@ SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
+
+#: What a record is found and listed by (``AuditEntry.index_fields``; the table's columns).
+INDEX_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identity",
+                "trust_name", "calling_ae", "user", "studies")
 
 
 class AuditSink(Protocol):
@@ -298,9 +303,12 @@ class AuditFilter:
     event: str | None = None
     identity: str | None = None
     study: str | None = None
+    until: datetime | None = None
 
     def matches(self, fields: dict[str, Any]) -> bool:
         if self.since is not None and datetime.fromisoformat(fields["time"]) < self.since:
+            return False
+        if self.until is not None and datetime.fromisoformat(fields["time"]) > self.until:
             return False
         if self.event is not None and self.event not in (
             fields.get("event"), fields.get("event_name"), fields.get("event_type")
@@ -317,7 +325,8 @@ class AuditFilter:
         """The selection as an Audit Log Used record quotes it."""
         parts = [f"{name}={value.isoformat() if isinstance(value, datetime) else value}"
                  for name, value in (("since", self.since), ("event", self.event),
-                                     ("identity", self.identity), ("study", self.study))
+                                     ("identity", self.identity), ("study", self.study),
+                                     ("until", self.until))
                  if value is not None]
         return " ".join(parts) or "everything"
 
@@ -337,3 +346,24 @@ def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
             if "xml" in entry and selection.matches(entry):
                 found.append(entry)
     return found
+
+
+def read_file_newest(path: Path, selection: AuditFilter,
+                     limit: int | None) -> list[dict[str, Any]]:
+    """The newest ``limit`` records (None: all) of a JSON-lines audit file that match,
+    newest first, their index fields only (not the message, nor the details): the file is
+    streamed through a deque of ``limit`` entries. The console's audit page held every
+    record of the trail with its message to keep the newest 500."""
+    kept: deque[dict[str, Any]] = deque(maxlen=limit)
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if "xml" in entry and selection.matches(entry):
+                kept.append({k: entry.get(k) for k in INDEX_FIELDS})
+    kept.reverse()
+    return list(kept)

@@ -217,7 +217,7 @@ def test_refused_routes_and_reading_the_trail_are_audited(issuer: OidcIssuerDoub
     """A viewer refused an operator route is a Security Alert (Use of Restricted Function,
     the user, the route), as the access policy's refusals are; an operator reading the
     trail is an Audit Log Used record (PS3.15 A.5.3.2) with the selection."""
-    ctx = console_context(issuer, tmp_path, audit_records=lambda selection: [],
+    ctx = console_context(issuer, tmp_path, audit_records=lambda selection, limit: [],
                           trust=lambda: None, serve_status=lambda: {})
     issuer.sign_in_as("viewer-1", roles=[VIEWER])
     viewer = client(ctx)
@@ -319,7 +319,7 @@ def test_behind_a_tls_ingress_the_public_origin_is_ours(issuer: OidcIssuerDouble
     """Container Apps' ingress ends TLS and forwards plain HTTP from an address uvicorn does
     not trust for X-Forwarded-Proto: the request's URL is http://, the browser's Origin the
     configured https:// one, which is the console's own."""
-    ctx = console_context(issuer, tmp_path, audit_records=lambda f: [], **configured)
+    ctx = console_context(issuer, tmp_path, audit_records=lambda f, limit: [], **configured)
     web = client(ctx)
     web.cookies.set(SESSION_COOKIE, _session(ctx))
     ours = {"Origin": "https://archive.example"}
@@ -334,7 +334,7 @@ def test_behind_a_tls_ingress_the_public_origin_is_ours(issuer: OidcIssuerDouble
 
 def test_a_browser_saying_same_origin_is_ours(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     """Without a configured URL, the browser's Sec-Fetch-Site (no page script can set it)."""
-    ctx = console_context(issuer, tmp_path, audit_records=lambda f: [])
+    ctx = console_context(issuer, tmp_path, audit_records=lambda f, limit: [])
     web = client(ctx)
     web.cookies.set(SESSION_COOKIE, _session(ctx))
     same = {"Origin": "https://archive.example", "Sec-Fetch-Site": "same-origin"}

@@ -5,6 +5,7 @@ expiry and revocation, the audit trail's filters, and `mimic serve`'s status."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -102,14 +103,15 @@ def _archive(url: str, tmp_path: Path) -> Iterator[dict]:
 
 def _console(issuer: OidcIssuerDouble, archive: dict, roles: list[str],
              **extra: object) -> TestClient:
-    from mimic_server.security.audit import read_file
+    from mimic_server.security.audit import read_file_newest
 
     source = archive["source"]
     ctx = console_context(
         issuer, archive["path"], studies=StudyBrowser(archive["finder"], archive["engine"]),
         engine=archive["engine"], policy=archive["policy"],
         trust=lambda: TrustView(source.load().trusted, source.revoked()),
-        audit_records=lambda selection: read_file(archive["path"] / "audit.jsonl", selection),
+        audit_records=lambda selection, limit: read_file_newest(archive["path"] / "audit.jsonl",
+                                                             selection, limit),
         audit_log=archive["audit"], **extra,
     )
     issuer.sign_in_as("user-1", roles=roles)
@@ -345,3 +347,52 @@ def test_last_associations_from_the_audit_table(backend: str, tmp_path: Path,
         found = modalities.last_logins_in_table(engine)
         assert set(found) == {"m1"}
         assert datetime.fromisoformat(found["m1"]) <= datetime.now(UTC) + timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("backend", ["file", "sqlite", "postgresql"])
+def test_the_audit_page_reads_the_newest_records_only(backend: str, tmp_path: Path,
+                                                      issuer: OidcIssuerDouble,
+                                                      request: pytest.FixtureRequest) -> None:
+    """The page shows the newest 500 matching records, newest first, and says there are
+    more, without holding the trail: its memory does not grow with the trail's records and
+    their messages (each read whole into one list before, per click)."""
+    from mimic_server.index.audit_table import AuditTable, read_table_newest
+    from mimic_server.security.audit import AuditFilter, read_file_newest
+    from tests import database
+    from tests.memory import peak_allocated
+
+    records, message = 1500, "x" * 8000  # 12 MB of messages
+    with contextlib.ExitStack() as stack:
+        if backend == "file":
+            log = AuditLog(tmp_path / "trail.jsonl")
+            reader = functools.partial(read_file_newest, tmp_path / "trail.jsonl")
+        else:
+            url = (f"sqlite:///{tmp_path / 'index.sqlite3'}" if backend == "sqlite" else
+                   stack.enter_context(database.fresh_database(
+                       request.getfixturevalue("postgres_server"))))
+            engine = create_index_engine(url)
+            stack.callback(engine.dispose)
+            schema.upgrade(engine)
+            log = AuditLog(None, sinks=[AuditTable(engine)])
+
+            def reader(selection: AuditFilter, limit: int | None) -> list[dict]:
+                return read_table_newest(engine, selection.matches, limit, selection.since,
+                                         selection.study)
+        for n in range(records):
+            log.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, peer="192.0.2.1",
+                       reason=f"{n} {message}")
+        log.record(audit.QUERY, audit.SUCCESS, identity="WS1", calling_ae="WS1")
+        (tmp_path / "oidc-console").mkdir()
+        ctx = console_context(issuer, tmp_path / "oidc-console", audit_records=reader)
+        issuer.sign_in_as("operator-1", roles=[OPERATOR])
+        web = client(ctx)
+        assert sign_in(web, issuer).status_code == 303
+        with peak_allocated() as peak:
+            page = web.post("/console/api/audit", json={}).json()
+        assert page["more"] is True and len(page["records"]) == 500
+        assert page["records"][0]["event_name"] == "Query"
+        assert [r["event_name"] for r in page["records"][1:]] == ["Security Alert"] * 499
+        assert all("xml" not in r for r in page["records"])
+        assert peak[0] < 6_000_000, peak[0]  # the trail's messages: 12 MB
+        queried = web.post("/console/api/audit", json={"identity": "WS1"}).json()
+        assert queried["more"] is False and len(queried["records"]) == 1

@@ -44,8 +44,9 @@ class ConsoleContext:
     engine: Engine | None = None
     policy: Policy | None = None
     trust: Callable[[], TrustView] | None = None
-    #: The audit trail as ``mimic audit`` reads it (file or table), oldest first.
-    audit_records: Callable[[AuditFilter], list[dict[str, Any]]] | None = None
+    #: The newest matching records of the audit trail ``mimic audit`` reads (file or
+    #: table), at most the limit given (None: all), newest first, without their messages.
+    audit_records: Callable[[AuditFilter, int | None], list[dict[str, Any]]] | None = None
     #: The trail's URI, as Audit Log Used records name it (the file's, or the table's).
     audit_uri: str = "urn:mimic:audit-trail"
     #: trust name -> last successful association (ISO time); None: scan ``audit_records``.
