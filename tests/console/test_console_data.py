@@ -154,6 +154,27 @@ def test_study_search_refusals(issuer: OidcIssuerDouble, archive: dict) -> None:
     assert web.get("/console/api/studies").status_code == 405  # never a GET with a query
 
 
+def test_bodies_that_are_not_plain_json_are_refused(issuer: OidcIssuerDouble, archive: dict,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """NaN and Infinity (Python's parser takes them), a number past a float (1e999), a
+    nesting past the interpreter's recursion limit and an oversized body: 400 or 413, each
+    a refusal of the request, none an error of the console's (500, logged at ERROR)."""
+    web = _console(issuer, archive, [OPERATOR])
+    json_type = {"Content-Type": "application/json"}
+    with caplog.at_level("WARNING"):
+        for body in (b'{"limit": Infinity}', b'{"limit": -Infinity}', b'{"limit": NaN}',
+                     b'{"limit": 1e999}', b"[" * 60_000, b"[1, 2]"):
+            for path in ("/console/api/studies", "/console/api/study", "/console/api/audit"):
+                response = web.post(path, content=body, headers=json_type)
+                assert response.status_code == 400, (path, body[:20], response.text)
+        for large in (json.dumps({"patient_name": "x" * (70 * 1024)}).encode(),
+                      b"[" * 100_000):
+            response = web.post("/console/api/studies", content=large, headers=json_type)
+            assert response.status_code == 413
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert web.post("/console/api/studies", content=b"", headers=json_type).status_code == 200
+
+
 def test_study_contents_in_instance_order(issuer: OidcIssuerDouble, archive: dict) -> None:
     web = _console(issuer, archive, [VIEWER])
     contents = web.post("/console/api/study", json={"study": STUDY_A}).json()

@@ -9,7 +9,9 @@ the same session). Searches travel in POST bodies: no patient data in any URL.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_AUDIT_RECORDS = 500
+#: A console request body (a search form, a filter) is a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
 _AUDIT_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identity",
                  "trust_name", "calling_ae", "user", "studies")
 
@@ -43,12 +47,45 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class BadBody(Exception):
+    """A console POST body refused (its message is safe to show)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused past a float's range (1e999 is Infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number past a float's range")
+    return value
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
+    """The body's JSON object ({} for none): at most :data:`MAX_BODY_BYTES`, read as it
+    comes, and plain JSON. Python's parser takes NaN and Infinity (``int()`` of them was a
+    500) and recurses into nesting (a 100,000-deep list was a RecursionError, a 500 logged
+    as a bug); request.json() read a body of any size whole."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BadBody(413, f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+    if not body.strip():
         return {}
-    return body if isinstance(body, dict) else {}
+    try:
+        value = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:
+        raise BadBody(400, "the body is not JSON") from exc
+    if not isinstance(value, dict):
+        raise BadBody(400, "the body must be a JSON object")
+    return value
 
 
 def build_console(ctx: ConsoleContext) -> SecurityHeaders:
@@ -71,7 +108,10 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
     async def search(request: Request, user: ConsoleUser) -> Response:
         if ctx.studies is None:
             return _error(503, "no index")
-        form = await _json_body(request)
+        try:
+            form = await _json_body(request)
+        except BadBody as exc:
+            return _error(exc.status, str(exc))
         gate = ctx.query_gate(request) if ctx.query_gate is not None else None
         try:
             result = await anyio.to_thread.run_sync(ctx.studies.search, form, gate)
@@ -87,7 +127,10 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
     async def study(request: Request, user: ConsoleUser) -> Response:
         if ctx.studies is None:
             return _error(503, "no index")
-        form = await _json_body(request)
+        try:
+            form = await _json_body(request)
+        except BadBody as exc:
+            return _error(exc.status, str(exc))
         gate = ctx.query_gate(request) if ctx.query_gate is not None else None
         try:
             result = await anyio.to_thread.run_sync(ctx.studies.contents, form.get("study"),
@@ -134,7 +177,10 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
     async def audit_trail(request: Request, user: ConsoleUser) -> Response:
         if ctx.audit_records is None:
             return _error(503, "no audit trail")
-        form = await _json_body(request)
+        try:
+            form = await _json_body(request)
+        except BadBody as exc:
+            return _error(exc.status, str(exc))
         try:
             selection = _audit_filter(form)
         except ValueError as exc:

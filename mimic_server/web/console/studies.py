@@ -112,7 +112,7 @@ class StudyBrowser:
     def search(self, form: Mapping[str, Any], gate: Gate | None = None) -> dict[str, Any]:
         try:
             limit = int(form.get("limit") or 50)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 1e999
             raise SearchError("limit must be a whole number") from exc
         limit = max(1, min(limit, MAX_STUDIES))
         identifier = study_identifier(form)
