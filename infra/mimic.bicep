@@ -237,6 +237,9 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
             { name: 'MIMIC_WEB_CORS_ORIGINS', value: webCorsOrigins }
             { name: 'MIMIC_WEB_BASE_URL', value: 'https://${webAppName}.${containerAppsEnvironment.properties.defaultDomain}' }
             { name: 'MIMIC_WEB_OIDC_CLIENT_ID', value: webConsoleClientId }
+            // The ingress ends TLS: derived from the request, the redirect URI would be
+            // http://, which the issuer refuses (it must be the one registered).
+            { name: 'MIMIC_WEB_OIDC_REDIRECT_URI', value: 'https://${webAppName}.${containerAppsEnvironment.properties.defaultDomain}/auth/callback' }
             // The serve app's ops listener, by its internal port mapping (see above).
             { name: 'MIMIC_WEB_SERVE_STATUS_URL', value: 'http://${appName}:${opsPort}' }
           ])
