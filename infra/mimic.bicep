@@ -207,6 +207,12 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
         transport: 'http'
         targetPort: webPort
         allowInsecure: false
+        // A browser stays with its replica: without MIMIC_WEB_SESSION_KEY each replica signs
+        // console sessions (and the sign-in's own cookie) with its own key, so a sign-in
+        // begun on one replica and called back on another was refused.
+        stickySessions: {
+          affinity: 'sticky'
+        }
       }
       registries: [
         {
