@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -538,7 +538,7 @@ class Archive:
 
     def _apply_bundle(self, bundle: CertBundle) -> None:
         assert self.server is not None
-        context = server_context(bundle, self.settings.tls_session_tickets)
+        context, bundle = self._new_context(bundle)
         trust = TrustIndex(bundle)
         applied = applied_content(bundle)
         # The supervisor has the other workers look at once, on any change of what is served
@@ -569,6 +569,31 @@ class Archive:
             "trust set updated",
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
+
+    def _new_context(self, bundle: CertBundle) -> tuple[ssl.SSLContext, CertBundle]:
+        """The listener's context for a new bundle, and the bundle it serves.
+
+        Trust and the server's identity change apart: a new server certificate that cannot
+        be served (its key is not its own, it is outside its validity period, its key is
+        encrypted) is refused and the one in service kept, with the new trusted set all the
+        same. Refusing the bundle whole would hold every revocation back for as long as the
+        server certificate stays broken (open associations of a revoked modality not
+        aborted, new ones admitted). With no identity in service yet (start), it fails."""
+        tickets = self.settings.tls_session_tickets
+        try:
+            return server_context(bundle, tickets), bundle
+        except ConfigurationError as exc:
+            served = self.bundle
+            if served is None or _same_identity(served, bundle):
+                raise  # nothing else to serve, or what failed is not the server's identity
+            log.error(
+                "new server certificate refused; the one in service is kept, trust changes "
+                "are applied",
+                extra={"error": str(exc)},
+            )
+            kept = replace(bundle, server_chain_pem=served.server_chain_pem,
+                           server_key_pem=served.server_key_pem)
+            return server_context(kept, tickets), kept
 
     def _audit_refusal(self, peer: str, reason: str) -> bool:
         """Count a refused connection; True when the listener should log it now."""
@@ -668,6 +693,10 @@ class Archive:
             self._opened_index.close()
         if self.engine is not None:
             self.engine.dispose()
+
+
+def _same_identity(a: CertBundle, b: CertBundle) -> bool:
+    return a.server_chain_pem == b.server_chain_pem and a.server_key_pem == b.server_key_pem
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from cryptography import x509
@@ -11,12 +12,16 @@ from mimic_server.certs import CertBundle, TrustedCertificate
 from mimic_server.certs.devpki import read_binding, read_rule
 from mimic_server.errors import ConfigurationError
 
+log = logging.getLogger(__name__)
+
 
 class DirectorySource:
     """Reads ``server/`` for the server identity and ``trusted/``, ``trusted-ca/`` for trust."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        #: The server's chain and key as last read: kept while the files cannot be read.
+        self._server: tuple[bytes, bytes] | None = None
 
     def describe(self) -> str:
         return f"directory {self.directory}"
@@ -40,14 +45,7 @@ class DirectorySource:
         return digest.hexdigest()
 
     def load(self) -> CertBundle:
-        server = self.directory / "server"
-        try:
-            chain = (server / "server.pem").read_bytes()
-            key = (server / "server.key").read_bytes()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the server certificate in {server}: {exc.strerror}"
-            ) from exc
+        chain, key = self._identity()
         trusted: list[TrustedCertificate] = []
         for folder, kind in (("trusted", "client"), ("trusted-ca", "ca")):
             path = self.directory / folder
@@ -65,6 +63,22 @@ class DirectorySource:
                     for cert in certs
                 )
         return CertBundle(chain, key, tuple(trusted))
+
+    def _identity(self) -> tuple[bytes, bytes]:
+        """``server.pem`` and ``server.key``; once read, files that cannot be read (removed
+        mid-rotation) keep the last pair, logged: the trusted set is read all the same, so
+        that a fault of the server's identity never holds a revocation back."""
+        server = self.directory / "server"
+        try:
+            chain = (server / "server.pem").read_bytes()
+            self._server = chain, (server / "server.key").read_bytes()
+        except OSError as exc:
+            error = f"cannot read the server certificate in {server}: {exc.strerror}"
+            if self._server is None:
+                raise ConfigurationError(error) from exc
+            log.error("server certificate cannot be loaded; the one in service is kept",
+                      extra={"error": error})
+        return self._server
 
     def revoked(self) -> tuple[TrustedCertificate, ...]:
         """The entries ``mimic certs revoke`` took out (``revoked/NAME.STAMP.pem``), newest

@@ -135,7 +135,7 @@ class KeyVaultSource:
         listing, self._listing = self._listing, None
         if listing is None:
             listing = self._vault(self._list)
-        chain, key = self._vault(lambda: self._server_identity(listing.server))
+        chain, key = self._identity(listing.server)
         now = self._clock()
         trusted: list[TrustedCertificate] = []
         seen: set[tuple[str, str, str]] = set()
@@ -147,10 +147,25 @@ class KeyVaultSource:
             seen.add(cache_key)
             certs = self._cache.get(cache_key)
             if certs is None:
-                certs = self._fetch(entry)
-                if certs is None:
-                    continue
-                self._cache[cache_key] = certs
+                try:
+                    certs = self._fetch(entry)
+                except ConfigurationError as exc:
+                    # One entry unreadable (a 403 where access is granted per secret, an
+                    # outage mid-load) must not hold back the rest of the listing, revocations
+                    # first. Listed active, it keeps what was last read of it; never read,
+                    # it is not trusted. A disabled or missing entry never gets this far.
+                    certs = self._last_trusted.get((entry.kind, entry.name))
+                    log.error(
+                        "trusted entry cannot be read; its last certificates stay trusted"
+                        if certs else "trusted entry cannot be read; not trusted",
+                        extra={"kind": entry.kind, "entry": entry.name, "error": str(exc)},
+                    )
+                    if certs is None:
+                        continue
+                else:
+                    if certs is None:
+                        continue
+                    self._cache[cache_key] = certs
             self._last_trusted[(entry.kind, entry.name)] = certs
             try:
                 titles = items.ae_titles(entry.tags)
@@ -188,6 +203,22 @@ class KeyVaultSource:
                 titles = frozenset()  # shown as it is in the vault: it is not trusted anyway
             found.extend(TrustedCertificate(entry.name, kind, c, titles) for c in certs or ())
         return tuple(found)
+
+    def _identity(self, entry: _Entry | None) -> tuple[bytes, bytes]:
+        """The server's chain and key; once one was loaded, a server certificate that
+        cannot be read (disabled, deleted, its secret refused) keeps the last one in
+        service, logged: the trusted set is loaded all the same, so that a fault of the
+        server's identity never holds a revocation back. Only the first load fails."""
+        try:
+            return self._vault(lambda: self._server_identity(entry))  # type: ignore[no-any-return]
+        except ConfigurationError as exc:
+            if self._server is None:
+                raise
+            log.error(
+                "server certificate cannot be loaded; the one in service is kept",
+                extra={"certificate": self.server_certificate, "error": str(exc)},
+            )
+            return self._server[1], self._server[2]
 
     def _server_identity(self, entry: _Entry | None) -> tuple[bytes, bytes]:
         name = self.server_certificate

@@ -21,6 +21,7 @@ from tests.support import (
     HOST,
     associate,
     client_context,
+    dev_ca,
     first_client_context,
     wait_for,
     write_cert,
@@ -202,3 +203,59 @@ def test_a_ca_in_a_pinned_entrys_chain_is_no_modality(tmp_path: Path) -> None:
         assert not _echoes(archive, lambda: client_context(ca_path, ca_key_path, ca_file))
     finally:
         archive.stop(0)
+
+
+def _key_not_its_own(certs: Path, tmp_path: Path) -> None:
+    """A rotation botched: a new certificate with a key that is not its own."""
+    new_cert, _, _, _ = write_cert(tmp_path / "new", "server", issuer=dev_ca(certs), server=True)
+    _, other_key, _, _ = write_cert(tmp_path / "new", "other", issuer=dev_ca(certs), server=True)
+    (certs / "server" / "server.key").write_bytes(other_key.read_bytes())
+    (certs / "server" / "server.pem").write_bytes(new_cert.read_bytes())
+
+
+def _key_removed(certs: Path, tmp_path: Path) -> None:
+    (certs / "server" / "server.key").unlink()
+
+
+@pytest.mark.parametrize("break_server", [_key_not_its_own, _key_removed])
+def test_a_server_certificate_refused_holds_no_revocation_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    break_server: Callable[[Path, Path], None],
+) -> None:
+    """The server certificate in service is kept when its replacement cannot be served,
+    logged at ERROR; the trusted set changed with it is applied all the same: the revoked
+    modality's open association is aborted (audited), its new ones refused."""
+    archive = _archive(tmp_path, "3600")  # the test polls
+    certs = archive.settings.data_dir / "certs"
+    try:
+        assert archive.watcher is not None
+        other = devpki.issue_client(certs, "modality2")
+        assert archive.watcher.poll()
+
+        def modality2() -> Any:
+            return client_context(other.cert, other.key, certs / "ca" / "ca.pem")
+
+        def served() -> bytes:
+            assoc = associate(archive.address[1], modality2())
+            assert assoc.is_established
+            der = assoc.dul.socket.socket.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            assoc.release()
+            return der  # type: ignore[no-any-return]
+
+        in_service = served()
+        revoked = associate(archive.address[1], first_client_context(archive.settings.data_dir))
+        assert revoked.is_established
+        break_server(certs, tmp_path)
+        devpki.revoke(certs, "modality1")
+        with caplog.at_level(logging.ERROR):
+            assert archive.watcher.poll()
+        assert wait_for(lambda: revoked.is_aborted, timeout=10)
+        assert not _echoes(archive, lambda: first_client_context(archive.settings.data_dir))
+        assert served() == in_service
+        assert _echoes(archive, modality2)
+        assert [r for r in caplog.records if r.levelno == logging.ERROR and (
+            "the one in service is kept" in r.getMessage())]
+    finally:
+        archive.stop(0)
+    audit = archive.settings.audit_path.read_text()
+    assert "associations of certificates no longer trusted were aborted" in audit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from azure.identity import DefaultAzureCredential
@@ -277,3 +278,57 @@ def test_an_ae_title_binding_that_cannot_be_read_trusts_nothing(
     assert [(t.name, t.ae_titles) for t in bundle.trusted] == [("b", {"CT1", "MR1"})]
     refused = [r for r in caplog.records if "AE title binding" in r.getMessage()]
     assert [r.entry for r in refused] == ["a"]  # type: ignore[attr-defined]
+
+
+def test_a_server_certificate_that_cannot_be_loaded_holds_no_revocation_back(
+    vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server certificate disabled after a good load: the pair in service stays, said at
+    ERROR, and the trusted set follows the vault all the same (a client revoked, one added)."""
+    _with_server(vault, pki)
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags=CLIENT)
+    source = _source(vault)
+    first = source.load()
+    vault.update("certificates", "mimic-server", enabled=False)
+    vault.update("secrets", "a", enabled=False)  # the operator revokes a meanwhile
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
+    with caplog.at_level(logging.ERROR, logger="mimic_server.certs.keyvault"):
+        bundle = source.load()
+    assert (bundle.server_chain_pem, bundle.server_key_pem) == (
+        first.server_chain_pem, first.server_key_pem)
+    assert _names(bundle) == {"b"}
+    kept = [r for r in caplog.records if r.getMessage().startswith("server certificate cannot")]
+    assert [r.certificate for r in kept] == ["mimic-server"]  # type: ignore[attr-defined]
+
+
+def test_an_entry_that_cannot_be_read_keeps_its_last_certificates_while_listed_active(
+    vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Access granted per secret: one tagged entry answers 403. It keeps what was last read
+    of it while the listing shows it active; one never read is not trusted; and the rest of
+    the listing, a revocation included, is applied."""
+    _with_server(vault, pki)
+    a = pki.issue("a")[2]
+    vault.set_secret("a", pem(a), tags=CLIENT)
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
+    source = _source(vault)
+    assert _names(source.load()) == {"a", "b"}
+    original = vault._get
+
+    def scoped_access(kind: str, name: str, version: str) -> Any:
+        if name in ("a", "c"):
+            return 403, {}, {"error": {"code": "Forbidden", "message": "not authorized"}}
+        return original(kind, name, version)
+
+    vault._get = scoped_access  # type: ignore[method-assign]
+    vault.set_secret("a", pem(pki.issue("a2")[2]), tags=CLIENT)  # a new version, unreadable
+    vault.set_secret("c", pem(pki.issue("c")[2]), tags=CLIENT)  # never readable
+    vault.update("secrets", "b", enabled=False)  # revoked
+    with caplog.at_level(logging.ERROR, logger="mimic_server.certs.keyvault"):
+        bundle = source.load()
+    assert [(t.name, t.certificate) for t in bundle.trusted] == [("a", a)]
+    unread = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert sorted(r.entry for r in unread) == ["a", "c"]  # type: ignore[attr-defined]
+
+    vault.update("secrets", "a", enabled=False)  # disabled: its last certificates go too
+    assert _names(source.load()) == set()
