@@ -574,17 +574,17 @@ class Archive:
         """The listener's context for a new bundle, and the bundle it serves.
 
         Trust and the server's identity change apart: a new server certificate that cannot
-        be served (its key is not its own, it is outside its validity period, its key is
-        encrypted) is refused and the one in service kept, with the new trusted set all the
-        same. Refusing the bundle whole would hold every revocation back for as long as the
-        server certificate stays broken (open associations of a revoked modality not
-        aborted, new ones admitted). With no identity in service yet (start), it fails."""
-        tickets = self.settings.tls_session_tickets
+        be served (its key is not its own, it is outside its validity period) is refused and
+        the one in service kept, with the new trusted set all the same. Refusing the bundle
+        whole would hold every revocation back for as long as the server certificate stays
+        broken (open associations of a revoked modality not aborted, new ones admitted).
+        With no identity in service yet (start), it fails."""
+        tickets, served = self.settings.tls_session_tickets, self.bundle
+        new = served is None or not _same_identity(served, bundle)
         try:
-            return server_context(bundle, tickets), bundle
+            return server_context(bundle, tickets, new_identity=new), bundle
         except ConfigurationError as exc:
-            served = self.bundle
-            if served is None or _same_identity(served, bundle):
+            if served is None or not new:
                 raise  # nothing else to serve, or what failed is not the server's identity
             log.error(
                 "new server certificate refused; the one in service is kept, trust changes "
@@ -593,7 +593,7 @@ class Archive:
             )
             kept = replace(bundle, server_chain_pem=served.server_chain_pem,
                            server_key_pem=served.server_key_pem)
-            return server_context(kept, tickets), kept
+            return server_context(kept, tickets, new_identity=False), kept
 
     def _audit_refusal(self, peer: str, reason: str) -> bool:
         """Count a refused connection; True when the listener should log it now."""

@@ -81,12 +81,14 @@ def _valid_now(bundle: CertBundle | None) -> frozenset[str]:
 
 def warn_expiring(bundle: CertBundle) -> None:
     """Log a warning for the server certificate and each trusted one that expires soon."""
-    horizon = datetime.now(UTC) + EXPIRY_WARNING
+    now = datetime.now(UTC)
+    horizon = now + EXPIRY_WARNING
     try:
         server = x509.load_pem_x509_certificate(bundle.server_chain_pem)
     except ValueError:
         server = None  # server_context() reports an unusable chain
-    if server is not None and server.not_valid_after_utc < horizon:
+    # One expired already was refused (net/tls.py): it is not the one in service.
+    if server is not None and now <= server.not_valid_after_utc < horizon:
         log.warning(
             "server certificate expires soon",
             extra={

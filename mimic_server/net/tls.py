@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -20,6 +21,7 @@ from mimic_server.errors import ConfigurationError
 
 #: TLS 1.2 suites of BCP 195 (RFC 9325 4.2); TLS 1.3 suites are OpenSSL's defaults (all AEAD).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!SHA1"
+_WHEN = "%Y-%m-%d %H:%M:%SZ"
 
 
 def _base(purpose: int) -> ssl.SSLContext:
@@ -56,8 +58,29 @@ def _load_identity(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> Non
         os.close(fd)
 
 
-def server_context(bundle: CertBundle, session_tickets: int = 0) -> ssl.SSLContext:
+def _check_valid_now(chain_pem: bytes) -> None:
+    """Refuse a server certificate outside its validity period: put in service, every
+    handshake would fail (the peers check it) while the log said the trust set was updated."""
+    try:
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+    except ValueError:
+        return  # load_cert_chain reports an unusable chain
+    now = datetime.now(UTC)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise ConfigurationError(
+            f"server certificate not valid now: valid from {leaf.not_valid_before_utc:{_WHEN}}"
+            f" to {leaf.not_valid_after_utc:{_WHEN}}"
+        )
+
+
+def server_context(
+    bundle: CertBundle, session_tickets: int = 0, *, new_identity: bool = True
+) -> ssl.SSLContext:
     """The listener's context: our chain and key, the currently valid trusted certificates.
+
+    ``new_identity``: the server certificate is to be put in service, and must be valid now.
+    False for the one already in service, built again for a trust change: it is not refused
+    once it expires (the readiness check says so), as that would hold every revocation back.
 
     ``session_tickets``: TLS 1.3 tickets sent after each full handshake (OpenSSL sends two
     unless told). DICOM peers built on dcmtk or pynetdicom open every association with a
@@ -69,6 +92,8 @@ def server_context(bundle: CertBundle, session_tickets: int = 0) -> ssl.SSLConte
     (``TrustIndex.identify``), and a trust change builds a new context, whose new ticket
     keys and session cache resume nothing from before.
     """
+    if new_identity:
+        _check_valid_now(bundle.server_chain_pem)
     ctx = _base(ssl.PROTOCOL_TLS_SERVER)
     _load_identity(ctx, bundle.server_chain_pem, bundle.server_key_pem)
     ctx.num_tickets = session_tickets

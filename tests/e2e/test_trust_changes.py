@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,27 @@ def _key_removed(certs: Path, tmp_path: Path) -> None:
     (certs / "server" / "server.key").unlink()
 
 
-@pytest.mark.parametrize("break_server", [_key_not_its_own, _key_removed])
+def _outside_validity(not_before: timedelta, not_after: timedelta) -> Callable[[Path, Path], None]:
+    """A new pair whose certificate is expired already, or not valid yet."""
+
+    def rotate(certs: Path, tmp_path: Path) -> None:
+        now = datetime.now(UTC)
+        cert, key, _, _ = write_cert(tmp_path / "new", "server", issuer=dev_ca(certs),
+                                     server=True, not_before=now + not_before,
+                                     not_after=now + not_after)
+        (certs / "server" / "server.key").write_bytes(key.read_bytes())
+        (certs / "server" / "server.pem").write_bytes(cert.read_bytes())
+
+    return rotate
+
+
+_expired = _outside_validity(timedelta(days=-30), timedelta(days=-1))
+_not_yet_valid = _outside_validity(timedelta(days=1), timedelta(days=30))
+
+
+@pytest.mark.parametrize("break_server", [_key_not_its_own, _key_removed, _expired,
+                                          _not_yet_valid],
+                         ids=["key not its own", "key removed", "expired", "not yet valid"])
 def test_a_server_certificate_refused_holds_no_revocation_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
     break_server: Callable[[Path, Path], None],

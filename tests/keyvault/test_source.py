@@ -332,3 +332,20 @@ def test_an_entry_that_cannot_be_read_keeps_its_last_certificates_while_listed_a
 
     vault.update("secrets", "a", enabled=False)  # disabled: its last certificates go too
     assert _names(source.load()) == set()
+
+
+@pytest.mark.parametrize("window", ["expired", "not yet valid"])
+def test_a_server_certificate_outside_its_validity_period_is_not_put_in_service(
+    vault: KeyVaultDouble, pki: Pki, window: str
+) -> None:
+    """Every handshake would fail on it (the peers check it): ``server_context`` refuses it
+    as a new identity; as the one in service (built again for a trust change) it is kept."""
+    now = datetime.now(UTC)
+    valid = ((now - timedelta(days=30), now - timedelta(days=1)) if window == "expired"
+             else (now + timedelta(days=1), now + timedelta(days=30)))
+    _, _, cert, key = pki.issue("server", server=True, not_before=valid[0], not_after=valid[1])
+    vault.import_certificate("mimic-server", cert, key, chain=[pki.ca])
+    bundle = _source(vault).load()
+    with pytest.raises(ConfigurationError, match="server certificate not valid now"):
+        server_context(bundle)
+    server_context(bundle, new_identity=False)
