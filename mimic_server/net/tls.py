@@ -32,6 +32,13 @@ def _base(purpose: int) -> ssl.SSLContext:
     return ctx
 
 
+def _no_pass_phrase() -> bytes:
+    """Called by OpenSSL for an encrypted key only. Without a callback OpenSSL asks for the
+    pass phrase on /dev/tty: under a terminal the calling thread (the certificate watcher)
+    waited there for ever, every later trust change unseen."""
+    raise ConfigurationError("server key is encrypted: MIMIC reads it without a pass phrase")
+
+
 def _load_identity(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
     """Load our chain and key from memory: the key never touches a filesystem.
 
@@ -51,9 +58,11 @@ def _load_identity(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> Non
         view = memoryview(key_pem + b"\n" + chain_pem)
         while view:
             view = view[os.write(fd, view):]
-        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}", password=_no_pass_phrase)
     except ssl.SSLError as exc:
         raise ConfigurationError(f"server certificate or key unusable: {exc.reason}") from exc
+    except OSError as exc:  # OpenSSL's error without an SSL reason: Python's OSError
+        raise ConfigurationError(f"server certificate or key unusable: {exc}") from exc
     finally:
         os.close(fd)
 

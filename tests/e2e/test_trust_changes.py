@@ -236,9 +236,22 @@ _expired = _outside_validity(timedelta(days=-30), timedelta(days=-1))
 _not_yet_valid = _outside_validity(timedelta(days=1), timedelta(days=30))
 
 
+def _key_encrypted(certs: Path, tmp_path: Path) -> None:
+    """A pass phrase protected key (a common CA deliverable): no prompt, refused at once."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert, _, _, key = write_cert(tmp_path / "new", "server", issuer=dev_ca(certs),
+                                 server=True)
+    (certs / "server" / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass phrase")))
+    (certs / "server" / "server.pem").write_bytes(cert.read_bytes())
+
+
 @pytest.mark.parametrize("break_server", [_key_not_its_own, _key_removed, _expired,
-                                          _not_yet_valid],
-                         ids=["key not its own", "key removed", "expired", "not yet valid"])
+                                          _not_yet_valid, _key_encrypted],
+                         ids=["key not its own", "key removed", "expired", "not yet valid",
+                              "key encrypted"])
 def test_a_server_certificate_refused_holds_no_revocation_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
     break_server: Callable[[Path, Path], None],
