@@ -315,7 +315,7 @@ def security_alert(
     """``subject``: what the alert is about (a node, a certificate, a setting); ``description``
     names the reason (and, for an aggregated alert, how often it happened)."""
     alert = _object(subject, NODE_ID, "2", "13", details=[("Alert Description",
-                                                           description.encode())])
+                                                           description.encode("utf-8", "replace"))])
     participants = [reporter] + ([performer] if performer else [])
     return AuditMessage(SECURITY_ALERT, outcome, participants, source_id, action="E",
                         event_types=(event_type,), outcome_description=description,
@@ -347,7 +347,7 @@ def query(requestor: Participant, responder: Participant, sop_class_uid: str,
     its first :data:`QUERY_BYTES`; one longer than that is cut there, and its length is a
     ParticipantObjectDetail ``IdentifierLength`` (decimal digits), so a reader knows the
     query it holds is a part."""
-    details = [("TransferSyntax", transfer_syntax_uid.encode())]
+    details = [("TransferSyntax", transfer_syntax_uid.encode("utf-8", "replace"))]
     if len(identifier) > QUERY_BYTES:
         details.append(("IdentifierLength", str(len(identifier)).encode()))
         identifier = identifier[:QUERY_BYTES]
