@@ -6,17 +6,23 @@ archive on one machine. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+
+#: The longest wait a setting may ask for: poll() and select() take a C int of milliseconds
+#: (24.8 days); a little less.
+MAX_SECONDS = 2_000_000.0
 
 
 class MoveDestination(BaseModel):
@@ -84,7 +90,8 @@ class Settings(BaseSettings):
         True, description="Reject associations addressed to another AE title."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the index (default: SQLite in DATA_DIR)."
+        None, repr=False,  # its password, where it has one
+        description="SQLAlchemy URL of the index (default: SQLite in DATA_DIR).",
     )
     database_auth: Literal["password", "entra"] = Field(
         "password",
@@ -137,7 +144,8 @@ class Settings(BaseSettings):
         "flushes itself: there batches form only beyond 8 concurrent C-STOREs).",
     )
     max_pdu_size: int = Field(
-        262144, ge=131072, description="Maximum PDU length we receive, in bytes."
+        262144, ge=131072, le=0xFFFFFFFF,  # the A-ASSOCIATE-AC's field is 32 bits
+        description="Maximum PDU length we receive, in bytes.",
     )
     handshake_timeout: float = Field(10.0, gt=0, description="Seconds for a TLS handshake.")
     tls_session_tickets: int = Field(
@@ -163,7 +171,7 @@ class Settings(BaseSettings):
         "Clamped at start to what the file descriptor limit leaves.",
     )
     listen_backlog: int = Field(
-        512, ge=16, description="Connections the kernel queues before accept (the listen "
+        512, ge=16, le=65535, description="Connections the kernel queues before accept (the listen "
         "backlog; capped by net.core.somaxconn).",
     )
     audit_refusal_interval: float = Field(
@@ -359,6 +367,38 @@ class Settings(BaseSettings):
         if not Path(path).is_file():
             raise ValueError(f"settings file {path} does not exist")
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, Path(path))
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_and_waitable(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every number of seconds (and every float) finite and within what poll() and
+        select() take (a C int of milliseconds): past it, the watcher's thread died at its
+        first wait (revocations unseen, SIGHUP included) or every handshake and association
+        failed while the server said it was ready."""
+        if isinstance(value, float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{info.field_name} must be a finite number")
+            if value > MAX_SECONDS:
+                raise ValueError(f"{info.field_name} must be at most {MAX_SECONDS:g} seconds")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str | None) -> str | None:
+        """A URL the engine can be made from; a password with an '@' not percent-encoded
+        made its tail the host name, which the driver's error then printed (a secret on
+        stderr). The value is never quoted back."""
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except Exception:  # never quote the value: it may hold a password
+            raise ValueError("the database URL cannot be read (a password with '@', ':' "
+                             "or '/' must be percent-encoded)") from None
+        if url.host is not None and "@" in url.host:
+            raise ValueError("the database URL's host holds an '@': percent-encode the "
+                             "password ('@' is %40)")
+        return value
 
     @field_validator("ae_title")
     @classmethod

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import HOST, MimicProcess, free_port
 
 
@@ -61,6 +63,30 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
 def test_invalid_setting_is_refused(tmp_path: Path) -> None:
     result = mimic("serve", "--data-dir", str(tmp_path), env={"MIMIC_AE_TITLE": "A" * 17})
     assert result.returncode == 2 and "ae_title" in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    # poll() and select() take a C int of milliseconds: past it the certificate watcher's
+    # thread died at its first wait (revocations unseen), or every handshake failed while
+    # the server said it was ready.
+    ("MIMIC_CERT_REFRESH_SECONDS", "10000000", "at most"),
+    ("MIMIC_HANDSHAKE_TIMEOUT", "3000000", "at most"),
+    ("MIMIC_NETWORK_TIMEOUT", "inf", "finite"),
+    ("MIMIC_ACSE_TIMEOUT", "1e300", "at most"),
+    ("MIMIC_MAX_PDU_SIZE", "4294967296", "4294967295"),  # 32 bits in the A-ASSOCIATE-AC
+    ("MIMIC_LISTEN_BACKLOG", "100000000000000000000", "65535"),
+    # SQLAlchemy took the tail of the password for the host, which the driver then named.
+    ("MIMIC_DATABASE_URL", "postgresql://postgres:Pa55@TAILSECRET@127.0.0.1/x", "percent"),
+    ("MIMIC_DATABASE_URL", "not a url", "cannot be read"),
+])
+def test_a_setting_out_of_bounds_is_refused_with_its_name(
+    tmp_path: Path, variable: str, value: str, said: str,
+) -> None:
+    result = mimic("serve", "--data-dir", str(tmp_path), env={variable: value})
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("mimic:")]
+    assert variable.removeprefix("MIMIC_").lower() in line and said in line
+    assert "Traceback" not in result.stderr and "TAILSECRET" not in result.stderr
 
 
 def test_unreadable_server_key_is_refused(tmp_path: Path) -> None:
