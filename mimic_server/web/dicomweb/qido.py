@@ -156,17 +156,21 @@ def _put(identifier: Dataset, path: str, value: str | None) -> None:
                        ) from None
 
 
+#: Digits of ``limit`` and ``offset``: 9,999,999,999 is past any index's rows, and an
+#: offset past ``sys.maxsize`` made ``islice`` raise (answered 500, audited as a success).
+MAX_NUMBER_DIGITS = 10
+
+
 def _number(params: Any, name: str, default: int | None) -> int | None:
+    """``limit`` or ``offset``: ASCII digits only, as the frame list. ``int`` alone also
+    took ``+1``, ``1_0`` and other scripts' digits (Arabic-Indic), and any length."""
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        number = int(raw)
-    except ValueError:
-        raise WebError(400, f"{name} must be a whole number") from None
-    if number < 0:
-        raise WebError(400, f"{name} must not be negative")
-    return number
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_NUMBER_DIGITS:
+        raise WebError(400, f"{name} must be a whole number of at most "
+                       f"{MAX_NUMBER_DIGITS} digits")
+    return int(raw)
 
 
 def build_identifier(
@@ -345,16 +349,20 @@ def search(ctx: DicomWebContext, request: Request, level: Level,
         raise WebError(400, "fuzzymatching must be true or false")
     if fuzzy == "true":
         warnings.append(FUZZY_WARNING)
-    status = "0x0000"
+    status, outcome = "0x0000", audit.SUCCESS
     started = time.monotonic()
     try:
         answers, more = _find(ctx, session, identifier, level, limit, offset)
     except WebError as exc:
-        status = f"HTTP {exc.status}"
+        status, outcome = f"HTTP {exc.status}", audit.MINOR_FAILURE
+        raise
+    except BaseException:
+        # Answered 500 (or not at all): never a success in the audit trail.
+        status, outcome = "HTTP 500", audit.SERIOUS_FAILURE
         raise
     finally:
         ctx.audit.record(
-            audit.QUERY, audit.SUCCESS if status == "0x0000" else audit.MINOR_FAILURE,
+            audit.QUERY, outcome,
             service="QIDO-RS", sop_class=STUDY_ROOT_FIND,
             transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
             identifier=identifier_bytes(identifier), status=status,

@@ -1,0 +1,148 @@
+"""QIDO-RS requests a peer may send and what it is answered: the DICOMweb app in-process
+over a real SQLite index and a memory store, ``auth="none"``, its audit records collected.
+Control parameters and path UIDs that are not what PS3.18 names are 400, never a 500 or a
+wider search; a search that fails is never audited as a success."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from starlette.testclient import TestClient
+
+from mimic_server.index import schema
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from mimic_server.query.finder import Finder
+from mimic_server.security import audit
+from mimic_server.security.audit import AuditLog
+from mimic_server.security.policy import Policy
+from mimic_server.storage.keys import new_object_key
+from mimic_server.storage.memory import MemoryStore
+from mimic_server.web.dicomweb.app import build_dicomweb
+from mimic_server.web.dicomweb.context import DicomWebContext
+
+JSON = {"Accept": "application/dicom+json"}
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+class Records:
+    """The audit records written, with their details."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, dict[str, Any]]] = []
+
+    def write(self, entry: Any, details: dict[str, Any]) -> None:
+        self.records.append((entry, details))
+
+    def close(self) -> None:
+        pass
+
+    def queries(self) -> list[tuple[int, str]]:
+        """(outcome, status) of each Query record."""
+        return [(entry.outcome, details["status"]) for entry, details in self.records
+                if details.get("service") == "QIDO-RS"]
+
+
+def _instance(n: int, modality: str = "OT") -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = f"1.2.3.5.{n}"
+    ds.StudyInstanceUID = f"1.2.3.4.{n}"
+    ds.SeriesInstanceUID = f"1.2.3.4.{n}.1"
+    ds.PatientID = f"P{n}"
+    ds.PatientName = f"DOE^JOHN{n}"
+    ds.Modality = modality
+    ds.StudyDate = "20240101"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = EXPLICIT
+    ds.file_meta = meta
+    return ds
+
+
+class Qido:
+    def __init__(self, tmp: Path) -> None:
+        self.engine = create_index_engine(f"sqlite:///{tmp / 'index.sqlite3'}")
+        schema.upgrade(self.engine)
+        self.index = SqlIndex(self.engine)
+        self.store = MemoryStore()
+        self.audit = Records()
+        self.finder = Finder(self.engine, retrieve_ae_title="MIMIC", max_results=1000)
+        ctx = DicomWebContext(
+            finder=self.finder, store=self.store, policy=Policy("MIMIC"),
+            audit=AuditLog(None, sinks=[self.audit]), tokens=None, auth="none",
+            ingest=SimpleNamespace(spool_dir=tmp / "spool"))
+        self.client = TestClient(build_dicomweb(ctx), raise_server_exceptions=False)
+
+    def add(self, ds: Dataset) -> None:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        key = new_object_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        self.store.objects[key] = data
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        self.index.upsert_instance(
+            InstanceAttributes.from_header(header), transfer_syntax_uid=EXPLICIT,
+            object_key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+            received_from="test")
+
+    def get(self, url: str) -> Any:
+        return self.client.get(url, headers=JSON)
+
+    def close(self) -> None:
+        self.index.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def qido(tmp_path: Path) -> Iterator[Qido]:
+    """Three studies of one series and one instance each (OT, CT, MR)."""
+    archive = Qido(tmp_path)
+    for n, modality in enumerate(("OT", "CT", "MR")):
+        archive.add(_instance(n, modality))
+    yield archive
+    archive.close()
+
+
+@pytest.mark.parametrize("query", [
+    "offset=9223372036854775808", "offset=99999999999999999999", "limit=99999999999999999999",
+    "offset=%D9%A1", "limit=1_0", "offset=+1", "limit=-1", "offset=", "limit= 1",
+])
+def test_limit_and_offset_are_ascii_digits_of_bounded_length(qido: Qido, query: str) -> None:
+    """An offset past ``sys.maxsize`` was a 500; ``+1``, ``1_0`` and Arabic-Indic digits
+    were read as numbers. Each is now a 400, and nothing is searched."""
+    answer = qido.get("/studies?" + query)
+    assert answer.status_code == 400, answer.text
+    assert "whole number" in answer.json()["message"]
+    assert qido.audit.queries() == []
+
+
+def test_the_largest_offset_is_an_empty_page(qido: Qido) -> None:
+    answer = qido.get("/studies?offset=9999999999&limit=0000000002")
+    assert answer.status_code == 200
+    assert answer.json() == []
+    assert qido.audit.queries() == [(audit.SUCCESS, "0x0000")]
+
+
+def test_a_search_that_fails_unexpectedly_is_audited_as_a_serious_failure(
+    qido: Qido, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception in the search, not only a refusal, is a failure in the audit trail:
+    the offset past ``sys.maxsize`` was answered 500 and recorded as a Success."""
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("index gone")
+
+    monkeypatch.setattr(qido.finder, "find", broken)
+    answer = qido.get("/studies")
+    assert answer.status_code == 500
+    assert qido.audit.queries() == [(audit.SERIOUS_FAILURE, "HTTP 500")]
