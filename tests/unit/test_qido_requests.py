@@ -146,3 +146,24 @@ def test_a_search_that_fails_unexpectedly_is_audited_as_a_serious_failure(
     answer = qido.get("/studies")
     assert answer.status_code == 500
     assert qido.audit.queries() == [(audit.SERIOUS_FAILURE, "HTTP 500")]
+
+
+@pytest.mark.parametrize("path", [
+    "/studies/*/series", "/studies/1.2.3.4.1,1.2.3.4.2/series",
+    "/studies/1.2.3.4.1%5C1.2.3.4.2/instances", "/studies/1.2.3.4.1%3F/series",
+    "/studies/1.2.3.4.1/series/*/instances", "/studies/nonsense/series",
+    "/studies/" + "1" * 65 + "/series",
+])
+def test_a_path_uid_is_one_uid_or_400(qido: Qido, path: str) -> None:
+    """PS3.18 names one study (series) in the path: a wildcard or a list there searched
+    every study's series, or several studies'. Nothing is searched or audited."""
+    answer = qido.get(path)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"] == "not a UID in the path"
+    assert qido.audit.queries() == []
+
+
+def test_a_path_uid_names_its_study(qido: Qido) -> None:
+    answer = qido.get("/studies/1.2.3.4.1/series")
+    assert answer.status_code == 200
+    assert [d["0020000E"]["Value"] for d in answer.json()] == [["1.2.3.4.1.1"]]

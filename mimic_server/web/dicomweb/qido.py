@@ -42,6 +42,7 @@ from mimic_server.web.dicomweb.auth import QIDO, WebSession, authorize
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
+from mimic_server.web.dicomweb.retrieve import check_uid
 from mimic_server.web.dicomweb.urls import dicomweb_root
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,9 @@ def search(ctx: DicomWebContext, request: Request, level: Level,
            path_keys: dict[str, str]) -> Response:
     negotiate(request, [DICOM_JSON, "application/json"])
     session = authorize(ctx, request, QIDO)
+    for uid in path_keys.values():
+        # Else `*` in the path searched every study, and `1.2,1.3` or `1.2\1.3` a list.
+        check_uid(uid)
     identifier, control = build_identifier(request.query_params.multi_items(), level,
                                            path_keys)
     limit = _number(request.query_params, "limit", None)

@@ -23,7 +23,10 @@ from mimic_server.web.dicomweb.errors import WebError
 _UID_CHARS = frozenset("0123456789.")
 
 
-def _check_uid(uid: str) -> str:
+def check_uid(uid: str) -> str:
+    """A UID of the path: digits and dots, 1 to 64 characters (PS3.5 9.1). Every route
+    naming an entity by path checks it (WADO-RS, QIDO-RS): a wildcard or a list there would
+    widen the request to other entities."""
     if not uid or len(uid) > 64 or not set(uid) <= _UID_CHARS:
         raise WebError(400, "not a UID in the path")
     return uid
@@ -35,7 +38,7 @@ def instances(ctx: DicomWebContext, study: str, series: str | None = None,
     if series is not None and instance is not None:
         # One instance: the index's direct lookup (the same match, without building a
         # retrieve Identifier and its SQL statement for each request).
-        uids = _check_uid(study), _check_uid(series), _check_uid(instance)
+        uids = check_uid(study), check_uid(series), check_uid(instance)
         try:
             refs = ctx.finder.instance(*uids)
         except Exception as exc:  # the index: OutOfResources
@@ -44,13 +47,13 @@ def instances(ctx: DicomWebContext, study: str, series: str | None = None,
             raise WebError(404, "no such image")
         return refs
     identifier = Dataset()
-    identifier.StudyInstanceUID = _check_uid(study)
+    identifier.StudyInstanceUID = check_uid(study)
     level = Level.STUDY
     if series is not None:
-        identifier.SeriesInstanceUID = _check_uid(series)
+        identifier.SeriesInstanceUID = check_uid(series)
         level = Level.SERIES
     if instance is not None:
-        identifier.SOPInstanceUID = _check_uid(instance)
+        identifier.SOPInstanceUID = check_uid(instance)
         level = Level.IMAGE
     identifier.QueryRetrieveLevel = level.value
     try:
