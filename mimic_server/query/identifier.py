@@ -51,8 +51,14 @@ def _level(identifier: Dataset, model: Model) -> Level:
     return level
 
 
-def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool = False) -> Query:
-    """Read an Identifier; raise :class:`QueryError` for anything we would have to guess at."""
+def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool = False,
+          refuse_below: bool = False) -> Query:
+    """Read an Identifier; raise :class:`QueryError` for anything we would have to guess at.
+
+    ``refuse_below``: a key below the query level that carries a value is refused rather
+    than left unmatched (QIDO-RS: ``/studies?Modality=CT`` answered studies without CT, the
+    searcher told nothing; C-FIND keeps answering such keys empty, as conformance 2.5.2
+    states)."""
     tag = 0x00080052  # Query/Retrieve Level, read first
     try:
         level = _level(identifier, model)
@@ -74,6 +80,9 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
                     f"{MAX_IDENTIFIER_LENGTH} characters together", Status.UNABLE_TO_PROCESS)
             key_level = level_of(keyword or "", model, level)
             if key_level.depth > level.depth:
+                if refuse_below and element_constraint(element) is not None:
+                    raise QueryError(_below_level(keyword or str(element.tag), key_level,
+                                                  level))
                 continue  # below the query level: answered empty, never matched
             constraint = element_constraint(element)
             if constraint is None:
@@ -91,6 +100,18 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
         raise _undecodable(identifier, tag, exc) from exc
     _require_unique_keys(model, level, constraints, relational, retrieve)
     return Query(model, level, tuple(constraints), tuple(requested))
+
+
+#: A key below the study level and the study-level key that matches it (PS3.18 Table
+#: 10.6.1-5), named in the refusal.
+_STUDY_LEVEL_KEY = {"Modality": "ModalitiesInStudy", "SOPClassUID": "SOPClassesInStudy"}
+
+
+def _below_level(keyword: str, key_level: Level, level: Level) -> str:
+    """The refusal of a match key below the query level: which key, and what to use."""
+    hint = _STUDY_LEVEL_KEY.get(keyword) if level is Level.STUDY else None
+    return (f"{keyword} belongs to the {key_level.value} level: a {level.value} level search "
+            "cannot match it" + (f" (match {hint} instead)" if hint else ""))
 
 
 def _size(element: DataElement) -> tuple[int, int]:

@@ -167,3 +167,37 @@ def test_a_path_uid_names_its_study(qido: Qido) -> None:
     answer = qido.get("/studies/1.2.3.4.1/series")
     assert answer.status_code == 200
     assert [d["0020000E"]["Value"] for d in answer.json()] == [["1.2.3.4.1.1"]]
+
+
+@pytest.mark.parametrize(("query", "refusal"), [
+    ("/studies?Modality=CT", "Modality belongs to the SERIES level: a STUDY level search "
+     "cannot match it (match ModalitiesInStudy instead)"),
+    ("/studies?SeriesInstanceUID=9.9.9", "SeriesInstanceUID belongs to the SERIES level"),
+    ("/studies?SOPInstanceUID=9.9.9", "SOPInstanceUID belongs to the IMAGE level"),
+    ("/series?SOPClassUID=1.1", "SOPClassUID belongs to the IMAGE level"),
+    ("/studies/1.2.3.4.1/series?InstanceNumber=1", "InstanceNumber belongs to the IMAGE level"),
+])
+def test_a_match_key_below_the_level_searched_is_400_naming_it(
+    qido: Qido, query: str, refusal: str
+) -> None:
+    """Such a key was left unmatched: /studies?Modality=CT answered the studies without CT
+    as if they matched."""
+    answer = qido.get(query)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"].startswith(refusal)
+    assert qido.audit.queries() == [(audit.MINOR_FAILURE, "HTTP 400")]
+
+
+@pytest.mark.parametrize(("query", "studies"), [
+    ("/studies?ModalitiesInStudy=CT", ["1.2.3.4.1"]),
+    ("/studies?Modality=&includefield=SeriesInstanceUID,00080018", ["1.2.3.4.0", "1.2.3.4.1",
+                                                                     "1.2.3.4.2"]),
+    ("/studies?Modality=*", ["1.2.3.4.0", "1.2.3.4.1", "1.2.3.4.2"]),
+    ("/series?Modality=MR&StudyDate=20240101", ["1.2.3.4.2"]),
+])
+def test_return_keys_below_the_level_and_keys_at_or_above_it_still_search(
+    qido: Qido, query: str, studies: list[str]
+) -> None:
+    answer = qido.get(query)
+    assert answer.status_code == 200, answer.text
+    assert sorted(d["0020000D"]["Value"][0] for d in answer.json()) == studies

@@ -5,7 +5,8 @@ their values, return keys empty) that goes through the same parser and finder as
 (``query/identifier.parse``, ``Finder.find``): one matching engine for both front doors, with
 the same key bounds, result limit, time budget and access policy (``find_requires``,
 ``max_find_results``). The query is relational (PS3.18 lets a search match on keys of any
-level at or above the one searched). Answers are DICOM JSON (PS3.18 F.2).
+level at or above the one searched); a match key below that level is refused (400), where
+C-FIND answers it empty. Answers are DICOM JSON (PS3.18 F.2).
 """
 
 from __future__ import annotations
@@ -396,7 +397,7 @@ def _find(ctx: DicomWebContext, session: WebSession, identifier: Dataset, level:
     if narrowing is not None:  # the rule's find_requires (audited by the policy)
         raise WebError(403, narrowing)
     try:
-        query = parse(identifier, Model.STUDY_ROOT, relational=True)
+        query = parse(identifier, Model.STUDY_ROOT, relational=True, refuse_below=True)
     except QueryError as exc:
         raise WebError(400, str(exc)) from exc
     own_limit = ctx.policy.max_find_results(session)
