@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from mimic_server.errors import QueryError, Status
 from mimic_server.query.keys import CONTROL, UNIQUE_KEY, Level, Model, level_of
 from mimic_server.query.matching import (
+    MAX_IDENTIFIER_KEYS,
     MAX_IDENTIFIER_LENGTH,
     MAX_IDENTIFIER_VALUES,
     Constraint,
@@ -64,13 +65,18 @@ def parse(identifier: Dataset, model: Model, *, relational: bool, retrieve: bool
         level = _level(identifier, model)
         constraints: list[Constraint] = []
         requested: list[DataElement] = []
-        values = characters = 0
+        values = characters = keys = 0
         for tag in list(identifier.keys()):
             element = identifier[tag]
             keyword = element.keyword
             if keyword in CONTROL or element.tag.group in (0x0000, 0x0002):
                 continue
             requested.append(element)
+            keys += _keys(element)
+            if keys > MAX_IDENTIFIER_KEYS:
+                # Return keys cost nothing to match but are answered for every match.
+                raise QueryError(f"the Identifier has more than {MAX_IDENTIFIER_KEYS} keys",
+                                 Status.UNABLE_TO_PROCESS)
             count, length = _size(element)
             values, characters = values + count, characters + length
             if values > MAX_IDENTIFIER_VALUES or characters > MAX_IDENTIFIER_LENGTH:
@@ -112,6 +118,13 @@ def _below_level(keyword: str, key_level: Level, level: Level) -> str:
     hint = _STUDY_LEVEL_KEY.get(keyword) if level is Level.STUDY else None
     return (f"{keyword} belongs to the {key_level.value} level: a {level.value} level search "
             "cannot match it" + (f" (match {hint} instead)" if hint else ""))
+
+
+def _keys(element: DataElement) -> int:
+    """The keys of one element: itself, and its sequence's first item's keys."""
+    if element.VR == "SQ" and element.value:
+        return 1 + sum(_keys(inner) for inner in element.value[0])
+    return 1
 
 
 def _size(element: DataElement) -> tuple[int, int]:

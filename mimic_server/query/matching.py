@@ -35,6 +35,10 @@ MAX_KEY_VALUES_LENGTH = 16384
 #: Values and characters in all keys of one Identifier together: each value is parsed and
 #: compiled before the query's time budget starts, and matched against every candidate row.
 MAX_IDENTIFIER_VALUES = 1024
+#: Keys in one Identifier, return keys (empty) and a sequence's first item's keys included:
+#: each is looked up and answered for every match (QIDO-RS's includefield naming 5,000
+#: attributes took 1.3 GiB and half a minute per request).
+MAX_IDENTIFIER_KEYS = 256
 MAX_IDENTIFIER_LENGTH = 65536
 
 

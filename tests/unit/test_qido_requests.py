@@ -14,6 +14,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset, FileMetaDataset
 from starlette.testclient import TestClient
 
@@ -22,6 +23,8 @@ from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.engine import create_index_engine
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
+from mimic_server.query.keys import CONTROL
+from mimic_server.query.matching import MAX_IDENTIFIER_KEYS
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.policy import Policy
@@ -201,3 +204,36 @@ def test_return_keys_below_the_level_and_keys_at_or_above_it_still_search(
     answer = qido.get(query)
     assert answer.status_code == 200, answer.text
     assert sorted(d["0020000D"]["Value"][0] for d in answer.json()) == studies
+
+
+def _keywords(count: int) -> list[str]:
+    """``count`` attributes a search may name (text VRs, past the File Meta group)."""
+    return [keyword for tag, (vr, *_rest, keyword) in sorted(DicomDictionary.items())
+            if tag >> 16 >= 0x0008 and vr in ("LO", "SH", "CS", "DA") and keyword
+            and keyword not in CONTROL][:count]
+
+
+@pytest.mark.parametrize("count", [MAX_IDENTIFIER_KEYS + 1, 5000])
+def test_includefield_names_at_most_the_identifiers_keys(qido: Qido, count: int) -> None:
+    """includefield's comma-separated attributes were not counted (MAX_PARAMETERS counts
+    parameters): 5,000 of them took 1.3 GiB and half a minute per request. 400, nothing
+    searched."""
+    names = _keywords(count)
+    half = len(names) // 2
+    answer = qido.get(f"/studies?includefield={','.join(names[:half])}"
+                      f"&includefield={','.join(names[half:])}")
+    assert answer.status_code == 400, answer.text
+    assert str(MAX_IDENTIFIER_KEYS) in answer.json()["message"]
+    assert qido.audit.queries() == []
+
+
+def test_the_defaults_count_with_includefield(qido: Qido) -> None:
+    """Within includefield's own bound, the defaults make the Identifier's keys more than
+    256: refused by the Identifier's bound (the one C-FIND has), audited as refused."""
+    answer = qido.get("/studies?includefield=" + ",".join(_keywords(MAX_IDENTIFIER_KEYS)))
+    assert answer.status_code == 400, answer.text
+    assert f"more than {MAX_IDENTIFIER_KEYS} keys" in answer.json()["message"]
+    assert qido.audit.queries() == [(audit.MINOR_FAILURE, "HTTP 400")]
+    answer = qido.get("/studies?includefield=all," + ",".join(_keywords(100)))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()) == 3

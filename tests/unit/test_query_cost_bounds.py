@@ -12,6 +12,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 
@@ -22,8 +23,8 @@ from mimic_server.index.repository import SqlIndex
 from mimic_server.query import matching
 from mimic_server.query.finder import Finder, RowRecord
 from mimic_server.query.identifier import parse
-from mimic_server.query.keys import Model
-from mimic_server.query.matching import MAX_IDENTIFIER_VALUES
+from mimic_server.query.keys import CONTROL, Model
+from mimic_server.query.matching import MAX_IDENTIFIER_KEYS, MAX_IDENTIFIER_VALUES
 from mimic_server.query.pages import TimeLimitReached
 from tests.data import ct_small
 
@@ -90,6 +91,34 @@ def test_a_sequences_keys_count_too() -> None:
     ds.ProcedureCodeSequence = [item]
     with pytest.raises(QueryError):
         parse(ds, Model.STUDY_ROOT, relational=True)
+
+
+def test_the_keys_of_an_identifier_are_bounded_return_keys_included() -> None:
+    """Empty return keys counted as nothing: an Identifier (a QIDO-RS includefield) naming
+    5,000 attributes was answered for each of them in every match (1.3 GiB per request).
+    256 keys in all, a sequence's item's keys included; past them 0xC000, naming the bound."""
+    keywords = [keyword for tag, (vr, *_rest, keyword) in sorted(DicomDictionary.items())
+                if tag >> 16 >= 0x0008 and vr in ("LO", "SH", "CS", "DA")
+                and keyword not in CONTROL][:300]
+
+    def identifier(keys: int) -> Dataset:
+        ds = _study_query()  # Query/Retrieve Level (a control key) and Study Instance UID
+        for keyword in keywords[:keys - 1]:
+            setattr(ds, keyword, "")
+        return ds
+
+    assert len(parse(identifier(MAX_IDENTIFIER_KEYS), Model.STUDY_ROOT,
+                     relational=False).requested) == MAX_IDENTIFIER_KEYS
+    with pytest.raises(QueryError) as refused:
+        parse(identifier(MAX_IDENTIFIER_KEYS + 1), Model.STUDY_ROOT, relational=False)
+    assert refused.value.status == Status.UNABLE_TO_PROCESS
+    assert str(MAX_IDENTIFIER_KEYS) in str(refused.value)
+    nested = identifier(MAX_IDENTIFIER_KEYS - 1)
+    item = Dataset()
+    item.CodeValue = item.CodingSchemeDesignator = ""
+    nested.ProcedureCodeSequence = [item]
+    with pytest.raises(QueryError):
+        parse(nested, Model.STUDY_ROOT, relational=False)
 
 
 @pytest.mark.parametrize("values", [["*", "*"], ["P0", "P*"], ["P0", "P?"]])

@@ -37,6 +37,7 @@ from mimic_server.errors import DicomStatusError, QueryError
 from mimic_server.query.finder import ResultLimitReached
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Level, Model
+from mimic_server.query.matching import MAX_IDENTIFIER_KEYS
 from mimic_server.query.pages import TimeLimitReached
 from mimic_server.security import audit
 from mimic_server.web.dicomweb.auth import QIDO, WebSession, authorize
@@ -189,6 +190,10 @@ def build_identifier(
         if name in CONTROL_PARAMETERS:
             if name == "includefield":
                 control["includefield"] += [v.strip() for v in value.split(",") if v.strip()]
+                if len(control["includefield"]) > MAX_IDENTIFIER_KEYS:
+                    # parse() refuses it too; here before thousands of keys are built.
+                    raise WebError(400, f"more than {MAX_IDENTIFIER_KEYS} attributes in "
+                                   "includefield")
             elif name in control:
                 raise WebError(400, f"{name} is given twice")
             else:
