@@ -300,11 +300,14 @@ def _not_walked(obj: VerifiedObject, reason: str) -> None:
 def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
     """DICOM JSON of the data set, top-level bulk elements replaced by their ``BulkDataURI``.
 
-    The ``bulkdata`` route serves top-level elements only, so a large binary value inside a
-    sequence (an icon image, say) stays ``InlineBinary``: a URI that no route answers would
-    leave a viewer with nothing. A top-level value ``header_of`` left unread is given its
-    URI without being read when it is binary, or longer than ``LARGEST_INLINE_VALUE`` (PS3.18
-    F.2.7 allows a BulkDataURI for text and numbers too); the rest is read for its JSON.
+    The ``bulkdata`` route serves top-level elements only, so a binary value inside a
+    sequence (an icon image, say) stays ``InlineBinary`` up to ``LARGEST_INLINE_VALUE``: a
+    URI that no route answers would leave a viewer with nothing. A larger one (an
+    encapsulated document in a content item) is given its VR without its value: inline, a
+    256 MiB value cost about 900 MiB per request. A top-level value ``header_of`` left
+    unread is given its URI without being read when it is binary, or longer than
+    ``LARGEST_INLINE_VALUE`` (PS3.18 F.2.7 allows a BulkDataURI for text and numbers too);
+    the rest is read for its JSON.
     The elements given a URI that way are taken out of ``ds``."""
     unread = _unread_bulk(ds)
     for tag in unread:
@@ -313,12 +316,16 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
     def bulk(element: DataElement) -> str:
         if ds.get(element.tag) is element:  # top level (pydicom hands nested ones here too)
             return f"{instance_url}/bulkdata/{int(element.tag):08X}"
+        if len(element.value or b"") > LARGEST_INLINE_VALUE:
+            omitted.append(element)
+            return _OMITTED  # no route serves it, and inline it took 4/3 its size per request
         inline[id(element)] = element
         return f"{_INLINE}{id(element)}"
 
     inline: dict[int, DataElement] = {}
+    omitted: list[DataElement] = []
     document = _json_of(ds, bulk)
-    if inline:
+    if inline or omitted:
         _inline_nested(document, inline)
     if 0x7FE00010 in ds and "7FE00010" in document:
         document["7FE00010"] = {"vr": document["7FE00010"].get("vr", "OW"),
@@ -385,11 +392,14 @@ def _vr_of(ds: pydicom.Dataset, raw: RawDataElement) -> str | None:
 
 
 _INLINE = "mimic-inline:"
+#: The placeholder of a nested binary value over ``LARGEST_INLINE_VALUE``: given without
+#: its value (its VR alone), as no route serves a value inside a sequence by URI.
+_OMITTED = "mimic-omitted:"
 
 
 def _inline_nested(node: Any, inline: dict[int, DataElement]) -> None:
     """Replace the placeholder URIs ``metadata_json`` gave nested bulk elements by their
-    values as ``InlineBinary`` (PS3.18 F.2.7)."""
+    values as ``InlineBinary`` (PS3.18 F.2.7), or by nothing for one too large to inline."""
     if isinstance(node, list):
         for item in node:
             _inline_nested(item, inline)
@@ -397,6 +407,9 @@ def _inline_nested(node: Any, inline: dict[int, DataElement]) -> None:
     if not isinstance(node, dict):
         return
     uri = node.get("BulkDataURI")
+    if uri == _OMITTED:
+        del node["BulkDataURI"]
+        return
     if isinstance(uri, str) and uri.startswith(_INLINE):
         element = inline[int(uri[len(_INLINE):])]
         del node["BulkDataURI"]
