@@ -130,24 +130,27 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         return Response(whole, media_type=media_type)
 
     def body() -> Body:
-        completed = sending = False
+        completed = False
+        accounted = 0  # refs recorded as sent or failed
         try:
             for ref in refs:
                 obj = first if first is not None and ref is refs[0] else read_now(ctx, ref)
                 if obj is None or not _in_syntax(obj, wanted):
                     audit.failed_one()
+                    accounted += 1
                     continue
-                sending = True
                 yield multipart.part_head(
                     boundary, f"{DICOM}; transfer-syntax={obj.ref.transfer_syntax_uid}")
                 yield from obj.chunks()
                 yield b"\r\n"
-                sending = False
                 audit.sent_one(obj.ref)
+                accounted += 1
             yield multipart.closing(boundary)
             completed = True
         finally:
-            if sending:  # cut off mid-object (the client left, the store failed): not sent
+            # Cut off (the client left, the store failed): the object being sent and every
+            # one after it were not sent; before, those after it were in neither count.
+            for _ in refs[accounted:]:
                 audit.failed_one()
             audit.end(completed)
 
