@@ -244,19 +244,24 @@ ENCAPSULATED = [f for f in storable_files()
 
 
 @pytest.mark.parametrize("item", ENCAPSULATED[:12], ids=lambda f: f.path.name)
-def test_bulk_data_of_encapsulated_pixel_data_as_pydicom_gives_it(
+def test_encapsulated_pixel_data_is_no_octet_stream_bulk_data(
     item: Storable, tmp_path: Path
 ) -> None:
-    """Undefined length: the fragments' items up to the Sequence Delimitation Item, found
-    without reading them (as pydicom's value of the element)."""
+    """PS3.18 8.7.3.3.2: compressed bulk data is its compressed stream in its own media
+    type. It was answered as application/octet-stream with its fragments' item delimiters;
+    now the metadata gives it no BulkDataURI and the bulkdata route answers 406 naming the
+    frames route, which sends each frame in its media type."""
     data = item.path.read_bytes()
     expected = pydicom.dcmread(io.BytesIO(data), force=True).get("PixelData")
     if expected is None:
         return
-    answer, _peak = _get(_client(data, tmp_path, item.transfer_syntax_uid), "/bulkdata/7FE00010",
-                         OCTETS)
-    assert answer.status_code == 200
-    assert bytes(expected) in answer.content
+    client = _client(data, tmp_path, item.transfer_syntax_uid)
+    answer, _peak = _get(client, "/bulkdata/7FE00010", OCTETS)
+    assert answer.status_code == 406
+    assert "frames" in answer.json()["message"]
+    assert bytes(expected)[:64] not in answer.content
+    [document] = _get(client, "/metadata", "application/dicom+json")[0].json()
+    assert document["7FE00010"] == {"vr": "OB"}
 
 
 def _readable(data: bytes, syntax: str) -> BinaryIO:

@@ -6,8 +6,9 @@ before a byte leaves, as for C-GET) and streamed (``VerifiedObject.chunks``). MI
 transcode: an Accept header that names a transfer syntax other than the stored one (or
 ``*``) is answered 406 for a single instance; without the parameter the stored syntax is
 sent and named in each part's Content-Type. Metadata is DICOM JSON with a ``BulkDataURI``
-for each bulk element (Pixel Data and any binary value over 1 KiB), served by the
-``bulkdata`` route. Every retrieve is audited as a C-GET is.
+for each bulk element (native Pixel Data and any binary value over 1 KiB), served by the
+``bulkdata`` route; encapsulated Pixel Data is retrieved by its frames. Every retrieve is
+audited as a C-GET is.
 """
 
 from __future__ import annotations
@@ -311,7 +312,12 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
     unread is given its URI without being read when it is binary, or longer than
     ``LARGEST_INLINE_VALUE`` (PS3.18 F.2.7 allows a BulkDataURI for text and numbers too);
     the rest is read for its JSON.
-    The elements given a URI that way are taken out of ``ds``."""
+    The elements given a URI that way are taken out of ``ds``.
+
+    Encapsulated Pixel Data is given its VR alone, no URI: PS3.18 8.7.3.3.2 wants compressed
+    bulk data as its compressed octet stream in its own media type, which the frames route
+    answers (``.../frames/{list}``); the bulkdata route refuses it (406)."""
+    encapsulated = _encapsulated_pixels(ds)
     unread = _unread_bulk(ds)
     for tag in unread:
         del ds._dict[tag]  # type: ignore[attr-defined]
@@ -337,7 +343,18 @@ def metadata_json(ds: pydicom.Dataset, instance_url: str) -> dict[str, Any]:
         for tag, vr in unread.items():
             document[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{tag:08X}"}
         document = dict(sorted(document.items()))
+    if encapsulated and "7FE00010" in document:
+        document["7FE00010"] = {"vr": "OB"}
     return document
+
+
+def _encapsulated_pixels(ds: pydicom.Dataset) -> bool:
+    """Whether the data set's Pixel Data is encapsulated: of undefined length (PS3.5
+    A.4), the only way Pixel Data has one; told without reading the value."""
+    element = ds._dict.get(BaseTag(0x7FE00010))  # type: ignore[attr-defined]
+    if isinstance(element, RawDataElement):
+        return element.length == _UNDEFINED_LENGTH
+    return bool(element is not None and element.is_undefined_length)
 
 
 def _json_of(ds: pydicom.Dataset, bulk: Any) -> dict[str, Any]:
@@ -466,15 +483,24 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
     ref = instances(ctx, study, series, instance)[0]
     audit = TransferAudit(ctx, session, "bulkdata")
     source: BinaryIO | None = None
+    encapsulated = False
     try:
         source, ref = seekable(ctx, ref)
-        found = _value_of(header_of(source), source, tag)
+        header = header_of(source)
+        encapsulated = tag == 0x7FE00010 and _encapsulated_pixels(header)
+        found = None if encapsulated else _value_of(header, source, tag)
     except BaseException:  # read, but not sent: a failed transfer (as a single instance's)
         if source is not None:
             source.close()
         audit.failed_one()
         audit.end(completed=False)
         raise
+    if encapsulated:  # nothing that may be sent as asked: nothing recorded
+        source.close()
+        # PS3.18 8.7.3.3.2: compressed bulk data is its compressed stream, in its own media
+        # type; as application/octet-stream it went with its fragments' item delimiters.
+        raise WebError(406, "encapsulated Pixel Data is not sent as application/octet-stream:"
+                       " retrieve its frames (.../frames/{list}) in their media type")
     if found is None:  # nothing to transfer: nothing recorded
         source.close()
         raise WebError(404, "no such bulk data element in this instance")
