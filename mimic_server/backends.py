@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
@@ -60,7 +60,14 @@ def open_index_engine(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    engine = create_index_engine(settings.index_url, credential)
+    try:
+        engine = create_index_engine(settings.index_url, credential)
+    except ImportError as exc:  # a dialect whose driver is not installed (mysql://)
+        raise ConfigurationError("index database URL names a database MIMIC has no driver "
+                                 "for (PostgreSQL or SQLite)") from exc
+    except (ArgumentError, ValueError) as exc:  # its message may quote the URL: not kept
+        raise ConfigurationError(
+            f"index database URL unusable ({type(exc).__name__})") from exc
     try:
         if schema_revision is not None:
             schema.require_revision(engine, schema_revision)
