@@ -202,7 +202,7 @@ class Archive:
         s = self.settings
         credential = self._azure_credential() if s.database_auth == "entra" else None
         revision = self.worker.schema_revision if self.worker is not None else None
-        self.engine, index = open_index(s, credential, revision)
+        self.engine, index = open_index(s, credential, revision, deadlines=True)
         self._opened_index = index
         return index
 

@@ -46,7 +46,8 @@ def index_answers(engine: Engine) -> str:
 
 
 def open_index_engine(
-    settings: Settings, credential: Any = None, schema_revision: str | None = None
+    settings: Settings, credential: Any = None, schema_revision: str | None = None,
+    *, deadlines: bool = False,
 ) -> Engine:
     """The engine of the index the settings name: SQLite is migrated in place, PostgreSQL
     must be current; with ``schema_revision`` (a worker of ``mimic serve``, whose supervisor
@@ -54,14 +55,16 @@ def open_index_engine(
 
     ``credential`` logs in to PostgreSQL with Microsoft Entra tokens
     (``MIMIC_DATABASE_AUTH=entra``); when it is needed and not given, a
-    DefaultAzureCredential is made here.
+    DefaultAzureCredential is made here. ``deadlines``: a server's engine, whose statements
+    give up on a locked or slow PostgreSQL (``engine.LOCK_TIMEOUT_MS``); maintenance
+    commands wait as long as it takes.
     """
     if credential is None and settings.database_auth == "entra":
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
     try:
-        engine = create_index_engine(settings.index_url, credential)
+        engine = create_index_engine(settings.index_url, credential, deadlines=deadlines)
     except ImportError as exc:  # a dialect whose driver is not installed (mysql://)
         raise ConfigurationError("index database URL names a database MIMIC has no driver "
                                  "for (PostgreSQL or SQLite)") from exc

@@ -85,15 +85,17 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
 
 
 def open_index(
-    settings: Settings, credential: Any = None, schema_revision: str | None = None
+    settings: Settings, credential: Any = None, schema_revision: str | None = None,
+    *, deadlines: bool = False,
 ) -> tuple[Engine, SqlIndex]:
     """The index the settings name (:func:`~mimic_server.backends.open_index_engine`: SQLite
     migrated in place, PostgreSQL current, or at ``schema_revision`` in a worker of ``mimic
     serve``) with the archive's repository on it.
 
-    Shared by the server and by maintenance commands (``mimic reconcile``).
+    Shared by the server and by maintenance commands (``mimic reconcile``); ``deadlines``
+    for the servers only (``engine.LOCK_TIMEOUT_MS``).
     """
-    engine = open_index_engine(settings, credential, schema_revision)
+    engine = open_index_engine(settings, credential, schema_revision, deadlines=deadlines)
     return engine, SqlIndex(engine, group_commit=settings.group_commit,
                             max_batch=settings.group_commit_max,
                             in_flight=settings.group_commit_in_flight)

@@ -128,7 +128,7 @@ class WebArchive:
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine, index = open_index(s, schema_revision=self._schema_revision)
+        self.engine, index = open_index(s, schema_revision=self._schema_revision, deadlines=True)
         self._opened_index = index
         store = self._object_store or open_object_store(s)
         self.audit = open_audit_trail(s, self.engine)

@@ -69,6 +69,23 @@ TCP_SETTINGS: dict[str, int] = {
     "tcp_user_timeout": 30_000,
 }
 
+#: The server's deadlines on PostgreSQL (``create_index_engine(deadlines=True)``: the engine
+#: of ``mimic serve``'s workers and of the DICOMweb server, not of ``mimic db upgrade``,
+#: ``mimic reconcile`` or other maintenance), set on each connection as it is made: a statement
+#: waits at most ``LOCK_TIMEOUT_MS`` for a lock (another session's LOCK TABLE, VACUUM FULL, a
+#: migration) and runs at most ``STATEMENT_TIMEOUT_MS``. Without them a C-STORE, C-GET or
+#: C-MOVE waited on a locked ``instances`` table as long as the lock was held, unanswered and
+#: holding its thread, well past the peer's DIMSE timeout (60 s); now it is answered 0xA700
+#: "index unavailable" first. Cancelled statements are not retried (``timed_out``). A C-FIND
+#: page sets its own budget in its transaction (``query/pages.py``). Read at connect, so that
+#: tests can lower them.
+LOCK_TIMEOUT_MS = 15_000
+STATEMENT_TIMEOUT_MS = 20_000
+
+#: PostgreSQL's SQLSTATEs of a statement cancelled by the deadlines above: lock_not_available
+#: (lock_timeout) and query_canceled (statement_timeout).
+_TIMED_OUT = frozenset({"55P03", "57014"})
+
 #: Where a pooled connection's record keeps when it was last used (``_ping_when_idle``).
 _IDLE_SINCE = "mimic_idle_since"
 
@@ -81,11 +98,13 @@ JSON_SERIALIZER = _json_encoder.encode
 ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 
 
-def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool = True) -> Engine:
+def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool = True,
+                        deadlines: bool = False) -> Engine:
     """The index engine; with ``credential`` (a TokenCredential) PostgreSQL logs in with a
     fresh Microsoft Entra token for every new pooled connection, over TLS. ``writer_lock``
     False leaves SQLite writers to the busy timeout alone (``bench/sqlite_writers.py``
-    compares the two)."""
+    compares the two). ``deadlines``: the server's lock and statement timeouts on PostgreSQL
+    (``LOCK_TIMEOUT_MS``)."""
     if url.startswith("sqlite"):
         connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
         lock_path = writer_lock_path(url) if writer_lock else None
@@ -111,6 +130,8 @@ def create_index_engine(url: str, credential: Any = None, *, writer_lock: bool =
     )
     _ping_when_idle(engine, IDLE_PING_SECONDS)
     _lost_without_sqlstate(engine)
+    if deadlines:
+        _set_deadlines(engine)
     if credential is not None:
         _use_entra_tokens(engine, credential)
     return engine
@@ -144,6 +165,26 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
                     engine.dialect.is_disconnect(exc, dbapi_connection, None)):
                 raise InvalidatePoolError("an idle pooled connection was lost") from exc
             raise
+
+
+def _set_deadlines(engine: Engine) -> None:
+    """``LOCK_TIMEOUT_MS`` and ``STATEMENT_TIMEOUT_MS`` on every new connection: one round
+    trip per connection, none per transaction (a ``SET LOCAL`` would double the one round
+    trip of a C-STORE's own statement, ``group_commit._commit_alone``)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+            cursor.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
+        dbapi_connection.commit()  # a session setting that a rollback would undo
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement PostgreSQL cancelled at a deadline (``LOCK_TIMEOUT_MS``,
+    ``STATEMENT_TIMEOUT_MS``): it waited its full time already, so it is not tried again, and
+    it says nothing of the writes of the statement's caller, only of the database."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _TIMED_OUT
 
 
 #: psycopg's words for a socket found gone while it waited on it (an ``OSError``, or the

@@ -69,6 +69,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
+from mimic_server.errors import OutOfResources
 from mimic_server.index import engine as index_engine
 from mimic_server.index.engine import (
     WRITE,
@@ -77,6 +78,7 @@ from mimic_server.index.engine import (
     give_back,
     lost_before_commit,
     outcome_unknown,
+    timed_out,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,13 @@ _Opened = tuple[Connection, RootTransaction, float]
 
 #: The longest a connection is kept from one batch to the next after its checkout (above).
 KEEP_SECONDS = 60.0
+
+#: The longest a caller waits in the queue for a batch to take it, while every batch in
+#: flight is stuck (a locked table, a busy SQLite writer in another process): then it is
+#: refused (0xA700 "index unavailable") before the sender's DIMSE timeout, having written
+#: nothing. A caller taken into a batch waits for its answer, which the server's deadlines
+#: bound (``engine.LOCK_TIMEOUT_MS``).
+QUEUE_SECONDS = 20.0
 
 #: The most instances one transaction takes: a bound on how long a batch holds the write lock
 #: and on what one failure of the transaction itself costs.
@@ -150,13 +159,20 @@ class GroupCommitter:
         itself, sent instead of ``work`` when no other caller shares the batch (see above);
         ``uncertain``: it was sent before, lost, and may have committed then."""
         me: _Waiter[T] = _Waiter(work, alone)
+        give_up = time.monotonic() + QUEUE_SECONDS
         with self._cond:
             self._queue.append(me)
             while not me.done:
                 if me.queued and self._leaders < self.in_flight:
                     self._lead()
-                else:
+                elif not me.queued:  # in a batch: its leader answers, within the deadlines
                     self._cond.wait()
+                else:
+                    left = give_up - time.monotonic()
+                    if left <= 0:  # in no transaction yet: nothing of it written
+                        self._queue.remove(me)
+                        raise OutOfResources("index unavailable")
+                    self._cond.wait(left)
         # The batch's frames may outlive this call (a failure's traceback holds them), and
         # with them this waiter: it lets go of the failure.
         error, me.error = me.error, None
@@ -325,7 +341,10 @@ class GroupCommitter:
                         raise
                     self._keep(conn, checked_out)
                 except BaseException as exc:
-                    if failed is None:  # begin or commit: the transaction's failure is everyone's
+                    # Begin or commit, or a statement cancelled at the server's deadline (a
+                    # locked table: the next waiter's would wait as long again): the
+                    # transaction's failure is everyone's.
+                    if failed is None or timed_out(exc):
                         if committing:
                             commit_lost(exc)  # its rows may have committed: keep the objects
                         for waiter in pending:

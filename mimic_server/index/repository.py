@@ -37,6 +37,7 @@ from mimic_server.index.engine import (
     commit_outcome_unknown,
     outcome_unknown,
     read_index,
+    timed_out,
     write_transaction,
 )
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
@@ -45,6 +46,12 @@ from mimic_server.index.models import AuditEvent, Instance, Patient, Series, Stu
 log = logging.getLogger(__name__)
 
 _ATTEMPTS = 4
+#: A transient failure is tried again only while the attempts so far took less than this: a
+#: lost insert race, a deadlock or a serialization failure fails within a second or so, and
+#: its retry is cheap. A failure after a full wait (SQLite's busy timeout, PostgreSQL's
+#: lock or statement timeout: ``engine.timed_out``) is not waited out again: 4 such waits
+#: answered a C-STORE after minutes, past the sender's DIMSE timeout, with its thread held.
+_RETRY_WITHIN = 5.0
 _CACHED_SERIES = 10000
 #: PostgreSQL: up to the pool size committing at once, so batches form only beyond 8 concurrent
 #: writers. PostgreSQL already shares WAL flushes between concurrent commits, and a batch's
@@ -164,6 +171,7 @@ class SqlIndex:
                 in_transaction(conn)
             return upserted
 
+        started = time.monotonic()
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # Returns once the transaction holding the row has committed (both ways).
@@ -181,7 +189,8 @@ class SqlIndex:
                 # Lock timeouts, serialization failures and a lost insert race are transient;
                 # but not after a write whose outcome is unknown: a retry could no longer tell
                 # a row it committed itself from another object's (``_ours_or_transact``).
-                if (attempt == _ATTEMPTS or not _transient(exc)
+                if (attempt == _ATTEMPTS or not _transient(exc) or timed_out(exc)
+                        or time.monotonic() - started >= _RETRY_WITHIN
                         or commit_outcome_unknown(exc)):
                     raise OutOfResources("index unavailable") from exc
                 time.sleep(0.05 * attempt + random.random() * 0.05)
@@ -527,6 +536,5 @@ def _transient(exc: DBAPIError) -> bool:
         marker in message
         for marker in (
             "locked", "busy", "deadlock", "could not serialize", "serialization",
-            "lock timeout",
         )
     )

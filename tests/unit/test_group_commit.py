@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -26,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from mimic_server.dimse.store import handle_store
 from mimic_server.errors import HierarchyConflict, OutOfResources
+from mimic_server.index import group_commit
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.audit_table import AuditTable
 from mimic_server.index.engine import create_index_engine
@@ -688,3 +690,53 @@ def test_a_socket_found_gone_before_libpq_knows_is_a_lost_connection(
         finally:
             committer.close()
             engine.dispose()
+
+
+def test_a_statement_cancelled_at_the_deadline_fails_the_whole_batch(index: SqlIndex) -> None:
+    """A statement PostgreSQL cancelled at the server's lock timeout (a locked table) is the
+    transaction's failure, every waiter's at once (0xA700), none written: the batch's others
+    would each wait as long again, one after another, if it were taken for the one waiter's.
+    """
+    def locked(conn: Connection) -> None:
+        raise OperationalError("INSERT INTO instances ...", {}, psycopg.errors.LockNotAvailable(
+            "canceling statement due to lock timeout"))
+
+    def upsert(n: int) -> Callable[[], Any]:
+        return lambda: index.upsert_instance(
+            _attrs(n), object_key=f"k/{n}", in_transaction=locked if n == 2 else _audited,
+            **COMMON)
+
+    with _batched(index, upsert(0), {n: upsert(n) for n in range(1, 6)}) as callers:
+        pass
+    assert set(callers.errors) == {1, 2, 3, 4, 5}
+    assert all(isinstance(e, OutOfResources) for e in callers.errors.values())
+    assert _rows(index, Instance) == 1  # caller 0's, in the batch before
+
+
+def test_a_caller_queued_past_the_deadline_is_refused_and_writes_nothing(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a batch that does not end (a table locked, a writer of another process), a
+    caller still queued gives up after ``QUEUE_SECONDS`` with 0xA700 "index unavailable",
+    instead of waiting as long as the batch, its thread held."""
+    assert index.committer is not None
+    index.committer.in_flight = 1  # the held batch is the only one
+    monkeypatch.setattr(group_commit, "QUEUE_SECONDS", 0.2, raising=False)
+    hold = _Hold(index)
+    callers = _Callers()
+    try:
+        callers.start(0, lambda: index.upsert_instance(_attrs(0), object_key="k/0", **COMMON))
+        assert hold.reached.wait(30)
+        callers.start(1, lambda: index.upsert_instance(_attrs(1), object_key="k/1", **COMMON))
+        callers.threads[1].join(30)
+        assert not callers.threads[1].is_alive()
+        assert callers.returned == [1]  # while caller 0's commit is still held
+        assert isinstance(callers.errors[1], OutOfResources)
+        assert str(callers.errors[1]) == "index unavailable"
+        assert index.committer.waiting == 0
+        hold.released.set()
+        callers.join()
+    finally:
+        hold.remove()
+    assert callers.results == {0: None}, callers.errors
+    assert index.get_instance(f"{PREFIX}2.1") is None and _rows(index, Instance) == 1
