@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,17 @@ TCP_SETTINGS: dict[str, int] = {
 #: tests can lower them.
 LOCK_TIMEOUT_MS = 15_000
 STATEMENT_TIMEOUT_MS = 20_000
+
+#: SQLite's busy timeout: how long a statement waits for another connection's lock (another
+#: process's writer, an operator's ``sqlite3`` shell). A writer's wait for the writers' flock
+#: counts against it (``_on_begin``): flock and busy wait together stay within it, so a
+#: C-STORE behind a write lock held for minutes is answered 0xA700 within it, not after one
+#: full busy wait per writer queued ahead on the flock. Read at connect, so tests can lower it.
+BUSY_TIMEOUT_MS = 30_000
+
+#: A flock wait shorter than this leaves the busy timeout as it is: writers of several worker
+#: processes wait milliseconds for each other, and shortening costs two PRAGMAs.
+_SHORTEN_AFTER_SECONDS = 0.1
 
 #: PostgreSQL's SQLSTATEs of a statement cancelled by the deadlines above: lock_not_available
 #: (lock_timeout) and query_canceled (statement_timeout).
@@ -362,7 +373,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -372,14 +383,27 @@ def _tune_sqlite(engine: Engine) -> None:
             return
         dbapi_connection = conn.connection.dbapi_connection
         locked = isinstance(dbapi_connection, WriterLockedConnection)
+        busy_ms = 0  # the busy timeout, when shortened by the flock's wait
         if locked:
-            dbapi_connection.lock_for_write()
+            waited = dbapi_connection.lock_for_write()
+            if waited >= _SHORTEN_AFTER_SECONDS:
+                # The flock's holder waited its own busy timeout, or part of it, on a lock
+                # another process holds: this writer waits only what is left of its deadline.
+                busy_ms = int(BUSY_TIMEOUT_MS - waited * 1000)
+                if busy_ms <= 0:
+                    dbapi_connection.unlock_after_write()
+                    raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+                        "database is locked (the writers' lock, for the busy timeout)"))
+                dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             if locked:
                 dbapi_connection.unlock_after_write()
             raise
+        finally:
+            if busy_ms:
+                dbapi_connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
 
 
 def writer_lock_path(url: str) -> str | None:
@@ -405,14 +429,18 @@ class WriterLockedConnection(sqlite3.Connection):
         self._lock_fd: int | None = None
         self._locked = False
 
-    def lock_for_write(self) -> None:
-        """Wait (in the kernel, without the GIL) until no other writer holds the lock."""
+    def lock_for_write(self) -> float:
+        """Wait (in the kernel, without the GIL) until no other writer holds the lock; the
+        seconds waited. The wait ends: each holder gives the lock back within its own busy
+        timeout, which its wait here shortened (``_on_begin``)."""
         if self._locked:
-            return
+            return 0.0
         if self._lock_fd is None:
             self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        started = time.monotonic()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._locked = True
+        return time.monotonic() - started
 
     def unlock_after_write(self) -> None:
         if self._locked and self._lock_fd is not None:

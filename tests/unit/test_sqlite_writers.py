@@ -12,14 +12,19 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from mimic_server.index import schema
+from mimic_server.errors import OutOfResources
+from mimic_server.index import engine as index_engine
+from mimic_server.index import repository, schema
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.engine import (
     WRITE,
@@ -273,3 +278,62 @@ def test_callers_that_queue_while_the_leader_waits_for_the_lock_share_its_commit
     assert (index.committer.batches, index.committer.largest_batch) == (1, 6)
     assert _count(url) == 6
     engine.dispose()
+
+
+def test_writers_behind_an_outside_write_lock_are_refused_within_one_busy_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program holds SQLite's write lock (an operator's ``sqlite3`` shell): a writer
+    of one worker process waits its busy timeout and is refused (0xA700), not tried again; a
+    writer of another worker, which waited on the writers' flock meanwhile, waits only what
+    is left of its own busy timeout. Before, each waited a full busy timeout after the
+    other's, four times over (retries): minutes, past a sender's DIMSE timeout."""
+    monkeypatch.setattr(index_engine, "BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(repository, "_RETRY_WITHIN", 0.5, raising=False)
+    retries: list[float] = []
+    monkeypatch.setattr(repository, "time", SimpleNamespace(
+        monotonic=time.monotonic, sleep=retries.append))
+    url = _url(tmp_path / "index.sqlite3")
+    setup = create_index_engine(url)
+    schema.upgrade(setup)
+    setup.dispose()
+    workers = [SqlIndex(create_index_engine(url)) for _ in range(2)]  # as two processes'
+    busy: dict[int, list[int]] = {}  # each worker's busy timeout at its BEGIN IMMEDIATE
+    began = threading.Event()
+    for n, worker in enumerate(workers):
+        def seen(_conn: Any, cursor: Any, statement: str, *_args: Any, n: int = n) -> None:
+            if statement == "BEGIN IMMEDIATE":
+                ms = cursor.connection.execute("PRAGMA busy_timeout").fetchone()[0]
+                busy.setdefault(n, []).append(ms)
+                began.set()
+        event.listen(worker.engine, "before_cursor_execute", seen)
+    outsider = sqlite3.connect(tmp_path / "index.sqlite3", isolation_level=None)
+    outsider.execute("BEGIN IMMEDIATE")
+    errors: dict[int, BaseException] = {}
+
+    def upsert(n: int) -> None:
+        try:
+            workers[n].upsert_instance(_attrs(n, series=0), object_key=f"k/{n}", **COMMON)
+        except BaseException as exc:  # handed to the test
+            errors[n] = exc
+
+    try:
+        threads = [threading.Thread(target=upsert, args=(0,), daemon=True)]
+        threads[0].start()
+        assert began.wait(30)  # worker 0 holds the writers' flock, in SQLite's busy wait
+        threads.append(threading.Thread(target=upsert, args=(1,), daemon=True))
+        threads[1].start()
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+    finally:
+        outsider.rollback()
+        outsider.close()
+    assert set(errors) == {0, 1}
+    assert all(isinstance(e, OutOfResources) for e in errors.values())
+    assert retries == []  # a busy wait that ran out is not waited out again
+    assert busy[0] == [1000]
+    assert all(ms < 1000 for ms in busy.get(1, []))  # what the flock's wait left, if anything
+    assert _count(url) == 0
+    for worker in workers:
+        worker.close()
+        worker.engine.dispose()
