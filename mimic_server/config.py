@@ -18,7 +18,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
 
 #: The longest wait a setting may ask for: poll() and select() take a C int of milliseconds
 #: (24.8 days); a little less.
@@ -390,6 +389,8 @@ class Settings(BaseSettings):
         stderr). The value is never quoted back."""
         if value is None:
             return None
+        from sqlalchemy.engine import make_url  # not at import: the supervisor never needs it
+
         try:
             url = make_url(value)
         except Exception:  # never quote the value: it may hold a password

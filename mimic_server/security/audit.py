@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -334,9 +335,13 @@ class AuditFilter:
 def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
     """The records of a JSON-lines audit file that match; lines written before the audit
     messages (no ``xml``) are skipped."""
-    found = []
+    return list(_matching(path, selection))
+
+
+def _matching(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
+    """Each record of the file that matches, oldest first, as it is read."""
     if not path.exists():
-        return found
+        return
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
@@ -344,8 +349,7 @@ def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
             except ValueError:
                 continue  # a line cut short by a crash
             if "xml" in entry and selection.matches(entry):
-                found.append(entry)
-    return found
+                yield entry
 
 
 def read_file_newest(path: Path, selection: AuditFilter,
@@ -354,16 +358,8 @@ def read_file_newest(path: Path, selection: AuditFilter,
     newest first, their index fields only (not the message, nor the details): the file is
     streamed through a deque of ``limit`` entries. The console's audit page held every
     record of the trail with its message to keep the newest 500."""
-    kept: deque[dict[str, Any]] = deque(maxlen=limit)
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if "xml" in entry and selection.matches(entry):
-                kept.append({k: entry.get(k) for k in INDEX_FIELDS})
+    kept: deque[dict[str, Any]] = deque(
+        ({k: entry.get(k) for k in INDEX_FIELDS} for entry in _matching(path, selection)),
+        maxlen=limit)
     kept.reverse()
     return list(kept)
