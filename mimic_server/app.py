@@ -536,7 +536,8 @@ class Archive:
                 self._destination_contexts[ae_title] = context
         return context, destination.server_name or destination.host
 
-    def _apply_bundle(self, bundle: CertBundle) -> None:
+    def _apply_bundle(self, bundle: CertBundle) -> CertBundle:
+        """Apply a new bundle; the bundle served (its server identity may be the one kept)."""
         assert self.server is not None
         context, bundle = self._new_context(bundle)
         trust = TrustIndex(bundle)
@@ -569,6 +570,7 @@ class Archive:
             "trust set updated",
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
+        return bundle
 
     def _new_context(self, bundle: CertBundle) -> tuple[ssl.SSLContext, CertBundle]:
         """The listener's context for a new bundle, and the bundle it serves.

@@ -31,7 +31,7 @@ class CertificateWatcher(Poller):
         self,
         source: CertificateSource,
         period: float,
-        apply: Callable[[CertBundle], None],
+        apply: Callable[[CertBundle], CertBundle | None],
         version: str | None = None,
         bundle: CertBundle | None = None,
     ) -> None:
@@ -52,7 +52,7 @@ class CertificateWatcher(Poller):
             if version == self._version:
                 return self._reevaluate()
             bundle = self.source.load()
-            self.apply(bundle)
+            served = self.apply(bundle) or bundle  # its server identity may be kept
         except Exception as exc:
             self.failures += 1
             log.error(
@@ -61,7 +61,7 @@ class CertificateWatcher(Poller):
             )
             return False
         self._version, self._bundle, self._valid = version, bundle, _valid_now(bundle)
-        warn_expiring(bundle)
+        warn_expiring(served)
         return True
 
     def _reevaluate(self) -> bool:
@@ -75,8 +75,19 @@ class CertificateWatcher(Poller):
 
 
 def _valid_now(bundle: CertBundle | None) -> frozenset[str]:
-    """Fingerprints of the bundle's trusted certificates that are valid at this moment."""
-    return frozenset(t.fingerprint for t in bundle.currently_valid()) if bundle else frozenset()
+    """Fingerprints of the bundle's trusted certificates that are valid at this moment, and
+    whether its server certificate is: one refused before its notBefore (a staged rotation)
+    is put in service when it becomes valid, with no change of the source to tell."""
+    if bundle is None:
+        return frozenset()
+    valid = {t.fingerprint for t in bundle.currently_valid()}
+    try:
+        server = x509.load_pem_x509_certificate(bundle.server_chain_pem)
+    except ValueError:
+        return frozenset(valid)
+    if server.not_valid_before_utc <= datetime.now(UTC) <= server.not_valid_after_utc:
+        valid.add("server certificate")
+    return frozenset(valid)
 
 
 def warn_expiring(bundle: CertBundle) -> None:

@@ -293,3 +293,38 @@ def test_a_server_certificate_refused_holds_no_revocation_back(
         archive.stop(0)
     audit = archive.settings.audit_path.read_text()
     assert "associations of certificates no longer trusted were aborted" in audit
+
+
+def test_a_staged_server_certificate_is_served_once_it_is_valid(tmp_path: Path) -> None:
+    """Installed before its notBefore (a staged rotation, an issuer's clock ahead), a new
+    server certificate is refused and the one in service kept; once it becomes valid it is
+    put in service with no change of the source to tell (the watcher looked only at the
+    trusted certificates' validity, and the old one stayed until it expired)."""
+    archive = _archive(tmp_path, "3600")  # the test polls
+    certs = archive.settings.data_dir / "certs"
+    try:
+        assert archive.watcher is not None
+        other = devpki.issue_client(certs, "modality2")
+        assert archive.watcher.poll()
+
+        def served() -> int:
+            assoc = associate(archive.address[1], client_context(other.cert, other.key,
+                                                                  certs / "ca" / "ca.pem"))
+            assert assoc.is_established
+            der = assoc.dul.socket.socket.getpeercert(binary_form=True)
+            assoc.release()
+            return x509.load_der_x509_certificate(der).serial_number
+
+        old = served()
+        now = datetime.now(UTC)
+        cert, key, _, _ = write_cert(tmp_path / "new", "server", issuer=dev_ca(certs),
+                                     server=True, not_before=now + timedelta(seconds=2),
+                                     not_after=now + timedelta(days=365))
+        (certs / "server" / "server.key").write_bytes(key.read_bytes())
+        (certs / "server" / "server.pem").write_bytes(cert.read_bytes())
+        archive.watcher.poll()
+        assert served() == old  # not valid yet: refused, the old one kept
+        new = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+        assert wait_for(lambda: archive.watcher.poll() and served() == new, timeout=15)
+    finally:
+        archive.stop(0)
