@@ -535,7 +535,14 @@ def _audit_log_used(settings: Settings, engine: Any, selection: Any) -> None:
         user = getpass.getuser()
     except (OSError, KeyError):  # a container's uid without a passwd entry
         user = f"uid {os.getuid()}"
-    audit_log = open_audit_trail(settings, engine)
+    try:
+        audit_log = open_audit_trail(settings, engine)
+    except OSError as exc:
+        # An auditor's account may read the trail and not write it (a read-only mount, a
+        # copy): the records are listed all the same, and the miss said.
+        click.echo(f"mimic: this reading of the audit trail could not be recorded "
+                   f"({type(exc).__name__}: {exc.strerror or exc})", err=True)
+        return
     try:
         uri = ("urn:mimic:audit_events" if engine is not None
                else settings.audit_path.resolve().as_uri())

@@ -387,8 +387,8 @@ class Settings(BaseSettings):
         """A URL the engine can be made from; a password with an '@' not percent-encoded
         made its tail the host name, which the driver's error then printed (a secret on
         stderr). The value is never quoted back."""
-        if value is None:
-            return None
+        if not value:
+            return None  # empty (an env file's MIMIC_DATABASE_URL=): unset, as before
         from sqlalchemy.engine import make_url  # not at import: the supervisor never needs it
 
         try:

@@ -92,6 +92,14 @@ def test_a_setting_out_of_bounds_is_refused_with_its_name(
     assert "Traceback" not in result.stderr and "TAILSECRET" not in result.stderr
 
 
+def test_an_empty_database_url_is_the_embedded_index(tmp_path: Path) -> None:
+    """An env file's ``MIMIC_DATABASE_URL=``: unset, as it always was (today's check of the
+    URL refused it)."""
+    from mimic_server.config import Settings
+
+    assert Settings(data_dir=tmp_path, database_url="").index_url.startswith("sqlite:///")
+
+
 def test_unreadable_server_key_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert mimic("certs", "init", "--data-dir", str(data)).returncode == 0
@@ -177,6 +185,33 @@ def test_move_destination_settings_are_checked_at_start(tmp_path: Path) -> None:
     result = mimic("serve", "--data-dir", str(tmp_path / "b"), "--port", str(free_port()),
                    "--host", HOST, "--no-tls", "--move-destinations", tls_without_tls)
     assert result.returncode == 2 and "TLS" in result.stderr
+
+
+def test_a_trail_that_may_be_read_and_not_written_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An auditor's account, a read-only mount or a copy: the reading cannot be recorded,
+    which is said on stderr, and the records are listed all the same (it was a traceback
+    and exit 1, nothing listed)."""
+    from click.testing import CliRunner
+
+    from mimic_server import cli, resources
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+
+    data = tmp_path / "data"
+    trail = AuditLog(data / "audit.jsonl")
+    trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+    trail.close()
+
+    def read_only(*_args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(resources, "open_audit_trail", read_only)
+    result = CliRunner().invoke(cli.main, ["audit", "--json", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["110100"]
+    assert "could not be recorded (OSError: Read-only file system)" in result.stderr
 
 
 def test_reading_the_audit_trail_is_audited(tmp_path: Path) -> None:
