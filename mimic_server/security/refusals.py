@@ -67,7 +67,7 @@ class RefusalAudit:
         with self._lock:
             key = (source, reason)
             if key not in self._counts and len(self._counts) >= MAX_KEYS:
-                key = (OTHER, reason)
+                key = (OTHER, OTHER)  # a hard bound, whatever the peers and reasons
             self._counts[key] += 1
             return self._counts[key] == 1
 

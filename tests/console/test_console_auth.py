@@ -178,7 +178,7 @@ def test_issuer_error_is_quoted_as_printable_ascii(issuer: OidcIssuerDouble, tmp
     chosen = 'access_denied\x01\n"forged" line\\ \u00e9\u202e'
     with caplog.at_level("WARNING", logger="mimic_server.web.console.auth"):
         response = web.get("/auth/callback", params={"error": chosen, "state": "x"})
-    quoted = "access_deniedforged line "
+    quoted = "another error code"  # not one RFC 6749 or OIDC defines: not quoted at all
     assert response.status_code == 400
     assert response.json()["error"] == f"sign-in refused: the issuer ended the sign-in ({quoted})"
     warnings = [r for r in caplog.records if r.getMessage() == "console sign-in refused"]
@@ -369,13 +369,19 @@ def test_strangers_refused_sign_ins_are_counted(issuer: OidcIssuerDouble, tmp_pa
     with caplog.at_level("WARNING", logger="mimic_server"):
         statuses = {web.get("/auth/callback", params={"error": "access_denied"}).status_code
                     for _ in range(30)}
+        # Codes of the stranger's own making are one reason: each was a first refusal.
+        statuses |= {web.get("/auth/callback", params={"error": f"e{n}"}).status_code
+                     for n in range(30)}
         assert statuses == {400}
-        assert len(_audit(tmp_path)) == 1
+        assert len(_audit(tmp_path)) == 2  # the first of each reason
         assert ctx.sign_in_refusals is not None
         ctx.sign_in_refusals.flush()
     lines = [r for r in caplog.records if r.getMessage() == "console sign-in refused"]
-    assert [(r.levelname, r.count) for r in lines] == [("WARNING", 1), ("WARNING", 29)]
-    first, repeats = _audit(tmp_path)
+    assert sorted((r.levelname, r.count) for r in lines) == [
+        ("WARNING", 1), ("WARNING", 1), ("WARNING", 29), ("WARNING", 29)]
+    records = _audit(tmp_path)
+    assert len(records) == 4
+    first, repeats = (r for r in records if "access_denied" in r["reason"])
     for record in (first, repeats):
         assert record["event_name"] == "User Authentication" and record["outcome"] == 4
         assert record["event_type"] == "login" and record["identity"] == "web console"

@@ -276,7 +276,22 @@ def _error_code(value: str) -> str:
     goes into the WARNING log line, the audit record and the response, none of which may
     carry a control character (a forged log line, a record cut short) a stranger chose."""
     code = "".join(c for c in value[:64] if " " <= c <= "~" and c not in '"\\')
-    return code or "no error code"
+    if not code:
+        return "no error code"
+    # Refusals are counted by reason (security/refusals.py): a code of the stranger's
+    # choosing made each refusal a first one (a WARNING line and a record each), and grew
+    # the counts without bound. The codes RFC 6749 4.1.2.1 and OIDC Core 3.1.2.6 define
+    # are named; any other is "another error code".
+    return code if code in _ISSUER_ERRORS else "another error code"
+
+
+_ISSUER_ERRORS = frozenset({
+    "invalid_request", "unauthorized_client", "access_denied", "unsupported_response_type",
+    "invalid_scope", "server_error", "temporarily_unavailable", "interaction_required",
+    "login_required", "account_selection_required", "consent_required",
+    "invalid_request_uri", "invalid_request_object", "request_not_supported",
+    "request_uri_not_supported", "registration_not_supported",
+})
 
 
 def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
