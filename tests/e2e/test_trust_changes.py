@@ -270,11 +270,7 @@ def test_a_server_certificate_refused_holds_no_revocation_back(
             return client_context(other.cert, other.key, certs / "ca" / "ca.pem")
 
         def served() -> bytes:
-            assoc = associate(archive.address[1], modality2())
-            assert assoc.is_established
-            der = assoc.dul.socket.socket.getpeercert(binary_form=True)  # type: ignore[union-attr]
-            assoc.release()
-            return der  # type: ignore[no-any-return]
+            return _served(archive, modality2())
 
         in_service = served()
         revoked = associate(archive.address[1], first_client_context(archive.settings.data_dir))
@@ -308,11 +304,8 @@ def test_a_staged_server_certificate_is_served_once_it_is_valid(tmp_path: Path) 
         assert archive.watcher.poll()
 
         def served() -> int:
-            assoc = associate(archive.address[1], client_context(other.cert, other.key,
-                                                                  certs / "ca" / "ca.pem"))
-            assert assoc.is_established
-            der = assoc.dul.socket.socket.getpeercert(binary_form=True)
-            assoc.release()
+            der = _served(archive, client_context(other.cert, other.key,
+                                                  certs / "ca" / "ca.pem"))
             return x509.load_der_x509_certificate(der).serial_number
 
         old = served()
@@ -328,3 +321,12 @@ def test_a_staged_server_certificate_is_served_once_it_is_valid(tmp_path: Path) 
         assert wait_for(lambda: archive.watcher.poll() and served() == new, timeout=15)
     finally:
         archive.stop(0)
+
+
+def _served(archive: Archive, context: Any) -> bytes:
+    """The server certificate (DER) an association made with ``context`` is served."""
+    assoc = associate(archive.address[1], context)
+    assert assoc.is_established
+    der = assoc.dul.socket.socket.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assoc.release()
+    return der  # type: ignore[no-any-return]
