@@ -254,7 +254,7 @@ def _deflated_with_zeros(directory: Path) -> Path:
     (1 MiB a call: ``codec/structure.py``)."""
     explicit = _object(directory, EXPLICIT, 900)
     ds = pydicom.dcmread(explicit)
-    for tag in [t for t in ds if t >= 0x7FE00010]:  # Pixel Data and what follows it
+    for tag in [e.tag for e in ds if e.tag >= 0x7FE00010]:  # Pixel Data and what follows
         del ds[tag]  # (CT_small's Data Set Trailing Padding): it goes after the header
     pydicom.dcmwrite(explicit, ds, enforce_file_format=True)
     header = _dataset_bytes(explicit)
