@@ -354,6 +354,7 @@ def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
         evt_handlers=[(evt.EVT_PDU_RECV, count), (evt.EVT_C_STORE, lambda e: 0)],
     )
     assert assoc.is_established
+    audited = len(_retrieved(large))  # before the C-GET: a `mimic audit` run takes seconds
     # The C-GET runs in a thread of its own: once aborted, pynetdicom's generator waits out
     # its DIMSE timeout for a response that cannot come, which this test need not sit through.
     getter = threading.Thread(
@@ -362,7 +363,6 @@ def test_peer_aborting_midway_leaves_no_store_handle_open(large: Large) -> None:
     getter.start()
     assert started.wait(60)
     held = _objects_held_open(large.server)
-    audited = len(_retrieved(large))
     assoc.abort()
 
     assert len(held) == 1, held  # the stream had the object open
