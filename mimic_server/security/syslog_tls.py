@@ -211,7 +211,11 @@ def _closed_by_peer(connection: ssl.SSLSocket, timeout: float) -> bool:
     the handshake and make it readable too; a read that finds no application data and would
     block says the connection is open. Data the repository should not send is read and
     dropped."""
-    if not select.select([connection], [], [], 0)[0] and not connection.pending():
+    # poll(), not select(): a server holding many connections has descriptors past
+    # FD_SETSIZE (1024), where select() raises ValueError and would end the sender thread.
+    readable = select.poll()
+    readable.register(connection, select.POLLIN)
+    if not readable.poll(0) and not connection.pending():
         return False
     connection.setblocking(False)
     try:

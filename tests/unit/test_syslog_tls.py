@@ -144,3 +144,33 @@ def test_a_connection_the_repository_closed_is_not_written_into(tmp_path: Path) 
     finally:
         sink.close()
         receiver.stop()
+
+
+def test_a_connection_past_fd_setsize_is_looked_at() -> None:
+    """A server holding many connections gives its syslog connection a descriptor past
+    1024, where select() raises ValueError: the sender thread would have died with it."""
+    import os
+    import resource
+    import socket
+
+    from mimic_server.security.syslog_tls import _closed_by_peer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+
+    class _Connection(socket.socket):
+        def pending(self) -> int:  # as ssl.SSLSocket's: no TLS record held back
+            return 0
+
+    ours, theirs = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1500)
+    ours.close()
+    connection = _Connection(fileno=high)
+    try:
+        assert not _closed_by_peer(connection, 1.0)  # type: ignore[arg-type]
+        theirs.close()
+        assert _closed_by_peer(connection, 1.0)  # type: ignore[arg-type]
+    finally:
+        connection.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
