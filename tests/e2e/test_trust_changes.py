@@ -259,12 +259,9 @@ def test_a_server_certificate_refused_holds_no_revocation_back(
     """The server certificate in service is kept when its replacement cannot be served,
     logged at ERROR; the trusted set changed with it is applied all the same: the revoked
     modality's open association is aborted (audited), its new ones refused."""
-    archive = _archive(tmp_path, "3600")  # the test polls
-    certs = archive.settings.data_dir / "certs"
+    archive, certs, other = _with_modality2(tmp_path)
     try:
         assert archive.watcher is not None
-        other = devpki.issue_client(certs, "modality2")
-        assert archive.watcher.poll()
 
         def modality2() -> Any:
             return client_context(other.cert, other.key, certs / "ca" / "ca.pem")
@@ -296,12 +293,9 @@ def test_a_staged_server_certificate_is_served_once_it_is_valid(tmp_path: Path) 
     server certificate is refused and the one in service kept; once it becomes valid it is
     put in service with no change of the source to tell (the watcher looked only at the
     trusted certificates' validity, and the old one stayed until it expired)."""
-    archive = _archive(tmp_path, "3600")  # the test polls
-    certs = archive.settings.data_dir / "certs"
+    archive, certs, other = _with_modality2(tmp_path)
     try:
         assert archive.watcher is not None
-        other = devpki.issue_client(certs, "modality2")
-        assert archive.watcher.poll()
 
         def served() -> int:
             der = _served(archive, client_context(other.cert, other.key,
@@ -330,3 +324,14 @@ def _served(archive: Archive, context: Any) -> bytes:
     der = assoc.dul.socket.socket.getpeercert(binary_form=True)  # type: ignore[union-attr]
     assoc.release()
     return der  # type: ignore[no-any-return]
+
+
+def _with_modality2(tmp_path: Path) -> tuple[Archive, Path, Any]:
+    """An archive whose watcher the test polls, its certificate directory, and a second
+    client trusted (modality2: the one that stays trusted while the test changes things)."""
+    archive = _archive(tmp_path, "3600")
+    certs = archive.settings.data_dir / "certs"
+    assert archive.watcher is not None
+    other = devpki.issue_client(certs, "modality2")
+    assert archive.watcher.poll()
+    return archive, certs, other
