@@ -19,7 +19,9 @@ to another SHA-256 make it corrupt; a store still failing when ``fix`` re-checks
 an acknowledged instance into a removed one (invariant 1).
 
 A file in the object directory whose name is no key (``lost+found/#1234`` after e2fsck,
-``.DS_Store``) was never put by the archive: it is **foreign**, reported (counted; named with
+``.DS_Store``), or whose name is one no put of the archive makes (``README.txt``, a blob
+someone parked in the container: :func:`~mimic_server.storage.keys.is_object_key`) and that
+no index row names, was never put by the archive: it is **foreign**, reported (counted; named with
 ``--json``) and never deleted, and it is no drift (it would keep the exit status at 1 for
 good). After e2fsck it may hold an acknowledged object that lost its name: the rows found
 missing are the ones to compare it with before ``fix``.
@@ -46,7 +48,7 @@ from mimic_server.index import maintenance
 from mimic_server.index.maintenance import ObjectRef
 from mimic_server.security import audit
 from mimic_server.storage import ObjectStore
-from mimic_server.storage.keys import study_of_key
+from mimic_server.storage.keys import is_object_key, study_of_key
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +123,6 @@ def reconcile(
     """
     report = Report()
     stored = set(store.iter_keys(report.foreign))  # before the index: module docstring
-    if report.foreign:
-        # Their names may be anything (a UID): counted here, named at DEBUG and by --json.
-        log.warning("files in the object store that are not objects: left alone",
-                    extra={"foreign_files": len(report.foreign)})
-        log.debug("foreign files", extra={"names": report.foreign})
-    report.objects = len(stored)
     indexed: set[str] = set()
     for ref in maintenance.object_refs(engine):
         report.instances += 1
@@ -138,7 +134,20 @@ def reconcile(
             report.corrupt.append(ref)
         elif state == "unreadable":
             report.unreadable.append(ref)
-    report.orphans = sorted(stored - indexed)
+    for key in sorted(stored - indexed):
+        if is_object_key(key):
+            report.orphans.append(key)
+        else:
+            # A name the store takes but no put of the archive made (README.txt beside the
+            # objects, a backup parked in the container): someone else's, never deleted.
+            report.foreign.append(key)
+            stored.discard(key)
+    report.objects = len(stored)
+    if report.foreign:
+        # Their names may be anything (a UID): counted here, named at DEBUG and by --json.
+        log.warning("files in the object store that are not objects: left alone",
+                    extra={"foreign_files": len(report.foreign)})
+        log.debug("foreign files", extra={"names": report.foreign})
     log.info("reconcile found", extra=report.as_dict(with_keys=False))
     if fix:
         _fix(store, engine, report, settle_seconds, sleep, audit_log or audit.AuditLog(None),

@@ -159,6 +159,29 @@ def test_foreign_files_are_reported_and_never_deleted(tmp_path: Path) -> None:
     assert code == 0 and report["foreign_files"] == 2 and report["remaining"] == 0
 
 
+def test_files_of_another_shape_than_the_archives_objects_are_never_deleted(
+        tmp_path: Path) -> None:
+    """A name the file store takes as a key but no put of the archive makes (README.txt
+    beside the objects, a copy an operator parked in a study's folder) is foreign, not an
+    orphan: --fix deleted it, and counted it among the objects."""
+    data = tmp_path / "data"
+    _archive(data, 1)
+    objects = data / "objects"
+    strays = ["README.txt", "ab/notes", "ab/1.2/1.2.3/1.2.3.4.dcm.bak",
+              "ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm.old"]
+    for name in strays:
+        (objects / name).parent.mkdir(parents=True, exist_ok=True)
+        (objects / name).write_bytes(b"not the archive's")
+    orphan = "ab/1.2/1.2.3/1.2.3.5.0000000000000000.dcm"
+    (objects / orphan).write_bytes(b"put, never indexed")
+
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+    assert code == 0, fixed
+    assert fixed["deleted_orphans"] == 1 and not (objects / orphan).exists()
+    assert all((objects / name).exists() for name in strays)
+    assert sorted(fixed["foreign"]) == sorted(strays) and fixed["objects"] == 2
+
+
 def test_unusable_store_is_a_configuration_error(tmp_path: Path) -> None:
     done = mimic("reconcile", "--data-dir", str(tmp_path), "--blob-connection-string",
                  "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;"
