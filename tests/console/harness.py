@@ -43,8 +43,10 @@ def console_context(issuer: OidcIssuerDouble, tmp: Path, *, secret: str | None =
     )
 
 
-def client(ctx: ConsoleContext) -> TestClient:
-    return TestClient(build_console(ctx), base_url=BASE, follow_redirects=False)
+def client(ctx: ConsoleContext, peer: str = "testclient") -> TestClient:
+    """A browser at ``peer`` (the address the console counts refusals and exchanges by)."""
+    return TestClient(build_console(ctx), base_url=BASE, follow_redirects=False,
+                      client=(peer, 50000))
 
 
 def start_login(web: TestClient) -> dict[str, str]:

@@ -21,7 +21,9 @@ from starlette.testclient import TestClient
 from mimic_server.security.audit_message import validate
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
+from mimic_server.web.console.auth import TOO_MANY_EXCHANGES
 from mimic_server.web.console.context import ISSUER_CALLS, ConsoleContext
+from mimic_server.web.console.exchanges import TokenExchanges
 from mimic_server.web.console.oidc import Pending
 from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, Signer
 from tests.console.harness import (
@@ -496,3 +498,62 @@ def test_sign_out_in_one_worker_ends_the_session_in_the_others(tmp_path: Path) -
     one.revoke("another-session-2", time.time() + 600)
     assert sorted(p.name for p in shared.iterdir()) == ["abcdefgh12345678",
                                                          "another-session-2"]
+
+
+def test_token_exchanges_are_limited_per_peer(issuer: OidcIssuerDouble, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A stranger taking a fresh /auth/login before each made-up callback had the archive
+    call the issuer's token endpoint once per pair of requests. Past the limit of a peer in
+    a window the callback is 429 with Retry-After and the issuer is not called; a sign-in
+    that succeeded counted too; the refusals are one WARNING and one record at once, the
+    repeats counted; another peer signs in; the next window admits the peer again."""
+    now = [1000.0]
+    ctx = console_context(issuer, tmp_path,
+                          token_exchanges=TokenExchanges(3, 60, clock=lambda: now[0]))
+    stranger = client(ctx, "192.0.2.7")
+    before = len(issuer.token_requests)
+    assert sign_in(stranger, issuer).status_code == 303
+    answers = []
+    with caplog.at_level("WARNING", logger="mimic_server"):
+        for attempt in range(2 + 4):
+            params = start_login(stranger)
+            answers.append(stranger.get("/auth/callback", params={
+                "state": params["state"], "code": f"made-up-{attempt}"}))
+        assert [a.status_code for a in answers] == [400, 400, 429, 429, 429, 429]
+        assert issuer.token_requests[before:] == ["issued", "invalid_grant", "invalid_grant"]
+        assert answers[2].headers["retry-after"] == "60"
+        assert answers[2].json()["error"] == (
+            "sign-in refused: too many sign-ins from this address; try again in 60 s")
+        now[0] += 45
+        late = start_login(stranger)
+        answer = stranger.get("/auth/callback", params={"state": late["state"], "code": "x"})
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "15"
+        too_many = [r for r in _audit(tmp_path) if r.get("reason") == TOO_MANY_EXCHANGES]
+        assert len(too_many) == 1 and too_many[0]["peer"] == "192.0.2.7"
+        assert too_many[0]["event_name"] == "User Authentication" and \
+            too_many[0]["outcome"] == 4
+        # Another address is counted apart.
+        assert sign_in(client(ctx, "198.51.100.9"), issuer).status_code == 303
+        assert len(issuer.token_requests) - before == 4
+        assert ctx.sign_in_refusals is not None
+        ctx.sign_in_refusals.flush()
+    lines = [(r.levelname, r.count) for r in caplog.records
+             if r.getMessage() == "console sign-in refused" and r.reason == TOO_MANY_EXCHANGES]
+    assert lines == [("WARNING", 1), ("WARNING", 4)]
+    # The next window: the stranger's address may exchange again.
+    now[0] += 15
+    assert sign_in(stranger, issuer).status_code == 303
+    assert issuer.token_requests[-1] == "issued"
+
+
+def test_token_exchange_counts_are_bounded() -> None:
+    """Past the peers held, the others share one count: a stranger with many addresses
+    cannot grow the counts, and a flood of them is still limited."""
+    now = [0.0]
+    exchanges = TokenExchanges(1, 60, clock=lambda: now[0], max_peers=2)
+    assert exchanges.admit("192.0.2.1") is None and exchanges.admit("192.0.2.2") is None
+    assert exchanges.admit("192.0.2.3") is None  # the shared count's one
+    assert exchanges.admit("192.0.2.4") == 60
+    assert exchanges.admit("192.0.2.1") == 60
+    now[0] = 60
+    assert exchanges.admit("192.0.2.4") is None

@@ -8,7 +8,9 @@ is a cross-site top-level navigation, which Strict would strip) and Secure unles
 console is reached over plain HTTP on a loopback address (development and tests).
 
 Each sign-in and each refused one is an audit record (User Authentication, ``login``), like
-an association's; the refusal's reason is safe (no token, no code).
+an association's; the refusal's reason is safe (no token, no code). The calls to the
+issuer's token endpoint are limited per peer (:mod:`.exchanges`): past the limit the
+callback is answered 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 LOGIN_SECONDS = 600
 SESSION = "session"
 LOGIN = "login"
+#: The reason of a callback refused by ``ConsoleContext.token_exchanges`` (one reason, so
+#: that its refusals are counted as one per peer and interval).
+TOO_MANY_EXCHANGES = "too many sign-ins from this address"
 
 
 def secure_cookies(request: Request) -> bool:
@@ -221,9 +226,20 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             pending = Pending(str(body["state"]), str(body["nonce"]), str(body["verifier"]))
             if not ctx.used_logins.first_use(pending.state, float(body["exp"])):
                 raise SignInRefused("this sign-in was already completed or refused")
+            state, code = params.get("state", ""), params.get("code", "")
+            ctx.oidc.check(pending, state, code)
+            # Answered here, before the issuer's threads: a flood waits for no issuer call.
+            retry_after = ctx.token_exchanges.admit(peer)
+            if retry_after is not None:
+                refused(peer, TOO_MANY_EXCHANGES)
+                response = _error(429, f"sign-in refused: {TOO_MANY_EXCHANGES}; "
+                                       f"try again in {retry_after} s")
+                response.headers["Retry-After"] = str(retry_after)
+                response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+                return response
             user = await anyio.to_thread.run_sync(
-                ctx.oidc.complete, pending, params.get("state", ""), params.get("code", ""),
-                redirect_uri(ctx, request), limiter=issuer_calls)
+                ctx.oidc.complete, pending, state, code, redirect_uri(ctx, request),
+                limiter=issuer_calls)
         except SignInRefused as exc:
             refused(peer, str(exc))
             response = _error(400, f"sign-in refused: {exc}")

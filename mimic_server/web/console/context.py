@@ -19,6 +19,7 @@ from mimic_server.security.audit import AuditFilter, AuditLog
 from mimic_server.security.policy import Policy
 from mimic_server.security.refusals import RefusalAudit
 from mimic_server.web.console.access import RoleMap
+from mimic_server.web.console.exchanges import TokenExchanges
 from mimic_server.web.console.modalities import TrustView
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer, UsedLogins
@@ -64,6 +65,9 @@ class ConsoleContext:
     sign_in_refusals: RefusalAudit | None = None
     #: Login states already brought back to ``/auth/callback`` (single use).
     used_logins: UsedLogins = field(default_factory=UsedLogins)
+    #: Token exchanges per peer in a fixed window (``exchanges.py``): past its limit the
+    #: callback is answered 429 without calling the issuer.
+    token_exchanges: TokenExchanges = field(default_factory=TokenExchanges)
     #: The threads the issuer's endpoints (discovery, token exchange) are called in: a slow
     #: or unreachable token endpoint, or strangers' callbacks by the dozen, held every
     #: thread of anyio's default pool, which DICOMweb's sync routes share (2 ms -> 2.5 s);

@@ -113,13 +113,20 @@ class OidcClient:
         })
         return f"{authorize}{'&' if '?' in authorize else '?'}{query}"
 
-    def complete(self, pending: Pending, state: str, code: str, redirect_uri: str) -> TokenUser:
-        """The signed-in user: state compared, code exchanged with the verifier, ID token
-        validated, nonce compared. Raises :class:`SignInRefused`."""
+    @staticmethod
+    def check(pending: Pending, state: str, code: str) -> None:
+        """What is refused without asking the issuer: another state, no code. The callback
+        asks this before it counts a token exchange (``exchanges.py``): only a call to the
+        token endpoint is counted. Raises :class:`SignInRefused`."""
         if not state or not _same(state, pending.state):
             raise SignInRefused("the sign-in state does not match")
         if not code:
             raise SignInRefused("the issuer sent no authorization code")
+
+    def complete(self, pending: Pending, state: str, code: str, redirect_uri: str) -> TokenUser:
+        """The signed-in user: state compared, code exchanged with the verifier, ID token
+        validated, nonce compared. Raises :class:`SignInRefused`."""
+        self.check(pending, state, code)
         _, token_url = self.endpoints()
         form = {
             "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
