@@ -246,6 +246,10 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
             // The ingress ends TLS: derived from the request, the redirect URI would be
             // http://, which the issuer refuses (it must be the one registered).
             { name: 'MIMIC_WEB_OIDC_REDIRECT_URI', value: 'https://${webAppName}.${containerAppsEnvironment.properties.defaultDomain}/auth/callback' }
+            // Every request comes from the ingress, which appends the browser's address to
+            // X-Forwarded-For (and vouches for that entry only): per-address limits and the
+            // audit trail name the browser, not the ingress.
+            { name: 'MIMIC_WEB_PROXY_HOPS', value: '1' }
             // The serve app's ops listener, by its internal port mapping (see above).
             { name: 'MIMIC_WEB_SERVE_STATUS_URL', value: 'http://${appName}:${opsPort}' }
           ])

@@ -290,6 +290,12 @@ class Settings(BaseSettings):
         "", description="Origins (comma-separated, e.g. https://viewer.example.org) whose "
         "browser scripts may call DICOMweb (CORS); empty: none.",
     )
+    web_proxy_hops: int = Field(
+        0, ge=0, le=16, description="HTTP proxies in front of 'mimic web' that append the "
+        "client's address to X-Forwarded-For (1 behind Container Apps' ingress): the "
+        "client is that many entries from the right, for the console's per-address limits "
+        "and the audit trail; 0: the connection's own address.",
+    )
     web_base_url: str | None = Field(
         None, description="The public URL of 'mimic web' (https://host), used in the bulk "
         "data URIs of metadata answers (default: the request's own).",

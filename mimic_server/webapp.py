@@ -66,6 +66,7 @@ from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import UnexpectedErrors
 from mimic_server.web.dicomweb.kept_copies import KeptCopies
 from mimic_server.web.dicomweb.stow_part import PartMemory
+from mimic_server.web.forwarded import ForwardedClient
 from mimic_server.web.parent import (
     OPTIONS_VARIABLE,
     REVOKED_DIR_VARIABLE,
@@ -166,7 +167,7 @@ class WebArchive:
             console_context.query_gate = dicomweb_gate(self.context)
             console = build_console(console_context)
         return build_web_app(self.context, s.web_cors_origin_list, console,
-                             ready=self._ready)
+                             ready=self._ready, proxy_hops=s.web_proxy_hops)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -359,7 +360,7 @@ def _ingest(settings: Settings, store: ObjectStore, index: SqlIndex) -> Ingest:
 
 
 def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = None,
-                  ready: Any = None) -> Starlette:
+                  ready: Any = None, proxy_hops: int = 0) -> Starlette:
     """``/dicomweb`` (DICOMweb), ``/healthz`` and ``/readyz`` (probes), ``/`` (console)."""
 
     def healthz(_request: Request) -> JSONResponse:
@@ -379,7 +380,8 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
     ]
     if console is not None:
         routes.append(Mount("/", app=console))
-    return Starlette(routes=routes, middleware=[Middleware(UnexpectedErrors)])
+    return Starlette(routes=routes, middleware=[
+        Middleware(ForwardedClient, hops=proxy_hops), Middleware(UnexpectedErrors)])
 
 
 def worker_app() -> Any:

@@ -65,7 +65,10 @@ def web_identity(ctx: DicomWebContext) -> Identity:
 
 def _peer(request: Request) -> str:
     client = request.client
-    return f"{client.host}:{client.port}" if client is not None else "unknown"
+    if client is None:
+        return "unknown"
+    # Port 0: the address an ingress forwarded (``web/forwarded.py``), whose port it keeps.
+    return f"{client.host}:{client.port}" if client.port else client.host
 
 
 def _challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
