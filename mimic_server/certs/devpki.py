@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import re
 import shutil
@@ -40,9 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mimic_server.errors import ConfigurationError
-from mimic_server.security.grants import MODALITY, Grants, RuleError, parse_rule
-
-log = logging.getLogger(__name__)
+from mimic_server.security.grants import Grants, RuleError, parse_rule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIRST_CLIENT = "modality1"
@@ -313,23 +310,31 @@ def read_binding(path: Path) -> list[str]:
         raise ConfigurationError(f"{path} is not a valid AE title binding") from exc
 
 
-def read_rule(path: Path, entry: str) -> Grants | None:
-    """The access rule in a binding file (every key but ``ae_titles``), or None without one.
+def read_entry_binding(path: Path) -> tuple[frozenset[str], Grants | None]:
+    """The AE titles and access rule of a trust entry's binding file; none of either
+    without one.
 
-    A rule that cannot be read makes that entry a modality (:data:`MODALITY`), logged at
-    ERROR with the entry's name: one bad binding never takes the trust set down, and never
-    grants more than the default.
+    ConfigurationError for a file that cannot be read or parsed, whatever part of it:
+    titles read as none would admit any calling AE title, and a rule read as the default
+    could grant what the entry's own rule withheld (store, associations without a user), so
+    the whole entry is the caller's to decide (:class:`~.directory.DirectorySource`).
     """
-    if not path.exists():
-        return None
     try:
         data = json.loads(path.read_text())
-        raw = {k: v for k, v in data.items() if k != "ae_titles"}
-        return parse_rule(raw, f"{path.name}") if raw else None
-    except (ValueError, AttributeError, TypeError, OSError) as exc:
-        log.error("access rule of a trust entry cannot be read; it may echo and store only",
-                  extra={"entry": entry, "error": str(exc)})
-        return MODALITY
+    except FileNotFoundError:
+        return frozenset(), None
+    except OSError as exc:
+        raise ConfigurationError(exc.strerror or type(exc).__name__) from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("ae_titles", []), list):
+        raise ConfigurationError('not a binding: {"ae_titles": [...], "services": [...]}')
+    titles = frozenset(_check_ae_title(t) for t in data.get("ae_titles", []))
+    raw = {k: v for k, v in data.items() if k != "ae_titles"}
+    try:
+        return titles, parse_rule(raw, path.name) if raw else None
+    except RuleError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def _check_name(name: str) -> None:

@@ -365,18 +365,24 @@ def test_missing_policy_file_is_a_configuration_error(tmp_path: Path) -> None:
         server.start()
 
 
-def test_bad_binding_rule_makes_the_entry_a_modality(setup: Setup) -> None:
+def test_a_bad_binding_rule_leaves_its_new_entry_untrusted(setup: Setup) -> None:
+    """A rule the parser refuses (a typo) fails its entry whole, logged at ERROR naming the
+    file: read as the default, it would grant store, which the rule meant to withhold. An
+    entry issued after it with a good rule is trusted: the refresh read both."""
     certs = setup.server.certs
-    devpki.issue_client(certs, "typo", rule=None)
     (certs / "trusted" / "typo.json").write_text(json.dumps({"services": ["fnid"]}))
+    devpki.issue_client(certs, "typo", rule=None)
+    devpki.issue_client(certs, "typo-free", rule={"services": ["echo", "find"]})
 
-    def trusted_as_modality() -> bool:
-        assoc = setup.associate("typo", [Verification, FIND])
-        ok = assoc.is_established and _refused_services(assoc) == {FIND}
+    def established(name: str) -> bool:
+        assoc = setup.associate(name, [Verification, FIND])
+        ok = assoc.is_established and not _refused_services(assoc)
         if assoc.is_established:
             assoc.release()
-        return ok
+        return bool(ok)
 
-    assert wait_for(trusted_as_modality, timeout=20)
-    assert any(e.get("level") == "ERROR" and e.get("entry") == "typo"
+    assert wait_for(lambda: established("typo-free"), timeout=20)
+    assert any(e.get("level") == "ERROR" and e.get("file") == "trusted/typo.json"
                for e in setup.server.log_entries())
+    assoc = setup.associate("typo", [Verification, FIND])
+    assert not assoc.is_established

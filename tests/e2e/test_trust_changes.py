@@ -288,6 +288,94 @@ def test_a_server_certificate_refused_holds_no_revocation_back(
     assert "associations of certificates no longer trusted were aborted" in audit
 
 
+def _unread(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The files the certificate source logged at ERROR as unreadable."""
+    return [getattr(r, "file", "") for r in caplog.records
+            if r.levelno == logging.ERROR and r.name == "mimic_server.certs.directory"]
+
+
+def _any_certificate(path: Path) -> bytes:
+    return (path.parent.parent / "ca" / "ca.pem").read_bytes()
+
+
+def _der_named_pem(path: Path) -> None:
+    path.write_bytes(x509.load_pem_x509_certificate(_any_certificate(path))
+                     .public_bytes(Encoding.DER))
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(_any_certificate(path)[:300])
+
+
+def _unreadable(path: Path) -> None:
+    """An OSError on read: a directory under the file's name (root reads a mode 000 file)."""
+    path.mkdir()
+
+
+def _bad_binding(path: Path) -> None:
+    path.with_suffix(".json").write_text('{"ae_titles": ["ST')
+    path.write_bytes(_any_certificate(path))
+
+
+@pytest.mark.parametrize("spoil", [_der_named_pem, _truncated, _unreadable, _bad_binding],
+                         ids=["DER named .pem", "truncated", "unreadable", "bad binding"])
+def test_a_bad_file_in_trusted_holds_no_revocation_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None]
+) -> None:
+    """A file of trusted/ that cannot be read fails its own entry only (ERROR naming it):
+    modality1 revoked meanwhile has its open association aborted, its new ones refused."""
+    archive, certs, other = _with_modality2(tmp_path)
+    try:
+        assert archive.watcher is not None
+        revoked = associate(archive.address[1], first_client_context(archive.settings.data_dir))
+        assert revoked.is_established
+        spoil(certs / "trusted" / "stray.pem")
+        devpki.revoke(certs, "modality1")
+        with caplog.at_level(logging.ERROR):
+            assert archive.watcher.poll()
+        assert wait_for(lambda: revoked.is_aborted, timeout=10)
+        assert not _echoes(archive, lambda: first_client_context(archive.settings.data_dir))
+        assert _echoes(archive, lambda: client_context(other.cert, other.key,
+                                                       certs / "ca" / "ca.pem"))
+        assert _unread(caplog) in (["trusted/stray.pem"], ["trusted/stray.json"])
+    finally:
+        archive.stop(0)
+
+
+def test_a_trusted_file_unreadable_mid_run_keeps_its_modality_until_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """modality2's file half rewritten (a copy, not atomic): its open association stays
+    open and it is still admitted, while the revocation of modality1 in the same refresh
+    applies; once the file is removed, modality2's association is aborted."""
+    archive, certs, other = _with_modality2(tmp_path)
+    try:
+        assert archive.watcher is not None
+
+        def modality2() -> Any:
+            return client_context(other.cert, other.key, certs / "ca" / "ca.pem")
+
+        kept = associate(archive.address[1], modality2())
+        revoked = associate(archive.address[1], first_client_context(archive.settings.data_dir))
+        assert kept.is_established and revoked.is_established
+        pem = certs / "trusted" / "modality2.pem"
+        pem.write_bytes(pem.read_bytes()[:200])
+        devpki.revoke(certs, "modality1")
+        with caplog.at_level(logging.ERROR):
+            assert archive.watcher.poll()
+        assert wait_for(lambda: revoked.is_aborted, timeout=10)
+        assert kept.is_established
+        assert getattr(kept.send_c_echo(), "Status", None) == 0
+        assert _echoes(archive, modality2)
+        assert _unread(caplog) == ["trusted/modality2.pem"]
+        pem.unlink()
+        assert archive.watcher.poll()
+        assert wait_for(lambda: kept.is_aborted, timeout=10)
+        assert not _echoes(archive, modality2)
+    finally:
+        archive.stop(0)
+
+
 def test_a_staged_server_certificate_is_served_once_it_is_valid(tmp_path: Path) -> None:
     """Installed before its notBefore (a staged rotation, an issuer's clock ahead), a new
     server certificate is refused and the one in service kept; once it becomes valid it is
