@@ -36,6 +36,10 @@ from mimic_server.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 
+class _NoCertificate(ConfigurationError):
+    """An entry read, whose value holds no usable certificate."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """One listed certificate or secret, as much as the listing tells."""
@@ -90,6 +94,9 @@ class KeyVaultSource:
         #: (kind, name) -> the certificates last read while the entry was trusted: a disabled
         #: secret cannot be read again (403), yet the console shows what was revoked.
         self._last_trusted: dict[tuple[str, str], list[x509.Certificate]] = {}
+        #: (kind, name) of the entries the last load trusted: only these keep their last
+        #: certificates while they cannot be read (one revoked since is not trusted again).
+        self._in_force: set[tuple[str, str]] = set()
 
     def describe(self) -> str:
         return f"Key Vault {self.vault_url}"
@@ -139,6 +146,7 @@ class KeyVaultSource:
         now = self._clock()
         trusted: list[TrustedCertificate] = []
         seen: set[tuple[str, str, str]] = set()
+        in_force: set[tuple[str, str]] = set()
         for entry in listing.trusted:
             kind = items.trust_kind(entry.tags)
             if kind is None or not entry.active(now):
@@ -151,10 +159,12 @@ class KeyVaultSource:
                     certs = self._fetch(entry)
                 except ConfigurationError as exc:
                     # One entry unreadable (a 403 where access is granted per secret, an
-                    # outage mid-load) must not hold back the rest of the listing, revocations
-                    # first. Listed active, it keeps what was last read of it; never read,
-                    # it is not trusted. A disabled or missing entry never gets this far.
-                    certs = self._last_trusted.get((entry.kind, entry.name))
+                    # outage mid-load, a new version holding no usable certificate) must not
+                    # hold back the rest of the listing, revocations first. Trusted by the
+                    # last load, it keeps what was last read of it; else it is not trusted.
+                    # A disabled or missing entry never gets this far.
+                    key = (entry.kind, entry.name)
+                    certs = self._last_trusted.get(key) if key in self._in_force else None
                     log.error(
                         "trusted entry cannot be read; its last certificates stay trusted"
                         if certs else "trusted entry cannot be read; not trusted",
@@ -163,8 +173,6 @@ class KeyVaultSource:
                     if certs is None:
                         continue
                 else:
-                    if certs is None:
-                        continue
                     self._cache[cache_key] = certs
             self._last_trusted[(entry.kind, entry.name)] = certs
             try:
@@ -175,7 +183,9 @@ class KeyVaultSource:
                 continue
             rule = items.rule(entry.tags, entry.name)
             trusted.extend(TrustedCertificate(entry.name, kind, c, titles, rule) for c in certs)
+            in_force.add((entry.kind, entry.name))
         self._cache = {k: v for k, v in self._cache.items() if k in seen}
+        self._in_force = in_force
         return CertBundle(chain, key, tuple(trusted))
 
     def revoked(self) -> tuple[TrustedCertificate, ...]:
@@ -194,7 +204,10 @@ class KeyVaultSource:
                 continue
             certs: list[x509.Certificate] | None
             if entry.kind == "certificate":
-                certs = self._fetch(entry)
+                try:
+                    certs = self._fetch(entry)
+                except _NoCertificate:
+                    certs = None
             else:
                 certs = self._last_trusted.get((entry.kind, entry.name))
             try:
@@ -241,8 +254,9 @@ class KeyVaultSource:
         )
         return chain, key
 
-    def _fetch(self, entry: _Entry) -> list[x509.Certificate] | None:
-        """The certificates of one trusted entry; None (logged) when it holds none."""
+    def _fetch(self, entry: _Entry) -> list[x509.Certificate]:
+        """The certificates of one trusted entry; :class:`_NoCertificate` when it holds
+        none, ConfigurationError when it cannot be read."""
         if entry.kind == "certificate":
             cer = self._vault(lambda: self._certificates.get_certificate(entry.name).cer)
         else:
@@ -252,11 +266,7 @@ class KeyVaultSource:
                 return [x509.load_der_x509_certificate(bytes(cer or b""))]
             return items.certificates_from_pem(value or "")
         except ValueError as exc:
-            log.warning(
-                "trusted entry ignored: no usable certificate",
-                extra={"kind": entry.kind, "entry": entry.name, "error": str(exc)},
-            )
-            return None
+            raise _NoCertificate(f"no usable certificate: {exc}") from exc
 
     def _vault(self, call: Callable[[], Any]) -> Any:
         """Run one vault interaction; SDK failures become a ConfigurationError naming the vault."""

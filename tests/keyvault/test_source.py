@@ -334,6 +334,50 @@ def test_an_entry_that_cannot_be_read_keeps_its_last_certificates_while_listed_a
     assert _names(source.load()) == set()
 
 
+def test_an_entry_in_force_whose_new_version_holds_no_certificate_keeps_its_last(
+    vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new version that holds no usable certificate (DER pasted as text, a cut PEM) is an
+    entry that cannot be read: in force, it keeps its last certificates; new, it is not
+    trusted; both at ERROR naming the entry; a revocation in the same load applies."""
+    _with_server(vault, pki)
+    a = pki.issue("a")[2]
+    vault.set_secret("a", pem(a), tags=CLIENT)
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
+    source = _source(vault)
+    assert _names(source.load()) == {"a", "b"}
+    vault.set_secret("a", pem(pki.issue("a2")[2])[:200], tags=CLIENT)
+    vault.set_secret("c", "-----BEGIN NONSENSE-----", tags=CLIENT)
+    vault.update("secrets", "b", enabled=False)
+    with caplog.at_level(logging.WARNING, logger="mimic_server.certs.keyvault"):
+        bundle = source.load()
+    assert [(t.name, t.certificate) for t in bundle.trusted] == [("a", a)]
+    unread = [(r.levelno, r.entry) for r in caplog.records  # type: ignore[attr-defined]
+              if "cannot be read" in r.getMessage()]
+    assert sorted(unread) == [(logging.ERROR, "a"), (logging.ERROR, "c")]
+
+
+@pytest.mark.parametrize("unreadable", ["no certificate", "403"])
+def test_only_an_entry_in_force_keeps_its_last_certificates(
+    vault: KeyVaultDouble, pki: Pki, unreadable: str
+) -> None:
+    """Disabled (revoked), then enabled again with a version that cannot be read: what
+    was revoked is not trusted again."""
+    _with_server(vault, pki)
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags=CLIENT)
+    source = _source(vault)
+    assert _names(source.load()) == {"a"}
+    vault.update("secrets", "a", enabled=False)
+    assert _names(source.load()) == set()
+    if unreadable == "403":
+        vault._get = lambda kind, name, version: (  # type: ignore[method-assign]
+            403, {}, {"error": {"code": "Forbidden", "message": "not authorized"}})
+        vault.set_secret("a", pem(pki.issue("a2")[2]), tags=CLIENT)
+    else:
+        vault.set_secret("a", "-----BEGIN NONSENSE-----", tags=CLIENT)
+    assert _names(source.load()) == set()
+
+
 @pytest.mark.parametrize("window", ["expired", "not yet valid"])
 def test_a_server_certificate_outside_its_validity_period_is_not_put_in_service(
     vault: KeyVaultDouble, pki: Pki, window: str
