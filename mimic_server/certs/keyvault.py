@@ -32,6 +32,7 @@ from mimic_server.certs import CertBundle, TrustedCertificate
 from mimic_server.certs import vaultitems as items
 from mimic_server.certs.vaulthttp import client_options
 from mimic_server.errors import ConfigurationError
+from mimic_server.security.grants import Grants
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class KeyVaultSource:
         #: (kind, name) of the entries the last load trusted: only these keep their last
         #: certificates while they cannot be read (one revoked since is not trusted again).
         self._in_force: set[tuple[str, str]] = set()
+        #: (kind, name) -> the AE titles and rule of each entry the last load trusted: kept
+        #: while its tags cannot be read (a typo in the portal).
+        self._last_bound: dict[tuple[str, str], tuple[frozenset[str], Grants | None]] = {}
 
     def describe(self) -> str:
         return f"Key Vault {self.vault_url}"
@@ -142,11 +146,12 @@ class KeyVaultSource:
         listing, self._listing = self._listing, None
         if listing is None:
             listing = self._vault(self._list)
-        chain, key = self._identity(listing.server)
+        chain, server_key = self._identity(listing.server)
         now = self._clock()
         trusted: list[TrustedCertificate] = []
         seen: set[tuple[str, str, str]] = set()
         in_force: set[tuple[str, str]] = set()
+        bound: dict[tuple[str, str], tuple[frozenset[str], Grants | None]] = {}
         for entry in listing.trusted:
             kind = items.trust_kind(entry.tags)
             if kind is None or not entry.active(now):
@@ -175,18 +180,30 @@ class KeyVaultSource:
                 else:
                     self._cache[cache_key] = certs
             self._last_trusted[(entry.kind, entry.name)] = certs
+            key = (entry.kind, entry.name)
             try:
                 titles = items.ae_titles(entry.tags)
-            except ValueError as exc:  # deny: a binding unread is no certificate trusted
-                log.error("Key Vault entry not trusted: its AE title binding cannot be read",
-                          extra={"entry": entry.name, "reason": str(exc)})
-                continue
-            rule = items.rule(entry.tags, entry.name)
+                rule = items.rule(entry.tags, entry.name)
+            except ValueError as exc:
+                # A tag mistyped in the portal: read as no binding it let the certificate
+                # use any calling AE title, read as the default rule it could grant store or
+                # drop `user = required`. Trusted by the last load, the entry keeps its last
+                # binding; else it is not trusted.
+                kept = self._last_bound.get(key)
+                log.error(
+                    "Key Vault entry's binding tags cannot be read; it keeps its last binding"
+                    if kept else "Key Vault entry not trusted: its binding tags cannot be read",
+                    extra={"entry": entry.name, "reason": str(exc)})
+                if kept is None:
+                    continue
+                titles, rule = kept
+            bound[key] = titles, rule
             trusted.extend(TrustedCertificate(entry.name, kind, c, titles, rule) for c in certs)
-            in_force.add((entry.kind, entry.name))
+            in_force.add(key)
         self._cache = {k: v for k, v in self._cache.items() if k in seen}
         self._in_force = in_force
-        return CertBundle(chain, key, tuple(trusted))
+        self._last_bound = bound
+        return CertBundle(chain, server_key, tuple(trusted))
 
     def revoked(self) -> tuple[TrustedCertificate, ...]:
         """The tagged entries the vault keeps but MIMIC does not trust now (disabled, expired

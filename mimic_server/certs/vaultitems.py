@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from mimic_server.errors import ConfigurationError
-from mimic_server.security.grants import MODALITY, Grants, RuleError, from_tags, parse_rule
+from mimic_server.security.grants import Grants, RuleError, from_tags, parse_rule
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def ae_titles(tags: Mapping[str, str] | None) -> frozenset[str]:
 def rule(tags: Mapping[str, str] | None, entry: str) -> Grants | None:
     """The access rule an entry's tags carry (``mimic-services`` ...), None when none.
 
-    A tag value that cannot be read makes the entry a modality (:data:`MODALITY`), logged at
-    ERROR with the entry's name: one mistyped tag never takes the trust set down, and never
-    grants more than the default.
+    ``ValueError`` for a tag value that cannot be read: read as the default (a modality's
+    echo and store) it could grant what the entry's own rule withheld (store, associations
+    without a user), so the entry is the caller's to decide, as for a binding of AE titles.
     """
     raw = from_tags(tags)
     if raw is None:
@@ -77,9 +77,7 @@ def rule(tags: Mapping[str, str] | None, entry: str) -> Grants | None:
     try:
         return parse_rule(raw, f"Key Vault entry {entry!r} tags")
     except RuleError as exc:
-        log.error("access rule tags of a Key Vault entry cannot be read; it may echo and "
-                  "store only", extra={"entry": entry, "error": str(exc)})
-        return MODALITY
+        raise ValueError(str(exc)) from exc
 
 
 def active(

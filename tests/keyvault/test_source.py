@@ -276,7 +276,7 @@ def test_an_ae_title_binding_that_cannot_be_read_trusts_nothing(
     with caplog.at_level(logging.ERROR, logger="mimic_server.certs.keyvault"):
         bundle = _source(vault).load()
     assert [(t.name, t.ae_titles) for t in bundle.trusted] == [("b", {"CT1", "MR1"})]
-    refused = [r for r in caplog.records if "AE title binding" in r.getMessage()]
+    refused = [r for r in caplog.records if "binding tags" in r.getMessage()]
     assert [r.entry for r in refused] == ["a"]  # type: ignore[attr-defined]
 
 
@@ -393,3 +393,53 @@ def test_a_server_certificate_outside_its_validity_period_is_not_put_in_service(
     with pytest.raises(ConfigurationError, match="server certificate not valid now"):
         server_context(bundle)
     server_context(bundle, new_identity=False)
+
+
+def test_an_entry_that_cannot_be_read_leaves_the_server_key_as_it_is(
+    vault: KeyVaultDouble, pki: Pki
+) -> None:
+    """The load named the entry it could not read with the variable that held the server's
+    private key: the bundle then carried a (kind, name) pair as the server key, and the
+    listener refused a server certificate it should have served."""
+    _with_server(vault, pki)
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags=CLIENT)
+    source = _source(vault)
+    first = source.load()
+    vault.set_secret("a", "-----BEGIN NONSENSE-----", tags=CLIENT)
+    bundle = source.load()
+    assert _names(bundle) == {"a"}
+    assert bundle.server_key_pem == first.server_key_pem
+    server_context(bundle)  # served as it is
+
+
+@pytest.mark.parametrize("tags", [
+    {"mimic-services": "echo, fnd"},  # a typo in the portal
+    {"mimic-user": "requird"},
+    {"mimic-max-find-results": "many"},
+])
+def test_binding_tags_that_cannot_be_read_never_widen_an_entry(
+    vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture, tags: dict[str, str]
+) -> None:
+    """A rule tag that could not be read made the entry a modality (echo and store): it
+    could grant store, or drop `user = required`, that the entry's own rule withheld. In
+    force, the entry keeps its last binding (titles and rule); new, it is not trusted; both
+    at ERROR naming it; the rest of the listing applies."""
+    _with_server(vault, pki)
+    rule = {"mimic-services": "echo, find", "mimic-user": "required",
+            "mimic-ae-titles": "WS1"}
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags={**CLIENT, **rule})
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
+    source = _source(vault)
+    [before] = [t for t in source.load().trusted if t.name == "a"]
+    vault.set_secret("a", pem(pki.issue("a")[2]), tags={**CLIENT, **rule, **tags})
+    vault.set_secret("c", pem(pki.issue("c")[2]), tags={**CLIENT, **tags})
+    vault.update("secrets", "b", enabled=False)  # revoked meanwhile
+    with caplog.at_level(logging.ERROR, logger="mimic_server.certs.keyvault"):
+        bundle = source.load()
+    assert _names(bundle) == {"a"}
+    [after] = bundle.trusted
+    assert (after.ae_titles, after.rule) == (before.ae_titles, before.rule)
+    assert after.rule is not None and after.rule.user.name == "REQUIRED"
+    said = sorted((r.levelno, r.entry) for r in caplog.records  # type: ignore[attr-defined]
+                  if "binding tags" in r.getMessage())
+    assert said == [(logging.ERROR, "a"), (logging.ERROR, "c")]
