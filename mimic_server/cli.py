@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 from pydantic import ValidationError
 
-from mimic_server import __version__
+from mimic_server import __version__, startup_checks
 from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
@@ -60,6 +60,15 @@ def _settings(**overrides: Any) -> Settings:
         _fail(str(exc))
 
 
+def _check_local(settings: Settings) -> None:
+    """What the settings name on this machine, before anything is imported for serving or
+    listens (``startup_checks``): a wrong one is exit 2 and one line, in every mode."""
+    try:
+        startup_checks.check_data_dir(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
 def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """One option per Settings field; unset options fall back to MIMIC_* and the default."""
     for name, field in reversed(list(Settings.model_fields.items())):
@@ -93,6 +102,7 @@ def serve(**options: Any) -> None:
     from mimic_server.workers import worker_count
 
     settings = _settings(**options)
+    _check_local(settings)
     count = worker_count(settings)
     # A supervisor serves no DICOM itself: it starts its workers before it imports what it
     # prepares for them (the index, the stores), and never imports the DICOM stack.
@@ -237,6 +247,7 @@ def web(**options: Any) -> None:
     from mimic_server.web.parent import run_workers, web_worker_count
 
     settings = _settings(**options)
+    _check_local(settings)
     count = web_worker_count(settings)
     # as `serve`: a single process imports the app (pydicom with it) before its logging is
     # set up; the parent of workers never imports it
@@ -393,7 +404,10 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
     from mimic_server.index.engine import create_index_engine
 
     settings = _settings(database_url=database_url, database_auth=database_auth, data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        startup_checks.check_data_dir(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc))
     credential = None
     if settings.database_auth == "entra":
         from azure.identity import DefaultAzureCredential

@@ -92,6 +92,30 @@ def test_a_setting_out_of_bounds_is_refused_with_its_name(
     assert "Traceback" not in result.stderr and "TAILSECRET" not in result.stderr
 
 
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one ``mimic:`` line a configuration error gives, with no traceback beside it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("mimic:")]
+    return line
+
+
+@pytest.mark.parametrize(("command", "workers"), [
+    (("serve",), "1"), (("serve",), "2"), (("web",), "1"), (("db", "upgrade"), "1"),
+], ids=["serve", "serve-with-workers", "web", "db-upgrade"])
+def test_a_data_dir_under_a_file_is_refused_with_its_name(
+    tmp_path: Path, command: tuple[str, ...], workers: str,
+) -> None:
+    """It was a traceback (NotADirectoryError from mkdir) and exit 1, in every mode."""
+    (tmp_path / "file").write_text("")
+    result = mimic(*command, "--data-dir", str(tmp_path / "file" / "data"), env={
+        "MIMIC_WORKERS": workers, "MIMIC_WEB_WORKERS": workers, "MIMIC_WEB_AUTH": "none",
+        "MIMIC_PORT": "0", "MIMIC_WEB_PORT": "0", "MIMIC_HOST": HOST,
+    })
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result)
+    assert "MIMIC_DATA_DIR" in line and "cannot be created (Not a directory)" in line
+
+
 def test_an_empty_database_url_is_the_embedded_index(tmp_path: Path) -> None:
     """An env file's ``MIMIC_DATABASE_URL=``: unset, as it always was (today's check of the
     URL refused it)."""

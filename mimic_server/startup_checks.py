@@ -1,0 +1,38 @@
+"""The local things the settings name, checked before a server listens.
+
+A directory, a file or a URL that a setting names wrongly must stop ``mimic serve`` and
+``mimic web`` at once with one line naming the setting (exit code 2), not surface as a
+traceback, nor at the first clinician's request. Only what is on this machine is looked at:
+an issuer or an audit repository that cannot be reached at start is a runtime condition
+(readiness, metrics), since it may come back.
+
+Light on purpose: the supervisor of workers runs these checks, and must not import the
+DICOM stack or the archive (``tests/unit/test_start_imports.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
+
+
+def check_data_dir(settings: Settings) -> None:
+    """``MIMIC_DATA_DIR`` exists as a directory (made when missing): everything embedded
+    lives under it, and each front door creates it first."""
+    _usable_directory(settings.data_dir, "MIMIC_DATA_DIR")
+
+
+def _usable_directory(path: Path, variable: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{variable} {path}: cannot be created ({_reason(exc)})"
+        ) from exc
+
+
+def _reason(exc: OSError) -> str:
+    """The error without the path (the line names it once) nor a traceback."""
+    return exc.strerror or type(exc).__name__
