@@ -65,6 +65,7 @@ def _check_local(settings: Settings) -> None:
     listens (``startup_checks``): a wrong one is exit 2 and one line, in every mode."""
     try:
         startup_checks.check_data_dir(settings)
+        startup_checks.check_oidc(settings)
     except ConfigurationError as exc:
         _fail(str(exc))
 

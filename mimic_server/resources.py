@@ -28,6 +28,7 @@ from mimic_server.security.grants import RuleError
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.tokens import TokenValidator
+from mimic_server.startup_checks import oidc_ca_context
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,9 @@ def open_token_validator(settings: Settings) -> TokenValidator | None:
 
 
 def oidc_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The trust anchors for the issuer's HTTPS (``MIMIC_OIDC_CA_FILE``), else the system's."""
-    ca_file = settings.oidc_ca_file
-    if ca_file is None:
-        return None
-    if not ca_file.is_file():
-        raise ConfigurationError(f"MIMIC_OIDC_CA_FILE {ca_file} does not exist")
-    return ssl.create_default_context(cafile=str(ca_file))
+    """The trust anchors for the issuer's HTTPS (``MIMIC_OIDC_CA_FILE``), else the system's;
+    ConfigurationError, naming the setting, when the file is not PEM CAs."""
+    return oidc_ca_context(settings)
 
 
 def oidc_validator(settings: Settings, audience: str) -> TokenValidator:

@@ -116,6 +116,34 @@ def test_a_data_dir_under_a_file_is_refused_with_its_name(
     assert "MIMIC_DATA_DIR" in line and "cannot be created (Not a directory)" in line
 
 
+#: What `mimic serve` and `mimic web` need for a start that gets as far as the OIDC settings.
+_OIDC = {"MIMIC_OIDC_ISSUER": "https://issuer.invalid/tenant/v2.0", "MIMIC_OIDC_AUDIENCE": "api",
+         "MIMIC_WORKERS": "1", "MIMIC_WEB_WORKERS": "1", "MIMIC_PORT": "0",
+         "MIMIC_WEB_PORT": "0", "MIMIC_HOST": HOST}
+
+
+@pytest.mark.parametrize("command", ["serve", "web"])
+@pytest.mark.parametrize(("content", "said"), [
+    ("not a certificate\n", "not PEM CA certificates"),
+    (None, "is not a file"),  # a directory
+], ids=["not-pem", "directory"])
+def test_an_oidc_ca_file_that_is_not_pem_is_refused_with_its_name(
+    tmp_path: Path, command: str, content: str | None, said: str,
+) -> None:
+    """A CA file that is not PEM was a traceback (ssl.SSLError) and exit 1; a directory
+    was said not to exist."""
+    ca_file = tmp_path / "issuer-ca.pem"
+    if content is None:
+        ca_file.mkdir()
+    else:
+        ca_file.write_text(content)
+    result = mimic(command, "--data-dir", str(tmp_path / "data"),
+                   env={**_OIDC, "MIMIC_OIDC_CA_FILE": str(ca_file)})
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result)
+    assert "MIMIC_OIDC_CA_FILE" in line and said in line
+
+
 def test_an_empty_database_url_is_the_embedded_index(tmp_path: Path) -> None:
     """An env file's ``MIMIC_DATABASE_URL=``: unset, as it always was (today's check of the
     URL refused it)."""
