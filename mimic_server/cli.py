@@ -60,12 +60,11 @@ def _settings(**overrides: Any) -> Settings:
         _fail(str(exc))
 
 
-def _check_local(settings: Settings) -> None:
+def _check_local(settings: Settings, check: Callable[[Settings], None]) -> None:
     """What the settings name on this machine, before anything is imported for serving or
     listens (``startup_checks``): a wrong one is exit 2 and one line, in every mode."""
     try:
-        startup_checks.check_data_dir(settings)
-        startup_checks.check_oidc(settings)
+        check(settings)
     except ConfigurationError as exc:
         _fail(str(exc))
 
@@ -103,7 +102,7 @@ def serve(**options: Any) -> None:
     from mimic_server.workers import worker_count
 
     settings = _settings(**options)
-    _check_local(settings)
+    _check_local(settings, startup_checks.check_serve)
     count = worker_count(settings)
     # A supervisor serves no DICOM itself: it starts its workers before it imports what it
     # prepares for them (the index, the stores), and never imports the DICOM stack.
@@ -248,7 +247,7 @@ def web(**options: Any) -> None:
     from mimic_server.web.parent import run_workers, web_worker_count
 
     settings = _settings(**options)
-    _check_local(settings)
+    _check_local(settings, startup_checks.check_web)
     count = web_worker_count(settings)
     # as `serve`: a single process imports the app (pydicom with it) before its logging is
     # set up; the parent of workers never imports it
@@ -405,10 +404,7 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
     from mimic_server.index.engine import create_index_engine
 
     settings = _settings(database_url=database_url, database_auth=database_auth, data_dir=data_dir)
-    try:
-        startup_checks.check_data_dir(settings)
-    except ConfigurationError as exc:
-        _fail(str(exc))
+    _check_local(settings, startup_checks.check_data_dir)
     credential = None
     if settings.database_auth == "entra":
         from azure.identity import DefaultAzureCredential

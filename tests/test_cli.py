@@ -144,6 +144,47 @@ def test_an_oidc_ca_file_that_is_not_pem_is_refused_with_its_name(
     assert "MIMIC_OIDC_CA_FILE" in line and said in line
 
 
+def _local_mistakes(root: Path) -> dict[str, tuple[dict[str, str], str]]:
+    """One wrong local setting each (the variable: the environment, what the line says)."""
+    (root / "file").write_text("")
+    (root / "users.toml").write_text("[users\n")
+    (root / "not-a-ca.pem").write_text("not a certificate\n")
+    syslog = {"MIMIC_AUDIT_SYSLOG_HOST": HOST, "MIMIC_AUDIT_SYSLOG_PORT": str(free_port()),
+              "MIMIC_AUDIT_SYSLOG_CA_FILE": str(root / "not-a-ca.pem")}
+    return {
+        "MIMIC_USERS_FILE": ({"MIMIC_USERS_FILE": str(root / "users.toml")}, "not valid TOML"),
+        "MIMIC_OIDC_ISSUER": ({**_OIDC, "MIMIC_OIDC_ISSUER": "http://issuer.example/v2.0"},
+                              "https:// URL"),
+        "MIMIC_SPOOL_DIR": ({"MIMIC_SPOOL_DIR": str(root / "file" / "spool")},
+                            "cannot be created (Not a directory)"),
+        "MIMIC_AUDIT_SYSLOG_CA_FILE": (syslog, "not PEM CA certificates"),
+    }
+
+
+@pytest.mark.parametrize(("command", "variable"), [
+    ("serve", "MIMIC_USERS_FILE"), ("serve", "MIMIC_OIDC_ISSUER"), ("web", "MIMIC_OIDC_ISSUER"),
+    ("serve", "MIMIC_SPOOL_DIR"), ("web", "MIMIC_SPOOL_DIR"),
+    ("serve", "MIMIC_AUDIT_SYSLOG_CA_FILE"), ("web", "MIMIC_AUDIT_SYSLOG_CA_FILE"),
+])
+def test_a_local_setting_is_checked_at_start_not_at_first_use(
+    tmp_path: Path, command: str, variable: str,
+) -> None:
+    """Each was first read when used: the user file at the first username and passcode, the
+    issuer at the first token, the spool at the first large object, the audit repository's
+    CAs at its first message (taken beside the server's own CAs, the file was ignored and
+    every message then failed the repository's check): the server started and said it was
+    ready. The audit repository is not listening here: only the file is checked at start."""
+    env, said = _local_mistakes(tmp_path)[variable]
+    result = mimic(command, "--data-dir", str(tmp_path / "data"), env={
+        "MIMIC_WORKERS": "1", "MIMIC_WEB_WORKERS": "1", "MIMIC_WEB_AUTH": "none",
+        "MIMIC_PORT": "0", "MIMIC_WEB_PORT": "0", "MIMIC_HOST": HOST,
+        **env,
+    })
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result)
+    assert variable in line and said in line
+
+
 def test_an_empty_database_url_is_the_embedded_index(tmp_path: Path) -> None:
     """An env file's ``MIMIC_DATABASE_URL=``: unset, as it always was (today's check of the
     URL refused it)."""
