@@ -277,6 +277,8 @@ class Archive:
             warn_expiring(bundle)
             self._observe_bundle(bundle)
 
+        if s.ops_port:  # bound before the DICOM port: a taken one fails before anything accepts
+            self._bind_ops(object_store)
         max_pdu_read = max(s.max_pdu_size + 4096, 1 << 20)
         fd_limit = descriptors.raise_soft_limit()
         try:
@@ -375,8 +377,8 @@ class Archive:
             target=self._serve, args=(server,), name="mimic-listener", daemon=True
         )
         self._thread.start()
-        if s.ops_port:
-            self._start_ops(object_store)
+        if self.ops is not None:
+            self.ops.start()
         elif self.worker is not None:
             self._start_status_for_supervisor()
         self.audit.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
@@ -432,8 +434,9 @@ class Archive:
             users = UserDirectory(s.users_file)
         return UserAuthority(tokens, users)
 
-    def _start_ops(self, object_store: ObjectStore) -> None:
-        """The operations HTTP listener: health, readiness, metrics (``web/``)."""
+    def _bind_ops(self, object_store: ObjectStore) -> None:
+        """The operations HTTP listener: health, readiness, metrics (``web/``); its port is
+        bound here, and served once the DICOM listener runs (``/readyz`` asks it)."""
         s = self.settings
         state = OpsState(
             alive=self.listener_alive,
@@ -447,7 +450,6 @@ class Archive:
             status=self.status,
         )
         self.ops = HttpServer(build_app(state), s.ops_host, s.ops_port)
-        self.ops.start()
 
     def _start_status_for_supervisor(self) -> None:
         """A worker's open associations live in its own memory: it answers

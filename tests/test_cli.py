@@ -60,6 +60,44 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "cannot listen" in lines[0], result.stderr
 
 
+#: ``mimic serve`` with a spy on the DICOM listener: a line on stderr once it is bound.
+_SPIED_SERVE = """
+import sys
+from mimic_server import app
+
+class Spied(app.MimicAssociationServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print("spy: the DICOM listener is bound", file=sys.stderr, flush=True)
+
+app.MimicAssociationServer = Spied
+from mimic_server.cli import main
+main(["serve", *sys.argv[1:]])
+"""
+
+
+def test_an_ops_port_in_use_stops_the_start_before_the_dicom_port_listens(
+    tmp_path: Path,
+) -> None:
+    """One process (``MIMIC_WORKERS=1``) bound the ops port after the DICOM listener had
+    started accepting: a modality could associate (and store) with a server that then
+    exited 2. Now the ops port is bound first, as the supervisor of workers does."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        ops_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-c", _SPIED_SERVE, "--host", HOST, "--port", str(free_port()),
+             "--ops-host", HOST, "--ops-port", str(ops_port),
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=60, env={**clean, "MIMIC_WORKERS": "1"},
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen for ops HTTP on {HOST}:{ops_port}" in _one_line(result)
+    assert "spy: the DICOM listener is bound" not in result.stderr
+
+
 def test_invalid_setting_is_refused(tmp_path: Path) -> None:
     result = mimic("serve", "--data-dir", str(tmp_path), env={"MIMIC_AE_TITLE": "A" * 17})
     assert result.returncode == 2 and "ae_title" in result.stderr
