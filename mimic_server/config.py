@@ -38,8 +38,18 @@ class MoveDestination(BaseModel):
     @field_validator("ca_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        """PEM certificates, read now: beside the server's own CAs a file without any was
+        taken silently, and every C-MOVE to the destination then failed its handshake."""
+        if value is None:
+            return value
+        if not value.is_file():
             raise ValueError(f"CA file {value} does not exist")
+        from cryptography import x509  # here: the supervisor reads settings, not certificates
+
+        try:
+            x509.load_pem_x509_certificates(value.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"CA file {value} holds no PEM certificate") from exc
         return value
 
 

@@ -312,6 +312,14 @@ def test_move_destination_settings_are_checked_at_start(tmp_path: Path) -> None:
     missing_ca = json.dumps({"PACS": {"host": HOST, "port": 104, "ca_file": "/nonexistent.pem"}})
     result = mimic("serve", "--data-dir", str(tmp_path / "a"), "--move-destinations", missing_ca)
     assert result.returncode == 2 and "does not exist" in result.stderr
+    # Not PEM: it was taken silently beside the server's CAs, and every C-MOVE to the
+    # destination failed its handshake.
+    der = tmp_path / "pacs-ca.der"
+    der.write_bytes(b"0\x82\x01\x0a not a PEM file")
+    not_pem = json.dumps({"PACS": {"host": HOST, "port": 104, "ca_file": str(der)}})
+    result = mimic("serve", "--data-dir", str(tmp_path / "c"), "--move-destinations", not_pem)
+    assert result.returncode == 2 and "holds no PEM certificate" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     tls_without_tls = json.dumps({"PACS": {"host": HOST, "port": 104}})
     result = mimic("serve", "--data-dir", str(tmp_path / "b"), "--port", str(free_port()),
                    "--host", HOST, "--no-tls", "--move-destinations", tls_without_tls)
