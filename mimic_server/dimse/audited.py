@@ -10,6 +10,9 @@ unknown Move Destination, not granted, a bad Identifier, the index unavailable, 
 unexpected error) is a DICOM Instances Transferred too, with no study, its failure outcome
 and the status and reason: the attempt to send a patient's studies somewhere is in the trail
 whoever refused it (the policy adds its Security Alert), as a refused C-FIND's Query is.
+One whose Identifier matches no instance (Success, no sub-operation) is recorded the same
+way, with outcome 0: the attempt to retrieve a patient's study is in the trail whether or
+not the archive held it.
 C-MOVE to another AE is recorded as DICOM Instances
 Transferred, not Export: PS3.15 A.5.3.6 keeps Export for data leaving the DICOM security
 domain (media, print, e-mail), and a C-MOVE destination is a
@@ -102,7 +105,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
     """C-GET / C-MOVE: Begin Transferring when the number of sub-operations is announced
     (the studies from the match list the handler noted on the session), DICOM Instances
     Transferred per request at the end with what was sent, per study and SOP Class; or,
-    for a request refused before it began, with none and why."""
+    for a request refused before it began or that matched nothing, with none and why."""
 
     @functools.wraps(handler)
     def retrieve(event: Any, *args: Any) -> Iterator[Any]:
@@ -131,6 +134,10 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
                                          studies=_studies_of(refs), instances=len(refs),
                                          **details)
+                    elif item < 1:
+                        # Nothing matched: pynetdicom answers Success itself and drops the
+                        # generator, which is no cancel.
+                        answered, reason = True, "no instance matched"
                 elif _no_destination(item) and service == "C-MOVE" and not began:
                     # No destination: a refusal, whose status is in the C-MOVE's answer
                     # (pynetdicom's own 0xA801 without the fence).
@@ -158,7 +165,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
             raise
         finally:
             if not (began or sent):
-                if status not in _SUCCESS and status != Status.CANCEL:
+                if status != Status.CANCEL and (status not in _SUCCESS or answered):
                     audit_log.record(
                         audit.INSTANCES_TRANSFERRED, outcome_of(status), received=False,
                         studies={}, instances=0, reason=str(reason or "refused"),

@@ -253,3 +253,42 @@ def test_not_granted_is_not_authorized(tmp_path: Path, counter: Counter) -> None
         assert counter.connections == before
     finally:
         archive.stop(0)
+
+
+def _source(message: Any) -> str:
+    [participant] = [p for p in message.findall("ActiveParticipant")
+                     if p.find("RoleIDCode[@csd-code='110153']") is not None]
+    return str(participant.get("UserID"))
+
+
+@pytest.mark.parametrize("service", ["C-GET", "C-MOVE"])
+def test_retrieve_that_matches_nothing_is_audited(
+    server: MimicProcess, counter: Counter, service: str
+) -> None:
+    """Success with no sub-operation (the Identifier matches no instance) is in the trail as
+    a refusal is: a DICOM Instances Transferred with no study, the archive as source, the
+    Move Destination or the C-GET requestor as destination, outcome 0 and ``status=0x0000``.
+    It left nothing: pynetdicom answers Success and drops the handler, which read as a
+    cancel."""
+    lines, before = len(_trail(server)), counter.connections
+    nothing = _study(StudyInstanceUID="1.2.826.0.1.3680043.8.498.1")
+    if service == "C-MOVE":
+        [final] = _move(server.port, _tls(server), nothing, "COUNTER")
+        destination = "COUNTER"
+    else:
+        assoc = associate(server.port, _tls(server), contexts=[GET])
+        assert assoc.is_established
+        [(final, _)] = list(assoc.send_c_get(nothing, GET))
+        assoc.release()
+        destination = "MODALITY1"
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 0
+    assert counter.connections == before
+    record, message = _refusal_record(server, lines)
+    assert record["outcome"] == 0 and record["studies"] == []
+    assert record["calling_ae"] == "MODALITY1"
+    assert _destination(message) == destination and _source(message) == "MIMIC"
+    assert message.find("EventIdentification").get("EventActionCode") == "R"
+    assert message.find("ParticipantObjectIdentification") is None  # nothing was sent
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert "no instance matched" in described and f"service={service}" in described
+    assert "status=0x0000" in described and "instances=0" in described
