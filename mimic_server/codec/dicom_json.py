@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from mimic_server.codec.header_scan import ScannedHeader, scan_elements
+from mimic_server.codec.nesting import MAX_FRAMES, MAX_SEQUENCE_DEPTH, nests_deeper_than, too_deep
 from mimic_server.codec.structure import undefined_item_end
 
 #: Character sets whose Python codec is exact for single-byte values.
@@ -87,12 +88,25 @@ def header_to_json(
         if entry is _BULK_DATA:
             continue
         if entry is None:
+            _bound_nesting(tag, vr, data, implicit)
             entry = finite_only(element_json(header.dataset[tag]))
             if entry is None:
                 continue
             converted.add(key)
         out[key] = entry
     return out, converted
+
+
+def _bound_nesting(tag: int, vr: str | None, data: bytes, implicit: bool) -> None:
+    """Refuse a sequence nested past ``MAX_SEQUENCE_DEPTH`` that the JSON leaves to pydicom
+    (``_sequence`` gave up on an item: a sequence of undefined length inside one, an item's
+    own character set, a value it does not read), by the iterative look of
+    ``codec/nesting.py`` before pydicom's recursive conversion: only on that slow path."""
+    if not data or not (vr == "SQ" or (vr in (None, "UN") and (
+            data[:4] == _ITEM_TAG or _implicit_vr(tag) == "SQ"))):
+        return
+    if nests_deeper_than(data, MAX_FRAMES, items_of=implicit):
+        too_deep()
 
 
 def _dataset_to_json(
@@ -111,6 +125,9 @@ def _dataset_to_json(
         if entry is _BULK_DATA:
             continue
         if entry is None:
+            if type(value) is RawDataElement and type(value.value) is bytes \
+                    and value.is_little_endian:
+                _bound_nesting(tag, value.VR, value.value, value.is_implicit_VR)
             entry = finite_only(element_json(ds[tag]))
             if entry is None:
                 continue
@@ -206,8 +223,9 @@ def _fast(raw: RawDataElement, codec: str | None) -> Entry:
 
 
 def _entry(tag: int, vr: str | None, data: bytes, little: bool, implicit: bool,
-           codec: str | None) -> Entry:
-    """The entry of one element from its value bytes, or None for "let pydicom do it"."""
+           codec: str | None, depth: int = 0) -> Entry:
+    """The entry of one element from its value bytes, or None for "let pydicom do it".
+    ``depth``: how many sequences hold it."""
     if not tag & 0xFFFF:
         return None  # group lengths: pydicom's rules
     if vr is None:
@@ -221,7 +239,7 @@ def _entry(tag: int, vr: str | None, data: bytes, little: bool, implicit: bool,
     reader = _READERS.get(vr)
     if reader is None:
         if vr == "SQ":
-            return _sequence(data, little, implicit, codec)
+            return _sequence(data, little, implicit, codec, depth + 1)
         return None
     if not data:
         return {"vr": vr} if vr != "IS" and vr != "DS" else None
@@ -243,14 +261,22 @@ def _implicit_vr(tag: int) -> str:
     return vr
 
 
-def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None) -> Entry:
+def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None,
+              depth: int) -> Entry:
     """A sequence whose every item's element is read here, else None.
 
     Items inherit the character set of the header; one with its own is left to pydicom. An
     item of undefined length is found whole by the structure walk's rules (its elements
     then read as one of defined length): pydicom made a ``Dataset`` of each (a sequence
     of many small items cost tens of MB).
+
+    ``depth``: this sequence's, 1 at the top level. Past ``MAX_SEQUENCE_DEPTH`` the data set
+    is refused (``NestedTooDeep``): this is the ingest's one walk into sequences of defined
+    length, so the bound costs a comparison a sequence (the structure walk bounds those of
+    undefined length). The recursion stays within some 130 frames.
     """
+    if depth > MAX_SEQUENCE_DEPTH:
+        too_deep()
     if not data:
         return {"vr": "SQ", "Value": []}
     if not little:
@@ -280,7 +306,7 @@ def _sequence(data: bytes, little: bool, implicit: bool, codec: str | None) -> E
             return None
         item: dict[str, Any] = {}
         for tag, (vr, value, _start) in elements.items():
-            entry = _entry(tag, vr, value, True, implicit, codec)
+            entry = _entry(tag, vr, value, True, implicit, codec, depth)
             if entry is None:
                 return None
             if entry is not _BULK_DATA:
@@ -422,6 +448,7 @@ def _number_strings(vr: str, data: bytes, _little: bool, _codec: str | None) -> 
 
 
 _ITEM_HEADER = struct.Struct("<HHL")
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 #: pydicom's rule for a 1 KiB bulk data threshold: base64 of more than 768 bytes.
 _INLINE_BINARY_LIMIT = (1024 // 4) * 3
 #: The entry of an element the index leaves out (bulk data).

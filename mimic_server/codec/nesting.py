@@ -13,6 +13,12 @@ nested deeper than :data:`~mimic_server.codec.implicit_stream.MAX_NESTING` frame
 instead. It reads little endian, not deflated: one stored Deflated or in Big Endian is never
 given to pydicom (``raw_send.refuse_if_too_deep``).
 
+Ingest refuses a data set nested deeper than :data:`MAX_SEQUENCE_DEPTH` at the door, so only
+an object stored before that bound (or of a shape it does not look at) meets this look at
+send time: the bound is kept by the walks ingest makes anyway (``codec.structure`` for
+undefined lengths, the index's JSON in ``codec.dicom_json`` for defined ones), and by this
+look only where that JSON leaves a sequence to pydicom.
+
 It reads as pydicom reads, and counts conservatively where the encoding leaves it open: a
 sequence is an SQ, or (in implicit VR or as UN) an element the dictionary names a sequence or
 whose value starts with an Item tag; any header among a sequence's items is an item;
@@ -23,9 +29,12 @@ first element. A data set that runs out ends the look.
 from __future__ import annotations
 
 import struct
+from typing import NoReturn
 
 from pydicom.datadict import dictionary_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+from mimic_server.errors import CannotUnderstand
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = b"\xfe\xff\x00\xe0"
@@ -36,18 +45,46 @@ _LENGTH = struct.Struct("<L")
 _SHORT_LENGTH = struct.Struct("<H")
 _ELEMENTS, _ITEMS = 0, 1
 
+#: How many sequences deep a received data set may nest (a sequence, in an item of a
+#: sequence, ...): deeper is refused at the door (0xC000). Real objects nest a few levels,
+#: a structured report's content tree or an RT structure set some 10 to 20. Every path
+#: that serves an object can take this depth: the senders' conversions bound their walk
+#: at ``implicit_stream.MAX_NESTING`` frames (128 sequences), and pydicom, which WADO-RS
+#: metadata and a conversion without a counterpart of ours use, recurses some 5 frames a
+#: level and failed past 150 to 200 under Python's default recursion limit.
+MAX_SEQUENCE_DEPTH = 64
+#: The same bound in frames of the walks (the data set, then each sequence and each of its
+#: items count one): how ``nests_deeper_than`` and ``codec.structure`` count.
+MAX_FRAMES = 1 + 2 * MAX_SEQUENCE_DEPTH
 
-def nests_deeper_than(data: bytes | memoryview, limit: int) -> bool:
+
+class NestedTooDeep(CannotUnderstand):
+    """A received data set nested past :data:`MAX_SEQUENCE_DEPTH` (0xC000): its own
+    reason, whichever walk met it."""
+
+
+def too_deep() -> NoReturn:
+    raise NestedTooDeep(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
+
+
+def nests_deeper_than(data: bytes | memoryview, limit: int,
+                      items_of: bool | None = None) -> bool:
     """Whether the little endian data set ``data`` (from its first element on) nests its
     sequences and items deeper than ``limit`` frames (a sequence and each of its items
-    count one each). Iterative: any depth is looked at in constant Python stack."""
+    count one each). Iterative: any depth is looked at in constant Python stack.
+
+    ``items_of``: ``data`` is instead the value of a top-level sequence (its items), in
+    implicit VR (True) or explicit; counted as in the data set holding it."""
     view = memoryview(data).cast("B")
     size = view.nbytes
     # Frames: (kind, implicit, end); end None for an undefined length (ended by its delimiter).
     # The top level, like each item, is read as its first element says, whatever the
     # transfer syntax declares (pydicom's reader does the same).
-    stack: list[tuple[int, bool, int | None]] = [(_ELEMENTS, _looks_implicit(view, 0, False),
-                                                  size)]
+    stack: list[tuple[int, bool, int | None]]
+    if items_of is None:
+        stack = [(_ELEMENTS, _looks_implicit(view, 0, False), size)]
+    else:
+        stack = [(_ELEMENTS, items_of, size), (_ITEMS, items_of, size)]
     pos = 0
     while stack:
         kind, frame_implicit, end = stack[-1]

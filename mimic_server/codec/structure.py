@@ -12,7 +12,11 @@ sender and its length is checked against the end of what contains it), so the co
 O(elements), not O(bytes): Pixel Data of any size is one header. Only values of undefined
 length are walked, item by item (sequences of undefined length, items of undefined length
 and the fragments of encapsulated Pixel Data) to their delimiters. The nesting is an explicit
-stack, so a deeply nested data set cannot exhaust Python's recursion limit.
+stack, so a deeply nested data set cannot exhaust Python's recursion limit; past
+``codec.nesting.MAX_FRAMES`` of it (sequences of undefined length nested deeper than
+``MAX_SEQUENCE_DEPTH``, anywhere in the data set) it is refused, at one comparison a value
+of undefined length. Nesting through sequences of defined length is bounded where the
+header's DICOM JSON reads it (``codec/dicom_json.py``).
 
 Encodings follow pydicom's reader, which the rest of the archive uses: explicit or implicit
 VR, little or big endian as the transfer syntax says; Item and delimiter tags always have a
@@ -47,6 +51,7 @@ import zlib
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from mimic_server.codec.nesting import MAX_FRAMES, too_deep
 from mimic_server.errors import CannotUnderstand
 
 #: A bound on what a Deflated data set may inflate to: no real object comes near it.
@@ -272,6 +277,8 @@ class StructureWalk:
                         frame = _elements_frame(data, pos + 8, frame == _ITEMS_IMPLICIT,
                                                 in_item=True)
                         stack.append(frame)
+                        if len(stack) > MAX_FRAMES:
+                            too_deep()
                         enclosing_last.append(last)
                         last = -1
                         pos += 8
@@ -280,6 +287,8 @@ class StructureWalk:
                 if length == _UNDEFINED:
                     frame = _ITEMS_IMPLICIT if frame == _ELEMENTS_IMPLICIT else _ITEMS_EXPLICIT
                     stack.append(frame)
+                    if len(stack) > MAX_FRAMES:
+                        too_deep()
                     continue
                 pos += length
                 if pos > size:

@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from mimic_server.codec.dicom_json import header_to_json
 from mimic_server.codec.header import Header
 from mimic_server.codec.header_scan import ScannedHeader
+from mimic_server.codec.nesting import NestedTooDeep
 from mimic_server.errors import CannotUnderstand, Status
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -204,6 +205,8 @@ def _header_json(ds: Header) -> tuple[dict[str, Any], set[str]]:
     """``header_json`` and the keys of the entries pydicom converted."""
     try:
         document, converted = header_to_json(ds, _element_json)
+    except NestedTooDeep:
+        raise  # its own reason (codec/nesting.py)
     except Exception as exc:  # pydicom raises many kinds for malformed values
         raise CannotUnderstand("header cannot be represented as DICOM JSON") from exc
     if converted:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
 )
 
+from mimic_server.codec.nesting import MAX_SEQUENCE_DEPTH
 from tests.e2e.test_audit_trail import messages, studies
 from tests.large_objects import write_large, write_large_deflated
 from tests.support import (
@@ -489,52 +491,64 @@ def test_an_object_goes_re_encoded_to_an_implicit_vr_requestor(
 
 @pytest.mark.parametrize("size", [0, MEDIUM], ids=["held", "streamed"])
 @pytest.mark.parametrize("implicit", [False, True], ids=["stored explicit", "stored implicit"])
-def test_a_data_set_nested_too_deep_for_a_conversion_fails_its_sub_operation(
+def test_a_data_set_nested_to_the_limit_goes_converted_and_deeper_is_refused_at_the_door(
     large: Large, implicit: bool, size: int
 ) -> None:
-    """An object whose sequences nest 250 levels deep (the receive walk does not look
-    inside sequences of defined length, so it is stored): pydicom's recursive encoder held
-    the association 31 s and the process could not stop. Retrieved in the other VR
-    encoding: the sub-operation fails at once (0xA702, its UID listed), nothing reaches the
-    requestor, logged, the association goes on; in its own encoding it goes as stored; the
-    server goes on. Held whole (6 KB) or streamed from the store (24 MiB of pixels: its
-    conversion is begun before the request is sent, else the refusal came with part of the
-    data set sent, and the association was aborted)."""
+    """Sequences nested 250 levels deep (of defined length, which the receive walk does not
+    enter): the object was stored, then each sub-operation converting it failed (pydicom's
+    recursive encoder held the association 31 s before the senders' own bound); now
+    storescu is refused 0xC000 and nothing is kept. Nested ``MAX_SEQUENCE_DEPTH`` deep it
+    is stored and goes converted into the other VR encoding, held whole (6 KB) or streamed
+    from the store (24 MiB of pixels), nesting and all."""
     path = large.root / f"deep-{implicit}-{size}.dcm"
     uid = write_large(path, size, implicit=implicit)
-    nested = b""
-    for _ in range(250):  # (0040,A730) Content Sequence > Item > ... , defined lengths
-        item = struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested
-        nested = (struct.pack("<HHL", 0x0040, 0xA730, len(item)) if implicit else
-                  struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(item))) + item
-    data = path.read_bytes()
-    pixel = data.rindex(b"\xe0\x7f\x10\x00")
-    path.write_bytes(data[:pixel] + nested + data[pixel:])
-    result = dcmtk(
-        "storescu", *dcmtk_tls(large.server), "-xi" if implicit else "-xe", "-aet",
-        "MODALITY1", "-aec", "MIMIC", "localhost", str(large.server.port), str(path),
-        timeout=120,
-    )
+    plain = path.read_bytes()
+    pixel = plain.rindex(b"\xe0\x7f\x10\x00")
+
+    def nested(levels: int) -> bytes:
+        nested = b""
+        for _ in range(levels):  # (0040,A730) Content Sequence > Item > ... , defined lengths
+            item = struct.pack("<HHL", 0xFFFE, 0xE000, len(nested)) + nested
+            nested = (struct.pack("<HHL", 0x0040, 0xA730, len(item)) if implicit else
+                      struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", len(item))) + item
+        return plain[:pixel] + nested + plain[pixel:]
+
+    def storescu() -> subprocess.CompletedProcess[str]:
+        return dcmtk(
+            "storescu", "-v", *dcmtk_tls(large.server), "-xi" if implicit else "-xe", "-aet",
+            "MODALITY1", "-aec", "MIMIC", "localhost", str(large.server.port), str(path),
+            timeout=120,
+        )
+
+    path.write_bytes(nested(250))
+    objects = large.server.stored_objects()
+    refused = storescu()
+    assert refused.returncode != 0
+    assert "Received Store Response (Error: CannotUnderstand)" in refused.stderr
+    assert large.server.stored_objects() == objects
+
+    path.write_bytes(nested(MAX_SEQUENCE_DEPTH))
+    result = storescu()
     assert result.returncode == 0, result.stderr
     header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
         "StudyInstanceUID", "SeriesInstanceUID"])
     large.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
     other = ExplicitVRLittleEndian if implicit else ImplicitVRLittleEndian
-    own = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    logged = len(large.server.log_entries())
+    depths: list[int] = []
 
-    received, final, assoc = _get(large, uid, syntax=other)
+    def depth(dataset_path: Path) -> str:
+        item, levels = pydicom.dcmread(dataset_path, stop_before_pixels=True), 0
+        while "ContentSequence" in item:
+            item, levels = item.ContentSequence[0], levels + 1
+        depths.append(levels)
+        return "read"
 
-    assert final.Status == 0xA702, final
-    assert final.FailedSOPInstanceUIDList == uid
-    assert received == {}
-    assert not assoc.is_aborted
-    assert any("could not be converted" in e.get("message", "")
-               for e in large.server.log_entries()[logged:])
-    assert _objects_held_open(large.server) == []
-    received, final, _ = _get(large, uid, syntax=own)
+    received, final, assoc = _get(large, uid, syntax=other, digest=depth)
+
     assert final.Status == 0x0000, final
-    assert list(received) == [uid]
+    assert received == {uid: "read"} and depths == [MAX_SEQUENCE_DEPTH]
+    assert not assoc.is_aborted
+    assert _objects_held_open(large.server) == []
     path.unlink()
 
 

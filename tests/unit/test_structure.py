@@ -10,6 +10,7 @@ import pytest
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from mimic_server.codec import structure
+from mimic_server.codec.nesting import MAX_SEQUENCE_DEPTH, NestedTooDeep
 from mimic_server.codec.structure import StructureWalk, check_structure
 from mimic_server.errors import CannotUnderstand, Status
 from tests.data import Storable, ct_small, storable_files
@@ -73,13 +74,18 @@ def test_chunks_walk_as_one_piece(name: str, chunk: int) -> None:
     assert whole is not None  # the cut one
 
 
-def test_deep_nesting_needs_no_recursion() -> None:
-    depth = sys.getrecursionlimit() * 5
+def test_deep_nesting_needs_no_recursion_and_is_bounded() -> None:
+    """Undefined lengths nested to ``MAX_SEQUENCE_DEPTH`` are walked; past it, however deep
+    (five times Python's recursion limit), refused where the bound is passed."""
     open_ = b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     close = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    depth = MAX_SEQUENCE_DEPTH
     check_structure(memoryview(open_ * depth + close * depth), EXPLICIT_LE)
     with pytest.raises(CannotUnderstand, match="not closed"):
         check_structure(memoryview(open_ * depth + close * (depth - 1)), EXPLICIT_LE)
+    deep = sys.getrecursionlimit() * 5
+    with pytest.raises(NestedTooDeep, match="nested deeper than"):
+        check_structure(memoryview(open_ * deep + close * deep), EXPLICIT_LE)
 
 
 def _deflate(data: bytes) -> bytes:
