@@ -4,7 +4,6 @@ form that would put a search into a URL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,18 +11,15 @@ import pytest
 
 from mimic_server.web.console.app import STATIC
 from mimic_server.web.console.headers import CSP
-from tests.console.harness import OPERATOR, client, console_context, sign_in
+from tests.console.harness import client, console_context, sign_in
 from tests.oidc_double import OidcIssuerDouble
 
 HTML = sorted(STATIC.glob("*.html"))
 
 
 @pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
-    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
-    double.sign_in_as("operator-1", roles=[OPERATOR])
-    yield double
-    double.stop()
+def issuer(operator_issuer: OidcIssuerDouble) -> OidcIssuerDouble:
+    return operator_issuer
 
 
 class InlineFinder(HTMLParser):

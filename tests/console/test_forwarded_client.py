@@ -5,7 +5,6 @@ address, never by one it wrote into the header itself."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,15 @@ from mimic_server.web.console.auth import TOO_MANY_EXCHANGES
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.exchanges import TokenExchanges
 from mimic_server.web.forwarded import ForwardedClient, forwarded_client
-from tests.console.harness import BASE, OPERATOR, console_context, sign_in, start_login
+from tests.console.harness import BASE, console_context, sign_in, start_login
 from tests.oidc_double import OidcIssuerDouble
 
 INGRESS = "100.100.0.7"
 
 
 @pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuerDouble]:
-    double = OidcIssuerDouble(tmp_path_factory.mktemp("oidc")).start()
-    double.sign_in_as("operator-1", roles=[OPERATOR])
-    yield double
-    double.stop()
+def issuer(operator_issuer: OidcIssuerDouble) -> OidcIssuerDouble:
+    return operator_issuer
 
 
 def _through_ingress(ctx: ConsoleContext, forwarded: str, hops: int) -> TestClient:

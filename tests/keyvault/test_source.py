@@ -35,6 +35,17 @@ def _with_server(vault: KeyVaultDouble, pki: Pki, content_type: str = PKCS12) ->
                                     content_type=content_type)
 
 
+def _a_and_b_trusted(vault: KeyVaultDouble, pki: Pki) -> tuple[KeyVaultSource, Any]:
+    """A source whose first load trusted entries a and b; and a's certificate."""
+    _with_server(vault, pki)
+    a = pki.issue("a")[2]
+    vault.set_secret("a", pem(a), tags=CLIENT)
+    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
+    source = _source(vault)
+    assert _names(source.load()) == {"a", "b"}
+    return source, a
+
+
 def _names(bundle: CertBundle) -> set[str]:
     return {t.name for t in bundle.trusted}
 
@@ -307,12 +318,7 @@ def test_an_entry_that_cannot_be_read_keeps_its_last_certificates_while_listed_a
     """Access granted per secret: one tagged entry answers 403. It keeps what was last read
     of it while the listing shows it active; one never read is not trusted; and the rest of
     the listing, a revocation included, is applied."""
-    _with_server(vault, pki)
-    a = pki.issue("a")[2]
-    vault.set_secret("a", pem(a), tags=CLIENT)
-    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
-    source = _source(vault)
-    assert _names(source.load()) == {"a", "b"}
+    source, a = _a_and_b_trusted(vault, pki)
     original = vault._get
 
     def scoped_access(kind: str, name: str, version: str) -> Any:
@@ -340,12 +346,7 @@ def test_an_entry_in_force_whose_new_version_holds_no_certificate_keeps_its_last
     """A new version that holds no usable certificate (DER pasted as text, a cut PEM) is an
     entry that cannot be read: in force, it keeps its last certificates; new, it is not
     trusted; both at ERROR naming the entry; a revocation in the same load applies."""
-    _with_server(vault, pki)
-    a = pki.issue("a")[2]
-    vault.set_secret("a", pem(a), tags=CLIENT)
-    vault.set_secret("b", pem(pki.issue("b")[2]), tags=CLIENT)
-    source = _source(vault)
-    assert _names(source.load()) == {"a", "b"}
+    source, a = _a_and_b_trusted(vault, pki)
     vault.set_secret("a", pem(pki.issue("a2")[2])[:200], tags=CLIENT)
     vault.set_secret("c", "-----BEGIN NONSENSE-----", tags=CLIENT)
     vault.update("secrets", "b", enabled=False)
