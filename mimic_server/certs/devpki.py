@@ -268,13 +268,24 @@ def trust(
     ae_titles: tuple[str, ...] = (),
     rule: Mapping[str, object] | None = None,
 ) -> Path:
-    """Add one client certificate to the trusted set (write the binding, then the entry)."""
+    """Add one client certificate to the trusted set: the binding, then the entry.
+
+    The binding is always the one asked for: a ``NAME.json`` left behind when an operator
+    deleted only ``NAME.pem`` (section 5 of the operator guide: the same as revoking) is
+    replaced, or removed when no AE title or rule is asked, so a new certificate never
+    inherits the old entry's rule. It is in place before the ``.pem``: the watcher never
+    trusts the certificate with another binding.
+    """
     _check_name(name)
     trusted = directory / "trusted"
     trusted.mkdir(parents=True, exist_ok=True)
+    binding = trusted / f"{name}.json"
     if ae_titles or rule:
-        binding = {"ae_titles": list(ae_titles), **(rule or {})}
-        (trusted / f"{name}.json").write_text(json.dumps(binding, indent=2))
+        tmp = trusted / f".{name}.json.tmp"
+        tmp.write_text(json.dumps({"ae_titles": list(ae_titles), **(rule or {})}, indent=2))
+        os.replace(tmp, binding)
+    else:
+        binding.unlink(missing_ok=True)
     path = trusted / f"{name}.pem"
     tmp = trusted / f".{name}.pem.tmp"
     _write_certs(tmp, cert)
