@@ -23,6 +23,7 @@ none (echo and store).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -253,6 +254,11 @@ def issue_client(
     target = directory / "clients" / name
     if target.exists() or (directory / "trusted" / f"{name}.pem").exists():
         raise ConfigurationError(f"a client named {name!r} already exists in {directory}")
+    if (directory / "trusted-ca" / f"{name}.pem").exists():
+        # One name, one entry: revoke NAME must never have to guess between the two.
+        raise ConfigurationError(
+            f"{name!r} is the name of a trusted CA (trusted-ca/{name}.pem): choose another name"
+        )
     ca, ca_key = _load_ca(directory)
     cert, key = _leaf(ca, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
     _write_key(target / "client.key", key)
@@ -294,21 +300,68 @@ def trust(
 
 
 def revoke(directory: Path, name: str) -> list[Path]:
-    """Take a trust entry (client or CA) out of the trusted set; keep it under revoked/."""
+    """Take a trust entry (client or CA) out of the trusted set; keep it under revoked/.
+
+    A name in both ``trusted/`` and ``trusted-ca/`` (copied in by hand) is refused, nothing
+    moved: revoking a modality must not cut off a whole CA, nor the reverse. The ``.pem``
+    moves first (that is the revocation), then its binding, both under one stamp that no
+    file of ``revoked/`` holds yet: an earlier revocation is never overwritten.
+    """
     _check_name(name)
+    folders = [f for f in ("trusted", "trusted-ca") if (directory / f / f"{name}.pem").exists()]
+    if not folders:  # a binding left without its certificate
+        folders = [
+            f for f in ("trusted", "trusted-ca") if (directory / f / f"{name}.json").exists()
+        ]
+    if not folders:
+        raise ConfigurationError(f"no trusted certificate named {name!r} in {directory}")
+    if len(folders) > 1:
+        raise ConfigurationError(
+            f"{name!r} names both trusted/{name}.pem and trusted-ca/{name}.pem; nothing revoked: "
+            f"move the one to revoke out of its folder by hand, then rename the other"
+        )
+    sources = [
+        directory / folders[0] / f"{name}{suffix}"
+        for suffix in (".pem", ".json")
+        if (directory / folders[0] / f"{name}{suffix}").exists()
+    ]
+    revoked = directory / "revoked"
+    revoked.mkdir(parents=True, exist_ok=True)
+    targets = _reserve(revoked, name, [s.suffix for s in sources])
     moved = []
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for folder in ("trusted", "trusted-ca"):
-        for suffix in (".pem", ".json"):
-            source = directory / folder / f"{name}{suffix}"
-            if source.exists():
-                target = directory / "revoked" / f"{name}.{stamp}{suffix}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(source, target)
-                moved.append(target)
+    for source, target in zip(sources, targets, strict=True):
+        try:
+            shutil.move(source, target)  # over the empty file _reserve made
+        except FileNotFoundError:
+            target.unlink(missing_ok=True)  # removed meanwhile by someone else
+            continue
+        moved.append(target)
     if not moved:
         raise ConfigurationError(f"no trusted certificate named {name!r} in {directory}")
     return moved
+
+
+def _reserve(revoked: Path, name: str, suffixes: list[str]) -> list[Path]:
+    """New empty files ``NAME.STAMP.SUFFIX``, one per suffix, all of one stamp that no file
+    of ``revoked/`` had: the time, then ``_2``, ``_3``... within one second.
+
+    The stamp has no dot, so :meth:`DirectorySource.revoked` reads the name back as all
+    before the last dot of the stem; ``_N`` sorts after the plain stamp, newest first."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for count in itertools.count(1):
+        candidate = stamp if count == 1 else f"{stamp}_{count}"
+        made: list[Path] = []
+        try:
+            for suffix in suffixes:
+                path = revoked / f"{name}.{candidate}{suffix}"
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                made.append(path)
+        except FileExistsError:
+            for path in made:
+                path.unlink()
+            continue
+        return made
+    raise AssertionError("unreachable")
 
 
 def read_binding(path: Path) -> list[str]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, tzinfo
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mimic_server.certs import devpki
 from mimic_server.certs.directory import DirectorySource
@@ -54,3 +56,67 @@ def test_issue_client_never_adopts_a_binding_left_by_a_removed_trust_file(certs:
     assert titles == {"CT02"} and rule is not None
     assert json.loads((certs / "trusted" / "ct-2.json").read_text()) == {
         "ae_titles": ["CT02"], "services": ["find"]}
+
+
+def _trust_a_ca(certs: Path, name: str) -> None:
+    """Section 4: a hospital CA trusted as a whole (here a copy of some CA certificate)."""
+    (certs / "trusted-ca").mkdir(exist_ok=True)
+    shutil.copy(certs / "ca" / "ca.pem", certs / "trusted-ca" / f"{name}.pem")
+
+
+def _one_line(result: Result) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mimic: "), result.stderr
+    return lines[0]
+
+
+def test_issue_client_refuses_the_name_of_a_trusted_ca(certs: Path) -> None:
+    _trust_a_ca(certs, "hospital-devices")
+
+    line = _one_line(certs_command("issue-client", "hospital-devices", "--cert-dir", str(certs)))
+
+    assert "trusted-ca/hospital-devices.pem" in line
+    assert not (certs / "clients" / "hospital-devices").exists()
+    assert not (certs / "trusted" / "hospital-devices.pem").exists()
+
+
+def test_revoke_refuses_a_name_in_both_folders_and_moves_nothing(certs: Path) -> None:
+    devpki.issue_client(certs, "hospital-devices")
+    _trust_a_ca(certs, "hospital-devices")  # copied in by hand after the client was issued
+
+    line = _one_line(certs_command("revoke", "hospital-devices", "--cert-dir", str(certs)))
+
+    assert "trusted/hospital-devices.pem" in line and "trusted-ca/hospital-devices.pem" in line
+    assert (certs / "trusted" / "hospital-devices.pem").exists()
+    assert (certs / "trusted-ca" / "hospital-devices.pem").exists()
+    assert not (certs / "revoked").exists()
+
+
+class _OneSecond(datetime):
+    """Every revocation of the test in the same second."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> _OneSecond:
+        return cls(2030, 1, 2, 3, 4, 5, tzinfo=tz)
+
+
+def test_revoke_never_overwrites_what_revoked_holds(
+    certs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-trusted and revoked again within one second: every certificate is kept, each with
+    its binding, under names the console reads back (``NAME.STAMP.pem``)."""
+    issued = []
+    for title in ("CT01", "CT02", "CT03"):
+        shutil.rmtree(certs / "clients" / "ct", ignore_errors=True)
+        issued.append(devpki.issue_client(certs, "ct", [title]).cert.read_bytes())
+        with monkeypatch.context() as patch:
+            patch.setattr(devpki, "datetime", _OneSecond)
+            devpki.revoke(certs, "ct")
+
+    kept = DirectorySource(certs).revoked()
+
+    assert sorted(t.certificate.public_bytes(Encoding.PEM) for t in kept) == sorted(issued)
+    assert {t.name for t in kept} == {"ct"}
+    assert sorted(sorted(t.ae_titles) for t in kept) == [["CT01"], ["CT02"], ["CT03"]]
