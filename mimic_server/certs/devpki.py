@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,9 +79,18 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    # A new file (mkstemp: O_EXCL, mode 0600) renamed into place: opening an existing file
+    # with O_TRUNC would keep its mode, and a key copied in at 0644 stay readable by all.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_certs(path: Path, *certs: x509.Certificate) -> None:
@@ -199,16 +209,34 @@ def server_names(extra: list[str] | None = None) -> list[x509.GeneralName]:
     return unique
 
 
+def _missing_pair(cert: Path, key: Path) -> bool:
+    """True when neither file exists (make both); ConfigurationError when one exists alone.
+
+    A key is never replaced: a certificate deleted by mistake, a key restored from a backup,
+    the CA's key (which every issued certificate depends on) must not be overwritten by a
+    new one. Renewing is deleting both, on purpose.
+    """
+    if cert.exists() and key.exists():
+        return False
+    if key.exists() or cert.exists():
+        there, missing = (key, cert) if key.exists() else (cert, key)
+        raise ConfigurationError(
+            f"{there} exists without {missing.name}; nothing replaced: "
+            f"restore {missing.name}, or delete both to make a new pair"
+        )
+    return True
+
+
 def init(directory: Path, *, first_client: bool = True) -> DevPki:
     """Create whatever of the development PKI is missing; never overwrite what exists."""
     created = False
-    if not (directory / "ca" / "ca.pem").exists():
+    if _missing_pair(directory / "ca" / "ca.pem", directory / "ca" / "ca.key"):
         _create_ca(directory)
         created = True
     ca, ca_key = _load_ca(directory)
     server_cert = directory / "server" / "server.pem"
     server_key = directory / "server" / "server.key"
-    if not server_cert.exists() or not server_key.exists():
+    if _missing_pair(server_cert, server_key):
         cert, key = _leaf(
             ca,
             ca_key,

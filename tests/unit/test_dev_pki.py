@@ -4,6 +4,7 @@ its one line when a command is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from datetime import datetime, tzinfo
@@ -120,3 +121,50 @@ def test_revoke_never_overwrites_what_revoked_holds(
     assert sorted(t.certificate.public_bytes(Encoding.PEM) for t in kept) == sorted(issued)
     assert {t.name for t in kept} == {"ct"}
     assert sorted(sorted(t.ae_titles) for t in kept) == [["CT01"], ["CT02"], ["CT03"]]
+
+
+def _digest(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+@pytest.mark.parametrize("kept, removed", [
+    ("server/server.key", "server/server.pem"),
+    ("ca/ca.key", "ca/ca.pem"),
+    ("server/server.pem", "server/server.key"),
+])
+def test_init_never_replaces_a_key_or_certificate_whose_pair_is_missing(
+    certs: Path, kept: str, removed: str
+) -> None:
+    (certs / removed).unlink()
+    before = {p: _digest(p) for p in certs.rglob("*") if p.is_file()}
+
+    line = _one_line(certs_command("init", "--cert-dir", str(certs)))
+
+    assert str(certs / kept) in line
+    assert {p: _digest(p) for p in certs.rglob("*") if p.is_file()} == before
+
+
+def test_renewing_the_server_certificate_makes_a_private_key(certs: Path) -> None:
+    """Operator guide section 6: delete both files, run init; the key is the owner's alone
+    whatever the file it replaced allowed."""
+    old = _digest(certs / "server" / "server.key")
+    (certs / "server" / "server.pem").unlink()
+    (certs / "server" / "server.key").unlink()
+
+    result = certs_command("init", "--cert-dir", str(certs))
+
+    assert result.exit_code == 0, result.output
+    assert _digest(certs / "server" / "server.key") != old
+    assert (certs / "server" / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_key_is_written_as_a_new_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "client.key"
+    path.write_text("an older file, readable by all")
+    path.chmod(0o644)
+
+    devpki._write_key(path, devpki._key())
+
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert [p.name for p in tmp_path.iterdir()] == ["client.key"]
