@@ -228,11 +228,15 @@ def _missing_pair(cert: Path, key: Path) -> bool:
 
 
 def init(directory: Path, *, first_client: bool = True) -> DevPki:
-    """Create whatever of the development PKI is missing; never overwrite what exists."""
-    created = False
+    """Create whatever of the development PKI is missing; never overwrite what exists.
+
+    The first client (``modality1``, every service) is made with the CA only: renewing the
+    server certificate by deleting it and running init again issues no client.
+    """
+    created = new_ca = False
     if _missing_pair(directory / "ca" / "ca.pem", directory / "ca" / "ca.key"):
         _create_ca(directory)
-        created = True
+        created = new_ca = True
     ca, ca_key = _load_ca(directory)
     server_cert = directory / "server" / "server.pem"
     server_key = directory / "server" / "server.key"
@@ -252,10 +256,12 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
     client = None
     if first_client:
         existing = directory / "clients" / FIRST_CLIENT
-        if not existing.exists():
+        trusted = directory / "trusted" / f"{FIRST_CLIENT}.pem"
+        if new_ca and not existing.exists() and not trusted.exists():
+            # Only with a new CA (a first start): a later init renews what is missing, and
+            # must not bring back, with every right, a first client the operator retired.
             client = issue_client(directory, FIRST_CLIENT, rule=FIRST_CLIENT_RULE)
-            created = True
-        else:
+        elif existing.exists() and trusted.exists():
             client = IssuedClient(
                 FIRST_CLIENT, existing / "client.pem", existing / "client.key",
                 tuple(read_binding(directory / "trusted" / f"{FIRST_CLIENT}.json")),

@@ -168,3 +168,34 @@ def test_a_key_is_written_as_a_new_private_file(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert [p.name for p in tmp_path.iterdir()] == ["client.key"]
+
+
+def test_renewing_the_server_certificate_never_brings_back_a_retired_first_client(
+    certs: Path,
+) -> None:
+    """Section 5 retires modality1 (revoke, then its clients/ directory deleted); section 6
+    renews the server certificate with init. Only a first start (a new CA) makes modality1,
+    with every service."""
+    devpki.revoke(certs, devpki.FIRST_CLIENT)
+    shutil.rmtree(certs / "clients" / devpki.FIRST_CLIENT)
+    (certs / "server" / "server.pem").unlink()
+    (certs / "server" / "server.key").unlink()
+
+    result = certs_command("init", "--cert-dir", str(certs), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["client_name"] is None
+    assert json.loads(result.stdout)["created"] is True
+    assert devpki.FIRST_CLIENT not in _rules(certs)
+    assert not (certs / "clients" / devpki.FIRST_CLIENT).exists()
+    assert not list((certs / "trusted").glob(f"{devpki.FIRST_CLIENT}.*"))
+
+
+def test_a_first_start_makes_the_first_client_with_every_service(tmp_path: Path) -> None:
+    result = certs_command("init", "--cert-dir", str(tmp_path / "certs"), "--json")
+
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["client_name"] == devpki.FIRST_CLIENT and Path(made["client_key"]).exists()
+    _, rule = _rules(tmp_path / "certs")[devpki.FIRST_CLIENT]
+    assert rule is not None and rule.move_destinations is None  # every destination
