@@ -283,6 +283,14 @@ def web(**options: Any) -> None:
     archive.stop()
 
 
+def _certs_failure(exc: ConfigurationError | OSError | ValueError) -> NoReturn:
+    """A certs command that could not do its work: exit 2 with one line naming the file, as
+    for any other configuration (a cert dir that is a file, a folder not writable)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
+    _fail(str(exc))
+
+
 def _cert_dir(data_dir: str | None, cert_dir: str | None) -> Path:
     return _settings(data_dir=data_dir, cert_dir=cert_dir).certificate_dir
 
@@ -312,8 +320,8 @@ def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> Non
     directory = _cert_dir(data_dir, cert_dir)
     try:
         pki = devpki.init(directory)
-    except ConfigurationError as exc:
-        _fail(str(exc))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _certs_failure(exc)
     client = pki.first_client
     result = {
         "cert_dir": str(directory),
@@ -330,7 +338,10 @@ def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> Non
 @certs.command("issue-client")
 @click.argument("name")
 @click.option("--ae-title", "ae_titles", multiple=True, help="Bind to this calling AE title.")
-@click.option("--days", default=730, show_default=True, help="Validity in days.")
+@click.option(
+    "--days", type=click.IntRange(1, devpki.MAX_DAYS), default=730, show_default=True,
+    help="Validity in days; never past the development CA's own end.",
+)
 @click.option(
     "--services", default=None,
     help="Services it may use, comma-separated (echo,store,find,move,get or all); "
@@ -363,8 +374,8 @@ def certs_issue_client(
         rule["move_destinations"] = [d.strip() for d in move_destinations.split(",") if d.strip()]
     try:
         issued = devpki.issue_client(directory, name, list(ae_titles), days, rule or None)
-    except ConfigurationError as exc:
-        _fail(str(exc))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _certs_failure(exc)
     result = {
         "name": issued.name,
         "ca_cert": str((directory / "ca" / "ca.pem").resolve()),
@@ -384,8 +395,8 @@ def certs_revoke(name: str, data_dir: str | None, cert_dir: str | None, as_json:
     directory = _cert_dir(data_dir, cert_dir)
     try:
         moved = devpki.revoke(directory, name)
-    except ConfigurationError as exc:
-        _fail(str(exc))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _certs_failure(exc)
     _report({"name": name, "moved_to": [str(p) for p in moved]}, as_json, f"revoked {name}")
 
 

@@ -44,6 +44,8 @@ from mimic_server.errors import ConfigurationError
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The longest validity a client may be issued for, in days (the development CA's own).
+MAX_DAYS = 3650
 FIRST_CLIENT = "modality1"
 #: The first client's rule: the quick start stores, finds, moves and gets with it.
 FIRST_CLIENT_RULE: dict[str, object] = {"services": ["all"], "move_destinations": ["*"]}
@@ -123,15 +125,26 @@ def _name(cn: str) -> x509.Name:
 
 
 def _load_ca(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The development CA; ConfigurationError naming the file that is missing or unusable
+    (with no CA at all, 'run mimic certs init')."""
     ca_pem = directory / "ca" / "ca.pem"
     ca_key = directory / "ca" / "ca.key"
+    if not ca_pem.exists() and not ca_key.exists():
+        raise ConfigurationError(
+            f"no development CA in {directory / 'ca'}: run 'mimic certs init'"
+        )
     try:
         cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {ca_pem}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"{ca_pem} is not a PEM certificate") from exc
+    try:
         key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"no usable development CA in {directory / 'ca'}: run 'mimic certs init'"
-        ) from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {ca_key}: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError) as exc:  # TypeError: encrypted
+        raise ConfigurationError(f"{ca_key} is not an unencrypted PEM private key") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ConfigurationError(f"{ca_key} is not an RSA key")
     return cert, key
@@ -221,7 +234,7 @@ def _missing_pair(cert: Path, key: Path) -> bool:
     if key.exists() or cert.exists():
         there, missing = (key, cert) if key.exists() else (cert, key)
         raise ConfigurationError(
-            f"{there} exists without {missing.name}; nothing replaced: "
+            f"{there} exists without {missing}; nothing replaced: "
             f"restore {missing.name}, or delete both to make a new pair"
         )
     return True
@@ -285,6 +298,8 @@ def issue_client(
             parse_rule(rule, name)
         except RuleError as exc:
             raise ConfigurationError(str(exc)) from exc
+    if not 1 <= days <= MAX_DAYS:
+        raise ConfigurationError(f"{days} days: a client is valid for 1 to {MAX_DAYS} days")
     target = directory / "clients" / name
     if target.exists() or (directory / "trusted" / f"{name}.pem").exists():
         raise ConfigurationError(f"a client named {name!r} already exists in {directory}")
@@ -294,6 +309,15 @@ def issue_client(
             f"{name!r} is the name of a trusted CA (trusted-ca/{name}.pem): choose another name"
         )
     ca, ca_key = _load_ca(directory)
+    last = datetime.now(UTC) + timedelta(days=days)
+    if last > ca.not_valid_after_utc:
+        # Refused, not cut short: the operator learns the CA's end now, not from a modality
+        # whose certificate stopped working earlier than asked.
+        left = (ca.not_valid_after_utc - datetime.now(UTC)).days
+        raise ConfigurationError(
+            f"{days} days outlive the development CA (valid until "
+            f"{ca.not_valid_after_utc.date().isoformat()}): at most {left} days"
+        )
     cert, key = _leaf(ca, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
     _write_key(target / "client.key", key)
     _write_certs(target / "client.pem", cert)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mimic_server.certs import devpki
@@ -199,3 +200,50 @@ def test_a_first_start_makes_the_first_client_with_every_service(tmp_path: Path)
     assert made["client_name"] == devpki.FIRST_CLIENT and Path(made["client_key"]).exists()
     _, rule = _rules(tmp_path / "certs")[devpki.FIRST_CLIENT]
     assert rule is not None and rule.move_destinations is None  # every destination
+
+
+@pytest.mark.parametrize("days", ["-1", "0", "3651", "100000000"])
+def test_days_out_of_range_are_refused_before_anything_is_issued(certs: Path, days: str) -> None:
+    result = certs_command("issue-client", "ct", "--days", days, "--cert-dir", str(certs))
+
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "--days" in result.stderr and "1<=x<=3650" in result.stderr
+    assert not (certs / "clients" / "ct").exists()
+
+
+def test_a_client_may_not_outlive_the_ca(certs: Path) -> None:
+    ca = x509.load_pem_x509_certificate((certs / "ca" / "ca.pem").read_bytes())
+
+    line = _one_line(certs_command("issue-client", "ct", "--days", "3650", "--cert-dir",
+                                   str(certs)))
+
+    assert ca.not_valid_after_utc.date().isoformat() in line
+    assert not (certs / "clients" / "ct").exists()
+    assert certs_command("issue-client", "ct", "--days", "3000", "--cert-dir",
+                         str(certs)).exit_code == 0
+
+
+def test_a_cert_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "certs").write_text("")
+
+    line = _one_line(certs_command("init", "--cert-dir", str(tmp_path / "certs")))
+
+    assert str(tmp_path / "certs") in line
+
+
+def test_revoke_into_a_revoked_that_is_a_file_is_one_line(certs: Path) -> None:
+    (certs / "revoked").write_text("")
+
+    line = _one_line(certs_command("revoke", devpki.FIRST_CLIENT, "--cert-dir", str(certs)))
+
+    assert str(certs / "revoked") in line
+    assert (certs / "trusted" / f"{devpki.FIRST_CLIENT}.pem").exists()
+
+
+@pytest.mark.parametrize("command", [["init"], ["issue-client", "ct"]])
+def test_a_missing_ca_key_is_named(certs: Path, command: list[str]) -> None:
+    (certs / "ca" / "ca.key").unlink()
+
+    line = _one_line(certs_command(*command, "--cert-dir", str(certs)))
+
+    assert str(certs / "ca" / "ca.key") in line and "run 'mimic certs init'" not in line
