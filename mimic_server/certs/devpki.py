@@ -43,7 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mimic_server.errors import ConfigurationError
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: The longest validity a client may be issued for, in days (the development CA's own).
 MAX_DAYS = 3650
 FIRST_CLIENT = "modality1"
@@ -460,16 +460,19 @@ def read_entry_binding(path: Path) -> tuple[frozenset[str], Grants | None]:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME.match(name):
+    # fullmatch: re's "$" also matches before a final newline, which made trusted/evil\n.pem.
+    if not _NAME.fullmatch(name):
         raise ConfigurationError(
             f"{name!r} is not a usable name: letters, digits, '.', '_' and '-', up to 64"
         )
 
 
 def _check_ae_title(title: str) -> str:
-    title = str(title).strip()
-    if not title or len(title) > 16 or "\\" in title or not title.isprintable():
+    """An AE title a peer can send (PS3.5 AE VR): the default character repertoire without
+    control characters or backslash, 1 to 16 of them once the leading and trailing spaces,
+    which are not significant, are taken off. Another title (CT\u00e9, full-width letters)
+    could never match a calling AE title, and would only look like a binding."""
+    title = str(title).strip(" ")
+    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
         raise ConfigurationError(f"{title!r} is not a valid AE title")
     return title
-
-

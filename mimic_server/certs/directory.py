@@ -117,7 +117,12 @@ class DirectorySource:
                 certs = x509.load_pem_x509_certificates(pem.read_bytes())
             except (OSError, ValueError):
                 continue  # an unreadable leftover: nothing to show
-            titles = frozenset(read_binding(pem.with_suffix(".json")))
+            try:
+                titles = frozenset(read_binding(pem.with_suffix(".json")))
+            except (ConfigurationError, OSError):
+                # A binding written under looser rules (a title no peer can send) or not
+                # readable: the certificate is still shown, without titles.
+                titles = frozenset()
             found.extend(TrustedCertificate(name, "client", cert, titles) for cert in certs)
         return tuple(found)
 

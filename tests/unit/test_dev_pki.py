@@ -247,3 +247,50 @@ def test_a_missing_ca_key_is_named(certs: Path, command: list[str]) -> None:
     line = _one_line(certs_command(*command, "--cert-dir", str(certs)))
 
     assert str(certs / "ca" / "ca.key") in line and "run 'mimic certs init'" not in line
+
+
+@pytest.mark.parametrize("name", ["evil\n", "ct\n01", "ct/01", ".hidden", "x" * 65])
+def test_a_name_that_is_not_of_the_file_name_shape_is_refused(certs: Path, name: str) -> None:
+    before = sorted(certs.rglob("*"))
+
+    line = _one_line(certs_command("issue-client", name, "--cert-dir", str(certs)))
+
+    assert "is not a usable name" in line
+    assert sorted(certs.rglob("*")) == before
+
+
+@pytest.mark.parametrize("title", [
+    "CTé", "\uff23\uff34\uff32\uff2f\uff2f\uff2d\uff11", "CT\\01", "CT\t01", "A" * 17, "   ", "",
+])
+def test_an_ae_title_outside_the_default_repertoire_is_refused(certs: Path, title: str) -> None:
+    line = _one_line(certs_command("issue-client", "ct", "--ae-title", title, "--cert-dir",
+                                   str(certs)))
+
+    assert "is not a valid AE title" in line
+    assert not (certs / "clients" / "ct").exists()
+
+
+def test_an_ae_title_keeps_its_inner_spaces_and_loses_the_outer_ones(certs: Path) -> None:
+    result = certs_command("issue-client", "ct", "--ae-title", " CT 01 ", "--ae-title",
+                           "~!#$%&'()*+,-./:", "--cert-dir", str(certs))
+
+    assert result.exit_code == 0, result.output
+    assert _rules(certs)["ct"][0] == {"CT 01", "~!#$%&'()*+,-./:"}
+
+
+def test_a_binding_file_with_a_title_no_peer_can_send_fails_its_entry(certs: Path) -> None:
+    (certs / "trusted" / f"{devpki.FIRST_CLIENT}.json").write_text('{"ae_titles": ["CTé"]}')
+
+    assert devpki.FIRST_CLIENT not in _rules(certs)
+
+
+def test_a_revoked_entry_whose_binding_no_longer_reads_is_still_listed(certs: Path) -> None:
+    """Revoked under an earlier version that let CT\u00e9 through: the console still shows it."""
+    (certs / "trusted" / f"{devpki.FIRST_CLIENT}.json").write_text('{"ae_titles": ["CT01"]}')
+    devpki.revoke(certs, devpki.FIRST_CLIENT)
+    for binding in (certs / "revoked").glob("*.json"):
+        binding.write_text('{"ae_titles": ["CT\u00e9"]}')
+
+    kept = DirectorySource(certs).revoked()
+
+    assert [(t.name, t.ae_titles) for t in kept] == [(devpki.FIRST_CLIENT, frozenset())]
