@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mimic_server.ae_titles import sendable_ae_title
+
 #: The longest wait a setting may ask for: poll() and select() take a C int of milliseconds
 #: (24.8 days); a little less.
 MAX_SECONDS = 2_000_000.0
@@ -420,10 +422,10 @@ class Settings(BaseSettings):
     @field_validator("ae_title")
     @classmethod
     def _valid_ae_title(cls, value: str) -> str:
-        value = value.strip()
-        if not value or len(value) > 16 or "\\" in value or not value.isprintable():
-            raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
-        return value
+        sendable = sendable_ae_title(value)
+        if sendable is None:
+            raise ValueError("an AE title is 1 to 16 ASCII characters, no backslash")
+        return sendable
 
     @field_validator("keyvault_url")
     @classmethod

@@ -103,6 +103,19 @@ def test_invalid_setting_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "ae_title" in result.stderr
 
 
+@pytest.mark.parametrize("title", ["CT\u00e9", "\uff2d\uff29\uff2d\uff29\uff23"])
+def test_an_ae_title_no_peer_can_send_is_refused(title: str) -> None:
+    """Outside the default repertoire no association can name it: the archive would start
+    and refuse every peer's called AE title (A-ASSOCIATE-RJ) with no word of why."""
+    from pydantic import ValidationError
+
+    from mimic_server.config import Settings
+
+    with pytest.raises(ValidationError, match="ASCII"):
+        Settings(ae_title=title)
+    assert Settings(ae_title=" MIMIC ").ae_title == "MIMIC"
+
+
 @pytest.mark.parametrize(("variable", "value", "said"), [
     # poll() and select() take a C int of milliseconds: past it the certificate watcher's
     # thread died at its first wait (revocations unseen), or every handshake failed while

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mimic_server.ae_titles import sendable_ae_title
 from mimic_server.errors import ConfigurationError
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 
@@ -472,7 +473,7 @@ def _check_ae_title(title: str) -> str:
     control characters or backslash, 1 to 16 of them once the leading and trailing spaces,
     which are not significant, are taken off. Another title (CT\u00e9, full-width letters)
     could never match a calling AE title, and would only look like a binding."""
-    title = str(title).strip(" ")
-    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
-        raise ConfigurationError(f"{title!r} is not a valid AE title")
-    return title
+    sendable = sendable_ae_title(title)
+    if sendable is None:
+        raise ConfigurationError(f"{str(title).strip(' ')!r} is not a valid AE title")
+    return sendable

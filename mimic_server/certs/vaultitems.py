@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
+from mimic_server.ae_titles import sendable_ae_title
 from mimic_server.errors import ConfigurationError
 from mimic_server.security.grants import Grants, RuleError, from_tags, parse_rule
 
@@ -56,12 +57,10 @@ def ae_titles(tags: Mapping[str, str] | None) -> frozenset[str]:
     characters): read as no binding, it let the certificate use any calling AE title."""
     if AE_TITLES_TAG not in (tags or {}):
         return frozenset()
-    titles = [t.strip() for t in (tags or {})[AE_TITLES_TAG].split(",")]
-    if not any(titles) or not all(
-        t and len(t) <= 16 and "\\" not in t and t.isprintable() for t in titles
-    ):
+    titles = [sendable_ae_title(t) for t in (tags or {})[AE_TITLES_TAG].split(",")]
+    if not all(titles):
         raise ValueError(f"{AE_TITLES_TAG} is not a list of AE titles")
-    return frozenset(titles)
+    return frozenset(t for t in titles if t)
 
 
 def rule(tags: Mapping[str, str] | None, entry: str) -> Grants | None:

@@ -275,7 +275,8 @@ def test_revoked_entries_for_the_console(vault: KeyVaultDouble, pki: Pki) -> Non
     assert _names(source.load()) == {"active"}  # revoked entries never join a bundle
 
 
-@pytest.mark.parametrize("binding", [" , ", "", "CT1,", "A-TITLE-LONGER-THAN-16"])
+@pytest.mark.parametrize("binding", [" , ", "", "CT1,", "A-TITLE-LONGER-THAN-16",
+                                     "CT\u00e9", "\uff23\uff34\uff11", "CT\t1"])
 def test_an_ae_title_binding_that_cannot_be_read_trusts_nothing(
     vault: KeyVaultDouble, pki: Pki, caplog: pytest.LogCaptureFixture, binding: str
 ) -> None:
