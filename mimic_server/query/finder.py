@@ -9,6 +9,7 @@ typed column come from the stored header (DICOM JSON) of one instance of the ent
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from mimic_server.index.engine import read_index
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
-from mimic_server.query.matching import Constraint, Kind
+from mimic_server.query.matching import Constraint, Kind, Meter
 from mimic_server.query.pages import PAGE_SIZE, Budget, pages
 
 _TABLES = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
@@ -61,6 +62,10 @@ _REF_WIDTH = len(_REF_COLUMNS)
 
 class ResultLimitReached(Exception):
     """More entities match than the configured limit; the answers so far were sent."""
+
+
+class _CancelSeen(Exception):
+    """A C-CANCEL seen while one row was being matched: the query ends where it is."""
 
 
 class RowRecord:
@@ -115,12 +120,15 @@ class Finder:
         max_results: int,
         time_limit: float = 30.0,
         page_size: int = PAGE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.retrieve_ae_title = retrieve_ae_title
         self.max_results = max_results
         self.time_limit = time_limit
         self.page_size = page_size
+        #: The time budget's clock (a test's own, to spend a budget without waiting).
+        self.clock = clock
 
     # -- C-FIND ------------------------------------------------------------------------------
 
@@ -151,7 +159,8 @@ class Finder:
         requested = [(int(e.tag), e.keyword, e.VR) for e in query.requested]
         availability = "InstanceAvailability" in _requested_keywords(query)
         typed_keys = _typed_keys(query.level)
-        budget = Budget(self.time_limit)
+        budget = Budget(self.time_limit, self.clock)
+        meter = Meter(functools.partial(_looked_at, budget, cancelled))
         sent = 0
         try:
             for page in pages(
@@ -166,7 +175,7 @@ class Finder:
                     header = mapping["header"] if need_header else None
                     computed = _computed_values(mapping, computed_keys)
                     record = RowRecord(typed, header, computed)
-                    if not all(_checked(budget) and c.matches(record)
+                    if not all(_checked(budget) and c.matches(record, meter)
                                for c in query.constraints):
                         continue
                     if sent >= limit:
@@ -176,6 +185,10 @@ class Finder:
                     budget.pause()  # the peer's reading is not the query's work
                     yield answer
                     budget.resume()
+            # The last row's match may have spent the budget too: not a Success.
+            budget.check()
+        except _CancelSeen:
+            return
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
 
@@ -491,6 +504,14 @@ def _checked(budget: Budget) -> bool:
     long values, each key hundreds of alternatives."""
     budget.check()
     return True
+
+
+def _looked_at(budget: Budget, cancelled: Callable[[], bool]) -> None:
+    """The budget and C-CANCEL, looked at every few comparisons inside one row's match (one
+    key against a long stored sequence is millions of them)."""
+    budget.check()
+    if cancelled():
+        raise _CancelSeen
 
 
 def _prefilter(constraint: Constraint) -> Any:

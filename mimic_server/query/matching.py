@@ -13,7 +13,7 @@ stored value never matches a range; a key whose value is ``""`` matches empty or
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -51,6 +51,36 @@ class Kind(Enum):
     SEQUENCE = "sequence"
 
 
+#: Comparisons between two looks at the query's budget and at C-CANCEL (:class:`Meter`).
+CHECK_EVERY = 64
+
+
+class Meter:
+    """Counts the comparisons a query makes and calls ``check`` once every ``every`` of them.
+
+    One key against one stored sequence is items x alternatives x item keys comparisons (a
+    MiB of small items against a key of hundreds of values ran 126 s past a 30 s budget, deaf
+    to C-CANCEL): the budget has to be looked at inside the match, not only between keys.
+    ``check`` raises to stop the match."""
+
+    __slots__ = ("_check", "_every", "_left")
+
+    def __init__(self, check: Callable[[], None], every: int = CHECK_EVERY) -> None:
+        self._check = check
+        self._every = every
+        self._left = every
+
+    def spend(self, comparisons: int) -> None:
+        self._left -= comparisons
+        if self._left <= 0:
+            self._left = self._every
+            self._check()
+
+
+#: The meter of a match nobody bounds (a retrieve's typed columns, a unit's own rule).
+UNMETERED = Meter(lambda: None, every=1 << 62)
+
+
 class Record(Protocol):
     """What a constraint is matched against: the stored values of one entity."""
 
@@ -70,17 +100,18 @@ class Constraint:
     items: tuple[Constraint, ...] = ()
     _pattern: WildcardPattern | None = field(default=None, compare=False, repr=False)
 
-    def matches(self, record: Record) -> bool:
-        return self.matches_values(record.values(self.keyword, self.tag))
+    def matches(self, record: Record, meter: Meter = UNMETERED) -> bool:
+        return self.matches_values(record.values(self.keyword, self.tag), meter)
 
-    def matches_values(self, stored: list[Any] | None) -> bool:
+    def matches_values(self, stored: list[Any] | None, meter: Meter = UNMETERED) -> bool:
         present = [v for v in (stored or []) if v not in (None, "")]
+        if self.kind is Kind.LIST:
+            return any(alt.matches_values(stored, meter) for alt in self.alternatives)
+        if self.kind is Kind.SEQUENCE:
+            return any(all(c.matches(item, meter) for c in self.items) for item in present)
+        meter.spend(len(present) or 1)
         if self.kind is Kind.EMPTY:
             return not present
-        if self.kind is Kind.LIST:
-            return any(alt.matches_values(stored) for alt in self.alternatives)
-        if self.kind is Kind.SEQUENCE:
-            return any(all(c.matches(item) for c in self.items) for item in present)
         if self.kind is Kind.RANGE:
             return any(self._in_range(str(v)) for v in present)
         if self.kind is Kind.WILDCARD:

@@ -6,6 +6,7 @@ keys, and a Person Name rule the index's pre-filter selects a superset of."""
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -144,10 +145,10 @@ def test_the_budget_is_checked_between_the_keys_of_one_row(
     slow = query.constraints[0]
     matches = type(slow).matches
 
-    def slowly(self: Any, record: Any) -> bool:
+    def slowly(self: Any, record: Any, *meter: Any) -> bool:
         if self is slow:
             time.sleep(0.3)  # the first key spends the whole budget
-        return matches(self, record)
+        return matches(self, record, *meter)
 
     monkeypatch.setattr(type(slow), "matches", slowly)
     finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=100, time_limit=0.2)
@@ -186,3 +187,98 @@ def test_the_fold_keeps_non_ascii_case_insensitive() -> None:
     assert matching._pn_text("müller^jörg^^") == "MÜLLER^JÖRG"
     assert matching._pn_text("Groß") == "GROẞ" == matching._pn_text("GROẞ")
     assert matching._pn_text("ﬁsh") == "ﬁSH"
+
+
+#: A sequence long enough that one key against it is thousands of comparisons.
+ITEMS = 3000
+
+
+def _store_long_sequence(engine: Engine) -> str:
+    """One more study whose header holds a ReferencedImageSequence of ITEMS small items, the
+    last of them unlike the others."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.PatientID, ds.PatientName = "SEQ", "Seq^Long"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        f"{UID_ROOT}.1.99", f"{UID_ROOT}.2.99", f"{UID_ROOT}.3.99")
+    items = []
+    for n in range(ITEMS):
+        item = Dataset()
+        item.OperatorsName = "AC" if n == ITEMS - 1 else "AB"
+        items.append(item)
+    ds.ReferencedImageSequence = items
+    index = SqlIndex(engine)
+    index.upsert_instance(InstanceAttributes.from_header(ds),
+                          transfer_syntax_uid="1.2.840.10008.1.2.1", object_key="k/99",
+                          sha256="0" * 64, size=1, received_from="test")
+    return str(ds.StudyInstanceUID)
+
+
+def _sequence_query(study: str) -> Any:
+    """The study's sequence against a key of eight values, only the last of which matches,
+    and only the last item: every item is compared with every value."""
+    item = Dataset()
+    item.OperatorsName = [f"Q{n}*Z" for n in range(7)] + ["AC"]
+    ds = _study_query(StudyInstanceUID=study)
+    ds.ReferencedImageSequence = [item]
+    return parse(ds, Model.STUDY_ROOT, relational=True)
+
+
+class _Ticks:
+    """A clock that moves one second each time it is read: a budget is spent by work done,
+    never by waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_budget_is_looked_at_inside_one_sequence_key(engine: Engine) -> None:
+    """One key against a long stored sequence is items x values comparisons, made with no
+    look at the budget (126 s against a 30 s budget, then Success): the budget is now looked
+    at every few comparisons, and the query ends with TimeLimitReached (0xA700)."""
+    query = _sequence_query(_store_long_sequence(engine))
+    ticks = _Ticks()  # the query reads it about ten times outside the match
+    finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=100, time_limit=40,
+                    clock=ticks)
+    with pytest.raises(TimeLimitReached):
+        list(finder.find(query))
+    assert ticks.now < 100  # soon after the budget, not after all 24,000 comparisons
+
+
+def test_a_cancel_is_seen_inside_one_sequence_key(engine: Engine) -> None:
+    """A C-CANCEL that arrives while one key is matched against a long sequence ends the
+    query there (the handler answers 0xFE00): the matching row is not answered."""
+    query = _sequence_query(_store_long_sequence(engine))
+    looks = itertools.count()
+    finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=100)
+    assert len(list(finder.find(query))) == 1
+    assert list(finder.find(query, cancelled=lambda: next(looks) >= 1)) == []
+
+
+def test_the_budget_is_looked_at_after_the_last_row(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last row's match spending the budget ended in Success (the budget was looked at
+    before each row and each page only): it ends with TimeLimitReached too."""
+    query = _study_query_parsed("P5")
+    clock = _Ticks()
+    slow = query.constraints[0]
+    matches = type(slow).matches
+
+    def spending(self: Any, record: Any, *args: Any) -> bool:
+        if self is slow:
+            clock.now += 1000  # this row's match spends the whole budget
+        return matches(self, record, *args)
+
+    monkeypatch.setattr(type(slow), "matches", spending)
+    finder = Finder(engine, retrieve_ae_title="MIMIC", max_results=100, time_limit=500,
+                    clock=clock)
+    with pytest.raises(TimeLimitReached):
+        list(finder.find(query))
+
+
+def _study_query_parsed(patient_id: str) -> Any:
+    return parse(_study_query(PatientID=patient_id), Model.STUDY_ROOT, relational=True)
