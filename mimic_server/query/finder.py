@@ -535,6 +535,10 @@ def _prefilter(constraint: Constraint) -> Any:
         return and_(column != "", column >= constraint.low, column <= constraint.high)
     if kind not in (Kind.SINGLE, Kind.WILDCARD):
         return None
+    if constraint.groups:
+        # The column holds the groups joined by '=': each group the key names is in it.
+        parts = [p for p in (_prefilter(g) for g in constraint.groups if g) if p is not None]
+        return and_(*parts) if parts else None
     value = constraint.values[0]
     if vr == "PN":
         # Any component group may match, case-insensitively: a contains-search on the

@@ -5,9 +5,11 @@ wildcard, range, empty value, sequence). :meth:`Constraint.matches` is the defin
 :mod:`mimic_server.query.finder` only narrows the candidates with indexable predicates that never
 exclude a true match.
 
-Declared behaviour (see docs/conformance.md): PN matching is case-insensitive and matches any
-component group; all other text is case-sensitive; ``*`` alone is universal matching; an empty
-stored value never matches a range; a key whose value is ``""`` matches empty or absent values.
+Declared behaviour (see docs/conformance.md): PN matching is case-insensitive; a PN key
+without ``=`` matches the whole value or any component group, a key with ``=`` names its
+groups by position (alphabetic, ideographic, phonetic), an empty one universal; all other
+text is case-sensitive; ``*`` alone is universal matching; an empty stored value never
+matches a range; a key whose value is ``""`` matches empty or absent values.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ MAX_IDENTIFIER_VALUES = 1024
 #: attributes took 1.3 GiB and half a minute per request).
 MAX_IDENTIFIER_KEYS = 256
 MAX_IDENTIFIER_LENGTH = 65536
+#: Component groups of a Person Name: alphabetic, ideographic, phonetic (PS3.5 6.2.1.1).
+PN_GROUPS = 3
 
 
 class Kind(Enum):
@@ -98,6 +102,9 @@ class Constraint:
     high: str = ""
     alternatives: tuple[Constraint, ...] = ()
     items: tuple[Constraint, ...] = ()
+    #: A PN key naming its component groups (``=山田^太郎``): each group's own constraint, by
+    #: position, None where the key leaves the group empty (universal).
+    groups: tuple[Constraint | None, ...] = ()
     _pattern: WildcardPattern | None = field(default=None, compare=False, repr=False)
 
     def matches(self, record: Record, meter: Meter = UNMETERED) -> bool:
@@ -112,12 +119,28 @@ class Constraint:
         meter.spend(len(present) or 1)
         if self.kind is Kind.EMPTY:
             return not present
+        if self.groups:
+            return any(self._groups_match(v) for v in present)
         if self.kind is Kind.RANGE:
             return any(self._in_range(str(v)) for v in present)
         if self.kind is Kind.WILDCARD:
             assert self._pattern is not None
             return any(self._pattern.fullmatch(s) for v in present for s in _forms(self.vr, v))
         return any(self._equal(v) for v in present)
+
+    def _groups_match(self, stored: Any) -> bool:
+        """Each group the key names against the stored value's group in the same position."""
+        stored_groups = str(stored).strip().split("=")
+        for position, group in enumerate(self.groups):
+            if group is None:
+                continue
+            text = _pn_text(stored_groups[position]) if position < len(stored_groups) else ""
+            if group._pattern is not None:
+                if not group._pattern.fullmatch(text):
+                    return False
+            elif text != _pn_key(group.values[0]):
+                return False
+        return True
 
     def _equal(self, stored: Any) -> bool:
         wanted = self.values[0]
@@ -224,6 +247,8 @@ def element_constraint(element: DataElement) -> Constraint | None:
         return Constraint(keyword, tag, vr, Kind.EMPTY)
     if values == ["*"]:
         return None
+    if vr == "PN" and all("=" in v and not any(_pn_group_keys(v)) for v in values):
+        return None  # '=', '*=*': every component group universal
     if len(values) > MAX_KEY_VALUES or sum(map(len, values)) > MAX_KEY_VALUES_LENGTH:
         # Before any compilation: every alternative costs parsing, a matcher and an SQL term
         # (SQLite refuses a tree of about 1000), all before the query's time budget starts.
@@ -247,6 +272,8 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
         return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
     if vr in RANGE_VRS:
         return _date_time(keyword, tag, vr, value)
+    if vr == "PN" and "=" in value:
+        return _person_name_groups(keyword, tag, value)
     if wild:
         if vr not in WILDCARD_VRS:
             raise QueryError(f"{keyword}: no wildcard matching on {vr}", Status.UNABLE_TO_PROCESS)
@@ -256,6 +283,27 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
         pattern = WildcardPattern.compile(_pn_fold(value) if vr == "PN" else value)
         return Constraint(keyword, tag, vr, Kind.WILDCARD, values=(value,), _pattern=pattern)
     return Constraint(keyword, tag, vr, Kind.SINGLE, values=(value,))
+
+
+def _pn_group_keys(value: str) -> list[str]:
+    """The component groups a PN key names, by position; '' where it leaves one universal
+    (empty, or ``*`` alone)."""
+    return ["" if g.strip().rstrip("^ ") in ("", "*") else g.strip()
+            for g in value.split("=")]
+
+
+def _person_name_groups(keyword: str, tag: int, value: str) -> Constraint:
+    """A PN key with ``=``: each group it names matches the stored value's group in the same
+    position (PS3.4 C.2.2.2.1 and docs/conformance.md: every group separately). Kept in the
+    compared text, the ``=`` made ``=山田^太郎`` find nothing."""
+    keys = _pn_group_keys(value)
+    if len(keys) > PN_GROUPS:
+        raise QueryError(f"{keyword}: more than {PN_GROUPS} component groups",
+                         Status.UNABLE_TO_PROCESS)
+    groups = tuple(_single(keyword, tag, "PN", key) if key else None for key in keys)
+    wild = any(g is not None and g.kind is Kind.WILDCARD for g in groups)
+    return Constraint(keyword, tag, "PN", Kind.WILDCARD if wild else Kind.SINGLE,
+                      values=(value,), groups=groups)
 
 
 def _date_time(keyword: str, tag: int, vr: str, value: str) -> Constraint:

@@ -290,6 +290,29 @@ def test_utf8_queries_find_names_stored_in_other_character_sets(
     assert patient_ids <= _uids(answers, "PatientID")
 
 
+@pytest.mark.parametrize(
+    ("charset", "key", "patient_ids"),
+    [
+        ("\\ISO 2022 IR 87", "=山田^太郎", {"H31EXAMPLE", "H32EXAMPLE"}),
+        ("\\ISO 2022 IR 87", "=山田*", {"H31EXAMPLE", "H32EXAMPLE"}),
+        ("ISO_IR 192", "=山田^太郎", {"H31EXAMPLE", "H32EXAMPLE"}),
+        ("ISO_IR 192", "==やまだ^たろう", {"H31EXAMPLE", "H32EXAMPLE"}),
+        ("ISO_IR 192", "Yamada^Tarou=山田^太郎", {"H31EXAMPLE"}),  # H32's is in katakana
+    ],
+)
+def test_person_name_keys_naming_component_groups(
+    archive: Archive, charset: str, key: str, patient_ids: set[str]
+) -> None:
+    """A key naming the ideographic or phonetic group ('=' first), or several groups, found
+    nothing: the '=' stayed in the compared text. Each group it names now matches the stored
+    name's group in the same position, in whichever character set the key comes."""
+    ds = _id("STUDY", PatientName=key, PatientID="")
+    ds.SpecificCharacterSet = charset
+    answers, final = archive.find(ds)
+    assert final.Status == 0
+    assert _uids(answers, "PatientID") == patient_ids
+
+
 # -- C-FIND: refusals ---------------------------------------------------------------------
 
 

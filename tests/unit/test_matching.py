@@ -73,3 +73,40 @@ def test_values_in_one_key_are_bounded() -> None:
         assert refused.value.status == 0xC000
     with pytest.raises(QueryError, match="16384 characters"):
         element_constraint(DataElement(0x00100020, "LO", ["X" * 100] * 200))
+
+
+YAMADA = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+@pytest.mark.parametrize(
+    ("key", "stored", "expected"),
+    [
+        ("=山田^太郎", YAMADA, True),  # the ideographic group alone
+        ("=山田*", YAMADA, True),
+        ("==やまだ^たろう", YAMADA, True),  # the phonetic group alone
+        ("==やまだ*", YAMADA, True),
+        ("Yamada^Tarou=山田^太郎", YAMADA, True),  # two groups, both must match
+        ("yamada^tarou=山田^太郎=", YAMADA, True),  # case-insensitive; empty groups universal
+        ("*=山田^太郎*", YAMADA, True),
+        ("Yamada^Tarou=山田^花子", YAMADA, False),
+        ("=Yamada^Tarou", YAMADA, False),  # by position: not the alphabetic group
+        ("=山田^太郎", "Yamada^Tarou", False),  # no ideographic group stored
+        ("Yamada^Tarou=", "Yamada^Tarou", True),
+        ("山田^太郎", YAMADA, True),  # without '=': the whole value or any group, as before
+    ],
+)
+def test_person_name_component_groups(key: str, stored: str, expected: bool) -> None:
+    """A key with '=' names its component groups by position; the '=' stayed in the compared
+    text, so '=山田^太郎' and 'Yamada^Tarou=山田^太郎' found nothing."""
+    assert _matches("PN", key, [stored], 0x00100010) is expected
+
+
+def test_person_name_groups_key_without_a_group_is_universal() -> None:
+    assert element_constraint(DataElement(0x00100010, "PN", "==")) is None
+    assert element_constraint(DataElement(0x00100010, "PN", "*=*")) is None
+
+
+def test_person_name_key_of_more_than_three_groups_is_refused() -> None:
+    with pytest.raises(QueryError, match="more than 3 component groups") as refused:
+        element_constraint(DataElement(0x00100010, "PN", "A=B=C=D"))
+    assert refused.value.status == 0xC000

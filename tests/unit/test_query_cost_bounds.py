@@ -166,6 +166,9 @@ def test_the_budget_is_checked_between_the_keys_of_one_row(
     ("MÜLLER*", "Müller^Jörg", True),    # a case that stays non-ASCII is still folded
     ("müller^jörg", "Müller^Jörg", True),
     ("DOE^*", "Doe^John", True),
+    ("yamada^tarou=*", "Yamada^Tarou", True),  # a key naming its groups by position, and
+    ("Yama*=*", "Yamada^Tarou", True),  # the pre-filter looks for each group it names
+    ("=Yamada^Tarou", "Yamada^Tarou", False),  # the ideographic group, which it lacks
 ])
 def test_a_person_name_matches_as_the_index_preselects(
     engine: Engine, key: str, stored: str, found: bool
