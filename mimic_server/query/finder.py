@@ -26,8 +26,10 @@ from mimic_server.index.engine import read_index
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.query.identifier import Query
 from mimic_server.query.keys import COLUMNS, COMPUTED, Level
-from mimic_server.query.matching import Constraint, Kind, Meter
+from mimic_server.query.matching import UNMETERED, Constraint, Kind, Meter
 from mimic_server.query.pages import PAGE_SIZE, Budget, pages
+from mimic_server.query.sequence_answer import answered_sequence
+from mimic_server.query.stored_values import json_values
 
 _TABLES = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
 _TEXT_COLUMNS = {k for k, c in COLUMNS.items() if k not in ("SeriesNumber", "InstanceNumber")}
@@ -85,30 +87,6 @@ class RowRecord:
             value = self.typed[keyword]
             return [] if value in (None, "") else [value]
         return json_values(self.header.get(f"{tag:08X}"))
-
-
-class JsonItem:
-    """A sequence item of a stored header, for sequence matching."""
-
-    def __init__(self, item: dict[str, Any]) -> None:
-        self.item = item
-
-    def values(self, keyword: str, tag: int) -> list[Any] | None:
-        return json_values(self.item.get(f"{tag:08X}"))
-
-
-def json_values(element: dict[str, Any] | None) -> list[Any] | None:
-    if not element:
-        return None
-    values = element.get("Value")
-    if values is None:
-        return []
-    if element.get("vr") == "PN":
-        groups = ("Alphabetic", "Ideographic", "Phonetic")
-        return ["=".join(v.get(g, "") for g in groups).rstrip("=") for v in values]
-    if element.get("vr") == "SQ":
-        return [JsonItem(item) for item in values]
-    return values
 
 
 class Finder:
@@ -181,7 +159,8 @@ class Finder:
                     if sent >= limit:
                         raise ResultLimitReached(limit)
                     sent += 1
-                    answer = self._answer(query, record, requested, availability, plain)
+                    answer = self._answer(query, record, requested, availability, plain,
+                                          meter)
                     budget.pause()  # the peer's reading is not the query's work
                     yield answer
                     budget.resume()
@@ -209,6 +188,7 @@ class Finder:
         requested: list[tuple[int, str, str]],
         availability: bool,
         lazy: bool = False,
+        meter: Meter = UNMETERED,
     ) -> Dataset:
         plain: dict[int, tuple[str, Any]] = {
             0x00080005: ("CS", UTF8),  # Specific Character Set
@@ -218,27 +198,40 @@ class Finder:
         for tag, keyword, vr in requested:
             value = _plain_value(tag, keyword, vr, record)
             if value is None:
-                return self._answer_dataset(query, record)
+                return self._answer_dataset(query, record, meter)
             plain[tag] = value
         if availability:
             plain[0x00080056] = ("CS", "ONLINE")
         return Answer.of(plain, fill=False if lazy else None)
 
-    def _answer_dataset(self, query: Query, record: RowRecord) -> Dataset:
+    def _answer_dataset(
+        self, query: Query, record: RowRecord, meter: Meter = UNMETERED
+    ) -> Dataset:
         """The answer built with pydicom: for values that are not plain text or numbers."""
         answer = Dataset()
         answer.SpecificCharacterSet = UTF8
         answer.QueryRetrieveLevel = query.level.value
         answer.RetrieveAETitle = self.retrieve_ae_title
+        sequences = {c.tag: c for c in query.constraints if c.kind is Kind.SEQUENCE}
         for element in query.requested:
-            answer.add(self._value(element, record))
+            answer.add(self._value(element, record, sequences.get(int(element.tag)), meter))
         if "InstanceAvailability" in _requested_keywords(query):
             answer.InstanceAvailability = "ONLINE"
         return answer
 
-    def _value(self, element: DataElement, record: RowRecord) -> DataElement:
+    def _value(
+        self,
+        element: DataElement,
+        record: RowRecord,
+        sequence: Constraint | None = None,
+        meter: Meter = UNMETERED,
+    ) -> DataElement:
         tag, keyword = element.tag, element.keyword
         stored = record.header.get(f"{int(tag):08X}")
+        if stored and element.VR == "SQ":
+            # Outside the try below: the meter's TimeLimitReached must not be taken for a
+            # value pydicom cannot read.
+            stored = answered_sequence(element, stored, sequence, meter)
         if keyword in record.computed:
             return DataElement(tag, element.VR, record.computed[keyword] or None)
         if stored and keyword not in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):

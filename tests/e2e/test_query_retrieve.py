@@ -268,6 +268,24 @@ def test_sequence_matching(archive: Archive) -> None:
     assert archive.find(ds)[0] == []
 
 
+def test_a_sequence_key_is_answered_with_the_matching_items_only(archive: Archive) -> None:
+    """CT_small's Other Patient IDs Sequence holds ABCD1234 and 1234ABCD, each with a Type of
+    Patient ID: a key asking for 1234ABCD and its Issuer was answered with both items, every
+    attribute of each (PS3.4 C.2.2.2.6: the matching items, only the requested attributes)."""
+    item = Dataset()
+    item.PatientID, item.IssuerOfPatientID = "1234ABCD", ""
+    ds = _id("STUDY", StudyInstanceUID="1.3.6.1.4.1.5962.1.2.1.20040119072730.12322")
+    ds.OtherPatientIDsSequence = [item]
+    answers, final = archive.find(ds)
+    assert final.Status == 0 and len(answers) == 1
+    assert [{e.keyword: e.value for e in i} for i in answers[0].OtherPatientIDsSequence] == [
+        {"PatientID": "1234ABCD", "IssuerOfPatientID": ""}]
+    ds.OtherPatientIDsSequence = [Dataset()]  # an empty item: the whole sequence
+    answers, _ = archive.find(ds)
+    assert [i.PatientID for i in answers[0].OtherPatientIDsSequence] == ["ABCD1234", "1234ABCD"]
+    assert all(i.TypeOfPatientID == "TEXT" for i in answers[0].OtherPatientIDsSequence)
+
+
 @pytest.mark.parametrize(
     ("pattern", "patient_ids"),
     [
