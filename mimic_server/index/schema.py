@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, text
 
 from mimic_server.errors import ConfigurationError
+from mimic_server.index.engine import WRITE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -42,11 +43,18 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision this code knows."""
+    """Bring the schema to the newest revision this code knows.
+
+    In a write transaction of the engine's (``engine.WRITE``): on SQLite the writers' flock,
+    then ``BEGIN IMMEDIATE``, which waits out another writer within the busy timeout. A
+    deferred transaction read the revision first and then failed its first write at once
+    with "database is locked" (SQLite calls no busy handler to upgrade a read transaction).
+    Alembic reads the revision inside the transaction, after the lock: of several processes
+    that start at once on one file, the first migrates and the others find it current."""
     from alembic import command
 
     config = _config()
-    with engine.begin() as conn:
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
