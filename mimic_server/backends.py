@@ -16,12 +16,17 @@ import logging
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import schema
-from mimic_server.index.engine import answers, create_index_engine
+from mimic_server.index.engine import (
+    answers,
+    check_writable,
+    create_index_engine,
+    driver_error,
+)
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
 from mimic_server.storage.fs_journal import without_journal
@@ -75,6 +80,7 @@ def open_index_engine(
         if schema_revision is not None:
             schema.require_revision(engine, schema_revision)
         elif engine.dialect.name == "sqlite":
+            _require_writable(engine)
             schema.upgrade(engine)  # embedded mode: zero configuration
         else:
             schema.require_current(engine)
@@ -85,6 +91,22 @@ def open_index_engine(
         engine.dispose()
         raise ConfigurationError(f"index database unusable: {exc}") from exc
     return engine
+
+
+def _require_writable(engine: Engine) -> None:
+    """A SQLite file the server may not write (another owner, a read-only mount) stops the
+    start: it read, answered ready, and refused every C-STORE 0xA700 with no word why."""
+    try:
+        check_writable(engine)
+    except OperationalError as exc:
+        if not str(getattr(exc.orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY"):
+            raise  # locked, not there...: "index database unusable"
+        raise ConfigurationError(f"index file {_file_of(engine)} is not writable "
+                                 f"({driver_error(exc)})") from exc
+
+
+def _file_of(engine: Engine) -> str:
+    return str(engine.url.database or "").removeprefix("file:")
 
 
 def open_object_store(settings: Settings, credential: Any = None,

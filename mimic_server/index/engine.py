@@ -358,6 +358,38 @@ def answers(engine: Engine) -> None:
     read_index(engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
 
 
+def driver_error(exc: BaseException, *, message: bool = True) -> str:
+    """One line for a database error: the driver's exception class, its code (SQLite's
+    error name, PostgreSQL's SQLSTATE) and, with ``message``, the first line of the
+    driver's own message.
+
+    SQLAlchemy's ``str()`` of the error holds the statement's SQL text, its parameters
+    (patient data, on a C-STORE) and a link, over five to ten lines; the driver's message
+    alone holds none of them. PostgreSQL's first line can still quote a value ('invalid
+    input syntax for type date: "..."'): where the error may concern a stored object's
+    values, leave ``message`` out. SQLite's messages quote no values."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    line = f"{type(orig).__name__}"
+    if code:
+        line += f" ({code})"
+    first = str(orig).strip().splitlines()[0] if message and str(orig).strip() else ""
+    return f"{line}: {first}" if first else line
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise SQLAlchemy's ``OperationalError`` where SQLite may not write the database.
+
+    A file of another owner or on a read-only mount opens read-only without a word, reads
+    and even takes ``BEGIN IMMEDIATE`` (in WAL mode the write lock is in the ``-shm``
+    file): only a write to the file fails, "attempt to write a readonly database". So a
+    write of nothing, rolled back: the user version set to what it is."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin() as transaction:
+        version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+        conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+        transaction.rollback()
+
+
 def _use_entra_tokens(engine: Engine, credential: Any) -> None:
     @event.listens_for(engine, "do_connect")
     def _token_as_password(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:

@@ -35,6 +35,7 @@ from mimic_server.index.driver import DriverStatement, Gathered, NotGathered
 from mimic_server.index.engine import (
     answers,
     commit_outcome_unknown,
+    driver_error,
     outcome_unknown,
     read_index,
     timed_out,
@@ -53,6 +54,8 @@ _ATTEMPTS = 4
 #: answered a C-STORE after minutes, past the sender's DIMSE timeout, with its thread held.
 _RETRY_WITHIN = 5.0
 _CACHED_SERIES = 10000
+#: At most this many distinct reasons of refused writes are logged (``_say_why``).
+_REASONS_SAID = 32
 #: PostgreSQL: up to the pool size committing at once, so batches form only beyond 8 concurrent
 #: writers. PostgreSQL already shares WAL flushes between concurrent commits, and a batch's
 #: statements run one after another: one batch at a time measured 0.55x (docs/benchmarks.md).
@@ -120,6 +123,8 @@ class SqlIndex:
         # stale entry fails it (an IntegrityError), which empties the cache before the retry.
         self._series_ids: OrderedDict[_FiledAs, _Filed] = OrderedDict()
         self._cache_lock = threading.Lock()
+        #: The database's reasons for a refusal already logged (``_say_why``).
+        self._reasons_said: set[str] = set()
 
     def overlaps_put(self, attrs: InstanceAttributes) -> bool:
         """Whether the index transaction of ``attrs`` has round trips to make while the
@@ -192,11 +197,30 @@ class SqlIndex:
                 if (attempt == _ATTEMPTS or not _transient(exc) or timed_out(exc)
                         or time.monotonic() - started >= _RETRY_WITHIN
                         or commit_outcome_unknown(exc)):
+                    self._say_why(exc)
                     raise OutOfResources("index unavailable") from exc
                 time.sleep(0.05 * attempt + random.random() * 0.05)
             except SQLAlchemyError as exc:
+                self._say_why(exc)
                 raise OutOfResources("index unavailable") from exc
         raise AssertionError("unreachable")
+
+    def _say_why(self, exc: SQLAlchemyError) -> None:
+        """Log the database's reason for refusing a C-STORE (or STOW-RS instance) at ERROR,
+        once per process for each kind: the refusal itself says only "index unavailable",
+        and an index the server cannot write refused every C-STORE with no word why.
+
+        The driver's class and code; the first line of its message on SQLite only (its
+        messages quote no values; PostgreSQL's may quote the instance's), never SQLAlchemy's
+        text of the error, which holds the statement's parameters: patient data."""
+        if not isinstance(exc, DBAPIError):
+            return
+        said = driver_error(exc, message=self.engine.dialect.name == "sqlite")
+        with self._cache_lock:
+            if said in self._reasons_said or len(self._reasons_said) >= _REASONS_SAID:
+                return
+            self._reasons_said.add(said)
+        log.error("index write failed", extra={"error": said})
 
     def _transact(self, work: Callable[[Connection], Any],
                   alone: Callable[[Connection, bool], Any] | None = None) -> Any:
