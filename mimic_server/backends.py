@@ -89,7 +89,8 @@ def open_index_engine(
         raise
     except Exception as exc:
         engine.dispose()
-        raise ConfigurationError(f"index database unusable: {exc}") from exc
+        # One line: SQLAlchemy's text of the error adds the SQL, "[SQL: ...]", a link.
+        raise ConfigurationError(f"index database unusable: {driver_error(exc)}") from exc
     return engine
 
 

@@ -412,7 +412,7 @@ def db() -> None:
 def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: str | None) -> None:
     """Apply the index schema migrations (Alembic) up to this version's head."""
     from mimic_server.index import schema
-    from mimic_server.index.engine import create_index_engine
+    from mimic_server.index.engine import create_index_engine, driver_error
 
     settings = _settings(database_url=database_url, database_auth=database_auth, data_dir=data_dir)
     _check_local(settings, startup_checks.check_data_dir)
@@ -425,8 +425,10 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
     try:
         schema.upgrade(engine)
         click.echo(f"index schema at {schema.current_revision(engine)}")
+    except ConfigurationError as exc:
+        _fail(str(exc))
     except Exception as exc:
-        _fail(f"migration failed: {exc}")
+        _fail(f"migration failed: {driver_error(exc)}")
     finally:
         engine.dispose()
 
@@ -577,7 +579,7 @@ def _audit_log_used(settings: Settings, engine: Any, selection: Any) -> None:
 def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
     from mimic_server.index import schema
     from mimic_server.index.audit_table import read_table
-    from mimic_server.index.engine import create_index_engine
+    from mimic_server.index.engine import create_index_engine, driver_error
 
     credential = None
     if settings.database_auth == "entra":
@@ -593,7 +595,7 @@ def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
     except ConfigurationError as exc:
         _fail(str(exc))
     except Exception as exc:
-        _fail(f"audit table unreadable: {type(exc).__name__}: {exc}")
+        _fail(f"audit table unreadable: {driver_error(exc)}")
     finally:
         engine.dispose()
 

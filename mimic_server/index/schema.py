@@ -52,16 +52,36 @@ def upgrade(engine: Engine) -> None:
     Alembic reads the revision inside the transaction, after the lock: of several processes
     that start at once on one file, the first migrates and the others find it current."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
     config = _config()
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        _require_known(MigrationContext.configure(conn).get_current_revision())
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
 
 def require_current(engine: Engine) -> None:
     """Refuse to serve on a schema older (or newer) than this code was written for."""
-    _require(current_revision(engine), head_revision())
+    current = current_revision(engine)
+    _require_known(current)
+    _require(current, head_revision())
+
+
+def _require_known(current: str | None) -> None:
+    """A revision this code has no script for is a newer MIMIC's (the image was rolled
+    back): 'mimic db upgrade', which the operator was told to run, then failed in turn
+    ("Can't locate revision"). The way on is a newer MIMIC, or that MIMIC's downgrade."""
+    from alembic.script import ScriptDirectory
+
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(_config())
+    if current not in {revision.revision for revision in script.walk_revisions()}:
+        raise ConfigurationError(
+            f"the index is at revision {current}, newer than this version of MIMIC knows "
+            f"({script.get_current_head()}): run a newer MIMIC"
+        )
 
 
 def require_revision(engine: Engine, revision: str) -> None:
