@@ -13,10 +13,11 @@ its lifetime, in a container whose memory limit counts every process.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
@@ -50,6 +51,45 @@ def index_answers(engine: Engine) -> str:
     return f"{engine.dialect.name} answers"
 
 
+#: What the one line of a URL MIMIC cannot use says instead.
+_EXPECTED = "PostgreSQL is postgresql+psycopg://"
+
+
+def index_engine(settings: Settings, credential: Any = None, *,
+                 deadlines: bool = False) -> Engine:
+    """The engine of the index the settings name, neither migrated nor checked (``mimic db
+    upgrade`` migrates it, ``mimic audit`` reads it): a URL whose dialect SQLAlchemy does not
+    know (``postgres://``) or whose driver is not installed (``mysql://``,
+    ``mssql+pyodbc://``) is a :class:`ConfigurationError`, one line, the URL not quoted
+    (its password). ``credential``: see :func:`open_index_engine`.
+
+    ``postgres://`` is not read as PostgreSQL: SQLAlchemy refuses it, and a URL that means
+    one thing here and another in every other SQLAlchemy program is worse than one line
+    that says what to write."""
+    if credential is None and settings.database_auth == "entra":
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    try:
+        return create_index_engine(settings.index_url, credential, deadlines=deadlines)
+    except ImportError as exc:  # a dialect whose driver is not installed (mysql://)
+        raise ConfigurationError("index database URL names a database MIMIC has no driver "
+                                 f"for (PostgreSQL or SQLite): {_EXPECTED}") from exc
+    except NoSuchModuleError as exc:  # a dialect SQLAlchemy does not know (postgres://)
+        raise ConfigurationError(
+            f"index database URL names a database SQLAlchemy does not know"
+            f"{_scheme(settings.index_url)}: {_EXPECTED}") from exc
+    except (ArgumentError, ValueError) as exc:  # its message may quote the URL: not kept
+        raise ConfigurationError(
+            f"index database URL unusable ({type(exc).__name__})") from exc
+
+
+def _scheme(url: str) -> str:
+    """`` ('postgres')``: the URL's scheme, which holds no secret, where it is one."""
+    scheme, found, _ = url.partition("://")
+    return f" ({scheme!r})" if found and re.fullmatch(r"[A-Za-z0-9+_.-]{1,40}", scheme) else ""
+
+
 def open_index_engine(
     settings: Settings, credential: Any = None, schema_revision: str | None = None,
     *, deadlines: bool = False,
@@ -64,18 +104,7 @@ def open_index_engine(
     give up on a locked or slow PostgreSQL (``engine.LOCK_TIMEOUT_MS``); maintenance
     commands wait as long as it takes.
     """
-    if credential is None and settings.database_auth == "entra":
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    try:
-        engine = create_index_engine(settings.index_url, credential, deadlines=deadlines)
-    except ImportError as exc:  # a dialect whose driver is not installed (mysql://)
-        raise ConfigurationError("index database URL names a database MIMIC has no driver "
-                                 "for (PostgreSQL or SQLite)") from exc
-    except (ArgumentError, ValueError) as exc:  # its message may quote the URL: not kept
-        raise ConfigurationError(
-            f"index database URL unusable ({type(exc).__name__})") from exc
+    engine = index_engine(settings, credential, deadlines=deadlines)
     try:
         if schema_revision is not None:
             schema.require_revision(engine, schema_revision)

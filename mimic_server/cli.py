@@ -411,17 +411,16 @@ def db() -> None:
 @click.option("--data-dir", default=None, help="MIMIC_DATA_DIR.")
 def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: str | None) -> None:
     """Apply the index schema migrations (Alembic) up to this version's head."""
+    from mimic_server.backends import index_engine
     from mimic_server.index import schema
-    from mimic_server.index.engine import create_index_engine, driver_error
+    from mimic_server.index.engine import driver_error
 
     settings = _settings(database_url=database_url, database_auth=database_auth, data_dir=data_dir)
     _check_local(settings, startup_checks.check_data_dir)
-    credential = None
-    if settings.database_auth == "entra":
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    engine = create_index_engine(settings.index_url, credential)
+    try:
+        engine = index_engine(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc))
     try:
         schema.upgrade(engine)
         click.echo(f"index schema at {schema.current_revision(engine)}")
@@ -577,16 +576,15 @@ def _audit_log_used(settings: Settings, engine: Any, selection: Any) -> None:
 
 
 def _audit_table(settings: Settings, selection: Any) -> list[dict[str, Any]]:
+    from mimic_server.backends import index_engine
     from mimic_server.index import schema
     from mimic_server.index.audit_table import read_table
-    from mimic_server.index.engine import create_index_engine, driver_error
+    from mimic_server.index.engine import driver_error
 
-    credential = None
-    if settings.database_auth == "entra":
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    engine = create_index_engine(settings.index_url, credential)
+    try:
+        engine = index_engine(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc))
     try:
         schema.require_current(engine)
         rows = read_table(engine, selection.since, selection.study)  # narrowed in SQL

@@ -86,3 +86,22 @@ def test_a_database_that_refuses_the_connection_is_one_line(
     url = f"postgresql+psycopg://mimic@{HOST}:{free_port()}/mimic"
     line = _one_line(mimic(*args, "--data-dir", str(tmp_path), env={"MIMIC_DATABASE_URL": url}))
     assert line.startswith(said) and "refused" in line
+
+
+@pytest.mark.parametrize("args", [("serve",), ("db", "upgrade"), ("audit",)])
+@pytest.mark.parametrize(("url", "said"), [
+    # Not taken as PostgreSQL behind the operator's back: the line says what to write.
+    ("postgres://u:TAILSECRET@127.0.0.1:1/x",
+     "mimic: index database URL names a database SQLAlchemy does not know ('postgres'): "
+     "PostgreSQL is postgresql+psycopg://"),
+    ("mssql+pyodbc://u:TAILSECRET@127.0.0.1:1/x",
+     "mimic: index database URL names a database MIMIC has no driver for (PostgreSQL or "
+     "SQLite): PostgreSQL is postgresql+psycopg://"),
+], ids=["unknown-dialect", "no-driver"])
+def test_a_url_whose_dialect_or_driver_is_missing_is_one_line(
+        tmp_path: Path, args: tuple[str, ...], url: str, said: str) -> None:
+    """``db upgrade`` and ``audit`` crashed with a traceback (exit 1) where ``serve`` said
+    one line."""
+    result = mimic(*args, "--data-dir", str(tmp_path), env={"MIMIC_DATABASE_URL": url})
+    assert _one_line(result) == said
+    assert "TAILSECRET" not in result.stderr
