@@ -42,6 +42,10 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+#: The PostgreSQL advisory lock the migrations hold ("MIMIC" in ASCII): one upgrade at a time.
+MIGRATION_LOCK = 0x4D494D4943
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision this code knows.
 
@@ -56,6 +60,11 @@ def upgrade(engine: Engine) -> None:
 
     config = _config()
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            # The same on PostgreSQL, whose transaction takes no lock before its first DDL:
+            # two replicas started at once on an empty database both created the version
+            # table, and one exited 2 on the catalog's unique index. Released at commit.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         _require_known(MigrationContext.configure(conn).get_current_revision())
         config.attributes["connection"] = conn
         command.upgrade(config, "head")

@@ -98,3 +98,35 @@ def test_migrations_started_at_once_on_an_empty_file_all_go_on(tmp_path: Path) -
         engine.dispose()
     assert errors == []
     assert _revision(path) == schema.head_revision()
+
+
+def test_upgrades_started_at_once_on_an_empty_postgresql_database_all_go_on(
+        postgres_server: str) -> None:
+    """Replicas started together on an empty database (``azd up``): each migration waits
+    for the one before it and then finds the schema current. Without the advisory lock
+    both created the version table and one failed on the catalog's unique index."""
+    from tests import database
+
+    with database.fresh_database(postgres_server) as url:
+        engines = [create_index_engine(url) for _ in range(4)]
+        start = threading.Barrier(len(engines))
+        errors: list[BaseException] = []
+
+        def migrate(engine: Any) -> None:
+            start.wait()
+            try:
+                schema.upgrade(engine)
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=migrate, args=(e,)) for e in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        try:
+            assert errors == []
+            assert schema.current_revision(engines[0]) == schema.head_revision()
+        finally:
+            for engine in engines:
+                engine.dispose()
