@@ -102,10 +102,16 @@ def audited_find(handler: Callable[..., Iterator[Any]],
 
 def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                      service: str) -> Callable[..., Iterator[Any]]:
-    """C-GET / C-MOVE: Begin Transferring when the number of sub-operations is announced
-    (the studies from the match list the handler noted on the session), DICOM Instances
+    """C-GET / C-MOVE: Begin Transferring when pynetdicom asks for the first object (the
+    studies from the match list the handler noted on the session), DICOM Instances
     Transferred per request at the end with what was sent, per study and SOP Class; or,
-    for a request refused before it began or that matched nothing, with none and why."""
+    for a request refused before it began, that matched nothing, or whose C-MOVE
+    destination could not be reached, with none and why.
+
+    Not when the number of sub-operations is announced: pynetdicom then opens a C-MOVE's
+    sub-association, and a destination that cannot be reached gets nothing, so no transfer
+    began (PS3.15 A.5.3.3 is the start of one). Its DICOM Instances Transferred says what
+    the requestor was told: every match failed, 0xA702 and the reason."""
 
     @functools.wraps(handler)
     def retrieve(event: Any, *args: Any) -> Iterator[Any]:
@@ -117,6 +123,12 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         sent: dict[str, Counter[str]] = {}
         patients: set[tuple[str, str]] = set()
         failed, status, pending, began = 0, Status.SUCCESS, None, False
+        # The C-MOVE's answer (with the fence): what replaced pynetdicom's 0xA801, if
+        # anything, is known only there once pynetdicom has dropped the handler.
+        answer = answer_of(event.assoc) if service == "C-MOVE" else None
+        # The match list once announced: its Begin Transferring is written when pynetdicom
+        # asks for the first object, i.e. once a C-MOVE's sub-association is established.
+        announced: list[InstanceRef] | None = None
         # The handler yielded its final status (pynetdicom then drops the generator: that is
         # no cancel), and the reason it gave for a refusal.
         answered, reason = False, None
@@ -130,10 +142,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 elif isinstance(item, int) and not began:
                     refs = _take_refs(session)
                     if refs:
-                        began = True
-                        audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
-                                         studies=_studies_of(refs), instances=len(refs),
-                                         **details)
+                        announced = refs
                     elif item < 1:
                         # Nothing matched: pynetdicom answers Success itself and drops the
                         # generator, which is no cancel.
@@ -142,10 +151,10 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                     # No destination: a refusal, whose status is in the C-MOVE's answer
                     # (pynetdicom's own 0xA801 without the fence).
                     answered = True
-                    answer = answer_of(event.assoc)
                     status = (answer.status if answer is not None and answer.status is not None
                               else Status.MOVE_DESTINATION_UNKNOWN)
                     reason = answer.comment if answer is not None else None
+                    failed = len(answer.failed or ()) if answer is not None else 0
                 elif isinstance(item, tuple) and len(item) == 2:
                     status = _status(item, status)
                     if item[1] is not None and _status_value(item[0]) == Status.PENDING:
@@ -154,22 +163,36 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         answered = True
                         reason = getattr(item[0], "ErrorComment", None)
                 yield item
+                if announced is not None:  # asked for the first object: the transfer begins
+                    began = True
+                    audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
+                                     studies=_studies_of(announced),
+                                     instances=len(announced), **details)
+                    announced = None
             if pending is not None:
                 failed += _tally(pending, sent, patients)
         except GeneratorExit:
-            if not answered:  # the association went away, or the requestor cancelled
+            if announced is not None and answer is not None and answer.used:
+                # The destination could not be reached: every match failed unsent, as the
+                # requestor was told (0xA702 and the Failed SOP Instance UID List).
+                answered, status, reason = True, answer.status or status, answer.comment
+                failed = len(answer.failed or ())
+            elif not answered:  # the association went away, or the requestor cancelled
                 status = Status.CANCEL
+                if announced is not None:  # before any sub-operation: still in the trail
+                    answered, reason = True, "ended before any sub-operation"
             raise
         except Exception:
             status, reason = 0xC311, "unexpected error"
             raise
         finally:
             if not (began or sent):
-                if status != Status.CANCEL and (status not in _SUCCESS or answered):
+                if answered or status not in (*_SUCCESS, Status.CANCEL):
+                    extra = {"failed": failed} if failed else {}
                     audit_log.record(
                         audit.INSTANCES_TRANSFERRED, outcome_of(status), received=False,
                         studies={}, instances=0, reason=str(reason or "refused"),
-                        status=f"0x{status:04X}", **details,
+                        status=f"0x{status:04X}", **extra, **details,
                     )
             else:
                 outcome = outcome_of(status)

@@ -46,6 +46,10 @@ class MoveAnswer:
     failed: list[str] | None = None
     #: Called once if ``status`` replaced an 0xA801 (e.g. to log an unreachable destination).
     on_used: Callable[[], None] | None = None
+    #: Whether ``status`` replaced an 0xA801: what the requestor was told, for the audit
+    #: trail (``dimse/audited.py``), which pynetdicom gives no other sign of when the
+    #: sub-association could not be established (it drops the handler unread).
+    used: bool = False
 
 
 def answer_of(assoc: Any) -> MoveAnswer | None:
@@ -70,6 +74,7 @@ def answering_move_scp(original: Callable[..., None]) -> Callable[..., None]:
                     rsp.NumberOfCompletedSuboperations = rsp.NumberOfWarningSuboperations = 0
                     if answer.failed:
                         rsp.Identifier = _failed_list(answer.failed, context)
+                answer.used = True
                 if answer.on_used is not None:
                     answer.on_used()
             send(rsp, context_id)

@@ -221,6 +221,26 @@ def test_unreachable_destination_fails_every_sub_operation_and_is_logged(
         assert uid not in server.log()
 
 
+def test_unreachable_destination_is_audited_as_failed(server: MimicProcess) -> None:
+    """The DICOM Instances Transferred of a C-MOVE whose destination cannot be reached says
+    what the requestor was told: every match failed, 0xA702, 'destination unreachable', a
+    failure outcome. It said failed=0 with no status (pynetdicom drops the handler without
+    reading further, which the audit wrapper took for a cancel). No Begin Transferring: no
+    transfer began (PS3.15 A.5.3.3), there was one with outcome 0."""
+    lines = len(_trail(server))
+    [final] = _move(server.port, _tls(server), _ct_study(), "NOWHERE")
+    assert final.Status == 0xA702
+    record, message = _refusal_record(server, lines)
+    assert record["failed"] == 1 and record["instances"] == 0
+    assert record["status"] == "0xA702" and record["reason"] == "destination unreachable"
+    assert record["outcome"] == 8
+    assert _destination(message) == "NOWHERE"
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert "destination unreachable" in described and "failed=1" in described
+    events = [json.loads(line)["event"] for line in _trail(server)[lines:]]
+    assert "110102" not in events
+
+
 def test_reachable_destination_gets_its_sub_association(
     server: MimicProcess, counter: Counter
 ) -> None:
