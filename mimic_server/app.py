@@ -526,6 +526,10 @@ class Archive:
     def _destination_tls(
         self, ae_title: str, destination: MoveDestination
     ) -> tuple[ssl.SSLContext, str]:
+        """The destination's client context, made at its first C-MOVE and after each
+        certificate change. ConfigurationError when it cannot be made (no server
+        certificate; its ``ca_file`` removed, unreadable or no longer PEM since start): the
+        C-MOVE answers it as an unreachable destination (``dimse/move.py``)."""
         with self._contexts_lock:
             context = self._destination_contexts.get(ae_title)
             if context is None:
@@ -533,8 +537,18 @@ class Archive:
                     raise ConfigurationError(
                         "a TLS move destination needs the server's certificate"
                     )
-                extra = destination.ca_file.read_text() if destination.ca_file else ""
-                context = destination_context(self.bundle, extra)
+                ca_file = destination.ca_file
+                try:
+                    extra = ca_file.read_text() if ca_file else ""
+                    context = destination_context(self.bundle, extra)
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = getattr(exc, "strerror", None) or type(exc).__name__
+                    raise ConfigurationError(f"CA file {ca_file} cannot be read: {reason}") from exc
+                except ssl.SSLError as exc:
+                    raise ConfigurationError(
+                        f"CA file {ca_file} holds no PEM certificate that can be loaded"
+                        if ca_file else "the CAs to verify the destination cannot be loaded"
+                    ) from exc
                 self._destination_contexts[ae_title] = context
         return context, destination.server_name or destination.host
 

@@ -155,6 +155,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                               else Status.MOVE_DESTINATION_UNKNOWN)
                     reason = answer.comment if answer is not None else None
                     failed = len(answer.failed or ()) if answer is not None else 0
+                    _take_refs(session)  # noted for a Begin Transferring that will not come
                 elif isinstance(item, tuple) and len(item) == 2:
                     status = _status(item, status)
                     if item[1] is not None and _status_value(item[0]) == Status.PENDING:

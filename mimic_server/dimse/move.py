@@ -22,7 +22,7 @@ from mimic_server.dimse.find import MODELS
 from mimic_server.dimse.move_answer import MoveAnswer, answer_of
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
-from mimic_server.errors import DicomStatusError, QueryError, Status
+from mimic_server.errors import ConfigurationError, DicomStatusError, QueryError, Status
 from mimic_server.query.finder import Finder, InstanceRef
 from mimic_server.query.identifier import parse
 from mimic_server.security.policy import Policy, Service
@@ -112,7 +112,14 @@ def handle_move(
         ))],
     }
     if destination.tls is not None and refs:
-        kwargs["tls_args"] = destination.tls()
+        try:
+            kwargs["tls_args"] = destination.tls()
+        except ConfigurationError as exc:
+            # The operator's setting, not a bug of the handler: nothing can be sent there.
+            log.error("C-MOVE destination's TLS cannot be set up",
+                      extra={"destination": target, "error": str(exc), "instances": len(refs)})
+            yield _refuse_unreachable(answer, refs)
+            return
     if answer is not None:
         # Used by pynetdicom's answer only if the sub-association cannot be established.
         answer.status, answer.comment = Status.SUB_OPERATIONS_FAILED, "destination unreachable"
@@ -200,6 +207,16 @@ def _refuse(
                                          "status": f"0x{status or 0xA801:04X}"})
     if answer is not None:
         answer.status, answer.comment = status, reason[:64]
+    return None, None
+
+
+def _refuse_unreachable(answer: MoveAnswer | None, refs: list[InstanceRef]) -> tuple[None, None]:
+    """The first yield of a C-MOVE whose destination cannot be reached before any
+    association is tried: 0xA702 with every match failed and listed, as pynetdicom's
+    answer to a destination that refuses is replaced (``move_answer``)."""
+    if answer is not None:
+        answer.status, answer.comment = Status.SUB_OPERATIONS_FAILED, "destination unreachable"
+        answer.failed = [ref.sop_instance_uid for ref in refs]
     return None, None
 
 

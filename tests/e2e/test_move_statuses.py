@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pydicom
 import pytest
 from lxml import etree
@@ -73,17 +74,31 @@ def counter() -> Iterator[Counter]:
     listener.close()
 
 
-def _registry(counter: Counter) -> str:
-    return json.dumps({
+def _registry(counter: Counter, ca_file: Path | None = None) -> str:
+    registry: dict[str, Any] = {
         "COUNTER": {"host": HOST, "port": counter.port, "tls": False},
         "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
-    })
+    }
+    if ca_file is not None:  # a TLS destination with a CA file of its own
+        registry["RENAMED"] = {"host": HOST, "port": counter.port, "ca_file": str(ca_file)}
+    return json.dumps(registry)
+
+
+def _a_ca_file(directory: Path) -> Path:
+    """A PEM file of one CA certificate (any: it is read, never used to verify)."""
+    bundle = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    path = directory / "destination-ca.pem"
+    path.write_text(bundle[bundle.index("-----BEGIN CERTIFICATE-----"):bundle.index(end)]
+                    + end + "\n")
+    return path
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, counter: Counter) -> Iterator[MimicProcess]:
+    root = tmp_path_factory.mktemp("move")
     process = MimicProcess(
-        tmp_path_factory.mktemp("move") / "data", move_destinations=_registry(counter)
+        root / "data", move_destinations=_registry(counter, _a_ca_file(root))
     ).start()
     ctx = client_context(process.client_cert, process.client_key, process.ca_cert)
     assoc = associate(process.port, ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
@@ -239,6 +254,32 @@ def test_unreachable_destination_is_audited_as_failed(server: MimicProcess) -> N
     assert "destination unreachable" in described and "failed=1" in described
     events = [json.loads(line)["event"] for line in _trail(server)[lines:]]
     assert "110102" not in events
+
+
+def test_a_ca_file_gone_since_start_fails_the_sub_operations_as_unreachable(
+    server: MimicProcess, counter: Counter
+) -> None:
+    """A TLS destination's ca_file renamed after start (it is read at the first C-MOVE):
+    0xA702 with every match failed and listed, as for a destination that cannot be reached,
+    one ERROR naming the destination and its CA file, the audit record saying what was
+    sent, and no connection to the destination. It raised in the handler: 0xC514 (a bug in
+    MIMIC's handler, conformance 2.4), no Failed SOP Instance UID List, the audit 0xC311."""
+    ca_file = server.data_dir.parent / "destination-ca.pem"  # _a_ca_file's
+    ca_file.rename(ca_file.with_suffix(".old"))
+    before, lines, logged = counter.connections, len(_trail(server)), len(server.log_entries())
+    [final] = _move(server.port, _tls(server), _ct_study(), "RENAMED")
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == 0
+    assert final.FailedSOPInstanceUIDList == pydicom.dcmread(ct_small()).SOPInstanceUID
+    assert counter.connections == before
+    errors = [e for e in server.log_entries()[logged:] if e["level"] == "ERROR"]
+    assert [e["message"] for e in errors] == ["C-MOVE destination's TLS cannot be set up"]
+    assert errors[0]["destination"] == "RENAMED"
+    assert errors[0]["error"].startswith(f"CA file {ca_file} cannot be read")
+    record, _ = _refusal_record(server, lines)
+    assert record["status"] == "0xA702" and record["failed"] == 1
+    assert record["reason"] == "destination unreachable" and record["outcome"] == 8
 
 
 def test_reachable_destination_gets_its_sub_association(
