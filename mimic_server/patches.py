@@ -54,7 +54,14 @@ from pynetdicom.dimse import DIMSEServiceProvider
 
 from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
-from mimic_server.dimse import move_answer, raw_send, receiving, stream_send, syntax_refusal
+from mimic_server.dimse import (
+    get_answer,
+    move_answer,
+    raw_send,
+    receiving,
+    stream_send,
+    syntax_refusal,
+)
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import (
     acknowledge,
@@ -137,6 +144,7 @@ SERVER_REGISTRATION = "server-registration"
 PROCESS_SWITCHES = "process-switches"
 SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
+GET_ANSWER = "c-get-answer"
 BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
 SHARED_CONTEXTS = "shared-contexts"
@@ -557,6 +565,21 @@ PATCHES: tuple[Patch, ...] = (
         (
             Site("pynetdicom.service_class:QueryRetrieveServiceClass._move_scp",
                  "(self, req, context)", "5c14d1be3d737bef"),
+        ),
+    ),
+    Patch(
+        GET_ANSWER,
+        "mimic_server.dimse.get_answer:answering_get_scp "
+        "(wraps QueryRetrieveServiceClass._get_scp)",
+        "a refused C-GET (not authorized, bad Identifier, index unavailable) is answered with "
+        "Number of Failed Sub-operations 1 and an empty Failed SOP Instance UID List, though "
+        "no sub-operation existed",
+        (PYNETDICOM,),
+        (
+            # a handler's failure after its count is answered with the counts and an
+            # Identifier, through self.dimse.send_msg, as the one final C-GET response
+            Site("pynetdicom.service_class:QueryRetrieveServiceClass._get_scp",
+                 "(self, req, context)", "8ca1538e3e56c4f7"),
         ),
     ),
     Patch(
@@ -1063,6 +1086,11 @@ def _move_answer() -> None:
           move_answer.answering_move_scp, MOVE_ANSWER)
 
 
+def _get_answer() -> None:
+    _wrap(pynetdicom.service_class.QueryRetrieveServiceClass, "_get_scp",
+          get_answer.answering_get_scp, GET_ANSWER)
+
+
 def _syntax_refusal() -> None:
     _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation,
           SYNTAX_REFUSAL)
@@ -1154,6 +1182,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     PROCESS_SWITCHES: _set_process_switches,
     SYNTAX_REFUSAL: _syntax_refusal,
     MOVE_ANSWER: _move_answer,
+    GET_ANSWER: _get_answer,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: lambda: _negotiation_uids(enabled=False),

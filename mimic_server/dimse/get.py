@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mimic_server.dimse.find import MODELS, failure
+from mimic_server.dimse.get_answer import refuse
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import DicomStatusError, QueryError, Status
@@ -34,7 +35,9 @@ def handle_get(
     ------
     The number of sub-operations, then ``(0xFF00, dataset)`` per object; or a final failure:
     0x0124 Not Authorized, 0xA900 / 0xC000 bad Identifier, 0xA700 index unavailable,
-    0xFE00 Cancel.
+    0xFE00 Cancel. A refusal announces one sub-operation (pynetdicom's only way to let a
+    handler fail a C-GET) and marks itself refused (:mod:`~mimic_server.dimse.get_answer`),
+    so its answer carries no counts.
     """
     session = session_of(event.assoc)
     sop_class = str(event.request.AffectedSOPClassUID)
@@ -48,6 +51,7 @@ def handle_get(
         refs = finder.instances(query)
         session.retrieving = refs  # for the audit trail (dimse/audited.py)
     except (QueryError, DicomStatusError) as exc:
+        refuse(event.assoc)  # answered without counts where the fence allows (get_answer)
         yield 1
         yield failure(exc.status, str(exc)), None
         return

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from mimic_server.dimse.get_answer import refuse
 from mimic_server.errors import Status
 from mimic_server.logs import where
 
@@ -100,6 +101,8 @@ def guarded_stream(
                 raise RuntimeError("unexpected error in the C-MOVE handler") from None
             _log(service, status, exc)
             if yielded < preamble:
+                if service == "C-GET":  # no sub-operation existed: answered without counts
+                    refuse(event.assoc)
                 yield 1  # the number of sub-operations, before the failure
             yield _failure(status), None
 

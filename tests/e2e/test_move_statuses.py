@@ -217,6 +217,28 @@ def test_refused_get_is_audited(server: MimicProcess) -> None:
     assert "status=0xA900" in described
 
 
+@pytest.mark.parametrize(
+    ("identifier", "status"),
+    [(_study(PatientName="*"), 0xA900), (_study(StudyInstanceUID="1.2.*"), 0xC000)],
+    ids=["no-unique-key", "wildcard-uid"],
+)
+def test_refused_get_counts_no_sub_operation(
+    server: MimicProcess, identifier: Dataset, status: int
+) -> None:
+    """A C-GET refused before any sub-operation is answered as a refused C-MOVE is: its
+    status and Error Comment, no sub-operation counts, no Identifier. It said Failed 1 with
+    an empty Failed SOP Instance UID List (pynetdicom's answer to a handler that announces
+    one sub-operation, then fails), though no sub-operation existed."""
+    assoc = associate(server.port, _tls(server), contexts=[GET])
+    assert assoc.is_established
+    [(final, answer)] = list(assoc.send_c_get(identifier, GET))
+    assoc.release()
+    assert final.Status == status and final.ErrorComment
+    for count in ("Remaining", "Completed", "Failed", "Warning"):
+        assert f"NumberOf{count}Suboperations" not in final
+    assert answer is None or "FailedSOPInstanceUIDList" not in answer
+
+
 def test_unreachable_destination_fails_every_sub_operation_and_is_logged(
     server: MimicProcess,
 ) -> None:

@@ -133,6 +133,9 @@ def test_get(
     responses = list(assoc.send_c_get(_study(), StudyRootQueryRetrieveInformationModelGet))
     assoc.release()
     assert responses[-1][0].Status == 0xC411
+    # Before any sub-operation: no counts, no Failed SOP Instance UID List (get_answer).
+    assert "NumberOfFailedSuboperations" not in responses[-1][0]
+    assert responses[-1][1] is None or "FailedSOPInstanceUIDList" not in responses[-1][1]
     _check(caplog, "C-GET", 0xC411)
 
 
