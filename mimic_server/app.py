@@ -317,6 +317,8 @@ class Archive:
         )
         server.bind(evt.EVT_USER_ID, access.handle_user_id)
         server.bind(evt.EVT_REQUESTED, syntaxes.prefer_stored_encoding)
+        server.bind(evt.EVT_ACSE_SENT, association.handle_acse_sent)
+        server.bind(evt.EVT_RELEASED, association.handle_released)
         server.bind(evt.EVT_CONN_CLOSE, association.handle_conn_close, [self.audit])
         server.bind(evt.EVT_CONN_CLOSE, receiving.discard_partial)
         # Every DIMSE handler: an unexpected exception is logged, counted and answered

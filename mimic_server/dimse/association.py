@@ -11,6 +11,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pynetdicom.pdu_primitives import A_RELEASE
+
 from mimic_server.dimse import access, store_audit
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
@@ -156,6 +158,33 @@ def handle_sop_extended(event: Event) -> dict[str, bytes]:
     return accepted
 
 
+def handle_acse_sent(event: Event) -> None:
+    """Handle ``evt.EVT_ACSE_SENT``: an A-RELEASE response about to go out (the peer's
+    release) marks the association released.
+
+    Not ``assoc.is_aborted`` when the connection closes: pynetdicom's DUL thread closes it
+    (``EVT_CONN_CLOSE``) before the association thread has noted a peer's A-ABORT, so every
+    abort read as a release. Nor only ``EVT_RELEASED``: the association thread fires it
+    after it has queued the A-RELEASE-RP, which the DUL thread may have sent, and the peer
+    answered by closing, before. This fires before the response is queued, so before the
+    peer can close in answer to it. No release seen is an abort (A-ABORT, A-P-ABORT, the
+    connection dropped)."""
+    primitive = event.primitive
+    if type(primitive) is A_RELEASE and primitive.result is not None:
+        _mark_released(event)
+
+
+def handle_released(event: Event) -> None:
+    """Handle ``evt.EVT_RELEASED``: a release the archive asked for is one too."""
+    _mark_released(event)
+
+
+def _mark_released(event: Event) -> None:
+    session = session_of(event.assoc)
+    if session is not None:
+        session.released = True
+
+
 def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     """Handle ``evt.EVT_CONN_CLOSE``: one line per association that was accepted."""
     assoc = event.assoc
@@ -163,7 +192,7 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
     if session is None:
         return
     _record_stores(session, audit_log)
-    outcome = "aborted" if assoc.is_aborted else "released"
+    outcome = "released" if session.released else "aborted"
     if session.user is not None:
         audit_log.record(
             audit.USER_AUTHENTICATION, audit.SUCCESS, event_type="logout",

@@ -41,6 +41,8 @@ class Session:
     study_patients: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: The match list of the C-GET / C-MOVE being answered (for its audit messages).
     retrieving: list[Any] | None = None
+    #: Whether the association was released (A-RELEASE-RP sent or received), not aborted.
+    released: bool = False
     #: Query/Retrieve SOP Classes for which relational queries were negotiated.
     relational_classes: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
