@@ -57,6 +57,7 @@ from mimic_server.codec import answer, command_set
 from mimic_server.dimse import (
     get_answer,
     move_answer,
+    move_attempt,
     raw_send,
     receiving,
     stream_send,
@@ -145,6 +146,7 @@ PROCESS_SWITCHES = "process-switches"
 SYNTAX_REFUSAL = "transfer-syntax-refusal"
 MOVE_ANSWER = "c-move-answer"
 GET_ANSWER = "c-get-answer"
+SUB_ASSOCIATION_CAUSE = "sub-association-cause"
 BOUNDED_RECEIVE = "bounded-receive"
 CONTEXT_COPY = "context-copy"
 SHARED_CONTEXTS = "shared-contexts"
@@ -580,6 +582,20 @@ PATCHES: tuple[Patch, ...] = (
             # Identifier, through self.dimse.send_msg, as the one final C-GET response
             Site("pynetdicom.service_class:QueryRetrieveServiceClass._get_scp",
                  "(self, req, context)", "8ca1538e3e56c4f7"),
+        ),
+    ),
+    Patch(
+        SUB_ASSOCIATION_CAUSE,
+        "mimic_server.dimse.move_attempt:Attempt.tls (a C-MOVE's tls_args context, whose "
+        "wrapped socket notes its connect error)",
+        "the WARNING for a TLS C-MOVE destination that cannot be reached says only that no "
+        "connection was made, not the handshake's reason (name mismatch, unknown CA, not TLS)",
+        (PYNETDICOM,),
+        (
+            # uses tls_args' context only as context.wrap_socket(...), then connects the
+            # socket it returns; catches the OSError and keeps it to its own logger
+            Site("pynetdicom.transport:AssociationSocket.connect",
+                 "(self, primitive)", "aeeeae413bd339dc"),
         ),
     ),
     Patch(
@@ -1091,6 +1107,10 @@ def _get_answer() -> None:
           get_answer.answering_get_scp, GET_ANSWER)
 
 
+def _sub_association_cause(enabled: bool = True) -> None:
+    move_attempt.noting = enabled
+
+
 def _syntax_refusal() -> None:
     _wrap(pynetdicom.acse, "negotiate_unrestricted", syntax_refusal.refusing_negotiation,
           SYNTAX_REFUSAL)
@@ -1183,6 +1203,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     SYNTAX_REFUSAL: _syntax_refusal,
     MOVE_ANSWER: _move_answer,
     GET_ANSWER: _get_answer,
+    SUB_ASSOCIATION_CAUSE: _sub_association_cause,
 }
 _FALLBACK: dict[str, Callable[[], None]] = {
     NEGOTIATION_UIDS: lambda: _negotiation_uids(enabled=False),
@@ -1195,4 +1216,5 @@ _FALLBACK: dict[str, Callable[[], None]] = {
     PDATA_BATCHES: lambda: _pdata_batches(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
+    SUB_ASSOCIATION_CAUSE: lambda: _sub_association_cause(enabled=False),
 }

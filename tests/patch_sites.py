@@ -48,8 +48,9 @@ def keep_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fence sets these module switches both ways: put back what was there afterwards."""
     from mimic_server.certs import vaulthttp
     from mimic_server.codec import answer
-    from mimic_server.dimse import stream_send
+    from mimic_server.dimse import move_attempt, stream_send
 
+    monkeypatch.setattr(move_attempt, "noting", move_attempt.noting)
     monkeypatch.setattr(vaulthttp, "retry_policy", vaulthttp.retry_policy)
     monkeypatch.setattr(answer, "self_encoding", answer.self_encoding)
     monkeypatch.setattr(stream_send, "enabled", stream_send.enabled)

@@ -20,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from mimic_server.dimse.find import MODELS
 from mimic_server.dimse.move_answer import MoveAnswer, answer_of
+from mimic_server.dimse.move_attempt import Attempt
 from mimic_server.dimse.retrieve import datasets
 from mimic_server.dimse.session import session_of
 from mimic_server.errors import ConfigurationError, DicomStatusError, QueryError, Status
@@ -105,15 +106,16 @@ def handle_move(
         yield _refuse(answer, exc.status, str(exc), target)
         return
     opened: list[Any] = []  # the sub-association, once established
+    attempt = Attempt()  # why it was not, if it is not
     kwargs: dict[str, Any] = {
         "contexts": _contexts(refs),
         "evt_handlers": [(evt.EVT_ESTABLISHED, _established(
             adapt_sub_association, event.assoc.requestor.ae_title, opened.append,
-        ))],
+        )), *attempt.handlers()],
     }
     if destination.tls is not None and refs:
         try:
-            kwargs["tls_args"] = destination.tls()
+            kwargs["tls_args"] = attempt.tls(*destination.tls())
         except ConfigurationError as exc:
             # The operator's setting, not a bug of the handler: nothing can be sent there.
             log.error("C-MOVE destination's TLS cannot be set up",
@@ -129,7 +131,7 @@ def handle_move(
             log.warning(
                 "C-MOVE destination unreachable",
                 extra={"destination": target, "address": f"{destination.host}:{destination.port}",
-                       "instances": len(refs)},
+                       "cause": attempt.cause, "instances": len(refs)},
             )
 
         answer.on_used = unreachable

@@ -20,7 +20,8 @@ import pydicom
 import pytest
 from lxml import etree
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet as GET,
 )
@@ -302,6 +303,56 @@ def test_a_ca_file_gone_since_start_fails_the_sub_operations_as_unreachable(
     record, _ = _refusal_record(server, lines)
     assert record["status"] == "0xA702" and record["failed"] == 1
     assert record["reason"] == "destination unreachable" and record["outcome"] == 8
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]:
+    """An archive whose destinations each fail the sub-association another way, all at a
+    pynetdicom acceptor (plain TCP) whose AE title is MRONLY and that takes MR only."""
+    acceptor = AE(ae_title="MRONLY")
+    acceptor.require_called_aet = True
+    acceptor.add_supported_context(MRImageStorage)
+    port = free_port()
+    listener = acceptor.start_server((HOST, port), block=False)
+    registry = {
+        "ELSEWHERE": {"host": HOST, "port": port, "tls": False},  # called AE: 1/1/7
+        "MRONLY": {"host": HOST, "port": port, "tls": False},  # no CT context
+        "NOTTLS": {"host": HOST, "port": port},  # a plain-TCP destination registered as TLS
+        "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
+    }
+    process = MimicProcess(tmp_path_factory.mktemp("refusing") / "data",
+                           move_destinations=json.dumps(registry)).start()
+    assoc = associate(process.port, _tls(process), transfer_syntaxes=["1.2.840.10008.1.2.1"])
+    assert assoc.send_c_store(ct_small()).Status == 0
+    assoc.release()
+    yield process
+    assert process.stop() == 0, process.log()
+    listener.shutdown()
+
+
+@pytest.mark.parametrize(("destination", "cause"), [
+    ("ELSEWHERE", "A-ASSOCIATE-RJ 1/1/7 (Rejected Permanent, Service User: Called AE title "
+                  "not recognised)"),
+    ("MRONLY", "no presentation context accepted"),
+    ("NOTTLS", "TLS: WRONG_VERSION_NUMBER"),
+    ("NOWHERE", "no TCP connection"),
+])
+def test_unreachable_destination_is_logged_with_its_cause(
+    refusing: MimicProcess, destination: str, cause: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way a sub-association fails is named in its WARNING: every one was logged the
+    same 'C-MOVE destination unreachable' without a cause."""
+    # The acceptor's own negotiation, not the archive's switch left by an Archive started
+    # in this process (which accepts any storage SOP Class).
+    monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", False)
+    server = refusing
+    [final] = _move(server.port, _tls(server), _ct_study(), destination)
+    assert final.Status == 0xA702 and final.NumberOfFailedSuboperations == 1
+    [line] = [e for e in server.log_entries()  # each destination is moved to once
+              if e["message"] == "C-MOVE destination unreachable"
+              and e["destination"] == destination]
+    assert line["level"] == "WARNING"
+    assert line["cause"].startswith(cause), line["cause"]
 
 
 def test_reachable_destination_gets_its_sub_association(
