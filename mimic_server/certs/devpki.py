@@ -271,8 +271,10 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
     if first_client:
         existing = directory / "clients" / FIRST_CLIENT
         trusted = directory / "trusted" / f"{FIRST_CLIENT}.pem"
-        if new_ca and not existing.exists() and not trusted.exists():
-            # Only with a new CA (a first start): a later init renews what is missing, and
+        if (new_ca or _nothing_issued(directory)) and not existing.exists() \
+                and not trusted.exists():
+            # Only with a new CA or one that never issued a client (a first start, or one
+            # cut short after the CA was written): a later init renews what is missing, and
             # must not bring back, with every right, a first client the operator retired.
             client = issue_client(directory, FIRST_CLIENT, rule=FIRST_CLIENT_RULE)
         elif existing.exists() and trusted.exists():
@@ -281,6 +283,16 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
                 tuple(read_binding(directory / "trusted" / f"{FIRST_CLIENT}.json")),
             )
     return DevPki(directory, directory / "ca" / "ca.pem", server_cert, server_key, client, created)
+
+
+def _nothing_issued(directory: Path) -> bool:
+    """No client was ever issued, trusted or revoked under ``directory``: a first start that
+    ended after the CA was written (a full disk, a kill) gets its first client next time."""
+    return not any(
+        any(folder.iterdir()) for folder in
+        (directory / "clients", directory / "trusted", directory / "trusted-ca",
+         directory / "revoked") if folder.is_dir()
+    )
 
 
 def issue_client(
@@ -450,7 +462,8 @@ def read_entry_binding(path: Path) -> tuple[frozenset[str], Grants | None]:
         raise ConfigurationError(exc.strerror or type(exc).__name__) from exc
     except ValueError as exc:
         raise ConfigurationError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("ae_titles", []), list):
+    if not isinstance(data, dict) or not isinstance(data.get("ae_titles", []), list) \
+            or not all(isinstance(t, str) for t in data.get("ae_titles", [])):
         raise ConfigurationError('not a binding: {"ae_titles": [...], "services": [...]}')
     titles = frozenset(_check_ae_title(t) for t in data.get("ae_titles", []))
     raw = {k: v for k, v in data.items() if k != "ae_titles"}

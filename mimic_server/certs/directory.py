@@ -147,4 +147,8 @@ def _read_entry(
         titles, rule = read_entry_binding(binding)
     except ConfigurationError as exc:
         raise _Unreadable(f"{folder}/{binding.name}", str(exc)) from exc
+    except Exception as exc:  # whatever a file holds fails its entry alone
+        # (JSON nested past the recursion limit, a number past every bound): any other
+        # exception failed the whole load, and held every revocation back.
+        raise _Unreadable(f"{folder}/{binding.name}", type(exc).__name__) from exc
     return tuple(TrustedCertificate(pem.stem, kind, cert, titles, rule) for cert in certs)

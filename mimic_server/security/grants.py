@@ -91,10 +91,12 @@ def parse_rule(raw: Mapping[str, Any], where: str) -> Grants:
     move_destinations = None if destinations == {"*"} else frozenset(destinations)
     limit = raw.get("max_find_results")
     if limit is not None:
-        try:
-            limit = int(limit)
-        except (TypeError, ValueError) as exc:
-            raise RuleError(f"{where}: max_find_results must be a whole number") from exc
+        # A whole number only: int() truncated 2.5 and raised OverflowError on JSON's
+        # Infinity (or TOML's inf), which no caller expected from a rule.
+        if isinstance(limit, bool) or not isinstance(limit, int | str) or (
+                isinstance(limit, str) and not limit.strip().isdigit()):
+            raise RuleError(f"{where}: max_find_results must be a whole number")
+        limit = int(limit)
         if limit < 1:
             raise RuleError(f"{where}: max_find_results must be at least 1")
     requires = frozenset(_names(raw.get("find_requires", []), f"{where}: find_requires"))

@@ -48,6 +48,17 @@ def forwarded_client(headers: object, hops: int) -> str | None:
     if len(entries) < hops:
         return None
     try:
-        return str(ipaddress.ip_address(entries[-hops]))
+        return str(ipaddress.ip_address(_without_port(entries[-hops])))
     except ValueError:
         return None
+
+
+def _without_port(entry: str) -> str:
+    """``203.0.113.7:51234`` and ``[2001:db8::1]:51234`` as some proxies write them (Azure
+    Application Gateway): dropped as no address, they left every browser the proxy's."""
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        return host if bracket and (not rest or (rest[0] == ":" and rest[1:].isdigit())) \
+            else entry
+    host, colon, port = entry.partition(":")
+    return host if colon and ":" not in port and port.isdigit() else entry

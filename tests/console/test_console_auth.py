@@ -557,3 +557,14 @@ def test_token_exchange_counts_are_bounded() -> None:
     assert exchanges.admit("192.0.2.1") == 60
     now[0] = 60
     assert exchanges.admit("192.0.2.4") is None
+
+
+def test_token_exchanges_of_one_ipv6_network_count_as_one_peer() -> None:
+    """One host is given a whole /64: one key per IPv6 address let one stranger fill every
+    key of the window, and the shared count then refused every operator not yet counted."""
+    exchanges = TokenExchanges(2, 60, clock=lambda: 0.0, max_peers=4)
+    assert exchanges.admit("2001:db8:1:2::1") is None
+    assert exchanges.admit("2001:db8:1:2::ffff") is None
+    assert exchanges.admit("2001:db8:1:2:abcd::9") == 60  # the same /64
+    assert exchanges.admit("2001:db8:1:3::1") is None  # another network
+    assert exchanges.admit("192.0.2.7") is None and exchanges.admit("192.0.2.8") is None

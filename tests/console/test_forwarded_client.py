@@ -77,7 +77,11 @@ def test_each_browser_behind_the_ingress_has_its_own_limit(
     ([], 1, None),
     # Not an address (a name, a port, garbage): the connection's address stays.
     ([(b"x-forwarded-for", b"10.1.1.1, unknown")], 1, None),
-    ([(b"x-forwarded-for", b"203.0.113.5:4711")], 1, None),
+    ([(b"x-forwarded-for", b"203.0.113.5:4711")], 1, "203.0.113.5"),
+    ([(b"x-forwarded-for", b"[2001:db8::1]:4711")], 1, "2001:db8::1"),
+    ([(b"x-forwarded-for", b"[2001:db8::1]")], 1, "2001:db8::1"),
+    ([(b"x-forwarded-for", b"203.0.113.5:port")], 1, None),
+    ([(b"x-forwarded-for", b"[2001:db8::1]x")], 1, None),
     ([(b"x-forwarded-for", b"10.1.1.1,")], 1, None),
 ])
 def test_the_client_is_the_entry_the_nearest_proxy_wrote(

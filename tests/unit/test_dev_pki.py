@@ -192,6 +192,29 @@ def test_renewing_the_server_certificate_never_brings_back_a_retired_first_clien
     assert not list((certs / "trusted").glob(f"{devpki.FIRST_CLIENT}.*"))
 
 
+def test_a_first_start_cut_short_after_the_ca_makes_its_first_client_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first start wrote the CA and ended (a full disk while writing the client's key,
+    a kill): every later start saw a CA and issued no modality1, and the README's dcmtk
+    commands failed. A CA that never issued a client still gets it."""
+    certs = tmp_path / "certs"
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(devpki, "issue_client", disk_full)
+        assert certs_command("init", "--cert-dir", str(certs)).exit_code == 2
+    assert (certs / "ca" / "ca.pem").exists()
+
+    result = certs_command("init", "--cert-dir", str(certs), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["client_name"] == devpki.FIRST_CLIENT
+    assert devpki.FIRST_CLIENT in _rules(certs)
+
+
 def test_a_first_start_makes_the_first_client_with_every_service(tmp_path: Path) -> None:
     result = certs_command("init", "--cert-dir", str(tmp_path / "certs"), "--json")
 

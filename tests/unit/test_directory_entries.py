@@ -129,7 +129,16 @@ BAD_BINDINGS = pytest.mark.parametrize("binding", [
     "{\"ae_titles\": [\"CT_RO", "", json.dumps({"ae_titles": ["A\\B"]}),
     json.dumps({"ae_titles": ["CT_ROOM"], "services": ["fnid"]}),
     json.dumps({"ae_titles": ["CT_ROOM"], "user": "requird"}), None,
-], ids=["half written", "empty", "bad AE title", "unknown service", "bad user", "unreadable"])
+    # Past what the parsers catch: OverflowError and RecursionError failed the whole load,
+    # the revocations in it included.
+    '{"ae_titles": ["CT_ROOM"], "max_find_results": Infinity}',
+    '{"ae_titles": ["CT_ROOM"], "max_find_results": 1e400}',
+    '{"ae_titles": ["CT_ROOM"], "services": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    json.dumps({"ae_titles": [None]}), json.dumps({"ae_titles": ["CT_ROOM"],
+                                                   "max_find_results": 2.5}),
+], ids=["half written", "empty", "bad AE title", "unknown service", "bad user", "unreadable",
+        "Infinity", "1e400", "nested past the recursion limit", "a title not text",
+        "not a whole number"])
 
 
 @BAD_BINDINGS

@@ -9,14 +9,18 @@ the real operators out (and which filled the console's own few issuer threads). 
 Retry-After, without a call to the issuer. Successful exchanges count too: the limit is on
 calls to the issuer, not on refusals.
 
-A peer is the address the refusals are counted by (the connection's, as uvicorn gives it:
-behind an ingress whose forwarded header uvicorn does not trust, the ingress's). Counts are
-per process and forgotten when the window ends; at most ``MAX_KEYS`` peers are held, the
-others share one count (as ``security.refusals`` bounds its pairs).
+A peer is the address the refusals are counted by (the connection's, or behind an ingress
+the one it forwarded: ``MIMIC_WEB_PROXY_HOPS``, ``web/forwarded.py``), an IPv6 address by its
+/64: one host is given a whole /64, and one address each would let one stranger hold every
+key. Counts are per process and forgotten when the window ends; at most ``MAX_KEYS`` peers
+are held, the others share one count (as ``security.refusals`` bounds its pairs): a stranger
+with that many networks can use that shared count up, and sign-ins from peers not yet
+counted wait for the window's end.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -56,10 +60,21 @@ class TokenExchanges:
             if now >= self._ends:
                 self._counts.clear()
                 self._ends = now + self.window
-            key = peer
+            key = _network(peer)
             if key not in self._counts and len(self._counts) >= self._max_peers:
                 key = OTHER  # a hard bound, whatever the number of peers
             if self._counts[key] >= self.limit:
                 return max(1, math.ceil(self._ends - now))
             self._counts[key] += 1
             return None
+
+
+def _network(peer: str) -> str:
+    """An IPv6 peer's /64, any other peer as it is."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return peer
