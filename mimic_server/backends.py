@@ -92,7 +92,7 @@ def _scheme(url: str) -> str:
 
 def open_index_engine(
     settings: Settings, credential: Any = None, schema_revision: str | None = None,
-    *, deadlines: bool = False,
+    *, deadlines: bool = False, writable: bool = True,
 ) -> Engine:
     """The engine of the index the settings name: SQLite is migrated in place, PostgreSQL
     must be current; with ``schema_revision`` (a worker of ``mimic serve``, whose supervisor
@@ -102,14 +102,16 @@ def open_index_engine(
     (``MIMIC_DATABASE_AUTH=entra``); when it is needed and not given, a
     DefaultAzureCredential is made here. ``deadlines``: a server's engine, whose statements
     give up on a locked or slow PostgreSQL (``engine.LOCK_TIMEOUT_MS``); maintenance
-    commands wait as long as it takes.
+    commands wait as long as it takes. ``writable=False``: a command that only reads (a
+    ``mimic reconcile`` report) is not refused an index it may read and not write.
     """
     engine = index_engine(settings, credential, deadlines=deadlines)
     try:
         if schema_revision is not None:
             schema.require_revision(engine, schema_revision)
         elif engine.dialect.name == "sqlite":
-            _require_writable(engine)
+            if writable:
+                _require_writable(engine)
             schema.upgrade(engine)  # embedded mode: zero configuration
         else:
             schema.require_current(engine)

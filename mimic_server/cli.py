@@ -465,7 +465,7 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
     engine, audit_log = None, AuditLog(None)
     try:
         store = open_object_store(settings)
-        engine, _ = open_index(settings)
+        engine, _ = open_index(settings, writable=fix)  # a report only reads
         if fix:  # the same trail as 'mimic serve' (the table on PostgreSQL)
             audit_log = open_audit_trail(settings, engine)
         report = run(

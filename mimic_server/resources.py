@@ -87,7 +87,7 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
 
 def open_index(
     settings: Settings, credential: Any = None, schema_revision: str | None = None,
-    *, deadlines: bool = False,
+    *, deadlines: bool = False, writable: bool = True,
 ) -> tuple[Engine, SqlIndex]:
     """The index the settings name (:func:`~mimic_server.backends.open_index_engine`: SQLite
     migrated in place, PostgreSQL current, or at ``schema_revision`` in a worker of ``mimic
@@ -96,7 +96,8 @@ def open_index(
     Shared by the server and by maintenance commands (``mimic reconcile``); ``deadlines``
     for the servers only (``engine.LOCK_TIMEOUT_MS``).
     """
-    engine = open_index_engine(settings, credential, schema_revision, deadlines=deadlines)
+    engine = open_index_engine(settings, credential, schema_revision, deadlines=deadlines,
+                               writable=writable)
     return engine, SqlIndex(engine, group_commit=settings.group_commit,
                             max_batch=settings.group_commit_max,
                             in_flight=settings.group_commit_in_flight)

@@ -58,6 +58,8 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
+    if current_revision(engine) == head_revision():
+        return  # current: read only, no writer's lock (a report on a read-only copy)
     config = _config()
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         if conn.dialect.name == "postgresql":

@@ -83,3 +83,17 @@ def test_a_refused_write_logs_the_database_reason_once_without_patient_data(
     said = caplog.text
     for value in (str(ds.PatientName), ds.PatientID, ds.SOPInstanceUID, "INSERT"):
         assert value not in said
+
+
+def test_a_reconcile_report_reads_an_index_it_may_not_write(tmp_path: Path) -> None:
+    """A report only reads (an index the server's account owns, a read-only copy being
+    checked): the start's write probe refused it (exit 2); --fix, which writes, still is."""
+    env = {"MIMIC_DATABASE_URL": _read_only_url(tmp_path)}
+    command = [sys.executable, "-m", "mimic_server", "reconcile", "--json",
+               "--data-dir", str(tmp_path)]
+    report = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert report.returncode == 0, report.stderr
+    assert '"remaining": 0' in report.stdout
+    fix = subprocess.run([*command, "--fix"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert fix.returncode == 2 and "is not writable" in fix.stderr, fix.stderr
