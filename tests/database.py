@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -124,3 +125,30 @@ def migrated_database(server_url: str) -> Iterator[str]:
         )
         assert upgraded.returncode == 0, upgraded.stderr
         yield url
+
+
+def sqlite_index_at(path: Path, revision: str) -> None:
+    """A SQLite index file at an older ``revision`` of the schema (migrated, then down)."""
+    from alembic import command
+
+    from mimic_server.index import schema
+    from mimic_server.index.engine import create_index_engine
+
+    engine = create_index_engine(f"sqlite:///{path}")
+    try:
+        schema.upgrade(engine)
+        with engine.begin() as conn:
+            config = schema._config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def emptied(engine: Any, index: Any) -> None:
+    """A test index's rows deleted, its repository closed and its engine disposed."""
+    with engine.begin() as conn:
+        for table in ("instances", "series", "studies", "patients", "audit_events"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+    index.close()
+    engine.dispose()

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic import command
 
 from mimic_server.index import schema
 from mimic_server.index.engine import create_index_engine
+from tests.database import sqlite_index_at
 from tests.support import HOST, free_port
 
 
@@ -40,18 +40,6 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _index_at(path: Path, revision: str) -> None:
-    engine = create_index_engine(f"sqlite:///{path}")
-    try:
-        schema.upgrade(engine)
-        with engine.begin() as conn:
-            config = schema._config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("args", [("serve",), ("web",), ("db", "upgrade")])
 def test_an_index_newer_than_the_code_says_run_a_newer_mimic(
         tmp_path: Path, args: tuple[str, ...]) -> None:
@@ -69,7 +57,7 @@ def test_an_index_newer_than_the_code_says_run_a_newer_mimic(
 
 def test_a_failed_migration_is_one_line(tmp_path: Path) -> None:
     """A migration that fails on a statement: the driver's class and first line."""
-    _index_at(tmp_path / "index.sqlite3", "0003")
+    sqlite_index_at(tmp_path / "index.sqlite3", "0003")
     url = f"sqlite:///file:{tmp_path / 'index.sqlite3'}?mode=ro&uri=true"
     line = _one_line(mimic("db", "upgrade", "--data-dir", str(tmp_path), "--database-url", url))
     assert line == ("mimic: migration failed: OperationalError (SQLITE_READONLY): "

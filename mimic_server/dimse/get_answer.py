@@ -22,6 +22,8 @@ from typing import Any
 
 from pynetdicom.dimse_primitives import C_GET
 
+from mimic_server.dimse.move_answer import sending_through
+
 _ATTRIBUTE = "_mimic_get_refusal"
 _PENDING = frozenset({0xFF00, 0xFF01})
 
@@ -50,8 +52,7 @@ def answering_get_scp(original: Callable[..., None]) -> Callable[..., None]:
 
     def _get_scp(self: Any, req: Any, context: Any) -> None:
         refusal = GetRefusal()
-        dimse = self.dimse
-        send = dimse.send_msg  # per association; the C-STOREs of the C-GET go through it too
+        send = self.dimse.send_msg  # per association; the C-STOREs of the C-GET go through it too
 
         def send_msg(primitive: Any, context_id: int) -> None:
             if refusal.refused and type(primitive) is C_GET and (
@@ -63,17 +64,7 @@ def answering_get_scp(original: Callable[..., None]) -> Callable[..., None]:
                 primitive.Identifier = None
             send(primitive, context_id)
 
-        # An association may already carry its own send_msg (net/observe.py): put it back.
-        own = dimse.__dict__.get("send_msg")
-        setattr(self.assoc, _ATTRIBUTE, refusal)
-        dimse.send_msg = send_msg  # type: ignore[method-assign]
-        try:
+        with sending_through(self, send_msg, _ATTRIBUTE, refusal):
             original(self, req, context)
-        finally:
-            if own is None:
-                del dimse.send_msg
-            else:
-                dimse.send_msg = own  # type: ignore[method-assign]
-            delattr(self.assoc, _ATTRIBUTE)
 
     return _get_scp

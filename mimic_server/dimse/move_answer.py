@@ -23,7 +23,8 @@ once any sub-operation failed, as pynetdicom's own ``0xA702`` (all sent, all fai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -62,8 +63,7 @@ def answering_move_scp(original: Callable[..., None]) -> Callable[..., None]:
 
     def _move_scp(self: Any, req: Any, context: Any) -> None:
         answer = MoveAnswer()
-        dimse = self.dimse
-        send = dimse.send_msg  # per association; DIMSE messages are handled one at a time
+        send = self.dimse.send_msg  # per association; DIMSE messages are handled one at a time
 
         def send_msg(rsp: Any, context_id: int) -> None:
             if rsp.Status == _UNKNOWN and answer.status is not None:
@@ -79,20 +79,31 @@ def answering_move_scp(original: Callable[..., None]) -> Callable[..., None]:
                     answer.on_used()
             send(rsp, context_id)
 
-        # An association may already carry its own send_msg (net/observe.py): put it back.
-        own = dimse.__dict__.get("send_msg")
-        setattr(self.assoc, _ATTRIBUTE, answer)
-        dimse.send_msg = send_msg  # type: ignore[method-assign]
-        try:
+        with sending_through(self, send_msg, _ATTRIBUTE, answer):
             original(self, req, context)
-        finally:
-            if own is None:
-                del dimse.send_msg
-            else:
-                dimse.send_msg = own  # type: ignore[method-assign]
-            delattr(self.assoc, _ATTRIBUTE)
 
     return _move_scp
+
+
+@contextlib.contextmanager
+def sending_through(
+    scp: Any, send_msg: Callable[[Any, int], None], attribute: str, state: object,
+) -> Iterator[None]:
+    """The service's DIMSE messages go through ``send_msg`` while one request is answered,
+    with ``state`` on the association as ``attribute`` for its handler; the association's
+    own ``send_msg`` (``net/observe.py``), if it carried one, is put back after."""
+    dimse = scp.dimse
+    own = dimse.__dict__.get("send_msg")
+    setattr(scp.assoc, attribute, state)
+    dimse.send_msg = send_msg
+    try:
+        yield
+    finally:
+        if own is None:
+            del dimse.send_msg
+        else:
+            dimse.send_msg = own
+        delattr(scp.assoc, attribute)
 
 
 def _failed_list(uids: list[str], context: Any) -> BytesIO | None:

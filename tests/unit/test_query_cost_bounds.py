@@ -28,6 +28,7 @@ from mimic_server.query.keys import CONTROL, Model
 from mimic_server.query.matching import MAX_IDENTIFIER_KEYS, MAX_IDENTIFIER_VALUES
 from mimic_server.query.pages import TimeLimitReached
 from tests.data import ct_small
+from tests.database import emptied
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
 NAMES = ["Yamada^Tarou", "Groß^Hans", "GROẞ^FRITZ", "Y\u0131ld\u0131z^Ayla", "Müller^Jörg",
@@ -51,11 +52,7 @@ def engine(database_url: str) -> Iterator[Engine]:
                               transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=f"k/{n}",
                               sha256="0" * 64, size=1, received_from="test")
     yield engine
-    with engine.begin() as conn:
-        for table in ("instances", "series", "studies", "patients", "audit_events"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-    index.close()
-    engine.dispose()
+    emptied(engine, index)
 
 
 def _study_query(**keys: Any) -> Dataset:

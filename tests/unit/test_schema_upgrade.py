@@ -9,23 +9,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from sqlalchemy import event
 
 from mimic_server.index import schema
 from mimic_server.index.engine import create_index_engine
-
-
-def _at_revision(path: Path, revision: str) -> None:
-    engine = create_index_engine(f"sqlite:///{path}")
-    try:
-        schema.upgrade(engine)
-        with engine.begin() as conn:
-            config = schema._config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
+from tests.database import sqlite_index_at
 
 
 def _revision(path: Path) -> str | None:
@@ -41,7 +29,7 @@ def test_a_pending_migration_waits_for_another_writer(tmp_path: Path) -> None:
     ``sqlite3`` shell): the migration waits for it, then applies. It failed at once with
     "database is locked" (exit 2) despite the busy timeout."""
     path = tmp_path / "index.sqlite3"
-    _at_revision(path, "0003")
+    sqlite_index_at(path, "0003")
     engine = create_index_engine(f"sqlite:///{path}")
     began = threading.Event()
 

@@ -18,6 +18,7 @@ from mimic_server.query.finder import Finder
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
 from tests.data import ct_small
+from tests.database import emptied
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.79"
 
@@ -45,11 +46,7 @@ def engine(database_url: str) -> Iterator[Engine]:
                           transfer_syntax_uid="1.2.840.10008.1.2.1", object_key="k/1",
                           sha256="0" * 64, size=1, received_from="test")
     yield engine
-    with engine.begin() as conn:
-        for table in ("instances", "series", "studies", "patients", "audit_events"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-    index.close()
-    engine.dispose()
+    emptied(engine, index)
 
 
 def _answer(engine: Engine, *items: Dataset) -> Any:
