@@ -10,6 +10,7 @@ for its audit record.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -370,8 +371,14 @@ def test_a_bad_binding_rule_leaves_its_new_entry_untrusted(setup: Setup) -> None
     file: read as the default, it would grant store, which the rule meant to withhold. An
     entry issued after it with a good rule is trusted: the refresh read both."""
     certs = setup.server.certs
+    # Issued beside the archive's PKI (same CA), then put in place after its bad binding:
+    # issue_client itself writes the binding asked for, never a leftover one.
+    scratch = setup.server.data_dir.parent / "typo-pki"
+    shutil.copytree(certs / "ca", scratch / "ca")
+    devpki.issue_client(scratch, "typo", rule=None)
+    shutil.copytree(scratch / "clients" / "typo", certs / "clients" / "typo")
     (certs / "trusted" / "typo.json").write_text(json.dumps({"services": ["fnid"]}))
-    devpki.issue_client(certs, "typo", rule=None)
+    shutil.copy(scratch / "trusted" / "typo.pem", certs / "trusted" / "typo.pem")
     devpki.issue_client(certs, "typo-free", rule={"services": ["echo", "find"]})
 
     def established(name: str) -> bool:
