@@ -161,6 +161,26 @@ def test_nesting_past_the_limit_is_refused_before_anything_is_kept(
     assert server.incoming_leftovers() == []
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_stow_rs_refuses_nesting_past_the_limit_before_anything_is_kept(
+    archive: Archive, implicit: bool
+) -> None:
+    """The same door through STOW-RS: 409, the instance failed 0xC000, nothing stored."""
+    from tests.e2e.test_stow import DICOM_MULTIPART, failures, multipart
+
+    data, ds, _syntax = _object(MAX_SEQUENCE_DEPTH + 1, implicit, "alternating")
+    server = archive.server
+    objects, instances = server.stored_objects(), server.instance_count()
+    response = requests.post(f"{archive.web.url}/studies", data=multipart(data), timeout=60,
+                             headers={"Content-Type": DICOM_MULTIPART,
+                                      "Accept": "application/dicom+json"})
+    assert response.status_code == 409, response.text
+    assert failures(response.json()) == [(ds.SOPInstanceUID, 0xC000)]
+    assert server.stored_objects() == objects
+    assert server.instance_count() == instances
+    assert server.incoming_leftovers() == []
+
+
 def _get_converted(archive: Archive, stored: Dataset, syntax: str) -> tuple[list[Dataset], int]:
     """C-GET of ``stored`` by a requestor that takes CT only in ``syntax``."""
     received: list[Dataset] = []
