@@ -23,10 +23,10 @@ from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, OutOfResources
 from mimic_server.index import schema
 from mimic_server.index.engine import (
-    answers,
     check_writable,
     create_index_engine,
     driver_error,
+    refuses_writes,
 )
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.filesystem import FilesystemStore
@@ -42,12 +42,16 @@ def store_answers(store: ObjectStore) -> str:
 
 
 def index_answers(engine: Engine) -> str:
-    """The readiness check of the index (the archive's and the supervisor's)."""
+    """The readiness check of the index (the archive's and the supervisor's): it answers,
+    and takes writes (a read-only PostgreSQL answers ``SELECT 1`` while every C-STORE is
+    refused 0xA700: ``/readyz`` said ready)."""
     try:
-        answers(engine)
+        read_only = refuses_writes(engine)
     except SQLAlchemyError as exc:
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise OutOfResources(f"index does not answer ({cause})") from exc
+    if read_only:
+        raise OutOfResources("index is read-only (transaction_read_only is on)")
     return f"{engine.dialect.name} answers"
 
 

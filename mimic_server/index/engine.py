@@ -358,6 +358,24 @@ def answers(engine: Engine) -> None:
     read_index(engine, lambda conn: conn.execute(text("SELECT 1")).scalar())
 
 
+def refuses_writes(engine: Engine) -> bool:
+    """Whether the index answers but would refuse every write (a readiness check, in place
+    of :func:`answers`: one statement either way). PostgreSQL: ``transaction_read_only`` of a
+    new transaction, on for a hot standby (a failover that went the wrong way) and under
+    ``default_transaction_read_only``, which Azure Database for PostgreSQL turns on by itself
+    when its storage is nearly full: ``SELECT 1`` still answers, and every C-STORE and
+    STOW-RS is refused 0xA700. SQLite: ``SELECT 1`` alone; its file's writability is checked
+    at start (:func:`check_writable`), and a write of nothing now would queue behind the
+    writers' lock. Raises SQLAlchemy's error when the index does not answer."""
+    if engine.dialect.name != "postgresql":
+        answers(engine)
+        return False
+    value = read_index(
+        engine, lambda conn: conn.execute(text("SHOW transaction_read_only")).scalar()
+    )
+    return str(value).lower() == "on"
+
+
 def driver_error(exc: BaseException, *, message: bool = True) -> str:
     """One line for a database error: the driver's exception class, its code (SQLite's
     error name, PostgreSQL's SQLSTATE) and, with ``message``, the first line of the

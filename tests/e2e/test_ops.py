@@ -228,6 +228,54 @@ def test_readiness_fails_while_the_database_is_down(tmp_path: Path) -> None:
         cluster.remove()
 
 
+@pytest.mark.postgres
+def test_readiness_fails_while_the_database_refuses_writes(tmp_path: Path) -> None:
+    """A PostgreSQL turned read-only after start (as Azure does when its storage is nearly
+    full: default_transaction_read_only, applied on reload to open sessions) still answers
+    SELECT 1, while every C-STORE is refused 0xA700: /readyz answers 503 for it, and 200
+    again once writes are taken."""
+    import psycopg
+
+    from tests.conftest import migrate
+    from tests.database import PrivateCluster
+
+    cluster = PrivateCluster()
+    cluster.start()
+    process = None
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            value = "on" if on else "off"
+            conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
+            conn.execute("SELECT pg_reload_conf()")
+
+    try:
+        url = cluster.url.replace("postgresql://", "postgresql+psycopg://")
+        migrate(url)
+        process = MimicProcess(tmp_path / "data", database_url=url).start()
+        ctx = client_context(process.client_cert, process.client_key, process.ca_cert)
+        assert readiness(process)[0] == 200
+        read_only(True)
+        ds = pydicom.dcmread(ct_small())
+        ds.SOPInstanceUID = generate_uid()
+        assoc = associate(process.port, ctx)
+        try:
+            assert assoc.send_c_store(ds).Status == 0xA700
+        finally:
+            assoc.release()
+        status, ready = readiness(process)
+        assert status == 503, ready
+        assert ready["checks"]["index"] == {
+            "ok": False, "detail": "index is read-only (transaction_read_only is on)"
+        }
+        read_only(False)
+        assert wait_for(lambda: readiness(process)[0] == 200, timeout=30)
+    finally:
+        if process is not None:
+            assert process.stop() == 0, process.log()
+        cluster.remove()
+
+
 def test_sigterm_drains_a_sender_in_mid_stream(tmp_path: Path) -> None:
     """SIGTERM while a modality streams objects: /readyz 503 at once, new associations are
     refused, the open one gets MIMIC_DRAIN_SECONDS and is then aborted, the process exits 0,
