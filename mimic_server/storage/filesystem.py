@@ -65,6 +65,9 @@ _NEVER_NAMEABLE = frozenset({errno.EPERM, errno.EOPNOTSUPP})
 _KEY = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*(/[0-9A-Za-z][0-9A-Za-z._-]*)*$")
 _TMP = ".incoming"
 _LOCK = ".lock"
+#: Free space below which the readiness check calls the object directory's file system full:
+#: no object of any size fits any more (a small CT image is half of it).
+FULL_BELOW_BYTES = 1 << 20
 
 
 class FilesystemStore:
@@ -373,12 +376,24 @@ class FilesystemStore:
                     foreign.append(key)
 
     def check(self) -> None:
-        """The directory and its ``.incoming`` exist and this process may create files there."""
+        """The directory and its ``.incoming`` exist, this process may create files there,
+        and their file system is not full (one ``statvfs``): a full one refuses every
+        C-STORE and STOW-RS 0xA700 while the directory is still writable by its mode."""
         for directory in (self.root, self._tmp):
             if not directory.is_dir():
                 raise OutOfResources(f"object directory {directory.name or directory} is missing")
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise OutOfResources(f"object directory {directory.name} is not writable")
+        try:
+            fs = os.statvfs(self._tmp)
+        except OSError:
+            return  # no answer on space: the checks above stand
+        # Root may write into the blocks reserved for it (ext4's 5 %), others may not.
+        blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        if blocks * fs.f_frsize < FULL_BELOW_BYTES:
+            raise OutOfResources("object directory's file system is full")
+        if fs.f_files > 0 and fs.f_favail == 0:  # f_files 0: a file system without a count
+            raise OutOfResources("object directory's file system has no free inodes")
 
 
 def _is_key(name: str) -> bool:

@@ -250,3 +250,35 @@ def test_a_failed_fsync_leaves_nothing_under_the_key(
     assert not (root / "ab" / "study" / "series" / "two.dcm").exists()
     assert sorted(store.iter_keys()) == ["ab/study/series/one.dcm"]
     assert _incoming(root) == []
+
+
+def _statvfs(free_blocks: int, free_inodes: int) -> os.statvfs_result:
+    """A file system of 4 KiB blocks with this much free (for root and for others alike)."""
+    # bsize, frsize, blocks, bfree, bavail, files, ffree, favail, flag, namemax
+    return os.statvfs_result(
+        (4096, 4096, 1 << 20, free_blocks, free_blocks, 1 << 16, free_inodes, free_inodes,
+         0, 255)
+    )
+
+
+@pytest.mark.parametrize(("free_blocks", "free_inodes", "reason"), [
+    (0, 1000, "file system is full"),
+    (100, 1000, "file system is full"),  # 400 KiB: no object fits
+    (1 << 16, 0, "no free inodes"),
+])
+def test_check_refuses_a_full_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_blocks: int, free_inodes: int,
+    reason: str,
+) -> None:
+    """The readiness probe's question: a full file system refuses every object 0xA700
+    while the directory is still writable by its mode, so the store is not ready."""
+    store = FilesystemStore(tmp_path / "objects", spare_files=0)
+    try:
+        store.check()
+        monkeypatch.setattr(os, "statvfs", lambda path: _statvfs(free_blocks, free_inodes))
+        with pytest.raises(OutOfResources, match=reason):
+            store.check()
+        monkeypatch.setattr(os, "statvfs", lambda path: _statvfs(1 << 16, 1000))  # 256 MiB
+        store.check()
+    finally:
+        store.close()
