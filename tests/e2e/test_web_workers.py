@@ -88,6 +88,43 @@ def test_workers_serve_are_replaced_and_stop(tmp_path: Path,
                for e in web.log_entries())
 
 
+def test_a_dying_worker_is_logged_and_one_dying_young_is_replaced_after_a_back_off(
+        tmp_path: Path, issuer: OidcIssuerDouble) -> None:
+    """A worker killed (as the kernel kills one for memory) is an ERROR line with its pid and
+    signal; killed again young, its replacement waits twice as long, not half a second."""
+    web = WebProcess(tmp_path / "data", issuer, web_workers="2").start()
+    try:
+        assert web.proc is not None
+        pid = web.proc.pid
+
+        def deaths() -> list[dict]:
+            return [e for e in web.log_entries()
+                    if e.get("message") == "web worker died; replacing it"]
+
+        before = workers(pid)
+        assert len(before) == 2
+        victim = before[0]
+        killed = [victim]
+        for _ in range(2):
+            os.kill(victim, signal.SIGKILL)
+            _wait_for(lambda: len(workers(pid)) == 2 and killed[-1] not in workers(pid))
+            victim = next(p for p in workers(pid) if p not in before)  # its replacement
+            killed.append(victim)
+            before = workers(pid)
+        _wait_for(lambda: len(deaths()) == 2)
+        first, second = deaths()
+        assert first["level"] == second["level"] == "ERROR"
+        assert first["signal"] == second["signal"] == "SIGKILL"
+        assert [first["pid"], second["pid"]] == killed[:2]
+        assert first["worker"] == second["worker"]
+        # Each died within 30 s of its start: 0.5 s, then 1 s before its replacement.
+        assert [first["restart_in_seconds"], second["restart_in_seconds"]] == [0.5, 1.0]
+        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+        _wait_for(lambda: all(_search(web, token) == 200 for _ in range(10)))
+    finally:
+        assert web.stop() == 0
+
+
 def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path,
                                                      issuer: OidcIssuerDouble) -> None:
     # Only a worker reads the policy file: the parent has started, its workers cannot.
