@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from mimic_server.codec.dicom_json import header_to_json
 from mimic_server.codec.header import Header
@@ -22,7 +23,8 @@ from mimic_server.codec.header_scan import ScannedHeader
 from mimic_server.codec.nesting import NestedTooDeep
 from mimic_server.errors import CannotUnderstand, Status
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Matched whole (``fullmatch``): ``$`` would also match before a final line feed.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: The range of the Integer index columns (32-bit on PostgreSQL). An IS value may hold
 #: twelve characters ("-99999999999"): one outside this range is not indexed (NULL), and the
 #: header JSON keeps it.
@@ -72,8 +74,11 @@ class InstanceAttributes:
         (person names of one component group too); anything it could not hold is read
         through pydicom.
         """
+        # The UIDs' bytes as received, taken before the JSON conversion replaces pydicom's
+        # raw elements: four dictionary lookups, not a walk.
+        received = {tag: _received_bytes(ds, tag) for tag in _UID_TAGS}
         header, converted = _header_json(ds)
-        keys = _Keys(ds, header, converted)
+        keys = _Keys(ds, header, converted, received)
         return cls(
             patient_id=keys.text("PatientID", 64),
             issuer_of_patient_id=keys.text("IssuerOfPatientID", 64),
@@ -110,11 +115,14 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "SH", "LT
 class _Keys:
     """The index keys of one header: from its DICOM JSON, else from pydicom."""
 
-    def __init__(self, ds: Header, header: dict[str, Any], converted: set[str]) -> None:
+    def __init__(self, ds: Header, header: dict[str, Any], converted: set[str],
+                 received: dict[int, bytes | None]) -> None:
         self.ds = ds
         self.header = header
         #: The keys of entries pydicom wrote: their person names are its business.
         self.converted = converted
+        #: The UIDs' value bytes as received, where the header still had them.
+        self.received = received
 
     def _json(self, keyword: str) -> dict[str, Any] | None:
         tag, key = _KEYWORDS[keyword]
@@ -144,9 +152,17 @@ class _Keys:
         return _text(self._dataset(), keyword, limit)
 
     def uid(self, keyword: str) -> str:
-        """The UID as pydicom reads it (trailing NUL and space padding, leading spaces
-        removed), checked. A NUL inside is no padding: deleted, as :meth:`text` deletes it,
+        """The UID as received, less its padding (trailing NUL and space, leading space),
+        checked. Only that padding: pydicom's ``UID`` also strips a tab, a line feed and
+        other white space, which then stayed in the stored object while the index and the
+        C-STORE's check saw a clean UID ('1.2.3\\t' was stored as 1.2.3, a UID a dcmtk
+        receiver of the object reads otherwise). A NUL inside is no padding either:
         '1.2.3\\x004.5' was indexed as 1.2.34.5 while the stored object says otherwise."""
+        data = self.received.get(_KEYWORDS[keyword][0])
+        if data is not None:
+            text = data.decode("latin_1").rstrip("\x00 ").lstrip(" ")
+            return _checked_uid(keyword, text)
+        # Not at hand as bytes (a value pydicom already converted): its reading, as before.
         entry = self._json(keyword)
         if entry is not None and self._read_here(keyword) and (
                 not entry or entry["vr"] in _TEXT_VRS):
@@ -192,8 +208,27 @@ _KEYWORDS: dict[str, tuple[int, str]] = {
 }
 
 
+#: The UIDs the index keys on (their tags).
+_UID_TAGS = tuple(_KEYWORDS[keyword][0] for keyword in (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
+
+
+def _received_bytes(ds: Header, tag: int) -> bytes | None:
+    """The value bytes of ``tag`` as received: from the scan, or pydicom's raw element
+    while it is not yet converted; None where neither has them."""
+    if isinstance(ds, ScannedHeader):
+        scanned = ds.elements.get(tag)
+        if scanned is None or tag in ds.bulk:
+            return None
+        return scanned[1]
+    raw = ds._dict.get(BaseTag(tag))
+    if type(raw) is RawDataElement and type(raw.value) is bytes:
+        return raw.value
+    return None
+
+
 def valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and _UID.match(value) is not None
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def header_json(ds: Header) -> dict[str, Any]:

@@ -445,6 +445,29 @@ def test_dataset_uid_differs_from_the_request(server: MimicProcess, tmp_path: Pa
     assert not indexed(server, requested) and not indexed(server, inside)
 
 
+@pytest.mark.parametrize("white", [b"\t", b"\n", b"\r", b"\x0b", b"\x1c", b"\xa0"],
+                         ids=["tab", "lf", "cr", "vt", "fs", "nbsp"])
+def test_a_uid_ended_by_white_space_other_than_padding(
+    server: MimicProcess, tmp_path: Path, white: bytes
+) -> None:
+    """A SOP Instance UID ended by a tab, a line feed... is not a valid UID (PS3.5 9.1:
+    digits and dots, a trailing NUL its only padding). It was stored with Success under the
+    command's UID: pydicom's ``UID`` strips all white space, while the stored object kept it
+    and a dcmtk receiver of it reads another UID. Refused 0xC002, nothing stored."""
+    requested = generate_uid()
+    dataset = ct_dataset_bytes(requested + "9")
+    assert dataset.count((requested + "9").encode()) == 1
+    path = tmp_path / "white.dcm"
+    path.write_bytes(part10(requested, dataset.replace((requested + "9").encode(),
+                                                       requested.encode() + white)))
+
+    with nothing_stored(server):
+        status, comment = send_file(server, path)
+    assert status == 0xC002, hex(status)
+    assert comment == "SOPInstanceUID is not a valid UID"
+    assert not indexed(server, requested)
+
+
 def test_an_instance_contradicting_the_filed_study_or_series(
     server: MimicProcess, tmp_path: Path
 ) -> None:
