@@ -80,8 +80,8 @@ class InstanceAttributes:
         header, converted = _header_json(ds)
         keys = _Keys(ds, header, converted, received)
         return cls(
-            patient_id=keys.text("PatientID", 64),
-            issuer_of_patient_id=keys.text("IssuerOfPatientID", 64),
+            patient_id=keys.patient_key_part("PatientID"),
+            issuer_of_patient_id=keys.patient_key_part("IssuerOfPatientID"),
             patient_name=keys.text("PatientName", 324),
             patient_birth_date=_date(keys.text("PatientBirthDate", 64)),
             patient_sex=keys.text("PatientSex", 16),
@@ -151,6 +151,18 @@ class _Keys:
                     return "\\".join(names).replace("\x00", "").strip()[:limit]
         return _text(self._dataset(), keyword, limit)
 
+    def patient_key_part(self, keyword: str) -> str:
+        """Patient ID or Issuer of Patient ID: the patient's key, so never truncated to its
+        64-character column as other text is. Cut there, two patients whose IDs differ past
+        the 64th character were filed as one (one name, one birth date, each other's
+        studies), and a C-FIND for the ID as sent matched neither. Longer than the 64
+        characters of its VR (LO), it is refused (0xC000)."""
+        text = self.text(keyword, _LONGEST_PATIENT_KEY_PART + 1)
+        if len(text) > _LONGEST_PATIENT_KEY_PART:
+            raise CannotUnderstand(f"{keyword} is longer than {_LONGEST_PATIENT_KEY_PART}"
+                                   " characters")
+        return text
+
     def uid(self, keyword: str) -> str:
         """The UID as received, less its padding (trailing NUL and space, leading space),
         checked. Only that padding: pydicom's ``UID`` also strips a tab, a line feed and
@@ -207,6 +219,9 @@ _KEYWORDS: dict[str, tuple[int, str]] = {
     if (tag := tag_for_keyword(keyword)) is not None
 }
 
+
+#: The longest Patient ID and Issuer of Patient ID: an LO value, and their index columns.
+_LONGEST_PATIENT_KEY_PART = 64
 
 #: The UIDs the index keys on (their tags).
 _UID_TAGS = tuple(_KEYWORDS[keyword][0] for keyword in (

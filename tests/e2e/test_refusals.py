@@ -468,6 +468,29 @@ def test_a_uid_ended_by_white_space_other_than_padding(
     assert not indexed(server, requested)
 
 
+def test_patient_ids_that_differ_past_64_characters(
+    server: MimicProcess, tmp_path: Path
+) -> None:
+    """Two patients whose Patient IDs (LO, at most 64 characters) share their first 64
+    were filed as one patient, both studies under the first's name, and a C-FIND for either
+    ID as sent matched nothing: the index cut the key to its column. Refused 0xC000,
+    nothing stored, and the study is not found by a C-FIND either."""
+    sent = []
+    for last in "12":
+        uid = generate_uid()
+        ds = pydicom.dcmread(ct_small())
+        ds.SOPInstanceUID, ds.StudyInstanceUID = uid, generate_uid()
+        ds.SeriesInstanceUID, ds.PatientID = generate_uid(), "H" * 64 + last
+        encoded = encode(ds, False, True)
+        assert encoded is not None
+        path = tmp_path / f"long-id-{last}.dcm"
+        path.write_bytes(part10(uid, encoded))
+        with nothing_stored(server):
+            sent.append(send_file(server, path))
+        assert not indexed(server, uid)
+    assert sent == [(0xC000, "PatientID is longer than 64 characters")] * 2
+
+
 def test_an_instance_contradicting_the_filed_study_or_series(
     server: MimicProcess, tmp_path: Path
 ) -> None:

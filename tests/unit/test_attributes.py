@@ -158,3 +158,26 @@ def test_white_space_other_than_padding_makes_a_uid_invalid(read: Any, implicit:
         assert refused.value.status == 0xC002, white
         assert str(refused.value) == "SOPInstanceUID is not a valid UID"
     assert not valid_uid("1.2.3\n") and valid_uid("1.2.3")
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "IssuerOfPatientID"])
+def test_a_patient_id_past_64_characters_is_refused_not_cut(keyword: str) -> None:
+    """Patient ID and its issuer are the patient's key. Cut to the 64 characters of their
+    index columns, two patients whose IDs differ past the 64th were one patient (the second
+    one's studies filed under the first's name), and a C-FIND for the ID as sent found
+    neither. Longer than their VR (LO) allows, they are refused 0xC000; 64 are kept whole,
+    spaces around them taken off as before."""
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    for value in ("H" * 64, " " + "H" * 64 + " "):
+        setattr(ds, keyword, value)
+        attrs = InstanceAttributes.from_header(_reparsed(ds, read_header))
+        field = "patient_id" if keyword == "PatientID" else "issuer_of_patient_id"
+        assert getattr(attrs, field) == "H" * 64
+    for value in ("H" * 64 + "1", "H" * 64 + "2", "Ü" * 65, "H" * 300):
+        setattr(ds, keyword, value)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        for read in (read_header, parse_header):
+            with pytest.raises(CannotUnderstand) as refused:
+                InstanceAttributes.from_header(_reparsed(ds, read))
+            assert refused.value.status == 0xC000
+            assert str(refused.value) == f"{keyword} is longer than 64 characters"
