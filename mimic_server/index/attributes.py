@@ -11,6 +11,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.charset import decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -315,10 +316,28 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     value = _raw(ds, keyword)
     if value is None:
         return ""
+    if isinstance(value, bytes):
+        # A text attribute sent with a binary VR (OB, OW...): pydicom keeps its bytes, whose
+        # str() is Python's "b'PID1'", which was indexed (and matched no C-FIND) as the
+        # Patient ID. Its bytes are text in the data set's character set.
+        value = _decoded(ds, value)
     multiple = isinstance(value, MultiValue | list)
     text = "\\".join(str(v) for v in value) if multiple else str(value)
     # NUL is padding to DICOM and forbidden in PostgreSQL text: never keep it.
     return text.replace("\x00", "").strip()[:limit]
+
+
+def _decoded(ds: Dataset, value: bytes) -> str:
+    """``value`` decoded with the data set's Specific Character Set, as pydicom decodes
+    text (an undecodable byte replaced, not refused: the index keeps what it can)."""
+    try:
+        encodings = ds._character_set
+    except Exception:  # a Specific Character Set pydicom cannot read: its default
+        encodings = ["iso8859"]
+    try:
+        return decode_bytes(value, encodings, set())
+    except Exception:
+        return value.decode("latin_1")
 
 
 def _checked_uid(keyword: str, value: str) -> str:

@@ -181,3 +181,32 @@ def test_a_patient_id_past_64_characters_is_refused_not_cut(keyword: str) -> Non
                 InstanceAttributes.from_header(_reparsed(ds, read))
             assert refused.value.status == 0xC000
             assert str(refused.value) == f"{keyword} is longer than 64 characters"
+
+
+@pytest.mark.parametrize("read", [read_header, parse_header], ids=["scanned", "dataset"])
+@pytest.mark.parametrize("vr", [b"OB", b"OW"])
+def test_a_text_key_sent_with_a_binary_vr_is_indexed_as_its_text(read: Any, vr: bytes) -> None:
+    """A Patient ID (or any text key) sent with a binary VR keeps its bytes in pydicom,
+    and ``str`` of those is Python's ``b'PID1'``: that was the indexed Patient ID (its
+    patient's key), which no C-FIND for PID1 matched. Its bytes are decoded as text, in
+    the data set's own character set."""
+    import struct
+
+    def element(tag: int, element_vr: bytes, value: bytes) -> bytes:
+        value += b" " * (len(value) % 2)
+        if element_vr in (b"OB", b"OW"):
+            return struct.pack("<HH2sxxL", tag >> 16, tag & 0xFFFF, element_vr,
+                               len(value)) + value
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, element_vr, len(value)) + value
+
+    for charset, value, text in ((b"", b"PID1", "PID1"),
+                                 (b"ISO_IR 192", "Müller".encode(), "Müller"),
+                                 (b"\\ISO 2022 IR 87", b"\x1b$B;3ED\x1b(B", "山田")):
+        data = memoryview(
+            (element(0x00080005, b"CS", charset) if charset else b"")
+            + element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0")
+            + element(0x00080018, b"UI", b"1.2.3.4") + element(0x00081030, vr, value)
+            + element(0x00100020, vr, value)
+            + element(0x0020000D, b"UI", b"1.2.3.1") + element(0x0020000E, b"UI", b"1.2.3.2"))
+        attrs = InstanceAttributes.from_header(read(data, pydicom.uid.ExplicitVRLittleEndian))
+        assert (attrs.patient_id, attrs.study_description) == (text, text), charset
