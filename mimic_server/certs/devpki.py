@@ -22,6 +22,7 @@ none (echo and store).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -76,7 +77,6 @@ def _key() -> rsa.RSAPrivateKey:
 
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -84,9 +84,25 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     )
     # A new file (mkstemp: O_EXCL, mode 0600) renamed into place: opening an existing file
     # with O_TRUNC would keep its mode, and a key copied in at 0644 stay readable by all.
+    _write_whole(path, data, 0o600)
+
+
+def _write_certs(path: Path, *certs: x509.Certificate) -> None:
+    # Public: readable by all, as a certificate handed to a modality's administrator is.
+    _write_whole(path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
+                 0o644)
+
+
+def _write_whole(path: Path, data: bytes, mode: int) -> None:
+    """``data`` as a new file of ``mode``, fsynced, renamed over ``path``, the rename made
+    durable: ``path`` holds all of it or is as it was, whatever stops the write (a full
+    disk, a kill, a power loss). Written in place, a certificate cut short stayed behind
+    beside its key: ``init`` took the pair as made, and the server could not start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -94,11 +110,24 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
-def _write_certs(path: Path, *certs: x509.Certificate) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+def _write_pair(key_path: Path, key: rsa.RSAPrivateKey, cert_path: Path,
+                *certs: x509.Certificate) -> None:
+    """The key, then its certificate; the key removed again if the certificate cannot be
+    written, so that the next ``init`` makes the pair anew instead of refusing a key
+    without its certificate (only a crash between the two leaves that, and is said)."""
+    _write_key(key_path, key)
+    try:
+        _write_certs(cert_path, *certs)
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
 
 
 def _builder(
@@ -169,8 +198,7 @@ def _create_ca(directory: Path) -> None:
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_key(directory / "ca" / "ca.key", key)
-    _write_certs(directory / "ca" / "ca.pem", cert)
+    _write_pair(directory / "ca" / "ca.key", key, directory / "ca" / "ca.pem", cert)
 
 
 def _leaf(
@@ -264,8 +292,7 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
             825,
             server_names(),
         )
-        _write_key(server_key, key)
-        _write_certs(server_cert, cert, ca)
+        _write_pair(server_key, key, server_cert, cert, ca)
         created = True
     client = None
     if first_client:
@@ -332,8 +359,12 @@ def issue_client(
             f"{ca.not_valid_after_utc.date().isoformat()}): at most {left} days"
         )
     cert, key = _leaf(ca, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
-    _write_key(target / "client.key", key)
-    _write_certs(target / "client.pem", cert)
+    try:
+        _write_pair(target / "client.key", key, target / "client.pem", cert)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.rmdir()  # made for this client, empty again: the name stays free
+        raise
     trust(directory, name, cert, titles, rule)
     return IssuedClient(name, target / "client.pem", target / "client.key", titles)
 
@@ -358,15 +389,12 @@ def trust(
     trusted.mkdir(parents=True, exist_ok=True)
     binding = trusted / f"{name}.json"
     if ae_titles or rule:
-        tmp = trusted / f".{name}.json.tmp"
-        tmp.write_text(json.dumps({"ae_titles": list(ae_titles), **(rule or {})}, indent=2))
-        os.replace(tmp, binding)
+        _write_whole(binding, json.dumps(
+            {"ae_titles": list(ae_titles), **(rule or {})}, indent=2).encode(), 0o644)
     else:
         binding.unlink(missing_ok=True)
     path = trusted / f"{name}.pem"
-    tmp = trusted / f".{name}.pem.tmp"
-    _write_certs(tmp, cert)
-    os.replace(tmp, path)  # the watcher never sees half a file
+    _write_certs(path, cert)  # renamed into place: the watcher never sees half a file
     return path
 
 

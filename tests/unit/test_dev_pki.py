@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import shutil
+import signal
+import ssl
+import subprocess
+import sys
 from datetime import datetime, tzinfo
 from pathlib import Path
 
@@ -317,3 +322,47 @@ def test_a_revoked_entry_whose_binding_no_longer_reads_is_still_listed(certs: Pa
     kept = DirectorySource(certs).revoked()
 
     assert [(t.name, t.ae_titles) for t in kept] == [(devpki.FIRST_CLIENT, frozenset())]
+
+
+def test_a_certificate_cut_short_by_a_full_disk_is_never_taken_as_made(tmp_path: Path) -> None:
+    """``certs init`` whose disk fills while it writes the server's chain (a file size
+    limit of 2 KiB here: the keys and the CA's certificate fit, the chain does not) fails;
+    the next ``init`` then makes a server certificate that loads. The chain used to be
+    written in place: 2 KiB of it stayed beside its key, the next ``init`` took the pair
+    as made (exit 0), and the server could not load it (PEM bad end line)."""
+    certs = tmp_path / "certs"
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as ENOSPC, not a signal
+
+    full = subprocess.run(
+        [sys.executable, "-m", "mimic_server", "certs", "init", "--cert-dir", str(certs)],
+        preexec_fn=small_disk, capture_output=True, text=True, timeout=120,
+    )
+    assert full.returncode != 0, full.stdout
+    assert not [p.name for p in (certs / "server").iterdir()]  # no key left alone
+
+    again = certs_command("init", "--cert-dir", str(certs))
+
+    assert again.exit_code == 0, again.output
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs / "server" / "server.pem", certs / "server" / "server.key")
+    assert (certs / "server" / "server.pem").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_client_whose_certificate_cannot_be_written_may_be_issued_again(
+    certs: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def disk_full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(devpki, "_write_certs", disk_full)
+        with pytest.raises(OSError):
+            devpki.issue_client(certs, "ct2")
+    assert not (certs / "clients" / "ct2").exists()
+
+    issued = devpki.issue_client(certs, "ct2")
+
+    assert issued.cert.exists() and issued.key.exists()
