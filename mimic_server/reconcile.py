@@ -72,6 +72,9 @@ class Report:
     foreign: list[str] = field(default_factory=list)
     #: Drift that went away by itself before it was fixed (a concurrent C-STORE, a restore).
     resolved: int = 0
+    #: Objects ``fix`` was to delete and the store refused to (an immutability policy, a
+    #: read-only or failing disk): left in the store, drift for the next run.
+    undeleted: list[str] = field(default_factory=list)
 
     @property
     def drift(self) -> int:
@@ -80,7 +83,10 @@ class Report:
     @property
     def remaining(self) -> int:
         fixed = len(self.deleted_orphans) + len(self.removed_instances) + self.resolved
-        return self.drift - fixed
+        # An undeleted orphan was never counted fixed; the bad object of a removed row was
+        # (its row is gone), yet it is left in the store: an orphan now, still drift.
+        orphans = set(self.orphans)
+        return self.drift - fixed + sum(1 for key in self.undeleted if key not in orphans)
 
     def as_dict(self, with_keys: bool) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -93,6 +99,7 @@ class Report:
             "foreign_files": len(self.foreign),
             "deleted_orphans": len(self.deleted_orphans),
             "removed_instances": len(self.removed_instances),
+            "undeleted_objects": len(self.undeleted),
             "remaining": self.remaining,
         }
         if with_keys:
@@ -102,6 +109,7 @@ class Report:
             result["unreadable"] = [_ref(r) for r in self.unreadable]
             result["foreign"] = self.foreign
             result["removed"] = self.removed_instances
+            result["undeleted"] = self.undeleted
         return result
 
 
@@ -227,7 +235,7 @@ def _fix(
                 reason=f"reconcile removed an instance whose object is {state}",
             )
             log.warning("instance removed from the index: its object is missing or corrupt")
-            store.delete(ref.object_key)  # corrupt bytes serve nobody; versions keep them
+            _delete(store, ref.object_key, report)  # corrupt bytes serve nobody
         else:
             report.resolved += 1  # the row was switched to new bytes meanwhile
     if report.orphans and settle_seconds > 0:
@@ -236,7 +244,8 @@ def _fix(
         if maintenance.refers_to(engine, key):
             report.resolved += 1  # its C-STORE committed after all
             continue
-        store.delete(key)
+        if not _delete(store, key, report):
+            continue
         report.deleted_orphans.append(key)
         audit_log.record(
             audit.INSTANCES_ACCESSED, audit.SUCCESS, action_code="D",
@@ -244,6 +253,23 @@ def _fix(
             studies=_studies(key), object_key=key,
             reason="reconcile deleted an object no index row refers to",
         )
+
+
+def _delete(store: ObjectStore, key: str, report: Report) -> bool:
+    """Delete one object; a store that refuses (a locked immutability policy keeps orphans
+    until their retention ends, deploy.md) leaves it as drift, and the run goes on to the
+    next object and its report instead of ending at the first (exit 2, nothing printed)."""
+    try:
+        store.delete(key)
+    except (OutOfResources, OSError) as exc:
+        # The key holds UIDs (patient data): named at DEBUG only; --json lists it.
+        log.warning("object could not be deleted: left in the store",
+                    extra={"error": str(exc) if isinstance(exc, OutOfResources)
+                           else type(exc).__name__})
+        log.debug("undeleted object key", extra={"key": key})
+        report.undeleted.append(key)
+        return False
+    return True
 
 
 def _studies(object_key: str) -> list[str]:

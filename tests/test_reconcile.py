@@ -337,3 +337,68 @@ def test_fix_keeps_instances_whose_objects_cannot_be_read(
         trail.close()
         engine.dispose()
         store.store.close()
+
+
+class _UndeletableStore:
+    """The file store of ``data_dir``, refusing to delete ``keys``: a container under a
+    locked immutability policy (deploy.md: reconcile cannot delete orphans until retention
+    ends), an immutable or read-only file."""
+
+    def __init__(self, data_dir: Path, keys: set[str]) -> None:
+        self.store = open_object_store(Settings(data_dir=data_dir))
+        self.keys = keys
+
+    def delete(self, key: str) -> None:
+        if key in self.keys:
+            raise OutOfResources("blob store delete failed: BlobImmutableDueToPolicy")
+        self.store.delete(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_fix_goes_on_past_objects_the_store_will_not_delete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A delete the store refuses ended ``--fix`` at that object: a traceback (a file's
+    PermissionError) or exit 2 (Blob Storage), with the orphans after it never looked at and
+    no report of the rows already removed. Each refused object is now left as drift (exit
+    1, listed under ``undeleted``), and the run goes on."""
+    data = tmp_path / "data"
+    (uid_corrupt, key_corrupt), _ = _archive(data, 2)
+    objects = data / "objects"
+    (objects / key_corrupt).write_bytes(b"bit rot")
+    kept, deleted = ("ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm",
+                     "ab/1.2/1.2.3/1.2.3.5.0000000000000000.dcm")
+    (objects / kept).parent.mkdir(parents=True)
+    for orphan in (kept, deleted):
+        (objects / orphan).write_bytes(b"put, never indexed")
+    store = _UndeletableStore(data, {kept, key_corrupt})
+    engine, _ = open_index(Settings(data_dir=data))
+    try:
+        with caplog.at_level(logging.INFO, logger="mimic_server.reconcile"):
+            report = reconcile(store, engine, fix=True, settle_seconds=0)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+        store.store.close()
+
+    assert report.removed_instances == [uid_corrupt]
+    assert report.deleted_orphans == [deleted] and not (objects / deleted).exists()
+    assert sorted(report.undeleted) == sorted([key_corrupt, kept])
+    assert (objects / kept).exists() and (objects / key_corrupt).exists()
+    assert report.remaining == 2  # exit 1: both objects are still to be deleted
+    assert report.as_dict(with_keys=False)["undeleted_objects"] == 2
+    said = [r for r in caplog.records if r.getMessage().startswith("object could not be")]
+    assert len(said) == 2 and all(uid_corrupt not in str(vars(r)) for r in said)
+
+
+def test_a_file_the_store_cannot_delete_is_out_of_resources(tmp_path: Path) -> None:
+    """The store's contract: OutOfResources for a failure to delete, not the OSError."""
+    store = open_object_store(Settings(data_dir=tmp_path))
+    try:
+        key = "ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm"
+        (tmp_path / "objects" / key).mkdir(parents=True)  # unlink(2) gives EISDIR
+        with pytest.raises(OutOfResources, match="object store delete failed"):
+            store.delete(key)
+    finally:
+        store.close()  # type: ignore[attr-defined]

@@ -356,8 +356,14 @@ class FilesystemStore:
             raise OutOfResources(f"object store read failed: {exc.strerror}") from exc
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # The store's contract (EPERM of an immutable file, EROFS, EIO): callers
+            # (reconcile, the ingest's clean-up) handle OutOfResources, not every OSError.
+            raise OutOfResources(f"object store delete failed: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
