@@ -146,17 +146,18 @@ def _file_of(engine: Engine) -> str:
 
 
 def open_object_store(settings: Settings, credential: Any = None,
-                      warn: bool = True) -> ObjectStore:
+                      warn: bool = True, *, writable: bool = True) -> ObjectStore:
     """Blob Storage when an account URL or connection string is set, else files.
 
     ``credential`` signs Blob requests when there is no connection string; when it is needed
     and not given, a DefaultAzureCredential is made here (maintenance commands). ``warn``:
     say so when the object directory's file system needs a check after a crash (once per
-    server: the supervisor says it, not each worker)."""
+    server: the supervisor says it, not each worker). ``writable=False``: an object
+    directory that is only read (a reconcile report, of a read-only copy too)."""
     if settings.uses_blob_storage:
         return _blob_store(settings, credential)
     try:
-        store = FilesystemStore(settings.objects_dir)
+        store = FilesystemStore(settings.objects_dir, writable=writable)
     except OSError as exc:
         raise ConfigurationError(
             f"object directory {settings.objects_dir} unusable: {exc}"

@@ -464,8 +464,8 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
     logs.configure(settings.log_level, settings.log_format)
     engine, audit_log = None, AuditLog(None)
     try:
-        store = open_object_store(settings)
-        engine, _ = open_index(settings, writable=fix)  # a report only reads
+        store = open_object_store(settings, writable=fix)  # a report only reads,
+        engine, _ = open_index(settings, writable=fix)  # and may check a read-only copy
         if fix:  # the same trail as 'mimic serve' (the table on PostgreSQL)
             audit_log = open_audit_trail(settings, engine)
         report = run(

@@ -27,6 +27,7 @@ from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.models import Instance, Series
 from mimic_server.reconcile import reconcile
 from mimic_server.security.audit import AuditLog
+from mimic_server.storage.filesystem import _TMP
 from mimic_server.storage.keys import new_object_key
 from tests.data import ct_small
 from tests.test_cli import mimic
@@ -402,3 +403,21 @@ def test_a_file_the_store_cannot_delete_is_out_of_resources(tmp_path: Path) -> N
             store.delete(key)
     finally:
         store.close()  # type: ignore[attr-defined]
+
+
+def test_a_report_writes_nothing_into_the_object_directory(tmp_path: Path) -> None:
+    """Operator guide: a report without ``--fix`` only reads, and may check a read-only
+    copy. It made ``.incoming/<id>/`` with spare files and a lock there, and left them."""
+    data = tmp_path / "data"
+    _archive(data, 2)
+    objects = data / "objects"
+    before = sorted(p.relative_to(objects) for p in objects.rglob("*")
+                    if _TMP not in p.relative_to(objects).parts)
+    for leftover in sorted((objects / _TMP).rglob("*"), reverse=True):
+        leftover.rmdir() if leftover.is_dir() else leftover.unlink()
+    (objects / _TMP).rmdir()
+
+    code, report = _reconcile(data)
+
+    assert code == 0 and report["instances"] == 2
+    assert sorted(p.relative_to(objects) for p in objects.rglob("*")) == before

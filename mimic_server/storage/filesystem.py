@@ -76,14 +76,25 @@ class FilesystemStore:
     #: The index keeps each object's SHA-256; a file has nowhere of its own to keep it.
     records_sha256 = False
 
-    def __init__(self, root: Path, fsync: bool = True, spare_files: int = 16) -> None:
+    def __init__(self, root: Path, fsync: bool = True, spare_files: int = 16, *,
+                 writable: bool = True) -> None:
+        """``writable=False``: reads only (``mimic reconcile`` without ``--fix``), so that a
+        read-only copy can be checked: nothing is created or swept in ``root``, and
+        :meth:`put` and :meth:`delete` raise OutOfResources."""
         self.root = root
         self.fsync = fsync
+        self.writable = writable
         incoming = root / _TMP
-        incoming.mkdir(parents=True, exist_ok=True)
         self._incoming = incoming
-        self._lock, self._tmp = _claim_incoming(incoming)
-        self.sweep_incoming()
+        if writable:
+            incoming.mkdir(parents=True, exist_ok=True)
+            self._lock, self._tmp = _claim_incoming(incoming)
+            self.sweep_incoming()
+        else:
+            if not root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "no object directory", str(root))
+            self._lock, self._tmp = None, incoming / "-"  # a name no listing yields
+            spare_files = 0
         self._spare_target = spare_files
         self._spares: deque[Path] = deque()
         self._spares_lock = threading.Lock()
@@ -140,6 +151,8 @@ class FilesystemStore:
         self._refill_wanted.set()
         with self._spares_lock:
             self._spares.clear()
+        if self._lock is None:  # read-only: nothing of ours in the directory
+            return
         _remove_tree(self._tmp)
         with contextlib.suppress(FileNotFoundError):
             self._lock_path.unlink()
@@ -193,6 +206,8 @@ class FilesystemStore:
 
     def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
         path = self._path(key)
+        if not self.writable:
+            raise OutOfResources("object store opened read-only")
         tmp: Path | None = None
         spare: Path | None = None
         named: int | None = None  # the descriptor of a spool file given a name here
@@ -356,6 +371,8 @@ class FilesystemStore:
             raise OutOfResources(f"object store read failed: {exc.strerror}") from exc
 
     def delete(self, key: str) -> None:
+        if not self.writable:
+            raise OutOfResources("object store opened read-only")
         try:
             self._path(key).unlink()
         except FileNotFoundError:

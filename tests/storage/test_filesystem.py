@@ -282,3 +282,29 @@ def test_check_refuses_a_full_file_system(
         store.check()
     finally:
         store.close()
+
+
+def test_a_read_only_store_reads_and_writes_nothing(tmp_path: Path) -> None:
+    """``mimic reconcile`` without ``--fix`` opens the store so: a read-only copy of the
+    object directory (a backup, a read-only mount) can be checked. Every store claimed a
+    temporary directory and its lock in ``.incoming`` first: EROFS, 'object directory
+    unusable', exit 2."""
+    writer = FilesystemStore(tmp_path)
+    writer.put("ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm", [b"object"], None)
+    writer.close()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    reader = FilesystemStore(tmp_path, writable=False)
+    try:
+        assert list(reader.iter_keys()) == ["ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm"]
+        with reader.open("ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm") as fh:
+            assert fh.read() == b"object"
+        with pytest.raises(OutOfResources):
+            reader.put("ab/1.2/1.2.3/1.2.3.5.0000000000000000.dcm", [b"x"], None)
+        with pytest.raises(OutOfResources):
+            reader.delete("ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm")
+    finally:
+        reader.close()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    with pytest.raises(OSError):
+        FilesystemStore(tmp_path / "absent", writable=False)
