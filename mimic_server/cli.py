@@ -626,4 +626,6 @@ def users_add(name: str, path: str, roles: tuple[str, ...], passcode: str) -> No
         add_user(Path(path), name, passcode, list(roles))
     except (ValueError, UsersFileError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only directory: the file is as it was
+        _fail(f"{path}: {exc.strerror or type(exc).__name__}; the file is unchanged")
     click.echo(f"user {name} written to {path}")

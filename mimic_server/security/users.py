@@ -14,6 +14,8 @@ same for an unknown user as for a known one, so that timing does not tell which 
 
 from __future__ import annotations
 
+import os
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,5 +118,26 @@ def add_user(path: Path, name: str, passcode: str, roles: list[str]) -> None:
     for user in users.values():
         lines += [f'[users."{user.name}"]', f'passcode = "{user.passcode_hash}"',
                   "roles = [" + ", ".join(f'"{r}"' for r in sorted(user.roles)) + "]", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    path.chmod(0o600)
+    _replace_whole(path, "\n".join(lines).encode("utf-8"))
+
+
+def _replace_whole(path: Path, data: bytes) -> None:
+    """``data`` as a new file of mode 0600, fsynced and renamed over ``path``, the rename
+    made durable. The file was rewritten in place: a full disk (or a crash) midway left it
+    cut short, not TOML any more, and the server (which reads it again when it changes)
+    then refused every user; a sign-in during the rewrite read half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
