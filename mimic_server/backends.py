@@ -155,7 +155,7 @@ def open_object_store(settings: Settings, credential: Any = None,
     server: the supervisor says it, not each worker). ``writable=False``: an object
     directory that is only read (a reconcile report, of a read-only copy too)."""
     if settings.uses_blob_storage:
-        return _blob_store(settings, credential)
+        return _blob_store(settings, credential, writable=writable)
     try:
         store = FilesystemStore(settings.objects_dir, writable=writable)
     except OSError as exc:
@@ -170,7 +170,8 @@ def open_object_store(settings: Settings, credential: Any = None,
     return store
 
 
-def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
+def _blob_store(settings: Settings, credential: Any = None, *,
+                writable: bool = True) -> ObjectStore:
     # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
     from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
 
@@ -188,6 +189,9 @@ def _blob_store(settings: Settings, credential: Any = None) -> ObjectStore:
         timeout=settings.blob_timeout,
         connections=settings.blob_connections or settings.max_associations,
     )
+    # Only a store that writes creates its container: an identity that may only read and
+    # list (Storage Blob Data Reader) was refused the create, and so its reconcile report.
     return AzureBlobStore(
-        service, settings.blob_container, create_container=settings.blob_create_container
+        service, settings.blob_container,
+        create_container=settings.blob_create_container and writable,
     )

@@ -134,3 +134,33 @@ def test_client_verifies_against_the_bundle_of_the_environment(
     transport = service._pipeline._transport
     assert transport.session.trust_env is False
     assert transport.connection_config.verify == "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_a_store_that_only_reads_opens_with_a_read_and_list_credential(azurite: Azurite) -> None:
+    """``mimic reconcile`` without ``--fix`` only reads: with an identity that may read and
+    list (Storage Blob Data Reader; an account SAS ``rl`` here) it opens the container. The
+    store tried to create the container first, and the service's 403 ended it (exit 2,
+    'blob container unusable')."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from mimic_server.backends import open_object_store
+    from mimic_server.errors import ConfigurationError
+    from tests.azurite import ACCOUNT, ACCOUNT_KEY
+
+    container = f"ro{uuid.uuid4().hex[:12]}"
+    AzureBlobStore(blob_service_client(connection_string=azurite.connection_string),
+                   container).put("ab/1.2/1.3/1.4.0000000000000000.dcm", [b"x"], "00")
+    sas = generate_account_sas(
+        ACCOUNT, ACCOUNT_KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, list=True), datetime.now(UTC) + timedelta(hours=1))
+    reader = Settings(blob_connection_string=(
+        f"DefaultEndpointsProtocol=http;BlobEndpoint=http://127.0.0.1:{azurite.port}/"
+        f"{ACCOUNT};SharedAccessSignature={sas}"), blob_container=container)
+
+    store = open_object_store(reader, writable=False)
+
+    assert list(store.iter_keys()) == ["ab/1.2/1.3/1.4.0000000000000000.dcm"]
+    with pytest.raises(ConfigurationError):  # a store that writes still creates it
+        open_object_store(reader)
