@@ -560,11 +560,13 @@ def _audit_log_used(settings: Settings, engine: Any, selection: Any) -> None:
         user = f"uid {os.getuid()}"
     try:
         audit_log = open_audit_trail(settings, engine)
-    except OSError as exc:
+    except (OSError, ConfigurationError) as exc:
         # An auditor's account may read the trail and not write it (a read-only mount, a
-        # copy): the records are listed all the same, and the miss said.
+        # copy), nor read the archive's key the audit repository is shown: the records are
+        # listed all the same, and the miss said.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         click.echo(f"mimic: this reading of the audit trail could not be recorded "
-                   f"({type(exc).__name__}: {exc.strerror or exc})", err=True)
+                   f"({type(exc).__name__}: {reason})", err=True)
         return
     try:
         uri = ("urn:mimic:audit_events" if engine is not None

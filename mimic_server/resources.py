@@ -48,10 +48,36 @@ def open_audit_trail(
         table = AuditTable(engine)
         sinks.append(table)
     if settings.audit_syslog_host:
-        sinks.append(_syslog_sink(settings, bundle))
+        sinks.append(_syslog_sink(settings, bundle or _own_certificate(settings)))
     archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
     return AuditLog(None if table is not None else settings.audit_path, sinks=sinks,
                     archive=archive, transactional=table)
+
+
+def _own_certificate(settings: Settings) -> CertBundle | None:
+    """The archive's own certificate and key, read from where ``mimic serve`` reads them (the
+    certificate directory or Key Vault), when the audit repository is to be shown them: its
+    host set, no client certificate of its own, TLS on. ``mimic serve`` hands its bundle in;
+    ``mimic web``, ``mimic audit`` and ``mimic reconcile`` have none at hand, and refused
+    the documented default ("TLS is off": ``mimic web`` exit 2, ``mimic audit`` a
+    traceback, its reading unrecorded and nothing listed)."""
+    s = settings
+    if not s.audit_syslog_host or s.audit_syslog_client_cert is not None or not s.tls:
+        return None
+    if s.keyvault_url:
+        from azure.identity import DefaultAzureCredential
+
+        from mimic_server.certs.keyvault import KeyVaultSource
+
+        source: Any = KeyVaultSource(
+            s.keyvault_url, DefaultAzureCredential(), s.keyvault_server_cert,
+            verify_challenge_resource=s.keyvault_verify_challenge_resource,
+        )
+    else:
+        from mimic_server.certs.directory import DirectorySource
+
+        source = DirectorySource(s.certificate_dir)
+    return source.load()  # ConfigurationError, naming what, when it cannot be read
 
 
 def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:

@@ -14,10 +14,12 @@ from tests.support import HOST, free_port, write_cert
 class SyslogTlsReceiver:
     """``close_after``: the first connection is closed once it has carried that many
     messages, as a repository (or a load balancer before it) closes a connection it finds
-    idle; later ones stay open."""
+    idle; later ones stay open. ``client_cas``: more CA files whose client certificates it
+    accepts (the archive's own CA, for its server certificate as the client's)."""
 
     def __init__(self, directory: Path, port: int | None = None,
-                 close_after: int | None = None) -> None:
+                 close_after: int | None = None,
+                 client_cas: tuple[Path, ...] = ()) -> None:
         self.ca = write_cert(directory, "audit-ca", ca=True)
         self.server_cert = write_cert(directory, "audit-repository", server=True,
                                       issuer=(self.ca[2], self.ca[3]))
@@ -27,6 +29,7 @@ class SyslogTlsReceiver:
         self.messages: list[bytes] = []
         self.peers: list[str] = []
         self.close_after = close_after
+        self.client_cas = client_cas
         #: Connections this receiver closed on its own (``close_after``).
         self.closed = 0
         self._server: socket.socket | None = None
@@ -42,6 +45,8 @@ class SyslogTlsReceiver:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.server_cert[0]), str(self.server_cert[1]))
         context.load_verify_locations(cafile=str(self.ca[0]))
+        for ca in self.client_cas:
+            context.load_verify_locations(cafile=str(ca))
         context.verify_mode = ssl.CERT_REQUIRED
         self._stop.clear()
         server = socket.create_server((HOST, self.port))

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -387,3 +388,90 @@ def test_reading_the_audit_trail_is_audited(tmp_path: Path) -> None:
     validate(used[0]["xml"])
     assert "filter: event=110100" in used[0]["xml"] and 'EventActionCode="R"' in used[0]["xml"]
     assert (data / "audit.jsonl").as_uri() in used[0]["xml"]
+
+
+def _repository_of_the_dev_pki(tmp_path: Path) -> tuple[Path, Any, dict[str, str]]:
+    """A data directory with the development PKI, an audit repository that accepts its server
+    certificate as a client's, and the settings that name the repository with no client
+    certificate of its own: the documented default, the archive's own certificate."""
+    from tests.syslog_double import SyslogTlsReceiver
+
+    data = tmp_path / "data"
+    init = mimic("certs", "init", "--data-dir", str(data))
+    assert init.returncode == 0, init.stderr
+    receiver = SyslogTlsReceiver(tmp_path / "repository",
+                                 client_cas=(data / "certs" / "ca" / "ca.pem",)).start()
+    env = {"MIMIC_AUDIT_SYSLOG_HOST": HOST, "MIMIC_AUDIT_SYSLOG_PORT": str(receiver.port),
+           "MIMIC_AUDIT_SYSLOG_CA_FILE": str(receiver.ca[0]),
+           "MIMIC_AUDIT_SYSLOG_SERVER_NAME": "localhost"}
+    return data, receiver, env
+
+
+def test_audit_with_a_repository_shows_it_the_archive_s_own_certificate(tmp_path: Path) -> None:
+    """``mimic audit`` with an audit repository and no client certificate setting (the
+    archive's own is the default) ended in a traceback, "needs a client certificate ... TLS
+    is off", listing nothing and recording nothing: it now lists, and its Audit Log Used
+    goes to the repository over TLS with the archive's server certificate."""
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+    from tests.support import wait_for
+
+    data, receiver, env = _repository_of_the_dev_pki(tmp_path)
+    try:
+        trail = AuditLog(data / "audit.jsonl")
+        trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+        trail.close()
+        result = mimic("audit", "--json", "--event", "110100", "--data-dir", str(data), env=env)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["110100"]
+        assert wait_for(lambda: any(b"Audit Log Used" in m for m in receiver.messages))
+        assert receiver.peers == ["MIMIC server"]
+    finally:
+        receiver.stop()
+
+
+def test_mimic_audit_lists_when_the_repository_s_certificate_cannot_be_read(
+    tmp_path: Path,
+) -> None:
+    """An auditor's account that cannot read the archive's key (shown to the repository) still
+    gets the listing, and is told its reading could not be recorded: not a traceback."""
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+
+    data = tmp_path / "data"
+    trail = AuditLog(data / "audit.jsonl")
+    trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+    trail.close()
+    result = mimic("audit", "--json", "--data-dir", str(data), env={
+        "MIMIC_AUDIT_SYSLOG_HOST": HOST, "MIMIC_AUDIT_SYSLOG_PORT": str(free_port()),
+        "MIMIC_CERT_DIR": str(tmp_path / "no-certs")})
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["110100"]
+    assert "could not be recorded (ConfigurationError: cannot read the server certificate" \
+        in result.stderr
+
+
+def test_mimic_web_starts_with_a_repository_and_the_archive_s_own_certificate(
+    tmp_path: Path,
+) -> None:
+    """``mimic web`` refused to start (exit 2, "TLS is off, there is no server certificate")
+    when the audit repository used the default client certificate, the archive's own; its
+    records now reach the repository with that certificate."""
+    import urllib.request
+
+    from tests.support import wait_for
+    from tests.web_support import WebProcess
+
+    data, receiver, env = _repository_of_the_dev_pki(tmp_path)
+    web = WebProcess(data, None, policy=None, web_auth="none",
+                     **{k.removeprefix("MIMIC_").lower(): v for k, v in env.items()})
+    try:
+        web.start()
+        with urllib.request.urlopen(f"{web.url}/studies", timeout=30) as response:
+            assert response.status in (200, 204)
+        assert wait_for(lambda: any(b"110112" in m for m in receiver.messages), timeout=15)
+        assert receiver.peers == ["MIMIC server"]
+    finally:
+        assert web.stop() == 0, web.log()
+        receiver.stop()
