@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from mimic_server.security.audit import AuditLog
 
 _SUCCESS = {0x0000, 0xFF00, 0xFF01}
+_PENDING = {0xFF00, 0xFF01}
 
 
 def participants(event: Any, session: Session | None) -> dict[str, Any]:
@@ -61,8 +62,13 @@ def participants(event: Any, session: Session | None) -> dict[str, Any]:
 
 
 def outcome_of(status: int) -> int:
+    """0 success, 4 refused or cancelled, 8 out of resources or unexpected (conformance
+    section 6). Cancel (0xFE00) is the requestor's doing: it was 8, caught by the
+    "unexpected" range above 0xC100."""
     if status in _SUCCESS:
         return audit.SUCCESS
+    if status == Status.CANCEL:
+        return audit.MINOR_FAILURE
     if status & 0xFF00 == 0xA700 or status >= 0xC100:  # out of resources, unexpected
         return audit.SERIOUS_FAILURE
     return audit.MINOR_FAILURE
@@ -71,17 +77,27 @@ def outcome_of(status: int) -> int:
 def audited_find(handler: Callable[..., Iterator[Any]],
                  audit_log: AuditLog) -> Callable[..., Iterator[Any]]:
     """One Query message per C-FIND, with the Identifier as received (base64) and its SOP
-    Class and transfer syntax, when the C-FIND ends."""
+    Class and transfer syntax, when the C-FIND ends, with its final status.
+
+    pynetdicom stops asking for items once the handler has yielded a final status (a
+    refusal, Cancel) and drops the generator, which closes it: that is no cancel. Taken
+    for one, every refused C-FIND (0x0124, 0xA900, 0xC000, the limits' 0xA700) was
+    recorded as 0xFE00, outcome 8. After the last Pending pynetdicom answers Success
+    itself: the record said 0xFF00."""
 
     @functools.wraps(handler)
     def find(event: Any, *args: Any) -> Iterator[Any]:
-        status = Status.SUCCESS
+        status, final = Status.SUCCESS, False
         try:
             for item in handler(event, *args):
                 status = _status(item, status)
+                final = final or status not in _PENDING
                 yield item
-        except GeneratorExit:  # the association went away mid-answer
-            status = Status.CANCEL
+            if not final:  # pynetdicom answers Success after the matches
+                status = Status.SUCCESS
+        except GeneratorExit:
+            if not final:  # the association went away mid-answer
+                status = Status.CANCEL
             raise
         except Exception:
             status = 0xC311  # answered by guarded_stream

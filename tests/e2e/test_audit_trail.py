@@ -337,6 +337,34 @@ def test_a_control_character_in_a_patients_name_loses_no_record(
     assert patient.findtext("ParticipantObjectName") == "EVIL\ufffd^HIDDEN"
 
 
+def test_a_refused_find_s_query_record_says_refused_not_cancelled(tmp_path: Path) -> None:
+    """Each C-FIND's Query record carries its final status: pynetdicom drops the handler
+    after a refusal, which was recorded as a cancel (0xFE00, outcome 8), and a C-FIND
+    answered with matches as 0xFF00, its last Pending."""
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind as FIND,
+    )
+
+    server = MimicProcess(tmp_path / "data").start()
+    try:
+        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                      server.ca_cert),
+                          contexts=["1.2.840.10008.5.1.4.1.1.2", FIND])
+        assert assoc.send_c_store(ct_small()).Status == 0
+        finals = []
+        for keys in ({"StudyDate": ""}, {"StudyDate": "not a date"}, {"QueryRetrieveLevel": "X"}):
+            identifier = _id("STUDY", **keys)
+            finals.append(list(assoc.send_c_find(identifier, FIND))[-1][0].Status)
+        assoc.release()
+    finally:
+        assert server.stop() == 0, server.log()
+    assert finals == [0x0000, 0xC000, 0xA900]
+    queries = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").open()
+               if '"event":"110112"' in line]
+    assert [(q["status"], q["outcome"]) for q in queries] == [
+        ("0x0000", 0), ("0xC000", 4), ("0xA900", 4)]
+
+
 def test_postgresql_kill_in_mid_association_keeps_every_acknowledged_store_audited(
     pg_url: str, tmp_path: Path,
 ) -> None:
