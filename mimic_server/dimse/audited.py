@@ -50,13 +50,16 @@ _PENDING = {0xFF00, 0xFF01}
 
 
 def participants(event: Any, session: Session | None) -> dict[str, Any]:
-    """The requestor as audit details: address, certificate, trust entry, AE titles, user."""
+    """The requestor as audit details: address, certificate, trust entry, AE titles, user
+    (by name, as the login and the C-STORE records name it: the object itself was written
+    as its repr, roles and all, into the user field and the message's UserID)."""
     details: dict[str, Any] = {"called_ae": _called(event)}
     if session is not None:
+        user = getattr(session, "user", None)
         details.update(
             peer=session.peer_address, identity=session.identity.label,
             trust_name=session.identity.trust_name, calling_ae=session.calling_ae_title,
-            user=getattr(session, "user", None),
+            user=user.name if user is not None else None,
         )
     return details
 

@@ -209,3 +209,21 @@ def test_username_only_is_refused(setup: Setup, tmp_path: Path) -> None:
     item.primary_field = b"jdoe"
     assoc = setup.associate("ct", item)
     assert assoc.is_rejected
+
+
+def test_a_user_s_query_names_the_user(setup: Setup) -> None:
+    """The Query record of a user's C-FIND names the user as the login did: ``jdoe``. It
+    named ``AssociationUser(name='jdoe', roles=frozenset({'Radiologist'}), ...)``, in its
+    user field and in the message's UserID (and so did C-MOVE and C-GET records)."""
+    from pydicom.dataset import Dataset
+
+    assoc = setup.associate("reader", passcode_item("jdoe", "correct horse battery"))
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3.4.5.6.7.8.9.11"
+    assert [status.Status for status, _ in assoc.send_c_find(identifier, FIND)] == [0]
+    assoc.release()
+    queries = [r for r in setup.audit() if r["event"] == "110112"]
+    assert queries and queries[-1]["user"] == "jdoe"
+    assert 'UserID="jdoe"' in queries[-1]["xml"] and "AssociationUser" not in queries[-1]["xml"]
