@@ -185,9 +185,12 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 yield item
                 if announced is not None:  # asked for the first object: the transfer begins
                     began = True
+                    patient = _one_patient(announced)
                     audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
                                      studies=_studies_of(announced),
-                                     instances=len(announced), **details)
+                                     instances=len(announced),
+                                     patient_id=patient[0] if patient else None,
+                                     patient_name=patient[1] if patient else None, **details)
                     announced = None
             if pending is not None:
                 failed += _tally(pending, sent, patients)
@@ -248,6 +251,15 @@ def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
         study = study_of_key(ref.object_key) or "unknown"
         studies.setdefault(study, Counter())[ref.sop_class_uid] += 1
     return {uid: dict(classes) for uid, classes in studies.items()}
+
+
+def _one_patient(refs: list[InstanceRef]) -> tuple[str, str] | None:
+    """The patient (ID, name) of the matches as the index files them, when they are one
+    patient's: PS3.15 A.5.3.3 wants the Patient in a Begin Transferring DICOM Instances
+    (one patient per message), which named none. Matches of several patients name none,
+    as their DICOM Instances Transferred does."""
+    patients = {(ref.patient_id, ref.patient_name) for ref in refs}
+    return next(iter(patients)) if len(patients) == 1 else None
 
 
 def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:

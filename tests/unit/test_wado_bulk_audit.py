@@ -101,3 +101,26 @@ def test_a_rendering_that_fails_unexpectedly_is_recorded_as_failed(
     with pytest.raises(ZeroDivisionError):
         client.get(PATH + resource, headers={"Accept": "image/jpeg"})
     assert _events(collected) == [("110102", 0), ("110104", 4)]
+
+
+def test_a_retrieve_s_records_name_its_patient(tmp_path: Path) -> None:
+    """Begin Transferring and DICOM Instances Transferred name the patient of what they
+    transfer (PS3.15 A.5.3.3, A.5.3.4: mandatory, one per message), as C-GET's do: WADO-RS's
+    named none."""
+    data = _object(1000, 1000)
+    store = MemoryStore()
+    key = new_object_key(STUDY, SERIES, UID)
+    store.objects[key] = data
+    ref = InstanceRef("1.2.840.10008.5.1.4.1.1.7", UID, EXPLICIT, key,
+                      hashlib.sha256(data).hexdigest(), study_instance_uid=STUDY,
+                      patient_id="PID-7", patient_name="DOE^JANE")
+    collected = Collected()
+    ctx = web_context(store, InstanceFinder(ref), tmp_path / "spool",
+                      audit=AuditLog(None, sinks=[collected]))
+    answer = TestClient(build_dicomweb(ctx)).get(PATH + "/bulkdata/7FE00010",
+                                                 headers={"Accept": OCTETS})
+    assert answer.status_code == 200
+    assert _events(collected) == [("110102", 0), ("110104", 0)]
+    for entry in collected.entries:
+        assert 'ParticipantObjectID="PID-7"' in entry.xml
+        assert "<ParticipantObjectName>DOE^JANE</ParticipantObjectName>" in entry.xml

@@ -79,6 +79,8 @@ class TransferAudit:
             "called_ae": ctx.ae_title,
         }
         self.sent: dict[str, Counter[str]] = {}
+        #: The patients (ID, name) of what was sent, as the index files them.
+        self.patients: set[tuple[str, str]] = set()
         self.failed = 0
         self.ended = False
 
@@ -89,12 +91,14 @@ class TransferAudit:
             studies.setdefault(study, Counter())[ref.sop_class_uid] += 1
         self.ctx.audit.record(
             audit.BEGIN_TRANSFERRING, audit.SUCCESS, instances=len(refs),
-            studies={uid: dict(c) for uid, c in studies.items()}, **self.details,
+            studies={uid: dict(c) for uid, c in studies.items()},
+            **_patient({(ref.patient_id, ref.patient_name) for ref in refs}), **self.details,
         )
 
     def sent_one(self, ref: InstanceRef) -> None:
         study = study_of_key(ref.object_key) or "unknown"
         self.sent.setdefault(study, Counter())[ref.sop_class_uid] += 1
+        self.patients.add((ref.patient_id, ref.patient_name))
 
     def failed_one(self) -> None:
         self.failed += 1
@@ -110,5 +114,15 @@ class TransferAudit:
         self.ctx.audit.record(
             audit.INSTANCES_TRANSFERRED, outcome, received=False,
             studies={uid: dict(c) for uid, c in self.sent.items()}, instances=count,
-            failed=self.failed, **self.details,
+            failed=self.failed, **_patient(self.patients), **self.details,
         )
+
+
+def _patient(patients: set[tuple[str, str]]) -> dict[str, str]:
+    """The patient as record details when the instances are one patient's (PS3.15 A.5.3.3
+    and A.5.3.4 want the Patient, one per message, as C-GET's records name it); none for
+    several."""
+    if len(patients) != 1:
+        return {}
+    patient_id, patient_name = next(iter(patients))
+    return {"patient_id": patient_id, "patient_name": patient_name}
