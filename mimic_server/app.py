@@ -59,6 +59,7 @@ from mimic_server.resources import (
     open_audit_trail,
     open_index,
     open_token_validator,
+    syslog_context,
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
@@ -118,6 +119,8 @@ class Archive:
         self.watcher: CertificateWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None
         self.audit = AuditLog(None)
+        #: The audit repository's sender, when one is configured (``_renew_repository_context``).
+        self._repository: SyslogTlsSink | None = None
         self.refusals: RefusalAudit | None = None
         self.bundle: CertBundle | None = None
         self._thread: threading.Thread | None = None
@@ -246,6 +249,7 @@ class Archive:
         self.metrics.audit_failures_from(lambda: self.audit.failures)
         repository = next((sink for sink in self.audit.sinks
                            if isinstance(sink, SyslogTlsSink)), None)
+        self._repository = repository
         if repository is not None:
             self.metrics.audit_repository_from(
                 lambda: repository.sent, lambda: repository.dropped, repository.pending,
@@ -570,6 +574,7 @@ class Archive:
         with self._contexts_lock:
             self.bundle = bundle
             self._destination_contexts.clear()  # built again from the new bundle when used
+        self._renew_repository_context(bundle)
         aborted = self.server.apply_trust(context, trust, self.settings.abort_revoked)
         self._observe_bundle(bundle)
         self.audit.record(
@@ -589,6 +594,18 @@ class Archive:
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
         return bundle
+
+    def _renew_repository_context(self, bundle: CertBundle) -> None:
+        """The audit repository's next connections present the server certificate of
+        ``bundle`` when it is the one shown to it (no client certificate of its own); one
+        that cannot be made keeps the context in use, said at ERROR."""
+        repository = self._repository
+        if repository is None or self.settings.audit_syslog_client_cert is not None:
+            return
+        try:
+            repository.use_context(syslog_context(self.settings, bundle))
+        except ConfigurationError as exc:
+            log.error("audit repository keeps its TLS context", extra={"reason": str(exc)})
 
     def _new_context(self, bundle: CertBundle) -> tuple[ssl.SSLContext, CertBundle]:
         """The listener's context for a new bundle, and the bundle it serves.

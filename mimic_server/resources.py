@@ -85,6 +85,17 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
 
     s = settings
     assert s.audit_syslog_host is not None
+    return SyslogTlsSink(
+        s.audit_syslog_host, s.audit_syslog_port, syslog_context(s, bundle),
+        server_name=s.audit_syslog_server_name, queue_size=s.audit_syslog_queue,
+    ).start()
+
+
+def syslog_context(settings: Settings, bundle: CertBundle | None) -> ssl.SSLContext:
+    """The audit repository's TLS client context: its own client certificate when one is
+    set, else the archive's own from ``bundle`` (``mimic serve`` builds it again from each
+    new bundle, ``SyslogTlsSink.use_context``). ConfigurationError when it cannot be made."""
+    s = settings
     try:
         if s.audit_syslog_client_cert is not None:
             context = ssl.create_default_context(
@@ -95,20 +106,16 @@ def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:
                 str(s.audit_syslog_client_cert),
                 str(s.audit_syslog_client_key) if s.audit_syslog_client_key else None,
             )
-        elif bundle is not None:
+            return context
+        if bundle is not None:
             extra = s.audit_syslog_ca_file.read_text() if s.audit_syslog_ca_file else ""
-            context = destination_context(bundle, extra)
-        else:
-            raise ConfigurationError(
-                "the audit repository needs a client certificate: set "
-                "MIMIC_AUDIT_SYSLOG_CLIENT_CERT (TLS is off, there is no server certificate)"
-            )
+            return destination_context(bundle, extra)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(f"audit repository TLS settings unusable: {exc}") from exc
-    return SyslogTlsSink(
-        s.audit_syslog_host, s.audit_syslog_port, context,
-        server_name=s.audit_syslog_server_name, queue_size=s.audit_syslog_queue,
-    ).start()
+    raise ConfigurationError(
+        "the audit repository needs a client certificate: set "
+        "MIMIC_AUDIT_SYSLOG_CLIENT_CERT (TLS is off, there is no server certificate)"
+    )
 
 
 def open_index(

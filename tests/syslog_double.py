@@ -3,6 +3,7 @@ client certificate and collects the RFC 5424 messages it is sent."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import ssl
 import threading
@@ -28,6 +29,10 @@ class SyslogTlsReceiver:
         self.port = port or free_port()
         self.messages: list[bytes] = []
         self.peers: list[str] = []
+        #: SHA-256 of each connection's client certificate (DER), in connection order.
+        self.fingerprints: list[str] = []
+        #: Raised by ``drop``: connections of an older generation close themselves.
+        self._generation = 0
         self.close_after = close_after
         self.client_cas = client_cas
         #: Connections this receiver closed on its own (``close_after``).
@@ -55,6 +60,11 @@ class SyslogTlsReceiver:
         threading.Thread(target=self._accept, args=(server, context), daemon=True).start()
         return self
 
+    def drop(self) -> None:
+        """Close the connections open now, as a repository closes idle ones; new ones are
+        accepted as before."""
+        self._generation += 1
+
     def stop(self) -> None:
         self._stop.set()
         if self._server is not None:
@@ -77,11 +87,13 @@ class SyslogTlsReceiver:
             return
         cert = conn.getpeercert() or {}
         self.peers.append(str(dict(x[0] for x in cert.get("subject", ())).get("commonName")))
+        self.fingerprints.append(hashlib.sha256(conn.getpeercert(True) or b"").hexdigest())
+        generation = self._generation
         buffer = b""
         carried = 0
         conn.settimeout(0.2)
         with conn:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and generation == self._generation:
                 try:
                     chunk = conn.recv(65536)
                 except TimeoutError:

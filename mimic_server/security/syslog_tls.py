@@ -135,6 +135,15 @@ class SyslogTlsSink:
     def pending(self) -> int:
         return len(self._queue)
 
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Connect with ``context`` from now on (the archive's own certificate, renewed:
+        ``mimic serve`` builds it again from each new bundle). The connection open now is
+        kept; the next one, after the repository closes it or fails, presents the new
+        certificate. Kept from the start, the first renewal left every later connection
+        with the old certificate, refused by the repository once it expired."""
+        with self._ready:
+            self._context = context
+
     def close(self, flush_seconds: float = 2.0) -> None:
         """Stop after trying to send what is queued for up to ``flush_seconds``."""
         deadline = time.monotonic() + flush_seconds
@@ -197,9 +206,11 @@ class SyslogTlsSink:
                 self._ready.wait(left)
 
     def _connect(self) -> ssl.SSLSocket:
+        with self._ready:
+            context = self._context
         raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
         try:
-            return self._context.wrap_socket(raw, server_hostname=self._server_name)
+            return context.wrap_socket(raw, server_hostname=self._server_name)
         except BaseException:
             raw.close()
             raise

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -532,3 +533,52 @@ def test_a_down_repositorys_drops_are_counted_and_logged(tmp_path: Path) -> None
 def _worker_pids(server: MimicProcess) -> list[int]:
     """The worker processes' pids (none when MIMIC_WORKERS is 1), from the supervisor's log."""
     return [int(e["pid"]) for e in server.log_entries() if e.get("message") == "worker started"]
+
+
+def _fingerprint(pem: Path) -> str:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    leaf = x509.load_pem_x509_certificates(pem.read_bytes())[0]
+    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
+
+
+def test_a_renewed_server_certificate_is_what_the_repository_sees_next(tmp_path: Path) -> None:
+    """With no client certificate of its own, the audit repository is shown the archive's
+    server certificate. It was the one of the start for good: renewed without a restart (as
+    every certificate may be), the next connection still presented the old one, which the
+    repository refuses once it expires. The next connection now presents the new one."""
+    data = tmp_path / "data"
+    certs = data / "certs"
+    devpki.init(certs)
+    receiver = SyslogTlsReceiver(tmp_path / "repository",
+                                 client_cas=(certs / "ca" / "ca.pem",)).start()
+    server = MimicProcess(
+        data, workers="1", cert_refresh_seconds="1", audit_syslog_host=HOST,
+        audit_syslog_port=str(receiver.port), audit_syslog_ca_file=str(receiver.ca[0]),
+        audit_syslog_server_name="localhost",
+    ).start()
+    try:
+        old = _fingerprint(certs / "server" / "server.pem")
+        assert wait_for(lambda: receiver.fingerprints == [old], timeout=15), receiver.fingerprints
+        # Renewed the documented way: both files deleted, `mimic certs init` again.
+        (certs / "server" / "server.pem").unlink()
+        (certs / "server" / "server.key").unlink()
+        devpki.init(certs)
+        new = _fingerprint(certs / "server" / "server.pem")
+        assert new != old
+        assert wait_for(lambda: any(e.get("message") == "trust set updated"
+                                    for e in server.log_entries()), timeout=20)
+        receiver.drop()  # the repository closes the connection (an idle timeout)
+        time.sleep(0.5)
+        assoc = associate(server.port, client_context(server.client_cert, server.client_key,
+                                                      server.ca_cert))
+        assert assoc.is_established  # its login record goes over a new connection
+        assoc.release()
+        assert wait_for(lambda: len(receiver.fingerprints) >= 2, timeout=15)
+        assert receiver.fingerprints[1:] == [new]
+    finally:
+        assert server.stop() == 0, server.log()
+        receiver.stop()
