@@ -192,6 +192,11 @@ class TokenValidator:
         roles = claims.get(self.roles_claim) or []
         if isinstance(roles, str):
             roles = roles.split()
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            # A number raised TypeError (DICOMweb: 500, User Identity Negotiation: a
+            # transient reject, neither audited as a refusal); an object gave its keys, a
+            # nested list its repr, as role names.
+            raise InvalidToken(f"token's {self.roles_claim!r} claim is not a list of names")
         name = next(
             (str(claims[c]) for c in ("preferred_username", "upn", "name") if claims.get(c)),
             str(claims["sub"]),

@@ -231,3 +231,20 @@ def test_an_eddsa_token_of_the_issuers_key_is_accepted() -> None:
                         algorithm="RS256", headers={"kid": "ed-1"})
     with pytest.raises(InvalidToken, match="does not fit its key"):
         validator.validate(forged)
+
+
+@pytest.mark.parametrize("roles", [5, True, {"Radiologist": 1}, [["Radiologist"]], [1]])
+def test_a_roles_claim_that_is_no_list_of_names_is_refused(
+        issuer: OidcIssuerDouble, validator: TokenValidator, roles: object) -> None:
+    """A number raised TypeError out of the validator (DICOMweb answered 500, an association
+    was rejected as a transient failure, neither recorded as a refused token); an object
+    or a nested list became role names (its keys, its repr)."""
+    with pytest.raises(InvalidToken, match="'roles' claim is not a list of names"):
+        validator.validate(issuer.mint(roles=roles))  # type: ignore[arg-type]
+
+
+def test_roles_as_a_list_or_a_space_separated_string(
+        issuer: OidcIssuerDouble, validator: TokenValidator) -> None:
+    assert validator.validate(issuer.mint(roles=["A", "B"])).roles == {"A", "B"}
+    assert validator.validate(issuer.mint(roles="A B")).roles == {"A", "B"}  # type: ignore[arg-type]
+    assert validator.validate(issuer.mint()).roles == frozenset()
