@@ -37,6 +37,7 @@ from mimic_server.dimse.move_answer import answer_of
 from mimic_server.dimse.raw_send import answered_send_in_use
 from mimic_server.dimse.retrieve import index_row_of
 from mimic_server.dimse.session import Session, session_of
+from mimic_server.dimse.unexpected import _MOVE_BEFORE_DESTINATION
 from mimic_server.errors import Status
 from mimic_server.security import audit
 from mimic_server.storage.keys import study_of_key
@@ -142,6 +143,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         sent: dict[str, Counter[str]] = {}
         patients: set[tuple[str, str]] = set()
         failed, status, pending, began = 0, Status.SUCCESS, None, False
+        yielded = 0  # items passed on to pynetdicom
         # The C-MOVE's answer (with the fence): what replaced pynetdicom's 0xA801, if
         # anything, is known only there once pynetdicom has dropped the handler.
         answer = answer_of(event.assoc) if service == "C-MOVE" else None
@@ -183,6 +185,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         answered = True
                         reason = getattr(item[0], "ErrorComment", None)
                 yield item
+                yielded += 1
                 if announced is not None:  # asked for the first object: the transfer begins
                     began = True
                     patient = _one_patient(announced)
@@ -206,7 +209,9 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                     answered, reason = True, "ended before any sub-operation"
             raise
         except Exception:
-            status, reason = 0xC311, "unexpected error"
+            # As guarded_stream answers it (``unexpected.py``), or pynetdicom for a C-MOVE
+            # without its destination yet: the record said 0xC311, C-FIND's.
+            status, reason = _unexpected(service, yielded), "unexpected error"
             raise
         finally:
             if not (began or sent):
@@ -231,6 +236,13 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 )
 
     return retrieve
+
+
+def _unexpected(service: str, yielded: int) -> int:
+    """The status a C-GET / C-MOVE that failed unexpectedly was answered."""
+    if service == "C-MOVE":
+        return Status.MOVE_UNEXPECTED if yielded else _MOVE_BEFORE_DESTINATION
+    return Status.GET_UNEXPECTED
 
 
 def _no_destination(item: Any) -> bool:

@@ -77,3 +77,41 @@ def test_begin_transferring_names_the_one_patient() -> None:
 def test_matches_of_several_patients_name_none() -> None:
     message = _begun([_ref(1, "PID1", "DOE^JANE"), _ref(2, "PID2", "ROE^RICHARD")])
     assert _patients(message) == []
+
+
+def _failing(service: str, before: list[Any]) -> tuple[int | None, str]:
+    """A handler that yields ``before`` and then fails unexpectedly, wrapped as app.py
+    wraps it; the status the requestor is answered and the one its record says."""
+    from mimic_server.dimse.unexpected import STATUS, guarded_stream
+
+    trail = _Trail()
+    session = SimpleNamespace(retrieving=None, peer_address="127.0.0.1:4000",
+                              identity=SimpleNamespace(label="ws (abc)", trust_name="ws"),
+                              calling_ae_title="WS1", user=None)
+    assoc = SimpleNamespace(acceptor=SimpleNamespace(ae_title="MIMIC"))
+    attach_session(assoc, session)  # type: ignore[arg-type]
+    event = SimpleNamespace(assoc=assoc, move_destination="STORESCP")
+
+    def handler(event: Any) -> Iterator[Any]:
+        yield from before
+        raise LookupError("a bug")
+
+    preamble = {"C-GET": 1, "C-MOVE": 2}[service]
+    answers = guarded_stream(audited_retrieve(handler, trail, service), service,
+                             STATUS[service], preamble)(event)
+    answered = None
+    try:
+        for item in answers:
+            if isinstance(item, tuple) and len(item) == 2 and hasattr(item[0], "Status"):
+                answered = int(item[0].Status)
+    except RuntimeError:  # raised to pynetdicom, which answers 0xC514 (no destination yet)
+        answered = 0xC514
+    [record] = [d for e, _, d in trail.kept if e[0] == audit.INSTANCES_TRANSFERRED[0]]
+    return answered, record["status"]
+
+
+def test_an_unexpected_error_is_recorded_with_the_status_answered() -> None:
+    """The record said 0xC311 (C-FIND's) whatever the C-GET or C-MOVE was answered."""
+    assert _failing("C-GET", []) == (0xC411, "0xC411")
+    assert _failing("C-MOVE", []) == (0xC514, "0xC514")
+    assert _failing("C-MOVE", [("127.0.0.1", 104, {})]) == (0xC511, "0xC511")
