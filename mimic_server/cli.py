@@ -523,7 +523,10 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
     if settings.database_url and not settings.index_url.startswith("sqlite"):
         records = _audit_table(settings, selection)
     else:
-        records = read_file(settings.audit_path, selection)
+        try:
+            records = read_file(settings.audit_path, selection)
+        except OSError as exc:  # not readable by this account, not a file: not a traceback
+            _fail(f"audit trail {settings.audit_path} unreadable: {exc.strerror or exc}")
         if settings.audit_path.exists():
             _audit_log_used(settings, None, selection)
     for record in records:

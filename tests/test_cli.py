@@ -475,3 +475,36 @@ def test_mimic_web_starts_with_a_repository_and_the_archive_s_own_certificate(
     finally:
         assert web.stop() == 0, web.log()
         receiver.stop()
+
+
+def test_mimic_audit_skips_undecodable_lines(tmp_path: Path) -> None:
+    """A line of bytes that are not UTF-8, or of JSON that is no object (what a crash may
+    leave in the file), is skipped like a line cut short: the file read as text raised
+    UnicodeDecodeError (and ``null`` a TypeError), and nothing of the trail was listed."""
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+
+    data = tmp_path / "data"
+    trail = AuditLog(data / "audit.jsonl")
+    trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="started")
+    trail.close()
+    with open(data / "audit.jsonl", "ab") as fh:
+        fh.write(b"\xff\xfe\x00 garbage\nnull\n5\n")
+    trail = AuditLog(data / "audit.jsonl")
+    trail.record(audit.APPLICATION_ACTIVITY, audit.SUCCESS, action="stopped")
+    trail.close()
+    result = mimic("audit", "--json", "--event", "110100", "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["event_type"] for line in result.stdout.splitlines()] == [
+        "application-start", "application-stop"]
+
+
+def test_mimic_audit_with_a_trail_it_cannot_read_exits_2(tmp_path: Path) -> None:
+    """Documented: a trail that cannot be read exits 2 with one line; it was a traceback."""
+    data = tmp_path / "data"
+    (data / "audit.jsonl").mkdir(parents=True)
+    result = mimic("audit", "--data-dir", str(data))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = _one_line(result)
+    assert "audit.jsonl unreadable: Is a directory" in line

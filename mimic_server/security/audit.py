@@ -339,15 +339,20 @@ def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
 
 
 def _matching(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
-    """Each record of the file that matches, oldest first, as it is read."""
+    """Each record of the file that matches, oldest first, as it is read. Lines are read as
+    bytes and each decoded alone: the file opened as UTF-8 text raised UnicodeDecodeError
+    at the first undecodable byte (a block of garbage after a crash), and no record of
+    the whole trail could be listed (``mimic audit``: a traceback)."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for line in fh:
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except ValueError:  # UnicodeDecodeError too
                 continue  # a line cut short by a crash
+            if not isinstance(entry, dict):
+                continue
             if "xml" in entry and selection.matches(entry):
                 yield entry
 
