@@ -210,10 +210,42 @@ class SyslogTlsSink:
             context = self._context
         raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
         try:
-            return context.wrap_socket(raw, server_hostname=self._server_name)
+            connection = context.wrap_socket(raw, server_hostname=self._server_name)
         except BaseException:
             raw.close()
             raise
+        try:
+            if _refused_after_handshake(connection, min(self._timeout, SETTLE_SECONDS)):
+                raise ssl.SSLError("the audit repository refused the connection after the "
+                                   "handshake (its check of the client certificate)")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+
+#: How long a new TLS 1.3 connection is given to be refused before a message goes over it.
+SETTLE_SECONDS = 1.0
+
+
+def _refused_after_handshake(connection: ssl.SSLSocket, wait: float) -> bool:
+    """Whether the repository refused a TLS 1.3 connection once its handshake was done.
+
+    In TLS 1.3 the client's handshake ends before the server has checked the client
+    certificate: a repository that refuses it answers with an alert after the handshake,
+    and the first message, written into the connection all the same, was lost while
+    counted as sent (every message, one connection each: ``sent`` rose, the repository
+    got nothing). A server that accepted sends its session tickets then (OpenSSL: two),
+    one that refused its alert: wait for either, ``wait`` seconds at most (a server that
+    sends no tickets costs that once per connection). TLS 1.2 checks the client
+    certificate within the handshake."""
+    if connection.version() != "TLSv1.3":
+        return False
+    readable = select.poll()
+    readable.register(connection, select.POLLIN)
+    if not readable.poll(int(wait * 1000)) and not connection.pending():
+        return False
+    return _closed_by_peer(connection, wait)
 
 
 def _closed_by_peer(connection: ssl.SSLSocket, timeout: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,33 @@ def test_a_connection_past_fd_setsize_is_looked_at() -> None:
     finally:
         connection.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_client_certificate_the_repository_refuses_loses_no_message(tmp_path: Path) -> None:
+    """TLS 1.3: the handshake ends on the client's side before the repository has checked
+    the client certificate, and its refusal (an alert) comes after. Each message was
+    written into such a connection, counted as sent and lost: ``sent`` 3, the repository
+    nothing, the queue empty. They now stay queued (and are said unreachable) until a
+    connection is accepted."""
+    import ssl
+
+    from tests.support import write_cert
+
+    receiver = SyslogTlsReceiver(tmp_path / "repository").start()
+    other_ca = write_cert(tmp_path / "other", "other-ca", ca=True)
+    stranger = write_cert(tmp_path / "other", "stranger", issuer=(other_ca[2], other_ca[3]))
+    context = ssl.create_default_context(cafile=str(receiver.ca[0]))
+    context.load_cert_chain(str(stranger[0]), str(stranger[1]))
+    sink = SyslogTlsSink(HOST, receiver.port, context, server_name="localhost",
+                         first_backoff=0.05, max_backoff=0.2).start()
+    try:
+        for _ in range(3):
+            sink.send(XML)
+        time.sleep(1.5)  # several connections tried and refused
+        assert (sink.sent, sink.pending(), len(receiver.messages)) == (0, 3, 0)
+        sink.use_context(receiver.client_context())  # the certificate put right
+        assert wait_for(lambda: len(receiver.messages) == 3, timeout=15)
+        assert sink.sent == 3 and sink.pending() == 0
+    finally:
+        sink.close()
+        receiver.stop()
