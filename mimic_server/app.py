@@ -70,6 +70,7 @@ from mimic_server.security.refusals import RefusalAudit
 from mimic_server.security.syslog_tls import SyslogTlsSink
 from mimic_server.security.user_identity import UserAuthority
 from mimic_server.security.users import UserDirectory
+from mimic_server.startup_checks import make_data_dir
 from mimic_server.storage import ObjectStore
 from mimic_server.web.activity import Activity, Tee
 from mimic_server.web.metrics import ArchiveMetrics
@@ -236,7 +237,7 @@ class Archive:
         # library's call site is the verified one (patches.py); the rest run the library's own.
         fence = patches.apply()
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(s.data_dir)
         certificates = self._certificates()
         index = self._index_override or self._index()
         object_store = self._object_store or open_object_store(

@@ -317,8 +317,11 @@ def certs() -> None:
 @_with_dir_options
 def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> None:
     """Create the development CA, server certificate and a first client, if missing."""
-    directory = _cert_dir(data_dir, cert_dir)
+    settings = _settings(data_dir=data_dir, cert_dir=cert_dir)
+    directory = settings.certificate_dir
     try:
+        if directory.is_relative_to(settings.data_dir):
+            startup_checks.make_data_dir(settings.data_dir)  # the owner's alone, as serve's
         pki = devpki.init(directory)
     except (ConfigurationError, OSError, ValueError) as exc:
         _certs_failure(exc)

@@ -37,9 +37,27 @@ def check_web(settings: Settings) -> None:
 
 
 def check_data_dir(settings: Settings) -> None:
-    """``MIMIC_DATA_DIR`` exists as a directory (made when missing): everything embedded
-    lives under it, and each front door creates it first."""
-    _usable_directory(settings.data_dir, "MIMIC_DATA_DIR")
+    """``MIMIC_DATA_DIR`` exists as a directory (made when missing, for its owner alone):
+    everything embedded lives under it, and each front door creates it first."""
+    try:
+        make_data_dir(settings.data_dir)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"MIMIC_DATA_DIR {settings.data_dir}: cannot be created ({_reason(exc)})"
+        ) from exc
+
+
+#: The mode of a data directory MIMIC makes: its owner's alone.
+DATA_DIR_MODE = 0o700
+
+
+def make_data_dir(path: Path) -> None:
+    """Make ``MIMIC_DATA_DIR`` when missing, readable by its owner alone. Objects, the
+    SQLite index and the audit trail under it hold patient data, and their files follow
+    the umask (0644 under the usual 022, so that a group or a backup account may be given
+    them): a directory made 0755 under that umask let every local account read every
+    image and name. One that exists is left as its operator made it."""
+    path.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
 
 
 def check_spool_dir(settings: Settings) -> None:

@@ -51,6 +51,7 @@ from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, 
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
+from mimic_server.startup_checks import make_data_dir
 from mimic_server.storage import ObjectStore
 from mimic_server.web.console.access import RoleMap
 from mimic_server.web.console.app import build_console
@@ -128,7 +129,7 @@ class WebArchive:
         s = self.settings
         check_auth_settings(s)
         tokens = open_token_validator(s) if s.web_auth == "oidc" else None
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(s.data_dir)
         self.engine, index = open_index(s, schema_revision=self._schema_revision, deadlines=True)
         self._opened_index = index
         store = self._object_store or open_object_store(s)

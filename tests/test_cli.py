@@ -168,6 +168,29 @@ def test_a_data_dir_under_a_file_is_refused_with_its_name(
     assert "MIMIC_DATA_DIR" in line and "cannot be created (Not a directory)" in line
 
 
+@pytest.mark.parametrize("command", [("certs", "init"), ("db", "upgrade")],
+                         ids=["certs-init", "db-upgrade"])
+def test_a_data_dir_mimic_makes_is_its_owner_s_alone(
+    tmp_path: Path, command: tuple[str, ...],
+) -> None:
+    """Objects, the SQLite index and the audit trail follow the umask (0644 under 022): a
+    data directory made 0755 let every local account read every image and patient name.
+    One that exists is left as its operator made it."""
+    made, existing = tmp_path / "made", tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        for data in (made, existing):
+            result = mimic(*command, "--data-dir", str(data))
+            assert result.returncode == 0, result.stderr
+    finally:
+        os.umask(old)
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert existing.stat().st_mode & 0o777 == 0o755
+    assert any(made.iterdir())  # the command's files are in it
+
+
 #: What `mimic serve` and `mimic web` need for a start that gets as far as the OIDC settings.
 _OIDC = {"MIMIC_OIDC_ISSUER": "https://issuer.invalid/tenant/v2.0", "MIMIC_OIDC_AUDIENCE": "api",
          "MIMIC_WORKERS": "1", "MIMIC_WEB_WORKERS": "1", "MIMIC_PORT": "0",

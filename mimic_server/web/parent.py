@@ -28,6 +28,7 @@ from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import schema
 from mimic_server.security.grants import Grants, RuleError, parse_rule
+from mimic_server.startup_checks import make_data_dir
 from mimic_server.web.server import listen
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def run_workers(settings: Settings, options: dict[str, Any], count: int) -> None
     s = settings
     check_auth_settings(s)
     web_rule(s)
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(s.data_dir)
     engine = open_index_engine(s)  # migrated (SQLite) or checked (PostgreSQL), once
     revision = schema.current_revision(engine)
     engine.dispose()

@@ -48,6 +48,7 @@ from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import descriptors
+from mimic_server.startup_checks import make_data_dir
 from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
 from mimic_server.web.server import HttpServer
@@ -157,7 +158,7 @@ class Supervisor:
 
     def _start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(s.data_dir)
         descriptors.raise_soft_limit()  # the workers inherit it (each raises it again too)
         self._listener = self._bind()
         if s.ops_port:  # bound now: a taken port fails the start before any worker runs
