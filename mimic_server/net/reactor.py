@@ -41,6 +41,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import select
 import ssl
 import struct
@@ -60,6 +61,7 @@ from pynetdicom.utils import make_target
 
 from mimic_server.logs import where
 from mimic_server.net.server import PDU_TYPES
+from mimic_server.security.identity import peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,48 @@ class _WakeUp:
 
 
 _P_DATA_TF = 0x04
+_A_ASSOCIATE_RQ = 0x01
+#: pynetdicom's message for a field of an A-ASSOCIATE-RQ it refuses to decode (``set_ae``,
+#: the AE title setters, ``set_uid``): the field's name, without the value it quotes.
+_INVALID_FIELD = re.compile(r"Invalid '([^']{1,64})' value")
+
+
+def _not_understood(exc: Exception) -> str:
+    """What of an A-ASSOCIATE-RQ could not be decoded, in words that quote no value."""
+    if isinstance(exc, ValueError):
+        text = str(exc)
+        found = _INVALID_FIELD.match(text)
+        if found:
+            return f"invalid {found.group(1)}"
+        if isinstance(exc, UnicodeDecodeError) or text.startswith("Unable to decode"):
+            return "a title or UID that is not ASCII text"  # pynetdicom's decode_bytes
+    if isinstance(exc, struct.error):
+        return "an item shorter than its fields"
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], int):
+        return f"an item of unknown type 0x{exc.args[0]:02X}"  # pynetdicom's PDU_ITEM_TYPES
+    return type(exc).__name__
+
+
+def _request_not_understood(assoc: Any, exc: Exception) -> None:
+    """Say why a peer's A-ASSOCIATE-RQ is answered A-ABORT; never raises.
+
+    The request of a peer whose certificate was trusted, decoded by pynetdicom, raises on a
+    Calling or Called AE Title that is empty, padded with NULs or holds a character outside
+    the AE repertoire (a backslash, an accented letter), and on an item type it does not
+    know. pynetdicom's state machine answers A-ABORT (AA-1), and its own log line is off:
+    the modality's operator saw "aborted by the service user" and the archive's log said
+    nothing at all, not even that the modality had called."""
+    try:
+        identity = peer_identity(assoc)
+        requestor = assoc.requestor
+        log.warning(
+            "association request not understood: aborted",
+            extra={"peer": f"{requestor.address}:{requestor.port}",
+                   "identity": identity.label if identity is not None else "unknown",
+                   "reason": _not_understood(exc)},
+        )
+    except Exception:  # a log line must not change what the peer is answered
+        log.debug("the refused association request could not be described", exc_info=True)
 
 
 class _ReceivedPData:
@@ -298,6 +342,12 @@ class _EventDrivenDUL(DULServiceProvider):
                 pdvs = _pdata_items(bytestream)
                 if pdvs is not None:
                     return _ReceivedPData(pdvs), "Evt10"
+        if bytestream[0] == _A_ASSOCIATE_RQ:
+            try:
+                return super()._decode_pdu(bytestream)
+            except Exception as exc:
+                _request_not_understood(self.assoc, exc)
+                raise  # pynetdicom's reader: Evt19, answered A-ABORT (AA-1)
         return super()._decode_pdu(bytestream)
 
     def run_reactor(self) -> None:

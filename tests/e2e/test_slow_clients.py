@@ -272,6 +272,48 @@ def test_an_unknown_first_pdu_frees_the_slot_at_once(limited: MimicProcess, clos
                 assert closed_by_peer(sock), "a connection that sent garbage was left open"
 
 
+def with_titles(request: bytes, called: bytes, calling: bytes) -> bytes:
+    """``request`` (an A-ASSOCIATE-RQ) with its Called and Calling AE Title fields (PS3.8
+    Table 9-11: 16 bytes each, after the header, the protocol version and two reserved
+    bytes) replaced by these bytes as they are, space-padded: titles pynetdicom's own
+    encoder refuses to write."""
+    return request[:10] + called.ljust(16) + calling.ljust(16) + request[42:]
+
+
+@pytest.mark.parametrize(("called", "calling", "reason"), [
+    pytest.param(b"MIMIC", b"", "invalid Calling AE Title", id="calling-empty"),
+    pytest.param(b"MIMIC".ljust(16, b"\0"), b"MODALITY1", "invalid Called AE Title",
+                 id="called-nul-padded"),
+    pytest.param(b"MIMIC", b"CT\\1", "invalid Calling AE Title", id="calling-backslash"),
+    pytest.param(b"MIMIC", b"CT\xe9", "a title or UID that is not ASCII text",
+                 id="calling-latin-1"),
+])
+def test_an_association_request_that_does_not_decode_is_logged(
+    limited: MimicProcess, called: bytes, calling: bytes, reason: str
+) -> None:
+    """A trusted peer's A-ASSOCIATE-RQ whose AE title pynetdicom refuses to decode is
+    answered A-ABORT (AA-1), as before; the server's log said nothing at all, so the
+    operator of a modality told "aborted" found no trace of its call. Now one WARNING names
+    the certificate and the field, never the value; the server goes on serving."""
+    logged = limited.log_mark()
+    with raw_tls(limited) as sock:
+        sock.sendall(with_titles(associate_rq(), called, calling))
+        pdu_type, _ = read_pdu(sock)
+    assert pdu_type == A_ABORT
+
+    def said() -> list[dict]:
+        return [e for e in limited.log_entries()[logged:]
+                if e.get("message") == "association request not understood: aborted"]
+
+    assert wait_for(lambda: len(said()) == 1, timeout=EVENTUALLY), limited.log()[-2000:]
+    entry = said()[0]
+    assert entry["level"] == "WARNING"
+    assert entry["reason"] == reason
+    assert entry["identity"].startswith("modality1 ")
+    assert "CT" not in str(entry)  # the value itself is not quoted
+    assert echo_ok(limited)
+
+
 # -- PDUs -----------------------------------------------------------------------------------
 
 
