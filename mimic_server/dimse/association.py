@@ -93,6 +93,8 @@ def _admit(
     if identity is None:  # the connection was admitted without identity: never accept
         assoc.abort()
         return
+    if _withdrawn(assoc, address, identity.label, calling):
+        return
     refusal = None
     trust = getattr(getattr(assoc, "_server", None), "trust", None)
     if trust is not None and identity is not ANONYMOUS and not trust.still_trusts(identity):
@@ -101,6 +103,8 @@ def _admit(
         refusal = Refusal.CERTIFICATE_NO_LONGER_TRUSTED
     refusal = refusal or policy.refuse_association(identity, calling, called)
     if refusal is None and not slots.take(assoc):
+        if _withdrawn(assoc, address, identity.label, calling):
+            return  # no slot for a connection that is gone: not the limit
         refusal = Refusal.LOCAL_LIMIT_EXCEEDED
     session = Session(identity, calling, address, called)
     if refusal is None:
@@ -133,6 +137,27 @@ def _admit(
             trust_name=identity.trust_name, calling_ae=calling, called_ae=called,
             event_type="login",
         )
+
+
+#: The DUL's state while an A-ASSOCIATE-RQ waits for this side's answer (PS3.8 9.2).
+_AWAITING_ANSWER = "Sta3"
+
+
+def _withdrawn(assoc: Association, address: str, label: str, calling: str) -> bool:
+    """Whether the requestor has left before its A-ASSOCIATE-RQ was answered (it sent an
+    A-ABORT or an A-RELEASE-RQ, or closed the connection): then nothing is answered, and
+    the association ends as the abort it is.
+
+    Taken for a refusal, it was one: a connection that is gone gets no association slot,
+    and each such request was logged and audited as rejected for "too many simultaneous
+    associations" (2/3/2) and counted as a rejection, on an idle archive; the
+    A-ASSOCIATE-RJ then went to a state machine that no longer expected it."""
+    if assoc.dul.state_machine.current_state == _AWAITING_ANSWER:
+        return False
+    assoc.is_aborted = True  # pynetdicom then negotiates nothing and closes the connection
+    log.info("association request withdrawn before it was answered",
+             extra={"peer": address, "identity": label, "calling_ae": calling})
+    return True
 
 
 #: Query/Retrieve SOP Classes for which we accept relational queries (PS3.4 C.5.1).

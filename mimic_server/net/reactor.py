@@ -66,8 +66,9 @@ from mimic_server.security.identity import peer_identity
 log = logging.getLogger(__name__)
 
 #: The state machine's events for a primitive the association thread put on the DUL's queue
-#: (P-DATA, A-RELEASE request and response, A-ABORT).
-_USER_PRIMITIVE_EVENTS = frozenset({"Evt9", "Evt11", "Evt14", "Evt15"})
+#: (A-ASSOCIATE response accept and reject, P-DATA, A-RELEASE request and response,
+#: A-ABORT).
+_USER_PRIMITIVE_EVENTS = frozenset({"Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 
 #: Longest single wait of either thread (seconds): a safety net, not a poll (each wake-up of
 #: an idle thread costs ~0.1 ms of CPU here, GIL hand-offs included).
@@ -425,8 +426,9 @@ class _EventDrivenDUL(DULServiceProvider):
         """Whether an event invalid in the current state is a primitive the association
         thread queued before the association ended here (a C-FIND's next response after
         this side's A-ABORT for a PDU it could not decode, say: Sta13, or Sta1 once the
-        connection closed): dropped, logged at DEBUG, the loop goes on (and closes the
-        connection, in Sta13, as pynetdicom does)."""
+        connection closed; or the answer to an A-ASSOCIATE-RQ whose requestor sent an
+        A-RELEASE-RQ or A-ABORT, or closed, before it was answered): dropped, logged at
+        DEBUG, the loop goes on (and closes the connection, in Sta13, as pynetdicom does)."""
         if event not in _USER_PRIMITIVE_EVENTS or self.state_machine.current_state not in (
                 "Sta13", "Sta1"):
             return False

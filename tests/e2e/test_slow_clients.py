@@ -314,6 +314,34 @@ def test_an_association_request_that_does_not_decode_is_logged(
     assert echo_ok(limited)
 
 
+@pytest.mark.parametrize("then", [
+    pytest.param(struct.pack(">BBL", A_ABORT, 0, 4) + b"\x00" * 4, id="A-ABORT"),
+    pytest.param(struct.pack(">BBL", 0x05, 0, 4) + b"\x00" * 4, id="A-RELEASE-RQ"),
+])
+def test_a_request_withdrawn_before_its_answer_is_no_rejection(
+    limited: MimicProcess, then: bytes
+) -> None:
+    """A requestor sends its A-ASSOCIATE-RQ and, before the answer, an A-ABORT (and
+    closes) or an A-RELEASE-RQ: the request is gone, nothing is to be answered. The
+    admission took the closed connection for a full house: "association rejected", reason
+    "too many simultaneous associations" (2/3/2), logged and audited on an idle archive
+    (4 times in 5 here); or it accepted, and the A-ASSOCIATE-AC, sent to a state machine
+    that had already aborted, was logged at ERROR as an unexpected error. Now neither: at
+    most an INFO line, and the server goes on serving."""
+    logged = limited.log_mark()
+    for _ in range(10):
+        with raw_tls(limited) as sock:
+            sock.sendall(associate_rq() + then)
+            with contextlib.suppress(OSError):
+                read_pdu(sock)
+        time.sleep(0.05)
+    assert echo_ok(limited)
+    time.sleep(0.5)  # the last association threads' lines
+    entries = limited.log_entries()[logged:]
+    assert [e for e in entries if e.get("message") == "association rejected"] == []
+    assert [e for e in entries if e.get("level") == "ERROR"] == []
+
+
 # -- PDUs -----------------------------------------------------------------------------------
 
 
