@@ -41,6 +41,9 @@ REJECT: dict[Refusal, tuple[int, int, int]] = {
     Refusal.USER_NOT_ACCEPTED: (0x01, 0x02, 0x01),
     # Permanent, service-user, no reason given: as for a certificate refused at TLS time.
     Refusal.CERTIFICATE_NO_LONGER_TRUSTED: (0x01, 0x01, 0x01),
+    # Permanent, service-user, no reason given: as for a request none of whose contexts is
+    # granted, of which this is the empty case.
+    Refusal.NO_PRESENTATION_CONTEXT: (0x01, 0x01, 0x01),
 }
 #: Refusals that access.admit has audited already (with the user's details).
 _AUDITED = frozenset({Refusal.NO_GRANTED_SERVICE, Refusal.USER_REQUIRED,
@@ -102,6 +105,12 @@ def _admit(
         # association's thread existed was not seen by that change's sweep of them.
         refusal = Refusal.CERTIFICATE_NO_LONGER_TRUSTED
     refusal = refusal or policy.refuse_association(identity, calling, called)
+    if refusal is None and not primitive.presentation_context_definition_list:
+        # PS3.8 9.3.2: one or more Presentation Context items. Accepted, such a request
+        # held an association slot with nothing it could ever be used for, until the
+        # network timeout; "none of the proposed contexts granted" let it through, as
+        # nothing was refused either.
+        refusal = Refusal.NO_PRESENTATION_CONTEXT
     if refusal is None and not slots.take(assoc):
         if _withdrawn(assoc, address, identity.label, calling):
             return  # no slot for a connection that is gone: not the limit

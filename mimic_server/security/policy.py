@@ -53,6 +53,7 @@ class Refusal(Enum):
     USER_REQUIRED = "a user identity is required for this certificate"
     USER_NOT_ACCEPTED = "user identity not accepted"
     CERTIFICATE_NO_LONGER_TRUSTED = "certificate no longer trusted"
+    NO_PRESENTATION_CONTEXT = "no presentation context proposed"
 
 
 class Admitted(Protocol):

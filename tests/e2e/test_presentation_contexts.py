@@ -19,7 +19,14 @@ from pynetdicom.presentation import build_context
 
 from tests.data import ct_small
 from tests.data_sets import encoded
-from tests.e2e.test_slow_clients import A_ABORT, A_ASSOCIATE_AC, P_DATA_TF, raw_tls, read_pdu
+from tests.e2e.test_slow_clients import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    P_DATA_TF,
+    raw_tls,
+    read_pdu,
+)
 from tests.support import MimicProcess, association_request
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
@@ -82,3 +89,19 @@ def test_a_request_off_its_presentation_context_is_refused(
         assert response.Status == answer
     assert (server.instance_count(), len(server.stored_objects())) == before
     assert not server._query("SELECT 1 FROM instances WHERE sop_instance_uid = :u", u=uid)
+
+
+def test_a_request_proposing_no_presentation_context_is_rejected(server: MimicProcess) -> None:
+    """An A-ASSOCIATE-RQ without a Presentation Context item (PS3.8 9.3.2 asks for one or
+    more) was accepted: an association that could carry nothing held one of the limited
+    slots until the network timeout. Now A-ASSOCIATE-RJ 1/1/1 (permanent, service user, no
+    reason given), as for a request none of whose contexts is granted; logged."""
+    logged = server.log_mark()
+    with raw_tls(server) as sock:
+        sock.sendall(association_request([], "MODALITY1", "MIMIC"))
+        pdu_type, body = read_pdu(sock)
+    assert pdu_type == A_ASSOCIATE_RJ
+    assert (body[1], body[2], body[3]) == (1, 1, 1)
+    rejected = [e for e in server.log_entries()[logged:]
+                if e.get("message") == "association rejected"]
+    assert [e["reason"] for e in rejected] == ["no presentation context proposed"]
