@@ -21,12 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext
 
 from mimic_server.dimse.access import USER_REJECTION, refused_by_policy
 from mimic_server.dimse.syntaxes import acceptable
 
 _TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+#: The transfer syntax named in the A-ASSOCIATE-AC for a refused context that proposed none:
+#: the item must hold one (pynetdicom's encoder takes the first), whose value PS3.8 9.3.3.2
+#: makes not significant for a result other than acceptance.
+_PLACEHOLDER = [ImplicitVRLittleEndian]
 
 
 def refusing_negotiation(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +49,11 @@ def refusing_negotiation(original: Callable[..., Any]) -> Callable[..., Any]:
             context = PresentationContext()
             context.context_id = proposed.context_id
             context.abstract_syntax = proposed.abstract_syntax
-            context.transfer_syntax = syntaxes or proposed.transfer_syntax[:1]
+            # A context proposed without any transfer syntax (PS3.8 asks for one or more)
+            # is refused like one with none the archive keeps: its A-ASSOCIATE-AC item
+            # still needs one, or encoding the answer raised and the association, admitted
+            # already, was aborted with an "unexpected error" logged at ERROR.
+            context.transfer_syntax = syntaxes or proposed.transfer_syntax[:1] or _PLACEHOLDER
             if refused_by_policy(proposed):
                 context.result = USER_REJECTION
                 refused.append(context)
@@ -53,6 +62,11 @@ def refusing_negotiation(original: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 context.result = _TRANSFER_SYNTAXES_NOT_SUPPORTED
                 refused.append(context)
+        if roles:
+            # A role item proposing neither role (PS3.7 D.3.3.4 allows SCU, SCP or both)
+            # cannot be answered: pynetdicom's encoder of the reply item raises, which
+            # aborted the admitted association. Left out, the default roles apply.
+            roles = {uid: role for uid, role in roles.items() if any(role)}
         accepted, reply_roles = original(usable, ac_contexts, roles)
         return sorted(accepted + refused, key=lambda cx: cx.context_id), reply_roles
 

@@ -105,3 +105,64 @@ def test_a_request_proposing_no_presentation_context_is_rejected(server: MimicPr
     rejected = [e for e in server.log_entries()[logged:]
                 if e.get("message") == "association rejected"]
     assert [e["reason"] for e in rejected] == ["no presentation context proposed"]
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    """One item of an A-ASSOCIATE-RQ (PS3.8 9.3.2): type, reserved, 16-bit length, value."""
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def _proposed(context_id: int, abstract_syntax: str, transfer_syntaxes: list[str]) -> bytes:
+    """A Presentation Context item (0x20) as a requestor may write it, also without any
+    transfer syntax sub-item, which pynetdicom's own encoder would not write."""
+    return _item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, abstract_syntax.encode())
+                 + b"".join(_item(0x40, ts.encode()) for ts in transfer_syntaxes))
+
+
+def _request(contexts: bytes, roles: bytes = b"") -> bytes:
+    """An A-ASSOCIATE-RQ from MODALITY1 to MIMIC with these context items and, in its User
+    Information, SCP/SCU Role Selection items ``roles``."""
+    user = (_item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.826.0.1.3680043.9.3811")
+            + roles)
+    body = (struct.pack(">HH", 1, 0) + b"MIMIC".ljust(16) + b"MODALITY1".ljust(16)
+            + bytes(32) + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + _item(0x50, user))
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def _answered_contexts(body: bytes) -> dict[int, int]:
+    """Context ID -> result of each Presentation Context (AC) item of an A-ASSOCIATE-AC."""
+    results, offset = {}, 68
+    while offset < len(body):
+        item_type, _, length = struct.unpack(">BBH", body[offset:offset + 4])
+        if item_type == 0x21:
+            results[body[offset + 4]] = body[offset + 6]
+        offset += 4 + length
+    return results
+
+
+def _role(uid: str, scu: int, scp: int) -> bytes:
+    return _item(0x54, struct.pack(">H", len(uid)) + uid.encode() + bytes([scu, scp]))
+
+
+@pytest.mark.parametrize(("contexts", "roles", "results"), [
+    pytest.param(_proposed(1, VERIFICATION, [IMPLICIT]) + _proposed(3, CT, []), b"",
+                 {1: 0, 3: 4}, id="a-context-without-transfer-syntax"),
+    pytest.param(_proposed(1, VERIFICATION, [IMPLICIT]) + _proposed(3, CT, [IMPLICIT]),
+                 _role(CT, 0, 0), {1: 0, 3: 0}, id="a-role-item-proposing-no-role"),
+])
+def test_a_malformed_proposal_is_answered_not_aborted(
+    server: MimicProcess, contexts: bytes, roles: bytes, results: dict[int, int]
+) -> None:
+    """A context proposed without a transfer syntax, or an SCP/SCU Role Selection item
+    proposing neither role: the association was admitted, then encoding the
+    A-ASSOCIATE-AC raised, the peer got an A-ABORT and the log an ERROR, 'unexpected error
+    in the DICOM upper layer'. Now the A-ASSOCIATE-AC answers: the context without transfer
+    syntax refused with result 4 (transfer-syntaxes-not-supported), the role item left out
+    (default roles), the other contexts accepted; nothing is logged at ERROR."""
+    logged = server.log_mark()
+    with raw_tls(server) as sock:
+        sock.sendall(_request(contexts, roles))
+        pdu_type, body = read_pdu(sock)
+        assert pdu_type == A_ASSOCIATE_AC, f"PDU type 0x{pdu_type:02X}"
+        assert _answered_contexts(body) == results
+    assert not [e for e in server.log_entries()[logged:] if e.get("level") == "ERROR"]
