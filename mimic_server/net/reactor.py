@@ -138,8 +138,9 @@ _A_ASSOCIATE_RQ = 0x01
 _INVALID_FIELD = re.compile(r"Invalid '([^']{1,64})' value")
 
 
-def _not_understood(exc: Exception) -> str:
-    """What of an A-ASSOCIATE-RQ could not be decoded, in words that quote no value."""
+def _not_understood(exc: Exception) -> str | None:
+    """What of an A-ASSOCIATE-RQ pynetdicom could not decode or convert, in words that quote
+    no value; None for an exception that is not one of its refusals of a peer's value."""
     if isinstance(exc, ValueError):
         text = str(exc)
         found = _INVALID_FIELD.match(text)
@@ -147,14 +148,18 @@ def _not_understood(exc: Exception) -> str:
             return f"invalid {found.group(1)}"
         if isinstance(exc, UnicodeDecodeError) or text.startswith("Unable to decode"):
             return "a title or UID that is not ASCII text"  # pynetdicom's decode_bytes
+        if text.startswith("'context_id' must be an odd integer"):
+            return "a presentation context ID that is not odd"  # PresentationContext
+        if text.startswith("User Identity Type must be"):
+            return "a user identity type other than 1 to 5"  # UserIdentityNegotiation
     if isinstance(exc, struct.error):
         return "an item shorter than its fields"
     if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], int):
         return f"an item of unknown type 0x{exc.args[0]:02X}"  # pynetdicom's PDU_ITEM_TYPES
-    return type(exc).__name__
+    return None
 
 
-def _request_not_understood(assoc: Any, exc: Exception) -> None:
+def _request_not_understood(assoc: Any, reason: str) -> None:
     """Say why a peer's A-ASSOCIATE-RQ is answered A-ABORT; never raises.
 
     The request of a peer whose certificate was trusted, decoded by pynetdicom, raises on a
@@ -162,7 +167,10 @@ def _request_not_understood(assoc: Any, exc: Exception) -> None:
     the AE repertoire (a backslash, an accented letter), and on an item type it does not
     know. pynetdicom's state machine answers A-ABORT (AA-1), and its own log line is off:
     the modality's operator saw "aborted by the service user" and the archive's log said
-    nothing at all, not even that the modality had called."""
+    nothing at all, not even that the modality had called. A request that decodes but whose
+    conversion to pynetdicom's primitive raises on a peer's value (a presentation context ID
+    that is even, a user identity type outside 1 to 5) is said the same way, not as an
+    unexpected error of the archive (:meth:`_EventDrivenDUL._abort_for`)."""
     try:
         identity = peer_identity(assoc)
         requestor = assoc.requestor
@@ -170,7 +178,7 @@ def _request_not_understood(assoc: Any, exc: Exception) -> None:
             "association request not understood: aborted",
             extra={"peer": f"{requestor.address}:{requestor.port}",
                    "identity": identity.label if identity is not None else "unknown",
-                   "reason": _not_understood(exc)},
+                   "reason": reason},
         )
     except Exception:  # a log line must not change what the peer is answered
         log.debug("the refused association request could not be described", exc_info=True)
@@ -347,7 +355,7 @@ class _EventDrivenDUL(DULServiceProvider):
             try:
                 return super()._decode_pdu(bytestream)
             except Exception as exc:
-                _request_not_understood(self.assoc, exc)
+                _request_not_understood(self.assoc, _not_understood(exc) or type(exc).__name__)
                 raise  # pynetdicom's reader: Evt19, answered A-ABORT (AA-1)
         return super()._decode_pdu(bytestream)
 
@@ -418,7 +426,7 @@ class _EventDrivenDUL(DULServiceProvider):
                     self._abort_for(exc)
                     return
             except Exception as exc:
-                self._abort_for(exc)
+                self._abort_for(exc, request=event == "Evt6")
                 return
             sleep = False
 
@@ -438,15 +446,23 @@ class _EventDrivenDUL(DULServiceProvider):
                   extra={"event": event, "state": self.state_machine.current_state})
         return True
 
-    def _abort_for(self, exc: Exception) -> None:
+    def _abort_for(self, exc: Exception, request: bool = False) -> None:
         """An action of the state machine raised (a bug, most likely, or a PDU that some
         decoder let through): one ERROR record naming the exception's type and where it
         was raised, never its message (it may quote values); then as pynetdicom does for an
         exception in its transport, A-ABORT (source 2, service provider) and the association
         killed, and the connection closed as pynetdicom's AA-2 closes it (``EVT_CONN_CLOSE``:
-        a partly received data set's spool goes, a slot is given back)."""
-        log.error("unexpected error in the DICOM upper layer: aborting the association",
-                  extra={"error": type(exc).__name__, "where": where(exc)})
+        a partly received data set's spool goes, a slot is given back).
+
+        ``request``: the action was the one taking in the peer's A-ASSOCIATE-RQ (AE-6); an
+        exception there that is pynetdicom refusing one of the peer's values is the peer's
+        error, said at WARNING (:func:`_request_not_understood`), not this side's."""
+        reason = _not_understood(exc) if request else None
+        if reason is not None:
+            _request_not_understood(self.assoc, reason)
+        else:
+            log.error("unexpected error in the DICOM upper layer: aborting the association",
+                      extra={"error": type(exc).__name__, "where": where(exc)})
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
         abort_pdu.reason_diagnostic = 0x00

@@ -27,7 +27,7 @@ from tests.e2e.test_slow_clients import (
     raw_tls,
     read_pdu,
 )
-from tests.support import MimicProcess, association_request
+from tests.support import MimicProcess, association_request, wait_for
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -119,11 +119,12 @@ def _proposed(context_id: int, abstract_syntax: str, transfer_syntaxes: list[str
                  + b"".join(_item(0x40, ts.encode()) for ts in transfer_syntaxes))
 
 
-def _request(contexts: bytes, roles: bytes = b"") -> bytes:
+def _request(contexts: bytes, user_items: bytes = b"") -> bytes:
     """An A-ASSOCIATE-RQ from MODALITY1 to MIMIC with these context items and, in its User
-    Information, SCP/SCU Role Selection items ``roles``."""
+    Information after the maximum length and the Implementation Class UID, ``user_items``
+    (SCP/SCU Role Selection, User Identity...)."""
     user = (_item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.826.0.1.3680043.9.3811")
-            + roles)
+            + user_items)
     body = (struct.pack(">HH", 1, 0) + b"MIMIC".ljust(16) + b"MODALITY1".ljust(16)
             + bytes(32) + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + _item(0x50, user))
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
@@ -165,4 +166,35 @@ def test_a_malformed_proposal_is_answered_not_aborted(
         pdu_type, body = read_pdu(sock)
         assert pdu_type == A_ASSOCIATE_AC, f"PDU type 0x{pdu_type:02X}"
         assert _answered_contexts(body) == results
+    assert not [e for e in server.log_entries()[logged:] if e.get("level") == "ERROR"]
+
+
+@pytest.mark.parametrize(("contexts", "user_items", "reason"), [
+    pytest.param(_proposed(2, VERIFICATION, [IMPLICIT]), b"",
+                 "a presentation context ID that is not odd", id="even-context-id"),
+    pytest.param(_proposed(1, VERIFICATION, [IMPLICIT]),
+                 _item(0x58, bytes([9, 0]) + struct.pack(">H", 3) + b"bob" + bytes(2)),
+                 "a user identity type other than 1 to 5", id="user-identity-type-9"),
+])
+def test_a_request_with_a_value_pynetdicom_refuses_is_the_peers_error(
+    server: MimicProcess, contexts: bytes, user_items: bytes, reason: str
+) -> None:
+    """A presentation context ID that is even, a User Identity type outside 1 to 5: the
+    request decodes, but pynetdicom refuses the value as it takes the request in (AE-6) and
+    the association is aborted, as before. That was logged at ERROR as "unexpected error in
+    the DICOM upper layer", a bug of the archive to report; it is the peer's error: one
+    WARNING naming the certificate and what was wrong, and no ERROR."""
+    logged = server.log_mark()
+    with raw_tls(server) as sock:
+        sock.sendall(_request(contexts, user_items))
+        pdu_type, _ = read_pdu(sock)
+    assert pdu_type == A_ABORT
+
+    def said() -> list[dict]:
+        return [e for e in server.log_entries()[logged:]
+                if e.get("message") == "association request not understood: aborted"]
+
+    assert wait_for(lambda: len(said()) == 1), server.log()[-2000:]
+    assert said()[0]["reason"] == reason
+    assert said()[0]["identity"].startswith("modality1 ")
     assert not [e for e in server.log_entries()[logged:] if e.get("level") == "ERROR"]
