@@ -212,6 +212,15 @@ class PendingHandshakes:
         except ssl.SSLWantWriteError:
             self._watch(entry, selectors.EVENT_WRITE)
             return
+        except ssl.SSLCertVerificationError as exc:
+            # OpenSSL's reason is CERTIFICATE_VERIFY_FAILED whatever failed: an untrusted
+            # certificate, an expired one, one for servers only, a 1024-bit key (refused at
+            # OpenSSL's security level though its entry was trusted). The verification's
+            # own message (a fixed OpenSSL string, no value of the certificate) tells the
+            # operator which.
+            detail = f" ({exc.verify_message})" if exc.verify_message else ""
+            self._fail(entry, f"TLS handshake failed: {exc.reason or exc}{detail}")
+            return
         except ssl.SSLError as exc:
             self._fail(entry, f"TLS handshake failed: {exc.reason or exc}")
             return

@@ -27,6 +27,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -288,6 +292,59 @@ def test_certificate_of_our_ca_that_is_not_trusted(server: MimicProcess, tmp_pat
     assert echo_ok(server, server.client_cert, server.client_key)  # same CA, trusted: works
     ctx = client_context(cert, key, server.ca_cert)
     assert_refused_in_handshake(server, ctx, (UNKNOWN_CA,), "CERTIFICATE_VERIFY_FAILED")
+
+
+def _self_signed(directory: Path, name: str, key_size: int,
+                 usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
+    """A self-signed leaf (to be pinned) with this RSA key size and Extended Key Usage."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(("key_size", "usage", "why"), [
+    pytest.param(1024, ExtendedKeyUsageOID.CLIENT_AUTH, "EE certificate key too weak",
+                 id="rsa-1024"),
+    pytest.param(2048, ExtendedKeyUsageOID.SERVER_AUTH, "unsuitable certificate purpose",
+                 id="server-auth-only"),
+])
+def test_a_pinned_certificate_tls_refuses_says_why(
+    server: MimicProcess, tmp_path: Path, key_size: int, usage: x509.ObjectIdentifier,
+    why: str,
+) -> None:
+    """A certificate the operator pinned in trusted/ that OpenSSL still refuses: a 1024-bit
+    RSA key (under OpenSSL's security level), an Extended Key Usage of serverAuth only.
+    The trust set counts it, the modality's handshakes fail, and the log said only
+    'CERTIFICATE_VERIFY_FAILED', as for a certificate nobody trusted: the operator could not
+    tell why. Now the reason carries OpenSSL's verification message."""
+    cert, key = _self_signed(tmp_path, f"pinned-{key_size}", key_size, usage)
+    fresh, fresh_key, _, _ = write_cert(tmp_path, "fresh-control", issuer=dev_ca(server.certs))
+    since = server.log_mark()
+    place_trusted(server, f"pinned-{key_size}", cert)
+    place_trusted(server, f"fresh-control-{key_size}", fresh)
+    assert server.wait_until_trusted(lambda: echo_ok(server, fresh, fresh_key), since)
+    # TLS 1.2 at the lowest security level, set before the key is loaded: the client takes
+    # a 1024-bit key, and the server's refusal comes in the handshake.
+    ctx = client_context(None, None, server.ca_cert, max_version=ssl.TLSVersion.TLSv1_2)
+    ctx.load_cert_chain(str(cert), str(key))
+    assert_refused_in_handshake(
+        server, ctx, ("SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"),
+        f"CERTIFICATE_VERIFY_FAILED ({why})",
+    )
 
 
 # -- transport ----------------------------------------------------------------------------
