@@ -91,8 +91,10 @@ class FilesystemStore:
             self._lock, self._tmp = _claim_incoming(incoming)
             self.sweep_incoming()
         else:
-            if not root.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "no object directory", str(root))
+            # None yet (an archive that has stored nothing): an empty store, as the writable
+            # one that made it would be; a file in its place is no store at all.
+            if root.exists() and not root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(root))
             self._lock, self._tmp = None, incoming / "-"  # a name no listing yields
             spare_files = 0
         self._spare_target = spare_files

@@ -306,5 +306,14 @@ def test_a_read_only_store_reads_and_writes_nothing(tmp_path: Path) -> None:
     finally:
         reader.close()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    absent = FilesystemStore(tmp_path / "absent", writable=False)  # stored nothing yet
+    try:
+        assert list(absent.iter_keys()) == []
+        with pytest.raises(KeyError):
+            absent.open("ab/1.2/1.2.3/1.2.3.4.0000000000000000.dcm")
+    finally:
+        absent.close()
+    assert not (tmp_path / "absent").exists()
+    (tmp_path / "file").write_bytes(b"")
     with pytest.raises(OSError):
-        FilesystemStore(tmp_path / "absent", writable=False)
+        FilesystemStore(tmp_path / "file", writable=False)
