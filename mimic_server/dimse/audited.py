@@ -22,7 +22,6 @@ registered DICOM node; the destination is its own participant.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +39,14 @@ from mimic_server.dimse.session import Session, session_of
 from mimic_server.dimse.unexpected import _MOVE_BEFORE_DESTINATION
 from mimic_server.errors import Status
 from mimic_server.security import audit
+from mimic_server.security.transfer_tally import (
+    Patient,
+    TransferTally,
+    by_patient,
+    failed_in,
+    patient_details,
+    patient_of,
+)
 from mimic_server.storage.keys import study_of_key
 
 if TYPE_CHECKING:
@@ -140,8 +147,11 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         details["service"] = service
         if service == "C-MOVE":
             details["destination"] = str(event.move_destination or "").strip()
-        sent: dict[str, Counter[str]] = {}
-        patients: set[tuple[str, str]] = set()
+        sent = TransferTally()
+        # Whose each match is, for a failed sub-operation that has no index row (a
+        # stand-in): its SOP Instance UID -> patient when the matches are several
+        # patients' (``_Matches``).
+        matched = _Matches()
         failed, status, pending, began = 0, Status.SUCCESS, None, False
         yielded = 0  # items passed on to pynetdicom
         # The C-MOVE's answer (with the fence): what replaced pynetdicom's 0xA801, if
@@ -156,7 +166,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         try:
             for item in handler(event, *args):
                 if pending is not None:  # pynetdicom has tried to send the previous one
-                    failed += _tally(pending, sent, patients)
+                    failed += _tally(pending, sent, matched)
                     pending = None
                 if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
                     details["destination_address"] = item[0]
@@ -188,15 +198,16 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 yielded += 1
                 if announced is not None:  # asked for the first object: the transfer begins
                     began = True
-                    patient = _one_patient(announced)
-                    audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
-                                     studies=_studies_of(announced),
-                                     instances=len(announced),
-                                     patient_id=patient[0] if patient else None,
-                                     patient_name=patient[1] if patient else None, **details)
+                    # One message per patient (PS3.15 A.5.3.3: one patient per message).
+                    groups = by_patient(announced)
+                    matched = _Matches.of(groups)
+                    for patient, refs in groups.items():
+                        audit_log.record(audit.BEGIN_TRANSFERRING, audit.SUCCESS,
+                                         studies=_studies_of(refs), instances=len(refs),
+                                         **patient_details(patient), **details)
                     announced = None
             if pending is not None:
-                failed += _tally(pending, sent, patients)
+                failed += _tally(pending, sent, matched)
         except GeneratorExit:
             if announced is not None and answer is not None and answer.used:
                 # The destination could not be reached: every match failed unsent, as the
@@ -214,7 +225,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
             status, reason = _unexpected(service, yielded), "unexpected error"
             raise
         finally:
-            if not (began or sent):
+            if not (began or sent.sent):
                 if answered or status not in (*_SUCCESS, Status.CANCEL):
                     extra = {"failed": failed} if failed else {}
                     audit_log.record(
@@ -223,17 +234,13 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         status=f"0x{status:04X}", **extra, **details,
                     )
             else:
-                outcome = outcome_of(status)
-                if failed and outcome == audit.SUCCESS:
-                    outcome = audit.MINOR_FAILURE
-                patient = next(iter(patients)) if len(patients) == 1 else None
-                audit_log.record(
-                    audit.INSTANCES_TRANSFERRED, outcome, received=False,
-                    studies={uid: dict(classes) for uid, classes in sent.items()},
-                    instances=sum(sum(c.values()) for c in sent.values()), failed=failed,
-                    patient_id=patient[0] if patient else None,
-                    patient_name=patient[1] if patient else None, **details,
-                )
+                # One per patient, each with its own failures (PS3.15 A.5.3.4).
+                for record in sent.records():
+                    outcome = outcome_of(status)
+                    if failed_in(record) and outcome == audit.SUCCESS:
+                        outcome = audit.MINOR_FAILURE
+                    audit_log.record(audit.INSTANCES_TRANSFERRED, outcome, received=False,
+                                     **record, **details)
 
     return retrieve
 
@@ -258,42 +265,67 @@ def _take_refs(session: Session | None) -> list[InstanceRef] | None:
 
 
 def _studies_of(refs: list[InstanceRef]) -> dict[str, dict[str, int]]:
-    studies: dict[str, Counter[str]] = {}
+    studies: dict[str, dict[str, int]] = {}
     for ref in refs:
-        study = study_of_key(ref.object_key) or "unknown"
-        studies.setdefault(study, Counter())[ref.sop_class_uid] += 1
-    return {uid: dict(classes) for uid, classes in studies.items()}
+        classes = studies.setdefault(study_of_key(ref.object_key) or "unknown", {})
+        classes[ref.sop_class_uid] = classes.get(ref.sop_class_uid, 0) + 1
+    return studies
 
 
-def _one_patient(refs: list[InstanceRef]) -> tuple[str, str] | None:
-    """The patient (ID, name) of the matches as the index files them, when they are one
-    patient's: PS3.15 A.5.3.3 wants the Patient in a Begin Transferring DICOM Instances
-    (one patient per message), which named none. Matches of several patients name none,
-    as their DICOM Instances Transferred does."""
-    patients = {(ref.patient_id, ref.patient_name) for ref in refs}
-    return next(iter(patients)) if len(patients) == 1 else None
+class _Matches:
+    """Whose each match is, to put a failed sub-operation on its patient: the one patient
+    of all the matches, or for several each SOP Instance UID's (a failed sub-operation's
+    stand-in carries only that). Made once, when the transfer begins; nothing per object
+    for one patient's matches."""
+
+    __slots__ = ("of_uid", "only")
+
+    def __init__(self, only: Patient | None = None,
+                 of_uid: dict[str, Patient] | None = None) -> None:
+        self.only = only
+        self.of_uid = of_uid or {}
+
+    @classmethod
+    def of(cls, groups: dict[Patient, list[InstanceRef]]) -> _Matches:
+        if len(groups) == 1:
+            return cls(only=next(iter(groups)))
+        return cls(of_uid={ref.sop_instance_uid: patient
+                           for patient, refs in groups.items() for ref in refs})
+
+    def patient(self, dataset: Any) -> Patient | None:
+        """The patient of a dataset that failed, if known: its index row's, else the
+        match list's."""
+        row = index_row_of(dataset)
+        if row is not None:
+            return patient_of(row)
+        if self.only is not None:
+            return self.only
+        return self.of_uid.get(str(getattr(dataset, "SOPInstanceUID", "") or ""))
 
 
-def _tally(dataset: Any, sent: dict[str, Counter[str]], patients: set[tuple[str, str]]) -> int:
+def _tally(dataset: Any, sent: TransferTally, matched: _Matches) -> int:
     """Count a dataset pynetdicom was given: sent if the destination's response took it
     (Success or Warning, ``raw_send.answered_send``); else 1, failed: no presentation
     context, a refusal, no response (a send cut off midway). Without that wrapper (fence
     entry ``answered-send`` off): sent if it was encoded and the encoder did not fail it
     (``_mimic_refused``: nothing was sent). A stored object
     is named by its index row (its study and patient as the index files them); the objects
-    sent are never parsed for the audit."""
+    sent are never parsed for the audit. A failure is put on its patient where known
+    (``matched``)."""
     if answered_send_in_use():
         if not _taken(getattr(dataset, "_mimic_answer", None)):
+            sent.failed_one(matched.patient(dataset))
             return 1
     elif not getattr(dataset, "_mimic_encoded", False) or getattr(
             dataset, "_mimic_refused", False):
+        sent.failed_one(matched.patient(dataset))
         return 1
     row = index_row_of(dataset)
     if row is None:
+        sent.failed_one(matched.patient(dataset))
         return 1
     study = row.study_instance_uid or study_of_key(row.object_key) or "unknown"
-    sent.setdefault(study, Counter())[row.sop_class_uid] += 1
-    patients.add((row.patient_id, row.patient_name))
+    sent.sent_one(patient_of(row), study, row.sop_class_uid)
     return 0
 
 

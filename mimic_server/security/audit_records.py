@@ -279,7 +279,10 @@ def _description(d: Mapping[str, Any]) -> str | None:
         parts.append(f"count={d['count']}")
     if d.get("IntervalStart"):
         parts.append(f"from {d['IntervalStart']} to {d.get('IntervalEnd', '')}")
-    for key in ("status", "instances", "failed", "aborted", "trusted"):
+    # failed_patient_unknown: a retrieve of several patients' failures it could not place
+    # (``transfer_tally``).
+    for key in ("status", "instances", "failed", "failed_patient_unknown", "aborted",
+                "trusted"):
         if d.get(key) is not None:
             parts.append(f"{key}={d[key]}")
     return "; ".join(parts) or None

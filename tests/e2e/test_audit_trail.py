@@ -30,6 +30,7 @@ from lxml import etree
 from pydicom.uid import generate_uid
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 from sqlalchemy import create_engine, text
@@ -237,6 +238,45 @@ def test_every_event_validates_with_its_participants(tmp_path: Path) -> None:
     log = server.log()
     for value in (str(ct.PatientName), ct.PatientID, ct.StudyInstanceUID, rg3_study):
         assert value not in log, value
+
+
+def patients(message: etree._Element) -> list[str]:
+    return [str(o.get("ParticipantObjectID")) for o in message.findall(
+        "ParticipantObjectIdentification") if o.find("ParticipantObjectIDTypeCode").get(
+        "csd-code") == "2"]
+
+
+def test_a_retrieve_of_several_patients_is_recorded_per_patient(tmp_path: Path) -> None:
+    """A C-GET and a C-MOVE of two patients' studies (a list of Study Instance UIDs): one
+    Begin Transferring and one DICOM Instances Transferred per patient, each naming it and
+    only its study (PS3.15 A.5.3.3, A.5.3.4: the Patient is mandatory, one per message).
+    Each named no patient, and both studies."""
+    ct = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    rg3 = [f for f in storable_files() if f.path.name.startswith("RG3_")]
+    rg3_ds = pydicom.dcmread(rg3[0].path, stop_before_pixels=True)
+    assert ct.PatientID != rg3_ds.PatientID
+    both = _id("STUDY", StudyInstanceUID=[ct.StudyInstanceUID, rg3_ds.StudyInstanceUID])
+    expected = {ct.PatientID: ct.StudyInstanceUID, rg3_ds.PatientID: rg3_ds.StudyInstanceUID}
+    with running_archive(tmp_path) as archive:
+        got, final = _get(archive, both, StudyRootQueryRetrieveInformationModelGet,
+                          [f for f in storable_files() if f.path == ct_small()] + rg3)
+        assert final.Status == 0 and len(got) == 1 + len(rg3)
+        assoc = archive.associate([StudyRootQueryRetrieveInformationModelMove])
+        moved = list(assoc.send_c_move(both, "STORESCP",
+                                       StudyRootQueryRetrieveInformationModelMove))
+        assoc.release()
+        assert moved[-1][0].Status == 0
+    trail = messages(archive.server)
+    for service in ("C-GET", "C-MOVE"):
+        for code in ("110102", "110104"):
+            retrieved = [m for m in trail if event(m) == code and f"service={service};" in (
+                m.findtext("EventIdentification/EventOutcomeDescription") or "")]
+            named = sorted((patients(m), studies(m)) for m in retrieved)
+            assert named == sorted(([p], {s}) for p, s in expected.items()), (service, code)
+            assert all(m.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+                       for m in retrieved)
+            if service == "C-MOVE":
+                assert all("STORESCP" in users(m) for m in retrieved)
 
 
 def _established(port: int, ctx: ssl.SSLContext) -> bool:

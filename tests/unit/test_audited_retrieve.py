@@ -1,6 +1,8 @@
 """The Begin Transferring DICOM Instances record of a C-GET / C-MOVE (``dimse/audited.py``)
 names the patient of the matches (PS3.15 A.5.3.3: Patient is mandatory, one patient per
-message) when they are one patient's; it named none."""
+message) when they are one patient's; it named none. Matches of several patients are one
+Begin Transferring and one DICOM Instances Transferred per patient, each with its own
+studies, counts and failures: both named no patient at all."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from typing import Any
 from lxml import etree
 
 from mimic_server.dimse.audited import audited_retrieve
+from mimic_server.dimse.raw_send import StoredDataset
+from mimic_server.dimse.retrieve import failed_suboperation
 from mimic_server.dimse.session import attach_session
 from mimic_server.query.finder import InstanceRef
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
 from mimic_server.security.audit_message import validate
+from mimic_server.storage.keys import new_object_key
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -42,6 +47,11 @@ def _ref(n: int, patient: str, name: str) -> InstanceRef:
 
 
 def _begun(refs: list[InstanceRef]) -> etree._Element:
+    [message] = _begun_all(refs)
+    return message
+
+
+def _begun_all(refs: list[InstanceRef]) -> list[etree._Element]:
     trail = _Trail()
     session = SimpleNamespace(retrieving=refs, peer_address="127.0.0.1:4000",
                               identity=SimpleNamespace(label="ws (abc)", trust_name="ws"),
@@ -58,9 +68,14 @@ def _begun(refs: list[InstanceRef]) -> etree._Element:
     next(answers)  # the number of sub-operations
     next(answers)  # the first object asked for: the transfer begins
     answers.close()
-    [xml] = [d["xml"] for e, _, d in trail.kept if e[0] == audit.BEGIN_TRANSFERRING[0]]
-    validate(xml)
-    return etree.fromstring(xml)
+    return _messages(trail, audit.BEGIN_TRANSFERRING)
+
+
+def _messages(trail: _Trail, event: tuple[str, str, str]) -> list[etree._Element]:
+    xmls = [d["xml"] for e, _, d in trail.kept if e[0] == event[0]]
+    for xml in xmls:
+        validate(xml)
+    return [etree.fromstring(xml) for xml in xmls]
 
 
 def _patients(message: etree._Element) -> list[tuple[str | None, str | None]]:
@@ -74,9 +89,98 @@ def test_begin_transferring_names_the_one_patient() -> None:
     assert _patients(message) == [("PID1", "DOE^JANE")]
 
 
-def test_matches_of_several_patients_name_none() -> None:
-    message = _begun([_ref(1, "PID1", "DOE^JANE"), _ref(2, "PID2", "ROE^RICHARD")])
-    assert _patients(message) == []
+def _studies(message: etree._Element) -> dict[str, str]:
+    """Study Instance UID -> its Number of Instances (of its one SOP Class), as the message
+    names them."""
+    return {str(o.get("ParticipantObjectID")): ",".join(
+                str(c.get("NumberOfInstances"))
+                for c in o.findall("ParticipantObjectDescription/SOPClass"))
+            for o in message.findall("ParticipantObjectIdentification")
+            if o.find("ParticipantObjectIDTypeCode").get("csd-code") == "110180"}
+
+
+def _stored(n: int, patient: str, name: str, study: str) -> InstanceRef:
+    uid = f"1.2.3.{n}"
+    return InstanceRef(CT, uid, "1.2.840.10008.1.2.1", new_object_key(study, study + ".1", uid),
+                       "0" * 64, study_instance_uid=study, patient_id=patient,
+                       patient_name=name)
+
+
+def test_matches_of_several_patients_begin_one_transfer_each() -> None:
+    """Each message names one patient and that patient's studies and counts; the one message
+    named the studies of both and no patient."""
+    refs = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID2", "ROE^RICHARD", "1.2.20"),
+            _stored(3, "PID1", "DOE^JANE", "1.2.10"), _stored(4, "PID2", "ROE^RICHARD", "1.2.21")]
+    messages = _begun_all(refs)
+    named = sorted((_patients(m), _studies(m)) for m in messages)
+    assert named == [([("PID1", "DOE^JANE")], {"1.2.10": "2"}),
+                     ([("PID2", "ROE^RICHARD")], {"1.2.20": "1", "1.2.21": "1"})]
+
+
+def _sent(ref: InstanceRef, taken: bool = True) -> StoredDataset:
+    """A stored object pynetdicom was given and sent, taken by the destination or refused
+    (with or without the ``answered-send`` fence entry)."""
+    dataset = StoredDataset()
+    dataset._mimic_ref = ref
+    dataset._mimic_encoded = True
+    dataset._mimic_refused = not taken
+    dataset._mimic_answer = 0x0000 if taken else 0xA700
+    return dataset
+
+
+def _transferred(refs: list[InstanceRef], datasets: list[Any]) -> list[etree._Element]:
+    """A whole C-GET whose matches are ``refs`` and whose sub-operations are ``datasets``;
+    its DICOM Instances Transferred messages."""
+    trail = _Trail()
+    session = SimpleNamespace(retrieving=refs, peer_address="127.0.0.1:4000",
+                              identity=SimpleNamespace(label="ws (abc)", trust_name="ws"),
+                              calling_ae_title="WS1", user=None)
+    assoc = SimpleNamespace(acceptor=SimpleNamespace(ae_title="MIMIC"))
+    attach_session(assoc, session)  # type: ignore[arg-type]
+
+    def handler(event: Any) -> Iterator[Any]:
+        yield len(refs)
+        for dataset in datasets:
+            yield 0xFF00, dataset
+
+    for _ in audited_retrieve(handler, trail, "C-GET")(SimpleNamespace(assoc=assoc)):
+        pass
+    return _messages(trail, audit.INSTANCES_TRANSFERRED)
+
+
+def _outcome(message: etree._Element) -> tuple[str | None, str | None]:
+    identification = message.find("EventIdentification")
+    return (identification.get("EventOutcomeIndicator"),
+            identification.findtext("EventOutcomeDescription"))
+
+
+def test_instances_of_several_patients_transferred_one_message_each() -> None:
+    """Each patient's message has its studies, counts and failures: a stand-in (object
+    unreadable: only its SOP Instance UID) and an object the destination refused are put on
+    their patients. The one message named no patient, both studies and failed=2."""
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID1", "DOE^JANE", "1.2.10")]
+    richard = [_stored(3, "PID2", "ROE^RICHARD", "1.2.20"),
+               _stored(4, "PID2", "ROE^RICHARD", "1.2.20"),
+               _stored(5, "PID2", "ROE^RICHARD", "1.2.21")]
+    messages = _transferred([*jane, *richard], [
+        _sent(jane[0]), _sent(richard[0]), _sent(jane[1]),
+        failed_suboperation(richard[1]), _sent(richard[2], taken=False)])
+    named = sorted((_patients(m), _studies(m), _outcome(m)) for m in messages)
+    assert named == [
+        ([("PID1", "DOE^JANE")], {"1.2.10": "2"},
+         ("0", "service=C-GET; called AE=MIMIC; instances=2; failed=0")),
+        ([("PID2", "ROE^RICHARD")], {"1.2.20": "1"},
+         ("4", "service=C-GET; called AE=MIMIC; instances=1; failed=2")),
+    ]
+
+
+def test_one_patients_instances_are_one_message_as_before() -> None:
+    """Every failure counted in the one message, which names the patient."""
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID1", "DOE^JANE", "1.2.11")]
+    [message] = _transferred(jane, [_sent(jane[0]), failed_suboperation(jane[1])])
+    assert _patients(message) == [("PID1", "DOE^JANE")]
+    assert _studies(message) == {"1.2.10": "1"}
+    assert _outcome(message) == ("4", "service=C-GET; called AE=MIMIC; instances=1; failed=1")
 
 
 def _failing(service: str, before: list[Any]) -> tuple[int | None, str]:

@@ -5,7 +5,6 @@ requestor as destination)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -15,6 +14,13 @@ from mimic_server.query.finder import InstanceRef
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Level, Model
 from mimic_server.security import audit
+from mimic_server.security.transfer_tally import (
+    Patient,
+    TransferTally,
+    by_patient,
+    failed_in,
+    patient_of,
+)
 from mimic_server.storage.keys import study_of_key
 from mimic_server.web.dicomweb.auth import WebSession
 from mimic_server.web.dicomweb.context import DicomWebContext
@@ -70,7 +76,9 @@ def instances(ctx: DicomWebContext, study: str, series: str | None = None,
 
 
 class TransferAudit:
-    """Begin Transferring before the first byte, DICOM Instances Transferred at the end."""
+    """Begin Transferring before the first byte, DICOM Instances Transferred at the end; each
+    one per patient when the instances are several patients' (PS3.15 A.5.3.3, A.5.3.4: one
+    patient per message; ``security.transfer_tally``)."""
 
     def __init__(self, ctx: DicomWebContext, session: WebSession, resource: str) -> None:
         self.ctx = ctx
@@ -78,51 +86,45 @@ class TransferAudit:
             "service": "WADO-RS", "resource": resource, **session.audit_details(),
             "called_ae": ctx.ae_title,
         }
-        self.sent: dict[str, Counter[str]] = {}
-        #: The patients (ID, name) of what was sent, as the index files them.
-        self.patients: set[tuple[str, str]] = set()
-        self.failed = 0
+        #: What was sent and failed, per patient as the index files them.
+        self.tally = TransferTally()
+        #: The one patient of what began (a failure named by no ref is that patient's).
+        self.only: Patient | None = None
         self.ended = False
 
     def begin(self, refs: list[InstanceRef]) -> None:
-        studies: dict[str, Counter[str]] = {}
-        for ref in refs:
-            study = study_of_key(ref.object_key) or "unknown"
-            studies.setdefault(study, Counter())[ref.sop_class_uid] += 1
-        self.ctx.audit.record(
-            audit.BEGIN_TRANSFERRING, audit.SUCCESS, instances=len(refs),
-            studies={uid: dict(c) for uid, c in studies.items()},
-            **_patient({(ref.patient_id, ref.patient_name) for ref in refs}), **self.details,
-        )
+        groups = by_patient(refs)
+        self.only = next(iter(groups)) if len(groups) == 1 else None
+        for (patient_id, patient_name), mine in groups.items():
+            studies: dict[str, dict[str, int]] = {}
+            for ref in mine:
+                classes = studies.setdefault(study_of_key(ref.object_key) or "unknown", {})
+                classes[ref.sop_class_uid] = classes.get(ref.sop_class_uid, 0) + 1
+            self.ctx.audit.record(
+                audit.BEGIN_TRANSFERRING, audit.SUCCESS, instances=len(mine), studies=studies,
+                patient_id=patient_id, patient_name=patient_name, **self.details,
+            )
 
     def sent_one(self, ref: InstanceRef) -> None:
-        study = study_of_key(ref.object_key) or "unknown"
-        self.sent.setdefault(study, Counter())[ref.sop_class_uid] += 1
-        self.patients.add((ref.patient_id, ref.patient_name))
+        self.tally.sent_one(patient_of(ref), study_of_key(ref.object_key) or "unknown",
+                            ref.sop_class_uid)
 
-    def failed_one(self) -> None:
-        self.failed += 1
+    def failed_one(self, ref: InstanceRef | None = None) -> None:
+        """One instance not sent; ``ref``: which, to count it with its patient. Without it,
+        the one patient of what began; else (several, or none begun) no patient: a retrieve
+        of several patients records it as ``failed_patient_unknown``."""
+        self.tally.failed_one(patient_of(ref) if ref is not None else self.only)
 
     def end(self, completed: bool = True) -> None:
         if self.ended:
             return
         self.ended = True
-        count = sum(sum(c.values()) for c in self.sent.values())
-        outcome = audit.SUCCESS if completed and not self.failed else audit.MINOR_FAILURE
-        if not count and not self.failed and completed:
+        if not self.tally.total_sent and not self.tally.total_failed and completed:
             return
-        self.ctx.audit.record(
-            audit.INSTANCES_TRANSFERRED, outcome, received=False,
-            studies={uid: dict(c) for uid, c in self.sent.items()}, instances=count,
-            failed=self.failed, **_patient(self.patients), **self.details,
-        )
-
-
-def _patient(patients: set[tuple[str, str]]) -> dict[str, str]:
-    """The patient as record details when the instances are one patient's (PS3.15 A.5.3.3
-    and A.5.3.4 want the Patient, one per message, as C-GET's records name it); none for
-    several."""
-    if len(patients) != 1:
-        return {}
-    patient_id, patient_name = next(iter(patients))
-    return {"patient_id": patient_id, "patient_name": patient_name}
+        for record in self.tally.records():
+            outcome = audit.SUCCESS if completed and not failed_in(record) else (
+                audit.MINOR_FAILURE)
+            if record["patient_id"] is None and record["patient_name"] is None:
+                del record["patient_id"], record["patient_name"]  # none known: none named
+            self.ctx.audit.record(audit.INSTANCES_TRANSFERRED, outcome, received=False,
+                                  **record, **self.details)

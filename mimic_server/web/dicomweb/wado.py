@@ -137,7 +137,7 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             for ref in refs:
                 obj = first if first is not None and ref is refs[0] else read_now(ctx, ref)
                 if obj is None or not _in_syntax(obj, wanted):
-                    audit.failed_one()
+                    audit.failed_one(ref)
                     accounted += 1
                     continue
                 yield multipart.part_head(
@@ -151,13 +151,13 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         finally:
             # Cut off (the client left, the store failed): the object being sent and every
             # one after it were not sent; before, those after it were in neither count.
-            for _ in refs[accounted:]:
-                audit.failed_one()
+            for ref in refs[accounted:]:
+                audit.failed_one(ref)
             audit.end(completed)
 
     def never_sent() -> None:  # the client left before the first byte: none was sent
-        for _ in refs:
-            audit.failed_one()
+        for ref in refs:
+            audit.failed_one(ref)
         audit.end(completed=False)
 
     return ClosingStreamingResponse(body(), media_type=media_type, unstarted=never_sent)
@@ -452,14 +452,14 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
         for ref in refs:
             obj = read_now(ctx, ref)
             if obj is None:
-                audit.failed_one()
+                audit.failed_one(ref)
                 continue
             try:
                 with metadata_header(ctx, obj) as ds:
                     series_uid = str(ds.get("SeriesInstanceUID", series or ""))
                     document = metadata_json(ds, _instance_url(root, ref, study, series_uid))
             except WebError:
-                audit.failed_one()
+                audit.failed_one(ref)
                 continue
             documents.append(document)
             audit.sent_one(obj.ref)
