@@ -66,9 +66,34 @@ def _path(request: Request) -> tuple[str, str | None, str | None]:
     return str(p["study"]), p.get("series"), p.get("instance")
 
 
-def _syntax_wanted(params: dict[str, str]) -> str | None:
-    wanted = params.get("transfer-syntax")
-    return None if wanted in (None, "", "*") else wanted
+class _SyntaxesAccepted:
+    """Which stored transfer syntaxes the request's Accept header takes for
+    ``multipart/related; type="application/dicom"`` (PS3.18 8.7.3.5): each syntax is
+    negotiated as an offer of its own, so that an Accept listing several syntaxes, or one
+    syntax and then a range without one (``transfer-syntax=*``, or none, at a lower q), takes
+    every syntax it names or lets in. Deciding on the most specific range alone took only
+    its first syntax and refused an instance stored in the second (406)."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._known: dict[str, bool] = {}
+        self.any = self._takes("")  # a range without a syntax (or ``*``) lets in any
+
+    def _takes(self, syntax: str) -> bool:
+        offer = f"{MULTIPART_DICOM}; transfer-syntax={syntax}" if syntax else MULTIPART_DICOM
+        try:
+            _, params = negotiate(self._request, [offer])
+        except WebError:
+            return False
+        return bool(syntax) or params.get("transfer-syntax") in (None, "", "*")
+
+    def __call__(self, syntax: str) -> bool:
+        if self.any:
+            return True
+        known = self._known.get(syntax)
+        if known is None:
+            known = self._known[syntax] = self._takes(syntax)
+        return known
 
 
 def read_now(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject | None:
@@ -90,13 +115,14 @@ def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
 
 
 def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
-    _, params = negotiate(request, [MULTIPART_DICOM])
+    negotiate(request, [MULTIPART_DICOM])
     session = authorize(ctx, request, WADO)
     study, series, instance = _path(request)
     refs = instances(ctx, study, series, instance)
-    wanted = _syntax_wanted(params)
+    accepts = _SyntaxesAccepted(request)
+    wanted = None if accepts.any else accepts
     if wanted is not None:
-        refs_in = [r for r in refs if r.transfer_syntax_uid == wanted]
+        refs_in = [r for r in refs if wanted(r.transfer_syntax_uid)]
         if not refs_in:
             raise WebError(406, f"stored in another transfer syntax; MIMIC does not transcode "
                            f"(ask for transfer-syntax=* or {refs[0].transfer_syntax_uid})")
@@ -110,7 +136,7 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             audit.failed_one()
             audit.end(completed=False)
             raise
-        if wanted is not None and first.ref.transfer_syntax_uid != wanted:
+        if wanted is not None and not wanted(first.ref.transfer_syntax_uid):
             audit.failed_one()  # it was read: a failed transfer, as frames record theirs
             audit.end(completed=False)
             raise WebError(406, "stored again meanwhile in another transfer syntax; MIMIC does "
@@ -163,10 +189,10 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
     return ClosingStreamingResponse(body(), media_type=media_type, unstarted=never_sent)
 
 
-def _in_syntax(obj: VerifiedObject, wanted: str | None) -> bool:
-    """Whether the object read is in the transfer syntax asked for: one stored again since it
+def _in_syntax(obj: VerifiedObject, wanted: _SyntaxesAccepted | None) -> bool:
+    """Whether the object read is in a transfer syntax asked for: one stored again since it
     matched may not be (not sent, and counted as failed, as a C-GET's would be)."""
-    if wanted is None or obj.ref.transfer_syntax_uid == wanted:
+    if wanted is None or wanted(obj.ref.transfer_syntax_uid):
         return True
     log.warning("instance stored again in another transfer syntax since it matched; not sent",
                 extra={"object": reference(obj.ref)})
