@@ -22,11 +22,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
+import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+)
 from pydicom.valuerep import BYTES_VR
 from starlette.requests import Request
 from starlette.responses import Response
@@ -515,6 +521,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         header = header_of(source)
         encapsulated = tag == 0x7FE00010 and _encapsulated_pixels(header)
         found = None if encapsulated else _value_of(header, source, tag)
+        swap = _word_size(header, tag) if ref.transfer_syntax_uid == ExplicitVRBigEndian else 1
     except BaseException:  # read, but not sent: a failed transfer (as a single instance's)
         if source is not None:
             source.close()
@@ -556,6 +563,7 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
             ended(False)
             raise
         ended(True)
+        data = _little_endian(data, swap)
         return Response(b"".join(multipart.parts(boundary, [(OCTET_STREAM, data)])),
                         media_type=media_type)
     start, length = found
@@ -567,8 +575,13 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
                 yield multipart.part_head(boundary, OCTET_STREAM)
                 source.seek(start)
                 left = length
+                carry = b""  # a word's first bytes, its rest in the next piece
                 while left and (piece := source.read(min(CHUNK, left))):
                     left -= len(piece)
+                    if swap > 1:
+                        piece = carry + piece
+                        whole = len(piece) - len(piece) % swap if left else len(piece)
+                        piece, carry = _little_endian(piece[:whole], swap), piece[whole:]
                     yield piece
                 if left:  # never a well-formed answer of a value cut short: the answer breaks
                     raise OSError("the stored value is shorter than its length")
@@ -582,6 +595,37 @@ def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
         ended(False)
 
     return ClosingStreamingResponse(body(), media_type=media_type, unstarted=never_sent)
+
+
+#: Bytes per word of the binary VRs, whose words a Big Endian object holds swapped.
+_WORD_SIZES = {"OW": 2, "US": 2, "SS": 2, "AT": 2, "OL": 4, "OF": 4, "UL": 4, "SL": 4,
+               "FL": 4, "OD": 8, "OV": 8, "FD": 8, "SV": 8, "UV": 8}
+
+
+def _word_size(ds: pydicom.Dataset, tag: int) -> int:
+    """The word size by which a value of a Big Endian object is swapped to little endian
+    (1: bytes, nothing to swap). PS3.18 8.7.3.3: uncompressed bulk data is sent as
+    ``application/octet-stream`` in Explicit VR Little Endian, as the frames route sends
+    native frames; native Pixel Data goes by its Bits Allocated as those frames do (8-bit
+    samples in OW: 16-bit words)."""
+    raw = ds._dict.get(BaseTag(tag))  # type: ignore[attr-defined]
+    vr = str(getattr(raw, "VR", "") or "").split(" ")[0]
+    size = _WORD_SIZES.get(vr, 1)
+    if tag == 0x7FE00010 and vr == "OW":
+        bits = ds.get("BitsAllocated")
+        if isinstance(bits, int) and bits in (32, 64):
+            return bits // 8
+    return size
+
+
+def _little_endian(data: bytes, word: int) -> bytes:
+    """``data`` of a Big Endian object with each ``word``-byte word swapped (a trailing
+    part of a word, in a damaged value, is left as it is)."""
+    if word <= 1 or len(data) < word:
+        return data
+    whole = len(data) - len(data) % word
+    swapped = np.frombuffer(data, f">u{word}", count=whole // word).astype(f"<u{word}")
+    return swapped.tobytes() + data[whole:]
 
 
 def _value_of(
