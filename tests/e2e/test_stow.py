@@ -339,6 +339,20 @@ def test_a_body_broken_after_a_stored_part_is_202(setup: Setup) -> None:
     assert setup.find(ds) == [ds.SOPInstanceUID]
 
 
+def test_the_part_a_body_broke_in_is_named_failed(setup: Setup) -> None:
+    """The 202's Failed SOP Sequence names the part the body ended in (its File Meta read):
+    it was left out of the answer, which then named nothing failed, and a sender that reads
+    the Failed SOP Sequence to know what to send again saw no failure at all."""
+    ds, cut = new_ct(), new_ct()
+    body = multipart(part10(ds)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+    head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    response = setup.post(body + head + part10(cut)[:20000])  # ends in its Pixel Data
+    assert response.status_code == 202
+    assert stored_uids(response.json()) == [ds.SOPInstanceUID]
+    assert failures(response.json()) == [(cut.SOPInstanceUID, 0xC000)]
+    assert not setup.find(cut)
+
+
 # -- refusals: per part (FailedSOPSequence) --------------------------------------------------
 
 
@@ -585,6 +599,8 @@ def test_a_stalled_body_is_given_up(setup: Setup) -> None:
         headers, _, json_body = answer.partition(b"\r\n\r\n")
         assert b"connection: close" in headers.lower()
         assert stored_uids(json.loads(json_body)) == [good.SOPInstanceUID]
+        # The part it stalled in is named failed, as out of resources: send it again.
+        assert failures(json.loads(json_body)) == [(stalled.SOPInstanceUID, 0xA700)]
         assert setup.instance_count() == before + 1 and not setup.find(stalled)
         assert memory.held == 0
     finally:

@@ -128,6 +128,11 @@ async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
             await keep_first()
         if splitter is None or splitter.parts == 0:
             malformed = malformed or "no part"  # RFC 2046: at least one body part
+        if (malformed or stalled) and stow.outcome.stored:
+            # Answered 202: the part the body broke or stalled in is named failed too, so
+            # that a sender reading the Failed SOP Sequence knows to send it again.
+            for part in parts:
+                stow.cut_off(part, stalled)
     except ClientDisconnect:
         log.warning("STOW-RS client went away before the body ended",
                     extra={"stored": len(stow.outcome.stored)})
@@ -214,6 +219,19 @@ class _StowRequest:
             self._stored(attrs)
         finally:
             part.close()
+
+    def cut_off(self, part: ReceivedPart, stalled: bool) -> None:
+        """A part begun and never ended (the body broke or stalled in it): refused with the
+        reason it had already, else ``0xA700`` for a stalled body (the sender may send it
+        again) or ``0xC000`` for a broken one; named by its File Meta's UIDs when read."""
+        declared = part.declared
+        if part.failure is not None:
+            status = int(part.failure.status)
+        else:
+            status = Status.OUT_OF_RESOURCES if stalled else Status.CANNOT_UNDERSTAND
+        self._refused(declared.sop_class_uid if declared is not None else "",
+                      declared.sop_instance_uid if declared is not None else "",
+                      status, "the body stalled" if stalled else "the body broke in the part")
 
     def _in_target_study(self, attrs: InstanceAttributes) -> None:
         if self.study is not None and attrs.study_instance_uid != self.study:
