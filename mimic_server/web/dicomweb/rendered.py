@@ -28,7 +28,7 @@ from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
 from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
-from mimic_server.web.dicomweb.wado import seekable
+from mimic_server.web.dicomweb.wado import get_only, seekable
 
 MAX_FRAMES_PER_REQUEST = 1024
 OCTET_STREAM = "application/octet-stream"
@@ -255,7 +255,7 @@ def routes(ctx: DicomWebContext) -> list[Route]:
         return endpoint
 
     instance = "/studies/{study}/series/{series}/instances/{instance}"
-    return [
+    return get_only([  # a HEAD would read and record a transfer (wado.get_only)
         Route(instance + "/frames/{frames}", bind(retrieve_frames), methods=["GET"]),
         Route(instance + "/rendered", bind(retrieve_rendered), methods=["GET"]),
         Route(instance + "/frames/{frames}/rendered", bind(retrieve_rendered),
@@ -264,4 +264,4 @@ def routes(ctx: DicomWebContext) -> list[Route]:
         Route("/studies/{study}/series/{series}/thumbnail", bind(retrieve_thumbnail),
               methods=["GET"]),
         Route("/studies/{study}/thumbnail", bind(retrieve_thumbnail), methods=["GET"]),
-    ]
+    ])

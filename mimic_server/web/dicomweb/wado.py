@@ -659,6 +659,18 @@ def _value_of(
     return raw.value_tell, end - 8 - raw.value_tell
 
 
+def get_only(routes: list[Route]) -> list[Route]:
+    """The routes without the HEAD that Starlette adds to every GET route: a HEAD of a
+    retrieve ran the whole GET, every object of a study read from the store and verified
+    for an answer with no content, and recorded in the audit trail as DICOM Instances
+    Transferred to the user. PS3.18 defines GET only; HEAD is answered 405 (Allow: GET),
+    nothing read, nothing recorded."""
+    for route in routes:
+        if route.methods is not None:
+            route.methods.discard("HEAD")
+    return routes
+
+
 def routes(ctx: DicomWebContext) -> list[Route]:
     def bind(handler: Any) -> Any:
         def endpoint(request: Request) -> Response:
@@ -666,7 +678,7 @@ def routes(ctx: DicomWebContext) -> list[Route]:
         return endpoint
 
     instance = "/studies/{study}/series/{series}/instances/{instance}"
-    return [
+    return get_only([
         Route("/studies/{study}", bind(retrieve_instances), methods=["GET"]),
         Route("/studies/{study}/series/{series}", bind(retrieve_instances), methods=["GET"]),
         Route(instance, bind(retrieve_instances), methods=["GET"]),
@@ -675,4 +687,4 @@ def routes(ctx: DicomWebContext) -> list[Route]:
               methods=["GET"]),
         Route(instance + "/metadata", bind(retrieve_metadata), methods=["GET"]),
         Route(instance + "/bulkdata/{tag}", bind(retrieve_bulkdata), methods=["GET"]),
-    ]
+    ])
