@@ -237,3 +237,21 @@ def test_the_defaults_count_with_includefield(qido: Qido) -> None:
     answer = qido.get("/studies?includefield=all," + ",".join(_keywords(100)))
     assert answer.status_code == 200, answer.text
     assert len(answer.json()) == 3
+
+
+@pytest.mark.parametrize("accept,answered", [
+    ("application/json", "application/json"),
+    ("application/dicom+json", "application/dicom+json"),
+    ("application/json;q=0.5, application/dicom+json", "application/dicom+json"),
+    ("*/*", "application/dicom+json"),
+])
+@pytest.mark.parametrize("path", ["/studies", "/studies/1.2.3.4.1/metadata"])
+def test_json_answers_come_in_the_type_negotiated(qido: Qido, path: str, accept: str,
+                                                  answered: str) -> None:
+    """QIDO-RS and WADO-RS metadata were sent as application/dicom+json whatever was
+    negotiated: a client whose Accept takes application/json alone got a type it did not
+    name. Each now comes in the type its Accept chose (STOW-RS's answer did already)."""
+    answer = qido.client.get(path, headers={"Accept": accept})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == answered
+    assert answer.json()

@@ -344,7 +344,9 @@ def _retrieve_url(root: str, level: Level, answer: dict[str, Any]) -> str | None
 
 def search(ctx: DicomWebContext, request: Request, level: Level,
            path_keys: dict[str, str]) -> Response:
-    negotiate(request, [DICOM_JSON, "application/json"])
+    # Answered in the type negotiated: a client that takes application/json only was
+    # sent application/dicom+json, a type its Accept did not name.
+    answer_type, _ = negotiate(request, [DICOM_JSON, "application/json"])
     session = authorize(ctx, request, QIDO)
     for uid in path_keys.values():
         # Else `*` in the path searched every study, and `1.2,1.3` or `1.2\1.3` a list.
@@ -392,7 +394,7 @@ def search(ctx: DicomWebContext, request: Request, level: Level,
                                "seconds": round(time.monotonic() - started, 4)})
     headers = {"Warning": ", ".join(warnings)} if warnings else {}
     body = json.dumps(documents, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Response(body, media_type=DICOM_JSON, headers=headers)
+    return Response(body, media_type=answer_type, headers=headers)
 
 
 def _find(ctx: DicomWebContext, session: WebSession, identifier: Dataset, level: Level,

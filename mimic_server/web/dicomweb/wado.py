@@ -472,7 +472,9 @@ def _inline_nested(node: Any, inline: dict[int, DataElement]) -> None:
 
 
 def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
-    negotiate(request, [DICOM_JSON, "application/json"])
+    # Answered in the type negotiated: a client that takes application/json only was
+    # sent application/dicom+json, a type its Accept did not name.
+    answer_type, _ = negotiate(request, [DICOM_JSON, "application/json"])
     session = authorize(ctx, request, WADO)
     study, series, instance = _path(request)
     refs = instances(ctx, study, series, instance)
@@ -500,7 +502,7 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
     if not documents:
         raise WebError(500, "no stored object of this resource can be read")
     body = json.dumps(documents, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Response(body, media_type=DICOM_JSON)
+    return Response(body, media_type=answer_type)
 
 
 def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
