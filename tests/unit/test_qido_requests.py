@@ -255,3 +255,15 @@ def test_json_answers_come_in_the_type_negotiated(qido: Qido, path: str, accept:
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == answered
     assert answer.json()
+
+
+@pytest.mark.parametrize("path", ["/studies", "/studies/1.2.3.4.1/metadata"])
+def test_every_accept_field_line_counts(qido: Qido, path: str) -> None:
+    """Accept sent as two field lines is one list (RFC 9110 5.3): only the first was read,
+    and a request whose second line named the type served was refused 406."""
+    answer = qido.client.get(path, headers=[("Accept", "text/html"),
+                                            ("Accept", "application/dicom+json")])
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/dicom+json"
+    refused = qido.client.get(path, headers=[("Accept", "text/html"), ("Accept", "image/png")])
+    assert refused.status_code == 406

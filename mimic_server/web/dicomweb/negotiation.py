@@ -73,7 +73,9 @@ def _split(header: str) -> list[str]:
 
 
 def accepted_ranges(request: Request) -> list[MediaRange]:
-    header = request.headers.get("accept", "") or "*/*"
+    # Every Accept field line, as one list (RFC 9110 5.3): the first alone refused a request
+    # whose second line named the type served.
+    header = ", ".join(request.headers.getlist("accept")) or "*/*"
     ranges = []
     for item in _split(header):
         media, params = parse_media_type(item)
