@@ -49,12 +49,13 @@ class Finder:
 class Archive:
     """One study: an instance stored in Explicit VR Little Endian, one in Implicit."""
 
-    def __init__(self) -> None:
+    def __init__(self, audit_sinks: list[Any] | None = None) -> None:
         self.store = MemoryStore()
         self.bytes: dict[str, bytes] = {}
         refs = [self._object(IN_EXPLICIT, EXPLICIT), self._object(IN_IMPLICIT, IMPLICIT)]
         ctx = DicomWebContext(finder=Finder(refs), store=self.store,  # type: ignore[arg-type]
-                              policy=Policy("MIMIC"), audit=AuditLog(None, sinks=[]),
+                              policy=Policy("MIMIC"),
+                              audit=AuditLog(None, sinks=audit_sinks or []),
                               tokens=None, auth="none")
         self.client = TestClient(build_dicomweb(ctx))
 
@@ -114,3 +115,4 @@ def test_still_406_when_no_syntax_accepted_is_the_stored_one(accept: str) -> Non
     answer = archive.get(f"/series/{SERIES}/instances/{IN_EXPLICIT}", accept)
     assert answer.status_code == 406
     assert archive.bytes[IN_EXPLICIT] not in answer.content
+

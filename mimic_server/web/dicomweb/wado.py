@@ -148,10 +148,29 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             raise WebError(406, "stored again meanwhile in another transfer syntax; MIMIC does "
                            f"not transcode (ask for transfer-syntax=* or "
                            f"{first.ref.transfer_syntax_uid})")
-    audit.begin(refs)
+        audit.begin(refs)
+    else:
+        # A study or series: read up to its first object that can be sent before the answer
+        # starts. One whose every object failed its SHA-256 check was a 200 of an empty
+        # multipart body (its close delimiter alone), which a viewer shows as an empty
+        # study; its metadata was a 500 already.
+        unsendable = 0
+        for ref in refs:
+            obj = read_now(ctx, ref)
+            if obj is not None and _in_syntax(obj, wanted):
+                first = obj
+                break
+            unsendable += 1
+        audit.begin(refs)
+        for _ in range(unsendable):
+            audit.failed_one()
+        if first is None:
+            audit.end(completed=False)
+            raise WebError(500, "no stored object of this resource can be read")
+        refs = refs[unsendable:]
     boundary = multipart.new_boundary()
     media_type = multipart.content_type(boundary, DICOM)
-    if first is not None and first.size <= WHOLE_ANSWER_BYTES:
+    if instance is not None and first is not None and first.size <= WHOLE_ANSWER_BYTES:
         # A small instance in one piece: each piece of a streamed answer costs a hop to a
         # worker thread and back, which dominates a 40 KB answer on a busy machine.
         ref = first.ref
