@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from mimic_server.certs import devpki
 from mimic_server.certs.directory import DirectorySource
+from mimic_server.config import Settings
 from mimic_server.index import schema
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.engine import create_index_engine
@@ -252,6 +253,57 @@ def test_now_shows_serve_status(issuer: OidcIssuerDouble, archive: dict) -> None
     broken = _console(issuer, archive, [OPERATOR], serve_status=down)
     response = broken.get("/console/api/now")
     assert response.status_code == 502 and "ConnectionRefusedError" in response.json()["error"]
+
+
+def test_a_source_that_is_down_is_a_503_not_a_500(issuer: OidcIssuerDouble, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Key Vault unreachable, PostgreSQL down: each page says which source failed (503), and
+    the log has a WARNING, not the ERROR of a bug (both were a 500 "Internal Server Error")."""
+    from mimic_server.errors import ConfigurationError
+    from mimic_server.index.engine import create_index_engine
+    from mimic_server.security.audit import read_file_newest
+    from mimic_server.web.console.app import build_console
+    from mimic_server.webapp import _audit_reader
+
+    def vault_down() -> TrustView:  # as KeyVaultSource reports an SDK failure
+        raise ConfigurationError("Key Vault https://kv.example: HTTP 403: Forbidden")
+
+    nowhere = create_index_engine("postgresql+psycopg://postgres@127.0.0.1:1/mimic")
+    devpki.init(tmp_path / "certs")
+    source = DirectorySource(tmp_path / "certs")
+    trail = tmp_path / "trail.jsonl"
+    cases = [
+        ({"trust": vault_down}, "the certificate source cannot be read now "
+                                "(Key Vault https://kv.example: HTTP 403: Forbidden)"),
+        ({"trust": lambda: TrustView(source.load().trusted), "engine": nowhere,
+          "audit_records": lambda selection, limit: read_file_newest(trail, selection, limit)},
+         "the index or the audit trail cannot be read now (OperationalError)"),
+    ]
+    issuer.sign_in_as("user-1", roles=[OPERATOR])
+    for extra, message in cases:
+        ctx = console_context(issuer, tmp_path, **extra)
+        web = TestClient(build_console(ctx), base_url="http://127.0.0.1:8042",
+                         follow_redirects=False)
+        assert sign_in(web, issuer).status_code == 303
+        response = web.get("/console/api/modalities")
+        assert (response.status_code, response.json()["error"]) == (503, message)
+    trail.mkdir()  # the audit file unreadable (a directory: the tests may run as root)
+    for reader, reason in ((_audit_reader(Settings(audit_path=trail), nowhere),
+                            "OperationalError"),
+                           (lambda selection, limit: read_file_newest(trail, selection, limit),
+                            "IsADirectoryError")):
+        ctx = console_context(issuer, tmp_path, audit_records=reader)
+        web = TestClient(build_console(ctx), base_url="http://127.0.0.1:8042",
+                         follow_redirects=False)
+        assert sign_in(web, issuer).status_code == 303
+        response = web.post("/console/api/audit", json={})
+        assert response.status_code == 503
+        assert response.json()["error"] == f"the audit trail cannot be read now ({reason})"
+    nowhere.dispose()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.source for r in caplog.records if r.getMessage() == "console source unavailable"
+            ] == ["the certificate source", "the index or the audit trail",
+                  "the audit trail", "the audit trail"]
 
 
 def test_activity_counts_per_minute() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -45,6 +46,33 @@ _AUDIT_FIELDS = ("time", "event", "event_name", "event_type", "outcome", "identi
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+#: What a page's source may raise when it is down: the certificate source (Key Vault
+#: unreachable or refusing: ConfigurationError), the index or the audit table (SQLAlchemy,
+#: which ``read_index`` passes on as it is) or the audit file (OSError).
+SOURCE_DOWN = (MimicError, SQLAlchemyError, OSError)
+
+
+def _unavailable(what: str, exc: Exception) -> JSONResponse:
+    """503 naming the source that failed, and a WARNING by its type: a source that is down
+    is not a bug of the console. Left to ``UnexpectedErrors`` it was a 500 "Internal Server
+    Error" and an ERROR "unexpected error" for a Key Vault or database outage. The message
+    of a MimicError is written to be shown (the vault's URL and its answer); SQLAlchemy's
+    may quote a statement's values, so only its type is."""
+    log.warning("console source unavailable", extra={"source": what,
+                                                      "error": type(exc).__name__})
+    reason = str(exc) if isinstance(exc, MimicError) else type(exc).__name__
+    return _error(503, f"{what} cannot be read now ({reason})")
+
+
+class _Down(Exception):
+    """A page's source that did not answer: which one, and its error."""
+
+    def __init__(self, source: str, error: Exception) -> None:
+        super().__init__(source)
+        self.source = source
+        self.error = error
 
 
 class BadBody(Exception):
@@ -149,17 +177,28 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
     async def trusted(request: Request, user: ConsoleUser) -> Response:
         if ctx.trust is None:
             return _error(503, "no certificate source")
-        return JSONResponse({"modalities": await anyio.to_thread.run_sync(_modalities)})
+        try:
+            rows = await anyio.to_thread.run_sync(_modalities)
+        except _Down as down:
+            return _unavailable(down.source, down.error)
+        return JSONResponse({"modalities": rows})
 
     def _modalities() -> list[dict[str, Any]]:
         assert ctx.trust is not None
-        view = ctx.trust()
-        stored = modalities.stored_by_peer(ctx.engine) if ctx.engine is not None else {}
-        logins: dict[str, str] = {}
-        if ctx.last_logins is not None:
-            logins = ctx.last_logins()
-        elif ctx.audit_records is not None:
-            logins = modalities.last_logins(ctx.audit_records(AuditFilter(event="login"), None))
+        try:
+            view = ctx.trust()
+        except SOURCE_DOWN as exc:
+            raise _Down("the certificate source", exc) from exc
+        try:
+            stored = modalities.stored_by_peer(ctx.engine) if ctx.engine is not None else {}
+            logins: dict[str, str] = {}
+            if ctx.last_logins is not None:
+                logins = ctx.last_logins()
+            elif ctx.audit_records is not None:
+                logins = modalities.last_logins(
+                    ctx.audit_records(AuditFilter(event="login"), None))
+        except SOURCE_DOWN as exc:
+            raise _Down("the index or the audit trail", exc) from exc
         return modalities.describe(view, ctx.policy, stored, logins)
 
     @auth.guard(ctx, Right.OPERATE)
@@ -187,8 +226,11 @@ def build_console(ctx: ConsoleContext) -> SecurityHeaders:
             return _error(400, str(exc))
         # One more than shown, to say whether there are more: the trail is read newest
         # first and no further (it may be hundreds of MiB).
-        records = await anyio.to_thread.run_sync(ctx.audit_records, selection,
-                                                 MAX_AUDIT_RECORDS + 1)
+        try:
+            records = await anyio.to_thread.run_sync(ctx.audit_records, selection,
+                                                     MAX_AUDIT_RECORDS + 1)
+        except SOURCE_DOWN as exc:
+            return _unavailable("the audit trail", exc)
         newest = records[:MAX_AUDIT_RECORDS]
         if ctx.audit_log is not None:  # reading the trail is itself audited (PS3.15 A.5.3.2)
             shown = selection.describe()
