@@ -58,6 +58,7 @@ from mimic_server.web.console.app import build_console
 from mimic_server.web.console.auth import console_user_source
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.gate import dicomweb_gate
+from mimic_server.web.console.headers import NoStore
 from mimic_server.web.console.modalities import TrustView, last_logins_in_table
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
@@ -377,7 +378,8 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Mount("/dicomweb", app=build_dicomweb(ctx, cors_origins)),
+        # No answer with patient data is kept by a browser (the console shows these too).
+        Mount("/dicomweb", app=NoStore(build_dicomweb(ctx, cors_origins))),
     ]
     if console is not None:
         routes.append(Mount("/", app=console))

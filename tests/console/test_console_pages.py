@@ -7,11 +7,13 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pydicom
 import pytest
+from starlette.testclient import TestClient
 
-from mimic_server.web.console.app import STATIC
+from mimic_server.web.console.app import STATIC, build_console
 from mimic_server.web.console.headers import CSP
-from tests.console.harness import client, console_context, sign_in
+from tests.console.harness import BASE, client, console_context, sign_in
 from tests.oidc_double import OidcIssuerDouble
 
 HTML = sorted(STATIC.glob("*.html"))
@@ -111,3 +113,49 @@ def test_searches_are_posted_not_put_in_urls() -> None:
         text = script.read_text()
         assert "postJson('/console/api/studies'" in text or "/console/api/studies" not in text
         assert "postJson('/console/api/audit'" in text or "/console/api/audit" not in text
+
+
+def test_images_the_console_shows_are_not_kept_by_the_browser(issuer: OidcIssuerDouble,
+                                                               tmp_path: Path) -> None:
+    """The console's thumbnails and images come from DICOMweb with the session cookie: those
+    answers (a patient's pixels, QIDO's names) carry ``Cache-Control: no-store`` as the
+    console's own do, or the browser keeps them in its disk cache on a shared reading-room
+    workstation after sign-out."""
+    import hashlib
+
+    from mimic_server.query.finder import InstanceRef
+    from mimic_server.security.audit import AuditLog
+    from mimic_server.security.policy import Policy
+    from mimic_server.security.policy_file import parse_policy
+    from mimic_server.storage.keys import new_object_key
+    from mimic_server.storage.memory import MemoryStore
+    from mimic_server.web.console.auth import console_user_source
+    from mimic_server.web.dicomweb.context import DicomWebContext
+    from mimic_server.webapp import build_web_app
+    from tests.data import ct_small
+    from tests.dicomweb_doubles import InstanceFinder
+
+    ds = pydicom.dcmread(ct_small())
+    study, series, uid = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    data = ct_small().read_bytes()
+    store = MemoryStore()
+    key = new_object_key(study, series, uid)
+    store.objects[key] = data
+    ref = InstanceRef(ds.SOPClassUID, uid, ds.file_meta.TransferSyntaxUID, key,
+                      hashlib.sha256(data).hexdigest())
+    policy = Policy("MIMIC", rules=parse_policy(
+        '[certificates.dicomweb]\nservices = ["find", "get"]\n'))
+    dicomweb = DicomWebContext(finder=InstanceFinder(ref), store=store,  # type: ignore[arg-type]
+                               policy=policy, audit=AuditLog(None), tokens=None)
+    ctx = console_context(issuer, tmp_path)
+    dicomweb.user_sources.append(console_user_source(ctx))
+    web = TestClient(build_web_app(dicomweb, [], build_console(ctx)), base_url=BASE,
+                     follow_redirects=False)
+    assert sign_in(web, issuer).status_code == 303
+    path = f"/dicomweb/studies/{study}/series/{series}/instances/{uid}"
+    for image in (f"{path}/rendered", f"{path}/thumbnail"):
+        answer = web.get(image, headers={"Accept": "image/png"})
+        assert answer.status_code == 200 and answer.content.startswith(b"\x89PNG")
+        assert answer.headers["cache-control"] == "no-store", image
+    refused = TestClient(web.app, base_url=BASE).get(f"{path}/rendered")  # no session: 401
+    assert refused.status_code == 401 and refused.headers["cache-control"] == "no-store"

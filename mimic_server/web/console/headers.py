@@ -45,3 +45,33 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class NoStore:
+    """``Cache-Control: no-store`` on every answer of the wrapped app that sets none (a pure
+    ASGI middleware, one header per response). ``mimic web`` wraps DICOMweb in it: the
+    console's thumbnails and images are DICOMweb rendered answers fetched with the session
+    cookie, and without it a browser kept a patient's pixels (and QIDO's names) in its disk
+    cache on a shared workstation after sign-out, while the console's own pages say
+    no-store. Every DICOMweb answer carries patient data or a refusal; none is meant to be
+    kept (a cache may not tell one user's answer from another's: the policy narrows them)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_no_store(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    message["headers"] = [*headers, NO_STORE]
+            await send(message)
+
+        await self.app(scope, receive, with_no_store)
