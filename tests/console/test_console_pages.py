@@ -159,3 +159,21 @@ def test_images_the_console_shows_are_not_kept_by_the_browser(issuer: OidcIssuer
         assert answer.headers["cache-control"] == "no-store", image
     refused = TestClient(web.app, base_url=BASE).get(f"{path}/rendered")  # no session: 401
     assert refused.status_code == 401 and refused.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(("base", "hsts"), [
+    ("https://console.example", True), ("http://console.example", True),  # behind the ingress
+    (BASE, False), ("http://localhost:8042", False), ("https://localhost:8042", False)])
+def test_https_only_where_the_session_cookie_is_secure(issuer: OidcIssuerDouble, tmp_path: Path,
+                                                       base: str, hsts: bool) -> None:
+    """Strict-Transport-Security on every console answer reached by a public host name: the
+    ingress's redirect from http:// left the first plain request to whoever sits on the
+    network. Never on loopback (development), where it would hold every local server."""
+    ctx = console_context(issuer, tmp_path, redirect_uri=f"{BASE}/auth/callback")
+    web = TestClient(build_console(ctx), base_url=base, follow_redirects=False)
+    for path in ("/", "/signed-out", "/auth/login", "/static/main.js", "/console/api/me"):
+        response = web.get(path)
+        assert response.headers.get("strict-transport-security") == (
+            "max-age=31536000" if hsts else None), (base, path)
+        if path == "/auth/login" and hsts:  # the login cookie is Secure there too
+            assert "; secure" in response.headers["set-cookie"].lower()

@@ -45,15 +45,18 @@ TOO_MANY_EXCHANGES = "too many sign-ins from this address"
 
 def secure_cookies(request: Request) -> bool:
     """Secure unless plain HTTP to a loopback host (where a Secure cookie would be lost)."""
-    if request.url.scheme == "https":
-        return True
+    return request.url.scheme == "https" or not loopback_host(request)
+
+
+def loopback_host(request: Request) -> bool:
+    """Whether the request names ``localhost`` or a loopback address (development, tests)."""
     host = (request.url.hostname or "").strip("[]")
     if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
         return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redirect_uri(ctx: ConsoleContext, request: Request) -> str:

@@ -6,11 +6,23 @@ so an injected ``<script>`` or ``style=`` would not run. Frames are refused (cli
 nothing the console serves is cached, and no referrer leaves this origin. (``same-origin``,
 not ``no-referrer``: with the latter a browser sends ``Origin: null`` on a form POST, and
 the sign-out form's same-origin check would refuse it.)
+
+Reached by a host name other than ``localhost`` (HTTPS, or behind the TLS-terminating
+ingress, where the session cookie is Secure too), ``Strict-Transport-Security`` tells the
+browser to use nothing but HTTPS for this host for a year: the ingress only redirects
+``http://`` to ``https://``, and that first plain request (an operator typing the host
+name) was open to anyone on the hospital's network, who could keep the browser on a page
+of their own. Never for a loopback host: a browser would then refuse plain HTTP to every
+development server on ``localhost``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from starlette.requests import Request
+
+from mimic_server.web.console.auth import loopback_host
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -25,6 +37,9 @@ HEADERS = [
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+#: A year (the value preload lists ask for); not includeSubDomains: the console cannot know
+#: whether the hospital's other hosts under its domain all speak HTTPS.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 class SecurityHeaders:
@@ -36,11 +51,13 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        headers = HEADERS if loopback_host(Request(scope)) else [*HEADERS, HSTS]
+
         async def with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (n, v) for n, v in HEADERS if n not in names
+                    (n, v) for n, v in headers if n not in names
                 ]
             await send(message)
 
