@@ -59,7 +59,11 @@ from mimic_server.web.console.auth import console_user_source
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.gate import dicomweb_gate
 from mimic_server.web.console.headers import NoStore
-from mimic_server.web.console.modalities import TrustView, last_logins_in_table
+from mimic_server.web.console.modalities import (
+    LastLoginsInFile,
+    TrustView,
+    last_logins_in_table,
+)
 from mimic_server.web.console.oidc import OidcClient
 from mimic_server.web.console.sessions import Signer
 from mimic_server.web.console.studies import StudyBrowser
@@ -264,8 +268,7 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         studies=StudyBrowser(finder, engine), engine=engine, policy=policy,
         trust=_trust_view(s), audit_records=_audit_reader(s, engine),
         audit_uri=_audit_uri(s, engine),
-        last_logins=(lambda: last_logins_in_table(engine)) if engine.dialect.name != "sqlite"
-        else None,
+        last_logins=_last_logins(s, engine),
         serve_status=_serve_status(s.web_serve_status_url), audit_log=audit_log,
         sign_in_refusals=_sign_in_refusals(s, audit_log) if oidc is not None else None,
     )
@@ -332,6 +335,17 @@ def _audit_reader(settings: Settings, engine: Engine
         return from_table
     path = settings.audit_path
     return lambda selection, limit: read_file_newest(path, selection, limit)
+
+
+def _last_logins(settings: Settings, engine: Engine) -> Callable[[], dict[str, str]]:
+    """Trust name -> its latest successful association, for the modalities page: one grouped
+    query of the audit table, else the audit file read on from where the last view stopped
+    into that one mapping. (The page read the file through ``read_file_newest`` without a
+    limit: every login record of the trail, one per association ever, held in memory at
+    once, and the whole trail parsed again, on each view.)"""
+    if engine.dialect.name != "sqlite":
+        return lambda: last_logins_in_table(engine)
+    return LastLoginsInFile(settings.audit_path)
 
 
 def _audit_uri(settings: Settings, engine: Engine) -> str:

@@ -306,6 +306,98 @@ def test_a_source_that_is_down_is_a_503_not_a_500(issuer: OidcIssuerDouble, tmp_
                   "the audit trail", "the audit trail"]
 
 
+def test_last_associations_from_the_audit_file_hold_no_trail_in_memory(
+        issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    """Embedded mode: the modalities page's last association per entry comes from the audit
+    file, which grows by a record per association and is never cut. Each page view held
+    every login record of it in memory at once (a list of all; 100,000 associations, a
+    119 MiB file, were 75 MiB), where one latest time per trust name is all it keeps."""
+    import tracemalloc
+
+    from mimic_server.index.engine import create_index_engine
+    from mimic_server.webapp import open_console
+
+    trail = tmp_path / "audit.jsonl"
+    log = AuditLog(trail)
+    for name in ("modality1", "modality2"):
+        log.record(audit.USER_AUTHENTICATION, audit.SUCCESS, peer="10.0.0.5",
+                   identity=f"{name} (0123456789abcdef)", trust_name=name, calling_ae="MOD",
+                   event_type="login")
+    log.close()
+    lines = trail.read_bytes().splitlines(keepends=True)
+    with trail.open("wb") as out:  # 20,000 associations of modality1, then modality2's
+        out.writelines([lines[0]] * 20_000 + [lines[1]])
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    schema.upgrade(engine)
+    devpki.init(tmp_path / "certs")
+    devpki.issue_client(tmp_path / "certs", "modality2", ["MOD2"])
+    source = DirectorySource(tmp_path / "certs")
+    # The sources as `mimic web` composes them on SQLite, behind the test issuer's sign-in.
+    composed = open_console(Settings(data_dir=tmp_path, audit_path=trail), engine,
+                            None, Policy("MIMIC"), AuditLog(None))  # type: ignore[arg-type]
+    ctx = console_context(issuer, tmp_path, engine=engine,
+                          trust=lambda: TrustView(source.load().trusted),
+                          audit_records=composed.audit_records,
+                          last_logins=composed.last_logins)
+    issuer.sign_in_as("user-1", roles=[OPERATOR])
+    web = client(ctx)
+    assert sign_in(web, issuer).status_code == 303
+    assert web.get("/console/api/modalities").status_code == 200  # warm: imports, pools
+    tracemalloc.start()
+    try:
+        response = web.get("/console/api/modalities")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    engine.dispose()
+    rows = {m["name"]: m["last_association"] for m in response.json()["modalities"]}
+    assert rows["modality1"] and rows["modality2"]
+    assert peak < 3 * 2**20, peak  # was ~15 MiB for these 20,000 records
+
+
+def test_last_associations_read_only_what_the_audit_file_gained(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each view of the modalities page parsed the whole audit file again (embedded mode;
+    100,000 associations: 2 to 3 s a view). The file only grows: a view reads what was
+    appended since the last one; a rotated (another file) or truncated trail is read anew,
+    and a line still being written waits for the next view."""
+    from mimic_server.index.engine import create_index_engine
+    from mimic_server.webapp import open_console
+
+    trail = tmp_path / "audit.jsonl"
+    log = AuditLog(trail)
+    for name in ("modality1", "modality2", "modality3"):
+        log.record(audit.USER_AUTHENTICATION, audit.SUCCESS, peer="10.0.0.5",
+                   identity=f"{name} (0123456789abcdef)", trust_name=name, calling_ae="MOD",
+                   event_type="login")
+    log.close()
+    first, second, third = trail.read_bytes().splitlines(keepends=True)
+    trail.write_bytes(first * 5_000)
+    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    last_logins = open_console(Settings(data_dir=tmp_path, audit_path=trail), engine, None,
+                               Policy("MIMIC"), AuditLog(None)).last_logins  # type: ignore[arg-type]
+    engine.dispose()
+    assert last_logins is not None and set(last_logins()) == {"modality1"}
+
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(1) or loads(
+        text, *a, **k))
+    with trail.open("ab") as out:
+        out.write(second + third[:40])  # the third record half written
+    assert set(last_logins()) == {"modality1", "modality2"}
+    assert len(parsed) == 1  # the line appended, not the 5,001 before it
+    with trail.open("ab") as out:
+        out.write(third[40:])
+    assert set(last_logins()) == {"modality1", "modality2", "modality3"}
+    rotated = tmp_path / "audit.jsonl.new"
+    rotated.write_bytes(third)
+    rotated.replace(trail)  # rotated: another file at the path
+    assert set(last_logins()) == {"modality3"}
+    trail.write_bytes(b"")  # truncated
+    assert last_logins() == {}
+
+
 def test_activity_counts_per_minute() -> None:
     now = [600_000.0]
     activity = Activity(minutes=3, clock=lambda: now[0])
