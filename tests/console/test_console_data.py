@@ -187,6 +187,20 @@ def test_study_contents_in_instance_order(issuer: OidcIssuerDouble, archive: dic
     assert series["instances"][0]["window_width"] == 400.0
 
 
+def test_a_study_cut_short_by_a_limit_says_so(issuer: OidcIssuerDouble, archive: dict) -> None:
+    """A study with more images than the query may return (the policy entry's
+    ``max_find_results``, or the console's 5,000) was shown with some of its images, and
+    nothing said that any were missing: a radiologist read it as the whole study."""
+    whole = _console(issuer, archive, [VIEWER]).post("/console/api/study",
+                                                     json={"study": STUDY_A}).json()
+    assert whole["more"] is False and len(whole["series"][0]["instances"]) == 3
+    capped = _gated(issuer, archive, [OPERATOR], '[certificates.dicomweb]\n'
+                    'services = ["find", "get"]\nmax_find_results = 2\n')
+    cut = capped.post("/console/api/study", json={"study": STUDY_A}).json()
+    assert len(cut["series"][0]["instances"]) == 2
+    assert cut["more"] is True
+
+
 def test_modalities_with_services_activity_expiry_and_revocation(
     issuer: OidcIssuerDouble, archive: dict
 ) -> None:

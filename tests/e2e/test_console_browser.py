@@ -187,6 +187,7 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     # Scrolled to the next image, same window.
     second = _gray(result["second"])
     assert result["second"]["instance"] == f"{STUDY}.1.2" and result["position"] == "2 / 2"
+    assert result["study_partial_hidden"] is True  # the whole study: no "not all images"
     assert int(np.abs(second - _windowed(files[1], 100, 1000)).max()) <= 1
     assert result["back_to_search"] == 2 and result["study_fragment"] == "studies"
     # The modality that stored it: its AE titles, services, objects, last association.

@@ -145,6 +145,7 @@ class StudyBrowser:
         own = gate(identifier) if gate is not None else None
         query = parse(identifier, Model.STUDY_ROOT, relational=True)
         series: dict[str, dict[str, Any]] = {}
+        more = False
         try:
             for answer in self.finder.find(query, max_results=min(MAX_INSTANCES,
                                                                    own or MAX_INSTANCES)):
@@ -162,11 +163,12 @@ class StudyBrowser:
                     "window_width": _first(values["WindowWidth"]),
                 })
         except ResultLimitReached:
-            pass
+            # Some images only: the page must say so, or the study is read as whole.
+            more = True
         ordered = sorted(series.values(), key=lambda s: (_int(s["number"]) or 0, s["series"]))
         for entry in ordered:
             entry["instances"].sort(key=lambda i: (i["number"] or 0, i["instance"]))
-        return {"study": uid, "series": ordered}
+        return {"study": uid, "series": ordered, "more": more}
 
     def _first_instances(self, study_uids: Iterable[str]) -> dict[str, dict[str, str]]:
         """One instance per study for its thumbnail (the lowest series and instance)."""

@@ -85,6 +85,7 @@ try {
   result.first = await pixelsOf();
   await page.locator('#frame').screenshot({ path: join(out, 'first.png') });
   result.series = await page.locator('#series-list li').allInnerTexts();
+  result.study_partial_hidden = await page.locator('#study-partial').isHidden(); // a whole study
 
   // Window/level from the inputs.
   await page.fill('#window-center', '100');

@@ -23,6 +23,7 @@ export async function openStudy(study) {
   state.study = contents.study;
   state.series = contents.series;
   state.seriesIndex = 0;
+  document.getElementById('study-partial').hidden = !contents.more; // a limit cut it short
   if (window.location.hash !== '#study') window.location.hash = '#study'; // Back returns to the search
   for (const section of document.querySelectorAll('.view')) section.hidden = section.id !== 'view-study';
   document.getElementById('study-title').textContent =
