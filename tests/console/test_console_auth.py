@@ -202,6 +202,29 @@ def test_no_console_role_is_forbidden(issuer: OidcIssuerDouble, tmp_path: Path) 
     assert record["outcome"] == 4 and record["user"] == "nurse-1@example.org"
 
 
+def test_roles_too_many_for_a_cookie_are_refused_not_looped(issuer: OidcIssuerDouble,
+                                                            tmp_path: Path) -> None:
+    """A roles claim of 120 group ids made a session cookie past the 4096 bytes a browser
+    keeps: Chromium dropped it, / sent it to sign in again, and round it went until
+    ERR_TOO_MANY_REDIRECTS, each lap a token exchange and a sign-in record. Now: a 403 that
+    says why, no session cookie, a refused sign-in on the record."""
+    import uuid
+
+    groups = [str(uuid.UUID(int=n)) for n in range(120)]
+    issuer.sign_in_as("operator-2", roles=[OPERATOR, *groups])
+    web = client(console_context(issuer, tmp_path))
+    response = sign_in(web, issuer)
+    assert response.status_code == 403
+    assert "roles claim (121 names) is too long" in response.json()["error"]
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    record = _audit(tmp_path)[-1]
+    assert record["outcome"] == 4 and record["user"] == "operator-2@example.org"
+    issuer.sign_in_as("operator-2", roles=[OPERATOR, *groups[:40]])  # still fits
+    fits = sign_in(client(console_context(issuer, tmp_path)), issuer)
+    assert fits.status_code == 303
+    assert len(fits.cookies[SESSION_COOKIE]) + len(SESSION_COOKIE) + 1 <= 4096
+
+
 def test_viewer_sees_studies_but_not_operator_pages(issuer: OidcIssuerDouble,
                                                     tmp_path: Path) -> None:
     issuer.sign_in_as("viewer-1", roles=[VIEWER])

@@ -36,6 +36,9 @@ from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
 log = logging.getLogger(__name__)
 
 LOGIN_SECONDS = 600
+#: The most a browser keeps of one cookie, its name and value together (RFC 6265 6.1's
+#: minimum, Chromium's and Firefox's maximum): a longer Set-Cookie is dropped without a word.
+MAX_COOKIE_BYTES = 4096
 SESSION = "session"
 LOGIN = "login"
 #: The reason of a callback refused by ``ConsoleContext.token_exchanges`` (one reason, so
@@ -259,13 +262,28 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             return response
         session = {"sub": user.subject, "name": user.name, "roles": sorted(user.roles),
                    "sid": secrets.token_urlsafe(16)}
+        sealed = ctx.signer.seal(SESSION, session, ctx.session_seconds)
+        if len(SESSION_COOKIE) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+            # A browser drops the cookie and comes back without a session: / sent it to the
+            # issuer again, which signed it in again, until the browser gave up on too many
+            # redirects (a roles claim of some 120 group ids), each lap a sign-in recorded.
+            reason = (f"the token's roles claim ({len(user.roles)} names) is too long for a "
+                      f"session cookie")
+            log.warning("console sign-in refused", extra={
+                "reason": reason, "user": user.name, "peer": peer})
+            _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name, reason=reason)
+            response = _error(403, f"signed in, but {reason}: assign this application fewer "
+                                   f"roles or groups, or name a shorter claim in "
+                                   f"MIMIC_OIDC_ROLES_CLAIM")
+            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            return response
         log.info("console sign-in", extra={"user": user.name, "peer": peer,
                                            "operator": Right.OPERATE in rights})
         _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(LOGIN_COOKIE, path="/auth/")
         response.set_cookie(
-            SESSION_COOKIE, ctx.signer.seal(SESSION, session, ctx.session_seconds),
+            SESSION_COOKIE, sealed,
             max_age=int(ctx.session_seconds), path="/", httponly=True,
             secure=secure_cookies(request), samesite="lax",
         )
