@@ -416,6 +416,34 @@ def test_strangers_refused_sign_ins_are_counted(issuer: OidcIssuerDouble, tmp_pa
     assert "count=29" in repeats["xml"]
 
 
+def test_each_tab_of_a_browser_signs_in(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    """Two tabs whose session ended go to /auth/login one after the other: the login cookie
+    held one sign-in, so the first tab's callback was refused "the sign-in state does not
+    match", and that refusal deleted the cookie, so the second was refused too ("no
+    sign-in in progress"), both on the record as refused sign-ins. Each is its own now,
+    a made-up callback ends neither, and at most four are held."""
+    web = client(console_context(issuer, tmp_path))  # one browser: one cookie jar
+    first, second = start_login(web), start_login(web)
+    back_first, back_second = authorize(issuer, first), authorize(issuer, second)
+    forged = web.get("/auth/callback", params={"state": Pending.new().state, "code": "x"})
+    assert forged.status_code == 400 and "state does not match" in forged.json()["error"]
+    for back in (back_first, back_second):
+        response = web.get("/auth/callback", params=back)
+        assert response.status_code == 303, response.text
+        assert SESSION_COOKIE in response.headers["set-cookie"]
+    assert web.get("/console/api/me").json()["operator"] is True
+    assert not any(r["outcome"] for r in _audit(tmp_path)[-2:])  # two sign-ins, no refusal
+    assert web.get("/auth/callback", params=back_second).status_code == 400  # used
+
+    from mimic_server.web.console.auth import MAX_PENDING
+
+    tabs = [start_login(web) for _ in range(MAX_PENDING + 1)]
+    oldest = web.get("/auth/callback", params=authorize(issuer, tabs[0]))
+    assert oldest.status_code == 400  # the fifth pushed the first out
+    newest = web.get("/auth/callback", params=authorize(issuer, tabs[-1]))
+    assert newest.status_code == 303
+
+
 def test_a_login_state_is_good_for_one_callback(issuer: OidcIssuerDouble,
                                                 tmp_path: Path) -> None:
     """One /auth/login's cookie and state replayed with made-up codes: the issuer's token

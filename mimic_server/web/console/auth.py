@@ -2,10 +2,12 @@
 
 ``/auth/login`` starts an authorization code flow with PKCE (:mod:`.oidc`) and keeps its
 state, nonce and verifier in a signed cookie that lives ten minutes and is sent only to
-``/auth/``; ``/auth/callback`` completes it and sets the session cookie; ``/auth/logout``
-(POST) revokes the session. Cookies are HttpOnly, SameSite=Lax (the issuer's redirect back
-is a cross-site top-level navigation, which Strict would strip) and Secure unless the
-console is reached over plain HTTP on a loopback address (development and tests).
+``/auth/`` (beside the browser's other sign-ins under way, up to :data:`MAX_PENDING`);
+``/auth/callback`` completes the one its ``state`` names and sets the session cookie;
+``/auth/logout`` (POST) revokes the session. Cookies are HttpOnly, SameSite=Lax (the
+issuer's redirect back is a cross-site top-level navigation, which Strict would strip) and
+Secure unless the console is reached over plain HTTP on a loopback address (development
+and tests).
 
 Each sign-in and each refused one is an audit record (User Authentication, ``login``), like
 an association's; the refusal's reason is safe (no token, no code). The calls to the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +39,8 @@ from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
 log = logging.getLogger(__name__)
 
 LOGIN_SECONDS = 600
+#: Sign-ins one browser may have under way at once (its tabs): each its own state.
+MAX_PENDING = 4
 #: The most a browser keeps of one cookie, its name and value together (RFC 6265 6.1's
 #: minimum, Chromium's and Firefox's maximum): a longer Set-Cookie is dropped without a word.
 MAX_COOKIE_BYTES = 4096
@@ -208,31 +213,36 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             log.warning("console sign-in cannot start", extra={"reason": str(exc)})
             return _error(502, f"sign-in cannot start: {exc}")
         response = RedirectResponse(url, status_code=303)
-        response.set_cookie(
-            LOGIN_COOKIE,
-            ctx.signer.seal(LOGIN, {"state": pending.state, "nonce": pending.nonce,
-                                    "verifier": pending.verifier}, LOGIN_SECONDS),
-            max_age=LOGIN_SECONDS, path="/auth/", httponly=True,
-            secure=secure_cookies(request), samesite="lax",
-        )
+        # Beside the browser's other sign-ins under way (another tab's): one cookie held
+        # one, and each tab's /auth/login overwrote the last's, whose callback was then
+        # refused "the sign-in state does not match" (and the refusal took the cookie with
+        # it: every tab of a session that ended together was refused).
+        under_way = _pending(ctx.signer.open(LOGIN, request.cookies.get(LOGIN_COOKIE)))
+        keep_login(ctx, request, response,
+                   [(pending, time.time() + LOGIN_SECONDS), *under_way][:MAX_PENDING])
         return response
 
     async def callback(request: Request) -> Response:
         if ctx.oidc is None:
             return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
         peer = request.client.host if request.client else ""
-        body = ctx.signer.open(LOGIN, request.cookies.get(LOGIN_COOKIE))
+        under_way = _pending(ctx.signer.open(LOGIN, request.cookies.get(LOGIN_COOKIE)))
         params = request.query_params
+        state, code = params.get("state", ""), params.get("code", "")
+        # This callback's sign-in; the browser's others stay under way, whatever happens.
+        this = next((p for p in under_way if p[0].matches(state)), None)
+        others = [p for p in under_way if p is not this]
         try:
             if params.get("error"):
                 raise SignInRefused(
                     f"the issuer ended the sign-in ({_error_code(params['error'])})")
-            if body is None:
+            if not under_way:
                 raise SignInRefused("no sign-in in progress (or it expired)")
-            pending = Pending(str(body["state"]), str(body["nonce"]), str(body["verifier"]))
-            if not ctx.used_logins.first_use(pending.state, float(body["exp"])):
+            if this is None:
+                raise SignInRefused("the sign-in state does not match")
+            pending, until = this
+            if not ctx.used_logins.first_use(pending.state, until):
                 raise SignInRefused("this sign-in was already completed or refused")
-            state, code = params.get("state", ""), params.get("code", "")
             ctx.oidc.check(pending, state, code)
             # Answered here, before the issuer's threads: a flood waits for no issuer call.
             retry_after = ctx.token_exchanges.admit(peer)
@@ -241,7 +251,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
                 response = _error(429, f"sign-in refused: {TOO_MANY_EXCHANGES}; "
                                        f"try again in {retry_after} s")
                 response.headers["Retry-After"] = str(retry_after)
-                response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+                keep_login(ctx, request, response, others)
                 return response
             user = await anyio.to_thread.run_sync(
                 ctx.oidc.complete, pending, state, code, redirect_uri(ctx, request),
@@ -249,7 +259,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         except SignInRefused as exc:
             refused(peer, str(exc))
             response = _error(400, f"sign-in refused: {exc}")
-            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            keep_login(ctx, request, response, others)
             return response
         rights = ctx.roles.rights(user.roles)
         if not rights:
@@ -258,7 +268,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name,
                    reason="no console role")
             response = _error(403, "signed in, but your roles do not include a console role")
-            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            keep_login(ctx, request, response, others)
             return response
         session = {"sub": user.subject, "name": user.name, "roles": sorted(user.roles),
                    "sid": secrets.token_urlsafe(16)}
@@ -275,13 +285,13 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             response = _error(403, f"signed in, but {reason}: assign this application fewer "
                                    f"roles or groups, or name a shorter claim in "
                                    f"MIMIC_OIDC_ROLES_CLAIM")
-            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+            keep_login(ctx, request, response, others)
             return response
         log.info("console sign-in", extra={"user": user.name, "peer": peer,
                                            "operator": Right.OPERATE in rights})
         _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+        keep_login(ctx, request, response, others)
         response.set_cookie(
             SESSION_COOKIE, sealed,
             max_age=int(ctx.session_seconds), path="/", httponly=True,
@@ -304,6 +314,41 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         return response
 
     return {"login": login, "callback": callback, "logout": logout}
+
+
+def _pending(body: dict[str, Any] | None) -> list[tuple[Pending, float]]:
+    """The sign-ins under way in an opened login cookie, newest first, with their expiry;
+    those expired are left out."""
+    now = time.time()
+    found = []
+    for item in (body or {}).get("pending", ()):
+        try:
+            pending = Pending(str(item["state"]), str(item["nonce"]), str(item["verifier"]))
+            until = float(item["exp"])
+        except (KeyError, TypeError, ValueError):
+            continue  # ours are well formed: nothing else is signed with this purpose
+        if until >= now:
+            found.append((pending, until))
+    return found
+
+
+def keep_login(ctx: ConsoleContext, request: Request, response: Response,
+               under_way: list[tuple[Pending, float]]) -> None:
+    """The login cookie holding ``under_way`` (each expiring on its own, the cookie with the
+    last of them), or deleted when nothing is under way."""
+    if not under_way:
+        if LOGIN_COOKIE in request.cookies:
+            response.delete_cookie(LOGIN_COOKIE, path="/auth/")
+        return
+    lifetime = max(until for _, until in under_way) - time.time()
+    response.set_cookie(
+        LOGIN_COOKIE,
+        ctx.signer.seal(LOGIN, {"pending": [
+            {"state": p.state, "nonce": p.nonce, "verifier": p.verifier, "exp": int(until)}
+            for p, until in under_way]}, lifetime),
+        max_age=max(1, int(lifetime)), path="/auth/", httponly=True,
+        secure=secure_cookies(request), samesite="lax",
+    )
 
 
 def _error_code(value: str) -> str:

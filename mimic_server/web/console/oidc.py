@@ -48,6 +48,10 @@ class Pending:
         return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
                    secrets.token_urlsafe(64))
 
+    def matches(self, state: str) -> bool:
+        """Whether the callback's ``state`` is this sign-in's (compared in constant time)."""
+        return bool(state) and _same(state, self.state)
+
     @property
     def challenge(self) -> str:
         digest = hashlib.sha256(self.verifier.encode("ascii")).digest()
