@@ -91,6 +91,12 @@ class OutOfResources(DicomStatusError):
     status = Status.OUT_OF_RESOURCES
 
 
+class TooLarge(OutOfResources):
+    """A data set larger than ``MIMIC_MAX_OBJECT_BYTES``: 0xA700 as any shortage (C-STORE
+    has no other status for it), but one that sending again cannot mend, which STOW-RS says
+    with 413 rather than 503's "try again"."""
+
+
 class DataSetMismatch(DicomStatusError):
     status = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
 

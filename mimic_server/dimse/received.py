@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from mimic_server.archive.ingest import ReceivedObject
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.dimse.receiving import ReceivingDataSet
-from mimic_server.errors import OutOfResources
+from mimic_server.errors import TooLarge
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -32,7 +32,7 @@ def received_from_event(event: Event, calling_ae_title: str) -> ReceivedObject:
     received = request.DataSet
     if isinstance(received, ReceivingDataSet):
         if received.too_large:
-            raise OutOfResources(
+            raise TooLarge(
                 f"data set exceeds the archive's limit of {received.limit} bytes"
             )
         if received.spooled:

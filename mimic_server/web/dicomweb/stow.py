@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from mimic_server.archive.ingest import Ingest
 from mimic_server.archive.ingest_audit import per_instance, prepare_received
-from mimic_server.errors import DicomStatusError, Status
+from mimic_server.errors import DicomStatusError, Status, TooLarge
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.security import audit
 from mimic_server.web.dicomweb.auth import STOW, WebSession, authorize
@@ -209,7 +209,8 @@ class _StowRequest:
                 expected=self._in_target_study,
             )
         except DicomStatusError as exc:
-            self._refused(sop_class, sop_instance, int(exc.status), str(exc))
+            self._refused(sop_class, sop_instance, int(exc.status), str(exc),
+                          too_large=isinstance(exc, TooLarge))
         except Exception:
             # A bug, not the sender's fault: logged (type only at ERROR), the part refused.
             log.error("STOW-RS part failed unexpectedly",
@@ -231,7 +232,8 @@ class _StowRequest:
             status = Status.OUT_OF_RESOURCES if stalled else Status.CANNOT_UNDERSTAND
         self._refused(declared.sop_class_uid if declared is not None else "",
                       declared.sop_instance_uid if declared is not None else "",
-                      status, "the body stalled" if stalled else "the body broke in the part")
+                      status, "the body stalled" if stalled else "the body broke in the part",
+                      too_large=isinstance(part.failure, TooLarge))
 
     def _in_target_study(self, attrs: InstanceAttributes) -> None:
         if self.study is not None and attrs.study_instance_uid != self.study:
@@ -246,8 +248,9 @@ class _StowRequest:
         classes[attrs.sop_class_uid] = classes.get(attrs.sop_class_uid, 0) + 1
         self.study_patients.setdefault(study, (attrs.patient_id, attrs.patient_name))
 
-    def _refused(self, sop_class: str, sop_instance: str, status: int, reason: str) -> None:
-        self.outcome.failed.append(Failed(sop_class, sop_instance, status))
+    def _refused(self, sop_class: str, sop_instance: str, status: int, reason: str, *,
+                 too_large: bool = False) -> None:
+        self.outcome.failed.append(Failed(sop_class, sop_instance, status, too_large))
         if not self.refusals:
             self.first_refusal = reason
         self.refusals[status] += 1

@@ -34,7 +34,13 @@ from mimic_server.archive.ingest import ReceivedObject, check_declared_uids
 from mimic_server.archive.part10 import received_part10
 from mimic_server.archive.syntaxes import accepted
 from mimic_server.codec.file_meta import FileMetaRead, FileMetaReader, encode_file_meta
-from mimic_server.errors import CannotUnderstand, DicomStatusError, OutOfResources, Status
+from mimic_server.errors import (
+    CannotUnderstand,
+    DicomStatusError,
+    OutOfResources,
+    Status,
+    TooLarge,
+)
 from mimic_server.storage.anonymous import open_anonymous
 from mimic_server.web.dicomweb.multipart import boundary_of
 
@@ -128,7 +134,7 @@ class ReceivedPart:
             else:
                 self._spooled().write(data)
             if self.declared is not None and self.size - self.declared.dataset_offset > self._max:
-                self._fail(OutOfResources(
+                self._fail(TooLarge(
                     f"data set exceeds the archive's limit of {self._max} bytes"))
         except DicomStatusError as exc:
             self._fail(exc)

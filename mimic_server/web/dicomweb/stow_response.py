@@ -10,7 +10,8 @@ filed under another patient or study) plus ``0xC122`` (transfer
 syntax not supported) and ``0xC409`` (another study than the request's target). A part whose
 File Meta could not be read has no UIDs to name: its item carries the Failure Reason only.
 HTTP: 200 all stored, 202 some stored and some failed, 409 none stored, 503 none stored and
-every failure was out of resources (PS3.18 10.5.3.1 and 8.5).
+every failure was out of resources that may pass (PS3.18 10.5.3.1 and 8.5), 413 none stored
+and every part larger than the archive takes.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Failed:
     sop_class_uid: str
     sop_instance_uid: str
     reason: int
+    #: Refused for its size alone (``MIMIC_MAX_OBJECT_BYTES``): 0xA700, and no retry mends it.
+    too_large: bool = False
 
 
 @dataclass
@@ -57,7 +60,12 @@ class StowOutcome:
             return 200
         if self.stored:
             return 202
-        if all(f.reason & 0xFF00 == Status.OUT_OF_RESOURCES for f in self.failed):
+        if all(f.too_large for f in self.failed):
+            # 503 told the sender to try again later: a router retried an object that can
+            # never fit, without end. 413: the content is larger than the server will take.
+            return 413
+        if all(f.reason & 0xFF00 == Status.OUT_OF_RESOURCES and not f.too_large
+               for f in self.failed):
             return 503
         return 409
 
