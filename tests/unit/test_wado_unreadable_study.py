@@ -64,3 +64,17 @@ def test_a_study_whose_first_object_cannot_be_read_sends_the_rest() -> None:
     assert answer.content.count(b"Content-Type: application/dicom") == 1
     record = records.transferred()
     assert record["instances"] == 1 and record["failed"] == 1
+
+
+def test_metadata_of_a_study_with_an_unreadable_object_says_what_it_left_out() -> None:
+    """Built whole before it is sent, the metadata can say it is not the whole study: it
+    was a 200 that looked complete, one instance short."""
+    archive = Archive([Records()])
+    whole = archive.get("/metadata", "application/dicom+json")
+    assert whole.status_code == 200 and len(whole.json()) == 2
+    assert "warning" not in whole.headers
+    _damaged(archive, IN_EXPLICIT)
+    answer = archive.get("/metadata", "application/dicom+json")
+    assert answer.status_code == 200 and len(answer.json()) == 1
+    assert answer.headers["warning"] == (
+        '299 MIMIC "1 of 2 instances could not be read and are left out."')

@@ -521,7 +521,12 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
     if not documents:
         raise WebError(500, "no stored object of this resource can be read")
     body = json.dumps(documents, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Response(body, media_type=answer_type)
+    left_out = len(refs) - len(documents)
+    # Built whole before it is sent, so it can say what it lacks: a study answered with the
+    # instances that could be read looked complete to a viewer (PS3.18 8.4: a Warning).
+    headers = {"Warning": f'299 MIMIC "{left_out} of {len(refs)} instances could not be '
+                          f'read and are left out."'} if left_out else {}
+    return Response(body, media_type=answer_type, headers=headers)
 
 
 def retrieve_bulkdata(ctx: DicomWebContext, request: Request) -> Response:
