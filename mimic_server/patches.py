@@ -58,6 +58,7 @@ from mimic_server.dimse import (
     get_answer,
     move_answer,
     move_attempt,
+    protocol_version,
     raw_send,
     receiving,
     stream_send,
@@ -160,6 +161,7 @@ REQUESTOR_RESPONSES = "requestor-responses"
 REQUESTOR_ACKS = "requestor-acks"
 CONTEXT_LOOKUP = "context-lookup"
 PROPOSAL_MEMO = "proposal-memo"
+PROTOCOL_VERSION_REFUSAL = "protocol-version-refusal"
 
 _RUN_ASSOCIATION = Site("pynetdicom.association:Association._run_reactor",
                         source="f28838c5559e462a")
@@ -618,6 +620,25 @@ PATCHES: tuple[Patch, ...] = (
                  mentions="self.ae._servers.remove"),
         ),
         required=True,
+    ),
+    Patch(
+        PROTOCOL_VERSION_REFUSAL,
+        "mimic_server.dimse.protocol_version:admitting (replaces the state machine's AE-6 "
+        "action)",
+        "an A-ASSOCIATE-RQ whose Protocol Version is not 0x0001 is rejected by pynetdicom "
+        "itself (1/2/2), neither logged nor audited, and one that also announces a later "
+        "version is rejected although bit 0 is set",
+        (PYNETDICOM,),
+        (
+            # stops ARTIM, takes the PDU off _recv_pdu, tests protocol_version, sends the RJ
+            # itself or puts the primitive on to_user_queue: the acceptable path reproduced
+            Site("pynetdicom.fsm:AE_6", "(dul)", "385d595ed49432af"),
+            # looks the action up in ACTIONS at each event, where the replacement is put
+            Site("pynetdicom.fsm:StateMachine.do_action", mentions="ACTIONS[action_name]"),
+            # the indication becomes EVT_REQUESTED, where admission rejects it
+            Site("pynetdicom.association:Association.run_reactor", "(self)",
+                 mentions="evt.EVT_REQUESTED"),
+        ),
     ),
     Patch(
         SYNTAX_REFUSAL,
@@ -1116,6 +1137,15 @@ def _syntax_refusal() -> None:
           SYNTAX_REFUSAL)
 
 
+def _protocol_version_refusal(enabled: bool = True) -> None:
+    if enabled:
+        _wrap(pynetdicom.fsm, "AE_6", protocol_version.admitting, PROTOCOL_VERSION_REFUSAL)
+    else:
+        _unwrap(pynetdicom.fsm, "AE_6", PROTOCOL_VERSION_REFUSAL)
+    description, _, next_state = pynetdicom.fsm.ACTIONS["AE-6"]
+    pynetdicom.fsm.ACTIONS["AE-6"] = (description, pynetdicom.fsm.AE_6, next_state)
+
+
 def _set_process_switches() -> None:
     """pynetdicom's process-wide switches; one archive per process, so set here once."""
     _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
@@ -1201,6 +1231,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     RETRY_AFTER_CAP: _retry_after_cap,
     PROCESS_SWITCHES: _set_process_switches,
     SYNTAX_REFUSAL: _syntax_refusal,
+    PROTOCOL_VERSION_REFUSAL: _protocol_version_refusal,
     MOVE_ANSWER: _move_answer,
     GET_ANSWER: _get_answer,
     SUB_ASSOCIATION_CAUSE: _sub_association_cause,
@@ -1214,6 +1245,7 @@ _FALLBACK: dict[str, Callable[[], None]] = {
     CONTEXT_LOOKUP: lambda: _context_lookup(enabled=False),
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     PDATA_BATCHES: lambda: _pdata_batches(enabled=False),
+    PROTOCOL_VERSION_REFUSAL: lambda: _protocol_version_refusal(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
     SUB_ASSOCIATION_CAUSE: lambda: _sub_association_cause(enabled=False),

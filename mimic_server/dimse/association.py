@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from mimic_server.dimse import access, store_audit
+from mimic_server.dimse.protocol_version import refused_version
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
 from mimic_server.security.identity import ANONYMOUS, peer_identity
@@ -44,6 +45,9 @@ REJECT: dict[Refusal, tuple[int, int, int]] = {
     # Permanent, service-user, no reason given: as for a request none of whose contexts is
     # granted, of which this is the empty case.
     Refusal.NO_PRESENTATION_CONTEXT: (0x01, 0x01, 0x01),
+    # Permanent, service-provider (ACSE), protocol-version-not-supported: what pynetdicom's
+    # state machine answered itself, unlogged (dimse/protocol_version.py).
+    Refusal.PROTOCOL_VERSION_NOT_SUPPORTED: (0x01, 0x02, 0x02),
 }
 #: Refusals that access.admit has audited already (with the user's details).
 _AUDITED = frozenset({Refusal.NO_GRANTED_SERVICE, Refusal.USER_REQUIRED,
@@ -99,8 +103,11 @@ def _admit(
     if _withdrawn(assoc, address, identity.label, calling):
         return
     refusal = None
+    if refused_version(assoc) is not None:  # before anything the request says is weighed
+        refusal = Refusal.PROTOCOL_VERSION_NOT_SUPPORTED
     trust = getattr(getattr(assoc, "_server", None), "trust", None)
-    if trust is not None and identity is not ANONYMOUS and not trust.still_trusts(identity):
+    if (refusal is None and trust is not None and identity is not ANONYMOUS
+            and not trust.still_trusts(identity)):
         # Revoked since its handshake identified it: a trust change applied before this
         # association's thread existed was not seen by that change's sweep of them.
         refusal = Refusal.CERTIFICATE_NO_LONGER_TRUSTED

@@ -54,6 +54,7 @@ class Refusal(Enum):
     USER_NOT_ACCEPTED = "user identity not accepted"
     CERTIFICATE_NO_LONGER_TRUSTED = "certificate no longer trusted"
     NO_PRESENTATION_CONTEXT = "no presentation context proposed"
+    PROTOCOL_VERSION_NOT_SUPPORTED = "protocol version 1 not in the request"
 
 
 class Admitted(Protocol):

@@ -7,6 +7,7 @@ syntax of a context it was not sent on."""
 from __future__ import annotations
 
 import io
+import json
 import struct
 
 import pydicom
@@ -119,13 +120,13 @@ def _proposed(context_id: int, abstract_syntax: str, transfer_syntaxes: list[str
                  + b"".join(_item(0x40, ts.encode()) for ts in transfer_syntaxes))
 
 
-def _request(contexts: bytes, user_items: bytes = b"") -> bytes:
+def _request(contexts: bytes, user_items: bytes = b"", protocol_version: int = 1) -> bytes:
     """An A-ASSOCIATE-RQ from MODALITY1 to MIMIC with these context items and, in its User
     Information after the maximum length and the Implementation Class UID, ``user_items``
     (SCP/SCU Role Selection, User Identity...)."""
     user = (_item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.826.0.1.3680043.9.3811")
             + user_items)
-    body = (struct.pack(">HH", 1, 0) + b"MIMIC".ljust(16) + b"MODALITY1".ljust(16)
+    body = (struct.pack(">HH", protocol_version, 0) + b"MIMIC".ljust(16) + b"MODALITY1".ljust(16)
             + bytes(32) + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + _item(0x50, user))
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
 
@@ -198,3 +199,58 @@ def test_a_request_with_a_value_pynetdicom_refuses_is_the_peers_error(
     assert said()[0]["reason"] == reason
     assert said()[0]["identity"].startswith("modality1 ")
     assert not [e for e in server.log_entries()[logged:] if e.get("level") == "ERROR"]
+
+
+def _rejection_audits(server: MimicProcess) -> list[tuple[int, str]]:
+    """(outcome, XML) of each User Authentication audit record that is not a success: the
+    trail in its file (embedded) or table (PostgreSQL)."""
+    trail = server.data_dir / "audit.jsonl"
+    if trail.exists():
+        records = [json.loads(line) for line in trail.read_text().splitlines() if line]
+        return [(r["outcome"], r["xml"]) for r in records
+                if r["event"] == "110114" and r["outcome"] != 0]
+    return [(outcome, xml) for outcome, xml in server._query(
+        "SELECT outcome, xml FROM audit_events WHERE event_code = '110114' AND outcome <> 0")]
+
+
+@pytest.mark.parametrize("version", [0x0002, 0x0000, 0x8000])
+def test_a_request_without_protocol_version_1_is_rejected_logged_and_audited(
+    server: MimicProcess, version: int
+) -> None:
+    """An A-ASSOCIATE-RQ whose Protocol Version lacks bit 0 (version 1, PS3.8 9.3.2): still
+    A-ASSOCIATE-RJ 1/2/2 (rejected-permanent, service-provider ACSE, protocol version not
+    supported, PS3.8 Table 9-21), which pynetdicom's state machine used to send itself with
+    neither a log line nor an audit record; now logged as "association rejected" and audited
+    (User Authentication, outcome 4) like every other rejection."""
+    logged = server.log_mark()
+    audits = len(_rejection_audits(server))
+    with raw_tls(server) as sock:
+        sock.sendall(_request(_proposed(1, VERIFICATION, [IMPLICIT]),
+                              protocol_version=version))
+        pdu_type, body = read_pdu(sock)
+    assert pdu_type == A_ASSOCIATE_RJ
+    assert (body[1], body[2], body[3]) == (1, 2, 2)
+
+    def rejected() -> list[dict]:
+        return [e for e in server.log_entries()[logged:]
+                if e.get("message") == "association rejected"]
+
+    assert wait_for(lambda: len(rejected()) == 1), server.log()[-2000:]
+    assert rejected()[0]["reason"] == "protocol version 1 not in the request"
+    assert rejected()[0]["reject"] == "1/2/2"
+    assert rejected()[0]["identity"].startswith("modality1 ")
+    assert wait_for(lambda: len(_rejection_audits(server)) == audits + 1)
+    outcome, xml = _rejection_audits(server)[-1]
+    assert outcome == 4 and "protocol version 1 not in the request" in xml
+
+
+def test_a_request_announcing_a_later_version_beside_version_1_is_accepted(
+    server: MimicProcess,
+) -> None:
+    """Bit 0 set beside another (0x0003): PS3.8 9.3.2 has a receiver that implements only
+    version 1 test bit 0 alone. pynetdicom compared the field with 0x0001 and rejected it."""
+    with raw_tls(server) as sock:
+        sock.sendall(_request(_proposed(1, VERIFICATION, [IMPLICIT]), protocol_version=0x0003))
+        pdu_type, body = read_pdu(sock)
+    assert pdu_type == A_ASSOCIATE_AC, f"PDU type 0x{pdu_type:02X}"
+    assert _answered_contexts(body) == {1: 0}
