@@ -370,7 +370,8 @@ class Archive:
 
         if source is not None:
             self.watcher = CertificateWatcher(
-                source, s.cert_refresh_seconds, self._apply_bundle, version, self.bundle
+                source, s.cert_refresh_seconds, self._apply_bundle, version, self.bundle,
+                sweep=self._abort_expired,
             )
             self.watcher.start()
         if policy_file is not None:
@@ -595,6 +596,23 @@ class Archive:
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
         )
         return bundle
+
+    def _abort_expired(self) -> int:
+        """Abort the open associations whose certificate expired since their handshake, as
+        :meth:`_apply_bundle` does a pinned one's (which leaves the trust set as it
+        expires); one a trusted CA issued changes no trust set, so the watcher asks at each
+        poll. Audited as those are; how many."""
+        if self.server is None or not self.settings.abort_revoked:
+            return 0
+        aborted = self.server.abort_untrusted()
+        if aborted:
+            self.audit.record(
+                audit.SECURITY_ALERT, audit.MINOR_FAILURE, event_type="node-authentication",
+                subject="revoked certificates",
+                reason="associations of certificates no longer trusted were aborted",
+                aborted=aborted,
+            )
+        return aborted
 
     def _renew_repository_context(self, bundle: CertBundle) -> None:
         """The audit repository's next connections present the server certificate of

@@ -47,18 +47,24 @@ class TrustIndex:
             return None
         if entry is not None:
             return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles,
-                            entry.rule, trusted_by=fingerprint)
+                            entry.rule, trusted_by=fingerprint,
+                            not_after=cert.not_valid_after_utc)
         entry = next((ca for ca in self._cas if _issued_by(cert, ca.certificate)), None)
         if entry is None:
             return None
         return Identity(common_name(cert), fingerprint, entry.name, entry.ae_titles, entry.rule,
-                        trusted_by=_issuer_key(entry.certificate))
+                        trusted_by=_issuer_key(entry.certificate),
+                        not_after=cert.not_valid_after_utc)
 
     def still_trusts(self, identity: Identity) -> bool:
         """Whether what made ``identity`` trusted is still in the set: its pinned certificate,
         or the CA that issued it, by subject and key: a CA replaced under the same entry name
         (one retired) no longer vouches for what the old one issued, while one renewed with
-        its key still does."""
+        its key still does. And whether its own certificate is still valid: a pinned one
+        that expires leaves the set, but one a trusted CA issued did not, and its open
+        associations outlived it."""
+        if identity.not_after is not None and datetime.now(UTC) > identity.not_after:
+            return False
         return identity.fingerprint in self._clients or identity.trusted_by in self._ca_keys
 
 

@@ -7,7 +7,10 @@ the next period: an outage of the source never takes the archive down.
 Which trusted certificates are in force also depends on the clock: one whose notBefore is in
 the future becomes valid, another expires, without any change in the source. Every poll
 therefore also compares the set valid now with the set valid when the last bundle was
-applied, and applies that bundle again when they differ (whatever the source).
+applied, and applies that bundle again when they differ (whatever the source). A certificate
+a CA trusted as a whole issued is in no bundle, so its expiry changes nothing there: every
+poll also calls ``sweep`` (the listener aborts the associations whose certificate has expired
+since their handshake).
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ class CertificateWatcher(Poller):
         apply: Callable[[CertBundle], CertBundle | None],
         version: str | None = None,
         bundle: CertBundle | None = None,
+        sweep: Callable[[], object] = lambda: None,
     ) -> None:
-        """``version`` and ``bundle``: what the listener was started with, if anything."""
+        """``version`` and ``bundle``: what the listener was started with, if anything;
+        ``sweep``: called after every poll, whether anything changed or not."""
         self.source = source
         super().__init__(period, "mimic-cert-watcher")
         self.apply = apply
+        self.sweep = sweep
         self.failures = 0
         self._version = version
         self._bundle = bundle
@@ -46,7 +52,14 @@ class CertificateWatcher(Poller):
 
     def poll(self) -> bool:
         """Reload if the source changed, or apply the last bundle again if the certificates
-        valid now are not those valid when it was applied; True if a bundle was applied."""
+        valid now are not those valid when it was applied; True if a bundle was applied.
+        Then :attr:`sweep`, whatever happened (a failed load included)."""
+        try:
+            return self._poll()
+        finally:
+            self.sweep()
+
+    def _poll(self) -> bool:
         try:
             version = self.source.version()
             if version == self._version:

@@ -412,6 +412,8 @@ class MimicAssociationServer(ThreadedAssociationServer):
             weakref.WeakKeyDictionary()
         )
         self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        #: Associations :meth:`abort_untrusted` has aborted (the abort takes a while).
+        self._aborted_untrusted: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Connections whose association was admitted (holds one of the limited slots).
         self._admitted: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -731,13 +733,26 @@ class MimicAssociationServer(ThreadedAssociationServer):
         """Swap in a new trust set; return how many revoked associations were aborted."""
         self.trust = trust  # first: a handshake done on the old context is re-checked
         self.ssl_context = context
-        aborted = 0
         if not abort_revoked:
             return 0
+        return self.abort_untrusted()
+
+    def abort_untrusted(self) -> int:
+        """Abort the associations the current trust set no longer trusts (revoked, their CA
+        retired, their certificate expired); return how many. Called on each trust change
+        and, for the certificates a trusted CA issued, whose expiry changes no trust set,
+        on every poll of the certificate watcher."""
+        trust = self.trust
+        if trust is None:
+            return 0
+        aborted = 0
         for assoc in self.active_associations:
             identity = peer_identity(assoc)
             if identity is None or identity is ANONYMOUS or trust.still_trusts(identity):
                 continue
+            if assoc in self._aborted_untrusted:  # by an earlier sweep: aborted, said once
+                continue
+            self._aborted_untrusted.add(assoc)
             log.warning(
                 "aborting association of a revoked certificate",
                 extra={"identity": identity.label},

@@ -7,6 +7,7 @@ handlers read it back. Neither needs to know how the certificate was checked (``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from mimic_server.security.grants import Grants
 
@@ -25,6 +26,10 @@ class Identity:
     #: What made it trusted (``TrustIndex.still_trusts``): the certificate's own fingerprint
     #: where pinned, else a hash of the issuing CA's subject and public key.
     trusted_by: str = field(default="", compare=False)
+    #: The certificate's notAfter: past it, no longer trusted (``TrustIndex.still_trusts``)
+    #: whatever trusted it; a CA trusted as a whole outlives what it issued, and only a
+    #: pinned certificate's expiry shows in the trust set. None: nothing proven to expire.
+    not_after: datetime | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:

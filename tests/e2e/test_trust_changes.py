@@ -423,3 +423,41 @@ def _with_modality2(tmp_path: Path) -> tuple[Archive, Path, Any]:
     other = devpki.issue_client(certs, "modality2")
     assert archive.watcher.poll()
     return archive, certs, other
+
+
+@pytest.mark.parametrize("trusted_by", ["a trusted CA", "its pinned entry"])
+def test_an_association_is_aborted_when_its_certificate_expires(
+    tmp_path: Path, trusted_by: str
+) -> None:
+    """A client certificate that expires while its association is open: the association is
+    aborted within a refresh period, whether the certificate was pinned or issued by a CA
+    trusted as a whole. A pinned one leaves the trust set as it expires and was aborted;
+    one a trusted CA issued is in no trust set, only its CA was checked, and its
+    association went on after the certificate had expired."""
+    archive = _archive(tmp_path, "1")
+    try:
+        pki = tmp_path / "pki"
+        ca_file = archive.settings.data_dir / "certs/ca/ca.pem"
+        expiry = datetime.now(UTC) + timedelta(seconds=8)
+        if trusted_by == "a trusted CA":
+            _, _, ca, ca_key = write_cert(pki, "partner-ca", ca=True)
+            cert, key, _, _ = write_cert(pki, "ct-room", issuer=(ca, ca_key), not_after=expiry)
+            _trust_ca(archive, ca)
+        else:
+            cert, key, leaf, _ = write_cert(pki, "ct-room", not_after=expiry,
+                                            issuer=dev_ca(archive.settings.data_dir / "certs"))
+            trusted = archive.settings.data_dir / "certs" / "trusted"
+            (trusted / ".ct-room.tmp").write_bytes(leaf.public_bytes(Encoding.PEM))
+            (trusted / ".ct-room.tmp").replace(trusted / "ct-room.pem")
+
+        def context() -> Any:
+            return client_context(cert, key, ca_file)
+
+        assert wait_for(lambda: _echoes(archive, context), timeout=5)
+        assoc = associate(archive.address[1], context())
+        assert assoc.is_established
+        time.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds() - 1.5))
+        assert assoc.is_established  # not before its expiry
+        assert wait_for(lambda: assoc.is_aborted, timeout=6)
+    finally:
+        archive.stop(0)
