@@ -9,6 +9,7 @@ enough. Each trust change builds a new context; open connections keep the one th
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from datetime import UTC, datetime
@@ -16,8 +17,10 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mimic_server.certs import CertBundle
+from mimic_server.certs import CertBundle, TrustedCertificate
 from mimic_server.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 #: TLS 1.2 suites of BCP 195 (RFC 9325 4.2); TLS 1.3 suites are OpenSSL's defaults (all AEAD).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!SHA1"
@@ -110,10 +113,51 @@ def server_context(
         ctx.options |= ssl.OP_NO_TICKET
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    anchors = "".join(t.pem for t in bundle.currently_valid())
+    trusted = bundle.currently_valid()
+    anchors = "".join(t.pem for t in trusted)
     if anchors:
         ctx.load_verify_locations(cadata=anchors)
+    _warn_below_security_level(trusted)
     return ctx
+
+
+#: OpenSSL's refusals of a certificate for the context's security level (SSL_CTX_use_certificate
+#: applies the same level as the verification of a peer's chain).
+_TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
+
+
+def _warn_below_security_level(trusted: tuple[TrustedCertificate, ...]) -> None:
+    """One WARNING per trusted entry whose certificate is below OpenSSL's security level (an
+    RSA key under 2048 bits, a curve under 224 bits, at Debian's level 2): it is in the
+    trust set, yet every handshake with it, or with what a CA entry issued, fails
+    ("EE certificate key too weak"), and the operator learnt so only from refused
+    connections. Names the entry, never the certificate's subject.
+
+    Asked of OpenSSL itself, not a table of key sizes: a context like the listener's takes
+    the certificate as its own, which OpenSSL refuses for the same level (then the missing
+    key fails the load, which says nothing here). Runs on each new trust set, not per
+    connection."""
+    if not trusted or not hasattr(os, "memfd_create"):
+        return
+    probe = _base(ssl.PROTOCOL_TLS_SERVER)
+    for entry in trusted:
+        fd = os.memfd_create("mimic-trust-probe", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, entry.certificate.public_bytes(Encoding.PEM))
+            path = f"/proc/self/fd/{fd}"
+            probe.load_cert_chain(path, path)
+        except ssl.SSLError as exc:
+            if exc.reason in _TOO_WEAK:
+                log.warning(
+                    "trusted certificate below OpenSSL's security level: its handshakes "
+                    "will fail",
+                    extra={"certificate": entry.name, "kind": entry.kind,
+                           "reason": str(exc.reason).lower()},
+                )
+        except OSError:  # an unusual file system: the probe says nothing
+            pass
+        finally:
+            os.close(fd)
 
 
 def destination_context(bundle: CertBundle, extra_ca_pem: str = "") -> ssl.SSLContext:
