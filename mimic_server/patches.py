@@ -55,6 +55,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from mimic_server.certs import vaulthttp
 from mimic_server.codec import answer, command_set
 from mimic_server.dimse import (
+    echo,
     get_answer,
     move_answer,
     move_attempt,
@@ -162,6 +163,7 @@ REQUESTOR_ACKS = "requestor-acks"
 CONTEXT_LOOKUP = "context-lookup"
 PROPOSAL_MEMO = "proposal-memo"
 PROTOCOL_VERSION_REFUSAL = "protocol-version-refusal"
+ECHO_SOP_CLASS = "c-echo-sop-class"
 
 _RUN_ASSOCIATION = Site("pynetdicom.association:Association._run_reactor",
                         source="f28838c5559e462a")
@@ -638,6 +640,20 @@ PATCHES: tuple[Patch, ...] = (
             # the indication becomes EVT_REQUESTED, where admission rejects it
             Site("pynetdicom.association:Association.run_reactor", "(self)",
                  mentions="evt.EVT_REQUESTED"),
+        ),
+    ),
+    Patch(
+        ECHO_SOP_CLASS,
+        "mimic_server.dimse.echo:answering_echo (wraps Association._serve_request)",
+        "a C-ECHO whose Affected SOP Class UID is not Verification's (a storage class, an "
+        "unknown UID) aborts the association, with no log line",
+        (PYNETDICOM,),
+        (
+            # picks the service class by the Affected SOP Class UID, skips a request during
+            # release and aborts one on a context not accepted (_accepted_cx): the wrapper
+            # answers only a C-ECHO it would have served
+            Site("pynetdicom.association:Association._serve_request",
+                 "(self, msg, context_id)", "2f24c1759cdf6c8c"),
         ),
     ),
     Patch(
@@ -1137,6 +1153,14 @@ def _syntax_refusal() -> None:
           SYNTAX_REFUSAL)
 
 
+def _echo_sop_class(enabled: bool = True) -> None:
+    association = pynetdicom.association.Association
+    if enabled:
+        _wrap(association, "_serve_request", echo.answering_echo, ECHO_SOP_CLASS)
+        return
+    _unwrap(association, "_serve_request", ECHO_SOP_CLASS)
+
+
 def _protocol_version_refusal(enabled: bool = True) -> None:
     if enabled:
         _wrap(pynetdicom.fsm, "AE_6", protocol_version.admitting, PROTOCOL_VERSION_REFUSAL)
@@ -1232,6 +1256,7 @@ _APPLY: dict[str, Callable[[], None]] = {
     PROCESS_SWITCHES: _set_process_switches,
     SYNTAX_REFUSAL: _syntax_refusal,
     PROTOCOL_VERSION_REFUSAL: _protocol_version_refusal,
+    ECHO_SOP_CLASS: _echo_sop_class,
     MOVE_ANSWER: _move_answer,
     GET_ANSWER: _get_answer,
     SUB_ASSOCIATION_CAUSE: _sub_association_cause,
@@ -1246,6 +1271,7 @@ _FALLBACK: dict[str, Callable[[], None]] = {
     ANSWER_ENCODER: lambda: _answer_encoder(enabled=False),
     PDATA_BATCHES: lambda: _pdata_batches(enabled=False),
     PROTOCOL_VERSION_REFUSAL: lambda: _protocol_version_refusal(enabled=False),
+    ECHO_SOP_CLASS: lambda: _echo_sop_class(enabled=False),
     STREAMED_SEND: lambda: _streamed_send(enabled=False),
     RETRY_AFTER_CAP: lambda: _retry_after_cap(enabled=False),
     SUB_ASSOCIATION_CAUSE: lambda: _sub_association_cause(enabled=False),

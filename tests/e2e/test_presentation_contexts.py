@@ -9,13 +9,15 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.presentation import build_context
 
 from tests.data import ct_small
@@ -27,8 +29,9 @@ from tests.e2e.test_slow_clients import (
     P_DATA_TF,
     raw_tls,
     read_pdu,
+    tls,
 )
-from tests.support import MimicProcess, association_request, wait_for
+from tests.support import MimicProcess, associate, association_request, wait_for
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -254,3 +257,60 @@ def test_a_request_announcing_a_later_version_beside_version_1_is_accepted(
         pdu_type, body = read_pdu(sock)
     assert pdu_type == A_ASSOCIATE_AC, f"PDU type 0x{pdu_type:02X}"
     assert _answered_contexts(body) == {1: 0}
+
+
+def _echo_on(assoc: Any, context_id: int, sop_class: str) -> int | None:
+    """A C-ECHO-RQ with this Affected SOP Class UID on this context; its response's Status
+    (None: no response, the association aborted). The requestor's reactor is paused, as
+    pynetdicom's own send_c_echo pauses it, so that it does not take the response."""
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        request = C_ECHO()
+        request.MessageID = 7
+        request.AffectedSOPClassUID = sop_class
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return None if response is None else int(response.Status)
+
+
+@pytest.mark.parametrize(("on", "sop_class", "reason"), [
+    pytest.param(CT, VERIFICATION, "the request's presentation context is not Verification's",
+                 id="verification-on-a-storage-context"),
+    pytest.param(VERIFICATION, CT, "the request's SOP Class is not Verification",
+                 id="ct-storage-class-on-verification"),
+    pytest.param(VERIFICATION, "1.2.826.0.1.3680043.8.498.99",
+                 "the request's SOP Class is not Verification", id="unknown-class"),
+])
+def test_a_c_echo_off_the_verification_sop_class_is_refused(
+    server: MimicProcess, on: str, sop_class: str, reason: str
+) -> None:
+    """A C-ECHO on a Storage presentation context was answered Success, where a C-STORE on
+    the Verification context gets 0x0122; a C-ECHO whose Affected SOP Class UID is CT Image
+    Storage or one pynetdicom does not know ran another service class (or none), and the
+    association was aborted with nothing in the log. Now each is answered 0x0122 (Refused:
+    SOP Class not supported, PS3.7 9.3.1), with one WARNING naming the peer, and the
+    association goes on."""
+    logged = server.log_mark()
+    assoc = associate(server.port, tls(server))
+    assert assoc.is_established
+    try:
+        context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == on)
+        assert _echo_on(assoc, context.context_id, sop_class) == 0x0122
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0  # the association goes on
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+    def refused() -> list[dict]:
+        return [e for e in server.log_entries()[logged:] if e.get("message") == "C-ECHO refused"]
+
+    assert wait_for(lambda: len(refused()) == 1), server.log()[-2000:]
+    assert refused()[0]["level"] == "WARNING" and refused()[0]["reason"] == reason
+    assert refused()[0]["status"] == "0x0122" and refused()[0]["peer"].startswith("127.0.0.1:")
+    assert refused()[0]["identity"].startswith("modality1 ")
+    assert not [e for e in server.log_entries()[logged:] if e.get("level") == "ERROR"]
