@@ -464,6 +464,11 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
     from mimic_server.security.audit import AuditLog
 
     settings = _settings(**options)
+    if fix and not (settings.uses_blob_storage and settings.database_url):
+        # --fix writes the object directory, the SQLite index or the audit file: a data
+        # directory it makes is its owner's alone, as serve's (made by the store's mkdir
+        # under the umask, it was 0755 and its index and audit trail 0644).
+        _check_local(settings, startup_checks.check_data_dir)
     logs.configure(settings.log_level, settings.log_format)
     engine, audit_log = None, AuditLog(None)
     try:

@@ -191,6 +191,21 @@ def test_a_data_dir_mimic_makes_is_its_owner_s_alone(
     assert any(made.iterdir())  # the command's files are in it
 
 
+def test_a_data_dir_reconcile_fix_makes_is_its_owner_s_alone(tmp_path: Path) -> None:
+    """``mimic reconcile --fix`` on a data directory not made yet writes the SQLite index,
+    the audit file and the object directory in it: the directory was made by the store's
+    mkdir under the umask (0755, its index and audit trail 0644), not 0700 as serve's."""
+    made = tmp_path / "made"
+    old = os.umask(0o022)
+    try:
+        result = mimic("reconcile", "--fix", "--settle-seconds", "0", "--data-dir", str(made))
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert (made / "objects").is_dir()  # the command's files are in it
+
+
 #: What `mimic serve` and `mimic web` need for a start that gets as far as the OIDC settings.
 _OIDC = {"MIMIC_OIDC_ISSUER": "https://issuer.invalid/tenant/v2.0", "MIMIC_OIDC_AUDIENCE": "api",
          "MIMIC_WORKERS": "1", "MIMIC_WEB_WORKERS": "1", "MIMIC_PORT": "0",
