@@ -320,7 +320,9 @@ def certs_init(data_dir: str | None, cert_dir: str | None, as_json: bool) -> Non
     settings = _settings(data_dir=data_dir, cert_dir=cert_dir)
     directory = settings.certificate_dir
     try:
-        if directory.is_relative_to(settings.data_dir):
+        # Resolved as certificate_dir is: the default data directory (mimic-data) and any
+        # other relative one never matched, and devpki's mkdir made it 0755.
+        if directory.is_relative_to(settings.data_dir.resolve()):
             startup_checks.make_data_dir(settings.data_dir)  # the owner's alone, as serve's
         pki = devpki.init(directory)
     except (ConfigurationError, OSError, ValueError) as exc:

@@ -191,6 +191,29 @@ def test_a_data_dir_mimic_makes_is_its_owner_s_alone(
     assert any(made.iterdir())  # the command's files are in it
 
 
+@pytest.mark.parametrize("command", [("certs", "init"), ("db", "upgrade")],
+                         ids=["certs-init", "db-upgrade"])
+def test_a_relative_data_dir_mimic_makes_is_its_owner_s_alone(
+    tmp_path: Path, command: tuple[str, ...],
+) -> None:
+    """The default data directory (``mimic-data``) is relative: ``certs init`` compared it
+    with the resolved certificate directory, never matched, and devpki's mkdir made it
+    0755; ``serve`` then left it so, being there already."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    old = os.umask(0o022)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mimic_server", *command], cwd=tmp_path,
+            capture_output=True, text=True, timeout=60, env={**clean, "MIMIC_OPS_PORT": "0"},
+        )
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    made = tmp_path / "mimic-data"
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert any(made.iterdir())  # the command's files are in it
+
+
 def test_a_data_dir_reconcile_fix_makes_is_its_owner_s_alone(tmp_path: Path) -> None:
     """``mimic reconcile --fix`` on a data directory not made yet writes the SQLite index,
     the audit file and the object directory in it: the directory was made by the store's
