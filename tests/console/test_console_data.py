@@ -412,6 +412,37 @@ def test_last_associations_read_only_what_the_audit_file_gained(
     assert last_logins() == {}
 
 
+def test_last_associations_after_the_audit_file_was_cut_in_place_and_grew_again(
+        tmp_path: Path) -> None:
+    """An audit file cut in place (logrotate's copytruncate: the same inode) that grew past
+    the offset read before the next view was read on from that offset: the logins written
+    since the cut were never seen (modality2 shown as never associated, until a restart).
+    A file whose first bytes are no longer those read is read anew."""
+    from mimic_server.web.console.modalities import LastLoginsInFile
+
+    trail = tmp_path / "audit.jsonl"
+
+    def logins(*names: str) -> bytes:
+        log = AuditLog(tmp_path / "records.jsonl")
+        for name in names:
+            log.record(audit.USER_AUTHENTICATION, audit.SUCCESS, peer="10.0.0.5",
+                       identity=f"{name} (0123456789abcdef)", trust_name=name,
+                       calling_ae="MOD", event_type="login")
+        log.close()
+        data = (tmp_path / "records.jsonl").read_bytes()
+        (tmp_path / "records.jsonl").unlink()
+        return data
+
+    trail.write_bytes(logins("modality1"))
+    last_logins = LastLoginsInFile(trail)
+    assert set(last_logins()) == {"modality1"}
+    with trail.open("r+b") as out:  # copytruncate: the same file, cut
+        out.truncate(0)
+    with trail.open("ab") as out:  # and the archive goes on appending
+        out.write(logins("modality2", "modality3"))
+    assert set(last_logins()) == {"modality2", "modality3"}
+
+
 def test_activity_counts_per_minute() -> None:
     now = [600_000.0]
     activity = Activity(minutes=3, clock=lambda: now[0])

@@ -78,20 +78,30 @@ def last_logins(records: Iterable[Mapping[str, Any]],
     return latest
 
 
+#: How much of the audit file's start ``LastLoginsInFile`` keeps to tell it was rewritten: its
+#: first record names the time it was written, which a file cut and written again changes.
+HEAD_BYTES = 256
+
+
 class LastLoginsInFile:
     """trust name -> latest successful association, from a JSON-lines audit file read on
     from where the previous call stopped (embedded mode: the file grows by a record per
     association and is never cut). Each view of the modalities page parsed the whole trail
     again (100,000 associations: 2 to 3 s, every time); now the first view reads it once
     and later ones only what was appended. Another file at the path (rotated: another
-    inode) or a shorter one (truncated) is read from its start. A line not yet ended (being
-    written) is left for the next call. Thread-safe: one reader at a time."""
+    inode), a shorter one (truncated), or one whose first bytes are no longer those read
+    (cut in place, as logrotate's copytruncate does, and grown past the offset again
+    before the next view: read on from the old offset, the logins written since the cut
+    were never seen) is read from its start. A line not yet ended (being written) is left
+    for the next call. Thread-safe: one reader at a time."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None
         self._offset = 0
+        #: The file's first bytes as read (up to HEAD_BYTES): an append-only file keeps them.
+        self._head = b""
         self._latest: dict[str, str] = {}
 
     def __call__(self) -> dict[str, str]:
@@ -102,10 +112,15 @@ class LastLoginsInFile:
                 return {}
             with fh:
                 stat = os.fstat(fh.fileno())
-                if (stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset:
+                if ((stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset
+                        or fh.read(len(self._head)) != self._head):
                     self._file, self._offset, self._latest = (stat.st_dev, stat.st_ino), 0, {}
+                    self._head = b""
                 fh.seek(self._offset)
                 last_logins(self._records(fh), self._latest)
+                if len(self._head) < min(self._offset, HEAD_BYTES):
+                    fh.seek(0)
+                    self._head = fh.read(min(self._offset, HEAD_BYTES))
             return dict(self._latest)
 
     def _records(self, fh: Any) -> Iterable[dict[str, Any]]:
