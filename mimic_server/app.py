@@ -617,14 +617,17 @@ class Archive:
     def _renew_repository_context(self, bundle: CertBundle) -> None:
         """The audit repository's next connections present the server certificate of
         ``bundle`` when it is the one shown to it (no client certificate of its own); one
-        that cannot be made keeps the context in use, said at ERROR."""
+        that cannot be made keeps the context in use, said at ERROR. Whatever fails here
+        never reaches the watcher: it runs before the trust set is applied, and an error let
+        through failed the whole refresh, every revocation held back."""
         repository = self._repository
         if repository is None or self.settings.audit_syslog_client_cert is not None:
             return
         try:
             repository.use_context(syslog_context(self.settings, bundle))
-        except ConfigurationError as exc:
-            log.error("audit repository keeps its TLS context", extra={"reason": str(exc)})
+        except Exception as exc:  # the trust set must be applied regardless
+            reason = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
+            log.error("audit repository keeps its TLS context", extra={"reason": reason})
 
     def _new_context(self, bundle: CertBundle) -> tuple[ssl.SSLContext, CertBundle]:
         """The listener's context for a new bundle, and the bundle it serves.

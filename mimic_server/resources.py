@@ -108,9 +108,15 @@ def syslog_context(settings: Settings, bundle: CertBundle | None) -> ssl.SSLCont
             )
             return context
         if bundle is not None:
-            extra = s.audit_syslog_ca_file.read_text() if s.audit_syslog_ca_file else ""
+            # Read as OpenSSL reads the file (the start's check, ``cafile=``): the PEM blocks,
+            # which are ASCII; a note beside them need not be. As UTF-8 text, a Latin-1 note
+            # raised UnicodeDecodeError, and a UTF-8 one (``Zürich``) UnicodeEncodeError in
+            # ``load_verify_locations(cadata=...)``: a traceback at start, and on each new
+            # trust set a refresh that failed whole, its revocations held back.
+            extra = (s.audit_syslog_ca_file.read_bytes().decode("ascii", "ignore")
+                     if s.audit_syslog_ca_file else "")
             return destination_context(bundle, extra)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigurationError(f"audit repository TLS settings unusable: {exc}") from exc
     raise ConfigurationError(
         "the audit repository needs a client certificate: set "

@@ -622,3 +622,56 @@ def test_a_renewed_server_certificate_is_what_the_repository_sees_next(tmp_path:
     finally:
         assert server.stop() == 0, server.log()
         receiver.stop()
+
+
+def test_a_note_beside_the_repository_ca_holds_back_no_revocation(tmp_path: Path) -> None:
+    """Each new trust set builds the audit repository's TLS context again (its client
+    certificate is the server's own), before the trust set is applied. A CA file OpenSSL
+    reads (the start's check passes it) with a note beside its PEM block that is not ASCII
+    raised out of that rebuild (Latin-1: UnicodeDecodeError; UTF-8: UnicodeEncodeError in
+    load_verify_locations): the refresh failed whole, every second, and a revoked modality
+    kept associating. The file is read as OpenSSL reads it, and nothing of the repository's
+    context can hold a trust set back."""
+    data = tmp_path / "data"
+    certs = data / "certs"
+    devpki.init(certs)
+    receiver = SyslogTlsReceiver(tmp_path / "repository",
+                                 client_cas=(certs / "ca" / "ca.pem",)).start()
+    ca_file = tmp_path / "repository-ca.pem"
+    ca_file.write_bytes(receiver.ca[0].read_bytes())
+    server = MimicProcess(
+        data, workers="1", cert_refresh_seconds="1", audit_syslog_host=HOST,
+        audit_syslog_port=str(receiver.port), audit_syslog_ca_file=str(ca_file),
+        audit_syslog_server_name="localhost",
+    ).start()
+    try:
+        context = client_context(server.client_cert, server.client_key, server.ca_cert)
+        assoc = associate(server.port, context)
+        assert assoc.is_established
+        assoc.release()
+        # The operator puts a note beside the CA: Latin-1, then UTF-8 (still PEM files).
+        for note in ("Zürich".encode("latin-1"), "Zürich".encode()):
+            ca_file.write_bytes(b"# Audit repository CA, " + note + b"\n"
+                                + receiver.ca[0].read_bytes())
+            since = len(server.log_entries())
+            devpki.issue_client(certs, f"modality-{len(note)}")  # a new trust set
+            assert wait_for(lambda since=since: any(
+                e.get("message") == "trust set updated"
+                for e in server.log_entries()[since:]), timeout=20), server.log()
+        devpki.revoke(certs, "modality1")
+        assert wait_for(lambda: not associate(server.port, context).is_established,
+                        timeout=10), server.log()
+        entries = server.log_entries()
+        assert not [e for e in entries
+                    if str(e.get("message", "")).startswith("certificate refresh failed")
+                    or e.get("message") == "audit repository keeps its TLS context"]
+        # The repository's context is made from that file, as OpenSSL reads it.
+        from mimic_server.certs.directory import DirectorySource
+        from mimic_server.config import Settings
+        from mimic_server.resources import syslog_context
+
+        settings = Settings(data_dir=data, audit_syslog_host=HOST, audit_syslog_ca_file=ca_file)
+        assert syslog_context(settings, DirectorySource(certs).load()) is not None
+    finally:
+        assert server.stop() == 0, server.log()
+        receiver.stop()
