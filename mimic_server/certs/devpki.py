@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mimic_server.ae_titles import sendable_ae_title
+from mimic_server.durable_files import replace_whole
 from mimic_server.errors import ConfigurationError
 from mimic_server.security.grants import Grants, RuleError, parse_rule
 
@@ -94,27 +94,11 @@ def _write_certs(path: Path, *certs: x509.Certificate) -> None:
 
 
 def _write_whole(path: Path, data: bytes, mode: int) -> None:
-    """``data`` as a new file of ``mode``, fsynced, renamed over ``path``, the rename made
-    durable: ``path`` holds all of it or is as it was, whatever stops the write (a full
-    disk, a kill, a power loss). Written in place, a certificate cut short stayed behind
-    beside its key: ``init`` took the pair as made, and the server could not start."""
+    """``data`` as ``path``, whole or not at all (``durable_files``): written in place, a
+    certificate cut short stayed behind beside its key, ``init`` took the pair as made, and
+    the server could not start."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_whole(path, data, mode)
 
 
 def _write_pair(key_path: Path, key: rsa.RSAPrivateKey, cert_path: Path,

@@ -14,8 +14,6 @@ same for an unknown user as for a known one, so that timing does not tell which 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +22,8 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from mimic_server.durable_files import replace_whole
 
 _HASHER = PasswordHasher()  # Argon2id, RFC 9106's second recommended parameters
 
@@ -122,22 +122,8 @@ def add_user(path: Path, name: str, passcode: str, roles: list[str]) -> None:
 
 
 def _replace_whole(path: Path, data: bytes) -> None:
-    """``data`` as a new file of mode 0600, fsynced and renamed over ``path``, the rename
-    made durable. The file was rewritten in place: a full disk (or a crash) midway left it
-    cut short, not TOML any more, and the server (which reads it again when it changes)
-    then refused every user; a sign-in during the rewrite read half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """``data`` as the user file, mode 0600, whole or not at all (``durable_files``): it
+    was rewritten in place, and a full disk (or a crash) midway left it cut short, not TOML
+    any more, and the server (which reads it again when it changes) then refused every user;
+    a sign-in during the rewrite read half a file."""
+    replace_whole(path, data, 0o600)
