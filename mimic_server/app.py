@@ -55,6 +55,7 @@ from mimic_server.net.server import MimicAssociationServer
 from mimic_server.net.tls import destination_context, server_context
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
+    certificate_source,
     load_policy_file,
     open_audit_trail,
     open_index,
@@ -184,23 +185,13 @@ class Archive:
         return self._credential
 
     def _keyvault_source(self) -> CertificateSource:
-        from mimic_server.certs.keyvault import KeyVaultSource
-
         s = self.settings
         assert s.keyvault_url is not None
         if not s.keyvault_verify_challenge_resource:
             log.warning(
                 "Key Vault challenge-resource check is OFF: for an emulator on loopback only"
             )
-        try:
-            return KeyVaultSource(
-                s.keyvault_url,
-                self._azure_credential(),
-                s.keyvault_server_cert,
-                verify_challenge_resource=s.keyvault_verify_challenge_resource,
-            )
-        except (ValueError, NotImplementedError) as exc:
-            raise ConfigurationError(f"Key Vault {s.keyvault_url}: {exc}") from exc
+        return certificate_source(s, self._azure_credential())
 
     def _index(self) -> SqlIndex:
         s = self.settings

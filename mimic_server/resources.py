@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mimic_server.backends import open_index_engine
-from mimic_server.certs import CertBundle
+from mimic_server.certs import CertBundle, CertificateSource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index.repository import SqlIndex
@@ -64,20 +64,32 @@ def _own_certificate(settings: Settings) -> CertBundle | None:
     s = settings
     if not s.audit_syslog_host or s.audit_syslog_client_cert is not None or not s.tls:
         return None
-    if s.keyvault_url:
-        from azure.identity import DefaultAzureCredential
+    return certificate_source(s).load()  # ConfigurationError, naming what, when unreadable
 
-        from mimic_server.certs.keyvault import KeyVaultSource
 
-        source: Any = KeyVaultSource(
-            s.keyvault_url, DefaultAzureCredential(), s.keyvault_server_cert,
-            verify_challenge_resource=s.keyvault_verify_challenge_resource,
-        )
-    else:
+def certificate_source(settings: Settings, credential: Any = None) -> CertificateSource:
+    """Where ``mimic serve`` reads its certificates: Key Vault when a vault URL is set (signed
+    with ``credential``, else a DefaultAzureCredential made here), else the certificate
+    directory as it is (nothing is created: ``mimic serve`` makes the development PKI itself).
+    ConfigurationError for a vault URL the SDK refuses."""
+    s = settings
+    if not s.keyvault_url:
         from mimic_server.certs.directory import DirectorySource
 
-        source = DirectorySource(s.certificate_dir)
-    return source.load()  # ConfigurationError, naming what, when it cannot be read
+        return DirectorySource(s.certificate_dir)
+    from mimic_server.certs.keyvault import KeyVaultSource
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    try:
+        return KeyVaultSource(
+            s.keyvault_url, credential, s.keyvault_server_cert,
+            verify_challenge_resource=s.keyvault_verify_challenge_resource,
+        )
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigurationError(f"Key Vault {s.keyvault_url}: {exc}") from exc
 
 
 def _syslog_sink(settings: Settings, bundle: CertBundle | None) -> AuditSink:

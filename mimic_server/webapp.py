@@ -31,7 +31,6 @@ from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead 
 
 from mimic_server.archive.ingest import Ingest
 from mimic_server.backends import open_object_store
-from mimic_server.certs.directory import DirectorySource
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.index.audit_table import read_table_newest
@@ -39,6 +38,7 @@ from mimic_server.index.engine import answers
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
+    certificate_source,
     load_policy_file,
     oidc_ssl_context,
     oidc_validator,
@@ -297,17 +297,7 @@ def _trust_view(settings: Settings) -> Callable[[], TrustView] | None:
     s = settings
     if not s.tls:
         return None
-    if s.keyvault_url:
-        from azure.identity import DefaultAzureCredential
-
-        from mimic_server.certs.keyvault import KeyVaultSource
-
-        source: Any = KeyVaultSource(
-            s.keyvault_url, DefaultAzureCredential(), s.keyvault_server_cert,
-            verify_challenge_resource=s.keyvault_verify_challenge_resource,
-        )
-    else:
-        source = DirectorySource(s.certificate_dir)
+    source = certificate_source(s)
     cache: dict[str, TrustView] = {}
     lock = threading.Lock()
 
