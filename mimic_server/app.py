@@ -538,9 +538,13 @@ class Archive:
                     )
                 ca_file = destination.ca_file
                 try:
-                    extra = ca_file.read_text() if ca_file else ""
+                    # Read as OpenSSL reads it (the start's check does): its PEM blocks are
+                    # ASCII, a note beside them need not be. As UTF-8 text a Latin-1 note
+                    # failed the read, and a UTF-8 one raised out of
+                    # load_verify_locations(cadata=...) in the C-MOVE handler (0xC514).
+                    extra = ca_file.read_bytes().decode("ascii", "ignore") if ca_file else ""
                     context = destination_context(self.bundle, extra)
-                except (OSError, UnicodeDecodeError) as exc:
+                except OSError as exc:
                     reason = getattr(exc, "strerror", None) or type(exc).__name__
                     raise ConfigurationError(f"CA file {ca_file} cannot be read: {reason}") from exc
                 except ssl.SSLError as exc:

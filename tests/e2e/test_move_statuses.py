@@ -426,3 +426,36 @@ def test_retrieve_that_matches_nothing_is_audited(
     described = message.find("EventIdentification/EventOutcomeDescription").text
     assert "no instance matched" in described and f"service={service}" in described
     assert "status=0x0000" in described and "instances=0" in described
+
+
+def test_a_note_beside_a_destination_ca_fails_no_c_move(
+    tmp_path: Path, counter: Counter
+) -> None:
+    """A TLS destination's ca_file with a note beside its PEM block that is not ASCII (the
+    start's check and OpenSSL read it) is read as OpenSSL reads it, at the first C-MOVE:
+    the sub-association is attempted (the counter sees a connection and closes it, 0xA702
+    as for any destination that drops the handshake), and no ERROR. Read as UTF-8 text, a
+    Latin-1 note made the C-MOVE an unreachable destination without any connection (ERROR
+    'cannot be read: UnicodeDecodeError'), and a UTF-8 one raised in the handler out of
+    load_verify_locations(cadata=...): 0xC514, the audit record's 0xC311."""
+    pem = _a_ca_file(tmp_path).read_bytes()
+    registry: dict[str, Any] = {}
+    for name, note in (("LATIN1", "Zürich".encode("latin-1")), ("UTF8", "Zürich".encode())):
+        ca_file = tmp_path / f"{name.lower()}-ca.pem"
+        ca_file.write_bytes(b"# Destination CA, " + note + b"\n" + pem)
+        registry[name] = {"host": HOST, "port": counter.port, "ca_file": str(ca_file)}
+    process = MimicProcess(tmp_path / "data", move_destinations=json.dumps(registry)).start()
+    try:
+        assoc = associate(process.port, _tls(process), transfer_syntaxes=["1.2.840.10008.1.2.1"])
+        assert assoc.send_c_store(ct_small()).Status == 0
+        assoc.release()
+        for name in registry:
+            before, logged = counter.connections, len(process.log_entries())
+            [final] = _move(process.port, _tls(process), _ct_study(), name)
+            assert final.Status == 0xA702, (name, hex(final.Status))
+            assert wait_for(lambda before=before: counter.connections > before,
+                            timeout=5), name
+            errors = [e for e in process.log_entries()[logged:] if e["level"] == "ERROR"]
+            assert errors == [], (name, errors)
+    finally:
+        assert process.stop() == 0, process.log()
