@@ -121,9 +121,12 @@ def server_context(
     return ctx
 
 
-#: OpenSSL's refusals of a certificate for the context's security level (SSL_CTX_use_certificate
-#: applies the same level as the verification of a peer's chain).
-_TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
+#: OpenSSL's refusals of a certificate for the context's security level that the verification
+#: of a peer's chain makes too: the key's size (a trusted entry is a trust anchor, whose key
+#: is checked). Not CA_MD_TOO_WEAK, the signature its issuer made: an anchor's is never
+#: checked, and a pinned modality certificate or a trusted intermediate CA signed with SHA-1
+#: handshakes, yet was warned of as one that would not.
+_TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL"})
 
 
 def _warn_below_security_level(trusted: tuple[TrustedCertificate, ...]) -> None:

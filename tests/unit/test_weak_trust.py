@@ -5,6 +5,7 @@ building the listener's context from such a set says so, naming the entry."""
 from __future__ import annotations
 
 import logging
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,3 +57,45 @@ def test_a_trusted_certificate_below_the_security_level_is_warned_of(
     assert all(r.reason == "ee_key_too_small" for r in warned)  # type: ignore[attr-defined]
     # the entry's name, not the certificate's subject
     assert not [r for r in warned if "Doe^Jane" in str(vars(r))]
+
+
+def _sha1_signed(directory: Path, name: str, ca: bool) -> Path:
+    """A certificate signed with SHA-1 by a CA of its own (openssl: cryptography refuses
+    SHA-1 signatures), as an old modality's or an old partner's intermediate CA is."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    issuer, key, csr = tmp = [directory / f"{name}.{s}" for s in ("issuer.pem", "key", "csr")]
+    issuer_key = directory / f"{name}.issuer.key"
+    extensions = directory / f"{name}.ext"
+    extensions.write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n"
+                          if ca else "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(issuer_key),
+        "-out", str(issuer), "-subj", "/CN=issuer", "-days", "30", "-sha256")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", f"/CN={name}")
+    certificate = directory / f"{name}.pem"
+    run("x509", "-req", "-in", str(csr), "-CA", str(issuer), "-CAkey", str(issuer_key),
+        "-set_serial", "7", "-out", str(certificate), "-days", "30", "-sha1",
+        "-extfile", str(extensions))
+    for path in (*tmp, issuer_key, extensions):
+        path.unlink()
+    return certificate
+
+
+def test_a_trusted_certificate_signed_with_sha1_is_not_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trusted entry is a trust anchor: OpenSSL checks its key against the security level
+    but not the signature its issuer made (a pinned modality certificate signed with SHA-1,
+    an intermediate CA so signed and trusted as a whole: their handshakes succeed). The
+    probe loads it as a certificate of its own, which OpenSSL refuses for that signature
+    (CA_MD_TOO_WEAK): each was warned of as one whose handshakes will fail."""
+    pki = devpki.init(tmp_path / "certs")
+    trusted, cas = pki.directory / "trusted", pki.directory / "trusted-ca"
+    _sha1_signed(trusted, "old-cr", ca=False)
+    _sha1_signed(cas, "old-intermediate", ca=True)
+    with caplog.at_level(logging.WARNING, logger="mimic_server.net.tls"):
+        server_context(DirectorySource(pki.directory).load())
+    assert [vars(r) for r in caplog.records if r.getMessage() == WARNING] == []
