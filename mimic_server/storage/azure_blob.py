@@ -85,11 +85,23 @@ def blob_service_client(
         "max_single_get_size": READ_RANGE,
         "max_chunk_get_size": READ_RANGE,
     }
+    # The SDK refuses a malformed connection string or URL with a ValueError, which went up
+    # as a traceback (``mimic serve`` exit 1, ``mimic reconcile`` 1 as for drift). Its text
+    # may quote the URL, and a URL or connection string can carry a SAS token or account
+    # key: the one line names the setting, never its value.
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, **options)
+        try:
+            return BlobServiceClient.from_connection_string(connection_string, **options)
+        except ValueError as exc:
+            raise ConfigurationError("blob connection string unusable: malformed or missing "
+                                     "the account's endpoint or name") from exc
     if not account_url or credential is None:
         raise ConfigurationError("Blob Storage needs an account URL and a credential")
-    return BlobServiceClient(account_url, credential=credential, **options)
+    try:
+        return BlobServiceClient(account_url, credential=credential, **options)
+    except ValueError as exc:
+        raise ConfigurationError("blob account URL unusable: expected "
+                                 "https://<account>.blob.core.windows.net") from exc
 
 
 def uses_environment_settings(environ: Mapping[str, str] | None = None,

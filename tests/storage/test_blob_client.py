@@ -5,6 +5,9 @@ environment read once instead of on every request (same answers as ``requests`` 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -84,6 +87,32 @@ def test_pool_size_defaults_to_max_associations(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(RuntimeError, match="stop here"):
             backends._blob_store(settings)
         assert seen.pop() == expected
+
+
+@pytest.mark.parametrize("env", [
+    {"MIMIC_BLOB_CONNECTION_STRING": "SharedAccessSignature=sv=2022&sig=TAILSECRET"},
+    {"MIMIC_BLOB_ACCOUNT_URL": "https://[TAILSECRET"},
+], ids=["connection-string", "account-url"])
+@pytest.mark.parametrize("command", ["serve", "reconcile"])
+def test_a_malformed_blob_setting_is_one_line(
+        tmp_path: Path, command: str, env: dict[str, str]) -> None:
+    """The SDK's ValueError for a connection string it cannot parse, or an account URL it
+    cannot split, went up as a traceback: ``serve`` exit 1, ``reconcile`` 1 (which means
+    drift). Now the one line of any other unusable setting, exit 2, the value (which may
+    hold a SAS token or account key) not quoted."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    clean.update({"MIMIC_OPS_PORT": "0", "MIMIC_PORT": "0", "MIMIC_HOST": "127.0.0.1",
+                  "MIMIC_WORKERS": "1", "MIMIC_DATA_DIR": str(tmp_path), **env})
+    result = subprocess.run([sys.executable, "-m", "mimic_server", command],
+                            capture_output=True, text=True, timeout=60, env=clean)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert lines in (["mimic: blob connection string unusable: malformed or missing the "
+                      "account's endpoint or name"],
+                     ["mimic: blob account URL unusable: expected "
+                      "https://<account>.blob.core.windows.net"]), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "TAILSECRET" not in result.stderr + result.stdout
 
 
 def test_blob_connections_setting_is_validated() -> None:
