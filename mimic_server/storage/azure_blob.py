@@ -177,7 +177,8 @@ class AzureBlobStore:
             elif not self._container.exists():
                 raise ConfigurationError(f"blob container {container!r} does not exist")
         except AzureError as exc:
-            raise ConfigurationError(f"blob container {container!r} unusable: {exc}") from exc
+            raise ConfigurationError(
+                f"blob container {container!r} unusable: {_summary(exc)}") from exc
 
     @property
     def container(self) -> ContainerClient:
@@ -296,6 +297,19 @@ def _reason(exc: AzureError) -> str:
     member would print as ``StorageErrorCode.MD5_MISMATCH``."""
     code = getattr(exc, "error_code", None)
     return str(getattr(code, "value", code)) if code else type(exc).__name__
+
+
+def _summary(exc: AzureError) -> str:
+    """One line for an error that stops the start: the service's error code and the first
+    line of its message. The SDK's text of a refused request runs to a dozen lines (request
+    id, time, the error's XML body repeated), which came out as that many lines of the
+    start's one-line answer and as that many records in a log collector that splits lines."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    code = getattr(exc, "error_code", None)
+    if not code:
+        return first or type(exc).__name__
+    name = str(getattr(code, "value", code))
+    return f"{name} ({first})" if first and first != name else name
 
 
 class _RangeReader(io.RawIOBase):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
 from mimic_server.storage import azure_blob
 from mimic_server.storage.azure_blob import (
     AzureBlobStore,
@@ -193,3 +194,19 @@ def test_a_store_that_only_reads_opens_with_a_read_and_list_credential(azurite: 
     assert list(store.iter_keys()) == ["ab/1.2/1.3/1.4.0000000000000000.dcm"]
     with pytest.raises(ConfigurationError):  # a store that writes still creates it
         open_object_store(reader)
+
+
+def test_a_refused_start_is_one_line_with_the_service_error_code(azurite: Azurite) -> None:
+    """A wrong account key at start: the SDK's text of the 403 (request id, time, the XML
+    body repeated) made the start's one-line answer a dozen lines. Now one line: the
+    service's error code and the first line of its message."""
+    from tests.azurite import ACCOUNT_KEY
+
+    wrong = azurite.connection_string.replace(ACCOUNT_KEY, "AAAA" + ACCOUNT_KEY[4:])
+    service = blob_service_client(connection_string=wrong, retries=0)
+    with pytest.raises(ConfigurationError) as caught:
+        AzureBlobStore(service, f"c{uuid.uuid4().hex}")
+    said = str(caught.value)
+    assert "\n" not in said, said
+    assert said.startswith("blob container 'c"), said
+    assert ": AuthorizationFailure (Server failed to authenticate the request." in said, said
