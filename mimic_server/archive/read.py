@@ -157,8 +157,15 @@ def open_verified(
     ref: InstanceRef,
     stream_above: int = STREAM_ABOVE,
     current: CurrentRow | None = None,
+    *,
+    unavailable_raises: bool = False,
 ) -> VerifiedObject | None:
     """The stored object with its hash checked, or None (logged) if missing or corrupted.
+
+    ``unavailable_raises``: a store that cannot be read (``OutOfResources``: Blob Storage
+    throttling, down or refusing) raises, logged, instead of None, for a caller that answers
+    one object and must tell a store that may answer again from an object that is lost or
+    corrupt (WADO-RS: 503, not 500).
 
     Up to ``stream_above`` bytes the object is read whole and kept; beyond, the hash is
     computed by one streaming pass and the object is read again when sent. An object missing
@@ -176,11 +183,13 @@ def open_verified(
                     size += len(piece)
     except KeyError:
         if current is not None:
-            return _stored_again(store, ref, stream_above, current)
+            return _stored_again(store, ref, stream_above, current, unavailable_raises)
         _unreadable(ref, "KeyError")
         return None
     except (OutOfResources, OSError) as exc:
         _unreadable(ref, type(exc).__name__)
+        if unavailable_raises and isinstance(exc, OutOfResources):
+            raise
         return None
     if digest.hexdigest() != ref.sha256:
         log.error("stored object fails its SHA-256 check", extra={"object": reference(ref)})
@@ -193,7 +202,8 @@ def open_verified(
 
 
 def _stored_again(
-    store: ObjectStore, ref: InstanceRef, stream_above: int, current: CurrentRow
+    store: ObjectStore, ref: InstanceRef, stream_above: int, current: CurrentRow,
+    unavailable_raises: bool = False,
 ) -> VerifiedObject | None:
     """A matched instance whose object is gone: sent again since it matched (a new key; the
     old object was deleted once the new row committed), deleted or moved to another series
@@ -217,7 +227,8 @@ def _stored_again(
         "instance stored again since it matched: its current version is sent",
         extra={"object": reference(ref), "current": reference(now)},
     )
-    return open_verified(store, now, stream_above)  # once: no current for a second change
+    # Once: no current for a second change.
+    return open_verified(store, now, stream_above, unavailable_raises=unavailable_raises)
 
 
 def _unreadable(ref: InstanceRef, error: str) -> None:

@@ -114,7 +114,16 @@ def read_now(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject | None:
 
 
 def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
-    obj = read_now(ctx, ref)
+    """The one object a request asks for, checked: 503 while the object store cannot be
+    read (Blob Storage throttling or down: the viewer may try again), 500 when the object is
+    lost or fails its SHA-256 check. Both were 500, "cannot be read or fails its SHA-256
+    check", which no client retries and which sent an operator looking for corruption."""
+    try:
+        obj = open_verified(ctx.store, ref, current=ctx.finder.current,
+                            unavailable_raises=True)
+    except OutOfResources as exc:
+        raise WebError(503, "the object store is unavailable", {"Retry-After": "10"}) \
+            from exc
     if obj is None:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check")
     return obj
