@@ -44,3 +44,35 @@ def test_a_corrupted_object_is_still_500() -> None:
     answer = archive.get(INSTANCE, DICOM)
     assert answer.status_code == 500
     assert "fails its SHA-256 check" in answer.json()["message"]
+
+
+@pytest.mark.parametrize(("path", "accept"), [
+    ("", DICOM), (f"/series/{SERIES}", DICOM), ("/metadata", "application/dicom+json"),
+], ids=["study", "series", "metadata"])
+def test_a_study_whose_store_cannot_be_read_is_503(path: str, accept: str) -> None:
+    """A viewer opening a study (its metadata first) during a store outage: 500 "no stored
+    object of this resource can be read", as if the study were lost."""
+    archive = Archive()
+    assert archive.get(path, accept).status_code == 200
+    _store_down(archive)
+    answer = archive.get(path, accept)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "10"
+
+
+def test_a_study_with_a_corrupted_object_and_the_store_down_for_the_other_is_500() -> None:
+    """Not every object failed for the store: one is lost for good, so 500 as before."""
+    archive = Archive()
+    for key, data in list(archive.store.objects.items()):
+        if IN_EXPLICIT in key:
+            archive.store.objects[key] = data[:-1] + bytes([data[-1] ^ 0xFF])
+    opened = archive.store.open
+
+    def refuse_the_other(key: str) -> Any:
+        if IN_EXPLICIT in key:
+            return opened(key)
+        raise OutOfResources("blob store read failed: ServerBusy")
+
+    archive.store.open = refuse_the_other  # type: ignore[method-assign]
+    assert archive.get("", DICOM).status_code == 500
+    assert archive.get("/metadata", "application/dicom+json").status_code == 500

@@ -113,6 +113,25 @@ def read_now(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject | None:
     return open_verified(ctx.store, ref, current=ctx.finder.current)
 
 
+def read_noting(ctx: DicomWebContext, ref: InstanceRef,
+                unavailable: list[InstanceRef]) -> VerifiedObject | None:
+    """:func:`read_now`, noting in ``unavailable`` an object the store could not be read
+    for (Blob Storage throttled or down), so that a study none of whose objects could be
+    read for that reason alone is a 503 the viewer may retry, not the 500 of lost data."""
+    try:
+        return open_verified(ctx.store, ref, current=ctx.finder.current,
+                             unavailable_raises=True)
+    except OutOfResources:
+        unavailable.append(ref)
+        return None
+
+
+def _store_unavailable() -> WebError:
+    """The answer when the store could not be read for any object asked for: it may
+    answer again (a Blob Storage throttle or outage), so the client is told to retry."""
+    return WebError(503, "the object store is unavailable", {"Retry-After": "10"})
+
+
 def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
     """The one object a request asks for, checked: 503 while the object store cannot be
     read (Blob Storage throttling or down: the viewer may try again), 500 when the object is
@@ -122,8 +141,7 @@ def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
         obj = open_verified(ctx.store, ref, current=ctx.finder.current,
                             unavailable_raises=True)
     except OutOfResources as exc:
-        raise WebError(503, "the object store is unavailable", {"Retry-After": "10"}) \
-            from exc
+        raise _store_unavailable() from exc
     if obj is None:
         raise WebError(500, "the stored object cannot be read or fails its SHA-256 check")
     return obj
@@ -164,8 +182,9 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         # multipart body (its close delimiter alone), which a viewer shows as an empty
         # study; its metadata was a 500 already.
         unsendable = 0
+        unavailable: list[InstanceRef] = []
         for ref in refs:
-            obj = read_now(ctx, ref)
+            obj = read_noting(ctx, ref, unavailable)
             if obj is not None and _in_syntax(obj, wanted):
                 first = obj
                 break
@@ -175,6 +194,8 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             audit.failed_one()
         if first is None:
             audit.end(completed=False)
+            if len(unavailable) == len(refs):
+                raise _store_unavailable()
             raise WebError(500, "no stored object of this resource can be read")
         refs = refs[unsendable:]
     boundary = multipart.new_boundary()
@@ -510,9 +531,10 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
     audit.begin(refs)
     root = dicomweb_root(ctx, request)
     documents = []
+    unavailable: list[InstanceRef] = []
     try:
         for ref in refs:
-            obj = read_now(ctx, ref)
+            obj = read_noting(ctx, ref, unavailable)
             if obj is None:
                 audit.failed_one(ref)
                 continue
@@ -528,6 +550,8 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
     finally:
         audit.end(completed=bool(documents))
     if not documents:
+        if len(unavailable) == len(refs):
+            raise _store_unavailable()
         raise WebError(500, "no stored object of this resource can be read")
     body = json.dumps(documents, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     left_out = len(refs) - len(documents)
