@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -30,11 +29,10 @@ from starlette.routing import Mount, Route
 from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead of restarting
 
 from mimic_server.archive.ingest import Ingest
-from mimic_server.backends import open_object_store
+from mimic_server.backends import index_answers, open_object_store, store_answers
 from mimic_server.config import Settings
-from mimic_server.errors import ConfigurationError
+from mimic_server.errors import ConfigurationError, MimicError
 from mimic_server.index.audit_table import read_table_newest
-from mimic_server.index.engine import answers
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
@@ -104,6 +102,8 @@ class WebArchive:
         self.settings = settings
         self._schema_revision = schema_revision
         self._object_store = object_store
+        #: The object store opened (``open``), for the readiness check.
+        self._store: ObjectStore | None = None
         self._policy = policy
         self._console = console
         self.engine: Engine | None = None
@@ -138,6 +138,7 @@ class WebArchive:
         self.engine, index = open_index(s, schema_revision=self._schema_revision, deadlines=True)
         self._opened_index = index
         store = self._object_store or open_object_store(s)
+        self._store = store
         self.audit = open_audit_trail(s, self.engine)
         _group_commits(self.audit)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
@@ -188,12 +189,15 @@ class WebArchive:
         return self.http is not None and self.http.alive()
 
     def _ready(self) -> str:
+        """The index answers and takes writes, and the object store answers: as ``mimic
+        serve``'s checks (``backends``). The index alone was checked: with Blob Storage down
+        (or the file store's disk full, or PostgreSQL read-only) every WADO-RS retrieve and
+        STOW-RS failed while the replica stayed in the ingress's rotation as ready."""
         if self.engine is None:
             raise ConfigurationError("not started")
-        try:
-            answers(self.engine)
-        except SQLAlchemyError as exc:
-            raise ConfigurationError("index does not answer") from exc
+        index_answers(self.engine)  # OutOfResources, a MimicError: its reason shown
+        if self._store is not None:
+            store_answers(self._store)
         return "ready"
 
     def refresh_policy(self) -> None:
@@ -375,7 +379,7 @@ def build_web_app(ctx: DicomWebContext, cors_origins: list[str], console: Any = 
     def readyz(_request: Request) -> JSONResponse:
         try:
             detail = ready() if ready is not None else "ready"
-        except ConfigurationError as exc:
+        except MimicError as exc:  # not started; the index or the object store: its reason
             return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
         return JSONResponse({"status": detail})
 
