@@ -146,16 +146,20 @@ def _file_of(engine: Engine) -> str:
 
 
 def open_object_store(settings: Settings, credential: Any = None,
-                      warn: bool = True, *, writable: bool = True) -> ObjectStore:
+                      warn: bool = True, *, writable: bool = True,
+                      concurrency: int | None = None) -> ObjectStore:
     """Blob Storage when an account URL or connection string is set, else files.
 
     ``credential`` signs Blob requests when there is no connection string; when it is needed
     and not given, a DefaultAzureCredential is made here (maintenance commands). ``warn``:
     say so when the object directory's file system needs a check after a crash (once per
     server: the supervisor says it, not each worker). ``writable=False``: an object
-    directory that is only read (a reconcile report, of a read-only copy too)."""
+    directory that is only read (a reconcile report, of a read-only copy too).
+    ``concurrency``: how many requests of this process may read or write at once, when not
+    one per association (``mimic web``'s request threads): the Blob connection pool's size
+    unless ``MIMIC_BLOB_CONNECTIONS`` says otherwise."""
     if settings.uses_blob_storage:
-        return _blob_store(settings, credential, writable=writable)
+        return _blob_store(settings, credential, writable=writable, concurrency=concurrency)
     try:
         store = FilesystemStore(settings.objects_dir, writable=writable)
     except OSError as exc:
@@ -171,7 +175,7 @@ def open_object_store(settings: Settings, credential: Any = None,
 
 
 def _blob_store(settings: Settings, credential: Any = None, *,
-                writable: bool = True) -> ObjectStore:
+                writable: bool = True, concurrency: int | None = None) -> ObjectStore:
     # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
     from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
 
@@ -187,7 +191,7 @@ def _blob_store(settings: Settings, credential: Any = None, *,
         connection_string=settings.blob_connection_string,
         retries=settings.blob_retries,
         timeout=settings.blob_timeout,
-        connections=settings.blob_connections or settings.max_associations,
+        connections=settings.blob_connections or concurrency or settings.max_associations,
     )
     # Only a store that writes creates its container: an identity that may only read and
     # list (Storage Blob Data Reader) was refused the create, and so its reconcile report.

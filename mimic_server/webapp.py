@@ -84,6 +84,11 @@ log = logging.getLogger(__name__)
 
 
 
+#: The requests one ``mimic web`` process serves in threads at once (anyio's default limiter,
+#: which Starlette runs its synchronous endpoints and stream reads under).
+REQUEST_THREADS = 40
+
+
 class WebArchive:
     """A running ``mimic web``: one HTTP listener over the archive's index and objects."""
 
@@ -137,7 +142,11 @@ class WebArchive:
         make_data_dir(s.data_dir)
         self.engine, index = open_index(s, schema_revision=self._schema_revision, deadlines=True)
         self._opened_index = index
-        store = self._object_store or open_object_store(s)
+        # A pool as large as the requests that may read at once: sized by the associations,
+        # each request past 32 opened a new TLS connection to Blob Storage and dropped it
+        # ("Connection pool is full, discarding connection" at WARNING, per request).
+        store = self._object_store or open_object_store(
+            s, concurrency=max(s.max_associations, REQUEST_THREADS))
         self._store = store
         self.audit = open_audit_trail(s, self.engine)
         _group_commits(self.audit)
