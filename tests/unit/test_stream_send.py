@@ -37,6 +37,7 @@ from mimic_server.dimse import stream_send
 from mimic_server.dimse.stream_send import StreamedDataset
 from mimic_server.errors import CannotUnderstand, OutOfResources
 from mimic_server.query.finder import InstanceRef
+from mimic_server.security.transfer_tally import TransferTally
 from mimic_server.storage.memory import MemoryStore
 from tests.data_sets import encoded
 
@@ -526,6 +527,6 @@ def test_an_object_the_encoder_failed_is_audited_as_not_transferred(
     with pytest.raises(CannotUnderstand):
         encode(dataset, False, True, False)
     assert dataset._mimic_encoded and dataset._mimic_refused
-    sent: dict[str, Any] = {}
-    assert audited._tally(dataset, sent, set()) == 1
-    assert sent == {}
+    sent = TransferTally()
+    assert audited._tally(dataset, sent, audited._Matches()) == 1
+    assert sent.sent == {} and sent.total_failed == 1
