@@ -33,6 +33,24 @@ class InstanceFinder:
         return self.refs.get(ref.sop_instance_uid)
 
 
+class RecordedDetails:
+    """An audit sink keeping each record's details, for tests that read what was recorded."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, entry: Any, details: dict[str, Any]) -> None:
+        self.records.append(details)
+
+    def close(self) -> None:
+        pass
+
+    def transferred(self) -> dict[str, Any]:
+        """The one DICOM Instances Transferred record (the one with a ``failed`` count)."""
+        [record] = [r for r in self.records if "failed" in r]
+        return record
+
+
 class _NoAuditSink:
     def write(self, entry: Any, details: dict[str, Any]) -> None:
         pass

@@ -67,8 +67,8 @@ def test_every_instance_not_reached_is_failed(monkeypatch: pytest.MonkeyPatch, c
                           tokens=None, auth="none")
     read_now = wado.read_now
 
-    def failing_at_cut(ctx: DicomWebContext, ref: InstanceRef) -> Any:
-        obj = read_now(ctx, ref)
+    def failing_at_cut(ctx: DicomWebContext, ref: InstanceRef, **options: Any) -> Any:
+        obj = read_now(ctx, ref, **options)
         return Failing(obj) if ref is refs[cut] else obj
 
     monkeypatch.setattr(wado, "read_now", failing_at_cut)

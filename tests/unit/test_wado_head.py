@@ -22,17 +22,7 @@ from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from tests.data import ct_small
-
-
-class Records:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        self.records.append(details)
-
-    def close(self) -> None:
-        pass
+from tests.dicomweb_doubles import RecordedDetails
 
 
 class CountingStore(MemoryStore):
@@ -60,11 +50,11 @@ class Finder:
 
 
 @pytest.fixture
-def archive() -> tuple[TestClient, CountingStore, Records, str]:
+def archive() -> tuple[TestClient, CountingStore, RecordedDetails, str]:
     data = open(ct_small(), "rb").read()  # noqa: SIM115
     ds = pydicom.dcmread(io.BytesIO(data))
     key = new_object_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    store, records = CountingStore(), Records()
+    store, records = CountingStore(), RecordedDetails()
     store.objects[key] = data
     ref = InstanceRef(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, key,
                       hashlib.sha256(data).hexdigest())
@@ -83,7 +73,7 @@ def archive() -> tuple[TestClient, CountingStore, Records, str]:
     "/series/{series}/instances/{instance}/rendered", "/thumbnail",
 ])
 def test_head_reads_nothing_and_records_no_transfer(
-    archive: tuple[TestClient, CountingStore, Records, str], resource: str,
+    archive: tuple[TestClient, CountingStore, RecordedDetails, str], resource: str,
 ) -> None:
     client, store, records, study = archive
     ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)

@@ -24,6 +24,7 @@ from mimic_server.web.dicomweb import wado
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from tests.data import ct_small
+from tests.dicomweb_doubles import RecordedDetails as Details
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -34,21 +35,6 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MULTIPART = 'multipart/related; type="application/dicom"'
 
 
-class Details:
-    """An audit sink keeping each record's details."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        self.records.append(details)
-
-    def close(self) -> None:
-        pass
-
-    def transferred(self) -> dict[str, Any]:
-        [record] = [r for r in self.records if "failed" in r]
-        return record
 
 
 class Finder:

@@ -6,10 +6,9 @@ every instance recorded as failed); those before it are left out as failed, as b
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from tests.dicomweb_doubles import RecordedDetails
 from tests.unit.test_wado_accept_syntaxes import (
     DICOM,
     IN_EXPLICIT,
@@ -17,21 +16,6 @@ from tests.unit.test_wado_accept_syntaxes import (
     SERIES,
     Archive,
 )
-
-
-class Records:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, entry: Any, details: dict[str, Any]) -> None:
-        self.records.append(details)
-
-    def close(self) -> None:
-        pass
-
-    def transferred(self) -> dict[str, Any]:
-        [record] = [r for r in self.records if "failed" in r]
-        return record
 
 
 def _damaged(archive: Archive, *uids: str) -> None:
@@ -43,7 +27,7 @@ def _damaged(archive: Archive, *uids: str) -> None:
 
 @pytest.mark.parametrize("resource", ["", f"/series/{SERIES}"])
 def test_a_study_none_of_whose_objects_can_be_read_is_500(resource: str) -> None:
-    records = Records()
+    records = RecordedDetails()
     archive = Archive([records])
     _damaged(archive, IN_EXPLICIT, IN_IMPLICIT)
     answer = archive.get(resource, DICOM)
@@ -54,7 +38,7 @@ def test_a_study_none_of_whose_objects_can_be_read_is_500(resource: str) -> None
 
 
 def test_a_study_whose_first_object_cannot_be_read_sends_the_rest() -> None:
-    records = Records()
+    records = RecordedDetails()
     archive = Archive([records])
     _damaged(archive, IN_EXPLICIT)
     answer = archive.get("", DICOM)
@@ -69,7 +53,7 @@ def test_a_study_whose_first_object_cannot_be_read_sends_the_rest() -> None:
 def test_metadata_of_a_study_with_an_unreadable_object_says_what_it_left_out() -> None:
     """Built whole before it is sent, the metadata can say it is not the whole study: it
     was a 200 that looked complete, one instance short."""
-    archive = Archive([Records()])
+    archive = Archive([RecordedDetails()])
     whole = archive.get("/metadata", "application/dicom+json")
     assert whole.status_code == 200 and len(whole.json()) == 2
     assert "warning" not in whole.headers

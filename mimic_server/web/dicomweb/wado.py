@@ -102,15 +102,18 @@ class _SyntaxesAccepted:
         return known
 
 
-def read_now(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject | None:
-    """The object of ``ref`` with its hash checked, or None (logged by ``open_verified``).
+def read_now(ctx: DicomWebContext, ref: InstanceRef,
+             unavailable_raises: bool = False) -> VerifiedObject | None:
+    """The object of ``ref`` with its hash checked, or None (logged by ``open_verified``);
+    with ``unavailable_raises``, OutOfResources when the store cannot be read now.
 
     An instance sent again since the request found it has a new object (the old one is
     deleted once its new row commits): its version stored now is read instead, as for a
     C-GET (``archive/read.py``). ``obj.ref`` is then that version's row, whose transfer syntax
     and SOP Class may differ from those matched.
     """
-    return open_verified(ctx.store, ref, current=ctx.finder.current)
+    return open_verified(ctx.store, ref, current=ctx.finder.current,
+                         unavailable_raises=unavailable_raises)
 
 
 def read_noting(ctx: DicomWebContext, ref: InstanceRef,
@@ -119,8 +122,7 @@ def read_noting(ctx: DicomWebContext, ref: InstanceRef,
     for (Blob Storage throttled or down), so that a study none of whose objects could be
     read for that reason alone is a 503 the viewer may retry, not the 500 of lost data."""
     try:
-        return open_verified(ctx.store, ref, current=ctx.finder.current,
-                             unavailable_raises=True)
+        return read_now(ctx, ref, unavailable_raises=True)
     except OutOfResources:
         unavailable.append(ref)
         return None
@@ -138,8 +140,7 @@ def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
     lost or fails its SHA-256 check. Both were 500, "cannot be read or fails its SHA-256
     check", which no client retries and which sent an operator looking for corruption."""
     try:
-        obj = open_verified(ctx.store, ref, current=ctx.finder.current,
-                            unavailable_raises=True)
+        obj = read_now(ctx, ref, unavailable_raises=True)
     except OutOfResources as exc:
         raise _store_unavailable() from exc
     if obj is None:
