@@ -579,13 +579,7 @@ class Archive:
             subject="trusted certificates", reason="trust set changed",
             trusted=len(trust.fingerprints), aborted=aborted,
         )
-        if aborted:
-            self.audit.record(
-                audit.SECURITY_ALERT, audit.MINOR_FAILURE, event_type="node-authentication",
-                subject="revoked certificates",
-                reason="associations of certificates no longer trusted were aborted",
-                aborted=aborted,
-            )
+        self._record_aborted(aborted)
         log.info(
             "trust set updated",
             extra={"trusted": len(trust.fingerprints), "aborted_associations": aborted},
@@ -600,6 +594,12 @@ class Archive:
         if self.server is None or not self.settings.abort_revoked:
             return 0
         aborted = self.server.abort_untrusted()
+        self._record_aborted(aborted)
+        return aborted
+
+    def _record_aborted(self, aborted: int) -> None:
+        """The Security Alert of associations aborted for a certificate no longer trusted
+        (revoked, its CA retired, expired), when there were any."""
         if aborted:
             self.audit.record(
                 audit.SECURITY_ALERT, audit.MINOR_FAILURE, event_type="node-authentication",
@@ -607,7 +607,6 @@ class Archive:
                 reason="associations of certificates no longer trusted were aborted",
                 aborted=aborted,
             )
-        return aborted
 
     def _renew_repository_context(self, bundle: CertBundle) -> None:
         """The audit repository's next connections present the server certificate of
