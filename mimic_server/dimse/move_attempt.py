@@ -80,11 +80,16 @@ class Attempt:
         if isinstance(event.primitive, A_ABORT | A_P_ABORT):
             self.aborted_by_peer = True
 
-    def note_connect_error(self, exc: OSError) -> None:
+    def note_connect_error(self, exc: OSError, tcp_connected: bool = True) -> None:
+        """Note why a TLS destination's connection failed. A TCP connection that never
+        came up says ``no TCP connection (...)``, as a plain-TCP destination's does (the
+        operator guide's cause), not the socket's bare ``Connection refused``."""
         if isinstance(exc, ssl.SSLCertVerificationError):
             self.connect_error = f"TLS: {exc.verify_message or exc.reason}"
         elif isinstance(exc, ssl.SSLError):
             self.connect_error = f"TLS: {exc.reason or type(exc).__name__}"
+        elif not tcp_connected:
+            self.connect_error = f"no TCP connection ({exc.strerror or type(exc).__name__})"
         else:
             self.connect_error = exc.strerror or type(exc).__name__
 
@@ -108,8 +113,21 @@ class _NotingContext:
             try:
                 connect(address)
             except OSError as exc:
-                attempt.note_connect_error(exc)
+                attempt.note_connect_error(exc, _tcp_connected(wrapped, exc))
                 raise
 
         wrapped.connect = noting_connect  # type: ignore[method-assign]
         return wrapped
+
+
+def _tcp_connected(sock: ssl.SSLSocket, exc: OSError) -> bool:
+    """Whether the TCP connection came up before the error (then it failed in the TLS
+    handshake): a socket never connected has no peer. A reset or a close has no peer left
+    either, but only a connection that was up can be reset."""
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return True
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True

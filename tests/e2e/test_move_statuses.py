@@ -79,6 +79,7 @@ def _registry(counter: Counter, ca_file: Path | None = None) -> str:
     registry: dict[str, Any] = {
         "COUNTER": {"host": HOST, "port": counter.port, "tls": False},
         "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
+        "NOWHERETLS": {"host": HOST, "port": free_port()},  # TLS (the default), port closed
     }
     if ca_file is not None:  # a TLS destination with a CA file of its own
         registry["RENAMED"] = {"host": HOST, "port": counter.port, "ca_file": str(ca_file)}
@@ -319,6 +320,7 @@ def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]
         "MRONLY": {"host": HOST, "port": port, "tls": False},  # no CT context
         "NOTTLS": {"host": HOST, "port": port},  # a plain-TCP destination registered as TLS
         "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
+        "NOWHERETLS": {"host": HOST, "port": free_port()},  # TLS (the default), port closed
     }
     process = MimicProcess(tmp_path_factory.mktemp("refusing") / "data",
                            move_destinations=json.dumps(registry)).start()
@@ -336,6 +338,8 @@ def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MimicProcess]
     ("MRONLY", "no presentation context accepted"),
     ("NOTTLS", "TLS: WRONG_VERSION_NUMBER"),
     ("NOWHERE", "no TCP connection"),
+    # A TLS destination that is down said only "Connection refused", not the guide's cause.
+    ("NOWHERETLS", "no TCP connection (Connection refused)"),
 ])
 def test_unreachable_destination_is_logged_with_its_cause(
     refusing: MimicProcess, destination: str, cause: str, monkeypatch: pytest.MonkeyPatch
