@@ -516,18 +516,23 @@ def _since(value: str | None) -> datetime | None:
 @click.option("--identity", default=None,
               help="Part of the certificate identity, trust name, calling AE title or user.")
 @click.option("--study", default=None, help="A Study Instance UID the record names.")
-@click.option("--json", "output", flag_value="json", help="One JSON object per record.")
-@click.option("--xml", "output", flag_value="xml",
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--xml", "as_xml", is_flag=True,
               help="The DICOM audit messages (PS3.15 A.5) themselves, one per line.")
 @settings_options
 def audit_command(since: str | None, event: str | None, identity: str | None,
-                  study: str | None, output: str | None, **options: Any) -> None:
+                  study: str | None, as_json: bool, as_xml: bool, **options: Any) -> None:
     """List audit records, oldest first, from the audit trail 'mimic serve' writes with the
     same settings: the audit_events table when the index is PostgreSQL, else
     DATA_DIR/audit.jsonl. Exit 0 when listed (also when none match), 2 on bad settings or
     options, or when the trail cannot be read."""
     from mimic_server.security.audit import AuditFilter, read_file
 
+    # Two flags, not one shared destination: given both, click kept the last one silently,
+    # and a script got another format than the one it parses.
+    if as_json and as_xml:
+        _fail("--json and --xml exclude each other: give one")
+    output = "json" if as_json else "xml" if as_xml else None
     settings = _settings(**options)
     selection = AuditFilter(since=_since(since), event=event, identity=identity, study=study)
     if settings.database_url and not settings.index_url.startswith("sqlite"):

@@ -569,3 +569,13 @@ def test_mimic_audit_with_a_trail_it_cannot_read_exits_2(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
     line = _one_line(result)
     assert "audit.jsonl unreadable: Is a directory" in line
+
+
+def test_mimic_audit_refuses_json_and_xml_together(tmp_path: Path) -> None:
+    """Documented as ``[--json | --xml]`` and 'exit 2 on a bad option': given both, the
+    last one won silently (exit 0), so a script parsing JSON got XML."""
+    data = tmp_path / "data"
+    result = mimic("audit", "--json", "--xml", "--data-dir", str(data))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert _one_line(result) == "mimic: --json and --xml exclude each other: give one"
