@@ -43,11 +43,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``MIMIC_LOG_FORMAT=text``: the JSON line's fields as ``key=value``. It carries the
+    time as the JSON line does (a file of lines without it cannot be read against the
+    audit trail or a modality's log), and renames a field that would take one of the
+    line's own names alike."""
+
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD
+            f"{'extra_' + k if k in OWN_FIELDS else k}={v}"
+            for k, v in vars(record).items() if k not in _STANDARD
         )
-        line = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         line = f"{line} {fields}" if fields else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

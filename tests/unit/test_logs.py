@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mimic_server.logs import OWN_FIELDS, JsonFormatter
+from mimic_server.logs import OWN_FIELDS, JsonFormatter, TextFormatter
 
 
 def _line(**extra: object) -> dict[str, object]:
@@ -25,6 +25,20 @@ def test_an_extra_key_never_overwrites_the_lines_own_fields() -> None:
     assert "exception" not in line  # no exception was logged
     assert line["extra_level"] == "STUDY" and line["extra_time"] == "later"
     assert line["extra_exception"] == "none" and line["matches"] == 3
+
+
+def test_a_text_line_has_the_time_and_keeps_its_own_fields() -> None:
+    """The guide: every line has time, level, logger, message, and a field that would
+    take one of those names is written extra_<name>. Text lines had no time at all, and a
+    ``level=STUDY`` field beside the severity."""
+    record = logging.getLogger("mimic_server.test").makeRecord(
+        "mimic_server.test", logging.INFO, __file__, 1, "C-FIND", None, None,
+        extra={"level": "STUDY", "matches": 3},
+    )
+    record.created = 1796637260.5
+    line = TextFormatter().format(record)
+    assert line == ("2026-12-07T09:54:20.500+00:00 INFO    mimic_server.test: C-FIND "
+                    "extra_level=STUDY matches=3")
 
 
 def test_own_fields_are_the_ones_the_formatter_writes() -> None:
