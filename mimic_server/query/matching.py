@@ -240,9 +240,15 @@ def element_constraint(element: DataElement) -> Constraint | None:
     raw = element.value
     if raw is None or raw == "" or raw == b"":
         return None
-    values = [str(v).strip() for v in raw] if isinstance(raw, MultiValue | list) else [
-        str(raw).strip()
-    ]
+    texts = [str(v) for v in raw] if isinstance(raw, MultiValue | list) else [str(raw)]
+    if vr != "UI":
+        # NUL removed as ingest removes it from every indexed and stored text value
+        # (index/attributes.py): a key keeping it could not match there, and PostgreSQL
+        # refuses it as a parameter, so such a key failed 0xA700 "index unavailable" on
+        # PostgreSQL while SQLite answered it. A UID with NUL inside stays refused 0xC000
+        # (_single), as ingest refuses one.
+        texts = [t.replace("\x00", "") for t in texts]
+    values = [t.strip() for t in texts]
     if values == ['""']:
         return Constraint(keyword, tag, vr, Kind.EMPTY)
     if values == ["*"]:
