@@ -29,6 +29,8 @@ from mimic_server.index.engine import read_index
 PAGE_SIZE = 200
 #: SQLite virtual machine instructions between two looks at the clock.
 _SQLITE_CHECK_EVERY = 10_000
+#: PostgreSQL's largest statement_timeout (milliseconds, a 32-bit int).
+_LONGEST_STATEMENT_TIMEOUT_MS = 2**31 - 1
 #: PostgreSQL's SQLSTATE for a statement cancelled by statement_timeout.
 _QUERY_CANCELED = "57014"
 
@@ -103,7 +105,11 @@ def _interrupted_after(conn: Connection, budget: Budget) -> Iterator[Callable[[]
     remaining = max(budget.remaining(), 0.001)
     if conn.dialect.name == "postgresql":
         # Local to the page's transaction, which ends (rolled back) when the page is read.
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(int(remaining * 1000), 1)}")
+        # At most PostgreSQL's largest (an int of milliseconds, ~24.8 days): a longer
+        # budget (MIMIC_FIND_TIME_LIMIT_SECONDS has no upper bound) was refused as a value
+        # out of range, and every C-FIND failed 0xA700 where SQLite answered.
+        milliseconds = min(max(int(remaining * 1000), 1), _LONGEST_STATEMENT_TIMEOUT_MS)
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
         yield lambda: False
         return
     if conn.dialect.name != "sqlite":

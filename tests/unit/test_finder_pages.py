@@ -131,6 +131,16 @@ def test_time_budget_ends_the_query(engine: Engine) -> None:
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_a_budget_longer_than_postgresqls_largest_statement_timeout_answers(
+    engine: Engine,
+) -> None:
+    """35 days of budget (no upper bound is set on it) was sent to PostgreSQL as a
+    statement_timeout past its 32-bit range: every C-FIND failed 0xA700 "index unavailable"
+    there, while SQLite answered."""
+    query = parse(_study_query(), Model.STUDY_ROOT, relational=False)
+    assert len(list(_finder(engine, time_limit=3_000_000.0).find(query))) == PATIENTS
+
+
 def test_budget_counts_work_not_the_peers_reading() -> None:
     ticks = itertools.count()
     budget = Budget(10, clock=lambda: float(next(ticks)))  # each look at the clock: 1 s
