@@ -283,6 +283,11 @@ def _single(keyword: str, tag: int, vr: str, value: str) -> Constraint:
     if wild:
         if vr not in WILDCARD_VRS:
             raise QueryError(f"{keyword}: no wildcard matching on {vr}", Status.UNABLE_TO_PROCESS)
+        if vr == "PN":
+            # Trailing '^' and spaces ignored, as for a single value (_pn_key) and as stored
+            # forms are compared (_pn_text): 'SMITH*^^^^', as SCUs pad all five components,
+            # found nothing where 'Smith^John^^^' found Smith^John.
+            value = value.rstrip("^ ")
         value = check_bounds(keyword, value)
         # A Person Name is matched folded as its stored forms are (_pn_text), not by the
         # regex's IGNORECASE, which also takes a dotless i for an I, as the index does not.

@@ -110,3 +110,22 @@ def test_person_name_key_of_more_than_three_groups_is_refused() -> None:
     with pytest.raises(QueryError, match="more than 3 component groups") as refused:
         element_constraint(DataElement(0x00100010, "PN", "A=B=C=D"))
     assert refused.value.status == 0xC000
+
+
+@pytest.mark.parametrize(
+    ("key", "stored", "expected"),
+    [
+        ("SMITH*^^^^", "Smith^John", True),
+        ("Smith^J*^^^", "Smith^John^^^", True),
+        ("Sm?th^John^^^ ", "Smith^John", True),
+        ("=山田*^^", "Yamada^Tarou=山田^太郎", True),
+        ("Smith^J?^^^", "Smith^Jo^B", False),  # padding, not a component that must be empty
+        ("Jones*^^^", "Smith^John", False),
+    ],
+)
+def test_person_name_wildcard_key_ignores_trailing_carets(
+    key: str, stored: str, expected: bool
+) -> None:
+    """Conformance 2.5.3: trailing '^' and spaces of a PN key are ignored, wildcard or not
+    (a key padded to five components found nothing)."""
+    assert _matches("PN", key, [stored], tag=0x00100010) is expected

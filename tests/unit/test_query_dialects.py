@@ -67,3 +67,11 @@ def test_a_uid_key_with_a_nul_inside_is_still_refused() -> None:
     with pytest.raises(QueryError) as raised:
         parse(ds, Model.STUDY_ROOT, relational=False)
     assert raised.value.status == Status.UNABLE_TO_PROCESS
+
+
+def test_a_person_name_wildcard_key_padded_with_carets_finds_the_name(index: SqlIndex) -> None:
+    """Trailing '^' of a PN key are ignored, wildcard or not, through the index's pre-filter
+    on either database."""
+    _store(index, 0, PatientID="A1", PatientName="Smith^John")
+    _store(index, 1, PatientID="A2", PatientName="Jones^Ann")
+    assert _found(index, PatientName="SMITH*^^^^") == ["A1"]
