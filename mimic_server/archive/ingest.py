@@ -237,7 +237,10 @@ def keep(
     transaction does its round trips, and the transaction waits for the put to be durable
     before it writes the audit row and commits: the index row still commits only after the
     object is in the store, and a failed put rolls the row back (invariant 1), but one
-    association no longer waits for the fsyncs and the database one after the other.
+    association no longer waits for the fsyncs and the database one after the other. A new
+    patient, study or series row is inserted only once the put is done
+    (``before_new_rows``): held uncommitted through a slow put, it made every other sender
+    of that study wait, and refused them 0xA700 at the lock deadline.
 
     A large data set received whole comes unhashed (``ReceivedObject.of``); where the store
     does not keep the SHA-256 with the object, it is taken beside the put (on a helper, or
@@ -261,7 +264,17 @@ def keep(
                 record.write_in(conn)
 
         in_transaction: Callable[[Any], None] | None = durable_first
+        # Nor may new patient, study or series rows wait uncommitted for the put: every
+        # other writer of that new study would wait on them, and be refused at the lock
+        # deadline (a large object's upload takes longer).
+        # (Through ``put_done``'s cell, as ``durable_first``: the frames of a failure's
+        # traceback hold this function, and ``finally`` below lets go of the future.)
+        def durable() -> None:
+            put_done()
+
+        before_new_rows: dict[str, Any] = {"before_new_rows": durable}
     else:
+        before_new_rows = {}
         if sha256 is None:
             sha256 = _put_beside_digest(store, key, received)
         else:
@@ -278,6 +291,7 @@ def keep(
             size=received.size,
             received_from=received_from,
             in_transaction=in_transaction,
+            **before_new_rows,
         )
         if stored is not None:
             stored.result()  # done: the transaction waited for it before its commit
@@ -293,7 +307,8 @@ def keep(
     finally:
         # The failure's traceback holds this frame: not the put's future too (which holds
         # the failure), or that cycle keeps ``received`` until a collection.
-        stored = put_done = in_transaction = durable_first = None
+        stored = put_done = in_transaction = durable_first = durable = None
+        before_new_rows = {}
     if record is not None:
         record.committed()  # the other sinks (syslog) get it once it is in the table
     if replaced is not None and replaced != key:

@@ -35,6 +35,7 @@ class Index(Protocol):
         size: int,
         received_from: str,
         in_transaction: Callable[[Any], None] | None = None,
+        before_new_rows: Callable[[], None] | None = None,
     ) -> str | None:
         """Index one instance in one transaction; return the object key it replaced, if any.
 
@@ -43,6 +44,8 @@ class Index(Protocol):
         ``in_transaction(connection)`` writes more in the same transaction (the C-STORE's
         audit row, in the PostgreSQL configuration): it commits with the instance or not at
         all, and a retried or rewritten transaction runs it again on its connection.
+        ``before_new_rows()`` runs before a new patient, study or series row is inserted
+        (the wait for a put that overlaps the transaction): others wait on such a row.
         Raises ``HierarchyConflict`` (nothing written) where the instance's study is filed
         under another Patient ID or its series under another study."""
         ...

@@ -153,10 +153,14 @@ class SqlIndex:
         size: int,
         received_from: str,
         in_transaction: Callable[[Connection], None] | None = None,
+        before_new_rows: Callable[[], None] | None = None,
     ) -> str | None:
         """See :class:`~mimic_server.index.Index`; ``in_transaction`` runs on the upsert's
         connection before it commits (the C-STORE's audit row), in every attempt: a
-        rolled-back attempt takes its writes with it."""
+        rolled-back attempt takes its writes with it. ``before_new_rows`` runs before the
+        transaction inserts a patient, study or series row (the wait for the object's put,
+        where the two overlap: ``archive.ingest.keep``), so that no other writer of that
+        patient, study or series waits on rows held uncommitted while the put runs."""
         row = {
             "sop_class_uid": attrs.sop_class_uid,
             "instance_number": attrs.instance_number,
@@ -171,7 +175,7 @@ class SqlIndex:
         }
 
         def work(conn: Connection) -> tuple[str | None, _Filed]:
-            upserted = self._upsert(conn, attrs, row)
+            upserted = self._upsert(conn, attrs, row, before_new_rows)
             if in_transaction is not None:
                 in_transaction(conn)
             return upserted
@@ -324,32 +328,40 @@ class SqlIndex:
                 self._series_ids.popitem(last=False)
 
     def _upsert(
-        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any],
+        before_new_rows: Callable[[], None] | None = None,
     ) -> tuple[str | None, _Filed]:
         with self._cache_lock:
             cached = self._series_ids.get(_filed_as(attrs))
-        filed = cached if cached is not None else self._hierarchy(conn, attrs, row)
+        filed = (cached if cached is not None
+                 else self._hierarchy(conn, attrs, row, before_new_rows or _nothing))
         return self._upsert_instance(conn, attrs, row, filed), filed
 
     def _hierarchy(
-        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any]
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any],
+        before_new_rows: Callable[[], None],
     ) -> _Filed:
         """Patient, study and series rows, in this lock order; where the series is filed.
 
         A study already filed under another Patient ID, or a series under another study,
         raises :class:`HierarchyConflict` (the transaction rolls back): filed under the row
         found, the instance would be found neither under its own study nor its own patient.
+        ``before_new_rows`` runs before the first of them is inserted: an inserted row stays
+        locked until the commit, and every other writer of it waits until then.
         """
-        study_fk, patient_key = self._study(conn, attrs, row["received_at"])
-        return _Filed(self._series(conn, attrs, study_fk, row["received_at"]), patient_key)
+        study_fk, patient_key = self._study(conn, attrs, row["received_at"], before_new_rows)
+        return _Filed(self._series(conn, attrs, study_fk, row["received_at"], before_new_rows),
+                      patient_key)
 
     def _study(
-        self, conn: Connection, attrs: InstanceAttributes, now: datetime
+        self, conn: Connection, attrs: InstanceAttributes, now: datetime,
+        before_new_rows: Callable[[], None],
     ) -> tuple[int, str]:
         """The study's row id and its patient's key; their rows made if it is new."""
         known = self._known_study(conn, attrs)
         if known is not None:
             return known
+        before_new_rows()
         patient_fk = self._get_or_create(conn, Patient, "patient_key", {
             "patient_key": attrs.patient_key,
             "patient_id": attrs.patient_id,
@@ -401,12 +413,13 @@ class SqlIndex:
         return int(found.id), str(found.patient_key)
 
     def _series(self, conn: Connection, attrs: InstanceAttributes, study_fk: int,
-                now: datetime) -> int:
+                now: datetime, before_new_rows: Callable[[], None]) -> int:
         """The series' row id, made if it is new, refused if filed under another study."""
         filed = select(Series.id, Series.study_fk).where(
             Series.series_instance_uid == attrs.series_instance_uid)
         found = conn.execute(filed).first()
         if found is None:
+            before_new_rows()
             created = self._create(conn, Series, "series_instance_uid", {
                 "study_fk": study_fk,
                 "series_instance_uid": attrs.series_instance_uid,
@@ -503,6 +516,10 @@ class SqlIndex:
             answers(self.engine)
         except SQLAlchemyError as exc:
             raise OutOfResources("index unavailable") from exc
+
+
+def _nothing() -> None:
+    """No wait before new rows (``upsert_instance``'s ``before_new_rows`` not given)."""
 
 
 #: What a series is filed under, as an instance names it: its Series and Study Instance UIDs,

@@ -1,0 +1,102 @@
+"""A slow put must not hold the new patient / study / series rows of its instance locked
+(PostgreSQL, ``archive.ingest.keep`` overlapping the put with the index transaction).
+
+The first instance of a new study whose put is slow (a large object to Blob Storage) ran
+its index transaction beside the put: the patient, study and series rows were inserted, then
+the transaction waited for the put before its commit, holding their locks. Every other
+instance of that new study (another association, another worker, another replica) waited on
+those rows' inserts and was refused 0xA700 at the lock deadline, its batch-mates with it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+import pydicom
+import pytest
+from sqlalchemy import Engine
+
+from mimic_server.archive.ingest import ReceivedObject, keep
+from mimic_server.index import engine as index_engine
+from mimic_server.index import schema
+from mimic_server.index.attributes import InstanceAttributes
+from mimic_server.index.engine import create_index_engine
+from mimic_server.index.repository import SqlIndex
+from mimic_server.storage.memory import MemoryStore
+from tests import database
+from tests.data import ct_small
+
+pytestmark = pytest.mark.timeout(120)
+
+PREFIX = "1.2.826.0.1.3680043.8.498.94."
+
+
+@pytest.fixture
+def pg_engine(postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    monkeypatch.setattr(index_engine, "LOCK_TIMEOUT_MS", 1000)
+    with database.fresh_database(postgres_server) as url:
+        engine = create_index_engine(url, deadlines=True)
+        schema.upgrade(engine)
+        yield engine
+        engine.dispose()
+
+
+class _SlowStore(MemoryStore):
+    """Puts of the keys under ``slow`` wait until ``go`` is set (a large object's upload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = "none"
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def put(self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None) -> int:
+        if self.slow in key:
+            self.started.set()
+            self.go.wait(30)
+        return super().put(key, chunks, sha256)
+
+
+def _received(series: str, sop: str) -> tuple[ReceivedObject, InstanceAttributes]:
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.StudyInstanceUID = f"{PREFIX}1"
+    ds.SeriesInstanceUID = f"{PREFIX}2.{series}"
+    ds.SOPInstanceUID = f"{PREFIX}3.{sop}"
+    received = ReceivedObject(b"meta", memoryview(b"data"), "1.2.840.10008.1.2.1", ds,
+                              "0" * 64)
+    return received, InstanceAttributes.from_header(ds)
+
+
+@pytest.mark.parametrize("series", ["1", "2"], ids=["same series", "another series"])
+def test_a_slow_put_leaves_its_new_study_to_the_others(pg_engine: Engine,
+                                                       series: str) -> None:
+    store = _SlowStore()
+    index = SqlIndex(pg_engine)
+    store.slow = f"{PREFIX}3.1"
+    first, first_attrs = _received("1", "1")
+    outcome: list[BaseException | None] = []
+
+    def slow_first() -> None:
+        try:
+            keep(store, index, first, first_attrs, "t")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=slow_first)
+    thread.start()
+    try:
+        assert store.started.wait(10)
+        time.sleep(0.5)  # the first's transaction has written what it writes before the put
+        second, second_attrs = _received(series, "2")
+        started = time.monotonic()
+        keep(store, index, second, second_attrs, "t")  # refused 0xA700 before the fix
+        assert time.monotonic() - started < 1.0
+    finally:
+        store.go.set()
+        thread.join(30)
+    assert outcome == [None]
+    assert index.get_instance(f"{PREFIX}3.1") is not None
+    assert index.get_instance(f"{PREFIX}3.2") is not None
+    index.close()
