@@ -155,8 +155,12 @@ def _admit(
         )
 
 
-#: The DUL's state while an A-ASSOCIATE-RQ waits for this side's answer (PS3.8 9.2).
-_AWAITING_ANSWER = "Sta3"
+#: The DUL's states once a requestor has left before its A-ASSOCIATE-RQ was answered: an
+#: A-ABORT or a closed connection (AA-3, AA-4: Sta1), an A-RELEASE-RQ (AA-8: Sta13). Not
+#: "anything but Sta3": pynetdicom hands the request to this thread from AE-6 and only then
+#: moves the state machine to Sta3, so a request read at once still shows Sta2, and was
+#: taken for withdrawn and aborted (a storescu under load saw "Peer aborted Association").
+_REQUESTOR_GONE = frozenset({"Sta1", "Sta13"})
 
 
 def _withdrawn(assoc: Association, address: str, label: str, calling: str) -> bool:
@@ -168,7 +172,7 @@ def _withdrawn(assoc: Association, address: str, label: str, calling: str) -> bo
     and each such request was logged and audited as rejected for "too many simultaneous
     associations" (2/3/2) and counted as a rejection, on an idle archive; the
     A-ASSOCIATE-RJ then went to a state machine that no longer expected it."""
-    if assoc.dul.state_machine.current_state == _AWAITING_ANSWER:
+    if assoc.dul.state_machine.current_state not in _REQUESTOR_GONE:
         return False
     assoc.is_aborted = True  # pynetdicom then negotiates nothing and closes the connection
     log.info("association request withdrawn before it was answered",
