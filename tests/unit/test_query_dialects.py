@@ -41,7 +41,10 @@ def _found(index: SqlIndex, **keys: str) -> list[str]:
         setattr(ds, keyword, value)
     finder = Finder(index.engine, retrieve_ae_title="MIMIC", max_results=100)
     query = parse(ds, Model.STUDY_ROOT, relational=False)
-    return sorted(str(answer.PatientID) for answer in finder.find(query))
+    # An answer of plain values is an Answer whose Dataset waits to be made (to_dataset)
+    # once the fence's answer encoder is on, as another test of the process may have left it.
+    answers = (a.to_dataset() if hasattr(a, "_mimic_plain") else a for a in finder.find(query))
+    return sorted(str(answer.PatientID) for answer in answers)
 
 
 @pytest.mark.parametrize("keys", [
