@@ -107,8 +107,17 @@ def test_a_dying_worker_is_logged_and_one_dying_young_is_replaced_after_a_back_o
         killed = [victim]
         for _ in range(2):
             os.kill(victim, signal.SIGKILL)
-            _wait_for(lambda: len(workers(pid)) == 2 and killed[-1] not in workers(pid))
-            victim = next(p for p in workers(pid) if p not in before)  # its replacement
+            # One reading of the workers per look: read twice, the killed one could still be
+            # counted in the first and gone from the second, before any replacement came.
+            replaced: list[int] = []
+
+            def replacement(gone: list[int] = before, replaced: list[int] = replaced) -> bool:
+                now = workers(pid)
+                replaced[:] = [p for p in now if p not in gone]
+                return len(now) == 2 and len(replaced) == 1
+
+            _wait_for(replacement)
+            victim = replaced[0]
             killed.append(victim)
             before = workers(pid)
         _wait_for(lambda: len(deaths()) == 2)
