@@ -97,6 +97,21 @@ def _reparsed(ds: pydicom.Dataset, read: Any = parse_header) -> Any:
     return read(memoryview(buffer.getvalue()), pydicom.uid.ExplicitVRLittleEndian)
 
 
+def _uid_data_set(implicit: bool, sop_instance_uid: bytes) -> memoryview:
+    """A header of the four UIDs the index keys on, the SOP Instance UID's bytes as given."""
+    import struct
+
+    def element(tag: int, vr: bytes, value: bytes) -> bytes:
+        value += b"\0" * (len(value) % 2)
+        if implicit:
+            return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    return memoryview(
+        element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
+        + element(0x00080018, b"UI", sop_instance_uid)
+        + element(0x0020000D, b"UI", b"1.2.3.1") + element(0x0020000E, b"UI", b"1.2.3.2"))
+
+
 @pytest.mark.parametrize("read", [read_header, parse_header], ids=["scanned", "dataset"])
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_a_nul_inside_a_uid_is_refused_not_deleted(read: Any, implicit: bool) -> None:
@@ -104,26 +119,13 @@ def test_a_nul_inside_a_uid_is_refused_not_deleted(read: Any, implicit: bool) ->
     pydicom (and every receiver of the stored object) reads 1.2.3\\x004.5. Refused as an
     invalid UID (0xC002) instead; trailing NUL and space padding and leading spaces are
     taken off, as pydicom takes them off."""
-    import struct
-
-    def data_set(sop_instance_uid: bytes) -> memoryview:
-        def element(tag: int, vr: bytes, value: bytes) -> bytes:
-            value += b"\0" * (len(value) % 2)
-            if implicit:
-                return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
-            return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-        return memoryview(
-            element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
-            + element(0x00080018, b"UI", sop_instance_uid)
-            + element(0x0020000D, b"UI", b"1.2.3.1") + element(0x0020000E, b"UI", b"1.2.3.2"))
-
     syntax = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
     for padded in (b"1.2.3.4", b"1.2.3.4\0\0\0\0", b" 1.2.3.4 ", b"1.2.3.4 \0"):
-        attrs = InstanceAttributes.from_header(read(data_set(padded), syntax))
+        attrs = InstanceAttributes.from_header(read(_uid_data_set(implicit, padded), syntax))
         assert attrs.sop_instance_uid == "1.2.3.4", padded
     for nul_inside in (b"1.2.3\x004.5", b"\x001.2.3.4", b"1.2.3.4\0\0X"):
         with pytest.raises(CannotUnderstand) as refused:
-            InstanceAttributes.from_header(read(data_set(nul_inside), syntax))
+            InstanceAttributes.from_header(read(_uid_data_set(implicit, nul_inside), syntax))
         assert refused.value.status == 0xC002, nul_inside
         assert str(refused.value) == "SOPInstanceUID is not a valid UID"
 
@@ -135,26 +137,13 @@ def test_white_space_other_than_padding_makes_a_uid_invalid(read: Any, implicit:
     every kind of white space (tab, line feed, ..., also U+00A0 and U+001C decoded from
     Latin-1), so '1.2.3.4\\t' was indexed and accepted as 1.2.3.4 while the stored object
     says otherwise; ``$`` in the UID pattern also let a final line feed through."""
-    import struct
-
     from mimic_server.index.attributes import valid_uid
-
-    def data_set(sop_instance_uid: bytes) -> memoryview:
-        def element(tag: int, vr: bytes, value: bytes) -> bytes:
-            value += b"\0" * (len(value) % 2)
-            if implicit:
-                return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
-            return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-        return memoryview(
-            element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
-            + element(0x00080018, b"UI", sop_instance_uid)
-            + element(0x0020000D, b"UI", b"1.2.3.1") + element(0x0020000E, b"UI", b"1.2.3.2"))
 
     syntax = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
     for white in (b"1.2.3.4\t", b"1.2.3.4\n", b"1.2.3.4\r\n", b"\t1.2.3.4", b"1.2.3.4\x0b",
                   b"1.2.3.4\x1c", b"1.2.3.4\xa0", b"1.2.3.4 \t\0", b"\n1.2.3.4"):
         with pytest.raises(CannotUnderstand) as refused:
-            InstanceAttributes.from_header(read(data_set(white), syntax))
+            InstanceAttributes.from_header(read(_uid_data_set(implicit, white), syntax))
         assert refused.value.status == 0xC002, white
         assert str(refused.value) == "SOPInstanceUID is not a valid UID"
     assert not valid_uid("1.2.3\n") and valid_uid("1.2.3")
