@@ -26,26 +26,13 @@ from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb import wado
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
+from tests.dicomweb_doubles import InstanceFinder
 
 OCTETS = 'multipart/related; type="application/octet-stream"'
 #: (0028,1201) Red Palette Color Lookup Table Data, OW: 2,048 bytes, past the 1 KiB
 #: threshold of the metadata's BulkDataURI.
 LUT_DATA = 0x00281201
 LUT = np.arange(1024, dtype=np.uint16) * 61
-
-
-class Finder:
-    def __init__(self, ref: InstanceRef) -> None:
-        self.ref = ref
-
-    def instances(self, query: Any) -> list[InstanceRef]:
-        return [self.ref]
-
-    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
-        return [self.ref]
-
-    def current(self, ref: InstanceRef) -> InstanceRef | None:
-        return ref
 
 
 @pytest.fixture
@@ -62,7 +49,7 @@ def stored() -> tuple[TestClient, pydicom.Dataset, str]:
     store.objects[key] = data
     ref = InstanceRef(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRBigEndian, key,
                       hashlib.sha256(data).hexdigest())
-    ctx = DicomWebContext(finder=Finder(ref), store=store,  # type: ignore[arg-type]
+    ctx = DicomWebContext(finder=InstanceFinder(ref), store=store,  # type: ignore[arg-type]
                           policy=Policy("MIMIC"), audit=AuditLog(None, sinks=[]),
                           tokens=None, auth="none")
     path = (f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pydicom
 import pytest
@@ -22,7 +22,7 @@ from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb.app import build_dicomweb
 from mimic_server.web.dicomweb.context import DicomWebContext
 from tests.data import ct_small
-from tests.dicomweb_doubles import RecordedDetails
+from tests.dicomweb_doubles import InstanceFinder, RecordedDetails
 
 
 class CountingStore(MemoryStore):
@@ -35,20 +35,6 @@ class CountingStore(MemoryStore):
         return super().open(key)
 
 
-class Finder:
-    def __init__(self, ref: InstanceRef) -> None:
-        self.ref = ref
-
-    def instances(self, query: Any) -> list[InstanceRef]:
-        return [self.ref]
-
-    def instance(self, study: str, series: str, sop_instance: str) -> list[InstanceRef]:
-        return [self.ref]
-
-    def current(self, ref: InstanceRef) -> InstanceRef | None:
-        return ref
-
-
 @pytest.fixture
 def archive() -> tuple[TestClient, CountingStore, RecordedDetails, str]:
     data = open(ct_small(), "rb").read()  # noqa: SIM115
@@ -58,7 +44,7 @@ def archive() -> tuple[TestClient, CountingStore, RecordedDetails, str]:
     store.objects[key] = data
     ref = InstanceRef(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, key,
                       hashlib.sha256(data).hexdigest())
-    ctx = DicomWebContext(finder=Finder(ref), store=store,  # type: ignore[arg-type]
+    ctx = DicomWebContext(finder=InstanceFinder(ref), store=store,  # type: ignore[arg-type]
                           policy=Policy("MIMIC"), audit=AuditLog(None, sinks=[records]),
                           tokens=None, auth="none")
     study = f"/studies/{ds.StudyInstanceUID}"
