@@ -51,13 +51,19 @@ def _begun(refs: list[InstanceRef]) -> etree._Element:
     return message
 
 
-def _begun_all(refs: list[InstanceRef]) -> list[etree._Element]:
-    trail = _Trail()
+def _retrieving(refs: list[InstanceRef]) -> SimpleNamespace:
+    """An association of workstation WS1 whose retrieve matched ``refs``."""
     session = SimpleNamespace(retrieving=refs, peer_address="127.0.0.1:4000",
                               identity=SimpleNamespace(label="ws (abc)", trust_name="ws"),
                               calling_ae_title="WS1", user=None)
     assoc = SimpleNamespace(acceptor=SimpleNamespace(ae_title="MIMIC"))
     attach_session(assoc, session)  # type: ignore[arg-type]
+    return assoc
+
+
+def _begun_all(refs: list[InstanceRef]) -> list[etree._Element]:
+    trail = _Trail()
+    assoc = _retrieving(refs)
     event = SimpleNamespace(assoc=assoc)
 
     def handler(event: Any) -> Iterator[Any]:
@@ -132,11 +138,7 @@ def _transferred(refs: list[InstanceRef], datasets: list[Any]) -> list[etree._El
     """A whole C-GET whose matches are ``refs`` and whose sub-operations are ``datasets``;
     its DICOM Instances Transferred messages."""
     trail = _Trail()
-    session = SimpleNamespace(retrieving=refs, peer_address="127.0.0.1:4000",
-                              identity=SimpleNamespace(label="ws (abc)", trust_name="ws"),
-                              calling_ae_title="WS1", user=None)
-    assoc = SimpleNamespace(acceptor=SimpleNamespace(ae_title="MIMIC"))
-    attach_session(assoc, session)  # type: ignore[arg-type]
+    assoc = _retrieving(refs)
 
     def handler(event: Any) -> Iterator[Any]:
         yield len(refs)
