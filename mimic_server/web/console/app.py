@@ -31,7 +31,7 @@ from mimic_server.web.console import auth, modalities
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.gate import Refused
-from mimic_server.web.console.headers import SecurityHeaders
+from mimic_server.web.console.headers import HeadersIfAbsent, SecurityHeaders
 from mimic_server.web.console.studies import SearchError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return value
 
 
-def build_console(ctx: ConsoleContext) -> SecurityHeaders:
+def build_console(ctx: ConsoleContext) -> HeadersIfAbsent:
     signin = auth.routes(ctx)
 
     @auth.guard(ctx, Right.STUDIES, page=True)

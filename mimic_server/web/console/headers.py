@@ -18,6 +18,7 @@ development server on ``localhost``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -42,16 +43,21 @@ HEADERS = [
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
-class SecurityHeaders:
-    def __init__(self, app: Any) -> None:
+class HeadersIfAbsent:
+    """Add ``headers(scope)`` to every HTTP answer of the wrapped app, each unless the answer
+    sets that header itself (a pure ASGI middleware: nothing buffered, one look per
+    response)."""
+
+    def __init__(self, app: Any, headers: Callable[[Any], list[tuple[bytes, bytes]]]) -> None:
         self.app = app
+        self.headers = headers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        headers = HEADERS if loopback_host(Request(scope)) else [*HEADERS, HSTS]
+        headers = self.headers(scope)
 
         async def with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -64,31 +70,21 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def SecurityHeaders(app: Any) -> HeadersIfAbsent:
+    """The console's headers (module doc); HSTS unless reached by a loopback host."""
+    return HeadersIfAbsent(
+        app, lambda scope: HEADERS if loopback_host(Request(scope)) else [*HEADERS, HSTS])
+
+
 NO_STORE = (b"cache-control", b"no-store")
 
 
-class NoStore:
-    """``Cache-Control: no-store`` on every answer of the wrapped app that sets none (a pure
-    ASGI middleware, one header per response). ``mimic web`` wraps DICOMweb in it: the
-    console's thumbnails and images are DICOMweb rendered answers fetched with the session
-    cookie, and without it a browser kept a patient's pixels (and QIDO's names) in its disk
-    cache on a shared workstation after sign-out, while the console's own pages say
-    no-store. Every DICOMweb answer carries patient data or a refusal; none is meant to be
-    kept (a cache may not tell one user's answer from another's: the policy narrows them)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_no_store(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
-                    message["headers"] = [*headers, NO_STORE]
-            await send(message)
-
-        await self.app(scope, receive, with_no_store)
+def NoStore(app: Any) -> HeadersIfAbsent:
+    """``Cache-Control: no-store`` on every answer of the wrapped app that sets none.
+    ``mimic web`` wraps DICOMweb in it: the console's thumbnails and images are DICOMweb
+    rendered answers fetched with the session cookie, and without it a browser kept a
+    patient's pixels (and QIDO's names) in its disk cache on a shared workstation after
+    sign-out, while the console's own pages say no-store. Every DICOMweb answer carries
+    patient data or a refusal; none is meant to be kept (a cache may not tell one user's
+    answer from another's: the policy narrows them)."""
+    return HeadersIfAbsent(app, lambda scope: [NO_STORE])
