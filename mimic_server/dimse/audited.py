@@ -10,6 +10,11 @@ unknown Move Destination, not granted, a bad Identifier, the index unavailable, 
 unexpected error) is a DICOM Instances Transferred too, with no study, its failure outcome
 and the status and reason: the attempt to send a patient's studies somewhere is in the trail
 whoever refused it (the policy adds its Security Alert), as a refused C-FIND's Query is.
+A request's record is written as soon as its end is known (a final status yielded, the
+C-MOVE's answer sent in place of pynetdicom's), not when its generator closes: pynetdicom
+drops the generator after a final status without closing it, and a reference cycle
+through it could hold that close back until the garbage collector ran, seconds later on
+an idle server, or never before the process ended.
 One whose Identifier matches no instance (Success, no sub-operation) is recorded the same
 way, with outcome 0: the attempt to retrieve a patient's study is in the trail whether or
 not the archive held it.
@@ -98,11 +103,29 @@ def audited_find(handler: Callable[..., Iterator[Any]],
 
     @functools.wraps(handler)
     def find(event: Any, *args: Any) -> Iterator[Any]:
-        status, final = Status.SUCCESS, False
+        status, final, recorded = Status.SUCCESS, False, False
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            request = event.request
+            identifier = getattr(request, "Identifier", None)
+            audit_log.record(
+                audit.QUERY, outcome_of(status), service="C-FIND",
+                sop_class=str(request.AffectedSOPClassUID or ""),
+                transfer_syntax=str(getattr(event.context, "transfer_syntax", "") or ""),
+                identifier=identifier.getvalue() if identifier is not None else b"",
+                status=f"0x{status:04X}", **participants(event, session_of(event.assoc)),
+            )
+
         try:
             for item in handler(event, *args):
                 status = _status(item, status)
                 final = final or status not in _PENDING
+                if final:  # pynetdicom drops the generator after it (module docstring)
+                    record()
                 yield item
             if not final:  # pynetdicom answers Success after the matches
                 status = Status.SUCCESS
@@ -114,15 +137,7 @@ def audited_find(handler: Callable[..., Iterator[Any]],
             status = 0xC311  # answered by guarded_stream
             raise
         finally:
-            request = event.request
-            identifier = getattr(request, "Identifier", None)
-            audit_log.record(
-                audit.QUERY, outcome_of(status), service="C-FIND",
-                sop_class=str(request.AffectedSOPClassUID or ""),
-                transfer_syntax=str(getattr(event.context, "transfer_syntax", "") or ""),
-                identifier=identifier.getvalue() if identifier is not None else b"",
-                status=f"0x{status:04X}", **participants(event, session_of(event.assoc)),
-            )
+            record()
 
     return find
 
@@ -163,6 +178,40 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         # The handler yielded its final status (pynetdicom then drops the generator: that is
         # no cancel), and the reason it gave for a refusal.
         answered, reason = False, None
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            if not (began or sent.sent):
+                if answered or status not in (*_SUCCESS, Status.CANCEL):
+                    extra = {"failed": failed} if failed else {}
+                    audit_log.record(
+                        audit.INSTANCES_TRANSFERRED, outcome_of(status), received=False,
+                        studies={}, instances=0, reason=str(reason or "refused"),
+                        status=f"0x{status:04X}", **extra, **details,
+                    )
+            else:
+                # One per patient, each with its own failures (PS3.15 A.5.3.4).
+                for one in sent.records():
+                    outcome = outcome_of(status)
+                    if failed_in(one) and outcome == audit.SUCCESS:
+                        outcome = audit.MINOR_FAILURE
+                    audit_log.record(audit.INSTANCES_TRANSFERRED, outcome, received=False,
+                                     **one, **details)
+
+        def unreachable() -> None:
+            """The destination could not be reached: every match failed unsent, as the
+            requestor is being told (0xA702 and the Failed SOP Instance UID List)."""
+            nonlocal answered, status, reason, failed
+            if answer is None:
+                return
+            answered, status, reason = True, answer.status or status, answer.comment
+            failed = len(answer.failed or ())
+            record()
+
         try:
             for item in handler(event, *args):
                 if pending is not None:  # pynetdicom has tried to send the previous one
@@ -194,6 +243,12 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                     elif _status_value(item[0]) not in (None, Status.PENDING):
                         answered = True
                         reason = getattr(item[0], "ErrorComment", None)
+                if answered:  # final: pynetdicom drops the generator after it (module doc)
+                    record()
+                elif announced is not None and answer is not None:
+                    # pynetdicom now opens the sub-association; if it cannot, it sends the
+                    # answer in place of its 0xA801 and drops the generator unread.
+                    answer.on_used = _then(answer.on_used, unreachable)
                 yield item
                 yielded += 1
                 if announced is not None:  # asked for the first object: the transfer begins
@@ -210,10 +265,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                 failed += _tally(pending, sent, matched)
         except GeneratorExit:
             if announced is not None and answer is not None and answer.used:
-                # The destination could not be reached: every match failed unsent, as the
-                # requestor was told (0xA702 and the Failed SOP Instance UID List).
-                answered, status, reason = True, answer.status or status, answer.comment
-                failed = len(answer.failed or ())
+                unreachable()  # recorded already, when the answer was sent
             elif not answered:  # the association went away, or the requestor cancelled
                 status = Status.CANCEL
                 if announced is not None:  # before any sub-operation: still in the trail
@@ -225,24 +277,21 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
             status, reason = _unexpected(service, yielded), "unexpected error"
             raise
         finally:
-            if not (began or sent.sent):
-                if answered or status not in (*_SUCCESS, Status.CANCEL):
-                    extra = {"failed": failed} if failed else {}
-                    audit_log.record(
-                        audit.INSTANCES_TRANSFERRED, outcome_of(status), received=False,
-                        studies={}, instances=0, reason=str(reason or "refused"),
-                        status=f"0x{status:04X}", **extra, **details,
-                    )
-            else:
-                # One per patient, each with its own failures (PS3.15 A.5.3.4).
-                for record in sent.records():
-                    outcome = outcome_of(status)
-                    if failed_in(record) and outcome == audit.SUCCESS:
-                        outcome = audit.MINOR_FAILURE
-                    audit_log.record(audit.INSTANCES_TRANSFERRED, outcome, received=False,
-                                     **record, **details)
+            record()
 
     return retrieve
+
+
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    """``first`` (if any), then ``second``: a MoveAnswer's ``on_used`` that keeps the
+    handler's own (its log line)."""
+
+    def both() -> None:
+        if first is not None:
+            first()
+        second()
+
+    return both
 
 
 def _unexpected(service: str, yielded: int) -> int:

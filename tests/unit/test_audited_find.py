@@ -91,3 +91,20 @@ def test_an_association_gone_mid_answer_is_a_cancel() -> None:
     answers.close()  # dropped after the first match: the requestor went away
     [(_, outcome, details)] = trail.records
     assert (details["status"], outcome) == ("0xFE00", audit.MINOR_FAILURE)
+
+
+def test_a_final_status_is_recorded_when_handed_over_not_at_close() -> None:
+    """pynetdicom drops the generator after a final status without closing it: a reference
+    cycle through it held the record back until the garbage collector ran (seen as a
+    refused request's record missing in a full suite). Written as the status goes out,
+    once."""
+    trail = _Trail()
+
+    def handler(event: Any) -> Iterator[Any]:
+        yield failure(0xA900, "refused"), None
+
+    answers = audited_find(handler, trail)(_event())  # type: ignore[arg-type]
+    next(answers)
+    assert [details["status"] for _, _, details in trail.records] == ["0xA900"]
+    answers.close()
+    assert len(trail.records) == 1

@@ -221,3 +221,65 @@ def test_an_unexpected_error_is_recorded_with_the_status_answered() -> None:
     assert _failing("C-GET", []) == (0xC411, "0xC411")
     assert _failing("C-MOVE", []) == (0xC514, "0xC514")
     assert _failing("C-MOVE", [("127.0.0.1", 104, {})]) == (0xC511, "0xC511")
+
+
+def _moving(refs: list[InstanceRef] | None) -> tuple[SimpleNamespace, Any]:
+    """A C-MOVE event of WS1 to STORESCP whose retrieve matched ``refs``, with the answer
+    the fence attaches (``move_answer``)."""
+    from mimic_server.dimse.move_answer import MoveAnswer
+
+    assoc = _retrieving(refs or [])
+    answer = MoveAnswer()
+    assoc._mimic_move_answer = answer
+    return SimpleNamespace(assoc=assoc, move_destination="STORESCP"), answer
+
+
+def test_a_refused_move_is_recorded_when_refused_not_at_close() -> None:
+    """pynetdicom drops the generator after a refusal without closing it, and a reference
+    cycle could hold the record back until the garbage collector ran (a refused C-MOVE's
+    record missing in a full suite). Written as the refusal is handed over, once."""
+    trail = _Trail()
+    event, answer = _moving(None)
+
+    def handler(event: Any) -> Iterator[Any]:
+        answer.status, answer.comment = 0xA900, "no unique key"
+        yield None, None
+
+    answers = audited_retrieve(handler, trail, "C-MOVE")(event)
+    next(answers)
+    [(_, outcome, details)] = trail.kept
+    assert (outcome, details["status"], details["reason"]) == (4, "0xA900", "no unique key")
+    answers.close()
+    assert len(trail.kept) == 1
+
+
+def test_an_unreachable_destination_is_recorded_when_answered_not_at_close() -> None:
+    """The sub-association could not be established: pynetdicom sends the answer in place
+    of its 0xA801 and drops the generator unread. Recorded as the answer goes out."""
+    trail = _Trail()
+    refs = [_ref(1, "PID1", "DOE^JANE"), _ref(2, "PID1", "DOE^JANE")]
+    event, answer = _moving(refs)
+    logged: list[str] = []
+
+    def handler(event: Any) -> Iterator[Any]:
+        answer.status, answer.comment = 0xA702, "destination unreachable"
+        answer.failed = [ref.sop_instance_uid for ref in refs]
+        answer.on_used = lambda: logged.append("unreachable")
+        yield "127.0.0.1", 104, {}
+        yield len(refs)
+        yield 0xFF00, object()
+
+    answers = audited_retrieve(handler, trail, "C-MOVE")(event)
+    next(answers)  # the destination
+    next(answers)  # the number of sub-operations: pynetdicom now associates, and fails
+    assert trail.kept == []
+    answer.used = True
+    assert answer.on_used is not None
+    answer.on_used()  # as move_answer's send_msg calls it, before the response goes
+    assert logged == ["unreachable"]  # the handler's own still called
+    [(_, outcome, details)] = trail.kept
+    assert (outcome, details["status"], details["failed"]) == (audit.SERIOUS_FAILURE, "0xA702", 2)
+    assert details["reason"] == "destination unreachable"
+    answers.close()
+    assert len(trail.kept) == 1
+    assert not [e for e, _, _ in trail.kept if e == audit.BEGIN_TRANSFERRING]
