@@ -180,12 +180,18 @@ class SqlIndex:
                 in_transaction(conn)
             return upserted
 
+        # A caller that waits for its object's put inside its transaction (the overlap,
+        # PostgreSQL: ``before_new_rows``) has a transaction of its own. In a shared batch a
+        # slow put (a large object to Blob Storage) held back every C-STORE batched with it,
+        # and as many of them as batches may be in flight held every batch, each other
+        # C-STORE of the process refused 0xA700 after ``group_commit.QUEUE_SECONDS``.
+        own = before_new_rows is not None and self._side_by_side
         started = time.monotonic()
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # Returns once the transaction holding the row has committed (both ways).
                 alone = self._alone(attrs, row, in_transaction)
-                upserted = self._transact(work, alone)
+                upserted = self._transact(work, alone, own=own)
                 if isinstance(upserted, _NotNew):  # its SOP Instance UID has a row
                     upserted = self._ours_or_transact(attrs, object_key, upserted, work)
                 replaced, filed = upserted
@@ -227,10 +233,12 @@ class SqlIndex:
         log.error("index write failed", extra={"error": said})
 
     def _transact(self, work: Callable[[Connection], Any],
-                  alone: Callable[[Connection, bool], Any] | None = None) -> Any:
+                  alone: Callable[[Connection, bool], Any] | None = None,
+                  *, own: bool = False) -> Any:
         """``work`` in a committed write transaction: shared with concurrent callers, or its
-        own when group commit is off; ``alone`` instead where it commits by itself."""
-        if self.committer is not None:
+        own when group commit is off or ``own``; ``alone`` instead where it commits by
+        itself (in a shared one)."""
+        if self.committer is not None and not own:
             return self.committer.run(work, alone)
         return write_transaction(self.engine, work)
 

@@ -352,12 +352,15 @@ def test_success_is_answered_only_after_the_commit_that_holds_the_row(
 
         return call
 
+    # The series filed first: on PostgreSQL its first instance has a transaction of its
+    # own, which waits for the put (``test_slow_puts_of_new_series_hold_no_batch_...``).
+    assert store_one(99)() == 0x0000
     with _batched(index, store_one(0), {n: store_one(n) for n in range(1, 12)}) as callers:
         pass
     assert not callers.errors, callers.errors
     assert callers.results == {n: 0x0000 for n in range(12)}
-    assert seen == {n: True for n in range(12)}
-    assert len(store.objects) == 12
+    assert seen == {n: True for n in range(12)} | {99: True}
+    assert len(store.objects) == 13
 
 
 def test_every_waiter_gets_the_error_when_the_database_is_down() -> None:
@@ -740,3 +743,49 @@ def test_a_caller_queued_past_the_deadline_is_refused_and_writes_nothing(
         hold.remove()
     assert callers.results == {0: None}, callers.errors
     assert index.get_instance(f"{PREFIX}2.1") is None and _rows(index, Instance) == 1
+
+
+def test_slow_puts_of_new_series_hold_no_batch_of_the_others(
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the first instance of a new series waits for its object's put inside
+    its transaction (``before_new_rows``, ``archive.ingest.keep``). In a shared batch, as many
+    slow puts as batches may be in flight (8) held every batch, and a C-STORE of a series
+    already filed waited out ``QUEUE_SECONDS`` and was refused 0xA700. Each such caller now
+    has a transaction of its own: the other C-STORE commits while the puts still run."""
+    if index.engine.dialect.name != "postgresql":
+        pytest.skip("the put overlaps the index transaction on PostgreSQL only")
+    monkeypatch.setattr(group_commit, "QUEUE_SECONDS", 5.0)  # the refusal, sooner
+    assert index.committer is not None
+    slots = index.committer.in_flight
+    index.upsert_instance(_attrs(0, series=100), object_key="k/0",
+                          in_transaction=_audited, **COMMON)  # a series already filed
+    put_done = threading.Event()
+    waiting: list[int] = []
+
+    def slow_put(n: int) -> Callable[[], None]:
+        def before_new_rows() -> None:
+            waiting.append(n)
+            assert put_done.wait(60)
+        return before_new_rows
+
+    callers = _Callers()
+    try:
+        for n in range(1, slots + 1):
+            callers.start(n, lambda n=n: index.upsert_instance(
+                _attrs(n, series=n), object_key=f"k/{n}", in_transaction=_audited,
+                before_new_rows=slow_put(n), **COMMON))
+        assert wait_for(lambda: len(waiting) == slots, timeout=30)
+        other = slots + 1
+        callers.start(other, lambda: index.upsert_instance(
+            _attrs(other, series=100), object_key=f"k/{other}", in_transaction=_audited,
+            **COMMON))
+        assert wait_for(lambda: other in callers.returned, timeout=30)
+        assert other not in callers.errors, callers.errors.get(other)
+        assert index.get_instance(f"{PREFIX}2.{other}") is not None
+        assert sorted(callers.returned) == [other]  # the puts still run
+    finally:
+        put_done.set()
+        callers.join()
+    assert not callers.errors
+    assert _rows(index, Instance) == slots + 2 and _rows(index, AuditEvent) == slots + 2
