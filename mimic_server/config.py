@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -426,6 +427,65 @@ class Settings(BaseSettings):
         if sendable is None:
             raise ValueError("an AE title is 1 to 16 ASCII characters, no backslash")
         return sendable
+
+    @field_validator("web_base_url", "web_oidc_redirect_uri", "web_serve_status_url")
+    @classmethod
+    def _absolute_web_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """An absolute http(s) URL with a host, checked at start: ``viewer.example.org``
+        made bulk data URIs relative to the viewer's own page, ``127.0.0.1:8080`` a console
+        page that failed on every load ("unknown url type"), and ``/auth/callback`` a
+        sign-in the issuer refused, each with no word at start."""
+        if value is None or (not value.strip() and info.field_name != "web_serve_status_url"):
+            return None
+        value = value.strip()
+        parts = urllib.parse.urlsplit(value)
+        try:
+            _ = parts.port  # raises for a port that is not one
+        except ValueError:
+            raise ValueError(f"{info.field_name}: the port of {value!r} is not a port "
+                             "number") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{info.field_name} must be an absolute URL: http:// or "
+                             f"https://, then the host (got {value!r})")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{info.field_name} must not carry a user name or password")
+        if parts.fragment or (parts.query and info.field_name != "web_oidc_redirect_uri"):
+            raise ValueError(f"{info.field_name} must have no "
+                             f"{'fragment (#)' if parts.fragment else 'query (?)'}")
+        return value
+
+    @field_validator("web_cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        """Each origin as a browser sends it in ``Origin`` (RFC 6454: scheme://host[:port],
+        nothing after), or ``*``: the CORS middleware compares the header with each entry
+        as text, and ``https://viewer.example.org/`` or a path after the host matched no
+        request, every viewer's call refused with no word of why. Scheme and host are put
+        in lower case, a final ``/`` and a default port dropped, as a browser sends them;
+        any other path, a query or a user name is refused."""
+        origins = []
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry or entry == "*":
+                if entry:
+                    origins.append(entry)
+                continue
+            parts = urllib.parse.urlsplit(entry)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            scheme, host = parts.scheme.lower(), parts.hostname
+            if (scheme not in ("http", "https") or not host or port == -1
+                    or parts.path not in ("", "/") or parts.query or parts.fragment
+                    or parts.username is not None or parts.password is not None):
+                raise ValueError(f"web_cors_origins: {entry!r} is not an origin: "
+                                 "scheme://host[:port], nothing after the host (or *)")
+            if ":" in host:
+                host = f"[{host}]"
+            default = {"http": 80, "https": 443}[scheme]
+            origins.append(f"{scheme}://{host}" + (f":{port}" if port not in (None, default)
+                                                   else ""))
+        return ",".join(origins)
 
     @field_validator("keyvault_url")
     @classmethod

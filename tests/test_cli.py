@@ -579,3 +579,13 @@ def test_mimic_audit_refuses_json_and_xml_together(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout
     assert result.stdout == ""
     assert _one_line(result) == "mimic: --json and --xml exclude each other: give one"
+
+
+def test_mimic_web_with_a_url_that_cannot_work_refuses_to_start(tmp_path: Path) -> None:
+    """``MIMIC_WEB_BASE_URL=pacs.example.org`` (no scheme) made every bulk data URI of a
+    metadata answer relative to the viewer's page; now one line at start, exit 2."""
+    result = mimic("web", "--data-dir", str(tmp_path / "data"),
+                   env={"MIMIC_WEB_BASE_URL": "pacs.example.org"})
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result)
+    assert "web_base_url" in line and "absolute URL" in line
