@@ -48,6 +48,8 @@ from mimic_server.security.grants import Grants, RuleError, parse_rule
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: The longest validity a client may be issued for, in days (the development CA's own).
 MAX_DAYS = 3650
+#: The server certificate's validity in days, cut to what is left of the CA's.
+SERVER_DAYS = 825
 FIRST_CLIENT = "modality1"
 #: The first client's rule: the quick start stores, finds, moves and gets with it.
 FIRST_CLIENT_RULE: dict[str, object] = {"services": ["all"], "move_destinations": ["*"]}
@@ -273,7 +275,7 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
             "MIMIC server",
             # clientAuth too: the server is a TLS client toward C-MOVE destinations.
             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-            825,
+            _server_days(ca, directory / "ca"),
             server_names(),
         )
         _write_pair(server_key, key, server_cert, cert, ca)
@@ -294,6 +296,22 @@ def init(directory: Path, *, first_client: bool = True) -> DevPki:
                 tuple(read_binding(directory / "trusted" / f"{FIRST_CLIENT}.json")),
             )
     return DevPki(directory, directory / "ca" / "ca.pem", server_cert, server_key, client, created)
+
+
+def _server_days(ca: x509.Certificate, ca_dir: Path) -> int:
+    """The server certificate's validity: ``SERVER_DAYS``, or less where the CA ends
+    sooner. A server certificate renewed under a CA some years old outlived it by up to
+    825 days, as if valid, while every peer refused the chain once the CA had expired. A CA
+    with less than a day left is refused: a certificate it issues is of no use."""
+    left = ca.not_valid_after_utc - datetime.now(UTC)
+    if left < timedelta(days=1):
+        raise ConfigurationError(
+            f"the development CA ({ca_dir / 'ca.pem'}) is valid only until "
+            f"{ca.not_valid_after_utc.isoformat(timespec='minutes')}: make a new one (delete "
+            "ca.pem and ca.key there and run `mimic certs init` again; every client must "
+            "then be issued again)"
+        )
+    return min(SERVER_DAYS, left.days)
 
 
 def _nothing_issued(directory: Path) -> bool:

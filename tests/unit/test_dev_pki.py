@@ -366,3 +366,45 @@ def test_a_client_whose_certificate_cannot_be_written_may_be_issued_again(
     issued = devpki.issue_client(certs, "ct2")
 
     assert issued.cert.exists() and issued.key.exists()
+
+
+def _ca_ending_in(certs: Path, days: float) -> x509.Certificate:
+    """The CA's certificate made again with the same key and name, ending in ``days``
+    (negative: ended), as a CA made years ago ends soon."""
+    from datetime import UTC, timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_pem, ca_key_pem = certs / "ca" / "ca.pem", certs / "ca" / "ca.key"
+    old = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), None)
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
+               .public_key(old.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(days=3000))
+               .not_valid_after(now + timedelta(days=days)))
+    for extension in old.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    ca = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    ca_pem.write_bytes(ca.public_bytes(Encoding.PEM))
+    for leaf in ("server.pem", "server.key"):
+        (certs / "server" / leaf).unlink()  # renewing the server certificate
+    return ca
+
+
+def test_a_renewed_server_certificate_ends_with_its_ca(certs: Path) -> None:
+    """It was 825 days whatever was left of the CA: a server certificate that looked valid
+    for two years more while every peer refused its chain once the CA had ended."""
+    ca = _ca_ending_in(certs, 30.5)
+    devpki.init(certs)
+    server = x509.load_pem_x509_certificate((certs / "server" / "server.pem").read_bytes())
+    assert server.not_valid_after_utc <= ca.not_valid_after_utc
+    assert (ca.not_valid_after_utc - server.not_valid_after_utc).days < 2
+
+
+def test_a_server_certificate_is_not_issued_by_an_ended_ca(certs: Path) -> None:
+    _ca_ending_in(certs, -1)
+    with pytest.raises(devpki.ConfigurationError, match="make a new one"):
+        devpki.init(certs)
+    assert not (certs / "server" / "server.key").exists()
+    assert not (certs / "server" / "server.pem").exists()
