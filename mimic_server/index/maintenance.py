@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, delete, exists, select
+from sqlalchemy import Engine, delete, exists, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
 from mimic_server.index.engine import WRITE, read_index
-from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.index.models import Instance
+from mimic_server.index.prune import prune_empty_parents
 
 __all__ = ["ObjectRef", "object_refs", "refers_to", "remove_instance"]
 
@@ -68,7 +69,9 @@ def remove_instance(engine: Engine, sop_instance_uid: str, object_key: str) -> b
     """Remove the instance row if it still points at ``object_key``; prune empty parents.
 
     Returns whether a row was removed. Series, study and patient rows left without children
-    are removed in the same transaction, so C-FIND does not answer with empty entities.
+    are removed in the same transaction, so C-FIND does not answer with empty entities; each
+    only if no child names it as that statement runs (``prune``), so a C-STORE into the same
+    series meanwhile keeps its rows.
     """
     try:
         with engine.connect().execution_options(**WRITE) as conn, conn.begin():
@@ -81,21 +84,7 @@ def remove_instance(engine: Engine, sop_instance_uid: str, object_key: str) -> b
             if found is None:
                 return False
             conn.execute(delete(Instance).where(Instance.id == found.id))
-            _prune(conn, found.series_fk)
+            prune_empty_parents(conn, found.series_fk)
             return True
     except SQLAlchemyError as exc:
         raise OutOfResources("index unavailable") from exc
-
-
-def _prune(conn: Connection, series_id: int) -> None:
-    study_id = conn.execute(select(Series.study_fk).where(Series.id == series_id)).scalar()
-    if conn.execute(select(exists().where(Instance.series_fk == series_id))).scalar():
-        return
-    conn.execute(delete(Series).where(Series.id == series_id))
-    patient_id = conn.execute(select(Study.patient_fk).where(Study.id == study_id)).scalar()
-    if conn.execute(select(exists().where(Series.study_fk == study_id))).scalar():
-        return
-    conn.execute(delete(Study).where(Study.id == study_id))
-    if conn.execute(select(exists().where(Study.patient_fk == patient_id))).scalar():
-        return
-    conn.execute(delete(Patient).where(Patient.id == patient_id))

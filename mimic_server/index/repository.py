@@ -43,6 +43,7 @@ from mimic_server.index.engine import (
 )
 from mimic_server.index.group_commit import MAX_BATCH, GroupCommitter
 from mimic_server.index.models import AuditEvent, Instance, Patient, Series, Study
+from mimic_server.index.prune import prune_empty_parents
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,14 @@ class SqlIndex:
             raise outcome_unknown(OutOfResources("index unavailable"))
         return self._transact(work)
 
+    def _forget(self, series_fk: int) -> None:
+        """Drop the cached entries of a series row removed (``_upsert_instance``): the
+        insert's check would refuse them anyway (an IntegrityError, and the whole cache
+        emptied before a retry), and SQLite gives the id to the next new row."""
+        with self._cache_lock:
+            for filed_as in [k for k, v in self._series_ids.items() if v.series_fk == series_fk]:
+                del self._series_ids[filed_as]
+
     def _remember(self, filed_as: _FiledAs, filed: _Filed) -> None:
         with self._cache_lock:
             self._series_ids[filed_as] = filed
@@ -341,9 +350,10 @@ class SqlIndex:
     ) -> tuple[str | None, _Filed]:
         with self._cache_lock:
             cached = self._series_ids.get(_filed_as(attrs))
+        before_new_rows = before_new_rows or _nothing
         filed = (cached if cached is not None
-                 else self._hierarchy(conn, attrs, row, before_new_rows or _nothing))
-        return self._upsert_instance(conn, attrs, row, filed), filed
+                 else self._hierarchy(conn, attrs, row, before_new_rows))
+        return self._upsert_instance(conn, attrs, row, filed, before_new_rows), filed
 
     def _hierarchy(
         self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any],
@@ -447,7 +457,8 @@ class SqlIndex:
         return int(found.id)
 
     def _upsert_instance(
-        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], filed: _Filed
+        self, conn: Connection, attrs: InstanceAttributes, row: dict[str, Any], filed: _Filed,
+        before_new_rows: Callable[[], None],
     ) -> str | None:
         """Insert the instance, or switch its row to the new object: the replaced key.
 
@@ -455,6 +466,12 @@ class SqlIndex:
         a known SOP Instance UID. Only then is the existing row read (locked on PostgreSQL)
         and updated. On PostgreSQL a concurrent insert of the same UID makes this insert
         wait for that transaction, then find its row.
+
+        A row that moves to another series (the modality corrected a mis-filed study and
+        sent it again) leaves its series, and that series' study and patient, empty where it
+        was their last: they are removed in this transaction (``prune.prune_empty_parents``),
+        or C-FIND answered a study or series with no instance. Only this path pays for it:
+        the row's series comes with the read of the row it already made.
         """
         checked = _checked(attrs, filed)
         params = {"sop_instance_uid": attrs.sop_instance_uid, **row, **checked}
@@ -465,7 +482,7 @@ class SqlIndex:
             inserted = conn.execute(self._insert_instance, params).first()
         if inserted is not None:
             return None
-        existing = select(Instance.id, Instance.object_key).where(
+        existing = select(Instance.id, Instance.object_key, Instance.series_fk).where(
             Instance.sop_instance_uid == attrs.sop_instance_uid
         )
         if conn.dialect.name == "postgresql":
@@ -473,6 +490,12 @@ class SqlIndex:
         found = conn.execute(existing).one()
         switch = update(Instance).where(Instance.id == found.id)
         conn.execute(switch.values(**row, series_fk=self._series_fk), checked)
+        if found.series_fk != filed.series_fk:
+            # A removed row stays locked until the commit: not through the object's put
+            # (as for new rows), or a C-STORE into the same old series would wait on it.
+            before_new_rows()
+            if prune_empty_parents(conn, found.series_fk):
+                self._forget(found.series_fk)
         return str(found.object_key)
 
     def _get_or_create(

@@ -12,7 +12,7 @@ from datetime import datetime
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from mimic_server.errors import HierarchyConflict, Status
 from mimic_server.index.attributes import InstanceAttributes
@@ -20,6 +20,7 @@ from mimic_server.index.maintenance import object_refs, remove_instance
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from tests.data import ct_small, local_files
+from tests.support import wait_for
 
 
 def _attrs(ds: Dataset) -> InstanceAttributes:
@@ -352,3 +353,172 @@ def test_two_writers_filing_one_series_under_two_studies(index: SqlIndex) -> Non
         assert _race(writers, one_study) == ["kept", "refused"], n
     for writer in writers:
         writer.close()
+
+
+# -- an instance sent again under another series or study ---------------------------------
+
+
+def _uids(index: SqlIndex) -> tuple[set[str], set[str], set[str]]:
+    """The patients' IDs, the studies' and the series' UIDs (last parts) the index files."""
+    with index.engine.connect() as conn:
+        return (set(conn.execute(select(Patient.patient_id)).scalars()),
+                {u.rsplit(".", 1)[1] for u in conn.execute(
+                    select(Study.study_instance_uid)).scalars()},
+                {u.rsplit(".", 1)[1] for u in conn.execute(
+                    select(Series.series_instance_uid)).scalars()})
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["new-series-cached", "new-series-new"])
+def test_a_resend_under_another_study_removes_the_rows_it_left_empty(
+    index: SqlIndex, cached: bool
+) -> None:
+    """The modality corrected a mis-filed study and sent the instance again: the series and
+    the study it was the last instance of go with it (C-FIND answered them with no
+    instance), and so does its patient when it was that patient's last; rows that keep
+    another child stay."""
+    if cached:  # the new series is known (and cached) before the re-send
+        index.upsert_instance(_attrs(_instance(9, study=2, series=2)), object_key="i",
+                              **_COMMON)
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    assert index.upsert_instance(_attrs(_instance(1, study=2, series=2)), object_key="b",
+                                 **_COMMON) == "a"
+    assert _uids(index) == ({"P1"}, {"2"}, {"2"})
+    assert _counts(index) == (1, 1, 1, 2 if cached else 1)
+    # A series left empty in a study that keeps another series: the series only.
+    index.upsert_instance(_attrs(_instance(2, study=2, series=3)), object_key="c", **_COMMON)
+    index.upsert_instance(_attrs(_instance(2, study=2, series=4)), object_key="d", **_COMMON)
+    assert _uids(index) == ({"P1"}, {"2"}, {"2", "4"})
+    # A series that keeps another instance stays; a study under the wrong patient goes with
+    # that patient.
+    index.upsert_instance(_attrs(_instance(3, study=5, series=5, patient="WRONG")),
+                          object_key="e", **_COMMON)
+    index.upsert_instance(_attrs(_instance(4, study=5, series=5, patient="WRONG")),
+                          object_key="f", **_COMMON)
+    index.upsert_instance(_attrs(_instance(3, study=6, series=6, patient="P2")),
+                          object_key="g", **_COMMON)
+    assert _uids(index) == ({"P1", "WRONG", "P2"}, {"2", "5", "6"}, {"2", "4", "5", "6"})
+    index.upsert_instance(_attrs(_instance(4, study=6, series=6, patient="P2")),
+                          object_key="h", **_COMMON)
+    assert _uids(index) == ({"P1", "P2"}, {"2", "6"}, {"2", "4", "6"})
+    # The same series again (only the object differs) removes nothing.
+    index.upsert_instance(_attrs(_instance(4, study=6, series=6, patient="P2")),
+                          object_key="h2", **_COMMON)
+    assert _uids(index) == ({"P1", "P2"}, {"2", "6"}, {"2", "4", "6"})
+    # The series removed is no longer cached, and an instance of it later makes it again.
+    with index._cache_lock:
+        assert _filed_as(_attrs(_instance(1))) not in index._series_ids
+    index.upsert_instance(_attrs(_instance(7)), object_key="j", **_COMMON)
+    assert _uids(index) == ({"P1", "P2"}, {"1", "2", "6"}, {"1", "2", "4", "6"})
+    assert _counts(index) == (2, 3, 4, 5 + cached)
+
+
+def _waiting_on_a_lock(index: SqlIndex) -> bool:
+    """Whether some other session of this database waits for a row lock (PostgreSQL)."""
+    with index.engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")).scalar_one())
+
+
+def _held_open(writer: SqlIndex, ds: Dataset, key: str) -> tuple[threading.Thread,
+                                                                 threading.Event,
+                                                                 list[BaseException]]:
+    """``writer`` upserts ``ds`` in a thread, its transaction held open before its commit
+    until the event returned is set."""
+    reached, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(conn: object) -> None:
+        reached.set()
+        release.wait(60)
+
+    def run() -> None:
+        try:
+            writer.upsert_instance(_attrs(ds), object_key=key, in_transaction=hold, **_COMMON)
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            errors.append(exc)
+            reached.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert reached.wait(60) and not errors, errors
+    return thread, release, errors
+
+
+def _in_thread(writer: SqlIndex, ds: Dataset, key: str) -> tuple[threading.Thread,
+                                                                list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            writer.upsert_instance(_attrs(ds), object_key=key, **_COMMON)
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.parametrize("first", ["store-into-old-series", "resend-elsewhere"])
+def test_a_resend_and_a_store_into_the_series_it_leaves_meet(
+    index: SqlIndex, first: str
+) -> None:
+    """PostgreSQL at READ COMMITTED: an instance moves out of series 1 (its last) while
+    another C-STORE files a new instance in series 1, each transaction uncommitted while the
+    other runs. Whichever comes first, series 1, its study and its patient end filed with
+    the new instance in them, and the moved instance in its new series: never a series
+    removed under an instance, nor an instance refused."""
+    if index.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: the two cannot meet")
+    writers = (SqlIndex(index.engine, group_commit=False),
+               SqlIndex(index.engine, group_commit=False))
+    try:
+        for writer in writers:  # series 1 cached by both, as by two associations' processes
+            writer.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+        store, resend = _instance(2), _instance(1, study=2, series=2)
+        if first == "store-into-old-series":
+            held, release, held_errors = _held_open(writers[0], store, "b")
+            other, other_errors = _in_thread(writers[1], resend, "c")
+        else:
+            held, release, held_errors = _held_open(writers[1], resend, "c")
+            other, other_errors = _in_thread(writers[0], store, "b")
+        try:
+            assert wait_for(lambda: _waiting_on_a_lock(index), timeout=30)
+        finally:
+            release.set()
+            held.join(60)
+            other.join(60)
+        assert not held_errors and not other_errors, held_errors + other_errors
+    finally:
+        for writer in writers:
+            writer.close()
+    assert _uids(index) == ({"P1"}, {"1", "2"}, {"1", "2"})
+    with index.engine.connect() as conn:
+        filed = dict(conn.execute(
+            select(Instance.object_key, Series.series_instance_uid)
+            .join(Series, Instance.series_fk == Series.id)).all())
+    assert {k: v.rsplit(".", 1)[1] for k, v in filed.items()} == {"b": "1", "c": "2"}
+
+
+def test_only_a_resend_under_another_series_looks_for_empty_rows(index: SqlIndex) -> None:
+    """The removal of emptied rows costs the first store of an instance (a new series or a
+    known one) and the re-send into its own series no statement: only the move."""
+    sent: list[str] = []
+
+    def statement(conn: object, cursor: object, sql: str, *args: object) -> None:
+        sent.append(sql.split(None, 1)[0].upper())
+
+    event.listen(index.engine, "before_cursor_execute", statement)
+    try:
+        kinds = {}
+        for name, ds, key in (("new series", _instance(1), "a"),
+                              ("known series", _instance(2), "b"),
+                              ("same series", _instance(2), "c"),
+                              ("moved", _instance(2, study=2, series=2), "d")):
+            sent.clear()
+            index.upsert_instance(_attrs(ds), object_key=key, **_COMMON)
+            kinds[name] = "DELETE" in sent
+    finally:
+        event.remove(index.engine, "before_cursor_execute", statement)
+    assert kinds == {"new series": False, "known series": False, "same series": False,
+                     "moved": True}

@@ -9,23 +9,26 @@ those rows' inserts and was refused 0xA700 at the lock deadline, its batch-mates
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import pydicom
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from mimic_server.archive.ingest import ReceivedObject, keep
 from mimic_server.index import engine as index_engine
 from mimic_server.index import schema
 from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.engine import create_index_engine
+from mimic_server.index.models import Instance, Series
 from mimic_server.index.repository import SqlIndex
 from mimic_server.storage.memory import MemoryStore
 from tests import database
 from tests.data import ct_small
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,3 +103,57 @@ def test_a_slow_put_leaves_its_new_study_to_the_others(pg_engine: Engine,
     assert index.get_instance(f"{PREFIX}3.1") is not None
     assert index.get_instance(f"{PREFIX}3.2") is not None
     index.close()
+
+
+def _waiting_for_its_put(thread: threading.Thread) -> bool:
+    """Whether ``thread``'s index transaction waits for its object's put (``keep``'s
+    ``durable`` or ``durable_first``)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name in ("durable", "durable_first"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_slow_resend_leaves_the_series_it_empties_to_the_others(pg_engine: Engine) -> None:
+    """An instance sent again under another series (its old series' last) by a process that
+    has not cached the new one: its put overlaps the transaction, which removes the old
+    series row, as it is left empty. Removed before the put was done, that row stayed locked
+    through the put, and a C-STORE into the old series meanwhile waited on it, refused
+    0xA700 at the lock deadline. The removal waits for the put, as new rows do; the store
+    goes first, and the old series is kept with it."""
+    store = _SlowStore()
+    index, other = SqlIndex(pg_engine), SqlIndex(pg_engine)  # two processes' indexes
+    for series, sop in (("1", "1"), ("2", "9")):
+        keep(store, index, *_received(series, sop), "t")
+    store.slow = f"{PREFIX}2.2/"  # the re-send's object, under its new series
+    moved, moved_attrs = _received("2", "1")
+    outcome: list[BaseException | None] = []
+
+    def slow_resend() -> None:
+        try:
+            keep(store, other, moved, moved_attrs, "t")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=slow_resend)
+    thread.start()
+    try:
+        assert store.started.wait(10)
+        assert wait_for(lambda: _waiting_for_its_put(thread), timeout=10)
+        keep(store, index, *_received("1", "3"), "t")  # refused 0xA700 before the fix
+        assert not store.go.is_set() and thread.is_alive()  # while the put still waits
+    finally:
+        store.go.set()
+        thread.join(30)
+    assert outcome == [None]
+    with pg_engine.connect() as conn:
+        filed = dict(conn.execute(
+            select(Instance.sop_instance_uid, Series.series_instance_uid)
+            .join(Series, Instance.series_fk == Series.id)).all())
+    assert filed == {f"{PREFIX}3.1": f"{PREFIX}2.2", f"{PREFIX}3.9": f"{PREFIX}2.2",
+                     f"{PREFIX}3.3": f"{PREFIX}2.1"}
+    index.close()
+    other.close()
