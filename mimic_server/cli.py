@@ -5,7 +5,8 @@
 and its ``MIMIC_*`` variable can never drift apart. Exit codes: 0 clean stop, 2 bad
 configuration (with a one-line reason on stderr), 3 the listener stopped on its own (the
 process must be restarted); ``reconcile`` exits 1 while drift remains; ``audit`` exits 0
-when it listed (none matching included) and 2 when the trail cannot be read.
+when it listed (none matching included) and 2 on a bad option (an unknown ``--event``) or
+when the trail cannot be read.
 """
 
 from __future__ import annotations
@@ -512,7 +513,8 @@ def _since(value: str | None) -> datetime | None:
 @main.command("audit")
 @click.option("--since", default=None, help="Records from this time (ISO 8601) or age (2h).")
 @click.option("--event", default=None,
-              help="Event ID code (110112), name (Query) or type (login).")
+              help="Event ID code (110112), its meaning (Query) or an event type (login); "
+              "any case. Another value is refused, with the accepted ones.")
 @click.option("--identity", default=None,
               help="Part of the certificate identity, trust name, calling AE title or user.")
 @click.option("--study", default=None, help="A Study Instance UID the record names.")
@@ -526,12 +528,17 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
     same settings: the audit_events table when the index is PostgreSQL, else
     DATA_DIR/audit.jsonl. Exit 0 when listed (also when none match), 2 on bad settings or
     options, or when the trail cannot be read."""
-    from mimic_server.security.audit import AuditFilter, read_file
+    from mimic_server.security.audit import AuditFilter, event_selector, read_file
 
     # Two flags, not one shared destination: given both, click kept the last one silently,
     # and a script got another format than the one it parses.
     if as_json and as_xml:
         _fail("--json and --xml exclude each other: give one")
+    if event is not None:
+        try:
+            event = event_selector(event)
+        except ValueError as exc:
+            _fail(f"--event {exc}")
     output = "json" if as_json else "xml" if as_xml else None
     settings = _settings(**options)
     selection = AuditFilter(since=_since(since), event=event, identity=identity, study=study)

@@ -589,3 +589,67 @@ def test_mimic_web_with_a_url_that_cannot_work_refuses_to_start(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     line = _one_line(result)
     assert "web_base_url" in line and "absolute URL" in line
+
+
+def _trail_of_every_event(data: Path) -> None:
+    """One record of each event MIMIC records, and one of each event type."""
+    from mimic_server.security import audit
+    from mimic_server.security.audit import AuditLog
+    from mimic_server.security.audit_records import EVENT_TYPES
+
+    trail = AuditLog(data / "audit.jsonl")
+    for event in audit.EVENTS:
+        trail.record(event, audit.SUCCESS, identity="ct01")
+    for name in EVENT_TYPES:
+        trail.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE, event_type=name,
+                     identity="ct01")
+    trail.close()
+    assert trail.failures == 0
+
+
+def test_mimic_audit_refuses_an_event_it_does_not_know(tmp_path: Path) -> None:
+    """A mistyped ``--event`` selected nothing and exited 0: the operator read an empty
+    listing as an empty trail. It is now exit 2 and one line naming the accepted values;
+    nothing is listed, and nothing is added to the trail (no Audit Log Used either)."""
+    data = tmp_path / "data"
+    _trail_of_every_event(data)
+    before = (data / "audit.jsonl").read_bytes()
+    for wrong in ("Nonsense", "Qurey", "110199", "log-in"):
+        result = mimic("audit", "--event", wrong, "--data-dir", str(data))
+        assert result.returncode == 2, result.stdout
+        assert result.stdout == ""
+        line = _one_line(result)
+        assert line.startswith(f"mimic: --event {wrong!r} is no event MIMIC records")
+        assert "110112 Query" in line and "110114 User Authentication" in line
+        assert "login" in line and "application-stop" in line
+    assert (data / "audit.jsonl").read_bytes() == before
+
+
+def test_mimic_audit_takes_every_event_the_trail_records_in_any_case(tmp_path: Path) -> None:
+    """Each code, meaning and event type the trail holds selects its records, whatever its
+    case (``query`` selected nothing, as ``Query`` was matched exactly)."""
+    from click.testing import CliRunner
+
+    from mimic_server import cli
+    from mimic_server.security import audit
+    from mimic_server.security.audit_records import EVENT_TYPES
+
+    data = tmp_path / "data"
+    _trail_of_every_event(data)
+
+    def listed(event: str) -> list[dict[str, Any]]:
+        result = CliRunner().invoke(
+            cli.main, ["audit", "--json", "--event", event, "--data-dir", str(data)])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    for code, _scheme, meaning in audit.EVENTS:
+        for spelling in (code, meaning, meaning.lower(), meaning.upper(), f" {meaning} "):
+            records = listed(spelling)
+            assert records, spelling
+            assert {(r["event"], r["event_name"]) for r in records} == {(code, meaning)}
+    for name in EVENT_TYPES:
+        for spelling in (name, name.upper()):
+            records = listed(spelling)
+            assert records, spelling
+            assert {r["event_type"] for r in records} == {name}

@@ -26,7 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from mimic_server.security.audit_records import Archive, AuditEntry, build, json_details
+from mimic_server.security.audit_records import (
+    EVENT_TYPES,
+    Archive,
+    AuditEntry,
+    build,
+    json_details,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,11 @@ EXPORT = ("110106", "DCM", "Export")
 QUERY = ("110112", "DCM", "Query")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")
+
+#: Every event MIMIC records, in code order: what ``mimic audit --event`` can select.
+EVENTS = (APPLICATION_ACTIVITY, AUDIT_LOG_USED, BEGIN_TRANSFERRING, INSTANCES_ACCESSED,
+          INSTANCES_TRANSFERRED, STUDY_DELETED, EXPORT, QUERY, SECURITY_ALERT,
+          USER_AUTHENTICATION)
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 
@@ -330,6 +341,25 @@ class AuditFilter:
                                      ("until", self.until))
                  if value is not None]
         return " ".join(parts) or "everything"
+
+
+def event_selector(value: str) -> str:
+    """The spelling the trail records of an event code (``110112``), its meaning (``Query``)
+    or an event type (``login``), whatever its case, for ``AuditFilter.event``, which
+    matches exactly. Raises ValueError, naming what is accepted, for any other value: a
+    mistyped event (``Qurey``, ``query``) selected nothing, and the operator read an empty
+    listing as "no such event in the trail"."""
+    wanted = value.strip().casefold()
+    for code, _scheme, meaning in EVENTS:
+        if wanted in (code, meaning.casefold()):
+            return code
+    for name in EVENT_TYPES:
+        if wanted == name:
+            return name
+    raise ValueError(
+        f"{value!r} is no event MIMIC records; give an event code or its meaning ("
+        + ", ".join(f"{code} {meaning}" for code, _scheme, meaning in EVENTS)
+        + ") or an event type (" + ", ".join(EVENT_TYPES) + ")")
 
 
 def read_file(path: Path, selection: AuditFilter) -> list[dict[str, Any]]:
