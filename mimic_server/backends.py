@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mimic_server.config import Settings
@@ -107,8 +108,11 @@ def open_index_engine(
     DefaultAzureCredential is made here. ``deadlines``: a server's engine, whose statements
     give up on a locked or slow PostgreSQL (``engine.LOCK_TIMEOUT_MS``); maintenance
     commands wait as long as it takes. ``writable=False``: a command that only reads (a
-    ``mimic reconcile`` report) is not refused an index it may read and not write.
+    ``mimic reconcile`` report) is not refused an index it may read and not write, and
+    never creates one (:func:`_require_index_file`).
     """
+    if not writable:
+        _require_index_file(settings)
     engine = index_engine(settings, credential, deadlines=deadlines)
     try:
         if schema_revision is not None:
@@ -127,6 +131,26 @@ def open_index_engine(
         # One line: SQLAlchemy's text of the error adds the SQL, "[SQL: ...]", a link.
         raise ConfigurationError(f"index database unusable: {driver_error(exc)}") from exc
     return engine
+
+
+def _require_index_file(settings: Settings) -> None:
+    """A command that only reads, with a SQLite index file that is not there (a data
+    directory no archive has run in yet, or a MIMIC_DATA_DIR that names the wrong place):
+    one line naming the file. SQLite answered "unable to open database file" when its
+    directory was missing, and otherwise created the file, migrated it and reported an
+    empty archive, writing into a directory the command was only to read."""
+    if not settings.index_url.startswith("sqlite"):
+        return
+    database = make_url(settings.index_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or a URI SQLite resolves itself: nothing to look for
+    if not Path(database).exists():
+        where = ("this MIMIC_DATABASE_URL yet, or it names the wrong file"
+                 if settings.database_url
+                 else f"this MIMIC_DATA_DIR ({settings.data_dir}) yet, or it names the "
+                 "wrong directory")
+        raise ConfigurationError(f"index file {database} does not exist: no archive has run "
+                                 f"with {where}; nothing was created")
 
 
 def _require_writable(engine: Engine) -> None:

@@ -421,3 +421,33 @@ def test_a_report_writes_nothing_into_the_object_directory(tmp_path: Path) -> No
 
     assert code == 0 and report["instances"] == 2
     assert sorted(p.relative_to(objects) for p in objects.rglob("*")) == before
+
+
+@pytest.mark.parametrize("layout", ["no-data-dir", "empty-data-dir", "sqlite-url"])
+def test_a_report_without_an_index_says_so_and_creates_nothing(
+    tmp_path: Path, layout: str,
+) -> None:
+    """A fresh install, or a MIMIC_DATA_DIR (or SQLite MIMIC_DATABASE_URL) that names the
+    wrong place: the report failed with SQLite's "unable to open database file" when the
+    directory was missing, and otherwise created the index (and its writers' lock),
+    migrated it and reported an empty archive, exit 0. It is now one line naming the
+    missing index file, exit 2, and nothing is created."""
+    from tests.test_cli import _one_line
+
+    data = tmp_path / "data"
+    args = ["reconcile", "--json", "--data-dir", str(data)]
+    index = data / "index.sqlite3"
+    if layout == "empty-data-dir":
+        data.mkdir()
+    elif layout == "sqlite-url":
+        data.mkdir()
+        index = tmp_path / "elsewhere" / "index.db"
+        args += ["--database-url", f"sqlite:///{index}"]
+    done = mimic(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    line = _one_line(done)
+    assert line.startswith(f"mimic: index file {index} does not exist: no archive has run")
+    assert line.endswith("nothing was created")
+    assert "unable to open" not in done.stderr
+    assert sorted(tmp_path.rglob("*")) == ([] if layout == "no-data-dir" else [data])
