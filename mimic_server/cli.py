@@ -527,7 +527,7 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
     """List audit records, oldest first, from the audit trail 'mimic serve' writes with the
     same settings: the audit_events table when the index is PostgreSQL, else
     DATA_DIR/audit.jsonl. Exit 0 when listed (also when none match), 2 on bad settings or
-    options, or when the trail cannot be read."""
+    options, or when the trail cannot be read or is not there."""
     from mimic_server.security.audit import AuditFilter, event_selector, read_file
 
     # Two flags, not one shared destination: given both, click kept the last one silently,
@@ -546,7 +546,14 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
         records = _audit_table(settings, selection)
     else:
         try:
+            # Every archive's start is a record: no file is no archive at all here (a data
+            # directory mistyped), which an empty listing, exit 0, hid.
+            settings.audit_path.stat()
             records = read_file(settings.audit_path, selection)
+        except FileNotFoundError:
+            _fail(f"audit trail {settings.audit_path} does not exist: no archive has run "
+                  f"with this MIMIC_DATA_DIR ({settings.data_dir}) yet, or it names the "
+                  "wrong directory")
         except OSError as exc:  # not readable by this account, not a file: not a traceback
             _fail(f"audit trail {settings.audit_path} unreadable: {exc.strerror or exc}")
         if settings.audit_path.exists():

@@ -653,3 +653,21 @@ def test_mimic_audit_takes_every_event_the_trail_records_in_any_case(tmp_path: P
             records = listed(spelling)
             assert records, spelling
             assert {r["event_type"] for r in records} == {name}
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["no-data-dir", "empty-data-dir"])
+def test_mimic_audit_without_a_trail_says_so(tmp_path: Path, made: bool) -> None:
+    """Every archive's start is an audit record, so a data directory without the trail is
+    none an archive ran in (a mistyped MIMIC_DATA_DIR): that listed nothing, exit 0, and the
+    operator read it as an empty trail. Now exit 2 and one line naming the file; nothing
+    is created."""
+    data = tmp_path / "data"
+    if made:
+        data.mkdir()
+    result = mimic("audit", "--data-dir", str(data))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert _one_line(result) == (
+        f"mimic: audit trail {data / 'audit.jsonl'} does not exist: no archive has run with "
+        f"this MIMIC_DATA_DIR ({data}) yet, or it names the wrong directory")
+    assert sorted(tmp_path.rglob("*")) == ([data] if made else [])
