@@ -502,7 +502,10 @@ def _since(value: str | None) -> datetime | None:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        except OverflowError:  # an age before year 1 was a traceback, exit 1
+            _fail(f"--since {value!r} reaches back past the first date a time can have")
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -671,3 +671,16 @@ def test_mimic_audit_without_a_trail_says_so(tmp_path: Path, made: bool) -> None
         f"mimic: audit trail {data / 'audit.jsonl'} does not exist: no archive has run with "
         f"this MIMIC_DATA_DIR ({data}) yet, or it names the wrong directory")
     assert sorted(tmp_path.rglob("*")) == ([data] if made else [])
+
+
+@pytest.mark.parametrize("age", ["99999999999d", "1000000d"])
+def test_mimic_audit_refuses_an_age_too_old_for_a_date(tmp_path: Path, age: str) -> None:
+    """An age that reaches back before year 1 (a digit too many) was an OverflowError
+    traceback, exit 1: it is a bad option, exit 2 and one line."""
+    data = tmp_path / "data"
+    _trail_of_every_event(data)
+    result = mimic("audit", "--since", age, "--data-dir", str(data))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert _one_line(result) == (
+        f"mimic: --since {age!r} reaches back past the first date a time can have")
