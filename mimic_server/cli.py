@@ -438,13 +438,29 @@ def db_upgrade(database_url: str | None, database_auth: str | None, data_dir: st
         engine.dispose()
 
 
+#: The longest ``--settle-seconds``: a day is far past any C-STORE between its put and its
+#: commit; beyond it a value is a slip of the keyboard.
+MAX_SETTLE_SECONDS = 86400.0
+
+
+def _settle_seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """``--settle-seconds`` from 0 to a day. A negative value or ``nan`` skipped the wait
+    before orphans were deleted without a word (the safety against deleting the object of a
+    C-STORE in flight), and ``inf`` raised OverflowError from the sleep: a traceback and
+    exit 1, which reconcile's scripts read as drift."""
+    if not 0 <= value <= MAX_SETTLE_SECONDS:  # nan fails both comparisons
+        raise click.BadParameter(f"{value} is not from 0 to {MAX_SETTLE_SECONDS:g} seconds")
+    return value
+
+
 @main.command()
 @click.option("--fix", is_flag=True, help="Delete orphan objects; remove broken index rows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the keys found.")
 @click.option(
     "--settle-seconds", type=float, default=60.0, show_default=True,
-    help="With --fix: wait this long, then re-check orphans before deleting them "
-    "(a C-STORE in flight commits meanwhile).",
+    callback=_settle_seconds,
+    help="With --fix: wait this long (0 to 86400), then re-check orphans before deleting "
+    "them (a C-STORE in flight commits meanwhile).",
 )
 @click.option(
     "--store-may-be-empty", is_flag=True,

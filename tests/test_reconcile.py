@@ -451,3 +451,23 @@ def test_a_report_without_an_index_says_so_and_creates_nothing(
     assert line.endswith("nothing was created")
     assert "unable to open" not in done.stderr
     assert sorted(tmp_path.rglob("*")) == ([] if layout == "no-data-dir" else [data])
+
+
+@pytest.mark.parametrize("settle", ["-1", "nan", "inf", "86401"])
+def test_a_settle_time_out_of_range_is_refused_and_nothing_deleted(
+    tmp_path: Path, settle: str,
+) -> None:
+    """``--settle-seconds`` -1 or nan deleted orphans at once, with no wait for a C-STORE
+    in flight to commit, and inf was an OverflowError traceback, exit 1 (drift, to a
+    script). Each is now a bad option, exit 2, and the orphan is left alone."""
+    data = tmp_path / "data"
+    _archive(data, 1)
+    orphan = data / "objects" / "ab/1.2/1.2.3/1.2.3.5.0000000000000000.dcm"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"put, not committed yet")
+    done = mimic("reconcile", "--fix", "--settle-seconds", settle, "--data-dir", str(data))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Invalid value for '--settle-seconds'" in done.stderr
+    assert done.stdout == ""
+    assert orphan.read_bytes() == b"put, not committed yet"
