@@ -467,9 +467,14 @@ def _settle_seconds(_ctx: click.Context, _param: click.Parameter, value: float) 
     help="With --fix: remove the rows of missing objects even when the store lists no "
     "object at all (by default that reads as a store not mounted, and they are kept).",
 )
+@click.option(
+    "--index-may-be-empty", is_flag=True,
+    help="With --fix: delete the orphan objects even when the index names no instance at "
+    "all (by default that reads as another index than the archive's, and they are kept).",
+)
 @settings_options
 def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empty: bool,
-              **options: Any) -> None:
+              index_may_be_empty: bool, **options: Any) -> None:
     """Compare the object store with the index; exit 1 while drift remains.
 
     Uses the same store and index as 'mimic serve' with the same settings. Reads (and hashes)
@@ -497,7 +502,7 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
             audit_log = open_audit_trail(settings, engine)
         report = run(
             store, engine, fix=fix, settle_seconds=settle_seconds, audit_log=audit_log,
-            store_may_be_empty=store_may_be_empty,
+            store_may_be_empty=store_may_be_empty, index_may_be_empty=index_may_be_empty,
         )
     except (ConfigurationError, OutOfResources) as exc:
         _fail(str(exc))

@@ -122,12 +122,14 @@ def reconcile(
     audit_log: audit.AuditLog | None = None,
     sleep: Callable[[float], None] = time.sleep,
     store_may_be_empty: bool = False,
+    index_may_be_empty: bool = False,
 ) -> Report:
     """Compare every object with every index row; hash every indexed object.
 
     With ``fix``, the rows of missing objects are kept when the store lists no object at
-    all, unless ``store_may_be_empty``. Raises ``OutOfResources`` if the store or the index
-    cannot be read at all.
+    all, unless ``store_may_be_empty``; and the orphan objects are kept when the index
+    names no instance at all, unless ``index_may_be_empty``. Raises ``OutOfResources`` if
+    the store or the index cannot be read at all.
     """
     report = Report()
     stored = set(store.iter_keys(report.foreign))  # before the index: module docstring
@@ -159,7 +161,7 @@ def reconcile(
     log.info("reconcile found", extra=report.as_dict(with_keys=False))
     if fix:
         _fix(store, engine, report, settle_seconds, sleep, audit_log or audit.AuditLog(None),
-             store_may_be_empty)
+             store_may_be_empty, index_may_be_empty)
     return report
 
 
@@ -204,6 +206,7 @@ def _fix(
     sleep: Callable[[float], None],
     audit_log: audit.AuditLog,
     store_may_be_empty: bool,
+    index_may_be_empty: bool,
 ) -> None:
     broken = report.missing + report.corrupt
     if report.missing and report.objects == 0 and not store_may_be_empty:
@@ -238,9 +241,20 @@ def _fix(
             _delete(store, ref.object_key, report)  # corrupt bytes serve nobody
         else:
             report.resolved += 1  # the row was switched to new bytes meanwhile
-    if report.orphans and settle_seconds > 0:
+    orphans = report.orphans
+    if orphans and report.instances == 0 and not index_may_be_empty:
+        # The mirror of the empty store: an index that names nothing while the store holds
+        # objects is far likelier another index than the archive's (a SQLite file created
+        # afresh at a mistyped path, a PostgreSQL database other than the archive's) than an
+        # archive none of whose stores ever committed: deleting them would empty the store.
+        log.error("the index names no instance while the object store holds objects: is it "
+                  "the archive's index? the orphan objects are kept "
+                  "(--index-may-be-empty deletes them)",
+                  extra={"orphan_objects": len(orphans)})
+        orphans = []
+    if orphans and settle_seconds > 0:
         sleep(settle_seconds)
-    for key in report.orphans:
+    for key in orphans:
         if maintenance.refers_to(engine, key):
             report.resolved += 1  # its C-STORE committed after all
             continue

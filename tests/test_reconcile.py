@@ -471,3 +471,30 @@ def test_a_settle_time_out_of_range_is_refused_and_nothing_deleted(
     assert "Invalid value for '--settle-seconds'" in done.stderr
     assert done.stdout == ""
     assert orphan.read_bytes() == b"put, not committed yet"
+
+
+def test_fix_keeps_the_objects_when_the_index_names_none(tmp_path: Path) -> None:
+    """An index that names no instance beside a store of objects (its SQLite file moved
+    away, or created afresh at a mistyped MIMIC_DATABASE_URL path): ``--fix`` deleted every
+    object of the archive as an orphan, exit 0. They are now kept (exit 1, said at ERROR
+    with a count only), unless ``--index-may-be-empty`` says the index truly is empty."""
+    data = tmp_path / "data"
+    stored = _archive(data, 2)
+    objects = data / "objects"
+    elsewhere = f"sqlite:///{tmp_path / 'mistyped.sqlite3'}"
+    done = mimic("reconcile", "--json", "--fix", "--settle-seconds", "0", "--data-dir",
+                 str(data), "--database-url", elsewhere, "--log-format", "json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["deleted_orphans"] == 0 and report["remaining"] == 2
+    assert all((objects / key).exists() for _, key in stored)
+    errors = [json.loads(line) for line in done.stderr.splitlines()
+              if line.startswith("{") and json.loads(line)["level"] == "ERROR"]
+    assert [(e["message"].split(":")[0], e["orphan_objects"]) for e in errors] == [
+        ("the index names no instance while the object store holds objects", 2)]
+    assert not any(uid in done.stderr or key in done.stderr for uid, key in stored)
+
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0", "--database-url",
+                             elsewhere, "--index-may-be-empty")
+    assert code == 0 and fixed["deleted_orphans"] == 2
+    assert not any((objects / key).exists() for _, key in stored)
