@@ -253,6 +253,10 @@ def test_audit_trail_filters(issuer: OidcIssuerDouble, archive: dict) -> None:
     record = web.post("/console/api/audit", json={"event": "Query"}).json()["records"][0]
     assert "xml" not in record and record["calling_ae"] == "WS1"
     assert web.post("/console/api/audit", json={"since": "soon"}).status_code == 400
+    # Any case, as the CLI; a mistyped event was an empty page, as if none were recorded.
+    assert events(event="query") == ["Query"]
+    mistyped = web.post("/console/api/audit", json={"event": "Qurey"})
+    assert mistyped.status_code == 400 and "no event MIMIC records" in mistyped.json()["error"]
 
 
 def test_now_shows_serve_status(issuer: OidcIssuerDouble, archive: dict) -> None:

@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from mimic_server.errors import MimicError, QueryError
 from mimic_server.security import audit
-from mimic_server.security.audit import AuditFilter
+from mimic_server.security.audit import AuditFilter, event_selector
 from mimic_server.web.console import auth, modalities
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
@@ -279,5 +279,9 @@ def _audit_filter(form: dict[str, Any]) -> AuditFilter:
             raise ValueError(f"{name} must be an ISO 8601 time") from exc
         return parsed if parsed.tzinfo else parsed.astimezone()
 
-    return AuditFilter(since=when("since"), event=text("event"), identity=text("identity"),
-                       study=text("study"), until=when("until"))
+    event = text("event")
+    # A mistyped event (``Qurey``, ``query``) selected nothing: an empty page read as "no
+    # such event in the trail". The CLI's selector: any case, else 400 naming the events.
+    return AuditFilter(since=when("since"),
+                       event=event_selector(event) if event is not None else None,
+                       identity=text("identity"), study=text("study"), until=when("until"))
