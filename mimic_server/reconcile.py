@@ -11,6 +11,11 @@ Two kinds of drift exist by design of the write path (put, then index, then dele
   asked to send it again (the operational log gets counts only: no patient data). Restore the object
   from a blob version or backup *before* fixing, if one exists.
 
+* **empty rows**: a series row no instance names, a study no series names, a patient no
+  study names (left by an instance sent again under another study before the move removed
+  them, or by a removal cut short). C-FIND answers each with nothing in it. *Fix*: remove
+  the row (and the parents it leaves empty) if it still names no child.
+
 An object that cannot be read *now* (the store throttles, times out, resets the connection; a
 file gives EIO, EACCES, EMFILE) is neither: it is **unreadable**, drift that is reported and
 keeps the exit status at 1, and that ``fix`` never touches. Only the store's own word
@@ -45,7 +50,7 @@ from sqlalchemy import Engine
 
 from mimic_server.errors import OutOfResources
 from mimic_server.index import maintenance
-from mimic_server.index.maintenance import ObjectRef
+from mimic_server.index.maintenance import EmptyRow, ObjectRef
 from mimic_server.security import audit
 from mimic_server.storage import ObjectStore
 from mimic_server.storage.keys import is_object_key, study_of_key
@@ -75,14 +80,19 @@ class Report:
     #: Objects ``fix`` was to delete and the store refused to (an immutability policy, a
     #: read-only or failing disk): left in the store, drift for the next run.
     undeleted: list[str] = field(default_factory=list)
+    #: Series, study and patient rows with nothing under them (C-FIND answers them empty).
+    empty: list[EmptyRow] = field(default_factory=list)
+    removed_empty: int = 0
 
     @property
     def drift(self) -> int:
-        return len(self.orphans) + len(self.missing) + len(self.corrupt) + len(self.unreadable)
+        return (len(self.orphans) + len(self.missing) + len(self.corrupt)
+                + len(self.unreadable) + len(self.empty))
 
     @property
     def remaining(self) -> int:
-        fixed = len(self.deleted_orphans) + len(self.removed_instances) + self.resolved
+        fixed = (len(self.deleted_orphans) + len(self.removed_instances) + self.removed_empty
+                 + self.resolved)
         # An undeleted orphan was never counted fixed; the bad object of a removed row was
         # (its row is gone), yet it is left in the store: an orphan now, still drift.
         orphans = set(self.orphans)
@@ -100,6 +110,8 @@ class Report:
             "deleted_orphans": len(self.deleted_orphans),
             "removed_instances": len(self.removed_instances),
             "undeleted_objects": len(self.undeleted),
+            "empty_rows": len(self.empty),
+            "removed_empty_rows": self.removed_empty,
             "remaining": self.remaining,
         }
         if with_keys:
@@ -110,6 +122,7 @@ class Report:
             result["foreign"] = self.foreign
             result["removed"] = self.removed_instances
             result["undeleted"] = self.undeleted
+            result["empty"] = [f"{table} {row_id}" for table, row_id in self.empty]
         return result
 
 
@@ -153,6 +166,7 @@ def reconcile(
             report.foreign.append(key)
             stored.discard(key)
     report.objects = len(stored)
+    report.empty = maintenance.empty_rows(engine)
     if report.foreign:
         # Their names may be anything (a UID): counted here, named at DEBUG and by --json.
         log.warning("files in the object store that are not objects: left alone",
@@ -267,6 +281,12 @@ def _fix(
             studies=_studies(key), object_key=key,
             reason="reconcile deleted an object no index row refers to",
         )
+    for row in report.empty:
+        # Rows only: no instance, no object, nothing a sender must send again.
+        if maintenance.remove_empty_row(engine, row):
+            report.removed_empty += 1
+        else:
+            report.resolved += 1  # an instance was filed under it meanwhile
 
 
 def _delete(store: ObjectStore, key: str, report: Report) -> bool:

@@ -498,3 +498,95 @@ def test_fix_keeps_the_objects_when_the_index_names_none(tmp_path: Path) -> None
                              elsewhere, "--index-may-be-empty")
     assert code == 0 and fixed["deleted_orphans"] == 2
     assert not any((objects / key).exists() for _, key in stored)
+
+
+def _ghosts(data: Path) -> dict[str, int]:
+    """Rows left empty as a re-send under another study left them before the move removed
+    them: the instance rows deleted under their series, study and patient, which stay."""
+    from mimic_server.index.models import Patient, Study
+
+    engine, _ = open_index(Settings(data_dir=data))
+    with engine.begin() as conn:
+        conn.execute(Instance.__table__.delete())
+        counts = {model.__tablename__: conn.execute(
+            select(func.count()).select_from(model)).scalar_one()
+            for model in (Series, Study, Patient)}
+    engine.dispose()
+    return counts
+
+
+def test_rows_left_empty_are_drift_and_fixed(tmp_path: Path) -> None:
+    """A series, study and patient with no instance under them: C-FIND answers each with
+    nothing in it, and nothing found them (rows an earlier version left after an instance
+    was sent again under another study). Drift (exit 1); --fix removes them."""
+    data = tmp_path / "data"
+    _archive(data, 1)
+    second = _archive(tmp_path / "other", 1)  # an object kept: the index is not empty
+    assert _ghosts(data) == {"series": 1, "studies": 1, "patients": 1}
+    # One instance the index does hold, under another series of the same study.
+    settings = Settings(data_dir=data)
+    store = open_object_store(settings)
+    engine, index = open_index(settings)
+    ds = pydicom.dcmread(ct_small(), stop_before_pixels=True)
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = f"{ds.SeriesInstanceUID}.9", second[0][0] + ".9"
+    attrs = InstanceAttributes.from_header(ds)
+    key = new_object_key(attrs.study_instance_uid, attrs.series_instance_uid,
+                         attrs.sop_instance_uid)
+    store.put(key, [b"kept"], hashlib.sha256(b"kept").hexdigest())
+    index.upsert_instance(attrs, transfer_syntax_uid="1.2.840.10008.1.2.1", object_key=key,
+                          sha256=hashlib.sha256(b"kept").hexdigest(), size=4,
+                          received_from="test")
+    engine.dispose()
+    old_object = next(p for p in (data / "objects").rglob("*.dcm") if p.name != Path(key).name)
+    old_object.unlink()  # the ghost's own object went with its move
+
+    code, report = _reconcile(data)
+    assert code == 1
+    assert (report["empty_rows"], report["remaining"]) == (1, 1)  # the empty series
+    assert report["empty"] and report["empty"][0].startswith("series ")
+
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+    assert code == 0, fixed
+    assert fixed["removed_empty_rows"] == 1
+    engine, _ = open_index(Settings(data_dir=data))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Series)).scalar_one() == 1
+    engine.dispose()
+    code, again = _reconcile(data)
+    assert code == 0 and again["empty_rows"] == 0
+
+
+def test_empty_study_and_patient_rows_go_with_their_series(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _archive(data, 2)
+    assert _ghosts(data) == {"series": 1, "studies": 1, "patients": 1}
+    code, report = _reconcile(data)
+    assert code == 1 and report["empty_rows"] == 1 and report["instances"] == 0
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0",
+                             "--index-may-be-empty")
+    assert fixed["removed_empty_rows"] == 1
+    from mimic_server.index.models import Patient, Study
+
+    engine, _ = open_index(Settings(data_dir=data))
+    with engine.connect() as conn:
+        for model in (Series, Study, Patient):
+            assert conn.execute(select(func.count()).select_from(model)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_an_empty_row_that_gained_an_instance_is_kept(tmp_path: Path) -> None:
+    """Found empty, then a C-STORE filed an instance under it before --fix came to it: the
+    row stays (its removal is conditional on naming no child), counted resolved."""
+    from mimic_server.index import maintenance
+
+    data = tmp_path / "data"
+    _archive(data, 1)
+    _ghosts(data)
+    engine, _ = open_index(Settings(data_dir=data))
+    [row] = maintenance.empty_rows(engine)
+    engine.dispose()
+    _archive(data, 1)  # the same series again, an instance under it
+    engine, _ = open_index(Settings(data_dir=data))
+    assert maintenance.remove_empty_row(engine, row) is False
+    assert maintenance.empty_rows(engine) == []
+    engine.dispose()

@@ -15,10 +15,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
 from mimic_server.index.engine import WRITE, read_index
-from mimic_server.index.models import Instance
-from mimic_server.index.prune import prune_empty_parents
+from mimic_server.index.models import Instance, Patient, Series, Study
+from mimic_server.index.prune import prune_empty_parents, prune_empty_patient, prune_empty_study
 
-__all__ = ["ObjectRef", "object_refs", "refers_to", "remove_instance"]
+__all__ = ["EmptyRow", "ObjectRef", "empty_rows", "object_refs", "refers_to",
+           "remove_empty_row", "remove_instance"]
+
+#: A series, study or patient row that names no child: (its table, its id).
+EmptyRow = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,5 +90,39 @@ def remove_instance(engine: Engine, sop_instance_uid: str, object_key: str) -> b
             conn.execute(delete(Instance).where(Instance.id == found.id))
             prune_empty_parents(conn, found.series_fk)
             return True
+    except SQLAlchemyError as exc:
+        raise OutOfResources("index unavailable") from exc
+
+
+def empty_rows(engine: Engine) -> list[EmptyRow]:
+    """Series rows no instance names, study rows no series names, patient rows no study
+    names: C-FIND answers each as a series, study or patient with nothing in it (one left
+    by an instance sent again under another study before such rows were removed with the
+    move, or by a removal cut short). Three reads, each one anti-join on an indexed key."""
+    queries = (
+        ("series", select(Series.id).where(~exists().where(Instance.series_fk == Series.id))),
+        ("study", select(Study.id).where(~exists().where(Series.study_fk == Study.id))),
+        ("patient", select(Patient.id).where(~exists().where(Study.patient_fk == Patient.id))),
+    )
+    found: list[EmptyRow] = []
+    try:
+        for table, query in queries:
+            ids = read_index(engine, lambda conn, query=query: conn.execute(query).scalars().all())
+            found += [(table, int(i)) for i in ids]
+    except SQLAlchemyError as exc:
+        raise OutOfResources("index unavailable") from exc
+    return found
+
+
+def remove_empty_row(engine: Engine, row: EmptyRow) -> bool:
+    """Remove a row :func:`empty_rows` found, and the parents it leaves empty, if it still
+    names no child (a C-STORE may have filed an instance under it since): whether it went.
+    One conditional statement per row (``prune``), in a transaction of its own."""
+    table, row_id = row
+    prune = {"series": prune_empty_parents, "study": prune_empty_study,
+             "patient": prune_empty_patient}[table]
+    try:
+        with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            return prune(conn, row_id)
     except SQLAlchemyError as exc:
         raise OutOfResources("index unavailable") from exc

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, delete, exists
 
 from mimic_server.index.models import Instance, Patient, Series, Study
 
-__all__ = ["prune_empty_parents"]
+__all__ = ["prune_empty_parents", "prune_empty_patient", "prune_empty_study"]
 
 
 def prune_empty_parents(conn: Connection, series_id: int) -> bool:
@@ -37,14 +37,29 @@ def prune_empty_parents(conn: Connection, series_id: int) -> bool:
     ).scalar()
     if study_id is None:
         return False
+    prune_empty_study(conn, study_id)
+    return True
+
+
+def prune_empty_study(conn: Connection, study_id: int) -> bool:
+    """Remove study ``study_id`` if no series row names it, then its patient if no study
+    row does; whether the study went."""
     patient_id = conn.execute(
         delete(Study)
         .where(Study.id == study_id, ~exists().where(Series.study_fk == study_id))
         .returning(Study.patient_fk)
     ).scalar()
-    if patient_id is not None:
-        conn.execute(
-            delete(Patient)
-            .where(Patient.id == patient_id, ~exists().where(Study.patient_fk == patient_id))
-        )
+    if patient_id is None:
+        return False
+    prune_empty_patient(conn, patient_id)
     return True
+
+
+def prune_empty_patient(conn: Connection, patient_id: int) -> bool:
+    """Remove patient ``patient_id`` if no study row names it; whether it went."""
+    removed = conn.execute(
+        delete(Patient)
+        .where(Patient.id == patient_id, ~exists().where(Study.patient_fk == patient_id))
+        .returning(Patient.id)
+    ).scalar()
+    return removed is not None
