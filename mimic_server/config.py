@@ -462,7 +462,12 @@ class Settings(BaseSettings):
         as text, and ``https://viewer.example.org/`` or a path after the host matched no
         request, every viewer's call refused with no word of why. Scheme and host are put
         in lower case, a final ``/`` and a default port dropped, as a browser sends them;
-        any other path, a query or a user name is refused."""
+        any other path, a query or a user name is refused.
+
+        A scheme other than http(s) is kept, its host as written: an app's web view sends
+        its own (``capacitor://localhost``, ``tauri://localhost``), as an extension does
+        (``chrome-extension://ID``), and those frameworks tell the server to allow exactly
+        that text."""
         origins = []
         for entry in (e.strip() for e in value.split(",")):
             if not entry or entry == "*":
@@ -475,11 +480,14 @@ class Settings(BaseSettings):
             except ValueError:
                 port = -1
             scheme, host = parts.scheme.lower(), parts.hostname
-            if (scheme not in ("http", "https") or not host or port == -1
+            if (not scheme or not host or port == -1
                     or parts.path not in ("", "/") or parts.query or parts.fragment
                     or parts.username is not None or parts.password is not None):
                 raise ValueError(f"web_cors_origins: {entry!r} is not an origin: "
                                  "scheme://host[:port], nothing after the host (or *)")
+            if scheme not in ("http", "https"):
+                origins.append(f"{scheme}://{parts.netloc}")
+                continue
             if ":" in host:
                 host = f"[{host}]"
             default = {"http": 80, "https": 443}[scheme]

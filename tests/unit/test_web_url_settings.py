@@ -67,3 +67,21 @@ def test_origins_are_written_as_a_browser_sends_them() -> None:
     assert Settings(web_cors_origins="").web_cors_origin_list == []
     assert Settings(web_cors_origins="*").web_cors_origin_list == ["*"]
 
+
+
+def test_an_apps_own_scheme_is_an_origin_too() -> None:
+    """An app's web view (Capacitor, Tauri) or a browser extension sends its own scheme in
+    ``Origin``, and the CORS middleware allowed it as written: refused at start, the
+    server that served such a viewer no longer started (exit 2)."""
+    settings = Settings(web_cors_origins="capacitor://localhost, tauri://localhost/, "
+                                         "chrome-extension://abcdefghijklmnop")
+    assert settings.web_cors_origin_list == ["capacitor://localhost", "tauri://localhost",
+                                             "chrome-extension://abcdefghijklmnop"]
+    app = build_dicomweb(SimpleNamespace(), settings.web_cors_origin_list)  # type: ignore[arg-type]
+    preflight = TestClient(app).options("/studies", headers={
+        "Origin": "capacitor://localhost", "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "capacitor://localhost"
+    for entry in ("localhost:3000", "capacitor://localhost/app", "capacitor:///x"):
+        with pytest.raises(ValidationError, match="not an origin"):
+            Settings(web_cors_origins=entry)
