@@ -462,7 +462,8 @@ class Settings(BaseSettings):
         as text, and ``https://viewer.example.org/`` or a path after the host matched no
         request, every viewer's call refused with no word of why. Scheme and host are put
         in lower case, a final ``/`` and a default port dropped, as a browser sends them;
-        any other path, a query or a user name is refused.
+        any other path, a query or a user name is refused, as is a pattern
+        (``https://*.example.org``), which no Origin equals either.
 
         A scheme other than http(s) is kept, its host as written: an app's web view sends
         its own (``capacitor://localhost``, ``tauri://localhost``), as an extension does
@@ -474,6 +475,9 @@ class Settings(BaseSettings):
                 if entry:
                     origins.append(entry)
                 continue
+            if "*" in entry:  # no Origin is a pattern: each entry is compared as text
+                raise ValueError(f"web_cors_origins: {entry!r} is a pattern, which no "
+                                 "browser's Origin equals: name each origin (or *)")
             parts = urllib.parse.urlsplit(entry)
             try:
                 port = parts.port

@@ -32,6 +32,8 @@ from mimic_server.web.dicomweb.app import build_dicomweb
     ("web_cors_origins", "viewer.example.org", "not an origin"),
     ("web_cors_origins", "https://viewer.example.org?x", "not an origin"),
     ("web_cors_origins", "https://viewer.example.org:http", "not an origin"),
+    ("web_cors_origins", "https://*.example.org", "pattern"),
+    ("web_cors_origins", "https://viewer.example.org, http://localhost:*", "pattern"),
 ])
 def test_a_url_that_cannot_work_is_refused_with_its_name(
     field: str, value: str, said: str,
