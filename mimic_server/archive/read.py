@@ -50,6 +50,16 @@ CHUNK = 1 * MiB
 CurrentRow = Callable[[InstanceRef], "InstanceRef | None"]
 
 
+class ObjectChanged(OutOfResources):
+    """A large object read again (:meth:`VerifiedObject.chunks`) whose bytes no longer match
+    the size and SHA-256 they were checked against: damaged, or replaced under the read.
+
+    An ``OutOfResources`` as before for the DIMSE callers (the sub-operation fails either
+    way); its own class so that a caller answering one object can tell it from a store that
+    cannot be read now (Blob Storage throttled or down, which may answer again: WADO-RS 503)
+    and keep it the failure of a corrupted object (WADO-RS 500)."""
+
+
 class VerifiedObject:
     """One stored Part 10 object whose bytes hashed to the SHA-256 in the index.
 
@@ -117,13 +127,14 @@ class VerifiedObject:
         is closed (``close()``, or garbage collection of an abandoned iterator). A store
         that fails midway raises ``KeyError`` / ``OutOfResources`` / ``OSError`` from the
         iteration: the receiver has part of the object, and the caller must end the answer
-        as failed (an A-ABORT, a broken HTTP body).
+        as failed (an A-ABORT, a broken HTTP body); one that fails before the caller sent
+        anything of it may be answered as a store that cannot be read now.
 
         Its hash was checked by an earlier pass, and bytes read again can differ (a disk
         or a blob changed or cut under us, in the minutes a large object takes to send): so
         every byte read is hashed and counted again, the bytes before ``start`` included,
         and the last piece is given only once the whole object matches its SHA-256 and
-        size; else ``OutOfResources`` is raised in its place, and the receiver never holds
+        size; else :class:`ObjectChanged` is raised in its place, and the receiver never holds
         a complete object that is not the one stored.
         """
         if self._data is not None:
@@ -147,7 +158,7 @@ class VerifiedObject:
             log.error("stored object changed while it was being read",
                       extra={"object": reference(self.ref), "size": read, "expected": self.size})
             log.debug("changed object key", extra={"key": self.ref.object_key})
-            raise OutOfResources("the stored object changed while it was being read")
+            raise ObjectChanged("the stored object changed while it was being read")
         if held is not None:
             yield held
 

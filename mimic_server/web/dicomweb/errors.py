@@ -30,6 +30,13 @@ class WebError(Exception):
         self.headers = dict(headers or {})
 
 
+class AnswerCut(Exception):
+    """A streamed answer broken off once part of its body has left (its status with it):
+    the store failed under an object being sent. Logged where it happened; the connection
+    ends with the answer unfinished, so that no client takes what it got for the whole.
+    Not a bug: :class:`UnexpectedErrors` does not log it as one."""
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None
                    ) -> Response:
     return JSONResponse({"status": status, "message": message}, status_code=status,
@@ -68,6 +75,11 @@ class UnexpectedErrors:
             await self.app(scope, receive, sending)
         except ClientDisconnect:
             raise  # the client's doing, not a bug: as before
+        except AnswerCut:
+            # Logged where it was cut. Returning with the answer unfinished, the server
+            # ends the connection (uvicorn closes it): the body is never ended as complete.
+            if not started:
+                await error_response(500, "unexpected error")(scope, receive, send)
         except Exception as exc:
             log.error("unexpected error answering a request",
                       extra={"error": type(exc).__name__, "where": where(exc),

@@ -39,7 +39,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mimic_server.archive.inflated import inflated_copy, inflated_pieces
-from mimic_server.archive.read import CHUNK, VerifiedObject, open_verified, reference
+from mimic_server.archive.read import (
+    CHUNK,
+    ObjectChanged,
+    VerifiedObject,
+    open_verified,
+    reference,
+)
 from mimic_server.codec.file_meta import encode_file_meta
 from mimic_server.codec.header_stream import URI_VRS, NotWalked, without_bulk
 from mimic_server.codec.structure import undefined_length_end
@@ -49,7 +55,7 @@ from mimic_server.web.dicomweb import parts as multipart
 from mimic_server.web.dicomweb.auth import WADO, authorize
 from mimic_server.web.dicomweb.closing_stream import Body, ClosingStreamingResponse
 from mimic_server.web.dicomweb.context import DicomWebContext
-from mimic_server.web.dicomweb.errors import WebError
+from mimic_server.web.dicomweb.errors import AnswerCut, WebError
 from mimic_server.web.dicomweb.negotiation import negotiate
 from mimic_server.web.dicomweb.retrieve import TransferAudit, instances
 from mimic_server.web.dicomweb.urls import dicomweb_root
@@ -134,6 +140,57 @@ def _store_unavailable() -> WebError:
     return WebError(503, "the object store is unavailable", {"Retry-After": "10"})
 
 
+def _read_again_failed(obj: VerifiedObject, exc: BaseException) -> WebError:
+    """The answer when a large object's second read (``VerifiedObject.chunks``: its copy,
+    its header's walk, the first pieces of its sending) fails before any byte of the answer
+    has left. The store answered the hash pass moments before: one that cannot be read now
+    (Blob Storage throttled or down since, ``OutOfResources``) is a 503 the viewer retries,
+    as when the first read fails (:func:`verified`); bytes that no longer match their
+    SHA-256 (``ObjectChanged``) or an object gone stay the 500 of a lost or corrupted
+    object. Both were that 500, and a viewer never retried an object that was sound."""
+    if isinstance(exc, OutOfResources) and not isinstance(exc, ObjectChanged):
+        log.error("stored object unreadable",
+                  extra={"object": reference(obj.ref), "error": type(exc).__name__})
+        return _store_unavailable()
+    return WebError(500, "the stored object cannot be read or fails its SHA-256 check")
+
+
+def _begun(obj: VerifiedObject) -> _Begun:
+    """The object's pieces for its part of a streamed answer, its first piece read now:
+    the store's second read of a large object opened and begun before the answer's status
+    is sent, so that a store failing between the hash pass and the sending is answered
+    (:func:`_read_again_failed`) instead of a 200 whose body breaks at once. Raises
+    ``WebError``; a failure later breaks the answer (:class:`AnswerCut`)."""
+    pieces = obj.chunks()
+    try:
+        lead = next(pieces, None)
+    except (KeyError, OutOfResources, OSError) as exc:
+        pieces.close()  # type: ignore[attr-defined]
+        raise _read_again_failed(obj, exc) from exc
+    return _Begun(lead, pieces)
+
+
+class _Begun:
+    """An object's pieces whose first was read already (:func:`_begun`). Iterated once;
+    :meth:`close` closes the store's handle, as an answer never sent must."""
+
+    def __init__(self, lead: bytes | memoryview | None,
+                 pieces: Iterator[bytes | memoryview]) -> None:
+        self._lead = lead
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        try:
+            if self._lead is not None:
+                yield self._lead
+            yield from self._pieces
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pieces.close()  # type: ignore[attr-defined]
+
+
 def verified(ctx: DicomWebContext, ref: InstanceRef) -> VerifiedObject:
     """The one object a request asks for, checked: 503 while the object store cannot be
     read (Blob Storage throttling or down: the viewer may try again), 500 when the object is
@@ -163,6 +220,7 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         refs = refs_in
     audit = TransferAudit(ctx, session, "instances")
     first: VerifiedObject | None = None
+    first_pieces: _Begun | None = None
     if instance is not None:  # one object: refuse before any byte if it does not verify
         try:
             first = verified(ctx, refs[0])
@@ -176,6 +234,12 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             raise WebError(406, "stored again meanwhile in another transfer syntax; MIMIC does "
                            f"not transcode (ask for transfer-syntax=* or "
                            f"{first.ref.transfer_syntax_uid})")
+        try:
+            first_pieces = _begun(first)
+        except WebError:
+            audit.failed_one()
+            audit.end(completed=False)
+            raise
         audit.begin(refs)
     else:
         # A study or series: read up to its first object that can be sent before the answer
@@ -187,6 +251,13 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         for ref in refs:
             obj = read_noting(ctx, ref, unavailable)
             if obj is not None and _in_syntax(obj, wanted):
+                try:
+                    first_pieces = _begun(obj)
+                except WebError as exc:
+                    if exc.status == 503:
+                        unavailable.append(ref)
+                    unsendable += 1
+                    continue
                 first = obj
                 break
             unsendable += 1
@@ -207,7 +278,7 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
         ref = first.ref
         whole = b"".join([
             multipart.part_head(boundary, f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}"),
-            *first.chunks(), b"\r\n", multipart.closing(boundary)])
+            *(first_pieces or ()), b"\r\n", multipart.closing(boundary)])
         audit.sent_one(ref)
         audit.end()
         return Response(whole, media_type=media_type)
@@ -215,21 +286,33 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
     def body() -> Body:
         completed = False
         accounted = 0  # refs recorded as sent or failed
+        ref = refs[0]
         try:
             for ref in refs:
-                obj = first if first is not None and ref is refs[0] else read_now(ctx, ref)
+                # An object the store cannot be read for now (throttled or down since the
+                # answer began) breaks the answer, as a store failing under an object does;
+                # skipped, it was missing from an answer that ended as if complete.
+                obj = first if first is not None and ref is refs[0] else read_now(
+                    ctx, ref, unavailable_raises=True)
                 if obj is None or not _in_syntax(obj, wanted):
                     audit.failed_one(ref)
                     accounted += 1
                     continue
                 yield multipart.part_head(
                     boundary, f"{DICOM}; transfer-syntax={obj.ref.transfer_syntax_uid}")
-                yield from obj.chunks()
+                yield from (first_pieces if obj is first and first_pieces is not None
+                            else obj.chunks())
                 yield b"\r\n"
                 audit.sent_one(obj.ref)
                 accounted += 1
             yield multipart.closing(boundary)
             completed = True
+        except (KeyError, OutOfResources, OSError) as exc:
+            # Part of the answer has left with its 200: it can only be broken off, never
+            # ended as if complete (no close delimiter, the connection ended unfinished).
+            log.error("WADO-RS answer cut off: an object could not be read while it was sent",
+                      extra={"object": reference(ref), "error": type(exc).__name__})
+            raise AnswerCut from exc
         finally:
             # Cut off (the client left, the store failed): the object being sent and every
             # one after it were not sent; before, those after it were in neither count.
@@ -238,6 +321,8 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
             audit.end(completed)
 
     def never_sent() -> None:  # the client left before the first byte: none was sent
+        if first_pieces is not None:
+            first_pieces.close()
         for ref in refs:
             audit.failed_one(ref)
         audit.end(completed=False)
@@ -274,8 +359,7 @@ def copied(ctx: DicomWebContext, obj: VerifiedObject) -> BinaryIO:
             return inflated_copy(obj, directory)
         return obj.copied(directory)
     except (KeyError, OutOfResources, OSError) as exc:
-        raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
-            from exc
+        raise _read_again_failed(obj, exc) from exc
     except CannotUnderstand as exc:
         raise WebError(500, "the stored object cannot be parsed") from exc
 
@@ -354,8 +438,7 @@ def walked_header(obj: VerifiedObject, deflated: bool) -> pydicom.Dataset | None
     except NotWalked as exc:
         return _not_walked(obj, str(exc))
     except (KeyError, OutOfResources, OSError) as exc:
-        raise WebError(500, "the stored object cannot be read or fails its SHA-256 check") \
-            from exc
+        raise _read_again_failed(obj, exc) from exc
     except CannotUnderstand as exc:
         raise WebError(500, "the stored object cannot be parsed") from exc
     finally:
@@ -543,7 +626,9 @@ def retrieve_metadata(ctx: DicomWebContext, request: Request) -> Response:
                 with metadata_header(ctx, obj) as ds:
                     series_uid = str(ds.get("SeriesInstanceUID", series or ""))
                     document = metadata_json(ds, _instance_url(root, ref, study, series_uid))
-            except WebError:
+            except WebError as exc:  # its second read: 503 if the store failed meanwhile
+                if exc.status == 503:
+                    unavailable.append(ref)
                 audit.failed_one(ref)
                 continue
             documents.append(document)
