@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 _SUCCESS = {0x0000, 0xFF00, 0xFF01}
 _PENDING = {0xFF00, 0xFF01}
+#: The final statuses pynetdicom gives a retrieve with a sub-operation failed or warned.
+_SUB_OPERATIONS_NOT_ALL_TAKEN = {Status.SUB_OPERATIONS_WARNING, Status.SUB_OPERATIONS_FAILED}
 
 
 def participants(event: Any, session: Session | None) -> dict[str, Any]:
@@ -169,6 +171,13 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
         matched = _Matches()
         failed, status, pending, began = 0, Status.SUCCESS, None, False
         yielded = 0  # items passed on to pynetdicom
+        # The number of sub-operations announced, and those the destination took with a
+        # Warning: what pynetdicom's final status is made of (:func:`_final_status`).
+        suboperations, warned = 0, 0
+        # The final status is the one the requestor was answered (a status the handler
+        # handed over, pynetdicom's own after the last sub-operation, an unexpected
+        # error's); not when the association went away or pynetdicom answered a cancel.
+        final_known = False
         # The C-MOVE's answer (with the fence): what replaced pynetdicom's 0xA801, if
         # anything, is known only there once pynetdicom has dropped the handler.
         answer = answer_of(event.assoc) if service == "C-MOVE" else None
@@ -194,13 +203,20 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         status=f"0x{status:04X}", **extra, **details,
                     )
             else:
-                # One per patient, each with its own failures (PS3.15 A.5.3.4).
+                # One per patient, each with its own failures (PS3.15 A.5.3.4), and the
+                # status the requestor was answered, as a refusal's record has it: that
+                # of a destination that refused every C-STORE (0xA702) was missing.
+                # pynetdicom's 0xB000 / 0xA702 are the sub-operations' failures, which
+                # each patient's own count decides (conformance section 6: outcome 4 once
+                # one failed): a patient none of whose failed keeps outcome 0.
+                answered_as = {"status": f"0x{status:04X}"} if final_known else {}
                 for one in sent.records():
-                    outcome = outcome_of(status)
+                    outcome = outcome_of(Status.SUCCESS if status in _SUB_OPERATIONS_NOT_ALL_TAKEN
+                                         else status)
                     if failed_in(one) and outcome == audit.SUCCESS:
                         outcome = audit.MINOR_FAILURE
                     audit_log.record(audit.INSTANCES_TRANSFERRED, outcome, received=False,
-                                     **one, **details)
+                                     **answered_as, **one, **details)
 
         def unreachable() -> None:
             """The destination could not be reached: every match failed unsent, as the
@@ -216,10 +232,12 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
             for item in handler(event, *args):
                 if pending is not None:  # pynetdicom has tried to send the previous one
                     failed += _tally(pending, sent, matched)
+                    warned += _warned(pending)
                     pending = None
                 if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
                     details["destination_address"] = item[0]
                 elif isinstance(item, int) and not began:
+                    suboperations = item
                     refs = _take_refs(session)
                     if refs:
                         announced = refs
@@ -244,6 +262,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                         answered = True
                         reason = getattr(item[0], "ErrorComment", None)
                 if answered:  # final: pynetdicom drops the generator after it (module doc)
+                    final_known = True
                     record()
                 elif announced is not None and answer is not None:
                     # pynetdicom now opens the sub-association; if it cannot, it sends the
@@ -263,6 +282,9 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
                     announced = None
             if pending is not None:
                 failed += _tally(pending, sent, matched)
+                warned += _warned(pending)
+            if began and not answered:  # pynetdicom answers the final status itself
+                status, final_known = _final_status(suboperations, failed, warned), True
         except GeneratorExit:
             if announced is not None and answer is not None and answer.used:
                 unreachable()  # recorded already, when the answer was sent
@@ -275,6 +297,7 @@ def audited_retrieve(handler: Callable[..., Iterator[Any]], audit_log: AuditLog,
             # As guarded_stream answers it (``unexpected.py``), or pynetdicom for a C-MOVE
             # without its destination yet: the record said 0xC311, C-FIND's.
             status, reason = _unexpected(service, yielded), "unexpected error"
+            final_known = True
             raise
         finally:
             record()
@@ -292,6 +315,18 @@ def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Calla
         second()
 
     return both
+
+
+def _final_status(suboperations: int, failed: int, warned: int) -> int:
+    """The final status pynetdicom answers a C-GET / C-MOVE whose handler yielded every
+    sub-operation (``QueryRetrieveServiceClass._get_scp`` / ``_move_scp``, after the
+    handler's last item): Success when none failed or had a Warning; 0xA702 (Unable to
+    perform sub-operations) when as many failed as were announced; else 0xB000."""
+    if not failed and not warned:
+        return Status.SUCCESS
+    if failed == suboperations:
+        return Status.SUB_OPERATIONS_FAILED
+    return Status.SUB_OPERATIONS_WARNING
 
 
 def _unexpected(service: str, yielded: int) -> int:
@@ -376,6 +411,17 @@ def _tally(dataset: Any, sent: TransferTally, matched: _Matches) -> int:
     study = row.study_instance_uid or study_of_key(row.object_key) or "unknown"
     sent.sent_one(patient_of(row), study, row.sop_class_uid)
     return 0
+
+
+def _warned(dataset: Any) -> int:
+    """1 if the destination took the object with a Warning status (pynetdicom counts it in
+    Number of Warning Sub-operations, and its final status is then 0xB000), else 0. Known
+    only with ``answered-send`` (``_mimic_answer``); without it, none is counted."""
+    answer = getattr(dataset, "_mimic_answer", None)
+    if answer is None or not answered_send_in_use():
+        return 0
+    return int(STORAGE_SERVICE_CLASS_STATUS.get(answer, (STATUS_FAILURE, ""))[0]
+               == STATUS_WARNING)
 
 
 def _taken(answer: int | None) -> bool:

@@ -3,7 +3,9 @@ that a refused C-MOVE opens no sub-association and sends nothing, and is in the 
 (as a refused C-GET is).
 
 The destinations: ``COUNTER``, a TCP listener of the test that counts the connections it
-receives (any sub-association would start with one); ``NOWHERE``, a port nobody listens on.
+receives (any sub-association would start with one); ``NOWHERE``, a port nobody listens on;
+``REFUSER``, a Storage SCP that accepts the sub-association and answers every C-STORE with
+the status the test sets.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import pydicom
 import pytest
 from lxml import etree
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet as GET,
 )
@@ -75,7 +77,34 @@ def counter() -> Iterator[Counter]:
     listener.close()
 
 
-def _registry(counter: Counter, ca_file: Path | None = None) -> str:
+class Refuser:
+    """A Storage SCP (plain TCP, CT) that accepts the sub-association and answers every
+    C-STORE with :attr:`status`, storing nothing."""
+
+    def __init__(self) -> None:
+        self.status = 0xA700
+        self.asked = 0
+        self.port = free_port()
+        ae = AE(ae_title="REFUSER")
+        ae.add_supported_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        ae.add_supported_context(CTImageStorage, "1.2.840.10008.1.2")
+        self.server = ae.start_server((HOST, self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: Any) -> int:
+        self.asked += 1
+        return self.status
+
+
+@pytest.fixture(scope="module")
+def refuser() -> Iterator[Refuser]:
+    scp = Refuser()
+    yield scp
+    scp.server.shutdown()
+
+
+def _registry(counter: Counter, ca_file: Path | None = None,
+              refuser: Refuser | None = None) -> str:
     registry: dict[str, Any] = {
         "COUNTER": {"host": HOST, "port": counter.port, "tls": False},
         "NOWHERE": {"host": HOST, "port": free_port(), "tls": False},
@@ -83,6 +112,8 @@ def _registry(counter: Counter, ca_file: Path | None = None) -> str:
     }
     if ca_file is not None:  # a TLS destination with a CA file of its own
         registry["RENAMED"] = {"host": HOST, "port": counter.port, "ca_file": str(ca_file)}
+    if refuser is not None:
+        registry["REFUSER"] = {"host": HOST, "port": refuser.port, "tls": False}
     return json.dumps(registry)
 
 
@@ -97,10 +128,11 @@ def _a_ca_file(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, counter: Counter) -> Iterator[MimicProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, counter: Counter,
+           refuser: Refuser) -> Iterator[MimicProcess]:
     root = tmp_path_factory.mktemp("move")
     process = MimicProcess(
-        root / "data", move_destinations=_registry(counter, _a_ca_file(root))
+        root / "data", move_destinations=_registry(counter, _a_ca_file(root), refuser)
     ).start()
     ctx = client_context(process.client_cert, process.client_key, process.ca_cert)
     assoc = associate(process.port, ctx, transfer_syntaxes=["1.2.840.10008.1.2.1"])
@@ -278,6 +310,31 @@ def test_unreachable_destination_is_audited_as_failed(server: MimicProcess) -> N
     assert "destination unreachable" in described and "failed=1" in described
     events = [json.loads(line)["event"] for line in _trail(server)[lines:]]
     assert "110102" not in events
+
+
+@pytest.mark.parametrize("refusal", [0xA700, 0xC000], ids=["0xA700", "0xC000"])
+def test_a_destination_refusing_every_c_store_is_audited_with_the_final_status(
+    server: MimicProcess, refuser: Refuser, refusal: int
+) -> None:
+    """The destination accepts the sub-association and refuses each C-STORE: the requestor
+    is answered 0xA702 (pynetdicom's final status when every sub-operation failed), and the
+    DICOM Instances Transferred says so, as a refusal's does: it held no status at all,
+    only failed=1."""
+    refuser.status, asked = refusal, refuser.asked
+    lines = len(_trail(server))
+    final = _move(server.port, _tls(server), _ct_study(), "REFUSER")[-1]
+    assert refuser.asked == asked + 1  # the C-STORE went out, and was refused
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == 0
+    record, message = _refusal_record(server, lines)
+    assert record["status"] == "0xA702"
+    assert record["failed"] == 1 and record["instances"] == 0
+    # Section 6: a transfer begun with a failed sub-operation (the destination was reached)
+    assert record["outcome"] == 4
+    described = message.find("EventIdentification/EventOutcomeDescription").text
+    assert "status=0xA702" in described and "failed=1" in described
+    assert _destination(message) == "REFUSER"
 
 
 def test_a_ca_file_gone_since_start_fails_the_sub_operations_as_unreachable(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from lxml import etree
 
 from mimic_server.dimse.audited import audited_retrieve
@@ -134,18 +135,22 @@ def _sent(ref: InstanceRef, taken: bool = True) -> StoredDataset:
     return dataset
 
 
-def _transferred(refs: list[InstanceRef], datasets: list[Any]) -> list[etree._Element]:
-    """A whole C-GET whose matches are ``refs`` and whose sub-operations are ``datasets``;
-    its DICOM Instances Transferred messages."""
+def _transferred(refs: list[InstanceRef], datasets: list[Any],
+                 service: str = "C-GET") -> list[etree._Element]:
+    """A whole C-GET (or C-MOVE) whose matches are ``refs`` and whose sub-operations are
+    ``datasets``; its DICOM Instances Transferred messages."""
     trail = _Trail()
     assoc = _retrieving(refs)
 
     def handler(event: Any) -> Iterator[Any]:
+        if service == "C-MOVE":
+            yield "127.0.0.1", 104, {}
         yield len(refs)
         for dataset in datasets:
             yield 0xFF00, dataset
 
-    for _ in audited_retrieve(handler, trail, "C-GET")(SimpleNamespace(assoc=assoc)):
+    event = SimpleNamespace(assoc=assoc, move_destination="STORESCP")
+    for _ in audited_retrieve(handler, trail, service)(event):
         pass
     return _messages(trail, audit.INSTANCES_TRANSFERRED)
 
@@ -170,9 +175,9 @@ def test_instances_of_several_patients_transferred_one_message_each() -> None:
     named = sorted((_patients(m), _studies(m), _outcome(m)) for m in messages)
     assert named == [
         ([("PID1", "DOE^JANE")], {"1.2.10": "2"},
-         ("0", "service=C-GET; called AE=MIMIC; instances=2; failed=0")),
+         ("0", "service=C-GET; called AE=MIMIC; status=0xB000; instances=2; failed=0")),
         ([("PID2", "ROE^RICHARD")], {"1.2.20": "1"},
-         ("4", "service=C-GET; called AE=MIMIC; instances=1; failed=2")),
+         ("4", "service=C-GET; called AE=MIMIC; status=0xB000; instances=1; failed=2")),
     ]
 
 
@@ -182,7 +187,8 @@ def test_one_patients_instances_are_one_message_as_before() -> None:
     [message] = _transferred(jane, [_sent(jane[0]), failed_suboperation(jane[1])])
     assert _patients(message) == [("PID1", "DOE^JANE")]
     assert _studies(message) == {"1.2.10": "1"}
-    assert _outcome(message) == ("4", "service=C-GET; called AE=MIMIC; instances=1; failed=1")
+    assert _outcome(message) == (
+        "4", "service=C-GET; called AE=MIMIC; status=0xB000; instances=1; failed=1")
 
 
 def _failing(service: str, before: list[Any]) -> tuple[int | None, str]:
@@ -283,3 +289,60 @@ def test_an_unreachable_destination_is_recorded_when_answered_not_at_close() -> 
     answers.close()
     assert len(trail.kept) == 1
     assert not [e for e, _, _ in trail.kept if e == audit.BEGIN_TRANSFERRING]
+
+
+@pytest.mark.parametrize("service", ["C-GET", "C-MOVE"])
+def test_a_destination_refusing_every_sub_operation_is_recorded_with_0xa702(
+        service: str) -> None:
+    """pynetdicom answers 0xA702 when every sub-operation failed (``_get_scp`` /
+    ``_move_scp``: as many failed as were announced); the record held no status, only
+    failed=, where a refusal's says what the requestor was told. Outcome 4, as for any
+    transfer with a failed sub-operation (conformance section 6)."""
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID1", "DOE^JANE", "1.2.10")]
+    [message] = _transferred(jane, [_sent(jane[0], taken=False), _sent(jane[1], taken=False)],
+                             service)
+    assert _patients(message) == [("PID1", "DOE^JANE")]
+    assert _outcome(message) == (
+        "4", f"service={service}; called AE=MIMIC; status=0xA702; instances=0; failed=2")
+
+
+def test_a_retrieve_sent_whole_is_recorded_with_success() -> None:
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10")]
+    [message] = _transferred(jane, [_sent(jane[0])])
+    assert _outcome(message) == (
+        "0", "service=C-GET; called AE=MIMIC; status=0x0000; instances=1; failed=0")
+
+
+def test_a_sub_operation_taken_with_a_warning_is_0xb000(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A destination that took an object with a Warning (0xB000 Coercion of Data Elements):
+    pynetdicom counts it a Warning sub-operation and answers 0xB000; the object was sent."""
+    monkeypatch.setattr("mimic_server.dimse.audited.answered_send_in_use", lambda: True)
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID1", "DOE^JANE", "1.2.10")]
+    warned = _sent(jane[1])
+    warned._mimic_answer = 0xB000
+    [message] = _transferred(jane, [_sent(jane[0]), warned])
+    assert _studies(message) == {"1.2.10": "2"}
+    assert _outcome(message) == (
+        "0", "service=C-GET; called AE=MIMIC; status=0xB000; instances=2; failed=0")
+
+
+def test_a_cancel_records_no_final_status_it_did_not_answer() -> None:
+    """The association went away (or pynetdicom answered a C-CANCEL itself) mid-retrieve:
+    the wrapper cannot tell what was answered; the record stays as it was, outcome 4."""
+    trail = _Trail()
+    jane = [_stored(1, "PID1", "DOE^JANE", "1.2.10"), _stored(2, "PID1", "DOE^JANE", "1.2.10")]
+    assoc = _retrieving(jane)
+
+    def handler(event: Any) -> Iterator[Any]:
+        yield len(jane)
+        yield 0xFF00, _sent(jane[0])
+        yield 0xFF00, _sent(jane[1])
+
+    answers = audited_retrieve(handler, trail, "C-GET")(SimpleNamespace(assoc=assoc))
+    next(answers)
+    next(answers)
+    next(answers)
+    answers.close()
+    [message] = _messages(trail, audit.INSTANCES_TRANSFERRED)
+    outcome, described = _outcome(message)
+    assert outcome == "4" and "status=" not in str(described)
