@@ -107,36 +107,58 @@ def _pool_of(index: SqlIndex, connections: int) -> None:
         conn.close()
 
 
-@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
-@pytest.mark.parametrize("series", [0, 1], ids=["cached-series", "new-series"])
+def _kept_by_the_group_commit(index: SqlIndex, store: MemoryStore, trail: AuditLog) -> None:
+    """A second C-STORE into the first one's series: the first instance of a series has a
+    transaction of its own (``SqlIndex._transact(own=True)``), the next one goes through
+    the group commit, which keeps its connection."""
+    assert _status(handle_store(_event(_ct(3)), store, index, Policy("MIMIC"), trail)) == 0
+
+
+@pytest.mark.parametrize(("group_commit", "series", "again"), [
+    (True, 0, "the statement runs again"),
+    # The first instance of a new series, whose transaction waits for its put: its own.
+    (True, 1, "index connection lost before commit; the transaction runs again"),
+    (True, None, "index connection lost before commit; the batch runs again"),
+    (False, 0, "connection lost before commit"),
+    (False, 1, "connection lost before commit"),
+], ids=["cached-series-group-commit", "new-series-group-commit", "new-series-in-a-batch",
+        "cached-series-own-transaction", "new-series-own-transaction"])
 def test_a_store_after_the_backends_were_ended_succeeds_once(
-    postgres_server: str, url: str, group_commit: bool, series: int,
+    postgres_server: str, url: str, group_commit: bool, series: int | None, again: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Three pooled connections (and, with group commit, the one it kept from the first
-    C-STORE's batch), all ended after the first C-STORE: the second C-STORE's first
-    statement (the instance insert with its audit row, one statement, when its series is
-    known and group commit is on; the driver-level instance insert in a transaction without
-    group commit; a SQLAlchemy look-up when the series is new) finds its connection lost,
-    the pool is renewed and the statement or transaction runs once more; one instance row
-    and one audit row each."""
+    """Three pooled connections (and, with group commit, the one it kept from a C-STORE's
+    batch), all ended after the first C-STOREs: the next C-STORE's first statement (the
+    instance insert with its audit row, one statement, when its series is known and group
+    commit is on; the driver-level instance insert in a transaction without group commit;
+    a SQLAlchemy look-up when the series is new, in a transaction of its own or, without
+    the wait for a put, in a group-commit batch) finds its connection lost, the pool is
+    renewed and the statement or transaction runs once more; one instance row and one
+    audit row each."""
     index = SqlIndex(create_index_engine(url), group_commit=group_commit)
     trail, store = _trail(index), MemoryStore()
     try:
-        first, second = _ct(1), _ct(2, series)
+        first, second = _ct(1), _ct(2, 1 if series is None else series)
         assert _status(handle_store(_event(first), store, index, Policy("MIMIC"), trail)) == 0
+        _kept_by_the_group_commit(index, store, trail)
         _pool_of(index, 3)
         assert _terminate(postgres_server, url) == (4 if group_commit else 3)
         with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
-            answer = handle_store(_event(second), store, index, Policy("MIMIC"), trail)
-        assert _status(answer) == 0x0000
-        again = ("the statement runs again" if group_commit and series == 0
-                 else "connection lost before commit; the batch runs again" if group_commit
-                 else "connection lost before commit")
-        assert any(again in r.getMessage() for r in caplog.records)
-        assert index.count_instances() == 2 and len(store.objects) == 2
+            if series is None:  # the upsert alone: no put to wait for, so a shared batch
+                index.upsert_instance(
+                    InstanceAttributes.from_header(second), object_key="k/2",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1", sha256="0" * 64, size=1,
+                    received_from="t")
+                store.objects["k/2"] = b""
+            else:
+                answer = handle_store(_event(second), store, index, Policy("MIMIC"), trail)
+                assert _status(answer) == 0x0000
+        assert any(again in r.getMessage() for r in caplog.records), [
+            r.getMessage() for r in caplog.records]
+        assert index.count_instances() == 3 and len(store.objects) == 3
         studied = [r["studies"] for r in read_table(index.engine)]
-        assert studied == [[first.StudyInstanceUID], [second.StudyInstanceUID]]
+        audited = [] if series is None else [[second.StudyInstanceUID]]  # no audit row given
+        assert studied == [[first.StudyInstanceUID]] * 2 + audited
         assert index.get_instance(second.SOPInstanceUID) is not None
     finally:
         index.engine.dispose()
@@ -217,7 +239,7 @@ def _retrieve_identifier(ds: Dataset) -> Dataset:
 
 #: Each read of the DIMSE and DICOMweb services, with what it finds of the one stored CT.
 _READS: dict[str, Any] = {
-    "count": lambda index, finder, ds: index.count_instances() == 1,
+    "count": lambda index, finder, ds: index.count_instances() == 2,  # with _ct(3)
     "get_instance": lambda index, finder, ds: (
         index.get_instance(ds.SOPInstanceUID).sop_instance_uid == ds.SOPInstanceUID),
     "c-find": lambda index, finder, ds: len(list(finder.find(
@@ -245,6 +267,7 @@ def test_a_read_after_the_backends_were_ended_runs_once_more(
     try:
         stored = _ct(1)
         assert _status(handle_store(_event(stored), store, index, Policy("MIMIC"), trail)) == 0
+        _kept_by_the_group_commit(index, store, trail)
         _pool_of(index, 3)
         assert _terminate(postgres_server, url) == 4  # the three, and the group commit's
         with caplog.at_level(logging.WARNING, logger="mimic_server.index"):
