@@ -24,6 +24,9 @@ param serverCertificateName string = 'mimic-server'
 @description('Create the first server certificate in Key Vault (issued by the vault itself).')
 param createServerCertificate bool = true
 
+@description('Key Vault secret that signs the console\'s session cookies (MIMIC_WEB_SESSION_KEY); made once, never rotated by a deployment.')
+param webSessionKeySecretName string = 'mimic-web-session-key'
+
 @description('PostgreSQL compute: Burstable B1ms is the smallest that suits a small site.')
 param postgresSkuName string = 'Standard_B1ms'
 @allowed(['Burstable', 'GeneralPurpose', 'MemoryOptimized'])
@@ -178,6 +181,19 @@ module serverCertificate 'modules/server-certificate.bicep' = if (createServerCe
   }
 }
 
+// Always made (one secret; the web app, when deployed, reads it by a Key Vault reference).
+module webSessionKey 'modules/web-session-key.bicep' = {
+  name: 'web-session-key'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    vaultName: keyVault.outputs.name
+    secretName: webSessionKeySecretName
+    resourceToken: resourceToken
+  }
+}
+
 // Read by azd (and by infra/mimic.parameters.json when azd deploys the app).
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_CONTAINER_REGISTRY_ENDPOINT string = registry.outputs.loginServer
@@ -186,6 +202,8 @@ output AZURE_CONTAINER_APPS_ENVIRONMENT_NAME string = containerAppsEnvironment.o
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
 output AZURE_KEY_VAULT_SERVER_CERT string = serverCertificateName
+// The secret's name, not its value: nothing outside Azure ever holds the value.
+output AZURE_KEY_VAULT_WEB_SESSION_KEY_NAME string = webSessionKey.outputs.secretName
 output AZURE_POSTGRES_HOST string = postgres.outputs.fqdn
 output AZURE_POSTGRES_DATABASE string = postgres.outputs.databaseName
 output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint

@@ -24,6 +24,8 @@ param blobEndpoint string
 param blobContainer string
 param keyVaultUri string
 param serverCertificateName string
+@description('Key Vault secret that signs the console\'s session cookies (main.bicep makes it once).')
+param webSessionKeySecretName string = 'mimic-web-session-key'
 
 @description('The archive\'s AE title.')
 param aeTitle string = 'MIMIC'
@@ -207,9 +209,9 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
         transport: 'http'
         targetPort: webPort
         allowInsecure: false
-        // A browser stays with its replica: without MIMIC_WEB_SESSION_KEY each replica signs
-        // console sessions (and the sign-in's own cookie) with its own key, so a sign-in
-        // begun on one replica and called back on another was refused.
+        // A browser stays with its replica. Every replica signs and accepts sessions with the
+        // one MIMIC_WEB_SESSION_KEY (below), but a sign-out is remembered by the replica that
+        // answered it only: its browser's next requests go there.
         stickySessions: {
           affinity: 'sticky'
         }
@@ -217,6 +219,17 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
       registries: [
         {
           server: registryEndpoint
+          identity: identityId
+        }
+      ]
+      // The console's session key: a Key Vault reference (no version: the latest, fetched
+      // with the app's identity), the same for every replica and every revision, so a
+      // session survives a restart, a scale event and a new image. The value is never in
+      // the template, its parameters or outputs.
+      secrets: [
+        {
+          name: 'web-session-key'
+          keyVaultUrl: '${keyVaultUri}secrets/${webSessionKeySecretName}'
           identity: identityId
         }
       ]
@@ -252,6 +265,8 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
             { name: 'MIMIC_WEB_PROXY_HOPS', value: '1' }
             // The serve app's ops listener, by its internal port mapping (see above).
             { name: 'MIMIC_WEB_SERVE_STATUS_URL', value: 'http://${appName}:${opsPort}' }
+            // Shared by the replicas and by the worker processes of each.
+            { name: 'MIMIC_WEB_SESSION_KEY', secretRef: 'web-session-key' }
           ])
           resources: { cpu: json('1.0'), memory: '2Gi' }
           probes: [

@@ -7,9 +7,11 @@ it from scripts/infra-tools.txt): checkov pins many packages of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,3 +103,18 @@ def bicep_int_var(path: Path, name: str) -> int:
 def bicep_mimic_variables(path: Path) -> set[str]:
     """Names of the MIMIC_* variables a Bicep file sets in a container's environment."""
     return set(re.findall(r"name:\s*'(MIMIC_\w+)'", path.read_text()))
+
+
+def bicep_parsed(path: Path) -> dict:
+    """A Bicep file as pycep-parser reads it (the parser checkov uses), as plain JSON.
+
+    pycep lives in ``.venv-tools`` (see the module docstring), so it runs there; the test
+    reads its result. Identifiers and literals both come back as strings."""
+    script = (
+        "import json, sys; from pathlib import Path; from pycep import BicepParser\n"
+        "print(json.dumps(BicepParser().parse(file_path=Path(sys.argv[1])), default=str))\n"
+    )
+    result = subprocess.run([str(TOOLS / "python"), "-c", script, str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
