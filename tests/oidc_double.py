@@ -10,6 +10,12 @@ login form (a redirect back with a code), and ``/token`` exchanges the code only
 client it was issued to, with the same redirect URI, the client secret of a confidential
 client and the verifier whose S256 hash is the code challenge. It mints an ID token for the
 client (audience: the client id, with the nonce) and an access token for ``api://mimic``.
+
+With :attr:`remember_browser` it keeps an issuer session for the one browser a test drives,
+as Entra ID's own cookie does: once a user has typed credentials, ``/authorize`` signs that
+user in again without asking (:attr:`credentials_asked` does not grow), unless the request
+says ``prompt=login`` or the session was ended at ``/logout`` (the ``end_session_endpoint``
+of OpenID Connect RP-Initiated Logout, published unless :attr:`publish_end_session` is off).
 """
 
 from __future__ import annotations
@@ -51,6 +57,18 @@ class OidcIssuerDouble:
         self._codes: dict[str, dict[str, Any]] = {}
         #: Each token request's outcome ("issued" or the OAuth error), for the tests.
         self.token_requests: list[str] = []
+        #: Keep the browser's issuer session (see the module's docstring); off: every
+        #: /authorize signs in :attr:`user` without a session, as before.
+        self.remember_browser = False
+        #: The user of the browser's issuer session (remember_browser), None: none.
+        self.browser_session: dict[str, Any] | None = None
+        #: How many times /authorize asked for credentials (remember_browser).
+        self.credentials_asked = 0
+        #: The query of each /authorize and each /logout request, in order.
+        self.authorize_requests: list[dict[str, str]] = []
+        self.end_session_requests: list[dict[str, str]] = []
+        #: Whether the discovery document names an ``end_session_endpoint``.
+        self.publish_end_session = True
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,10 +92,18 @@ class OidcIssuerDouble:
                     self.send_header("Location", location)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                elif self.path.split("?")[0] == "/tenant/v2.0/logout":
+                    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                    status, location, body = double.end_session(query)
+                    if location is None:
+                        self._reply(body, status)
+                        return
+                    self.send_response(status)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 elif self.path == "/tenant/v2.0/.well-known/openid-configuration":
-                    self._reply({"issuer": double.issuer, "jwks_uri": double.jwks_uri,
-                                 "authorization_endpoint": f"{double.issuer}/authorize",
-                                 "token_endpoint": f"{double.issuer}/token"})
+                    self._reply(double.discovery())
                 elif self.path == "/tenant/discovery/keys":
                     double.jwks_requests += 1
                     self._reply(double.jwks())
@@ -109,6 +135,14 @@ class OidcIssuerDouble:
     @property
     def jwks_uri(self) -> str:
         return f"https://{HOST}:{self._server.server_address[1]}/tenant/discovery/keys"
+
+    def discovery(self) -> dict[str, Any]:
+        document = {"issuer": self.issuer, "jwks_uri": self.jwks_uri,
+                    "authorization_endpoint": f"{self.issuer}/authorize",
+                    "token_endpoint": f"{self.issuer}/token"}
+        if self.publish_end_session:
+            document["end_session_endpoint"] = f"{self.issuer}/logout"
+        return document
 
     def client_context(self) -> ssl.SSLContext:
         """What MIMIC trusts the issuer with (in Azure: the system's public roots)."""
@@ -181,15 +215,34 @@ class OidcIssuerDouble:
             return back(error="unsupported_response_type")
         if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
             return back(error="invalid_request")
-        if self.user is None:
+        self.authorize_requests.append(dict(query))
+        user = self.user
+        if self.remember_browser:
+            if self.browser_session is not None and query.get("prompt") != "login":
+                user = self.browser_session  # Entra ID's silent sign-in: nobody asked
+            else:
+                self.credentials_asked += 1  # the login form: whoever is at the keyboard
+                self.browser_session = dict(self.user) if self.user is not None else None
+        if user is None:
             return back(error="access_denied")
         code = secrets.token_urlsafe(24)
         self._codes[code] = {
             "client_id": client_id, "redirect_uri": redirect_uri,
             "challenge": query["code_challenge"], "nonce": query.get("nonce"),
-            "user": dict(self.user), "expires": time.time() + 60,
+            "user": dict(user), "expires": time.time() + 60,
         }
         return back(code=code)
+
+    def end_session(self, query: dict[str, str]) -> tuple[int, str | None, dict[str, Any]]:
+        """RP-Initiated Logout: the browser's issuer session ends; back to the
+        ``post_logout_redirect_uri`` when one is given with a known ``client_id``, else a
+        page of the issuer's own (None, JSON)."""
+        self.end_session_requests.append(dict(query))
+        self.browser_session = None
+        back = query.get("post_logout_redirect_uri")
+        if back and query.get("client_id") in self.clients:
+            return 302, back, {}
+        return 200, None, {"signed_out": True}
 
     def token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         def refuse(error: str) -> tuple[int, dict[str, Any]]:

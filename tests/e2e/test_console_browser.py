@@ -213,6 +213,10 @@ def test_console_in_chromium(issuer: OidcIssuerDouble, tmp_path: Path) -> None:
     reads = [row for row in result["audit"] if row[6] == "operator-1@example.org"]
     assert reads and all(row[4] == "DICOMweb" for row in reads)
     assert result["after_sign_out"] == 401
+    # Sign-out went on to the issuer's end_session_endpoint (RP-Initiated Logout), which
+    # sent the browser back to /signed-out; the console's form-action 'self' let it.
+    assert issuer.end_session_requests[-1]["client_id"] == CLIENT_ID
+    assert issuer.end_session_requests[-1]["post_logout_redirect_uri"].endswith("/signed-out")
     # Nothing the page did put patient data in a URL, and nothing was blocked by the CSP.
     for url in map(unquote, result["urls"]):
         for secret in (PATIENT_NAME, "Console", PATIENT_ID, "Testpatient"):

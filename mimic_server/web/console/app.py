@@ -124,7 +124,12 @@ def build_console(ctx: ConsoleContext) -> HeadersIfAbsent:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     async def signed_out(request: Request) -> Response:
-        return FileResponse(STATIC / "signed-out.html", media_type="text/html")
+        # Where the issuer sends the browser back after its own sign-out; or, straight from
+        # /auth/logout, with ?issuer=unreachable when the issuer's session could not be
+        # ended: that page says so, as the user may have to close the browser.
+        page = "signed-out-issuer-unreachable.html" \
+            if request.query_params.get("issuer") == "unreachable" else "signed-out.html"
+        return FileResponse(STATIC / page, media_type="text/html")
 
     @auth.guard(ctx, Right.STUDIES)
     async def me(request: Request, user: ConsoleUser) -> Response:

@@ -4,7 +4,15 @@
 state, nonce and verifier in a signed cookie that lives ten minutes and is sent only to
 ``/auth/`` (beside the browser's other sign-ins under way, up to :data:`MAX_PENDING`);
 ``/auth/callback`` completes the one its ``state`` names and sets the session cookie;
-``/auth/logout`` (POST) revokes the session. Cookies are HttpOnly, SameSite=Lax (the
+``/auth/logout`` (POST) revokes the session and ends the browser's session at the issuer
+too (OpenID Connect RP-Initiated Logout: on to its ``end_session_endpoint``, through a page
+that goes there at once, :func:`continue_at_issuer`).
+Signing out of the console alone left the issuer's session in place, and on a shared
+workstation the next person's "sign in" was answered by the issuer without a question, as
+the previous user. Whether or not the issuer's session ended (an issuer without the
+endpoint, one that is down, a tab closed at its page), the browser's next sign-in asks for
+``prompt=login``: a marker cookie (``SIGNED_OUT_COOKIE``) set at sign-out, until a sign-in
+completes. Cookies are HttpOnly, SameSite=Lax (the
 issuer's redirect back is a cross-site top-level navigation, which Strict would strip) and
 Secure unless the console is reached over plain HTTP on a loopback address (development
 and tests).
@@ -17,6 +25,8 @@ callback is answered 429 with Retry-After.
 
 from __future__ import annotations
 
+import functools
+import html
 import ipaddress
 import logging
 import secrets
@@ -27,14 +37,14 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from mimic_server.security import audit
 from mimic_server.security.tokens import TokenUser
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.oidc import Pending, SignInRefused
-from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
+from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SIGNED_OUT_COOKIE
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,13 @@ MAX_PENDING = 4
 MAX_COOKIE_BYTES = 4096
 SESSION = "session"
 LOGIN = "login"
+#: How long a sign-out's marker (``SIGNED_OUT_COOKIE``) is kept, at least: a shift, and at
+#: least a console session's lifetime. Past it an issuer session that outlived the sign-out
+#: (no end_session_endpoint, the issuer down) may sign the browser in without asking again.
+SIGNED_OUT_SECONDS = 12 * 3600
+#: Where the issuer sends the browser back after its sign-out (post_logout_redirect_uri;
+#: Entra ID requires it among the app's registered redirect URIs).
+SIGNED_OUT_PATH = "/signed-out"
 #: The reason of a callback refused by ``ConsoleContext.token_exchanges`` (one reason, so
 #: that its refusals are counted as one per peer and interval).
 TOO_MANY_EXCHANGES = "too many sign-ins from this address"
@@ -72,6 +89,20 @@ def redirect_uri(ctx: ConsoleContext, request: Request) -> str:
     (behind a TLS-terminating ingress the request looks like HTTP: set
     ``MIMIC_WEB_OIDC_REDIRECT_URI`` there)."""
     return ctx.redirect_uri or f"{request.url.scheme}://{request.url.netloc}/auth/callback"
+
+
+def post_logout_redirect_uri(ctx: ConsoleContext, request: Request) -> str:
+    """The console's signed-out page as the issuer must name it, under the console's public
+    URL: ``MIMIC_WEB_BASE_URL``, else the registered redirect URI's (what is before its
+    ``/auth/callback``), else this request's own origin (as :func:`redirect_uri` derives)."""
+    if ctx.base_url:
+        return ctx.base_url.rstrip("/") + SIGNED_OUT_PATH
+    if ctx.redirect_uri:
+        parts = urllib.parse.urlsplit(ctx.redirect_uri.strip())
+        path = parts.path.rstrip("/")
+        prefix = path[:-len("/auth/callback")] if path.endswith("/auth/callback") else ""
+        return f"{parts.scheme}://{parts.netloc}{prefix}{SIGNED_OUT_PATH}"
+    return f"{request.url.scheme}://{request.url.netloc}{SIGNED_OUT_PATH}"
 
 
 def current_user(ctx: ConsoleContext, request: Request) -> ConsoleUser | None:
@@ -137,6 +168,41 @@ def guard(
         return route
 
     return wrap
+
+
+def continue_at_issuer(url: str) -> HTMLResponse:
+    """The sign-out's answer when the issuer's session is to end too: a page that goes on
+    to ``url`` at once (a meta refresh; a link for a browser that does not follow it), not
+    a redirect. The sign-out is a form POST from a console page whose CSP says
+    ``form-action 'self'``, which browsers apply to every redirect of the form's
+    navigation: Chromium refused a 303 to the issuer (and Entra ID's own redirects to a
+    federated sign-out would be refused as well). A page's meta refresh is a navigation of
+    its own, outside the form's; it needs no script, which the CSP forbids inline."""
+    target = html.escape(url, quote=True)
+    return HTMLResponse(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta http-equiv=\"refresh\" content=\"0;url={target}\">\n"
+        "<title>MIMIC console: signing out</title>\n<link rel=\"icon\" href=\"data:,\">\n"
+        "<link rel=\"stylesheet\" href=\"/static/console.css\">\n</head>\n<body>\n<main>\n"
+        "  <h1>Signed out of MIMIC</h1>\n"
+        f"  <p><a href=\"{target}\">Continue to sign out of the sign-in service</a></p>\n"
+        "</main>\n</body>\n</html>\n")
+
+
+def _may_end_issuer_session(ctx: ConsoleContext, request: Request,
+                            user: ConsoleUser | None) -> bool:
+    """Whether a sign-out goes on to the issuer's end_session_endpoint. Ending the issuer's
+    session signs the browser out of every application of that issuer (all of Microsoft
+    365 with Entra ID), which another site must not be able to do with a form posted here:
+    not when the Origin is another's (and the browser does not say same-origin); with no
+    Origin, only for a request that brought a live session (the cookie is SameSite=Lax: a
+    cross-site POST does not carry it); with our Origin, also a session that has expired
+    meanwhile (its owner's click, whose issuer session outlives it)."""
+    origin = request.headers.get("origin")
+    same_site_fetch = request.headers.get("sec-fetch-site") == "same-origin"
+    if origin is None:
+        return user is not None or same_site_fetch
+    return origin in _origins(ctx, request) or same_site_fetch
 
 
 def _same_origin(ctx: ConsoleContext, request: Request) -> bool:
@@ -205,9 +271,13 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         if ctx.oidc is None:
             return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
         pending = Pending.new()
+        # The first sign-in after a sign-out from this browser: the issuer must ask who it
+        # is, not answer from a session of the user who signed out.
+        ask = SIGNED_OUT_COOKIE in request.cookies
         try:
             url = await anyio.to_thread.run_sync(
-                ctx.oidc.authorization_url, pending, redirect_uri(ctx, request),
+                functools.partial(ctx.oidc.authorization_url, pending,
+                                  redirect_uri(ctx, request), ask_credentials=ask),
                 limiter=issuer_calls)
         except SignInRefused as exc:
             log.warning("console sign-in cannot start", extra={"reason": str(exc)})
@@ -292,6 +362,8 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
         response = RedirectResponse("/", status_code=303)
         keep_login(ctx, request, response, others)
+        if SIGNED_OUT_COOKIE in request.cookies:  # asked for credentials: this user's now
+            response.delete_cookie(SIGNED_OUT_COOKIE, path="/auth/")
         response.set_cookie(
             SESSION_COOKIE, sealed,
             max_age=int(ctx.session_seconds), path="/", httponly=True,
@@ -304,13 +376,35 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         # is a nuisance at most), and a refused one left the session alive behind an
         # ingress whose scheme the console could not see. A POST all the same, so that no
         # link or image ends it.
+        peer = request.client.host if request.client else ""
         user = current_user(ctx, request)
         if user is not None:
             ctx.signer.revoke(user.session_id, user.expires)
-            _audit(ctx, audit.SUCCESS, event_type="logout",
-                   peer=request.client.host if request.client else "", user=user.name)
-        response = RedirectResponse("/signed-out", status_code=303)
+            _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer, user=user.name)
+        response: Response = RedirectResponse(SIGNED_OUT_PATH, status_code=303)
+        if ctx.oidc is not None and _may_end_issuer_session(ctx, request, user):
+            try:
+                end = await anyio.to_thread.run_sync(
+                    ctx.oidc.end_session_url, post_logout_redirect_uri(ctx, request),
+                    limiter=issuer_calls)
+            except SignInRefused as exc:
+                # The discovery document could not be read (this process had not read it
+                # yet): the console's session is ended all the same, the page says the
+                # issuer's may not be, and the marker below still makes the next sign-in
+                # ask. Logged for a real session only: anyone may POST here.
+                if user is not None:
+                    log.warning("console sign-out did not reach the issuer",
+                                extra={"reason": str(exc), "user": user.name, "peer": peer})
+                response = RedirectResponse(f"{SIGNED_OUT_PATH}?issuer=unreachable",
+                                            status_code=303)
+            else:
+                if end is not None:
+                    response = continue_at_issuer(end)
         response.delete_cookie(SESSION_COOKIE, path="/")
+        response.set_cookie(
+            SIGNED_OUT_COOKIE, "1", max_age=int(max(SIGNED_OUT_SECONDS, ctx.session_seconds)),
+            path="/auth/", httponly=True, secure=secure_cookies(request), samesite="lax",
+        )
         return response
 
     return {"login": login, "callback": callback, "logout": logout}

@@ -10,6 +10,14 @@ is a confidential client). The ID token is checked by the same
 must carry the nonce of this sign-in. Microsoft Entra ID puts the app roles assigned to the
 user in the ID token's ``roles`` claim.
 
+Sign-out follows OpenID Connect RP-Initiated Logout 1.0: when the discovery document names
+an ``end_session_endpoint``, :meth:`OidcClient.end_session_url` is where the browser is sent
+to end its session at the issuer too (with ``client_id`` and ``post_logout_redirect_uri``;
+no ``id_token_hint``, which the console does not keep: the ID token would take some 1.5 KB
+of the 4096-byte session cookie that also carries the roles). A sign-in after a sign-out asks
+for ``prompt=login`` (:meth:`OidcClient.authorization_url`): the issuer must ask for
+credentials again even when its own session outlived the console's.
+
 Messages of :class:`SignInRefused` are safe to log and to show: no code, token or claim.
 """
 
@@ -80,11 +88,22 @@ class OidcClient:
         self.scopes = " ".join(scope_list if "openid" in scope_list else ["openid", *scope_list])
         self._ssl = ssl_context
         self._timeout = timeout_seconds
-        self._endpoints: tuple[str, str] | None = None
+        #: (authorization, token, end session or None) from the discovery document.
+        self._endpoints: tuple[str, str, str | None] | None = None
         self._lock = threading.Lock()
 
     def endpoints(self) -> tuple[str, str]:
         """(authorization endpoint, token endpoint) from the issuer's discovery document."""
+        authorize, token, _ = self._discovered()
+        return authorize, token
+
+    def end_session_endpoint(self) -> str | None:
+        """The issuer's ``end_session_endpoint`` (RP-Initiated Logout), None when its
+        discovery document names none. Raises :class:`SignInRefused` when the document
+        cannot be read (it is read once per process, at the first sign-in or sign-out)."""
+        return self._discovered()[2]
+
+    def _discovered(self) -> tuple[str, str, str | None]:
         with self._lock:
             if self._endpoints is None:
                 document = self._call(
@@ -101,21 +120,43 @@ class OidcClient:
                 except KeyError as exc:
                     raise SignInRefused("the issuer publishes no authorization code flow") \
                         from exc
-                for url in (authorize, token):
+                end_session = document.get("end_session_endpoint")
+                end = str(end_session) if end_session else None
+                for url in (authorize, token, end or "https://"):
                     if not url.startswith("https://"):
                         raise SignInRefused("the issuer's endpoints must be HTTPS")
-                self._endpoints = authorize, token
+                self._endpoints = authorize, token, end
             return self._endpoints
 
-    def authorization_url(self, pending: Pending, redirect_uri: str) -> str:
+    def authorization_url(self, pending: Pending, redirect_uri: str, *,
+                          ask_credentials: bool = False) -> str:
+        """The authorization request; ``ask_credentials`` adds ``prompt=login`` (OIDC Core
+        3.1.2.1): the issuer asks for credentials even if its own session would have
+        signed the browser in silently (the first sign-in after a sign-out)."""
         authorize, _ = self.endpoints()
-        query = urllib.parse.urlencode({
+        params = {
             "client_id": self.client_id, "response_type": "code", "redirect_uri": redirect_uri,
             "scope": self.scopes, "state": pending.state, "nonce": pending.nonce,
             "code_challenge": pending.challenge, "code_challenge_method": "S256",
             "response_mode": "query",
-        })
-        return f"{authorize}{'&' if '?' in authorize else '?'}{query}"
+        }
+        if ask_credentials:
+            params["prompt"] = "login"
+        return f"{authorize}{'&' if '?' in authorize else '?'}{urllib.parse.urlencode(params)}"
+
+    def end_session_url(self, post_logout_redirect_uri: str) -> str | None:
+        """Where the browser ends its session at the issuer (RP-Initiated Logout 1.0,
+        section 2), then comes back to ``post_logout_redirect_uri``; None when the issuer
+        publishes no ``end_session_endpoint``. ``client_id`` stands in for the
+        ``id_token_hint`` the console does not keep (section 2 allows it: the issuer may
+        then ask the user which session to end). Raises :class:`SignInRefused` when the
+        discovery document cannot be read."""
+        end = self.end_session_endpoint()
+        if end is None:
+            return None
+        query = urllib.parse.urlencode({"client_id": self.client_id,
+                                        "post_logout_redirect_uri": post_logout_redirect_uri})
+        return f"{end}{'&' if '?' in end else '?'}{query}"
 
     @staticmethod
     def check(pending: Pending, state: str, code: str) -> None:

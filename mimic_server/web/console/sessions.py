@@ -33,6 +33,10 @@ from typing import Any
 
 SESSION_COOKIE = "mimic_session"
 LOGIN_COOKIE = "mimic_login"
+#: Set by sign-out, sent only to ``/auth/``: the browser's next sign-in asks the issuer for
+#: ``prompt=login`` (its value means nothing and is not signed: a forged one costs its
+#: browser one password prompt). Cleared by the sign-in that completes.
+SIGNED_OUT_COOKIE = "mimic_signed_out"
 _SID = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
 
