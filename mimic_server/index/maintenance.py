@@ -7,11 +7,12 @@ bytes in the meantime is never undone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import Engine, delete, exists, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, delete, exists, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mimic_server.errors import OutOfResources
 from mimic_server.index.engine import WRITE, read_index
@@ -23,6 +24,11 @@ __all__ = ["EmptyRow", "ObjectRef", "empty_rows", "object_refs", "refers_to",
 
 #: A series, study or patient row that names no child: (its table, its id).
 EmptyRow = tuple[str, int]
+
+T = TypeVar("T")
+
+#: A removal whose parent row gained a child meanwhile is run this many times at most.
+_ATTEMPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +83,20 @@ def remove_instance(engine: Engine, sop_instance_uid: str, object_key: str) -> b
     only if no child names it as that statement runs (``prune``), so a C-STORE into the same
     series meanwhile keeps its rows.
     """
-    try:
-        with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            found = conn.execute(
-                select(Instance.id, Instance.series_fk).where(
-                    Instance.sop_instance_uid == sop_instance_uid,
-                    Instance.object_key == object_key,
-                )
-            ).first()
-            if found is None:
-                return False
-            conn.execute(delete(Instance).where(Instance.id == found.id))
-            prune_empty_parents(conn, found.series_fk)
-            return True
-    except SQLAlchemyError as exc:
-        raise OutOfResources("index unavailable") from exc
+    def remove(conn: Connection) -> bool:
+        found = conn.execute(
+            select(Instance.id, Instance.series_fk).where(
+                Instance.sop_instance_uid == sop_instance_uid,
+                Instance.object_key == object_key,
+            )
+        ).first()
+        if found is None:
+            return False
+        conn.execute(delete(Instance).where(Instance.id == found.id))
+        prune_empty_parents(conn, found.series_fk)
+        return True
+
+    return _removing(engine, remove)
 
 
 def empty_rows(engine: Engine) -> list[EmptyRow]:
@@ -121,8 +126,25 @@ def remove_empty_row(engine: Engine, row: EmptyRow) -> bool:
     table, row_id = row
     prune = {"series": prune_empty_parents, "study": prune_empty_study,
              "patient": prune_empty_patient}[table]
-    try:
-        with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            return prune(conn, row_id)
-    except SQLAlchemyError as exc:
-        raise OutOfResources("index unavailable") from exc
+    return _removing(engine, lambda conn: prune(conn, row_id))
+
+
+def _removing(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work`` (a removal that prunes parents) in a write transaction of its own, run again
+    where a parent's conditional delete failed its foreign key check.
+
+    PostgreSQL at READ COMMITTED: a C-STORE filing an instance under the parent, not yet
+    committed, is not seen by the delete's ``NOT EXISTS``; the delete waits for its lock,
+    and once the C-STORE commits the foreign key check fails the statement
+    (``IntegrityError``). Run again, the ``NOT EXISTS`` sees the new child and keeps the
+    parent. Without this the run ended there with 'index unavailable' (exit 2)."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                return work(conn)
+        except IntegrityError as exc:
+            if attempt == _ATTEMPTS:
+                raise OutOfResources("index unavailable") from exc
+        except SQLAlchemyError as exc:
+            raise OutOfResources("index unavailable") from exc
+    raise AssertionError("unreachable")

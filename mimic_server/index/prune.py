@@ -10,10 +10,10 @@ what committed before it began, so a child committed meanwhile keeps its parent.
 child inserted, not yet committed, by a concurrent C-STORE holds a key-share lock on its
 parent row (the foreign key): the delete waits for it, then the foreign key check, which
 sees the child committed, fails the statement with an ``IntegrityError``, which the
-repository retries (and finds the parent in use); the other way round, a C-STORE whose
-parent row was deleted under it fails its own foreign key check, or its series check
-(``repository._series_fk``), and is retried, making the rows again. SQLite has one writer
-at a time.
+repository (and ``maintenance`` for ``mimic reconcile --fix``) retries, finding the parent
+in use; the other way round, a C-STORE whose parent row was deleted under it fails its own
+foreign key check, or its series check (``repository._series_fk``), and is retried, making
+the rows again. SQLite has one writer at a time.
 """
 
 from __future__ import annotations

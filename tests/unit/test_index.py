@@ -16,7 +16,7 @@ from sqlalchemy import event, func, select, text
 
 from mimic_server.errors import HierarchyConflict, Status
 from mimic_server.index.attributes import InstanceAttributes
-from mimic_server.index.maintenance import object_refs, remove_instance
+from mimic_server.index.maintenance import object_refs, remove_empty_row, remove_instance
 from mimic_server.index.models import Instance, Patient, Series, Study
 from mimic_server.index.repository import SqlIndex, _Filed, _filed_as
 from tests.data import ct_small, local_files
@@ -522,3 +522,50 @@ def test_only_a_resend_under_another_series_looks_for_empty_rows(index: SqlIndex
         event.remove(index.engine, "before_cursor_execute", statement)
     assert kinds == {"new series": False, "known series": False, "same series": False,
                      "moved": True}
+
+
+@pytest.mark.parametrize("removal", ["instance", "empty-series"])
+def test_a_removal_meeting_a_store_into_its_series_keeps_the_series(
+    index: SqlIndex, removal: str
+) -> None:
+    """PostgreSQL at READ COMMITTED: ``mimic reconcile --fix`` removes the last instance of
+    series 1 (its object is missing), or series 1 left empty, while a C-STORE files a new
+    instance in series 1, uncommitted: the removal's conditional delete waits for it, then
+    its foreign key check sees the new instance. The series stays, with the new instance;
+    the removal is not the end of the run ('index unavailable', exit 2)."""
+    if index.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: the two cannot meet")
+    index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
+    with index.engine.begin() as conn:
+        series_id = conn.execute(select(Series.id)).scalar_one()
+        if removal == "empty-series":  # left by an earlier version's re-send
+            conn.execute(Instance.__table__.delete())
+    writer = SqlIndex(index.engine, group_commit=False)
+    outcome: list[object] = []
+
+    def remove() -> None:
+        try:
+            if removal == "instance":
+                outcome.append(remove_instance(index.engine, _instance(1).SOPInstanceUID, "a"))
+            else:
+                outcome.append(remove_empty_row(index.engine, ("series", series_id)))
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            outcome.append(exc)
+
+    try:
+        held, release, held_errors = _held_open(writer, _instance(2), "b")
+        remover = threading.Thread(target=remove)
+        remover.start()
+        try:
+            assert wait_for(lambda: _waiting_on_a_lock(index), timeout=30)
+        finally:
+            release.set()
+            held.join(60)
+            remover.join(60)
+        assert not held_errors, held_errors
+    finally:
+        writer.close()
+    assert outcome == [removal == "instance"]
+    assert _uids(index) == ({"P1"}, {"1"}, {"1"})
+    with index.engine.connect() as conn:
+        assert set(conn.execute(select(Instance.object_key)).scalars()) == {"b"}
