@@ -9,6 +9,8 @@ no longer match their SHA-256 at the second read stay a 500."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import io
 import logging
@@ -207,3 +209,74 @@ def test_a_study_whose_store_fails_after_its_answer_began_is_broken_off(
     boundary = answer.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
     assert f"--{boundary}--".encode() not in answer.content
     assert any(r.getMessage().startswith("WADO-RS answer cut off") for r in cut_caplog.records)
+
+
+class _Tracking(MemoryStore):
+    """Every stream the store opened, to tell which are still open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[BinaryIO] = []
+
+    def open(self, key: str) -> BinaryIO:
+        stream = super().open(key)
+        self.streams.append(stream)
+        return stream
+
+
+@pytest.mark.parametrize("resource", ["instance", "study"])
+def test_a_client_leaving_before_the_first_piece_closes_the_second_read(
+        large: tuple[bytes, str], tmp_path: Path, resource: str) -> None:
+    """The large object's second read is begun before the 200 (its first piece read); the
+    client leaves once the part's head has gone, before that piece was taken. The answer
+    ends (its record says failed), and the store's stream is closed with it, the cyclic
+    garbage collector off: it was left open, in a cycle, until a collection."""
+    data, uid = large
+    store = _Tracking()
+    key = new_object_key(STUDY, SERIES, uid)
+    store.objects[key] = data
+    ref = InstanceRef(SECONDARY_CAPTURE, uid, EXPLICIT, key, hashlib.sha256(data).hexdigest())
+    details = RecordedDetails()
+    app = build_dicomweb(web_context(store, InstanceFinder(ref), tmp_path / "spool",
+                                     audit=AuditLog(None, sinks=[details])))
+    path = _path(uid, "") if resource == "instance" else f"/studies/{STUDY}"
+
+    async def request() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        asked: list[bool] = []
+        a_piece_sent = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                a_piece_sent.set()
+
+        async def receive() -> dict[str, Any]:
+            if not asked:
+                asked.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await a_piece_sent.wait()
+            return {"type": "http.disconnect"}
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                 "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"mimic"), (b"accept", DICOM.encode())],
+                 "client": (HOST, 1), "server": (HOST, 80)}
+        await app(scope, receive, send)
+        return sent
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        sent = asyncio.run(request())
+        assert sent[0]["status"] == 200
+        pieces = [m["body"] for m in sent if m["type"] == "http.response.body"]
+        assert len(b"".join(pieces)) < len(data)  # the client left mid-answer
+        record = details.transferred()
+        assert (record["instances"], record["failed"]) == (0, 1)
+        assert len(store.streams) == 2  # the hash pass, then the second read
+        assert all(stream.closed for stream in store.streams)
+    finally:
+        if enabled:
+            gc.enable()

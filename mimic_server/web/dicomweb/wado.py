@@ -314,6 +314,11 @@ def retrieve_instances(ctx: DicomWebContext, request: Request) -> Response:
                       extra={"object": reference(ref), "error": type(exc).__name__})
             raise AnswerCut from exc
         finally:
+            # The first object's second read, begun before the status: a client that left
+            # before its first piece was taken leaves it unread, open, and the answer's
+            # references to it in a cycle: closed here, not by the garbage collector.
+            if first_pieces is not None:
+                first_pieces.close()
             # Cut off (the client left, the store failed): the object being sent and every
             # one after it were not sent; before, those after it were in neither count.
             for ref in refs[accounted:]:
