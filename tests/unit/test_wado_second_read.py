@@ -31,7 +31,8 @@ from mimic_server.security.audit import AuditLog
 from mimic_server.storage.keys import new_object_key
 from mimic_server.storage.memory import MemoryStore
 from mimic_server.web.dicomweb.app import build_dicomweb
-from mimic_server.web.dicomweb.errors import UnexpectedErrors
+from mimic_server.web.dicomweb.errors import UNFINISHED, UnexpectedErrors
+from mimic_server.web.server import uvicorn_options
 from tests.dicomweb_doubles import InstanceFinder, RecordedDetails, web_context
 from tests.large_objects import large_image
 from tests.support import HOST, free_port
@@ -150,7 +151,8 @@ def test_an_instance_whose_store_fails_mid_answer_is_broken_off(
         large: tuple[bytes, str], tmp_path: Path, cut_caplog: pytest.LogCaptureFixture) -> None:
     """Through uvicorn, as ``mimic web`` serves it, under ``UnexpectedErrors``: the 200 has
     left with the first pieces; the connection ends without the chunked body's last chunk
-    or the multipart close delimiter, and the cut is logged as the store's, not as a bug."""
+    or the multipart close delimiter, and the cut is logged as the store's, not as a bug
+    (neither by MIMIC nor by uvicorn)."""
     data, uid = large
     store = SecondReadFails("mid")
     key = new_object_key(STUDY, SERIES, uid)
@@ -160,8 +162,9 @@ def test_an_instance_whose_store_fails_mid_answer_is_broken_off(
     ctx = web_context(store, InstanceFinder(ref), tmp_path / "spool",
                       audit=AuditLog(None, sinks=[details]))
     port = free_port()
+    # As mimic web runs it: uvicorn's own ERROR lines reach the log (caplog here).
     server = uvicorn.Server(uvicorn.Config(UnexpectedErrors(build_dicomweb(ctx)), host=HOST,
-                                           port=port, log_level="critical"))
+                                           port=port, **uvicorn_options()))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -187,6 +190,9 @@ def test_an_instance_whose_store_fails_mid_answer_is_broken_off(
     messages = [r.getMessage() for r in cut_caplog.records]
     assert "WADO-RS answer cut off: an object could not be read while it was sent" in messages
     assert "unexpected error answering a request" not in messages
+    # uvicorn's line for an app that returned with its answer unfinished read as a bug of
+    # the app, after the cut was logged as the store's.
+    assert UNFINISHED not in messages
     record = details.transferred()
     assert (record["instances"], record["failed"]) == (0, 1)
 
@@ -280,3 +286,12 @@ def test_a_client_leaving_before_the_first_piece_closes_the_second_read(
     finally:
         if enabled:
             gc.enable()
+
+
+def test_another_unfinished_answer_keeps_uvicorns_line() -> None:
+    """Only an answer cut on purpose drops uvicorn's line: an app that returns unfinished
+    for any other reason (a bug) is still said at ERROR."""
+    UnexpectedErrors(build_dicomweb(web_context(MemoryStore(), InstanceFinder(), Path("."))))
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, UNFINISHED,
+                               None, None)
+    assert logging.getLogger("uvicorn.error").filter(record)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -16,6 +17,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mimic_server.logs import where
 
 log = logging.getLogger(__name__)
+
+#: What uvicorn says, at ERROR, of an app that returned with its answer unfinished.
+UNFINISHED = "ASGI callable returned without completing response."
+#: Set in the request's task when :class:`UnexpectedErrors` leaves an answer unfinished on
+#: purpose (:class:`AnswerCut`); uvicorn logs :data:`UNFINISHED` in that same task.
+_cut_on_purpose: ContextVar[bool] = ContextVar("mimic_answer_cut_on_purpose", default=False)
+
+
+class _CutOnPurpose(logging.Filter):
+    """Drops uvicorn's :data:`UNFINISHED` line for an answer broken off on purpose: it is
+    logged already as the store's ('WADO-RS answer cut off'), and uvicorn's line after it
+    read as a bug of the app. Any other unfinished answer keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNFINISHED and _cut_on_purpose.get())
+
+
+_CUT_ON_PURPOSE = _CutOnPurpose()
 
 
 class WebError(Exception):
@@ -58,6 +77,7 @@ class UnexpectedErrors:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        logging.getLogger("uvicorn.error").addFilter(_CUT_ON_PURPOSE)  # once: same filter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,6 +100,8 @@ class UnexpectedErrors:
             # ends the connection (uvicorn closes it): the body is never ended as complete.
             if not started:
                 await error_response(500, "unexpected error")(scope, receive, send)
+            else:
+                _cut_on_purpose.set(True)  # this request's task: uvicorn logs in it next
         except Exception as exc:
             log.error("unexpected error answering a request",
                       extra={"error": type(exc).__name__, "where": where(exc),
