@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,21 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlIndex]:
         index.close()
         engine.dispose()
         return
-    with database.fresh_database(request.getfixturevalue("postgres_server")) as url:
+    with _postgresql_index(request.getfixturevalue("postgres_server")) as index:
+        yield index
+
+
+@pytest.fixture
+def postgresql_index(postgres_server: str) -> Iterator[SqlIndex]:
+    """An empty, migrated PostgreSQL index, for what only PostgreSQL shows: transactions
+    side by side (SQLite has one writer at a time), the put beside the index transaction."""
+    with _postgresql_index(postgres_server) as index:
+        yield index
+
+
+@contextmanager
+def _postgresql_index(server: str) -> Iterator[SqlIndex]:
+    with database.fresh_database(server) as url:
         engine = create_index_engine(url)
         schema.upgrade(engine)
         index = SqlIndex(engine)

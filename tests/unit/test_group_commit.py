@@ -746,15 +746,14 @@ def test_a_caller_queued_past_the_deadline_is_refused_and_writes_nothing(
 
 
 def test_slow_puts_of_new_series_hold_no_batch_of_the_others(
-    index: SqlIndex, monkeypatch: pytest.MonkeyPatch
+    postgresql_index: SqlIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL the first instance of a new series waits for its object's put inside
     its transaction (``before_new_rows``, ``archive.ingest.keep``). In a shared batch, as many
     slow puts as batches may be in flight (8) held every batch, and a C-STORE of a series
     already filed waited out ``QUEUE_SECONDS`` and was refused 0xA700. Each such caller now
     has a transaction of its own: the other C-STORE commits while the puts still run."""
-    if index.engine.dialect.name != "postgresql":
-        pytest.skip("the put overlaps the index transaction on PostgreSQL only")
+    index = postgresql_index  # PostgreSQL only: the put overlaps the index transaction there
     monkeypatch.setattr(group_commit, "QUEUE_SECONDS", 5.0)  # the refusal, sooner
     assert index.committer is not None
     slots = index.committer.in_flight

@@ -461,15 +461,14 @@ def _in_thread(writer: SqlIndex, ds: Dataset, key: str) -> tuple[threading.Threa
 
 @pytest.mark.parametrize("first", ["store-into-old-series", "resend-elsewhere"])
 def test_a_resend_and_a_store_into_the_series_it_leaves_meet(
-    index: SqlIndex, first: str
+    postgresql_index: SqlIndex, first: str
 ) -> None:
     """PostgreSQL at READ COMMITTED: an instance moves out of series 1 (its last) while
     another C-STORE files a new instance in series 1, each transaction uncommitted while the
     other runs. Whichever comes first, series 1, its study and its patient end filed with
     the new instance in them, and the moved instance in its new series: never a series
     removed under an instance, nor an instance refused."""
-    if index.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite has one writer at a time: the two cannot meet")
+    index = postgresql_index  # PostgreSQL only: SQLite has one writer at a time
     writers = (SqlIndex(index.engine, group_commit=False),
                SqlIndex(index.engine, group_commit=False))
     try:
@@ -526,15 +525,14 @@ def test_only_a_resend_under_another_series_looks_for_empty_rows(index: SqlIndex
 
 @pytest.mark.parametrize("removal", ["instance", "empty-series"])
 def test_a_removal_meeting_a_store_into_its_series_keeps_the_series(
-    index: SqlIndex, removal: str
+    postgresql_index: SqlIndex, removal: str
 ) -> None:
     """PostgreSQL at READ COMMITTED: ``mimic reconcile --fix`` removes the last instance of
     series 1 (its object is missing), or series 1 left empty, while a C-STORE files a new
     instance in series 1, uncommitted: the removal's conditional delete waits for it, then
     its foreign key check sees the new instance. The series stays, with the new instance;
     the removal is not the end of the run ('index unavailable', exit 2)."""
-    if index.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite has one writer at a time: the two cannot meet")
+    index = postgresql_index  # PostgreSQL only: SQLite has one writer at a time
     index.upsert_instance(_attrs(_instance(1)), object_key="a", **_COMMON)
     with index.engine.begin() as conn:
         series_id = conn.execute(select(Series.id)).scalar_one()
