@@ -117,10 +117,13 @@ def open_index_engine(
     try:
         if schema_revision is not None:
             schema.require_revision(engine, schema_revision)
-        elif engine.dialect.name == "sqlite":
-            if writable:
-                _require_writable(engine)
+        elif engine.dialect.name == "sqlite" and writable:
+            _require_writable(engine)
             schema.upgrade(engine)  # embedded mode: zero configuration
+        elif engine.dialect.name == "sqlite":
+            # A command that only reads migrates nothing: a report on an index of an older
+            # MIMIC wrote its migration into the archive it was only to read.
+            schema.require_current(engine)
         else:
             schema.require_current(engine)
     except ConfigurationError:

@@ -590,3 +590,30 @@ def test_an_empty_row_that_gained_an_instance_is_kept(tmp_path: Path) -> None:
     assert maintenance.remove_empty_row(engine, row) is False
     assert maintenance.empty_rows(engine) == []
     engine.dispose()
+
+
+def test_a_report_on_an_older_index_migrates_nothing(tmp_path: Path) -> None:
+    """A report only reads: on an index an older MIMIC left (schema revision 0003) it ran
+    the migration, a write into the archive it was to read. It now says to upgrade, exit 2,
+    and the index is as it was."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from mimic_server.index import schema
+    from tests.test_cli import _one_line
+
+    data = tmp_path / "data"
+    data.mkdir()
+    index = data / "index.sqlite3"
+    engine = create_engine(f"sqlite:///{index}")
+    config = schema._config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+    engine.dispose()
+    done = mimic("reconcile", "--json", "--data-dir", str(data))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "run 'mimic db upgrade'" in _one_line(done) and "0003" in _one_line(done)
+    engine = create_engine(f"sqlite:///{index}")
+    assert schema.current_revision(engine) == "0003"
+    engine.dispose()
