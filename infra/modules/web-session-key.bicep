@@ -71,13 +71,18 @@ resource script 'Microsoft.Resources/deploymentScripts@2023-08-01' = {
     scriptContent: '''
 set -eu
 umask 077
-# The role assignment may take a few minutes to reach Key Vault: retry.
+trap 'rm -f session-key' EXIT
+# The role assignment may take a few minutes to reach Key Vault: retry. Only SecretNotFound
+# says there is no secret. The vault's refusal (Forbidden) says "Assignment: (not found)"
+# and is waited out: taken for an absent secret, a new key would be written over an
+# existing one, or the deployment would fail where a wait does.
 for attempt in $(seq 1 30); do
   if out=$(az keyvault secret show --vault-name "$VAULT" --name "$SECRET" --query id -o tsv 2>&1); then
     echo "secret $SECRET exists, left as it is: $out"; exit 0
   fi
   case "$out" in
-    *SecretNotFound*|*NotFound*|*"not found"*)
+    *Forbidden*) ;;
+    *SecretNotFound*)
       head -c 48 /dev/urandom | base64 | tr -d '\n' > session-key
       az keyvault secret set --vault-name "$VAULT" --name "$SECRET" --file session-key --encoding utf-8 -o none
       rm -f session-key

@@ -85,6 +85,20 @@ def _fake_az(tmp: Path) -> Path:
     az = bin_dir / "az"
     az.write_text(r"""#!/bin/sh
 echo "$*" >> "$FAKE_VAULT/calls"
+# Until the script identity's role has reached Key Vault: every call refused, as the vault
+# words it (its refusal says "(not found)" of the role assignment, not of the secret).
+refused=$(cat "$FAKE_VAULT/refusals" 2>/dev/null || echo 0)
+if [ "$refused" -gt 0 ]; then
+  echo $((refused - 1)) > "$FAKE_VAULT/refusals"
+  echo "ERROR: (Forbidden) Caller is not authorized to perform action on resource." >&2
+  echo "If role assignments, deny assignments or role definitions were changed" \
+    "recently, please observe propagation time." >&2
+  echo "Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'" >&2
+  echo "Assignment: (not found)" >&2
+  echo "Code: Forbidden" >&2
+  echo 'Inner error: {"code": "ForbiddenByRbac"}' >&2
+  exit 1
+fi
 case "$1 $2 $3" in
   "keyvault secret show")
     if [ -f "$FAKE_VAULT/value" ]; then
@@ -109,6 +123,10 @@ echo "unexpected az call: $*" >&2
 exit 2
 """)
     az.chmod(az.stat().st_mode | stat.S_IXUSR)
+    # The script's pause between two tries, counted and not waited.
+    pause = bin_dir / "sleep"
+    pause.write_text('#!/bin/sh\necho "sleep $*" >> "$FAKE_VAULT/pauses"\n')
+    pause.chmod(pause.stat().st_mode | stat.S_IXUSR)
     return bin_dir
 
 
@@ -164,3 +182,30 @@ def test_a_second_key_drawn_is_another(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         keys.append((state / "value").read_text())
     assert keys[0] != keys[1]
+
+
+def test_a_refusal_while_the_role_is_on_its_way_is_waited_out(tmp_path: Path) -> None:
+    """The script identity's role takes minutes to reach Key Vault, whose refusal meanwhile
+    says "Assignment: (not found)". Taken for an absent secret, the script wrote a new key
+    (over an existing one: everybody signed out) or, refused that too, failed the
+    deployment; it waits, then makes the key once, or leaves the existing one alone."""
+    bin_dir = _fake_az(tmp_path)
+    (tmp_path / "refusals").write_text("2")
+    first = _run_script(tmp_path, bin_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    key = (tmp_path / "value").read_text()
+    assert len(key) >= 64 and key not in first.stdout + first.stderr
+    assert len((tmp_path / "pauses").read_text().splitlines()) == 2
+    calls = [c.split()[:3] for c in (tmp_path / "calls").read_text().splitlines()]
+    assert calls == [["keyvault", "secret", "show"]] * 3 + [["keyvault", "secret", "set"]]
+    assert list((tmp_path / "work").iterdir()) == []
+
+    # Again, the key made, the role not yet seen by every front end of the vault: the key
+    # stays as it is.
+    (tmp_path / "calls").unlink()
+    (tmp_path / "refusals").write_text("2")
+    again = _run_script(tmp_path, bin_dir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "value").read_text() == key
+    calls = [c.split()[:3] for c in (tmp_path / "calls").read_text().splitlines()]
+    assert calls == [["keyvault", "secret", "show"]] * 3
