@@ -84,13 +84,17 @@ resource script 'Microsoft.Resources/deploymentScripts@2023-08-01' = {
     ]
     scriptContent: '''
 set -eu
-# The role assignment may take a few minutes to reach Key Vault: retry.
+# The role assignment may take a few minutes to reach Key Vault: retry. Only
+# CertificateNotFound says there is no certificate. The vault's refusal (Forbidden) says
+# "Assignment: (not found)" and is waited out: taken for an absent certificate, a new one
+# would be issued over an existing one, or the deployment would fail where a wait does.
 for attempt in $(seq 1 30); do
   if out=$(az keyvault certificate show --vault-name "$VAULT" --name "$CERT" --query id -o tsv 2>&1); then
     echo "certificate $CERT exists: $out"; exit 0
   fi
   case "$out" in
-    *NotFound*|*"not found"*)
+    *Forbidden*) ;;
+    *CertificateNotFound*)
       echo "$POLICY" > policy.json
       az keyvault certificate create --vault-name "$VAULT" --name "$CERT" --policy @policy.json -o none
       echo "certificate $CERT created"; exit 0 ;;
