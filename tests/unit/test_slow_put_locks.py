@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pydicom
 import pytest
@@ -74,28 +73,18 @@ def _received(series: str, sop: str) -> tuple[ReceivedObject, InstanceAttributes
 @pytest.mark.parametrize("series", ["1", "2"], ids=["same series", "another series"])
 def test_a_slow_put_leaves_its_new_study_to_the_others(pg_engine: Engine,
                                                        series: str) -> None:
+    """The first object of a new study, its put held: another C-STORE into that study
+    (``LOCK_TIMEOUT_MS`` 1 s here) waited on the new rows held uncommitted through the put
+    and was refused 0xA700; it now commits while the put still waits."""
     store = _SlowStore()
     index = SqlIndex(pg_engine)
     store.slow = f"{PREFIX}3.1"
-    first, first_attrs = _received("1", "1")
-    outcome: list[BaseException | None] = []
-
-    def slow_first() -> None:
-        try:
-            keep(store, index, first, first_attrs, "t")
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=slow_first)
-    thread.start()
+    thread, outcome = _in_background(lambda: keep(store, index, *_received("1", "1"), "t"))
     try:
         assert store.started.wait(10)
-        time.sleep(0.5)  # the first's transaction has written what it writes before the put
-        second, second_attrs = _received(series, "2")
-        started = time.monotonic()
-        keep(store, index, second, second_attrs, "t")  # refused 0xA700 before the fix
-        assert time.monotonic() - started < 1.0
+        assert wait_for(lambda: _waiting_for_its_put(thread), timeout=10)
+        keep(store, index, *_received(series, "2"), "t")  # refused 0xA700 before the fix
+        assert not store.go.is_set() and thread.is_alive()  # while the put still waits
     finally:
         store.go.set()
         thread.join(30)
@@ -103,6 +92,25 @@ def test_a_slow_put_leaves_its_new_study_to_the_others(pg_engine: Engine,
     assert index.get_instance(f"{PREFIX}3.1") is not None
     assert index.get_instance(f"{PREFIX}3.2") is not None
     index.close()
+
+
+def _in_background(
+    call: Callable[[], object],
+) -> tuple[threading.Thread, list[BaseException | None]]:
+    """``call`` in a thread of its own, started; its outcome (None, or what it raised) in
+    the list once it is done."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
 
 
 def _waiting_for_its_put(thread: threading.Thread) -> bool:
@@ -129,17 +137,7 @@ def test_a_slow_resend_leaves_the_series_it_empties_to_the_others(pg_engine: Eng
         keep(store, index, *_received(series, sop), "t")
     store.slow = f"{PREFIX}2.2/"  # the re-send's object, under its new series
     moved, moved_attrs = _received("2", "1")
-    outcome: list[BaseException | None] = []
-
-    def slow_resend() -> None:
-        try:
-            keep(store, other, moved, moved_attrs, "t")
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=slow_resend)
-    thread.start()
+    thread, outcome = _in_background(lambda: keep(store, other, moved, moved_attrs, "t"))
     try:
         assert store.started.wait(10)
         assert wait_for(lambda: _waiting_for_its_put(thread), timeout=10)
