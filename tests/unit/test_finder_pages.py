@@ -61,12 +61,18 @@ def _loaded(url: str) -> Iterator[Engine]:
 
 
 def _store(index: SqlIndex, n: int) -> None:
+    store_header(index, n, UID_ROOT, PatientID=f"P{n:03d}", PatientName=f"{'A' * 28}B^X{n:02d}")
+
+
+def store_header(index: SqlIndex, n: int, root: str, **values: str) -> None:
+    """Index the CT header with ``values`` set, as instance ``n`` of its own study and
+    series under ``root`` (no object: the query tests read the index alone)."""
     ds = copy.deepcopy(pydicom.dcmread(ct_small(), stop_before_pixels=True))
-    ds.PatientID = f"P{n:03d}"
-    ds.PatientName = f"{'A' * 28}B^X{n:02d}"
-    ds.StudyInstanceUID = f"{UID_ROOT}.1.{n}"
-    ds.SeriesInstanceUID = f"{UID_ROOT}.2.{n}"
-    ds.SOPInstanceUID = f"{UID_ROOT}.3.{n}"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.StudyInstanceUID = f"{root}.1.{n}"
+    ds.SeriesInstanceUID = f"{root}.2.{n}"
+    ds.SOPInstanceUID = f"{root}.3.{n}"
     index.upsert_instance(
         InstanceAttributes.from_header(ds), transfer_syntax_uid="1.2.840.10008.1.2.1",
         object_key=f"k/{n}", sha256="0" * 64, size=1, received_from="test",

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import copy
-
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from mimic_server.errors import QueryError, Status
-from mimic_server.index.attributes import InstanceAttributes
 from mimic_server.index.repository import SqlIndex
 from mimic_server.query.finder import Finder
 from mimic_server.query.identifier import parse
 from mimic_server.query.keys import Model
-from tests.data import ct_small
+from tests.unit.test_finder_pages import store_header
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.78"
 
 
 def _store(index: SqlIndex, n: int, **values: str) -> None:
-    ds = copy.deepcopy(pydicom.dcmread(ct_small(), stop_before_pixels=True))
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    ds.StudyInstanceUID = f"{UID_ROOT}.1.{n}"
-    ds.SeriesInstanceUID = f"{UID_ROOT}.2.{n}"
-    ds.SOPInstanceUID = f"{UID_ROOT}.3.{n}"
-    index.upsert_instance(
-        InstanceAttributes.from_header(ds), transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_key=f"k/{n}", sha256="0" * 64, size=1, received_from="test",
-    )
+    store_header(index, n, UID_ROOT, **values)
 
 
 def _found(index: SqlIndex, **keys: str) -> list[str]:
