@@ -83,25 +83,9 @@ class OidcIssuerDouble:
 
             def do_GET(self) -> None:
                 if self.path.startswith("/tenant/v2.0/authorize?"):
-                    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                    status, location, body = double.authorize(query)
-                    if location is None:
-                        self._reply(body, status)
-                        return
-                    self.send_response(status)
-                    self.send_header("Location", location)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._redirect_or_reply(*double.authorize(self._query()))
                 elif self.path.split("?")[0] == "/tenant/v2.0/logout":
-                    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                    status, location, body = double.end_session(query)
-                    if location is None:
-                        self._reply(body, status)
-                        return
-                    self.send_response(status)
-                    self.send_header("Location", location)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._redirect_or_reply(*double.end_session(self._query()))
                 elif self.path == "/tenant/v2.0/.well-known/openid-configuration":
                     self._reply(double.discovery())
                 elif self.path == "/tenant/discovery/keys":
@@ -109,6 +93,20 @@ class OidcIssuerDouble:
                     self._reply(double.jwks())
                 else:
                     self.send_error(404)
+
+            def _query(self) -> dict[str, str]:
+                return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+
+            def _redirect_or_reply(self, status: int, location: str | None,
+                                   body: dict[str, Any]) -> None:
+                """A browser endpoint's answer: a redirect, or an error body."""
+                if location is None:
+                    self._reply(body, status)
+                    return
+                self.send_response(status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def _reply(self, body: dict[str, Any], status: int = 200) -> None:
                 data = json.dumps(body).encode()
