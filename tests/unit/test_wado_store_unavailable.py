@@ -36,11 +36,16 @@ def test_an_object_store_that_cannot_be_read_is_503(path: str, accept: str) -> N
     assert answer.headers["retry-after"] == "10"
 
 
-def test_a_corrupted_object_is_still_500() -> None:
-    archive = Archive()
+def _corrupt_explicit(archive: Archive) -> None:
+    """The Explicit VR object's last byte flipped: it no longer matches its SHA-256."""
     for key, data in list(archive.store.objects.items()):
         if IN_EXPLICIT in key:
             archive.store.objects[key] = data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def test_a_corrupted_object_is_still_500() -> None:
+    archive = Archive()
+    _corrupt_explicit(archive)
     answer = archive.get(INSTANCE, DICOM)
     assert answer.status_code == 500
     assert "fails its SHA-256 check" in answer.json()["message"]
@@ -63,9 +68,7 @@ def test_a_study_whose_store_cannot_be_read_is_503(path: str, accept: str) -> No
 def test_a_study_with_a_corrupted_object_and_the_store_down_for_the_other_is_500() -> None:
     """Not every object failed for the store: one is lost for good, so 500 as before."""
     archive = Archive()
-    for key, data in list(archive.store.objects.items()):
-        if IN_EXPLICIT in key:
-            archive.store.objects[key] = data[:-1] + bytes([data[-1] ^ 0xFF])
+    _corrupt_explicit(archive)
     opened = archive.store.open
 
     def refuse_the_other(key: str) -> Any:
