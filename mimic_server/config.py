@@ -56,6 +56,26 @@ class MoveDestination(BaseModel):
         return value
 
 
+def origin_of(url: str | None) -> str | None:
+    """The origin a browser sends (RFC 6454: scheme and host lower case, default port
+    left out) of a configured URL; None when it has no scheme or host. The console's own
+    origins (base URL, redirect URI) and ``MIMIC_WEB_CORS_ORIGINS`` are written this way."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
 class Settings(BaseSettings):
     """All settings of a MIMIC server; each field is ``MIMIC_<NAME>`` and ``--<name>``."""
 
@@ -489,14 +509,8 @@ class Settings(BaseSettings):
                     or parts.username is not None or parts.password is not None):
                 raise ValueError(f"web_cors_origins: {entry!r} is not an origin: "
                                  "scheme://host[:port], nothing after the host (or *)")
-            if scheme not in ("http", "https"):
-                origins.append(f"{scheme}://{parts.netloc}")
-                continue
-            if ":" in host:
-                host = f"[{host}]"
-            default = {"http": 80, "https": 443}[scheme]
-            origins.append(f"{scheme}://{host}" + (f":{port}" if port not in (None, default)
-                                                   else ""))
+            origins.append(origin_of(entry) or entry if scheme in ("http", "https")
+                           else f"{scheme}://{parts.netloc}")
         return ",".join(origins)
 
     @field_validator("keyvault_url")

@@ -39,6 +39,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from mimic_server.config import origin_of
 from mimic_server.security import audit
 from mimic_server.security.tokens import TokenUser
 from mimic_server.web.console.access import ConsoleUser, Right
@@ -231,25 +232,6 @@ def _origins(ctx: ConsoleContext, request: Request) -> set[str]:
         if origin is not None:
             found.add(origin)
     return found
-
-
-def origin_of(url: str | None) -> str | None:
-    """The origin a browser sends (RFC 6454: scheme and host lower case, default port
-    left out) of a configured URL; None when it has no scheme or host."""
-    if not url:
-        return None
-    parts = urllib.parse.urlsplit(url.strip())
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if not scheme or not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Response]]]:
