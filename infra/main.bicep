@@ -36,6 +36,30 @@ param postgresSkuTier string = 'Burstable'
 @allowed(['Standard_ZRS', 'Standard_GZRS', 'Standard_RAGZRS', 'Standard_LRS'])
 param storageSkuName string = 'Standard_ZRS'
 
+// PostgreSQL's connections for users at each compute size: max_connections less the 15
+// Azure keeps for itself ("Limits in Azure Database for PostgreSQL flexible server").
+// mimic.bicep divides them among the apps' processes (MIMIC_DATABASE_POOL_SIZE); a size not
+// listed here is counted as the smallest.
+var postgresUserConnectionsBySku = {
+  Standard_B1ms: 35
+  Standard_B2s: 414
+  Standard_B2ms: 844
+  Standard_B4ms: 1703
+  Standard_B8ms: 3422
+  Standard_D2s_v3: 844
+  Standard_D2ds_v4: 844
+  Standard_D2ds_v5: 844
+  Standard_D2ads_v5: 844
+  Standard_D4s_v3: 1703
+  Standard_D4ds_v4: 1703
+  Standard_D4ds_v5: 1703
+  Standard_D4ads_v5: 1703
+  Standard_E2ds_v4: 1703
+  Standard_E2ds_v5: 1703
+  Standard_E2ads_v5: 1703
+}
+var postgresUserConnections = contains(postgresUserConnectionsBySku, postgresSkuName) ? postgresUserConnectionsBySku[postgresSkuName] : 35
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var appName = 'ca-mimic-${resourceToken}'
@@ -206,6 +230,7 @@ output AZURE_KEY_VAULT_SERVER_CERT string = serverCertificateName
 output AZURE_KEY_VAULT_WEB_SESSION_KEY_NAME string = webSessionKey.outputs.secretName
 output AZURE_POSTGRES_HOST string = postgres.outputs.fqdn
 output AZURE_POSTGRES_DATABASE string = postgres.outputs.databaseName
+output AZURE_POSTGRES_USER_CONNECTIONS int = postgresUserConnections
 output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output AZURE_STORAGE_CONTAINER string = storage.outputs.containerName
 output SERVICE_MIMIC_NAME string = appName

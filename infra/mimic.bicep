@@ -20,6 +20,9 @@ param identityName string
 
 param postgresHost string
 param postgresDatabase string
+@description('PostgreSQL connections for users at the server\'s compute size (main.bicep: AZURE_POSTGRES_USER_CONNECTIONS; 35 on B1ms).')
+@minValue(10)
+param postgresUserConnections int = 35
 param blobEndpoint string
 param blobContainer string
 param keyVaultUri string
@@ -70,11 +73,26 @@ resource containerAppsEnvironment 'Microsoft.App/managedEnvironments@2024-03-01'
   name: containerAppsEnvironmentName
 }
 
+// PostgreSQL's connections, budgeted. Each process of either app (one per vCPU of its
+// replica: MIMIC_WORKERS' default) holds a pool of its own, and PostgreSQL refuses every
+// connection past its limit, and with it the C-STORE or request that needed it. So the
+// processes of both apps at their maximum scale share the connections for users, less a
+// few kept for a starting replica's migration (db-upgrade), `mimic reconcile` and an
+// operator's psql. B1ms (35) with 6 + 4 replicas: 3 each. More replicas than the
+// connections allow 2 each need a larger PostgreSQL (docs/deploy.md, "Scaling out").
+// Each app's container has 1.0 vCPU (below): one worker process.
+var archiveWorkers = 1
+var webWorkers = 1
+var reservedConnections = 5
+var databaseProcesses = maxReplicas * archiveWorkers + (webEnabled ? webMaxReplicas * webWorkers : 0)
+var databasePoolSize = max(2, (postgresUserConnections - reservedConnections) / databaseProcesses)
+
 // Settings shared by the archive and the migration that runs before it.
 var indexEnv = [
   { name: 'AZURE_CLIENT_ID', value: identityClientId }
   { name: 'MIMIC_DATABASE_URL', value: 'postgresql+psycopg://${identityName}@${postgresHost}:5432/${postgresDatabase}?sslmode=require' }
   { name: 'MIMIC_DATABASE_AUTH', value: 'entra' }
+  { name: 'MIMIC_DATABASE_POOL_SIZE', value: string(databasePoolSize) }
 ]
 var archiveEnv = [
   { name: 'MIMIC_AE_TITLE', value: aeTitle }
@@ -140,7 +158,8 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           image: imageName
           args: ['serve']
           env: concat(indexEnv, archiveEnv)
-          // 1 vCPU and 2 GiB per replica: room for 32 associations streaming large objects.
+          // 1 vCPU (archiveWorkers) and 2 GiB per replica: room for 32 associations
+          // streaming large objects.
           resources: { cpu: json('1.0'), memory: '2Gi' }
           probes: [
             {

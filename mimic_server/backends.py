@@ -76,7 +76,8 @@ def index_engine(settings: Settings, credential: Any = None, *,
 
         credential = DefaultAzureCredential()
     try:
-        return create_index_engine(settings.index_url, credential, deadlines=deadlines)
+        return create_index_engine(settings.index_url, credential, deadlines=deadlines,
+                                   pool_size=settings.database_pool_size)
     except ImportError as exc:  # a dialect whose driver is not installed (mysql://)
         raise ConfigurationError("index database URL names a database MIMIC has no driver "
                                  f"for (PostgreSQL or SQLite): {_EXPECTED}") from exc

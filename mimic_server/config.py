@@ -12,7 +12,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     database_auth: Literal["password", "entra"] = Field(
         "password",
         description="PostgreSQL login: the URL's password, or a Microsoft Entra token.",
+    )
+    database_pool_size: int = Field(
+        32, ge=2, le=1000,
+        description="PostgreSQL connections each server process (each worker of 'mimic "
+        "serve' and of 'mimic web') may hold at once; a C-STORE or request beyond them waits "
+        "for one. Budget it: processes x this, plus a few for migrations and maintenance, "
+        "must stay below the server's connection limit (Azure B1ms: 35).",
     )
     blob_account_url: str | None = Field(
         None,
@@ -439,6 +446,20 @@ class Settings(BaseSettings):
             raise ValueError("the database URL's host holds an '@': percent-encode the "
                              "password ('@' is %40)")
         return value
+
+    @model_validator(mode="after")
+    def _batches_within_the_pool(self) -> Settings:
+        """On PostgreSQL each group-commit batch in flight holds one of the process's pooled
+        connections: as many batches as connections left none for a C-STORE's own
+        transaction, a C-FIND or an audit record, which then waited for a batch's."""
+        in_flight = self.group_commit_in_flight
+        if (in_flight is not None and self.database_url
+                and self.database_url.startswith("postgresql")
+                and in_flight >= self.database_pool_size):
+            raise ValueError(
+                f"group_commit_in_flight ({in_flight}) must be below database_pool_size "
+                f"({self.database_pool_size}): each batch in flight holds a connection")
+        return self
 
     @field_validator("ae_title")
     @classmethod

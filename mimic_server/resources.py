@@ -151,7 +151,8 @@ def open_index(
                                writable=writable)
     return engine, SqlIndex(engine, group_commit=settings.group_commit,
                             max_batch=settings.group_commit_max,
-                            in_flight=settings.group_commit_in_flight)
+                            in_flight=settings.group_commit_in_flight,
+                            pool_size=settings.database_pool_size)
 
 
 def open_token_validator(settings: Settings) -> TokenValidator | None:

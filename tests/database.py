@@ -111,6 +111,26 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def limited_role(server_url: str, url: str, limit: int) -> Iterator[str]:
+    """``url`` (a migrated database of ``server_url``) as a role that may use its tables
+    with at most ``limit`` connections at once (a superuser, as the tests' ``postgres`` is,
+    is never limited); yields the role's SQLAlchemy URL, drops the role afterwards."""
+    role = f"mimic_limited_{uuid.uuid4().hex[:8]}"
+    admin = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT {int(limit)}')
+        conn.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+        conn.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    try:
+        yield url.replace("://postgres@", f"://{role}@")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@contextlib.contextmanager
 def migrated_database(server_url: str) -> Iterator[str]:
     """A new database on ``server_url`` brought to the current schema by ``mimic db upgrade``
     (as an operator would), dropped afterwards; yields its SQLAlchemy URL."""

@@ -61,6 +61,17 @@ _REASONS_SAID = 32
 #: writers. PostgreSQL already shares WAL flushes between concurrent commits, and a batch's
 #: statements run one after another: one batch at a time measured 0.55x (docs/benchmarks.md).
 _PG_IN_FLIGHT = 8
+#: Of a process's PostgreSQL connections (``MIMIC_DATABASE_POOL_SIZE``), those the batches in
+#: flight leave to the rest: a C-STORE's own transaction (``_transact(own=True)``), reads
+#: (C-FIND, C-MOVE, C-GET) and audit records.
+_PG_LEFT_BY_BATCHES = 2
+
+
+def pg_in_flight(pool_size: int) -> int:
+    """Group-commit batches that may commit at once on PostgreSQL with ``pool_size``
+    connections: each holds one (and keeps it for the next batch), so a small pool, sized
+    to a small server's connection limit, must not be all batches."""
+    return max(1, min(_PG_IN_FLIGHT, pool_size - _PG_LEFT_BY_BATCHES))
 
 
 class SqlIndex:
@@ -68,13 +79,14 @@ class SqlIndex:
 
     def __init__(
         self, engine: Engine, *, group_commit: bool = True, max_batch: int = MAX_BATCH,
-        in_flight: int | None = None,
+        in_flight: int | None = None, pool_size: int = 32,
     ) -> None:
         self.engine = engine
         #: Shares the commits of concurrent upserts (None: one transaction each). SQLite has
-        #: one writer: one batch at a time. PostgreSQL runs up to 8 side by side (see above).
+        #: one writer: one batch at a time. PostgreSQL runs up to 8 side by side (see above),
+        #: fewer where the engine's ``pool_size`` is small (``pg_in_flight``).
         if in_flight is None:
-            in_flight = 1 if engine.dialect.name == "sqlite" else _PG_IN_FLIGHT
+            in_flight = 1 if engine.dialect.name == "sqlite" else pg_in_flight(pool_size)
         self.committer = (
             GroupCommitter(engine, max_batch=max_batch, in_flight=in_flight)
             if group_commit else None

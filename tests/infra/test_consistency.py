@@ -138,3 +138,52 @@ def test_the_app_parameters_are_main_outputs_or_azd_variables() -> None:
             assert variable in outputs | azd or default, variable
     assert {"ARCHIVE_HOST_NAME", "ARCHIVE_PORT", "AZURE_KEY_VAULT_NAME",
             "AZURE_CONTAINER_REGISTRY_ENDPOINT"} <= outputs
+
+
+def _bicep_int_param(path: Path, name: str) -> int:
+    match = re.search(rf"^param\s+{name}\s+int\s*=\s*(\d+)\s*$", path.read_text(), re.MULTILINE)
+    assert match, f"{path.name} declares no int param {name} with a default"
+    return int(match.group(1))
+
+
+def _user_connections_by_sku() -> dict[str, int]:
+    text = MAIN.read_text()
+    block = re.search(r"var postgresUserConnectionsBySku = \{(.*?)\n\}", text, re.DOTALL)
+    assert block
+    return {k: int(v) for k, v in re.findall(r"^\s*(\w+):\s*(\d+)\s*$", block.group(1),
+                                              re.MULTILINE)}
+
+
+def test_the_database_connections_are_budgeted_for_every_process() -> None:
+    """Every process of both apps at their maximum scale holds a pool of its own: together
+    with the connections kept for migrations and maintenance they must stay within what
+    PostgreSQL allows its users, or connections past it are refused with their C-STOREs.
+    The template's arithmetic, done again here with its own numbers for each listed size."""
+    by_sku = _user_connections_by_sku()
+    default_sku = re.search(r"^param postgresSkuName string = '(\w+)'", MAIN.read_text(),
+                            re.MULTILINE)
+    assert default_sku and by_sku[default_sku.group(1)] == 35 == min(by_sku.values())
+    # A size not listed counts as the smallest.
+    assert "postgresUserConnectionsBySku[postgresSkuName] : 35\n" in MAIN.read_text()
+    # The app's default, for an environment provisioned before the output existed: the smallest.
+    given = json.loads((INFRA / "mimic.parameters.json").read_text())["parameters"]
+    assert given["postgresUserConnections"]["value"] == "${AZURE_POSTGRES_USER_CONNECTIONS=35}"
+    assert _bicep_int_param(APP, "postgresUserConnections") == 35
+
+    text = APP.read_text()
+    reserved = bicep_int_var(APP, "reservedConnections")
+    processes = (_bicep_int_param(APP, "maxReplicas") * bicep_int_var(APP, "archiveWorkers")
+                 + _bicep_int_param(APP, "webMaxReplicas") * bicep_int_var(APP, "webWorkers"))
+    assert ("var databaseProcesses = maxReplicas * archiveWorkers + (webEnabled ? "
+            "webMaxReplicas * webWorkers : 0)") in text
+    assert ("var databasePoolSize = max(2, (postgresUserConnections - reservedConnections) "
+            "/ databaseProcesses)") in text
+    assert "{ name: 'MIMIC_DATABASE_POOL_SIZE', value: string(databasePoolSize) }" in text
+    for sku, connections in by_sku.items():
+        pool = max(2, (connections - reserved) // processes)
+        assert processes * pool + reserved <= connections, sku
+    assert max(2, (35 - reserved) // processes) == 3  # B1ms, 6 + 4 replicas
+    # One worker per replica is MIMIC_WORKERS' default at the containers' 1.0 vCPU.
+    assert re.findall(r"resources: \{ cpu: json\('([\d.]+)'\)", text) == [
+        "0.5", "1.0", "0.5", "1.0"]
+    assert bicep_int_var(APP, "archiveWorkers") == bicep_int_var(APP, "webWorkers") == 1
