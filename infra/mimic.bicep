@@ -78,14 +78,15 @@ resource containerAppsEnvironment 'Microsoft.App/managedEnvironments@2024-03-01'
 // connection past its limit, and with it the C-STORE or request that needed it. So the
 // processes of both apps at their maximum scale share the connections for users, less a
 // few kept for a starting replica's migration (db-upgrade), `mimic reconcile` and an
-// operator's psql. B1ms (35) with 6 + 4 replicas: 3 each. More replicas than the
-// connections allow 2 each need a larger PostgreSQL (docs/deploy.md, "Scaling out").
+// operator's psql. B1ms (35) with 6 + 4 replicas: 3 each (5 without the web app); at
+// most 32, the setting's default. More replicas than the connections allow 2 each need a
+// larger PostgreSQL (docs/deploy.md, "Scaling out"): nothing here refuses them.
 // Each app's container has 1.0 vCPU (below): one worker process.
 var archiveWorkers = 1
 var webWorkers = 1
 var reservedConnections = 5
 var databaseProcesses = maxReplicas * archiveWorkers + (webEnabled ? webMaxReplicas * webWorkers : 0)
-var databasePoolSize = max(2, (postgresUserConnections - reservedConnections) / databaseProcesses)
+var databasePoolSize = min(32, max(2, (postgresUserConnections - reservedConnections) / databaseProcesses))
 
 // Settings shared by the archive and the migration that runs before it.
 var indexEnv = [

@@ -67,6 +67,11 @@ _PG_IN_FLIGHT = 8
 _PG_LEFT_BY_BATCHES = 2
 
 
+#: A pool smaller than this (a small server's budget, ``MIMIC_DATABASE_POOL_SIZE``) has no
+#: C-STORE transaction wait for its object's put (``overlaps_put``).
+_OVERLAP_MIN_POOL = 16
+
+
 def pg_in_flight(pool_size: int) -> int:
     """Group-commit batches that may commit at once on PostgreSQL with ``pool_size``
     connections: each holds one (and keeps it for the next batch), so a small pool, sized
@@ -95,6 +100,11 @@ class SqlIndex:
         #: them side by side, so a waiting one blocks no other writer; SQLite's one writer
         #: would hold its lock (``overlaps_put``).
         self._side_by_side = engine.dialect.name == "postgresql"
+        #: Such a transaction holds its connection through the put (a large object's upload
+        #: to Blob Storage takes seconds): in a pool of 3, two of them left none to the
+        #: C-FINDs, audit records and readiness checks, which waited and were refused. With
+        #: a small pool the put comes first, and the transaction after it.
+        self._overlaps = self._side_by_side and pool_size >= _OVERLAP_MIN_POOL
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # The instance's series row id, checked in the same statement to still be the row of
         # its Series Instance UID, in its study, of the patient it was filed under: NULL (a
@@ -142,8 +152,9 @@ class SqlIndex:
     def overlaps_put(self, attrs: InstanceAttributes) -> bool:
         """Whether the index transaction of ``attrs`` has round trips to make while the
         object's put runs (``archive.ingest.keep`` then puts it on a helper thread): on
-        PostgreSQL, unless it will be one statement sent after the put (``_alone``)."""
-        if not self._side_by_side:
+        PostgreSQL with a pool of at least ``_OVERLAP_MIN_POOL`` connections, unless it will
+        be one statement sent after the put (``_alone``)."""
+        if not self._overlaps:
             return False
         if self._insert_with_audit is None or self.committer is None:
             return True

@@ -176,13 +176,19 @@ def test_the_database_connections_are_budgeted_for_every_process() -> None:
                  + _bicep_int_param(APP, "webMaxReplicas") * bicep_int_var(APP, "webWorkers"))
     assert ("var databaseProcesses = maxReplicas * archiveWorkers + (webEnabled ? "
             "webMaxReplicas * webWorkers : 0)") in text
-    assert ("var databasePoolSize = max(2, (postgresUserConnections - reservedConnections) "
-            "/ databaseProcesses)") in text
+    assert ("var databasePoolSize = min(32, max(2, (postgresUserConnections - "
+            "reservedConnections) / databaseProcesses))") in text
     assert "{ name: 'MIMIC_DATABASE_POOL_SIZE', value: string(databasePoolSize) }" in text
+    pool_field = Settings.model_fields["database_pool_size"]
     for sku, connections in by_sku.items():
-        pool = max(2, (connections - reserved) // processes)
-        assert processes * pool + reserved <= connections, sku
-    assert max(2, (35 - reserved) // processes) == 3  # B1ms, 6 + 4 replicas
+        for apps in (processes, _bicep_int_param(APP, "maxReplicas")):  # web app on, off
+            for scale in range(1, apps + 1):  # any smaller maxima too
+                pool = min(32, max(2, (connections - reserved) // scale))
+                assert scale * pool + reserved <= connections, (sku, scale)
+                # A value the setting takes: a refused one stopped every replica at start.
+                Settings(database_pool_size=pool)
+    assert pool_field.default == 32
+    assert min(32, max(2, (35 - reserved) // processes)) == 3  # B1ms, 6 + 4 replicas
     # One worker per replica is MIMIC_WORKERS' default at the containers' 1.0 vCPU.
     assert re.findall(r"resources: \{ cpu: json\('([\d.]+)'\)", text) == [
         "0.5", "1.0", "0.5", "1.0"]

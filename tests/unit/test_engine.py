@@ -32,14 +32,11 @@ def test_every_new_connection_gets_a_fresh_token(postgres_server: str) -> None:
         # The local test server has no TLS: say so in the URL, as an operator could.
         engine = create_index_engine(url + "?sslmode=disable", credential)
         seen: list[str] = []
-        connect = engine.dialect.connect
+        from sqlalchemy import event
 
-        def _capture(*cargs, **cparams):  # type: ignore[no-untyped-def]
-            # What the engine's own listeners (the token's, then the slot wait's) connect with.
+        @event.listens_for(engine, "do_connect")
+        def _capture(_d, _r, _a, cparams):  # type: ignore[no-untyped-def]
             seen.append(cparams.get("password"))
-            return connect(*cargs, **cparams)
-
-        engine.dialect.connect = _capture  # type: ignore[method-assign]
 
         with engine.connect() as first, engine.connect() as second:
             assert first.execute(text("select 1")).scalar() == 1
@@ -50,14 +47,15 @@ def test_every_new_connection_gets_a_fresh_token(postgres_server: str) -> None:
 
 
 def test_entra_requires_tls_unless_the_url_says_otherwise() -> None:
+    from sqlalchemy import event
+
     engine = create_index_engine("postgresql+psycopg://mimic@127.0.0.1:9/index", FakeCredential())
     captured: dict[str, object] = {}
 
-    def _capture(*_cargs, **cparams):  # type: ignore[no-untyped-def]
+    @event.listens_for(engine, "do_connect")
+    def _capture(_d, _r, _a, cparams):  # type: ignore[no-untyped-def]
         captured.update(cparams)
         raise RuntimeError("captured; do not connect")
-
-    engine.dialect.connect = _capture  # type: ignore[method-assign]
 
     with pytest.raises(Exception, match="captured"):
         engine.connect()

@@ -76,6 +76,31 @@ def test_postgresql_overlaps_a_new_series_and_sqlite_never(index: SqlIndex) -> N
     assert index.overlaps_put(attrs) is False
 
 
+def test_a_small_pool_puts_the_object_before_the_transaction(postgres_server: str) -> None:
+    """A transaction that waits for its object's put holds a connection through it: with
+    a small pool's few (``MIMIC_DATABASE_POOL_SIZE`` budgeted under a small server's limit),
+    the put comes first, and the row is still kept."""
+    from mimic_server.index import schema
+    from mimic_server.index.engine import create_index_engine
+    from tests import database
+
+    with database.fresh_database(postgres_server) as url:
+        for pool, overlaps in ((3, False), (15, False), (16, True), (32, True)):
+            engine = create_index_engine(url, pool_size=pool)
+            schema.upgrade(engine)
+            index = SqlIndex(engine, pool_size=pool)
+            try:
+                received, attrs = _received(f"1.2.826.0.1.3680043.8.498.321.{pool}")
+                assert index.overlaps_put(attrs) is overlaps, pool
+                store = MemoryStore()
+                keep(store, index, received, attrs, "t")
+                assert len(store.objects) == 1
+                assert index.get_instance(attrs.sop_instance_uid) is not None
+            finally:
+                index.close()
+                engine.dispose()
+
+
 @pytest.mark.parametrize("series", ["new", "known"])
 def test_the_row_commits_only_after_the_put(index: SqlIndex, series: str) -> None:
     if series == "known":
