@@ -137,6 +137,10 @@ def _batched(index: SqlIndex, first: Callable[[], Any], rest: dict[int, Callable
     after all have returned."""
     assert index.committer is not None
     index.committer.in_flight = 1  # PostgreSQL's second batch would not queue behind the hold
+    # The leader begins its transaction before it takes its batch, as on SQLite, so that
+    # caller 0 is in a transaction whose commit can be held: a lone C-STORE into a known
+    # series on PostgreSQL is one statement that commits itself, with no commit to hold.
+    index.committer._begins_first = True
     hold = _Hold(index)
     hold.fail = fail
     callers = _Callers()

@@ -87,10 +87,15 @@ def _messages(pgconn: Any, run: Any) -> list[str]:
             if line.count("\t") >= 3 and line.split("\t")[1] == "F"]
 
 
+@pytest.mark.parametrize("in_flight", [8, 1])
 def test_a_new_instance_of_a_known_series_is_one_statement(
-    index: SqlIndex, monkeypatch: pytest.MonkeyPatch,
+    index: SqlIndex, monkeypatch: pytest.MonkeyPatch, in_flight: int,
 ) -> None:
-    """One Bind / Execute / Sync on the wire: no BEGIN, no COMMIT, one round trip."""
+    """One Bind / Execute / Sync on the wire: no BEGIN, no COMMIT, one round trip. Also with
+    one batch in flight, as a small pool has (``repository.pg_in_flight``): its leader once
+    began a transaction first, as on SQLite, and the statement became three round trips."""
+    assert index.committer is not None
+    index.committer.in_flight = in_flight
     for n in (1, 2):  # the series known, the statement prepared on the kept connection
         index.upsert_instance(_attrs(n), object_key=f"k/{n}", in_transaction=_audit(index, n),
                               **COMMON)
