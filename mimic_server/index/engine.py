@@ -484,6 +484,12 @@ class SlotWaitingPool(QueuePool):
             pause = min(pause * 2, 1.0)
 
 
+# SQLAlchemy names a pool's logger after its class, and keeps its own ("sqlalchemy") at
+# WARNING: this class's lines ("Pool disposed", "Pool recreating") would be INFO lines of
+# ours, at every stop and every lost connection.
+logging.getLogger(f"{SlotWaitingPool.__module__}.{SlotWaitingPool.__name__}").setLevel(
+    logging.WARNING)
+
 #: When this process last said that the database had no slot (``_say_no_slot``).
 _said_no_slot = [-_SLOT_WARNING_SECONDS]
 

@@ -63,8 +63,10 @@ _REASONS_SAID = 32
 _PG_IN_FLIGHT = 8
 #: Of a process's PostgreSQL connections (``MIMIC_DATABASE_POOL_SIZE``), those the batches in
 #: flight leave to the rest: a C-STORE's own transaction (``_transact(own=True)``), reads
-#: (C-FIND, C-MOVE, C-GET) and audit records.
-_PG_LEFT_BY_BATCHES = 2
+#: (C-FIND, C-MOVE, C-GET), audit records and readiness checks. One: with a pool of 3, two
+#: batches in flight stored 159-169 objects/s over 16 associations at 2.4 ms from
+#: PostgreSQL, one batch 123-128 (docs/benchmarks.md).
+_PG_LEFT_BY_BATCHES = 1
 
 
 #: A pool smaller than this (a small server's budget, ``MIMIC_DATABASE_POOL_SIZE``) has no

@@ -58,7 +58,7 @@ def test_the_pool_holds_at_most_its_size(migrated_url: str,
         engine.dispose()
 
 
-@pytest.mark.parametrize(("pool", "in_flight"), [(2, 1), (3, 1), (4, 2), (10, 8), (32, 8)])
+@pytest.mark.parametrize(("pool", "in_flight"), [(2, 1), (3, 2), (4, 3), (9, 8), (10, 8), (32, 8)])
 def test_batches_in_flight_leave_connections_to_the_rest(pool: int, in_flight: int) -> None:
     assert pg_in_flight(pool) == in_flight
 
@@ -67,7 +67,7 @@ def test_the_index_takes_its_batches_from_the_pool_size(migrated_url: str) -> No
     engine = create_index_engine(migrated_url, pool_size=3)
     index = SqlIndex(engine, pool_size=3)
     try:
-        assert index.committer is not None and index.committer.in_flight == 1
+        assert index.committer is not None and index.committer.in_flight == 2
     finally:
         index.close()
         engine.dispose()
