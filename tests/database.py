@@ -111,23 +111,31 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def limited_role(server_url: str, url: str, limit: int) -> Iterator[str]:
-    """``url`` (a migrated database of ``server_url``) as a role that may use its tables
-    with at most ``limit`` connections at once (a superuser, as the tests' ``postgres`` is,
-    is never limited); yields the role's SQLAlchemy URL, drops the role afterwards."""
-    role = f"mimic_limited_{uuid.uuid4().hex[:8]}"
+def role(server_url: str, url: str, *grants: str, limit: int = -1) -> Iterator[str]:
+    """``url`` (a database of ``server_url``) as a new login role with ``grants`` (SQL, the
+    role's name as ``{role}``) and at most ``limit`` connections at once (-1: no limit; a
+    superuser, as the tests' ``postgres`` is, is never limited); yields the role's
+    SQLAlchemy URL, drops the role afterwards."""
+    name = f"mimic_role_{uuid.uuid4().hex[:8]}"
     admin = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT {int(limit)}')
-        conn.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
-        conn.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        conn.execute(f'CREATE ROLE "{name}" LOGIN CONNECTION LIMIT {int(limit)}')
+        for grant in grants:
+            conn.execute(grant.format(role=f'"{name}"'))
     try:
-        yield url.replace("://postgres@", f"://{role}@")
+        yield url.replace("://postgres@", f"://{name}@")
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP OWNED BY "{name}"')
         with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def limited_role(server_url: str, url: str, limit: int) -> contextlib.AbstractContextManager[str]:
+    """``url`` (migrated) as a role that may use its tables with at most ``limit``
+    connections at once."""
+    return role(server_url, url, "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+                "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}", limit=limit)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,21 +180,9 @@ def url_without_create_privilege(postgres_server: str) -> Iterator[str]:
     """A fresh database and a role that may create tables in its schema but not extensions:
     pg_trgm is a trusted extension (PostgreSQL 13+), which needs CREATE on the database, as
     on a managed server that has not allow-listed it."""
-    import psycopg
-
-    role = f"mimic_no_ext_{uuid.uuid4().hex[:8]}"
-    with database.fresh_database(postgres_server) as url:
-        admin = url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE ROLE "{role}" LOGIN')
-            conn.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
-        try:
-            yield url.replace("://postgres@", f"://{role}@")
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP OWNED BY "{role}"')
-            with psycopg.connect(postgres_server, autocommit=True) as conn:
-                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+    with database.fresh_database(postgres_server) as url, database.role(
+            postgres_server, url, "GRANT USAGE, CREATE ON SCHEMA public TO {role}") as role_url:
+        yield role_url
 
 
 def test_upgrade_without_pg_trgm_then_name_search(

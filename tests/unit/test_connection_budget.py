@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -73,44 +74,29 @@ def test_the_index_takes_its_batches_from_the_pool_size(migrated_url: str) -> No
         engine.dispose()
 
 
-def test_a_connection_waits_for_a_slot_another_gives_up(
-    migrated_url: str, postgres_server: str, caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("holder", ["another client", "this process"])
+def test_a_connection_waits_for_the_slot_its_holder_gives_up(
+    migrated_url: str, postgres_server: str, caplog: pytest.LogCaptureFixture, holder: str,
 ) -> None:
+    """The role's one slot is held, then given up after 0.5 s: by another client, whose
+    slot the retried connection then takes; or by this process, whose connection goes back
+    to its pool and is taken from there (review: retried in a ``do_connect`` listener, the
+    checkout held the pool's place and failed after 5 s beside that idle connection)."""
     with database.limited_role(postgres_server, migrated_url, 1) as url:
         engine = create_index_engine(url, pool_size=2)
-        other = psycopg.connect(_plain(url))  # the role's one slot, taken
-        freed = threading.Timer(0.5, other.close)
+        if holder == "another client":
+            held: Any = psycopg.connect(_plain(url))
+        else:
+            held = engine.connect()
+            held.execute(text("SELECT 1"))
+        given_up = threading.Timer(0.5, held.close)
         try:
             caplog.set_level(logging.WARNING, logger="mimic_server.index.engine")
-            freed.start()
+            given_up.start()
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT 1")).scalar() == 1
         finally:
-            freed.cancel()
-            other.close()
-            engine.dispose()
-    assert [r.getMessage() for r in caplog.records] == [
-        "the database has no connection slot free; connecting again"]
-
-
-def test_a_connection_given_back_meanwhile_is_taken(
-    migrated_url: str, postgres_server: str, caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The process's own connection is the one that frees the slot: the waiting checkout
-    takes it from the pool (review: retried in a ``do_connect`` listener, the checkout held
-    the pool's place and failed after 5 s beside the idle connection)."""
-    with database.limited_role(postgres_server, migrated_url, 1) as url:
-        engine = create_index_engine(url, pool_size=2)
-        held = engine.connect()
-        held.execute(text("SELECT 1"))
-        given_back = threading.Timer(0.5, held.close)
-        try:
-            caplog.set_level(logging.WARNING, logger="mimic_server.index.engine")
-            given_back.start()
-            with engine.connect() as conn:
-                assert conn.execute(text("SELECT 1")).scalar() == 1
-        finally:
-            given_back.cancel()
+            given_up.cancel()
             held.close()
             engine.dispose()
     assert [r.getMessage() for r in caplog.records] == [
