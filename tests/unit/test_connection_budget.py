@@ -4,23 +4,30 @@ database has no slot for it."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pydicom
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from mimic_server.config import Settings
+from mimic_server.dimse.store import handle_store
 from mimic_server.index import engine as engine_module
 from mimic_server.index.engine import create_index_engine, no_slot
 from mimic_server.index.repository import SqlIndex, pg_in_flight
+from mimic_server.security.policy import Policy
+from mimic_server.storage.memory import MemoryStore
 from tests import database
 from tests.conftest import migrate
+from tests.data import ct_small
+from tests.unit.test_store_handler import _event, _status
 
 
 @pytest.fixture
@@ -150,3 +157,27 @@ def test_batches_in_flight_must_leave_a_connection() -> None:
                     group_commit_in_flight=4).group_commit_in_flight == 4
     # SQLite's connections are not the database server's: no such bound.
     assert Settings(database_pool_size=2, group_commit_in_flight=8).group_commit_in_flight == 8
+
+
+def test_a_c_store_without_a_slot_is_refused_and_nothing_is_kept(
+    migrated_url: str, postgres_server: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the DIMSE level: PostgreSQL has no slot for the C-STORE's transaction and frees
+    none within the wait: 0xA700 (Out of Resources), the object's put undone, no row."""
+    monkeypatch.setattr(engine_module, "SLOT_WAIT_SECONDS", 0.3)
+    ds = copy.deepcopy(pydicom.dcmread(ct_small()))
+    del ds.file_meta
+    store = MemoryStore()
+    with database.limited_role(postgres_server, migrated_url, 1) as url:
+        engine = create_index_engine(url, pool_size=3)
+        index = SqlIndex(engine, pool_size=3)
+        try:
+            with psycopg.connect(_plain(url)):  # the role's one slot, held throughout
+                assert _status(handle_store(_event(ds), store, index,
+                                            Policy("MIMIC"))) == 0xA700
+        finally:
+            index.close()
+            engine.dispose()
+    assert not store.objects
+    with psycopg.connect(_plain(migrated_url)) as conn:
+        assert conn.execute("SELECT count(*) FROM instances").fetchone() == (0,)
