@@ -34,10 +34,11 @@ def limited_url(postgres_server: str) -> Iterator[str]:
 
 def test_concurrent_new_series_within_a_connection_limit(limited_url: str,
                                                          tmp_path: Path) -> None:
-    """Each object starts a series of its own, so each C-STORE's transaction is its own
-    (PostgreSQL: the put inside it) and holds a connection: eight associations want eight
-    connections at once. With a pool of 32 the server opened them and PostgreSQL refused
-    those past its limit: C-STOREs refused 0xA700, audit records lost."""
+    """Each object starts a series of its own. With the default pool of 32 each such
+    C-STORE had a transaction of its own, waiting for its put inside it, and eight
+    associations wanted eight connections at once: the server opened them and PostgreSQL
+    refused those past its limit (C-STOREs refused 0xA700, audit records lost). With the
+    pool inside the limit they wait for one another's connections instead."""
     server = MimicProcess(tmp_path / "server", database_url=limited_url, workers="1",
                           database_pool_size=str(LIMIT - 1)).start()
     files = tmp_path / "files"
