@@ -289,7 +289,9 @@ class Archive:
                 network_timeout=s.network_timeout,
                 max_pdu_read=max_pdu_read,
                 max_pending_handshakes=descriptors.pending_handshake_cap(
-                    s.max_pending_handshakes, s.max_associations, fd_limit
+                    s.max_pending_handshakes, s.max_associations, fd_limit,
+                    descriptors.DATABASE_POOL if s.index_url.startswith("sqlite")
+                    else s.database_pool_size,
                 ),
                 listen_backlog=s.listen_backlog,
                 on_refused=self._audit_refusal,

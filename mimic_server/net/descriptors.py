@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 #: Descriptors one association may hold at once: socket, object being written, index
 #: connection, a temporary or spooled file.
 PER_ASSOCIATION = 4
-#: The database pool (engine.py: pool_size 8 + max_overflow 24).
+#: The database pool of the embedded SQLite index (engine.py: pool_size 8 + max_overflow 24);
+#: on PostgreSQL the pool is ``MIMIC_DATABASE_POOL_SIZE`` (2 to 1000), counted as set.
 DATABASE_POOL = 32
 #: Everything else: interpreter, log and audit files, object store, ops listener, selectors,
 #: certificate refresh, wake-up pipes; and a margin.
@@ -51,24 +52,26 @@ def raise_soft_limit() -> int:
     return int(target)
 
 
-def reserve(max_associations: int) -> int:
+def reserve(max_associations: int, database_pool: int = DATABASE_POOL) -> int:
     """Descriptors kept for everything that is not a pending handshake."""
-    return max_associations * PER_ASSOCIATION + DATABASE_POOL + PROCESS
+    return max_associations * PER_ASSOCIATION + database_pool + PROCESS
 
 
-def pending_handshake_cap(configured: int, max_associations: int, fd_limit: int) -> int:
+def pending_handshake_cap(configured: int, max_associations: int, fd_limit: int,
+                          database_pool: int = DATABASE_POOL) -> int:
     """The pending-handshake cap the descriptor limit allows: ``configured`` or less.
 
     Logged at INFO when clamped (WARNING when the limit leaves almost nothing), so that an
     operator sees why fewer handshakes wait than configured.
     """
-    room = fd_limit - reserve(max_associations)
+    reserved = reserve(max_associations, database_pool)
+    room = fd_limit - reserved
     if configured <= room:
         return configured
     effective = max(MINIMUM_PENDING, room)
     fields = {
         "configured": configured, "effective": effective, "fd_limit": fd_limit,
-        "reserved": reserve(max_associations),
+        "reserved": reserved,
     }
     if room < MINIMUM_PENDING:
         log.warning("file descriptor limit too low for the pending handshakes", extra=fields)

@@ -93,3 +93,30 @@ def test_idle_flood_under_a_low_descriptor_limit_does_not_lock_modalities_out(
     assert not [
         e for e in fd_limited.log_entries() if "Too many open files" in str(e)
     ], "the server ran out of descriptors"
+
+
+@pytest.mark.postgres
+def test_the_reserve_counts_the_postgresql_pool_as_set(
+    tmp_path: Path, postgres_server: str,
+) -> None:
+    """On PostgreSQL the process may hold ``MIMIC_DATABASE_POOL_SIZE`` connections (up to
+    1000), each a descriptor: the reserve counts that pool, not the embedded index's 32
+    (before: a pool of 300 was counted as 32, and the handshake cap left it no room)."""
+    from tests import database
+    from tests.conftest import migrate
+
+    with database.fresh_database(postgres_server) as url:
+        migrate(url)
+        process = MimicProcess(
+            tmp_path / "data", fd_limit=(1024, 1024), max_associations=str(MAX_ASSOCIATIONS),
+            database_url=url, database_pool_size="300", workers="1",
+        ).start()
+        try:
+            clamped = [
+                e for e in process.log_entries()
+                if e.get("message") == "pending handshake cap clamped to the file descriptor limit"
+            ]
+        finally:
+            assert process.stop() == 0, process.log()
+    assert clamped and clamped[0]["reserved"] == descriptors.reserve(MAX_ASSOCIATIONS, 300)
+    assert clamped[0]["effective"] == 1024 - (MAX_ASSOCIATIONS * 4 + 300 + 96)
