@@ -29,7 +29,11 @@ the same count to a few parts in a thousand, whatever else the machine does, so 
 this VM's drift hides in CPU seconds shows. Not counted: the kernel's work (system calls,
 TCP, the page cache, fsync), and what the instruction count does not weigh (cache misses,
 waits); valgrind also hides the CPU's SHA and VAES extensions from OpenSSL, so the hash and
-TLS count as their plainer code. One round is enough; about a minute per server to start.
+TLS count as their plainer code. One round is enough. The server starts with callgrind's
+instrumentation off (``--instr-atstart=no``: the interpreter's start and imports run about
+four times faster, 15 s instead of a minute) and it is turned on before the first
+association, so the counts are those of a server instrumented from the start (18.709 M and
+18.705 M per small C-STORE, before and after).
 """
 
 from __future__ import annotations
@@ -146,8 +150,8 @@ class Receiver:
         root = ["--root", str(baseline)] if variant == "baseline" and baseline else []
         #: Where callgrind writes its counts (``--callgrind``), each dump numbered after it.
         self.counts = work / f"{variant}.callgrind" if callgrind else None
-        valgrind = (["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.counts}"]
-                    if self.counts else [])
+        valgrind = (["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                     f"--callgrind-out-file={self.counts}"] if self.counts else [])
         self.proc = subprocess.Popen(
             [*valgrind, sys.executable, __file__, "--serve", str(self.data_dir), *root],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
@@ -179,6 +183,7 @@ class Receiver:
         """Instructions the server (under callgrind) executed while ``storescu`` sent every
         file under ``files`` ``associations`` times, after one send of ``warm``."""
         assert self.counts is not None
+        self._callgrind("--instr=on")
         self.send(warm)
         self._callgrind("--zero")
         for _ in range(associations):
