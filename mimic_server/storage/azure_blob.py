@@ -51,6 +51,8 @@ MiB = 1024 * 1024
 #: 4 MiB range; seen with azure-storage-blob 12.31 / azure-core 1.41). 2 MiB keeps that at 16.
 READ_RANGE = 2 * MiB
 CONTENT_TYPE = "application/dicom"
+#: How long the delete after a failed commit waits for the service, at most (seconds).
+FORGET_TIMEOUT = 3.0
 
 
 def blob_service_client(
@@ -192,6 +194,7 @@ class AzureBlobStore:
         md5 = hashlib.md5(usedforsecurity=False)
         block_ids: list[str] = []
         size = 0
+        committing = False
         try:
             blocks = _blocks(chunks, self.block_size)
             first = next(blocks, b"")
@@ -199,6 +202,7 @@ class AzureBlobStore:
             if second is None:  # one block: one request, Content-MD5 checked by the service
                 md5.update(first)
                 digest = md5.digest()
+                committing = True
                 # The MD5 is sent as the request's Content-MD5 (the service refuses a body
                 # that does not match it) instead of ``validate_content=True``, with which
                 # the SDK hashes the body a second time: 0.7-0.8 ms of CPU per 0.5 MB.
@@ -214,14 +218,38 @@ class AzureBlobStore:
                 blob.stage_block(block_id, block, length=len(block), validate_content=True)
                 block_ids.append(block_id)
                 size += len(block)
+            committing = True
             blob.commit_block_list(
                 block_ids, metadata={"sha256": sha256},
                 content_settings=ContentSettings(CONTENT_TYPE, content_md5=md5.digest()),
             )
         except AzureError as exc:
             # Staged but uncommitted blocks are garbage-collected by the service in 7 days.
+            if committing:
+                self._forget(key)
             raise OutOfResources(f"blob store write failed: {_reason(exc)}") from exc
+        except OSError as exc:
+            # The object's own bytes could not be read (a spool file's disk): refused as the
+            # file store refuses it, Out of Resources, not an unexpected error (0xC211).
+            raise OutOfResources("blob store write failed: the object could not be read "
+                                 f"({type(exc).__name__})") from exc
         return size
+
+    def _forget(self, key: str) -> None:
+        """After a commit (or single-shot upload) that failed: the service may have kept
+        the blob all the same, its answer lost (a connection cut, a timeout). A put that
+        fails leaves nothing under its key, as the file store's does, or the caller's
+        failure path (a C-STORE into a known series deletes nothing after a failed put)
+        left an orphan blob, for ``mimic reconcile``. One try, within
+        :data:`FORGET_TIMEOUT`: the store is failing already, and the C-STORE waits for it
+        (with the client's retries and timeouts, 35 s where the service does not answer,
+        the answer would come after a sender's DIMSE timeout); an orphan it leaves is
+        reconcile's, as before."""
+        with contextlib.suppress(AzureError):
+            self._container.delete_blob(
+                key, delete_snapshots="include", retry_total=0,
+                connection_timeout=FORGET_TIMEOUT, read_timeout=FORGET_TIMEOUT,
+            )
 
     def open(self, key: str) -> BinaryIO:
         """A buffered stream over the blob's ranges; the first range is fetched now."""

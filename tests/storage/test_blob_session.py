@@ -226,7 +226,7 @@ class _FaultyService:
                 if "restype=container" in head.split(b"\r\n", 1)[0].decode():
                     conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
                     continue
-                self.puts += 1
+                self.puts += head.startswith(b"PUT")  # not the Delete Blob after a failure
                 self.fault(conn)
                 return
 
@@ -293,8 +293,9 @@ def test_a_failing_put_fails_and_is_retried_as_on_requests_way(
         started = time.monotonic()
         short = _outcome(service, True, monkeypatch)
         usual = _outcome(service, False, monkeypatch)
-        assert short == (f"blob store write failed: {error}", 2, {"direct": 2, "requests": 0})
-        assert usual == (f"blob store write failed: {error}", 2, {"direct": 0, "requests": 2})
+        # and one Delete Blob, tried once: the service may have kept the blob (requests' way)
+        assert short == (f"blob store write failed: {error}", 2, {"direct": 2, "requests": 1})
+        assert usual == (f"blob store write failed: {error}", 2, {"direct": 0, "requests": 3})
         assert time.monotonic() - started < 30
     finally:
         service.close()
@@ -313,5 +314,5 @@ def test_a_put_to_a_closed_port_is_a_request_error(monkeypatch: pytest.MonkeyPat
     counts = _counting(monkeypatch)
     with pytest.raises(OutOfResources, match="ServiceRequestError"):
         store.put(KEY, [b"x"], _sha(b"x"))
-    assert counts == {"direct": 1, "requests": 0}
+    assert counts == {"direct": 1, "requests": 1}  # the put, then one try of a Delete Blob
 

@@ -8,6 +8,7 @@ listed back as they were given, and large objects streamed with bounded memory.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import shutil
@@ -144,6 +145,21 @@ def test_single_shot_put_hashes_the_body_once_and_the_service_checks_it(
     with pytest.raises(OutOfResources, match="Md5Mismatch"):
         store.put(KEY + ".2", [data], _sha(data))
     assert not store.exists(KEY + ".2")
+
+
+def test_bytes_that_cannot_be_read_midway_are_out_of_resources(store: ObjectStore) -> None:
+    """The object's own bytes fail to come midway (a spool file's disk gives EIO), after
+    more than one blob block was staged: the put is refused as the store's own failures are
+    (``OutOfResources``: a C-STORE's 0xA700, not 0xC211 for a bug), nothing under the key."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * (5 * MiB)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(OutOfResources):
+        store.put(KEY, chunks(), _sha(b""))
+    assert not store.exists(KEY)
+    assert list(store.iter_keys()) == []
 
 
 def test_put_failure_is_out_of_resources_filesystem(tmp_path: Path) -> None:
