@@ -222,6 +222,9 @@ PATCHES: tuple[Patch, ...] = (
             Site("pynetdicom.dimse:DIMSEServiceProvider.__init__", source="bbecd186810e7700"),
             Site("pynetdicom.dul:DULServiceProvider.kill_dul", "(self)", "5ceccf8dd01c2072"),
             Site("pynetdicom.dul:DULServiceProvider.stop_dul", "(self)", "28a7e0be126e7b30"),
+            # extended: the network timer restarts as each PDU is queued to be sent
+            Site("pynetdicom.dul:DULServiceProvider.send_pdu", "(self, primitive)",
+                 "7cbce5da8594124e"),
             # reads when the socket is ready (select + SSLSocket.pending), closes in Sta13
             Site("pynetdicom.dul:DULServiceProvider._is_transport_event", "(self)",
                  "8725ed03bb8fbdef"),

@@ -242,6 +242,22 @@ class _EventDrivenDUL(DULServiceProvider):
         if value:
             self._wake_up.ring()
 
+    def send_pdu(self, primitive: Any) -> None:
+        """pynetdicom's, after the network timer is restarted: the peer's silence is
+        counted from the last PDU either side sent, not only from the last one it sent.
+
+        pynetdicom restarts the timer only when a PDU arrives, and the association thread
+        looks at it after each request it served: a request whose handling outlasted
+        ``MIMIC_NETWORK_TIMEOUT`` while the peer waited, silent as it should be, for the
+        answer (a large object's put to a slow Blob Storage; a C-MOVE, whose requestor sends
+        nothing while the sub-operations run) had its association aborted right after the
+        answer was queued ("Network timeout reached"). Called in the thread that sends (the
+        association thread, for a response), so the look that follows sees the restart. A
+        peer that stops reading is still dropped, by the socket's own deadline on each send
+        (``net/server.py``)."""
+        self._idle_timer.restart()
+        super().send_pdu(primitive)
+
     def _wait_for_work(self) -> None:
         """Block until the socket is readable, a primitive is queued to send, the thread is
         told to stop, or the ARTIM timer is due (pynetdicom: ``time.sleep(0.001)``)."""
