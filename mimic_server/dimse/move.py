@@ -160,13 +160,22 @@ def _established(
     response to the C-MOVE, its C-CANCEL never seen, the connection held after the
     requestor aborted). With the network timeout a send that long without progress ends
     the sub-association (pynetdicom: transport closed), failing its sub-operations, as an
-    accepted association's socket has it (``net/server.py``)."""
+    accepted association's socket has it (``net/server.py``).
+
+    The sub-association's own network timer is turned off: pynetdicom's association thread
+    aborts an association that has *received* nothing for that long, and a destination
+    rightly sends nothing while the archive reads the next object from its store (a large
+    one is read whole for its SHA-256 before it is sent: minutes, for a few GiB from Blob
+    Storage), so every such object failed, the sub-association aborted. What the timer was
+    for is covered otherwise: a destination that stops reading by the socket's deadline
+    above, one that never answers a C-STORE by the DIMSE timeout."""
 
     def established(event: Event) -> None:
         assoc = event.assoc
         connection = getattr(assoc.dul.socket, "socket", None)
         if connection is not None and assoc.network_timeout is not None:
             connection.settimeout(assoc.network_timeout)
+        assoc.network_timeout = None  # the socket's deadline set above stays
         if adapt is not None:
             adapt(assoc)
         _name_move_originator(assoc, originator)
