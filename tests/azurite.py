@@ -66,10 +66,13 @@ class Azurite:
         raise RuntimeError("azurite-blob did not start")
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 2 s: once it has served a request Azurite waits some
+        10 s for its keep-alive connections before it exits, a teardown's wait for nothing
+        (what it holds is this run's and thrown away)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
