@@ -309,6 +309,12 @@ class Supervisor:
     def _await_ready(self, slots: list[_Slot]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
+            if self._stopping:
+                # Told to stop (a container's stop signals this process alone): the drain
+                # follows at once. Waiting here for a worker whose start hangs (a database
+                # or store that does not answer) left those already up admitting new
+                # associations, never told to drain, until the platform's SIGKILL.
+                return
             pending = False
             for slot in slots:
                 run = slot.run
@@ -611,12 +617,18 @@ class Supervisor:
             self._listener = None
         slots = [(slot.index, slot.run) for slot in self.slots if slot.run is not None]
         runs = [run for _, run in slots]
-        # Only these served: one not yet ready (a replacement still importing) that SIGTERM
-        # ends before its handler is set had no association to lose.
-        serving = {id(run) for run in runs if run.ready}
+        # Only these served, and drain. One not yet ready (a replacement, or a first start
+        # cut short by the stop) goes at once: SIGTERM ended one still importing, but one
+        # past its handler finished its start first (a database or store that does not
+        # answer: for as long as that took, killed at drain + 15 s), and meanwhile accepted
+        # connections after /readyz said 503, or held its copy of the listening socket
+        # with connections waiting in it for nobody. Decided under the lock _ready takes.
+        with self._lock:
+            serving = {id(run) for run in runs if run.ready}
         for run in runs:
             with contextlib.suppress(ProcessLookupError):
-                run.process.send_signal(signal.SIGTERM)
+                run.process.send_signal(signal.SIGTERM if id(run) in serving
+                                        else signal.SIGKILL)
         # /readyz says 503 once no worker accepts any more (or after STOP_ACCEPT_WAIT): from
         # then on a new connection is refused, never admitted by a worker not yet told.
         deadline = time.monotonic() + STOP_ACCEPT_WAIT

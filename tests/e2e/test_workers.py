@@ -4,6 +4,7 @@ a worker that dies is replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -379,3 +380,81 @@ def test_a_stop_sent_to_the_whole_group_during_the_start_exits_cleanly(
     assert code == 0, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     assert '"stopped"' in text
+
+
+def _serve_in_background(tmp_path: Path, **settings: str) -> tuple[Any, Path, int]:
+    """``mimic serve`` with two workers, its output in a file: (process, log, DICOM port)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    log = tmp_path / "serve.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
+    env.update(MIMIC_WORKERS="2", MIMIC_HOST="127.0.0.1", MIMIC_PORT=str(port),
+               MIMIC_OPS_HOST="127.0.0.1", MIMIC_OPS_PORT=str(free_port()),
+               MIMIC_DATA_DIR=str(tmp_path / "data"), MIMIC_LOG_FORMAT="json",
+               **{f"MIMIC_{k.upper()}": v for k, v in settings.items()})
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mimic_server", "serve"], env=env,
+                                stdout=out, stderr=out, cwd=tmp_path)
+    return proc, log, port
+
+
+def _started_pids(log: Path) -> dict[int, int]:
+    pids = {}
+    for line in log.read_text().splitlines():
+        if '"worker started"' in line:
+            entry = json.loads(line)
+            pids[int(entry["worker"])] = int(entry["pid"])
+    return pids
+
+
+def test_a_sigterm_during_a_start_one_worker_does_not_finish_drains_the_others(
+    tmp_path: Path,
+) -> None:
+    """A container's stop signals the supervisor alone (PID 1). While one worker hangs in its
+    start (here: stopped; in service, a database or store that does not answer), the
+    supervisor waited for it for up to START_TIMEOUT (120 s) before doing anything about
+    the stop: the worker already up kept admitting new associations, never told to drain,
+    until the platform's SIGKILL ended them all. Now the stop ends the wait: the worker up
+    stops accepting at once, and the one still starting goes with the drain."""
+    proc, log, port = _serve_in_background(tmp_path, drain_seconds="2")
+    stuck = None
+    try:
+        assert wait_for(lambda: len(_started_pids(log)) == 2, timeout=30, interval=0.01)
+        stuck = _started_pids(log)[1]
+        os.kill(stuck, signal.SIGSTOP)  # still importing: it will not say ready
+        assert wait_for(lambda: '"worker listening"' in log.read_text(), timeout=60), \
+            log.read_text()[-3000:]
+        certs = tmp_path / "data" / "certs"
+        ctx = client_context(certs / "clients" / "modality1" / "client.pem",
+                             certs / "clients" / "modality1" / "client.key",
+                             certs / "ca" / "ca.pem")
+        first = associate(port, ctx)
+        assert first.is_established  # worker 0 serves, worker 1 is still starting
+        first.release()
+        proc.send_signal(signal.SIGTERM)
+        # Worker 0 is told to drain at once, and worker 1 holds the listening socket no
+        # longer: a new association is refused within seconds, not admitted for as long
+        # as worker 1 takes to start, nor left waiting in a backlog nobody accepts from.
+        def refused() -> bool:
+            assoc = associate(port, ctx)
+            if assoc.is_established:
+                assoc.release()
+            return not assoc.is_established
+
+        assert wait_for(refused, timeout=10, interval=0.5), log.read_text()[-3000:]
+        code = proc.wait(30)
+    finally:
+        if stuck is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text[-3000:]  # a stop, not "the workers did not start" (exit 2)
+    assert '"stopped"' in text
+    # The one still starting is not waited for (drain + 15 s) as one that serves would be.
+    assert "did not stop" not in text and "died during the drain" not in text

@@ -200,6 +200,10 @@ def test_a_worker_that_dies_during_the_drain_fails_it(
         slot.run = run
     with caplog.at_level(logging.INFO, logger="mimic_server.workers.supervisor"):
         assert supervisor._drain() == 1
+    # Those that served are told to drain; the one still starting goes at once.
+    assert [r.process.signals for r in (clean, killed, starting)] == [  # type: ignore[attr-defined]
+        [signal.SIGTERM], [signal.SIGTERM], [signal.SIGKILL]
+    ]
     deaths = [r for r in caplog.records if r.getMessage() == "worker died during the drain"]
     assert [(r.levelname, r.pid, r.signal, r.worker) for r in deaths] == [  # type: ignore[attr-defined]
         ("ERROR", 102, "SIGKILL", 1)
