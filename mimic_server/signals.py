@@ -47,6 +47,10 @@ class SignalInbox:
         self._installed = True
         for signum in self.signums:
             self._previous[signum] = signal.signal(signum, _noted)
+        # Noted from now on: a signal its parent had blocked until here (a worker of
+        # ``mimic serve`` starts with SIGHUP blocked, ``workers/supervisor.py``) is let in,
+        # and one that came meanwhile is noted now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signums)
 
     def wait(self, timeout: float | None) -> list[int]:
         """The signals that arrived since the last call, each once, in order of arrival;

@@ -237,6 +237,12 @@ class Supervisor:
         env[OPTIONS_VARIABLE] = json.dumps(self.options)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
         listen_fd = self._listener.fileno()
+        # The worker starts with SIGHUP blocked (a signal mask survives fork and exec) and
+        # unblocks it once its handler is set (``signals.SignalInbox.install``): a SIGHUP
+        # sent to every process of the service while it imports (``systemctl kill -s
+        # HUP``) waits for it instead of killing it. This thread's mask is put back at once;
+        # a SIGHUP meanwhile waits for it or goes to another thread, and is not lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mimic_server", "serve-worker",
@@ -255,6 +261,7 @@ class Supervisor:
             os.close(read_end)
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             os.close(write_end)
             os.close(go_read)
         run = _Run(process, time.monotonic(), _pidfd(process.pid), go_fd=go_write)

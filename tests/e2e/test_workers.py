@@ -458,3 +458,28 @@ def test_a_sigterm_during_a_start_one_worker_does_not_finish_drains_the_others(
     assert '"stopped"' in text
     # The one still starting is not waited for (drain + 15 s) as one that serves would be.
     assert "did not stop" not in text and "died during the drain" not in text
+
+
+def test_a_sighup_to_every_process_during_the_start_is_no_failed_start(tmp_path: Path) -> None:
+    """A reload signal sent to every process of the service (``systemctl kill -s HUP``, a
+    cgroup-wide kill; the workers are in process groups of their own) while the workers
+    still import: a worker, whose handler is not set yet, died of it, and ``mimic serve``
+    exited 2 ("worker 0 could not start (signal SIGHUP)"). A worker blocks SIGHUP until
+    its handler is set (its supervisor holds back its own SIGHUPs until then anyway)."""
+    proc, log, _ = _serve_in_background(tmp_path)
+    try:
+        assert wait_for(lambda: len(_started_pids(log)) == 2, timeout=30, interval=0.01)
+        for pid in [proc.pid, *_started_pids(log).values()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        assert wait_for(lambda: '"listening"' in log.read_text() or proc.poll() is not None,
+                        timeout=60)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert '"worker died' not in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()[-3000:]
