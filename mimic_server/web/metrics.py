@@ -30,7 +30,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 #: Services counted, by their DIMSE names (the label values of ``service``).
@@ -346,10 +347,41 @@ class ServerMetrics:
         self.restarts = Counter("mimic_worker_restarts",
                                 "Worker processes that died and were replaced.",
                                 registry=self._own)
+        #: Held while the workers' files are read (a scrape) or folded (:meth:`worker_ended`).
+        self._files = threading.Lock()
 
     def exposition(self) -> bytes:
         self._refresh()
-        return generate_latest(self.registry) + generate_latest(self._own)
+        with self._files:
+            workers = generate_latest(self.registry)
+        return workers + generate_latest(self._own)
+
+    def worker_ended(self, pid: int) -> None:
+        """Worker ``pid`` has ended: its live gauges go (``mark_process_dead``), and its
+        counters and histograms are added into one file kept for every worker that ended
+        (``counter_ended.db``, ``histogram_ended.db``; the sums a scrape reports are the
+        same). Each worker that ended used to leave two files of its own, read at every
+        scrape: a crash loop of a day (a worker killed every minute, say by an object a
+        modality sends again and again) made 1440 per slot, and the scrape's time and the
+        directory grew without end (660 ms and some 30 MB at 1000 ended workers). Under
+        the scrape's lock: a scrape reads the files before the fold or after it, never a
+        worker's values twice (a counter seen to fall is a reset to Prometheus) or a file
+        gone between its listing and its read (an error)."""
+        with self._files:
+            mark_process_dead(pid, str(self.directory))
+            for kind in ("counter", "histogram"):
+                ended = self.directory / f"{kind}_{pid}.db"
+                if not ended.exists():
+                    continue
+                kept = MmapedDict(str(self.directory / f"{kind}_ended.db"))
+                try:
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(
+                            str(ended)):
+                        total, _ = kept.read_value(key)
+                        kept.write_value(key, total + value, timestamp)
+                finally:
+                    kept.close()
+                ended.unlink()
 
 
 class _CertificateExpiry(Collector):

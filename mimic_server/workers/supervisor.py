@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import multiprocess
-
 from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
@@ -598,7 +596,7 @@ class Supervisor:
     def _died(self, slot: _Slot, run: _Run, now: float) -> None:
         code = run.process.returncode
         _close_pidfd(run)
-        multiprocess.mark_process_dead(run.process.pid, str(self._metrics_dir))
+        self.metrics.worker_ended(run.process.pid)  # its files: web/metrics.py
         self._table.publish(slot.index, 0)
         self._table.hold(slot.index, NOT_ACCEPTING)  # no other worker waits for a dead one
         self.metrics.restarts.inc()

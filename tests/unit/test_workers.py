@@ -472,3 +472,56 @@ def test_the_trusted_count_is_the_ready_workers_least(tmp_path: Path) -> None:
     assert trusted() == [3.0]
     replacement.ready, replacement.trusted_certificates = True, 2  # found a revocation first
     assert trusted() == [2.0]
+
+
+def test_an_ended_workers_counts_are_kept_in_one_file_for_all(tmp_path: Path) -> None:
+    """A worker that ended leaves its counters and histograms, which the scrape goes on
+    adding up, but not files of its own: they are added into one file kept for every worker
+    that ended. Its live gauges go. Each used to leave two files read at every scrape, so a
+    crash loop grew the scrape's time and the directory without end."""
+    import subprocess
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mimic_server.web.metrics import ServerMetrics
+
+    program = (
+        "import sys\n"
+        "from mimic_server.web.metrics import ArchiveMetrics\n"
+        "m = ArchiveMetrics(worker=True)\n"
+        "m.serve_as_worker(int(sys.argv[1]))\n"
+        "m.active_associations_from(lambda: 1)\n"
+        "m.association('accepted')\n"
+        "m.request_answered('C-STORE', 'success', 0.02 * (1 + int(sys.argv[1])))\n"
+        "m.stored(1000)\n"
+        "print(__import__('os').getpid())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    pids = [int(subprocess.run([sys.executable, "-c", program, str(n % 2)], env=env,
+                               check=True, capture_output=True, text=True).stdout)
+            for n in range(4)]
+    metrics = ServerMetrics(tmp_path, 2)
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = metrics.exposition().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name.startswith("mimic_") and not s.name.startswith("mimic_worker")}
+
+    before = samples()
+    assert before[("mimic_associations_active", ())] == 4  # each says 1, summed live
+    for pid in pids[:3]:
+        metrics.worker_ended(pid)
+    after = samples()
+    assert after.pop(("mimic_associations_active", ())) == 1  # the one still alive
+    before.pop(("mimic_associations_active", ()))
+    # Every counter and histogram as it was (a sum of floats in another order: approx).
+    assert after == pytest.approx(before)
+    assert after[("mimic_dimse_requests_total", (("service", "C-STORE"),
+                                                  ("status", "success")))] == 4
+    assert after[("mimic_stored_bytes_total", ())] == 4000
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([f"counter_{pids[3]}.db", f"histogram_{pids[3]}.db",
+                            f"gauge_livesum_{pids[3]}.db", "counter_ended.db",
+                            "histogram_ended.db"])
