@@ -26,6 +26,7 @@ second archive started on the same port by mistake still fails.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -263,15 +264,26 @@ class Supervisor:
             os.close(write_end)
             os.close(go_read)
         run = _Run(process, time.monotonic(), _pidfd(process.pid), go_fd=go_write)
-        if release:
-            self._release(run)
-        slot.run, slot.restart_at = run, None
-        slot.runs.append(process.pid)
         run.reader = threading.Thread(
             target=self._read_status, args=(slot, run, read_end), daemon=True,
             name=f"mimic-worker-{slot.index}-status",
         )
-        run.reader.start()
+        try:
+            run.reader.start()
+        except RuntimeError as exc:
+            # No thread to be had (memory, a pids limit: as likely as a failed Popen just
+            # after the kernel killed a worker): the worker goes, unreleased, and this is a
+            # start that failed (_replace tries again), not a fault that stops the server.
+            process.kill()
+            process.wait()
+            _close_pidfd(run)
+            os.close(read_end)
+            raise OSError(errno.EAGAIN, f"no thread for the worker's status pipe: {exc}") \
+                from exc
+        if release:
+            self._release(run)
+        slot.run, slot.restart_at = run, None
+        slot.runs.append(process.pid)
         log.info("worker started", extra={"worker": slot.index, "pid": process.pid})
 
     def _release(self, run: _Run) -> None:

@@ -351,7 +351,7 @@ def _descriptors() -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("failing", ["second-pipe", "popen"])
+@pytest.mark.parametrize("failing", ["second-pipe", "popen", "reader-thread"])
 def test_a_replacement_that_cannot_be_started_is_tried_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     failing: str,
@@ -363,6 +363,8 @@ def test_a_replacement_that_cannot_be_started_is_tried_again(
     import logging
     import socket
     import subprocess
+    import sys
+    import threading
     import time
 
     from mimic_server.workers import supervisor as module
@@ -378,12 +380,26 @@ def test_a_replacement_that_cannot_be_started_is_tried_again(
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return real_pipe()
 
-    def popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+    started: list[subprocess.Popen[bytes]] = []
 
-    real_pipe = os.pipe
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        if failing != "reader-thread":
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        # A process that runs (a worker importing), whose status reader cannot be started.
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return started[-1]
+
+    real_thread_start = threading.Thread.start
+
+    def thread_start(self: threading.Thread) -> None:
+        if self.name.startswith("mimic-worker-"):
+            raise RuntimeError("can't start new thread")
+        real_thread_start(self)
+
+    real_pipe, real_popen = os.pipe, subprocess.Popen
     monkeypatch.setattr(module.os, "pipe", pipe)
     monkeypatch.setattr(module.subprocess, "Popen", popen)
+    monkeypatch.setattr(threading.Thread, "start", thread_start)
     slot = supervisor.slots[0]
     before = _descriptors()
     now = time.monotonic()
@@ -391,6 +407,7 @@ def test_a_replacement_that_cannot_be_started_is_tried_again(
         supervisor._replace(slot, now)
         supervisor._replace(slot, now)
     assert _descriptors() - before == set()  # none left open by the failed starts
+    assert all(process.poll() is not None for process in started)  # none left running
     assert slot.run is None and slot.young_deaths == 2
     assert slot.restart_at == now + 2 * FIRST_BACKOFF
     logged = [r for r in caplog.records if r.getMessage() == "cannot start a worker; trying again"]
