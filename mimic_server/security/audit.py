@@ -377,14 +377,42 @@ def _matching(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
         return
     with open(path, "rb") as fh:
         for line in fh:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # UnicodeDecodeError too
-                continue  # a line cut short by a crash
-            if not isinstance(entry, dict):
-                continue
-            if "xml" in entry and selection.matches(entry):
-                yield entry
+            for entry in records_in_line(line):
+                if "xml" in entry and selection.matches(entry):
+                    yield entry
+
+
+#: How every record :class:`FileSink` writes begins (a JSON string can hold these bytes only
+#: escaped, so they begin a record wherever they stand in a line).
+_RECORD_START = b'{"EventDateTime":'
+
+
+def records_in_line(line: bytes) -> Iterator[dict[str, Any]]:
+    """The records (JSON objects) a line of the audit file holds: one, or none for a line
+    cut short or of garbage; and after a record cut short, the one appended behind it.
+
+    A process killed in its ``write`` of a record leaves the bytes written so far (a kill
+    lands between two pages of a long write: a worker killed for memory, or by its
+    supervisor), without their newline, and whichever process writes next appends its
+    record to that line: skipped whole, the line lost that record too, whole as it was."""
+    try:
+        entry = json.loads(line)
+    except ValueError:  # UnicodeDecodeError too
+        entry = None
+    else:
+        if isinstance(entry, dict):
+            yield entry
+        return
+    start = line.find(_RECORD_START, 1)
+    while start != -1:
+        end = line.find(_RECORD_START, start + 1)
+        try:
+            entry = json.loads(line[start:end if end != -1 else len(line)])
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            yield entry
+        start = end
 
 
 def read_file_newest(path: Path, selection: AuditFilter,

@@ -10,7 +10,6 @@ naming the entry's trust name).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from sqlalchemy import Engine, func, select
 from mimic_server.certs import TrustedCertificate
 from mimic_server.index.engine import read_index
 from mimic_server.index.models import AuditEvent, Instance
+from mimic_server.security.audit import records_in_line
 from mimic_server.security.grants import Service
 from mimic_server.security.identity import Identity
 from mimic_server.security.policy import Policy
@@ -130,12 +130,9 @@ class LastLoginsInFile:
             if not line.endswith(b"\n"):
                 return
             self._offset += len(line)
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut short by a crash, undecodable bytes
-                continue
-            if isinstance(entry, dict) and "xml" in entry:
-                yield entry
+            for entry in records_in_line(line):  # cut short by a crash, undecodable: none
+                if "xml" in entry:
+                    yield entry
 
 
 def describe(
