@@ -8,6 +8,7 @@ A worker that does not answer within the timeout is left out (and counted in
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import urllib.request
@@ -28,7 +29,9 @@ def fetch_status(port: int | None) -> dict[str, Any] | None:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
             body: dict[str, Any] = json.load(answer)
             return body
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: a worker that died in the middle of its answer (IncompleteRead,
+        # BadStatusLine: not OSError); it raised out of the console's status.
         log.warning("worker status unavailable", extra={"port": port,
                                                         "error": type(exc).__name__})
         return None
@@ -46,7 +49,7 @@ def sample_worker(port: int | None) -> bool:
                                     timeout=TIMEOUT) as answer:
             answer.read()
         return True
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # HTTPException: as above
         log.warning("worker metrics unavailable", extra={"port": port,
                                                          "error": type(exc).__name__})
         return False

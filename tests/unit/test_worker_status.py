@@ -27,3 +27,39 @@ def test_a_worker_that_does_not_answer_is_counted_not_fatal() -> None:
     merged = merge_status([(0, None), (1, {"associations": [], "minutes": []})])
     assert merged == {"associations": [], "minutes": [], "workers_unanswered": 1}
     assert fetch_status(None) is None
+
+
+def test_a_worker_that_dies_in_the_middle_of_its_answer_is_one_that_does_not_answer() -> None:
+    """A worker killed while it answers (its headers sent, its body cut short, or its status
+    line) raised http.client's own errors, which are not OSError: out of the supervisor's
+    scrape (/metrics 500) and its console status, instead of leaving that worker out."""
+    import socket
+    import threading
+
+    from mimic_server.workers.status import sample_worker
+
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"ass",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n# HELP mimic",
+        b"HTTP/1.1 2",
+    ]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for answer in answers * 2:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)  # then the connection closes: the worker died
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        for _ in answers:
+            assert fetch_status(port) is None
+        for _ in answers:
+            assert sample_worker(port) is False
+    finally:
+        server.join(10)
+        listener.close()
