@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,27 @@ import pytest
 from mimic_server.config import Settings
 from mimic_server.workers import cpu_quota, worker_count
 from mimic_server.workers.table import NOT_ACCEPTING, AssociationTable
+
+
+@pytest.fixture(autouse=True)
+def _supervisor_directories_removed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A Supervisor makes its directory (the association table, the metrics files) in the
+    system's temporary directory, removed when it stops; most tests here never start or
+    stop theirs, and left one there each run."""
+    import shutil
+    import tempfile
+
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recorded(*args: Any, **kwargs: Any) -> str:
+        made.append(mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recorded)
+    yield
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_workers_setting_wins(tmp_path: Path) -> None:
