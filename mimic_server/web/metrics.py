@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -336,7 +337,7 @@ class ServerMetrics:
         self.directory = directory
         self._refresh = refresh
         self.registry = CollectorRegistry()
-        MultiProcessCollector(self.registry, path=str(directory))
+        self.registry.register(_WorkerFiles(directory))
         self._own = CollectorRegistry()
         self._own.register(_CertificateExpiry(certificates))
         self._own.register(_TrustedCertificates(trusted))
@@ -371,17 +372,43 @@ class ServerMetrics:
             mark_process_dead(pid, str(self.directory))
             for kind in ("counter", "histogram"):
                 ended = self.directory / f"{kind}_{pid}.db"
-                if not ended.exists():
-                    continue
-                kept = MmapedDict(str(self.directory / f"{kind}_ended.db"))
                 try:
-                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(
-                            str(ended)):
-                        total, _ = kept.read_value(key)
-                        kept.write_value(key, total + value, timestamp)
-                finally:
-                    kept.close()
+                    values = list(MmapedDict.read_all_values_from_file(str(ended)))
+                except FileNotFoundError:
+                    continue
+                except (struct.error, RuntimeError, UnicodeDecodeError, ValueError):
+                    # Empty (killed as it made the file: _WorkerFiles) or damaged: nothing
+                    # to keep, and left here it failed every scrape (a counter read whole).
+                    values = []
+                if values:
+                    kept = MmapedDict(str(self.directory / f"{kind}_ended.db"))
+                    try:
+                        for key, value, timestamp, _ in values:
+                            total, _ = kept.read_value(key)
+                            kept.write_value(key, total + value, timestamp)
+                    finally:
+                        kept.close()
                 ended.unlink()
+
+
+class _WorkerFiles(Collector):
+    """prometheus_client's ``MultiProcessCollector`` over the workers' files, but for the
+    empty ones. A worker's file exists empty for a moment as it is made (``MmapedDict``
+    creates it, then sizes it), and for good where a worker was killed in that moment;
+    read, it raised ``struct.error`` out of the whole scrape (/metrics 500; seen while a
+    worker was replaced: prometheus/client_python#1199). An empty file holds nothing, and
+    one found non-empty was sized already (a file only grows)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        files = []
+        for path in self._directory.glob("*.db"):
+            with contextlib.suppress(FileNotFoundError):  # a live gauge's, of one ended
+                if path.stat().st_size > 0:
+                    files.append(str(path))
+        return iter(MultiProcessCollector.merge(files, accumulate=True))
 
 
 class _CertificateExpiry(Collector):

@@ -564,3 +564,22 @@ def test_an_ended_workers_counts_are_kept_in_one_file_for_all(tmp_path: Path) ->
     assert names == sorted([f"counter_{pids[3]}.db", f"histogram_{pids[3]}.db",
                             f"gauge_livesum_{pids[3]}.db", "counter_ended.db",
                             "histogram_ended.db"])
+
+
+def test_an_empty_or_damaged_workers_file_fails_no_scrape(tmp_path: Path) -> None:
+    """prometheus_client makes a worker's file empty, then sizes it: a scrape in between (a
+    worker starting), or any scrape after a worker killed in between, raised struct.error
+    out of the whole /metrics (prometheus/client_python#1199; seen while a worker was
+    replaced). An empty file holds nothing: skipped. The supervisor's fold of an ended
+    worker's files takes neither down either, and removes them."""
+    from mimic_server.web.metrics import ServerMetrics
+
+    metrics = ServerMetrics(tmp_path, 2)
+    (tmp_path / "counter_101.db").touch()  # killed as it made its file, or making it now
+    (tmp_path / "histogram_101.db").touch()
+    assert b"mimic_workers 2.0" in metrics.exposition()
+    (tmp_path / "counter_102.db").write_bytes((1 << 20).to_bytes(4, "little") + b"\0" * 4)
+    metrics.worker_ended(101)
+    metrics.worker_ended(102)  # damaged: claims more than it holds
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert b"mimic_workers 2.0" in metrics.exposition()
