@@ -381,14 +381,22 @@ class ServerMetrics:
                     # to keep, and left here it failed every scrape (a counter read whole).
                     values = []
                 if values:
-                    kept = MmapedDict(str(self.directory / f"{kind}_ended.db"))
+                    try:
+                        kept = MmapedDict(str(self.directory / f"{kind}_ended.db"))
+                    except OSError:
+                        # The kept file cannot be opened (descriptors, the directory's
+                        # disk): the worker's own file stays and is read as before. Raised,
+                        # it ended the supervisor's main loop before the dead worker's slot
+                        # was zeroed.
+                        continue
                     try:
                         for key, value, timestamp, _ in values:
                             total, _ = kept.read_value(key)
                             kept.write_value(key, total + value, timestamp)
                     finally:
                         kept.close()
-                ended.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    ended.unlink()
 
 
 class _WorkerFiles(Collector):

@@ -583,3 +583,20 @@ def test_an_empty_or_damaged_workers_file_fails_no_scrape(tmp_path: Path) -> Non
     metrics.worker_ended(102)  # damaged: claims more than it holds
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert b"mimic_workers 2.0" in metrics.exposition()
+
+
+def test_a_kept_file_that_cannot_be_opened_leaves_the_ended_workers_own(tmp_path: Path) -> None:
+    """The fold runs in the supervisor's main loop, before the dead worker's slot is zeroed:
+    a kept file that cannot be opened (descriptors, its disk) must not raise out of it. The
+    worker's own file stays, and scrapes go on reading it as before the fold existed."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    from mimic_server.web.metrics import ServerMetrics
+
+    metrics = ServerMetrics(tmp_path, 2)
+    own = MmapedDict(str(tmp_path / "counter_103.db"))
+    own.write_value('["mimic_x", "mimic_x_total", {}, "x"]', 3.0, 0.0)
+    own.close()
+    (tmp_path / "counter_ended.db").mkdir()  # opened, it raises IsADirectoryError
+    metrics.worker_ended(103)
+    assert (tmp_path / "counter_103.db").exists()
