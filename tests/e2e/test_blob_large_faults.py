@@ -44,7 +44,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from tests.azurite import AZURITE_BLOB, Azurite
 from tests.blob_faults import BlobFaults, Seen
 from tests.database import migrated_database
-from tests.large_objects import write_large
+from tests.large_objects import dataset_digest, write_large
 from tests.support import (
     HOST,
     MimicProcess,
@@ -232,17 +232,6 @@ def _variant(path: Path, of: Path, last_byte: int, uid: str | None = None) -> st
 def _dataset_size(path: Path) -> int:
     head = path.read_bytes()[:144]
     return path.stat().st_size - (144 + struct.unpack_from("<L", head, 140)[0])
-
-
-def _dataset_digest(path: Path) -> str:
-    """SHA-256 of a Part 10 file's data set, read in pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        head = fh.read(144)
-        fh.seek(144 + struct.unpack_from("<L", head, 140)[0])
-        while piece := fh.read(MiB):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _spool_files(server: MimicProcess, spool: Path | None = None) -> list[str]:
@@ -512,7 +501,7 @@ def _get(server: MimicProcess, identifier: Dataset, on_pdu: Any = None,
     received: dict[str, str] = {}
 
     def on_store(event: Any) -> int:
-        received[str(event.request.AffectedSOPInstanceUID)] = _dataset_digest(
+        received[str(event.request.AffectedSOPInstanceUID)] = dataset_digest(
             Path(event.dataset_path))
         return 0x0000
 
@@ -636,7 +625,7 @@ def test_a_get_requestor_that_stops_reading(
     getter.join(60)
     received, final, _ = _get(server, _identifier(path))
     assert final.Status == 0x0000, final
-    assert received == {uid: _dataset_digest(path)}
+    assert received == {uid: dataset_digest(path)}
 
 
 def test_a_move_longer_than_the_network_timeout_keeps_both_associations(

@@ -44,7 +44,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from mimic_server.codec.nesting import MAX_SEQUENCE_DEPTH
 from tests.e2e.test_audit_trail import messages, studies
-from tests.large_objects import write_large, write_large_deflated
+from tests.large_objects import dataset_digest, write_large, write_large_deflated
 from tests.support import (
     HOST,
     MimicProcess,
@@ -63,17 +63,6 @@ LARGE = 160 * MiB
 MEDIUM = 24 * MiB  # above the 8 MiB streaming threshold, small enough to spend
 GET = PatientRootQueryRetrieveInformationModelGet
 MOVE = PatientRootQueryRetrieveInformationModelMove
-
-
-def _dataset_digest(path: Path) -> str:
-    """SHA-256 of a Part 10 file's data set (after its File Meta group), read in pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        head = fh.read(144)
-        fh.seek(144 + struct.unpack_from("<L", head, 140)[0])
-        while piece := fh.read(MiB):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 class Large:
@@ -96,7 +85,7 @@ class Large:
             timeout=300,
         )
         assert result.returncode == 0, result.stderr
-        self.digests[uid] = _dataset_digest(path)
+        self.digests[uid] = dataset_digest(path)
         header = pydicom.dcmread(path, stop_before_pixels=True)
         self.series[uid] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
         if not keep:
@@ -169,7 +158,7 @@ def _get(
     received: dict[str, str] = {}
 
     def on_store(event: Any) -> int:
-        received[str(event.request.AffectedSOPInstanceUID)] = (digest or _dataset_digest)(
+        received[str(event.request.AffectedSOPInstanceUID)] = (digest or dataset_digest)(
             event.dataset_path)
         return answer
 
@@ -267,7 +256,7 @@ def test_move_streams_a_large_object_to_storescp_over_tls(large: Large) -> None:
     assert wait_for(lambda: any(uid in n for n in os.listdir(large.received)))
     [path] = [large.received / n for n in os.listdir(large.received) if uid in n]
     # storescp (bit-preserving, +B) may still be writing it
-    assert wait_for(lambda: _dataset_digest(path) == large.digests[uid], timeout=30)
+    assert wait_for(lambda: dataset_digest(path) == large.digests[uid], timeout=30)
     assert _objects_held_open(large.server) == []
 
 
