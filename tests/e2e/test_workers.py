@@ -308,17 +308,22 @@ def test_a_killed_worker_is_replaced(server: MimicProcess) -> None:
     assert death["signal"] == "SIGKILL" and death["worker"] == 1
     # Scraped all through the replacement's start: the one still serving trusts modality1
     # and the CA, and the replacement (nothing loaded yet) does not say 0 ("nothing trusted").
+    # The replica stays ready all along: worker 0 accepts on the shared socket.
     trusted: set[float] = set()
+    readiness: set[int] = set()
 
     def replaced() -> bool:
         status, body = server.ops("/metrics")
         assert status == 200
-        trusted.update(s.value for f in text_string_to_metric_families(body.decode())
-                       for s in f.samples if s.name == "mimic_trusted_certificates")
-        return worker_pids(server)[1] != victim and server.ops("/readyz")[0] == 200
+        samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
+        trusted.update(s.value for s in samples if s.name == "mimic_trusted_certificates")
+        readiness.add(server.ops("/readyz")[0])
+        ready = next(s.value for s in samples if s.name == "mimic_workers_ready")
+        return worker_pids(server)[1] != victim and ready == 2
 
     assert wait_for(replaced, timeout=90, interval=0.01)
     assert trusted and 0.0 not in trusted, trusted
+    assert readiness == {200}, readiness
     assert metric(server, "mimic_worker_restarts_total") == 1
     # New associations succeed (on either worker), the replacement among them eventually.
     ctx = context(server)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mimic_server.config import Settings
+from mimic_server.errors import ConfigurationError
 from mimic_server.workers import cpu_quota, worker_count
 from mimic_server.workers.table import NOT_ACCEPTING, AssociationTable
 
@@ -266,6 +267,27 @@ def test_a_sighup_for_a_worker_still_starting_is_sent_when_it_is_ready(
     assert replacement.process.signals == [signal.SIGHUP]  # type: ignore[attr-defined]
 
 
+def test_the_workers_check_is_ready_while_some_worker_accepts(tmp_path: Path) -> None:
+    """The workers share one listening socket, so one that accepts serves the replica: a
+    worker dead or being replaced must not take the whole replica out of the ingress for
+    its replacement's start (a crash loop's back-off included). None ready is not ready."""
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 3)
+    with pytest.raises(ConfigurationError, match="0 of 3 workers ready"):
+        supervisor._workers_ready()  # none started yet
+    starting = [_Run(_Process(), 0.0) for _ in range(3)]  # type: ignore[arg-type]
+    for slot, run in zip(supervisor.slots, starting, strict=True):
+        slot.run = run
+    with pytest.raises(ConfigurationError, match="0 of 3 workers ready"):
+        supervisor._workers_ready()
+    supervisor.slots[1].run = _Run(_Process(), 0.0, ready=True)  # type: ignore[arg-type]
+    assert supervisor._workers_ready() == "1 of 3 workers ready"
+    supervisor.slots[1].run = _Run(_Ended(102, -9), 0.0, ready=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="0 of 3 workers ready"):
+        supervisor._workers_ready()  # it said ready, then died
+
+
 def test_the_certificate_expiry_is_exported_from_what_the_workers_reported(
     tmp_path: Path,
 ) -> None:
@@ -461,7 +483,6 @@ def test_workers_ended_by_a_stop_during_the_start_are_no_failed_start(tmp_path: 
     the start ends and the drain follows; without, it is one."""
     import signal
 
-    from mimic_server.errors import ConfigurationError
     from mimic_server.workers.supervisor import Supervisor, _Run
 
     supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
