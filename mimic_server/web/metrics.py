@@ -348,6 +348,10 @@ class ServerMetrics:
         self.restarts = Counter("mimic_worker_restarts",
                                 "Worker processes that died and were replaced.",
                                 registry=self._own)
+        self.associations_lost = Counter(
+            "mimic_worker_associations_lost",
+            "Associations open on worker processes that died (their peers saw the "
+            "connection reset; none reached released or aborted).", registry=self._own)
         #: Held while the workers' files are read (a scrape) or folded (:meth:`worker_ended`).
         self._files = threading.Lock()
 

@@ -615,6 +615,9 @@ class Supervisor:
         code = run.process.returncode
         _close_pidfd(run)
         self.metrics.worker_ended(run.process.pid)  # its files: web/metrics.py
+        # Its open associations ended with it, never counted released or aborted.
+        lost = self._table.published(slot.index)
+        self.metrics.associations_lost.inc(lost)
         self._table.publish(slot.index, 0)
         self._table.hold(slot.index, NOT_ACCEPTING)  # no other worker waits for a dead one
         self.metrics.restarts.inc()
@@ -626,7 +629,8 @@ class Supervisor:
         slot.run, slot.restart_at = None, now + delay
         log.error("worker died; replacing it", extra={
             "worker": slot.index, "pid": run.process.pid, **_exit_fields(code),
-            "restart_in_seconds": delay, "young_deaths": slot.young_deaths,
+            "open_associations": lost, "restart_in_seconds": delay,
+            "young_deaths": slot.young_deaths,
         })
 
     def _drain(self) -> int:
@@ -667,8 +671,10 @@ class Supervisor:
             try:
                 code = run.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("worker did not stop; killing it",
-                          extra={"worker": index, "pid": run.process.pid})
+                log.error("worker did not stop; killing it", extra={
+                    "worker": index, "pid": run.process.pid,
+                    "open_associations": self._table.published(index),
+                })
                 run.process.kill()
                 code = run.process.wait()
                 killed = True
@@ -681,6 +687,7 @@ class Supervisor:
                 log.error("worker died during the drain", extra={
                     "worker": index, "pid": run.process.pid, **_exit_fields(code),
                     "stop_reported": run.stopped,
+                    "open_associations": self._table.published(index),
                 })
         if self.ops is not None:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile

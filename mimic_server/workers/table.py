@@ -52,6 +52,11 @@ class AssociationTable:
     def publish(self, slot: int, count: int) -> None:
         _SLOT.pack_into(self._map, slot * _SLOT.size, count)
 
+    def published(self, slot: int) -> int:
+        """The open associations worker ``slot`` last published (read by the supervisor
+        for a worker that died: the associations it took with it)."""
+        return int(_SLOT.unpack_from(self._map, slot * _SLOT.size)[0])
+
     def others(self, slot: int) -> int:
         return sum(
             _SLOT.unpack_from(self._map, i * _SLOT.size)[0]

@@ -273,6 +273,7 @@ def test_a_worker_that_dies_during_the_drain_is_logged_and_fails_the_stop(
     server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="3",
                           cert_refresh_seconds="3600").start()
     opened = spread(server, context(server))
+    on_victim = per_worker(server)["1"]  # accepted, none closed: open
     victim = worker_pids(server)[1]
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
@@ -290,10 +291,13 @@ def test_a_worker_that_dies_during_the_drain_is_logged_and_fails_the_stop(
     stopped = next(e for e in entries if e.get("message") == "stopped")
     assert stopped["aborted_associations_complete"] is False
     assert stopped["workers_failed"] == 1
+    assert death["open_associations"] == on_victim >= 1
     assert code == 4, server.log()
 
 
 def test_a_killed_worker_is_replaced(server: MimicProcess) -> None:
+    opened = spread(server, context(server))
+    on_victim = per_worker(server)["1"]  # accepted, none closed: open
     victim = worker_pids(server)[1]
     os.kill(victim, signal.SIGKILL)
 
@@ -306,6 +310,14 @@ def test_a_killed_worker_is_replaced(server: MimicProcess) -> None:
     assert death is not None
     assert death["level"] == "ERROR" and death["pid"] == victim
     assert death["signal"] == "SIGKILL" and death["worker"] == 1
+    # The associations it held are counted lost, with it; worker 0's still serve.
+    assert death["open_associations"] == on_victim >= 1
+    assert metric(server, "mimic_worker_associations_lost_total") == on_victim
+    assert wait_for(lambda: sum(a.is_established for a in opened) == len(opened) - on_victim)
+    for assoc in opened:
+        if assoc.is_established:
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
     # Scraped all through the replacement's start: the one still serving trusts modality1
     # and the CA, and the replacement (nothing loaded yet) does not say 0 ("nothing trusted").
     # The replica stays ready all along: worker 0 accepts on the shared socket.
