@@ -205,8 +205,19 @@ def open_object_store(settings: Settings, credential: Any = None,
 def _blob_store(settings: Settings, credential: Any = None, *,
                 writable: bool = True, concurrency: int | None = None) -> ObjectStore:
     # Imported here: the Azure SDK costs start-up time that the embedded mode need not pay.
-    from mimic_server.storage.azure_blob import AzureBlobStore, blob_service_client
+    from mimic_server.storage.azure_blob import (
+        AzureBlobStore,
+        blob_service_client,
+        largest_data_set,
+    )
 
+    if writable and settings.max_object_bytes > largest_data_set():
+        # Refused at start: past 50,000 blocks the service refuses the next one, and such a
+        # C-STORE failed (0xA700) only after some 195 GiB had been received and uploaded.
+        raise ConfigurationError(
+            f"MIMIC_MAX_OBJECT_BYTES ({settings.max_object_bytes}) is larger than one blob "
+            f"holds (50,000 blocks of 4 MiB: at most {largest_data_set()} bytes of data set)"
+        )
     if settings.blob_connection_string:
         credential = None
     elif credential is None:

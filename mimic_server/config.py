@@ -198,7 +198,8 @@ class Settings(BaseSettings):
     )
     max_object_bytes: int = Field(
         4 << 30, ge=1, description="Largest data set a C-STORE may send, in bytes (default "
-        "4 GiB); a larger one is refused 0xA700 and nothing is stored.",
+        "4 GiB); a larger one is refused 0xA700 and nothing is stored. With Blob Storage at most "
+        "209714151424 (50,000 blocks of 4 MiB).",
     )
     spool_dir: Path | None = Field(
         None, description="Where data sets too large to hold in memory are spooled while "

@@ -53,6 +53,17 @@ READ_RANGE = 2 * MiB
 CONTENT_TYPE = "application/dicom"
 #: How long the delete after a failed commit waits for the service, at most (seconds).
 FORGET_TIMEOUT = 3.0
+#: The blocks one block blob may commit (the service refuses the 50,001st).
+MAX_BLOCKS = 50_000
+#: The block size of every put: the largest object a blob holds is ``MAX_BLOCKS`` of them.
+BLOCK_SIZE = 4 * MiB
+#: Room for what the archive writes before a data set (preamble, file meta information).
+PART10_ALLOWANCE = 1 * MiB
+
+
+def largest_data_set(block_size: int = BLOCK_SIZE) -> int:
+    """The largest data set a blob of ``block_size`` blocks can hold as a Part 10 file."""
+    return MAX_BLOCKS * block_size - PART10_ALLOWANCE
 
 
 def blob_service_client(
@@ -165,7 +176,7 @@ class AzureBlobStore:
         container: str = "dicom",
         *,
         create_container: bool = True,
-        block_size: int = 4 * MiB,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
         """``create_container`` is for first starts; raise ConfigurationError if unusable."""
         if not 1 <= block_size <= 100 * MiB:

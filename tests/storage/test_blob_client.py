@@ -90,6 +90,33 @@ def test_pool_size_defaults_to_max_associations(monkeypatch: pytest.MonkeyPatch)
         assert seen.pop() == expected
 
 
+def test_a_limit_past_what_one_blob_holds_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob commits at most 50,000 blocks, 4 MiB each here: a ``MIMIC_MAX_OBJECT_BYTES``
+    above that let a C-STORE run some 195 GiB into its upload before the service refused
+    a block (0xA700). Refused at start, one line; a store that only reads (``mimic
+    reconcile``) stores nothing and opens as before."""
+    from mimic_server import backends
+    from mimic_server.errors import ConfigurationError
+    from mimic_server.storage.azure_blob import MAX_BLOCKS, largest_data_set
+
+    def fake_client(**kwargs: Any) -> Any:
+        raise RuntimeError("went on to open the store")
+
+    monkeypatch.setattr(azure_blob, "blob_service_client", fake_client)
+    largest = largest_data_set()
+    assert largest == MAX_BLOCKS * 4 * 1024 * 1024 - 1024 * 1024
+    with pytest.raises(RuntimeError, match="went on"):
+        backends._blob_store(Settings(blob_connection_string="x", max_object_bytes=largest))
+    too_large = Settings(blob_connection_string="x", max_object_bytes=largest + 1)
+    with pytest.raises(ConfigurationError, match=r"MIMIC_MAX_OBJECT_BYTES \(\d+\) is larger "
+                       r"than one blob holds \(50,000 blocks of 4 MiB"):
+        backends._blob_store(too_large)
+    with pytest.raises(RuntimeError, match="went on"):
+        backends._blob_store(too_large, writable=False)
+
+
 @pytest.mark.parametrize("env", [
     {"MIMIC_BLOB_CONNECTION_STRING": "SharedAccessSignature=sv=2022&sig=TAILSECRET"},
     {"MIMIC_BLOB_ACCOUNT_URL": "https://[TAILSECRET"},
