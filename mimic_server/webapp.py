@@ -34,6 +34,7 @@ from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, MimicError
 from mimic_server.index.audit_table import read_table_newest
 from mimic_server.index.repository import SqlIndex
+from mimic_server.index.signed_out import SignedOutSessions
 from mimic_server.query.finder import Finder
 from mimic_server.resources import (
     certificate_source,
@@ -267,7 +268,9 @@ def open_console(settings: Settings, engine: Engine, finder: Finder, policy: Pol
         log.warning("operator console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID): "
                     "its pages answer 503")
     try:
-        signer = Signer(s.web_session_key, revoked_dir=_revoked_dir())
+        # Signed-out sessions in the index too: replicas share it and the key, no directory.
+        signer = Signer(s.web_session_key, revoked_dir=_revoked_dir(),
+                        signed_out=SignedOutSessions(engine))
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
     if signer.ephemeral and oidc is not None:

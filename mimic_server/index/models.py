@@ -127,3 +127,16 @@ class AuditEvent(Base):
     user_name: Mapped[str | None] = mapped_column(String(400))
     studies: Mapped[str] = mapped_column(Text)
     xml: Mapped[str] = mapped_column(Text)
+
+
+class SignedOutSession(Base):
+    """A console session signed out before its expiry (migration 0005): its id, and when its
+    cookie expires anyway (Unix seconds, the cookie's ``exp``), after which the row serves
+    nothing and the next sign-out deletes it. In the index because it is what every
+    ``mimic web`` replica shares (with the session key): a sign-out must end the session on
+    all of them (``web/console/sessions.py``)."""
+
+    __tablename__ = "signed_out_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires: Mapped[int] = mapped_column(BigInteger, index=True)

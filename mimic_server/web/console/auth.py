@@ -45,7 +45,13 @@ from mimic_server.security.tokens import TokenUser
 from mimic_server.web.console.access import ConsoleUser, Right
 from mimic_server.web.console.context import ConsoleContext
 from mimic_server.web.console.oidc import Pending, SignInRefused
-from mimic_server.web.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SIGNED_OUT_COOKIE
+from mimic_server.web.console.sessions import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SIGNED_OUT_COOKIE,
+    SessionsUnavailable,
+)
+from mimic_server.web.dicomweb.errors import WebError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ SIGNED_OUT_PATH = "/signed-out"
 #: The reason of a callback refused by ``ConsoleContext.token_exchanges`` (one reason, so
 #: that its refusals are counted as one per peer and interval).
 TOO_MANY_EXCHANGES = "too many sign-ins from this address"
+#: Retry-After (seconds) of a request refused because its session could not be checked.
+RETRY_AFTER = 5
 
 
 def secure_cookies(request: Request) -> bool:
@@ -107,8 +115,13 @@ def post_logout_redirect_uri(ctx: ConsoleContext, request: Request) -> str:
 
 
 def current_user(ctx: ConsoleContext, request: Request) -> ConsoleUser | None:
-    """The session's user, or None (no cookie, forged, expired, signed out)."""
-    body = ctx.signer.open(SESSION, request.cookies.get(SESSION_COOKIE))
+    """The session's user, or None (no cookie, forged, expired, signed out);
+    :class:`SessionsUnavailable` when whether it was signed out cannot be read (the index
+    does not answer). It may read the index: call it in a worker thread."""
+    return _session_user(ctx.signer.open(SESSION, request.cookies.get(SESSION_COOKIE)))
+
+
+def _session_user(body: dict[str, Any] | None) -> ConsoleUser | None:
     if body is None:
         return None
     roles = body.get("roles")
@@ -127,7 +140,11 @@ def console_user_source(ctx: ConsoleContext) -> Callable[[Request], TokenUser | 
     def source(request: Request) -> TokenUser | None:
         if request.headers.get("authorization"):
             return None
-        user = current_user(ctx, request)
+        try:
+            user = current_user(ctx, request)
+        except SessionsUnavailable as exc:
+            _unchecked(exc)
+            raise WebError(503, str(exc), {"Retry-After": str(RETRY_AFTER)}) from exc
         if user is None:
             return None
         return TokenUser(subject=user.subject, name=user.name, roles=user.roles,
@@ -138,6 +155,23 @@ def console_user_source(ctx: ConsoleContext) -> Callable[[Request], TokenUser | 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _unchecked(exc: SessionsUnavailable) -> None:
+    """A session that could not be checked against the signed-out sessions: a WARNING by
+    the error's type (a driver's message may name hosts and users), as the console's other
+    sources that are down (``app._unavailable``)."""
+    cause = exc.__cause__ or exc
+    log.warning("console session cannot be checked", extra={"error": type(cause).__name__})
+
+
+def _sessions_unavailable(exc: SessionsUnavailable) -> JSONResponse:
+    """503 for a request whose session could not be checked: refused, never served on a
+    session that may have been signed out through another replica."""
+    _unchecked(exc)
+    response = _error(503, str(exc))
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 def guard(
@@ -153,7 +187,12 @@ def guard(
         async def route(request: Request) -> Response:
             if ctx.oidc is None:
                 return _error(503, "console sign-in is not configured (MIMIC_WEB_OIDC_CLIENT_ID)")
-            user = current_user(ctx, request)
+            try:
+                # In a thread: the check reads the index (a pool's wait, a slow database),
+                # which the event loop and every other request on it must not wait for.
+                user = await anyio.to_thread.run_sync(current_user, ctx, request)
+            except SessionsUnavailable as exc:
+                return _sessions_unavailable(exc)
             if user is None:
                 if page:
                     return RedirectResponse("/auth/login", status_code=303)
@@ -359,10 +398,29 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         # ingress whose scheme the console could not see. A POST all the same, so that no
         # link or image ends it.
         peer = request.client.host if request.client else ""
-        user = current_user(ctx, request)
-        if user is not None:
-            ctx.signer.revoke(user.session_id, user.expires)
-            _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer, user=user.name)
+        # Signed out already or not: a sign-out the index did not take (it was down) is
+        # recorded by the next one, which this replica would otherwise refuse as signed out.
+        signed = _session_user(ctx.signer.open(
+            SESSION, request.cookies.get(SESSION_COOKIE), check_revoked=False))
+        user = None
+        if signed is not None:
+            try:
+                ended = await anyio.to_thread.run_sync(
+                    ctx.signer.revoke, signed.session_id, signed.expires)
+            except SessionsUnavailable as exc:
+                # Ended in this process (and its workers), not for the other replicas: the
+                # browser keeps its cookie, so that signing out again records it.
+                cause = exc.__cause__ or exc
+                log.error("console sign-out not recorded in the index", extra={
+                    "error": type(cause).__name__, "user": signed.name, "peer": peer})
+                response = _error(503, "sign-out not complete: the index database does not "
+                                       "answer, so other replicas of the console may still "
+                                       "accept this session; sign out again shortly")
+                response.headers["Retry-After"] = str(RETRY_AFTER)
+                return response
+            if ended:  # not already signed out: a live session, recorded once
+                user = signed
+                _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer, user=user.name)
         response: Response = RedirectResponse(SIGNED_OUT_PATH, status_code=303)
         if ctx.oidc is not None and _may_end_issuer_session(ctx, request, user):
             try:
