@@ -230,8 +230,8 @@ resource web 'Microsoft.App/containerApps@2024-03-01' = if (webEnabled) {
         targetPort: webPort
         allowInsecure: false
         // A browser stays with its replica. Every replica signs and accepts sessions with the
-        // one MIMIC_WEB_SESSION_KEY (below), but a sign-out is remembered by the replica that
-        // answered it only: its browser's next requests go there.
+        // one MIMIC_WEB_SESSION_KEY (below) and reads the sign-outs of all of them from the
+        // index (signed_out_sessions): the console does not need the affinity.
         stickySessions: {
           affinity: 'sticky'
         }
