@@ -46,6 +46,7 @@ from mimic_server.dimse import (
 )
 from mimic_server.dimse.receiving import ReceiveLimits
 from mimic_server.dimse.session import session_of
+from mimic_server.dimse.store_audit import per_instance
 from mimic_server.dimse.unexpected import STATUS, guarded, guarded_stream
 from mimic_server.errors import ConfigurationError
 from mimic_server.index import Index
@@ -64,6 +65,7 @@ from mimic_server.resources import (
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit_journal import Journals
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_file import PolicyFile
 from mimic_server.security.policy_watcher import PolicyWatcher
@@ -201,6 +203,18 @@ class Archive:
         self._opened_index = index
         return index
 
+    def _audit_journals(self) -> Journals | None:
+        """Where the trail records per association (the file): the journals of its received
+        instances, for the records of an association whose end never comes. A start
+        writes those of a server killed whole; a worker's are its supervisor's to write,
+        when it dies (``security/audit_journal.py``)."""
+        if self.audit.path is None or per_instance(self.audit):
+            return None
+        journals = Journals(self.settings.audit_journal_path, self.audit.path)
+        if self.worker is None:
+            journals.recover(self.audit)
+        return journals
+
     def _ae(self) -> AE:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
@@ -239,6 +253,7 @@ class Archive:
         # syslog client certificate defaults to the server's own.
         self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
         self.metrics.audit_failures_from(lambda: self.audit.failures)
+        journals = self._audit_journals()
         repository = next((sink for sink in self.audit.sinks
                            if isinstance(sink, SyslogTlsSink)), None)
         self._repository = repository
@@ -326,7 +341,7 @@ class Archive:
                     [policy])
         server.bind(
             evt.EVT_C_STORE, guarded(store.handle_store, "C-STORE", STATUS["C-STORE"], counted),
-            [object_store, index, policy, self.audit],
+            [object_store, index, policy, self.audit, journals],
         )
         server.bind(evt.EVT_SOP_EXTENDED, association.handle_sop_extended)
         if self.engine is not None:

@@ -571,3 +571,9 @@ class Settings(BaseSettings):
     @property
     def audit_path(self) -> Path:
         return (self.data_dir / "audit.jsonl").resolve()
+
+    @property
+    def audit_journal_path(self) -> Path:
+        """The journals of the open associations' received instances, beside the file
+        trail whose records they stand in for (``security/audit_journal.py``)."""
+        return (self.data_dir / "audit-journal").resolve()

@@ -17,6 +17,7 @@ from mimic_server.dimse import access, store_audit
 from mimic_server.dimse.protocol_version import refused_version
 from mimic_server.dimse.session import Session, attach_session, session_of
 from mimic_server.security import audit
+from mimic_server.security.audit_journal import record_received
 from mimic_server.security.identity import ANONYMOUS, peer_identity
 from mimic_server.security.policy import Policy, Refusal
 
@@ -259,27 +260,24 @@ def handle_conn_close(event: Event, audit_log: AuditLog) -> None:
 
 def _record_stores(session: Session, audit_log: AuditLog) -> None:
     """The file configuration: one DICOM Instances Transferred per study received, at the end
-    of the association. The table configuration wrote one per instance in its index
-    transaction (store_audit.py): here only the failures, which indexed nothing (see
-    docs/architecture.md, "Logging vs audit")."""
+    of the association, tagged with its journal's id; then the journal goes (kept when a
+    record could not be written: a recovery writes what is missing). The table
+    configuration wrote one per instance in its index transaction (store_audit.py): here
+    only the failures, which indexed nothing (see docs/architecture.md, "Logging vs
+    audit")."""
     requestor = store_audit.requestor(session)
     if store_audit.per_instance(audit_log):
         if session.failed:
             audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
                              instances=session.stored, failed=session.failed, **requestor)
         return
-    result = audit.SUCCESS if not session.failed else audit.MINOR_FAILURE
-    for study_uid, classes in sorted(session.study_classes.items()):
-        patient_id, patient_name = session.study_patients.get(study_uid, ("", ""))
-        audit_log.record(
-            audit.INSTANCES_TRANSFERRED, result, received=True,
-            studies={study_uid: dict(classes)}, instances=sum(classes.values()),
-            failed=session.failed, patient_id=patient_id, patient_name=patient_name or None,
-            **requestor,
-        )
-    if session.failed and not session.stored:
-        audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
-                         instances=0, failed=session.failed, **requestor)
+    journal = session.journal
+    failures = audit_log.failures
+    record_received(audit_log, requestor, session.study_classes, session.study_patients,
+                    session.stored, session.failed,
+                    association=journal.association if journal is not None else None)
+    if journal is not None:
+        journal.end(keep=audit_log.failures != failures)
 
 
 #: How long a rejecting handler waits for the DUL thread to put its A-ASSOCIATE-RJ on the

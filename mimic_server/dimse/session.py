@@ -16,6 +16,8 @@ from mimic_server.security.user_identity import AssociationUser
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
+    from mimic_server.security.audit_journal import Journal
+
 _ATTRIBUTE = "_mimic_session"
 
 
@@ -39,6 +41,9 @@ class Session:
     #: Per study: instances stored per SOP Class, and the patient (audit trail only).
     study_classes: dict[str, Counter[str]] = field(default_factory=dict)
     study_patients: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Where the trail records per association: its received instances as each is
+    #: acknowledged, for the records should its end never come (``audit_journal``).
+    journal: Journal | None = None
     #: The match list of the C-GET / C-MOVE being answered (for its audit messages).
     retrieving: list[Any] | None = None
     #: Whether the association was released (A-RELEASE-RP sent or received), not aborted.

@@ -18,7 +18,7 @@ from mimic_server.archive.ingest import check_declared_uids, ingest
 from mimic_server.dimse.received import received_from_event
 from mimic_server.dimse.receiving import release_spool
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.store_audit import prepare_stored
+from mimic_server.dimse.store_audit import journal_failed, journal_stored, prepare_stored
 from mimic_server.errors import DicomStatusError, NotAuthorized, Status
 from mimic_server.security.policy import Policy, Service
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from mimic_server.index import Index
     from mimic_server.security.audit import AuditLog
+    from mimic_server.security.audit_journal import Journals
     from mimic_server.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ log = logging.getLogger(__name__)
 
 def handle_store(
     event: Event, store: ObjectStore, index: Index, policy: Policy,
-    audit_log: AuditLog | None = None,
+    audit_log: AuditLog | None = None, journals: Journals | None = None,
 ) -> int | Dataset:
     """Handle ``evt.EVT_C_STORE``: keep the object as received, then index it (with its
-    audit record, where ``audit_log`` writes in the index transaction).
+    audit record, where ``audit_log`` writes in the index transaction; else journaled in
+    ``journals`` before Success goes out, for the records of its association's end).
 
     Returns
     -------
@@ -74,6 +76,7 @@ def handle_store(
     except DicomStatusError as exc:
         if session is not None:
             session.count_failed()
+            journal_failed(session, journals)
         log.warning(
             "C-STORE refused",
             extra={"status": f"0x{exc.status:04X}", "reason": str(exc), "sop_class": sop_class_uid},
@@ -84,6 +87,8 @@ def handle_store(
         release_spool(request.DataSet)  # now, not when the request is collected
     session.count_stored(size, attrs.study_instance_uid, sop_class_uid,
                          (attrs.patient_id, attrs.patient_name))
+    if journals is not None:
+        journal_stored(session, journals, attrs, sop_class_uid)
     return Status.SUCCESS
 
 

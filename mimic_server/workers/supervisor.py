@@ -158,6 +158,7 @@ class Supervisor:
     def _start(self) -> None:
         s = self.settings
         make_data_dir(s.data_dir)
+        self._recover_audit()  # a server killed whole: before any worker holds a journal
         descriptors.raise_soft_limit()  # the workers inherit it (each raises it again too)
         self._listener = self._bind()
         if s.ops_port:  # bound now: a taken port fails the start before any worker runs
@@ -632,6 +633,36 @@ class Supervisor:
             "open_associations": lost, "restart_in_seconds": delay,
             "young_deaths": slot.young_deaths,
         })
+        self._recover_audit()
+
+    def _recover_audit(self) -> None:
+        """Where the trail is the file (a SQLite index), write the DICOM Instances
+        Transferred of the associations a dead worker left open, from their journals
+        (``security/audit_journal.py``): those of live workers are locked and left alone.
+        Imported here: a supervisor none of whose workers died never loads the audit
+        messages. A failure is logged and does not stop the supervision: the journals stay
+        for the next recovery."""
+        s = self.settings
+        if not s.index_url.startswith("sqlite"):  # the table trail writes each in its commit
+            return
+        directory = s.audit_journal_path
+        try:
+            if not any(directory.iterdir()):
+                return
+        except OSError:  # none yet
+            return
+        try:
+            from mimic_server.security.audit import AuditLog
+            from mimic_server.security.audit_journal import recover
+            from mimic_server.security.audit_records import Archive
+
+            trail = AuditLog(s.audit_path, archive=Archive(s.ae_title, host=socket.gethostname()))
+            try:
+                recover(directory, trail)
+            finally:
+                trail.close()
+        except Exception as exc:
+            log.error("audit journals not recovered", extra={"error": type(exc).__name__})
 
     def _drain(self) -> int:
         """Stop accepting here, let every worker drain (MIMIC_DRAIN_SECONDS), then go. Returns
