@@ -52,6 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +92,10 @@ class Journal:
     def stored(self, study: str, sop_class: str, sop_instance: str, patient_id: str,
                patient_name: str) -> None:
         """An instance indexed, about to be answered Success."""
-        self._append(_encode(["S", study, sop_class, sop_instance, patient_id,
-                              patient_name]) + "\n")
+        # Written field by field with the json module's C string encoder (what json.dumps
+        # does to each): 16 k instructions per instance here, 28 k through JSONEncoder.
+        self._append(f'["S",{_string(study)},{_string(sop_class)},{_string(sop_instance)},'
+                     f'{_string(patient_id)},{_string(patient_name)}]\n')
 
     def failed(self) -> None:
         """A C-STORE answered with a failure (the records' outcome and ``failed`` count)."""
