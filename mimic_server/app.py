@@ -720,8 +720,16 @@ class Archive:
         if self.policy_watcher is not None:
             self.policy_watcher.refresh_now()
 
-    def stop(self, drain_seconds: float | None = None) -> None:
-        """Stop accepting, let open associations finish up to the drain time, then abort."""
+    def stop(
+        self, drain_seconds: float | None = None,
+        wait: Callable[[float], object] = time.sleep,
+    ) -> None:
+        """Stop accepting, let open associations finish up to the drain time, then abort.
+
+        ``wait(seconds)`` is how the drain waits between two looks at what is still open:
+        ``mimic serve`` acts on a SIGHUP there (:meth:`refresh_certificates`), so that a
+        certificate revoked while the drain runs has its associations aborted at once;
+        a drain that only slept left them storing until its end."""
         drain = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         self.begin_drain()
         server = self.server
@@ -734,7 +742,7 @@ class Archive:
                 self.worker.report(event="draining")
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
-                time.sleep(0.1)
+                wait(min(0.1, max(0.0, deadline - time.monotonic())))
             remaining = server.active_associations
             for assoc in remaining:
                 assoc.abort()

@@ -237,7 +237,14 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
             click.echo("mimic: the listener stopped; exiting", err=True)
             archive.stop(0)
             sys.exit(EXIT_LISTENER_DIED)
-    archive.stop()
+
+    def drain_wait(seconds: float) -> None:
+        # A SIGHUP during the drain (a certificate revoked meanwhile) is acted on as at any
+        # other time: the revoked peer's associations are aborted now, not at the drain's end.
+        if signal.SIGHUP in inbox.wait(seconds):
+            archive.refresh_certificates()
+
+    archive.stop(wait=drain_wait)
 
 
 @main.command()

@@ -532,9 +532,7 @@ class Supervisor:
                 self._wait()  # a request made during the start left its byte: no wait
                 if self._stopping:
                     break
-                if self._hup_requested:
-                    self._hup_requested = False  # cleared first: a later one is not lost
-                    self.hup()
+                self._forward_hup()
                 now = time.monotonic()
                 for slot in self.slots:
                     run = slot.run
@@ -693,15 +691,15 @@ class Supervisor:
         while time.monotonic() < deadline and not all(
             r.draining or r.process.poll() is not None for r in runs
         ):
+            self._forward_hup()
             time.sleep(0.02)
         self._draining.set()
         deadline = time.monotonic() + self.settings.drain_seconds + 15.0
         failed = 0
         for index, run in slots:
             killed = False
-            try:
-                code = run.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            code = self._await_end(run, max(deadline, time.monotonic() + 0.1))
+            if code is None:
                 log.error("worker did not stop; killing it", extra={
                     "worker": index, "pid": run.process.pid,
                     "open_associations": self._table.published(index),
@@ -733,6 +731,37 @@ class Supervisor:
             "workers_failed": failed,
         })
         return failed
+
+    def _forward_hup(self) -> None:
+        """A SIGHUP that came since the last look is sent to the workers now."""
+        if self._hup_requested:
+            self._hup_requested = False  # cleared first: a later one is not lost
+            self.hup()
+
+    def _await_end(self, run: _Run, deadline: float) -> int | None:
+        """``run``'s exit code once it ends, None if it still runs at ``deadline``
+        (monotonic). A SIGHUP meanwhile is forwarded (:meth:`_forward_hup`): workers drain
+        for up to ``MIMIC_DRAIN_SECONDS``, and a certificate revoked then (the operator's or
+        the Key Vault watcher's SIGHUP) must have its associations aborted at once, not
+        left storing until the drain ends. Wakes on the worker's end (its pidfd) or the
+        wake-up pipe the signal handlers write, not on a timer."""
+        while True:
+            self._forward_hup()
+            code = run.process.poll()
+            if code is not None:
+                return code
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            if run.pidfd is not None:
+                poller.register(run.pidfd, select.POLLIN)
+            else:
+                left = min(left, SUPERVISE_PERIOD)
+            poller.poll(left * 1000 + 1)
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
 
     def _close(self) -> None:
         for slot in self.slots:

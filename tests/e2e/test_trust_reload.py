@@ -106,6 +106,43 @@ def test_sighup_refreshes_at_once(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
+def test_a_revocation_during_the_drain_aborts_the_revoked_association(tmp_path: Path) -> None:
+    """One process (MIMIC_WORKERS=1): a SIGHUP after a certificate is revoked while the
+    archive drains aborts that certificate's open association at once (it used to go on
+    storing until MIMIC_DRAIN_SECONDS ran out); another peer's association is not
+    disturbed, and the drain ends as soon as it is released."""
+    server = MimicProcess(tmp_path / "data", workers="1", drain_seconds="120",
+                          cert_refresh_seconds="3600").start()
+    syntax = "1.2.840.10008.1.2.1"
+    try:
+        devpki.issue_client(server.certs, "modalityr")
+        server.hup()
+        assert wait_for(lambda: _echo_ok(server, "modalityr"), timeout=10)
+        revoked = associate(server.port, _ctx(server, "modalityr"), transfer_syntaxes=[syntax])
+        bystander = associate(server.port, _ctx(server, "modality1"), transfer_syntaxes=[syntax])
+        assert revoked.is_established and bystander.is_established
+        assert server.proc is not None
+        server.proc.send_signal(15)
+        assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+        uid = "1.2.826.0.1.3680043.8.498.51."
+        assert revoked.send_c_store(ct_copy(tmp_path, uid + "1")).Status == 0  # drained
+
+        devpki.revoke(server.certs, "modalityr")
+        server.hup()
+        # Well within the peer's 15 s network timeout, after which it aborts by itself.
+        assert wait_for(lambda: revoked.is_aborted, timeout=6)
+        assert bystander.send_c_store(ct_copy(tmp_path, uid + "2")).Status == 0
+        bystander.release()
+        assert server.proc.wait(30) == 0, server.log()
+    finally:
+        server.stop()
+    updates = [e for e in server.log_entries() if e.get("message") == "trust set updated"]
+    assert updates[-1]["aborted_associations"] == 1
+    stopped = next(e for e in server.log_entries() if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 0  # aborted as revoked, not by the drain
+    assert server.instance_count() == 2
+
+
 def test_server_certificate_rotation(live: MimicProcess, tmp_path: Path) -> None:
     syntax = "1.2.840.10008.1.2.1"
     before = associate(live.port, _ctx(live, "modality1"), transfer_syntaxes=[syntax])

@@ -500,3 +500,54 @@ def test_a_sighup_to_every_process_during_the_start_is_no_failed_start(tmp_path:
             proc.kill()
             proc.wait()
     assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("hup_to", ["supervisor", "one worker"])
+def test_a_revocation_during_the_drain_aborts_the_revoked_peers_associations(
+    tmp_path: Path, hup_to: str
+) -> None:
+    """A certificate revoked while the workers drain (an operator's or the Key Vault
+    watcher's SIGHUP after a SIGTERM) is acted on as at any other time: the revoked peer's
+    association on each worker is aborted at once, not left storing until the drain ends.
+    The SIGHUP reaches the workers from the supervisor, or from one worker's trust change
+    relayed to the other; a bystander keeps storing and releases, and the stop is clean
+    (nothing aborted by the drain itself). The watchers poll hourly here: only the SIGHUP
+    can have done it."""
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="120",
+                          cert_refresh_seconds="3600").start()
+    try:
+        devpki.issue_client(server.certs, "modalityr")
+        server.hup()
+        assert wait_for(lambda: {e.get("worker") for e in trust_updates(server)} == {0, 1},
+                        timeout=20)
+        revoked = spread(server, context(server, "modalityr"))
+        bystander = associate(server.port, context(server), transfer_syntaxes=[EXPLICIT_LE])
+        assert bystander.is_established
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+        for n, assoc in enumerate(revoked):  # served while they drain, as any other
+            assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}3.{n}")).Status == 0
+
+        before = len(trust_updates(server))
+        devpki.revoke(server.certs, "modalityr")
+        if hup_to == "supervisor":
+            server.hup()
+        else:
+            os.kill(worker_pids(server)[0], signal.SIGHUP)
+        # Well within the peers' 15 s network timeout, after which they abort by themselves.
+        assert wait_for(lambda: all(a.is_aborted for a in revoked), timeout=6), \
+            [(e.get("worker"), e.get("aborted_associations")) for e in trust_updates(server)]
+        aborting = {e.get("worker") for e in trust_updates(server)[before:]
+                    if e.get("aborted_associations")}
+        assert aborting == {0, 1}  # each worker aborted its own
+        assert bystander.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}3.99")).Status == 0
+        bystander.release()
+        # Nothing open any more: the drain ends now, not at MIMIC_DRAIN_SECONDS.
+        assert server.proc.wait(30) == 0, server.log()
+    finally:
+        server.stop()
+    assert server.instance_count() == len(revoked) + 1
+    stopped = next(e for e in server.log_entries() if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 0
+    assert stopped["workers_failed"] == 0

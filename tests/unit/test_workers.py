@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,55 @@ def test_a_worker_that_dies_during_the_drain_fails_it(
     assert stopped.aborted_associations == 2  # type: ignore[attr-defined]
     assert stopped.aborted_associations_complete is False  # type: ignore[attr-defined]
     assert stopped.workers_failed == 1  # type: ignore[attr-defined]
+
+
+class _DrainingUntilHup(_Process):
+    """A draining worker whose last association is of a certificate revoked meanwhile: the
+    operator's SIGHUP reaches the supervisor while it waits for this worker to end, and the
+    worker ends once that SIGHUP is forwarded to it (its revoked association aborted)."""
+
+    def __init__(self, supervisor: Any) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+
+    def poll(self) -> int | None:  # type: ignore[override]
+        import signal
+
+        if signal.SIGHUP in self.signals:
+            return 0
+        if self.signals == [signal.SIGTERM]:  # draining: the revocation's SIGHUP comes
+            self.signals.append(0)
+            self.supervisor.request_hup()
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired("mimic serve-worker", timeout or 0.0)
+        return code
+
+
+def test_a_sighup_during_the_drain_is_forwarded_to_the_draining_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor waits up to MIMIC_DRAIN_SECONDS + 15 s for its workers: a SIGHUP then
+    (a certificate revoked during a stop) is forwarded as at any other time, so that each
+    worker aborts the revoked peer's associations now; it used to wait unforwarded until the
+    drain ended, and the revoked peer stored until then."""
+    import logging
+    import signal
+
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path, drain_seconds=0), {}, 1)
+    process = _DrainingUntilHup(supervisor)
+    supervisor.slots[0].run = _Run(process, 0.0, ready=True, draining=True,  # type: ignore[arg-type]
+                                   stopped=True)
+    with caplog.at_level(logging.INFO, logger="mimic_server.workers.supervisor"):
+        assert supervisor._drain() == 0
+    assert signal.SIGHUP in process.signals
+    assert signal.SIGKILL not in process.signals
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_sighup_for_a_worker_still_starting_is_sent_when_it_is_ready(
