@@ -25,7 +25,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 
 from mimic_server import patches
-from mimic_server.backends import index_answers, open_object_store, store_answers
+from mimic_server.backends import (
+    close_object_store,
+    index_answers,
+    open_object_store,
+    store_answers,
+)
 from mimic_server.certs import CertBundle, CertificateSource, devpki
 from mimic_server.certs.directory import DirectorySource
 from mimic_server.certs.trust import TrustIndex, applied_content
@@ -117,6 +122,9 @@ class Archive:
         self._index_override = index
         #: The index this server opened itself (not an override), closed with it.
         self._opened_index: SqlIndex | None = None
+        #: The object store this server opened itself (not an override), closed with it: the
+        #: file store's spare files in ``.incoming`` are removed only so.
+        self._opened_store: ObjectStore | None = None
         self.first_start: FirstStart | None = None
         self.engine: Engine | None = None
         self.server: MimicAssociationServer | None = None
@@ -245,10 +253,13 @@ class Archive:
         make_data_dir(s.data_dir)
         certificates = self._certificates()
         index = self._index_override or self._index()
-        object_store = self._object_store or open_object_store(
-            s, self._azure_credential() if s.uses_blob_storage and not s.blob_connection_string
-            else None, warn=self.worker is None,
-        )
+        object_store = self._object_store
+        if object_store is None:
+            object_store = self._opened_store = open_object_store(
+                s, self._azure_credential()
+                if s.uses_blob_storage and not s.blob_connection_string else None,
+                warn=self.worker is None,
+            )
         # The trail before anything that records to it (the policy file's first load); its
         # syslog client certificate defaults to the server's own.
         self.audit = open_audit_trail(s, self.engine, certificates[2] if certificates else None)
@@ -771,6 +782,9 @@ class Archive:
             self._opened_index.close()
         if self.engine is not None:
             self.engine.dispose()
+        if self._opened_store is not None:  # last: an aborted association's put had time
+            close_object_store(self._opened_store)
+            self._opened_store = None
 
 
 def _same_identity(a: CertBundle, b: CertBundle) -> bool:

@@ -175,7 +175,7 @@ def _file_of(engine: Engine) -> str:
 
 def open_object_store(settings: Settings, credential: Any = None,
                       warn: bool = True, *, writable: bool = True,
-                      concurrency: int | None = None) -> ObjectStore:
+                      concurrency: int | None = None, puts: bool = True) -> ObjectStore:
     """Blob Storage when an account URL or connection string is set, else files.
 
     ``credential`` signs Blob requests when there is no connection string; when it is needed
@@ -185,11 +185,15 @@ def open_object_store(settings: Settings, credential: Any = None,
     directory that is only read (a reconcile report, of a read-only copy too).
     ``concurrency``: how many requests of this process may read or write at once, when not
     one per association (``mimic web``'s request threads): the Blob connection pool's size
-    unless ``MIMIC_BLOB_CONNECTIONS`` says otherwise."""
+    unless ``MIMIC_BLOB_CONNECTIONS`` says otherwise. ``puts=False``: this process never
+    puts (``mimic serve``'s supervisor, which only answers ``/readyz`` from it), so the
+    file store makes it no spare temporary files ahead. Close it with
+    :func:`close_object_store`."""
     if settings.uses_blob_storage:
         return _blob_store(settings, credential, writable=writable, concurrency=concurrency)
     try:
-        store = FilesystemStore(settings.objects_dir, writable=writable)
+        store = (FilesystemStore(settings.objects_dir, writable=writable) if puts
+                 else FilesystemStore(settings.objects_dir, spare_files=0, writable=writable))
     except OSError as exc:
         raise ConfigurationError(
             f"object directory {settings.objects_dir} unusable: {exc}"
@@ -200,6 +204,16 @@ def open_object_store(settings: Settings, credential: Any = None,
                     "acknowledged just before the crash can be lost",
                     extra={"objects": str(settings.objects_dir)})
     return store
+
+
+def close_object_store(store: ObjectStore) -> None:
+    """At a clean stop: the file store removes its temporary directory in ``.incoming`` (its
+    spare files, made ahead, which nothing else removes while the directory's lock file is
+    there) and releases that lock. A crash leaves them to the next store's sweep. A store
+    without ``close`` (Blob Storage: nothing of its own left behind) is left as it is."""
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
 
 
 def _blob_store(settings: Settings, credential: Any = None, *,

@@ -175,7 +175,8 @@ class Supervisor:
         self._first_start()
         self._engine = open_index_engine(s)  # migrated (SQLite) or checked (PostgreSQL), once
         self._schema_revision = schema.current_revision(self._engine)
-        self._store = open_object_store(s)  # the blob container created once
+        # The blob container created once; no spare files: the supervisor never puts.
+        self._store = open_object_store(s, puts=False)
         for slot in self.slots:
             assert slot.run is not None
             self._release(slot.run)
@@ -776,6 +777,11 @@ class Supervisor:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._store is not None:  # its directory and lock file in .incoming go with it
+            from mimic_server.backends import close_object_store
+
+            close_object_store(self._store)
+            self._store = None
         with contextlib.suppress(ValueError, BufferError):
             self._table.close()
         shutil.rmtree(self._directory, ignore_errors=True)

@@ -551,3 +551,54 @@ def test_a_revocation_during_the_drain_aborts_the_revoked_peers_associations(
     stopped = next(e for e in server.log_entries() if e.get("message") == "stopped")
     assert stopped["aborted_associations"] == 0
     assert stopped["workers_failed"] == 0
+
+
+def incoming_files(server: MimicProcess) -> list[Path]:
+    """Everything under the file store's ``.incoming``: each store's directory of spare and
+    in-flight temporary files, and its lock file."""
+    incoming = server.data_dir / "objects" / ".incoming"
+    return sorted(incoming.rglob("*")) if incoming.exists() else []
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_a_clean_stop_leaves_no_spare_files_and_a_crash_is_swept_at_the_next_start(
+    tmp_path: Path, workers: str
+) -> None:
+    """Each file store makes 16 empty spare files ahead in ``.incoming/<id>/`` and holds a
+    lock there while it lives. A clean stop (SIGTERM, drain, exit 0) removes them, the
+    supervisor's (which never puts: it makes none) and every worker's, where they used to
+    stay, 16 per store (47 files and 3 locks with two workers). A crash leaves them, and the
+    next start sweeps what no living process holds."""
+    server = MimicProcess(tmp_path / "data", workers=workers).start()
+    try:
+        ctx = context(server)
+        opened = spread(server, ctx) if workers == "2" else [
+            associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE])]
+        for n, assoc in enumerate(opened):
+            assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}4.{n}")).Status == 0
+            assoc.release()
+        assert incoming_files(server)  # while it runs: its spares and locks
+    finally:
+        assert server.stop() == 0, server.log()
+    assert incoming_files(server) == []
+    assert server.instance_count() == len(opened)
+    assert len(server.stored_objects()) == len(opened)
+
+    # A crash (SIGKILL: a container killed, the workers with their supervisor) leaves them.
+    server.log_path.rename(tmp_path / "first-serve.log")  # each start its own log to read
+    again = MimicProcess(server.data_dir, workers=workers).start()
+    pids = [again.proc.pid] if again.proc is not None else []
+    pids += list(worker_pids(again).values())
+    assert again.proc is not None
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    again.proc.wait(30)
+    again.stop()
+    assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids))
+    assert any(p.name.endswith(".lock") for p in incoming_files(again))
+    # The next start sweeps them; its own go at its clean stop.
+    again.log_path.rename(tmp_path / "crashed-serve.log")
+    third = MimicProcess(server.data_dir, workers=workers).start()
+    assert third.stop() == 0, third.log()
+    assert incoming_files(third) == []
+    assert len(third.stored_objects()) == len(opened)

@@ -317,3 +317,29 @@ def test_a_read_only_store_reads_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(OSError):
         FilesystemStore(tmp_path / "file", writable=False)
+
+
+def test_a_store_for_no_puts_makes_no_spares_and_a_closed_store_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """``mimic serve``'s supervisor opens the store only to answer ``/readyz``: it makes no
+    spare files (it made 16 that nothing ever took). Closed (a clean stop), a store leaves
+    nothing in ``.incoming``, its lock file included; a store that puts made its spares."""
+    from mimic_server.backends import close_object_store, open_object_store
+    from mimic_server.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    root = settings.objects_dir
+    supervisor = open_object_store(settings, warn=False, puts=False)
+    worker = open_object_store(settings, warn=False)
+    _wait_for_spares(root, 16)
+    assert isinstance(worker, FilesystemStore)
+    _settled(worker)
+    spares = _incoming(root)
+    assert len(spares) == 16 and {p.parent for p in spares} == {worker._tmp}  # its alone
+    worker.put("a/1.dcm", [b"data"], None)
+    supervisor.check()  # its readiness question is still answered
+    close_object_store(worker)
+    close_object_store(supervisor)
+    assert list((root / ".incoming").iterdir()) == []
+    assert list(FilesystemStore(root, spare_files=0, writable=False).iter_keys()) == ["a/1.dcm"]
