@@ -488,11 +488,12 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
     every indexed object.
     """
     from mimic_server import logs
-    from mimic_server.backends import open_object_store
+    from mimic_server.backends import close_object_store, open_object_store
     from mimic_server.errors import OutOfResources
     from mimic_server.reconcile import reconcile as run
     from mimic_server.resources import open_audit_trail, open_index
     from mimic_server.security.audit import AuditLog
+    from mimic_server.storage import ObjectStore
 
     settings = _settings(**options)
     if fix and not (settings.uses_blob_storage and settings.database_url):
@@ -502,9 +503,13 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
         _check_local(settings, startup_checks.check_data_dir)
     logs.configure(settings.log_level, settings.log_format)
     engine, audit_log = None, AuditLog(None)
+    store: ObjectStore | None = None
     try:
-        store = open_object_store(settings, writable=fix)  # a report only reads,
-        engine, _ = open_index(settings, writable=fix)  # and may check a read-only copy
+        # A report only reads, and may check a read-only copy; --fix deletes but never puts,
+        # so its file store makes no spare files in .incoming, and is closed at the end (its
+        # directory and lock file there go with it).
+        store = open_object_store(settings, writable=fix, puts=False)
+        engine, _ = open_index(settings, writable=fix)
         if fix:  # the same trail as 'mimic serve' (the table on PostgreSQL)
             audit_log = open_audit_trail(settings, engine)
         report = run(
@@ -517,6 +522,8 @@ def reconcile(fix: bool, as_json: bool, settle_seconds: float, store_may_be_empt
         audit_log.close()
         if engine is not None:
             engine.dispose()
+        if store is not None:
+            close_object_store(store)
     result = report.as_dict(with_keys=as_json)
     _report(result, as_json, "no drift" if report.drift == 0 else f"drift: {report.drift}")
     if report.remaining:

@@ -29,7 +29,12 @@ from starlette.routing import Mount, Route
 from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead of restarting
 
 from mimic_server.archive.ingest import Ingest
-from mimic_server.backends import index_answers, open_object_store, store_answers
+from mimic_server.backends import (
+    close_object_store,
+    index_answers,
+    open_object_store,
+    store_answers,
+)
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError, MimicError
 from mimic_server.index.audit_table import read_table_newest
@@ -110,6 +115,9 @@ class WebArchive:
         self._object_store = object_store
         #: The object store opened (``open``), for the readiness check.
         self._store: ObjectStore | None = None
+        #: The object store this process opened itself (not a test's), closed at its stop:
+        #: the file store's spare files and lock in ``.incoming`` are removed only so.
+        self._opened_store: ObjectStore | None = None
         self._policy = policy
         self._console = console
         self.engine: Engine | None = None
@@ -146,8 +154,10 @@ class WebArchive:
         # A pool as large as the requests that may read at once: sized by the associations,
         # each request past 32 opened a new TLS connection to Blob Storage and dropped it
         # ("Connection pool is full, discarding connection" at WARNING, per request).
-        store = self._object_store or open_object_store(
-            s, concurrency=max(s.max_associations, REQUEST_THREADS))
+        store = self._object_store
+        if store is None:
+            store = self._opened_store = open_object_store(
+                s, concurrency=max(s.max_associations, REQUEST_THREADS))
         self._store = store
         self.audit = open_audit_trail(s, self.engine)
         _group_commits(self.audit)
@@ -235,6 +245,10 @@ class WebArchive:
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
+        if self._opened_store is not None:  # last: the requests that put have ended
+            close_object_store(self._opened_store)
+            self._opened_store = None
+            self._store = None
 
 
 def _group_commits(audit_log: AuditLog) -> None:

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mimic_server.app import open_index, open_object_store
+from mimic_server.backends import close_object_store
 from mimic_server.config import Settings
 from mimic_server.errors import OutOfResources
 from mimic_server.index.attributes import InstanceAttributes
@@ -53,6 +54,7 @@ def _archive(data_dir: Path, count: int) -> list[tuple[str, str]]:
                               sha256=sha, size=len(data), received_from="test")
         stored.append((attrs.sop_instance_uid, key))
     engine.dispose()
+    close_object_store(store)  # its spares and lock: the tests look at .incoming
     return stored
 
 
@@ -617,3 +619,16 @@ def test_a_report_on_an_older_index_migrates_nothing(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{index}")
     assert schema.current_revision(engine) == "0003"
     engine.dispose()
+
+
+def test_a_fix_leaves_nothing_in_the_incoming_directory(tmp_path: Path) -> None:
+    """``--fix`` opens the store writable (it deletes orphans), which claims a directory and
+    a lock file in ``.incoming``; it never puts, so it makes no spare files, and it closes
+    the store at its end. It left 16 empty spares, the directory and the lock file, until
+    the next start of a server swept them."""
+    data = tmp_path / "data"
+    [(_, key), _] = _archive(data, 2)
+    (data / "objects" / key).unlink()
+    code, fixed = _reconcile(data, "--fix", "--settle-seconds", "0")
+    assert code == 0 and fixed["removed_instances"] == 1
+    assert list((data / "objects" / _TMP).iterdir()) == []

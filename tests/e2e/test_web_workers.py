@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.e2e.test_stow import DICOM_MULTIPART, multipart, new_ct, part10
 from tests.oidc_double import OidcIssuerDouble
 from tests.web_support import AUDIENCE, WebProcess
 
@@ -142,3 +143,50 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path,
     result = web.run(timeout=180)
     assert result.returncode == 2, result.stderr
     assert "worker could not start" in result.stderr
+
+
+def _incoming(data_dir: Path) -> list[Path]:
+    """Everything under the file store's ``.incoming``: each store's directory of spare and
+    in-flight temporary files, and its lock file."""
+    incoming = data_dir / "objects" / ".incoming"
+    return sorted(incoming.rglob("*")) if incoming.exists() else []
+
+
+def _stow(web: WebProcess, token: str) -> int:
+    return requests.post(f"{web.url}/studies", data=multipart(part10(new_ct())), timeout=60,
+                         headers={"Authorization": f"Bearer {token}",
+                                  "Content-Type": DICOM_MULTIPART,
+                                  "Accept": "application/dicom+json",
+                                  "Connection": "close"}).status_code
+
+
+@pytest.mark.parametrize("count", ["2", "1"])
+def test_a_clean_stop_leaves_no_spare_files_and_a_crash_is_swept_at_the_next_start(
+        tmp_path: Path, issuer: OidcIssuerDouble, count: str) -> None:
+    """Each process's file store makes 16 empty spare files ahead in ``.incoming/<id>/``
+    and holds a lock there while it lives. A clean stop (SIGTERM) removes them, one process
+    or every worker's, where they used to stay until the next start swept them. A crash
+    (SIGKILL, the parent with its workers) leaves them, and the next start sweeps them."""
+    data = tmp_path / "data"
+    web = WebProcess(data, issuer, web_workers=count).start()
+    try:
+        token = issuer.mint(audience=AUDIENCE, roles=["Radiologist"])
+        assert {_stow(web, token) for _ in range(4)} == {200}
+        assert _incoming(data)  # while it runs: its spares and locks
+    finally:
+        assert web.stop() == 0, web.log()
+    assert _incoming(data) == []
+
+    web.log_path.rename(tmp_path / "first-web.log")
+    again = WebProcess(data, issuer, web_workers=count, web_port=str(web.port)).start()
+    assert again.proc is not None
+    pids = [again.proc.pid, *workers(again.proc.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    again.stop()
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids[1:]))
+    assert any(p.name.endswith(".lock") for p in _incoming(data))
+    again.log_path.rename(tmp_path / "crashed-web.log")
+    third = WebProcess(data, issuer, web_workers=count, web_port=str(web.port)).start()
+    assert third.stop() == 0, third.log()
+    assert _incoming(data) == []
