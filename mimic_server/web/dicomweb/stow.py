@@ -67,7 +67,12 @@ def routes(ctx: DicomWebContext) -> list[Route]:
 
 
 async def _store_instances(ctx: DicomWebContext, request: Request) -> Response:
-    session = authorize(ctx, request, STOW)
+    # In a thread, as the synchronous routes' is: a console session cookie is checked
+    # against the signed-out sessions in the index (a SELECT, up to the index's deadlines
+    # when it is slow or down), a bearer token may need the issuer's keys fetched, and a
+    # refusal is audited (the table on PostgreSQL). On the event loop each stalled every
+    # other request of this worker, its probes included.
+    session = await anyio.to_thread.run_sync(authorize, ctx, request, STOW)
     ingest: Ingest | None = ctx.ingest
     if ingest is None:
         raise WebError(503, "STOW-RS is not configured")
