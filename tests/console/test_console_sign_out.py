@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from mimic_server.web.console.headers import CSP
 from mimic_server.web.console.sessions import SESSION_COOKIE, SIGNED_OUT_COOKIE
 from tests.console.harness import (
     BASE,
@@ -231,3 +232,62 @@ def test_behind_a_tls_ingress_the_issuer_sends_the_browser_to_the_public_url(
     out = web.post("/auth/logout", headers={"Origin": "https://archive.example"})
     assert _query(_at_issuer(out))["post_logout_redirect_uri"] == \
         "https://archive.example/signed-out"
+
+
+class _IndexGoingDown:
+    """Signed-out sessions in an index that answers until ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.rows: dict[str, int] = {}
+
+    def add(self, session_id: str, expires: int) -> bool:
+        if self.down:
+            raise ConnectionRefusedError("the index does not answer")
+        known = session_id in self.rows
+        self.rows[session_id] = expires
+        return not known
+
+    def holds(self, session_id: str) -> bool:
+        if self.down:
+            raise ConnectionRefusedError("the index does not answer")
+        return session_id in self.rows
+
+
+def test_a_sign_out_the_index_cannot_take_answers_a_page_that_says_to_try_again(
+        issuer: OidcIssuerDouble, tmp_path: Path) -> None:
+    """The sign-out is a form POST, a browser navigation: its refusal while the index is
+    down is a page in the console's style (503, the console's CSP, Retry-After), not JSON
+    that the browser showed as raw text. It names no session and no user, keeps the cookie,
+    and offers the sign-out again, which the index takes once it is back."""
+    import time
+
+    from mimic_server.web.console.sessions import Signer
+
+    index = _IndexGoingDown()
+    ctx = console_context(issuer, tmp_path, clock=time.time)
+    ctx.signer = Signer("k" * 40, signed_out=index)
+    web = client(ctx)
+    assert sign_in(web, issuer).status_code == 303
+    session = web.cookies.get(SESSION_COOKIE)
+    assert session is not None
+    sid = json.loads(base64.urlsafe_b64decode(session.split(".")[0] + "==="))["sid"]
+    index.down = True
+
+    out = web.post("/auth/logout", headers={**OURS, "Accept": "text/html"})
+
+    assert out.status_code == 503
+    assert out.headers["content-type"].startswith("text/html")
+    assert out.headers["content-security-policy"] == CSP
+    assert out.headers["retry-after"].isdigit()
+    text = " ".join(out.text.split())
+    assert "could not be completed" in text and "try again" in text.lower()
+    assert '<form method="post" action="/auth/logout">' in out.text  # to sign out again
+    assert sid not in out.text and session not in out.text and "alice" not in out.text
+    assert "set-cookie" not in out.headers  # the browser keeps its cookie to sign out again
+    assert index.rows == {}
+
+    index.down = False
+    web.cookies.set(SESSION_COOKIE, session)
+    assert _at_issuer(web.post("/auth/logout", headers=OURS))
+    assert list(index.rows) == [sid]

@@ -33,11 +33,18 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 
 from mimic_server.config import origin_of
 from mimic_server.security import audit
@@ -75,6 +82,8 @@ SIGNED_OUT_PATH = "/signed-out"
 TOO_MANY_EXCHANGES = "too many sign-ins from this address"
 #: Retry-After (seconds) of a request refused because its session could not be checked.
 RETRY_AFTER = 5
+#: The page of a sign-out the index could not record (``app.STATIC``'s, which imports us).
+SIGN_OUT_FAILED_PAGE = Path(__file__).parent / "static" / "sign-out-failed.html"
 
 
 def secure_cookies(request: Request) -> bool:
@@ -227,6 +236,16 @@ def continue_at_issuer(url: str) -> HTMLResponse:
         "  <h1>Signed out of MIMIC</h1>\n"
         f"  <p><a href=\"{target}\">Continue to sign out of the sign-in service</a></p>\n"
         "</main>\n</body>\n</html>\n")
+
+
+def _sign_out_failed() -> FileResponse:
+    """503 for a sign-out the index could not record, as a page: the sign-out is a form
+    POST, a navigation, and the browser showed a JSON answer as raw text. A static page of
+    the console's (its CSP, no script), with a form that signs out again: the cookie is
+    left to the browser so that the next sign-out records what this one could not. It names
+    neither the session nor the user."""
+    return FileResponse(SIGN_OUT_FAILED_PAGE, status_code=503, media_type="text/html",
+                        headers={"Retry-After": str(RETRY_AFTER)})
 
 
 def _may_end_issuer_session(ctx: ConsoleContext, request: Request,
@@ -413,11 +432,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
                 cause = exc.__cause__ or exc
                 log.error("console sign-out not recorded in the index", extra={
                     "error": type(cause).__name__, "user": signed.name, "peer": peer})
-                response = _error(503, "sign-out not complete: the index database does not "
-                                       "answer, so other replicas of the console may still "
-                                       "accept this session; sign out again shortly")
-                response.headers["Retry-After"] = str(RETRY_AFTER)
-                return response
+                return _sign_out_failed()
             if ended:  # not already signed out: a live session, recorded once
                 user = signed
                 _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer, user=user.name)
