@@ -207,10 +207,10 @@ def guard(
                     return RedirectResponse("/auth/login", status_code=303)
                 return _error(401, "sign in first")
             if right not in ctx.roles.rights(user.roles):
-                _alert(ctx, request, user, "the user's roles do not grant this route")
+                await _alert(ctx, request, user, "the user's roles do not grant this route")
                 return _error(403, "your roles do not allow this page")
             if request.method == "POST" and not _same_origin(ctx, request):
-                _alert(ctx, request, user, "cross-origin request refused")
+                await _alert(ctx, request, user, "cross-origin request refused")
                 return _error(403, "cross-origin request refused")
             return await handler(request, user)
 
@@ -295,7 +295,7 @@ def _origins(ctx: ConsoleContext, request: Request) -> set[str]:
 def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Response]]]:
     issuer_calls = ctx.issuer_calls
 
-    def refused(peer: str, reason: str) -> None:
+    async def refused(peer: str, reason: str) -> None:
         """A stranger's refused sign-in costs one request: the first of a peer and reason
         in an interval is logged and recorded, the repeats are counted into one line and
         one record at the interval's end (``ctx.sign_in_refusals``), as refused DICOM
@@ -305,7 +305,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             return
         log.warning("console sign-in refused", extra={"reason": reason, "peer": peer,
                                                       "count": 1})
-        _audit(ctx, audit.MINOR_FAILURE, peer=peer, reason=reason)
+        await _audit(ctx, audit.MINOR_FAILURE, peer=peer, reason=reason)
 
     async def login(request: Request) -> Response:
         if ctx.oidc is None:
@@ -357,7 +357,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             # Answered here, before the issuer's threads: a flood waits for no issuer call.
             retry_after = ctx.token_exchanges.admit(peer)
             if retry_after is not None:
-                refused(peer, TOO_MANY_EXCHANGES)
+                await refused(peer, TOO_MANY_EXCHANGES)
                 response = _error(429, f"sign-in refused: {TOO_MANY_EXCHANGES}; "
                                        f"try again in {retry_after} s")
                 response.headers["Retry-After"] = str(retry_after)
@@ -367,7 +367,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
                 ctx.oidc.complete, pending, state, code, redirect_uri(ctx, request),
                 limiter=issuer_calls)
         except SignInRefused as exc:
-            refused(peer, str(exc))
+            await refused(peer, str(exc))
             response = _error(400, f"sign-in refused: {exc}")
             keep_login(ctx, request, response, others)
             return response
@@ -375,8 +375,8 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
         if not rights:
             log.warning("console sign-in refused", extra={
                 "reason": "no console role", "user": user.name, "peer": peer})
-            _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name,
-                   reason="no console role")
+            await _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name,
+                         reason="no console role")
             response = _error(403, "signed in, but your roles do not include a console role")
             keep_login(ctx, request, response, others)
             return response
@@ -391,7 +391,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
                       f"session cookie")
             log.warning("console sign-in refused", extra={
                 "reason": reason, "user": user.name, "peer": peer})
-            _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name, reason=reason)
+            await _audit(ctx, audit.MINOR_FAILURE, peer=peer, user=user.name, reason=reason)
             response = _error(403, f"signed in, but {reason}: assign this application fewer "
                                    f"roles or groups, or name a shorter claim in "
                                    f"MIMIC_OIDC_ROLES_CLAIM")
@@ -399,7 +399,7 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
             return response
         log.info("console sign-in", extra={"user": user.name, "peer": peer,
                                            "operator": Right.OPERATE in rights})
-        _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
+        await _audit(ctx, audit.SUCCESS, peer=peer, user=user.name)
         response = RedirectResponse("/", status_code=303)
         keep_login(ctx, request, response, others)
         if SIGNED_OUT_COOKIE in request.cookies:  # asked for credentials: this user's now
@@ -435,7 +435,8 @@ def routes(ctx: ConsoleContext) -> dict[str, Callable[[Request], Awaitable[Respo
                 return _sign_out_failed()
             if ended:  # not already signed out: a live session, recorded once
                 user = signed
-                _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer, user=user.name)
+                await _audit(ctx, audit.SUCCESS, event_type="logout", peer=peer,
+                             user=user.name)
         response: Response = RedirectResponse(SIGNED_OUT_PATH, status_code=303)
         if ctx.oidc is not None and _may_end_issuer_session(ctx, request, user):
             try:
@@ -525,21 +526,28 @@ _ISSUER_ERRORS = frozenset({
 })
 
 
-def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
+async def _audit(ctx: ConsoleContext, outcome: int, **details: Any) -> None:
+    """A User Authentication record, written in a worker thread: on PostgreSQL it is an
+    INSERT, which a slow index would make every request of this worker wait for, on the
+    event loop (``/healthz`` included, so that the platform restarted a worker that was
+    only waiting)."""
     if ctx.audit_log is None:
         return
     details.setdefault("event_type", "login")
-    ctx.audit_log.record(audit.USER_AUTHENTICATION, outcome, identity="web console",
-                         **details)
+    await anyio.to_thread.run_sync(functools.partial(
+        ctx.audit_log.record, audit.USER_AUTHENTICATION, outcome, identity="web console",
+        **details))
 
 
-def _alert(ctx: ConsoleContext, request: Request, user: ConsoleUser, reason: str) -> None:
+async def _alert(ctx: ConsoleContext, request: Request, user: ConsoleUser,
+                 reason: str) -> None:
     """A signed-in user refused a route: a Security Alert (Use of Restricted Function), as
-    the access policy records its refusals; it costs a session, so one each."""
+    the access policy records its refusals; it costs a session, so one each. In a worker
+    thread, as :func:`_audit`."""
     if ctx.audit_log is None:
         return
-    ctx.audit_log.record(audit.SECURITY_ALERT, audit.MINOR_FAILURE,
-                         event_type="use-of-restricted-function", identity="web console",
-                         peer=request.client.host if request.client else "",
-                         user=user.name, route=f"{request.method} {request.url.path}",
-                         reason=reason)
+    await anyio.to_thread.run_sync(functools.partial(
+        ctx.audit_log.record, audit.SECURITY_ALERT, audit.MINOR_FAILURE,
+        event_type="use-of-restricted-function", identity="web console",
+        peer=request.client.host if request.client else "",
+        user=user.name, route=f"{request.method} {request.url.path}", reason=reason))
