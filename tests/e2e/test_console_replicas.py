@@ -174,7 +174,12 @@ def test_while_the_index_is_down_no_session_is_served(
                 assert "operator-1" not in answer.text
                 page = requests.get(f"{base(web)}/", cookies={"mimic_session": cookie},
                                     allow_redirects=False, timeout=60)
-                assert page.status_code == 503 and "<html" not in page.text.lower()
+                # A page that says so (a navigation showed JSON as raw text), not the console.
+                assert page.status_code == 503 and "cannot check your session" in page.text
+                assert page.headers["content-type"].startswith("text/html")
+                assert page.headers["retry-after"] and "main.js" not in page.text
+                assert "script-src 'self'" in page.headers["content-security-policy"]
+                assert session_id(cookie) not in page.text and "operator-1" not in page.text
                 studies = requests.get(f"{web.url}/studies", cookies={"mimic_session": cookie},
                                        headers={"Accept": "application/dicom+json"}, timeout=60)
                 assert studies.status_code == 503

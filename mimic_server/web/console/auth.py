@@ -84,6 +84,7 @@ TOO_MANY_EXCHANGES = "too many sign-ins from this address"
 RETRY_AFTER = 5
 #: The page of a sign-out the index could not record (``app.STATIC``'s, which imports us).
 SIGN_OUT_FAILED_PAGE = Path(__file__).parent / "static" / "sign-out-failed.html"
+SESSION_UNCHECKED_PAGE = Path(__file__).parent / "static" / "session-unchecked.html"
 
 
 def secure_cookies(request: Request) -> bool:
@@ -174,10 +175,15 @@ def _unchecked(exc: SessionsUnavailable) -> None:
     log.warning("console session cannot be checked", extra={"error": type(cause).__name__})
 
 
-def _sessions_unavailable(exc: SessionsUnavailable) -> JSONResponse:
+def _sessions_unavailable(exc: SessionsUnavailable, page: bool) -> Response:
     """503 for a request whose session could not be checked: refused, never served on a
-    session that may have been signed out through another replica."""
+    session that may have been signed out through another replica. A page's navigation
+    gets a page (``static/session-unchecked.html``: the console's CSP, no script, a link to
+    try again), where the browser showed the JSON answer as raw text; an API call, JSON."""
     _unchecked(exc)
+    if page:
+        return FileResponse(SESSION_UNCHECKED_PAGE, status_code=503, media_type="text/html",
+                            headers={"Retry-After": str(RETRY_AFTER)})
     response = _error(503, str(exc))
     response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
@@ -201,7 +207,7 @@ def guard(
                 # which the event loop and every other request on it must not wait for.
                 user = await anyio.to_thread.run_sync(current_user, ctx, request)
             except SessionsUnavailable as exc:
-                return _sessions_unavailable(exc)
+                return _sessions_unavailable(exc, page)
             if user is None:
                 if page:
                     return RedirectResponse("/auth/login", status_code=303)
