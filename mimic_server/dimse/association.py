@@ -264,20 +264,30 @@ def _record_stores(session: Session, audit_log: AuditLog) -> None:
     record could not be written: a recovery writes what is missing). The table
     configuration wrote one per instance in its index transaction (store_audit.py): here
     only the failures, which indexed nothing (see docs/architecture.md, "Logging vs
-    audit")."""
+    audit").
+
+    Under the session's lock, marked ``ended``: a C-STORE still being stored or indexed
+    (the peer aborted meanwhile) is either counted here or, completing after, writes its
+    own record (``store_audit.record_late``); the lock is held while the records are
+    written so that it is never both."""
     requestor = store_audit.requestor(session)
-    if store_audit.per_instance(audit_log):
-        if session.failed:
-            audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
-                             instances=session.stored, failed=session.failed, **requestor)
-        return
-    journal = session.journal
-    failures = audit_log.failures
-    record_received(audit_log, requestor, session.study_classes, session.study_patients,
-                    session.stored, session.failed,
-                    association=journal.association if journal is not None else None)
-    if journal is not None:
-        journal.end(keep=audit_log.failures != failures)
+    with session.lock:
+        if session.ended:
+            return
+        session.ended = True
+        if store_audit.per_instance(audit_log):
+            if session.failed:
+                audit_log.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE,
+                                 received=True, instances=session.stored,
+                                 failed=session.failed, **requestor)
+            return
+        journal = session.journal
+        failures = audit_log.failures
+        record_received(audit_log, requestor, session.study_classes, session.study_patients,
+                        session.stored, session.failed,
+                        association=journal.association if journal is not None else None)
+        if journal is not None:
+            journal.end(keep=audit_log.failures != failures)
 
 
 #: How long a rejecting handler waits for the DUL thread to put its A-ASSOCIATE-RJ on the

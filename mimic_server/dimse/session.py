@@ -48,6 +48,10 @@ class Session:
     retrieving: list[Any] | None = None
     #: Whether the association was released (A-RELEASE-RP sent or received), not aborted.
     released: bool = False
+    #: The association's end has written the records of its received instances (under
+    #: ``lock``): a C-STORE that completes after it (the peer aborted while it was being
+    #: stored or indexed) is no longer counted and writes its own (``store_audit``).
+    ended: bool = False
     #: Query/Retrieve SOP Classes for which relational queries were negotiated.
     relational_classes: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -55,12 +59,17 @@ class Session:
     def count_stored(self, size: int, study_uid: str, sop_class_uid: str = "",
                      patient: tuple[str, str] | None = None) -> None:
         with self.lock:
-            self.stored += 1
-            self.bytes_stored += size
-            self.studies.add(study_uid)
-            self.study_classes.setdefault(study_uid, Counter())[sop_class_uid] += 1
-            if patient is not None:
-                self.study_patients.setdefault(study_uid, patient)
+            self.count_stored_locked(size, study_uid, sop_class_uid, patient)
+
+    def count_stored_locked(self, size: int, study_uid: str, sop_class_uid: str = "",
+                            patient: tuple[str, str] | None = None) -> None:
+        """:meth:`count_stored` for a caller that holds ``lock``."""
+        self.stored += 1
+        self.bytes_stored += size
+        self.studies.add(study_uid)
+        self.study_classes.setdefault(study_uid, Counter())[sop_class_uid] += 1
+        if patient is not None:
+            self.study_patients.setdefault(study_uid, patient)
 
     def relational(self, sop_class_uid: str) -> bool:
         return sop_class_uid in self.relational_classes

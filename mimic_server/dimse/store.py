@@ -18,7 +18,12 @@ from mimic_server.archive.ingest import check_declared_uids, ingest
 from mimic_server.dimse.received import received_from_event
 from mimic_server.dimse.receiving import release_spool
 from mimic_server.dimse.session import session_of
-from mimic_server.dimse.store_audit import journal_failed, journal_stored, prepare_stored
+from mimic_server.dimse.store_audit import (
+    counted_failed,
+    counted_stored,
+    prepare_stored,
+    record_late,
+)
 from mimic_server.errors import DicomStatusError, NotAuthorized, Status
 from mimic_server.security.policy import Policy, Service
 
@@ -74,21 +79,20 @@ def handle_store(
             audit_record=lambda attrs: prepare_stored(audit_log, session, attrs),
         )
     except DicomStatusError as exc:
-        if session is not None:
-            session.count_failed()
-            journal_failed(session, journals)
+        late = session is not None and not counted_failed(session, journals)
         log.warning(
             "C-STORE refused",
             extra={"status": f"0x{exc.status:04X}", "reason": str(exc), "sop_class": sop_class_uid},
             exc_info=exc.__cause__ is not None and log.isEnabledFor(logging.DEBUG),
         )
+        if late:
+            assert session is not None
+            record_late(audit_log, session, None, sop_class_uid, int(exc.status))
         return _failure(exc)
     finally:
         release_spool(request.DataSet)  # now, not when the request is collected
-    session.count_stored(size, attrs.study_instance_uid, sop_class_uid,
-                         (attrs.patient_id, attrs.patient_name))
-    if journals is not None:
-        journal_stored(session, journals, attrs, sop_class_uid)
+    if not counted_stored(session, journals, size, attrs, sop_class_uid):
+        record_late(audit_log, session, attrs, sop_class_uid, Status.SUCCESS)
     return Status.SUCCESS
 
 

@@ -7,10 +7,16 @@ requestor and the study; a normal end writes them once and leaves no journal."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
+import sqlite3
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +198,77 @@ def _alive(pids: Any) -> bool:
             continue
         return True
     return False
+
+
+@contextlib.contextmanager
+def index_writes_held(server: MimicProcess) -> Iterator[None]:
+    """The index's writers' lock (``index/engine.py``) held by the test, as another worker's
+    long transaction would hold it: a C-STORE meanwhile is stored and waits to be indexed."""
+    fd = os.open(server.data_dir / "index.sqlite3-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def indexed(server: MimicProcess, sop_instance: str) -> bool:
+    with contextlib.closing(sqlite3.connect(
+            f"file:{server.data_dir / 'index.sqlite3'}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?",
+                         (sop_instance,)).fetchone()
+    return row is not None
+
+
+@pytest.mark.parametrize("before", [0, 2], ids=["first-store", "after-two"])
+def test_a_store_indexed_after_its_association_ended_is_recorded_once(
+    tmp_path: Path, before: int,
+) -> None:
+    """The peer aborts while a C-STORE waits for its index commit: the association's end
+    writes its records (and ends its journal) first; the object is indexed after. It is in
+    the trail once all the same, at once, not at some later start."""
+    server = MimicProcess(tmp_path / "data", workers="1").start()
+    try:
+        study, paths = objects(tmp_path / "objects", before + 1)
+        assoc = store_and_hold(server, paths[:before])
+        answers: list[Any] = []
+        with index_writes_held(server):
+            sender = threading.Thread(target=lambda: answers.append(
+                assoc.send_c_store(paths[-1])))
+            sender.start()
+            time.sleep(1.0)  # its data set sent, the C-STORE waits for the index
+            assert not indexed(server, paths[-1].stem)
+            assoc.abort()
+            assert wait_for(lambda: any(e.get("message") == "association closed"
+                                        for e in server.log_entries()), timeout=30)
+        sender.join(30)
+        # No Success went out: the peer saw its association end, not an answer.
+        assert answers and "Status" not in answers[0]
+        assert wait_for(lambda: indexed(server, paths[-1].stem), timeout=30), server.log()
+        assert wait_for(lambda: recorded(server, study) == before + 1, timeout=10), \
+            received(server, study)
+    finally:
+        assert server.stop() == 0, server.log()
+    check_late_recorded_once(server, study, before + 1, paths[-1].stem)
+    assert not journals(server)
+    # Started again: nothing is left to recover, nothing is written twice.
+    server = restart(server, workers="1")
+    assert server.stop() == 0, server.log()
+    check_late_recorded_once(server, study, before + 1, paths[-1].stem)
+
+
+def recorded(server: MimicProcess, study: str) -> int:
+    """How many instances of ``study`` the trail's received records count."""
+    return sum(int(r["instances"]) for r in received(server, study))
+
+
+def check_late_recorded_once(server: MimicProcess, study: str, count: int, late: str) -> None:
+    """``count`` instances recorded in all; the late one by a record of its own, naming it,
+    with the requestor (MODALITY1, its certificate)."""
+    assert recorded(server, study) == count, received(server, study)
+    [own] = [r for r in received(server, study) if late in instances_named([r])]
+    assert own["instances"] == 1 and own["outcome"] == 0 and own["failed"] == 0
+    assert own["calling_ae"] == "MODALITY1" and own["identity"]
+    assert own["service"] == "C-STORE"
+    assert _message_instances(own["xml"]) == [late]
+

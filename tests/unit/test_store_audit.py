@@ -4,6 +4,8 @@ retried; the per-association summary is then not written again. SQLite and Postg
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +25,7 @@ from mimic_server.index.audit_table import AuditTable, read_table
 from mimic_server.index.repository import SqlIndex
 from mimic_server.security import audit_message as am
 from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit_journal import Journals
 from mimic_server.security.audit_records import Archive
 from mimic_server.security.policy import Policy
 from mimic_server.storage.memory import MemoryStore
@@ -165,14 +168,83 @@ def test_the_association_end_writes_no_second_record(ct: Dataset, index: SqlInde
     assert _status(handle_store(event, MemoryStore(), index, Policy("MIMIC"), trail)) == 0
     session: Session | None = session_of(event.assoc)
     assert session is not None
-    handle_conn_close(SimpleNamespace(assoc=SimpleNamespace(
-        **vars(event.assoc), is_aborted=False)), trail)
     assert [r["event"] for r in read_table(index.engine)] == ["110104"]
     # a failed C-STORE is still recorded at the end, as a failure with the counts
     session.count_failed()
+    handle_conn_close(SimpleNamespace(assoc=SimpleNamespace(
+        **vars(event.assoc), is_aborted=False)), trail)
+    # an end seen twice (a connection closed by both threads) writes nothing more
     handle_conn_close(SimpleNamespace(assoc=SimpleNamespace(
         **vars(event.assoc), is_aborted=False)), trail)
     rows = read_table(index.engine)
     assert [(r["event"], r["outcome"]) for r in rows] == [("110104", 0), ("110104", 4)]
     assert "failed=1" in etree.fromstring(rows[1]["xml"]).findtext(
         "EventIdentification/EventOutcomeDescription")
+
+
+class EndingStore(MemoryStore):
+    """A store during whose put the association ends (its peer aborts): the end runs on the
+    DUL thread while the C-STORE is still being kept on the association thread."""
+
+    def __init__(self, end: Any, fail: bool = False) -> None:
+        super().__init__()
+        self._end = end
+        self._fail = fail
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self._end()
+        if self._fail:
+            raise OutOfResources("store unavailable")
+        return super().put(*args, **kwargs)
+
+
+def _end(event: Any, trail: AuditLog) -> Any:
+    return lambda: handle_conn_close(SimpleNamespace(assoc=event.assoc), trail)
+
+
+def test_a_store_kept_after_its_association_ended_has_one_record(
+    ct: Dataset, index: SqlIndex, tmp_path: Path,
+) -> None:
+    """The table (PostgreSQL) wrote the record in the index transaction: nothing more. The
+    file, whose end had written the association's records without it: its own, at once."""
+    other = Collected()
+    table = _trail(index, other)
+    event = _event(ct)
+    assert _status(handle_store(event, EndingStore(_end(event, table)), index,
+                                Policy("MIMIC"), table)) == 0
+    rows = read_table(index.engine)
+    assert [(r["event"], r["outcome"]) for r in rows] == [("110104", 0)]
+    assert _instances(rows[0]["xml"]) == [ct.SOPInstanceUID] and len(other.entries) == 1
+
+    file_trail = AuditLog(tmp_path / "audit.jsonl")
+    journals = Journals(tmp_path / "journals", tmp_path / "audit.jsonl")
+    ct.SOPInstanceUID = "1.2.3.4.5.6.7.8.9.10"
+    event = _event(ct)
+    assert _status(handle_store(event, EndingStore(_end(event, file_trail)), index,
+                                Policy("MIMIC"), file_trail, journals)) == 0
+    [record] = file_records(tmp_path / "audit.jsonl")
+    assert record["event"] == "110104" and record["outcome"] == 0 and record["instances"] == 1
+    assert _instances(record["xml"]) == [ct.SOPInstanceUID]
+    assert record["calling_ae"] == "CT01" and "association" not in record
+    assert not list((tmp_path / "journals").iterdir())  # none made after the end
+    handle_conn_close(SimpleNamespace(assoc=event.assoc), file_trail)  # seen again: no more
+    assert len(file_records(tmp_path / "audit.jsonl")) == 1
+
+
+def test_a_store_failed_after_its_association_ended_has_its_failure_record(
+    ct: Dataset, index: SqlIndex,
+) -> None:
+    other = Collected()
+    trail = _trail(index, other)
+    event = _event(ct)
+    answer = handle_store(event, EndingStore(_end(event, trail), fail=True), index,
+                          Policy("MIMIC"), trail)
+    assert _status(answer) == 0xA700
+    rows = read_table(index.engine)
+    assert [(r["event"], r["outcome"]) for r in rows] == [("110104", 4)]
+    assert "failed=1" in etree.fromstring(rows[0]["xml"]).findtext(
+        "EventIdentification/EventOutcomeDescription")
+
+
+def file_records(trail: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in trail.read_bytes().splitlines() if line.strip()]
