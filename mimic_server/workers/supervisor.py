@@ -719,6 +719,11 @@ class Supervisor:
                     "stop_reported": run.stopped,
                     "open_associations": self._table.published(index),
                 })
+        if failed:
+            # One died or was killed here with associations open: their records now, once
+            # every worker has ended (its journals' locks with it), not at some later start
+            # on this data directory, which may never come.
+            self._recover_audit()
         if self.ops is not None:
             self.ops.stop()  # after the drain: probes see 503 from /readyz meanwhile
             self.ops = None

@@ -272,3 +272,37 @@ def check_late_recorded_once(server: MimicProcess, study: str, count: int, late:
     assert own["service"] == "C-STORE"
     assert _message_instances(own["xml"]) == [late]
 
+
+def test_a_worker_killed_in_the_drain_has_its_records_written_by_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A worker killed while it drains (OOM, a crash, or killed for overrunning) with an
+    association that stored objects: the stop writes their records before the server exits,
+    not some later start on this data directory, which may never come."""
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="30",
+                          cert_refresh_seconds="3600").start()
+    study, paths = objects(tmp_path / "objects", 3)
+    assoc = store_and_hold(server, paths)
+    [held] = json.loads(server.ops("/status/associations")[1])["associations"]
+    victim = worker_pids(server)[held["worker"]]
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    os.kill(victim, signal.SIGKILL)  # mid-drain, its association open
+    code = server.proc.wait(60)
+    server.stop()
+    assoc.abort()
+    assert code == 4, server.log()  # an unclean stop, as before
+    check_recorded_once(server, study, paths)
+    assert not journals(server)
+    entries = server.log_entries()
+    death = next(e for e in entries if e.get("message") == "worker died during the drain")
+    written = next(e for e in entries if e.get("message")
+                   == "audit records written from an ended association's journal")
+    assert written["level"] == "WARNING" and written["instances"] == 3
+    assert entries.index(death) < entries.index(written)
+    assert study not in server.log() and paths[0].stem not in server.log()
+    # Started again: nothing is left to recover, nothing is written twice.
+    server = restart(server, workers="2")
+    assert server.stop() == 0, server.log()
+    check_recorded_once(server, study, paths)
