@@ -47,11 +47,23 @@ def open_audit_trail(
         # Also written in the index transaction of each C-STORE (dimse/store_audit.py).
         table = AuditTable(engine)
         sinks.append(table)
-    if settings.audit_syslog_host:
-        sinks.append(_syslog_sink(settings, bundle or _own_certificate(settings)))
+    repository = audit_repository(settings, bundle)
+    if repository is not None:
+        sinks.append(repository)
     archive = AuditedArchive(settings.ae_title, host=socket.gethostname())
     return AuditLog(None if table is not None else settings.audit_path, sinks=sinks,
                     archive=archive, transactional=table)
+
+
+def audit_repository(settings: Settings, bundle: CertBundle | None = None) -> AuditSink | None:
+    """The audit repository's sender (syslog/TLS), started, when one is configured: what
+    ``open_audit_trail`` adds, and what ``mimic serve``'s supervisor sends the records it
+    writes from a dead worker's journals through, with the same client certificate (its
+    own setting, else the archive's server certificate, read now: a renewed one is the one
+    shown). ConfigurationError when its TLS settings or that certificate are unusable."""
+    if not settings.audit_syslog_host:
+        return None
+    return _syslog_sink(settings, bundle or _own_certificate(settings))
 
 
 def _own_certificate(settings: Settings) -> CertBundle | None:

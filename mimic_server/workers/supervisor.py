@@ -640,7 +640,14 @@ class Supervisor:
         (``security/audit_journal.py``): those of live workers are locked and left alone.
         Imported here: a supervisor none of whose workers died never loads the audit
         messages. A failure is logged and does not stop the supervision: the journals stay
-        for the next recovery."""
+        for the next recovery.
+
+        The records also go to the audit repository (syslog/TLS) when one is configured, as
+        the workers' do, through a sender made at this recovery's first record with the
+        workers' client certificate (read then), closed after up to 2 s for its queue, as
+        at a stop. One that cannot be made (its certificate unreadable) leaves the records
+        to the file, said at ERROR: the file is the trail, and its records are not held
+        back for it."""
         s = self.settings
         if not s.index_url.startswith("sqlite"):  # the table trail writes each in its commit
             return
@@ -655,7 +662,9 @@ class Supervisor:
             from mimic_server.security.audit_journal import recover
             from mimic_server.security.audit_records import Archive
 
-            trail = AuditLog(s.audit_path, archive=Archive(s.ae_title, host=socket.gethostname()))
+            sinks: list[Any] = [_RecoveryRepository(s)] if s.audit_syslog_host else []
+            trail = AuditLog(s.audit_path, sinks=sinks,
+                             archive=Archive(s.ae_title, host=socket.gethostname()))
             try:
                 recover(directory, trail)
             finally:
@@ -790,6 +799,38 @@ class Supervisor:
         with contextlib.suppress(ValueError, BufferError):
             self._table.close()
         shutil.rmtree(self._directory, ignore_errors=True)
+
+
+class _RecoveryRepository:
+    """The audit repository's sender for one recovery's records (see
+    :meth:`Supervisor._recover_audit`), made at its first record: a recovery that writes
+    nothing (the journals all live workers', or kept aside as unreadable) connects nowhere
+    and reads no certificate. ``resources`` is imported only then: it loads the index's and
+    the policy's modules (a second)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sink: Any = None
+        self._unusable = False
+
+    def write(self, entry: Any, details: Any) -> None:
+        if self._sink is None and not self._unusable:
+            try:
+                from mimic_server.resources import audit_repository
+
+                self._sink = audit_repository(self._settings)
+            except Exception as exc:  # the file still gets them
+                self._unusable = True
+                log.error("audit repository unusable for the records written from "
+                          "journals; they go to the audit file only",
+                          extra={"error": type(exc).__name__})
+        if self._sink is not None:
+            self._sink.write(entry, details)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
 
 
 def _pidfd(pid: int) -> int | None:

@@ -675,3 +675,59 @@ def test_a_note_beside_the_repository_ca_holds_back_no_revocation(tmp_path: Path
     finally:
         assert server.stop() == 0, server.log()
         receiver.stop()
+
+
+def _received_by_repository(receiver: SyslogTlsReceiver, study: str) -> list[etree._Element]:
+    """The repository's Instances Transferred (received) messages of ``study``."""
+    found = []
+    for message in list(receiver.messages):
+        xml = etree.fromstring(message.split(b"\xef\xbb\xbf", 1)[1])
+        if event(xml) == "110104" and study in studies(xml):
+            found.append(xml)
+    return found
+
+
+def test_a_killed_workers_records_reach_the_repository_from_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    """The records the supervisor writes from a killed worker's journals go to the audit
+    repository too, as the worker's own would have, over a connection that shows the same
+    client certificate (by default the archive's server certificate); they went to the
+    file only, and the repository never had them."""
+    from tests.e2e.test_audit_journal import (
+        check_recorded_once,
+        objects,
+        received,
+        store_and_hold,
+    )
+    from tests.e2e.test_workers import worker_pids
+
+    data = tmp_path / "data"
+    certs = data / "certs"
+    devpki.init(certs)
+    receiver = SyslogTlsReceiver(tmp_path / "repository",
+                                 client_cas=(certs / "ca" / "ca.pem",)).start()
+    server = MimicProcess(
+        data, workers="2", cert_refresh_seconds="3600", audit_syslog_host=HOST,
+        audit_syslog_port=str(receiver.port), audit_syslog_ca_file=str(receiver.ca[0]),
+        audit_syslog_server_name="localhost",
+    ).start()
+    try:
+        study, paths = objects(tmp_path / "objects", 3)
+        assoc = store_and_hold(server, paths)
+        [held] = json.loads(server.ops("/status/associations")[1])["associations"]
+        os.kill(worker_pids(server)[held["worker"]], signal.SIGKILL)
+        assert wait_for(lambda: bool(received(server, study)), timeout=30), server.log()
+        assert wait_for(lambda: bool(_received_by_repository(receiver, study)), timeout=15)
+        assoc.abort()
+    finally:
+        assert server.stop() == 0, server.log()
+        receiver.stop()
+    check_recorded_once(server, study, paths)
+    [message] = _received_by_repository(receiver, study)
+    am.validate(etree.tostring(message))
+    named = sorted(str(i.get("UID")) for i in message.iter("Instance"))
+    assert named == sorted(p.stem for p in paths)
+    own = _fingerprint(certs / "server" / "server.pem")
+    assert set(receiver.fingerprints) == {own}  # workers' and supervisor's connections alike
+    assert "audit repository unusable" not in server.log()

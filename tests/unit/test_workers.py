@@ -671,3 +671,28 @@ def test_a_kept_file_that_cannot_be_opened_leaves_the_ended_workers_own(tmp_path
     (tmp_path / "counter_ended.db").mkdir()  # opened, it raises IsADirectoryError
     metrics.worker_ended(103)
     assert (tmp_path / "counter_103.db").exists()
+
+
+def test_a_repository_the_supervisor_cannot_reach_leaves_its_records_to_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No client certificate to show the audit repository (TLS off, none of its own): the
+    records a recovery writes go to the file, said once at ERROR, and are not held back;
+    nothing is tried before the first record."""
+    from mimic_server.security.audit import INSTANCES_TRANSFERRED, AuditLog
+    from mimic_server.workers.supervisor import _RecoveryRepository
+
+    settings = Settings(data_dir=tmp_path, audit_syslog_host="127.0.0.1", tls=False)
+    repository = _RecoveryRepository(settings)
+    trail = AuditLog(tmp_path / "audit.jsonl", sinks=[repository])
+    with caplog.at_level("ERROR"):
+        repository.close()  # nothing written: nothing made, nothing said
+        assert not caplog.records
+        for _ in range(2):
+            trail.record(INSTANCES_TRANSFERRED, 0, received=True, instances=0, failed=0)
+    [said] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert said.getMessage().startswith("audit repository unusable")
+    assert said.error == "ConfigurationError"  # type: ignore[attr-defined]
+    assert len((tmp_path / "audit.jsonl").read_bytes().splitlines()) == 2
+    assert trail.failures == 0  # the journal is not kept for it
+    trail.close()
