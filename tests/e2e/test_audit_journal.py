@@ -14,7 +14,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +211,11 @@ def index_writes_held(server: MimicProcess) -> Iterator[None]:
         os.close(fd)
 
 
+def in_store(server: MimicProcess, sop_instance: str) -> bool:
+    """Whether the object is in the file store (its put done), by its file's name."""
+    return any((server.data_dir / "objects").glob(f"*/*/*/{sop_instance}.*.dcm"))
+
+
 def indexed(server: MimicProcess, sop_instance: str) -> bool:
     with contextlib.closing(sqlite3.connect(
             f"file:{server.data_dir / 'index.sqlite3'}?mode=ro", uri=True)) as db:
@@ -236,7 +240,8 @@ def test_a_store_indexed_after_its_association_ended_is_recorded_once(
             sender = threading.Thread(target=lambda: answers.append(
                 assoc.send_c_store(paths[-1])))
             sender.start()
-            time.sleep(1.0)  # its data set sent, the C-STORE waits for the index
+            # Put in the store, the C-STORE waits for the index.
+            assert wait_for(lambda: in_store(server, paths[-1].stem), timeout=30)
             assert not indexed(server, paths[-1].stem)
             assoc.abort()
             assert wait_for(lambda: any(e.get("message") == "association closed"
