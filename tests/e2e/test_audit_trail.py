@@ -585,21 +585,31 @@ def _fingerprint(pem: Path) -> str:
     return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
 
 
-def test_a_renewed_server_certificate_is_what_the_repository_sees_next(tmp_path: Path) -> None:
-    """With no client certificate of its own, the audit repository is shown the archive's
-    server certificate. It was the one of the start for good: renewed without a restart (as
-    every certificate may be), the next connection still presented the old one, which the
-    repository refuses once it expires. The next connection now presents the new one."""
+def _beside_a_repository(tmp_path: Path, **settings: str) -> tuple[
+        Path, SyslogTlsReceiver, MimicProcess]:
+    """An archive on a development PKI whose audit repository (syslog/TLS) accepts the
+    archive's own server certificate as its client certificate: the PKI's directory, the
+    repository, the started archive."""
     data = tmp_path / "data"
     certs = data / "certs"
     devpki.init(certs)
     receiver = SyslogTlsReceiver(tmp_path / "repository",
                                  client_cas=(certs / "ca" / "ca.pem",)).start()
     server = MimicProcess(
-        data, workers="1", cert_refresh_seconds="1", audit_syslog_host=HOST,
-        audit_syslog_port=str(receiver.port), audit_syslog_ca_file=str(receiver.ca[0]),
-        audit_syslog_server_name="localhost",
+        data, audit_syslog_host=HOST, audit_syslog_port=str(receiver.port),
+        audit_syslog_ca_file=str(receiver.ca[0]), audit_syslog_server_name="localhost",
+        **settings,
     ).start()
+    return certs, receiver, server
+
+
+def test_a_renewed_server_certificate_is_what_the_repository_sees_next(tmp_path: Path) -> None:
+    """With no client certificate of its own, the audit repository is shown the archive's
+    server certificate. It was the one of the start for good: renewed without a restart (as
+    every certificate may be), the next connection still presented the old one, which the
+    repository refuses once it expires. The next connection now presents the new one."""
+    certs, receiver, server = _beside_a_repository(tmp_path, workers="1",
+                                                   cert_refresh_seconds="1")
     try:
         old = _fingerprint(certs / "server" / "server.pem")
         assert wait_for(lambda: receiver.fingerprints == [old], timeout=15), receiver.fingerprints
@@ -702,16 +712,8 @@ def test_a_killed_workers_records_reach_the_repository_from_the_supervisor(
     )
     from tests.e2e.test_workers import worker_pids
 
-    data = tmp_path / "data"
-    certs = data / "certs"
-    devpki.init(certs)
-    receiver = SyslogTlsReceiver(tmp_path / "repository",
-                                 client_cas=(certs / "ca" / "ca.pem",)).start()
-    server = MimicProcess(
-        data, workers="2", cert_refresh_seconds="3600", audit_syslog_host=HOST,
-        audit_syslog_port=str(receiver.port), audit_syslog_ca_file=str(receiver.ca[0]),
-        audit_syslog_server_name="localhost",
-    ).start()
+    certs, receiver, server = _beside_a_repository(tmp_path, workers="2",
+                                                   cert_refresh_seconds="3600")
     try:
         study, paths = objects(tmp_path / "objects", 3)
         assoc = store_and_hold(server, paths)
