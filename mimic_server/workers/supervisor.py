@@ -65,6 +65,8 @@ CRASH_WINDOW = 30.0
 FIRST_BACKOFF, LONGEST_BACKOFF = 0.5, 60.0
 #: Seconds a worker may take to say it is ready.
 START_TIMEOUT = 120.0
+#: Seconds a stop waits for a recovery of dead workers' audit journals begun before it.
+RECOVERY_WAIT = 30.0
 #: Seconds the drain waits for every worker to close its listening socket before /readyz
 #: answers 503 anyway.
 STOP_ACCEPT_WAIT = 5.0
@@ -138,6 +140,10 @@ class Supervisor:
         self._hup_requested = False
         self._draining = threading.Event()
         self._lock = threading.Lock()
+        #: The recovery of dead workers' audit journals under way, and whether another
+        #: death asked for one meanwhile (:meth:`_recover_audit_aside`; under ``_lock``).
+        self._recovering: threading.Thread | None = None
+        self._recover_again = False
         self._last_relay = -RELAY_INTERVAL
         self._last_relayed_trust: str | None = None
         # Written by request_stop (a signal handler) and, as the signal wake-up fd, by the
@@ -632,7 +638,37 @@ class Supervisor:
             "open_associations": lost, "restart_in_seconds": delay,
             "young_deaths": slot.young_deaths,
         })
-        self._recover_audit()
+        self._recover_audit_aside()
+
+    def _recover_audit_aside(self) -> None:
+        """:meth:`_recover_audit` in a thread of its own, not on the main loop, which it could
+        hold for seconds (the audit repository's sender: its certificate read, from Key
+        Vault perhaps, and its queue's close, up to 2 s) while the replacement waited, and a
+        SIGHUP (a revocation) or SIGTERM with it. One at a time: a death during a recovery
+        has it run once more when it ends. A recovery is safe beside another (each journal
+        is taken under its lock) and cut anywhere (the next writes only what is missing)."""
+        with self._lock:
+            if self._recovering is not None:
+                self._recover_again = True
+                return
+            thread = threading.Thread(target=self._recoveries, name="audit-recovery",
+                                      daemon=True)
+            self._recovering = thread
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (a process or memory limit): here, then
+            with self._lock:
+                self._recovering = None
+            self._recover_audit()
+
+    def _recoveries(self) -> None:
+        while True:
+            self._recover_audit()
+            with self._lock:
+                if not self._recover_again:
+                    self._recovering = None
+                    return
+                self._recover_again = False
 
     def _recover_audit(self) -> None:
         """Where the trail is the file (a SQLite index), write the DICOM Instances
@@ -728,6 +764,9 @@ class Supervisor:
                     "stop_reported": run.stopped,
                     "open_associations": self._table.published(index),
                 })
+        recovering = self._recovering  # of a death before the stop
+        if recovering is not None:
+            recovering.join(RECOVERY_WAIT)  # past it, the next start writes what is left
         if failed:
             # One died or was killed here with associations open: their records now, once
             # every worker has ended (its journals' locks with it), not at some later start

@@ -696,3 +696,43 @@ def test_a_repository_the_supervisor_cannot_reach_leaves_its_records_to_the_file
     assert len((tmp_path / "audit.jsonl").read_bytes().splitlines()) == 2
     assert trail.failures == 0  # the journal is not kept for it
     trail.close()
+
+
+def test_a_dead_workers_audit_journals_are_recovered_off_the_main_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recovery of a dead worker's journals can take seconds (the audit repository's
+    sender: its certificate read, perhaps from Key Vault, its queue's close): it runs in a
+    thread of its own, so the main loop goes on (the replacement, a SIGHUP, a SIGTERM). A
+    death during one has it run once more; a stop waits for it."""
+    import threading
+    import time
+
+    from mimic_server.workers.supervisor import Supervisor, _Run
+
+    supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    release = threading.Event()
+    began = threading.Semaphore(0)
+    threads: list[str] = []
+
+    def recover() -> None:
+        threads.append(threading.current_thread().name)
+        began.release()
+        assert release.wait(30)
+
+    monkeypatch.setattr(supervisor, "_recover_audit", recover)
+    for index, pid in ((0, 101), (1, 102)):
+        dead = _Run(_Ended(pid, -9), 0.0, ready=True)  # type: ignore[arg-type]
+        supervisor.slots[index].run = dead
+        dead.process.returncode = -9  # type: ignore[attr-defined]
+        supervisor._died(supervisor.slots[index], dead, time.monotonic())  # returns at once
+        assert began.acquire(timeout=30)  # the first recovery is under way...
+        began.release()
+    assert threads == ["audit-recovery"]  # ...and the second death waits for it to end
+    assert supervisor._recover_again
+    recovering = supervisor._recovering
+    assert recovering is not None
+    release.set()
+    recovering.join(30)
+    assert threads == ["audit-recovery", "audit-recovery"]
+    assert supervisor._recovering is None and not supervisor._recover_again
