@@ -733,14 +733,15 @@ class Archive:
 
     def stop(
         self, drain_seconds: float | None = None,
-        wait: Callable[[float], object] = time.sleep,
+        wait: Callable[[float], bool | None] = time.sleep,
     ) -> None:
         """Stop accepting, let open associations finish up to the drain time, then abort.
 
         ``wait(seconds)`` is how the drain waits between two looks at what is still open:
         ``mimic serve`` acts on a SIGHUP there (:meth:`refresh_certificates`), so that a
         certificate revoked while the drain runs has its associations aborted at once;
-        a drain that only slept left them storing until its end."""
+        a drain that only slept left them storing until its end. It returns True when the
+        drain is to end now (the operator repeated the stop): what is open is aborted."""
         drain = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         self.begin_drain()
         server = self.server
@@ -753,7 +754,10 @@ class Archive:
                 self.worker.report(event="draining")
             deadline = time.monotonic() + drain
             while server.active_associations and time.monotonic() < deadline:
-                wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                if wait(min(0.1, max(0.0, deadline - time.monotonic()))) is True:
+                    log.warning("drain cut short", extra={
+                        "open_associations": len(server.active_associations)})
+                    break
             remaining = server.active_associations
             for assoc in remaining:
                 assoc.abort()

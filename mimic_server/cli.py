@@ -201,12 +201,18 @@ def _configure_logs(settings: Settings, libraries: str | None = "mimic_server.ap
 def _serve_archive(settings: Settings, worker: Any = None) -> None:
     from mimic_server.app import Archive
     from mimic_server.certs.first_start import describe_first_start
-    from mimic_server.signals import SignalInbox
+    from mimic_server.signals import STOP_NOW, SignalInbox
 
     archive = Archive(settings, worker=worker)
     # The handlers only note the signal; this loop acts on it (signals.py: a handler that
     # takes a lock can deadlock the main thread, and with it the certificate watcher).
-    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    # What ends a drain at once: the operator's second SIGTERM or SIGINT; for a worker, its
+    # supervisor's STOP_NOW alone (a service manager that signals every process of the
+    # service, systemd's KillMode=control-group, sends a worker a SIGTERM beside the one
+    # its supervisor relays: two of them are no operator's second).
+    cut_short = {STOP_NOW} if worker is not None else {signal.SIGTERM, signal.SIGINT}
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                        + ((STOP_NOW,) if worker is not None else ()))
     if worker is not None:  # before it says it is ready: the supervisor may signal from then
         inbox.install()
     try:
@@ -221,10 +227,12 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
         )
     if worker is None:
         inbox.install()
+    now = False  # the stop skips the drain: a worker told STOP_NOW before it began one
     while True:
         arrived = inbox.wait(WATCH_PERIOD)
-        if signal.SIGTERM in arrived or signal.SIGINT in arrived:
+        if {signal.SIGTERM, signal.SIGINT, STOP_NOW} & set(arrived):
             archive.begin_drain()  # /readyz answers 503 from this moment
+            now = worker is not None and STOP_NOW in arrived
             break
         if signal.SIGHUP in arrived:
             archive.refresh_certificates()  # and the policy file
@@ -238,13 +246,15 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
             archive.stop(0)
             sys.exit(EXIT_LISTENER_DIED)
 
-    def drain_wait(seconds: float) -> None:
+    def drain_wait(seconds: float) -> bool:
         # A SIGHUP during the drain (a certificate revoked meanwhile) is acted on as at any
         # other time: the revoked peer's associations are aborted now, not at the drain's end.
-        if signal.SIGHUP in inbox.wait(seconds):
+        arrived = inbox.wait(seconds)
+        if signal.SIGHUP in arrived:
             archive.refresh_certificates()
+        return bool(cut_short & set(arrived))  # True: the drain ends now
 
-    archive.stop(wait=drain_wait)
+    archive.stop(0 if now else None, wait=drain_wait)
 
 
 @main.command()

@@ -23,6 +23,12 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+#: What the supervisor of ``mimic serve`` sends its workers when the operator repeats the
+#: stop (a second SIGTERM or SIGINT): abort the open associations and stop now, without
+#: draining or with the drain cut short. A signal no service manager sends on a stop, so
+#: that nothing but the supervisor's relay of that second stop ends a worker's drain early.
+STOP_NOW = signal.SIGUSR1
+
 
 def _noted(signum: int, frame: FrameType | None) -> None:
     """The Python handler: nothing. The C handler has written ``signum`` to the pipe, and

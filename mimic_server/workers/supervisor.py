@@ -47,6 +47,7 @@ from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import descriptors
+from mimic_server.signals import STOP_NOW
 from mimic_server.startup_checks import make_data_dir
 from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
@@ -137,6 +138,9 @@ class Supervisor:
         # Plain flags, set by the signal handlers: an Event's set() takes a lock, which a
         # second signal's handler, run nested in the first, would wait for (signals.py).
         self._stopping = False
+        #: SIGTERMs and SIGINTs so far: a second one ends the drain at once.
+        self._stop_requests = 0
+        self._stopped_now = False
         self._hup_requested = False
         self._draining = threading.Event()
         self._lock = threading.Lock()
@@ -465,7 +469,9 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT (the handler): the main loop wakes and drains. Takes no lock."""
+        """SIGTERM/SIGINT (the handler): the main loop wakes and drains; a second one ends
+        the drain at once (:meth:`_forward_stop_now`). Takes no lock."""
+        self._stop_requests += 1
         self._stopping = True
         self._wake()
 
@@ -738,13 +744,15 @@ class Supervisor:
             r.draining or r.process.poll() is not None for r in runs
         ):
             self._forward_hup()
+            self._forward_stop_now([run for run in runs if id(run) in serving])
             time.sleep(0.02)
         self._draining.set()
         deadline = time.monotonic() + self.settings.drain_seconds + 15.0
         failed = 0
         for index, run in slots:
             killed = False
-            code = self._await_end(run, max(deadline, time.monotonic() + 0.1))
+            code = self._await_end(run, max(deadline, time.monotonic() + 0.1),
+                                   [r for r in runs if id(r) in serving])
             if code is None:
                 log.error("worker did not stop; killing it", extra={
                     "worker": index, "pid": run.process.pid,
@@ -792,15 +800,30 @@ class Supervisor:
             self._hup_requested = False  # cleared first: a later one is not lost
             self.hup()
 
-    def _await_end(self, run: _Run, deadline: float) -> int | None:
+    def _forward_stop_now(self, serving: list[_Run]) -> None:
+        """The operator repeated the stop (a second SIGTERM or SIGINT) while the workers
+        drain: each worker that served is told to abort what is still open and stop now
+        (``signals.STOP_NOW``), once. A worker that had not begun its drain yet skips it."""
+        if self._stop_requests < 2 or self._stopped_now:
+            return
+        self._stopped_now = True
+        alive = [run for run in serving if run.process.poll() is None]
+        log.warning("drain cut short", extra={"workers": len(alive)})
+        for run in alive:
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(STOP_NOW)
+
+    def _await_end(self, run: _Run, deadline: float, serving: list[_Run]) -> int | None:
         """``run``'s exit code once it ends, None if it still runs at ``deadline``
         (monotonic). A SIGHUP meanwhile is forwarded (:meth:`_forward_hup`): workers drain
         for up to ``MIMIC_DRAIN_SECONDS``, and a certificate revoked then (the operator's or
         the Key Vault watcher's SIGHUP) must have its associations aborted at once, not
-        left storing until the drain ends. Wakes on the worker's end (its pidfd) or the
+        left storing until the drain ends; so is a second stop (:meth:`_forward_stop_now`,
+        to every worker in ``serving``). Wakes on the worker's end (its pidfd) or the
         wake-up pipe the signal handlers write, not on a timer."""
         while True:
             self._forward_hup()
+            self._forward_stop_now(serving)
             code = run.process.poll()
             if code is not None:
                 return code

@@ -8,6 +8,7 @@ exposition is read back with prometheus_client's own text parser.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -274,6 +275,33 @@ def test_readiness_fails_while_the_database_refuses_writes(tmp_path: Path) -> No
         if process is not None:
             assert process.stop() == 0, process.log()
         cluster.remove()
+
+
+def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path: Path) -> None:
+    """One process (MIMIC_WORKERS=1), stopped with Ctrl-C while an association is open, and
+    Ctrl-C again while it drains: the open association is aborted and the process exits 0
+    at once, not after MIMIC_DRAIN_SECONDS; the object answered Success is kept."""
+    server = MimicProcess(tmp_path / "data", workers="1", drain_seconds="300",
+                          network_timeout="600").start()
+    ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE])
+    assoc.network_timeout = 600  # no idle peer that ends the drain by itself
+    template = pydicom.dcmread(ct_small())
+    assert assoc.send_c_store(template).Status == 0
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    assert assoc.is_established  # draining: not aborted yet
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(30) == 0, server.log()  # the drain would have lasted 300 s
+    assert wait_for(lambda: assoc.is_aborted, timeout=10)
+    server.stop()
+    entries = server.log_entries()
+    cut = next(e for e in entries if e.get("message") == "drain cut short")
+    assert cut["open_associations"] == 1 and cut["level"] == "WARNING"
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 1
+    assert server.instance_count() == 1
 
 
 def test_sigterm_drains_a_sender_in_mid_stream(tmp_path: Path) -> None:

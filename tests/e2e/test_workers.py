@@ -264,6 +264,67 @@ def test_sigterm_drains_associations_on_every_worker(tmp_path: Path) -> None:
     assert stopped["aborted_associations"] == 0
 
 
+@pytest.mark.parametrize("second", ["while they drain", "at once"])
+def test_a_second_sigterm_ends_every_workers_drain_at_once(tmp_path: Path, second: str) -> None:
+    """The operator repeats the stop (a second SIGTERM to the supervisor while the workers
+    drain, or a SIGINT right after the first, which the workers may get with their SIGTERM,
+    before they have begun to drain): each worker is told to stop now, aborts what is still
+    open and exits, long before MIMIC_DRAIN_SECONDS. A stop asked for, not a failure: exit
+    0, every association aborted counted, every object answered Success kept. (Two SIGTERMs
+    sent at the same instant are one: the kernel keeps one pending signal of a kind.)"""
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="300",
+                          network_timeout="600").start()
+    opened = spread(server, context(server))
+    for n, assoc in enumerate(opened):
+        assoc.network_timeout = 600  # no idle peer that ends the drain by itself
+        assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}6.{n}")).Status == 0
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    if second == "while they drain":
+        assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+        assert all(a.is_established for a in opened)  # draining: nothing aborted yet
+    server.proc.send_signal(signal.SIGTERM if second == "while they drain" else signal.SIGINT)
+    assert server.proc.wait(30) == 0, server.log()  # the drain would have lasted 300 s
+    assert wait_for(lambda: all(a.is_aborted for a in opened), timeout=10)
+    server.stop()
+    entries = server.log_entries()
+    cut = [e for e in entries if e.get("message") == "drain cut short" and "worker" not in e]
+    assert [e["workers"] for e in cut] == [2]
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == len(opened)
+    assert stopped["aborted_associations_complete"] is True
+    assert stopped["workers_failed"] == 0
+    assert server.instance_count() == len(opened)
+
+
+def test_a_sigterm_to_every_process_of_the_service_still_drains(tmp_path: Path) -> None:
+    """A service manager that signals every process of the service on a stop (systemd's
+    KillMode=control-group) sends each worker a SIGTERM beside the one its supervisor
+    relays: two SIGTERMs a worker, but one stop. The workers drain as on one: the open
+    associations are still served, released by their peers, and nothing is aborted."""
+    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="120").start()
+    opened = spread(server, context(server))
+    assert server.proc is not None
+    workers = list(worker_pids(server).values())
+    server.proc.send_signal(signal.SIGTERM)
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    # 503 once every worker drains: both SIGTERMs were sent to each by then; a worker
+    # that took the second for a repeated stop would abort within a drain wait (0.1 s).
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    time.sleep(1.0)
+    for n, assoc in enumerate(opened):
+        assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}7.{n}")).Status == 0
+        assoc.release()
+    assert server.proc.wait(60) == 0, server.log()
+    server.stop()
+    entries = server.log_entries()
+    assert not [e for e in entries if e.get("message") == "drain cut short"]
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 0
+    assert server.instance_count() == len(opened)
+
+
 def test_a_worker_that_dies_during_the_drain_is_logged_and_fails_the_stop(
     tmp_path: Path,
 ) -> None:
