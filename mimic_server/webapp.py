@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from uvicorn.config import STARTUP_FAILURE  # the supervisor then stops instead of restarting
 
 from mimic_server.archive.ingest import Ingest
+from mimic_server.archive.ingest_audit import per_instance
 from mimic_server.backends import (
     close_object_store,
     index_answers,
@@ -52,6 +53,7 @@ from mimic_server.resources import (
 )
 from mimic_server.security import audit
 from mimic_server.security.audit import AuditFilter, AuditLog, GroupCommitSink, read_file_newest
+from mimic_server.security.audit_journal import Journals
 from mimic_server.security.policy import Policy
 from mimic_server.security.policy_watcher import PolicyWatcher
 from mimic_server.security.refusals import RefusalAudit
@@ -161,6 +163,7 @@ class WebArchive:
         self._store = store
         self.audit = open_audit_trail(s, self.engine)
         _group_commits(self.audit)
+        journals = _audit_journals(s, self.audit)
         policy = self._policy or Policy(s.ae_title, s.require_called_ae_title)
         if policy.audit_log is None:
             policy.audit_log = self.audit
@@ -183,6 +186,7 @@ class WebArchive:
             base_url=s.web_base_url, ingest=_ingest(s, store, index),
             part_memory=PartMemory(s.web_stow_memory_bytes), body_timeout=s.network_timeout,
             copies=KeptCopies(s.web_kept_copies_bytes) if s.web_kept_copies_bytes else None,
+            journals=journals,
         )
         console = self._console
         if console is None:
@@ -249,6 +253,18 @@ class WebArchive:
             close_object_store(self._opened_store)
             self._opened_store = None
             self._store = None
+
+
+def _audit_journals(s: Settings, audit_log: AuditLog) -> Journals | None:
+    """Where the trail records per request (the file): the journals of STOW-RS requests'
+    stored instances, for the records of a request whose end never comes (a killed
+    process). Each process writes, as it opens, those no live process holds: a web worker
+    killed is replaced by a new one, whose start writes them (``security/audit_journal``)."""
+    if audit_log.path is None or per_instance(audit_log):
+        return None
+    journals = Journals(s.audit_journal_path, audit_log.path)
+    journals.recover(audit_log)
+    return journals
 
 
 def _group_commits(audit_log: AuditLog) -> None:

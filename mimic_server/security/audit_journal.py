@@ -36,6 +36,10 @@ supervisor when a worker dies, a start of the archive for those of a whole serve
 - **Torn lines:** a line without its newline is one whose ``write()`` the kill cut short;
   its instance was never answered Success, and the reader drops it.
 
+A STOW-RS request is journaled the same way (``web/dicomweb/stow.py``: its records too are
+written at its end), and each ``mimic web`` process writes, as it opens, the journals no
+live process holds: the web worker that replaces a killed one writes its journals.
+
 The PostgreSQL configuration writes each instance's record in its index transaction and
 keeps no journal (``archive/ingest_audit.per_instance``).
 """

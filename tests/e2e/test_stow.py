@@ -45,6 +45,7 @@ from tests.data import ct_small
 from tests.large_objects import write_large
 from tests.oidc_double import OidcIssuerDouble
 from tests.support import HOST, MimicProcess, client_context
+from tests.web_support import WebProcess
 
 AUDIENCE = "api://mimic"
 POLICY = """
@@ -659,3 +660,65 @@ def test_a_client_gone_mid_body_is_not_an_error(
     time.sleep(0.2)  # what uvicorn logs after the app returns
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert setup.instance_count() == before + 1 and not setup.find(cut)
+
+
+def _received_records(setup: Setup, study: str) -> list[dict[str, Any]]:
+    return [r for r in setup.audit() if r.get("event") == "110104" and r.get("received")
+            and r.get("studies") == [study]]
+
+
+def _journals(setup: Setup) -> list[Path]:
+    return sorted((setup.root / "data" / "audit-journal").glob("*.journal"))
+
+
+def test_a_killed_web_process_s_stored_parts_are_audited_by_the_next_start(
+    setup: Setup,
+) -> None:
+    """The file trail writes a STOW-RS request's Instances Transferred at the request's end,
+    which a process killed in mid-body (SIGKILL, the kernel's OOM killer) never reaches: its
+    stored part had no record, ever. Each stored part is journaled as it is kept, and the
+    next ``mimic web`` start on the data directory (or the web worker that replaces a killed
+    one) writes the record, once, tagged with the request's journal; a request that ends
+    writes its own record so tagged and leaves no journal."""
+    web = WebProcess(setup.root / "data", setup.issuer, policy=None,
+                     policy_file=str(setup.root / "policy.toml"))
+    web.start()
+    try:
+        whole = new_ct()
+        answer = setup.post(multipart(part10(whole)), url=web.url)
+        assert answer.status_code == 200, answer.text
+        [ended] = _received_records(setup, whole.StudyInstanceUID)
+        assert ended["instances"] == 1 and ended["association"]
+        assert _journals(setup) == []
+
+        kept, cut = new_ct(), new_ct()
+        body = multipart(part10(kept)).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+        sock = _raw_post(("127.0.0.1", web.port), setup.token(),
+                         body + f"--{BOUNDARY}\r\n\r\n".encode() + part10(cut)[:20000])
+        try:
+            deadline = time.monotonic() + 30
+            while not setup.find(kept) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert setup.find(kept) == [kept.SOPInstanceUID]  # stored, the body still coming
+            assert len(_journals(setup)) == 1
+            assert web.proc is not None
+            web.proc.kill()
+            web.proc.wait(30)
+        finally:
+            sock.close()
+        assert _received_records(setup, kept.StudyInstanceUID) == []  # its end never came
+    finally:
+        web.stop()
+    again = WebProcess(setup.root / "data", setup.issuer, policy=None,
+                       policy_file=str(setup.root / "policy.toml")).start()
+    assert again.stop() == 0, again.log()
+    [recovered] = _received_records(setup, kept.StudyInstanceUID)
+    assert recovered["instances"] == 1 and recovered["association"]
+    assert recovered["patient_id"] == kept.PatientID
+    assert recovered["service"] == "STOW-RS" and recovered["user"] == ended["user"]
+    assert recovered["sop_instances"] == {
+        kept.StudyInstanceUID: {kept.SOPClassUID: [kept.SOPInstanceUID]}}
+    assert _journals(setup) == []
+    assert any(e.get("message") == "audit records written from an ended association's journal"
+               for e in again.log_entries())
+    assert not setup.find(cut)

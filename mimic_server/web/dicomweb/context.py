@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from mimic_server.query.finder import Finder
     from mimic_server.security.audit import AuditLog
+    from mimic_server.security.audit_journal import Journals
     from mimic_server.security.grants import Grants
     from mimic_server.security.policy import Policy
     from mimic_server.security.tokens import TokenUser, TokenValidator
@@ -64,3 +65,7 @@ class DicomWebContext:
     #: Verified copies of large objects kept for the WADO-RS requests after the first
     #: (``kept_copies.py``); None: each request makes its own.
     copies: KeptCopies | None = None
+    #: Where the audit trail is the file: the journals of STOW-RS requests' stored instances
+    #: (``security/audit_journal.py``); None where each instance is recorded in its index
+    #: transaction (the table).
+    journals: Journals | None = None

@@ -38,6 +38,7 @@ from mimic_server.archive.ingest_audit import per_instance, prepare_received
 from mimic_server.errors import DicomStatusError, Status, TooLarge
 from mimic_server.index.attributes import InstanceAttributes, valid_uid
 from mimic_server.security import audit
+from mimic_server.security.audit_journal import record_received
 from mimic_server.web.dicomweb.auth import STOW, WebSession, authorize
 from mimic_server.web.dicomweb.context import DicomWebContext
 from mimic_server.web.dicomweb.errors import WebError
@@ -198,6 +199,10 @@ class _StowRequest:
         self.refusals: Counter[int] = Counter()
         self.first_refusal = ""
         self._recorded = False
+        #: The file trail's records of this request are written at its end: each stored
+        #: instance (and each refusal) is journaled as it comes, for a process killed
+        #: before then (``security/audit_journal.py``).
+        self.journal = ctx.journals.open(requestor) if ctx.journals is not None else None
 
     def keep(self, part: ReceivedPart) -> None:
         """Run in a worker thread: one ended part through the ingest path."""
@@ -252,10 +257,15 @@ class _StowRequest:
         classes = self.study_classes.setdefault(study, {})
         classes[attrs.sop_class_uid] = classes.get(attrs.sop_class_uid, 0) + 1
         self.study_patients.setdefault(study, (attrs.patient_id, attrs.patient_name))
+        if self.journal is not None:
+            self.journal.stored(study, attrs.sop_class_uid, attrs.sop_instance_uid,
+                                attrs.patient_id, attrs.patient_name)
 
     def _refused(self, sop_class: str, sop_instance: str, status: int, reason: str, *,
                  too_large: bool = False) -> None:
         self.outcome.failed.append(Failed(sop_class, sop_instance, status, too_large))
+        if self.journal is not None:
+            self.journal.failed()
         if not self.refusals:
             self.first_refusal = reason
         self.refusals[status] += 1
@@ -284,16 +294,13 @@ class _StowRequest:
                 "refused": failed, "stored": stored, "reason": self.first_refusal,
                 "statuses": {f"0x{s:04X}": n for s, n in sorted(self.refusals.items())}})
         if not per_instance(trail):
-            result = audit.SUCCESS if not failed else audit.MINOR_FAILURE
-            for study, classes in sorted(self.study_classes.items()):
-                patient_id, patient_name = self.study_patients.get(study, ("", ""))
-                trail.record(audit.INSTANCES_TRANSFERRED, result, received=True,
-                             studies={study: dict(classes)}, instances=sum(classes.values()),
-                             failed=failed, patient_id=patient_id,
-                             patient_name=patient_name or None, **self.requestor)
-            if failed and not stored:
-                trail.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
-                             instances=0, failed=failed, **self.requestor)
+            journal = self.journal
+            failures = trail.failures
+            record_received(trail, self.requestor, self.study_classes, self.study_patients,
+                            stored, failed,
+                            association=journal.association if journal is not None else None)
+            if journal is not None:  # kept when a record could not be written
+                journal.end(keep=trail.failures != failures)
         elif failed:
             trail.record(audit.INSTANCES_TRANSFERRED, audit.MINOR_FAILURE, received=True,
                          instances=stored, failed=failed, **self.requestor)
