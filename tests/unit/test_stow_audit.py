@@ -5,9 +5,13 @@ request's failures once at its end. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from lxml import etree
 from sqlalchemy.exc import OperationalError
@@ -16,6 +20,7 @@ from mimic_server.archive.ingest import Ingest
 from mimic_server.index.audit_table import AuditTable, read_table
 from mimic_server.index.repository import SqlIndex
 from mimic_server.security.audit import AuditLog
+from mimic_server.security.audit_journal import Journals
 from mimic_server.security.audit_records import Archive
 from mimic_server.security.identity import Identity
 from mimic_server.security.policy import Policy
@@ -99,3 +104,49 @@ def test_the_target_study(index: SqlIndex, tmp_path: Path, target: str | None) -
     else:
         assert [f.reason for f in request.outcome.failed] == [0xC409]
         assert index.count_instances() == 0
+
+
+def test_the_file_trail_journals_each_part_and_a_dead_requests_records_are_recovered(
+    index: SqlIndex, tmp_path: Path
+) -> None:
+    """The file configuration records a request at its end; its parts, stored and refused,
+    are journaled as they come. A request whose end never comes (its process killed: here
+    the journal's descriptor, and with it its lock, let go) is recorded from the journal:
+    the stored instance, the refusal's outcome; a request that ends leaves no journal."""
+    path = tmp_path / "audit.jsonl"
+    trail = AuditLog(path, archive=Archive("MIMIC", host="archive-1"))
+    journals = Journals(tmp_path / "audit-journal", path)
+    request = _request(index, trail, MemoryStore(), tmp_path)
+    request.ctx.journals = journals
+    request.journal = journals.open(request.requestor)
+    data = ct_small().read_bytes()
+    request.keep(_part(data, tmp_path))
+    request.keep(_part(data[:-100], tmp_path))  # damaged: refused
+    [journal] = (tmp_path / "audit-journal").glob("*.journal")
+    assert [line[:4] for line in journal.read_text().splitlines()[1:]] == ['["S"', '["F"']
+    assert not path.exists() or path.read_text() == ""  # recorded at the end, not yet
+    assert journals.recover(trail).associations == 0  # a live request's: left alone
+
+    assert request.journal._fd is not None
+    os.close(request.journal._fd)  # the process is gone: its lock with it
+    request.journal._fd = None
+    assert journals.recover(trail).associations == 1
+    [record] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (record["event"], record["outcome"], record["instances"], record["failed"]) == (
+        "110104", 4, 1, 1)
+    assert record["user"] == "dr-who@example.org" and record["service"] == "STOW-RS"
+    assert record["association"] == request.journal.association
+    assert list((tmp_path / "audit-journal").glob("*.journal")) == []
+
+    ended = _request(index, trail, MemoryStore(), tmp_path)
+    ended.journal = journals.open(ended.requestor)
+    other = pydicom.dcmread(ct_small())
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6"
+    buffer = io.BytesIO()
+    other.save_as(buffer)
+    ended.keep(_part(buffer.getvalue(), tmp_path))
+    ended.record_end()
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert (last["outcome"], last["instances"], last["association"]) == (
+        0, 1, ended.journal.association)
+    assert list((tmp_path / "audit-journal").glob("*.journal")) == []
