@@ -44,7 +44,7 @@ from mimic_server.webapp import WebArchive
 from tests.data import ct_small
 from tests.large_objects import write_large
 from tests.oidc_double import OidcIssuerDouble
-from tests.support import HOST, MimicProcess, client_context
+from tests.support import HOST, MimicProcess, client_context, wait_for
 from tests.web_support import WebProcess
 
 AUDIENCE = "api://mimic"
@@ -700,7 +700,9 @@ def test_a_killed_web_process_s_stored_parts_are_audited_by_the_next_start(
             while not setup.find(kept) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert setup.find(kept) == [kept.SOPInstanceUID]  # stored, the body still coming
-            assert len(_journals(setup)) == 1
+            # Journaled just after its index commit, which C-FIND may see first.
+            assert wait_for(lambda: [j.read_text().count('\n["S",') for j in _journals(setup)]
+                            == [1], timeout=10)
             assert web.proc is not None
             web.proc.kill()
             web.proc.wait(30)
