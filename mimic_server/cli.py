@@ -255,6 +255,12 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
         return bool(cut_short & set(arrived))  # True: the drain ends now
 
     archive.stop(0 if now else None, wait=drain_wait)
+    if worker is not None:
+        # Stopped: a STOP_NOW its supervisor sent meanwhile (the operator's second stop, as
+        # this worker ended its drain) must not kill it as it exits, which it would once
+        # the interpreter's finalization gives the signal its default action back; an
+        # ignored one keeps its disposition.
+        signal.signal(STOP_NOW, signal.SIG_IGN)
 
 
 @main.command()

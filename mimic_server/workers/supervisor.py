@@ -807,7 +807,8 @@ class Supervisor:
         if self._stop_requests < 2 or self._stopped_now:
             return
         self._stopped_now = True
-        alive = [run for run in serving if run.process.poll() is None]
+        # Not to one that has stopped already: it has nothing open, and is about to exit.
+        alive = [run for run in serving if not run.stopped and run.process.poll() is None]
         log.warning("drain cut short", extra={"workers": len(alive)})
         for run in alive:
             with contextlib.suppress(ProcessLookupError):
