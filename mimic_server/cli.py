@@ -201,16 +201,17 @@ def _configure_logs(settings: Settings, libraries: str | None = "mimic_server.ap
 def _serve_archive(settings: Settings, worker: Any = None) -> None:
     from mimic_server.app import Archive
     from mimic_server.certs.first_start import describe_first_start
-    from mimic_server.signals import STOP_NOW, SignalInbox
+    from mimic_server.signals import STOP_NOW, SignalInbox, StopRequests
 
     archive = Archive(settings, worker=worker)
     # The handlers only note the signal; this loop acts on it (signals.py: a handler that
     # takes a lock can deadlock the main thread, and with it the certificate watcher).
-    # What ends a drain at once: the operator's second SIGTERM or SIGINT; for a worker, its
-    # supervisor's STOP_NOW alone (a service manager that signals every process of the
-    # service, systemd's KillMode=control-group, sends a worker a SIGTERM beside the one
-    # its supervisor relays: two of them are no operator's second).
-    cut_short = {STOP_NOW} if worker is not None else {signal.SIGTERM, signal.SIGINT}
+    # What ends a drain at once: the operator's second SIGTERM or SIGINT, a second or more
+    # after the first (signals.REPEAT_AFTER: one stop may be passed on twice); for a
+    # worker, its supervisor's STOP_NOW alone (a service manager that signals every process
+    # of the service, systemd's KillMode=control-group, sends a worker a SIGTERM beside the
+    # one its supervisor relays: two of them are no operator's second).
+    stops = StopRequests()
     inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
                         + ((STOP_NOW,) if worker is not None else ()))
     if worker is not None:  # before it says it is ready: the supervisor may signal from then
@@ -231,6 +232,7 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
     while True:
         arrived = inbox.wait(WATCH_PERIOD)
         if {signal.SIGTERM, signal.SIGINT, STOP_NOW} & set(arrived):
+            stops.note()
             archive.begin_drain()  # /readyz answers 503 from this moment
             now = worker is not None and STOP_NOW in arrived
             break
@@ -252,7 +254,11 @@ def _serve_archive(settings: Settings, worker: Any = None) -> None:
         arrived = inbox.wait(seconds)
         if signal.SIGHUP in arrived:
             archive.refresh_certificates()
-        return bool(cut_short & set(arrived))  # True: the drain ends now
+        if worker is not None:
+            return STOP_NOW in arrived  # True: the drain ends now
+        if {signal.SIGTERM, signal.SIGINT} & set(arrived):
+            stops.note()
+        return stops.repeated
 
     archive.stop(0 if now else None, wait=drain_wait)
     if worker is not None:

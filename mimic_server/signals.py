@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import signal
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -28,6 +29,32 @@ from typing import Any
 #: draining or with the drain cut short. A signal no service manager sends on a stop, so
 #: that nothing but the supervisor's relay of that second stop ends a worker's drain early.
 STOP_NOW = signal.SIGUSR1
+
+#: Seconds after a first stop (SIGTERM or SIGINT) within which another is that same stop
+#: passed on twice, not the operator's second: coreutils ``timeout`` signals its command and
+#: then the command's process group, and so do scripts (``kill $PID; kill -- -$PGID``), a
+#: few milliseconds apart. Taken for a second stop, it aborted the open associations that
+#: the stop was to drain. An operator repeating Ctrl-C does so later than this.
+REPEAT_AFTER = 1.0
+
+
+class StopRequests:
+    """The stops asked for so far (SIGTERM, SIGINT): whether the operator repeated one.
+
+    :meth:`note` takes no lock and may be called from a signal handler."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._first: float | None = None
+        #: True once a stop came :data:`REPEAT_AFTER` seconds or more after the first.
+        self.repeated = False
+
+    def note(self) -> None:
+        now = self._clock()
+        if self._first is None:
+            self._first = now
+        elif now - self._first >= REPEAT_AFTER:
+            self.repeated = True
 
 
 def _noted(signum: int, frame: FrameType | None) -> None:

@@ -47,7 +47,7 @@ from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
 from mimic_server.net import descriptors
-from mimic_server.signals import STOP_NOW
+from mimic_server.signals import STOP_NOW, StopRequests
 from mimic_server.startup_checks import make_data_dir
 from mimic_server.web.metrics import ServerMetrics
 from mimic_server.web.ops import OpsState, build_app
@@ -138,8 +138,8 @@ class Supervisor:
         # Plain flags, set by the signal handlers: an Event's set() takes a lock, which a
         # second signal's handler, run nested in the first, would wait for (signals.py).
         self._stopping = False
-        #: SIGTERMs and SIGINTs so far: a second one ends the drain at once.
-        self._stop_requests = 0
+        #: SIGTERMs and SIGINTs so far: one repeated ends the drain at once.
+        self._stop_requests = StopRequests()
         self._stopped_now = False
         self._hup_requested = False
         self._draining = threading.Event()
@@ -469,9 +469,10 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT (the handler): the main loop wakes and drains; a second one ends
-        the drain at once (:meth:`_forward_stop_now`). Takes no lock."""
-        self._stop_requests += 1
+        """SIGTERM/SIGINT (the handler): the main loop wakes and drains; a second one, a
+        second or more after the first (``signals.REPEAT_AFTER``), ends the drain at once
+        (:meth:`_forward_stop_now`). Takes no lock."""
+        self._stop_requests.note()
         self._stopping = True
         self._wake()
 
@@ -801,10 +802,11 @@ class Supervisor:
             self.hup()
 
     def _forward_stop_now(self, serving: list[_Run]) -> None:
-        """The operator repeated the stop (a second SIGTERM or SIGINT) while the workers
-        drain: each worker that served is told to abort what is still open and stop now
-        (``signals.STOP_NOW``), once. A worker that had not begun its drain yet skips it."""
-        if self._stop_requests < 2 or self._stopped_now:
+        """The operator repeated the stop (a second SIGTERM or SIGINT, a second or more
+        after the first) while the workers drain: each worker that served is told to abort
+        what is still open and stop now (``signals.STOP_NOW``), once. A worker that had not
+        begun its drain yet skips it."""
+        if not self._stop_requests.repeated or self._stopped_now:
             return
         self._stopped_now = True
         # Not to one that has stopped already: it has nothing open, and is about to exit.

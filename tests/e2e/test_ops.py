@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
 
+from mimic_server.signals import REPEAT_AFTER
 from mimic_server.web.metrics import (
     HANDSHAKE_FAILURES,
     OUTCOMES,
@@ -279,8 +281,9 @@ def test_readiness_fails_while_the_database_refuses_writes(tmp_path: Path) -> No
 
 def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path: Path) -> None:
     """One process (MIMIC_WORKERS=1), stopped with Ctrl-C while an association is open, and
-    Ctrl-C again while it drains: the open association is aborted and the process exits 0
-    at once, not after MIMIC_DRAIN_SECONDS; the object answered Success is kept."""
+    Ctrl-C again while it drains (a second or more later): the open association is aborted
+    and the process exits 0 at once, not after MIMIC_DRAIN_SECONDS; the object answered
+    Success is kept."""
     server = MimicProcess(tmp_path / "data", workers="1", drain_seconds="300",
                           network_timeout="600").start()
     ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
@@ -290,8 +293,11 @@ def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path: Path) -> None:
     assert assoc.send_c_store(template).Status == 0
     assert server.proc is not None
     server.proc.send_signal(signal.SIGINT)
+    first = time.monotonic()
     assert wait_for(lambda: server.ops("/readyz")[0] == 503)
     assert assoc.is_established  # draining: not aborted yet
+    # Sooner than REPEAT_AFTER, it would be the first stop passed on twice.
+    time.sleep(max(0.0, first + REPEAT_AFTER + 0.1 - time.monotonic()))
     server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(30) == 0, server.log()  # the drain would have lasted 300 s
     assert wait_for(lambda: assoc.is_aborted, timeout=10)
@@ -301,6 +307,34 @@ def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path: Path) -> None:
     assert cut["open_associations"] == 1 and cut["level"] == "WARNING"
     stopped = next(e for e in entries if e.get("message") == "stopped")
     assert stopped["aborted_associations"] == 1
+    assert server.instance_count() == 1
+
+
+def test_one_stop_passed_on_twice_still_drains_one_process(tmp_path: Path) -> None:
+    """One process (MIMIC_WORKERS=1) given one stop twice, a few milliseconds apart (as
+    coreutils ``timeout`` passes it on to the process and then to its process group): the
+    open association drains (still served, released by its peer), nothing is cut short."""
+    server = MimicProcess(tmp_path / "data", workers="1", drain_seconds="120",
+                          network_timeout="600").start()
+    ctx = client_context(server.client_cert, server.client_key, server.ca_cert)
+    assoc = associate(server.port, ctx, transfer_syntaxes=[EXPLICIT_LE])
+    assoc.network_timeout = 600
+    template = pydicom.dcmread(ct_small())
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.02)  # handled by then: two signals of a kind pending at once are one
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
+    time.sleep(1.0)  # a cut drain aborts within a drain wait
+    assert assoc.is_established
+    assert assoc.send_c_store(template).Status == 0
+    assoc.release()
+    assert server.proc.wait(60) == 0, server.log()
+    server.stop()
+    entries = server.log_entries()
+    assert not [e for e in entries if e.get("message") == "drain cut short"]
+    stopped = next(e for e in entries if e.get("message") == "stopped")
+    assert stopped["aborted_associations"] == 0
     assert server.instance_count() == 1
 
 

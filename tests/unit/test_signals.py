@@ -147,3 +147,24 @@ def test_a_closed_inbox_gives_the_handlers_back() -> None:
     finally:
         inbox.close()
     assert signal.getsignal(signal.SIGUSR1) == previous
+
+
+def test_a_stop_passed_on_twice_is_one_and_one_a_second_later_is_repeated() -> None:
+    """coreutils ``timeout`` (and scripts that signal a process and its group) deliver one
+    stop twice, milliseconds apart: that is not the operator's second stop, which would
+    abort the associations the stop was to drain. One that comes REPEAT_AFTER after the
+    first is."""
+    from mimic_server.signals import REPEAT_AFTER, StopRequests
+
+    now = [50.0]
+    stops = StopRequests(clock=lambda: now[0])
+    assert not stops.repeated
+    stops.note()
+    now[0] += 0.002
+    stops.note()
+    now[0] += REPEAT_AFTER - 0.01
+    stops.note()  # still within REPEAT_AFTER of the first
+    assert not stops.repeated
+    now[0] += 0.01
+    stops.note()
+    assert stops.repeated

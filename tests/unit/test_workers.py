@@ -739,19 +739,25 @@ def test_a_dead_workers_audit_journals_are_recovered_off_the_main_loop(
 
 
 def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(tmp_path: Path) -> None:
-    """The operator's second SIGTERM during the drain: each worker still draining is told to
+    """The operator's second SIGTERM during the drain (a second or more after the first;
+    sooner, it is the first passed on twice): each worker still draining is told to
     stop now (``signals.STOP_NOW``), once however many stops follow; one that has stopped
     already is not: it is about to exit, and the signal reached it in its interpreter's
     finalization (its default action back) killed it, a clean stop counted as failed."""
-    from mimic_server.signals import STOP_NOW
+    from mimic_server.signals import REPEAT_AFTER, STOP_NOW, StopRequests
     from mimic_server.workers.supervisor import Supervisor, _Run
 
     supervisor = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    now = [100.0]
+    supervisor._stop_requests = StopRequests(clock=lambda: now[0])
     draining = _Run(_Process(), 0.0, ready=True, draining=True)  # type: ignore[arg-type]
     stopped = _Run(_Process(), 0.0, ready=True, draining=True, stopped=True)  # type: ignore[arg-type]
     supervisor.request_stop()
+    now[0] += 0.005
+    supervisor.request_stop()  # the same stop passed on twice (coreutils timeout)
     supervisor._forward_stop_now([draining, stopped])
     assert draining.process.signals == []  # type: ignore[attr-defined]  # one stop: drain
+    now[0] += REPEAT_AFTER
     supervisor.request_stop()
     supervisor.request_stop()
     supervisor._forward_stop_now([draining, stopped])
