@@ -602,7 +602,7 @@ def audit_command(since: str | None, event: str | None, identity: str | None,
     output = "json" if as_json else "xml" if as_xml else None
     settings = _settings(**options)
     selection = AuditFilter(since=_since(since), event=event, identity=identity, study=study)
-    if settings.database_url and not settings.index_url.startswith("sqlite"):
+    if settings.audit_in_index:
         records = _audit_table(settings, selection)
     else:
         try:

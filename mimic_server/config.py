@@ -557,6 +557,15 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
     @property
+    def audit_in_index(self) -> bool:
+        """Whether the audit trail is the index's ``audit_events`` table (a server database:
+        a replica's disk is not durable), written in each C-STORE's index transaction,
+        rather than the JSON-lines file in DATA_DIR (a SQLite index), which keeps journals
+        for the records of associations whose end never comes. One decision for every
+        process: the archive, ``mimic web``, the supervisor's recovery, ``mimic audit``."""
+        return not self.index_url.startswith("sqlite")
+
+    @property
     def uses_blob_storage(self) -> bool:
         return bool(self.blob_account_url or self.blob_connection_string)
 

@@ -41,7 +41,7 @@ def open_audit_trail(
     in DATA_DIR; and the audit repository over syslog/TLS when one is configured."""
     sinks: list[AuditSink] = []
     table = None
-    if engine is not None and engine.dialect.name != "sqlite":
+    if engine is not None and settings.audit_in_index:
         from mimic_server.index.audit_table import AuditTable
 
         # Also written in the index transaction of each C-STORE (dimse/store_audit.py).

@@ -692,7 +692,7 @@ class Supervisor:
         to the file, said at ERROR: the file is the trail, and its records are not held
         back for it."""
         s = self.settings
-        if not s.index_url.startswith("sqlite"):  # the table trail writes each in its commit
+        if s.audit_in_index:  # the table trail writes each in its commit
             return
         directory = s.audit_journal_path
         try:

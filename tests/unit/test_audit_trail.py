@@ -145,3 +145,26 @@ def test_table_on_sqlite_is_append_only_and_filters(tmp_path: Path) -> None:
             conn.execute(text(statement))
     assert len(read_table(engine)) == len(RECORDS)
     engine.dispose()
+
+
+def test_one_decision_says_whether_the_trail_is_the_file_or_the_table(tmp_path: Path) -> None:
+    """``Settings.audit_in_index`` decides for every process (the archive, ``mimic web``,
+    the supervisor's journal recovery, ``mimic audit``): the file, with its journals, on a
+    SQLite index, named by URL or not; the index's table on a server database."""
+    from mimic_server.archive.ingest_audit import per_instance
+    from mimic_server.config import Settings
+    from mimic_server.resources import open_audit_trail
+
+    embedded = Settings(data_dir=tmp_path)
+    named = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'i.sqlite3'}")
+    server = Settings(data_dir=tmp_path,
+                      database_url="postgresql+psycopg://mimic@127.0.0.1:9/mimic")
+    for settings in (embedded, named):
+        assert not settings.audit_in_index
+        trail = open_audit_trail(settings, create_engine(settings.index_url))
+        assert trail.path == settings.audit_path and not per_instance(trail)
+        trail.close()
+    assert server.audit_in_index
+    trail = open_audit_trail(server, create_engine(server.index_url))  # never connects here
+    assert trail.path is None and per_instance(trail)
+    trail.close()
