@@ -236,6 +236,10 @@ def test_a_store_indexed_after_its_association_ended_is_recorded_once(
         study, paths = objects(tmp_path / "objects", before + 1)
         assoc = store_and_hold(server, paths[:before])
         answers: list[Any] = []
+        # pynetdicom's requestor waits out its DIMSE timeout for an answer even after its
+        # own abort (15 s here): 5 s is ample for the server to put the object meanwhile,
+        # and a timeout that came first would abort the association as the test does.
+        assoc.dimse_timeout = 5
         with index_writes_held(server):
             sender = threading.Thread(target=lambda: answers.append(
                 assoc.send_c_store(paths[-1])))
