@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -412,6 +413,14 @@ def dev_ca(certs: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     key = serialization.load_pem_private_key((certs / "ca" / "ca.key").read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return cert, key
+
+
+def drained_whole(server: MimicProcess) -> dict[str, Any]:
+    """The ``stopped`` line of a server whose drain was not cut short (no ``drain cut
+    short`` line from it or any worker)."""
+    entries = server.log_entries()
+    assert not [e for e in entries if e.get("message") == "drain cut short"], server.log()
+    return next(e for e in entries if e.get("message") == "stopped")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ from tests.support import (
     associate,
     client_context,
     dev_ca,
+    drained_whole,
     free_port,
     wait_for,
     write_cert,
@@ -271,7 +272,7 @@ def test_a_second_sigterm_ends_every_workers_drain_at_once(tmp_path: Path) -> No
     is still open and exits, long before MIMIC_DRAIN_SECONDS. A stop asked for, not a
     failure: exit 0, every association aborted counted, every object answered Success
     kept. (One sooner is the first passed on twice:
-    ``test_one_stop_passed_on_twice_still_drains``.)"""
+    ``test_one_stop_delivered_twice_still_drains``.)"""
     server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="300",
                           network_timeout="600").start()
     opened = spread(server, context(server))
@@ -298,62 +299,41 @@ def test_a_second_sigterm_ends_every_workers_drain_at_once(tmp_path: Path) -> No
     assert server.instance_count() == len(opened)
 
 
-def test_one_stop_passed_on_twice_still_drains(tmp_path: Path) -> None:
-    """One stop can arrive twice: coreutils ``timeout`` passes the signal it gets on to its
-    command and then to the command's process group, and so do scripts that signal a
-    process and its group (``kill $PID; kill -- -$PGID``). Two SIGTERMs a few milliseconds
-    apart are that, not the operator's second stop: the workers drain as on one, the open
-    associations are still served and released by their peers, and nothing is aborted or
-    logged as cut short."""
+@pytest.mark.parametrize("delivery", ["to every process", "twice to the supervisor"])
+def test_one_stop_delivered_twice_still_drains(tmp_path: Path, delivery: str) -> None:
+    """One stop can arrive twice. A service manager that signals every process of the
+    service (systemd's KillMode=control-group) sends each worker a SIGTERM beside the one
+    its supervisor relays. coreutils ``timeout`` passes the signal it gets on to its command
+    and then to the command's process group, and so do scripts that signal a process and
+    its group (``kill $PID; kill -- -$PGID``): the supervisor gets two SIGTERMs a few
+    milliseconds apart. Neither is the operator's second stop: the workers drain as on one,
+    the open associations are still served and released by their peers, and nothing is
+    aborted or logged as cut short."""
     server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="120",
                           network_timeout="600").start()
     opened = spread(server, context(server))
     for assoc in opened:
         assoc.network_timeout = 600
     assert server.proc is not None
+    workers = list(worker_pids(server).values())
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.02)  # handled by then: two signals of a kind pending at once are one
-    server.proc.send_signal(signal.SIGTERM)
+    if delivery == "to every process":
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+    else:
+        time.sleep(0.02)  # handled by then: two signals of a kind pending at once are one
+        server.proc.send_signal(signal.SIGTERM)
+    # 503 once every worker drains; a second stop taken for a repeated one would abort
+    # within the supervisor's next look (20 ms) or a worker's drain wait (0.1 s).
     assert wait_for(lambda: server.ops("/readyz")[0] == 503)
-    time.sleep(1.0)  # a cut drain aborts within the supervisor's next look (20 ms)
+    time.sleep(1.0)
     for n, assoc in enumerate(opened):
         assert assoc.is_established
         assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}8.{n}")).Status == 0
         assoc.release()
     assert server.proc.wait(60) == 0, server.log()
     server.stop()
-    entries = server.log_entries()
-    assert not [e for e in entries if e.get("message") == "drain cut short"]
-    stopped = next(e for e in entries if e.get("message") == "stopped")
-    assert stopped["aborted_associations"] == 0
-    assert server.instance_count() == len(opened)
-
-
-def test_a_sigterm_to_every_process_of_the_service_still_drains(tmp_path: Path) -> None:
-    """A service manager that signals every process of the service on a stop (systemd's
-    KillMode=control-group) sends each worker a SIGTERM beside the one its supervisor
-    relays: two SIGTERMs a worker, but one stop. The workers drain as on one: the open
-    associations are still served, released by their peers, and nothing is aborted."""
-    server = MimicProcess(tmp_path / "data", workers="2", drain_seconds="120").start()
-    opened = spread(server, context(server))
-    assert server.proc is not None
-    workers = list(worker_pids(server).values())
-    server.proc.send_signal(signal.SIGTERM)
-    for pid in workers:
-        os.kill(pid, signal.SIGTERM)
-    # 503 once every worker drains: both SIGTERMs were sent to each by then; a worker
-    # that took the second for a repeated stop would abort within a drain wait (0.1 s).
-    assert wait_for(lambda: server.ops("/readyz")[0] == 503)
-    time.sleep(1.0)
-    for n, assoc in enumerate(opened):
-        assert assoc.send_c_store(ct_copy(tmp_path, f"{UID_ROOT}7.{n}")).Status == 0
-        assoc.release()
-    assert server.proc.wait(60) == 0, server.log()
-    server.stop()
-    entries = server.log_entries()
-    assert not [e for e in entries if e.get("message") == "drain cut short"]
-    stopped = next(e for e in entries if e.get("message") == "stopped")
-    assert stopped["aborted_associations"] == 0
+    assert drained_whole(server)["aborted_associations"] == 0
     assert server.instance_count() == len(opened)
 
 
