@@ -811,7 +811,8 @@ class Supervisor:
         self._stopped_now = True
         # Not to one that has stopped already: it has nothing open, and is about to exit.
         alive = [run for run in serving if not run.stopped and run.process.poll() is None]
-        log.warning("drain cut short", extra={"workers": len(alive)})
+        if alive:  # else every drain had ended: nothing was cut short
+            log.warning("drain cut short", extra={"workers": len(alive)})
         for run in alive:
             with contextlib.suppress(ProcessLookupError):
                 run.process.send_signal(STOP_NOW)

@@ -738,7 +738,9 @@ def test_a_dead_workers_audit_journals_are_recovered_off_the_main_loop(
     assert supervisor._recovering is None and not supervisor._recover_again
 
 
-def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(tmp_path: Path) -> None:
+def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
     """The operator's second SIGTERM during the drain (a second or more after the first;
     sooner, it is the first passed on twice): each worker still draining is told to
     stop now (``signals.STOP_NOW``), once however many stops follow; one that has stopped
@@ -764,3 +766,15 @@ def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(tmp_pat
     supervisor._forward_stop_now([draining, stopped])
     assert draining.process.signals == [STOP_NOW]  # type: ignore[attr-defined]
     assert stopped.process.signals == []  # type: ignore[attr-defined]
+    assert [r.workers for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage() == "drain cut short"] == [1]
+    # Repeated once every worker has stopped: no drain is left to cut, and none is said cut.
+    caplog.clear()
+    late = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+    late._stop_requests = StopRequests(clock=lambda: now[0])
+    late.request_stop()
+    now[0] += REPEAT_AFTER
+    late.request_stop()
+    late._forward_stop_now([stopped])
+    assert stopped.process.signals == []  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage() == "drain cut short"]
