@@ -746,6 +746,8 @@ def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(
     stop now (``signals.STOP_NOW``), once however many stops follow; one that has stopped
     already is not: it is about to exit, and the signal reached it in its interpreter's
     finalization (its default action back) killed it, a clean stop counted as failed."""
+    import logging
+
     from mimic_server.signals import REPEAT_AFTER, STOP_NOW, StopRequests
     from mimic_server.workers.supervisor import Supervisor, _Run
 
@@ -754,27 +756,30 @@ def test_a_second_stop_is_sent_once_to_the_workers_that_have_not_stopped(
     supervisor._stop_requests = StopRequests(clock=lambda: now[0])
     draining = _Run(_Process(), 0.0, ready=True, draining=True)  # type: ignore[arg-type]
     stopped = _Run(_Process(), 0.0, ready=True, draining=True, stopped=True)  # type: ignore[arg-type]
-    supervisor.request_stop()
-    now[0] += 0.005
-    supervisor.request_stop()  # the same stop passed on twice (coreutils timeout)
-    supervisor._forward_stop_now([draining, stopped])
-    assert draining.process.signals == []  # type: ignore[attr-defined]  # one stop: drain
-    now[0] += REPEAT_AFTER
-    supervisor.request_stop()
-    supervisor.request_stop()
-    supervisor._forward_stop_now([draining, stopped])
-    supervisor._forward_stop_now([draining, stopped])
-    assert draining.process.signals == [STOP_NOW]  # type: ignore[attr-defined]
-    assert stopped.process.signals == []  # type: ignore[attr-defined]
-    assert [r.workers for r in caplog.records  # type: ignore[attr-defined]
-            if r.getMessage() == "drain cut short"] == [1]
-    # Repeated once every worker has stopped: no drain is left to cut, and none is said cut.
-    caplog.clear()
-    late = Supervisor(Settings(data_dir=tmp_path), {}, 2)
-    late._stop_requests = StopRequests(clock=lambda: now[0])
-    late.request_stop()
-    now[0] += REPEAT_AFTER
-    late.request_stop()
-    late._forward_stop_now([stopped])
-    assert stopped.process.signals == []  # type: ignore[attr-defined]
-    assert not [r for r in caplog.records if r.getMessage() == "drain cut short"]
+    with caplog.at_level(logging.WARNING, logger="mimic_server.workers.supervisor"):
+        supervisor.request_stop()
+        now[0] += 0.005
+        supervisor.request_stop()  # the same stop passed on twice (coreutils timeout)
+        supervisor._forward_stop_now([draining, stopped])
+        assert draining.process.signals == []  # type: ignore[attr-defined]  # one stop
+        now[0] += REPEAT_AFTER
+        supervisor.request_stop()
+        supervisor.request_stop()
+        supervisor._forward_stop_now([draining, stopped])
+        supervisor._forward_stop_now([draining, stopped])
+        assert draining.process.signals == [STOP_NOW]  # type: ignore[attr-defined]
+        assert stopped.process.signals == []  # type: ignore[attr-defined]
+        assert [r.workers for r in caplog.records  # type: ignore[attr-defined]
+                if r.getMessage() == "drain cut short"] == [1]
+        # Repeated once every worker has stopped: no drain is left to cut, none is said cut.
+        caplog.clear()
+        late = Supervisor(Settings(data_dir=tmp_path), {}, 2)
+        late._stop_requests = StopRequests(clock=lambda: now[0])
+        late.request_stop()
+        now[0] += REPEAT_AFTER
+        late.request_stop()
+        late._forward_stop_now([stopped])
+        assert stopped.process.signals == []  # type: ignore[attr-defined]
+        assert not [r for r in caplog.records if r.getMessage() == "drain cut short"]
+    supervisor._close()
+    late._close()
