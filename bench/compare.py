@@ -409,6 +409,7 @@ def markdown(result: dict[str, object]) -> str:
         lines.append("")
     lines.extend(cpu_table(result, scenarios, labels))
     lines.extend(tls_cost_table(labels, scenarios, fig, medians))
+    lines.extend(tls_cpu_table(result, scenarios, labels))
     return "\n".join(lines)
 
 
@@ -438,6 +439,59 @@ def tls_cost_table(labels: list[str], scenarios: list[Scenario],
         "TLS cost per receiver (plain TCP / TLS - 1), best / median rounds:",
         "",
         "| receiver | " + " | ".join(s.column for s in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        *rows,
+        "",
+    ]
+
+
+def median_cpu_per_object(run: dict[str, object], key: str) -> float | None:
+    """Milliseconds of CPU per object of one part of the machine (``key``: a list of per-round
+    seconds in ``run``), the median of the rounds; None for a result saved without it."""
+    seconds: list[float] | None = run.get(key)  # type: ignore[assignment]
+    if not seconds:
+        return None
+    return 1000 * statistics.median(seconds) / run["instances"]  # type: ignore[operator]
+
+
+def tls_cpu_table(result: dict[str, object], scenarios: list[Scenario],
+                  labels: list[str]) -> list[str]:
+    """What TLS costs in CPU per object, TLS against plain TCP, medians of the rounds: the
+    receiver's own processes, and the senders that encrypt beside it. Unlike the throughput
+    (plain TCP / TLS - 1 above), where the senders' encryption and the VM's drift between
+    rounds show as the receiver's, this is the work TLS adds to each side."""
+    runs = {(r["receiver"], r["scenario"]): r for r in result["runs"]}  # type: ignore[attr-defined]
+    cols = [s for s in scenarios if s.tls]
+
+    def cell(label: str, s: Scenario, key: str) -> str:
+        tls, plain = runs.get((label, s.key)), runs.get(
+            (label, Scenario(s.data, s.associations, False).key))
+        if tls is None or plain is None:
+            return "—"
+        a, b = median_cpu_per_object(tls, key), median_cpu_per_object(plain, key)
+        if not a or not b:
+            return "—"
+        return f"{(a / b - 1) * 100:+.0f} % ({a:.2f} / {b:.2f})"
+
+    rows = []
+    for label in labels:
+        cells = [cell(label, s, "cpu_seconds") for s in cols]
+        if any(c != "—" for c in cells):
+            target = " (target <= 10 %)" if label == "mimic-embedded" else ""
+            rows.append(f"| {NAMES[label]}{target} | " + " | ".join(cells) + " |")
+    for label in labels:
+        cells = [cell(label, s, "sender_cpu_seconds") for s in cols]
+        if any(c != "—" for c in cells):
+            rows.append(f"| the senders (`storescu`), to {NAMES[label]} | "
+                        + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "TLS cost in CPU per object (TLS / plain TCP - 1; in brackets ms per object, TLS / "
+        "plain; medians of the rounds): each receiver's own processes, then the senders "
+        "that encrypt on the same cores:",
+        "",
+        "| processes | " + " | ".join(s.column for s in cols) + " |",
         "|---|" + "---:|" * len(cols),
         *rows,
         "",
