@@ -24,6 +24,7 @@ import click
 from pydantic import ValidationError
 
 from mimic_server import __version__, startup_checks
+from mimic_server.archive_imports import leave_numpy_out
 from mimic_server.certs import devpki
 from mimic_server.config import Settings
 from mimic_server.errors import ConfigurationError
@@ -107,6 +108,8 @@ def serve(**options: Any) -> None:
     count = worker_count(settings)
     # A supervisor serves no DICOM itself: it starts its workers before it imports what it
     # prepares for them (the index, the stores), and never imports the DICOM stack.
+    if count <= 1:
+        leave_numpy_out()  # this process serves DICOM: no pixels decoded (archive_imports.py)
     _configure_logs(settings, None if count > 1 else "mimic_server.app")
     if count > 1:
         _supervise(settings, options, count)
@@ -154,6 +157,8 @@ def serve_worker(
 ) -> None:
     """One worker process of 'mimic serve' (started by it, never by hand)."""
     import logging
+
+    leave_numpy_out()  # before pydicom is imported (archive_imports.py)
 
     from mimic_server.workers.link import WorkerLink
     from mimic_server.workers.supervisor import OPTIONS_VARIABLE

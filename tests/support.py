@@ -460,3 +460,9 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
             proc.kill()
             proc.wait()
     return int(proc.returncode)
+
+
+def maps_numpy(pid: int) -> bool:
+    """Whether process ``pid`` has mapped numpy's compiled parts: it imported numpy. What
+    ``mimic serve`` serves DICOM with leaves numpy out (``mimic_server/archive_imports.py``)."""
+    return "numpy" in Path(f"/proc/{pid}/maps").read_text()

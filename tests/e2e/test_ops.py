@@ -36,6 +36,7 @@ from tests.support import (
     associate,
     client_context,
     drained_whole,
+    maps_numpy,
     wait_for,
 )
 
@@ -299,6 +300,7 @@ def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path: Path) -> None:
     template = pydicom.dcmread(ct_small())
     assert assoc.send_c_store(template).Status == 0
     assert server.proc is not None
+    assert not maps_numpy(server.proc.pid)  # it serves DICOM without (archive_imports.py)
     server.proc.send_signal(signal.SIGINT)
     first = time.monotonic()
     assert wait_for(lambda: server.ops("/readyz")[0] == 503)

@@ -36,6 +36,7 @@ from tests.support import (
     dcmtk,
     dcmtk_tls,
     free_port,
+    maps_numpy,
     start_storescp,
     wait_for,
 )
@@ -627,3 +628,17 @@ def test_worklist_find_is_not_supported(archive: Archive) -> None:
     results = list(assoc.send_c_find(ds, worklist))
     assoc.release()
     assert results[-1][0].Status == 0x0122
+
+
+def test_no_process_of_the_archive_imported_numpy(archive: Archive) -> None:
+    """Every storable test file stored (compressed ones included), queried, moved and got
+    byte-identical by the tests above, by processes that never imported numpy: pydicom's
+    pixel handlers are numpy's only user, and the archive decodes no pixels
+    (``mimic_server/archive_imports.py``)."""
+    entries = archive.server.log_entries()
+    listening = next(e for e in entries if e.get("message") == "listening")
+    workers = [int(e["pid"]) for e in entries if e.get("message") == "worker started"]
+    assert len(workers) == listening.get("workers", 0)  # one per CPU (none on one CPU)
+    assert archive.server.proc is not None
+    for pid in [archive.server.proc.pid, *workers]:
+        assert not maps_numpy(pid), pid
