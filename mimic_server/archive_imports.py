@@ -6,10 +6,9 @@ The archive's DICOM side never decodes pixels: it stores, indexes, answers and s
 sets as they were received (no transcoding, conformance statement section 8). numpy is
 installed for ``mimic web``, whose rendered images and frames need it, and pydicom takes it
 as optional: marked unavailable before pydicom is imported, the handlers load without it
-(``pydicom.config.have_numpy`` is False). Measured when this was introduced, on a
-2-core Intel Xeon: a quarter of what a worker's start spends importing (0.25-0.29 CPU-s of
-1.03-1.07) and 18 MB of its resident memory (105 MB after the imports against 123), paid
-again by every worker of every start and by each replacement of a dead one.
+(``pydicom.config.have_numpy`` is False). That is a quarter of a worker's start (1.21 to
+0.91 CPU-s on a 2-core Intel Xeon, ``bench/start_cost.py``) and 17 MB of its resident
+memory, paid again by every worker of every start and by each replacement of a dead one.
 """
 
 from __future__ import annotations
