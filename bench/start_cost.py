@@ -3,10 +3,11 @@ says "listening", and resident and private memory once it does.
 
 Each start is paid again by every worker of every start, by each replacement of a dead one
 and by the test suite's servers (about 120 starts a run). Per round and per ``--workers``
-value, starts ``mimic serve`` (embedded default, TLS, a fresh data directory), waits for
-"listening", lets it settle for ``--settle`` seconds, reads each process's CPU time
+value, starts ``mimic serve`` as the other benchmarks do (``store_throughput.MimicServer``:
+embedded default, TLS with one development PKI made for the run, a fresh data directory),
+waits for "listening", lets it settle for ``--settle`` seconds, reads each process's CPU time
 (``/proc/<pid>/stat``: user + system) and memory (``/proc/<pid>/smaps_rollup``: Rss, and
-Private_Clean + Private_Dirty: what the process alone holds), and stops it with SIGTERM.
+Private_Clean + Private_Dirty: what the process alone holds), and stops it.
 ``--baseline DIR`` starts the code of another checkout too (its tree first on
 ``PYTHONPATH``, so that the supervisor and its workers import it), alternated with this
 one within each round.
@@ -21,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.store_throughput import HOST, BenchError, free_port  # noqa: E402
+from bench.store_throughput import MimicServer, Pki, make_pki  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -54,58 +53,33 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return values["Rss"] / 1024, private / 1024
 
 
-def _log_entries(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                continue  # a line being written
-    return entries
-
-
-def start_once(workers: int, code: Path | None, settle: float,
-               timeout: float = 120.0) -> dict[str, Any]:
-    """One start: seconds to "listening", and each process's CPU and memory then."""
-    with tempfile.TemporaryDirectory(prefix="mimic-start-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIC_")}
-        if code is not None:
-            env["PYTHONPATH"] = str(code)
-        env.update(MIMIC_DATA_DIR=f"{tmp}/data", MIMIC_HOST=HOST, MIMIC_OPS_HOST=HOST,
-                   MIMIC_PORT=str(free_port()), MIMIC_OPS_PORT=str(free_port()),
-                   MIMIC_LOG_FORMAT="json", MIMIC_WORKERS=str(workers))
-        log_path = Path(tmp) / "serve.log"
-        with open(log_path, "wb") as log:
-            started = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "mimic_server", "serve"], env=env,
-                                    stdout=log, stderr=log, cwd=tmp)
-            try:
-                while True:
-                    entries = _log_entries(log_path)
-                    if any(e.get("message") == "listening" for e in entries):
-                        break
-                    if proc.poll() is not None or time.monotonic() - started > timeout:
-                        raise BenchError(f"mimic serve did not start:\n{log_path.read_text()}")
-                    time.sleep(0.02)
-                seconds = time.monotonic() - started
-                time.sleep(settle)
-                pids = [proc.pid] + [int(e["pid"]) for e in entries
-                                     if e.get("message") == "worker started"]
-                processes = []
-                for pid in pids:
-                    resident, private = memory_mb(pid)
-                    processes.append({"role": "worker" if pid != proc.pid else (
-                        "supervisor" if workers > 1 else "single process"),
-                        "cpu_seconds": cpu_seconds(pid), "rss_mb": round(resident, 1),
-                        "private_mb": round(private, 1)})
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+def start_once(workdir: Path, pki: Pki, workers: int, code: Path | None,
+               settle: float) -> dict[str, Any]:
+    """One start, as the other benchmarks start MIMIC (``store_throughput.MimicServer``: a
+    fresh data directory, the shared development PKI, ready at its "listening" line):
+    seconds to "listening", and each process's CPU and memory then."""
+    server = MimicServer(workdir, pki)
+    server.extra_environment = {"MIMIC_WORKERS": str(workers)}
+    if code is not None:
+        server.extra_environment["PYTHONPATH"] = str(code)
+    started = time.monotonic()
+    server.start()
+    try:
+        seconds = time.monotonic() - started
+        time.sleep(settle)
+        assert server.proc is not None
+        lines = server.log_path.read_text(errors="replace").splitlines()
+        workers_started = [json.loads(line) for line in lines if '"worker started"' in line]
+        pids = [server.proc.pid] + [int(e["pid"]) for e in workers_started]
+        processes = []
+        for pid in pids:
+            resident, private = memory_mb(pid)
+            role = "worker" if pid != server.proc.pid else (
+                "supervisor" if workers > 1 else "single process")
+            processes.append({"role": role, "cpu_seconds": cpu_seconds(pid),
+                              "rss_mb": round(resident, 1), "private_mb": round(private, 1)})
+    finally:
+        server.stop()
     return {"seconds": round(seconds, 3), "processes": processes,
             "cpu_seconds": round(sum(p["cpu_seconds"] for p in processes), 2)}
 
@@ -116,20 +90,23 @@ def run(workers: list[int], rounds: int, baseline: Path | None = None,
     if baseline is not None:
         codes["baseline"] = baseline
     starts: dict[str, list[dict[str, Any]]] = {}
-    for round_no in range(rounds):
-        order = list(codes) if round_no % 2 == 0 else list(reversed(codes))
-        for count in workers:
-            for label in order:
-                result = start_once(count, codes[label], settle)
-                starts.setdefault(f"{label}, workers {count}", []).append(result)
-                if log:
-                    print(f"round {round_no + 1}/{rounds} {label:8} workers {count}: "
-                          f"{result['seconds']:.2f} s to listening, CPU s "
-                          f"{result['cpu_seconds']:.2f} ("
-                          + ", ".join(f"{p['role']} {p['cpu_seconds']:.2f} s, "
-                                      f"{p['rss_mb']:.0f} MB resident, "
-                                      f"{p['private_mb']:.0f} private"
-                                      for p in result["processes"]) + ")", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mimic-start-") as tmp:
+        pki = make_pki(Path(tmp) / "pki")
+        for round_no in range(rounds):
+            order = list(codes) if round_no % 2 == 0 else list(reversed(codes))
+            for count in workers:
+                for label in order:
+                    workdir = Path(tmp) / f"{label}-{count}-{round_no}"
+                    result = start_once(workdir, pki, count, codes[label], settle)
+                    starts.setdefault(f"{label}, workers {count}", []).append(result)
+                    if log:
+                        print(f"round {round_no + 1}/{rounds} {label:8} workers {count}: "
+                              f"{result['seconds']:.2f} s to listening, CPU s "
+                              f"{result['cpu_seconds']:.2f} ("
+                              + ", ".join(f"{p['role']} {p['cpu_seconds']:.2f} s, "
+                                          f"{p['rss_mb']:.0f} MB resident, "
+                                          f"{p['private_mb']:.0f} private"
+                                          for p in result["processes"]) + ")", flush=True)
     summary = {}
     for key, results in starts.items():
         by_role: dict[str, list[dict[str, Any]]] = {}

@@ -6,8 +6,8 @@ The archive's DICOM side never decodes pixels: it stores, indexes, answers and s
 sets as they were received (no transcoding, conformance statement section 8). numpy is
 installed for ``mimic web``, whose rendered images and frames need it, and pydicom takes it
 as optional: marked unavailable before pydicom is imported, the handlers load without it
-(``pydicom.config.have_numpy`` is False). That is a quarter of a worker's start (1.21 to
-0.91 CPU-s on a 2-core Intel Xeon, ``bench/start_cost.py``) and 17 MB of its resident
+(``pydicom.config.have_numpy`` is False). That is a quarter of a worker's start (1.25 to
+0.95 CPU-s on a 2-core Intel Xeon, ``bench/start_cost.py``) and 17 MB of its resident
 memory, paid again by every worker of every start and by each replacement of a dead one.
 """
 
